@@ -1,0 +1,214 @@
+"""Every error the control plane raises, and the one place they map to gRPC status codes.
+
+The tree::
+
+    ControlPlaneError
+    ├── InvalidArgument        bad input; nothing changed              INVALID_ARGUMENT
+    ├── NotFound                                                        NOT_FOUND
+    ├── AlreadyExists                                                   ALREADY_EXISTS
+    ├── FailedPrecondition     the state forbids it now (e.g. a         FAILED_PRECONDITION
+    │   │                      membership change already in flight)
+    │   └── NotLeader          only the leader can do this; carries     FAILED_PRECONDITION
+    │                          the leader hint
+    ├── ResourceExhausted                                               RESOURCE_EXHAUSTED
+    ├── OutOfRange             e.g. a watch older than the retained     OUT_OF_RANGE
+    │                          history; carries the oldest revision
+    ├── Unavailable            retry elsewhere or later; the request    UNAVAILABLE
+    │   │                      was not applied
+    │   ├── NoLeader           no leader is known (election running)
+    │   ├── Shutdown           the node is stopping
+    │   └── UnknownOutcome     the command may or may not have been
+    │                          applied: retry with the same request id
+    ├── DeadlineExceeded       the caller's deadline passed             DEADLINE_EXCEEDED
+    └── Internal               a bug; please report it                  INTERNAL
+
+A consensus failure (Unavailable and its children) is kept apart from the application's answer
+(everything else), as hashicorp/raft keeps ``ErrLeadershipLost`` apart from an FSM response.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+from controlplane.v1 import common_pb2
+
+__all__ = [
+    "AlreadyExists",
+    "ControlPlaneError",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NoLeader",
+    "NotFound",
+    "NotLeader",
+    "OutOfRange",
+    "ResourceExhausted",
+    "Shutdown",
+    "Unavailable",
+    "UnknownOutcome",
+    "error_from_result",
+    "error_from_status",
+]
+
+# Trailing-metadata keys that carry an error's structured fields across the wire.
+LEADER_ID_KEY = "cp-leader-id"
+LEADER_ADDRESS_KEY = "cp-leader-address"
+OLDEST_REVISION_KEY = "cp-oldest-revision"
+ERROR_KIND_KEY = "cp-error"
+
+
+class ControlPlaneError(Exception):
+    """Base of every error the control plane raises."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Structured fields sent as trailing metadata next to the status."""
+        return ((ERROR_KIND_KEY, type(self).__name__),)
+
+
+class InvalidArgument(ControlPlaneError):
+    """The request is malformed; fix it before retrying. Nothing changed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ControlPlaneError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ControlPlaneError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ControlPlaneError):
+    """The request is valid but the current state forbids it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotLeader(FailedPrecondition):
+    """Only the leader can do this. ``leader_id``/``leader_address`` name it when known."""
+
+    def __init__(self, message: str, leader_id: str = "", leader_address: str = "") -> None:
+        super().__init__(message)
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (
+            *super().metadata(),
+            (LEADER_ID_KEY, self.leader_id),
+            (LEADER_ADDRESS_KEY, self.leader_address),
+        )
+
+
+class ResourceExhausted(ControlPlaneError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class OutOfRange(ControlPlaneError):
+    """A revision outside what is retained. ``oldest_revision`` is the oldest still available."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+    def __init__(self, message: str, oldest_revision: int = 0) -> None:
+        super().__init__(message)
+        self.oldest_revision = oldest_revision
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (*super().metadata(), (OLDEST_REVISION_KEY, str(self.oldest_revision)))
+
+
+class Unavailable(ControlPlaneError):
+    """The cluster could not take the request now; it was not applied. Safe to retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class NoLeader(Unavailable):
+    """No leader is known: an election is running or quorum is lost."""
+
+
+class Shutdown(Unavailable):
+    """The node is shutting down."""
+
+
+class UnknownOutcome(Unavailable):
+    """The command was handed to Raft but its fate is unknown (timeout or leader change).
+
+    It may still commit. Retrying with the same request id is safe: the state machine
+    deduplicates, so the retry returns the first outcome instead of applying twice.
+    """
+
+
+class DeadlineExceeded(ControlPlaneError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Internal(ControlPlaneError):
+    """A bug in the control plane. The message says where; please report it."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+_BY_RESULT_CODE: dict[int, type[ControlPlaneError]] = {
+    common_pb2.ERROR_CODE_INVALID_ARGUMENT: InvalidArgument,
+    common_pb2.ERROR_CODE_NOT_FOUND: NotFound,
+    common_pb2.ERROR_CODE_ALREADY_EXISTS: AlreadyExists,
+    common_pb2.ERROR_CODE_FAILED_PRECONDITION: FailedPrecondition,
+    common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED: ResourceExhausted,
+    common_pb2.ERROR_CODE_OUT_OF_RANGE: OutOfRange,
+    common_pb2.ERROR_CODE_INTERNAL: Internal,
+}
+
+_BY_STATUS: dict[grpc.StatusCode, type[ControlPlaneError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.INTERNAL: Internal,
+}
+
+_UNAVAILABLE_KINDS: dict[str, type[Unavailable]] = {
+    "NoLeader": NoLeader,
+    "Shutdown": Shutdown,
+    "UnknownOutcome": UnknownOutcome,
+}
+
+
+def error_from_result(error: common_pb2.Error) -> ControlPlaneError:
+    """The exception for an error the state machine returned as a result."""
+    return _BY_RESULT_CODE.get(error.code, Internal)(error.message)
+
+
+def error_from_status(
+    code: grpc.StatusCode, details: str, metadata: dict[str, str] | None = None
+) -> ControlPlaneError:
+    """The exception for a gRPC status received by a client (the inverse of ``ControlPlaneError.code``)."""
+    metadata = metadata or {}
+    kind = metadata.get(ERROR_KIND_KEY, "")
+    if code == grpc.StatusCode.FAILED_PRECONDITION and kind == "NotLeader":
+        return NotLeader(
+            details, metadata.get(LEADER_ID_KEY, ""), metadata.get(LEADER_ADDRESS_KEY, "")
+        )
+    if code == grpc.StatusCode.OUT_OF_RANGE:
+        try:
+            oldest = int(metadata.get(OLDEST_REVISION_KEY, "0"))
+        except ValueError:
+            oldest = 0
+        return OutOfRange(details, oldest)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return _UNAVAILABLE_KINDS.get(kind, Unavailable)(details)
+    return _BY_STATUS.get(code, Internal)(details or code.name)

@@ -1,0 +1,431 @@
+"""The replicated state machine: a pure function from log entries to state and results.
+
+Invariants (DESIGN.md explains why each one matters):
+
+* ``apply_entry`` never raises. Malformed input and bugs alike become error *results*; an
+  exception here would make every node retry the entry forever and stop all writes.
+* It is deterministic: no clock, no randomness, no I/O, no iteration over unordered
+  containers. Time arrives in the entry (stamped by the leader) and only moves forward.
+* Every state change bumps ``revision`` by exactly one and records exactly one watch event
+  with that revision, so the history is addressable by revision.
+* A command with a request id that was already applied returns the recorded result and
+  changes nothing (retries after an unknown outcome are safe).
+
+The machine is not thread-safe: the caller serialises ``apply_entry`` against reads.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from google.protobuf.message import DecodeError
+from sortedcontainers import SortedDict
+
+from controlplane.state import limits
+from controlplane.v1 import command_pb2, common_pb2, kv_pb2, watch_pb2
+
+SNAPSHOT_FORMAT_VERSION = 1
+
+DOMAIN_KV = "kv"
+DOMAIN_CLUSTER = "cluster"
+
+DEFAULT_HISTORY_LIMIT = 10_000
+DEFAULT_DEDUPE_LIMIT = 100_000
+# Long enough for any client retry loop (the SDK gives up after its deadline, seconds).
+DEFAULT_DEDUPE_TTL_MS = 15 * 60 * 1000
+
+CommandResult = command_pb2.CommandResult
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be restored: corrupt, or of a format this version does not know."""
+
+
+def _error(code: int, message: str, revision: int) -> CommandResult:
+    return CommandResult(revision=revision, error=common_pb2.Error(code=code, message=message))
+
+
+def _meta_only(kv: kv_pb2.KeyValue) -> kv_pb2.KeyValue:
+    """The key's metadata without its value: what write results return, to keep answers small."""
+    return kv_pb2.KeyValue(
+        key=kv.key, create_revision=kv.create_revision, mod_revision=kv.mod_revision, version=kv.version
+    )
+
+
+class StateMachine:
+    def __init__(
+        self,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        dedupe_limit: int = DEFAULT_DEDUPE_LIMIT,
+        dedupe_ttl_ms: int = DEFAULT_DEDUPE_TTL_MS,
+    ) -> None:
+        self.history_limit = history_limit
+        self.dedupe_limit = dedupe_limit
+        self.dedupe_ttl_ms = dedupe_ttl_ms
+        self._reset()
+        self._handlers: dict[str, Callable[[command_pb2.Command], CommandResult]] = {
+            "kv_put": self._kv_put,
+            "kv_delete": self._kv_delete,
+            "kv_compare_and_swap": self._kv_compare_and_swap,
+            "barrier": self._barrier,
+            "member_upsert": self._member_upsert,
+            "member_remove": self._member_remove,
+            "restore_state": self._restore_state,
+        }
+
+    def _reset(self) -> None:
+        self.revision = 0
+        self.time_unix_ms = 0
+        self.compacted_revision = 0
+        self._kvs: SortedDict = SortedDict()
+        # The watch history is a list with a moving start, trimmed in bulk (amortised O(1)).
+        self._history: list[watch_pb2.Event] = []
+        self._history_start = 0
+        self._history_revisions: list[int] = []
+        self._dedupe: OrderedDict[str, tuple[int, CommandResult]] = OrderedDict()
+        self.members: dict[str, command_pb2.MemberRecord] = {}
+        self.removed_members: dict[str, None] = {}
+
+    # ----------------------------------------------------------------- applying
+
+    def apply_entry(self, entry: bytes) -> list[CommandResult]:
+        """Apply one log entry (a serialized CommandBatch); one result per command, in order."""
+        try:
+            batch = command_pb2.CommandBatch.FromString(entry)
+        except DecodeError:
+            return []
+        # Time only moves forward, whatever a new leader's clock says.
+        self.time_unix_ms = max(self.time_unix_ms, batch.time_unix_ms)
+        self._expire_dedupe()
+        return [self.apply_command(command) for command in batch.commands]
+
+    def apply_command(self, command: command_pb2.Command) -> CommandResult:
+        request_id = command.request_id
+        if request_id:
+            seen = self._dedupe.get(request_id)
+            if seen is not None:
+                return seen[1]
+            problem = limits.check_request_id(request_id)
+            if problem:
+                return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
+        kind = command.WhichOneof("body")
+        handler = self._handlers.get(kind or "")
+        if handler is None:
+            result = _error(
+                common_pb2.ERROR_CODE_INVALID_ARGUMENT,
+                f"unknown command {kind!r}: is this server older than the one that proposed it?",
+                self.revision,
+            )
+        else:
+            try:
+                result = handler(command)
+            except Exception as exc:  # a bug; deterministic on every replica, and never fatal
+                result = _error(
+                    common_pb2.ERROR_CODE_INTERNAL,
+                    f"{type(exc).__name__} while applying {kind}: {exc}",
+                    self.revision,
+                )
+        if request_id:
+            self._dedupe[request_id] = (self.time_unix_ms, result)
+            if len(self._dedupe) > self.dedupe_limit:
+                self._dedupe.popitem(last=False)
+        return result
+
+    def _expire_dedupe(self) -> None:
+        horizon = self.time_unix_ms - self.dedupe_ttl_ms
+        while self._dedupe:
+            first_id, (stamped, _) = next(iter(self._dedupe.items()))
+            if stamped >= horizon:
+                break
+            del self._dedupe[first_id]
+
+    def _record(
+        self,
+        domain: str,
+        key: str,
+        event_type: int,
+        kv: kv_pb2.KeyValue | None,
+        prev_kv: kv_pb2.KeyValue | None,
+    ) -> int:
+        """Bump the revision and append the one event that describes the change."""
+        self.revision += 1
+        event = watch_pb2.Event(
+            revision=self.revision, type=event_type, domain=domain, key=key, time_unix_ms=self.time_unix_ms
+        )
+        if kv is not None:
+            event.kv.CopyFrom(kv)
+        if prev_kv is not None:
+            event.prev_kv.CopyFrom(prev_kv)
+        self._history.append(event)
+        self._history_revisions.append(self.revision)
+        self._trim_history()
+        return self.revision
+
+    def _trim_history(self) -> None:
+        while len(self._history) - self._history_start > self.history_limit:
+            self.compacted_revision = self._history[self._history_start].revision
+            self._history_start += 1
+        if self._history_start > max(self.history_limit, 1024):
+            del self._history[: self._history_start]
+            del self._history_revisions[: self._history_start]
+            self._history_start = 0
+
+    # ----------------------------------------------------------------- KV
+
+    def _kv_put(self, command: command_pb2.Command) -> CommandResult:
+        put = command.kv_put
+        problem = limits.check_key(put.key) or limits.check_value(put.value)
+        if problem:
+            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
+        prev = self._kvs.get(put.key)
+        result = self._write(put.key, put.value, prev)
+        body = result.kv_put
+        if put.prev_kv and prev is not None:
+            body.prev_kv.CopyFrom(prev)
+        return result
+
+    def _write(self, key: str, value: bytes, prev: kv_pb2.KeyValue | None) -> CommandResult:
+        revision = self.revision + 1
+        kv = kv_pb2.KeyValue(
+            key=key,
+            value=value,
+            create_revision=prev.create_revision if prev is not None else revision,
+            mod_revision=revision,
+            version=prev.version + 1 if prev is not None else 1,
+        )
+        self._kvs[key] = kv
+        self._record(DOMAIN_KV, key, watch_pb2.EVENT_TYPE_PUT, kv, prev)
+        return CommandResult(revision=revision, kv_put=command_pb2.KvPutResult(kv=_meta_only(kv)))
+
+    def _delete(self, key: str) -> tuple[int, kv_pb2.KeyValue | None]:
+        prev = self._kvs.pop(key, None)
+        if prev is None:
+            return self.revision, None
+        tombstone = kv_pb2.KeyValue(key=key, mod_revision=self.revision + 1)
+        return self._record(DOMAIN_KV, key, watch_pb2.EVENT_TYPE_DELETE, tombstone, prev), prev
+
+    def _kv_delete(self, command: command_pb2.Command) -> CommandResult:
+        key = command.kv_delete.key
+        problem = limits.check_key(key)
+        if problem:
+            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
+        revision, prev = self._delete(key)
+        body = command_pb2.KvDeleteResult(deleted=prev is not None)
+        if prev is not None:
+            body.prev_kv.CopyFrom(prev)
+        return CommandResult(revision=revision, kv_delete=body)
+
+    def _kv_compare_and_swap(self, command: command_pb2.Command) -> CommandResult:
+        cas = command.kv_compare_and_swap
+        problem = limits.check_key(cas.key) or limits.check_value(cas.value)
+        if problem:
+            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
+        current = self._kvs.get(cas.key)
+        current_mod = current.mod_revision if current is not None else 0
+        if current_mod != cas.expected_mod_revision:
+            body = command_pb2.KvCompareAndSwapResult(succeeded=False, found=current is not None)
+            if current is not None:
+                body.kv.CopyFrom(current)
+            return CommandResult(revision=self.revision, kv_compare_and_swap=body)
+        if cas.delete:
+            revision, _ = self._delete(cas.key)
+            return CommandResult(
+                revision=revision, kv_compare_and_swap=command_pb2.KvCompareAndSwapResult(succeeded=True)
+            )
+        written = self._write(cas.key, cas.value, current)
+        return CommandResult(
+            revision=written.revision,
+            kv_compare_and_swap=command_pb2.KvCompareAndSwapResult(
+                succeeded=True, found=True, kv=written.kv_put.kv
+            ),
+        )
+
+    def _barrier(self, command: command_pb2.Command) -> CommandResult:
+        return CommandResult(revision=self.revision, barrier=command_pb2.BarrierResult())
+
+    # ----------------------------------------------------------------- member directory
+
+    def _member_upsert(self, command: command_pb2.Command) -> CommandResult:
+        member = command.member_upsert.member
+        problem = (
+            limits.check_member_id(member.id)
+            or limits.check_address(member.raft_address, "raft address")
+            or limits.check_address(member.client_address, "client address")
+        )
+        if problem:
+            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
+        if member.id in self.removed_members:
+            return _error(
+                common_pb2.ERROR_CODE_FAILED_PRECONDITION,
+                f"member {member.id!r} was removed from this cluster and may not rejoin under that id; "
+                "wipe its data directory and add it under a new id",
+                self.revision,
+            )
+        for other in self.members.values():
+            if other.id != member.id and other.raft_address == member.raft_address:
+                return _error(
+                    common_pb2.ERROR_CODE_ALREADY_EXISTS,
+                    f"raft address {member.raft_address} already belongs to member {other.id!r}",
+                    self.revision,
+                )
+        prev = self.members.get(member.id)
+        if (
+            prev is not None
+            and prev.raft_address == member.raft_address
+            and prev.client_address == member.client_address
+        ):
+            return CommandResult(revision=self.revision, member=command_pb2.MemberResult(changed=False))
+        record = command_pb2.MemberRecord(
+            id=member.id,
+            raft_address=member.raft_address,
+            client_address=member.client_address,
+            added_revision=prev.added_revision if prev is not None else self.revision + 1,
+        )
+        self.members[member.id] = record
+        revision = self._record(
+            DOMAIN_CLUSTER,
+            member.id,
+            watch_pb2.EVENT_TYPE_PUT,
+            kv_pb2.KeyValue(key=member.id, value=record.SerializeToString(deterministic=True)),
+            None,
+        )
+        return CommandResult(revision=revision, member=command_pb2.MemberResult(changed=True))
+
+    def _member_remove(self, command: command_pb2.Command) -> CommandResult:
+        member_id = command.member_remove.id
+        prev = self.members.pop(member_id, None)
+        if prev is None:
+            return _error(
+                common_pb2.ERROR_CODE_NOT_FOUND, f"no member {member_id!r} in this cluster", self.revision
+            )
+        self.removed_members[member_id] = None
+        revision = self._record(
+            DOMAIN_CLUSTER,
+            member_id,
+            watch_pb2.EVENT_TYPE_DELETE,
+            kv_pb2.KeyValue(key=member_id),
+            kv_pb2.KeyValue(key=member_id, value=prev.SerializeToString(deterministic=True)),
+        )
+        return CommandResult(revision=revision, member=command_pb2.MemberResult(changed=True))
+
+    # ----------------------------------------------------------------- restore from a backup
+
+    def _restore_state(self, command: command_pb2.Command) -> CommandResult:
+        """Replace the user data with a backup's, atomically.
+
+        The member directory and the dedupe table stay: they describe this cluster, not the
+        backup's. The watch history is dropped and marked compacted, so every watcher learns
+        (OUT_OF_RANGE) that it must re-read rather than silently missing the swap.
+        """
+        try:
+            snapshot = parse_snapshot(command.restore_state.snapshot)
+        except SnapshotError as exc:
+            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, str(exc), self.revision)
+        for kv in snapshot.kvs:
+            problem = limits.check_key(kv.key) or limits.check_value(kv.value)
+            if problem:
+                return _error(
+                    common_pb2.ERROR_CODE_INVALID_ARGUMENT, f"backup holds a bad key: {problem}", self.revision
+                )
+        self.revision = max(self.revision, snapshot.revision) + 1
+        self._kvs = SortedDict((kv.key, kv) for kv in snapshot.kvs)
+        self._history, self._history_revisions, self._history_start = [], [], 0
+        self.compacted_revision = self.revision
+        return CommandResult(revision=self.revision, restore=command_pb2.RestoreResult(keys=len(self._kvs)))
+
+    # ----------------------------------------------------------------- reads
+
+    def get(self, key: str) -> kv_pb2.KeyValue | None:
+        kv: kv_pb2.KeyValue | None = self._kvs.get(key)
+        return kv
+
+    def list(
+        self, prefix: str, start_after: str = "", limit: int = limits.MAX_LIST_LIMIT
+    ) -> tuple[list[kv_pb2.KeyValue], bool]:
+        """Keys under ``prefix`` in lexical order after ``start_after``; and whether more follow."""
+        if start_after and start_after >= prefix:
+            keys = self._kvs.irange(minimum=start_after, inclusive=(False, True))
+        else:
+            keys = self._kvs.irange(minimum=prefix)
+        out: list[kv_pb2.KeyValue] = []
+        for key in keys:
+            if not key.startswith(prefix):
+                break
+            if len(out) == limit:
+                return out, True
+            out.append(self._kvs[key])
+        return out, False
+
+    def key_count(self) -> int:
+        return len(self._kvs)
+
+    @property
+    def oldest_revision(self) -> int:
+        """The oldest revision a watch can still start from."""
+        return self.compacted_revision + 1
+
+    def events_from(self, revision: int, max_events: int = 1000) -> list[watch_pb2.Event]:
+        """Retained events with revision >= ``revision``, oldest first.
+
+        The caller must check ``revision > compacted_revision`` first: older events are gone.
+        """
+        index = bisect.bisect_left(self._history_revisions, revision, lo=self._history_start)
+        return self._history[index : index + max_events]
+
+    # ----------------------------------------------------------------- snapshots
+
+    def snapshot(self) -> bytes:
+        """The whole state in the versioned StateSnapshot format (deterministic bytes)."""
+        snap = command_pb2.StateSnapshot(
+            format_version=SNAPSHOT_FORMAT_VERSION,
+            revision=self.revision,
+            time_unix_ms=self.time_unix_ms,
+            compacted_revision=self.compacted_revision,
+            removed_members=list(self.removed_members),
+        )
+        snap.kvs.extend(self._kvs.values())
+        snap.history.extend(self._history[self._history_start :])
+        snap.dedupe.extend(
+            command_pb2.DedupeEntry(request_id=rid, time_unix_ms=stamped, result=result)
+            for rid, (stamped, result) in self._dedupe.items()
+        )
+        snap.members.extend(self.members.values())
+        return snap.SerializeToString(deterministic=True)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot. Raises SnapshotError; not for the replicated path."""
+        snap = parse_snapshot(data)
+        self._reset()
+        self.revision = snap.revision
+        self.time_unix_ms = snap.time_unix_ms
+        self.compacted_revision = snap.compacted_revision
+        self._kvs = SortedDict((kv.key, kv) for kv in snap.kvs)
+        self._history = list(snap.history)
+        self._history_revisions = [event.revision for event in self._history]
+        self._dedupe = OrderedDict(
+            (entry.request_id, (entry.time_unix_ms, entry.result)) for entry in snap.dedupe
+        )
+        self.members = {member.id: member for member in snap.members}
+        self.removed_members = dict.fromkeys(snap.removed_members)
+
+
+def parse_snapshot(data: bytes) -> command_pb2.StateSnapshot:
+    try:
+        snap = command_pb2.StateSnapshot.FromString(data)
+    except DecodeError as exc:
+        raise SnapshotError(f"not a controlplane snapshot: {exc}") from None
+    if snap.format_version != SNAPSHOT_FORMAT_VERSION:
+        raise SnapshotError(
+            f"snapshot format version {snap.format_version} is not supported "
+            f"(this server reads version {SNAPSHOT_FORMAT_VERSION})"
+        )
+    return snap
+
+
+def batch_entry(time_unix_ms: int, leader_id: str, commands: Iterable[command_pb2.Command]) -> bytes:
+    """Serialize commands as one log entry."""
+    batch = command_pb2.CommandBatch(time_unix_ms=time_unix_ms, leader_id=leader_id)
+    batch.commands.extend(commands)
+    return batch.SerializeToString()

@@ -1,0 +1,196 @@
+from controlplane.v1 import common_pb2 as _common_pb2
+from controlplane.v1 import kv_pb2 as _kv_pb2
+from controlplane.v1 import watch_pb2 as _watch_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CommandBatch(_message.Message):
+    __slots__ = ("time_unix_ms", "leader_id", "commands")
+    TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    time_unix_ms: int
+    leader_id: str
+    commands: _containers.RepeatedCompositeFieldContainer[Command]
+    def __init__(self, time_unix_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., commands: _Optional[_Iterable[_Union[Command, _Mapping]]] = ...) -> None: ...
+
+class Command(_message.Message):
+    __slots__ = ("request_id", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member_upsert", "member_remove", "restore_state")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KV_PUT_FIELD_NUMBER: _ClassVar[int]
+    KV_DELETE_FIELD_NUMBER: _ClassVar[int]
+    KV_COMPARE_AND_SWAP_FIELD_NUMBER: _ClassVar[int]
+    BARRIER_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_UPSERT_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_REMOVE_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_STATE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    kv_put: KvPut
+    kv_delete: KvDelete
+    kv_compare_and_swap: KvCompareAndSwap
+    barrier: Barrier
+    member_upsert: MemberUpsert
+    member_remove: MemberRemove
+    restore_state: RestoreState
+    def __init__(self, request_id: _Optional[str] = ..., kv_put: _Optional[_Union[KvPut, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDelete, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwap, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., member_upsert: _Optional[_Union[MemberUpsert, _Mapping]] = ..., member_remove: _Optional[_Union[MemberRemove, _Mapping]] = ..., restore_state: _Optional[_Union[RestoreState, _Mapping]] = ...) -> None: ...
+
+class KvPut(_message.Message):
+    __slots__ = ("key", "value", "prev_kv")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    PREV_KV_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    prev_kv: bool
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., prev_kv: _Optional[bool] = ...) -> None: ...
+
+class KvDelete(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class KvCompareAndSwap(_message.Message):
+    __slots__ = ("key", "expected_mod_revision", "value", "delete")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    expected_mod_revision: int
+    value: bytes
+    delete: bool
+    def __init__(self, key: _Optional[str] = ..., expected_mod_revision: _Optional[int] = ..., value: _Optional[bytes] = ..., delete: _Optional[bool] = ...) -> None: ...
+
+class Barrier(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MemberUpsert(_message.Message):
+    __slots__ = ("member",)
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    member: MemberRecord
+    def __init__(self, member: _Optional[_Union[MemberRecord, _Mapping]] = ...) -> None: ...
+
+class MemberRemove(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RestoreState(_message.Message):
+    __slots__ = ("snapshot",)
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    snapshot: bytes
+    def __init__(self, snapshot: _Optional[bytes] = ...) -> None: ...
+
+class CommandResult(_message.Message):
+    __slots__ = ("revision", "error", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member", "restore")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    KV_PUT_FIELD_NUMBER: _ClassVar[int]
+    KV_DELETE_FIELD_NUMBER: _ClassVar[int]
+    KV_COMPARE_AND_SWAP_FIELD_NUMBER: _ClassVar[int]
+    BARRIER_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    error: _common_pb2.Error
+    kv_put: KvPutResult
+    kv_delete: KvDeleteResult
+    kv_compare_and_swap: KvCompareAndSwapResult
+    barrier: BarrierResult
+    member: MemberResult
+    restore: RestoreResult
+    def __init__(self, revision: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., kv_put: _Optional[_Union[KvPutResult, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDeleteResult, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwapResult, _Mapping]] = ..., barrier: _Optional[_Union[BarrierResult, _Mapping]] = ..., member: _Optional[_Union[MemberResult, _Mapping]] = ..., restore: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
+
+class KvPutResult(_message.Message):
+    __slots__ = ("kv", "prev_kv")
+    KV_FIELD_NUMBER: _ClassVar[int]
+    PREV_KV_FIELD_NUMBER: _ClassVar[int]
+    kv: _kv_pb2.KeyValue
+    prev_kv: _kv_pb2.KeyValue
+    def __init__(self, kv: _Optional[_Union[_kv_pb2.KeyValue, _Mapping]] = ..., prev_kv: _Optional[_Union[_kv_pb2.KeyValue, _Mapping]] = ...) -> None: ...
+
+class KvDeleteResult(_message.Message):
+    __slots__ = ("deleted", "prev_kv")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    PREV_KV_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    prev_kv: _kv_pb2.KeyValue
+    def __init__(self, deleted: _Optional[bool] = ..., prev_kv: _Optional[_Union[_kv_pb2.KeyValue, _Mapping]] = ...) -> None: ...
+
+class KvCompareAndSwapResult(_message.Message):
+    __slots__ = ("succeeded", "found", "kv")
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    KV_FIELD_NUMBER: _ClassVar[int]
+    succeeded: bool
+    found: bool
+    kv: _kv_pb2.KeyValue
+    def __init__(self, succeeded: _Optional[bool] = ..., found: _Optional[bool] = ..., kv: _Optional[_Union[_kv_pb2.KeyValue, _Mapping]] = ...) -> None: ...
+
+class BarrierResult(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MemberResult(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...
+
+class RestoreResult(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: int
+    def __init__(self, keys: _Optional[int] = ...) -> None: ...
+
+class MemberRecord(_message.Message):
+    __slots__ = ("id", "raft_address", "client_address", "added_revision")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ADDED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    raft_address: str
+    client_address: str
+    added_revision: int
+    def __init__(self, id: _Optional[str] = ..., raft_address: _Optional[str] = ..., client_address: _Optional[str] = ..., added_revision: _Optional[int] = ...) -> None: ...
+
+class DedupeEntry(_message.Message):
+    __slots__ = ("request_id", "time_unix_ms", "result")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    time_unix_ms: int
+    result: CommandResult
+    def __init__(self, request_id: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
+
+class StateSnapshot(_message.Message):
+    __slots__ = ("format_version", "revision", "time_unix_ms", "kvs", "history", "compacted_revision", "dedupe", "members", "removed_members")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    KVS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    COMPACTED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    DEDUPE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    revision: int
+    time_unix_ms: int
+    kvs: _containers.RepeatedCompositeFieldContainer[_kv_pb2.KeyValue]
+    history: _containers.RepeatedCompositeFieldContainer[_watch_pb2.Event]
+    compacted_revision: int
+    dedupe: _containers.RepeatedCompositeFieldContainer[DedupeEntry]
+    members: _containers.RepeatedCompositeFieldContainer[MemberRecord]
+    removed_members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, format_version: _Optional[int] = ..., revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[_watch_pb2.Event, _Mapping]]] = ..., compacted_revision: _Optional[int] = ..., dedupe: _Optional[_Iterable[_Union[DedupeEntry, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ...) -> None: ...
