@@ -193,16 +193,12 @@ def error_from_result(error: common_pb2.Error) -> ControlPlaneError:
     return _BY_RESULT_CODE.get(error.code, Internal)(error.message)
 
 
-def error_from_status(
-    code: grpc.StatusCode, details: str, metadata: dict[str, str] | None = None
-) -> ControlPlaneError:
+def error_from_status(code: grpc.StatusCode, details: str, metadata: dict[str, str] | None = None) -> ControlPlaneError:
     """The exception for a gRPC status received by a client (the inverse of ``ControlPlaneError.code``)."""
     metadata = metadata or {}
     kind = metadata.get(ERROR_KIND_KEY, "")
     if code == grpc.StatusCode.FAILED_PRECONDITION and kind == "NotLeader":
-        return NotLeader(
-            details, metadata.get(LEADER_ID_KEY, ""), metadata.get(LEADER_ADDRESS_KEY, "")
-        )
+        return NotLeader(details, metadata.get(LEADER_ID_KEY, ""), metadata.get(LEADER_ADDRESS_KEY, ""))
     if code == grpc.StatusCode.OUT_OF_RANGE:
         try:
             oldest = int(metadata.get(OLDEST_REVISION_KEY, "0"))

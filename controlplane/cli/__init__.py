@@ -14,6 +14,11 @@ app = typer.Typer(
 
 def main() -> None:
     # Command groups register themselves on import; importing here keeps `cpctl --help` complete.
-    from controlplane.cli import cluster, dev, kv, serve  # noqa: F401
+    from controlplane.cli import serve  # noqa: F401
 
     app()
+
+
+@app.callback()
+def _root() -> None:
+    """Raft-replicated control plane: run servers, and read and write the cluster."""

@@ -87,6 +87,8 @@ class StateMachine:
         self._dedupe: OrderedDict[str, tuple[int, CommandResult]] = OrderedDict()
         self.members: dict[str, command_pb2.MemberRecord] = {}
         self.removed_members: dict[str, None] = {}
+        # Bumped on every directory change; derived, not snapshotted (readers cache by it).
+        self.members_version = getattr(self, "members_version", 0) + 1
 
     # ----------------------------------------------------------------- applying
 
@@ -237,9 +239,7 @@ class StateMachine:
         written = self._write(cas.key, cas.value, current)
         return CommandResult(
             revision=written.revision,
-            kv_compare_and_swap=command_pb2.KvCompareAndSwapResult(
-                succeeded=True, found=True, kv=written.kv_put.kv
-            ),
+            kv_compare_and_swap=command_pb2.KvCompareAndSwapResult(succeeded=True, found=True, kv=written.kv_put.kv),
         )
 
     def _barrier(self, command: command_pb2.Command) -> CommandResult:
@@ -284,6 +284,7 @@ class StateMachine:
             added_revision=prev.added_revision if prev is not None else self.revision + 1,
         )
         self.members[member.id] = record
+        self.members_version += 1
         revision = self._record(
             DOMAIN_CLUSTER,
             member.id,
@@ -297,10 +298,9 @@ class StateMachine:
         member_id = command.member_remove.id
         prev = self.members.pop(member_id, None)
         if prev is None:
-            return _error(
-                common_pb2.ERROR_CODE_NOT_FOUND, f"no member {member_id!r} in this cluster", self.revision
-            )
+            return _error(common_pb2.ERROR_CODE_NOT_FOUND, f"no member {member_id!r} in this cluster", self.revision)
         self.removed_members[member_id] = None
+        self.members_version += 1
         revision = self._record(
             DOMAIN_CLUSTER,
             member_id,
@@ -327,7 +327,9 @@ class StateMachine:
             problem = limits.check_key(kv.key) or limits.check_value(kv.value)
             if problem:
                 return _error(
-                    common_pb2.ERROR_CODE_INVALID_ARGUMENT, f"backup holds a bad key: {problem}", self.revision
+                    common_pb2.ERROR_CODE_INVALID_ARGUMENT,
+                    f"backup holds a bad key: {problem}",
+                    self.revision,
                 )
         self.revision = max(self.revision, snapshot.revision) + 1
         self._kvs = SortedDict((kv.key, kv) for kv in snapshot.kvs)
@@ -404,9 +406,7 @@ class StateMachine:
         self._kvs = SortedDict((kv.key, kv) for kv in snap.kvs)
         self._history = list(snap.history)
         self._history_revisions = [event.revision for event in self._history]
-        self._dedupe = OrderedDict(
-            (entry.request_id, (entry.time_unix_ms, entry.result)) for entry in snap.dedupe
-        )
+        self._dedupe = OrderedDict((entry.request_id, (entry.time_unix_ms, entry.result)) for entry in snap.dedupe)
         self.members = {member.id: member for member in snap.members}
         self.removed_members = dict.fromkeys(snap.removed_members)
 

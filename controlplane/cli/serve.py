@@ -1,0 +1,62 @@
+"""`cpctl serve`: run one server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from controlplane.cli import app
+from controlplane.cli.output import fail
+from controlplane.server.config import ConfigError, load_config
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
+    node_id: Annotated[str | None, typer.Option(help="This server's id [CP_NODE_ID]")] = None,
+    client_address: Annotated[str | None, typer.Option(help="gRPC API HOST:PORT [CP_CLIENT_ADDRESS]")] = None,
+    raft_address: Annotated[str | None, typer.Option(help="Raft peer HOST:PORT [CP_RAFT_ADDRESS]")] = None,
+    metrics_address: Annotated[
+        str | None, typer.Option(help="Prometheus HOST:PORT, empty to disable [CP_METRICS_ADDRESS]")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Raft journal and dump [CP_DATA_DIR]")] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(help="Another server, ID=RAFT_HOST:PORT,CLIENT_HOST:PORT (repeat) [CP_PEERS]"),
+    ] = None,
+    raft_password_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the Raft password [CP_RAFT_PASSWORD_FILE, CP_RAFT_PASSWORD]"),
+    ] = None,
+    insecure_dev: Annotated[
+        bool,
+        typer.Option("--insecure-dev", help="Allow running without a Raft password (local experiments only)"),
+    ] = False,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning [CP_LOG_LEVEL]")] = None,
+) -> None:
+    """Run a server: Raft voter, gRPC API and Prometheus metrics.
+
+    Settings come from --config, then CP_* environment variables, then these flags (highest).
+    The Raft password is never a flag: use CP_RAFT_PASSWORD or a password file.
+    """
+    overrides = {
+        "node_id": node_id,
+        "client_address": client_address,
+        "raft_address": raft_address,
+        "metrics_address": metrics_address,
+        "data_dir": data_dir,
+        "peers": peer or None,
+        "raft_password_file": str(raft_password_file) if raft_password_file else None,
+        "insecure_dev": insecure_dev or None,
+        "log_level": log_level,
+    }
+    from controlplane.server.app import serve as run_server
+
+    try:
+        server_config = load_config(config, overrides)
+        asyncio.run(run_server(server_config))
+    except ConfigError as exc:
+        fail(f"cannot start: {exc}", code=2)

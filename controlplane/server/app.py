@@ -1,0 +1,140 @@
+"""Run one server process: Raft node, gRPC API (with health and reflection) and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from controlplane.server import logs, metrics
+from controlplane.server.config import ConfigError, ServerConfig
+from controlplane.server.interceptor import ErrorsAndMetrics
+from controlplane.server.node import CHANNEL_OPTIONS, Node
+from controlplane.server.services import ClusterService, KVService, PeerService, WatchService
+from controlplane.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+    peer_pb2,
+    peer_pb2_grpc,
+    watch_pb2,
+    watch_pb2_grpc,
+)
+
+log = structlog.get_logger("controlplane.server")
+
+HEALTH_REFRESH_S = 0.25
+SHUTDOWN_GRACE_S = 2.0
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def check_bindable(address: str, what: str) -> None:
+    """Fail fast with a clear message instead of pysyncobj retrying a taken port forever."""
+    host, port = _split(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"{what} {address} cannot be bound: {exc.strerror}") from None
+
+
+async def serve(config: ServerConfig) -> None:
+    node = Node(config)
+    logs.configure(config.node_id, config.log_level, lambda: _log_context(node))
+    check_bindable(config.raft_address, "raft_address")
+    check_bindable(config.client_address, "client_address")
+    if config.metrics_address:
+        check_bindable(config.metrics_address, "metrics_address")
+
+    await node.start()
+    # grpc enables SO_REUSEPORT by default, which would let a second server silently share our port.
+    server = grpc.aio.server(interceptors=[ErrorsAndMetrics()], options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)))
+    kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
+    watch_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)
+    cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
+    peer_pb2_grpc.add_PeerServicer_to_server(PeerService(node), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
+            watch_pb2.DESCRIPTOR.services_by_name["Watch"].full_name,
+            cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
+            peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    server.add_insecure_port(config.client_address)
+    await server.start()
+    if config.metrics_address:
+        host, port = _split(config.metrics_address)
+        start_http_server(port, addr=host)
+    log.info(
+        "server_started",
+        client_address=config.client_address,
+        raft_address=config.raft_address,
+        metrics_address=config.metrics_address,
+        peers=[peer.spec() for peer in config.peers],
+        data_dir=str(config.data_dir),
+        insecure_dev=config.insecure_dev,
+    )
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    refresher = asyncio.create_task(_refresh_health(node, health_servicer))
+    await stopping.wait()
+
+    log.info("server_stopping")
+    refresher.cancel()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(SHUTDOWN_GRACE_S)
+    await node.stop()
+    log.info("server_stopped")
+
+
+def _log_context(node: Node) -> dict[str, object]:
+    try:
+        return {"role": node.role(), "term": node.raft.term()}
+    except AttributeError:  # before Raft has started
+        return {}
+
+
+async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer) -> None:
+    """SERVING while this server knows a leader and has caught up once; metrics on the same beat."""
+    last = None
+    while True:
+        with contextlib.suppress(Exception):  # a status read must never kill the loop
+            status = node.raft.status()
+            serving = bool(status.leader_address) and node.raft.is_ready()
+            metrics.RAFT_TERM.set(status.term)
+            metrics.RAFT_COMMIT_INDEX.set(status.commit_index)
+            metrics.RAFT_APPLIED_INDEX.set(status.applied_index)
+            metrics.APPLIED_REVISION.set(node.machine.revision)
+            metrics.HAS_LEADER.set(1 if status.leader_address else 0)
+            metrics.set_role(status.role)
+            if serving != last:
+                state = (
+                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                await health_servicer.set("", state)
+                await health_servicer.set("controlplane.v1.KV", state)
+                last = serving
+        await asyncio.sleep(HEALTH_REFRESH_S)

@@ -1,0 +1,198 @@
+"""Server configuration: a TOML file, overridden by ``CP_*`` environment variables, overridden by flags.
+
+Example (see deploy/server.example.toml)::
+
+    node_id = "n1"
+    client_address = "0.0.0.0:7101"     # gRPC API
+    raft_address = "10.0.0.1:7201"      # pysyncobj peer port: must be reachable by the other servers
+    metrics_address = "0.0.0.0:7301"    # Prometheus /metrics
+    data_dir = "/var/lib/controlplane"
+    raft_password_file = "/etc/controlplane/raft-password"   # or CP_RAFT_PASSWORD
+    peers = ["n2=10.0.0.2:7202,10.0.0.2:7102", "n3=10.0.0.3:7203,10.0.0.3:7103"]
+
+The Raft password is a secret: it comes from ``CP_RAFT_PASSWORD``, from a file, or from the
+config file, never from a flag (flags are visible in ``ps``). Without one the server refuses to
+start unless ``insecure_dev`` is set, because pysyncobj's wire format is pickle: an open,
+unauthenticated peer port is remote code execution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controlplane.state import limits
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    id: str
+    raft_address: str
+    client_address: str
+
+    @classmethod
+    def parse(cls, spec: str) -> Peer:
+        """``ID=RAFT_ADDRESS,CLIENT_ADDRESS``, e.g. ``n2=127.0.0.1:7202,127.0.0.1:7102``."""
+        peer_id, sep, addresses = spec.strip().partition("=")
+        raft_address, comma, client_address = addresses.partition(",")
+        if not sep or not comma:
+            raise ConfigError(f"peer {spec!r} must look like ID=RAFT_HOST:PORT,CLIENT_HOST:PORT")
+        peer = cls(peer_id.strip(), raft_address.strip(), client_address.strip())
+        problem = (
+            limits.check_member_id(peer.id)
+            or limits.check_address(peer.raft_address, "peer raft address")
+            or limits.check_address(peer.client_address, "peer client address")
+        )
+        if problem:
+            raise ConfigError(f"peer {spec!r}: {problem}")
+        return peer
+
+    def spec(self) -> str:
+        return f"{self.id}={self.raft_address},{self.client_address}"
+
+
+@dataclass(frozen=True)
+class RaftTuning:
+    """pysyncobj timing. The defaults are tuned for loopback and LAN clusters (docs/operations.md).
+
+    Group commit (our batching) replaces pysyncobj's append batching, so each batch is sent as
+    soon as it is formed; ``heartbeat_s`` only paces idle heartbeats.
+    """
+
+    heartbeat_s: float = 0.05
+    election_min_s: float = 0.4
+    election_max_s: float = 0.8
+    # How long a leader that hears from no majority keeps believing it leads (pysyncobj's
+    # default is 30 s; a partitioned leader would answer stale reads for that long).
+    leader_fallback_s: float = 1.6
+    tick_s: float = 0.01
+    connection_retry_s: float = 0.5
+    compaction_min_entries: int = 20_000
+    compaction_min_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    node_id: str
+    client_address: str
+    raft_address: str
+    metrics_address: str
+    data_dir: Path
+    raft_password: str | None = field(default=None, repr=False)
+    insecure_dev: bool = False
+    peers: tuple[Peer, ...] = ()
+    # Joining an existing cluster: start with the current members as peers and dynamic
+    # membership on; the leader then admits this server with Cluster.AddMember.
+    join: bool = False
+    log_level: str = "info"
+    # Group commit: most commands and bytes in one log entry.
+    max_batch_commands: int = 2048
+    max_batch_bytes: int = 4 * 1024 * 1024
+    # How long a write may wait for its commit before the answer is "unknown outcome".
+    commit_timeout_s: float = 10.0
+    history_limit: int = 10_000
+    raft: RaftTuning = field(default_factory=RaftTuning)
+
+    def validate(self) -> None:
+        problems = [
+            limits.check_member_id(self.node_id),
+            limits.check_address(self.client_address, "client_address"),
+            limits.check_address(self.raft_address, "raft_address"),
+            limits.check_address(self.metrics_address, "metrics_address") if self.metrics_address else None,
+        ]
+        for problem in problems:
+            if problem:
+                raise ConfigError(problem)
+        if not self.raft_password and not self.insecure_dev:
+            raise ConfigError(
+                "no Raft password: set CP_RAFT_PASSWORD, raft_password_file or raft_password in the config "
+                "file. pysyncobj's peer protocol is pickle, so an unauthenticated peer port lets anyone who "
+                "reaches it run code on this server. For a throwaway local cluster pass --insecure-dev."
+            )
+        ids = [peer.id for peer in self.peers]
+        if self.node_id in ids:
+            raise ConfigError(f"peers must not include this server ({self.node_id}) itself")
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"peer ids must be unique: {ids}")
+        addresses = [self.raft_address, *(peer.raft_address for peer in self.peers)]
+        if len(set(addresses)) != len(addresses):
+            raise ConfigError(f"raft addresses must be unique: {addresses}")
+
+    @property
+    def journal_file(self) -> Path:
+        return self.data_dir / "raft.journal"
+
+    @property
+    def dump_file(self) -> Path:
+        return self.data_dir / "raft.dump"
+
+
+_ENV_KEYS = {
+    "node_id": "CP_NODE_ID",
+    "client_address": "CP_CLIENT_ADDRESS",
+    "raft_address": "CP_RAFT_ADDRESS",
+    "metrics_address": "CP_METRICS_ADDRESS",
+    "data_dir": "CP_DATA_DIR",
+    "raft_password": "CP_RAFT_PASSWORD",
+    "raft_password_file": "CP_RAFT_PASSWORD_FILE",
+    "peers": "CP_PEERS",
+    "log_level": "CP_LOG_LEVEL",
+}
+
+
+def load_config(
+    config_file: Path | None, overrides: dict[str, Any], environ: dict[str, str] | None = None
+) -> ServerConfig:
+    """Merge defaults < file < environment < flags (``overrides``: only the flags actually given)."""
+    environ = dict(os.environ) if environ is None else environ
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            merged.update(tomllib.loads(config_file.read_text()))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+    for key, env_key in _ENV_KEYS.items():
+        if env_key in environ and environ[env_key] != "":
+            merged[key] = environ[env_key]
+    merged.update({key: value for key, value in overrides.items() if value is not None})
+
+    password_file = merged.pop("raft_password_file", None)
+    if password_file and not merged.get("raft_password"):
+        try:
+            merged["raft_password"] = Path(password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read raft_password_file {password_file}: {exc.strerror}") from None
+
+    peers = merged.pop("peers", ())
+    if isinstance(peers, str):
+        peers = peers.split()
+    raft_table = merged.pop("raft", {})
+    known = {f.name for f in dataclasses.fields(ServerConfig)}
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    missing = [name for name in ("node_id", "client_address", "raft_address", "data_dir") if not merged.get(name)]
+    if missing:
+        raise ConfigError(f"missing setting(s): {', '.join(missing)} (flags, CP_* variables or the config file)")
+    try:
+        tuning = RaftTuning(**raft_table)
+    except TypeError as exc:
+        raise ConfigError(f"[raft] table: {exc}") from None
+    merged.setdefault("metrics_address", "")
+    config = ServerConfig(
+        **{**merged, "data_dir": Path(merged["data_dir"])},
+        peers=tuple(Peer.parse(spec) if isinstance(spec, str) else Peer(**spec) for spec in peers),
+        raft=tuning,
+    )
+    config.validate()
+    return config

@@ -1,0 +1,127 @@
+"""The one place handler exceptions become gRPC statuses, and where every request is measured.
+
+A ``ControlPlaneError`` becomes its status code, its message and its structured fields as
+trailing metadata (``ControlPlaneError.metadata``). Anything else is a bug: it is logged with
+its stack trace here and the client gets INTERNAL with a one-line message, never a trace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from controlplane.errors import ControlPlaneError
+from controlplane.server import metrics
+
+log = structlog.get_logger("controlplane.grpc")
+
+
+class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Wrapped handlers are built once per method, not per call (this is the hot path).
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = _wrap(method, handler)
+        return wrapped
+
+
+def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(method, handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _wrap_unary(method, handler.stream_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> str:
+    """Abort the call for ``exc``; returns the status code name for the metrics."""
+    if isinstance(exc, ControlPlaneError):
+        await context.abort(exc.code, exc.message, trailing_metadata=exc.metadata())
+    log.exception("handler_bug", method=method)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error ({type(exc).__name__}) in {method}; the server log has the details",
+    )
+    return "INTERNAL"  # not reached: abort raises
+
+
+_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def _observe(method: str, code: str, started: float) -> None:
+    children = _children.get((method, code))
+    if children is None:
+        children = _children[(method, code)] = (
+            metrics.REQUESTS.labels(method=method, code=code),
+            metrics.LATENCY.labels(method=method, code=code),
+        )
+    children[0].inc()
+    children[1].observe(time.perf_counter() - started)
+
+
+def _code_of(exc: BaseException) -> str:
+    return exc.code.name if isinstance(exc, ControlPlaneError) else "INTERNAL"
+
+
+def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        try:
+            response = await behaviour(request, context)
+        except grpc.aio.AbortError:
+            _observe(method, "ABORTED_BY_HANDLER", started)
+            raise
+        except Exception as exc:
+            _observe(method, _code_of(exc), started)
+            await _fail(context, method, exc)
+            raise
+        _observe(method, "OK", started)
+        return response
+
+    return wrapped
+
+
+def _wrap_stream(method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        try:
+            async for item in behaviour(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            _observe(method, _code_of(exc), started)
+            await _fail(context, method, exc)
+            raise
+        _observe(method, "OK", started)
+
+    return wrapped

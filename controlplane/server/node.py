@@ -1,0 +1,591 @@
+"""One server: the state machine, its Raft log and the transport-neutral request handlers.
+
+Layering (STYLE 5): gRPC servicers (services.py) parse and answer; the handlers here decide; the
+state machine applies. Handlers raise ``controlplane.errors`` exceptions and never know about
+gRPC status codes.
+
+Threads: pysyncobj's tick thread applies entries under ``state_lock``; everything else runs on
+the asyncio event loop and takes the same lock for the few microseconds a read needs. Applied
+progress crosses to the loop through ``call_soon_threadsafe`` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import itertools
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from controlplane import __version__
+from controlplane.errors import (
+    AlreadyExists,
+    ControlPlaneError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NoLeader,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+    error_from_result,
+    error_from_status,
+)
+from controlplane.server import metrics
+from controlplane.server.config import ServerConfig
+from controlplane.server.proposer import Proposer
+from controlplane.server.raft import SUCCESS, RaftNode, describe_failure
+from controlplane.state import limits
+from controlplane.state.machine import CommandResult, SnapshotError, StateMachine, parse_snapshot
+from controlplane.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    command_pb2,
+    common_pb2,
+    kv_pb2,
+    peer_pb2,
+    peer_pb2_grpc,
+    watch_pb2,
+)
+
+log = structlog.get_logger("controlplane.node")
+
+GRPC_MESSAGE_LIMIT = 64 * 1024 * 1024
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+)
+DEFAULT_READ_TIMEOUT_S = 5.0
+MEMBERSHIP_TIMEOUT_S = 15.0
+
+_ROLE_ENUM = {
+    "follower": cluster_pb2.ROLE_FOLLOWER,
+    "candidate": cluster_pb2.ROLE_CANDIDATE,
+    "leader": cluster_pb2.ROLE_LEADER,
+}
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+@dataclass(frozen=True)
+class MemberAddress:
+    id: str
+    raft_address: str
+    client_address: str
+
+
+class Node:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.machine = StateMachine(history_limit=config.history_limit)
+        self.state_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_seq = itertools.count()
+        self._applied_pending = False
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._membership_change: str | None = None
+        self._book: dict[str, MemberAddress] = {}
+        self._book_version = -1
+        self._background: set[asyncio.Task[None]] = set()
+        self.raft: RaftNode
+        self.proposer: Proposer
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.raft = RaftNode(
+            self.config, self.machine, self.state_lock, self._on_applied_tick_thread, self._on_role_change
+        )
+        self.proposer = Proposer(
+            node_id=self.node_id,
+            raft=self.raft,
+            leader_client_address=lambda: self.leader().client_address if self.leader() else "",
+            forward=self._forward_propose,
+            max_batch_commands=self.config.max_batch_commands,
+            max_batch_bytes=self.config.max_batch_bytes,
+            commit_timeout_s=self.config.commit_timeout_s,
+        )
+        self._spawn(self._publish_self())
+
+    async def stop(self) -> None:
+        self.proposer.close()
+        for task in self._background:
+            task.cancel()
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_exception(Unavailable("the server is shutting down; retry on another"))
+        self._waiters.clear()
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()), return_exceptions=True)
+        await asyncio.to_thread(self.raft.destroy)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ raft callbacks
+
+    def _on_applied_tick_thread(self) -> None:
+        # Coalesce: one wake-up per loop turn however many entries were applied meanwhile.
+        if not self._applied_pending and self._loop is not None:
+            self._applied_pending = True
+            self._loop.call_soon_threadsafe(self._wake_waiters)
+
+    def _wake_waiters(self) -> None:
+        self._applied_pending = False
+        revision = self.machine.revision
+        while self._waiters and self._waiters[0][0] <= revision:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+
+    def _on_role_change(self, old: str, new: str) -> None:  # tick thread
+        metrics.set_role(new)
+        log.info("raft_role_changed", old=old, new=new)
+
+    # ------------------------------------------------------------------ cluster view
+
+    def role(self) -> str:
+        return "leader" if self.raft.is_leader() else "follower"
+
+    def members(self) -> dict[str, MemberAddress]:
+        """Known servers by raft address: the static peer list, overridden by the replicated directory.
+
+        Cached per directory version: it is read on every response (the leader hint).
+        """
+        version = self.machine.members_version
+        if self._book_version == version:
+            return self._book
+        book = {
+            peer.raft_address: MemberAddress(peer.id, peer.raft_address, peer.client_address)
+            for peer in self.config.peers
+        }
+        book[self.config.raft_address] = MemberAddress(
+            self.node_id, self.config.raft_address, self.config.client_address
+        )
+        with self.state_lock:
+            records = list(self.machine.members.values())
+        for record in records:
+            book[record.raft_address] = MemberAddress(record.id, record.raft_address, record.client_address)
+        self._book, self._book_version = book, version
+        return book
+
+    def leader(self) -> MemberAddress | None:
+        address = self.raft.leader_address()
+        if not address:
+            return None
+        return self.members().get(address) or MemberAddress("", address, "")
+
+    def header(self, revision: int | None = None) -> common_pb2.ResponseHeader:
+        leader = self.leader()
+        return common_pb2.ResponseHeader(
+            node_id=self.node_id,
+            revision=self.machine.revision if revision is None else revision,
+            raft_term=self.raft.term(),
+            leader_id=leader.id if leader else "",
+            leader_address=leader.client_address if leader else "",
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    async def write(self, command: command_pb2.Command, timeout: float | None) -> CommandResult:
+        """Replicate a command; an application error in its result is raised as its exception."""
+        if command.request_id:
+            problem = limits.check_request_id(command.request_id)
+            if problem:
+                raise InvalidArgument(problem)
+        result = await self.proposer.propose(command, timeout)
+        if result.HasField("error"):
+            raise error_from_result(result.error)
+        return result
+
+    async def propose_forwarded(
+        self, commands: list[command_pb2.Command], timeout: float | None
+    ) -> list[CommandResult]:
+        """Peer.Propose: a follower's batch. Only the leader takes it; it is never forwarded again."""
+        if not self.raft.is_leader():
+            raise NoLeader(f"{self.node_id} is not the leader any more; the commands were not applied")
+        return await self.proposer.propose_many(commands, timeout)
+
+    async def _forward_propose(
+        self, leader_address: str, commands: list[command_pb2.Command], timeout: float
+    ) -> list[CommandResult]:
+        stub = peer_pb2_grpc.PeerStub(self._channel(leader_address))
+        response = await stub.Propose(
+            peer_pb2.ProposeRequest(commands=commands, from_node=self.node_id), timeout=timeout
+        )
+        return list(response.results)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel
+        return channel
+
+    # ------------------------------------------------------------------ reads
+
+    async def wait_for_revision(self, revision: int, timeout: float | None) -> None:
+        if self.machine.revision >= revision:
+            return
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        heapq.heappush(self._waiters, (revision, next(self._waiter_seq), future))
+        try:
+            await asyncio.wait_for(future, timeout or DEFAULT_READ_TIMEOUT_S)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"revision {revision} was not applied on {self.node_id} in time "
+                f"(applied: {self.machine.revision}); is the revision from this cluster?"
+            ) from None
+
+    async def prepare_read(self, read: common_pb2.ReadOptions, timeout: float | None) -> None:
+        """Block until this replica may answer a read at the requested consistency."""
+        if read.consistency not in (
+            common_pb2.CONSISTENCY_UNSPECIFIED,
+            common_pb2.CONSISTENCY_STALE,
+            common_pb2.CONSISTENCY_LINEARIZABLE,
+        ):
+            raise InvalidArgument(f"unknown consistency {read.consistency}; use STALE or LINEARIZABLE")
+        minimum = read.min_revision
+        if read.consistency != common_pb2.CONSISTENCY_STALE:
+            minimum = max(minimum, await self.proposer.barrier(timeout))
+        elif not self.raft.is_ready() and minimum == 0:
+            raise Unavailable(
+                f"{self.node_id} has not caught up with a leader since it started; retry, or read from another server"
+            )
+        await self.wait_for_revision(minimum, timeout)
+
+    def get(self, key: str) -> tuple[kv_pb2.KeyValue | None, int]:
+        problem = limits.check_key(key)
+        if problem:
+            raise InvalidArgument(problem)
+        with self.state_lock:
+            return self.machine.get(key), self.machine.revision
+
+    def list(self, request: kv_pb2.ListRequest) -> tuple[list[kv_pb2.KeyValue], bool, int]:
+        if request.limit > limits.MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit {request.limit} is above the maximum {limits.MAX_LIST_LIMIT}")
+        with self.state_lock:
+            kvs, more = self.machine.list(request.prefix, request.start_after, request.limit or limits.MAX_LIST_LIMIT)
+            return kvs, more, self.machine.revision
+
+    # ------------------------------------------------------------------ watch
+
+    def watch_start(self, from_revision: int) -> int:
+        """The first revision a new watch delivers; OutOfRange if it was compacted away."""
+        with self.state_lock:
+            if from_revision == 0:
+                return self.machine.revision + 1
+            if from_revision <= self.machine.compacted_revision:
+                raise self._compacted(from_revision)
+            return from_revision
+
+    def watch_read(self, next_revision: int) -> tuple[list[watch_pb2.Event], int]:
+        """Retained events from ``next_revision`` on, and the applied revision they were read at."""
+        with self.state_lock:
+            if next_revision <= self.machine.compacted_revision:
+                raise self._compacted(next_revision)
+            return self.machine.events_from(next_revision), self.machine.revision
+
+    def _compacted(self, revision: int) -> OutOfRange:
+        oldest = self.machine.oldest_revision
+        return OutOfRange(
+            f"revision {revision} has been compacted; the oldest revision still available is {oldest}. "
+            "Re-read the current state and watch from its revision + 1.",
+            oldest,
+        )
+
+    # ------------------------------------------------------------------ cluster
+
+    def status(self) -> cluster_pb2.StatusResponse:
+        raft = self.raft.status()
+        members = self.members()
+        leader = members.get(raft.leader_address) if raft.leader_address else None
+        response = cluster_pb2.StatusResponse(
+            node_id=self.node_id,
+            role=_ROLE_ENUM.get(raft.role, cluster_pb2.ROLE_UNSPECIFIED),
+            leader_id=leader.id if leader else "",
+            leader_address=leader.client_address if leader else "",
+            term=raft.term,
+            commit_index=raft.commit_index,
+            applied_index=raft.applied_index,
+            applied_revision=self.machine.revision,
+            has_quorum=raft.has_quorum,
+            raft_log_size=raft.log_size,
+            version=__version__,
+            oldest_revision=self.machine.oldest_revision,
+        )
+        for address in sorted(raft.connected, key=lambda a: members[a].id if a in members else a):
+            member = members.get(address, MemberAddress("", address, ""))
+            if address == raft.leader_address:
+                role = cluster_pb2.ROLE_LEADER
+            elif address == self.config.raft_address:
+                role = _ROLE_ENUM.get(raft.role, cluster_pb2.ROLE_UNSPECIFIED)
+            else:
+                role = cluster_pb2.ROLE_FOLLOWER
+            response.members.append(
+                cluster_pb2.Member(
+                    id=member.id,
+                    raft_address=address,
+                    client_address=member.client_address,
+                    role=role,
+                    healthy=raft.connected[address],
+                    voter=True,
+                    match_index=raft.match_index.get(address, 0),
+                )
+            )
+        return response
+
+    async def on_leader(
+        self,
+        method: str,
+        request: Any,
+        timeout: float | None,
+        local: Callable[[], Awaitable[Response]],
+    ) -> Response:
+        """Run an admin call here if this server leads, or forward it to the leader's Cluster service."""
+        if self.raft.is_leader():
+            return await local()
+        leader = self.leader()
+        if leader is None or not leader.client_address:
+            raise NoLeader("no leader is known (an election is running or quorum is lost); retry shortly")
+        call = getattr(cluster_pb2_grpc.ClusterStub(self._channel(leader.client_address)), method)
+        try:
+            response: Response = await call(request, timeout=timeout or MEMBERSHIP_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            trailing = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
+            raise error_from_status(exc.code(), exc.details() or "", trailing) from None
+        return response
+
+    async def _raft_call(self, start: Callable[[Callable[[int], None]], None], what: str, timeout: float) -> None:
+        """Run a pysyncobj admin call and wait for its callback."""
+        assert self._loop is not None
+        loop = self._loop
+        future: asyncio.Future[int] = loop.create_future()
+
+        def done(reason: int) -> None:  # tick thread
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(reason))
+
+        start(done)
+        try:
+            reason = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise Unavailable(f"{what} did not commit within {timeout:.0f} s; check `cpctl cluster status`") from None
+        if reason != SUCCESS:
+            raise FailedPrecondition(f"{what} refused: {describe_failure(reason)}")
+
+    async def add_member(
+        self, request: cluster_pb2.AddMemberRequest, timeout: float | None
+    ) -> list[cluster_pb2.Member]:
+        problem = (
+            limits.check_member_id(request.id)
+            or limits.check_address(request.raft_address, "raft_address")
+            or limits.check_address(request.client_address, "client_address")
+        )
+        if problem:
+            raise InvalidArgument(problem)
+
+        async def local() -> cluster_pb2.AddMemberResponse:
+            members = self.members()
+            if request.raft_address in members and members[request.raft_address].id == request.id:
+                # Already a member (a retried call): nothing to change.
+                return cluster_pb2.AddMemberResponse(members=self.status().members)
+            if any(m.id == request.id for m in members.values()):
+                raise AlreadyExists(f"a member with id {request.id!r} already exists")
+            if request.raft_address in members:
+                raise AlreadyExists(
+                    f"raft address {request.raft_address} already belongs to {members[request.raft_address].id!r}"
+                )
+            with self.state_lock:
+                removed = request.id in self.machine.removed_members
+            if removed:
+                raise FailedPrecondition(
+                    f"member {request.id!r} was removed and may not rejoin under that id; use a new id"
+                )
+            async with self._membership_guard(f"adding {request.id}"):
+                await self._raft_call(
+                    lambda done: self.raft.add_node(request.raft_address, done),
+                    f"adding {request.id} ({request.raft_address})",
+                    timeout or MEMBERSHIP_TIMEOUT_S,
+                )
+                await self.write(
+                    command_pb2.Command(
+                        request_id=request.request_id,
+                        member_upsert=command_pb2.MemberUpsert(
+                            member=command_pb2.MemberRecord(
+                                id=request.id,
+                                raft_address=request.raft_address,
+                                client_address=request.client_address,
+                            )
+                        ),
+                    ),
+                    timeout,
+                )
+            log.info("member_added", member=request.id, raft_address=request.raft_address)
+            return cluster_pb2.AddMemberResponse(members=self.status().members)
+
+        response = await self.on_leader("AddMember", request, timeout, local)
+        return list(response.members)
+
+    async def remove_member(
+        self, request: cluster_pb2.RemoveMemberRequest, timeout: float | None
+    ) -> list[cluster_pb2.Member]:
+        problem = limits.check_member_id(request.id)
+        if problem:
+            raise InvalidArgument(problem)
+
+        async def local() -> cluster_pb2.RemoveMemberResponse:
+            target = next((m for m in self.members().values() if m.id == request.id), None)
+            if target is None:
+                raise NotFound(f"no member {request.id!r} in this cluster")
+            if target.id == self.node_id:
+                # pysyncobj cannot remove the leader itself: hand leadership over, then let the
+                # new leader do it.
+                await self._transfer(None, timeout or MEMBERSHIP_TIMEOUT_S)
+                raise Unavailable(f"{self.node_id} handed over leadership to be removed; retry the call")
+            async with self._membership_guard(f"removing {request.id}"):
+                if target.raft_address in self.raft.status().connected:
+                    await self._raft_call(
+                        lambda done: self.raft.remove_node(target.raft_address, done),
+                        f"removing {request.id} ({target.raft_address})",
+                        timeout or MEMBERSHIP_TIMEOUT_S,
+                    )
+                with self.state_lock:
+                    in_directory = request.id in self.machine.members
+                if in_directory:
+                    await self.write(
+                        command_pb2.Command(
+                            request_id=request.request_id,
+                            member_remove=command_pb2.MemberRemove(id=request.id),
+                        ),
+                        timeout,
+                    )
+            log.info("member_removed", member=request.id)
+            return cluster_pb2.RemoveMemberResponse(members=self.status().members)
+
+        try:
+            response = await self.on_leader("RemoveMember", request, timeout, local)
+        except Unavailable:
+            # The leader stepped aside to be removed: the new leader finishes the job.
+            await self._wait_for_leader_other_than(self.raft.status().leader_address, timeout or MEMBERSHIP_TIMEOUT_S)
+            response = await self.on_leader("RemoveMember", request, timeout, local)
+        return list(response.members)
+
+    def _membership_guard(self, description: str) -> _MembershipGuard:
+        return _MembershipGuard(self, description)
+
+    async def transfer_leadership(self, target_id: str, timeout: float | None) -> tuple[str, int]:
+        request = cluster_pb2.TransferLeadershipRequest(target_id=target_id)
+
+        async def local() -> cluster_pb2.TransferLeadershipResponse:
+            target_address = None
+            if target_id:
+                target = next((m for m in self.members().values() if m.id == target_id), None)
+                if target is None:
+                    raise NotFound(f"no member {target_id!r} in this cluster")
+                if target.id == self.node_id:
+                    return cluster_pb2.TransferLeadershipResponse(leader_id=self.node_id, term=self.raft.term())
+                target_address = target.raft_address
+            leader_id, term = await self._transfer(target_address, timeout or MEMBERSHIP_TIMEOUT_S)
+            return cluster_pb2.TransferLeadershipResponse(leader_id=leader_id, term=term)
+
+        response = await self.on_leader("TransferLeadership", request, timeout, local)
+        return response.leader_id, response.term
+
+    async def _transfer(self, target_address: str | None, timeout: float) -> tuple[str, int]:
+        await self._raft_call(
+            lambda done: self.raft.transfer_leadership(target_address, done),
+            "leadership transfer (the target must be connected and fully caught up)",
+            timeout,
+        )
+        leader = await self._wait_for_leader_other_than(self.config.raft_address, timeout)
+        return leader.id, self.raft.term()
+
+    async def _wait_for_leader_other_than(self, address: str, timeout: float) -> MemberAddress:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            leader = self.leader()
+            if leader is not None and leader.raft_address != address:
+                return leader
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable("no new leader took over in time; check `cpctl cluster status`")
+            await asyncio.sleep(0.02)  # polling pysyncobj's leader field: it has no change notification
+
+    # ------------------------------------------------------------------ backup and restore
+
+    def snapshot(self) -> tuple[bytes, int]:
+        with self.state_lock:
+            return self.machine.snapshot(), self.machine.revision
+
+    async def restore(self, data: bytes, expected_sha256: str, timeout: float | None) -> CommandResult:
+        if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
+            raise InvalidArgument("the backup's sha256 does not match its header: the file is damaged")
+        try:
+            parse_snapshot(data)
+        except SnapshotError as exc:
+            raise InvalidArgument(str(exc)) from None
+        command = command_pb2.Command(
+            request_id="restore-" + hashlib.sha256(data).hexdigest()[:32],
+            restore_state=command_pb2.RestoreState(snapshot=data),
+        )
+        return await self.write(command, timeout)
+
+    # ------------------------------------------------------------------ self-registration
+
+    async def _publish_self(self) -> None:
+        """Record this server's client address in the replicated directory once a leader exists.
+
+        The directory is how every server (and the SDK, via response headers) finds the leader's
+        gRPC address after membership changes; the static peer list only seeds it.
+        """
+        record = command_pb2.MemberRecord(
+            id=self.node_id, raft_address=self.config.raft_address, client_address=self.config.client_address
+        )
+        while True:
+            with self.state_lock:
+                current = self.machine.members.get(self.node_id)
+                removed = self.node_id in self.machine.removed_members
+            if removed:
+                log.error("member_removed_from_cluster", hint="this server was removed; stop it and wipe its data")
+                return
+            if (
+                current is not None
+                and current.client_address == record.client_address
+                and (current.raft_address == record.raft_address)
+            ):
+                return
+            if self.raft.is_ready() and self.leader() is not None:
+                try:
+                    await self.write(command_pb2.Command(member_upsert=command_pb2.MemberUpsert(member=record)), 5.0)
+                except ControlPlaneError as exc:
+                    log.info("publish_self_retry", reason=exc.message)
+            await asyncio.sleep(0.25)  # retry pacing while no leader is reachable
+
+
+class _MembershipGuard:
+    """One Raft membership change at a time, cluster-wide via the leader (the only one that runs them)."""
+
+    def __init__(self, node: Node, description: str) -> None:
+        self._node = node
+        self._description = description
+
+    async def __aenter__(self) -> None:
+        if self._node._membership_change is not None:
+            raise FailedPrecondition(
+                f"a membership change is already in flight ({self._node._membership_change}); retry when it completes"
+            )
+        self._node._membership_change = self._description
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._node._membership_change = None

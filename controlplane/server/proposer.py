@@ -1,0 +1,254 @@
+"""Group commit: every command proposed during one turn of the event loop goes into one log entry.
+
+Why: a Raft round trip costs the same for one command or a thousand, so throughput comes from
+putting many concurrent commands in one entry, while a lone command still goes out at once (no
+timer). At most ``max_in_flight`` batches are outstanding; while they are, new commands queue up
+and leave together as the next batch when one completes, so batches grow with load by
+themselves (the classic group-commit shape; gRPC hands each call to its own loop turn, so
+"whatever arrived this turn" alone batches almost nothing). On the leader the batch is
+stamped with the leader's clock and appended; on a follower the batch is forwarded to the leader
+in one ``Peer.Propose`` call, where it joins the leader's next batch.
+
+Outcome rules (what the SDK relies on):
+* a command the leader never accepted fails with ``NoLeader``/``Unavailable`` (not applied);
+* a command handed to Raft whose fate is unknown (timeout, leader change, lost connection to
+  the leader mid-call) fails with ``UnknownOutcome``: it may still commit, so the client retries
+  with the same request id and the state machine's dedupe answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import grpc
+import structlog
+
+from controlplane.errors import (
+    ERROR_KIND_KEY,
+    ControlPlaneError,
+    NoLeader,
+    Unavailable,
+    UnknownOutcome,
+    error_from_status,
+)
+from controlplane.server import metrics
+from controlplane.server.raft import SUCCESS, RaftNode, describe_failure
+from controlplane.state.machine import CommandResult, batch_entry
+from controlplane.v1 import command_pb2
+
+log = structlog.get_logger("controlplane.proposer")
+
+# Sends commands to the leader and returns their results (Peer.Propose); raises RpcError.
+Result = TypeVar("Result")
+
+Forwarder = Callable[[str, list[command_pb2.Command], float], Awaitable[list[CommandResult]]]
+
+
+@dataclass
+class _Pending:
+    command: command_pb2.Command
+    future: asyncio.Future[CommandResult]
+    size: int = field(default=0)
+
+
+class Proposer:
+    def __init__(
+        self,
+        node_id: str,
+        raft: RaftNode,
+        leader_client_address: Callable[[], str],
+        forward: Forwarder,
+        max_batch_commands: int,
+        max_batch_bytes: int,
+        commit_timeout_s: float,
+        max_in_flight: int = 2,
+    ) -> None:
+        self._node_id = node_id
+        self._raft = raft
+        self._leader_client_address = leader_client_address
+        self._forward = forward
+        self._max_commands = max_batch_commands
+        self._max_bytes = max_batch_bytes
+        self._commit_timeout_s = commit_timeout_s
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._queue: list[_Pending] = []
+        self._flush_scheduled = False
+        self._barrier: asyncio.Future[CommandResult] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def propose(self, command: command_pb2.Command, timeout: float | None = None) -> CommandResult:
+        """Replicate one command and return its result (which may carry an application error)."""
+        return await self._await(self._enqueue(command), timeout)
+
+    async def propose_many(
+        self, commands: list[command_pb2.Command], timeout: float | None = None
+    ) -> list[CommandResult]:
+        futures = [self._enqueue(command) for command in commands]
+        return list(await self._await(asyncio.gather(*futures), timeout))
+
+    async def barrier(self, timeout: float | None = None) -> int:
+        """The revision a linearizable read must wait for: every write acknowledged before now.
+
+        Concurrent readers share one barrier command as long as it has not left the queue, so a
+        burst of reads costs one log entry; a reader arriving after the batch closed gets a new one.
+        """
+        if self._barrier is None or self._barrier.done():
+            self._barrier = self._enqueue(command_pb2.Command(barrier=command_pb2.Barrier()))
+        result = await self._await(asyncio.shield(self._barrier), timeout)
+        return result.revision
+
+    def close(self) -> None:
+        self._closed = True
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable("the server is shutting down; retry on another"))
+        self._queue.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    # ------------------------------------------------------------------ internals
+
+    def _enqueue(self, command: command_pb2.Command) -> asyncio.Future[CommandResult]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[CommandResult] = loop.create_future()
+        if self._closed:
+            future.set_exception(Unavailable("the server is shutting down; retry on another"))
+            return future
+        self._queue.append(_Pending(command, future, command.ByteSize()))
+        self._schedule_flush(loop)
+        return future
+
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._flush_scheduled and self._in_flight < self._max_in_flight:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+
+    def _take_slot(self) -> Callable[[], None]:
+        """Occupy an in-flight slot; returns its release, which is idempotent.
+
+        A backstop releases the slot after the commit timeout even if pysyncobj never calls back
+        (e.g. this node was partitioned away mid-commit): a leaked slot would wedge every write.
+        """
+        loop = asyncio.get_running_loop()
+        self._in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            backstop.cancel()
+            self._in_flight -= 1
+            if self._queue and not self._closed:
+                self._schedule_flush(loop)
+
+        backstop = loop.call_later(self._commit_timeout_s * 1.5, release)
+        return release
+
+    async def _await(self, future: Awaitable[Result], timeout: float | None) -> Result:
+        try:
+            # asyncio.timeout, not wait_for: wait_for wraps every call in a new task.
+            async with asyncio.timeout(timeout or self._commit_timeout_s):
+                return await future
+        except TimeoutError:
+            raise UnknownOutcome(
+                "the write was proposed but not confirmed in time; it may still commit. Retry with the same request id."
+            ) from None
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._queue and self._in_flight < self._max_in_flight:
+            size = count = 0
+            for pending in self._queue:
+                if count and (count >= self._max_commands or size + pending.size > self._max_bytes):
+                    break
+                count += 1
+                size += pending.size
+            batch, self._queue = self._queue[:count], self._queue[count:]
+            batch = [p for p in batch if not p.future.done()]
+            if batch:
+                self._dispatch(batch)
+
+    def _dispatch(self, batch: list[_Pending]) -> None:
+        metrics.BATCH_COMMANDS.observe(len(batch))
+        if self._raft.is_leader():
+            self._append(batch)
+            return
+        leader = self._leader_client_address()
+        if not leader:
+            error = NoLeader("no leader is known (an election is running or quorum is lost); retry shortly")
+            for pending in batch:
+                pending.future.set_exception(error)
+            return
+        release = self._take_slot()
+        task = asyncio.get_running_loop().create_task(self._forward_batch(leader, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: release())
+
+    def _append(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        entry = batch_entry(time.time_ns() // 1_000_000, self._node_id, (p.command for p in batch))
+
+        release = self._take_slot()
+
+        def on_applied(results: list[CommandResult] | None, reason: int) -> None:  # tick thread
+            loop.call_soon_threadsafe(self._resolve, release, batch, results, reason)
+
+        self._raft.submit(entry, on_applied)
+
+    @staticmethod
+    def _resolve(
+        release: Callable[[], None], batch: list[_Pending], results: list[CommandResult] | None, reason: int
+    ) -> None:
+        release()
+        if reason == SUCCESS and results is not None and len(results) == len(batch):
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+            return
+        error: ControlPlaneError
+        if reason == SUCCESS:
+            error = UnknownOutcome("the batch was applied but its results were lost; retry with the same id")
+        else:
+            error = UnknownOutcome(f"{describe_failure(reason)}; retry with the same request id")
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    async def _forward_batch(self, leader: str, batch: list[_Pending]) -> None:
+        commands = [p.command for p in batch]
+        try:
+            results = await self._forward(leader, commands, self._commit_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            trailing = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
+            error: ControlPlaneError
+            if ERROR_KIND_KEY in trailing and trailing[ERROR_KIND_KEY] != "UnknownOutcome":
+                # The leader answered with a decision of its own (e.g. NoLeader): nothing was applied.
+                error = error_from_status(exc.code(), exc.details() or "", trailing)
+            else:
+                # The call broke in transit or timed out: the leader may have appended the batch.
+                error = UnknownOutcome(
+                    f"forwarding to the leader at {leader} failed ({exc.code().name}: {exc.details()}); "
+                    "the write may have been applied: retry with the same request id"
+                )
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        except Exception as exc:  # never leave a caller hanging on a bug
+            log.exception("forward_failed", leader=leader)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(UnknownOutcome(f"forwarding failed: {exc}"))
+            return
+        for pending, result in zip(batch, results, strict=False):
+            if not pending.future.done():
+                pending.future.set_result(result)

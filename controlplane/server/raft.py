@@ -1,0 +1,318 @@
+"""The only module that touches pysyncobj.
+
+One ``SyncObj`` subclass whose replicated method hands the entry bytes to the pure state
+machine, and nothing else (rqlite's fsm.go -> command_processor.go). pysyncobj facts this
+module is built around (measured; see the brief):
+
+* Its peer protocol is pickle, so a password is always set (refused otherwise upstream of here).
+* Journal *and* full dump are always set: a journal without a dump lost all state after
+  compaction plus restart.
+* The full dump goes through the serializer hooks in our own format (``RaftDump``), written on
+  the tick thread: no fork in a process that has gRPC threads, and no pickle of domain state.
+* Everything - Raft, sockets, applying, callbacks - runs on its one tick thread, so the
+  apply path only applies and hands results back; all other work happens on the event loop.
+* Attributes set *before* ``SyncObj.__init__`` are excluded from pysyncobj's own dump and are
+  in place before journal replay starts (state set afterwards races with replay).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.syncobj import _RAFT_STATE
+from pysyncobj.version import VERSION as pysyncobj_version
+
+from controlplane.server.config import ServerConfig
+from controlplane.state.machine import CommandResult, StateMachine
+from controlplane.v1 import storage_pb2
+
+log = structlog.get_logger("controlplane.raft")
+
+ROLE_FOLLOWER = "follower"
+ROLE_CANDIDATE = "candidate"
+ROLE_LEADER = "leader"
+_ROLES = {
+    _RAFT_STATE.FOLLOWER: ROLE_FOLLOWER,
+    _RAFT_STATE.CANDIDATE: ROLE_CANDIDATE,
+    _RAFT_STATE.LEADER: ROLE_LEADER,
+}
+
+# (results or None, pysyncobj FAIL_REASON); called on the tick thread.
+ApplyCallback = Callable[[list[CommandResult] | None, int], None]
+DoneCallback = Callable[[int], None]
+
+SUCCESS = FAIL_REASON.SUCCESS
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    role: str
+    leader_address: str
+    term: int
+    commit_index: int
+    applied_index: int
+    log_size: int
+    has_quorum: bool
+    # Raft address -> connected (from this node's point of view).
+    connected: dict[str, bool]
+    # Raft address -> match index (only meaningful on the leader).
+    match_index: dict[str, int]
+
+
+class _ReplicatedLog(SyncObj):  # type: ignore[misc]
+    def __init__(
+        self,
+        self_address: str,
+        partners: Sequence[str],
+        conf: SyncObjConf,
+        apply: Callable[[bytes], list[CommandResult]],
+    ) -> None:
+        self._apply = apply  # before super().__init__: see the module docstring
+        super().__init__(self_address, list(partners), conf)
+
+    @replicated  # type: ignore[misc]
+    def apply_entry(self, entry: bytes) -> list[CommandResult]:
+        return self._apply(entry)
+
+
+class RaftNode:
+    """The pysyncobj instance behind a small, typed surface.
+
+    ``state_lock`` serialises the tick thread's applies against readers on the event loop.
+    ``on_applied`` runs on the tick thread after every entry and after a dump is loaded; it must
+    be cheap (it only schedules work on the event loop).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        machine: StateMachine,
+        state_lock: threading.Lock,
+        on_applied: Callable[[], None],
+        on_role_change: Callable[[str, str], None],
+    ) -> None:
+        self._machine = machine
+        self._lock = state_lock
+        self._on_applied = on_applied
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        tuning = config.raft
+        conf = SyncObjConf(
+            password=config.raft_password or None,
+            journalFile=str(config.journal_file),
+            fullDumpFile=str(config.dump_file),
+            serializer=self._write_dump,
+            deserializer=self._read_dump,
+            useFork=False,
+            dynamicMembershipChange=True,
+            # Our group commit already batches; send each batch at once (0.5 ms instead of a period).
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=tuning.heartbeat_s,
+            raftMinTimeout=tuning.election_min_s,
+            raftMaxTimeout=tuning.election_max_s,
+            leaderFallbackTimeout=tuning.leader_fallback_s,
+            autoTickPeriod=tuning.tick_s,
+            connectionRetryTime=tuning.connection_retry_s,
+            logCompactionMinEntries=tuning.compaction_min_entries,
+            logCompactionMinTime=tuning.compaction_min_s,
+            onStateChanged=lambda old, new: on_role_change(_ROLES.get(old, "?"), _ROLES.get(new, "?")),
+        )
+        partners = [peer.raft_address for peer in config.peers]
+        self.self_address = config.raft_address
+        self._sync = _ReplicatedLog(config.raft_address, partners, conf, self._apply)
+        self.log_repairs = _install_log_matching_fix(self._sync)
+
+    # ------------------------------------------------------------ tick thread
+
+    def _apply(self, entry: bytes) -> list[CommandResult]:
+        with self._lock:
+            results = self._machine.apply_entry(entry)
+        self._on_applied()
+        return results
+
+    def _write_dump(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
+        """pysyncobj's serializer hook: (last applied entry, the one before, cluster nodes)."""
+        last, previous, cluster = raft_data
+        with self._lock:
+            state = self._machine.snapshot()
+        dump = storage_pb2.RaftDump(
+            state=state,
+            last_applied=storage_pb2.RaftEntry(data=last[0], index=last[1], term=last[2]),
+            previous=storage_pb2.RaftEntry(data=previous[0], index=previous[1], term=previous[2]),
+            cluster=sorted(node.id for node in cluster),
+        )
+        with open(filename, "wb") as out:
+            out.write(dump.SerializeToString())
+            out.flush()
+            os.fsync(out.fileno())
+        log.info("raft_dump_written", index=last[1], term=last[2], bytes=len(state))
+
+    def _read_dump(self, filename: str) -> tuple[Any, Any, list[str]]:
+        """pysyncobj's deserializer hook; restores the machine as a side effect."""
+        with open(filename, "rb") as dump_file:
+            dump = storage_pb2.RaftDump.FromString(dump_file.read())
+        with self._lock:
+            self._machine.restore(dump.state)
+        self._on_applied()
+        log.info("raft_dump_loaded", index=dump.last_applied.index, revision=self._machine.revision)
+        last, previous = dump.last_applied, dump.previous
+        return (
+            (last.data, last.index, last.term),
+            (previous.data, previous.index, previous.term),
+            list(dump.cluster),
+        )
+
+    # ------------------------------------------------------------ any thread
+
+    def submit(self, entry: bytes, callback: ApplyCallback) -> None:
+        """Append an entry; ``callback(results, reason)`` runs on the tick thread once applied."""
+        self._sync.apply_entry(entry, callback=callback)
+
+    def is_leader(self) -> bool:
+        return bool(self._sync._isLeader())
+
+    def leader_address(self) -> str:
+        leader = self._sync._getLeader()
+        return leader.address if leader is not None else ""
+
+    def term(self) -> int:
+        return int(self._sync.raftCurrentTerm)
+
+    def is_ready(self) -> bool:
+        """Caught up with a leader at least once since start (its journal and dump are replayed)."""
+        return bool(self._sync.isReady())
+
+    def status(self) -> RaftStatus:
+        # getStatus reads the tick thread's structures; a membership change can resize a set
+        # mid-read. The read is cheap, so retry instead of adding a lock to pysyncobj's hot path.
+        for _ in range(5):
+            try:
+                raw = self._sync.getStatus()
+                break
+            except RuntimeError:
+                continue
+        else:
+            raw = self._sync.getStatus()
+        connected = {self.self_address: True}
+        match_index: dict[str, int] = {}
+        for key, value in raw.items():
+            if key.startswith("partner_node_status_server_"):
+                connected[key.removeprefix("partner_node_status_server_")] = value == 2
+            elif key.startswith("match_idx_server_"):
+                match_index[key.removeprefix("match_idx_server_")] = int(value)
+        leader = raw.get("leader")
+        return RaftStatus(
+            role=_ROLES.get(raw["state"], "?"),
+            leader_address=leader.address if leader is not None else "",
+            term=int(raw["raft_term"]),
+            commit_index=int(raw["commit_idx"]),
+            applied_index=int(raw["last_applied"]),
+            log_size=int(raw["log_len"]),
+            has_quorum=bool(raw["has_quorum"]),
+            connected=connected,
+            match_index=match_index,
+        )
+
+    def add_node(self, raft_address: str, done: DoneCallback) -> None:
+        self._sync.addNodeToCluster(raft_address, callback=lambda _result, reason: done(reason))
+
+    def remove_node(self, raft_address: str, done: DoneCallback) -> None:
+        self._sync.removeNodeFromCluster(raft_address, callback=lambda _result, reason: done(reason))
+
+    def transfer_leadership(self, raft_address: str | None, done: DoneCallback) -> None:
+        self._sync.transferLeadership(raft_address, callback=lambda _result, reason: done(reason))
+
+    def destroy(self) -> None:
+        self._sync.destroy()
+
+
+class LogRepairCounters:
+    """How often the pysyncobj fixes below changed a message (exported for tests and metrics)."""
+
+    def __init__(self) -> None:
+        self.next_index_kept = 0
+        self.duplicate_appends_acked = 0
+
+
+def _install_log_matching_fix(sync: SyncObj) -> LogRepairCounters:
+    """Work around a pysyncobj 0.3.17 bug that makes followers truncate matching, applied entries.
+
+    Leader side: on a successful ack pysyncobj sets ``nextIndex = ack + 1`` unconditionally. With
+    pipelined appends (we send every batch at once) an older ack moves nextIndex *backwards*, and
+    the leader resends entries the follower already holds.
+
+    Follower side: on any append whose prevLogIdx is behind its last entry, pysyncobj deletes every
+    entry after prevLogIdx before adding the new ones - even when they match and are applied. Raft
+    forbids that (Figure 2: truncate only on a conflict): a follower that drops entries the leader
+    counted as replicated can lose a committed write if the leader then fails.
+
+    The fix wraps the transport's message callback: the leader never lets an ack move nextIndex
+    back, and a follower turns an append whose entries it already holds - when its last entry is
+    from the sender's term, so by Log Matching its whole log equals the leader's prefix - into a
+    heartbeat at its last index, which acks that index without touching the log. Conflicting
+    appends (different terms) go through untouched and truncate as Raft requires.
+    """
+    counters = LogRepairCounters()
+    if pysyncobj_version != "0.3.17":  # the patch reads private fields; re-check it on upgrade
+        raise RuntimeError(f"controlplane pins pysyncobj 0.3.17 (found {pysyncobj_version}); re-verify raft.py")
+    transport = sync._SyncObj__transport
+    deliver = sync._SyncObj__onMessageReceived
+
+    def on_message(node: Any, message: Any) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
+            next_index = sync._SyncObj__raftNextIndex
+            before = next_index.get(node)
+            deliver(node, message)
+            if before is not None and next_index.get(node, before) < before:
+                next_index[node] = before
+                counters.next_index_kept += 1
+            return
+        if kind == "append_entries" and "prevLogIdx" in message and not message.get("transmission"):
+            rewritten = _ack_held_entries(sync, message)
+            if rewritten is not None:
+                counters.duplicate_appends_acked += 1
+                message = rewritten
+        deliver(node, message)
+
+    transport.setOnMessageReceivedCallback(on_message)
+    return counters
+
+
+def _ack_held_entries(sync: SyncObj, message: dict[str, Any]) -> dict[str, Any] | None:
+    """The append rewritten as a heartbeat at our last index, or None to deliver it unchanged."""
+    raft_log = sync._SyncObj__raftLog
+    if message["term"] < sync._SyncObj__raftCurrentTerm or len(raft_log) == 0:
+        return None
+    first_index = raft_log[0][1]
+    last_entry = raft_log[-1]
+    last_index, last_term = last_entry[1], last_entry[2]
+    prev_index = message["prevLogIdx"]
+    if prev_index >= last_index or prev_index < first_index or last_term != message["term"]:
+        return None
+    if raft_log[prev_index - first_index][2] != message["prevLogTerm"]:
+        return None
+    expected_index = prev_index + 1
+    for entry in message.get("entries") or ():
+        index, term = entry[1], entry[2]
+        if index != expected_index or index > last_index or raft_log[index - first_index][2] != term:
+            return None
+        expected_index += 1
+    return {**message, "prevLogIdx": last_index, "prevLogTerm": last_term, "entries": []}
+
+
+def describe_failure(reason: int) -> str:
+    names = {
+        FAIL_REASON.QUEUE_FULL: "the Raft queue is full",
+        FAIL_REASON.MISSING_LEADER: "no leader is known",
+        FAIL_REASON.DISCARDED: "the entry was discarded by a new leader",
+        FAIL_REASON.NOT_LEADER: "this server is not the leader",
+        FAIL_REASON.LEADER_CHANGED: "the leader changed",
+        FAIL_REASON.REQUEST_DENIED: "the request was denied (another membership change is still committing?)",
+    }
+    return names.get(reason, f"pysyncobj failure {reason}")

@@ -1,0 +1,229 @@
+"""Thin gRPC servicers: parse the request, call the node's handler, build the response.
+
+No decisions here and no error handling: handlers raise ``controlplane.errors`` exceptions and
+``interceptor.ErrorsAndMetrics`` turns them into statuses in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from controlplane.errors import DeadlineExceeded, InvalidArgument
+from controlplane.server.node import GRPC_MESSAGE_LIMIT, Node
+from controlplane.state import limits
+from controlplane.state.machine import DOMAIN_KV
+from controlplane.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    command_pb2,
+    kv_pb2,
+    kv_pb2_grpc,
+    peer_pb2,
+    peer_pb2_grpc,
+    watch_pb2,
+    watch_pb2_grpc,
+)
+
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+WATCH_PROGRESS_EVERY_S = 1.0
+
+
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining > 0 else None
+
+
+class KVService(kv_pb2_grpc.KVServicer):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def Put(self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext) -> kv_pb2.PutResponse:
+        _check(limits.check_key(request.key) or limits.check_value(request.value))
+        result = await self._node.write(
+            command_pb2.Command(
+                request_id=request.request_id,
+                kv_put=command_pb2.KvPut(key=request.key, value=request.value, prev_kv=request.prev_kv),
+            ),
+            _timeout(context),
+        )
+        response = kv_pb2.PutResponse(header=self._node.header(result.revision), kv=result.kv_put.kv)
+        if result.kv_put.HasField("prev_kv"):
+            response.prev_kv.CopyFrom(result.kv_put.prev_kv)
+        return response
+
+    async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:
+        _check(limits.check_key(request.key))
+        await self._node.prepare_read(request.read, _timeout(context))
+        kv, revision = self._node.get(request.key)
+        response = kv_pb2.GetResponse(header=self._node.header(revision), found=kv is not None)
+        if kv is not None:
+            response.kv.CopyFrom(kv)
+        return response
+
+    async def Delete(self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext) -> kv_pb2.DeleteResponse:
+        _check(limits.check_key(request.key))
+        result = await self._node.write(
+            command_pb2.Command(request_id=request.request_id, kv_delete=command_pb2.KvDelete(key=request.key)),
+            _timeout(context),
+        )
+        body = result.kv_delete
+        response = kv_pb2.DeleteResponse(header=self._node.header(result.revision), deleted=body.deleted)
+        if body.HasField("prev_kv"):
+            response.prev_kv.CopyFrom(body.prev_kv)
+        return response
+
+    async def List(self, request: kv_pb2.ListRequest, context: grpc.aio.ServicerContext) -> kv_pb2.ListResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        kvs, more, revision = self._node.list(request)
+        response = kv_pb2.ListResponse(header=self._node.header(revision), more=more)
+        if request.keys_only:
+            response.kvs.extend(
+                kv_pb2.KeyValue(
+                    key=kv.key,
+                    create_revision=kv.create_revision,
+                    mod_revision=kv.mod_revision,
+                    version=kv.version,
+                )
+                for kv in kvs
+            )
+        else:
+            response.kvs.extend(kvs)
+        return response
+
+    async def CompareAndSwap(
+        self, request: kv_pb2.CompareAndSwapRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.CompareAndSwapResponse:
+        _check(limits.check_key(request.key) or limits.check_value(request.value))
+        result = await self._node.write(
+            command_pb2.Command(
+                request_id=request.request_id,
+                kv_compare_and_swap=command_pb2.KvCompareAndSwap(
+                    key=request.key,
+                    expected_mod_revision=request.expected_mod_revision,
+                    value=request.value,
+                    delete=request.delete,
+                ),
+            ),
+            _timeout(context),
+        )
+        body = result.kv_compare_and_swap
+        response = kv_pb2.CompareAndSwapResponse(
+            header=self._node.header(result.revision), succeeded=body.succeeded, found=body.found
+        )
+        if body.HasField("kv"):
+            response.kv.CopyFrom(body.kv)
+        return response
+
+
+class WatchService(watch_pb2_grpc.WatchServicer):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def Watch(
+        self, request: watch_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[watch_pb2.WatchResponse]:
+        domains = set(request.filter.domains) or {DOMAIN_KV}
+        types = set(request.filter.types)
+        prefix = request.filter.key_prefix
+        next_revision = self._node.watch_start(request.from_revision)
+        # First message: where the stream starts, so a client can resume even before any event.
+        yield watch_pb2.WatchResponse(revision=next_revision - 1)
+        last_sent = time.monotonic()
+        while True:
+            try:
+                await self._node.wait_for_revision(next_revision, WATCH_PROGRESS_EVERY_S)
+            except DeadlineExceeded:
+                pass  # nothing new within the progress interval: send a progress notice below
+            events, _applied = self._node.watch_read(next_revision)
+            if events:
+                # Every revision has exactly one event, so this covers every revision up to here.
+                next_revision = events[-1].revision + 1
+            matched = [
+                event
+                for event in events
+                if event.domain in domains and event.key.startswith(prefix) and (not types or event.type in types)
+            ]
+            if matched or time.monotonic() - last_sent >= WATCH_PROGRESS_EVERY_S:
+                yield watch_pb2.WatchResponse(events=matched, revision=next_revision - 1)
+                last_sent = time.monotonic()
+
+
+class ClusterService(cluster_pb2_grpc.ClusterServicer):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def Status(
+        self, request: cluster_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> cluster_pb2.StatusResponse:
+        return self._node.status()
+
+    async def AddMember(
+        self, request: cluster_pb2.AddMemberRequest, context: grpc.aio.ServicerContext
+    ) -> cluster_pb2.AddMemberResponse:
+        members = await self._node.add_member(request, _timeout(context))
+        return cluster_pb2.AddMemberResponse(members=members)
+
+    async def RemoveMember(
+        self, request: cluster_pb2.RemoveMemberRequest, context: grpc.aio.ServicerContext
+    ) -> cluster_pb2.RemoveMemberResponse:
+        members = await self._node.remove_member(request, _timeout(context))
+        return cluster_pb2.RemoveMemberResponse(members=members)
+
+    async def TransferLeadership(
+        self, request: cluster_pb2.TransferLeadershipRequest, context: grpc.aio.ServicerContext
+    ) -> cluster_pb2.TransferLeadershipResponse:
+        leader_id, term = await self._node.transfer_leadership(request.target_id, _timeout(context))
+        return cluster_pb2.TransferLeadershipResponse(leader_id=leader_id, term=term)
+
+    async def Snapshot(
+        self, request: cluster_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cluster_pb2.SnapshotChunk]:
+        data, revision = await asyncio.to_thread(self._node.snapshot)
+        digest = hashlib.sha256(data).hexdigest()
+        yield cluster_pb2.SnapshotChunk(
+            data=data[:SNAPSHOT_CHUNK_BYTES], revision=revision, total_bytes=len(data), sha256=digest
+        )
+        for offset in range(SNAPSHOT_CHUNK_BYTES, len(data), SNAPSHOT_CHUNK_BYTES):
+            yield cluster_pb2.SnapshotChunk(data=data[offset : offset + SNAPSHOT_CHUNK_BYTES])
+
+    async def Restore(
+        self, request_iterator: AsyncIterator[cluster_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
+    ) -> cluster_pb2.RestoreResponse:
+        parts: list[bytes] = []
+        size = 0
+        expected_sha = ""
+        expected_size = 0
+        async for chunk in request_iterator:
+            if not parts:
+                expected_sha, expected_size = chunk.sha256, chunk.total_bytes
+            size += len(chunk.data)
+            if size > GRPC_MESSAGE_LIMIT:
+                raise InvalidArgument(
+                    f"backups larger than {GRPC_MESSAGE_LIMIT} bytes cannot be restored through the log"
+                )
+            parts.append(chunk.data)
+        if expected_size and size != expected_size:
+            raise InvalidArgument(f"received {size} bytes but the backup header says {expected_size}: truncated?")
+        result = await self._node.restore(b"".join(parts), expected_sha, _timeout(context))
+        return cluster_pb2.RestoreResponse(revision=result.revision, keys=result.restore.keys)
+
+
+class PeerService(peer_pb2_grpc.PeerServicer):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def Propose(
+        self, request: peer_pb2.ProposeRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.ProposeResponse:
+        results = await self._node.propose_forwarded(list(request.commands), _timeout(context))
+        return peer_pb2.ProposeResponse(results=results)
+
+
+def _check(problem: str | None) -> None:
+    if problem:
+        raise InvalidArgument(problem)
