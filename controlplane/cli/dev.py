@@ -1,0 +1,88 @@
+"""`cpctl dev`: a local cluster of real server processes, until Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from controlplane.cli import app
+from controlplane.cli.output import EXIT_UNAVAILABLE, fail
+from controlplane.dev import MANIFEST_FILE, LocalCluster
+
+DEFAULT_BASE_PORT = 7100
+
+
+@app.command()
+def dev(
+    servers: Annotated[int, typer.Option(min=1, max=9, help="How many servers")] = 3,
+    data_dir: Annotated[Path, typer.Option(help="Data, logs and cluster.json go here")] = Path(".data"),
+    base_port: Annotated[
+        int, typer.Option(help="Client ports are BASE+1.., Raft BASE+101.., metrics BASE+201..")
+    ] = DEFAULT_BASE_PORT,
+    demo: Annotated[bool, typer.Option(help="Once up, show status, a write and a read back")] = False,
+) -> None:
+    """Start SERVERS local servers on loopback and keep them running until Ctrl-C or SIGTERM.
+
+    Writes DATA_DIR/cluster.json with every process's addresses; other cpctl commands read it
+    when --endpoints is not given. Data persists across runs in DATA_DIR.
+    """
+    manifest_path = data_dir / MANIFEST_FILE
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())
+        if len(previous.get("servers", [])) != servers:
+            fail(
+                f"{data_dir} holds a {len(previous['servers'])}-server cluster; use --servers "
+                f"{len(previous['servers'])} or another --data-dir"
+            )
+    cluster = LocalCluster(data_dir, servers=servers, base_port=base_port)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    cluster.start()
+    try:
+        typer.echo(f"starting {servers} servers (logs in {data_dir}/n*.log)...")
+        try:
+            leader = cluster.wait_for_leader(timeout=30.0)
+        except (TimeoutError, RuntimeError) as exc:
+            fail(f"the cluster did not come up: {exc}", code=EXIT_UNAVAILABLE)
+        typer.echo(f"cluster up; leader {leader}; manifest {manifest_path}\n")
+        for node in cluster.nodes.values():
+            typer.echo(
+                f"  {node.id}  client {node.client_address}  raft {node.raft_address}  "
+                f"metrics http://{node.metrics_address}/metrics  pid {node.pid}"
+            )
+        typer.echo(f"\n  endpoints: {cluster.endpoints}")
+        if demo:
+            _demo(cluster.endpoints)
+        typer.echo("\nrunning; Ctrl-C stops every server")
+        while not stop.wait(0.5):
+            for node in cluster.nodes.values():
+                if not node.running:
+                    typer.echo(f"{node.id} exited unexpectedly; see {node.log_path}", err=True)
+                    stop.set()
+    finally:
+        typer.echo("stopping...")
+        cluster.stop()
+        typer.echo("stopped")
+
+
+def _demo(endpoints: str) -> None:
+    from controlplane.client import Client
+
+    with Client(endpoints) as client:
+        written = client.put("demo/hello", b"world")
+        typer.echo(f"\n$ cpctl kv put demo/hello world    -> revision {written.revision}")
+        kv = client.get("demo/hello")
+        value = kv.value.decode() if kv else None
+        typer.echo(f"$ cpctl kv get demo/hello          -> {value} (linearizable read)")
+        status = client.status()
+        typer.echo(
+            f"$ cpctl cluster status             -> leader {status.leader_id}, term {status.term}, "
+            f"revision {status.applied_revision}, members "
+            + ", ".join(f"{m.id}({'up' if m.healthy else 'down'})" for m in status.members)
+        )

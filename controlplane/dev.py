@@ -1,0 +1,266 @@
+"""Local clusters of real server processes on loopback: `cpctl dev`, the tests and the benchmarks.
+
+Each server is a separate ``python -m controlplane serve`` process with its own data
+directory and log file, so a test can kill -9 one and restart it exactly as an operator would.
+The Raft password is generated once per data directory and kept in it (mode 0600): a dev
+cluster is never unauthenticated, and restarting it keeps its state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
+
+PASSWORD_FILE = "raft-password"
+MANIFEST_FILE = "cluster.json"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class NodeProcess:
+    id: str
+    client_address: str
+    raft_address: str
+    metrics_address: str
+    data_dir: Path
+    log_path: Path
+    peers: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self, timeout: float = 1.0) -> cluster_pb2.StatusResponse:
+        with grpc.insecure_channel(self.client_address) as channel:
+            response: cluster_pb2.StatusResponse = cluster_pb2_grpc.ClusterStub(channel).Status(
+                cluster_pb2.StatusRequest(), timeout=timeout
+            )
+            return response
+
+
+class LocalCluster:
+    """N servers on 127.0.0.1. Ports are free ones unless ``base_port`` is given (then
+    client = base+i, raft = base+100+i, metrics = base+200+i for server i = 1..N)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        servers: int = 3,
+        base_port: int | None = None,
+        log_level: str = "info",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        if servers < 1:
+            raise ValueError("a cluster needs at least one server")
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.password = self._password()
+        self.log_level = log_level
+        self.extra_env = extra_env or {}
+        self.nodes: dict[str, NodeProcess] = {}
+        for index in range(1, servers + 1):
+            self.nodes[f"n{index}"] = self._new_node(f"n{index}", index, base_port)
+        for node in self.nodes.values():
+            node.peers = [self._peer_spec(other) for other in self.nodes.values() if other is not node]
+
+    # ------------------------------------------------------------------ setup
+
+    def _password(self) -> str:
+        path = self.data_dir / PASSWORD_FILE
+        if path.exists():
+            return path.read_text().strip()
+        password = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        return password
+
+    def _new_node(self, node_id: str, index: int, base_port: int | None) -> NodeProcess:
+        if base_port is None:
+            client, raft, metrics = free_port(), free_port(), free_port()
+        else:
+            client, raft, metrics = base_port + index, base_port + 100 + index, base_port + 200 + index
+        return NodeProcess(
+            id=node_id,
+            client_address=f"127.0.0.1:{client}",
+            raft_address=f"127.0.0.1:{raft}",
+            metrics_address=f"127.0.0.1:{metrics}",
+            data_dir=self.data_dir / node_id,
+            log_path=self.data_dir / f"{node_id}.log",
+        )
+
+    @staticmethod
+    def _peer_spec(node: NodeProcess) -> str:
+        return f"{node.id}={node.raft_address},{node.client_address}"
+
+    @property
+    def client_addresses(self) -> list[str]:
+        return [node.client_address for node in self.nodes.values()]
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(node.client_address for node in self.nodes.values() if node.running)
+
+    # ------------------------------------------------------------------ processes
+
+    def start(self) -> None:
+        for node in self.nodes.values():
+            if not node.running:
+                self._spawn(node)
+        self.write_manifest()
+
+    def _spawn(self, node: NodeProcess) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "controlplane",
+            "serve",
+            "--node-id",
+            node.id,
+            "--client-address",
+            node.client_address,
+            "--raft-address",
+            node.raft_address,
+            "--metrics-address",
+            node.metrics_address,
+            "--data-dir",
+            str(node.data_dir),
+            "--log-level",
+            self.log_level,
+        ]
+        for spec in node.peers:
+            command += ["--peer", spec]
+        env = {**os.environ, **self.extra_env, "CP_RAFT_PASSWORD": self.password}
+        with open(node.log_path, "ab") as log_file:
+            node.process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def kill(self, node_id: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
+        node = self.nodes[node_id]
+        if node.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            node.process.send_signal(sig)
+        try:
+            node.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait(timeout)
+
+    def restart(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        if node.running:
+            self.kill(node_id, signal.SIGTERM)
+        self._spawn(node)
+        self.write_manifest()
+
+    def add_server(self) -> NodeProcess:
+        """Start one more server that knows the current members; admit it with Cluster.AddMember."""
+        index = max(int(node_id[1:]) for node_id in self.nodes) + 1
+        node = self._new_node(f"n{index}", index, None)
+        node.peers = [self._peer_spec(other) for other in self.nodes.values()]
+        self.nodes[node.id] = node
+        self._spawn(node)
+        self.write_manifest()
+        return node
+
+    def stop(self, timeout: float = 10.0) -> None:
+        running = [node for node in self.nodes.values() if node.running]
+        for node in running:
+            with contextlib.suppress(ProcessLookupError):
+                assert node.process is not None
+                node.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for node in running:
+            assert node.process is not None
+            try:
+                node.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+
+    # ------------------------------------------------------------------ observation
+
+    def wait_for_leader(self, timeout: float = 30.0, among: list[str] | None = None) -> str:
+        """Wait until every running server (or those in ``among``) names the same leader."""
+        deadline = time.monotonic() + timeout
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            ids = among or [node.id for node in self.nodes.values() if node.running]
+            leaders = set()
+            for node_id in ids:
+                node = self.nodes[node_id]
+                if not node.running:
+                    raise RuntimeError(f"{node_id} exited (code {node.process and node.process.returncode}); see {node.log_path}")
+                try:
+                    leaders.add(node.status(timeout=0.5).leader_id)
+                except grpc.RpcError as exc:
+                    last_error = f"{node_id}: {exc.code().name}"  # type: ignore[attr-defined]
+                    leaders.add("")
+            # Survivors keep naming a killed leader until their election timeout: not agreement.
+            if len(leaders) == 1 and (leader := next(iter(leaders))) in ids:
+                return leader
+            last_error = f"leaders seen: {sorted(leaders)}" if leaders else last_error
+            time.sleep(0.05)  # polling: servers offer no leader-change push to a process outside
+        raise TimeoutError(f"no agreed leader within {timeout} s ({last_error})")
+
+    def leader(self, timeout: float = 30.0) -> NodeProcess:
+        return self.nodes[self.wait_for_leader(timeout)]
+
+    def manifest(self) -> dict[str, object]:
+        return {
+            "endpoints": ",".join(self.client_addresses),
+            "data_dir": str(self.data_dir),
+            "password_file": str(self.data_dir / PASSWORD_FILE),
+            "servers": [
+                {
+                    "id": node.id,
+                    "client_address": node.client_address,
+                    "raft_address": node.raft_address,
+                    "metrics_address": node.metrics_address,
+                    "data_dir": str(node.data_dir),
+                    "log": str(node.log_path),
+                    "pid": node.pid,
+                }
+                for node in self.nodes.values()
+            ],
+        }
+
+    def write_manifest(self) -> Path:
+        path = self.data_dir / MANIFEST_FILE
+        path.write_text(json.dumps(self.manifest(), indent=2) + "\n")
+        return path
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

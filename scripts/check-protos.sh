@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Regenerate the protobuf code into a scratch directory and fail if it differs from what is
+# committed under controlplane/v1 (flower's dev/check-protos.sh, etcd's genproto.sh).
+set -euo pipefail
+python=${1:-python3}
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+"$python" -m grpc_tools.protoc -Iproto --python_out="$scratch" --grpc_python_out="$scratch" --pyi_out="$scratch" proto/controlplane/v1/*.proto
+status=0
+for generated in "$scratch"/controlplane/v1/*; do
+  committed=controlplane/v1/$(basename "$generated")
+  if ! cmp -s "$generated" "$committed"; then
+    echo "generated code is stale: $committed differs from proto/ (run 'make proto')" >&2
+    status=1
+  fi
+done
+for committed in controlplane/v1/*_pb2*.py*; do
+  [ -e "$scratch/controlplane/v1/$(basename "$committed")" ] || { echo "$committed has no .proto any more" >&2; status=1; }
+done
+exit $status
