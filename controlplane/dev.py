@@ -216,7 +216,9 @@ class LocalCluster:
             for node_id in ids:
                 node = self.nodes[node_id]
                 if not node.running:
-                    raise RuntimeError(f"{node_id} exited (code {node.process and node.process.returncode}); see {node.log_path}")
+                    raise RuntimeError(
+                        f"{node_id} exited (code {node.process and node.process.returncode}); see {node.log_path}"
+                    )
                 try:
                     leaders.add(node.status(timeout=0.5).leader_id)
                 except grpc.RpcError as exc:

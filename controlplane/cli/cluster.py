@@ -1,0 +1,153 @@
+"""`cpctl cluster`: status, membership, leadership, backups."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from controlplane.cli import app
+from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect
+from controlplane.cli.output import Output, emit_json
+from controlplane.client import ClusterStatus, Member
+
+cluster_app = typer.Typer(help="Cluster status, membership, leadership and backups.", no_args_is_help=True)
+members_app = typer.Typer(help="Raft voters: list, add, remove (one change at a time).", no_args_is_help=True)
+snapshot_app = typer.Typer(help="Backups of the replicated state.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+cluster_app.add_typer(members_app, name="members")
+cluster_app.add_typer(snapshot_app, name="snapshot")
+
+
+def _member_json(member: Member) -> dict[str, object]:
+    out = dataclasses.asdict(member)
+    out["role"] = member.role.name
+    return out
+
+
+def _print_members(members: tuple[Member, ...] | list[Member]) -> None:
+    typer.echo(f"{'ID':<8} {'ROLE':<10} {'HEALTHY':<8} {'CLIENT':<22} RAFT")
+    for member in members:
+        typer.echo(
+            f"{member.id or '?':<8} {member.role.name.lower():<10} {'yes' if member.healthy else 'NO':<8} "
+            f"{member.client_address:<22} {member.raft_address}"
+        )
+
+
+@cluster_app.command()
+def status(endpoints: EndpointsOption = None, output: OutputOption = Output.text, timeout: TimeoutOption = 5.0) -> None:
+    """The answering server's view: role, leader, term, indexes, members and their health."""
+    with connect(endpoints, timeout) as client:
+        current: ClusterStatus = client.status()
+    if output is Output.json:
+        out = dataclasses.asdict(current)
+        out["role"] = current.role.name
+        out["members"] = [_member_json(member) for member in current.members]
+        emit_json(out)
+        return
+    typer.echo(
+        f"node {current.node_id} ({current.role.name.lower()}), leader {current.leader_id or 'none'} "
+        f"at {current.leader_address or '-'}, term {current.term}, quorum {'yes' if current.has_quorum else 'NO'}"
+    )
+    typer.echo(
+        f"commit index {current.commit_index}, applied index {current.applied_index}, "
+        f"revision {current.applied_revision}, watch history from revision {current.oldest_revision}"
+    )
+    _print_members(current.members)
+
+
+@members_app.command("list")
+def members_list(
+    endpoints: EndpointsOption = None, output: OutputOption = Output.text, timeout: TimeoutOption = 5.0
+) -> None:
+    """List the Raft members."""
+    with connect(endpoints, timeout) as client:
+        current = client.status()
+    if output is Output.json:
+        emit_json([_member_json(member) for member in current.members])
+    else:
+        _print_members(current.members)
+
+
+@members_app.command("add")
+def members_add(
+    member_id: Annotated[str, typer.Argument(metavar="ID")],
+    raft_address: Annotated[str, typer.Option(help="The new server's Raft HOST:PORT")],
+    client_address: Annotated[str, typer.Option(help="The new server's gRPC HOST:PORT")],
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Admit a running server (started with the current members as --peer) as a voter."""
+    with connect(endpoints, timeout) as client:
+        members = client.add_member(member_id, raft_address, client_address)
+    if output is Output.json:
+        emit_json([_member_json(member) for member in members])
+    else:
+        _print_members(list(members))
+
+
+@members_app.command("remove")
+def members_remove(
+    member_id: Annotated[str, typer.Argument(metavar="ID")],
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Remove a server from the voters (then stop it; it may not rejoin under the same id)."""
+    with connect(endpoints, timeout) as client:
+        members = client.remove_member(member_id)
+    if output is Output.json:
+        emit_json([_member_json(member) for member in members])
+    else:
+        _print_members(list(members))
+
+
+@cluster_app.command("transfer-leader")
+def transfer_leader(
+    target: Annotated[str, typer.Argument(help="Member id (empty: the most caught-up follower)")] = "",
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 15.0,
+) -> None:
+    """Hand leadership to TARGET and wait until it leads."""
+    with connect(endpoints, timeout) as client:
+        leader_id, term = client.transfer_leadership(target)
+    if output is Output.json:
+        emit_json({"leader_id": leader_id, "term": term})
+    else:
+        typer.echo(f"leader is now {leader_id} (term {term})")
+
+
+@snapshot_app.command("save")
+def snapshot_save(
+    file: Path,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 60.0,
+) -> None:
+    """Write a consistent backup of the replicated state to FILE (verified by sha256)."""
+    with connect(endpoints, timeout) as client:
+        info = client.snapshot(file)
+    if output is Output.json:
+        emit_json(dataclasses.asdict(info))
+    else:
+        typer.echo(f"saved revision {info.revision} ({info.size} bytes, sha256 {info.sha256}) to {file}")
+
+
+@snapshot_app.command("restore")
+def snapshot_restore(
+    file: Path,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 60.0,
+) -> None:
+    """Replace the cluster's data with the backup in FILE, atomically, through the Raft log."""
+    with connect(endpoints, timeout) as client:
+        revision = client.restore(file)
+    if output is Output.json:
+        emit_json({"revision": revision})
+    else:
+        typer.echo(f"restored; the state is at revision {revision}")

@@ -1,0 +1,81 @@
+"""What every client command shares: finding the cluster, connecting, and turning errors into exit codes."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, fail
+from controlplane.client import Client, KeyValue
+from controlplane.dev import MANIFEST_FILE
+from controlplane.errors import ControlPlaneError, DeadlineExceeded, InvalidArgument, Unavailable
+
+DEFAULT_ENDPOINTS = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+
+EndpointsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoints",
+        "-e",
+        help="HOST:PORT[,HOST:PORT...] [CP_ENDPOINTS; else ./.data/cluster.json; else the `cpctl dev` defaults]",
+    ),
+]
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text or json")]
+TimeoutOption = Annotated[float, typer.Option(help="Seconds before giving up (retries included)")]
+
+
+def resolve_endpoints(endpoints: str | None) -> str:
+    if endpoints:
+        return endpoints
+    if os.environ.get("CP_ENDPOINTS"):
+        return os.environ["CP_ENDPOINTS"]
+    manifest = Path(".data") / MANIFEST_FILE
+    if manifest.exists():
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            return str(json.loads(manifest.read_text())["endpoints"])
+    return DEFAULT_ENDPOINTS
+
+
+@contextlib.contextmanager
+def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
+    """A client for the command, with every control-plane error turned into a message and exit code."""
+    resolved = resolve_endpoints(endpoints)
+    try:
+        with Client(resolved, timeout=timeout) as client:
+            yield client
+    except InvalidArgument as exc:
+        fail(exc.message, code=EXIT_USAGE)
+    except (Unavailable, DeadlineExceeded) as exc:
+        fail(f"{exc.message} (endpoints: {resolved})", code=EXIT_UNAVAILABLE)
+    except ControlPlaneError as exc:
+        fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
+
+
+def kv_to_json(kv: KeyValue | None) -> dict[str, Any] | None:
+    if kv is None:
+        return None
+    out: dict[str, Any] = {
+        "key": kv.key,
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    }
+    try:
+        out["value"] = kv.value.decode("utf-8")
+    except UnicodeDecodeError:
+        out["value_base64"] = base64.b64encode(kv.value).decode("ascii")
+    return out
+
+
+def printable(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(value).decode("ascii")

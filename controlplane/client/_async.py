@@ -1,0 +1,471 @@
+"""The asyncio client: the decisions of ``_base`` run over ``grpc.aio`` channels."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from controlplane import errors
+from controlplane.client import _base
+from controlplane.client._base import RespT, RetryPolicy, Rpc
+from controlplane.client._models import (
+    CasResult,
+    ClusterStatus,
+    Consistency,
+    DeleteResult,
+    Event,
+    EventType,
+    KeyValue,
+    ListResult,
+    Member,
+    PutResult,
+    SnapshotInfo,
+)
+from controlplane.v1 import cluster_pb2
+
+__all__ = ["AsyncClient", "AsyncWatch"]
+
+T = TypeVar("T")
+#: Builds the channel for one ``host:port``; inject one to add credentials, options or a test double.
+AsyncChannelFactory = Callable[[str], grpc.aio.Channel]
+MemberList = list[Member]
+
+
+def _insecure_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address)
+
+
+class AsyncClient:
+    """An asyncio client for a control-plane cluster.
+
+    ``endpoints`` is ``"host:port,host:port"`` or a sequence of ``"host:port"``: any subset of the
+    servers is enough, since any server answers any request. Every call finds a server that can
+    answer, retries what is safe to retry until its deadline (``timeout`` seconds, default the
+    client's), and raises the typed errors of :mod:`controlplane.errors` otherwise. Mutations carry
+    one ``request_id`` across all their retries, so a retry never applies twice. See
+    ``controlplane/client/DESIGN.md`` for the routing and retry rules.
+
+    Channels are opened lazily, one per address, and closed by :meth:`close` (or ``async with``).
+    Create and use the client on one event loop.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = _base.DEFAULT_TIMEOUT,
+        channel_factory: AsyncChannelFactory | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self._core = _base.ClientCore(endpoints, timeout, retry_policy)
+        self._channel_factory = channel_factory or _insecure_channel
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._methods: dict[tuple[str, str, str], Any] = {}
+        self._watches: set[AsyncWatch] = set()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._core.router.endpoints
+
+    @property
+    def leader_address(self) -> str:
+        """The leader's client address as last learned from a response, or ``""``."""
+        return self._core.router.leader
+
+    # --- KV ---------------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        prev_kv: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> PutResult:
+        """Create or replace ``key`` (a str value is stored UTF-8 encoded).
+
+        ``prev_kv=True`` also returns the value it replaced. ``request_id`` defaults to a fresh id;
+        pass your own to retry a call whose outcome you did not learn (e.g. after DeadlineExceeded).
+        """
+        request = _base.put_request(key, value, prev_kv=prev_kv, request_id=request_id)
+        return _base.put_result(request, await self._unary(_base.PUT, request, timeout))
+
+    async def get(
+        self,
+        key: str,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> KeyValue | None:
+        """The key's current value, or None if it does not exist.
+
+        ``Consistency.STALE`` answers from whichever server receives the read; ``min_revision``
+        makes that server wait until it has applied that revision (read-your-writes: pass the
+        ``revision`` of your write).
+        """
+        request = _base.get_request(key, consistency, min_revision)
+        return _base.get_result(await self._unary(_base.GET, request, timeout))
+
+    async def delete(self, key: str, *, request_id: str | None = None, timeout: float | None = None) -> DeleteResult:
+        """Delete ``key``. Deleting a missing key succeeds with ``deleted=False``."""
+        request = _base.delete_request(key, request_id)
+        return _base.delete_result(await self._unary(_base.DELETE, request, timeout))
+
+    async def list(
+        self,
+        prefix: str = "",
+        *,
+        limit: int = 0,
+        start_after: str = "",
+        keys_only: bool = False,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> ListResult:
+        """One page of keys under ``prefix`` in lexical order (``limit`` 0: the server maximum).
+
+        When ``more`` is set, ask for the next page with ``start_after=result.kvs[-1].key``.
+        ``keys_only`` leaves values empty.
+        """
+        request = _base.list_request(
+            prefix,
+            limit=limit,
+            start_after=start_after,
+            keys_only=keys_only,
+            consistency=consistency,
+            min_revision=min_revision,
+        )
+        return _base.list_result(await self._unary(_base.LIST, request, timeout))
+
+    async def compare_and_swap(
+        self,
+        key: str,
+        value: bytes | str,
+        expected_mod_revision: int,
+        *,
+        delete: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> CasResult:
+        """Write ``value`` (or delete the key when ``delete``) only if the key's ``mod_revision`` is
+        still ``expected_mod_revision`` (0: only if the key does not exist).
+
+        A lost race is ``succeeded=False`` with the current holder in ``kv``, not an error.
+        """
+        request = _base.compare_and_swap_request(
+            key, value, expected_mod_revision, delete=delete, request_id=request_id
+        )
+        return _base.cas_result(request, await self._unary(_base.COMPARE_AND_SWAP, request, timeout))
+
+    # --- Watch ------------------------------------------------------------------------------------
+
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        from_revision: int = 0,
+        domains: Iterable[str] = (),
+        types: Iterable[EventType] = (),
+    ) -> AsyncWatch:
+        """An async iterator over every change under ``prefix``, in revision order, without end.
+
+        ``from_revision`` 0 means "changes after now"; otherwise the first revision to deliver.
+        ``domains`` defaults to ``("kv",)`` server-side; ``types`` empty means all.
+
+        The watch survives server restarts and failovers: when its stream breaks it reconnects
+        (to any endpoint, with backoff, for as long as it takes) from the revision after the last
+        one delivered, so events are neither lost nor repeated. It raises ``OutOfRange`` (with
+        ``oldest_revision``) when the history it needs has been compacted, and the typed error for
+        any answer that is not a transient failure. Stop it with ``await watch.aclose()``,
+        ``async with``, by cancelling the task iterating it, or by closing the client.
+        """
+        self._core.check_open()
+        watch = AsyncWatch(self, _base.WatchCursor(prefix, from_revision, domains, types))
+        self._watches.add(watch)
+        return watch
+
+    # --- Cluster ----------------------------------------------------------------------------------
+
+    async def status(self, *, timeout: float | None = None) -> ClusterStatus:
+        """The status of whichever server answers (see ``node_id``); also refreshes the leader hint."""
+        request = cluster_pb2.StatusRequest()
+        return _base.cluster_status(await self._unary(_base.STATUS, request, timeout))
+
+    async def add_member(
+        self, id: str, raft_address: str, client_address: str, *, timeout: float | None = None
+    ) -> MemberList:
+        """Add a server as a Raft voter; returns the new membership.
+
+        One change at a time: while another is in flight this raises ``FailedPrecondition``.
+        """
+        request = _base.add_member_request(id, raft_address, client_address)
+        return _base.members((await self._unary(_base.ADD_MEMBER, request, timeout)).members)
+
+    async def remove_member(self, id: str, *, timeout: float | None = None) -> MemberList:
+        """Remove a voter; returns the new membership."""
+        request = _base.remove_member_request(id)
+        return _base.members((await self._unary(_base.REMOVE_MEMBER, request, timeout)).members)
+
+    async def transfer_leadership(self, target_id: str = "", *, timeout: float | None = None) -> tuple[str, int]:
+        """Hand leadership to ``target_id`` (empty: the most caught-up follower); returns the new
+        leader's id and term.
+
+        Not retried after ``UnknownOutcome``: without a target a second attempt could move
+        leadership twice.
+        """
+        request = cluster_pb2.TransferLeadershipRequest(target_id=target_id)
+        response = await self._unary(_base.TRANSFER_LEADERSHIP, request, timeout, retry_unknown=bool(target_id))
+        self._core.router.forget_leader()  # the old hint is wrong now; the next response names the new one
+        return response.leader_id, response.term
+
+    async def snapshot(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> SnapshotInfo:
+        """Write a consistent backup of the replicated state to ``path``.
+
+        The stream is written to a temporary file beside ``path``, checked against the size and
+        sha256 its first chunk announces, fsynced and renamed over ``path``: ``path`` is never left
+        partial. A broken stream is restarted from scratch (within the deadline; large states need
+        a larger ``timeout``). A stream that does not match its own checksum raises ``Internal``.
+        """
+        attempts = self._core.attempts(_base.SNAPSHOT, timeout)
+        request = cluster_pb2.SnapshotRequest()
+
+        async def once(address: str, remaining: float) -> SnapshotInfo:
+            sink = await asyncio.to_thread(_base.SnapshotSink, path, address)
+            try:
+                call = self._method(address, _base.SNAPSHOT, "unary_stream")(request, timeout=remaining)
+                async for chunk in call:
+                    await asyncio.to_thread(sink.write, chunk)
+                return await asyncio.to_thread(sink.commit)
+            except BaseException:
+                sink.abort()  # a close and an unlink: quick, and must happen even when cancelled
+                raise
+
+        return await self._retry(attempts, once)
+
+    async def restore(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> int:
+        """Replace the replicated state with the backup at ``path``; returns the revision at which
+        the restored state took effect.
+
+        The file is hashed first, then streamed in 1 MiB chunks, the first announcing its size and
+        sha256 so the server can refuse a damaged upload. Retried like any write: restoring the same
+        bytes twice leaves the same state.
+        """
+        size, sha256 = await asyncio.to_thread(_base.file_digest, path)
+        attempts = self._core.attempts(_base.RESTORE, timeout)
+
+        async def once(address: str, remaining: float) -> cluster_pb2.RestoreResponse:
+            method = self._method(address, _base.RESTORE, "stream_unary")
+            response: cluster_pb2.RestoreResponse = await method(_read_chunks(path, size, sha256), timeout=remaining)
+            return response
+
+        return (await self._retry(attempts, once)).revision
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop every watch and close every channel. Calls in flight fail; later calls raise RuntimeError."""
+        self._core.closed = True
+        for watch in list(self._watches):
+            await watch.aclose()
+        channels, self._channels = list(self._channels.values()), {}
+        self._methods.clear()
+        for channel in channels:
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- transport --------------------------------------------------------------------------------
+
+    def _method(self, address: str, rpc: Rpc[Any], kind: str) -> Any:
+        """The multicallable for ``rpc`` on the channel to ``address`` (opened on first use)."""
+        self._core.check_open()
+        cached = self._methods.get((address, rpc.path, kind))
+        if cached is None:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = self._channel_factory(address)
+            cached = getattr(channel, kind)(
+                rpc.path,
+                request_serializer=_base.serialize,
+                response_deserializer=rpc.response.FromString,
+            )
+            self._methods[(address, rpc.path, kind)] = cached
+        return cached
+
+    async def _unary(
+        self, rpc: Rpc[RespT], request: Any, timeout: float | None, *, retry_unknown: bool = True
+    ) -> RespT:
+        attempts = self._core.attempts(rpc, timeout, retry_unknown=retry_unknown)
+
+        async def once(address: str, remaining: float) -> RespT:
+            response: RespT = await self._method(address, rpc, "unary_unary")(request, timeout=remaining)
+            return response
+
+        return await self._retry(attempts, once)
+
+    async def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], Awaitable[T]]) -> T:
+        while True:
+            address = attempts.target()
+            try:
+                result = await once(address, attempts.remaining())
+            except grpc.aio.AioRpcError as exc:
+                self._core.check_open()
+                await asyncio.sleep(attempts.failed(address, _base.error_from_rpc(exc)))
+            except asyncio.CancelledError:
+                # close() cancels calls in flight by closing their channel; that is not a
+                # cancellation of the caller's task, so report it as what it is.
+                task = asyncio.current_task()
+                if self._core.closed and (task is None or not task.cancelling()):
+                    raise RuntimeError("the client was closed during the call") from None
+                raise
+            else:
+                attempts.succeeded(address, _base.leader_address_of(result))
+                return result
+
+    def _forget(self, watch: AsyncWatch) -> None:
+        self._watches.discard(watch)
+
+
+async def _read_chunks(
+    path: str | os.PathLike[str], size: int, sha256: str
+) -> AsyncIterator[cluster_pb2.SnapshotChunk]:
+    """``_base.restore_chunks`` with each file read in a worker thread, off the event loop."""
+    chunks = _base.restore_chunks(path, size, sha256)
+    try:
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield chunk
+    finally:
+        # If a read was still running in its worker thread (cancellation), the generator cannot be
+        # closed now; it closes its file when collected.
+        with contextlib.suppress(ValueError):
+            chunks.close()
+
+
+class AsyncWatch:
+    """The async iterator :meth:`AsyncClient.watch` returns. See there for its guarantees.
+
+    One task iterates it. Its stream stays open until :meth:`aclose` or the client's ``close()``.
+    """
+
+    def __init__(self, client: AsyncClient, cursor: _base.WatchCursor) -> None:
+        self._client = client
+        self._cursor = cursor
+        self._pending: deque[Event] = deque()
+        self._call: Any = None
+        self._address = ""
+        self._closed = False
+        # Set by aclose() so that a watch waiting out a backoff stops at once.
+        self._wake = asyncio.Event()
+        self._retries = 0
+
+    @property
+    def revision(self) -> int:
+        """Every matching event up to this revision has been returned to you (0 before the first
+        message). Persist it to resume a later watch with ``from_revision=revision + 1``.
+        """
+        if self._pending:
+            # Events received but not yet returned are not "delivered" to the caller.
+            return self._pending[0].revision - 1
+        return self._cursor.delivered or 0
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
+            await self._receive()
+        return self._pending.popleft()
+
+    async def _receive(self) -> None:
+        """Read one stream message into ``_pending``, (re)opening the stream as needed."""
+        router = self._client._core.router
+        if self._client._core.closed:
+            self._closed = True
+            return
+        if self._call is None:
+            self._address = router.pick(write=False)
+            method = self._client._method(self._address, _base.WATCH, "unary_stream")
+            self._call = method(self._cursor.request())
+        call, address = self._call, self._address
+        try:
+            message = await call.read()
+        except asyncio.CancelledError:
+            call.cancel()
+            self._call = None
+            task = asyncio.current_task()
+            if (self._closed or self._client._core.closed) and (task is None or not task.cancelling()):
+                # Our own aclose() or the client's close() cancelled the RPC, not someone cancelling
+                # this task: end the iteration instead of leaking CancelledError to the caller.
+                self._closed = True
+                raise StopAsyncIteration from None
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self._call = None
+            if self._closed or self._client._core.closed:
+                self._closed = True
+                return
+            error = _base.error_from_rpc(exc)
+            if not isinstance(error, errors.Unavailable):
+                await self.aclose()
+                raise error from exc
+            router.failed(address)
+            await self._backoff()
+            return
+        if message is grpc.aio.EOF:
+            # The server ended the stream cleanly (e.g. it is shutting down): reconnect.
+            self._call = None
+            await self._backoff()
+            return
+        self._retries = 0
+        router.succeeded(address, "")
+        self._pending.extend(self._cursor.accept(message))
+
+    async def _backoff(self) -> None:
+        delay = self._client._core.policy.backoff(self._retries)
+        self._retries += 1
+        try:
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def aclose(self) -> None:
+        """Stop the watch: cancels its stream; the iteration ends (StopAsyncIteration)."""
+        self._closed = True
+        self._wake.set()
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        self._client._forget(self)
+
+    async def __aenter__(self) -> AsyncWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

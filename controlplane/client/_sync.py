@@ -1,0 +1,436 @@
+"""The blocking client: the decisions of ``_base`` run over ``grpc`` (sync) channels.
+
+No event loop and no thread of its own: calls block the calling thread (backoff is ``time.sleep``),
+and a watch is a plain iterator. The client may be shared between threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from controlplane import errors
+from controlplane.client import _base
+from controlplane.client._base import RespT, RetryPolicy, Rpc
+from controlplane.client._models import (
+    CasResult,
+    ClusterStatus,
+    Consistency,
+    DeleteResult,
+    Event,
+    EventType,
+    KeyValue,
+    ListResult,
+    Member,
+    PutResult,
+    SnapshotInfo,
+)
+from controlplane.v1 import cluster_pb2
+
+__all__ = ["Client", "Watch"]
+
+T = TypeVar("T")
+#: Builds the channel for one ``host:port``; inject one to add credentials, options or a test double.
+ChannelFactory = Callable[[str], grpc.Channel]
+MemberList = list[Member]
+
+
+def _insecure_channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address)
+
+
+class Client:
+    """A blocking client for a control-plane cluster; same methods and behaviour as
+    :class:`~controlplane.client.AsyncClient`.
+
+    ``endpoints`` is ``"host:port,host:port"`` or a sequence of ``"host:port"``: any subset of the
+    servers is enough, since any server answers any request. Every call finds a server that can
+    answer, retries what is safe to retry until its deadline (``timeout`` seconds, default the
+    client's), and raises the typed errors of :mod:`controlplane.errors` otherwise. Mutations carry
+    one ``request_id`` across all their retries, so a retry never applies twice. See
+    ``controlplane/client/DESIGN.md`` for the routing and retry rules.
+
+    Channels are opened lazily, one per address, and closed by :meth:`close` (or ``with``).
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = _base.DEFAULT_TIMEOUT,
+        channel_factory: ChannelFactory | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self._core = _base.ClientCore(endpoints, timeout, retry_policy)
+        self._channel_factory = channel_factory or _insecure_channel
+        self._channels: dict[str, grpc.Channel] = {}
+        self._methods: dict[tuple[str, str, str], Any] = {}
+        self._watches: set[Watch] = set()
+        self._lock = threading.Lock()  # guards the three collections above
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._core.router.endpoints
+
+    @property
+    def leader_address(self) -> str:
+        """The leader's client address as last learned from a response, or ``""``."""
+        return self._core.router.leader
+
+    # --- KV ---------------------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        prev_kv: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> PutResult:
+        """Create or replace ``key`` (a str value is stored UTF-8 encoded).
+
+        ``prev_kv=True`` also returns the value it replaced. ``request_id`` defaults to a fresh id;
+        pass your own to retry a call whose outcome you did not learn (e.g. after DeadlineExceeded).
+        """
+        request = _base.put_request(key, value, prev_kv=prev_kv, request_id=request_id)
+        return _base.put_result(request, self._unary(_base.PUT, request, timeout))
+
+    def get(
+        self,
+        key: str,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> KeyValue | None:
+        """The key's current value, or None if it does not exist.
+
+        ``Consistency.STALE`` answers from whichever server receives the read; ``min_revision``
+        makes that server wait until it has applied that revision (read-your-writes).
+        """
+        request = _base.get_request(key, consistency, min_revision)
+        return _base.get_result(self._unary(_base.GET, request, timeout))
+
+    def delete(self, key: str, *, request_id: str | None = None, timeout: float | None = None) -> DeleteResult:
+        """Delete ``key``. Deleting a missing key succeeds with ``deleted=False``."""
+        request = _base.delete_request(key, request_id)
+        return _base.delete_result(self._unary(_base.DELETE, request, timeout))
+
+    def list(
+        self,
+        prefix: str = "",
+        *,
+        limit: int = 0,
+        start_after: str = "",
+        keys_only: bool = False,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> ListResult:
+        """One page of keys under ``prefix`` in lexical order (``limit`` 0: the server maximum).
+
+        When ``more`` is set, ask for the next page with ``start_after=result.kvs[-1].key``.
+        """
+        request = _base.list_request(
+            prefix,
+            limit=limit,
+            start_after=start_after,
+            keys_only=keys_only,
+            consistency=consistency,
+            min_revision=min_revision,
+        )
+        return _base.list_result(self._unary(_base.LIST, request, timeout))
+
+    def compare_and_swap(
+        self,
+        key: str,
+        value: bytes | str,
+        expected_mod_revision: int,
+        *,
+        delete: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> CasResult:
+        """Write ``value`` (or delete the key when ``delete``) only if the key's ``mod_revision`` is
+        still ``expected_mod_revision`` (0: only if the key does not exist).
+
+        A lost race is ``succeeded=False`` with the current holder in ``kv``, not an error.
+        """
+        request = _base.compare_and_swap_request(
+            key, value, expected_mod_revision, delete=delete, request_id=request_id
+        )
+        return _base.cas_result(request, self._unary(_base.COMPARE_AND_SWAP, request, timeout))
+
+    # --- Watch ------------------------------------------------------------------------------------
+
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        from_revision: int = 0,
+        domains: Iterable[str] = (),
+        types: Iterable[EventType] = (),
+    ) -> Watch:
+        """An iterator over every change under ``prefix``, in revision order, without end.
+
+        Same guarantees as :meth:`AsyncClient.watch`: resumes after a broken stream from the
+        revision after the last one delivered (no gap, no duplicate), raises ``OutOfRange`` when
+        that history is gone. Stop it with ``watch.close()`` (from any thread; a blocked ``next()``
+        then ends the iteration), ``with``, or by closing the client.
+        """
+        self._core.check_open()
+        watch = Watch(self, _base.WatchCursor(prefix, from_revision, domains, types))
+        with self._lock:
+            self._watches.add(watch)
+        return watch
+
+    # --- Cluster ----------------------------------------------------------------------------------
+
+    def status(self, *, timeout: float | None = None) -> ClusterStatus:
+        """The status of whichever server answers (see ``node_id``); also refreshes the leader hint."""
+        return _base.cluster_status(self._unary(_base.STATUS, cluster_pb2.StatusRequest(), timeout))
+
+    def add_member(
+        self, id: str, raft_address: str, client_address: str, *, timeout: float | None = None
+    ) -> MemberList:
+        """Add a server as a Raft voter; returns the new membership.
+
+        One change at a time: while another is in flight this raises ``FailedPrecondition``.
+        """
+        request = _base.add_member_request(id, raft_address, client_address)
+        return _base.members(self._unary(_base.ADD_MEMBER, request, timeout).members)
+
+    def remove_member(self, id: str, *, timeout: float | None = None) -> MemberList:
+        """Remove a voter; returns the new membership."""
+        request = _base.remove_member_request(id)
+        return _base.members(self._unary(_base.REMOVE_MEMBER, request, timeout).members)
+
+    def transfer_leadership(self, target_id: str = "", *, timeout: float | None = None) -> tuple[str, int]:
+        """Hand leadership to ``target_id`` (empty: the most caught-up follower); returns the new
+        leader's id and term. Not retried after ``UnknownOutcome`` when no target is named.
+        """
+        request = cluster_pb2.TransferLeadershipRequest(target_id=target_id)
+        response = self._unary(_base.TRANSFER_LEADERSHIP, request, timeout, retry_unknown=bool(target_id))
+        self._core.router.forget_leader()  # the old hint is wrong now; the next response names the new one
+        return response.leader_id, response.term
+
+    def snapshot(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> SnapshotInfo:
+        """Write a consistent backup to ``path`` atomically (temp file, size + sha256 check, fsync,
+        rename). A broken stream is restarted within the deadline; a stream that does not match its
+        own checksum raises ``Internal`` and leaves ``path`` untouched.
+        """
+        attempts = self._core.attempts(_base.SNAPSHOT, timeout)
+        request = cluster_pb2.SnapshotRequest()
+
+        def once(address: str, remaining: float) -> SnapshotInfo:
+            sink = _base.SnapshotSink(path, address)
+            try:
+                for chunk in self._method(address, _base.SNAPSHOT, "unary_stream")(request, timeout=remaining):
+                    sink.write(chunk)
+                return sink.commit()
+            except BaseException:
+                sink.abort()
+                raise
+
+        return self._retry(attempts, once)
+
+    def restore(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> int:
+        """Replace the replicated state with the backup at ``path``; returns the revision at which
+        it took effect. Streams 1 MiB chunks, the first announcing size and sha256.
+        """
+        size, sha256 = _base.file_digest(path)
+        attempts = self._core.attempts(_base.RESTORE, timeout)
+
+        def once(address: str, remaining: float) -> cluster_pb2.RestoreResponse:
+            method = self._method(address, _base.RESTORE, "stream_unary")
+            response: cluster_pb2.RestoreResponse = method(_base.restore_chunks(path, size, sha256), timeout=remaining)
+            return response
+
+        return self._retry(attempts, once).revision
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop every watch and close every channel. Calls in flight fail; later calls raise RuntimeError."""
+        self._core.closed = True
+        with self._lock:
+            watches, self._watches = list(self._watches), set()
+            channels, self._channels = list(self._channels.values()), {}
+            self._methods.clear()
+        for watch in watches:
+            watch.close()
+        for channel in channels:
+            channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- transport --------------------------------------------------------------------------------
+
+    def _method(self, address: str, rpc: Rpc[Any], kind: str) -> Any:
+        """The multicallable for ``rpc`` on the channel to ``address`` (opened on first use)."""
+        with self._lock:
+            self._core.check_open()
+            cached = self._methods.get((address, rpc.path, kind))
+            if cached is None:
+                channel = self._channels.get(address)
+                if channel is None:
+                    channel = self._channels[address] = self._channel_factory(address)
+                cached = getattr(channel, kind)(
+                    rpc.path,
+                    request_serializer=_base.serialize,
+                    response_deserializer=rpc.response.FromString,
+                )
+                self._methods[(address, rpc.path, kind)] = cached
+            return cached
+
+    def _unary(self, rpc: Rpc[RespT], request: Any, timeout: float | None, *, retry_unknown: bool = True) -> RespT:
+        attempts = self._core.attempts(rpc, timeout, retry_unknown=retry_unknown)
+
+        def once(address: str, remaining: float) -> RespT:
+            response: RespT = self._method(address, rpc, "unary_unary")(request, timeout=remaining)
+            return response
+
+        return self._retry(attempts, once)
+
+    def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], T]) -> T:
+        while True:
+            address = attempts.target()
+            try:
+                result = once(address, attempts.remaining())
+            except grpc.RpcError as exc:
+                if self._core.closed:
+                    raise RuntimeError("the client was closed during the call") from exc
+                time.sleep(attempts.failed(address, _base.error_from_rpc(exc)))
+            else:
+                attempts.succeeded(address, _base.leader_address_of(result))
+                return result
+
+    def _forget(self, watch: Watch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+
+class Watch:
+    """The iterator :meth:`Client.watch` returns. See there for its guarantees.
+
+    One thread iterates; any thread may call :meth:`close`. Its stream stays open until
+    :meth:`close` or the client's ``close()``.
+    """
+
+    def __init__(self, client: Client, cursor: _base.WatchCursor) -> None:
+        self._client = client
+        self._cursor = cursor
+        self._pending: deque[Event] = deque()
+        self._call: Any = None
+        self._address = ""
+        self._closed = False
+        # close() sets it so that a watch waiting out a backoff stops at once.
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # orders close() against opening a stream
+        self._retries = 0
+
+    @property
+    def revision(self) -> int:
+        """Every matching event up to this revision has been returned to you (0 before the first
+        message). Persist it to resume a later watch with ``from_revision=revision + 1``.
+        """
+        if self._pending:
+            # Events received but not yet returned are not "delivered" to the caller.
+            return self._pending[0].revision - 1
+        return self._cursor.delivered or 0
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> Event:
+        while not self._pending:
+            if self._closed:
+                raise StopIteration
+            self._receive()
+        return self._pending.popleft()
+
+    def _receive(self) -> None:
+        """Read one stream message into ``_pending``, (re)opening the stream as needed."""
+        router = self._client._core.router
+        with self._lock:
+            if self._closed or self._client._core.closed:
+                self._closed = True
+                return
+            if self._call is None:
+                self._address = router.pick(write=False)
+                try:
+                    method = self._client._method(self._address, _base.WATCH, "unary_stream")
+                except RuntimeError:  # the client was closed by another thread just now
+                    self._closed = True
+                    return
+                self._call = method(self._cursor.request())
+            call, address = self._call, self._address
+        try:
+            message = next(call)
+        except StopIteration:
+            # The server ended the stream cleanly (e.g. it is shutting down): reconnect.
+            self._drop(call)
+            self._backoff()
+            return
+        except grpc.RpcError as exc:
+            self._drop(call)
+            if self._closed or self._client._core.closed:
+                self._closed = True  # our close() (or the client's) cancelled the stream
+                return
+            error = _base.error_from_rpc(exc)
+            if not isinstance(error, errors.Unavailable):
+                self.close()
+                raise error from exc
+            router.failed(address)
+            self._backoff()
+            return
+        self._retries = 0
+        router.succeeded(address, "")
+        self._pending.extend(self._cursor.accept(message))
+
+    def _drop(self, call: Any) -> None:
+        with self._lock:
+            if self._call is call:
+                self._call = None
+
+    def _backoff(self) -> None:
+        self._wake.wait(self._client._core.policy.backoff(self._retries))
+        self._retries += 1
+
+    def close(self) -> None:
+        """Stop the watch: cancels its stream; the iteration ends (StopIteration). Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._wake.set()
+            call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+        self._client._forget(self)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,329 @@
+"""The SDK's shared decisions (routing, retry policy, watch cursor, snapshot files), with no network."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+
+import pytest
+
+from controlplane import errors
+from controlplane.client import Consistency, EventType, KeyValue, RetryPolicy, Role, _base
+from controlplane.v1 import cluster_pb2, kv_pb2, watch_pb2
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def make_policy(**kwargs: object) -> RetryPolicy:
+    return RetryPolicy(rng=random.Random(7), **kwargs)  # type: ignore[arg-type]
+
+
+# --- endpoints and backoff -----------------------------------------------------------------------
+
+
+def test_endpoints_from_string_or_sequence() -> None:
+    assert _base.parse_endpoints(" a:1, b:2 ,,a:1") == ("a:1", "b:2")
+    assert _base.parse_endpoints(["b:2", "a:1"]) == ("b:2", "a:1")
+    with pytest.raises(ValueError):
+        _base.parse_endpoints(" , ")
+
+
+def test_backoff_is_full_jitter_doubling_up_to_the_cap() -> None:
+    policy = make_policy(initial_backoff=0.025, max_backoff=1.0)
+    for retry in range(12):
+        ceiling = min(1.0, 0.025 * 2**retry)
+        delays = [policy.backoff(retry) for _ in range(200)]
+        assert all(0.0 <= d <= ceiling for d in delays)
+        # Full jitter spreads over the whole interval, not just near its top.
+        assert min(delays) < ceiling / 4 and max(delays) > ceiling * 3 / 4
+    assert policy.backoff(10_000) <= 1.0  # no overflow for a watch that retried forever
+
+
+def test_backoff_is_reproducible_with_a_seeded_rng() -> None:
+    first = [make_policy().backoff(n) for n in range(5)]
+    assert first == [make_policy().backoff(n) for n in range(5)]
+
+
+# --- routing -------------------------------------------------------------------------------------
+
+
+def test_router_rotates_reads_away_from_a_failed_endpoint() -> None:
+    router = _base.Router(("a:1", "b:2", "c:3"), make_policy())
+    assert router.pick(write=False) == "a:1"
+    router.failed("a:1")
+    assert router.pick(write=False) == "b:2"
+    router.failed("a:1")  # a late failure from an endpoint we already left does not skip b
+    assert router.pick(write=False) == "b:2"
+    router.failed("b:2")
+    router.failed("c:3")
+    assert router.pick(write=False) == "a:1"
+
+
+def test_router_sends_writes_to_the_learned_leader_and_distrusts_it_after_a_failure() -> None:
+    router = _base.Router(("a:1", "b:2"), make_policy(leader_hold=60.0))
+    assert router.pick(write=True) == "a:1"
+    router.succeeded("a:1", "leader:9")
+    assert router.pick(write=True) == "leader:9"
+    assert router.pick(write=False) == "a:1"  # reads stay on the endpoint list
+    router.failed("leader:9")
+    assert router.pick(write=True) == "a:1"
+    # Followers keep naming the dead leader until the election ends: ignored while distrusted.
+    router.succeeded("a:1", "leader:9")
+    assert router.pick(write=True) == "a:1"
+    # A NotLeader answer naming it is authoritative.
+    router.learn_leader("leader:9", authoritative=True)
+    assert router.pick(write=True) == "leader:9"
+
+
+def test_router_trusts_a_failed_leader_again_after_the_hold() -> None:
+    router = _base.Router(("a:1",), make_policy(leader_hold=0.0))
+    router.succeeded("a:1", "leader:9")
+    router.failed("leader:9")
+    router.succeeded("a:1", "leader:9")
+    assert router.pick(write=True) == "leader:9"
+
+
+# --- one call's attempts -------------------------------------------------------------------------
+
+
+def attempts(router: _base.Router, timeout: float = 5.0, policy: RetryPolicy | None = None) -> _base.Attempts:
+    return _base.Attempts(router, policy or make_policy(), timeout=timeout, write=True)
+
+
+class HighestDelay(random.Random):
+    """Jitter that always draws the top of the interval, to make a deadline test exact."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_unavailable_is_retried_on_the_next_endpoint() -> None:
+    router = _base.Router(("a:1", "b:2"), make_policy())
+    call = attempts(router)
+    assert call.target() == "a:1"
+    delay = call.failed("a:1", errors.UnknownOutcome("lost"))
+    assert 0.0 <= delay <= 0.025
+    assert call.target() == "b:2"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.InvalidArgument("bad key"),
+        errors.NotFound("no such member"),
+        errors.FailedPrecondition("a change is in flight"),
+        errors.NotLeader("no idea who leads"),
+        errors.AlreadyExists("x"),
+        errors.Internal("bug"),
+    ],
+)
+def test_answers_that_are_not_transient_are_raised_at_once(error: errors.ControlPlaneError) -> None:
+    call = attempts(_base.Router(("a:1",), make_policy()))
+    call.target()
+    if isinstance(error, errors.NotLeader):
+        # NotLeader without an address says nothing about where to go: treated as "no leader yet".
+        assert call.failed("a:1", error) >= 0.0
+        return
+    with pytest.raises(type(error)) as raised:
+        call.failed("a:1", error)
+    assert raised.value is error
+
+
+def test_not_leader_redirects_the_next_attempt_at_once() -> None:
+    router = _base.Router(("a:1",), make_policy())
+    call = attempts(router)
+    assert call.target() == "a:1"
+    assert call.failed("a:1", errors.NotLeader("no", "n2", "leader:9")) == 0.0
+    assert call.target() == "leader:9"
+    assert router.leader == "leader:9"
+    # A second redirect in the same call backs off (two confused nodes cannot make us spin).
+    assert call.failed("leader:9", errors.NotLeader("no", "n1", "a:1")) >= 0.0
+    assert call.target() == "a:1"
+
+
+def test_unknown_outcome_can_be_declared_not_retryable() -> None:
+    call = _base.Attempts(
+        _base.Router(("a:1",), make_policy()), make_policy(), timeout=5, write=True, retry_unknown=False
+    )
+    call.target()
+    with pytest.raises(errors.UnknownOutcome):
+        call.failed("a:1", errors.UnknownOutcome("maybe"))
+    assert call.failed("a:1", errors.NoLeader("election")) >= 0.0
+
+
+def test_the_deadline_raises_deadline_exceeded_caused_by_the_last_error() -> None:
+    policy = RetryPolicy(initial_backoff=10.0, max_backoff=10.0, rng=HighestDelay())
+    call = attempts(_base.Router(("a:1",), policy), timeout=5.0, policy=policy)
+    call.target()
+    last = errors.NoLeader("election running")
+    # A 10 s backoff cannot fit in a 5 s deadline: sleeping into it would only delay the failure.
+    with pytest.raises(errors.DeadlineExceeded) as raised:
+        call.failed("a:1", last)
+    assert raised.value.__cause__ is last
+    assert "NoLeader" in str(raised.value)
+
+
+def test_remaining_time_shrinks_and_expires() -> None:
+    call = attempts(_base.Router(("a:1",), make_policy()), timeout=0.2)
+    first = call.remaining()
+    assert 0 < first <= 0.2
+    deadline = time.monotonic() + 0.2
+    while time.monotonic() < deadline:  # busy-wait on the clock itself, the condition under test
+        pass
+    with pytest.raises(errors.DeadlineExceeded):
+        call.remaining()
+
+
+def test_a_grpc_deadline_is_reported_with_the_call_deadline() -> None:
+    call = attempts(_base.Router(("a:1",), make_policy()), timeout=1)
+    call.target()
+    call.failed("a:1", errors.Unavailable("down"))
+    call.target()
+    with pytest.raises(errors.DeadlineExceeded) as raised:
+        call.failed("a:1", errors.DeadlineExceeded("Deadline Exceeded"))
+    assert isinstance(raised.value.__cause__, errors.Unavailable)
+    assert "2 attempt(s)" in str(raised.value)
+
+
+# --- requests and responses ----------------------------------------------------------------------
+
+
+def test_mutations_get_a_request_id_unless_given_one() -> None:
+    generated = _base.put_request("k", "v", prev_kv=False, request_id=None)
+    assert len(generated.request_id) == 32 and generated.value == b"v"
+    assert _base.delete_request("k", "mine").request_id == "mine"
+    assert _base.compare_and_swap_request("k", b"v", 3, delete=True, request_id=None).request_id
+    with pytest.raises(TypeError):
+        _base.put_request("k", 3, prev_kv=False, request_id=None)  # type: ignore[arg-type]
+
+
+def test_reads_carry_their_consistency() -> None:
+    request = _base.get_request("k", Consistency.STALE, 12)
+    assert request.read.consistency == Consistency.STALE.value and request.read.min_revision == 12
+    with pytest.raises(TypeError):
+        _base.get_request("k", "stale", 0)  # type: ignore[arg-type]
+
+
+def test_responses_become_dataclasses() -> None:
+    pb = kv_pb2.KeyValue(key="k", value=b"v", create_revision=1, mod_revision=2, version=2)
+    put = kv_pb2.PutResponse(kv=pb)
+    put.header.revision = 2
+    request = kv_pb2.PutRequest(key="k", value=b"v")
+    assert _base.put_result(request, put).prev_kv is None
+    assert _base.put_result(request, put).kv == KeyValue("k", b"v", 1, 2, 2)
+    assert _base.get_result(kv_pb2.GetResponse(found=False)) is None
+    cas = kv_pb2.CompareAndSwapRequest(key="k", value=b"new", delete=True)
+    assert _base.cas_result(cas, kv_pb2.CompareAndSwapResponse(succeeded=True, found=False)).kv is None
+
+
+def test_write_results_carry_the_value_written() -> None:
+    # Servers answer writes with the key's metadata only; the client knows the value it sent.
+    meta = kv_pb2.KeyValue(key="k", create_revision=1, mod_revision=3, version=2)
+    assert _base.put_result(kv_pb2.PutRequest(key="k", value=b"v"), kv_pb2.PutResponse(kv=meta)).kv.value == b"v"
+    request = kv_pb2.CompareAndSwapRequest(key="k", value=b"new", expected_mod_revision=1)
+    won = _base.cas_result(request, kv_pb2.CompareAndSwapResponse(succeeded=True, found=True, kv=meta))
+    assert won.kv is not None and won.kv.value == b"new"
+    holder = kv_pb2.KeyValue(key="k", value=b"theirs", mod_revision=3)
+    lost = _base.cas_result(request, kv_pb2.CompareAndSwapResponse(succeeded=False, found=True, kv=holder))
+    assert lost.kv is not None and lost.kv.value == b"theirs"
+    unknown_role = cluster_pb2.Member(id="n1", role=7)  # type: ignore[arg-type]  # a newer server's role
+    status = _base.cluster_status(
+        cluster_pb2.StatusResponse(node_id="n1", role=cluster_pb2.ROLE_LEADER, members=[unknown_role])
+    )
+    assert status.role is Role.LEADER and status.members[0].role is Role.UNKNOWN
+
+
+# --- watch cursor --------------------------------------------------------------------------------
+
+
+def ev(revision: int, key: str = "k", kind: int = watch_pb2.EVENT_TYPE_PUT) -> watch_pb2.Event:
+    return watch_pb2.Event(revision=revision, type=kind, domain="kv", key=key)  # type: ignore[arg-type]
+
+
+def test_cursor_from_now_learns_its_start_from_the_first_message() -> None:
+    cursor = _base.WatchCursor("", 0, (), ())
+    assert cursor.request().from_revision == 0
+    assert cursor.accept(watch_pb2.WatchResponse(revision=41)) == []
+    assert cursor.request().from_revision == 42
+
+
+def test_cursor_resumes_after_the_last_delivered_revision_and_drops_repeats() -> None:
+    cursor = _base.WatchCursor("a/", 5, ("kv",), (EventType.PUT,))
+    request = cursor.request()
+    assert request.from_revision == 5
+    assert request.filter.key_prefix == "a/" and list(request.filter.types) == [watch_pb2.EVENT_TYPE_PUT]
+    events = cursor.accept(watch_pb2.WatchResponse(events=[ev(5), ev(6)], revision=6))
+    assert [e.revision for e in events] == [5, 6]
+    # A progress message moves the resume point past filtered-out history.
+    cursor.accept(watch_pb2.WatchResponse(revision=9))
+    assert cursor.request().from_revision == 10
+    # A server that sends delivered events again (at-least-once) does not cause duplicates.
+    again = cursor.accept(watch_pb2.WatchResponse(events=[ev(6), ev(9), ev(10)], revision=10))
+    assert [e.revision for e in again] == [10]
+
+
+def test_a_delete_event_has_no_kv_even_with_a_tombstone() -> None:
+    tombstone = ev(4, kind=watch_pb2.EVENT_TYPE_DELETE)
+    tombstone.kv.CopyFrom(kv_pb2.KeyValue(key="k", mod_revision=4))
+    tombstone.prev_kv.CopyFrom(kv_pb2.KeyValue(key="k", value=b"old"))
+    (event,) = _base.WatchCursor("", 4, (), ()).accept(watch_pb2.WatchResponse(events=[tombstone], revision=4))
+    assert event.type is EventType.DELETE and event.kv is None and event.prev_kv is not None
+
+
+def test_cursor_skips_event_types_it_does_not_know() -> None:
+    cursor = _base.WatchCursor("", 1, (), ())
+    events = cursor.accept(watch_pb2.WatchResponse(events=[ev(1, kind=9), ev(2)], revision=2))
+    assert [e.revision for e in events] == [2]
+    assert cursor.request().from_revision == 3
+
+
+# --- snapshot files ------------------------------------------------------------------------------
+
+
+def chunks_of(data: bytes, sha: str, size: int | None = None) -> list[cluster_pb2.SnapshotChunk]:
+    parts = [data[i : i + 4] for i in range(0, len(data), 4)] or [b""]
+    first = cluster_pb2.SnapshotChunk(
+        data=parts[0], revision=9, total_bytes=len(data) if size is None else size, sha256=sha
+    )
+    return [first, *(cluster_pb2.SnapshotChunk(data=p) for p in parts[1:])]
+
+
+def test_snapshot_sink_verifies_then_renames(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = b"replicated state bytes"
+    sink = _base.SnapshotSink(tmp_path / "backup", "a:1")
+    for chunk in chunks_of(data, hashlib.sha256(data).hexdigest()):
+        sink.write(chunk)
+    info = sink.commit()
+    assert (tmp_path / "backup").read_bytes() == data
+    assert info.revision == 9 and info.size == len(data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup"]
+
+
+@pytest.mark.parametrize(("sha", "size"), [("0" * 64, None), (hashlib.sha256(b"abcdefgh").hexdigest(), 100)])
+def test_snapshot_sink_rejects_a_damaged_stream_and_leaves_the_old_file(tmp_path, sha, size) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "backup").write_bytes(b"old")
+    sink = _base.SnapshotSink(tmp_path / "backup", "a:1")
+    for chunk in chunks_of(b"abcdefgh", sha, size):
+        sink.write(chunk)
+    with pytest.raises(errors.Internal):
+        sink.commit()
+    sink.abort()
+    assert (tmp_path / "backup").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup"]
+
+
+def test_restore_chunks_announce_size_and_sha_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = bytes(range(256)) * (4096 * 2 + 100)  # a little over 2 MiB
+    path = tmp_path / "backup"
+    path.write_bytes(data)
+    size, sha = _base.file_digest(path)
+    assert (size, sha) == (len(data), hashlib.sha256(data).hexdigest())
+    chunks = list(_base.restore_chunks(path, size, sha))
+    assert [len(c.data) for c in chunks] == [1 << 20, 1 << 20, len(data) - (2 << 20)]
+    assert (chunks[0].total_bytes, chunks[0].sha256) == (size, sha)
+    assert all(not c.sha256 and not c.total_bytes for c in chunks[1:])
+    assert b"".join(c.data for c in chunks) == data
+    (tmp_path / "empty").write_bytes(b"")
+    empty = list(_base.restore_chunks(tmp_path / "empty", 0, hashlib.sha256(b"").hexdigest()))
+    assert len(empty) == 1 and empty[0].sha256
