@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -13,7 +13,7 @@ import structlog
 def configure(node_id: str, level: str, context: Callable[[], dict[str, Any]]) -> None:
     """``context`` returns the live fields (role, term) added to every line."""
 
-    def add_node_context(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def add_node_context(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event.setdefault("node", node_id)
         event.update(context())
         return event

@@ -109,7 +109,7 @@ class Node:
         self.proposer = Proposer(
             node_id=self.node_id,
             raft=self.raft,
-            leader_client_address=lambda: self.leader().client_address if self.leader() else "",
+            leader_client_address=self._leader_client_address,
             forward=self._forward_propose,
             max_batch_commands=self.config.max_batch_commands,
             max_batch_bytes=self.config.max_batch_bytes,
@@ -185,6 +185,10 @@ class Node:
         if not address:
             return None
         return self.members().get(address) or MemberAddress("", address, "")
+
+    def _leader_client_address(self) -> str:
+        leader = self.leader()
+        return leader.client_address if leader is not None else ""
 
     def header(self, revision: int | None = None) -> common_pb2.ResponseHeader:
         leader = self.leader()
@@ -273,11 +277,13 @@ class Node:
         with self.state_lock:
             return self.machine.get(key), self.machine.revision
 
-    def list(self, request: kv_pb2.ListRequest) -> tuple[list[kv_pb2.KeyValue], bool, int]:
+    def list_keys(self, request: kv_pb2.ListRequest) -> tuple[list[kv_pb2.KeyValue], bool, int]:
         if request.limit > limits.MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit {request.limit} is above the maximum {limits.MAX_LIST_LIMIT}")
         with self.state_lock:
-            kvs, more = self.machine.list(request.prefix, request.start_after, request.limit or limits.MAX_LIST_LIMIT)
+            kvs, more = self.machine.list_keys(
+                request.prefix, request.start_after, request.limit or limits.MAX_LIST_LIMIT
+            )
             return kvs, more, self.machine.revision
 
     # ------------------------------------------------------------------ watch
@@ -374,8 +380,12 @@ class Node:
         loop = self._loop
         future: asyncio.Future[int] = loop.create_future()
 
+        def settle(reason: int) -> None:
+            if not future.done():
+                future.set_result(reason)
+
         def done(reason: int) -> None:  # tick thread
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(reason))
+            loop.call_soon_threadsafe(settle, reason)
 
         start(done)
         try:

@@ -7,6 +7,7 @@ No decisions here and no error handling: handlers raise ``controlplane.errors`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -79,7 +80,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     async def List(self, request: kv_pb2.ListRequest, context: grpc.aio.ServicerContext) -> kv_pb2.ListResponse:
         await self._node.prepare_read(request.read, _timeout(context))
-        kvs, more, revision = self._node.list(request)
+        kvs, more, revision = self._node.list_keys(request)
         response = kv_pb2.ListResponse(header=self._node.header(revision), more=more)
         if request.keys_only:
             response.kvs.extend(
@@ -135,10 +136,9 @@ class WatchService(watch_pb2_grpc.WatchServicer):
         yield watch_pb2.WatchResponse(revision=next_revision - 1)
         last_sent = time.monotonic()
         while True:
-            try:
+            # Nothing new within the progress interval is fine: a progress notice goes out below.
+            with contextlib.suppress(DeadlineExceeded):
                 await self._node.wait_for_revision(next_revision, WATCH_PROGRESS_EVERY_S)
-            except DeadlineExceeded:
-                pass  # nothing new within the progress interval: send a progress notice below
             events, _applied = self._node.watch_read(next_revision)
             if events:
                 # Every revision has exactly one event, so this covers every revision up to here.

@@ -43,7 +43,7 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be restored: corrupt, or of a format this version does not know."""
 
 
-def _error(code: int, message: str, revision: int) -> CommandResult:
+def _error(code: common_pb2.ErrorCode, message: str, revision: int) -> CommandResult:
     return CommandResult(revision=revision, error=common_pb2.Error(code=code, message=message))
 
 
@@ -147,7 +147,7 @@ class StateMachine:
         self,
         domain: str,
         key: str,
-        event_type: int,
+        event_type: watch_pb2.EventType,
         kv: kv_pb2.KeyValue | None,
         prev_kv: kv_pb2.KeyValue | None,
     ) -> int:
@@ -343,7 +343,7 @@ class StateMachine:
         kv: kv_pb2.KeyValue | None = self._kvs.get(key)
         return kv
 
-    def list(
+    def list_keys(
         self, prefix: str, start_after: str = "", limit: int = limits.MAX_LIST_LIMIT
     ) -> tuple[list[kv_pb2.KeyValue], bool]:
         """Keys under ``prefix`` in lexical order after ``start_after``; and whether more follow."""
