@@ -18,6 +18,10 @@ def serve(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
     node_id: Annotated[str | None, typer.Option(help="This server's id [CP_NODE_ID]")] = None,
     client_address: Annotated[str | None, typer.Option(help="gRPC API HOST:PORT [CP_CLIENT_ADDRESS]")] = None,
+    advertise_client_address: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT others dial, if client-address is 0.0.0.0 [CP_ADVERTISE_CLIENT_ADDRESS]"),
+    ] = None,
     raft_address: Annotated[str | None, typer.Option(help="Raft peer HOST:PORT [CP_RAFT_ADDRESS]")] = None,
     metrics_address: Annotated[
         str | None, typer.Option(help="Prometheus HOST:PORT, empty to disable [CP_METRICS_ADDRESS]")
@@ -45,6 +49,7 @@ def serve(
     overrides = {
         "node_id": node_id,
         "client_address": client_address,
+        "advertise_client_address": advertise_client_address,
         "raft_address": raft_address,
         "metrics_address": metrics_address,
         "data_dir": data_dir,

@@ -86,6 +86,9 @@ class ServerConfig:
     raft_address: str
     metrics_address: str
     data_dir: Path
+    # What the other servers and clients dial to reach client_address; required when
+    # client_address binds a wildcard (0.0.0.0 or [::]). Defaults to client_address.
+    advertise_client_address: str = ""
     raft_password: str | None = field(default=None, repr=False)
     insecure_dev: bool = False
     peers: tuple[Peer, ...] = ()
@@ -111,6 +114,20 @@ class ServerConfig:
         for problem in problems:
             if problem:
                 raise ConfigError(problem)
+        if _is_wildcard(self.advertise_address):
+            raise ConfigError(
+                f"client_address {self.client_address} binds every interface, so the other servers cannot "
+                "dial it: set advertise_client_address to this server's reachable HOST:PORT"
+            )
+        if self.advertise_client_address:
+            problem = limits.check_address(self.advertise_client_address, "advertise_client_address")
+            if problem:
+                raise ConfigError(problem)
+        if _is_wildcard(self.raft_address):
+            raise ConfigError(
+                f"raft_address {self.raft_address} must be this server's reachable address, not a wildcard: "
+                "the other servers dial it"
+            )
         if not self.raft_password and not self.insecure_dev:
             raise ConfigError(
                 "no Raft password: set CP_RAFT_PASSWORD, raft_password_file or raft_password in the config "
@@ -127,6 +144,11 @@ class ServerConfig:
             raise ConfigError(f"raft addresses must be unique: {addresses}")
 
     @property
+    def advertise_address(self) -> str:
+        """The client address other servers and clients dial."""
+        return self.advertise_client_address or self.client_address
+
+    @property
     def journal_file(self) -> Path:
         return self.data_dir / "raft.journal"
 
@@ -135,9 +157,15 @@ class ServerConfig:
         return self.data_dir / "raft.dump"
 
 
+def _is_wildcard(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host in ("0.0.0.0", "::", "")
+
+
 _ENV_KEYS = {
     "node_id": "CP_NODE_ID",
     "client_address": "CP_CLIENT_ADDRESS",
+    "advertise_client_address": "CP_ADVERTISE_CLIENT_ADDRESS",
     "raft_address": "CP_RAFT_ADDRESS",
     "metrics_address": "CP_METRICS_ADDRESS",
     "data_dir": "CP_DATA_DIR",

@@ -171,7 +171,7 @@ class Node:
             for peer in self.config.peers
         }
         book[self.config.raft_address] = MemberAddress(
-            self.node_id, self.config.raft_address, self.config.client_address
+            self.node_id, self.config.raft_address, self.config.advertise_address
         )
         with self.state_lock:
             records = list(self.machine.members.values())
@@ -560,7 +560,7 @@ class Node:
         gRPC address after membership changes; the static peer list only seeds it.
         """
         record = command_pb2.MemberRecord(
-            id=self.node_id, raft_address=self.config.raft_address, client_address=self.config.client_address
+            id=self.node_id, raft_address=self.config.raft_address, client_address=self.config.advertise_address
         )
         while True:
             with self.state_lock:
