@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import sys
 
 import grpc
 import structlog
@@ -53,6 +54,9 @@ def check_bindable(address: str, what: str) -> None:
 
 
 async def serve(config: ServerConfig) -> None:
+    # The event loop and pysyncobj's tick thread hand every write to each other; with the default
+    # 5 ms GIL switch interval a busy thread holds the other up for milliseconds per hand-off.
+    sys.setswitchinterval(config.gil_switch_interval_s)
     node = Node(config)
     logs.configure(config.node_id, config.log_level, lambda: _log_context(node))
     check_bindable(config.raft_address, "raft_address")

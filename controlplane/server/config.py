@@ -102,6 +102,8 @@ class ServerConfig:
     # How long a write may wait for its commit before the answer is "unknown outcome".
     commit_timeout_s: float = 10.0
     history_limit: int = 10_000
+    # sys.setswitchinterval for the server process (docs/operations.md, "Tuning").
+    gil_switch_interval_s: float = 0.001
     raft: RaftTuning = field(default_factory=RaftTuning)
 
     def validate(self) -> None:
