@@ -73,6 +73,7 @@ class LocalCluster:
         base_port: int | None = None,
         log_level: str = "info",
         extra_env: dict[str, str] | None = None,
+        extra_config: dict[str, int | float | str | bool] | None = None,
     ) -> None:
         if servers < 1:
             raise ValueError("a cluster needs at least one server")
@@ -81,6 +82,9 @@ class LocalCluster:
         self.password = self._password()
         self.log_level = log_level
         self.extra_env = extra_env or {}
+        # Server settings without a flag (history_limit, max_batch_commands, ...): written to a
+        # TOML file per server and passed with --config.
+        self.extra_config = extra_config or {}
         self.nodes: dict[str, NodeProcess] = {}
         for index in range(1, servers + 1):
             self.nodes[f"n{index}"] = self._new_node(f"n{index}", index, base_port)
@@ -154,6 +158,12 @@ class LocalCluster:
         ]
         for spec in node.peers:
             command += ["--peer", spec]
+        if self.extra_config:
+            config_file = self.data_dir / f"{node.id}.toml"
+            config_file.write_text(
+                "".join(f"{key} = {json.dumps(value)}\n" for key, value in self.extra_config.items())
+            )
+            command += ["--config", str(config_file)]
         env = {**os.environ, **self.extra_env, "CP_RAFT_PASSWORD": self.password}
         with open(node.log_path, "ab") as log_file:
             node.process = subprocess.Popen(

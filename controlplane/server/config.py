@@ -99,6 +99,8 @@ class ServerConfig:
     # Group commit: most commands and bytes in one log entry.
     max_batch_commands: int = 2048
     max_batch_bytes: int = 4 * 1024 * 1024
+    # Batches outstanding at once; new commands wait and leave together as the next batch.
+    max_in_flight: int = 2
     # How long a write may wait for its commit before the answer is "unknown outcome".
     commit_timeout_s: float = 10.0
     history_limit: int = 10_000

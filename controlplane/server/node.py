@@ -114,6 +114,7 @@ class Node:
             max_batch_commands=self.config.max_batch_commands,
             max_batch_bytes=self.config.max_batch_bytes,
             commit_timeout_s=self.config.commit_timeout_s,
+            max_in_flight=self.config.max_in_flight,
         )
         self._spawn(self._publish_self())
 
