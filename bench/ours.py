@@ -1,0 +1,216 @@
+"""Our side of the bench: a 3-server LocalCluster, its KV.Put for the generator, and leader failover.
+
+The cluster comes from ``controlplane.dev.LocalCluster`` (free loopback ports, generated Raft
+password). Writes go through our KV service; the leader is found with Cluster.Status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.common import WORK_DIR, log
+from bench.load import CHANNEL_OPTIONS, VALUE_SIZE, System
+
+OURS_DATA = WORK_DIR / "ours"
+
+
+class OursUnavailable(RuntimeError):
+    """Our cluster cannot be started (e.g. controlplane.dev is missing)."""
+
+
+def import_ours() -> tuple[Any, Any, Any, Any, Any]:
+    try:
+        from controlplane.dev import LocalCluster
+        from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
+    except ImportError as e:
+        raise OursUnavailable(f"cannot import our cluster helper: {e}") from e
+    return LocalCluster, cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+
+def ours_put_fn(kv_pb2: Any):  # type: ignore[no-untyped-def]
+    """put(stub, key, value) through our KV service; request_id is unique per op (keys are)."""
+    run = uuid.uuid4().hex[:8]
+
+    async def put(stub: Any, key: str, value: bytes) -> None:
+        await stub.Put(kv_pb2.PutRequest(key=key, value=value, request_id=f"{run}:{key}"), timeout=10.0)
+
+    return put
+
+
+async def status_all(addresses: list[str], cluster_pb2: Any, cluster_pb2_grpc: Any, timeout: float = 1.0):
+    """Cluster.Status from every address; None where a server does not answer."""
+    channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
+    try:
+
+        async def one(ch: grpc.aio.Channel) -> Any:
+            try:
+                return await cluster_pb2_grpc.ClusterStub(ch).Status(cluster_pb2.StatusRequest(), timeout=timeout)
+            except grpc.aio.AioRpcError:
+                return None
+
+        return await asyncio.gather(*(one(ch) for ch in channels))
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
+async def wait_healthy(cluster: Any, cluster_pb2: Any, cluster_pb2_grpc: Any, timeout: float = 60.0) -> str:
+    """Every server answers Status, all name the same leader, and the leader sees every member healthy.
+
+    Returns the leader's client address.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    addresses = list(cluster.client_addresses)
+    while time.monotonic() < deadline:
+        resps = await status_all(addresses, cluster_pb2, cluster_pb2_grpc)
+        if all(r is not None for r in resps):
+            leaders = {(r.leader_id, r.leader_address) for r in resps}
+            if len(leaders) == 1:
+                leader_id, leader_address = next(iter(leaders))
+                lead = next((r for r in resps if r.node_id == leader_id), None)
+                if (
+                    leader_id
+                    and lead is not None
+                    and lead.role == cluster_pb2.ROLE_LEADER
+                    and lead.has_quorum
+                    and len(lead.members) == len(addresses)
+                    and all(m.healthy for m in lead.members)
+                ):
+                    return leader_address
+                last = f"leader {leader_id or '-'} not yet serving with every member healthy"
+            else:
+                last = f"servers disagree on the leader: {sorted(leaders)}"
+        else:
+            last = f"{sum(r is None for r in resps)} server(s) not answering Status"
+        await asyncio.sleep(0.05)
+    raise OursUnavailable(f"our cluster not healthy within {timeout}s ({last})")
+
+
+def start_cluster(LocalCluster: Any, servers: int = 3) -> Any:
+    import shutil
+
+    data = OURS_DATA / "cluster"
+    if data.exists():
+        shutil.rmtree(data)
+    data.mkdir(parents=True)
+    cluster = LocalCluster(Path(data), servers=servers)
+    return cluster
+
+
+def ours_system(cluster: Any, leader: str, kv_pb2: Any, kv_pb2_grpc: Any) -> System:
+    return System(
+        name="ours",
+        endpoints=list(cluster.client_addresses),
+        leader=leader,
+        stub_factory=kv_pb2_grpc.KVStub,
+        put=ours_put_fn(kv_pb2),
+        server_pids=[n.pid for n in cluster.nodes.values() if n.pid is not None],
+    )
+
+
+async def measure_failover(
+    cluster: Any,
+    cluster_pb2: Any,
+    cluster_pb2_grpc: Any,
+    kv_pb2: Any,
+    kv_pb2_grpc: Any,
+    *,
+    op_timeout: float = 1.0,
+    backoff: float = 0.015,
+    settle_s: float = 1.0,
+    give_up_s: float = 30.0,
+) -> dict[str, Any]:
+    """One repetition: a writer runs, the leader is kill -9'd, and we time the next acknowledged write.
+
+    The writer sends sequential puts (unique request ids) to one endpoint and moves to the next one on
+    any failure, after a short backoff. failover_s = ack time of the first write *sent* after the kill,
+    minus the kill time. The killed node is restarted and the cluster waited healthy afterwards.
+    """
+    addresses = list(cluster.client_addresses)
+    channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
+    stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
+    value = b"f" * VALUE_SIZE
+    run = uuid.uuid4().hex[:8]
+    t_kill: float | None = None
+    recovered = asyncio.get_running_loop().create_future()
+    failures: dict[str, int] = {}
+    stop = False
+
+    async def writer() -> None:
+        cur, n = 0, 0
+        perf = time.perf_counter
+        while not stop:
+            key = f"bench/{run}/failover/{n}"
+            n += 1
+            t_send = perf()
+            try:
+                await stubs[cur].Put(
+                    kv_pb2.PutRequest(key=key, value=value, request_id=f"{run}:{key}"), timeout=op_timeout
+                )
+            except grpc.aio.AioRpcError as e:
+                if t_kill is not None:
+                    failures[e.code().name] = failures.get(e.code().name, 0) + 1
+                cur = (cur + 1) % len(stubs)
+                await asyncio.sleep(backoff)
+                continue
+            t_ack = perf()
+            if t_kill is not None and t_send > t_kill and not recovered.done():
+                recovered.set_result((t_ack, addresses[cur]))
+
+    task = asyncio.create_task(writer())
+    try:
+        await asyncio.sleep(settle_s)  # the writer is in its steady state before the kill
+        if task.done():
+            task.result()
+        resps = await status_all(addresses, cluster_pb2, cluster_pb2_grpc)
+        leader_addr = next((r.leader_address for r in resps if r is not None and r.leader_address), None)
+        victim = next((nid for nid, node in cluster.nodes.items() if node.client_address == leader_addr), None)
+        if victim is None:
+            raise OursUnavailable(f"cannot map leader address {leader_addr!r} to a node")
+        t_kill = time.perf_counter()
+        cluster.kill(victim, sig=signal.SIGKILL)
+        try:
+            t_ack, via = await asyncio.wait_for(recovered, timeout=give_up_s)
+            failover_s: float | None = t_ack - t_kill
+        except TimeoutError:
+            failover_s, via = None, None
+    finally:
+        stop = True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for ch in channels:
+            await ch.close()
+    log(
+        f"ours failover: killed leader {victim} ({leader_addr}); next ack after "
+        f"{'timeout' if failover_s is None else f'{failover_s:.3f}s'} via {via}; failures {failures}"
+    )
+    cluster.restart(victim)
+    await wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
+    return {"victim": victim, "failover_s": failover_s, "failures": failures}
+
+
+def summarize_failover(samples: list[dict[str, Any]], op_timeout: float) -> dict[str, Any]:
+    values = [s["failover_s"] for s in samples if s["failover_s"] is not None]
+    return {
+        "scenario": "leader_failover",
+        "system": "ours",
+        "clients": 1,
+        "repetitions": len(samples),
+        "failover_s": round(statistics.median(values), 3) if values else None,  # the median
+        "failover_s_median": round(statistics.median(values), 3) if values else None,
+        "failover_s_max": round(max(values), 3) if values else None,
+        "failover_s_samples": [None if v is None else round(v, 3) for v in (s["failover_s"] for s in samples)],
+        "timeouts": sum(s["failover_s"] is None for s in samples),
+        "op_timeout_s": op_timeout,
+    }

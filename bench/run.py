@@ -1,0 +1,200 @@
+"""Entry point of `make bench`: ``python -m bench.run [--quick]``.
+
+Runs, one after the other so that they never share the CPUs:
+  1. etcd 3.4, 3 members, default (fsync)    -> write_1_client, write_64_clients
+  2. etcd 3.4, 3 members, --unsafe-no-fsync  -> write_1_client, write_64_clients
+  3. our cluster, 3 servers                  -> write_1_client, write_64_clients, leader_failover
+One JSON line per scenario on stdout (ours carry ratios to etcd from this same run); progress on stderr.
+Every process the bench started is stopped on exit, including Ctrl-C, SIGTERM and exceptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from bench.common import kill_all_children, log
+from bench.load import Scenario, System, run_scenario
+
+
+def emit(line: dict[str, Any]) -> None:
+    print(json.dumps(line), flush=True)
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    return [
+        Scenario("write_1_client", 1, args.duration, args.warmup, leader_only=True),
+        # 64 clients warm up twice as long: 64 connections' worth of streams and batching to settle.
+        Scenario("write_64_clients", 64, args.duration, 2 * args.warmup, leader_only=False),
+    ]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def add_ratios(ours: dict[str, Any], etcd: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """ratio_to_etcd* = ours / etcd for the same scenario in this run (ops/s and latencies)."""
+    for system, suffix in (("etcd", ""), ("etcd-nofsync", "_nofsync")):
+        ref = etcd.get((system, ours["scenario"]))
+        ours[f"ratio_to_etcd{suffix}"] = _ratio(ours["ops_per_s"], ref["ops_per_s"]) if ref else None
+        ours[f"p50_ratio_to_etcd{suffix}"] = _ratio(ours["p50_ms"], ref["p50_ms"]) if ref else None
+        ours[f"p99_ratio_to_etcd{suffix}"] = _ratio(ours["p99_ms"], ref["p99_ms"]) if ref else None
+    return ours
+
+
+async def bench_etcd(args: argparse.Namespace, results: dict[tuple[str, str], dict[str, Any]]) -> bool:
+    from bench.etcd import (
+        EtcdCluster,
+        EtcdUnavailable,
+        ensure_etcd,
+        etcd_put_fn,
+        etcd_version,
+        supports_no_fsync,
+    )
+    from bench.gen import generate_etcd
+
+    try:
+        pb2, pb2_grpc = generate_etcd()
+        binary = ensure_etcd()
+    except (EtcdUnavailable, RuntimeError) as e:
+        log(f"etcd side skipped: {e}")
+        return False
+    version = etcd_version(binary)
+    variants = [False]
+    if supports_no_fsync(binary):
+        variants.append(True)
+    else:
+        log(f"etcd {version} does not accept --unsafe-no-fsync: no etcd-nofsync lines")
+    ok = True
+    for no_fsync in variants:
+        cluster = EtcdCluster(binary, no_fsync=no_fsync)
+        try:
+            cluster.start()
+            for sc in scenarios(args):
+                leader = await cluster.wait_healthy(pb2, pb2_grpc)
+                system = System(
+                    cluster.label,
+                    cluster.client_addresses,
+                    leader,
+                    pb2_grpc.KVStub,
+                    etcd_put_fn(pb2),
+                    server_pids=cluster.pids,
+                )
+                line = await run_scenario(system, sc)
+                line["version"] = version
+                results[(cluster.label, sc.name)] = line
+                emit(line)
+        except EtcdUnavailable as e:
+            log(f"{cluster.label} failed: {e}")
+            ok = False
+        finally:
+            cluster.stop()
+            log(f"{cluster.label}: stopped")
+    return ok
+
+
+async def bench_ours(args: argparse.Namespace, etcd: dict[tuple[str, str], dict[str, Any]]) -> bool:
+    from bench import ours
+
+    try:
+        LocalCluster, cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc = ours.import_ours()
+    except ours.OursUnavailable as e:
+        log(f"our side skipped: {e}")
+        return False
+    cluster = ours.start_cluster(LocalCluster)
+    stopped = False
+
+    def stop_cluster() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            try:
+                cluster.stop()
+            except Exception as e:
+                log(f"our cluster stop failed: {e!r}")
+
+    atexit.register(stop_cluster)  # last resort if the process dies past the finally below
+    try:
+        cluster.start()
+        leader_id = cluster.wait_for_leader(timeout=30.0)
+        log(f"ours: started {len(cluster.client_addresses)} servers, leader {leader_id}")
+        for sc in scenarios(args):
+            leader = await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
+            system = ours.ours_system(cluster, leader, kv_pb2, kv_pb2_grpc)
+            emit(add_ratios(await run_scenario(system, sc), etcd))
+        if args.failover_reps > 0:
+            await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
+            samples = []
+            for i in range(args.failover_reps):
+                log(f"ours failover: repetition {i + 1}/{args.failover_reps}")
+                samples.append(
+                    await ours.measure_failover(
+                        cluster,
+                        cluster_pb2,
+                        cluster_pb2_grpc,
+                        kv_pb2,
+                        kv_pb2_grpc,
+                        op_timeout=args.op_timeout,
+                    )
+                )
+            emit(ours.summarize_failover(samples, args.op_timeout))
+    finally:
+        stop_cluster()
+        log("ours: stopped")
+    return True
+
+
+async def amain(args: argparse.Namespace) -> int:
+    # SIGTERM cancels the run like Ctrl-C does, so every finally (cluster stops) runs.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    load1, load5, _ = os.getloadavg()
+    log(f"load average {load1:.2f} (1 min) {load5:.2f} (5 min) on {os.cpu_count()} cores")
+    if load1 > 1.0:
+        log("warning: the machine is not idle; absolute numbers will be low and noisy, read the ratios")
+    etcd: dict[tuple[str, str], dict[str, Any]] = {}
+    ok = True
+    if args.only in (None, "etcd"):
+        ok = await bench_etcd(args, etcd) and ok
+    if args.only in (None, "ours"):
+        ok = await bench_ours(args, etcd) and ok
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="short smoke run (2 s per scenario, 2 failovers)")
+    p.add_argument("--only", choices=["etcd", "ours"], help="run one side only (no ratios without etcd)")
+    p.add_argument("--duration", type=float, help="measured seconds per scenario (default 8, quick 2)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds (default 1, 2 for 64 clients; quick 0.5)")
+    p.add_argument("--failover-reps", type=int, help="leader failover repetitions (default 5, quick 2)")
+    p.add_argument("--op-timeout", type=float, default=1.0, help="per-write deadline in the failover writer")
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 8.0
+    if args.warmup is None:
+        args.warmup = 0.5 if args.quick else 1.0
+    if args.failover_reps is None:
+        args.failover_reps = 2 if args.quick else 5
+    try:
+        return asyncio.run(amain(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted")
+        return 130
+    finally:
+        kill_all_children()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
