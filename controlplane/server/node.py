@@ -34,6 +34,7 @@ from controlplane.errors import (
     NotFound,
     OutOfRange,
     Unavailable,
+    UnknownOutcome,
     error_from_result,
     error_from_status,
 )
@@ -203,24 +204,35 @@ class Node:
 
     # ------------------------------------------------------------------ writes
 
-    async def write(self, command: command_pb2.Command, timeout: float | None) -> CommandResult:
-        """Replicate a command; an application error in its result is raised as its exception."""
+    async def write(self, command: command_pb2.Command, timeout: float | None = None) -> CommandResult:
+        """Replicate a command; an application error in its result is raised as its exception.
+
+        gRPC handlers pass no timeout: the call's deadline cancels them, and the proposer's
+        per-batch backstop bounds calls without one. Internal callers pass their own bound.
+        """
         if command.request_id:
             problem = limits.check_request_id(command.request_id)
             if problem:
                 raise InvalidArgument(problem)
-        result = await self.proposer.propose(command, timeout)
+        if timeout is None:
+            result = await self.proposer.propose(command)
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await self.proposer.propose(command)
+            except TimeoutError:
+                raise UnknownOutcome(
+                    f"not confirmed within {timeout:.1f} s; it may still commit: retry with the same request id"
+                ) from None
         if result.HasField("error"):
             raise error_from_result(result.error)
         return result
 
-    async def propose_forwarded(
-        self, commands: list[command_pb2.Command], timeout: float | None
-    ) -> list[CommandResult]:
+    async def propose_forwarded(self, commands: list[command_pb2.Command]) -> list[CommandResult]:
         """Peer.Propose: a follower's batch. Only the leader takes it; it is never forwarded again."""
         if not self.raft.is_leader():
             raise NoLeader(f"{self.node_id} is not the leader any more; the commands were not applied")
-        return await self.proposer.propose_many(commands, timeout)
+        return await self.proposer.propose_many(commands)
 
     async def _forward_propose(
         self, leader_address: str, commands: list[command_pb2.Command], timeout: float
@@ -247,7 +259,8 @@ class Node:
         future: asyncio.Future[None] = self._loop.create_future()
         heapq.heappush(self._waiters, (revision, next(self._waiter_seq), future))
         try:
-            await asyncio.wait_for(future, timeout or DEFAULT_READ_TIMEOUT_S)
+            async with asyncio.timeout(timeout or DEFAULT_READ_TIMEOUT_S):
+                await future
         except TimeoutError:
             raise DeadlineExceeded(
                 f"revision {revision} was not applied on {self.node_id} in time "
@@ -264,7 +277,7 @@ class Node:
             raise InvalidArgument(f"unknown consistency {read.consistency}; use STALE or LINEARIZABLE")
         minimum = read.min_revision
         if read.consistency != common_pb2.CONSISTENCY_STALE:
-            minimum = max(minimum, await self.proposer.barrier(timeout))
+            minimum = max(minimum, await self.proposer.barrier())
         elif not self.raft.is_ready() and minimum == 0:
             raise Unavailable(
                 f"{self.node_id} has not caught up with a leader since it started; retry, or read from another server"

@@ -22,7 +22,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import grpc
 import structlog
@@ -43,8 +42,6 @@ from controlplane.v1 import command_pb2
 log = structlog.get_logger("controlplane.proposer")
 
 # Sends commands to the leader and returns their results (Peer.Propose); raises RpcError.
-Result = TypeVar("Result")
-
 Forwarder = Callable[[str, list[command_pb2.Command], float], Awaitable[list[CommandResult]]]
 
 
@@ -82,17 +79,19 @@ class Proposer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def propose(self, command: command_pb2.Command, timeout: float | None = None) -> CommandResult:
-        """Replicate one command and return its result (which may carry an application error)."""
-        return await self._await(self._enqueue(command), timeout)
+    async def propose(self, command: command_pb2.Command) -> CommandResult:
+        """Replicate one command and return its result (which may carry an application error).
 
-    async def propose_many(
-        self, commands: list[command_pb2.Command], timeout: float | None = None
-    ) -> list[CommandResult]:
-        futures = [self._enqueue(command) for command in commands]
-        return list(await self._await(asyncio.gather(*futures), timeout))
+        No per-call timer: a gRPC deadline cancels the waiting handler, and every batch has a
+        backstop that answers UnknownOutcome after ``commit_timeout_s`` (one timer per batch,
+        not per command: this is the hot path).
+        """
+        return await self._enqueue(command)
 
-    async def barrier(self, timeout: float | None = None) -> int:
+    async def propose_many(self, commands: list[command_pb2.Command]) -> list[CommandResult]:
+        return list(await asyncio.gather(*(self._enqueue(command) for command in commands)))
+
+    async def barrier(self) -> int:
         """The revision a linearizable read must wait for: every write acknowledged before now.
 
         Concurrent readers share one barrier command as long as it has not left the queue, so a
@@ -100,7 +99,8 @@ class Proposer:
         """
         if self._barrier is None or self._barrier.done():
             self._barrier = self._enqueue(command_pb2.Command(barrier=command_pb2.Barrier()))
-        result = await self._await(asyncio.shield(self._barrier), timeout)
+        # shield: one reader giving up must not cancel the barrier the others share.
+        result = await asyncio.shield(self._barrier)
         return result.revision
 
     def close(self) -> None:
@@ -129,11 +129,12 @@ class Proposer:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
 
-    def _take_slot(self) -> Callable[[], None]:
-        """Occupy an in-flight slot; returns its release, which is idempotent.
+    def _take_slot(self, batch: list[_Pending]) -> Callable[[], None]:
+        """Occupy an in-flight slot for ``batch``; returns its release, which is idempotent.
 
-        A backstop releases the slot after the commit timeout even if pysyncobj never calls back
-        (e.g. this node was partitioned away mid-commit): a leaked slot would wedge every write.
+        The backstop fires after the commit timeout if the batch is still unresolved (pysyncobj
+        never called back, e.g. this node was cut off mid-commit, or the leader never answered):
+        it answers UnknownOutcome and frees the slot, since a leaked slot would wedge every write.
         """
         loop = asyncio.get_running_loop()
         self._in_flight += 1
@@ -149,18 +150,18 @@ class Proposer:
             if self._queue and not self._closed:
                 self._schedule_flush(loop)
 
-        backstop = loop.call_later(self._commit_timeout_s * 1.5, release)
-        return release
+        def expire() -> None:
+            _fail(
+                batch,
+                UnknownOutcome(
+                    f"the write was proposed but not confirmed within {self._commit_timeout_s:.0f} s; "
+                    "it may still commit. Retry with the same request id."
+                ),
+            )
+            release()
 
-    async def _await(self, future: Awaitable[Result], timeout: float | None) -> Result:
-        try:
-            # asyncio.timeout, not wait_for: wait_for wraps every call in a new task.
-            async with asyncio.timeout(timeout or self._commit_timeout_s):
-                return await future
-        except TimeoutError:
-            raise UnknownOutcome(
-                "the write was proposed but not confirmed in time; it may still commit. Retry with the same request id."
-            ) from None
+        backstop = loop.call_later(self._commit_timeout_s, expire)
+        return release
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -183,11 +184,9 @@ class Proposer:
             return
         leader = self._leader_client_address()
         if not leader:
-            error = NoLeader("no leader is known (an election is running or quorum is lost); retry shortly")
-            for pending in batch:
-                pending.future.set_exception(error)
+            _fail(batch, NoLeader("no leader is known (an election is running or quorum is lost); retry shortly"))
             return
-        release = self._take_slot()
+        release = self._take_slot(batch)
         task = asyncio.get_running_loop().create_task(self._forward_batch(leader, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -197,7 +196,7 @@ class Proposer:
         loop = asyncio.get_running_loop()
         entry = batch_entry(time.time_ns() // 1_000_000, self._node_id, (p.command for p in batch))
 
-        release = self._take_slot()
+        release = self._take_slot(batch)
 
         def on_applied(results: list[CommandResult] | None, reason: int) -> None:  # tick thread
             loop.call_soon_threadsafe(self._resolve, release, batch, results, reason)
@@ -252,3 +251,9 @@ class Proposer:
         for pending, result in zip(batch, results, strict=False):
             if not pending.future.done():
                 pending.future.set_result(result)
+
+
+def _fail(batch: list[_Pending], error: ControlPlaneError) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)

@@ -49,8 +49,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             command_pb2.Command(
                 request_id=request.request_id,
                 kv_put=command_pb2.KvPut(key=request.key, value=request.value, prev_kv=request.prev_kv),
-            ),
-            _timeout(context),
+            )
         )
         response = kv_pb2.PutResponse(header=self._node.header(result.revision), kv=result.kv_put.kv)
         if result.kv_put.HasField("prev_kv"):
@@ -69,8 +68,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Delete(self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext) -> kv_pb2.DeleteResponse:
         _check(limits.check_key(request.key))
         result = await self._node.write(
-            command_pb2.Command(request_id=request.request_id, kv_delete=command_pb2.KvDelete(key=request.key)),
-            _timeout(context),
+            command_pb2.Command(request_id=request.request_id, kv_delete=command_pb2.KvDelete(key=request.key))
         )
         body = result.kv_delete
         response = kv_pb2.DeleteResponse(header=self._node.header(result.revision), deleted=body.deleted)
@@ -109,8 +107,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                     value=request.value,
                     delete=request.delete,
                 ),
-            ),
-            _timeout(context),
+            )
         )
         body = result.kv_compare_and_swap
         response = kv_pb2.CompareAndSwapResponse(
@@ -220,7 +217,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     async def Propose(
         self, request: peer_pb2.ProposeRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.ProposeResponse:
-        results = await self._node.propose_forwarded(list(request.commands), _timeout(context))
+        results = await self._node.propose_forwarded(list(request.commands))
         return peer_pb2.ProposeResponse(results=results)
 
 
