@@ -138,6 +138,11 @@ class ServerConfig:
                 "file. pysyncobj's peer protocol is pickle, so an unauthenticated peer port lets anyone who "
                 "reaches it run code on this server. For a throwaway local cluster pass --insecure-dev."
             )
+        if self.max_batch_bytes + 2 * limits.MAX_VALUE_BYTES > limits.RAFT_MAX_ENTRY_BYTES:
+            raise ConfigError(
+                f"max_batch_bytes must stay below {limits.RAFT_MAX_ENTRY_BYTES - 2 * limits.MAX_VALUE_BYTES} "
+                "(a larger Raft entry hits a pysyncobj framing bug; see controlplane/state/limits.py)"
+            )
         ids = [peer.id for peer in self.peers]
         if self.node_id in ids:
             raise ConfigError(f"peers must not include this server ({self.node_id}) itself")

@@ -16,12 +16,14 @@ import hashlib
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from controlplane import __version__
 from controlplane.errors import (
@@ -64,6 +66,7 @@ CHANNEL_OPTIONS = (
 )
 DEFAULT_READ_TIMEOUT_S = 5.0
 MEMBERSHIP_TIMEOUT_S = 15.0
+BACKUP_FORMAT_VERSION = 1
 
 _ROLE_ENUM = {
     "follower": cluster_pb2.ROLE_FOLLOWER,
@@ -548,20 +551,47 @@ class Node:
 
     # ------------------------------------------------------------------ backup and restore
 
-    def snapshot(self) -> tuple[bytes, int]:
+    def backup(self) -> tuple[bytes, int]:
+        """A consistent backup of the replicated state: a serialized, self-checking Backup."""
         with self.state_lock:
-            return self.machine.snapshot(), self.machine.revision
+            state, revision = self.machine.snapshot(), self.machine.revision
+        envelope = cluster_pb2.Backup(
+            format_version=BACKUP_FORMAT_VERSION,
+            state=state,
+            state_sha256=hashlib.sha256(state).hexdigest(),
+            revision=revision,
+            created_unix_ms=time.time_ns() // 1_000_000,
+            node_id=self.node_id,
+        )
+        return envelope.SerializeToString(), revision
 
     async def restore(self, data: bytes, expected_sha256: str, timeout: float | None) -> CommandResult:
+        """Check a Backup thoroughly, then replace the user data with it through the log."""
         if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
-            raise InvalidArgument("the backup's sha256 does not match its header: the file is damaged")
+            raise InvalidArgument("the upload does not match the sha256 the client sent: it was damaged in transit")
+        if len(data) > limits.MAX_RESTORE_BYTES:
+            raise InvalidArgument(
+                f"the backup is {len(data)} bytes; a restore goes through the log as one entry and is limited "
+                f"to {limits.MAX_RESTORE_BYTES} bytes"
+            )
         try:
-            parse_snapshot(data)
+            envelope = cluster_pb2.Backup.FromString(data)
+        except DecodeError:
+            raise InvalidArgument("not a controlplane backup (or a damaged one): it does not parse") from None
+        if envelope.format_version != BACKUP_FORMAT_VERSION:
+            raise InvalidArgument(
+                f"backup format version {envelope.format_version} is not supported (this server reads "
+                f"version {BACKUP_FORMAT_VERSION}); not a controlplane backup, or from a newer release"
+            )
+        if hashlib.sha256(envelope.state).hexdigest() != envelope.state_sha256:
+            raise InvalidArgument("the backup is damaged: its contents do not match its checksum")
+        try:
+            parse_snapshot(envelope.state)
         except SnapshotError as exc:
             raise InvalidArgument(str(exc)) from None
         command = command_pb2.Command(
-            request_id="restore-" + hashlib.sha256(data).hexdigest()[:32],
-            restore_state=command_pb2.RestoreState(snapshot=data),
+            request_id="restore-" + envelope.state_sha256[:32],
+            restore_state=command_pb2.RestoreState(snapshot=envelope.state),
         )
         return await self.write(command, timeout)
 

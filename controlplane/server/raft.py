@@ -29,6 +29,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.version import VERSION as pysyncobj_version
 
 from controlplane.server.config import ServerConfig
+from controlplane.state import limits
 from controlplane.state.machine import CommandResult, StateMachine
 from controlplane.v1 import storage_pb2
 
@@ -112,6 +113,8 @@ class RaftNode:
             dynamicMembershipChange=True,
             # Our group commit already batches; send each batch at once (0.5 ms instead of a period).
             appendEntriesUseBatch=False,
+            # Above our largest entry, so pysyncobj never takes its broken chunked path (limits.py).
+            appendEntriesBatchSizeBytes=limits.RAFT_MAX_ENTRY_BYTES,
             appendEntriesPeriod=tuning.heartbeat_s,
             raftMinTimeout=tuning.election_min_s,
             raftMaxTimeout=tuning.election_max_s,

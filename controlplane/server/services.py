@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from controlplane.errors import DeadlineExceeded, InvalidArgument
-from controlplane.server.node import GRPC_MESSAGE_LIMIT, Node
+from controlplane.server.node import Node
 from controlplane.state import limits
 from controlplane.state.machine import DOMAIN_KV
 from controlplane.v1 import (
@@ -180,7 +180,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     async def Snapshot(
         self, request: cluster_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cluster_pb2.SnapshotChunk]:
-        data, revision = await asyncio.to_thread(self._node.snapshot)
+        data, revision = await asyncio.to_thread(self._node.backup)
         digest = hashlib.sha256(data).hexdigest()
         yield cluster_pb2.SnapshotChunk(
             data=data[:SNAPSHOT_CHUNK_BYTES], revision=revision, total_bytes=len(data), sha256=digest
@@ -199,9 +199,9 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             if not parts:
                 expected_sha, expected_size = chunk.sha256, chunk.total_bytes
             size += len(chunk.data)
-            if size > GRPC_MESSAGE_LIMIT:
+            if size > limits.MAX_RESTORE_BYTES:
                 raise InvalidArgument(
-                    f"backups larger than {GRPC_MESSAGE_LIMIT} bytes cannot be restored through the log"
+                    f"backups larger than {limits.MAX_RESTORE_BYTES} bytes cannot be restored through the log"
                 )
             parts.append(chunk.data)
         if expected_size and size != expected_size:

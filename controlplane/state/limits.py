@@ -12,6 +12,13 @@ import re
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_LIST_LIMIT = 10_000
+# A restore is one Raft log entry; see RAFT_MAX_ENTRY_BYTES.
+MAX_RESTORE_BYTES = 16 * 1024 * 1024
+# pysyncobj 0.3.17 mis-frames entries larger than its appendEntriesBatchSizeBytes (the chunked
+# "transmission" path marks the last chunk using the unpickled length, followers unpickle a
+# truncated buffer and stall on that entry for good). No entry may reach that size: batches are
+# capped at max_batch_bytes (4 MiB) plus one command (<= 1 MiB value), restores at 16 MiB.
+RAFT_MAX_ENTRY_BYTES = 32 * 1024 * 1024
 MAX_REQUEST_ID_CHARS = 128
 MAX_MEMBER_ID_CHARS = 64
 

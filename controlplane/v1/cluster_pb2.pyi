@@ -139,3 +139,19 @@ class RestoreResponse(_message.Message):
     revision: int
     keys: int
     def __init__(self, revision: _Optional[int] = ..., keys: _Optional[int] = ...) -> None: ...
+
+class Backup(_message.Message):
+    __slots__ = ("format_version", "state", "state_sha256", "revision", "created_unix_ms", "node_id")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    state: bytes
+    state_sha256: str
+    revision: int
+    created_unix_ms: int
+    node_id: str
+    def __init__(self, format_version: _Optional[int] = ..., state: _Optional[bytes] = ..., state_sha256: _Optional[str] = ..., revision: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...

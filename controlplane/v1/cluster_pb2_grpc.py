@@ -97,14 +97,14 @@ class ClusterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Snapshot(self, request, context):
-        """Stream a consistent backup of the replicated state (format: controlplane.v1.StateSnapshot).
+        """Stream a consistent backup of the replicated state (the bytes of a Backup message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Restore(self, request_iterator, context):
-        """Replace the replicated state with a backup, atomically, through the log.
+        """Replace the replicated state with a Backup, atomically, through the log (at most 16 MiB).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
