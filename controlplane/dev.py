@@ -29,10 +29,35 @@ PASSWORD_FILE = "raft-password"
 MANIFEST_FILE = "cluster.json"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(taken: set[int] | None = None) -> int:
+    """A bindable loopback port *below* the kernel's ephemeral range.
+
+    bind(0) would hand out an ephemeral port, which the kernel also gives to the local end of
+    outgoing connections: while a killed server is down, any client connection could take its
+    port and the restart would fail with EADDRINUSE.
+    """
+    low = min(_ephemeral_range()[0], 32768)
+    taken = taken if taken is not None else set()
+    for _ in range(1000):
+        port = secrets.randbelow(low - 10_000) + 10_000
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise RuntimeError(f"no free port found between 10000 and {low}")
 
 
 @dataclass
@@ -86,6 +111,7 @@ class LocalCluster:
         # TOML file per server and passed with --config.
         self.extra_config = extra_config or {}
         self.nodes: dict[str, NodeProcess] = {}
+        self._ports: set[int] = set()
         for index in range(1, servers + 1):
             self.nodes[f"n{index}"] = self._new_node(f"n{index}", index, base_port)
         for node in self.nodes.values():
@@ -105,7 +131,7 @@ class LocalCluster:
 
     def _new_node(self, node_id: str, index: int, base_port: int | None) -> NodeProcess:
         if base_port is None:
-            client, raft, metrics = free_port(), free_port(), free_port()
+            client, raft, metrics = free_port(self._ports), free_port(self._ports), free_port(self._ports)
         else:
             client, raft, metrics = base_port + index, base_port + 100 + index, base_port + 200 + index
         return NodeProcess(

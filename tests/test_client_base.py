@@ -175,8 +175,22 @@ def test_remaining_time_shrinks_and_expires() -> None:
         call.remaining()
 
 
+def test_an_attempt_that_times_out_with_time_left_moves_to_another_server() -> None:
+    """A hung server (SIGSTOP, a partition) answers nothing: after attempt_timeout the call moves on."""
+    router = _base.Router(("a:1", "b:2"), make_policy())
+    call = _base.Attempts(router, make_policy(), timeout=30, write=True)
+    assert call.attempt_timeout() <= make_policy().attempt_timeout
+    assert call.target() == "a:1"
+    delay = call.failed("a:1", errors.DeadlineExceeded("Deadline Exceeded"))
+    assert 0 <= delay < 30
+    assert call.target() == "b:2"
+
+
 def test_a_grpc_deadline_is_reported_with_the_call_deadline() -> None:
-    call = attempts(_base.Router(("a:1",), make_policy()), timeout=1)
+    """Uncapped calls (bulk transfers) use the whole deadline; running out of it ends the call."""
+    router = _base.Router(("a:1",), make_policy())
+    call = _base.Attempts(router, make_policy(), timeout=1, write=False, capped=False)
+    assert call.attempt_timeout() > make_policy().attempt_timeout / 10
     call.target()
     call.failed("a:1", errors.Unavailable("down"))
     call.target()

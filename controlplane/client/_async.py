@@ -29,6 +29,7 @@ from controlplane.client._models import (
     PutResult,
     SnapshotInfo,
 )
+from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import cluster_pb2
 
 __all__ = ["AsyncClient", "AsyncWatch"]
@@ -40,7 +41,7 @@ MemberList = list[Member]
 
 
 def _insecure_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address)
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 class AsyncClient:
@@ -236,7 +237,7 @@ class AsyncClient:
         partial. A broken stream is restarted from scratch (within the deadline; large states need
         a larger ``timeout``). A stream that does not match its own checksum raises ``Internal``.
         """
-        attempts = self._core.attempts(_base.SNAPSHOT, timeout)
+        attempts = self._core.attempts(_base.SNAPSHOT, timeout, capped=False)
         request = cluster_pb2.SnapshotRequest()
 
         async def once(address: str, remaining: float) -> SnapshotInfo:
@@ -261,7 +262,7 @@ class AsyncClient:
         bytes twice leaves the same state.
         """
         size, sha256 = await asyncio.to_thread(_base.file_digest, path)
-        attempts = self._core.attempts(_base.RESTORE, timeout)
+        attempts = self._core.attempts(_base.RESTORE, timeout, capped=False)
 
         async def once(address: str, remaining: float) -> cluster_pb2.RestoreResponse:
             method = self._method(address, _base.RESTORE, "stream_unary")
@@ -326,7 +327,7 @@ class AsyncClient:
         while True:
             address = attempts.target()
             try:
-                result = await once(address, attempts.remaining())
+                result = await once(address, attempts.attempt_timeout())
             except grpc.aio.AioRpcError as exc:
                 self._core.check_open()
                 await asyncio.sleep(attempts.failed(address, _base.error_from_rpc(exc)))

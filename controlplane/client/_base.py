@@ -93,6 +93,10 @@ class RetryPolicy:
     max_backoff: float = 1.0
     #: Seconds a leader address that failed is ignored when a response names it again.
     leader_hold: float = 2.0
+    #: Longest single attempt. A server that hangs without closing its connection (a frozen
+    #: process or VM, a partition) answers nothing; after this the attempt is abandoned and the
+    #: call retried elsewhere. Writes keep their request id, so the retry cannot apply twice.
+    attempt_timeout: float = 3.0
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def backoff(self, retry: int) -> float:
@@ -173,7 +177,7 @@ class Attempts:
         while True:
             address = attempts.target()
             try:
-                response = invoke(address, timeout=attempts.remaining())
+                response = invoke(address, timeout=attempts.attempt_timeout())
             except grpc.RpcError as exc:
                 sleep(attempts.failed(address, error_from_rpc(exc)))  # raises when the call must stop
             else:
@@ -189,8 +193,12 @@ class Attempts:
         timeout: float,
         write: bool,
         retry_unknown: bool = True,
+        capped: bool = True,
     ) -> None:
         self._router = router
+        # Capped attempts give up after policy.attempt_timeout and try elsewhere; uncapped ones
+        # (bulk transfers: snapshot, restore) may use the whole deadline.
+        self._capped = capped
         self._policy = policy
         self._write = write
         self._retry_unknown = retry_unknown
@@ -208,11 +216,16 @@ class Attempts:
         return address or self._router.pick(write=self._write)
 
     def remaining(self) -> float:
-        """Seconds left before the call's deadline: the gRPC deadline of the next attempt."""
+        """Seconds left before the call's deadline."""
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise self._expired(None)
         return left
+
+    def attempt_timeout(self) -> float:
+        """The gRPC deadline of the next attempt: the time left, at most ``policy.attempt_timeout``."""
+        left = self.remaining()
+        return min(left, self._policy.attempt_timeout) if self._capped else left
 
     def succeeded(self, address: str, leader_address: str) -> None:
         self._router.succeeded(address, leader_address)
@@ -237,7 +250,11 @@ class Attempts:
         elif isinstance(error, errors.NotLeader) or self._retryable(error):
             self._router.failed(address)
         elif isinstance(error, errors.DeadlineExceeded):
-            raise self._expired(error)
+            if time.monotonic() >= self._deadline or not self._retry_unknown or not self._capped:
+                raise self._expired(error)
+            # Only this attempt ran out (attempt_timeout): the server may be hung. Move on; for a
+            # write the outcome is unknown, which the same request id makes safe to retry.
+            self._router.failed(address)
         else:
             raise error
         self._last = error
@@ -314,7 +331,9 @@ class ClientCore:
         self.router = Router(parse_endpoints(endpoints), self.policy)
         self.closed = False
 
-    def attempts(self, rpc: Rpc[RespT], timeout: float | None, *, retry_unknown: bool = True) -> Attempts:
+    def attempts(
+        self, rpc: Rpc[RespT], timeout: float | None, *, retry_unknown: bool = True, capped: bool = True
+    ) -> Attempts:
         self.check_open()
         return Attempts(
             self.router,
@@ -322,6 +341,7 @@ class ClientCore:
             timeout=self.timeout if timeout is None else timeout,
             write=rpc.write,
             retry_unknown=retry_unknown,
+            capped=capped,
         )
 
     def check_open(self) -> None:

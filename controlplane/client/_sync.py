@@ -32,6 +32,7 @@ from controlplane.client._models import (
     PutResult,
     SnapshotInfo,
 )
+from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import cluster_pb2
 
 __all__ = ["Client", "Watch"]
@@ -43,7 +44,7 @@ MemberList = list[Member]
 
 
 def _insecure_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address)
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 class Client:
@@ -227,7 +228,7 @@ class Client:
         rename). A broken stream is restarted within the deadline; a stream that does not match its
         own checksum raises ``Internal`` and leaves ``path`` untouched.
         """
-        attempts = self._core.attempts(_base.SNAPSHOT, timeout)
+        attempts = self._core.attempts(_base.SNAPSHOT, timeout, capped=False)
         request = cluster_pb2.SnapshotRequest()
 
         def once(address: str, remaining: float) -> SnapshotInfo:
@@ -247,7 +248,7 @@ class Client:
         it took effect. Streams 1 MiB chunks, the first announcing size and sha256.
         """
         size, sha256 = _base.file_digest(path)
-        attempts = self._core.attempts(_base.RESTORE, timeout)
+        attempts = self._core.attempts(_base.RESTORE, timeout, capped=False)
 
         def once(address: str, remaining: float) -> cluster_pb2.RestoreResponse:
             method = self._method(address, _base.RESTORE, "stream_unary")
@@ -313,7 +314,7 @@ class Client:
         while True:
             address = attempts.target()
             try:
-                result = once(address, attempts.remaining())
+                result = once(address, attempts.attempt_timeout())
             except grpc.RpcError as exc:
                 if self._core.closed:
                     raise RuntimeError("the client was closed during the call") from exc

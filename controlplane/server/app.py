@@ -14,10 +14,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from controlplane.grpc_options import SERVER_OPTIONS
 from controlplane.server import logs, metrics
 from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.interceptor import ErrorsAndMetrics
-from controlplane.server.node import CHANNEL_OPTIONS, Node
+from controlplane.server.node import Node
 from controlplane.server.services import ClusterService, KVService, PeerService, WatchService
 from controlplane.v1 import (
     cluster_pb2,
@@ -65,8 +66,7 @@ async def serve(config: ServerConfig) -> None:
         check_bindable(config.metrics_address, "metrics_address")
 
     await node.start()
-    # grpc enables SO_REUSEPORT by default, which would let a second server silently share our port.
-    server = grpc.aio.server(interceptors=[ErrorsAndMetrics()], options=(*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)))
+    server = grpc.aio.server(interceptors=[ErrorsAndMetrics()], options=SERVER_OPTIONS)
     kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
     watch_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)
     cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)

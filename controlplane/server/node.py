@@ -40,6 +40,7 @@ from controlplane.errors import (
     error_from_result,
     error_from_status,
 )
+from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.server import metrics
 from controlplane.server.config import ServerConfig
 from controlplane.server.proposer import Proposer
@@ -59,11 +60,6 @@ from controlplane.v1 import (
 
 log = structlog.get_logger("controlplane.node")
 
-GRPC_MESSAGE_LIMIT = 64 * 1024 * 1024
-CHANNEL_OPTIONS = (
-    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
-)
 DEFAULT_READ_TIMEOUT_S = 5.0
 MEMBERSHIP_TIMEOUT_S = 15.0
 BACKUP_FORMAT_VERSION = 1
@@ -480,7 +476,7 @@ class Node:
                 # pysyncobj cannot remove the leader itself: hand leadership over, then let the
                 # new leader do it.
                 await self._transfer(None, timeout or MEMBERSHIP_TIMEOUT_S)
-                raise Unavailable(f"{self.node_id} handed over leadership to be removed; retry the call")
+                raise _SteppedAside
             async with self._membership_guard(f"removing {request.id}"):
                 if target.raft_address in self.raft.status().connected:
                     await self._raft_call(
@@ -503,9 +499,9 @@ class Node:
 
         try:
             response = await self.on_leader("RemoveMember", request, timeout, local)
-        except Unavailable:
-            # The leader stepped aside to be removed: the new leader finishes the job.
-            await self._wait_for_leader_other_than(self.raft.status().leader_address, timeout or MEMBERSHIP_TIMEOUT_S)
+        except _SteppedAside:
+            # This server led and stepped aside to be removed: the new leader finishes the job.
+            await self._wait_for_leader_other_than(self.config.raft_address, timeout or MEMBERSHIP_TIMEOUT_S)
             response = await self.on_leader("RemoveMember", request, timeout, local)
         return list(response.members)
 
@@ -625,6 +621,10 @@ class Node:
                 except ControlPlaneError as exc:
                     log.info("publish_self_retry", reason=exc.message)
             await asyncio.sleep(0.25)  # retry pacing while no leader is reachable
+
+
+class _SteppedAside(Exception):
+    """The leader handed leadership over so that it can be removed; the caller retries on the new one."""
 
 
 class _MembershipGuard:

@@ -41,6 +41,8 @@ from controlplane.v1 import command_pb2
 
 log = structlog.get_logger("controlplane.proposer")
 
+FORWARD_TIMEOUT_S = 3.0
+
 # Sends commands to the leader and returns their results (Peer.Propose); raises RpcError.
 Forwarder = Callable[[str, list[command_pb2.Command], float], Awaitable[list[CommandResult]]]
 
@@ -225,7 +227,9 @@ class Proposer:
     async def _forward_batch(self, leader: str, batch: list[_Pending]) -> None:
         commands = [p.command for p in batch]
         try:
-            results = await self._forward(leader, commands, self._commit_timeout_s)
+            # Bounded well below the commit timeout: a leader that hangs without closing its
+            # connection must not hold this batch slot (and the writes queued behind it) for long.
+            results = await self._forward(leader, commands, min(self._commit_timeout_s, FORWARD_TIMEOUT_S))
         except grpc.aio.AioRpcError as exc:
             trailing = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
             error: ControlPlaneError

@@ -12,6 +12,8 @@ import re
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_LIST_LIMIT = 10_000
+# Revisions are uint64 on the wire; stop well short so no arithmetic on them can overflow.
+MAX_REVISION = 2**62
 # A restore is one Raft log entry; see RAFT_MAX_ENTRY_BYTES.
 MAX_RESTORE_BYTES = 16 * 1024 * 1024
 # pysyncobj 0.3.17 mis-frames entries larger than its appendEntriesBatchSizeBytes (the chunked
@@ -22,8 +24,9 @@ RAFT_MAX_ENTRY_BYTES = 32 * 1024 * 1024
 MAX_REQUEST_ID_CHARS = 128
 MAX_MEMBER_ID_CHARS = 64
 
-_MEMBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+# fullmatch and explicit ASCII classes: "$" would accept a trailing newline and "\d" non-ASCII digits.
+_MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")
 
 
 def check_key(key: str) -> str | None:
@@ -50,7 +53,7 @@ def check_request_id(request_id: str) -> str | None:
 def check_member_id(member_id: str) -> str | None:
     if not member_id:
         return "member id must not be empty"
-    if len(member_id) > MAX_MEMBER_ID_CHARS or not _MEMBER_ID.match(member_id):
+    if len(member_id) > MAX_MEMBER_ID_CHARS or not _MEMBER_ID.fullmatch(member_id):
         return (
             f"member id {member_id!r} is not valid: use up to {MAX_MEMBER_ID_CHARS} letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
@@ -60,7 +63,7 @@ def check_member_id(member_id: str) -> str | None:
 
 def check_address(address: str, what: str) -> str | None:
     """A HOST:PORT address (IPv6 hosts in brackets)."""
-    match = _HOST_PORT.match(address)
+    match = _HOST_PORT.fullmatch(address)
     if not match or not 1 <= int(match.group(2)) <= 65535:
         return f"{what} {address!r} is not a HOST:PORT address with a port in 1-65535"
     return None

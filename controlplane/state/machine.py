@@ -28,6 +28,9 @@ from controlplane.state import limits
 from controlplane.v1 import command_pb2, common_pb2, kv_pb2, watch_pb2
 
 SNAPSHOT_FORMAT_VERSION = 1
+# Written last (highest field number): protobuf parses a cut-short message without complaint, so a
+# snapshot missing its end marker is known to be truncated.
+SNAPSHOT_END_MARKER = 0x5AFE5AFE
 
 DOMAIN_KV = "kv"
 DOMAIN_CLUSTER = "cluster"
@@ -163,10 +166,11 @@ class StateMachine:
             try:
                 result = handler(command)
             except Exception as exc:  # a bug; deterministic on every replica, and never fatal
-                result = _error(
-                    common_pb2.ERROR_CODE_INTERNAL,
-                    f"{type(exc).__name__} while applying {kind}: {exc}",
-                    self.revision,
+                result = CommandResult(
+                    error=common_pb2.Error(
+                        code=common_pb2.ERROR_CODE_INTERNAL,
+                        message=f"{type(exc).__name__} while applying {kind}: {exc}",
+                    )
                 )
         if request_id:
             self._dedupe[request_id] = (self.time_unix_ms, result)
@@ -364,6 +368,12 @@ class StateMachine:
                     f"backup holds a bad key: {problem}",
                     self.revision,
                 )
+        if snapshot.revision >= limits.MAX_REVISION:
+            return _error(
+                common_pb2.ERROR_CODE_INVALID_ARGUMENT,
+                f"backup revision {snapshot.revision} is beyond the supported maximum {limits.MAX_REVISION}",
+                self.revision,
+            )
         self.revision = max(self.revision, snapshot.revision) + 1
         self._kvs = SortedDict((kv.key, kv) for kv in snapshot.kvs)
         self._history, self._history_revisions, self._history_start = [], [], 0
@@ -419,6 +429,7 @@ class StateMachine:
             time_unix_ms=self.time_unix_ms,
             compacted_revision=self.compacted_revision,
             removed_members=list(self.removed_members),
+            end_marker=SNAPSHOT_END_MARKER,
         )
         snap.kvs.extend(self._kvs.values())
         snap.history.extend(change.to_event() for change in self._history[self._history_start :])
@@ -454,6 +465,10 @@ def parse_snapshot(data: bytes) -> command_pb2.StateSnapshot:
             f"snapshot format version {snap.format_version} is not supported "
             f"(this server reads version {SNAPSHOT_FORMAT_VERSION})"
         )
+    if snap.end_marker != SNAPSHOT_END_MARKER:
+        raise SnapshotError("snapshot is truncated: its end marker is missing")
+    if snap.revision >= limits.MAX_REVISION:
+        raise SnapshotError(f"snapshot revision {snap.revision} is beyond the supported maximum {limits.MAX_REVISION}")
     return snap
 
 
