@@ -410,7 +410,15 @@ class AsyncWatch:
             self._call = method(self._cursor.request())
         call, address = self._call, self._address
         try:
-            message = await call.read()
+            async with asyncio.timeout(_base.WATCH_SILENCE_S):
+                message = await call.read()
+        except TimeoutError:
+            # Servers send a progress notice every second: this one is hung (or cut off).
+            call.cancel()
+            self._call = None
+            router.failed(address)
+            await self._backoff()
+            return
         except asyncio.CancelledError:
             call.cancel()
             self._call = None

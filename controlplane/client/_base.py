@@ -81,6 +81,11 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> tuple[str, ...]:
     return result
 
 
+# Servers send a watch progress notice every second (services.WATCH_PROGRESS_EVERY_S); a stream
+# silent for this long is treated as dead and reopened on another server.
+WATCH_SILENCE_S = 5.0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a client backs off between attempts. The defaults suit a cluster on a LAN.

@@ -383,6 +383,17 @@ class Watch:
                     return
                 self._call = method(self._cursor.request())
             call, address = self._call, self._address
+        # Servers send a progress notice every second; a stream silent for longer is hung (a frozen
+        # server or a partition that keeps the connection open): cancel it and reconnect elsewhere.
+        silenced = threading.Event()
+
+        def silence() -> None:
+            silenced.set()
+            call.cancel()
+
+        watchdog = threading.Timer(_base.WATCH_SILENCE_S, silence)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             message = next(call)
         except StopIteration:
@@ -395,6 +406,10 @@ class Watch:
             if self._closed or self._client._core.closed:
                 self._closed = True  # our close() (or the client's) cancelled the stream
                 return
+            if silenced.is_set():
+                router.failed(address)
+                self._backoff()
+                return
             error = _base.error_from_rpc(exc)
             if not isinstance(error, errors.Unavailable):
                 self.close()
@@ -402,6 +417,8 @@ class Watch:
             router.failed(address)
             self._backoff()
             return
+        finally:
+            watchdog.cancel()
         self._retries = 0
         router.succeeded(address, "")
         self._pending.extend(self._cursor.accept(message))

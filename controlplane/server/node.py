@@ -92,7 +92,7 @@ class Node:
         self._waiter_seq = itertools.count()
         self._applied_pending = False
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._membership_change: str | None = None
+        self._membership_change: tuple[tuple[str, ...], str, asyncio.Future[None]] | None = None
         self._book: dict[str, MemberAddress] = {}
         self._book_version = -1
         self._background: set[asyncio.Task[None]] = set()
@@ -436,11 +436,12 @@ class Node:
                 raise FailedPrecondition(
                     f"member {request.id!r} was removed and may not rejoin under that id; use a new id"
                 )
-            async with self._membership_guard(f"adding {request.id}"):
+
+            async def change() -> None:
                 await self._raft_call(
                     lambda done: self.raft.add_node(request.raft_address, done),
                     f"adding {request.id} ({request.raft_address})",
-                    timeout or MEMBERSHIP_TIMEOUT_S,
+                    MEMBERSHIP_TIMEOUT_S,
                 )
                 await self.write(
                     command_pb2.Command(
@@ -453,8 +454,11 @@ class Node:
                             )
                         ),
                     ),
-                    timeout,
+                    MEMBERSHIP_TIMEOUT_S,
                 )
+
+            key = ("add", request.id, request.raft_address, request.client_address)
+            await self._one_membership_change(key, f"adding {request.id}", change)
             log.info("member_added", member=request.id, raft_address=request.raft_address)
             return cluster_pb2.AddMemberResponse(members=self.status().members)
 
@@ -470,6 +474,11 @@ class Node:
 
         async def local() -> cluster_pb2.RemoveMemberResponse:
             target = next((m for m in self.members().values() if m.id == request.id), None)
+            with self.state_lock:
+                already_removed = request.id in self.machine.removed_members
+            if target is None and already_removed:
+                # A retry of a removal that completed: the answer is the same as the first time.
+                return cluster_pb2.RemoveMemberResponse(members=self.status().members)
             if target is None:
                 raise NotFound(f"no member {request.id!r} in this cluster")
             if target.id == self.node_id:
@@ -477,12 +486,13 @@ class Node:
                 # new leader do it.
                 await self._transfer(None, timeout or MEMBERSHIP_TIMEOUT_S)
                 raise _SteppedAside
-            async with self._membership_guard(f"removing {request.id}"):
+
+            async def change() -> None:
                 if target.raft_address in self.raft.status().connected:
                     await self._raft_call(
                         lambda done: self.raft.remove_node(target.raft_address, done),
                         f"removing {request.id} ({target.raft_address})",
-                        timeout or MEMBERSHIP_TIMEOUT_S,
+                        MEMBERSHIP_TIMEOUT_S,
                     )
                 with self.state_lock:
                     in_directory = request.id in self.machine.members
@@ -492,8 +502,10 @@ class Node:
                             request_id=request.request_id,
                             member_remove=command_pb2.MemberRemove(id=request.id),
                         ),
-                        timeout,
+                        MEMBERSHIP_TIMEOUT_S,
                     )
+
+            await self._one_membership_change(("remove", request.id), f"removing {request.id}", change)
             log.info("member_removed", member=request.id)
             return cluster_pb2.RemoveMemberResponse(members=self.status().members)
 
@@ -505,8 +517,35 @@ class Node:
             response = await self.on_leader("RemoveMember", request, timeout, local)
         return list(response.members)
 
-    def _membership_guard(self, description: str) -> _MembershipGuard:
-        return _MembershipGuard(self, description)
+    async def _one_membership_change(
+        self, key: tuple[str, ...], description: str, change: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run one Raft membership change at a time, detached from the RPC that asked for it.
+
+        A client that gives up (its deadline passes, or the SDK abandons a slow attempt) cancels
+        its handler, but not a change pysyncobj is already committing: cancelling half-way would
+        free the one-change slot while the change still commits. A retry of the same change joins
+        the one in flight; any other change is refused until it completes.
+        """
+        current = self._membership_change
+        if current is not None and not current[2].done():
+            if current[0] == key:
+                await asyncio.shield(current[2])
+                return
+            raise FailedPrecondition(
+                f"a membership change is already in flight ({current[1]}); retry when it completes"
+            )
+        task = asyncio.ensure_future(change())
+        # Retrieve the outcome even if every caller gave up, so a failure is logged, not lost.
+        task.add_done_callback(
+            lambda done: (
+                done.cancelled()
+                or done.exception() is None
+                or log.warning("membership_change_failed", change=description, error=str(done.exception()))
+            )
+        )
+        self._membership_change = (key, description, task)
+        await asyncio.shield(task)
 
     async def transfer_leadership(self, target_id: str, timeout: float | None) -> tuple[str, int]:
         request = cluster_pb2.TransferLeadershipRequest(target_id=target_id)
@@ -625,21 +664,3 @@ class Node:
 
 class _SteppedAside(Exception):
     """The leader handed leadership over so that it can be removed; the caller retries on the new one."""
-
-
-class _MembershipGuard:
-    """One Raft membership change at a time, cluster-wide via the leader (the only one that runs them)."""
-
-    def __init__(self, node: Node, description: str) -> None:
-        self._node = node
-        self._description = description
-
-    async def __aenter__(self) -> None:
-        if self._node._membership_change is not None:
-            raise FailedPrecondition(
-                f"a membership change is already in flight ({self._node._membership_change}); retry when it completes"
-            )
-        self._node._membership_change = self._description
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._node._membership_change = None
