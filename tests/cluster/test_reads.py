@@ -1,0 +1,119 @@
+"""Writes through any server, and reads at each consistency level from every server."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.client import Client, Consistency
+from controlplane.dev import LocalCluster
+from controlplane.v1 import common_pb2, kv_pb2, watch_pb2
+
+from .conftest import channel, collect_events, followers, kv_stub, list_all, node_client, watch_stub
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+
+def test_write_through_follower_is_read_back_from_every_server(cluster: LocalCluster) -> None:
+    leader_id = cluster.wait_for_leader()
+    follower = followers(cluster, leader_id)[0]
+
+    # Raw stub, so that the write provably enters through the follower (the SDK would learn the
+    # leader's address from the first response and go there directly).
+    with channel(follower.client_address) as ch:
+        response = kv_stub(ch).Put(
+            kv_pb2.PutRequest(key="reads/through-follower", value=b"v1", request_id="reads-follower-1"), timeout=10
+        )
+    assert response.header.node_id == follower.id
+    assert response.header.leader_id == leader_id
+    revision = response.header.revision
+    assert response.kv.mod_revision == revision and response.kv.version == 1
+
+    for node in cluster.nodes.values():
+        with node_client(node) as client:
+            kv = client.get("reads/through-follower")  # LINEARIZABLE is the default
+            assert kv is not None, f"{node.id} does not see an acknowledged write linearizably"
+            assert (kv.value, kv.mod_revision, kv.create_revision, kv.version) == (b"v1", revision, revision, 1)
+
+    for node in followers(cluster, leader_id):
+        with node_client(node) as client:
+            kv = client.get("reads/through-follower", consistency=Consistency.STALE, min_revision=revision)
+            assert kv is not None and kv.value == b"v1" and kv.mod_revision == revision, node.id
+
+
+def test_every_acknowledged_write_is_visible_at_once_on_the_next_server(cluster: LocalCluster) -> None:
+    """Linearizable: a read that starts after a write's ack sees it, whichever server answers; and a
+    STALE read with min_revision (read-your-writes) sees it on a server that did not take the write."""
+    nodes = list(cluster.nodes.values())
+    clients = [node_client(node) for node in nodes]
+    try:
+        with Client(cluster.client_addresses) as writer:
+            for i in range(30):
+                key = f"reads/ryw/{i:03d}"
+                put = writer.put(key, f"value-{i}")
+                reader = clients[i % len(clients)]
+                linear = reader.get(key)
+                assert linear is not None and linear.value == f"value-{i}".encode(), (i, nodes[i % len(nodes)].id)
+                assert linear.mod_revision == put.revision
+                other = clients[(i + 1) % len(clients)]
+                stale = other.get(key, consistency=Consistency.STALE, min_revision=put.revision)
+                assert stale is not None and stale.mod_revision == put.revision, (i, nodes[(i + 1) % len(nodes)].id)
+    finally:
+        for client in clients:
+            client.close()
+    # Invariant: the whole prefix is the same from every server.
+    with Client(cluster.client_addresses) as client:
+        reference = list_all(client, "reads/ryw/")
+    assert len(reference) == 30
+    revision = max(kv.mod_revision for kv in reference.values())
+    for node in nodes:
+        with node_client(node) as client:
+            assert list_all(client, "reads/ryw/", consistency=Consistency.STALE, min_revision=revision) == reference
+
+
+def test_raw_read_options_default_to_linearizable(cluster: LocalCluster) -> None:
+    """A request with no ReadOptions (UNSPECIFIED) reads linearizably: it sees a write acknowledged
+    just before by another server."""
+    leader_id = cluster.wait_for_leader()
+    follower = followers(cluster, leader_id)[-1]
+    with Client(cluster.client_addresses) as client:
+        put = client.put("reads/unspecified", b"x")
+    with channel(follower.client_address) as ch:
+        response = kv_stub(ch).Get(kv_pb2.GetRequest(key="reads/unspecified"), timeout=10)
+        assert response.found and response.kv.mod_revision == put.revision
+        assert response.header.revision >= put.revision
+        stale = kv_stub(ch).Get(
+            kv_pb2.GetRequest(
+                key="reads/unspecified",
+                read=common_pb2.ReadOptions(consistency=common_pb2.CONSISTENCY_STALE, min_revision=put.revision),
+            ),
+            timeout=10,
+        )
+        assert stale.found and stale.header.revision >= put.revision
+
+
+def test_watch_starts_with_a_progress_marker_and_resumes_on_another_server(cluster: LocalCluster) -> None:
+    """The protocol under the SDK's resume: first message = revision start-1 with no events; a new
+    stream on another server from (last seen + 1) continues without gap or duplicate."""
+    leader_id = cluster.wait_for_leader()
+    first, second = followers(cluster, leader_id)[0], cluster.nodes[leader_id]
+    with Client(cluster.client_addresses) as client:
+        revisions = [client.put(f"reads/watch/{i:02d}", str(i)).revision for i in range(10)]
+
+    request = watch_pb2.WatchRequest(
+        from_revision=revisions[0], filter=watch_pb2.WatchFilter(key_prefix="reads/watch/")
+    )
+    seen: list[watch_pb2.Event] = []
+    with channel(first.client_address) as ch:
+        stream = watch_stub(ch).Watch(request, timeout=10)
+        marker = next(stream)
+        assert list(marker.events) == [] and marker.revision == revisions[0] - 1
+        for message in stream:
+            seen.extend(message.events)
+            if len(seen) >= 4:
+                break
+        stream.cancel()
+    last = seen[-1].revision
+    resumed = collect_events(second.client_address, last + 1, revisions[-1], prefix="reads/watch/")
+    delivered = [e.revision for e in seen + resumed]
+    assert delivered == revisions, "resuming from last + 1 on another server must give every event exactly once"
+    assert [e.key for e in seen + resumed] == [f"reads/watch/{i:02d}" for i in range(10)]

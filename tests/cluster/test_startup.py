@@ -1,0 +1,97 @@
+"""`python -m controlplane serve` refuses to start, with a clear message, when it cannot run safely."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.client import Client
+from controlplane.dev import LocalCluster, free_port
+
+from .conftest import running, wait_converged
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+EXIT_USAGE = 2  # controlplane.cli.output: bad usage or configuration
+
+
+def _serve(
+    data_dir: Path, *args: str, password: str | None, client: str = "", raft: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CP_")}
+    if password is not None:
+        env["CP_RAFT_PASSWORD"] = password
+    command = [
+        sys.executable,
+        "-m",
+        "controlplane",
+        "serve",
+        "--node-id",
+        "solo",
+        "--client-address",
+        client or f"127.0.0.1:{free_port()}",
+        "--raft-address",
+        raft or f"127.0.0.1:{free_port()}",
+        "--metrics-address",
+        "",
+        "--data-dir",
+        str(data_dir),
+        *args,
+    ]
+    # A server that wrongly starts would run forever: the timeout turns that into a failure.
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[str]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield f"127.0.0.1:{holder.getsockname()[1]}"
+
+
+def test_refuses_to_start_without_a_raft_password(tmp_path: Path) -> None:
+    result = _serve(tmp_path / "data", password=None)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "password" in result.stderr.lower()
+    assert "CP_RAFT_PASSWORD" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "raft.journal").exists(), "nothing may be written before refusing"
+
+
+def test_empty_raft_password_counts_as_none(tmp_path: Path) -> None:
+    result = _serve(tmp_path / "data", password="")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "password" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("which", ["client", "raft"])
+def test_refuses_a_taken_port(tmp_path: Path, taken_port: str, which: str) -> None:
+    ports = {which: taken_port}
+    result = _serve(tmp_path / "data", password="secret", **ports)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert f"{which}_address {taken_port}" in result.stderr, result.stderr
+    assert "in use" in result.stderr.lower(), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_refuses_the_port_of_a_running_server_and_leaves_it_alone(cluster: LocalCluster, tmp_path: Path) -> None:
+    victim = next(iter(cluster.nodes.values()))
+    result = _serve(tmp_path / "data", password="secret", client=victim.client_address)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert victim.client_address in result.stderr
+    result = _serve(tmp_path / "data", password="secret", raft=victim.raft_address)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert victim.raft_address in result.stderr
+
+    with Client(victim.client_address) as client:
+        put = client.put("startup/still-serving", b"1")
+        assert client.get("startup/still-serving") is not None
+    assert wait_converged(cluster) >= put.revision
+    assert len(running(cluster)) == len(cluster.nodes)
