@@ -96,20 +96,29 @@ async def wait_healthy(cluster: Any, cluster_pb2: Any, cluster_pb2_grpc: Any, ti
     raise OursUnavailable(f"our cluster not healthy within {timeout}s ({last})")
 
 
-def start_cluster(LocalCluster: Any, servers: int = 3) -> Any:
+# What each design choice buys (`--ablation`): the same cluster with one choice undone.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    # Every command its own Raft log entry, no limit on entries in flight.
+    "ours-no-group-commit": {"max_batch_commands": 1, "max_in_flight": 1_000_000},
+    # pysyncobj's own append batching and its default 0.1 s period instead of sending at once.
+    "ours-pysyncobj-default-periods": {"raft": {"pipeline_appends": False, "heartbeat_s": 0.1}},
+}
+
+
+def start_cluster(LocalCluster: Any, servers: int = 3, extra_config: dict[str, Any] | None = None) -> Any:
     import shutil
 
     data = OURS_DATA / "cluster"
     if data.exists():
         shutil.rmtree(data)
     data.mkdir(parents=True)
-    cluster = LocalCluster(Path(data), servers=servers)
+    cluster = LocalCluster(Path(data), servers=servers, extra_config=extra_config)
     return cluster
 
 
-def ours_system(cluster: Any, leader: str, kv_pb2: Any, kv_pb2_grpc: Any) -> System:
+def ours_system(cluster: Any, leader: str, kv_pb2: Any, kv_pb2_grpc: Any, name: str = "ours") -> System:
     return System(
-        name="ours",
+        name=name,
         endpoints=list(cluster.client_addresses),
         leader=leader,
         stub_factory=kv_pb2_grpc.KVStub,

@@ -102,7 +102,13 @@ async def bench_etcd(args: argparse.Namespace, results: dict[tuple[str, str], di
     return ok
 
 
-async def bench_ours(args: argparse.Namespace, etcd: dict[tuple[str, str], dict[str, Any]]) -> bool:
+async def bench_ours(
+    args: argparse.Namespace,
+    etcd: dict[tuple[str, str], dict[str, Any]],
+    name: str = "ours",
+    extra_config: dict[str, Any] | None = None,
+    failover: bool = True,
+) -> bool:
     from bench import ours
 
     try:
@@ -110,7 +116,7 @@ async def bench_ours(args: argparse.Namespace, etcd: dict[tuple[str, str], dict[
     except ours.OursUnavailable as e:
         log(f"our side skipped: {e}")
         return False
-    cluster = ours.start_cluster(LocalCluster)
+    cluster = ours.start_cluster(LocalCluster, extra_config=extra_config)
     stopped = False
 
     def stop_cluster() -> None:
@@ -126,12 +132,12 @@ async def bench_ours(args: argparse.Namespace, etcd: dict[tuple[str, str], dict[
     try:
         cluster.start()
         leader_id = cluster.wait_for_leader(timeout=30.0)
-        log(f"ours: started {len(cluster.client_addresses)} servers, leader {leader_id}")
+        log(f"{name}: started {len(cluster.client_addresses)} servers, leader {leader_id}")
         for sc in scenarios(args):
             leader = await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
-            system = ours.ours_system(cluster, leader, kv_pb2, kv_pb2_grpc)
+            system = ours.ours_system(cluster, leader, kv_pb2, kv_pb2_grpc, name=name)
             emit(add_ratios(await run_scenario(system, sc), etcd))
-        if args.failover_reps > 0:
+        if failover and args.failover_reps > 0:
             await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
             samples = []
             for i in range(args.failover_reps):
@@ -168,6 +174,11 @@ async def amain(args: argparse.Namespace) -> int:
         ok = await bench_etcd(args, etcd) and ok
     if args.only in (None, "ours"):
         ok = await bench_ours(args, etcd) and ok
+        if args.ablation:
+            from bench.ours import ABLATIONS
+
+            for name, extra_config in ABLATIONS.items():
+                ok = await bench_ours(args, etcd, name=name, extra_config=extra_config, failover=False) and ok
     return 0 if ok else 1
 
 
@@ -179,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, help="measured seconds per scenario (default 8, quick 2)")
     p.add_argument("--warmup", type=float, help="warm-up seconds (default 1, 2 for 64 clients; quick 0.5)")
     p.add_argument("--failover-reps", type=int, help="leader failover repetitions (default 5, quick 2)")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also run our cluster with group commit off, and with pysyncobj's default periods",
+    )
     p.add_argument("--op-timeout", type=float, default=1.0, help="per-write deadline in the failover writer")
     args = p.parse_args(argv)
     if args.duration is None:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -87,6 +88,17 @@ class NodeProcess:
             return response
 
 
+def _toml(settings: dict[str, Any]) -> str:
+    """Flat settings plus one level of tables ([raft]); JSON scalars are valid TOML scalars."""
+    flat = [f"{key} = {json.dumps(value)}\n" for key, value in settings.items() if not isinstance(value, dict)]
+    tables = [
+        f"[{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in table.items())
+        for name, table in settings.items()
+        if isinstance(table, dict)
+    ]
+    return "".join(flat) + "".join(tables)
+
+
 class LocalCluster:
     """N servers on 127.0.0.1. Ports are free ones unless ``base_port`` is given (then
     client = base+i, raft = base+100+i, metrics = base+200+i for server i = 1..N)."""
@@ -98,7 +110,7 @@ class LocalCluster:
         base_port: int | None = None,
         log_level: str = "info",
         extra_env: dict[str, str] | None = None,
-        extra_config: dict[str, int | float | str | bool] | None = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         if servers < 1:
             raise ValueError("a cluster needs at least one server")
@@ -186,9 +198,7 @@ class LocalCluster:
             command += ["--peer", spec]
         if self.extra_config:
             config_file = self.data_dir / f"{node.id}.toml"
-            config_file.write_text(
-                "".join(f"{key} = {json.dumps(value)}\n" for key, value in self.extra_config.items())
-            )
+            config_file.write_text(_toml(self.extra_config))
             command += ["--config", str(config_file)]
         env = {**os.environ, **self.extra_env, "CP_RAFT_PASSWORD": self.password}
         with open(node.log_path, "ab") as log_file:

@@ -74,6 +74,9 @@ class RaftTuning:
     # default is 30 s; a partitioned leader would answer stale reads for that long).
     leader_fallback_s: float = 1.6
     tick_s: float = 0.01
+    # Send each append at once (our group commit already batches). False restores pysyncobj's
+    # own batching: appends wait for the next heartbeat_s tick (measured in bench --ablation).
+    pipeline_appends: bool = True
     connection_retry_s: float = 0.5
     compaction_min_entries: int = 20_000
     compaction_min_s: float = 300.0

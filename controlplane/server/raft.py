@@ -112,7 +112,7 @@ class RaftNode:
             useFork=False,
             dynamicMembershipChange=True,
             # Our group commit already batches; send each batch at once (0.5 ms instead of a period).
-            appendEntriesUseBatch=False,
+            appendEntriesUseBatch=not tuning.pipeline_appends,
             # Above our largest entry, so pysyncobj never takes its broken chunked path (limits.py).
             appendEntriesBatchSizeBytes=limits.RAFT_MAX_ENTRY_BYTES,
             appendEntriesPeriod=tuning.heartbeat_s,
