@@ -38,8 +38,8 @@ KEYS = st.one_of(
     st.text(alphabet="ab/", min_size=1, max_size=3),
 )
 VALUES = st.binary(max_size=8)
-MEMBER_IDS = ["n1", "n2", "n3", "n4", "a.b_c-1"]
-ADDRESSES = ["10.0.0.1:7000", "10.0.0.2:7000", "[::1]:7001", "node-3.internal:65535", "h:1"]
+MEMBER_IDS = ["n1", "n2", "n3", "n4", "n5", "n6", "a.b_c-1"]
+ADDRESSES = ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000", "[::1]:7001", "node-3.internal:65535", "h:1"]
 BAD_MEMBER_IDS = ["", "-n", ".n", "n 1", "n" * 65, "nö"]
 BAD_ADDRESSES = [
     "",
@@ -404,7 +404,7 @@ class StateMachineVsModel(RuleBasedStateMachine):
     def _member_command(self, data: st.DataObject, rid: str) -> command_pb2.Command:
         ids = MEMBER_IDS + sorted(self.model.members) + self.model.removed
         member_id = data.draw(st.sampled_from(ids), label="member id")
-        if data.draw(st.booleans(), label="remove"):
+        if data.draw(st.integers(0, 3), label="remove if 0") == 0:
             return command_pb2.Command(request_id=rid, member_remove=command_pb2.MemberRemove(id=member_id))
         record = command_pb2.MemberRecord(
             id=member_id,
@@ -555,9 +555,15 @@ class StateMachineVsModel(RuleBasedStateMachine):
         corrupt = [
             b"\xff",
             b"\x08",  # truncated inside a varint
-            command_pb2.StateSnapshot(format_version=2).SerializeToString(),
+            command_pb2.StateSnapshot(format_version=2, end_marker=SNAPSHOT_END_MARKER).SerializeToString(),
             b"",  # format_version 0
-            command_pb2.StateSnapshot(format_version=1, kvs=[kv_pb2.KeyValue(key="")]).SerializeToString(),
+            command_pb2.StateSnapshot(
+                format_version=1, kvs=[kv_pb2.KeyValue(key="")], end_marker=SNAPSHOT_END_MARKER
+            ).SerializeToString(),
+            command_pb2.StateSnapshot(
+                format_version=1, revision=limits.MAX_REVISION, end_marker=SNAPSHOT_END_MARKER
+            ).SerializeToString(),
+            self.primary.snapshot()[:-6],  # cut short: the end marker is missing
         ]
         snapshot = data.draw(st.sampled_from(sorted(self.model.backups) + corrupt), label="backup")
         before = self.primary.revision

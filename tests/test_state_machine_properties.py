@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from controlplane.state import limits
 from controlplane.state.machine import (
+    SNAPSHOT_END_MARKER,
     SNAPSHOT_FORMAT_VERSION,
     SnapshotError,
     StateMachine,
@@ -35,6 +36,16 @@ def put(key: str, value: bytes = b"v", request_id: str = "") -> command_pb2.Comm
 def upsert(member_id: str, raft: str = "10.0.0.1:7000", client: str = "10.0.0.1:7001") -> command_pb2.Command:
     record = command_pb2.MemberRecord(id=member_id, raft_address=raft, client_address=client)
     return command_pb2.Command(member_upsert=command_pb2.MemberUpsert(member=record))
+
+
+def backup(revision: int, *kvs: kv_pb2.KeyValue, **fields: object) -> bytes:
+    """A well-formed backup (StateSnapshot) holding ``kvs``; ``fields`` override any field."""
+    snapshot = command_pb2.StateSnapshot(
+        format_version=SNAPSHOT_FORMAT_VERSION, revision=revision, kvs=kvs, end_marker=SNAPSHOT_END_MARKER
+    )
+    for name, value in fields.items():
+        setattr(snapshot, name, value)
+    return snapshot.SerializeToString(deterministic=True)
 
 
 def restore_state(snapshot: bytes, request_id: str = "") -> command_pb2.Command:
@@ -61,11 +72,11 @@ ADDRESSES = st.one_of(st.sampled_from(["10.0.0.1:1", "10.0.0.2:1", "[::1]:2", "h
 
 @st.composite
 def snapshots(draw: st.DrawFn) -> bytes:
-    """Backups: mostly well-formed, with any revision a uint64 can hold below the limit."""
+    """Backups: mostly well-formed, with any revision a uint64 can hold."""
     snapshot = command_pb2.StateSnapshot(
         format_version=draw(st.sampled_from([SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION, 0, 2, 2**32 - 1])),
-        # UINT64_MAX itself is the subject of test_restore_state_at_the_revision_limit_is_refused_not_raised.
-        revision=draw(st.integers(0, UINT64_MAX - 1)),
+        revision=draw(st.one_of(st.integers(0, 100), st.integers(0, UINT64_MAX))),
+        end_marker=draw(st.sampled_from([SNAPSHOT_END_MARKER, SNAPSHOT_END_MARKER, 0, SNAPSHOT_END_MARKER ^ 1])),
         time_unix_ms=draw(INT64),
         kvs=[
             kv_pb2.KeyValue(key=key, value=value, create_revision=rev, mod_revision=rev, version=1)
@@ -321,7 +332,11 @@ CORRUPT_SNAPSHOTS = {
     "not protobuf": b"\xff\xff\xff",
     "truncated varint": b"\x08",
     "empty (format 0)": b"",
-    "unknown format": command_pb2.StateSnapshot(format_version=SNAPSHOT_FORMAT_VERSION + 1).SerializeToString(),
+    "unknown format": backup(1, format_version=SNAPSHOT_FORMAT_VERSION + 1),
+    "no end marker": backup(1, kv_pb2.KeyValue(key="a"), end_marker=0),
+    "wrong end marker": backup(1, kv_pb2.KeyValue(key="a"), end_marker=SNAPSHOT_END_MARKER ^ 1),
+    "revision at the limit": backup(limits.MAX_REVISION),
+    "revision at uint64 max": backup(UINT64_MAX),
     "wrong wire type": b"\x0a\x01x",
 }
 
@@ -343,13 +358,13 @@ def test_restore_state_refuses_a_corrupt_or_unknown_snapshot(snapshot: bytes) ->
 
 @pytest.mark.parametrize("key", ["", "k" * (limits.MAX_KEY_BYTES + 1)])
 def test_restore_state_refuses_a_backup_holding_an_invalid_key(key: str) -> None:
-    backup = command_pb2.StateSnapshot(
-        format_version=SNAPSHOT_FORMAT_VERSION, revision=3, kvs=[kv_pb2.KeyValue(key="ok"), kv_pb2.KeyValue(key=key)]
-    )
+    data = backup(3, kv_pb2.KeyValue(key="ok"), kv_pb2.KeyValue(key=key))
+    parse_snapshot(data)  # well-formed: refused for its content
     machine = machine_with(put("a"))
     before = machine.snapshot()
-    (result,) = apply(machine, machine.time_unix_ms, restore_state(backup.SerializeToString()))
-    assert result.error.code == INVALID and machine.snapshot() == before
+    (result,) = apply(machine, machine.time_unix_ms, restore_state(data))
+    assert result.error.code == INVALID and "bad key" in result.error.message
+    assert machine.snapshot() == before
 
 
 def test_limits_at_the_boundary_are_accepted() -> None:
@@ -366,7 +381,7 @@ def test_limits_at_the_boundary_are_accepted() -> None:
     assert machine.revision == 4
 
 
-# ------------------------------------------------------------------- bugs found by these tests
+# ------------------------------------------------------------------- regressions (bugs these tests found)
 
 
 @pytest.mark.parametrize(
@@ -385,29 +400,54 @@ def test_member_upsert_refuses_input_that_only_looks_valid(member_id: str, raft:
     assert machine.revision == 0 and machine.members == {}
 
 
-def test_restore_state_at_the_revision_limit_is_refused_not_raised() -> None:
-    """A backup whose revision is the largest uint64 must not wedge the log.
-
-    The new revision (backup + 1) does not fit the uint64 result field, so building the result
-    raises; the INTERNAL error built in the handler's except clause raises again, out of
-    apply_entry. Every replica would then fail the same entry forever.
-    """
+@pytest.mark.parametrize("revision", [limits.MAX_REVISION, UINT64_MAX])
+def test_restore_state_beyond_the_revision_limit_is_refused_not_raised(revision: int) -> None:
+    """A backup at the largest uint64 revision used to raise out of apply_entry (backup + 1 does
+    not fit the result's uint64 field, and neither did the INTERNAL error built for it): every
+    replica would have failed that entry forever."""
     machine = machine_with(put("a", b"1"))
     before = machine.snapshot()
-    backup = command_pb2.StateSnapshot(
-        format_version=SNAPSHOT_FORMAT_VERSION, revision=UINT64_MAX, kvs=[kv_pb2.KeyValue(key="b", value=b"2")]
-    )
-    (result,) = apply(machine, machine.time_unix_ms, restore_state(backup.SerializeToString()))
+    (result,) = apply(machine, machine.time_unix_ms, restore_state(backup(revision, kv_pb2.KeyValue(key="b"))))
     assert result.error.code == INVALID and machine.snapshot() == before
     (after,) = apply(machine, machine.time_unix_ms + 1, put("c"))
     assert after.HasField("kv_put")
 
 
+def test_restore_state_just_below_the_revision_limit_works() -> None:
+    machine = machine_with(put("a", b"1"))
+    (result,) = apply(
+        machine,
+        5_000,
+        restore_state(
+            backup(limits.MAX_REVISION - 1, kv_pb2.KeyValue(key="b", create_revision=1, mod_revision=1, version=1))
+        ),
+    )
+    assert result.revision == machine.revision == limits.MAX_REVISION
+    (after,) = apply(machine, 5_001, put("c"))
+    assert after.revision == limits.MAX_REVISION + 1 and machine.get("c") is not None
+
+
+def test_a_bug_in_a_handler_becomes_an_internal_error_result() -> None:
+    """What the except clause in apply_command is for: a handler that raises must not raise out
+    of apply_entry, nor stop the entry's other commands."""
+    machine = machine_with(put("a"))
+
+    def broken(command: command_pb2.Command) -> command_pb2.CommandResult:
+        raise RuntimeError("boom")
+
+    machine._handlers["barrier"] = broken
+    barrier = command_pb2.Command(request_id="b1", barrier=command_pb2.Barrier())
+    failed, written = apply(machine, 5_000, barrier, put("b"))
+    assert failed.error.code == common_pb2.ERROR_CODE_INTERNAL and "boom" in failed.error.message
+    assert written.HasField("kv_put") and machine.get("b") is not None
+    assert apply(machine, 5_001, barrier) == [failed]  # recorded like any result
+
+
 def test_truncated_snapshot_is_refused() -> None:
     """A backup cut short at a field boundary (a partial download, a full disk) must not restore.
 
-    Protobuf cannot tell such a prefix from a smaller valid message, so today it parses as a
-    backup with fewer (or no) keys, and RestoreState silently replaces the user's data with it.
+    Protobuf cannot tell such a prefix from a smaller valid message: before the end marker it
+    parsed as a backup with fewer (or no) keys, and RestoreState silently replaced the user's data.
     """
     source = machine_with(put("a", b"1"), put("b", b"2"), put("c", b"3"))
     snapshot = source.snapshot()
@@ -419,3 +459,26 @@ def test_truncated_snapshot_is_refused() -> None:
             continue
         accepted.append(length)
     assert accepted == [], f"prefixes of a {len(snapshot)}-byte snapshot parsed as snapshots: {accepted}"
+    machine = machine_with(put("mine"))
+    (result,) = apply(machine, 5_000, restore_state(snapshot[: len(snapshot) // 2]))
+    assert result.error.code == INVALID and machine.get("mine") is not None
+
+
+@pytest.mark.parametrize(
+    "kv",
+    [
+        kv_pb2.KeyValue(key="k", create_revision=0, mod_revision=1, version=1),
+        kv_pb2.KeyValue(key="k", create_revision=3, mod_revision=2, version=1),
+        kv_pb2.KeyValue(key="k", create_revision=1, mod_revision=11, version=1),
+        kv_pb2.KeyValue(key="k", create_revision=1, mod_revision=1, version=0),
+    ],
+    ids=["create-zero", "create-after-mod", "mod-after-snapshot", "version-zero"],
+)
+def test_restore_state_refuses_keys_with_impossible_revisions(kv: kv_pb2.KeyValue) -> None:
+    """A key's revisions must fit its snapshot: 1 <= create <= mod <= snapshot revision, version >= 1.
+    Otherwise compare-and-swap tokens and watch positions after the restore would be meaningless."""
+    machine = machine_with(put("a", b"1"))
+    before = machine.snapshot()
+    (result,) = apply(machine, 5_000, restore_state(backup(10, kv)))
+    assert result.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "impossible" in result.error.message
+    assert machine.snapshot() == before

@@ -362,6 +362,11 @@ class StateMachine:
             return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, str(exc), self.revision)
         for kv in snapshot.kvs:
             problem = limits.check_key(kv.key) or limits.check_value(kv.value)
+            if not problem and not (1 <= kv.create_revision <= kv.mod_revision <= snapshot.revision and kv.version):
+                problem = (
+                    f"key {kv.key!r} has revisions create={kv.create_revision} mod={kv.mod_revision} "
+                    f"version={kv.version}, impossible in a snapshot at revision {snapshot.revision}"
+                )
             if problem:
                 return _error(
                     common_pb2.ERROR_CODE_INVALID_ARGUMENT,
