@@ -84,11 +84,16 @@ async def serve(config: ServerConfig) -> None:
         ),
         server,
     )
-    server.add_insecure_port(config.client_address)
-    await server.start()
-    if config.metrics_address:
-        host, port = _split(config.metrics_address)
-        start_http_server(port, addr=host)
+    try:
+        # check_bindable ran earlier, but another process can take a port in between.
+        server.add_insecure_port(config.client_address)
+        await server.start()
+        if config.metrics_address:
+            host, port = _split(config.metrics_address)
+            start_http_server(port, addr=host)
+    except (OSError, RuntimeError) as exc:
+        await node.stop()
+        raise ConfigError(f"cannot listen on the client or metrics address: {exc}") from None
     log.info(
         "server_started",
         client_address=config.client_address,
@@ -122,12 +127,15 @@ def _log_context(node: Node) -> dict[str, object]:
 
 
 async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer) -> None:
-    """SERVING while this server knows a leader and has caught up once; metrics on the same beat."""
+    """SERVING while this server knows a leader, reaches a majority and has caught up once; metrics on
+    the same beat."""
     last = None
     while True:
         with contextlib.suppress(Exception):  # a status read must never kill the loop
             status = node.raft.status()
-            serving = bool(status.leader_address) and node.raft.is_ready()
+            # A server cut off from the majority (or removed from the cluster) still names its last
+            # leader; it must not look healthy to a load balancer.
+            serving = bool(status.leader_address) and status.has_quorum and node.raft.is_ready()
             metrics.RAFT_TERM.set(status.term)
             metrics.RAFT_COMMIT_INDEX.set(status.commit_index)
             metrics.RAFT_APPLIED_INDEX.set(status.applied_index)
