@@ -27,6 +27,13 @@ def _member_json(member: Member) -> dict[str, object]:
     return out
 
 
+def _emit_members(members: tuple[Member, ...] | list[Member], output: Output) -> None:
+    if output is Output.json:
+        emit_json([_member_json(member) for member in members])
+    else:
+        _print_members(members)
+
+
 def _print_members(members: tuple[Member, ...] | list[Member]) -> None:
     typer.echo(f"{'ID':<8} {'ROLE':<10} {'HEALTHY':<8} {'CLIENT':<22} RAFT")
     for member in members:
@@ -65,10 +72,7 @@ def members_list(
     """List the Raft members."""
     with connect(endpoints, timeout) as client:
         current = client.status()
-    if output is Output.json:
-        emit_json([_member_json(member) for member in current.members])
-    else:
-        _print_members(current.members)
+    _emit_members(current.members, output)
 
 
 @members_app.command("add")
@@ -83,10 +87,7 @@ def members_add(
     """Admit a running server (started with the current members as --peer) as a voter."""
     with connect(endpoints, timeout) as client:
         members = client.add_member(member_id, raft_address, client_address)
-    if output is Output.json:
-        emit_json([_member_json(member) for member in members])
-    else:
-        _print_members(list(members))
+    _emit_members(members, output)
 
 
 @members_app.command("remove")
@@ -99,10 +100,7 @@ def members_remove(
     """Remove a server from the voters (then stop it; it may not rejoin under the same id)."""
     with connect(endpoints, timeout) as client:
         members = client.remove_member(member_id)
-    if output is Output.json:
-        emit_json([_member_json(member) for member in members])
-    else:
-        _print_members(list(members))
+    _emit_members(members, output)
 
 
 @cluster_app.command("transfer-leader")

@@ -1,0 +1,88 @@
+"""`cpctl` as a user runs it: real subprocesses against a real cluster, exit codes and JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.dev import LocalCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+
+def cpctl(cluster: LocalCluster, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def cpctl_json(cluster: LocalCluster, *args: str) -> Any:
+    done = cpctl(cluster, *args, "--output", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_kv_round_trip_and_exit_codes(cluster: LocalCluster) -> None:
+    put = cpctl_json(cluster, "kv", "put", "cli/greeting", "hello")
+    got = cpctl_json(cluster, "kv", "get", "cli/greeting")
+    assert got["found"] and got["kv"]["value"] == "hello" and got["kv"]["mod_revision"] == put["revision"]
+    assert cpctl(cluster, "kv", "get", "cli/greeting").stdout == "hello\n"
+
+    missing = cpctl(cluster, "kv", "get", "cli/missing")
+    assert missing.returncode == 1 and "not found" in missing.stderr
+
+    lost = cpctl(cluster, "kv", "cas", "cli/greeting", "bye", "--expected-revision", str(put["revision"] - 1))
+    assert lost.returncode == 1 and "not swapped" in lost.stderr
+    won = cpctl_json(cluster, "kv", "cas", "cli/greeting", "bye", "--expected-revision", str(put["revision"]))
+    assert won["succeeded"]
+
+    listed = cpctl_json(cluster, "kv", "list", "cli/")
+    assert [kv["key"] for kv in listed["kvs"]] == ["cli/greeting"] and listed["kvs"][0]["value"] == "bye"
+
+    bad = cpctl(cluster, "kv", "put", "", "x")
+    assert bad.returncode == 2 and "key must not be empty" in bad.stderr and "Traceback" not in bad.stderr
+
+    deleted = cpctl_json(cluster, "kv", "delete", "cli/greeting")
+    assert deleted["deleted"]
+
+
+def test_watch_prints_changes_as_json_lines(cluster: LocalCluster) -> None:
+    first = cpctl_json(cluster, "kv", "put", "cli-watch/a", "1")
+    cpctl_json(cluster, "kv", "put", "cli-watch/b", "2")
+    done = cpctl(cluster, "kv", "watch", "cli-watch/", "--from-revision", str(first["revision"]), "--count", "2",
+                 "--output", "json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(line["key"], line["type"], line["kv"]["value"]) for line in lines] == [
+        ("cli-watch/a", "PUT", "1"),
+        ("cli-watch/b", "PUT", "2"),
+    ]
+
+
+def test_cluster_status_members_and_snapshot(make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
+    # Its own cluster: a restore resets the watch history, which other tests on the shared one use.
+    cluster = make_cluster()
+    current = cpctl_json(cluster, "cluster", "status")
+    assert current["leader_id"] in cluster.nodes and current["has_quorum"]
+    members = cpctl_json(cluster, "cluster", "members", "list")
+    assert sorted(member["id"] for member in members) == sorted(cluster.nodes)
+    assert all(member["healthy"] for member in members)
+
+    cpctl_json(cluster, "kv", "put", "cli-backup/k", "before")
+    backup = tmp_path / "backup.snap"
+    saved = cpctl_json(cluster, "cluster", "snapshot", "save", str(backup))
+    assert backup.stat().st_size == saved["size"]
+    cpctl_json(cluster, "kv", "put", "cli-backup/k", "after")
+    restored = cpctl_json(cluster, "cluster", "snapshot", "restore", str(backup))
+    assert restored["revision"] > saved["revision"]
+    assert cpctl_json(cluster, "kv", "get", "cli-backup/k")["kv"]["value"] == "before"
