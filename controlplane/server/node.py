@@ -387,8 +387,19 @@ class Node:
             raise error_from_status(exc.code(), exc.details() or "", trailing) from None
         return response
 
-    async def _raft_call(self, start: Callable[[Callable[[int], None]], None], what: str, timeout: float) -> None:
-        """Run a pysyncobj admin call and wait for its callback."""
+    async def _raft_call(
+        self,
+        start: Callable[[Callable[[int], None]], None],
+        what: str,
+        timeout: float,
+        membership: bool = False,
+    ) -> None:
+        """Run a pysyncobj admin call and wait for its callback.
+
+        For membership changes every refusal is transient (a new leader's first entry not yet
+        committed, the previous change still committing, leadership lost mid-change): Unavailable,
+        so the SDK retries with the same request id and the idempotent steps finish the job.
+        """
         assert self._loop is not None
         loop = self._loop
         future: asyncio.Future[int] = loop.create_future()
@@ -406,6 +417,8 @@ class Node:
         except TimeoutError:
             raise Unavailable(f"{what} did not commit within {timeout:.0f} s; check `cpctl cluster status`") from None
         if reason != SUCCESS:
+            if membership:
+                raise Unavailable(f"{what} not done yet: {describe_failure(reason)}; retry")
             raise FailedPrecondition(f"{what} refused: {describe_failure(reason)}")
 
     async def add_member(
@@ -438,11 +451,15 @@ class Node:
                 )
 
             async def change() -> None:
-                await self._raft_call(
-                    lambda done: self.raft.add_node(request.raft_address, done),
-                    f"adding {request.id} ({request.raft_address})",
-                    MEMBERSHIP_TIMEOUT_S,
-                )
+                # Each step is skipped when already done, so a retry finishes what an earlier attempt
+                # started: the Raft change can commit after the leader that proposed it stepped down.
+                if request.raft_address not in self.raft.status().connected:
+                    await self._raft_call(
+                        lambda done: self.raft.add_node(request.raft_address, done),
+                        f"adding {request.id} ({request.raft_address})",
+                        MEMBERSHIP_TIMEOUT_S,
+                        membership=True,
+                    )
                 await self.write(
                     command_pb2.Command(
                         request_id=request.request_id,
@@ -493,6 +510,7 @@ class Node:
                         lambda done: self.raft.remove_node(target.raft_address, done),
                         f"removing {request.id} ({target.raft_address})",
                         MEMBERSHIP_TIMEOUT_S,
+                        membership=True,
                     )
                 with self.state_lock:
                     in_directory = request.id in self.machine.members
