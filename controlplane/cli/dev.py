@@ -11,8 +11,10 @@ from typing import Annotated
 import typer
 
 from controlplane.cli import app
-from controlplane.cli.output import EXIT_UNAVAILABLE, fail
+from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, fail
 from controlplane.dev import MANIFEST_FILE, LocalCluster
+from controlplane.server.app import check_bindable
+from controlplane.server.config import ConfigError
 
 DEFAULT_BASE_PORT = 7100
 
@@ -28,8 +30,9 @@ def dev(
 ) -> None:
     """Start SERVERS local servers on loopback and keep them running until Ctrl-C or SIGTERM.
 
-    Writes DATA_DIR/cluster.json with every process's addresses; other cpctl commands read it
-    when --endpoints is not given. Data persists across runs in DATA_DIR.
+    Writes DATA_DIR/cluster.json with every process's addresses (client commands run from the
+    same directory read ./.data/cluster.json when --endpoints is not given). Data persists across
+    runs in DATA_DIR.
     """
     manifest_path = data_dir / MANIFEST_FILE
     if manifest_path.exists():
@@ -40,7 +43,18 @@ def dev(
                 f"{len(previous['servers'])} or another --data-dir"
             )
     cluster = LocalCluster(data_dir, servers=servers, base_port=base_port)
+    for node in cluster.nodes.values():
+        for address, what in (
+            (node.client_address, "client"),
+            (node.raft_address, "raft"),
+            (node.metrics_address, "metrics"),
+        ):
+            try:
+                check_bindable(address, f"{node.id}'s {what} address")
+            except ConfigError as exc:
+                fail(f"{exc}: is another `cpctl dev` running? Stop it, or use another --base-port", code=EXIT_USAGE)
     stop = threading.Event()
+    crashed: list[str] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     cluster.start()
@@ -64,11 +78,14 @@ def dev(
             for node in cluster.nodes.values():
                 if not node.running:
                     typer.echo(f"{node.id} exited unexpectedly; see {node.log_path}", err=True)
+                    crashed.append(node.id)
                     stop.set()
     finally:
         typer.echo("stopping...")
         cluster.stop()
         typer.echo("stopped")
+    if crashed:
+        raise typer.Exit(EXIT_ERROR)
 
 
 def _demo(endpoints: str) -> None:
