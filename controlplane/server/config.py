@@ -109,6 +109,8 @@ class ServerConfig:
     history_limit: int = 10_000
     # sys.setswitchinterval for the server process (docs/operations.md, "Tuning").
     gil_switch_interval_s: float = 0.001
+    # Python's generation-0 collection threshold for the server process (docs/operations.md, "Tuning").
+    gc_gen0_threshold: int = 50_000
     raft: RaftTuning = field(default_factory=RaftTuning)
 
     def validate(self) -> None:
