@@ -227,10 +227,17 @@ class Node:
             raise error_from_result(result.error)
         return result
 
-    async def propose_forwarded(self, commands: list[command_pb2.Command]) -> list[CommandResult]:
-        """Peer.Propose: a follower's batch. Only the leader takes it; it is never forwarded again."""
+    async def propose_forwarded(self, commands: list[command_pb2.Command], from_node: str) -> list[CommandResult]:
+        """Peer.Propose: a follower's batch. Only the leader takes it; it is never forwarded again.
+
+        A server that is not (or no longer) a member is refused: a removed server that keeps
+        running still names the old leader and would keep feeding it its clients' writes.
+        Unavailable, so those clients move on to a real member.
+        """
         if not self.raft.is_leader():
             raise NoLeader(f"{self.node_id} is not the leader any more; the commands were not applied")
+        if from_node and from_node not in {member.id for member in self.members().values()}:
+            raise Unavailable(f"{from_node} is not a member of this cluster; send requests to a member")
         return await self.proposer.propose_many(commands)
 
     async def _forward_propose(
@@ -361,7 +368,10 @@ class Node:
                     role=role,
                     healthy=raft.connected[address],
                     voter=True,
-                    match_index=raft.match_index.get(address, 0),
+                    # pysyncobj tracks only the others; the leader holds its whole log.
+                    match_index=raft.match_index.get(
+                        address, raft.log_index if address == self.config.raft_address and raft.role == "leader" else 0
+                    ),
                 )
             )
         return response

@@ -58,6 +58,8 @@ class RaftStatus:
     term: int
     commit_index: int
     applied_index: int
+    # Index of the last entry in this node's log.
+    log_index: int
     log_size: int
     has_quorum: bool
     # Raft address -> connected (from this node's point of view).
@@ -215,11 +217,17 @@ class RaftNode:
             term=int(raw["raft_term"]),
             commit_index=int(raw["commit_idx"]),
             applied_index=int(raw["last_applied"]),
+            log_index=self._last_log_index(),
             log_size=int(raw["log_len"]),
             has_quorum=bool(raw["has_quorum"]),
             connected=connected,
             match_index=match_index,
         )
+
+    def _last_log_index(self) -> int:
+        # Not in getStatus(); the journal is a list whose entries are (data, index, term).
+        raft_log = self._sync._SyncObj__raftLog
+        return int(raft_log[-1][1]) if len(raft_log) else 0
 
     def add_node(self, raft_address: str, done: DoneCallback) -> None:
         self._sync.addNodeToCluster(raft_address, callback=lambda _result, reason: done(reason))

@@ -217,7 +217,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     async def Propose(
         self, request: peer_pb2.ProposeRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.ProposeResponse:
-        results = await self._node.propose_forwarded(list(request.commands))
+        results = await self._node.propose_forwarded(list(request.commands), request.from_node)
         return peer_pb2.ProposeResponse(results=results)
 
 
