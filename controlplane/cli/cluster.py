@@ -10,7 +10,7 @@ import typer
 
 from controlplane.cli import app
 from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect
-from controlplane.cli.output import Output, emit_json
+from controlplane.cli.output import Output, emit, emit_json
 from controlplane.client import ClusterStatus, Member
 
 cluster_app = typer.Typer(help="Cluster status, membership, leadership and backups.", no_args_is_help=True)
@@ -113,10 +113,7 @@ def transfer_leader(
     """Hand leadership to TARGET and wait until it leads."""
     with connect(endpoints, timeout) as client:
         leader_id, term = client.transfer_leadership(target)
-    if output is Output.json:
-        emit_json({"leader_id": leader_id, "term": term})
-    else:
-        typer.echo(f"leader is now {leader_id} (term {term})")
+    emit(output, {"leader_id": leader_id, "term": term}, f"leader is now {leader_id} (term {term})")
 
 
 @snapshot_app.command("save")
@@ -129,10 +126,11 @@ def snapshot_save(
     """Write a consistent backup of the replicated state to FILE (verified by sha256)."""
     with connect(endpoints, timeout) as client:
         info = client.snapshot(file)
-    if output is Output.json:
-        emit_json(dataclasses.asdict(info))
-    else:
-        typer.echo(f"saved revision {info.revision} ({info.size} bytes, sha256 {info.sha256}) to {file}")
+    emit(
+        output,
+        dataclasses.asdict(info),
+        f"saved revision {info.revision} ({info.size} bytes, sha256 {info.sha256}) to {file}",
+    )
 
 
 @snapshot_app.command("restore")
@@ -145,7 +143,4 @@ def snapshot_restore(
     """Replace the cluster's data with the backup in FILE, atomically, through the Raft log."""
     with connect(endpoints, timeout) as client:
         revision = client.restore(file)
-    if output is Output.json:
-        emit_json({"revision": revision})
-    else:
-        typer.echo(f"restored; the state is at revision {revision}")
+    emit(output, {"revision": revision}, f"restored; the state is at revision {revision}")

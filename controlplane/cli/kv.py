@@ -11,7 +11,7 @@ import typer
 
 from controlplane.cli import app
 from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, kv_to_json, printable
-from controlplane.cli.output import EXIT_ERROR, Output, emit_json, fail
+from controlplane.cli.output import EXIT_ERROR, Output, emit, emit_json, fail
 from controlplane.client import Consistency
 
 kv_app = typer.Typer(help="Read and write the replicated key-value namespace.", no_args_is_help=True)
@@ -40,10 +40,7 @@ def put(
     data = _value(value, file)
     with connect(endpoints, timeout) as client:
         result = client.put(key, data)
-    if output is Output.json:
-        emit_json({"revision": result.revision, "kv": kv_to_json(result.kv)})
-    else:
-        typer.echo(f"OK revision {result.revision}")
+    emit(output, {"revision": result.revision, "kv": kv_to_json(result.kv)}, f"OK revision {result.revision}")
 
 
 @kv_app.command()
@@ -79,10 +76,11 @@ def delete(
     """Delete KEY (succeeds when it does not exist)."""
     with connect(endpoints, timeout) as client:
         result = client.delete(key)
-    if output is Output.json:
-        emit_json({"revision": result.revision, "deleted": result.deleted})
-    else:
-        typer.echo(f"{'deleted' if result.deleted else 'no such key'} (revision {result.revision})")
+    emit(
+        output,
+        {"revision": result.revision, "deleted": result.deleted},
+        f"{'deleted' if result.deleted else 'no such key'} (revision {result.revision})",
+    )
 
 
 @kv_app.command("list")

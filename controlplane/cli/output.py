@@ -31,3 +31,11 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 def emit_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def emit(output: Output, value: Any, text: str) -> None:
+    """One answer in the form the caller asked for: ``value`` as JSON, or ``text`` for a person."""
+    if output is Output.json:
+        emit_json(value)
+    else:
+        typer.echo(text)
