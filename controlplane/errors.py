@@ -50,7 +50,9 @@ __all__ = [
     "Unavailable",
     "UnknownOutcome",
     "error_from_result",
+    "error_from_rpc",
     "error_from_status",
+    "rpc_metadata",
 ]
 
 # Trailing-metadata keys that carry an error's structured fields across the wire.
@@ -208,3 +210,16 @@ def error_from_status(code: grpc.StatusCode, details: str, metadata: dict[str, s
     if code == grpc.StatusCode.UNAVAILABLE:
         return _UNAVAILABLE_KINDS.get(kind, Unavailable)(details)
     return _BY_STATUS.get(code, Internal)(details or code.name)
+
+
+def rpc_metadata(error: grpc.RpcError) -> dict[str, str]:
+    """The trailing metadata of a failed call, as text."""
+    metadata: dict[str, str] = {}
+    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+        metadata[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return metadata
+
+
+def error_from_rpc(error: grpc.RpcError) -> ControlPlaneError:
+    """The typed exception for a failed gRPC call: its status, details and trailing metadata."""
+    return error_from_status(error.code(), error.details() or "", rpc_metadata(error))  # type: ignore[attr-defined]

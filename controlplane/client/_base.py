@@ -41,7 +41,6 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-import grpc
 from google.protobuf.message import Message
 
 from controlplane import errors
@@ -284,12 +283,8 @@ class Attempts:
         return expired
 
 
-def error_from_rpc(error: grpc.RpcError) -> errors.ControlPlaneError:
-    """The typed exception for a failed gRPC call (via the one mapping in ``controlplane.errors``)."""
-    metadata: dict[str, str] = {}
-    for key, value in error.trailing_metadata() or ():
-        metadata[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    return errors.error_from_status(error.code(), error.details() or "", metadata)
+# The one RpcError -> typed exception conversion, shared with the servers.
+error_from_rpc = errors.error_from_rpc
 
 
 # --- the RPCs ------------------------------------------------------------------------------------

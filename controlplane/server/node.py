@@ -38,7 +38,7 @@ from controlplane.errors import (
     Unavailable,
     UnknownOutcome,
     error_from_result,
-    error_from_status,
+    error_from_rpc,
 )
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.server import metrics
@@ -291,9 +291,7 @@ class Node:
         await self.wait_for_revision(minimum, timeout)
 
     def get(self, key: str) -> tuple[kv_pb2.KeyValue | None, int]:
-        problem = limits.check_key(key)
-        if problem:
-            raise InvalidArgument(problem)
+        """The key (validated by the servicer, before any read barrier) and the revision read at."""
         with self.state_lock:
             return self.machine.get(key), self.machine.revision
 
@@ -393,8 +391,7 @@ class Node:
         try:
             response: Response = await call(request, timeout=timeout or MEMBERSHIP_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            trailing = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
-            raise error_from_status(exc.code(), exc.details() or "", trailing) from None
+            raise error_from_rpc(exc) from None
         return response
 
     async def _raft_call(

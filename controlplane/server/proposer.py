@@ -32,7 +32,8 @@ from controlplane.errors import (
     NoLeader,
     Unavailable,
     UnknownOutcome,
-    error_from_status,
+    error_from_rpc,
+    rpc_metadata,
 )
 from controlplane.server import metrics
 from controlplane.server.raft import SUCCESS, RaftNode, describe_failure
@@ -231,11 +232,10 @@ class Proposer:
             # connection must not hold this batch slot (and the writes queued behind it) for long.
             results = await self._forward(leader, commands, min(self._commit_timeout_s, FORWARD_TIMEOUT_S))
         except grpc.aio.AioRpcError as exc:
-            trailing = {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
             error: ControlPlaneError
-            if ERROR_KIND_KEY in trailing and trailing[ERROR_KIND_KEY] != "UnknownOutcome":
+            if rpc_metadata(exc).get(ERROR_KIND_KEY, "UnknownOutcome") != "UnknownOutcome":
                 # The leader answered with a decision of its own (e.g. NoLeader): nothing was applied.
-                error = error_from_status(exc.code(), exc.details() or "", trailing)
+                error = error_from_rpc(exc)
             else:
                 # The call broke in transit or timed out: the leader may have appended the batch.
                 error = UnknownOutcome(

@@ -53,7 +53,7 @@ def test_state_survives_restart_after_log_compaction(make_cluster: Callable[...,
         events = client.watch("compacted/", from_revision=revision - 5)
         seen = [next(events).revision for _ in range(5)]
         events.close()
-    assert seen == list(range(revision - 4, revision + 1)) or seen == list(range(revision - 5, revision))
+    assert seen == list(range(revision - 5, revision))
 
 
 def test_lagging_follower_catches_up_from_a_transmitted_dump(make_cluster: Callable[..., LocalCluster]) -> None:
@@ -62,7 +62,8 @@ def test_lagging_follower_catches_up_from_a_transmitted_dump(make_cluster: Calla
     lagging = followers(cluster, leader)[0]
     with Client(cluster.client_addresses) as client:
         _write(client, "before", 50)
-        stopped_at = wait_converged(cluster) and status(lagging).applied_index
+        wait_converged(cluster)
+        stopped_at = status(lagging).applied_index
         cluster.kill(lagging.id, signal.SIGTERM)
         # Far more entries than the compaction threshold: the leader's log no longer reaches back
         # to where the stopped follower left off, so only a dump can bring it up to date.
