@@ -67,3 +67,57 @@ def check_address(address: str, what: str) -> str | None:
     if not match or not 1 <= int(match.group(2)) <= 65535:
         return f"{what} {address!r} is not a HOST:PORT address with a port in 1-65535"
     return None
+
+
+# ------------------------------------------------------------------ ports, services, leases
+
+MAX_NAME_CHARS = 128
+MAX_HOST_CHARS = 253
+MAX_DECLARED_PORTS = 64
+MAX_RESERVE_SPAN = 4096
+MAX_REASON_CHARS = 512
+MAX_OBSERVED_PORTS = 65535
+MIN_LEASE_TTL_MS = 1000
+MAX_LEASE_TTL_MS = 24 * 3600 * 1000
+
+# A host is a DNS name or an IP address (IPv6 without brackets).
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_port(port: int, what: str = "port") -> str | None:
+    if not 1 <= port <= 65535:
+        return f"{what} {port} is outside 1-65535"
+    return None
+
+
+def check_host(host: str) -> str | None:
+    if not host:
+        return "host must not be empty"
+    if len(host) > MAX_HOST_CHARS or not _HOST.fullmatch(host):
+        return f"host {host!r} is not a DNS name or IP address (letters, digits, '.', '-', '_', ':')"
+    return None
+
+
+def check_name(name: str, what: str) -> str | None:
+    """Service, port, range and label-like names: what a person would type on a command line."""
+    if not name:
+        return f"{what} must not be empty"
+    if len(name) > MAX_NAME_CHARS or not _NAME.fullmatch(name):
+        return (
+            f"{what} {name!r} is not valid: use up to {MAX_NAME_CHARS} letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return None
+
+
+def check_text(text: str, what: str, limit: int = MAX_REASON_CHARS) -> str | None:
+    if len(text) > limit:
+        return f"{what} is {len(text)} characters; the limit is {limit}"
+    return None
+
+
+def check_lease_ttl(ttl_ms: int) -> str | None:
+    if not MIN_LEASE_TTL_MS <= ttl_ms <= MAX_LEASE_TTL_MS:
+        return f"lease TTL {ttl_ms} ms is outside {MIN_LEASE_TTL_MS} ms to {MAX_LEASE_TTL_MS} ms (1 s to 1 day)"
+    return None

@@ -25,7 +25,9 @@ from google.protobuf.message import DecodeError
 from sortedcontainers import SortedDict
 
 from controlplane.state import limits
-from controlplane.v1 import command_pb2, common_pb2, kv_pb2, watch_pb2
+from controlplane.state.leases import LeaseTable
+from controlplane.state.ports import PORT_MAP_FORMAT, PortTable, Refused
+from controlplane.v1 import command_pb2, common_pb2, kv_pb2, ports_pb2, watch_pb2
 
 SNAPSHOT_FORMAT_VERSION = 1
 # Written last (highest field number): protobuf parses a cut-short message without complaint, so a
@@ -57,6 +59,8 @@ class _Change(NamedTuple):
     kv: kv_pb2.KeyValue | None
     prev_kv: kv_pb2.KeyValue | None
     time_unix_ms: int
+    # The typed change of a domain with one (Event.detail); never mutated after recording.
+    port: ports_pb2.PortEvent | None = None
 
     def to_event(self) -> watch_pb2.Event:
         event = watch_pb2.Event(
@@ -66,6 +70,8 @@ class _Change(NamedTuple):
             event.kv.CopyFrom(self.kv)
         if self.prev_kv is not None:
             event.prev_kv.CopyFrom(self.prev_kv)
+        if self.port is not None:
+            event.port.CopyFrom(self.port)
         return event
 
     @classmethod
@@ -78,6 +84,7 @@ class _Change(NamedTuple):
             event.kv if event.HasField("kv") else None,
             event.prev_kv if event.HasField("prev_kv") else None,
             event.time_unix_ms,
+            event.port if event.HasField("port") else None,
         )
 
 
@@ -106,6 +113,8 @@ class StateMachine:
         self.history_limit = history_limit
         self.dedupe_limit = dedupe_limit
         self.dedupe_ttl_ms = dedupe_ttl_ms
+        self.ports = PortTable(self, lease_exists=lambda lease_id: self.leases.exists(lease_id))
+        self.leases = LeaseTable(self, release=self.ports.release_lease)
         self._reset()
         self._handlers: dict[str, Callable[[command_pb2.Command], CommandResult]] = {
             "kv_put": self._kv_put,
@@ -115,6 +124,8 @@ class StateMachine:
             "member_upsert": self._member_upsert,
             "member_remove": self._member_remove,
             "restore_state": self._restore_state,
+            **self.ports.handlers(),
+            **self.leases.handlers(),
         }
 
     def _reset(self) -> None:
@@ -129,6 +140,8 @@ class StateMachine:
         self._dedupe: OrderedDict[str, tuple[int, CommandResult]] = OrderedDict()
         self.members: dict[str, command_pb2.MemberRecord] = {}
         self.removed_members: dict[str, None] = {}
+        self.ports.reset()
+        self.leases.reset()
         # Bumped on every directory change; derived, not snapshotted (readers cache by it).
         self.members_version = getattr(self, "members_version", 0) + 1
 
@@ -186,6 +199,12 @@ class StateMachine:
                 break
             del self._dedupe[first_id]
 
+    def record_detail(
+        self, domain: str, key: str, event_type: watch_pb2.EventType, detail: ports_pb2.PortEvent | None
+    ) -> int:
+        """For the domain tables: record a change described by a typed event rather than a KeyValue."""
+        return self._record(domain, key, event_type, None, None, detail)
+
     def _record(
         self,
         domain: str,
@@ -193,10 +212,11 @@ class StateMachine:
         event_type: watch_pb2.EventType,
         kv: kv_pb2.KeyValue | None,
         prev_kv: kv_pb2.KeyValue | None,
+        port: ports_pb2.PortEvent | None = None,
     ) -> int:
         """Bump the revision and append the one event that describes the change."""
         self.revision += 1
-        event = _Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms)
+        event = _Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms, port)
         self._history.append(event)
         self._history_revisions.append(self.revision)
         self._trim_history()
@@ -379,8 +399,30 @@ class StateMachine:
                 f"backup revision {snapshot.revision} is beyond the supported maximum {limits.MAX_REVISION}",
                 self.revision,
             )
+        if snapshot.HasField("ports"):
+            state = snapshot.ports
+            try:
+                self.ports.validate_map(
+                    ports_pb2.PortMap(
+                        format=PORT_MAP_FORMAT,
+                        ranges=state.ranges,
+                        reservations=state.reservations,
+                        assignments=state.assignments,
+                        services=state.services,
+                        history=state.history,
+                        observations=state.observations,
+                    )
+                )
+            except Refused as refused:
+                return _error(refused.code, f"backup holds a bad port map: {refused.message}", self.revision)
         self.revision = max(self.revision, snapshot.revision) + 1
         self._kvs = SortedDict((kv.key, kv) for kv in snapshot.kvs)
+        if snapshot.HasField("ports"):
+            self.ports.load(snapshot.ports)
+        else:
+            self.ports.reset()
+        # Every restored lease gets a full TTL from now: its holder needs time to find the new state.
+        self.leases.load(list(snapshot.leases), snapshot.next_lease_id, renewed_unix_ms=self.time_unix_ms)
         self._history, self._history_revisions, self._history_start = [], [], 0
         self.compacted_revision = self.revision
         return CommandResult(revision=self.revision, restore=command_pb2.RestoreResult(keys=len(self._kvs)))
@@ -443,6 +485,9 @@ class StateMachine:
             for rid, (stamped, result) in self._dedupe.items()
         )
         snap.members.extend(self.members.values())
+        snap.ports.CopyFrom(self.ports.to_state())
+        snap.leases.extend(self.leases.leases.values())
+        snap.next_lease_id = self.leases.next_id
         return snap.SerializeToString(deterministic=True)
 
     def restore(self, data: bytes) -> None:
@@ -458,6 +503,9 @@ class StateMachine:
         self._dedupe = OrderedDict((entry.request_id, (entry.time_unix_ms, entry.result)) for entry in snap.dedupe)
         self.members = {member.id: member for member in snap.members}
         self.removed_members = dict.fromkeys(snap.removed_members)
+        if snap.HasField("ports"):
+            self.ports.load(snap.ports)
+        self.leases.load(list(snap.leases), snap.next_lease_id)
 
 
 def parse_snapshot(data: bytes) -> command_pb2.StateSnapshot:

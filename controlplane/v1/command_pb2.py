@@ -24,52 +24,54 @@ _sym_db = _symbol_database.Default()
 
 from controlplane.v1 import common_pb2 as controlplane_dot_v1_dot_common__pb2
 from controlplane.v1 import kv_pb2 as controlplane_dot_v1_dot_kv__pb2
+from controlplane.v1 import leases_pb2 as controlplane_dot_v1_dot_leases__pb2
+from controlplane.v1 import ports_pb2 as controlplane_dot_v1_dot_ports__pb2
 from controlplane.v1 import watch_pb2 as controlplane_dot_v1_dot_watch__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/command.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/common.proto\x1a\x18\x63ontrolplane/v1/kv.proto\x1a\x1b\x63ontrolplane/v1/watch.proto\"c\n\x0c\x43ommandBatch\x12\x14\n\x0ctime_unix_ms\x18\x01 \x01(\x03\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12*\n\x08\x63ommands\x18\x03 \x03(\x0b\x32\x18.controlplane.v1.Command\"\x96\x03\n\x07\x43ommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x06kv_put\x18\n \x01(\x0b\x32\x16.controlplane.v1.KvPutH\x00\x12.\n\tkv_delete\x18\x0b \x01(\x0b\x32\x19.controlplane.v1.KvDeleteH\x00\x12@\n\x13kv_compare_and_swap\x18\x0c \x01(\x0b\x32!.controlplane.v1.KvCompareAndSwapH\x00\x12+\n\x07\x62\x61rrier\x18\r \x01(\x0b\x32\x18.controlplane.v1.BarrierH\x00\x12\x36\n\rmember_upsert\x18\x0e \x01(\x0b\x32\x1d.controlplane.v1.MemberUpsertH\x00\x12\x36\n\rmember_remove\x18\x0f \x01(\x0b\x32\x1d.controlplane.v1.MemberRemoveH\x00\x12\x36\n\rrestore_state\x18\x10 \x01(\x0b\x32\x1d.controlplane.v1.RestoreStateH\x00\x42\x06\n\x04\x62ody\"4\n\x05KvPut\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07prev_kv\x18\x03 \x01(\x08\"\x17\n\x08KvDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\"]\n\x10KvCompareAndSwap\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x15\x65xpected_mod_revision\x18\x02 \x01(\x04\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x0e\n\x06\x64\x65lete\x18\x04 \x01(\x08\"\t\n\x07\x42\x61rrier\"=\n\x0cMemberUpsert\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.controlplane.v1.MemberRecord\"\x1a\n\x0cMemberRemove\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x0cRestoreState\x12\x10\n\x08snapshot\x18\x01 \x01(\x0c\"\x95\x03\n\rCommandResult\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12%\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Error\x12.\n\x06kv_put\x18\n \x01(\x0b\x32\x1c.controlplane.v1.KvPutResultH\x00\x12\x34\n\tkv_delete\x18\x0b \x01(\x0b\x32\x1f.controlplane.v1.KvDeleteResultH\x00\x12\x46\n\x13kv_compare_and_swap\x18\x0c \x01(\x0b\x32\'.controlplane.v1.KvCompareAndSwapResultH\x00\x12\x31\n\x07\x62\x61rrier\x18\r \x01(\x0b\x32\x1e.controlplane.v1.BarrierResultH\x00\x12/\n\x06member\x18\x0e \x01(\x0b\x32\x1d.controlplane.v1.MemberResultH\x00\x12\x31\n\x07restore\x18\x0f \x01(\x0b\x32\x1e.controlplane.v1.RestoreResultH\x00\x42\x06\n\x04\x62ody\"`\n\x0bKvPutResult\x12%\n\x02kv\x18\x01 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12*\n\x07prev_kv\x18\x02 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"M\n\x0eKvDeleteResult\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12*\n\x07prev_kv\x18\x02 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"a\n\x16KvCompareAndSwapResult\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12%\n\x02kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"\x0f\n\rBarrierResult\"\x1f\n\x0cMemberResult\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"\x1d\n\rRestoreResult\x12\x0c\n\x04keys\x18\x01 \x01(\x04\"`\n\x0cMemberRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64\x64\x65\x64_revision\x18\x04 \x01(\x04\"g\n\x0b\x44\x65\x64upeEntry\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1e.controlplane.v1.CommandResult\"\xc7\x02\n\rStateSnapshot\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12&\n\x03kvs\x18\x04 \x03(\x0b\x32\x19.controlplane.v1.KeyValue\x12\'\n\x07history\x18\x05 \x03(\x0b\x32\x16.controlplane.v1.Event\x12\x1a\n\x12\x63ompacted_revision\x18\x06 \x01(\x04\x12,\n\x06\x64\x65\x64upe\x18\x07 \x03(\x0b\x32\x1c.controlplane.v1.DedupeEntry\x12.\n\x07members\x18\x08 \x03(\x0b\x32\x1d.controlplane.v1.MemberRecord\x12\x17\n\x0fremoved_members\x18\t \x03(\t\x12\x12\n\nend_marker\x18\x0f \x01(\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/command.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/common.proto\x1a\x18\x63ontrolplane/v1/kv.proto\x1a\x1c\x63ontrolplane/v1/leases.proto\x1a\x1b\x63ontrolplane/v1/ports.proto\x1a\x1b\x63ontrolplane/v1/watch.proto\"c\n\x0c\x43ommandBatch\x12\x14\n\x0ctime_unix_ms\x18\x01 \x01(\x03\x12\x11\n\tleader_id\x18\x02 \x01(\t\x12*\n\x08\x63ommands\x18\x03 \x03(\x0b\x32\x18.controlplane.v1.Command\"\xec\x0b\n\x07\x43ommand\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x06kv_put\x18\n \x01(\x0b\x32\x16.controlplane.v1.KvPutH\x00\x12.\n\tkv_delete\x18\x0b \x01(\x0b\x32\x19.controlplane.v1.KvDeleteH\x00\x12@\n\x13kv_compare_and_swap\x18\x0c \x01(\x0b\x32!.controlplane.v1.KvCompareAndSwapH\x00\x12+\n\x07\x62\x61rrier\x18\r \x01(\x0b\x32\x18.controlplane.v1.BarrierH\x00\x12\x36\n\rmember_upsert\x18\x0e \x01(\x0b\x32\x1d.controlplane.v1.MemberUpsertH\x00\x12\x36\n\rmember_remove\x18\x0f \x01(\x0b\x32\x1d.controlplane.v1.MemberRemoveH\x00\x12\x36\n\rrestore_state\x18\x10 \x01(\x0b\x32\x1d.controlplane.v1.RestoreStateH\x00\x12:\n\x0eports_allocate\x18\x14 \x01(\x0b\x32 .controlplane.v1.AllocateRequestH\x00\x12\x36\n\x0cports_assign\x18\x15 \x01(\x0b\x32\x1e.controlplane.v1.AssignRequestH\x00\x12\x38\n\rports_release\x18\x16 \x01(\x0b\x32\x1f.controlplane.v1.ReleaseRequestH\x00\x12:\n\x0eports_reassign\x18\x17 \x01(\x0b\x32 .controlplane.v1.ReassignRequestH\x00\x12\x38\n\rports_reserve\x18\x18 \x01(\x0b\x32\x1f.controlplane.v1.ReserveRequestH\x00\x12<\n\x0fports_unreserve\x18\x19 \x01(\x0b\x32!.controlplane.v1.UnreserveRequestH\x00\x12;\n\x0fports_set_range\x18\x1a \x01(\x0b\x32 .controlplane.v1.SetRangeRequestH\x00\x12\x41\n\x12ports_delete_range\x18\x1b \x01(\x0b\x32#.controlplane.v1.DeleteRangeRequestH\x00\x12?\n\rports_observe\x18\x1c \x01(\x0b\x32&.controlplane.v1.ReportObservedRequestH\x00\x12\x41\n\rports_resolve\x18\x1d \x01(\x0b\x32(.controlplane.v1.ResolveConflictsRequestH\x00\x12\x36\n\x0cports_repair\x18\x1e \x01(\x0b\x32\x1e.controlplane.v1.RepairRequestH\x00\x12;\n\x0cports_import\x18\x1f \x01(\x0b\x32#.controlplane.v1.ImportPortsRequestH\x00\x12\x43\n\x10service_register\x18  \x01(\x0b\x32\'.controlplane.v1.RegisterServiceRequestH\x00\x12G\n\x12service_deregister\x18! \x01(\x0b\x32).controlplane.v1.DeregisterServiceRequestH\x00\x12\x39\n\x0blease_grant\x18( \x01(\x0b\x32\".controlplane.v1.GrantLeaseRequestH\x00\x12<\n\x0flease_keepalive\x18) \x01(\x0b\x32!.controlplane.v1.KeepAliveRequestH\x00\x12;\n\x0clease_revoke\x18* \x01(\x0b\x32#.controlplane.v1.RevokeLeaseRequestH\x00\x12\x35\n\x0clease_expire\x18+ \x01(\x0b\x32\x1d.controlplane.v1.ExpireLeasesH\x00\x42\x06\n\x04\x62ody\"4\n\x05KvPut\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07prev_kv\x18\x03 \x01(\x08\"\x17\n\x08KvDelete\x12\x0b\n\x03key\x18\x01 \x01(\t\"]\n\x10KvCompareAndSwap\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x15\x65xpected_mod_revision\x18\x02 \x01(\x04\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x0e\n\x06\x64\x65lete\x18\x04 \x01(\x08\"\t\n\x07\x42\x61rrier\"=\n\x0cMemberUpsert\x12-\n\x06member\x18\x01 \x01(\x0b\x32\x1d.controlplane.v1.MemberRecord\"\x1a\n\x0cMemberRemove\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x0cRestoreState\x12\x10\n\x08snapshot\x18\x01 \x01(\x0c\"\x82\x0c\n\rCommandResult\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12%\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Error\x12.\n\x06kv_put\x18\n \x01(\x0b\x32\x1c.controlplane.v1.KvPutResultH\x00\x12\x34\n\tkv_delete\x18\x0b \x01(\x0b\x32\x1f.controlplane.v1.KvDeleteResultH\x00\x12\x46\n\x13kv_compare_and_swap\x18\x0c \x01(\x0b\x32\'.controlplane.v1.KvCompareAndSwapResultH\x00\x12\x31\n\x07\x62\x61rrier\x18\r \x01(\x0b\x32\x1e.controlplane.v1.BarrierResultH\x00\x12/\n\x06member\x18\x0e \x01(\x0b\x32\x1d.controlplane.v1.MemberResultH\x00\x12\x31\n\x07restore\x18\x0f \x01(\x0b\x32\x1e.controlplane.v1.RestoreResultH\x00\x12;\n\x0eports_allocate\x18\x14 \x01(\x0b\x32!.controlplane.v1.AllocateResponseH\x00\x12\x37\n\x0cports_assign\x18\x15 \x01(\x0b\x32\x1f.controlplane.v1.AssignResponseH\x00\x12\x39\n\rports_release\x18\x16 \x01(\x0b\x32 .controlplane.v1.ReleaseResponseH\x00\x12;\n\x0eports_reassign\x18\x17 \x01(\x0b\x32!.controlplane.v1.ReassignResponseH\x00\x12\x39\n\rports_reserve\x18\x18 \x01(\x0b\x32 .controlplane.v1.ReserveResponseH\x00\x12=\n\x0fports_unreserve\x18\x19 \x01(\x0b\x32\".controlplane.v1.UnreserveResponseH\x00\x12<\n\x0fports_set_range\x18\x1a \x01(\x0b\x32!.controlplane.v1.SetRangeResponseH\x00\x12\x42\n\x12ports_delete_range\x18\x1b \x01(\x0b\x32$.controlplane.v1.DeleteRangeResponseH\x00\x12@\n\rports_observe\x18\x1c \x01(\x0b\x32\'.controlplane.v1.ReportObservedResponseH\x00\x12\x42\n\rports_resolve\x18\x1d \x01(\x0b\x32).controlplane.v1.ResolveConflictsResponseH\x00\x12\x37\n\x0cports_repair\x18\x1e \x01(\x0b\x32\x1f.controlplane.v1.RepairResponseH\x00\x12<\n\x0cports_import\x18\x1f \x01(\x0b\x32$.controlplane.v1.ImportPortsResponseH\x00\x12\x44\n\x10service_register\x18  \x01(\x0b\x32(.controlplane.v1.RegisterServiceResponseH\x00\x12H\n\x12service_deregister\x18! \x01(\x0b\x32*.controlplane.v1.DeregisterServiceResponseH\x00\x12:\n\x0blease_grant\x18( \x01(\x0b\x32#.controlplane.v1.GrantLeaseResponseH\x00\x12=\n\x0flease_keepalive\x18) \x01(\x0b\x32\".controlplane.v1.KeepAliveResponseH\x00\x12<\n\x0clease_revoke\x18* \x01(\x0b\x32$.controlplane.v1.RevokeLeaseResponseH\x00\x12;\n\x0clease_expire\x18+ \x01(\x0b\x32#.controlplane.v1.ExpireLeasesResultH\x00\x42\x06\n\x04\x62ody\"`\n\x0bKvPutResult\x12%\n\x02kv\x18\x01 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12*\n\x07prev_kv\x18\x02 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"M\n\x0eKvDeleteResult\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12*\n\x07prev_kv\x18\x02 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"a\n\x16KvCompareAndSwapResult\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12%\n\x02kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"\x0f\n\rBarrierResult\"\x1f\n\x0cMemberResult\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"\x1d\n\rRestoreResult\x12\x0c\n\x04keys\x18\x01 \x01(\x04\"`\n\x0cMemberRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64\x64\x65\x64_revision\x18\x04 \x01(\x04\"g\n\x0b\x44\x65\x64upeEntry\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1e.controlplane.v1.CommandResult\"\xb2\x03\n\rStateSnapshot\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\x12&\n\x03kvs\x18\x04 \x03(\x0b\x32\x19.controlplane.v1.KeyValue\x12\'\n\x07history\x18\x05 \x03(\x0b\x32\x16.controlplane.v1.Event\x12\x1a\n\x12\x63ompacted_revision\x18\x06 \x01(\x04\x12,\n\x06\x64\x65\x64upe\x18\x07 \x03(\x0b\x32\x1c.controlplane.v1.DedupeEntry\x12.\n\x07members\x18\x08 \x03(\x0b\x32\x1d.controlplane.v1.MemberRecord\x12\x17\n\x0fremoved_members\x18\t \x03(\t\x12*\n\x05ports\x18\n \x01(\x0b\x32\x1b.controlplane.v1.PortsState\x12&\n\x06leases\x18\x0b \x03(\x0b\x32\x16.controlplane.v1.Lease\x12\x15\n\rnext_lease_id\x18\x0c \x01(\x03\x12\x12\n\nend_marker\x18\x0f \x01(\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.command_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMANDBATCH']._serialized_start=135
-  _globals['_COMMANDBATCH']._serialized_end=234
-  _globals['_COMMAND']._serialized_start=237
-  _globals['_COMMAND']._serialized_end=643
-  _globals['_KVPUT']._serialized_start=645
-  _globals['_KVPUT']._serialized_end=697
-  _globals['_KVDELETE']._serialized_start=699
-  _globals['_KVDELETE']._serialized_end=722
-  _globals['_KVCOMPAREANDSWAP']._serialized_start=724
-  _globals['_KVCOMPAREANDSWAP']._serialized_end=817
-  _globals['_BARRIER']._serialized_start=819
-  _globals['_BARRIER']._serialized_end=828
-  _globals['_MEMBERUPSERT']._serialized_start=830
-  _globals['_MEMBERUPSERT']._serialized_end=891
-  _globals['_MEMBERREMOVE']._serialized_start=893
-  _globals['_MEMBERREMOVE']._serialized_end=919
-  _globals['_RESTORESTATE']._serialized_start=921
-  _globals['_RESTORESTATE']._serialized_end=953
-  _globals['_COMMANDRESULT']._serialized_start=956
-  _globals['_COMMANDRESULT']._serialized_end=1361
-  _globals['_KVPUTRESULT']._serialized_start=1363
-  _globals['_KVPUTRESULT']._serialized_end=1459
-  _globals['_KVDELETERESULT']._serialized_start=1461
-  _globals['_KVDELETERESULT']._serialized_end=1538
-  _globals['_KVCOMPAREANDSWAPRESULT']._serialized_start=1540
-  _globals['_KVCOMPAREANDSWAPRESULT']._serialized_end=1637
-  _globals['_BARRIERRESULT']._serialized_start=1639
-  _globals['_BARRIERRESULT']._serialized_end=1654
-  _globals['_MEMBERRESULT']._serialized_start=1656
-  _globals['_MEMBERRESULT']._serialized_end=1687
-  _globals['_RESTORERESULT']._serialized_start=1689
-  _globals['_RESTORERESULT']._serialized_end=1718
-  _globals['_MEMBERRECORD']._serialized_start=1720
-  _globals['_MEMBERRECORD']._serialized_end=1816
-  _globals['_DEDUPEENTRY']._serialized_start=1818
-  _globals['_DEDUPEENTRY']._serialized_end=1921
-  _globals['_STATESNAPSHOT']._serialized_start=1924
-  _globals['_STATESNAPSHOT']._serialized_end=2251
+  _globals['_COMMANDBATCH']._serialized_start=194
+  _globals['_COMMANDBATCH']._serialized_end=293
+  _globals['_COMMAND']._serialized_start=296
+  _globals['_COMMAND']._serialized_end=1812
+  _globals['_KVPUT']._serialized_start=1814
+  _globals['_KVPUT']._serialized_end=1866
+  _globals['_KVDELETE']._serialized_start=1868
+  _globals['_KVDELETE']._serialized_end=1891
+  _globals['_KVCOMPAREANDSWAP']._serialized_start=1893
+  _globals['_KVCOMPAREANDSWAP']._serialized_end=1986
+  _globals['_BARRIER']._serialized_start=1988
+  _globals['_BARRIER']._serialized_end=1997
+  _globals['_MEMBERUPSERT']._serialized_start=1999
+  _globals['_MEMBERUPSERT']._serialized_end=2060
+  _globals['_MEMBERREMOVE']._serialized_start=2062
+  _globals['_MEMBERREMOVE']._serialized_end=2088
+  _globals['_RESTORESTATE']._serialized_start=2090
+  _globals['_RESTORESTATE']._serialized_end=2122
+  _globals['_COMMANDRESULT']._serialized_start=2125
+  _globals['_COMMANDRESULT']._serialized_end=3663
+  _globals['_KVPUTRESULT']._serialized_start=3665
+  _globals['_KVPUTRESULT']._serialized_end=3761
+  _globals['_KVDELETERESULT']._serialized_start=3763
+  _globals['_KVDELETERESULT']._serialized_end=3840
+  _globals['_KVCOMPAREANDSWAPRESULT']._serialized_start=3842
+  _globals['_KVCOMPAREANDSWAPRESULT']._serialized_end=3939
+  _globals['_BARRIERRESULT']._serialized_start=3941
+  _globals['_BARRIERRESULT']._serialized_end=3956
+  _globals['_MEMBERRESULT']._serialized_start=3958
+  _globals['_MEMBERRESULT']._serialized_end=3989
+  _globals['_RESTORERESULT']._serialized_start=3991
+  _globals['_RESTORERESULT']._serialized_end=4020
+  _globals['_MEMBERRECORD']._serialized_start=4022
+  _globals['_MEMBERRECORD']._serialized_end=4118
+  _globals['_DEDUPEENTRY']._serialized_start=4120
+  _globals['_DEDUPEENTRY']._serialized_end=4223
+  _globals['_STATESNAPSHOT']._serialized_start=4226
+  _globals['_STATESNAPSHOT']._serialized_end=4660
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,7 @@
 from controlplane.v1 import common_pb2 as _common_pb2
 from controlplane.v1 import kv_pb2 as _kv_pb2
+from controlplane.v1 import leases_pb2 as _leases_pb2
+from controlplane.v1 import ports_pb2 as _ports_pb2
 from controlplane.v1 import watch_pb2 as _watch_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -20,7 +22,7 @@ class CommandBatch(_message.Message):
     def __init__(self, time_unix_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., commands: _Optional[_Iterable[_Union[Command, _Mapping]]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member_upsert", "member_remove", "restore_state")
+    __slots__ = ("request_id", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member_upsert", "member_remove", "restore_state", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     KV_PUT_FIELD_NUMBER: _ClassVar[int]
     KV_DELETE_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +31,24 @@ class Command(_message.Message):
     MEMBER_UPSERT_FIELD_NUMBER: _ClassVar[int]
     MEMBER_REMOVE_FIELD_NUMBER: _ClassVar[int]
     RESTORE_STATE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_ALLOCATE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    PORTS_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_REASSIGN_FIELD_NUMBER: _ClassVar[int]
+    PORTS_RESERVE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_UNRESERVE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_SET_RANGE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_DELETE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_OBSERVE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_RESOLVE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_REPAIR_FIELD_NUMBER: _ClassVar[int]
+    PORTS_IMPORT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_DEREGISTER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_GRANT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     kv_put: KvPut
     kv_delete: KvDelete
@@ -37,7 +57,25 @@ class Command(_message.Message):
     member_upsert: MemberUpsert
     member_remove: MemberRemove
     restore_state: RestoreState
-    def __init__(self, request_id: _Optional[str] = ..., kv_put: _Optional[_Union[KvPut, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDelete, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwap, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., member_upsert: _Optional[_Union[MemberUpsert, _Mapping]] = ..., member_remove: _Optional[_Union[MemberRemove, _Mapping]] = ..., restore_state: _Optional[_Union[RestoreState, _Mapping]] = ...) -> None: ...
+    ports_allocate: _ports_pb2.AllocateRequest
+    ports_assign: _ports_pb2.AssignRequest
+    ports_release: _ports_pb2.ReleaseRequest
+    ports_reassign: _ports_pb2.ReassignRequest
+    ports_reserve: _ports_pb2.ReserveRequest
+    ports_unreserve: _ports_pb2.UnreserveRequest
+    ports_set_range: _ports_pb2.SetRangeRequest
+    ports_delete_range: _ports_pb2.DeleteRangeRequest
+    ports_observe: _ports_pb2.ReportObservedRequest
+    ports_resolve: _ports_pb2.ResolveConflictsRequest
+    ports_repair: _ports_pb2.RepairRequest
+    ports_import: _ports_pb2.ImportPortsRequest
+    service_register: _ports_pb2.RegisterServiceRequest
+    service_deregister: _ports_pb2.DeregisterServiceRequest
+    lease_grant: _leases_pb2.GrantLeaseRequest
+    lease_keepalive: _leases_pb2.KeepAliveRequest
+    lease_revoke: _leases_pb2.RevokeLeaseRequest
+    lease_expire: _leases_pb2.ExpireLeases
+    def __init__(self, request_id: _Optional[str] = ..., kv_put: _Optional[_Union[KvPut, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDelete, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwap, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., member_upsert: _Optional[_Union[MemberUpsert, _Mapping]] = ..., member_remove: _Optional[_Union[MemberRemove, _Mapping]] = ..., restore_state: _Optional[_Union[RestoreState, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateRequest, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignRequest, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseRequest, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignRequest, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveRequest, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveRequest, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeRequest, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeRequest, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedRequest, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsRequest, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairRequest, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsRequest, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceRequest, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseRequest, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseRequest, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeases, _Mapping]] = ...) -> None: ...
 
 class KvPut(_message.Message):
     __slots__ = ("key", "value", "prev_kv")
@@ -90,7 +128,7 @@ class RestoreState(_message.Message):
     def __init__(self, snapshot: _Optional[bytes] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("revision", "error", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member", "restore")
+    __slots__ = ("revision", "error", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member", "restore", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     KV_PUT_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +137,24 @@ class CommandResult(_message.Message):
     BARRIER_FIELD_NUMBER: _ClassVar[int]
     MEMBER_FIELD_NUMBER: _ClassVar[int]
     RESTORE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_ALLOCATE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    PORTS_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_REASSIGN_FIELD_NUMBER: _ClassVar[int]
+    PORTS_RESERVE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_UNRESERVE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_SET_RANGE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_DELETE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_OBSERVE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_RESOLVE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_REPAIR_FIELD_NUMBER: _ClassVar[int]
+    PORTS_IMPORT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_DEREGISTER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_GRANT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRE_FIELD_NUMBER: _ClassVar[int]
     revision: int
     error: _common_pb2.Error
     kv_put: KvPutResult
@@ -107,7 +163,25 @@ class CommandResult(_message.Message):
     barrier: BarrierResult
     member: MemberResult
     restore: RestoreResult
-    def __init__(self, revision: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., kv_put: _Optional[_Union[KvPutResult, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDeleteResult, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwapResult, _Mapping]] = ..., barrier: _Optional[_Union[BarrierResult, _Mapping]] = ..., member: _Optional[_Union[MemberResult, _Mapping]] = ..., restore: _Optional[_Union[RestoreResult, _Mapping]] = ...) -> None: ...
+    ports_allocate: _ports_pb2.AllocateResponse
+    ports_assign: _ports_pb2.AssignResponse
+    ports_release: _ports_pb2.ReleaseResponse
+    ports_reassign: _ports_pb2.ReassignResponse
+    ports_reserve: _ports_pb2.ReserveResponse
+    ports_unreserve: _ports_pb2.UnreserveResponse
+    ports_set_range: _ports_pb2.SetRangeResponse
+    ports_delete_range: _ports_pb2.DeleteRangeResponse
+    ports_observe: _ports_pb2.ReportObservedResponse
+    ports_resolve: _ports_pb2.ResolveConflictsResponse
+    ports_repair: _ports_pb2.RepairResponse
+    ports_import: _ports_pb2.ImportPortsResponse
+    service_register: _ports_pb2.RegisterServiceResponse
+    service_deregister: _ports_pb2.DeregisterServiceResponse
+    lease_grant: _leases_pb2.GrantLeaseResponse
+    lease_keepalive: _leases_pb2.KeepAliveResponse
+    lease_revoke: _leases_pb2.RevokeLeaseResponse
+    lease_expire: _leases_pb2.ExpireLeasesResult
+    def __init__(self, revision: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., kv_put: _Optional[_Union[KvPutResult, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDeleteResult, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwapResult, _Mapping]] = ..., barrier: _Optional[_Union[BarrierResult, _Mapping]] = ..., member: _Optional[_Union[MemberResult, _Mapping]] = ..., restore: _Optional[_Union[RestoreResult, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateResponse, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignResponse, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseResponse, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignResponse, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveResponse, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveResponse, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeResponse, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeResponse, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedResponse, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsResponse, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairResponse, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsResponse, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceResponse, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceResponse, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseResponse, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveResponse, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseResponse, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeasesResult, _Mapping]] = ...) -> None: ...
 
 class KvPutResult(_message.Message):
     __slots__ = ("kv", "prev_kv")
@@ -174,7 +248,7 @@ class DedupeEntry(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
 
 class StateSnapshot(_message.Message):
-    __slots__ = ("format_version", "revision", "time_unix_ms", "kvs", "history", "compacted_revision", "dedupe", "members", "removed_members", "end_marker")
+    __slots__ = ("format_version", "revision", "time_unix_ms", "kvs", "history", "compacted_revision", "dedupe", "members", "removed_members", "ports", "leases", "next_lease_id", "end_marker")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +258,9 @@ class StateSnapshot(_message.Message):
     DEDUPE_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     REMOVED_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     END_MARKER_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     revision: int
@@ -194,5 +271,8 @@ class StateSnapshot(_message.Message):
     dedupe: _containers.RepeatedCompositeFieldContainer[DedupeEntry]
     members: _containers.RepeatedCompositeFieldContainer[MemberRecord]
     removed_members: _containers.RepeatedScalarFieldContainer[str]
+    ports: _ports_pb2.PortsState
+    leases: _containers.RepeatedCompositeFieldContainer[_leases_pb2.Lease]
+    next_lease_id: int
     end_marker: int
-    def __init__(self, format_version: _Optional[int] = ..., revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[_watch_pb2.Event, _Mapping]]] = ..., compacted_revision: _Optional[int] = ..., dedupe: _Optional[_Iterable[_Union[DedupeEntry, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ..., end_marker: _Optional[int] = ...) -> None: ...
+    def __init__(self, format_version: _Optional[int] = ..., revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[_watch_pb2.Event, _Mapping]]] = ..., compacted_revision: _Optional[int] = ..., dedupe: _Optional[_Iterable[_Union[DedupeEntry, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ..., ports: _Optional[_Union[_ports_pb2.PortsState, _Mapping]] = ..., leases: _Optional[_Iterable[_Union[_leases_pb2.Lease, _Mapping]]] = ..., next_lease_id: _Optional[int] = ..., end_marker: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,1273 @@
+"""The port domain of the state machine: ranges, reservations, assignments, services, history,
+observed ports, conflicts and leak repair.
+
+Pure and deterministic like the rest of the machine (see machine.py): no clock, no I/O, no
+iteration over unordered containers where order shows. Every handler validates fully and
+*plans* before it changes anything, so a refused command changes nothing, and a multi-step
+command (a service registration allocating five ports, a conflict resolution moving three
+services) is all or nothing.
+
+The allocator's rules, in priority order:
+
+* a (host, port) is held by at most one assignment, and (host, service, name) names at most one;
+* a reserved port (on the host, or on every host) is never allocated or assigned;
+* an allocation lies inside its range; a port observed bound on the host is skipped;
+* within a range, allocation is next-fit from a per-(host, range) cursor, so a port just
+  released is not handed straight to someone else while its old holder may still be draining;
+* leaks are freed only after several repair passes in a row saw them on fresh host reports
+  (the Kubernetes allocator's rule: better to leak than to double-allocate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+from controlplane.state import limits
+from controlplane.v1 import command_pb2, common_pb2, ports_pb2, watch_pb2
+
+DOMAIN_PORTS = "ports"
+DEFAULT_RANGE = "dynamic"
+DEFAULT_RANGE_START = 20000
+DEFAULT_RANGE_END = 32000
+DEFAULT_PORT_NAME = "main"
+PORT_HISTORY_LIMIT = 1000
+DEFAULT_REPAIR_PASSES = 3
+PORT_MAP_FORMAT = "controlplane.ports/v1"
+HEALTH_CHECK_TYPES = ("", "none", "http", "tcp", "grpc")
+
+Action = ports_pb2.PortAction
+CommandResult = command_pb2.CommandResult
+AssignmentKey = tuple[str, str, str]  # (host, service, name)
+
+
+class Journal(Protocol):
+    """What the port table needs from the machine: the clock, the revision and the event log."""
+
+    revision: int
+    time_unix_ms: int
+
+    def record_detail(
+        self, domain: str, key: str, event_type: watch_pb2.EventType, detail: ports_pb2.PortEvent | None
+    ) -> int: ...
+
+
+class Refused(Exception):
+    """A command the table refuses; carried out of a handler as an error result, never past apply."""
+
+    def __init__(self, code: common_pb2.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> Refused:
+    return Refused(common_pb2.ERROR_CODE_INVALID_ARGUMENT, message)
+
+
+def _not_found(message: str) -> Refused:
+    return Refused(common_pb2.ERROR_CODE_NOT_FOUND, message)
+
+
+def _precondition(message: str) -> Refused:
+    return Refused(common_pb2.ERROR_CODE_FAILED_PRECONDITION, message)
+
+
+def _check(problem: str | None) -> None:
+    if problem:
+        raise _invalid(problem)
+
+
+def default_ranges() -> dict[str, ports_pb2.PortRange]:
+    return {
+        DEFAULT_RANGE: ports_pb2.PortRange(
+            name=DEFAULT_RANGE,
+            start=DEFAULT_RANGE_START,
+            end=DEFAULT_RANGE_END,
+            description="default range for allocations that name none",
+        )
+    }
+
+
+def describe(assignment: ports_pb2.PortAssignment) -> str:
+    return f"{assignment.service}/{assignment.name} on {assignment.host}:{assignment.port}"
+
+
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+class PortTable:
+    def __init__(self, journal: Journal, lease_exists: Callable[[int], bool]) -> None:
+        self._journal = journal
+        self._lease_exists = lease_exists
+        self.reset()
+
+    def reset(self) -> None:
+        self.ranges: dict[str, ports_pb2.PortRange] = default_ranges()
+        self.assignments: dict[AssignmentKey, ports_pb2.PortAssignment] = {}
+        self.by_port: dict[str, dict[int, AssignmentKey]] = {}
+        self.by_lease: dict[int, dict[AssignmentKey, None]] = {}
+        self.reserved_global: dict[int, ports_pb2.Reservation] = {}
+        self.reserved_host: dict[str, dict[int, ports_pb2.Reservation]] = {}
+        self.services: dict[tuple[str, str], ports_pb2.ServiceRecord] = {}
+        self.history: dict[str, list[ports_pb2.PortHistoryEntry]] = {}
+        self.history_totals: dict[str, int] = {}
+        self.observations: dict[str, ports_pb2.HostObservation] = {}
+        self.observed: dict[str, dict[int, ports_pb2.ObservedPort]] = {}
+        self.leaks: dict[tuple[str, int], ports_pb2.LeakCount] = {}
+        self.cursors: dict[tuple[str, str], int] = {}
+        self.hosts: dict[str, None] = {}
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handlers(self) -> dict[str, Callable[[command_pb2.Command], CommandResult]]:
+        def wrap(
+            apply: Callable[[command_pb2.Command], CommandResult],
+        ) -> Callable[[command_pb2.Command], CommandResult]:
+            def run(command: command_pb2.Command) -> CommandResult:
+                try:
+                    return apply(command)
+                except Refused as refused:
+                    return CommandResult(
+                        revision=self._journal.revision,
+                        error=common_pb2.Error(code=refused.code, message=refused.message),
+                    )
+
+            return run
+
+        return {
+            "ports_allocate": wrap(lambda c: self.allocate(c.ports_allocate)),
+            "ports_assign": wrap(lambda c: self.assign(c.ports_assign)),
+            "ports_release": wrap(lambda c: self.release(c.ports_release)),
+            "ports_reassign": wrap(lambda c: self.reassign(c.ports_reassign)),
+            "ports_reserve": wrap(lambda c: self.reserve(c.ports_reserve)),
+            "ports_unreserve": wrap(lambda c: self.unreserve(c.ports_unreserve)),
+            "ports_set_range": wrap(lambda c: self.set_range(c.ports_set_range)),
+            "ports_delete_range": wrap(lambda c: self.delete_range(c.ports_delete_range)),
+            "ports_observe": wrap(lambda c: self.observe(c.ports_observe)),
+            "ports_resolve": wrap(lambda c: self.resolve(c.ports_resolve)),
+            "ports_repair": wrap(lambda c: self.repair(c.ports_repair)),
+            "ports_import": wrap(lambda c: self.import_map(c.ports_import)),
+            "service_register": wrap(lambda c: self.register_service(c.service_register)),
+            "service_deregister": wrap(lambda c: self.deregister_service(c.service_deregister)),
+        }
+
+    # ------------------------------------------------------------------ lookups
+
+    def known_host(self, host: str) -> None:
+        _check(limits.check_host(host))
+        if host not in self.hosts:
+            raise _not_found(
+                f"host {host!r} is unknown: no port was ever assigned, reserved or observed there"
+                + (f" (known hosts: {', '.join(sorted(self.hosts)[:10])})" if self.hosts else "")
+            )
+
+    def range_named(self, name: str) -> ports_pb2.PortRange:
+        _check(limits.check_name(name, "range"))
+        found = self.ranges.get(name)
+        if found is None:
+            raise _not_found(f"no port range {name!r}; ranges: {', '.join(self._range_names()) or 'none'}")
+        return found
+
+    def _range_names(self) -> list[str]:
+        return [f"{r.name} {r.start}-{r.end}" for r in sorted(self.ranges.values(), key=lambda r: r.start)]
+
+    def range_of(self, port: int) -> str:
+        for candidate in self.ranges.values():
+            if candidate.start <= port <= candidate.end:
+                return candidate.name
+        return ""
+
+    def holder(self, host: str, port: int) -> ports_pb2.PortAssignment | None:
+        key = self.by_port.get(host, {}).get(port)
+        return self.assignments[key] if key is not None else None
+
+    def reservation(self, host: str, port: int) -> ports_pb2.Reservation | None:
+        return self.reserved_global.get(port) or self.reserved_host.get(host, {}).get(port)
+
+    def _why_taken(self, host: str, port: int, service: str, taken: dict[int, str] | None = None) -> str | None:
+        """Why (host, port) cannot go to ``service``, or None if it can."""
+        if taken and port in taken:
+            return f"port {port} on {host} is planned for {taken[port]} in the same request"
+        held = self.holder(host, port)
+        if held is not None:
+            return f"port {port} on {host} is assigned to {held.service}/{held.name}"
+        reserved = self.reservation(host, port)
+        if reserved is not None:
+            where = "on every host" if not reserved.host else f"on {host}"
+            return f"port {port} is reserved {where}" + (f" ({reserved.reason})" if reserved.reason else "")
+        return None
+
+    def _observed_by_other(self, host: str, port: int, service: str) -> str | None:
+        seen = self.observed.get(host, {}).get(port)
+        if seen is not None and seen.holder != service:
+            who = seen.holder or "an unknown process"
+            return f"port {port} on {host} was observed bound by {who}"
+        return None
+
+    def find_free(
+        self,
+        host: str,
+        range_: ports_pb2.PortRange,
+        start_at: int = 0,
+        taken: dict[int, str] | None = None,
+        avoid: int = 0,
+    ) -> int | None:
+        """The first free port at or after ``start_at`` (default: the next-fit cursor), wrapping."""
+        start = start_at or self.cursors.get((host, range_.name), range_.start)
+        if not range_.start <= start <= range_.end:
+            start = range_.start
+        used = self.by_port.get(host, {})
+        reserved = self.reserved_host.get(host, {})
+        observed = self.observed.get(host, {})
+        for port in _wrapping(start, range_.start, range_.end):
+            if (
+                port not in used
+                and port not in self.reserved_global
+                and port not in reserved
+                and port not in observed
+                and port != avoid
+                and (not taken or port not in taken)
+            ):
+                return port
+        return None
+
+    def _exhausted(self, host: str, range_: ports_pb2.PortRange) -> Refused:
+        used = sum(1 for port in self.by_port.get(host, {}) if range_.start <= port <= range_.end)
+        return Refused(
+            common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED,
+            f"port range {range_.name!r} ({range_.start}-{range_.end}) has no free port on {host}: "
+            f"{used} assigned, the rest reserved or observed in use; release ports or widen the range",
+        )
+
+    def _check_lease(self, lease_id: int) -> None:
+        if lease_id < 0:
+            raise _invalid(f"lease id {lease_id} is negative")
+        if lease_id and not self._lease_exists(lease_id):
+            raise _not_found(f"lease {lease_id} does not exist (expired or revoked?); grant a new one")
+
+    # ------------------------------------------------------------------ changing assignments
+
+    def _put(
+        self,
+        key: AssignmentKey,
+        port: int,
+        range_name: str,
+        lease_id: int,
+        action: ports_pb2.PortAction,
+        reason: str = "",
+    ) -> ports_pb2.PortAssignment:
+        """Create or move one assignment: the only place ``assignments`` gains or changes an entry."""
+        host, service, name = key
+        prev = self.assignments.get(key)
+        revision = self._journal.revision + 1
+        now = self._journal.time_unix_ms
+        assignment = ports_pb2.PortAssignment(
+            host=host,
+            service=service,
+            name=name,
+            port=port,
+            range=range_name,
+            lease_id=lease_id,
+            create_revision=prev.create_revision if prev is not None else revision,
+            mod_revision=revision,
+            created_unix_ms=prev.created_unix_ms if prev is not None else now,
+            updated_unix_ms=now,
+        )
+        if prev is not None:
+            self._unindex(prev)
+        self.assignments[key] = assignment
+        self.by_port.setdefault(host, {})[port] = key
+        if lease_id:
+            self.by_lease.setdefault(lease_id, {})[key] = None
+        self.hosts.setdefault(host, None)
+        self.leaks.pop((host, port), None)
+        if range_name:
+            next_port = port + 1
+            bounds = self.ranges[range_name]
+            self.cursors[(host, range_name)] = next_port if next_port <= bounds.end else bounds.start
+        self._event(action, assignment, prev, reason)
+        return assignment
+
+    def _drop(self, key: AssignmentKey, action: ports_pb2.PortAction, reason: str = "") -> ports_pb2.PortAssignment:
+        prev = self.assignments.pop(key)
+        self._unindex(prev)
+        self._event(action, None, prev, reason)
+        return prev
+
+    def _unindex(self, assignment: ports_pb2.PortAssignment) -> None:
+        """Take an assignment out of the indexes. Safe to repeat: during a multi-move command its
+        old port may already belong to another assignment, which must keep it."""
+        key = (assignment.host, assignment.service, assignment.name)
+        host_ports = self.by_port.get(assignment.host)
+        if host_ports is not None and host_ports.get(assignment.port) == key:
+            del host_ports[assignment.port]
+            self.leaks.pop((assignment.host, assignment.port), None)
+            if not host_ports:
+                del self.by_port[assignment.host]
+        if assignment.lease_id:
+            held = self.by_lease.get(assignment.lease_id)
+            if held is not None:
+                held.pop(key, None)
+                if not held:
+                    del self.by_lease[assignment.lease_id]
+
+    def _event(
+        self,
+        action: ports_pb2.PortAction,
+        assignment: ports_pb2.PortAssignment | None,
+        prev: ports_pb2.PortAssignment | None,
+        reason: str,
+    ) -> None:
+        some = assignment if assignment is not None else prev
+        assert some is not None
+        event = ports_pb2.PortEvent(
+            action=action,
+            host=some.host,
+            service=some.service,
+            name=some.name,
+            old_port=prev.port if prev is not None else 0,
+            new_port=assignment.port if assignment is not None else 0,
+            reason=reason,
+        )
+        if assignment is not None:
+            event.assignment.CopyFrom(assignment)
+        if prev is not None:
+            event.prev_assignment.CopyFrom(prev)
+        event_type = watch_pb2.EVENT_TYPE_PUT if assignment is not None else watch_pb2.EVENT_TYPE_DELETE
+        revision = self._journal.record_detail(
+            DOMAIN_PORTS, f"assignments/{some.host}/{some.service}/{some.name}", event_type, event
+        )
+        self._remember(
+            some.service,
+            ports_pb2.PortHistoryEntry(
+                revision=revision,
+                time_unix_ms=self._journal.time_unix_ms,
+                action=action,
+                host=some.host,
+                service=some.service,
+                name=some.name,
+                old_port=event.old_port,
+                new_port=event.new_port,
+                reason=reason,
+            ),
+        )
+
+    def _remember(self, service: str, entry: ports_pb2.PortHistoryEntry) -> None:
+        entries = self.history.setdefault(service, [])
+        entries.append(entry)
+        if len(entries) > PORT_HISTORY_LIMIT:
+            del entries[: len(entries) - PORT_HISTORY_LIMIT]
+        self.history_totals[service] = self.history_totals.get(service, 0) + 1
+
+    def _note(self, action: ports_pb2.PortAction, key: str, event_type: watch_pb2.EventType, **fields: object) -> int:
+        """An event for a change that is not an assignment (ranges, reservations, reports)."""
+        return self._journal.record_detail(
+            DOMAIN_PORTS,
+            key,
+            event_type,
+            ports_pb2.PortEvent(action=action, **fields),  # type: ignore[arg-type]
+        )
+
+    def release_lease(self, lease_id: int, reason: str) -> int:
+        """Free every assignment held by a lease (it expired or was revoked); how many."""
+        held = list(self.by_lease.get(lease_id, {}))
+        for key in held:
+            self._drop(key, Action.PORT_ACTION_EXPIRED, reason)
+        return len(held)
+
+    # ------------------------------------------------------------------ allocate / assign / release
+
+    def _assignment_key(self, host: str, service: str, name: str) -> AssignmentKey:
+        _check(limits.check_host(host) or limits.check_name(service, "service"))
+        name = name or DEFAULT_PORT_NAME
+        _check(limits.check_name(name, "port name"))
+        return host, service, name
+
+    def _result(self, **body: object) -> CommandResult:
+        return CommandResult(revision=self._journal.revision, **body)  # type: ignore[arg-type]
+
+    def allocate(self, request: ports_pb2.AllocateRequest) -> CommandResult:
+        key = self._assignment_key(request.host, request.service, request.name)
+        host = key[0]
+        if request.preferred_port:
+            _check(limits.check_port(request.preferred_port, "preferred port"))
+        range_name = request.range
+        if not range_name and request.preferred_port:
+            range_name = self.range_of(request.preferred_port)
+            if not range_name:
+                raise _invalid(f"preferred port {request.preferred_port} lies in no range; use assign for a fixed port")
+        range_ = self.range_named(range_name or DEFAULT_RANGE)
+        if request.preferred_port and not range_.start <= request.preferred_port <= range_.end:
+            raise _invalid(
+                f"preferred port {request.preferred_port} is outside range {range_.name!r} "
+                f"({range_.start}-{range_.end})"
+            )
+        self._check_lease(request.lease_id)
+        existing = self.assignments.get(key)
+        if existing is not None:
+            return self._result(ports_allocate=ports_pb2.AllocateResponse(assignment=existing, existing=True))
+        port = self.find_free(host, range_, request.preferred_port)
+        if port is None:
+            raise self._exhausted(host, range_)
+        assignment = self._put(key, port, range_.name, request.lease_id, Action.PORT_ACTION_ALLOCATED)
+        return self._result(ports_allocate=ports_pb2.AllocateResponse(assignment=assignment))
+
+    def assign(self, request: ports_pb2.AssignRequest) -> CommandResult:
+        key = self._assignment_key(request.host, request.service, request.name)
+        _check(limits.check_port(request.port))
+        self._check_lease(request.lease_id)
+        existing = self.assignments.get(key)
+        if existing is not None:
+            if existing.port == request.port:
+                return self._result(ports_assign=ports_pb2.AssignResponse(assignment=existing, existing=True))
+            raise _precondition(f"{describe(existing)} already holds port {existing.port}; use reassign to move it")
+        problem = self._why_taken(key[0], request.port, key[1])
+        if problem is None and not request.force:
+            problem = self._observed_by_other(key[0], request.port, key[1])
+            if problem:
+                problem += " (pass force to assign it anyway)"
+        if problem:
+            raise _precondition(problem)
+        assignment = self._put(
+            key, request.port, self.range_of(request.port), request.lease_id, Action.PORT_ACTION_ASSIGNED
+        )
+        return self._result(ports_assign=ports_pb2.AssignResponse(assignment=assignment))
+
+    def release(self, request: ports_pb2.ReleaseRequest) -> CommandResult:
+        self.known_host(request.host)
+        if request.port:
+            _check(limits.check_port(request.port))
+        key: AssignmentKey | None
+        if request.service:
+            key = self._assignment_key(request.host, request.service, request.name)
+            current = self.assignments.get(key)
+            if current is not None and request.port and current.port != request.port:
+                raise _precondition(f"{describe(current)}: it holds port {current.port}, not {request.port}")
+        elif request.port:
+            key = self.by_port.get(request.host, {}).get(request.port)
+        else:
+            raise _invalid("name the assignment to release: a service (and port name), or a port")
+        if key is None or key not in self.assignments:
+            return self._result(ports_release=ports_pb2.ReleaseResponse(released=False))
+        prev = self._drop(key, Action.PORT_ACTION_RELEASED)
+        return self._result(ports_release=ports_pb2.ReleaseResponse(released=True, assignment=prev))
+
+    def reassign(self, request: ports_pb2.ReassignRequest) -> CommandResult:
+        self.known_host(request.host)
+        key = self._assignment_key(request.host, request.service, request.name)
+        _check(limits.check_text(request.reason, "reason"))
+        current = self.assignments.get(key)
+        if current is None:
+            raise _not_found(f"{key[1]}/{key[2]} has no port on {key[0]}; allocate one first")
+        if request.range:
+            range_: ports_pb2.PortRange | None = self.range_named(request.range)
+        elif current.range:
+            range_ = self.ranges[current.range]
+        else:
+            range_ = None
+        if request.port:
+            _check(limits.check_port(request.port))
+            if request.port == current.port:
+                return self._result(
+                    ports_reassign=ports_pb2.ReassignResponse(assignment=current, old_port=current.port)
+                )
+            if range_ is not None and request.range and not range_.start <= request.port <= range_.end:
+                raise _invalid(f"port {request.port} is outside range {range_.name!r} ({range_.start}-{range_.end})")
+            problem = self._why_taken(key[0], request.port, key[1]) or self._observed_by_other(
+                key[0], request.port, key[1]
+            )
+            if problem:
+                raise _precondition(problem)
+            port = request.port
+        else:
+            if range_ is None:
+                raise _invalid(f"{describe(current)} lies in no range: give a port or a range to move it to")
+            found = self.find_free(key[0], range_, avoid=current.port)
+            if found is None:
+                raise self._exhausted(key[0], range_)
+            port = found
+        moved = self._put(
+            key, port, self.range_of(port), current.lease_id, Action.PORT_ACTION_REASSIGNED, request.reason
+        )
+        return self._result(ports_reassign=ports_pb2.ReassignResponse(assignment=moved, old_port=current.port))
+
+    # ------------------------------------------------------------------ reservations
+
+    def _reserve_span(self, port: int, end_port: int) -> tuple[int, int]:
+        _check(limits.check_port(port))
+        last = end_port or port
+        _check(limits.check_port(last, "end port"))
+        if last < port:
+            raise _invalid(f"end port {last} is below port {port}")
+        if last - port + 1 > limits.MAX_RESERVE_SPAN:
+            raise _invalid(f"at most {limits.MAX_RESERVE_SPAN} ports per call; {port}-{last} is {last - port + 1}")
+        return port, last
+
+    def reserve(self, request: ports_pb2.ReserveRequest) -> CommandResult:
+        if request.host:
+            _check(limits.check_host(request.host))
+        _check(limits.check_text(request.reason, "reason"))
+        first, last = self._reserve_span(request.port, request.end_port)
+        hosts = [request.host] if request.host else sorted(self.by_port)
+        for port in range(first, last + 1):
+            for host in hosts:
+                held = self.holder(host, port)
+                if held is not None:
+                    raise _precondition(
+                        f"port {port} on {host} is in use by {held.service}/{held.name}; release or reassign it first"
+                    )
+        table = self.reserved_host.setdefault(request.host, {}) if request.host else self.reserved_global
+        fresh = [port for port in range(first, last + 1) if port not in table]
+        if not fresh:
+            return self._result(
+                ports_reserve=ports_pb2.ReserveResponse(reservations=[table[p] for p in range(first, last + 1)])
+            )
+        revision = self._note(
+            Action.PORT_ACTION_RESERVED,
+            f"reservations/{request.host or '*'}/{_span(first, last)}",
+            watch_pb2.EVENT_TYPE_PUT,
+            host=request.host,
+            new_port=first,
+            reason=request.reason,
+        )
+        for port in fresh:
+            table[port] = ports_pb2.Reservation(host=request.host, port=port, reason=request.reason, revision=revision)
+        if request.host:
+            self.hosts.setdefault(request.host, None)
+        return CommandResult(
+            revision=revision,
+            ports_reserve=ports_pb2.ReserveResponse(reservations=[table[p] for p in range(first, last + 1)]),
+        )
+
+    def unreserve(self, request: ports_pb2.UnreserveRequest) -> CommandResult:
+        if request.host:
+            _check(limits.check_host(request.host))
+        first, last = self._reserve_span(request.port, request.end_port)
+        table = self.reserved_host.get(request.host, {}) if request.host else self.reserved_global
+        gone = [port for port in range(first, last + 1) if port in table]
+        if not gone:
+            return self._result(ports_unreserve=ports_pb2.UnreserveResponse(removed=0))
+        for port in gone:
+            del table[port]
+        if request.host and not table:
+            self.reserved_host.pop(request.host, None)
+        revision = self._note(
+            Action.PORT_ACTION_UNRESERVED,
+            f"reservations/{request.host or '*'}/{_span(first, last)}",
+            watch_pb2.EVENT_TYPE_DELETE,
+            host=request.host,
+            old_port=first,
+        )
+        return CommandResult(revision=revision, ports_unreserve=ports_pb2.UnreserveResponse(removed=len(gone)))
+
+    # ------------------------------------------------------------------ ranges
+
+    def check_range(self, range_: ports_pb2.PortRange, others: Iterable[ports_pb2.PortRange]) -> None:
+        _check(
+            limits.check_name(range_.name, "range name")
+            or limits.check_port(range_.start, "range start")
+            or limits.check_port(range_.end, "range end")
+            or limits.check_text(range_.description, "description")
+        )
+        if range_.end < range_.start:
+            raise _invalid(f"range {range_.name!r} ends ({range_.end}) before it starts ({range_.start})")
+        for other in others:
+            if other.name != range_.name and other.start <= range_.end and range_.start <= other.end:
+                raise _invalid(
+                    f"range {range_.name!r} ({range_.start}-{range_.end}) overlaps range {other.name!r} "
+                    f"({other.start}-{other.end}); ranges may not overlap"
+                )
+
+    def set_range(self, request: ports_pb2.SetRangeRequest) -> CommandResult:
+        new = request.range
+        self.check_range(new, self.ranges.values())
+        prev = self.ranges.get(new.name)
+        if prev is not None and prev == new:
+            return self._result(ports_set_range=ports_pb2.SetRangeResponse(range=prev))
+        outside = [a for a in self.assignments.values() if a.range == new.name and not new.start <= a.port <= new.end]
+        if outside:
+            names = ", ".join(describe(a) for a in outside[:5])
+            raise _precondition(
+                f"{len(outside)} assignment(s) of range {new.name!r} would fall outside {new.start}-{new.end} "
+                f"({names}); reassign them first"
+            )
+        revision = self._note(
+            Action.PORT_ACTION_RANGE_SET,
+            f"ranges/{new.name}",
+            watch_pb2.EVENT_TYPE_PUT,
+            new_port=new.start,
+            reason=f"{new.start}-{new.end}",
+        )
+        stored = ports_pb2.PortRange()
+        stored.CopyFrom(new)
+        self.ranges[new.name] = stored
+        # Explicit assignments that now fall inside the range become part of it (this revision's change).
+        for key, assignment in list(self.assignments.items()):
+            if not assignment.range and new.start <= assignment.port <= new.end:
+                adopted = ports_pb2.PortAssignment()
+                adopted.CopyFrom(assignment)
+                adopted.range, adopted.mod_revision = new.name, revision
+                self.assignments[key] = adopted
+        return CommandResult(revision=revision, ports_set_range=ports_pb2.SetRangeResponse(range=stored))
+
+    def delete_range(self, request: ports_pb2.DeleteRangeRequest) -> CommandResult:
+        _check(limits.check_name(request.name, "range name"))
+        if request.name not in self.ranges:
+            return self._result(ports_delete_range=ports_pb2.DeleteRangeResponse(deleted=False))
+        inside = [a for a in self.assignments.values() if a.range == request.name]
+        if inside:
+            names = ", ".join(describe(a) for a in inside[:5])
+            raise _precondition(
+                f"range {request.name!r} still has {len(inside)} assignment(s) ({names}); release or reassign them"
+            )
+        del self.ranges[request.name]
+        for cursor in [c for c in self.cursors if c[1] == request.name]:
+            del self.cursors[cursor]
+        revision = self._note(Action.PORT_ACTION_RANGE_DELETED, f"ranges/{request.name}", watch_pb2.EVENT_TYPE_DELETE)
+        return CommandResult(revision=revision, ports_delete_range=ports_pb2.DeleteRangeResponse(deleted=True))
+
+    # ------------------------------------------------------------------ observed ports and conflicts
+
+    def observe(self, request: ports_pb2.ReportObservedRequest) -> CommandResult:
+        _check(limits.check_host(request.host))
+        if len(request.ports) > limits.MAX_OBSERVED_PORTS:
+            raise _invalid(f"at most {limits.MAX_OBSERVED_PORTS} observed ports per report")
+        seen: dict[int, ports_pb2.ObservedPort] = {}
+        for observed in request.ports:
+            _check(limits.check_port(observed.port, "observed port") or limits.check_text(observed.holder, "holder"))
+            if observed.port in seen:
+                raise _invalid(f"port {observed.port} appears twice in the report")
+            seen[observed.port] = observed
+        revision = self._journal.revision + 1
+        report = ports_pb2.HostObservation(
+            host=request.host, reported_unix_ms=self._journal.time_unix_ms, revision=revision
+        )
+        report.ports.extend(seen[port] for port in sorted(seen))
+        self.observations[request.host] = report
+        self.observed[request.host] = {o.port: o for o in report.ports}
+        self.hosts.setdefault(request.host, None)
+        self._note(
+            Action.PORT_ACTION_OBSERVED,
+            f"observed/{request.host}",
+            watch_pb2.EVENT_TYPE_PUT,
+            host=request.host,
+            reason=f"{len(report.ports)} ports bound",
+        )
+        return CommandResult(
+            revision=revision,
+            ports_observe=ports_pb2.ReportObservedResponse(conflicts=self.conflicts(request.host)),
+        )
+
+    def conflicts(self, host: str = "") -> list[ports_pb2.Conflict]:
+        found: list[ports_pb2.Conflict] = []
+        hosts = [host] if host else sorted(self.observed)
+        for name in hosts:
+            bound = self.observed.get(name, {})
+            services_here: dict[str, list[ports_pb2.PortAssignment]] = {}
+            for key in self.by_port.get(name, {}).values():
+                assignment = self.assignments[key]
+                services_here.setdefault(assignment.service, []).append(assignment)
+            for port in sorted(bound):
+                holder = bound[port].holder
+                assigned = self.holder(name, port)
+                if assigned is not None and holder and holder != assigned.service:
+                    found.append(
+                        ports_pb2.Conflict(
+                            kind=ports_pb2.CONFLICT_KIND_WRONG_HOLDER,
+                            host=name,
+                            port=port,
+                            assignment=assigned,
+                            observed_holder=holder,
+                            description=f"port {port} on {name} is assigned to {assigned.service}/{assigned.name} "
+                            f"but bound by {holder}",
+                        )
+                    )
+                if holder in services_here and (assigned is None or assigned.service != holder):
+                    own = sorted(services_here[holder], key=lambda a: (a.port in bound, a.name))[0]
+                    found.append(
+                        ports_pb2.Conflict(
+                            kind=ports_pb2.CONFLICT_KIND_MISPLACED,
+                            host=name,
+                            port=port,
+                            assignment=own,
+                            observed_holder=holder,
+                            description=f"{holder} is bound to port {port} on {name}, but its assigned "
+                            f"port{'s are' if len(services_here[holder]) > 1 else ' is'} "
+                            f"{', '.join(str(a.port) for a in services_here[holder])}",
+                        )
+                    )
+                elif assigned is None and self.range_of(port) and self.reservation(name, port) is None:
+                    who = holder or "an unknown process"
+                    found.append(
+                        ports_pb2.Conflict(
+                            kind=ports_pb2.CONFLICT_KIND_UNASSIGNED_BOUND,
+                            host=name,
+                            port=port,
+                            observed_holder=holder,
+                            description=f"port {port} on {name} lies in range {self.range_of(port)!r} and is bound "
+                            f"by {who}, but nobody was assigned it",
+                        )
+                    )
+        return found
+
+    def plan_resolution(self, host: str = "") -> tuple[list[ports_pb2.PortMove], list[ports_pb2.Conflict]]:
+        """The moves ResolveConflicts would make now, and the conflicts no move can fix.
+
+        Pure: it reads the state and changes nothing (a dry run shows exactly what would apply).
+        Wrong holders move first, to a free port in their range; then a misplaced service adopts
+        the port it is really bound to, if that port is now free.
+        """
+        conflicts = self.conflicts(host)
+        moves: list[ports_pb2.PortMove] = []
+        unresolved: list[ports_pb2.Conflict] = []
+        # Per host: ports planned in this resolution, and ports vacated by it.
+        planned: dict[str, dict[int, str]] = {}
+        vacated: dict[str, set[int]] = {}
+        moved: set[AssignmentKey] = set()
+        for conflict in conflicts:
+            if conflict.kind != ports_pb2.CONFLICT_KIND_WRONG_HOLDER:
+                continue
+            a = conflict.assignment
+            key = (a.host, a.service, a.name)
+            if key in moved:
+                continue
+            if not a.range or a.range not in self.ranges:
+                unresolved.append(_with_reason(conflict, "it lies in no range: reassign it to a port by hand"))
+                continue
+            taken = planned.setdefault(a.host, {})
+            port = self.find_free(a.host, self.ranges[a.range], taken=taken, avoid=a.port)
+            if port is None:
+                unresolved.append(_with_reason(conflict, f"range {a.range!r} has no free port on {a.host}"))
+                continue
+            taken[port] = f"{a.service}/{a.name}"
+            vacated.setdefault(a.host, set()).add(a.port)
+            moved.add(key)
+            moves.append(
+                ports_pb2.PortMove(
+                    host=a.host,
+                    service=a.service,
+                    name=a.name,
+                    old_port=a.port,
+                    new_port=port,
+                    reason=f"port {a.port} is bound by {conflict.observed_holder}",
+                )
+            )
+        for conflict in conflicts:
+            if conflict.kind == ports_pb2.CONFLICT_KIND_UNASSIGNED_BOUND:
+                unresolved.append(
+                    _with_reason(
+                        conflict, "not managed here: reserve the port or stop the process (allocations skip it)"
+                    )
+                )
+                continue
+            if conflict.kind != ports_pb2.CONFLICT_KIND_MISPLACED:
+                continue
+            a = conflict.assignment
+            key = (a.host, a.service, a.name)
+            port = conflict.port
+            holder = self.holder(a.host, port)
+            free_now = holder is None or port in vacated.get(a.host, set())
+            taken = planned.setdefault(a.host, {})
+            if key in moved or not free_now or port in taken or self.reservation(a.host, port) is not None:
+                unresolved.append(_with_reason(conflict, f"port {port} is not free to adopt"))
+                continue
+            taken[port] = f"{a.service}/{a.name}"
+            vacated.setdefault(a.host, set()).add(a.port)
+            moved.add(key)
+            moves.append(
+                ports_pb2.PortMove(
+                    host=a.host,
+                    service=a.service,
+                    name=a.name,
+                    old_port=a.port,
+                    new_port=port,
+                    reason=f"{a.service} is bound to {port}: adopting the observed port",
+                )
+            )
+        return moves, unresolved
+
+    def resolve(self, request: ports_pb2.ResolveConflictsRequest) -> CommandResult:
+        if request.host:
+            self.known_host(request.host)
+        moves, unresolved = self.plan_resolution(request.host)
+        # Vacate every moving assignment first, so a chain of moves never passes through a
+        # moment where two assignments share a port.
+        current = {(m.host, m.service, m.name): self.assignments[(m.host, m.service, m.name)] for m in moves}
+        for assignment in current.values():
+            self._unindex(assignment)
+        for move in moves:
+            key = (move.host, move.service, move.name)
+            self._put(
+                key,
+                move.new_port,
+                self.range_of(move.new_port),
+                current[key].lease_id,
+                Action.PORT_ACTION_RESOLVED,
+                move.reason,
+            )
+        return self._result(ports_resolve=ports_pb2.ResolveConflictsResponse(moves=moves, unresolved=unresolved))
+
+    # ------------------------------------------------------------------ leak repair
+
+    def repair(self, request: ports_pb2.RepairRequest) -> CommandResult:
+        """One repair pass: count assignments unbound on a fresh host report; free them at the threshold.
+
+        A pass counts for an assignment only if its host reported since the last counted pass and
+        since the assignment last changed, so repeated passes over one stale report free nothing.
+        """
+        threshold = request.passes_before_release or DEFAULT_REPAIR_PASSES
+        if threshold > 100:
+            raise _invalid(f"passes_before_release {threshold} is above 100")
+        suspected: list[ports_pb2.PortAssignment] = []
+        to_release: list[AssignmentKey] = []
+        changed = False
+        for host in sorted(self.observations):
+            report = self.observations[host]
+            bound = self.observed.get(host, {})
+            for port in sorted(self.by_port.get(host, {})):
+                key = self.by_port[host][port]
+                assignment = self.assignments[key]
+                if port in bound or report.revision <= assignment.mod_revision:
+                    if self.leaks.pop((host, port), None) is not None:
+                        changed = True
+                    continue
+                suspected.append(assignment)
+                count = self.leaks.get((host, port))
+                if count is not None and count.observation_revision == report.revision:
+                    continue  # no fresh evidence since the last pass
+                passes = (count.passes if count is not None else 0) + 1
+                self.leaks[(host, port)] = ports_pb2.LeakCount(
+                    host=host, port=port, passes=passes, observation_revision=report.revision
+                )
+                changed = True
+                if passes >= threshold:
+                    to_release.append(key)
+        released = [
+            self._drop(key, Action.PORT_ACTION_REPAIRED, f"not bound on {threshold} host reports in a row: leaked")
+            for key in to_release
+        ]
+        if changed and not released:
+            self._note(
+                Action.PORT_ACTION_REPAIRED,
+                "repair",
+                watch_pb2.EVENT_TYPE_PUT,
+                reason=f"{len(suspected)} suspected leaks",
+            )
+        return self._result(ports_repair=ports_pb2.RepairResponse(suspected=suspected, released=released))
+
+    # ------------------------------------------------------------------ services
+
+    def check_manifest(self, manifest: ports_pb2.ServiceManifest) -> None:
+        _check(
+            limits.check_name(manifest.name, "service name")
+            or limits.check_host(manifest.host)
+            or limits.check_text(manifest.version, "version", 64)
+        )
+        if len(manifest.ports) > limits.MAX_DECLARED_PORTS:
+            raise _invalid(f"a service declares at most {limits.MAX_DECLARED_PORTS} ports")
+        names: set[str] = set()
+        fixed: set[int] = set()
+        for declared in manifest.ports:
+            _check(
+                limits.check_name(declared.name, "port name") or limits.check_text(declared.protocol, "protocol", 16)
+            )
+            if declared.name in names:
+                raise _invalid(f"port name {declared.name!r} is declared twice")
+            names.add(declared.name)
+            if declared.port:
+                _check(limits.check_port(declared.port, f"port {declared.name!r}"))
+                if declared.port in fixed:
+                    raise _invalid(f"port {declared.port} is declared twice")
+                fixed.add(declared.port)
+                if declared.range:
+                    range_ = self.range_named(declared.range)
+                    if not range_.start <= declared.port <= range_.end:
+                        raise _invalid(f"port {declared.port} is outside its declared range {declared.range!r}")
+            elif declared.range:
+                self.range_named(declared.range)
+        check = manifest.health_check
+        if check.type not in HEALTH_CHECK_TYPES:
+            raise _invalid(f"health check type {check.type!r} is not one of http, tcp, grpc, none")
+        if check.port_name and check.port_name not in names:
+            raise _invalid(f"health check probes port {check.port_name!r}, which the service does not declare")
+        _check(limits.check_text(check.path, "health check path"))
+        if len(manifest.capabilities) > 64 or len(manifest.labels) > 64:
+            raise _invalid("at most 64 capabilities and 64 labels")
+        for capability in manifest.capabilities:
+            _check(limits.check_name(capability, "capability"))
+        for label, value in manifest.labels.items():
+            _check(limits.check_name(label, "label") or limits.check_text(value, f"label {label!r}", 256))
+        self._check_lease(manifest.lease_id)
+
+    def register_service(self, request: ports_pb2.RegisterServiceRequest) -> CommandResult:
+        manifest = request.manifest
+        self.check_manifest(manifest)
+        host, service = manifest.host, manifest.name
+        own = set(self._service_keys(host, service))
+        declared_names = {declared.name for declared in manifest.ports}
+        stale = sorted(key for key in own if key[2] not in declared_names)
+        # Plan every declared port before changing anything: all or nothing.
+        taken: dict[int, str] = {}
+        plan: list[tuple[AssignmentKey, int, str, ports_pb2.PortAction, str]] = []
+        for declared in manifest.ports:
+            key = (host, service, declared.name)
+            current = self.assignments.get(key)
+            if declared.port:
+                if current is not None and current.port == declared.port:
+                    if current.lease_id != manifest.lease_id:
+                        plan.append((key, current.port, current.range, Action.PORT_ACTION_ASSIGNED, "lease changed"))
+                    continue
+                held = self.by_port.get(host, {}).get(declared.port)
+                problem = (
+                    self._why_taken(host, declared.port, service, taken) if held is None or held not in own else None
+                ) or self._observed_by_other(host, declared.port, service)
+                if problem:
+                    raise _precondition(f"cannot register {service} on {host}: {problem}")
+                taken[declared.port] = f"{service}/{declared.name}"
+                plan.append(
+                    (key, declared.port, self.range_of(declared.port), Action.PORT_ACTION_ASSIGNED, "service manifest")
+                )
+                continue
+            range_name = declared.range or DEFAULT_RANGE
+            range_ = self.ranges.get(range_name)
+            if range_ is None:
+                raise _not_found(f"no port range {range_name!r} to allocate port {declared.name!r} from")
+            if current is not None and current.range == range_name:
+                if current.lease_id != manifest.lease_id:
+                    plan.append((key, current.port, current.range, Action.PORT_ACTION_ASSIGNED, "lease changed"))
+                continue
+            port = self.find_free(host, range_, taken=taken)
+            if port is None:
+                raise self._exhausted(host, range_)
+            taken[port] = f"{service}/{declared.name}"
+            plan.append((key, port, range_name, Action.PORT_ACTION_ALLOCATED, "service manifest"))
+        # A fixed port may be one this service holds under another name: fine only if that one moves away.
+        vacating = {key for key, *_ in plan} | set(stale)
+        for key, port, *_ in plan:
+            held = self.by_port.get(host, {}).get(port)
+            if held is not None and held != key and held not in vacating:
+                raise _precondition(f"cannot register {service} on {host}: port {port} stays with {held[1]}/{held[2]}")
+        prev_record = self.services.get((host, service))
+        revision = self._note(
+            Action.PORT_ACTION_SERVICE_REGISTERED,
+            f"services/{host}/{service}",
+            watch_pb2.EVENT_TYPE_PUT,
+            host=host,
+            service=service,
+            reason=manifest.version,
+        )
+        record = ports_pb2.ServiceRecord(
+            create_revision=prev_record.create_revision if prev_record is not None else revision,
+            mod_revision=revision,
+            registered_unix_ms=self._journal.time_unix_ms,
+        )
+        record.manifest.CopyFrom(manifest)
+        self.services[(host, service)] = record
+        self.hosts.setdefault(host, None)
+        for key in stale:
+            self._drop(key, Action.PORT_ACTION_RELEASED, "no longer declared by the service manifest")
+        # Vacate moving assignments first so new positions never collide with old ones.
+        for key, *_ in plan:
+            if key in self.assignments:
+                self._unindex(self.assignments[key])
+        for key, port, range_name, action, reason in plan:
+            self._put(key, port, range_name, manifest.lease_id, action, reason)
+        return self._result(
+            service_register=ports_pb2.RegisterServiceResponse(service=self.service_view(host, service))
+        )
+
+    def _service_keys(self, host: str, service: str) -> list[AssignmentKey]:
+        return sorted(key for key in self.by_port.get(host, {}).values() if key[1] == service)
+
+    def service_view(self, host: str, service: str) -> ports_pb2.ServiceRecord:
+        view = ports_pb2.ServiceRecord()
+        view.CopyFrom(self.services[(host, service)])
+        view.ports.extend(self.assignments[key] for key in self._service_keys(host, service))
+        return view
+
+    def deregister_service(self, request: ports_pb2.DeregisterServiceRequest) -> CommandResult:
+        self.known_host(request.host)
+        _check(limits.check_name(request.name, "service name"))
+        if (request.host, request.name) not in self.services:
+            return self._result(service_deregister=ports_pb2.DeregisterServiceResponse(deregistered=False))
+        del self.services[(request.host, request.name)]
+        self._note(
+            Action.PORT_ACTION_SERVICE_DEREGISTERED,
+            f"services/{request.host}/{request.name}",
+            watch_pb2.EVENT_TYPE_DELETE,
+            host=request.host,
+            service=request.name,
+        )
+        released = [
+            self._drop(key, Action.PORT_ACTION_RELEASED, "service deregistered")
+            for key in self._service_keys(request.host, request.name)
+        ]
+        return self._result(
+            service_deregister=ports_pb2.DeregisterServiceResponse(deregistered=True, released=released)
+        )
+
+    # ------------------------------------------------------------------ statistics
+
+    def stats(self, host: str = "") -> ports_pb2.PortStatsResponse:
+        hosts = [host] if host else sorted(self.hosts)
+        response = ports_pb2.PortStatsResponse(
+            assignments=sum(len(self.by_port.get(h, {})) for h in hosts),
+            reservations=len(self.reserved_global) + sum(len(self.reserved_host.get(h, {})) for h in hosts),
+            hosts=len(hosts),
+        )
+        for range_ in sorted(self.ranges.values(), key=lambda r: r.start):
+            size = range_.end - range_.start + 1
+            global_reserved = sum(1 for p in self.reserved_global if range_.start <= p <= range_.end)
+            rows = []
+            for name in hosts:
+                used = sum(1 for p in self.by_port.get(name, {}) if range_.start <= p <= range_.end)
+                reserved = global_reserved + sum(
+                    1
+                    for p in self.reserved_host.get(name, {})
+                    if range_.start <= p <= range_.end and p not in self.reserved_global
+                )
+                rows.append(_stats_row(range_.name, name, size, used, reserved))
+            if host:
+                response.ranges.extend(rows)
+                continue
+            total = _stats_row(
+                range_.name,
+                "",
+                size * max(len(rows), 1),
+                sum(r.used for r in rows),
+                sum(r.reserved for r in rows) if rows else global_reserved,
+            )
+            response.ranges.append(total)
+            response.ranges.extend(rows)
+        return response
+
+    # ------------------------------------------------------------------ export / import / snapshot
+
+    def export_map(self, revision: int) -> ports_pb2.PortMap:
+        state = self.to_state()
+        return ports_pb2.PortMap(
+            format=PORT_MAP_FORMAT,
+            revision=revision,
+            ranges=state.ranges,
+            reservations=state.reservations,
+            assignments=state.assignments,
+            services=state.services,
+            history=state.history,
+            observations=state.observations,
+        )
+
+    def validate_map(self, port_map: ports_pb2.PortMap) -> None:
+        """Everything an import must satisfy; raises Refused naming the first problem."""
+        if port_map.format != PORT_MAP_FORMAT:
+            raise _invalid(f"format is {port_map.format!r}; this server imports {PORT_MAP_FORMAT!r} documents")
+        ranges: dict[str, ports_pb2.PortRange] = {}
+        for range_ in port_map.ranges:
+            if range_.name in ranges:
+                raise _invalid(f"range {range_.name!r} appears twice")
+            self.check_range(range_, ranges.values())
+            ranges[range_.name] = range_
+        reserved: set[tuple[str, int]] = set()
+        for reservation in port_map.reservations:
+            if reservation.host:
+                _check(limits.check_host(reservation.host))
+            _check(
+                limits.check_port(reservation.port, "reserved port") or limits.check_text(reservation.reason, "reason")
+            )
+            if (reservation.host, reservation.port) in reserved:
+                raise _invalid(
+                    f"reservation of port {reservation.port} on {reservation.host or 'every host'} appears twice"
+                )
+            reserved.add((reservation.host, reservation.port))
+        keys: set[AssignmentKey] = set()
+        ports: dict[tuple[str, int], str] = {}
+        for a in port_map.assignments:
+            _check(
+                limits.check_host(a.host)
+                or limits.check_name(a.service, "service")
+                or limits.check_name(a.name, "port name")
+                or limits.check_port(a.port)
+            )
+            where = f"assignment {a.service}/{a.name} on {a.host}"
+            if (a.host, a.service, a.name) in keys:
+                raise _invalid(f"{where} appears twice")
+            keys.add((a.host, a.service, a.name))
+            if (a.host, a.port) in ports:
+                raise _invalid(f"{where} and {ports[(a.host, a.port)]} share port {a.port}")
+            ports[(a.host, a.port)] = f"{a.service}/{a.name}"
+            if (a.host, a.port) in reserved or ("", a.port) in reserved:
+                raise _invalid(f"{where} holds reserved port {a.port}")
+            containing = next((r.name for r in ranges.values() if r.start <= a.port <= r.end), "")
+            if a.range != containing:
+                raise _invalid(f"{where} says range {a.range!r} but port {a.port} lies in {containing or 'no range'!r}")
+        services: set[tuple[str, str]] = set()
+        for record in port_map.services:
+            _check(limits.check_name(record.manifest.name, "service name") or limits.check_host(record.manifest.host))
+            if (record.manifest.host, record.manifest.name) in services:
+                raise _invalid(f"service {record.manifest.name} on {record.manifest.host} appears twice")
+            services.add((record.manifest.host, record.manifest.name))
+        for entry in port_map.history:
+            _check(limits.check_name(entry.service, "history service"))
+        for report in port_map.observations:
+            _check(limits.check_host(report.host))
+            for observed in report.ports:
+                _check(limits.check_port(observed.port, "observed port"))
+
+    def import_map(self, request: ports_pb2.ImportPortsRequest) -> CommandResult:
+        port_map = request.map
+        self.validate_map(port_map)
+        dropped = sum(1 for a in port_map.assignments if a.lease_id) + sum(
+            1 for s in port_map.services if s.manifest.lease_id
+        )
+        state = ports_pb2.PortsState(
+            ranges=port_map.ranges,
+            reservations=port_map.reservations,
+            assignments=port_map.assignments,
+            services=[
+                ports_pb2.ServiceRecord(
+                    manifest=s.manifest,
+                    create_revision=s.create_revision,
+                    mod_revision=s.mod_revision,
+                    registered_unix_ms=s.registered_unix_ms,
+                )
+                for s in port_map.services
+            ],
+            history=port_map.history,
+            observations=port_map.observations,
+        )
+        for assignment in state.assignments:
+            assignment.lease_id = 0
+        for record in state.services:
+            record.manifest.lease_id = 0
+        totals: dict[str, int] = {}
+        for entry in state.history:
+            totals[entry.service] = totals.get(entry.service, 0) + 1
+        state.history_totals.extend(ports_pb2.HistoryTotal(service=s, total=n) for s, n in totals.items())
+        self.load(state)
+        revision = self._note(
+            Action.PORT_ACTION_IMPORTED,
+            "import",
+            watch_pb2.EVENT_TYPE_PUT,
+            reason=f"{len(state.assignments)} assignments, {len(state.reservations)} reservations, "
+            f"{len(state.ranges)} ranges",
+        )
+        return CommandResult(
+            revision=revision,
+            ports_import=ports_pb2.ImportPortsResponse(
+                assignments=len(state.assignments),
+                reservations=len(state.reservations),
+                ranges=len(state.ranges),
+                services=len(state.services),
+                leases_dropped=dropped,
+            ),
+        )
+
+    def to_state(self) -> ports_pb2.PortsState:
+        state = ports_pb2.PortsState(
+            ranges=list(self.ranges.values()),
+            reservations=list(self.reserved_global.values()),
+            assignments=list(self.assignments.values()),
+            services=list(self.services.values()),
+            observations=list(self.observations.values()),
+            leaks=list(self.leaks.values()),
+            cursors=[ports_pb2.AllocationCursor(host=h, range=r, next=n) for (h, r), n in self.cursors.items()],
+            hosts=list(self.hosts),
+        )
+        for host_table in self.reserved_host.values():
+            state.reservations.extend(host_table.values())
+        for entries in self.history.values():
+            state.history.extend(entries)
+        state.history_totals.extend(ports_pb2.HistoryTotal(service=s, total=n) for s, n in self.history_totals.items())
+        return state
+
+    def load(self, state: ports_pb2.PortsState) -> None:
+        """Replace the table with a snapshot's (validated by the caller, or our own)."""
+        self.reset()
+        self.hosts = dict.fromkeys(state.hosts)
+        self.ranges = {r.name: r for r in state.ranges}
+        for reservation in state.reservations:
+            table = self.reserved_host.setdefault(reservation.host, {}) if reservation.host else self.reserved_global
+            table[reservation.port] = reservation
+        for assignment in state.assignments:
+            key = (assignment.host, assignment.service, assignment.name)
+            self.assignments[key] = assignment
+            self.by_port.setdefault(assignment.host, {})[assignment.port] = key
+            if assignment.lease_id:
+                self.by_lease.setdefault(assignment.lease_id, {})[key] = None
+            self.hosts.setdefault(assignment.host, None)
+        for record in state.services:
+            self.services[(record.manifest.host, record.manifest.name)] = record
+        for entry in state.history:
+            self.history.setdefault(entry.service, []).append(entry)
+        self.history_totals = {t.service: t.total for t in state.history_totals}
+        for report in state.observations:
+            self.observations[report.host] = report
+            self.observed[report.host] = {o.port: o for o in report.ports}
+        self.leaks = {(c.host, c.port): c for c in state.leaks}
+        self.cursors = {(c.host, c.range): c.next for c in state.cursors}
+        for host in list(state.hosts) + [r.host for r in state.reservations if r.host] + list(self.observations):
+            self.hosts.setdefault(host, None)
+
+    # ------------------------------------------------------------------ reads
+
+    def list_assignments(
+        self, host: str = "", service: str = "", range_name: str = ""
+    ) -> list[ports_pb2.PortAssignment]:
+        if host:
+            self.known_host(host)
+            keys: Iterable[AssignmentKey] = [self.by_port[host][p] for p in sorted(self.by_port.get(host, {}))]
+        else:
+            keys = sorted(self.assignments, key=lambda k: (k[0], self.assignments[k].port))
+        return [
+            self.assignments[key]
+            for key in keys
+            if (not service or key[1] == service) and (not range_name or self.assignments[key].range == range_name)
+        ]
+
+    def list_reservations(self, host: str = "") -> list[ports_pb2.Reservation]:
+        out = [self.reserved_global[p] for p in sorted(self.reserved_global)]
+        for name in [host] if host else sorted(self.reserved_host):
+            table = self.reserved_host.get(name, {})
+            out.extend(table[p] for p in sorted(table))
+        return out
+
+    def service_history(self, service: str, after_revision: int = 0) -> tuple[list[ports_pb2.PortHistoryEntry], int]:
+        _check(limits.check_name(service, "service"))
+        if service not in self.history_totals:
+            raise _not_found(f"no history for service {service!r}: it never held a port")
+        return [e for e in self.history[service] if e.revision > after_revision], self.history_totals[service]
+
+    def list_services(self, host: str = "", name: str = "") -> list[ports_pb2.ServiceRecord]:
+        if host:
+            self.known_host(host)
+        return [
+            self.service_view(h, n)
+            for h, n in sorted(self.services)
+            if (not host or h == host) and (not name or n == name)
+        ]
+
+
+def _wrapping(start: int, low: int, high: int) -> Iterator[int]:
+    yield from range(start, high + 1)
+    yield from range(low, start)
+
+
+def _with_reason(conflict: ports_pb2.Conflict, reason: str) -> ports_pb2.Conflict:
+    copy = ports_pb2.Conflict()
+    copy.CopyFrom(conflict)
+    copy.description = f"{conflict.description}; not resolved: {reason}"
+    return copy
+
+
+def _stats_row(range_name: str, host: str, size: int, used: int, reserved: int) -> ports_pb2.RangeStats:
+    available = size - reserved
+    return ports_pb2.RangeStats(
+        range=range_name,
+        host=host,
+        size=size,
+        used=used,
+        reserved=reserved,
+        free=max(size - used - reserved, 0),
+        utilisation=round(used / available, 4) if available > 0 else 0.0,
+    )
