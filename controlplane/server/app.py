@@ -20,14 +20,26 @@ from controlplane.server import logs, metrics
 from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.interceptor import ErrorsAndMetrics
 from controlplane.server.node import Node
-from controlplane.server.services import ClusterService, KVService, PeerService, WatchService
+from controlplane.server.services import (
+    ClusterService,
+    KVService,
+    LeasesService,
+    PeerService,
+    PortsService,
+    ServicesService,
+    WatchService,
+)
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
     kv_pb2,
     kv_pb2_grpc,
+    leases_pb2,
+    leases_pb2_grpc,
     peer_pb2,
     peer_pb2_grpc,
+    ports_pb2,
+    ports_pb2_grpc,
     watch_pb2,
     watch_pb2_grpc,
 )
@@ -76,6 +88,9 @@ async def serve(config: ServerConfig) -> None:
     watch_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)
     cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
     peer_pb2_grpc.add_PeerServicer_to_server(PeerService(node), server)
+    ports_pb2_grpc.add_PortsServicer_to_server(PortsService(node), server)
+    ports_pb2_grpc.add_ServicesServicer_to_server(ServicesService(node), server)
+    leases_pb2_grpc.add_LeasesServicer_to_server(LeasesService(node), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -84,6 +99,9 @@ async def serve(config: ServerConfig) -> None:
             watch_pb2.DESCRIPTOR.services_by_name["Watch"].full_name,
             cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
             peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name,
+            ports_pb2.DESCRIPTOR.services_by_name["Ports"].full_name,
+            ports_pb2.DESCRIPTOR.services_by_name["Services"].full_name,
+            leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

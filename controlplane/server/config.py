@@ -111,6 +111,12 @@ class ServerConfig:
     gil_switch_interval_s: float = 0.001
     # Python's generation-0 collection threshold for the server process (docs/operations.md, "Tuning").
     gc_gen0_threshold: int = 50_000
+    # The leader's leak-repair pass over port assignments (0: only on request, `cpctl ports repair`),
+    # and how many passes in a row must see a leak before it is freed.
+    ports_repair_interval_s: float = 60.0
+    ports_repair_passes: int = 3
+    # How often the leader looks for expired leases.
+    lease_check_interval_s: float = 0.25
     raft: RaftTuning = field(default_factory=RaftTuning)
 
     def validate(self) -> None:
@@ -148,6 +154,10 @@ class ServerConfig:
                 f"max_batch_bytes must stay below {limits.RAFT_MAX_ENTRY_BYTES - 2 * limits.MAX_VALUE_BYTES} "
                 "(a larger Raft entry hits a pysyncobj framing bug; see controlplane/state/limits.py)"
             )
+        if self.ports_repair_interval_s < 0 or not 1 <= self.ports_repair_passes <= 100:
+            raise ConfigError("ports_repair_interval_s must be >= 0 and ports_repair_passes within 1-100")
+        if not 0.01 <= self.lease_check_interval_s <= 10:
+            raise ConfigError("lease_check_interval_s must be within 0.01-10 seconds")
         ids = [peer.id for peer in self.peers]
         if self.node_id in ids:
             raise ConfigError(f"peers must not include this server ({self.node_id}) itself")

@@ -43,16 +43,19 @@ from controlplane.errors import (
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.server import metrics
 from controlplane.server.config import ServerConfig
+from controlplane.server.housekeeping import Housekeeper
 from controlplane.server.proposer import Proposer
 from controlplane.server.raft import SUCCESS, RaftNode, describe_failure
 from controlplane.state import limits
 from controlplane.state.machine import CommandResult, SnapshotError, StateMachine, parse_snapshot
+from controlplane.state.ports import Refused
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
     command_pb2,
     common_pb2,
     kv_pb2,
+    leases_pb2,
     peer_pb2,
     peer_pb2_grpc,
     watch_pb2,
@@ -72,6 +75,7 @@ _ROLE_ENUM = {
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class Node:
             max_in_flight=self.config.max_in_flight,
         )
         self._spawn(self._publish_self())
+        self.housekeeper = Housekeeper(self, self.config)
+        self._spawn(self.housekeeper.run())
 
     async def stop(self) -> None:
         self.proposer.close()
@@ -303,6 +309,29 @@ class Node:
                 request.prefix, request.start_after, request.limit or limits.MAX_LIST_LIMIT
             )
             return kvs, more, self.machine.revision
+
+    def read_state(self, read: Callable[[], T]) -> tuple[T, int]:
+        """Run a read of the domain tables under the state lock: its answer and the revision it reflects.
+
+        Reads refuse like commands do (``Refused``: an unknown host, a missing range); the
+        refusal becomes the matching typed error.
+        """
+        with self.state_lock:
+            try:
+                return read(), self.machine.revision
+            except Refused as refused:
+                raise error_from_result(common_pb2.Error(code=refused.code, message=refused.message)) from None
+
+    def lease_views(self) -> list[leases_pb2.Lease]:
+        """Every lease with what it holds counted in."""
+        with self.state_lock:
+            views = []
+            for lease_id in sorted(self.machine.leases.leases):
+                view = leases_pb2.Lease()
+                view.CopyFrom(self.machine.leases.leases[lease_id])
+                view.attached_ports = len(self.machine.ports.by_lease.get(lease_id, {}))
+                views.append(view)
+            return views
 
     # ------------------------------------------------------------------ watch
 

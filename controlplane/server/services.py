@@ -11,8 +11,10 @@ import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from controlplane.errors import DeadlineExceeded, InvalidArgument
 from controlplane.server.node import Node
@@ -22,13 +24,20 @@ from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
     command_pb2,
+    common_pb2,
     kv_pb2,
     kv_pb2_grpc,
+    leases_pb2,
+    leases_pb2_grpc,
     peer_pb2,
     peer_pb2_grpc,
+    ports_pb2,
+    ports_pb2_grpc,
     watch_pb2,
     watch_pb2_grpc,
 )
+
+Resp = TypeVar("Resp", bound=Message)
 
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 WATCH_PROGRESS_EVERY_S = 1.0
@@ -219,6 +228,234 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     ) -> peer_pb2.ProposeResponse:
         results = await self._node.propose_forwarded(list(request.commands), request.from_node)
         return peer_pb2.ProposeResponse(results=results)
+
+
+async def _replicate(node: Node, field: str, request: Message, response_type: type[Resp]) -> Resp:
+    """Propose a request message as the command body ``field``; answer with the result body.
+
+    Port, service and lease commands carry their request message (request_id lifted into the
+    envelope, the dedupe key) and their results the response message; the header is added here.
+    """
+    body = type(request)()
+    body.CopyFrom(request)
+    request_id = getattr(body, "request_id", "")
+    body.ClearField("request_id")  # type: ignore[arg-type]
+    command = command_pb2.Command(request_id=request_id)
+    getattr(command, field).CopyFrom(body)
+    result = await node.write(command)
+    response = response_type()
+    response.CopyFrom(getattr(result, field))
+    response.header.CopyFrom(node.header(result.revision))  # type: ignore[attr-defined]
+    return response
+
+
+class PortsService(ports_pb2_grpc.PortsServicer):
+    """Writes go through the log (the state machine validates them); reads honour ReadOptions."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def Allocate(
+        self, request: ports_pb2.AllocateRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.AllocateResponse:
+        return await _replicate(self._node, "ports_allocate", request, ports_pb2.AllocateResponse)
+
+    async def Assign(
+        self, request: ports_pb2.AssignRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.AssignResponse:
+        return await _replicate(self._node, "ports_assign", request, ports_pb2.AssignResponse)
+
+    async def Release(
+        self, request: ports_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReleaseResponse:
+        return await _replicate(self._node, "ports_release", request, ports_pb2.ReleaseResponse)
+
+    async def Reassign(
+        self, request: ports_pb2.ReassignRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReassignResponse:
+        return await _replicate(self._node, "ports_reassign", request, ports_pb2.ReassignResponse)
+
+    async def Reserve(
+        self, request: ports_pb2.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReserveResponse:
+        return await _replicate(self._node, "ports_reserve", request, ports_pb2.ReserveResponse)
+
+    async def Unreserve(
+        self, request: ports_pb2.UnreserveRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.UnreserveResponse:
+        return await _replicate(self._node, "ports_unreserve", request, ports_pb2.UnreserveResponse)
+
+    async def SetRange(
+        self, request: ports_pb2.SetRangeRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.SetRangeResponse:
+        return await _replicate(self._node, "ports_set_range", request, ports_pb2.SetRangeResponse)
+
+    async def DeleteRange(
+        self, request: ports_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.DeleteRangeResponse:
+        return await _replicate(self._node, "ports_delete_range", request, ports_pb2.DeleteRangeResponse)
+
+    async def ReportObserved(
+        self, request: ports_pb2.ReportObservedRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReportObservedResponse:
+        return await _replicate(self._node, "ports_observe", request, ports_pb2.ReportObservedResponse)
+
+    async def Repair(
+        self, request: ports_pb2.RepairRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.RepairResponse:
+        return await _replicate(self._node, "ports_repair", request, ports_pb2.RepairResponse)
+
+    async def Import(
+        self, request: ports_pb2.ImportPortsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ImportPortsResponse:
+        if request.ByteSize() > limits.MAX_RESTORE_BYTES:
+            raise InvalidArgument(f"a port map import is one log entry, limited to {limits.MAX_RESTORE_BYTES} bytes")
+        # Validate here first: a bad document is refused without a trip through the log.
+        self._node.read_state(lambda: self._node.machine.ports.validate_map(request.map))
+        return await _replicate(self._node, "ports_import", request, ports_pb2.ImportPortsResponse)
+
+    async def ResolveConflicts(
+        self, request: ports_pb2.ResolveConflictsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ResolveConflictsResponse:
+        if not request.dry_run:
+            return await _replicate(self._node, "ports_resolve", request, ports_pb2.ResolveConflictsResponse)
+        await self._node.prepare_read(common_pb2.ReadOptions(), _timeout(context))
+        ports = self._node.machine.ports
+
+        def plan() -> tuple[list[ports_pb2.PortMove], list[ports_pb2.Conflict]]:
+            if request.host:
+                ports.known_host(request.host)
+            return ports.plan_resolution(request.host)
+
+        (moves, unresolved), revision = self._node.read_state(plan)
+        return ports_pb2.ResolveConflictsResponse(
+            header=self._node.header(revision), moves=moves, unresolved=unresolved
+        )
+
+    async def ListRanges(
+        self, request: ports_pb2.ListRangesRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ListRangesResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        ports = self._node.machine.ports
+        ranges, revision = self._node.read_state(lambda: sorted(ports.ranges.values(), key=lambda r: r.start))
+        return ports_pb2.ListRangesResponse(header=self._node.header(revision), ranges=ranges)
+
+    async def List(
+        self, request: ports_pb2.ListPortsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ListPortsResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        ports = self._node.machine.ports
+
+        def read() -> tuple[list[ports_pb2.PortAssignment], list[ports_pb2.Reservation]]:
+            if request.range:
+                ports.range_named(request.range)
+            return (
+                ports.list_assignments(request.host, request.service, request.range),
+                ports.list_reservations(request.host) if not request.service else [],
+            )
+
+        (assignments, reservations), revision = self._node.read_state(read)
+        return ports_pb2.ListPortsResponse(
+            header=self._node.header(revision), assignments=assignments, reservations=reservations
+        )
+
+    async def History(
+        self, request: ports_pb2.PortHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.PortHistoryResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        ports = self._node.machine.ports
+        (entries, total), revision = self._node.read_state(
+            lambda: ports.service_history(request.service, request.after_revision)
+        )
+        return ports_pb2.PortHistoryResponse(header=self._node.header(revision), entries=entries, total=total)
+
+    async def Conflicts(
+        self, request: ports_pb2.ConflictsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ConflictsResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        ports = self._node.machine.ports
+
+        def read() -> list[ports_pb2.Conflict]:
+            if request.host:
+                ports.known_host(request.host)
+            return ports.conflicts(request.host)
+
+        conflicts, revision = self._node.read_state(read)
+        return ports_pb2.ConflictsResponse(header=self._node.header(revision), conflicts=conflicts)
+
+    async def Stats(
+        self, request: ports_pb2.PortStatsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.PortStatsResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        ports = self._node.machine.ports
+
+        def read() -> ports_pb2.PortStatsResponse:
+            if request.host:
+                ports.known_host(request.host)
+            return ports.stats(request.host)
+
+        response, revision = self._node.read_state(read)
+        response.header.CopyFrom(self._node.header(revision))
+        return response
+
+    async def Export(
+        self, request: ports_pb2.ExportPortsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ExportPortsResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        machine = self._node.machine
+        port_map, revision = self._node.read_state(lambda: machine.ports.export_map(machine.revision))
+        return ports_pb2.ExportPortsResponse(header=self._node.header(revision), map=port_map)
+
+
+class ServicesService(ports_pb2_grpc.ServicesServicer):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def Register(
+        self, request: ports_pb2.RegisterServiceRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.RegisterServiceResponse:
+        return await _replicate(self._node, "service_register", request, ports_pb2.RegisterServiceResponse)
+
+    async def Deregister(
+        self, request: ports_pb2.DeregisterServiceRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.DeregisterServiceResponse:
+        return await _replicate(self._node, "service_deregister", request, ports_pb2.DeregisterServiceResponse)
+
+    async def List(
+        self, request: ports_pb2.ListServicesRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ListServicesResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        ports = self._node.machine.ports
+        services, revision = self._node.read_state(lambda: ports.list_services(request.host, request.name))
+        return ports_pb2.ListServicesResponse(header=self._node.header(revision), services=services)
+
+
+class LeasesService(leases_pb2_grpc.LeasesServicer):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def Grant(
+        self, request: leases_pb2.GrantLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> leases_pb2.GrantLeaseResponse:
+        _check(limits.check_lease_ttl(request.ttl_ms))
+        return await _replicate(self._node, "lease_grant", request, leases_pb2.GrantLeaseResponse)
+
+    async def KeepAlive(
+        self, request: leases_pb2.KeepAliveRequest, context: grpc.aio.ServicerContext
+    ) -> leases_pb2.KeepAliveResponse:
+        return await _replicate(self._node, "lease_keepalive", request, leases_pb2.KeepAliveResponse)
+
+    async def Revoke(
+        self, request: leases_pb2.RevokeLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> leases_pb2.RevokeLeaseResponse:
+        return await _replicate(self._node, "lease_revoke", request, leases_pb2.RevokeLeaseResponse)
+
+    async def List(
+        self, request: leases_pb2.ListLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> leases_pb2.ListLeasesResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        leases = self._node.lease_views()
+        return leases_pb2.ListLeasesResponse(header=self._node.header(), leases=leases)
 
 
 def _check(problem: str | None) -> None:
