@@ -29,6 +29,7 @@ from controlplane.client._models import (
     PutResult,
     SnapshotInfo,
 )
+from controlplane.client._ports_api import AsyncLeases, AsyncPorts, AsyncServices
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import cluster_pb2
 
@@ -67,6 +68,12 @@ class AsyncClient:
         retry_policy: RetryPolicy | None = None,
     ) -> None:
         self._core = _base.ClientCore(endpoints, timeout, retry_policy)
+        #: Port assignments, ranges, reservations, conflicts and repair.
+        self.ports = AsyncPorts(self._unary)
+        #: Service manifests whose declared ports are allocated atomically.
+        self.services = AsyncServices(self._unary)
+        #: Leases that port assignments (and agents) hang on.
+        self.leases = AsyncLeases(self._unary)
         self._channel_factory = channel_factory or _insecure_channel
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}

@@ -539,6 +539,8 @@ def event(pb: watch_pb2.Event) -> Event | None:
         kind = EventType(pb.type)
     except ValueError:
         return None
+    from controlplane.client import _ports  # imports this module: a top-level import would be circular
+
     return Event(
         revision=pb.revision,
         type=kind,
@@ -548,6 +550,7 @@ def event(pb: watch_pb2.Event) -> Event | None:
         kv=key_value(pb.kv) if pb.HasField("kv") and kind is EventType.PUT else None,
         prev_kv=key_value(pb.prev_kv) if pb.HasField("prev_kv") else None,
         time_unix_ms=pb.time_unix_ms,
+        port=_ports.convert(_ports.PortEvent, pb.port) if pb.HasField("port") else None,
     )
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from controlplane.v1 import cluster_pb2, common_pb2, watch_pb2
+
+if TYPE_CHECKING:
+    from controlplane.client._ports import PortEvent
 
 __all__ = [
     "CasResult",
@@ -118,6 +122,8 @@ class Event:
     prev_kv: KeyValue | None
     #: Leader-stamped time of the change (milliseconds since the Unix epoch).
     time_unix_ms: int
+    #: For domain "ports": the change with the old and new port.
+    port: PortEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from controlplane.client._models import (
     PutResult,
     SnapshotInfo,
 )
+from controlplane.client._ports_api import Leases, Ports, Services
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import cluster_pb2
 
@@ -70,6 +71,12 @@ class Client:
         retry_policy: RetryPolicy | None = None,
     ) -> None:
         self._core = _base.ClientCore(endpoints, timeout, retry_policy)
+        #: Port assignments, ranges, reservations, conflicts and repair.
+        self.ports = Ports(self._unary)
+        #: Service manifests whose declared ports are allocated atomically.
+        self.services = Services(self._unary)
+        #: Leases that port assignments (and agents) hang on.
+        self.leases = Leases(self._unary)
         self._channel_factory = channel_factory or _insecure_channel
         self._channels: dict[str, grpc.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}

@@ -1,0 +1,410 @@
+"""Ports, services and leases for the SDK: result types, request builders and conversions.
+
+Shared by the sync and async clients (``client.ports``, ``client.services``, ``client.leases``),
+which only add the transport. Like ``_models``, no protobuf type reaches a caller: every result
+is a frozen dataclass whose fields carry the wire schema's names (``proto/controlplane/v1/ports.proto``
+documents each one), and documents (manifests, exported port maps) are plain dicts in the
+proto3 JSON shape.
+"""
+
+from __future__ import annotations
+
+import enum
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from controlplane import errors
+from controlplane.client._base import Rpc, new_request_id
+from controlplane.v1 import common_pb2, leases_pb2, ports_pb2
+
+__all__ = [
+    "AllocateResult",
+    "Conflict",
+    "ConflictKind",
+    "ImportResult",
+    "Lease",
+    "PortAction",
+    "PortAssignment",
+    "PortEvent",
+    "PortHistory",
+    "PortHistoryEntry",
+    "PortList",
+    "PortMove",
+    "PortRange",
+    "PortStats",
+    "RangeStats",
+    "ReassignResult",
+    "ReleaseResult",
+    "RepairResult",
+    "Reservation",
+    "ResolveResult",
+    "ServiceRecord",
+]
+
+D = TypeVar("D")
+M = TypeVar("M", bound=Message)
+
+
+class PortAction(enum.Enum):
+    UNSPECIFIED = ports_pb2.PORT_ACTION_UNSPECIFIED
+    ALLOCATED = ports_pb2.PORT_ACTION_ALLOCATED
+    ASSIGNED = ports_pb2.PORT_ACTION_ASSIGNED
+    RELEASED = ports_pb2.PORT_ACTION_RELEASED
+    REASSIGNED = ports_pb2.PORT_ACTION_REASSIGNED
+    EXPIRED = ports_pb2.PORT_ACTION_EXPIRED
+    RESOLVED = ports_pb2.PORT_ACTION_RESOLVED
+    REPAIRED = ports_pb2.PORT_ACTION_REPAIRED
+    IMPORTED = ports_pb2.PORT_ACTION_IMPORTED
+    RESERVED = ports_pb2.PORT_ACTION_RESERVED
+    UNRESERVED = ports_pb2.PORT_ACTION_UNRESERVED
+    RANGE_SET = ports_pb2.PORT_ACTION_RANGE_SET
+    RANGE_DELETED = ports_pb2.PORT_ACTION_RANGE_DELETED
+    OBSERVED = ports_pb2.PORT_ACTION_OBSERVED
+    SERVICE_REGISTERED = ports_pb2.PORT_ACTION_SERVICE_REGISTERED
+    SERVICE_DEREGISTERED = ports_pb2.PORT_ACTION_SERVICE_DEREGISTERED
+
+
+class ConflictKind(enum.Enum):
+    UNSPECIFIED = ports_pb2.CONFLICT_KIND_UNSPECIFIED
+    #: Assigned to one service, bound by something else.
+    WRONG_HOLDER = ports_pb2.CONFLICT_KIND_WRONG_HOLDER
+    #: Bound inside a managed range, assigned to nobody.
+    UNASSIGNED_BOUND = ports_pb2.CONFLICT_KIND_UNASSIGNED_BOUND
+    #: A managed service bound to a port other than its own.
+    MISPLACED = ports_pb2.CONFLICT_KIND_MISPLACED
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    name: str
+    start: int
+    end: int
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PortAssignment:
+    host: str
+    service: str
+    name: str
+    port: int
+    range: str
+    lease_id: int
+    create_revision: int
+    mod_revision: int
+    created_unix_ms: int
+    updated_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    #: Empty: reserved on every host.
+    host: str
+    port: int
+    reason: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class PortHistoryEntry:
+    revision: int
+    time_unix_ms: int
+    action: PortAction
+    host: str
+    service: str
+    name: str
+    old_port: int
+    new_port: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortEvent:
+    """What a watch on domain "ports" carries in ``Event.port``."""
+
+    action: PortAction
+    host: str
+    service: str
+    name: str
+    old_port: int
+    new_port: int
+    reason: str
+    assignment: PortAssignment | None
+    prev_assignment: PortAssignment | None
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    kind: ConflictKind
+    host: str
+    port: int
+    assignment: PortAssignment | None
+    observed_holder: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortMove:
+    host: str
+    service: str
+    name: str
+    old_port: int
+    new_port: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RangeStats:
+    range: str
+    #: Empty: the total over every known host.
+    host: str
+    size: int
+    used: int
+    reserved: int
+    free: int
+    utilisation: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    id: int
+    ttl_ms: int
+    granted_unix_ms: int
+    renewed_unix_ms: int
+    attached_ports: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllocateResult:
+    revision: int
+    assignment: PortAssignment
+    #: True when it already held this port: nothing changed.
+    existing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    revision: int
+    #: False when nothing was assigned (releasing twice is not an error).
+    released: bool
+    assignment: PortAssignment | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReassignResult:
+    revision: int
+    assignment: PortAssignment
+    old_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class PortList:
+    revision: int
+    assignments: tuple[PortAssignment, ...]
+    reservations: tuple[Reservation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PortHistory:
+    revision: int
+    entries: tuple[PortHistoryEntry, ...]
+    #: Entries ever recorded for the service (the oldest may have been trimmed).
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveResult:
+    revision: int
+    moves: tuple[PortMove, ...]
+    unresolved: tuple[Conflict, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RepairResult:
+    revision: int
+    suspected: tuple[PortAssignment, ...]
+    released: tuple[PortAssignment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PortStats:
+    revision: int
+    ranges: tuple[RangeStats, ...]
+    assignments: int
+    reservations: int
+    hosts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    revision: int
+    assignments: int
+    reservations: int
+    ranges: int
+    services: int
+    leases_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    name: str
+    version: str
+    host: str
+    #: The ports it holds, by their declared names.
+    ports: tuple[PortAssignment, ...]
+    #: The manifest as registered, in its document (YAML/JSON) shape.
+    manifest: dict[str, Any]
+    create_revision: int
+    mod_revision: int
+    registered_unix_ms: int
+
+
+# --- conversion ----------------------------------------------------------------------------------
+
+
+def convert(cls: type[D], message: Message, **extra: Any) -> D:
+    """A result dataclass from a message whose fields carry the same names.
+
+    Nested dataclasses, enums, tuples of either and optional sub-messages (None when unset) follow
+    the dataclass's annotations; ``extra`` fills fields the message does not have (``revision``).
+    """
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in fields(cls):  # type: ignore[arg-type]
+        if field.name in extra:
+            values[field.name] = extra[field.name]
+            continue
+        values[field.name] = _value(hints[field.name], message, field.name)
+    return cls(**values)
+
+
+def _value(hint: Any, message: Message, name: str) -> Any:
+    raw = getattr(message, name)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is tuple:
+        return tuple(_item(args[0], item) for item in raw)
+    if args and type(None) in args:  # Optional[X]
+        inner = next(arg for arg in args if arg is not type(None))
+        return _item(inner, raw) if message.HasField(name) else None
+    return _item(hint, raw)
+
+
+def _item(hint: Any, raw: Any) -> Any:
+    if isinstance(hint, type) and is_dataclass(hint):
+        return convert(hint, raw)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(raw)
+        except ValueError:  # a newer server's value
+            return next(iter(hint))
+    return raw
+
+
+def revision_of(response: Message) -> int:
+    return int(response.header.revision)  # type: ignore[attr-defined]
+
+
+def service_record(record: ports_pb2.ServiceRecord) -> ServiceRecord:
+    manifest = record.manifest
+    return ServiceRecord(
+        name=manifest.name,
+        version=manifest.version,
+        host=manifest.host,
+        ports=tuple(convert(PortAssignment, a) for a in record.ports),
+        manifest=json_format.MessageToDict(manifest, preserving_proto_field_name=True),
+        create_revision=record.create_revision,
+        mod_revision=record.mod_revision,
+        registered_unix_ms=record.registered_unix_ms,
+    )
+
+
+def manifest_message(manifest: Mapping[str, Any]) -> ports_pb2.ServiceManifest:
+    """A manifest document (parsed YAML or JSON) as the wire message; InvalidArgument naming the problem."""
+    if not isinstance(manifest, Mapping):
+        raise errors.InvalidArgument("a service manifest must be a mapping (name, host, ports, ...)")
+    return _parse(manifest, ports_pb2.ServiceManifest(), "service manifest")
+
+
+def port_map_message(document: Mapping[str, Any]) -> ports_pb2.PortMap:
+    if not isinstance(document, Mapping):
+        raise errors.InvalidArgument("a port map document must be a JSON object")
+    return _parse(document, ports_pb2.PortMap(), "port map document")
+
+
+def _parse(document: Mapping[str, Any], message: M, what: str) -> M:
+    try:
+        json_format.ParseDict(dict(document), message)
+    except json_format.ParseError as exc:
+        raise errors.InvalidArgument(f"{what} is malformed: {exc}") from None
+    return message
+
+
+def port_map_document(port_map: ports_pb2.PortMap) -> dict[str, Any]:
+    """The exported port map as a JSON-ready dict (proto3 JSON mapping, the backup file format)."""
+    return json_format.MessageToDict(port_map, preserving_proto_field_name=True)
+
+
+def read_options(consistency: Any, min_revision: int) -> common_pb2.ReadOptions:
+    return common_pb2.ReadOptions(consistency=consistency.value, min_revision=min_revision)
+
+
+def observed_ports(ports: Iterable[int | tuple[int, str] | Mapping[str, Any]]) -> list[ports_pb2.ObservedPort]:
+    """Observed ports given as ints, (port, holder) pairs or {"port", "holder", "pid"} mappings."""
+    out = []
+    for item in ports:
+        if isinstance(item, int):
+            out.append(ports_pb2.ObservedPort(port=item))
+        elif isinstance(item, tuple):
+            out.append(ports_pb2.ObservedPort(port=item[0], holder=item[1]))
+        else:
+            out.append(
+                ports_pb2.ObservedPort(
+                    port=int(item["port"]), holder=str(item.get("holder", "")), pid=int(item.get("pid", 0))
+                )
+            )
+    return out
+
+
+def rid(request_id: str | None) -> str:
+    return request_id or new_request_id()
+
+
+# --- the RPCs ------------------------------------------------------------------------------------
+
+_P = "/controlplane.v1.Ports/"
+ALLOCATE = Rpc(_P + "Allocate", ports_pb2.AllocateResponse, write=True)
+ASSIGN = Rpc(_P + "Assign", ports_pb2.AssignResponse, write=True)
+RELEASE = Rpc(_P + "Release", ports_pb2.ReleaseResponse, write=True)
+REASSIGN = Rpc(_P + "Reassign", ports_pb2.ReassignResponse, write=True)
+RESERVE = Rpc(_P + "Reserve", ports_pb2.ReserveResponse, write=True)
+UNRESERVE = Rpc(_P + "Unreserve", ports_pb2.UnreserveResponse, write=True)
+SET_RANGE = Rpc(_P + "SetRange", ports_pb2.SetRangeResponse, write=True)
+DELETE_RANGE = Rpc(_P + "DeleteRange", ports_pb2.DeleteRangeResponse, write=True)
+LIST_RANGES = Rpc(_P + "ListRanges", ports_pb2.ListRangesResponse, write=False)
+LIST = Rpc(_P + "List", ports_pb2.ListPortsResponse, write=False)
+HISTORY = Rpc(_P + "History", ports_pb2.PortHistoryResponse, write=False)
+REPORT_OBSERVED = Rpc(_P + "ReportObserved", ports_pb2.ReportObservedResponse, write=True)
+CONFLICTS = Rpc(_P + "Conflicts", ports_pb2.ConflictsResponse, write=False)
+# A dry run is a read; the transport picks write routing only when it applies.
+RESOLVE = Rpc(_P + "ResolveConflicts", ports_pb2.ResolveConflictsResponse, write=True)
+REPAIR = Rpc(_P + "Repair", ports_pb2.RepairResponse, write=True)
+STATS = Rpc(_P + "Stats", ports_pb2.PortStatsResponse, write=False)
+EXPORT = Rpc(_P + "Export", ports_pb2.ExportPortsResponse, write=False)
+IMPORT = Rpc(_P + "Import", ports_pb2.ImportPortsResponse, write=True)
+
+_S = "/controlplane.v1.Services/"
+REGISTER = Rpc(_S + "Register", ports_pb2.RegisterServiceResponse, write=True)
+DEREGISTER = Rpc(_S + "Deregister", ports_pb2.DeregisterServiceResponse, write=True)
+LIST_SERVICES = Rpc(_S + "List", ports_pb2.ListServicesResponse, write=False)
+
+_L = "/controlplane.v1.Leases/"
+GRANT = Rpc(_L + "Grant", leases_pb2.GrantLeaseResponse, write=True)
+KEEPALIVE = Rpc(_L + "KeepAlive", leases_pb2.KeepAliveResponse, write=True)
+REVOKE = Rpc(_L + "Revoke", leases_pb2.RevokeLeaseResponse, write=True)
+LIST_LEASES = Rpc(_L + "List", leases_pb2.ListLeasesResponse, write=False)
