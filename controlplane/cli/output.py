@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any, NoReturn
 
 import typer
@@ -39,3 +40,27 @@ def emit(output: Output, value: Any, text: str) -> None:
         emit_json(value)
     else:
         typer.echo(text)
+
+
+def plain(value: Any) -> Any:
+    """A result (dataclasses, enums, tuples) as JSON-ready values; enums by name."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.name
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    """Rows as left-aligned columns under a header line; "(none)" when there are none."""
+    if not rows:
+        return "(none)"
+    cells = [headers, *[[str(cell) for cell in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells
+    )

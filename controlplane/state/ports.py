@@ -716,44 +716,30 @@ class PortTable:
         """The moves ResolveConflicts would make now, and the conflicts no move can fix.
 
         Pure: it reads the state and changes nothing (a dry run shows exactly what would apply).
-        Wrong holders move first, to a free port in their range; then a misplaced service adopts
-        the port it is really bound to, if that port is now free.
+        An assignment whose port is bound by someone else must leave it. A service observed bound
+        to a port other than its own adopts that port when it is free or being vacated (reality
+        wins); every other assignment that must leave goes to the next free port of its range.
         """
         conflicts = self.conflicts(host)
+        must_leave: dict[AssignmentKey, ports_pb2.Conflict] = {}
+        for conflict in conflicts:
+            if conflict.kind == ports_pb2.CONFLICT_KIND_WRONG_HOLDER:
+                a = conflict.assignment
+                must_leave.setdefault((a.host, a.service, a.name), conflict)
         moves: list[ports_pb2.PortMove] = []
         unresolved: list[ports_pb2.Conflict] = []
-        # Per host: ports planned in this resolution, and ports vacated by it.
-        planned: dict[str, dict[int, str]] = {}
-        vacated: dict[str, set[int]] = {}
+        planned: dict[str, dict[int, str]] = {}  # per host: ports this plan hands out
         moved: set[AssignmentKey] = set()
-        for conflict in conflicts:
-            if conflict.kind != ports_pb2.CONFLICT_KIND_WRONG_HOLDER:
-                continue
-            a = conflict.assignment
-            key = (a.host, a.service, a.name)
-            if key in moved:
-                continue
-            if not a.range or a.range not in self.ranges:
-                unresolved.append(_with_reason(conflict, "it lies in no range: reassign it to a port by hand"))
-                continue
-            taken = planned.setdefault(a.host, {})
-            port = self.find_free(a.host, self.ranges[a.range], taken=taken, avoid=a.port)
-            if port is None:
-                unresolved.append(_with_reason(conflict, f"range {a.range!r} has no free port on {a.host}"))
-                continue
-            taken[port] = f"{a.service}/{a.name}"
-            vacated.setdefault(a.host, set()).add(a.port)
-            moved.add(key)
+
+        def plan(a: ports_pb2.PortAssignment, port: int, reason: str) -> None:
+            planned.setdefault(a.host, {})[port] = f"{a.service}/{a.name}"
+            moved.add((a.host, a.service, a.name))
             moves.append(
                 ports_pb2.PortMove(
-                    host=a.host,
-                    service=a.service,
-                    name=a.name,
-                    old_port=a.port,
-                    new_port=port,
-                    reason=f"port {a.port} is bound by {conflict.observed_holder}",
+                    host=a.host, service=a.service, name=a.name, old_port=a.port, new_port=port, reason=reason
                 )
             )
+
         for conflict in conflicts:
             if conflict.kind == ports_pb2.CONFLICT_KIND_UNASSIGNED_BOUND:
                 unresolved.append(
@@ -761,31 +747,32 @@ class PortTable:
                         conflict, "not managed here: reserve the port or stop the process (allocations skip it)"
                     )
                 )
-                continue
             if conflict.kind != ports_pb2.CONFLICT_KIND_MISPLACED:
                 continue
-            a = conflict.assignment
-            key = (a.host, a.service, a.name)
-            port = conflict.port
-            holder = self.holder(a.host, port)
-            free_now = holder is None or port in vacated.get(a.host, set())
-            taken = planned.setdefault(a.host, {})
-            if key in moved or not free_now or port in taken or self.reservation(a.host, port) is not None:
-                unresolved.append(_with_reason(conflict, f"port {port} is not free to adopt"))
+            a, port = conflict.assignment, conflict.port
+            holder = self.by_port.get(a.host, {}).get(port)
+            vacated = holder is None or holder in must_leave
+            if (
+                (a.host, a.service, a.name) in moved
+                or not vacated
+                or port in planned.get(a.host, {})
+                or self.reservation(a.host, port) is not None
+            ):
+                unresolved.append(_with_reason(conflict, f"port {port} is held by another assignment that stays"))
                 continue
-            taken[port] = f"{a.service}/{a.name}"
-            vacated.setdefault(a.host, set()).add(a.port)
-            moved.add(key)
-            moves.append(
-                ports_pb2.PortMove(
-                    host=a.host,
-                    service=a.service,
-                    name=a.name,
-                    old_port=a.port,
-                    new_port=port,
-                    reason=f"{a.service} is bound to {port}: adopting the observed port",
-                )
-            )
+            plan(a, port, f"{a.service} is bound to {port}: adopting the observed port")
+        for key, conflict in must_leave.items():
+            if key in moved:
+                continue
+            a = conflict.assignment
+            if not a.range or a.range not in self.ranges:
+                unresolved.append(_with_reason(conflict, "it lies in no range: reassign it to a port by hand"))
+                continue
+            free = self.find_free(a.host, self.ranges[a.range], taken=planned.get(a.host), avoid=a.port)
+            if free is None:
+                unresolved.append(_with_reason(conflict, f"range {a.range!r} has no free port on {a.host}"))
+                continue
+            plan(a, free, f"port {a.port} is bound by {conflict.observed_holder}")
         return moves, unresolved
 
     def resolve(self, request: ports_pb2.ResolveConflictsRequest) -> CommandResult:
