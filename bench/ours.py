@@ -46,6 +46,37 @@ def ours_put_fn(kv_pb2: Any):  # type: ignore[no-untyped-def]
     return put
 
 
+def ours_allocate_fn():  # type: ignore[no-untyped-def]
+    """An op that allocates a port: Ports.Allocate for a fresh service, one host per client.
+
+    The load generator hands every op a distinct key ``bench/<run>/<scenario>/<client>/<n>``; the
+    client index picks the host (so no host's dynamic range fills during a run) and n the service.
+    """
+    from controlplane.v1 import ports_pb2
+
+    run = uuid.uuid4().hex[:8]
+
+    async def allocate(stub: Any, key: str, value: bytes) -> None:
+        _, _, _, client, n = key.split("/")
+        request = ports_pb2.AllocateRequest(host=f"bench-{run}-{client}", service=f"svc-{n}", request_id=f"{run}:{key}")
+        await stub.Allocate(request, timeout=10.0)
+
+    return allocate
+
+
+def ours_allocate_system(cluster: Any, leader: str) -> System:
+    from controlplane.v1 import ports_pb2_grpc
+
+    return System(
+        name="ours",
+        endpoints=list(cluster.client_addresses),
+        leader=leader,
+        stub_factory=ports_pb2_grpc.PortsStub,
+        put=ours_allocate_fn(),
+        server_pids=[n.pid for n in cluster.nodes.values() if n.pid is not None],
+    )
+
+
 async def status_all(addresses: list[str], cluster_pb2: Any, cluster_pb2_grpc: Any, timeout: float = 1.0):
     """Cluster.Status from every address; None where a server does not answer."""
     channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]

@@ -3,7 +3,9 @@
 Runs, one after the other so that they never share the CPUs:
   1. etcd 3.4, 3 members, default (fsync)    -> write_1_client, write_64_clients
   2. etcd 3.4, 3 members, --unsafe-no-fsync  -> write_1_client, write_64_clients
-  3. our cluster, 3 servers                  -> write_1_client, write_64_clients, leader_failover
+  3. our cluster, 3 servers                  -> write_1_client, write_64_clients, allocate_64_clients
+                                                 (Ports.Allocate; ratios against etcd's write_64_clients),
+                                                 leader_failover
 One JSON line per scenario on stdout (ours carry ratios to etcd from this same run); progress on stderr.
 Every process the bench started is stopped on exit, including Ctrl-C, SIGTERM and exceptions.
 """
@@ -41,10 +43,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-def add_ratios(ours: dict[str, Any], etcd: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
-    """ratio_to_etcd* = ours / etcd for the same scenario in this run (ops/s and latencies)."""
+def add_ratios(
+    ours: dict[str, Any], etcd: dict[tuple[str, str], dict[str, Any]], reference: str | None = None
+) -> dict[str, Any]:
+    """ratio_to_etcd* = ours / etcd for the same scenario (or ``reference``) in this run (ops/s and latencies)."""
+    if reference:
+        ours["etcd_reference"] = reference
     for system, suffix in (("etcd", ""), ("etcd-nofsync", "_nofsync")):
-        ref = etcd.get((system, ours["scenario"]))
+        ref = etcd.get((system, reference or ours["scenario"]))
         ours[f"ratio_to_etcd{suffix}"] = _ratio(ours["ops_per_s"], ref["ops_per_s"]) if ref else None
         ours[f"p50_ratio_to_etcd{suffix}"] = _ratio(ours["p50_ms"], ref["p50_ms"]) if ref else None
         ours[f"p99_ratio_to_etcd{suffix}"] = _ratio(ours["p99_ms"], ref["p99_ms"]) if ref else None
@@ -137,6 +143,12 @@ async def bench_ours(
             leader = await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
             system = ours.ours_system(cluster, leader, kv_pb2, kv_pb2_grpc, name=name)
             emit(add_ratios(await run_scenario(system, sc), etcd))
+        if name == "ours":
+            # Port allocations with 64 clients, next to etcd's 64-client puts from this run.
+            leader = await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
+            allocate = Scenario("allocate_64_clients", 64, args.duration, 2 * args.warmup, leader_only=False)
+            line = await run_scenario(ours.ours_allocate_system(cluster, leader), allocate)
+            emit(add_ratios(line, etcd, reference="write_64_clients"))
         if failover and args.failover_reps > 0:
             await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
             samples = []
