@@ -97,6 +97,11 @@ def _demo(endpoints: str) -> None:
         kv = client.get("demo/hello")
         value = kv.value.decode() if kv else None
         typer.echo(f"$ cpctl kv get demo/hello          -> {value} (linearizable read)")
+        allocated = client.ports.allocate("demo-host", "demo-api", "http")
+        typer.echo(
+            f"$ cpctl ports allocate demo-api -H demo-host -n http -> port {allocated.assignment.port} "
+            f"(range {allocated.assignment.range})"
+        )
         status = client.status()
         typer.echo(
             f"$ cpctl cluster status             -> leader {status.leader_id}, term {status.term}, "
