@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
-.PHONY: run test test-fast bench lint proto check-proto clean setup
+.PHONY: run test test-fast bench lint proto sdk check-proto clean setup
 
 setup: $(STAMP)
 
@@ -42,7 +42,12 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 
-## check-proto: fail when the generated code differs from what proto/ produces
+## sdk: regenerate the SDK's sync and async port/service/lease methods from scripts/gen_ports_api.py
+sdk: $(STAMP)
+	$(BIN)/python scripts/gen_ports_api.py
+	$(BIN)/ruff format --quiet controlplane/client/_ports_api.py
+
+## check-proto: fail when the generated code (protobuf, SDK methods) differs from its source
 check-proto: $(STAMP)
 	scripts/check-protos.sh $(BIN)/python
 
