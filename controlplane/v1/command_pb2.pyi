@@ -1,6 +1,7 @@
 from controlplane.v1 import common_pb2 as _common_pb2
 from controlplane.v1 import kv_pb2 as _kv_pb2
 from controlplane.v1 import leases_pb2 as _leases_pb2
+from controlplane.v1 import models_pb2 as _models_pb2
 from controlplane.v1 import ports_pb2 as _ports_pb2
 from controlplane.v1 import watch_pb2 as _watch_pb2
 from google.protobuf.internal import containers as _containers
@@ -22,7 +23,7 @@ class CommandBatch(_message.Message):
     def __init__(self, time_unix_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., commands: _Optional[_Iterable[_Union[Command, _Mapping]]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member_upsert", "member_remove", "restore_state", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire")
+    __slots__ = ("request_id", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member_upsert", "member_remove", "restore_state", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "model_register", "model_bulk_register", "model_update", "model_set_status", "model_set_alias", "model_delete_version", "model_delete", "model_add_replica", "model_remove_replica")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     KV_PUT_FIELD_NUMBER: _ClassVar[int]
     KV_DELETE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +50,15 @@ class Command(_message.Message):
     LEASE_KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
     LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BULK_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SET_STATUS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SET_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DELETE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DELETE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ADD_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REMOVE_REPLICA_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     kv_put: KvPut
     kv_delete: KvDelete
@@ -75,7 +85,16 @@ class Command(_message.Message):
     lease_keepalive: _leases_pb2.KeepAliveRequest
     lease_revoke: _leases_pb2.RevokeLeaseRequest
     lease_expire: _leases_pb2.ExpireLeases
-    def __init__(self, request_id: _Optional[str] = ..., kv_put: _Optional[_Union[KvPut, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDelete, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwap, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., member_upsert: _Optional[_Union[MemberUpsert, _Mapping]] = ..., member_remove: _Optional[_Union[MemberRemove, _Mapping]] = ..., restore_state: _Optional[_Union[RestoreState, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateRequest, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignRequest, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseRequest, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignRequest, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveRequest, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveRequest, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeRequest, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeRequest, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedRequest, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsRequest, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairRequest, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsRequest, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceRequest, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseRequest, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseRequest, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeases, _Mapping]] = ...) -> None: ...
+    model_register: _models_pb2.RegisterVersionRequest
+    model_bulk_register: _models_pb2.BulkRegisterRequest
+    model_update: _models_pb2.UpdateModelRequest
+    model_set_status: _models_pb2.SetVersionStatusRequest
+    model_set_alias: _models_pb2.SetAliasRequest
+    model_delete_version: _models_pb2.DeleteVersionRequest
+    model_delete: _models_pb2.DeleteModelRequest
+    model_add_replica: _models_pb2.ReplicaRequest
+    model_remove_replica: _models_pb2.ReplicaRequest
+    def __init__(self, request_id: _Optional[str] = ..., kv_put: _Optional[_Union[KvPut, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDelete, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwap, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., member_upsert: _Optional[_Union[MemberUpsert, _Mapping]] = ..., member_remove: _Optional[_Union[MemberRemove, _Mapping]] = ..., restore_state: _Optional[_Union[RestoreState, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateRequest, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignRequest, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseRequest, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignRequest, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveRequest, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveRequest, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeRequest, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeRequest, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedRequest, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsRequest, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairRequest, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsRequest, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceRequest, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseRequest, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseRequest, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeases, _Mapping]] = ..., model_register: _Optional[_Union[_models_pb2.RegisterVersionRequest, _Mapping]] = ..., model_bulk_register: _Optional[_Union[_models_pb2.BulkRegisterRequest, _Mapping]] = ..., model_update: _Optional[_Union[_models_pb2.UpdateModelRequest, _Mapping]] = ..., model_set_status: _Optional[_Union[_models_pb2.SetVersionStatusRequest, _Mapping]] = ..., model_set_alias: _Optional[_Union[_models_pb2.SetAliasRequest, _Mapping]] = ..., model_delete_version: _Optional[_Union[_models_pb2.DeleteVersionRequest, _Mapping]] = ..., model_delete: _Optional[_Union[_models_pb2.DeleteModelRequest, _Mapping]] = ..., model_add_replica: _Optional[_Union[_models_pb2.ReplicaRequest, _Mapping]] = ..., model_remove_replica: _Optional[_Union[_models_pb2.ReplicaRequest, _Mapping]] = ...) -> None: ...
 
 class KvPut(_message.Message):
     __slots__ = ("key", "value", "prev_kv")
@@ -128,7 +147,7 @@ class RestoreState(_message.Message):
     def __init__(self, snapshot: _Optional[bytes] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("revision", "error", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member", "restore", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire")
+    __slots__ = ("revision", "error", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member", "restore", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "model_register", "model_bulk_register", "model_update", "model_set_status", "model_set_alias", "model_delete_version", "model_delete", "model_add_replica", "model_remove_replica")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     KV_PUT_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +174,15 @@ class CommandResult(_message.Message):
     LEASE_KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
     LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BULK_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SET_STATUS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SET_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DELETE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DELETE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ADD_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REMOVE_REPLICA_FIELD_NUMBER: _ClassVar[int]
     revision: int
     error: _common_pb2.Error
     kv_put: KvPutResult
@@ -181,7 +209,16 @@ class CommandResult(_message.Message):
     lease_keepalive: _leases_pb2.KeepAliveResponse
     lease_revoke: _leases_pb2.RevokeLeaseResponse
     lease_expire: _leases_pb2.ExpireLeasesResult
-    def __init__(self, revision: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., kv_put: _Optional[_Union[KvPutResult, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDeleteResult, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwapResult, _Mapping]] = ..., barrier: _Optional[_Union[BarrierResult, _Mapping]] = ..., member: _Optional[_Union[MemberResult, _Mapping]] = ..., restore: _Optional[_Union[RestoreResult, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateResponse, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignResponse, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseResponse, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignResponse, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveResponse, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveResponse, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeResponse, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeResponse, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedResponse, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsResponse, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairResponse, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsResponse, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceResponse, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceResponse, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseResponse, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveResponse, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseResponse, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeasesResult, _Mapping]] = ...) -> None: ...
+    model_register: _models_pb2.RegisterVersionResponse
+    model_bulk_register: _models_pb2.BulkRegisterResponse
+    model_update: _models_pb2.UpdateModelResponse
+    model_set_status: _models_pb2.SetVersionStatusResponse
+    model_set_alias: _models_pb2.SetAliasResponse
+    model_delete_version: _models_pb2.DeleteVersionResponse
+    model_delete: _models_pb2.DeleteModelResponse
+    model_add_replica: _models_pb2.ReplicaResponse
+    model_remove_replica: _models_pb2.ReplicaResponse
+    def __init__(self, revision: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., kv_put: _Optional[_Union[KvPutResult, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDeleteResult, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwapResult, _Mapping]] = ..., barrier: _Optional[_Union[BarrierResult, _Mapping]] = ..., member: _Optional[_Union[MemberResult, _Mapping]] = ..., restore: _Optional[_Union[RestoreResult, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateResponse, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignResponse, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseResponse, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignResponse, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveResponse, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveResponse, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeResponse, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeResponse, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedResponse, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsResponse, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairResponse, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsResponse, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceResponse, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceResponse, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseResponse, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveResponse, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseResponse, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeasesResult, _Mapping]] = ..., model_register: _Optional[_Union[_models_pb2.RegisterVersionResponse, _Mapping]] = ..., model_bulk_register: _Optional[_Union[_models_pb2.BulkRegisterResponse, _Mapping]] = ..., model_update: _Optional[_Union[_models_pb2.UpdateModelResponse, _Mapping]] = ..., model_set_status: _Optional[_Union[_models_pb2.SetVersionStatusResponse, _Mapping]] = ..., model_set_alias: _Optional[_Union[_models_pb2.SetAliasResponse, _Mapping]] = ..., model_delete_version: _Optional[_Union[_models_pb2.DeleteVersionResponse, _Mapping]] = ..., model_delete: _Optional[_Union[_models_pb2.DeleteModelResponse, _Mapping]] = ..., model_add_replica: _Optional[_Union[_models_pb2.ReplicaResponse, _Mapping]] = ..., model_remove_replica: _Optional[_Union[_models_pb2.ReplicaResponse, _Mapping]] = ...) -> None: ...
 
 class KvPutResult(_message.Message):
     __slots__ = ("kv", "prev_kv")
@@ -248,7 +285,7 @@ class DedupeEntry(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
 
 class StateSnapshot(_message.Message):
-    __slots__ = ("format_version", "revision", "time_unix_ms", "kvs", "history", "compacted_revision", "dedupe", "members", "removed_members", "ports", "leases", "next_lease_id", "end_marker")
+    __slots__ = ("format_version", "revision", "time_unix_ms", "kvs", "history", "compacted_revision", "dedupe", "members", "removed_members", "ports", "leases", "next_lease_id", "models", "end_marker")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +298,7 @@ class StateSnapshot(_message.Message):
     PORTS_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
     NEXT_LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     END_MARKER_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     revision: int
@@ -274,5 +312,6 @@ class StateSnapshot(_message.Message):
     ports: _ports_pb2.PortsState
     leases: _containers.RepeatedCompositeFieldContainer[_leases_pb2.Lease]
     next_lease_id: int
+    models: _models_pb2.ModelsState
     end_marker: int
-    def __init__(self, format_version: _Optional[int] = ..., revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[_watch_pb2.Event, _Mapping]]] = ..., compacted_revision: _Optional[int] = ..., dedupe: _Optional[_Iterable[_Union[DedupeEntry, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ..., ports: _Optional[_Union[_ports_pb2.PortsState, _Mapping]] = ..., leases: _Optional[_Iterable[_Union[_leases_pb2.Lease, _Mapping]]] = ..., next_lease_id: _Optional[int] = ..., end_marker: _Optional[int] = ...) -> None: ...
+    def __init__(self, format_version: _Optional[int] = ..., revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[_watch_pb2.Event, _Mapping]]] = ..., compacted_revision: _Optional[int] = ..., dedupe: _Optional[_Iterable[_Union[DedupeEntry, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ..., ports: _Optional[_Union[_ports_pb2.PortsState, _Mapping]] = ..., leases: _Optional[_Iterable[_Union[_leases_pb2.Lease, _Mapping]]] = ..., next_lease_id: _Optional[int] = ..., models: _Optional[_Union[_models_pb2.ModelsState, _Mapping]] = ..., end_marker: _Optional[int] = ...) -> None: ...
