@@ -26,8 +26,9 @@ from sortedcontainers import SortedDict
 
 from controlplane.state import limits
 from controlplane.state.leases import LeaseTable
+from controlplane.state.models import DOMAIN_MODELS, ModelTable
 from controlplane.state.ports import PORT_MAP_FORMAT, PortTable, Refused
-from controlplane.v1 import command_pb2, common_pb2, kv_pb2, ports_pb2, watch_pb2
+from controlplane.v1 import command_pb2, common_pb2, kv_pb2, models_pb2, ports_pb2, watch_pb2
 
 SNAPSHOT_FORMAT_VERSION = 1
 # Written last (highest field number): protobuf parses a cut-short message without complaint, so a
@@ -61,6 +62,7 @@ class _Change(NamedTuple):
     time_unix_ms: int
     # The typed change of a domain with one (Event.detail); never mutated after recording.
     port: ports_pb2.PortEvent | None = None
+    model: models_pb2.ModelEvent | None = None
 
     def to_event(self) -> watch_pb2.Event:
         event = watch_pb2.Event(
@@ -72,6 +74,8 @@ class _Change(NamedTuple):
             event.prev_kv.CopyFrom(self.prev_kv)
         if self.port is not None:
             event.port.CopyFrom(self.port)
+        if self.model is not None:
+            event.model.CopyFrom(self.model)
         return event
 
     @classmethod
@@ -85,6 +89,7 @@ class _Change(NamedTuple):
             event.prev_kv if event.HasField("prev_kv") else None,
             event.time_unix_ms,
             event.port if event.HasField("port") else None,
+            event.model if event.HasField("model") else None,
         )
 
 
@@ -115,6 +120,7 @@ class StateMachine:
         self.dedupe_ttl_ms = dedupe_ttl_ms
         self.ports = PortTable(self, lease_exists=lambda lease_id: self.leases.exists(lease_id))
         self.leases = LeaseTable(self, release=self.ports.release_lease)
+        self.registry = ModelTable(self)
         self._reset()
         self._handlers: dict[str, Callable[[command_pb2.Command], CommandResult]] = {
             "kv_put": self._kv_put,
@@ -126,6 +132,7 @@ class StateMachine:
             "restore_state": self._restore_state,
             **self.ports.handlers(),
             **self.leases.handlers(),
+            **self.registry.handlers(),
         }
 
     def _reset(self) -> None:
@@ -142,6 +149,7 @@ class StateMachine:
         self.removed_members: dict[str, None] = {}
         self.ports.reset()
         self.leases.reset()
+        self.registry.reset()
         # Bumped on every directory change; derived, not snapshotted (readers cache by it).
         self.members_version = getattr(self, "members_version", 0) + 1
 
@@ -205,6 +213,14 @@ class StateMachine:
         """For the domain tables: record a change described by a typed event rather than a KeyValue."""
         return self._record(domain, key, event_type, None, None, detail)
 
+    def record_model(self, key: str, event_type: watch_pb2.EventType, detail: models_pb2.ModelEvent) -> int:
+        """For the model registry: a change described by a ModelEvent."""
+        self.revision += 1
+        self._append(
+            _Change(self.revision, event_type, DOMAIN_MODELS, key, None, None, self.time_unix_ms, None, detail)
+        )
+        return self.revision
+
     def _record(
         self,
         domain: str,
@@ -216,11 +232,13 @@ class StateMachine:
     ) -> int:
         """Bump the revision and append the one event that describes the change."""
         self.revision += 1
-        event = _Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms, port)
-        self._history.append(event)
-        self._history_revisions.append(self.revision)
-        self._trim_history()
+        self._append(_Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms, port))
         return self.revision
+
+    def _append(self, change: _Change) -> None:
+        self._history.append(change)
+        self._history_revisions.append(change.revision)
+        self._trim_history()
 
     def _trim_history(self) -> None:
         while len(self._history) - self._history_start > self.history_limit:
@@ -421,6 +439,7 @@ class StateMachine:
             self.ports.load(snapshot.ports)
         else:
             self.ports.reset()
+        self.registry.load(snapshot.models)
         # Every restored lease gets a full TTL from now: its holder needs time to find the new state.
         self.leases.load(list(snapshot.leases), snapshot.next_lease_id, renewed_unix_ms=self.time_unix_ms)
         self._history, self._history_revisions, self._history_start = [], [], 0
@@ -488,6 +507,7 @@ class StateMachine:
         snap.ports.CopyFrom(self.ports.to_state())
         snap.leases.extend(self.leases.leases.values())
         snap.next_lease_id = self.leases.next_id
+        snap.models.CopyFrom(self.registry.to_state())
         return snap.SerializeToString(deterministic=True)
 
     def restore(self, data: bytes) -> None:
@@ -506,6 +526,7 @@ class StateMachine:
         if snap.HasField("ports"):
             self.ports.load(snap.ports)
         self.leases.load(list(snap.leases), snap.next_lease_id)
+        self.registry.load(snap.models)
 
 
 def parse_snapshot(data: bytes) -> command_pb2.StateSnapshot:

@@ -1,0 +1,460 @@
+"""The model-registry domain of the state machine: models, numbered versions, aliases, replicas.
+
+Pure and deterministic like the rest of the machine. The rules it keeps:
+
+* a version's identity (sha256, size, format, source, metadata) never changes once registered;
+  only its status (along the allowed transitions) and its replica list do;
+* versions are numbered 1, 2, 3, ... per model in registration order, never renumbered and never
+  reused after a delete (``latest_version`` only grows);
+* an alias only ever points at an existing version: deleting a version an alias points at is
+  refused unless forced, and forcing removes those aliases in the same command;
+* model names are unique ignoring case ("llama-3" and "Llama-3" cannot both exist), so a search
+  or a `get` never has to guess which one was meant.
+
+Every handler validates the whole command before changing anything; a bulk registration is
+all or nothing. Search lives outside the machine (server/search.py), derived from this state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from sortedcontainers import SortedDict
+
+from controlplane.state import limits
+from controlplane.state.ports import Refused
+from controlplane.v1 import command_pb2, common_pb2, models_pb2, watch_pb2
+
+DOMAIN_MODELS = "models"
+MAX_TAGS = 64
+MAX_METADATA = 64
+MAX_DESCRIPTION_CHARS = 4096
+MAX_URI_CHARS = 2048
+MAX_BULK = 10_000
+
+CommandResult = command_pb2.CommandResult
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+
+# Which status a version may move to from each status.
+TRANSITIONS: dict[int, frozenset[int]] = {
+    models_pb2.VERSION_STATUS_PENDING: frozenset({models_pb2.VERSION_STATUS_READY, models_pb2.VERSION_STATUS_FAILED}),
+    models_pb2.VERSION_STATUS_READY: frozenset({models_pb2.VERSION_STATUS_DEPRECATED}),
+    models_pb2.VERSION_STATUS_FAILED: frozenset({models_pb2.VERSION_STATUS_DEPRECATED}),
+    models_pb2.VERSION_STATUS_DEPRECATED: frozenset({models_pb2.VERSION_STATUS_READY}),
+}
+DRAFT_FIELDS = ("description", "family", "tags", "owner")
+
+
+class Journal(Protocol):
+    revision: int
+    time_unix_ms: int
+
+    def record_model(self, key: str, event_type: watch_pb2.EventType, detail: models_pb2.ModelEvent) -> int: ...
+
+
+def _invalid(message: str) -> Refused:
+    return Refused(common_pb2.ERROR_CODE_INVALID_ARGUMENT, message)
+
+
+def _not_found(message: str) -> Refused:
+    return Refused(common_pb2.ERROR_CODE_NOT_FOUND, message)
+
+
+def _precondition(message: str) -> Refused:
+    return Refused(common_pb2.ERROR_CODE_FAILED_PRECONDITION, message)
+
+
+def _check(problem: str | None) -> None:
+    if problem:
+        raise _invalid(problem)
+
+
+def status_name(status: int) -> str:
+    return models_pb2.VersionStatus.Name(status).removeprefix("VERSION_STATUS_").lower()  # type: ignore[arg-type]
+
+
+def check_draft(draft: models_pb2.ModelDraft, fields: Iterable[str] = DRAFT_FIELDS) -> None:
+    chosen = set(fields)
+    if "description" in chosen:
+        _check(limits.check_text(draft.description, "description", MAX_DESCRIPTION_CHARS))
+    if "family" in chosen and draft.family:
+        _check(limits.check_name(draft.family, "family"))
+    if "owner" in chosen:
+        _check(limits.check_text(draft.owner, "owner", 256))
+    if "tags" in chosen:
+        if len(draft.tags) > MAX_TAGS:
+            raise _invalid(f"at most {MAX_TAGS} tags")
+        for tag in draft.tags:
+            _check(limits.check_name(tag, "tag"))
+        if len({tag.lower() for tag in draft.tags}) != len(draft.tags):
+            raise _invalid("a tag appears twice")
+
+
+def check_version_fields(request: models_pb2.RegisterVersionRequest) -> None:
+    """Everything about one registration that does not depend on the state."""
+    _check(limits.check_name(request.model, "model name"))
+    if not _SHA256.fullmatch(request.sha256.lower()):
+        raise _invalid(f"sha256 {request.sha256[:80]!r} is not 64 hexadecimal digits")
+    if request.format not in models_pb2.ModelFormat.values() or request.format == models_pb2.MODEL_FORMAT_UNSPECIFIED:
+        raise _invalid("format must be one of safetensors, gguf, onnx, pt, other")
+    if request.status not in (
+        models_pb2.VERSION_STATUS_UNSPECIFIED,
+        models_pb2.VERSION_STATUS_PENDING,
+        models_pb2.VERSION_STATUS_READY,
+    ):
+        raise _invalid("a new version starts pending (the default) or ready")
+    _check(limits.check_text(request.source_uri, "source_uri", MAX_URI_CHARS))
+    if len(request.metadata) > MAX_METADATA:
+        raise _invalid(f"at most {MAX_METADATA} metadata entries")
+    for key, value in request.metadata.items():
+        _check(limits.check_name(key, "metadata key") or limits.check_text(value, f"metadata {key!r}", 1024))
+    check_draft(request.draft)
+
+
+class ModelTable:
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.reset()
+
+    def reset(self) -> None:
+        self.models: SortedDict = SortedDict()  # name -> Model
+        self.versions: dict[str, dict[int, models_pb2.ModelVersion]] = {}
+        self._folded: dict[str, str] = {}  # name.lower() -> name
+
+    def handlers(self) -> dict[str, Callable[[command_pb2.Command], CommandResult]]:
+        def wrap(
+            apply: Callable[[command_pb2.Command], CommandResult],
+        ) -> Callable[[command_pb2.Command], CommandResult]:
+            def run(command: command_pb2.Command) -> CommandResult:
+                try:
+                    return apply(command)
+                except Refused as refused:
+                    return CommandResult(
+                        revision=self._journal.revision,
+                        error=common_pb2.Error(code=refused.code, message=refused.message),
+                    )
+
+            return run
+
+        return {
+            "model_register": wrap(lambda c: self._register(c.model_register)),
+            "model_bulk_register": wrap(lambda c: self._bulk(c.model_bulk_register)),
+            "model_update": wrap(lambda c: self._update(c.model_update)),
+            "model_set_status": wrap(lambda c: self._set_status(c.model_set_status)),
+            "model_set_alias": wrap(lambda c: self._set_alias(c.model_set_alias)),
+            "model_delete_version": wrap(lambda c: self._delete_version(c.model_delete_version)),
+            "model_delete": wrap(lambda c: self._delete_model(c.model_delete)),
+            "model_add_replica": wrap(lambda c: self._replica(c.model_add_replica, add=True)),
+            "model_remove_replica": wrap(lambda c: self._replica(c.model_remove_replica, add=False)),
+        }
+
+    # ------------------------------------------------------------------ lookups (also the read API)
+
+    def model(self, name: str) -> models_pb2.Model:
+        _check(limits.check_name(name, "model name"))
+        found: models_pb2.Model | None = self.models.get(name)
+        if found is None:
+            other = self._folded.get(name.lower())
+            hint = f" (did you mean {other!r}?)" if other else ""
+            raise _not_found(f"no model {name!r}{hint}")
+        return found
+
+    def version(self, name: str, number: int) -> models_pb2.ModelVersion:
+        self.model(name)
+        found = self.versions.get(name, {}).get(number)
+        if found is None:
+            raise _not_found(f"model {name!r} has no version {number}")
+        return found
+
+    def resolve(self, name: str, reference: str) -> models_pb2.ModelVersion:
+        """A version by number ("7") or alias ("prod")."""
+        model = self.model(name)
+        if reference.isdigit():
+            return self.version(name, int(reference))
+        if reference in model.aliases:
+            return self.version(name, model.aliases[reference])
+        known = ", ".join(sorted(model.aliases)) or "none"
+        raise _not_found(f"model {name!r} has no version or alias {reference!r} (aliases: {known})")
+
+    def versions_of(self, name: str) -> list[models_pb2.ModelVersion]:
+        table = self.versions.get(name, {})
+        return [table[number] for number in sorted(table)]
+
+    def list_models(self, prefix: str, start_after: str, limit: int) -> tuple[list[models_pb2.Model], bool]:
+        start = start_after if start_after and start_after >= prefix else prefix
+        out: list[models_pb2.Model] = []
+        for name in self.models.irange(minimum=start, inclusive=(not start_after or start_after < prefix, True)):
+            if not name.startswith(prefix):
+                break
+            if len(out) == limit:
+                return out, True
+            out.append(self.models[name])
+        return out, False
+
+    # ------------------------------------------------------------------ changing
+
+    def _event(self, key: str, event_type: watch_pb2.EventType, change: str, model: models_pb2.Model | None,
+               version: models_pb2.ModelVersion | None = None) -> int:  # fmt: skip
+        detail = models_pb2.ModelEvent(change=change)
+        if model is not None:
+            detail.model.CopyFrom(model)
+        if version is not None:
+            detail.version.CopyFrom(version)
+        return self._journal.record_model(key, event_type, detail)
+
+    def _store_model(self, model: models_pb2.Model, change: str) -> models_pb2.Model:
+        """Replace a model record (never mutated in place) and record the change."""
+        model.mod_revision = self._journal.revision + 1
+        model.updated_unix_ms = self._journal.time_unix_ms
+        self.models[model.name] = model
+        self._folded[model.name.lower()] = model.name
+        self._event(model.name, watch_pb2.EVENT_TYPE_PUT, change, model)
+        return model
+
+    def _copy(self, name: str) -> models_pb2.Model:
+        copy = models_pb2.Model()
+        copy.CopyFrom(self.models[name])
+        return copy
+
+    def _check_new_model_name(self, name: str) -> None:
+        other = self._folded.get(name.lower())
+        if other is not None and other != name:
+            raise Refused(
+                common_pb2.ERROR_CODE_ALREADY_EXISTS,
+                f"model {other!r} already exists; names are unique ignoring case",
+            )
+
+    def _plan_registration(
+        self, request: models_pb2.RegisterVersionRequest, planned_hashes: dict[str, dict[str, int]],
+        planned_numbers: dict[str, int],
+    ) -> None:  # fmt: skip
+        check_version_fields(request)
+        self._check_new_model_name(request.model)
+        sha = request.sha256.lower()
+        for version in self.versions.get(request.model, {}).values():
+            if version.sha256 == sha:
+                raise Refused(
+                    common_pb2.ERROR_CODE_ALREADY_EXISTS,
+                    f"model {request.model!r} version {version.version} already has sha256 {sha}",
+                )
+        in_batch = planned_hashes.setdefault(request.model, {})
+        if sha in in_batch:
+            raise _invalid(f"sha256 {sha} appears twice for model {request.model!r} in this request")
+        current = self.models.get(request.model)
+        number = planned_numbers.get(request.model, current.latest_version if current is not None else 0) + 1
+        planned_numbers[request.model] = number
+        in_batch[sha] = number
+
+    def _apply_registration(self, request: models_pb2.RegisterVersionRequest) -> tuple[models_pb2.ModelVersion, bool]:
+        created = request.model not in self.models
+        now = self._journal.time_unix_ms
+        if created:
+            model = models_pb2.Model(
+                name=request.model,
+                description=request.draft.description,
+                family=request.draft.family,
+                tags=request.draft.tags,
+                owner=request.draft.owner,
+                create_revision=self._journal.revision + 1,
+                created_unix_ms=now,
+            )
+        else:
+            model = self._copy(request.model)
+        model.latest_version += 1
+        model.version_count += 1
+        self._store_model(model, "created" if created else "version added")
+        version = models_pb2.ModelVersion(
+            model=request.model,
+            version=model.latest_version,
+            sha256=request.sha256.lower(),
+            size_bytes=request.size_bytes,
+            format=request.format,
+            source_uri=request.source_uri,
+            metadata=request.metadata,
+            status=request.status or models_pb2.VERSION_STATUS_PENDING,
+            created_unix_ms=now,
+            create_revision=self._journal.revision + 1,
+            mod_revision=self._journal.revision + 1,
+        )
+        self.versions.setdefault(request.model, {})[version.version] = version
+        self._event(f"{request.model}/{version.version}", watch_pb2.EVENT_TYPE_PUT, "registered", None, version)
+        return version, created
+
+    def _register(self, request: models_pb2.RegisterVersionRequest) -> CommandResult:
+        self._plan_registration(request, {}, {})
+        version, created = self._apply_registration(request)
+        return CommandResult(
+            revision=self._journal.revision,
+            model_register=models_pb2.RegisterVersionResponse(version=version, model_created=created),
+        )
+
+    def _bulk(self, request: models_pb2.BulkRegisterRequest) -> CommandResult:
+        if not request.versions:
+            raise _invalid("a bulk registration needs at least one version")
+        if len(request.versions) > MAX_BULK:
+            raise _invalid(f"at most {MAX_BULK} versions per bulk request; split the catalogue")
+        hashes: dict[str, dict[str, int]] = {}
+        numbers: dict[str, int] = {}
+        for index, item in enumerate(request.versions):
+            try:
+                self._plan_registration(item, hashes, numbers)
+            except Refused as refused:
+                raise Refused(refused.code, f"version #{index + 1} ({item.model}): {refused.message}") from None
+        response = models_pb2.BulkRegisterResponse()
+        for item in request.versions:
+            version, created = self._apply_registration(item)
+            response.versions.append(version)
+            response.models_created += int(created)
+        return CommandResult(revision=self._journal.revision, model_bulk_register=response)
+
+    def _update(self, request: models_pb2.UpdateModelRequest) -> CommandResult:
+        self.model(request.model)
+        mask = list(request.update_mask) or list(DRAFT_FIELDS)
+        unknown = sorted(set(mask) - set(DRAFT_FIELDS))
+        if unknown:
+            raise _invalid(f"update_mask names unknown field(s) {unknown}; use {', '.join(DRAFT_FIELDS)}")
+        check_draft(request.fields, mask)
+        model = self._copy(request.model)
+        for field in mask:
+            if field == "tags":
+                del model.tags[:]
+                model.tags.extend(request.fields.tags)
+            else:
+                setattr(model, field, getattr(request.fields, field))
+        if model == self.models[request.model]:
+            return CommandResult(
+                revision=self._journal.revision, model_update=models_pb2.UpdateModelResponse(model=model)
+            )
+        self._store_model(model, "updated")
+        return CommandResult(revision=self._journal.revision, model_update=models_pb2.UpdateModelResponse(model=model))
+
+    def _replace_version(self, version: models_pb2.ModelVersion, change: str) -> None:
+        version.mod_revision = self._journal.revision + 1
+        self.versions[version.model][version.version] = version
+        self._event(f"{version.model}/{version.version}", watch_pb2.EVENT_TYPE_PUT, change, None, version)
+
+    def _set_status(self, request: models_pb2.SetVersionStatusRequest) -> CommandResult:
+        current = self.version(request.model, request.version)
+        if request.status not in TRANSITIONS:
+            raise _invalid("status must be pending, ready, failed or deprecated")
+        if request.status == current.status:
+            return CommandResult(
+                revision=self._journal.revision, model_set_status=models_pb2.SetVersionStatusResponse(version=current)
+            )
+        if request.status not in TRANSITIONS[current.status]:
+            allowed = ", ".join(sorted(status_name(s) for s in TRANSITIONS[current.status]))
+            raise _precondition(
+                f"{request.model} version {request.version} is {status_name(current.status)}; "
+                f"it can become {allowed}, not {status_name(request.status)}"
+            )
+        version = models_pb2.ModelVersion()
+        version.CopyFrom(current)
+        version.status = request.status
+        self._replace_version(version, f"status {status_name(request.status)}")
+        return CommandResult(
+            revision=self._journal.revision, model_set_status=models_pb2.SetVersionStatusResponse(version=version)
+        )
+
+    def _set_alias(self, request: models_pb2.SetAliasRequest) -> CommandResult:
+        self.model(request.model)
+        if len(request.alias) > limits.MAX_NAME_CHARS or not _ALIAS.fullmatch(request.alias):
+            raise _invalid(
+                f"alias {request.alias!r} is not valid: start with a letter (so it is never mistaken for a "
+                "version number), then letters, digits, '.', '_' or '-'"
+            )
+        if request.version:
+            self.version(request.model, request.version)
+        model = self._copy(request.model)
+        previous = model.aliases.get(request.alias, 0)
+        if previous == request.version:
+            return CommandResult(
+                revision=self._journal.revision,
+                model_set_alias=models_pb2.SetAliasResponse(model=model, previous_version=previous),
+            )
+        if request.version:
+            model.aliases[request.alias] = request.version
+        else:
+            del model.aliases[request.alias]
+        change = f"alias {request.alias} -> {request.version}" if request.version else f"alias {request.alias} removed"
+        self._store_model(model, change)
+        return CommandResult(
+            revision=self._journal.revision,
+            model_set_alias=models_pb2.SetAliasResponse(model=model, previous_version=previous),
+        )
+
+    def _delete_version(self, request: models_pb2.DeleteVersionRequest) -> CommandResult:
+        self.model(request.model)
+        if request.version not in self.versions.get(request.model, {}):
+            return CommandResult(
+                revision=self._journal.revision, model_delete_version=models_pb2.DeleteVersionResponse(deleted=False)
+            )
+        model = self._copy(request.model)
+        pointing = sorted(alias for alias, number in model.aliases.items() if number == request.version)
+        if pointing and not request.force:
+            raise _precondition(
+                f"alias(es) {', '.join(pointing)} of {request.model} point at version {request.version}; "
+                "move them first, or force to remove them with the version"
+            )
+        for alias in pointing:
+            del model.aliases[alias]
+        model.version_count -= 1
+        prev = self.versions[request.model].pop(request.version)
+        self._event(f"{request.model}/{request.version}", watch_pb2.EVENT_TYPE_DELETE, "deleted", None, prev)
+        self._store_model(model, f"version {request.version} deleted")
+        return CommandResult(
+            revision=self._journal.revision,
+            model_delete_version=models_pb2.DeleteVersionResponse(deleted=True, removed_aliases=pointing),
+        )
+
+    def _delete_model(self, request: models_pb2.DeleteModelRequest) -> CommandResult:
+        _check(limits.check_name(request.model, "model name"))
+        if request.model not in self.models:
+            return CommandResult(
+                revision=self._journal.revision, model_delete=models_pb2.DeleteModelResponse(deleted=False)
+            )
+        count = len(self.versions.get(request.model, {}))
+        if count and not request.force:
+            raise _precondition(f"model {request.model!r} still has {count} version(s); delete them or force")
+        prev = self.models.pop(request.model)
+        self.versions.pop(request.model, None)
+        self._folded.pop(request.model.lower(), None)
+        self._event(request.model, watch_pb2.EVENT_TYPE_DELETE, "deleted", prev)
+        return CommandResult(revision=self._journal.revision, model_delete=models_pb2.DeleteModelResponse(deleted=True))
+
+    def _replica(self, request: models_pb2.ReplicaRequest, add: bool) -> CommandResult:
+        _check(limits.check_member_id(request.node_id))
+        current = self.version(request.model, request.version)
+        replicas = set(current.replicas)
+        if (request.node_id in replicas) == add:
+            body = models_pb2.ReplicaResponse(version=current, changed=False)
+        else:
+            version = models_pb2.ModelVersion()
+            version.CopyFrom(current)
+            (replicas.add if add else replicas.discard)(request.node_id)
+            del version.replicas[:]
+            version.replicas.extend(sorted(replicas))
+            self._replace_version(version, f"replica {'added' if add else 'removed'}: {request.node_id}")
+            body = models_pb2.ReplicaResponse(version=version, changed=True)
+        field = "model_add_replica" if add else "model_remove_replica"
+        result = CommandResult(revision=self._journal.revision)
+        getattr(result, field).CopyFrom(body)
+        return result
+
+    # ------------------------------------------------------------------ snapshot
+
+    def to_state(self) -> models_pb2.ModelsState:
+        state = models_pb2.ModelsState(models=list(self.models.values()))
+        for name in self.models:
+            state.versions.extend(self.versions_of(name))
+        return state
+
+    def load(self, state: models_pb2.ModelsState) -> None:
+        self.reset()
+        for model in state.models:
+            self.models[model.name] = model
+            self._folded[model.name.lower()] = model.name
+        for version in state.versions:
+            self.versions.setdefault(version.model, {})[version.version] = version
