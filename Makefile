@@ -42,10 +42,10 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 
-## sdk: regenerate the SDK's sync and async port/service/lease methods from scripts/gen_ports_api.py
+## sdk: regenerate the SDK's sync and async port/service/lease methods from scripts/gen_sdk_api.py
 sdk: $(STAMP)
-	$(BIN)/python scripts/gen_ports_api.py
-	$(BIN)/ruff format --quiet controlplane/client/_ports_api.py
+	$(BIN)/python scripts/gen_sdk_api.py
+	$(BIN)/ruff format --quiet controlplane/client/_api.py
 
 ## check-proto: fail when the generated code (protobuf, SDK methods) differs from its source
 check-proto: $(STAMP)

@@ -18,11 +18,11 @@ for committed in controlplane/v1/*_pb2*.py*; do
   [ -e "$scratch/controlplane/v1/$(basename "$committed")" ] || { echo "$committed has no .proto any more" >&2; status=1; }
 done
 # The SDK's sync and async port/service/lease methods are generated as well (make sdk).
-"$python" scripts/gen_ports_api.py "$scratch/_ports_api.py"
-"$(dirname "$python")/ruff" format --stdin-filename controlplane/client/_ports_api.py - \
-  <"$scratch/_ports_api.py" >"$scratch/_ports_api.formatted.py"
-if ! cmp -s "$scratch/_ports_api.formatted.py" controlplane/client/_ports_api.py; then
-  echo "controlplane/client/_ports_api.py is stale: it differs from scripts/gen_ports_api.py (run 'make sdk')" >&2
+"$python" scripts/gen_sdk_api.py "$scratch/_api.py"
+"$(dirname "$python")/ruff" format --stdin-filename controlplane/client/_api.py - \
+  <"$scratch/_api.py" >"$scratch/_api.formatted.py"
+if ! cmp -s "$scratch/_api.formatted.py" controlplane/client/_api.py; then
+  echo "controlplane/client/_api.py is stale: it differs from scripts/gen_sdk_api.py (run 'make sdk')" >&2
   status=1
 fi
 exit $status

@@ -15,6 +15,7 @@ import grpc.aio
 
 from controlplane import errors
 from controlplane.client import _base
+from controlplane.client._api import AsyncLeases, AsyncModels, AsyncPorts, AsyncServices
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._models import (
     CasResult,
@@ -29,7 +30,6 @@ from controlplane.client._models import (
     PutResult,
     SnapshotInfo,
 )
-from controlplane.client._ports_api import AsyncLeases, AsyncPorts, AsyncServices
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import cluster_pb2
 
@@ -74,6 +74,8 @@ class AsyncClient:
         self.services = AsyncServices(self._unary)
         #: Leases that port assignments (and agents) hang on.
         self.leases = AsyncLeases(self._unary)
+        #: The model registry: versions, aliases, replicas and search.
+        self.models = AsyncModels(self._unary)
         self._channel_factory = channel_factory or _insecure_channel
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}

@@ -289,6 +289,8 @@ def _value(hint: Any, message: Message, name: str) -> Any:
     args = typing.get_args(hint)
     if origin is tuple:
         return tuple(_item(args[0], item) for item in raw)
+    if origin is dict:
+        return dict(raw)
     if args and type(None) in args:  # Optional[X]
         inner = next(arg for arg in args if arg is not type(None))
         return _item(inner, raw) if message.HasField(name) else None

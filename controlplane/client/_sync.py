@@ -18,6 +18,7 @@ import grpc
 
 from controlplane import errors
 from controlplane.client import _base
+from controlplane.client._api import Leases, Models, Ports, Services
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._models import (
     CasResult,
@@ -32,7 +33,6 @@ from controlplane.client._models import (
     PutResult,
     SnapshotInfo,
 )
-from controlplane.client._ports_api import Leases, Ports, Services
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import cluster_pb2
 
@@ -77,6 +77,8 @@ class Client:
         self.services = Services(self._unary)
         #: Leases that port assignments (and agents) hang on.
         self.leases = Leases(self._unary)
+        #: The model registry: versions, aliases, replicas and search.
+        self.models = Models(self._unary)
         self._channel_factory = channel_factory or _insecure_channel
         self._channels: dict[str, grpc.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}

@@ -1,7 +1,7 @@
-"""Generate controlplane/client/_ports_api.py: the sync and async method sets from one table.
+"""Generate controlplane/client/_api.py: the sync and async method sets from one table.
 
 The two transports cannot drift: `make sdk` regenerates, and `make test` fails when the committed
-file differs from what this table produces. Usage: python scripts/gen_ports_api.py [OUTPUT]
+file differs from what this table produces. Usage: python scripts/gen_sdk_api.py [OUTPUT]
 """
 
 import sys
@@ -258,18 +258,71 @@ METHODS = [
         "leases_pb2.ListLeasesRequest(read=P.read_options(consistency, min_revision))",
         "tuple(P.convert(P.Lease, x) for x in r.leases)",
     ),
+    ("models", "register", 'self, model: str, sha256: str, size_bytes: int, format: ModelFormat | str, *, source_uri: str = "", metadata: Mapping[str, str] | None = None, status: VersionStatus | str | None = None, description: str = "", family: str = "", tags: Iterable[str] = (), owner: str = "", request_id: str | None = None, timeout: float | None = None', "Registration",
+     "Register the next version of ``model`` (created on its first version with the description,\n        family, tags and owner given). Versions are immutable and numbered 1, 2, 3, ... per model.",
+     "R.REGISTER_VERSION", "R.register_request(model, sha256, size_bytes, format, source_uri=source_uri, metadata=metadata, status=status, description=description, family=family, tags=tags, owner=owner, request_id=P.rid(request_id))",
+     "P.convert(R.Registration, r, revision=P.revision_of(r))"),
+    ("models", "bulk_register", "self, versions: Iterable[Mapping[str, Any]], *, request_id: str | None = None, timeout: float | None = None", "BulkRegistration",
+     "Register many versions in one request and one log entry, all or nothing. Each item is a\n        mapping of :meth:`register`'s arguments.",
+     "R.BULK_REGISTER", "R.bulk_request(versions, P.rid(request_id))",
+     "P.convert(R.BulkRegistration, r, revision=P.revision_of(r))"),
+    ("models", "update", "self, model: str, *, description: str | None = None, family: str | None = None, tags: Iterable[str] | None = None, owner: str | None = None, request_id: str | None = None, timeout: float | None = None", "Model",
+     "Change the fields given (the others stay).",
+     "R.UPDATE_MODEL", "R.update_request(model, description, family, tags, owner, P.rid(request_id))",
+     "P.convert(R.Model, r.model)"),
+    ("models", "set_status", "self, model: str, version: int, status: VersionStatus | str, *, request_id: str | None = None, timeout: float | None = None", "ModelVersion",
+     "pending -> ready | failed; ready | failed -> deprecated; deprecated -> ready.",
+     "R.SET_STATUS", "R.status_request(model, version, status, P.rid(request_id))",
+     "P.convert(R.ModelVersion, r.version)"),
+    ("models", "set_alias", "self, model: str, alias: str, version: int, *, request_id: str | None = None, timeout: float | None = None", "Model",
+     "Point ``alias`` at ``version`` atomically (0 removes the alias).",
+     "R.SET_ALIAS", "models_pb2.SetAliasRequest(model=model, alias=alias, version=version, request_id=P.rid(request_id))",
+     "P.convert(R.Model, r.model)"),
+    ("models", "delete_version", "self, model: str, version: int, *, force: bool = False, request_id: str | None = None, timeout: float | None = None", "bool",
+     "Delete a version; refused while an alias points at it unless ``force``. False if it did not exist.",
+     "R.DELETE_VERSION", "models_pb2.DeleteVersionRequest(model=model, version=version, force=force, request_id=P.rid(request_id))",
+     "bool(r.deleted)"),
+    ("models", "delete", "self, model: str, *, force: bool = False, request_id: str | None = None, timeout: float | None = None", "bool",
+     "Delete a model; refused while it has versions unless ``force``. False if it did not exist.",
+     "R.DELETE_MODEL", "models_pb2.DeleteModelRequest(model=model, force=force, request_id=P.rid(request_id))",
+     "bool(r.deleted)"),
+    ("models", "add_replica", "self, model: str, version: int, node_id: str, *, request_id: str | None = None, timeout: float | None = None", "ModelVersion",
+     "Record that ``node_id`` holds the version's artifact.",
+     "R.ADD_REPLICA", "models_pb2.ReplicaRequest(model=model, version=version, node_id=node_id, request_id=P.rid(request_id))",
+     "P.convert(R.ModelVersion, r.version)"),
+    ("models", "remove_replica", "self, model: str, version: int, node_id: str, *, request_id: str | None = None, timeout: float | None = None", "ModelVersion",
+     "Record that ``node_id`` no longer holds the version's artifact.",
+     "R.REMOVE_REPLICA", "models_pb2.ReplicaRequest(model=model, version=version, node_id=node_id, request_id=P.rid(request_id))",
+     "P.convert(R.ModelVersion, r.version)"),
+    ("models", "get", "self, model: str, *, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None", "ModelDetail",
+     "A model with all its versions.",
+     "R.GET_MODEL", "models_pb2.GetModelRequest(read=P.read_options(consistency, min_revision), model=model)",
+     "R.detail(r)"),
+    ("models", "get_version", 'self, model: str, version: int | str = "latest", *, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "ModelVersion",
+     'A version by number, alias ("prod") or "latest".',
+     "R.GET_VERSION", "models_pb2.GetVersionRequest(read=P.read_options(consistency, min_revision), model=model, version=str(version))",
+     "P.convert(R.ModelVersion, r.version)"),
+    ("models", "list", 'self, prefix: str = "", *, start_after: str = "", limit: int = 0, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "ModelList",
+     "Models by name, paginated (``more``: ask again with ``start_after``).",
+     "R.LIST_MODELS", "models_pb2.ListModelsRequest(read=P.read_options(consistency, min_revision), prefix=prefix, start_after=start_after, limit=limit)",
+     "P.convert(R.ModelList, r, revision=P.revision_of(r))"),
+    ("models", "search", 'self, query: str, *, tag: str = "", family: str = "", format: ModelFormat | str | None = None, status: VersionStatus | str | None = None, limit: int = 20, offset: int = 0, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "SearchResult",
+     "Full-text search: every term a prefix, all required, ranked by bm25; filters on tag, family,\n        format and status. The answer carries the revision it reflects and the query time.",
+     "R.SEARCH", "R.search_request(query, tag, family, format, status, limit, offset, P.read_options(consistency, min_revision))",
+     "R.search_result(r)"),
 ]
 CLASSES = {
     "ports": ("Ports", "Port assignments: ``client.ports``."),
     "services": ("Services", "Service manifests: ``client.services``."),
     "leases": ("Leases", "Leases: ``client.leases``."),
+    "models": ("Models", "The model registry: ``client.models``."),
 }
 out = [
-    '''"""``client.ports``, ``client.services`` and ``client.leases``, for the sync and the async client.
+    '''"""``client.ports``, ``client.services``, ``client.leases`` and ``client.models``, sync and async.
 
-Generated by ``scripts/gen_ports_api.py`` from one table, so the two transports cannot drift: edit
+Generated by ``scripts/gen_sdk_api.py`` from one table, so the two transports cannot drift: edit
 the table and regenerate (``make sdk``), do not edit this file by hand. Requests, conversions and
-result types live in ``_ports``.
+result types live in ``_ports`` and ``_registry``.
 """
 
 from __future__ import annotations
@@ -278,6 +331,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from controlplane.client import _ports as P
+from controlplane.client import _registry as R
 from controlplane.client._models import Consistency
 from controlplane.client._ports import (
     AllocateResult,
@@ -296,7 +350,18 @@ from controlplane.client._ports import (
     ResolveResult,
     ServiceRecord,
 )
-from controlplane.v1 import leases_pb2, ports_pb2
+from controlplane.client._registry import (
+    BulkRegistration,
+    Model,
+    ModelDetail,
+    ModelFormat,
+    ModelList,
+    ModelVersion,
+    Registration,
+    SearchResult,
+    VersionStatus,
+)
+from controlplane.v1 import leases_pb2, models_pb2, ports_pb2
 
 #: The client's unary call: (rpc, request, timeout) -> response, with its routing and retries.
 SyncUnary = Callable[[Any, Any, "float | None"], Any]
@@ -317,6 +382,6 @@ for asynchronous in (False, True):
             out.append(
                 f'\n    {kw} {meth}({sig}) -> {ret}:\n        """{mdoc}"""\n        r = {aw}self._unary({rpc}, {req}, timeout)\n        return {res}\n'
             )
-target = sys.argv[1] if len(sys.argv) > 1 else "controlplane/client/_ports_api.py"
+target = sys.argv[1] if len(sys.argv) > 1 else "controlplane/client/_api.py"
 with open(target, "w") as handle:
     handle.write("".join(out))

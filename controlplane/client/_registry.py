@@ -1,0 +1,272 @@
+"""The model registry for the SDK (``client.models``): result types, request builders, conversions.
+
+Like ``_ports``, no protobuf type reaches a caller: results are frozen dataclasses whose fields carry
+the names of ``proto/controlplane/v1/models.proto``; maps become dicts and repeated fields tuples.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane import errors
+from controlplane.client._base import Rpc
+from controlplane.client._ports import convert, revision_of
+from controlplane.v1 import models_pb2
+
+__all__ = [
+    "BulkRegistration",
+    "Model",
+    "ModelDetail",
+    "ModelFormat",
+    "ModelList",
+    "ModelVersion",
+    "Registration",
+    "SearchHit",
+    "SearchResult",
+    "VersionStatus",
+]
+
+
+class ModelFormat(enum.Enum):
+    UNSPECIFIED = models_pb2.MODEL_FORMAT_UNSPECIFIED
+    SAFETENSORS = models_pb2.MODEL_FORMAT_SAFETENSORS
+    GGUF = models_pb2.MODEL_FORMAT_GGUF
+    ONNX = models_pb2.MODEL_FORMAT_ONNX
+    PT = models_pb2.MODEL_FORMAT_PT
+    OTHER = models_pb2.MODEL_FORMAT_OTHER
+
+
+class VersionStatus(enum.Enum):
+    UNSPECIFIED = models_pb2.VERSION_STATUS_UNSPECIFIED
+    PENDING = models_pb2.VERSION_STATUS_PENDING
+    READY = models_pb2.VERSION_STATUS_READY
+    FAILED = models_pb2.VERSION_STATUS_FAILED
+    DEPRECATED = models_pb2.VERSION_STATUS_DEPRECATED
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    description: str
+    family: str
+    tags: tuple[str, ...]
+    owner: str
+    #: alias -> version number.
+    aliases: dict[str, int]
+    latest_version: int
+    create_revision: int
+    mod_revision: int
+    created_unix_ms: int
+    updated_unix_ms: int
+    version_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    model: str
+    version: int
+    sha256: str
+    size_bytes: int
+    format: ModelFormat
+    source_uri: str
+    metadata: dict[str, str]
+    status: VersionStatus
+    created_unix_ms: int
+    create_revision: int
+    mod_revision: int
+    #: Node ids holding the artifact.
+    replicas: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    revision: int
+    version: ModelVersion
+    model_created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRegistration:
+    revision: int
+    versions: tuple[ModelVersion, ...]
+    models_created: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDetail:
+    revision: int
+    model: Model
+    versions: tuple[ModelVersion, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelList:
+    revision: int
+    models: tuple[Model, ...]
+    #: More follow: ask again with ``start_after=models[-1].name``.
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    model: Model
+    #: bm25 (lower is better); 0 from the LIKE fallback.
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    #: The revision of the registry the answer reflects.
+    revision: int
+    hits: tuple[SearchHit, ...]
+    total: int
+    #: Time spent in the server's index, milliseconds.
+    query_ms: float
+    #: "fts5" or "like".
+    engine: str
+
+
+def format_value(value: ModelFormat | str | int) -> int:
+    """A format given as the enum, its name ("gguf") or its number."""
+    if isinstance(value, ModelFormat):
+        return int(value.value)
+    if isinstance(value, str):
+        try:
+            return int(ModelFormat[value.upper()].value)
+        except KeyError:
+            raise errors.InvalidArgument(
+                f"unknown format {value!r}; use safetensors, gguf, onnx, pt or other"
+            ) from None
+    return int(value)
+
+
+def status_value(value: VersionStatus | str | int | None) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, VersionStatus):
+        return int(value.value)
+    if isinstance(value, str):
+        try:
+            return int(VersionStatus[value.upper()].value)
+        except KeyError:
+            raise errors.InvalidArgument(
+                f"unknown status {value!r}; use pending, ready, failed or deprecated"
+            ) from None
+    return int(value)
+
+
+def register_request(
+    model: str,
+    sha256: str,
+    size_bytes: int,
+    format: ModelFormat | str | int,
+    *,
+    source_uri: str = "",
+    metadata: Mapping[str, str] | None = None,
+    status: VersionStatus | str | int | None = None,
+    description: str = "",
+    family: str = "",
+    tags: Iterable[str] = (),
+    owner: str = "",
+    request_id: str = "",
+) -> models_pb2.RegisterVersionRequest:
+    return models_pb2.RegisterVersionRequest(
+        model=model,
+        draft=models_pb2.ModelDraft(description=description, family=family, tags=list(tags), owner=owner),
+        sha256=sha256,
+        size_bytes=size_bytes,
+        format=format_value(format),  # type: ignore[arg-type]
+        source_uri=source_uri,
+        metadata=dict(metadata or {}),
+        status=status_value(status),  # type: ignore[arg-type]
+        request_id=request_id,
+    )
+
+
+def bulk_request(versions: Iterable[Mapping[str, Any]], request_id: str) -> models_pb2.BulkRegisterRequest:
+    """Versions as mappings with register()'s argument names (model, sha256, size_bytes, format, ...)."""
+    request = models_pb2.BulkRegisterRequest(request_id=request_id)
+    for index, item in enumerate(versions):
+        try:
+            request.versions.append(register_request(**item))
+        except TypeError as exc:
+            raise errors.InvalidArgument(f"version #{index + 1}: {exc}") from None
+    return request
+
+
+def update_request(
+    model: str,
+    description: str | None,
+    family: str | None,
+    tags: Iterable[str] | None,
+    owner: str | None,
+    request_id: str,
+) -> models_pb2.UpdateModelRequest:
+    given = {"description": description, "family": family, "tags": tags, "owner": owner}
+    mask = [name for name, value in given.items() if value is not None]
+    if not mask:
+        raise errors.InvalidArgument("nothing to update: give description, family, tags or owner")
+    fields = models_pb2.ModelDraft(
+        description=description or "", family=family or "", tags=list(tags or ()), owner=owner or ""
+    )
+    return models_pb2.UpdateModelRequest(model=model, fields=fields, update_mask=mask, request_id=request_id)
+
+
+def detail(response: models_pb2.GetModelResponse) -> ModelDetail:
+    return convert(ModelDetail, response, revision=revision_of(response))
+
+
+def search_result(response: models_pb2.SearchResponse) -> SearchResult:
+    return convert(SearchResult, response, revision=revision_of(response))
+
+
+_M = "/controlplane.v1.Models/"
+REGISTER_VERSION = Rpc(_M + "RegisterVersion", models_pb2.RegisterVersionResponse, write=True)
+BULK_REGISTER = Rpc(_M + "BulkRegister", models_pb2.BulkRegisterResponse, write=True)
+UPDATE_MODEL = Rpc(_M + "UpdateModel", models_pb2.UpdateModelResponse, write=True)
+SET_STATUS = Rpc(_M + "SetVersionStatus", models_pb2.SetVersionStatusResponse, write=True)
+SET_ALIAS = Rpc(_M + "SetAlias", models_pb2.SetAliasResponse, write=True)
+DELETE_VERSION = Rpc(_M + "DeleteVersion", models_pb2.DeleteVersionResponse, write=True)
+DELETE_MODEL = Rpc(_M + "DeleteModel", models_pb2.DeleteModelResponse, write=True)
+ADD_REPLICA = Rpc(_M + "AddReplica", models_pb2.ReplicaResponse, write=True)
+REMOVE_REPLICA = Rpc(_M + "RemoveReplica", models_pb2.ReplicaResponse, write=True)
+GET_MODEL = Rpc(_M + "GetModel", models_pb2.GetModelResponse, write=False)
+GET_VERSION = Rpc(_M + "GetVersion", models_pb2.GetVersionResponse, write=False)
+LIST_MODELS = Rpc(_M + "ListModels", models_pb2.ListModelsResponse, write=False)
+SEARCH = Rpc(_M + "Search", models_pb2.SearchResponse, write=False)
+
+
+def status_request(
+    model: str, version: int, status: VersionStatus | str | int, request_id: str
+) -> models_pb2.SetVersionStatusRequest:
+    return models_pb2.SetVersionStatusRequest(
+        model=model,
+        version=version,
+        status=status_value(status),  # type: ignore[arg-type]
+        request_id=request_id,
+    )
+
+
+def search_request(
+    query: str,
+    tag: str,
+    family: str,
+    format: ModelFormat | str | None,
+    status: VersionStatus | str | None,
+    limit: int,
+    offset: int,
+    read: Any,
+) -> models_pb2.SearchRequest:
+    return models_pb2.SearchRequest(
+        read=read,
+        query=query,
+        tag=tag,
+        family=family,
+        format=format_value(format) if format is not None else 0,  # type: ignore[arg-type]
+        status=status_value(status),  # type: ignore[arg-type]
+        limit=limit,
+        offset=offset,
+    )
