@@ -170,12 +170,14 @@ class ModelTable:
         return found
 
     def resolve(self, name: str, reference: str) -> models_pb2.ModelVersion:
-        """A version by number ("7") or alias ("prod")."""
+        """A version by number ("7"), alias ("prod") or "latest" (unless an alias has that name)."""
         model = self.model(name)
         if reference.isdigit():
             return self.version(name, int(reference))
         if reference in model.aliases:
             return self.version(name, model.aliases[reference])
+        if reference in ("", "latest") and self.versions.get(name):
+            return self.version(name, max(self.versions[name]))
         known = ", ".join(sorted(model.aliases)) or "none"
         raise _not_found(f"model {name!r} has no version or alias {reference!r} (aliases: {known})")
 

@@ -1,0 +1,211 @@
+"""The model registry in the pure state machine: invariants under random command sequences, and the
+rules a person meets (numbering, aliases, immutability, status transitions, bulk all-or-nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from controlplane.state.machine import StateMachine, batch_entry
+from controlplane.v1 import command_pb2, common_pb2, models_pb2
+
+NAMES = ["Llama-3-8B", "Qwen2-7B", "phi-3"]
+ALIASES = ["prod", "staging"]
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Registry:
+    """A machine driven one command per entry, with a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.machine = StateMachine()
+        self.now = 1_000
+
+    def run(self, **body: object) -> command_pb2.CommandResult:
+        self.now += 10
+        command = command_pb2.Command(**body)  # type: ignore[arg-type]
+        return self.machine.apply_entry(batch_entry(self.now, "n1", [command]))[0]
+
+    def register(self, model: str, content: str, **fields: object) -> command_pb2.CommandResult:
+        request = models_pb2.RegisterVersionRequest(
+            model=model, sha256=sha(content), size_bytes=len(content), format=models_pb2.MODEL_FORMAT_GGUF, **fields
+        )
+        return self.run(model_register=request)
+
+
+def code(result: command_pb2.CommandResult) -> int:
+    return result.error.code if result.HasField("error") else 0
+
+
+def test_versions_are_numbered_per_model_and_never_reused() -> None:
+    registry = Registry()
+    first = registry.register("Llama-3-8B", "a", draft=models_pb2.ModelDraft(family="llama", tags=["chat"]))
+    assert first.model_register.model_created and first.model_register.version.version == 1
+    assert registry.register("Llama-3-8B", "b").model_register.version.version == 2
+    assert registry.register("Qwen2-7B", "c").model_register.version.version == 1
+    registry.run(model_delete_version=models_pb2.DeleteVersionRequest(model="Llama-3-8B", version=2))
+    assert registry.register("Llama-3-8B", "d").model_register.version.version == 3
+    model = registry.machine.registry.models["Llama-3-8B"]
+    assert (model.latest_version, model.version_count, model.family, list(model.tags)) == (3, 2, "llama", ["chat"])
+
+
+def test_the_same_artifact_twice_and_names_differing_in_case_are_refused() -> None:
+    registry = Registry()
+    registry.register("Llama-3-8B", "a")
+    again = registry.register("Llama-3-8B", "a")
+    assert code(again) == common_pb2.ERROR_CODE_ALREADY_EXISTS and "version 1" in again.error.message
+    clash = registry.register("llama-3-8b", "z")
+    assert code(clash) == common_pb2.ERROR_CODE_ALREADY_EXISTS and "Llama-3-8B" in clash.error.message
+
+
+def test_aliases_move_atomically_and_protect_their_version() -> None:
+    registry = Registry()
+    for content in "abc":
+        registry.register("m", content)
+    moved = registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias="prod", version=2))
+    assert moved.model_set_alias.previous_version == 0
+    moved = registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias="prod", version=3))
+    assert moved.model_set_alias.previous_version == 2
+    assert registry.machine.registry.resolve("m", "prod").version == 3
+    assert registry.machine.registry.resolve("m", "latest").version == 3
+    missing = registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias="prod", version=9))
+    assert code(missing) == common_pb2.ERROR_CODE_NOT_FOUND
+    numeric = registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias="7", version=1))
+    assert code(numeric) == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    refused = registry.run(model_delete_version=models_pb2.DeleteVersionRequest(model="m", version=3))
+    assert code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "prod" in refused.error.message
+    forced = registry.run(model_delete_version=models_pb2.DeleteVersionRequest(model="m", version=3, force=True))
+    assert list(forced.model_delete_version.removed_aliases) == ["prod"]
+    assert "prod" not in registry.machine.registry.models["m"].aliases
+
+
+def test_status_transitions() -> None:
+    registry = Registry()
+    registry.register("m", "a")
+
+    def to(status: int) -> command_pb2.CommandResult:
+        return registry.run(
+            model_set_status=models_pb2.SetVersionStatusRequest(model="m", version=1, status=status)  # type: ignore[arg-type]
+        )
+
+    assert code(to(models_pb2.VERSION_STATUS_DEPRECATED)) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert to(models_pb2.VERSION_STATUS_READY).model_set_status.version.status == models_pb2.VERSION_STATUS_READY
+    assert code(to(models_pb2.VERSION_STATUS_PENDING)) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert code(to(models_pb2.VERSION_STATUS_DEPRECATED)) == 0
+
+
+def test_bulk_registration_is_all_or_nothing() -> None:
+    registry = Registry()
+    good = [
+        models_pb2.RegisterVersionRequest(model=f"m{i % 2}", sha256=sha(str(i)), format=models_pb2.MODEL_FORMAT_ONNX)
+        for i in range(6)
+    ]
+    before = (registry.machine.revision, registry.machine.registry.to_state())
+    bad = [*good, models_pb2.RegisterVersionRequest(model="m0", sha256="nothex", format=models_pb2.MODEL_FORMAT_ONNX)]
+    refused = registry.run(model_bulk_register=models_pb2.BulkRegisterRequest(versions=bad))
+    assert code(refused) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "#7" in refused.error.message
+    assert (registry.machine.revision, registry.machine.registry.to_state()) == before
+    done = registry.run(model_bulk_register=models_pb2.BulkRegisterRequest(versions=good))
+    assert [v.version for v in done.model_bulk_register.versions] == [1, 1, 2, 2, 3, 3]
+    assert done.model_bulk_register.models_created == 2
+
+
+def test_replicas_are_a_sorted_set() -> None:
+    registry = Registry()
+    registry.register("m", "a")
+    for node in ("n3", "n1", "n3"):
+        registry.run(model_add_replica=models_pb2.ReplicaRequest(model="m", version=1, node_id=node))
+    assert list(registry.machine.registry.version("m", 1).replicas) == ["n1", "n3"]
+    gone = registry.run(model_remove_replica=models_pb2.ReplicaRequest(model="m", version=1, node_id="n1"))
+    assert gone.model_remove_replica.changed and list(gone.model_remove_replica.version.replicas) == ["n3"]
+
+
+class RegistryInvariants(RuleBasedStateMachine):
+    """Random sequences of registry commands, checked against what must always hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registry = Registry()
+        self.seen: dict[tuple[str, int], tuple[str, int, int, str]] = {}  # identity of each version ever seen
+        self.counter = 0
+
+    @rule(model=st.sampled_from(NAMES))
+    def register(self, model: str) -> None:
+        self.counter += 1
+        self.registry.register(model, f"artifact-{self.counter}")
+
+    @rule(model=st.sampled_from(NAMES), version=st.integers(1, 6), force=st.booleans())
+    def delete_version(self, model: str, version: int, force: bool) -> None:
+        self.registry.run(
+            model_delete_version=models_pb2.DeleteVersionRequest(model=model, version=version, force=force)
+        )
+
+    @rule(model=st.sampled_from(NAMES), alias=st.sampled_from(ALIASES), version=st.integers(0, 6))
+    def set_alias(self, model: str, alias: str, version: int) -> None:
+        self.registry.run(model_set_alias=models_pb2.SetAliasRequest(model=model, alias=alias, version=version))
+
+    @rule(
+        model=st.sampled_from(NAMES),
+        version=st.integers(1, 6),
+        status=st.sampled_from(list(models_pb2.VersionStatus.values())),
+    )
+    def set_status(self, model: str, version: int, status: int) -> None:
+        self.registry.run(
+            model_set_status=models_pb2.SetVersionStatusRequest(model=model, version=version, status=status)  # type: ignore[arg-type]
+        )
+
+    @rule(model=st.sampled_from(NAMES), force=st.booleans())
+    def delete_model(self, model: str, force: bool) -> None:
+        self.registry.run(model_delete=models_pb2.DeleteModelRequest(model=model, force=force))
+
+    @rule()
+    def snapshot_round_trip(self) -> None:
+        data = self.registry.machine.snapshot()
+        copy = StateMachine()
+        copy.restore(data)
+        assert copy.snapshot() == data
+
+    @invariant()
+    def versions_are_immutable(self) -> None:
+        table = self.registry.machine.registry
+        for name in table.models:
+            for version in table.versions_of(name):
+                identity = (version.sha256, version.size_bytes, version.format, version.source_uri)
+                key = (name, version.version)
+                # A deleted model's numbers restart with a new model of that name: identities may differ then.
+                if key in self.seen and table.models[name].create_revision <= self.seen[key][1]:
+                    assert self.seen[key][0] == identity[0], f"{key} changed its artifact"
+                self.seen[key] = (identity[0], version.create_revision, version.format, version.source_uri)
+
+    @invariant()
+    def aliases_point_at_existing_versions(self) -> None:
+        table = self.registry.machine.registry
+        for name, model in table.models.items():
+            for alias, number in model.aliases.items():
+                assert number in table.versions.get(name, {}), f"{name}:{alias} -> missing {number}"
+
+    @invariant()
+    def numbering_has_no_gaps(self) -> None:
+        table = self.registry.machine.registry
+        for name, model in table.models.items():
+            numbers = sorted(table.versions.get(name, {}))
+            assert all(1 <= n <= model.latest_version for n in numbers)
+            assert model.version_count == len(numbers)
+            # Numbers were handed out 1..latest in order: every number up to latest was used once.
+            registered = {
+                event.key
+                for event in self.registry.machine.events_from(model.create_revision)
+                if event.domain == "models" and event.model.change == "registered" and event.key.startswith(f"{name}/")
+            }
+            if self.registry.machine.compacted_revision < model.create_revision:
+                assert registered == {f"{name}/{n}" for n in range(1, model.latest_version + 1)}
+
+
+TestRegistryInvariants = RegistryInvariants.TestCase
+TestRegistryInvariants.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
