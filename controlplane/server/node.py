@@ -44,6 +44,7 @@ from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.server import metrics
 from controlplane.server.config import ServerConfig
 from controlplane.server.housekeeping import Housekeeper
+from controlplane.server.indexer import Indexer
 from controlplane.server.proposer import Proposer
 from controlplane.server.raft import SUCCESS, RaftNode, describe_failure
 from controlplane.state import limits
@@ -123,6 +124,9 @@ class Node:
         self._spawn(self._publish_self())
         self.housekeeper = Housekeeper(self, self.config)
         self._spawn(self.housekeeper.run())
+        self.indexer = Indexer(self, self.config.data_dir / "search.sqlite")
+        await self.indexer.start()
+        self._spawn(self.indexer.run())
 
     async def stop(self) -> None:
         self.proposer.close()
@@ -133,6 +137,7 @@ class Node:
                 future.set_exception(Unavailable("the server is shutting down; retry on another"))
         self._waiters.clear()
         await asyncio.gather(*(channel.close() for channel in self._channels.values()), return_exceptions=True)
+        await self.indexer.close()
         await asyncio.to_thread(self.raft.destroy)
 
     def _spawn(self, coro: Awaitable[None]) -> None:

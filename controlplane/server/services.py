@@ -20,6 +20,8 @@ from controlplane.errors import DeadlineExceeded, InvalidArgument
 from controlplane.server.node import Node
 from controlplane.state import limits
 from controlplane.state.machine import DOMAIN_KV
+from controlplane.state.models import check_version_fields
+from controlplane.state.ports import Refused
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
@@ -29,6 +31,8 @@ from controlplane.v1 import (
     kv_pb2_grpc,
     leases_pb2,
     leases_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
     peer_pb2,
     peer_pb2_grpc,
     ports_pb2,
@@ -456,6 +460,137 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         await self._node.prepare_read(request.read, _timeout(context))
         leases = self._node.lease_views()
         return leases_pb2.ListLeasesResponse(header=self._node.header(), leases=leases)
+
+
+class ModelsService(models_pb2_grpc.ModelsServicer):
+    """Registry writes go through the log; reads come from the state machine, search from the local index."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def RegisterVersion(
+        self, request: models_pb2.RegisterVersionRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.RegisterVersionResponse:
+        _check_model_fields(request)
+        return await _replicate(self._node, "model_register", request, models_pb2.RegisterVersionResponse)
+
+    async def BulkRegister(
+        self, request: models_pb2.BulkRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.BulkRegisterResponse:
+        if request.ByteSize() > limits.MAX_RESTORE_BYTES:
+            raise InvalidArgument(f"a bulk registration is one log entry, limited to {limits.MAX_RESTORE_BYTES} bytes")
+        for index, item in enumerate(request.versions):
+            try:
+                _check_model_fields(item)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"version #{index + 1} ({item.model}): {exc.message}") from None
+        return await _replicate(self._node, "model_bulk_register", request, models_pb2.BulkRegisterResponse)
+
+    async def UpdateModel(
+        self, request: models_pb2.UpdateModelRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.UpdateModelResponse:
+        return await _replicate(self._node, "model_update", request, models_pb2.UpdateModelResponse)
+
+    async def SetVersionStatus(
+        self, request: models_pb2.SetVersionStatusRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.SetVersionStatusResponse:
+        return await _replicate(self._node, "model_set_status", request, models_pb2.SetVersionStatusResponse)
+
+    async def SetAlias(
+        self, request: models_pb2.SetAliasRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.SetAliasResponse:
+        return await _replicate(self._node, "model_set_alias", request, models_pb2.SetAliasResponse)
+
+    async def DeleteVersion(
+        self, request: models_pb2.DeleteVersionRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.DeleteVersionResponse:
+        return await _replicate(self._node, "model_delete_version", request, models_pb2.DeleteVersionResponse)
+
+    async def DeleteModel(
+        self, request: models_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.DeleteModelResponse:
+        return await _replicate(self._node, "model_delete", request, models_pb2.DeleteModelResponse)
+
+    async def AddReplica(
+        self, request: models_pb2.ReplicaRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.ReplicaResponse:
+        return await _replicate(self._node, "model_add_replica", request, models_pb2.ReplicaResponse)
+
+    async def RemoveReplica(
+        self, request: models_pb2.ReplicaRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.ReplicaResponse:
+        return await _replicate(self._node, "model_remove_replica", request, models_pb2.ReplicaResponse)
+
+    async def GetModel(
+        self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.GetModelResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        registry = self._node.machine.registry
+        (model, versions), revision = self._node.read_state(
+            lambda: (registry.model(request.model), registry.versions_of(request.model))
+        )
+        return models_pb2.GetModelResponse(header=self._node.header(revision), model=model, versions=versions)
+
+    async def GetVersion(
+        self, request: models_pb2.GetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.GetVersionResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        registry = self._node.machine.registry
+        version, revision = self._node.read_state(lambda: registry.resolve(request.model, request.version or "latest"))
+        return models_pb2.GetVersionResponse(header=self._node.header(revision), version=version)
+
+    async def ListModels(
+        self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.ListModelsResponse:
+        if request.limit > limits.MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit {request.limit} is above the maximum {limits.MAX_LIST_LIMIT}")
+        await self._node.prepare_read(request.read, _timeout(context))
+        registry = self._node.machine.registry
+        (models, more), revision = self._node.read_state(
+            lambda: registry.list_models(request.prefix, request.start_after, request.limit or limits.MAX_LIST_LIMIT)
+        )
+        return models_pb2.ListModelsResponse(header=self._node.header(revision), models=models, more=more)
+
+    async def Search(
+        self, request: models_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.SearchResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        # The index trails the state machine by one catch-up: wait until it reflects what this read
+        # may see (everything applied, for LINEARIZABLE; min_revision, for STALE).
+        stale = request.read.consistency == common_pb2.CONSISTENCY_STALE
+        required = request.read.min_revision if stale else self._node.machine.revision
+        index = await self._node.indexer.wait_indexed(required, _timeout(context))
+        page = await index.search(
+            request.query,
+            tag=request.tag,
+            family=request.family,
+            format=request.format,
+            status=request.status,
+            limit=request.limit or 20,
+            offset=request.offset,
+        )
+        registry = self._node.machine.registry
+        with self._node.state_lock:
+            hits = [
+                models_pb2.SearchHit(model=registry.models[name], score=score)
+                for name, score in page.hits
+                if name in registry.models
+            ]
+        return models_pb2.SearchResponse(
+            header=self._node.header(page.revision),
+            hits=hits,
+            total=page.total,
+            query_ms=page.query_ms,
+            engine=page.engine,
+        )
+
+
+def _check_model_fields(request: models_pb2.RegisterVersionRequest) -> None:
+    """Refuse malformed registrations before they cost a trip through the log."""
+    try:
+        check_version_fields(request)
+    except Refused as refused:
+        raise InvalidArgument(refused.message) from None
 
 
 def _check(problem: str | None) -> None:

@@ -121,3 +121,18 @@ def check_lease_ttl(ttl_ms: int) -> str | None:
     if not MIN_LEASE_TTL_MS <= ttl_ms <= MAX_LEASE_TTL_MS:
         return f"lease TTL {ttl_ms} ms is outside {MIN_LEASE_TTL_MS} ms to {MAX_LEASE_TTL_MS} ms (1 s to 1 day)"
     return None
+
+
+# Model names may use any script's letters ("Café-7B"): word characters, '.', '-', no spaces.
+_MODEL_NAME = re.compile(r"[^\W_][\w.-]*")
+
+
+def check_model_name(name: str) -> str | None:
+    if not name:
+        return "model name must not be empty"
+    if len(name) > MAX_NAME_CHARS or not _MODEL_NAME.fullmatch(name):
+        return (
+            f"model name {name!r} is not valid: use up to {MAX_NAME_CHARS} letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return None

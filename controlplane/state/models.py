@@ -95,7 +95,7 @@ def check_draft(draft: models_pb2.ModelDraft, fields: Iterable[str] = DRAFT_FIEL
 
 def check_version_fields(request: models_pb2.RegisterVersionRequest) -> None:
     """Everything about one registration that does not depend on the state."""
-    _check(limits.check_name(request.model, "model name"))
+    _check(limits.check_model_name(request.model))
     if not _SHA256.fullmatch(request.sha256.lower()):
         raise _invalid(f"sha256 {request.sha256[:80]!r} is not 64 hexadecimal digits")
     if request.format not in models_pb2.ModelFormat.values() or request.format == models_pb2.MODEL_FORMAT_UNSPECIFIED:
@@ -154,7 +154,7 @@ class ModelTable:
     # ------------------------------------------------------------------ lookups (also the read API)
 
     def model(self, name: str) -> models_pb2.Model:
-        _check(limits.check_name(name, "model name"))
+        _check(limits.check_model_name(name))
         found: models_pb2.Model | None = self.models.get(name)
         if found is None:
             other = self._folded.get(name.lower())
@@ -412,7 +412,7 @@ class ModelTable:
         )
 
     def _delete_model(self, request: models_pb2.DeleteModelRequest) -> CommandResult:
-        _check(limits.check_name(request.model, "model name"))
+        _check(limits.check_model_name(request.model))
         if request.model not in self.models:
             return CommandResult(
                 revision=self._journal.revision, model_delete=models_pb2.DeleteModelResponse(deleted=False)

@@ -1,0 +1,496 @@
+"""This server's full-text search index over the model registry, in a local SQLite database.
+
+Why a separate index: the replicated state machine is pure and holds models in sorted
+dictionaries, which answer "get by name" and "list by prefix" but not "which models mention
+instruct, ranked". The index is *derived* state: every server builds its own from the replicated
+state, can throw it away and rebuild it at any time (a rebuild of 20,000 models takes about a
+second), and never feeds anything back into the log. It is therefore tuned as a cache, not as a
+database of record: no fsync, the rollback journal in memory, and ``open`` always starts empty.
+
+Invariants:
+
+* Every answer is tagged with the replicated-state revision the index reflected when it was
+  computed. ``rebuild`` and ``apply`` each change the index in one SQLite transaction and move
+  the revision at its commit; one ``asyncio.Lock`` serialises them against ``search`` (they share
+  one aiosqlite connection, which would otherwise let a search read a half-applied transaction).
+  So a page is always the full answer at exactly the revision it reports.
+* The same documents give the same answer: the order is (bm25 score, name), bm25 depends only on
+  the set of documents (not on the order they arrived in), and names are unique ignoring case.
+  So a server that rebuilt and a server that applied increments agree at the same revision.
+* ``apply`` never moves the revision backwards (that would be an indexer bug: ValueError).
+  ``rebuild`` may set any revision, because it replaces everything (e.g. after a backup restore).
+
+Two engines answer the same queries:
+
+* ``fts5``: an FTS5 table (tokenizer ``unicode61 remove_diacritics 2 tokenchars '-_'``, so
+  "llama-3-8b-instruct" is one token and "Café" matches "cafe") over name, name parts, family,
+  tags and description, ranked by ``bm25`` with the name weighted highest.
+* ``like``: for SQLite builds without FTS5 (or ``use_fts5=False``), a ``LIKE '% term%'`` scan of
+  one normalised text per model, built so that a term matches exactly when it is a prefix of a
+  token, as in FTS5. Results are ordered by name; the score is 0.
+
+Query language, the same on both engines: split on anything that is not a letter, digit, ``-``
+or ``_``; every remaining term is a prefix and all are required (AND). Nothing a user types is
+ever FTS5 syntax: each term goes in as a quoted string (``"qwen"* "inst"*``), so quotes,
+parentheses, ``NEAR``, ``OR`` or a leading ``-`` are plain text. A query with no terms matches
+nothing (the proto says so) and never reaches SQLite.
+
+Filters are exact (tag and family ignoring case; format and status: the model has at least one
+current version with that value) and use side tables with indexes, not string matching. Note
+that format and status are independent facets: ``format=GGUF, status=READY`` means "has a GGUF
+version and has a ready version", not necessarily the same version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import re
+import sqlite3
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from controlplane.errors import InvalidArgument
+from controlplane.v1 import models_pb2
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "ENGINE_FTS5",
+    "ENGINE_LIKE",
+    "MAX_LIMIT",
+    "MAX_QUERY_CHARS",
+    "MAX_QUERY_TERMS",
+    "ModelDoc",
+    "SearchIndex",
+    "SearchPage",
+    "model_doc",
+    "query_terms",
+]
+
+ENGINE_FTS5 = "fts5"
+ENGINE_LIKE = "like"
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 1000
+# Bounds on the work one query can ask of SQLite; far beyond anything a person types.
+MAX_QUERY_CHARS = 1024
+MAX_QUERY_TERMS = 32
+
+# bm25 weights, in the FTS5 column order below: a hit in the name counts most, then in the
+# name's inner parts, then family and tags, then the free-text description.
+_BM25_WEIGHTS = (10.0, 5.0, 3.0, 3.0, 1.0)
+_FACET_FORMAT = "format"
+_FACET_STATUS = "status"
+
+# A token, as both engines see it: letters, digits, '_' and '-' (unicode61 with tokenchars '-_').
+_TOKEN = re.compile(r"[\w-]+")
+# Where a model name can be split into parts ("Qwen2.5-7B_Instruct" -> Qwen2, 5, 7B, Instruct).
+_NAME_SEPARATOR = re.compile(r"[-_.]")
+
+# ``models.id`` is the FTS5 rowid, so a match joins to its model by primary key. The side tables
+# are keyed (filter value, model id) for the filters and indexed by model id for deletes.
+_TABLES = (
+    """CREATE TABLE models (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        family_key TEXT NOT NULL,  -- casefolded family, for the family filter
+        like_text TEXT             -- LIKE engine only: see _like_text
+    )""",
+    "CREATE INDEX models_by_family ON models (family_key)",
+    """CREATE TABLE model_tags (
+        tag TEXT NOT NULL,  -- casefolded
+        model_id INTEGER NOT NULL,
+        PRIMARY KEY (tag, model_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX model_tags_by_model ON model_tags (model_id)",
+    """CREATE TABLE model_facets (
+        facet TEXT NOT NULL,  -- 'format' or 'status'
+        value INTEGER NOT NULL,
+        model_id INTEGER NOT NULL,
+        PRIMARY KEY (facet, value, model_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX model_facets_by_model ON model_facets (model_id)",
+)
+# detail=full (the default) is required: a quoted term that the tokenizer splits in two is a
+# phrase query, which detail=column/none would refuse. The prefix indexes make the short
+# prefixes people type while searching ("l", "ll", "lla") cheap.
+_FTS_TABLE = """CREATE VIRTUAL TABLE models_fts USING fts5 (
+    name, name_parts, family, tags, description,
+    tokenize = "unicode61 remove_diacritics 2 tokenchars '-_'",
+    prefix = '1 2 3'
+)"""
+# A cache rebuilt from the replicated state after any crash: durability buys nothing here.
+# journal_mode=MEMORY keeps ROLLBACK working and leaves no journal file next to the database.
+_PRAGMAS = (
+    "PRAGMA journal_mode = MEMORY",
+    "PRAGMA synchronous = OFF",
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA cache_size = -65536",
+)
+
+
+@dataclass(frozen=True)
+class ModelDoc:
+    """What the index holds for one model."""
+
+    name: str
+    description: str
+    family: str
+    tags: tuple[str, ...]
+    owner: str
+    formats: frozenset[int]  # ModelFormat values of its current versions
+    statuses: frozenset[int]  # VersionStatus values of its current versions
+
+
+def model_doc(model: models_pb2.Model, versions: Iterable[models_pb2.ModelVersion]) -> ModelDoc:
+    """The index document for ``model`` and its current versions."""
+    formats: set[int] = set()
+    statuses: set[int] = set()
+    for version in versions:
+        if version.model != model.name:
+            raise ValueError(f"version {version.model}/{version.version} does not belong to model {model.name!r}")
+        formats.add(version.format)
+        statuses.add(version.status)
+    return ModelDoc(
+        name=model.name,
+        description=model.description,
+        family=model.family,
+        tags=tuple(model.tags),
+        owner=model.owner,
+        formats=frozenset(formats),
+        statuses=frozenset(statuses),
+    )
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    hits: list[tuple[str, float]]  # (model name, score), best first; bm25 (lower is better), 0.0 for LIKE
+    total: int  # all matches, for pagination
+    query_ms: float  # time spent in SQLite
+    revision: int  # the replicated-state revision the index reflected for this answer
+    engine: str  # ENGINE_FTS5 or ENGINE_LIKE
+
+
+def _fold(text: str) -> str:
+    """Lowercase without diacritics ("Café" -> "cafe"), as unicode61 remove_diacritics folds."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(char for char in decomposed if not unicodedata.combining(char)).lower()
+
+
+def query_terms(query: str) -> list[str]:
+    """The terms of a user's query, folded; every one is matched as a token prefix.
+
+    A term needs a letter or digit: "-", "__" or "--" alone would otherwise match every token
+    that happens to start with them. Splitting (rather than deleting) at other punctuation
+    mirrors the tokenizer: "qwen2.5" is indexed as "qwen2" and "5", so it is searched as both.
+    """
+    return [term for term in _TOKEN.findall(_fold(query)) if any(char.isalnum() for char in term)]
+
+
+def _match_expression(terms: Sequence[str]) -> str:
+    """An FTS5 MATCH expression that requires every term as a prefix and has no other syntax."""
+    # Terms cannot hold '"' (see _TOKEN); doubling it keeps this safe should that ever change.
+    return " ".join('"' + term.replace('"', '""') + '"*' for term in terms)
+
+
+def _like_pattern(term: str) -> str:
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"% {escaped}%"
+
+
+def _name_parts(name: str) -> list[str]:
+    """The name from each inner part onwards: "llama-3-8b" -> ["3-8b", "8b"].
+
+    Each suffix is one token (tokenchars keep '-' and '_'), so a prefix query matches a part
+    ("8b") and also a run of parts ("3-8b"), with no more tokens than splitting into parts.
+    """
+    return [name[separator.end() :] for separator in _NAME_SEPARATOR.finditer(name) if separator.end() < len(name)]
+
+
+def _like_text(doc: ModelDoc) -> str:
+    """Every token the FTS5 table would hold for ``doc``, folded, each preceded by a space.
+
+    ``LIKE '% term%'`` on this text then means "term is a prefix of one of the tokens".
+    """
+    fields = [doc.name, *_name_parts(doc.name), doc.family, *doc.tags, doc.description]
+    tokens = [token for field in fields for token in _TOKEN.findall(_fold(field))]
+    return " " + " ".join(tokens) + " "
+
+
+_FILTERS = {
+    "family": "AND m.family_key = :family",
+    "tag": "AND m.id IN (SELECT model_id FROM model_tags WHERE tag = :tag)",
+    "format": f"AND m.id IN (SELECT model_id FROM model_facets WHERE facet = '{_FACET_FORMAT}' AND value = :format)",
+    "status": f"AND m.id IN (SELECT model_id FROM model_facets WHERE facet = '{_FACET_STATUS}' AND value = :status)",
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _statements(engine: str, term_count: int, filters: tuple[str, ...]) -> tuple[str, str]:
+    """The SQL for one shape of search: (page with the total on every row, total alone).
+
+    One text per shape (engine, number of terms, filters used), so sqlite3's statement cache
+    prepares each shape once.
+    """
+    where = " ".join(_FILTERS[name] for name in filters)
+    if engine == ENGINE_FTS5:
+        weights = ", ".join(str(weight) for weight in _BM25_WEIGHTS)
+        matches = (
+            f"SELECT m.name AS name, bm25(models_fts, {weights}) AS score"
+            " FROM models_fts JOIN models AS m ON m.id = models_fts.rowid"
+            f" WHERE models_fts MATCH :match {where}"
+        )
+    else:
+        likes = " AND ".join(f"m.like_text LIKE :term{index} ESCAPE '\\'" for index in range(term_count))
+        matches = f"SELECT m.name AS name, 0.0 AS score FROM models AS m WHERE {likes} {where}"
+    # The window count is taken over every match before LIMIT applies, so one statement gives
+    # the page and the total (the sort has to see every match anyway). Names are unique
+    # ignoring case, so the order is total.
+    page = (
+        f"SELECT name, score, COUNT(*) OVER () FROM ({matches})"
+        " ORDER BY score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"
+    )
+    return page, f"SELECT COUNT(*) FROM ({matches})"
+
+
+class SearchIndex:
+    """A local, rebuildable search index over the model registry; see the module docstring."""
+
+    def __init__(self, connection: aiosqlite.Connection, engine: str) -> None:
+        # Use ``open``: the tables are created there.
+        self._connection: aiosqlite.Connection | None = connection
+        self._engine = engine
+        self._revision = 0
+        # Held for every statement on the connection: a search between two statements of a
+        # rebuild or apply would read that transaction's uncommitted, half-done state.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path = ":memory:", *, use_fts5: bool = True) -> SearchIndex:
+        """An empty index at revision 0; anything ``path`` held is dropped, so rebuild next.
+
+        FTS5 is used when ``use_fts5`` and this SQLite build has it (found out by creating the
+        table), otherwise the LIKE engine.
+        """
+        # isolation_level=None: we issue BEGIN and COMMIT, so a transaction is exactly one
+        # rebuild or apply.
+        connection = await aiosqlite.connect(str(path), isolation_level=None, cached_statements=256)
+        try:
+            for pragma in _PRAGMAS:
+                await connection.execute(pragma)
+            index = cls(connection, ENGINE_FTS5 if use_fts5 else ENGINE_LIKE)
+            try:
+                await index._reset()
+            except sqlite3.OperationalError as error:
+                if index._engine != ENGINE_FTS5 or "fts5" not in str(error):
+                    raise
+                index._engine = ENGINE_LIKE  # "no such module: fts5"
+                await index._reset()
+        except BaseException:
+            await connection.close()
+            raise
+        return index
+
+    @property
+    def engine(self) -> str:
+        """ENGINE_FTS5 or ENGINE_LIKE, fixed at open."""
+        return self._engine
+
+    @property
+    def revision(self) -> int:
+        """The replicated-state revision the committed index reflects (0 until the first rebuild)."""
+        return self._revision
+
+    async def rebuild(self, docs: Iterable[ModelDoc], revision: int) -> None:
+        """Replace the whole index with ``docs`` at ``revision``, in one transaction."""
+        _check_revision(revision)
+        # Sorted so every server writes the same rows in the same order.
+        ordered = sorted(_unique_by_name(docs).values(), key=lambda doc: doc.name)
+        async with self._lock:
+            async with self._transaction():
+                await self._create_tables()
+                await self._insert(ordered, first_id=1)
+                if self._engine == ENGINE_FTS5:
+                    # Merge what the bulk insert left into one b-tree, so a query reads one segment.
+                    await self._conn.execute("INSERT INTO models_fts (models_fts) VALUES ('optimize')")
+            self._revision = revision
+
+    async def apply(self, upserts: Iterable[ModelDoc], deleted: Iterable[str], revision: int) -> None:
+        """Add or replace ``upserts`` and remove the models named in ``deleted``, in one transaction.
+
+        A name in ``deleted`` that the index does not hold is ignored, so deleting is idempotent.
+        Raises ValueError (changing nothing) for a revision older than the index's, a model given
+        twice, or a model both upserted and deleted.
+        """
+        _check_revision(revision)
+        by_name = _unique_by_name(upserts)
+        gone = sorted(set(deleted))
+        both = by_name.keys() & set(gone)
+        if both:
+            raise ValueError(f"models both upserted and deleted in one apply: {sorted(both)}")
+        async with self._lock:
+            if revision < self._revision:
+                raise ValueError(f"apply at revision {revision} is older than the index's revision {self._revision}")
+            async with self._transaction():
+                await self._delete([*by_name, *gone])
+                # Ids are private (never in an answer), so fresh ones for replaced models are fine.
+                rows = list(await self._conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM models"))
+                await self._insert(sorted(by_name.values(), key=lambda doc: doc.name), first_id=rows[0][0] + 1)
+            self._revision = revision
+
+    async def search(
+        self,
+        query: str,
+        *,
+        tag: str = "",
+        family: str = "",
+        format: int = 0,
+        status: int = 0,
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+    ) -> SearchPage:
+        """A page of the models matching every term of ``query`` (as prefixes) and every filter.
+
+        An empty filter (``""`` or ``0``) does not filter. Raises InvalidArgument for a limit
+        outside 1..MAX_LIMIT, a negative offset, an overlong query, or an unknown format or status.
+        """
+        terms = _check_search(query, format, status, limit, offset)
+        if not terms:
+            # The same answer at every revision, so there is nothing to wait for.
+            return SearchPage(hits=[], total=0, query_ms=0.0, revision=self._revision, engine=self._engine)
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if self._engine == ENGINE_FTS5:
+            params["match"] = _match_expression(terms)
+        else:
+            params.update((f"term{index}", _like_pattern(term)) for index, term in enumerate(terms))
+        filters = {"family": family.casefold(), "tag": tag.casefold(), "format": format, "status": status}
+        used = tuple(name for name in _FILTERS if filters[name])
+        params.update((name, filters[name]) for name in used)
+        page_sql, count_sql = _statements(self._engine, len(terms), used)
+        async with self._lock:
+            started = time.perf_counter()
+            rows = list(await self._conn.execute_fetchall(page_sql, params))
+            if rows:
+                total = rows[0][2]
+            elif offset == 0:
+                total = 0
+            else:  # past the last page: no row came back to carry the count
+                total = next(iter(await self._conn.execute_fetchall(count_sql, params)))[0]
+            query_ms = (time.perf_counter() - started) * 1000.0
+            revision = self._revision
+        return SearchPage(
+            hits=[(name, float(score)) for name, score, _ in rows],
+            total=total,
+            query_ms=query_ms,
+            revision=revision,
+            engine=self._engine,
+        )
+
+    async def close(self) -> None:
+        """Release the connection, after any rebuild, apply or search in progress. Idempotent."""
+        async with self._lock:
+            if self._connection is not None:
+                connection, self._connection = self._connection, None
+                await connection.close()
+
+    # ------------------------------------------------------------------ called under the lock
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._connection is None:
+            raise RuntimeError("the search index is closed")
+        return self._connection
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        await self._conn.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            await self._conn.execute("ROLLBACK")
+            raise
+        await self._conn.execute("COMMIT")
+
+    async def _reset(self) -> None:
+        async with self._lock, self._transaction():
+            await self._create_tables()
+
+    async def _create_tables(self) -> None:
+        """Drop and create every table: O(1), where deleting every FTS5 row is O(index)."""
+        for table in ("models_fts", "model_facets", "model_tags", "models"):
+            await self._conn.execute(f"DROP TABLE IF EXISTS {table}")
+        for statement in _TABLES:
+            await self._conn.execute(statement)
+        if self._engine == ENGINE_FTS5:
+            await self._conn.execute(_FTS_TABLE)
+
+    async def _delete(self, names: list[str]) -> None:
+        rows = [(name,) for name in names]
+        model_id = "(SELECT id FROM models WHERE name = ?)"
+        if self._engine == ENGINE_FTS5:
+            await self._conn.executemany(f"DELETE FROM models_fts WHERE rowid = {model_id}", rows)
+        await self._conn.executemany(f"DELETE FROM model_tags WHERE model_id = {model_id}", rows)
+        await self._conn.executemany(f"DELETE FROM model_facets WHERE model_id = {model_id}", rows)
+        await self._conn.executemany("DELETE FROM models WHERE name = ?", rows)
+
+    async def _insert(self, docs: list[ModelDoc], first_id: int) -> None:
+        fts = self._engine == ENGINE_FTS5
+        models: list[tuple[int, str, str, str | None]] = []
+        texts: list[tuple[int, str, str, str, str, str]] = []
+        tags: list[tuple[str, int]] = []
+        facets: list[tuple[str, int, int]] = []
+        for model_id, doc in enumerate(docs, start=first_id):
+            models.append((model_id, doc.name, doc.family.casefold(), None if fts else _like_text(doc)))
+            if fts:
+                parts = " ".join(_name_parts(doc.name))
+                texts.append((model_id, doc.name, parts, doc.family, " ".join(doc.tags), doc.description))
+            tags.extend((tag, model_id) for tag in sorted({tag.casefold() for tag in doc.tags}))
+            facets.extend((_FACET_FORMAT, value, model_id) for value in sorted(doc.formats))
+            facets.extend((_FACET_STATUS, value, model_id) for value in sorted(doc.statuses))
+        await self._conn.executemany("INSERT INTO models (id, name, family_key, like_text) VALUES (?, ?, ?, ?)", models)
+        if fts:
+            await self._conn.executemany(
+                "INSERT INTO models_fts (rowid, name, name_parts, family, tags, description) VALUES (?, ?, ?, ?, ?, ?)",
+                texts,
+            )
+        await self._conn.executemany("INSERT INTO model_tags (tag, model_id) VALUES (?, ?)", tags)
+        await self._conn.executemany("INSERT INTO model_facets (facet, value, model_id) VALUES (?, ?, ?)", facets)
+
+
+def _check_revision(revision: int) -> None:
+    if revision < 0:
+        raise ValueError(f"revision must not be negative, got {revision}")
+
+
+def _unique_by_name(docs: Iterable[ModelDoc]) -> dict[str, ModelDoc]:
+    """The docs by name; a name given twice is an indexer bug (which one would be meant?)."""
+    by_name: dict[str, ModelDoc] = {}
+    for doc in docs:
+        if doc.name in by_name:
+            raise ValueError(f"model {doc.name!r} appears twice")
+        by_name[doc.name] = doc
+    return by_name
+
+
+def _check_search(query: str, format: int, status: int, limit: int, offset: int) -> list[str]:
+    """The query's terms, after refusing what no search should be asked (InvalidArgument)."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    if offset < 0:
+        raise InvalidArgument(f"offset must not be negative, got {offset}")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidArgument(f"query is {len(query)} characters; the limit is {MAX_QUERY_CHARS}")
+    if format and format not in models_pb2.ModelFormat.values():
+        raise InvalidArgument(f"format {format} is not a known ModelFormat")
+    if status and status not in models_pb2.VersionStatus.values():
+        raise InvalidArgument(f"status {status} is not a known VersionStatus")
+    terms = query_terms(query)
+    if len(terms) > MAX_QUERY_TERMS:
+        raise InvalidArgument(f"query has {len(terms)} terms; the limit is {MAX_QUERY_TERMS}")
+    return terms

@@ -1,0 +1,166 @@
+"""The model registry through real server processes: search on every server at the same revision,
+the index rebuilt after a restart and after a backup restore, bulk import over the CLI, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from controlplane.client import Client, Consistency, FailedPrecondition, InvalidArgument, NotFound
+from controlplane.dev import LocalCluster
+from controlplane.v1 import models_pb2, models_pb2_grpc
+
+from .conftest import channel, node_client, running, wait_converged
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+CATALOGUE = [
+    ("Llama-3-8B-Instruct", "llama", ["chat", "instruct"], "Meta's instruction-tuned model"),
+    ("Qwen2-7B-Instruct", "qwen", ["chat"], "Alibaba's 7B model"),
+    ("Café-Mistral_7b", "mistral", ["french"], "A café-trained assistant"),
+    ("whisper-large-v3", "whisper", ["audio"], "Speech recognition"),
+]
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def register_catalogue(client: Client, suffix: str) -> int:
+    """Register the catalogue under names ending in ``suffix``; the revision of the last write."""
+    revision = 0
+    for index, (name, family, tags, description) in enumerate(CATALOGUE):
+        result = client.models.register(
+            f"{name}{suffix}",
+            sha(f"{name}{suffix}"),
+            1000 + index,
+            "gguf" if index % 2 else "safetensors",
+            status="ready",
+            family=family,
+            tags=tags,
+            description=description,
+        )
+        revision = result.revision
+    return revision
+
+
+def names(result: object) -> list[str]:
+    return [hit.model.name for hit in result.hits]  # type: ignore[attr-defined]
+
+
+def test_search_quality_and_the_same_answer_on_every_server(cluster: LocalCluster) -> None:
+    suffix = f"-{uuid.uuid4().hex[:6]}"
+    with Client(cluster.client_addresses) as client:
+        revision = register_catalogue(client, suffix)
+        answers = []
+        for node in running(cluster):
+            with node_client(node) as local:
+                found = {
+                    query: names(local.models.search(f"{query} {suffix[1:]}", min_revision=revision,
+                                                     consistency=Consistency.STALE))
+                    for query in ("llama", "cafe", "llama-3", "qwen inst", "chat")
+                }  # fmt: skip
+            answers.append(found)
+        assert answers[0] == answers[1] == answers[2], "servers disagree at the same revision"
+        found = answers[0]
+        assert found["llama"] == [f"Llama-3-8B-Instruct{suffix}"]
+        assert found["cafe"] == [f"Café-Mistral_7b{suffix}"]
+        assert found["llama-3"] == [f"Llama-3-8B-Instruct{suffix}"]
+        assert found["qwen inst"] == [f"Qwen2-7B-Instruct{suffix}"]
+        assert sorted(found["chat"]) == sorted([f"Llama-3-8B-Instruct{suffix}", f"Qwen2-7B-Instruct{suffix}"])
+        result = client.models.search(suffix[1:], format="gguf")
+        assert sorted(names(result)) == sorted([f"Qwen2-7B-Instruct{suffix}", f"whisper-large-v3{suffix}"])
+        assert result.revision >= revision and result.query_ms >= 0 and result.engine in ("fts5", "like")
+        for query in ("!!!", '"unbalanced', "-", ""):
+            assert client.models.search(query).hits == (), query
+
+
+def test_registry_rules_and_bad_input_over_grpc(cluster: LocalCluster) -> None:
+    name = f"rules-{uuid.uuid4().hex[:6]}"
+    with Client(cluster.client_addresses) as client:
+        first = client.models.register(name, sha("1"), 10, "onnx")
+        second = client.models.register(name, sha("2"), 10, "onnx")
+        assert (first.version.version, second.version.version) == (1, 2)
+        client.models.set_alias(name, "prod", 1)
+        assert client.models.get_version(name, "prod").sha256 == sha("1")
+        with pytest.raises(FailedPrecondition, match="prod"):
+            client.models.delete_version(name, 1)
+        with pytest.raises(InvalidArgument, match="sha256"):
+            client.models.register(name, "not-a-hash", 10, "onnx")
+        with pytest.raises(InvalidArgument, match="format"):
+            client.models.register(name, sha("3"), 10, "zip")
+        with pytest.raises(NotFound):
+            client.models.get(f"{name}-missing")
+        detail = client.models.get(name)
+        assert [v.version for v in detail.versions] == [1, 2] and detail.model.aliases == {"prod": 1}
+    with channel(cluster.client_addresses[1]) as ch:
+        stub = models_pb2_grpc.ModelsStub(ch)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Search(models_pb2.SearchRequest(query="x", limit=100_000))
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.RegisterVersion(models_pb2.RegisterVersionRequest(model="bad name!", sha256=sha("x"), format=1))
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_index_is_rebuilt_after_restart_and_after_restore(
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster()
+    cluster.wait_for_leader()
+    with Client(cluster.client_addresses) as client:
+        register_catalogue(client, "")
+        backup = tmp_path / "backup.snap"
+        client.snapshot(backup)
+        client.models.delete("whisper-large-v3", force=True)
+        assert names(client.models.search("whisper")) == []
+        client.restore(backup)
+        revision = wait_converged(cluster)
+        for node in running(cluster):
+            with node_client(node) as local:
+                found = local.models.search("whisper", consistency=Consistency.STALE, min_revision=revision)
+            assert names(found) == ["whisper-large-v3"], f"{node.id} did not rebuild its index after the restore"
+    # A restarted server rebuilds its index from the replicated state.
+    victim = running(cluster)[0]
+    cluster.restart(victim.id)
+    cluster.wait_for_leader()
+    revision = wait_converged(cluster)
+    with node_client(cluster.nodes[victim.id]) as local:
+        found = local.models.search("qwen inst", consistency=Consistency.STALE, min_revision=revision)
+    assert names(found) == ["Qwen2-7B-Instruct"]
+
+
+def test_bulk_import_over_the_cli(cluster: LocalCluster, tmp_path: Path) -> None:
+    prefix = f"bulk-{uuid.uuid4().hex[:6]}"
+    catalogue = tmp_path / "catalogue.jsonl"
+    catalogue.write_text(
+        "\n".join(
+            json.dumps({"model": f"{prefix}-{i % 5}", "sha256": sha(f"{prefix}{i}"), "size_bytes": i, "format": "pt"})
+            for i in range(250)
+        )
+    )
+    env = dict(os.environ, CP_ENDPOINTS=",".join(cluster.client_addresses))
+
+    def cpctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "controlplane", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    imported = cpctl("models", "import", str(catalogue), "--batch", "100", "--output", "json")
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["versions"] == 250
+    listed = json.loads(cpctl("models", "list", prefix, "--output", "json").stdout)
+    assert [(m["name"], m["latest_version"]) for m in listed["models"]] == [(f"{prefix}-{i}", 50) for i in range(5)]
+    searched = json.loads(cpctl("models", "search", prefix, "--limit", "2", "--output", "json").stdout)
+    assert searched["total"] == 5 and len(searched["hits"]) == 2
+    again = cpctl("models", "import", str(catalogue))
+    assert again.returncode == 1 and "already has sha256" in again.stderr
