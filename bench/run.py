@@ -5,7 +5,8 @@ Runs, one after the other so that they never share the CPUs:
   2. etcd 3.4, 3 members, --unsafe-no-fsync  -> write_1_client, write_64_clients
   3. our cluster, 3 servers                  -> write_1_client, write_64_clients, allocate_64_clients
                                                  (Ports.Allocate; ratios against etcd's write_64_clients),
-                                                 leader_failover
+                                                 registry_bulk_register, registry_register_64_clients,
+                                                 registry_search (100,000 versions), leader_failover
 One JSON line per scenario on stdout (ours carry ratios to etcd from this same run); progress on stderr.
 Every process the bench started is stopped on exit, including Ctrl-C, SIGTERM and exceptions.
 """
@@ -149,6 +150,14 @@ async def bench_ours(
             allocate = Scenario("allocate_64_clients", 64, args.duration, 2 * args.warmup, leader_only=False)
             line = await run_scenario(ours.ours_allocate_system(cluster, leader), allocate)
             emit(add_ratios(line, etcd, reference="write_64_clients"))
+            if args.registry_versions:
+                from bench.registry import bench_registry
+
+                leader = await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
+                for line in await bench_registry(cluster, leader, args.registry_versions, args.duration, args.warmup):
+                    if line["scenario"] == "registry_register_64_clients":
+                        line = add_ratios(line, etcd, reference="write_64_clients")
+                    emit(line)
         if failover and args.failover_reps > 0:
             await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
             samples = []
@@ -208,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also run our cluster with group commit off, and with pysyncobj's default periods",
     )
     p.add_argument("--op-timeout", type=float, default=1.0, help="per-write deadline in the failover writer")
+    p.add_argument(
+        "--registry-versions",
+        type=int,
+        help="model versions registered before the search scenario (default 100000, quick 10000; 0 skips)",
+    )
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = 2.0 if args.quick else 8.0
@@ -215,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup = 0.5 if args.quick else 1.0
     if args.failover_reps is None:
         args.failover_reps = 2 if args.quick else 5
+    if args.registry_versions is None:
+        args.registry_versions = 10_000 if args.quick else 100_000
     try:
         return asyncio.run(amain(args))
     except (KeyboardInterrupt, asyncio.CancelledError):

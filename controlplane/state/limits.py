@@ -127,12 +127,13 @@ def check_lease_ttl(ttl_ms: int) -> str | None:
 _MODEL_NAME = re.compile(r"[^\W_][\w.-]*")
 
 
-def check_model_name(name: str) -> str | None:
+def check_model_name(name: str, what: str = "model name") -> str | None:
+    """Model names, families and tags: letters of any script, digits, '.', '_', '-'."""
     if not name:
-        return "model name must not be empty"
+        return f"{what} must not be empty"
     if len(name) > MAX_NAME_CHARS or not _MODEL_NAME.fullmatch(name):
         return (
-            f"model name {name!r} is not valid: use up to {MAX_NAME_CHARS} letters, digits, '.', '_' or '-', "
+            f"{what} {name!r} is not valid: use up to {MAX_NAME_CHARS} letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return None

@@ -81,14 +81,14 @@ def check_draft(draft: models_pb2.ModelDraft, fields: Iterable[str] = DRAFT_FIEL
     if "description" in chosen:
         _check(limits.check_text(draft.description, "description", MAX_DESCRIPTION_CHARS))
     if "family" in chosen and draft.family:
-        _check(limits.check_name(draft.family, "family"))
+        _check(limits.check_model_name(draft.family, "family"))
     if "owner" in chosen:
         _check(limits.check_text(draft.owner, "owner", 256))
     if "tags" in chosen:
         if len(draft.tags) > MAX_TAGS:
             raise _invalid(f"at most {MAX_TAGS} tags")
         for tag in draft.tags:
-            _check(limits.check_name(tag, "tag"))
+            _check(limits.check_model_name(tag, "tag"))
         if len({tag.lower() for tag in draft.tags}) != len(draft.tags):
             raise _invalid("a tag appears twice")
 
