@@ -539,7 +539,8 @@ def event(pb: watch_pb2.Event) -> Event | None:
         kind = EventType(pb.type)
     except ValueError:
         return None
-    from controlplane.client import _ports  # imports this module: a top-level import would be circular
+    # Both import this module: top-level imports would be circular.
+    from controlplane.client import _ports, _registry
 
     return Event(
         revision=pb.revision,
@@ -551,6 +552,7 @@ def event(pb: watch_pb2.Event) -> Event | None:
         prev_kv=key_value(pb.prev_kv) if pb.HasField("prev_kv") else None,
         time_unix_ms=pb.time_unix_ms,
         port=_ports.convert(_ports.PortEvent, pb.port) if pb.HasField("port") else None,
+        model=_ports.convert(_registry.ModelEvent, pb.model) if pb.HasField("model") else None,
     )
 
 

@@ -15,6 +15,7 @@ from controlplane.v1 import cluster_pb2, common_pb2, watch_pb2
 
 if TYPE_CHECKING:
     from controlplane.client._ports import PortEvent
+    from controlplane.client._registry import ModelEvent
 
 __all__ = [
     "CasResult",
@@ -124,6 +125,8 @@ class Event:
     time_unix_ms: int
     #: For domain "ports": the change with the old and new port.
     port: PortEvent | None = None
+    #: For domain "models": the model or version after the change.
+    model: ModelEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ __all__ = [
     "BulkRegistration",
     "Model",
     "ModelDetail",
+    "ModelEvent",
     "ModelFormat",
     "ModelList",
     "ModelVersion",
@@ -79,6 +80,15 @@ class ModelVersion:
     mod_revision: int
     #: Node ids holding the artifact.
     replicas: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEvent:
+    """What a watch on domain "models" carries in ``Event.model``: the model or version after the change."""
+
+    change: str
+    model: Model | None
+    version: ModelVersion | None
 
 
 @dataclass(frozen=True, slots=True)
