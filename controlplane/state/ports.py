@@ -372,7 +372,8 @@ class PortTable:
 
     def release_lease(self, lease_id: int, reason: str) -> int:
         """Free every assignment held by a lease (it expired or was revoked); how many."""
-        held = list(self.by_lease.get(lease_id, {}))
+        # Sorted: the index's order is not part of the snapshot, and the revisions must not depend on it.
+        held = sorted(self.by_lease.get(lease_id, {}))
         for key in held:
             self._drop(key, Action.PORT_ACTION_EXPIRED, reason)
         return len(held)
@@ -684,8 +685,16 @@ class PortTable:
                             f"but bound by {holder}",
                         )
                     )
-                if holder in services_here and (assigned is None or assigned.service != holder):
-                    own = sorted(services_here[holder], key=lambda a: (a.port in bound, a.name))[0]
+                # Misplaced only if one of its ports here is not bound by it: a service bound to its
+                # own port and to another one gains nothing from a move (and resolving would swap
+                # its assignment between the two ports for ever).
+                astray = [
+                    a
+                    for a in services_here.get(holder, [])
+                    if a.port not in bound or bound[a.port].holder not in (holder, "")
+                ]
+                if astray and (assigned is None or assigned.service != holder):
+                    own = sorted(astray, key=lambda a: (a.port in bound, a.name))[0]
                     found.append(
                         ports_pb2.Conflict(
                             kind=ports_pb2.CONFLICT_KIND_MISPLACED,
@@ -695,7 +704,7 @@ class PortTable:
                             observed_holder=holder,
                             description=f"{holder} is bound to port {port} on {name}, but its assigned "
                             f"port{'s are' if len(services_here[holder]) > 1 else ' is'} "
-                            f"{', '.join(str(a.port) for a in services_here[holder])}",
+                            f"{', '.join(str(p) for p in sorted(a.port for a in services_here[holder]))}",
                         )
                     )
                 elif assigned is None and self.range_of(port) and self.reservation(name, port) is None:
@@ -751,7 +760,15 @@ class PortTable:
                 continue
             a, port = conflict.assignment, conflict.port
             holder = self.by_port.get(a.host, {}).get(port)
-            vacated = holder is None or holder in must_leave
+            leaving = must_leave.get(holder) if holder is not None and holder not in moved else None
+            if leaving is not None and leaving.assignment.range in self.ranges:
+                # The holder must leave anyway, but its port is vacated only once it has somewhere to
+                # go: otherwise it stays, and adopting the port would put two assignments on it.
+                range_ = self.ranges[leaving.assignment.range]
+                free = self.find_free(a.host, range_, taken=planned.get(a.host), avoid=port)
+                if free is not None:
+                    plan(leaving.assignment, free, f"port {port} is bound by {leaving.observed_holder}")
+            vacated = holder is None or holder in moved
             if (
                 (a.host, a.service, a.name) in moved
                 or not vacated
@@ -895,10 +912,12 @@ class PortTable:
         own = set(self._service_keys(host, service))
         declared_names = {declared.name for declared in manifest.ports}
         stale = sorted(key for key in own if key[2] not in declared_names)
-        # Plan every declared port before changing anything: all or nothing.
+        # Plan every declared port before changing anything: all or nothing. Fixed ports first, so
+        # an allocation never takes a port that a later declaration fixes (stable: the manifest's
+        # order otherwise).
         taken: dict[int, str] = {}
         plan: list[tuple[AssignmentKey, int, str, ports_pb2.PortAction, str]] = []
-        for declared in manifest.ports:
+        for declared in sorted(manifest.ports, key=lambda d: not d.port):
             key = (host, service, declared.name)
             current = self.assignments.get(key)
             if declared.port:
@@ -930,8 +949,11 @@ class PortTable:
                 raise self._exhausted(host, range_)
             taken[port] = f"{service}/{declared.name}"
             plan.append((key, port, range_name, Action.PORT_ACTION_ALLOCATED, "service manifest"))
-        # A fixed port may be one this service holds under another name: fine only if that one moves away.
-        vacating = {key for key, *_ in plan} | set(stale)
+        # A fixed port may be one this service holds under another name: fine only if that one moves
+        # away (a port kept where it is, only its lease changing, does not).
+        vacating = {
+            key for key, port, *_ in plan if key not in self.assignments or self.assignments[key].port != port
+        } | set(stale)
         for key, port, *_ in plan:
             held = self.by_port.get(host, {}).get(port)
             if held is not None and held != key and held not in vacating:
@@ -1127,6 +1149,10 @@ class PortTable:
             assignment.lease_id = 0
         for record in state.services:
             record.manifest.lease_id = 0
+        # Another cluster's revisions mean nothing here: an imported report is no evidence for the
+        # leak repair (it would count against assignments made after the import), only fresh ones are.
+        for report in state.observations:
+            report.revision = 0
         totals: dict[str, int] = {}
         for entry in state.history:
             totals[entry.service] = totals.get(entry.service, 0) + 1
@@ -1185,6 +1211,7 @@ class PortTable:
             self.hosts.setdefault(assignment.host, None)
         for record in state.services:
             self.services[(record.manifest.host, record.manifest.name)] = record
+            self.hosts.setdefault(record.manifest.host, None)
         for entry in state.history:
             self.history.setdefault(entry.service, []).append(entry)
         self.history_totals = {t.service: t.total for t in state.history_totals}
