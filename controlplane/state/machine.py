@@ -433,6 +433,10 @@ class StateMachine:
                 )
             except Refused as refused:
                 return _error(refused.code, f"backup holds a bad port map: {refused.message}", self.revision)
+        try:
+            ModelTable.validate_state(snapshot.models)
+        except Refused as refused:
+            return _error(refused.code, f"backup holds a bad model registry: {refused.message}", self.revision)
         self.revision = max(self.revision, snapshot.revision) + 1
         self._kvs = SortedDict((kv.key, kv) for kv in snapshot.kvs)
         if snapshot.HasField("ports"):

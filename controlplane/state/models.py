@@ -453,6 +453,35 @@ class ModelTable:
             state.versions.extend(self.versions_of(name))
         return state
 
+    @staticmethod
+    def validate_state(state: models_pb2.ModelsState) -> None:
+        """What a registry from a backup must satisfy before it replaces this one (Refused if not)."""
+        models: dict[str, models_pb2.Model] = {}
+        folded: set[str] = set()
+        for model in state.models:
+            _check(limits.check_model_name(model.name))
+            if model.name.lower() in folded:
+                raise _invalid(f"model {model.name!r} appears twice (names are unique ignoring case)")
+            folded.add(model.name.lower())
+            models[model.name] = model
+        numbers: dict[str, set[int]] = {}
+        for version in state.versions:
+            owner = models.get(version.model)
+            if owner is None:
+                raise _invalid(f"version {version.version} belongs to unknown model {version.model!r}")
+            if not 1 <= version.version <= owner.latest_version or version.version in numbers.get(version.model, set()):
+                raise _invalid(f"model {version.model!r} version {version.version} is out of sequence")
+            if not _SHA256.fullmatch(version.sha256):
+                raise _invalid(f"model {version.model!r} version {version.version} has a malformed sha256")
+            numbers.setdefault(version.model, set()).add(version.version)
+        for model in models.values():
+            held = numbers.get(model.name, set())
+            if model.version_count != len(held):
+                raise _invalid(f"model {model.name!r} counts {model.version_count} versions but has {len(held)}")
+            for alias, number in model.aliases.items():
+                if number not in held:
+                    raise _invalid(f"alias {alias!r} of {model.name!r} points at missing version {number}")
+
     def load(self, state: models_pb2.ModelsState) -> None:
         self.reset()
         for model in state.models:
