@@ -692,7 +692,7 @@ class PortsVsModel(RuleBasedStateMachine):
     def expire(self, data: st.DataObject) -> None:
         """The leader's expiry decision, re-checked against the entry's time (which may come late or early)."""
         candidates = [*sorted(self.model.leases), self.model.next_lease]
-        lease_ids = data.draw(st.lists(st.sampled_from(candidates), max_size=3), label="expire")
+        lease_ids = data.draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=3), label="expire")
         result = self._run(data, expire(*lease_ids), max_step=4_000)
         assert result is not None
         expect_ok(result)

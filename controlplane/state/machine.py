@@ -188,10 +188,11 @@ class StateMachine:
                 result = handler(command)
             except Exception as exc:  # a bug; deterministic on every replica, and never fatal
                 result = CommandResult(
+                    revision=self.revision,
                     error=common_pb2.Error(
                         code=common_pb2.ERROR_CODE_INTERNAL,
                         message=f"{type(exc).__name__} while applying {kind}: {exc}",
-                    )
+                    ),
                 )
         if request_id:
             self._dedupe[request_id] = (self.time_unix_ms, result)

@@ -796,6 +796,8 @@ class PortTable:
         if request.host:
             self.known_host(request.host)
         moves, unresolved = self.plan_resolution(request.host)
+        if request.dry_run:  # servers answer dry runs without the log; should one get here, it changes nothing
+            return self._result(ports_resolve=ports_pb2.ResolveConflictsResponse(moves=moves, unresolved=unresolved))
         # Vacate every moving assignment first, so a chain of moves never passes through a
         # moment where two assignments share a port.
         current = {(m.host, m.service, m.name): self.assignments[(m.host, m.service, m.name)] for m in moves}
