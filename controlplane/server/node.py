@@ -49,7 +49,7 @@ from controlplane.server.proposer import Proposer
 from controlplane.server.raft import SUCCESS, RaftNode, describe_failure
 from controlplane.state import limits
 from controlplane.state.machine import CommandResult, SnapshotError, StateMachine, parse_snapshot
-from controlplane.state.ports import Refused
+from controlplane.state.refusal import Refused
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,

@@ -21,7 +21,7 @@ from controlplane.server.node import Node
 from controlplane.state import limits
 from controlplane.state.machine import DOMAIN_KV
 from controlplane.state.models import check_version_fields
-from controlplane.state.ports import Refused
+from controlplane.state.refusal import Refused
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,

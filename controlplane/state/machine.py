@@ -27,7 +27,8 @@ from sortedcontainers import SortedDict
 from controlplane.state import limits
 from controlplane.state.leases import LeaseTable
 from controlplane.state.models import DOMAIN_MODELS, ModelTable
-from controlplane.state.ports import PORT_MAP_FORMAT, PortTable, Refused
+from controlplane.state.ports import PORT_MAP_FORMAT, PortTable
+from controlplane.state.refusal import Refused
 from controlplane.v1 import command_pb2, common_pb2, kv_pb2, models_pb2, ports_pb2, watch_pb2
 
 SNAPSHOT_FORMAT_VERSION = 1

@@ -24,7 +24,11 @@ from typing import Protocol
 from sortedcontainers import SortedDict
 
 from controlplane.state import limits
-from controlplane.state.ports import Refused
+from controlplane.state.refusal import Handler, Refused, refusing
+from controlplane.state.refusal import check as _check
+from controlplane.state.refusal import invalid as _invalid
+from controlplane.state.refusal import not_found as _not_found
+from controlplane.state.refusal import precondition as _precondition
 from controlplane.v1 import command_pb2, common_pb2, models_pb2, watch_pb2
 
 DOMAIN_MODELS = "models"
@@ -53,23 +57,6 @@ class Journal(Protocol):
     time_unix_ms: int
 
     def record_model(self, key: str, event_type: watch_pb2.EventType, detail: models_pb2.ModelEvent) -> int: ...
-
-
-def _invalid(message: str) -> Refused:
-    return Refused(common_pb2.ERROR_CODE_INVALID_ARGUMENT, message)
-
-
-def _not_found(message: str) -> Refused:
-    return Refused(common_pb2.ERROR_CODE_NOT_FOUND, message)
-
-
-def _precondition(message: str) -> Refused:
-    return Refused(common_pb2.ERROR_CODE_FAILED_PRECONDITION, message)
-
-
-def _check(problem: str | None) -> None:
-    if problem:
-        raise _invalid(problem)
 
 
 def status_name(status: int) -> str:
@@ -125,19 +112,8 @@ class ModelTable:
         self._folded: dict[str, str] = {}  # name.lower() -> name
 
     def handlers(self) -> dict[str, Callable[[command_pb2.Command], CommandResult]]:
-        def wrap(
-            apply: Callable[[command_pb2.Command], CommandResult],
-        ) -> Callable[[command_pb2.Command], CommandResult]:
-            def run(command: command_pb2.Command) -> CommandResult:
-                try:
-                    return apply(command)
-                except Refused as refused:
-                    return CommandResult(
-                        revision=self._journal.revision,
-                        error=common_pb2.Error(code=refused.code, message=refused.message),
-                    )
-
-            return run
+        def wrap(handler: Handler) -> Handler:
+            return refusing(lambda: self._journal.revision, handler)
 
         return {
             "model_register": wrap(lambda c: self._register(c.model_register)),

@@ -24,6 +24,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from controlplane.state import limits
+from controlplane.state.refusal import Handler, Refused, refusing
+from controlplane.state.refusal import check as _check
+from controlplane.state.refusal import invalid as _invalid
+from controlplane.state.refusal import not_found as _not_found
+from controlplane.state.refusal import precondition as _precondition
 from controlplane.v1 import command_pb2, common_pb2, ports_pb2, watch_pb2
 
 DOMAIN_PORTS = "ports"
@@ -50,32 +55,6 @@ class Journal(Protocol):
     def record_detail(
         self, domain: str, key: str, event_type: watch_pb2.EventType, detail: ports_pb2.PortEvent | None
     ) -> int: ...
-
-
-class Refused(Exception):
-    """A command the table refuses; carried out of a handler as an error result, never past apply."""
-
-    def __init__(self, code: common_pb2.ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _invalid(message: str) -> Refused:
-    return Refused(common_pb2.ERROR_CODE_INVALID_ARGUMENT, message)
-
-
-def _not_found(message: str) -> Refused:
-    return Refused(common_pb2.ERROR_CODE_NOT_FOUND, message)
-
-
-def _precondition(message: str) -> Refused:
-    return Refused(common_pb2.ERROR_CODE_FAILED_PRECONDITION, message)
-
-
-def _check(problem: str | None) -> None:
-    if problem:
-        raise _invalid(problem)
 
 
 def default_ranges() -> dict[str, ports_pb2.PortRange]:
@@ -122,19 +101,8 @@ class PortTable:
     # ------------------------------------------------------------------ dispatch
 
     def handlers(self) -> dict[str, Callable[[command_pb2.Command], CommandResult]]:
-        def wrap(
-            apply: Callable[[command_pb2.Command], CommandResult],
-        ) -> Callable[[command_pb2.Command], CommandResult]:
-            def run(command: command_pb2.Command) -> CommandResult:
-                try:
-                    return apply(command)
-                except Refused as refused:
-                    return CommandResult(
-                        revision=self._journal.revision,
-                        error=common_pb2.Error(code=refused.code, message=refused.message),
-                    )
-
-            return run
+        def wrap(handler: Handler) -> Handler:
+            return refusing(lambda: self._journal.revision, handler)
 
         return {
             "ports_allocate": wrap(lambda c: self.allocate(c.ports_allocate)),
