@@ -52,15 +52,16 @@ def catalogue(models: int, versions_per_model: int, run: str) -> list[dict[str, 
     out = []
     for index in range(models):
         family = FAMILIES[index % len(FAMILIES)]
-        name = (
-            f"{family.capitalize()}-{index % 9}-{SIZES[index % len(SIZES)]}-{VARIANTS[index % len(VARIANTS)]}-{index}"
-        )
+        # Size and variant vary independently of the family, so every family has every kind.
+        variant = VARIANTS[(index // len(FAMILIES)) % len(VARIANTS)]
+        size = SIZES[(index // (len(FAMILIES) * len(VARIANTS))) % len(SIZES)]
+        name = f"{family.capitalize()}-{index % 9}-{size}-{variant}-{index}"
         tags = rng.sample(TAGS, 2)
         for version in range(versions_per_model):
             out.append(
                 {
                     "model": name,
-                    "draft": {"family": family, "tags": tags, "description": f"{family} {VARIANTS[index % 6]} model"},
+                    "draft": {"family": family, "tags": tags, "description": f"{family} {variant} model"},
                     "sha256": hashlib.sha256(f"{run}/{name}/{version}".encode()).hexdigest(),
                     "size_bytes": 1_000_000 + version,
                     "format": FORMATS[(index + version) % len(FORMATS)],
