@@ -94,7 +94,8 @@ _TOKEN = re.compile(r"[\w-]+")
 _NAME_SEPARATOR = re.compile(r"[-_.]")
 
 # ``models.id`` is the FTS5 rowid, so a match joins to its model by primary key. The side tables
-# are keyed (filter value, model id) for the filters and indexed by model id for deletes.
+# are keyed (filter value, model id) for the filters; the indexes by model id serve deletes.
+# A rebuild creates the indexes after loading the rows, which is faster than maintaining them.
 _TABLES = (
     """CREATE TABLE models (
         id INTEGER PRIMARY KEY,
@@ -102,19 +103,21 @@ _TABLES = (
         family_key TEXT NOT NULL,  -- casefolded family, for the family filter
         like_text TEXT             -- LIKE engine only: see _like_text
     )""",
-    "CREATE INDEX models_by_family ON models (family_key)",
     """CREATE TABLE model_tags (
         tag TEXT NOT NULL,  -- casefolded
         model_id INTEGER NOT NULL,
         PRIMARY KEY (tag, model_id)
     ) WITHOUT ROWID""",
-    "CREATE INDEX model_tags_by_model ON model_tags (model_id)",
     """CREATE TABLE model_facets (
         facet TEXT NOT NULL,  -- 'format' or 'status'
         value INTEGER NOT NULL,
         model_id INTEGER NOT NULL,
         PRIMARY KEY (facet, value, model_id)
     ) WITHOUT ROWID""",
+)
+_INDEXES = (
+    "CREATE INDEX models_by_family ON models (family_key)",
+    "CREATE INDEX model_tags_by_model ON model_tags (model_id)",
     "CREATE INDEX model_facets_by_model ON model_facets (model_id)",
 )
 # detail=full (the default) is required: a quoted term that the tokenizer splits in two is a
@@ -179,7 +182,13 @@ class SearchPage:
 
 def _fold(text: str) -> str:
     """Lowercase without diacritics ("Café" -> "cafe"), as unicode61 remove_diacritics folds."""
-    decomposed = unicodedata.normalize("NFKD", text)
+    if text.isascii():  # most text: decomposing every character is most of a LIKE rebuild's time
+        return text.lower()
+    return " ".join(word.lower() if word.isascii() else _fold_word(word) for word in text.split())
+
+
+def _fold_word(word: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", word)
     return "".join(char for char in decomposed if not unicodedata.combining(char)).lower()
 
 
@@ -218,45 +227,47 @@ def _like_text(doc: ModelDoc) -> str:
 
     ``LIKE '% term%'`` on this text then means "term is a prefix of one of the tokens".
     """
-    fields = [doc.name, *_name_parts(doc.name), doc.family, *doc.tags, doc.description]
-    tokens = [token for field in fields for token in _TOKEN.findall(_fold(field))]
-    return " " + " ".join(tokens) + " "
+    # Fields joined by a space, which is no token character, so no token spans two fields.
+    fields = " ".join([doc.name, *_name_parts(doc.name), doc.family, *doc.tags, doc.description])
+    return " " + " ".join(_TOKEN.findall(_fold(fields))) + " "
 
 
+# Each filter is checked per candidate by primary-key lookup (the side tables are keyed by the
+# filter value first), so it costs the same whether it keeps one model or all of them.
+_FACET_LOOKUP = "f.facet = '{}' AND f.value = {} AND f.model_id = m.id"
 _FILTERS = {
     "family": "AND m.family_key = :family",
-    "tag": "AND m.id IN (SELECT model_id FROM model_tags WHERE tag = :tag)",
-    "format": f"AND m.id IN (SELECT model_id FROM model_facets WHERE facet = '{_FACET_FORMAT}' AND value = :format)",
-    "status": f"AND m.id IN (SELECT model_id FROM model_facets WHERE facet = '{_FACET_STATUS}' AND value = :status)",
+    "tag": "AND EXISTS (SELECT 1 FROM model_tags WHERE tag = :tag AND model_id = m.id)",
+    "format": f"AND EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_FORMAT, ':format')})",
+    "status": f"AND EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_STATUS, ':status')})",
 }
 
 
 @functools.lru_cache(maxsize=1024)
 def _statements(engine: str, term_count: int, filters: tuple[str, ...]) -> tuple[str, str]:
-    """The SQL for one shape of search: (page with the total on every row, total alone).
+    """The SQL for one shape of search (engine, number of terms, filters used): (page, total).
 
-    One text per shape (engine, number of terms, filters used), so sqlite3's statement cache
-    prepares each shape once.
+    One text per shape, so sqlite3's statement cache prepares each shape once.
     """
     where = " ".join(_FILTERS[name] for name in filters)
+    order = "ORDER BY score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"  # names are unique ignoring case
     if engine == ENGINE_FTS5:
+        # CROSS JOIN keeps FTS5 as the outer loop. Left to itself the planner may start from the
+        # family index and run the whole MATCH once per model of the family (a second, not a
+        # millisecond). bm25 is the expensive part (a few microseconds per match, the rest is
+        # nothing next to it), so the total comes from a separate count that does not rank.
         weights = ", ".join(str(weight) for weight in _BM25_WEIGHTS)
         matches = (
-            f"SELECT m.name AS name, bm25(models_fts, {weights}) AS score"
-            " FROM models_fts JOIN models AS m ON m.id = models_fts.rowid"
-            f" WHERE models_fts MATCH :match {where}"
+            f"FROM models_fts CROSS JOIN models AS m ON m.id = models_fts.rowid WHERE models_fts MATCH :match {where}"
         )
-    else:
-        likes = " AND ".join(f"m.like_text LIKE :term{index} ESCAPE '\\'" for index in range(term_count))
-        matches = f"SELECT m.name AS name, 0.0 AS score FROM models AS m WHERE {likes} {where}"
-    # The window count is taken over every match before LIMIT applies, so one statement gives
-    # the page and the total (the sort has to see every match anyway). Names are unique
-    # ignoring case, so the order is total.
-    page = (
-        f"SELECT name, score, COUNT(*) OVER () FROM ({matches})"
-        " ORDER BY score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"
-    )
-    return page, f"SELECT COUNT(*) FROM ({matches})"
+        page = f"SELECT m.name AS name, bm25(models_fts, {weights}) AS score {matches} {order}"
+        return page, f"SELECT COUNT(*) {matches}"
+    likes = " AND ".join(f"m.like_text LIKE :term{index} ESCAPE '\\'" for index in range(term_count))
+    matches = f"FROM models AS m WHERE {likes} {where}"
+    # Here every statement scans every model, so one scan gives the page and (taken before
+    # LIMIT applies) the total; the separate count is only for a page past the last match.
+    page = f"SELECT m.name AS name, 0.0 AS score, COUNT(*) OVER () AS total {matches} {order}"
+    return page, f"SELECT COUNT(*) {matches}"
 
 
 class SearchIndex:
@@ -316,6 +327,8 @@ class SearchIndex:
             async with self._transaction():
                 await self._create_tables()
                 await self._insert(ordered, first_id=1)
+                for statement in _INDEXES:
+                    await self._conn.execute(statement)
                 if self._engine == ENGINE_FTS5:
                     # Merge what the bulk insert left into one b-tree, so a query reads one segment.
                     await self._conn.execute("INSERT INTO models_fts (models_fts) VALUES ('optimize')")
@@ -333,7 +346,7 @@ class SearchIndex:
         gone = sorted(set(deleted))
         both = by_name.keys() & set(gone)
         if both:
-            raise ValueError(f"models both upserted and deleted in one apply: {sorted(both)}")
+            raise ValueError(f"{len(both)} models both upserted and deleted in one apply, e.g. {min(both)!r}")
         async with self._lock:
             if revision < self._revision:
                 raise ValueError(f"apply at revision {revision} is older than the index's revision {self._revision}")
@@ -376,16 +389,16 @@ class SearchIndex:
         async with self._lock:
             started = time.perf_counter()
             rows = list(await self._conn.execute_fetchall(page_sql, params))
-            if rows:
+            if rows and self._engine == ENGINE_LIKE:
                 total = rows[0][2]
-            elif offset == 0:
-                total = 0
-            else:  # past the last page: no row came back to carry the count
+            elif 0 < len(rows) < limit or (not rows and offset == 0):
+                total = offset + len(rows)  # this page holds the last match
+            else:
                 total = next(iter(await self._conn.execute_fetchall(count_sql, params)))[0]
             query_ms = (time.perf_counter() - started) * 1000.0
             revision = self._revision
         return SearchPage(
-            hits=[(name, float(score)) for name, score, _ in rows],
+            hits=[(row[0], float(row[1])) for row in rows],
             total=total,
             query_ms=query_ms,
             revision=revision,
@@ -420,9 +433,11 @@ class SearchIndex:
     async def _reset(self) -> None:
         async with self._lock, self._transaction():
             await self._create_tables()
+            for statement in _INDEXES:
+                await self._conn.execute(statement)
 
     async def _create_tables(self) -> None:
-        """Drop and create every table: O(1), where deleting every FTS5 row is O(index)."""
+        """Drop and create every table, without the indexes: O(1), where deleting every FTS5 row is O(index)."""
         for table in ("models_fts", "model_facets", "model_tags", "models"):
             await self._conn.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in _TABLES:
@@ -459,8 +474,11 @@ class SearchIndex:
                 "INSERT INTO models_fts (rowid, name, name_parts, family, tags, description) VALUES (?, ?, ?, ?, ?, ?)",
                 texts,
             )
-        await self._conn.executemany("INSERT INTO model_tags (tag, model_id) VALUES (?, ?)", tags)
-        await self._conn.executemany("INSERT INTO model_facets (facet, value, model_id) VALUES (?, ?, ?)", facets)
+        # In primary-key order, each row is an append to its b-tree.
+        await self._conn.executemany("INSERT INTO model_tags (tag, model_id) VALUES (?, ?)", sorted(tags))
+        await self._conn.executemany(
+            "INSERT INTO model_facets (facet, value, model_id) VALUES (?, ?, ?)", sorted(facets)
+        )
 
 
 def _check_revision(revision: int) -> None:

@@ -1,0 +1,448 @@
+"""The local search index (server/search.py): what a query finds, in what order, and at which revision.
+
+Every behaviour that both engines promise is tested on both (FTS5, and the LIKE fallback for
+SQLite builds without it); ranking by bm25 only on FTS5, which is the only engine that ranks.
+The consistency tests check the index's contract with the indexer: one answer per revision, the
+full answer at the revision the page reports, whichever way (rebuild or increments) it got there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+
+from controlplane.errors import InvalidArgument
+from controlplane.server import search
+from controlplane.server.search import ENGINE_FTS5, ENGINE_LIKE, ModelDoc, SearchIndex, model_doc, query_terms
+from controlplane.v1 import models_pb2
+
+GGUF = models_pb2.MODEL_FORMAT_GGUF
+SAFETENSORS = models_pb2.MODEL_FORMAT_SAFETENSORS
+ONNX = models_pb2.MODEL_FORMAT_ONNX
+READY = models_pb2.VERSION_STATUS_READY
+PENDING = models_pb2.VERSION_STATUS_PENDING
+DEPRECATED = models_pb2.VERSION_STATUS_DEPRECATED
+
+
+def doc(
+    name: str,
+    description: str = "",
+    family: str = "",
+    tags: Iterable[str] = (),
+    formats: Iterable[int] = (SAFETENSORS,),
+    statuses: Iterable[int] = (READY,),
+) -> ModelDoc:
+    return ModelDoc(
+        name=name,
+        description=description,
+        family=family,
+        tags=tuple(tags),
+        owner="team-ml",
+        formats=frozenset(formats),
+        statuses=frozenset(statuses),
+    )
+
+
+CATALOGUE = [
+    doc("Qwen2-7B-Instruct", "Instruction-tuned Qwen2 for chat", "qwen", ["chat", "Multilingual"], [SAFETENSORS, GGUF]),
+    doc("Qwen2.5-Coder-1.5B", "Code completion model", "qwen", ["code"], [GGUF], [PENDING]),
+    doc("Llama-3-8B-Instruct", "Meta's instruction-tuned model", "Llama", ["chat"], [SAFETENSORS], [READY, DEPRECATED]),
+    doc("Llama-2-7b", "The base model", "llama", ["base"], [ONNX], [READY]),
+    doc("Café", "A small model named after a coffee house", "misc", ["demo"], [ONNX], [PENDING]),
+    doc("barista_v2", "Recommends a café au lait", "misc", ["demo"], [GGUF], [READY]),
+    doc("Mistral-7B-v0.3", "Dense decoder by Mistral AI", "mistral", ["chat", "base"], [SAFETENSORS], [READY]),
+    doc("zephyr-beta", "A fine-tune of mistral for helpful chat", "mistral", ["chat"], [SAFETENSORS], [READY]),
+]
+
+
+@pytest.fixture(params=[True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def index(request: pytest.FixtureRequest) -> AsyncIterator[SearchIndex]:
+    opened = await SearchIndex.open(use_fts5=request.param)
+    if request.param and opened.engine != ENGINE_FTS5:
+        await opened.close()
+        pytest.skip("this SQLite build has no FTS5")
+    await opened.rebuild(CATALOGUE, revision=10)
+    yield opened
+    await opened.close()
+
+
+async def names(index: SearchIndex, query: str, **filters: object) -> list[str]:
+    page = await index.search(query, **filters)  # type: ignore[arg-type]
+    return [name for name, _ in page.hits]
+
+
+# ------------------------------------------------------------------ what a query finds
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("qwen inst", {"Qwen2-7B-Instruct"}),  # inner parts of a hyphenated name
+        ("llama", {"Llama-3-8B-Instruct", "Llama-2-7b"}),
+        ("llama-3", {"Llama-3-8B-Instruct"}),  # the hyphenated run itself, not Llama-2
+        ("3-8b", {"Llama-3-8B-Instruct"}),  # a run of parts from inside the name
+        ("cafe", {"Café", "barista_v2"}),  # diacritics removed, in names and descriptions
+        ("CAFÉ", {"Café", "barista_v2"}),
+        ("v2", {"barista_v2"}),  # '_' separates parts too
+        ("qwen2.5", {"Qwen2.5-Coder-1.5B"}),  # '.' splits the query as it splits the name
+        ("instruction", {"Qwen2-7B-Instruct", "Llama-3-8B-Instruct"}),  # description
+        ("multilingual", {"Qwen2-7B-Instruct"}),  # tags
+        ("mistral", {"Mistral-7B-v0.3", "zephyr-beta"}),  # family
+    ],
+)
+async def test_search_quality(index: SearchIndex, query: str, expected: set[str]) -> None:
+    assert set(await names(index, query)) == expected
+
+
+async def test_every_term_is_required(index: SearchIndex) -> None:
+    assert set(await names(index, "instruct")) == {"Qwen2-7B-Instruct", "Llama-3-8B-Instruct"}
+    assert await names(index, "instruct llama") == ["Llama-3-8B-Instruct"]
+    assert await names(index, "instruct llama nothingmatchesthis") == []
+
+
+async def test_every_term_is_a_prefix(index: SearchIndex) -> None:
+    assert await names(index, "lla ins") == ["Llama-3-8B-Instruct"]
+    assert await names(index, "q 7 inst") == ["Qwen2-7B-Instruct"]
+    assert await names(index, "zep bet") == ["zephyr-beta"]
+    # A prefix of a token, not any substring: "struct" starts no token.
+    assert await names(index, "struct") == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "   ", "!!!", "-", "--", "__", '"', "'", "*", "(", ")", "^", "+", ":", "NEAR(", '""""'],
+)
+async def test_a_query_without_terms_finds_nothing(index: SearchIndex, query: str) -> None:
+    page = await index.search(query)
+    assert page.hits == []
+    assert page.total == 0
+    assert page.revision == 10
+    assert page.engine == index.engine
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ('"llama', {"Llama-3-8B-Instruct", "Llama-2-7b"}),  # unbalanced quotes are dropped
+        ('llama"', {"Llama-3-8B-Instruct", "Llama-2-7b"}),
+        ('"llama 3"', {"Llama-3-8B-Instruct"}),  # no phrase syntax: two terms
+        ("llama*", {"Llama-3-8B-Instruct", "Llama-2-7b"}),
+        ("(llama) AND", set()),  # AND is a term like any other, and nothing starts with it
+        ("llama OR qwen", set()),
+        ("NOT llama", set()),
+        ("name:llama", set()),  # no column filters: "name" is a term too
+        ("family:llama", set()),
+        ("-llama", set()),  # a leading dash is text (no token starts with "-llama"), not FTS5's NOT
+        ("-instruct llama", set()),
+        ("llama- 3", {"Llama-3-8B-Instruct"}),
+    ],
+)
+async def test_fts5_syntax_is_plain_text(index: SearchIndex, query: str, expected: set[str]) -> None:
+    assert set(await names(index, query)) == expected
+
+
+def test_query_terms() -> None:
+    assert query_terms('  "Qwen2.5-7B  Café:instruct -- __ x"y ') == ["qwen2", "5-7b", "cafe", "instruct", "x", "y"]
+    assert query_terms("-leading trailing- in_side") == ["-leading", "trailing-", "in_side"]
+    assert query_terms("!!! ... ---") == []
+
+
+# ------------------------------------------------------------------ filters and pages
+
+
+async def test_tag_filter_is_exact_and_ignores_case(index: SearchIndex) -> None:
+    assert set(await names(index, "instruct", tag="CHAT")) == {"Qwen2-7B-Instruct", "Llama-3-8B-Instruct"}
+    assert set(await names(index, "qwen", tag="multilingual")) == {"Qwen2-7B-Instruct"}
+    assert await names(index, "qwen", tag="cha") == []
+    assert await names(index, "qwen", tag="chat multilingual") == []
+
+
+async def test_family_filter_is_exact_and_ignores_case(index: SearchIndex) -> None:
+    assert set(await names(index, "model", family="LLAMA")) == {"Llama-3-8B-Instruct", "Llama-2-7b"}
+    assert await names(index, "model", family="lla") == []
+    assert await names(index, "helpful", family="mistral") == ["zephyr-beta"]
+    assert await names(index, "helpful", family="llama") == []
+
+
+async def test_format_and_status_filters_need_one_current_version_with_them(index: SearchIndex) -> None:
+    assert set(await names(index, "q", format=GGUF)) == {"Qwen2-7B-Instruct", "Qwen2.5-Coder-1.5B"}
+    assert await names(index, "q", format=ONNX) == []
+    assert await names(index, "q", status=PENDING) == ["Qwen2.5-Coder-1.5B"]
+    assert set(await names(index, "model", status=DEPRECATED)) == {"Llama-3-8B-Instruct"}
+    # Filters combine with AND, with each other and with the terms.
+    assert await names(index, "cafe", format=GGUF, status=READY, tag="demo", family="misc") == ["barista_v2"]
+    assert await names(index, "cafe", format=GGUF, status=PENDING) == []
+
+
+async def test_unknown_format_or_status_is_invalid(index: SearchIndex) -> None:
+    with pytest.raises(InvalidArgument, match="format 99"):
+        await index.search("llama", format=99)
+    with pytest.raises(InvalidArgument, match="status 42"):
+        await index.search("llama", status=42)
+
+
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_pages_cover_every_match_once_in_a_stable_order(use_fts5: bool) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    # Different description lengths give different bm25 scores, plus ties broken by name.
+    docs = [doc(f"bulk-{n:02d}", "bulk " + "filler " * (n % 4)) for n in range(25)] + [doc("other", "nothing")]
+    await index.rebuild(docs, revision=3)
+    everything = await index.search("bulk", limit=100)
+    assert everything.total == 25
+    assert len(everything.hits) == 25
+    pages = [await index.search("bulk", limit=10, offset=offset) for offset in (0, 10, 20)]
+    assert [len(page.hits) for page in pages] == [10, 10, 5]
+    assert all(page.total == 25 for page in pages)
+    assert [hit for page in pages for hit in page.hits] == everything.hits
+    assert (await index.search("bulk", limit=10, offset=10)).hits == pages[1].hits
+    past_the_end = await index.search("bulk", limit=10, offset=40)
+    assert (past_the_end.hits, past_the_end.total) == ([], 25)
+    exactly_full = await index.search("bulk", limit=5, offset=20)
+    assert (len(exactly_full.hits), exactly_full.total) == (5, 25)
+    await index.close()
+
+
+@pytest.mark.parametrize(
+    ("limit", "offset", "message"),
+    [(0, 0, "limit"), (1001, 0, "limit"), (-1, 0, "limit"), (20, -1, "offset")],
+)
+async def test_out_of_range_limit_or_offset_is_invalid(
+    index: SearchIndex, limit: int, offset: int, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        await index.search("llama", limit=limit, offset=offset)
+    assert len((await index.search("llama", limit=1000)).hits) == 2
+    assert len((await index.search("llama", limit=1)).hits) == 1
+
+
+async def test_an_overlong_query_is_invalid(index: SearchIndex) -> None:
+    with pytest.raises(InvalidArgument, match="characters"):
+        await index.search("a" * (search.MAX_QUERY_CHARS + 1))
+    with pytest.raises(InvalidArgument, match="terms"):
+        await index.search(" ".join(["llama"] * (search.MAX_QUERY_TERMS + 1)))
+
+
+# ------------------------------------------------------------------ ranking (FTS5 only)
+
+
+async def fts5_index(docs: list[ModelDoc]) -> SearchIndex:
+    index = await SearchIndex.open()
+    if index.engine != ENGINE_FTS5:
+        await index.close()
+        pytest.skip("this SQLite build has no FTS5")
+    await index.rebuild(docs, revision=1)
+    return index
+
+
+async def test_bm25_puts_a_name_match_above_a_description_match() -> None:
+    index = await fts5_index(CATALOGUE)
+    page = await index.search("mistral")
+    assert [name for name, _ in page.hits] == ["Mistral-7B-v0.3", "zephyr-beta"]
+    scores = [score for _, score in page.hits]
+    assert scores[0] < scores[1] < 0  # bm25: lower is better
+    await index.close()
+
+
+async def test_equal_scores_are_ordered_by_name() -> None:
+    index = await fts5_index([doc(name, "twin") for name in ("b-twin", "C-twin", "a-twin")])
+    page = await index.search("twin")
+    assert [name for name, _ in page.hits] == ["a-twin", "b-twin", "C-twin"]
+    assert len({score for _, score in page.hits}) == 1
+    await index.close()
+
+
+async def test_the_like_fallback_orders_by_name_with_score_zero() -> None:
+    index = await SearchIndex.open(use_fts5=False)
+    await index.rebuild(CATALOGUE, revision=1)
+    page = await index.search("mistral")
+    assert page.engine == ENGINE_LIKE
+    assert page.hits == [("Mistral-7B-v0.3", 0.0), ("zephyr-beta", 0.0)]
+    await index.close()
+
+
+# ------------------------------------------------------------------ changes and revisions
+
+
+async def test_apply_upserts_and_deletes(index: SearchIndex) -> None:
+    changed = doc("Llama-2-7b", "Now a vision model", "llama", ["vision"], [GGUF], [PENDING])
+    await index.apply([changed, doc("Phi-3-mini", "Small and fast")], ["Café", "never-existed"], revision=11)
+    assert index.revision == 11
+    assert await names(index, "base") == ["Mistral-7B-v0.3"]  # the old description is gone
+    assert await names(index, "vision") == ["Llama-2-7b"]
+    assert await names(index, "llama", tag="base") == []  # so are the old tags and facets
+    assert await names(index, "llama", tag="vision", format=GGUF, status=PENDING) == ["Llama-2-7b"]
+    assert await names(index, "llama", format=ONNX) == []
+    assert await names(index, "phi") == ["Phi-3-mini"]
+    assert await names(index, "cafe") == ["barista_v2"]
+    page = await index.search("model")
+    assert page.revision == 11
+    # Applying at the same revision is allowed (nothing new happened in between).
+    await index.apply([], ["Phi-3-mini"], revision=11)
+    assert await names(index, "phi") == []
+
+
+async def test_rebuild_replaces_everything(index: SearchIndex) -> None:
+    await index.rebuild([doc("Gemma-2-9B", "Google")], revision=3)
+    assert index.revision == 3  # a rebuild may move back (e.g. after restoring a backup)
+    assert await names(index, "llama") == []
+    assert await names(index, "gemma") == ["Gemma-2-9B"]
+    await index.rebuild([], revision=4)
+    assert (await index.search("gemma")).total == 0
+    assert (await index.search("gemma")).revision == 4
+
+
+async def test_apply_refuses_to_go_back_and_changes_nothing(index: SearchIndex) -> None:
+    with pytest.raises(ValueError, match="older"):
+        await index.apply([doc("Late-Model")], ["Café"], revision=9)
+    assert index.revision == 10
+    assert await names(index, "late") == []
+    assert set(await names(index, "cafe")) == {"Café", "barista_v2"}
+
+
+async def test_ambiguous_changes_are_refused(index: SearchIndex) -> None:
+    with pytest.raises(ValueError, match="twice"):
+        await index.apply([doc("dup"), doc("dup")], [], revision=11)
+    with pytest.raises(ValueError, match="both upserted and deleted"):
+        await index.apply([doc("Café")], ["Café"], revision=11)
+    with pytest.raises(ValueError, match="twice"):
+        await index.rebuild([doc("dup"), doc("dup")], revision=11)
+    with pytest.raises(ValueError, match="negative"):
+        await index.rebuild([], revision=-1)
+    assert index.revision == 10
+    assert set(await names(index, "cafe")) == {"Café", "barista_v2"}
+
+
+async def test_a_failed_transaction_rolls_back(index: SearchIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken_insert(docs: list[ModelDoc], first_id: int) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(index, "_insert", broken_insert)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await index.apply([doc("Llama-2-7b", "changed")], ["Café"], revision=12)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        await index.rebuild([doc("only-one")], revision=13)
+    monkeypatch.undo()
+    assert index.revision == 10
+    assert set(await names(index, "cafe")) == {"Café", "barista_v2"}
+    assert set(await names(index, "llama")) == {"Llama-3-8B-Instruct", "Llama-2-7b"}
+
+
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_increments_and_a_rebuild_give_the_same_answer(use_fts5: bool) -> None:
+    """Two servers at the same revision answer alike, however each index got there."""
+    final = {d.name: d for d in CATALOGUE}
+    upserts = [doc("Llama-2-7b", "now instruction-tuned", "llama", ["chat"]), doc("Phi-3-mini", "small chat model")]
+    final.update((d.name, d) for d in upserts)
+    del final["Café"]
+    incremental = await SearchIndex.open(use_fts5=use_fts5)
+    await incremental.rebuild(CATALOGUE, revision=10)
+    await incremental.apply(upserts, ["Café"], revision=12)
+    rebuilt = await SearchIndex.open(use_fts5=use_fts5)
+    await rebuilt.rebuild(reversed(list(final.values())), revision=12)
+    for query in ["model", "chat", "instruct", "llama", "cafe", "m", "q 7"]:
+        left, right = await incremental.search(query), await rebuilt.search(query)
+        assert (left.hits, left.total, left.revision) == (right.hits, right.total, right.revision), query
+    await incremental.close()
+    await rebuilt.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_a_concurrent_search_sees_one_revision_whole(use_fts5: bool) -> None:
+    """A search racing a large apply gets the full old answer or the full new one, never a mix."""
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    all_names = [f"model-{n:04d}" for n in range(1500)]
+    await index.rebuild([doc(name, "generation old", tags=["old"]) for name in all_names], revision=1)
+    # The apply rewrites half the models and deletes a quarter, in many statements: a search
+    # run between two of them would see some of each.
+    rewritten = all_names[::2]
+    deleted = all_names[1::4]
+    untouched = set(all_names) - set(rewritten) - set(deleted)
+    expected = {1: {"old": set(all_names), "new": set()}, 2: {"old": untouched, "new": set(rewritten)}}
+
+    queries = ["generation old", "generation new", "old", "new"] * 3
+    probes = [index.search(query, limit=1000) for query in queries]
+    apply = index.apply([doc(name, "generation new", tags=["new"]) for name in rewritten], deleted, revision=2)
+    later_probes = [index.search(query, limit=1000) for query in queries]
+    results = await asyncio.gather(*probes, apply, *later_probes)
+    pages = [page for page in results if page is not None]
+
+    assert {page.revision for page in pages} == {1, 2}  # the lock is fair: queued before or after
+    for query, page in zip(queries * 2, pages, strict=True):
+        matching = expected[page.revision][query.split()[-1]]
+        assert page.total == len(matching), (query, page.revision)
+        assert len(page.hits) == min(len(matching), 1000)
+        assert {name for name, _ in page.hits} <= matching
+    await index.close()
+
+
+# ------------------------------------------------------------------ documents, lifecycle
+
+
+def test_model_doc_collects_the_formats_and_statuses_of_current_versions() -> None:
+    model = models_pb2.Model(name="Llama-3-8B", description="d", family="llama", tags=["chat", "x"], owner="me")
+    versions = [
+        models_pb2.ModelVersion(model="Llama-3-8B", version=1, format=GGUF, status=READY),
+        models_pb2.ModelVersion(model="Llama-3-8B", version=2, format=GGUF, status=PENDING),
+        models_pb2.ModelVersion(model="Llama-3-8B", version=4, format=ONNX, status=READY),
+    ]
+    assert model_doc(model, versions) == ModelDoc(
+        name="Llama-3-8B",
+        description="d",
+        family="llama",
+        tags=("chat", "x"),
+        owner="me",
+        formats=frozenset({GGUF, ONNX}),
+        statuses=frozenset({READY, PENDING}),
+    )
+    assert model_doc(model, []).formats == frozenset()
+    with pytest.raises(ValueError, match="does not belong"):
+        model_doc(model, [models_pb2.ModelVersion(model="other", version=1)])
+
+
+async def test_open_on_a_file_starts_empty(tmp_path: Path) -> None:
+    path = tmp_path / "search.sqlite"
+    first = await SearchIndex.open(path)
+    await first.rebuild(CATALOGUE, revision=5)
+    await first.close()
+    await first.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        await first.search("llama")
+    second = await SearchIndex.open(path, use_fts5=False)
+    assert (second.revision, second.engine) == (0, ENGINE_LIKE)
+    assert (await second.search("llama")).total == 0
+    await second.rebuild(CATALOGUE, revision=6)
+    assert set(await names(second, "llama")) == {"Llama-3-8B-Instruct", "Llama-2-7b"}
+    await second.close()
+
+
+async def test_falls_back_to_like_when_fts5_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a build without FTS5 says when the virtual table is created: "no such module: fts5".
+    monkeypatch.setattr(search, "_FTS_TABLE", search._FTS_TABLE.replace("USING fts5", "USING fts5_absent"))
+    index = await SearchIndex.open()
+    assert index.engine == ENGINE_LIKE
+    await index.rebuild(CATALOGUE, revision=1)
+    assert set(await names(index, "qwen inst")) == {"Qwen2-7B-Instruct"}
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_timing_report(use_fts5: bool) -> None:
+    """Not a benchmark (see bench/): prints rough numbers for a 2,000-model index, asserts none."""
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    docs = [
+        doc(f"{family}-{n % 7}-{n}B-{variant}", f"{variant} model number {n} for {family}", family, [variant.lower()])
+        for n in range(2000)
+        for family, variant in [(("llama", "qwen", "mistral")[n % 3], ("Instruct", "Chat", "Base", "Coder")[n % 4])]
+    ]
+    started = time.perf_counter()
+    await index.rebuild(docs, revision=1)
+    rebuild_ms = (time.perf_counter() - started) * 1000
+    timings = sorted([(await index.search(query)).query_ms for query in ["llama inst", "q", "model 12", "chat"] * 5])
+    print(
+        f"\n{index.engine}: rebuild 2000 models {rebuild_ms:.0f} ms, search median {timings[len(timings) // 2]:.2f} ms"
+    )
+    await index.close()
