@@ -9,6 +9,7 @@ full answer at the revision the page reports, whichever way (rebuild or incremen
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -55,7 +56,7 @@ CATALOGUE = [
     doc("Café", "A small model named after a coffee house", "misc", ["demo"], [ONNX], [PENDING]),
     doc("barista_v2", "Recommends a café au lait", "misc", ["demo"], [GGUF], [READY]),
     doc("Mistral-7B-v0.3", "Dense decoder by Mistral AI", "mistral", ["chat", "base"], [SAFETENSORS], [READY]),
-    doc("zephyr-beta", "A fine-tune of mistral for helpful chat", "mistral", ["chat"], [SAFETENSORS], [READY]),
+    doc("zephyr-beta", "A fine-tune of mistral for helpful chat", "mistral", ["chat", "Chat"], [SAFETENSORS], [READY]),
 ]
 
 
@@ -70,8 +71,19 @@ async def index(request: pytest.FixtureRequest) -> AsyncIterator[SearchIndex]:
     await opened.close()
 
 
-async def names(index: SearchIndex, query: str, **filters: object) -> list[str]:
-    page = await index.search(query, **filters)  # type: ignore[arg-type]
+async def fts5_index(docs: list[ModelDoc]) -> SearchIndex:
+    index = await SearchIndex.open()
+    if index.engine != ENGINE_FTS5:
+        await index.close()
+        pytest.skip("this SQLite build has no FTS5")
+    await index.rebuild(docs, revision=1)
+    return index
+
+
+async def names(
+    index: SearchIndex, query: str, *, tag: str = "", family: str = "", format: int = 0, status: int = 0
+) -> list[str]:
+    page = await index.search(query, tag=tag, family=family, format=format, status=status)
     return [name for name, _ in page.hits]
 
 
@@ -114,7 +126,7 @@ async def test_every_term_is_a_prefix(index: SearchIndex) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["", "   ", "!!!", "-", "--", "__", '"', "'", "*", "(", ")", "^", "+", ":", "NEAR(", '""""'],
+    ["", "   ", "!!!", "-", "--", "__", "-_-", '"', "'", "*", "(", ")", "^", "+", ":", '""""', "\t\n"],
 )
 async def test_a_query_without_terms_finds_nothing(index: SearchIndex, query: str) -> None:
     page = await index.search(query)
@@ -134,6 +146,7 @@ async def test_a_query_without_terms_finds_nothing(index: SearchIndex, query: st
         ("(llama) AND", set()),  # AND is a term like any other, and nothing starts with it
         ("llama OR qwen", set()),
         ("NOT llama", set()),
+        ("NEAR(llama qwen)", set()),
         ("name:llama", set()),  # no column filters: "name" is a term too
         ("family:llama", set()),
         ("-llama", set()),  # a leading dash is text (no token starts with "-llama"), not FTS5's NOT
@@ -143,6 +156,37 @@ async def test_a_query_without_terms_finds_nothing(index: SearchIndex, query: st
 )
 async def test_fts5_syntax_is_plain_text(index: SearchIndex, query: str, expected: set[str]) -> None:
     assert set(await names(index, query)) == expected
+
+
+async def test_underscore_and_percent_are_not_wildcards(index: SearchIndex) -> None:
+    await index.apply([doc("snake_case-model"), doc("snakeXcase-model"), doc("100pct-model")], [], revision=11)
+    assert await names(index, "snake_c") == ["snake_case-model"]
+    assert await names(index, "snakexc") == ["snakeXcase-model"]
+    assert await names(index, "1%0") == []  # two terms, "1" and "0": nothing starts with "0"
+    assert await names(index, "100%") == ["100pct-model"]
+
+
+async def test_no_query_is_an_error(index: SearchIndex) -> None:
+    """Whatever a person types, the answer is a page (seeded, so a failure replays)."""
+    alphabet = "\"'*^:()[]{}-_+.,;!?%\\/ \t\nNEARORNOTand lamaqwé3ß日本\u0301\u00a0\x00"
+    rng = random.Random(20260101)
+    for _ in range(300):
+        query = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        page = await index.search(query)
+        assert page.total >= len(page.hits), query
+
+
+async def test_both_engines_find_the_same_models() -> None:
+    fts5 = await fts5_index(CATALOGUE)
+    like = await SearchIndex.open(use_fts5=False)
+    await like.rebuild(CATALOGUE, revision=1)
+    queries = ["l", "q", "m", "in", "b", "cafe", "3-8", "v0", "v0.3", "mistral ai", "au lait", "model base", "1.5b"]
+    queries += ["coder-1", "7b", "7b-", "meta's", "coffee-house", "2-7b", "qwen2-7", "multi", "tuned", "fine-t", "s"]
+    for query in queries:
+        found_by_fts5 = {name for name, _ in (await fts5.search(query)).hits}
+        assert found_by_fts5 == {name for name, _ in (await like.search(query)).hits}, query
+    await fts5.close()
+    await like.close()
 
 
 def test_query_terms() -> None:
@@ -159,6 +203,7 @@ async def test_tag_filter_is_exact_and_ignores_case(index: SearchIndex) -> None:
     assert set(await names(index, "qwen", tag="multilingual")) == {"Qwen2-7B-Instruct"}
     assert await names(index, "qwen", tag="cha") == []
     assert await names(index, "qwen", tag="chat multilingual") == []
+    assert await names(index, "zephyr", tag="chat") == ["zephyr-beta"]  # tagged "chat" and "Chat"
 
 
 async def test_family_filter_is_exact_and_ignores_case(index: SearchIndex) -> None:
@@ -227,15 +272,6 @@ async def test_an_overlong_query_is_invalid(index: SearchIndex) -> None:
 
 
 # ------------------------------------------------------------------ ranking (FTS5 only)
-
-
-async def fts5_index(docs: list[ModelDoc]) -> SearchIndex:
-    index = await SearchIndex.open()
-    if index.engine != ENGINE_FTS5:
-        await index.close()
-        pytest.skip("this SQLite build has no FTS5")
-    await index.rebuild(docs, revision=1)
-    return index
 
 
 async def test_bm25_puts_a_name_match_above_a_description_match() -> None:
@@ -377,6 +413,27 @@ async def test_a_concurrent_search_sees_one_revision_whole(use_fts5: bool) -> No
         assert len(page.hits) == min(len(matching), 1000)
         assert {name for name, _ in page.hits} <= matching
     await index.close()
+
+
+async def test_a_cancelled_apply_still_completes_whole(index: SearchIndex) -> None:
+    """Cancelling the caller must not leave the contents and the revision disagreeing."""
+    upserts = [doc(f"late-{n:04d}", "arrived late") for n in range(1000)]
+    applying = asyncio.create_task(index.apply(upserts, ["Café"], revision=11))
+    for _ in range(3):
+        await asyncio.sleep(0)  # inside the transaction by now
+    applying.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await applying
+    page = await index.search("late", limit=1000)
+    assert (page.revision, page.total, len(page.hits)) == (11, 1000, 1000)
+    assert await names(index, "cafe") == ["barista_v2"]
+
+
+async def test_an_apply_without_changes_only_moves_the_revision(index: SearchIndex) -> None:
+    await index.apply([], [], revision=15)
+    assert index.revision == 15
+    page = await index.search("llama")
+    assert (page.revision, page.total) == (15, 2)
 
 
 # ------------------------------------------------------------------ documents, lifecycle

@@ -3,8 +3,8 @@
 Why a separate index: the replicated state machine is pure and holds models in sorted
 dictionaries, which answer "get by name" and "list by prefix" but not "which models mention
 instruct, ranked". The index is *derived* state: every server builds its own from the replicated
-state, can throw it away and rebuild it at any time (a rebuild of 20,000 models takes about a
-second), and never feeds anything back into the log. It is therefore tuned as a cache, not as a
+state, can throw it away and rebuild it at any time (a rebuild of 20,000 models takes about two
+seconds), and never feeds anything back into the log. It is therefore tuned as a cache, not as a
 database of record: no fsync, the rollback journal in memory, and ``open`` always starts empty.
 
 Invariants:
@@ -13,7 +13,9 @@ Invariants:
   computed. ``rebuild`` and ``apply`` each change the index in one SQLite transaction and move
   the revision at its commit; one ``asyncio.Lock`` serialises them against ``search`` (they share
   one aiosqlite connection, which would otherwise let a search read a half-applied transaction).
-  So a page is always the full answer at exactly the revision it reports.
+  So a page is always the full answer at exactly the revision it reports. A rebuild or apply
+  that has started always finishes (or rolls back) even if its caller is cancelled, so the
+  revision never disagrees with the contents.
 * The same documents give the same answer: the order is (bm25 score, name), bm25 depends only on
   the set of documents (not on the order they arrived in), and names are unique ignoring case.
   So a server that rebuilt and a server that applied increments agree at the same revision.
@@ -39,6 +41,11 @@ Filters are exact (tag and family ignoring case; format and status: the model ha
 current version with that value) and use side tables with indexes, not string matching. Note
 that format and status are independent facets: ``format=GGUF, status=READY`` means "has a GGUF
 version and has a ready version", not necessarily the same version.
+
+Cost: a search is driven by its terms and ranks every match before it can return the best, so
+it costs O(matches), not O(page): bm25 takes a microsecond or two per match (a few ms for a
+thousand matches, tens of ms for a one-letter prefix that matches most of 20,000 models). The
+LIKE engine scans every model on every search (tens of ms at 20,000 models).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,8 +239,8 @@ def _like_text(doc: ModelDoc) -> str:
     return " " + " ".join(_TOKEN.findall(_fold(fields))) + " "
 
 
-# Each filter is checked per candidate by primary-key lookup (the side tables are keyed by the
-# filter value first), so it costs the same whether it keeps one model or all of them.
+# Every query is driven by its terms (FTS5, or the LIKE scan), so each filter is a check per
+# match: a primary-key lookup in a side table keyed by the filter value first.
 _FACET_LOOKUP = "f.facet = '{}' AND f.value = {} AND f.model_id = m.id"
 _FILTERS = {
     "family": "AND m.family_key = :family",
@@ -250,7 +257,7 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...]) -> tuple
     One text per shape, so sqlite3's statement cache prepares each shape once.
     """
     where = " ".join(_FILTERS[name] for name in filters)
-    order = "ORDER BY score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"  # names are unique ignoring case
+    order = "ORDER BY score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"  # total: names are unique
     if engine == ENGINE_FTS5:
         # CROSS JOIN keeps FTS5 as the outer loop. Left to itself the planner may start from the
         # family index and run the whole MATCH once per model of the family (a second, not a
@@ -261,6 +268,8 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...]) -> tuple
             f"FROM models_fts CROSS JOIN models AS m ON m.id = models_fts.rowid WHERE models_fts MATCH :match {where}"
         )
         page = f"SELECT m.name AS name, bm25(models_fts, {weights}) AS score {matches} {order}"
+        if not filters:  # every FTS5 row has its models row: no join needed to count
+            return page, "SELECT COUNT(*) FROM models_fts WHERE models_fts MATCH :match"
         return page, f"SELECT COUNT(*) {matches}"
     likes = " AND ".join(f"m.like_text LIKE :term{index} ESCAPE '\\'" for index in range(term_count))
     matches = f"FROM models AS m WHERE {likes} {where}"
@@ -323,16 +332,7 @@ class SearchIndex:
         _check_revision(revision)
         # Sorted so every server writes the same rows in the same order.
         ordered = sorted(_unique_by_name(docs).values(), key=lambda doc: doc.name)
-        async with self._lock:
-            async with self._transaction():
-                await self._create_tables()
-                await self._insert(ordered, first_id=1)
-                for statement in _INDEXES:
-                    await self._conn.execute(statement)
-                if self._engine == ENGINE_FTS5:
-                    # Merge what the bulk insert left into one b-tree, so a query reads one segment.
-                    await self._conn.execute("INSERT INTO models_fts (models_fts) VALUES ('optimize')")
-            self._revision = revision
+        await self._exclusively(lambda: self._rebuild(ordered, revision))
 
     async def apply(self, upserts: Iterable[ModelDoc], deleted: Iterable[str], revision: int) -> None:
         """Add or replace ``upserts`` and remove the models named in ``deleted``, in one transaction.
@@ -347,15 +347,8 @@ class SearchIndex:
         both = by_name.keys() & set(gone)
         if both:
             raise ValueError(f"{len(both)} models both upserted and deleted in one apply, e.g. {min(both)!r}")
-        async with self._lock:
-            if revision < self._revision:
-                raise ValueError(f"apply at revision {revision} is older than the index's revision {self._revision}")
-            async with self._transaction():
-                await self._delete([*by_name, *gone])
-                # Ids are private (never in an answer), so fresh ones for replaced models are fine.
-                rows = list(await self._conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM models"))
-                await self._insert(sorted(by_name.values(), key=lambda doc: doc.name), first_id=rows[0][0] + 1)
-            self._revision = revision
+        upserted = sorted(by_name.values(), key=lambda doc: doc.name)
+        await self._exclusively(lambda: self._apply(upserted, gone, revision))
 
     async def search(
         self,
@@ -412,7 +405,50 @@ class SearchIndex:
                 connection, self._connection = self._connection, None
                 await connection.close()
 
-    # ------------------------------------------------------------------ called under the lock
+    # ------------------------------------------------------------------ internals
+
+    async def _exclusively(self, change: Callable[[], Awaitable[None]]) -> None:
+        """Run ``change`` holding the lock, to its end even if the caller is cancelled.
+
+        A rebuild or apply cut short between COMMIT and moving the revision would leave the
+        contents and the revision disagreeing, and one cut short before COMMIT must roll back
+        before a search may run. The caller is queued for the lock like any search (FIFO), then
+        ``change`` runs in a task of its own that releases the lock when done; a cancelled
+        caller gets CancelledError at once and the change completes behind it.
+        """
+        await self._lock.acquire()
+
+        async def run() -> None:
+            try:
+                await change()
+            finally:
+                self._lock.release()
+
+        await asyncio.shield(asyncio.ensure_future(run()))
+
+    async def _rebuild(self, docs: list[ModelDoc], revision: int) -> None:
+        async with self._transaction():
+            await self._create_tables()
+            await self._insert(docs, first_id=1)
+            for statement in _INDEXES:
+                await self._conn.execute(statement)
+            if self._engine == ENGINE_FTS5:
+                # Merge what the bulk insert left into one b-tree, so a query reads one segment.
+                await self._conn.execute("INSERT INTO models_fts (models_fts) VALUES ('optimize')")
+        self._revision = revision
+
+    async def _apply(self, upserts: list[ModelDoc], deleted: list[str], revision: int) -> None:
+        if revision < self._revision:
+            raise ValueError(f"apply at revision {revision} is older than the index's revision {self._revision}")
+        # The indexer also applies revisions that changed no model, only to move the revision:
+        # those need no transaction.
+        if upserts or deleted:
+            async with self._transaction():
+                await self._delete([*(doc.name for doc in upserts), *deleted])
+                # Ids are private (never in an answer), so a replaced model may get a new one.
+                rows = list(await self._conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM models"))
+                await self._insert(upserts, first_id=rows[0][0] + 1)
+        self._revision = revision
 
     @property
     def _conn(self) -> aiosqlite.Connection:
