@@ -70,9 +70,11 @@ class Indexer:
         while True:
             with self._node.state_lock:
                 target = machine.revision
-                if target <= index.revision:
+                if target == index.revision:
                     return
-                if index.revision < machine.compacted_revision:
+                # Behind the compacted history (a restore), or ahead of a state that was replaced
+                # wholesale: the events cannot say what changed, so start over.
+                if index.revision < machine.compacted_revision or target < index.revision:
                     rebuild = True
                 else:
                     rebuild = False
