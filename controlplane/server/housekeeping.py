@@ -62,6 +62,8 @@ class Housekeeper:
             except ControlPlaneError as exc:
                 # Lost leadership or quorum mid-proposal: the next leader takes over the job.
                 log.info("housekeeping_retry", reason=exc.message)
+            except Exception:  # a bug: keep the timer alive, and say so loudly
+                log.exception("housekeeping_failed")
 
     def due_leases(self, now_unix_ms: int) -> list[int]:
         node = self._node

@@ -103,6 +103,7 @@ class Node:
         self._background: set[asyncio.Task[None]] = set()
         self.raft: RaftNode
         self.proposer: Proposer
+        self.indexer: Indexer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,9 +125,10 @@ class Node:
         self._spawn(self._publish_self())
         self.housekeeper = Housekeeper(self, self.config)
         self._spawn(self.housekeeper.run())
-        self.indexer = Indexer(self, self.config.data_dir / "search.sqlite")
-        await self.indexer.start()
-        self._spawn(self.indexer.run())
+        indexer = Indexer(self, self.config.data_dir / "search.sqlite")
+        await indexer.start()
+        self.indexer = indexer
+        self._spawn(indexer.run())
 
     async def stop(self) -> None:
         self.proposer.close()
@@ -137,7 +139,8 @@ class Node:
                 future.set_exception(Unavailable("the server is shutting down; retry on another"))
         self._waiters.clear()
         await asyncio.gather(*(channel.close() for channel in self._channels.values()), return_exceptions=True)
-        await self.indexer.close()
+        if self.indexer is not None:
+            await self.indexer.close()
         await asyncio.to_thread(self.raft.destroy)
 
     def _spawn(self, coro: Awaitable[None]) -> None:

@@ -399,7 +399,11 @@ class SearchIndex:
         )
 
     async def close(self) -> None:
-        """Release the connection, after any rebuild, apply or search in progress. Idempotent."""
+        """Release the connection, after any rebuild, apply or search in progress. Idempotent.
+
+        Required, not optional: aiosqlite's worker thread is not a daemon, so an index that is
+        never closed keeps the process from exiting.
+        """
         async with self._lock:
             if self._connection is not None:
                 connection, self._connection = self._connection, None

@@ -16,7 +16,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from controlplane.errors import DeadlineExceeded, InvalidArgument
+from controlplane.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from controlplane.server.node import Node
 from controlplane.state import limits
 from controlplane.state.machine import DOMAIN_KV
@@ -559,6 +559,8 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
         # may see (everything applied, for LINEARIZABLE; min_revision, for STALE).
         stale = request.read.consistency == common_pb2.CONSISTENCY_STALE
         required = request.read.min_revision if stale else self._node.machine.revision
+        if self._node.indexer is None:
+            raise Unavailable(f"{self._node.node_id} is still starting: its search index is not built yet")
         index = await self._node.indexer.wait_indexed(required, _timeout(context))
         page = await index.search(
             request.query,
