@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from controlplane.state import limits
-from controlplane.state.ports import Journal
+from controlplane.state.journal import Journal
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, watch_pb2
 
 DOMAIN_LEASES = "leases"

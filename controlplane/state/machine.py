@@ -25,8 +25,9 @@ from google.protobuf.message import DecodeError
 from sortedcontainers import SortedDict
 
 from controlplane.state import limits
+from controlplane.state.journal import Detail
 from controlplane.state.leases import LeaseTable
-from controlplane.state.models import DOMAIN_MODELS, ModelTable
+from controlplane.state.models import ModelTable
 from controlplane.state.ports import PORT_MAP_FORMAT, PortTable
 from controlplane.state.refusal import Refused
 from controlplane.v1 import command_pb2, common_pb2, kv_pb2, models_pb2, ports_pb2, watch_pb2
@@ -45,6 +46,8 @@ DEFAULT_DEDUPE_LIMIT = 100_000
 DEFAULT_DEDUPE_TTL_MS = 15 * 60 * 1000
 
 CommandResult = command_pb2.CommandResult
+# Which Event.detail field carries each typed change.
+_DETAIL_FIELDS: dict[type, str] = {ports_pb2.PortEvent: "port", models_pb2.ModelEvent: "model"}
 
 
 class _Change(NamedTuple):
@@ -62,8 +65,7 @@ class _Change(NamedTuple):
     prev_kv: kv_pb2.KeyValue | None
     time_unix_ms: int
     # The typed change of a domain with one (Event.detail); never mutated after recording.
-    port: ports_pb2.PortEvent | None = None
-    model: models_pb2.ModelEvent | None = None
+    detail: Detail = None
 
     def to_event(self) -> watch_pb2.Event:
         event = watch_pb2.Event(
@@ -73,10 +75,8 @@ class _Change(NamedTuple):
             event.kv.CopyFrom(self.kv)
         if self.prev_kv is not None:
             event.prev_kv.CopyFrom(self.prev_kv)
-        if self.port is not None:
-            event.port.CopyFrom(self.port)
-        if self.model is not None:
-            event.model.CopyFrom(self.model)
+        if self.detail is not None:
+            getattr(event, _DETAIL_FIELDS[type(self.detail)]).CopyFrom(self.detail)
         return event
 
     @classmethod
@@ -89,8 +89,7 @@ class _Change(NamedTuple):
             event.kv if event.HasField("kv") else None,
             event.prev_kv if event.HasField("prev_kv") else None,
             event.time_unix_ms,
-            event.port if event.HasField("port") else None,
-            event.model if event.HasField("model") else None,
+            getattr(event, field) if (field := event.WhichOneof("detail")) else None,
         )
 
 
@@ -209,19 +208,9 @@ class StateMachine:
                 break
             del self._dedupe[first_id]
 
-    def record_detail(
-        self, domain: str, key: str, event_type: watch_pb2.EventType, detail: ports_pb2.PortEvent | None
-    ) -> int:
-        """For the domain tables: record a change described by a typed event rather than a KeyValue."""
+    def record_detail(self, domain: str, key: str, event_type: watch_pb2.EventType, detail: Detail) -> int:
+        """For the domain tables (the Journal protocol): a change described by a typed event."""
         return self._record(domain, key, event_type, None, None, detail)
-
-    def record_model(self, key: str, event_type: watch_pb2.EventType, detail: models_pb2.ModelEvent) -> int:
-        """For the model registry: a change described by a ModelEvent."""
-        self.revision += 1
-        self._append(
-            _Change(self.revision, event_type, DOMAIN_MODELS, key, None, None, self.time_unix_ms, None, detail)
-        )
-        return self.revision
 
     def _record(
         self,
@@ -230,17 +219,14 @@ class StateMachine:
         event_type: watch_pb2.EventType,
         kv: kv_pb2.KeyValue | None,
         prev_kv: kv_pb2.KeyValue | None,
-        port: ports_pb2.PortEvent | None = None,
+        detail: Detail = None,
     ) -> int:
         """Bump the revision and append the one event that describes the change."""
         self.revision += 1
-        self._append(_Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms, port))
-        return self.revision
-
-    def _append(self, change: _Change) -> None:
-        self._history.append(change)
-        self._history_revisions.append(change.revision)
+        self._history.append(_Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms, detail))
+        self._history_revisions.append(self.revision)
         self._trim_history()
+        return self.revision
 
     def _trim_history(self) -> None:
         while len(self._history) - self._history_start > self.history_limit:
@@ -490,6 +476,15 @@ class StateMachine:
         """
         index = bisect.bisect_left(self._history_revisions, revision, lo=self._history_start)
         return [change.to_event() for change in self._history[index : index + max_events]]
+
+    def keys_from(self, revision: int, domain: str, max_events: int) -> tuple[set[str], int]:
+        """Keys of ``domain`` changed from ``revision`` on (within ``max_events`` retained events),
+        and the last revision looked at; no event is built. Same precondition as ``events_from``.
+        """
+        index = bisect.bisect_left(self._history_revisions, revision, lo=self._history_start)
+        window = self._history[index : index + max_events]
+        keys = {change.key for change in window if change.domain == domain}
+        return keys, window[-1].revision if window else self.revision
 
     # ----------------------------------------------------------------- snapshots
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 from sortedcontainers import SortedDict
 
 from controlplane.state import limits
+from controlplane.state.journal import Journal
 from controlplane.state.refusal import Handler, Refused, refusing
 from controlplane.state.refusal import check as _check
 from controlplane.state.refusal import invalid as _invalid
@@ -50,13 +50,6 @@ TRANSITIONS: dict[int, frozenset[int]] = {
     models_pb2.VERSION_STATUS_DEPRECATED: frozenset({models_pb2.VERSION_STATUS_READY}),
 }
 DRAFT_FIELDS = ("description", "family", "tags", "owner")
-
-
-class Journal(Protocol):
-    revision: int
-    time_unix_ms: int
-
-    def record_model(self, key: str, event_type: watch_pb2.EventType, detail: models_pb2.ModelEvent) -> int: ...
 
 
 def status_name(status: int) -> str:
@@ -181,7 +174,7 @@ class ModelTable:
             detail.model.CopyFrom(model)
         if version is not None:
             detail.version.CopyFrom(version)
-        return self._journal.record_model(key, event_type, detail)
+        return self._journal.record_detail(DOMAIN_MODELS, key, event_type, detail)
 
     def _store_model(self, model: models_pb2.Model, change: str) -> models_pb2.Model:
         """Replace a model record (never mutated in place) and record the change."""

@@ -21,9 +21,9 @@ The allocator's rules, in priority order:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
 
 from controlplane.state import limits
+from controlplane.state.journal import Journal
 from controlplane.state.refusal import Handler, Refused, refusing
 from controlplane.state.refusal import check as _check
 from controlplane.state.refusal import invalid as _invalid
@@ -44,17 +44,6 @@ HEALTH_CHECK_TYPES = ("", "none", "http", "tcp", "grpc")
 Action = ports_pb2.PortAction
 CommandResult = command_pb2.CommandResult
 AssignmentKey = tuple[str, str, str]  # (host, service, name)
-
-
-class Journal(Protocol):
-    """What the port table needs from the machine: the clock, the revision and the event log."""
-
-    revision: int
-    time_unix_ms: int
-
-    def record_detail(
-        self, domain: str, key: str, event_type: watch_pb2.EventType, detail: ports_pb2.PortEvent | None
-    ) -> int: ...
 
 
 def default_ranges() -> dict[str, ports_pb2.PortRange]:

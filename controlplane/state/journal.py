@@ -1,0 +1,19 @@
+"""What a domain table (ports, leases, models) needs from the state machine it lives in."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from controlplane.v1 import models_pb2, ports_pb2, watch_pb2
+
+#: The typed change a domain records (``Event.detail`` in watch.proto); None for a domain without one.
+Detail = ports_pb2.PortEvent | models_pb2.ModelEvent | None
+
+
+class Journal(Protocol):
+    """The clock, the revision and the event log: every change bumps the revision by one event."""
+
+    revision: int
+    time_unix_ms: int
+
+    def record_detail(self, domain: str, key: str, event_type: watch_pb2.EventType, detail: Detail) -> int: ...
