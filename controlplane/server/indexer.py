@@ -78,10 +78,10 @@ class Indexer:
                     rebuild = True
                 else:
                     rebuild = False
-                    events = machine.events_from(index.revision + 1, CATCH_UP_EVENTS)
-                    if events:
-                        target = events[-1].revision
-                    names = {e.key.split("/", 1)[0] for e in events if e.domain == DOMAIN_MODELS}
+                    # Keys only: building every retained event (KV writes included) on each catch-up
+                    # would put a protobuf copy per write on the event loop.
+                    keys, target = machine.keys_from(index.revision + 1, DOMAIN_MODELS, CATCH_UP_EVENTS)
+                    names = {key.split("/", 1)[0] for key in keys}
                     upserts = [self._doc(name) for name in sorted(names) if name in machine.registry.models]
                     deleted = sorted(name for name in names if name not in machine.registry.models)
             if rebuild:
