@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -56,6 +57,16 @@ def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
         fail(f"{exc.message} (endpoints: {resolved})", code=EXIT_UNAVAILABLE)
     except ControlPlaneError as exc:
         fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
+
+
+def read_input(file: Path) -> str:
+    """A file argument's text; ``-`` reads standard input. Unreadable: a usage error (exit 2)."""
+    if str(file) == "-":
+        return sys.stdin.read()
+    try:
+        return file.read_text()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}", code=EXIT_USAGE)
 
 
 def kv_to_json(kv: KeyValue | None) -> dict[str, Any] | None:

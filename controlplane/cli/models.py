@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import typer
 import yaml
 
 from controlplane.cli import app
-from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect
+from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, read_input
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import Model, ModelVersion
 
@@ -244,10 +243,7 @@ def delete(
 
 def _read_catalogue(file: Path) -> list[dict[str, Any]]:
     """A catalogue: a JSON or YAML list of versions, or JSON lines (one version per line)."""
-    try:
-        raw = sys.stdin.read() if str(file) == "-" else file.read_text()
-    except OSError as exc:
-        fail(f"cannot read {file}: {exc.strerror}", code=EXIT_USAGE)
+    raw = read_input(file)
     try:
         loaded: Any = yaml.safe_load(raw) if not raw.lstrip().startswith("{") else None
     except yaml.YAMLError:

@@ -13,7 +13,7 @@ import typer
 import yaml
 
 from controlplane.cli import app
-from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect
+from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, read_input
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import Conflict, PortAssignment
 from controlplane.errors import NotFound
@@ -334,7 +334,7 @@ def import_(
     timeout: TimeoutOption = 30.0,
 ) -> None:
     """Replace the whole port map with a document: validated first, then applied all or nothing."""
-    raw = sys.stdin.read() if str(file) == "-" else _read(file)
+    raw = read_input(file)
     try:
         document = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -347,13 +347,6 @@ def import_(
         f"imported {result.assignments} assignment(s), {result.reservations} reservation(s), "
         f"{result.ranges} range(s), {result.services} service(s) at revision {result.revision}",
     )
-
-
-def _read(file: Path) -> str:
-    try:
-        return file.read_text()
-    except OSError as exc:
-        fail(f"cannot read {file}: {exc.strerror}", code=EXIT_USAGE)
 
 
 # -------------------------------------------------------------------------------------- ranges
@@ -412,7 +405,7 @@ def register(
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Register a service from its manifest; every declared port is allocated in one step."""
-    raw = sys.stdin.read() if str(file) == "-" else _read(file)
+    raw = read_input(file)
     try:
         manifest: Any = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
