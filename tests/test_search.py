@@ -419,8 +419,10 @@ async def test_a_cancelled_apply_still_completes_whole(index: SearchIndex) -> No
     """Cancelling the caller must not leave the contents and the revision disagreeing."""
     upserts = [doc(f"late-{n:04d}", "arrived late") for n in range(1000)]
     applying = asyncio.create_task(index.apply(upserts, ["Café"], revision=11))
-    for _ in range(3):
-        await asyncio.sleep(0)  # inside the transaction by now
+    # Cancel once the apply holds the index (its change is running), not after a guessed number of turns.
+    async with asyncio.timeout(5):
+        while not index._lock.locked():
+            await asyncio.sleep(0)  # one event-loop turn per check of the condition
     applying.cancel()
     with pytest.raises(asyncio.CancelledError):
         await applying
