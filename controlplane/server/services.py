@@ -240,13 +240,12 @@ async def _replicate(node: Node, field: str, request: Message, response_type: ty
     Port, service and lease commands carry their request message (request_id lifted into the
     envelope, the dedupe key) and their results the response message; the header is added here.
     """
-    body = type(request)()
+    command = command_pb2.Command(request_id=getattr(request, "request_id", ""))
+    body = getattr(command, field)
     body.CopyFrom(request)
-    request_id = getattr(body, "request_id", "")
-    body.ClearField("request_id")  # type: ignore[arg-type]
-    command = command_pb2.Command(request_id=request_id)
-    getattr(command, field).CopyFrom(body)
+    body.ClearField("request_id")
     result = await node.write(command)
+    # A copy: the result may be the one the dedupe table keeps, which must not gain a header.
     response = response_type()
     response.CopyFrom(getattr(result, field))
     response.header.CopyFrom(node.header(result.revision))  # type: ignore[attr-defined]
