@@ -338,6 +338,7 @@ class StateMachine:
             prev is not None
             and prev.raft_address == member.raft_address
             and prev.client_address == member.client_address
+            and prev.learner == member.learner
         ):
             return CommandResult(revision=self.revision, member=command_pb2.MemberResult(changed=False))
         record = command_pb2.MemberRecord(
@@ -345,6 +346,7 @@ class StateMachine:
             raft_address=member.raft_address,
             client_address=member.client_address,
             added_revision=prev.added_revision if prev is not None else self.revision + 1,
+            learner=member.learner,
         )
         self.members[member.id] = record
         self.members_version += 1

@@ -263,16 +263,18 @@ class RestoreResult(_message.Message):
     def __init__(self, keys: _Optional[int] = ...) -> None: ...
 
 class MemberRecord(_message.Message):
-    __slots__ = ("id", "raft_address", "client_address", "added_revision")
+    __slots__ = ("id", "raft_address", "client_address", "added_revision", "learner")
     ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ADDED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     raft_address: str
     client_address: str
     added_revision: int
-    def __init__(self, id: _Optional[str] = ..., raft_address: _Optional[str] = ..., client_address: _Optional[str] = ..., added_revision: _Optional[int] = ...) -> None: ...
+    learner: bool
+    def __init__(self, id: _Optional[str] = ..., raft_address: _Optional[str] = ..., client_address: _Optional[str] = ..., added_revision: _Optional[int] = ..., learner: _Optional[bool] = ...) -> None: ...
 
 class DedupeEntry(_message.Message):
     __slots__ = ("request_id", "time_unix_ms", "result")
