@@ -1,13 +1,13 @@
-"""What a domain table (ports, leases, models) needs from the state machine it lives in."""
+"""What a domain table (ports, leases, models, membership) needs from the state machine it lives in."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from controlplane.v1 import models_pb2, ports_pb2, watch_pb2
+from controlplane.v1 import membership_pb2, models_pb2, ports_pb2, watch_pb2
 
 #: The typed change a domain records (``Event.detail`` in watch.proto); None for a domain without one.
-Detail = ports_pb2.PortEvent | models_pb2.ModelEvent | None
+Detail = ports_pb2.PortEvent | models_pb2.ModelEvent | membership_pb2.MembershipEvent | None
 
 
 class Journal(Protocol):

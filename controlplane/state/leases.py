@@ -24,9 +24,9 @@ CommandResult = command_pb2.CommandResult
 
 
 class LeaseTable:
-    def __init__(self, journal: Journal, release: Callable[[int, str], int]) -> None:
-        # release(lease_id, reason) frees what the lease holds and says how many port assignments
-        # that was.
+    def __init__(self, journal: Journal, release: Callable[[int, str, bool], int]) -> None:
+        # release(lease_id, reason, expired) frees what the lease holds and says how many port
+        # assignments that was; expired tells a death (a node becomes DEAD) from a clean end.
         self._journal = journal
         self._release = release
         self.reset()
@@ -67,32 +67,46 @@ class LeaseTable:
     def _error(self, code: common_pb2.ErrorCode, message: str) -> CommandResult:
         return CommandResult(revision=self._revision, error=common_pb2.Error(code=code, message=message))
 
+    def grant(self, ttl_ms: int) -> leases_pb2.Lease:
+        """A new lease (one revision). The caller has checked the TTL."""
+        lease = leases_pb2.Lease(id=self.next_id, ttl_ms=ttl_ms, granted_unix_ms=self._now, renewed_unix_ms=self._now)
+        self.next_id += 1
+        self.leases[lease.id] = lease
+        self._journal.record_detail(DOMAIN_LEASES, str(lease.id), watch_pb2.EVENT_TYPE_PUT, None)
+        return lease
+
+    def renew(self, lease_id: int) -> leases_pb2.Lease | None:
+        """Restart a lease's TTL (no revision); None if it is gone."""
+        lease = self.leases.get(lease_id)
+        if lease is not None:
+            # A lease past its deadline that the leader has not yet expired is still alive: renewing
+            # it is safe, since nothing it holds has been released.
+            lease.renewed_unix_ms = self._now
+        return lease
+
     def _grant(self, command: command_pb2.Command) -> CommandResult:
         ttl_ms = command.lease_grant.ttl_ms
         problem = limits.check_lease_ttl(ttl_ms)
         if problem:
             return self._error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem)
-        lease = leases_pb2.Lease(id=self.next_id, ttl_ms=ttl_ms, granted_unix_ms=self._now, renewed_unix_ms=self._now)
-        self.next_id += 1
-        self.leases[lease.id] = lease
-        revision = self._journal.record_detail(DOMAIN_LEASES, str(lease.id), watch_pb2.EVENT_TYPE_PUT, None)
-        return CommandResult(revision=revision, lease_grant=leases_pb2.GrantLeaseResponse(lease=lease))
+        lease = self.grant(ttl_ms)
+        return CommandResult(revision=self._revision, lease_grant=leases_pb2.GrantLeaseResponse(lease=lease))
 
     def _keepalive(self, command: command_pb2.Command) -> CommandResult:
-        lease = self.leases.get(command.lease_keepalive.lease_id)
+        lease = self.renew(command.lease_keepalive.lease_id)
         if lease is None:
             return self._error(
                 common_pb2.ERROR_CODE_NOT_FOUND,
                 f"lease {command.lease_keepalive.lease_id} has expired or never existed; grant a new lease "
                 "and attach again",
             )
-        # A lease past its deadline that the leader has not yet expired is still alive: renewing it
-        # is safe, since nothing it holds has been released.
-        lease.renewed_unix_ms = self._now
         return CommandResult(revision=self._revision, lease_keepalive=leases_pb2.KeepAliveResponse(lease=lease))
 
-    def _end(self, lease_id: int, reason: str) -> int:
-        released = self._release(lease_id, reason)
+    def end(self, lease_id: int, reason: str, expired: bool = False) -> int:
+        """End a lease now, releasing what it holds; how many port assignments that freed."""
+        if lease_id not in self.leases:
+            return 0
+        released = self._release(lease_id, reason, expired)
         del self.leases[lease_id]
         self._journal.record_detail(DOMAIN_LEASES, str(lease_id), watch_pb2.EVENT_TYPE_DELETE, None)
         return released
@@ -101,7 +115,7 @@ class LeaseTable:
         lease_id = command.lease_revoke.lease_id
         if lease_id not in self.leases:
             return CommandResult(revision=self._revision, lease_revoke=leases_pb2.RevokeLeaseResponse(revoked=False))
-        released = self._end(lease_id, f"lease {lease_id} revoked")
+        released = self.end(lease_id, f"lease {lease_id} revoked")
         return CommandResult(
             revision=self._revision,
             lease_revoke=leases_pb2.RevokeLeaseResponse(revoked=True, released_ports=released),
@@ -113,7 +127,7 @@ class LeaseTable:
             lease = self.leases.get(lease_id)
             # Re-checked against this entry's time: a keepalive committed since the leader decided wins.
             if lease is not None and self.deadline_ms(lease) <= self._now:
-                self._end(lease_id, f"lease {lease_id} expired (TTL {lease.ttl_ms} ms)")
+                self.end(lease_id, f"lease {lease_id} expired (TTL {lease.ttl_ms} ms)", expired=True)
                 expired.append(lease_id)
         return CommandResult(revision=self._revision, lease_expire=leases_pb2.ExpireLeasesResult(expired=expired))
 

@@ -50,12 +50,13 @@ def check_request_id(request_id: str) -> str | None:
     return None
 
 
-def check_member_id(member_id: str) -> str | None:
+def check_member_id(member_id: str, what: str = "member id") -> str | None:
+    """Server, node and client ids."""
     if not member_id:
-        return "member id must not be empty"
+        return f"{what} must not be empty"
     if len(member_id) > MAX_MEMBER_ID_CHARS or not _MEMBER_ID.fullmatch(member_id):
         return (
-            f"member id {member_id!r} is not valid: use up to {MAX_MEMBER_ID_CHARS} letters, digits, "
+            f"{what} {member_id!r} is not valid: use up to {MAX_MEMBER_ID_CHARS} letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
         )
     return None

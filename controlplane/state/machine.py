@@ -27,10 +27,11 @@ from sortedcontainers import SortedDict
 from controlplane.state import limits
 from controlplane.state.journal import Detail
 from controlplane.state.leases import LeaseTable
+from controlplane.state.membership import MembershipTable
 from controlplane.state.models import ModelTable
 from controlplane.state.ports import PORT_MAP_FORMAT, PortTable
 from controlplane.state.refusal import Refused
-from controlplane.v1 import command_pb2, common_pb2, kv_pb2, models_pb2, ports_pb2, watch_pb2
+from controlplane.v1 import command_pb2, common_pb2, kv_pb2, membership_pb2, models_pb2, ports_pb2, watch_pb2
 
 SNAPSHOT_FORMAT_VERSION = 1
 # Written last (highest field number): protobuf parses a cut-short message without complaint, so a
@@ -47,7 +48,11 @@ DEFAULT_DEDUPE_TTL_MS = 15 * 60 * 1000
 
 CommandResult = command_pb2.CommandResult
 # Which Event.detail field carries each typed change.
-_DETAIL_FIELDS: dict[type, str] = {ports_pb2.PortEvent: "port", models_pb2.ModelEvent: "model"}
+_DETAIL_FIELDS: dict[type, str] = {
+    ports_pb2.PortEvent: "port",
+    models_pb2.ModelEvent: "model",
+    membership_pb2.MembershipEvent: "membership",
+}
 
 
 class _Change(NamedTuple):
@@ -119,8 +124,9 @@ class StateMachine:
         self.dedupe_limit = dedupe_limit
         self.dedupe_ttl_ms = dedupe_ttl_ms
         self.ports = PortTable(self, lease_exists=lambda lease_id: self.leases.exists(lease_id))
-        self.leases = LeaseTable(self, release=self.ports.release_lease)
+        self.leases = LeaseTable(self, release=self._release_lease)
         self.registry = ModelTable(self)
+        self.membership = MembershipTable(self, leases=lambda: self.leases)
         self._reset()
         self._handlers: dict[str, Callable[[command_pb2.Command], CommandResult]] = {
             "kv_put": self._kv_put,
@@ -133,6 +139,7 @@ class StateMachine:
             **self.ports.handlers(),
             **self.leases.handlers(),
             **self.registry.handlers(),
+            **self.membership.handlers(),
         }
 
     def _reset(self) -> None:
@@ -150,10 +157,16 @@ class StateMachine:
         self.ports.reset()
         self.leases.reset()
         self.registry.reset()
+        self.membership.reset()
         # Bumped on every directory change; derived, not snapshotted (readers cache by it).
         self.members_version = getattr(self, "members_version", 0) + 1
 
     # ----------------------------------------------------------------- applying
+
+    def _release_lease(self, lease_id: int, reason: str, expired: bool) -> int:
+        """What hangs on a lease that ends: port assignments, a node's liveness, client places."""
+        self.membership.release_lease(lease_id, reason, expired)
+        return self.ports.release_lease(lease_id, reason)
 
     def apply_entry(self, entry: bytes) -> list[CommandResult]:
         """Apply one log entry (a serialized CommandBatch); one result per command, in order."""
@@ -427,6 +440,10 @@ class StateMachine:
             ModelTable.validate_state(snapshot.models)
         except Refused as refused:
             return _error(refused.code, f"backup holds a bad model registry: {refused.message}", self.revision)
+        try:
+            MembershipTable.validate_state(snapshot.membership)
+        except Refused as refused:
+            return _error(refused.code, f"backup holds bad membership: {refused.message}", self.revision)
         self.revision = max(self.revision, snapshot.revision) + 1
         self._kvs = SortedDict((kv.key, kv) for kv in snapshot.kvs)
         if snapshot.HasField("ports"):
@@ -436,6 +453,8 @@ class StateMachine:
         self.registry.load(snapshot.models)
         # Every restored lease gets a full TTL from now: its holder needs time to find the new state.
         self.leases.load(list(snapshot.leases), snapshot.next_lease_id, renewed_unix_ms=self.time_unix_ms)
+        self.membership.load(snapshot.membership)
+        self.membership.drop_dangling_leases(self.leases.exists)
         self._history, self._history_revisions, self._history_start = [], [], 0
         self.compacted_revision = self.revision
         return CommandResult(revision=self.revision, restore=command_pb2.RestoreResult(keys=len(self._kvs)))
@@ -511,6 +530,7 @@ class StateMachine:
         snap.leases.extend(self.leases.leases.values())
         snap.next_lease_id = self.leases.next_id
         snap.models.CopyFrom(self.registry.to_state())
+        snap.membership.CopyFrom(self.membership.to_state())
         return snap.SerializeToString(deterministic=True)
 
     def restore(self, data: bytes) -> None:
@@ -530,6 +550,7 @@ class StateMachine:
             self.ports.load(snap.ports)
         self.leases.load(list(snap.leases), snap.next_lease_id)
         self.registry.load(snap.models)
+        self.membership.load(snap.membership)
 
 
 def parse_snapshot(data: bytes) -> command_pb2.StateSnapshot:

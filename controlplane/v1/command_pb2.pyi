@@ -1,6 +1,7 @@
 from controlplane.v1 import common_pb2 as _common_pb2
 from controlplane.v1 import kv_pb2 as _kv_pb2
 from controlplane.v1 import leases_pb2 as _leases_pb2
+from controlplane.v1 import membership_pb2 as _membership_pb2
 from controlplane.v1 import models_pb2 as _models_pb2
 from controlplane.v1 import ports_pb2 as _ports_pb2
 from controlplane.v1 import watch_pb2 as _watch_pb2
@@ -23,7 +24,7 @@ class CommandBatch(_message.Message):
     def __init__(self, time_unix_ms: _Optional[int] = ..., leader_id: _Optional[str] = ..., commands: _Optional[_Iterable[_Union[Command, _Mapping]]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("request_id", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member_upsert", "member_remove", "restore_state", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "model_register", "model_bulk_register", "model_update", "model_set_status", "model_set_alias", "model_delete_version", "model_delete", "model_add_replica", "model_remove_replica")
+    __slots__ = ("request_id", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member_upsert", "member_remove", "restore_state", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "model_register", "model_bulk_register", "model_update", "model_set_status", "model_set_alias", "model_delete_version", "model_delete", "model_add_replica", "model_remove_replica", "node_register", "node_heartbeat", "node_drain", "node_deregister", "node_forget", "network_create", "network_update", "network_delete", "network_join", "network_leave", "network_assign", "flag_set")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     KV_PUT_FIELD_NUMBER: _ClassVar[int]
     KV_DELETE_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +60,18 @@ class Command(_message.Message):
     MODEL_DELETE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ADD_REPLICA_FIELD_NUMBER: _ClassVar[int]
     MODEL_REMOVE_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    NODE_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    NODE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    NODE_DRAIN_FIELD_NUMBER: _ClassVar[int]
+    NODE_DEREGISTER_FIELD_NUMBER: _ClassVar[int]
+    NODE_FORGET_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_CREATE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_DELETE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_JOIN_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_LEAVE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    FLAG_SET_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     kv_put: KvPut
     kv_delete: KvDelete
@@ -94,7 +107,19 @@ class Command(_message.Message):
     model_delete: _models_pb2.DeleteModelRequest
     model_add_replica: _models_pb2.ReplicaRequest
     model_remove_replica: _models_pb2.ReplicaRequest
-    def __init__(self, request_id: _Optional[str] = ..., kv_put: _Optional[_Union[KvPut, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDelete, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwap, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., member_upsert: _Optional[_Union[MemberUpsert, _Mapping]] = ..., member_remove: _Optional[_Union[MemberRemove, _Mapping]] = ..., restore_state: _Optional[_Union[RestoreState, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateRequest, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignRequest, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseRequest, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignRequest, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveRequest, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveRequest, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeRequest, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeRequest, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedRequest, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsRequest, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairRequest, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsRequest, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceRequest, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseRequest, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseRequest, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeases, _Mapping]] = ..., model_register: _Optional[_Union[_models_pb2.RegisterVersionRequest, _Mapping]] = ..., model_bulk_register: _Optional[_Union[_models_pb2.BulkRegisterRequest, _Mapping]] = ..., model_update: _Optional[_Union[_models_pb2.UpdateModelRequest, _Mapping]] = ..., model_set_status: _Optional[_Union[_models_pb2.SetVersionStatusRequest, _Mapping]] = ..., model_set_alias: _Optional[_Union[_models_pb2.SetAliasRequest, _Mapping]] = ..., model_delete_version: _Optional[_Union[_models_pb2.DeleteVersionRequest, _Mapping]] = ..., model_delete: _Optional[_Union[_models_pb2.DeleteModelRequest, _Mapping]] = ..., model_add_replica: _Optional[_Union[_models_pb2.ReplicaRequest, _Mapping]] = ..., model_remove_replica: _Optional[_Union[_models_pb2.ReplicaRequest, _Mapping]] = ...) -> None: ...
+    node_register: _membership_pb2.RegisterNodeRequest
+    node_heartbeat: _membership_pb2.HeartbeatRequest
+    node_drain: _membership_pb2.DrainNodeRequest
+    node_deregister: _membership_pb2.DeregisterNodeRequest
+    node_forget: _membership_pb2.ForgetNodeRequest
+    network_create: _membership_pb2.CreateNetworkRequest
+    network_update: _membership_pb2.UpdateNetworkRequest
+    network_delete: _membership_pb2.DeleteNetworkRequest
+    network_join: _membership_pb2.JoinNetworkRequest
+    network_leave: _membership_pb2.LeaveNetworkRequest
+    network_assign: _membership_pb2.AssignClientRequest
+    flag_set: _membership_pb2.SetFlagRequest
+    def __init__(self, request_id: _Optional[str] = ..., kv_put: _Optional[_Union[KvPut, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDelete, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwap, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., member_upsert: _Optional[_Union[MemberUpsert, _Mapping]] = ..., member_remove: _Optional[_Union[MemberRemove, _Mapping]] = ..., restore_state: _Optional[_Union[RestoreState, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateRequest, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignRequest, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseRequest, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignRequest, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveRequest, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveRequest, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeRequest, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeRequest, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedRequest, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsRequest, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairRequest, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsRequest, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceRequest, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseRequest, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseRequest, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeases, _Mapping]] = ..., model_register: _Optional[_Union[_models_pb2.RegisterVersionRequest, _Mapping]] = ..., model_bulk_register: _Optional[_Union[_models_pb2.BulkRegisterRequest, _Mapping]] = ..., model_update: _Optional[_Union[_models_pb2.UpdateModelRequest, _Mapping]] = ..., model_set_status: _Optional[_Union[_models_pb2.SetVersionStatusRequest, _Mapping]] = ..., model_set_alias: _Optional[_Union[_models_pb2.SetAliasRequest, _Mapping]] = ..., model_delete_version: _Optional[_Union[_models_pb2.DeleteVersionRequest, _Mapping]] = ..., model_delete: _Optional[_Union[_models_pb2.DeleteModelRequest, _Mapping]] = ..., model_add_replica: _Optional[_Union[_models_pb2.ReplicaRequest, _Mapping]] = ..., model_remove_replica: _Optional[_Union[_models_pb2.ReplicaRequest, _Mapping]] = ..., node_register: _Optional[_Union[_membership_pb2.RegisterNodeRequest, _Mapping]] = ..., node_heartbeat: _Optional[_Union[_membership_pb2.HeartbeatRequest, _Mapping]] = ..., node_drain: _Optional[_Union[_membership_pb2.DrainNodeRequest, _Mapping]] = ..., node_deregister: _Optional[_Union[_membership_pb2.DeregisterNodeRequest, _Mapping]] = ..., node_forget: _Optional[_Union[_membership_pb2.ForgetNodeRequest, _Mapping]] = ..., network_create: _Optional[_Union[_membership_pb2.CreateNetworkRequest, _Mapping]] = ..., network_update: _Optional[_Union[_membership_pb2.UpdateNetworkRequest, _Mapping]] = ..., network_delete: _Optional[_Union[_membership_pb2.DeleteNetworkRequest, _Mapping]] = ..., network_join: _Optional[_Union[_membership_pb2.JoinNetworkRequest, _Mapping]] = ..., network_leave: _Optional[_Union[_membership_pb2.LeaveNetworkRequest, _Mapping]] = ..., network_assign: _Optional[_Union[_membership_pb2.AssignClientRequest, _Mapping]] = ..., flag_set: _Optional[_Union[_membership_pb2.SetFlagRequest, _Mapping]] = ...) -> None: ...
 
 class KvPut(_message.Message):
     __slots__ = ("key", "value", "prev_kv")
@@ -147,7 +172,7 @@ class RestoreState(_message.Message):
     def __init__(self, snapshot: _Optional[bytes] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("revision", "error", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member", "restore", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "model_register", "model_bulk_register", "model_update", "model_set_status", "model_set_alias", "model_delete_version", "model_delete", "model_add_replica", "model_remove_replica")
+    __slots__ = ("revision", "error", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member", "restore", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "model_register", "model_bulk_register", "model_update", "model_set_status", "model_set_alias", "model_delete_version", "model_delete", "model_add_replica", "model_remove_replica", "node_register", "node_heartbeat", "node_drain", "node_deregister", "node_forget", "network_create", "network_update", "network_delete", "network_join", "network_leave", "network_assign", "flag_set")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     KV_PUT_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +208,18 @@ class CommandResult(_message.Message):
     MODEL_DELETE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ADD_REPLICA_FIELD_NUMBER: _ClassVar[int]
     MODEL_REMOVE_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    NODE_REGISTER_FIELD_NUMBER: _ClassVar[int]
+    NODE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    NODE_DRAIN_FIELD_NUMBER: _ClassVar[int]
+    NODE_DEREGISTER_FIELD_NUMBER: _ClassVar[int]
+    NODE_FORGET_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_CREATE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_DELETE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_JOIN_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_LEAVE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    FLAG_SET_FIELD_NUMBER: _ClassVar[int]
     revision: int
     error: _common_pb2.Error
     kv_put: KvPutResult
@@ -218,7 +255,19 @@ class CommandResult(_message.Message):
     model_delete: _models_pb2.DeleteModelResponse
     model_add_replica: _models_pb2.ReplicaResponse
     model_remove_replica: _models_pb2.ReplicaResponse
-    def __init__(self, revision: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., kv_put: _Optional[_Union[KvPutResult, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDeleteResult, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwapResult, _Mapping]] = ..., barrier: _Optional[_Union[BarrierResult, _Mapping]] = ..., member: _Optional[_Union[MemberResult, _Mapping]] = ..., restore: _Optional[_Union[RestoreResult, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateResponse, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignResponse, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseResponse, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignResponse, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveResponse, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveResponse, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeResponse, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeResponse, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedResponse, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsResponse, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairResponse, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsResponse, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceResponse, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceResponse, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseResponse, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveResponse, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseResponse, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeasesResult, _Mapping]] = ..., model_register: _Optional[_Union[_models_pb2.RegisterVersionResponse, _Mapping]] = ..., model_bulk_register: _Optional[_Union[_models_pb2.BulkRegisterResponse, _Mapping]] = ..., model_update: _Optional[_Union[_models_pb2.UpdateModelResponse, _Mapping]] = ..., model_set_status: _Optional[_Union[_models_pb2.SetVersionStatusResponse, _Mapping]] = ..., model_set_alias: _Optional[_Union[_models_pb2.SetAliasResponse, _Mapping]] = ..., model_delete_version: _Optional[_Union[_models_pb2.DeleteVersionResponse, _Mapping]] = ..., model_delete: _Optional[_Union[_models_pb2.DeleteModelResponse, _Mapping]] = ..., model_add_replica: _Optional[_Union[_models_pb2.ReplicaResponse, _Mapping]] = ..., model_remove_replica: _Optional[_Union[_models_pb2.ReplicaResponse, _Mapping]] = ...) -> None: ...
+    node_register: _membership_pb2.RegisterNodeResponse
+    node_heartbeat: _membership_pb2.HeartbeatResponse
+    node_drain: _membership_pb2.DrainNodeResponse
+    node_deregister: _membership_pb2.DeregisterNodeResponse
+    node_forget: _membership_pb2.ForgetNodeResponse
+    network_create: _membership_pb2.CreateNetworkResponse
+    network_update: _membership_pb2.UpdateNetworkResponse
+    network_delete: _membership_pb2.DeleteNetworkResponse
+    network_join: _membership_pb2.JoinNetworkResponse
+    network_leave: _membership_pb2.LeaveNetworkResponse
+    network_assign: _membership_pb2.AssignClientResponse
+    flag_set: _membership_pb2.SetFlagResponse
+    def __init__(self, revision: _Optional[int] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., kv_put: _Optional[_Union[KvPutResult, _Mapping]] = ..., kv_delete: _Optional[_Union[KvDeleteResult, _Mapping]] = ..., kv_compare_and_swap: _Optional[_Union[KvCompareAndSwapResult, _Mapping]] = ..., barrier: _Optional[_Union[BarrierResult, _Mapping]] = ..., member: _Optional[_Union[MemberResult, _Mapping]] = ..., restore: _Optional[_Union[RestoreResult, _Mapping]] = ..., ports_allocate: _Optional[_Union[_ports_pb2.AllocateResponse, _Mapping]] = ..., ports_assign: _Optional[_Union[_ports_pb2.AssignResponse, _Mapping]] = ..., ports_release: _Optional[_Union[_ports_pb2.ReleaseResponse, _Mapping]] = ..., ports_reassign: _Optional[_Union[_ports_pb2.ReassignResponse, _Mapping]] = ..., ports_reserve: _Optional[_Union[_ports_pb2.ReserveResponse, _Mapping]] = ..., ports_unreserve: _Optional[_Union[_ports_pb2.UnreserveResponse, _Mapping]] = ..., ports_set_range: _Optional[_Union[_ports_pb2.SetRangeResponse, _Mapping]] = ..., ports_delete_range: _Optional[_Union[_ports_pb2.DeleteRangeResponse, _Mapping]] = ..., ports_observe: _Optional[_Union[_ports_pb2.ReportObservedResponse, _Mapping]] = ..., ports_resolve: _Optional[_Union[_ports_pb2.ResolveConflictsResponse, _Mapping]] = ..., ports_repair: _Optional[_Union[_ports_pb2.RepairResponse, _Mapping]] = ..., ports_import: _Optional[_Union[_ports_pb2.ImportPortsResponse, _Mapping]] = ..., service_register: _Optional[_Union[_ports_pb2.RegisterServiceResponse, _Mapping]] = ..., service_deregister: _Optional[_Union[_ports_pb2.DeregisterServiceResponse, _Mapping]] = ..., lease_grant: _Optional[_Union[_leases_pb2.GrantLeaseResponse, _Mapping]] = ..., lease_keepalive: _Optional[_Union[_leases_pb2.KeepAliveResponse, _Mapping]] = ..., lease_revoke: _Optional[_Union[_leases_pb2.RevokeLeaseResponse, _Mapping]] = ..., lease_expire: _Optional[_Union[_leases_pb2.ExpireLeasesResult, _Mapping]] = ..., model_register: _Optional[_Union[_models_pb2.RegisterVersionResponse, _Mapping]] = ..., model_bulk_register: _Optional[_Union[_models_pb2.BulkRegisterResponse, _Mapping]] = ..., model_update: _Optional[_Union[_models_pb2.UpdateModelResponse, _Mapping]] = ..., model_set_status: _Optional[_Union[_models_pb2.SetVersionStatusResponse, _Mapping]] = ..., model_set_alias: _Optional[_Union[_models_pb2.SetAliasResponse, _Mapping]] = ..., model_delete_version: _Optional[_Union[_models_pb2.DeleteVersionResponse, _Mapping]] = ..., model_delete: _Optional[_Union[_models_pb2.DeleteModelResponse, _Mapping]] = ..., model_add_replica: _Optional[_Union[_models_pb2.ReplicaResponse, _Mapping]] = ..., model_remove_replica: _Optional[_Union[_models_pb2.ReplicaResponse, _Mapping]] = ..., node_register: _Optional[_Union[_membership_pb2.RegisterNodeResponse, _Mapping]] = ..., node_heartbeat: _Optional[_Union[_membership_pb2.HeartbeatResponse, _Mapping]] = ..., node_drain: _Optional[_Union[_membership_pb2.DrainNodeResponse, _Mapping]] = ..., node_deregister: _Optional[_Union[_membership_pb2.DeregisterNodeResponse, _Mapping]] = ..., node_forget: _Optional[_Union[_membership_pb2.ForgetNodeResponse, _Mapping]] = ..., network_create: _Optional[_Union[_membership_pb2.CreateNetworkResponse, _Mapping]] = ..., network_update: _Optional[_Union[_membership_pb2.UpdateNetworkResponse, _Mapping]] = ..., network_delete: _Optional[_Union[_membership_pb2.DeleteNetworkResponse, _Mapping]] = ..., network_join: _Optional[_Union[_membership_pb2.JoinNetworkResponse, _Mapping]] = ..., network_leave: _Optional[_Union[_membership_pb2.LeaveNetworkResponse, _Mapping]] = ..., network_assign: _Optional[_Union[_membership_pb2.AssignClientResponse, _Mapping]] = ..., flag_set: _Optional[_Union[_membership_pb2.SetFlagResponse, _Mapping]] = ...) -> None: ...
 
 class KvPutResult(_message.Message):
     __slots__ = ("kv", "prev_kv")
@@ -287,7 +336,7 @@ class DedupeEntry(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
 
 class StateSnapshot(_message.Message):
-    __slots__ = ("format_version", "revision", "time_unix_ms", "kvs", "history", "compacted_revision", "dedupe", "members", "removed_members", "ports", "leases", "next_lease_id", "models", "end_marker")
+    __slots__ = ("format_version", "revision", "time_unix_ms", "kvs", "history", "compacted_revision", "dedupe", "members", "removed_members", "ports", "leases", "next_lease_id", "models", "membership", "end_marker")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +350,7 @@ class StateSnapshot(_message.Message):
     LEASES_FIELD_NUMBER: _ClassVar[int]
     NEXT_LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
     END_MARKER_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     revision: int
@@ -315,5 +365,6 @@ class StateSnapshot(_message.Message):
     leases: _containers.RepeatedCompositeFieldContainer[_leases_pb2.Lease]
     next_lease_id: int
     models: _models_pb2.ModelsState
+    membership: _membership_pb2.MembershipState
     end_marker: int
-    def __init__(self, format_version: _Optional[int] = ..., revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[_watch_pb2.Event, _Mapping]]] = ..., compacted_revision: _Optional[int] = ..., dedupe: _Optional[_Iterable[_Union[DedupeEntry, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ..., ports: _Optional[_Union[_ports_pb2.PortsState, _Mapping]] = ..., leases: _Optional[_Iterable[_Union[_leases_pb2.Lease, _Mapping]]] = ..., next_lease_id: _Optional[int] = ..., models: _Optional[_Union[_models_pb2.ModelsState, _Mapping]] = ..., end_marker: _Optional[int] = ...) -> None: ...
+    def __init__(self, format_version: _Optional[int] = ..., revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[_watch_pb2.Event, _Mapping]]] = ..., compacted_revision: _Optional[int] = ..., dedupe: _Optional[_Iterable[_Union[DedupeEntry, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ..., ports: _Optional[_Union[_ports_pb2.PortsState, _Mapping]] = ..., leases: _Optional[_Iterable[_Union[_leases_pb2.Lease, _Mapping]]] = ..., next_lease_id: _Optional[int] = ..., models: _Optional[_Union[_models_pb2.ModelsState, _Mapping]] = ..., membership: _Optional[_Union[_membership_pb2.MembershipState, _Mapping]] = ..., end_marker: _Optional[int] = ...) -> None: ...

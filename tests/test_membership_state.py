@@ -1,0 +1,460 @@
+"""Membership in the pure state machine: the capacity and assignment invariants under random command
+sequences (including lease expiry), and the rules a person meets one at a time."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from controlplane.state.machine import StateMachine, batch_entry
+from controlplane.state.membership import ACTIVE, DEAD, GONE_STATES, LEFT, model_base
+from controlplane.v1 import command_pb2, common_pb2, leases_pb2, membership_pb2, watch_pb2
+
+AGENT = membership_pb2.NODE_ROLE_AGENT
+
+
+class Cluster:
+    """A machine driven one command per entry, with a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.machine = StateMachine()
+        self.now = 1_000
+
+    def run(self, **body: object) -> command_pb2.CommandResult:
+        self.now += 10
+        command = command_pb2.Command(**body)  # type: ignore[arg-type]
+        return self.machine.apply_entry(batch_entry(self.now, "n1", [command]))[0]
+
+    def register(self, node_id: str, capabilities: tuple[str, ...] = (), ttl_ms: int = 5_000) -> None:
+        spec = membership_pb2.NodeSpec(id=node_id, role=AGENT, capabilities=capabilities)
+        expect_ok(self.run(node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=ttl_ms)))
+        expect_ok(self.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id=node_id)))
+
+    def network(self, name: str, model: str, max_clients: int, priority: int = 0, **fields: object) -> None:
+        network = membership_pb2.Network(name=name, model=model, max_clients=max_clients, priority=priority, **fields)
+        expect_ok(self.run(network_create=membership_pb2.CreateNetworkRequest(network=network)))
+
+    def join(self, network: str, node_id: str = "", client_id: str = "") -> command_pb2.CommandResult:
+        return self.run(
+            network_join=membership_pb2.JoinNetworkRequest(network=network, node_id=node_id, client_id=client_id)
+        )
+
+    def assign(self, client_id: str, model: str) -> command_pb2.CommandResult:
+        return self.run(network_assign=membership_pb2.AssignClientRequest(client_id=client_id, model=model))
+
+    def expire(self, node_id: str) -> None:
+        """Let the node's lease run out and the leader expire it."""
+        record = self.machine.membership.nodes[node_id]
+        lease = self.machine.leases.leases[record.lease_id]
+        self.now = max(self.now, lease.renewed_unix_ms + lease.ttl_ms)
+        result = self.run(lease_expire=leases_pb2.ExpireLeases(lease_ids=[lease.id]))
+        assert list(result.lease_expire.expired) == [lease.id]
+
+    def enable(self, flag: str, enabled: bool = True) -> command_pb2.CommandResult:
+        return self.run(flag_set=membership_pb2.SetFlagRequest(name=flag, enabled=enabled))
+
+
+def expect_ok(result: command_pb2.CommandResult) -> command_pb2.CommandResult:
+    assert not result.HasField("error"), result.error.message
+    return result
+
+
+def code(result: command_pb2.CommandResult) -> int:
+    return result.error.code if result.HasField("error") else 0
+
+
+def check_invariants(machine: StateMachine) -> None:
+    """What must hold after every command, read from the state itself."""
+    table = machine.membership
+    per_network: dict[str, int] = {}
+    for client_id, placement in table.placements.items():
+        assert placement.client_id == client_id
+        network = table.networks[placement.network]
+        per_network[placement.network] = per_network.get(placement.network, 0) + 1
+        # Served by an ACTIVE member of its own network.
+        assert placement.node_id in table.members[placement.network], placement
+        assert table.nodes[placement.node_id].state == ACTIVE, placement
+        if placement.model:
+            assert model_base(placement.model) == model_base(network.model)
+        if placement.lease_id:
+            assert machine.leases.exists(placement.lease_id)
+    for name, count in per_network.items():
+        assert count <= table.networks[name].max_clients, f"{name} over capacity"
+    for name, members in table.members.items():
+        for node_id in members:
+            record = table.nodes[node_id]
+            assert record.state not in GONE_STATES, f"gone node {node_id} is a member of {name}"
+            assert set(table.networks[name].required_capabilities) <= set(record.spec.capabilities)
+    for node_id, record in table.nodes.items():
+        if record.state in GONE_STATES:
+            assert record.lease_id == 0
+            assert table.clients_served_by(node_id) == 0
+            assert not table.networks_of(node_id)
+            assert node_id not in table.placements or table.placements[node_id].lease_id == 0
+        else:
+            assert machine.leases.exists(record.lease_id), f"live node {node_id} without a lease"
+    if not table.flag("multi_network"):
+        assert len(table.networks) <= 1
+
+
+def domain_state(machine: StateMachine) -> tuple[int, bytes, list[bytes]]:
+    """What a command may change (the clock moves with every entry, so not the whole snapshot)."""
+    return (
+        machine.revision,
+        machine.membership.to_state().SerializeToString(deterministic=True),
+        [lease.SerializeToString() for lease in machine.leases.leases.values()],
+    )
+
+
+NODES = ["a1", "a2", "a3", "a4"]
+CLIENTS = ["c1", "c2", "c3", "c4", "c5", "c6"]
+NETWORKS = {"net-a": "llama", "net-b": "llama", "net-c": "qwen"}
+
+
+class MembershipInvariants(RuleBasedStateMachine):
+    """Random registrations, joins, assignments, drains, deregistrations and expiries; the invariants
+    hold after each, a twin fed the same entries agrees byte for byte, and a snapshot restores to
+    the same state."""
+
+    @initialize(capacities=st.lists(st.integers(1, 3), min_size=3, max_size=3))
+    def setup(self, capacities: list[int]) -> None:
+        # Start from networks that have members, so most random commands meet a state they can change.
+        self.cluster = Cluster()
+        self.cluster.enable("multi_network")
+        for (name, model), capacity, node in zip(sorted(NETWORKS.items()), capacities, NODES, strict=False):
+            self.cluster.register(node)
+            self.cluster.network(name, model, max_clients=capacity)
+            expect_ok(self.cluster.join(name, node_id=node))
+        self._sync_twin()
+
+    def _sync_twin(self) -> None:
+        self.twin = StateMachine()
+        self.twin.restore(self.cluster.machine.snapshot())
+
+    def _apply(self, **body: object) -> command_pb2.CommandResult:
+        cluster = self.cluster
+        cluster.now += 10
+        entry = batch_entry(cluster.now, "n1", [command_pb2.Command(**body)])  # type: ignore[arg-type]
+        before = domain_state(cluster.machine)
+        result = cluster.machine.apply_entry(entry)[0]
+        twin_result = self.twin.apply_entry(entry)[0]
+        assert result == twin_result
+        assert self.twin.snapshot() == cluster.machine.snapshot()
+        if result.HasField("error"):
+            assert domain_state(cluster.machine) == before, "a refused command changed the state"
+            assert result.error.code != common_pb2.ERROR_CODE_INTERNAL, result.error.message
+        return result
+
+    @rule(node=st.sampled_from(NODES), gpu=st.booleans(), heartbeat=st.booleans())
+    def register(self, node: str, gpu: bool, heartbeat: bool) -> None:
+        spec = membership_pb2.NodeSpec(id=node, role=AGENT, capabilities=["gpu"] if gpu else [])
+        self._apply(node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=2_000))
+        if heartbeat:
+            self._apply(node_heartbeat=membership_pb2.HeartbeatRequest(node_id=node))
+
+    @rule(
+        name=st.sampled_from(sorted(NETWORKS)),
+        max_clients=st.integers(1, 4),
+        priority=st.integers(0, 2),
+        gpu=st.booleans(),
+    )
+    def create(self, name: str, max_clients: int, priority: int, gpu: bool) -> None:
+        network = membership_pb2.Network(
+            name=name,
+            model=NETWORKS[name],
+            max_clients=max_clients,
+            priority=priority,
+            required_capabilities=["gpu"] if gpu else [],
+        )
+        self._apply(network_create=membership_pb2.CreateNetworkRequest(network=network))
+
+    @rule(name=st.sampled_from(sorted(NETWORKS)), max_clients=st.integers(1, 4))
+    def resize(self, name: str, max_clients: int) -> None:
+        network = membership_pb2.Network(name=name, max_clients=max_clients)
+        self._apply(network_update=membership_pb2.UpdateNetworkRequest(network=network, update_mask=["max_clients"]))
+
+    @rule(name=st.sampled_from(sorted(NETWORKS)), force=st.booleans(), rare=st.integers(0, 4))
+    def delete(self, name: str, force: bool, rare: int) -> None:
+        if rare:  # deleting often would leave little to test
+            return
+        self._apply(network_delete=membership_pb2.DeleteNetworkRequest(name=name, force=force))
+
+    @rule(name=st.sampled_from(sorted(NETWORKS)), node=st.sampled_from(NODES))
+    def join_member(self, name: str, node: str) -> None:
+        self._apply(network_join=membership_pb2.JoinNetworkRequest(network=name, node_id=node))
+
+    @rule(name=st.sampled_from(sorted(NETWORKS)), node=st.sampled_from(NODES))
+    def leave_member(self, name: str, node: str) -> None:
+        self._apply(network_leave=membership_pb2.LeaveNetworkRequest(network=name, node_id=node))
+
+    @rule(name=st.sampled_from(sorted(NETWORKS)), client=st.sampled_from(CLIENTS + NODES))
+    def join_client(self, name: str, client: str) -> None:
+        result = self._apply(network_join=membership_pb2.JoinNetworkRequest(network=name, client_id=client))
+        if result.error.code == common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED:
+            assert self.cluster.machine.membership.free_places(name) == 0
+
+    @rule(name=st.sampled_from(sorted(NETWORKS)), client=st.sampled_from(CLIENTS))
+    def leave_client(self, name: str, client: str) -> None:
+        self._apply(network_leave=membership_pb2.LeaveNetworkRequest(network=name, client_id=client))
+
+    @rule(client=st.sampled_from(CLIENTS), model=st.sampled_from(["llama", "qwen", "Llama@prod"]))
+    def assign(self, client: str, model: str) -> None:
+        table = self.cluster.machine.membership
+        expected = table.best_network(model) if client not in table.placements else ""
+        result = self._apply(network_assign=membership_pb2.AssignClientRequest(client_id=client, model=model))
+        if expected:
+            # The policy's choice is what the command did.
+            assert result.network_assign.placement.network == expected
+
+    @rule(node=st.sampled_from(NODES))
+    def drain(self, node: str) -> None:
+        self._apply(node_drain=membership_pb2.DrainNodeRequest(node_id=node))
+
+    @rule(node=st.sampled_from(NODES))
+    def deregister(self, node: str) -> None:
+        self._apply(node_deregister=membership_pb2.DeregisterNodeRequest(node_id=node))
+
+    @rule(node=st.sampled_from(NODES))
+    def expire(self, node: str) -> None:
+        table = self.cluster.machine.membership
+        record = table.nodes.get(node)
+        if record is None or record.state in GONE_STATES:
+            return
+        lease = self.cluster.machine.leases.leases[record.lease_id]
+        self.cluster.now = max(self.cluster.now, lease.renewed_unix_ms + lease.ttl_ms)
+        self._apply(lease_expire=leases_pb2.ExpireLeases(lease_ids=[lease.id]))
+        assert table.nodes[node].state == DEAD
+
+    @rule(enabled=st.booleans())
+    def auto_reassign(self, enabled: bool) -> None:
+        self._apply(flag_set=membership_pb2.SetFlagRequest(name="auto_reassign", enabled=enabled))
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        check_invariants(self.cluster.machine)
+
+    @invariant()
+    def snapshot_round_trips(self) -> None:
+        restored = StateMachine()
+        data = self.cluster.machine.snapshot()
+        restored.restore(data)
+        assert restored.snapshot() == data
+
+
+TestMembershipInvariants = MembershipInvariants.TestCase
+TestMembershipInvariants.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)
+
+
+# ------------------------------------------------------------------------------------ examples
+
+
+def test_capacity_is_never_exceeded_and_the_full_network_is_named() -> None:
+    cluster = Cluster()
+    cluster.register("a1")
+    cluster.network("net", "llama", max_clients=2)
+    expect_ok(cluster.join("net", node_id="a1"))
+    expect_ok(cluster.join("net", client_id="c1"))
+    expect_ok(cluster.join("net", client_id="c2"))
+    full = cluster.join("net", client_id="c3")
+    assert code(full) == common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED
+    assert "net" in full.error.message and "full" in full.error.message
+    # A retry of a client already placed is not a second place.
+    again = expect_ok(cluster.join("net", client_id="c1"))
+    assert again.network_join.existing and cluster.machine.membership.network_view("net").clients == 2
+
+
+def test_assignment_prefers_priority_then_load() -> None:
+    cluster = Cluster()
+    cluster.enable("multi_network")
+    for node in ("a1", "a2", "a3"):
+        cluster.register(node)
+    cluster.network("low", "llama", max_clients=10, priority=0)
+    cluster.network("high", "llama", max_clients=2, priority=5)
+    cluster.network("other", "qwen", max_clients=10, priority=9)
+    expect_ok(cluster.join("low", node_id="a1"))
+    expect_ok(cluster.join("high", node_id="a2"))
+    expect_ok(cluster.join("other", node_id="a3"))
+    placed = [expect_ok(cluster.assign(f"c{i}", "Llama@prod")).network_assign.placement.network for i in range(4)]
+    # The high-priority network fills first; then the low one takes the rest. The qwen network never
+    # serves a llama client, however high its priority.
+    assert placed == ["high", "high", "low", "low"]
+    assert code(cluster.assign("x", "mistral")) == common_pb2.ERROR_CODE_NOT_FOUND
+
+
+def test_a_dead_member_holds_nothing_and_its_clients_move() -> None:
+    cluster = Cluster()
+    cluster.enable("multi_network")
+    for node in ("a1", "a2", "a3"):
+        cluster.register(node)
+    cluster.network("main", "llama", max_clients=4, priority=1)
+    cluster.network("spare", "llama", max_clients=4)
+    expect_ok(cluster.join("main", node_id="a1"))
+    expect_ok(cluster.join("spare", node_id="a3"))
+    clients = [expect_ok(cluster.assign(f"c{i}", "llama")).network_assign.placement for i in range(3)]
+    assert {p.network for p in clients} == {"main"} and {p.node_id for p in clients} == {"a1"}
+    # a1 also holds a place of its own as a client.
+    expect_ok(cluster.join("spare", client_id="a1"))
+    before = cluster.machine.revision
+
+    cluster.expire("a1")
+
+    table = cluster.machine.membership
+    assert table.nodes["a1"].state == DEAD and table.nodes["a1"].lease_id == 0
+    assert table.networks_of("a1") == [] and table.clients_served_by("a1") == 0
+    assert "a1" not in table.placements  # its own place went with its lease
+    # main has no other member, so its clients moved to the spare network, served by a3.
+    assert {table.placements[f"c{i}"].network for i in range(3)} == {"spare"}
+    assert {table.placements[f"c{i}"].node_id for i in range(3)} == {"a3"}
+    moves = [
+        e.membership
+        for e in cluster.machine.events_from(before + 1)
+        if e.domain == "membership" and e.key.startswith("placements/c")
+    ]
+    assert all(m.previous.node_id == "a1" and m.placement.node_id == "a3" for m in moves) and len(moves) == 3
+    check_invariants(cluster.machine)
+
+
+def test_a_client_moves_to_another_member_of_its_own_network_first() -> None:
+    cluster = Cluster()
+    for node in ("a1", "a2"):
+        cluster.register(node)
+    cluster.network("main", "llama", max_clients=4)
+    expect_ok(cluster.join("main", node_id="a1"))
+    placement = expect_ok(cluster.assign("c1", "llama")).network_assign.placement
+    expect_ok(cluster.join("main", node_id="a2"))
+    assert placement.node_id == "a1"
+    drained = expect_ok(cluster.run(node_drain=membership_pb2.DrainNodeRequest(node_id="a1"))).node_drain
+    assert [(p.client_id, p.network, p.node_id) for p in drained.moved] == [("c1", "main", "a2")]
+    # A draining node takes no new clients; the next one goes to a2 as well.
+    assert expect_ok(cluster.assign("c2", "llama")).network_assign.placement.node_id == "a2"
+
+
+def test_with_auto_reassign_off_clients_of_a_dead_member_are_unplaced() -> None:
+    cluster = Cluster()
+    for node in ("a1", "a2"):
+        cluster.register(node)
+    cluster.network("main", "llama", max_clients=4)
+    expect_ok(cluster.join("main", node_id="a1"))
+    expect_ok(cluster.join("main", node_id="a2"))
+    expect_ok(cluster.assign("c1", "llama"))
+    expect_ok(cluster.enable("auto_reassign", False))
+    served_by = cluster.machine.membership.placements["c1"].node_id
+    cluster.expire(served_by)
+    assert "c1" not in cluster.machine.membership.placements
+
+
+def test_multi_network_flag_gates_a_second_network() -> None:
+    cluster = Cluster()
+    cluster.network("one", "llama", max_clients=1)
+    second = cluster.run(
+        network_create=membership_pb2.CreateNetworkRequest(
+            network=membership_pb2.Network(name="two", model="llama", max_clients=1)
+        )
+    )
+    assert code(second) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert "multi_network" in second.error.message and "cpctl flags set multi_network on" in second.error.message
+    expect_ok(cluster.enable("multi_network"))
+    cluster.network("two", "llama", max_clients=1)
+    off = cluster.enable("multi_network", False)
+    assert code(off) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "2 networks" in off.error.message
+    flags = {f.name: f for f in cluster.machine.membership.list_flags()}
+    assert flags["multi_network"].enabled and flags["multi_network"].set
+    assert flags["auto_reassign"].enabled and not flags["auto_reassign"].set
+
+
+def test_node_lifecycle_joining_active_leaving_left_and_reregistering() -> None:
+    cluster = Cluster()
+    spec = membership_pb2.NodeSpec(id="a1", role=AGENT, capabilities=["gpu"], labels={"zone": "eu"})
+    registered = expect_ok(cluster.run(node_register=membership_pb2.RegisterNodeRequest(node=spec)))
+    node = registered.node_register.node
+    assert node.state == membership_pb2.NODE_STATE_JOINING and node.lease_id and node.incarnation == 1
+    assert registered.node_register.lease_ttl_ms == 10_000
+    beat = expect_ok(cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1", activity="idle")))
+    assert beat.node_heartbeat.state == ACTIVE
+    revision = cluster.machine.revision
+    # A heartbeat with nothing new renews the lease without a revision (1,000 agents would flood the history).
+    expect_ok(cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1", activity="idle")))
+    assert cluster.machine.revision == revision
+    lease_id = cluster.machine.membership.nodes["a1"].lease_id
+    gone = expect_ok(cluster.run(node_deregister=membership_pb2.DeregisterNodeRequest(node_id="a1")))
+    assert gone.node_deregister.deregistered
+    assert cluster.machine.membership.nodes["a1"].state == LEFT and not cluster.machine.leases.exists(lease_id)
+    late = cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1"))
+    assert code(late) == common_pb2.ERROR_CODE_NOT_FOUND and "register it again" in late.error.message
+    again = expect_ok(cluster.run(node_register=membership_pb2.RegisterNodeRequest(node=spec)))
+    assert (
+        again.node_register.node.incarnation == 2
+        and again.node_register.node.state == membership_pb2.NODE_STATE_JOINING
+    )
+
+
+def test_capabilities_gate_membership_and_bad_input_is_refused_clearly() -> None:
+    cluster = Cluster()
+    cluster.register("cpu-only")
+    cluster.network("gpu-net", "llama", max_clients=2, required_capabilities=["gpu"])
+    refused = cluster.join("gpu-net", node_id="cpu-only")
+    assert code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "gpu" in refused.error.message
+    no_member = cluster.join("gpu-net", client_id="c1")
+    assert (
+        code(no_member) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "no active member" in no_member.error.message
+    )
+    bad = [
+        cluster.run(
+            network_create=membership_pb2.CreateNetworkRequest(
+                network=membership_pb2.Network(name="x y", model="m", max_clients=1)
+            )
+        ),
+        cluster.run(
+            network_create=membership_pb2.CreateNetworkRequest(
+                network=membership_pb2.Network(name="z", model="m", max_clients=0)
+            )
+        ),
+        cluster.run(
+            node_register=membership_pb2.RegisterNodeRequest(
+                node=membership_pb2.NodeSpec(id="n", role=AGENT), lease_ttl_ms=10
+            )
+        ),
+        cluster.run(node_register=membership_pb2.RegisterNodeRequest(node=membership_pb2.NodeSpec(id="n"))),
+        cluster.join("gpu-net", node_id="a", client_id="b"),
+    ]
+    assert [code(r) for r in bad] == [common_pb2.ERROR_CODE_INVALID_ARGUMENT] * 5
+    assert code(cluster.join("nope", client_id="c")) == common_pb2.ERROR_CODE_NOT_FOUND
+
+
+def test_every_change_is_a_typed_watch_event() -> None:
+    cluster = Cluster()
+    start = cluster.machine.revision + 1
+    cluster.register("a1")
+    cluster.network("net", "llama", max_clients=2)
+    expect_ok(cluster.join("net", node_id="a1"))
+    expect_ok(cluster.assign("c1", "llama"))
+    events = [e for e in cluster.machine.events_from(start) if e.domain == "membership"]
+    keys = [(e.key, e.type) for e in events]
+    assert keys == [
+        ("nodes/a1", watch_pb2.EVENT_TYPE_PUT),  # registered
+        ("nodes/a1", watch_pb2.EVENT_TYPE_PUT),  # first heartbeat: active
+        ("networks/net", watch_pb2.EVENT_TYPE_PUT),
+        ("networks/net", watch_pb2.EVENT_TYPE_PUT),  # a1 joined
+        ("placements/c1", watch_pb2.EVENT_TYPE_PUT),
+    ]
+    assert events[-1].membership.placement.node_id == "a1" and events[1].membership.node.state == ACTIVE
+
+
+def test_restoring_a_backup_keeps_membership_and_kills_nodes_whose_lease_is_missing() -> None:
+    cluster = Cluster()
+    cluster.register("a1")
+    cluster.network("net", "llama", max_clients=2)
+    expect_ok(cluster.join("net", node_id="a1"))
+    expect_ok(cluster.assign("c1", "llama"))
+    snapshot = command_pb2.StateSnapshot.FromString(cluster.machine.snapshot())
+    target = Cluster()
+    restored = expect_ok(target.run(restore_state=command_pb2.RestoreState(snapshot=snapshot.SerializeToString())))
+    assert restored.revision
+    assert target.machine.membership.placements["c1"].node_id == "a1"
+    # A backup whose lease table lost the node's lease: the node is dead, its clients unplaced.
+    del snapshot.leases[:]
+    other = Cluster()
+    expect_ok(other.run(restore_state=command_pb2.RestoreState(snapshot=snapshot.SerializeToString())))
+    assert other.machine.membership.nodes["a1"].state == DEAD and not other.machine.membership.placements
+    check_invariants(other.machine)
