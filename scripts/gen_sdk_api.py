@@ -310,19 +310,93 @@ METHODS = [
      "Full-text search: every term a prefix, all required, ranked by bm25; filters on tag, family,\n        format and status. The answer carries the revision it reflects and the query time.",
      "R.SEARCH", "R.search_request(query, tag, family, format, status, limit, offset, P.read_options(consistency, min_revision))",
      "R.search_result(r)"),
+
+    ("membership", "register_node", 'self, node_id: str, *, role: NodeRole | str = "agent", addresses: Mapping[str, str] | None = None, capabilities: Iterable[str] = (), gpus: int = 0, memory_bytes: int = 0, cpu_millis: int = 0, labels: Mapping[str, str] | None = None, version: str = "", ttl_s: float = 10.0, request_id: str | None = None, timeout: float | None = None', "Registered",
+     "Register a node (server or agent) and grant its liveness lease (``ttl_s``). Registering again\n        updates its description and keeps a live lease; after it left or died it comes back as a new\n        incarnation. Keep it alive with :meth:`heartbeat` well within the TTL.",
+     "B.REGISTER_NODE", "B.register_request(node_id, role=role, addresses=addresses, capabilities=capabilities, gpus=gpus, memory_bytes=memory_bytes, cpu_millis=cpu_millis, labels=labels, version=version, ttl_s=ttl_s, request_id=P.rid(request_id))",
+     "P.convert(B.Registered, r, revision=P.revision_of(r))"),
+    ("membership", "heartbeat", 'self, node_id: str, *, activity: str = "", request_id: str | None = None, timeout: float | None = None', "NodeState",
+     "Renew the node's lease; the first one makes a joining node active. ``NotFound`` once the\n        node is dead or left: register again.",
+     "B.HEARTBEAT", "membership_pb2.HeartbeatRequest(node_id=node_id, activity=activity, request_id=P.rid(request_id))",
+     "B.NodeState(r.state)"),
+    ("membership", "drain", 'self, node_id: str, *, request_id: str | None = None, timeout: float | None = None', "Moves",
+     "Mark a node leaving: it takes no new clients and the clients it serves move elsewhere.",
+     "B.DRAIN_NODE", "membership_pb2.DrainNodeRequest(node_id=node_id, request_id=P.rid(request_id))",
+     "B.moves(r, None)"),
+    ("membership", "deregister", 'self, node_id: str, *, request_id: str | None = None, timeout: float | None = None', "Moves",
+     "A clean stop: the node leaves its networks, its clients move, its lease ends; it stays listed as left.",
+     "B.DEREGISTER_NODE", "membership_pb2.DeregisterNodeRequest(node_id=node_id, request_id=P.rid(request_id))",
+     'B.moves(r, "deregistered")'),
+    ("membership", "forget", 'self, node_id: str, *, request_id: str | None = None, timeout: float | None = None', "bool",
+     "Drop a left or dead node's record; ``FailedPrecondition`` for a live one.",
+     "B.FORGET_NODE", "membership_pb2.ForgetNodeRequest(node_id=node_id, request_id=P.rid(request_id))",
+     "bool(r.forgotten)"),
+    ("membership", "get_node", 'self, node_id: str, *, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "NodeView",
+     "One node in the unified view (servers included even if they never registered).",
+     "B.GET_NODE", "membership_pb2.GetNodeRequest(node_id=node_id, read=P.read_options(consistency, min_revision))",
+     "P.convert(B.NodeView, r.node)"),
+    ("membership", "nodes", 'self, *, role: NodeRole | str | None = None, state: NodeState | str | None = None, labels: Mapping[str, str] | None = None, network: str = "", capability: str = "", include_gone: bool = False, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "tuple[NodeView, ...]",
+     "Nodes by id in the unified view, filtered; left and dead ones only with ``include_gone`` (or a ``state``).",
+     "B.LIST_NODES", "B.list_nodes_request(role, state, labels, network, capability, include_gone, P.read_options(consistency, min_revision))",
+     "tuple(P.convert(B.NodeView, x) for x in r.nodes)"),
+    ("membership", "create_network", 'self, name: str, model: str, max_clients: int, *, priority: int = 0, labels: Mapping[str, str] | None = None, required_capabilities: Iterable[str] = (), description: str = "", request_id: str | None = None, timeout: float | None = None', "Network",
+     "Create a network serving ``model`` with ``max_clients`` places. A second network needs the\n        ``multi_network`` flag.",
+     "B.CREATE_NETWORK", "membership_pb2.CreateNetworkRequest(network=B.network_message(name, model, max_clients, priority, labels, required_capabilities, description), request_id=P.rid(request_id))",
+     "P.convert(B.Network, r.network)"),
+    ("membership", "update_network", 'self, name: str, *, model: str | None = None, max_clients: int | None = None, priority: int | None = None, labels: Mapping[str, str] | None = None, required_capabilities: Iterable[str] | None = None, description: str | None = None, request_id: str | None = None, timeout: float | None = None', "Network",
+     "Change the fields given; the others stay.",
+     "B.UPDATE_NETWORK", "B.update_request(name, model, max_clients, priority, labels, required_capabilities, description, P.rid(request_id))",
+     "P.convert(B.Network, r.network)"),
+    ("membership", "delete_network", 'self, name: str, *, force: bool = False, request_id: str | None = None, timeout: float | None = None', "Moves",
+     "Delete a network; refused while it has members or clients unless ``force`` (its clients move).",
+     "B.DELETE_NETWORK", "membership_pb2.DeleteNetworkRequest(name=name, force=force, request_id=P.rid(request_id))",
+     'B.moves(r, "deleted")'),
+    ("membership", "get_network", 'self, name: str, *, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "NetworkDetail",
+     "A network with its members and every client placed in it.",
+     "B.GET_NETWORK", "membership_pb2.GetNetworkRequest(name=name, read=P.read_options(consistency, min_revision))",
+     "P.convert(B.NetworkDetail, r, revision=P.revision_of(r))"),
+    ("membership", "networks", 'self, *, model: str = "", consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "tuple[Network, ...]",
+     "Every network by name, or those serving ``model``.",
+     "B.LIST_NETWORKS", "membership_pb2.ListNetworksRequest(model=model, read=P.read_options(consistency, min_revision))",
+     "tuple(P.convert(B.Network, x) for x in r.networks)"),
+    ("membership", "join", 'self, network: str, *, node_id: str = "", client_id: str = "", lease_id: int = 0, request_id: str | None = None, timeout: float | None = None', "JoinResult",
+     "A node joins as a member (it serves the network), or a client takes a place (capacity checked\n        and taken atomically; ``ResourceExhausted`` when full).",
+     "B.JOIN_NETWORK", "membership_pb2.JoinNetworkRequest(network=network, node_id=node_id, client_id=client_id, lease_id=lease_id, request_id=P.rid(request_id))",
+     "B.join_result(r)"),
+    ("membership", "leave", 'self, network: str, *, node_id: str = "", client_id: str = "", request_id: str | None = None, timeout: float | None = None', "Moves",
+     "A member leaves (its clients move) or a client gives up its place.",
+     "B.LEAVE_NETWORK", "membership_pb2.LeaveNetworkRequest(network=network, node_id=node_id, client_id=client_id, request_id=P.rid(request_id))",
+     'B.moves(r, "left")'),
+    ("membership", "assign", 'self, client_id: str, model: str, *, lease_id: int = 0, request_id: str | None = None, timeout: float | None = None', "JoinResult",
+     "Place a client on the best network for ``model``: highest priority, then least load, then most\n        free places. A client already placed for that model keeps its place (``existing``).",
+     "B.ASSIGN", "membership_pb2.AssignClientRequest(client_id=client_id, model=model, lease_id=lease_id, request_id=P.rid(request_id))",
+     "B.join_result(r)"),
+    ("membership", "placements", 'self, *, network: str = "", node_id: str = "", client_id: str = "", consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "tuple[Placement, ...]",
+     "Client places, filtered by network, serving member or client.",
+     "B.LIST_PLACEMENTS", "membership_pb2.ListPlacementsRequest(network=network, node_id=node_id, client_id=client_id, read=P.read_options(consistency, min_revision))",
+     "tuple(P.convert(B.Placement, x) for x in r.placements)"),
+    ("membership", "set_flag", 'self, name: str, enabled: bool, *, description: str = "", request_id: str | None = None, timeout: float | None = None', "Flag",
+     "Turn a cluster-wide feature flag on or off.",
+     "B.SET_FLAG", "membership_pb2.SetFlagRequest(name=name, enabled=enabled, description=description, request_id=P.rid(request_id))",
+     "P.convert(B.Flag, r.flag)"),
+    ("membership", "flags", 'self, *, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "tuple[Flag, ...]",
+     "Every flag: the known ones (with defaults when never set) and any set by users.",
+     "B.LIST_FLAGS", "membership_pb2.ListFlagsRequest(read=P.read_options(consistency, min_revision))",
+     "tuple(P.convert(B.Flag, x) for x in r.flags)"),
 ]
 CLASSES = {
     "ports": ("Ports", "Port assignments: ``client.ports``."),
     "services": ("Services", "Service manifests: ``client.services``."),
     "leases": ("Leases", "Leases: ``client.leases``."),
     "models": ("Models", "The model registry: ``client.models``."),
+    "membership": ("Membership", "Nodes, networks, client places and feature flags: ``client.membership``."),
 }
 out = [
-    '''"""``client.ports``, ``client.services``, ``client.leases`` and ``client.models``, sync and async.
+    '''"""``client.ports``, ``.services``, ``.leases``, ``.models`` and ``.membership``, sync and async.
 
 Generated by ``scripts/gen_sdk_api.py`` from one table, so the two transports cannot drift: edit
 the table and regenerate (``make sdk``), do not edit this file by hand. Requests, conversions and
-result types live in ``_ports`` and ``_registry``.
+result types live in ``_ports``, ``_registry`` and ``_membership``.
 """
 
 from __future__ import annotations
@@ -330,8 +404,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from controlplane.client import _membership as B
 from controlplane.client import _ports as P
 from controlplane.client import _registry as R
+from controlplane.client._membership import (
+    Flag,
+    JoinResult,
+    Moves,
+    Network,
+    NetworkDetail,
+    NodeRole,
+    NodeState,
+    NodeView,
+    Placement,
+    Registered,
+)
 from controlplane.client._models import Consistency
 from controlplane.client._ports import (
     AllocateResult,
@@ -361,7 +448,7 @@ from controlplane.client._registry import (
     SearchResult,
     VersionStatus,
 )
-from controlplane.v1 import leases_pb2, models_pb2, ports_pb2
+from controlplane.v1 import leases_pb2, membership_pb2, models_pb2, ports_pb2
 
 #: The client's unary call: (rpc, request, timeout) -> response, with its routing and retries.
 SyncUnary = Callable[[Any, Any, "float | None"], Any]

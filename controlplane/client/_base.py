@@ -540,7 +540,7 @@ def event(pb: watch_pb2.Event) -> Event | None:
     except ValueError:
         return None
     # Both import this module: top-level imports would be circular.
-    from controlplane.client import _ports, _registry
+    from controlplane.client import _membership, _ports, _registry
 
     return Event(
         revision=pb.revision,
@@ -553,6 +553,7 @@ def event(pb: watch_pb2.Event) -> Event | None:
         time_unix_ms=pb.time_unix_ms,
         port=_ports.convert(_ports.PortEvent, pb.port) if pb.HasField("port") else None,
         model=_ports.convert(_registry.ModelEvent, pb.model) if pb.HasField("model") else None,
+        membership=(_ports.convert(_membership.MembershipEvent, pb.membership) if pb.HasField("membership") else None),
     )
 
 

@@ -24,6 +24,7 @@ from controlplane.server.services import (
     ClusterService,
     KVService,
     LeasesService,
+    MembershipService,
     ModelsService,
     PeerService,
     PortsService,
@@ -37,6 +38,8 @@ from controlplane.v1 import (
     kv_pb2_grpc,
     leases_pb2,
     leases_pb2_grpc,
+    membership_pb2,
+    membership_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     peer_pb2,
@@ -95,6 +98,7 @@ async def serve(config: ServerConfig) -> None:
     ports_pb2_grpc.add_ServicesServicer_to_server(ServicesService(node), server)
     leases_pb2_grpc.add_LeasesServicer_to_server(LeasesService(node), server)
     models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(node), server)
+    membership_pb2_grpc.add_MembershipServicer_to_server(MembershipService(node), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -107,6 +111,7 @@ async def serve(config: ServerConfig) -> None:
             ports_pb2.DESCRIPTOR.services_by_name["Services"].full_name,
             leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
             models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+            membership_pb2.DESCRIPTOR.services_by_name["Membership"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

@@ -1,0 +1,412 @@
+"""`cpctl nodes`, `cpctl networks`, `cpctl flags` and `cpctl agent`: network membership."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from typing import Annotated
+
+import typer
+
+from controlplane import __version__
+from controlplane.agent import Agent
+from controlplane.cli import app
+from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, resolve_endpoints
+from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
+from controlplane.client import AsyncClient, ControlPlaneError, Moves, Network, NodeView
+
+nodes_app = typer.Typer(help="Servers and agents: the unified node view.", no_args_is_help=True)
+networks_app = typer.Typer(help="Networks, their members and client places.", no_args_is_help=True)
+flags_app = typer.Typer(help="Cluster-wide feature flags.", no_args_is_help=True)
+app.add_typer(nodes_app, name="nodes")
+app.add_typer(networks_app, name="networks")
+app.add_typer(flags_app, name="flags")
+
+
+def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"{option} takes KEY=VALUE, not {item!r}", code=EXIT_USAGE)
+        out[key] = value
+    return out
+
+
+def _ago(unix_ms: int) -> str:
+    if not unix_ms:
+        return "-"
+    seconds = max(0.0, time.time() - unix_ms / 1000)
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
+
+
+def _node_rows(views: tuple[NodeView, ...]) -> str:
+    rows = [
+        [
+            v.node.spec.id,
+            v.node.spec.role.name.lower(),
+            v.node.state.name.lower(),
+            v.raft_role or "-",
+            v.connectivity.name.lower(),
+            v.node.activity or "-",
+            _ago(v.last_heartbeat_unix_ms),
+            ",".join(v.networks) or "-",
+            v.clients_served,
+        ]
+        for v in views
+    ]
+    return table(rows, ["ID", "ROLE", "STATE", "RAFT", "CONNECTIVITY", "ACTIVITY", "HEARD", "NETWORKS", "CLIENTS"])
+
+
+@nodes_app.command("list")
+def nodes_list(
+    role: Annotated[str | None, typer.Option(help="server or agent")] = None,
+    state: Annotated[str | None, typer.Option(help="joining, active, leaving, left or dead")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE; every one must match (repeat)")] = None,
+    network: Annotated[str, typer.Option(help="Only members of this network")] = "",
+    capability: Annotated[str, typer.Option(help="Only nodes with this capability")] = "",
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Include left and dead nodes")] = False,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Every node: membership state, Raft role, gossip activity and connectivity in one view."""
+    with connect(endpoints, timeout) as client:
+        views = client.membership.nodes(
+            role=role,
+            state=state,
+            labels=_pairs(label, "--label"),
+            network=network,
+            capability=capability,
+            include_gone=all_,
+        )
+    emit(output, plain(views), _node_rows(views))
+
+
+@nodes_app.command("show")
+def nodes_show(
+    node_id: str,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """One node in detail."""
+    with connect(endpoints, timeout) as client:
+        view = client.membership.get_node(node_id)
+    spec, record = view.node.spec, view.node
+    lines = [
+        f"{spec.id}: {spec.role.name.lower()}, {record.state.name.lower()}"
+        + (f" ({record.reason})" if record.reason else ""),
+        f"raft: {view.raft_role or '-'}{' (voter)' if view.voter else ''}",
+        f"connectivity: {view.connectivity.name.lower()}, last heartbeat {_ago(view.last_heartbeat_unix_ms)} ago"
+        + (f", TTL {view.lease_ttl_ms / 1000:.0f}s" if view.lease_ttl_ms else ""),
+        f"activity: {record.activity or '-'}",
+        f"addresses: {', '.join(f'{k}={v}' for k, v in sorted(spec.addresses.items())) or '-'}",
+        f"capabilities: {', '.join(spec.capabilities) or '-'}",
+        f"labels: {', '.join(f'{k}={v}' for k, v in sorted(spec.labels.items())) or '-'}",
+        f"networks: {', '.join(view.networks) or '-'}; clients served: {view.clients_served}",
+        f"incarnation {record.incarnation}, version {spec.version or '-'}",
+    ]
+    if spec.resources is not None and (spec.resources.gpus or spec.resources.memory_bytes or spec.resources.cpu_millis):
+        res = spec.resources
+        lines.append(f"resources: {res.gpus} GPU, {res.memory_bytes / 2**30:.1f} GiB, {res.cpu_millis / 1000:g} CPU")
+    emit(output, plain(view), "\n".join(lines))
+
+
+@nodes_app.command("drain")
+def nodes_drain(
+    node_id: str,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Stop giving NODE_ID new clients and move the ones it serves."""
+    with connect(endpoints, timeout) as client:
+        moves = client.membership.drain(node_id)
+    emit(output, plain(moves), f"{node_id} draining; " + _moves_text(moves))
+
+
+@nodes_app.command("deregister")
+def nodes_deregister(
+    node_id: str,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Deregister NODE_ID as if it had stopped cleanly."""
+    with connect(endpoints, timeout) as client:
+        moves = client.membership.deregister(node_id)
+    text = f"{node_id} left; " + _moves_text(moves) if moves.changed else f"{node_id} was already gone"
+    emit(output, plain(moves), text)
+
+
+@nodes_app.command("forget")
+def nodes_forget(
+    node_id: str,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Drop a left or dead node's record."""
+    with connect(endpoints, timeout) as client:
+        forgotten = client.membership.forget(node_id)
+    emit(output, {"forgotten": forgotten}, f"{node_id} forgotten" if forgotten else f"no node {node_id}")
+
+
+def _moves_text(moves: Moves) -> str:
+    parts = [f"{len(moves.moved)} client(s) moved"]
+    if moves.unplaced:
+        parts.append(f"{len(moves.unplaced)} left without a place: {', '.join(moves.unplaced)}")
+    return "; ".join(parts)
+
+
+def _network_line(network: Network) -> str:
+    return (
+        f"{network.name}: model {network.model}, {network.clients}/{network.max_clients} clients, "
+        f"priority {network.priority}, {network.active_members}/{len(network.members)} active member(s)"
+    )
+
+
+@networks_app.command("create")
+def networks_create(
+    name: str,
+    model: Annotated[str, typer.Option(help="The registry model it serves (NAME, NAME@VERSION or NAME@ALIAS)")],
+    max_clients: Annotated[int, typer.Option(help="Client places")],
+    priority: Annotated[int, typer.Option(help="Higher wins when assigning clients")] = 0,
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat)")] = None,
+    require: Annotated[list[str] | None, typer.Option(help="A capability members must have (repeat)")] = None,
+    description: str = "",
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Create a network serving a model."""
+    with connect(endpoints, timeout) as client:
+        network = client.membership.create_network(
+            name,
+            model,
+            max_clients,
+            priority=priority,
+            labels=_pairs(label, "--label"),
+            required_capabilities=require or (),
+            description=description,
+        )
+    emit(output, plain(network), _network_line(network))
+
+
+@networks_app.command("update")
+def networks_update(
+    name: str,
+    model: Annotated[str | None, typer.Option(help="A new model reference")] = None,
+    max_clients: Annotated[int | None, typer.Option(help="A new capacity")] = None,
+    priority: Annotated[int | None, typer.Option(help="A new priority")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE; replaces all labels (repeat)")] = None,
+    require: Annotated[list[str] | None, typer.Option(help="Replaces the required capabilities (repeat)")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Change the fields given."""
+    with connect(endpoints, timeout) as client:
+        network = client.membership.update_network(
+            name,
+            model=model,
+            max_clients=max_clients,
+            priority=priority,
+            labels=_pairs(label, "--label") if label is not None else None,
+            required_capabilities=require,
+            description=description,
+        )
+    emit(output, plain(network), _network_line(network))
+
+
+@networks_app.command("delete")
+def networks_delete(
+    name: str,
+    force: Annotated[bool, typer.Option(help="Even with members or clients (its clients move elsewhere)")] = False,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Delete a network."""
+    with connect(endpoints, timeout) as client:
+        moves = client.membership.delete_network(name, force=force)
+    text = f"{name} deleted; " + _moves_text(moves) if moves.changed else f"no network {name}"
+    emit(output, plain(moves), text)
+
+
+@networks_app.command("join")
+def networks_join(
+    network: str,
+    node: Annotated[str, typer.Option(help="A registered node joining as a member (it serves the network)")] = "",
+    client_id: Annotated[str, typer.Option("--client", help="A client taking one of the network's places")] = "",
+    lease: Annotated[int, typer.Option(help="For a client that is not a node: the lease its place hangs on")] = 0,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Join NETWORK as a member (--node) or take a client place (--client)."""
+    with connect(endpoints, timeout) as client:
+        result = client.membership.join(network, node_id=node, client_id=client_id, lease_id=lease)
+    again = " (already)" if result.existing else ""
+    if result.placement is not None:
+        text = f"{client_id} placed in {network}, served by {result.placement.node_id}{again}"
+    else:
+        text = f"{node} is a member of {network}{again}"
+    emit(output, plain(result), text)
+
+
+@networks_app.command("leave")
+def networks_leave(
+    network: str,
+    node: Annotated[str, typer.Option(help="A member leaving (its clients move)")] = "",
+    client_id: Annotated[str, typer.Option("--client", help="A client giving up its place")] = "",
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Leave NETWORK as a member (--node) or give up a client place (--client)."""
+    with connect(endpoints, timeout) as client:
+        moves = client.membership.leave(network, node_id=node, client_id=client_id)
+    who = node or client_id
+    text = f"{who} left {network}; " + _moves_text(moves) if moves.changed else f"{who} was not in {network}"
+    emit(output, plain(moves), text)
+
+
+@networks_app.command("assign")
+def networks_assign(
+    client_id: Annotated[str, typer.Argument(metavar="CLIENT")],
+    model: Annotated[str, typer.Option(help="The model the client needs")],
+    lease: Annotated[int, typer.Option(help="For a client that is not a node: the lease its place hangs on")] = 0,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Put CLIENT on the best network for a model (priority, then load, then free places)."""
+    with connect(endpoints, timeout) as client:
+        result = client.membership.assign(client_id, model, lease_id=lease)
+    assert result.placement is not None
+    again = " (already)" if result.existing else ""
+    text = f"{client_id} -> {result.placement.network}, served by {result.placement.node_id}{again}"
+    emit(output, plain(result), text)
+
+
+@networks_app.command("list")
+def networks_list(
+    model: Annotated[str, typer.Option(help="Only networks serving this model")] = "",
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Every network with its capacity and members."""
+    with connect(endpoints, timeout) as client:
+        networks = client.membership.networks(model=model)
+    rows = [
+        [n.name, n.model, f"{n.clients}/{n.max_clients}", n.priority, ",".join(n.members) or "-", n.active_members]
+        for n in networks
+    ]
+    emit(output, plain(networks), table(rows, ["NAME", "MODEL", "CLIENTS", "PRIORITY", "MEMBERS", "ACTIVE"]))
+
+
+@networks_app.command("show")
+def networks_show(
+    name: str,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """A network and every client placed in it."""
+    with connect(endpoints, timeout) as client:
+        detail = client.membership.get_network(name)
+    rows = [[p.client_id, p.node_id, p.model or "-", p.lease_id or "-"] for p in detail.placements]
+    text = _network_line(detail.network) + "\n\n" + table(rows, ["CLIENT", "SERVED BY", "MODEL", "LEASE"])
+    emit(output, plain(detail), text)
+
+
+_ON = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+
+
+@flags_app.command("set")
+def flags_set(
+    name: str,
+    value: Annotated[str, typer.Argument(help="on or off")],
+    description: Annotated[str, typer.Option(help="What the flag does")] = "",
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Turn a cluster-wide flag on or off."""
+    if value.lower() not in _ON:
+        fail(f"VALUE must be on or off, not {value!r}", code=EXIT_USAGE)
+    with connect(endpoints, timeout) as client:
+        flag = client.membership.set_flag(name, _ON[value.lower()], description=description)
+    emit(output, plain(flag), f"{flag.name} {'on' if flag.enabled else 'off'}")
+
+
+@flags_app.command("list")
+def flags_list(
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Every flag, with its default when never set."""
+    with connect(endpoints, timeout) as client:
+        flags = client.membership.flags()
+    rows = [[f.name, "on" if f.enabled else "off", "" if f.set else "(default)", f.description] for f in flags]
+    emit(output, plain(flags), table(rows, ["FLAG", "VALUE", "", "DESCRIPTION"]))
+
+
+@app.command()
+def agent(
+    node_id: Annotated[str, typer.Option("--id", help="This agent's node id [default: the host name]")] = "",
+    ttl: Annotated[float, typer.Option(help="Liveness TTL in seconds (heartbeats every third of it)")] = 10.0,
+    address: Annotated[list[str] | None, typer.Option(help="PURPOSE=HOST:PORT, e.g. gossip=10.0.0.5:7300")] = None,
+    capability: Annotated[list[str] | None, typer.Option(help="e.g. gpu (repeat)")] = None,
+    gpus: Annotated[int, typer.Option(help="GPUs this machine offers")] = 0,
+    memory_gib: Annotated[float, typer.Option(help="Memory this machine offers, GiB")] = 0.0,
+    cpus: Annotated[float, typer.Option(help="CPU cores this machine offers")] = 0.0,
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat)")] = None,
+    join: Annotated[list[str] | None, typer.Option(help="A network to join as a member once active (repeat)")] = None,
+    endpoints: EndpointsOption = None,
+) -> None:
+    """Run an agent: register, keep its lease alive, deregister on Ctrl-C or SIGTERM."""
+    agent_id = node_id or socket.gethostname().split(".")[0]
+    runner = Agent(
+        AsyncClient(resolve_endpoints(endpoints), timeout=max(5.0, ttl / 3)),
+        agent_id,
+        ttl_s=ttl,
+        addresses=_pairs(address, "--address"),
+        capabilities=capability or (),
+        gpus=gpus,
+        memory_bytes=int(memory_gib * 2**30),
+        cpu_millis=int(cpus * 1000),
+        labels=_pairs(label, "--label"),
+        version=__version__,
+    )
+    asyncio.run(_run_agent(runner, join or []))
+
+
+async def _run_agent(runner: Agent, networks: list[str]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with runner.client:
+        await runner.start()
+        for network in networks:
+            await runner.client.membership.join(network, node_id=runner.node_id)
+        typer.echo(
+            f"agent {runner.node_id} registered ({runner.state.name.lower()}), heartbeat every "
+            f"{runner.ttl_s / 3:.1f}s; Ctrl-C to leave"
+        )
+        await stop.wait()
+        try:
+            await runner.stop(deregister=True)
+        except ControlPlaneError as exc:
+            # Its lease will expire on its own: the cluster marks it dead after the TTL.
+            typer.echo(f"agent {runner.node_id} could not deregister ({exc.message}); it expires in {runner.ttl_s:g}s")
+        else:
+            typer.echo(f"agent {runner.node_id} deregistered")

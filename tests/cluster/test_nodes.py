@@ -1,0 +1,187 @@
+"""Nodes, networks and flags against real servers: real `cpctl agent` processes that die (kill -9) or
+stop cleanly, lease expiry decided by the leader, reassignment of the clients a dead member served,
+the unified node view, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from controlplane.client import (
+    Client,
+    Connectivity,
+    FailedPrecondition,
+    InvalidArgument,
+    NodeState,
+    NotFound,
+    ResourceExhausted,
+)
+from controlplane.dev import LocalCluster
+from controlplane.v1 import membership_pb2, membership_pb2_grpc
+
+from .conftest import channel, collect_events, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+TTL_S = 2.0
+
+
+def cpctl(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def agents(cluster: LocalCluster) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """`cpctl agent` processes started by the test, stopped (or reaped) whatever happened."""
+    started: dict[str, subprocess.Popen[str]] = {}
+    yield started
+    for process in started.values():
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def start_agent(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]], node_id: str, *extra: str
+) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "agent", "--id", node_id, "--ttl", str(TTL_S), *extra,
+         "--endpoints", ",".join(cluster.client_addresses)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    agents[node_id] = process
+    return process
+
+
+def node_state(client: Client, node_id: str) -> NodeState | None:
+    try:
+        return client.membership.get_node(node_id).node.state
+    except NotFound:
+        return None
+
+
+def test_a_killed_agent_dies_by_lease_and_its_clients_move(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
+) -> None:
+    with Client(cluster.client_addresses, timeout=15) as client:
+        client.membership.set_flag("multi_network", True)
+        client.membership.create_network("kill-main", "kill-model", 10, priority=5)
+        client.membership.create_network("kill-spare", "kill-model", 10)
+        victim = start_agent(cluster, agents, "kill-a1", "--join", "kill-main", "--capability", "gpu")
+        start_agent(cluster, agents, "kill-a2", "--join", "kill-spare")
+        for node_id in ("kill-a1", "kill-a2"):
+            wait_until(lambda n=node_id: node_state(client, n) is NodeState.ACTIVE, 20, f"{node_id} active")
+        wait_until(lambda: client.membership.get_network("kill-main").network.active_members == 1, 20, "a1 joined")
+        wait_until(lambda: client.membership.get_network("kill-spare").network.active_members == 1, 20, "a2 joined")
+        placed = [client.membership.assign(f"kill-c{i}", "kill-model") for i in range(3)]
+        assert {(r.placement.network, r.placement.node_id) for r in placed if r.placement} == {("kill-main", "kill-a1")}
+        view = client.membership.get_node("kill-a1")
+        assert view.connectivity is Connectivity.CONNECTED and view.clients_served == 3 and view.lease_ttl_ms == 2000
+        assert view.node.spec.capabilities == ("gpu",) and view.networks == ("kill-main",)
+        start = client.status().applied_revision + 1
+
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+
+        # The leader expires the lease after the TTL; the node is DEAD and holds nothing.
+        wait_until(lambda: node_state(client, "kill-a1") is NodeState.DEAD, 20, "kill-a1 declared dead")
+        dead = client.membership.get_node("kill-a1")
+        assert dead.networks == () and dead.clients_served == 0 and dead.connectivity is Connectivity.GONE
+        assert "expired" in dead.node.reason
+        placements = {p.client_id: p for p in client.membership.placements(network="kill-spare")}
+        assert sorted(placements) == ["kill-c0", "kill-c1", "kill-c2"]
+        assert {p.node_id for p in placements.values()} == {"kill-a2"}
+        # The other agent is unaffected.
+        assert node_state(client, "kill-a2") is NodeState.ACTIVE
+        until = client.status().applied_revision
+        # Every server holds the same outcome (read from each one, pinned).
+        for node in cluster.nodes.values():
+            with Client(node.client_address, timeout=10) as pinned:
+                pinned_view = pinned.membership.get_node("kill-a1", min_revision=until)
+                assert pinned_view.node.state is NodeState.DEAD
+
+    events = collect_events(cluster.client_addresses[0], start, until, domains=("membership",))
+    moves = [e.membership for e in events if e.key.startswith("placements/kill-c")]
+    assert len(moves) == 3 and all(
+        m.previous.node_id == "kill-a1" and m.placement.network == "kill-spare" for m in moves
+    )
+    assert any(e.key == "nodes/kill-a1" and e.membership.node.state == membership_pb2.NODE_STATE_DEAD for e in events)
+
+
+def test_a_stopped_agent_deregisters_and_cli_shows_the_unified_view(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
+) -> None:
+    process = start_agent(cluster, agents, "stop-a1", "--label", "zone=eu")
+    with Client(cluster.client_addresses, timeout=15) as client:
+        wait_until(lambda: node_state(client, "stop-a1") is NodeState.ACTIVE, 20, "stop-a1 active")
+        listed = json.loads(cpctl(cluster, "nodes", "list", "--label", "zone=eu", "--output", "json").stdout)
+        assert [v["node"]["spec"]["id"] for v in listed] == ["stop-a1"]
+        assert listed[0]["connectivity"] == "CONNECTED" and listed[0]["node"]["spec"]["role"] == "AGENT"
+        servers = json.loads(cpctl(cluster, "nodes", "list", "--role", "server", "--output", "json").stdout)
+        assert sorted(v["node"]["spec"]["id"] for v in servers) == sorted(cluster.nodes)
+        roles = sorted(v["raft_role"] for v in servers)
+        assert roles == ["follower", "follower", "leader"] and all(v["voter"] for v in servers)
+
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+        assert process.returncode == 0, out
+        assert "deregistered" in out
+        left = client.membership.get_node("stop-a1")
+        assert left.node.state is NodeState.LEFT and left.node.lease_id == 0
+        # Gone nodes are listed only when asked for.
+        assert "stop-a1" not in cpctl(cluster, "nodes", "list").stdout
+        assert "stop-a1" in cpctl(cluster, "nodes", "list", "--all").stdout
+        assert client.membership.forget("stop-a1")
+        assert node_state(client, "stop-a1") is None
+
+
+def test_capacity_flags_and_bad_input(cluster: LocalCluster) -> None:
+    with Client(cluster.client_addresses, timeout=15) as client:
+        client.membership.set_flag("multi_network", True)
+        client.membership.register_node("cap-a1", ttl_s=30)
+        client.membership.heartbeat("cap-a1")
+        client.membership.create_network("cap-net", "cap-model", 2)
+        client.membership.join("cap-net", node_id="cap-a1")
+        client.membership.join("cap-net", client_id="cap-c1")
+        client.membership.join("cap-net", client_id="cap-c2")
+        with pytest.raises(ResourceExhausted, match="cap-net"):
+            client.membership.join("cap-net", client_id="cap-c3")
+        with pytest.raises(FailedPrecondition, match="holds 2 clients"):
+            client.membership.update_network("cap-net", max_clients=1)
+        with pytest.raises(InvalidArgument, match="max_clients"):
+            client.membership.create_network("cap-zero", "cap-model", 0)
+        with pytest.raises(NotFound, match=r"register it again|no node"):
+            client.membership.heartbeat("cap-never-registered")
+        assert client.membership.deregister("cap-a1").moved == ()
+        assert [p.client_id for p in client.membership.placements(network="cap-net")] == []
+
+    # Through the CLI: a clear message and exit code, no traceback.
+    off = cpctl(cluster, "flags", "set", "multi_network", "maybe")
+    assert off.returncode == 2 and "on or off" in off.stderr
+    flags = json.loads(cpctl(cluster, "flags", "list", "--output", "json").stdout)
+    assert {f["name"]: f["enabled"] for f in flags}["multi_network"] is True
+    bad = cpctl(cluster, "networks", "create", "bad name", "--model", "m", "--max-clients", "1")
+    assert bad.returncode == 2 and "network name" in bad.stderr and "Traceback" not in bad.stderr
+
+    # Raw gRPC: malformed registrations are INVALID_ARGUMENT before they reach the log.
+    with channel(cluster.client_addresses[0]) as ch:
+        stub = membership_pb2_grpc.MembershipStub(ch)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.RegisterNode(membership_pb2.RegisterNodeRequest(node=membership_pb2.NodeSpec(id="x", role=9)))
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "role" in raised.value.details()  # type: ignore[attr-defined]
