@@ -1,0 +1,307 @@
+"""The averaging arithmetic of a gossip round, and the byte layout models travel in.
+
+One round applies ``W = (I + P) / 2`` where ``P`` is the permutation of the round's matching: two
+matched peers both replace their parameters with the average of the two, an idle peer keeps its
+own. ``W`` is symmetric and doubly stochastic, so every round preserves the mean of every
+coordinate across peers while pulling the peers together.
+
+With sparsification only a shared random subset of coordinates is exchanged and averaged; the
+others keep their local values. The subset is a pure function of (seed, round, tensor name, shape,
+ratio), so both ends of a pair derive the same mask without sending it (GossipFL's shared seed).
+
+Parameter sets are ``dict[str, numpy.ndarray]``; every function walks names in sorted order so the
+result never depends on dict insertion order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gossip.matching import Matching, round_rng
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "Array",
+    "PackSpec",
+    "Params",
+    "TensorSpec",
+    "apply_matching",
+    "average",
+    "consensus_distance",
+    "layout",
+    "masked_values",
+    "merge_masked",
+    "mixing_matrix",
+    "pack",
+    "require_same_layout",
+    "sparse_average",
+    "sparse_mask",
+    "unpack",
+]
+
+Array = npt.NDArray[Any]
+Params = Mapping[str, Array]
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+"""1 MiB chunks: a corrupted or lost chunk costs a 1 MiB resend, not the whole model."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor's place in a packed model: its name, numpy dtype string (with byte order, e.g.
+    ``'<f4'``) and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+
+def layout(params: Params) -> tuple[TensorSpec, ...]:
+    """The (sorted) names, dtypes and shapes of a parameter set."""
+    return tuple(TensorSpec(name, params[name].dtype.str, tuple(params[name].shape)) for name in sorted(params))
+
+
+def require_same_layout(local: Sequence[TensorSpec], remote: Sequence[TensorSpec]) -> None:
+    """Raise ValueError naming every difference between two layouts.
+
+    Averaging a model with a different architecture (or dtype) would silently broadcast or upcast;
+    it must fail loudly, saying what differs, before any arithmetic.
+    """
+    mine = {t.name: t for t in local}
+    theirs = {t.name: t for t in remote}
+    problems: list[str] = []
+    missing = sorted(mine.keys() - theirs.keys())
+    extra = sorted(theirs.keys() - mine.keys())
+    if missing:
+        problems.append(f"missing from remote: {missing}")
+    if extra:
+        problems.append(f"not in local: {extra}")
+    for name in sorted(mine.keys() & theirs.keys()):
+        a, b = mine[name], theirs[name]
+        if a.dtype != b.dtype:
+            problems.append(f"{name}: dtype {a.dtype} locally, {b.dtype} remotely")
+        if a.shape != b.shape:
+            problems.append(f"{name}: shape {a.shape} locally, {b.shape} remotely")
+    if problems:
+        raise ValueError("parameter layouts differ: " + "; ".join(problems))
+
+
+def _require_float(params: Params) -> None:
+    for name in sorted(params):
+        if not np.issubdtype(params[name].dtype, np.floating):
+            raise ValueError(f"{name}: can only average floating-point tensors, got dtype {params[name].dtype}")
+
+
+def _mean2(a: Array, b: Array) -> Array:
+    # a*0.5 + b*0.5 rather than (a+b)/2: no overflow near the dtype's maximum, and IEEE addition is
+    # commutative, so both ends of a pair compute bit-identical results whichever is "local".
+    half = a.dtype.type(0.5)
+    return a * half + b * half
+
+
+def average(local: Params, remote: Params) -> dict[str, Array]:
+    """What a matched peer keeps: the coordinate-wise mean of the two parameter sets.
+
+    ``average(x, y)`` and ``average(y, x)`` are bit-identical, so after a round the two peers hold
+    exactly the same parameters.
+    """
+    require_same_layout(layout(local), layout(remote))
+    _require_float(local)
+    return {name: _mean2(np.asarray(local[name]), np.asarray(remote[name])) for name in sorted(local)}
+
+
+def sparse_mask(seed: int, round: int, name: str, shape: Sequence[int], ratio: float) -> npt.NDArray[np.bool_]:
+    """The coordinates of tensor ``name`` exchanged in ``round``: exactly ``ceil(ratio * size)`` of them.
+
+    A pure function of its arguments (SHA-256-seeded generator, see ``round_rng``), so every peer
+    computes the same mask and only the selected values need to travel. An exact count, rather than
+    an independent coin per coordinate, makes the payload size known in advance.
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"sparsification ratio must be in (0, 1], got {ratio}")
+    dims = tuple(int(d) for d in shape)
+    size = math.prod(dims)
+    mask = np.zeros(size, dtype=np.bool_)
+    k = min(size, math.ceil(ratio * size))
+    if k == size:
+        mask[:] = True
+    elif k > 0:
+        rng = round_rng(seed, round, f"sparse-mask\x00{name}\x00{dims}")
+        mask[rng.choice(size, size=k, replace=False)] = True
+    return mask.reshape(dims)
+
+
+def masked_values(params: Params, seed: int, round: int, ratio: float) -> dict[str, Array]:
+    """What a peer sends under sparsification: per tensor, the masked values as a 1-D array (in
+    C order of the mask)."""
+    return {
+        name: np.asarray(params[name])[sparse_mask(seed, round, name, params[name].shape, ratio)]
+        for name in sorted(params)
+    }
+
+
+def merge_masked(local: Params, remote_values: Params, seed: int, round: int, ratio: float) -> dict[str, Array]:
+    """What a peer keeps after a sparsified exchange: masked coordinates averaged with the remote
+    values, all others untouched."""
+    _require_float(local)
+    if sorted(local) != sorted(remote_values):
+        raise ValueError(f"tensor names differ: local {sorted(local)}, remote {sorted(remote_values)}")
+    out: dict[str, Array] = {}
+    for name in sorted(local):
+        mine = np.asarray(local[name])
+        mask = sparse_mask(seed, round, name, mine.shape, ratio)
+        theirs = np.asarray(remote_values[name])
+        if theirs.dtype != mine.dtype:
+            raise ValueError(f"{name}: dtype {mine.dtype} locally, {theirs.dtype} remotely")
+        if theirs.shape != (int(mask.sum()),):
+            raise ValueError(f"{name}: expected {int(mask.sum())} masked values, got an array of shape {theirs.shape}")
+        merged = mine.copy()
+        merged[mask] = _mean2(mine[mask], theirs)
+        out[name] = merged
+    return out
+
+
+def sparse_average(local: Params, remote: Params, seed: int, round: int, ratio: float) -> dict[str, Array]:
+    """``average`` restricted to the round's shared mask (both peers' view in one call)."""
+    require_same_layout(layout(local), layout(remote))
+    return merge_masked(local, masked_values(remote, seed, round, ratio), seed, round, ratio)
+
+
+def apply_matching(
+    params_by_peer: Mapping[str, Params], matching: Matching, *, seed: int | None = None, ratio: float = 1.0
+) -> dict[str, dict[str, Array]]:
+    """One whole round for every peer at once (``W @ X``), as a simulation or a test oracle.
+
+    Matched peers average (under the shared mask when ``ratio < 1``, which then needs ``seed``);
+    idle peers and peers absent from the matching keep their parameters.
+    """
+    if ratio < 1.0 and seed is None:
+        raise ValueError("a sparsified round needs the shared seed")
+    out = {peer: dict(params) for peer, params in params_by_peer.items()}
+    for a, b in matching.pairs:
+        if a not in params_by_peer or b not in params_by_peer:
+            raise ValueError(f"pair ({a}, {b}) of round {matching.round} names a peer with no parameters")
+        if ratio >= 1.0:
+            mixed = average(params_by_peer[a], params_by_peer[b])
+        else:
+            assert seed is not None
+            mixed = sparse_average(params_by_peer[a], params_by_peer[b], seed, matching.round, ratio)
+        out[a] = mixed
+        out[b] = dict(mixed)
+    return out
+
+
+def mixing_matrix(matching: Matching, peers: Sequence[str]) -> npt.NDArray[np.float64]:
+    """``W = (I + P) / 2`` over ``peers`` (rows in the given order): 1/2 on the diagonal and between
+    partners, 1 on the diagonal of idle peers. Symmetric and doubly stochastic."""
+    index = {p: k for k, p in enumerate(peers)}
+    if len(index) != len(peers):
+        raise ValueError("peer ids must be unique")
+    w = np.eye(len(peers))
+    for a, b in matching.pairs:
+        i, j = index[a], index[b]
+        w[i, i] = w[j, j] = w[i, j] = w[j, i] = 0.5
+    return w
+
+
+def consensus_distance(vectors: Sequence[npt.ArrayLike]) -> float:
+    """Mean over peers of the squared L2 distance to the peers' average.
+
+    ``(1/N) * sum_i ||x_i - x_bar||^2`` with ``x_bar = (1/N) * sum_i x_i``, each ``x_i`` flattened
+    (a whole model as one vector), computed in float64. 0.0 means every peer holds the same model;
+    a gossip round with a doubly stochastic W never increases it.
+    """
+    if len(vectors) == 0:
+        raise ValueError("consensus distance of no peers")
+    x = np.stack([np.asarray(v, dtype=np.float64).ravel() for v in vectors])
+    centred = x - x.mean(axis=0)
+    return float(np.einsum("ij,ij->", centred, centred) / x.shape[0])
+
+
+@dataclass(frozen=True)
+class PackSpec:
+    """How to read a packed model: the tensor layout, the chunking and one SHA-256 per chunk.
+
+    The byte stream is each tensor's bytes in C order, tensors in name order, concatenated; chunk
+    ``k`` covers bytes ``[k * chunk_size, (k + 1) * chunk_size)``.
+    """
+
+    tensors: tuple[TensorSpec, ...]
+    chunk_size: int
+    checksums: tuple[str, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def pack(params: Params, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[PackSpec, bytes]:
+    """Flatten a parameter set into one byte string, with a spec to read it back and verify it."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    for name in sorted(params):
+        if params[name].dtype.kind not in "biufc":
+            raise ValueError(f"{name}: cannot pack dtype {params[name].dtype} (numeric dtypes only)")
+    data = b"".join(np.ascontiguousarray(params[name]).tobytes() for name in sorted(params))
+    checksums = tuple(
+        hashlib.sha256(data[start : start + chunk_size]).hexdigest() for start in range(0, len(data), chunk_size)
+    )
+    return PackSpec(layout(params), chunk_size, checksums), data
+
+
+def unpack(spec: PackSpec, data: bytes, expected: Sequence[TensorSpec] | None = None) -> dict[str, Array]:
+    """Read back what ``pack`` wrote, verifying every chunk; ``expected`` (usually the local
+    ``layout``) additionally rejects a model of another shape before anything is decoded.
+
+    Raises ValueError saying which chunk (and byte range) is corrupt, or how the spec is malformed.
+    The arrays returned are fresh, writable copies.
+    """
+    if expected is not None:
+        require_same_layout(expected, spec.tensors)
+    names = [t.name for t in spec.tensors]
+    if names != sorted(set(names)):
+        raise ValueError(f"spec tensors must have unique names in sorted order, got {names}")
+    if spec.chunk_size <= 0:
+        raise ValueError(f"spec chunk_size must be > 0, got {spec.chunk_size}")
+    for t in spec.tensors:
+        if any(d < 0 for d in t.shape):
+            raise ValueError(f"{t.name}: negative dimension in shape {t.shape}")
+        try:
+            np.dtype(t.dtype)
+        except TypeError as exc:
+            raise ValueError(f"{t.name}: unknown dtype {t.dtype!r}") from exc
+        if np.dtype(t.dtype).kind not in "biufc":
+            raise ValueError(f"{t.name}: cannot unpack dtype {t.dtype} (numeric dtypes only)")
+    total = spec.total_bytes
+    if len(data) != total:
+        raise ValueError(f"packed model is {len(data)} bytes, spec describes {total}")
+    n_chunks = -(-total // spec.chunk_size)
+    if len(spec.checksums) != n_chunks:
+        raise ValueError(f"spec has {len(spec.checksums)} checksums for {n_chunks} chunks of {spec.chunk_size} bytes")
+    for k, want in enumerate(spec.checksums):
+        start = k * spec.chunk_size
+        got = hashlib.sha256(data[start : start + spec.chunk_size]).hexdigest()
+        if got != want:
+            end = min(start + spec.chunk_size, total)
+            raise ValueError(f"checksum mismatch in chunk {k} (bytes {start}..{end}): expected {want}, got {got}")
+    out: dict[str, Array] = {}
+    offset = 0
+    for t in spec.tensors:
+        out[t.name] = (
+            np.frombuffer(data, dtype=np.dtype(t.dtype), count=math.prod(t.shape), offset=offset)
+            .reshape(t.shape)
+            .copy()
+        )
+        offset += t.nbytes
+    return out
