@@ -6,7 +6,9 @@ Runs, one after the other so that they never share the CPUs:
   3. our cluster, 3 servers                  -> write_1_client, write_64_clients, allocate_64_clients
                                                  (Ports.Allocate; ratios against etcd's write_64_clients),
                                                  registry_bulk_register, registry_register_64_clients,
-                                                 registry_search (100,000 versions), leader_failover
+                                                 registry_search (100,000 versions), membership_agents
+                                                 (1,000 agents), membership_churn, leader_failover
+  4. the gossip simulation (CPU only)        -> gossip_sim per N and policy, gossip_sim_targets
 One JSON line per scenario on stdout (ours carry ratios to etcd from this same run); progress on stderr.
 Every process the bench started is stopped on exit, including Ctrl-C, SIGTERM and exceptions.
 """
@@ -158,6 +160,14 @@ async def bench_ours(
                     if line["scenario"] == "registry_register_64_clients":
                         line = add_ratios(line, etcd, reference="write_64_clients")
                     emit(line)
+            if args.agents:
+                from bench.membership import bench_membership
+
+                await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
+                for line in await bench_membership(
+                    cluster, args.agents, args.agents_hold, args.churn_seconds, args.churn_rate
+                ):
+                    emit(line)
         if failover and args.failover_reps > 0:
             await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
             samples = []
@@ -195,6 +205,12 @@ async def amain(args: argparse.Namespace) -> int:
         ok = await bench_etcd(args, etcd) and ok
     if args.only in (None, "ours"):
         ok = await bench_ours(args, etcd) and ok
+        if args.gossip_sim:
+            from bench import gossip_sim
+
+            # CPU-only simulation (no cluster): SAPS against random and best-bottleneck matchings.
+            # Its target verdict is reported in its own line, not turned into the exit status.
+            await asyncio.to_thread(gossip_sim.main, [])
         if args.ablation:
             from bench.ours import ABLATIONS
 
@@ -222,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="model versions registered before the search scenario (default 100000, quick 10000; 0 skips)",
     )
+    p.add_argument("--no-gossip-sim", dest="gossip_sim", action="store_false", help="skip the gossip simulation")
+    p.add_argument(
+        "--agents", type=int, help="agents kept alive in the membership scenario (default 1000, quick 200; 0 skips)"
+    )
+    p.add_argument("--agents-hold", type=float, help="seconds the agents are measured (default 30, quick 10)")
+    p.add_argument("--churn-seconds", type=float, help="seconds of join/leave churn (default 60, quick 10; 0 skips)")
+    p.add_argument("--churn-rate", type=int, default=50, help="joins per second and leaves per second during churn")
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = 2.0 if args.quick else 8.0
@@ -231,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         args.failover_reps = 2 if args.quick else 5
     if args.registry_versions is None:
         args.registry_versions = 10_000 if args.quick else 100_000
+    if args.agents is None:
+        args.agents = 200 if args.quick else 1000
+    if args.agents_hold is None:
+        args.agents_hold = 10.0 if args.quick else 30.0
+    if args.churn_seconds is None:
+        args.churn_seconds = 10.0 if args.quick else 60.0
     try:
         return asyncio.run(amain(args))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -89,7 +89,9 @@ class Agent:
     async def heartbeat(self) -> NodeState:
         started = time.perf_counter()
         activity = self._activity() if self._activity is not None else ""
-        self.state = await self.client.membership.heartbeat(self.node_id, activity=activity)
+        # Bounded by the heartbeat interval: a call stuck behind an overloaded leader is abandoned and
+        # the next one sent, instead of one slow call eating the whole TTL.
+        self.state = await self.client.membership.heartbeat(self.node_id, activity=activity, timeout=self.ttl_s / 3)
         latency = time.perf_counter() - started
         self.stats.heartbeats += 1
         if len(self.stats.latencies) >= self.MAX_LATENCIES:
