@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
-.PHONY: run test test-fast bench lint proto sdk check-proto clean setup
+.PHONY: run test test-fast soak bench lint proto sdk check-proto clean setup
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP) check-proto lint
 ## test-fast: the suite without cluster tests (no processes started)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not cluster and not soak'
+
+## soak: the long runs excluded from make test (about 3 minutes on a quiet machine)
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -m soak
 
 ## bench: our cluster next to etcd 3.4 in the same run; one JSON line per scenario
 bench: $(STAMP)
