@@ -315,6 +315,26 @@ def test_a_dead_member_holds_nothing_and_its_clients_move() -> None:
     check_invariants(cluster.machine)
 
 
+def test_a_dying_member_of_two_networks_does_not_take_its_own_clients_back() -> None:
+    cluster = Cluster()
+    cluster.enable("multi_network")
+    for node in ("a1", "a2"):
+        cluster.register(node)
+    cluster.network("first", "llama", max_clients=4)
+    cluster.network("second", "llama", max_clients=4, priority=5)
+    expect_ok(cluster.join("second", node_id="a1"))
+    assert expect_ok(cluster.assign("c1", "llama")).network_assign.placement.node_id == "a1"
+    expect_ok(cluster.join("first", node_id="a2"))
+    expect_ok(cluster.join("first", client_id="c0"))  # served by a2: a1 and a2 now carry one client each
+    expect_ok(cluster.join("first", node_id="a1"))
+    # a1 dies: c1 must move to "first", and there to a2, even though a1 (still listed there until it
+    # is taken out) wins a tie on load by its id.
+    cluster.expire("a1")
+    placement = cluster.machine.membership.placements["c1"]
+    assert (placement.network, placement.node_id) == ("first", "a2")
+    check_invariants(cluster.machine)
+
+
 def test_a_client_moves_to_another_member_of_its_own_network_first() -> None:
     cluster = Cluster()
     for node in ("a1", "a2"):

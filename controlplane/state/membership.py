@@ -397,9 +397,13 @@ class MembershipTable:
 
     def _evict(self, node_id: str, reason: str) -> tuple[list[Placement], list[str]]:
         """Take a node out of every network and move the clients it served; it keeps its own places."""
-        moved, unplaced = self._move_clients(list(self._clients_of_node.get(node_id, ())), reason, exclude_node=node_id)
-        for name in sorted(self._memberships_of.pop(node_id, set())):
+        networks = sorted(self._memberships_of.pop(node_id, set()))
+        # Out of every member set first: a client moving to another network must not land on this
+        # node again through a membership it is about to lose (found by the stateful test).
+        for name in networks:
             self.members[name].discard(node_id)
+        moved, unplaced = self._move_clients(list(self._clients_of_node.get(node_id, ())), reason, exclude_node=node_id)
+        for name in networks:
             network = Network()
             network.CopyFrom(self.networks[name])
             self._store_network(network, f"member {node_id} left: {reason}")
