@@ -243,7 +243,7 @@ class MembershipInvariants(RuleBasedStateMachine):
 
 
 TestMembershipInvariants = MembershipInvariants.TestCase
-TestMembershipInvariants.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)
+TestMembershipInvariants.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
 
 
 # ------------------------------------------------------------------------------------ examples
