@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from controlplane.v1 import membership_pb2, models_pb2, ports_pb2, watch_pb2
+from controlplane.v1 import gossip_pb2, membership_pb2, models_pb2, ports_pb2, watch_pb2
 
 #: The typed change a domain records (``Event.detail`` in watch.proto); None for a domain without one.
-Detail = ports_pb2.PortEvent | models_pb2.ModelEvent | membership_pb2.MembershipEvent | None
+Detail = ports_pb2.PortEvent | models_pb2.ModelEvent | membership_pb2.MembershipEvent | gossip_pb2.GossipEvent | None
 
 
 class Journal(Protocol):

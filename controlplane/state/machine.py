@@ -25,13 +25,23 @@ from google.protobuf.message import DecodeError
 from sortedcontainers import SortedDict
 
 from controlplane.state import limits
+from controlplane.state.gossip import GossipTable
 from controlplane.state.journal import Detail
 from controlplane.state.leases import LeaseTable
 from controlplane.state.membership import MembershipTable
 from controlplane.state.models import ModelTable
 from controlplane.state.ports import PORT_MAP_FORMAT, PortTable
 from controlplane.state.refusal import Refused
-from controlplane.v1 import command_pb2, common_pb2, kv_pb2, membership_pb2, models_pb2, ports_pb2, watch_pb2
+from controlplane.v1 import (
+    command_pb2,
+    common_pb2,
+    gossip_pb2,
+    kv_pb2,
+    membership_pb2,
+    models_pb2,
+    ports_pb2,
+    watch_pb2,
+)
 
 SNAPSHOT_FORMAT_VERSION = 1
 # Written last (highest field number): protobuf parses a cut-short message without complaint, so a
@@ -52,6 +62,7 @@ _DETAIL_FIELDS: dict[type, str] = {
     ports_pb2.PortEvent: "port",
     models_pb2.ModelEvent: "model",
     membership_pb2.MembershipEvent: "membership",
+    gossip_pb2.GossipEvent: "gossip",
 }
 
 
@@ -127,6 +138,7 @@ class StateMachine:
         self.leases = LeaseTable(self, release=self._release_lease)
         self.registry = ModelTable(self)
         self.membership = MembershipTable(self, leases=lambda: self.leases)
+        self.gossip = GossipTable(self)
         self._reset()
         self._handlers: dict[str, Callable[[command_pb2.Command], CommandResult]] = {
             "kv_put": self._kv_put,
@@ -140,6 +152,7 @@ class StateMachine:
             **self.leases.handlers(),
             **self.registry.handlers(),
             **self.membership.handlers(),
+            **self.gossip.handlers(),
         }
 
     def _reset(self) -> None:
@@ -158,6 +171,7 @@ class StateMachine:
         self.leases.reset()
         self.registry.reset()
         self.membership.reset()
+        self.gossip.reset()
         # Bumped on every directory change; derived, not snapshotted (readers cache by it).
         self.members_version = getattr(self, "members_version", 0) + 1
 
@@ -455,6 +469,7 @@ class StateMachine:
         self.leases.load(list(snapshot.leases), snapshot.next_lease_id, renewed_unix_ms=self.time_unix_ms)
         self.membership.load(snapshot.membership)
         self.membership.drop_dangling_leases(self.leases.exists)
+        self.gossip.load(snapshot.membership.gossip)
         self._history, self._history_revisions, self._history_start = [], [], 0
         self.compacted_revision = self.revision
         return CommandResult(revision=self.revision, restore=command_pb2.RestoreResult(keys=len(self._kvs)))
@@ -531,6 +546,7 @@ class StateMachine:
         snap.next_lease_id = self.leases.next_id
         snap.models.CopyFrom(self.registry.to_state())
         snap.membership.CopyFrom(self.membership.to_state())
+        snap.membership.gossip.CopyFrom(self.gossip.to_state())
         return snap.SerializeToString(deterministic=True)
 
     def restore(self, data: bytes) -> None:
@@ -551,6 +567,7 @@ class StateMachine:
         self.leases.load(list(snap.leases), snap.next_lease_id)
         self.registry.load(snap.models)
         self.membership.load(snap.membership)
+        self.gossip.load(snap.membership.gossip)
 
 
 def parse_snapshot(data: bytes) -> command_pb2.StateSnapshot:

@@ -1,4 +1,5 @@
 from controlplane.v1 import common_pb2 as _common_pb2
+from controlplane.v1 import gossip_pb2 as _gossip_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -213,18 +214,20 @@ class MembershipEvent(_message.Message):
     def __init__(self, node: _Optional[_Union[NodeRecord, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., flag: _Optional[_Union[Flag, _Mapping]] = ..., previous: _Optional[_Union[Placement, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class MembershipState(_message.Message):
-    __slots__ = ("nodes", "networks", "placements", "flags", "memberships")
+    __slots__ = ("nodes", "networks", "placements", "flags", "memberships", "gossip")
     NODES_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeRecord]
     networks: _containers.RepeatedCompositeFieldContainer[Network]
     placements: _containers.RepeatedCompositeFieldContainer[Placement]
     flags: _containers.RepeatedCompositeFieldContainer[Flag]
     memberships: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., memberships: _Optional[_Iterable[str]] = ...) -> None: ...
+    gossip: _gossip_pb2.GossipState
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., memberships: _Optional[_Iterable[str]] = ..., gossip: _Optional[_Union[_gossip_pb2.GossipState, _Mapping]] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
     __slots__ = ("node", "lease_ttl_ms", "request_id")

@@ -1,3 +1,4 @@
+from controlplane.v1 import gossip_pb2 as _gossip_pb2
 from controlplane.v1 import kv_pb2 as _kv_pb2
 from controlplane.v1 import membership_pb2 as _membership_pb2
 from controlplane.v1 import models_pb2 as _models_pb2
@@ -21,7 +22,7 @@ EVENT_TYPE_PUT: EventType
 EVENT_TYPE_DELETE: EventType
 
 class Event(_message.Message):
-    __slots__ = ("revision", "type", "domain", "key", "kv", "prev_kv", "time_unix_ms", "port", "model", "membership")
+    __slots__ = ("revision", "type", "domain", "key", "kv", "prev_kv", "time_unix_ms", "port", "model", "membership", "gossip")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +33,7 @@ class Event(_message.Message):
     PORT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     revision: int
     type: EventType
     domain: str
@@ -42,7 +44,8 @@ class Event(_message.Message):
     port: _ports_pb2.PortEvent
     model: _models_pb2.ModelEvent
     membership: _membership_pb2.MembershipEvent
-    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., domain: _Optional[str] = ..., key: _Optional[str] = ..., kv: _Optional[_Union[_kv_pb2.KeyValue, _Mapping]] = ..., prev_kv: _Optional[_Union[_kv_pb2.KeyValue, _Mapping]] = ..., time_unix_ms: _Optional[int] = ..., port: _Optional[_Union[_ports_pb2.PortEvent, _Mapping]] = ..., model: _Optional[_Union[_models_pb2.ModelEvent, _Mapping]] = ..., membership: _Optional[_Union[_membership_pb2.MembershipEvent, _Mapping]] = ...) -> None: ...
+    gossip: _gossip_pb2.GossipEvent
+    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., domain: _Optional[str] = ..., key: _Optional[str] = ..., kv: _Optional[_Union[_kv_pb2.KeyValue, _Mapping]] = ..., prev_kv: _Optional[_Union[_kv_pb2.KeyValue, _Mapping]] = ..., time_unix_ms: _Optional[int] = ..., port: _Optional[_Union[_ports_pb2.PortEvent, _Mapping]] = ..., model: _Optional[_Union[_models_pb2.ModelEvent, _Mapping]] = ..., membership: _Optional[_Union[_membership_pb2.MembershipEvent, _Mapping]] = ..., gossip: _Optional[_Union[_gossip_pb2.GossipEvent, _Mapping]] = ...) -> None: ...
 
 class WatchFilter(_message.Message):
     __slots__ = ("key_prefix", "domains", "types")

@@ -1,0 +1,392 @@
+"""The gossip domain of the state machine: the versioned bandwidth matrix and the committed rounds.
+
+Pure and deterministic like the rest of the machine; no networkx here (the leader computes the
+matching with ``gossip.matching`` and proposes it; the machine only checks it). The rules it keeps:
+
+* **the matrix has versions**: a report batch that changes any link bumps the version once; a link's
+  bandwidth is the lower of its two ends' views (an exchange runs at its slower direction);
+* **rounds are consecutive per group and never overlap**: round t+1 starts only after round t ended
+  (every participant reported, or the leader ended it past its deadline), so a node that sees round t
+  committed can never be sent back to an older topology;
+* **a committed matching is valid**: pairs are disjoint, within the participants, each ``a < b``,
+  and ``idle`` is exactly the participants left unmatched;
+* **a failed exchange is remembered**: the failure is recorded in the round and the link's estimate
+  halved, so the next matchings avoid it until fresh reports restore it.
+
+Rounds are kept per group up to ``MAX_ROUNDS_PER_GROUP`` (the oldest dropped first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from sortedcontainers import SortedDict
+
+from controlplane.state import limits
+from controlplane.state.journal import Journal
+from controlplane.state.refusal import Handler, refusing
+from controlplane.state.refusal import check as _check
+from controlplane.state.refusal import invalid as _invalid
+from controlplane.state.refusal import not_found as _not_found
+from controlplane.state.refusal import precondition as _precondition
+from controlplane.v1 import command_pb2, gossip_pb2, watch_pb2
+
+DOMAIN_GOSSIP = "gossip"
+MAX_ROUNDS_PER_GROUP = 1000
+MAX_LINKS_PER_REPORT = 1024
+MAX_PARTICIPANTS = 4096
+MAX_TENSORS = 1024
+POLICIES = ("saps", "random", "best_bottleneck")
+# A failed exchange halves the link's estimate (the same penalty as gossip.bandwidth.penalise).
+FAILURE_PENALTY = 0.5
+
+CommandResult = command_pb2.CommandResult
+Round = gossip_pb2.Round
+Link = gossip_pb2.Link
+RUNNING = gossip_pb2.ROUND_STATE_RUNNING
+DONE = gossip_pb2.ROUND_STATE_DONE
+TIMED_OUT = gossip_pb2.ROUND_STATE_TIMED_OUT
+
+
+def _finite(value: float, what: str, minimum: float = 0.0) -> None:
+    if not math.isfinite(value) or value < minimum:
+        raise _invalid(f"{what} {value!r} must be a finite number >= {minimum:g}")
+
+
+def check_spec(spec: gossip_pb2.TensorSpec) -> None:
+    if len(spec.tensors) > MAX_TENSORS:
+        raise _invalid(f"at most {MAX_TENSORS} tensors in a round's spec")
+    names = set()
+    for tensor in spec.tensors:
+        _check(limits.check_text(tensor.name, "tensor name", 256) or limits.check_name(tensor.dtype, "dtype"))
+        if not tensor.name or tensor.name in names:
+            raise _invalid(f"tensor names must be non-empty and unique ({tensor.name!r})")
+        names.add(tensor.name)
+    if spec.sparsity_ratio and not (0.0 < spec.sparsity_ratio <= 1.0):
+        raise _invalid(f"sparsity_ratio {spec.sparsity_ratio} must be in (0, 1] (0 means 1: everything)")
+
+
+class GossipTable:
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.reset()
+
+    def reset(self) -> None:
+        self.links: SortedDict = SortedDict()  # (a, b) -> Link, a < b
+        self.matrix_version = 0
+        self.matrix_updated_unix_ms = 0
+        self.rounds: dict[str, SortedDict] = {}  # group -> number -> Round
+
+    def handlers(self) -> dict[str, Callable[[command_pb2.Command], CommandResult]]:
+        def wrap(handler: Handler) -> Handler:
+            return refusing(lambda: self._journal.revision, handler)
+
+        return {
+            "gossip_report_bandwidth": wrap(lambda c: self._report_bandwidth(c.gossip_report_bandwidth)),
+            "gossip_start_round": wrap(lambda c: self._start_round(c.gossip_start_round)),
+            "gossip_report_round": wrap(lambda c: self._report_round(c.gossip_report_round)),
+            "gossip_end_round": wrap(lambda c: self._end_round(c.gossip_end_round)),
+        }
+
+    # ------------------------------------------------------------------ reads
+
+    def matrix(self, node_id: str = "") -> gossip_pb2.BandwidthMatrix:
+        links = [link for (a, b), link in self.links.items() if not node_id or node_id in (a, b)]
+        return gossip_pb2.BandwidthMatrix(
+            version=self.matrix_version, updated_unix_ms=self.matrix_updated_unix_ms, links=links
+        )
+
+    def round(self, group: str, number: int = 0) -> Round:
+        _check(limits.check_name(group, "group"))
+        rounds = self.rounds.get(group)
+        if not rounds:
+            raise _not_found(f"group {group!r} has no rounds")
+        if number == 0:
+            latest: Round = rounds.peekitem(-1)[1]
+            return latest
+        found: Round | None = rounds.get(number)
+        if found is None:
+            oldest = rounds.peekitem(0)[0]
+            hint = f" (rounds before {oldest} are no longer kept)" if number < oldest else ""
+            raise _not_found(f"group {group!r} has no round {number}{hint}")
+        return found
+
+    def list_rounds(self, group: str, after: int, limit: int) -> list[Round]:
+        _check(limits.check_name(group, "group"))
+        rounds = self.rounds.get(group)
+        if not rounds:
+            return []
+        numbers = rounds.irange(minimum=after, inclusive=(False, True))
+        out: list[Round] = []
+        for number in numbers:
+            if len(out) == limit:
+                break
+            out.append(rounds[number])
+        return out
+
+    def running(self) -> list[Round]:
+        """Every round still running, by group (what the leader watches for deadlines)."""
+        return [
+            rounds.peekitem(-1)[1]
+            for _, rounds in sorted(self.rounds.items())
+            if rounds.peekitem(-1)[1].state == RUNNING
+        ]
+
+    # ------------------------------------------------------------------ bandwidth
+
+    @property
+    def _now(self) -> int:
+        return self._journal.time_unix_ms
+
+    def _result(self, **body: object) -> CommandResult:
+        return CommandResult(revision=self._journal.revision, **body)  # type: ignore[arg-type]
+
+    def _report_bandwidth(self, request: gossip_pb2.ReportBandwidthRequest) -> CommandResult:
+        _check(limits.check_member_id(request.node_id, "node id"))
+        if len(request.links) > MAX_LINKS_PER_REPORT:
+            raise _invalid(f"at most {MAX_LINKS_PER_REPORT} links per report; send several batches")
+        seen = set()
+        for report in request.links:
+            _check(limits.check_member_id(report.peer, "peer id"))
+            if report.peer == request.node_id:
+                raise _invalid(f"{request.node_id} reported a link to itself")
+            if report.peer in seen:
+                raise _invalid(f"peer {report.peer} appears twice in one report")
+            seen.add(report.peer)
+            _finite(report.bandwidth_bps, "bandwidth_bps")
+            _finite(report.latency_s, "latency_s")
+            _finite(report.spread_bps, "spread_bps")
+        changed = 0
+        for report in sorted(request.links, key=lambda r: r.peer):
+            a, b = sorted((request.node_id, report.peer))
+            current: Link | None = self.links.get((a, b))
+            link = Link(a=a, b=b)
+            if current is not None:
+                link.CopyFrom(current)
+            if request.node_id == a:
+                link.bandwidth_a_bps = report.bandwidth_bps
+            else:
+                link.bandwidth_b_bps = report.bandwidth_bps
+            views = [v for v in (link.bandwidth_a_bps, link.bandwidth_b_bps) if v > 0]
+            link.bandwidth_bps = min(views) if views else 0.0
+            link.latency_s = report.latency_s
+            link.spread_bps = report.spread_bps
+            link.samples = report.samples
+            if current is None or link != current:
+                link.updated_unix_ms = self._now
+                self.links[(a, b)] = link
+                changed += 1
+        if changed:
+            self._bump_matrix()
+        return self._result(
+            gossip_report_bandwidth=gossip_pb2.ReportBandwidthResponse(
+                matrix_version=self.matrix_version, links_changed=changed
+            )
+        )
+
+    def _bump_matrix(self) -> None:
+        self.matrix_version += 1
+        self.matrix_updated_unix_ms = self._now
+        self._journal.record_detail(
+            DOMAIN_GOSSIP,
+            "bandwidth",
+            watch_pb2.EVENT_TYPE_PUT,
+            gossip_pb2.GossipEvent(matrix_version=self.matrix_version),
+        )
+
+    def _penalise(self, node: str, peer: str) -> None:
+        a, b = sorted((node, peer))
+        current: Link | None = self.links.get((a, b))
+        link = Link(a=a, b=b)
+        if current is not None:
+            link.CopyFrom(current)
+        link.bandwidth_bps *= FAILURE_PENALTY
+        link.bandwidth_a_bps *= FAILURE_PENALTY
+        link.bandwidth_b_bps *= FAILURE_PENALTY
+        link.failures += 1
+        link.updated_unix_ms = self._now
+        self.links[(a, b)] = link
+
+    # ------------------------------------------------------------------ rounds
+
+    def _store_round(self, round_: Round) -> Round:
+        round_.mod_revision = self._journal.revision + 1
+        rounds = self.rounds.setdefault(round_.group, SortedDict())
+        rounds[round_.number] = round_
+        while len(rounds) > MAX_ROUNDS_PER_GROUP:
+            rounds.popitem(0)
+        self._journal.record_detail(
+            DOMAIN_GOSSIP,
+            f"rounds/{round_.group}/{round_.number}",
+            watch_pb2.EVENT_TYPE_PUT,
+            gossip_pb2.GossipEvent(round=round_, matrix_version=self.matrix_version),
+        )
+        return round_
+
+    def _start_round(self, request: gossip_pb2.StartRoundRequest) -> CommandResult:
+        proposed = request.round
+        _check(limits.check_name(proposed.group, "group"))
+        if proposed.policy not in POLICIES:
+            raise _invalid(f"policy {proposed.policy!r} is not one of {', '.join(POLICIES)}")
+        participants = list(proposed.participants)
+        if not participants or len(participants) > MAX_PARTICIPANTS:
+            raise _invalid(f"a round needs 1 to {MAX_PARTICIPANTS} participants")
+        for node in participants:
+            _check(limits.check_member_id(node, "participant"))
+        if participants != sorted(set(participants)):
+            raise _invalid("participants must be sorted and unique")
+        members = set(participants)
+        matched: set[str] = set()
+        for pair in proposed.pairs:
+            if not (pair.a < pair.b) or pair.a not in members or pair.b not in members:
+                raise _invalid(f"pair ({pair.a}, {pair.b}) must name two participants with a < b")
+            if pair.a in matched or pair.b in matched:
+                raise _invalid(f"pair ({pair.a}, {pair.b}) reuses a matched participant")
+            matched.update((pair.a, pair.b))
+        pairs_key = [(pair.a, pair.b) for pair in proposed.pairs]
+        if pairs_key != sorted(pairs_key):
+            raise _invalid("pairs must be sorted")
+        if list(proposed.idle) != sorted(members - matched):
+            raise _invalid("idle must be exactly the participants left unmatched, sorted")
+        if proposed.matrix_version > self.matrix_version:
+            raise _invalid(
+                f"matrix version {proposed.matrix_version} is ahead of the committed one ({self.matrix_version})"
+            )
+        check_spec(proposed.spec)
+        if proposed.deadline_unix_ms <= self._now:
+            raise _invalid("the deadline must be after the round starts")
+        rounds = self.rounds.get(proposed.group)
+        last = rounds.peekitem(-1)[1] if rounds else None
+        expected = (last.number if last is not None else 0) + 1
+        if last is not None and last.number == proposed.number and _same_start(last, proposed):
+            # A retry of the start that committed (a new request id after an unknown outcome).
+            return self._result(gossip_start_round=gossip_pb2.StartRoundResponse(round=last))
+        if proposed.number != expected:
+            raise _precondition(
+                f"group {proposed.group!r} is at round {expected - 1}; the next round must be {expected}, "
+                f"not {proposed.number}"
+            )
+        if last is not None and last.state == RUNNING:
+            raise _precondition(
+                f"round {last.number} of group {proposed.group!r} is still running (deadline "
+                f"{last.deadline_unix_ms}); end it first"
+            )
+        bottleneck = min((self._bandwidth(pair.a, pair.b) for pair in proposed.pairs), default=0.0)
+        round_ = Round(
+            group=proposed.group,
+            number=proposed.number,
+            participants=participants,
+            matrix_version=proposed.matrix_version,
+            seed=proposed.seed,
+            policy=proposed.policy,
+            pairs=proposed.pairs,
+            idle=proposed.idle,
+            spec=proposed.spec,
+            started_unix_ms=self._now,
+            deadline_unix_ms=proposed.deadline_unix_ms,
+            state=RUNNING,
+            bottleneck_bps=bottleneck,
+            create_revision=self._journal.revision + 1,
+        )
+        self._store_round(round_)
+        return self._result(gossip_start_round=gossip_pb2.StartRoundResponse(round=round_))
+
+    def _bandwidth(self, a: str, b: str) -> float:
+        link: Link | None = self.links.get(tuple(sorted((a, b))))
+        return float(link.bandwidth_bps) if link is not None else 0.0
+
+    def _partner(self, round_: Round, node: str) -> str:
+        for pair in round_.pairs:
+            if node in (pair.a, pair.b):
+                return pair.b if pair.a == node else pair.a
+        return ""
+
+    def _report_round(self, request: gossip_pb2.ReportRoundRequest) -> CommandResult:
+        current = self.round(request.group, request.number) if request.number else None
+        if current is None:
+            raise _invalid("name the round number")
+        _check(limits.check_member_id(request.node_id, "node id") or limits.check_text(request.reason, "reason"))
+        _finite(request.seconds, "seconds")
+        if request.node_id not in current.participants:
+            raise _precondition(f"{request.node_id} is not a participant of round {current.number}")
+        if request.node_id in current.reported:
+            return self._result(gossip_report_round=gossip_pb2.ReportRoundResponse(round=current))
+        if current.state != RUNNING:
+            raise _precondition(
+                f"round {current.number} of group {current.group!r} has ended; its report came too late"
+            )
+        partner = self._partner(current, request.node_id)
+        if request.failed_peer and request.failed_peer != partner:
+            raise _invalid(f"{request.failed_peer} was not {request.node_id}'s partner in round {current.number}")
+        updated = Round()
+        updated.CopyFrom(current)
+        updated.reported[:] = sorted([*current.reported, request.node_id])
+        updated.bytes_total += request.bytes
+        updated.seconds_max = max(updated.seconds_max, request.seconds)
+        if request.failed_peer:
+            updated.failures.append(
+                gossip_pb2.RoundFailure(
+                    node=request.node_id, peer=request.failed_peer, reason=request.reason or "exchange failed"
+                )
+            )
+            self._penalise(request.node_id, request.failed_peer)
+            self._bump_matrix()
+        if len(updated.reported) == len(updated.participants):
+            updated.state = DONE
+            updated.ended_unix_ms = self._now
+        self._store_round(updated)
+        return self._result(gossip_report_round=gossip_pb2.ReportRoundResponse(round=updated))
+
+    def _end_round(self, request: gossip_pb2.EndRoundRequest) -> CommandResult:
+        current = self.round(request.group, request.number) if request.number else None
+        if current is None:
+            raise _invalid("name the round number")
+        if current.state != RUNNING:
+            return self._result(gossip_end_round=gossip_pb2.EndRoundResponse(round=current, ended=False))
+        # Re-checked against this entry's time: the leader's clock decided, the log confirms.
+        if current.deadline_unix_ms > self._now:
+            raise _precondition(
+                f"round {current.number} of group {current.group!r} runs until {current.deadline_unix_ms}; "
+                "it ends on its own when every participant reports"
+            )
+        updated = Round()
+        updated.CopyFrom(current)
+        silent = sorted(set(current.participants) - set(current.reported))
+        for node in silent:
+            updated.failures.append(gossip_pb2.RoundFailure(node=node, reason="no report by the deadline"))
+            partner = self._partner(current, node)
+            if partner:
+                self._penalise(node, partner)
+        if any(self._partner(current, node) for node in silent):
+            self._bump_matrix()
+        updated.state = TIMED_OUT
+        updated.ended_unix_ms = self._now
+        self._store_round(updated)
+        return self._result(gossip_end_round=gossip_pb2.EndRoundResponse(round=updated, ended=True))
+
+    # ------------------------------------------------------------------ snapshot
+
+    def to_state(self) -> gossip_pb2.GossipState:
+        state = gossip_pb2.GossipState(matrix=self.matrix())
+        for _, rounds in sorted(self.rounds.items()):
+            state.rounds.extend(rounds.values())
+        return state
+
+    def load(self, state: gossip_pb2.GossipState) -> None:
+        self.reset()
+        self.matrix_version = state.matrix.version
+        self.matrix_updated_unix_ms = state.matrix.updated_unix_ms
+        for link in state.matrix.links:
+            self.links[(link.a, link.b)] = link
+        for round_ in state.rounds:
+            self.rounds.setdefault(round_.group, SortedDict())[round_.number] = round_
+
+
+def _same_start(committed: Round, proposed: Round) -> bool:
+    return (
+        list(committed.participants) == list(proposed.participants)
+        and list(committed.pairs) == list(proposed.pairs)
+        and committed.seed == proposed.seed
+        and committed.matrix_version == proposed.matrix_version
+    )

@@ -1,0 +1,302 @@
+from controlplane.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUND_STATE_UNSPECIFIED: _ClassVar[RoundState]
+    ROUND_STATE_RUNNING: _ClassVar[RoundState]
+    ROUND_STATE_DONE: _ClassVar[RoundState]
+    ROUND_STATE_TIMED_OUT: _ClassVar[RoundState]
+ROUND_STATE_UNSPECIFIED: RoundState
+ROUND_STATE_RUNNING: RoundState
+ROUND_STATE_DONE: RoundState
+ROUND_STATE_TIMED_OUT: RoundState
+
+class LinkReport(_message.Message):
+    __slots__ = ("peer", "bandwidth_bps", "latency_s", "spread_bps", "samples")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_BPS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    peer: str
+    bandwidth_bps: float
+    latency_s: float
+    spread_bps: float
+    samples: int
+    def __init__(self, peer: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., latency_s: _Optional[float] = ..., spread_bps: _Optional[float] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class Link(_message.Message):
+    __slots__ = ("a", "b", "bandwidth_bps", "latency_s", "spread_bps", "samples", "bandwidth_a_bps", "bandwidth_b_bps", "updated_unix_ms", "failures")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_BPS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_A_BPS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_B_BPS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    a: str
+    b: str
+    bandwidth_bps: float
+    latency_s: float
+    spread_bps: float
+    samples: int
+    bandwidth_a_bps: float
+    bandwidth_b_bps: float
+    updated_unix_ms: int
+    failures: int
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., latency_s: _Optional[float] = ..., spread_bps: _Optional[float] = ..., samples: _Optional[int] = ..., bandwidth_a_bps: _Optional[float] = ..., bandwidth_b_bps: _Optional[float] = ..., updated_unix_ms: _Optional[int] = ..., failures: _Optional[int] = ...) -> None: ...
+
+class BandwidthMatrix(_message.Message):
+    __slots__ = ("version", "updated_unix_ms", "links")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    updated_unix_ms: int
+    links: _containers.RepeatedCompositeFieldContainer[Link]
+    def __init__(self, version: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., links: _Optional[_Iterable[_Union[Link, _Mapping]]] = ...) -> None: ...
+
+class Pair(_message.Message):
+    __slots__ = ("a", "b")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    a: str
+    b: str
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ...) -> None: ...
+
+class TensorInfo(_message.Message):
+    __slots__ = ("name", "dtype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ("tensors", "sparsity_ratio")
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    SPARSITY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    sparsity_ratio: float
+    def __init__(self, tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., sparsity_ratio: _Optional[float] = ...) -> None: ...
+
+class RoundFailure(_message.Message):
+    __slots__ = ("node", "peer", "reason")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    peer: str
+    reason: str
+    def __init__(self, node: _Optional[str] = ..., peer: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Round(_message.Message):
+    __slots__ = ("group", "number", "participants", "matrix_version", "seed", "policy", "pairs", "idle", "spec", "started_unix_ms", "deadline_unix_ms", "state", "reported", "failures", "bytes_total", "bottleneck_bps", "seconds_max", "ended_unix_ms", "create_revision", "mod_revision")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    MATRIX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BOTTLENECK_BPS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_MAX_FIELD_NUMBER: _ClassVar[int]
+    ENDED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    number: int
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    matrix_version: int
+    seed: int
+    policy: str
+    pairs: _containers.RepeatedCompositeFieldContainer[Pair]
+    idle: _containers.RepeatedScalarFieldContainer[str]
+    spec: TensorSpec
+    started_unix_ms: int
+    deadline_unix_ms: int
+    state: RoundState
+    reported: _containers.RepeatedScalarFieldContainer[str]
+    failures: _containers.RepeatedCompositeFieldContainer[RoundFailure]
+    bytes_total: int
+    bottleneck_bps: float
+    seconds_max: float
+    ended_unix_ms: int
+    create_revision: int
+    mod_revision: int
+    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., matrix_version: _Optional[int] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[Pair, _Mapping]]] = ..., idle: _Optional[_Iterable[str]] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., reported: _Optional[_Iterable[str]] = ..., failures: _Optional[_Iterable[_Union[RoundFailure, _Mapping]]] = ..., bytes_total: _Optional[int] = ..., bottleneck_bps: _Optional[float] = ..., seconds_max: _Optional[float] = ..., ended_unix_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ...) -> None: ...
+
+class GossipEvent(_message.Message):
+    __slots__ = ("round", "matrix_version")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    MATRIX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    round: Round
+    matrix_version: int
+    def __init__(self, round: _Optional[_Union[Round, _Mapping]] = ..., matrix_version: _Optional[int] = ...) -> None: ...
+
+class GossipState(_message.Message):
+    __slots__ = ("matrix", "rounds")
+    MATRIX_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    matrix: BandwidthMatrix
+    rounds: _containers.RepeatedCompositeFieldContainer[Round]
+    def __init__(self, matrix: _Optional[_Union[BandwidthMatrix, _Mapping]] = ..., rounds: _Optional[_Iterable[_Union[Round, _Mapping]]] = ...) -> None: ...
+
+class ReportBandwidthRequest(_message.Message):
+    __slots__ = ("node_id", "links", "request_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    links: _containers.RepeatedCompositeFieldContainer[LinkReport]
+    request_id: str
+    def __init__(self, node_id: _Optional[str] = ..., links: _Optional[_Iterable[_Union[LinkReport, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ReportBandwidthResponse(_message.Message):
+    __slots__ = ("header", "matrix_version", "links_changed")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    MATRIX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LINKS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    matrix_version: int
+    links_changed: int
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., matrix_version: _Optional[int] = ..., links_changed: _Optional[int] = ...) -> None: ...
+
+class GetBandwidthRequest(_message.Message):
+    __slots__ = ("read", "node_id")
+    READ_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    read: _common_pb2.ReadOptions
+    node_id: str
+    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class GetBandwidthResponse(_message.Message):
+    __slots__ = ("header", "matrix")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    MATRIX_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    matrix: BandwidthMatrix
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., matrix: _Optional[_Union[BandwidthMatrix, _Mapping]] = ...) -> None: ...
+
+class StartRoundRequest(_message.Message):
+    __slots__ = ("round", "request_id")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    round: Round
+    request_id: str
+    def __init__(self, round: _Optional[_Union[Round, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StartRoundResponse(_message.Message):
+    __slots__ = ("header", "round")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    round: Round
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., round: _Optional[_Union[Round, _Mapping]] = ...) -> None: ...
+
+class ReportRoundRequest(_message.Message):
+    __slots__ = ("group", "number", "node_id", "bytes", "seconds", "failed_peer", "reason", "request_id")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_PEER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    number: int
+    node_id: str
+    bytes: int
+    seconds: float
+    failed_peer: str
+    reason: str
+    request_id: str
+    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., node_id: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., failed_peer: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ReportRoundResponse(_message.Message):
+    __slots__ = ("header", "round")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    round: Round
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., round: _Optional[_Union[Round, _Mapping]] = ...) -> None: ...
+
+class EndRoundRequest(_message.Message):
+    __slots__ = ("group", "number", "request_id")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    number: int
+    request_id: str
+    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class EndRoundResponse(_message.Message):
+    __slots__ = ("header", "round", "ended")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    round: Round
+    ended: bool
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., round: _Optional[_Union[Round, _Mapping]] = ..., ended: _Optional[bool] = ...) -> None: ...
+
+class GetRoundRequest(_message.Message):
+    __slots__ = ("read", "group", "number")
+    READ_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    read: _common_pb2.ReadOptions
+    group: str
+    number: int
+    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., group: _Optional[str] = ..., number: _Optional[int] = ...) -> None: ...
+
+class GetRoundResponse(_message.Message):
+    __slots__ = ("header", "round")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    round: Round
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., round: _Optional[_Union[Round, _Mapping]] = ...) -> None: ...
+
+class ListRoundsRequest(_message.Message):
+    __slots__ = ("read", "group", "after", "limit")
+    READ_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    read: _common_pb2.ReadOptions
+    group: str
+    after: int
+    limit: int
+    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., group: _Optional[str] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListRoundsResponse(_message.Message):
+    __slots__ = ("header", "rounds")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    rounds: _containers.RepeatedCompositeFieldContainer[Round]
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., rounds: _Optional[_Iterable[_Union[Round, _Mapping]]] = ...) -> None: ...
