@@ -15,7 +15,7 @@ import grpc.aio
 
 from controlplane import errors
 from controlplane.client import _base
-from controlplane.client._api import AsyncLeases, AsyncMembership, AsyncModels, AsyncPorts, AsyncServices
+from controlplane.client._api import AsyncGossip, AsyncLeases, AsyncMembership, AsyncModels, AsyncPorts, AsyncServices
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._models import (
     CasResult,
@@ -78,6 +78,8 @@ class AsyncClient:
         self.models = AsyncModels(self._unary)
         #: Nodes and their liveness, networks, client places and feature flags.
         self.membership = AsyncMembership(self._unary)
+        #: The gossip layer's bandwidth matrix and rounds.
+        self.gossip = AsyncGossip(self._unary)
         self._channel_factory = channel_factory or _insecure_channel
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}

@@ -540,7 +540,7 @@ def event(pb: watch_pb2.Event) -> Event | None:
     except ValueError:
         return None
     # Both import this module: top-level imports would be circular.
-    from controlplane.client import _membership, _ports, _registry
+    from controlplane.client import _gossip, _membership, _ports, _registry
 
     return Event(
         revision=pb.revision,
@@ -554,6 +554,7 @@ def event(pb: watch_pb2.Event) -> Event | None:
         port=_ports.convert(_ports.PortEvent, pb.port) if pb.HasField("port") else None,
         model=_ports.convert(_registry.ModelEvent, pb.model) if pb.HasField("model") else None,
         membership=(_ports.convert(_membership.MembershipEvent, pb.membership) if pb.HasField("membership") else None),
+        gossip=_ports.convert(_gossip.GossipEvent, pb.gossip) if pb.HasField("gossip") else None,
     )
 
 

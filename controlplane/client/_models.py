@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from controlplane.v1 import cluster_pb2, common_pb2, watch_pb2
 
 if TYPE_CHECKING:
+    from controlplane.client._gossip import GossipEvent
     from controlplane.client._membership import MembershipEvent
     from controlplane.client._ports import PortEvent
     from controlplane.client._registry import ModelEvent
@@ -130,6 +131,8 @@ class Event:
     model: ModelEvent | None = None
     #: For domain "membership": the node, network, placement or flag after the change.
     membership: MembershipEvent | None = None
+    #: For domain "gossip": the round after the change (keys "rounds/...") or the matrix version ("bandwidth").
+    gossip: GossipEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import grpc
 
 from controlplane import errors
 from controlplane.client import _base
-from controlplane.client._api import Leases, Membership, Models, Ports, Services
+from controlplane.client._api import Gossip, Leases, Membership, Models, Ports, Services
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._models import (
     CasResult,
@@ -81,6 +81,8 @@ class Client:
         self.models = Models(self._unary)
         #: Nodes and their liveness, networks, client places and feature flags.
         self.membership = Membership(self._unary)
+        #: The gossip layer's bandwidth matrix and rounds.
+        self.gossip = Gossip(self._unary)
         self._channel_factory = channel_factory or _insecure_channel
         self._channels: dict[str, grpc.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}

@@ -22,6 +22,7 @@ from controlplane.server.interceptor import ErrorsAndMetrics
 from controlplane.server.node import Node
 from controlplane.server.services import (
     ClusterService,
+    GossipService,
     KVService,
     LeasesService,
     MembershipService,
@@ -34,6 +35,8 @@ from controlplane.server.services import (
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
+    gossip_pb2,
+    gossip_pb2_grpc,
     kv_pb2,
     kv_pb2_grpc,
     leases_pb2,
@@ -99,6 +102,7 @@ async def serve(config: ServerConfig) -> None:
     leases_pb2_grpc.add_LeasesServicer_to_server(LeasesService(node), server)
     models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(node), server)
     membership_pb2_grpc.add_MembershipServicer_to_server(MembershipService(node), server)
+    gossip_pb2_grpc.add_GossipServicer_to_server(GossipService(node), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -112,6 +116,7 @@ async def serve(config: ServerConfig) -> None:
             leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
             models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
             membership_pb2.DESCRIPTOR.services_by_name["Membership"].full_name,
+            gossip_pb2.DESCRIPTOR.services_by_name["Gossip"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

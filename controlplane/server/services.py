@@ -29,6 +29,8 @@ from controlplane.v1 import (
     cluster_pb2_grpc,
     command_pb2,
     common_pb2,
+    gossip_pb2,
+    gossip_pb2_grpc,
     kv_pb2,
     kv_pb2_grpc,
     leases_pb2,
@@ -715,6 +717,61 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
         table = self._node.machine.membership
         flags, revision = self._node.read_state(table.list_flags)
         return membership_pb2.ListFlagsResponse(header=self._node.header(revision), flags=flags)
+
+
+class GossipService(gossip_pb2_grpc.GossipServicer):
+    """Bandwidth reports and round bookkeeping through the log; reads honour ReadOptions."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def ReportBandwidth(
+        self, request: gossip_pb2.ReportBandwidthRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ReportBandwidthResponse:
+        return await _replicate(self._node, "gossip_report_bandwidth", request, gossip_pb2.ReportBandwidthResponse)
+
+    async def StartRound(
+        self, request: gossip_pb2.StartRoundRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.StartRoundResponse:
+        return await _replicate(self._node, "gossip_start_round", request, gossip_pb2.StartRoundResponse)
+
+    async def ReportRound(
+        self, request: gossip_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ReportRoundResponse:
+        return await _replicate(self._node, "gossip_report_round", request, gossip_pb2.ReportRoundResponse)
+
+    async def EndRound(
+        self, request: gossip_pb2.EndRoundRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.EndRoundResponse:
+        return await _replicate(self._node, "gossip_end_round", request, gossip_pb2.EndRoundResponse)
+
+    async def GetBandwidth(
+        self, request: gossip_pb2.GetBandwidthRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.GetBandwidthResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        table = self._node.machine.gossip
+        matrix, revision = self._node.read_state(lambda: table.matrix(request.node_id))
+        return gossip_pb2.GetBandwidthResponse(header=self._node.header(revision), matrix=matrix)
+
+    async def GetRound(
+        self, request: gossip_pb2.GetRoundRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.GetRoundResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        table = self._node.machine.gossip
+        found, revision = self._node.read_state(lambda: table.round(request.group, request.number))
+        return gossip_pb2.GetRoundResponse(header=self._node.header(revision), round=found)
+
+    async def ListRounds(
+        self, request: gossip_pb2.ListRoundsRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ListRoundsResponse:
+        if request.limit > limits.MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit {request.limit} is above the maximum {limits.MAX_LIST_LIMIT}")
+        await self._node.prepare_read(request.read, _timeout(context))
+        table = self._node.machine.gossip
+        rounds, revision = self._node.read_state(
+            lambda: table.list_rounds(request.group, request.after, request.limit or 100)
+        )
+        return gossip_pb2.ListRoundsResponse(header=self._node.header(revision), rounds=rounds)
 
 
 def _refuse_early(check: Callable[[], None]) -> None:
