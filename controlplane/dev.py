@@ -70,6 +70,8 @@ class NodeProcess:
     data_dir: Path
     log_path: Path
     peers: list[str] = field(default_factory=list)
+    # Started with --join: a learner until the leader promotes it (after Cluster.AddMember).
+    join: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -196,6 +198,8 @@ class LocalCluster:
         ]
         for spec in node.peers:
             command += ["--peer", spec]
+        if node.join:
+            command.append("--join")
         if self.extra_config:
             config_file = self.data_dir / f"{node.id}.toml"
             config_file.write_text(_toml(self.extra_config))
@@ -226,10 +230,16 @@ class LocalCluster:
         self.write_manifest()
 
     def add_server(self) -> NodeProcess:
-        """Start one more server that knows the current members; admit it with Cluster.AddMember."""
+        """Start one more server in join mode, knowing the current members.
+
+        It runs as a learner: admit it with Cluster.AddMember, and the leader promotes it to voter
+        once it has caught up and stayed so for ``server_stabilization_s``. Servers that stopped
+        (killed, or removed and exited) are not peers: a joining server only needs live members.
+        """
         index = max(int(node_id[1:]) for node_id in self.nodes) + 1
         node = self._new_node(f"n{index}", index, None)
-        node.peers = [self._peer_spec(other) for other in self.nodes.values()]
+        node.peers = [self._peer_spec(other) for other in self.nodes.values() if other.running]
+        node.join = True
         self.nodes[node.id] = node
         self._spawn(node)
         self.write_manifest()
@@ -294,6 +304,7 @@ class LocalCluster:
                     "data_dir": str(node.data_dir),
                     "log": str(node.log_path),
                     "pid": node.pid,
+                    "join": node.join,
                 }
                 for node in self.nodes.values()
             ],

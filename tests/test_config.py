@@ -59,6 +59,10 @@ def test_password_file(tmp_path: Path) -> None:
         ({"peers": ["n2=127.0.0.1:7201,127.0.0.1:7102"]}, "raft addresses must be unique"),
         ({"peers": ["n2"]}, "ID=RAFT_HOST:PORT,CLIENT_HOST:PORT"),
         ({"colour": "blue"}, "unknown setting"),
+        ({"server_stabilization_s": -1}, "server_stabilization_s"),
+        ({"max_trailing_logs": 0}, "max_trailing_logs"),
+        ({"dead_server_cleanup_s": 0.5}, "dead_server_cleanup_s must be 0"),
+        ({"min_quorum": 0}, "min_quorum"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_with_the_reason(overrides: dict[str, object], message: str) -> None:
@@ -83,3 +87,17 @@ def test_the_deploy_examples_are_valid(name: str) -> None:
     config = load_config(REPO / "deploy" / name, {}, {"CP_RAFT_PASSWORD": "x"})
     assert config.advertise_address.startswith("10.0.0.")
     assert len(config.peers) == 2
+
+
+def test_membership_autopilot_defaults_and_file_settings(tmp_path: Path) -> None:
+    defaults = load_config(None, BASE, {"CP_RAFT_PASSWORD": "x"})
+    # Consul's stabilization time and trailing-log bound; cleanup off (a removal is permanent).
+    assert (defaults.server_stabilization_s, defaults.max_trailing_logs) == (10.0, 250)
+    assert (defaults.dead_server_cleanup_s, defaults.min_quorum) == (0.0, 3)
+    assert not defaults.join
+    config_file = tmp_path / "n4.toml"
+    config_file.write_text("join = true\nserver_stabilization_s = 2.5\ndead_server_cleanup_s = 3600\nmin_quorum = 5\n")
+    config = load_config(config_file, BASE, {"CP_RAFT_PASSWORD": "x"})
+    assert config.join and config.server_stabilization_s == 2.5
+    assert (config.dead_server_cleanup_s, config.min_quorum) == (3600, 5)
+    assert config.voter_marker_file == config.data_dir / "raft.voter"

@@ -14,7 +14,9 @@ from controlplane.cli.output import Output, emit, emit_json
 from controlplane.client import ClusterStatus, Member
 
 cluster_app = typer.Typer(help="Cluster status, membership, leadership and backups.", no_args_is_help=True)
-members_app = typer.Typer(help="Raft voters: list, add, remove (one change at a time).", no_args_is_help=True)
+members_app = typer.Typer(
+    help="Raft members - voters and learners: list, add, remove (one change at a time).", no_args_is_help=True
+)
 snapshot_app = typer.Typer(help="Backups of the replicated state.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 cluster_app.add_typer(members_app, name="members")
@@ -35,11 +37,15 @@ def _emit_members(members: tuple[Member, ...] | list[Member], output: Output) ->
 
 
 def _print_members(members: tuple[Member, ...] | list[Member]) -> None:
-    typer.echo(f"{'ID':<8} {'ROLE':<10} {'HEALTHY':<8} {'CLIENT':<22} RAFT")
+    # VOTE: "voter" counts towards quorum; "learner" was admitted and is catching up (the leader
+    # promotes it once it has stayed caught up for server_stabilization_s).
+    typer.echo(f"{'ID':<8} {'VOTE':<8} {'ROLE':<10} {'HEALTHY':<8} {'CLIENT':<22} RAFT")
     for member in members:
+        # An SDK older than the server shows a learner's role as UNKNOWN: voter=False says it all.
+        role = member.role.name.lower() if member.voter else "learner"
         typer.echo(
-            f"{member.id or '?':<8} {member.role.name.lower():<10} {'yes' if member.healthy else 'NO':<8} "
-            f"{member.client_address:<22} {member.raft_address}"
+            f"{member.id or '?':<8} {'voter' if member.voter else 'learner':<8} {role:<10} "
+            f"{'yes' if member.healthy else 'NO':<8} {member.client_address:<22} {member.raft_address}"
         )
 
 
@@ -54,8 +60,10 @@ def status(endpoints: EndpointsOption = None, output: OutputOption = Output.text
         out["members"] = [_member_json(member) for member in current.members]
         emit_json(out)
         return
+    me = next((member for member in current.members if member.id == current.node_id), None)
+    role = "learner" if me is not None and not me.voter else current.role.name.lower()
     typer.echo(
-        f"node {current.node_id} ({current.role.name.lower()}), leader {current.leader_id or 'none'} "
+        f"node {current.node_id} ({role}), leader {current.leader_id or 'none'} "
         f"at {current.leader_address or '-'}, term {current.term}, quorum {'yes' if current.has_quorum else 'NO'}"
     )
     typer.echo(
@@ -69,7 +77,7 @@ def status(endpoints: EndpointsOption = None, output: OutputOption = Output.text
 def members_list(
     endpoints: EndpointsOption = None, output: OutputOption = Output.text, timeout: TimeoutOption = 5.0
 ) -> None:
-    """List the Raft members."""
+    """List the Raft members: voters and learners."""
     with connect(endpoints, timeout) as client:
         current = client.status()
     _emit_members(current.members, output)
@@ -84,7 +92,11 @@ def members_add(
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 30.0,
 ) -> None:
-    """Admit a running server (started with the current members as --peer) as a voter."""
+    """Admit a running server (started with --join and the current members as --peer) as a learner.
+
+    The leader promotes it to voter once it has caught up and stayed so for server_stabilization_s
+    (`cpctl cluster status` shows VOTE learner until then).
+    """
     with connect(endpoints, timeout) as client:
         members = client.add_member(member_id, raft_address, client_address)
     _emit_members(members, output)
@@ -97,7 +109,7 @@ def members_remove(
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 30.0,
 ) -> None:
-    """Remove a server from the voters (then stop it; it may not rejoin under the same id)."""
+    """Remove a voter or learner. It stops itself once it learns of it; its id may never rejoin."""
     with connect(endpoints, timeout) as client:
         members = client.remove_member(member_id)
     _emit_members(members, output)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from controlplane.cli import app
-from controlplane.cli.output import fail
+from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, fail
 from controlplane.server.config import ConfigError, load_config
 
 
@@ -40,11 +40,23 @@ def serve(
         typer.Option("--insecure-dev", help="Allow running without a Raft password (local experiments only)"),
     ] = False,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning [CP_LOG_LEVEL]")] = None,
+    join: Annotated[
+        bool,
+        typer.Option(
+            "--join",
+            help="Join a running cluster (--peer: its current members) as a learner; the leader promotes it "
+            "to voter after `cpctl cluster members add` once it has caught up",
+        ),
+    ] = False,
 ) -> None:
-    """Run a server: Raft voter, gRPC API and Prometheus metrics.
+    """Run a server: Raft voter (or learner, with --join), gRPC API and Prometheus metrics.
 
     Settings come from --config, then CP_* environment variables, then these flags (highest).
     The Raft password is never a flag: use CP_RAFT_PASSWORD or a password file.
+
+    Exit status: 0 when stopped by SIGTERM/SIGINT; 2 when the configuration cannot work or the data
+    directory belongs to a server removed from its cluster; 1 when the server stopped itself because
+    it learned it was removed.
     """
     overrides = {
         "node_id": node_id,
@@ -57,11 +69,17 @@ def serve(
         "raft_password_file": str(raft_password_file) if raft_password_file else None,
         "insecure_dev": insecure_dev or None,
         "log_level": log_level,
+        "join": join or None,
     }
     from controlplane.server.app import serve as run_server
+    from controlplane.server.node import stop_reason
 
     try:
         server_config = load_config(config, overrides)
         asyncio.run(run_server(server_config))
     except ConfigError as exc:
-        fail(f"cannot start: {exc}", code=2)
+        fail(f"cannot start: {exc}", code=EXIT_USAGE)
+    reason = stop_reason()
+    if reason:
+        # The server stopped itself (it was removed): a supervisor must not treat that as a clean exit.
+        fail(f"stopped: {reason}", code=EXIT_ERROR)

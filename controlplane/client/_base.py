@@ -501,6 +501,10 @@ def member(pb: cluster_pb2.Member) -> Member:
         healthy=pb.healthy,
         voter=pb.voter,
         match_index=pb.match_index,
+        learner=pb.learner,
+        applied_index=pb.applied_index,
+        stable_since_unix_ms=pb.stable_since_unix_ms,
+        last_contact_unix_ms=pb.last_contact_unix_ms,
     )
 
 
@@ -530,6 +534,8 @@ def cluster_status(response: cluster_pb2.StatusResponse) -> ClusterStatus:
         oldest_revision=response.oldest_revision,
         raft_log_size=response.raft_log_size,
         version=response.version,
+        ready=response.ready,
+        membership_change=response.membership_change,
     )
 
 

@@ -58,6 +58,8 @@ class Role(enum.Enum):
     FOLLOWER = cluster_pb2.ROLE_FOLLOWER
     CANDIDATE = cluster_pb2.ROLE_CANDIDATE
     LEADER = cluster_pb2.ROLE_LEADER
+    #: A non-voting server catching up before its promotion.
+    LEARNER = cluster_pb2.ROLE_LEARNER
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +139,7 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """A Raft voter as seen by the node that answered."""
+    """A Raft server (voter or learner) as seen by the node that answered."""
 
     id: str
     raft_address: str
@@ -149,6 +151,13 @@ class Member:
     voter: bool
     #: Highest log index known replicated on it; only filled in when the leader answers.
     match_index: int = 0
+    #: A learner: receives the log, does not vote, promoted once caught up and stable.
+    learner: bool = False
+    #: Leader-answered only: its applied index, since when it has been caught up continuously, and
+    #: when the leader last reached it.
+    applied_index: int = 0
+    stable_since_unix_ms: int = 0
+    last_contact_unix_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +178,10 @@ class ClusterStatus:
     oldest_revision: int
     raft_log_size: int
     version: str
+    #: Caught up and serving (False while starting, switching from learner to voter, or stopping).
+    ready: bool = True
+    #: The membership change in flight on the leader, if any.
+    membership_change: str = ""
 
 
 @dataclass(frozen=True, slots=True)

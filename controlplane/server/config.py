@@ -95,8 +95,9 @@ class ServerConfig:
     raft_password: str | None = field(default=None, repr=False)
     insecure_dev: bool = False
     peers: tuple[Peer, ...] = ()
-    # Joining an existing cluster: start with the current members as peers and dynamic
-    # membership on; the leader then admits this server with Cluster.AddMember.
+    # Joining an existing cluster: start with the current members as peers. The server runs as a
+    # learner (a pysyncobj read-only node: it receives the log, never votes) until the leader,
+    # after Cluster.AddMember, promotes it; from then on it starts as a voter (data_dir/raft.voter).
     join: bool = False
     log_level: str = "info"
     # Group commit: most commands and bytes in one log entry.
@@ -117,6 +118,22 @@ class ServerConfig:
     ports_repair_passes: int = 3
     # How often the leader looks for expired leases.
     lease_check_interval_s: float = 0.25
+    # Membership autopilot (the leader's, after Consul's). A learner is promoted to voter once it
+    # has been continuously healthy this long (Consul's ServerStabilizationTime, 10 s): long
+    # enough that a server flapping on start or still replaying a snapshot never gets a vote.
+    server_stabilization_s: float = 10.0
+    # "Caught up" for a learner: at most this many log entries behind the leader's commit index
+    # (Consul's MaxTrailingLogs, 250).
+    max_trailing_logs: int = 250
+    # Remove a voter the leader has not reached (Raft link down and Cluster.Status failing) for
+    # this long; drop a learner unreachable this long. 0 = off, the default: a removal is
+    # permanent (the id may never rejoin, the data must be wiped), and from the leader's seat a
+    # dead machine, a partition and a long maintenance reboot look the same. Opt in with a value
+    # longer than your longest planned outage.
+    dead_server_cleanup_s: float = 0.0
+    # Dead-server cleanup never leaves fewer voters than this (Consul's MinQuorum). 3: the
+    # smallest cluster that still survives a failure is never shrunk by automation.
+    min_quorum: int = 3
     raft: RaftTuning = field(default_factory=RaftTuning)
 
     def validate(self) -> None:
@@ -158,6 +175,17 @@ class ServerConfig:
             raise ConfigError("ports_repair_interval_s must be >= 0 and ports_repair_passes within 1-100")
         if not 0.01 <= self.lease_check_interval_s <= 10:
             raise ConfigError("lease_check_interval_s must be within 0.01-10 seconds")
+        if not 0 <= self.server_stabilization_s <= 3600:
+            raise ConfigError("server_stabilization_s must be within 0-3600 seconds")
+        if self.max_trailing_logs < 1:
+            raise ConfigError("max_trailing_logs must be at least 1")
+        if self.dead_server_cleanup_s != 0 and not 1 <= self.dead_server_cleanup_s <= 30 * 24 * 3600:
+            raise ConfigError(
+                "dead_server_cleanup_s must be 0 (off) or 1 s to 30 days: shorter than an election would remove "
+                "servers that are merely slow"
+            )
+        if self.min_quorum < 1:
+            raise ConfigError("min_quorum must be at least 1")
         ids = [peer.id for peer in self.peers]
         if self.node_id in ids:
             raise ConfigError(f"peers must not include this server ({self.node_id}) itself")
@@ -179,6 +207,11 @@ class ServerConfig:
     @property
     def dump_file(self) -> Path:
         return self.data_dir / "raft.dump"
+
+    @property
+    def voter_marker_file(self) -> Path:
+        """Present once this server has been promoted: from then on it starts as a voter, even with ``join``."""
+        return self.data_dir / "raft.voter"
 
 
 def _is_wildcard(address: str) -> bool:

@@ -8,6 +8,13 @@ Lease expiry never cuts a live lease short across an election: a lease is propos
 when its deadline (renewal + TTL, in leader-stamped time) has passed *and* this server has itself
 been leader for at least that lease's TTL (etcd's rule). A holder that was renewing against the old
 leader therefore always gets one full TTL to find the new one, whatever the clocks say.
+
+The membership autopilot (``Autopilot``, after Consul's) is the leader's other timer: it health-checks
+every other server over gRPC, promotes learners that have stayed caught up for
+``server_stabilization_s``, finishes membership changes a failed leader left half done, and - when
+``dead_server_cleanup_s`` is set - removes servers that stayed unreachable, never leaving fewer than
+``min_quorum`` voters or a voter set without a healthy majority. Every change goes through the node's
+one-membership-change slot. Its decisions are a pure function (``next_action``) of what it observed.
 """
 
 from __future__ import annotations
@@ -15,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import grpc
 import structlog
 
 from controlplane.errors import ControlPlaneError
 from controlplane.server.config import ServerConfig
-from controlplane.v1 import command_pb2, leases_pb2, ports_pb2
+from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, command_pb2, leases_pb2, ports_pb2
 
 if TYPE_CHECKING:
     from controlplane.server.node import Node
@@ -31,6 +41,10 @@ log = structlog.get_logger("controlplane.housekeeping")
 # One expiry command names at most this many leases (keeps a log entry small after an outage).
 MAX_EXPIRE_PER_COMMAND = 1000
 PROPOSE_TIMEOUT_S = 5.0
+# The autopilot's health-check period (Consul's ServerHealthInterval is 2 s; ours is cheaper than a
+# stabilization period's quarter at the 1-2 s the tests use) and the bound on one check.
+AUTOPILOT_INTERVAL_S = 0.5
+PROBE_TIMEOUT_S = 1.0
 
 
 class Housekeeper:
@@ -96,3 +110,254 @@ class Housekeeper:
         released = result.ports_repair.released
         if released:
             log.warning("leaked_ports_released", ports=[f"{a.service}/{a.name}@{a.host}:{a.port}" for a in released])
+
+
+# --------------------------------------------------------------------------------------- autopilot
+
+
+@dataclass
+class ServerHealth:
+    """What this leader's health checks saw of one other server (Consul autopilot's ServerHealth).
+
+    Times are monotonic (decisions) with a wall-clock twin for Cluster.Status; all of it is reset
+    when leadership is lost: a new leader observes for itself before it promotes or removes anyone.
+    """
+
+    raft_address: str
+    #: The last Cluster.Status check answered.
+    reachable: bool = False
+    applied_index: int = 0
+    last_contact_unix_ms: int = 0
+    #: Healthy without interruption since (None: not healthy at the last check).
+    stable_since: float | None = None
+    stable_since_unix_ms: int = 0
+    #: Unreachable without interruption since (for a voter: Raft link down *and* the check failing).
+    unreachable_since: float | None = None
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """One other server as the leader sees it now: the input of ``next_action``."""
+
+    id: str
+    raft_address: str
+    #: In the leader's Raft configuration.
+    voter: bool
+    #: The directory's flag; None when the directory has no record (a static peer not yet published).
+    learner: bool | None
+    #: The leader's Raft connection to it is up (voters only).
+    raft_connected: bool
+    health: ServerHealth
+
+
+@dataclass(frozen=True)
+class Policy:
+    server_stabilization_s: float
+    dead_server_cleanup_s: float
+    min_quorum: int
+
+
+@dataclass(frozen=True)
+class Action:
+    """One membership change the autopilot decided on."""
+
+    kind: str  # "promote" or "remove"
+    member_id: str
+    raft_address: str
+    reason: str
+
+
+def next_action(servers: Sequence[ServerView], voters: int, now: float, policy: Policy) -> Action | None:
+    """The one membership change to make now, if any, in order of urgency.
+
+    ``voters`` counts the leader's whole configuration, the leader included. Rules:
+
+    1. Finish a promotion: a directory learner already in the configuration.
+    2. Finish a removal: a directory voter outside the configuration. A voter's record says
+       learner=false only after its promotion committed, so only a removal takes it out again.
+    3. Dead voter (cleanup on): unreachable for dead_server_cleanup_s, removed only if at least
+       min_quorum voters remain and the remaining reachable voters are a majority of them.
+    4. Dead learner (cleanup on): unreachable for dead_server_cleanup_s.
+    5. Promote a learner healthy for server_stabilization_s. Health includes "caught up since it
+       started" (Status.ready), which a server running outside the configuration never is.
+    """
+    ordered = sorted(servers, key=lambda server: (server.id, server.raft_address))
+    for server in ordered:
+        if server.learner is True and server.voter:
+            return Action("promote", server.id, server.raft_address, "finishing an interrupted promotion")
+    for server in ordered:
+        if server.learner is False and not server.voter:
+            return Action("remove", server.id, server.raft_address, "finishing an interrupted removal")
+    cleanup = policy.dead_server_cleanup_s
+    if cleanup > 0:
+        for server in ordered:
+            if server.voter and _down_for(server, now) >= cleanup:
+                remaining = voters - 1
+                reachable = 1 + sum(1 for o in ordered if o.voter and o is not server and o.raft_connected)
+                if remaining >= policy.min_quorum and reachable > remaining / 2:
+                    return Action("remove", server.id, server.raft_address, f"unreachable for over {cleanup:g} s")
+        for server in ordered:
+            if not server.voter and _down_for(server, now) >= cleanup:
+                return Action("remove", server.id, server.raft_address, f"learner unreachable for over {cleanup:g} s")
+    for server in ordered:
+        if server.voter or server.learner is not True:
+            continue
+        health = server.health
+        if health.stable_since is not None and now - health.stable_since >= policy.server_stabilization_s:
+            return Action("promote", server.id, server.raft_address, "caught up and stable")
+    return None
+
+
+def _down_for(server: ServerView, now: float) -> float:
+    since = server.health.unreachable_since
+    return 0.0 if since is None else now - since
+
+
+class Autopilot:
+    """The leader's membership timer: health checks, promotions, cleanup (see the module docstring)."""
+
+    def __init__(self, node: Node, config: ServerConfig) -> None:
+        self._node = node
+        self._config = config
+        self._policy = Policy(config.server_stabilization_s, config.dead_server_cleanup_s, config.min_quorum)
+        self._servers: dict[str, ServerHealth] = {}
+        # Dead voters already reported as kept (min_quorum): say so once per leadership, not every round.
+        self._kept: set[str] = set()
+
+    def health(self, raft_address: str) -> ServerHealth | None:
+        """The last health observation of a server (leader only; None elsewhere)."""
+        return self._servers.get(raft_address)
+
+    async def run(self) -> None:
+        node = self._node
+        while True:
+            await asyncio.sleep(AUTOPILOT_INTERVAL_S)  # a timer: this is periodic work
+            if not node.raft.is_leader() or not node.raft.is_ready():
+                self._servers.clear()
+                self._kept.clear()
+                continue
+            try:
+                await self.round()
+            except ControlPlaneError as exc:
+                # Lost leadership or quorum mid-change, or another change in flight: next round.
+                log.info("autopilot_retry", reason=exc.message)
+            except Exception:  # a bug: keep the timer alive, and say so loudly
+                log.exception("autopilot_failed")
+
+    async def round(self) -> None:
+        """Check every other server once, then make at most one membership change."""
+        node = self._node
+        me = node.config.raft_address
+        raft = node.raft.status()
+        targets = self._targets(raft.connected, me)
+        answers = await asyncio.gather(*(self._probe(client) for _, client in targets.values()))
+        now, now_ms = time.monotonic(), time.time_ns() // 1_000_000
+        for address, answer in zip(targets, answers, strict=True):
+            health = self._servers.setdefault(address, ServerHealth(address))
+            raft_connected = raft.connected.get(address, False)
+            self._observe(health, answer, raft_connected, raft.term, raft.commit_index, now, now_ms)
+        for gone in set(self._servers) - set(targets):
+            del self._servers[gone]
+
+        # Decide on a fresh view: a change (an operator's RemoveMember) may have completed while the
+        # checks ran. No await from here to the decision, so nothing else changes membership meanwhile.
+        if node.membership_change_in_flight() or not node.raft.is_leader():
+            return
+        raft = node.raft.status()
+        directory = node.directory()
+        views = []
+        for address, (member_id, _) in self._targets(raft.connected, me).items():
+            record = directory.get(address)
+            voter = address in raft.connected
+            views.append(
+                ServerView(
+                    id=member_id,
+                    raft_address=address,
+                    voter=voter,
+                    learner=record.learner if record is not None else None,
+                    raft_connected=voter and raft.connected[address],
+                    # Not checked yet (it appeared during the checks): unknown, so neither healthy nor dead.
+                    health=self._servers.get(address) or ServerHealth(address),
+                )
+            )
+        action = next_action(views, len(raft.connected), now, self._policy)
+        if action is None:
+            self._report_kept(views, len(raft.connected), now)
+            return
+        log.info("autopilot_action", action=action.kind, member=action.member_id, reason=action.reason)
+        if action.kind == "promote":
+            await node.promote(action.member_id)
+        else:
+            await node.remove_server(action.member_id, action.raft_address, action.reason)
+
+    def _targets(self, configuration: dict[str, bool], me: str) -> dict[str, tuple[str, str]]:
+        """Every other server - in the Raft configuration or in the directory - as (id, client address)."""
+        node = self._node
+        book = node.members()  # static peers and the directory, without removed ids
+        directory = node.directory()
+        targets = {}
+        for address in sorted((set(configuration) | set(directory)) - {me}):
+            known = directory.get(address) or book.get(address)
+            targets[address] = (known.id, known.client_address) if known is not None else ("", "")
+        return targets
+
+    def _observe(
+        self,
+        health: ServerHealth,
+        answer: cluster_pb2.StatusResponse | None,
+        raft_connected: bool,
+        term: int,
+        commit_index: int,
+        now: float,
+        now_ms: int,
+    ) -> None:
+        healthy = False
+        if answer is not None:
+            health.reachable = True
+            health.last_contact_unix_ms = now_ms
+            health.applied_index = answer.applied_index
+            # Consul's definition, with pysyncobj's numbers: it follows this leader in this term, has
+            # caught up since it started, and trails the commit index by at most max_trailing_logs.
+            healthy = (
+                answer.ready
+                and answer.term == term
+                and answer.leader_id == self._node.node_id
+                and commit_index - answer.applied_index <= self._config.max_trailing_logs
+            )
+        else:
+            health.reachable = False
+        if answer is not None or raft_connected:
+            health.unreachable_since = None
+        elif health.unreachable_since is None:
+            health.unreachable_since = now
+        if healthy and health.stable_since is None:
+            health.stable_since, health.stable_since_unix_ms = now, now_ms
+        elif not healthy:
+            health.stable_since, health.stable_since_unix_ms = None, 0
+
+    async def _probe(self, client_address: str) -> cluster_pb2.StatusResponse | None:
+        if not client_address:
+            return None
+        stub = cluster_pb2_grpc.ClusterStub(self._node.peer_channel(client_address))
+        try:
+            answer: cluster_pb2.StatusResponse = await stub.Status(cluster_pb2.StatusRequest(), timeout=PROBE_TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            return None
+        return answer
+
+    def _report_kept(self, views: list[ServerView], voters: int, now: float) -> None:
+        """Say once why a dead voter stays: removing it would go below min_quorum or a healthy majority."""
+        cleanup = self._policy.dead_server_cleanup_s
+        if cleanup <= 0:
+            return
+        for view in views:
+            if view.voter and _down_for(view, now) >= cleanup and view.raft_address not in self._kept:
+                self._kept.add(view.raft_address)
+                log.warning(
+                    "dead_server_kept",
+                    member=view.id,
+                    voters=voters,
+                    min_quorum=self._policy.min_quorum,
+                    hint="removing it would leave fewer than min_quorum voters or no healthy majority; "
+                    "replace it (add a server, then remove this one) or lower min_quorum",
+                )

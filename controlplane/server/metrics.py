@@ -26,5 +26,5 @@ LATENCY = Histogram(
 
 
 def set_role(role: str) -> None:
-    for name in ("follower", "candidate", "leader"):
+    for name in ("follower", "candidate", "leader", "learner"):
         RAFT_ROLE.labels(role=name).set(1 if name == role else 0)

@@ -15,10 +15,13 @@ import asyncio
 import hashlib
 import heapq
 import itertools
+import os
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -42,11 +45,11 @@ from controlplane.errors import (
 )
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.server import metrics
-from controlplane.server.config import ServerConfig
-from controlplane.server.housekeeping import Housekeeper
+from controlplane.server.config import ConfigError, ServerConfig
+from controlplane.server.housekeeping import Autopilot, Housekeeper
 from controlplane.server.indexer import Indexer
 from controlplane.server.proposer import Proposer
-from controlplane.server.raft import SUCCESS, RaftNode, describe_failure
+from controlplane.server.raft import ROLE_LEADER, ROLE_LEARNER, SUCCESS, RaftNode, describe_failure
 from controlplane.state import limits
 from controlplane.state.machine import CommandResult, SnapshotError, StateMachine, parse_snapshot
 from controlplane.state.refusal import Refused
@@ -67,12 +70,49 @@ log = structlog.get_logger("controlplane.node")
 DEFAULT_READ_TIMEOUT_S = 5.0
 MEMBERSHIP_TIMEOUT_S = 15.0
 BACKUP_FORMAT_VERSION = 1
+# How often every server looks at its own membership (removed? promoted?).
+MEMBERSHIP_WATCH_S = 0.1
+# A server without quorum this long asks the others whether it was removed (the leader stops
+# sending a removed voter anything, so its own log never says so).
+CUT_OFF_CHECK_S = 2.0
+# Bound on one "was I removed?" question to another server.
+PEER_CHECK_TIMEOUT_S = 1.0
+# Bound on waiting at start for the journal's committed entries to be applied again (local work).
+REPLAY_WAIT_S = 30.0
 
 _ROLE_ENUM = {
     "follower": cluster_pb2.ROLE_FOLLOWER,
     "candidate": cluster_pb2.ROLE_CANDIDATE,
     "leader": cluster_pb2.ROLE_LEADER,
+    "learner": cluster_pb2.ROLE_LEARNER,
 }
+
+# Why this process stopped on its own (it learned it was removed); `cpctl serve` turns it into a
+# non-zero exit status. Module state because app.serve owns the process lifecycle and returns
+# nothing; None while the server stops only when told to.
+_stop_reason: str | None = None
+
+
+def stop_reason() -> str | None:
+    """Why the server stopped itself, or None when it was stopped from outside (a signal)."""
+    return _stop_reason
+
+
+class StartupRefused(ConfigError):
+    """This data directory must not be served: it holds the state of a server removed from its cluster."""
+
+
+def _stop_process() -> None:
+    """The default way a removed server stops: a graceful SIGTERM to itself, as an operator would.
+
+    app.serve installs its SIGTERM handler after ``Node.start``; until then a SIGTERM would kill
+    the process without the graceful stop, so wait (briefly) for the handler to be in place.
+    """
+    deadline = time.monotonic() + 10.0
+    while signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a blocking poll, run off the event loop; the handler has no notification
+    os.kill(os.getpid(), signal.SIGTERM)
+
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -87,8 +127,9 @@ class MemberAddress:
 
 
 class Node:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, stop_process: Callable[[], None] = _stop_process) -> None:
         self.config = config
+        self._stop_process = stop_process
         self.node_id = config.node_id
         self.machine = StateMachine(history_limit=config.history_limit)
         self.state_lock = threading.Lock()
@@ -104,14 +145,35 @@ class Node:
         self.raft: RaftNode
         self.proposer: Proposer
         self.indexer: Indexer | None = None
+        self.autopilot = Autopilot(self, config)
+        # After a Raft restart (promotion, or back to learner): the machine the new node applies into,
+        # served only once it has caught up (see _restart_raft), and when that restart began.
+        self._pending_machine: StateMachine | None = None
+        self._restart_began = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Start Raft (as a voter, or as a learner when joining and not yet promoted) and the loops.
+
+        Raises StartupRefused when the data directory belongs to a server removed from its cluster.
+        """
         self._loop = asyncio.get_running_loop()
+        had_journal = self.config.journal_file.exists()
+        # A joining server is a learner until promoted; the marker makes a promotion survive restarts.
+        voter = not self.config.join or self.config.voter_marker_file.exists()
         self.raft = RaftNode(
-            self.config, self.machine, self.state_lock, self._on_applied_tick_thread, self._on_role_change
+            self.config,
+            self.machine,
+            self.state_lock,
+            self._on_applied_tick_thread,
+            self._on_role_change,
+            voter=voter,
         )
+        if not voter:
+            log.info("starting_as_learner", hint="admit it with `cpctl cluster members add`; promoted once caught up")
+        if had_journal:
+            await self._refuse_if_removed()
         self.proposer = Proposer(
             node_id=self.node_id,
             raft=self.raft,
@@ -123,8 +185,10 @@ class Node:
             max_in_flight=self.config.max_in_flight,
         )
         self._spawn(self._publish_self())
+        self._spawn(self._watch_membership())
         self.housekeeper = Housekeeper(self, self.config)
         self._spawn(self.housekeeper.run())
+        self._spawn(self.autopilot.run())
         indexer = Indexer(self, self.config.data_dir / "search.sqlite")
         await indexer.start()
         self.indexer = indexer
@@ -171,25 +235,45 @@ class Node:
     # ------------------------------------------------------------------ cluster view
 
     def role(self) -> str:
-        return "leader" if self.raft.is_leader() else "follower"
+        if self.raft.is_leader():
+            return "leader"
+        return "follower" if self.raft.voter else ROLE_LEARNER
+
+    def directory(self) -> dict[str, command_pb2.MemberRecord]:
+        """The replicated member directory by raft address (copies: safe to keep)."""
+        with self.state_lock:
+            records = list(self.machine.members.values())
+        copies = {}
+        for record in records:
+            copy = command_pb2.MemberRecord()
+            copy.CopyFrom(record)
+            copies[copy.raft_address] = copy
+        return copies
+
+    def removed_ids(self) -> set[str]:
+        with self.state_lock:
+            return set(self.machine.removed_members)
 
     def members(self) -> dict[str, MemberAddress]:
-        """Known servers by raft address: the static peer list, overridden by the replicated directory.
+        """Known servers by raft address: the static peer list, overridden by the replicated directory,
+        without removed ids (voters and learners alike).
 
         Cached per directory version: it is read on every response (the leader hint).
         """
         version = self.machine.members_version
         if self._book_version == version:
             return self._book
+        with self.state_lock:
+            records = list(self.machine.members.values())
+            removed = set(self.machine.removed_members)
         book = {
             peer.raft_address: MemberAddress(peer.id, peer.raft_address, peer.client_address)
             for peer in self.config.peers
+            if peer.id not in removed
         }
         book[self.config.raft_address] = MemberAddress(
             self.node_id, self.config.raft_address, self.config.advertise_address
         )
-        with self.state_lock:
-            records = list(self.machine.members.values())
         for record in records:
             book[record.raft_address] = MemberAddress(record.id, record.raft_address, record.client_address)
         self._book, self._book_version = book, version
@@ -263,6 +347,10 @@ class Node:
         )
         return list(response.results)
 
+    def peer_channel(self, address: str) -> grpc.aio.Channel:
+        """A cached channel to another server's client address (the autopilot's health checks)."""
+        return self._channel(address)
+
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
@@ -299,9 +387,8 @@ class Node:
         if read.consistency != common_pb2.CONSISTENCY_STALE:
             minimum = max(minimum, await self.proposer.barrier())
         elif not self.raft.is_ready() and minimum == 0:
-            raise Unavailable(
-                f"{self.node_id} has not caught up with a leader since it started; retry, or read from another server"
-            )
+            why = self.raft.unready_reason() or "it has not caught up with a leader since it started"
+            raise Unavailable(f"{self.node_id} cannot answer a stale read: {why}; retry, or read from another server")
         await self.wait_for_revision(minimum, timeout)
 
     def get(self, key: str) -> tuple[kv_pb2.KeyValue | None, int]:
@@ -370,8 +457,12 @@ class Node:
     # ------------------------------------------------------------------ cluster
 
     def status(self) -> cluster_pb2.StatusResponse:
+        """This server's view: Raft position, and every voter (its Raft configuration) and learner (the
+        directory). The leader adds what its health checks saw (applied index, stable since, last contact)."""
         raft = self.raft.status()
         members = self.members()
+        directory = self.directory()
+        removed = self.removed_ids()
         leader = members.get(raft.leader_address) if raft.leader_address else None
         response = cluster_pb2.StatusResponse(
             node_id=self.node_id,
@@ -386,29 +477,52 @@ class Node:
             raft_log_size=raft.log_size,
             version=__version__,
             oldest_revision=self.machine.oldest_revision,
+            removed_member_ids=sorted(removed),
+            ready=self.raft.is_ready(),
+            membership_change=self.membership_change_in_flight(),
         )
-        for address in sorted(raft.connected, key=lambda a: members[a].id if a in members else a):
+        me = self.config.raft_address
+        # pysyncobj's configuration (self included) is who votes; directory learners outside it do not.
+        voters = {address for address in raft.connected if address != me or self.raft.voter}
+        learners = {address for address, record in directory.items() if record.learner and address not in voters}
+        if not self.raft.voter:
+            learners.add(me)
+        leading = raft.role == ROLE_LEADER
+        for address in sorted(voters | learners, key=lambda a: members[a].id if a in members else a):
             member = members.get(address, MemberAddress("", address, ""))
+            record = directory.get(address)
+            voter = address in voters
             if address == raft.leader_address:
                 role = cluster_pb2.ROLE_LEADER
-            elif address == self.config.raft_address:
+            elif address == me:
                 role = _ROLE_ENUM.get(raft.role, cluster_pb2.ROLE_UNSPECIFIED)
             else:
-                role = cluster_pb2.ROLE_FOLLOWER
-            response.members.append(
-                cluster_pb2.Member(
-                    id=member.id,
-                    raft_address=address,
-                    client_address=member.client_address,
-                    role=role,
-                    healthy=raft.connected[address],
-                    voter=True,
-                    # pysyncobj tracks only the others; the leader holds its whole log.
-                    match_index=raft.match_index.get(
-                        address, raft.log_index if address == self.config.raft_address and raft.role == "leader" else 0
-                    ),
-                )
+                role = cluster_pb2.ROLE_FOLLOWER if voter else cluster_pb2.ROLE_LEARNER
+            health = self.autopilot.health(address) if leading and address != me else None
+            if address == me:
+                healthy = True
+            elif voter:
+                healthy = raft.connected.get(address, False)
+            else:  # a learner: only the leader's health checks can tell
+                healthy = health is not None and health.reachable
+            entry = cluster_pb2.Member(
+                id=member.id or (record.id if record else ""),
+                raft_address=address,
+                client_address=member.client_address or (record.client_address if record else ""),
+                role=role,
+                healthy=healthy,
+                voter=voter,
+                learner=record.learner if record is not None else address in learners,
+                # pysyncobj tracks only the others; the leader holds its whole log.
+                match_index=raft.match_index.get(address, raft.log_index if address == me and leading else 0),
             )
+            if address == me:
+                entry.applied_index = raft.applied_index
+            elif health is not None:
+                entry.applied_index = health.applied_index
+                entry.stable_since_unix_ms = health.stable_since_unix_ms
+                entry.last_contact_unix_ms = health.last_contact_unix_ms
+            response.members.append(entry)
         return response
 
     async def on_leader(
@@ -495,15 +609,9 @@ class Node:
                 )
 
             async def change() -> None:
-                # Each step is skipped when already done, so a retry finishes what an earlier attempt
-                # started: the Raft change can commit after the leader that proposed it stepped down.
-                if request.raft_address not in self.raft.status().connected:
-                    await self._raft_call(
-                        lambda done: self.raft.add_node(request.raft_address, done),
-                        f"adding {request.id} ({request.raft_address})",
-                        MEMBERSHIP_TIMEOUT_S,
-                        membership=True,
-                    )
+                # Only the directory changes: the server joins as a learner, outside the Raft
+                # configuration, so admitting it cannot cost quorum however far behind (or dead) it
+                # is. The autopilot makes it a voter once it has stayed caught up.
                 await self.write(
                     command_pb2.Command(
                         request_id=request.request_id,
@@ -512,6 +620,7 @@ class Node:
                                 id=request.id,
                                 raft_address=request.raft_address,
                                 client_address=request.client_address,
+                                learner=True,
                             )
                         ),
                     ),
@@ -519,8 +628,8 @@ class Node:
                 )
 
             key = ("add", request.id, request.raft_address, request.client_address)
-            await self._one_membership_change(key, f"adding {request.id}", change)
-            log.info("member_added", member=request.id, raft_address=request.raft_address)
+            await self._one_membership_change(key, f"adding {request.id} as a learner", change)
+            log.info("learner_added", member=request.id, raft_address=request.raft_address)
             return cluster_pb2.AddMemberResponse(members=self.status().members)
 
         response = await self.on_leader("AddMember", request, timeout, local)
@@ -549,23 +658,7 @@ class Node:
                 raise _SteppedAside
 
             async def change() -> None:
-                if target.raft_address in self.raft.status().connected:
-                    await self._raft_call(
-                        lambda done: self.raft.remove_node(target.raft_address, done),
-                        f"removing {request.id} ({target.raft_address})",
-                        MEMBERSHIP_TIMEOUT_S,
-                        membership=True,
-                    )
-                with self.state_lock:
-                    in_directory = request.id in self.machine.members
-                if in_directory:
-                    await self.write(
-                        command_pb2.Command(
-                            request_id=request.request_id,
-                            member_remove=command_pb2.MemberRemove(id=request.id),
-                        ),
-                        MEMBERSHIP_TIMEOUT_S,
-                    )
+                await self._removal_steps(request.id, target.raft_address, request.request_id)
 
             await self._one_membership_change(("remove", request.id), f"removing {request.id}", change)
             log.info("member_removed", member=request.id)
@@ -578,6 +671,75 @@ class Node:
             await self._wait_for_leader_other_than(self.config.raft_address, timeout or MEMBERSHIP_TIMEOUT_S)
             response = await self.on_leader("RemoveMember", request, timeout, local)
         return list(response.members)
+
+    async def _removal_steps(self, member_id: str, raft_address: str, request_id: str = "") -> None:
+        """Take a server out: the Raft configuration first, then the directory (which bars its id).
+
+        Each step is skipped when already done, so a retry (or the autopilot, which finishes a
+        removal whose directory step is missing) completes what an earlier attempt started: the
+        Raft change can commit after the leader that proposed it stepped down. A removed voter
+        learns of it by asking the others once it has lost quorum; a learner applies it itself.
+        """
+        if raft_address in self.raft.status().connected:
+            await self._raft_call(
+                lambda done: self.raft.remove_node(raft_address, done),
+                f"removing {member_id or raft_address} ({raft_address})",
+                MEMBERSHIP_TIMEOUT_S,
+                membership=True,
+            )
+        with self.state_lock:
+            in_directory = member_id in self.machine.members
+        if in_directory:
+            await self.write(
+                command_pb2.Command(request_id=request_id, member_remove=command_pb2.MemberRemove(id=member_id)),
+                MEMBERSHIP_TIMEOUT_S,
+            )
+
+    async def promote(self, member_id: str) -> None:
+        """Autopilot: make a learner a voter - the Raft configuration first, then the directory.
+
+        The learner sees the configuration entry that names it as soon as it is appended and
+        restarts its Raft node as a voter; in a one-voter cluster the entry cannot commit before
+        that. The directory record (learner=false) follows the commit. Both steps are idempotent.
+        """
+        record = next((r for r in self.directory().values() if r.id == member_id), None)
+        if record is None:
+            return
+
+        async def change() -> None:
+            if record.raft_address not in self.raft.status().connected:
+                await self._raft_call(
+                    lambda done: self.raft.add_node(record.raft_address, done),
+                    f"promoting {member_id} ({record.raft_address})",
+                    MEMBERSHIP_TIMEOUT_S,
+                    membership=True,
+                )
+            if record.learner:
+                promoted = command_pb2.MemberRecord()
+                promoted.CopyFrom(record)
+                promoted.learner = False
+                await self.write(
+                    command_pb2.Command(member_upsert=command_pb2.MemberUpsert(member=promoted)), MEMBERSHIP_TIMEOUT_S
+                )
+
+        await self._one_membership_change(("promote", member_id), f"promoting {member_id} to voter", change)
+        log.info("learner_promoted", member=member_id, raft_address=record.raft_address)
+
+    async def remove_server(self, member_id: str, raft_address: str, why: str) -> None:
+        """Autopilot: remove a server (a dead one, or finish a removal), one change at a time."""
+
+        async def change() -> None:
+            await self._removal_steps(member_id, raft_address)
+
+        # The key of RemoveMember: an operator's RemoveMember for the same server joins this change.
+        description = f"removing {member_id or raft_address} ({why})"
+        await self._one_membership_change(("remove", member_id), description, change)
+        log.warning("member_removed_by_autopilot", member=member_id, raft_address=raft_address, reason=why)
+
+    def membership_change_in_flight(self) -> str:
+        """What the one membership change running now does, or "" (only a leader runs them)."""
+        current = self._membership_change
+        return current[1] if current is not None and not current[2].done() else ""
 
     async def _one_membership_change(
         self, key: tuple[str, ...], description: str, change: Callable[[], Awaitable[None]]
@@ -695,33 +857,211 @@ class Node:
     # ------------------------------------------------------------------ self-registration
 
     async def _publish_self(self) -> None:
-        """Record this server's client address in the replicated directory once a leader exists.
+        """Record this voter's client address in the replicated directory once a leader exists.
 
         The directory is how every server (and the SDK, via response headers) finds the leader's
-        gRPC address after membership changes; the static peer list only seeds it.
+        gRPC address after membership changes; the static peer list only seeds it. A learner's
+        record is the leader's to write (AddMember, then the promotion): a joining server that
+        published itself would make itself look like a voter before anyone admitted it.
         """
-        record = command_pb2.MemberRecord(
-            id=self.node_id, raft_address=self.config.raft_address, client_address=self.config.advertise_address
-        )
         while True:
+            await asyncio.sleep(0.25)  # retry pacing while no leader is reachable, or while a learner
+            if not self.raft.voter:
+                continue
             with self.state_lock:
                 current = self.machine.members.get(self.node_id)
                 removed = self.node_id in self.machine.removed_members
             if removed:
-                log.error("member_removed_from_cluster", hint="this server was removed; stop it and wipe its data")
-                return
+                return  # _watch_membership stops the server
             if (
                 current is not None
-                and current.client_address == record.client_address
-                and (current.raft_address == record.raft_address)
+                and current.client_address == self.config.advertise_address
+                and current.raft_address == self.config.raft_address
             ):
                 return
+            record = command_pb2.MemberRecord(
+                id=self.node_id,
+                raft_address=self.config.raft_address,
+                client_address=self.config.advertise_address,
+                # Never flip the flag from here: finishing a promotion is the leader's step.
+                learner=current is not None and current.learner,
+            )
             if self.raft.is_ready() and self.leader() is not None:
                 try:
                     await self.write(command_pb2.Command(member_upsert=command_pb2.MemberUpsert(member=record)), 5.0)
                 except ControlPlaneError as exc:
                     log.info("publish_self_retry", reason=exc.message)
-            await asyncio.sleep(0.25)  # retry pacing while no leader is reachable
+
+    # ------------------------------------------------------------------ own membership
+
+    def _removed_locally(self) -> bool:
+        with self.state_lock:
+            machines = [self.machine] if self._pending_machine is None else [self.machine, self._pending_machine]
+            return any(self.node_id in machine.removed_members for machine in machines)
+
+    def _removed_message(self, source: str) -> str:
+        return (
+            f"server {self.node_id!r} was removed from this cluster ({source}); its id may never rejoin. To bring "
+            f"this machine back, wipe its data directory ({self.config.data_dir}), start it with --join and the "
+            f"current members as --peer, and admit it under a new id: `cpctl cluster members add NEW_ID ...`"
+        )
+
+    async def _refuse_if_removed(self) -> None:
+        """At start with an existing journal: refuse to serve the data of a server that was removed.
+
+        Two sources: the journal itself (it applied its own removal before it stopped), and the
+        other servers (it was removed while it was down, so its journal cannot know). Peers that
+        do not answer prove nothing; the running check (_watch_membership) asks again later.
+        """
+        assert self._loop is not None
+        deadline = self._loop.time() + REPLAY_WAIT_S
+        while not self.raft.replayed() and self._loop.time() < deadline:
+            await asyncio.sleep(0.02)  # the tick thread replays the journal; it has no completion callback
+        source = "its own log says so" if self._removed_locally() else (await self._ask_peers()).removed
+        if source:
+            await asyncio.to_thread(self.raft.destroy_synchronous)
+            raise StartupRefused("refusing to start: " + self._removed_message(source))
+
+    async def _ask_peers(self) -> _PeerVerdict:
+        """Ask every other known server about this one: removed? a learner outside the configuration?"""
+        me = self.config.raft_address
+        addresses = {m.client_address for m in self.members().values() if m.raft_address != me and m.client_address}
+        addresses |= {peer.client_address for peer in self.config.peers}
+        addresses.discard(self.config.advertise_address)
+
+        async def ask(address: str) -> cluster_pb2.StatusResponse | None:
+            stub = cluster_pb2_grpc.ClusterStub(self._channel(address))
+            try:
+                answer: cluster_pb2.StatusResponse = await stub.Status(
+                    cluster_pb2.StatusRequest(), timeout=PEER_CHECK_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError:
+                return None
+            return answer
+
+        verdict = _PeerVerdict()
+        for answer in await asyncio.gather(*(ask(address) for address in sorted(addresses))):
+            if answer is None:
+                continue
+            # Any server's applied directory is committed state: one answer is proof enough.
+            if self.node_id in answer.removed_member_ids:
+                verdict.removed = f"{answer.node_id} lists it as removed"
+            # Only the leader's configuration is authoritative about who votes.
+            mine = next((m for m in answer.members if m.raft_address == me), None)
+            if answer.role == cluster_pb2.ROLE_LEADER and mine is not None and mine.learner and not mine.voter:
+                verdict.learner_per_leader = answer.node_id
+        return verdict
+
+    async def _watch_membership(self) -> None:
+        """Every server, all the time: stop once removed; as a learner, switch to voter once promoted.
+
+        A removed learner applies its own removal (it still receives the log). A removed voter does
+        not - the leader drops it from the configuration first and sends it nothing more - so a
+        server that has lost quorum for CUT_OFF_CHECK_S asks the others. The same question finds a
+        server running as a voter that the leader's configuration does not hold while the directory
+        says learner (its promotion's configuration entry was lost with a leader before it
+        committed, or it was started as a voter and then admitted): it starts over as a learner.
+        """
+        assert self._loop is not None
+        cut_off_since: float | None = None
+        next_peer_check = 0.0
+        while True:
+            await asyncio.sleep(MEMBERSHIP_WATCH_S)  # a timer: pysyncobj has no change notification
+            try:
+                if self._removed_locally():
+                    await self._stop_removed("its own log says so")
+                    return
+                self._serve_restarted_machine()
+                if self.raft.listed_as_voter():
+                    await self._restart_raft(voter=True)
+                    cut_off_since = None
+                    continue
+                now = self._loop.time()
+                cut_off_since = None if self.raft.has_quorum() else (cut_off_since or now)
+                if cut_off_since is None or now - cut_off_since < CUT_OFF_CHECK_S or now < next_peer_check:
+                    continue
+                next_peer_check = now + CUT_OFF_CHECK_S
+                verdict = await self._ask_peers()
+                if verdict.removed:
+                    await self._stop_removed(verdict.removed)
+                    return
+                if verdict.learner_per_leader and self.raft.voter:
+                    log.warning(
+                        "voter_outside_configuration",
+                        leader=verdict.learner_per_leader,
+                        hint="the leader lists this server as a learner: starting over as one",
+                    )
+                    await self._restart_raft(voter=False)
+                    cut_off_since = None
+            except Exception:  # a bug: keep watching, and say so loudly
+                log.exception("membership_watch_failed")
+
+    async def _stop_removed(self, source: str) -> None:
+        """A removed server stops rather than linger as a zombie: not ready at once, then exit non-zero."""
+        global _stop_reason
+        message = self._removed_message(source)
+        self.raft.hold_unready("it was removed from the cluster and is stopping")
+        _stop_reason = message
+        log.error("removed_from_cluster", hint=message)
+        await asyncio.to_thread(self._stop_process)
+
+    async def _restart_raft(self, voter: bool) -> None:
+        """Restart Raft as a voter (promoted) or as a learner (outside the configuration).
+
+        The new node replays into a fresh machine (replaying into the live one would apply every
+        entry twice). Until it has caught up, this server answers from the old machine - consistent
+        but frozen - and reports not ready, so stale reads are refused and health says NOT_SERVING;
+        linearizable reads and reads at a revision wait as usual. ``_serve_restarted_machine`` swaps
+        the machines once the new node is synced and has passed what the old one had applied, so the
+        revision a reader sees never goes backwards. The watch loop keeps running meanwhile: a new
+        node that never catches up (outside the configuration) is still found and handled.
+        """
+        assert self._loop is not None
+        marker = self.config.voter_marker_file
+        if voter:
+            log.info("promoted_to_voter", hint="restarting the Raft node as a voter on the same journal and dump")
+            await asyncio.to_thread(_write_marker, marker, self.node_id)
+        else:
+            await asyncio.to_thread(marker.unlink, True)
+        fresh = StateMachine(history_limit=self.config.history_limit)
+        await asyncio.to_thread(self.raft.restart, voter, fresh, not voter)
+        self._pending_machine, self._restart_began = fresh, self._loop.time()
+
+    def _serve_restarted_machine(self) -> None:
+        fresh = self._pending_machine
+        if fresh is None or not self.raft.synced() or fresh.revision < self.machine.revision:
+            return
+        with self.state_lock:
+            self.machine = fresh
+        self._pending_machine = None
+        self._book_version = -1
+        self.raft.hold_unready(None)
+        self._wake_waiters()
+        assert self._loop is not None
+        log.info(
+            "raft_restarted",
+            as_voter=self.raft.voter,
+            revision=fresh.revision,
+            switch_s=round(self._loop.time() - self._restart_began, 3),
+        )
+
+
+def _write_marker(path: Path, node_id: str) -> None:
+    """Durably note that this server was promoted (it then starts as a voter even with --join)."""
+    with open(path, "w") as out:
+        out.write(node_id + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+@dataclass
+class _PeerVerdict:
+    """What the other servers said about this one (``_ask_peers``)."""
+
+    #: Why this server counts as removed, or None.
+    removed: str | None = None
+    #: The leader that lists this server as a learner outside its configuration, or None.
+    learner_per_leader: str | None = None
 
 
 class _SteppedAside(Exception):

@@ -22,6 +22,7 @@ _RAFT_ROLES = {
     cluster_pb2.ROLE_LEADER: "leader",
     cluster_pb2.ROLE_FOLLOWER: "follower",
     cluster_pb2.ROLE_CANDIDATE: "candidate",
+    cluster_pb2.ROLE_LEARNER: "learner",
 }
 
 

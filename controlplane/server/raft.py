@@ -13,6 +13,16 @@ module is built around (measured; see the brief):
   apply path only applies and hands results back; all other work happens on the event loop.
 * Attributes set *before* ``SyncObj.__init__`` are excluded from pysyncobj's own dump and are
   in place before journal replay starts (state set afterwards races with replay).
+
+Learners are pysyncobj *read-only nodes* (``selfNode=None``). Measured on 0.3.17 (see DESIGN.md,
+"Membership"): every leader sends them append_entries and snapshots like any follower, they apply
+entries, write the journal and - through our hooks - the full dump, and they forward commands; they
+never vote, never campaign and never count for commit or quorum. The leader knows them only by an
+anonymous connection counter ("0", "1", ...), so their progress is read from their own
+``Cluster.Status``, not from the leader's match index. Two upstream defects matter here and are
+handled below: the dump's member list contains ``None`` for a read-only node, and a member list
+loaded from *our* dump (plain address strings) is never filtered against ``selfNode`` (a Node), so
+a voter restarted from a dump counted itself as an unreachable partner.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from typing import Any
 
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic
+from pysyncobj.node import TCPNode
 from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.version import VERSION as pysyncobj_version
 
@@ -38,6 +50,8 @@ log = structlog.get_logger("controlplane.raft")
 ROLE_FOLLOWER = "follower"
 ROLE_CANDIDATE = "candidate"
 ROLE_LEADER = "leader"
+# A read-only node: receives the log, never votes (pysyncobj keeps it in its FOLLOWER state).
+ROLE_LEARNER = "learner"
 _ROLES = {
     _RAFT_STATE.FOLLOWER: ROLE_FOLLOWER,
     _RAFT_STATE.CANDIDATE: ROLE_CANDIDATE,
@@ -71,7 +85,7 @@ class RaftStatus:
 class _ReplicatedLog(SyncObj):  # type: ignore[misc]
     def __init__(
         self,
-        self_address: str,
+        self_address: str | None,
         partners: Sequence[str],
         conf: SyncObjConf,
         apply: Callable[[bytes], list[CommandResult]],
@@ -90,6 +104,10 @@ class RaftNode:
     ``state_lock`` serialises the tick thread's applies against readers on the event loop.
     ``on_applied`` runs on the tick thread after every entry and after a dump is loaded; it must
     be cheap (it only schedules work on the event loop).
+
+    ``voter=False`` runs a learner (a pysyncobj read-only node). ``restart(voter=True, ...)`` turns
+    it into a voter by restarting pysyncobj as a full node on the same journal and dump: pysyncobj
+    cannot change a node's kind in place.
     """
 
     def __init__(
@@ -99,16 +117,28 @@ class RaftNode:
         state_lock: threading.Lock,
         on_applied: Callable[[], None],
         on_role_change: Callable[[str, str], None],
+        voter: bool = True,
     ) -> None:
+        self._config = config
         self._machine = machine
         self._lock = state_lock
         self._on_applied = on_applied
+        self._on_role_change = on_role_change
+        self.self_address = config.raft_address
+        self._self_node = TCPNode(config.raft_address)
+        self._voter = voter
+        # Why this server must not count as ready whatever pysyncobj says (a learner switching to
+        # voter, a removed server stopping); None when pysyncobj's readiness is the answer.
+        self._unready_reason: str | None = None
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        tuning = config.raft
+        self._sync = self._start([peer.raft_address for peer in config.peers])
+
+    def _start(self, partners: Sequence[str]) -> _ReplicatedLog:
+        tuning = self._config.raft
         conf = SyncObjConf(
-            password=config.raft_password or None,
-            journalFile=str(config.journal_file),
-            fullDumpFile=str(config.dump_file),
+            password=self._config.raft_password or None,
+            journalFile=str(self._config.journal_file),
+            fullDumpFile=str(self._config.dump_file),
             serializer=self._write_dump,
             deserializer=self._read_dump,
             useFork=False,
@@ -125,12 +155,13 @@ class RaftNode:
             connectionRetryTime=tuning.connection_retry_s,
             logCompactionMinEntries=tuning.compaction_min_entries,
             logCompactionMinTime=tuning.compaction_min_s,
-            onStateChanged=lambda old, new: on_role_change(_ROLES.get(old, "?"), _ROLES.get(new, "?")),
+            onStateChanged=lambda old, new: self._on_role_change(_ROLES.get(old, "?"), _ROLES.get(new, "?")),
         )
-        partners = [peer.raft_address for peer in config.peers]
-        self.self_address = config.raft_address
-        self._sync = _ReplicatedLog(config.raft_address, partners, conf, self._apply)
-        self.log_repairs = _install_log_matching_fix(self._sync)
+        sync = _ReplicatedLog(self.self_address if self._voter else None, partners, conf, self._apply)
+        # What the journal says was committed when it was opened: replaying up to it is local work.
+        self._opened_commit_index = int(sync.raftCommitIndex)
+        self.log_repairs = _install_log_matching_fix(sync)
+        return sync
 
     # ------------------------------------------------------------ tick thread
 
@@ -141,7 +172,11 @@ class RaftNode:
         return results
 
     def _write_dump(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
-        """pysyncobj's serializer hook: (last applied entry, the one before, cluster nodes)."""
+        """pysyncobj's serializer hook: (last applied entry, the one before, cluster nodes).
+
+        A read-only node passes itself as ``None`` in the cluster: skipped (otherwise every dump
+        attempt fails and pysyncobj retries it on every tick).
+        """
         last, previous, cluster = raft_data
         with self._lock:
             state = self._machine.snapshot()
@@ -149,7 +184,7 @@ class RaftNode:
             state=state,
             last_applied=storage_pb2.RaftEntry(data=last[0], index=last[1], term=last[2]),
             previous=storage_pb2.RaftEntry(data=previous[0], index=previous[1], term=previous[2]),
-            cluster=sorted(node.id for node in cluster),
+            cluster=sorted(node.id for node in cluster if node is not None),
         )
         with open(filename, "wb") as out:
             out.write(dump.SerializeToString())
@@ -166,10 +201,14 @@ class RaftNode:
         self._on_applied()
         log.info("raft_dump_loaded", index=dump.last_applied.index, revision=self._machine.revision)
         last, previous = dump.last_applied, dump.previous
+        # pysyncobj filters the list with `node != selfNode`, which never matches a plain address:
+        # a voter must drop itself, or it counts itself as a partner it can never reach. A learner
+        # keeps its own address: it is how it sees that its promotion is in the log (listed_as_voter).
+        cluster = [address for address in dump.cluster if address != self.self_address or not self._voter]
         return (
             (last.data, last.index, last.term),
             (previous.data, previous.index, previous.term),
-            list(dump.cluster),
+            cluster,
         )
 
     # ------------------------------------------------------------ any thread
@@ -188,9 +227,84 @@ class RaftNode:
     def term(self) -> int:
         return int(self._sync.raftCurrentTerm)
 
+    def has_quorum(self) -> bool:
+        """Connected to a majority of the voters (a learner: of the voters it knows)."""
+        return bool(self._sync.hasQuorum)
+
     def is_ready(self) -> bool:
-        """Caught up with a leader at least once since start (its journal and dump are replayed)."""
+        """Caught up with a leader at least once since start (its journal and dump are replayed),
+        and not held unready (a learner restarting as a voter, a removed server stopping)."""
+        return self._unready_reason is None and bool(self._sync.isReady())
+
+    def synced(self) -> bool:
+        """pysyncobj's own readiness, whatever hold is in place (used to end the hold)."""
         return bool(self._sync.isReady())
+
+    def unready_reason(self) -> str | None:
+        return self._unready_reason
+
+    def hold_unready(self, reason: str | None) -> None:
+        """Report not ready for ``reason`` until called again with None."""
+        self._unready_reason = reason
+
+    def replayed(self) -> bool:
+        """Everything the journal held as committed when it was opened has been applied again."""
+        return int(self._sync.raftLastApplied) >= self._opened_commit_index
+
+    @property
+    def voter(self) -> bool:
+        """Runs as a voting node (False: a learner, a pysyncobj read-only node)."""
+        return self._voter
+
+    def listed_as_voter(self) -> bool:
+        """A learner whose own log now holds a configuration that includes it: it was promoted.
+
+        pysyncobj applies a configuration entry when it is appended (Raft's rule), so this turns
+        true as soon as the leader has sent the promotion, before it commits. In a one-voter
+        cluster the promotion cannot commit without this server's ack, so the learner switches now
+        rather than at commit.
+        """
+        return not self._voter and self._self_node in self._sync.otherNodes
+
+    def restart(self, voter: bool, machine: StateMachine, discard_log: bool = False) -> None:
+        """Restart pysyncobj as a voter or as a learner, applying into ``machine``.
+
+        Learner -> voter (promotion): on the same journal and dump, so nothing is fetched again.
+        Voter -> learner (only for a server outside the configuration): with ``discard_log`` the
+        journal and dump are moved aside first - they are not part of the cluster's log (nothing
+        counted them towards a commit) and may name this server as a voter - and the learner
+        catches up from the leader like a new one.
+
+        Blocking (joins the old tick thread): call it off the event loop. ``machine`` must be fresh:
+        the new node replays the dump and journal into it from the start, as on any restart. The
+        caller keeps serving its old machine, held unready, until ``synced()``.
+        """
+        old = self._sync
+        partners = sorted(node.id for node in old.otherNodes if node != self._self_node)
+        self._unready_reason = "it is restarting its Raft node as a " + ("voter" if voter else "learner")
+        old.destroy_synchronous()
+        if discard_log:
+            journal = self._config.journal_file
+            # pysyncobj keeps currentTerm, votedFor and the commit index beside the journal, in
+            # JOURNAL.meta: left behind, a term this server inflated while cut off would make it
+            # ignore the leader's (lower-term) appends for ever.
+            for path in (journal, journal.with_name(journal.name + ".meta"), self._config.dump_file):
+                if path.exists():
+                    path.replace(path.with_name(path.name + ".discarded"))
+        with self._lock:
+            self._machine = machine
+        self._voter = voter
+        sync = self._start(partners or [peer.raft_address for peer in self._config.peers])
+        if voter:
+            # A freshly promoted voter is as up to date as anyone, so an election it starts before the
+            # leader's connection reaches it (pysyncobj retries connections every connection_retry_s)
+            # would win and depose a healthy leader. Hold its first election off until the leader has
+            # had time to connect; its heartbeats then keep pushing the deadline as for any follower.
+            # The tick thread sleeps 0.1 s before its first tick, so this lands before any check.
+            tuning = self._config.raft
+            grace = 2 * tuning.connection_retry_s + 2 * tuning.election_max_s
+            sync._SyncObj__raftElectionDeadline = monotonic() + grace
+        self._sync = sync
 
     def status(self) -> RaftStatus:
         # getStatus reads the tick thread's structures; a membership change can resize a set
@@ -207,12 +321,14 @@ class RaftNode:
         match_index: dict[str, int] = {}
         for key, value in raw.items():
             if key.startswith("partner_node_status_server_"):
-                connected[key.removeprefix("partner_node_status_server_")] = value == 2
+                address = key.removeprefix("partner_node_status_server_")
+                if address != self.self_address:  # a promoted learner lists itself until it restarts as a voter
+                    connected[address] = value == 2
             elif key.startswith("match_idx_server_"):
                 match_index[key.removeprefix("match_idx_server_")] = int(value)
         leader = raw.get("leader")
         return RaftStatus(
-            role=_ROLES.get(raw["state"], "?"),
+            role=_ROLES.get(raw["state"], "?") if self._voter else ROLE_LEARNER,
             leader_address=leader.address if leader is not None else "",
             term=int(raw["raft_term"]),
             commit_index=int(raw["commit_idx"]),
@@ -240,6 +356,10 @@ class RaftNode:
 
     def destroy(self) -> None:
         self._sync.destroy()
+
+    def destroy_synchronous(self) -> None:
+        """Stop pysyncobj and wait for its tick thread (blocking: call it off the event loop)."""
+        self._sync.destroy_synchronous()
 
 
 class LogRepairCounters:

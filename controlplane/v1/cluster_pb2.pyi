@@ -13,13 +13,15 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_FOLLOWER: _ClassVar[Role]
     ROLE_CANDIDATE: _ClassVar[Role]
     ROLE_LEADER: _ClassVar[Role]
+    ROLE_LEARNER: _ClassVar[Role]
 ROLE_UNSPECIFIED: Role
 ROLE_FOLLOWER: Role
 ROLE_CANDIDATE: Role
 ROLE_LEADER: Role
+ROLE_LEARNER: Role
 
 class Member(_message.Message):
-    __slots__ = ("id", "raft_address", "client_address", "role", "healthy", "voter", "match_index")
+    __slots__ = ("id", "raft_address", "client_address", "role", "healthy", "voter", "match_index", "learner", "applied_index", "stable_since_unix_ms", "last_contact_unix_ms")
     ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +29,10 @@ class Member(_message.Message):
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     VOTER_FIELD_NUMBER: _ClassVar[int]
     MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    STABLE_SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CONTACT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     id: str
     raft_address: str
     client_address: str
@@ -34,14 +40,18 @@ class Member(_message.Message):
     healthy: bool
     voter: bool
     match_index: int
-    def __init__(self, id: _Optional[str] = ..., raft_address: _Optional[str] = ..., client_address: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., healthy: _Optional[bool] = ..., voter: _Optional[bool] = ..., match_index: _Optional[int] = ...) -> None: ...
+    learner: bool
+    applied_index: int
+    stable_since_unix_ms: int
+    last_contact_unix_ms: int
+    def __init__(self, id: _Optional[str] = ..., raft_address: _Optional[str] = ..., client_address: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., healthy: _Optional[bool] = ..., voter: _Optional[bool] = ..., match_index: _Optional[int] = ..., learner: _Optional[bool] = ..., applied_index: _Optional[int] = ..., stable_since_unix_ms: _Optional[int] = ..., last_contact_unix_ms: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "role", "leader_id", "leader_address", "term", "commit_index", "applied_index", "applied_revision", "members", "has_quorum", "raft_log_size", "version", "oldest_revision")
+    __slots__ = ("node_id", "role", "leader_id", "leader_address", "term", "commit_index", "applied_index", "applied_revision", "members", "has_quorum", "raft_log_size", "version", "oldest_revision", "removed_member_ids", "ready", "membership_change")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +65,9 @@ class StatusResponse(_message.Message):
     RAFT_LOG_SIZE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OLDEST_REVISION_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_MEMBER_IDS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_CHANGE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: Role
     leader_id: str
@@ -68,7 +81,10 @@ class StatusResponse(_message.Message):
     raft_log_size: int
     version: str
     oldest_revision: int
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., applied_revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., has_quorum: _Optional[bool] = ..., raft_log_size: _Optional[int] = ..., version: _Optional[str] = ..., oldest_revision: _Optional[int] = ...) -> None: ...
+    removed_member_ids: _containers.RepeatedScalarFieldContainer[str]
+    ready: bool
+    membership_change: str
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., applied_revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., has_quorum: _Optional[bool] = ..., raft_log_size: _Optional[int] = ..., version: _Optional[str] = ..., oldest_revision: _Optional[int] = ..., removed_member_ids: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., membership_change: _Optional[str] = ...) -> None: ...
 
 class AddMemberRequest(_message.Message):
     __slots__ = ("id", "raft_address", "client_address", "request_id")

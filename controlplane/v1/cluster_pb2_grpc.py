@@ -76,15 +76,19 @@ class ClusterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddMember(self, request, context):
-        """Add a server as a Raft voter. One membership change at a time: while one is in flight the
-        call fails with FAILED_PRECONDITION naming it.
+        """Admit a running server (started with `join`) as a learner: a non-voter that receives the log.
+        The leader promotes it to voter once it has stayed caught up for server_stabilization_s.
+        One membership change at a time (a promotion counts): while one is in flight the call fails
+        with FAILED_PRECONDITION naming it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveMember(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Remove a voter or a learner. The removed server stops itself once it learns of it, and its
+        id may never rejoin.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -1,11 +1,16 @@
-"""Adding and removing voters at runtime, one change at a time."""
+"""Membership at runtime: servers join as learners, are promoted once caught up, are removed (by an
+operator or by dead-server cleanup), one change at a time, and a removed server never lingers."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
 
 import grpc
 import pytest
@@ -16,17 +21,21 @@ from controlplane.client import (
     Consistency,
     ControlPlaneError,
     FailedPrecondition,
+    Member,
     NotFound,
     RetryPolicy,
 )
 from controlplane.dev import LocalCluster, NodeProcess, free_port
-from controlplane.v1 import cluster_pb2
+from controlplane.server.config import Peer, RaftTuning, ServerConfig
+from controlplane.server.raft import RaftNode
+from controlplane.state.machine import StateMachine, batch_entry
+from controlplane.v1 import cluster_pb2, command_pb2, common_pb2, kv_pb2, storage_pb2
 
 from .conftest import (
     assert_same_state,
     channel,
-    cluster_stub,
     followers,
+    kv_stub,
     list_all,
     node_client,
     published_members,
@@ -37,6 +46,11 @@ from .conftest import (
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+# Promotion needs this long of continuous health; short, so the tests wait seconds, not Consul's 10.
+FAST_PROMOTION = {"server_stabilization_s": 1.0}
+# Never promoted within a test: the server stays a learner.
+NO_PROMOTION = {"server_stabilization_s": 3600.0}
 
 
 def _member_ids(node: NodeProcess) -> set[str]:
@@ -52,17 +66,262 @@ def _write(client: Client, prefix: str, count: int) -> dict[str, int]:
     return {f"{prefix}{i:03d}": client.put(f"{prefix}{i:03d}", f"{prefix}{i}").revision for i in range(count)}
 
 
+def _seen_by_leader(cluster: LocalCluster, member_id: str) -> cluster_pb2.Member | None:
+    leader = cluster.nodes[cluster.wait_for_leader()]
+    return next((member for member in status(leader).members if member.id == member_id), None)
+
+
+def _join(cluster: LocalCluster, client: Client) -> tuple[NodeProcess, dict[str, Member]]:
+    """Start one more server with --join, wait until it answers, admit it: the server and the members."""
+    node = cluster.add_server()
+    wait_until(lambda: status(node), 20, f"the joining {node.id} to answer")
+    members = client.add_member(node.id, node.raft_address, node.client_address)
+    return node, {member.id: member for member in members}
+
+
+def _healthy_learner(cluster: LocalCluster, member_id: str) -> cluster_pb2.Member | None:
+    """The leader's view of a learner once its health checks have found it healthy (stable_since set)."""
+    member = _seen_by_leader(cluster, member_id)
+    return member if member is not None and member.healthy and member.stable_since_unix_ms else None
+
+
+def _wait_promoted(cluster: LocalCluster, node: NodeProcess, timeout: float = 30.0) -> None:
+    """The leader lists ``node`` as a voter (no longer a learner) and ``node`` serves again as a voter."""
+
+    def promoted() -> bool:
+        member = _seen_by_leader(cluster, node.id)
+        own = status(node)
+        return bool(
+            member is not None
+            and member.voter
+            and not member.learner
+            and own.ready
+            and own.role in (cluster_pb2.ROLE_FOLLOWER, cluster_pb2.ROLE_LEADER)
+        )
+
+    wait_until(promoted, timeout, f"{node.id} to be promoted", detail=lambda: _seen_by_leader(cluster, node.id))
+
+
+def _wait_exit(node: NodeProcess, timeout: float = 20.0) -> int:
+    wait_until(lambda: not node.running, timeout, f"{node.id} to stop itself")
+    assert node.process is not None
+    return node.process.returncode
+
+
+class StaleReader:
+    """Stale reads pinned to one server, as fast as it answers (raw gRPC: no SDK retry hides a refusal).
+
+    Records the revision of every answer and the message of every refusal.
+    """
+
+    def __init__(self, node: NodeProcess, prefix: str) -> None:
+        self.revisions: list[int] = []
+        self.refusals: list[str] = []
+        self._node = node
+        self._prefix = prefix
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"stale-reader-{node.id}", daemon=True)
+
+    def _run(self) -> None:
+        request = kv_pb2.ListRequest(
+            prefix=self._prefix, limit=1, read=common_pb2.ReadOptions(consistency=common_pb2.CONSISTENCY_STALE)
+        )
+        with channel(self._node.client_address) as ch:
+            stub = kv_stub(ch)
+            while not self._stop.is_set():
+                try:
+                    self.revisions.append(stub.List(request, timeout=2).header.revision)
+                except grpc.RpcError as exc:
+                    self.refusals.append(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
+
+    def __enter__(self) -> StaleReader:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+class Writer:
+    """Puts one key after another from a thread until stopped; records what was acknowledged and what failed."""
+
+    def __init__(self, endpoints: list[str], prefix: str) -> None:
+        self.acked: dict[str, int] = {}
+        self.failures: list[ControlPlaneError] = []
+        self._endpoints = endpoints
+        self._prefix = prefix
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"writer-{prefix}", daemon=True)
+
+    def _run(self) -> None:
+        with Client(self._endpoints, timeout=30) as client:
+            index = 0
+            while not self._stop.is_set():
+                key = f"{self._prefix}{index:05d}"
+                try:
+                    self.acked[key] = client.put(key, key.encode()).revision
+                except ControlPlaneError as exc:
+                    self.failures.append(exc)
+                index += 1
+
+    def wait_for(self, more: int, timeout: float = 20.0) -> None:
+        """Until ``more`` further writes were acknowledged: the cluster is taking writes now."""
+        target = len(self.acked) + more
+        wait_until(lambda: len(self.acked) >= target, timeout, f"{more} more acknowledged writes")
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the writer is stuck"
+
+
+# --------------------------------------------------------------------------------------- joining
+
+
+def test_a_new_server_is_a_learner_until_caught_up_while_clients_write(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = make_cluster(extra_config=FAST_PROMOTION)
+    original = set(cluster.nodes)
+    term = status(cluster.leader()).term
+    with Writer(cluster.client_addresses, "members/join/") as writer:
+        writer.wait_for(20)
+        with Client(cluster.client_addresses, timeout=20) as client:
+            new, members = _join(cluster, client)
+        # Admitted as a learner: listed, but it does not vote, so admitting it cannot cost quorum.
+        assert set(members) == original | {new.id}
+        assert not members[new.id].voter
+        assert all(members[node_id].voter for node_id in original)
+        own = status(new)
+        assert own.role == cluster_pb2.ROLE_LEARNER
+        assert not {m.id: m for m in own.members}[new.id].voter
+        # It receives the log as a learner: its applied index moves with the writes.
+        applied = own.applied_index
+        writer.wait_for(20)
+        wait_until(lambda: status(new).applied_index > applied, 10, "the learner to apply new entries")
+        with StaleReader(new, "members/join/") as reader:
+            _wait_promoted(cluster, new)
+            writer.wait_for(20)
+    # While it restarted its Raft node as a voter it refused stale reads, and the revision it answered
+    # at never went backwards (the new node replays from its dump; the old view is served until then).
+    assert any("restarting its Raft node as a voter" in refusal for refusal in reader.refusals), reader.refusals[:5]
+    assert all(refusal.startswith("UNAVAILABLE") for refusal in reader.refusals), reader.refusals[:5]
+    assert reader.revisions and all(a <= b for a, b in itertools.pairwise(reader.revisions))
+    assert not writer.failures, f"writes failed during the join: {writer.failures[:3]}"
+    last = max(writer.acked.values())
+    # Every acknowledged write is on the new voter (asked alone, at least at the last revision).
+    with node_client(new) as on_new:
+        state = list_all(on_new, "members/join/", consistency=Consistency.STALE, min_revision=last)
+    assert {key: kv.mod_revision for key, kv in state.items()} == writer.acked
+    leader = cluster.nodes[cluster.wait_for_leader()]
+    assert {m.id for m in status(leader).members if m.voter} == original | {new.id}
+    assert status(leader).term == term, "the promotion disrupted the leader"
+    assert new.id in published_members(leader)
+    revision = wait_converged(cluster)
+    assert_same_state(running(cluster), revision, "members/join/")
+
+
+def test_a_learner_killed_before_promotion_does_not_count_for_quorum(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """Learners stay out of the Raft configuration: losing one never costs quorum, and a removed learner
+    (which still receives the log) applies its own removal and stops."""
+    cluster = make_cluster(extra_config=NO_PROMOTION)
+    voters = set(cluster.nodes)
+    with Client(cluster.client_addresses, timeout=20) as client:
+        # A learner removed while it runs stops itself.
+        doomed, _ = _join(cluster, client)
+        wait_until(lambda: status(doomed).ready, 20, f"the learner {doomed.id} to catch up")
+        client.remove_member(doomed.id)
+        assert _wait_exit(doomed) != 0
+        assert "was removed from this cluster" in doomed.log_path.read_text()
+
+        learner, _ = _join(cluster, client)
+        wait_until(lambda: status(learner).ready, 20, f"the learner {learner.id} to catch up")
+        member = wait_until(lambda: _healthy_learner(cluster, learner.id), 20, "the leader to see the learner healthy")
+        assert member.learner and not member.voter and member.role == cluster_pb2.ROLE_LEARNER
+        assert 0 < member.last_contact_unix_ms <= time.time_ns() // 1_000_000 + 1000 and member.applied_index > 0
+        with pytest.raises(FailedPrecondition):  # leadership never goes to a learner
+            client.transfer_leadership(learner.id)
+        cluster.kill(learner.id)
+        before = _write(client, "members/learner-dead/", 20)
+        leader_id = cluster.wait_for_leader()
+        leader = cluster.nodes[leader_id]
+        assert {m.id for m in status(leader).members if m.voter} == voters
+        # 2 of the 3 voters are still a majority: the dead learner does not count either way.
+        cluster.kill(followers(cluster, leader_id)[0].id)
+        after = _write(client, "members/voter-dead/", 20)
+        assert status(leader).has_quorum
+    survivors = running(cluster)
+    revision = wait_converged(cluster, survivors)
+    state = assert_same_state(survivors, revision, "members/")
+    assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after}
+
+
+def test_a_single_server_grows_to_two_voters(make_cluster: Callable[..., LocalCluster]) -> None:
+    """With one voter the promotion's configuration entry can only commit with the learner's vote: the
+    learner must switch to voter when the entry reaches its log, not when it commits."""
+    cluster = make_cluster(servers=1, extra_config=FAST_PROMOTION)
+    with Client(cluster.client_addresses, timeout=20) as client:
+        before = _write(client, "members/single/before-", 20)
+        new, _ = _join(cluster, client)
+        _wait_promoted(cluster, new)
+        after = _write(client, "members/single/after-", 20)
+    assert {m.id for m in status(cluster.nodes["n1"]).members if m.voter} == {"n1", new.id}
+    revision = wait_converged(cluster)
+    state = assert_same_state(running(cluster), revision, "members/single/")
+    assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after}
+
+
+def test_a_server_running_as_a_voter_outside_the_configuration_starts_over_as_a_learner(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """What a promotion whose configuration entry died with its leader leaves behind: a server that runs
+    as a voter (its raft.voter marker says promoted) but that the configuration does not hold, while the
+    directory says learner. Cut off, it asks the others, sets its log aside, catches up as a learner
+    and is promoted properly."""
+    cluster = make_cluster(extra_config=FAST_PROMOTION)
+    with Client(cluster.client_addresses, timeout=20) as client:
+        before = _write(client, "members/outside/before-", 20)
+        stray = cluster.add_server()
+        wait_until(lambda: status(stray), 20, f"{stray.id} to answer")
+        cluster.kill(stray.id)
+        (stray.data_dir / "raft.voter").write_text(stray.id + "\n")
+        cluster.restart(stray.id)
+        wait_until(lambda: status(stray).role != cluster_pb2.ROLE_LEARNER, 20, f"{stray.id} to run as a voter")
+        client.add_member(stray.id, stray.raft_address, stray.client_address)
+        _wait_promoted(cluster, stray)
+        after = _write(client, "members/outside/after-", 20)
+    assert '"voter_outside_configuration"' in stray.log_path.read_text()
+    assert (stray.data_dir / "raft.journal.discarded").exists()
+    revision = wait_converged(cluster)
+    state = assert_same_state(running(cluster), revision, "members/outside/")
+    assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after}
+
+
+# --------------------------------------------------------------------------------------- removing
+
+
 def test_add_a_fourth_server_then_remove_another(make_cluster: Callable[..., LocalCluster]) -> None:
-    cluster = make_cluster()
+    cluster = make_cluster(extra_config=FAST_PROMOTION)
     original = set(cluster.nodes)
     with Client(cluster.client_addresses, timeout=20) as client:
         before = _write(client, "members/before/", 50)
 
-        new = cluster.add_server()
-        members = client.add_member(new.id, new.raft_address, new.client_address)
-        assert {m.id for m in members} == original | {new.id}
-        added = {m.id: m for m in members}[new.id]
+        new, members = _join(cluster, client)
+        assert set(members) == original | {new.id}
+        added = members[new.id]
         assert (added.raft_address, added.client_address) == (new.raft_address, new.client_address)
+        _wait_promoted(cluster, new)
 
         after_add = _write(client, "members/after-add/", 50)
         last = max(after_add.values())
@@ -83,15 +342,13 @@ def test_add_a_fourth_server_then_remove_another(make_cluster: Callable[..., Loc
         expected = original - {victim.id} | {new.id}
         assert {m.id for m in members} == expected
         term = status(cluster.nodes[leader]).term
-        # The removed server still runs. The others drop their connections to it (so it loses its
-        # quorum); whatever it then does (campaign at higher terms, or wait as a follower that is
-        # connected to no one) must not disturb them.
+        # The others drop their connections to the removed server: it loses quorum, asks them, learns it
+        # was removed and stops itself (exit status 1), without disturbing them.
         after_remove = _write(client, "members/after-remove/", 50)
-        wait_until(lambda: not status(victim).has_quorum, 20, f"the removed {victim.id} to be cut off")
+        assert _wait_exit(victim) == 1
         after_remove.update(_write(client, "members/after-remove/more-", 50))
         assert victim.id not in _member_ids(cluster.nodes[leader])
-        cluster.kill(victim.id, signal.SIGTERM)  # the operator stops it afterwards
-        after_stop = _write(client, "members/after-stop/", 50)
+        assert victim.id in status(cluster.nodes[leader]).removed_member_ids
 
     remaining = running(cluster)
     assert {node.id for node in remaining} == expected
@@ -100,7 +357,106 @@ def test_add_a_fourth_server_then_remove_another(make_cluster: Callable[..., Loc
     assert status(cluster.nodes[leader]).term == term, "the removed server disrupted the cluster"
     revision = wait_converged(cluster, remaining)
     state = assert_same_state(remaining, revision, "members/")
-    assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after_add, **after_remove, **after_stop}
+    assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after_add, **after_remove}
+
+    # Started again on its old data directory, it refuses: its id is barred (exit status 2).
+    cluster.restart(victim.id)
+    assert _wait_exit(victim) == 2
+    assert "refusing to start" in victim.log_path.read_text()
+
+
+def test_remove_a_server_while_clients_write_then_it_cannot_come_back(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """The removed server is one that joined (started with --join) and was promoted: it stops itself once
+    removed, and started again with --join on its old data directory it refuses to start."""
+    cluster = make_cluster(extra_config=FAST_PROMOTION)
+    with Client(cluster.client_addresses, timeout=20) as client:
+        joined, _ = _join(cluster, client)
+        _wait_promoted(cluster, joined)
+        with Writer([n.client_address for n in cluster.nodes.values() if n is not joined], "members/rm/") as writer:
+            writer.wait_for(20)
+            members = client.remove_member(joined.id)
+            assert joined.id not in {m.id for m in members}
+            writer.wait_for(20)
+            assert _wait_exit(joined) == 1
+            writer.wait_for(20)
+    assert not writer.failures, f"writes failed during the removal: {writer.failures[:3]}"
+    log_text = joined.log_path.read_text()
+    assert "removed_from_cluster" in log_text and "wipe its data directory" in log_text
+
+    remaining = running(cluster)
+    assert {node.id for node in remaining} == set(cluster.nodes) - {joined.id}
+    revision = wait_converged(cluster, remaining)
+    state = assert_same_state(remaining, revision, "members/rm/")
+    assert {key: kv.mod_revision for key, kv in state.items()} == writer.acked
+
+    cluster.restart(joined.id)  # with --join, as it was first started
+    assert _wait_exit(joined) == 2
+    assert "refusing to start" in joined.log_path.read_text()
+    assert joined.id not in _member_ids(remaining[0])
+
+
+def test_remove_the_leader_itself(make_cluster: Callable[..., LocalCluster]) -> None:
+    """The leader cannot remove itself in pysyncobj: it hands leadership over and the new leader does it."""
+    cluster = make_cluster()
+    old_leader = cluster.wait_for_leader()
+    with Client(cluster.client_addresses, timeout=30) as client:
+        before = _write(client, "members/leader-removal/before-", 20)
+        # A handover plus a removal take well under a second on loopback; 10 s is generous.
+        members = client.remove_member(old_leader, timeout=10)
+        expected = set(cluster.nodes) - {old_leader}
+        assert {m.id for m in members} == expected
+        remaining = [cluster.nodes[node_id] for node_id in sorted(expected)]
+        new_leader = cluster.wait_for_leader(among=[node.id for node in remaining])
+        assert new_leader != old_leader
+        after = _write(client, "members/leader-removal/after-", 20)
+    _wait_exit(cluster.nodes[old_leader])
+    _wait_members(remaining, expected)
+    revision = wait_converged(cluster, remaining)
+    state = assert_same_state(remaining, revision, "members/leader-removal/")
+    assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after}
+
+
+def test_dead_servers_are_cleaned_up_but_never_below_min_quorum(make_cluster: Callable[..., LocalCluster]) -> None:
+    """Five voters, dead_server_cleanup_s 2, min_quorum 3: the first two dead servers are removed, one at
+    a time; a third is kept (three voters is min_quorum) while the two live ones keep the cluster writable."""
+    cluster = make_cluster(servers=5, extra_config={"dead_server_cleanup_s": 2.0, "min_quorum": 3})
+    leader_id = cluster.wait_for_leader()
+    leader = cluster.nodes[leader_id]
+    doomed = [node for node in followers(cluster, leader_id)][:3]
+    with Client(cluster.client_addresses, timeout=20) as client:
+        for count, victim in enumerate(doomed[:2], start=1):
+            cluster.kill(victim.id)
+            wait_until(
+                lambda victim=victim: victim.id in status(leader).removed_member_ids,
+                20,
+                f"the dead {victim.id} to be removed",
+            )
+            assert {m.id for m in status(leader).members if m.voter} == set(cluster.nodes) - {
+                node.id for node in doomed[:count]
+            }
+            _write(client, f"members/cleanup-{count}/", 10)
+
+        # Three voters left, min_quorum 3: the next dead one stays a member.
+        last = doomed[2]
+        cluster.kill(last.id)
+        wait_until(
+            lambda: '"dead_server_kept"' in leader.log_path.read_text(), 20, "the leader to keep the dead server"
+        )
+        view = status(leader)
+        assert last.id in {m.id for m in view.members if m.voter} and last.id not in view.removed_member_ids
+        assert not {m.id: m for m in view.members}[last.id].healthy
+        _write(client, "members/cleanup-kept/", 10)
+
+    # A cleaned-up server that comes back with its old data refuses to start.
+    first = doomed[0]
+    cluster.restart(first.id)
+    assert _wait_exit(first) == 2
+    assert "refusing to start" in first.log_path.read_text()
+
+
+# --------------------------------------------------------------------------------------- one at a time
 
 
 def test_membership_errors_are_clear(make_cluster: Callable[..., LocalCluster]) -> None:
@@ -124,80 +480,69 @@ def test_membership_errors_are_clear(make_cluster: Callable[..., LocalCluster]) 
     _wait_members(running(cluster), set(cluster.nodes))
 
 
+def _hold_commits(cluster: LocalCluster, leader_id: str) -> tuple[NodeProcess, NodeProcess]:
+    """Freeze both followers (SIGSTOP): nothing commits, and the leader keeps leading (the cluster runs
+    with a long leader_fallback_s), so a membership change stays in flight on it."""
+    first, second = followers(cluster, leader_id)
+    for node in (first, second):
+        assert node.pid is not None
+        os.kill(node.pid, signal.SIGSTOP)
+    return first, second
+
+
+def _release(node: NodeProcess) -> None:
+    assert node.pid is not None
+    os.kill(node.pid, signal.SIGCONT)
+
+
+# Frozen followers must not make the leader step down while a test holds a change in flight.
+HOLDING = {"raft": {"leader_fallback_s": 60.0}}
+
+
 def test_second_membership_change_while_one_is_in_flight_is_refused(
     make_cluster: Callable[..., LocalCluster],
 ) -> None:
     """While an AddMember cannot commit, another AddMember is FAILED_PRECONDITION naming the first.
 
-    To hold the first change in flight: pause one follower (SIGSTOP) and add a server that is not
-    running. The new configuration (4 voters) needs 3 acks, and only the leader and one follower give
-    them, so the change stays uncommitted until the follower is resumed.
+    Resuming the followers one at a time keeps the pending entry safe: the first one back lacks it, so
+    the leader (which has it) wins the election the resumed follower starts, and commits it.
     """
-    cluster = make_cluster()
+    cluster = make_cluster(extra_config=HOLDING)
     leader_id = cluster.wait_for_leader()
     leader = cluster.nodes[leader_id]
-    paused = followers(cluster, leader_id)[0]
     ghost_raft, ghost_client = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     first_outcome: list[object] = []
 
     def first_add() -> None:
-        with channel(leader.client_address) as ch:
+        with Client(leader.client_address, timeout=60) as client:
             try:
-                first_outcome.append(
-                    cluster_stub(ch).AddMember(
-                        cluster_pb2.AddMemberRequest(
-                            id="ghost", raft_address=ghost_raft, client_address=ghost_client, request_id="add-ghost"
-                        ),
-                        timeout=30,
-                    )
-                )
-            except grpc.RpcError as exc:
+                first_outcome.append(client.add_member("ghost", ghost_raft, ghost_client))
+            except ControlPlaneError as exc:
                 first_outcome.append(exc)
 
-    assert paused.pid is not None
-    os.kill(paused.pid, signal.SIGSTOP)
+    frozen = _hold_commits(cluster, leader_id)
     adder = threading.Thread(target=first_add)
     try:
         adder.start()
-        # In flight: the leader already runs the new configuration (it lists the ghost).
-        wait_until(lambda: ghost_raft in {m.raft_address for m in status(leader).members}, 10, "the ghost add")
+        wait_until(lambda: "ghost" in status(leader).membership_change, 10, "the ghost add to be in flight")
         with Client(leader.client_address) as client, pytest.raises(FailedPrecondition) as caught:
             client.add_member("n9", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
         assert "in flight" in caught.value.message and "ghost" in caught.value.message
     finally:
-        os.kill(paused.pid, signal.SIGCONT)
+        _release(frozen[0])
         adder.join(60)
+        _release(frozen[1])
     assert not adder.is_alive()
+    assert isinstance(first_outcome[0], list), first_outcome
+    assert not {m.id: m for m in first_outcome[0]}["ghost"].voter
 
-    # Once the follower is back the first change commits; the cluster then takes the ghost out again.
+    # The ghost is a learner that never answers: never promoted, and removable again.
     cluster.wait_for_leader()
     with Client(cluster.client_addresses, timeout=30) as client:
-        assert isinstance(first_outcome[0], cluster_pb2.AddMemberResponse), first_outcome
         client.remove_member("ghost")
         put = client.put("members/after-ghost", b"1")
     _wait_members(running(cluster), set(cluster.nodes))
     assert wait_converged(cluster) >= put.revision
-
-
-def test_remove_the_leader_itself(make_cluster: Callable[..., LocalCluster]) -> None:
-    """The leader cannot remove itself in pysyncobj: it hands leadership over and the new leader does it."""
-    cluster = make_cluster()
-    old_leader = cluster.wait_for_leader()
-    with Client(cluster.client_addresses, timeout=30) as client:
-        before = _write(client, "members/leader-removal/before-", 20)
-        # A handover plus a removal take well under a second on loopback; 10 s is generous.
-        members = client.remove_member(old_leader, timeout=10)
-        expected = set(cluster.nodes) - {old_leader}
-        assert {m.id for m in members} == expected
-        remaining = [cluster.nodes[node_id] for node_id in sorted(expected)]
-        new_leader = cluster.wait_for_leader(among=[node.id for node in remaining])
-        assert new_leader != old_leader
-        after = _write(client, "members/leader-removal/after-", 20)
-    cluster.kill(old_leader, signal.SIGTERM)
-    _wait_members(remaining, expected)
-    revision = wait_converged(cluster, remaining)
-    state = assert_same_state(remaining, revision, "members/leader-removal/")
-    assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after}
 
 
 def test_add_member_slower_than_one_sdk_attempt_still_succeeds(
@@ -205,13 +550,11 @@ def test_add_member_slower_than_one_sdk_attempt_still_succeeds(
 ) -> None:
     """An AddMember that takes longer than one SDK attempt (``RetryPolicy.attempt_timeout``): the SDK
     gives up on the attempt and retries with the same request id. The retry must end in the outcome of
-    the one change, not in an error while the change goes on to commit behind the caller's back (and
-    leaves a Raft voter the member directory does not know). The change is held up as in the test
-    above, for one attempt timeout and a bit more."""
-    cluster = make_cluster()
+    the one change, not in an error while the change goes on to commit behind the caller's back. The
+    change is held up as in the test above, for one attempt timeout and a bit more."""
+    cluster = make_cluster(extra_config=HOLDING)
     leader_id = cluster.wait_for_leader()
     leader = cluster.nodes[leader_id]
-    paused = followers(cluster, leader_id)[0]
     ghost_raft, ghost_client = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     hold_s = RetryPolicy().attempt_timeout + 2.0
     outcome: list[object] = []
@@ -223,16 +566,16 @@ def test_add_member_slower_than_one_sdk_attempt_still_succeeds(
             except ControlPlaneError as exc:
                 outcome.append(exc)
 
-    assert paused.pid is not None
-    os.kill(paused.pid, signal.SIGSTOP)
+    frozen = _hold_commits(cluster, leader_id)
     adder = threading.Thread(target=add)
     try:
         adder.start()
-        wait_until(lambda: ghost_raft in {m.raft_address for m in status(leader).members}, 10, "the ghost add")
-        adder.join(hold_s)  # the fault: the follower stays frozen this long
+        wait_until(lambda: "ghost" in status(leader).membership_change, 10, "the ghost add to be in flight")
+        adder.join(hold_s)  # the fault: the followers stay frozen this long
     finally:
-        os.kill(paused.pid, signal.SIGCONT)
-    adder.join(60)
+        _release(frozen[0])
+        adder.join(60)
+        _release(frozen[1])
     assert not adder.is_alive()
     assert isinstance(outcome[0], list), f"AddMember failed although it committed: {outcome[0]!r}"
     assert "ghost" in {m.id for m in outcome[0]}
@@ -242,3 +585,115 @@ def test_add_member_slower_than_one_sdk_attempt_still_succeeds(
         put = client.put("members/after-slow-add", b"1")
     _wait_members(running(cluster), set(cluster.nodes))
     assert wait_converged(cluster) >= put.revision
+
+
+# --------------------------------------------------------------------------------------- pysyncobj facts
+
+
+def test_pysyncobj_read_only_nodes_do_what_learners_rely_on(tmp_path: Path) -> None:
+    """In one process, through RaftNode: a read-only node (learner) applies entries, keeps a journal,
+    writes a full dump through our hooks, catches up from a snapshot, restarts from its own files, and
+    switches to a voter on the same files when its promotion reaches its log. A voter restarted from a
+    dump does not count itself as a partner (the address-string dump defect)."""
+    leader = _raft_node(tmp_path, "a", [], voter=True)
+    nodes = [leader]
+    try:
+        wait_until(leader.raft.is_leader, 10, "a one-voter cluster to elect itself")
+        leader.put(50)
+        # A learner that joins after a compaction gets the dump (our deserializer), then the log.
+        leader.raft._sync.forceLogCompaction()
+        wait_until(leader.dump_written, 10, "the leader's dump")
+        leader.put(20)
+        learner = _raft_node(tmp_path, "b", [leader], voter=False)
+        nodes.append(learner)
+        wait_until(lambda: learner.machine.revision == leader.machine.revision, 10, "the learner to catch up")
+        assert learner.raft.status().role == "learner" and learner.raft.is_ready()
+        assert not learner.raft.listed_as_voter()
+        # Its own dump goes through our serializer (pysyncobj passes the read-only node as None).
+        learner.raft._sync.forceLogCompaction()
+        wait_until(learner.dump_written, 10, "the learner's dump")
+        dump = storage_pb2.RaftDump.FromString(learner.config.dump_file.read_bytes())
+        assert list(dump.cluster) == [leader.config.raft_address]
+        leader.put(10)
+        wait_until(lambda: learner.machine.revision == leader.machine.revision, 10, "the learner to follow")
+        # Never counted: the leader's configuration is itself alone, so it commits without the learner.
+        assert set(leader.raft.status().connected) == {leader.config.raft_address}
+
+        # A restart from its own journal and dump, still as a learner.
+        learner.stop()
+        learner = nodes[1] = _raft_node(tmp_path, "b", [leader], voter=False)
+        wait_until(lambda: learner.machine.revision == leader.machine.revision, 10, "the restarted learner")
+
+        # Promotion: the entry naming it reaches its log, then it restarts as a voter on the same files.
+        done: list[int] = []
+        leader.raft.add_node(learner.config.raft_address, done.append)
+        wait_until(learner.raft.listed_as_voter, 10, "the learner to see its promotion")
+        fresh = StateMachine()
+        learner.raft.restart(True, fresh)
+        learner.machine = fresh
+        wait_until(lambda: done == [0], 10, "the promotion to commit (it needs the new voter)")
+        leader.put(10)
+        wait_until(lambda: fresh.revision == leader.machine.revision, 10, "the new voter to apply")
+        assert learner.raft.status().role == "follower"
+        assert set(leader.raft.status().connected) == {leader.config.raft_address, learner.config.raft_address}
+
+        # A voter restarted from a dump that lists it must not list itself as a partner.
+        learner.raft._sync.forceLogCompaction()
+        wait_until(learner.dump_written, 10, "the voter's dump")
+        learner.stop()
+        learner = nodes[1] = _raft_node(tmp_path, "b", [leader], voter=True)
+        wait_until(lambda: learner.raft.is_ready(), 10, "the voter to restart")
+        assert {node.id for node in learner.raft._sync.otherNodes} == {leader.config.raft_address}
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+class _InProcessRaft:
+    def __init__(self, config: ServerConfig, voter: bool) -> None:
+        self.config = config
+        self.machine = StateMachine()
+        self._puts = 0
+        self.raft = RaftNode(config, self.machine, threading.Lock(), lambda: None, lambda old, new: None, voter)
+        self._dump_mtime = self._mtime()
+
+    def _mtime(self) -> float:
+        return self.config.dump_file.stat().st_mtime if self.config.dump_file.exists() else 0.0
+
+    def dump_written(self) -> bool:
+        """A dump newer than the last one seen (then remembered)."""
+        mtime = self._mtime()
+        if mtime > self._dump_mtime:
+            self._dump_mtime = mtime
+            return True
+        return False
+
+    def put(self, count: int) -> None:
+        results: list[int] = []
+        for _ in range(count):
+            self._puts += 1
+            command = command_pb2.Command(kv_put=command_pb2.KvPut(key=f"k{self._puts}", value=b"v"))
+            self.raft.submit(batch_entry(1, "a", [command]), lambda _results, reason: results.append(reason))
+        wait_until(lambda: len(results) == count, 10, f"{count} entries to commit")
+        assert set(results) == {0}
+
+    def stop(self) -> None:
+        self.raft.destroy_synchronous()
+
+
+def _raft_node(tmp_path: Path, name: str, peers: list[_InProcessRaft], voter: bool) -> _InProcessRaft:
+    port_file = tmp_path / f"{name}.port"
+    if not port_file.exists():
+        port_file.write_text(str(free_port()))
+    address = f"127.0.0.1:{port_file.read_text()}"
+    config = ServerConfig(
+        node_id=name,
+        client_address="127.0.0.1:1",
+        raft_address=address,
+        metrics_address="",
+        data_dir=tmp_path / name,
+        raft_password="in-process",
+        peers=tuple(Peer(p.config.node_id, p.config.raft_address, "127.0.0.1:1") for p in peers),
+        raft=RaftTuning(compaction_min_s=3600),
+    )
+    return _InProcessRaft(config, voter)
