@@ -38,8 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check controlplane gossip tests bench
-	$(BIN)/ruff format --check controlplane gossip tests bench
+	$(BIN)/ruff check controlplane gossip gateway tests bench
+	$(BIN)/ruff format --check controlplane gossip gateway tests bench
 	$(BIN)/mypy
 
 ## proto: regenerate controlplane/v1 from proto/ (pinned grpcio-tools)

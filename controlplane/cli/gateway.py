@@ -1,0 +1,89 @@
+"""`cpctl gateway`: run the stateless HTTP discovery gateway (gateway.app under uvicorn)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Annotated
+
+import typer
+
+from controlplane.cli import app
+from controlplane.cli.common import EndpointsOption, resolve_endpoints
+from controlplane.cli.output import EXIT_USAGE, fail
+from controlplane.state import limits
+
+DEFAULT_TOKEN_ENV = "CP_GATEWAY_TOKEN"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    problem = limits.check_address(listen, "--listen")
+    if problem:
+        fail(problem, code=EXIT_USAGE)
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@app.command()
+def gateway(
+    endpoints: EndpointsOption = None,
+    listen: Annotated[str, typer.Option(help="HOST:PORT to serve HTTP on")] = "127.0.0.1:8080",
+    token_env: Annotated[
+        str,
+        typer.Option(help="Environment variable holding the bearer token that POST and DELETE require"),
+    ] = DEFAULT_TOKEN_ENV,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option(help="Serve changes without a token on a non-loopback address (never in production)"),
+    ] = False,
+    max_body_kib: Annotated[int, typer.Option(help="Largest request body accepted (413 beyond)", min=1)] = 64,
+    access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Serve HTTP JSON discovery and bootstrap for the cluster: /v1/cluster, /v1/bootstrap, /v1/nodes, ...
+
+    Stateless: run as many as you like, behind one name; a restart loses nothing. The token is read
+    from the environment variable named by --token-env, never from a flag (flags show in `ps`).
+    OpenAPI at /openapi.json, a docs page at /docs.
+    """
+    host, port = _split_listen(listen)
+    servers = tuple(dict.fromkeys(e.strip() for e in resolve_endpoints(endpoints).split(",") if e.strip()))
+    if not servers:
+        fail("--endpoints names no server (HOST:PORT[,HOST:PORT...])", code=EXIT_USAGE)
+    token = os.environ.get(token_env) or None
+    if token is None and not _is_loopback(host) and not allow_unauthenticated:
+        fail(
+            f"${token_env} is not set: refusing to accept unauthenticated changes on {listen}. "
+            f"Set it (e.g. export {token_env}=$(openssl rand -hex 32)), listen on 127.0.0.1, "
+            "or pass --allow-unauthenticated",
+            code=EXIT_USAGE,
+        )
+    # Imported here: FastAPI and uvicorn are needed by this command only, not by every cpctl call.
+    import uvicorn
+
+    from gateway.app import GatewaySettings, configure_logging, create_app
+
+    configure_logging(log_level)
+    settings = GatewaySettings(endpoints=servers, token=token, max_body_bytes=max_body_kib * 1024)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=access_log,
+        lifespan="on",
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
+    typer.echo(f"gateway on http://{listen} for {','.join(servers)} (changes {'need a token' if token else 'open'})")
+    uvicorn.Server(config).run()
