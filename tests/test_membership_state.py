@@ -478,3 +478,25 @@ def test_restoring_a_backup_keeps_membership_and_kills_nodes_whose_lease_is_miss
     expect_ok(other.run(restore_state=command_pb2.RestoreState(snapshot=snapshot.SerializeToString())))
     assert other.machine.membership.nodes["a1"].state == DEAD and not other.machine.membership.placements
     check_invariants(other.machine)
+
+
+def test_a_lease_checkpoint_moves_renewals_forward_only_and_never_past_its_own_time() -> None:
+    cluster = Cluster()
+    cluster.register("a1")
+    lease_id = cluster.machine.membership.nodes["a1"].lease_id
+    lease = cluster.machine.leases.leases[lease_id]
+    before, revision = lease.renewed_unix_ms, cluster.machine.revision
+    renewals = [
+        leases_pb2.LeaseRenewal(lease_id=lease_id, renewed_unix_ms=cluster.now + 10_000),  # ahead of the log
+        leases_pb2.LeaseRenewal(lease_id=999, renewed_unix_ms=cluster.now),  # no such lease
+    ]
+    result = expect_ok(cluster.run(lease_checkpoint=leases_pb2.LeaseCheckpoint(renewals=renewals)))
+    assert result.lease_checkpoint.updated == 1
+    assert lease.renewed_unix_ms == cluster.now > before  # capped at the entry's own time
+    assert cluster.machine.revision == revision  # like a keepalive: no revision, no event
+    older = leases_pb2.LeaseRenewal(lease_id=lease_id, renewed_unix_ms=before)
+    assert (
+        expect_ok(cluster.run(lease_checkpoint=leases_pb2.LeaseCheckpoint(renewals=[older]))).lease_checkpoint.updated
+        == 0
+    )
+    assert lease.renewed_unix_ms > before

@@ -118,6 +118,9 @@ class ServerConfig:
     ports_repair_passes: int = 3
     # How often the leader looks for expired leases.
     lease_check_interval_s: float = 0.25
+    # How often the leader writes the renewals it answered from memory into the log (followers' view
+    # of liveness lags by at most this; 0 turns the in-memory renewals off: every keepalive is a write).
+    lease_checkpoint_interval_s: float = 2.0
     # Membership autopilot (the leader's, after Consul's). A learner is promoted to voter once it
     # has been continuously healthy this long (Consul's ServerStabilizationTime, 10 s): long
     # enough that a server flapping on start or still replaying a snapshot never gets a vote.
@@ -175,6 +178,8 @@ class ServerConfig:
             raise ConfigError("ports_repair_interval_s must be >= 0 and ports_repair_passes within 1-100")
         if not 0.01 <= self.lease_check_interval_s <= 10:
             raise ConfigError("lease_check_interval_s must be within 0.01-10 seconds")
+        if not (self.lease_checkpoint_interval_s == 0 or 0.1 <= self.lease_checkpoint_interval_s <= 60):
+            raise ConfigError("lease_checkpoint_interval_s must be 0 (off) or within 0.1-60 seconds")
         if not 0 <= self.server_stabilization_s <= 3600:
             raise ConfigError("server_stabilization_s must be within 0-3600 seconds")
         if self.max_trailing_logs < 1:

@@ -1,4 +1,5 @@
-"""Work only the leader does on a timer: expiring leases and the port leak-repair pass.
+"""Work only the leader does on a timer: expiring leases, checkpointing the renewals it answered from
+memory (renewals.py), and the port leak-repair pass.
 
 Both are *decisions recorded in the log*: the leader proposes a command and the state machine
 re-checks it against the entry's time and state, so a keepalive or a fresh report that committed
@@ -53,6 +54,7 @@ class Housekeeper:
         self._config = config
         self._leader_since: float | None = None
         self._next_repair = 0.0
+        self._next_checkpoint = 0.0
 
     def leader_for_s(self) -> float:
         """Seconds this server has led without interruption (0 when it does not lead)."""
@@ -63,13 +65,20 @@ class Housekeeper:
         while True:
             await asyncio.sleep(self._config.lease_check_interval_s)  # a timer: this is periodic work
             if not node.raft.is_leader() or not node.raft.is_ready():
+                if self._leader_since is not None:
+                    node.renewals.clear()
                 self._leader_since = None
                 continue
             if self._leader_since is None:
+                node.renewals.clear()  # whatever an earlier term left is not this term's
                 self._leader_since = time.monotonic()
                 self._next_repair = self._leader_since + self._config.ports_repair_interval_s
+                self._next_checkpoint = self._leader_since + self._config.lease_checkpoint_interval_s
             try:
                 await self._expire_leases()
+                if self._config.lease_checkpoint_interval_s and time.monotonic() >= self._next_checkpoint:
+                    self._next_checkpoint = time.monotonic() + self._config.lease_checkpoint_interval_s
+                    await self._checkpoint()
                 if self._config.ports_repair_interval_s and time.monotonic() >= self._next_repair:
                     self._next_repair = time.monotonic() + self._config.ports_repair_interval_s
                     await self._repair()
@@ -80,24 +89,59 @@ class Housekeeper:
                 log.exception("housekeeping_failed")
 
     def due_leases(self, now_unix_ms: int) -> list[int]:
+        """Leases past their TTL by both the replicated renewal and this leader's in-memory one."""
         node = self._node
         led_ms = self.leader_for_s() * 1000
         with node.state_lock:
-            due = node.machine.leases.expired_by(now_unix_ms)
-        return [lease.id for lease in due if lease.ttl_ms <= led_ms][:MAX_EXPIRE_PER_COMMAND]
+            # The replicated renewal time is never later than the in-memory one: these are candidates.
+            candidates = node.machine.leases.expired_by(now_unix_ms)
+        due = []
+        for lease in candidates:
+            local = node.renewals.renewed(lease.id)
+            if lease.ttl_ms <= led_ms and (local is None or local + lease.ttl_ms <= now_unix_ms):
+                due.append(lease.id)
+        return due[:MAX_EXPIRE_PER_COMMAND]
 
     async def _expire_leases(self) -> None:
         due = self.due_leases(time.time_ns() // 1_000_000)
         if not due:
             return
-        result = await self._node.write(
-            command_pb2.Command(
-                request_id=f"expire-{uuid.uuid4().hex}", lease_expire=leases_pb2.ExpireLeases(lease_ids=due)
-            ),
-            PROPOSE_TIMEOUT_S,
-        )
+        renewals = self._node.renewals
+        # From here until the expiry commits, a renewal of these leases goes through the log, so the
+        # log's order decides between it and the expiry (the state machine re-checks each lease).
+        renewals.expiring.update(due)
+        try:
+            result = await self._node.write(
+                command_pb2.Command(
+                    request_id=f"expire-{uuid.uuid4().hex}", lease_expire=leases_pb2.ExpireLeases(lease_ids=due)
+                ),
+                PROPOSE_TIMEOUT_S,
+            )
+        finally:
+            renewals.expiring.difference_update(due)
         if result.lease_expire.expired:
+            renewals.forget(list(result.lease_expire.expired))
             log.info("leases_expired", leases=list(result.lease_expire.expired))
+
+    async def _checkpoint(self) -> None:
+        """Write the renewals answered from memory since the last checkpoint into the log, in one entry."""
+        renewals = self._node.renewals
+        taken = renewals.take_checkpoint()
+        if not taken:
+            return
+        command = command_pb2.Command(
+            lease_checkpoint=leases_pb2.LeaseCheckpoint(
+                renewals=[
+                    leases_pb2.LeaseRenewal(lease_id=lease_id, renewed_unix_ms=renewed)
+                    for lease_id, renewed in sorted(taken.items())
+                ]
+            )
+        )
+        try:
+            await self._node.write(command, PROPOSE_TIMEOUT_S)
+        except ControlPlaneError:
+            renewals.restore_checkpoint(taken)
+            raise
 
     async def _repair(self) -> None:
         result = await self._node.write(

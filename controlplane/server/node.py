@@ -50,8 +50,11 @@ from controlplane.server.housekeeping import Autopilot, Housekeeper
 from controlplane.server.indexer import Indexer
 from controlplane.server.proposer import Proposer
 from controlplane.server.raft import ROLE_LEADER, ROLE_LEARNER, SUCCESS, RaftNode, describe_failure
+from controlplane.server.renewals import LeaderRenewals
 from controlplane.state import limits
 from controlplane.state.machine import CommandResult, SnapshotError, StateMachine, parse_snapshot
+from controlplane.state.membership import ACTIVE as NODE_ACTIVE
+from controlplane.state.membership import LEAVING as NODE_LEAVING
 from controlplane.state.refusal import Refused
 from controlplane.v1 import (
     cluster_pb2,
@@ -60,6 +63,7 @@ from controlplane.v1 import (
     common_pb2,
     kv_pb2,
     leases_pb2,
+    membership_pb2,
     peer_pb2,
     peer_pb2_grpc,
     watch_pb2,
@@ -146,6 +150,8 @@ class Node:
         self.proposer: Proposer
         self.indexer: Indexer | None = None
         self.autopilot = Autopilot(self, config)
+        #: Keepalives the leader answered from memory (renewals.py); empty on followers.
+        self.renewals = LeaderRenewals()
         # After a Raft restart (promotion, or back to learner): the machine the new node applies into,
         # served only once it has caught up (see _restart_raft), and when that restart began.
         self._pending_machine: StateMachine | None = None
@@ -351,6 +357,13 @@ class Node:
         """A cached channel to another server's client address (the autopilot's health checks)."""
         return self._channel(address)
 
+    def leader_channel(self) -> grpc.aio.Channel:
+        """A channel to the leader's client address (for calls a follower hands on); NoLeader if unknown."""
+        leader = self.leader()
+        if leader is None or not leader.client_address:
+            raise NoLeader("no leader is known (an election is running or quorum is lost); retry shortly")
+        return self._channel(leader.client_address)
+
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
@@ -416,6 +429,45 @@ class Node:
                 return read(), self.machine.revision
             except Refused as refused:
                 raise error_from_result(common_pb2.Error(code=refused.code, message=refused.message)) from None
+
+    def renew_from_memory(self, lease_id: int) -> leases_pb2.Lease | None:
+        """Renew a lease without a log write (renewals.py); the lease as renewed.
+
+        None when the renewal must go through the log instead: this server does not lead (or is
+        not caught up), in-memory renewals are off, the lease is unknown here (the log answers
+        NOT_FOUND), or an expiry naming it is in flight (the log's order decides).
+        """
+        if not self.config.lease_checkpoint_interval_s or not self.raft.is_leader() or not self.raft.is_ready():
+            return None
+        if lease_id in self.renewals.expiring:
+            return None
+        with self.state_lock:
+            lease = self.machine.leases.leases.get(lease_id)
+            if lease is None:
+                return None
+            view = leases_pb2.Lease()
+            view.CopyFrom(lease)
+        now = time.time_ns() // 1_000_000
+        self.renewals.renew(lease_id, now)
+        view.renewed_unix_ms = now
+        return view
+
+    def heartbeat_from_memory(
+        self, request: membership_pb2.HeartbeatRequest
+    ) -> membership_pb2.HeartbeatResponse | None:
+        """A node's heartbeat that brings no news, answered from memory; None when it needs the log
+        (a joining node's first heartbeat, a new activity, or any reason ``renew_from_memory`` gives)."""
+        with self.state_lock:
+            record = self.machine.membership.nodes.get(request.node_id)
+            if record is None or record.state not in (NODE_ACTIVE, NODE_LEAVING):
+                return None
+            if request.activity and request.activity != record.activity:
+                return None
+            lease_id, state = record.lease_id, record.state
+        lease = self.renew_from_memory(lease_id)
+        if lease is None:
+            return None
+        return membership_pb2.HeartbeatResponse(header=self.header(), state=state, lease_ttl_ms=lease.ttl_ms)
 
     def lease_views(self) -> list[leases_pb2.Lease]:
         """Every lease with what it holds counted in."""

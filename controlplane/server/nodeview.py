@@ -39,14 +39,18 @@ def node_views(node: Node, request: membership_pb2.ListNodesRequest) -> list[mem
             view = membership_pb2.NodeView()
             view.node.CopyFrom(record)
             lease = machine.leases.leases.get(record.lease_id) if record.lease_id else None
+            renewed = 0
             if lease is not None:
-                view.last_heartbeat_unix_ms = lease.renewed_unix_ms
+                # The leader answers keepalives from memory: its own record is the freshest; other
+                # servers see the last checkpoint (renewals.py).
+                renewed = max(lease.renewed_unix_ms, node.renewals.renewed(lease.id) or 0)
+                view.last_heartbeat_unix_ms = renewed
                 view.lease_ttl_ms = lease.ttl_ms
             view.networks.extend(table.networks_of(node_id))
             view.clients_served = table.clients_served_by(node_id)
             if record.state in GONE_STATES:
                 view.connectivity = membership_pb2.CONNECTIVITY_GONE
-            elif lease is not None and now_ms - lease.renewed_unix_ms <= lease.ttl_ms:
+            elif lease is not None and now_ms - renewed <= lease.ttl_ms:
                 view.connectivity = membership_pb2.CONNECTIVITY_CONNECTED
             else:
                 view.connectivity = membership_pb2.CONNECTIVITY_UNREACHABLE

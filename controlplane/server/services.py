@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
-from controlplane.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from controlplane.errors import DeadlineExceeded, InvalidArgument, NoLeader, NotFound, Unavailable, error_from_rpc
 from controlplane.server.node import Node
 from controlplane.server.nodeview import node_views
 from controlplane.state import limits
@@ -240,6 +240,33 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         return peer_pb2.ProposeResponse(results=results)
 
 
+FORWARDED_METADATA = ("cp-forwarded", "1")
+
+
+async def _to_leader(
+    node: Node,
+    context: grpc.aio.ServicerContext,
+    method: Callable[[grpc.aio.Channel], Callable[..., Awaitable[Resp]]],
+    request: Message,
+) -> Resp | None:
+    """A follower hands a keepalive to the leader, whose memory holds renewals (renewals.py); None
+    when this server should answer itself (it leads, renewals are off, no leader is known, or the
+    call was already forwarded once: then it goes through the log, which forwards on its own).
+    """
+    if node.raft.is_leader() or not node.config.lease_checkpoint_interval_s:
+        return None
+    if FORWARDED_METADATA in tuple(context.invocation_metadata() or ()):
+        return None
+    try:
+        channel = node.leader_channel()
+    except NoLeader:
+        return None
+    try:
+        return await method(channel)(request, timeout=_timeout(context) or 5.0, metadata=(FORWARDED_METADATA,))
+    except grpc.aio.AioRpcError as exc:
+        raise error_from_rpc(exc) from None
+
+
 async def _replicate(node: Node, field: str, request: Message, response_type: type[Resp]) -> Resp:
     """Propose a request message as the command body ``field``; answer with the result body.
 
@@ -452,6 +479,12 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
     async def KeepAlive(
         self, request: leases_pb2.KeepAliveRequest, context: grpc.aio.ServicerContext
     ) -> leases_pb2.KeepAliveResponse:
+        forwarded = await _to_leader(self._node, context, lambda ch: leases_pb2_grpc.LeasesStub(ch).KeepAlive, request)
+        if forwarded is not None:
+            return forwarded
+        lease = self._node.renew_from_memory(request.lease_id)
+        if lease is not None:
+            return leases_pb2.KeepAliveResponse(header=self._node.header(), lease=lease)
         return await _replicate(self._node, "lease_keepalive", request, leases_pb2.KeepAliveResponse)
 
     async def Revoke(
@@ -609,6 +642,14 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
     async def Heartbeat(
         self, request: membership_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> membership_pb2.HeartbeatResponse:
+        forwarded = await _to_leader(
+            self._node, context, lambda ch: membership_pb2_grpc.MembershipStub(ch).Heartbeat, request
+        )
+        if forwarded is not None:
+            return forwarded
+        answered = self._node.heartbeat_from_memory(request)
+        if answered is not None:
+            return answered
         return await _replicate(self._node, "node_heartbeat", request, membership_pb2.HeartbeatResponse)
 
     async def DrainNode(

@@ -41,6 +41,7 @@ class LeaseTable:
             "lease_keepalive": self._keepalive,
             "lease_revoke": self._revoke,
             "lease_expire": self._expire,
+            "lease_checkpoint": self._checkpoint,
         }
 
     def exists(self, lease_id: int) -> bool:
@@ -130,6 +131,20 @@ class LeaseTable:
                 self.end(lease_id, f"lease {lease_id} expired (TTL {lease.ttl_ms} ms)", expired=True)
                 expired.append(lease_id)
         return CommandResult(revision=self._revision, lease_expire=leases_pb2.ExpireLeasesResult(expired=expired))
+
+    def _checkpoint(self, command: command_pb2.Command) -> CommandResult:
+        updated = 0
+        for renewal in command.lease_checkpoint.renewals:
+            lease = self.leases.get(renewal.lease_id)
+            # Forward only, and never past this entry's own time (a leader clock ahead of the log's
+            # would otherwise keep a lease alive beyond its TTL in leader-stamped time).
+            renewed = min(renewal.renewed_unix_ms, self._now)
+            if lease is not None and renewed > lease.renewed_unix_ms:
+                lease.renewed_unix_ms = renewed
+                updated += 1
+        return CommandResult(
+            revision=self._revision, lease_checkpoint=leases_pb2.LeaseCheckpointResult(updated=updated)
+        )
 
     def load(self, leases: list[leases_pb2.Lease], next_id: int, renewed_unix_ms: int | None = None) -> None:
         """Replace every lease; ``renewed_unix_ms`` restarts their TTLs (a restore from a backup)."""

@@ -96,3 +96,23 @@ class ExpireLeasesResult(_message.Message):
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
     expired: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, expired: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LeaseCheckpoint(_message.Message):
+    __slots__ = ("renewals",)
+    RENEWALS_FIELD_NUMBER: _ClassVar[int]
+    renewals: _containers.RepeatedCompositeFieldContainer[LeaseRenewal]
+    def __init__(self, renewals: _Optional[_Iterable[_Union[LeaseRenewal, _Mapping]]] = ...) -> None: ...
+
+class LeaseRenewal(_message.Message):
+    __slots__ = ("lease_id", "renewed_unix_ms")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    renewed_unix_ms: int
+    def __init__(self, lease_id: _Optional[int] = ..., renewed_unix_ms: _Optional[int] = ...) -> None: ...
+
+class LeaseCheckpointResult(_message.Message):
+    __slots__ = ("updated",)
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    updated: int
+    def __init__(self, updated: _Optional[int] = ...) -> None: ...

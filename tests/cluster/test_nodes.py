@@ -17,6 +17,7 @@ import pytest
 from controlplane.client import (
     Client,
     Connectivity,
+    Consistency,
     FailedPrecondition,
     InvalidArgument,
     NodeState,
@@ -185,3 +186,37 @@ def test_capacity_flags_and_bad_input(cluster: LocalCluster) -> None:
             stub.RegisterNode(membership_pb2.RegisterNodeRequest(node=membership_pb2.NodeSpec(id="x", role=9)))
         assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         assert "role" in raised.value.details()  # type: ignore[attr-defined]
+
+
+def test_heartbeats_are_answered_from_the_leaders_memory_and_checkpointed(cluster: LocalCluster) -> None:
+    """A keepalive with no news costs no log entry (as etcd's); followers hand theirs to the leader, and
+    the leader's periodic checkpoint brings every server's view of the node's liveness up to date."""
+    leader = cluster.leader()
+    follower = next(node for node in cluster.nodes.values() if node.id != leader.id)
+    with (
+        Client(leader.client_address, timeout=10) as on_leader,
+        Client(follower.client_address, timeout=10) as on_follower,
+    ):
+        on_leader.membership.register_node("mem-a1", ttl_s=30)
+        assert on_leader.membership.heartbeat("mem-a1") is NodeState.ACTIVE  # news: through the log
+        start = on_leader.status().commit_index
+        for _ in range(20):
+            assert on_leader.membership.heartbeat("mem-a1") is NodeState.ACTIVE
+            assert on_follower.membership.heartbeat("mem-a1") is NodeState.ACTIVE
+        # 40 heartbeats; the log grew by a checkpoint or two at most (and whatever else ran meanwhile).
+        assert on_leader.status().commit_index - start < 10
+        beat = on_leader.membership.get_node("mem-a1").last_heartbeat_unix_ms
+        wait_until(
+            lambda: (
+                on_follower.membership.get_node("mem-a1", consistency=Consistency.STALE).last_heartbeat_unix_ms
+                >= beat - 100
+            ),
+            10,
+            "the follower to see the checkpointed renewal",
+        )
+        # A heartbeat with news (an activity) still goes through the log, and every server sees it.
+        on_follower.membership.heartbeat("mem-a1", activity="training")
+        assert on_leader.membership.get_node("mem-a1").node.activity == "training"
+        on_leader.membership.deregister("mem-a1")
+        with pytest.raises(NotFound):
+            on_leader.membership.heartbeat("mem-a1")
