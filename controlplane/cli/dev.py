@@ -6,13 +6,16 @@ import json
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from controlplane.cli import app
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, fail
 from controlplane.dev import MANIFEST_FILE, LocalCluster
+
+if TYPE_CHECKING:
+    from controlplane.client import Client
 from controlplane.server.app import check_bindable
 from controlplane.server.config import ConfigError
 
@@ -89,7 +92,7 @@ def dev(
 
 
 def _demo(endpoints: str) -> None:
-    from controlplane.client import Client
+    from controlplane.client import Client, ControlPlaneError
 
     with Client(endpoints) as client:
         written = client.put("demo/hello", b"world")
@@ -102,9 +105,35 @@ def _demo(endpoints: str) -> None:
             f"$ cpctl ports allocate demo-api -H demo-host -n http -> port {allocated.assignment.port} "
             f"(range {allocated.assignment.range})"
         )
+        # Membership: an agent joins a network and a client is placed on it, then the agent leaves
+        # cleanly (a real one: `cpctl agent --id NAME --join demo-net`, in another terminal).
+        try:
+            _demo_membership(client)
+        except ControlPlaneError as exc:  # e.g. the data dir already holds another network
+            typer.echo(f"(membership demo skipped: {exc.message})")
         status = client.status()
         typer.echo(
             f"$ cpctl cluster status             -> leader {status.leader_id}, term {status.term}, "
             f"revision {status.applied_revision}, members "
             + ", ".join(f"{m.id}({'up' if m.healthy else 'down'})" for m in status.members)
         )
+
+
+def _demo_membership(client: Client) -> None:
+    """An agent joins a network and a client is placed on it, then the agent leaves cleanly (a real
+    agent: `cpctl agent --id NAME --join demo-net`, in another terminal)."""
+    client.membership.register_node("demo-agent", capabilities=["gpu"], ttl_s=30)
+    client.membership.heartbeat("demo-agent")
+    client.membership.create_network("demo-net", "demo-model", 8)
+    client.membership.join("demo-net", node_id="demo-agent")
+    placed = client.membership.assign("demo-client", "demo-model")
+    served_by = placed.placement.node_id if placed.placement else "-"
+    typer.echo(f"$ cpctl networks assign demo-client --model demo-model -> demo-net, served by {served_by}")
+    views = client.membership.nodes()
+    roles = ", ".join(f"{v.node.spec.id}({v.raft_role or v.node.state.name.lower()})" for v in views)
+    typer.echo(f"$ cpctl nodes list                 -> {roles}")
+    left = client.membership.deregister("demo-agent")
+    typer.echo(
+        f"$ cpctl nodes deregister demo-agent -> left; {len(left.unplaced)} client(s) without a place "
+        "(no other member serves demo-model)"
+    )

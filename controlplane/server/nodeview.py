@@ -55,8 +55,11 @@ def node_views(node: Node, request: membership_pb2.ListNodesRequest) -> list[mem
             else:
                 view.connectivity = membership_pb2.CONNECTIVITY_UNREACHABLE
             views[node_id] = view
-        directory = {record.id: record for record in machine.members.values()}
+        learners = {record.id for record in machine.members.values() if record.learner}
         removed = list(machine.removed_members)
+    # The address book: the replicated directory over the configured peers, so servers show even
+    # before they have published themselves (a fresh cluster's first seconds).
+    directory = {address.id: address for address in node.members().values() if address.id and address.id not in removed}
     for server_id, server in directory.items():
         if server_id in views:
             view = views[server_id]
@@ -66,18 +69,19 @@ def node_views(node: Node, request: membership_pb2.ListNodesRequest) -> list[mem
             view.node.spec.role = membership_pb2.NODE_ROLE_SERVER
             view.node.spec.addresses["grpc"] = server.client_address
             view.node.spec.addresses["raft"] = server.raft_address
-            view.node.state = JOINING if server.learner else ACTIVE
+            view.node.state = JOINING if server_id in learners else ACTIVE
             views[server_id] = view
         member = raft_members.get(server_id)
-        view.voter = not server.learner
+        learner = server_id in learners
+        view.voter = not learner
         if member is not None:
-            view.raft_role = "learner" if server.learner else _RAFT_ROLES.get(member.role, "")
+            view.raft_role = "learner" if learner else _RAFT_ROLES.get(member.role, "")
             # Raft connectivity decides for a server: its lease (if it registered one) is secondary.
             view.connectivity = (
                 membership_pb2.CONNECTIVITY_CONNECTED if member.healthy else membership_pb2.CONNECTIVITY_UNREACHABLE
             )
         else:
-            view.raft_role = "learner" if server.learner else ""
+            view.raft_role = "learner" if learner else ""
             view.connectivity = membership_pb2.CONNECTIVITY_UNREACHABLE
     for server_id in removed:
         if server_id not in views:
