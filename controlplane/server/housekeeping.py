@@ -1,5 +1,5 @@
 """Work only the leader does on a timer: expiring leases, checkpointing the renewals it answered from
-memory (renewals.py), and the port leak-repair pass.
+memory (renewals.py), ending gossip rounds past their deadline, and the port leak-repair pass.
 
 Both are *decisions recorded in the log*: the leader proposes a command and the state machine
 re-checks it against the entry's time and state, so a keepalive or a fresh report that committed
@@ -21,6 +21,7 @@ one-membership-change slot. Its decisions are a pure function (``next_action``) 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ import structlog
 
 from controlplane.errors import ControlPlaneError
 from controlplane.server.config import ServerConfig
-from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, command_pb2, leases_pb2, ports_pb2
+from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, command_pb2, gossip_pb2, leases_pb2, ports_pb2
 
 if TYPE_CHECKING:
     from controlplane.server.node import Node
@@ -76,6 +77,7 @@ class Housekeeper:
                 self._next_checkpoint = self._leader_since + self._config.lease_checkpoint_interval_s
             try:
                 await self._expire_leases()
+                await self._end_overdue_rounds()
                 if self._config.lease_checkpoint_interval_s and time.monotonic() >= self._next_checkpoint:
                     self._next_checkpoint = time.monotonic() + self._config.lease_checkpoint_interval_s
                     await self._checkpoint()
@@ -122,6 +124,25 @@ class Housekeeper:
         if result.lease_expire.expired:
             renewals.forget(list(result.lease_expire.expired))
             log.info("leases_expired", leases=list(result.lease_expire.expired))
+
+    async def _end_overdue_rounds(self) -> None:
+        """End every gossip round past its deadline: a round never waits for a dead peer. The state
+        machine re-checks the deadline against the entry's time and blames the silent participants."""
+        now = time.time_ns() // 1_000_000
+        with self._node.state_lock:
+            overdue = [(r.group, r.number) for r in self._node.machine.gossip.running() if r.deadline_unix_ms <= now]
+        for group, number in overdue:
+            result = await self._node.write(
+                command_pb2.Command(
+                    # One id per round: two leaders ending the same round apply it once.
+                    request_id=f"end-round-{hashlib.sha256(group.encode()).hexdigest()[:32]}-{number}",
+                    gossip_end_round=gossip_pb2.EndRoundRequest(group=group, number=number),
+                ),
+                PROPOSE_TIMEOUT_S,
+            )
+            if result.gossip_end_round.ended:
+                failures = [f"{f.node}" for f in result.gossip_end_round.round.failures]
+                log.warning("gossip_round_timed_out", group=group, round=number, silent=failures)
 
     async def _checkpoint(self) -> None:
         """Write the renewals answered from memory since the last checkpoint into the log, in one entry."""
