@@ -148,6 +148,15 @@ def test_a_failed_exchange_is_recorded_and_penalises_the_link() -> None:
     assert ok(cluster.report_round(1, "a")).gossip_report_round.round == done
 
 
+def test_reported_bytes_never_overflow_the_total() -> None:
+    cluster = Cluster()
+    ok(cluster.start(1, ["a", "b"], [("a", "b")]))
+    huge = gossip_pb2.ReportRoundRequest(group="g", number=1, node_id="a", bytes=2**64 - 1, seconds=1.0)
+    ok(cluster.run(gossip_report_round=huge))
+    done = ok(cluster.report_round(1, "b")).gossip_report_round.round
+    assert done.state == DONE and done.bytes_total == 2**64 - 1
+
+
 def test_the_deadline_ends_a_round_and_blames_the_silent() -> None:
     cluster = Cluster()
     cluster.report("a", b=4.0, c=1.0, d=1.0)

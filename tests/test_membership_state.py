@@ -500,3 +500,35 @@ def test_a_lease_checkpoint_moves_renewals_forward_only_and_never_past_its_own_t
         == 0
     )
     assert lease.renewed_unix_ms > before
+
+
+def test_review_fixes_refusals_change_nothing_and_lease_ids_are_never_reused() -> None:
+    cluster = Cluster()
+    cluster.enable("multi_network")
+    cluster.register("a1", capabilities=("gpu",))
+    cluster.network("gpu-net", "llama", max_clients=1, required_capabilities=["gpu"])
+    expect_ok(cluster.join("gpu-net", node_id="a1"))
+    lease = cluster.machine.leases.leases[cluster.machine.membership.nodes["a1"].lease_id]
+    ttl = lease.ttl_ms
+    # Re-registering without the capability its network requires is refused, and the lease is untouched.
+    spec = membership_pb2.NodeSpec(id="a1", role=AGENT)
+    refused = cluster.run(node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=60_000))
+    assert code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and lease.ttl_ms == ttl
+
+    # A backup restored after more leases were granted never hands their ids out again.
+    backup = command_pb2.StateSnapshot.FromString(cluster.machine.snapshot())
+    for node in ("a2", "a3"):
+        cluster.register(node)
+    highest = max(cluster.machine.leases.leases)
+    expect_ok(cluster.run(restore_state=command_pb2.RestoreState(snapshot=backup.SerializeToString())))
+    cluster.register("a4")
+    assert cluster.machine.membership.nodes["a4"].lease_id > highest
+
+    # A backup in which two live nodes share a lease is refused (one would outlive its lease).
+    shared = command_pb2.StateSnapshot.FromString(cluster.machine.snapshot())
+    twin = membership_pb2.NodeRecord()
+    twin.CopyFrom(shared.membership.nodes[0])
+    twin.spec.id = "twin"
+    shared.membership.nodes.append(twin)
+    bad = cluster.run(restore_state=command_pb2.RestoreState(snapshot=shared.SerializeToString()))
+    assert code(bad) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "lease of its own" in bad.error.message

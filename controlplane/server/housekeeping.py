@@ -54,6 +54,7 @@ class Housekeeper:
         self._node = node
         self._config = config
         self._leader_since: float | None = None
+        self._leader_term = -1
         self._next_repair = 0.0
         self._next_checkpoint = 0.0
 
@@ -65,17 +66,30 @@ class Housekeeper:
         node = self._node
         while True:
             await asyncio.sleep(self._config.lease_check_interval_s)  # a timer: this is periodic work
-            if not node.raft.is_leader() or not node.raft.is_ready():
+            term = node.raft.term()
+            if not node.raft.is_leader() or not node.raft.is_ready() or term != self._leader_term:
+                # Not leading, or leading in a new term this loop has not seen start: either way the
+                # countdown and the in-memory renewals start over (a term change between two ticks
+                # is a new leadership, however it looked at the moments we sampled).
                 if self._leader_since is not None:
                     node.renewals.clear()
                 self._leader_since = None
-                continue
+                self._leader_term = term if node.raft.is_leader() and node.raft.is_ready() else -1
+                if self._leader_term == -1:
+                    continue
             if self._leader_since is None:
                 node.renewals.clear()  # whatever an earlier term left is not this term's
                 self._leader_since = time.monotonic()
                 self._next_repair = self._leader_since + self._config.ports_repair_interval_s
                 self._next_checkpoint = self._leader_since + self._config.lease_checkpoint_interval_s
             try:
+                if not node.renewals.ready:
+                    # Answer renewals from memory only once a barrier of this term has applied: any
+                    # expiry an earlier leader appended is then applied too, and cannot commit later
+                    # over a renewal this leader confirmed from memory.
+                    await node.proposer.barrier()
+                    if node.raft.term() == term and node.raft.is_leader():
+                        node.renewals.ready = True
                 await self._expire_leases()
                 await self._end_overdue_rounds()
                 if self._config.lease_checkpoint_interval_s and time.monotonic() >= self._next_checkpoint:
@@ -97,10 +111,14 @@ class Housekeeper:
         with node.state_lock:
             # The replicated renewal time is never later than the in-memory one: these are candidates.
             candidates = node.machine.leases.expired_by(now_unix_ms)
+        # A deposed leader keeps answering renewals from memory until it notices it lost its
+        # majority (leader_fallback_s): wait that long on top of the TTL before expiring anything, so
+        # a renewal it confirmed is never cut short here.
+        wait_ms = self._config.raft.leader_fallback_s * 1000
         due = []
         for lease in candidates:
             local = node.renewals.renewed(lease.id)
-            if lease.ttl_ms <= led_ms and (local is None or local + lease.ttl_ms <= now_unix_ms):
+            if lease.ttl_ms + wait_ms <= led_ms and (local is None or local + lease.ttl_ms <= now_unix_ms):
                 due.append(lease.id)
         return due[:MAX_EXPIRE_PER_COMMAND]
 
@@ -119,8 +137,14 @@ class Housekeeper:
                 ),
                 PROPOSE_TIMEOUT_S,
             )
-        finally:
+        except ControlPlaneError:
+            # The expiry may still commit (an unknown outcome): keep these leases' renewals on the log
+            # path until a barrier behind it has applied. If that fails too, leadership is in doubt,
+            # and losing it clears everything.
+            await self._node.proposer.barrier()
             renewals.expiring.difference_update(due)
+            raise
+        renewals.expiring.difference_update(due)
         if result.lease_expire.expired:
             renewals.forget(list(result.lease_expire.expired))
             log.info("leases_expired", leases=list(result.lease_expire.expired))
@@ -147,6 +171,9 @@ class Housekeeper:
     async def _checkpoint(self) -> None:
         """Write the renewals answered from memory since the last checkpoint into the log, in one entry."""
         renewals = self._node.renewals
+        with self._node.state_lock:
+            ended = [lease_id for lease_id in renewals.known() if lease_id not in self._node.machine.leases.leases]
+        renewals.forget(ended)  # revoked or expired meanwhile: nothing to keep for them
         taken = renewals.take_checkpoint()
         if not taken:
             return

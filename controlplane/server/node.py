@@ -72,6 +72,8 @@ from controlplane.v1 import (
 log = structlog.get_logger("controlplane.node")
 
 DEFAULT_READ_TIMEOUT_S = 5.0
+# Commands only the leader's own housekeeper proposes; Peer.Propose refuses them.
+LEADER_ONLY_COMMANDS = frozenset({"lease_expire", "lease_checkpoint"})
 MEMBERSHIP_TIMEOUT_S = 15.0
 BACKUP_FORMAT_VERSION = 1
 # How often every server looks at its own membership (removed? promoted?).
@@ -342,6 +344,11 @@ class Node:
             raise NoLeader(f"{self.node_id} is not the leader any more; the commands were not applied")
         if from_node and from_node not in {member.id for member in self.members().values()}:
             raise Unavailable(f"{from_node} is not a member of this cluster; send requests to a member")
+        leader_only = [c.WhichOneof("body") for c in commands if c.WhichOneof("body") in LEADER_ONLY_COMMANDS]
+        if leader_only:
+            # Decisions only this leader's housekeeper makes (renewals.py): a forwarded one was made by
+            # a server that no longer leads, on a view that may miss this leader's renewals.
+            raise FailedPrecondition(f"{', '.join(sorted(set(leader_only)))} is proposed by the leader itself only")
         return await self.proposer.propose_many(commands)
 
     async def _forward_propose(
@@ -437,7 +444,9 @@ class Node:
         not caught up), in-memory renewals are off, the lease is unknown here (the log answers
         NOT_FOUND), or an expiry naming it is in flight (the log's order decides).
         """
-        if not self.config.lease_checkpoint_interval_s or not self.raft.is_leader() or not self.raft.is_ready():
+        if not self.config.lease_checkpoint_interval_s or not self.renewals.ready:
+            return None
+        if not self.raft.is_leader() or not self.raft.is_ready():
             return None
         if lease_id in self.renewals.expiring:
             return None

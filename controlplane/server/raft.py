@@ -264,7 +264,9 @@ class RaftNode:
         cluster the promotion cannot commit without this server's ack, so the learner switches now
         rather than at commit.
         """
-        return not self._voter and self._self_node in self._sync.otherNodes
+        # Only once caught up: replaying an old log, a learner re-using a removed server's address
+        # passes that server's own "add" entry before its "remove".
+        return not self._voter and bool(self._sync.isReady()) and self._self_node in self._sync.otherNodes
 
     def restart(self, voter: bool, machine: StateMachine, discard_log: bool = False) -> None:
         """Restart pysyncobj as a voter or as a learner, applying into ``machine``.

@@ -12,8 +12,12 @@ from memory, and only the leader decides expiry, so its memory is the authority:
 * every ``checkpoint_interval_s`` the leader writes the renewals since the last checkpoint into the
   log in one command (``lease_checkpoint``, no revision): followers' views of liveness stay within
   that interval, and a new leader starts from them;
-* a new leader starts with an empty table and, by the rule in housekeeping.py, expires nothing
-  before it has led for the lease's TTL: every holder gets a full TTL to find it.
+* a new leader starts with an empty table, answers from memory only once a barrier of its term has
+  applied (an expiry an earlier leader appended can no longer commit later), and expires nothing
+  before it has led for the lease's TTL plus ``leader_fallback_s`` (the time a deposed leader may go
+  on answering from memory before it notices): every holder gets a full TTL to find it;
+* ``Peer.Propose`` refuses ``lease_expire`` and ``lease_checkpoint``: only the leader's own
+  housekeeper proposes them, never a forwarded batch.
 
 Nothing here survives a leadership change, and nothing needs to.
 """
@@ -27,6 +31,9 @@ class LeaderRenewals:
         self._since_checkpoint: dict[int, int] = {}
         #: Leases named by an expiry proposal in flight: their renewals must go through the log.
         self.expiring: set[int] = set()
+        #: Set by the housekeeper once a barrier of this leadership applied (nothing an earlier
+        #: leader proposed can commit after it); until then every renewal goes through the log.
+        self.ready = False
 
     def renew(self, lease_id: int, now_unix_ms: int) -> None:
         self._renewed[lease_id] = now_unix_ms
@@ -34,6 +41,9 @@ class LeaderRenewals:
 
     def renewed(self, lease_id: int) -> int | None:
         return self._renewed.get(lease_id)
+
+    def known(self) -> list[int]:
+        return list(self._renewed)
 
     def take_checkpoint(self) -> dict[int, int]:
         """The renewals since the last checkpoint (and start the next interval)."""
@@ -55,3 +65,4 @@ class LeaderRenewals:
         self._renewed.clear()
         self._since_checkpoint.clear()
         self.expiring.clear()
+        self.ready = False

@@ -322,7 +322,7 @@ class GossipTable:
         updated = Round()
         updated.CopyFrom(current)
         updated.reported[:] = sorted([*current.reported, request.node_id])
-        updated.bytes_total += request.bytes
+        updated.bytes_total = min(updated.bytes_total + request.bytes, 2**64 - 1)  # a uint64 must not overflow
         updated.seconds_max = max(updated.seconds_max, request.seconds)
         if request.failed_peer:
             updated.failures.append(

@@ -466,7 +466,9 @@ class StateMachine:
             self.ports.reset()
         self.registry.load(snapshot.models)
         # Every restored lease gets a full TTL from now: its holder needs time to find the new state.
-        self.leases.load(list(snapshot.leases), snapshot.next_lease_id, renewed_unix_ms=self.time_unix_ms)
+        # Never reuse a lease id: holders of leases granted after the backup may still send it.
+        next_lease_id = max(self.leases.next_id, snapshot.next_lease_id)
+        self.leases.load(list(snapshot.leases), next_lease_id, renewed_unix_ms=self.time_unix_ms)
         self.membership.load(snapshot.membership)
         self.membership.drop_dangling_leases(self.leases.exists)
         self.gossip.load(snapshot.membership.gossip)

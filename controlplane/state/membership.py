@@ -462,6 +462,8 @@ class MembershipTable:
         leases = self._leases()
         previous: NodeRecord | None = self.nodes.get(spec.id)
         if previous is not None and previous.state not in GONE_STATES:
+            if spec != previous.spec:
+                self._check_memberships_still_allowed(spec)  # refuses before anything changed
             lease = leases.leases.get(previous.lease_id)
             record = self._copy_node(spec.id)
             record.spec.CopyFrom(spec)
@@ -470,7 +472,6 @@ class MembershipTable:
             if lease is not None:
                 leases.renew(lease.id)
             if record.spec != previous.spec:
-                self._check_memberships_still_allowed(spec)
                 record = self._store_node(record, "registration updated")
             return self._result(node_register=membership_pb2.RegisterNodeResponse(node=record, lease_ttl_ms=ttl_ms))
         lease = leases.grant(ttl_ms)
@@ -841,11 +842,16 @@ class MembershipTable:
     def validate_state(state: membership_pb2.MembershipState) -> None:
         """Refuse a snapshot that breaks an invariant (a backup being restored is outside input)."""
         nodes = {}
+        lease_holders: dict[int, str] = {}
         for record in state.nodes:
             check_node_spec(record.spec)
             if record.spec.id in nodes:
                 raise _invalid(f"node {record.spec.id} appears twice")
             nodes[record.spec.id] = record
+            if record.state not in GONE_STATES:
+                if not record.lease_id or record.lease_id in lease_holders:
+                    raise _invalid(f"live node {record.spec.id} needs a lease of its own")
+                lease_holders[record.lease_id] = record.spec.id
         networks = {}
         for network in state.networks:
             check_network_fields(network)
