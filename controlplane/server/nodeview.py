@@ -26,8 +26,8 @@ _RAFT_ROLES = {
 }
 
 
-def node_views(node: Node, request: membership_pb2.ListNodesRequest) -> list[membership_pb2.NodeView]:
-    """Every node that matches the request's filters, sorted by id. Call under no lock."""
+def node_views(node: Node, request: membership_pb2.ListNodesRequest, only: str = "") -> list[membership_pb2.NodeView]:
+    """Every node that matches the request's filters (or just ``only``), sorted by id. Call under no lock."""
     status = node.status()
     raft_members = {member.id: member for member in status.members if member.id}
     now_ms = time.time_ns() // 1_000_000
@@ -35,7 +35,10 @@ def node_views(node: Node, request: membership_pb2.ListNodesRequest) -> list[mem
     with node.state_lock:
         machine = node.machine
         table = machine.membership
-        for node_id, record in table.nodes.items():
+        for node_id in [only] if only else list(table.nodes):
+            record = table.nodes.get(node_id)
+            if record is None:
+                continue
             view = membership_pb2.NodeView()
             view.node.CopyFrom(record)
             lease = machine.leases.leases.get(record.lease_id) if record.lease_id else None
@@ -60,6 +63,9 @@ def node_views(node: Node, request: membership_pb2.ListNodesRequest) -> list[mem
     # The address book: the replicated directory over the configured peers, so servers show even
     # before they have published themselves (a fresh cluster's first seconds).
     directory = {address.id: address for address in node.members().values() if address.id and address.id not in removed}
+    if only:
+        directory = {only: directory[only]} if only in directory else {}
+        removed = [only] if only in removed else []
     for server_id, server in directory.items():
         if server_id in views:
             view = views[server_id]

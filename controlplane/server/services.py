@@ -509,7 +509,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
     async def RegisterVersion(
         self, request: models_pb2.RegisterVersionRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.RegisterVersionResponse:
-        _check_model_fields(request)
+        _refuse_early(lambda: check_version_fields(request))
         return await _replicate(self._node, "model_register", request, models_pb2.RegisterVersionResponse)
 
     async def BulkRegister(
@@ -519,7 +519,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             raise InvalidArgument(f"a bulk registration is one log entry, limited to {limits.MAX_RESTORE_BYTES} bytes")
         for index, item in enumerate(request.versions):
             try:
-                _check_model_fields(item)
+                _refuse_early(lambda: check_version_fields(item))  # noqa: B023 (called at once)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"version #{index + 1} ({item.model}): {exc.message}") from None
         return await _replicate(self._node, "model_bulk_register", request, models_pb2.BulkRegisterResponse)
@@ -672,8 +672,8 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
     ) -> membership_pb2.GetNodeResponse:
         _check(limits.check_member_id(request.node_id, "node id"))
         await self._node.prepare_read(request.read, _timeout(context))
-        views = node_views(self._node, membership_pb2.ListNodesRequest(include_gone=True))
-        found = next((view for view in views if view.node.spec.id == request.node_id), None)
+        views = node_views(self._node, membership_pb2.ListNodesRequest(include_gone=True), only=request.node_id)
+        found = views[0] if views else None
         if found is None:
             raise NotFound(f"no node {request.node_id!r} is registered or a server of this cluster")
         return membership_pb2.GetNodeResponse(header=self._node.header(), node=found)
@@ -819,14 +819,6 @@ def _refuse_early(check: Callable[[], None]) -> None:
     """Run a state-independent check of the state machine's before the log: same message, no round trip."""
     try:
         check()
-    except Refused as refused:
-        raise InvalidArgument(refused.message) from None
-
-
-def _check_model_fields(request: models_pb2.RegisterVersionRequest) -> None:
-    """Refuse malformed registrations before they cost a trip through the log."""
-    try:
-        check_version_fields(request)
     except Refused as refused:
         raise InvalidArgument(refused.message) from None
 

@@ -104,11 +104,14 @@ class LeaseTable:
         return CommandResult(revision=self._revision, lease_keepalive=leases_pb2.KeepAliveResponse(lease=lease))
 
     def end(self, lease_id: int, reason: str, expired: bool = False) -> int:
-        """End a lease now, releasing what it holds; how many port assignments that freed."""
-        if lease_id not in self.leases:
+        """End a lease now, releasing what it holds; how many port assignments that freed.
+
+        The lease leaves the table before what it holds is released, so a holder that ends the lease
+        again while being released (a node deregistering ends its own lease) finds it gone: 0.
+        """
+        if self.leases.pop(lease_id, None) is None:
             return 0
         released = self._release(lease_id, reason, expired)
-        del self.leases[lease_id]
         self._journal.record_detail(DOMAIN_LEASES, str(lease_id), watch_pb2.EVENT_TYPE_DELETE, None)
         return released
 

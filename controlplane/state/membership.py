@@ -404,19 +404,27 @@ class MembershipTable:
             self.members[name].discard(node_id)
         moved, unplaced = self._move_clients(list(self._clients_of_node.get(node_id, ())), reason, exclude_node=node_id)
         for name in networks:
-            network = Network()
-            network.CopyFrom(self.networks[name])
-            self._store_network(network, f"member {node_id} left: {reason}")
+            self._touch_network(name, f"member {node_id} left: {reason}")
         return moved, unplaced
 
-    def _end_node(
-        self, node_id: str, state: membership_pb2.NodeState, reason: str, lease_ending: bool = False
-    ) -> tuple[list[Placement], list[str]]:
-        """A node goes LEFT or DEAD: it serves nothing, holds no place and no lease afterwards.
+    def _touch_network(self, name: str, reason: str) -> None:
+        """Record a change of the network's members (a new record: stored ones are never mutated)."""
+        network = Network()
+        network.CopyFrom(self.networks[name])
+        self._store_network(network, reason)
 
-        ``lease_ending``: called from inside the lease's own end (expiry or revoke), which must not
-        be started again.
-        """
+    def _remove_member(self, network: str, node_id: str) -> None:
+        self.members[network].discard(node_id)
+        held = self._memberships_of.get(node_id)
+        if held is not None:
+            held.discard(network)
+            if not held:
+                del self._memberships_of[node_id]
+
+    def _end_node(
+        self, node_id: str, state: membership_pb2.NodeState, reason: str
+    ) -> tuple[list[Placement], list[str]]:
+        """A node goes LEFT or DEAD: it serves nothing, holds no place and no lease afterwards."""
         moved, unplaced = self._evict(node_id, reason)
         record = self._copy_node(node_id)
         lease_id = record.lease_id
@@ -434,8 +442,9 @@ class MembershipTable:
         while len(self._gone) > MAX_GONE_NODES:
             oldest, _ = self._gone.popitem(last=False)
             self._drop_node(oldest, "forgotten: too many left and dead nodes are kept")
-        if lease_id and not lease_ending:
-            # A clean stop ends the lease too, releasing anything else hung on it (ports).
+        if lease_id:
+            # A clean stop ends the lease too, releasing anything else hung on it (ports); when the
+            # lease's own end brought us here, it is already out of the table and this does nothing.
             self._leases().end(lease_id, reason)
         return moved, unplaced
 
@@ -448,7 +457,7 @@ class MembershipTable:
         """A lease ended (the lease table calls this): its node dies, its client places are freed."""
         node_id = self._node_by_lease.get(lease_id)
         if node_id is not None:
-            self._end_node(node_id, DEAD if expired else LEFT, reason, lease_ending=True)
+            self._end_node(node_id, DEAD if expired else LEFT, reason)
         for client_id in sorted(self._clients_of_lease.get(lease_id, ())):
             self._unplace(client_id, reason)
 
@@ -653,11 +662,7 @@ class MembershipTable:
             )
         moved, unplaced = self._move_clients(clients, f"network {request.name} deleted", exclude_network=request.name)
         for node_id in members:
-            held = self._memberships_of.get(node_id)
-            if held is not None:
-                held.discard(request.name)
-                if not held:
-                    del self._memberships_of[node_id]
+            self._remove_member(request.name, node_id)
         del self.members[request.name]
         previous = self.networks.pop(request.name)
         self._record(f"networks/{request.name}", watch_pb2.EVENT_TYPE_DELETE, network=previous, reason="deleted")
@@ -694,9 +699,7 @@ class MembershipTable:
             if not existing:
                 self.members[network.name].add(request.node_id)
                 self._memberships_of.setdefault(request.node_id, set()).add(network.name)
-                updated = Network()
-                updated.CopyFrom(network)
-                self._store_network(updated, f"member {request.node_id} joined")
+                self._touch_network(network.name, f"member {request.node_id} joined")
             return self._result(
                 network_join=membership_pb2.JoinNetworkResponse(
                     network=self.network_view(network.name), existing=existing
@@ -755,14 +758,8 @@ class MembershipTable:
                 c for c in self._clients_of_node.get(request.node_id, ()) if self.placements[c].network == network.name
             ]
             moved, unplaced = self._move_clients(served_here, reason, exclude_node=request.node_id)
-            self.members[network.name].discard(request.node_id)
-            held = self._memberships_of[request.node_id]
-            held.discard(network.name)
-            if not held:
-                del self._memberships_of[request.node_id]
-            updated = Network()
-            updated.CopyFrom(network)
-            self._store_network(updated, reason)
+            self._remove_member(network.name, request.node_id)
+            self._touch_network(network.name, reason)
             return self._result(
                 network_leave=membership_pb2.LeaveNetworkResponse(left=True, moved=moved, unplaced=unplaced)
             )
@@ -907,7 +904,7 @@ class MembershipTable:
         """After a restore: a node whose lease the backup lacks is dead, a place on a missing lease freed."""
         for lease_id, node_id in sorted(self._node_by_lease.items()):
             if not lease_exists(lease_id):
-                self._end_node(node_id, DEAD, f"lease {lease_id} missing from the restored backup", lease_ending=True)
+                self._end_node(node_id, DEAD, f"lease {lease_id} missing from the restored backup")
         for lease_id in sorted(self._clients_of_lease):
             if not lease_exists(lease_id):
                 for client_id in sorted(self._clients_of_lease.get(lease_id, ())):
