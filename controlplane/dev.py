@@ -72,6 +72,9 @@ class NodeProcess:
     peers: list[str] = field(default_factory=list)
     # Started with --join: a learner until the leader promotes it (after Cluster.AddMember).
     join: bool = False
+    # Started with --gateway (instead of --peer): forms the cluster with --bootstrap-expect, or joins it.
+    gateways: list[str] = field(default_factory=list)
+    bootstrap_expect: int | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -196,8 +199,13 @@ class LocalCluster:
             "--log-level",
             self.log_level,
         ]
-        for spec in node.peers:
-            command += ["--peer", spec]
+        if node.gateways:
+            command += ["--gateway", ",".join(node.gateways)]
+            if node.bootstrap_expect is not None:
+                command += ["--bootstrap-expect", str(node.bootstrap_expect)]
+        else:
+            for spec in node.peers:
+                command += ["--peer", spec]
         if node.join:
             command.append("--join")
         if self.extra_config:

@@ -23,6 +23,7 @@ returns, including when it bypasses the gateway and asks the servers itself: one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import sys
@@ -67,6 +68,7 @@ from controlplane.client import (
 from controlplane.state import limits
 from controlplane.state import membership as membership_limits
 from gateway import errors as gw_errors
+from gateway.formation import DEFAULT_CANDIDATE_TTL_S, Candidate, FormationTable
 
 __all__ = [
     "Backend",
@@ -117,6 +119,10 @@ QUERY_CHARS = 1024
 MAX_SEARCH_LIMIT = 1000
 MAX_SEARCH_OFFSET = 1_000_000
 REQUEST_ID_CHARS = limits.MAX_REQUEST_ID_CHARS
+#: Largest founding set a gateway forms (a Raft cluster of more voters only gets slower).
+MAX_BOOTSTRAP_EXPECT = 9
+#: How often a gateway pulls its peer gateways' candidate lists.
+DEFAULT_RELAY_INTERVAL_S = 0.3
 # Resources are uint32/uint64 on the wire; these bounds are generous and keep values encodable.
 MAX_GPUS = 65_536
 MAX_MEMORY_BYTES = 2**60
@@ -288,17 +294,70 @@ class BootstrapMember(_Out):
     voter: bool = True
 
 
+def _host_port(text: str) -> str:
+    problem = limits.check_address(text, "address")
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+HostPort = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=ADDRESS_CHARS),
+    AfterValidator(_encodable),
+    AfterValidator(_host_port),
+]
+
+
+class CandidateIn(_In):
+    """A server starting with ``--bootstrap-expect``: who it is and, once cast, its vote."""
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=ID_CHARS), AfterValidator(_encodable)]
+    client_address: HostPort
+    raft_address: HostPort
+    #: The ids it voted for (sorted, itself included); empty until it voted. Never changes once cast.
+    vote: list[Annotated[str, StringConstraints(min_length=1, max_length=ID_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_BOOTSTRAP_EXPECT
+    )
+    #: It runs Raft already (it founded or joined the cluster).
+    started: bool = False
+
+
+class CandidateOut(_Out):
+    id: str
+    client_address: str
+    raft_address: str
+    vote: list[str]
+    started: bool
+    #: Seconds since this candidacy was last posted (to this gateway or one of its peers).
+    age_s: float
+
+
+class CandidatesOut(_Out):
+    """A gateway's candidate list, as its peer gateways pull it."""
+
+    expect: int
+    candidates: list[CandidateOut]
+
+
 class BootstrapOut(_Out):
     """What a starting server or agent must do.
 
-    Today only ``join``: a cluster exists; ``members`` are its servers and ``leader`` the one
-    leading. ``form`` is reserved for forming a new cluster: it will carry the exact member list
-    every founder must start with (and no leader), so that founders never race into two clusters.
+    - ``join``: a cluster exists; ``members`` are its servers and ``leader`` the one leading.
+    - ``form`` (gateways run with ``--bootstrap-expect N``): no cluster exists, and every server in
+      ``members`` voted for exactly this founding set: those servers start Raft with it. Any other
+      server waits, then joins.
+    - ``wait``: ask again (votes are still being cast, or a cluster exists but has no leader yet).
+
+    Clients must treat an action they do not know as ``wait``. ``expect`` and ``candidates`` are
+    set only by gateways run with ``--bootstrap-expect``.
     """
 
-    action: Literal["join", "form"]
+    action: Literal["join", "form", "wait"]
     members: list[BootstrapMember]
     leader: LeaderOut | None
+    expect: int | None = None
+    candidates: list[CandidateOut] = Field(default_factory=list)
 
 
 class NetworkOut(_Out):
@@ -792,9 +851,17 @@ class SdkBackend:
 class GatewaySettings:
     """Everything a gateway is configured with. Two gateways with equal settings are interchangeable."""
 
+    #: The cluster's servers (client addresses). Empty with ``bootstrap_expect``: the cluster is then
+    #: found through the candidacies of the servers that formed or joined it.
     endpoints: tuple[str, ...]
     #: Bearer token for POST/DELETE; None leaves them open (loopback / development only).
     token: str | None = None
+    #: Form a cluster of this many servers when none exists (``/v1/bootstrap`` answers ``form``).
+    bootstrap_expect: int | None = None
+    #: Other gateways' base URLs (``http://HOST:PORT``): candidacies are relayed between them.
+    peers: tuple[str, ...] = ()
+    candidate_ttl_s: float = DEFAULT_CANDIDATE_TTL_S
+    relay_interval_s: float = DEFAULT_RELAY_INTERVAL_S
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S
     status_timeout_s: float = DEFAULT_STATUS_TIMEOUT_S
@@ -803,7 +870,8 @@ class GatewaySettings:
     def __repr__(self) -> str:  # the token must never reach a log line or a traceback
         return (
             f"GatewaySettings(endpoints={self.endpoints!r}, token={'<set>' if self.token else None}, "
-            f"max_body_bytes={self.max_body_bytes}, cache_ttl_s={self.cache_ttl_s})"
+            f"max_body_bytes={self.max_body_bytes}, cache_ttl_s={self.cache_ttl_s}, "
+            f"bootstrap_expect={self.bootstrap_expect}, peers={self.peers!r})"
         )
 
 
@@ -850,28 +918,62 @@ class StatusCache:
 
 
 class Gateway:
-    """The per-app state: settings, the backend (created on first use, in the serving event loop)
-    and the status cache."""
+    """The per-app state: settings, the backend (created on first use, in the serving event loop),
+    the status cache and, with ``bootstrap_expect``, the soft list of candidacies."""
 
     def __init__(
         self,
         settings: GatewaySettings,
         backend: Backend | None,
-        backend_factory: Callable[[], Backend],
+        backend_factory: Callable[[Sequence[str]], Backend],
         clock: Callable[[], float],
     ) -> None:
         self.settings = settings
         self._backend = backend
+        self._backend_addresses: tuple[str, ...] = settings.endpoints
         self._factory = backend_factory
+        self._retired: set[asyncio.Task[None]] = set()
+        self.clock = clock
         self.cache = StatusCache(self._fetch_status, settings.cache_ttl_s, clock)
+        self.formation = (
+            FormationTable(settings.bootstrap_expect, settings.candidate_ttl_s) if settings.bootstrap_expect else None
+        )
+
+    def cluster_addresses(self) -> tuple[str, ...]:
+        """Where the cluster is: the configured endpoints, else the servers that announced they run it."""
+        if self.settings.endpoints or self.formation is None:
+            return self.settings.endpoints
+        return tuple(sorted(self.formation.cluster_addresses(self.clock())))
 
     @property
     def backend(self) -> Backend:
         # grpc.aio channels belong to the event loop that opened them: open them lazily, inside
         # the server's loop, not when the app object is built.
+        addresses = self.cluster_addresses()
+        if self._backend is not None and addresses and addresses != self._backend_addresses:
+            # A server joined or left the announced set: follow it. The old backend may still carry
+            # requests, so it is closed a little later rather than under them.
+            self._retire(self._backend)
+            self._backend = None
+            self.cache.clear()
         if self._backend is None:
-            self._backend = self._factory()
+            if not addresses:
+                raise errors.NoLeader(
+                    "no cluster has formed yet: start the servers with --bootstrap-expect "
+                    f"{self.settings.bootstrap_expect} and this gateway's URL (GET /v1/bootstrap shows the votes)"
+                )
+            self._backend = self._factory(addresses)
+            self._backend_addresses = addresses
         return self._backend
+
+    def _retire(self, backend: Backend) -> None:
+        async def close_later() -> None:
+            await asyncio.sleep(self.settings.call_timeout_s * 2)
+            await backend.close()
+
+        task = asyncio.ensure_future(close_later())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def _fetch_status(self) -> ClusterStatus:
         timeout = self.settings.status_timeout_s
@@ -879,10 +981,75 @@ class Gateway:
             return await self.backend.cluster_status(timeout)
         except errors.DeadlineExceeded as exc:
             raise gw_errors.ClusterUnreachable(
-                f"no server answered within {timeout:g} s (endpoints: {','.join(self.settings.endpoints)})"
+                f"no server answered within {timeout:g} s (endpoints: {','.join(self._backend_addresses)})"
             ) from exc
 
+    def candidates_out(self) -> list[CandidateOut]:
+        if self.formation is None:
+            return []
+        return [
+            CandidateOut(
+                id=c.id,
+                client_address=c.client_address,
+                raft_address=c.raft_address,
+                vote=list(c.vote),
+                started=c.started,
+                age_s=round(age, 3),
+            )
+            for c, age in self.formation.with_ages(self.clock())
+        ]
+
+    async def bootstrap(self, *, answer_wait: bool) -> BootstrapOut:
+        """``/v1/bootstrap``: join the cluster if one is reachable; with ``bootstrap_expect`` and no
+        cluster, form (every founder voted the same set) or wait. ``answer_wait``: answer ``wait``
+        instead of 503 while a cluster exists but has no leader (candidacy posts always get an answer)."""
+        if self.formation is None:
+            return bootstrap_out(await self.cache.get())
+        expect = self.settings.bootstrap_expect
+        candidates = self.candidates_out()
+        if self.cluster_addresses():
+            try:
+                joined = bootstrap_out(await self.cache.get())
+            except errors.Unavailable:
+                if not answer_wait:
+                    raise
+            else:
+                return joined.model_copy(update={"expect": expect, "candidates": candidates})
+        formed = self.formation.formed(self.clock())
+        if formed is None:
+            return BootstrapOut(action="wait", members=[], leader=None, expect=expect, candidates=candidates)
+        members = [
+            BootstrapMember(id=c.id, client_address=c.client_address, raft_address=c.raft_address) for c in formed
+        ]
+        return BootstrapOut(action="form", members=members, leader=None, expect=expect, candidates=candidates)
+
+    async def relay(self, http: Any) -> None:
+        """Pull every peer gateway's candidate list once and merge it (unreachable peers are skipped:
+        they only delay agreement, never change it)."""
+        assert self.formation is not None
+        for peer in self.settings.peers:
+            try:
+                response = await http.get(f"{peer.rstrip('/')}/v1/bootstrap/candidates")
+                if response.status_code != 200:
+                    continue
+                listed = CandidatesOut.model_validate_json(response.content)
+            except Exception as exc:  # any failure of one peer: skip it this time
+                log.debug("relay_failed", peer=peer, error=f"{type(exc).__name__}: {exc}")
+                continue
+            if listed.expect != self.formation.expect:
+                log.error("relay_expect_mismatch", peer=peer, theirs=listed.expect, ours=self.formation.expect)
+                continue
+            self.formation.merge(
+                (
+                    (Candidate(c.id, c.client_address, c.raft_address, tuple(c.vote), c.started), c.age_s)
+                    for c in listed.candidates
+                ),
+                self.clock(),
+            )
+
     async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
         if self._backend is not None:
             backend, self._backend = self._backend, None
             await backend.close()
@@ -985,9 +1152,47 @@ async def get_leader(gateway: GatewayDep) -> LeaderOut:
 
 @v1.get("/bootstrap", response_model=BootstrapOut, tags=["discovery"])
 async def get_bootstrap(gateway: GatewayDep) -> BootstrapOut:
-    """What a starting server or agent must do: today ``join`` the members listed (503 when no
-    leader is reachable). ``form`` is reserved for forming a new cluster."""
-    return bootstrap_out(await gateway.cache.get())
+    """What a starting server or agent must do: ``join`` the members listed (503 while no leader is
+    reachable); with ``--bootstrap-expect`` and no cluster yet, ``form`` (the founding set) or ``wait``."""
+    return await gateway.bootstrap(answer_wait=False)
+
+
+@v1.post(
+    "/bootstrap/candidates",
+    response_model=BootstrapOut,
+    tags=["discovery"],
+    dependencies=mutation,
+    responses={**MUTATION_RESPONSES, 409: {"model": ErrorOut, "description": "This gateway forms no cluster"}},
+)
+async def post_candidacy(gateway: GatewayDep, candidate: CandidateIn) -> BootstrapOut:
+    """A server started with ``--bootstrap-expect`` announces itself (and its vote, once cast); the
+    answer is what it must do now. Servers post again every half second; a candidacy not posted for
+    ``candidate_ttl_s`` is dropped. Relayed to the peer gateways."""
+    if gateway.formation is None:
+        raise errors.FailedPrecondition("this gateway was not started with --bootstrap-expect: it forms no cluster")
+    expect = gateway.formation.expect
+    if candidate.vote and (len(candidate.vote) != expect or candidate.id not in candidate.vote):
+        raise errors.InvalidArgument(f"a vote names exactly {expect} distinct ids, the voter's own among them")
+    if candidate.vote and (sorted(set(candidate.vote)) != candidate.vote):
+        raise errors.InvalidArgument("a vote's ids must be sorted and distinct")
+    try:
+        gateway.formation.post(
+            Candidate(
+                candidate.id, candidate.client_address, candidate.raft_address, tuple(candidate.vote), candidate.started
+            ),
+            gateway.clock(),
+        )
+    except OverflowError as exc:
+        raise errors.ResourceExhausted(str(exc)) from None
+    return await gateway.bootstrap(answer_wait=True)
+
+
+@v1.get("/bootstrap/candidates", response_model=CandidatesOut, tags=["discovery"])
+async def list_candidates(gateway: GatewayDep) -> CandidatesOut:
+    """This gateway's candidacies (what its peer gateways pull); 404 unless run with ``--bootstrap-expect``."""
+    if gateway.formation is None:
+        raise errors.NotFound("this gateway was not started with --bootstrap-expect")
+    return CandidatesOut(expect=gateway.formation.expect, candidates=gateway.candidates_out())
 
 
 @v1.post("/nodes", response_model=RegisteredOut, tags=["nodes"], dependencies=mutation, responses=MUTATION_RESPONSES)
@@ -1248,17 +1453,28 @@ def create_app(
     backend: Backend | None = None,
     *,
     clock: Callable[[], float] = time.monotonic,
+    backend_factory: Callable[[Sequence[str]], Backend] | None = None,
 ) -> FastAPI:
     """The gateway's ASGI app.
 
-    ``backend`` defaults to :class:`SdkBackend` over ``settings.endpoints``, opened on first use in
-    the serving event loop and closed at shutdown. Tests pass their own backend and clock.
+    ``backend`` defaults to :class:`SdkBackend` over ``settings.endpoints`` (with ``bootstrap_expect``
+    and no endpoints: over the servers that announced they run the cluster), opened on first use in
+    the serving event loop and closed at shutdown. Tests pass their own backend (or
+    ``backend_factory``: addresses -> backend) and clock.
     """
 
-    def default_backend() -> Backend:
-        return SdkBackend(settings.endpoints, timeout=settings.call_timeout_s)
+    def default_backend(addresses: Sequence[str]) -> Backend:
+        return SdkBackend(list(addresses), timeout=settings.call_timeout_s)
 
-    gateway = Gateway(settings, backend, default_backend, clock)
+    gateway = Gateway(settings, backend, backend_factory or default_backend, clock)
+
+    async def relay_forever() -> None:
+        import httpx  # the client library; only a gateway with peers needs it here
+
+        async with httpx.AsyncClient(timeout=httpx.Timeout(1.0)) as http:
+            while True:
+                await gateway.relay(http)
+                await asyncio.sleep(settings.relay_interval_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
@@ -1267,10 +1483,17 @@ def create_app(
             endpoints=",".join(settings.endpoints),
             auth="bearer" if settings.token else "off",
             max_body_bytes=settings.max_body_bytes,
+            bootstrap_expect=settings.bootstrap_expect,
+            peers=",".join(settings.peers),
         )
+        relay = asyncio.ensure_future(relay_forever()) if gateway.formation and settings.peers else None
         try:
             yield
         finally:
+            if relay is not None:
+                relay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
             await gateway.close()
 
     app = FastAPI(

@@ -52,6 +52,7 @@ from gateway.app import (
     Backend,
     BootstrapMember,
     BootstrapOut,
+    CandidateIn,
     ClusterOut,
     HeartbeatOut,
     LeaderOut,
@@ -226,6 +227,8 @@ class MemberCache:
         self._update(members, cluster.leader, cluster)
 
     def remember_bootstrap(self, bootstrap: BootstrapOut) -> None:
+        if bootstrap.action != "join":
+            return  # "form" and "wait" name no running cluster: nothing to fall back to
         self._update(bootstrap.members, bootstrap.leader, self._data.cluster)
 
     def remember_leader(self, leader: LeaderOut) -> None:
@@ -369,6 +372,31 @@ class GatewayClient:
 
         result = await self._call("GET", "/v1/bootstrap", BootstrapOut, direct, cached=cached)
         self.cache.remember_bootstrap(result)
+        return result
+
+    async def post_candidacy(
+        self, node_id: str, client_address: str, raft_address: str, *, vote: Sequence[str] = (), started: bool = False
+    ) -> BootstrapOut:
+        """Announce a server forming a cluster (``POST /v1/bootstrap/candidates``) and learn what to do.
+
+        Only a gateway can answer: while no cluster exists there are no servers to go around it to,
+        so ``Unavailable`` is raised when the gateway does not answer (ask the next gateway).
+        """
+        try:
+            body = CandidateIn(
+                id=node_id, client_address=client_address, raft_address=raft_address, vote=list(vote), started=started
+            )
+        except ValidationError as exc:
+            raise errors.InvalidArgument(str(exc)) from None
+        attempted = _Attempted()
+        result = await self._via_gateway(
+            "POST", "/v1/bootstrap/candidates", BootstrapOut, None, body.model_dump(mode="json"), None, attempted
+        )
+        if result is None:
+            raise attempted.answered or errors.Unavailable(
+                f"the gateway did not answer ({attempted.last_error or 'circuit open'})"
+            )
+        self.last_source = "gateway"
         return result
 
     def known_members(self) -> list[BootstrapMember]:

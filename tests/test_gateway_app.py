@@ -309,7 +309,7 @@ async def test_openapi_and_docs_are_served(http: httpx.AsyncClient) -> None:
     # Validation errors are documented as what they are: our 400, never FastAPI's 422.
     assert all("422" not in op["responses"] for path in paths.values() for op in path.values())
     assert "HTTPValidationError" not in document["components"]["schemas"]
-    assert document["components"]["schemas"]["BootstrapOut"]["properties"]["action"]["enum"] == ["join", "form"]
+    assert document["components"]["schemas"]["BootstrapOut"]["properties"]["action"]["enum"] == ["join", "form", "wait"]
     docs = await http.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 

@@ -25,7 +25,8 @@ EndpointsOption = Annotated[
     typer.Option(
         "--endpoints",
         "-e",
-        help="HOST:PORT[,HOST:PORT...] [CP_ENDPOINTS; else ./.data/cluster.json; else the `cpctl dev` defaults]",
+        help="HOST:PORT[,HOST:PORT...] or a gateway URL http://HOST:PORT [CP_ENDPOINTS; else ./.data/cluster.json; "
+        "else the `cpctl dev` defaults]",
     ),
 ]
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text or json")]
@@ -33,15 +34,37 @@ TimeoutOption = Annotated[float, typer.Option(help="Seconds before giving up (re
 
 
 def resolve_endpoints(endpoints: str | None) -> str:
-    if endpoints:
-        return endpoints
-    if os.environ.get("CP_ENDPOINTS"):
-        return os.environ["CP_ENDPOINTS"]
-    manifest = Path(".data") / MANIFEST_FILE
-    if manifest.exists():
-        with contextlib.suppress(ValueError, KeyError, OSError):
-            return str(json.loads(manifest.read_text())["endpoints"])
-    return DEFAULT_ENDPOINTS
+    """The servers' client addresses. A gateway URL (``http://HOST:PORT``) is asked for them."""
+    value = endpoints or os.environ.get("CP_ENDPOINTS") or ""
+    if not value:
+        manifest = Path(".data") / MANIFEST_FILE
+        if manifest.exists():
+            with contextlib.suppress(ValueError, KeyError, OSError):
+                value = str(json.loads(manifest.read_text())["endpoints"])
+    if value.startswith(("http://", "https://")):
+        return _from_gateway(value)
+    return value or DEFAULT_ENDPOINTS
+
+
+def _from_gateway(url: str) -> str:
+    """Ask a gateway where the cluster is (``GET /v1/bootstrap``); then talk to the servers directly,
+    so a command (or an agent) keeps working if the gateway goes away afterwards."""
+    import asyncio
+
+    from gateway.client import GatewayClient
+
+    async def ask() -> list[str]:
+        async with GatewayClient(url, token=os.environ.get("CP_GATEWAY_TOKEN") or None) as gateway:
+            answer = await gateway.bootstrap()
+        if answer.action != "join":
+            message = f"the gateway at {url} knows no running cluster yet (it answers {answer.action!r})"
+            fail(message, code=EXIT_UNAVAILABLE)
+        return [member.client_address for member in answer.members]
+
+    try:
+        return ",".join(asyncio.run(ask()))
+    except ControlPlaneError as exc:
+        fail(f"cannot learn the servers from the gateway at {url}: {exc.message}", code=EXIT_UNAVAILABLE)
 
 
 @contextlib.contextmanager

@@ -46,6 +46,18 @@ def gateway(
         typer.Option(help="Serve changes without a token on a non-loopback address (never in production)"),
     ] = False,
     max_body_kib: Annotated[int, typer.Option(help="Largest request body accepted (413 beyond)", min=1)] = 64,
+    bootstrap_expect: Annotated[
+        int | None,
+        typer.Option(
+            help="Form a cluster of exactly this many servers started with --gateway (then --endpoints is not needed)",
+            min=1,
+            max=9,
+        ),
+    ] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(help="Another gateway's URL (repeat): candidacies are relayed between gateways"),
+    ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
@@ -56,9 +68,16 @@ def gateway(
     OpenAPI at /openapi.json, a docs page at /docs.
     """
     host, port = _split_listen(listen)
-    servers = tuple(dict.fromkeys(e.strip() for e in resolve_endpoints(endpoints).split(",") if e.strip()))
-    if not servers:
-        fail("--endpoints names no server (HOST:PORT[,HOST:PORT...])", code=EXIT_USAGE)
+    if bootstrap_expect is not None and not endpoints:
+        servers: tuple[str, ...] = ()  # found through the servers' candidacies once they formed the cluster
+    else:
+        servers = tuple(dict.fromkeys(e.strip() for e in resolve_endpoints(endpoints).split(",") if e.strip()))
+        if not servers:
+            fail("--endpoints names no server (HOST:PORT[,HOST:PORT...])", code=EXIT_USAGE)
+    peers = tuple(dict.fromkeys(p.strip().rstrip("/") for p in peer or () if p.strip()))
+    for url in peers:
+        if not url.startswith(("http://", "https://")):
+            fail(f"--peer {url!r} must be a gateway URL (http://HOST:PORT)", code=EXIT_USAGE)
     token = os.environ.get(token_env) or None
     if token is None and not _is_loopback(host) and not allow_unauthenticated:
         fail(
@@ -73,7 +92,13 @@ def gateway(
     from gateway.app import GatewaySettings, configure_logging, create_app
 
     configure_logging(log_level)
-    settings = GatewaySettings(endpoints=servers, token=token, max_body_bytes=max_body_kib * 1024)
+    settings = GatewaySettings(
+        endpoints=servers,
+        token=token,
+        max_body_bytes=max_body_kib * 1024,
+        bootstrap_expect=bootstrap_expect,
+        peers=peers,
+    )
     config = uvicorn.Config(
         create_app(settings),
         host=host,
@@ -85,5 +110,6 @@ def gateway(
         proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
-    typer.echo(f"gateway on http://{listen} for {','.join(servers)} (changes {'need a token' if token else 'open'})")
+    target = ",".join(servers) if servers else f"the cluster its {bootstrap_expect} founders form"
+    typer.echo(f"gateway on http://{listen} for {target} (changes {'need a token' if token else 'open'})")
     uvicorn.Server(config).run()

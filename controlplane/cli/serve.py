@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +41,26 @@ def serve(
         typer.Option("--insecure-dev", help="Allow running without a Raft password (local experiments only)"),
     ] = False,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning [CP_LOG_LEVEL]")] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            "--gateway",
+            help="Gateway URL(s), comma-separated, instead of --peer: join the cluster they know, or with "
+            "--bootstrap-expect form it [CP_GATEWAY]",
+        ),
+    ] = None,
+    bootstrap_expect: Annotated[
+        int | None,
+        typer.Option(
+            help="With --gateway: form a cluster of exactly this many servers when none exists (start exactly "
+            "this many with the same value; the gateways must run with the same --bootstrap-expect)",
+            min=1,
+            max=9,
+        ),
+    ] = None,
+    gateway_token_env: Annotated[
+        str, typer.Option(help="Environment variable holding the gateway's bearer token")
+    ] = "CP_GATEWAY_TOKEN",
     join: Annotated[
         bool,
         typer.Option(
@@ -72,11 +93,19 @@ def serve(
         "join": join or None,
     }
     from controlplane.server.app import serve as run_server
+    from controlplane.server.bootstrap import serve_via_gateway
     from controlplane.server.node import stop_reason
 
+    gateways = [g.strip() for g in (gateway or os.environ.get("CP_GATEWAY", "")).split(",") if g.strip()]
     try:
         server_config = load_config(config, overrides)
-        asyncio.run(run_server(server_config))
+        if gateways:
+            token = os.environ.get(gateway_token_env) or None
+            asyncio.run(serve_via_gateway(server_config, gateways, expect=bootstrap_expect, token=token))
+        elif bootstrap_expect is not None:
+            raise ConfigError("--bootstrap-expect needs --gateway (the gateways carry the votes)")
+        else:
+            asyncio.run(run_server(server_config))
     except ConfigError as exc:
         fail(f"cannot start: {exc}", code=EXIT_USAGE)
     reason = stop_reason()
