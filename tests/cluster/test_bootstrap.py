@@ -1,0 +1,223 @@
+"""Race-free formation against real server processes: servers that know only a gateway URL and
+``--bootstrap-expect N``, started at the same instant and split over two gateways, form exactly one
+cluster, every time; a server started later joins it through a gateway, and an agent that found the
+cluster through a gateway keeps its lease when that gateway dies.
+
+The gateways run in this process (uvicorn in a thread each, the same app `cpctl gateway` serves) so
+that twenty formations fit in the default suite; the servers are real `cpctl serve` processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from controlplane.client import Client, NodeState
+from controlplane.dev import LocalCluster, free_port
+from gateway.app import GatewaySettings, create_app
+
+from .conftest import _LIVE, status, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+
+REPETITIONS = 10
+
+
+class ThreadGateway:
+    """One gateway app under uvicorn in a thread of its own (its own event loop)."""
+
+    def __init__(self, settings: GatewaySettings, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=f"gateway-{port}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        wait_until(lambda: self.server.started, 20, f"the gateway at {self.url} to listen")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@contextlib.contextmanager
+def gateway_pair(expect: int) -> Iterator[list[ThreadGateway]]:
+    """Two gateways run with --bootstrap-expect, no endpoints, each relaying from the other."""
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    gateways = [
+        ThreadGateway(GatewaySettings(endpoints=(), bootstrap_expect=expect, peers=(urls[1 - i],)), ports[i])
+        for i in range(2)
+    ]
+    try:
+        for gateway in gateways:
+            gateway.start()
+        yield gateways
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+
+
+@contextlib.contextmanager
+def founders(data_dir: Path, expect: int, gateways: list[ThreadGateway], **options: object) -> Iterator[LocalCluster]:
+    """N servers that know only a gateway (alternately the first and the second) and N."""
+    cluster = LocalCluster(data_dir, servers=expect, **options)  # type: ignore[arg-type]
+    for index, node in enumerate(cluster.nodes.values()):
+        node.peers = []
+        node.gateways = [gateways[index % 2].url]
+        node.bootstrap_expect = expect
+    _LIVE.append(cluster)
+    try:
+        yield cluster
+    finally:
+        try:
+            cluster.stop()
+        finally:
+            _LIVE.remove(cluster)
+
+
+def start_at_once(cluster: LocalCluster) -> None:
+    """Spawn every server back to back (well under a second apart: the race the design must survive)."""
+    cluster.start()
+
+
+def one_cluster(cluster: LocalCluster, voters: int) -> tuple[str, int] | None:
+    """(leader, term) when every server names the same leader, term and member list of ``voters``
+    voters: one cluster. None while they do not agree yet."""
+    views = []
+    for node in cluster.nodes.values():
+        if not node.running:
+            continue
+        answer = status(node)
+        views.append(
+            (
+                answer.leader_id,
+                answer.term,
+                tuple(sorted((m.id, m.voter) for m in answer.members)),
+            )
+        )
+    if not views or not views[0][0] or len(set(views)) != 1:
+        return None
+    leader, term, members = views[0]
+    if members != tuple((node_id, True) for node_id in sorted(cluster.nodes)) or len(members) != voters:
+        return None
+    return leader, term
+
+
+def recorded(node_dir: Path) -> dict[str, object]:
+    record: dict[str, object] = json.loads((node_dir / "bootstrap.json").read_text())
+    return record
+
+
+@pytest.mark.parametrize("expect", [3, 5])
+def test_servers_started_together_through_two_gateways_form_exactly_one_cluster(tmp_path: Path, expect: int) -> None:
+    """Ten times over: N servers spawned back to back, half asking one gateway and half the other,
+    end in one cluster of exactly those N voters, each having voted for the same founding set."""
+    timings = []
+    for repetition in range(REPETITIONS):
+        with gateway_pair(expect) as gateways, founders(tmp_path / f"rep{repetition}", expect, gateways) as cluster:
+            started = time.monotonic()
+            start_at_once(cluster)
+            wait_until(
+                lambda cluster=cluster: one_cluster(cluster, expect),  # type: ignore[misc]
+                60,
+                f"repetition {repetition}: one cluster of {expect}",
+                interval=0.2,
+                detail=lambda cluster=cluster: [  # type: ignore[misc]
+                    (n.id, n.running, (n.data_dir / "bootstrap.json").exists()) for n in cluster.nodes.values()
+                ],
+            )
+            timings.append(time.monotonic() - started)
+            records = [recorded(node.data_dir) for node in cluster.nodes.values()]
+            assert {tuple(r["vote"]) for r in records} == {tuple(sorted(cluster.nodes))}  # type: ignore[arg-type]
+            assert {r["outcome"] for r in records} == {"formed"}
+    print(f"formed {REPETITIONS} clusters of {expect}: {', '.join(f'{t:.1f}' for t in timings)} s")
+
+
+def test_a_later_server_and_an_agent_join_through_the_gateway(tmp_path: Path) -> None:
+    """After three founders formed: a fourth server with the same flags joins as a learner, is
+    admitted and promoted; an agent that found the servers through a gateway URL keeps its lease
+    after that gateway is gone (it talks to the servers directly)."""
+    options = {"extra_config": {"server_stabilization_s": 1.0}}
+    with gateway_pair(3) as gateways, founders(tmp_path / "cluster", 3, gateways, **options) as cluster:
+        start_at_once(cluster)
+        wait_until(lambda: one_cluster(cluster, 3), 60, "the founders' cluster", interval=0.2)
+
+        # The gateways learned the cluster from the founders' announcements: they answer join.
+        answer = httpx.get(gateways[1].url + "/v1/bootstrap", timeout=5).json()
+        assert answer["action"] == "join" and len(answer["members"]) == 3
+
+        late = cluster._new_node("n4", 4, None)
+        late.gateways = [gateways[1].url]
+        late.bootstrap_expect = 3
+        cluster.nodes[late.id] = late
+        cluster._spawn(late)
+        wait_until(lambda: one_cluster(cluster, 4), 60, "the fourth server to join and be promoted", interval=0.2)
+        assert recorded(late.data_dir)["outcome"] == "joined"
+
+        agent_log = tmp_path / "agent.log"
+        with open(agent_log, "wb") as log:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "controlplane", "agent", "--id", "edge-1", "--ttl", "3",
+                 "--endpoints", gateways[0].url],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        try:
+            with Client(",".join(cluster.client_addresses), timeout=10) as client:
+
+                def agent_state() -> NodeState | None:
+                    views = [v for v in client.membership.nodes() if v.node.spec.id == "edge-1"]
+                    return views[0].node.state if views else None
+
+                wait_until(lambda: agent_state() == NodeState.ACTIVE, 30, "the agent to be active",
+                           detail=lambda: agent_log.read_text()[-2000:])  # fmt: skip
+                gateways[0].stop()
+                # Three TTLs without the gateway that told it where the servers are: still alive.
+                deadline = time.monotonic() + 9
+                while time.monotonic() < deadline:
+                    assert agent_state() == NodeState.ACTIVE, agent_log.read_text()[-2000:]
+                    time.sleep(0.5)  # how often we look, over a fixed stretch of scenario time
+                assert agent.poll() is None
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(20)
+
+
+def test_the_founders_restart_without_any_gateway(tmp_path: Path) -> None:
+    """A decided server starts from its bootstrap record: the gateways can be gone for good."""
+    with gateway_pair(3) as gateways, founders(tmp_path / "cluster", 3, gateways) as cluster:
+        start_at_once(cluster)
+        wait_until(lambda: one_cluster(cluster, 3), 60, "the founders' cluster", interval=0.2)
+    # Both gateways stopped; the cluster context too. Start the same servers again.
+    cluster.start()
+    try:
+        wait_until(lambda: one_cluster(cluster, 3), 60, "the cluster back without gateways", interval=0.2)
+    finally:
+        cluster.stop()
+
+
+def test_serve_refuses_bootstrap_expect_without_a_gateway(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "controlplane", "serve", "--node-id", "x", "--client-address", "127.0.0.1:1",
+         "--raft-address", "127.0.0.1:2", "--data-dir", str(tmp_path), "--insecure-dev", "--bootstrap-expect", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--bootstrap-expect needs --gateway" in result.stderr
