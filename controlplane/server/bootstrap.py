@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import random
 import time
@@ -139,6 +140,9 @@ class Bootstrapper:
             raise ConfigError("--gateway finds the peers itself: give --peer or --gateway, not both")
         # Imported here: the gateway client (httpx, pydantic) is needed only by servers started this way.
         from gateway.client import GatewayClient, RetryPolicy
+
+        # httpx logs every request at INFO: one line per candidacy post would drown the server's log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
         self.config = config
         self.expect = expect
