@@ -51,20 +51,13 @@ def _from_gateway(url: str) -> str:
     so a command (or an agent) keeps working if the gateway goes away afterwards."""
     import asyncio
 
-    from gateway.client import GatewayClient
-
-    async def ask() -> list[str]:
-        async with GatewayClient(url, token=os.environ.get("CP_GATEWAY_TOKEN") or None) as gateway:
-            answer = await gateway.bootstrap()
-        if answer.action != "join":
-            message = f"the gateway at {url} knows no running cluster yet (it answers {answer.action!r})"
-            fail(message, code=EXIT_UNAVAILABLE)
-        return [member.client_address for member in answer.members]
+    from gateway.client import discover_endpoints
 
     try:
-        return ",".join(asyncio.run(ask()))
+        addresses = asyncio.run(discover_endpoints(url, token=os.environ.get("CP_GATEWAY_TOKEN") or None))
     except ControlPlaneError as exc:
         fail(f"cannot learn the servers from the gateway at {url}: {exc.message}", code=EXIT_UNAVAILABLE)
+    return ",".join(addresses)
 
 
 @contextlib.contextmanager

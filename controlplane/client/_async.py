@@ -59,6 +59,17 @@ class AsyncClient:
     Create and use the client on one event loop.
     """
 
+    @classmethod
+    async def from_gateway(
+        cls, url: str, *, token: str | None = None, seeds: Sequence[str] = (), timeout: float = _base.DEFAULT_TIMEOUT
+    ) -> AsyncClient:
+        """A client for the servers the gateway at ``url`` names (asked once; the client then talks
+        to the servers directly and follows the leader itself). ``seeds``: server addresses to ask
+        if the gateway is down. Raises ``NoLeader`` while no cluster runs."""
+        from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
+
+        return cls(await discover_endpoints(url, token=token, seeds=seeds), timeout=timeout)
+
     def __init__(
         self,
         endpoints: str | Sequence[str],

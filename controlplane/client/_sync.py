@@ -62,6 +62,20 @@ class Client:
     Channels are opened lazily, one per address, and closed by :meth:`close` (or ``with``).
     """
 
+    @classmethod
+    def from_gateway(
+        cls, url: str, *, token: str | None = None, seeds: Sequence[str] = (), timeout: float = _base.DEFAULT_TIMEOUT
+    ) -> Client:
+        """A client for the servers the gateway at ``url`` names (asked once; the client then talks
+        to the servers directly and follows the leader itself). ``seeds``: server addresses to ask
+        if the gateway is down. Raises ``NoLeader`` while no cluster runs. Not inside a running
+        event loop: use ``AsyncClient.from_gateway`` there."""
+        import asyncio
+
+        from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
+
+        return cls(asyncio.run(discover_endpoints(url, token=token, seeds=seeds)), timeout=timeout)
+
     def __init__(
         self,
         endpoints: str | Sequence[str],
