@@ -9,6 +9,7 @@ Runs, one after the other so that they never share the CPUs:
                                                  registry_search (100,000 versions), membership_agents
                                                  (1,000 agents), membership_churn, leader_failover
   4. the gossip simulation (CPU only)        -> gossip_sim per N and policy, gossip_sim_targets
+  5. live gossip: 3 servers + 8 gossip.Workers training digits -> gossip_live (round time, bytes, accuracy)
 One JSON line per scenario on stdout (ours carry ratios to etcd from this same run); progress on stderr.
 Every process the bench started is stopped on exit, including Ctrl-C, SIGTERM and exceptions.
 """
@@ -211,6 +212,11 @@ async def amain(args: argparse.Namespace) -> int:
             # CPU-only simulation (no cluster): SAPS against random and best-bottleneck matchings.
             # Its target verdict is reported in its own line, not turned into the exit status.
             await asyncio.to_thread(gossip_sim.main, [])
+        if args.gossip_live:
+            from bench import gossip_live
+
+            # Its own cluster; the exit status says whether the accuracy target held.
+            ok = await asyncio.to_thread(gossip_live.main, ["--rounds", "10" if args.quick else "30"]) == 0 and ok
         if args.ablation:
             from bench.ours import ABLATIONS
 
@@ -239,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         help="model versions registered before the search scenario (default 100000, quick 10000; 0 skips)",
     )
     p.add_argument("--no-gossip-sim", dest="gossip_sim", action="store_false", help="skip the gossip simulation")
+    p.add_argument(
+        "--no-gossip-live", dest="gossip_live", action="store_false", help="skip the live 8-worker gossip run"
+    )
     p.add_argument(
         "--agents", type=int, help="agents kept alive in the membership scenario (default 1000, quick 200; 0 skips)"
     )

@@ -1,4 +1,5 @@
-"""The gossip layer: peer selection, averaging arithmetic, bandwidth estimation, and the exchange.
+"""The gossip layer: peer selection, averaging arithmetic, bandwidth estimation, the exchange, and the
+coordination of rounds through the cluster.
 
 - ``gossip.matching``: who exchanges with whom each round (SAPS, random, exact best bottleneck).
 - ``gossip.mixing``: what an exchange does to the parameters, and the checksummed byte layout.
@@ -6,6 +7,26 @@
 - ``gossip.simulate``: a CPU simulation comparing the selection policies (``python -m bench.gossip_sim``).
 - ``gossip.exchange``: one round's exchange between two matched peers over gRPC streaming on the
   gossip port (chunked, checksummed, optionally sparsified), the only module that opens sockets.
+- ``gossip.coordinator``: the leader's pure planning of each group's next round.
+- ``gossip.worker``: :class:`Worker`, one node's side of a group for a training loop (``gossip.Worker``).
 
 The rest opens no socket, reads no clock and touches no global random state; see DESIGN.md.
+``gossip.Worker`` is imported on first use, so the pure modules stay free of the client's imports.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gossip.worker import RoundStats, Worker
+
+__all__ = ["RoundStats", "Worker"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from gossip import worker
+
+        return getattr(worker, name)
+    raise AttributeError(f"module 'gossip' has no attribute {name!r}")

@@ -1,19 +1,26 @@
-"""`cpctl gossip`: the gossip layer's bandwidth matrix and training rounds, as the cluster records them."""
+"""`cpctl gossip`: the gossip layer's bandwidth matrix, training rounds and groups, as the cluster
+records them."""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from controlplane.cli import app
 from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect
-from controlplane.cli.output import Output, emit, plain, table
+from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import NotFound, Round
+from controlplane.client._gossip import GroupConfig
 
-gossip_app = typer.Typer(help="The gossip layer: bandwidth matrix and rounds.", no_args_is_help=True)
+gossip_app = typer.Typer(help="The gossip layer: bandwidth matrix, rounds and groups.", no_args_is_help=True)
 app.add_typer(gossip_app, name="gossip")
+groups_app = typer.Typer(
+    help="Gossip groups: the configuration the leader's coordinator runs each group's rounds from.",
+    no_args_is_help=True,
+)
+gossip_app.add_typer(groups_app, name="groups")
 
 
 def _rate(bps: float) -> str:
@@ -21,19 +28,96 @@ def _rate(bps: float) -> str:
 
 
 def _round_row(r: Round) -> list[object]:
+    started = time.strftime("%H:%M:%S", time.localtime(r.started_unix_ms / 1000)) if r.started_unix_ms else "-"
+    duration = r.duration_s
+    distance = r.pair_distance_sq
     return [
         r.number,
         r.state.name.lower(),
+        started,
+        f"{duration:.2f}s" if duration is not None else "running",
         len(r.participants),
         len(r.pairs),
         _rate(r.bottleneck_bps),
-        f"{r.bytes_total / 1e6:.1f} MB",
+        f"{r.bytes_total / 1e6:.2f} MB",
         f"{r.seconds_max:.2f}s",
+        f"{distance:.4g}" if distance is not None else "-",
         len(r.failures),
     ]
 
 
-_ROUND_HEADERS = ["ROUND", "STATE", "PEERS", "PAIRS", "BOTTLENECK", "BYTES", "SLOWEST", "FAILURES"]
+_ROUND_HEADERS = [
+    "ROUND",
+    "STATE",
+    "STARTED",
+    "TIME",
+    "PEERS",
+    "PAIRS",
+    "BOTTLENECK",
+    "BYTES",
+    "SLOWEST",
+    "PAIR_DIST2",
+    "FAILURES",
+]
+_CONSENSUS_NOTE = (
+    "PAIR_DIST2: mean squared distance between matched partners' parameters before the round "
+    "(exchanged coordinates), the consensus measure"
+)
+
+
+def _round_value(r: Round | None) -> Any:
+    """A round as JSON, with the derived time and consensus measure next to the recorded fields."""
+    if r is None:
+        return None
+    value = plain(r)
+    value["duration_s"] = r.duration_s
+    value["pair_distance_sq"] = r.pair_distance_sq
+    return value
+
+
+def _group_row(g: GroupConfig) -> list[object]:
+    tensors = len(g.spec.tensors) if g.spec is not None else 0
+    return [
+        g.group,
+        g.policy,
+        "paused" if g.paused else "active",
+        f"{g.round_timeout_s:g}s",
+        g.min_participants,
+        tensors,
+        f"{g.sparsity_ratio:g}",
+        g.seed,
+    ]
+
+
+_GROUP_HEADERS = ["GROUP", "POLICY", "STATE", "TIMEOUT", "MIN_PEERS", "TENSORS", "SPARSITY", "SEED"]
+
+
+def _describe_group(g: GroupConfig) -> str:
+    tensors = (
+        ", ".join(f"{t.name}:{t.dtype}[{','.join(str(d) for d in t.shape)}]" for t in g.spec.tensors)
+        if g.spec is not None
+        else "-"
+    )
+    return "\n".join(
+        [
+            f"group {g.group}: {'paused' if g.paused else 'active'}, policy {g.policy}, round timeout "
+            f"{g.round_timeout_s:g}s, at least {g.min_participants} peers, seed {g.seed}",
+            f"tensors: {tensors} (sparsity {g.sparsity_ratio:g})",
+        ]
+    )
+
+
+def _parse_tensor(text: str) -> tuple[str, str, tuple[int, ...]]:
+    """``NAME:DTYPE:D1xD2...`` (an empty shape is a scalar)."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        fail(f"--tensor {text!r}: expected NAME:DTYPE:SHAPE, e.g. w:float32:784x10", code=EXIT_USAGE)
+    name, dtype, shape = parts
+    try:
+        dims = tuple(int(d) for d in shape.split("x")) if shape else ()
+    except ValueError:
+        fail(f"--tensor {text!r}: the shape is dimensions joined by 'x', e.g. 784x10", code=EXIT_USAGE)
+    return name, dtype, dims
 
 
 @gossip_app.command()
@@ -71,10 +155,11 @@ def rounds(
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """A group's rounds, oldest first: time, bytes, bottleneck bandwidth and failures per round."""
+    """A group's rounds, oldest first: time, bytes, bottleneck bandwidth, consensus measure and failures."""
     with connect(endpoints, timeout) as client:
         found = client.gossip.rounds(group, after=after, limit=limit)
-    emit(output, plain(found), table([_round_row(r) for r in found], _ROUND_HEADERS))
+    text = table([_round_row(r) for r in found], _ROUND_HEADERS)
+    emit(output, [_round_value(r) for r in found], f"{text}\n{_CONSENSUS_NOTE}" if found else text)
 
 
 @gossip_app.command()
@@ -84,16 +169,23 @@ def status(
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """The latest round of GROUP, the matrix version, and what each node says it is doing."""
+    """The latest round of GROUP, its configuration, the matrix version, and what each node says it is doing."""
     with connect(endpoints, timeout) as client:
         try:
             latest: Round | None = client.gossip.round(group)
         except NotFound:
             latest = None
+        try:
+            config: GroupConfig | None = client.gossip.group(group)
+        except NotFound:
+            config = None
         matrix = client.gossip.bandwidth()
         nodes = client.membership.nodes()
     activity = {v.node.spec.id: v.node.activity for v in nodes if v.node.activity}
-    lines = [f"group {group}: matrix version {matrix.version}, {len(matrix.links)} link(s) measured"]
+    lines = [
+        _describe_group(config) if config is not None else f"group {group}: not configured (no coordinator runs it)",
+        f"bandwidth matrix version {matrix.version}, {len(matrix.links)} link(s) measured",
+    ]
     if latest is None:
         lines.append("no round yet")
     else:
@@ -107,5 +199,104 @@ def status(
             )
     if activity:
         lines.append("activity: " + ", ".join(f"{node}={what}" for node, what in sorted(activity.items())))
-    value = {"group": group, "matrix_version": matrix.version, "latest": plain(latest), "activity": activity}
+    value = {
+        "group": group,
+        "config": plain(config),
+        "matrix_version": matrix.version,
+        "latest": _round_value(latest),
+        "activity": activity,
+    }
     emit(output, value, "\n".join(lines))
+
+
+@groups_app.command("list")
+def groups_list(
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Every configured gossip group."""
+    with connect(endpoints, timeout) as client:
+        found = client.gossip.groups()
+    emit(output, plain(found), table([_group_row(g) for g in found], _GROUP_HEADERS))
+
+
+@groups_app.command("show")
+def groups_show(
+    group: str,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """A group's configuration and its latest round."""
+    with connect(endpoints, timeout) as client:
+        config = client.gossip.group(group)
+        try:
+            latest: Round | None = client.gossip.round(group)
+        except NotFound:
+            latest = None
+    lines = [_describe_group(config)]
+    lines.append(table([_round_row(latest)], _ROUND_HEADERS) if latest is not None else "no round yet")
+    emit(output, {"group": plain(config), "latest": _round_value(latest)}, "\n".join(lines))
+
+
+@groups_app.command("configure")
+def groups_configure(
+    group: str,
+    tensor: Annotated[
+        list[str] | None,
+        typer.Option("--tensor", "-t", help="NAME:DTYPE:SHAPE, e.g. w:float32:784x10 (repeat; creates the group)"),
+    ] = None,
+    sparsity: Annotated[float | None, typer.Option(help="Fraction of coordinates exchanged (creation only)")] = None,
+    seed: Annotated[int | None, typer.Option(help="The group's seed (creation only)")] = None,
+    policy: Annotated[str | None, typer.Option(help="saps, random or best_bottleneck")] = None,
+    round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round")] = None,
+    min_participants: Annotated[int | None, typer.Option(help="Fewest peers a round starts with")] = None,
+    pause: Annotated[bool | None, typer.Option("--pause/--resume", help="Stop or resume starting rounds")] = None,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Create a group (with --tensor), or change an existing group's policy, timeout, minimum or pause.
+
+    A group's tensors, sparsity and seed are fixed once it exists: a new layout needs a new group name.
+    """
+    if tensor:
+        tensors = [_parse_tensor(t) for t in tensor]
+        with connect(endpoints, timeout) as client:
+            change = client.gossip.configure_group(
+                group,
+                tensors,
+                policy=policy or "saps",
+                sparsity_ratio=sparsity if sparsity is not None else 1.0,
+                round_timeout_s=round_timeout if round_timeout is not None else 30.0,
+                min_participants=min_participants if min_participants is not None else 2,
+                seed=seed or 0,
+                paused=bool(pause),
+            )
+        verb = "created" if change.created else "exists (unchanged; use the options without --tensor to change it)"
+    else:
+        if sparsity is not None or seed is not None:
+            fail("--sparsity and --seed are fixed when a group is created (with --tensor)", code=EXIT_USAGE)
+        if policy is None and round_timeout is None and min_participants is None and pause is None:
+            options = "--policy, --round-timeout, --min-participants, --pause or --resume"
+            fail(f"nothing to change: give --tensor to create the group, or {options}", code=EXIT_USAGE)
+        with connect(endpoints, timeout) as client:
+            change = client.gossip.update_group(
+                group, policy=policy, round_timeout_s=round_timeout, min_participants=min_participants, paused=pause
+            )
+        verb = "updated" if change.changed else "unchanged"
+    emit(output, plain(change), f"{verb}\n{_describe_group(change.group)}")
+
+
+@groups_app.command("delete")
+def groups_delete(
+    group: str,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Remove a group's configuration: no new round starts (its rounds stay as history)."""
+    with connect(endpoints, timeout) as client:
+        deleted = client.gossip.delete_group(group)
+    emit(output, {"group": group, "deleted": deleted}, "deleted" if deleted else f"no group {group!r}")

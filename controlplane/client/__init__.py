@@ -21,6 +21,8 @@ from controlplane.client._base import RetryPolicy
 from controlplane.client._gossip import (
     BandwidthMatrix,
     GossipEvent,
+    GroupChange,
+    GroupConfig,
     Link,
     Round,
     RoundFailure,
@@ -135,6 +137,8 @@ __all__ = [
     "FailedPrecondition",
     "Flag",
     "GossipEvent",
+    "GroupChange",
+    "GroupConfig",
     "ImportResult",
     "Internal",
     "InvalidArgument",

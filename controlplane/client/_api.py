@@ -1113,6 +1113,7 @@ class Gossip:
         seconds: float = 0.0,
         failed_peer: str = "",
         reason: str = "",
+        mix_delta_sq: float = 0.0,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Round:
@@ -1128,6 +1129,7 @@ class Gossip:
                 seconds=seconds,
                 failed_peer=failed_peer,
                 reason=reason,
+                mix_delta_sq=mix_delta_sq,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -1179,6 +1181,102 @@ class Gossip:
             timeout,
         )
         return tuple(P.convert(G.Round, x) for x in r.rounds)
+
+    def configure_group(
+        self,
+        group: str,
+        tensors: Iterable[tuple[str, str, Sequence[int]]],
+        *,
+        policy: str = "saps",
+        sparsity_ratio: float = 1.0,
+        round_timeout_s: float = 30.0,
+        min_participants: int = 2,
+        seed: int = 0,
+        paused: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> G.GroupChange:
+        """Create the group with its tensor spec (``[(name, dtype, shape), ...]``), or get it back
+        unchanged when it exists with the same tensors and sparsity (``created=False``).
+        ``FailedPrecondition`` for another spec: use a new name."""
+        r = self._unary(
+            G.CONFIGURE_GROUP,
+            G.configure_request(
+                group,
+                tensors,
+                policy=policy,
+                sparsity_ratio=sparsity_ratio,
+                round_timeout_s=round_timeout_s,
+                min_participants=min_participants,
+                seed=seed,
+                paused=paused,
+                request_id=P.rid(request_id),
+            ),
+            timeout,
+        )
+        return G.group_change(r)
+
+    def update_group(
+        self,
+        group: str,
+        *,
+        policy: str | None = None,
+        round_timeout_s: float | None = None,
+        min_participants: int | None = None,
+        paused: bool | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> G.GroupChange:
+        """Change the given settings of an existing group (``NotFound`` if there is none)."""
+        r = self._unary(
+            G.CONFIGURE_GROUP,
+            G.update_request(
+                group,
+                policy=policy,
+                round_timeout_s=round_timeout_s,
+                min_participants=min_participants,
+                paused=paused,
+                request_id=P.rid(request_id),
+            ),
+            timeout,
+        )
+        return G.group_change(r)
+
+    def group(
+        self,
+        group: str,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> G.GroupConfig:
+        """A group's configuration (``NotFound`` if it is not configured)."""
+        r = self._unary(
+            G.GET_GROUP,
+            gossip_pb2.GetGroupRequest(group=group, read=P.read_options(consistency, min_revision)),
+            timeout,
+        )
+        return P.convert(G.GroupConfig, r.group)
+
+    def groups(
+        self,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> tuple[G.GroupConfig, ...]:
+        """Every configured group, by name."""
+        r = self._unary(
+            G.LIST_GROUPS, gossip_pb2.ListGroupsRequest(read=P.read_options(consistency, min_revision)), timeout
+        )
+        return tuple(P.convert(G.GroupConfig, x) for x in r.groups)
+
+    def delete_group(self, group: str, *, request_id: str | None = None, timeout: float | None = None) -> bool:
+        """Remove a group's configuration (its rounds stay as history); False if there was none."""
+        r = self._unary(
+            G.DELETE_GROUP, gossip_pb2.DeleteGroupRequest(group=group, request_id=P.rid(request_id)), timeout
+        )
+        return bool(r.deleted)
 
 
 class AsyncPorts:
@@ -2235,6 +2333,7 @@ class AsyncGossip:
         seconds: float = 0.0,
         failed_peer: str = "",
         reason: str = "",
+        mix_delta_sq: float = 0.0,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Round:
@@ -2250,6 +2349,7 @@ class AsyncGossip:
                 seconds=seconds,
                 failed_peer=failed_peer,
                 reason=reason,
+                mix_delta_sq=mix_delta_sq,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2301,3 +2401,99 @@ class AsyncGossip:
             timeout,
         )
         return tuple(P.convert(G.Round, x) for x in r.rounds)
+
+    async def configure_group(
+        self,
+        group: str,
+        tensors: Iterable[tuple[str, str, Sequence[int]]],
+        *,
+        policy: str = "saps",
+        sparsity_ratio: float = 1.0,
+        round_timeout_s: float = 30.0,
+        min_participants: int = 2,
+        seed: int = 0,
+        paused: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> G.GroupChange:
+        """Create the group with its tensor spec (``[(name, dtype, shape), ...]``), or get it back
+        unchanged when it exists with the same tensors and sparsity (``created=False``).
+        ``FailedPrecondition`` for another spec: use a new name."""
+        r = await self._unary(
+            G.CONFIGURE_GROUP,
+            G.configure_request(
+                group,
+                tensors,
+                policy=policy,
+                sparsity_ratio=sparsity_ratio,
+                round_timeout_s=round_timeout_s,
+                min_participants=min_participants,
+                seed=seed,
+                paused=paused,
+                request_id=P.rid(request_id),
+            ),
+            timeout,
+        )
+        return G.group_change(r)
+
+    async def update_group(
+        self,
+        group: str,
+        *,
+        policy: str | None = None,
+        round_timeout_s: float | None = None,
+        min_participants: int | None = None,
+        paused: bool | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> G.GroupChange:
+        """Change the given settings of an existing group (``NotFound`` if there is none)."""
+        r = await self._unary(
+            G.CONFIGURE_GROUP,
+            G.update_request(
+                group,
+                policy=policy,
+                round_timeout_s=round_timeout_s,
+                min_participants=min_participants,
+                paused=paused,
+                request_id=P.rid(request_id),
+            ),
+            timeout,
+        )
+        return G.group_change(r)
+
+    async def group(
+        self,
+        group: str,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> G.GroupConfig:
+        """A group's configuration (``NotFound`` if it is not configured)."""
+        r = await self._unary(
+            G.GET_GROUP,
+            gossip_pb2.GetGroupRequest(group=group, read=P.read_options(consistency, min_revision)),
+            timeout,
+        )
+        return P.convert(G.GroupConfig, r.group)
+
+    async def groups(
+        self,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> tuple[G.GroupConfig, ...]:
+        """Every configured group, by name."""
+        r = await self._unary(
+            G.LIST_GROUPS, gossip_pb2.ListGroupsRequest(read=P.read_options(consistency, min_revision)), timeout
+        )
+        return tuple(P.convert(G.GroupConfig, x) for x in r.groups)
+
+    async def delete_group(self, group: str, *, request_id: str | None = None, timeout: float | None = None) -> bool:
+        """Remove a group's configuration (its rounds stay as history); False if there was none."""
+        r = await self._unary(
+            G.DELETE_GROUP, gossip_pb2.DeleteGroupRequest(group=group, request_id=P.rid(request_id)), timeout
+        )
+        return bool(r.deleted)

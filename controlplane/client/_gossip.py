@@ -1,6 +1,8 @@
-"""The gossip layer's coordination for the SDK (``client.gossip``): the bandwidth matrix and rounds.
+"""The gossip layer's coordination for the SDK (``client.gossip``): the bandwidth matrix, rounds and
+group configurations.
 
-Like the other result modules, no protobuf type reaches a caller.
+Like the other result modules, no protobuf type reaches a caller. ``client.gossip``'s methods (sync
+and async) are generated from ``scripts/gen_sdk_api.py``'s table over the requests and converters here.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controlplane.client._base import Rpc
+from controlplane.client._ports import convert, revision_of
 from controlplane.v1 import gossip_pb2
 
 __all__ = [
     "BandwidthMatrix",
     "GossipEvent",
+    "GroupChange",
+    "GroupConfig",
     "Link",
     "Round",
     "RoundFailure",
@@ -101,6 +106,52 @@ class Round:
     ended_unix_ms: int
     create_revision: int
     mod_revision: int
+    #: Participants that reported a successful mix, and the sum of their ``mix_delta_sq``.
+    mixed: int = 0
+    mix_delta_sq: float = 0.0
+
+    @property
+    def pair_distance_sq(self) -> float | None:
+        """The consensus measure: mean squared distance between matched partners' parameters before
+        the round, on the exchanged coordinates (None until a mix was reported). With W = (I + P) / 2
+        each end moves by half its pair's difference, hence 4 x the mean reported squared move."""
+        return 4.0 * self.mix_delta_sq / self.mixed if self.mixed else None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from the start to the end (None while running)."""
+        return (self.ended_unix_ms - self.started_unix_ms) / 1000 if self.ended_unix_ms else None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """A gossip group's configuration (see ``GroupConfig`` in gossip.proto)."""
+
+    group: str
+    #: "saps", "random" or "best_bottleneck".
+    policy: str
+    sparsity_ratio: float
+    round_timeout_s: float
+    #: Fixed once the group exists: the tensors its peers train.
+    spec: TensorSpec | None
+    min_participants: int
+    seed: int
+    paused: bool
+    create_revision: int
+    mod_revision: int
+    updated_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChange:
+    """What ``configure_group`` / ``update_group`` did."""
+
+    group: GroupConfig
+    #: The group did not exist and was created.
+    created: bool
+    #: Something changed (always with ``created``).
+    changed: bool
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +160,8 @@ class GossipEvent:
 
     round: Round | None
     matrix_version: int
+    #: For keys "groups/NAME": the group's configuration (its last one, for a DELETE).
+    group: GroupConfig | None = None
 
 
 def link_reports(links: Mapping[str, float | Mapping[str, float]]) -> list[gossip_pb2.LinkReport]:
@@ -158,6 +211,96 @@ def round_request(
     )
 
 
+Tensors = Iterable[tuple[str, str, Sequence[int]]]
+
+
+def tensor_spec(tensors: Tensors, sparsity_ratio: float = 0.0) -> gossip_pb2.TensorSpec:
+    """``[(name, dtype, shape), ...]`` as a TensorSpec (dtype: a numpy dtype name, e.g. "float32")."""
+    return gossip_pb2.TensorSpec(
+        tensors=[gossip_pb2.TensorInfo(name=n, dtype=d, shape=list(s)) for n, d, s in tensors],
+        sparsity_ratio=sparsity_ratio,
+    )
+
+
+def configure_request(
+    group: str,
+    tensors: Tensors,
+    *,
+    policy: str,
+    sparsity_ratio: float,
+    round_timeout_s: float,
+    min_participants: int,
+    seed: int,
+    paused: bool,
+    request_id: str,
+) -> gossip_pb2.ConfigureGroupRequest:
+    return gossip_pb2.ConfigureGroupRequest(
+        group=gossip_pb2.GroupConfig(
+            group=group,
+            policy=policy,
+            sparsity_ratio=sparsity_ratio,
+            round_timeout_s=round_timeout_s,
+            spec=tensor_spec(tensors),
+            min_participants=min_participants,
+            seed=seed,
+            paused=paused,
+        ),
+        request_id=request_id,
+    )
+
+
+def update_request(
+    group: str,
+    *,
+    policy: str | None,
+    round_timeout_s: float | None,
+    min_participants: int | None,
+    paused: bool | None,
+    request_id: str,
+) -> gossip_pb2.ConfigureGroupRequest:
+    """A ConfigureGroup whose update_mask names exactly the fields given (not None)."""
+    given = {
+        "policy": policy,
+        "round_timeout_s": round_timeout_s,
+        "min_participants": min_participants,
+        "paused": paused,
+    }
+    mask = [name for name, value in given.items() if value is not None]
+    if not mask:
+        raise ValueError("name at least one of policy, round_timeout_s, min_participants, paused to change")
+    config = gossip_pb2.GroupConfig(group=group, **{name: given[name] for name in mask})  # type: ignore[arg-type]
+    return gossip_pb2.ConfigureGroupRequest(group=config, update_mask=mask, request_id=request_id)
+
+
+def report_request(
+    group: str,
+    number: int,
+    node_id: str,
+    *,
+    bytes: int,
+    seconds: float,
+    failed_peer: str,
+    reason: str,
+    mix_delta_sq: float,
+    request_id: str,
+) -> gossip_pb2.ReportRoundRequest:
+    return gossip_pb2.ReportRoundRequest(
+        group=group,
+        number=number,
+        node_id=node_id,
+        bytes=bytes,
+        seconds=seconds,
+        failed_peer=failed_peer,
+        reason=reason,
+        mix_delta_sq=mix_delta_sq,
+        request_id=request_id,
+    )
+
+
+def group_change(response: gossip_pb2.ConfigureGroupResponse) -> GroupChange:
+    return GroupChange(convert(GroupConfig, response.group), response.created, response.changed, revision_of(response))
+
+
 _G = "/controlplane.v1.Gossip/"
 REPORT_BANDWIDTH = Rpc(_G + "ReportBandwidth", gossip_pb2.ReportBandwidthResponse, write=True)
 GET_BANDWIDTH = Rpc(_G + "GetBandwidth", gossip_pb2.GetBandwidthResponse, write=False)
@@ -166,3 +309,7 @@ REPORT_ROUND = Rpc(_G + "ReportRound", gossip_pb2.ReportRoundResponse, write=Tru
 END_ROUND = Rpc(_G + "EndRound", gossip_pb2.EndRoundResponse, write=True)
 GET_ROUND = Rpc(_G + "GetRound", gossip_pb2.GetRoundResponse, write=False)
 LIST_ROUNDS = Rpc(_G + "ListRounds", gossip_pb2.ListRoundsResponse, write=False)
+CONFIGURE_GROUP = Rpc(_G + "ConfigureGroup", gossip_pb2.ConfigureGroupResponse, write=True)
+GET_GROUP = Rpc(_G + "GetGroup", gossip_pb2.GetGroupResponse, write=False)
+LIST_GROUPS = Rpc(_G + "ListGroups", gossip_pb2.ListGroupsResponse, write=False)
+DELETE_GROUP = Rpc(_G + "DeleteGroup", gossip_pb2.DeleteGroupResponse, write=True)

@@ -1,5 +1,6 @@
 """Work only the leader does on a timer: expiring leases, checkpointing the renewals it answered from
-memory (renewals.py), ending gossip rounds past their deadline, and the port leak-repair pass.
+memory (renewals.py), ending gossip rounds past their deadline, starting each gossip group's next
+round (``gossip.coordinator``), and the port leak-repair pass.
 
 Both are *decisions recorded in the log*: the leader proposes a command and the state machine
 re-checks it against the entry's time and state, so a keepalive or a fresh report that committed
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,9 +33,18 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, NotLeader, Unavailable
 from controlplane.server.config import ServerConfig
-from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, command_pb2, gossip_pb2, leases_pb2, ports_pb2
+from controlplane.v1 import (
+    cluster_pb2,
+    cluster_pb2_grpc,
+    command_pb2,
+    gossip_pb2,
+    leases_pb2,
+    membership_pb2,
+    ports_pb2,
+)
+from gossip.coordinator import GROUP_LABEL, HISTORY_ROUNDS, Coordinator, Plan, eligible
 
 if TYPE_CHECKING:
     from controlplane.server.node import Node
@@ -57,12 +68,25 @@ class Housekeeper:
         self._leader_term = -1
         self._next_repair = 0.0
         self._next_checkpoint = 0.0
+        self._coordinator = Coordinator()
+        self._coordinator_term = -1
+        # The gossip planning pass in flight, if any: planning a large group (b* is a few dozen
+        # matchings) runs in a worker thread and must not hold up lease expiry in this loop. One pass
+        # at a time, so the coordinator's cache is only ever touched by one thread.
+        self._planning: asyncio.Task[None] | None = None
 
     def leader_for_s(self) -> float:
         """Seconds this server has led without interruption (0 when it does not lead)."""
         return 0.0 if self._leader_since is None else time.monotonic() - self._leader_since
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._planning is not None:
+                self._planning.cancel()  # the server is stopping: no planning pass outlives this loop
+
+    async def _run(self) -> None:
         node = self._node
         while True:
             await asyncio.sleep(self._config.lease_check_interval_s)  # a timer: this is periodic work
@@ -92,6 +116,7 @@ class Housekeeper:
                         node.renewals.ready = True
                 await self._expire_leases()
                 await self._end_overdue_rounds()
+                self._start_due_rounds()
                 if self._config.lease_checkpoint_interval_s and time.monotonic() >= self._next_checkpoint:
                     self._next_checkpoint = time.monotonic() + self._config.lease_checkpoint_interval_s
                     await self._checkpoint()
@@ -167,6 +192,104 @@ class Housekeeper:
             if result.gossip_end_round.ended:
                 failures = [f"{f.node}" for f in result.gossip_end_round.round.failures]
                 log.warning("gossip_round_timed_out", group=group, round=number, silent=failures)
+
+    def _start_due_rounds(self) -> None:
+        """Start the planning pass for every gossip group whose next round is due, unless one runs."""
+        if self._planning is not None and not self._planning.done():
+            return
+        self._planning = asyncio.ensure_future(self._plan_and_start(self._node.raft.term()))
+
+    def _gather_due(
+        self,
+    ) -> list[tuple[gossip_pb2.GroupConfig, list[gossip_pb2.Round], list[str], list[gossip_pb2.Link], int]]:
+        """Under the state lock: each group that is not paused, has no running round and has enough
+        eligible nodes, with its newest committed rounds, its eligible nodes and the committed links
+        among them (references: the state replaces records, never edits them). One pass over the nodes
+        however many groups there are; the links looked up pair by pair when that is fewer."""
+        machine = self._node.machine
+        gossip, membership = machine.gossip, machine.membership
+        configs = []
+        for config in gossip.list_groups():
+            rounds = gossip.recent_rounds(config.group, HISTORY_ROUNDS)
+            if not config.paused and not (rounds and rounds[-1].state == gossip_pb2.ROUND_STATE_RUNNING):
+                configs.append((config, rounds))
+        labelled: dict[str, list[membership_pb2.NodeRecord]] = {}
+        if any(config.group not in membership.networks for config, _ in configs):
+            for record in membership.nodes.values():
+                label = record.spec.labels.get(GROUP_LABEL)
+                if label:
+                    labelled.setdefault(label, []).append(record)
+        due = []
+        for config, rounds in configs:
+            if config.group in membership.networks:
+                members = membership.members.get(config.group, set())
+                records = (membership.nodes[n] for n in members if n in membership.nodes)
+                participants = eligible(config.group, records, members)
+            else:
+                participants = eligible(config.group, labelled.get(config.group, ()), None)
+            if len(participants) < config.min_participants:
+                continue
+            table = gossip.links
+            if len(participants) * (len(participants) - 1) // 2 < len(table):
+                pairs = itertools.combinations(participants, 2)  # sorted ids, so each (a, b) has a < b
+                links = [table[pair] for pair in pairs if pair in table]
+            else:
+                links = list(table.values())
+            due.append((config, rounds, participants, links, gossip.matrix_version))
+        return due
+
+    async def _plan_and_start(self, term: int) -> None:
+        """One planning pass: plan each due group's next round off the event loop, and propose it.
+
+        ``coordinator/GROUP/NUMBER`` is the request id, so a retry after an unknown outcome, or the
+        same round proposed by a leader that took over meanwhile, applies once; the state machine
+        refuses anything that no longer fits (another round started, a round still running).
+        """
+        node = self._node
+        try:
+            with node.state_lock:
+                due = self._gather_due()
+                configured = list(node.machine.gossip.groups)
+            if term != self._coordinator_term:
+                # A new leadership starts from the log alone (the cache would be checked against the
+                # committed rounds anyway; this keeps what an old term cached from lingering).
+                self._coordinator, self._coordinator_term = Coordinator(), term
+            self._coordinator.forget(keep=configured)
+            for config, rounds, participants, links, version in due:
+                now = time.time_ns() // 1_000_000
+                plan: Plan | None = await asyncio.to_thread(
+                    self._coordinator.plan, config, rounds, participants, links, version, now
+                )
+                if plan is None:
+                    continue
+                if node.raft.term() != term or not node.raft.is_leader():
+                    return  # no longer this leadership's job
+                try:
+                    result = await node.write(
+                        command_pb2.Command(request_id=plan.request.request_id, gossip_start_round=plan.request),
+                        PROPOSE_TIMEOUT_S,
+                    )
+                except (Unavailable, NotLeader):
+                    raise
+                except ControlPlaneError as exc:
+                    # The state refused the plan (e.g. someone else started a round meanwhile): the
+                    # next pass plans from what did commit.
+                    log.warning("gossip_round_refused", group=config.group, round=plan.number, reason=exc.message)
+                    continue
+                started = result.gossip_start_round.round
+                log.info(
+                    "gossip_round_started",
+                    group=config.group,
+                    round=started.number,
+                    participants=len(started.participants),
+                    pairs=[f"{p.a}-{p.b}" for p in started.pairs],
+                    bottleneck_bps=started.bottleneck_bps,
+                )
+        except ControlPlaneError as exc:
+            # Lost leadership or quorum mid-proposal: the next leader plans the same round again.
+            log.info("gossip_planning_retry", reason=exc.message)
+        except Exception:  # a bug: the next tick tries again; say so loudly
+            log.exception("gossip_planning_failed")
 
     async def _checkpoint(self) -> None:
         """Write the renewals answered from memory since the last checkpoint into the log, in one entry."""

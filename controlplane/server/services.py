@@ -20,6 +20,7 @@ from controlplane.errors import DeadlineExceeded, InvalidArgument, NoLeader, Not
 from controlplane.server.node import Node
 from controlplane.server.nodeview import node_views
 from controlplane.state import limits
+from controlplane.state.gossip import check_configure
 from controlplane.state.machine import DOMAIN_KV
 from controlplane.state.membership import check_network_fields, check_node_spec
 from controlplane.state.models import check_version_fields
@@ -813,6 +814,33 @@ class GossipService(gossip_pb2_grpc.GossipServicer):
             lambda: table.list_rounds(request.group, request.after, request.limit or 100)
         )
         return gossip_pb2.ListRoundsResponse(header=self._node.header(revision), rounds=rounds)
+
+    async def ConfigureGroup(
+        self, request: gossip_pb2.ConfigureGroupRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ConfigureGroupResponse:
+        _refuse_early(lambda: check_configure(request))
+        return await _replicate(self._node, "gossip_configure_group", request, gossip_pb2.ConfigureGroupResponse)
+
+    async def DeleteGroup(
+        self, request: gossip_pb2.DeleteGroupRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.DeleteGroupResponse:
+        return await _replicate(self._node, "gossip_delete_group", request, gossip_pb2.DeleteGroupResponse)
+
+    async def GetGroup(
+        self, request: gossip_pb2.GetGroupRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.GetGroupResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        table = self._node.machine.gossip
+        found, revision = self._node.read_state(lambda: table.group(request.group))
+        return gossip_pb2.GetGroupResponse(header=self._node.header(revision), group=found)
+
+    async def ListGroups(
+        self, request: gossip_pb2.ListGroupsRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ListGroupsResponse:
+        await self._node.prepare_read(request.read, _timeout(context))
+        table = self._node.machine.gossip
+        groups, revision = self._node.read_state(table.list_groups)
+        return gossip_pb2.ListGroupsResponse(header=self._node.header(revision), groups=groups)
 
 
 def _refuse_early(check: Callable[[], None]) -> None:

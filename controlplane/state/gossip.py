@@ -11,7 +11,11 @@ matching with ``gossip.matching`` and proposes it; the machine only checks it). 
 * **a committed matching is valid**: pairs are disjoint, within the participants, each ``a < b``,
   and ``idle`` is exactly the participants left unmatched;
 * **a failed exchange is remembered**: the failure is recorded in the round and the link's estimate
-  halved, so the next matchings avoid it until fresh reports restore it.
+  halved, so the next matchings avoid it until fresh reports restore it;
+* **a configured group's spec is fixed**: ``ConfigureGroup`` creates a group (tensors, sparsity,
+  seed, policy, timeout, minimum participants) or changes only its policy, timeout, minimum and
+  paused flag; a round of a configured group must carry exactly the group's spec. The leader's
+  coordinator (``gossip.coordinator``) plans the rounds of every configured group that is not paused.
 
 Rounds are kept per group up to ``MAX_ROUNDS_PER_GROUP`` (the oldest dropped first).
 """
@@ -38,12 +42,28 @@ MAX_LINKS_PER_REPORT = 1024
 MAX_PARTICIPANTS = 4096
 MAX_TENSORS = 1024
 POLICIES = ("saps", "random", "best_bottleneck")
+# Group names are shorter than other names: the coordinator's request id embeds one
+# ("coordinator/GROUP/NUMBER") and request ids are at most 128 characters.
+MAX_GROUP_NAME_CHARS = 64
+DEFAULT_POLICY = "saps"
+DEFAULT_ROUND_TIMEOUT_S = 30.0
+MIN_ROUND_TIMEOUT_S = 1.0  # well above a commit, so a deadline is never past when its round applies
+MAX_ROUND_TIMEOUT_S = 86_400.0
+DEFAULT_MIN_PARTICIPANTS = 2
+MAX_GROUPS = 10_000
+MAX_DIMS = 32
+# Gossip averages parameters: only floating-point tensors can be averaged (numpy dtype names).
+FLOAT_DTYPES = ("float16", "float32", "float64", "float128")
+# What an update_mask may name, and what is fixed once a group exists.
+GROUP_FIELDS = ("policy", "round_timeout_s", "min_participants", "paused")
+FIXED_GROUP_FIELDS = ("spec", "sparsity_ratio", "seed")
 # A failed exchange halves the link's estimate (the same penalty as gossip.bandwidth.penalise).
 FAILURE_PENALTY = 0.5
 
 CommandResult = command_pb2.CommandResult
 Round = gossip_pb2.Round
 Link = gossip_pb2.Link
+GroupConfig = gossip_pb2.GroupConfig
 RUNNING = gossip_pb2.ROUND_STATE_RUNNING
 DONE = gossip_pb2.ROUND_STATE_DONE
 TIMED_OUT = gossip_pb2.ROUND_STATE_TIMED_OUT
@@ -67,6 +87,97 @@ def check_spec(spec: gossip_pb2.TensorSpec) -> None:
         raise _invalid(f"sparsity_ratio {spec.sparsity_ratio} must be in (0, 1] (0 means 1: everything)")
 
 
+def check_group_name(group: str) -> None:
+    _check(limits.check_name(group, "group"))
+    if len(group) > MAX_GROUP_NAME_CHARS:
+        raise _invalid(
+            f"group name {group!r} is {len(group)} characters; a gossip group's name is at most "
+            f"{MAX_GROUP_NAME_CHARS} (the coordinator's request ids embed it)"
+        )
+
+
+def canonical_spec(spec: gossip_pb2.TensorSpec) -> gossip_pb2.TensorSpec:
+    """The spec with its tensors in name order (the order the exchange lays them out in)."""
+    tensors: list[gossip_pb2.TensorInfo] = sorted(spec.tensors, key=lambda t: t.name)
+    return gossip_pb2.TensorSpec(tensors=tensors, sparsity_ratio=spec.sparsity_ratio or 1.0)
+
+
+def describe_spec(spec: gossip_pb2.TensorSpec) -> str:
+    """``w:float32[10,3], b:float32[3] at sparsity 0.5``: for messages a person reads."""
+    tensors = ", ".join(f"{t.name}:{t.dtype}[{','.join(str(d) for d in t.shape)}]" for t in spec.tensors)
+    return f"{tensors or 'no tensors'} at sparsity {spec.sparsity_ratio or 1.0:g}"
+
+
+def normalise_group(config: GroupConfig) -> GroupConfig:
+    """A new group's configuration with the defaults filled in and its spec canonical; validated."""
+    check_group_name(config.group)
+    ratio = config.sparsity_ratio or config.spec.sparsity_ratio or 1.0
+    if config.sparsity_ratio and config.spec.sparsity_ratio and config.sparsity_ratio != config.spec.sparsity_ratio:
+        raise _invalid(
+            f"sparsity_ratio {config.sparsity_ratio:g} and spec.sparsity_ratio {config.spec.sparsity_ratio:g} "
+            "differ; give one of them"
+        )
+    spec = gossip_pb2.TensorSpec()
+    spec.CopyFrom(config.spec)
+    spec.sparsity_ratio = ratio
+    out = GroupConfig(
+        group=config.group,
+        policy=config.policy or DEFAULT_POLICY,
+        sparsity_ratio=ratio,
+        round_timeout_s=config.round_timeout_s or DEFAULT_ROUND_TIMEOUT_S,
+        spec=canonical_spec(spec),
+        min_participants=config.min_participants or DEFAULT_MIN_PARTICIPANTS,
+        seed=config.seed,
+        paused=config.paused,
+    )
+    check_group(out)
+    return out
+
+
+def check_group(config: GroupConfig) -> None:
+    """Refuse a group configuration (defaults already applied) with a message a person can act on."""
+    check_group_name(config.group)
+    if config.policy not in POLICIES:
+        raise _invalid(f"policy {config.policy!r} is not one of {', '.join(POLICIES)}")
+    timeout = config.round_timeout_s
+    if not (math.isfinite(timeout) and MIN_ROUND_TIMEOUT_S <= timeout <= MAX_ROUND_TIMEOUT_S):
+        raise _invalid(
+            f"round_timeout_s {timeout!r} must be between {MIN_ROUND_TIMEOUT_S:g} and {MAX_ROUND_TIMEOUT_S:g} seconds"
+        )
+    if not DEFAULT_MIN_PARTICIPANTS <= config.min_participants <= MAX_PARTICIPANTS:
+        raise _invalid(
+            f"min_participants {config.min_participants} must be between {DEFAULT_MIN_PARTICIPANTS} and "
+            f"{MAX_PARTICIPANTS} (a round needs two peers to exchange anything)"
+        )
+    if not config.spec.tensors:
+        raise _invalid(f"group {config.group!r} needs a tensor spec: the tensors its peers train and average")
+    check_spec(config.spec)
+    for tensor in config.spec.tensors:
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise _invalid(
+                f"tensor {tensor.name!r} has dtype {tensor.dtype!r}: gossip averages parameters, so every "
+                f"tensor must be one of {', '.join(FLOAT_DTYPES)}"
+            )
+        if len(tensor.shape) > MAX_DIMS:
+            raise _invalid(f"tensor {tensor.name!r} has {len(tensor.shape)} dimensions; at most {MAX_DIMS}")
+
+
+def check_configure(request: gossip_pb2.ConfigureGroupRequest) -> None:
+    """The checks of a ConfigureGroup that do not depend on the state (all INVALID_ARGUMENT): the
+    server runs them before the log, the state machine again when applying."""
+    if not request.update_mask:
+        normalise_group(request.group)
+        return
+    check_group_name(request.group.group)
+    mask = list(request.update_mask)
+    unknown = sorted(set(mask) - set(GROUP_FIELDS) - set(FIXED_GROUP_FIELDS))
+    if unknown or len(set(mask)) != len(mask):
+        raise _invalid(
+            f"update_mask {mask} must name distinct fields among {', '.join(GROUP_FIELDS)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+
+
 class GossipTable:
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
@@ -77,6 +188,7 @@ class GossipTable:
         self.matrix_version = 0
         self.matrix_updated_unix_ms = 0
         self.rounds: dict[str, SortedDict] = {}  # group -> number -> Round
+        self.groups: SortedDict = SortedDict()  # name -> GroupConfig (replaced, never mutated)
 
     def handlers(self) -> dict[str, Callable[[command_pb2.Command], CommandResult]]:
         def wrap(handler: Handler) -> Handler:
@@ -87,6 +199,8 @@ class GossipTable:
             "gossip_start_round": wrap(lambda c: self._start_round(c.gossip_start_round)),
             "gossip_report_round": wrap(lambda c: self._report_round(c.gossip_report_round)),
             "gossip_end_round": wrap(lambda c: self._end_round(c.gossip_end_round)),
+            "gossip_configure_group": wrap(lambda c: self._configure_group(c.gossip_configure_group)),
+            "gossip_delete_group": wrap(lambda c: self._delete_group(c.gossip_delete_group)),
         }
 
     # ------------------------------------------------------------------ reads
@@ -124,6 +238,24 @@ class GossipTable:
                 break
             out.append(rounds[number])
         return out
+
+    def group(self, name: str) -> GroupConfig:
+        _check(limits.check_name(name, "group"))
+        found: GroupConfig | None = self.groups.get(name)
+        if found is None:
+            raise _not_found(f"no gossip group {name!r} is configured")
+        return found
+
+    def list_groups(self) -> list[GroupConfig]:
+        return list(self.groups.values())
+
+    def recent_rounds(self, group: str, count: int) -> list[Round]:
+        """The newest ``count`` retained rounds of ``group``, oldest first (what the coordinator reads)."""
+        rounds = self.rounds.get(group)
+        if not rounds:
+            return []
+        values = rounds.values()
+        return list(values[max(0, len(values) - count) :])
 
     def running(self) -> list[Round]:
         """Every round still running, by group (what the leader watches for deadlines)."""
@@ -254,6 +386,12 @@ class GossipTable:
                 f"matrix version {proposed.matrix_version} is ahead of the committed one ({self.matrix_version})"
             )
         check_spec(proposed.spec)
+        config: GroupConfig | None = self.groups.get(proposed.group)
+        if config is not None and canonical_spec(proposed.spec) != config.spec:
+            raise _precondition(
+                f"group {proposed.group!r} is configured with {describe_spec(config.spec)}; a round must carry "
+                f"that spec, not {describe_spec(canonical_spec(proposed.spec))}"
+            )
         if proposed.deadline_unix_ms <= self._now:
             raise _invalid("the deadline must be after the round starts")
         rounds = self.rounds.get(proposed.group)
@@ -308,6 +446,7 @@ class GossipTable:
             raise _invalid("name the round number")
         _check(limits.check_member_id(request.node_id, "node id") or limits.check_text(request.reason, "reason"))
         _finite(request.seconds, "seconds")
+        _finite(request.mix_delta_sq, "mix_delta_sq")
         if request.node_id not in current.participants:
             raise _precondition(f"{request.node_id} is not a participant of round {current.number}")
         if request.node_id in current.reported:
@@ -324,6 +463,9 @@ class GossipTable:
         updated.reported[:] = sorted([*current.reported, request.node_id])
         updated.bytes_total = min(updated.bytes_total + request.bytes, 2**64 - 1)  # a uint64 must not overflow
         updated.seconds_max = max(updated.seconds_max, request.seconds)
+        if partner and not request.failed_peer:
+            updated.mixed += 1
+            updated.mix_delta_sq += request.mix_delta_sq
         if request.failed_peer:
             updated.failures.append(
                 gossip_pb2.RoundFailure(
@@ -365,12 +507,93 @@ class GossipTable:
         self._store_round(updated)
         return self._result(gossip_end_round=gossip_pb2.EndRoundResponse(round=updated, ended=True))
 
+    # ------------------------------------------------------------------ groups
+
+    def _store_group(self, config: GroupConfig) -> GroupConfig:
+        config.mod_revision = self._journal.revision + 1
+        config.updated_unix_ms = self._now
+        self.groups[config.group] = config
+        self._journal.record_detail(
+            DOMAIN_GOSSIP, f"groups/{config.group}", watch_pb2.EVENT_TYPE_PUT, gossip_pb2.GossipEvent(group=config)
+        )
+        return config
+
+    def _configure_group(self, request: gossip_pb2.ConfigureGroupRequest) -> CommandResult:
+        check_configure(request)
+        given = request.group
+        mask = list(request.update_mask)
+        existing: GroupConfig | None = self.groups.get(given.group)
+        if not mask:
+            config = normalise_group(given)
+            if existing is not None:
+                if existing.spec != config.spec:
+                    raise _precondition(
+                        f"gossip group {given.group!r} already exists with {describe_spec(existing.spec)}, not "
+                        f"{describe_spec(config.spec)}; a group's tensors and sparsity are fixed: configure a new "
+                        "group name for a new layout"
+                    )
+                return self._result(
+                    gossip_configure_group=gossip_pb2.ConfigureGroupResponse(group=existing, created=False)
+                )
+            if len(self.groups) >= MAX_GROUPS:
+                raise _precondition(f"{MAX_GROUPS} gossip groups are configured; delete one first")
+            config.create_revision = self._journal.revision + 1
+            self._store_group(config)
+            return self._result(
+                gossip_configure_group=gossip_pb2.ConfigureGroupResponse(group=config, created=True, changed=True)
+            )
+        if existing is None:
+            raise _not_found(
+                f"no gossip group {given.group!r} is configured; create it first (without update_mask, "
+                "with its tensor spec)"
+            )
+        fixed = [field for field in mask if field in FIXED_GROUP_FIELDS]
+        if fixed:
+            raise _precondition(
+                f"the {' and '.join(fixed)} of gossip group {given.group!r} cannot change once it exists (its peers "
+                "exchange by them); configure a new group name instead"
+            )
+        updated = GroupConfig()
+        updated.CopyFrom(existing)
+        defaults = {
+            "policy": given.policy or DEFAULT_POLICY,
+            "round_timeout_s": given.round_timeout_s or DEFAULT_ROUND_TIMEOUT_S,
+            "min_participants": given.min_participants or DEFAULT_MIN_PARTICIPANTS,
+            "paused": given.paused,
+        }
+        for field in mask:
+            setattr(updated, field, defaults[field])
+        check_group(updated)
+        changed = updated != existing
+        if changed:
+            self._store_group(updated)
+        return self._result(
+            gossip_configure_group=gossip_pb2.ConfigureGroupResponse(
+                group=updated if changed else existing, created=False, changed=changed
+            )
+        )
+
+    def _delete_group(self, request: gossip_pb2.DeleteGroupRequest) -> CommandResult:
+        _check(limits.check_name(request.group, "group"))
+        existing: GroupConfig | None = self.groups.get(request.group)
+        if existing is None:
+            return self._result(gossip_delete_group=gossip_pb2.DeleteGroupResponse(deleted=False))
+        del self.groups[request.group]
+        self._journal.record_detail(
+            DOMAIN_GOSSIP,
+            f"groups/{request.group}",
+            watch_pb2.EVENT_TYPE_DELETE,
+            gossip_pb2.GossipEvent(group=existing),
+        )
+        return self._result(gossip_delete_group=gossip_pb2.DeleteGroupResponse(deleted=True))
+
     # ------------------------------------------------------------------ snapshot
 
     def to_state(self) -> gossip_pb2.GossipState:
         state = gossip_pb2.GossipState(matrix=self.matrix())
         for _, rounds in sorted(self.rounds.items()):
             state.rounds.extend(rounds.values())
+        state.groups.extend(self.groups.values())
         return state
 
     def load(self, state: gossip_pb2.GossipState) -> None:
@@ -381,6 +604,8 @@ class GossipTable:
             self.links[(link.a, link.b)] = link
         for round_ in state.rounds:
             self.rounds.setdefault(round_.group, SortedDict())[round_.number] = round_
+        for config in state.groups:
+            self.groups[config.group] = config
 
 
 def _same_start(committed: Round, proposed: Round) -> bool:

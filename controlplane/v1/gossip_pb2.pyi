@@ -104,7 +104,7 @@ class RoundFailure(_message.Message):
     def __init__(self, node: _Optional[str] = ..., peer: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Round(_message.Message):
-    __slots__ = ("group", "number", "participants", "matrix_version", "seed", "policy", "pairs", "idle", "spec", "started_unix_ms", "deadline_unix_ms", "state", "reported", "failures", "bytes_total", "bottleneck_bps", "seconds_max", "ended_unix_ms", "create_revision", "mod_revision")
+    __slots__ = ("group", "number", "participants", "matrix_version", "seed", "policy", "pairs", "idle", "spec", "started_unix_ms", "deadline_unix_ms", "state", "reported", "failures", "bytes_total", "bottleneck_bps", "seconds_max", "ended_unix_ms", "create_revision", "mod_revision", "mixed", "mix_delta_sq")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,8 @@ class Round(_message.Message):
     ENDED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MIXED_FIELD_NUMBER: _ClassVar[int]
+    MIX_DELTA_SQ_FIELD_NUMBER: _ClassVar[int]
     group: str
     number: int
     participants: _containers.RepeatedScalarFieldContainer[str]
@@ -145,23 +147,55 @@ class Round(_message.Message):
     ended_unix_ms: int
     create_revision: int
     mod_revision: int
-    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., matrix_version: _Optional[int] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[Pair, _Mapping]]] = ..., idle: _Optional[_Iterable[str]] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., reported: _Optional[_Iterable[str]] = ..., failures: _Optional[_Iterable[_Union[RoundFailure, _Mapping]]] = ..., bytes_total: _Optional[int] = ..., bottleneck_bps: _Optional[float] = ..., seconds_max: _Optional[float] = ..., ended_unix_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ...) -> None: ...
+    mixed: int
+    mix_delta_sq: float
+    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., matrix_version: _Optional[int] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[Pair, _Mapping]]] = ..., idle: _Optional[_Iterable[str]] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., reported: _Optional[_Iterable[str]] = ..., failures: _Optional[_Iterable[_Union[RoundFailure, _Mapping]]] = ..., bytes_total: _Optional[int] = ..., bottleneck_bps: _Optional[float] = ..., seconds_max: _Optional[float] = ..., ended_unix_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., mixed: _Optional[int] = ..., mix_delta_sq: _Optional[float] = ...) -> None: ...
+
+class GroupConfig(_message.Message):
+    __slots__ = ("group", "policy", "sparsity_ratio", "round_timeout_s", "spec", "min_participants", "seed", "paused", "create_revision", "mod_revision", "updated_unix_ms")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SPARSITY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    ROUND_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    MIN_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    policy: str
+    sparsity_ratio: float
+    round_timeout_s: float
+    spec: TensorSpec
+    min_participants: int
+    seed: int
+    paused: bool
+    create_revision: int
+    mod_revision: int
+    updated_unix_ms: int
+    def __init__(self, group: _Optional[str] = ..., policy: _Optional[str] = ..., sparsity_ratio: _Optional[float] = ..., round_timeout_s: _Optional[float] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., min_participants: _Optional[int] = ..., seed: _Optional[int] = ..., paused: _Optional[bool] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ...) -> None: ...
 
 class GossipEvent(_message.Message):
-    __slots__ = ("round", "matrix_version")
+    __slots__ = ("round", "matrix_version", "group")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MATRIX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     round: Round
     matrix_version: int
-    def __init__(self, round: _Optional[_Union[Round, _Mapping]] = ..., matrix_version: _Optional[int] = ...) -> None: ...
+    group: GroupConfig
+    def __init__(self, round: _Optional[_Union[Round, _Mapping]] = ..., matrix_version: _Optional[int] = ..., group: _Optional[_Union[GroupConfig, _Mapping]] = ...) -> None: ...
 
 class GossipState(_message.Message):
-    __slots__ = ("matrix", "rounds")
+    __slots__ = ("matrix", "rounds", "groups")
     MATRIX_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     matrix: BandwidthMatrix
     rounds: _containers.RepeatedCompositeFieldContainer[Round]
-    def __init__(self, matrix: _Optional[_Union[BandwidthMatrix, _Mapping]] = ..., rounds: _Optional[_Iterable[_Union[Round, _Mapping]]] = ...) -> None: ...
+    groups: _containers.RepeatedCompositeFieldContainer[GroupConfig]
+    def __init__(self, matrix: _Optional[_Union[BandwidthMatrix, _Mapping]] = ..., rounds: _Optional[_Iterable[_Union[Round, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupConfig, _Mapping]]] = ...) -> None: ...
 
 class ReportBandwidthRequest(_message.Message):
     __slots__ = ("node_id", "links", "request_id")
@@ -216,7 +250,7 @@ class StartRoundResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., round: _Optional[_Union[Round, _Mapping]] = ...) -> None: ...
 
 class ReportRoundRequest(_message.Message):
-    __slots__ = ("group", "number", "node_id", "bytes", "seconds", "failed_peer", "reason", "request_id")
+    __slots__ = ("group", "number", "node_id", "bytes", "seconds", "failed_peer", "reason", "request_id", "mix_delta_sq")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +259,7 @@ class ReportRoundRequest(_message.Message):
     FAILED_PEER_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MIX_DELTA_SQ_FIELD_NUMBER: _ClassVar[int]
     group: str
     number: int
     node_id: str
@@ -233,7 +268,8 @@ class ReportRoundRequest(_message.Message):
     failed_peer: str
     reason: str
     request_id: str
-    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., node_id: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., failed_peer: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    mix_delta_sq: float
+    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., node_id: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., failed_peer: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., mix_delta_sq: _Optional[float] = ...) -> None: ...
 
 class ReportRoundResponse(_message.Message):
     __slots__ = ("header", "round")
@@ -300,3 +336,71 @@ class ListRoundsResponse(_message.Message):
     header: _common_pb2.ResponseHeader
     rounds: _containers.RepeatedCompositeFieldContainer[Round]
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., rounds: _Optional[_Iterable[_Union[Round, _Mapping]]] = ...) -> None: ...
+
+class ConfigureGroupRequest(_message.Message):
+    __slots__ = ("group", "update_mask", "request_id")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    group: GroupConfig
+    update_mask: _containers.RepeatedScalarFieldContainer[str]
+    request_id: str
+    def __init__(self, group: _Optional[_Union[GroupConfig, _Mapping]] = ..., update_mask: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ConfigureGroupResponse(_message.Message):
+    __slots__ = ("header", "group", "created", "changed")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    group: GroupConfig
+    created: bool
+    changed: bool
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., group: _Optional[_Union[GroupConfig, _Mapping]] = ..., created: _Optional[bool] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class GetGroupRequest(_message.Message):
+    __slots__ = ("read", "group")
+    READ_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    read: _common_pb2.ReadOptions
+    group: str
+    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., group: _Optional[str] = ...) -> None: ...
+
+class GetGroupResponse(_message.Message):
+    __slots__ = ("header", "group")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    group: GroupConfig
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., group: _Optional[_Union[GroupConfig, _Mapping]] = ...) -> None: ...
+
+class ListGroupsRequest(_message.Message):
+    __slots__ = ("read",)
+    READ_FIELD_NUMBER: _ClassVar[int]
+    read: _common_pb2.ReadOptions
+    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ...) -> None: ...
+
+class ListGroupsResponse(_message.Message):
+    __slots__ = ("header", "groups")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    groups: _containers.RepeatedCompositeFieldContainer[GroupConfig]
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., groups: _Optional[_Iterable[_Union[GroupConfig, _Mapping]]] = ...) -> None: ...
+
+class DeleteGroupRequest(_message.Message):
+    __slots__ = ("group", "request_id")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    request_id: str
+    def __init__(self, group: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteGroupResponse(_message.Message):
+    __slots__ = ("header", "deleted")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    deleted: bool
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., deleted: _Optional[bool] = ...) -> None: ...

@@ -69,6 +69,26 @@ class GossipStub:
                 request_serializer=controlplane_dot_v1_dot_gossip__pb2.ListRoundsRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_gossip__pb2.ListRoundsResponse.FromString,
                 _registered_method=True)
+        self.ConfigureGroup = channel.unary_unary(
+                '/controlplane.v1.Gossip/ConfigureGroup',
+                request_serializer=controlplane_dot_v1_dot_gossip__pb2.ConfigureGroupRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_gossip__pb2.ConfigureGroupResponse.FromString,
+                _registered_method=True)
+        self.GetGroup = channel.unary_unary(
+                '/controlplane.v1.Gossip/GetGroup',
+                request_serializer=controlplane_dot_v1_dot_gossip__pb2.GetGroupRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_gossip__pb2.GetGroupResponse.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/controlplane.v1.Gossip/ListGroups',
+                request_serializer=controlplane_dot_v1_dot_gossip__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_gossip__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/controlplane.v1.Gossip/DeleteGroup',
+                request_serializer=controlplane_dot_v1_dot_gossip__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_gossip__pb2.DeleteGroupResponse.FromString,
+                _registered_method=True)
 
 
 class GossipServicer:
@@ -124,6 +144,36 @@ class GossipServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfigureGroup(self, request, context):
+        """Create a group (no update_mask): an existing group with the same tensor spec is returned as
+        it is; a different spec is FAILED_PRECONDITION (use a new group name). With an update_mask,
+        change those fields of an existing group. The leader's coordinator runs the rounds of every
+        configured group that is not paused. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
+        """Remove a group's configuration: no new round starts (a running one still ends). Its rounds
+        stay as history; a group configured again under the name continues their numbering.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GossipServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +211,26 @@ def add_GossipServicer_to_server(servicer, server):
                     servicer.ListRounds,
                     request_deserializer=controlplane_dot_v1_dot_gossip__pb2.ListRoundsRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_gossip__pb2.ListRoundsResponse.SerializeToString,
+            ),
+            'ConfigureGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureGroup,
+                    request_deserializer=controlplane_dot_v1_dot_gossip__pb2.ConfigureGroupRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_gossip__pb2.ConfigureGroupResponse.SerializeToString,
+            ),
+            'GetGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGroup,
+                    request_deserializer=controlplane_dot_v1_dot_gossip__pb2.GetGroupRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_gossip__pb2.GetGroupResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=controlplane_dot_v1_dot_gossip__pb2.ListGroupsRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_gossip__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=controlplane_dot_v1_dot_gossip__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_gossip__pb2.DeleteGroupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +422,114 @@ class Gossip:
             '/controlplane.v1.Gossip/ListRounds',
             controlplane_dot_v1_dot_gossip__pb2.ListRoundsRequest.SerializeToString,
             controlplane_dot_v1_dot_gossip__pb2.ListRoundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Gossip/ConfigureGroup',
+            controlplane_dot_v1_dot_gossip__pb2.ConfigureGroupRequest.SerializeToString,
+            controlplane_dot_v1_dot_gossip__pb2.ConfigureGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Gossip/GetGroup',
+            controlplane_dot_v1_dot_gossip__pb2.GetGroupRequest.SerializeToString,
+            controlplane_dot_v1_dot_gossip__pb2.GetGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Gossip/ListGroups',
+            controlplane_dot_v1_dot_gossip__pb2.ListGroupsRequest.SerializeToString,
+            controlplane_dot_v1_dot_gossip__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Gossip/DeleteGroup',
+            controlplane_dot_v1_dot_gossip__pb2.DeleteGroupRequest.SerializeToString,
+            controlplane_dot_v1_dot_gossip__pb2.DeleteGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

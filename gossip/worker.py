@@ -1,0 +1,450 @@
+"""``gossip.Worker``: one node's side of a gossip group, for a training loop.
+
+::
+
+    async with AsyncClient(endpoints) as client:
+        worker = Worker(client, "mnist", "node-7", listen="0.0.0.0:7300", advertise="10.0.0.7:7300")
+        await worker.start(params)            # gossip port, membership, heartbeats, group config
+        try:
+            for epoch in range(epochs):
+                params = train_locally(params)
+                params = await worker.step(params)   # this round's exchange: W = (I + P) / 2
+        finally:
+            await worker.close()
+
+What it ties together: an :class:`~gossip.exchange.ExchangeServer` on the node's gossip port, the
+node's membership (registered with address purpose ``gossip`` and label ``gossip-group=GROUP``,
+joined to the network named like the group when one exists, kept alive by an
+:class:`~controlplane.agent.Agent`'s heartbeats), the group's replicated configuration (created from
+the first worker's parameters if absent), and the rounds the leader's coordinator commits (followed
+through a watch). The worker never decides who it talks to: a round's pairs are committed in the
+log before any exchange, and it exchanges only with the partner the committed round names.
+
+Failure is ordinary: an exchange that fails (the partner died, hung or sent corrupt data) leaves the
+worker with its own parameters; it reports the failure (the link is penalised in the matrix) and
+the next round goes on, without the dead peer once its lease has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from controlplane.agent import Agent
+from controlplane.client import AsyncClient, Consistency, ControlPlaneError, NotFound
+from controlplane.client._gossip import GroupConfig, Round, RoundState
+from gossip.bandwidth import BandwidthTable
+from gossip.coordinator import GOSSIP_ADDRESS, GROUP_LABEL
+from gossip.exchange import ExchangeResult, ExchangeServer, PeerUnavailable, exchange_or_keep
+from gossip.mixing import Array, Params
+
+__all__ = ["REPORT_BANDWIDTH_EVERY", "RoundStats", "Worker"]
+
+log = structlog.get_logger("gossip.worker")
+
+REPORT_BANDWIDTH_EVERY = 3
+"""Rounds between two bandwidth reports (a failure is reported at once): each report is a log entry
+and bumps the matrix version, so link estimates travel in batches, not per exchange."""
+
+# The exchange ends this long before the round's deadline (a tenth of the round, within 0.25-2 s),
+# so that the report - a failure above all - commits before the leader ends the round.
+_REPORT_MARGIN_MIN_S = 0.25
+_REPORT_MARGIN_MAX_S = 2.0
+# Less time than this left in a round: too late to take part; wait for the next one.
+_MIN_EXCHANGE_S = 0.05
+_MAX_REASON_CHARS = 200
+_TRACKER_BACKOFF_MAX_S = 2.0
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    """What this worker did in its last round."""
+
+    number: int
+    #: The partner the round matched, None when this worker was idle.
+    partner: str | None
+    #: Payload bytes received from the partner (what the round's bytes_total adds up).
+    bytes: int
+    #: The whole exchange, waiting for the partner included.
+    seconds: float
+    #: True when idle or when the exchange mixed; False when it failed (own parameters kept).
+    ok: bool
+    error: str | None
+    #: Squared L2 norm of (parameters after - before): the consensus measure's input (0 when not mixed).
+    mix_delta_sq: float = 0.0
+
+
+def _tensors(params: Params) -> list[tuple[str, str, tuple[int, ...]]]:
+    if not params:
+        raise ValueError("params must hold at least one tensor")
+    out = []
+    for name in sorted(params):
+        value = params[name]
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+            raise ValueError(f"tensor {name!r} must be a floating-point numpy array (gossip averages parameters)")
+        out.append((name, value.dtype.name, tuple(value.shape)))
+    return out
+
+
+def _group_seed(group: str) -> int:
+    """The seed a group gets when a Worker creates it: the same for every worker of the group."""
+    return int.from_bytes(hashlib.sha256(f"gossip-group\x00{group}".encode()).digest()[:8], "little")
+
+
+def _delta_sq(before: Params, after: Params) -> float:
+    total = 0.0
+    for name in sorted(before):
+        diff = np.asarray(after[name], dtype=np.float64) - np.asarray(before[name], dtype=np.float64)
+        total += float(np.dot(diff.ravel(), diff.ravel()))
+    return total
+
+
+class Worker:
+    """One node of a gossip group: ``start`` once, ``step`` once per round, ``close`` at the end.
+
+    ``listen`` is the gossip port's bind address (port 0: any free port); ``advertise`` the
+    ``HOST:PORT`` other nodes dial (default: the bound address). ``policy``, ``sparsity_ratio``,
+    ``round_timeout_s`` and ``min_participants`` configure the group when this worker creates it; a
+    group that exists keeps its own settings (its tensors and sparsity must match: otherwise
+    ``start`` raises ``FailedPrecondition``). ``lease_ttl_s`` is the node's liveness lease: a worker
+    that dies leaves the rounds once it runs out. One worker per node id, one group per worker.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        group: str,
+        node_id: str,
+        *,
+        listen: str = "127.0.0.1:0",
+        advertise: str | None = None,
+        policy: str = "saps",
+        sparsity_ratio: float = 1.0,
+        round_timeout_s: float = 30.0,
+        min_participants: int = 2,
+        lease_ttl_s: float = 10.0,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        labels = dict(labels or {})
+        if labels.get(GROUP_LABEL, group) != group:
+            raise ValueError(f"label {GROUP_LABEL}={labels[GROUP_LABEL]!r} contradicts the group {group!r}")
+        labels[GROUP_LABEL] = group
+        self.client = client
+        self.group = group
+        self.node_id = node_id
+        self.policy = policy
+        self.sparsity_ratio = sparsity_ratio
+        self.round_timeout_s = round_timeout_s
+        self.min_participants = min_participants
+        self.lease_ttl_s = lease_ttl_s
+        self.labels = labels
+        #: The last round this worker took part in (None before the first).
+        self.last_round: RoundStats | None = None
+        #: The group's configuration as the cluster holds it (set by ``start``).
+        self.config: GroupConfig | None = None
+        #: This node's link estimates, fed by every exchange and reported in batches.
+        self.bandwidth = BandwidthTable(node_id)
+        self._advertise = advertise
+        self._groups = client.gossip
+        self._server = ExchangeServer(node_id, listen)
+        self._agent: Agent | None = None
+        self._tracker: asyncio.Task[None] | None = None
+        self._latest: Round | None = None
+        self._changed = asyncio.Condition()
+        self._done = 0  # the highest round number this worker took part in or gave up on
+        self._unreported_rounds = 0
+        self._activity = "training"
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ life
+
+    @property
+    def address(self) -> str:
+        """The gossip address other nodes dial."""
+        return self._advertise or self._server.address
+
+    async def start(self, params: dict[str, np.ndarray]) -> None:
+        """Open the gossip port, configure the group if absent (its spec from ``params``), register the
+        node with its gossip address, start heartbeats, join the group's network if one exists, and
+        start following the group's rounds."""
+        if self._started:
+            raise RuntimeError("the worker is already started")
+        tensors = _tensors(params)
+        await self._server.start()
+        self._started = True
+        try:
+            change = await self._groups.configure_group(
+                self.group,
+                tensors,
+                policy=self.policy,
+                sparsity_ratio=self.sparsity_ratio,
+                round_timeout_s=self.round_timeout_s,
+                min_participants=self.min_participants,
+                seed=_group_seed(self.group),
+            )
+            self.config = change.group
+            if not change.created and (
+                change.group.policy != self.policy or change.group.round_timeout_s != self.round_timeout_s
+            ):
+                log.info(
+                    "gossip_group_settings_kept",
+                    group=self.group,
+                    policy=change.group.policy,
+                    round_timeout_s=change.group.round_timeout_s,
+                )
+            self._agent = Agent(
+                self.client,
+                self.node_id,
+                ttl_s=self.lease_ttl_s,
+                addresses={GOSSIP_ADDRESS: self.address},
+                labels=self.labels,
+                activity=lambda: self._activity,
+            )
+            await self._agent.register()  # bad input raises here; Agent.start would retry it forever
+            await self._agent.start()
+            with contextlib.suppress(NotFound):  # no network of that name: the label places the node
+                await self.client.membership.join(self.group, node_id=self.node_id)
+            self._tracker = asyncio.create_task(self._track(), name=f"gossip-rounds-{self.group}-{self.node_id}")
+            self._tracker.add_done_callback(lambda _: asyncio.ensure_future(self._wake()))
+        except BaseException:
+            await self.close(deregister=self._agent is not None)
+            raise
+
+    async def close(self, *, deregister: bool = True) -> None:
+        """Stop following rounds, stop heartbeating, leave the membership (``deregister=False``: keep
+        the registration and let the lease run out, as a crash would), and stop the gossip port
+        (exchanges in flight are cut)."""
+        self._closed = True
+        if self._tracker is not None:
+            self._tracker.cancel()
+            await asyncio.gather(self._tracker, return_exceptions=True)  # its error, if any, was step's to raise
+        if self._agent is not None:
+            agent, self._agent = self._agent, None
+            if deregister:
+                await self._report_bandwidth()
+            try:
+                await agent.stop(deregister=deregister)
+            except ControlPlaneError as exc:
+                log.warning("gossip_worker_deregister_failed", node=self.node_id, reason=exc.message)
+        if self._started:
+            self._started = False
+            await self._server.stop(0)
+
+    async def __aenter__(self) -> Worker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ rounds
+
+    async def step(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Take part in the next committed round that lists this node: exchange with the matched
+        partner (or stay idle), report the round, and return the mixed parameters - or ``params``
+        themselves when idle or when the exchange failed. Waits as long as no such round comes."""
+        if self._tracker is None or self.config is None or self._closed:
+            raise RuntimeError("the worker is not running: start it first (and do not step after close)")
+        self._check_params(params)
+        self._activity = "waiting"
+        try:
+            round_, budget = await self._next_round()
+            self._activity = "aggregating"
+            return await self._take_part(round_, params, budget)
+        finally:
+            self._activity = "training"
+
+    def _check_params(self, params: Params) -> None:
+        assert self.config is not None and self.config.spec is not None
+        expected = [(t.name, t.dtype, tuple(t.shape)) for t in self.config.spec.tensors]
+        got = _tensors(params)
+        if got != expected:
+            raise ValueError(f"params {got} do not match group {self.group!r}'s tensors {expected}")
+
+    async def _next_round(self) -> tuple[Round, float]:
+        """The next running round that lists this node with time left, and the seconds the exchange
+        may take (the round's deadline minus the report margin)."""
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._candidate() is not None or self._stopped())
+                if self._stopped():
+                    if self._tracker is not None and not self._closed and not self._tracker.cancelled():
+                        self._tracker.result()  # the error that stopped following the rounds
+                    raise RuntimeError(f"worker {self.node_id} was closed while waiting for a round")
+                round_ = self._candidate()
+                assert round_ is not None
+            self._done = round_.number
+            length_s = (round_.deadline_unix_ms - round_.started_unix_ms) / 1000
+            margin = min(_REPORT_MARGIN_MAX_S, max(_REPORT_MARGIN_MIN_S, 0.1 * length_s))
+            budget = (round_.deadline_unix_ms - time.time() * 1000) / 1000 - margin
+            if budget >= _MIN_EXCHANGE_S:
+                return round_, budget
+            log.warning("gossip_round_missed", group=self.group, round=round_.number, node=self.node_id)
+
+    def _candidate(self) -> Round | None:
+        latest = self._latest
+        if (
+            latest is not None
+            and latest.number > self._done
+            and latest.state is RoundState.RUNNING
+            and self.node_id in latest.participants
+        ):
+            return latest
+        return None
+
+    def _stopped(self) -> bool:
+        return self._closed or self._tracker is None or self._tracker.done()
+
+    async def _wake(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _take_part(self, round_: Round, params: Params, budget: float) -> dict[str, Array]:
+        partner = next(
+            (p.b if p.a == self.node_id else p.a for p in round_.pairs if self.node_id in (p.a, p.b)),
+            None,
+        )
+        if partner is None:
+            await self._report(RoundStats(round_.number, None, 0, 0.0, True, None))
+            return dict(params)
+        ratio = round_.spec.sparsity_ratio if round_.spec is not None and round_.spec.sparsity_ratio else 1.0
+        started = asyncio.get_running_loop().time()
+        result = await self._exchange(round_, partner, params, ratio, budget)
+        result.observe(self.bandwidth, time.monotonic())
+        delta = await asyncio.to_thread(_delta_sq, params, result.params) if result.ok else 0.0
+        stats = RoundStats(
+            number=round_.number,
+            partner=partner,
+            bytes=result.bytes_received,
+            seconds=asyncio.get_running_loop().time() - started,
+            ok=result.ok,
+            error=None if result.error is None else str(result.error),
+            mix_delta_sq=delta,
+        )
+        await self._report(stats)
+        return result.params
+
+    async def _exchange(
+        self, round_: Round, partner: str, params: Params, ratio: float, budget: float
+    ) -> ExchangeResult:
+        address = ""
+        if self.node_id < partner:  # the smaller id dials: it needs the partner's gossip address
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            try:
+                view = await self.client.membership.get_node(partner, timeout=budget)
+                address = view.node.spec.addresses.get(GOSSIP_ADDRESS, "")
+            except ControlPlaneError as exc:
+                address, problem = "", f"cannot look up {partner}'s gossip address: {exc.message}"
+            else:
+                problem = "" if address else f"{partner} advertises no {GOSSIP_ADDRESS!r} address"
+            if problem:
+                return ExchangeResult(
+                    params=dict(params),
+                    peer=partner,
+                    group=self.group,
+                    round=round_.number,
+                    bytes_sent=0,
+                    bytes_received=0,
+                    seconds=loop.time() - started,
+                    receive_seconds=0.0,
+                    dialed=True,
+                    error=PeerUnavailable(problem),
+                )
+            budget -= loop.time() - started
+        return await exchange_or_keep(
+            self._server,
+            partner,
+            address,
+            self.group,
+            round_.number,
+            params,
+            seed=round_.seed,
+            sparsity_ratio=ratio,
+            deadline_s=max(budget, _MIN_EXCHANGE_S),
+        )
+
+    async def _report(self, stats: RoundStats) -> None:
+        self.last_round = stats
+        failed = stats.partner if not stats.ok and stats.partner else ""
+        try:
+            await self._groups.report_round(
+                self.group,
+                stats.number,
+                self.node_id,
+                bytes=stats.bytes,
+                seconds=stats.seconds,
+                failed_peer=failed,
+                reason=(stats.error or "")[:_MAX_REASON_CHARS],
+                mix_delta_sq=stats.mix_delta_sq,
+            )
+        except ControlPlaneError as exc:
+            # Too late (the leader ended the round) or the cluster is away: the round records this node
+            # as silent instead. The parameters are what they are either way.
+            log.warning("gossip_report_failed", group=self.group, round=stats.number, reason=exc.message)
+        if failed:
+            log.warning("gossip_exchange_failed", group=self.group, round=stats.number, peer=failed, error=stats.error)
+        self._unreported_rounds += 1
+        if failed or self._unreported_rounds >= REPORT_BANDWIDTH_EVERY:
+            await self._report_bandwidth()
+
+    async def _report_bandwidth(self) -> None:
+        batch = self.bandwidth.report_batch()
+        self._unreported_rounds = 0
+        if not batch:
+            return
+        links: Mapping[str, Mapping[str, float]] = {
+            peer: {
+                "bandwidth_bps": est.bandwidth,
+                "latency_s": est.latency,
+                "spread_bps": est.spread,
+                "samples": est.samples,
+            }
+            for peer, est in batch.items()
+        }
+        try:
+            await self.client.gossip.report_bandwidth(self.node_id, links)
+        except ControlPlaneError as exc:
+            log.warning("gossip_bandwidth_report_failed", node=self.node_id, reason=exc.message)
+
+    # ------------------------------------------------------------------ following the rounds
+
+    async def _track(self) -> None:
+        """Keep ``_latest`` at the group's newest committed round: one read, then a watch from there on
+        (it survives failovers); on an error (e.g. the history it needs was compacted) start over."""
+        backoff = 0.1
+        while True:
+            try:
+                start = (await self.client.status()).applied_revision
+                try:
+                    latest = await self.client.gossip.round(
+                        self.group, consistency=Consistency.STALE, min_revision=start
+                    )
+                except NotFound:
+                    pass
+                else:
+                    await self._observe(latest)
+                watch = self.client.watch(f"rounds/{self.group}/", from_revision=start + 1, domains=("gossip",))
+                async with watch:
+                    async for event in watch:
+                        backoff = 0.1
+                        if event.gossip is not None and event.gossip.round is not None:
+                            await self._observe(event.gossip.round)
+            except ControlPlaneError as exc:
+                log.warning("gossip_round_watch_failed", group=self.group, reason=exc.message)
+                await asyncio.sleep(backoff)  # retry pacing while the cluster is away
+                backoff = min(backoff * 2, _TRACKER_BACKOFF_MAX_S)
+
+    async def _observe(self, round_: Round) -> None:
+        latest = self._latest
+        if latest is None or (round_.number, round_.mod_revision) > (latest.number, latest.mod_revision):
+            async with self._changed:
+                self._latest = round_
+                self._changed.notify_all()

@@ -1,0 +1,287 @@
+"""gossip.Worker against a real 3-server cluster: the leader's coordinator commits each round's pairs,
+four workers in this process exchange over their own gossip ports and report, and a peer that dies
+mid-round costs its partner nothing but the round: it keeps its own parameters, the failure is
+recorded and penalised, and the rounds go on without the dead peer once its lease has expired."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+
+from controlplane.client import AsyncClient, Client, FailedPrecondition, NodeState, NotFound, RoundState
+from controlplane.client._gossip import Round
+from controlplane.dev import LocalCluster
+from controlplane.v1 import watch_pb2
+from gossip import Worker
+
+from .conftest import collect_events
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+T = TypeVar("T")
+Params = dict[str, np.ndarray]
+
+ROUND_TIMEOUT_S = 6.0
+LEASE_TTL_S = 3.0
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
+    """Poll ``probe`` until it returns something truthy (a condition with a deadline, never a bare wait)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        value = await probe()
+        if value:
+            return value
+        last = value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(0.05)  # the poll interval of a condition wait
+
+
+def initial_params(k: int) -> Params:
+    # Integer-valued float64: every average of the first rounds is exact, so "the mean is preserved" can
+    # be checked with ==, not with a tolerance.
+    return {
+        "w": (np.arange(12, dtype=np.float64).reshape(4, 3) * (k + 1) + 8 * k),
+        "b": np.full(3, 16.0 * k),
+    }
+
+
+def partner_in(round_: Round, node: str) -> str | None:
+    for pair in round_.pairs:
+        if node in (pair.a, pair.b):
+            return pair.b if pair.a == node else pair.a
+    return None
+
+
+def assert_mixed(
+    pairs: list[tuple[str, str]], idle: list[str], before: dict[str, Params], after: dict[str, Params]
+) -> float:
+    """Matched pairs hold exactly a * 0.5 + b * 0.5 (W = (I + P) / 2), idle ones their own; returns the
+    mean squared distance between partners before the round (the consensus measure)."""
+    distances = []
+    for a, b in pairs:
+        for name in before[a]:
+            expected = before[a][name] * 0.5 + before[b][name] * 0.5
+            assert np.array_equal(after[a][name], expected), (a, b, name)
+            assert np.array_equal(after[b][name], expected), (a, b, name)
+        distances.append(sum(float(np.sum((before[a][n] - before[b][n]) ** 2)) for n in before[a]))
+    for node in idle:
+        for name in before[node]:
+            assert np.array_equal(after[node][name], before[node][name])
+    return sum(distances) / len(distances)
+
+
+def pairs_of(round_: Round) -> list[tuple[str, str]]:
+    return [(pair.a, pair.b) for pair in round_.pairs]
+
+
+def totals(params: dict[str, Params]) -> dict[str, np.ndarray]:
+    return {name: sum(p[name] for p in params.values()) for name in ("w", "b")}
+
+
+async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(cluster: LocalCluster) -> None:
+    group = f"gw-{secrets.token_hex(3)}"
+    ids = [f"{group}-{k}" for k in "abcd"]
+    client = AsyncClient(cluster.client_addresses, timeout=15)
+    groups = client.gossip
+    workers: dict[str, Worker] = {}
+    try:
+        # Created paused, so that round 1 waits until all four workers are up (min_participants stays 2:
+        # the rounds must go on with three once one dies).
+        created = await groups.configure_group(
+            group, [("b", "float64", (3,)), ("w", "float64", (4, 3))], round_timeout_s=ROUND_TIMEOUT_S, paused=True
+        )
+        assert created.created and created.group.paused
+        for node in ids:
+            workers[node] = Worker(client, group, node, round_timeout_s=ROUND_TIMEOUT_S, lease_ttl_s=LEASE_TTL_S)
+        await asyncio.gather(*(workers[node].start(initial_params(k)) for k, node in enumerate(ids)))
+        assert all(w.config is not None and w.config.round_timeout_s == ROUND_TIMEOUT_S for w in workers.values())
+        # A worker with another layout is turned away before it registers: a new layout, a new group.
+        with pytest.raises(FailedPrecondition, match="new group name"):
+            await Worker(client, group, f"{group}-x").start({"w": np.zeros((2, 2))})
+        with pytest.raises(NotFound):
+            await client.membership.get_node(f"{group}-x")
+        first_revision = (await client.status()).applied_revision
+        await groups.update_group(group, paused=False)
+
+        params = {node: initial_params(k) for k, node in enumerate(ids)}
+        start_totals = totals(params)
+        for number in range(1, 6):
+            before = params
+            mixed = await asyncio.gather(*(workers[node].step(before[node]) for node in ids))
+            params = dict(zip(ids, mixed, strict=True))
+            committed = await client.gossip.round(group, number)
+            assert committed.number == number and list(committed.participants) == ids
+            assert len(committed.pairs) == 2 and not committed.idle
+            for node in ids:
+                stats = workers[node].last_round
+                assert stats is not None and stats.number == number and stats.ok, stats
+                assert stats.partner == partner_in(committed, node)  # exchanged only with the committed partner
+            distance = assert_mixed(pairs_of(committed), [], before, params)
+            after_totals = totals(params)
+            for name, total in start_totals.items():
+                assert np.array_equal(after_totals[name], total), f"round {number} moved the mean of {name}"
+            done = await eventually(partial(_ended, client, group, number), 10, f"round {number} to end")
+            assert done.state is RoundState.DONE and not done.failures
+            assert done.mixed == 4 and done.pair_distance_sq == pytest.approx(distance, rel=1e-9)
+            assert done.bytes_total == 4 * (12 + 3) * 8  # each side receives the other's 15 float64
+        # The exchanges fed the matrix: the workers reported their measured links.
+        matrix = await client.gossip.bandwidth(node_id=ids[0])
+        assert any(link.bandwidth_bps > 0 and link.samples > 0 for link in matrix.links)
+
+        # Round 6: a peer dies mid-round. It is in the committed round; it is killed (gossip port gone,
+        # heartbeats stopped, no deregistration) before it exchanged.
+        victim = ids[1]
+        survivors = [node for node in ids if node != victim]
+        steps = {node: asyncio.create_task(workers[node].step(params[node])) for node in survivors}
+        sixth = await eventually(partial(_round, client, group, 6), 15, "round 6 to be committed")
+        assert victim in sixth.participants
+        await workers.pop(victim).close(deregister=False)
+        results = {node: await task for node, task in steps.items()}
+        returned_at = time.time() * 1000
+        assert returned_at <= sixth.deadline_unix_ms + 250, "the survivor waited past the round's deadline"
+        orphan = partner_in(sixth, victim)
+        assert orphan is not None
+        stats = workers[orphan].last_round
+        assert stats is not None and stats.number == 6 and not stats.ok and stats.partner == victim and stats.error
+        for name in params[orphan]:
+            assert np.array_equal(results[orphan][name], params[orphan][name])  # its own parameters, unchanged
+        assert_mixed([p for p in pairs_of(sixth) if victim not in p], [], params, results)
+        params = {node: results[node] for node in survivors}
+        ended = await eventually(partial(_ended, client, group, 6), ROUND_TIMEOUT_S + 10, "round 6 to end")
+        assert ended.state is RoundState.TIMED_OUT  # the dead peer never reported
+        failures = {(f.node, f.peer) for f in ended.failures}
+        assert (orphan, victim) in failures and (victim, "") in failures
+        link = next(
+            link
+            for link in (await client.gossip.bandwidth(node_id=victim)).links
+            if {link.a, link.b} == {orphan, victim}
+        )
+        assert link.failures >= 1  # penalised
+
+        # The following rounds go on: the dead peer drops out once its lease expired (at most one round
+        # may still list it, if the lease outlived round 6), and three peers make one pair and one idle.
+        without: list[Round] = []
+        number = 6
+        while len(without) < 2:
+            number += 1
+            assert number <= 9, "the dead peer was still listed two rounds after it died"
+            before = params
+            mixed = await asyncio.gather(*(workers[node].step(before[node]) for node in survivors))
+            params = dict(zip(survivors, mixed, strict=True))
+            committed = await eventually(partial(_ended, client, group, number), 15, f"round {number}")
+            if victim in committed.participants:
+                assert number == 7 and not without
+                continue
+            assert list(committed.participants) == sorted(survivors)
+            assert len(committed.pairs) == 1 and len(committed.idle) == 1
+            assert committed.state is RoundState.DONE
+            assert_mixed(pairs_of(committed), list(committed.idle), before, params)
+            without.append(committed)
+        view = await client.membership.get_node(victim)
+        assert view.node.state is NodeState.DEAD
+
+        # Through the log: every round was committed (pairs and all) before any report of it, its
+        # pairs never changed, and it started only after the previous round had ended.
+        last_revision = (await client.status()).applied_revision
+        events = await asyncio.to_thread(
+            collect_events,
+            cluster.client_addresses[0],
+            first_revision,
+            last_revision,
+            prefix=f"rounds/{group}/",
+            domains=("gossip",),
+        )
+        by_number: dict[int, list[watch_pb2.Event]] = {}
+        for event in events:
+            by_number.setdefault(event.gossip.round.number, []).append(event)
+        assert sorted(by_number) == list(range(1, number + 1))  # consecutive
+        previous_end = 0
+        for n in sorted(by_number):
+            first, *rest = by_number[n]
+            assert first.gossip.round.state == RoundState.RUNNING.value and not first.gossip.round.reported
+            assert first.revision > previous_end
+            assert all(list(e.gossip.round.pairs) == list(first.gossip.round.pairs) for e in rest)
+            ends = [e.revision for e in rest if e.gossip.round.state != RoundState.RUNNING.value]
+            assert len(ends) == 1
+            previous_end = ends[0]
+    finally:
+        await asyncio.gather(*(w.close() for w in workers.values()), return_exceptions=True)
+        await client.close()
+
+
+async def _round(client: AsyncClient, group: str, number: int) -> Round | None:
+    latest = await client.gossip.round(group)
+    return latest if latest.number >= number else None
+
+
+async def _ended(client: AsyncClient, group: str, number: int) -> Round | None:
+    try:
+        found = await client.gossip.round(group, number)
+    except NotFound:  # not started yet
+        return None
+    return found if found.state is not RoundState.RUNNING else None
+
+
+def cpctl(cluster: LocalCluster, *args: str, json_output: bool = True) -> Any:
+    command = [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)]
+    done = subprocess.run(
+        [*command, "--output", "json"] if json_output else command, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if json_output else done.stdout
+
+
+def test_cpctl_gossip_groups_and_the_consensus_measure(cluster: LocalCluster) -> None:
+    group = f"gc-{secrets.token_hex(3)}"
+    created = cpctl(
+        cluster, "gossip", "groups", "configure", group, "--tensor", "w:float32:8x2", "--tensor", "b:float32:2",
+        "--sparsity", "0.5", "--round-timeout", "4", "--pause",
+    )  # fmt: skip
+    assert created["created"] and created["group"]["paused"] and created["group"]["sparsity_ratio"] == 0.5
+    assert [t["name"] for t in created["group"]["spec"]["tensors"]] == ["b", "w"]
+    updated = cpctl(cluster, "gossip", "groups", "configure", group, "--policy", "random", "--resume")
+    assert updated["changed"] and updated["group"]["policy"] == "random" and not updated["group"]["paused"]
+    assert group in [g["group"] for g in cpctl(cluster, "gossip", "groups", "list")]
+    refused = subprocess.run(
+        [sys.executable, "-m", "controlplane", "gossip", "groups", "configure", group, "--tensor", "w:float32:9",
+         "--endpoints", ",".join(cluster.client_addresses)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "new group name" in refused.stderr
+
+    # A round with a reported mix: the consensus measure shows in `rounds` and `status`.
+    with Client(cluster.client_addresses, timeout=15) as client:
+        groups = client.gossip
+        groups.update_group(group, paused=True)  # no coordinator round: this test starts its own
+        assert groups.group(group).paused
+        round_ = client.gossip.start_round(
+            group, 1, ["gc-a", "gc-b"], [("gc-a", "gc-b")], seed=1, policy="random", sparsity_ratio=0.5,
+            deadline_unix_ms=int(time.time() * 1000) + 30_000,
+            tensors=[("b", "float32", (2,)), ("w", "float32", (8, 2))],
+        )  # fmt: skip
+        for node in round_.participants:
+            groups.report_round(group, 1, node, bytes=40, seconds=0.01, mix_delta_sq=0.75)
+    shown = cpctl(cluster, "gossip", "groups", "show", group)
+    assert shown["group"]["policy"] == "random" and shown["latest"]["number"] == 1
+    assert shown["latest"]["pair_distance_sq"] == 3.0 and shown["latest"]["duration_s"] is not None
+    rounds = cpctl(cluster, "gossip", "rounds", group)
+    assert [(r["number"], r["state"], r["pair_distance_sq"]) for r in rounds] == [(1, "DONE", 3.0)]
+    text = cpctl(cluster, "gossip", "status", group, json_output=False)
+    assert text.startswith(f"group {group}: paused, policy random") and "PAIR_DIST2" in text
+    with Client(cluster.client_addresses, timeout=15) as client:
+        assert client.gossip.delete_group(group)
+        with pytest.raises(NotFound):
+            client.gossip.group(group)

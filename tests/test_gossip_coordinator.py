@@ -1,0 +1,424 @@
+"""The leader's round planning (``gossip.coordinator``) against the real state machine, and the
+replicated group configuration it plans from: deterministic plans, a planner rebuilt from committed
+rounds continuing exactly like the one that planned all along, no plan while a round runs, who
+takes part, the default bandwidth, group validation and the snapshot round trip. No network."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from controlplane.state.gossip import DONE, RUNNING, TIMED_OUT
+from controlplane.state.machine import StateMachine, batch_entry
+from controlplane.v1 import command_pb2, common_pb2, gossip_pb2, membership_pb2
+from gossip.coordinator import (
+    DEFAULT_BANDWIDTH_BPS,
+    HISTORY_ROUNDS,
+    Coordinator,
+    History,
+    Plan,
+    bandwidth_matrix,
+    eligible,
+    request_id,
+    round_seed,
+)
+from gossip.matching import SapsSelector
+
+SPEC = gossip_pb2.TensorSpec(
+    tensors=[
+        gossip_pb2.TensorInfo(name="w", dtype="float32", shape=[4, 3]),
+        gossip_pb2.TensorInfo(name="b", dtype="float32", shape=[3]),
+    ]
+)
+
+
+class Cluster:
+    """One replica of the state machine, fed commands the way the log would."""
+
+    def __init__(self) -> None:
+        self.machine = StateMachine()
+        self.now = 1_000_000
+
+    def run(self, request_id: str = "", **body: object) -> command_pb2.CommandResult:
+        self.now += 10
+        command = command_pb2.Command(request_id=request_id, **body)  # type: ignore[arg-type]
+        return self.machine.apply_entry(batch_entry(self.now, "n1", [command]))[0]
+
+    def configure(self, mask: tuple[str, ...] = (), **fields: object) -> command_pb2.CommandResult:
+        config = gossip_pb2.GroupConfig(group="g", **fields)  # type: ignore[arg-type]
+        return self.run(gossip_configure_group=gossip_pb2.ConfigureGroupRequest(group=config, update_mask=list(mask)))
+
+    def report_links(self, node: str, **bandwidths: float) -> None:
+        links = [gossip_pb2.LinkReport(peer=peer, bandwidth_bps=bps, samples=2) for peer, bps in bandwidths.items()]
+        ok(self.run(gossip_report_bandwidth=gossip_pb2.ReportBandwidthRequest(node_id=node, links=links)))
+
+    def plan(self, coordinator: Coordinator, participants: list[str], group: str = "g") -> Plan | None:
+        table = self.machine.gossip
+        return coordinator.plan(
+            table.group(group),
+            table.recent_rounds(group, HISTORY_ROUNDS),
+            participants,
+            list(table.links.values()),
+            table.matrix_version,
+            self.now,
+        )
+
+    def start(self, plan: Plan) -> gossip_pb2.Round:
+        result = ok(self.run(request_id=plan.request.request_id, gossip_start_round=plan.request))
+        return result.gossip_start_round.round
+
+    def finish(self, round_: gossip_pb2.Round, silent: tuple[str, ...] = ()) -> None:
+        for node in round_.participants:
+            if node not in silent:
+                request = gossip_pb2.ReportRoundRequest(group=round_.group, number=round_.number, node_id=node)
+                ok(self.run(gossip_report_round=request))
+        if silent:
+            self.now = round_.deadline_unix_ms
+            ok(self.run(gossip_end_round=gossip_pb2.EndRoundRequest(group=round_.group, number=round_.number)))
+
+
+def ok(result: command_pb2.CommandResult) -> command_pb2.CommandResult:
+    assert not result.HasField("error"), result.error.message
+    return result
+
+
+def error(result: command_pb2.CommandResult) -> tuple[int, str]:
+    assert result.HasField("error"), "expected a refusal"
+    return result.error.code, result.error.message
+
+
+def peers(n: int) -> list[str]:
+    return [f"n{i:02d}" for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------- planning
+
+
+def test_plans_are_deterministic_whatever_the_peer_order() -> None:
+    a, b = Cluster(), Cluster()
+    for cluster in (a, b):
+        ok(cluster.configure(spec=SPEC, seed=11))
+        cluster.report_links("n00", n01=5e6, n02=1e6)
+    first = a.plan(Coordinator(), peers(6))
+    second = b.plan(Coordinator(), list(reversed(peers(6))))
+    assert first is not None and second is not None
+    assert first.request.SerializeToString(deterministic=True) == second.request.SerializeToString(deterministic=True)
+    proposed = first.request.round
+    assert first.request.request_id == request_id("g", 1) == "coordinator/g/1"
+    assert proposed.number == 1 and list(proposed.participants) == peers(6)
+    assert proposed.seed == round_seed(11, 1) != round_seed(11, 2)
+    assert proposed.deadline_unix_ms == a.now + 30_000  # the default round timeout
+    assert proposed.spec.tensors[0].name == "b"  # the group's canonical spec: tensors by name
+    assert len(proposed.pairs) == 3 and not proposed.idle
+
+
+@pytest.mark.parametrize("policy", ["saps", "random", "best_bottleneck"])
+def test_a_planner_rebuilt_from_committed_rounds_continues_identically(policy: str) -> None:
+    """Coordinator A plans every round (its history cached and advanced); B takes over at round 6 with
+    only the committed state; C starts from scratch every round. They propose the same rounds, while
+    nodes join and leave, links are measured and exchanges fail."""
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=3, policy=policy))
+    rng = np.random.default_rng(5)
+    everyone = peers(9)
+    a, b = Coordinator(), Coordinator()
+    for number in range(1, 16):
+        members = [p for k, p in enumerate(everyone) if not (number < 4 and k == 8) and not (number >= 9 and k == 2)]
+        if number % 3 == 0:  # fresh estimates: the matrix moves between rounds
+            node = str(rng.choice(members))
+            cluster.report_links(node, **{p: float(rng.uniform(1e6, 5e7)) for p in members if p != node})
+        planned = cluster.plan(a, members)
+        assert planned is not None and planned.number == number
+        expected = planned.request.SerializeToString(deterministic=True)
+        rebuilt = cluster.plan(Coordinator(), members)
+        assert rebuilt is not None and rebuilt.request.SerializeToString(deterministic=True) == expected
+        if number >= 6:
+            taken_over = cluster.plan(b, members)
+            assert taken_over is not None and taken_over.request.SerializeToString(deterministic=True) == expected
+        committed = cluster.start(planned)
+        assert committed.state == RUNNING and list(committed.participants) == members
+        # A retry of the same plan (a lost answer, or a second leader's duplicate) applies once.
+        again = cluster.run(request_id=planned.request.request_id, gossip_start_round=planned.request)
+        assert again.gossip_start_round.round == committed
+        silent = (committed.pairs[0].a,) if number % 4 == 0 else ()
+        cluster.finish(committed, silent)
+        assert cluster.machine.gossip.round("g").state == (TIMED_OUT if silent else DONE)
+
+
+def test_saps_plans_are_the_selector_s_own_matchings() -> None:
+    """Through committed rounds, the coordinator's SAPS rounds are exactly what one SapsSelector fed the
+    same matrix would pick round after round (repairs of the window included)."""
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=21))
+    names = peers(7)
+    rng = np.random.default_rng(2)
+    for i, node in enumerate(names):
+        cluster.report_links(node, **{p: float(rng.uniform(1.0, 5.0)) for p in names[i + 1 :]})
+    bw = bandwidth_matrix(names, cluster.machine.gossip.links.values())
+    reference = SapsSelector(21)
+    coordinator = Coordinator()
+    for number in range(1, 31):
+        planned = cluster.plan(coordinator, names)
+        assert planned is not None
+        expected = reference.select(bw, names, round=number)
+        assert planned.matching.pairs == expected.pairs and planned.matching.idle == expected.idle
+        cluster.finish(cluster.start(planned))
+    assert reference.state() == coordinator.history("g", cluster.machine.gossip.recent_rounds("g", 100)).saps_state()
+
+
+def test_cached_and_rebuilt_histories_agree_beyond_the_history_horizon() -> None:
+    rng = np.random.default_rng(1)
+    nodes = peers(8)
+    rounds: list[gossip_pb2.Round] = []
+    cached: History | None = None
+    for number in range(1, HISTORY_ROUNDS * 2 + 20):
+        order = [str(p) for p in rng.permutation(nodes)]
+        pairs = sorted(tuple(sorted(order[k : k + 2])) for k in range(0, 8, 2))
+        rounds.append(
+            gossip_pb2.Round(
+                group="g",
+                number=number,
+                create_revision=number * 7,
+                pairs=[gossip_pb2.Pair(a=x, b=y) for x, y in pairs],
+            )
+        )
+        cached = History.from_rounds(rounds) if cached is None else cached.advance(rounds[-1])
+        assert cached == History.from_rounds(rounds[-HISTORY_ROUNDS:])
+    assert cached is not None and cached.rounds_seen == HISTORY_ROUNDS
+    with pytest.raises(ValueError, match="does not follow"):
+        cached.advance(rounds[5])
+
+
+def test_never_plans_while_a_round_runs() -> None:
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, round_timeout_s=5.0))
+    coordinator = Coordinator()
+    first = cluster.plan(coordinator, peers(4))
+    assert first is not None
+    committed = cluster.start(first)
+    assert cluster.plan(coordinator, peers(4)) is None
+    ok(cluster.run(gossip_report_round=gossip_pb2.ReportRoundRequest(group="g", number=1, node_id="n00")))
+    assert cluster.plan(coordinator, peers(4)) is None  # one report does not end it
+    # Proposing round 2 anyway is refused by the state machine: the rule holds in the log too.
+    code, message = error(
+        cluster.run(
+            gossip_start_round=gossip_pb2.StartRoundRequest(
+                round=gossip_pb2.Round(
+                    group="g",
+                    number=2,
+                    participants=["n00", "n01"],
+                    pairs=[gossip_pb2.Pair(a="n00", b="n01")],
+                    policy="saps",
+                    spec=first.request.round.spec,
+                    deadline_unix_ms=cluster.now + 5_000,
+                )
+            )
+        )
+    )
+    assert code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "still running" in message
+    cluster.finish(committed, silent=("n01",))  # n00 already reported; n01 is silent past the deadline
+    second = cluster.plan(coordinator, peers(4))
+    assert second is not None and second.number == 2
+
+
+def test_no_round_while_paused_or_short_of_participants() -> None:
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, min_participants=3, paused=True))
+    coordinator = Coordinator()
+    assert cluster.plan(coordinator, peers(5)) is None
+    ok(cluster.configure(mask=("paused",), paused=False))
+    assert cluster.plan(coordinator, peers(2)) is None
+    planned = cluster.plan(coordinator, peers(3))
+    assert planned is not None and list(planned.request.round.idle) and len(planned.request.round.pairs) == 1
+
+
+def _node(node_id: str, state: int, *, gossip: bool = True, group: str = "") -> membership_pb2.NodeRecord:
+    spec = membership_pb2.NodeSpec(id=node_id)
+    if gossip:
+        spec.addresses["gossip"] = f"127.0.0.1:{7300 + len(node_id)}"
+    if group:
+        spec.labels["gossip-group"] = group
+    return membership_pb2.NodeRecord(spec=spec, state=state)  # type: ignore[arg-type]
+
+
+def test_who_takes_part_the_network_of_the_groups_name_or_the_label() -> None:
+    active, joining = membership_pb2.NODE_STATE_ACTIVE, membership_pb2.NODE_STATE_JOINING
+    leaving, dead = membership_pb2.NODE_STATE_LEAVING, membership_pb2.NODE_STATE_DEAD
+    nodes = [
+        _node("e", active, group="g"),
+        _node("a", active, group="g"),
+        _node("b", joining, group="g"),  # not heard from yet
+        _node("c", leaving, group="g"),  # draining
+        _node("d", dead, group="g"),
+        _node("f", active, gossip=False, group="g"),  # nowhere to dial
+        _node("h", active, group="other"),
+        _node("i", active),
+    ]
+    # No network named "g": the label decides.
+    assert eligible("g", nodes, None) == ["a", "e"]
+    # A network named "g" exists: its active members with a gossip address, labels aside.
+    assert eligible("g", nodes, {"a", "b", "f", "h", "i"}) == ["a", "h", "i"]
+    assert eligible("g", nodes, set()) == []
+
+
+def test_unmeasured_links_take_the_median_of_measured_ones() -> None:
+    names = ["a", "b", "c", "d"]
+    assert np.array_equal(bandwidth_matrix(names, []), DEFAULT_BANDWIDTH_BPS * (1 - np.eye(4)))
+    links = [
+        gossip_pb2.Link(a="a", b="b", bandwidth_bps=10.0),
+        gossip_pb2.Link(a="a", b="c", bandwidth_bps=30.0),
+        gossip_pb2.Link(a="b", b="c", bandwidth_bps=20.0),
+        gossip_pb2.Link(a="c", b="d", bandwidth_bps=0.0, failures=2),  # failed, never measured
+        gossip_pb2.Link(a="a", b="z", bandwidth_bps=1e9),  # not a participant: ignored
+    ]
+    bw = bandwidth_matrix(names, links)
+    assert bw[0, 1] == bw[1, 0] == 10.0 and bw[0, 2] == 30.0
+    assert bw[0, 3] == bw[1, 3] == 20.0  # the median of 10, 20, 30
+    assert bw[2, 3] == bw[3, 2] == 20.0 / 4  # halved once per recorded failure
+    assert np.all(np.diag(bw) == 0.0)
+
+
+# ----------------------------------------------------------------------------------- groups
+
+
+def test_group_configuration_is_validated_with_clear_messages() -> None:
+    cluster = Cluster()
+    bad = [
+        ({"spec": SPEC, "policy": "fastest"}, "policy 'fastest' is not one of saps, random, best_bottleneck"),
+        ({}, "needs a tensor spec"),
+        ({"spec": SPEC, "round_timeout_s": -1.0}, "round_timeout_s"),
+        ({"spec": SPEC, "round_timeout_s": float("nan")}, "round_timeout_s"),
+        ({"spec": SPEC, "min_participants": 1}, "min_participants 1 must be between 2"),
+        ({"spec": SPEC, "sparsity_ratio": 1.5}, "sparsity_ratio 1.5 must be in (0, 1]"),
+        (
+            {"spec": gossip_pb2.TensorSpec(tensors=[gossip_pb2.TensorInfo(name="w", dtype="int64", shape=[2])])},
+            "gossip averages parameters",
+        ),
+        (
+            {"spec": gossip_pb2.TensorSpec(tensors=[SPEC.tensors[0], SPEC.tensors[0]])},
+            "tensor names must be non-empty and unique",
+        ),
+    ]
+    for fields, message in bad:
+        code, text = error(cluster.configure(**fields))
+        assert code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and message in text, text
+    long_name = gossip_pb2.GroupConfig(group="x" * 65, spec=SPEC)
+    code, text = error(cluster.run(gossip_configure_group=gossip_pb2.ConfigureGroupRequest(group=long_name)))
+    assert code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "at most 64" in text
+    code, text = error(cluster.configure(mask=("paused",), paused=True))
+    assert code == common_pb2.ERROR_CODE_NOT_FOUND and "create it first" in text
+    assert cluster.machine.revision == 0  # refusals change nothing
+
+
+def test_create_update_and_the_fixed_spec() -> None:
+    cluster = Cluster()
+    created = ok(cluster.configure(spec=SPEC, sparsity_ratio=0.5, seed=9)).gossip_configure_group
+    assert created.created and created.changed
+    group = created.group
+    assert (group.policy, group.round_timeout_s, group.min_participants) == ("saps", 30.0, 2)  # defaults
+    assert group.spec.sparsity_ratio == group.sparsity_ratio == 0.5
+    # The same spec again (another worker starting): the group comes back as it is, other settings aside.
+    same = ok(cluster.configure(spec=SPEC, sparsity_ratio=0.5, policy="random")).gossip_configure_group
+    assert not same.created and not same.changed and same.group == group
+    # Another layout or sparsity: refused, pointing to a new group name.
+    other = gossip_pb2.TensorSpec(tensors=[gossip_pb2.TensorInfo(name="w", dtype="float32", shape=[5, 3])])
+    for fields in ({"spec": other, "sparsity_ratio": 0.5}, {"spec": SPEC, "sparsity_ratio": 1.0}):
+        code, text = error(cluster.configure(**fields))
+        assert code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "new group name" in text
+    for mask in (("spec",), ("seed",), ("sparsity_ratio", "paused")):
+        code, text = error(cluster.configure(mask=mask, spec=other))
+        assert code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "new group name" in text
+    code, text = error(cluster.configure(mask=("colour",)))
+    assert code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "unknown: colour" in text
+    updated = ok(
+        cluster.configure(
+            mask=("policy", "round_timeout_s", "paused"), policy="best_bottleneck", round_timeout_s=2.5, paused=True
+        )
+    ).gossip_configure_group
+    assert updated.changed and not updated.created
+    assert (updated.group.policy, updated.group.round_timeout_s, updated.group.paused) == ("best_bottleneck", 2.5, True)
+    assert updated.group.spec == group.spec and updated.group.seed == 9 and updated.group.min_participants == 2
+    revision = cluster.machine.revision
+    again = ok(cluster.configure(mask=("paused",), paused=True)).gossip_configure_group
+    assert not again.changed and cluster.machine.revision == revision  # no change, no revision
+    # A round of a configured group must carry its spec.
+    code, text = error(
+        cluster.run(
+            gossip_start_round=gossip_pb2.StartRoundRequest(
+                round=gossip_pb2.Round(
+                    group="g",
+                    number=1,
+                    participants=["a", "b"],
+                    pairs=[gossip_pb2.Pair(a="a", b="b")],
+                    policy="saps",
+                    spec=other,
+                    deadline_unix_ms=cluster.now + 5_000,
+                )
+            )
+        )
+    )
+    assert code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "configured with" in text
+    deleted = ok(cluster.run(gossip_delete_group=gossip_pb2.DeleteGroupRequest(group="g")))
+    assert deleted.gossip_delete_group.deleted and "g" not in cluster.machine.gossip.groups
+    assert not ok(cluster.run(gossip_delete_group=gossip_pb2.DeleteGroupRequest(group="g"))).gossip_delete_group.deleted
+
+
+def test_groups_rounds_and_the_consensus_measure_survive_a_snapshot() -> None:
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=4))
+    config = gossip_pb2.GroupConfig(group="h", spec=SPEC, policy="random", paused=True, round_timeout_s=3.0)
+    ok(cluster.run(gossip_configure_group=gossip_pb2.ConfigureGroupRequest(group=config)))
+    planned = cluster.plan(Coordinator(), peers(4))
+    assert planned is not None
+    committed = cluster.start(planned)
+    a, b = committed.pairs[0].a, committed.pairs[0].b
+    nan = gossip_pb2.ReportRoundRequest(group="g", number=1, node_id=a, mix_delta_sq=float("nan"))
+    assert error(cluster.run(gossip_report_round=nan))[0] == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    for node, delta in ((a, 0.25), (b, 0.25)):
+        request = gossip_pb2.ReportRoundRequest(group="g", number=1, node_id=node, mix_delta_sq=delta, bytes=96)
+        ok(cluster.run(gossip_report_round=request))
+    failed = committed.pairs[1]
+    request = gossip_pb2.ReportRoundRequest(
+        group="g", number=1, node_id=failed.a, failed_peer=failed.b, mix_delta_sq=9.0
+    )
+    ok(cluster.run(gossip_report_round=request))
+    current = cluster.machine.gossip.round("g")
+    # Only the successful mixes count: the pair's squared distance is 4 x 0.25 = 1.
+    assert current.mixed == 2 and current.mix_delta_sq == 0.5 and 4 * current.mix_delta_sq / current.mixed == 1.0
+    data = cluster.machine.snapshot()
+    restored = StateMachine()
+    restored.restore(data)
+    assert restored.snapshot() == data
+    assert restored.gossip.list_groups() == cluster.machine.gossip.list_groups()
+    assert [g.group for g in restored.gossip.list_groups()] == ["g", "h"]
+    assert restored.gossip.round("g") == current
+    # The restored replica plans the same next round once this one ends.
+    for replica in (cluster.machine, restored):
+        for node in current.participants:
+            if node not in current.reported:
+                command = command_pb2.Command(
+                    gossip_report_round=gossip_pb2.ReportRoundRequest(group="g", number=1, node_id=node)
+                )
+                ok(replica.apply_entry(batch_entry(cluster.now + 10, "n1", [command]))[0])
+    plans = []
+    for replica in (cluster.machine, restored):
+        table = replica.gossip
+        plans.append(
+            Coordinator().plan(
+                table.group("g"),
+                table.recent_rounds("g", HISTORY_ROUNDS),
+                peers(4),
+                list(table.links.values()),
+                table.matrix_version,
+                cluster.now + 20,
+            )
+        )
+    assert plans[0] is not None and plans[1] is not None
+    assert plans[0].request == plans[1].request and plans[0].number == 2
+
+
+def test_round_seeds_are_uint64_and_distinct() -> None:
+    seeds = {round_seed(s, n) for s, n in itertools.product(range(5), range(1, 50))}
+    assert len(seeds) == 5 * 49 and all(0 <= s < 2**64 for s in seeds)
