@@ -46,6 +46,9 @@ from controlplane.v1 import (
 )
 from gossip.coordinator import GROUP_LABEL, HISTORY_ROUNDS, Coordinator, Plan, eligible
 
+#: How soon after a gossip round ended the leader notices and plans the next one.
+ROUND_PROMPT_S = 0.02
+
 if TYPE_CHECKING:
     from controlplane.server.node import Node
 
@@ -80,9 +83,11 @@ class Housekeeper:
         return 0.0 if self._leader_since is None else time.monotonic() - self._leader_since
 
     async def run(self) -> None:
+        prompt = asyncio.ensure_future(self._prompt_rounds())
         try:
             await self._run()
         finally:
+            prompt.cancel()
             if self._planning is not None:
                 self._planning.cancel()  # the server is stopping: no planning pass outlives this loop
 
@@ -192,6 +197,33 @@ class Housekeeper:
             if result.gossip_end_round.ended:
                 failures = [f"{f.node}" for f in result.gossip_end_round.round.failures]
                 log.warning("gossip_round_timed_out", group=group, round=number, silent=failures)
+
+    async def _prompt_rounds(self) -> None:
+        """Start a group's next round within ``ROUND_PROMPT_S`` of its last report, rather than at the
+        next housekeeping tick (which cost a training loop ~half a tick per round, measured).
+
+        Cheap: it looks only at each group's newest round, and starts a planning pass only when one
+        of them ended since it last looked. Everything else (too few participants, a paused group)
+        stays with the regular tick.
+        """
+        node = self._node
+        last_seen: tuple[tuple[str, int, int], ...] = ()
+        while True:
+            await asyncio.sleep(ROUND_PROMPT_S)  # a poll of local memory, not a wait for a condition elsewhere
+            if self._leader_since is None or not node.renewals.ready:
+                continue
+            with node.state_lock:
+                gossip = node.machine.gossip
+                newest = tuple(
+                    (config.group, rounds[-1].number, rounds[-1].state)
+                    for config in gossip.list_groups()
+                    if not config.paused and (rounds := gossip.recent_rounds(config.group, 1))
+                )
+            if newest == last_seen:
+                continue
+            last_seen = newest
+            if any(state != gossip_pb2.ROUND_STATE_RUNNING for _, _, state in newest):
+                self._start_due_rounds()
 
     def _start_due_rounds(self) -> None:
         """Start the planning pass for every gossip group whose next round is due, unless one runs."""

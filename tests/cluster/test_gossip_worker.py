@@ -207,7 +207,8 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
         by_number: dict[int, list[watch_pb2.Event]] = {}
         for event in events:
             by_number.setdefault(event.gossip.round.number, []).append(event)
-        assert sorted(by_number) == list(range(1, number + 1))  # consecutive
+        # Consecutive; the coordinator may already have started the round after the last one stepped.
+        assert sorted(by_number) == list(range(1, max(by_number) + 1)) and max(by_number) in (number, number + 1)
         previous_end = 0
         for n in sorted(by_number):
             first, *rest = by_number[n]
@@ -215,6 +216,9 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
             assert first.revision > previous_end
             assert all(list(e.gossip.round.pairs) == list(first.gossip.round.pairs) for e in rest)
             ends = [e.revision for e in rest if e.gossip.round.state != RoundState.RUNNING.value]
+            if n > number:  # started after the workers stopped stepping: it may still be running
+                assert len(ends) <= 1
+                continue
             assert len(ends) == 1
             previous_end = ends[0]
     finally:
