@@ -7,6 +7,10 @@ Heartbeats go out every third of the TTL, so two can be lost (or one election ca
 new leader waits one TTL before expiring anything) before the lease is at risk. A heartbeat that
 finds the node dead (its lease expired while it was cut off) registers it again as a new
 incarnation rather than giving up: an agent's job is to be a member.
+
+An agent may also hold model artifacts (``cpctl agent --artifact-dir``): it then serves them on its
+gossip port (``gossip.artifacts.ArtifactServer``) and, when its server finds a copy damaged on disk,
+stops claiming that replica (:meth:`Agent.artifact_damaged`), so fetchers stop asking it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Agent:
         self.state = NodeState.UNSPECIFIED
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # Replica removals in flight (kept referenced: the loop holds tasks only weakly).
+        self._background: set[asyncio.Task[None]] = set()
 
     async def register(self) -> Registered:
         gpus, memory_bytes, cpu_millis = self.resources
@@ -134,11 +140,32 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    def artifact_damaged(self, model: str, version: int, reason: str) -> None:
+        """The local copy of a version's artifact no longer verifies (``ArtifactServer.on_damaged``): stop
+        claiming it as a replica, in the background, so that fetchers stop asking this node for it. The
+        damaged file stays on disk for inspection; fetching the version again replaces it."""
+        task = asyncio.get_running_loop().create_task(self._drop_replica(model, version, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drop_replica(self, model: str, version: int, reason: str) -> None:
+        try:
+            await self.client.models.remove_replica(model, version, self.node_id)
+        except ControlPlaneError as exc:
+            # The registry keeps listing this node; fetchers still verify every chunk and skip it.
+            log.warning(
+                "agent_replica_not_removed", node=self.node_id, model=model, version=version, reason=exc.message
+            )
+        else:
+            log.warning("agent_replica_removed", node=self.node_id, model=model, version=version, reason=reason)
+
     async def stop(self, deregister: bool = True) -> None:
         """Stop heartbeating; with ``deregister``, leave cleanly (networks left, lease ended)."""
         self._stopping.set()
         if self._task is not None:
             await self._task
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if deregister:
             await self.client.membership.deregister(self.node_id)
             self.state = NodeState.LEFT

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,6 +17,8 @@ from controlplane.cli import app
 from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, resolve_endpoints
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import AsyncClient, ControlPlaneError, Moves, Network, NodeView
+from controlplane.state import limits
+from gossip.artifacts import ArtifactServer, ArtifactStore, announce
 
 nodes_app = typer.Typer(help="Servers and agents: the unified node view.", no_args_is_help=True)
 networks_app = typer.Typer(help="Networks, their members and client places.", no_args_is_help=True)
@@ -370,15 +373,45 @@ def agent(
     cpus: Annotated[float, typer.Option(help="CPU cores this machine offers")] = 0.0,
     label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE (repeat)")] = None,
     join: Annotated[list[str] | None, typer.Option(help="A network to join as a member once active (repeat)")] = None,
+    artifact_dir: Annotated[
+        Path | None,
+        typer.Option(help="Serve the model artifacts in this store on the gossip port (see cpctl models publish)"),
+    ] = None,
+    gossip_listen: Annotated[
+        str, typer.Option(help="HOST:PORT the gossip port binds (port 0: any free port) [with --artifact-dir]")
+    ] = "127.0.0.1:0",
+    gossip_advertise: Annotated[
+        str, typer.Option(help="HOST:PORT other nodes dial [default: the address bound]; registered as 'gossip'")
+    ] = "",
     endpoints: EndpointsOption = None,
 ) -> None:
-    """Run an agent: register, keep its lease alive, deregister on Ctrl-C or SIGTERM."""
+    """Run an agent: register, keep its lease alive, deregister on Ctrl-C or SIGTERM.
+
+    With --artifact-dir it also serves the artifacts in that store on its gossip port, registers that
+    port under the purpose "gossip", and records itself as a replica of every artifact in the store
+    the registry knows with the same sha256.
+    """
     agent_id = node_id or socket.gethostname().split(".")[0]
+    addresses = _pairs(address, "--address")
+    if artifact_dir is not None:
+        if "gossip" in addresses:
+            fail("give the gossip address once: --gossip-advertise HOST:PORT, not --address gossip=...", EXIT_USAGE)
+        host, _, port = gossip_listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            fail(f"--gossip-listen {gossip_listen!r} is not HOST:PORT (port 0: any free port)", code=EXIT_USAGE)
+        if not gossip_advertise and host in ("0.0.0.0", "[::]", "::"):
+            fail(
+                f"--gossip-listen {gossip_listen} binds every interface: give --gossip-advertise HOST:PORT, "
+                "the address other nodes dial",
+                code=EXIT_USAGE,
+            )
+        if gossip_advertise and (problem := limits.check_address(gossip_advertise, "--gossip-advertise")):
+            fail(problem, code=EXIT_USAGE)
     runner = Agent(
         AsyncClient(resolve_endpoints(endpoints), timeout=max(5.0, ttl / 3)),
         agent_id,
         ttl_s=ttl,
-        addresses=_pairs(address, "--address"),
+        addresses=addresses,
         capabilities=capability or (),
         gpus=gpus,
         memory_bytes=int(memory_gib * 2**30),
@@ -386,27 +419,76 @@ def agent(
         labels=_pairs(label, "--label"),
         version=__version__,
     )
-    asyncio.run(_run_agent(runner, join or []))
+    artifacts = None
+    if artifact_dir is not None:
+        artifacts = ArtifactServer(ArtifactStore(artifact_dir), node_id=agent_id, on_damaged=runner.artifact_damaged)
+    asyncio.run(_run_agent(runner, join or [], artifacts, gossip_listen, gossip_advertise))
 
 
-async def _run_agent(runner: Agent, networks: list[str]) -> None:
+async def _run_agent(
+    runner: Agent, networks: list[str], artifacts: ArtifactServer | None, listen: str, advertise: str
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with runner.client:
-        await runner.start()
-        for network in networks:
-            await runner.client.membership.join(network, node_id=runner.node_id)
-        typer.echo(
-            f"agent {runner.node_id} registered ({runner.state.name.lower()}), heartbeat every "
-            f"{runner.ttl_s / 3:.1f}s; Ctrl-C to leave"
-        )
-        await stop.wait()
+        if artifacts is not None:
+            # Bound before registering: the address registered is one that already answers.
+            try:
+                await artifacts.start(listen)
+            except (OSError, RuntimeError) as exc:
+                fail(f"cannot serve artifacts on {listen}: {exc}", code=EXIT_USAGE)
+            runner.addresses["gossip"] = advertise or artifacts.address
         try:
-            await runner.stop(deregister=True)
-        except ControlPlaneError as exc:
-            # Its lease will expire on its own: the cluster marks it dead after the TTL.
-            typer.echo(f"agent {runner.node_id} could not deregister ({exc.message}); it expires in {runner.ttl_s:g}s")
-        else:
-            typer.echo(f"agent {runner.node_id} deregistered")
+            # Registration retries until the cluster answers; a stop signal meanwhile ends the agent
+            # (it registered nothing, so there is nothing to deregister).
+            starting = asyncio.create_task(runner.start())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                typer.echo(f"agent {runner.node_id} stopped before it could register")
+                return
+            starting.result()
+            for network in networks:
+                await runner.client.membership.join(network, node_id=runner.node_id)
+            typer.echo(
+                f"agent {runner.node_id} registered ({runner.state.name.lower()}), heartbeat every "
+                f"{runner.ttl_s / 3:.1f}s; Ctrl-C to leave"
+            )
+            if artifacts is not None:
+                await _announce(runner, artifacts)
+            await stop.wait()
+            try:
+                await runner.stop(deregister=True)
+            except ControlPlaneError as exc:
+                # Its lease will expire on its own: the cluster marks it dead after the TTL.
+                typer.echo(
+                    f"agent {runner.node_id} could not deregister ({exc.message}); it expires in {runner.ttl_s:g}s"
+                )
+            else:
+                typer.echo(f"agent {runner.node_id} deregistered")
+        finally:
+            if artifacts is not None:
+                # After deregistering: fetchers skip a left node, so nothing new starts; a second of
+                # grace lets transfers in flight finish.
+                await artifacts.stop(1.0)
+
+
+async def _announce(runner: Agent, artifacts: ArtifactServer) -> None:
+    try:
+        outcome = await announce(runner.client, artifacts.store, runner.node_id)
+    except ControlPlaneError as exc:
+        # Serving still works for fetchers that find this node some other way; say why and go on.
+        typer.echo(f"agent {runner.node_id} could not record its artifacts as replicas ({exc.message})")
+        outcome = {}
+    recorded = sum(1 for what in outcome.values() if what in ("recorded", "already recorded"))
+    skipped = [
+        f"{m} v{v}: {what}" for (m, v), what in sorted(outcome.items()) if what not in ("recorded", "already recorded")
+    ]
+    typer.echo(
+        f"serving artifacts from {artifacts.store.root} on {runner.addresses['gossip']}: "
+        f"{recorded} replica(s) recorded" + (f"; not recorded: {', '.join(skipped)}" if skipped else "")
+    )

@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import json
+import logging
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 import typer
 import yaml
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from controlplane.cli import app
-from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, read_input
-from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
-from controlplane.client import Model, ModelVersion
+from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, read_input, resolve_endpoints
+from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, emit, fail, plain, table
+from controlplane.client import (
+    AlreadyExists,
+    AsyncClient,
+    Client,
+    ControlPlaneError,
+    DeadlineExceeded,
+    InvalidArgument,
+    Model,
+    ModelVersion,
+    NotFound,
+    Unavailable,
+)
+from gossip.artifacts import (
+    DEFAULT_CHUNK_SIZE,
+    ArtifactBusy,
+    ArtifactCorrupt,
+    ArtifactError,
+    ArtifactStore,
+    ArtifactUnavailable,
+    FetchResult,
+    InvalidArtifactName,
+    fetch_artifact,
+)
 
 models_app = typer.Typer(help="The model registry: versions, aliases, replicas, search.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -286,3 +316,220 @@ def import_(
         {"versions": registered, "models_created": created, "seconds": round(elapsed, 3)},
         f"registered {registered} version(s), {created} new model(s) in {elapsed:.1f} s",
     )
+
+
+# --- artifacts: publish a local file, fetch from the nodes that hold it ----------------------------
+
+_FORMAT_BY_SUFFIX = {".safetensors": "safetensors", ".gguf": "gguf", ".onnx": "onnx", ".pt": "pt", ".pth": "pt"}
+
+
+def _file_sha256(file: Path) -> tuple[str, int]:
+    try:
+        with file.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest(), file.stat().st_size
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}", code=EXIT_USAGE)
+
+
+def _version_with(client: Client, name: str, sha256: str) -> ModelVersion | None:
+    try:
+        detail = client.models.get(name)
+    except NotFound:
+        return None
+    return next((v for v in detail.versions if v.sha256 == sha256), None)
+
+
+@models_app.command()
+def publish(
+    name: str,
+    file: Annotated[Path, typer.Argument(help="The artifact file", exists=True, dir_okay=False)],
+    dir_: Annotated[Path, typer.Option("--dir", help="The artifact store to put it in (the agent's --artifact-dir)")],
+    node_id: Annotated[str, typer.Option("--node-id", help="The node that serves DIR (its agent's --id)")],
+    format_: Annotated[
+        str | None,
+        typer.Option("--format", help="safetensors, gguf, onnx, pt or other [default: from FILE's extension]"),
+    ] = None,
+    status: Annotated[str, typer.Option(help="For a new version: ready or pending")] = "ready",
+    source: Annotated[str, typer.Option(help="For a new version: where the artifact came from (URI)")] = "",
+    description: Annotated[str, typer.Option(help="For a new model")] = "",
+    family: Annotated[str, typer.Option(help="For a new model")] = "",
+    tag: Annotated[list[str] | None, typer.Option(help="For a new model (repeat for several)")] = None,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Put FILE into the artifact store DIR as a version of NAME and record NODE_ID as its replica.
+
+    The version is the one whose sha256 is FILE's; when there is none, the next version is registered
+    with FILE's sha256 and size. The file is copied into DIR and verified there; an agent serving DIR
+    (cpctl agent --artifact-dir DIR) then serves it to nodes that fetch it (cpctl models fetch).
+    """
+    store = ArtifactStore(dir_)
+    sha256, size = _file_sha256(file)
+    registered = False
+    with connect(endpoints, timeout) as client:
+        version = _version_with(client, name, sha256)
+        if version is None:
+            try:
+                version = client.models.register(
+                    name,
+                    sha256,
+                    size,
+                    format_ or _FORMAT_BY_SUFFIX.get(file.suffix.lower(), "other"),
+                    source_uri=source,
+                    status=status,
+                    description=description,
+                    family=family,
+                    tags=tag or (),
+                ).version
+                registered = True
+            except AlreadyExists:
+                # Another publisher of the same bytes registered it first: use that version.
+                version = _version_with(client, name, sha256)
+                if version is None:
+                    raise
+        if version.size_bytes != size:
+            fail(f"{name} version {version.version} has sha256 {sha256} but {version.size_bytes} bytes, not {size}")
+        try:
+            record = store.put_file(name, version.version, file, sha256=sha256)
+        except InvalidArtifactName as exc:
+            fail(str(exc), code=EXIT_USAGE)
+        except (ArtifactError, OSError) as exc:
+            fail(str(exc))
+        found = client.models.add_replica(name, version.version, node_id)
+    value = {
+        "model": name,
+        "version": version.version,
+        "sha256": sha256,
+        "size_bytes": size,
+        "path": str(record.path),
+        "registered": registered,
+        "replicas": list(found.replicas),
+    }
+    text = (
+        f"{name} version {version.version}{' (registered)' if registered else ''}: {record.path} "
+        f"({_size(size)}, sha256 {sha256[:12]}); replicas: {', '.join(found.replicas)}"
+    )
+    emit(output, value, text)
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """``progress(done_bytes, total_bytes)`` drawing a bar with size, rate and ETA on a terminal's stderr."""
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not (enabled and console.is_terminal)) as bar:
+        task = bar.add_task(label, total=None)
+        started = False
+
+        def update(done: int, total: int) -> None:
+            nonlocal started
+            if not started:
+                # Resumed bytes are not transfer speed: start the rate (and ETA) from here.
+                bar.reset(task, total=total, completed=done)
+                started = True
+            else:
+                bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@contextlib.contextmanager
+def _fetch_errors(resolved: str) -> Iterator[None]:
+    """Errors of a fetch as a message and an exit code (as ``connect`` does for the sync commands)."""
+    try:
+        yield
+    except (InvalidArtifactName, InvalidArgument) as exc:
+        fail(str(exc), code=EXIT_USAGE)
+    except ArtifactUnavailable as exc:
+        fail(str(exc), code=EXIT_UNAVAILABLE)
+    except (ArtifactCorrupt, ArtifactBusy) as exc:
+        fail(str(exc), code=EXIT_ERROR)
+    except (Unavailable, DeadlineExceeded) as exc:
+        fail(f"{exc.message} (endpoints: {resolved})", code=EXIT_UNAVAILABLE)
+    except ControlPlaneError as exc:
+        fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
+    except ValueError as exc:
+        fail(str(exc), code=EXIT_USAGE)
+    except KeyboardInterrupt:
+        fail("interrupted; the chunks fetched so far are kept: run the same command again to resume")
+
+
+def _fetch_text(result: FetchResult, node_id: str) -> str:
+    where = (
+        f"{result.model} version {result.version}: {result.path} ({_size(result.size)}, sha256 {result.sha256[:12]})"
+    )
+    if result.already_present:
+        lines = [f"{where} already here"]
+    else:
+        rate = result.bytes_fetched / result.seconds / 1e6 if result.seconds > 0 else 0.0
+        sources = ", ".join(f"{h} ({n})" for h, n in sorted(result.by_holder.items())) or "-"
+        lines = [
+            f"{where} verified",
+            f"fetched {result.chunks_fetched} chunk(s) ({_size(result.bytes_fetched)}) in {result.seconds:.1f} s "
+            f"({rate:.1f} MB/s) from {sources}; {result.chunks_resumed} resumed",
+        ]
+        lines += [f"not used: {h}: {why}" for h, why in sorted(result.dropped.items())]
+        if result.repaired:
+            lines.append(f"re-fetched after the whole-file check: chunk(s) {', '.join(map(str, result.repaired))}")
+    if result.replica_recorded:
+        lines.append(f"recorded {node_id} as a replica")
+    else:
+        lines.append("not recorded as a replica (give --node-id, the id of the agent serving this directory)")
+    return "\n".join(lines)
+
+
+@models_app.command("fetch")
+def fetch_(
+    name: str,
+    version: Annotated[str, typer.Argument(help="A version number, alias or 'latest'")],
+    dir_: Annotated[Path, typer.Option("--dir", help="The artifact store to fetch into (an agent's --artifact-dir)")],
+    node_id: Annotated[
+        str, typer.Option("--node-id", help="This node's id: recorded as a replica once the artifact verified")
+    ] = "",
+    parallel: Annotated[int, typer.Option(min=1, max=64, help="Chunk streams at once, spread over holders")] = 4,
+    chunk_size: Annotated[int, typer.Option(help="Bytes per chunk (a resumed download keeps its own)")] = (
+        DEFAULT_CHUNK_SIZE
+    ),
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Fetch a version's artifact into DIR from the nodes holding it, verify it, and record this node.
+
+    Chunks come from several holders at once, fastest first; each is checked against its holder's
+    manifest and the whole file against the registry's sha256. Interrupted, it resumes where it
+    stopped when run again. Exit 3 when no holder can deliver it now, 1 when every copy is corrupt.
+    """
+    resolved = resolve_endpoints(endpoints)
+    store = ArtifactStore(dir_)
+    # The library's warnings (a holder dropped, a chunk refused) are summed up in the result printed at
+    # the end; only errors go to stderr meanwhile, never into the JSON on stdout.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+    async def run() -> FetchResult:
+        async with AsyncClient(resolved, timeout=timeout) as client:
+            with _progress_bar(f"{name} {version}", enabled=output is Output.text) as progress:
+                return await fetch_artifact(
+                    client,
+                    name,
+                    version,
+                    store,
+                    node_id=node_id or None,
+                    parallel=parallel,
+                    chunk_size=chunk_size,
+                    progress=progress,
+                )
+
+    with _fetch_errors(resolved):
+        result = asyncio.run(run())
+    emit(output, plain(result) | {"path": str(result.path)}, _fetch_text(result, node_id))
