@@ -6,11 +6,14 @@ coordination of rounds through the cluster.
 - ``gossip.bandwidth``: per-link throughput/latency estimates and the probe schedule.
 - ``gossip.simulate``: a CPU simulation comparing the selection policies (``python -m bench.gossip_sim``).
 - ``gossip.exchange``: one round's exchange between two matched peers over gRPC streaming on the
-  gossip port (chunked, checksummed, optionally sparsified), the only module that opens sockets.
+  gossip port (chunked, checksummed, optionally sparsified).
+- ``gossip.artifacts``: model artifact replication on the gossip port: a node's verified store, the
+  chunk server, and the parallel, resumable fetch from the fastest holders (``docs/artifacts.md``).
 - ``gossip.coordinator``: the leader's pure planning of each group's next round.
 - ``gossip.worker``: :class:`Worker`, one node's side of a group for a training loop (``gossip.Worker``).
 
-The rest opens no socket, reads no clock and touches no global random state; see DESIGN.md.
+``exchange``, ``artifacts`` and ``worker`` open sockets; the rest opens no socket, reads no clock and
+touches no global random state; see DESIGN.md.
 ``gossip.Worker`` is imported on first use, so the pure modules stay free of the client's imports.
 """
 
