@@ -20,7 +20,14 @@ The rules, each tested in ``tests/test_gossip_coordinator.py``:
   (:class:`History`), the bandwidth is the committed matrix (links never measured take a default,
   :func:`bandwidth_matrix`), the randomness is seeded from the group's seed and the round number.
   A new leader therefore proposes exactly the round the old one would have; and since the request
-  id is ``coordinator/GROUP/NUMBER``, a retry or a second leader's duplicate applies once.
+  id is ``coordinator/GROUP/NUMBER``, a retry or a second leader's duplicate applies once;
+* **probe rounds** (:func:`probe_pairs`): when a pair of participants has no estimate and was
+  never probed, and again every ``probe_every_rounds`` training rounds, the group runs a *probe
+  cycle*: consecutive rounds with policy ``probe`` whose pairs are the slots of
+  :func:`gossip.bandwidth.probe_schedule` (disjoint, so no uplink is shared during a probe) until
+  every pair of participants was probed once. Which cycle, which slot and whether one is due are
+  read off the committed rounds and the committed matrix like everything else, and SAPS's history
+  skips probe rounds: the selector sees the training rounds as if they were consecutive.
 
 :class:`Coordinator` caches each group's history keyed by its latest committed round and advances
 it by one committed round at a time, rebuilding from the committed rounds whenever the cache does
@@ -30,7 +37,9 @@ history by construction: the history only ever looks at the newest ``HISTORY_ROU
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controlplane.v1 import gossip_pb2, membership_pb2
+from gossip.bandwidth import probe_schedule
 from gossip.matching import Matching, SapsSelector, SapsState, best_bottleneck, random_matching
 
 __all__ = [
@@ -47,14 +57,19 @@ __all__ = [
     "GROUP_LABEL",
     "HISTORY_ROUNDS",
     "MAX_PARTICIPANTS",
+    "MAX_PROBE_CYCLE_ROUNDS",
+    "MAX_PROBE_PEERS",
+    "PROBE_POLICY",
     "Coordinator",
     "History",
     "Plan",
     "bandwidth_matrix",
     "eligible",
     "plan_round",
+    "probe_pairs",
     "request_id",
     "round_seed",
+    "rounds_to_read",
 ]
 
 DEFAULT_BANDWIDTH_BPS = 125e6
@@ -75,6 +90,21 @@ GROUP_LABEL = "gossip-group"
 
 MAX_PARTICIPANTS = 4096
 """The state machine's limit per round; beyond it the first ones by id take part."""
+
+PROBE_POLICY = "probe"
+"""The policy of a probe round (the state machine's ``PROBE_POLICY``): pairs that measure their link
+and mix nothing. Never a group's policy."""
+
+MAX_PROBE_PEERS = 64
+"""Groups with more participants run no probe cycles. A cycle takes N - 1 rounds (every node probes
+its N - 1 peers one at a time), so beyond this the cycle costs more rounds than the training between
+two cycles; such groups learn their links from the exchanges alone (unmeasured links count as the
+median, see :func:`bandwidth_matrix`)."""
+
+MAX_PROBE_CYCLE_ROUNDS = 96
+"""A probe cycle ends after this many rounds even if pairs remain (participants that keep changing
+could otherwise keep it going); a training round follows, and the unknown links start a new cycle.
+Below ``HISTORY_ROUNDS``, so the rounds the coordinator reads always hold the whole current cycle."""
 
 _Pair = tuple[str, str]
 _ACTIVE = membership_pb2.NODE_STATE_ACTIVE
@@ -115,6 +145,105 @@ def eligible(
     return sorted(out)[:MAX_PARTICIPANTS]
 
 
+def rounds_to_read(config: gossip_pb2.GroupConfig) -> int:
+    """How many of the group's newest committed rounds :meth:`Coordinator.plan` needs: SAPS's history,
+    the current probe cycle, and enough rounds to see the last probe round when one is due."""
+    return max(HISTORY_ROUNDS, config.probe_every_rounds)
+
+
+def _is_probe(committed: gossip_pb2.Round) -> bool:
+    return committed.policy == PROBE_POLICY
+
+
+def _current_cycle(rounds: Sequence[gossip_pb2.Round]) -> list[gossip_pb2.Round]:
+    """The probe rounds at the end of ``rounds``: the cycle the latest round belongs to (no cycle
+    starts right after a probe round, so consecutive probe rounds are always one cycle)."""
+    cycle: list[gossip_pb2.Round] = []
+    for committed in reversed(rounds):
+        if not _is_probe(committed) or (cycle and committed.number != cycle[-1].number - 1):
+            break
+        cycle.append(committed)
+    cycle.reverse()
+    return cycle
+
+
+def _next_probes(peers: Sequence[str], cycle: int, seed: int, due: Collection[_Pair]) -> tuple[_Pair, ...]:
+    """The next probe round's pairs: the slot of cycle ``cycle``'s schedule with the most due pairs
+    (the earliest of those), filled up with further due pairs between nodes it leaves free.
+
+    Without changes of participants the cycle's k-th round finds slots 0..k-1 probed and slot k
+    wholly due, a perfect matching (or one node short, for odd N) with nothing to add: exactly
+    ``probe_schedule``. After a change the schedule of the new participants no longer lines up with
+    what was probed, and the filling keeps the remaining rounds few and full."""
+    if not due:
+        return ()
+    slot = max(probe_schedule(peers, cycle, seed), key=lambda pairs: sum(pair in due for pair in pairs))
+    chosen = [pair for pair in slot if pair in due]
+    busy = {node for pair in chosen for node in pair}
+    for a, b in sorted(due):
+        if a not in busy and b not in busy:
+            chosen.append((a, b))
+            busy.update((a, b))
+    return tuple(sorted(chosen))
+
+
+def probe_pairs(
+    config: gossip_pb2.GroupConfig,
+    rounds: Sequence[gossip_pb2.Round],
+    participants: Sequence[str],
+    links: Iterable[gossip_pb2.Link],
+) -> tuple[tuple[str, str], ...]:
+    """The pairs of the group's next round when it is a probe round; () when it is a training round.
+
+    ``rounds`` are the group's newest committed rounds, oldest first (at least
+    :func:`rounds_to_read` of them when the group has that many); ``links`` the committed matrix.
+
+    * **In a cycle** (the latest round is a probe round): the pairs of the participants that the
+      cycle has not probed yet, one slot of ``probe_schedule(participants, first round of the cycle,
+      group seed)`` at a time (see :func:`_next_probes` for participants that change mid-cycle);
+      none left (or ``MAX_PROBE_CYCLE_ROUNDS`` reached): training.
+    * **A cycle starts** after a training round (or before the first round) when some pair of
+      participants is *unknown* - no estimate and no failure in the matrix, and in no retained probe
+      round - or when ``probe_every_rounds`` (> 0) training rounds passed since the last probe round.
+      A cycle probes every pair, not only the unknown ones: a newcomer has N - 1 links to probe, one
+      per round, so its links alone take as many rounds as all of them.
+    """
+    peers = sorted(participants)
+    if not 2 <= len(peers) <= MAX_PROBE_PEERS:
+        return ()
+    every = set(itertools.combinations(peers, 2))  # sorted ids: each (a, b) has a < b
+    cycle = _current_cycle(rounds)
+    if cycle:
+        if len(cycle) >= MAX_PROBE_CYCLE_ROUNDS:
+            return ()
+        probed = {(pair.a, pair.b) for committed in cycle for pair in committed.pairs}
+        return _next_probes(peers, cycle[0].number, config.seed, every - probed)
+    number = rounds[-1].number + 1 if rounds else 1
+    if _unknown_links(every, rounds, links) or _probe_interval_passed(config, rounds):
+        return _next_probes(peers, number, config.seed, every)
+    return ()
+
+
+def _unknown_links(
+    pairs: Collection[_Pair], rounds: Sequence[gossip_pb2.Round], links: Iterable[gossip_pb2.Link]
+) -> bool:
+    # A failure counts as known: a dead link must not restart a cycle after every training round.
+    # Probed counts as known too: a probe whose estimate was never reported is not repeated until its
+    # round is older than the rounds the coordinator reads.
+    known = {(link.a, link.b) for link in links if link.bandwidth_bps > 0 or link.failures > 0}
+    known.update((pair.a, pair.b) for committed in rounds if _is_probe(committed) for pair in committed.pairs)
+    return any(pair not in known for pair in pairs)
+
+
+def _probe_interval_passed(config: gossip_pb2.GroupConfig, rounds: Sequence[gossip_pb2.Round]) -> bool:
+    if config.probe_every_rounds == 0 or not rounds:
+        return False
+    # No probe round among them: at least that many training rounds passed (all of them, when the
+    # group has no older rounds).
+    last_probe = next((r.number for r in reversed(rounds) if _is_probe(r)), rounds[0].number - 1)
+    return rounds[-1].number - last_probe >= config.probe_every_rounds
+
+
 def bandwidth_matrix(participants: Sequence[str], links: Iterable[gossip_pb2.Link]) -> npt.NDArray[np.float64]:
     """The participants' bandwidth matrix (rows in ``participants`` order) from the committed links.
 
@@ -148,14 +277,22 @@ def bandwidth_matrix(participants: Sequence[str], links: Iterable[gossip_pb2.Lin
 
 @dataclass(frozen=True)
 class History:
-    """SAPS's history as committed rounds define it: the newest ``HISTORY_ROUNDS`` of one group."""
+    """SAPS's history as committed rounds define it: the training rounds among the newest
+    ``HISTORY_ROUNDS`` rounds of one group. Probe rounds are skipped: they measure links and mix
+    nothing, so to the selector they never happened (:meth:`saps_state`)."""
 
     last_round: int
     #: The latest round's create_revision: a round of the same number committed anew (after a
     #: restore) is a different round.
     last_revision: int
-    rounds_seen: int
+    #: The numbers of the training rounds in the horizon, ascending.
+    trained: tuple[int, ...] = ()
+    #: The training round in which each link was last used (its number).
     last_used: Mapping[_Pair, int] = field(default_factory=dict)
+
+    @property
+    def rounds_seen(self) -> int:
+        return len(self.trained)
 
     @classmethod
     def from_rounds(cls, rounds: Sequence[gossip_pb2.Round]) -> History | None:
@@ -163,46 +300,61 @@ class History:
         if not rounds:
             return None
         latest = rounds[-1]
-        window = [r for r in rounds if r.number + HISTORY_ROUNDS > latest.number]
+        window = [r for r in rounds if r.number + HISTORY_ROUNDS > latest.number and not _is_probe(r)]
         last_used: dict[_Pair, int] = {}
         for committed in window:
             for pair in committed.pairs:
                 last_used[(pair.a, pair.b)] = committed.number
-        return cls(latest.number, latest.create_revision, len(window), last_used)
+        return cls(latest.number, latest.create_revision, tuple(r.number for r in window), last_used)
 
     def advance(self, committed: gossip_pb2.Round) -> History:
         """This history with the next committed round folded in (``committed.number == last_round + 1``)."""
         if committed.number != self.last_round + 1:
             raise ValueError(f"round {committed.number} does not follow round {self.last_round}")
         horizon = committed.number - HISTORY_ROUNDS
+        trained = tuple(number for number in self.trained if number > horizon)
         last_used = {pair: used for pair, used in self.last_used.items() if used > horizon}
-        for pair in committed.pairs:
-            last_used[(pair.a, pair.b)] = committed.number
-        return History(
-            committed.number, committed.create_revision, min(self.rounds_seen + 1, HISTORY_ROUNDS), last_used
-        )
+        if not _is_probe(committed):
+            trained += (committed.number,)
+            for pair in committed.pairs:
+                last_used[(pair.a, pair.b)] = committed.number
+        return History(committed.number, committed.create_revision, trained, last_used)
 
     def matches(self, committed: gossip_pb2.Round) -> bool:
         return self.last_round == committed.number and self.last_revision == committed.create_revision
 
     def saps_state(self) -> SapsState:
+        """The selector's state, with the training rounds renumbered to end at ``last_round`` without
+        gaps: a link used k training rounds ago reads as used in round ``last_round - k``. Ages and the
+        window then count training rounds only, while the next round keeps its own number (its
+        random draws are seeded by it). Without probe rounds this is the identity."""
+        newest = len(self.trained) - 1
         return SapsState(
             last_round=self.last_round,
             rounds_seen=self.rounds_seen,
-            last_used=tuple(sorted((a, b, used) for (a, b), used in self.last_used.items())),
+            last_used=tuple(
+                sorted(
+                    (a, b, self.last_round - (newest - bisect.bisect_left(self.trained, used)))
+                    for (a, b), used in self.last_used.items()
+                )
+            ),
         )
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What to propose, and the matching behind it (for logs and tests)."""
+    """What to propose, and the matching behind it (for logs and tests; None for a probe round)."""
 
     request: gossip_pb2.StartRoundRequest
-    matching: Matching
+    matching: Matching | None
 
     @property
     def number(self) -> int:
         return int(self.request.round.number)
+
+    @property
+    def probe(self) -> bool:
+        return _is_probe(self.request.round)
 
 
 def _matching(
@@ -224,7 +376,7 @@ def _matching(
 
 def plan_round(
     config: gossip_pb2.GroupConfig,
-    latest: gossip_pb2.Round | None,
+    rounds: Sequence[gossip_pb2.Round],
     history: History | None,
     participants: Sequence[str],
     links: Iterable[gossip_pb2.Link],
@@ -232,8 +384,13 @@ def plan_round(
     now_unix_ms: int,
 ) -> Plan | None:
     """The group's next round, or None when none is due: the group is paused, its latest round is
-    still running, or fewer than ``min_participants`` nodes are eligible. ``history`` must be the
-    history up to ``latest`` (see :class:`History`); ``participants`` the eligible ids, sorted."""
+    still running, or fewer than ``min_participants`` nodes are eligible. ``rounds`` are the group's
+    newest committed rounds, oldest first (:func:`rounds_to_read` of them); ``history`` must be the
+    history up to the latest (see :class:`History`); ``participants`` the eligible ids.
+
+    A probe round (:func:`probe_pairs`) lists only the nodes it pairs: the others have nothing to
+    do in it and keep waiting for the next training round."""
+    latest = rounds[-1] if rounds else None
     if config.paused or (latest is not None and latest.state == _RUNNING):
         return None
     if len(participants) < max(config.min_participants, 2):
@@ -242,19 +399,26 @@ def plan_round(
     if (history.last_round if history is not None else 0) != number - 1:
         raise ValueError(f"the history ends at round {history and history.last_round}, not {number - 1}")
     peers = sorted(participants)
-    bw = bandwidth_matrix(peers, links)
-    matching = _matching(config, number, peers, bw, history)
+    links = list(links)
+    probes = probe_pairs(config, rounds, peers, links)
+    matching: Matching | None = None
+    idle: Sequence[str] = ()
+    if probes:
+        members, pairs, policy = sorted({node for pair in probes for node in pair}), probes, PROBE_POLICY
+    else:
+        matching = _matching(config, number, peers, bandwidth_matrix(peers, links), history)
+        members, pairs, idle, policy = peers, matching.pairs, matching.idle, config.policy
     spec = gossip_pb2.TensorSpec()
     spec.CopyFrom(config.spec)
     round_ = gossip_pb2.Round(
         group=config.group,
         number=number,
-        participants=peers,
+        participants=members,
         matrix_version=matrix_version,
         seed=round_seed(config.seed, number),
-        policy=config.policy,
-        pairs=[gossip_pb2.Pair(a=a, b=b) for a, b in matching.pairs],
-        idle=list(matching.idle),
+        policy=policy,
+        pairs=[gossip_pb2.Pair(a=a, b=b) for a, b in pairs],
+        idle=list(idle),
         spec=spec,
         deadline_unix_ms=now_unix_ms + max(1, math.ceil(config.round_timeout_s * 1000)),
     )
@@ -271,9 +435,9 @@ class Coordinator:
         self._histories: dict[str, History] = {}
 
     def history(self, group: str, rounds: Sequence[gossip_pb2.Round]) -> History | None:
-        """The history up to the group's latest committed round; ``rounds`` are the newest
-        ``HISTORY_ROUNDS`` committed rounds, oldest first. Cached; rebuilt when the cache is not the
-        round before (or the same round as) the latest one."""
+        """The history up to the group's latest committed round; ``rounds`` are the newest committed
+        rounds (at least ``HISTORY_ROUNDS`` when there are that many), oldest first. Cached; rebuilt
+        when the cache is not the round before (or the same round as) the latest one."""
         if not rounds:
             self._histories.pop(group, None)
             return None
@@ -299,13 +463,14 @@ class Coordinator:
         matrix_version: int,
         now_unix_ms: int,
     ) -> Plan | None:
-        """:func:`plan_round` for ``config.group`` given its newest committed rounds (oldest first)."""
+        """:func:`plan_round` for ``config.group`` given its newest committed rounds (oldest first;
+        :func:`rounds_to_read` of them)."""
         latest = rounds[-1] if rounds else None
         if config.paused or (latest is not None and latest.state == _RUNNING):
             return None
         return plan_round(
             config,
-            latest,
+            rounds,
             self.history(config.group, rounds),
             participants,
             links,

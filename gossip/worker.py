@@ -23,6 +23,13 @@ log before any exchange, and it exchanges only with the partner the committed ro
 Failure is ordinary: an exchange that fails (the partner died, hung or sent corrupt data) leaves the
 worker with its own parameters; it reports the failure (the link is penalised in the matrix) and
 the next round goes on, without the dead peer once its lease has expired.
+
+Probe rounds (policy ``probe``, see ``gossip.coordinator``) are handled inside ``step``: the worker
+measures its link to the partner the probe round names with two transfers of a synthetic payload
+(``probe_bytes``, large then small, both directions at once), feeds both into its
+:class:`~gossip.bandwidth.BandwidthTable` (two sizes separate latency from bandwidth), reports its
+estimates and then the round, and goes on waiting: ``step`` returns after a training round only,
+and a probe never touches the parameters.
 """
 
 from __future__ import annotations
@@ -41,17 +48,31 @@ from controlplane.agent import Agent
 from controlplane.client import AsyncClient, Consistency, ControlPlaneError, NotFound
 from controlplane.client._gossip import GroupConfig, Round, RoundState
 from gossip.bandwidth import BandwidthTable
-from gossip.coordinator import GOSSIP_ADDRESS, GROUP_LABEL
-from gossip.exchange import ExchangeResult, ExchangeServer, PeerUnavailable, exchange_or_keep
+from gossip.coordinator import GOSSIP_ADDRESS, GROUP_LABEL, PROBE_POLICY
+from gossip.exchange import (
+    ExchangeError,
+    ExchangeResult,
+    ExchangeServer,
+    PeerTimeout,
+    PeerUnavailable,
+    exchange_or_keep,
+)
 from gossip.mixing import Array, Params
 
-__all__ = ["REPORT_BANDWIDTH_EVERY", "RoundStats", "Worker"]
+__all__ = ["DEFAULT_PROBE_BYTES", "MAX_PROBE_BYTES", "REPORT_BANDWIDTH_EVERY", "RoundStats", "Worker"]
 
 log = structlog.get_logger("gossip.worker")
 
 REPORT_BANDWIDTH_EVERY = 3
-"""Rounds between two bandwidth reports (a failure is reported at once): each report is a log entry
-and bumps the matrix version, so link estimates travel in batches, not per exchange."""
+"""Rounds between two bandwidth reports (a failure or a probe is reported at once): each report is a
+log entry and bumps the matrix version, so link estimates travel in batches, not per exchange."""
+
+DEFAULT_PROBE_BYTES = (16 * 1024, 1024 * 1024)
+"""A probe's two transfers, in payload bytes each way: a small one that is mostly latency and a large
+one that is mostly bandwidth (one 1 MiB chunk: the largest single message the exchange sends)."""
+
+MAX_PROBE_BYTES = 64 * 1024 * 1024
+"""The largest probe transfer a worker accepts to configure."""
 
 # The exchange ends this long before the round's deadline (a tenth of the round, within 0.25-2 s),
 # so that the report - a failure above all - commits before the leader ends the round.
@@ -98,6 +119,32 @@ def _group_seed(group: str) -> int:
     return int.from_bytes(hashlib.sha256(f"gossip-group\x00{group}".encode()).digest()[:8], "little")
 
 
+def _probe_sizes(probe_bytes: tuple[int, ...]) -> tuple[int, ...]:
+    """The sizes, largest first. A link's first sample sets its estimate outright (RFC 6298's rule)
+    and latency is unknown until a second size arrives, so a small transfer first - mostly latency -
+    would seed the estimate far below the link's bandwidth, and the EWMA would take dozens of
+    samples to climb back. The large transfer first seeds it close; the small one then completes
+    the latency fit and contributes the fitted bandwidth. (A 100 MB/s link with 1 ms latency, the
+    default sizes: 25 MB/s after a probe run small-first, 92 MB/s large-first.)"""
+    sizes = tuple(sorted((int(b) for b in probe_bytes), reverse=True))
+    if len(set(sizes)) < 2 or any(not (4 <= b <= MAX_PROBE_BYTES) or b % 4 for b in sizes):
+        raise ValueError(
+            f"probe_bytes {probe_bytes!r} must hold at least two different sizes (latency and bandwidth are "
+            f"told apart by size), each a multiple of 4 (float32) between 4 and {MAX_PROBE_BYTES}"
+        )
+    return sizes
+
+
+def _probe_payload(nbytes: int) -> dict[str, Array]:
+    # Synthetic float32 zeros: what travels is all that matters. Both ends derive the same layout from
+    # the size, so the exchange's spec check catches workers configured with other probe sizes.
+    return {"probe": np.zeros(nbytes // 4, dtype=np.float32)}
+
+
+def _partner_of(round_: Round, node: str) -> str | None:
+    return next((p.b if p.a == node else p.a for p in round_.pairs if node in (p.a, p.b)), None)
+
+
 def _delta_sq(before: Params, after: Params) -> float:
     total = 0.0
     for name in sorted(before):
@@ -111,10 +158,14 @@ class Worker:
 
     ``listen`` is the gossip port's bind address (port 0: any free port); ``advertise`` the
     ``HOST:PORT`` other nodes dial (default: the bound address). ``policy``, ``sparsity_ratio``,
-    ``round_timeout_s`` and ``min_participants`` configure the group when this worker creates it; a
-    group that exists keeps its own settings (its tensors and sparsity must match: otherwise
-    ``start`` raises ``FailedPrecondition``). ``lease_ttl_s`` is the node's liveness lease: a worker
-    that dies leaves the rounds once it runs out. One worker per node id, one group per worker.
+    ``round_timeout_s``, ``min_participants`` and ``probe_every_rounds`` (None: the cluster's
+    default) configure the group when this worker creates it; a group that exists keeps its own
+    settings (its tensors and sparsity must match: otherwise ``start`` raises
+    ``FailedPrecondition``). ``lease_ttl_s`` is the node's liveness lease: a worker that dies leaves
+    the rounds once it runs out. ``probe_bytes`` are the payload sizes of a probe's transfers (run
+    largest first); every worker of a group must use the same (the two ends of a probe send the same
+    layout: otherwise the probe fails with ``SpecMismatch``). One worker per node id, one group per
+    worker.
     """
 
     def __init__(
@@ -129,8 +180,10 @@ class Worker:
         sparsity_ratio: float = 1.0,
         round_timeout_s: float = 30.0,
         min_participants: int = 2,
+        probe_every_rounds: int | None = None,
         lease_ttl_s: float = 10.0,
         labels: dict[str, str] | None = None,
+        probe_bytes: tuple[int, ...] = DEFAULT_PROBE_BYTES,
     ) -> None:
         labels = dict(labels or {})
         if labels.get(GROUP_LABEL, group) != group:
@@ -143,10 +196,14 @@ class Worker:
         self.sparsity_ratio = sparsity_ratio
         self.round_timeout_s = round_timeout_s
         self.min_participants = min_participants
+        self.probe_every_rounds = probe_every_rounds
+        self.probe_bytes = _probe_sizes(probe_bytes)
         self.lease_ttl_s = lease_ttl_s
         self.labels = labels
-        #: The last round this worker took part in (None before the first).
+        #: The last training round this worker took part in (None before the first).
         self.last_round: RoundStats | None = None
+        #: The last probe round this worker took part in (``bytes``: payload received in both transfers).
+        self.last_probe: RoundStats | None = None
         #: The group's configuration as the cluster holds it (set by ``start``).
         self.config: GroupConfig | None = None
         #: This node's link estimates, fed by every exchange and reported in batches.
@@ -189,6 +246,7 @@ class Worker:
                 round_timeout_s=self.round_timeout_s,
                 min_participants=self.min_participants,
                 seed=_group_seed(self.group),
+                probe_every_rounds=self.probe_every_rounds,
             )
             self.config = change.group
             if not change.created and (
@@ -247,15 +305,23 @@ class Worker:
     # ------------------------------------------------------------------ rounds
 
     async def step(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Take part in the next committed round that lists this node: exchange with the matched
-        partner (or stay idle), report the round, and return the mixed parameters - or ``params``
-        themselves when idle or when the exchange failed. Waits as long as no such round comes."""
+        """Take part in the next committed training round that lists this node: exchange with the
+        matched partner (or stay idle), report the round, and return the mixed parameters - or
+        ``params`` themselves when idle or when the exchange failed. Waits as long as no such round
+        comes; probe rounds that list this node on the way are run and reported meanwhile (they
+        never change the parameters)."""
         if self._tracker is None or self.config is None or self._closed:
             raise RuntimeError("the worker is not running: start it first (and do not step after close)")
         self._check_params(params)
         self._activity = "waiting"
         try:
-            round_, budget = await self._next_round()
+            while True:
+                round_, budget = await self._next_round()
+                if round_.policy != PROBE_POLICY:
+                    break
+                self._activity = "probing"
+                await self._probe(round_, budget)
+                self._activity = "waiting"
             self._activity = "aggregating"
             return await self._take_part(round_, params, budget)
         finally:
@@ -307,10 +373,7 @@ class Worker:
             self._changed.notify_all()
 
     async def _take_part(self, round_: Round, params: Params, budget: float) -> dict[str, Array]:
-        partner = next(
-            (p.b if p.a == self.node_id else p.a for p in round_.pairs if self.node_id in (p.a, p.b)),
-            None,
-        )
+        partner = _partner_of(round_, self.node_id)
         if partner is None:
             await self._report(RoundStats(round_.number, None, 0, 0.0, True, None))
             return dict(params)
@@ -331,6 +394,69 @@ class Worker:
         await self._report(stats)
         return result.params
 
+    async def _probe(self, round_: Round, budget: float) -> None:
+        """Measure the link to the probe round's partner: one transfer per ``probe_bytes`` size,
+        largest first, each both ways at once; each side's receive is a (bytes, seconds) sample.
+        Then report the estimates (at once: the training rounds after the cycle plan with them) and
+        the round. The parameters are not involved at all."""
+        partner = _partner_of(round_, self.node_id)
+        if partner is None:  # the coordinator lists only probed pairs; another planner may not
+            await self._report(RoundStats(round_.number, None, 0, 0.0, True, None), probe=True)
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + budget
+        error: ExchangeError | None = None
+        address, problem = await self._partner_address(partner, budget)
+        if problem:
+            error = PeerUnavailable(problem)
+            self.bandwidth.penalise(partner, time.monotonic())
+        received = 0
+        for index, nbytes in enumerate(self.probe_bytes if error is None else ()):
+            remaining = deadline - loop.time()
+            if remaining < _MIN_EXCHANGE_S:
+                error = PeerTimeout(f"probe round {round_.number}: no time left for the {nbytes}-byte transfer")
+                self.bandwidth.penalise(partner, time.monotonic())
+                break
+            # Each transfer its own exchange key ("/" never occurs in a group name): a dialer that gave
+            # up on the first can never meet the partner's offer of the other.
+            result = await exchange_or_keep(
+                self._server,
+                partner,
+                address,
+                f"{self.group}/probe{index}",
+                round_.number,
+                _probe_payload(nbytes),
+                seed=round_.seed,
+                deadline_s=remaining,
+            )
+            result.observe(self.bandwidth, time.monotonic())
+            received += result.bytes_received
+            if result.error is not None:
+                error = result.error
+                break
+        stats = RoundStats(
+            number=round_.number,
+            partner=partner,
+            bytes=received,
+            seconds=loop.time() - started,
+            ok=error is None,
+            error=None if error is None else str(error),
+        )
+        await self._report(stats, probe=True)
+
+    async def _partner_address(self, partner: str, budget: float) -> tuple[str, str]:
+        """(the partner's gossip address, "") when this node dials it (the smaller id dials), ("", "")
+        when it does not, ("", why not) when the address cannot be had."""
+        if self.node_id > partner:
+            return "", ""
+        try:
+            view = await self.client.membership.get_node(partner, timeout=budget)
+        except ControlPlaneError as exc:
+            return "", f"cannot look up {partner}'s gossip address: {exc.message}"
+        address = view.node.spec.addresses.get(GOSSIP_ADDRESS, "")
+        return address, "" if address else f"{partner} advertises no {GOSSIP_ADDRESS!r} address"
+
     async def _exchange(
         self, round_: Round, partner: str, params: Params, ratio: float, budget: float
     ) -> ExchangeResult:
@@ -338,13 +464,7 @@ class Worker:
         if self.node_id < partner:  # the smaller id dials: it needs the partner's gossip address
             loop = asyncio.get_running_loop()
             started = loop.time()
-            try:
-                view = await self.client.membership.get_node(partner, timeout=budget)
-                address = view.node.spec.addresses.get(GOSSIP_ADDRESS, "")
-            except ControlPlaneError as exc:
-                address, problem = "", f"cannot look up {partner}'s gossip address: {exc.message}"
-            else:
-                problem = "" if address else f"{partner} advertises no {GOSSIP_ADDRESS!r} address"
+            address, problem = await self._partner_address(partner, budget)
             if problem:
                 return ExchangeResult(
                     params=dict(params),
@@ -371,9 +491,13 @@ class Worker:
             deadline_s=max(budget, _MIN_EXCHANGE_S),
         )
 
-    async def _report(self, stats: RoundStats) -> None:
-        self.last_round = stats
+    async def _report(self, stats: RoundStats, *, probe: bool = False) -> None:
         failed = stats.partner if not stats.ok and stats.partner else ""
+        if probe:
+            self.last_probe = stats
+            await self._report_bandwidth()  # before the round: its end must find the estimates committed
+        else:
+            self.last_round = stats
         try:
             await self._groups.report_round(
                 self.group,
@@ -390,7 +514,15 @@ class Worker:
             # as silent instead. The parameters are what they are either way.
             log.warning("gossip_report_failed", group=self.group, round=stats.number, reason=exc.message)
         if failed:
-            log.warning("gossip_exchange_failed", group=self.group, round=stats.number, peer=failed, error=stats.error)
+            log.warning(
+                "gossip_probe_failed" if probe else "gossip_exchange_failed",
+                group=self.group,
+                round=stats.number,
+                peer=failed,
+                error=stats.error,
+            )
+        if probe:
+            return
         self._unreported_rounds += 1
         if failed or self._unreported_rounds >= REPORT_BANDWIDTH_EVERY:
             await self._report_bandwidth()

@@ -1,30 +1,40 @@
 """The leader's round planning (``gossip.coordinator``) against the real state machine, and the
 replicated group configuration it plans from: deterministic plans, a planner rebuilt from committed
-rounds continuing exactly like the one that planned all along, no plan while a round runs, who
-takes part, the default bandwidth, group validation and the snapshot round trip. No network."""
+rounds continuing exactly like the one that planned all along, probe cycles (every pair probed
+once on disjoint pairs, on a join, periodically, invisible to SAPS's history), no plan while a round
+runs, who takes part, the default bandwidth, group validation and the snapshot round trip. No
+network."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
+from controlplane.state import gossip as state_gossip
 from controlplane.state.gossip import DONE, RUNNING, TIMED_OUT
 from controlplane.state.machine import StateMachine, batch_entry
 from controlplane.v1 import command_pb2, common_pb2, gossip_pb2, membership_pb2
+from gossip.bandwidth import probe_schedule
 from gossip.coordinator import (
     DEFAULT_BANDWIDTH_BPS,
     HISTORY_ROUNDS,
+    MAX_PROBE_CYCLE_ROUNDS,
+    MAX_PROBE_PEERS,
+    PROBE_POLICY,
     Coordinator,
     History,
     Plan,
     bandwidth_matrix,
     eligible,
+    probe_pairs,
     request_id,
     round_seed,
+    rounds_to_read,
 )
-from gossip.matching import SapsSelector
+from gossip.matching import SapsSelector, SapsState
 
 SPEC = gossip_pb2.TensorSpec(
     tensors=[
@@ -56,9 +66,10 @@ class Cluster:
 
     def plan(self, coordinator: Coordinator, participants: list[str], group: str = "g") -> Plan | None:
         table = self.machine.gossip
+        config = table.group(group)
         return coordinator.plan(
-            table.group(group),
-            table.recent_rounds(group, HISTORY_ROUNDS),
+            config,
+            table.recent_rounds(group, rounds_to_read(config)),
             participants,
             list(table.links.values()),
             table.matrix_version,
@@ -68,6 +79,18 @@ class Cluster:
     def start(self, plan: Plan) -> gossip_pb2.Round:
         result = ok(self.run(request_id=plan.request.request_id, gossip_start_round=plan.request))
         return result.gossip_start_round.round
+
+    def step(self, coordinator: Coordinator, participants: list[str]) -> gossip_pb2.Round:
+        """Plan, commit and finish the next round (every participant reports)."""
+        planned = self.plan(coordinator, participants)
+        assert planned is not None
+        committed = self.start(planned)
+        self.finish(committed)
+        return committed
+
+    def report_all_links(self, names: list[str], bps: float = 1e7) -> None:
+        for i, node in enumerate(names[:-1]):
+            self.report_links(node, **{p: bps for p in names[i + 1 :]})
 
     def finish(self, round_: gossip_pb2.Round, silent: tuple[str, ...] = ()) -> None:
         for node in round_.participants:
@@ -93,6 +116,10 @@ def peers(n: int) -> list[str]:
     return [f"n{i:02d}" for i in range(n)]
 
 
+def pairs_of(round_: gossip_pb2.Round) -> list[tuple[str, str]]:
+    return [(pair.a, pair.b) for pair in round_.pairs]
+
+
 # ----------------------------------------------------------------------------------- planning
 
 
@@ -100,6 +127,7 @@ def test_plans_are_deterministic_whatever_the_peer_order() -> None:
     a, b = Cluster(), Cluster()
     for cluster in (a, b):
         ok(cluster.configure(spec=SPEC, seed=11))
+        cluster.report_all_links(peers(6), 2e6)  # every link measured: no probe cycle first
         cluster.report_links("n00", n01=5e6, n02=1e6)
     first = a.plan(Coordinator(), peers(6))
     second = b.plan(Coordinator(), list(reversed(peers(6))))
@@ -117,14 +145,16 @@ def test_plans_are_deterministic_whatever_the_peer_order() -> None:
 @pytest.mark.parametrize("policy", ["saps", "random", "best_bottleneck"])
 def test_a_planner_rebuilt_from_committed_rounds_continues_identically(policy: str) -> None:
     """Coordinator A plans every round (its history cached and advanced); B takes over at round 6 with
-    only the committed state; C starts from scratch every round. They propose the same rounds, while
-    nodes join and leave, links are measured and exchanges fail."""
+    only the committed state, in the middle of a probe cycle; C starts from scratch every round. They
+    propose the same rounds, through probe cycles (the first one joined and left mid-cycle, then
+    periodic ones), while nodes join and leave, links are measured and exchanges fail."""
     cluster = Cluster()
-    ok(cluster.configure(spec=SPEC, seed=3, policy=policy))
+    ok(cluster.configure(spec=SPEC, seed=3, policy=policy, probe_every_rounds=6))
     rng = np.random.default_rng(5)
     everyone = peers(9)
     a, b = Coordinator(), Coordinator()
-    for number in range(1, 16):
+    policies = []
+    for number in range(1, 36):
         members = [p for k, p in enumerate(everyone) if not (number < 4 and k == 8) and not (number >= 9 and k == 2)]
         if number % 3 == 0:  # fresh estimates: the matrix moves between rounds
             node = str(rng.choice(members))
@@ -138,13 +168,24 @@ def test_a_planner_rebuilt_from_committed_rounds_continues_identically(policy: s
             taken_over = cluster.plan(b, members)
             assert taken_over is not None and taken_over.request.SerializeToString(deterministic=True) == expected
         committed = cluster.start(planned)
-        assert committed.state == RUNNING and list(committed.participants) == members
+        policies.append(committed.policy)
+        if planned.probe:  # only the probed pairs take part
+            assert committed.policy == PROBE_POLICY and planned.matching is None and not committed.idle
+            assert list(committed.participants) == sorted(n for pair in pairs_of(committed) for n in pair)
+            assert set(committed.participants) <= set(members)
+        else:
+            assert committed.policy == policy and list(committed.participants) == members
+        assert committed.state == RUNNING
         # A retry of the same plan (a lost answer, or a second leader's duplicate) applies once.
         again = cluster.run(request_id=planned.request.request_id, gossip_start_round=planned.request)
         assert again.gossip_start_round.round == committed
         silent = (committed.pairs[0].a,) if number % 4 == 0 else ()
         cluster.finish(committed, silent)
         assert cluster.machine.gossip.round("g").state == (TIMED_OUT if silent else DONE)
+    # B took over mid-cycle (rounds 5 and 6 are probe rounds), and there were periodic cycles later.
+    assert policies[4] == policies[5] == PROBE_POLICY
+    cycles = sum(1 for k, p in enumerate(policies) if p == PROBE_POLICY and (k == 0 or policies[k - 1] != p))
+    assert cycles >= 3 and policies.count(policy) >= 12
 
 
 def test_saps_plans_are_the_selector_s_own_matchings() -> None:
@@ -154,7 +195,7 @@ def test_saps_plans_are_the_selector_s_own_matchings() -> None:
     ok(cluster.configure(spec=SPEC, seed=21))
     names = peers(7)
     rng = np.random.default_rng(2)
-    for i, node in enumerate(names):
+    for i, node in enumerate(names):  # every link measured and fewer than 50 rounds: no probe round
         cluster.report_links(node, **{p: float(rng.uniform(1.0, 5.0)) for p in names[i + 1 :]})
     bw = bandwidth_matrix(names, cluster.machine.gossip.links.values())
     reference = SapsSelector(21)
@@ -168,12 +209,12 @@ def test_saps_plans_are_the_selector_s_own_matchings() -> None:
     assert reference.state() == coordinator.history("g", cluster.machine.gossip.recent_rounds("g", 100)).saps_state()
 
 
-def test_cached_and_rebuilt_histories_agree_beyond_the_history_horizon() -> None:
-    rng = np.random.default_rng(1)
+def _random_rounds(count: int, probes: Sequence[int] = (), seed: int = 1) -> list[gossip_pb2.Round]:
+    """Rounds 1..count of 8 peers with random perfect matchings; the numbers in ``probes`` are probe rounds."""
+    rng = np.random.default_rng(seed)
     nodes = peers(8)
-    rounds: list[gossip_pb2.Round] = []
-    cached: History | None = None
-    for number in range(1, HISTORY_ROUNDS * 2 + 20):
+    rounds = []
+    for number in range(1, count + 1):
         order = [str(p) for p in rng.permutation(nodes)]
         pairs = sorted(tuple(sorted(order[k : k + 2])) for k in range(0, 8, 2))
         rounds.append(
@@ -181,14 +222,149 @@ def test_cached_and_rebuilt_histories_agree_beyond_the_history_horizon() -> None
                 group="g",
                 number=number,
                 create_revision=number * 7,
+                policy=PROBE_POLICY if number in probes else "saps",
                 pairs=[gossip_pb2.Pair(a=x, b=y) for x, y in pairs],
             )
         )
-        cached = History.from_rounds(rounds) if cached is None else cached.advance(rounds[-1])
-        assert cached == History.from_rounds(rounds[-HISTORY_ROUNDS:])
-    assert cached is not None and cached.rounds_seen == HISTORY_ROUNDS
+    return rounds
+
+
+def test_cached_and_rebuilt_histories_agree_beyond_the_history_horizon() -> None:
+    count = HISTORY_ROUNDS * 2 + 20
+    probes = {n for n in range(1, count + 1) if n % 17 in (3, 4, 5)}  # probe cycles now and then
+    rounds = _random_rounds(count, probes)
+    cached: History | None = None
+    for k in range(count):
+        cached = History.from_rounds(rounds[:1]) if cached is None else cached.advance(rounds[k])
+        assert cached == History.from_rounds(rounds[max(0, k + 1 - HISTORY_ROUNDS) : k + 1])
+    horizon = rounds[-HISTORY_ROUNDS:]
+    assert cached is not None and cached.rounds_seen == sum(1 for r in horizon if r.policy != PROBE_POLICY)
+    assert cached.trained == tuple(r.number for r in horizon if r.policy != PROBE_POLICY)
     with pytest.raises(ValueError, match="does not follow"):
         cached.advance(rounds[5])
+
+
+def test_probe_rounds_are_invisible_to_the_saps_history() -> None:
+    """What the SAPS selector is given after any prefix of rounds is the state of the training rounds
+    alone, renumbered to be consecutive and to end at the latest round: the window and the idleness
+    count training rounds, probe pairs never count as used, and the next round keeps its number."""
+    rounds = _random_rounds(30, probes={1, 2, 3, 9, 10, 11, 12, 13, 14, 15, 22, 30})
+    for k in range(len(rounds)):
+        prefix = rounds[: k + 1]
+        training = [r for r in prefix if r.policy != PROBE_POLICY]
+        with_probes = History.from_rounds(prefix)
+        assert with_probes is not None
+        if not training:
+            assert with_probes.saps_state() == SapsState(last_round=prefix[-1].number, rounds_seen=0, last_used=())
+            continue
+        renumbered = []
+        for offset, r in enumerate(reversed(training)):
+            copy = gossip_pb2.Round()
+            copy.CopyFrom(r)
+            copy.number = prefix[-1].number - offset
+            renumbered.append(copy)
+        alone = History.from_rounds(renumbered[::-1])
+        assert alone is not None and with_probes.saps_state() == alone.saps_state(), k
+    # Concretely: after training rounds 4-8 and the probe rounds 9-15, the links of round 8 read as
+    # used one round before round 16 (not eight), and no probed pair reads as used at all.
+    after_cycle = History.from_rounds(rounds[:15])
+    assert after_cycle is not None
+    state = after_cycle.saps_state()
+    assert state.last_round == 15 and state.rounds_seen == 5
+    assert {(a, b) for a, b, used in state.last_used if used == 15} == set(pairs_of(rounds[7]))
+    assert {(a, b) for a, b, _ in state.last_used} == {pair for r in rounds[3:8] for pair in pairs_of(r)}
+
+
+def test_a_fresh_group_probes_every_pair_once_on_disjoint_pairs_then_trains() -> None:
+    for n in (6, 5):
+        cluster = Cluster()
+        ok(cluster.configure(spec=SPEC, seed=8))
+        names = peers(n)
+        coordinator = Coordinator()
+        schedule = probe_schedule(names, 1, 8)
+        assert len(schedule) == (n - 1 if n % 2 == 0 else n)
+        probed: list[tuple[str, str]] = []
+        for number, slot in enumerate(schedule, start=1):
+            planned = cluster.plan(coordinator, names)
+            assert planned is not None and planned.probe and planned.matching is None
+            committed = cluster.start(planned)
+            assert committed.number == number and committed.policy == PROBE_POLICY
+            assert tuple(pairs_of(committed)) == slot
+            nodes = [node for pair in pairs_of(committed) for node in pair]
+            assert len(nodes) == len(set(nodes)) == 2 * (n // 2)  # disjoint: no uplink is shared in a probe
+            assert list(committed.participants) == sorted(nodes) and not committed.idle
+            probed += pairs_of(committed)
+            cluster.finish(committed)
+            assert cluster.machine.gossip.round("g").mixed == 0  # a probe mixes nothing
+        assert sorted(probed) == sorted(itertools.combinations(names, 2))  # every pair, exactly once
+        for number in range(len(schedule) + 1, len(schedule) + 4):
+            committed = cluster.step(coordinator, names)
+            assert committed.number == number and committed.policy == "saps" and list(committed.participants) == names
+
+
+def test_a_joining_participant_starts_a_cycle_that_probes_its_links() -> None:
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=2))
+    names = peers(4)
+    cluster.report_all_links(names)
+    coordinator = Coordinator()
+    assert [cluster.step(coordinator, names).policy for _ in range(2)] == ["saps", "saps"]  # all links known
+    joined = peers(5)
+    cycle = []
+    while (round_ := cluster.step(coordinator, joined)).policy == PROBE_POLICY:
+        cycle.append(round_)
+    assert [r.number for r in cycle] == [3, 4, 5, 6, 7]  # five peers: five slots, one peer sits each out
+    probed = [pair for r in cycle for pair in pairs_of(r)]
+    assert sorted(probed) == sorted(itertools.combinations(joined, 2))
+    assert {pair for pair in probed if "n04" in pair} == {(p, "n04") for p in names}
+    # Then training only: every link is measured or probed (a probe that failed or was never
+    # reported does not start a cycle after every training round).
+    assert [cluster.step(coordinator, joined).policy for _ in range(5)] == ["saps"] * 5
+
+
+def test_a_cycle_follows_participants_that_join_or_leave_mid_cycle() -> None:
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=6))
+    coordinator = Coordinator()
+    first = cluster.step(coordinator, peers(4))
+    assert first.policy == PROBE_POLICY
+    cycle = [first]
+    members = peers(6)  # two join after the first probe round
+    while (round_ := cluster.step(coordinator, members)).policy == PROBE_POLICY:
+        cycle.append(round_)
+        if len(cycle) == 3:
+            members = [p for p in members if p != "n01"]  # one leaves
+    probed = [pair for r in cycle for pair in pairs_of(r)]
+    assert len(probed) == len(set(probed))  # no pair probed twice in a cycle
+    assert set(itertools.combinations(members, 2)) <= set(probed)  # every pair of who is left
+    assert len(cycle) < MAX_PROBE_CYCLE_ROUNDS and round_.policy == "saps"
+    assert [cluster.step(coordinator, members).policy for _ in range(3)] == ["saps"] * 3
+
+
+def test_probe_cycles_recur_every_probe_every_rounds_training_rounds() -> None:
+    cluster = Cluster()
+    created = ok(cluster.configure(spec=SPEC, seed=4, probe_every_rounds=3)).gossip_configure_group.group
+    assert created.probe_every_rounds == 3
+    coordinator = Coordinator()
+    names = peers(4)
+    kinds = "".join("p" if cluster.step(coordinator, names).policy == PROBE_POLICY else "t" for _ in range(15))
+    assert kinds == "ppptttppptttppp"
+    # 0: probe cycles only for unknown links.
+    ok(cluster.configure(mask=("probe_every_rounds",), probe_every_rounds=0))
+    assert cluster.machine.gossip.group("g").probe_every_rounds == 0
+    assert [cluster.step(coordinator, names).policy for _ in range(8)] == ["saps"] * 8
+    # A group beyond MAX_PROBE_PEERS learns its links from the exchanges alone.
+    config = cluster.machine.gossip.group("g")
+    assert probe_pairs(config, [], peers(MAX_PROBE_PEERS), [])
+    assert probe_pairs(config, [], peers(MAX_PROBE_PEERS + 1), []) == ()
+    # A cycle that cannot finish (here: rounds that keep probing one pair) stops at its cap.
+    stuck = [
+        gossip_pb2.Round(group="g", number=n, policy=PROBE_POLICY, pairs=[gossip_pb2.Pair(a="n00", b="n01")])
+        for n in range(1, MAX_PROBE_CYCLE_ROUNDS + 1)
+    ]
+    assert probe_pairs(config, stuck[:-1], names, [])
+    assert probe_pairs(config, stuck, names, []) == ()
+    assert MAX_PROBE_CYCLE_ROUNDS < HISTORY_ROUNDS  # the coordinator always reads the whole cycle
 
 
 def test_never_plans_while_a_round_runs() -> None:
@@ -226,6 +402,7 @@ def test_never_plans_while_a_round_runs() -> None:
 def test_no_round_while_paused_or_short_of_participants() -> None:
     cluster = Cluster()
     ok(cluster.configure(spec=SPEC, min_participants=3, paused=True))
+    cluster.report_all_links(peers(5))
     coordinator = Coordinator()
     assert cluster.plan(coordinator, peers(5)) is None
     ok(cluster.configure(mask=("paused",), paused=False))
@@ -291,6 +468,8 @@ def test_group_configuration_is_validated_with_clear_messages() -> None:
         ({"spec": SPEC, "round_timeout_s": -1.0}, "round_timeout_s"),
         ({"spec": SPEC, "round_timeout_s": float("nan")}, "round_timeout_s"),
         ({"spec": SPEC, "min_participants": 1}, "min_participants 1 must be between 2"),
+        ({"spec": SPEC, "policy": "probe"}, "policy 'probe' is not one of"),  # a round's policy only
+        ({"spec": SPEC, "probe_every_rounds": 1001}, "probe_every_rounds 1001 must be at most 1000"),
         ({"spec": SPEC, "sparsity_ratio": 1.5}, "sparsity_ratio 1.5 must be in (0, 1]"),
         (
             {"spec": gossip_pb2.TensorSpec(tensors=[gossip_pb2.TensorInfo(name="w", dtype="int64", shape=[2])])},
@@ -318,6 +497,8 @@ def test_create_update_and_the_fixed_spec() -> None:
     assert created.created and created.changed
     group = created.group
     assert (group.policy, group.round_timeout_s, group.min_participants) == ("saps", 30.0, 2)  # defaults
+    assert group.probe_every_rounds == state_gossip.DEFAULT_PROBE_EVERY_ROUNDS == 50
+    assert state_gossip.PROBE_POLICY == PROBE_POLICY
     assert group.spec.sparsity_ratio == group.sparsity_ratio == 0.5
     # The same spec again (another worker starting): the group comes back as it is, other settings aside.
     same = ok(cluster.configure(spec=SPEC, sparsity_ratio=0.5, policy="random")).gossip_configure_group
@@ -340,6 +521,7 @@ def test_create_update_and_the_fixed_spec() -> None:
     assert updated.changed and not updated.created
     assert (updated.group.policy, updated.group.round_timeout_s, updated.group.paused) == ("best_bottleneck", 2.5, True)
     assert updated.group.spec == group.spec and updated.group.seed == 9 and updated.group.min_participants == 2
+    assert updated.group.probe_every_rounds == 50
     revision = cluster.machine.revision
     again = ok(cluster.configure(mask=("paused",), paused=True)).gossip_configure_group
     assert not again.changed and cluster.machine.revision == revision  # no change, no revision
@@ -370,6 +552,7 @@ def test_groups_rounds_and_the_consensus_measure_survive_a_snapshot() -> None:
     ok(cluster.configure(spec=SPEC, seed=4))
     config = gossip_pb2.GroupConfig(group="h", spec=SPEC, policy="random", paused=True, round_timeout_s=3.0)
     ok(cluster.run(gossip_configure_group=gossip_pb2.ConfigureGroupRequest(group=config)))
+    cluster.report_all_links(peers(4))
     planned = cluster.plan(Coordinator(), peers(4))
     assert planned is not None
     committed = cluster.start(planned)

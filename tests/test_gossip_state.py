@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.state.gossip import DONE, RUNNING, TIMED_OUT
+from controlplane.state.gossip import DONE, PROBE_POLICY, RUNNING, TIMED_OUT
 from controlplane.state.machine import StateMachine, batch_entry
 from controlplane.v1 import command_pb2, common_pb2, gossip_pb2
 from gossip.matching import SapsSelector
@@ -174,6 +174,27 @@ def test_the_deadline_ends_a_round_and_blames_the_silent() -> None:
     assert not ok(cluster.run(gossip_end_round=gossip_pb2.EndRoundRequest(group="g", number=1))).gossip_end_round.ended
     # The next round may now start.
     ok(cluster.start(2, ["a", "b"], [("a", "b")]))
+
+
+def test_a_probe_round_is_validated_like_any_round_and_mixes_nothing() -> None:
+    cluster = Cluster()
+    cluster.report("a", b=4.0)
+    # Its pairs are checked as any round's: disjoint, within the participants, idle the rest.
+    bad = cluster.start(1, ["a", "b", "c"], [("a", "b"), ("b", "c")], policy=PROBE_POLICY)
+    assert code(bad) == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    probe = ok(cluster.start(1, ["a", "b", "c", "d"], [("a", "b"), ("c", "d")], policy=PROBE_POLICY))
+    assert probe.gossip_start_round.round.policy == PROBE_POLICY
+    ok(cluster.report_round(1, "a"))
+    ok(cluster.report_round(1, "b"))
+    ok(cluster.report_round(1, "c", failed_peer="d"))  # a failed probe is recorded and penalised
+    done = ok(cluster.report_round(1, "d")).gossip_report_round.round
+    assert done.state == DONE and done.mixed == 0 and done.mix_delta_sq == 0.0  # no consensus measure
+    assert [(f.node, f.peer) for f in done.failures] == [("c", "d")]
+    assert {(link.a, link.b): link.failures for link in cluster.machine.gossip.matrix().links}[("c", "d")] == 1
+    # A training round after it counts its mixes again.
+    ok(cluster.start(2, ["a", "b"], [("a", "b")]))
+    ok(cluster.report_round(2, "a"))
+    assert cluster.machine.gossip.round("g", 2).mixed == 1
 
 
 @settings(max_examples=25, deadline=None)

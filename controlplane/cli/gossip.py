@@ -33,12 +33,15 @@ def _round_row(r: Round) -> list[object]:
     distance = r.pair_distance_sq
     return [
         r.number,
+        r.policy,
         r.state.name.lower(),
         started,
         f"{duration:.2f}s" if duration is not None else "running",
         len(r.participants),
         len(r.pairs),
-        _rate(r.bottleneck_bps),
+        # A probe round's pairs are a slot of the probe schedule, not a policy's choice: its slowest
+        # link is no bottleneck of anything (nor is its byte count a model's).
+        "-" if r.probe else _rate(r.bottleneck_bps),
         f"{r.bytes_total / 1e6:.2f} MB",
         f"{r.seconds_max:.2f}s",
         f"{distance:.4g}" if distance is not None else "-",
@@ -48,6 +51,7 @@ def _round_row(r: Round) -> list[object]:
 
 _ROUND_HEADERS = [
     "ROUND",
+    "POLICY",
     "STATE",
     "STARTED",
     "TIME",
@@ -63,6 +67,14 @@ _CONSENSUS_NOTE = (
     "PAIR_DIST2: mean squared distance between matched partners' parameters before the round "
     "(exchanged coordinates), the consensus measure"
 )
+_PROBE_NOTE = "probe: a round of bandwidth probes on disjoint pairs (two transfer sizes each way; nothing mixed)"
+
+
+def _notes(found: list[Round]) -> str:
+    notes = [_CONSENSUS_NOTE] if found else []
+    if any(r.probe for r in found):
+        notes.append(_PROBE_NOTE)
+    return "".join(f"\n{note}" for note in notes)
 
 
 def _round_value(r: Round | None) -> Any:
@@ -72,6 +84,7 @@ def _round_value(r: Round | None) -> Any:
     value = plain(r)
     value["duration_s"] = r.duration_s
     value["pair_distance_sq"] = r.pair_distance_sq
+    value["probe"] = r.probe
     return value
 
 
@@ -85,11 +98,16 @@ def _group_row(g: GroupConfig) -> list[object]:
         g.min_participants,
         tensors,
         f"{g.sparsity_ratio:g}",
+        _probe_every(g),
         g.seed,
     ]
 
 
-_GROUP_HEADERS = ["GROUP", "POLICY", "STATE", "TIMEOUT", "MIN_PEERS", "TENSORS", "SPARSITY", "SEED"]
+def _probe_every(g: GroupConfig) -> str:
+    return f"{g.probe_every_rounds} rounds" if g.probe_every_rounds else "unknown links only"
+
+
+_GROUP_HEADERS = ["GROUP", "POLICY", "STATE", "TIMEOUT", "MIN_PEERS", "TENSORS", "SPARSITY", "PROBES", "SEED"]
 
 
 def _describe_group(g: GroupConfig) -> str:
@@ -103,6 +121,9 @@ def _describe_group(g: GroupConfig) -> str:
             f"group {g.group}: {'paused' if g.paused else 'active'}, policy {g.policy}, round timeout "
             f"{g.round_timeout_s:g}s, at least {g.min_participants} peers, seed {g.seed}",
             f"tensors: {tensors} (sparsity {g.sparsity_ratio:g})",
+            f"probe cycles: when a link is unknown, and every {g.probe_every_rounds} training rounds"
+            if g.probe_every_rounds
+            else "probe cycles: only when a link is unknown",
         ]
     )
 
@@ -155,11 +176,12 @@ def rounds(
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """A group's rounds, oldest first: time, bytes, bottleneck bandwidth, consensus measure and failures."""
+    """A group's rounds, oldest first: policy (``probe`` for probe rounds), time, bytes, bottleneck
+    bandwidth, consensus measure and failures."""
     with connect(endpoints, timeout) as client:
         found = client.gossip.rounds(group, after=after, limit=limit)
     text = table([_round_row(r) for r in found], _ROUND_HEADERS)
-    emit(output, [_round_value(r) for r in found], f"{text}\n{_CONSENSUS_NOTE}" if found else text)
+    emit(output, [_round_value(r) for r in found], text + _notes(list(found)))
 
 
 @gossip_app.command()
@@ -190,6 +212,8 @@ def status(
         lines.append("no round yet")
     else:
         lines.append(table([_round_row(latest)], _ROUND_HEADERS))
+        if latest.probe:
+            lines.append(_PROBE_NOTE)
         lines.append("pairs: " + (", ".join(f"{p.a}<->{p.b}" for p in latest.pairs) or "-"))
         if latest.idle:
             lines.append("idle: " + ", ".join(latest.idle))
@@ -253,11 +277,20 @@ def groups_configure(
     round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round")] = None,
     min_participants: Annotated[int | None, typer.Option(help="Fewest peers a round starts with")] = None,
     pause: Annotated[bool | None, typer.Option("--pause/--resume", help="Stop or resume starting rounds")] = None,
+    probe_every: Annotated[
+        int | None,
+        typer.Option(
+            "--probe-every",
+            min=0,
+            help="Training rounds between two probe cycles (0: probe only unknown links; default 50)",
+        ),
+    ] = None,
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Create a group (with --tensor), or change an existing group's policy, timeout, minimum or pause.
+    """Create a group (with --tensor), or change an existing group's policy, timeout, minimum, probe
+    interval or pause.
 
     A group's tensors, sparsity and seed are fixed once it exists: a new layout needs a new group name.
     """
@@ -273,17 +306,29 @@ def groups_configure(
                 min_participants=min_participants if min_participants is not None else 2,
                 seed=seed or 0,
                 paused=bool(pause),
+                probe_every_rounds=probe_every,
             )
         verb = "created" if change.created else "exists (unchanged; use the options without --tensor to change it)"
     else:
         if sparsity is not None or seed is not None:
             fail("--sparsity and --seed are fixed when a group is created (with --tensor)", code=EXIT_USAGE)
-        if policy is None and round_timeout is None and min_participants is None and pause is None:
-            options = "--policy, --round-timeout, --min-participants, --pause or --resume"
+        if (
+            policy is None
+            and round_timeout is None
+            and min_participants is None
+            and pause is None
+            and probe_every is None
+        ):
+            options = "--policy, --round-timeout, --min-participants, --probe-every, --pause or --resume"
             fail(f"nothing to change: give --tensor to create the group, or {options}", code=EXIT_USAGE)
         with connect(endpoints, timeout) as client:
             change = client.gossip.update_group(
-                group, policy=policy, round_timeout_s=round_timeout, min_participants=min_participants, paused=pause
+                group,
+                policy=policy,
+                round_timeout_s=round_timeout,
+                min_participants=min_participants,
+                paused=pause,
+                probe_every_rounds=probe_every,
             )
         verb = "updated" if change.changed else "unchanged"
     emit(output, plain(change), f"{verb}\n{_describe_group(change.group)}")

@@ -1193,12 +1193,14 @@ class Gossip:
         min_participants: int = 2,
         seed: int = 0,
         paused: bool = False,
+        probe_every_rounds: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> G.GroupChange:
         """Create the group with its tensor spec (``[(name, dtype, shape), ...]``), or get it back
         unchanged when it exists with the same tensors and sparsity (``created=False``).
-        ``FailedPrecondition`` for another spec: use a new name."""
+        ``FailedPrecondition`` for another spec: use a new name. ``probe_every_rounds``: training
+        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50)."""
         r = self._unary(
             G.CONFIGURE_GROUP,
             G.configure_request(
@@ -1210,6 +1212,7 @@ class Gossip:
                 min_participants=min_participants,
                 seed=seed,
                 paused=paused,
+                probe_every_rounds=probe_every_rounds,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -1224,6 +1227,7 @@ class Gossip:
         round_timeout_s: float | None = None,
         min_participants: int | None = None,
         paused: bool | None = None,
+        probe_every_rounds: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> G.GroupChange:
@@ -1236,6 +1240,7 @@ class Gossip:
                 round_timeout_s=round_timeout_s,
                 min_participants=min_participants,
                 paused=paused,
+                probe_every_rounds=probe_every_rounds,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2413,12 +2418,14 @@ class AsyncGossip:
         min_participants: int = 2,
         seed: int = 0,
         paused: bool = False,
+        probe_every_rounds: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> G.GroupChange:
         """Create the group with its tensor spec (``[(name, dtype, shape), ...]``), or get it back
         unchanged when it exists with the same tensors and sparsity (``created=False``).
-        ``FailedPrecondition`` for another spec: use a new name."""
+        ``FailedPrecondition`` for another spec: use a new name. ``probe_every_rounds``: training
+        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50)."""
         r = await self._unary(
             G.CONFIGURE_GROUP,
             G.configure_request(
@@ -2430,6 +2437,7 @@ class AsyncGossip:
                 min_participants=min_participants,
                 seed=seed,
                 paused=paused,
+                probe_every_rounds=probe_every_rounds,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2444,6 +2452,7 @@ class AsyncGossip:
         round_timeout_s: float | None = None,
         min_participants: int | None = None,
         paused: bool | None = None,
+        probe_every_rounds: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> G.GroupChange:
@@ -2456,6 +2465,7 @@ class AsyncGossip:
                 round_timeout_s=round_timeout_s,
                 min_participants=min_participants,
                 paused=paused,
+                probe_every_rounds=probe_every_rounds,
                 request_id=P.rid(request_id),
             ),
             timeout,

@@ -91,6 +91,7 @@ class Round:
     participants: tuple[str, ...]
     matrix_version: int
     seed: int
+    #: The group's policy, or "probe" for a probe round (see ``probe``).
     policy: str
     pairs: tuple[Pair, ...]
     idle: tuple[str, ...]
@@ -109,6 +110,12 @@ class Round:
     #: Participants that reported a successful mix, and the sum of their ``mix_delta_sq``.
     mixed: int = 0
     mix_delta_sq: float = 0.0
+
+    @property
+    def probe(self) -> bool:
+        """A probe round: its pairs measured their links (two transfer sizes each way) and mixed
+        nothing, so it has no consensus measure, and its bottleneck says nothing about a policy."""
+        return self.policy == "probe"
 
     @property
     def pair_distance_sq(self) -> float | None:
@@ -140,6 +147,8 @@ class GroupConfig:
     create_revision: int
     mod_revision: int
     updated_unix_ms: int
+    #: Training rounds between two probe cycles (0: probe only links nobody measured).
+    probe_every_rounds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +241,10 @@ def configure_request(
     min_participants: int,
     seed: int,
     paused: bool,
+    probe_every_rounds: int | None = None,
     request_id: str,
 ) -> gossip_pb2.ConfigureGroupRequest:
+    """``probe_every_rounds=None`` leaves it to the cluster's default (50)."""
     return gossip_pb2.ConfigureGroupRequest(
         group=gossip_pb2.GroupConfig(
             group=group,
@@ -244,6 +255,7 @@ def configure_request(
             min_participants=min_participants,
             seed=seed,
             paused=paused,
+            probe_every_rounds=probe_every_rounds,
         ),
         request_id=request_id,
     )
@@ -256,6 +268,7 @@ def update_request(
     round_timeout_s: float | None,
     min_participants: int | None,
     paused: bool | None,
+    probe_every_rounds: int | None = None,
     request_id: str,
 ) -> gossip_pb2.ConfigureGroupRequest:
     """A ConfigureGroup whose update_mask names exactly the fields given (not None)."""
@@ -264,10 +277,11 @@ def update_request(
         "round_timeout_s": round_timeout_s,
         "min_participants": min_participants,
         "paused": paused,
+        "probe_every_rounds": probe_every_rounds,
     }
     mask = [name for name, value in given.items() if value is not None]
     if not mask:
-        raise ValueError("name at least one of policy, round_timeout_s, min_participants, paused to change")
+        raise ValueError(f"name at least one of {', '.join(given)} to change")
     config = gossip_pb2.GroupConfig(group=group, **{name: given[name] for name in mask})  # type: ignore[arg-type]
     return gossip_pb2.ConfigureGroupRequest(group=config, update_mask=mask, request_id=request_id)
 

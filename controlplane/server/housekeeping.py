@@ -44,7 +44,7 @@ from controlplane.v1 import (
     membership_pb2,
     ports_pb2,
 )
-from gossip.coordinator import GROUP_LABEL, HISTORY_ROUNDS, Coordinator, Plan, eligible
+from gossip.coordinator import GROUP_LABEL, Coordinator, Plan, eligible, rounds_to_read
 
 #: How soon after a gossip round ended the leader notices and plans the next one.
 ROUND_PROMPT_S = 0.02
@@ -242,7 +242,7 @@ class Housekeeper:
         gossip, membership = machine.gossip, machine.membership
         configs = []
         for config in gossip.list_groups():
-            rounds = gossip.recent_rounds(config.group, HISTORY_ROUNDS)
+            rounds = gossip.recent_rounds(config.group, rounds_to_read(config))
             if not config.paused and not (rounds and rounds[-1].state == gossip_pb2.ROUND_STATE_RUNNING):
                 configs.append((config, rounds))
         labelled: dict[str, list[membership_pb2.NodeRecord]] = {}
@@ -313,6 +313,7 @@ class Housekeeper:
                     "gossip_round_started",
                     group=config.group,
                     round=started.number,
+                    policy=started.policy,
                     participants=len(started.participants),
                     pairs=[f"{p.a}-{p.b}" for p in started.pairs],
                     bottleneck_bps=started.bottleneck_bps,

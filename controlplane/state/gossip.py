@@ -13,9 +13,13 @@ matching with ``gossip.matching`` and proposes it; the machine only checks it). 
 * **a failed exchange is remembered**: the failure is recorded in the round and the link's estimate
   halved, so the next matchings avoid it until fresh reports restore it;
 * **a configured group's spec is fixed**: ``ConfigureGroup`` creates a group (tensors, sparsity,
-  seed, policy, timeout, minimum participants) or changes only its policy, timeout, minimum and
-  paused flag; a round of a configured group must carry exactly the group's spec. The leader's
-  coordinator (``gossip.coordinator``) plans the rounds of every configured group that is not paused.
+  seed, policy, timeout, minimum participants, probe interval) or changes only its policy, timeout,
+  minimum, probe interval and paused flag; a round of a configured group must carry exactly the
+  group's spec. The leader's coordinator (``gossip.coordinator``) plans the rounds of every
+  configured group that is not paused;
+* **probe rounds are rounds**: a round with policy ``probe`` (the coordinator's bandwidth probes on
+  disjoint pairs) is validated, ended and penalised like any other; only it counts no mix, since a
+  probe leaves every model as it was.
 
 Rounds are kept per group up to ``MAX_ROUNDS_PER_GROUP`` (the oldest dropped first).
 """
@@ -42,6 +46,9 @@ MAX_LINKS_PER_REPORT = 1024
 MAX_PARTICIPANTS = 4096
 MAX_TENSORS = 1024
 POLICIES = ("saps", "random", "best_bottleneck")
+# A round's policy: a group's, or "probe" for the coordinator's probe rounds (never a group's policy).
+PROBE_POLICY = "probe"
+ROUND_POLICIES = (*POLICIES, PROBE_POLICY)
 # Group names are shorter than other names: the coordinator's request id embeds one
 # ("coordinator/GROUP/NUMBER") and request ids are at most 128 characters.
 MAX_GROUP_NAME_CHARS = 64
@@ -50,12 +57,16 @@ DEFAULT_ROUND_TIMEOUT_S = 30.0
 MIN_ROUND_TIMEOUT_S = 1.0  # well above a commit, so a deadline is never past when its round applies
 MAX_ROUND_TIMEOUT_S = 86_400.0
 DEFAULT_MIN_PARTICIPANTS = 2
+# Training rounds between two probe cycles when a group is created without saying (0: probe only
+# links nobody measured). At most the rounds a group keeps: the coordinator finds the last probe
+# round among them.
+DEFAULT_PROBE_EVERY_ROUNDS = 50
 MAX_GROUPS = 10_000
 MAX_DIMS = 32
 # Gossip averages parameters: only floating-point tensors can be averaged (numpy dtype names).
 FLOAT_DTYPES = ("float16", "float32", "float64", "float128")
 # What an update_mask may name, and what is fixed once a group exists.
-GROUP_FIELDS = ("policy", "round_timeout_s", "min_participants", "paused")
+GROUP_FIELDS = ("policy", "round_timeout_s", "min_participants", "paused", "probe_every_rounds")
 FIXED_GROUP_FIELDS = ("spec", "sparsity_ratio", "seed")
 # A failed exchange halves the link's estimate (the same penalty as gossip.bandwidth.penalise).
 FAILURE_PENALTY = 0.5
@@ -129,9 +140,15 @@ def normalise_group(config: GroupConfig) -> GroupConfig:
         min_participants=config.min_participants or DEFAULT_MIN_PARTICIPANTS,
         seed=config.seed,
         paused=config.paused,
+        probe_every_rounds=_probe_every_rounds(config),
     )
     check_group(out)
     return out
+
+
+def _probe_every_rounds(config: GroupConfig) -> int:
+    """The probe interval a request asks for: its value when set (0 included), else the default."""
+    return config.probe_every_rounds if config.HasField("probe_every_rounds") else DEFAULT_PROBE_EVERY_ROUNDS
 
 
 def check_group(config: GroupConfig) -> None:
@@ -148,6 +165,11 @@ def check_group(config: GroupConfig) -> None:
         raise _invalid(
             f"min_participants {config.min_participants} must be between {DEFAULT_MIN_PARTICIPANTS} and "
             f"{MAX_PARTICIPANTS} (a round needs two peers to exchange anything)"
+        )
+    if config.probe_every_rounds > MAX_ROUNDS_PER_GROUP:
+        raise _invalid(
+            f"probe_every_rounds {config.probe_every_rounds} must be at most {MAX_ROUNDS_PER_GROUP} (the rounds a "
+            "group keeps; 0 probes only links nobody measured)"
         )
     if not config.spec.tensors:
         raise _invalid(f"group {config.group!r} needs a tensor spec: the tensors its peers train and average")
@@ -359,8 +381,8 @@ class GossipTable:
     def _start_round(self, request: gossip_pb2.StartRoundRequest) -> CommandResult:
         proposed = request.round
         _check(limits.check_name(proposed.group, "group"))
-        if proposed.policy not in POLICIES:
-            raise _invalid(f"policy {proposed.policy!r} is not one of {', '.join(POLICIES)}")
+        if proposed.policy not in ROUND_POLICIES:
+            raise _invalid(f"policy {proposed.policy!r} is not one of {', '.join(ROUND_POLICIES)}")
         participants = list(proposed.participants)
         if not participants or len(participants) > MAX_PARTICIPANTS:
             raise _invalid(f"a round needs 1 to {MAX_PARTICIPANTS} participants")
@@ -463,7 +485,7 @@ class GossipTable:
         updated.reported[:] = sorted([*current.reported, request.node_id])
         updated.bytes_total = min(updated.bytes_total + request.bytes, 2**64 - 1)  # a uint64 must not overflow
         updated.seconds_max = max(updated.seconds_max, request.seconds)
-        if partner and not request.failed_peer:
+        if partner and not request.failed_peer and current.policy != PROBE_POLICY:
             updated.mixed += 1
             updated.mix_delta_sq += request.mix_delta_sq
         if request.failed_peer:
@@ -560,6 +582,7 @@ class GossipTable:
             "round_timeout_s": given.round_timeout_s or DEFAULT_ROUND_TIMEOUT_S,
             "min_participants": given.min_participants or DEFAULT_MIN_PARTICIPANTS,
             "paused": given.paused,
+            "probe_every_rounds": _probe_every_rounds(given),
         }
         for field in mask:
             setattr(updated, field, defaults[field])
@@ -605,6 +628,8 @@ class GossipTable:
         for round_ in state.rounds:
             self.rounds.setdefault(round_.group, SortedDict())[round_.number] = round_
         for config in state.groups:
+            if not config.HasField("probe_every_rounds"):  # a snapshot from before probe rounds
+                config.probe_every_rounds = DEFAULT_PROBE_EVERY_ROUNDS
             self.groups[config.group] = config
 
 

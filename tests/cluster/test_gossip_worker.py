@@ -1,12 +1,16 @@
 """gossip.Worker against a real 3-server cluster: the leader's coordinator commits each round's pairs,
 four workers in this process exchange over their own gossip ports and report, and a peer that dies
 mid-round costs its partner nothing but the round: it keeps its own parameters, the failure is
-recorded and penalised, and the rounds go on without the dead peer once its lease has expired."""
+recorded and penalised, and the rounds go on without the dead peer once its lease has expired.
+The group's first rounds are a probe cycle, run inside the workers' first ``step``: every pair
+measured once on disjoint pairs, the matrix filled (bandwidth and latency) before training starts."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
 import secrets
 import subprocess
 import sys
@@ -33,6 +37,8 @@ Params = dict[str, np.ndarray]
 
 ROUND_TIMEOUT_S = 6.0
 LEASE_TTL_S = 3.0
+PROBE_BYTES = (4 * 1024, 256 * 1024)  # small, to keep the test fast; still two sizes
+PROBE_ROUNDS = 3  # four workers: three slots of two disjoint pairs
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
@@ -105,7 +111,14 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
         )
         assert created.created and created.group.paused
         for node in ids:
-            workers[node] = Worker(client, group, node, round_timeout_s=ROUND_TIMEOUT_S, lease_ttl_s=LEASE_TTL_S)
+            workers[node] = Worker(
+                client,
+                group,
+                node,
+                round_timeout_s=ROUND_TIMEOUT_S,
+                lease_ttl_s=LEASE_TTL_S,
+                probe_bytes=PROBE_BYTES,
+            )
         await asyncio.gather(*(workers[node].start(initial_params(k)) for k, node in enumerate(ids)))
         assert all(w.config is not None and w.config.round_timeout_s == ROUND_TIMEOUT_S for w in workers.values())
         # A worker with another layout is turned away before it registers: a new layout, a new group.
@@ -118,12 +131,17 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
 
         params = {node: initial_params(k) for k, node in enumerate(ids)}
         start_totals = totals(params)
-        for number in range(1, 6):
+        # No link is known yet: the first rounds are a probe cycle, which the first step runs on the way
+        # to the first training round (round 4). Every step returns after a training round only.
+        for number in range(PROBE_ROUNDS + 1, PROBE_ROUNDS + 6):
             before = params
             mixed = await asyncio.gather(*(workers[node].step(before[node]) for node in ids))
             params = dict(zip(ids, mixed, strict=True))
+            if number == PROBE_ROUNDS + 1:
+                await check_probe_cycle(client, group, workers)
             committed = await client.gossip.round(group, number)
             assert committed.number == number and list(committed.participants) == ids
+            assert committed.policy == "saps" and not committed.probe
             assert len(committed.pairs) == 2 and not committed.idle
             for node in ids:
                 stats = workers[node].last_round
@@ -141,12 +159,13 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
         matrix = await client.gossip.bandwidth(node_id=ids[0])
         assert any(link.bandwidth_bps > 0 and link.samples > 0 for link in matrix.links)
 
-        # Round 6: a peer dies mid-round. It is in the committed round; it is killed (gossip port gone,
+        # Round 9: a peer dies mid-round. It is in the committed round; it is killed (gossip port gone,
         # heartbeats stopped, no deregistration) before it exchanged.
         victim = ids[1]
         survivors = [node for node in ids if node != victim]
         steps = {node: asyncio.create_task(workers[node].step(params[node])) for node in survivors}
-        sixth = await eventually(partial(_round, client, group, 6), 15, "round 6 to be committed")
+        dying = PROBE_ROUNDS + 6
+        sixth = await eventually(partial(_round, client, group, dying), 15, f"round {dying} to be committed")
         assert victim in sixth.participants
         await workers.pop(victim).close(deregister=False)
         results = {node: await task for node, task in steps.items()}
@@ -155,12 +174,12 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
         orphan = partner_in(sixth, victim)
         assert orphan is not None
         stats = workers[orphan].last_round
-        assert stats is not None and stats.number == 6 and not stats.ok and stats.partner == victim and stats.error
+        assert stats is not None and stats.number == dying and not stats.ok and stats.partner == victim and stats.error
         for name in params[orphan]:
             assert np.array_equal(results[orphan][name], params[orphan][name])  # its own parameters, unchanged
         assert_mixed([p for p in pairs_of(sixth) if victim not in p], [], params, results)
         params = {node: results[node] for node in survivors}
-        ended = await eventually(partial(_ended, client, group, 6), ROUND_TIMEOUT_S + 10, "round 6 to end")
+        ended = await eventually(partial(_ended, client, group, dying), ROUND_TIMEOUT_S + 10, f"round {dying} to end")
         assert ended.state is RoundState.TIMED_OUT  # the dead peer never reported
         failures = {(f.node, f.peer) for f in ended.failures}
         assert (orphan, victim) in failures and (victim, "") in failures
@@ -172,18 +191,20 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
         assert link.failures >= 1  # penalised
 
         # The following rounds go on: the dead peer drops out once its lease expired (at most one round
-        # may still list it, if the lease outlived round 6), and three peers make one pair and one idle.
+        # may still list it, if the lease outlived round 9), and three peers make one pair and one idle.
+        # Every link among them is known: no probe cycle.
         without: list[Round] = []
-        number = 6
+        number = dying
         while len(without) < 2:
             number += 1
-            assert number <= 9, "the dead peer was still listed two rounds after it died"
+            assert number <= dying + 3, "the dead peer was still listed two rounds after it died"
             before = params
             mixed = await asyncio.gather(*(workers[node].step(before[node]) for node in survivors))
             params = dict(zip(survivors, mixed, strict=True))
             committed = await eventually(partial(_ended, client, group, number), 15, f"round {number}")
+            assert not committed.probe
             if victim in committed.participants:
-                assert number == 7 and not without
+                assert number == dying + 1 and not without
                 continue
             assert list(committed.participants) == sorted(survivors)
             assert len(committed.pairs) == 1 and len(committed.idle) == 1
@@ -224,6 +245,37 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
     finally:
         await asyncio.gather(*(w.close() for w in workers.values()), return_exceptions=True)
         await client.close()
+
+
+async def check_probe_cycle(client: AsyncClient, group: str, workers: dict[str, Worker]) -> None:
+    """Rounds 1-3 were probe rounds covering every pair once on disjoint pairs; both ends of every
+    link measured it at two sizes and reported, so the matrix holds every link with its latency fit."""
+    ids = sorted(workers)
+    probes = [await client.gossip.round(group, n) for n in range(1, PROBE_ROUNDS + 1)]
+    probed: list[tuple[str, str]] = []
+    for r in probes:
+        assert r.probe and r.policy == "probe" and r.state is RoundState.DONE and not r.failures, r
+        nodes = [node for pair in r.pairs for node in (pair.a, pair.b)]
+        assert len(nodes) == len(set(nodes)) == 4 and list(r.participants) == sorted(nodes)  # disjoint pairs
+        assert r.mixed == 0 and r.pair_distance_sq is None  # nothing mixed
+        assert r.bytes_total == 4 * sum(PROBE_BYTES)  # each side received both transfers
+        probed += pairs_of(r)
+    assert sorted(probed) == sorted(itertools.combinations(ids, 2))  # every pair exactly once
+    for node, worker in workers.items():
+        assert worker.last_probe is not None and worker.last_probe.ok and worker.last_probe.number <= PROBE_ROUNDS
+        for peer in ids:
+            if peer == node:
+                continue
+            estimate = worker.bandwidth.estimate(peer)
+            assert estimate is not None and estimate.bandwidth > 0, (node, peer)
+            # Both sizes measured: latency and bandwidth separated by the fit (a negative intercept
+            # from noise is clamped to 0).
+            assert set(PROBE_BYTES) <= {nbytes for nbytes, _ in estimate.recent} and estimate.latency >= 0.0
+    links = {(link.a, link.b): link for link in (await client.gossip.bandwidth()).links}
+    for a, b in itertools.combinations(ids, 2):
+        link = links[(a, b)]
+        assert link.bandwidth_bps > 0 and link.bandwidth_a_bps > 0 and link.bandwidth_b_bps > 0, link
+        assert link.samples >= 2 and math.isfinite(link.latency_s) and link.latency_s >= 0.0 and not link.failures
 
 
 async def _round(client: AsyncClient, group: str, number: int) -> Round | None:
@@ -281,10 +333,24 @@ def test_cpctl_gossip_groups_and_the_consensus_measure(cluster: LocalCluster) ->
     shown = cpctl(cluster, "gossip", "groups", "show", group)
     assert shown["group"]["policy"] == "random" and shown["latest"]["number"] == 1
     assert shown["latest"]["pair_distance_sq"] == 3.0 and shown["latest"]["duration_s"] is not None
+    assert shown["group"]["probe_every_rounds"] == 50  # the default
+    # A probe round: recognisable, with no consensus measure and no bottleneck shown.
+    with Client(cluster.client_addresses, timeout=15) as client:
+        client.gossip.start_round(
+            group, 2, ["gc-a", "gc-b"], [("gc-a", "gc-b")], seed=2, policy="probe", sparsity_ratio=0.5,
+            deadline_unix_ms=int(time.time() * 1000) + 30_000,
+            tensors=[("b", "float32", (2,)), ("w", "float32", (8, 2))],
+        )  # fmt: skip
+        for node in ("gc-a", "gc-b"):
+            client.gossip.report_round(group, 2, node, bytes=4096, seconds=0.01)
     rounds = cpctl(cluster, "gossip", "rounds", group)
-    assert [(r["number"], r["state"], r["pair_distance_sq"]) for r in rounds] == [(1, "DONE", 3.0)]
+    assert [(r["number"], r["state"], r["pair_distance_sq"], r["probe"]) for r in rounds] == [
+        (1, "DONE", 3.0, False),
+        (2, "DONE", None, True),
+    ]
     text = cpctl(cluster, "gossip", "status", group, json_output=False)
     assert text.startswith(f"group {group}: paused, policy random") and "PAIR_DIST2" in text
+    assert "bandwidth probes on disjoint pairs" in text and " probe " in text
     with Client(cluster.client_addresses, timeout=15) as client:
         assert client.gossip.delete_group(group)
         with pytest.raises(NotFound):
