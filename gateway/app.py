@@ -1166,7 +1166,7 @@ async def get_bootstrap(gateway: GatewayDep) -> BootstrapOut:
 )
 async def post_candidacy(gateway: GatewayDep, candidate: CandidateIn) -> BootstrapOut:
     """A server started with ``--bootstrap-expect`` announces itself (and its vote, once cast); the
-    answer is what it must do now. Servers post again every half second; a candidacy not posted for
+    answer is what it must do now. Servers post again every quarter second; a candidacy not posted for
     ``candidate_ttl_s`` is dropped. Relayed to the peer gateways."""
     if gateway.formation is None:
         raise errors.FailedPrecondition("this gateway was not started with --bootstrap-expect: it forms no cluster")

@@ -41,10 +41,10 @@ log = structlog.get_logger("bootstrap")
 
 RECORD_FILE = "bootstrap.json"
 #: How often a forming server posts its candidacy (and learns the others' votes).
-DEFAULT_POLL_S = 0.5
+DEFAULT_POLL_S = 0.25
 #: A server votes (by the smallest-ids rule) only after the candidate list stayed the same this long:
 #: servers started together then see each other before anyone votes. Safety does not depend on it.
-DEFAULT_SETTLE_S = 1.0
+DEFAULT_SETTLE_S = 0.75
 #: How often a running server announces itself to the gateways.
 ANNOUNCE_INTERVAL_S = 2.0
 
