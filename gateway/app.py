@@ -933,6 +933,7 @@ class Gateway:
         self._backend_addresses: tuple[str, ...] = settings.endpoints
         self._factory = backend_factory
         self._retired: set[asyncio.Task[None]] = set()
+        self._retired_backends: list[Backend] = []
         self.clock = clock
         self.cache = StatusCache(self._fetch_status, settings.cache_ttl_s, clock)
         self.formation = (
@@ -969,8 +970,10 @@ class Gateway:
     def _retire(self, backend: Backend) -> None:
         async def close_later() -> None:
             await asyncio.sleep(self.settings.call_timeout_s * 2)
+            self._retired_backends.remove(backend)
             await backend.close()
 
+        self._retired_backends.append(backend)
         task = asyncio.ensure_future(close_later())
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
@@ -1013,8 +1016,9 @@ class Gateway:
             except errors.Unavailable:
                 if not answer_wait:
                     raise
-            else:
-                return joined.model_copy(update={"expect": expect, "candidates": candidates})
+                # A cluster runs but has no leader right now: nothing is to be formed.
+                return BootstrapOut(action="wait", members=[], leader=None, expect=expect, candidates=candidates)
+            return joined.model_copy(update={"expect": expect, "candidates": candidates})
         formed = self.formation.formed(self.clock())
         if formed is None:
             return BootstrapOut(action="wait", members=[], leader=None, expect=expect, candidates=candidates)
@@ -1039,10 +1043,13 @@ class Gateway:
             if listed.expect != self.formation.expect:
                 log.error("relay_expect_mismatch", peer=peer, theirs=listed.expect, ours=self.formation.expect)
                 continue
+            expect = self.formation.expect
             self.formation.merge(
                 (
                     (Candidate(c.id, c.client_address, c.raft_address, tuple(c.vote), c.started), c.age_s)
                     for c in listed.candidates
+                    # The same checks a posted vote passes: a broken peer cannot relay a malformed one.
+                    if not c.vote or (len(c.vote) == expect and c.id in c.vote and c.vote == sorted(set(c.vote)))
                 ),
                 self.clock(),
             )
@@ -1050,6 +1057,9 @@ class Gateway:
     async def close(self) -> None:
         for task in list(self._retired):
             task.cancel()
+        retired, self._retired_backends = self._retired_backends, []
+        for backend in retired:  # their delayed close was just cancelled: close them now
+            await backend.close()
         if self._backend is not None:
             backend, self._backend = self._backend, None
             await backend.close()

@@ -97,6 +97,9 @@ def next_step(
     """
     if my_vote:
         return Step("form", my_vote) if unanimous(my_vote, candidates) else Step("wait")
+    if any(c.started for c in candidates.values()):
+        # A cluster runs: a server that has not voted joins it and never founds another.
+        return Step("wait")
     choice = choose_vote(me, expect, candidates)
     if choice is None:
         return Step("wait")

@@ -1393,6 +1393,14 @@ async def fetch_artifact(
 
     existing = await asyncio.to_thread(store.record, model, number)
     if existing is not None:
+        # The record says the copy was verified once; bytes rot in place (same size). Hash it again
+        # before vouching for it as a replica, and fetch afresh if it no longer matches.
+        _, actual = await asyncio.to_thread(compute_manifest, existing.path, MAX_CHUNK_SIZE)
+        if actual != existing.sha256:
+            log.warning("artifact_copy_damaged", model=model, version=number, path=str(existing.path))
+            await asyncio.to_thread(store.remove, model, number)
+            existing = None
+    if existing is not None:
         if existing.sha256 != expected or existing.size != size:
             raise ArtifactCorrupt(
                 f"{existing.path} holds sha256 {existing.sha256} ({existing.size} bytes), but the registry's "

@@ -19,7 +19,8 @@ The rules, each tested in ``tests/test_gossip_coordinator.py``:
   history (which link was last used when) is rebuilt from the group's committed rounds
   (:class:`History`), the bandwidth is the committed matrix (links never measured take a default,
   :func:`bandwidth_matrix`), the randomness is seeded from the group's seed and the round number.
-  A new leader therefore proposes exactly the round the old one would have; and since the request
+  A new leader therefore proposes the same participants, pairs, seed and spec as the old one would
+  have (only the deadline, taken from the proposing leader's clock, differs); and since the request
   id is ``coordinator/GROUP/NUMBER``, a retry or a second leader's duplicate applies once;
 * **probe rounds** (:func:`probe_pairs`): when a pair of participants has no estimate and was
   never probed, and again every ``probe_every_rounds`` training rounds, the group runs a *probe

@@ -407,6 +407,16 @@ async def test_fetch_from_three_holders_verifies_and_records_the_replica(cluster
     assert cluster.registry.replica_calls.count((MODEL, 1, "f1")) == 2  # idempotent, asked again
 
 
+async def test_a_copy_that_rotted_in_place_is_fetched_again_not_vouched_for(cluster: Cluster) -> None:
+    await three_holders(cluster)
+    store = ArtifactStore(cluster.tmp / "f1")
+    first = await fetch_artifact(cluster.registry, MODEL, 1, store, node_id="f1", chunk_size=CHUNK)
+    corrupt(first.path, CHUNK + 3, keep_mtime=True)  # same size, same mtime: only the bytes know
+    again = await fetch_artifact(cluster.registry, MODEL, 1, store, node_id="f1", chunk_size=CHUNK)
+    assert not again.already_present and again.chunks_fetched == CHUNKS
+    assert again.path.read_bytes() == cluster.data
+
+
 def test_holders_are_ranked_by_the_matrix_then_local_samples_then_at_random() -> None:
     table = BandwidthTable("me")
     table.observe("b", 5_000_000, 1.0, 0.0)

@@ -3,14 +3,19 @@ between two gateways, and input checks. The cluster-level race is tests/cluster/
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from test_gateway_app import TOKEN, FakeBackend, FakeClock, assert_error, status
 
+from controlplane.server.bootstrap import Bootstrapper, BootstrapRecord, load_record, save_record
+from controlplane.server.config import ServerConfig
 from gateway.app import Backend, GatewaySettings, create_app
+from gateway.client import GatewayClient, RetryPolicy
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -153,3 +158,89 @@ async def test_a_gateway_without_bootstrap_expect_forms_nothing() -> None:
 async def test_no_cluster_yet_is_a_503_on_discovery(gateways: Gateways) -> None:
     body = assert_error(await gateways.http[0].get("/v1/cluster"), 503, "NO_LEADER")
     assert "--bootstrap-expect 3" in body["message"]
+
+
+# --------------------------------------------------------------------------------------- the server's side
+
+
+def _server_config(tmp_path: Path, node_id: str) -> ServerConfig:
+    index = node_id[-1]
+    return ServerConfig(
+        node_id=node_id,
+        client_address=f"127.0.0.1:710{index}",
+        raft_address=f"127.0.0.1:720{index}",
+        metrics_address="",
+        data_dir=tmp_path / node_id,
+        insecure_dev=True,
+    )
+
+
+async def _bootstrapper(app: Any, config: ServerConfig, expect: int | None) -> Bootstrapper:
+    bootstrapper = Bootstrapper(config, ["http://gw"], expect=expect, poll_s=0.01, settle_s=0.0)
+    await bootstrapper._gateways[0].aclose()
+    bootstrapper._gateways = [
+        GatewayClient("http://gw", transport=httpx.ASGITransport(app=app), retry=RetryPolicy(attempts=1))
+    ]
+    return bootstrapper
+
+
+async def _announce(http: httpx.AsyncClient, index: int, vote: Sequence[str]) -> None:
+    """Server n<index> posts that it runs, with its vote."""
+    body = {"id": f"n{index}", "client_address": f"127.0.0.1:710{index}", "raft_address": f"127.0.0.1:720{index}"}
+    response = await http.post("/v1/bootstrap/candidates", json={**body, "vote": list(vote), "started": True})
+    assert response.status_code == 200, response.text
+
+
+async def test_a_founder_back_after_its_set_formed_is_a_voter_not_a_learner(tmp_path: Path) -> None:
+    """n3 voted {n1, n2, n3} and crashed; the set formed; n2's announcements are out of the gateway's
+    view. n3 must still start as a founding voter (with the founders as peers), not join as a learner."""
+    backend = FakeBackend()
+    backend.status = status("n1")
+    app = create_app(
+        GatewaySettings(endpoints=(), bootstrap_expect=3), clock=FakeClock(), backend_factory=lambda _: backend
+    )
+    vote = ("n1", "n2", "n3")
+    save_record(tmp_path / "n3", BootstrapRecord(vote=vote))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        body = {"id": "n1", "client_address": "127.0.0.1:7101", "raft_address": "127.0.0.1:7201"}
+        assert (
+            await http.post("/v1/bootstrap/candidates", json={**body, "vote": list(vote), "started": True})
+        ).status_code == 200
+    # Restarted without --bootstrap-expect: the recorded vote says how many.
+    bootstrapper = await _bootstrapper(app, _server_config(tmp_path, "n3"), expect=None)
+    try:
+        resolved = await bootstrapper.resolve()
+    finally:
+        await bootstrapper.close()
+    assert bootstrapper.expect == 3
+    assert not resolved.join and [p.id for p in resolved.peers] == ["n1", "n2"]
+    assert load_record(tmp_path / "n3").outcome == "formed"
+
+
+async def test_a_server_without_a_vote_joins_a_running_cluster(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    backend.status = status("n1")
+    app = create_app(
+        GatewaySettings(endpoints=(), bootstrap_expect=3), clock=FakeClock(), backend_factory=lambda _: backend
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        for index in (1, 2, 3):
+            body = {
+                "id": f"n{index}",
+                "client_address": f"127.0.0.1:710{index}",
+                "raft_address": f"127.0.0.1:720{index}",
+            }
+            vote = ["n1", "n2", "n3"]
+            assert (
+                await http.post("/v1/bootstrap/candidates", json={**body, "vote": vote, "started": True})
+            ).status_code == 200
+    config = dataclasses.replace(
+        _server_config(tmp_path, "n4"), client_address="127.0.0.1:7109", raft_address="127.0.0.1:7209"
+    )
+    bootstrapper = await _bootstrapper(app, config, expect=3)
+    try:
+        resolved = await bootstrapper.resolve()
+    finally:
+        await bootstrapper.close()
+    assert resolved.join and [p.id for p in resolved.peers] == ["n1", "n2", "n3"]
+    assert load_record(tmp_path / "n4") == BootstrapRecord(vote=(), outcome="joined", peers=resolved.peers)

@@ -67,6 +67,12 @@ def test_next_step_waits_to_settle_but_adopts_at_once() -> None:
     assert next_step("c", 3, ("a", "b", "c"), everyone, settled=False).action == "form"
 
 
+def test_nobody_votes_once_a_cluster_runs() -> None:
+    """A server started later, even with --bootstrap-expect, joins a running cluster: it never votes."""
+    running = table_of(*(cand(x, ("a", "b", "c"), started=True) for x in "abc"), cand("d"), cand("e"), cand("f"))
+    assert next_step("d", 3, (), running, settled=True).action == "wait"
+
+
 def test_a_single_server_cluster_forms_alone() -> None:
     assert next_step("only", 1, (), table_of(cand("only")), settled=True).members == ("only",)
     assert next_step("only", 1, ("only",), table_of(cand("only", ("only",))), settled=False).action == "form"

@@ -139,23 +139,34 @@ class Bootstrapper:
         if config.peers:
             raise ConfigError("--gateway finds the peers itself: give --peer or --gateway, not both")
         # Imported here: the gateway client (httpx, pydantic) is needed only by servers started this way.
-        from gateway.client import GatewayClient, RetryPolicy
+        from gateway.client import BreakerPolicy, GatewayClient, RetryPolicy
 
         # httpx logs every request at INFO: one line per candidacy post would drown the server's log.
         logging.getLogger("httpx").setLevel(logging.WARNING)
 
         self.config = config
+        self.record = load_record(config.data_dir)
+        if expect is None and self.record.vote and not self.record.outcome:
+            # A vote cast and not yet decided must keep being posted, or the other founders wait forever.
+            expect = len(self.record.vote)
+            log.info("bootstrap_expect_from_vote", expect=expect)
         self.expect = expect
+        # No circuit breaker: the loop already paces itself (a post every poll_s), and a breaker
+        # opened by a short blip would silence this server for a minute, long enough for the
+        # gateways to forget it (their candidacy TTL is 10 s).
+        never_open = BreakerPolicy(failure_threshold=2**31, open_s=0.0)
         self._gateways = [
-            GatewayClient(url, token=token, retry=RetryPolicy(attempts=1), timeout=2.0) for url in gateways
+            GatewayClient(url, token=token, retry=RetryPolicy(attempts=1), breaker=never_open, timeout=2.0)
+            for url in gateways
         ]
+        #: Gateways that answered that they form no cluster: running servers do not announce to them.
+        self._plain: set[int] = set()
         self._next = 0
         self._poll_s = poll_s
         self._settle_s = settle_s
         self._clock = clock
         self._sleep = sleep
         self._rng = random.Random()
-        self.record = load_record(config.data_dir)
 
     # --- deciding ------------------------------------------------------------------------------
 
@@ -201,9 +212,17 @@ class Bootstrapper:
                     Peer(m, candidates[m].raft_address, candidates[m].client_address) for m in step.members if m != me
                 )
                 return self._decide("formed", peers)
-            # A vote that did not win (or none) and a running cluster: join it.
             if view.action == "join" and view.leader is not None:
-                peers = tuple(Peer(m.id, m.raft_address, m.client_address) for m in view.members if m.id != me)
+                members = {m.id: Peer(m.id, m.raft_address, m.client_address) for m in view.members}
+                if self.record.vote and me in members:
+                    # This server's set formed while it was away (the others' announcements may be out
+                    # of this gateway's view): it is a founding voter, never a learner.
+                    known = {**members, **{c.id: Peer(c.id, c.raft_address, c.client_address) for c in view.candidates}}
+                    founders = [known[m] for m in self.record.vote if m != me and m in known]
+                    peers = tuple(founders) if len(founders) == len(self.record.vote) - 1 else ()
+                    return self._decide("formed", peers or tuple(p for i, p in members.items() if i != me))
+                # A vote that did not win (or none) and a running cluster: join it.
+                peers = tuple(p for i, p in members.items() if i != me)
                 if not peers:
                     raise ConfigError(f"the gateway lists only this server ({me}) as the cluster: nothing to join")
                 return self._decide("joined", peers)
@@ -220,11 +239,14 @@ class Bootstrapper:
         log.info("bootstrap_decided", outcome=outcome, peers=[p.id for p in peers], vote=list(self.record.vote))
         return apply(self.config, self.record)
 
-    async def _ask(self, *, started: bool = False) -> Any:
-        """One gateway's answer (the next gateway after a failure), or None."""
-        gateway = self._gateways[self._next % len(self._gateways)]
+    async def _ask(self, index: int | None = None, *, started: bool = False) -> Any:
+        """One gateway's answer, or None when it did not answer. ``index``: which gateway (default:
+        the current one, moving on to the next after a failure)."""
+        rotating = index is None
+        position = self._next % len(self._gateways) if index is None else index
+        gateway = self._gateways[position]
         try:
-            if self.expect:
+            if self.expect or started:
                 return await gateway.post_candidacy(
                     self.config.node_id,
                     self.config.advertise_address,
@@ -237,8 +259,9 @@ class Bootstrapper:
             # The gateway's considered answer about our request: retrying cannot help.
             raise ConfigError(f"the gateway refused this server: {exc.message}") from None
         except errors.ControlPlaneError as exc:
-            log.info("bootstrap_gateway_unavailable", error=exc.message)
-            self._next += 1
+            log.info("bootstrap_gateway_unavailable", gateway=position, error=exc.message)
+            if rotating:
+                self._next += 1
             return None
 
     async def _pause(self) -> None:
@@ -250,11 +273,15 @@ class Bootstrapper:
         """While the server runs: keep the gateways told where the cluster is, and (a joiner) get admitted."""
         admitted = self.record.outcome != "joined"
         while True:
-            if self.expect:
-                for _ in self._gateways:
-                    with contextlib.suppress(ConfigError):  # logged by the gateway; keep serving
-                        await self._ask(started=True)
-                    self._next += 1
+            # Every server that runs announces itself to every gateway, joined ones too: a gateway
+            # without --endpoints finds the cluster only through these, also after founders are gone.
+            for index in range(len(self._gateways)):
+                if index in self._plain:
+                    continue
+                try:
+                    await self._ask(index, started=True)
+                except ConfigError:
+                    self._plain.add(index)  # run with --endpoints: it forms nothing, needs no announcements
             if not admitted:
                 admitted = await self._ask_to_be_admitted()
             await self._sleep(ANNOUNCE_INTERVAL_S if admitted else self._poll_s)

@@ -206,24 +206,32 @@ class Housekeeper:
         of them ended since it last looked. Everything else (too few participants, a paused group)
         stays with the regular tick.
         """
-        node = self._node
         last_seen: tuple[tuple[str, int, int], ...] = ()
         while True:
             await asyncio.sleep(ROUND_PROMPT_S)  # a poll of local memory, not a wait for a condition elsewhere
-            if self._leader_since is None or not node.renewals.ready:
-                continue
-            with node.state_lock:
-                gossip = node.machine.gossip
-                newest = tuple(
-                    (config.group, rounds[-1].number, rounds[-1].state)
-                    for config in gossip.list_groups()
-                    if not config.paused and (rounds := gossip.recent_rounds(config.group, 1))
-                )
-            if newest == last_seen:
-                continue
-            last_seen = newest
-            if any(state != gossip_pb2.ROUND_STATE_RUNNING for _, _, state in newest):
-                self._start_due_rounds()
+            try:
+                last_seen = self._prompt_once(last_seen)
+            except Exception:  # a bug: keep the loop alive (the tick still starts rounds), and say so loudly
+                log.exception("gossip_prompt_failed")
+
+    def _prompt_once(self, last_seen: tuple[tuple[str, int, int], ...]) -> tuple[tuple[str, int, int], ...]:
+        """One look; returns what it has handled (unchanged while a planning pass runs, so a round
+        that ended meanwhile is picked up on the next look rather than at the tick)."""
+        node = self._node
+        if self._leader_since is None or not node.renewals.ready:
+            return last_seen
+        with node.state_lock:
+            gossip = node.machine.gossip
+            newest = tuple(
+                (config.group, rounds[-1].number, rounds[-1].state)
+                for config in gossip.list_groups()
+                if not config.paused and (rounds := gossip.recent_rounds(config.group, 1))
+            )
+        if newest == last_seen or (self._planning is not None and not self._planning.done()):
+            return last_seen
+        if any(state != gossip_pb2.ROUND_STATE_RUNNING for _, _, state in newest):
+            self._start_due_rounds()
+        return newest
 
     def _start_due_rounds(self) -> None:
         """Start the planning pass for every gossip group whose next round is due, unless one runs."""
