@@ -159,9 +159,13 @@ def test_a_later_server_and_an_agent_join_through_the_gateway(tmp_path: Path) ->
         start_at_once(cluster)
         wait_until(lambda: one_cluster(cluster, 3), 60, "the founders' cluster", interval=0.2)
 
-        # The gateways learned the cluster from the founders' announcements: they answer join.
-        answer = httpx.get(gateways[1].url + "/v1/bootstrap", timeout=5).json()
-        assert answer["action"] == "join" and len(answer["members"]) == 3
+        # The gateways learn the cluster from the founders' announcements (every 2 s) and then
+        # answer join (until then: wait, or 503 while their status cache holds "no leader").
+        def joinable() -> bool:
+            answer = httpx.get(gateways[1].url + "/v1/bootstrap", timeout=5).json()
+            return answer.get("action") == "join" and len(answer["members"]) == 3
+
+        wait_until(joinable, 20, "the gateway to answer join with the three founders")
 
         late = cluster._new_node("n4", 4, None)
         late.gateways = [gateways[1].url]  # --gateway alone, as a later server is started
