@@ -58,6 +58,7 @@ import structlog
 from sortedcontainers import SortedSet
 
 from controlplane.client import BandwidthMatrix, ControlPlaneError, ModelVersion, NodeState, NodeView, NotFound
+from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTIONS
 from controlplane.state import limits
 from controlplane.v1 import artifacts_pb2 as pb
 from controlplane.v1 import artifacts_pb2_grpc as pb_grpc
@@ -116,23 +117,6 @@ MAX_REPAIR_ROUNDS = 2
 DEFAULT_STALL_TIMEOUT_S = 30.0
 """A holder that sends nothing for this long (Stat answer, or next chunk of a Read) is dropped."""
 
-# Room for a 4 MiB chunk, or a 65,536-chunk manifest, plus framing.
-_MESSAGE_LIMIT_BYTES = 8 * 1024 * 1024
-_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", _MESSAGE_LIMIT_BYTES),
-    ("grpc.max_receive_message_length", _MESSAGE_LIMIT_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-)
-# Accept those pings; refuse to share the port (gRPC sets SO_REUSEPORT by default).
-_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", _MESSAGE_LIMIT_BYTES),
-    ("grpc.max_receive_message_length", _MESSAGE_LIMIT_BYTES),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.so_reuseport", 0),
-)
 
 _ARTIFACT = "artifact"
 _RECORD = "artifact.json"
@@ -782,7 +766,7 @@ class ArtifactServer:
         """Serve standalone on ``address``."""
         if self._server is not None:
             raise RuntimeError("the artifact server is already started")
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server = grpc.aio.server(options=GOSSIP_SERVER_OPTIONS)
         self.add_to_server(server)
         if self._server_credentials is None:
             port = server.add_insecure_port(address)
@@ -1451,9 +1435,9 @@ async def fetch_artifact(
                 lost[holder_id] = why
                 continue
             if channel_credentials is None:
-                channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.insecure_channel(address, options=GOSSIP_CHANNEL_OPTIONS)
             else:
-                channel = grpc.aio.secure_channel(address, channel_credentials, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.secure_channel(address, channel_credentials, options=GOSSIP_CHANNEL_OPTIONS)
             holders.append(
                 _Holder(holder_id, address, score, tiebreak.random(), channel, pb_grpc.ArtifactsStub(channel))
             )

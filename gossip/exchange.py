@@ -53,6 +53,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTIONS
 from controlplane.v1 import gossip_peer_pb2 as pb
 from controlplane.v1 import gossip_peer_pb2_grpc as pb_grpc
 from gossip.bandwidth import BandwidthTable, LinkEstimate
@@ -93,9 +94,6 @@ DEFAULT_OFFER_WAIT_S = 10.0
 """How long the serving side holds an incoming exchange open while waiting for its own offer of that
 round (the dialer may be a little ahead); also bounded by the dialer's own gRPC deadline."""
 
-# Room for a chunk plus a header listing every tensor (~100 bytes per tensor).
-_MESSAGE_LIMIT_BYTES = 16 * 1024 * 1024
-
 # After a local failure the sender gets this long to tell the peer why before it is cancelled: a
 # refusal is best effort (the peer may be the one that broke), never a reason to wait out a deadline.
 _REFUSAL_GRACE_S = 1.0
@@ -107,24 +105,6 @@ _HASHING_AHEAD = 8
 # session's own timeout should always win by a wide margin.
 _RESOLVE_SLACK_S = 2.0
 
-# Keepalive finds a peer that hangs without closing its connection (SIGSTOP, frozen VM, partition)
-# before the round's deadline. Lenient on purpose: a ping's ack can queue behind megabytes of model
-# data on a slow link, and a false positive would abort a healthy transfer.
-_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", _MESSAGE_LIMIT_BYTES),
-    ("grpc.max_receive_message_length", _MESSAGE_LIMIT_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-)
-# The server accepts those pings and refuses to share its port (gRPC sets SO_REUSEPORT by default).
-_SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", _MESSAGE_LIMIT_BYTES),
-    ("grpc.max_receive_message_length", _MESSAGE_LIMIT_BYTES),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0),
-    ("grpc.so_reuseport", 0),
-)
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -814,7 +794,7 @@ class ExchangeServer:
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("the exchange server is already started")
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server = grpc.aio.server(options=GOSSIP_SERVER_OPTIONS)
         pb_grpc.add_GossipPeerServicer_to_server(_Servicer(self), server)
         if self._server_credentials is None:
             port = server.add_insecure_port(self._bind)
@@ -1019,9 +999,11 @@ async def _dial(
         async with asyncio.timeout_at(deadline):
             p = await asyncio.to_thread(_prepare, server.node_id, group, round, params, seed, ratio, chunk_bytes)
             if server.channel_credentials is None:
-                channel = grpc.aio.insecure_channel(peer_address, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.insecure_channel(peer_address, options=GOSSIP_CHANNEL_OPTIONS)
             else:
-                channel = grpc.aio.secure_channel(peer_address, server.channel_credentials, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.secure_channel(
+                    peer_address, server.channel_credentials, options=GOSSIP_CHANNEL_OPTIONS
+                )
             async with channel:
                 # wait_for_ready: a partner whose server is still starting gets until the deadline.
                 call = pb_grpc.GossipPeerStub(channel).Exchange(

@@ -15,11 +15,12 @@ Waiting is always for a condition with a deadline (``wait_until``); never a bare
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +93,20 @@ def wait_until(
             extra = f"; {detail()}" if detail is not None else ""
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r}{extra})")
         time.sleep(interval)  # the poll interval of a condition wait, not a stand-in for one
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
+    """``wait_until`` for coroutines: await ``check()`` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        value = await check()
+        if value:
+            return value
+        last = value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(0.05)  # the poll interval of a condition wait, not a stand-in for one
 
 
 # --------------------------------------------------------------------------------------- raw access

@@ -4,18 +4,16 @@ killed (SIGKILL) while a GatewayClient goes around it to the servers and agents 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -30,29 +28,14 @@ from controlplane.dev import LocalCluster, free_port
 from gateway.app import GatewaySettings, create_app
 from gateway.client import BreakerState, GatewayClient, RetryPolicy
 
-from .conftest import wait_until
+from .conftest import eventually, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
-T = TypeVar("T")
 TOKEN = "cluster-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Node ids schemathesis registers get this prefix (see the map hooks), so they can be cleaned up.
 FUZZ_PREFIX = "st-"
-
-
-async def eventually(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    """Await ``check()`` until it returns something truthy, within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        value = await check()
-        if value:
-            return value
-        last = value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-        await asyncio.sleep(0.05)  # the poll interval of a condition wait
 
 
 # --------------------------------------------------------------------------------------- in-process

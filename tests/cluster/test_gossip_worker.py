@@ -15,9 +15,8 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,31 +27,16 @@ from controlplane.dev import LocalCluster
 from controlplane.v1 import watch_pb2
 from gossip import Worker
 
-from .conftest import collect_events
+from .conftest import collect_events, eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
-T = TypeVar("T")
 Params = dict[str, np.ndarray]
 
 ROUND_TIMEOUT_S = 6.0
 LEASE_TTL_S = 3.0
 PROBE_BYTES = (4 * 1024, 256 * 1024)  # small, to keep the test fast; still two sizes
 PROBE_ROUNDS = 3  # four workers: three slots of two disjoint pairs
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy (a condition with a deadline, never a bare wait)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        value = await probe()
-        if value:
-            return value
-        last = value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-        await asyncio.sleep(0.05)  # the poll interval of a condition wait
 
 
 def initial_params(k: int) -> Params:
