@@ -528,8 +528,11 @@ async def test_a_holder_killed_midway_leaves_the_rest_to_the_others(cluster: Clu
     victim_store.release.set()
     result = await task
     assert result.path.read_bytes() == cluster.data and result.replica_recorded
-    assert "h2" in result.dropped and result.by_holder.get("h2", 0) == 2
-    assert result.by_holder["h1"] + result.by_holder["h3"] == CHUNKS - 2
+    # h2 read two chunks from disk, but a reply still in flight when its server stopped never arrives: it
+    # delivered at most those two, and every other chunk came once from the others.
+    delivered_by_victim = result.by_holder.get("h2", 0)
+    assert "h2" in result.dropped and delivered_by_victim <= 2
+    assert result.by_holder["h1"] + result.by_holder["h3"] == CHUNKS - delivered_by_victim
 
 
 async def test_a_hung_holder_is_dropped_after_the_stall_timeout(cluster: Cluster) -> None:
