@@ -50,7 +50,14 @@ import numpy.typing as npt
 
 from controlplane.v1 import gossip_pb2, membership_pb2
 from gossip.bandwidth import probe_schedule
-from gossip.matching import Matching, SapsSelector, SapsState, best_bottleneck, random_matching
+from gossip.matching import (
+    DEFAULT_MIX_HISTORY,
+    Matching,
+    SapsSelector,
+    SapsState,
+    best_bottleneck,
+    random_matching,
+)
 
 __all__ = [
     "DEFAULT_BANDWIDTH_BPS",
@@ -290,6 +297,8 @@ class History:
     trained: tuple[int, ...] = ()
     #: The training round in which each link was last used (its number).
     last_used: Mapping[_Pair, int] = field(default_factory=dict)
+    #: The pairs of the newest ``DEFAULT_MIX_HISTORY`` training rounds in the horizon, oldest first.
+    recent: tuple[tuple[_Pair, ...], ...] = ()
 
     @property
     def rounds_seen(self) -> int:
@@ -306,7 +315,8 @@ class History:
         for committed in window:
             for pair in committed.pairs:
                 last_used[(pair.a, pair.b)] = committed.number
-        return cls(latest.number, latest.create_revision, tuple(r.number for r in window), last_used)
+        recent = tuple(_pairs(r) for r in window[-DEFAULT_MIX_HISTORY:])
+        return cls(latest.number, latest.create_revision, tuple(r.number for r in window), last_used, recent)
 
     def advance(self, committed: gossip_pb2.Round) -> History:
         """This history with the next committed round folded in (``committed.number == last_round + 1``)."""
@@ -315,11 +325,14 @@ class History:
         horizon = committed.number - HISTORY_ROUNDS
         trained = tuple(number for number in self.trained if number > horizon)
         last_used = {pair: used for pair, used in self.last_used.items() if used > horizon}
+        # ``recent`` holds the pairs of the newest entries of ``trained``: it loses what left the horizon.
+        recent = self.recent[len(self.recent) - min(len(self.recent), len(trained)) :]
         if not _is_probe(committed):
             trained += (committed.number,)
             for pair in committed.pairs:
                 last_used[(pair.a, pair.b)] = committed.number
-        return History(committed.number, committed.create_revision, trained, last_used)
+            recent = (*recent, _pairs(committed))[-DEFAULT_MIX_HISTORY:]
+        return History(committed.number, committed.create_revision, trained, last_used, recent)
 
     def matches(self, committed: gossip_pb2.Round) -> bool:
         return self.last_round == committed.number and self.last_revision == committed.create_revision
@@ -339,6 +352,7 @@ class History:
                     for (a, b), used in self.last_used.items()
                 )
             ),
+            recent=self.recent,
         )
 
 
@@ -356,6 +370,10 @@ class Plan:
     @property
     def probe(self) -> bool:
         return _is_probe(self.request.round)
+
+
+def _pairs(committed: gossip_pb2.Round) -> tuple[_Pair, ...]:
+    return tuple((pair.a, pair.b) for pair in committed.pairs)
 
 
 def _matching(

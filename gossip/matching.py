@@ -10,8 +10,9 @@ Three selectors, all pure functions of their inputs (no clock, no global random 
   it ignores bandwidth, so its bottleneck is the minimum of N/2 random links).
 - :func:`best_bottleneck`: the exact best bottleneck ``b*`` over all maximum matchings, and one
   matching that reaches it.
-- :class:`SapsSelector`: the SAPS policy (Tang et al., ICDCS 2020): a random maximum matching
-  among links of bandwidth >= ``threshold_fraction * b*``, repaired with long-idle links whenever the
+- :class:`SapsSelector`: the SAPS policy (Tang et al., ICDCS 2020): a maximum matching among links
+  of bandwidth >= ``threshold_fraction * b*``, drawn at random but tilted towards pairs whose models
+  the recent matchings have left furthest apart, and repaired with long-idle links whenever the
   links used within the last ``window`` rounds would not connect every peer.
 
 Determinism is the point: every node runs the same selector on the same replicated bandwidth matrix
@@ -23,6 +24,7 @@ result is canonical (each pair ``(a, b)`` with ``a < b``, pairs sorted).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +37,8 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_IDLE_BONUS",
+    "DEFAULT_MIX_BONUS",
+    "DEFAULT_MIX_HISTORY",
     "DEFAULT_THRESHOLD_FRACTION",
     "DEFAULT_WINDOW",
     "Matching",
@@ -53,11 +57,20 @@ _IdxPair = tuple[int, int]
 DEFAULT_THRESHOLD_FRACTION = 0.9
 """SAPS uses links of bandwidth >= 0.9 * b*: see DESIGN.md ("Threshold rule") for the measurements."""
 
-DEFAULT_WINDOW = 5
-"""Links used within the last 5 rounds must connect every peer: see DESIGN.md ("Window")."""
+DEFAULT_WINDOW = 4
+"""Links used within the last 4 rounds must connect every peer: see DESIGN.md ("Window")."""
 
 DEFAULT_IDLE_BONUS = 1.0
 """Weight of a link's idleness against its uniform random weight: see DESIGN.md ("Idle bonus")."""
+
+DEFAULT_MIX_BONUS = 16.0
+"""Weight of a pair's expected disagreement against the random weight: see DESIGN.md ("Mix bonus")."""
+
+DEFAULT_MIX_HISTORY = 20
+"""The disagreement is tracked over the last 20 rounds' matchings: see DESIGN.md ("Mix bonus")."""
+
+MAX_MIX_HISTORY = 24
+"""Above this the integer mixing rows of ``_disagreement`` could overflow int64 for large groups."""
 
 _WEIGHT_SCALE = 1 << 20  # random matching weights are integers in [0, _WEIGHT_SCALE)
 
@@ -323,15 +336,17 @@ class SapsState:
     rounds_seen: int
     last_used: tuple[tuple[str, str, int], ...]
     """(a, b, round) with a < b: the round in which link a-b was last used, sorted."""
+    recent: tuple[tuple[Pair, ...], ...] = ()
+    """The pairs of the newest rounds (at most ``mix_history`` of them), oldest first."""
 
 
 class SapsSelector:
     """The SAPS peer-selection policy, as a small state machine over rounds.
 
-    State: the round each link was last used. Input per round: the bandwidth matrix (and its
-    version), the peer ids and the round number. Two selectors built with the same arguments and fed
-    the same inputs in the same order return identical matchings: that is how every node computes
-    the same topology without coordination.
+    State: the round each link was last used, and the pairs of the last ``mix_history`` rounds.
+    Input per round: the bandwidth matrix (and its version), the peer ids and the round number.
+    Two selectors built with the same arguments and fed the same inputs in the same order return
+    identical matchings: that is how every node computes the same topology without coordination.
 
     Per round ``r``:
 
@@ -341,7 +356,9 @@ class SapsSelector:
        that.
     2. A random maximum matching among those links: networkx's maximum-weight maximum-cardinality
        matching under weights drawn from the round's generator, plus ``idle_bonus`` times how long
-       each link has been idle (capped at the window; ``idle_bonus=0`` gives the unbiased draw).
+       each link has been idle (capped at the window), plus ``mix_bonus`` times how far apart the
+       two peers' models are expected to be after the last ``mix_history`` matchings
+       (:func:`_disagreement`; ``idle_bonus=mix_bonus=0`` gives the unbiased draw).
     3. Once ``window - 1`` earlier rounds exist: if the links used in rounds ``r - window + 1 .. r``
        do not connect every peer, the matching is repaired by swapping pairs for links that join
        different components: longest-idle links at or above the threshold first; only if no such
@@ -356,6 +373,8 @@ class SapsSelector:
         threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
         window: int = DEFAULT_WINDOW,
         idle_bonus: float = DEFAULT_IDLE_BONUS,
+        mix_bonus: float = DEFAULT_MIX_BONUS,
+        mix_history: int = DEFAULT_MIX_HISTORY,
     ) -> None:
         if not 0.0 < threshold_fraction <= 1.0:
             raise ValueError(f"threshold_fraction must be in (0, 1], got {threshold_fraction}")
@@ -363,11 +382,18 @@ class SapsSelector:
             raise ValueError(f"window must be >= 1 round, got {window}")
         if not (idle_bonus >= 0.0 and math.isfinite(idle_bonus)):
             raise ValueError(f"idle_bonus must be finite and >= 0, got {idle_bonus}")
+        if not (mix_bonus >= 0.0 and math.isfinite(mix_bonus)):
+            raise ValueError(f"mix_bonus must be finite and >= 0, got {mix_bonus}")
+        if not 1 <= mix_history <= MAX_MIX_HISTORY:
+            raise ValueError(f"mix_history must be 1..{MAX_MIX_HISTORY} rounds, got {mix_history}")
         self.seed = seed
         self.threshold_fraction = threshold_fraction
         self.window = window
         self.idle_bonus = idle_bonus
+        self.mix_bonus = mix_bonus
+        self.mix_history = mix_history
         self._last_used: dict[Pair, int] = {}
+        self._recent: collections.deque[tuple[Pair, ...]] = collections.deque(maxlen=mix_history)
         self._last_round: int | None = None
         self._rounds_seen = 0
         # (version, digest, b*, matching size) of the last matrix: b* costs ~log2(N^2) matchings and
@@ -380,6 +406,7 @@ class SapsSelector:
             last_round=self._last_round,
             rounds_seen=self._rounds_seen,
             last_used=tuple(sorted((a, b, r) for (a, b), r in self._last_used.items())),
+            recent=tuple(self._recent),
         )
 
     @classmethod
@@ -391,12 +418,22 @@ class SapsSelector:
         threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
         window: int = DEFAULT_WINDOW,
         idle_bonus: float = DEFAULT_IDLE_BONUS,
+        mix_bonus: float = DEFAULT_MIX_BONUS,
+        mix_history: int = DEFAULT_MIX_HISTORY,
     ) -> SapsSelector:
         """A selector that continues exactly where the one that produced ``state`` stands."""
-        selector = cls(seed, threshold_fraction=threshold_fraction, window=window, idle_bonus=idle_bonus)
+        selector = cls(
+            seed,
+            threshold_fraction=threshold_fraction,
+            window=window,
+            idle_bonus=idle_bonus,
+            mix_bonus=mix_bonus,
+            mix_history=mix_history,
+        )
         selector._last_round = state.last_round
         selector._rounds_seen = state.rounds_seen
         selector._last_used = {(a, b): r for a, b, r in state.last_used}
+        selector._recent.extend(tuple(pairs) for pairs in state.recent)
         return selector
 
     @property
@@ -459,7 +496,14 @@ class SapsSelector:
         # random maximum matching, tilted towards links the window lacks. Re-pairing last round's
         # partners averages two models that are already equal; a long-idle link brings news.
         idleness = [min(age.get(e, self.window), self.window) / self.window for e in allowed]
-        bonus = [int(self.idle_bonus * x * _WEIGHT_SCALE) for x in idleness]
+        # And towards pairs whose models the recent matchings left furthest apart: where a random
+        # draw wastes rounds re-averaging peers that already agree, this spreads news like a
+        # hypercube exchange would, within the links above the threshold.
+        disagreement = _disagreement(ids, self._recent, allowed)
+        bonus = [
+            int(self.idle_bonus * x * _WEIGHT_SCALE) + int(self.mix_bonus * d * _WEIGHT_SCALE)
+            for x, d in zip(idleness, disagreement, strict=True)
+        ]
         pairs = _max_matching(graph.n, allowed, [int(w) + b for w, b in zip(random_w[above], bonus, strict=True)])
         if len(pairs) != size:  # cannot happen (maxcardinality=True, threshold <= b*); never trade size away
             pairs = _max_matching(graph.n, allowed)
@@ -473,6 +517,7 @@ class SapsSelector:
 
         for i, j in pairs:
             self._last_used[(ids[i], ids[j])] = round  # ids are sorted, so (ids[i], ids[j]) is canonical
+        self._recent.append(tuple((ids[i], ids[j]) for i, j in pairs))
         self._last_round = round
         self._rounds_seen += 1
         return _to_matching(
@@ -484,6 +529,42 @@ class SapsSelector:
             window_connected=window_connected,
             matrix_version=version,
         )
+
+
+def _disagreement(ids: Sequence[str], recent: Iterable[Sequence[Pair]], edges: Sequence[_IdxPair]) -> list[float]:
+    """For each edge (i, j), how far apart peers i and j are expected to be after ``recent``, in [0, 1].
+
+    Averaging is linear: after matchings W_1..W_k every peer's model is a known mix of the models
+    the peers held k rounds ago, row i of M = W_k ... W_1. For independent starting models of equal
+    spread, the expected squared distance between peers i and j is proportional to
+    ||M_i - M_j||^2, which is 2 for peers that have not mixed at all and 0 for peers that hold the
+    same mix; the result is that divided by 2. Peers the history names but ``ids`` lacks (they left)
+    are skipped; newcomers start unmixed.
+
+    Exact, so every node computes the same weights: M is kept in integers scaled by 2^k (each
+    averaging halves at most once per round, so k rounds never leave the integers), the squared
+    distances are integer sums (order-independent), and the one division is by a power of two.
+    """
+    rounds = list(recent)
+    if not edges:
+        return []
+    if not rounds:
+        return [1.0] * len(edges)
+    index = {p: k for k, p in enumerate(ids)}
+    n = len(ids)
+    mix = np.eye(n, dtype=np.int64) << len(rounds)
+    for pairs in rounds:
+        for a, b in pairs:
+            i, j = index.get(a), index.get(b)
+            if i is not None and j is not None:
+                mix[i] = mix[j] = (mix[i] + mix[j]) >> 1
+    gram = mix @ mix.T  # integer matmul: exact, no BLAS
+    norms = np.diag(gram)
+    rows = np.array([i for i, _ in edges])
+    cols = np.array([j for _, j in edges])
+    squared = norms[rows] + norms[cols] - 2 * gram[rows, cols]
+    scale = 2.0 * float(1 << (2 * len(rounds)))
+    return [float(v) / scale for v in squared]
 
 
 def _repair(

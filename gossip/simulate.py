@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from gossip.matching import (
     DEFAULT_IDLE_BONUS,
+    DEFAULT_MIX_BONUS,
     DEFAULT_THRESHOLD_FRACTION,
     DEFAULT_WINDOW,
     Matching,
@@ -96,9 +97,12 @@ def _policy(
     threshold_fraction: float,
     window: int,
     idle_bonus: float,
+    mix_bonus: float,
 ) -> Callable[[int], Matching]:
     if name == "saps":
-        selector = SapsSelector(seed, threshold_fraction=threshold_fraction, window=window, idle_bonus=idle_bonus)
+        selector = SapsSelector(
+            seed, threshold_fraction=threshold_fraction, window=window, idle_bonus=idle_bonus, mix_bonus=mix_bonus
+        )
         return lambda r: selector.select(bandwidth, peers, round=r, version=0)
     if name == "random":
         return lambda r: random_matching(peers, seed, r, bandwidth)
@@ -121,13 +125,14 @@ def run_policy(
     threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
     window: int = DEFAULT_WINDOW,
     idle_bonus: float = DEFAULT_IDLE_BONUS,
+    mix_bonus: float = DEFAULT_MIX_BONUS,
 ) -> PolicyResult:
     """Run ``policy`` for at least ``rounds`` rounds, and on until the target is reached (or
     ``max_rounds``), so that the time-to-target exists even for slow policies."""
     n = bandwidth.shape[0]
     peers = default_peer_ids(n)  # zero-padded: sorted order == row order, so W lines up with x
     b_star = best_bottleneck(bandwidth, peers)[0]
-    choose = _policy(policy, bandwidth, peers, seed, threshold_fraction, window, idle_bonus)
+    choose = _policy(policy, bandwidth, peers, seed, threshold_fraction, window, idle_bonus, mix_bonus)
     x = np.array(x0, dtype=np.float64)
     cd0 = consensus_distance(list(x))
     fractions: list[float] = []

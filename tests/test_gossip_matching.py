@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -17,10 +18,12 @@ from gossip.matching import (
     Matching,
     SapsSelector,
     SapsState,
+    _disagreement,
     best_bottleneck,
     default_peer_ids,
     random_matching,
 )
+from gossip.mixing import mixing_matrix
 from gossip.simulate import uniform_bandwidth
 
 Matrix = npt.NDArray[np.float64]
@@ -283,6 +286,42 @@ def test_a_restored_selector_continues_identically() -> None:
     for r in range(25):
         original.select(bw, round=r)
     state = original.state()
-    restored = SapsSelector.from_state(SapsState(state.last_round, state.rounds_seen, state.last_used), 8, window=4)
+    # Rebuilt from plain data (as a snapshot would carry it), not the same object.
+    plain = SapsState(state.last_round, state.rounds_seen, state.last_used, tuple(tuple(p) for p in state.recent))
+    assert len(plain.recent) == original.mix_history  # 25 rounds seen, the newest 20 remembered
+    restored = SapsSelector.from_state(plain, 8, window=4)
     for r in range(25, 60):
         assert original.select(bw, round=r) == restored.select(bw, round=r)
+    # Forgetting the matchings loses the disagreement weights, and the choices diverge.
+    amnesiac = SapsSelector.from_state(dataclasses.replace(state, recent=()), 8, window=4)
+    fresh = SapsSelector.from_state(state, 8, window=4)
+    assert any(fresh.select(bw, round=r) != amnesiac.select(bw, round=r) for r in range(25, 60))
+
+
+def test_disagreement_follows_the_averaging_exactly() -> None:
+    ids = ["a", "b", "c", "d", "e"]
+    edges = [(0, 1), (0, 2), (2, 3), (0, 4)]
+    assert _disagreement(ids, [], edges) == [1.0, 1.0, 1.0, 1.0]  # nobody has mixed
+    # a-b averaged: they hold the same mix; a (half a, half b) against untouched c: (1/4 + 1/4 + 1) / 2.
+    assert _disagreement(ids, [(("a", "b"),)], edges) == [0.0, 0.75, 1.0, 0.75]
+    # Then a-c and b-d (one round, disjoint pairs in either order): a and c now agree.
+    later = [(("a", "b"),), (("b", "d"), ("a", "c"))]
+    assert _disagreement(ids, later, edges)[1] == 0.0
+    assert _disagreement(ids, later, edges) == _disagreement(ids, [later[0], later[1][::-1]], edges)
+    # A peer that left is skipped; a newcomer ("e" never appears) starts unmixed.
+    assert _disagreement(ids, [(("a", "gone"),)], edges) == [1.0, 1.0, 1.0, 1.0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([4, 8]))
+def test_on_equal_links_the_mix_bonus_reaches_exact_consensus_in_log2_n_rounds(seed: int, n: int) -> None:
+    """Equal links all pass the threshold, so only the weights choose: pairing the peers whose mixes
+    differ most is a hypercube exchange, exact average in log2(N) rounds. A draw ignoring the recent
+    matchings (``mix_bonus=0``) gets there in 3 rounds for N = 8 on about one seed in six."""
+    bw = np.ones((n, n))
+    peers = default_peer_ids(n)
+    selector = SapsSelector(seed)
+    mixed = np.eye(n)
+    for r in range(int(math.log2(n))):
+        mixed = mixing_matrix(selector.select(bw, peers, round=r), peers) @ mixed
+    assert np.array_equal(mixed, np.full((n, n), 1.0 / n))
