@@ -1,6 +1,8 @@
 """The stateless HTTP gateway: discovery and bootstrap for a controlplane cluster over HTTP JSON.
 
 - :func:`gateway.app.create_app` builds the ASGI app (``cpctl gateway`` runs it under uvicorn);
+- :mod:`gateway.models` holds its request/response models, converters and
+  :class:`~gateway.models.SdkBackend`, shared with the client and importable without FastAPI;
 - :class:`gateway.client.GatewayClient` is the resilient client a node uses to reach it, falling
   back to the servers themselves when the gateway is down.
 

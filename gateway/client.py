@@ -9,9 +9,9 @@ before could not answer:
    one). Mutations carry one ``Idempotency-Key`` across every retry, so the cluster applies them once.
    A :class:`CircuitBreaker` stops calling a gateway that failed ``failure_threshold`` times in a row
    for ``open_s`` seconds, then lets one probe through (half-open) to see whether it is back.
-2. **The servers themselves over gRPC**, through the SDK (:class:`gateway.app.SdkBackend`, the same
-   code and converters the gateway uses, so the answer has the same shape): at the members last
-   learned from the gateway, and the ``seeds`` given. Same idempotency key, so a mutation whose
+2. **The servers themselves over gRPC**, through the SDK (:class:`gateway.models.SdkBackend`, the
+   same code and converters the gateway uses, so the answer has the same shape): at the members
+   last learned from the gateway, and the ``seeds`` given. Same idempotency key, so a mutation whose
    gateway attempt did commit is not applied twice.
 3. **The last known answer** (``cluster``, ``leader``, ``bootstrap`` only), kept in memory and, with
    ``cache_path``, in a JSON file that survives a restart of the node. Used only when nobody could
@@ -48,7 +48,7 @@ from pydantic import BaseModel, ValidationError
 
 from controlplane import __version__, errors
 from gateway import errors as gw_errors
-from gateway.app import (
+from gateway.models import (
     Backend,
     BootstrapMember,
     BootstrapOut,
@@ -304,7 +304,7 @@ class GatewayClient:
 
     Injectable for tests: ``transport`` (an httpx transport such as ``httpx.MockTransport``), ``clock``
     (monotonic seconds, for the breaker), ``sleep`` (the backoff's wait), ``rng`` (the jitter) and
-    ``backend_factory`` (addresses -> :class:`gateway.app.Backend`, default the SDK).
+    ``backend_factory`` (addresses -> :class:`gateway.models.Backend`, default the SDK).
     Use it from one event loop; close it with :meth:`aclose` or ``async with``.
     """
 

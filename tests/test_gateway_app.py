@@ -29,7 +29,8 @@ from controlplane.client import (
     Role,
 )
 from gateway import errors as gw_errors
-from gateway.app import GatewaySettings, NodeFilters, RegisterNodeIn, create_app
+from gateway.app import GatewaySettings, create_app
+from gateway.models import NodeFilters, RegisterNodeIn
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

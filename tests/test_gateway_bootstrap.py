@@ -14,8 +14,9 @@ from test_gateway_app import TOKEN, FakeBackend, FakeClock, assert_error, status
 
 from controlplane.server.bootstrap import Bootstrapper, BootstrapRecord, load_record, save_record
 from controlplane.server.config import ServerConfig
-from gateway.app import Backend, GatewaySettings, create_app
+from gateway.app import GatewaySettings, create_app
 from gateway.client import GatewayClient, RetryPolicy
+from gateway.models import Backend
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -19,8 +19,8 @@ from controlplane import errors
 from controlplane.client import ClusterStatus, Consistency, Member, NodeRecord, NodeRole, NodeSpec, NodeState, Role
 from controlplane.client import Registered as SdkRegistered
 from gateway import errors as gw_errors
-from gateway.app import NodeFilters, RegisterNodeIn, bootstrap_out, cluster_out, require_leader
 from gateway.client import BreakerPolicy, BreakerState, CircuitBreaker, GatewayClient, RetryPolicy
+from gateway.models import NodeFilters, RegisterNodeIn, bootstrap_out, cluster_out, require_leader
 
 Handler = Callable[[httpx.Request], Any]
 
