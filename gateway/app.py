@@ -92,11 +92,11 @@ from gateway.models import (
     RegisterNodeIn,
     SdkBackend,
     SearchOut,
-    _lower,
     bootstrap_out,
     cluster_out,
     consistency_of,
     flag_out,
+    lower_name,
     moves_out,
     network_detail_out,
     network_out,
@@ -501,7 +501,7 @@ async def heartbeat(
 ) -> HeartbeatOut:
     """Renew the node's lease (the first heartbeat makes a joining node active)."""
     state = await gateway.backend.heartbeat(node_id, body.activity if body else "", idempotency_key)
-    return HeartbeatOut(node_id=node_id, state=_lower(state))
+    return HeartbeatOut(node_id=node_id, state=lower_name(state))
 
 
 @v1.delete(

@@ -428,7 +428,8 @@ class ReadyOut(_Out):
 # --------------------------------------------------------------------------------------- converters
 
 
-def _lower(enum_value: Any) -> Any:
+def lower_name(enum_value: Any) -> Any:
+    """An SDK enum as the API spells it: ``NodeState.ACTIVE`` -> ``"active"``."""
     return enum_value.name.lower()
 
 
@@ -496,8 +497,8 @@ def node_record_out(record: NodeRecord) -> NodeRecordOut:
     res = spec.resources
     return NodeRecordOut(
         id=spec.id,
-        role=_lower(spec.role),
-        state=_lower(record.state),
+        role=lower_name(spec.role),
+        state=lower_name(record.state),
         addresses=dict(spec.addresses),
         capabilities=list(spec.capabilities),
         resources=None
@@ -521,7 +522,7 @@ def node_view_out(view: NodeView) -> NodeViewOut:
         **node_record_out(view.node).model_dump(),
         raft_role=view.raft_role,
         voter=view.voter,
-        connectivity=_lower(view.connectivity),
+        connectivity=lower_name(view.connectivity),
         last_heartbeat_unix_ms=view.last_heartbeat_unix_ms,
         lease_ttl_ms=view.lease_ttl_ms,
         networks=list(view.networks),
