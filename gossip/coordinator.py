@@ -86,9 +86,10 @@ some were, an unmeasured link counts as their median (see :func:`bandwidth_matri
 
 HISTORY_ROUNDS = 100
 """The rounds SAPS's history is rebuilt from. The selector only enforces connectivity over its
-window (5 rounds) and caps a link's idleness bonus at the window; beyond that, "last used 100+
-rounds ago" and "never used" are the same to it except as a tie-break between very old links. A
-bounded history keeps the rebuild cheap and makes the cached and the rebuilt history identical."""
+window (4 rounds), caps a link's idleness bonus at the window and remembers the matchings of 20
+training rounds for its mix bonus; beyond that, "last used 100+ rounds ago" and "never used" are the
+same to it except as a tie-break between very old links. A bounded history keeps the rebuild cheap
+and makes the cached and the rebuilt history identical."""
 
 GOSSIP_ADDRESS = "gossip"
 """The address purpose under which a node advertises its gossip port (``NodeSpec.addresses``)."""

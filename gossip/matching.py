@@ -70,7 +70,8 @@ DEFAULT_MIX_HISTORY = 20
 """The disagreement is tracked over the last 20 rounds' matchings: see DESIGN.md ("Mix bonus")."""
 
 MAX_MIX_HISTORY = 24
-"""Above this the integer mixing rows of ``_disagreement`` could overflow int64 for large groups."""
+"""``_disagreement`` is exact while its squared distances (at most 2 * 4^rounds) stay below 2^53,
+the integers a float64 holds exactly: up to 26 rounds, whatever the group's size. 24 keeps a margin."""
 
 _WEIGHT_SCALE = 1 << 20  # random matching weights are integers in [0, _WEIGHT_SCALE)
 
@@ -433,7 +434,7 @@ class SapsSelector:
         selector._last_round = state.last_round
         selector._rounds_seen = state.rounds_seen
         selector._last_used = {(a, b): r for a, b, r in state.last_used}
-        selector._recent.extend(tuple(pairs) for pairs in state.recent)
+        selector._recent.extend(_checked_round(pairs) for pairs in state.recent)
         return selector
 
     @property
@@ -531,6 +532,19 @@ class SapsSelector:
         )
 
 
+def _checked_round(pairs: Iterable[Sequence[str]]) -> tuple[Pair, ...]:
+    """One remembered round's pairs in canonical form; a peer in two pairs would make the mixing rows
+    of :func:`_disagreement` inexact, so it is refused."""
+    seen: set[str] = set()
+    canonical = []
+    for a, b in pairs:
+        if a == b or a in seen or b in seen:
+            raise ValueError(f"a remembered round pairs {a!r} or {b!r} twice: {list(pairs)!r}")
+        seen.update((a, b))
+        canonical.append((min(a, b), max(a, b)))
+    return tuple(sorted(canonical))
+
+
 def _disagreement(ids: Sequence[str], recent: Iterable[Sequence[Pair]], edges: Sequence[_IdxPair]) -> list[float]:
     """For each edge (i, j), how far apart peers i and j are expected to be after ``recent``, in [0, 1].
 
@@ -538,11 +552,13 @@ def _disagreement(ids: Sequence[str], recent: Iterable[Sequence[Pair]], edges: S
     the peers held k rounds ago, row i of M = W_k ... W_1. For independent starting models of equal
     spread, the expected squared distance between peers i and j is proportional to
     ||M_i - M_j||^2, which is 2 for peers that have not mixed at all and 0 for peers that hold the
-    same mix; the result is that divided by 2. Peers the history names but ``ids`` lacks (they left)
-    are skipped; newcomers start unmixed.
+    same mix; the result is that divided by 2. Peers that left still count (a peer that averaged with
+    one of them holds part of its model); newcomers start unmixed.
 
-    Exact, so every node computes the same weights: M is kept in integers scaled by 2^k (each
-    averaging halves at most once per round, so k rounds never leave the integers), the squared
+    It is a model, not a measurement: it ignores local training between rounds, sparsified
+    exchanges (which mix only part of the coordinates) and exchanges that timed out. What matters is
+    that it is exact, so every node computes the same weights: M is kept in integers scaled by 2^k
+    (each averaging halves at most once per round, so k rounds never leave the integers), the squared
     distances are integer sums (order-independent), and the one division is by a power of two.
     """
     rounds = list(recent)
@@ -550,14 +566,14 @@ def _disagreement(ids: Sequence[str], recent: Iterable[Sequence[Pair]], edges: S
         return []
     if not rounds:
         return [1.0] * len(edges)
-    index = {p: k for k, p in enumerate(ids)}
-    n = len(ids)
+    departed = sorted({p for pairs in rounds for pair in pairs for p in pair} - set(ids))
+    index = {p: k for k, p in enumerate([*ids, *departed])}
+    n = len(index)
     mix = np.eye(n, dtype=np.int64) << len(rounds)
     for pairs in rounds:
         for a, b in pairs:
-            i, j = index.get(a), index.get(b)
-            if i is not None and j is not None:
-                mix[i] = mix[j] = (mix[i] + mix[j]) >> 1
+            i, j = index[a], index[b]
+            mix[i] = mix[j] = (mix[i] + mix[j]) >> 1
     gram = mix @ mix.T  # integer matmul: exact, no BLAS
     norms = np.diag(gram)
     rows = np.array([i for i, _ in edges])

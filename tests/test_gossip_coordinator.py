@@ -230,8 +230,11 @@ def _random_rounds(count: int, probes: Sequence[int] = (), seed: int = 1) -> lis
 
 
 def test_cached_and_rebuilt_histories_agree_beyond_the_history_horizon() -> None:
-    count = HISTORY_ROUNDS * 2 + 20
+    count = HISTORY_ROUNDS * 3 + 20
     probes = {n for n in range(1, count + 1) if n % 17 in (3, 4, 5)}  # probe cycles now and then
+    # And one long cycle (a big group's): the horizon then holds fewer training rounds than the
+    # mix bonus remembers, so matchings must leave ``recent`` as their rounds leave the horizon.
+    probes |= set(range(HISTORY_ROUNDS * 2, HISTORY_ROUNDS * 2 + 96))
     rounds = _random_rounds(count, probes)
     cached: History | None = None
     for k in range(count):
