@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -110,6 +113,24 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, w
 
 
 # --------------------------------------------------------------------------------------- raw access
+
+
+def cpctl(cluster: LocalCluster, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """``cpctl ARGS --endpoints <the cluster>`` as a subprocess, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def cpctl_json(cluster: LocalCluster, *args: str) -> Any:
+    """``cpctl ARGS --output json``, which must succeed; its parsed output."""
+    done = cpctl(cluster, *args, "--output", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 @contextlib.contextmanager

@@ -24,20 +24,11 @@ from controlplane.dev import LocalCluster
 from gossip.artifacts import ArtifactCorrupt, ArtifactServer, ArtifactStore, fetch_artifact
 from gossip.bandwidth import BandwidthTable
 
-from .conftest import wait_until
+from .conftest import cpctl, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 CHUNK = 64 * 1024
-
-
-def cpctl(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def corrupt_every_chunk(path: Path) -> None:

@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from controlplane.dev import LocalCluster
 
+from .conftest import cpctl, cpctl_json
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
-
-
-def cpctl(cluster: LocalCluster, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)],
-        input=stdin.decode() if stdin is not None else None,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def cpctl_json(cluster: LocalCluster, *args: str) -> Any:
-    done = cpctl(cluster, *args, "--output", "json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def test_kv_round_trip_and_exit_codes(cluster: LocalCluster) -> None:

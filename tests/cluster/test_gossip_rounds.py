@@ -3,9 +3,6 @@ rounds committed in order, reports, a round ended at its deadline, and the CLI's
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,29 +10,9 @@ import pytest
 from controlplane.client import Client, FailedPrecondition, InvalidArgument, RoundState
 from controlplane.dev import LocalCluster
 
-from .conftest import collect_events, wait_until
+from .conftest import collect_events, cpctl_json, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
-
-
-def cpctl_json(cluster: LocalCluster, *args: str) -> object:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
-            *args,
-            "--output",
-            "json",
-            "--endpoints",
-            ",".join(cluster.client_addresses),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def test_rounds_commit_in_order_and_the_deadline_ends_them(cluster: LocalCluster) -> None:

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 import secrets
-import subprocess
-import sys
 import time
 from functools import partial
-from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +23,7 @@ from controlplane.dev import LocalCluster
 from controlplane.v1 import watch_pb2
 from gossip import Worker
 
-from .conftest import collect_events, eventually
+from .conftest import collect_events, cpctl, cpctl_json, eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -275,31 +271,18 @@ async def _ended(client: AsyncClient, group: str, number: int) -> Round | None:
     return found if found.state is not RoundState.RUNNING else None
 
 
-def cpctl(cluster: LocalCluster, *args: str, json_output: bool = True) -> Any:
-    command = [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)]
-    done = subprocess.run(
-        [*command, "--output", "json"] if json_output else command, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout) if json_output else done.stdout
-
-
 def test_cpctl_gossip_groups_and_the_consensus_measure(cluster: LocalCluster) -> None:
     group = f"gc-{secrets.token_hex(3)}"
-    created = cpctl(
+    created = cpctl_json(
         cluster, "gossip", "groups", "configure", group, "--tensor", "w:float32:8x2", "--tensor", "b:float32:2",
         "--sparsity", "0.5", "--round-timeout", "4", "--pause",
     )  # fmt: skip
     assert created["created"] and created["group"]["paused"] and created["group"]["sparsity_ratio"] == 0.5
     assert [t["name"] for t in created["group"]["spec"]["tensors"]] == ["b", "w"]
-    updated = cpctl(cluster, "gossip", "groups", "configure", group, "--policy", "random", "--resume")
+    updated = cpctl_json(cluster, "gossip", "groups", "configure", group, "--policy", "random", "--resume")
     assert updated["changed"] and updated["group"]["policy"] == "random" and not updated["group"]["paused"]
-    assert group in [g["group"] for g in cpctl(cluster, "gossip", "groups", "list")]
-    refused = subprocess.run(
-        [sys.executable, "-m", "controlplane", "gossip", "groups", "configure", group, "--tensor", "w:float32:9",
-         "--endpoints", ",".join(cluster.client_addresses)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    assert group in [g["group"] for g in cpctl_json(cluster, "gossip", "groups", "list")]
+    refused = cpctl(cluster, "gossip", "groups", "configure", group, "--tensor", "w:float32:9")
     assert refused.returncode == 1 and "new group name" in refused.stderr
 
     # A round with a reported mix: the consensus measure shows in `rounds` and `status`.
@@ -314,7 +297,7 @@ def test_cpctl_gossip_groups_and_the_consensus_measure(cluster: LocalCluster) ->
         )  # fmt: skip
         for node in round_.participants:
             groups.report_round(group, 1, node, bytes=40, seconds=0.01, mix_delta_sq=0.75)
-    shown = cpctl(cluster, "gossip", "groups", "show", group)
+    shown = cpctl_json(cluster, "gossip", "groups", "show", group)
     assert shown["group"]["policy"] == "random" and shown["latest"]["number"] == 1
     assert shown["latest"]["pair_distance_sq"] == 3.0 and shown["latest"]["duration_s"] is not None
     assert shown["group"]["probe_every_rounds"] == 50  # the default
@@ -327,12 +310,14 @@ def test_cpctl_gossip_groups_and_the_consensus_measure(cluster: LocalCluster) ->
         )  # fmt: skip
         for node in ("gc-a", "gc-b"):
             client.gossip.report_round(group, 2, node, bytes=4096, seconds=0.01)
-    rounds = cpctl(cluster, "gossip", "rounds", group)
+    rounds = cpctl_json(cluster, "gossip", "rounds", group)
     assert [(r["number"], r["state"], r["pair_distance_sq"], r["probe"]) for r in rounds] == [
         (1, "DONE", 3.0, False),
         (2, "DONE", None, True),
     ]
-    text = cpctl(cluster, "gossip", "status", group, json_output=False)
+    status_text = cpctl(cluster, "gossip", "status", group)
+    assert status_text.returncode == 0, status_text.stderr
+    text = status_text.stdout
     assert text.startswith(f"group {group}: paused, policy random") and "PAIR_DIST2" in text
     assert "bandwidth probes on disjoint pairs" in text and " probe " in text
     with Client(cluster.client_addresses, timeout=15) as client:

@@ -34,20 +34,11 @@ from controlplane.v1 import (
     peer_pb2_grpc,
 )
 
-from .conftest import channel, collect_events, wait_until
+from .conftest import channel, collect_events, cpctl, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 TTL_S = 2.0
-
-
-def cpctl(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture
