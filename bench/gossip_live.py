@@ -107,8 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-timeout", type=float, default=30.0, help="seconds a round may take")
     args = parser.parse_args(argv)
 
-    from controlplane.dev import LocalCluster
-    from gossip.examples.digits import Config, LiveMixer, RoundStats, log_to_stderr, run_live, run_simulated
+    from gossip.examples.digits import (
+        Config,
+        LiveMixer,
+        RoundStats,
+        local_cluster,
+        log_to_stderr,
+        run_live,
+        run_simulated,
+    )
 
     log_to_stderr()  # stdout carries only the JSON line
 
@@ -120,11 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if DATA.exists():
         shutil.rmtree(DATA)
     DATA.mkdir(parents=True)
-    cluster = LocalCluster(DATA / "cluster", servers=3, log_level="warning")
-    try:
-        cluster.start()
-        leader = cluster.wait_for_leader(60)
-        log(f"gossip_live: cluster up, leader {leader}; {args.workers} workers, {args.rounds} rounds")
+    with local_cluster(3, DATA / "cluster") as cluster:
+        log(f"gossip_live: cluster up; {args.workers} workers, {args.rounds} rounds")
         meter = CpuMeter([n.pid for n in cluster.nodes.values() if n.pid is not None])
         samples: list[tuple[float, float, float, float]] = []
         mixers: list[LiveMixer] = []
@@ -156,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         line = summarise(result, mixers[0], simulated, cpu, args)
         print(json.dumps(line), flush=True)
         return 0 if line["target_met"] and not line["failed_exchanges"] else 1
-    finally:
-        cluster.stop()
 
 
 if __name__ == "__main__":

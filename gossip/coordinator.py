@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from controlplane.state.gossip import FAILURE_PENALTY, MAX_PARTICIPANTS, PROBE_POLICY
 from controlplane.v1 import gossip_pb2, membership_pb2
 from gossip.bandwidth import probe_schedule
 from gossip.matching import (
@@ -97,13 +98,6 @@ GOSSIP_ADDRESS = "gossip"
 GROUP_LABEL = "gossip-group"
 """The node label that puts a node in a group that has no network of its name."""
 
-MAX_PARTICIPANTS = 4096
-"""The state machine's limit per round; beyond it the first ones by id take part."""
-
-PROBE_POLICY = "probe"
-"""The policy of a probe round (the state machine's ``PROBE_POLICY``): pairs that measure their link
-and mix nothing. Never a group's policy."""
-
 MAX_PROBE_PEERS = 64
 """Groups with more participants run no probe cycles. A cycle takes N - 1 rounds (every node probes
 its N - 1 peers one at a time), so beyond this the cycle costs more rounds than the training between
@@ -118,7 +112,6 @@ Below ``HISTORY_ROUNDS``, so the rounds the coordinator reads always hold the wh
 _Pair = tuple[str, str]
 _ACTIVE = membership_pb2.NODE_STATE_ACTIVE
 _RUNNING = gossip_pb2.ROUND_STATE_RUNNING
-_FAILURE_PENALTY = 0.5  # the state machine's (and gossip.bandwidth's) halving per failure
 
 
 def round_seed(group_seed: int, number: int) -> int:
@@ -279,7 +272,7 @@ def bandwidth_matrix(participants: Sequence[str], links: Iterable[gossip_pb2.Lin
     measured = bw[iu][~np.isnan(bw[iu])]
     default = float(np.median(measured)) if measured.size else DEFAULT_BANDWIDTH_BPS
     unmeasured = np.isnan(bw)
-    bw[unmeasured] = default * _FAILURE_PENALTY ** failures[unmeasured]
+    bw[unmeasured] = default * FAILURE_PENALTY ** failures[unmeasured]
     np.fill_diagonal(bw, 0.0)
     return bw
 

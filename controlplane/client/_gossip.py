@@ -199,10 +199,6 @@ def round_request(
     sparsity_ratio: float,
     request_id: str,
 ) -> gossip_pb2.StartRoundRequest:
-    spec = gossip_pb2.TensorSpec(
-        tensors=[gossip_pb2.TensorInfo(name=n, dtype=d, shape=list(s)) for n, d, s in tensors],
-        sparsity_ratio=sparsity_ratio,
-    )
     return gossip_pb2.StartRoundRequest(
         round=gossip_pb2.Round(
             group=group,
@@ -214,7 +210,7 @@ def round_request(
             policy=policy,
             matrix_version=matrix_version,
             deadline_unix_ms=deadline_unix_ms,
-            spec=spec,
+            spec=tensor_spec(tensors, sparsity_ratio),
         ),
         request_id=request_id,
     )
@@ -284,31 +280,6 @@ def update_request(
         raise ValueError(f"name at least one of {', '.join(given)} to change")
     config = gossip_pb2.GroupConfig(group=group, **{name: given[name] for name in mask})  # type: ignore[arg-type]
     return gossip_pb2.ConfigureGroupRequest(group=config, update_mask=mask, request_id=request_id)
-
-
-def report_request(
-    group: str,
-    number: int,
-    node_id: str,
-    *,
-    bytes: int,
-    seconds: float,
-    failed_peer: str,
-    reason: str,
-    mix_delta_sq: float,
-    request_id: str,
-) -> gossip_pb2.ReportRoundRequest:
-    return gossip_pb2.ReportRoundRequest(
-        group=group,
-        number=number,
-        node_id=node_id,
-        bytes=bytes,
-        seconds=seconds,
-        failed_peer=failed_peer,
-        reason=reason,
-        mix_delta_sq=mix_delta_sq,
-        request_id=request_id,
-    )
 
 
 def group_change(response: gossip_pb2.ConfigureGroupResponse) -> GroupChange:

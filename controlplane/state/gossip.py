@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from sortedcontainers import SortedDict
 
@@ -132,18 +133,22 @@ def normalise_group(config: GroupConfig) -> GroupConfig:
     spec.CopyFrom(config.spec)
     spec.sparsity_ratio = ratio
     out = GroupConfig(
-        group=config.group,
-        policy=config.policy or DEFAULT_POLICY,
-        sparsity_ratio=ratio,
-        round_timeout_s=config.round_timeout_s or DEFAULT_ROUND_TIMEOUT_S,
-        spec=canonical_spec(spec),
-        min_participants=config.min_participants or DEFAULT_MIN_PARTICIPANTS,
-        seed=config.seed,
-        paused=config.paused,
-        probe_every_rounds=_probe_every_rounds(config),
+        group=config.group, sparsity_ratio=ratio, spec=canonical_spec(spec), seed=config.seed, **_settable(config)
     )
     check_group(out)
     return out
+
+
+def _settable(config: GroupConfig) -> dict[str, Any]:
+    """The values of ``GROUP_FIELDS`` a request asks for, defaults filled in: for a new group and for
+    the fields an update_mask names."""
+    return {
+        "policy": config.policy or DEFAULT_POLICY,
+        "round_timeout_s": config.round_timeout_s or DEFAULT_ROUND_TIMEOUT_S,
+        "min_participants": config.min_participants or DEFAULT_MIN_PARTICIPANTS,
+        "paused": config.paused,
+        "probe_every_rounds": _probe_every_rounds(config),
+    }
 
 
 def _probe_every_rounds(config: GroupConfig) -> int:
@@ -409,11 +414,13 @@ class GossipTable:
             )
         check_spec(proposed.spec)
         config: GroupConfig | None = self.groups.get(proposed.group)
-        if config is not None and canonical_spec(proposed.spec) != config.spec:
-            raise _precondition(
-                f"group {proposed.group!r} is configured with {describe_spec(config.spec)}; a round must carry "
-                f"that spec, not {describe_spec(canonical_spec(proposed.spec))}"
-            )
+        if config is not None:
+            carried = canonical_spec(proposed.spec)
+            if carried != config.spec:
+                raise _precondition(
+                    f"group {proposed.group!r} is configured with {describe_spec(config.spec)}; a round must carry "
+                    f"that spec, not {describe_spec(carried)}"
+                )
         if proposed.deadline_unix_ms <= self._now:
             raise _invalid("the deadline must be after the round starts")
         rounds = self.rounds.get(proposed.group)
@@ -541,12 +548,11 @@ class GossipTable:
         return config
 
     def _configure_group(self, request: gossip_pb2.ConfigureGroupRequest) -> CommandResult:
-        check_configure(request)
         given = request.group
         mask = list(request.update_mask)
         existing: GroupConfig | None = self.groups.get(given.group)
         if not mask:
-            config = normalise_group(given)
+            config = normalise_group(given)  # all of check_configure for a creation
             if existing is not None:
                 if existing.spec != config.spec:
                     raise _precondition(
@@ -564,6 +570,7 @@ class GossipTable:
             return self._result(
                 gossip_configure_group=gossip_pb2.ConfigureGroupResponse(group=config, created=True, changed=True)
             )
+        check_configure(request)
         if existing is None:
             raise _not_found(
                 f"no gossip group {given.group!r} is configured; create it first (without update_mask, "
@@ -577,15 +584,9 @@ class GossipTable:
             )
         updated = GroupConfig()
         updated.CopyFrom(existing)
-        defaults = {
-            "policy": given.policy or DEFAULT_POLICY,
-            "round_timeout_s": given.round_timeout_s or DEFAULT_ROUND_TIMEOUT_S,
-            "min_participants": given.min_participants or DEFAULT_MIN_PARTICIPANTS,
-            "paused": given.paused,
-            "probe_every_rounds": _probe_every_rounds(given),
-        }
+        asked = _settable(given)
         for field in mask:
-            setattr(updated, field, defaults[field])
+            setattr(updated, field, asked[field])
         check_group(updated)
         changed = updated != existing
         if changed:
