@@ -50,7 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from controlplane import __version__, errors
 from controlplane.client import ClusterStatus
 from gateway import errors as gw_errors
-from gateway.formation import DEFAULT_CANDIDATE_TTL_S, Candidate, FormationTable
+from gateway.formation import DEFAULT_CANDIDATE_TTL_S, Candidate, FormationTable, vote_problem
 from gateway.models import (
     DEFAULT_CACHE_TTL_S,
     DEFAULT_CALL_TIMEOUT_S,
@@ -320,8 +320,7 @@ class Gateway:
                 (
                     (Candidate(c.id, c.client_address, c.raft_address, tuple(c.vote), c.started), c.age_s)
                     for c in listed.candidates
-                    # The same checks a posted vote passes: a broken peer cannot relay a malformed one.
-                    if not c.vote or (len(c.vote) == expect and c.id in c.vote and c.vote == sorted(set(c.vote)))
+                    if vote_problem(c.id, c.vote, expect) is None
                 ),
                 self.clock(),
             )
@@ -453,10 +452,9 @@ async def post_candidacy(gateway: GatewayDep, candidate: CandidateIn) -> Bootstr
     if gateway.formation is None:
         raise errors.FailedPrecondition("this gateway was not started with --bootstrap-expect: it forms no cluster")
     expect = gateway.formation.expect
-    if candidate.vote and (len(candidate.vote) != expect or candidate.id not in candidate.vote):
-        raise errors.InvalidArgument(f"a vote names exactly {expect} distinct ids, the voter's own among them")
-    if candidate.vote and (sorted(set(candidate.vote)) != candidate.vote):
-        raise errors.InvalidArgument("a vote's ids must be sorted and distinct")
+    problem = vote_problem(candidate.id, candidate.vote, expect)
+    if problem is not None:
+        raise errors.InvalidArgument(problem)
     try:
         gateway.formation.post(
             Candidate(

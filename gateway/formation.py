@@ -30,10 +30,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-#: A candidacy not posted again for this long is dropped (servers post every ~0.5 s).
+#: Largest founding set a gateway forms (a Raft cluster of more voters only gets slower).
+MAX_BOOTSTRAP_EXPECT = 9
+
+#: A candidacy not posted again for this long is dropped (servers post every ~0.25 s).
 DEFAULT_CANDIDATE_TTL_S = 10.0
 #: Never more candidates than this in one table (each is a few hundred bytes).
 MAX_CANDIDATES = 256
+
+
+def vote_problem(voter: str, vote: Iterable[str], expect: int) -> str | None:
+    """Why ``vote`` is not a valid founding-set vote of ``voter`` (None when it is, or when it is
+    empty: not cast yet). Gateways check posted and relayed votes alike, so a broken peer cannot relay
+    what a server could not post."""
+    ids = list(vote)
+    if not ids:
+        return None
+    if len(ids) != expect or voter not in ids:
+        return f"a vote names exactly {expect} distinct ids, the voter's own among them"
+    if sorted(set(ids)) != ids:
+        return "a vote's ids must be sorted and distinct"
+    return None
 
 
 @dataclass(frozen=True)

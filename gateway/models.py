@@ -42,6 +42,7 @@ from controlplane.client import (
 )
 from controlplane.state import limits
 from controlplane.state import membership as membership_limits
+from gateway.formation import MAX_BOOTSTRAP_EXPECT
 
 __all__ = [
     "Backend",
@@ -86,8 +87,6 @@ QUERY_CHARS = 1024
 MAX_SEARCH_LIMIT = 1000
 MAX_SEARCH_OFFSET = 1_000_000
 REQUEST_ID_CHARS = limits.MAX_REQUEST_ID_CHARS
-#: Largest founding set a gateway forms (a Raft cluster of more voters only gets slower).
-MAX_BOOTSTRAP_EXPECT = 9
 #: How often a gateway pulls its peer gateways' candidate lists.
 DEFAULT_RELAY_INTERVAL_S = 0.3
 # Resources are uint32/uint64 on the wire; these bounds are generous and keep values encodable.

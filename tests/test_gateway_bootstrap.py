@@ -203,10 +203,7 @@ async def test_a_founder_back_after_its_set_formed_is_a_voter_not_a_learner(tmp_
     vote = ("n1", "n2", "n3")
     save_record(tmp_path / "n3", BootstrapRecord(vote=vote))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
-        body = {"id": "n1", "client_address": "127.0.0.1:7101", "raft_address": "127.0.0.1:7201"}
-        assert (
-            await http.post("/v1/bootstrap/candidates", json={**body, "vote": list(vote), "started": True})
-        ).status_code == 200
+        await _announce(http, 1, vote)
     # Restarted without --bootstrap-expect: the recorded vote says how many.
     bootstrapper = await _bootstrapper(app, _server_config(tmp_path, "n3"), expect=None)
     try:
@@ -226,15 +223,7 @@ async def test_a_server_without_a_vote_joins_a_running_cluster(tmp_path: Path) -
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
         for index in (1, 2, 3):
-            body = {
-                "id": f"n{index}",
-                "client_address": f"127.0.0.1:710{index}",
-                "raft_address": f"127.0.0.1:720{index}",
-            }
-            vote = ["n1", "n2", "n3"]
-            assert (
-                await http.post("/v1/bootstrap/candidates", json={**body, "vote": vote, "started": True})
-            ).status_code == 200
+            await _announce(http, index, ["n1", "n2", "n3"])
     config = dataclasses.replace(
         _server_config(tmp_path, "n4"), client_address="127.0.0.1:7109", raft_address="127.0.0.1:7209"
     )

@@ -12,6 +12,7 @@ from controlplane.cli import app
 from controlplane.cli.common import EndpointsOption, resolve_endpoints
 from controlplane.cli.output import EXIT_USAGE, fail
 from controlplane.state import limits
+from gateway.formation import MAX_BOOTSTRAP_EXPECT
 
 DEFAULT_TOKEN_ENV = "CP_GATEWAY_TOKEN"
 
@@ -51,7 +52,7 @@ def gateway(
         typer.Option(
             help="Form a cluster of exactly this many servers started with --gateway (then --endpoints is not needed)",
             min=1,
-            max=9,
+            max=MAX_BOOTSTRAP_EXPECT,
         ),
     ] = None,
     peer: Annotated[

@@ -12,6 +12,7 @@ import typer
 from controlplane.cli import app
 from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, fail
 from controlplane.server.config import ConfigError, load_config
+from gateway.formation import MAX_BOOTSTRAP_EXPECT
 
 
 @app.command()
@@ -55,7 +56,7 @@ def serve(
             help="With --gateway: form a cluster of exactly this many servers when none exists (start exactly "
             "this many with the same value; the gateways must run with the same --bootstrap-expect)",
             min=1,
-            max=9,
+            max=MAX_BOOTSTRAP_EXPECT,
         ),
     ] = None,
     gateway_token_env: Annotated[

@@ -187,17 +187,20 @@ def test_a_later_server_and_an_agent_join_through_the_gateway(tmp_path: Path) ->
             # The SDK finds the servers through the other gateway, asked once.
             with Client.from_gateway(gateways[1].url, timeout=10) as client:
 
-                def agent_state() -> NodeState | None:
+                def agent_lease() -> tuple[NodeState, int, int] | None:
                     views = [v for v in client.membership.nodes() if v.node.spec.id == "edge-1"]
-                    return views[0].node.state if views else None
+                    record = views[0].node if views else None
+                    return (record.state, record.incarnation, record.lease_id) if record else None
 
-                wait_until(lambda: agent_state() == NodeState.ACTIVE, 30, "the agent to be active",
+                wait_until(lambda: (agent_lease() or (None,))[0] == NodeState.ACTIVE, 30, "the agent to be active",
                            detail=lambda: agent_log.read_text()[-2000:])  # fmt: skip
+                held = agent_lease()
                 gateways[0].stop()
-                # Three TTLs without the gateway that told it where the servers are: still alive.
+                # Three TTLs without the gateway that told it where the servers are: still alive, on the
+                # same lease (a lost lease and a registration again between two looks would show here).
                 deadline = time.monotonic() + 9
                 while time.monotonic() < deadline:
-                    assert agent_state() == NodeState.ACTIVE, agent_log.read_text()[-2000:]
+                    assert agent_lease() == held, agent_log.read_text()[-2000:]
                     time.sleep(0.5)  # how often we look, over a fixed stretch of scenario time
                 assert agent.poll() is None
         finally:
