@@ -78,7 +78,9 @@ class Proposer:
         self._in_flight = 0
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
-        self._barrier: asyncio.Future[CommandResult] | None = None
+        # The barrier command still waiting in ``_queue``, which new readers may share; None once
+        # it has left in a batch (see barrier()).
+        self._queued_barrier: _Pending | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -97,13 +99,16 @@ class Proposer:
     async def barrier(self) -> int:
         """The revision a linearizable read must wait for: every write acknowledged before now.
 
-        Concurrent readers share one barrier command as long as it has not left the queue, so a
-        burst of reads costs one log entry; a reader arriving after the batch closed gets a new one.
+        Concurrent readers share one barrier command only while it is still queued here, so a
+        burst of reads costs one log entry. Once it has left in a batch, a new reader gets a new
+        barrier: the one in flight may already hold its place in the leader's log ahead of a write
+        that was acknowledged after it left, and a read joining it would miss that write (the stale
+        follower reads of issue 13).
         """
-        if self._barrier is None or self._barrier.done():
-            self._barrier = self._enqueue(command_pb2.Command(barrier=command_pb2.Barrier()))
+        if self._queued_barrier is None or self._queued_barrier.future.done():
+            self._queued_barrier = self._enqueue_pending(command_pb2.Command(barrier=command_pb2.Barrier()))
         # shield: one reader giving up must not cancel the barrier the others share.
-        result = await asyncio.shield(self._barrier)
+        result = await asyncio.shield(self._queued_barrier.future)
         return result.revision
 
     def close(self) -> None:
@@ -118,14 +123,17 @@ class Proposer:
     # ------------------------------------------------------------------ internals
 
     def _enqueue(self, command: command_pb2.Command) -> asyncio.Future[CommandResult]:
+        return self._enqueue_pending(command).future
+
+    def _enqueue_pending(self, command: command_pb2.Command) -> _Pending:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[CommandResult] = loop.create_future()
+        pending = _Pending(command, loop.create_future(), command.ByteSize())
         if self._closed:
-            future.set_exception(Unavailable("the server is shutting down; retry on another"))
-            return future
-        self._queue.append(_Pending(command, future, command.ByteSize()))
+            pending.future.set_exception(Unavailable("the server is shutting down; retry on another"))
+            return pending
+        self._queue.append(pending)
         self._schedule_flush(loop)
-        return future
+        return pending
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._flush_scheduled and self._in_flight < self._max_in_flight:
@@ -176,6 +184,8 @@ class Proposer:
                 count += 1
                 size += pending.size
             batch, self._queue = self._queue[:count], self._queue[count:]
+            if self._queued_barrier is not None and any(p is self._queued_barrier for p in batch):
+                self._queued_barrier = None  # it has left: no reader may join it any more
             batch = [p for p in batch if not p.future.done()]
             if batch:
                 self._dispatch(batch)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
-from controlplane.client import Client, Consistency
+from controlplane.client import AsyncClient, Client, Consistency
 from controlplane.dev import LocalCluster
 from controlplane.v1 import common_pb2, kv_pb2, watch_pb2
 
@@ -68,6 +71,47 @@ def test_every_acknowledged_write_is_visible_at_once_on_the_next_server(cluster:
     for node in nodes:
         with node_client(node) as client:
             assert list_all(client, "reads/ryw/", consistency=Consistency.STALE, min_revision=revision) == reference
+
+
+async def test_linearizable_reads_on_a_busy_follower_see_every_acknowledged_write(cluster: LocalCluster) -> None:
+    """Issue 13, item 1: while other readers keep a follower's read barrier busy, a read that starts
+    after a write's acknowledgement must still see it. Before the fix a read could join a barrier
+    already on its way to the leader, placed in the log before the write: 13 of 2,000 reads stale."""
+    leader_id = cluster.wait_for_leader()
+    leader = cluster.nodes[leader_id]
+    follower = followers(cluster, leader_id)[0]
+    rounds = 1000
+    writer = AsyncClient(leader.client_address, timeout=15)
+    reader = AsyncClient(follower.client_address, timeout=15)
+    background = [AsyncClient(follower.client_address, timeout=15) for _ in range(6)]
+    stop = asyncio.Event()
+
+    async def keep_reading(client: AsyncClient) -> int:
+        reads = 0
+        while not stop.is_set():
+            await client.get("reads/busy/other")
+            reads += 1
+        return reads
+
+    busy = [asyncio.ensure_future(keep_reading(client)) for client in background]
+    stale: list[tuple[int, int | None]] = []
+    try:
+        for i in range(rounds):
+            put = await writer.put("reads/busy/register", str(i))
+            read = await reader.get("reads/busy/register")
+            if read is None or read.mod_revision < put.revision:
+                stale.append((put.revision, read.mod_revision if read is not None else None))
+    finally:
+        stop.set()
+        background_reads = await asyncio.gather(*busy, return_exceptions=True)
+        for client in (writer, reader, *background):
+            with contextlib.suppress(Exception):
+                await client.close()
+    assert all(isinstance(count, int) and count > 0 for count in background_reads), background_reads
+    assert not stale, (
+        f"{len(stale)} of {rounds} linearizable reads on {follower.id} missed an acknowledged write "
+        f"(revision written, revision read): {stale[:10]}"
+    )
 
 
 def test_raw_read_options_default_to_linearizable(cluster: LocalCluster) -> None:

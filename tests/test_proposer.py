@@ -1,0 +1,108 @@
+"""The proposer's read barrier, in-process: which readers may share a barrier command.
+
+A reader may join a barrier only while it is still queued. Once the barrier has left for the
+leader, it may already hold a place in the log ahead of a write acknowledged since; a reader that
+started after that acknowledgement and joined it would read the old value (issue 13, item 1).
+The leader is played by a forwarder whose answers the test releases one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from controlplane.server.proposer import Proposer
+from controlplane.state.machine import CommandResult
+from controlplane.v1 import command_pb2
+
+
+class _Follower:
+    """The one thing the proposer asks of Raft here: this server is not the leader."""
+
+    def is_leader(self) -> bool:
+        return False
+
+
+class _Leader:
+    """Records each forwarded batch and answers it when the test says so."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[command_pb2.Command]] = []
+        self._answers: list[asyncio.Future[int]] = []
+
+    async def forward(self, _address: str, commands: list[command_pb2.Command], _timeout: float) -> list[CommandResult]:
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.batches.append(commands)
+        self._answers.append(answer)
+        revision = await answer
+        return [CommandResult(revision=revision, barrier=command_pb2.BarrierResult()) for _ in commands]
+
+    def answer(self, batch: int, revision: int) -> None:
+        self._answers[batch].set_result(revision)
+
+
+def _proposer(leader: _Leader) -> Proposer:
+    return Proposer(
+        "n2",
+        _Follower(),  # type: ignore[arg-type]
+        lambda: "127.0.0.1:1",
+        leader.forward,
+        max_batch_commands=1000,
+        max_batch_bytes=1 << 20,
+        commit_timeout_s=30.0,
+    )
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_readers_in_one_turn_share_one_barrier() -> None:
+    leader = _Leader()
+    proposer = _proposer(leader)
+    readers = [asyncio.ensure_future(proposer.barrier()) for _ in range(5)]
+    await _settle()
+    assert [len(batch) for batch in leader.batches] == [1], "five concurrent readers cost one barrier"
+    leader.answer(0, 42)
+    assert await asyncio.gather(*readers) == [42] * 5
+
+
+async def test_a_reader_after_the_barrier_left_gets_a_barrier_of_its_own() -> None:
+    leader = _Leader()
+    proposer = _proposer(leader)
+    early = asyncio.ensure_future(proposer.barrier())
+    await _settle()
+    assert len(leader.batches) == 1, "the first barrier has left for the leader"
+
+    # A write is acknowledged now (revision 7, after the first barrier's place in the log); then a
+    # new read starts. It must not join the barrier already on its way.
+    late = asyncio.ensure_future(proposer.barrier())
+    await _settle()
+    assert len(leader.batches) == 2, "a reader arriving after the barrier left joined it"
+    assert leader.batches[1][0].HasField("barrier")
+
+    leader.answer(0, 6)
+    leader.answer(1, 8)
+    assert await early == 6
+    assert await late == 8
+
+
+async def test_readers_queued_behind_full_slots_share_the_next_barrier() -> None:
+    leader = _Leader()
+    proposer = _proposer(leader)
+    # Two batches fill both in-flight slots: later readers wait in the queue and may share.
+    first = asyncio.ensure_future(proposer.barrier())
+    await _settle()
+    second = asyncio.ensure_future(proposer.barrier())
+    await _settle()
+    assert len(leader.batches) == 2
+    queued = [asyncio.ensure_future(proposer.barrier()) for _ in range(3)]
+    await _settle()
+    assert len(leader.batches) == 2, "no slot is free: the third barrier waits in the queue"
+    leader.answer(0, 10)
+    await _settle()
+    assert [len(batch) for batch in leader.batches] == [1, 1, 1], "the queued readers share one barrier"
+    leader.answer(1, 11)
+    leader.answer(2, 12)
+    assert (await first, await second) == (10, 11)
+    assert await asyncio.gather(*queued) == [12, 12, 12]
