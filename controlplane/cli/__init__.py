@@ -14,7 +14,7 @@ app = typer.Typer(
 
 def main() -> None:
     # Command groups register themselves on import; importing here keeps `cpctl --help` complete.
-    from controlplane.cli import cluster, dev, gateway, gossip, kv, membership, models, ports, serve  # noqa: F401
+    from controlplane.cli import certs, cluster, dev, gateway, gossip, kv, membership, models, ports, serve  # noqa: F401
 
     app()
 
