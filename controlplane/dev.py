@@ -2,8 +2,9 @@
 
 Each server is a separate ``python -m controlplane serve`` process with its own data
 directory and log file, so a test can kill -9 one and restart it exactly as an operator would.
-The Raft password is generated once per data directory and kept in it (mode 0600): a dev
-cluster is never unauthenticated, and restarting it keeps its state.
+A dev CA and a certificate per server are made once per data directory and kept in it
+(``pki/``, keys mode 0600): a dev cluster's peer plane runs mutual TLS like a production one, and
+restarting it keeps its state. ``insecure=True`` (``cpctl dev --insecure-dev``) runs without it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import grpc
 
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
 
-PASSWORD_FILE = "raft-password"
+PKI_DIR = "pki"
 MANIFEST_FILE = "cluster.json"
 
 
@@ -116,12 +117,13 @@ class LocalCluster:
         log_level: str = "info",
         extra_env: dict[str, str] | None = None,
         extra_config: dict[str, Any] | None = None,
+        insecure: bool = False,
     ) -> None:
         if servers < 1:
             raise ValueError("a cluster needs at least one server")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.password = self._password()
+        self.insecure = insecure
         self.log_level = log_level
         self.extra_env = extra_env or {}
         # Server settings without a flag (history_limit, max_batch_commands, ...): written to a
@@ -136,15 +138,20 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ setup
 
-    def _password(self) -> str:
-        path = self.data_dir / PASSWORD_FILE
-        if path.exists():
-            return path.read_text().strip()
-        password = secrets.token_urlsafe(24)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(password + "\n")
-        return password
+    @property
+    def pki_dir(self) -> Path:
+        """The dev CA and the servers' and the admin client's certificates (``cpctl certs`` layout)."""
+        return self.data_dir / PKI_DIR
+
+    def _tls_env(self, node_id: str) -> dict[str, str]:
+        """CP_TLS_* for one server, its certificate issued from the dev CA first if it has none."""
+        if self.insecure:
+            return {}
+        from controlplane import tls
+
+        tls.ensure_dev_pki(self.pki_dir, [node_id])
+        files = tls.TlsFiles.from_directory(self.pki_dir, tls.Identity("server", node_id))
+        return {"CP_TLS_CA": str(files.ca), "CP_TLS_CERT": str(files.cert), "CP_TLS_KEY": str(files.key)}
 
     def _new_node(self, node_id: str, index: int, base_port: int | None) -> NodeProcess:
         if base_port is None:
@@ -212,7 +219,9 @@ class LocalCluster:
             config_file = self.data_dir / f"{node.id}.toml"
             config_file.write_text(_toml(self.extra_config))
             command += ["--config", str(config_file)]
-        env = {**os.environ, **self.extra_env, "CP_RAFT_PASSWORD": self.password}
+        if self.insecure:
+            command.append("--insecure-dev")
+        env = {**os.environ, **self.extra_env, **self._tls_env(node.id)}
         with open(node.log_path, "ab") as log_file:
             node.process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -302,7 +311,7 @@ class LocalCluster:
         return {
             "endpoints": ",".join(self.client_addresses),
             "data_dir": str(self.data_dir),
-            "password_file": str(self.data_dir / PASSWORD_FILE),
+            "pki": None if self.insecure else str(self.pki_dir),
             "servers": [
                 {
                     "id": node.id,

@@ -30,6 +30,9 @@ def dev(
         int, typer.Option(help="Client ports are BASE+1.., Raft BASE+101.., metrics BASE+201..")
     ] = DEFAULT_BASE_PORT,
     demo: Annotated[bool, typer.Option(help="Once up, show status, a write and a read back")] = False,
+    insecure_dev: Annotated[
+        bool, typer.Option("--insecure-dev", help="No TLS between the servers (by default a dev CA in DATA_DIR/pki)")
+    ] = False,
 ) -> None:
     """Start SERVERS local servers on loopback and keep them running until Ctrl-C or SIGTERM.
 
@@ -45,7 +48,9 @@ def dev(
                 f"{data_dir} holds a {len(previous['servers'])}-server cluster; use --servers "
                 f"{len(previous['servers'])} or another --data-dir"
             )
-    cluster = LocalCluster(data_dir, servers=servers, base_port=base_port)
+    cluster = LocalCluster(data_dir, servers=servers, base_port=base_port, insecure=insecure_dev)
+    if insecure_dev:
+        typer.echo("WARNING: --insecure-dev: the servers' Raft peer ports run without TLS or authentication", err=True)
     for node in cluster.nodes.values():
         for address, what in (
             (node.client_address, "client"),
@@ -74,6 +79,8 @@ def dev(
                 f"metrics http://{node.metrics_address}/metrics  pid {node.pid}"
             )
         typer.echo(f"\n  endpoints: {cluster.endpoints}")
+        if not insecure_dev:
+            typer.echo(f"  peer plane: mutual TLS, dev CA and certificates in {cluster.pki_dir}")
         if demo:
             _demo(cluster.endpoints)
         typer.echo("\nrunning; Ctrl-C stops every server")

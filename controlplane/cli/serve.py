@@ -33,13 +33,18 @@ def serve(
         list[str] | None,
         typer.Option(help="Another server, ID=RAFT_HOST:PORT,CLIENT_HOST:PORT (repeat) [CP_PEERS]"),
     ] = None,
-    raft_password_file: Annotated[
-        Path | None,
-        typer.Option(help="File holding the Raft password [CP_RAFT_PASSWORD_FILE, CP_RAFT_PASSWORD]"),
+    tls_ca: Annotated[Path | None, typer.Option(help="Cluster CA (or CA bundle) file [CP_TLS_CA]")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="This server's certificate (cpctl certs issue ID --role server) [CP_TLS_CERT]")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="This server's key, mode 0600 [CP_TLS_KEY]")] = None,
+    durability: Annotated[
+        str | None,
+        typer.Option(help='"fsync" (default) or "none": never fsync the journal (throwaway clusters) [CP_DURABILITY]'),
     ] = None,
     insecure_dev: Annotated[
         bool,
-        typer.Option("--insecure-dev", help="Allow running without a Raft password (local experiments only)"),
+        typer.Option("--insecure-dev", help="Run the Raft peer plane without TLS (local experiments only)"),
     ] = False,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning [CP_LOG_LEVEL]")] = None,
     gateway: Annotated[
@@ -74,7 +79,8 @@ def serve(
     """Run a server: Raft voter (or learner, with --join), gRPC API and Prometheus metrics.
 
     Settings come from --config, then CP_* environment variables, then these flags (highest).
-    The Raft password is never a flag: use CP_RAFT_PASSWORD or a password file.
+    The peer plane runs mutual TLS: --tls-ca, --tls-cert and --tls-key name files (a key is never
+    passed as a value); make them with `cpctl certs`.
 
     Exit status: 0 when stopped by SIGTERM/SIGINT; 2 when the configuration cannot work or the data
     directory belongs to a server removed from its cluster; 1 when the server stopped itself because
@@ -88,7 +94,10 @@ def serve(
         "metrics_address": metrics_address,
         "data_dir": data_dir,
         "peers": peer or None,
-        "raft_password_file": str(raft_password_file) if raft_password_file else None,
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "durability": durability,
         "insecure_dev": insecure_dev or None,
         "log_level": log_level,
         "join": join or None,

@@ -27,7 +27,6 @@ from controlplane.server.services import (
     LeasesService,
     MembershipService,
     ModelsService,
-    PeerService,
     PortsService,
     ServicesService,
     WatchService,
@@ -45,8 +44,6 @@ from controlplane.v1 import (
     membership_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
-    peer_pb2,
-    peer_pb2_grpc,
     ports_pb2,
     ports_pb2_grpc,
     watch_pb2,
@@ -77,8 +74,8 @@ def check_bindable(address: str, what: str) -> None:
 
 
 async def serve(config: ServerConfig) -> None:
-    # The event loop and pysyncobj's tick thread hand every write to each other; with the default
-    # 5 ms GIL switch interval a busy thread holds the other up for milliseconds per hand-off.
+    # Raft ticks on the loop, but gRPC's own threads still take the GIL; with the default 5 ms
+    # switch interval one of them can hold the loop up for milliseconds.
     sys.setswitchinterval(config.gil_switch_interval_s)
     # Every request allocates many short-lived objects; at the default threshold (700) generation-0
     # collections run thousands of times a second and their pauses show in the tail latency
@@ -96,7 +93,6 @@ async def serve(config: ServerConfig) -> None:
     kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
     watch_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)
     cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
-    peer_pb2_grpc.add_PeerServicer_to_server(PeerService(node), server)
     ports_pb2_grpc.add_PortsServicer_to_server(PortsService(node), server)
     ports_pb2_grpc.add_ServicesServicer_to_server(ServicesService(node), server)
     leases_pb2_grpc.add_LeasesServicer_to_server(LeasesService(node), server)
@@ -110,7 +106,6 @@ async def serve(config: ServerConfig) -> None:
             kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
             watch_pb2.DESCRIPTOR.services_by_name["Watch"].full_name,
             cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
-            peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name,
             ports_pb2.DESCRIPTOR.services_by_name["Ports"].full_name,
             ports_pb2.DESCRIPTOR.services_by_name["Services"].full_name,
             leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
@@ -140,7 +135,14 @@ async def serve(config: ServerConfig) -> None:
         peers=[peer.spec() for peer in config.peers],
         data_dir=str(config.data_dir),
         insecure_dev=config.insecure_dev,
+        durability=config.durability,
     )
+    if config.durability != "fsync":
+        log.warning(
+            "durability_off",
+            detail='durability = "none": the Raft journal is never fsynced; acknowledged writes survive kill -9 '
+            "but not a power cut, and a server can forget its vote. Throwaway clusters only.",
+        )
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

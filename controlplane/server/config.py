@@ -4,16 +4,20 @@ Example (see deploy/server.example.toml)::
 
     node_id = "n1"
     client_address = "0.0.0.0:7101"     # gRPC API
-    raft_address = "10.0.0.1:7201"      # pysyncobj peer port: must be reachable by the other servers
+    raft_address = "10.0.0.1:7201"      # Raft peer port (mutual TLS): bound exactly, dialed by the other servers
     metrics_address = "0.0.0.0:7301"    # Prometheus /metrics
     data_dir = "/var/lib/controlplane"
-    raft_password_file = "/etc/controlplane/raft-password"   # or CP_RAFT_PASSWORD
+    tls_ca = "/etc/controlplane/ca.pem"                  # the cluster CA (a bundle of old + new while rotating)
+    tls_cert = "/etc/controlplane/server-n1.pem"         # cpctl certs issue n1 --role server
+    tls_key = "/etc/controlplane/server-n1-key.pem"      # mode 0600, or the server refuses it
+    durability = "fsync"                                 # "none" only for throwaway clusters
     peers = ["n2=10.0.0.2:7202,10.0.0.2:7102", "n3=10.0.0.3:7203,10.0.0.3:7103"]
 
-The Raft password is a secret: it comes from ``CP_RAFT_PASSWORD``, from a file, or from the
-config file, never from a flag (flags are visible in ``ps``). Without one the server refuses to
-start unless ``insecure_dev`` is set, because pysyncobj's wire format is pickle: an open,
-unauthenticated peer port is remote code execution.
+Servers authenticate each other with certificates from the cluster CA (``cpctl certs``): each
+certificate names its server's id, and a peer connection whose certificate does not name a
+current member is closed. Without TLS files the server refuses to start unless ``insecure_dev``
+is set, and then says so loudly. Key files come from config or ``CP_TLS_*`` variables, never
+from the repository.
 """
 
 from __future__ import annotations
@@ -92,8 +96,15 @@ class ServerConfig:
     # What the other servers and clients dial to reach client_address; required when
     # client_address binds a wildcard (0.0.0.0 or [::]). Defaults to client_address.
     advertise_client_address: str = ""
-    raft_password: str | None = field(default=None, repr=False)
+    # The peer plane's mutual TLS: the cluster CA, this server's certificate and its key.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # No TLS on the peer plane (identities taken on a peer's word). Local experiments only.
     insecure_dev: bool = False
+    # "fsync": the journal is fdatasync'ed before anything is acknowledged, voted or counted
+    # towards a commit (the default). "none": never synced (survives kill -9, not a power cut).
+    durability: str = "fsync"
     peers: tuple[Peer, ...] = ()
     # Joining an existing cluster: start with the current members as peers. The server runs as a
     # learner (a pysyncobj read-only node: it receives the log, never votes) until the leader,
@@ -163,12 +174,18 @@ class ServerConfig:
                 f"raft_address {self.raft_address} must be this server's reachable address, not a wildcard: "
                 "the other servers dial it"
             )
-        if not self.raft_password and not self.insecure_dev:
+        tls = (self.tls_ca, self.tls_cert, self.tls_key)
+        if any(tls) and not all(tls):
+            raise ConfigError("set all of tls_ca, tls_cert and tls_key (CP_TLS_CA, CP_TLS_CERT, CP_TLS_KEY), or none")
+        if not all(tls) and not self.insecure_dev:
             raise ConfigError(
-                "no Raft password: set CP_RAFT_PASSWORD, raft_password_file or raft_password in the config "
-                "file. pysyncobj's peer protocol is pickle, so an unauthenticated peer port lets anyone who "
-                "reaches it run code on this server. For a throwaway local cluster pass --insecure-dev."
+                "no TLS for the Raft peer plane: set tls_ca, tls_cert and tls_key (make them with "
+                "`cpctl certs init` and `cpctl certs issue ID --role server`). Without them any host that "
+                "reaches the peer port could join the cluster's Raft. "
+                "For a throwaway local cluster pass --insecure-dev."
             )
+        if self.durability not in ("fsync", "none"):
+            raise ConfigError(f"durability must be 'fsync' or 'none', not {self.durability!r}")
         if self.max_batch_bytes + 2 * limits.MAX_VALUE_BYTES > limits.RAFT_MAX_ENTRY_BYTES:
             raise ConfigError(
                 f"max_batch_bytes must stay below {limits.RAFT_MAX_ENTRY_BYTES - 2 * limits.MAX_VALUE_BYTES} "
@@ -207,6 +224,11 @@ class ServerConfig:
 
     @property
     def journal_file(self) -> Path:
+        return self.data_dir / "raft.wal"
+
+    @property
+    def legacy_journal_file(self) -> Path:
+        """pysyncobj's own journal, as servers before the durable journal wrote it (migrated on start)."""
         return self.data_dir / "raft.journal"
 
     @property
@@ -231,8 +253,10 @@ _ENV_KEYS = {
     "raft_address": "CP_RAFT_ADDRESS",
     "metrics_address": "CP_METRICS_ADDRESS",
     "data_dir": "CP_DATA_DIR",
-    "raft_password": "CP_RAFT_PASSWORD",
-    "raft_password_file": "CP_RAFT_PASSWORD_FILE",
+    "tls_ca": "CP_TLS_CA",
+    "tls_cert": "CP_TLS_CERT",
+    "tls_key": "CP_TLS_KEY",
+    "durability": "CP_DURABILITY",
     "peers": "CP_PEERS",
     "log_level": "CP_LOG_LEVEL",
 }
@@ -256,12 +280,12 @@ def load_config(
             merged[key] = environ[env_key]
     merged.update({key: value for key, value in overrides.items() if value is not None})
 
-    password_file = merged.pop("raft_password_file", None)
-    if password_file and not merged.get("raft_password"):
-        try:
-            merged["raft_password"] = Path(password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read raft_password_file {password_file}: {exc.strerror}") from None
+    retired = sorted({"raft_password", "raft_password_file"} & set(merged))
+    if retired:
+        raise ConfigError(
+            f"{', '.join(retired)} is no longer used: servers authenticate each other with certificates. "
+            "Remove it and set tls_ca, tls_cert and tls_key (see `cpctl certs --help` and docs/operations.md)"
+        )
 
     peers = merged.pop("peers", ())
     if isinstance(peers, str):
@@ -279,8 +303,9 @@ def load_config(
     except TypeError as exc:
         raise ConfigError(f"[raft] table: {exc}") from None
     merged.setdefault("metrics_address", "")
+    paths = {key: Path(merged[key]) for key in ("data_dir", "tls_ca", "tls_cert", "tls_key") if merged.get(key)}
     config = ServerConfig(
-        **{**merged, "data_dir": Path(merged["data_dir"])},
+        **{**merged, **paths},
         peers=tuple(Peer.parse(spec) if isinstance(spec, str) else Peer(**spec) for spec in peers),
         raft=tuning,
     )

@@ -292,7 +292,10 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._live_bytes = 0
         self._buffer = bytearray()
         self._size = 0  # bytes in the file, excluding the buffer
-        self._synced_size = 0
+        self._synced_size = 0  # bytes written by the last sync() (fdatasync'ed unless fsync is off)
+        # Bytes known to be on disk: what the power-cut simulation keeps. With fsync off only the
+        # header is, so the simulation loses what a real cut could lose.
+        self._durable_size = FILE_HEADER_SIZE
         # The first failed write or fdatasync: after it nothing is known about what reached the
         # disk (a retried fsync can report success for lost pages), so every later sync fails.
         self._failure: OSError | None = None
@@ -413,6 +416,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
             self._write_buffer()
             if self._fsync:
                 os.fdatasync(self._fd)
+                self._durable_size = self._size
             self._synced_size = self._size
             if self._size > self._compact_min_bytes and self._size > self._compact_ratio * self._live_estimate():
                 self._rewrite()
@@ -479,11 +483,13 @@ class DurableJournal(Journal):  # type: ignore[misc]
         os.close(self._fd)
         self._fd = fd
         self._size = self._synced_size = len(image)
+        if self._fsync:
+            self._durable_size = len(image)
         log.info("journal_compacted", path=str(self.path), old_bytes=old_size, new_bytes=len(image))
 
     def _note_synced_size(self) -> None:
         if self._record_synced_size:
-            os.pwrite(self._synced_fd, _U64.pack(self._synced_size), 0)
+            os.pwrite(self._synced_fd, _U64.pack(self._durable_size), 0)
 
     def _open(self) -> None:
         self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)  # an interrupted rewrite
@@ -516,6 +522,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
             self.close(sync=False)
             raise
         self._size = self._synced_size = end
+        if self._fsync:
+            self._durable_size = end
         self._live_bytes = sum(_APPEND_OVERHEAD + len(entry[0]) for entry in self._entries)
         self._note_synced_size()
 

@@ -4,9 +4,9 @@ Layering (STYLE 5): gRPC servicers (services.py) parse and answer; the handlers 
 state machine applies. Handlers raise ``controlplane.errors`` exceptions and never know about
 gRPC status codes.
 
-Threads: pysyncobj's tick thread applies entries under ``state_lock``; everything else runs on
-the asyncio event loop and takes the same lock for the few microseconds a read needs. Applied
-progress crosses to the loop through ``call_soon_threadsafe`` only.
+Threads: Raft ticks on the asyncio event loop too (raft.py), so applies and requests take turns
+on one thread; ``state_lock`` still brackets every apply and every multi-table read, so a view
+is consistent by construction whatever runs where (the search indexer reads from a worker thread).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.housekeeping import Autopilot, Housekeeper
 from controlplane.server.indexer import Indexer
 from controlplane.server.proposer import Proposer
-from controlplane.server.raft import ROLE_LEADER, ROLE_LEARNER, SUCCESS, RaftNode, describe_failure
+from controlplane.server.raft import ROLE_LEADER, ROLE_LEARNER, SUCCESS, PeerAccess, RaftNode, describe_failure
 from controlplane.server.renewals import LeaderRenewals
 from controlplane.state import limits
 from controlplane.state.machine import CommandResult, SnapshotError, StateMachine, parse_snapshot
@@ -64,8 +64,6 @@ from controlplane.v1 import (
     kv_pb2,
     leases_pb2,
     membership_pb2,
-    peer_pb2,
-    peer_pb2_grpc,
     watch_pb2,
 )
 
@@ -177,6 +175,7 @@ class Node:
             self._on_applied_tick_thread,
             self._on_role_change,
             voter=voter,
+            peers=self._peer_access(),
         )
         if not voter:
             log.info("starting_as_learner", hint="admit it with `cpctl cluster members add`; promoted once caught up")
@@ -185,8 +184,8 @@ class Node:
         self.proposer = Proposer(
             node_id=self.node_id,
             raft=self.raft,
-            leader_client_address=self._leader_client_address,
-            forward=self._forward_propose,
+            leader_address=self.raft.leader_address,
+            forward=self.raft.propose,
             max_batch_commands=self.config.max_batch_commands,
             max_batch_bytes=self.config.max_batch_bytes,
             commit_timeout_s=self.config.commit_timeout_s,
@@ -213,7 +212,7 @@ class Node:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()), return_exceptions=True)
         if self.indexer is not None:
             await self.indexer.close()
-        await asyncio.to_thread(self.raft.destroy)
+        self.raft.destroy()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -333,8 +332,9 @@ class Node:
             raise error_from_result(result.error)
         return result
 
-    async def propose_forwarded(self, commands: list[command_pb2.Command], from_node: str) -> list[CommandResult]:
-        """Peer.Propose: a follower's batch. Only the leader takes it; it is never forwarded again.
+    async def propose_forwarded(self, from_node: str, commands: list[command_pb2.Command]) -> list[CommandResult]:
+        """A follower's batch, from the peer plane (authenticated servers only, never the client port).
+        Only the leader takes it; it is never forwarded again.
 
         A server that is not (or no longer) a member is refused: a removed server that keeps
         running still names the old leader and would keep feeding it its clients' writes.
@@ -351,14 +351,44 @@ class Node:
             raise FailedPrecondition(f"{', '.join(sorted(set(leader_only)))} is proposed by the leader itself only")
         return await self.proposer.propose_many(commands)
 
-    async def _forward_propose(
-        self, leader_address: str, commands: list[command_pb2.Command], timeout: float
-    ) -> list[CommandResult]:
-        stub = peer_pb2_grpc.PeerStub(self._channel(leader_address))
-        response = await stub.Propose(
-            peer_pb2.ProposeRequest(commands=commands, from_node=self.node_id), timeout=timeout
+    def _peer_access(self) -> PeerAccess:
+        """Who may talk Raft to this server: servers with a certificate from the cluster CA naming a
+        member at its Raft address (plain TCP and the peer's word only with --insecure-dev)."""
+        server_tls = client_tls = None
+        if not self.config.insecure_dev:
+            from controlplane import tls
+
+            assert self.config.tls_ca and self.config.tls_cert and self.config.tls_key  # validated
+            files = tls.TlsFiles(ca=self.config.tls_ca, cert=self.config.tls_cert, key=self.config.tls_key)
+            try:
+                server_tls, client_tls = tls.server_ssl_context(files), tls.client_ssl_context(files)
+            except tls.TlsError as exc:
+                raise ConfigError(str(exc)) from None
+        else:
+            log.warning(
+                "insecure_peer_plane",
+                detail="--insecure-dev: the Raft peer port has no TLS and believes any server id it is told; "
+                "anyone who reaches it can join this cluster's Raft. Never use this outside a throwaway cluster.",
+            )
+        return PeerAccess(
+            authorize=self._authorize_peer,
+            server_tls=server_tls,
+            client_tls=client_tls,
+            propose_handler=self.propose_forwarded,
         )
-        return list(response.results)
+
+    def _authorize_peer(self, peer_id: str, raft_address: str, learner: bool) -> str | None:
+        """Why ``peer_id`` at ``raft_address`` may not hold a Raft connection to this server, or None."""
+        if peer_id == self.node_id:
+            return f"{peer_id} is this server's own id"
+        if peer_id in self.removed_ids():
+            return f"{peer_id} was removed from this cluster and may not come back"
+        known = {member.id: member.raft_address for member in self.members().values()}
+        if peer_id not in known:
+            return f"{peer_id} is not a member of this cluster (admit it with `cpctl cluster members add`)"
+        if known[peer_id] != raft_address:
+            return f"{peer_id} is a member at {known[peer_id]}, not at {raft_address}"
+        return None
 
     def peer_channel(self, address: str) -> grpc.aio.Channel:
         """A cached channel to another server's client address (the autopilot's health checks)."""
@@ -980,7 +1010,7 @@ class Node:
             await asyncio.sleep(0.02)  # the tick thread replays the journal; it has no completion callback
         source = "its own log says so" if self._removed_locally() else (await self._ask_peers()).removed
         if source:
-            await asyncio.to_thread(self.raft.destroy_synchronous)
+            self.raft.destroy()
             raise StartupRefused("refusing to start: " + self._removed_message(source))
 
     async def _ask_peers(self) -> _PeerVerdict:
@@ -1085,7 +1115,7 @@ class Node:
         else:
             await asyncio.to_thread(marker.unlink, True)
         fresh = StateMachine(history_limit=self.config.history_limit)
-        await asyncio.to_thread(self.raft.restart, voter, fresh, not voter)
+        self.raft.restart(voter, fresh, not voter)
         self._pending_machine, self._restart_began = fresh, self._loop.time()
 
     def _serve_restarted_machine(self) -> None:

@@ -7,7 +7,7 @@ and leave together as the next batch when one completes, so batches grow with lo
 themselves (the classic group-commit shape; gRPC hands each call to its own loop turn, so
 "whatever arrived this turn" alone batches almost nothing). On the leader the batch is
 stamped with the leader's clock and appended; on a follower the batch is forwarded to the leader
-in one ``Peer.Propose`` call, where it joins the leader's next batch.
+in one ``ProposeCall`` over the authenticated peer plane, where it joins the leader's next batch.
 
 Outcome rules (what the SDK relies on):
 * a command the leader never accepted fails with ``NoLeader``/``Unavailable`` (not applied);
@@ -23,18 +23,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import grpc
 import structlog
 
-from controlplane.errors import (
-    ERROR_KIND_KEY,
-    ControlPlaneError,
-    NoLeader,
-    Unavailable,
-    UnknownOutcome,
-    error_from_rpc,
-    rpc_metadata,
-)
+from controlplane.errors import ControlPlaneError, NoLeader, Unavailable, UnknownOutcome
 from controlplane.server import metrics
 from controlplane.server.raft import SUCCESS, RaftNode, describe_failure
 from controlplane.state.machine import CommandResult, batch_entry
@@ -44,7 +35,8 @@ log = structlog.get_logger("controlplane.proposer")
 
 FORWARD_TIMEOUT_S = 3.0
 
-# Sends commands to the leader and returns their results (Peer.Propose); raises RpcError.
+# Sends commands to the leader at a Raft address and returns their results (the peer plane's
+# ProposeCall); raises Unavailable (not sent: nothing applied) or UnknownOutcome (sent, no answer).
 Forwarder = Callable[[str, list[command_pb2.Command], float], Awaitable[list[CommandResult]]]
 
 
@@ -60,7 +52,7 @@ class Proposer:
         self,
         node_id: str,
         raft: RaftNode,
-        leader_client_address: Callable[[], str],
+        leader_address: Callable[[], str],
         forward: Forwarder,
         max_batch_commands: int,
         max_batch_bytes: int,
@@ -69,7 +61,7 @@ class Proposer:
     ) -> None:
         self._node_id = node_id
         self._raft = raft
-        self._leader_client_address = leader_client_address
+        self._leader_address = leader_address
         self._forward = forward
         self._max_commands = max_batch_commands
         self._max_bytes = max_batch_bytes
@@ -108,7 +100,13 @@ class Proposer:
         if self._queued_barrier is None or self._queued_barrier.future.done():
             self._queued_barrier = self._enqueue_pending(command_pb2.Command(barrier=command_pb2.Barrier()))
         # shield: one reader giving up must not cancel the barrier the others share.
-        result = await asyncio.shield(self._queued_barrier.future)
+        try:
+            result = await asyncio.shield(self._queued_barrier.future)
+        except UnknownOutcome:
+            # A barrier changes nothing: for a read, an unknown outcome only means "not ordered".
+            raise Unavailable(
+                "the read could not be ordered through the leader (it changed or did not answer in time); retry"
+            ) from None
         return result.revision
 
     def close(self) -> None:
@@ -195,7 +193,7 @@ class Proposer:
         if self._raft.is_leader():
             self._append(batch)
             return
-        leader = self._leader_client_address()
+        leader = self._leader_address()
         if not leader:
             _fail(batch, NoLeader("no leader is known (an election is running or quorum is lost); retry shortly"))
             return
@@ -241,26 +239,14 @@ class Proposer:
             # Bounded well below the commit timeout: a leader that hangs without closing its
             # connection must not hold this batch slot (and the writes queued behind it) for long.
             results = await self._forward(leader, commands, min(self._commit_timeout_s, FORWARD_TIMEOUT_S))
-        except grpc.aio.AioRpcError as exc:
-            error: ControlPlaneError
-            if rpc_metadata(exc).get(ERROR_KIND_KEY, "UnknownOutcome") != "UnknownOutcome":
-                # The leader answered with a decision of its own (e.g. NoLeader): nothing was applied.
-                error = error_from_rpc(exc)
-            else:
-                # The call broke in transit or timed out: the leader may have appended the batch.
-                error = UnknownOutcome(
-                    f"forwarding to the leader at {leader} failed ({exc.code().name}: {exc.details()}); "
-                    "the write may have been applied: retry with the same request id"
-                )
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+        except ControlPlaneError as exc:
+            # Unavailable/NoLeader: nothing was sent or the leader decided (not applied);
+            # UnknownOutcome: the call broke in transit and the leader may have appended the batch.
+            _fail(batch, exc)
             return
         except Exception as exc:  # never leave a caller hanging on a bug
             log.exception("forward_failed", leader=leader)
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(UnknownOutcome(f"forwarding failed: {exc}"))
+            _fail(batch, UnknownOutcome(f"forwarding failed: {exc}"))
             return
         for pending, result in zip(batch, results, strict=False):
             if not pending.future.done():

@@ -4,13 +4,22 @@ One ``SyncObj`` subclass whose replicated method hands the entry bytes to the pu
 machine, and nothing else (rqlite's fsm.go -> command_processor.go). pysyncobj facts this
 module is built around (measured; see the brief):
 
-* Its peer protocol is pickle, so a password is always set (refused otherwise upstream of here).
+* Its own peer protocol is pickle on every interface: we replace the transport
+  (``peer_transport.py``: protobuf frames over mutual TLS, bound to the configured address).
+* Its journal is a memory-mapped file that is never flushed: we replace it
+  (``journal.py``: append-only, checksummed, one fdatasync per group-committed batch, term and
+  vote synced before they are used). The transport syncs the journal before any frame leaves,
+  and every tick ends with a sync, so nothing is acknowledged, voted or counted towards a commit
+  before it is on disk.
 * Journal *and* full dump are always set: a journal without a dump lost all state after
   compaction plus restart.
-* The full dump goes through the serializer hooks in our own format (``RaftDump``), written on
-  the tick thread: no fork in a process that has gRPC threads, and no pickle of domain state.
-* Everything - Raft, sockets, applying, callbacks - runs on its one tick thread, so the
-  apply path only applies and hands results back; all other work happens on the event loop.
+* The full dump goes through the serializer hooks in our own format (``RaftDump``), written
+  atomically (temp file, fsync, rename, directory fsync): no fork in a process that has gRPC
+  threads, and no pickle of domain state.
+* Raft runs on the server's event loop (``autoTick`` off): a driver task ticks every
+  ``tick_s``, and a tick is scheduled at once after a submit or a received message, so a write
+  does not wait for the next period. No second thread contends for the GIL, and the apply path,
+  callbacks and socket I/O all run on the loop, one at a time.
 * Attributes set *before* ``SyncObj.__init__`` are excluded from pysyncobj's own dump and are
   in place before journal replay starts (state set afterwards races with replay).
 
@@ -27,12 +36,18 @@ a voter restarted from a dump counted itself as an unreachable partner.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import ssl
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pysyncobj.syncobj
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic
@@ -41,6 +56,9 @@ from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.version import VERSION as pysyncobj_version
 
 from controlplane.server.config import ServerConfig
+from controlplane.server.journal import DurableJournal, migrate_legacy_journal, write_file_atomically
+from controlplane.server.peer_transport import Authorize, PeerSettings, PeerTransport, ProposeHandler, transport_factory
+from controlplane.server.raft_codec import MAX_RAFT_MESSAGE_BYTES
 from controlplane.state import limits
 from controlplane.state.machine import CommandResult, StateMachine
 from controlplane.v1 import storage_pb2
@@ -58,11 +76,14 @@ _ROLES = {
     _RAFT_STATE.LEADER: ROLE_LEADER,
 }
 
-# (results or None, pysyncobj FAIL_REASON); called on the tick thread.
+# (results or None, pysyncobj FAIL_REASON); called on the loop, inside a tick.
 ApplyCallback = Callable[[list[CommandResult] | None, int], None]
 DoneCallback = Callable[[int], None]
 
 SUCCESS = FAIL_REASON.SUCCESS
+
+# Exit status of a server that stopped because its journal could not be written.
+EXIT_JOURNAL_FAILED = 3
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,33 @@ class RaftStatus:
     match_index: dict[str, int]
 
 
+@dataclass(frozen=True)
+class PeerAccess:
+    """Who may talk Raft to this server, and how: what the node gives the peer transport."""
+
+    authorize: Authorize
+    # None, None only with --insecure-dev.
+    server_tls: ssl.SSLContext | None
+    client_tls: ssl.SSLContext | None
+    propose_handler: ProposeHandler | None = None
+
+
+# pysyncobj creates its journal inside SyncObj.__init__ from a module-level factory; the one way
+# to hand it ours is to replace that factory for the duration of the constructor.
+_journal_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _journal_for_construction(journal: DurableJournal) -> Iterator[None]:
+    with _journal_lock:
+        original = pysyncobj.syncobj.createJournal
+        pysyncobj.syncobj.createJournal = lambda _path=None: journal
+        try:
+            yield
+        finally:
+            pysyncobj.syncobj.createJournal = original
+
+
 class _ReplicatedLog(SyncObj):  # type: ignore[misc]
     def __init__(
         self,
@@ -89,9 +137,10 @@ class _ReplicatedLog(SyncObj):  # type: ignore[misc]
         partners: Sequence[str],
         conf: SyncObjConf,
         apply: Callable[[bytes], list[CommandResult]],
+        transport: Callable[[Any, Any, Any], PeerTransport],
     ) -> None:
         self._apply = apply  # before super().__init__: see the module docstring
-        super().__init__(self_address, list(partners), conf)
+        super().__init__(self_address, list(partners), conf, transportClass=transport)
 
     @replicated  # type: ignore[misc]
     def apply_entry(self, entry: bytes) -> list[CommandResult]:
@@ -99,11 +148,11 @@ class _ReplicatedLog(SyncObj):  # type: ignore[misc]
 
 
 class RaftNode:
-    """The pysyncobj instance behind a small, typed surface.
+    """The pysyncobj instance behind a small, typed surface, ticked on the running event loop.
 
-    ``state_lock`` serialises the tick thread's applies against readers on the event loop.
-    ``on_applied`` runs on the tick thread after every entry and after a dump is loaded; it must
-    be cheap (it only schedules work on the event loop).
+    Create it on the loop. ``state_lock`` serialises applies against readers (both on the loop
+    now; kept so that a read of several tables is one consistent view by construction).
+    ``on_applied`` runs after every entry and after a dump is loaded; it must be cheap.
 
     ``voter=False`` runs a learner (a pysyncobj read-only node). ``restart(voter=True, ...)`` turns
     it into a voter by restarting pysyncobj as a full node on the same journal and dump: pysyncobj
@@ -118,8 +167,16 @@ class RaftNode:
         on_applied: Callable[[], None],
         on_role_change: Callable[[str, str], None],
         voter: bool = True,
+        *,
+        peers: PeerAccess,
     ) -> None:
         self._config = config
+        self._peers = peers
+        self._loop = asyncio.get_running_loop()
+        self._tick_scheduled = False
+        self._driver: asyncio.Task[None] | None = None
+        self._destroyed = False
+        self._journal: DurableJournal
         self._machine = machine
         self._lock = state_lock
         self._on_applied = on_applied
@@ -131,17 +188,25 @@ class RaftNode:
         # voter, a removed server stopping); None when pysyncobj's readiness is the answer.
         self._unready_reason: str | None = None
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        # A data dir from before the durable journal: its pysyncobj journal is copied into ours (logged there).
+        migrate_legacy_journal(config.legacy_journal_file, config.journal_file)
         self._sync = self._start([peer.raft_address for peer in config.peers])
+        self._driver = self._loop.create_task(self._drive())
 
     def _start(self, partners: Sequence[str]) -> _ReplicatedLog:
         tuning = self._config.raft
+        self._journal = DurableJournal(
+            self._config.journal_file,
+            fsync=self._config.durability == "fsync",
+            record_synced_size=os.environ.get("CP_TEST_POWER_CUT") == "1",
+        )
         conf = SyncObjConf(
-            password=self._config.raft_password or None,
             journalFile=str(self._config.journal_file),
             fullDumpFile=str(self._config.dump_file),
             serializer=self._write_dump,
             deserializer=self._read_dump,
             useFork=False,
+            autoTick=False,
             dynamicMembershipChange=True,
             # Our group commit already batches; send each batch at once (0.5 ms instead of a period).
             appendEntriesUseBatch=not tuning.pipeline_appends,
@@ -151,19 +216,75 @@ class RaftNode:
             raftMinTimeout=tuning.election_min_s,
             raftMaxTimeout=tuning.election_max_s,
             leaderFallbackTimeout=tuning.leader_fallback_s,
-            autoTickPeriod=tuning.tick_s,
             connectionRetryTime=tuning.connection_retry_s,
             logCompactionMinEntries=tuning.compaction_min_entries,
             logCompactionMinTime=tuning.compaction_min_s,
             onStateChanged=lambda old, new: self._on_role_change(_ROLES.get(old, "?"), _ROLES.get(new, "?")),
         )
-        sync = _ReplicatedLog(self.self_address if self._voter else None, partners, conf, self._apply)
+        settings = PeerSettings(
+            node_id=self._config.node_id,
+            raft_address=self._config.raft_address,
+            authorize=self._peers.authorize,
+            server_tls=self._peers.server_tls,
+            client_tls=self._peers.client_tls,
+            max_frame_bytes=MAX_RAFT_MESSAGE_BYTES,
+            before_send=self._sync_journal,
+            on_activity=self.schedule_tick,
+            propose_handler=self._peers.propose_handler,
+            connect_retry_s=tuning.connection_retry_s,
+        )
+        with _journal_for_construction(self._journal):
+            sync = _ReplicatedLog(
+                self.self_address if self._voter else None, partners, conf, self._apply, transport_factory(settings)
+            )
         # What the journal says was committed when it was opened: replaying up to it is local work.
         self._opened_commit_index = int(sync.raftCommitIndex)
         self.log_repairs = _install_log_matching_fix(sync)
         return sync
 
-    # ------------------------------------------------------------ tick thread
+    # ------------------------------------------------------------ the tick, on the loop
+
+    async def _drive(self) -> None:
+        period = self._config.raft.tick_s
+        while not self._destroyed:
+            self._tick()
+            await asyncio.sleep(period)
+
+    def schedule_tick(self) -> None:
+        """Tick at the next loop turn (coalesced): a submitted command or a received ack is acted on
+        now, not at the next period."""
+        if not self._tick_scheduled and not self._destroyed:
+            self._tick_scheduled = True
+            self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self._tick_scheduled = False
+        if self._destroyed:
+            return
+        try:
+            self._sync.doTick(0)
+        except Exception:  # pysyncobj's own thread logged and carried on; so do we
+            log.exception("raft_tick_failed")
+        # Whatever this tick appended is durable before the next tick counts it towards a commit.
+        self._sync_journal()
+
+    def _sync_journal(self) -> None:
+        """Make the journal durable, or stop the process: after a failed write or fdatasync nobody
+        knows what is on disk, and a server that went on would acknowledge, vote and count towards
+        commits on a log it may not have (etcd panics on a failed WAL sync for the same reason)."""
+        try:
+            self._journal.sync()
+        except OSError as exc:
+            log.critical(
+                "journal_write_failed",
+                path=str(self._config.journal_file),
+                error=str(exc),
+                hint="fix the disk (full? read-only?), then restart this server; its peers carry on without it",
+            )
+            sys.stderr.flush()
+            os._exit(EXIT_JOURNAL_FAILED)
+
+    # ------------------------------------------------------------ applying and dumps
 
     def _apply(self, entry: bytes) -> list[CommandResult]:
         with self._lock:
@@ -186,10 +307,7 @@ class RaftNode:
             previous=storage_pb2.RaftEntry(data=previous[0], index=previous[1], term=previous[2]),
             cluster=sorted(node.id for node in cluster if node is not None),
         )
-        with open(filename, "wb") as out:
-            out.write(dump.SerializeToString())
-            out.flush()
-            os.fsync(out.fileno())
+        write_file_atomically(Path(filename), dump.SerializeToString())
         log.info("raft_dump_written", index=last[1], term=last[2], bytes=len(state))
 
     def _read_dump(self, filename: str) -> tuple[Any, Any, list[str]]:
@@ -211,11 +329,20 @@ class RaftNode:
             cluster,
         )
 
-    # ------------------------------------------------------------ any thread
+    # ------------------------------------------------------------ the node's surface (on the loop)
 
     def submit(self, entry: bytes, callback: ApplyCallback) -> None:
-        """Append an entry; ``callback(results, reason)`` runs on the tick thread once applied."""
+        """Append an entry; ``callback(results, reason)`` runs on the loop once applied."""
         self._sync.apply_entry(entry, callback=callback)
+        self.schedule_tick()
+
+    async def propose(self, leader_address: str, commands: list[Any], timeout: float) -> list[CommandResult]:
+        """Forward commands to the leader at Raft address ``leader_address`` over the peer plane."""
+        return await self._transport().propose(leader_address, commands, timeout)
+
+    def _transport(self) -> PeerTransport:
+        transport: PeerTransport = self._sync._SyncObj__transport
+        return transport
 
     def is_leader(self) -> bool:
         return bool(self._sync._isLeader())
@@ -277,20 +404,19 @@ class RaftNode:
         counted them towards a commit) and may name this server as a voter - and the learner
         catches up from the leader like a new one.
 
-        Blocking (joins the old tick thread): call it off the event loop. ``machine`` must be fresh:
+        Call it on the loop (the old transport's sockets are the loop's). ``machine`` must be fresh:
         the new node replays the dump and journal into it from the start, as on any restart. The
         caller keeps serving its old machine, held unready, until ``synced()``.
         """
         old = self._sync
         partners = sorted(node.id for node in old.otherNodes if node != self._self_node)
         self._unready_reason = "it is restarting its Raft node as a " + ("voter" if voter else "learner")
-        old.destroy_synchronous()
+        self._sync_journal()
+        old.destroy()
         if discard_log:
-            journal = self._config.journal_file
-            # pysyncobj keeps currentTerm, votedFor and the commit index beside the journal, in
-            # JOURNAL.meta: left behind, a term this server inflated while cut off would make it
-            # ignore the leader's (lower-term) appends for ever.
-            for path in (journal, journal.with_name(journal.name + ".meta"), self._config.dump_file):
+            # The journal holds currentTerm and votedFor too: left behind, a term this server inflated
+            # while cut off would make it ignore the leader's (lower-term) appends for ever.
+            for path in (self._config.journal_file, self._config.dump_file):
                 if path.exists():
                     path.replace(path.with_name(path.name + ".discarded"))
         with self._lock:
@@ -302,23 +428,14 @@ class RaftNode:
             # leader's connection reaches it (pysyncobj retries connections every connection_retry_s)
             # would win and depose a healthy leader. Hold its first election off until the leader has
             # had time to connect; its heartbeats then keep pushing the deadline as for any follower.
-            # The tick thread sleeps 0.1 s before its first tick, so this lands before any check.
+            # Set before the next tick runs, so this lands before any election check.
             tuning = self._config.raft
             grace = 2 * tuning.connection_retry_s + 2 * tuning.election_max_s
             sync._SyncObj__raftElectionDeadline = monotonic() + grace
         self._sync = sync
 
     def status(self) -> RaftStatus:
-        # getStatus reads the tick thread's structures; a membership change can resize a set
-        # mid-read. The read is cheap, so retry instead of adding a lock to pysyncobj's hot path.
-        for _ in range(5):
-            try:
-                raw = self._sync.getStatus()
-                break
-            except RuntimeError:
-                continue
-        else:
-            raw = self._sync.getStatus()
+        raw = self._sync.getStatus()  # on the loop, like every tick: never read mid-change
         connected = {self.self_address: True}
         match_index: dict[str, int] = {}
         for key, value in raw.items():
@@ -357,11 +474,14 @@ class RaftNode:
         self._sync.transferLeadership(raft_address, callback=lambda _result, reason: done(reason))
 
     def destroy(self) -> None:
+        """Stop ticking, sync the journal, close every peer connection and the listener (on the loop)."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        if self._driver is not None:
+            self._driver.cancel()
+        self._sync_journal()
         self._sync.destroy()
-
-    def destroy_synchronous(self) -> None:
-        """Stop pysyncobj and wait for its tick thread (blocking: call it off the event loop)."""
-        self._sync.destroy_synchronous()
 
 
 class LogRepairCounters:

@@ -40,8 +40,6 @@ from controlplane.v1 import (
     membership_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
-    peer_pb2,
-    peer_pb2_grpc,
     ports_pb2,
     ports_pb2_grpc,
     watch_pb2,
@@ -228,17 +226,6 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             raise InvalidArgument(f"received {size} bytes but the backup header says {expected_size}: truncated?")
         result = await self._node.restore(b"".join(parts), expected_sha, _timeout(context))
         return cluster_pb2.RestoreResponse(revision=result.revision, keys=result.restore.keys)
-
-
-class PeerService(peer_pb2_grpc.PeerServicer):
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    async def Propose(
-        self, request: peer_pb2.ProposeRequest, context: grpc.aio.ServicerContext
-    ) -> peer_pb2.ProposeResponse:
-        results = await self._node.propose_forwarded(list(request.commands), request.from_node)
-        return peer_pb2.ProposeResponse(results=results)
 
 
 FORWARDED_METADATA = ("cp-forwarded", "1")

@@ -3,6 +3,7 @@ operator or by dead-server cleanup), one change at a time, and a removed server 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -27,7 +28,7 @@ from controlplane.client import (
 )
 from controlplane.dev import LocalCluster, NodeProcess, free_port
 from controlplane.server.config import Peer, RaftTuning, ServerConfig
-from controlplane.server.raft import RaftNode
+from controlplane.server.raft import PeerAccess, RaftNode
 from controlplane.state.machine import StateMachine, batch_entry
 from controlplane.v1 import cluster_pb2, command_pb2, common_pb2, kv_pb2, storage_pb2
 
@@ -590,63 +591,76 @@ def test_add_member_slower_than_one_sdk_attempt_still_succeeds(
 # --------------------------------------------------------------------------------------- pysyncobj facts
 
 
-def test_pysyncobj_read_only_nodes_do_what_learners_rely_on(tmp_path: Path) -> None:
-    """In one process, through RaftNode: a read-only node (learner) applies entries, keeps a journal,
-    writes a full dump through our hooks, catches up from a snapshot, restarts from its own files, and
-    switches to a voter on the same files when its promotion reaches its log. A voter restarted from a
-    dump does not count itself as a partner (the address-string dump defect)."""
+async def test_pysyncobj_read_only_nodes_do_what_learners_rely_on(tmp_path: Path) -> None:
+    """In one process, through RaftNode on the event loop: a read-only node (learner) applies entries,
+    keeps a journal, writes a full dump through our hooks, catches up from a snapshot, restarts from its
+    own files, and switches to a voter on the same files when its promotion reaches its log. A voter
+    restarted from a dump does not count itself as a partner (the address-string dump defect)."""
     leader = _raft_node(tmp_path, "a", [], voter=True)
     nodes = [leader]
     try:
-        wait_until(leader.raft.is_leader, 10, "a one-voter cluster to elect itself")
-        leader.put(50)
+        await _until(leader.raft.is_leader, 10, "a one-voter cluster to elect itself")
+        await leader.put(50)
         # A learner that joins after a compaction gets the dump (our deserializer), then the log.
         leader.raft._sync.forceLogCompaction()
-        wait_until(leader.dump_written, 10, "the leader's dump")
-        leader.put(20)
+        await _until(leader.dump_written, 10, "the leader's dump")
+        await leader.put(20)
         learner = _raft_node(tmp_path, "b", [leader], voter=False)
         nodes.append(learner)
-        wait_until(lambda: learner.machine.revision == leader.machine.revision, 10, "the learner to catch up")
+        await _until(lambda: learner.machine.revision == leader.machine.revision, 10, "the learner to catch up")
         assert learner.raft.status().role == "learner" and learner.raft.is_ready()
         assert not learner.raft.listed_as_voter()
         # Its own dump goes through our serializer (pysyncobj passes the read-only node as None).
         learner.raft._sync.forceLogCompaction()
-        wait_until(learner.dump_written, 10, "the learner's dump")
+        await _until(learner.dump_written, 10, "the learner's dump")
         dump = storage_pb2.RaftDump.FromString(learner.config.dump_file.read_bytes())
         assert list(dump.cluster) == [leader.config.raft_address]
-        leader.put(10)
-        wait_until(lambda: learner.machine.revision == leader.machine.revision, 10, "the learner to follow")
+        await leader.put(10)
+        await _until(lambda: learner.machine.revision == leader.machine.revision, 10, "the learner to follow")
         # Never counted: the leader's configuration is itself alone, so it commits without the learner.
         assert set(leader.raft.status().connected) == {leader.config.raft_address}
 
         # A restart from its own journal and dump, still as a learner.
         learner.stop()
         learner = nodes[1] = _raft_node(tmp_path, "b", [leader], voter=False)
-        wait_until(lambda: learner.machine.revision == leader.machine.revision, 10, "the restarted learner")
+        await _until(lambda: learner.machine.revision == leader.machine.revision, 10, "the restarted learner")
 
         # Promotion: the entry naming it reaches its log, then it restarts as a voter on the same files.
         done: list[int] = []
         leader.raft.add_node(learner.config.raft_address, done.append)
-        wait_until(learner.raft.listed_as_voter, 10, "the learner to see its promotion")
+        await _until(learner.raft.listed_as_voter, 10, "the learner to see its promotion")
         fresh = StateMachine()
         learner.raft.restart(True, fresh)
         learner.machine = fresh
-        wait_until(lambda: done == [0], 10, "the promotion to commit (it needs the new voter)")
-        leader.put(10)
-        wait_until(lambda: fresh.revision == leader.machine.revision, 10, "the new voter to apply")
+        await _until(lambda: done == [0], 10, "the promotion to commit (it needs the new voter)")
+        await leader.put(10)
+        await _until(lambda: fresh.revision == leader.machine.revision, 10, "the new voter to apply")
         assert learner.raft.status().role == "follower"
         assert set(leader.raft.status().connected) == {leader.config.raft_address, learner.config.raft_address}
 
         # A voter restarted from a dump that lists it must not list itself as a partner.
         learner.raft._sync.forceLogCompaction()
-        wait_until(learner.dump_written, 10, "the voter's dump")
+        await _until(learner.dump_written, 10, "the voter's dump")
         learner.stop()
         learner = nodes[1] = _raft_node(tmp_path, "b", [leader], voter=True)
-        wait_until(lambda: learner.raft.is_ready(), 10, "the voter to restart")
+        await _until(lambda: learner.raft.is_ready(), 10, "the voter to restart")
         assert {node.id for node in learner.raft._sync.otherNodes} == {leader.config.raft_address}
     finally:
         for node in nodes:
             node.stop()
+
+
+async def _until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """``wait_until`` for a test that runs on the event loop the Raft nodes tick on."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)  # the poll interval of a condition wait: the nodes tick meanwhile
+
+
+def _any_peer(_peer_id: str, _raft_address: str, _learner: bool) -> str | None:
+    return None  # the in-process nodes run --insecure-dev: this test is about pysyncobj, not admission
 
 
 class _InProcessRaft:
@@ -654,7 +668,10 @@ class _InProcessRaft:
         self.config = config
         self.machine = StateMachine()
         self._puts = 0
-        self.raft = RaftNode(config, self.machine, threading.Lock(), lambda: None, lambda old, new: None, voter)
+        access = PeerAccess(authorize=_any_peer, server_tls=None, client_tls=None)
+        self.raft = RaftNode(
+            config, self.machine, threading.Lock(), lambda: None, lambda old, new: None, voter, peers=access
+        )
         self._dump_mtime = self._mtime()
 
     def _mtime(self) -> float:
@@ -668,17 +685,17 @@ class _InProcessRaft:
             return True
         return False
 
-    def put(self, count: int) -> None:
+    async def put(self, count: int) -> None:
         results: list[int] = []
         for _ in range(count):
             self._puts += 1
             command = command_pb2.Command(kv_put=command_pb2.KvPut(key=f"k{self._puts}", value=b"v"))
             self.raft.submit(batch_entry(1, "a", [command]), lambda _results, reason: results.append(reason))
-        wait_until(lambda: len(results) == count, 10, f"{count} entries to commit")
+        await _until(lambda: len(results) == count, 10, f"{count} entries to commit")
         assert set(results) == {0}
 
     def stop(self) -> None:
-        self.raft.destroy_synchronous()
+        self.raft.destroy()
 
 
 def _raft_node(tmp_path: Path, name: str, peers: list[_InProcessRaft], voter: bool) -> _InProcessRaft:
@@ -692,7 +709,7 @@ def _raft_node(tmp_path: Path, name: str, peers: list[_InProcessRaft], voter: bo
         raft_address=address,
         metrics_address="",
         data_dir=tmp_path / name,
-        raft_password="in-process",
+        insecure_dev=True,
         peers=tuple(Peer(p.config.node_id, p.config.raft_address, "127.0.0.1:1") for p in peers),
         raft=RaftTuning(compaction_min_s=3600),
     )

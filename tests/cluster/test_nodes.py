@@ -26,12 +26,8 @@ from controlplane.client import (
 )
 from controlplane.dev import LocalCluster
 from controlplane.v1 import (
-    command_pb2,
-    leases_pb2,
     membership_pb2,
     membership_pb2_grpc,
-    peer_pb2,
-    peer_pb2_grpc,
 )
 
 from .conftest import channel, collect_events, cpctl, wait_until
@@ -218,18 +214,3 @@ def test_heartbeats_are_answered_from_the_leaders_memory_and_checkpointed(cluste
         on_leader.membership.deregister("mem-a1")
         with pytest.raises(NotFound):
             on_leader.membership.heartbeat("mem-a1")
-
-
-def test_only_the_leader_itself_proposes_lease_expiry(cluster: LocalCluster) -> None:
-    """Peer.Propose (what a follower forwards) refuses lease_expire and lease_checkpoint: a server that
-    no longer leads, or any caller of the client port, cannot end a lease the leader renewed from memory."""
-    leader = cluster.leader()
-    with channel(leader.client_address) as ch:
-        stub = peer_pb2_grpc.PeerStub(ch)
-        for body in (
-            {"lease_expire": leases_pb2.ExpireLeases(lease_ids=[1])},
-            {"lease_checkpoint": leases_pb2.LeaseCheckpoint()},
-        ):
-            with pytest.raises(grpc.RpcError) as raised:
-                stub.Propose(peer_pb2.ProposeRequest(commands=[command_pb2.Command(**body)]), timeout=10)  # type: ignore[arg-type]
-            assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
