@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -32,8 +31,8 @@ from typing import Any
 
 import httpx
 
-from bench.common import WORK_DIR, log, stop_process, tail, track
-from bench.load import CpuMeter, _process_cpu_s, percentile
+from bench.common import WORK_DIR, CpuMeter, CpuSample, emit, log, process_cpu_s, stop_process, tail, track
+from bench.load import percentile
 
 DATA = WORK_DIR / "gateway"
 
@@ -64,13 +63,13 @@ async def measure(
     window_start = start + warmup_s
     window_end = window_start + duration_s
     meter = CpuMeter(server_pids)
-    marks: list[tuple[tuple[float, float, float, float], float]] = []
+    marks: list[tuple[CpuSample, float]] = []
 
     async def sampler() -> None:
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
-        marks.append((meter.sample(), _process_cpu_s(gateway_pid)))
+        marks.append((meter.sample(), process_cpu_s(gateway_pid)))
         await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
-        marks.append((meter.sample(), _process_cpu_s(gateway_pid)))
+        marks.append((meter.sample(), process_cpu_s(gateway_pid)))
 
     async def client() -> None:
         nonlocal non_200
@@ -93,7 +92,7 @@ async def measure(
     await asyncio.gather(sampler(), *(client() for _ in range(clients)))
     (before, gateway_before), (after, gateway_after) = marks
     latencies.sort()
-    wall = after[0] - before[0]
+    wall = after.wall - before.wall
     cores = CpuMeter.cores(before, after)
     gateway_cores = (gateway_after - gateway_before) / wall
     return {
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         server_pids = [n.pid for n in cluster.nodes.values() if n.pid is not None]
         line = asyncio.run(measure(url, args.path, args.clients, args.warmup, args.duration, gateway.pid, server_pids))
-        print(json.dumps(line), flush=True)
+        emit(line)
         return 0 if line["requests"] and not line["errors"] and not line["non_200"] else 1
     finally:
         if gateway is not None:

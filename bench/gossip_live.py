@@ -41,14 +41,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import sys
 from typing import Any
 
-from bench.common import WORK_DIR, log, tail
-from bench.load import CpuMeter, percentile
+from bench.common import WORK_DIR, CpuMeter, CpuSample, emit, log, tail
+from bench.load import percentile
 
 DATA = WORK_DIR / "gossip_live"
 TARGET_GAP_POINTS = 2.0
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     with local_cluster(3, DATA / "cluster") as cluster:
         log(f"gossip_live: cluster up; {args.workers} workers, {args.rounds} rounds")
         meter = CpuMeter([n.pid for n in cluster.nodes.values() if n.pid is not None])
-        samples: list[tuple[float, float, float, float]] = []
+        samples: list[CpuSample] = []
         mixers: list[LiveMixer] = []
 
         def progress(stat: RoundStats) -> None:
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu = CpuMeter.cores(samples[0], samples[1])
             cpu["cpu_workers_cores"] = cpu.pop("cpu_generator_cores")
         line = summarise(result, mixers[0], simulated, cpu, args)
-        print(json.dumps(line), flush=True)
+        emit(line)
         return 0 if line["target_met"] and not line["failed_exchanges"] else 1
 
 

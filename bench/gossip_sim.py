@@ -26,12 +26,12 @@ Definitions (the same ones the target check uses):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from typing import Any
 
+from bench.common import emit
 from gossip.matching import DEFAULT_IDLE_BONUS, DEFAULT_MIX_BONUS, DEFAULT_THRESHOLD_FRACTION, DEFAULT_WINDOW
 from gossip.simulate import POLICIES, PolicyResult, initial_vectors, run_policy, uniform_bandwidth
 
@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     all_lines: list[dict[str, Any]] = []
     for n in args.n:
         for line in scenario_lines(n, args.seeds, args):
-            print(json.dumps(line), flush=True)
+            emit(line)
             all_lines.append(line)
     verdict = targets(all_lines)
-    print(json.dumps(verdict), flush=True)
+    emit(verdict)
     log(f"done; all targets met: {verdict['all_met']}")
     return 0 if verdict["all_met"] else 1
 

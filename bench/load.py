@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import log
+from bench.common import CpuMeter, CpuSample, log
 
 VALUE_SIZE = 128
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
@@ -56,52 +56,6 @@ class Scenario:
     leader_only: bool  # True: every client talks to the leader; False: spread over all endpoints
 
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds spent busy by the whole machine since boot (all cores), from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal (guest time is already inside user)
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / _CLK_TCK
-
-
-def _process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) used by one process; 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-class CpuMeter:
-    """Cores used during a window by the servers, by the generator (this process) and by the rest.
-
-    The rest is anything else on the machine: when it is well above 0, another workload shared the
-    CPUs and the line's absolute numbers (and, less so, the ratios) are suspect.
-    """
-
-    def __init__(self, server_pids: list[int]) -> None:
-        self.server_pids = server_pids
-
-    def sample(self) -> tuple[float, float, float, float]:
-        servers = sum(_process_cpu_s(p) for p in self.server_pids)
-        return time.perf_counter(), _machine_busy_s(), servers, _process_cpu_s(os.getpid())
-
-    @staticmethod
-    def cores(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> dict[str, float]:
-        wall = b[0] - a[0]
-        busy, servers, gen = b[1] - a[1], b[2] - a[2], b[3] - a[3]
-        return {
-            "cpu_servers_cores": round(servers / wall, 2),
-            "cpu_generator_cores": round(gen / wall, 2),
-            "cpu_other_cores": round(max(0.0, busy - servers - gen) / wall, 2),
-        }
-
-
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted sample (q in [0, 1])."""
     if not sorted_values:
@@ -128,7 +82,7 @@ async def run_scenario(system: System, sc: Scenario) -> dict[str, Any]:
         window_end = window_start + sc.duration_s
 
         meter = CpuMeter(system.server_pids)
-        cpu_marks: list[tuple[float, float, float, float]] = []
+        cpu_marks: list[CpuSample] = []
 
         async def cpu_sampler() -> None:
             await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
@@ -185,18 +139,21 @@ async def run_scenario(system: System, sc: Scenario) -> dict[str, Any]:
         "p99_ms": round(percentile(latencies, 0.99) * 1e3, 3) if n_ok else None,
         "mean_ms": round(sum(latencies) / n_ok * 1e3, 3) if n_ok else None,
         "max_ms": round(latencies[-1] * 1e3, 3) if n_ok else None,
-        **(CpuMeter.cores(*cpu_marks) if len(cpu_marks) == 2 and system.server_pids else {}),
+        # server_cpu_ms_per_write: CPU of all 3 servers per acknowledged write, steadier than ops/s
+        # on a busy machine; generator_cpu_ms_per_write: this process's.
+        **(
+            CpuMeter.cores(cpu_marks[0], cpu_marks[-1], writes=n_ok)
+            if len(cpu_marks) == 2 and system.server_pids
+            else {}
+        ),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
-    if "cpu_servers_cores" in result and n_ok:
-        # Server CPU per acknowledged write (all 3 servers): less sensitive to a busy machine than ops/s.
-        result["server_cpu_ms_per_op"] = round(result["cpu_servers_cores"] * 1e3 / result["ops_per_s"], 3)
     if errors:
         result["error_codes"] = errors
     log(
         f"{system.name} {sc.name}: {result['ops_per_s']} ops/s, p50 {result['p50_ms']} ms, "
         f"p99 {result['p99_ms']} ms, {result['errors']} errors; cores used: servers "
         f"{result.get('cpu_servers_cores')}, generator {result.get('cpu_generator_cores')}, "
-        f"other {result.get('cpu_other_cores')}"
+        f"other {result.get('cpu_other_cores')}; server CPU {result.get('server_cpu_ms_per_write')} ms/write"
     )
     return result

@@ -19,8 +19,8 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import log
-from bench.load import CpuMeter, percentile
+from bench.common import CpuMeter, log
+from bench.load import percentile
 from controlplane.agent import Agent
 from controlplane.client import AsyncClient, Consistency, NodeState
 

@@ -3,14 +3,21 @@
 Runs, one after the other so that they never share the CPUs:
   1. etcd 3.4, 3 members, default (fsync)    -> write_1_client, write_64_clients
   2. etcd 3.4, 3 members, --unsafe-no-fsync  -> write_1_client, write_64_clients
-  3. our cluster, 3 servers                  -> write_1_client, write_64_clients, allocate_64_clients
+  3. our cluster, durability = "none"        -> write_1_client, write_64_clients as `ours-nofsync`
+                                                 (ratios against etcd-nofsync are the like-for-like)
+  4. our cluster, durability = "fsync" (the default, `ours`)
+                                             -> write_1_client, write_64_clients, allocate_64_clients
                                                  (Ports.Allocate; ratios against etcd's write_64_clients),
                                                  registry_bulk_register, registry_register_64_clients,
                                                  registry_search (100,000 versions), membership_agents
                                                  (1,000 agents), membership_churn, leader_failover
-  4. the gossip simulation (CPU only)        -> gossip_sim per N and policy, gossip_sim_targets
-  5. live gossip: 3 servers + 8 gossip.Workers training digits -> gossip_live (round time, bytes, accuracy)
-One JSON line per scenario on stdout (ours carry ratios to etcd from this same run); progress on stderr.
+                                                 (10 kill -9s of the leader)
+  5. the gossip simulation (CPU only)        -> gossip_sim per N and policy, gossip_sim_targets
+  6. live gossip: 3 servers + 8 gossip.Workers training digits -> gossip_live (round time, bytes, accuracy)
+One JSON line per scenario on stdout (ours carry ratios to etcd from this same run), and nothing else:
+progress goes to stderr, the logs of libraries running in this process to bench/.work/bench-process.log.
+Every write line carries server_cpu_ms_per_write (utime + stime of the 3 server processes over the
+measured window, from /proc, per acknowledged write).
 Every process the bench started is stopped on exit, including Ctrl-C, SIGTERM and exceptions.
 """
 
@@ -19,18 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import json
 import os
 import signal
 import sys
 from typing import Any
 
-from bench.common import kill_all_children, log
+from bench.common import WORK_DIR, emit, kill_all_children, log, route_output
 from bench.load import Scenario, System, run_scenario
 
-
-def emit(line: dict[str, Any]) -> None:
-    print(json.dumps(line), flush=True)
+# Our cluster without the journal's fdatasync: the like-for-like of etcd --unsafe-no-fsync.
+NOFSYNC = {"durability": "none"}
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -187,7 +192,7 @@ async def bench_ours(
             emit(ours.summarize_failover(samples, args.op_timeout))
     finally:
         stop_cluster()
-        log("ours: stopped")
+        log(f"{name}: stopped")
     return True
 
 
@@ -205,6 +210,8 @@ async def amain(args: argparse.Namespace) -> int:
     if args.only in (None, "etcd"):
         ok = await bench_etcd(args, etcd) and ok
     if args.only in (None, "ours"):
+        if args.nofsync:
+            ok = await bench_ours(args, etcd, name="ours-nofsync", extra_config=NOFSYNC, failover=False) and ok
         ok = await bench_ours(args, etcd) and ok
         if args.gossip_sim:
             from bench import gossip_sim
@@ -232,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["etcd", "ours"], help="run one side only (no ratios without etcd)")
     p.add_argument("--duration", type=float, help="measured seconds per scenario (default 8, quick 2)")
     p.add_argument("--warmup", type=float, help="warm-up seconds (default 1, 2 for 64 clients; quick 0.5)")
-    p.add_argument("--failover-reps", type=int, help="leader failover repetitions (default 5, quick 2)")
+    p.add_argument("--failover-reps", type=int, help="leader failover repetitions (default 10, quick 2)")
+    p.add_argument(
+        "--no-nofsync", dest="nofsync", action="store_false", help='skip our cluster with durability = "none"'
+    )
     p.add_argument(
         "--ablation",
         action="store_true",
@@ -260,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup is None:
         args.warmup = 0.5 if args.quick else 1.0
     if args.failover_reps is None:
-        args.failover_reps = 2 if args.quick else 5
+        args.failover_reps = 2 if args.quick else 10
     if args.registry_versions is None:
         args.registry_versions = 10_000 if args.quick else 100_000
     if args.agents is None:
@@ -269,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         args.agents_hold = 10.0 if args.quick else 30.0
     if args.churn_seconds is None:
         args.churn_seconds = 10.0 if args.quick else 60.0
+    library_log = WORK_DIR / "bench-process.log"
+    route_output(library_log)
+    log(f"stdout: JSON lines only; in-process library logs (agents, workers): {library_log}")
     try:
         return asyncio.run(amain(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
