@@ -118,12 +118,12 @@ def process_cpu_s(pid: int) -> float:
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
-    """CPU seconds per thread name (``comm``; threads of one name summed) of one process."""
-    by_name: dict[str, float] = {}
+    """CPU seconds per thread of one process, keyed ``"<name>/<tid>"`` (the name is ``comm``)."""
+    threads: dict[str, float] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return by_name
+        return threads
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
@@ -131,8 +131,8 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
             fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
         except OSError:
             continue  # the thread ended meanwhile
-        by_name[name] = by_name.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return by_name
+        threads[f"{name}/{tid}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return threads
 
 
 @dataclass(frozen=True)
