@@ -695,6 +695,8 @@ class ServerStats:
     reads: int = 0
     chunks_served: int = 0
     bytes_served: int = 0
+    #: Read streams whose handler is still running (a cancelled client's stream ends later).
+    reads_open: int = 0
     #: Calls answered with an error status.
     refused: int = 0
 
@@ -830,6 +832,14 @@ class ArtifactServer:
 
     async def _read(self, request: pb.ReadArtifactRequest) -> AsyncIterator[pb.ArtifactChunk]:
         self.stats.reads += 1
+        self.stats.reads_open += 1
+        try:
+            async for chunk in self._read_chunks(request):
+                yield chunk
+        finally:
+            self.stats.reads_open -= 1
+
+    async def _read_chunks(self, request: pb.ReadArtifactRequest) -> AsyncIterator[pb.ArtifactChunk]:
         chunk = self._validate(request.model, request.version, request.chunk_size)
         if request.offset % chunk:
             raise _BadRequest(f"offset {request.offset} is not a multiple of the chunk size {chunk}")

@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -572,6 +573,11 @@ async def test_an_interrupted_fetch_resumes_and_fetches_only_the_missing_chunks(
     # Damage one chunk of the partial file on the fetcher's disk: it is checked again and re-fetched.
     damaged = min(kept)
     corrupt(store.dir(MODEL, 1) / "artifact.part", damaged * CHUNK, keep_mtime=True)
+    # A holder may still be reading a chunk the cancelled fetch asked for: count from when it is done.
+    deadline = time.monotonic() + 30
+    while any(server.stats.reads_open for server in cluster.servers.values()):
+        assert time.monotonic() < deadline, "the cancelled fetch's streams never ended on the holders"
+        await asyncio.sleep(0.01)  # the poll interval of a condition wait
     served_before = cluster.served()
 
     result = await fetch_artifact(cluster.registry, MODEL, 1, store, node_id="f1", chunk_size=4 * CHUNK)

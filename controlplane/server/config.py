@@ -281,6 +281,7 @@ def load_config(
     merged.update({key: value for key, value in overrides.items() if value is not None})
 
     retired = sorted({"raft_password", "raft_password_file"} & set(merged))
+    retired += sorted(name for name in ("CP_RAFT_PASSWORD", "CP_RAFT_PASSWORD_FILE") if environ.get(name))
     if retired:
         raise ConfigError(
             f"{', '.join(retired)} is no longer used: servers authenticate each other with certificates. "

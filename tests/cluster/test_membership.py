@@ -303,7 +303,7 @@ def test_a_server_running_as_a_voter_outside_the_configuration_starts_over_as_a_
         _wait_promoted(cluster, stray)
         after = _write(client, "members/outside/after-", 20)
     assert '"voter_outside_configuration"' in stray.log_path.read_text()
-    assert (stray.data_dir / "raft.journal.discarded").exists()
+    assert (stray.data_dir / "raft.wal.discarded").exists()
     revision = wait_converged(cluster)
     state = assert_same_state(running(cluster), revision, "members/outside/")
     assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after}

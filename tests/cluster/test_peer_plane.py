@@ -8,6 +8,7 @@ the same leader in the same term and accept writes.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import pickle
 import socket
 import ssl
@@ -105,11 +106,12 @@ def _listening_addresses(port: int) -> set[str]:
                 address, port_hex = local.split(":")
                 if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
                     continue
+                # Not socket.inet_ntop: importing pysyncobj replaces it with a Windows shim.
                 if width == 8:
-                    found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]))
+                    found.add(str(ipaddress.IPv4Address(bytes.fromhex(address)[::-1])))
                 else:
                     words = [bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, 32, 8)]
-                    found.add(socket.inet_ntop(socket.AF_INET6, b"".join(words)))
+                    found.add(str(ipaddress.IPv6Address(b"".join(words))))
     return found
 
 
