@@ -46,10 +46,18 @@ from controlplane.errors import (
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.server import metrics
 from controlplane.server.config import ConfigError, ServerConfig
+from controlplane.server.consensus import (
+    ROLE_LEADER,
+    ROLE_LEARNER,
+    SUCCESS,
+    Consensus,
+    ConsensusFactory,
+    PeerAccess,
+    describe_failure,
+)
 from controlplane.server.housekeeping import Autopilot, Housekeeper
 from controlplane.server.indexer import Indexer
 from controlplane.server.proposer import Proposer
-from controlplane.server.raft import ROLE_LEADER, ROLE_LEARNER, SUCCESS, PeerAccess, RaftNode, describe_failure
 from controlplane.server.renewals import LeaderRenewals
 from controlplane.state import limits
 from controlplane.state.machine import CommandResult, SnapshotError, StateMachine, parse_snapshot
@@ -131,8 +139,16 @@ class MemberAddress:
 
 
 class Node:
-    def __init__(self, config: ServerConfig, stop_process: Callable[[], None] = _stop_process) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        stop_process: Callable[[], None] = _stop_process,
+        consensus: ConsensusFactory | None = None,
+    ) -> None:
+        """``consensus`` creates the Raft layer: ``raft.RaftNode`` by default; tests pass
+        ``memraft.InMemoryNetwork.factory`` to run the node logic without processes."""
         self.config = config
+        self._consensus_factory = consensus
         self._stop_process = stop_process
         self.node_id = config.node_id
         self.machine = StateMachine(history_limit=config.history_limit)
@@ -146,7 +162,7 @@ class Node:
         self._book: dict[str, MemberAddress] = {}
         self._book_version = -1
         self._background: set[asyncio.Task[None]] = set()
-        self.raft: RaftNode
+        self.raft: Consensus
         self.proposer: Proposer
         self.indexer: Indexer | None = None
         self.autopilot = Autopilot(self, config)
@@ -165,10 +181,16 @@ class Node:
         Raises StartupRefused when the data directory belongs to a server removed from its cluster.
         """
         self._loop = asyncio.get_running_loop()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
         had_journal = self.config.journal_file.exists()
         # A joining server is a learner until promoted; the marker makes a promotion survive restarts.
         voter = not self.config.join or self.config.voter_marker_file.exists()
-        self.raft = RaftNode(
+        factory = self._consensus_factory
+        if factory is None:
+            from controlplane.server.raft import RaftNode  # pysyncobj, the transport and the journal
+
+            factory = RaftNode
+        self.raft = factory(
             self.config,
             self.machine,
             self.state_lock,

@@ -45,6 +45,7 @@ from pysyncobj.transport import Transport
 
 from controlplane import errors
 from controlplane.errors import ControlPlaneError, Unavailable, UnknownOutcome
+from controlplane.server.consensus import Authorize, ProposeHandler
 from controlplane.server.raft_codec import CodecError, RaftCodec
 from controlplane.state.machine import CommandResult
 from controlplane.v1 import command_pb2, raft_peer_pb2
@@ -53,11 +54,6 @@ log = structlog.get_logger("controlplane.peer")
 
 PROTOCOL_VERSION = 1
 _HEADER = struct.Struct(">I")
-
-# (node id, raft address, learner) -> why it may not connect, or None when it may.
-Authorize = Callable[[str, str, bool], str | None]
-# (the sending server's id, its commands) -> their results, in order.
-ProposeHandler = Callable[[str, list[command_pb2.Command]], Awaitable[list[CommandResult]]]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import structlog
 
 from controlplane.errors import ControlPlaneError, NoLeader, Unavailable, UnknownOutcome
 from controlplane.server import metrics
-from controlplane.server.raft import SUCCESS, RaftNode, describe_failure
+from controlplane.server.consensus import SUCCESS, Consensus, describe_failure
 from controlplane.state.machine import CommandResult, batch_entry
 from controlplane.v1 import command_pb2
 
@@ -51,7 +51,7 @@ class Proposer:
     def __init__(
         self,
         node_id: str,
-        raft: RaftNode,
+        raft: Consensus,
         leader_address: Callable[[], str],
         forward: Forwarder,
         max_batch_commands: int,

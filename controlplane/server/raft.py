@@ -39,11 +39,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +54,19 @@ from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.version import VERSION as pysyncobj_version
 
 from controlplane.server.config import ServerConfig
+from controlplane.server.consensus import (
+    ROLE_CANDIDATE,
+    ROLE_FOLLOWER,
+    ROLE_LEADER,
+    ROLE_LEARNER,
+    ApplyCallback,
+    DoneCallback,
+    Outcome,
+    PeerAccess,
+    RaftStatus,
+)
 from controlplane.server.journal import DurableJournal, migrate_legacy_journal, write_file_atomically
-from controlplane.server.peer_transport import Authorize, PeerSettings, PeerTransport, ProposeHandler, transport_factory
+from controlplane.server.peer_transport import PeerSettings, PeerTransport, transport_factory
 from controlplane.server.raft_codec import MAX_RAFT_MESSAGE_BYTES
 from controlplane.state import limits
 from controlplane.state.machine import CommandResult, StateMachine
@@ -65,53 +74,16 @@ from controlplane.v1 import storage_pb2
 
 log = structlog.get_logger("controlplane.raft")
 
-ROLE_FOLLOWER = "follower"
-ROLE_CANDIDATE = "candidate"
-ROLE_LEADER = "leader"
-# A read-only node: receives the log, never votes (pysyncobj keeps it in its FOLLOWER state).
-ROLE_LEARNER = "learner"
 _ROLES = {
     _RAFT_STATE.FOLLOWER: ROLE_FOLLOWER,
     _RAFT_STATE.CANDIDATE: ROLE_CANDIDATE,
     _RAFT_STATE.LEADER: ROLE_LEADER,
 }
-
-# (results or None, pysyncobj FAIL_REASON); called on the loop, inside a tick.
-ApplyCallback = Callable[[list[CommandResult] | None, int], None]
-DoneCallback = Callable[[int], None]
-
-SUCCESS = FAIL_REASON.SUCCESS
+# The node reads outcomes as consensus.Outcome: they must be pysyncobj's numbers.
+assert {o.name: int(o) for o in Outcome} == {k: v for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
 # Exit status of a server that stopped because its journal could not be written.
 EXIT_JOURNAL_FAILED = 3
-
-
-@dataclass(frozen=True)
-class RaftStatus:
-    role: str
-    leader_address: str
-    term: int
-    commit_index: int
-    applied_index: int
-    # Index of the last entry in this node's log.
-    log_index: int
-    log_size: int
-    has_quorum: bool
-    # Raft address -> connected (from this node's point of view).
-    connected: dict[str, bool]
-    # Raft address -> match index (only meaningful on the leader).
-    match_index: dict[str, int]
-
-
-@dataclass(frozen=True)
-class PeerAccess:
-    """Who may talk Raft to this server, and how: what the node gives the peer transport."""
-
-    authorize: Authorize
-    # None, None only with --insecure-dev.
-    server_tls: ssl.SSLContext | None
-    client_tls: ssl.SSLContext | None
-    propose_handler: ProposeHandler | None = None
 
 
 # pysyncobj creates its journal inside SyncObj.__init__ from a module-level factory; the one way
@@ -147,7 +119,7 @@ class _ReplicatedLog(SyncObj):  # type: ignore[misc]
         return self._apply(entry)
 
 
-class RaftNode:
+class RaftNode:  # implements consensus.Consensus
     """The pysyncobj instance behind a small, typed surface, ticked on the running event loop.
 
     Create it on the loop. ``state_lock`` serialises applies against readers (both on the loop
@@ -557,15 +529,3 @@ def _ack_held_entries(sync: SyncObj, message: dict[str, Any]) -> dict[str, Any] 
             return None
         expected_index += 1
     return {**message, "prevLogIdx": last_index, "prevLogTerm": last_term, "entries": []}
-
-
-def describe_failure(reason: int) -> str:
-    names = {
-        FAIL_REASON.QUEUE_FULL: "the Raft queue is full",
-        FAIL_REASON.MISSING_LEADER: "no leader is known",
-        FAIL_REASON.DISCARDED: "the entry was discarded by a new leader",
-        FAIL_REASON.NOT_LEADER: "this server is not the leader",
-        FAIL_REASON.LEADER_CHANGED: "the leader changed",
-        FAIL_REASON.REQUEST_DENIED: "the request was denied (another membership change is still committing?)",
-    }
-    return names.get(reason, f"pysyncobj failure {reason}")

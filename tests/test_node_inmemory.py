@@ -1,0 +1,199 @@
+"""The node's own logic on an in-memory consensus layer: no processes, no sockets, milliseconds.
+
+Three real ``Node`` objects (handlers, proposer, housekeeper, read barriers) run on
+``memraft.InMemoryNetwork``, where the test decides who leads and who is cut off. What only
+real processes can show (the wire, the journal, elections) stays in tests/cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from controlplane.dev import free_port
+from controlplane.errors import FailedPrecondition, NoLeader, Unavailable
+from controlplane.server.config import Peer, ServerConfig
+from controlplane.server.memraft import InMemoryNetwork
+from controlplane.server.node import Node
+from controlplane.v1 import cluster_pb2, command_pb2, common_pb2, leases_pb2
+
+pytestmark = pytest.mark.timeout(60)
+
+N4_RAFT = "127.0.0.1:7"  # a member that never runs: only its record matters here
+LINEARIZABLE = common_pb2.ReadOptions(consistency=common_pb2.CONSISTENCY_LINEARIZABLE)
+
+
+@dataclass
+class Cluster:
+    network: InMemoryNetwork
+    nodes: dict[str, Node]
+
+    def address(self, node_id: str) -> str:
+        return self.nodes[node_id].config.raft_address
+
+    async def read(self, node_id: str, key: str) -> bytes | None:
+        node = self.nodes[node_id]
+        await node.prepare_read(LINEARIZABLE, timeout=5)
+        kv, _revision = node.get(key)
+        return kv.value if kv is not None else None
+
+
+def _config(tmp_path: Path, index: int, count: int, ports: list[int]) -> ServerConfig:
+    def addresses(i: int) -> tuple[str, str]:
+        # Loopback ports nobody listens on: Raft never dials them (it is in memory), and a call that
+        # does dial a client address (a follower handing AddMember to the leader) is refused at once.
+        return f"127.0.0.1:{ports[2 * i]}", f"127.0.0.1:{ports[2 * i + 1]}"
+
+    raft, client = addresses(index)
+    return ServerConfig(
+        node_id=f"n{index}",
+        client_address=client,
+        raft_address=raft,
+        metrics_address="",
+        data_dir=tmp_path / f"n{index}",
+        insecure_dev=True,
+        commit_timeout_s=2.0,
+        peers=tuple(Peer(f"n{i}", *addresses(i)) for i in range(1, count + 1) if i != index),
+    )
+
+
+async def _until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)  # the poll interval of a condition wait: the nodes run meanwhile
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    network = InMemoryNetwork()
+    nodes = {}
+    taken: set[int] = set()
+    ports = [free_port(taken) for _ in range(10)]
+    for index in (1, 2, 3):
+        node = Node(_config(tmp_path, index, 3, ports), stop_process=lambda: None, consensus=network.factory)
+        await node.start()
+        nodes[node.node_id] = node
+    network.elect(nodes["n1"].config.raft_address)
+    test_cluster = Cluster(network, nodes)
+    # Every server publishes itself in the member directory at start: let that settle first.
+    await _until(lambda: all(len(n.directory()) == 3 for n in nodes.values()), "the member directory")
+    try:
+        yield test_cluster
+    finally:
+        for node in nodes.values():
+            await node.stop()
+
+
+def _put(key: str, value: bytes, request_id: str = "") -> command_pb2.Command:
+    return command_pb2.Command(request_id=request_id, kv_put=command_pb2.KvPut(key=key, value=value))
+
+
+async def test_a_write_through_a_follower_is_forwarded_and_read_linearizably_everywhere(cluster: Cluster) -> None:
+    result = await cluster.nodes["n2"].write(_put("k", b"v1"), timeout=5)
+    assert result.revision > 0
+    for node_id in cluster.nodes:
+        assert await cluster.read(node_id, "k") == b"v1", node_id
+
+
+async def test_a_retried_write_with_the_same_request_id_applies_once(cluster: Cluster) -> None:
+    first = await cluster.nodes["n2"].write(_put("once", b"a", request_id="req-1"), timeout=5)
+    again = await cluster.nodes["n3"].write(_put("once", b"a", request_id="req-1"), timeout=5)
+    assert again.revision == first.revision
+    kv, _ = cluster.nodes["n1"].get("once")
+    assert kv is not None and kv.version == 1
+
+
+async def test_a_cut_off_follower_refuses_linearizable_reads_instead_of_answering_stale(cluster: Cluster) -> None:
+    await cluster.nodes["n1"].write(_put("k", b"old"), timeout=5)
+    await _until(lambda: cluster.nodes["n3"].get("k")[0] is not None, "n3 to apply the first write")
+    cluster.network.isolate(cluster.address("n3"))
+    await cluster.nodes["n1"].write(_put("k", b"new"), timeout=5)
+    with pytest.raises(Unavailable):
+        await cluster.read("n3", "k")
+    # A stale read still answers, from what it has (that is what STALE means).
+    kv, _ = cluster.nodes["n3"].get("k")
+    assert kv is not None and kv.value == b"old"
+    cluster.network.heal(cluster.address("n3"))
+    assert await cluster.read("n3", "k") == b"new"
+
+
+async def test_a_leader_without_a_majority_answers_no_linearizable_read(cluster: Cluster) -> None:
+    await cluster.nodes["n1"].write(_put("k", b"v"), timeout=5)
+    cluster.network.isolate(cluster.address("n2"))
+    cluster.network.isolate(cluster.address("n3"))
+    with pytest.raises(NoLeader):
+        await cluster.read("n1", "k")
+    with pytest.raises(NoLeader):
+        await cluster.nodes["n1"].write(_put("k", b"lost"), timeout=5)
+
+
+async def test_reads_after_a_leader_change_see_every_write_acknowledged_before_it(cluster: Cluster) -> None:
+    for i in range(20):
+        await cluster.nodes[f"n{i % 3 + 1}"].write(_put(f"seq/{i}", str(i).encode()), timeout=5)
+    cluster.network.elect(cluster.address("n3"))
+    for i in range(20):
+        assert await cluster.read(f"n{(i + 1) % 3 + 1}", f"seq/{i}") == str(i).encode()
+
+
+async def test_the_leader_refuses_forwarded_lease_expiry_and_strangers(cluster: Cluster) -> None:
+    leader = cluster.nodes["n1"]
+    for command in (
+        command_pb2.Command(lease_expire=leases_pb2.ExpireLeases(lease_ids=[1])),
+        command_pb2.Command(lease_checkpoint=leases_pb2.LeaseCheckpoint()),
+    ):
+        with pytest.raises(FailedPrecondition):
+            await leader.propose_forwarded("n2", [command])
+    with pytest.raises(Unavailable, match="not a member"):
+        await leader.propose_forwarded("intruder", [_put("x", b"y")])
+    assert leader.get("x")[0] is None
+
+
+async def test_peer_admission_follows_the_member_directory(cluster: Cluster) -> None:
+    """Who may hold a Raft connection: a member at its own address, never a stranger or a removed id."""
+    authorize: Callable[[str, str, bool], str | None] = cluster.nodes["n1"]._authorize_peer
+    assert authorize("n2", cluster.address("n2"), False) is None
+    assert "not a member" in (authorize("n9", "127.0.0.1:9", False) or "")
+    assert "is a member at" in (authorize("n2", "127.0.0.1:9", False) or "")
+    assert "own id" in (authorize("n1", cluster.address("n1"), False) or "")
+
+
+async def _gather(*calls: Awaitable[object]) -> list[object]:
+    return list(await asyncio.gather(*calls))
+
+
+async def test_concurrent_writes_from_every_node_are_all_applied_in_one_order(cluster: Cluster) -> None:
+    await _gather(*(cluster.nodes[f"n{i % 3 + 1}"].write(_put(f"burst/{i:03d}", b"x"), timeout=5) for i in range(150)))
+    revision = cluster.nodes["n1"].machine.revision
+    await _until(lambda: all(n.machine.revision == revision for n in cluster.nodes.values()), "every node to apply")
+    views = [node.list_keys(_list("burst/"))[0] for node in cluster.nodes.values()]
+    assert len(views[0]) == 150 and views[0] == views[1] == views[2]
+
+
+def _list(prefix: str) -> object:
+    from controlplane.v1 import kv_pb2
+
+    return kv_pb2.ListRequest(prefix=prefix, limit=1000)
+
+
+async def test_a_member_added_then_removed_is_refused_on_the_peer_plane_for_good(cluster: Cluster) -> None:
+    leader = cluster.nodes["n1"]
+    added = await leader.add_member(
+        cluster_pb2.AddMemberRequest(id="n4", raft_address=N4_RAFT, client_address="127.0.0.1:8"),
+        timeout=5,
+    )
+    assert "n4" in {member.id for member in added}
+    await _until(lambda: all(N4_RAFT in n.directory() for n in cluster.nodes.values()), "the record")
+    assert all(n.directory()[N4_RAFT].learner for n in cluster.nodes.values()), "admitted as a learner"
+    assert cluster.nodes["n2"]._authorize_peer("n4", N4_RAFT, True) is None
+
+    remaining = await leader.remove_member(cluster_pb2.RemoveMemberRequest(id="n4"), timeout=5)
+    assert "n4" not in {member.id for member in remaining}
+    await _until(lambda: all("n4" in n.removed_ids() for n in cluster.nodes.values()), "the removal everywhere")
+    for node in cluster.nodes.values():
+        assert "removed" in (node._authorize_peer("n4", N4_RAFT, True) or ""), node.node_id
