@@ -104,7 +104,7 @@ def serve(
     }
     from controlplane.server.app import serve as run_server
     from controlplane.server.bootstrap import serve_via_gateway
-    from controlplane.server.node import stop_reason
+    from controlplane.server.own_membership import stop_reason
 
     gateways = [g.strip() for g in (gateway or os.environ.get("CP_GATEWAY", "")).split(",") if g.strip()]
     try:

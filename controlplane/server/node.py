@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -30,33 +29,30 @@ from google.protobuf.message import DecodeError
 
 from controlplane import __version__
 from controlplane.errors import (
-    AlreadyExists,
     ControlPlaneError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NoLeader,
-    NotFound,
     OutOfRange,
     Unavailable,
     UnknownOutcome,
     error_from_result,
-    error_from_rpc,
 )
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.server import metrics
+from controlplane.server.cluster_changes import ClusterChanges
 from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.consensus import (
     ROLE_LEADER,
     ROLE_LEARNER,
-    SUCCESS,
     Consensus,
     ConsensusFactory,
     PeerAccess,
-    describe_failure,
 )
 from controlplane.server.housekeeping import Autopilot, Housekeeper
 from controlplane.server.indexer import Indexer
+from controlplane.server.own_membership import OwnMembership
 from controlplane.server.proposer import Proposer
 from controlplane.server.renewals import LeaderRenewals
 from controlplane.state import limits
@@ -66,7 +62,6 @@ from controlplane.state.membership import LEAVING as NODE_LEAVING
 from controlplane.state.refusal import Refused
 from controlplane.v1 import (
     cluster_pb2,
-    cluster_pb2_grpc,
     command_pb2,
     common_pb2,
     kv_pb2,
@@ -80,17 +75,7 @@ log = structlog.get_logger("controlplane.node")
 DEFAULT_READ_TIMEOUT_S = 5.0
 # Commands only the leader's own housekeeper proposes; Peer.Propose refuses them.
 LEADER_ONLY_COMMANDS = frozenset({"lease_expire", "lease_checkpoint"})
-MEMBERSHIP_TIMEOUT_S = 15.0
 BACKUP_FORMAT_VERSION = 1
-# How often every server looks at its own membership (removed? promoted?).
-MEMBERSHIP_WATCH_S = 0.1
-# A server without quorum this long asks the others whether it was removed (the leader stops
-# sending a removed voter anything, so its own log never says so).
-CUT_OFF_CHECK_S = 2.0
-# Bound on one "was I removed?" question to another server.
-PEER_CHECK_TIMEOUT_S = 1.0
-# Bound on waiting at start for the journal's committed entries to be applied again (local work).
-REPLAY_WAIT_S = 30.0
 
 _ROLE_ENUM = {
     "follower": cluster_pb2.ROLE_FOLLOWER,
@@ -102,16 +87,6 @@ _ROLE_ENUM = {
 # Why this process stopped on its own (it learned it was removed); `cpctl serve` turns it into a
 # non-zero exit status. Module state because app.serve owns the process lifecycle and returns
 # nothing; None while the server stops only when told to.
-_stop_reason: str | None = None
-
-
-def stop_reason() -> str | None:
-    """Why the server stopped itself, or None when it was stopped from outside (a signal)."""
-    return _stop_reason
-
-
-class StartupRefused(ConfigError):
-    """This data directory must not be served: it holds the state of a server removed from its cluster."""
 
 
 def _stop_process() -> None:
@@ -158,7 +133,6 @@ class Node:
         self._waiter_seq = itertools.count()
         self._applied_pending = False
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._membership_change: tuple[tuple[str, ...], str, asyncio.Future[None]] | None = None
         self._book: dict[str, MemberAddress] = {}
         self._book_version = -1
         self._background: set[asyncio.Task[None]] = set()
@@ -168,10 +142,10 @@ class Node:
         self.autopilot = Autopilot(self, config)
         #: Keepalives the leader answered from memory (renewals.py); empty on followers.
         self.renewals = LeaderRenewals()
-        # After a Raft restart (promotion, or back to learner): the machine the new node applies into,
-        # served only once it has caught up (see _restart_raft), and when that restart began.
-        self._pending_machine: StateMachine | None = None
-        self._restart_began = 0.0
+        #: Membership changes and leadership transfer (cluster_changes.py).
+        self.changes = ClusterChanges(self)
+        #: This server's own membership: removed? promoted? (own_membership.py).
+        self.own = OwnMembership(self, stop_process)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -202,7 +176,7 @@ class Node:
         if not voter:
             log.info("starting_as_learner", hint="admit it with `cpctl cluster members add`; promoted once caught up")
         if had_journal:
-            await self._refuse_if_removed()
+            await self.own.refuse_if_removed()
         self.proposer = Proposer(
             node_id=self.node_id,
             raft=self.raft,
@@ -214,7 +188,7 @@ class Node:
             max_in_flight=self.config.max_in_flight,
         )
         self._spawn(self._publish_self())
-        self._spawn(self._watch_membership())
+        self._spawn(self.own.watch())
         self.housekeeper = Housekeeper(self, self.config)
         self._spawn(self.housekeeper.run())
         self._spawn(self.autopilot.run())
@@ -248,6 +222,13 @@ class Node:
         if not self._applied_pending and self._loop is not None:
             self._applied_pending = True
             self._loop.call_soon_threadsafe(self._wake_waiters)
+
+    def serve_machine(self, fresh: StateMachine) -> None:
+        """Answer from ``fresh`` from now on (a restarted Raft node's machine, once it caught up)."""
+        with self.state_lock:
+            self.machine = fresh
+        self._book_version = -1
+        self._wake_waiters()
 
     def _wake_waiters(self) -> None:
         self._applied_pending = False
@@ -638,6 +619,8 @@ class Node:
             response.members.append(entry)
         return response
 
+    # ------------------------------------------------------------------ membership (cluster_changes.py)
+
     async def on_leader(
         self,
         method: str,
@@ -645,281 +628,29 @@ class Node:
         timeout: float | None,
         local: Callable[[], Awaitable[Response]],
     ) -> Response:
-        """Run an admin call here if this server leads, or forward it to the leader's Cluster service."""
-        if self.raft.is_leader():
-            return await local()
-        leader = self.leader()
-        if leader is None or not leader.client_address:
-            raise NoLeader("no leader is known (an election is running or quorum is lost); retry shortly")
-        call = getattr(cluster_pb2_grpc.ClusterStub(self._channel(leader.client_address)), method)
-        try:
-            response: Response = await call(request, timeout=timeout or MEMBERSHIP_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc) from None
-        return response
-
-    async def _raft_call(
-        self,
-        start: Callable[[Callable[[int], None]], None],
-        what: str,
-        timeout: float,
-        membership: bool = False,
-    ) -> None:
-        """Run a pysyncobj admin call and wait for its callback.
-
-        For membership changes every refusal is transient (a new leader's first entry not yet
-        committed, the previous change still committing, leadership lost mid-change): Unavailable,
-        so the SDK retries with the same request id and the idempotent steps finish the job.
-        """
-        assert self._loop is not None
-        loop = self._loop
-        future: asyncio.Future[int] = loop.create_future()
-
-        def settle(reason: int) -> None:
-            if not future.done():
-                future.set_result(reason)
-
-        def done(reason: int) -> None:  # tick thread
-            loop.call_soon_threadsafe(settle, reason)
-
-        start(done)
-        try:
-            reason = await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise Unavailable(f"{what} did not commit within {timeout:.0f} s; check `cpctl cluster status`") from None
-        if reason != SUCCESS:
-            if membership:
-                raise Unavailable(f"{what} not done yet: {describe_failure(reason)}; retry")
-            raise FailedPrecondition(f"{what} refused: {describe_failure(reason)}")
+        return await self.changes.on_leader(method, request, timeout, local)
 
     async def add_member(
         self, request: cluster_pb2.AddMemberRequest, timeout: float | None
     ) -> list[cluster_pb2.Member]:
-        problem = (
-            limits.check_member_id(request.id)
-            or limits.check_address(request.raft_address, "raft_address")
-            or limits.check_address(request.client_address, "client_address")
-        )
-        if problem:
-            raise InvalidArgument(problem)
-
-        async def local() -> cluster_pb2.AddMemberResponse:
-            members = self.members()
-            if request.raft_address in members and members[request.raft_address].id == request.id:
-                # Already a member (a retried call): nothing to change.
-                return cluster_pb2.AddMemberResponse(members=self.status().members)
-            if any(m.id == request.id for m in members.values()):
-                raise AlreadyExists(f"a member with id {request.id!r} already exists")
-            if request.raft_address in members:
-                raise AlreadyExists(
-                    f"raft address {request.raft_address} already belongs to {members[request.raft_address].id!r}"
-                )
-            with self.state_lock:
-                removed = request.id in self.machine.removed_members
-            if removed:
-                raise FailedPrecondition(
-                    f"member {request.id!r} was removed and may not rejoin under that id; use a new id"
-                )
-
-            async def change() -> None:
-                # Only the directory changes: the server joins as a learner, outside the Raft
-                # configuration, so admitting it cannot cost quorum however far behind (or dead) it
-                # is. The autopilot makes it a voter once it has stayed caught up.
-                await self.write(
-                    command_pb2.Command(
-                        request_id=request.request_id,
-                        member_upsert=command_pb2.MemberUpsert(
-                            member=command_pb2.MemberRecord(
-                                id=request.id,
-                                raft_address=request.raft_address,
-                                client_address=request.client_address,
-                                learner=True,
-                            )
-                        ),
-                    ),
-                    MEMBERSHIP_TIMEOUT_S,
-                )
-
-            key = ("add", request.id, request.raft_address, request.client_address)
-            await self._one_membership_change(key, f"adding {request.id} as a learner", change)
-            log.info("learner_added", member=request.id, raft_address=request.raft_address)
-            return cluster_pb2.AddMemberResponse(members=self.status().members)
-
-        response = await self.on_leader("AddMember", request, timeout, local)
-        return list(response.members)
+        return await self.changes.add_member(request, timeout)
 
     async def remove_member(
         self, request: cluster_pb2.RemoveMemberRequest, timeout: float | None
     ) -> list[cluster_pb2.Member]:
-        problem = limits.check_member_id(request.id)
-        if problem:
-            raise InvalidArgument(problem)
-
-        async def local() -> cluster_pb2.RemoveMemberResponse:
-            target = next((m for m in self.members().values() if m.id == request.id), None)
-            with self.state_lock:
-                already_removed = request.id in self.machine.removed_members
-            if target is None and already_removed:
-                # A retry of a removal that completed: the answer is the same as the first time.
-                return cluster_pb2.RemoveMemberResponse(members=self.status().members)
-            if target is None:
-                raise NotFound(f"no member {request.id!r} in this cluster")
-            if target.id == self.node_id:
-                # pysyncobj cannot remove the leader itself: hand leadership over, then let the
-                # new leader do it.
-                await self._transfer(None, timeout or MEMBERSHIP_TIMEOUT_S)
-                raise _SteppedAside
-
-            async def change() -> None:
-                await self._removal_steps(request.id, target.raft_address, request.request_id)
-
-            await self._one_membership_change(("remove", request.id), f"removing {request.id}", change)
-            log.info("member_removed", member=request.id)
-            return cluster_pb2.RemoveMemberResponse(members=self.status().members)
-
-        try:
-            response = await self.on_leader("RemoveMember", request, timeout, local)
-        except _SteppedAside:
-            # This server led and stepped aside to be removed: the new leader finishes the job.
-            await self._wait_for_leader_other_than(self.config.raft_address, timeout or MEMBERSHIP_TIMEOUT_S)
-            response = await self.on_leader("RemoveMember", request, timeout, local)
-        return list(response.members)
-
-    async def _removal_steps(self, member_id: str, raft_address: str, request_id: str = "") -> None:
-        """Take a server out: the Raft configuration first, then the directory (which bars its id).
-
-        Each step is skipped when already done, so a retry (or the autopilot, which finishes a
-        removal whose directory step is missing) completes what an earlier attempt started: the
-        Raft change can commit after the leader that proposed it stepped down. A removed voter
-        learns of it by asking the others once it has lost quorum; a learner applies it itself.
-        """
-        if raft_address in self.raft.status().connected:
-            await self._raft_call(
-                lambda done: self.raft.remove_node(raft_address, done),
-                f"removing {member_id or raft_address} ({raft_address})",
-                MEMBERSHIP_TIMEOUT_S,
-                membership=True,
-            )
-        with self.state_lock:
-            in_directory = member_id in self.machine.members
-        if in_directory:
-            await self.write(
-                command_pb2.Command(request_id=request_id, member_remove=command_pb2.MemberRemove(id=member_id)),
-                MEMBERSHIP_TIMEOUT_S,
-            )
+        return await self.changes.remove_member(request, timeout)
 
     async def promote(self, member_id: str) -> None:
-        """Autopilot: make a learner a voter - the Raft configuration first, then the directory.
-
-        The learner sees the configuration entry that names it as soon as it is appended and
-        restarts its Raft node as a voter; in a one-voter cluster the entry cannot commit before
-        that. The directory record (learner=false) follows the commit. Both steps are idempotent.
-        """
-        record = next((r for r in self.directory().values() if r.id == member_id), None)
-        if record is None:
-            return
-
-        async def change() -> None:
-            if record.raft_address not in self.raft.status().connected:
-                await self._raft_call(
-                    lambda done: self.raft.add_node(record.raft_address, done),
-                    f"promoting {member_id} ({record.raft_address})",
-                    MEMBERSHIP_TIMEOUT_S,
-                    membership=True,
-                )
-            if record.learner:
-                promoted = command_pb2.MemberRecord()
-                promoted.CopyFrom(record)
-                promoted.learner = False
-                await self.write(
-                    command_pb2.Command(member_upsert=command_pb2.MemberUpsert(member=promoted)), MEMBERSHIP_TIMEOUT_S
-                )
-
-        await self._one_membership_change(("promote", member_id), f"promoting {member_id} to voter", change)
-        log.info("learner_promoted", member=member_id, raft_address=record.raft_address)
+        await self.changes.promote(member_id)
 
     async def remove_server(self, member_id: str, raft_address: str, why: str) -> None:
-        """Autopilot: remove a server (a dead one, or finish a removal), one change at a time."""
-
-        async def change() -> None:
-            await self._removal_steps(member_id, raft_address)
-
-        # The key of RemoveMember: an operator's RemoveMember for the same server joins this change.
-        description = f"removing {member_id or raft_address} ({why})"
-        await self._one_membership_change(("remove", member_id), description, change)
-        log.warning("member_removed_by_autopilot", member=member_id, raft_address=raft_address, reason=why)
+        await self.changes.remove_server(member_id, raft_address, why)
 
     def membership_change_in_flight(self) -> str:
-        """What the one membership change running now does, or "" (only a leader runs them)."""
-        current = self._membership_change
-        return current[1] if current is not None and not current[2].done() else ""
-
-    async def _one_membership_change(
-        self, key: tuple[str, ...], description: str, change: Callable[[], Awaitable[None]]
-    ) -> None:
-        """Run one Raft membership change at a time, detached from the RPC that asked for it.
-
-        A client that gives up (its deadline passes, or the SDK abandons a slow attempt) cancels
-        its handler, but not a change pysyncobj is already committing: cancelling half-way would
-        free the one-change slot while the change still commits. A retry of the same change joins
-        the one in flight; any other change is refused until it completes.
-        """
-        current = self._membership_change
-        if current is not None and not current[2].done():
-            if current[0] == key:
-                await asyncio.shield(current[2])
-                return
-            raise FailedPrecondition(
-                f"a membership change is already in flight ({current[1]}); retry when it completes"
-            )
-        task = asyncio.ensure_future(change())
-        # Retrieve the outcome even if every caller gave up, so a failure is logged, not lost.
-        task.add_done_callback(
-            lambda done: (
-                done.cancelled()
-                or done.exception() is None
-                or log.warning("membership_change_failed", change=description, error=str(done.exception()))
-            )
-        )
-        self._membership_change = (key, description, task)
-        await asyncio.shield(task)
+        return self.changes.membership_change_in_flight()
 
     async def transfer_leadership(self, target_id: str, timeout: float | None) -> tuple[str, int]:
-        request = cluster_pb2.TransferLeadershipRequest(target_id=target_id)
-
-        async def local() -> cluster_pb2.TransferLeadershipResponse:
-            target_address = None
-            if target_id:
-                target = next((m for m in self.members().values() if m.id == target_id), None)
-                if target is None:
-                    raise NotFound(f"no member {target_id!r} in this cluster")
-                if target.id == self.node_id:
-                    return cluster_pb2.TransferLeadershipResponse(leader_id=self.node_id, term=self.raft.term())
-                target_address = target.raft_address
-            leader_id, term = await self._transfer(target_address, timeout or MEMBERSHIP_TIMEOUT_S)
-            return cluster_pb2.TransferLeadershipResponse(leader_id=leader_id, term=term)
-
-        response = await self.on_leader("TransferLeadership", request, timeout, local)
-        return response.leader_id, response.term
-
-    async def _transfer(self, target_address: str | None, timeout: float) -> tuple[str, int]:
-        await self._raft_call(
-            lambda done: self.raft.transfer_leadership(target_address, done),
-            "leadership transfer (the target must be connected and fully caught up)",
-            timeout,
-        )
-        leader = await self._wait_for_leader_other_than(self.config.raft_address, timeout)
-        return leader.id, self.raft.term()
-
-    async def _wait_for_leader_other_than(self, address: str, timeout: float) -> MemberAddress:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            leader = self.leader()
-            if leader is not None and leader.raft_address != address:
-                return leader
-            if asyncio.get_running_loop().time() > deadline:
-                raise Unavailable("no new leader took over in time; check `cpctl cluster status`")
-            await asyncio.sleep(0.02)  # polling pysyncobj's leader field: it has no change notification
+        return await self.changes.transfer_leadership(target_id, timeout)
 
     # ------------------------------------------------------------------ backup and restore
 
@@ -985,7 +716,7 @@ class Node:
                 current = self.machine.members.get(self.node_id)
                 removed = self.node_id in self.machine.removed_members
             if removed:
-                return  # _watch_membership stops the server
+                return  # own.watch() stops the server
             if (
                 current is not None
                 and current.client_address == self.config.advertise_address
@@ -1004,178 +735,3 @@ class Node:
                     await self.write(command_pb2.Command(member_upsert=command_pb2.MemberUpsert(member=record)), 5.0)
                 except ControlPlaneError as exc:
                     log.info("publish_self_retry", reason=exc.message)
-
-    # ------------------------------------------------------------------ own membership
-
-    def _removed_locally(self) -> bool:
-        with self.state_lock:
-            machines = [self.machine] if self._pending_machine is None else [self.machine, self._pending_machine]
-            return any(self.node_id in machine.removed_members for machine in machines)
-
-    def _removed_message(self, source: str) -> str:
-        return (
-            f"server {self.node_id!r} was removed from this cluster ({source}); its id may never rejoin. To bring "
-            f"this machine back, wipe its data directory ({self.config.data_dir}), start it with --join and the "
-            f"current members as --peer, and admit it under a new id: `cpctl cluster members add NEW_ID ...`"
-        )
-
-    async def _refuse_if_removed(self) -> None:
-        """At start with an existing journal: refuse to serve the data of a server that was removed.
-
-        Two sources: the journal itself (it applied its own removal before it stopped), and the
-        other servers (it was removed while it was down, so its journal cannot know). Peers that
-        do not answer prove nothing; the running check (_watch_membership) asks again later.
-        """
-        assert self._loop is not None
-        deadline = self._loop.time() + REPLAY_WAIT_S
-        while not self.raft.replayed() and self._loop.time() < deadline:
-            await asyncio.sleep(0.02)  # the tick thread replays the journal; it has no completion callback
-        source = "its own log says so" if self._removed_locally() else (await self._ask_peers()).removed
-        if source:
-            self.raft.destroy()
-            raise StartupRefused("refusing to start: " + self._removed_message(source))
-
-    async def _ask_peers(self) -> _PeerVerdict:
-        """Ask every other known server about this one: removed? a learner outside the configuration?"""
-        me = self.config.raft_address
-        addresses = {m.client_address for m in self.members().values() if m.raft_address != me and m.client_address}
-        addresses |= {peer.client_address for peer in self.config.peers}
-        addresses.discard(self.config.advertise_address)
-
-        async def ask(address: str) -> cluster_pb2.StatusResponse | None:
-            stub = cluster_pb2_grpc.ClusterStub(self._channel(address))
-            try:
-                answer: cluster_pb2.StatusResponse = await stub.Status(
-                    cluster_pb2.StatusRequest(), timeout=PEER_CHECK_TIMEOUT_S
-                )
-            except grpc.aio.AioRpcError:
-                return None
-            return answer
-
-        verdict = _PeerVerdict()
-        for answer in await asyncio.gather(*(ask(address) for address in sorted(addresses))):
-            if answer is None:
-                continue
-            # Any server's applied directory is committed state: one answer is proof enough.
-            if self.node_id in answer.removed_member_ids:
-                verdict.removed = f"{answer.node_id} lists it as removed"
-            # Only the leader's configuration is authoritative about who votes.
-            mine = next((m for m in answer.members if m.raft_address == me), None)
-            if answer.role == cluster_pb2.ROLE_LEADER and mine is not None and mine.learner and not mine.voter:
-                verdict.learner_per_leader = answer.node_id
-        return verdict
-
-    async def _watch_membership(self) -> None:
-        """Every server, all the time: stop once removed; as a learner, switch to voter once promoted.
-
-        A removed learner applies its own removal (it still receives the log). A removed voter does
-        not - the leader drops it from the configuration first and sends it nothing more - so a
-        server that has lost quorum for CUT_OFF_CHECK_S asks the others. The same question finds a
-        server running as a voter that the leader's configuration does not hold while the directory
-        says learner (its promotion's configuration entry was lost with a leader before it
-        committed, or it was started as a voter and then admitted): it starts over as a learner.
-        """
-        assert self._loop is not None
-        cut_off_since: float | None = None
-        next_peer_check = 0.0
-        while True:
-            await asyncio.sleep(MEMBERSHIP_WATCH_S)  # a timer: pysyncobj has no change notification
-            try:
-                if self._removed_locally():
-                    await self._stop_removed("its own log says so")
-                    return
-                self._serve_restarted_machine()
-                if self.raft.listed_as_voter():
-                    await self._restart_raft(voter=True)
-                    cut_off_since = None
-                    continue
-                now = self._loop.time()
-                cut_off_since = None if self.raft.has_quorum() else (cut_off_since or now)
-                if cut_off_since is None or now - cut_off_since < CUT_OFF_CHECK_S or now < next_peer_check:
-                    continue
-                next_peer_check = now + CUT_OFF_CHECK_S
-                verdict = await self._ask_peers()
-                if verdict.removed:
-                    await self._stop_removed(verdict.removed)
-                    return
-                if verdict.learner_per_leader and self.raft.voter:
-                    log.warning(
-                        "voter_outside_configuration",
-                        leader=verdict.learner_per_leader,
-                        hint="the leader lists this server as a learner: starting over as one",
-                    )
-                    await self._restart_raft(voter=False)
-                    cut_off_since = None
-            except Exception:  # a bug: keep watching, and say so loudly
-                log.exception("membership_watch_failed")
-
-    async def _stop_removed(self, source: str) -> None:
-        """A removed server stops rather than linger as a zombie: not ready at once, then exit non-zero."""
-        global _stop_reason
-        message = self._removed_message(source)
-        self.raft.hold_unready("it was removed from the cluster and is stopping")
-        _stop_reason = message
-        log.error("removed_from_cluster", hint=message)
-        await asyncio.to_thread(self._stop_process)
-
-    async def _restart_raft(self, voter: bool) -> None:
-        """Restart Raft as a voter (promoted) or as a learner (outside the configuration).
-
-        The new node replays into a fresh machine (replaying into the live one would apply every
-        entry twice). Until it has caught up, this server answers from the old machine - consistent
-        but frozen - and reports not ready, so stale reads are refused and health says NOT_SERVING;
-        linearizable reads and reads at a revision wait as usual. ``_serve_restarted_machine`` swaps
-        the machines once the new node is synced and has passed what the old one had applied, so the
-        revision a reader sees never goes backwards. The watch loop keeps running meanwhile: a new
-        node that never catches up (outside the configuration) is still found and handled.
-        """
-        assert self._loop is not None
-        marker = self.config.voter_marker_file
-        if voter:
-            log.info("promoted_to_voter", hint="restarting the Raft node as a voter on the same journal and dump")
-            await asyncio.to_thread(_write_marker, marker, self.node_id)
-        else:
-            await asyncio.to_thread(marker.unlink, True)
-        fresh = StateMachine(history_limit=self.config.history_limit)
-        self.raft.restart(voter, fresh, not voter)
-        self._pending_machine, self._restart_began = fresh, self._loop.time()
-
-    def _serve_restarted_machine(self) -> None:
-        fresh = self._pending_machine
-        if fresh is None or not self.raft.synced() or fresh.revision < self.machine.revision:
-            return
-        with self.state_lock:
-            self.machine = fresh
-        self._pending_machine = None
-        self._book_version = -1
-        self.raft.hold_unready(None)
-        self._wake_waiters()
-        assert self._loop is not None
-        log.info(
-            "raft_restarted",
-            as_voter=self.raft.voter,
-            revision=fresh.revision,
-            switch_s=round(self._loop.time() - self._restart_began, 3),
-        )
-
-
-def _write_marker(path: Path, node_id: str) -> None:
-    """Durably note that this server was promoted (it then starts as a voter even with --join)."""
-    with open(path, "w") as out:
-        out.write(node_id + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-
-
-@dataclass
-class _PeerVerdict:
-    """What the other servers said about this one (``_ask_peers``)."""
-
-    #: Why this server counts as removed, or None.
-    removed: str | None = None
-    #: The leader that lists this server as a learner outside its configuration, or None.
-    learner_per_leader: str | None = None
-
-
-class _SteppedAside(Exception):
-    """The leader handed leadership over so that it can be removed; the caller retries on the new one."""
