@@ -70,6 +70,14 @@ def status(endpoints: EndpointsOption = None, output: OutputOption = Output.text
         f"commit index {current.commit_index}, applied index {current.applied_index}, "
         f"revision {current.applied_revision}, watch history from revision {current.oldest_revision}"
     )
+    typer.echo(f"durability {current.durability or '?'}, peer plane {current.peer_security or '?'}")
+    if current.durability == "none":
+        typer.echo(
+            "WARNING: this server never fsyncs its Raft journal: acknowledged writes survive kill -9, not a power cut",
+            err=True,
+        )
+    if current.peer_security == "insecure":
+        typer.echo("WARNING: this server's Raft peer port runs without TLS (--insecure-dev)", err=True)
     _print_members(current.members)
 
 

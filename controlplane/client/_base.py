@@ -536,6 +536,8 @@ def cluster_status(response: cluster_pb2.StatusResponse) -> ClusterStatus:
         version=response.version,
         ready=response.ready,
         membership_change=response.membership_change,
+        durability=response.durability,
+        peer_security=response.peer_security,
     )
 
 

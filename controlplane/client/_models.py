@@ -182,6 +182,11 @@ class ClusterStatus:
     ready: bool = True
     #: The membership change in flight on the leader, if any.
     membership_change: str = ""
+    #: "fsync" (the journal is synced before anything is acknowledged) or "none" (never synced:
+    #: survives kill -9, not a power cut); "" from a server older than this field.
+    durability: str = ""
+    #: "mtls" (servers authenticate each other) or "insecure" (--insecure-dev).
+    peer_security: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -574,6 +574,8 @@ class Node:
             removed_member_ids=sorted(removed),
             ready=self.raft.is_ready(),
             membership_change=self.membership_change_in_flight(),
+            durability=self.config.durability,
+            peer_security="insecure" if self.config.insecure_dev else "mtls",
         )
         me = self.config.raft_address
         # pysyncobj's configuration (self included) is who votes; directory learners outside it do not.

@@ -30,6 +30,7 @@ the leader), so that call is only ever served to an authenticated server, never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 import ssl
@@ -350,6 +351,7 @@ class PeerTransport(Transport):  # type: ignore[misc]
         self._attach(node, _Link(reader, writer, peer_id), learner=hello.learner)
 
     def _attach(self, node: Node, link: _Link, learner: bool) -> None:
+        _keep_alive(link.writer)
         previous = self._links.get(node)
         if previous is not None:
             # The peer reconnected (it restarted, or dialed across a half-dead connection): the new
@@ -456,6 +458,19 @@ class PeerTransport(Transport):  # type: ignore[misc]
         if self._codec is None:
             self._codec = RaftCodec.for_syncobj(self._sync)
         return self._codec
+
+
+def _keep_alive(writer: asyncio.StreamWriter) -> None:
+    """TCP keepalive on an authenticated link: two followers may exchange nothing for hours, and a
+    peer that vanished without a FIN (power loss, a cut cable) must still be noticed."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 def transport_factory(settings: PeerSettings) -> Callable[[Any, Any, Any], PeerTransport]:

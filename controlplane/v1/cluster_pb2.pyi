@@ -51,7 +51,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "role", "leader_id", "leader_address", "term", "commit_index", "applied_index", "applied_revision", "members", "has_quorum", "raft_log_size", "version", "oldest_revision", "removed_member_ids", "ready", "membership_change")
+    __slots__ = ("node_id", "role", "leader_id", "leader_address", "term", "commit_index", "applied_index", "applied_revision", "members", "has_quorum", "raft_log_size", "version", "oldest_revision", "removed_member_ids", "ready", "membership_change", "durability", "peer_security")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,8 @@ class StatusResponse(_message.Message):
     REMOVED_MEMBER_IDS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    PEER_SECURITY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: Role
     leader_id: str
@@ -84,7 +86,9 @@ class StatusResponse(_message.Message):
     removed_member_ids: _containers.RepeatedScalarFieldContainer[str]
     ready: bool
     membership_change: str
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., applied_revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., has_quorum: _Optional[bool] = ..., raft_log_size: _Optional[int] = ..., version: _Optional[str] = ..., oldest_revision: _Optional[int] = ..., removed_member_ids: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., membership_change: _Optional[str] = ...) -> None: ...
+    durability: str
+    peer_security: str
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., applied_revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., has_quorum: _Optional[bool] = ..., raft_log_size: _Optional[int] = ..., version: _Optional[str] = ..., oldest_revision: _Optional[int] = ..., removed_member_ids: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., membership_change: _Optional[str] = ..., durability: _Optional[str] = ..., peer_security: _Optional[str] = ...) -> None: ...
 
 class AddMemberRequest(_message.Message):
     __slots__ = ("id", "raft_address", "client_address", "request_id")

@@ -25,7 +25,7 @@ from controlplane.client import Client
 from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.v1 import command_pb2, leases_pb2, raft_peer_pb2
 
-from .conftest import channel, status, wait_until
+from .conftest import channel, cpctl, status, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -173,6 +173,15 @@ def test_a_tls_client_without_a_member_certificate_is_refused(cluster: LocalClus
         with contextlib.suppress(ConnectionResetError, ssl.SSLError):
             assert conn.recv(65536) == b"", "the server answered a client certificate on the peer port"
     _still_leads(cluster, before, "peer/after-client-cert")
+
+
+def test_cluster_status_shows_a_durable_authenticated_cluster(cluster: LocalCluster) -> None:
+    for node in cluster.nodes.values():
+        shown = status(node)
+        assert (shown.durability, shown.peer_security) == ("fsync", "mtls"), node.id
+    printed = cpctl(cluster, "cluster", "status")
+    assert printed.returncode == 0 and "durability fsync, peer plane mtls" in printed.stdout
+    assert "WARNING" not in printed.stderr
 
 
 def test_propose_is_not_served_on_the_client_port(cluster: LocalCluster) -> None:

@@ -21,7 +21,7 @@ from controlplane.client import AsyncClient, Client, ControlPlaneError
 from controlplane.dev import LocalCluster
 from controlplane.server.journal import simulate_power_cut
 
-from .conftest import assert_same_state, running, wait_converged, wait_ready
+from .conftest import assert_same_state, cpctl, running, wait_converged, wait_ready
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -85,6 +85,9 @@ async def test_the_simulated_cut_does_lose_what_was_never_synced(make_cluster: C
     """The control: with durability = "none" the same cut drops acknowledged entries from every
     journal, so the test above would see a journal that syncs too late."""
     cluster = make_cluster(extra_env={"CP_TEST_POWER_CUT": "1"}, extra_config={"durability": "none"})
+    shown = cpctl(cluster, "cluster", "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "durability none" in shown.stdout and "WARNING" in shown.stderr and "power cut" in shown.stderr
     acked, dropped = await _load_then_cut(cluster)
     assert len(acked) >= 400
     assert all(size > 0 for size in dropped.values()), dropped
