@@ -123,6 +123,7 @@ def _demo(endpoints: str) -> None:
             f"$ cpctl cluster status             -> leader {status.leader_id}, term {status.term}, "
             f"revision {status.applied_revision}, members "
             + ", ".join(f"{m.id}({'up' if m.healthy else 'down'})" for m in status.members)
+            + f"; journal {status.durability}, peers {status.peer_security}"
         )
 
 
