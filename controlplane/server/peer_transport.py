@@ -427,6 +427,8 @@ class PeerTransport(Transport):  # type: ignore[misc]
             log.warning("peer_frame_refused", peer=link.peer_id, reason=str(exc))
         except CodecError as exc:
             log.warning("peer_message_refused", peer=link.peer_id, reason=str(exc))
+        except Exception:  # pysyncobj choking on a well-formed message: drop the link, keep the server
+            log.exception("peer_message_failed", peer=link.peer_id)
         finally:
             link.close()
             node = link.node
