@@ -91,7 +91,7 @@ class ClusterChanges:
             if not future.done():
                 future.set_result(reason)
 
-        def done(reason: int) -> None:  # tick thread
+        def done(reason: int) -> None:  # inside a Raft tick
             loop.call_soon_threadsafe(settle, reason)
 
         start(done)

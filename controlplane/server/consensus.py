@@ -4,7 +4,8 @@ Two implementations: ``raft.RaftNode`` (pysyncobj, the peer transport, the durab
 ``memraft.InMemoryConsensus`` (one process, one shared log, leadership and partitions set by the
 test), so the node's read, write-forwarding and membership logic can be tested in milliseconds
 without processes, as hashicorp/raft's in-memory transport allows. The node imports this module,
-never pysyncobj; ``raft.py`` stays the only module that does.
+never pysyncobj; ``raft.py`` and the modules it is built from (``peer_transport.py``,
+``raft_codec.py``, ``journal.py``) are the only ones that do.
 
 Outcomes are pysyncobj's ``FAIL_REASON`` numbers (``raft.py`` checks that they agree), so a
 callback's ``reason`` means the same whichever implementation runs.

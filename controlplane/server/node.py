@@ -168,7 +168,7 @@ class Node:
             self.config,
             self.machine,
             self.state_lock,
-            self._on_applied_tick_thread,
+            self._on_applied,
             self._on_role_change,
             voter=voter,
             peers=self._peer_access(),
@@ -217,8 +217,8 @@ class Node:
 
     # ------------------------------------------------------------------ raft callbacks
 
-    def _on_applied_tick_thread(self) -> None:
-        # Coalesce: one wake-up per loop turn however many entries were applied meanwhile.
+    def _on_applied(self) -> None:
+        # Inside a Raft tick. Coalesce: one wake-up per loop turn however many entries were applied.
         if not self._applied_pending and self._loop is not None:
             self._applied_pending = True
             self._loop.call_soon_threadsafe(self._wake_waiters)
@@ -238,7 +238,7 @@ class Node:
             if not future.done():
                 future.set_result(None)
 
-    def _on_role_change(self, old: str, new: str) -> None:  # tick thread
+    def _on_role_change(self, old: str, new: str) -> None:  # inside a Raft tick
         metrics.set_role(new)
         log.info("raft_role_changed", old=old, new=new)
 

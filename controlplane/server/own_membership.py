@@ -86,7 +86,7 @@ class OwnMembership:
         """
         deadline = asyncio.get_running_loop().time() + REPLAY_WAIT_S
         while not self.raft.replayed() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)  # the tick thread replays the journal; it has no completion callback
+            await asyncio.sleep(0.02)  # Raft ticks replay the journal; pysyncobj has no completion callback
         source = "its own log says so" if self._removed_locally() else (await self._ask_peers()).removed
         if source:
             self.raft.destroy()

@@ -26,9 +26,9 @@ module is built around (measured; see the brief):
 Learners are pysyncobj *read-only nodes* (``selfNode=None``). Measured on 0.3.17 (see DESIGN.md,
 "Membership"): every leader sends them append_entries and snapshots like any follower, they apply
 entries, write the journal and - through our hooks - the full dump, and they forward commands; they
-never vote, never campaign and never count for commit or quorum. The leader knows them only by an
-anonymous connection counter ("0", "1", ...), so their progress is read from their own
-``Cluster.Status``, not from the leader's match index. Two upstream defects matter here and are
+never vote, never campaign and never count for commit or quorum. The peer transport names a
+learner's connection ``learner:<id>``, but pysyncobj keeps no match index for read-only nodes, so
+their progress is read from their own ``Cluster.Status``. Two upstream defects matter here and are
 handled below: the dump's member list contains ``None`` for a read-only node, and a member list
 loaded from *our* dump (plain address strings) is never filtered against ``selfNode`` (a Node), so
 a voter restarted from a dump counted itself as an unreachable partner.

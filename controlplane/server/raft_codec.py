@@ -273,7 +273,7 @@ class RaftCodec:
 
     ``apply_func_id`` is this process's pysyncobj id for ``apply_entry`` (``for_syncobj`` reads it):
     encoding refuses calls of any other id, decoding rebuilds calls with it. One codec per
-    ``SyncObj``, used on its tick thread only: encode keeps a small cache and takes no lock.
+    ``SyncObj``, used on the thread that ticks it only: encode keeps a small cache and takes no lock.
     """
 
     def __init__(self, apply_func_id: int) -> None:
