@@ -142,7 +142,9 @@ _LIBRARIES: list[tuple[str, tuple[str, ...]]] = [
     ("interpreter (all Python code)", ("libpython", "python3")),
     ("grpc (cygrpc: Cython + C-core)", ("cygrpc",)),
     ("protobuf (upb)", ("_message",)),
-    ("TLS (libssl, libcrypto, _ssl)", ("libssl", "libcrypto", "_ssl.")),
+    # TLS now; Fernet (cryptography's _rust) on the peer plane before our own transport.
+    ("encryption (libssl, libcrypto, cryptography)", ("libssl", "libcrypto", "_ssl.", "_rust.", "binascii.")),
+    ("zlib (compression)", ("libz.", "zlib.")),
     ("kernel (syscalls: sockets, epoll, fdatasync)", ("[kernel",)),
     ("libc (malloc, memcpy ...)", ("libc.so", "ld-linux", "libm.so")),
     ("CPython C modules (_asyncio, _pickle ...)", ("cpython-311",)),
