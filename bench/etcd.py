@@ -2,8 +2,9 @@
 
 etcd comes from Debian's ``etcd-server`` package (3.4 on bookworm); when the ``etcd`` binary is absent
 the bench installs it (``apt-get update`` once, then ``apt-get install -y etcd-server``; needs root).
-Two variants are run: the default (every WAL append fsynced) and ``--unsafe-no-fsync`` (an undocumented
-but accepted flag in 3.4.23), which is the like-for-like comparison for our journal, which never fsyncs.
+Two variants are run: the default (every WAL append fsynced), the like-for-like of our default
+``durability = "fsync"``, and ``--unsafe-no-fsync`` (an undocumented but accepted flag in 3.4.23),
+the like-for-like of our ``durability = "none"``.
 """
 
 from __future__ import annotations
