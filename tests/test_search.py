@@ -462,20 +462,40 @@ def test_model_doc_collects_the_formats_and_statuses_of_current_versions() -> No
         model_doc(model, [models_pb2.ModelVersion(model="other", version=1)])
 
 
-async def test_open_on_a_file_starts_empty(tmp_path: Path) -> None:
+async def test_a_file_index_is_kept_with_its_revision_and_fingerprint(tmp_path: Path) -> None:
     path = tmp_path / "search.sqlite"
     first = await SearchIndex.open(path)
-    await first.rebuild(CATALOGUE, revision=5)
+    assert (first.revision, first.fingerprint) == (0, "")
+    await first.rebuild(CATALOGUE, revision=5, fingerprint="at-5")
+    await first.apply([doc("Gemma-2B")], ["Llama-2-7b"], revision=7, fingerprint="at-7")
     await first.close()
     await first.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         await first.search("llama")
+    again = await SearchIndex.open(path)
+    assert (again.revision, again.fingerprint, again.engine) == (7, "at-7", first.engine)
+    assert set(await names(again, "llama")) == {"Llama-3-8B-Instruct"}
+    assert await names(again, "gemma") == ["Gemma-2B"]
+    await again.close()
+
+
+async def test_a_file_index_of_another_engine_or_layout_starts_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "search.sqlite"
+    first = await SearchIndex.open(path)
+    await first.rebuild(CATALOGUE, revision=5, fingerprint="at-5")
+    await first.close()
     second = await SearchIndex.open(path, use_fts5=False)
-    assert (second.revision, second.engine) == (0, ENGINE_LIKE)
+    assert (second.revision, second.fingerprint, second.engine) == (0, "", ENGINE_LIKE)
     assert (await second.search("llama")).total == 0
     await second.rebuild(CATALOGUE, revision=6)
     assert set(await names(second, "llama")) == {"Llama-3-8B-Instruct", "Llama-2-7b"}
     await second.close()
+    monkeypatch.setattr(search, "LAYOUT", search.LAYOUT + 1)  # documents now become other rows
+    third = await SearchIndex.open(path, use_fts5=False)
+    assert (third.revision, await names(third, "llama")) == (0, [])
+    await third.close()
 
 
 async def test_falls_back_to_like_when_fts5_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

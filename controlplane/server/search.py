@@ -4,8 +4,18 @@ Why a separate index: the replicated state machine is pure and holds models in s
 dictionaries, which answer "get by name" and "list by prefix" but not "which models mention
 instruct, ranked". The index is *derived* state: every server builds its own from the replicated
 state, can throw it away and rebuild it at any time (a rebuild of 20,000 models takes about two
-seconds), and never feeds anything back into the log. It is therefore tuned as a cache, not as a
-database of record: no fsync, the rollback journal in memory, and ``open`` always starts empty.
+seconds), and never feeds anything back into the log.
+
+It is kept across restarts all the same, so that a restarted server catches up from the revision
+its index reached instead of rebuilding it (indexer.py decides whether a kept index may be
+trusted). Every transaction records, with the rows it writes, the revision they reflect and a
+fingerprint of the state at that revision (``index_meta``), so the file says exactly which state
+it holds: SQLite's atomic commit keeps the rows and that record together whatever happens to the
+process (WAL journal; ``synchronous = NORMAL`` only gives up the last transactions on a power
+cut, never consistency). ``open`` keeps a file whose record it can read and whose layout and
+engine match; any other file (absent, another layout, another engine, not a database, corrupt)
+is replaced by an empty index at revision 0. ``LAYOUT`` says how documents become rows: change
+it whenever that changes, so an index written by other code is rebuilt rather than trusted.
 
 Invariants:
 
@@ -21,6 +31,7 @@ Invariants:
   So a server that rebuilt and a server that applied increments agree at the same revision.
 * ``apply`` never moves the revision backwards (that would be an indexer bug: ValueError).
   ``rebuild`` may set any revision, because it replaces everything (e.g. after a backup restore).
+* The revision and fingerprint ``open`` reports are the ones committed with the rows it holds.
 
 Two engines answer the same queries:
 
@@ -63,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import structlog
 
 from controlplane.errors import InvalidArgument
 from controlplane.v1 import models_pb2
@@ -71,6 +83,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "ENGINE_FTS5",
     "ENGINE_LIKE",
+    "LAYOUT",
     "MAX_LIMIT",
     "MAX_QUERY_CHARS",
     "MAX_QUERY_TERMS",
@@ -80,6 +93,8 @@ __all__ = [
     "model_doc",
     "query_terms",
 ]
+
+log = structlog.get_logger("controlplane.search")
 
 ENGINE_FTS5 = "fts5"
 ENGINE_LIKE = "like"
@@ -135,14 +150,31 @@ _FTS_TABLE = """CREATE VIRTUAL TABLE models_fts USING fts5 (
     tokenize = "unicode61 remove_diacritics 2 tokenchars '-_'",
     prefix = '1 2 3'
 )"""
-# A cache rebuilt from the replicated state after any crash: durability buys nothing here.
-# journal_mode=MEMORY keeps ROLLBACK working and leaves no journal file next to the database.
+# Kept across restarts, and only ever trusted whole: the rows and their revision must survive a
+# crash together. WAL with synchronous=NORMAL does that (a kill -9 loses nothing committed, a
+# power cut at most the last transactions) with no fsync per transaction, only at checkpoints.
+# journal_size_limit: a rebuild writes the whole index to the WAL once; do not keep that size.
 _PRAGMAS = (
-    "PRAGMA journal_mode = MEMORY",
-    "PRAGMA synchronous = OFF",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA journal_size_limit = 8388608",
     "PRAGMA temp_store = MEMORY",
     "PRAGMA cache_size = -65536",
 )
+# How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
+# is rebuilt, not trusted: bump this whenever a change here would index a model differently.
+LAYOUT = 1
+# Documents per insert statement in a rebuild.
+_INSERT_SLICE = 2000
+# One row: what the index holds (see the module docstring). Written in every transaction.
+_META_TABLE = """CREATE TABLE index_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    layout INTEGER NOT NULL,
+    engine TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL
+)"""
+_WRITE_META = "UPDATE index_meta SET revision = ?, fingerprint = ? WHERE id = 1"
 
 
 @dataclass(frozen=True)
@@ -283,34 +315,46 @@ class SearchIndex:
     """A local, rebuildable search index over the model registry; see the module docstring."""
 
     def __init__(self, connection: aiosqlite.Connection, engine: str) -> None:
-        # Use ``open``: the tables are created there.
+        # Use ``open``: the tables are created or checked there.
         self._connection: aiosqlite.Connection | None = connection
         self._engine = engine
         self._revision = 0
+        self._fingerprint = ""
         # Held for every statement on the connection: a search between two statements of a
         # rebuild or apply would read that transaction's uncommitted, half-done state.
         self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str | Path = ":memory:", *, use_fts5: bool = True) -> SearchIndex:
-        """An empty index at revision 0; anything ``path`` held is dropped, so rebuild next.
+        """The index kept at ``path``, or an empty one at revision 0 if there is none it can use.
 
-        FTS5 is used when ``use_fts5`` and this SQLite build has it (found out by creating the
-        table), otherwise the LIKE engine.
+        A kept index comes back at the revision and fingerprint committed with its rows (whether
+        it may be trusted for the current state is the caller's decision: see indexer.py).
+        Anything else at ``path`` (another layout or engine, not a database, corrupt) is replaced.
+        FTS5 is used when ``use_fts5`` and this SQLite build has it, otherwise the LIKE engine.
         """
+        try:
+            return await cls._open(path, use_fts5)
+        except sqlite3.DatabaseError as error:  # "file is not a database", "malformed", ...
+            if str(path) == ":memory:":
+                raise
+            log.warning("search_index_discarded", path=str(path), error=str(error))
+            for leftover in _files_of(Path(path)):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+            return await cls._open(path, use_fts5)
+
+    @classmethod
+    async def _open(cls, path: str | Path, use_fts5: bool) -> SearchIndex:
         # isolation_level=None: we issue BEGIN and COMMIT, so a transaction is exactly one
         # rebuild or apply.
         connection = await aiosqlite.connect(str(path), isolation_level=None, cached_statements=256)
         try:
             for pragma in _PRAGMAS:
                 await connection.execute(pragma)
-            index = cls(connection, ENGINE_FTS5 if use_fts5 else ENGINE_LIKE)
-            try:
-                await index._reset()
-            except sqlite3.OperationalError as error:
-                if index._engine != ENGINE_FTS5 or "fts5" not in str(error):
-                    raise
-                index._engine = ENGINE_LIKE  # "no such module: fts5"
+            engine = ENGINE_FTS5 if use_fts5 and await _has_fts5(connection) else ENGINE_LIKE
+            index = cls(connection, engine)
+            if not await index._load():
                 await index._reset()
         except BaseException:
             await connection.close()
@@ -324,17 +368,27 @@ class SearchIndex:
 
     @property
     def revision(self) -> int:
-        """The replicated-state revision the committed index reflects (0 until the first rebuild)."""
+        """The replicated-state revision the committed index reflects (0 for an empty new index)."""
         return self._revision
 
-    async def rebuild(self, docs: Iterable[ModelDoc], revision: int) -> None:
+    @property
+    def fingerprint(self) -> str:
+        """What the indexer recorded about the state at ``revision`` ("" for none); see indexer.py."""
+        return self._fingerprint
+
+    async def rebuild(self, docs: Iterable[ModelDoc], revision: int, fingerprint: str = "") -> None:
         """Replace the whole index with ``docs`` at ``revision``, in one transaction."""
         _check_revision(revision)
         # Sorted so every server writes the same rows in the same order.
         ordered = sorted(_unique_by_name(docs).values(), key=lambda doc: doc.name)
-        await self._exclusively(lambda: self._rebuild(ordered, revision))
+        await self._exclusively(lambda: self._rebuild(ordered, revision, fingerprint))
+        # Fold the rebuild's WAL (the whole index) into the database now, not at some later apply.
+        async with self._lock:
+            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    async def apply(self, upserts: Iterable[ModelDoc], deleted: Iterable[str], revision: int) -> None:
+    async def apply(
+        self, upserts: Iterable[ModelDoc], deleted: Iterable[str], revision: int, fingerprint: str = ""
+    ) -> None:
         """Add or replace ``upserts`` and remove the models named in ``deleted``, in one transaction.
 
         A name in ``deleted`` that the index does not hold is ignored, so deleting is idempotent.
@@ -348,7 +402,7 @@ class SearchIndex:
         if both:
             raise ValueError(f"{len(both)} models both upserted and deleted in one apply, e.g. {min(both)!r}")
         upserted = sorted(by_name.values(), key=lambda doc: doc.name)
-        await self._exclusively(lambda: self._apply(upserted, gone, revision))
+        await self._exclusively(lambda: self._apply(upserted, gone, revision, fingerprint))
 
     async def search(
         self,
@@ -430,29 +484,32 @@ class SearchIndex:
 
         await asyncio.shield(asyncio.ensure_future(run()))
 
-    async def _rebuild(self, docs: list[ModelDoc], revision: int) -> None:
+    async def _rebuild(self, docs: list[ModelDoc], revision: int, fingerprint: str) -> None:
         async with self._transaction():
             await self._create_tables()
-            await self._insert(docs, first_id=1)
+            # In slices, so the rows of the next slice are built on the loop while SQLite inserts.
+            for start in range(0, len(docs), _INSERT_SLICE):
+                await self._insert(docs[start : start + _INSERT_SLICE], first_id=start + 1)
             for statement in _INDEXES:
                 await self._conn.execute(statement)
             if self._engine == ENGINE_FTS5:
                 # Merge what the bulk insert left into one b-tree, so a query reads one segment.
                 await self._conn.execute("INSERT INTO models_fts (models_fts) VALUES ('optimize')")
-        self._revision = revision
+            await self._conn.execute(_WRITE_META, (revision, fingerprint))
+        self._revision, self._fingerprint = revision, fingerprint
 
-    async def _apply(self, upserts: list[ModelDoc], deleted: list[str], revision: int) -> None:
+    async def _apply(self, upserts: list[ModelDoc], deleted: list[str], revision: int, fingerprint: str) -> None:
         if revision < self._revision:
             raise ValueError(f"apply at revision {revision} is older than the index's revision {self._revision}")
-        # The indexer also applies revisions that changed no model, only to move the revision:
-        # those need no transaction.
-        if upserts or deleted:
-            async with self._transaction():
+        async with self._transaction():
+            # The indexer also applies revisions that changed no model, only to move the revision.
+            if upserts or deleted:
                 await self._delete([*(doc.name for doc in upserts), *deleted])
                 # Ids are private (never in an answer), so a replaced model may get a new one.
                 rows = list(await self._conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM models"))
                 await self._insert(upserts, first_id=rows[0][0] + 1)
-        self._revision = revision
+            await self._conn.execute(_WRITE_META, (revision, fingerprint))
+        self._revision, self._fingerprint = revision, fingerprint
 
     @property
     def _conn(self) -> aiosqlite.Connection:
@@ -470,11 +527,35 @@ class SearchIndex:
             raise
         await self._conn.execute("COMMIT")
 
+    async def _load(self) -> bool:
+        """Take the revision and fingerprint of a kept index; False if there is none to keep."""
+        try:
+            rows = list(
+                await self._conn.execute_fetchall("SELECT layout, engine, revision, fingerprint FROM index_meta")
+            )
+        except sqlite3.OperationalError:  # "no such table": a new file, or one from before LAYOUT 1
+            return False
+        if len(rows) != 1:
+            return False
+        layout, engine, revision, fingerprint = rows[0]
+        if layout != LAYOUT or engine != self._engine or not isinstance(revision, int) or revision < 0:
+            return False
+        self._revision, self._fingerprint = revision, str(fingerprint)
+        return True
+
     async def _reset(self) -> None:
+        """Make this an empty index at revision 0, whatever the file held."""
         async with self._lock, self._transaction():
+            await self._conn.execute("DROP TABLE IF EXISTS index_meta")
             await self._create_tables()
             for statement in _INDEXES:
                 await self._conn.execute(statement)
+            await self._conn.execute(_META_TABLE)
+            await self._conn.execute(
+                "INSERT INTO index_meta (id, layout, engine, revision, fingerprint) VALUES (1, ?, ?, 0, '')",
+                (LAYOUT, self._engine),
+            )
+        self._revision, self._fingerprint = 0, ""
 
     async def _create_tables(self) -> None:
         """Drop and create every table, without the indexes: O(1), where deleting every FTS5 row is O(index)."""
@@ -519,6 +600,23 @@ class SearchIndex:
         await self._conn.executemany(
             "INSERT INTO model_facets (facet, value, model_id) VALUES (?, ?, ?)", sorted(facets)
         )
+
+
+async def _has_fts5(connection: aiosqlite.Connection) -> bool:
+    """Whether this SQLite build has FTS5: creating our FTS5 table, as a temporary one, says."""
+    try:
+        await connection.execute(_FTS_TABLE.replace("models_fts", "temp.fts5_probe", 1))
+    except sqlite3.OperationalError as error:
+        if "fts5" not in str(error):  # "no such module: fts5"
+            raise
+        return False
+    await connection.execute("DROP TABLE temp.fts5_probe")
+    return True
+
+
+def _files_of(path: Path) -> list[Path]:
+    """The database and what SQLite keeps beside it."""
+    return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
 
 
 def _check_revision(revision: int) -> None:
