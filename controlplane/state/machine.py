@@ -52,6 +52,15 @@ DOMAIN_KV = "kv"
 DOMAIN_CLUSTER = "cluster"
 
 DEFAULT_HISTORY_LIMIT = 10_000
+# The watch history's second bound: the bytes of its events (about their serialized size, what a
+# resumed watch would be sent). Events of a few hundred bytes meet the count first (10,000 of them
+# are a few MB), so this bites only on large values: a 1 MiB put with its previous value is about
+# 2 MiB, and 64 MiB keeps the last ~32 of those rather than 10,000 (measured before the cap: 100
+# puts of 1 MiB held ~300 MiB per server). Retained events share their values with the key space,
+# so the memory the history adds is at most this.
+DEFAULT_HISTORY_LIMIT_BYTES = 64 * 1024 * 1024
+# What an event costs besides its key, values and typed change (revision, type, domain, time, tags).
+_EVENT_OVERHEAD_BYTES = 32
 DEFAULT_DEDUPE_LIMIT = 100_000
 # Long enough for any client retry loop (the SDK gives up after its deadline, seconds).
 DEFAULT_DEDUPE_TTL_MS = 15 * 60 * 1000
@@ -82,6 +91,8 @@ class _Change(NamedTuple):
     time_unix_ms: int
     # The typed change of a domain with one (Event.detail); never mutated after recording.
     detail: Detail = None
+    # What it counts towards history_limit_bytes (_event_bytes).
+    size: int = 0
 
     def to_event(self) -> watch_pb2.Event:
         event = watch_pb2.Event(
@@ -97,16 +108,32 @@ class _Change(NamedTuple):
 
     @classmethod
     def from_event(cls, event: watch_pb2.Event) -> _Change:
-        return cls(
-            event.revision,
-            event.type,
-            event.domain,
-            event.key,
-            event.kv if event.HasField("kv") else None,
-            event.prev_kv if event.HasField("prev_kv") else None,
-            event.time_unix_ms,
-            getattr(event, field) if (field := event.WhichOneof("detail")) else None,
-        )
+        kv = event.kv if event.HasField("kv") else None
+        prev_kv = event.prev_kv if event.HasField("prev_kv") else None
+        detail = getattr(event, field) if (field := event.WhichOneof("detail")) else None
+        size = _event_bytes(event.key, kv, prev_kv, detail)
+        return cls(event.revision, event.type, event.domain, event.key, kv, prev_kv, event.time_unix_ms, detail, size)
+
+
+# Stands in for a compacted event until the history list is cut (it holds no values).
+_COMPACTED = _Change(0, watch_pb2.EVENT_TYPE_UNSPECIFIED, "", "", None, None, 0)
+
+
+def event_size(event: watch_pb2.Event) -> int:
+    """What an event counts towards ``history_limit_bytes``."""
+    return _Change.from_event(event).size
+
+
+def _event_bytes(key: str, kv: kv_pb2.KeyValue | None, prev_kv: kv_pb2.KeyValue | None, detail: Detail) -> int:
+    """About the serialized size of an event (exact up to a few bytes of tags and lengths)."""
+    size = _EVENT_OVERHEAD_BYTES + len(key)
+    if kv is not None:
+        size += kv.ByteSize()
+    if prev_kv is not None:
+        size += prev_kv.ByteSize()
+    if detail is not None:
+        size += detail.ByteSize()
+    return size
 
 
 class SnapshotError(ValueError):
@@ -130,8 +157,10 @@ class StateMachine:
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         dedupe_limit: int = DEFAULT_DEDUPE_LIMIT,
         dedupe_ttl_ms: int = DEFAULT_DEDUPE_TTL_MS,
+        history_limit_bytes: int = DEFAULT_HISTORY_LIMIT_BYTES,
     ) -> None:
         self.history_limit = history_limit
+        self.history_limit_bytes = history_limit_bytes
         self.dedupe_limit = dedupe_limit
         self.dedupe_ttl_ms = dedupe_ttl_ms
         self.ports = PortTable(self, lease_exists=lambda lease_id: self.leases.exists(lease_id))
@@ -164,6 +193,7 @@ class StateMachine:
         self._history: list[_Change] = []
         self._history_start = 0
         self._history_revisions: list[int] = []
+        self._history_bytes = 0  # of the retained events (from _history_start)
         self._dedupe: OrderedDict[str, tuple[int, CommandResult]] = OrderedDict()
         self.members: dict[str, command_pb2.MemberRecord] = {}
         self.removed_members: dict[str, None] = {}
@@ -250,19 +280,43 @@ class StateMachine:
     ) -> int:
         """Bump the revision and append the one event that describes the change."""
         self.revision += 1
-        self._history.append(_Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms, detail))
+        size = _event_bytes(key, kv, prev_kv, detail)
+        self._history.append(
+            _Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms, detail, size)
+        )
         self._history_revisions.append(self.revision)
+        self._history_bytes += size
         self._trim_history()
         return self.revision
 
     def _trim_history(self) -> None:
-        while len(self._history) - self._history_start > self.history_limit:
-            self.compacted_revision = self._history[self._history_start].revision
+        """Compact the oldest events past either bound (count or bytes); the newest too, if it
+        alone is over the byte bound."""
+        history = self._history
+        while self._history_start < len(history) and (
+            len(history) - self._history_start > self.history_limit or self._history_bytes > self.history_limit_bytes
+        ):
+            oldest = history[self._history_start]
+            self.compacted_revision = oldest.revision
+            self._history_bytes -= oldest.size
+            # The list is cut in bulk (below); its values are let go now, or the byte bound would
+            # bound nothing until the next cut.
+            history[self._history_start] = _COMPACTED
             self._history_start += 1
-        if self._history_start > max(self.history_limit, 1024):
-            del self._history[: self._history_start]
+        if self._history_start > max(self.history_limit, 1024) or self._history_start == len(history) > 0:
+            del history[: self._history_start]
             del self._history_revisions[: self._history_start]
             self._history_start = 0
+
+    @property
+    def history_bytes(self) -> int:
+        """What the retained watch history counts towards ``history_limit_bytes``."""
+        return self._history_bytes
+
+    @property
+    def history_events(self) -> int:
+        """How many watch events are retained."""
+        return len(self._history) - self._history_start
 
     # ----------------------------------------------------------------- KV
 
@@ -472,7 +526,7 @@ class StateMachine:
         self.membership.load(snapshot.membership)
         self.membership.drop_dangling_leases(self.leases.exists)
         self.gossip.load(snapshot.membership.gossip)
-        self._history, self._history_revisions, self._history_start = [], [], 0
+        self._history, self._history_revisions, self._history_start, self._history_bytes = [], [], 0, 0
         self.compacted_revision = self.revision
         return CommandResult(revision=self.revision, restore=command_pb2.RestoreResult(keys=len(self._kvs)))
 
@@ -561,6 +615,8 @@ class StateMachine:
         self._kvs = SortedDict((kv.key, kv) for kv in snap.kvs)
         self._history = [_Change.from_event(event) for event in snap.history]
         self._history_revisions = [event.revision for event in self._history]
+        self._history_bytes = sum(change.size for change in self._history)
+        self._trim_history()  # a snapshot from a server with larger bounds
         self._dedupe = OrderedDict((entry.request_id, (entry.time_unix_ms, entry.result)) for entry in snap.dedupe)
         self.members = {member.id: member for member in snap.members}
         self.removed_members = dict.fromkeys(snap.removed_members)
