@@ -1,0 +1,310 @@
+"""Faults against a LocalCluster, one at a time, each bounded in time and followed by recovery.
+
+Every nemesis is synchronous (process signals, mounts, status polls): the runner calls it in a
+worker thread while the clients keep running on the event loop. A fault is
+``inject`` -> hold for its duration -> ``heal`` -> wait until the cluster is whole again
+(every server up, one agreed leader, the healed server caught up); the runner measures each
+phase. Waiting is always for a condition with a deadline; the one deliberate sleep is the length
+of the fault itself.
+
+Nemeses:
+
+* ``kill-leader`` / ``kill-random``: ``kill -9``, then restart the same data directory.
+* ``pause-leader`` / ``pause-random``: SIGSTOP, then SIGCONT: a frozen VM or a long GC pause; no
+  connection is closed, so peers and clients notice only through their own timeouts.
+* ``disk-full``: the server is stopped, its data directory moved onto a small tmpfs (what it holds
+  plus a little headroom) and restarted; catching up and new writes fill the disk. The server must
+  stop on its own with status 3 (``raft.EXIT_JOURNAL_FAILED``). Healing copies what it wrote back
+  to the real disk, unmounts, and restarts it from there (a torn journal tail is dropped).
+  Needs ``mount -t tmpfs`` (root); when mounting is refused the nemesis is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from controlplane.dev import LocalCluster, NodeProcess
+from controlplane.server.raft import EXIT_JOURNAL_FAILED
+
+HEAL_TIMEOUT_S = 90.0
+#: What the tmpfs holds beyond the data directory's current size (bytes).
+DISK_HEADROOM = 96 * 1024
+#: How long the disk-full nemesis waits for the server to stop on its own.
+DISK_FILL_TIMEOUT_S = 20.0
+
+
+class Unhealthy(AssertionError):
+    """The cluster did not come back whole within the deadline after a fault."""
+
+
+@dataclass
+class Fault:
+    nemesis: str
+    target: str
+    was_leader: bool
+    injected: float  # run-relative seconds
+    healed: float = 0.0  # the heal action (restart, SIGCONT, ...) was taken
+    whole: float = 0.0  # every server up, caught up, one leader
+    duration: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until truthy; RPC errors count as "not yet". Raises Unhealthy on timeout."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+        except (grpc.RpcError, OSError) as exc:
+            value, last = None, exc
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            raise Unhealthy(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+        time.sleep(interval)  # the poll interval of a condition wait
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def mount_permitted(scratch: Path) -> str:
+    """'' when this process may mount a tmpfs, else why not."""
+    probe = scratch / "mount-probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"mount unavailable: {exc}"
+    if done.returncode != 0:
+        return f"mount -t tmpfs refused: {done.stderr.strip() or done.returncode}"
+    subprocess.run(["umount", str(probe)], capture_output=True, timeout=10)
+    probe.rmdir()
+    return ""
+
+
+class Control:
+    """What the nemeses need of the cluster: who leads, signals, restarts, and "whole again"."""
+
+    def __init__(self, cluster: LocalCluster, clock: Callable[[], float]) -> None:
+        self.cluster = cluster
+        self.clock = clock
+        self.paused: set[str] = set()
+        self.mounts: list[Path] = []
+
+    def leader(self, timeout: float = HEAL_TIMEOUT_S) -> str:
+        return self.cluster.wait_for_leader(timeout)
+
+    def node(self, node_id: str) -> NodeProcess:
+        return self.cluster.nodes[node_id]
+
+    def signal(self, node_id: str, sig: int) -> None:
+        pid = self.node(node_id).pid
+        assert pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if sig == signal.SIGSTOP:
+            self.paused.add(node_id)
+        elif sig == signal.SIGCONT:
+            self.paused.discard(node_id)
+
+    def wait_whole(self, timeout: float = HEAL_TIMEOUT_S) -> str:
+        """Every server runs, all name one leader, and each has applied what that leader had
+        committed when it was asked. Returns the leader id."""
+        deadline = time.monotonic() + timeout
+        for node in self.cluster.nodes.values():
+            if not node.running:
+                raise Unhealthy(f"{node.id} is not running (exit {node.process and node.process.returncode})")
+        try:
+            leader_id = self.cluster.wait_for_leader(timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            raise Unhealthy(str(exc)) from exc
+        target = wait_for(
+            lambda: self.node(leader_id).status(timeout=2.0).commit_index,
+            max(1.0, deadline - time.monotonic()),
+            "the leader's commit index",
+        )
+        for node in self.cluster.nodes.values():
+            wait_for(
+                lambda node=node: node.status(timeout=2.0).applied_index >= target,
+                max(1.0, deadline - time.monotonic()),
+                f"{node.id} to apply index {target}",
+            )
+        return leader_id
+
+    def release_all(self) -> None:
+        """Undo whatever a fault left behind: continue paused servers, unmount tmpfs mounts."""
+        for node_id in list(self.paused):
+            self.signal(node_id, signal.SIGCONT)
+        for mount in list(self.mounts):
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+            self.mounts.remove(mount)
+
+
+class Nemesis:
+    name = ""
+    #: Non-empty when this nemesis cannot run here (checked once before the run).
+    unavailable = ""
+    #: How long a fault lasts (seconds, uniform; the seeded schedule draws it).
+    hold_range = (1.0, 4.0)
+
+    def __init__(self, control: Control) -> None:
+        self.control = control
+
+    def choose(self, rng: random.Random) -> tuple[str, bool]:
+        leader = self.control.leader()
+        if self.name.endswith("-leader"):
+            return leader, True
+        target = rng.choice(sorted(self.control.cluster.nodes))
+        return target, target == leader
+
+    def run(self, rng: random.Random) -> Fault:
+        """Inject, hold, heal, wait until whole. Problems found on the way go into ``Fault.problems``."""
+        target, was_leader = self.choose(rng)
+        fault = Fault(self.name, target, was_leader, self.control.clock())
+        self.inject(fault, rng)
+        self.hold(fault, rng)
+        self.heal(fault)
+        fault.healed = self.control.clock()
+        self.control.wait_whole()
+        fault.whole = self.control.clock()
+        return fault
+
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        raise NotImplementedError
+
+    def hold(self, fault: Fault, rng: random.Random) -> None:
+        fault.duration = rng.uniform(*self.hold_range)
+        time.sleep(fault.duration)  # the length of the fault, chosen by the seeded schedule
+
+    def heal(self, fault: Fault) -> None:
+        raise NotImplementedError
+
+
+class Kill(Nemesis):
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        self.control.cluster.kill(fault.target, signal.SIGKILL)
+
+    def heal(self, fault: Fault) -> None:
+        self.control.cluster.restart(fault.target)
+
+
+class KillLeader(Kill):
+    name = "kill-leader"
+
+
+class KillRandom(Kill):
+    name = "kill-random"
+
+
+class Pause(Nemesis):
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        self.control.signal(fault.target, signal.SIGSTOP)
+
+    def heal(self, fault: Fault) -> None:
+        self.control.signal(fault.target, signal.SIGCONT)
+
+
+class PauseLeader(Pause):
+    name = "pause-leader"
+
+
+class PauseRandom(Pause):
+    name = "pause-random"
+
+
+class DiskFull(Nemesis):
+    name = "disk-full"
+
+    def __init__(self, control: Control, scratch: Path) -> None:
+        super().__init__(control)
+        self.scratch = scratch
+        self.unavailable = mount_permitted(scratch)
+
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        cluster = self.control.cluster
+        node = cluster.nodes[fault.target]
+        cluster.kill(node.id, signal.SIGKILL)
+        before = node.data_dir.with_name(f"{node.id}.before-disk-full")
+        shutil.rmtree(before, ignore_errors=True)
+        node.data_dir.rename(before)
+        node.data_dir.mkdir()
+        used = _size(before)
+        size = -(-(used + DISK_HEADROOM) // 4096) * 4096
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(node.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if done.returncode != 0:
+            node.data_dir.rmdir()
+            before.rename(node.data_dir)
+            cluster.restart(node.id)
+            raise RuntimeError(f"mount -t tmpfs failed: {done.stderr.strip()}")
+        self.control.mounts.append(node.data_dir)
+        shutil.copytree(before, node.data_dir, dirs_exist_ok=True)
+        fault.detail.update(used_bytes=used, tmpfs_bytes=size)
+        cluster.restart(node.id)
+
+    def hold(self, fault: Fault, rng: random.Random) -> None:
+        node = self.control.node(fault.target)
+        assert node.process is not None
+        started = time.monotonic()
+        try:
+            code = node.process.wait(DISK_FILL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            fault.detail["exit"] = None
+            fault.detail["note"] = f"still running after {DISK_FILL_TIMEOUT_S:g} s on a full disk"
+            fault.problems.append(f"disk-full: {node.id} kept running {DISK_FILL_TIMEOUT_S:g} s on a full tmpfs")
+        else:
+            fault.detail["exit"] = code
+            if code != EXIT_JOURNAL_FAILED:
+                fault.problems.append(
+                    f"disk-full: {node.id} exited with status {code}, not {EXIT_JOURNAL_FAILED} (see {node.log_path})"
+                )
+        fault.duration = time.monotonic() - started
+
+    def heal(self, fault: Fault) -> None:
+        cluster = self.control.cluster
+        node = cluster.nodes[fault.target]
+        if node.running:
+            cluster.kill(node.id, signal.SIGKILL)
+        after = node.data_dir.with_name(f"{node.id}.after-disk-full")
+        shutil.rmtree(after, ignore_errors=True)
+        shutil.copytree(node.data_dir, after)
+        done = subprocess.run(["umount", str(node.data_dir)], capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"umount {node.data_dir} failed: {done.stderr.strip()}")
+        self.control.mounts.remove(node.data_dir)
+        node.data_dir.rmdir()
+        after.rename(node.data_dir)
+        shutil.rmtree(node.data_dir.with_name(f"{node.id}.before-disk-full"), ignore_errors=True)
+        cluster.restart(node.id)
+
+
+NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
+    "kill-leader": lambda control, scratch: KillLeader(control),
+    "kill-random": lambda control, scratch: KillRandom(control),
+    "pause-leader": lambda control, scratch: PauseLeader(control),
+    "pause-random": lambda control, scratch: PauseRandom(control),
+    "disk-full": DiskFull,
+}

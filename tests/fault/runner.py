@@ -1,0 +1,372 @@
+"""One run of the fault suite: a fresh 3-server cluster, the clients, a seeded schedule of faults
+one at a time, then the checks and the summary table.
+
+Profiles bound a run in fault count and in time (no new fault is started once ``max_seconds``
+have passed). The SHORT profile runs inside ``make test`` (tests/fault/test_faults.py); LONG is
+``make jepsen`` (``python -m tests.fault.run --profile long``) and the soak test; SOAK is
+``make jepsen-long``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import random
+import shutil
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from controlplane.client import AsyncClient, Consistency
+from controlplane.dev import LocalCluster
+from controlplane.grpc_options import CHANNEL_OPTIONS
+from controlplane.v1 import watch_pb2, watch_pb2_grpc
+
+from . import checks
+from .history import OK, History
+from .nemesis import NEMESES, Control, Fault, Nemesis, Unhealthy
+from .workloads import Context, Ports, Processes, Registers, SetAdds, Watchers
+
+ALL_NEMESES = ("kill-leader", "kill-random", "pause-leader", "pause-random", "disk-full")
+SETTLE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    faults: int
+    #: No new fault starts after this many seconds of faults.
+    max_seconds: float
+    nemeses: tuple[str, ...] = ALL_NEMESES
+    seed: int = 13
+    register_keys: int = 3
+    register_clients: int = 4
+    set_clients: int = 2
+    port_clients: int = 2
+    watchers: int = 2
+    #: Quiet time between a fault's recovery and the next fault (seconds, uniform).
+    quiet: tuple[float, float] = (1.0, 2.5)
+    #: How long a kill or a pause lasts (seconds, uniform). Pauses longer than the SDK's attempt
+    #: timeout (3 s) and shorter ones behave differently: the long profile draws both.
+    hold: tuple[float, float] = (1.0, 4.0)
+
+
+PROFILES = {
+    "short": Profile("short", faults=5, max_seconds=45.0),
+    "long": Profile("long", faults=40, max_seconds=900.0, hold=(1.0, 6.0)),
+    "soak": Profile("soak", faults=150, max_seconds=3600.0, hold=(1.0, 8.0)),
+}
+
+
+@dataclass
+class RunResult:
+    profile: Profile
+    seed: int
+    duration: float
+    faults: list[Fault]
+    violations: list[checks.Violation]
+    notes: list[str]
+    skipped: dict[str, str]
+    table: str
+    fault_lines: list[str]
+    gap_lines: list[str]
+    work_dir: Path
+    history_path: Path | None = None
+    summary_path: Path | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+    wall_origin: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def text(self) -> str:
+        parts = [
+            f"fault run: profile {self.profile.name}, seed {self.seed}, {len(self.faults)} faults, "
+            f"{self.duration:.0f} s, work dir {self.work_dir}; run time 0 = {self.wall_origin} UTC in server logs",
+            "",
+            self.table,
+            "",
+            "faults:",
+            *self.fault_lines,
+            "",
+            "longest windows without a successful write:",
+            *self.gap_lines,
+            "",
+            *self.notes,
+        ]
+        if self.skipped:
+            parts += ["", *(f"skipped {name}: {why}" for name, why in self.skipped.items())]
+        if self.violations:
+            parts += ["", f"{len(self.violations)} VIOLATION(S):", *(f"  {v}" for v in self.violations)]
+        if self.history_path:
+            parts += ["", f"history: {self.history_path}"]
+        return "\n".join(parts)
+
+
+async def _eventually(check: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.05)  # the poll interval of a condition wait
+
+
+async def _list_prefix(client: AsyncClient, prefix: str, **read: object) -> dict[str, int]:
+    """key -> mod_revision of every key under ``prefix``, following pagination."""
+    out: dict[str, int] = {}
+    start_after = ""
+    while True:
+        page = await client.list(prefix, limit=1000, start_after=start_after, keys_only=True, **read)  # type: ignore[arg-type]
+        out.update((kv.key, kv.mod_revision) for kv in page.kvs)
+        if not page.more or not page.kvs:
+            return out
+        start_after = page.kvs[-1].key
+
+
+async def _replay(address: str, prefix: str, start: int, until: int) -> list[tuple[int, str]]:
+    """The prefix's revision sequence in [start, until] as one server replays it after the faults
+    (a raw Watch stream, read until its progress passes ``until``)."""
+    out: list[tuple[int, str]] = []
+    request = watch_pb2.WatchRequest(from_revision=start, filter=watch_pb2.WatchFilter(key_prefix=prefix))
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stream = watch_pb2_grpc.WatchStub(channel).Watch(request, timeout=300)
+        async for message in stream:
+            out.extend((e.revision, e.key) for e in message.events if e.revision <= until)
+            if message.revision >= until:
+                stream.cancel()
+                return out
+    raise AssertionError(f"the watch on {address} ended before revision {until}")
+
+
+def _schedule(rng: random.Random, names: list[str], count: int) -> list[str]:
+    """``count`` nemesis names: each round a fresh shuffle of every name, so each one is used."""
+    order: list[str] = []
+    while len(order) < count:
+        round_ = list(names)
+        rng.shuffle(round_)
+        order += round_
+    return order[:count]
+
+
+async def run(
+    profile: Profile,
+    work_dir: Path,
+    *,
+    seed: int | None = None,
+    log: Callable[[str], None] = print,
+    keep_history: bool = False,
+) -> RunResult:
+    seed = profile.seed if seed is None else seed
+    rng = random.Random(seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    history = History()
+    cluster = LocalCluster(work_dir / "cluster", servers=3, extra_config={"history_limit": 1_000_000})
+    control = Control(cluster, history.now)
+    nemeses: dict[str, Nemesis] = {name: NEMESES[name](control, work_dir / "scratch") for name in profile.nemeses}
+    for nemesis in nemeses.values():
+        nemesis.hold_range = profile.hold
+    skipped = {name: n.unavailable for name, n in nemeses.items() if n.unavailable}
+    for name, why in skipped.items():
+        log(f"skipping nemesis {name}: {why}")
+    available = [name for name in profile.nemeses if name not in skipped]
+    faults: list[Fault] = []
+    violations: list[checks.Violation] = []
+    notes: list[str] = []
+    started = time.monotonic()
+    prefix = f"fault-{seed}-{int(time.time())}/"
+    ctx = Context(history, cluster.client_addresses, prefix, Processes(), rng, asyncio.Event())
+    registers = Registers(ctx, profile.register_keys, profile.register_clients)
+    adds = SetAdds(ctx, profile.set_clients)
+    ports = Ports(ctx, profile.port_clients)
+    watchers = Watchers(ctx, profile.watchers)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        cluster.start()
+        await asyncio.to_thread(control.wait_whole)
+        async with AsyncClient(cluster.client_addresses) as admin:
+            await ports.setup(admin)
+            watchers.from_revision = (await admin.status()).applied_revision + 1
+        history.note("start", seed=seed, profile=profile.name, prefix=prefix, wall_clock_origin=history.wall_origin)
+        for workload in (registers, adds, ports, watchers):
+            tasks += [asyncio.create_task(coroutine) for coroutine in workload.tasks()]  # type: ignore[arg-type]
+
+        def progressing() -> bool:
+            ok = Counter(op.workload for op in history.ops if op.type == OK)
+            return all(ok[name] >= 10 for name in ("register", "set", "ports"))
+
+        await _eventually(progressing, 60, "every workload to get 10 acknowledged operations")
+        log(f"clients running; faults: {profile.faults} from {available} (seed {seed})")
+        for index, name in enumerate(_schedule(rng, available, profile.faults)):
+            if time.monotonic() - started > profile.max_seconds:
+                notes.append(f"stopped after {index} faults: the profile's {profile.max_seconds:g} s were used")
+                break
+            fault_rng = random.Random(rng.randrange(1 << 30))
+            history.note("nemesis-start", nemesis=name)
+            try:
+                fault = await asyncio.to_thread(nemeses[name].run, fault_rng)
+            except Unhealthy as exc:
+                violations.append(checks.Violation("recovery", checks.OTHER, f"{name}: {exc}", history.now()))
+                break
+            faults.append(fault)
+            history.note("nemesis-end", nemesis=name, target=fault.target, detail=fault.detail)
+            for problem in fault.problems:
+                violations.append(checks.Violation(name, checks.OTHER, problem, fault.injected))
+            log(checks.fault_lines(history, [fault])[0])
+            await asyncio.sleep(rng.uniform(*profile.quiet))  # the schedule's pacing between faults
+        ctx.stop.set()
+        done, pending = await asyncio.wait(
+            [t for t in tasks if not t.get_coro().__qualname__.startswith("Watchers")],  # type: ignore[union-attr]
+            timeout=SETTLE_TIMEOUT_S,
+        )
+        for task in pending:
+            task.cancel()
+            violations.append(checks.Violation("client", checks.OTHER, f"a client hung after the run: {task}"))
+        for task in done:
+            if task.exception() is not None:
+                violations.append(checks.Violation("client", checks.OTHER, f"a client crashed: {task.exception()!r}"))
+
+        # ---- final state, read once every server is back
+        await asyncio.to_thread(control.release_all)
+        await asyncio.to_thread(control.wait_whole)
+        async with AsyncClient(cluster.client_addresses, timeout=30.0) as final:
+            everything = await _list_prefix(final, prefix)
+            final_revision = (await final.status()).applied_revision
+            service_history: dict[str, list[tuple[str, int, int]]] = {}
+            for service in checks.needs_server_history(history.of("ports")):
+                entries = (await final.ports.history(service)).entries
+                service_history[service] = [
+                    (e.action.name, e.revision, e.new_port or e.old_port) for e in entries if e.host == ports.host
+                ]
+        await _eventually(lambda: watchers.caught_up(final_revision), 60, f"watchers to reach {final_revision}")
+        await watchers.close()
+        leader = cluster.nodes[await asyncio.to_thread(control.leader)]
+        expected = await _replay(leader.client_address, prefix, watchers.from_revision, final_revision)
+
+        # ---- replicas agree (hashicorp's VerifyFSM): every server, on its own, holds the same keys
+        states = {}
+        for node in cluster.nodes.values():
+            async with AsyncClient(node.client_address, timeout=30.0) as pinned:
+                states[node.id] = await _list_prefix(
+                    pinned, prefix, consistency=Consistency.STALE, min_revision=final_revision
+                )
+        reference = next(iter(states.values()))
+        for node_id, state in states.items():
+            if state != reference:
+                violations.append(checks.Violation("replicas", checks.OTHER, f"{node_id} holds a different key space"))
+
+        # ---- checks
+        acknowledged = {
+            op.revision: op.key
+            for op in history.ops
+            if op.type == OK and op.workload in ("register", "set") and op.f != "read" and op.revision
+        }
+        reports = [
+            checks.check_registers(history.of("register")),
+            checks.check_set(history.of("set"), {k for k in everything if k.startswith(adds.key_prefix)}),
+            checks.check_ports(history.of("ports"), service_history),
+            checks.check_watch([(d.watcher, d.events, d.error) for d in watchers.deliveries], expected, acknowledged),
+        ]
+        for report in reports:
+            violations += report.violations
+            notes += report.notes
+    except Exception as exc:  # the run could not finish: that is a finding too, with the table so far
+        violations.append(checks.Violation("run", checks.OTHER, f"the run stopped: {exc!r}", history.now()))
+        notes.append("".join(traceback.format_exception(exc)))
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        control.release_all()
+        cluster.stop()
+
+    duration = time.monotonic() - started
+    elections = candidacies(cluster, history)
+    rows = checks.summary_rows(history, faults, violations, elections)
+    result = RunResult(
+        profile=profile,
+        seed=seed,
+        duration=duration,
+        faults=faults,
+        violations=violations,
+        notes=notes,
+        skipped=skipped,
+        table=checks.render_table(rows),
+        fault_lines=checks.fault_lines(history, faults, elections),
+        gap_lines=gap_report(history, faults),
+        work_dir=work_dir,
+        counts=Counter(op.type for op in history.ops),
+        wall_origin=history.wall_origin,
+    )
+    result.summary_path = work_dir / "summary.md"
+    if violations or keep_history:
+        result.history_path = history.write_jsonl(work_dir / "history.jsonl")
+    result.summary_path.write_text(result.text() + "\n")
+    if not violations:
+        for node in cluster.nodes.values():
+            shutil.rmtree(node.data_dir, ignore_errors=True)  # keep the logs, drop the data
+    return result
+
+
+def candidacies(cluster: LocalCluster, history: History) -> list[tuple[float, str, int]]:
+    """(run seconds, node, term) of every election a server started, from the servers' logs
+    (``raft_role_changed`` to candidate; the term is the one it campaigns for)."""
+    origin = datetime.datetime.fromisoformat(history.wall_origin)
+    out = []
+    for node in cluster.nodes.values():
+        try:
+            lines = node.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if '"raft_role_changed"' not in line or '"candidate"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+                if record.get("new") != "candidate":
+                    continue
+                at = datetime.datetime.fromisoformat(record["timestamp"])
+            except (ValueError, KeyError):
+                continue
+            out.append(((at - origin).total_seconds(), node.id, int(record.get("term", 0)) + 1))
+    return sorted(out)
+
+
+def gap_report(history: History, faults: list[Fault], top: int = 5) -> list[str]:
+    """The longest windows without a successful write: which fault they overlap, and what the
+    write operations in flight during the window ended with."""
+    lines = []
+    for start, end in checks.gaps(checks.write_completions(history))[:top]:
+        during = [f for f in faults if f.injected <= end and start <= max(f.whole, f.injected)]
+        around = ", ".join(f"{f.nemesis} {f.target} at {f.injected:.2f} s" for f in during) or "no fault"
+        errors = Counter(
+            (op.error.split(";")[-1].strip()[:90] or op.type)
+            for op in history.ops
+            if op.f in checks.WRITES and op.invoke_s < end and op.complete_s > start and op.type != OK
+        )
+        lines.append(f"{end - start:5.2f} s  [{start:.2f}, {end:.2f}]  during: {around}; unanswered: {dict(errors)}")
+    lines += ["", "slowest acknowledged writes (one client's view):"]
+    writes = [op for op in history.ops if op.type == OK and op.f in checks.WRITES]
+    for op in sorted(writes, key=lambda op: op.invoke_s - op.complete_s)[:top]:
+        during = [f for f in faults if f.injected <= op.complete_s and op.invoke_s <= max(f.whole, f.injected)]
+        around = ", ".join(f"{f.nemesis} {f.target} at {f.injected:.2f} s" for f in during) or "no fault"
+        first = f", fresh client, first endpoint {op.extra['fresh_client']}" if "fresh_client" in op.extra else ""
+        lines.append(
+            f"{op.complete_s - op.invoke_s:5.2f} s  {op.workload} {op.f} #{op.index} "
+            f"[{op.invoke_s:.2f}, {op.complete_s:.2f}]{first}; during: {around}"
+        )
+    return lines
