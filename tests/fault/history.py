@@ -17,6 +17,7 @@ operation may still be in flight); the client continues as a new process id.
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from collections.abc import Iterable
@@ -99,6 +100,8 @@ class History:
 
     def __init__(self) -> None:
         self.origin_ns = time.monotonic_ns()
+        #: The wall-clock time of run time 0, to find a moment of the run in the servers' logs.
+        self.wall_origin = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         self.ops: list[Op] = []
         self.events: list[dict[str, Any]] = []  # nemesis and run events, for the history file
 

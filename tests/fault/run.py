@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
 
-from .runner import PROFILES, Profile, run
+from .runner import PROFILES, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,12 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-history", action="store_true", help="write history.jsonl even when all passed")
     args = parser.parse_args(argv)
     base = PROFILES[args.profile]
-    profile = Profile(
-        name=base.name,
+    profile = dataclasses.replace(
+        base,
         faults=args.faults if args.faults is not None else base.faults,
         max_seconds=args.max_seconds if args.max_seconds is not None else base.max_seconds,
         nemeses=tuple(args.nemesis) if args.nemesis else base.nemeses,
-        seed=base.seed,
     )
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix=f"cp-fault-{profile.name}-"))
     result = asyncio.run(run(profile, work_dir, seed=args.seed, keep_history=args.keep_history))

@@ -254,7 +254,16 @@ async def run(
         await _eventually(lambda: watchers.caught_up(final_revision), 60, f"watchers to reach {final_revision}")
         await watchers.close()
         leader = cluster.nodes[await asyncio.to_thread(control.leader)]
-        expected = await _replay(leader.client_address, prefix, watchers.from_revision, final_revision)
+        expected: list[tuple[int, str]] | None
+        try:
+            expected = await _replay(leader.client_address, prefix, watchers.from_revision, final_revision)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                raise
+            # The server's history (bounded in events and bytes) no longer reaches the run's start:
+            # judge the watchers against each other and against the acknowledged writes instead.
+            expected = None
+            notes.append(f"watch: the history was compacted past the run's start ({exc.details()})")
 
         # ---- replicas agree (hashicorp's VerifyFSM): every server, on its own, holds the same keys
         states = {}

@@ -141,3 +141,10 @@ def test_sequentially_simulated_register_histories_are_linearizable() -> None:
     # Each operation took effect at its invocation: the invocation order is a witness.
     for seed in range(30):
         assert check(_simulate(seed)).ok, seed
+
+
+def test_long_history_is_checked_in_one_pass() -> None:
+    """Thousands of operations: memoized on a Zobrist hash, the search stays near-linear."""
+    history = _simulate(7, processes=6, ops=5000)
+    result = check(history)
+    assert result.ok and result.steps < 20 * len(history)

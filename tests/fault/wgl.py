@@ -8,7 +8,11 @@ would produce. The search (Lowe, "Testing for linearizability", 2017; the shape 
 that operation now; at a return of an operation not yet linearized it backtracks. Each visited
 (set of linearized operations, register state) pair is cached, so a branch is never explored
 twice. The cache and the step count are bounded: past either bound the verdict is ``UNKNOWN``,
-never a pass.
+never a pass. The set of linearized operations is cached as a Zobrist hash (the XOR of one random
+64-bit word per operation, updated in O(1)), not as a bitset: a bitset of a long history costs
+kilobytes per cache entry. Two different sets colliding (about n^2 / 2^65 for n entries, 3e-8 at
+a million) could only prune a branch, so a collision can cause a false "not linearizable", never
+a false pass; the seed is fixed, so a verdict is reproducible.
 
 Operations whose outcome is unknown (``info``) may take effect at any point after their
 invocation, or never: their return entries go after every other entry, and the search succeeds
@@ -32,6 +36,7 @@ The register model. Values are unique per write, so a value names the write that
 from __future__ import annotations
 
 import enum
+import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,8 +186,10 @@ def check(
     """Is this one register's history linearizable from ``initial``?"""
     ops = prune(ops)
     head = _build(ops)
+    zobrist = random.Random(0x5EED).getrandbits
+    words = [zobrist(64) for _ in ops]
     state: Hashable = initial
-    linearized = 0
+    linearized = 0  # the Zobrist hash of the set of linearized operations
     calls: list[tuple[_Entry, Hashable]] = []
     cache: set[tuple[int, Hashable]] = set()
     steps = 0
@@ -197,7 +204,7 @@ def check(
             assert entry.op is not None
             possible, new_state = step(state, entry.op)
             if possible:
-                new_linearized = linearized | (1 << entry.id)
+                new_linearized = linearized ^ words[entry.id]
                 memo = (new_linearized, new_state)
                 if memo not in cache:
                     cache.add(memo)
@@ -217,7 +224,7 @@ def check(
             if not calls:
                 break
             top, state = calls.pop()
-            linearized &= ~(1 << top.id)
+            linearized ^= words[top.id]
             _unlift(top)
             entry = top.next
     if head.next is None:
