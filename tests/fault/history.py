@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class History:
         self.wall_origin = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         self.ops: list[Op] = []
         self.events: list[dict[str, Any]] = []  # nemesis and run events, for the history file
+        self._lock = threading.Lock()
 
     def now_ns(self) -> int:
         return time.monotonic_ns() - self.origin_ns
@@ -112,8 +114,9 @@ class History:
         return self.now_ns() / 1e9
 
     def invoke(self, process: int, workload: str, f: str, key: str, value: Any = None) -> Op:
-        op = Op(len(self.ops), process, workload, f, key, value, self.now_ns())
-        self.ops.append(op)
+        with self._lock:  # the nemesis thread's probe records operations too
+            op = Op(len(self.ops), process, workload, f, key, value, self.now_ns())
+            self.ops.append(op)
         return op
 
     def complete(

@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ class Control:
         self.clock = clock
         self.paused: set[str] = set()
         self.mounts: list[Path] = []
+        #: Called (in a thread of its own) when a leader has just been frozen, with its id and the
+        #: fault: the runner's cold-client probe. Returns what to record in the fault's detail.
+        self.on_leader_frozen: Callable[[str], dict[str, Any]] | None = None
 
     def leader(self, timeout: float = HEAL_TIMEOUT_S) -> str:
         return self.cluster.wait_for_leader(timeout)
@@ -216,11 +220,25 @@ class KillRandom(Kill):
 
 
 class Pause(Nemesis):
+    """SIGSTOP, then SIGCONT. When the frozen server was the leader, the runner's probe (a client
+    that knows no leader yet) writes while it is frozen; its latency goes into the fault's detail."""
+
     def inject(self, fault: Fault, rng: random.Random) -> None:
         self.control.signal(fault.target, signal.SIGSTOP)
+        self._probe: threading.Thread | None = None
+        probe = self.control.on_leader_frozen
+        if fault.was_leader and probe is not None:
+
+            def run_probe() -> None:
+                fault.detail.update(probe(fault.target))
+
+            self._probe = threading.Thread(target=run_probe, name="cold-client-probe", daemon=True)
+            self._probe.start()
 
     def heal(self, fault: Fault) -> None:
         self.control.signal(fault.target, signal.SIGCONT)
+        if self._probe is not None:
+            self._probe.join(60)
 
 
 class PauseLeader(Pause):

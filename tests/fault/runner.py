@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import json
 import random
 import shutil
@@ -25,15 +26,15 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from controlplane.client import AsyncClient, Consistency
+from controlplane.client import AsyncClient, Client, Consistency
 from controlplane.dev import LocalCluster
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import watch_pb2, watch_pb2_grpc
 
 from . import checks
-from .history import OK, History
+from .history import OK, History, completion_type
 from .nemesis import NEMESES, Control, Fault, Nemesis, Unhealthy
-from .workloads import Context, Ports, Processes, Registers, SetAdds, Watchers
+from .workloads import CALL_TIMEOUT_S, Context, Ports, Processes, Registers, SetAdds, Watchers
 
 ALL_NEMESES = ("kill-leader", "kill-random", "pause-leader", "pause-random", "disk-full")
 SETTLE_TIMEOUT_S = 60.0
@@ -194,6 +195,25 @@ async def run(
     ports = Ports(ctx, profile.port_clients)
     watchers = Watchers(ctx, profile.watchers)
     tasks: list[asyncio.Task[None]] = []
+    probes = itertools.count()
+
+    def cold_client_probe(frozen: str) -> dict[str, object]:
+        """One write from a client that knows no leader, listing a healthy follower first and the
+        frozen leader second: the path of a CLI call or a restarted agent during a frozen leader."""
+        others = [n.client_address for n in cluster.nodes.values() if n.id != frozen]
+        endpoints = [others[0], cluster.nodes[frozen].client_address, *others[1:]]
+        key = f"{prefix}probe/{next(probes)}"
+        op = history.invoke(ctx.processes.new(), "probe", "add", key, key)
+        try:
+            with Client(endpoints, timeout=CALL_TIMEOUT_S) as client:
+                result = client.put(key, b"1")
+        except Exception as exc:
+            history.complete(op, completion_type(exc), error=f"{type(exc).__name__}: {exc}", endpoints=endpoints)
+            return {"cold_client_write": op.type}
+        history.complete(op, OK, revision=result.kv.mod_revision, endpoints=endpoints)
+        return {"cold_client_write_s": round(op.complete_s - op.invoke_s, 2)}
+
+    control.on_leader_frozen = cold_client_probe
     try:
         cluster.start()
         await asyncio.to_thread(control.wait_whole)
@@ -281,7 +301,7 @@ async def run(
         acknowledged = {
             op.revision: op.key
             for op in history.ops
-            if op.type == OK and op.workload in ("register", "set") and op.f != "read" and op.revision
+            if op.type == OK and op.workload in ("register", "set", "probe") and op.f != "read" and op.revision
         }
         reports = [
             checks.check_registers(history.of("register")),
