@@ -79,7 +79,9 @@ class _Change(NamedTuple):
     """One retained watch event, held by reference: built into a protobuf only when read.
 
     Stored ``KeyValue`` objects are never mutated (writes replace them), so sharing them with the
-    history is safe and saves two message copies per change on every replica.
+    history is safe and saves two message copies per change on every replica. A typed change is
+    held serialized: as a message it would cost several times its bytes (a model event carries a
+    whole model or version), for every one of the retained events.
     """
 
     revision: int
@@ -89,8 +91,9 @@ class _Change(NamedTuple):
     kv: kv_pb2.KeyValue | None
     prev_kv: kv_pb2.KeyValue | None
     time_unix_ms: int
-    # The typed change of a domain with one (Event.detail); never mutated after recording.
-    detail: Detail = None
+    # The typed change of a domain with one: the Event.detail field ("" for none) and its bytes.
+    detail_field: str = ""
+    detail: bytes = b""
     # What it counts towards history_limit_bytes (_event_bytes).
     size: int = 0
 
@@ -102,17 +105,22 @@ class _Change(NamedTuple):
             event.kv.CopyFrom(self.kv)
         if self.prev_kv is not None:
             event.prev_kv.CopyFrom(self.prev_kv)
-        if self.detail is not None:
-            getattr(event, _DETAIL_FIELDS[type(self.detail)]).CopyFrom(self.detail)
+        if self.detail_field:
+            detail = getattr(event, self.detail_field)
+            detail.SetInParent()  # set even when every field is at its default (no bytes)
+            detail.MergeFromString(self.detail)
         return event
 
     @classmethod
     def from_event(cls, event: watch_pb2.Event) -> _Change:
         kv = event.kv if event.HasField("kv") else None
         prev_kv = event.prev_kv if event.HasField("prev_kv") else None
-        detail = getattr(event, field) if (field := event.WhichOneof("detail")) else None
+        field = event.WhichOneof("detail") or ""
+        detail = getattr(event, field).SerializeToString(deterministic=True) if field else b""
         size = _event_bytes(event.key, kv, prev_kv, detail)
-        return cls(event.revision, event.type, event.domain, event.key, kv, prev_kv, event.time_unix_ms, detail, size)
+        return cls(
+            event.revision, event.type, event.domain, event.key, kv, prev_kv, event.time_unix_ms, field, detail, size
+        )
 
 
 # Stands in for a compacted event until the history list is cut (it holds no values).
@@ -124,15 +132,13 @@ def event_size(event: watch_pb2.Event) -> int:
     return _Change.from_event(event).size
 
 
-def _event_bytes(key: str, kv: kv_pb2.KeyValue | None, prev_kv: kv_pb2.KeyValue | None, detail: Detail) -> int:
+def _event_bytes(key: str, kv: kv_pb2.KeyValue | None, prev_kv: kv_pb2.KeyValue | None, detail: bytes) -> int:
     """About the serialized size of an event (exact up to a few bytes of tags and lengths)."""
-    size = _EVENT_OVERHEAD_BYTES + len(key)
+    size = _EVENT_OVERHEAD_BYTES + len(key) + len(detail)
     if kv is not None:
         size += kv.ByteSize()
     if prev_kv is not None:
         size += prev_kv.ByteSize()
-    if detail is not None:
-        size += detail.ByteSize()
     return size
 
 
@@ -194,7 +200,9 @@ class StateMachine:
         self._history_start = 0
         self._history_revisions: list[int] = []
         self._history_bytes = 0  # of the retained events (from _history_start)
-        self._dedupe: OrderedDict[str, tuple[int, CommandResult]] = OrderedDict()
+        # request id -> (leader time, the result's serialized bytes): a result held as a message
+        # costs several times its bytes (a bulk registration's holds every version it registered).
+        self._dedupe: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self.members: dict[str, command_pb2.MemberRecord] = {}
         self.removed_members: dict[str, None] = {}
         self.ports.reset()
@@ -228,7 +236,7 @@ class StateMachine:
         if request_id:
             seen = self._dedupe.get(request_id)
             if seen is not None:
-                return seen[1]
+                return CommandResult.FromString(seen[1])
             problem = limits.check_request_id(request_id)
             if problem:
                 return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
@@ -252,7 +260,7 @@ class StateMachine:
                     ),
                 )
         if request_id:
-            self._dedupe[request_id] = (self.time_unix_ms, result)
+            self._dedupe[request_id] = (self.time_unix_ms, result.SerializeToString(deterministic=True))
             if len(self._dedupe) > self.dedupe_limit:
                 self._dedupe.popitem(last=False)
         return result
@@ -280,9 +288,11 @@ class StateMachine:
     ) -> int:
         """Bump the revision and append the one event that describes the change."""
         self.revision += 1
-        size = _event_bytes(key, kv, prev_kv, detail)
+        field = _DETAIL_FIELDS[type(detail)] if detail is not None else ""
+        data = detail.SerializeToString(deterministic=True) if detail is not None else b""
+        size = _event_bytes(key, kv, prev_kv, data)
         self._history.append(
-            _Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms, detail, size)
+            _Change(self.revision, event_type, domain, key, kv, prev_kv, self.time_unix_ms, field, data, size)
         )
         self._history_revisions.append(self.revision)
         self._history_bytes += size
@@ -513,12 +523,13 @@ class StateMachine:
         except Refused as refused:
             return _error(refused.code, f"backup holds bad membership: {refused.message}", self.revision)
         self.revision = max(self.revision, snapshot.revision) + 1
+        self.registry.load(snapshot.models)
+        snapshot = _without_registry(snapshot)
         self._kvs = SortedDict((kv.key, kv) for kv in snapshot.kvs)
         if snapshot.HasField("ports"):
             self.ports.load(snapshot.ports)
         else:
             self.ports.reset()
-        self.registry.load(snapshot.models)
         # Every restored lease gets a full TTL from now: its holder needs time to find the new state.
         # Never reuse a lease id: holders of leases granted after the backup may still send it.
         next_lease_id = max(self.leases.next_id, snapshot.next_lease_id)
@@ -592,10 +603,9 @@ class StateMachine:
         )
         snap.kvs.extend(self._kvs.values())
         snap.history.extend(change.to_event() for change in self._history[self._history_start :])
-        snap.dedupe.extend(
-            command_pb2.DedupeEntry(request_id=rid, time_unix_ms=stamped, result=result)
-            for rid, (stamped, result) in self._dedupe.items()
-        )
+        for rid, (stamped, result) in self._dedupe.items():
+            entry = snap.dedupe.add(request_id=rid, time_unix_ms=stamped)
+            entry.result.MergeFromString(result)
         snap.members.extend(self.members.values())
         snap.ports.CopyFrom(self.ports.to_state())
         snap.leases.extend(self.leases.leases.values())
@@ -609,6 +619,8 @@ class StateMachine:
         """Replace the whole state with a snapshot. Raises SnapshotError; not for the replicated path."""
         snap = parse_snapshot(data)
         self._reset()
+        self.registry.load(snap.models)
+        snap = _without_registry(snap)
         self.revision = snap.revision
         self.time_unix_ms = snap.time_unix_ms
         self.compacted_revision = snap.compacted_revision
@@ -617,15 +629,30 @@ class StateMachine:
         self._history_revisions = [event.revision for event in self._history]
         self._history_bytes = sum(change.size for change in self._history)
         self._trim_history()  # a snapshot from a server with larger bounds
-        self._dedupe = OrderedDict((entry.request_id, (entry.time_unix_ms, entry.result)) for entry in snap.dedupe)
+        self._dedupe = OrderedDict(
+            (entry.request_id, (entry.time_unix_ms, entry.result.SerializeToString(deterministic=True)))
+            for entry in snap.dedupe
+        )
         self.members = {member.id: member for member in snap.members}
         self.removed_members = dict.fromkeys(snap.removed_members)
         if snap.HasField("ports"):
             self.ports.load(snap.ports)
         self.leases.load(list(snap.leases), snap.next_lease_id)
-        self.registry.load(snap.models)
         self.membership.load(snap.membership)
         self.gossip.load(snap.membership.gossip)
+
+
+def _without_registry(snap: command_pb2.StateSnapshot) -> command_pb2.StateSnapshot:
+    """``snap`` without its model registry, once the registry has been loaded from it.
+
+    The tables keep parts of the parsed snapshot (keys, history, ...) by reference, and one part
+    kept keeps all of its memory: the parsed registry (which the registry has stored in its own,
+    smaller form) would stay behind them. So the rest moves to memory of its own.
+    """
+    if not snap.HasField("models"):
+        return snap
+    snap.ClearField("models")
+    return command_pb2.StateSnapshot.FromString(snap.SerializeToString())
 
 
 def parse_snapshot(data: bytes) -> command_pb2.StateSnapshot:

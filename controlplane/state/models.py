@@ -13,12 +13,19 @@ Pure and deterministic like the rest of the machine. The rules it keeps:
 
 Every handler validates the whole command before changing anything; a bulk registration is
 all or nothing. Search lives outside the machine (server/search.py), derived from this state.
+
+Storage: models and versions are kept *serialized* (deterministic protobuf bytes), not as message
+objects. A message object costs about 0.5 KB (a version) to 1.5 KB (a model) of memory, its bytes
+about a tenth of that, and bytes are immutable, so "never mutated in place" holds by
+construction. Every read parses a fresh message the caller may keep or change: ``models[name]``,
+``version()``, ``versions_of()``. A version's bytes leave out its model name and number, which
+are the keys it is stored under.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from sortedcontainers import SortedDict
 
@@ -94,14 +101,73 @@ def check_version_fields(request: models_pb2.RegisterVersionRequest) -> None:
     check_draft(request.draft)
 
 
+def _pack_version(version: models_pb2.ModelVersion) -> bytes:
+    """A version's stored bytes: its serialization without the model name and number (its keys)."""
+    data = version.SerializeToString(deterministic=True)
+    # Fields 1 (model) and 2 (version) come first in a deterministic serialization: cut them off.
+    head = models_pb2.ModelVersion(model=version.model, version=version.version).SerializeToString()
+    if data.startswith(head):
+        return data[len(head) :]
+    bare = models_pb2.ModelVersion()  # not reached with this schema; kept correct whatever the encoder does
+    bare.CopyFrom(version)
+    bare.ClearField("model")
+    bare.ClearField("version")
+    return bare.SerializeToString(deterministic=True)
+
+
+def _unpack_version(name: str, number: int, data: bytes) -> models_pb2.ModelVersion:
+    version = models_pb2.ModelVersion.FromString(data)
+    version.model = name
+    version.version = number
+    return version
+
+
+class ModelRecords(Mapping[str, models_pb2.Model]):
+    """The models by name, in name order, kept serialized; reading one parses a fresh copy."""
+
+    def __init__(self) -> None:
+        self._data: SortedDict = SortedDict()  # name -> the Model's deterministic bytes
+
+    def __getitem__(self, name: str) -> models_pb2.Model:
+        return models_pb2.Model.FromString(self._data[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def irange(self, minimum: str, inclusive: tuple[bool, bool] = (True, True)) -> Iterator[str]:
+        """Names from ``minimum`` on, in order."""
+        names: Iterator[str] = self._data.irange(minimum=minimum, inclusive=inclusive)
+        return names
+
+    def data(self, name: str) -> bytes:
+        """The stored bytes of model ``name`` (KeyError if there is none)."""
+        stored: bytes = self._data[name]
+        return stored
+
+    def put(self, name: str, model: models_pb2.Model) -> None:
+        """Store ``model`` under ``name`` (its name: the caller passes the one str object it keys
+        everything of this model by, so the name is held once)."""
+        self._data[name] = model.SerializeToString(deterministic=True)
+
+    def remove(self, name: str) -> models_pb2.Model:
+        return models_pb2.Model.FromString(self._data.pop(name))
+
+
 class ModelTable:
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.reset()
 
     def reset(self) -> None:
-        self.models: SortedDict = SortedDict()  # name -> Model
-        self.versions: dict[str, dict[int, models_pb2.ModelVersion]] = {}
+        self.models = ModelRecords()
+        # name -> number -> the version's stored bytes (_pack_version)
+        self.versions: dict[str, dict[int, bytes]] = {}
         self._folded: dict[str, str] = {}  # name.lower() -> name
 
     def handlers(self) -> dict[str, Callable[[command_pb2.Command], CommandResult]]:
@@ -123,20 +189,22 @@ class ModelTable:
     # ------------------------------------------------------------------ lookups (also the read API)
 
     def model(self, name: str) -> models_pb2.Model:
+        self._check_exists(name)
+        return self.models[name]
+
+    def _check_exists(self, name: str) -> None:
         _check(limits.check_model_name(name))
-        found: models_pb2.Model | None = self.models.get(name)
-        if found is None:
+        if name not in self.models:
             other = self._folded.get(name.lower())
             hint = f" (did you mean {other!r}?)" if other else ""
             raise _not_found(f"no model {name!r}{hint}")
-        return found
 
     def version(self, name: str, number: int) -> models_pb2.ModelVersion:
-        self.model(name)
+        self._check_exists(name)
         found = self.versions.get(name, {}).get(number)
         if found is None:
             raise _not_found(f"model {name!r} has no version {number}")
-        return found
+        return _unpack_version(name, number, found)
 
     def resolve(self, name: str, reference: str) -> models_pb2.ModelVersion:
         """A version by number ("7"), alias ("prod") or "latest" (unless an alias has that name)."""
@@ -152,7 +220,7 @@ class ModelTable:
 
     def versions_of(self, name: str) -> list[models_pb2.ModelVersion]:
         table = self.versions.get(name, {})
-        return [table[number] for number in sorted(table)]
+        return [_unpack_version(name, number, table[number]) for number in sorted(table)]
 
     def list_models(self, prefix: str, start_after: str, limit: int) -> tuple[list[models_pb2.Model], bool]:
         start = start_after if start_after and start_after >= prefix else prefix
@@ -177,18 +245,19 @@ class ModelTable:
         return self._journal.record_detail(DOMAIN_MODELS, key, event_type, detail)
 
     def _store_model(self, model: models_pb2.Model, change: str) -> models_pb2.Model:
-        """Replace a model record (never mutated in place) and record the change."""
+        """Replace a model record and record the change."""
         model.mod_revision = self._journal.revision + 1
         model.updated_unix_ms = self._journal.time_unix_ms
-        self.models[model.name] = model
-        self._folded[model.name.lower()] = model.name
+        self.models.put(self._name(model.name), model)
         self._event(model.name, watch_pb2.EVENT_TYPE_PUT, change, model)
         return model
 
+    def _name(self, name: str) -> str:
+        """The one str object this model's name is held as (in every table), made on first use."""
+        return self._folded.setdefault(name.lower(), name)
+
     def _copy(self, name: str) -> models_pb2.Model:
-        copy = models_pb2.Model()
-        copy.CopyFrom(self.models[name])
-        return copy
+        return self.models[name]  # a fresh parse: the caller may change it
 
     def _check_new_model_name(self, name: str) -> None:
         other = self._folded.get(name.lower())
@@ -205,11 +274,14 @@ class ModelTable:
         check_version_fields(request)
         self._check_new_model_name(request.model)
         sha = request.sha256.lower()
-        for version in self.versions.get(request.model, {}).values():
-            if version.sha256 == sha:
+        # The sha256 field as it is serialized: found in a version's bytes only if it is that
+        # version's sha256 (or, conceivably, inside its metadata: hence the check after parsing).
+        field = models_pb2.ModelVersion(sha256=sha).SerializeToString()
+        for number, data in self.versions.get(request.model, {}).items():
+            if field in data and models_pb2.ModelVersion.FromString(data).sha256 == sha:
                 raise Refused(
                     common_pb2.ERROR_CODE_ALREADY_EXISTS,
-                    f"model {request.model!r} version {version.version} already has sha256 {sha}",
+                    f"model {request.model!r} version {number} already has sha256 {sha}",
                 )
         in_batch = planned_hashes.setdefault(request.model, {})
         if sha in in_batch:
@@ -250,7 +322,7 @@ class ModelTable:
             create_revision=self._journal.revision + 1,
             mod_revision=self._journal.revision + 1,
         )
-        self.versions.setdefault(request.model, {})[version.version] = version
+        self.versions.setdefault(self._name(request.model), {})[version.version] = _pack_version(version)
         self._event(f"{request.model}/{version.version}", watch_pb2.EVENT_TYPE_PUT, "registered", None, version)
         return version, created
 
@@ -295,7 +367,7 @@ class ModelTable:
                 model.tags.extend(request.fields.tags)
             else:
                 setattr(model, field, getattr(request.fields, field))
-        if model == self.models[request.model]:
+        if model.SerializeToString(deterministic=True) == self.models.data(request.model):
             return CommandResult(
                 revision=self._journal.revision, model_update=models_pb2.UpdateModelResponse(model=model)
             )
@@ -304,7 +376,7 @@ class ModelTable:
 
     def _replace_version(self, version: models_pb2.ModelVersion, change: str) -> None:
         version.mod_revision = self._journal.revision + 1
-        self.versions[version.model][version.version] = version
+        self.versions[version.model][version.version] = _pack_version(version)
         self._event(f"{version.model}/{version.version}", watch_pb2.EVENT_TYPE_PUT, change, None, version)
 
     def _set_status(self, request: models_pb2.SetVersionStatusRequest) -> CommandResult:
@@ -321,8 +393,7 @@ class ModelTable:
                 f"{request.model} version {request.version} is {status_name(current.status)}; "
                 f"it can become {allowed}, not {status_name(request.status)}"
             )
-        version = models_pb2.ModelVersion()
-        version.CopyFrom(current)
+        version = current  # a fresh parse
         version.status = request.status
         self._replace_version(version, f"status {status_name(request.status)}")
         return CommandResult(
@@ -330,7 +401,7 @@ class ModelTable:
         )
 
     def _set_alias(self, request: models_pb2.SetAliasRequest) -> CommandResult:
-        self.model(request.model)
+        self._check_exists(request.model)
         if len(request.alias) > limits.MAX_NAME_CHARS or not _ALIAS.fullmatch(request.alias):
             raise _invalid(
                 f"alias {request.alias!r} is not valid: start with a letter (so it is never mistaken for a "
@@ -357,7 +428,7 @@ class ModelTable:
         )
 
     def _delete_version(self, request: models_pb2.DeleteVersionRequest) -> CommandResult:
-        self.model(request.model)
+        self._check_exists(request.model)
         if request.version not in self.versions.get(request.model, {}):
             return CommandResult(
                 revision=self._journal.revision, model_delete_version=models_pb2.DeleteVersionResponse(deleted=False)
@@ -372,7 +443,7 @@ class ModelTable:
         for alias in pointing:
             del model.aliases[alias]
         model.version_count -= 1
-        prev = self.versions[request.model].pop(request.version)
+        prev = _unpack_version(request.model, request.version, self.versions[request.model].pop(request.version))
         self._event(f"{request.model}/{request.version}", watch_pb2.EVENT_TYPE_DELETE, "deleted", None, prev)
         self._store_model(model, f"version {request.version} deleted")
         return CommandResult(
@@ -389,7 +460,7 @@ class ModelTable:
         count = len(self.versions.get(request.model, {}))
         if count and not request.force:
             raise _precondition(f"model {request.model!r} still has {count} version(s); delete them or force")
-        prev = self.models.pop(request.model)
+        prev = self.models.remove(request.model)
         self.versions.pop(request.model, None)
         self._folded.pop(request.model.lower(), None)
         self._event(request.model, watch_pb2.EVENT_TYPE_DELETE, "deleted", prev)
@@ -402,8 +473,7 @@ class ModelTable:
         if (request.node_id in replicas) == add:
             body = models_pb2.ReplicaResponse(version=current, changed=False)
         else:
-            version = models_pb2.ModelVersion()
-            version.CopyFrom(current)
+            version = current  # a fresh parse
             (replicas.add if add else replicas.discard)(request.node_id)
             del version.replicas[:]
             version.replicas.extend(sorted(replicas))
@@ -417,9 +487,16 @@ class ModelTable:
     # ------------------------------------------------------------------ snapshot
 
     def to_state(self) -> models_pb2.ModelsState:
-        state = models_pb2.ModelsState(models=list(self.models.values()))
+        state = models_pb2.ModelsState()
         for name in self.models:
-            state.versions.extend(self.versions_of(name))
+            state.models.add().MergeFromString(self.models.data(name))
+        for name in self.models:
+            table = self.versions.get(name, {})
+            for number in sorted(table):
+                version = state.versions.add()
+                version.MergeFromString(table[number])
+                version.model = name
+                version.version = number
         return state
 
     @staticmethod
@@ -454,7 +531,7 @@ class ModelTable:
     def load(self, state: models_pb2.ModelsState) -> None:
         self.reset()
         for model in state.models:
-            self.models[model.name] = model
-            self._folded[model.name.lower()] = model.name
+            self.models.put(self._name(model.name), model)
         for version in state.versions:
-            self.versions.setdefault(version.model, {})[version.version] = version
+            name = self._folded.get(version.model.lower(), version.model)
+            self.versions.setdefault(name, {})[version.version] = _pack_version(version)
