@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
-.PHONY: run test test-fast soak bench lint proto sdk check-proto clean setup
+.PHONY: run test test-fast soak bench lint proto sdk check-proto clean setup jepsen jepsen-long
 
 setup: $(STAMP)
 
@@ -32,6 +32,14 @@ test-fast: $(STAMP)
 ## soak: the long runs excluded from make test (about 3 minutes on a quiet machine)
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak
+
+## jepsen: the fault suite's long profile (docs/faults.md): 40 faults, about 6 minutes; prints the summary table
+jepsen: $(STAMP)
+	$(BIN)/python -m tests.fault.run --profile long
+
+## jepsen-long: the fault suite as a soak: 150 faults, at most an hour of faults
+jepsen-long: $(STAMP)
+	$(BIN)/python -m tests.fault.run --profile soak
 
 ## bench: our cluster next to etcd 3.4 in the same run; one JSON line per scenario
 bench: $(STAMP)
