@@ -12,7 +12,6 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import wgl
 from .history import FAIL, INFO, OK, History, Op
@@ -462,7 +461,3 @@ def fault_lines(
             + (f"  PROBLEMS: {fault.problems}" if fault.problems else "")
         )
     return out
-
-
-def describe(value: Any) -> str:
-    return repr(value)

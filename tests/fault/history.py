@@ -21,7 +21,6 @@ import datetime
 import json
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,9 +142,3 @@ class History:
             for line in lines:
                 out.write(json.dumps(line, default=str) + "\n")
         return path
-
-
-def load_jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    with path.open() as lines:
-        for line in lines:
-            yield json.loads(line)

@@ -221,8 +221,8 @@ async def run(
             await ports.setup(admin)
             watchers.from_revision = (await admin.status()).applied_revision + 1
         history.note("start", seed=seed, profile=profile.name, prefix=prefix, wall_clock_origin=history.wall_origin)
-        for workload in (registers, adds, ports, watchers):
-            tasks += [asyncio.create_task(coroutine) for coroutine in workload.tasks()]  # type: ignore[arg-type]
+        clients = [asyncio.create_task(c) for w in (registers, adds, ports) for c in w.tasks()]  # type: ignore[arg-type]
+        tasks += clients + [asyncio.create_task(c) for c in watchers.tasks()]  # type: ignore[arg-type]
 
         def progressing() -> bool:
             ok = Counter(op.workload for op in history.ops if op.type == OK)
@@ -248,10 +248,7 @@ async def run(
             log(checks.fault_lines(history, [fault])[0])
             await asyncio.sleep(rng.uniform(*profile.quiet))  # the schedule's pacing between faults
         ctx.stop.set()
-        done, pending = await asyncio.wait(
-            [t for t in tasks if not t.get_coro().__qualname__.startswith("Watchers")],  # type: ignore[union-attr]
-            timeout=SETTLE_TIMEOUT_S,
-        )
+        done, pending = await asyncio.wait(clients, timeout=SETTLE_TIMEOUT_S)
         for task in pending:
             task.cancel()
             violations.append(checks.Violation("client", checks.OTHER, f"a client hung after the run: {task}"))

@@ -27,12 +27,12 @@ async def _run(profile: str, tmp_path: Path) -> None:
 @pytest.mark.cluster
 @pytest.mark.timeout(300)
 async def test_short_fault_run(tmp_path: Path) -> None:
-    """Five faults, one of each nemesis (about 50 s)."""
+    """Five faults, one of each nemesis (40-60 s)."""
     await _run("short", tmp_path)
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
 async def test_long_fault_run(tmp_path: Path) -> None:
-    """Forty faults (about 15 minutes); ``make jepsen`` runs the same profile and prints the table."""
+    """Forty faults (about 6-7 minutes); ``make jepsen`` runs the same profile and prints the table."""
     await _run("long", tmp_path)
