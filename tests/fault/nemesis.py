@@ -85,6 +85,15 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _log_mentions(path: Path, text: str, tail_bytes: int = 1 << 20) -> bool:
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, path.stat().st_size - tail_bytes))
+            return text.encode() in log.read()
+    except OSError:
+        return False
+
+
 def mount_permitted(scratch: Path) -> str:
     """'' when this process may mount a tmpfs, else why not."""
     probe = scratch / "mount-probe"
@@ -292,7 +301,13 @@ class DiskFull(Nemesis):
         except subprocess.TimeoutExpired:
             fault.detail["exit"] = None
             fault.detail["note"] = f"still running after {DISK_FILL_TIMEOUT_S:g} s on a full disk"
-            fault.problems.append(f"disk-full: {node.id} kept running {DISK_FILL_TIMEOUT_S:g} s on a full tmpfs")
+            # A known way to get here: a snapshot received on the full disk, whose failed write
+            # pysyncobj's serializer logs (as a plain traceback) and swallows.
+            seen = _log_mentions(node.log_path, "Failed to write incoming transition data")
+            fault.problems.append(
+                f"disk-full: {node.id} kept running {DISK_FILL_TIMEOUT_S:g} s on a full tmpfs"
+                + (" (its log: 'Failed to write incoming transition data': a snapshot write failed)" if seen else "")
+            )
         else:
             fault.detail["exit"] = code
             if code != EXIT_JOURNAL_FAILED:
