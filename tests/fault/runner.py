@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from controlplane import errors
 from controlplane.client import AsyncClient, Client, Consistency
 from controlplane.dev import LocalCluster
 from controlplane.grpc_options import CHANNEL_OPTIONS
@@ -58,6 +59,9 @@ class Profile:
     #: How long a kill or a pause lasts (seconds, uniform). Pauses longer than the SDK's attempt
     #: timeout (3 s) and shorter ones behave differently: the long profile draws both.
     hold: tuple[float, float] = (1.0, 4.0)
+    #: The clients' SDK call deadline (seconds). Below a fault's length, operations end unknown
+    #: (``info``): that exercises the checkers' unknown-outcome paths on real histories.
+    call_timeout: float = CALL_TIMEOUT_S
 
 
 PROFILES = {
@@ -189,7 +193,9 @@ async def run(
     notes: list[str] = []
     started = time.monotonic()
     prefix = f"fault-{seed}-{int(time.time())}/"
-    ctx = Context(history, cluster.client_addresses, prefix, Processes(), rng, asyncio.Event())
+    ctx = Context(
+        history, cluster.client_addresses, prefix, Processes(), rng, asyncio.Event(), call_timeout=profile.call_timeout
+    )
     registers = Registers(ctx, profile.register_keys, profile.register_clients)
     adds = SetAdds(ctx, profile.set_clients)
     ports = Ports(ctx, profile.port_clients)
@@ -264,7 +270,10 @@ async def run(
             final_revision = (await final.status()).applied_revision
             service_history: dict[str, list[tuple[str, int, int]]] = {}
             for service in checks.needs_server_history(history.of("ports")):
-                entries = (await final.ports.history(service)).entries
+                try:
+                    entries = (await final.ports.history(service)).entries
+                except errors.NotFound:  # it never held a port: its allocation never took effect
+                    entries = ()
                 service_history[service] = [
                     (e.action.name, e.revision, e.new_port or e.old_port) for e in entries if e.host == ports.host
                 ]

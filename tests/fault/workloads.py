@@ -51,6 +51,8 @@ class Context:
     stop: asyncio.Event
     #: Between two operations a client waits up to this long (the offered load, not a condition).
     think_s: float = 0.01
+    #: Each call's SDK deadline; shorter than a fault, it turns operations into unknown outcomes.
+    call_timeout: float = CALL_TIMEOUT_S
 
 
 async def record(
@@ -99,7 +101,7 @@ class Registers:
         process = ctx.processes.new()
         # key -> (mod_revision, value) last seen by this client: what a swap compares against.
         known: dict[str, tuple[int, str | None]] = {}
-        async with AsyncClient(ctx.endpoints, timeout=CALL_TIMEOUT_S) as client:
+        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout) as client:
             for n in itertools.count():
                 if ctx.stop.is_set():
                     return
@@ -174,14 +176,16 @@ class SetAdds:
         async with contextlib.AsyncExitStack() as stack:
             shared = None
             if not fresh:
-                shared = await stack.enter_async_context(AsyncClient(ctx.endpoints, timeout=CALL_TIMEOUT_S))
+                shared = await stack.enter_async_context(AsyncClient(ctx.endpoints, timeout=ctx.call_timeout))
             for n in itertools.count():
                 if ctx.stop.is_set():
                     return
                 key = f"{self.key_prefix}{process}-{n}"
                 endpoints = rng.sample(ctx.endpoints, len(ctx.endpoints))
                 async with contextlib.AsyncExitStack() as per_op:
-                    client = shared or await per_op.enter_async_context(AsyncClient(endpoints, timeout=CALL_TIMEOUT_S))
+                    client = shared
+                    if client is None:
+                        client = await per_op.enter_async_context(AsyncClient(endpoints, timeout=ctx.call_timeout))
                     op = await record(
                         ctx,
                         process,
@@ -224,7 +228,7 @@ class Ports:
     async def client(self, seed: int) -> None:
         ctx, rng = self.ctx, random.Random(seed)
         process = ctx.processes.new()
-        async with AsyncClient(ctx.endpoints, timeout=CALL_TIMEOUT_S) as client:
+        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout) as client:
             for n in itertools.count():
                 if ctx.stop.is_set():
                     return
@@ -298,7 +302,7 @@ class Watchers:
         self.from_revision = 0
 
     async def watcher(self, delivery: Delivery) -> None:
-        async with AsyncClient(self.ctx.endpoints, timeout=CALL_TIMEOUT_S) as client:
+        async with AsyncClient(self.ctx.endpoints, timeout=self.ctx.call_timeout) as client:
             delivery.watch = client.watch(self.ctx.prefix, from_revision=self.from_revision)
             try:
                 async for event in delivery.watch:
