@@ -330,7 +330,8 @@ async def run(
         cluster.stop()
 
     duration = time.monotonic() - started
-    elections = candidacies(cluster, history)
+    events = server_events(cluster, history)
+    elections = candidacies(events)
     rows = checks.summary_rows(history, faults, violations, elections)
     result = RunResult(
         profile=profile,
@@ -342,7 +343,7 @@ async def run(
         skipped=skipped,
         table=checks.render_table(rows),
         fault_lines=checks.fault_lines(history, faults, elections),
-        gap_lines=gap_report(history, faults),
+        gap_lines=gap_report(history, faults, events),
         work_dir=work_dir,
         counts=Counter(op.type for op in history.ops),
         wall_origin=history.wall_origin,
@@ -357,9 +358,18 @@ async def run(
     return result
 
 
-def candidacies(cluster: LocalCluster, history: History) -> list[tuple[float, str, int]]:
-    """(run seconds, node, term) of every election a server started, from the servers' logs
-    (``raft_role_changed`` to candidate; the term is the one it campaigns for)."""
+#: Server log events worth showing beside a window without writes.
+NOTABLE_EVENTS = {
+    "raft_role_changed",
+    "raft_dump_written",
+    "raft_dump_loaded",
+    "journal_write_failed",
+    "server_started",
+}
+
+
+def server_events(cluster: LocalCluster, history: History) -> list[tuple[float, str, str, dict[str, object]]]:
+    """(run seconds, node, event, fields) of the notable events in the servers' JSON logs."""
     origin = datetime.datetime.fromisoformat(history.wall_origin)
     out = []
     for node in cluster.nodes.values():
@@ -368,22 +378,41 @@ def candidacies(cluster: LocalCluster, history: History) -> list[tuple[float, st
         except OSError:
             continue
         for line in lines:
-            if '"raft_role_changed"' not in line or '"candidate"' not in line:
+            if not line.startswith("{") or not any(f'"{name}"' in line for name in NOTABLE_EVENTS):
                 continue
             try:
                 record = json.loads(line)
-                if record.get("new") != "candidate":
-                    continue
                 at = datetime.datetime.fromisoformat(record["timestamp"])
             except (ValueError, KeyError):
                 continue
-            out.append(((at - origin).total_seconds(), node.id, int(record.get("term", 0)) + 1))
-    return sorted(out)
+            if record.get("event") in NOTABLE_EVENTS:
+                out.append(((at - origin).total_seconds(), node.id, str(record["event"]), record))
+    return sorted(out, key=lambda e: e[0])
 
 
-def gap_report(history: History, faults: list[Fault], top: int = 5) -> list[str]:
-    """The longest windows without a successful write: which fault they overlap, and what the
-    write operations in flight during the window ended with."""
+def candidacies(events: list[tuple[float, str, str, dict[str, object]]]) -> list[tuple[float, str, int]]:
+    """(run seconds, node, term campaigned for) of every election a server started."""
+    return [
+        (at, node, int(str(fields.get("term", 0))) + 1)
+        for at, node, event, fields in events
+        if event == "raft_role_changed" and fields.get("new") == "candidate"
+    ]
+
+
+def _brief(event: str, fields: dict[str, object]) -> str:
+    if event == "raft_role_changed":
+        return f"{fields.get('new')}"
+    if event == "raft_dump_written":
+        return f"dump written ({int(str(fields.get('bytes', 0))) // 1_000_000} MB, index {fields.get('index')})"
+    return event
+
+
+def gap_report(
+    history: History, faults: list[Fault], events: list[tuple[float, str, str, dict[str, object]]], top: int = 5
+) -> list[str]:
+    """The longest windows without a successful write: which fault they overlap, what the write
+    operations in flight during the window ended with, and what the servers logged meanwhile
+    (a dump is logged when its writing has finished, so up to a second after the window)."""
     lines = []
     for start, end in checks.gaps(checks.write_completions(history))[:top]:
         during = [f for f in faults if f.injected <= end and start <= max(f.whole, f.injected)]
@@ -393,7 +422,15 @@ def gap_report(history: History, faults: list[Fault], top: int = 5) -> list[str]
             for op in history.ops
             if op.f in checks.WRITES and op.invoke_s < end and op.complete_s > start and op.type != OK
         )
-        lines.append(f"{end - start:5.2f} s  [{start:.2f}, {end:.2f}]  during: {around}; unanswered: {dict(errors)}")
+        logged = [
+            f"{node} {_brief(event, fields)} at {at:.2f}"
+            for at, node, event, fields in events
+            if start - 0.2 <= at <= end + 1.0
+        ]
+        lines.append(
+            f"{end - start:5.2f} s  [{start:.2f}, {end:.2f}]  during: {around}; unanswered: {dict(errors)}"
+            + (f"; servers: {', '.join(logged)}" if logged else "")
+        )
     lines += ["", "slowest acknowledged writes (one client's view):"]
     writes = [op for op in history.ops if op.type == OK and op.f in checks.WRITES]
     for op in sorted(writes, key=lambda op: op.invoke_s - op.complete_s)[:top]:
