@@ -510,3 +510,47 @@ def test_new_journal_starts_empty_with_pysyncobj_defaults(tmp_path: Path) -> Non
     assert path.stat().st_size == FILE_HEADER_SIZE
     assert not journal.dirty
     journal.close()
+
+
+def test_a_torn_record_followed_by_zeros_is_a_torn_tail_not_corruption(tmp_path: Path) -> None:
+    """A power cut can leave a file longer than what reached the disk: the tail reads as zeros."""
+    path = tmp_path / "raft.wal"
+    journal = DurableJournal(path)
+    journal.add(b"kept", 1, 1)
+    journal.sync()
+    kept_size = path.stat().st_size
+    journal.add(b"x" * 200, 2, 1)
+    journal.sync()
+    journal.close()
+    with open(path, "r+b") as damaged:
+        damaged.seek(kept_size + 12)  # the second record's header survives, its payload does not
+        damaged.write(b"\0" * (path.stat().st_size - kept_size - 12 + 4096))
+    reopened = DurableJournal(path)
+    assert reopened[:] == [(b"kept", 1, 1)]
+    reopened.close()
+
+
+def test_a_failed_compaction_loses_nothing_and_keeps_the_journal_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "raft.wal"
+    journal = DurableJournal(path, compact_min_bytes=1024)
+    for i in range(100):
+        journal.add(bytes([i]) * 100, i + 1, 3)
+    journal.sync()
+    real_replace = os.replace
+
+    def disk_full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    journal.deleteEntriesTo(95)
+    journal.sync()  # the rewrite fails: logged, not raised, and the journal keeps working
+    assert not path.with_name("raft.wal.tmp").exists()
+    journal.add(b"after", 101, 3)
+    journal.sync()
+    monkeypatch.setattr(os, "replace", real_replace)
+    journal.close()
+    reopened = DurableJournal(path)
+    assert reopened[:] == [*((bytes([i]) * 100, i + 1, 3) for i in range(95, 100)), (b"after", 101, 3)]
+    reopened.close()

@@ -162,6 +162,10 @@ class JournalCorrupt(ConfigError):
     """
 
 
+class _RewriteFailed(Exception):
+    """A compaction rewrite failed before it replaced anything: the journal is as it was."""
+
+
 def synced_size_path(journal_path: Path) -> Path:
     """The side file ``record_synced_size`` writes: ``<journal>.synced``."""
     return journal_path.with_name(journal_path.name + ".synced")
@@ -211,7 +215,7 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         offset += written
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     # A rename is durable only once the directory entry is.
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -253,7 +257,7 @@ def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> None:
         raise
     finally:
         os.close(fd)
-    _fsync_dir(target.parent)
+    fsync_directory(target.parent)
 
 
 class DurableJournal(Journal):  # type: ignore[misc]
@@ -279,7 +283,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self.path = Path(path)
         self._fsync = fsync
         self._record_synced_size = record_synced_size
-        self._compact_min_bytes = compact_min_bytes
+        self._compact_min_bytes = self._base_compact_min_bytes = compact_min_bytes
         self._compact_ratio = compact_ratio
         self._write_buffer_bytes = write_buffer_bytes
         self._entries: list[Entry] = []
@@ -418,9 +422,22 @@ class DurableJournal(Journal):  # type: ignore[misc]
                 os.fdatasync(self._fd)
                 self._durable_size = self._size
             self._synced_size = self._size
-            if self._size > self._compact_min_bytes and self._size > self._compact_ratio * self._live_estimate():
-                self._rewrite()
             self._note_synced_size()
+        except OSError as exc:
+            self._failure = exc
+            raise
+        if self._size > self._compact_min_bytes and self._size > self._compact_ratio * self._live_estimate():
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the file smaller, after a successful sync. A rewrite that fails before its rename
+        loses nothing (the old file is whole and synced): log it and try again after the file has
+        grown by another ``compact_min_bytes``. Only a failure after the rename poisons the journal."""
+        try:
+            self._rewrite()
+        except _RewriteFailed as exc:
+            self._compact_min_bytes = self._size + self._base_compact_min_bytes
+            log.warning("journal_compaction_failed", path=str(self.path), error=str(exc.__cause__ or exc))
         except OSError as exc:
             self._failure = exc
             raise
@@ -464,27 +481,33 @@ class DurableJournal(Journal):  # type: ignore[misc]
         """Replace the file with a fresh, fsynced image of the current state (compaction).
 
         Called only right after a successful fdatasync, so every byte of the old file is durable.
+        Raises ``_RewriteFailed`` for a failure before the rename (nothing changed), ``OSError``
+        after it (the open file is the old, unlinked one: the journal must stop).
         """
         old_size = self._size
         image = _encode_state(self._term, self._voted_for, self._commit_index, self._entries)
-        tmp, fd = _write_tmp(self.path, image, durable=self._fsync)
+        try:
+            tmp, fd = _write_tmp(self.path, image, durable=self._fsync)
+        except OSError as exc:
+            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+            raise _RewriteFailed("writing the compacted copy failed") from exc
         try:
             if self._record_synced_size:
                 # Whichever file a crash leaves in place is whole and durable: a power cut must not
                 # cut either one, so the recorded size covers both until the rename is durable.
                 os.pwrite(self._synced_fd, _U64.pack(max(old_size, len(image))), 0)
             os.replace(tmp, self.path)
-            if self._fsync:
-                _fsync_dir(self.path.parent)
-        except BaseException:
+        except OSError as exc:
             os.close(fd)
             tmp.unlink(missing_ok=True)
-            raise
+            raise _RewriteFailed("replacing the journal with its compacted copy failed") from exc
         os.close(self._fd)
         self._fd = fd
         self._size = self._synced_size = len(image)
         if self._fsync:
+            fsync_directory(self.path.parent)
             self._durable_size = len(image)
+        self._note_synced_size()
         log.info("journal_compacted", path=str(self.path), old_bytes=old_size, new_bytes=len(image))
 
     def _note_synced_size(self) -> None:
@@ -579,6 +602,9 @@ class DurableJournal(Journal):  # type: ignore[misc]
             if zlib.crc32(view[payload - 1 : record_end]) != crc:
                 if record_end == end:
                     return self._torn(data, offset, "the last record fails its checksum")
+                if data.count(0, record_end) == end - record_end:
+                    # A power cut can leave the file longer than what reached the disk: zeros.
+                    return self._torn(data, offset, "a record fails its checksum and only zeros follow")
                 raise self._corrupt(offset, f"a record fails its checksum (type {rtype}, length {length})")
             if rtype == _APPEND:
                 idx, term = _U64_U64.unpack_from(data, payload)
@@ -659,7 +685,7 @@ def migrate_legacy_journal(legacy_path: Path, new_path: Path) -> int | None:
     for path in (legacy_path, meta_path):
         if path.exists():
             path.replace(path.with_name(path.name + ".migrated"))
-    _fsync_dir(legacy_path.parent)
+    fsync_directory(legacy_path.parent)
     log.info(
         "journal_migrated",
         legacy=str(legacy_path),

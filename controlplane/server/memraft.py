@@ -293,6 +293,9 @@ class InMemoryConsensus:  # implements consensus.Consensus
         network.elect(target)
         self.later(done, Outcome.SUCCESS)
 
+    def revalidate_peers(self) -> None:
+        """Nothing to close: admission is the test's to decide (isolate)."""
+
     def destroy(self) -> None:
         self._destroyed = True
         self._network.nodes.pop(self.self_address, None)

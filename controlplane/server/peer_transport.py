@@ -54,6 +54,14 @@ from controlplane.v1 import command_pb2, raft_peer_pb2
 log = structlog.get_logger("controlplane.peer")
 
 PROTOCOL_VERSION = 1
+# Connections accepted but not yet authenticated (TLS handshake and Hello), at most.
+MAX_UNAUTHENTICATED_CONNECTIONS = 64
+# No term or index near the top of uint64: pysyncobj's term + 1 must stay representable, and no
+# member can push every voter to a term it cannot leave.
+MAX_TERM_OR_INDEX = 1 << 62
+# What a learner may say to a voter: acknowledge appends. Never vote, never ask for votes.
+_LEARNER_MESSAGES = frozenset({"next_node_idx"})
+_NUMBERS = ("term", "commit_index", "prevLogIdx", "prevLogTerm", "last_log_index", "last_log_term", "next_node_idx")
 _HEADER = struct.Struct(">I")
 
 
@@ -88,23 +96,43 @@ class _Refused(Exception):
 class _Link:
     """One authenticated connection to another server."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_id: str) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer_id: str,
+        raft_address: str,
+        learner: bool = False,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.peer_id = peer_id
+        self.raft_address = raft_address
+        # The peer is a learner (this server accepted it as one): what it may send is limited.
+        self.learner = learner
         self.node: Node | None = None
         self.closed = False
+        self.over_limit = False
         self.calls: dict[int, asyncio.Future[raft_peer_pb2.ProposeReply]] = {}
 
     def write(self, frame: raft_peer_pb2.PeerFrame, limit: int) -> bool:
+        """Queue a frame; False (dropped) while the peer has ``limit`` bytes it has not read yet.
+
+        Dropping, not closing: a peer catching up over a slow link is still reading, and Raft
+        recovers a dropped append (the follower answers with a gap, the leader resends). Memory
+        stays bounded by ``limit`` plus one frame per peer; TCP keepalive finds a dead one.
+        """
         if self.closed:
             return False
+        buffered = self.writer.transport.get_write_buffer_size()
+        if buffered > limit:
+            if not self.over_limit:
+                log.warning("peer_not_reading", peer=self.peer_id, buffered=buffered)
+            self.over_limit = True
+            return False
+        self.over_limit = False
         body = frame.SerializeToString()
         self.writer.write(_HEADER.pack(len(body)) + body)
-        if self.writer.transport.get_write_buffer_size() > limit:
-            log.warning("peer_not_reading", peer=self.peer_id, buffered=self.writer.transport.get_write_buffer_size())
-            self.close()
-            return False
         return True
 
     def close(self) -> None:
@@ -136,6 +164,7 @@ class PeerTransport(Transport):  # type: ignore[misc]
         self._call_ids = itertools.count(1)
         self._destroyed = False
         self._server: asyncio.AbstractServer | None = None
+        self._unauthenticated = 0
         self._listener: socket.socket | None = None
         for node in other_nodes:
             self.addNode(node)
@@ -194,6 +223,15 @@ class PeerTransport(Transport):  # type: ignore[misc]
             self._listener.close()
         for task in self._tasks:
             task.cancel()
+
+    def revalidate(self) -> None:
+        """Close every link whose peer may no longer connect (removed, or moved): admission is checked
+        at the handshake, so a change of the member directory must reach the links already open."""
+        for link in list(self._links.values()):
+            reason = self._settings.authorize(link.peer_id, link.raft_address, link.learner)
+            if reason is not None:
+                log.warning("peer_link_closed", peer=link.peer_id, reason=reason)
+                link.close()
 
     # ------------------------------------------------------------ Propose over the peer plane
 
@@ -263,13 +301,9 @@ class PeerTransport(Transport):  # type: ignore[misc]
         self._spawn(self._start_server(listener))
 
     async def _start_server(self, listener: socket.socket) -> None:
-        self._server = await asyncio.start_server(
-            self._accept,
-            sock=listener,
-            ssl=self._settings.server_tls,
-            ssl_handshake_timeout=self._settings.handshake_timeout_s if self._settings.server_tls else None,
-            limit=1 << 16,
-        )
+        # TLS starts in _accept, after the cap on connections not yet authenticated is checked: the
+        # handshakes run on the loop that ticks Raft, so a flood of them must not go unbounded.
+        self._server = await asyncio.start_server(self._accept, sock=listener, limit=1 << 16)
         if self._destroyed:
             self._server.close()
 
@@ -317,16 +351,30 @@ class PeerTransport(Transport):  # type: ignore[misc]
             return
         finally:
             self._dialing.discard(node.address)
-        if self._destroyed or self._nodes.get(node.address) is not node:
-            writer.close()
+        assert writer is not None  # set whenever the handshake succeeded
+        address = node.address
+        if self._destroyed or self._nodes.get(address) is not node:
+            writer.close()  # dropped from the configuration while dialing
             return
-        link = _Link(reader, writer, peer_id)
-        self._attach(node, link, learner=False)
+        self._attach(node, _Link(reader, writer, peer_id, address), learner=False)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if self._unauthenticated >= MAX_UNAUTHENTICATED_CONNECTIONS:
+            log.warning("peer_refused", peer=peer, reason="too many connections still authenticating")
+            writer.close()
+            return
+        self._unauthenticated += 1
+        try:
+            await self._handshake(peer, reader, writer)
+        finally:
+            self._unauthenticated -= 1
+
+    async def _handshake(self, peer: object, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(self._settings.handshake_timeout_s):
+                if self._settings.server_tls is not None:
+                    await writer.start_tls(self._settings.server_tls)
                 hello = await self._read_hello(reader)
             peer_id = self._check_identity(writer, hello, expected_address=None)
             if hello.learner:
@@ -348,7 +396,9 @@ class PeerTransport(Transport):  # type: ignore[misc]
         if self._destroyed:
             writer.close()
             return
-        self._attach(node, _Link(reader, writer, peer_id), learner=hello.learner)
+        self._attach(
+            node, _Link(reader, writer, peer_id, hello.raft_address, learner=hello.learner), learner=hello.learner
+        )
 
     def _attach(self, node: Node, link: _Link, learner: bool) -> None:
         _keep_alive(link.writer)
@@ -443,6 +493,10 @@ class PeerTransport(Transport):  # type: ignore[misc]
         kind = frame.WhichOneof("body")
         if kind == "raft":
             message = self._get_codec().decode(frame.raft)
+            if link.learner and message.get("type") not in _LEARNER_MESSAGES:
+                raise _Refused(f"a learner may not send {message.get('type')}")
+            if any(isinstance(message.get(key), int) and message[key] > MAX_TERM_OR_INDEX for key in _NUMBERS):
+                raise _Refused("a term or index beyond any this cluster can reach")
             if link.node is not None and not self._destroyed:
                 self._onMessageReceived(link.node, message)
                 self._settings.on_activity()

@@ -248,7 +248,12 @@ class Proposer:
             log.exception("forward_failed", leader=leader)
             _fail(batch, UnknownOutcome(f"forwarding failed: {exc}"))
             return
-        for pending, result in zip(batch, results, strict=False):
+        if len(results) != len(batch):
+            # A leader answering with fewer results than commands is a bug; never leave a caller waiting.
+            log.error("forward_answer_mismatch", leader=leader, commands=len(batch), results=len(results))
+            _fail(batch, UnknownOutcome("the leader's answer did not match the commands sent; retry with the same id"))
+            return
+        for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
 

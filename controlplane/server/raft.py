@@ -65,7 +65,7 @@ from controlplane.server.consensus import (
     PeerAccess,
     RaftStatus,
 )
-from controlplane.server.journal import DurableJournal, migrate_legacy_journal, write_file_atomically
+from controlplane.server.journal import DurableJournal, fsync_directory, migrate_legacy_journal, write_file_atomically
 from controlplane.server.peer_transport import PeerSettings, PeerTransport, transport_factory
 from controlplane.server.raft_codec import MAX_RAFT_MESSAGE_BYTES
 from controlplane.state import limits
@@ -82,8 +82,9 @@ _ROLES = {
 # The node reads outcomes as consensus.Outcome: they must be pysyncobj's numbers.
 assert {o.name: int(o) for o in Outcome} == {k: v for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
-# Exit status of a server that stopped because its journal could not be written.
-EXIT_JOURNAL_FAILED = 3
+# Exit status of a server that stopped because its journal could not be written or its dump loaded.
+EXIT_STORAGE_FAILED = 3
+EXIT_JOURNAL_FAILED = EXIT_STORAGE_FAILED  # the name the fault suite and the docs use
 
 
 # pysyncobj creates its journal inside SyncObj.__init__ from a module-level factory; the one way
@@ -148,6 +149,7 @@ class RaftNode:  # implements consensus.Consensus
         self._tick_scheduled = False
         self._driver: asyncio.Task[None] | None = None
         self._destroyed = False
+        self._dump_renamed_unsynced = False
         self._journal: DurableJournal
         self._machine = machine
         self._lock = state_lock
@@ -245,6 +247,9 @@ class RaftNode:  # implements consensus.Consensus
         knows what is on disk, and a server that went on would acknowledge, vote and count towards
         commits on a log it may not have (etcd panics on a failed WAL sync for the same reason)."""
         try:
+            if self._dump_renamed_unsynced:
+                fsync_directory(self._config.dump_file.parent)
+                self._dump_renamed_unsynced = False
             self._journal.sync()
         except OSError as exc:
             log.critical(
@@ -254,7 +259,7 @@ class RaftNode:  # implements consensus.Consensus
                 hint="fix the disk (full? read-only?), then restart this server; its peers carry on without it",
             )
             sys.stderr.flush()
-            os._exit(EXIT_JOURNAL_FAILED)
+            os._exit(EXIT_STORAGE_FAILED)
 
     # ------------------------------------------------------------ applying and dumps
 
@@ -280,17 +285,44 @@ class RaftNode:  # implements consensus.Consensus
             cluster=sorted(node.id for node in cluster if node is not None),
         )
         write_file_atomically(Path(filename), dump.SerializeToString())
+        # pysyncobj renames this temp file over the dump after we return, without syncing the
+        # directory; the journal compaction it records next must not be durable before that rename.
+        self._dump_renamed_unsynced = True
         log.info("raft_dump_written", index=last[1], term=last[2], bytes=len(state))
 
     def _read_dump(self, filename: str) -> tuple[Any, Any, list[str]]:
-        """pysyncobj's deserializer hook; restores the machine as a side effect."""
-        with open(filename, "rb") as dump_file:
-            dump = storage_pb2.RaftDump.FromString(dump_file.read())
-        with self._lock:
-            self._machine.restore(dump.state)
+        """pysyncobj's deserializer hook; restores the machine as a side effect.
+
+        Called at start (our own dump) and when a leader installs a snapshot (a file pysyncobj
+        wrote from the leader's chunks without syncing it). Either way the file is made durable
+        first: pysyncobj clears the journal after an install and acknowledges it, so a dump that
+        is not on disk could leave a power-cut server with neither. A dump that cannot be loaded
+        stops the server: pysyncobj would swallow the error and acknowledge the install anyway.
+        """
+        try:
+            path = Path(filename)
+            with open(path, "rb") as dump_file:
+                os.fsync(dump_file.fileno())
+                data = dump_file.read()
+            os.chmod(path, 0o600)
+            fsync_directory(path.parent)
+            dump = storage_pb2.RaftDump.FromString(data)
+            with self._lock:
+                self._machine.restore(dump.state)
+        except Exception as exc:
+            log.critical(
+                "raft_dump_unloadable",
+                path=filename,
+                error=str(exc) or type(exc).__name__,
+                hint="this server cannot load the state its log starts from; move its data dir aside and "
+                "re-add it as a new member, or restore it from a backup",
+            )
+            sys.stderr.flush()
+            os._exit(EXIT_STORAGE_FAILED)
         self._on_applied()
         log.info("raft_dump_loaded", index=dump.last_applied.index, revision=self._machine.revision)
         last, previous = dump.last_applied, dump.previous
+        self._drop_entries_before((previous.data, previous.index, previous.term), (last.data, last.index, last.term))
         # pysyncobj filters the list with `node != selfNode`, which never matches a plain address:
         # a voter must drop itself, or it counts itself as a partner it can never reach. A learner
         # keeps its own address: it is how it sees that its promotion is in the log (listed_as_voter).
@@ -300,6 +332,22 @@ class RaftNode:  # implements consensus.Consensus
             (previous.data, previous.index, previous.term),
             cluster,
         )
+
+    def _drop_entries_before(self, previous: tuple[bytes, int, int], last: tuple[bytes, int, int]) -> None:
+        """Finish a compaction that a crash cut short: the dump was written but the journal still
+        holds the entries before it.
+
+        pysyncobj keeps the journal only if it starts exactly with the dump's last two entries, and
+        otherwise clears it, dropping every entry after the dump too: entries this server may have
+        acknowledged. When the journal holds those two entries further in, drop what precedes them.
+        """
+        journal = self._journal
+        for position in range(len(journal) - 1):
+            if journal[position] == previous and journal[position + 1] == last:
+                if position:
+                    journal.deleteEntriesTo(position)
+                    log.info("journal_compaction_finished", dropped_entries=position, index=previous[1])
+                return
 
     # ------------------------------------------------------------ the node's surface (on the loop)
 
@@ -311,6 +359,10 @@ class RaftNode:  # implements consensus.Consensus
     async def propose(self, leader_address: str, commands: list[Any], timeout: float) -> list[CommandResult]:
         """Forward commands to the leader at Raft address ``leader_address`` over the peer plane."""
         return await self._transport().propose(leader_address, commands, timeout)
+
+    def revalidate_peers(self) -> None:
+        """Close peer links whose server may no longer connect (after a member directory change)."""
+        self._transport().revalidate()
 
     def _transport(self) -> PeerTransport:
         transport: PeerTransport = self._sync._SyncObj__transport
@@ -385,6 +437,7 @@ class RaftNode:  # implements consensus.Consensus
         self._unready_reason = "it is restarting its Raft node as a " + ("voter" if voter else "learner")
         self._sync_journal()
         old.destroy()
+        _close_pipe_notifier(old)
         if discard_log:
             # The journal holds currentTerm and votedFor too: left behind, a term this server inflated
             # while cut off would make it ignore the leader's (lower-term) appends for ever.
@@ -454,6 +507,17 @@ class RaftNode:  # implements consensus.Consensus
             self._driver.cancel()
         self._sync_journal()
         self._sync.destroy()
+        _close_pipe_notifier(self._sync)
+
+
+def _close_pipe_notifier(sync: SyncObj) -> None:
+    """pysyncobj's destroy leaves the wake-up pipe it opens with pipelined appends open (two fds)."""
+    notifier = getattr(sync, "_SyncObj__pipeNotifier", None)
+    for name in ("_PipeNotifier__pipeR", "_PipeNotifier__pipeW"):
+        fd = getattr(notifier, name, None)
+        if isinstance(fd, int):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class LogRepairCounters:
@@ -462,6 +526,7 @@ class LogRepairCounters:
     def __init__(self) -> None:
         self.next_index_kept = 0
         self.duplicate_appends_acked = 0
+        self.forwarded_commands_refused = 0
 
 
 def _install_log_matching_fix(sync: SyncObj) -> LogRepairCounters:
@@ -498,6 +563,21 @@ def _install_log_matching_fix(sync: SyncObj) -> LogRepairCounters:
                 next_index[node] = before
                 counters.next_index_kept += 1
             return
+        if kind == "apply_command":
+            # pysyncobj's own forwarding (a follower's queued entry, sent on when it lost the lead):
+            # it would append a batch stamped by a server that no longer leads, bypassing the checks
+            # Node.propose_forwarded makes (leader-only commands). Writes travel as ProposeCall.
+            if message.get("request_id") is not None:
+                transport.send(
+                    node,
+                    {
+                        "type": "apply_command_response",
+                        "request_id": message["request_id"],
+                        "error": FAIL_REASON.NOT_LEADER,
+                    },
+                )
+            counters.forwarded_commands_refused += 1
+            return
         if kind == "append_entries" and "prevLogIdx" in message and not message.get("transmission"):
             rewritten = _ack_held_entries(sync, message)
             if rewritten is not None:
@@ -518,6 +598,8 @@ def _ack_held_entries(sync: SyncObj, message: dict[str, Any]) -> dict[str, Any] 
     last_entry = raft_log[-1]
     last_index, last_term = last_entry[1], last_entry[2]
     prev_index = message["prevLogIdx"]
+    if prev_index is None:  # pysyncobj sends None when the follower's next index is past the log
+        return None
     if prev_index >= last_index or prev_index < first_index or last_term != message["term"]:
         return None
     if raft_log[prev_index - first_index][2] != message["prevLogTerm"]:

@@ -277,3 +277,48 @@ def test_a_server_that_is_not_a_member_is_refused_even_with_a_cluster_certificat
         assert client.get("intruder/k") is None
         assert client.put("intruder/after", b"ok").revision == applied + 1
     assert _leadership(cluster) == before
+
+
+def test_a_learner_link_may_not_ask_for_votes(cluster: LocalCluster) -> None:
+    """A member connected as a learner may only acknowledge appends: a vote request on that link (here
+    with a term no cluster can leave) closes it, and no voter's term moves."""
+    before = _leadership(cluster)
+    leader = cluster.nodes[before[0]]
+    follower = next(node for node in cluster.nodes.values() if node.id != leader.id)
+    context = _tls_client(cluster, None)
+    own = tls.TlsFiles.from_directory(cluster.pki_dir, tls.Identity("server", follower.id))
+    context.load_cert_chain(own.cert, own.key)
+    hello = raft_peer_pb2.Hello(
+        protocol_version=1, node_id=follower.id, raft_address=follower.raft_address, learner=True
+    )
+    vote = raft_peer_pb2.RaftMessage(
+        request_vote=raft_peer_pb2.RequestVote(term=(1 << 64) - 1, last_log_index=1, last_log_term=1)
+    )
+    with _tls_connection(leader.raft_address, context) as conn:
+        conn.sendall(_frame(raft_peer_pb2.PeerFrame(hello=hello)))
+        conn.settimeout(15)
+        assert _read_frame(conn).hello.node_id == leader.id
+        conn.sendall(_frame(raft_peer_pb2.PeerFrame(raft=vote)))
+        assert _closed_by_peer(conn)
+    _still_leads(cluster, before, "peer/after-learner-vote")
+
+
+def test_connections_that_never_authenticate_are_capped(cluster: LocalCluster) -> None:
+    """Past the cap, a connection that has not authenticated is closed at once (the leader says so in
+    its log) instead of holding a handshake slot on the loop that ticks Raft; leadership holds."""
+    before = _leadership(cluster)
+    leader = cluster.nodes[before[0]]
+    idle = []
+    try:
+        for _ in range(100):  # more than the cap of 64: each one sends nothing and waits
+            idle.append(socket.create_connection(_split(leader.raft_address), timeout=10))
+        wait_until(
+            lambda: "too many connections still authenticating" in leader.log_path.read_text(errors="replace"),
+            20,
+            "the leader to refuse connections past the cap",
+        )
+        _still_leads(cluster, before, "peer/while-capped")
+    finally:
+        for sock in idle:
+            sock.close()
+    _still_leads(cluster, before, "peer/after-capped")
