@@ -3,10 +3,41 @@
 ``cpctl agent`` runs one; the benchmark runs a thousand in one process (each with its own client
 and lease). The loop is asyncio so many share a thread cheaply.
 
-Heartbeats go out every third of the TTL, so two can be lost (or one election can pass, since a
-new leader waits one TTL before expiring anything) before the lease is at risk. A heartbeat that
-finds the node dead (its lease expired while it was cut off) registers it again as a new
-incarnation rather than giving up: an agent's job is to be a member.
+The renewal schedule is what keeps the lease, so it is measured against the lease, not against the
+last answer:
+
+* a heartbeat goes out every third of the TTL *from the previous one's send time* (a slow answer
+  does not stretch the period);
+* each heartbeat may take until the lease runs out (the time the last renewal was sent plus the
+  TTL: the server renewed it no earlier). An answer that is slow but arrives is still a renewal,
+  and the client itself abandons an attempt that hangs (``RetryPolicy.attempt_timeout``) and tries
+  another server within the same call;
+* a heartbeat that fails is retried soon, never a whole interval later: half an interval after
+  it was sent, or at once if it took longer than that to fail (plus a little jitter). A fleet of
+  agents so never sends more than twice its normal heartbeat rate, and no more than its normal rate
+  while answers are merely slow (a slow heartbeat delays the next one): retries cannot pile onto a
+  busy leader.
+
+So a lease survives any stall shorter than two thirds of the TTL - of the server's answers (less
+the time it needs to catch up) or of the agent's own event loop - and elections (a new leader waits
+one TTL before expiring anything).
+
+Issue 13 item 2 (all 1,000 steady agents of ``make bench`` lost their leases at once at the end of
+the churn, with no election) was the schedule this replaced: the next heartbeat waited a third of
+the TTL *after the previous answer was read*, and a heartbeat was abandoned after a third of the TTL.
+The leader may expire a lease as soon as it has heard nothing for a TTL (``server/renewals.py``), so
+any delay of about TTL/3, in the server's answer or in the agent reading it, cost the lease:
+
+* an answer later than TTL/3 (a busy leader, Raft still beating): the heartbeat timed out and the
+  next went out a third of the TTL after that, a whole TTL after the last renewal;
+* the bench's end-of-churn check turned ~4,000 node views per server into SDK objects in the process
+  running the agents, blocking their event loop for 4-5 s at a time (measured) with short network
+  waits in between. All the agents' heartbeats went out in those short windows, the burst's answers
+  came back during the next blocked stretch, and each agent renewed once per *two* stretches: about
+  a TTL between renewals, for every agent at once.
+
+A heartbeat that finds the node dead (its lease expired while it was cut off) registers it again as
+a new incarnation rather than giving up: an agent's job is to be a member.
 
 An agent may also hold model artifacts (``cpctl agent --artifact-dir``): it then serves them on its
 gossip port (``gossip.artifacts.ArtifactServer``) and, when its server finds a copy damaged on disk,
@@ -42,6 +73,8 @@ class AgentStats:
 
 class Agent:
     MAX_LATENCIES = 10_000
+    #: Longest jitter added to a retry (and at most a tenth of the interval): see ``_retry_at``.
+    RETRY_JITTER_S = 1.0
 
     def __init__(
         self,
@@ -71,10 +104,25 @@ class Agent:
         self.state = NodeState.UNSPECIFIED
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # Event-loop time at which the last successful renewal (registration or heartbeat) was sent:
+        # the server renewed the lease no earlier, so it lives at least until this plus the TTL.
+        self._renewed_at: float | None = None
+        # The node was found dead or gone: the next step is registering it again, not a heartbeat.
+        self._lost = False
         # Replica removals in flight (kept referenced: the loop holds tasks only weakly).
         self._background: set[asyncio.Task[None]] = set()
 
+    @property
+    def interval_s(self) -> float:
+        """Seconds between heartbeats (a third of the TTL)."""
+        return self.ttl_s / 3
+
+    def lease_deadline(self) -> float | None:
+        """Event-loop time until which the lease surely lives (None before the first registration)."""
+        return None if self._renewed_at is None else self._renewed_at + self.ttl_s
+
     async def register(self) -> Registered:
+        sent = asyncio.get_running_loop().time()
         gpus, memory_bytes, cpu_millis = self.resources
         registered = await self.client.membership.register_node(
             self.node_id,
@@ -90,14 +138,22 @@ class Agent:
         )
         self.stats.registrations += 1
         self.state = registered.node.state
+        self._renewed_at, self._lost = sent, False
         return registered
 
-    async def heartbeat(self) -> NodeState:
+    async def heartbeat(self, timeout: float | None = None) -> NodeState:
+        """Renew the lease once. The call may take ``timeout`` seconds; by default as long as the lease
+        surely lives (at least a third of the TTL): abandoning a slow renewal that could still land
+        only to send the next one later is how leases were lost (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        if timeout is None:
+            deadline = self.lease_deadline()
+            timeout = max(self.interval_s, deadline - sent if deadline is not None else 0.0)
         started = time.perf_counter()
         activity = self._activity() if self._activity is not None else ""
-        # Bounded by the heartbeat interval: a call stuck behind an overloaded leader is abandoned and
-        # the next one sent, instead of one slow call eating the whole TTL.
-        self.state = await self.client.membership.heartbeat(self.node_id, activity=activity, timeout=self.ttl_s / 3)
+        self.state = await self.client.membership.heartbeat(self.node_id, activity=activity, timeout=timeout)
+        self._renewed_at = sent
         latency = time.perf_counter() - started
         self.stats.heartbeats += 1
         if len(self.stats.latencies) >= self.MAX_LATENCIES:
@@ -119,22 +175,54 @@ class Agent:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        interval = self.ttl_s / 3
-        # Spread a thousand agents started together over the interval instead of beating in lockstep.
-        await self._wait(random.uniform(0, interval))
-        while not self._stopping.is_set():
+        loop = asyncio.get_running_loop()
+        interval = self.interval_s
+        # Spread a thousand agents started together over the interval instead of beating in lockstep
+        # (within one interval of the last renewal, so the first beat is never late).
+        renewed = self._renewed_at if self._renewed_at is not None else loop.time()
+        due = renewed + random.uniform(0, interval)
+        while await self._wait_until(due):
+            sent = loop.time()
             try:
+                if self._lost:
+                    await self.register()
                 await self.heartbeat()
             except NotFound:
-                self.stats.lease_lost += 1
-                log.warning("agent_lease_lost", node=self.node_id, hint="registering again")
-                with contextlib.suppress(ControlPlaneError):
-                    await self.register()
-                    await self.heartbeat()
+                if self._lost:  # registering it again was answered NOT_FOUND too: never spin
+                    due = self._retry_at(sent)
+                else:
+                    self.stats.lease_lost += 1
+                    log.warning("agent_lease_lost", node=self.node_id, hint="registering again")
+                    self._lost = True
+                    due = loop.time()  # register again at once
+                continue
             except ControlPlaneError as exc:
                 self.stats.failures += 1
                 log.warning("agent_heartbeat_failed", node=self.node_id, reason=exc.message)
-            await self._wait(interval)
+                due = self._retry_at(sent)
+                continue
+            except Exception:  # a bug (ours or the client's): keep the node a member, and say so loudly
+                self.stats.failures += 1
+                log.exception("agent_heartbeat_error", node=self.node_id)
+                due = self._retry_at(sent)
+                continue
+            assert self._renewed_at is not None  # set by the heartbeat that just succeeded
+            due = self._renewed_at + interval
+
+    def _retry_at(self, sent: float) -> float:
+        """When to try again after a try sent at ``sent`` failed: half an interval after it was sent,
+        or at once if it took longer than that to fail - jittered, so a fleet that failed together
+        does not come back in lockstep. Soon enough to land before the lease runs out, and never more
+        than twice the normal heartbeat rate whatever the errors."""
+        jitter = random.uniform(0, min(self.RETRY_JITTER_S, self.interval_s / 10))
+        return max(sent + self.interval_s / 2, asyncio.get_running_loop().time()) + jitter
+
+    async def _wait_until(self, when: float) -> bool:
+        """Sleep until event-loop time ``when``, or until stopped; False once stopped."""
+        delay = when - asyncio.get_running_loop().time()
+        if delay > 0:
+            await self._wait(delay)
+        return not self._stopping.is_set()
 
     async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

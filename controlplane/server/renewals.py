@@ -20,6 +20,15 @@ from memory, and only the leader decides expiry, so its memory is the authority:
   housekeeper proposes them, never a forwarded batch.
 
 Nothing here survives a leadership change, and nothing needs to.
+
+The holder's side of the contract: the leader may expire a lease as soon as a TTL has passed since
+the renewal it last *processed* - a renewal still waiting in its queue does not count, nor one the
+holder meant to send - so a holder must schedule renewals from the lease (every TTL/3 from the last
+one *sent*), keep one in flight until the lease's deadline, and retry a failed one soon
+(``controlplane/agent.py``). Issue 13 item 2 (every steady agent's lease lost at once at the end of
+the bench's churn, no election, this table and the expiry pass working as designed) was a holder
+that waited TTL/3 after *reading* each answer and gave up on a renewal after TTL/3: a delay of about
+TTL/3 anywhere between the two left a whole TTL between renewals.
 """
 
 from __future__ import annotations
