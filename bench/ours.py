@@ -1,7 +1,9 @@
 """Our side of the bench: a 3-server LocalCluster, its KV.Put for the generator, and leader failover.
 
-The cluster comes from ``controlplane.dev.LocalCluster`` (free loopback ports, generated Raft
-password). Writes go through our KV service; the leader is found with Cluster.Status.
+The cluster comes from ``controlplane.dev.LocalCluster`` (free loopback ports, a dev CA and mutual
+TLS on the peer plane, the server defaults unless ``extra_config`` says otherwise, e.g.
+``{"durability": "none"}`` for ``ours-nofsync``). Writes go through our KV service; the leader is
+found with Cluster.Status.
 """
 
 from __future__ import annotations
