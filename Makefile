@@ -37,7 +37,7 @@ soak: $(STAMP)
 jepsen: $(STAMP)
 	$(BIN)/python -m tests.fault.run --profile long
 
-## jepsen-long: the fault suite as a soak: 150 faults, at most an hour of faults
+## jepsen-long: the fault suite as a soak: 150 faults, about 30 minutes
 jepsen-long: $(STAMP)
 	$(BIN)/python -m tests.fault.run --profile soak
 
