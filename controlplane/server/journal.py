@@ -442,6 +442,46 @@ class DurableJournal(Journal):  # type: ignore[misc]
             self._failure = exc
             raise
 
+    # ------------------------------------------------------------------ pipelined syncs
+
+    @property
+    def appended_size(self) -> int:
+        """Bytes of records so far, written or buffered: a sync that reaches this covers them all."""
+        return self._size + len(self._buffer)
+
+    def begin_sync(self) -> tuple[int, int] | None:
+        """Start a sync to run off the event loop: write the buffer (cheap), and return what to
+        ``fdatasync`` in another thread - a duplicate of the file descriptor, so a compaction
+        swapping files meanwhile cannot pull it away - and the size it will cover; None when
+        nothing is waiting. Finish with :meth:`finish_sync` (on the loop) once the fdatasync
+        returned; close the descriptor either way.
+        """
+        if self._failure is not None:
+            self.sync()  # raises the recorded failure
+        try:
+            self._write_buffer()
+        except OSError as exc:
+            self._failure = exc
+            raise
+        if self._size == self._synced_size:
+            return None
+        return os.dup(self._fd), self._size
+
+    def finish_sync(self, size: int) -> None:
+        """Record that everything up to ``size`` is durable (its fdatasync returned); maybe compact."""
+        if size > self._synced_size:
+            self._synced_size = size
+            if self._fsync:
+                self._durable_size = max(self._durable_size, size)
+            self._note_synced_size()
+        settled = self._synced_size == self._size and not self._buffer
+        if settled and self._compact_min_bytes < self._size > self._compact_ratio * self._live_estimate():
+            self._compact()
+
+    def fail(self, exc: OSError) -> None:
+        """A pipelined fdatasync failed: nothing is known about what reached the disk."""
+        self._failure = exc
+
     def close(self, *, sync: bool = True) -> None:
         """Release the files. ``sync=False`` drops what is not yet synced, as a crash would (tests)."""
         try:

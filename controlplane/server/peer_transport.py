@@ -20,8 +20,9 @@ the higher address dials, a learner dials every voter) and replaces everything o
 * **Never blocking the tick**: everything runs on the server's event loop, the same thread as
   pysyncobj's ticks. ``send`` only appends to a socket buffer; a peer that does not read and lets
   its buffer pass ``max_write_buffer_bytes`` is disconnected (pysyncobj reconnects later).
-* **Durability before anything leaves**: ``before_send`` (the journal's group-commit sync) runs
-  before any frame is written, so a vote or an append ack is never sent for state not on disk.
+* **Durability before anything leaves**: every Raft frame goes through ``when_durable``, which
+  writes it once the journal records appended so far are fdatasync'ed (raft.py), so a vote or an
+  append ack is never sent for state not on disk.
 
 Besides Raft's messages the plane carries ``Propose`` (a follower hands its clients' commands to
 the leader), so that call is only ever served to an authenticated server, never on the client port.
@@ -74,9 +75,10 @@ class PeerSettings:
     server_tls: ssl.SSLContext | None
     client_tls: ssl.SSLContext | None
     max_frame_bytes: int
-    # Called before any frame is written (the journal's sync) and after any Raft message was
-    # handed to pysyncobj (schedule a tick, so commits and replies do not wait for the next one).
-    before_send: Callable[[], None]
+    # Runs a frame's write once the journal is durable (now, or later in order; True if sent or
+    # queued), and after any Raft message was handed to pysyncobj (schedule a tick, so commits
+    # and replies do not wait for the next one).
+    when_durable: Callable[[Callable[[], bool]], bool]
     on_activity: Callable[[], None]
     propose_handler: ProposeHandler | None = None
     handshake_timeout_s: float = 5.0
@@ -203,8 +205,8 @@ class PeerTransport(Transport):  # type: ignore[misc]
             # Our own pysyncobj produced it: a bug, not an attack. Drop the message, keep the link.
             log.error("raft_message_not_encodable", peer=link.peer_id, error=str(exc), kind=message.get("type"))
             return False
-        self._settings.before_send()
-        return link.write(raft_peer_pb2.PeerFrame(raft=raft), self._settings.max_write_buffer_bytes)
+        frame, limit = raft_peer_pb2.PeerFrame(raft=raft), self._settings.max_write_buffer_bytes
+        return self._settings.when_durable(lambda: link.write(frame, limit))
 
     def destroy(self) -> None:
         self._destroyed = True

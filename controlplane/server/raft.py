@@ -37,13 +37,14 @@ a voter restarted from a dump counted itself as an unreachable partner.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pysyncobj.syncobj
 import structlog
@@ -150,6 +151,9 @@ class RaftNode:  # implements consensus.Consensus
         self._driver: asyncio.Task[None] | None = None
         self._destroyed = False
         self._dump_renamed_unsynced = False
+        # Frames waiting for the fdatasync that covers them: (journal size they need, write).
+        self._held: collections.deque[tuple[int, Callable[[], bool]]] = collections.deque()
+        self._sync_in_flight = False
         self._journal: DurableJournal
         self._machine = machine
         self._lock = state_lock
@@ -202,7 +206,7 @@ class RaftNode:  # implements consensus.Consensus
             server_tls=self._peers.server_tls,
             client_tls=self._peers.client_tls,
             max_frame_bytes=MAX_RAFT_MESSAGE_BYTES,
-            before_send=self._sync_journal,
+            when_durable=self._when_durable,
             on_activity=self.schedule_tick,
             propose_handler=self._peers.propose_handler,
             connect_retry_s=tuning.connection_retry_s,
@@ -239,27 +243,99 @@ class RaftNode:  # implements consensus.Consensus
             self._sync.doTick(0)
         except Exception:  # pysyncobj's own thread logged and carried on; so do we
             log.exception("raft_tick_failed")
-        # Whatever this tick appended is durable before the next tick counts it towards a commit.
-        self._sync_journal()
+        if self._voter and not self._sync.otherNodes:
+            # A lone voter counts only itself: what this tick appended is durable before the next
+            # tick can commit it.
+            self._sync_journal()
+            self._release_held(self._journal.appended_size)
+        else:
+            self._pipeline_sync()
+
+    # ------------------------------------------------------------ durability
+
+    def _when_durable(self, write: Callable[[], bool]) -> bool:
+        """Run ``write`` (a frame to a peer) once every record appended so far is on disk.
+
+        Nothing leaves before the records it may acknowledge, vote on or carry are durable: a
+        follower's ack, a vote, and the leader's appends (so no follower can ack an entry the
+        leader has not synced, which is what lets the leader count itself towards a commit). The
+        frames wait in order; the fdatasync runs in a worker thread while the loop goes on, and
+        covers every record appended before it started (group commit across batches and ticks).
+        """
+        if not self._held and not self._journal.dirty:
+            return write()
+        self._held.append((self._journal.appended_size, write))
+        self._pipeline_sync()
+        return True
+
+    def _pipeline_sync(self) -> None:
+        """Start one fdatasync off the loop unless one is running; release what it covers when done."""
+        if self._sync_in_flight:
+            return
+        if self._config.durability != "fsync":
+            self._sync_journal()  # writes, never fdatasyncs: cheap enough for the loop
+            self._release_held(self._journal.appended_size)
+            return
+        journal = self._journal
+        try:
+            if self._dump_renamed_unsynced:
+                fsync_directory(self._config.dump_file.parent)
+                self._dump_renamed_unsynced = False
+            started = journal.begin_sync()
+        except OSError as exc:
+            self._storage_failed(exc)
+        if started is None:
+            self._release_held(journal.appended_size)
+            return
+        fd, size = started
+        self._sync_in_flight = True
+        future = self._loop.run_in_executor(None, _fdatasync_and_close, fd)
+        future.add_done_callback(lambda done: self._pipelined_sync_done(journal, size, done))
+
+    def _pipelined_sync_done(self, journal: DurableJournal, size: int, done: asyncio.Future[None]) -> None:
+        self._sync_in_flight = False
+        if journal is not self._journal or self._destroyed:
+            return  # a restart or a stop synced and dropped everything meanwhile
+        failure = done.exception()
+        if failure is not None:
+            journal.fail(failure if isinstance(failure, OSError) else OSError(str(failure)))
+            self._storage_failed(failure)
+        try:
+            journal.finish_sync(size)
+        except OSError as exc:
+            self._storage_failed(exc)
+        self._release_held(size)
+        if self._held or journal.dirty:
+            self._pipeline_sync()
+        self.schedule_tick()
+
+    def _release_held(self, durable_size: int) -> None:
+        held = self._held
+        while held and held[0][0] <= durable_size:
+            held.popleft()[1]()
 
     def _sync_journal(self) -> None:
-        """Make the journal durable, or stop the process: after a failed write or fdatasync nobody
-        knows what is on disk, and a server that went on would acknowledge, vote and count towards
-        commits on a log it may not have (etcd panics on a failed WAL sync for the same reason)."""
+        """Make the journal durable now, on the loop (stopping, restarting, a lone voter, votes)."""
         try:
             if self._dump_renamed_unsynced:
                 fsync_directory(self._config.dump_file.parent)
                 self._dump_renamed_unsynced = False
             self._journal.sync()
         except OSError as exc:
-            log.critical(
-                "journal_write_failed",
-                path=str(self._config.journal_file),
-                error=str(exc),
-                hint="fix the disk (full? read-only?), then restart this server; its peers carry on without it",
-            )
-            sys.stderr.flush()
-            os._exit(EXIT_STORAGE_FAILED)
+            self._storage_failed(exc)
+
+    def _storage_failed(self, exc: BaseException) -> NoReturn:
+        """Stop the process: after a failed write or fdatasync nobody knows what is on disk, and a
+        server that went on would acknowledge, vote and count towards commits on a log it may not
+        have (etcd panics on a failed WAL sync for the same reason)."""
+        log.critical(
+            "journal_write_failed",
+            path=str(self._config.journal_file),
+            error=str(exc),
+            hint="fix the disk (full? read-only?), then restart this server; its peers carry on without it",
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_STORAGE_FAILED)
 
     # ------------------------------------------------------------ applying and dumps
 
@@ -436,6 +512,7 @@ class RaftNode:  # implements consensus.Consensus
         partners = sorted(node.id for node in old.otherNodes if node != self._self_node)
         self._unready_reason = "it is restarting its Raft node as a " + ("voter" if voter else "learner")
         self._sync_journal()
+        self._release_held(self._journal.appended_size)  # their links close with the old transport
         old.destroy()
         _close_pipe_notifier(old)
         if discard_log:
@@ -506,8 +583,17 @@ class RaftNode:  # implements consensus.Consensus
         if self._driver is not None:
             self._driver.cancel()
         self._sync_journal()
+        self._release_held(self._journal.appended_size)
         self._sync.destroy()
         _close_pipe_notifier(self._sync)
+
+
+def _fdatasync_and_close(fd: int) -> None:
+    """In a worker thread: make the journal's written bytes durable through its own descriptor."""
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _close_pipe_notifier(sync: SyncObj) -> None:
