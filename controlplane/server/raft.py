@@ -215,6 +215,10 @@ class RaftNode:  # implements consensus.Consensus
             sync = _ReplicatedLog(
                 self.self_address if self._voter else None, partners, conf, self._apply, transport_factory(settings)
             )
+        # pysyncobj writes a snapshot it receives itself and swallows a failed write, so a follower on a
+        # full disk neither stops nor catches up (found by the fault suite): receive it ourselves.
+        sync._SyncObj__serializer.setTransmissionData = self._receive_snapshot_chunk
+        self._incoming_snapshot: Any = None
         # What the journal says was committed when it was opened: replaying up to it is local work.
         self._opened_commit_index = int(sync.raftCommitIndex)
         self.log_repairs = _install_log_matching_fix(sync)
@@ -408,6 +412,34 @@ class RaftNode:  # implements consensus.Consensus
             (previous.data, previous.index, previous.term),
             cluster,
         )
+
+    def _receive_snapshot_chunk(self, chunk: tuple[bytes, bool, bool] | None) -> bool:
+        """pysyncobj's ``Serializer.setTransmissionData``: one chunk of a snapshot the leader sends.
+
+        True once the whole file is in place as the full dump (pysyncobj then loads it through
+        ``_read_dump``, which makes it durable). A chunk out of order is ignored, as pysyncobj does
+        (the leader starts over). A failed write stops the server like a failed journal write.
+        """
+        if chunk is None:
+            return False
+        data, first, last = chunk
+        incoming = self._config.dump_file.with_name(self._config.dump_file.name + ".incoming")
+        try:
+            if first:
+                if self._incoming_snapshot is not None:
+                    self._incoming_snapshot.close()
+                self._incoming_snapshot = open(incoming, "wb")  # noqa: SIM115 - spans many chunks
+            elif self._incoming_snapshot is None:
+                return False
+            self._incoming_snapshot.write(data)
+            if not last:
+                return False
+            self._incoming_snapshot.close()
+            self._incoming_snapshot = None
+            os.replace(incoming, self._config.dump_file)
+        except OSError as exc:
+            self._storage_failed(exc)
+        return True
 
     def _drop_entries_before(self, previous: tuple[bytes, int, int], last: tuple[bytes, int, int]) -> None:
         """Finish a compaction that a crash cut short: the dump was written but the journal still
