@@ -198,6 +198,9 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     async def Snapshot(
         self, request: cluster_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cluster_pb2.SnapshotChunk]:
+        # Linearizable, like a default read: a backup taken on a follower right after a write was
+        # acknowledged must hold it (a follower may not have applied it yet).
+        await self._node.prepare_read(common_pb2.ReadOptions(), _timeout(context))
         data, revision = await asyncio.to_thread(self._node.backup)
         digest = hashlib.sha256(data).hexdigest()
         yield cluster_pb2.SnapshotChunk(
