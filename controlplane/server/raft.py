@@ -8,9 +8,9 @@ module is built around (measured; see the brief):
   (``peer_transport.py``: protobuf frames over mutual TLS, bound to the configured address).
 * Its journal is a memory-mapped file that is never flushed: we replace it
   (``journal.py``: append-only, checksummed, one fdatasync per group-committed batch, term and
-  vote synced before they are used). The transport syncs the journal before any frame leaves,
-  and every tick ends with a sync, so nothing is acknowledged, voted or counted towards a commit
-  before it is on disk.
+  vote synced before they are used). Every Raft frame waits, in order, for the fdatasync that
+  covers the records appended before it (run in a worker thread: group commit across batches),
+  so nothing is acknowledged, voted or counted towards a commit before it is on disk.
 * Journal *and* full dump are always set: a journal without a dump lost all state after
   compaction plus restart.
 * The full dump goes through the serializer hooks in our own format (``RaftDump``), written
