@@ -213,7 +213,14 @@ class Node:
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[None]) -> None:
+        """A loop that ends with an error (the indexer, the housekeeper, the membership watch) stops
+        doing its job for good: say so loudly instead of letting asyncio drop the exception."""
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task_failed", task=repr(task), exc_info=task.exception())
 
     # ------------------------------------------------------------------ raft callbacks
 
