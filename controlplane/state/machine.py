@@ -302,20 +302,21 @@ class StateMachine:
     def _trim_history(self) -> None:
         """Compact the oldest events past either bound (count or bytes); the newest too, if it
         alone is over the byte bound."""
-        history = self._history
-        while self._history_start < len(history) and (
-            len(history) - self._history_start > self.history_limit or self._history_bytes > self.history_limit_bytes
-        ):
-            oldest = history[self._history_start]
+        history, start, end = self._history, self._history_start, len(self._history)
+        if end - start <= self.history_limit and self._history_bytes <= self.history_limit_bytes:
+            return
+        while start < end and (end - start > self.history_limit or self._history_bytes > self.history_limit_bytes):
+            oldest = history[start]
             self.compacted_revision = oldest.revision
             self._history_bytes -= oldest.size
             # The list is cut in bulk (below); its values are let go now, or the byte bound would
             # bound nothing until the next cut.
-            history[self._history_start] = _COMPACTED
-            self._history_start += 1
-        if self._history_start > max(self.history_limit, 1024) or self._history_start == len(history) > 0:
-            del history[: self._history_start]
-            del self._history_revisions[: self._history_start]
+            history[start] = _COMPACTED
+            start += 1
+        self._history_start = start
+        if start > max(self.history_limit, 1024) or start == end:
+            del history[:start]
+            del self._history_revisions[:start]
             self._history_start = 0
 
     @property

@@ -57,6 +57,11 @@ TRANSITIONS: dict[int, frozenset[int]] = {
     models_pb2.VERSION_STATUS_DEPRECATED: frozenset({models_pb2.VERSION_STATUS_READY}),
 }
 DRAFT_FIELDS = ("description", "family", "tags", "owner")
+_ALL_DRAFT_FIELDS = frozenset(DRAFT_FIELDS)
+_FORMATS = frozenset(models_pb2.ModelFormat.values()) - {models_pb2.MODEL_FORMAT_UNSPECIFIED}
+_NEW_STATUSES = frozenset(
+    {models_pb2.VERSION_STATUS_UNSPECIFIED, models_pb2.VERSION_STATUS_PENDING, models_pb2.VERSION_STATUS_READY}
+)
 
 
 def status_name(status: int) -> str:
@@ -64,7 +69,7 @@ def status_name(status: int) -> str:
 
 
 def check_draft(draft: models_pb2.ModelDraft, fields: Iterable[str] = DRAFT_FIELDS) -> None:
-    chosen = set(fields)
+    chosen = fields if fields is DRAFT_FIELDS else set(fields)
     if "description" in chosen:
         _check(limits.check_text(draft.description, "description", MAX_DESCRIPTION_CHARS))
     if "family" in chosen and draft.family:
@@ -85,13 +90,9 @@ def check_version_fields(request: models_pb2.RegisterVersionRequest) -> None:
     _check(limits.check_model_name(request.model))
     if not _SHA256.fullmatch(request.sha256.lower()):
         raise _invalid(f"sha256 {request.sha256[:80]!r} is not 64 hexadecimal digits")
-    if request.format not in models_pb2.ModelFormat.values() or request.format == models_pb2.MODEL_FORMAT_UNSPECIFIED:
+    if request.format not in _FORMATS:
         raise _invalid("format must be one of safetensors, gguf, onnx, pt, other")
-    if request.status not in (
-        models_pb2.VERSION_STATUS_UNSPECIFIED,
-        models_pb2.VERSION_STATUS_PENDING,
-        models_pb2.VERSION_STATUS_READY,
-    ):
+    if request.status not in _NEW_STATUSES:
         raise _invalid("a new version starts pending (the default) or ready")
     _check(limits.check_text(request.source_uri, "source_uri", MAX_URI_CHARS))
     if len(request.metadata) > MAX_METADATA:
@@ -272,31 +273,33 @@ class ModelTable:
         planned_numbers: dict[str, int],
     ) -> None:  # fmt: skip
         check_version_fields(request)
-        self._check_new_model_name(request.model)
+        name = request.model
+        self._check_new_model_name(name)
         sha = request.sha256.lower()
         # The sha256 field as it is serialized: found in a version's bytes only if it is that
         # version's sha256 (or, conceivably, inside its metadata: hence the check after parsing).
         field = models_pb2.ModelVersion(sha256=sha).SerializeToString()
-        for number, data in self.versions.get(request.model, {}).items():
+        for existing, data in self.versions.get(name, {}).items():
             if field in data and models_pb2.ModelVersion.FromString(data).sha256 == sha:
                 raise Refused(
-                    common_pb2.ERROR_CODE_ALREADY_EXISTS,
-                    f"model {request.model!r} version {number} already has sha256 {sha}",
+                    common_pb2.ERROR_CODE_ALREADY_EXISTS, f"model {name!r} version {existing} already has sha256 {sha}"
                 )
-        in_batch = planned_hashes.setdefault(request.model, {})
+        in_batch = planned_hashes.setdefault(name, {})
         if sha in in_batch:
-            raise _invalid(f"sha256 {sha} appears twice for model {request.model!r} in this request")
-        current = self.models.get(request.model)
-        number = planned_numbers.get(request.model, current.latest_version if current is not None else 0) + 1
-        planned_numbers[request.model] = number
-        in_batch[sha] = number
+            raise _invalid(f"sha256 {sha} appears twice for model {name!r} in this request")
+        number = planned_numbers.get(name)
+        if number is None:  # the model's first version in this request: after its latest
+            number = self.models[name].latest_version if name in self.models else 0
+        planned_numbers[name] = number + 1
+        in_batch[sha] = number + 1
 
     def _apply_registration(self, request: models_pb2.RegisterVersionRequest) -> tuple[models_pb2.ModelVersion, bool]:
-        created = request.model not in self.models
+        name = request.model
+        created = name not in self.models
         now = self._journal.time_unix_ms
         if created:
             model = models_pb2.Model(
-                name=request.model,
+                name=name,
                 description=request.draft.description,
                 family=request.draft.family,
                 tags=request.draft.tags,
@@ -305,13 +308,14 @@ class ModelTable:
                 created_unix_ms=now,
             )
         else:
-            model = self._copy(request.model)
+            model = self._copy(name)
         model.latest_version += 1
         model.version_count += 1
         self._store_model(model, "created" if created else "version added")
+        name = self._name(name)
+        number = model.latest_version
+        # Built without its keys (model name, number): that is how it is stored.
         version = models_pb2.ModelVersion(
-            model=request.model,
-            version=model.latest_version,
             sha256=request.sha256.lower(),
             size_bytes=request.size_bytes,
             format=request.format,
@@ -322,8 +326,10 @@ class ModelTable:
             create_revision=self._journal.revision + 1,
             mod_revision=self._journal.revision + 1,
         )
-        self.versions.setdefault(self._name(request.model), {})[version.version] = _pack_version(version)
-        self._event(f"{request.model}/{version.version}", watch_pb2.EVENT_TYPE_PUT, "registered", None, version)
+        self.versions.setdefault(name, {})[number] = version.SerializeToString(deterministic=True)
+        version.model = name
+        version.version = number
+        self._event(f"{name}/{number}", watch_pb2.EVENT_TYPE_PUT, "registered", None, version)
         return version, created
 
     def _register(self, request: models_pb2.RegisterVersionRequest) -> CommandResult:
