@@ -92,7 +92,7 @@ class ClusterChanges:
                 future.set_result(reason)
 
         def done(reason: int) -> None:  # inside a Raft tick
-            loop.call_soon_threadsafe(settle, reason)
+            loop.call_soon(settle, reason)
 
         start(done)
         try:

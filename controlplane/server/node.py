@@ -6,7 +6,7 @@ gRPC status codes.
 
 Threads: Raft ticks on the asyncio event loop too (raft.py), so applies and requests take turns
 on one thread; ``state_lock`` still brackets every apply and every multi-table read, so a view
-is consistent by construction whatever runs where (the search indexer reads from a worker thread).
+is consistent by construction.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ class Node:
         # Inside a Raft tick. Coalesce: one wake-up per loop turn however many entries were applied.
         if not self._applied_pending and self._loop is not None:
             self._applied_pending = True
-            self._loop.call_soon_threadsafe(self._wake_waiters)
+            self._loop.call_soon(self._wake_waiters)  # on the loop already: no self-pipe wake-up
 
     def serve_machine(self, fresh: StateMachine) -> None:
         """Answer from ``fresh`` from now on (a restarted Raft node's machine, once it caught up)."""

@@ -212,7 +212,7 @@ class Proposer:
         release = self._take_slot(batch)
 
         def on_applied(results: list[CommandResult] | None, reason: int) -> None:  # inside a Raft tick
-            loop.call_soon_threadsafe(self._resolve, release, batch, results, reason)
+            loop.call_soon(self._resolve, release, batch, results, reason)
 
         self._raft.submit(entry, on_applied)
 

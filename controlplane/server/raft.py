@@ -85,7 +85,6 @@ assert {o.name: int(o) for o in Outcome} == {k: v for k, v in vars(FAIL_REASON).
 
 # Exit status of a server that stopped because its journal could not be written or its dump loaded.
 EXIT_STORAGE_FAILED = 3
-EXIT_JOURNAL_FAILED = EXIT_STORAGE_FAILED  # the name the fault suite and the docs use
 
 
 # pysyncobj creates its journal inside SyncObj.__init__ from a module-level factory; the one way

@@ -14,7 +14,7 @@ Nemeses:
   connection is closed, so peers and clients notice only through their own timeouts.
 * ``disk-full``: the server is stopped, its data directory moved onto a small tmpfs (what it holds
   plus a little headroom) and restarted; catching up and new writes fill the disk. The server must
-  stop on its own with status 3 (``raft.EXIT_JOURNAL_FAILED``). Healing copies what it wrote back
+  stop on its own with status 3 (``raft.EXIT_STORAGE_FAILED``). Healing copies what it wrote back
   to the real disk, unmounts, and restarts it from there (a torn journal tail is dropped).
   Needs ``mount -t tmpfs`` (root); when mounting is refused the nemesis is skipped with a message.
 """
@@ -37,7 +37,7 @@ from typing import Any
 import grpc
 
 from controlplane.dev import LocalCluster, NodeProcess
-from controlplane.server.raft import EXIT_JOURNAL_FAILED
+from controlplane.server.raft import EXIT_STORAGE_FAILED
 
 HEAL_TIMEOUT_S = 90.0
 #: What the tmpfs holds beyond the data directory's current size (bytes).
@@ -310,9 +310,9 @@ class DiskFull(Nemesis):
             )
         else:
             fault.detail["exit"] = code
-            if code != EXIT_JOURNAL_FAILED:
+            if code != EXIT_STORAGE_FAILED:
                 fault.problems.append(
-                    f"disk-full: {node.id} exited with status {code}, not {EXIT_JOURNAL_FAILED} (see {node.log_path})"
+                    f"disk-full: {node.id} exited with status {code}, not {EXIT_STORAGE_FAILED} (see {node.log_path})"
                 )
         fault.duration = time.monotonic() - started
 
