@@ -292,6 +292,9 @@ class DurableJournal(Journal):  # type: ignore[misc]
         # pysyncobj's journals answer 1 until told otherwise; index 1 is the NO_OP it adds to an
         # empty journal, committed by definition.
         self._commit_index = 1
+        # A commit index not yet in the file: it rides along with the next write of other records
+        # (or an explicit sync), so advancing it never costs an fdatasync of its own.
+        self._commit_index_unwritten = False
         # Encoded size of the live APPEND records: what a rewrite would write for them.
         self._live_bytes = 0
         self._buffer = bytearray()
@@ -362,12 +365,11 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self.close(sync=True)
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
-        # Followers report the same value on every append_entries: nothing to record.
-        if raftCommitIndex == self._commit_index:
-            return
-        record = _record(_COMMIT_INDEX, _U64.pack(raftCommitIndex))
-        self._commit_index = raftCommitIndex
-        self._buffer_record(record)
+        # Only saves replay work (on open it is clamped to the last entry present), so it is
+        # written lazily: a commit must not cost every server a second fdatasync per write.
+        if raftCommitIndex != self._commit_index:
+            self._commit_index = raftCommitIndex
+            self._commit_index_unwritten = True
 
     def getRaftCommitIndex(self) -> int:
         return self._commit_index
@@ -414,6 +416,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
                 f"journal {self.path}: an earlier write or fdatasync failed ({self._failure}); "
                 "what it held may not be on disk, so it accepts no more syncs: restart the server",
             )
+        if self._commit_index_unwritten:
+            self._buffer_commit_index()
         if not self.dirty:
             return
         try:
@@ -501,9 +505,15 @@ class DurableJournal(Journal):  # type: ignore[misc]
         if len(self._buffer) > self._write_buffer_bytes:
             self._write_buffer()
 
+    def _buffer_commit_index(self) -> None:
+        self._commit_index_unwritten = False
+        self._buffer += _record(_COMMIT_INDEX, _U64.pack(self._commit_index))
+
     def _write_buffer(self) -> None:
         if not self._buffer:
             return
+        if self._commit_index_unwritten:
+            self._buffer_commit_index()
         try:
             _write_all(self._fd, self._buffer, self._size)
         except OSError as exc:

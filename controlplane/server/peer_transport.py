@@ -22,7 +22,8 @@ the higher address dials, a learner dials every voter) and replaces everything o
   its buffer pass ``max_write_buffer_bytes`` is disconnected (pysyncobj reconnects later).
 * **Durability before anything leaves**: every Raft frame goes through ``when_durable``, which
   writes it once the journal records appended so far are fdatasync'ed (raft.py), so a vote or an
-  append ack is never sent for state not on disk.
+  append ack is never sent for state not on disk (a leader's appends leave at once; raft.py holds
+  the acks they draw until the leader's own copy is durable).
 
 Besides Raft's messages the plane carries ``Propose`` (a follower hands its clients' commands to
 the leader), so that call is only ever served to an authenticated server, never on the client port.
@@ -75,10 +76,11 @@ class PeerSettings:
     server_tls: ssl.SSLContext | None
     client_tls: ssl.SSLContext | None
     max_frame_bytes: int
-    # Runs a frame's write once the journal is durable (now, or later in order; True if sent or
-    # queued), and after any Raft message was handed to pysyncobj (schedule a tick, so commits
-    # and replies do not wait for the next one).
-    when_durable: Callable[[Callable[[], bool]], bool]
+    # Runs a frame's write (given with the Raft message's type) once the journal is durable as
+    # that type requires (now, or later in order; True if sent or queued), and after any Raft
+    # message was handed to pysyncobj (schedule a tick, so commits and replies do not wait for
+    # the next one).
+    when_durable: Callable[[Callable[[], bool], str | None], bool]
     on_activity: Callable[[], None]
     propose_handler: ProposeHandler | None = None
     handshake_timeout_s: float = 5.0
@@ -206,7 +208,7 @@ class PeerTransport(Transport):  # type: ignore[misc]
             log.error("raft_message_not_encodable", peer=link.peer_id, error=str(exc), kind=message.get("type"))
             return False
         frame, limit = raft_peer_pb2.PeerFrame(raft=raft), self._settings.max_write_buffer_bytes
-        return self._settings.when_durable(lambda: link.write(frame, limit))
+        return self._settings.when_durable(lambda: link.write(frame, limit), message.get("type"))
 
     def destroy(self) -> None:
         self._destroyed = True

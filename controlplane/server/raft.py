@@ -8,9 +8,11 @@ module is built around (measured; see the brief):
   (``peer_transport.py``: protobuf frames over mutual TLS, bound to the configured address).
 * Its journal is a memory-mapped file that is never flushed: we replace it
   (``journal.py``: append-only, checksummed, one fdatasync per group-committed batch, term and
-  vote synced before they are used). Every Raft frame waits, in order, for the fdatasync that
-  covers the records appended before it (run in a worker thread: group commit across batches),
-  so nothing is acknowledged, voted or counted towards a commit before it is on disk.
+  vote synced before they are used). Every Raft frame but the leader's appends waits, in order,
+  for the fdatasync that covers the records appended before it (run in a worker thread: group
+  commit across batches); the leader's appends leave at once and the acks they draw wait for the
+  leader's own sync instead. So nothing is acknowledged, voted or counted towards a commit
+  before it is on disk, and the leader's and followers' fdatasyncs overlap.
 * Journal *and* full dump are always set: a journal without a dump lost all state after
   compaction plus restart.
 * The full dump goes through the serializer hooks in our own format (``RaftDump``), written
@@ -152,6 +154,9 @@ class RaftNode:  # implements consensus.Consensus
         self._dump_renamed_unsynced = False
         # Frames waiting for the fdatasync that covers them: (journal size they need, write).
         self._held: collections.deque[tuple[int, Callable[[], bool]]] = collections.deque()
+        # Acks a leader received before its own copy of what they acknowledge was durable:
+        # (journal size they need, delivery), delivered in order once the fdatasync covers it.
+        self._acks_held: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         self._sync_in_flight = False
         self._journal: DurableJournal
         self._machine = machine
@@ -221,7 +226,29 @@ class RaftNode:  # implements consensus.Consensus
         # What the journal says was committed when it was opened: replaying up to it is local work.
         self._opened_commit_index = int(sync.raftCommitIndex)
         self.log_repairs = _install_log_matching_fix(sync)
+        self._install_ack_hold(sync)
         return sync
+
+    def _install_ack_hold(self, sync: _ReplicatedLog) -> None:
+        """Route a leader's incoming acks through ``_deliver_ack``. pysyncobj's ack carries no term,
+        so one held across a change of leadership is dropped: it speaks of a log that may no longer
+        be this leader's (a fresh one arrives with the next append)."""
+        transport = sync._SyncObj__transport
+        on_message = transport._onMessageReceivedCallback
+
+        def hold_acks(node: Any, message: Any) -> None:
+            if not (isinstance(message, dict) and message.get("type") == "next_node_idx" and sync._isLeader()):
+                on_message(node, message)
+                return
+            term = sync.raftCurrentTerm
+
+            def deliver() -> None:
+                if sync._isLeader() and sync.raftCurrentTerm == term:
+                    on_message(node, message)
+
+            self._deliver_ack(deliver)
+
+        transport.setOnMessageReceivedCallback(hold_acks)
 
     # ------------------------------------------------------------ the tick, on the loop
 
@@ -256,20 +283,36 @@ class RaftNode:  # implements consensus.Consensus
 
     # ------------------------------------------------------------ durability
 
-    def _when_durable(self, write: Callable[[], bool]) -> bool:
+    def _when_durable(self, write: Callable[[], bool], kind: str | None) -> bool:
         """Run ``write`` (a frame to a peer) once every record appended so far is on disk.
 
-        Nothing leaves before the records it may acknowledge, vote on or carry are durable: a
-        follower's ack, a vote, and the leader's appends (so no follower can ack an entry the
-        leader has not synced, which is what lets the leader count itself towards a commit). The
-        frames wait in order; the fdatasync runs in a worker thread while the loop goes on, and
-        covers every record appended before it started (group commit across batches and ticks).
+        Nothing leaves before the records it may acknowledge or vote on are durable: a follower's
+        ack and a vote wait, in order, for the fdatasync covering what was appended before them;
+        it runs in a worker thread while the loop goes on, and covers every record appended
+        before it started (group commit across batches and ticks).
+
+        The leader's appends are the exception: they leave at once, so the leader's fdatasync
+        and its followers' run at the same time (the Raft thesis, 10.2.1; etcd does the same).
+        What keeps the leader from counting an entry it has not synced is on the other side:
+        an ack reaching the leader waits for the leader's own sync (``_deliver_ack``).
         """
-        if not self._held and not self._journal.dirty:
+        if not self._held and (kind == "append_entries" or not self._journal.dirty):
             return write()
         self._held.append((self._journal.appended_size, write))
         self._pipeline_sync()
         return True
+
+    def _deliver_ack(self, deliver: Callable[[], None]) -> None:
+        """Hand a follower's ack to pysyncobj once this leader's journal holds, durably, every
+        record appended so far - which includes every entry the ack can acknowledge, since a
+        follower only holds entries this leader sent after appending them. pysyncobj counts
+        the leader itself towards every commit, so an ack delivered earlier could commit an
+        entry that only the follower has on disk."""
+        if not self._acks_held and not self._journal.dirty:
+            deliver()
+            return
+        self._acks_held.append((self._journal.appended_size, deliver))
+        self._pipeline_sync()
 
     def _pipeline_sync(self) -> None:
         """Start one fdatasync off the loop unless one is running; release what it covers when done."""
@@ -308,7 +351,7 @@ class RaftNode:  # implements consensus.Consensus
         except OSError as exc:
             self._storage_failed(exc)
         self._release_held(size)
-        if self._held or journal.dirty:
+        if self._held or self._acks_held or journal.dirty:
             self._pipeline_sync()
         self.schedule_tick()
 
@@ -316,6 +359,11 @@ class RaftNode:  # implements consensus.Consensus
         held = self._held
         while held and held[0][0] <= durable_size:
             held.popleft()[1]()
+        acks = self._acks_held
+        if acks and acks[0][0] <= durable_size:
+            while acks and acks[0][0] <= durable_size:
+                acks.popleft()[1]()
+            self.schedule_tick()  # the commit they allow is computed in the tick
 
     def _sync_journal(self) -> None:
         """Make the journal durable now, on the loop (stopping, restarting, a lone voter, votes)."""
