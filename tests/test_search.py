@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -439,6 +440,25 @@ async def test_an_apply_without_changes_only_moves_the_revision(index: SearchInd
 
 
 # ------------------------------------------------------------------ documents, lifecycle
+
+
+async def test_a_revision_only_apply_is_committed_lazily_and_on_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KV writes move the revision without touching a model: committing each would cost an SQLite
+    transaction per write. The file may lag (its rows are the same), and close() catches it up."""
+    monkeypatch.setattr(search, "META_WRITE_INTERVAL_S", 3600.0)
+    path = tmp_path / "search.sqlite"
+    index = await SearchIndex.open(path)
+    await index.apply([doc("Gemma-2B")], [], revision=5, fingerprint="at-5")
+    await index.apply([], [], revision=9, fingerprint="at-9")
+    assert (index.revision, (await index.search("gemma")).revision) == (9, 9)
+    with sqlite3.connect(path) as reader:
+        assert reader.execute("SELECT revision, fingerprint FROM index_meta").fetchone() == (5, "at-5")
+    await index.close()
+    again = await SearchIndex.open(path)
+    assert (again.revision, again.fingerprint, await names(again, "gemma")) == (9, "at-9", ["Gemma-2B"])
+    await again.close()
 
 
 def test_model_doc_collects_the_formats_and_statuses_of_current_versions() -> None:

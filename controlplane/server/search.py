@@ -32,6 +32,9 @@ Invariants:
 * ``apply`` never moves the revision backwards (that would be an indexer bug: ValueError).
   ``rebuild`` may set any revision, because it replaces everything (e.g. after a backup restore).
 * The revision and fingerprint ``open`` reports are the ones committed with the rows it holds.
+  An apply that changes no model (a KV write moved the revision) commits its revision at most
+  every ``META_WRITE_INTERVAL_S``, and on ``close``: the rows are the same at either revision, and
+  a transaction per KV write cost the servers' CPU a thread hand-off and an SQLite commit each.
 
 Two engines answer the same queries:
 
@@ -164,6 +167,8 @@ _PRAGMAS = (
 # How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
 # is rebuilt, not trusted: bump this whenever a change here would index a model differently.
 LAYOUT = 1
+# How often an apply that changed no model commits its revision (see the module docstring).
+META_WRITE_INTERVAL_S = 1.0
 # Documents per insert statement in a rebuild.
 _INSERT_SLICE = 2000
 # One row: what the index holds (see the module docstring). Written in every transaction.
@@ -320,6 +325,9 @@ class SearchIndex:
         self._engine = engine
         self._revision = 0
         self._fingerprint = ""
+        # The revision (and fingerprint) are ahead of what is committed: a revision-only apply.
+        self._meta_unwritten = False
+        self._meta_written_at = -META_WRITE_INTERVAL_S
         # Held for every statement on the connection: a search between two statements of a
         # rebuild or apply would read that transaction's uncommitted, half-done state.
         self._lock = asyncio.Lock()
@@ -460,6 +468,8 @@ class SearchIndex:
         """
         async with self._lock:
             if self._connection is not None:
+                if self._meta_unwritten:
+                    await self._write_meta()
                 connection, self._connection = self._connection, None
                 await connection.close()
 
@@ -497,10 +507,15 @@ class SearchIndex:
                 await self._conn.execute("INSERT INTO models_fts (models_fts) VALUES ('optimize')")
             await self._conn.execute(_WRITE_META, (revision, fingerprint))
         self._revision, self._fingerprint = revision, fingerprint
+        self._meta_unwritten, self._meta_written_at = False, time.monotonic()
 
     async def _apply(self, upserts: list[ModelDoc], deleted: list[str], revision: int, fingerprint: str) -> None:
         if revision < self._revision:
             raise ValueError(f"apply at revision {revision} is older than the index's revision {self._revision}")
+        if not upserts and not deleted and time.monotonic() - self._meta_written_at < META_WRITE_INTERVAL_S:
+            self._revision, self._fingerprint = revision, fingerprint
+            self._meta_unwritten = True
+            return
         async with self._transaction():
             # The indexer also applies revisions that changed no model, only to move the revision.
             if upserts or deleted:
@@ -510,6 +525,12 @@ class SearchIndex:
                 await self._insert(upserts, first_id=rows[0][0] + 1)
             await self._conn.execute(_WRITE_META, (revision, fingerprint))
         self._revision, self._fingerprint = revision, fingerprint
+        self._meta_unwritten, self._meta_written_at = False, time.monotonic()
+
+    async def _write_meta(self) -> None:
+        async with self._transaction():
+            await self._conn.execute(_WRITE_META, (self._revision, self._fingerprint))
+        self._meta_unwritten, self._meta_written_at = False, time.monotonic()
 
     @property
     def _conn(self) -> aiosqlite.Connection:
