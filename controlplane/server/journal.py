@@ -390,6 +390,9 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def onOneSecondTimer(self) -> None:
         # A backstop only: the caller syncs before every message and at the end of every tick.
+        # Also bounds how far the commit index in the file lags when no records are written.
+        if self._commit_index_unwritten:
+            self._buffer_commit_index()
         self.sync()
 
     def flush(self) -> None:
@@ -416,10 +419,10 @@ class DurableJournal(Journal):  # type: ignore[misc]
                 f"journal {self.path}: an earlier write or fdatasync failed ({self._failure}); "
                 "what it held may not be on disk, so it accepts no more syncs: restart the server",
             )
-        if self._commit_index_unwritten:
-            self._buffer_commit_index()
         if not self.dirty:
             return
+        if self._commit_index_unwritten:
+            self._buffer_commit_index()  # a sync happens anyway: the commit index rides along
         try:
             self._write_buffer()
             if self._fsync:
@@ -462,6 +465,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
         """
         if self._failure is not None:
             self.sync()  # raises the recorded failure
+        if self._commit_index_unwritten and self.dirty:
+            self._buffer_commit_index()  # a sync happens anyway: the commit index rides along
         try:
             self._write_buffer()
         except OSError as exc:
@@ -490,6 +495,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
         """Release the files. ``sync=False`` drops what is not yet synced, as a crash would (tests)."""
         try:
             if sync and self._fd >= 0 and self._failure is None:
+                if self._commit_index_unwritten:
+                    self._buffer_commit_index()
                 self.sync()
         finally:
             for fd in (self._fd, self._synced_fd):
