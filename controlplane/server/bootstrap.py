@@ -36,6 +36,7 @@ import structlog
 
 from controlplane import errors
 from controlplane.server.config import ConfigError, Peer, ServerConfig
+from controlplane.server.datadir import ensure_private_directory, open_private_for_writing
 
 log = structlog.get_logger("bootstrap")
 
@@ -98,10 +99,10 @@ def load_record(data_dir: Path) -> BootstrapRecord:
 
 def save_record(data_dir: Path, record: BootstrapRecord) -> None:
     """Atomically and durably: a vote must survive a crash the moment after anyone could see it."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_directory(data_dir)
     path = data_dir / RECORD_FILE
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
+    with open(open_private_for_writing(tmp), "w") as f:
         f.write(record.to_json())
         f.flush()
         os.fsync(f.fileno())

@@ -50,6 +50,7 @@ from controlplane.server.consensus import (
     ConsensusFactory,
     PeerAccess,
 )
+from controlplane.server.datadir import ensure_private_directory
 from controlplane.server.housekeeping import Autopilot, Housekeeper
 from controlplane.server.indexer import Indexer
 from controlplane.server.own_membership import OwnMembership
@@ -155,7 +156,7 @@ class Node:
         Raises StartupRefused when the data directory belongs to a server removed from its cluster.
         """
         self._loop = asyncio.get_running_loop()
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_directory(self.config.data_dir)
         had_journal = self.config.journal_file.exists()
         # A joining server is a learner until promoted; the marker makes a promotion survive restarts.
         voter = not self.config.join or self.config.voter_marker_file.exists()

@@ -19,6 +19,7 @@ import structlog
 
 from controlplane.server.config import ConfigError
 from controlplane.server.consensus import Consensus
+from controlplane.server.datadir import open_private_for_writing
 from controlplane.state.machine import StateMachine
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -220,7 +221,7 @@ class OwnMembership:
 
 def _write_marker(path: Path, node_id: str) -> None:
     """Durably note that this server was promoted (it then starts as a voter even with --join)."""
-    with open(path, "w") as out:
+    with open(open_private_for_writing(path), "w") as out:
         out.write(node_id + "\n")
         out.flush()
         os.fsync(out.fileno())

@@ -80,6 +80,7 @@ import aiosqlite
 import structlog
 
 from controlplane.errors import InvalidArgument
+from controlplane.server.datadir import create_private_file
 from controlplane.v1 import models_pb2
 
 __all__ = [
@@ -354,6 +355,10 @@ class SearchIndex:
 
     @classmethod
     async def _open(cls, path: str | Path, use_fts5: bool) -> SearchIndex:
+        if str(path) != ":memory:":
+            # SQLite creates files 0644 (its journals copy the database's mode): the index is
+            # the registry's contents, as private as the rest of the data directory.
+            create_private_file(Path(path))
         # isolation_level=None: we issue BEGIN and COMMIT, so a transaction is exactly one
         # rebuild or apply.
         connection = await aiosqlite.connect(str(path), isolation_level=None, cached_statements=256)

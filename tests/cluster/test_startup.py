@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -114,3 +115,15 @@ def test_refuses_the_port_of_a_running_server_and_leaves_it_alone(
         assert client.get("startup/still-serving") is not None
     assert wait_converged(cluster) >= put.revision
     assert len(running(cluster)) == len(cluster.nodes)
+
+
+def test_a_servers_data_dir_is_0700_and_its_files_0600(cluster: LocalCluster) -> None:
+    with Client(next(iter(cluster.nodes.values())).client_address) as client:
+        put = client.put("startup/private", b"1")
+    assert wait_converged(cluster) >= put.revision
+    for node in cluster.nodes.values():
+        assert stat.S_IMODE(node.data_dir.stat().st_mode) == 0o700, node.data_dir
+        files = [path for path in node.data_dir.rglob("*") if path.is_file()]
+        assert any(path.name == "raft.wal" for path in files)
+        readable = {str(path): oct(stat.S_IMODE(path.stat().st_mode)) for path in files if path.stat().st_mode & 0o077}
+        assert readable == {}, f"files others can read in {node.data_dir}"
