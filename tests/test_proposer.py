@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-from controlplane.server.proposer import Proposer
+import pytest
+
+from controlplane.errors import UnknownOutcome
+from controlplane.server.proposer import FORWARD_TIMEOUT_S, Proposer
 from controlplane.state.machine import CommandResult
 from controlplane.v1 import command_pb2
 
@@ -106,3 +109,34 @@ async def test_readers_queued_behind_full_slots_share_the_next_barrier() -> None
     leader.answer(2, 12)
     assert (await first, await second) == (10, 11)
     assert await asyncio.gather(*queued) == [12, 12, 12]
+
+
+async def test_a_write_forwarded_to_a_deposed_leader_is_abandoned_when_another_leads() -> None:
+    """A frozen or cut-off leader keeps its connection open and never answers: the forward must not
+    wait out its timeout once this follower knows another leader (issue 13's 6 s gap)."""
+    leader = _Leader()
+    current = {"address": "127.0.0.1:1"}
+    proposer = Proposer(
+        "n2",
+        _Follower(),  # type: ignore[arg-type]
+        lambda: current["address"],
+        leader.forward,
+        max_batch_commands=1000,
+        max_batch_bytes=1 << 20,
+        commit_timeout_s=30.0,
+    )
+    write = asyncio.ensure_future(proposer.propose(command_pb2.Command(request_id="w-1")))
+    await _settle()
+    assert len(leader.batches) == 1, "forwarded to the leader, which never answers"
+
+    current["address"] = "127.0.0.1:2"  # an election elsewhere: this follower now follows n3
+    with pytest.raises(UnknownOutcome, match=r"lost the leadership .*now: 127\.0\.0\.1:2.*same request id"):
+        await asyncio.wait_for(write, timeout=FORWARD_TIMEOUT_S * 10)
+
+    # The slot was released: the next write goes to the new leader.
+    again = asyncio.ensure_future(proposer.propose(command_pb2.Command(request_id="w-1")))
+    await _settle()
+    assert len(leader.batches) == 2
+    leader.answer(1, 9)
+    assert (await again).revision == 9
+    proposer.close()

@@ -34,6 +34,10 @@ from controlplane.v1 import command_pb2
 log = structlog.get_logger("controlplane.proposer")
 
 FORWARD_TIMEOUT_S = 3.0
+# How often a follower with forwards in flight checks that their leader still leads. A forward to a
+# leader that was deposed (frozen, partitioned: its connection stays open) is abandoned at once,
+# not after FORWARD_TIMEOUT_S, so the client retries at the new leader within an election.
+LEADER_CHECK_S = 0.1
 
 # Sends commands to the leader at a Raft address and returns their results (the peer plane's
 # ProposeCall); raises Unavailable (not sent: nothing applied) or UnknownOutcome (sent, no answer).
@@ -76,6 +80,10 @@ class Proposer:
         # it has left in a batch (see barrier()).
         self._queued_barrier: _Pending | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Forwards in flight and the leader each went to; those abandoned on a change of leader.
+        self._forwarding: dict[asyncio.Task[None], str] = {}
+        self._abandoned: set[asyncio.Task[None]] = set()
+        self._leader_watch: asyncio.Task[None] | None = None
         self._closed = False
 
     async def propose(self, command: command_pb2.Command) -> CommandResult:
@@ -202,8 +210,31 @@ class Proposer:
         release = self._take_slot(batch)
         task = self._loop.create_task(self._forward_batch(leader, batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._forwarding[task] = leader
+        task.add_done_callback(self._forward_done)
         task.add_done_callback(lambda _task: release())
+        if self._leader_watch is None:
+            self._leader_watch = self._loop.create_task(self._watch_leader())
+            self._tasks.add(self._leader_watch)
+            self._leader_watch.add_done_callback(self._tasks.discard)
+
+    def _forward_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._forwarding.pop(task, None)
+        self._abandoned.discard(task)
+
+    async def _watch_leader(self) -> None:
+        """Abandon the forwards whose leader no longer leads (one watcher for all of them)."""
+        try:
+            while self._forwarding:
+                await asyncio.sleep(LEADER_CHECK_S)
+                current = self._leader_address()
+                for task, leader in list(self._forwarding.items()):
+                    if leader != current and not task.done() and task not in self._abandoned:
+                        self._abandoned.add(task)
+                        task.cancel()
+        finally:
+            self._leader_watch = None
 
     def _append(self, batch: list[_Pending]) -> None:
         loop = self._loop
@@ -241,6 +272,18 @@ class Proposer:
             # Bounded well below the commit timeout: a leader that hangs without closing its
             # connection must not hold this batch slot (and the writes queued behind it) for long.
             results = await self._forward(leader, commands, min(self._commit_timeout_s, FORWARD_TIMEOUT_S))
+        except asyncio.CancelledError:
+            if asyncio.current_task() not in self._abandoned:
+                raise
+            now = self._leader_address() or "none known yet"
+            _fail(
+                batch,
+                UnknownOutcome(
+                    f"the leader {leader} lost the leadership (now: {now}) while this write was forwarded to it; "
+                    "it may have been applied: retry with the same request id"
+                ),
+            )
+            return
         except ControlPlaneError as exc:
             # Unavailable/NoLeader: nothing was sent or the leader decided (not applied);
             # UnknownOutcome: the call broke in transit and the leader may have appended the batch.
