@@ -164,6 +164,8 @@ class RaftNode:  # implements consensus.Consensus
         self._sync_in_flight = False
         self._last_sync_done = 0.0  # loop time the last fdatasync returned
         self._announced = (0, 0)  # (last log index, commit index) of the last append round we sent
+        self._last_tick_at = monotonic()
+        self.election_postponements = 0  # _postpone_election_after_a_stall (tests, logs)
         self._journal: DurableJournal
         self._machine = machine
         self._lock = state_lock
@@ -276,6 +278,7 @@ class RaftNode:  # implements consensus.Consensus
         self._tick_scheduled = False
         if self._destroyed:
             return
+        self._postpone_election_after_a_stall()
         try:
             self._sync.doTick(0)
             if self._config.raft.pipeline_appends and self._sync._isLeader():
@@ -289,6 +292,23 @@ class RaftNode:  # implements consensus.Consensus
             self._release_held(self._journal.appended_size)
         else:
             self._pipeline_sync()
+
+    def _postpone_election_after_a_stall(self) -> None:
+        """A server that did not run for longer than the shortest election timeout (SIGSTOP, a
+        paused VM, a stalled loop) cannot judge the leader's silence: what the leader sent
+        meanwhile is still unread in its sockets, and the tick runs before the readers do. It
+        gets a fresh election timeout instead of campaigning at once with a higher term, which
+        would depose a healthy leader (measured: every SIGSTOP/SIGCONT of a follower cost an
+        election). If the leader really is gone, it campaigns one timeout later."""
+        now = monotonic()
+        gap = now - self._last_tick_at
+        self._last_tick_at = now
+        sync = self._sync
+        due = sync._SyncObj__raftElectionDeadline < now
+        if gap > self._config.raft.election_min_s and due and not sync._isLeader():
+            sync._SyncObj__raftElectionDeadline = now + sync._SyncObj__generateRaftTimeout()
+            self.election_postponements += 1
+            log.info("raft_election_postponed_after_stall", stalled_s=round(gap, 3))
 
     def _announce_progress(self) -> None:
         """One append round per tick in which the log grew or the commit index moved.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -259,3 +260,34 @@ def test_linearizable_read_on_a_resumed_old_leader_is_not_stale(make_cluster: Ca
         kv = on_old.get("frozen/key")
     assert kv is not None and (kv.value, kv.mod_revision) == (b"after", written), "stale linearizable read"
     assert cluster.wait_for_leader() != old_leader
+
+
+def test_a_follower_resumed_after_sigstop_does_not_depose_the_leader(cluster: LocalCluster) -> None:
+    """A follower stopped for longer than an election timeout, then continued, finds its election
+    deadline long past and the leader's appends still unread in its sockets. Campaigning at once
+    (pysyncobj's behaviour) raised the term and deposed a healthy leader on every SIGCONT; it now
+    takes a fresh timeout, reads the leader, and stays a follower."""
+    leader_id = cluster.wait_for_leader()
+    follower = next(node for node in running(cluster) if node.id != leader_id)
+    assert follower.pid is not None
+    log_offset = follower.log_path.stat().st_size
+    os.kill(follower.pid, signal.SIGSTOP)
+    try:
+        # The fault itself: stopped for several election timeouts (0.4-0.8 s), while the leader writes.
+        time.sleep(2.0)
+        with node_client(cluster.nodes[leader_id]) as client:
+            put = client.put("resume/after-stop", b"1")
+    finally:
+        os.kill(follower.pid, signal.SIGCONT)
+    with node_client(follower) as client:
+        wait_until(
+            lambda: client.get("resume/after-stop", consistency=Consistency.STALE, min_revision=put.revision),
+            30.0,
+            "the resumed follower to catch up",
+        )
+    with open(follower.log_path, "rb") as log_file:
+        log_file.seek(log_offset)
+        events = [json.loads(line) for line in log_file if line.startswith(b"{")]
+    assert any(event.get("event") == "raft_election_postponed_after_stall" for event in events)
+    campaigns = [e for e in events if e.get("event") == "raft_role_changed" and e.get("new") == "candidate"]
+    assert campaigns == [], f"{follower.id} campaigned after SIGCONT"
