@@ -85,6 +85,26 @@ def test_aliases_move_atomically_and_protect_their_version() -> None:
     assert "prod" not in registry.machine.registry.models["m"].aliases
 
 
+def test_latest_is_reserved_and_aliases_match_ignoring_case() -> None:
+    """MLflow reserves "latest"; model names match ignoring case, so aliases do too (issue 18)."""
+    registry = Registry()
+    for content in "ab":
+        registry.register("m", content)
+    for reserved in ("latest", "Latest"):
+        refused = registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias=reserved, version=1))
+        assert code(refused) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "reserved" in refused.error.message
+    assert registry.machine.registry.resolve("m", "latest").version == 2
+    assert registry.machine.registry.resolve("m", "LATEST").version == 2
+
+    registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias="Prod", version=1))
+    assert registry.machine.registry.resolve("m", "prod").version == 1
+    moved = registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias="PROD", version=2))
+    assert moved.model_set_alias.previous_version == 1
+    assert dict(registry.machine.registry.models["m"].aliases) == {"Prod": 2}, "one alias, under its first spelling"
+    registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias="prod", version=0))
+    assert dict(registry.machine.registry.models["m"].aliases) == {}
+
+
 def test_status_transitions() -> None:
     registry = Registry()
     registry.register("m", "a")

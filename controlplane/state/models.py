@@ -48,6 +48,8 @@ MAX_BULK = 10_000
 CommandResult = command_pb2.CommandResult
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+# Alias names that always mean something else (MLflow reserves "latest" the same way).
+RESERVED_ALIASES = frozenset({"latest"})
 
 # Which status a version may move to from each status.
 TRANSITIONS: dict[int, frozenset[int]] = {
@@ -208,14 +210,18 @@ class ModelTable:
         return _unpack_version(name, number, found)
 
     def resolve(self, name: str, reference: str) -> models_pb2.ModelVersion:
-        """A version by number ("7"), alias ("prod") or "latest" (unless an alias has that name)."""
+        """A version by number ("7"), "latest" (always the newest version), or alias ("prod",
+        matched ignoring case like model names)."""
         model = self.model(name)
         if reference.isdigit():
             return self.version(name, int(reference))
-        if reference in model.aliases:
-            return self.version(name, model.aliases[reference])
-        if reference in ("", "latest") and self.versions.get(name):
-            return self.version(name, max(self.versions[name]))
+        if reference.lower() in ("", *RESERVED_ALIASES):
+            if self.versions.get(name):
+                return self.version(name, max(self.versions[name]))
+            raise _not_found(f"model {name!r} has no versions yet")
+        alias = _alias_key(model.aliases, reference)
+        if alias is not None:
+            return self.version(name, model.aliases[alias])
         known = ", ".join(sorted(model.aliases)) or "none"
         raise _not_found(f"model {name!r} has no version or alias {reference!r} (aliases: {known})")
 
@@ -413,19 +419,25 @@ class ModelTable:
                 f"alias {request.alias!r} is not valid: start with a letter (so it is never mistaken for a "
                 "version number), then letters, digits, '.', '_' or '-'"
             )
+        if request.alias.lower() in RESERVED_ALIASES:
+            raise _invalid(
+                f"alias {request.alias!r} is reserved: it always means the newest version; choose another name"
+            )
         if request.version:
             self.version(request.model, request.version)
         model = self._copy(request.model)
-        previous = model.aliases.get(request.alias, 0)
+        # Aliases match ignoring case, as model names do: "Prod" moves the alias "prod".
+        existing = _alias_key(model.aliases, request.alias)
+        previous = model.aliases.get(existing, 0) if existing is not None else 0
         if previous == request.version:
             return CommandResult(
                 revision=self._journal.revision,
                 model_set_alias=models_pb2.SetAliasResponse(model=model, previous_version=previous),
             )
+        if existing is not None:
+            del model.aliases[existing]
         if request.version:
-            model.aliases[request.alias] = request.version
-        else:
-            del model.aliases[request.alias]
+            model.aliases[existing if existing is not None else request.alias] = request.version
         change = f"alias {request.alias} -> {request.version}" if request.version else f"alias {request.alias} removed"
         self._store_model(model, change)
         return CommandResult(
@@ -541,3 +553,11 @@ class ModelTable:
         for version in state.versions:
             name = self._folded.get(version.model.lower(), version.model)
             self.versions.setdefault(name, {})[version.version] = _pack_version(version)
+
+
+def _alias_key(aliases: Mapping[str, int], alias: str) -> str | None:
+    """The stored name of ``alias``, matched exactly first, then ignoring case; None if absent."""
+    if alias in aliases:
+        return alias
+    folded = alias.lower()
+    return next((key for key in sorted(aliases) if key.lower() == folded), None)
