@@ -1461,16 +1461,47 @@ def test_export_then_import_reproduces_the_port_map() -> None:
         got = dst.ports.assignments[(assignment.host, assignment.service, assignment.name)]
         assert got.port == assignment.port and got.range == assignment.range and got.lease_id == 0
     assert len(dst.ports.assignments) == len(src.ports.assignments)
-    assert dst.ports.list_reservations() == src.ports.list_reservations()
+
+    def without_revisions(records: Any) -> list[Any]:
+        copies = [type(record)() for record in records]
+        for copy, record in zip(copies, records, strict=True):
+            copy.CopyFrom(record)
+            copy.ClearField("revision")
+        return copies
+
+    assert without_revisions(dst.ports.list_reservations()) == without_revisions(src.ports.list_reservations())
     assert dst.ports.ranges == src.ports.ranges
     assert [s.manifest for s in dst.ports.list_services()] == [s.manifest for s in src.ports.list_services()]
     assert dst.ports.conflicts() == src.ports.conflicts()
-    assert dst.ports.service_history("web") == src.ports.service_history("web")
+    dst_history, dst_total = dst.ports.service_history("web")
+    src_history, src_total = src.ports.service_history("web")
+    assert (without_revisions(dst_history), dst_total) == (without_revisions(src_history), src_total)
+    # Everything imported carries the import's revision, never the source cluster's (issue 18).
+    stamped = {a.create_revision for a in dst.ports.assignments.values()}
+    stamped |= {a.mod_revision for a in dst.ports.assignments.values()}
+    stamped |= {r.revision for r in dst.ports.list_reservations()} | {e.revision for e in dst_history}
+    services = dst.ports.list_services()
+    stamped |= {s.create_revision for s in services} | {s.mod_revision for s in services}
+    assert stamped == {imported.revision}
     # Every host the map mentions is known, including one with a service and no port.
     assert dst.ok(deregister("h3", "idle")).service_deregister.deregistered
     dst.refused(release("h9", "old"), NOT_FOUND, "host 'h9' is unknown")
     (event,) = dst.machine.events_from(imported.revision, max_events=1)
     assert (event.domain, event.key, event.port.action) == ("ports", "import", ports_pb2.PORT_ACTION_IMPORTED)
+
+
+def test_a_change_after_an_import_is_seen_by_a_history_poller() -> None:
+    """The source cluster's revisions ran ahead of this one's: kept, a poller asking for changes after
+    the import's entries would never see a new one (issue 18)."""
+    src = populated()  # its revisions run ahead of a fresh cluster's
+    port_map = src.ports.export_map(src.machine.revision)
+    dst = Driver()
+    imported = dst.ok(import_map(port_map))
+    seen_up_to = max(entry.revision for entry in dst.ports.service_history("web")[0])
+    assert seen_up_to == imported.revision
+    dst.ok(release("h1", "web"))
+    after, _ = dst.ports.service_history("web", after_revision=seen_up_to)
+    assert [entry.action for entry in after] == [ports_pb2.PORT_ACTION_RELEASED]
 
 
 def test_an_imported_report_is_no_evidence_for_the_leak_repair() -> None:

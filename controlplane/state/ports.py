@@ -1104,20 +1104,29 @@ class PortTable:
             history=port_map.history,
             observations=port_map.observations,
         )
+        # Another cluster's revisions mean nothing here, and kept as they are they would run ahead
+        # of this cluster's (a poller of `history --after-revision` would miss every change made
+        # after the import): everything imported carries the import's own revision. An imported
+        # report is then no evidence for the leak repair against any assignment made after it.
+        revision = self._journal.revision + 1  # the revision _note gives the import event below
         for assignment in state.assignments:
             assignment.lease_id = 0
+            assignment.create_revision = assignment.mod_revision = revision
         for record in state.services:
             record.manifest.lease_id = 0
-        # Another cluster's revisions mean nothing here: an imported report is no evidence for the
-        # leak repair (it would count against assignments made after the import), only fresh ones are.
+            record.create_revision = record.mod_revision = revision
+        for reservation in state.reservations:
+            reservation.revision = revision
+        for entry in state.history:
+            entry.revision = revision
         for report in state.observations:
-            report.revision = 0
+            report.revision = revision
         totals: dict[str, int] = {}
         for entry in state.history:
             totals[entry.service] = totals.get(entry.service, 0) + 1
         state.history_totals.extend(ports_pb2.HistoryTotal(service=s, total=n) for s, n in totals.items())
         self.load(state)
-        revision = self._note(
+        noted = self._note(
             Action.PORT_ACTION_IMPORTED,
             "import",
             watch_pb2.EVENT_TYPE_PUT,
@@ -1125,7 +1134,7 @@ class PortTable:
             f"{len(state.ranges)} ranges",
         )
         return CommandResult(
-            revision=revision,
+            revision=noted,  # == revision: each event bumps the revision by one
             ports_import=ports_pb2.ImportPortsResponse(
                 assignments=len(state.assignments),
                 reservations=len(state.reservations),
