@@ -45,13 +45,14 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 import numpy as np
 import numpy.typing as npt
+from prometheus_client import Counter
 
 from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTIONS
 from controlplane.v1 import gossip_peer_pb2 as pb
@@ -69,6 +70,7 @@ __all__ = [
     "ExchangeError",
     "ExchangeResult",
     "ExchangeServer",
+    "NotFinite",
     "Offer",
     "PeerLost",
     "PeerTimeout",
@@ -83,6 +85,12 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+
+# A partner's parameters refused for NaN or infinity (``_require_finite``); the refusal also
+# reaches the partner as EXCHANGE_FAILURE_NOT_FINITE and its round report.
+REFUSED_NOT_FINITE = Counter(
+    "gossip_parameters_refused_not_finite_total", "Partner parameters refused for NaN or infinite values"
+)
 
 DEFAULT_CHUNK_BYTES = DEFAULT_CHUNK_SIZE
 """1 MiB per message: a large model streams as many small messages, never as one huge one."""
@@ -152,6 +160,11 @@ class RoundMismatch(ExchangeError):
     address now used by another node). Averaging would break the round's mixing matrix."""
 
 
+class NotFinite(ExchangeError):
+    """Parameters holding NaN or infinity (a diverged model, or a hostile peer): one such value would
+    spread through every model it is averaged into, so nothing is averaged and it is counted."""
+
+
 class ProtocolError(ExchangeError):
     """A malformed, unexpected or out-of-order message, or an unsupported protocol version."""
 
@@ -168,7 +181,18 @@ _REASON_OF: tuple[tuple[type[ExchangeError], pb.ExchangeFailure], ...] = (
     (CorruptChunk, pb.EXCHANGE_FAILURE_CORRUPT),
     (ProtocolError, pb.EXCHANGE_FAILURE_PROTOCOL),
     (PeerTimeout, pb.EXCHANGE_FAILURE_TIMEOUT),
+    (NotFinite, pb.EXCHANGE_FAILURE_NOT_FINITE),
 )
+
+
+def _require_finite(params: Mapping[str, Array], whose: str) -> None:
+    """Raise NotFinite naming the tensors with NaN or infinity (and count the refusal)."""
+    bad = {name: int(value.size - np.count_nonzero(np.isfinite(value))) for name, value in params.items()}
+    bad = {name: count for name, count in bad.items() if count}
+    if bad:
+        REFUSED_NOT_FINITE.inc()
+        listed = ", ".join(f"{name} ({count})" for name, count in sorted(bad.items()))
+        raise NotFinite(f"{whose} parameters hold NaN or infinite values in {listed}; nothing was averaged")
 
 
 def _reason(error: ExchangeError) -> pb.ExchangeFailure:
@@ -597,6 +621,7 @@ async def _receive(
             await asyncio.gather(*(f for _, f in hashing), return_exceptions=True)
     receive_seconds = arrived - started
     remote = _decode(p.payload.tensors, buf)  # our payload layout: the header check proved it is the peer's
+    _require_finite(remote, f"{peer}'s")  # refused to the sender like any failure: both keep their own
     verdict.set_result(None)
     await _expect(stream, "accept", peer)
     if expect_end and await stream.read() is not None:

@@ -9,6 +9,7 @@ a server at a precise point of the stream. No sleeps: every wait is on an event 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import socket
 import time
@@ -24,9 +25,11 @@ from controlplane.v1 import gossip_peer_pb2 as pb
 from controlplane.v1 import gossip_peer_pb2_grpc as pb_grpc
 from gossip.bandwidth import BandwidthTable
 from gossip.exchange import (
+    REFUSED_NOT_FINITE,
     CorruptChunk,
     ExchangeResult,
     ExchangeServer,
+    NotFinite,
     PeerLost,
     PeerTimeout,
     PeerUnavailable,
@@ -332,6 +335,38 @@ async def test_a_corrupt_chunk_fails_both_sides_and_both_keep_their_parameters(
     assert_kept(ra, xa)
     assert_kept(rb, xb)
     assert b.offers == ()
+
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf])
+async def test_nan_or_infinite_parameters_are_refused_and_counted_and_both_keep_theirs(
+    servers: tuple[ExchangeServer, ExchangeServer], poison: float
+) -> None:
+    """A stranger (or a diverged model) sends a chunk of NaN/Inf, with a valid digest: one such value
+    would spread through every model averaged with it, so the receiver refuses and counts it (issue 15)."""
+
+    async def poisoned(message: pb.ExchangeChunk) -> pb.ExchangeChunk:
+        values = np.full(len(message.data.data) // 4, poison, dtype=np.float32).tobytes()
+        changed = pb.ExchangeChunk()
+        changed.CopyFrom(message)
+        changed.data.data = values
+        changed.data.sha256 = hashlib.sha256(values).digest()  # integrity holds: only the values are bad
+        return changed
+
+    a, b = servers
+    refused_before = REFUSED_NOT_FINITE._value.get()
+    # Chunk 0 from a to b: the float32 conv.weight comes first, so the chunk is whole float32 values.
+    proxy, address = await start_proxy(b.address, on_chunk("up", 0, poisoned))
+    try:
+        xa, xb = model(1), model(2)
+        ra, rb = await both(a, b, 1, xa, xb, a_dials=address, keep=True, chunk_bytes=1000)
+    finally:
+        await proxy.stop(0)
+    assert isinstance(rb.error, NotFinite) and not rb.error.from_peer and "conv.weight" in str(rb.error)
+    assert isinstance(ra.error, NotFinite) and ra.error.from_peer
+    assert_kept(ra, xa)
+    assert_kept(rb, xb)
+    assert all(np.isfinite(value).all() for value in rb.params.values())
+    assert REFUSED_NOT_FINITE._value.get() == refused_before + 1
 
 
 async def test_a_stream_cut_mid_payload_is_truncated(servers: tuple[ExchangeServer, ExchangeServer]) -> None:

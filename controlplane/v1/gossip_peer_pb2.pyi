@@ -15,12 +15,14 @@ class ExchangeFailure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXCHANGE_FAILURE_CORRUPT: _ClassVar[ExchangeFailure]
     EXCHANGE_FAILURE_PROTOCOL: _ClassVar[ExchangeFailure]
     EXCHANGE_FAILURE_TIMEOUT: _ClassVar[ExchangeFailure]
+    EXCHANGE_FAILURE_NOT_FINITE: _ClassVar[ExchangeFailure]
 EXCHANGE_FAILURE_UNSPECIFIED: ExchangeFailure
 EXCHANGE_FAILURE_SPEC_MISMATCH: ExchangeFailure
 EXCHANGE_FAILURE_ROUND_MISMATCH: ExchangeFailure
 EXCHANGE_FAILURE_CORRUPT: ExchangeFailure
 EXCHANGE_FAILURE_PROTOCOL: ExchangeFailure
 EXCHANGE_FAILURE_TIMEOUT: ExchangeFailure
+EXCHANGE_FAILURE_NOT_FINITE: ExchangeFailure
 
 class ExchangeChunk(_message.Message):
     __slots__ = ("header", "data", "trailer", "accept", "refusal")
