@@ -18,6 +18,7 @@ errors below (from :mod:`controlplane.errors`) for everything else.
 
 from controlplane.client._async import AsyncClient, AsyncWatch
 from controlplane.client._base import RetryPolicy
+from controlplane.client._credentials import Credentials, CredentialsError
 from controlplane.client._gossip import (
     BandwidthMatrix,
     GossipEvent,
@@ -130,6 +131,8 @@ __all__ = [
     "Connectivity",
     "Consistency",
     "ControlPlaneError",
+    "Credentials",
+    "CredentialsError",
     "DeadlineExceeded",
     "DeleteResult",
     "Event",

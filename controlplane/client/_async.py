@@ -17,6 +17,7 @@ from controlplane import errors
 from controlplane.client import _base
 from controlplane.client._api import AsyncGossip, AsyncLeases, AsyncMembership, AsyncModels, AsyncPorts, AsyncServices
 from controlplane.client._base import RespT, RetryPolicy, Rpc
+from controlplane.client._credentials import Credentials
 from controlplane.client._models import (
     CasResult,
     ClusterStatus,
@@ -30,7 +31,6 @@ from controlplane.client._models import (
     PutResult,
     SnapshotInfo,
 )
-from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import cluster_pb2
 
 __all__ = ["AsyncClient", "AsyncWatch"]
@@ -39,10 +39,6 @@ T = TypeVar("T")
 #: Builds the channel for one ``host:port``; inject one to add credentials, options or a test double.
 AsyncChannelFactory = Callable[[str], grpc.aio.Channel]
 MemberList = list[Member]
-
-
-def _insecure_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 class AsyncClient:
@@ -61,14 +57,20 @@ class AsyncClient:
 
     @classmethod
     async def from_gateway(
-        cls, url: str, *, token: str | None = None, seeds: Sequence[str] = (), timeout: float = _base.DEFAULT_TIMEOUT
+        cls,
+        url: str,
+        *,
+        token: str | None = None,
+        seeds: Sequence[str] = (),
+        timeout: float = _base.DEFAULT_TIMEOUT,
+        credentials: Credentials | None = None,
     ) -> AsyncClient:
         """A client for the servers the gateway at ``url`` names (asked once; the client then talks
         to the servers directly and follows the leader itself). ``seeds``: server addresses to ask
         if the gateway is down. Raises ``NoLeader`` while no cluster runs."""
         from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
 
-        return cls(await discover_endpoints(url, token=token, seeds=seeds), timeout=timeout)
+        return cls(await discover_endpoints(url, token=token, seeds=seeds), timeout=timeout, credentials=credentials)
 
     def __init__(
         self,
@@ -77,7 +79,11 @@ class AsyncClient:
         timeout: float = _base.DEFAULT_TIMEOUT,
         channel_factory: AsyncChannelFactory | None = None,
         retry_policy: RetryPolicy | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        if channel_factory is not None and credentials is not None:
+            raise ValueError("pass credentials or channel_factory, not both")
+        self.credentials = credentials or Credentials()
         self._core = _base.ClientCore(endpoints, timeout, retry_policy)
         #: Port assignments, ranges, reservations, conflicts and repair.
         self.ports = AsyncPorts(self._unary)
@@ -91,7 +97,7 @@ class AsyncClient:
         self.membership = AsyncMembership(self._unary)
         #: The gossip layer's bandwidth matrix and rounds.
         self.gossip = AsyncGossip(self._unary)
-        self._channel_factory = channel_factory or _insecure_channel
+        self._channel_factory = channel_factory or self.credentials.async_channel_factory()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}
         self._watches: set[AsyncWatch] = set()

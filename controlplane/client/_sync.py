@@ -20,6 +20,7 @@ from controlplane import errors
 from controlplane.client import _base
 from controlplane.client._api import Gossip, Leases, Membership, Models, Ports, Services
 from controlplane.client._base import RespT, RetryPolicy, Rpc
+from controlplane.client._credentials import Credentials
 from controlplane.client._models import (
     CasResult,
     ClusterStatus,
@@ -33,7 +34,6 @@ from controlplane.client._models import (
     PutResult,
     SnapshotInfo,
 )
-from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import cluster_pb2
 
 __all__ = ["Client", "Watch"]
@@ -42,10 +42,6 @@ T = TypeVar("T")
 #: Builds the channel for one ``host:port``; inject one to add credentials, options or a test double.
 ChannelFactory = Callable[[str], grpc.Channel]
 MemberList = list[Member]
-
-
-def _insecure_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 class Client:
@@ -64,7 +60,13 @@ class Client:
 
     @classmethod
     def from_gateway(
-        cls, url: str, *, token: str | None = None, seeds: Sequence[str] = (), timeout: float = _base.DEFAULT_TIMEOUT
+        cls,
+        url: str,
+        *,
+        token: str | None = None,
+        seeds: Sequence[str] = (),
+        timeout: float = _base.DEFAULT_TIMEOUT,
+        credentials: Credentials | None = None,
     ) -> Client:
         """A client for the servers the gateway at ``url`` names (asked once; the client then talks
         to the servers directly and follows the leader itself). ``seeds``: server addresses to ask
@@ -74,7 +76,8 @@ class Client:
 
         from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
 
-        return cls(asyncio.run(discover_endpoints(url, token=token, seeds=seeds)), timeout=timeout)
+        endpoints = asyncio.run(discover_endpoints(url, token=token, seeds=seeds))
+        return cls(endpoints, timeout=timeout, credentials=credentials)
 
     def __init__(
         self,
@@ -83,7 +86,11 @@ class Client:
         timeout: float = _base.DEFAULT_TIMEOUT,
         channel_factory: ChannelFactory | None = None,
         retry_policy: RetryPolicy | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        if channel_factory is not None and credentials is not None:
+            raise ValueError("pass credentials or channel_factory, not both")
+        self.credentials = credentials or Credentials()
         self._core = _base.ClientCore(endpoints, timeout, retry_policy)
         #: Port assignments, ranges, reservations, conflicts and repair.
         self.ports = Ports(self._unary)
@@ -97,7 +104,7 @@ class Client:
         self.membership = Membership(self._unary)
         #: The gossip layer's bandwidth matrix and rounds.
         self.gossip = Gossip(self._unary)
-        self._channel_factory = channel_factory or _insecure_channel
+        self._channel_factory = channel_factory or self.credentials.sync_channel_factory()
         self._channels: dict[str, grpc.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}
         self._watches: set[Watch] = set()
