@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from sortedcontainers import SortedDict
 
 from controlplane.state import limits
+from controlplane.state.auth import AuthTable
 from controlplane.state.gossip import GossipTable
 from controlplane.state.journal import Detail
 from controlplane.state.leases import LeaseTable
@@ -174,6 +175,7 @@ class StateMachine:
         self.registry = ModelTable(self)
         self.membership = MembershipTable(self, leases=lambda: self.leases)
         self.gossip = GossipTable(self)
+        self.auth = AuthTable(self)
         self._reset()
         self._handlers: dict[str, Callable[[command_pb2.Command], CommandResult]] = {
             "kv_put": self._kv_put,
@@ -188,6 +190,7 @@ class StateMachine:
             **self.registry.handlers(),
             **self.membership.handlers(),
             **self.gossip.handlers(),
+            **self.auth.handlers(),
         }
 
     def _reset(self) -> None:
@@ -210,6 +213,7 @@ class StateMachine:
         self.registry.reset()
         self.membership.reset()
         self.gossip.reset()
+        self.auth.reset()
         # Bumped on every directory change; derived, not snapshotted (readers cache by it).
         self.members_version = getattr(self, "members_version", 0) + 1
 
@@ -614,7 +618,19 @@ class StateMachine:
         snap.models.CopyFrom(self.registry.to_state())
         snap.membership.CopyFrom(self.membership.to_state())
         snap.membership.gossip.CopyFrom(self.gossip.to_state())
-        return snap.SerializeToString(deterministic=True)
+        auth = self.auth.to_state()
+        if auth == self.auth.default_state():
+            # Auth at its defaults is what a snapshot without it loads as: written as before auth.
+            return snap.SerializeToString(deterministic=True)
+        # The end marker must stay the last bytes (a truncated snapshot lacks it), but auth's field
+        # number is above it: the parts are concatenated in this order (protobuf merges them).
+        snap.ClearField("end_marker")
+        tail = command_pb2.StateSnapshot(auth=auth)
+        return (
+            snap.SerializeToString(deterministic=True)
+            + tail.SerializeToString(deterministic=True)
+            + command_pb2.StateSnapshot(end_marker=SNAPSHOT_END_MARKER).SerializeToString()
+        )
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot. Raises SnapshotError; not for the replicated path."""
@@ -641,6 +657,7 @@ class StateMachine:
         self.leases.load(list(snap.leases), snap.next_lease_id)
         self.membership.load(snap.membership)
         self.gossip.load(snap.membership.gossip)
+        self.auth.load(snap.auth if snap.HasField("auth") else None)
 
 
 def _without_registry(snap: command_pb2.StateSnapshot) -> command_pb2.StateSnapshot:
