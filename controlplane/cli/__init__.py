@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -14,11 +17,26 @@ app = typer.Typer(
 
 def main() -> None:
     # Command groups register themselves on import; importing here keeps `cpctl --help` complete.
-    from controlplane.cli import certs, cluster, dev, gateway, gossip, kv, membership, models, ports, serve  # noqa: F401
+    from controlplane.cli import certs, cluster, contexts, dev, gateway, gossip, kv, membership, models, ports, serve  # noqa: F401
 
     app()
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    cacert: Annotated[
+        Path | None, typer.Option("--cacert", help="The cluster CA (ca.pem): talk TLS [CP_CACERT; else the context]")
+    ] = None,
+    cert: Annotated[Path | None, typer.Option("--cert", help="Client certificate [CP_CERT; else the context]")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="The certificate's key [CP_KEY; else the context]")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Bearer token [CP_TOKEN; else the context]")] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="Client context [CP_CONTEXT; else current_context in CP_CONFIG]")
+    ] = None,
+) -> None:
     """Raft-replicated control plane: run servers, and read and write the cluster."""
+    from controlplane.cli.common import GLOBAL_FLAGS
+    from controlplane.client import Credentials
+
+    GLOBAL_FLAGS["credentials"] = Credentials(ca=cacert, cert=cert, key=key, token=token)
+    GLOBAL_FLAGS["context"] = context

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, fail
-from controlplane.client import Client, KeyValue
+from controlplane.client import Client, Credentials, CredentialsError, KeyValue
 from controlplane.dev import MANIFEST_FILE
 from controlplane.errors import ControlPlaneError, DeadlineExceeded, InvalidArgument, Unavailable
 
@@ -33,14 +33,60 @@ OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text or js
 TimeoutOption = Annotated[float, typer.Option(help="Seconds before giving up (retries included)")]
 
 
+#: The root options (`cpctl --cacert ... --context ... COMMAND`), set by the root callback.
+GLOBAL_FLAGS: dict[str, Any] = {"credentials": Credentials(), "context": None}
+
+
+def _manifest() -> dict[str, Any]:
+    """``./.data/cluster.json`` as `cpctl dev` wrote it, or nothing."""
+    manifest = Path(".data") / MANIFEST_FILE
+    if manifest.exists():
+        with contextlib.suppress(ValueError, OSError):
+            value = json.loads(manifest.read_text())
+            if isinstance(value, dict):
+                return value
+    return {}
+
+
+def _resolved(endpoints: str | None) -> tuple[str, Credentials]:
+    """Endpoints and credentials: flags, else CP_* environment, else the client context, else the
+    local `cpctl dev` manifest (whose admin credentials are used only with its endpoints)."""
+    from controlplane.cli import contexts
+
+    try:
+        resolved = contexts.resolve(
+            flags=GLOBAL_FLAGS["credentials"], endpoints_flag=endpoints, context_flag=GLOBAL_FLAGS["context"]
+        )
+    except contexts.ContextError as exc:
+        fail(str(exc), code=EXIT_USAGE)
+    value, credentials = resolved.endpoints, resolved.credentials
+    if not value:
+        manifest = _manifest()
+        value = str(manifest.get("endpoints", ""))
+        local = manifest.get("credentials") or {}
+        if value and isinstance(local, dict):
+            credentials = credentials.merged_over(
+                Credentials(
+                    ca=Path(local["ca"]) if local.get("ca") else None,
+                    cert=Path(local["cert"]) if local.get("cert") else None,
+                    key=Path(local["key"]) if local.get("key") else None,
+                )
+            )
+    try:
+        credentials.check()
+    except CredentialsError as exc:
+        fail(str(exc), code=EXIT_USAGE)
+    return value, credentials
+
+
+def client_credentials(endpoints: str | None = None) -> Credentials:
+    """The credentials a command uses (see ``_resolved``)."""
+    return _resolved(endpoints)[1]
+
+
 def resolve_endpoints(endpoints: str | None) -> str:
     """The servers' client addresses. A gateway URL (``http://HOST:PORT``) is asked for them."""
-    value = endpoints or os.environ.get("CP_ENDPOINTS") or ""
-    if not value:
-        manifest = Path(".data") / MANIFEST_FILE
-        if manifest.exists():
-            with contextlib.suppress(ValueError, KeyError, OSError):
-                value = str(json.loads(manifest.read_text())["endpoints"])
+    value = _resolved(endpoints)[0]
     if value.startswith(("http://", "https://")):
         return _from_gateway(value)
     return value or DEFAULT_ENDPOINTS
@@ -64,13 +110,16 @@ def _from_gateway(url: str) -> str:
 def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
     """A client for the command, with every control-plane error turned into a message and exit code."""
     resolved = resolve_endpoints(endpoints)
+    credentials = client_credentials(endpoints)
     try:
-        with Client(resolved, timeout=timeout) as client:
+        with Client(resolved, timeout=timeout, credentials=credentials) as client:
             yield client
+    except CredentialsError as exc:
+        fail(str(exc), code=EXIT_USAGE)
     except InvalidArgument as exc:
         fail(exc.message, code=EXIT_USAGE)
     except (Unavailable, DeadlineExceeded) as exc:
-        fail(f"{exc.message} (endpoints: {resolved})", code=EXIT_UNAVAILABLE)
+        fail(f"{exc.message} (endpoints: {resolved}; {credentials.describe()})", code=EXIT_UNAVAILABLE)
     except ControlPlaneError as exc:
         fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
 

@@ -14,7 +14,14 @@ import typer
 from controlplane import __version__
 from controlplane.agent import Agent
 from controlplane.cli import app
-from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, resolve_endpoints
+from controlplane.cli.common import (
+    EndpointsOption,
+    OutputOption,
+    TimeoutOption,
+    client_credentials,
+    connect,
+    resolve_endpoints,
+)
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import AsyncClient, ControlPlaneError, Moves, Network, NodeView
 from controlplane.state import limits
@@ -408,7 +415,7 @@ def agent(
         if gossip_advertise and (problem := limits.check_address(gossip_advertise, "--gossip-advertise")):
             fail(problem, code=EXIT_USAGE)
     runner = Agent(
-        AsyncClient(resolve_endpoints(endpoints), timeout=max(5.0, ttl / 3)),
+        AsyncClient(resolve_endpoints(endpoints), timeout=max(5.0, ttl / 3), credentials=client_credentials(endpoints)),
         agent_id,
         ttl_s=ttl,
         addresses=addresses,

@@ -20,7 +20,15 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from controlplane.cli import app
-from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, read_input, resolve_endpoints
+from controlplane.cli.common import (
+    EndpointsOption,
+    OutputOption,
+    TimeoutOption,
+    client_credentials,
+    connect,
+    read_input,
+    resolve_endpoints,
+)
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import (
     AlreadyExists,
@@ -508,6 +516,7 @@ def fetch_(
     stopped when run again. Exit 3 when no holder can deliver it now, 1 when every copy is corrupt.
     """
     resolved = resolve_endpoints(endpoints)
+    credentials = client_credentials(endpoints)
     store = ArtifactStore(dir_)
     # The library's warnings (a holder dropped, a chunk refused) are summed up in the result printed at
     # the end; only errors go to stderr meanwhile, never into the JSON on stdout.
@@ -517,7 +526,7 @@ def fetch_(
     )
 
     async def run() -> FetchResult:
-        async with AsyncClient(resolved, timeout=timeout) as client:
+        async with AsyncClient(resolved, timeout=timeout, credentials=credentials) as client:
             with _progress_bar(f"{name} {version}", enabled=output is Output.text) as progress:
                 return await fetch_artifact(
                     client,
