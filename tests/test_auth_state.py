@@ -79,8 +79,9 @@ def test_write_implies_read_and_ports_ranges() -> None:
 def test_node_authorizer_acts_on_its_own_node_only() -> None:
     machine = StateMachine()
     agent = Caller("agent", "a")
-    assert allowed(machine.auth, agent, Need("node", "self", "a"))
-    assert not allowed(machine.auth, agent, Need("node", "self", "b"))
+    assert allowed(machine.auth, agent, Need("membership", "write", "a", node="a"))
+    assert not allowed(machine.auth, agent, Need("membership", "write", "b", node="b"))
+    assert not allowed(machine.auth, Caller("user", "bob"), Need("membership", "write", "a", node="a"))
     assert allowed(machine.auth, agent, Need("membership", "read"))
     assert not allowed(machine.auth, agent, Need("membership", "write"))
     assert not allowed(machine.auth, agent, Need("kv", "read", "x"))
@@ -187,14 +188,12 @@ def _naive_allowed(
     if caller.kind == "server":
         return True
     if caller.kind == "agent":
-        if need.domain == "node":
-            return need.verb == "self" and need.resource == caller.name
+        if need.node == caller.name or need.node == "*":
+            return True
         return need.verb == "read" and need.domain in ("membership", "gossip", "models")
-    if caller.name not in users:
+    if caller.kind != "user" or caller.name not in users:
         return False
     domain, verb = need.domain, need.verb
-    if domain == "node":
-        domain, verb = "membership", "write"
     for role in users[caller.name]:
         for p in roles.get(role, []):
             if p.domain != "*" and p.domain != domain:
@@ -232,10 +231,11 @@ def _naive_allowed(
 permissions = st.builds(_perm, st.sampled_from(DOMAINS), st.sampled_from(VERBS), st.sampled_from(RESOURCES))
 needs = st.builds(
     Need,
-    st.sampled_from([*DOMAINS[:-1], "node"]),
-    st.sampled_from([*VERBS[:-1], "self"]),
+    st.sampled_from(DOMAINS[:-1]),
+    st.sampled_from(VERBS[:-1]),
     st.sampled_from(["", "a", "a/b", "ab", "b", "h1", "h2", "n1"]),
     st.sampled_from([0, 10, 15, 21, 80]),
+    st.sampled_from(["", "n1", "u1", "*"]),
 )
 callers = st.builds(Caller, st.sampled_from(["user", "agent", "server", "other"]), st.sampled_from(["u1", "u2", "n1"]))
 

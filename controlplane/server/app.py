@@ -17,6 +17,9 @@ from prometheus_client import start_http_server
 
 from controlplane.grpc_options import SERVER_OPTIONS
 from controlplane.server import logs, metrics
+from controlplane.server.auth_service import AuthService
+from controlplane.server.authz import Authorizer, open_audit_log
+from controlplane.server.client_listener import add_client_port
 from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.interceptor import ErrorsAndMetrics
 from controlplane.server.node import Node
@@ -32,6 +35,8 @@ from controlplane.server.services import (
     WatchService,
 )
 from controlplane.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     cluster_pb2,
     cluster_pb2_grpc,
     gossip_pb2,
@@ -89,7 +94,12 @@ async def serve(config: ServerConfig) -> None:
         check_bindable(config.metrics_address, "metrics_address")
 
     await node.start()
-    server = grpc.aio.server(interceptors=[ErrorsAndMetrics()], options=SERVER_OPTIONS)
+    # Read on every call: the machine is replaced when a snapshot is installed.
+    plaintext = config.insecure_dev or config.insecure_client_port
+    authorizer = Authorizer(lambda: node.machine.auth, insecure_dev=plaintext)
+    audit = open_audit_log(config.audit_file, config.node_id)
+    server = grpc.aio.server(interceptors=[ErrorsAndMetrics(authorizer, audit)], options=SERVER_OPTIONS)
+    auth_pb2_grpc.add_AuthServicer_to_server(AuthService(node, authorizer), server)
     kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
     watch_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)
     cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
@@ -112,6 +122,7 @@ async def serve(config: ServerConfig) -> None:
             models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
             membership_pb2.DESCRIPTOR.services_by_name["Membership"].full_name,
             gossip_pb2.DESCRIPTOR.services_by_name["Gossip"].full_name,
+            auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -119,7 +130,16 @@ async def serve(config: ServerConfig) -> None:
     )
     try:
         # check_bindable ran earlier, but another process can take a port in between.
-        server.add_insecure_port(config.client_address)
+        if config.insecure_client_port and not config.insecure_dev:
+            log.warning(
+                "client_port_insecure",
+                client_address=config.client_address,
+                detail="INSECURE: insecure_client_port serves the client port in plaintext; anyone who can "
+                "reach it is treated as admin. For local tests only.",
+            )
+            server.add_insecure_port(config.client_address)
+        else:
+            add_client_port(server, config)
         await server.start()
         if config.metrics_address:
             host, port = _split(config.metrics_address)

@@ -149,6 +149,12 @@ class ServerConfig:
     # smallest cluster that still survives a failure is never shrunk by automation.
     min_quorum: int = 3
     raft: RaftTuning = field(default_factory=RaftTuning)
+    # Where every changing call is written as one JSON line (who, method, resource, result code,
+    # time). Default: data_dir/audit.log, created 0600.
+    audit_log: Path | None = None
+    # Serve the client port in plaintext although the peer plane has TLS files (callers without
+    # credentials are then the admin, as with insecure_dev). Local tests only; loudly logged.
+    insecure_client_port: bool = False
 
     def validate(self) -> None:
         problems = [
@@ -223,6 +229,10 @@ class ServerConfig:
         return self.advertise_client_address or self.client_address
 
     @property
+    def audit_file(self) -> Path:
+        return self.audit_log or self.data_dir / "audit.log"
+
+    @property
     def journal_file(self) -> Path:
         return self.data_dir / "raft.wal"
 
@@ -259,6 +269,7 @@ _ENV_KEYS = {
     "durability": "CP_DURABILITY",
     "peers": "CP_PEERS",
     "log_level": "CP_LOG_LEVEL",
+    "insecure_client_port": "CP_INSECURE_CLIENT_PORT",
 }
 
 
@@ -304,7 +315,11 @@ def load_config(
     except TypeError as exc:
         raise ConfigError(f"[raft] table: {exc}") from None
     merged.setdefault("metrics_address", "")
-    paths = {key: Path(merged[key]) for key in ("data_dir", "tls_ca", "tls_cert", "tls_key") if merged.get(key)}
+    if isinstance(merged.get("insecure_client_port"), str):
+        merged["insecure_client_port"] = merged["insecure_client_port"].lower() in ("1", "true", "yes")
+    paths = {
+        key: Path(merged[key]) for key in ("data_dir", "tls_ca", "tls_cert", "tls_key", "audit_log") if merged.get(key)
+    }
     config = ServerConfig(
         **{**merged, **paths},
         peers=tuple(Peer.parse(spec) if isinstance(spec, str) else Peer(**spec) for spec in peers),

@@ -16,14 +16,20 @@ import structlog
 
 from controlplane.errors import ControlPlaneError
 from controlplane.server import metrics
+from controlplane.server.authz import READ_ONLY, Authorizer, PermissionDenied
 
 log = structlog.get_logger("controlplane.grpc")
 
 
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
+    """Errors, metrics and, given an ``Authorizer``, authentication, authorization and the audit
+    log: every call is checked before its handler runs, and every changing call is audited."""
+
+    def __init__(self, authorizer: Authorizer | None = None, audit: Callable[..., None] | None = None) -> None:
         # Wrapped handlers are built once per method, not per call (this is the hot path).
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._authorizer = authorizer
+        self._audit = audit
 
     async def intercept_service(
         self,
@@ -36,26 +42,32 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None
-            wrapped = self._wrapped[method] = _wrap(method, handler)
+            wrapped = self._wrapped[method] = _wrap(method, handler, self._authorizer, self._audit)
         return wrapped
 
 
-def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _wrap(
+    method: str,
+    handler: grpc.RpcMethodHandler,
+    authorizer: Authorizer | None = None,
+    audit: Callable[..., None] | None = None,
+) -> grpc.RpcMethodHandler:
+    guard = _Guard(method, authorizer, None if method in READ_ONLY else audit) if authorizer is not None else None
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(method, handler.unary_unary),
+            _wrap_unary(method, handler.unary_unary, guard),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(method, handler.unary_stream),
+            _wrap_stream(method, handler.unary_stream, guard),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _wrap_unary(method, handler.stream_unary),
+            _wrap_unary(method, handler.stream_unary, guard),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -92,28 +104,60 @@ def _code_of(exc: BaseException) -> str:
     return exc.code.name if isinstance(exc, ControlPlaneError) else "INTERNAL"
 
 
-def _wrap_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+class _Guard:
+    """The per-method authorization check and audit record."""
+
+    def __init__(self, method: str, authorizer: Authorizer, audit: Callable[..., None] | None) -> None:
+        self.method = method
+        self.authorizer = authorizer
+        self.audit = audit
+
+    def check(self, request: Any, context: grpc.aio.ServicerContext) -> tuple[str, str]:
+        caller, resource = self.authorizer.check(self.method, request, context)
+        return (str(caller) if caller is not None else ""), resource
+
+    def record(self, context: grpc.aio.ServicerContext, who: str, resource: str, code: str) -> None:
+        if self.audit is not None:
+            self.audit(who=who, method=self.method, resource=resource, code=code, peer=context.peer())
+
+
+def _wrap_unary(method: str, behaviour: Callable[..., Any], guard: _Guard | None = None) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
+        who = resource = ""
         try:
+            if guard is not None:
+                who, resource = guard.check(request, context)
             response = await behaviour(request, context)
         except grpc.aio.AbortError:
             _observe(method, "ABORTED_BY_HANDLER", started)
+            if guard is not None:
+                guard.record(context, who, resource, "ABORTED_BY_HANDLER")
             raise
         except Exception as exc:
             _observe(method, _code_of(exc), started)
+            if guard is not None:
+                if isinstance(exc, PermissionDenied):
+                    who, resource = str(exc.caller), exc.resource
+                guard.record(context, who, resource, _code_of(exc))
             await _fail(context, method, exc)
             raise
         _observe(method, "OK", started)
+        if guard is not None:
+            guard.record(context, who, resource, "OK")
         return response
 
     return wrapped
 
 
-def _wrap_stream(method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    method: str, behaviour: Callable[..., AsyncIterator[Any]], guard: _Guard | None = None
+) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
         try:
+            if guard is not None:
+                guard.check(request, context)
             async for item in behaviour(request, context):
                 yield item
         except grpc.aio.AbortError:

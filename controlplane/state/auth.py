@@ -47,18 +47,27 @@ CommandResult = command_pb2.CommandResult
 
 @dataclass(frozen=True)
 class Need:
-    """What one call needs: a verb on a domain, for a resource (key, model name, host) and port."""
+    """What one call needs: a verb on a domain, for a resource (key, model name, host) and port.
+
+    ``node`` names the node the call acts for (a heartbeat's node id): an agent certificate for
+    that node id may make the call without holding the permission (the node authorizer);
+    ``ANY_NODE`` lets every agent (leases, which carry no owner).
+    """
 
     domain: str
     verb: str
     resource: str = ""
     port: int = 0
+    node: str = ""
 
     def __str__(self) -> str:
         where = f" on {self.resource!r}" if self.resource else ""
         if self.port:
             where += f" port {self.port}"
         return f"{self.domain}:{self.verb}{where}"
+
+
+ANY_NODE = "*"
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ class Caller:
         return f"{self.kind}:{self.name}"
 
 
-# What an agent identity may do besides acting on its own node (Need("node", "self", node_id)).
+# What an agent identity may do besides acting for its own node (``Need.node``).
 AGENT_GRANTS = frozenset({("membership", "read"), ("gossip", "read"), ("models", "read")})
 
 
@@ -137,17 +146,14 @@ def allowed(state: AuthTable, caller: Caller, need: Need) -> bool:
     if not state.enabled or caller.kind == "server":
         return True
     if caller.kind == "agent":
-        if need.domain == "node":
-            return need.verb == "self" and need.resource == caller.name
+        if need.node and need.node in (caller.name, ANY_NODE):
+            return True
         return (need.domain, need.verb) in AGENT_GRANTS
     if caller.kind != "user":
         return False
     user = state.users.get(caller.name)
     if user is None:
         return False
-    if need.domain == "node":
-        # Acting on a node as a user is a membership write (an operator draining a node).
-        need = Need("membership", "write", need.resource)
     for role_name in user.roles:
         role = state.roles.get(role_name)
         if role is None:

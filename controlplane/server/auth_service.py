@@ -1,0 +1,154 @@
+"""The Auth gRPC service: a thin servicer over the replicated auth domain (state/auth.py).
+
+Every change is one ``Command.auth`` through the log. A token's secret is minted here (32 random
+bytes), returned once, and never replicated: the log carries only its SHA-256. Reads are
+linearizable: an admin who just revoked a token and lists them sees it revoked.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from controlplane.errors import InvalidArgument
+from controlplane.server.authz import Authorizer
+from controlplane.state.auth import TOKEN_PREFIX, secret_hash
+from controlplane.v1 import auth_pb2, auth_pb2_grpc, command_pb2, common_pb2
+
+if TYPE_CHECKING:
+    from controlplane.server.node import Node
+
+_LINEARIZABLE = common_pb2.ReadOptions(consistency=common_pb2.CONSISTENCY_LINEARIZABLE)
+MAX_TOKEN_TTL_S = 10 * 365 * 24 * 3600
+
+
+class AuthService(auth_pb2_grpc.AuthServicer):
+    def __init__(self, node: Node, authorizer: Authorizer) -> None:
+        self._node = node
+        self._authorizer = authorizer
+
+    async def _change(self, request_id: str, change: auth_pb2.AuthCommand) -> auth_pb2.AuthChangeResponse:
+        result = await self._node.write(command_pb2.Command(request_id=request_id, auth=change))
+        return auth_pb2.AuthChangeResponse(changed=result.auth.changed, revision=result.revision)
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        await self._node.prepare_read(_LINEARIZABLE, remaining if remaining and remaining > 0 else None)
+
+    async def Status(
+        self, request: auth_pb2.AuthStatusRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthStatusResponse:
+        caller = self._authorizer.identify(context)
+        return auth_pb2.AuthStatusResponse(
+            enabled=self._node.machine.auth.enabled,
+            identity=str(caller) if caller else "",
+            revision=self._node.machine.revision,
+        )
+
+    async def SetEnabled(
+        self, request: auth_pb2.SetEnabledRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        return await self._change(request.request_id, auth_pb2.AuthCommand(set_enabled=request.enabled))
+
+    async def AddUser(
+        self, request: auth_pb2.AddUserRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        return await self._change(request.request_id, auth_pb2.AuthCommand(user_add=request.name))
+
+    async def DeleteUser(
+        self, request: auth_pb2.DeleteUserRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        return await self._change(request.request_id, auth_pb2.AuthCommand(user_delete=request.name))
+
+    async def ListUsers(
+        self, request: auth_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListUsersResponse:
+        await self._read(context)
+        return auth_pb2.ListUsersResponse(users=self._node.machine.auth.to_state().users)
+
+    async def GrantRole(
+        self, request: auth_pb2.GrantRoleRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        pair = auth_pb2.UserRole(user=request.user, role=request.role)
+        return await self._change(request.request_id, auth_pb2.AuthCommand(user_grant_role=pair))
+
+    async def RevokeRole(
+        self, request: auth_pb2.RevokeRoleRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        pair = auth_pb2.UserRole(user=request.user, role=request.role)
+        return await self._change(request.request_id, auth_pb2.AuthCommand(user_revoke_role=pair))
+
+    async def AddRole(
+        self, request: auth_pb2.AddRoleRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        return await self._change(request.request_id, auth_pb2.AuthCommand(role_add=request.name))
+
+    async def DeleteRole(
+        self, request: auth_pb2.DeleteRoleRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        return await self._change(request.request_id, auth_pb2.AuthCommand(role_delete=request.name))
+
+    async def ListRoles(
+        self, request: auth_pb2.ListRolesRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListRolesResponse:
+        await self._read(context)
+        return auth_pb2.ListRolesResponse(roles=self._node.machine.auth.to_state().roles)
+
+    async def GrantPermission(
+        self, request: auth_pb2.GrantPermissionRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        target = auth_pb2.RolePermission(role=request.role, permission=request.permission)
+        return await self._change(request.request_id, auth_pb2.AuthCommand(role_grant_permission=target))
+
+    async def RevokePermission(
+        self, request: auth_pb2.RevokePermissionRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        target = auth_pb2.RolePermission(role=request.role, permission=request.permission)
+        return await self._change(request.request_id, auth_pb2.AuthCommand(role_revoke_permission=target))
+
+    async def CreateToken(
+        self, request: auth_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.CreateTokenResponse:
+        if not 0 <= request.ttl_s <= MAX_TOKEN_TTL_S:
+            raise InvalidArgument(f"ttl_s must be within 0 (never expires) and {MAX_TOKEN_TTL_S} (10 years)")
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        # The deadline is this server's wall clock: expiry is judged against wall clocks at check time.
+        expires = int(time.time() * 1000) + request.ttl_s * 1000 if request.ttl_s else 0
+        record = auth_pb2.AuthToken(
+            token_id=token_id,
+            user=request.user,
+            secret_sha256=secret_hash(secret),
+            expires_unix_ms=expires,
+            description=request.description,
+        )
+        result = await self._node.write(
+            command_pb2.Command(request_id=request.request_id, auth=auth_pb2.AuthCommand(token_create=record))
+        )
+        return auth_pb2.CreateTokenResponse(
+            token=f"{TOKEN_PREFIX}.{token_id}.{secret}",
+            token_id=token_id,
+            expires_unix_ms=expires,
+            revision=result.revision,
+        )
+
+    async def ListTokens(
+        self, request: auth_pb2.ListTokensRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ListTokensResponse:
+        await self._read(context)
+        response = auth_pb2.ListTokensResponse()
+        for token in self._node.machine.auth.to_state().tokens:
+            if request.user and token.user != request.user:
+                continue
+            shown = response.tokens.add()
+            shown.CopyFrom(token)
+            shown.ClearField("secret_sha256")
+        return response
+
+    async def RevokeToken(
+        self, request: auth_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.AuthChangeResponse:
+        return await self._change(request.request_id, auth_pb2.AuthCommand(token_revoke=request.token_id))

@@ -1,0 +1,240 @@
+"""Authentication and authorization on real servers: tokens, roles, the node authorizer, revocation
+on every server, and the audit log.
+
+An ``insecure=True`` cluster (plaintext client port) treats a caller without credentials as the
+admin and a caller with a token as that token's user, so token-based RBAC is exercised without
+TLS; one test runs with TLS client certificates (``client:admin``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from controlplane import tls
+from controlplane.client import Credentials
+from controlplane.dev import LocalCluster
+from controlplane.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    cluster_pb2,
+    cluster_pb2_grpc,
+    gossip_pb2,
+    gossip_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+    membership_pb2,
+    membership_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    ports_pb2,
+    ports_pb2_grpc,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+DENIED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _leader_channel(cluster: LocalCluster) -> grpc.Channel:
+    leader = cluster.wait_for_leader(60)
+    return grpc.insecure_channel(cluster.nodes[leader].client_address)
+
+
+def _admin(channel: grpc.Channel) -> auth_pb2_grpc.AuthStub:
+    return auth_pb2_grpc.AuthStub(channel)
+
+
+def _token_for(
+    auth: auth_pb2_grpc.AuthStub, user: str, *permissions: auth_pb2.Permission
+) -> auth_pb2.CreateTokenResponse:
+    auth.AddUser(auth_pb2.AddUserRequest(name=user), timeout=10)
+    if permissions:
+        auth.AddRole(auth_pb2.AddRoleRequest(name=f"{user}-role"), timeout=10)
+        for permission in permissions:
+            auth.GrantPermission(
+                auth_pb2.GrantPermissionRequest(role=f"{user}-role", permission=permission), timeout=10
+            )
+        auth.GrantRole(auth_pb2.GrantRoleRequest(user=user, role=f"{user}-role"), timeout=10)
+    token: auth_pb2.CreateTokenResponse = auth.CreateToken(auth_pb2.CreateTokenRequest(user=user), timeout=10)
+    return token
+
+
+def _changing_calls(channel: grpc.Channel) -> dict[str, Callable[[tuple[tuple[str, str], ...]], Any]]:
+    """The issue's 13 changing calls, each with a plausible request."""
+    kv = kv_pb2_grpc.KVStub(channel)
+    cluster = cluster_pb2_grpc.ClusterStub(channel)
+    ports = ports_pb2_grpc.PortsStub(channel)
+    membership = membership_pb2_grpc.MembershipStub(channel)
+    models = models_pb2_grpc.ModelsStub(channel)
+    gossip = gossip_pb2_grpc.GossipStub(channel)
+
+    def snapshot(md: Any) -> Any:
+        return list(cluster.Snapshot(cluster_pb2.SnapshotRequest(), metadata=md, timeout=10))
+
+    return {
+        "put": lambda md: kv.Put(kv_pb2.PutRequest(key="app/x", value=b"1"), metadata=md, timeout=10),
+        "snapshot": snapshot,
+        "restore": lambda md: cluster.Restore(iter([cluster_pb2.SnapshotChunk(data=b"x")]), metadata=md, timeout=10),
+        "add_member": lambda md: cluster.AddMember(
+            cluster_pb2.AddMemberRequest(id="evil", raft_address="127.0.0.1:1"), metadata=md, timeout=10
+        ),
+        "remove_member": lambda md: cluster.RemoveMember(
+            cluster_pb2.RemoveMemberRequest(id="n2"), metadata=md, timeout=10
+        ),
+        "transfer_leadership": lambda md: cluster.TransferLeadership(
+            cluster_pb2.TransferLeadershipRequest(), metadata=md, timeout=10
+        ),
+        "set_range": lambda md: ports.SetRange(
+            ports_pb2.SetRangeRequest(range=ports_pb2.PortRange(name="evil", start=1000, end=2000)),
+            metadata=md,
+            timeout=10,
+        ),
+        "allocate": lambda md: ports.Allocate(
+            ports_pb2.AllocateRequest(host="h1", service="s"), metadata=md, timeout=10
+        ),
+        "register_node": lambda md: membership.RegisterNode(
+            membership_pb2.RegisterNodeRequest(node=membership_pb2.NodeSpec(id="evil")), metadata=md, timeout=10
+        ),
+        "deregister_node": lambda md: membership.DeregisterNode(
+            membership_pb2.DeregisterNodeRequest(node_id="a"), metadata=md, timeout=10
+        ),
+        "register_model": lambda md: models.RegisterVersion(
+            models_pb2.RegisterVersionRequest(model="resnet"), metadata=md, timeout=10
+        ),
+        "alias_prod": lambda md: models.SetAlias(
+            models_pb2.SetAliasRequest(model="resnet", alias="prod", version=1), metadata=md, timeout=10
+        ),
+        "bandwidth": lambda md: gossip.ReportBandwidth(
+            gossip_pb2.ReportBandwidthRequest(node_id="a"), metadata=md, timeout=10
+        ),
+    }
+
+
+def test_rbac_with_tokens_and_revocation_on_every_server(make_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = make_cluster(servers=3, insecure=True)
+    with _leader_channel(cluster) as channel:
+        auth = _admin(channel)
+        assert auth.Status(auth_pb2.AuthStatusRequest(), timeout=10).enabled
+        nobody = _token_for(auth, "nobody").token
+        reader = _token_for(auth, "reader", auth_pb2.Permission(domain="kv", verb="read", resource="app/")).token
+        kv = kv_pb2_grpc.KVStub(channel)
+        kv.Put(kv_pb2.PutRequest(key="app/x", value=b"1"), timeout=10)  # the admin (no credentials)
+
+        # Every changing call of the issue is refused to a caller without the permission, and to a
+        # bad token; the message names the permission and the identity.
+        for name, call in _changing_calls(channel).items():
+            for md in (_metadata(nobody), _metadata("cp1.nope.nope")):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(md)
+                assert refused.value.code() in DENIED, (name, refused.value.code(), refused.value.details())
+        with pytest.raises(grpc.RpcError) as refused:
+            kv.Put(kv_pb2.PutRequest(key="app/x", value=b"2"), metadata=_metadata(nobody), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "kv:write on 'app/x'" in refused.value.details() and "user:nobody" in refused.value.details()
+
+        # kv read on app/: reads app/, neither writes it nor reads other/.
+        got = kv.Get(kv_pb2.GetRequest(key="app/x"), metadata=_metadata(reader), timeout=10)
+        assert got.kv.value == b"1"
+        reader_calls: list[Callable[[], Any]] = [
+            lambda: kv.Put(kv_pb2.PutRequest(key="app/x", value=b"2"), metadata=_metadata(reader), timeout=10),
+            lambda: kv.Get(kv_pb2.GetRequest(key="other/x"), metadata=_metadata(reader), timeout=10),
+        ]
+        for reader_call in reader_calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                reader_call()
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        # Revocation reaches every server within a second or so of its commit (it is replicated).
+        token_id = reader.split(".")[1]
+        auth.RevokeToken(auth_pb2.RevokeTokenRequest(token_id=token_id), timeout=10)
+        revoked_at = time.monotonic()
+    pending = set(cluster.nodes)
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for node_id in sorted(pending):
+            with grpc.insecure_channel(cluster.nodes[node_id].client_address) as channel:
+                try:
+                    kv_pb2_grpc.KVStub(channel).Get(
+                        kv_pb2.GetRequest(key="app/x"), metadata=_metadata(reader), timeout=5
+                    )
+                except grpc.RpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        pending.discard(node_id)
+        time.sleep(0.02)
+    assert not pending, f"the revoked token still works on {sorted(pending)}"
+    print(f"revocation in force on every server after {time.monotonic() - revoked_at:.3f} s")
+
+    # The audit log holds the changing calls: who, method, resource, code.
+    leader = cluster.wait_for_leader(60)
+    lines = [json.loads(line) for line in (cluster.nodes[leader].data_dir / "audit.log").read_text().splitlines()]
+    assert any(
+        line["who"] == "user:nobody"
+        and line["method"] == "/controlplane.v1.KV/Put"
+        and line["code"] == "PERMISSION_DENIED"
+        for line in lines
+    )
+    assert any(line["method"] == "/controlplane.v1.Auth/RevokeToken" and line["code"] == "OK" for line in lines)
+    assert (cluster.nodes[leader].data_dir / "audit.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_agent_acts_only_for_its_own_node(tmp_path: Path) -> None:
+    """The node authorizer, with agent certificates on a TLS client port."""
+    cluster = LocalCluster(tmp_path / "cluster", servers=1, client_tls=True)
+    cluster.start()
+    try:
+        _agents_and_admin(cluster)
+    finally:
+        cluster.stop()
+
+
+def _agents_and_admin(cluster: LocalCluster) -> None:
+    leader = cluster.nodes[cluster.wait_for_leader(60)]
+    admin = cluster.credentials
+    assert admin.ca is not None
+    channels = {}
+    for agent in ("a", "b"):
+        cert, key = tls.issue(cluster.pki_dir, tls.Identity("agent", agent))
+        creds = Credentials(ca=admin.ca, cert=cert, key=key)
+        channels[agent] = creds.sync_channel_factory()(leader.client_address)
+    try:
+        for agent, channel in channels.items():
+            membership = membership_pb2_grpc.MembershipStub(channel)
+            spec = membership_pb2.NodeSpec(id=agent, role=membership_pb2.NODE_ROLE_AGENT)
+            membership.RegisterNode(membership_pb2.RegisterNodeRequest(node=spec), timeout=10)
+        membership = membership_pb2_grpc.MembershipStub(channels["a"])
+        membership.Heartbeat(membership_pb2.HeartbeatRequest(node_id="a"), timeout=10)
+        membership.ListNodes(membership_pb2.ListNodesRequest(), timeout=10)  # membership read
+        agent_calls: list[Callable[[], Any]] = [
+            lambda: membership.Heartbeat(membership_pb2.HeartbeatRequest(node_id="b"), timeout=10),
+            lambda: membership.DeregisterNode(membership_pb2.DeregisterNodeRequest(node_id="b"), timeout=10),
+            lambda: gossip_pb2_grpc.GossipStub(channels["a"]).ReportBandwidth(
+                gossip_pb2.ReportBandwidthRequest(node_id="b"), timeout=10
+            ),
+            lambda: kv_pb2_grpc.KVStub(channels["a"]).Put(kv_pb2.PutRequest(key="k", value=b"v"), timeout=10),
+        ]
+        for agent_call in agent_calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                agent_call()
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "your identity is agent:a" in refused.value.details()
+        # The admin certificate may do everything.
+        with admin.sync_channel_factory()(leader.client_address) as channel:
+            status = auth_pb2_grpc.AuthStub(channel).Status(auth_pb2.AuthStatusRequest(), timeout=10)
+            assert status.identity == "user:admin"
+            membership_pb2_grpc.MembershipStub(channel).DeregisterNode(
+                membership_pb2.DeregisterNodeRequest(node_id="b"), timeout=10
+            )
+    finally:
+        for channel in channels.values():
+            channel.close()

@@ -1,0 +1,87 @@
+"""Every gRPC method the client port serves is in the permission table (default deny), and the
+table's needs come from the request."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.server import authz
+from controlplane.state.auth import Need
+from controlplane.v1 import (
+    auth_pb2,
+    cluster_pb2,
+    gossip_pb2,
+    kv_pb2,
+    leases_pb2,
+    membership_pb2,
+    models_pb2,
+    ports_pb2,
+    watch_pb2,
+)
+
+SERVED = (auth_pb2, cluster_pb2, gossip_pb2, kv_pb2, leases_pb2, membership_pb2, models_pb2, ports_pb2, watch_pb2)
+
+
+# Served on their own ports (the artifact port, the gossip exchange, the Raft peer plane).
+NOT_ON_THE_CLIENT_PORT = {"controlplane.v1.Artifacts", "controlplane.v1.GossipPeer", "controlplane.v1.RaftPeer"}
+
+
+def test_every_service_in_the_protos_is_known() -> None:
+    """A new .proto service is either on the client port (then in SERVED, and in the table) or not."""
+    import controlplane.v1
+
+    services: set[str] = set()
+    for info in pkgutil.iter_modules(controlplane.v1.__path__):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(f"controlplane.v1.{info.name}")
+            services.update(service.full_name for service in module.DESCRIPTOR.services_by_name.values())
+    served = {service.full_name for module in SERVED for service in module.DESCRIPTOR.services_by_name.values()}
+    assert services - NOT_ON_THE_CLIENT_PORT == served
+
+
+def _served_methods() -> set[str]:
+    methods: set[str] = set()
+    for module in (*SERVED, health_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            methods.update(f"/{service.full_name}/{method.name}" for method in service.methods)
+    methods.add(f"/{reflection.SERVICE_NAME}/ServerReflectionInfo")
+    return methods
+
+
+def test_every_served_method_is_in_the_table() -> None:
+    missing = sorted(_served_methods() - set(authz.METHODS))
+    assert not missing, f"add these methods to controlplane/server/authz.py METHODS: {missing}"
+    stale = sorted(set(authz.METHODS) - _served_methods())
+    assert not stale, f"METHODS names methods no servicer serves: {stale}"
+
+
+def test_every_rule_runs_on_an_empty_request() -> None:
+    for method, rule in authz.METHODS.items():
+        if isinstance(rule, str):
+            continue
+        service, name = method.strip("/").split("/")
+        module = next(m for m in (*SERVED,) if service.split(".")[-1] in m.DESCRIPTOR.services_by_name)
+        descriptor = module.DESCRIPTOR.services_by_name[service.split(".")[-1]].methods_by_name[name]
+        request_class = getattr(module, descriptor.input_type.name, None)
+        if request_class is None:  # a request type defined in another file
+            from google.protobuf import message_factory
+
+            request_class = message_factory.GetMessageClass(descriptor.input_type)
+        needs = rule(request_class())
+        assert isinstance(needs, tuple) and all(isinstance(need, Need) for need in needs), method
+
+
+def test_needs_take_their_resource_from_the_request() -> None:
+    assert authz.needs_of("/controlplane.v1.KV/Put", kv_pb2.PutRequest(key="app/x")) == (Need("kv", "write", "app/x"),)
+    assert authz.needs_of("/controlplane.v1.Models/SetAlias", models_pb2.SetAliasRequest(model="resnet")) == (
+        Need("models", "alias", "resnet"),
+    )
+    heartbeat = membership_pb2.HeartbeatRequest(node_id="n7")
+    assert authz.needs_of("/controlplane.v1.Membership/Heartbeat", heartbeat) == (
+        Need("membership", "write", "n7", node="n7"),
+    )
+    assert authz.needs_of("/controlplane.v1.Nope/Nope", None) is None
