@@ -19,6 +19,8 @@ def main() -> None:
     # Command groups register themselves on import; importing here keeps `cpctl --help` complete.
     from controlplane.cli import certs, cluster, contexts, dev, gateway, gossip, kv, membership, models, ports, serve  # noqa: F401
 
+    __import__("controlplane.cli.auth")  # users, roles, tokens, auth (registers its groups like the above)
+
     app()
 
 
