@@ -5,6 +5,12 @@ directory and log file, so a test can kill -9 one and restart it exactly as an o
 A dev CA and a certificate per server are made once per data directory and kept in it
 (``pki/``, keys mode 0600): a dev cluster's peer plane runs mutual TLS like a production one, and
 restarting it keeps its state. ``insecure=True`` (``cpctl dev --insecure-dev``) runs without it.
+
+``client_tls=True`` serves the servers' client port with TLS too (controlplane/server/client_listener.py);
+with ``client_tls=False`` (for now the default, which most tests use) the servers run with
+``insecure_client_port``: TLS on the peer plane, plaintext on the client port. With ``client_tls``
+every client the cluster makes then uses :attr:`LocalCluster.credentials`, the dev PKI's ``client:admin``
+certificate (the bootstrap admin), and ``cpctl dev`` writes a client context for it (``client.toml``).
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from typing import Any
 
 import grpc
 
+from controlplane.client._credentials import Credentials
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
 
 PKI_DIR = "pki"
 MANIFEST_FILE = "cluster.json"
+CLIENT_CONFIG_FILE = "client.toml"
+ADMIN = "admin"
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -77,6 +86,8 @@ class NodeProcess:
     gateways: list[str] = field(default_factory=list)
     bootstrap_expect: int | None = None
     process: subprocess.Popen[bytes] | None = None
+    # What a client presents to this server's client port (no TLS: Credentials()).
+    credentials: Credentials = field(default_factory=lambda: Credentials())
 
     @property
     def pid(self) -> int | None:
@@ -86,8 +97,12 @@ class NodeProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def channel(self) -> grpc.Channel:
+        """A blocking channel to this server's client port, with the cluster's client credentials."""
+        return self.credentials.sync_channel_factory()(self.client_address)
+
     def status(self, timeout: float = 1.0) -> cluster_pb2.StatusResponse:
-        with grpc.insecure_channel(self.client_address) as channel:
+        with self.channel() as channel:
             response: cluster_pb2.StatusResponse = cluster_pb2_grpc.ClusterStub(channel).Status(
                 cluster_pb2.StatusRequest(), timeout=timeout
             )
@@ -118,12 +133,14 @@ class LocalCluster:
         extra_env: dict[str, str] | None = None,
         extra_config: dict[str, Any] | None = None,
         insecure: bool = False,
+        client_tls: bool = False,
     ) -> None:
         if servers < 1:
             raise ValueError("a cluster needs at least one server")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.insecure = insecure
+        self.client_tls = client_tls and not insecure
         self.log_level = log_level
         self.extra_env = extra_env or {}
         # Server settings without a flag (history_limit, max_batch_commands, ...): written to a
@@ -143,6 +160,47 @@ class LocalCluster:
         """The dev CA and the servers' and the admin client's certificates (``cpctl certs`` layout)."""
         return self.data_dir / PKI_DIR
 
+    @property
+    def credentials(self) -> Credentials:
+        """What every client of this cluster presents: the dev admin certificate (``client:admin``) with
+        the dev CA when the client port serves TLS, else nothing."""
+        if not self.client_tls:
+            return Credentials()
+        from controlplane import tls
+
+        tls.ensure_dev_pki(self.pki_dir, [], [ADMIN])
+        files = tls.TlsFiles.from_directory(self.pki_dir, tls.Identity("client", ADMIN))
+        return Credentials(ca=files.ca, cert=files.cert, key=files.key)
+
+    def client(self, timeout: float = 10.0, **options: Any) -> Any:
+        """A blocking SDK client for the running servers, with :attr:`credentials`."""
+        from controlplane.client import Client
+
+        return Client(self.client_addresses, timeout=timeout, credentials=self.credentials, **options)
+
+    def async_client(self, timeout: float = 10.0, **options: Any) -> Any:
+        """An asyncio SDK client for the running servers, with :attr:`credentials`."""
+        from controlplane.client import AsyncClient
+
+        return AsyncClient(self.client_addresses, timeout=timeout, credentials=self.credentials, **options)
+
+    def write_client_config(self, context: str = "dev") -> Path:
+        """A client config file (``DATA_DIR/client.toml``, mode 0600) whose context ``context`` reaches
+        this cluster as the dev admin: ``CP_CONFIG=<it> cpctl ...``."""
+        from controlplane.cli.contexts import ClientConfig, Context
+
+        creds = self.credentials
+        path = (self.data_dir / CLIENT_CONFIG_FILE).absolute()
+        ctx = Context(
+            context,
+            tuple(self.client_addresses),
+            creds.ca.absolute() if creds.ca else None,
+            creds.cert.absolute() if creds.cert else None,
+            creds.key.absolute() if creds.key else None,
+        )
+        ClientConfig(path, context, {context: ctx}).save()
+        return path
+
     def _tls_env(self, node_id: str) -> dict[str, str]:
         """CP_TLS_* for one server, its certificate issued from the dev CA first if it has none."""
         if self.insecure:
@@ -151,7 +209,11 @@ class LocalCluster:
 
         tls.ensure_dev_pki(self.pki_dir, [node_id])
         files = tls.TlsFiles.from_directory(self.pki_dir, tls.Identity("server", node_id))
-        return {"CP_TLS_CA": str(files.ca), "CP_TLS_CERT": str(files.cert), "CP_TLS_KEY": str(files.key)}
+        env = {"CP_TLS_CA": str(files.ca), "CP_TLS_CERT": str(files.cert), "CP_TLS_KEY": str(files.key)}
+        if not self.client_tls:
+            # The peer plane keeps its mutual TLS; only the client port is plaintext (the server logs it loudly).
+            env["CP_INSECURE_CLIENT_PORT"] = "1"
+        return env
 
     def _new_node(self, node_id: str, index: int, base_port: int | None) -> NodeProcess:
         if base_port is None:
@@ -159,6 +221,7 @@ class LocalCluster:
         else:
             client, raft, metrics = base_port + index, base_port + 100 + index, base_port + 200 + index
         return NodeProcess(
+            credentials=self.credentials,
             id=node_id,
             client_address=f"127.0.0.1:{client}",
             raft_address=f"127.0.0.1:{raft}",
@@ -312,6 +375,11 @@ class LocalCluster:
             "endpoints": ",".join(self.client_addresses),
             "data_dir": str(self.data_dir),
             "pki": None if self.insecure else str(self.pki_dir),
+            "credentials": {
+                name: str(getattr(self.credentials, name).absolute())
+                for name in ("ca", "cert", "key")
+                if getattr(self.credentials, name) is not None
+            },
             "servers": [
                 {
                     "id": node.id,

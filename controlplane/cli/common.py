@@ -119,7 +119,8 @@ def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
     except InvalidArgument as exc:
         fail(exc.message, code=EXIT_USAGE)
     except (Unavailable, DeadlineExceeded) as exc:
-        fail(f"{exc.message} (endpoints: {resolved}; {credentials.describe()})", code=EXIT_UNAVAILABLE)
+        hint = "" if credentials.secure else "; if the cluster serves TLS, pass --cacert (CP_CACERT) or a --context"
+        fail(f"{exc.message} (endpoints: {resolved}; {credentials.describe()}{hint})", code=EXIT_UNAVAILABLE)
     except ControlPlaneError as exc:
         fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
 

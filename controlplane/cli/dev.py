@@ -48,9 +48,15 @@ def dev(
                 f"{data_dir} holds a {len(previous['servers'])}-server cluster; use --servers "
                 f"{len(previous['servers'])} or another --data-dir"
             )
-    cluster = LocalCluster(data_dir, servers=servers, base_port=base_port, insecure=insecure_dev)
+    cluster = LocalCluster(
+        data_dir, servers=servers, base_port=base_port, insecure=insecure_dev, client_tls=not insecure_dev
+    )
     if insecure_dev:
-        typer.echo("WARNING: --insecure-dev: the servers' Raft peer ports run without TLS or authentication", err=True)
+        typer.echo(
+            "WARNING: --insecure-dev: no TLS on the Raft peer ports or the client ports, and every caller "
+            "without credentials is treated as admin",
+            err=True,
+        )
     for node in cluster.nodes.values():
         for address, what in (
             (node.client_address, "client"),
@@ -80,9 +86,10 @@ def dev(
             )
         typer.echo(f"\n  endpoints: {cluster.endpoints}")
         if not insecure_dev:
-            typer.echo(f"  peer plane: mutual TLS, dev CA and certificates in {cluster.pki_dir}")
+            typer.echo(f"  TLS: peer plane and client ports, dev CA and certificates in {cluster.pki_dir}")
+            _print_client_access(cluster)
         if demo:
-            _demo(cluster.endpoints)
+            _demo(cluster)
         typer.echo("\nrunning; Ctrl-C stops every server")
         while not stop.wait(0.5):
             for node in cluster.nodes.values():
@@ -98,10 +105,33 @@ def dev(
         raise typer.Exit(EXIT_ERROR)
 
 
-def _demo(endpoints: str) -> None:
-    from controlplane.client import Client, ControlPlaneError
+def _print_client_access(cluster: LocalCluster) -> None:
+    """Where the admin credential is and the exact commands that reach the cluster with it."""
+    config = cluster.write_client_config()
+    creds = cluster.credentials
+    typer.echo(f"  admin credential (client:admin): certificate {_abs(creds.cert)}, key {_abs(creds.key)} (mode 0600)")
+    typer.echo(f"  client context 'dev' written to {config}; reach the cluster with:\n")
+    typer.echo(f"    export CP_CONFIG={config}")
+    typer.echo("    cpctl cluster status")
+    typer.echo(
+        f"\n  or with flags: cpctl --cacert {_abs(creds.ca)} --cert {_abs(creds.cert)} --key {_abs(creds.key)} "
+        f"kv get demo/hello --endpoints {cluster.endpoints}"
+    )
+    if cluster.data_dir == Path(".data"):
+        typer.echo(
+            f"  (client commands run from {Path.cwd()} need none of this: they read the endpoints and these "
+            "credentials from ./.data/cluster.json)"
+        )
 
-    with Client(endpoints) as client:
+
+def _abs(path: Path | None) -> str:
+    return str(path.absolute()) if path is not None else ""
+
+
+def _demo(cluster: LocalCluster) -> None:
+    from controlplane.client import ControlPlaneError
+
+    with cluster.client() as client:
         written = client.put("demo/hello", b"world")
         typer.echo(f"\n$ cpctl kv put demo/hello world    -> revision {written.revision}")
         kv = client.get("demo/hello")

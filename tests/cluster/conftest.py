@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from controlplane.client import Client, Consistency, KeyValue
+from controlplane.client import Client, Consistency, Credentials, KeyValue
 from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2_grpc, watch_pb2, watch_pb2_grpc
 
@@ -117,12 +117,22 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, w
 
 def cpctl(cluster: LocalCluster, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     """``cpctl ARGS --endpoints <the cluster>`` as a subprocess, its output captured as text."""
+    creds = cluster.credentials
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CP_")}
+    env.update(
+        {
+            name: str(path)
+            for name, path in (("CP_CACERT", creds.ca), ("CP_CERT", creds.cert), ("CP_KEY", creds.key))
+            if path
+        }
+    )
     return subprocess.run(
         [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)],
         input=stdin.decode() if stdin is not None else None,
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
 
 
@@ -135,8 +145,17 @@ def cpctl_json(cluster: LocalCluster, *args: str) -> Any:
 
 @contextlib.contextmanager
 def channel(address: str) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(address) as ch:
+    """A raw channel to a server's client port, with the credentials of the live cluster it belongs to."""
+    with credentials_for(address).sync_channel_factory()(address) as ch:
         yield ch
+
+
+def credentials_for(address: str) -> Credentials:
+    """The client credentials of the live cluster serving ``address`` (none: plaintext)."""
+    for cluster in _LIVE:
+        if any(node.client_address == address for node in cluster.nodes.values()):
+            return cluster.credentials
+    return Credentials()
 
 
 def kv_stub(ch: grpc.Channel) -> kv_pb2_grpc.KVStub:
@@ -197,7 +216,7 @@ def published_members(node: NodeProcess) -> set[str]:
 
 def node_client(node: NodeProcess, timeout: float = 10.0) -> Client:
     """A client pinned to one server: every answer comes from that server (or fails)."""
-    return Client(node.client_address, timeout=timeout)
+    return Client(node.client_address, timeout=timeout, credentials=node.credentials)
 
 
 def list_all(

@@ -105,7 +105,7 @@ def test_publish_serve_and_fetch_with_the_cli(
         published = json.loads(done.stdout)
         assert (published["version"], published["registered"]) == (1, i == 0)
         assert published["sha256"] == hashlib.sha256(data).hexdigest()
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         version = client.models.get_version(model, 1)
         assert version.format.name == "SAFETENSORS" and version.size_bytes == len(data)
         for node_id in holders:
@@ -153,7 +153,7 @@ async def test_a_holder_killed_midway_leaves_the_fetch_to_the_others(
     source = tmp_path / "model.bin"
     source.write_bytes(data)
     model, holders = "art-kill-model", ["kill-h1", "kill-h2", "kill-h3"]
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         client.models.register(model, hashlib.sha256(data).hexdigest(), len(data), "other", status="ready")
         for node_id in holders:
             ArtifactStore(tmp_path / node_id).put_file(model, 1, source, chunk_size=CHUNK)
@@ -168,7 +168,7 @@ async def test_a_holder_killed_midway_leaves_the_fetch_to_the_others(
             victim.wait(10)
 
     store = ArtifactStore(tmp_path / "f1")
-    async with AsyncClient(cluster.client_addresses, timeout=15) as aclient:
+    async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as aclient:
         result = await fetch_artifact(
             aclient, model, 1, store, node_id="kill-f1", chunk_size=CHUNK, progress=kill_at_a_quarter
         )
@@ -188,7 +188,7 @@ async def test_corrupt_holders_through_the_sdk(cluster: LocalCluster, tmp_path: 
     source = tmp_path / "model.bin"
     source.write_bytes(data)
     servers: dict[str, ArtifactServer] = {}
-    async with AsyncClient(cluster.client_addresses, timeout=15) as client:
+    async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         try:
             for model in ("art-rot-one", "art-rot-all"):
                 await client.models.register(model, hashlib.sha256(data).hexdigest(), len(data), "other")

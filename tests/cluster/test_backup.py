@@ -63,7 +63,7 @@ def _state(client: Client) -> dict[str, KeyValue]:
 
 def test_snapshot_then_restore_brings_keys_back(cluster: LocalCluster, tmp_path: Path) -> None:
     backup = tmp_path / "backup.cpsnap"
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         _write_keys(client)
         before = _state(client)
         info = client.snapshot(backup)
@@ -98,7 +98,7 @@ def test_damaged_backup_is_invalid_argument_and_changes_nothing(
     cluster: LocalCluster, tmp_path: Path, damage: str
 ) -> None:
     good = tmp_path / "good.cpsnap"
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         _write_keys(client)
         client.snapshot(good)
         bad = tmp_path / f"{damage}.cpsnap"
@@ -122,7 +122,7 @@ def test_restore_with_a_checksum_mismatch_is_invalid_argument(cluster: LocalClus
     """The sha256 announced in the first chunk guards the transfer: a stream whose bytes do not match it
     (sent by a raw client; the SDK always computes it) is refused."""
     backup = tmp_path / "backup.cpsnap"
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         client.put(f"{PREFIX}sha", b"1")
         client.snapshot(backup)
         fence = client.put(f"{PREFIX}sha", b"2").revision
@@ -132,7 +132,7 @@ def test_restore_with_a_checksum_mismatch_is_invalid_argument(cluster: LocalClus
         cluster_stub(ch).Restore(iter(chunks), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sha256" in caught.value.details()
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         kv = client.get(f"{PREFIX}sha")
         assert kv is not None and kv.value == b"2" and kv.mod_revision == fence
 
@@ -141,7 +141,7 @@ def test_restore_ends_open_watches_with_out_of_range(cluster: LocalCluster, tmp_
     """A restore swaps the whole key space in one revision; a watcher must learn it has to re-read
     (OUT_OF_RANGE) rather than miss the swap silently."""
     backup = tmp_path / "backup.cpsnap"
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         client.put(f"{PREFIX}watched", b"1")
         client.snapshot(backup)
         start = client.put(f"{PREFIX}watched", b"2").revision

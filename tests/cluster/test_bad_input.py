@@ -43,7 +43,7 @@ def _sdk_cases() -> list[tuple[str, Callable[[Client], object], tuple[str, ...]]
 
 
 def test_bad_input_is_invalid_argument_on_every_server(cluster: LocalCluster) -> None:
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         revision_before = client.put("bad/fence", b"before").revision
     problems = []
     for node in cluster.nodes.values():
@@ -62,7 +62,7 @@ def test_bad_input_is_invalid_argument_on_every_server(cluster: LocalCluster) ->
     assert not problems, "\n".join(problems)
 
     # Nothing reached the log: the next write is the very next revision, and the cluster works.
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         after = client.put("bad/fence", b"after")
         assert after.revision == revision_before + 1
         kv = client.get("bad/fence")
@@ -83,7 +83,7 @@ def test_unknown_consistency_is_invalid_argument(cluster: LocalCluster, method: 
                 getattr(kv_stub(ch), method)(request, timeout=10)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, node.id
             assert "consistency" in caught.value.details().lower(), caught.value.details()
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         client.put("bad/k", b"ok")
         assert client.get("bad/k") is not None
 

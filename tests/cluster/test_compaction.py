@@ -34,7 +34,7 @@ def _dumped(cluster: LocalCluster) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_state_survives_restart_after_log_compaction(make_cluster: Callable[..., LocalCluster], sig: int) -> None:
     cluster = make_cluster(extra_config=COMPACTING)
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         _write(client, "compacted", 300)
     wait_until(lambda: _dumped(cluster), 30, "every server to write a full dump")
     revision = wait_converged(cluster)
@@ -47,7 +47,7 @@ def test_state_survives_restart_after_log_compaction(make_cluster: Callable[...,
     wait_ready(cluster)
     assert wait_converged(cluster) == revision
     assert assert_same_state(running(cluster), revision) == before
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         assert client.put("compacted/after", b"x").revision == revision + 1
         # The watch history travelled in the dump too: a watch from before the restart resumes.
         events = client.watch("compacted/", from_revision=revision - 5)
@@ -60,7 +60,7 @@ def test_lagging_follower_catches_up_from_a_transmitted_dump(make_cluster: Calla
     cluster = make_cluster(extra_config=COMPACTING)
     leader = cluster.wait_for_leader()
     lagging = followers(cluster, leader)[0]
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         _write(client, "before", 50)
         wait_converged(cluster)
         stopped_at = status(lagging).applied_index

@@ -51,7 +51,7 @@ async def http(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_every_endpoint_against_real_servers(cluster: LocalCluster, http: httpx.AsyncClient) -> None:
     leader_id = cluster.wait_for_leader()
-    with Client(cluster.client_addresses, timeout=15) as admin:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
         admin.membership.set_flag("multi_network", True)
         admin.membership.create_network("gw-net", "gw-model", 4, priority=3)
         admin.ports.allocate("gw-host", "gw-svc", "http")
@@ -100,7 +100,7 @@ async def test_every_endpoint_against_real_servers(cluster: LocalCluster, http: 
     assert sorted(n["id"] for n in servers) == sorted(cluster.nodes)
     assert (await http.get("/v1/nodes", params={"capability": "gpu", "state": "active"})).json()["nodes"]
 
-    with Client(cluster.client_addresses, timeout=15) as admin:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
         admin.membership.join("gw-net", node_id="gw-a1")
         admin.membership.join("gw-net", client_id="gw-c1")
     view = (await http.get("/v1/nodes/gw-a1")).json()
@@ -137,7 +137,7 @@ async def test_every_endpoint_against_real_servers(cluster: LocalCluster, http: 
     assert (await http.get("/v1/nodes", params={"label": "zone=gw-eu"})).json()["nodes"] == []
     left = (await http.get("/v1/nodes", params={"label": "zone=gw-eu", "include_gone": True})).json()["nodes"]
     assert [(n["id"], n["state"]) for n in left] == [("gw-a1", "left")]
-    with Client(cluster.client_addresses, timeout=15) as admin:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
         admin.membership.forget("gw-a1")
         admin.membership.delete_network("gw-net", force=True)
 
@@ -220,7 +220,7 @@ def fuzzed_schema(gateway: GatewayProcess, cluster: LocalCluster) -> Iterator[An
         return path_parameters
 
     yield schema
-    with Client(cluster.client_addresses, timeout=15) as admin:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
         for view in admin.membership.nodes(include_gone=True):
             node_id = view.node.spec.id
             if node_id.startswith(FUZZ_PREFIX):
@@ -279,7 +279,9 @@ async def test_nodes_keep_working_when_the_gateway_is_killed(
     leader_id = cluster.wait_for_leader()
     cache = tmp_path / "members.json"
     node = GatewayClient(gateway.url, token=TOKEN, cache_path=cache, retry=RetryPolicy(initial_backoff_s=0.02))
-    agent = Agent(AsyncClient(cluster.client_addresses, timeout=5), "gw-kill-agent", ttl_s=2.0)
+    agent = Agent(
+        AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=5), "gw-kill-agent", ttl_s=2.0
+    )
     try:
         # Through the gateway: discovery, then a node's life over HTTP.
         assert (await node.cluster()).leader.id == leader_id  # type: ignore[union-attr]

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 def test_rounds_commit_in_order_and_the_deadline_ends_them(cluster: LocalCluster) -> None:
     peers = ["gr-a", "gr-b", "gr-c", "gr-d"]
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         start = client.status().applied_revision + 1
         for i, node in enumerate(peers):
             version = client.gossip.report_bandwidth(

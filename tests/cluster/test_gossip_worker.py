@@ -80,7 +80,7 @@ def totals(params: dict[str, Params]) -> dict[str, np.ndarray]:
 async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(cluster: LocalCluster) -> None:
     group = f"gw-{secrets.token_hex(3)}"
     ids = [f"{group}-{k}" for k in "abcd"]
-    client = AsyncClient(cluster.client_addresses, timeout=15)
+    client = AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15)
     groups = client.gossip
     workers: dict[str, Worker] = {}
     try:
@@ -286,7 +286,7 @@ def test_cpctl_gossip_groups_and_the_consensus_measure(cluster: LocalCluster) ->
     assert refused.returncode == 1 and "new group name" in refused.stderr
 
     # A round with a reported mix: the consensus measure shows in `rounds` and `status`.
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         groups = client.gossip
         groups.update_group(group, paused=True)  # no coordinator round: this test starts its own
         assert groups.group(group).paused
@@ -302,7 +302,7 @@ def test_cpctl_gossip_groups_and_the_consensus_measure(cluster: LocalCluster) ->
     assert shown["latest"]["pair_distance_sq"] == 3.0 and shown["latest"]["duration_s"] is not None
     assert shown["group"]["probe_every_rounds"] == 50  # the default
     # A probe round: recognisable, with no consensus measure and no bottleneck shown.
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         client.gossip.start_round(
             group, 2, ["gc-a", "gc-b"], [("gc-a", "gc-b")], seed=2, policy="probe", sparsity_ratio=0.5,
             deadline_unix_ms=int(time.time() * 1000) + 30_000,
@@ -320,7 +320,7 @@ def test_cpctl_gossip_groups_and_the_consensus_measure(cluster: LocalCluster) ->
     text = status_text.stdout
     assert text.startswith(f"group {group}: paused, policy random") and "PAIR_DIST2" in text
     assert "bandwidth probes on disjoint pairs" in text and " probe " in text
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         assert client.gossip.delete_group(group)
         with pytest.raises(NotFound):
             client.gossip.group(group)

@@ -42,7 +42,7 @@ def _new_log_text(cluster: LocalCluster, offsets: dict[str, int]) -> dict[str, s
 def test_large_values_replicate_without_raft_errors(cluster: LocalCluster) -> None:
     offsets = _log_offsets(cluster)
     written = {}
-    with Client(cluster.client_addresses, timeout=20) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as client:
         for kind, sizes in (("ascii", ASCII_SIZES), ("binary", BINARY_SIZES)):
             for size in sizes:
                 key = f"{PREFIX}{kind}/{size:08d}"

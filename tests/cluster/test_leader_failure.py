@@ -184,7 +184,7 @@ def test_compare_and_swap_counter_is_exact_across_leader_kill(make_cluster: Call
     cluster = make_cluster()
     old_leader = cluster.wait_for_leader()
     key = "cas/counter"
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         client.put(key, b"0")
     successes: list[int] = []
     lost_races = [0]
@@ -193,7 +193,7 @@ def test_compare_and_swap_counter_is_exact_across_leader_kill(make_cluster: Call
     stop = threading.Event()
 
     def increment() -> None:
-        with Client(cluster.client_addresses, timeout=20.0) as client:
+        with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20.0) as client:
             while not stop.is_set():
                 try:
                     current = client.get(key)
@@ -246,13 +246,13 @@ def test_linearizable_read_on_a_resumed_old_leader_is_not_stale(make_cluster: Ca
     old_leader = cluster.wait_for_leader()
     frozen = cluster.nodes[old_leader]
     assert frozen.pid is not None
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         client.put("frozen/key", b"before")
     others = [node for node in running(cluster) if node.id != old_leader]
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
         cluster.wait_for_leader(among=[node.id for node in others])
-        with Client([node.client_address for node in others], timeout=20) as client:
+        with Client([node.client_address for node in others], timeout=20, credentials=cluster.credentials) as client:
             written = client.put("frozen/key", b"after").revision
     finally:
         os.kill(frozen.pid, signal.SIGCONT)

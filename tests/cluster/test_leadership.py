@@ -25,7 +25,7 @@ def test_transfer_leadership_to_named_follower(cluster: LocalCluster) -> None:
     old_leader = cluster.wait_for_leader()
     target = followers(cluster, old_leader)[0].id
     term_before = status(cluster.nodes[old_leader]).term
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         leader_id, term = client.transfer_leadership(target)
         assert leader_id == target
         assert term > term_before
@@ -45,14 +45,14 @@ def test_transfer_requested_through_a_follower_is_forwarded(cluster: LocalCluste
         leader_id, _ = client.transfer_leadership(target.id)
     assert leader_id == target.id
     _assert_everyone_follows(cluster, target.id)
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         client.put("leadership/after-forwarded-transfer", b"1")
 
 
 def test_transfer_to_the_leader_itself_changes_nothing(cluster: LocalCluster) -> None:
     leader = cluster.wait_for_leader()
     term = status(cluster.nodes[leader]).term
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         assert client.transfer_leadership(leader) == (leader, term)
     _assert_everyone_follows(cluster, leader)
     assert status(cluster.nodes[leader]).term == term
@@ -60,7 +60,10 @@ def test_transfer_to_the_leader_itself_changes_nothing(cluster: LocalCluster) ->
 
 def test_transfer_to_an_unknown_member_is_not_found(cluster: LocalCluster) -> None:
     leader = cluster.wait_for_leader()
-    with Client(cluster.client_addresses) as client, pytest.raises(NotFound) as caught:
+    with (
+        Client(cluster.client_addresses, credentials=cluster.credentials) as client,
+        pytest.raises(NotFound) as caught,
+    ):
         client.transfer_leadership("no-such-node")
     assert "no-such-node" in caught.value.message
     _assert_everyone_follows(cluster, leader)

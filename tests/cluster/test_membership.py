@@ -196,7 +196,7 @@ def test_a_new_server_is_a_learner_until_caught_up_while_clients_write(
     term = status(cluster.leader()).term
     with Writer(cluster.client_addresses, "members/join/") as writer:
         writer.wait_for(20)
-        with Client(cluster.client_addresses, timeout=20) as client:
+        with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as client:
             new, members = _join(cluster, client)
         # Admitted as a learner: listed, but it does not vote, so admitting it cannot cost quorum.
         assert set(members) == original | {new.id}
@@ -238,7 +238,7 @@ def test_a_learner_killed_before_promotion_does_not_count_for_quorum(
     (which still receives the log) applies its own removal and stops."""
     cluster = make_cluster(extra_config=NO_PROMOTION)
     voters = set(cluster.nodes)
-    with Client(cluster.client_addresses, timeout=20) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as client:
         # A learner removed while it runs stops itself.
         doomed, _ = _join(cluster, client)
         wait_until(lambda: status(doomed).ready, 20, f"the learner {doomed.id} to catch up")
@@ -272,7 +272,7 @@ def test_a_single_server_grows_to_two_voters(make_cluster: Callable[..., LocalCl
     """With one voter the promotion's configuration entry can only commit with the learner's vote: the
     learner must switch to voter when the entry reaches its log, not when it commits."""
     cluster = make_cluster(servers=1, extra_config=FAST_PROMOTION)
-    with Client(cluster.client_addresses, timeout=20) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as client:
         before = _write(client, "members/single/before-", 20)
         new, _ = _join(cluster, client)
         _wait_promoted(cluster, new)
@@ -291,7 +291,7 @@ def test_a_server_running_as_a_voter_outside_the_configuration_starts_over_as_a_
     directory says learner. Cut off, it asks the others, sets its log aside, catches up as a learner
     and is promoted properly."""
     cluster = make_cluster(extra_config=FAST_PROMOTION)
-    with Client(cluster.client_addresses, timeout=20) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as client:
         before = _write(client, "members/outside/before-", 20)
         stray = cluster.add_server()
         wait_until(lambda: status(stray), 20, f"{stray.id} to answer")
@@ -315,7 +315,7 @@ def test_a_server_running_as_a_voter_outside_the_configuration_starts_over_as_a_
 def test_add_a_fourth_server_then_remove_another(make_cluster: Callable[..., LocalCluster]) -> None:
     cluster = make_cluster(extra_config=FAST_PROMOTION)
     original = set(cluster.nodes)
-    with Client(cluster.client_addresses, timeout=20) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as client:
         before = _write(client, "members/before/", 50)
 
         new, members = _join(cluster, client)
@@ -372,7 +372,7 @@ def test_remove_a_server_while_clients_write_then_it_cannot_come_back(
     """The removed server is one that joined (started with --join) and was promoted: it stops itself once
     removed, and started again with --join on its old data directory it refuses to start."""
     cluster = make_cluster(extra_config=FAST_PROMOTION)
-    with Client(cluster.client_addresses, timeout=20) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as client:
         joined, _ = _join(cluster, client)
         _wait_promoted(cluster, joined)
         with Writer([n.client_address for n in cluster.nodes.values() if n is not joined], "members/rm/") as writer:
@@ -402,7 +402,7 @@ def test_remove_the_leader_itself(make_cluster: Callable[..., LocalCluster]) -> 
     """The leader cannot remove itself in pysyncobj: it hands leadership over and the new leader does it."""
     cluster = make_cluster()
     old_leader = cluster.wait_for_leader()
-    with Client(cluster.client_addresses, timeout=30) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as client:
         before = _write(client, "members/leader-removal/before-", 20)
         # A handover plus a removal take well under a second on loopback; 10 s is generous.
         members = client.remove_member(old_leader, timeout=10)
@@ -426,7 +426,7 @@ def test_dead_servers_are_cleaned_up_but_never_below_min_quorum(make_cluster: Ca
     leader_id = cluster.wait_for_leader()
     leader = cluster.nodes[leader_id]
     doomed = [node for node in followers(cluster, leader_id)][:3]
-    with Client(cluster.client_addresses, timeout=20) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as client:
         for count, victim in enumerate(doomed[:2], start=1):
             cluster.kill(victim.id)
             wait_until(
@@ -464,7 +464,7 @@ def test_membership_errors_are_clear(make_cluster: Callable[..., LocalCluster]) 
     cluster = make_cluster()
     existing = cluster.nodes["n2"]
     spare = f"127.0.0.1:{free_port()}"
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         with pytest.raises(AlreadyExists) as caught:
             client.add_member("n2", spare, spare)
         assert "n2" in caught.value.message
@@ -515,7 +515,7 @@ def test_second_membership_change_while_one_is_in_flight_is_refused(
     first_outcome: list[object] = []
 
     def first_add() -> None:
-        with Client(leader.client_address, timeout=60) as client:
+        with Client(leader.client_address, credentials=leader.credentials, timeout=60) as client:
             try:
                 first_outcome.append(client.add_member("ghost", ghost_raft, ghost_client))
             except ControlPlaneError as exc:
@@ -526,7 +526,10 @@ def test_second_membership_change_while_one_is_in_flight_is_refused(
     try:
         adder.start()
         wait_until(lambda: "ghost" in status(leader).membership_change, 10, "the ghost add to be in flight")
-        with Client(leader.client_address) as client, pytest.raises(FailedPrecondition) as caught:
+        with (
+            Client(leader.client_address, credentials=leader.credentials) as client,
+            pytest.raises(FailedPrecondition) as caught,
+        ):
             client.add_member("n9", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
         assert "in flight" in caught.value.message and "ghost" in caught.value.message
     finally:
@@ -539,7 +542,7 @@ def test_second_membership_change_while_one_is_in_flight_is_refused(
 
     # The ghost is a learner that never answers: never promoted, and removable again.
     cluster.wait_for_leader()
-    with Client(cluster.client_addresses, timeout=30) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as client:
         client.remove_member("ghost")
         put = client.put("members/after-ghost", b"1")
     _wait_members(running(cluster), set(cluster.nodes))
@@ -561,7 +564,7 @@ def test_add_member_slower_than_one_sdk_attempt_still_succeeds(
     outcome: list[object] = []
 
     def add() -> None:
-        with Client(cluster.client_addresses, timeout=60) as client:
+        with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=60) as client:
             try:
                 outcome.append(client.add_member("ghost", ghost_raft, ghost_client))
             except ControlPlaneError as exc:
@@ -581,7 +584,7 @@ def test_add_member_slower_than_one_sdk_attempt_still_succeeds(
     assert isinstance(outcome[0], list), f"AddMember failed although it committed: {outcome[0]!r}"
     assert "ghost" in {m.id for m in outcome[0]}
 
-    with Client(cluster.client_addresses, timeout=30) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as client:
         client.remove_member("ghost")
         put = client.put("members/after-slow-add", b"1")
     _wait_members(running(cluster), set(cluster.nodes))

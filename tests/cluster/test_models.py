@@ -59,7 +59,7 @@ def names(result: object) -> list[str]:
 
 def test_search_quality_and_the_same_answer_on_every_server(cluster: LocalCluster) -> None:
     suffix = f"-{uuid.uuid4().hex[:6]}"
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         revision = register_catalogue(client, suffix)
         answers = []
         for node in running(cluster):
@@ -86,7 +86,7 @@ def test_search_quality_and_the_same_answer_on_every_server(cluster: LocalCluste
 
 def test_registry_rules_and_bad_input_over_grpc(cluster: LocalCluster) -> None:
     name = f"rules-{uuid.uuid4().hex[:6]}"
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         first = client.models.register(name, sha("1"), 10, "onnx")
         second = client.models.register(name, sha("2"), 10, "onnx")
         assert (first.version.version, second.version.version) == (1, 2)
@@ -117,7 +117,7 @@ def test_index_is_rebuilt_after_restart_and_after_restore(
 ) -> None:
     cluster = make_cluster()
     cluster.wait_for_leader()
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         register_catalogue(client, "")
         backup = tmp_path / "backup.snap"
         client.snapshot(backup)

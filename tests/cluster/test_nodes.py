@@ -73,7 +73,7 @@ def node_state(client: Client, node_id: str) -> NodeState | None:
 def test_a_killed_agent_dies_by_lease_and_its_clients_move(
     cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
 ) -> None:
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         client.membership.set_flag("multi_network", True)
         client.membership.create_network("kill-main", "kill-model", 10, priority=5)
         client.membership.create_network("kill-spare", "kill-model", 10)
@@ -106,7 +106,7 @@ def test_a_killed_agent_dies_by_lease_and_its_clients_move(
         until = client.status().applied_revision
         # Every server holds the same outcome (read from each one, pinned).
         for node in cluster.nodes.values():
-            with Client(node.client_address, timeout=10) as pinned:
+            with Client(node.client_address, credentials=node.credentials, timeout=10) as pinned:
                 pinned_view = pinned.membership.get_node("kill-a1", min_revision=until)
                 assert pinned_view.node.state is NodeState.DEAD
 
@@ -122,7 +122,7 @@ def test_a_stopped_agent_deregisters_and_cli_shows_the_unified_view(
     cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
 ) -> None:
     process = start_agent(cluster, agents, "stop-a1", "--label", "zone=eu")
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         wait_until(lambda: node_state(client, "stop-a1") is NodeState.ACTIVE, 20, "stop-a1 active")
         listed = json.loads(cpctl(cluster, "nodes", "list", "--label", "zone=eu", "--output", "json").stdout)
         assert [v["node"]["spec"]["id"] for v in listed] == ["stop-a1"]
@@ -146,7 +146,7 @@ def test_a_stopped_agent_deregisters_and_cli_shows_the_unified_view(
 
 
 def test_capacity_flags_and_bad_input(cluster: LocalCluster) -> None:
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         client.membership.set_flag("multi_network", True)
         client.membership.register_node("cap-a1", ttl_s=30)
         client.membership.heartbeat("cap-a1")
@@ -188,8 +188,8 @@ def test_heartbeats_are_answered_from_the_leaders_memory_and_checkpointed(cluste
     leader = cluster.leader()
     follower = next(node for node in cluster.nodes.values() if node.id != leader.id)
     with (
-        Client(leader.client_address, timeout=10) as on_leader,
-        Client(follower.client_address, timeout=10) as on_follower,
+        Client(leader.client_address, credentials=leader.credentials, timeout=10) as on_leader,
+        Client(follower.client_address, credentials=follower.credentials, timeout=10) as on_follower,
     ):
         on_leader.membership.register_node("mem-a1", ttl_s=30)
         assert on_leader.membership.heartbeat("mem-a1") is NodeState.ACTIVE  # news: through the log

@@ -65,7 +65,7 @@ def _leadership(cluster: LocalCluster) -> tuple[str, int]:
 
 def _still_leads(cluster: LocalCluster, before: tuple[str, int], key: str) -> None:
     assert _leadership(cluster) == before, "the attack moved leadership"
-    with Client(cluster.client_addresses, timeout=15) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         assert client.put(key, b"ok").revision > 0
 
 
@@ -197,7 +197,7 @@ def test_propose_is_not_served_on_the_client_port(cluster: LocalCluster) -> None
 def test_writes_through_a_follower_travel_over_the_peer_plane(cluster: LocalCluster) -> None:
     leader_id = cluster.wait_for_leader()
     follower: NodeProcess = next(node for node in cluster.nodes.values() if node.id != leader_id)
-    with Client(follower.client_address, timeout=15) as client:
+    with Client(follower.client_address, credentials=follower.credentials, timeout=15) as client:
         revisions = [client.put(f"peer/forwarded/{i}", b"x").revision for i in range(20)]
     assert revisions == sorted(revisions) and len(set(revisions)) == 20
     wait_until(lambda: status(follower).applied_revision >= revisions[-1], 15, "the follower to apply")
@@ -273,7 +273,7 @@ def test_a_server_that_is_not_a_member_is_refused_even_with_a_cluster_certificat
         conn.settimeout(15)
         with contextlib.suppress(ConnectionResetError, ssl.SSLError):
             assert conn.recv(65536) == b"", "the leader answered a server that is not a member"
-    with Client(leader.client_address, timeout=15) as client:
+    with Client(leader.client_address, credentials=leader.credentials, timeout=15) as client:
         assert client.get("intruder/k") is None
         assert client.put("intruder/after", b"ok").revision == applied + 1
     assert _leadership(cluster) == before

@@ -62,7 +62,7 @@ def test_64_allocators_with_leader_kill_never_double_allocate(make_cluster: Call
     old_leader = cluster.wait_for_leader()
     addresses = cluster.client_addresses
     host = "shared-host"
-    with Client(addresses) as admin:
+    with Client(addresses, credentials=cluster.credentials) as admin:
         admin.ports.set_range(*SHARED_RANGE)
     acks: list[Allocation] = []
     failures: list[tuple[str, ControlPlaneError]] = []
@@ -71,7 +71,7 @@ def test_64_allocators_with_leader_kill_never_double_allocate(make_cluster: Call
     def allocator(index: int) -> None:
         # Each client starts on a different server, so writes arrive through all three.
         rotated = addresses[index % 3 :] + addresses[: index % 3]
-        with Client(rotated, timeout=30.0) as client:
+        with Client(rotated, timeout=30.0, credentials=cluster.credentials) as client:
             for sequence in range(PER_ALLOCATOR):
                 service = f"svc-{index:02d}-{sequence}"
                 try:
@@ -130,7 +130,7 @@ def test_a_leader_change_does_not_expire_a_live_lease_early(make_cluster: Callab
     cluster = make_cluster()
     cluster.wait_for_leader()
     ttl = 3.0
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         lease = client.leases.grant(ttl)
         held = client.ports.allocate("lease-host", "leased", lease_id=lease.id)
         renewed = client.leases.keep_alive(lease.id)
@@ -159,7 +159,7 @@ def test_a_leader_change_does_not_expire_a_live_lease_early(make_cluster: Callab
 
 def test_conflicts_resolution_history_and_events(cluster: LocalCluster) -> None:
     host = _unique("conflict-host")
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         base = client.ports.set_range(_unique("r"), 41000, 41009)
         api = client.ports.assign(host, "api", 41000, "http")
         db = client.ports.assign(host, "db", 41001)
@@ -201,7 +201,7 @@ def test_conflicts_resolution_history_and_events(cluster: LocalCluster) -> None:
 
 def test_repair_frees_a_leak_only_after_consecutive_fresh_reports(cluster: LocalCluster) -> None:
     host = _unique("leak-host")
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         kept = client.ports.allocate(host, "alive")
         leaked = client.ports.allocate(host, "gone")
         for report in range(3):
@@ -222,7 +222,7 @@ def test_repair_frees_a_leak_only_after_consecutive_fresh_reports(cluster: Local
 
 def test_bad_input_is_refused_and_changes_nothing(cluster: LocalCluster) -> None:
     host = _unique("bad-host")
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         name = _unique("tight")
         client.ports.set_range(name, 42000, 42001)
         before = client.ports.export()

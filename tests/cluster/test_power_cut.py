@@ -71,13 +71,13 @@ async def test_acknowledged_writes_survive_a_power_cut_of_every_server(
         cluster.restart(node.id)
     wait_ready(cluster, timeout=60)
 
-    with Client(cluster.client_addresses, timeout=30) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as client:
         missing = [key for key, value in acked.items() if (kv := client.get(key)) is None or kv.value != value]
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged writes lost (bytes cut: {dropped}): {missing[:5]}"
     revision = wait_converged(cluster, timeout=30)
     state = assert_same_state(running(cluster), revision, prefix="cut/")
     assert set(acked) <= set(state)
-    with Client(cluster.client_addresses, timeout=30) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as client:
         assert client.put("cut/after", b"ok").revision > revision
 
 

@@ -49,7 +49,7 @@ def test_every_acknowledged_write_is_visible_at_once_on_the_next_server(cluster:
     nodes = list(cluster.nodes.values())
     clients = [node_client(node) for node in nodes]
     try:
-        with Client(cluster.client_addresses) as writer:
+        with Client(cluster.client_addresses, credentials=cluster.credentials) as writer:
             for i in range(30):
                 key = f"reads/ryw/{i:03d}"
                 put = writer.put(key, f"value-{i}")
@@ -64,7 +64,7 @@ def test_every_acknowledged_write_is_visible_at_once_on_the_next_server(cluster:
         for client in clients:
             client.close()
     # Invariant: the whole prefix is the same from every server.
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         reference = list_all(client, "reads/ryw/")
     assert len(reference) == 30
     revision = max(kv.mod_revision for kv in reference.values())
@@ -81,9 +81,9 @@ async def test_linearizable_reads_on_a_busy_follower_see_every_acknowledged_writ
     leader = cluster.nodes[leader_id]
     follower = followers(cluster, leader_id)[0]
     rounds = 1000
-    writer = AsyncClient(leader.client_address, timeout=15)
-    reader = AsyncClient(follower.client_address, timeout=15)
-    background = [AsyncClient(follower.client_address, timeout=15) for _ in range(6)]
+    writer = AsyncClient(leader.client_address, credentials=leader.credentials, timeout=15)
+    reader = AsyncClient(follower.client_address, credentials=follower.credentials, timeout=15)
+    background = [AsyncClient(follower.client_address, credentials=follower.credentials, timeout=15) for _ in range(6)]
     stop = asyncio.Event()
 
     async def keep_reading(client: AsyncClient) -> int:
@@ -119,7 +119,7 @@ def test_raw_read_options_default_to_linearizable(cluster: LocalCluster) -> None
     just before by another server."""
     leader_id = cluster.wait_for_leader()
     follower = followers(cluster, leader_id)[-1]
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         put = client.put("reads/unspecified", b"x")
     with channel(follower.client_address) as ch:
         response = kv_stub(ch).Get(kv_pb2.GetRequest(key="reads/unspecified"), timeout=10)
@@ -140,7 +140,7 @@ def test_watch_starts_with_a_progress_marker_and_resumes_on_another_server(clust
     stream on another server from (last seen + 1) continues without gap or duplicate."""
     leader_id = cluster.wait_for_leader()
     first, second = followers(cluster, leader_id)[0], cluster.nodes[leader_id]
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         revisions = [client.put(f"reads/watch/{i:02d}", str(i)).revision for i in range(10)]
 
     request = watch_pb2.WatchRequest(

@@ -40,7 +40,7 @@ def _snapshot_of(cluster: LocalCluster) -> tuple[int, dict[str, KeyValue], dict[
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_state_survives_full_cluster_restart(make_cluster: Callable[..., LocalCluster], sig: int) -> None:
     cluster = make_cluster()
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         _populate(client)
     revision_before, state_before, members_before = _snapshot_of(cluster)
     assert len(state_before) == 300 - len(range(0, 300, 7)) + 1
@@ -64,7 +64,7 @@ def test_state_survives_full_cluster_restart(make_cluster: Callable[..., LocalCl
     assert members_after == members_before
 
     # Revisions continue where they stopped: none is reused after the restart.
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         put = client.put("restart/after", b"x")
         assert put.revision == revision_before + 1
         assert list_all(client, "restart/") == {**state_before, "restart/after": client.get("restart/after")}

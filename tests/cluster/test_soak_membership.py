@@ -190,7 +190,7 @@ async def same_nodes_everywhere(cluster: LocalCluster, admin: AsyncClient) -> in
 async def churn_with_a_stalled_heartbeat_path(cluster: LocalCluster) -> None:
     run = os.urandom(3).hex()
     endpoints = cluster.client_addresses
-    async with AsyncClient(endpoints, timeout=60) as admin:
+    async with AsyncClient(endpoints, timeout=60, credentials=cluster.credentials) as admin:
         await admin.membership.set_flag("multi_network", True)
         network = f"soak-{run}"
         await admin.membership.create_network(network, "soak-model", 100_000)

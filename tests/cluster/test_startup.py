@@ -110,7 +110,7 @@ def test_refuses_the_port_of_a_running_server_and_leaves_it_alone(
     assert result.returncode == EXIT_USAGE, result.stderr
     assert victim.raft_address in result.stderr
 
-    with Client(victim.client_address) as client:
+    with Client(victim.client_address, credentials=victim.credentials) as client:
         put = client.put("startup/still-serving", b"1")
         assert client.get("startup/still-serving") is not None
     assert wait_converged(cluster) >= put.revision
@@ -118,7 +118,7 @@ def test_refuses_the_port_of_a_running_server_and_leaves_it_alone(
 
 
 def test_a_servers_data_dir_is_0700_and_its_files_0600(cluster: LocalCluster) -> None:
-    with Client(next(iter(cluster.nodes.values())).client_address) as client:
+    with cluster.client() as client:
         put = client.put("startup/private", b"1")
     assert wait_converged(cluster) >= put.revision
     for node in cluster.nodes.values():

@@ -69,7 +69,7 @@ def test_a_previous_release_data_dir_is_migrated_on_start(tmp_path: Path) -> Non
     try:
         cluster.start()
         wait_ready(cluster)
-        with Client(cluster.client_addresses, timeout=15) as client:
+        with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
             values = {kv.key: kv.value for kv in client.list("legacy/", limit=1000).kvs}
             assert values == {f"legacy/{i:03d}": f"v{i}".encode() for i in range(KEYS)}
             assert client.put("legacy/after-upgrade", b"ok").revision > KEYS

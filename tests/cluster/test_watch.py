@@ -98,10 +98,10 @@ def test_sdk_watch_resumes_exactly_once_across_server_loss(
     delivered: list[Event] = []
     watch_error: list[BaseException] = []
 
-    with Client(cluster.client_addresses) as setup:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as setup:
         start = setup.put(f"{PREFIX}start", b"0").revision
     # The watch client lists the victim first, so that is where its stream goes.
-    with Client([victim.client_address, *others], timeout=20) as watcher:
+    with Client([victim.client_address, *others], timeout=20, credentials=cluster.credentials) as watcher:
         watch = watcher.watch(PREFIX, from_revision=start)
 
         def consume() -> None:
@@ -143,8 +143,8 @@ async def test_async_watch_resumes_after_its_server_restarts(make_cluster: Calla
     others = [node.client_address for node in running(cluster) if node is not victim]
     acked: dict[str, tuple[bytes, int]] = {}
     async with (
-        AsyncClient(cluster.client_addresses, timeout=20) as writer,
-        AsyncClient([victim.client_address, *others], timeout=20) as watcher,
+        AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as writer,
+        AsyncClient([victim.client_address, *others], timeout=20, credentials=cluster.credentials) as watcher,
     ):
         start = (await writer.put(f"{PREFIX}start", b"0")).revision
         watch = watcher.watch(PREFIX, from_revision=start)
@@ -185,7 +185,7 @@ async def test_watch_from_compacted_revision_is_out_of_range(
     limit = history_limit or DEFAULT_HISTORY_LIMIT
     cluster = make_cluster(**options)
     total = limit + 500
-    async with AsyncClient(cluster.client_addresses, timeout=30) as client:
+    async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as client:
         gate = asyncio.Semaphore(256)
 
         async def put(i: int) -> None:
@@ -208,7 +208,7 @@ async def test_watch_from_compacted_revision_is_out_of_range(
     assert str(oldest) in caught.value.details()
     assert dict(caught.value.trailing_metadata())[OLDEST_REVISION_KEY] == str(oldest)
 
-    with Client(cluster.client_addresses) as client:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         with pytest.raises(OutOfRange) as sdk_caught:
             next(iter(client.watch("history/", from_revision=oldest - 1)))
         assert sdk_caught.value.oldest_revision == oldest
@@ -230,7 +230,10 @@ def test_sdk_watch_moves_on_when_its_server_freezes(make_cluster: Callable[..., 
     others = [node.client_address for node in running(cluster) if node is not victim]
     assert victim.pid is not None
     delivered: list[Event] = []
-    with Client(others, timeout=20) as writer, Client([victim.client_address, *others], timeout=20) as watcher:
+    with (
+        Client(others, timeout=20, credentials=cluster.credentials) as writer,
+        Client([victim.client_address, *others], timeout=20, credentials=cluster.credentials) as watcher,
+    ):
         start = writer.put(f"{PREFIX}start", b"0").revision
         watch = watcher.watch(PREFIX, from_revision=start)
         consumer = threading.Thread(target=lambda: delivered.extend(watch), name="watch-consumer")
