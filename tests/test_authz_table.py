@@ -85,3 +85,20 @@ def test_needs_take_their_resource_from_the_request() -> None:
         Need("membership", "write", "n7", node="n7"),
     )
     assert authz.needs_of("/controlplane.v1.Nope/Nope", None) is None
+
+
+def test_rate_limiter_refuses_over_the_rate_with_a_retry_hint() -> None:
+    now = [0.0]
+    limiter = authz.RateLimiter(rate=10, burst=2, clock=lambda: now[0])
+    limiter.take("user:bob")
+    limiter.take("user:bob")
+    try:
+        limiter.take("user:bob")
+    except authz.RateLimited as exc:
+        assert dict(exc.metadata())[authz.RETRY_AFTER_KEY] == "100"
+        assert exc.code.name == "RESOURCE_EXHAUSTED"
+    else:
+        raise AssertionError("the third call within the burst was allowed")
+    limiter.take("user:alice")  # another identity has its own bucket
+    now[0] = 0.1
+    limiter.take("user:bob")  # refilled one

@@ -18,7 +18,7 @@ from prometheus_client import start_http_server
 from controlplane.grpc_options import SERVER_OPTIONS
 from controlplane.server import logs, metrics
 from controlplane.server.auth_service import AuthService
-from controlplane.server.authz import Authorizer, open_audit_log
+from controlplane.server.authz import Authorizer, RateLimiter, open_audit_log
 from controlplane.server.client_listener import add_client_port
 from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.interceptor import ErrorsAndMetrics
@@ -96,7 +96,11 @@ async def serve(config: ServerConfig) -> None:
     await node.start()
     # Read on every call: the machine is replaced when a snapshot is installed.
     plaintext = config.insecure_dev or config.insecure_client_port
-    authorizer = Authorizer(lambda: node.machine.auth, insecure_dev=plaintext)
+    limiter = None
+    if config.rate_limit_per_identity > 0:
+        burst = config.rate_limit_burst or 2 * config.rate_limit_per_identity
+        limiter = RateLimiter(config.rate_limit_per_identity, burst)
+    authorizer = Authorizer(lambda: node.machine.auth, insecure_dev=plaintext, limiter=limiter)
     audit = open_audit_log(config.audit_file, config.node_id)
     server = grpc.aio.server(interceptors=[ErrorsAndMetrics(authorizer, audit)], options=SERVER_OPTIONS)
     auth_pb2_grpc.add_AuthServicer_to_server(AuthService(node, authorizer), server)

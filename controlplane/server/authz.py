@@ -24,7 +24,7 @@ import grpc
 import structlog
 
 from controlplane import tls
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, ResourceExhausted
 from controlplane.state.auth import ADMIN_USER, ANY_NODE, AuthTable, Caller, Need, allowed
 
 #: Needs nothing: open to callers without credentials.
@@ -253,9 +253,12 @@ class Authorizer:
     committed revocation or grant applies to the next call on this server.
     """
 
-    def __init__(self, auth_state: Callable[[], AuthTable], insecure_dev: bool) -> None:
+    def __init__(
+        self, auth_state: Callable[[], AuthTable], insecure_dev: bool, limiter: RateLimiter | None = None
+    ) -> None:
         self._auth_state = auth_state
         self._insecure_dev = insecure_dev
+        self._limiter = limiter
 
     def identify(self, context: grpc.aio.ServicerContext) -> Caller | None:
         """The caller, or None (no credential). Raises Unauthenticated for a bad token."""
@@ -296,6 +299,8 @@ class Authorizer:
                 f"{method} needs credentials: a client certificate from the cluster CA or "
                 "'authorization: Bearer <token>' (cpctl --token, CP_TOKEN)"
             )
+        if self._limiter is not None and caller.kind != "server":
+            self._limiter.take(str(caller))
         if rule == AUTHENTICATED:
             return caller, ""
         state = self._auth_state()
@@ -326,3 +331,51 @@ def open_audit_log(path: Path, node_id: str) -> Callable[..., None]:
         logger.info("audit", node=node_id, **fields)
 
     return audit
+
+
+RETRY_AFTER_KEY = "cp-retry-after-ms"
+
+
+class RateLimited(ResourceExhausted):
+    """The caller's identity is over its request rate; the trailing metadata says when to retry."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (*super().metadata(), (RETRY_AFTER_KEY, str(self.retry_after_ms)))
+
+
+class RateLimiter:
+    """A token bucket per identity: ``rate`` requests a second on average, bursts of ``burst``.
+
+    Per server (not replicated): a caller spreading its calls over N servers gets N times the rate.
+    Identities are few (users, agents), so the table is a dict; it is cleared when it grows past
+    ``max_identities`` (a flood of distinct tokens is refused by authentication first anyway).
+    """
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic, max_identities: int = 100_000
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._max = max_identities
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, identity: str) -> None:
+        """Spend one request of ``identity``; raise RateLimited when its bucket is empty."""
+        now = self._clock()
+        tokens, stamp = self._buckets.get(identity, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens < 1:
+            retry_ms = max(1, int((1 - tokens) / self.rate * 1000))
+            self._buckets[identity] = (tokens, now)
+            raise RateLimited(
+                f"{identity} is over its rate of {self.rate:g} requests/s on this server; retry in {retry_ms} ms",
+                retry_ms,
+            )
+        if len(self._buckets) >= self._max and identity not in self._buckets:
+            self._buckets.clear()
+        self._buckets[identity] = (tokens - 1, now)

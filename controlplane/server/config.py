@@ -155,6 +155,10 @@ class ServerConfig:
     # Serve the client port in plaintext although the peer plane has TLS files (callers without
     # credentials are then the admin, as with insecure_dev). Local tests only; loudly logged.
     insecure_client_port: bool = False
+    # Requests per second per identity (user, agent) on this server, with bursts of
+    # rate_limit_burst; over it a call gets RESOURCE_EXHAUSTED and cp-retry-after-ms. 0: off.
+    rate_limit_per_identity: float = 0.0
+    rate_limit_burst: float = 0.0
 
     def validate(self) -> None:
         problems = [
@@ -212,6 +216,8 @@ class ServerConfig:
                 "dead_server_cleanup_s must be 0 (off) or 1 s to 30 days: shorter than an election would remove "
                 "servers that are merely slow"
             )
+        if self.rate_limit_per_identity < 0 or self.rate_limit_burst < 0:
+            raise ConfigError("rate_limit_per_identity and rate_limit_burst must be >= 0")
         if self.min_quorum < 1:
             raise ConfigError("min_quorum must be at least 1")
         ids = [peer.id for peer in self.peers]
