@@ -27,9 +27,8 @@ import grpc
 import grpc.aio
 
 from controlplane import errors
-from controlplane.client import AsyncClient, Client, Consistency
+from controlplane.client import AsyncClient, Client, Consistency, Credentials
 from controlplane.dev import LocalCluster
-from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.v1 import watch_pb2, watch_pb2_grpc
 
 from . import checks
@@ -142,12 +141,14 @@ async def _list_prefix(client: AsyncClient, prefix: str, **read: object) -> dict
         start_after = page.kvs[-1].key
 
 
-async def _replay(address: str, prefix: str, start: int, until: int) -> list[tuple[int, str]]:
+async def _replay(
+    address: str, prefix: str, start: int, until: int, credentials: Credentials | None = None
+) -> list[tuple[int, str]]:
     """The prefix's revision sequence in [start, until] as one server replays it after the faults
     (a raw Watch stream, read until its progress passes ``until``)."""
     out: list[tuple[int, str]] = []
     request = watch_pb2.WatchRequest(from_revision=start, filter=watch_pb2.WatchFilter(key_prefix=prefix))
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    async with (credentials or Credentials()).async_channel_factory()(address) as channel:
         stream = watch_pb2_grpc.WatchStub(channel).Watch(request, timeout=300)
         async for message in stream:
             out.extend((e.revision, e.key) for e in message.events if e.revision <= until)
@@ -194,7 +195,14 @@ async def run(
     started = time.monotonic()
     prefix = f"fault-{seed}-{int(time.time())}/"
     ctx = Context(
-        history, cluster.client_addresses, prefix, Processes(), rng, asyncio.Event(), call_timeout=profile.call_timeout
+        history,
+        cluster.client_addresses,
+        prefix,
+        Processes(),
+        rng,
+        asyncio.Event(),
+        call_timeout=profile.call_timeout,
+        credentials=cluster.credentials,
     )
     registers = Registers(ctx, profile.register_keys, profile.register_clients)
     adds = SetAdds(ctx, profile.set_clients)
@@ -211,7 +219,7 @@ async def run(
         key = f"{prefix}probe/{next(probes)}"
         op = history.invoke(ctx.processes.new(), "probe", "add", key, key)
         try:
-            with Client(endpoints, timeout=CALL_TIMEOUT_S) as client:
+            with Client(endpoints, timeout=CALL_TIMEOUT_S, credentials=cluster.credentials) as client:
                 result = client.put(key, b"1")
         except Exception as exc:
             history.complete(op, completion_type(exc), error=f"{type(exc).__name__}: {exc}", endpoints=endpoints)
@@ -223,7 +231,7 @@ async def run(
     try:
         cluster.start()
         await asyncio.to_thread(control.wait_whole)
-        async with AsyncClient(cluster.client_addresses) as admin:
+        async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials) as admin:
             await ports.setup(admin)
             watchers.from_revision = (await admin.status()).applied_revision + 1
         history.note("start", seed=seed, profile=profile.name, prefix=prefix, wall_clock_origin=history.wall_origin)
@@ -265,7 +273,7 @@ async def run(
         # ---- final state, read once every server is back
         await asyncio.to_thread(control.release_all)
         await asyncio.to_thread(control.wait_whole)
-        async with AsyncClient(cluster.client_addresses, timeout=30.0) as final:
+        async with AsyncClient(cluster.client_addresses, timeout=30.0, credentials=cluster.credentials) as final:
             everything = await _list_prefix(final, prefix)
             final_revision = (await final.status()).applied_revision
             service_history: dict[str, list[tuple[str, int, int]]] = {}
@@ -282,7 +290,9 @@ async def run(
         leader = cluster.nodes[await asyncio.to_thread(control.leader)]
         expected: list[tuple[int, str]] | None
         try:
-            expected = await _replay(leader.client_address, prefix, watchers.from_revision, final_revision)
+            expected = await _replay(
+                leader.client_address, prefix, watchers.from_revision, final_revision, leader.credentials
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
                 raise
@@ -294,7 +304,7 @@ async def run(
         # ---- replicas agree (hashicorp's VerifyFSM): every server, on its own, holds the same keys
         states = {}
         for node in cluster.nodes.values():
-            async with AsyncClient(node.client_address, timeout=30.0) as pinned:
+            async with AsyncClient(node.client_address, timeout=30.0, credentials=node.credentials) as pinned:
                 states[node.id] = await _list_prefix(
                     pinned, prefix, consistency=Consistency.STALE, min_revision=final_revision
                 )

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from controlplane import errors
-from controlplane.client import AsyncClient, AsyncWatch
+from controlplane.client import AsyncClient, AsyncWatch, Credentials
 
 from .history import FAIL, INFO, OK, History, Op, completion_type
 
@@ -53,6 +53,8 @@ class Context:
     think_s: float = 0.01
     #: Each call's SDK deadline; shorter than a fault, it turns operations into unknown outcomes.
     call_timeout: float = CALL_TIMEOUT_S
+    #: What every client presents (the cluster's; none for a plaintext client port).
+    credentials: Credentials = field(default_factory=Credentials)
 
 
 async def record(
@@ -101,7 +103,7 @@ class Registers:
         process = ctx.processes.new()
         # key -> (mod_revision, value) last seen by this client: what a swap compares against.
         known: dict[str, tuple[int, str | None]] = {}
-        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout) as client:
+        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout, credentials=ctx.credentials) as client:
             for n in itertools.count():
                 if ctx.stop.is_set():
                     return
@@ -176,7 +178,9 @@ class SetAdds:
         async with contextlib.AsyncExitStack() as stack:
             shared = None
             if not fresh:
-                shared = await stack.enter_async_context(AsyncClient(ctx.endpoints, timeout=ctx.call_timeout))
+                shared = await stack.enter_async_context(
+                    AsyncClient(ctx.endpoints, timeout=ctx.call_timeout, credentials=ctx.credentials)
+                )
             for n in itertools.count():
                 if ctx.stop.is_set():
                     return
@@ -185,7 +189,9 @@ class SetAdds:
                 async with contextlib.AsyncExitStack() as per_op:
                     client = shared
                     if client is None:
-                        client = await per_op.enter_async_context(AsyncClient(endpoints, timeout=ctx.call_timeout))
+                        client = await per_op.enter_async_context(
+                            AsyncClient(endpoints, timeout=ctx.call_timeout, credentials=ctx.credentials)
+                        )
                     op = await record(
                         ctx,
                         process,
@@ -228,7 +234,7 @@ class Ports:
     async def client(self, seed: int) -> None:
         ctx, rng = self.ctx, random.Random(seed)
         process = ctx.processes.new()
-        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout) as client:
+        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout, credentials=ctx.credentials) as client:
             for n in itertools.count():
                 if ctx.stop.is_set():
                     return
@@ -302,7 +308,9 @@ class Watchers:
         self.from_revision = 0
 
     async def watcher(self, delivery: Delivery) -> None:
-        async with AsyncClient(self.ctx.endpoints, timeout=self.ctx.call_timeout) as client:
+        async with AsyncClient(
+            self.ctx.endpoints, timeout=self.ctx.call_timeout, credentials=self.ctx.credentials
+        ) as client:
             delivery.watch = client.watch(self.ctx.prefix, from_revision=self.from_revision)
             try:
                 async for event in delivery.watch:
