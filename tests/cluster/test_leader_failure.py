@@ -16,7 +16,7 @@ import pytest
 from controlplane.client import Client, Consistency, ControlPlaneError
 from controlplane.dev import LocalCluster
 
-from .conftest import assert_same_state, list_all, node_client, running, wait_converged, wait_until
+from .conftest import assert_same_state, credentials_for, list_all, node_client, running, wait_converged, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -43,7 +43,7 @@ class Load:
     lock: threading.Lock
 
     def writer(self, index: int) -> None:
-        with Client(self.endpoints, timeout=20.0) as client:
+        with Client(self.endpoints, timeout=20.0, credentials=credentials_for(self.endpoints[0])) as client:
             sequence = 0
             while not self.stop.is_set():
                 key = f"{PREFIX}{index:02d}/{sequence:06d}"

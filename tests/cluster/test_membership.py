@@ -35,6 +35,7 @@ from controlplane.v1 import cluster_pb2, command_pb2, common_pb2, kv_pb2, storag
 from .conftest import (
     assert_same_state,
     channel,
+    credentials_for,
     followers,
     kv_stub,
     list_all,
@@ -158,7 +159,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name=f"writer-{prefix}", daemon=True)
 
     def _run(self) -> None:
-        with Client(self._endpoints, timeout=30) as client:
+        with Client(self._endpoints, timeout=30, credentials=credentials_for(self._endpoints[0])) as client:
             index = 0
             while not self._stop.is_set():
                 key = f"{self._prefix}{index:05d}"

@@ -21,7 +21,7 @@ from controlplane.client import AsyncClient, Client, ControlPlaneError
 from controlplane.dev import LocalCluster
 from controlplane.server.journal import simulate_power_cut
 
-from .conftest import assert_same_state, cpctl, running, wait_converged, wait_ready
+from .conftest import assert_same_state, cpctl, credentials_for, running, wait_converged, wait_ready
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -29,7 +29,7 @@ WRITERS = 8
 
 
 async def _write_until_stopped(endpoints: list[str], writer: int, acked: dict[str, bytes], stop: asyncio.Event) -> None:
-    async with AsyncClient(endpoints, timeout=5) as client:
+    async with AsyncClient(endpoints, timeout=5, credentials=credentials_for(endpoints[0])) as client:
         sequence = 0
         while not stop.is_set():
             key, value = f"cut/{writer}/{sequence:06d}", f"{writer}-{sequence}".encode()

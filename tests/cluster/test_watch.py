@@ -16,7 +16,17 @@ from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.errors import OLDEST_REVISION_KEY
 from controlplane.v1 import watch_pb2
 
-from .conftest import channel, collect_events, followers, running, status, wait_converged, wait_until, watch_stub
+from .conftest import (
+    channel,
+    collect_events,
+    credentials_for,
+    followers,
+    running,
+    status,
+    wait_converged,
+    wait_until,
+    watch_stub,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -36,7 +46,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, args=(endpoints,), name="writer")
 
     def _run(self, endpoints: list[str]) -> None:
-        with Client(endpoints, timeout=20) as client:
+        with Client(endpoints, timeout=20, credentials=credentials_for(endpoints[0])) as client:
             sequence = 0
             while not self.stop.is_set():
                 key, value = f"{PREFIX}{sequence:06d}", f"value-{sequence}".encode()
