@@ -113,11 +113,11 @@ def poll(check: Callable[[], T | None], timeout: float, what: str) -> T:
     raise TimeoutError(f"{what} not within {timeout} s ({last})")
 
 
-def search_answers(address: str, revision: int, query: str, total: int) -> Callable[[], float | None]:
-    """A check: a LINEARIZABLE search on the server at ``address`` finds ``total`` models at or past ``revision``."""
+def search_answers(node: NodeProcess, revision: int, query: str, total: int) -> Callable[[], float | None]:
+    """A check: a LINEARIZABLE search on ``node`` finds ``total`` models at or past ``revision``."""
 
     def check() -> float | None:
-        with grpc.insecure_channel(address) as channel:
+        with node.channel() as channel:
             response = models_pb2_grpc.ModelsStub(channel).Search(
                 models_pb2.SearchRequest(read=LINEARIZABLE, query=query, limit=1), timeout=2.0
             )
@@ -128,9 +128,9 @@ def search_answers(address: str, revision: int, query: str, total: int) -> Calla
     return check
 
 
-def get_answers(address: str) -> Callable[[], float | None]:
+def get_answers(node: NodeProcess) -> Callable[[], float | None]:
     def check() -> float | None:
-        with grpc.insecure_channel(address) as channel:
+        with node.channel() as channel:
             kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key=PROBE_KEY, read=LINEARIZABLE), timeout=2.0)
         return time.monotonic()
 
@@ -164,7 +164,7 @@ def measure_restart(
         leader_id = cluster.wait_for_leader(60)
         before = {node.id: rss_bytes(node) for node in cluster.nodes.values()}
         started = time.monotonic()
-        with Client(cluster.client_addresses, timeout=120) as client:
+        with Client(cluster.client_addresses, timeout=120, credentials=cluster.credentials) as client:
             revision = 0
             for start in range(0, len(items), batch):
                 revision = max(revision, client.models.bulk_register(items[start : start + batch]).revision)
@@ -175,7 +175,7 @@ def measure_restart(
         probe = (model_name(models - 1).rsplit("-", 1)[1], 1)
         family = ("llama", len(range(0, models, len(FAMILIES))))
         for node in cluster.nodes.values():
-            poll(search_answers(node.client_address, revision, *family), timeout, f"{node.id} indexed")
+            poll(search_answers(node, revision, *family), timeout, f"{node.id} indexed")
         after = {node.id: rss_bytes(node) for node in cluster.nodes.values()}
         report["rss_mb_before"] = {key: round(value / 2**20) for key, value in before.items()}
         report["rss_mb_after"] = {key: round(value / 2**20) for key, value in after.items()}
@@ -192,13 +192,11 @@ def measure_restart(
             return time.monotonic() if victim.status(timeout=1.0).ready else None
 
         report["ready_s"] = round(poll(ready, timeout, "ready") - spawned, 2)
-        report["search_s"] = round(
-            poll(search_answers(victim.client_address, revision, *probe), timeout, "search") - spawned, 2
-        )
+        report["search_s"] = round(poll(search_answers(victim, revision, *probe), timeout, "search") - spawned, 2)
         report["family_search_s"] = round(
-            poll(search_answers(victim.client_address, revision, *family), timeout, "search") - spawned, 2
+            poll(search_answers(victim, revision, *family), timeout, "search") - spawned, 2
         )
-        report["read_s"] = round(poll(get_answers(victim.client_address), timeout, "get") - spawned, 2)
+        report["read_s"] = round(poll(get_answers(victim), timeout, "get") - spawned, 2)
         report["index"] = index_log(victim, log_size)
         report["rss_mb_restarted"] = round(rss_bytes(victim) / 2**20)
     return report
