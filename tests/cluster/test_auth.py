@@ -37,6 +37,8 @@ from controlplane.v1 import (
     ports_pb2_grpc,
 )
 
+from .conftest import cpctl
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 DENIED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -238,3 +240,27 @@ def _agents_and_admin(cluster: LocalCluster) -> None:
     finally:
         for channel in channels.values():
             channel.close()
+
+
+def test_cli_users_roles_tokens(make_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = make_cluster(servers=1, insecure=True)
+    cluster.wait_for_leader(60)
+    for args in (
+        ("users", "add", "carol"),
+        ("roles", "add", "models-writer"),
+        ("roles", "grant-permission", "models-writer", "models", "write", "res"),
+        ("users", "grant", "carol", "models-writer"),
+    ):
+        done = cpctl(cluster, *args)
+        assert done.returncode == 0, done.stderr
+    users = json.loads(cpctl(cluster, "users", "list", "--output", "json").stdout)
+    assert {"name": "carol", "roles": ["models-writer"]} in users
+    created = cpctl(cluster, "tokens", "create", "carol", "--ttl", "600", "--output", "json")
+    token = json.loads(created.stdout)
+    assert token["token"].startswith(f"cp1.{token['token_id']}.")
+    listed = json.loads(cpctl(cluster, "tokens", "list", "--output", "json").stdout)
+    assert [t["user"] for t in listed if t["token_id"] == token["token_id"]] == ["carol"]
+    refused = cpctl(cluster, "users", "delete", "admin")
+    assert refused.returncode == 1 and "built in" in refused.stderr
+    status = json.loads(cpctl(cluster, "auth", "status", "--output", "json").stdout)
+    assert status == {"enabled": True, "identity": "user:admin", "revision": status["revision"]}
