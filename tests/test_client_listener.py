@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controlplane import tls
-from controlplane.server.client_listener import add_client_port
+from controlplane.server.client_listener import add_client_port, peer_channel_credentials
 from controlplane.server.config import ServerConfig
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,3 +151,11 @@ async def test_without_tls_files_or_insecure_dev_it_refuses(tmp_path: Path) -> N
     )
     with pytest.raises(tls.TlsError, match="insecure-dev"):
         add_client_port(grpc.aio.server(), config)
+
+
+async def test_a_server_dials_another_servers_client_port_with_its_own_certificate(served: Served) -> None:
+    creds = peer_channel_credentials(_config(served.pki, secure=True))
+    assert creds is not None
+    assert await _check(grpc.aio.secure_channel(f"127.0.0.1:{served.port}", creds)) == 1
+    assert served.seen == ["urn:controlplane:server:n1"]
+    assert peer_channel_credentials(_config(served.pki, secure=False)) is None

@@ -58,3 +58,19 @@ def add_client_port(server: grpc.aio.Server, config: ServerConfig) -> int:
         "anyone who can reach it is treated as admin. Never use this outside a development machine.",
     )
     return server.add_insecure_port(config.client_address)
+
+
+def peer_channel_credentials(config: ServerConfig) -> grpc.ChannelCredentials | None:
+    """What a server presents when it dials another server's client port (a follower handing a call
+    to the leader, the autopilot's health checks): its own certificate (good for dialing too) and the
+    cluster CA. ``None`` when the client ports are plaintext (``insecure_dev``/``insecure_client_port``)."""
+    if config.insecure_dev or config.insecure_client_port:
+        return None
+    if not (config.tls_ca and config.tls_cert and config.tls_key):
+        return None
+    tls.check_key_permissions(config.tls_key)
+    try:
+        ca, cert, key = config.tls_ca.read_bytes(), config.tls_cert.read_bytes(), config.tls_key.read_bytes()
+    except OSError as exc:
+        raise tls.TlsError(f"cannot read the server's TLS files: {exc}") from exc
+    return grpc.ssl_channel_credentials(ca, key, cert)
