@@ -115,17 +115,19 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, w
 # --------------------------------------------------------------------------------------- raw access
 
 
-def cpctl(cluster: LocalCluster, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    """``cpctl ARGS --endpoints <the cluster>`` as a subprocess, its output captured as text."""
+def credentials_env(cluster: LocalCluster) -> dict[str, str]:
+    """This process's environment without CP_* settings, plus CP_CACERT/CP_CERT/CP_KEY for ``cluster``:
+    what a `cpctl` subprocess needs to reach it."""
     creds = cluster.credentials
     env = {key: value for key, value in os.environ.items() if not key.startswith("CP_")}
-    env.update(
-        {
-            name: str(path)
-            for name, path in (("CP_CACERT", creds.ca), ("CP_CERT", creds.cert), ("CP_KEY", creds.key))
-            if path
-        }
-    )
+    files = (("CP_CACERT", creds.ca), ("CP_CERT", creds.cert), ("CP_KEY", creds.key))
+    env.update({name: str(path) for name, path in files if path})
+    return env
+
+
+def cpctl(cluster: LocalCluster, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """``cpctl ARGS --endpoints <the cluster>`` as a subprocess, its output captured as text."""
+    env = credentials_env(cluster)
     return subprocess.run(
         [sys.executable, "-m", "controlplane", *args, "--endpoints", ",".join(cluster.client_addresses)],
         input=stdin.decode() if stdin is not None else None,

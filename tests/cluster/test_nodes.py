@@ -5,7 +5,6 @@ the unified node view, and bad input."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from controlplane.v1 import (
     membership_pb2_grpc,
 )
 
-from .conftest import channel, collect_events, cpctl, wait_until
+from .conftest import channel, collect_events, cpctl, credentials_env, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -57,7 +56,7 @@ def start_agent(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**credentials_env(cluster), "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     agents[node_id] = process
     return process

@@ -4,7 +4,6 @@ leader change, conflicts and repair, services, export/import and bad input, over
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from controlplane.client import (
 from controlplane.dev import LocalCluster
 from controlplane.v1 import ports_pb2, ports_pb2_grpc
 
-from .conftest import channel, node_client, running, wait_converged, wait_until
+from .conftest import channel, credentials_env, node_client, running, wait_converged, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -283,7 +282,7 @@ capabilities: [inference]
 requirements: {{gpus: 1, memory_mb: 16384, cpu_millis: 4000}}
 """
     )
-    env = dict(os.environ, CP_ENDPOINTS=",".join(cluster.client_addresses))
+    env = dict(credentials_env(cluster), CP_ENDPOINTS=",".join(cluster.client_addresses))
 
     def cpctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
