@@ -29,7 +29,6 @@ from typing import Annotated, Any
 
 import typer
 
-from controlplane import tls
 from controlplane.cli import app
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail
 from controlplane.client import Credentials, CredentialsError
@@ -55,6 +54,8 @@ class Context:
         """The context's credentials; its token file is read (and refused when open to others)."""
         token = None
         if self.token_file is not None:
+            from controlplane import tls  # cryptography loads only when a token file is used
+
             try:
                 tls.check_key_permissions(self.token_file)
                 token = self.token_file.read_text().strip() or None

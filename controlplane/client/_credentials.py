@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 
-from controlplane import tls
 from controlplane.grpc_options import CHANNEL_OPTIONS
 
 __all__ = ["Credentials", "CredentialsError"]
@@ -95,6 +94,8 @@ class Credentials:
             if path is not None and not path.is_file():
                 raise CredentialsError(f"{name} {path.absolute()} does not exist or is not a file")
         if self.key is not None:
+            from controlplane import tls  # cryptography loads only when a key is used
+
             try:
                 tls.check_key_permissions(self.key)
             except tls.TlsError as exc:
