@@ -13,6 +13,7 @@ from controlplane.cli.common import EndpointsOption, resolve_endpoints
 from controlplane.cli.output import EXIT_USAGE, fail
 from controlplane.state import limits
 from gateway.formation import MAX_BOOTSTRAP_EXPECT
+from gateway.slow_clients import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 
 DEFAULT_TOKEN_ENV = "CP_GATEWAY_TOKEN"
 
@@ -59,6 +60,19 @@ def gateway(
         list[str] | None,
         typer.Option(help="Another gateway's URL (repeat): candidacies are relayed between gateways"),
     ] = None,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a request's headers may take to arrive (408 and closed beyond)", min=0.001)
+    ] = DEFAULT_HEADER_TIMEOUT_S,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a request body may take after its headers (408 beyond)", min=0.001)
+    ] = DEFAULT_BODY_TIMEOUT_S,
+    max_connections: Annotated[
+        int, typer.Option(help="Connections served at once (503 beyond)", min=1)
+    ] = DEFAULT_MAX_CONNECTIONS,
+    tls_cert: Annotated[
+        str | None, typer.Option(help="Serve HTTPS with this certificate (PEM; cpctl certs issue), with --tls-key")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="The certificate's key (PEM, mode 0600)")] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
@@ -87,10 +101,24 @@ def gateway(
             "or pass --allow-unauthenticated",
             code=EXIT_USAGE,
         )
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together", code=EXIT_USAGE)
+    if tls_key is not None:
+        from pathlib import Path
+
+        from controlplane.tls import TlsError, check_key_permissions
+
+        try:
+            check_key_permissions(Path(tls_key))
+        except TlsError as exc:
+            fail(str(exc), code=EXIT_USAGE)
     # Imported here: FastAPI and uvicorn are needed by this command only, not by every cpctl call.
+    import ssl
+
     import uvicorn
 
     from gateway.app import GatewaySettings, configure_logging, create_app
+    from gateway.slow_clients import ArrivalDeadlines
 
     configure_logging(log_level)
     settings = GatewaySettings(
@@ -110,7 +138,19 @@ def gateway(
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=5,
+        http=ArrivalDeadlines.with_timeouts(header_timeout, body_timeout),
+        limit_concurrency=max_connections,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        ssl_version=ssl.PROTOCOL_TLS_SERVER,
     )
     target = ",".join(servers) if servers else f"the cluster its {bootstrap_expect} founders form"
-    typer.echo(f"gateway on http://{listen} for {target} (changes {'need a token' if token else 'open'})")
+    scheme = "https" if tls_cert else "http"
+    if scheme == "http" and not _is_loopback(host):
+        typer.echo(
+            f"WARNING: plain HTTP on {listen}: tokens and answers cross the network in clear; "
+            "pass --tls-cert/--tls-key (cpctl certs issue NAME --role server --san HOST)",
+            err=True,
+        )
+    typer.echo(f"gateway on {scheme}://{listen} for {target} (changes {'need a token' if token else 'open'})")
     uvicorn.Server(config).run()
