@@ -6,11 +6,11 @@ A dev CA and a certificate per server are made once per data directory and kept 
 (``pki/``, keys mode 0600): a dev cluster's peer plane runs mutual TLS like a production one, and
 restarting it keeps its state. ``insecure=True`` (``cpctl dev --insecure-dev``) runs without it.
 
-``client_tls=True`` serves the servers' client port with TLS too (controlplane/server/client_listener.py);
-with ``client_tls=False`` (for now the default, which most tests use) the servers run with
-``insecure_client_port``: TLS on the peer plane, plaintext on the client port. With ``client_tls``
-every client the cluster makes then uses :attr:`LocalCluster.credentials`, the dev PKI's ``client:admin``
+The client port serves TLS too (``client_tls=True``, the default; controlplane/server/client_listener.py):
+every client the cluster makes uses :attr:`LocalCluster.credentials`, the dev PKI's ``client:admin``
 certificate (the bootstrap admin), and ``cpctl dev`` writes a client context for it (``client.toml``).
+``client_tls=False`` runs the servers with ``insecure_client_port`` (TLS on the peer plane, plaintext
+on the client port; each server logs it loudly), for the benchmarks' plaintext comparison.
 """
 
 from __future__ import annotations
@@ -69,6 +69,18 @@ def free_port(taken: set[int] | None = None) -> int:
         taken.add(port)
         return port
     raise RuntimeError(f"no free port found between 10000 and {low}")
+
+
+def dev_admin_credentials(data_dir: Path) -> Credentials:
+    """The dev admin's client credentials for the cluster whose data dir is ``data_dir`` (its dev CA
+    and ``client:admin`` certificate, issued when missing): usable before the cluster starts, for a
+    gateway that must reach servers not yet running."""
+    from controlplane import tls
+
+    pki_dir = Path(data_dir) / PKI_DIR
+    tls.ensure_dev_pki(pki_dir, [], [ADMIN])
+    files = tls.TlsFiles.from_directory(pki_dir, tls.Identity("client", ADMIN))
+    return Credentials(ca=files.ca, cert=files.cert, key=files.key)
 
 
 @dataclass
@@ -133,7 +145,7 @@ class LocalCluster:
         extra_env: dict[str, str] | None = None,
         extra_config: dict[str, Any] | None = None,
         insecure: bool = False,
-        client_tls: bool = False,
+        client_tls: bool = True,
     ) -> None:
         if servers < 1:
             raise ValueError("a cluster needs at least one server")
@@ -166,11 +178,7 @@ class LocalCluster:
         the dev CA when the client port serves TLS, else nothing."""
         if not self.client_tls:
             return Credentials()
-        from controlplane import tls
-
-        tls.ensure_dev_pki(self.pki_dir, [], [ADMIN])
-        files = tls.TlsFiles.from_directory(self.pki_dir, tls.Identity("client", ADMIN))
-        return Credentials(ca=files.ca, cert=files.cert, key=files.key)
+        return dev_admin_credentials(self.data_dir)
 
     def client(self, timeout: float = 10.0, **options: Any) -> Any:
         """A blocking SDK client for the running servers, with :attr:`credentials`."""

@@ -34,7 +34,7 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import __version__, errors
-from controlplane.client import ClusterStatus
+from controlplane.client import ClusterStatus, Credentials
 from gateway import errors as gw_errors
 from gateway.formation import DEFAULT_CANDIDATE_TTL_S, Candidate, FormationTable, vote_problem
 from gateway.models import (
@@ -138,6 +138,9 @@ class GatewaySettings:
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S
     status_timeout_s: float = DEFAULT_STATUS_TIMEOUT_S
     call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
+    #: What the gateway presents to the cluster's client ports (their CA, a client certificate, a
+    #: token); the default is plaintext, for a cluster started with ``--insecure-dev``.
+    credentials: Credentials = field(default_factory=Credentials)
 
     def __repr__(self) -> str:  # the token must never reach a log line or a traceback
         return (
@@ -744,7 +747,7 @@ def create_app(
     """
 
     def default_backend(addresses: Sequence[str]) -> Backend:
-        return SdkBackend(list(addresses), timeout=settings.call_timeout_s)
+        return SdkBackend(list(addresses), timeout=settings.call_timeout_s, credentials=settings.credentials)
 
     gateway = Gateway(settings, backend, backend_factory or default_backend, clock)
 

@@ -47,6 +47,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from controlplane import __version__, errors
+from controlplane.client._credentials import Credentials
 from gateway import errors as gw_errors
 from gateway.models import (
     Backend,
@@ -305,6 +306,8 @@ class GatewayClient:
     Injectable for tests: ``transport`` (an httpx transport such as ``httpx.MockTransport``), ``clock``
     (monotonic seconds, for the breaker), ``sleep`` (the backoff's wait), ``rng`` (the jitter) and
     ``backend_factory`` (addresses -> :class:`gateway.models.Backend`, default the SDK).
+    ``credentials``: what the SDK presents when it goes to the servers directly (their CA, a client
+    certificate, a token); without them only a cluster on plaintext client ports answers.
     Use it from one event loop; close it with :meth:`aclose` or ``async with``.
     """
 
@@ -324,6 +327,7 @@ class GatewayClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         backend_factory: Callable[[Sequence[str]], Backend] | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url,
@@ -340,7 +344,9 @@ class GatewayClient:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._backend_factory = backend_factory or (lambda addresses: SdkBackend(list(addresses), timeout=timeout))
+        self._backend_factory = backend_factory or (
+            lambda addresses: SdkBackend(list(addresses), timeout=timeout, credentials=credentials)
+        )
         self._backend: Backend | None = None
         self._backend_addresses: tuple[str, ...] = ()
         #: Which step answered the last call: "gateway", "members" or "cache".
@@ -660,14 +666,16 @@ async def discover_endpoints(
     token: str | None = None,
     seeds: Sequence[str] = (),
     cache_path: str | os.PathLike[str] | None = None,
+    credentials: Credentials | None = None,
 ) -> list[str]:
     """The servers' client addresses, learned from the gateway at ``url`` (``GET /v1/bootstrap``),
     or around it (``seeds``, the cache file) when it is down. ``NoLeader`` while no cluster runs.
 
     What ``AsyncClient.from_gateway``, ``Client.from_gateway`` and ``--endpoints http://...`` use:
     they ask once, then talk to the servers directly, so the gateway can go away afterwards.
+    ``credentials`` reach the ``seeds`` when the gateway is down.
     """
-    async with GatewayClient(url, token=token, seeds=seeds, cache_path=cache_path) as gateway:
+    async with GatewayClient(url, token=token, seeds=seeds, cache_path=cache_path, credentials=credentials) as gateway:
         answer = await gateway.bootstrap()
     if answer.action != "join" or not answer.members:
         raise errors.NoLeader(f"the gateway at {url} knows no running cluster yet (it answers {answer.action!r})")

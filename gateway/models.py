@@ -25,6 +25,7 @@ from controlplane.client import (
     AsyncClient,
     ClusterStatus,
     Consistency,
+    Credentials,
     Flag,
     Moves,
     Network,
@@ -709,8 +710,9 @@ class SdkBackend:
         *,
         timeout: float = DEFAULT_CALL_TIMEOUT_S,
         client_factory: Callable[[str | Sequence[str], float], AsyncClient] | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
-        self._factory = client_factory or (lambda e, t: AsyncClient(e, timeout=t))
+        self._factory = client_factory or (lambda e, t: AsyncClient(e, timeout=t, credentials=credentials))
         self._timeout = timeout
         self.client = self._factory(endpoints, timeout)
         self._pinned: dict[str, AsyncClient] = {}

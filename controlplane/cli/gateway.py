@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from controlplane.cli import app
-from controlplane.cli.common import EndpointsOption, resolve_endpoints
+from controlplane.cli.common import EndpointsOption, client_credentials, resolve_endpoints
 from controlplane.cli.output import EXIT_USAGE, fail
 from controlplane.state import limits
 from gateway.formation import MAX_BOOTSTRAP_EXPECT
@@ -127,6 +127,8 @@ def gateway(
         max_body_bytes=max_body_kib * 1024,
         bootstrap_expect=bootstrap_expect,
         peers=peers,
+        # --cacert/--cert/--key/--token (or CP_*, or the context): how it reaches TLS client ports.
+        credentials=client_credentials(endpoints),
     )
     config = uvicorn.Config(
         create_app(settings),

@@ -70,7 +70,11 @@ class AsyncClient:
         if the gateway is down. Raises ``NoLeader`` while no cluster runs."""
         from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
 
-        return cls(await discover_endpoints(url, token=token, seeds=seeds), timeout=timeout, credentials=credentials)
+        return cls(
+            await discover_endpoints(url, token=token, seeds=seeds, credentials=credentials),
+            timeout=timeout,
+            credentials=credentials,
+        )
 
     def __init__(
         self,

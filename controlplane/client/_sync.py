@@ -76,7 +76,7 @@ class Client:
 
         from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
 
-        endpoints = asyncio.run(discover_endpoints(url, token=token, seeds=seeds))
+        endpoints = asyncio.run(discover_endpoints(url, token=token, seeds=seeds, credentials=credentials))
         return cls(endpoints, timeout=timeout, credentials=credentials)
 
     def __init__(

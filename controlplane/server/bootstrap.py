@@ -289,11 +289,13 @@ class Bootstrapper:
 
     async def _ask_to_be_admitted(self) -> bool:
         from controlplane.client import AsyncClient
+        from controlplane.server.client_listener import peer_sdk_credentials
 
         config = self.config
         addresses = [p.client_address for p in self.record.peers]
         try:
-            async with AsyncClient(addresses, timeout=5.0) as client:
+            # As this server (its own certificate), like every server dialing another's client port.
+            async with AsyncClient(addresses, timeout=5.0, credentials=peer_sdk_credentials(config)) as client:
                 await client.add_member(config.node_id, config.raft_address, config.advertise_address)
         except errors.AlreadyExists:
             return True

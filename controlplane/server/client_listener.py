@@ -21,6 +21,7 @@ import structlog
 from controlplane import tls
 
 if TYPE_CHECKING:
+    from controlplane.client._credentials import Credentials
     from controlplane.server.config import ServerConfig
 
 log = structlog.get_logger(__name__)
@@ -74,3 +75,14 @@ def peer_channel_credentials(config: ServerConfig) -> grpc.ChannelCredentials | 
     except OSError as exc:
         raise tls.TlsError(f"cannot read the server's TLS files: {exc}") from exc
     return grpc.ssl_channel_credentials(ca, key, cert)
+
+
+def peer_sdk_credentials(config: ServerConfig) -> Credentials:
+    """The same identity as :func:`peer_channel_credentials`, for a server that talks to the cluster
+    through the SDK (a joining server asking to be admitted): its certificate, key and the cluster CA;
+    empty (plaintext) when the client ports are plaintext."""
+    from controlplane.client._credentials import Credentials
+
+    if config.insecure_dev or config.insecure_client_port or not (config.tls_ca and config.tls_cert and config.tls_key):
+        return Credentials()
+    return Credentials(ca=config.tls_ca, cert=config.tls_cert, key=config.tls_key)

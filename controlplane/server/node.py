@@ -41,6 +41,7 @@ from controlplane.errors import (
 )
 from controlplane.grpc_options import CHANNEL_OPTIONS
 from controlplane.server import metrics
+from controlplane.server.client_listener import peer_channel_credentials
 from controlplane.server.cluster_changes import ClusterChanges
 from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.consensus import (
@@ -415,7 +416,12 @@ class Node:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            # Read when the channel is made, not at start: a renewed certificate serves new channels.
+            credentials = peer_channel_credentials(self.config)
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
             self._channels[address] = channel
         return channel
 

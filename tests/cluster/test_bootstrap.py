@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,10 +23,10 @@ import pytest
 import uvicorn
 
 from controlplane.client import Client, NodeState
-from controlplane.dev import LocalCluster, free_port
+from controlplane.dev import LocalCluster, dev_admin_credentials, free_port
 from gateway.app import GatewaySettings, create_app
 
-from .conftest import _LIVE, status, wait_until
+from .conftest import _LIVE, credentials_env, status, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -55,12 +54,17 @@ class ThreadGateway:
 
 
 @contextlib.contextmanager
-def gateway_pair(expect: int) -> Iterator[list[ThreadGateway]]:
-    """Two gateways run with --bootstrap-expect, no endpoints, each relaying from the other."""
+def gateway_pair(expect: int, data_dir: Path) -> Iterator[list[ThreadGateway]]:
+    """Two gateways run with --bootstrap-expect, no endpoints, each relaying from the other; they
+    reach the servers (once formed) as the dev admin of the cluster whose data dir is ``data_dir``."""
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
+    credentials = dev_admin_credentials(data_dir)
     gateways = [
-        ThreadGateway(GatewaySettings(endpoints=(), bootstrap_expect=expect, peers=(urls[1 - i],)), ports[i])
+        ThreadGateway(
+            GatewaySettings(endpoints=(), bootstrap_expect=expect, peers=(urls[1 - i],), credentials=credentials),
+            ports[i],
+        )
         for i in range(2)
     ]
     try:
@@ -129,7 +133,8 @@ def test_servers_started_together_through_two_gateways_form_exactly_one_cluster(
     end in one cluster of exactly those N voters, each having voted for the same founding set."""
     timings = []
     for repetition in range(REPETITIONS):
-        with gateway_pair(expect) as gateways, founders(tmp_path / f"rep{repetition}", expect, gateways) as cluster:
+        data_dir = tmp_path / f"rep{repetition}"
+        with gateway_pair(expect, data_dir) as gateways, founders(data_dir, expect, gateways) as cluster:
             started = time.monotonic()
             start_at_once(cluster)
             wait_until(
@@ -155,7 +160,10 @@ def test_a_later_server_and_an_agent_join_through_the_gateway(tmp_path: Path) ->
     admitted and promoted; an agent that found the servers through a gateway URL keeps its lease
     after that gateway is gone (it talks to the servers directly)."""
     options = {"extra_config": {"server_stabilization_s": 1.0}}
-    with gateway_pair(3) as gateways, founders(tmp_path / "cluster", 3, gateways, **options) as cluster:
+    with (
+        gateway_pair(3, tmp_path / "cluster") as gateways,
+        founders(tmp_path / "cluster", 3, gateways, **options) as cluster,
+    ):
         start_at_once(cluster)
         wait_until(lambda: one_cluster(cluster, 3), 60, "the founders' cluster", interval=0.2)
 
@@ -181,11 +189,11 @@ def test_a_later_server_and_an_agent_join_through_the_gateway(tmp_path: Path) ->
                  "--endpoints", gateways[0].url],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**credentials_env(cluster), "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
         try:
             # The SDK finds the servers through the other gateway, asked once.
-            with Client.from_gateway(gateways[1].url, timeout=10) as client:
+            with Client.from_gateway(gateways[1].url, timeout=10, credentials=cluster.credentials) as client:
 
                 def agent_lease() -> tuple[NodeState, int, int] | None:
                     views = [v for v in client.membership.nodes() if v.node.spec.id == "edge-1"]
@@ -210,7 +218,8 @@ def test_a_later_server_and_an_agent_join_through_the_gateway(tmp_path: Path) ->
 
 def test_the_founders_restart_without_any_gateway(tmp_path: Path) -> None:
     """A decided server starts from its bootstrap record: the gateways can be gone for good."""
-    with gateway_pair(3) as gateways, founders(tmp_path / "cluster", 3, gateways) as cluster:
+    data_dir = tmp_path / "cluster"
+    with gateway_pair(3, data_dir) as gateways, founders(data_dir, 3, gateways) as cluster:
         start_at_once(cluster)
         wait_until(lambda: one_cluster(cluster, 3), 60, "the founders' cluster", interval=0.2)
     # Both gateways stopped; the cluster context too. Start the same servers again.

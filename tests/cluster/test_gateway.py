@@ -5,7 +5,6 @@ killed (SIGKILL) while a GatewayClient goes around it to the servers and agents 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from controlplane.dev import LocalCluster, free_port
 from gateway.app import GatewaySettings, create_app
 from gateway.client import BreakerState, GatewayClient, RetryPolicy
 
-from .conftest import eventually, wait_until
+from .conftest import credentials_env, eventually, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -43,7 +42,9 @@ FUZZ_PREFIX = "st-"
 
 @pytest.fixture
 async def http(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(GatewaySettings(endpoints=tuple(cluster.client_addresses), token=TOKEN))
+    app = create_app(
+        GatewaySettings(endpoints=tuple(cluster.client_addresses), token=TOKEN, credentials=cluster.credentials)
+    )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
         yield client
     await app.state.gateway.close()  # ASGITransport runs no lifespan: close the SDK client ourselves
@@ -175,7 +176,7 @@ def running_gateway(cluster: LocalCluster, log_dir: Path) -> Iterator[GatewayPro
              "--endpoints", ",".join(cluster.client_addresses)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "CP_GATEWAY_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"},
+            env={**credentials_env(cluster), "CP_GATEWAY_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
     gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path)
     try:
@@ -278,7 +279,13 @@ async def test_nodes_keep_working_when_the_gateway_is_killed(
 ) -> None:
     leader_id = cluster.wait_for_leader()
     cache = tmp_path / "members.json"
-    node = GatewayClient(gateway.url, token=TOKEN, cache_path=cache, retry=RetryPolicy(initial_backoff_s=0.02))
+    node = GatewayClient(
+        gateway.url,
+        token=TOKEN,
+        cache_path=cache,
+        retry=RetryPolicy(initial_backoff_s=0.02),
+        credentials=cluster.credentials,
+    )
     agent = Agent(
         AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=5), "gw-kill-agent", ttl_s=2.0
     )
@@ -306,7 +313,9 @@ async def test_nodes_keep_working_when_the_gateway_is_killed(
         assert (await node.bootstrap()).action == "join"
 
         # A node restarting now, with nothing but the cache file, finds the leader too.
-        async with GatewayClient(gateway.url, cache_path=cache, retry=RetryPolicy(attempts=1)) as restarted:
+        async with GatewayClient(
+            gateway.url, cache_path=cache, retry=RetryPolicy(attempts=1), credentials=cluster.credentials
+        ) as restarted:
             assert (await restarted.leader()).id == leader_id and restarted.last_source == "members"
 
         # Agents talk to the servers over gRPC: the gateway's death costs them nothing. Wait for more
