@@ -20,6 +20,10 @@ The tree::
     │   └── UnknownOutcome     the command may or may not have been
     │                          applied: retry with the same request id
     ├── DeadlineExceeded       the caller's deadline passed             DEADLINE_EXCEEDED
+    ├── Unauthenticated        no credential, or one the cluster does   UNAUTHENTICATED
+    │                          not accept (unknown/expired token)
+    ├── PermissionDenied       the caller is known but lacks the        PERMISSION_DENIED
+    │                          permission the call needs
     └── Internal               a bug; please report it                  INTERNAL
 
 A consensus failure (Unavailable and its children) is kept apart from the application's answer
@@ -45,8 +49,10 @@ __all__ = [
     "NotFound",
     "NotLeader",
     "OutOfRange",
+    "PermissionDenied",
     "ResourceExhausted",
     "Shutdown",
+    "Unauthenticated",
     "Unavailable",
     "UnknownOutcome",
     "error_from_result",
@@ -155,6 +161,19 @@ class DeadlineExceeded(ControlPlaneError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unauthenticated(ControlPlaneError):
+    """No credential, or one the cluster does not accept (unknown, expired or revoked token). Not
+    retried: the same credential would be refused again."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ControlPlaneError):
+    """The caller is known but lacks the permission the call needs; the message names both."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Internal(ControlPlaneError):
     """A bug in the control plane. The message says where; please report it."""
 
@@ -180,6 +199,8 @@ _BY_STATUS: dict[grpc.StatusCode, type[ControlPlaneError]] = {
     grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.INTERNAL: Internal,
 }
 

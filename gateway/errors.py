@@ -31,6 +31,7 @@ status unless listed itself)::
                                                                    whether the gateway or the cluster
                                                                    noticed
     Unauthenticated                    401   UNAUTHENTICATED       with WWW-Authenticate: Bearer
+    PermissionDenied                   403   PERMISSION_DENIED     the cluster refused the gateway's identity
     body over the size limit           413   PAYLOAD_TOO_LARGE     refused before parsing
     unknown path / method              404 / 405  NOT_FOUND / METHOD_NOT_ALLOWED
 """
@@ -41,8 +42,6 @@ import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
-
-import grpc
 
 from controlplane import errors
 
@@ -65,10 +64,8 @@ __all__ = [
 RETRY_AFTER_S = 1
 
 
-class Unauthenticated(errors.ControlPlaneError):
+class Unauthenticated(errors.Unauthenticated):
     """A mutating request without the configured bearer token (or with a wrong one)."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class PayloadTooLarge(errors.InvalidArgument):
@@ -91,7 +88,8 @@ STATUS_BY_ERROR: dict[type[errors.ControlPlaneError], int] = {
     errors.Unavailable: 503,
     errors.DeadlineExceeded: 504,
     errors.Internal: 500,
-    Unauthenticated: 401,
+    errors.Unauthenticated: 401,
+    errors.PermissionDenied: 403,
     PayloadTooLarge: 413,
 }
 
@@ -168,6 +166,7 @@ _BY_CODE: dict[str, type[errors.ControlPlaneError]] = {
         errors.UnknownOutcome,
         errors.DeadlineExceeded,
         errors.Internal,
+        errors.PermissionDenied,
         Unauthenticated,
         PayloadTooLarge,
     )
@@ -175,6 +174,7 @@ _BY_CODE: dict[str, type[errors.ControlPlaneError]] = {
 _BY_STATUS: dict[int, type[errors.ControlPlaneError]] = {
     400: errors.InvalidArgument,
     401: Unauthenticated,
+    403: errors.PermissionDenied,
     404: errors.NotFound,
     409: errors.FailedPrecondition,
     413: PayloadTooLarge,

@@ -23,8 +23,8 @@ from typing import Any
 import grpc
 import structlog
 
-from controlplane import tls
-from controlplane.errors import ControlPlaneError, ResourceExhausted
+from controlplane import errors, tls
+from controlplane.errors import ResourceExhausted, Unauthenticated
 from controlplane.state.auth import ADMIN_USER, ANY_NODE, AuthTable, Caller, Need, allowed
 
 #: Needs nothing: open to callers without credentials.
@@ -229,16 +229,8 @@ def needs_of(method: str, request: Any) -> tuple[Need, ...] | str | None:
     return rule(request)
 
 
-class Unauthenticated(ControlPlaneError):
-    """No credential, or one the cluster does not accept (unknown, expired, revoked token)."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(ControlPlaneError):
-    """The caller is known but lacks the permission the call needs."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
+class PermissionDenied(errors.PermissionDenied):
+    """The client's error, plus who was refused and for what (for the audit log)."""
 
     def __init__(self, message: str, caller: Caller, resource: str = "") -> None:
         super().__init__(message)

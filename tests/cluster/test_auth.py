@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from controlplane import tls
-from controlplane.client import Credentials
+from controlplane.client import Client, Credentials, PermissionDenied, Unauthenticated
 from controlplane.dev import LocalCluster
 from controlplane.v1 import (
     auth_pb2,
@@ -144,6 +144,13 @@ def test_rbac_with_tokens_and_revocation_on_every_server(make_cluster: Callable[
             kv.Put(kv_pb2.PutRequest(key="app/x", value=b"2"), metadata=_metadata(nobody), timeout=10)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "kv:write on 'app/x'" in refused.value.details() and "user:nobody" in refused.value.details()
+        # The SDK raises the same refusals as typed errors (not Internal), and does not retry them.
+        as_nobody = Client(cluster.client_addresses, credentials=Credentials(token=nobody), timeout=10)
+        with as_nobody, pytest.raises(PermissionDenied, match="kv:write"):
+            as_nobody.put("app/x", b"2")
+        bad_token = Client(cluster.client_addresses, credentials=Credentials(token="cp1.nope.nope"), timeout=10)
+        with bad_token, pytest.raises(Unauthenticated):
+            bad_token.get("app/x")
 
         # kv read on app/: reads app/, neither writes it nor reads other/.
         got = kv.Get(kv_pb2.GetRequest(key="app/x"), metadata=_metadata(reader), timeout=10)
