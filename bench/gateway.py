@@ -116,6 +116,13 @@ async def measure(
     }
 
 
+def _credentials_env(cluster: Any) -> dict[str, str]:
+    """CP_CACERT/CP_CERT/CP_KEY: the gateway reaches the cluster's TLS client ports as its dev admin."""
+    creds = cluster.credentials
+    files = (("CP_CACERT", creds.ca), ("CP_CERT", creds.cert), ("CP_KEY", creds.key))
+    return {name: str(path) for name, path in files if path}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                      "--endpoints", ",".join(cluster.client_addresses), "--log-level", "warning"],
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "CP_GATEWAY_TOKEN": os.urandom(16).hex()},
+                    env={**os.environ, **_credentials_env(cluster), "CP_GATEWAY_TOKEN": os.urandom(16).hex()},
                 )
             )  # fmt: skip
         try:

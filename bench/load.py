@@ -45,6 +45,8 @@ class System:
     stub_factory: StubFactory
     put: PutFn
     server_pids: list[int] = field(default_factory=list)  # for the CPU accounting of each line
+    # How a client channel is made (TLS and a client certificate for ours with client TLS); None: plaintext.
+    channel_factory: Callable[[str], grpc.aio.Channel] | None = None
 
 
 @dataclass
@@ -66,7 +68,10 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 async def run_scenario(system: System, sc: Scenario) -> dict[str, Any]:
     endpoints = [system.leader] if sc.leader_only else list(system.endpoints)
-    channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in endpoints]
+    if system.channel_factory is not None:
+        channels = [system.channel_factory(a) for a in endpoints]
+    else:
+        channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in endpoints]
     try:
         async with asyncio.timeout(10.0):
             await asyncio.gather(*(ch.channel_ready() for ch in channels))

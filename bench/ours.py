@@ -14,6 +14,7 @@ import signal
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,24 @@ def ours_allocate_system(cluster: Any, leader: str) -> System:
     )
 
 
-async def status_all(addresses: list[str], cluster_pb2: Any, cluster_pb2_grpc: Any, timeout: float = 1.0):
+def client_channel_factory(cluster: Any) -> Callable[[str], grpc.aio.Channel]:
+    """Channels to ``cluster``'s client ports: TLS as its dev admin when it serves TLS, else plaintext."""
+    if getattr(cluster, "client_tls", False):
+        factory: Callable[[str], grpc.aio.Channel] = cluster.credentials.async_channel_factory()
+        return factory
+    return lambda address: grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+async def status_all(
+    addresses: list[str],
+    cluster_pb2: Any,
+    cluster_pb2_grpc: Any,
+    timeout: float = 1.0,
+    channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
+):
     """Cluster.Status from every address; None where a server does not answer."""
-    channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
+    make = channel_factory or (lambda a: grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS))
+    channels = [make(a) for a in addresses]
     try:
 
         async def one(ch: grpc.aio.Channel) -> Any:
@@ -105,7 +121,9 @@ async def wait_healthy(cluster: Any, cluster_pb2: Any, cluster_pb2_grpc: Any, ti
     last = "no answer yet"
     addresses = list(cluster.client_addresses)
     while time.monotonic() < deadline:
-        resps = await status_all(addresses, cluster_pb2, cluster_pb2_grpc)
+        resps = await status_all(
+            addresses, cluster_pb2, cluster_pb2_grpc, channel_factory=client_channel_factory(cluster)
+        )
         if all(r is not None for r in resps):
             leaders = {(r.leader_id, r.leader_address) for r in resps}
             if len(leaders) == 1:
@@ -138,14 +156,18 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def start_cluster(LocalCluster: Any, servers: int = 3, extra_config: dict[str, Any] | None = None) -> Any:
+def start_cluster(
+    LocalCluster: Any, servers: int = 3, extra_config: dict[str, Any] | None = None, client_tls: bool = False
+) -> Any:
+    """Our cluster for the bench. Its client ports are plaintext unless ``client_tls``: etcd's are, and
+    the comparison is like for like; ``ours-tls`` measures what TLS and authorization cost on top."""
     import shutil
 
     data = OURS_DATA / "cluster"
     if data.exists():
         shutil.rmtree(data)
     data.mkdir(parents=True)
-    cluster = LocalCluster(Path(data), servers=servers, extra_config=extra_config)
+    cluster = LocalCluster(Path(data), servers=servers, extra_config=extra_config, client_tls=client_tls)
     return cluster
 
 
@@ -157,6 +179,7 @@ def ours_system(cluster: Any, leader: str, kv_pb2: Any, kv_pb2_grpc: Any, name: 
         stub_factory=kv_pb2_grpc.KVStub,
         put=ours_put_fn(kv_pb2),
         server_pids=[n.pid for n in cluster.nodes.values() if n.pid is not None],
+        channel_factory=client_channel_factory(cluster),
     )
 
 
@@ -214,7 +237,9 @@ async def measure_failover(
         await asyncio.sleep(settle_s)  # the writer is in its steady state before the kill
         if task.done():
             task.result()
-        resps = await status_all(addresses, cluster_pb2, cluster_pb2_grpc)
+        resps = await status_all(
+            addresses, cluster_pb2, cluster_pb2_grpc, channel_factory=client_channel_factory(cluster)
+        )
         leader_addr = next((r.leader_address for r in resps if r is not None and r.leader_address), None)
         victim = next((nid for nid, node in cluster.nodes.items() if node.client_address == leader_addr), None)
         if victim is None:

@@ -5,13 +5,15 @@ Runs, one after the other so that they never share the CPUs:
   2. etcd 3.4, 3 members, --unsafe-no-fsync  -> write_1_client, write_64_clients
   3. our cluster, durability = "none"        -> write_1_client, write_64_clients as `ours-nofsync`
                                                  (ratios against etcd-nofsync are the like-for-like)
-  4. our cluster, durability = "fsync" (the default, `ours`)
+  4. our cluster, durability = "fsync" (the default, `ours`; client ports plaintext like etcd's)
                                              -> write_1_client, write_64_clients, allocate_64_clients
                                                  (Ports.Allocate; ratios against etcd's write_64_clients),
                                                  registry_bulk_register, registry_register_64_clients,
                                                  registry_search (100,000 versions), membership_agents
                                                  (1,000 agents), membership_churn, leader_failover
                                                  (10 kill -9s of the leader)
+  4b. our cluster with TLS client ports and authorization (`ours-tls`, the default deployment)
+                                             -> write_1_client, write_64_clients with ratio_to_plaintext
   5. the gossip simulation (CPU only)        -> gossip_sim per N and policy, gossip_sim_targets
   6. live gossip: 3 servers + 8 gossip.Workers training digits -> gossip_live (round time, bytes, accuracy)
 One JSON line per scenario on stdout (ours carry ratios to etcd from this same run), and nothing else:
@@ -123,7 +125,11 @@ async def bench_ours(
     name: str = "ours",
     extra_config: dict[str, Any] | None = None,
     failover: bool = True,
+    client_tls: bool = False,
+    plaintext: dict[str, dict[str, Any]] | None = None,
 ) -> bool:
+    """Our cluster's scenarios. ``plaintext``: lines by scenario, filled by the plaintext run and read
+    by the ``client_tls`` run for its ``ratio_to_plaintext`` (what TLS and authorization cost)."""
     from bench import ours
 
     try:
@@ -131,7 +137,7 @@ async def bench_ours(
     except ours.OursUnavailable as e:
         log(f"our side skipped: {e}")
         return False
-    cluster = ours.start_cluster(LocalCluster, extra_config=extra_config)
+    cluster = ours.start_cluster(LocalCluster, extra_config=extra_config, client_tls=client_tls)
     stopped = False
 
     def stop_cluster() -> None:
@@ -151,7 +157,15 @@ async def bench_ours(
         for sc in scenarios(args):
             leader = await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
             system = ours.ours_system(cluster, leader, kv_pb2, kv_pb2_grpc, name=name)
-            emit(add_ratios(await run_scenario(system, sc), etcd))
+            line = add_ratios(await run_scenario(system, sc), etcd)
+            if plaintext is not None and not client_tls:
+                plaintext[sc.name] = line
+            elif plaintext is not None and sc.name in plaintext:
+                line["ratio_to_plaintext"] = _ratio(line["ops_per_s"], plaintext[sc.name]["ops_per_s"])
+                line["p50_ratio_to_plaintext"] = _ratio(line["p50_ms"], plaintext[sc.name]["p50_ms"])
+                cpu, cpu_plain = line.get("server_cpu_ms_per_write"), plaintext[sc.name].get("server_cpu_ms_per_write")
+                line["cpu_ratio_to_plaintext"] = _ratio(cpu, cpu_plain) if cpu and cpu_plain else None
+            emit(line)
         if name == "ours":
             # Port allocations with 64 clients, next to etcd's 64-client puts from this run.
             leader = await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
@@ -212,7 +226,14 @@ async def amain(args: argparse.Namespace) -> int:
     if args.only in (None, "ours"):
         if args.nofsync:
             ok = await bench_ours(args, etcd, name="ours-nofsync", extra_config=NOFSYNC, failover=False) and ok
-        ok = await bench_ours(args, etcd) and ok
+        plaintext: dict[str, dict[str, Any]] = {}
+        ok = await bench_ours(args, etcd, plaintext=plaintext) and ok
+        if args.tls:
+            # The default deployment: client ports on TLS, every call authenticated and authorized.
+            ok = (
+                await bench_ours(args, etcd, name="ours-tls", failover=False, client_tls=True, plaintext=plaintext)
+                and ok
+            )
         if args.gossip_sim:
             from bench import gossip_sim
 
@@ -242,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--failover-reps", type=int, help="leader failover repetitions (default 10, quick 2)")
     p.add_argument(
         "--no-nofsync", dest="nofsync", action="store_false", help='skip our cluster with durability = "none"'
+    )
+    p.add_argument(
+        "--no-tls", dest="tls", action="store_false", help="skip our cluster with TLS client ports (`ours-tls`)"
     )
     p.add_argument(
         "--ablation",
