@@ -21,7 +21,7 @@ from controlplane.server.auth_service import AuthService
 from controlplane.server.authz import Authorizer, RateLimiter, open_audit_log
 from controlplane.server.client_listener import add_client_port
 from controlplane.server.config import ConfigError, ServerConfig
-from controlplane.server.interceptor import ErrorsAndMetrics
+from controlplane.server.interceptor import ErrorsAndMetrics, StreamLimiter
 from controlplane.server.node import Node
 from controlplane.server.services import (
     ClusterService,
@@ -102,7 +102,8 @@ async def serve(config: ServerConfig) -> None:
         limiter = RateLimiter(config.rate_limit_per_identity, burst)
     authorizer = Authorizer(lambda: node.machine.auth, insecure_dev=plaintext, limiter=limiter)
     audit = open_audit_log(config.audit_file, config.node_id)
-    server = grpc.aio.server(interceptors=[ErrorsAndMetrics(authorizer, audit)], options=SERVER_OPTIONS)
+    streams = StreamLimiter(config.max_streams_per_identity) if config.max_streams_per_identity else None
+    server = grpc.aio.server(interceptors=[ErrorsAndMetrics(authorizer, audit, streams)], options=SERVER_OPTIONS)
     auth_pb2_grpc.add_AuthServicer_to_server(AuthService(node, authorizer), server)
     kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
     watch_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)

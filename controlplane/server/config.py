@@ -159,6 +159,9 @@ class ServerConfig:
     # rate_limit_burst; over it a call gets RESOURCE_EXHAUSTED and cp-retry-after-ms. 0: off.
     rate_limit_per_identity: float = 0.0
     rate_limit_burst: float = 0.0
+    # Server streams (Watch) one identity may hold open on this server at once; one more gets
+    # RESOURCE_EXHAUSTED. Without it one client holding thousands of watches slows every caller. 0: off.
+    max_streams_per_identity: int = 256
 
     def validate(self) -> None:
         problems = [
@@ -218,6 +221,8 @@ class ServerConfig:
             )
         if self.rate_limit_per_identity < 0 or self.rate_limit_burst < 0:
             raise ConfigError("rate_limit_per_identity and rate_limit_burst must be >= 0")
+        if self.max_streams_per_identity < 0:
+            raise ConfigError("max_streams_per_identity must be >= 0 (0: no limit)")
         if self.min_quorum < 1:
             raise ConfigError("min_quorum must be at least 1")
         ids = [peer.id for peer in self.peers]

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import structlog
 
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, ResourceExhausted
 from controlplane.server import metrics
 from controlplane.server.authz import READ_ONLY, Authorizer, PermissionDenied
 
@@ -25,11 +25,17 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
     """Errors, metrics and, given an ``Authorizer``, authentication, authorization and the audit
     log: every call is checked before its handler runs, and every changing call is audited."""
 
-    def __init__(self, authorizer: Authorizer | None = None, audit: Callable[..., None] | None = None) -> None:
+    def __init__(
+        self,
+        authorizer: Authorizer | None = None,
+        audit: Callable[..., None] | None = None,
+        streams: StreamLimiter | None = None,
+    ) -> None:
         # Wrapped handlers are built once per method, not per call (this is the hot path).
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
         self._authorizer = authorizer
         self._audit = audit
+        self._streams = streams
 
     async def intercept_service(
         self,
@@ -42,7 +48,7 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None
-            wrapped = self._wrapped[method] = _wrap(method, handler, self._authorizer, self._audit)
+            wrapped = self._wrapped[method] = _wrap(method, handler, self._authorizer, self._audit, self._streams)
         return wrapped
 
 
@@ -51,6 +57,7 @@ def _wrap(
     handler: grpc.RpcMethodHandler,
     authorizer: Authorizer | None = None,
     audit: Callable[..., None] | None = None,
+    streams: StreamLimiter | None = None,
 ) -> grpc.RpcMethodHandler:
     guard = _Guard(method, authorizer, None if method in READ_ONLY else audit) if authorizer is not None else None
     if handler.unary_unary is not None:
@@ -61,7 +68,7 @@ def _wrap(
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(method, handler.unary_stream, guard),
+            _wrap_stream(method, handler.unary_stream, guard, streams),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -150,14 +157,57 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any], guard: _Guard | None
     return wrapped
 
 
+class StreamLimiter:
+    """Counts the server streams each identity holds open on this server, up to ``limit`` each.
+
+    The identity is the authorized caller; without one (an ``--insecure-dev`` client port) the
+    peer's host, so one machine's runaway client is bounded there too. Per server, not replicated.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def acquire(self, identity: str) -> None:
+        held = self._open.get(identity, 0)
+        if held >= self.limit:
+            raise ResourceExhausted(
+                f"{identity} already holds {held} streams (watches) on this server, its limit; "
+                "close some, share one watch between readers, or raise max_streams_per_identity"
+            )
+        self._open[identity] = held + 1
+
+    def release(self, identity: str) -> None:
+        held = self._open.get(identity, 0) - 1
+        if held > 0:
+            self._open[identity] = held
+        else:
+            self._open.pop(identity, None)
+
+    def held(self, identity: str) -> int:
+        return self._open.get(identity, 0)
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:127.0.0.1:5000`` -> ``ipv4:127.0.0.1``: the machine, not the connection."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
+
+
 def _wrap_stream(
-    method: str, behaviour: Callable[..., AsyncIterator[Any]], guard: _Guard | None = None
+    method: str,
+    behaviour: Callable[..., AsyncIterator[Any]],
+    guard: _Guard | None = None,
+    streams: StreamLimiter | None = None,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
+        holder = ""
         try:
-            if guard is not None:
-                guard.check(request, context)
+            who = guard.check(request, context)[0] if guard is not None else ""
+            if streams is not None:
+                identity = who or _peer_host(context.peer())
+                streams.acquire(identity)
+                holder = identity
             async for item in behaviour(request, context):
                 yield item
         except grpc.aio.AbortError:
@@ -166,6 +216,10 @@ def _wrap_stream(
             _observe(method, _code_of(exc), started)
             await _fail(context, method, exc)
             raise
+        finally:
+            # Runs however the stream ends: the client cancelled, the server stopped, an error.
+            if holder and streams is not None:
+                streams.release(holder)
         _observe(method, "OK", started)
 
     return wrapped
