@@ -35,7 +35,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def test_kv_and_status_against_real_servers(cluster: LocalCluster) -> None:
-    with Client(cluster.endpoints, timeout=10) as client:
+    with Client(cluster.endpoints, credentials=cluster.credentials, timeout=10) as client:
         status = client.status()
         assert status.has_quorum and len(status.members) == 3
         assert status.role in (Role.LEADER, Role.FOLLOWER)
@@ -55,7 +55,7 @@ def test_kv_and_status_against_real_servers(cluster: LocalCluster) -> None:
 
 
 def test_writes_and_a_watch_survive_killing_the_leader(cluster: LocalCluster) -> None:
-    with Client(cluster.endpoints, timeout=15) as client:
+    with Client(cluster.endpoints, credentials=cluster.credentials, timeout=15) as client:
         watch = client.watch("kill/", from_revision=client.status().applied_revision + 1)
         seen: list[tuple[str, int, EventType]] = []
 
@@ -86,7 +86,7 @@ def test_writes_and_a_watch_survive_killing_the_leader(cluster: LocalCluster) ->
 
 
 async def test_async_client_snapshot_and_restore(cluster: LocalCluster, tmp_path: Path) -> None:
-    async with AsyncClient(cluster.endpoints, timeout=15) as client:
+    async with AsyncClient(cluster.endpoints, credentials=cluster.credentials, timeout=15) as client:
         await client.put("snap/k", b"before")
         info = await client.snapshot(tmp_path / "backup.bin")
         assert info.size == (tmp_path / "backup.bin").stat().st_size > 0

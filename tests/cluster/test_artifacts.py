@@ -24,7 +24,7 @@ from controlplane.dev import LocalCluster
 from gossip.artifacts import ArtifactCorrupt, ArtifactServer, ArtifactStore, fetch_artifact
 from gossip.bandwidth import BandwidthTable
 
-from .conftest import cpctl, wait_until
+from .conftest import cpctl, credentials_env, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -70,6 +70,7 @@ def start_holder(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
+        env=credentials_env(cluster),
     )  # fmt: skip
     agents[node_id] = process
     return process

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -19,7 +18,7 @@ from controlplane.client import Client, Consistency, FailedPrecondition, Invalid
 from controlplane.dev import LocalCluster
 from controlplane.v1 import models_pb2, models_pb2_grpc
 
-from .conftest import channel, node_client, running, wait_converged
+from .conftest import channel, credentials_env, node_client, running, wait_converged
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -148,7 +147,7 @@ def test_bulk_import_over_the_cli(cluster: LocalCluster, tmp_path: Path) -> None
             for i in range(250)
         )
     )
-    env = dict(os.environ, CP_ENDPOINTS=",".join(cluster.client_addresses))
+    env = dict(credentials_env(cluster), CP_ENDPOINTS=",".join(cluster.client_addresses))
 
     def cpctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
