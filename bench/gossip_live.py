@@ -145,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = asyncio.run(
                 run_live(
-                    config, cluster.endpoints, round_timeout_s=args.round_timeout, on_round=progress, mixer_out=mixers
+                    config,
+                    cluster.endpoints,
+                    round_timeout_s=args.round_timeout,
+                    on_round=progress,
+                    mixer_out=mixers,
+                    credentials=cluster.credentials,
                 )
             )
         except Exception:

@@ -62,7 +62,7 @@ from gossip.mixing import Array, apply_matching, consensus_distance
 from gossip.simulate import uniform_bandwidth
 
 if TYPE_CHECKING:  # imported lazily at run time: the live mode is optional and needs a cluster
-    from controlplane.client import AsyncClient
+    from controlplane.client import AsyncClient, Credentials
     from controlplane.dev import LocalCluster
     from gossip.worker import RoundStats as WorkerRound
     from gossip.worker import Worker
@@ -597,6 +597,7 @@ async def run_live(
     round_timeout_s: float = 30.0,
     on_round: Callable[[RoundStats], None] | None = None,
     mixer_out: list[LiveMixer] | None = None,
+    credentials: Credentials | None = None,
 ) -> Result:
     """The example with ``config.workers`` real :class:`gossip.worker.Worker`\\ s in this process.
 
@@ -605,8 +606,10 @@ async def run_live(
     rerun against the same cluster never meets the previous run's rounds. ``min_participants`` is
     the whole group: round 0 waits for every worker instead of starting with the first two.
     ``mixer_out``, if given, receives the :class:`LiveMixer` (for its per-round bytes and times).
+    ``credentials``: how the workers reach the cluster (default: ``CP_CACERT``/``CP_CERT``/``CP_KEY``/
+    ``CP_TOKEN`` from the environment).
     """
-    from controlplane.client import AsyncClient
+    from controlplane.client import AsyncClient, Credentials
     from gossip.worker import Worker
 
     data, shards = prepare(config)
@@ -615,7 +618,7 @@ async def run_live(
     workers: list[Worker] = []
     try:
         for w in range(config.workers):
-            clients.append(AsyncClient(endpoints))
+            clients.append(AsyncClient(endpoints, credentials=credentials or Credentials.from_env()))
             workers.append(
                 Worker(
                     clients[-1],
@@ -727,13 +730,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log_to_stderr()
         with contextlib.ExitStack() as stack:
-            endpoints = args.endpoints
+            endpoints, credentials = args.endpoints, None
             if not endpoints:
-                endpoints = stack.enter_context(local_cluster()).endpoints
+                cluster = stack.enter_context(local_cluster())
+                endpoints, credentials = cluster.endpoints, cluster.credentials
                 if args.output == "text":
                     print(f"local cluster up: {endpoints}", flush=True)
             result = asyncio.run(
-                run_live(config, endpoints, round_timeout_s=args.round_timeout, on_round=report, mixer_out=mixers)
+                run_live(
+                    config,
+                    endpoints,
+                    round_timeout_s=args.round_timeout,
+                    on_round=report,
+                    mixer_out=mixers,
+                    credentials=credentials,
+                )
             )
     summary = result.summary()
     if args.output == "json":
