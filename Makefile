@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# What running needs (make run): the package and its dependencies, without the dev toolchain.
+RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
 .PHONY: run test test-fast soak bench lint proto sdk check-proto clean setup jepsen jepsen-long
@@ -15,10 +17,16 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==26.3
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
 
 ## run: start a 3-server cluster on loopback (./.data), show it working, stop with Ctrl-C
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/cpctl dev --servers 3 --data-dir .data --demo
 
 ## test: every check: generated code in sync, lint, types, the whole test suite
