@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from controlplane.cli import app
-from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect
-from controlplane.cli.output import Output, emit, emit_json
+from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, client_credentials, connect
+from controlplane.cli.health import DEFAULT_MAX_APPLY_LAG, judge
+from controlplane.cli.output import EXIT_ERROR, Output, emit, emit_json
 from controlplane.client import ClusterStatus, Member
 
 cluster_app = typer.Typer(help="Cluster status, membership, leadership and backups.", no_args_is_help=True)
@@ -49,16 +50,99 @@ def _print_members(members: tuple[Member, ...] | list[Member]) -> None:
         )
 
 
+def _status_json(current: ClusterStatus) -> dict[str, object]:
+    out = dataclasses.asdict(current)
+    out["role"] = current.role.name
+    out["members"] = [_member_json(member) for member in current.members]
+    return out
+
+
+def _views_json(views: dict[str, ClusterStatus | str]) -> dict[str, object]:
+    return {m: _status_json(v) if isinstance(v, ClusterStatus) else {"error": v} for m, v in views.items()}
+
+
+def _every_view(endpoints: str | None, timeout: float) -> dict[str, ClusterStatus | str]:
+    """Each member's own Status (asked directly, all at once), or why it did not answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from controlplane.client import Client
+    from controlplane.errors import ControlPlaneError
+
+    with connect(endpoints, timeout) as client:
+        first: ClusterStatus = client.status()
+    credentials = client_credentials(endpoints)
+
+    def ask(address: str) -> ClusterStatus | str:
+        if not address:
+            return "it has no client address yet"
+        try:
+            with Client(address, timeout=timeout, credentials=credentials) as one:
+                return one.status()
+        except ControlPlaneError as exc:
+            return f"{type(exc).__name__}: {exc.message}"
+
+    members = sorted(first.members, key=lambda member: member.id)
+    with ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
+        answers = list(pool.map(lambda member: ask(member.client_address), members))
+    return {member.id: answer for member, answer in zip(members, answers, strict=True)}
+
+
 @cluster_app.command()
-def status(endpoints: EndpointsOption = None, output: OutputOption = Output.text, timeout: TimeoutOption = 5.0) -> None:
+def health(
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 3.0,
+    max_apply_lag: Annotated[
+        int, typer.Option(help="Entries a server may trail the commit index and still count as caught up", min=0)
+    ] = DEFAULT_MAX_APPLY_LAG,
+) -> None:
+    """Ask every member; exit 0 when the cluster is healthy, 1 with the reasons when it is not.
+
+    Healthy: every member answers, one leader and term agreed, the leader has quorum and sees every
+    member healthy, every server ready and caught up. Warnings (no fsync, no peer TLS, mixed
+    versions, a membership change in flight) are printed but do not fail the check.
+    """
+    views = _every_view(endpoints, timeout)
+    verdict = judge(views, max_apply_lag)
+    if output is Output.json:
+        emit_json(
+            {
+                "healthy": verdict.healthy,
+                "problems": verdict.problems,
+                "warnings": verdict.warnings,
+                "servers": _views_json(views),
+            }
+        )
+    else:
+        for warning in verdict.warnings:
+            typer.echo(f"WARNING: {warning}", err=True)
+        if verdict.healthy:
+            typer.echo(f"healthy: {len(views)} servers answer, one leader, every member caught up")
+        else:
+            typer.echo("UNHEALTHY:")
+            for problem in verdict.problems:
+                typer.echo(f"  - {problem}")
+    if not verdict.healthy:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@cluster_app.command()
+def status(
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 5.0,
+    every_server: Annotated[
+        bool, typer.Option("--all", help="Every server's own view (role, term, indexes, version), one per line")
+    ] = False,
+) -> None:
     """The answering server's view: role, leader, term, indexes, members and their health."""
+    if every_server:
+        _status_all(endpoints, output, timeout)
+        return
     with connect(endpoints, timeout) as client:
         current: ClusterStatus = client.status()
     if output is Output.json:
-        out = dataclasses.asdict(current)
-        out["role"] = current.role.name
-        out["members"] = [_member_json(member) for member in current.members]
-        emit_json(out)
+        emit_json(_status_json(current))
         return
     me = next((member for member in current.members if member.id == current.node_id), None)
     role = "learner" if me is not None and not me.voter else current.role.name.lower()
@@ -79,6 +163,22 @@ def status(endpoints: EndpointsOption = None, output: OutputOption = Output.text
     if current.peer_security == "insecure":
         typer.echo("WARNING: this server's Raft peer port runs without TLS (--insecure-dev)", err=True)
     _print_members(current.members)
+
+
+def _status_all(endpoints: str | None, output: Output, timeout: float) -> None:
+    views = _every_view(endpoints, timeout)
+    if output is Output.json:
+        emit_json(_views_json(views))
+        return
+    typer.echo(f"{'ID':<8} {'ROLE':<10} {'LEADER':<8} {'TERM':>5} {'COMMIT':>8} {'APPLIED':>8} {'READY':<6} VERSION")
+    for member, view in views.items():
+        if isinstance(view, ClusterStatus):
+            typer.echo(
+                f"{member:<8} {view.role.name.lower():<10} {view.leader_id or '-':<8} {view.term:>5} "
+                f"{view.commit_index:>8} {view.applied_index:>8} {'yes' if view.ready else 'NO':<6} {view.version}"
+            )
+        else:
+            typer.echo(f"{member:<8} NOT ANSWERING: {view}")
 
 
 @members_app.command("list")
