@@ -66,6 +66,13 @@ def test_cluster_status_members_and_snapshot(make_cluster: Callable[..., LocalCl
     saved = cpctl_json(cluster, "cluster", "snapshot", "save", str(backup))
     assert backup.stat().st_size == saved["size"]
     cpctl_json(cluster, "kv", "put", "cli-backup/k", "after")
-    restored = cpctl_json(cluster, "cluster", "snapshot", "restore", str(backup))
+    # Destructive commands need --yes when nobody is at a terminal to ask; refused, they change nothing.
+    unconfirmed = cpctl(cluster, "cluster", "snapshot", "restore", str(backup))
+    assert unconfirmed.returncode == 2 and "without --yes" in unconfirmed.stderr, unconfirmed.stderr
+    assert cpctl_json(cluster, "kv", "get", "cli-backup/k")["kv"]["value"] == "after"
+    unconfirmed = cpctl(cluster, "cluster", "members", "remove", current["leader_id"])
+    assert unconfirmed.returncode == 2 and "without --yes" in unconfirmed.stderr, unconfirmed.stderr
+    assert len(cpctl_json(cluster, "cluster", "members", "list")) == len(cluster.nodes)
+    restored = cpctl_json(cluster, "cluster", "snapshot", "restore", str(backup), "--yes")
     assert restored["revision"] > saved["revision"]
     assert cpctl_json(cluster, "kv", "get", "cli-backup/k")["kv"]["value"] == "before"
