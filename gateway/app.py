@@ -50,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from controlplane import __version__, errors
 from controlplane.client import ClusterStatus, Credentials
 from gateway import errors as gw_errors
+from gateway.console import router as console_router
 from gateway.formation import DEFAULT_CANDIDATE_TTL_S, Candidate, FormationTable, vote_problem
 from gateway.models import (
     DEFAULT_CACHE_TTL_S,
@@ -792,6 +793,7 @@ def create_app(
     app.state.gateway = gateway
     app.include_router(router)
     app.include_router(v1)
+    app.include_router(console_router)  # the web console at /ui (gateway/console)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
