@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
-.PHONY: run test test-fast soak bench lint proto sdk check-proto clean setup jepsen jepsen-long
+.PHONY: run test test-fast test-browser soak bench lint proto sdk check-proto clean setup jepsen jepsen-long
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ test: $(STAMP) check-proto lint
 ## test-fast: the suite without cluster tests (no processes started)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not cluster and not soak'
+
+## test-browser: the console in headless Chromium (apt-get installs Debian's chromium where it is missing)
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(BIN)/pip install --quiet -e '.[dev,browser]'
+	$(BIN)/python -m pytest -q -m browser -s
 
 ## soak: the long runs excluded from make test (about 3 minutes on a quiet machine)
 soak: $(STAMP)

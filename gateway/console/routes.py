@@ -66,7 +66,11 @@ _env = jinja2.Environment(
 )
 _env.globals.update(human_bytes=views.human_bytes, human_rate=views.human_rate, ago=views.ago)
 
-_STATIC_TYPES = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
+_STATIC_TYPES = {
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
 _STATIC = {name: (HERE / "static" / name).read_bytes() for name in _STATIC_TYPES}
 ASSET_VERSION = hashlib.sha256(b"".join(_STATIC.values())).hexdigest()[:12]
 

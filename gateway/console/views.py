@@ -9,7 +9,7 @@ templates' autoescaping like everything else.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from controlplane.client import BandwidthMatrix, NodeView, Round
@@ -181,7 +181,8 @@ def heat_map(matrix: BandwidthMatrix, limit: int = 64) -> HeatMap | None:
         i, j = index[link.a], index[link.b]
         cells.append(Cell(HEAT_LABEL + j * HEAT_CELL, HEAT_LABEL + i * HEAT_CELL, fill, title))
         cells.append(Cell(HEAT_LABEL + i * HEAT_CELL, HEAT_LABEL + j * HEAT_CELL, fill, title))
-    return HeatMap(nodes, tuple(cells), HEAT_LABEL + len(nodes) * HEAT_CELL, HEAT_CELL, top)
+    # The slanted column labels reach past the last column: leave them room on the right.
+    return HeatMap(nodes, tuple(cells), HEAT_LABEL + len(nodes) * HEAT_CELL + HEAT_LABEL // 2, HEAT_CELL, top)
 
 
 # --------------------------------------------------------------------------------------- matching
@@ -280,7 +281,3 @@ def ago(now_ms: int, then_ms: int) -> str:
     if seconds < 172800:
         return f"{seconds // 3600} h ago"
     return f"{seconds // 86400} d ago"
-
-
-def pairs_sorted(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return sorted(items)

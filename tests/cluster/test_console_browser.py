@@ -1,0 +1,136 @@
+"""The console in a real browser (headless Chromium from Debian, driven by Playwright): log in, every
+page loads without a console error (a CSP violation is one), the leader shown is the leader, an agent
+registering appears on Fleet with no reload, search as you type finds a new model, and a kill -9 of
+the leader changes the Cluster page with no reload. Screenshots of every page are saved.
+
+Run with ``make test-browser`` (installs Chromium with apt-get where it is missing, and Playwright).
+Excluded from ``make test``: it needs the browser. ``CONSOLE_SCREENSHOTS=DIR`` keeps the screenshots
+there (``docs/console/`` holds the ones ``docs/console.md`` shows).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.client import Client
+from controlplane.dev import LocalCluster
+
+from .conftest import wait_until
+from .test_gateway import TOKEN, running_gateway
+
+pytestmark = [pytest.mark.cluster, pytest.mark.browser, pytest.mark.timeout(240)]
+
+CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+PAGES = {
+    "cluster": "/ui/",
+    "fleet": "/ui/fleet",
+    "networks": "/ui/networks",
+    "ports": "/ui/ports?host=br-host",
+    "models": "/ui/models",
+    "training": "/ui/training?group=br-g",
+}
+#: Generous: the cluster tests share two busy cores. The time taken is printed, not asserted.
+LIVE_TIMEOUT_MS = 20_000
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[browser]' (make test-browser)")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or make test-browser)")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def test_console_in_a_browser(cluster: LocalCluster, tmp_path: Path, browser: Any) -> None:
+    shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    leader_id = cluster.wait_for_leader()
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
+        admin.membership.create_network("br-net", "br-model", 8, priority=1)
+        admin.ports.allocate("br-host", "br-svc", "http")
+        for i in range(4):
+            admin.membership.register_node(f"br-a{i}", labels={"zone": "br"}, ttl_s=120)
+        peers = [f"br-a{i}" for i in range(4)]
+        for i, peer in enumerate(peers):
+            admin.gossip.report_bandwidth(peer, {p: 1e6 * (1 + i + j) for j, p in enumerate(peers) if p != peer})
+        tensors = [("w", "float32", (8,))]
+        admin.gossip.configure_group("br-g", tensors)
+        deadline = int(time.time() * 1000) + 60_000
+        for number, pairs in enumerate(
+            ([("br-a0", "br-a1"), ("br-a2", "br-a3")], [("br-a0", "br-a2"), ("br-a1", "br-a3")])
+        ):
+            admin.gossip.start_round(
+                "br-g", number + 1, peers, pairs, seed=number, deadline_unix_ms=deadline, tensors=tensors
+            )
+            for peer in peers:
+                admin.gossip.report_round("br-g", number + 1, peer, bytes=8192, mix_delta_sq=1.0 / (number + 1))
+
+    with running_gateway(cluster, tmp_path) as gateway:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+
+        page.goto(gateway.url + "/ui/fleet")
+        assert page.url.startswith(gateway.url + "/ui/login")  # no data before the token
+        page.fill("#token", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(gateway.url + "/ui/fleet")
+
+        for name, path in PAGES.items():
+            started = time.monotonic()
+            page.goto(gateway.url + path)
+            page.wait_for_load_state("load")
+            print(f"{name}: loaded in {1000 * (time.monotonic() - started):.0f} ms")
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        assert problems == []
+
+        # The leader shown is the leader.
+        page.goto(gateway.url + "/ui/")
+        page.wait_for_selector("#live-state:has-text('live')")
+        assert page.get_attribute("tr[data-role=leader]", "data-member") == leader_id
+
+        # A kill -9 of the leader: the page changes by itself (SSE status event, fragment refresh).
+        killed_at = time.monotonic()
+        cluster.kill(leader_id)
+        page.wait_for_selector(f"tr[data-member='{leader_id}'] >> text=unreachable", timeout=LIVE_TIMEOUT_MS)
+        page.wait_for_function(
+            "id => { const row = document.querySelector('tr[data-role=leader]');"
+            " return row !== null && row.dataset.member !== id; }",
+            arg=leader_id,
+            timeout=LIVE_TIMEOUT_MS,
+        )
+        print(f"cluster page showed the new leader {1000 * (time.monotonic() - killed_at):.0f} ms after the kill")
+        cluster.restart(leader_id)
+
+        # An agent registering appears on Fleet with no reload.
+        page.goto(gateway.url + "/ui/fleet?q=br-")
+        page.wait_for_selector("#live-state:has-text('live')")
+        with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
+            admin.membership.register_node("br-live", labels={"zone": "br"}, ttl_s=120)
+        page.wait_for_selector("tr[data-node='br-live']", timeout=LIVE_TIMEOUT_MS)
+
+        # A model registered appears in search as you type.
+        page.goto(gateway.url + "/ui/models")
+        with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
+            admin.models.register("BrowserMistral-7B", "ef" * 32, 4096, "safetensors", family="mistral")
+            # The search index follows the log a moment later: type once it has the model.
+            wait_until(lambda: admin.models.search("browsermis").hits, 15, "the model in the search index")
+        page.type("#q", "browsermis", delay=30)
+        page.wait_for_selector("tr[data-model='BrowserMistral-7B']", timeout=LIVE_TIMEOUT_MS)
+        assert "q=browsermis" in page.url  # the URL follows the search box
+        assert problems == []
+        context.close()
