@@ -37,7 +37,7 @@ from controlplane.client import (
 from controlplane.client._gossip import Pair
 from gateway.app import GatewaySettings, create_app
 from gateway.console import auth, views
-from gateway.console.hub import STATUS, LiveHub
+from gateway.console.hub import STATUS, LiveHub, SharedReads
 
 # --------------------------------------------------------------------------------------- builders
 
@@ -170,6 +170,48 @@ async def test_a_failing_watch_is_opened_again() -> None:
     hub = LiveHub(open_watch, get_status, status_interval_s=0.01)
     hub.subscribe()
     await wait_for(lambda: opened >= 1, "the first watch")
+    await hub.close()
+
+
+async def test_consoles_share_one_read_per_change() -> None:
+    async def get_status() -> ClusterStatus:
+        return status()
+
+    hub = LiveHub(None, get_status, status_interval_s=60)
+    now = [0.0]
+    reads = SharedReads(hub, ttl_s=1.0, clock=lambda: now[0])
+    calls = 0
+    release = asyncio.Event()
+
+    async def fetch() -> int:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return calls
+
+    assert await asyncio.wait_for(reads.get("membership", "k", lambda: asyncio.sleep(0, 7)), 1) == 7
+    assert reads.fetches == 0  # no open console: every request reads for itself
+
+    hub.subscribe()
+    waiting = [asyncio.ensure_future(reads.get("membership", "k", fetch)) for _ in range(100)]
+    await asyncio.sleep(0)
+    release.set()
+    assert set(await asyncio.gather(*waiting)) == {1} and calls == 1  # a hundred consoles, one read
+    assert await reads.get("membership", "k", fetch) == 1 and calls == 1
+    hub.publish("ports", 5)  # another domain changed: still fresh
+    assert await reads.get("membership", "k", fetch) == 1
+    hub.publish("membership", 6)  # a console told "membership changed at 6" never gets the older read
+    assert await reads.get("membership", "k", fetch) == 2
+    now[0] += 1.0  # and nothing is kept longer than the TTL
+    assert await reads.get("membership", "k", fetch) == 3
+
+    async def fail() -> int:
+        raise errors.Unavailable("no leader")
+
+    now[0] += 1.0
+    with pytest.raises(errors.Unavailable):
+        await reads.get("membership", "k", fail)
+    assert await reads.get("membership", "k", fetch) == 4  # a failure is not kept
     await hub.close()
 
 

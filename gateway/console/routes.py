@@ -26,7 +26,7 @@ from controlplane import errors
 from controlplane.client import AsyncClient, ClusterStatus
 from gateway import errors as gw_errors
 from gateway.console import auth, views
-from gateway.console.hub import LiveHub
+from gateway.console.hub import LiveHub, SharedReads
 from gateway.console.source import ConsoleSource, SdkSource
 
 log = structlog.get_logger("gateway.console")
@@ -103,7 +103,14 @@ def hub_of(request: Request) -> LiveHub:
     if hub is None:
         hub = LiveHub(lambda: source_of(state).watch(), state.gateway.cache.get)
         state.console_hub = hub
+        state.console_reads = SharedReads(hub)
     return hub
+
+
+def shared_reads(request: Request) -> SharedReads:
+    hub_of(request)
+    reads: SharedReads = request.app.state.console_reads
+    return reads
 
 
 def _logged_in(request: Request, token: str) -> bool:
@@ -221,7 +228,12 @@ async def fleet_page(
         return "/ui/fleet?" + urlencode({**params, "page": number})
 
     async def load() -> dict[str, Any]:
-        nodes = await source_of(request.app.state).nodes(role or None, state or None, False)
+        source = source_of(request.app.state)
+        # Every open Fleet re-reads after each membership change: one read serves them all, and
+        # the search box filters that read (views.fleet_page) instead of asking the cluster again.
+        nodes = await shared_reads(request).get(
+            "membership", ("nodes", role, state), lambda: source.nodes(role or None, state or None, False)
+        )
         return {"fleet": views.fleet_page(nodes, q, page), "page_url": page_url}
 
     return await _page(
