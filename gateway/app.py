@@ -139,6 +139,8 @@ class GatewaySettings:
     cache_ttl_s: float = DEFAULT_CACHE_TTL_S
     status_timeout_s: float = DEFAULT_STATUS_TIMEOUT_S
     call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
+    #: With a token: serve the inventory reads (nodes, networks, ports, models, flags) without it.
+    open_reads: bool = False
     #: What the gateway presents to the cluster's client ports (their CA, a client certificate, a
     #: token); the default is plaintext, for a cluster started with ``--insecure-dev``.
     credentials: Credentials = field(default_factory=Credentials)
@@ -368,6 +370,24 @@ async def require_token(
         raise gw_errors.Unauthenticated("this gateway requires Authorization: Bearer <token> for changes")
 
 
+async def require_read_token(
+    gateway: GatewayDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Inventory reads (nodes, networks, ports, models, flags) need the token too when one is
+    configured, unless the gateway runs with ``open_reads``. Discovery (cluster, leader, bootstrap)
+    stays open: it is what a machine asks before it holds anything, and it names only the servers."""
+    expected = gateway.settings.token
+    if not expected or gateway.settings.open_reads:
+        return
+    presented = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8")):
+        raise gw_errors.Unauthenticated(
+            "this gateway requires Authorization: Bearer <token> for reads of the inventory "
+            "(cpctl gateway --open-reads serves them to anyone)"
+        )
+
+
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -398,11 +418,19 @@ MUTATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorOut, "description": "The cluster's state forbids it now"},
     413: {"model": ErrorOut, "description": "Body over the size limit"},
 }
-READ_RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 404: {"model": ErrorOut}}
+READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    401: {
+        "model": ErrorOut,
+        "description": "Missing or wrong bearer token (a gateway with a token, without --open-reads)",
+    },
+    404: {"model": ErrorOut},
+}
 
 router = APIRouter()
 v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 mutation = [Depends(require_token)]
+inventory = [Depends(require_read_token)]
 
 
 @router.get("/healthz", response_model=HealthOut, tags=["health"])
@@ -514,7 +542,7 @@ async def deregister_node(gateway: GatewayDep, node_id: NodeIdPath, idempotency_
     return moves_out(await gateway.backend.deregister(node_id, idempotency_key))
 
 
-@v1.get("/nodes", response_model=NodesOut, tags=["nodes"], responses=READ_RESPONSES)
+@v1.get("/nodes", response_model=NodesOut, tags=["nodes"], responses=READ_RESPONSES, dependencies=inventory)
 async def list_nodes(
     gateway: GatewayDep,
     role: Literal["agent", "server"] | None = None,
@@ -540,7 +568,9 @@ async def list_nodes(
     return NodesOut(nodes=[node_view_out(v) for v in views])
 
 
-@v1.get("/nodes/{node_id}", response_model=NodeViewOut, tags=["nodes"], responses=READ_RESPONSES)
+@v1.get(
+    "/nodes/{node_id}", response_model=NodeViewOut, tags=["nodes"], responses=READ_RESPONSES, dependencies=inventory
+)
 async def get_node(
     gateway: GatewayDep, node_id: NodeIdPath, consistency: ConsistencyQuery = "linearizable"
 ) -> NodeViewOut:
@@ -548,7 +578,7 @@ async def get_node(
     return node_view_out(await gateway.backend.get_node(node_id, consistency_of(consistency)))
 
 
-@v1.get("/networks", response_model=NetworksOut, tags=["networks"], responses=READ_RESPONSES)
+@v1.get("/networks", response_model=NetworksOut, tags=["networks"], responses=READ_RESPONSES, dependencies=inventory)
 async def list_networks(
     gateway: GatewayDep,
     model: Annotated[str, Query(max_length=2 * NAME_CHARS + 1, description="Only networks serving it")] = "",
@@ -560,7 +590,13 @@ async def list_networks(
     )
 
 
-@v1.get("/networks/{name}", response_model=NetworkDetailOut, tags=["networks"], responses=READ_RESPONSES)
+@v1.get(
+    "/networks/{name}",
+    response_model=NetworkDetailOut,
+    tags=["networks"],
+    responses=READ_RESPONSES,
+    dependencies=inventory,
+)
 async def get_network(
     gateway: GatewayDep,
     name: Annotated[str, Path(min_length=1, max_length=NAME_CHARS)],
@@ -570,7 +606,7 @@ async def get_network(
     return network_detail_out(await gateway.backend.get_network(name, consistency_of(consistency)))
 
 
-@v1.get("/ports", response_model=PortsOut, tags=["ports"], responses=READ_RESPONSES)
+@v1.get("/ports", response_model=PortsOut, tags=["ports"], responses=READ_RESPONSES, dependencies=inventory)
 async def list_ports(
     gateway: GatewayDep,
     host: Annotated[str, Query(max_length=HOST_CHARS)] = "",
@@ -581,7 +617,7 @@ async def list_ports(
     return ports_out(await gateway.backend.ports(host, service, consistency_of(consistency)))
 
 
-@v1.get("/models/search", response_model=SearchOut, tags=["models"], responses=READ_RESPONSES)
+@v1.get("/models/search", response_model=SearchOut, tags=["models"], responses=READ_RESPONSES, dependencies=inventory)
 async def search_models(
     gateway: GatewayDep,
     q: Annotated[str, Query(max_length=QUERY_CHARS, description="Every term a prefix, all required")] = "",
@@ -595,7 +631,7 @@ async def search_models(
     return search_out(await gateway.backend.search_models(q, tag, family, limit, offset, consistency_of(consistency)))
 
 
-@v1.get("/flags", response_model=FlagsOut, tags=["flags"], responses=READ_RESPONSES)
+@v1.get("/flags", response_model=FlagsOut, tags=["flags"], responses=READ_RESPONSES, dependencies=inventory)
 async def list_flags(gateway: GatewayDep, consistency: ConsistencyQuery = "linearizable") -> FlagsOut:
     """Cluster-wide feature flags, with their defaults when never set."""
     return FlagsOut(flags=[flag_out(f) for f in await gateway.backend.flags(consistency_of(consistency))])

@@ -297,6 +297,10 @@ class _Attempted:
     last_error: str = ""
 
 
+#: What a gateway answers without its token (gateway/app.py: everything else needs it when it has one).
+_DISCOVERY_PATHS = ("/v1/cluster", "/v1/leader", "/v1/bootstrap", "/healthz", "/readyz")
+
+
 class GatewayClient:
     """Talks to one gateway (``base_url``, e.g. ``http://10.0.0.9:8080``), and around it when it is down.
 
@@ -583,8 +587,9 @@ class GatewayClient:
         headers: dict[str, str] = {}
         if request_id is not None:
             headers["Idempotency-Key"] = request_id
-        if method != "GET" and self._token:
-            # Only changes need it: a token not sent cannot leak through a logging proxy.
+        if self._token and (method != "GET" or not path.startswith(_DISCOVERY_PATHS)):
+            # Changes and inventory reads need it; discovery does not, and a token not sent cannot
+            # leak through a logging proxy.
             headers["Authorization"] = f"Bearer {self._token}"
         for attempt in range(self.retry.attempts):
             if not self.breaker.allow():

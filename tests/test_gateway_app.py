@@ -197,7 +197,7 @@ async def test_an_unexpected_exception_is_a_500_without_a_traceback(
     http: httpx.AsyncClient, backend: FakeBackend
 ) -> None:
     backend.failure = ZeroDivisionError("secret internals")
-    body = assert_error(await http.get("/v1/nodes"), 500, "INTERNAL")
+    body = assert_error(await http.get("/v1/nodes", headers=AUTH), 500, "INTERNAL")
     assert "secret" not in body["message"] and "Traceback" not in body["message"] and "error id" in body["message"]
 
 
@@ -223,10 +223,19 @@ async def test_changes_need_the_bearer_token(http: httpx.AsyncClient, backend: F
     assert backend.registered == []
     # Authentication comes before validation: an outsider learns nothing about valid bodies.
     assert_error(await http.post("/v1/nodes", json={"id": "x" * 500}), 401, "UNAUTHENTICATED")
-    # Reads need no token.
-    assert (await http.get("/v1/nodes")).status_code == 200
+    # Inventory reads need it too; discovery (what a machine asks before it holds anything) does not.
+    for path in ("/v1/nodes", "/v1/nodes/a1", "/v1/networks", "/v1/ports", "/v1/models/search?q=x", "/v1/flags"):
+        assert_error(await http.get(path), 401, "UNAUTHENTICATED")
+    assert (await http.get("/v1/nodes", headers=AUTH)).status_code == 200
+    assert (await http.get("/v1/bootstrap")).status_code == 200
     response = await http.post("/v1/nodes", json={"id": "a1"}, headers=AUTH)
     assert response.status_code == 200 and response.json()["node"]["id"] == "a1"
+
+
+async def test_open_reads_serves_the_inventory_without_the_token(make: Make) -> None:
+    http = make(open_reads=True)
+    assert (await http.get("/v1/nodes")).status_code == 200
+    assert_error(await http.post("/v1/nodes", json={"id": "a1"}), 401, "UNAUTHENTICATED")
 
 
 async def test_without_a_token_changes_are_open(make: Make, backend: FakeBackend) -> None:
@@ -290,10 +299,10 @@ async def test_malformed_json_and_query_parameters(http: httpx.AsyncClient) -> N
     form = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}  # what curl -d sends
     as_form = await http.post("/v1/nodes", content=b'{"id": "a1"}', headers=form)
     assert "Content-Type: application/json" in assert_error(as_form, 400, "INVALID_ARGUMENT")["message"]
-    assert_error(await http.get("/v1/nodes", params={"role": "king"}), 400, "INVALID_ARGUMENT")
-    assert_error(await http.get("/v1/models/search", params={"limit": 0}), 400, "INVALID_ARGUMENT")
-    assert_error(await http.get("/v1/nodes", params={"label": "no-equals"}), 400, "INVALID_ARGUMENT")
-    assert_error(await http.get("/v1/nodes", params={"consistency": "eventual"}), 400, "INVALID_ARGUMENT")
+    assert_error(await http.get("/v1/nodes", params={"role": "king"}, headers=AUTH), 400, "INVALID_ARGUMENT")
+    assert_error(await http.get("/v1/models/search", params={"limit": 0}, headers=AUTH), 400, "INVALID_ARGUMENT")
+    assert_error(await http.get("/v1/nodes", params={"label": "no-equals"}, headers=AUTH), 400, "INVALID_ARGUMENT")
+    assert_error(await http.get("/v1/nodes", params={"consistency": "eventual"}, headers=AUTH), 400, "INVALID_ARGUMENT")
 
 
 # --------------------------------------------------------------------------------------- OpenAPI

@@ -314,12 +314,12 @@ async def test_a_change_keeps_one_idempotency_key_everywhere(
     assert json.loads(gateway.requests[0].content)["labels"] == {"zone": "eu"}
     # The servers receive the same request id, so an attempt that did commit is not applied twice.
     assert servers.calls == [("register", keys.pop())]
-    # Reads carry no token (nothing to leak).
+    # Inventory reads carry it too (a gateway with a token asks for it); discovery reads do not.
     gateway.default = ok({"nodes": []})
     client.breaker.succeeded()
     await client.nodes(role="agent", labels={"zone": "eu"})
     read = gateway.requests[-1]
-    assert "Authorization" not in read.headers
+    assert read.headers["Authorization"] == "Bearer t0k"
     assert read.url.params.get_list("label") == ["zone=eu"] and read.url.params["role"] == "agent"
 
 

@@ -73,6 +73,12 @@ def gateway(
         str | None, typer.Option(help="Serve HTTPS with this certificate (PEM; cpctl certs issue), with --tls-key")
     ] = None,
     tls_key: Annotated[str | None, typer.Option(help="The certificate's key (PEM, mode 0600)")] = None,
+    open_reads: Annotated[
+        bool,
+        typer.Option(
+            help="With a token: serve nodes, networks, ports, models and flags without it (discovery is always open)"
+        ),
+    ] = False,
     access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput)")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
@@ -127,6 +133,7 @@ def gateway(
         max_body_bytes=max_body_kib * 1024,
         bootstrap_expect=bootstrap_expect,
         peers=peers,
+        open_reads=open_reads,
         # --cacert/--cert/--key/--token (or CP_*, or the context): how it reaches TLS client ports.
         credentials=client_credentials(endpoints),
     )

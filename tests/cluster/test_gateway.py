@@ -93,39 +93,43 @@ async def test_every_endpoint_against_real_servers(cluster: LocalCluster, http: 
     assert again.json()["revision"] == registered.json()["revision"]
     beat = await http.post("/v1/nodes/gw-a1/heartbeat", json={"activity": "training"}, headers=AUTH)
     assert beat.json() == {"node_id": "gw-a1", "state": "active"}
-    listed = (await http.get("/v1/nodes", params={"label": "zone=gw-eu", "role": "agent"})).json()["nodes"]
+    listed = (await http.get("/v1/nodes", params={"label": "zone=gw-eu", "role": "agent"}, headers=AUTH)).json()[
+        "nodes"
+    ]
     assert [n["id"] for n in listed] == ["gw-a1"]
     assert listed[0]["activity"] == "training" and listed[0]["connectivity"] == "connected"
     assert listed[0]["resources"] == body["resources"] and listed[0]["capabilities"] == ["gpu"]
-    servers = (await http.get("/v1/nodes", params={"role": "server", "consistency": "stale"})).json()["nodes"]
+    servers = (await http.get("/v1/nodes", params={"role": "server", "consistency": "stale"}, headers=AUTH)).json()[
+        "nodes"
+    ]
     assert sorted(n["id"] for n in servers) == sorted(cluster.nodes)
-    assert (await http.get("/v1/nodes", params={"capability": "gpu", "state": "active"})).json()["nodes"]
+    assert (await http.get("/v1/nodes", params={"capability": "gpu", "state": "active"}, headers=AUTH)).json()["nodes"]
 
     with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
         admin.membership.join("gw-net", node_id="gw-a1")
         admin.membership.join("gw-net", client_id="gw-c1")
-    view = (await http.get("/v1/nodes/gw-a1")).json()
+    view = (await http.get("/v1/nodes/gw-a1", headers=AUTH)).json()
     assert view["networks"] == ["gw-net"] and view["clients_served"] == 1 and view["lease_ttl_ms"] == 30_000
 
     # Read views.
-    networks = (await http.get("/v1/networks", params={"model": "gw-model"})).json()["networks"]
+    networks = (await http.get("/v1/networks", params={"model": "gw-model"}, headers=AUTH)).json()["networks"]
     assert [n["name"] for n in networks] == ["gw-net"] and networks[0]["members"] == ["gw-a1"]
-    detail = (await http.get("/v1/networks/gw-net")).json()
+    detail = (await http.get("/v1/networks/gw-net", headers=AUTH)).json()
     assert [p["client_id"] for p in detail["placements"]] == ["gw-c1"]
     assert detail["placements"][0]["node_id"] == "gw-a1"
-    ports = (await http.get("/v1/ports", params={"host": "gw-host"})).json()
+    ports = (await http.get("/v1/ports", params={"host": "gw-host"}, headers=AUTH)).json()
     assert [(a["service"], a["name"]) for a in ports["assignments"]] == [("gw-svc", "http")]
-    flags = {f["name"]: f["enabled"] for f in (await http.get("/v1/flags")).json()["flags"]}
+    flags = {f["name"]: f["enabled"] for f in (await http.get("/v1/flags", headers=AUTH)).json()["flags"]}
     assert flags["multi_network"] is True
 
     async def found() -> list[str]:
-        result = (await http.get("/v1/models/search", params={"q": "gatewayll", "tag": "gwtag"})).json()
+        result = (await http.get("/v1/models/search", params={"q": "gatewayll", "tag": "gwtag"}, headers=AUTH)).json()
         return [hit["model"]["name"] for hit in result["hits"]]
 
     assert await eventually(found, 10, "the model in the search index") == ["GatewayLlama-7B"]
 
     # The cluster's refusals, in the gateway's shape.
-    missing = await http.get("/v1/networks/gw-nowhere")
+    missing = await http.get("/v1/networks/gw-nowhere", headers=AUTH)
     assert missing.status_code == 404 and missing.json()["code"] == "NOT_FOUND"
     bad = await http.post("/v1/nodes", json={"id": "bad id!"}, headers=AUTH)
     assert bad.status_code == 400 and "node id" in bad.json()["message"]
@@ -135,8 +139,10 @@ async def test_every_endpoint_against_real_servers(cluster: LocalCluster, http: 
     assert [p["client_id"] for p in moves.json()["moved"]] + moves.json()["unplaced"] == ["gw-c1"]
     gone = await http.post("/v1/nodes/gw-a1/heartbeat", headers=AUTH)
     assert gone.status_code == 404 and "register it again" in gone.json()["message"]
-    assert (await http.get("/v1/nodes", params={"label": "zone=gw-eu"})).json()["nodes"] == []
-    left = (await http.get("/v1/nodes", params={"label": "zone=gw-eu", "include_gone": True})).json()["nodes"]
+    assert (await http.get("/v1/nodes", params={"label": "zone=gw-eu"}, headers=AUTH)).json()["nodes"] == []
+    left = (await http.get("/v1/nodes", params={"label": "zone=gw-eu", "include_gone": True}, headers=AUTH)).json()[
+        "nodes"
+    ]
     assert [(n["id"], n["state"]) for n in left] == [("gw-a1", "left")]
     with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
         admin.membership.forget("gw-a1")
