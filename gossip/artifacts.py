@@ -51,7 +51,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -62,7 +62,10 @@ from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTI
 from controlplane.state import limits
 from controlplane.v1 import artifacts_pb2 as pb
 from controlplane.v1 import artifacts_pb2_grpc as pb_grpc
-from gossip.bandwidth import BandwidthTable
+
+if TYPE_CHECKING:
+    # numpy and networkx come with it: loaded by a fetch only, not by every `cpctl` command.
+    from gossip.bandwidth import BandwidthTable
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -1024,6 +1027,8 @@ class _Fetch:
         self.parallel = parallel
         self.stall_timeout = stall_timeout
         self.table = table
+        from gossip.bandwidth import BandwidthTable
+
         self.measured = BandwidthTable(local_id)
         self.progress = progress
         self.have = have
