@@ -76,7 +76,7 @@ log = structlog.get_logger("controlplane.node")
 
 DEFAULT_READ_TIMEOUT_S = 5.0
 # Commands only the leader's own housekeeper proposes; Peer.Propose refuses them.
-LEADER_ONLY_COMMANDS = frozenset({"lease_expire", "lease_checkpoint"})
+LEADER_ONLY_COMMANDS = frozenset({"lease_expire", "lease_checkpoint", "service_reap"})
 BACKUP_FORMAT_VERSION = 1
 
 _ROLE_ENUM = {

@@ -31,7 +31,7 @@ from controlplane.state.journal import Detail
 from controlplane.state.leases import LeaseTable
 from controlplane.state.membership import MembershipTable
 from controlplane.state.models import ModelTable
-from controlplane.state.ports import PORT_MAP_FORMAT, PortTable
+from controlplane.state.ports import PORT_MAP_FORMAT, HealthLeases, PortTable
 from controlplane.state.refusal import Refused
 from controlplane.v1 import (
     command_pb2,
@@ -170,10 +170,21 @@ class StateMachine:
         self.history_limit_bytes = history_limit_bytes
         self.dedupe_limit = dedupe_limit
         self.dedupe_ttl_ms = dedupe_ttl_ms
-        self.ports = PortTable(self, lease_exists=lambda lease_id: self.leases.exists(lease_id))
+        self.ports = PortTable(
+            self,
+            lease_exists=lambda lease_id: self.leases.exists(lease_id),
+            health_leases=HealthLeases(
+                grant=lambda ttl_ms: self.leases.grant(ttl_ms).id,
+                renew=lambda lease_id: self.leases.renew(lease_id),
+                end=lambda lease_id, reason: self.leases.end(lease_id, reason),
+                exec_allowed=lambda host: self.membership.allows_exec_checks(host),
+            ),
+        )
         self.leases = LeaseTable(self, release=self._release_lease)
         self.registry = ModelTable(self)
-        self.membership = MembershipTable(self, leases=lambda: self.leases)
+        self.membership = MembershipTable(
+            self, leases=lambda: self.leases, node_ended=lambda node_id, reason: self.ports.node_ended(node_id, reason)
+        )
         self.gossip = GossipTable(self)
         self.auth = AuthTable(self)
         self._reset()

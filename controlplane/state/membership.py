@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from sortedcontainers import SortedDict
 
-from controlplane.state import limits
+from controlplane.state import health, limits
 from controlplane.state.journal import Journal
 from controlplane.state.leases import LeaseTable
 from controlplane.state.refusal import Handler, Refused, refusing
@@ -138,10 +138,17 @@ def check_network_fields(network: Network, fields: Iterable[str] = NETWORK_FIELD
 
 
 class MembershipTable:
-    def __init__(self, journal: Journal, leases: Callable[[], LeaseTable]) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        leases: Callable[[], LeaseTable],
+        node_ended: Callable[[str, str], None] | None = None,
+    ) -> None:
         # leases() rather than the table itself: the machine builds the two tables together.
         self._journal = journal
         self._leases = leases
+        # Told when a node goes DEAD or LEFT, in that command (its service instances turn critical).
+        self._node_ended = node_ended
         self.reset()
 
     def reset(self) -> None:
@@ -438,6 +445,8 @@ class MembershipTable:
         record.state_changed_unix_ms = self._now
         record.activity = ""
         self._store_node(record, reason)
+        if self._node_ended is not None:
+            self._node_ended(node_id, f"{state_name(state)} ({reason})")
         self._gone[node_id] = None
         while len(self._gone) > MAX_GONE_NODES:
             oldest, _ = self._gone.popitem(last=False)
@@ -452,6 +461,15 @@ class MembershipTable:
         previous = self.nodes.pop(node_id)
         self._gone.pop(node_id, None)
         self._record(f"nodes/{node_id}", watch_pb2.EVENT_TYPE_DELETE, node=previous, reason=reason)
+
+    def allows_exec_checks(self, node_id: str) -> bool:
+        """Whether a live node's agent runs exec health checks (it registered the capability)."""
+        record: NodeRecord | None = self.nodes.get(node_id)
+        return (
+            record is not None
+            and record.state not in GONE_STATES
+            and health.EXEC_CAPABILITY in record.spec.capabilities
+        )
 
     def release_lease(self, lease_id: int, reason: str, expired: bool) -> None:
         """A lease ended (the lease table calls this): its node dies, its client places are freed."""

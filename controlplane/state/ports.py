@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from controlplane.state import limits
+from controlplane.state import health, limits
 from controlplane.state.journal import Journal
 from controlplane.state.refusal import Handler, Refused, refusing
 from controlplane.state.refusal import check as _check
@@ -39,7 +39,6 @@ DEFAULT_PORT_NAME = "main"
 PORT_HISTORY_LIMIT = 1000
 DEFAULT_REPAIR_PASSES = 3
 PORT_MAP_FORMAT = "controlplane.ports/v1"
-HEALTH_CHECK_TYPES = ("", "none", "http", "tcp", "grpc")
 
 Action = ports_pb2.PortAction
 CommandResult = command_pb2.CommandResult
@@ -65,10 +64,33 @@ def _span(first: int, last: int) -> str:
     return str(first) if first == last else f"{first}-{last}"
 
 
+class HealthLeases:
+    """What service health needs from the lease table: ttl checks are leases (renewed without a
+    log write, expired by the leader like any other), and an exec check needs the host's consent."""
+
+    def __init__(
+        self,
+        grant: Callable[[int], int],
+        renew: Callable[[int], object],
+        end: Callable[[int, str], object],
+        exec_allowed: Callable[[str], bool],
+    ) -> None:
+        self.grant = grant  # ttl in ms -> a new lease's id
+        self.renew = renew
+        self.end = end
+        self.exec_allowed = exec_allowed  # host -> whether its live agent runs exec checks
+
+
 class PortTable:
-    def __init__(self, journal: Journal, lease_exists: Callable[[int], bool]) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        lease_exists: Callable[[int], bool],
+        health_leases: HealthLeases | None = None,
+    ) -> None:
         self._journal = journal
         self._lease_exists = lease_exists
+        self._health_leases = health_leases
         self.reset()
 
     def reset(self) -> None:
@@ -86,6 +108,8 @@ class PortTable:
         self.leaks: dict[tuple[str, int], ports_pb2.LeakCount] = {}
         self.cursors: dict[tuple[str, str], int] = {}
         self.hosts: dict[str, None] = {}
+        # ttl lease id -> the instance whose passing ttl report it holds (derived from the records).
+        self.ttl_leases: dict[int, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ dispatch
 
@@ -108,6 +132,8 @@ class PortTable:
             "ports_import": wrap(lambda c: self.import_map(c.ports_import)),
             "service_register": wrap(lambda c: self.register_service(c.service_register)),
             "service_deregister": wrap(lambda c: self.deregister_service(c.service_deregister)),
+            "service_health": wrap(lambda c: self.report_health(c.service_health)),
+            "service_reap": wrap(lambda c: self.reap_critical(c.service_reap)),
         }
 
     # ------------------------------------------------------------------ lookups
@@ -328,7 +354,14 @@ class PortTable:
         )
 
     def release_lease(self, lease_id: int, reason: str) -> int:
-        """Free every assignment held by a lease (it expired or was revoked); how many."""
+        """Free every assignment held by a lease (it expired or was revoked); how many. A ttl check's
+        lease ending turns its instance critical."""
+        instance = self.ttl_leases.pop(lease_id, None)
+        if instance is not None and instance in self.services:
+            check = self.services[instance].manifest.health_check
+            self._set_health(
+                *instance, health.CRITICAL, f"ttl expired: no passing report within {check.ttl_s}s", ttl_lease_id=0
+            )
         # Sorted: the index's order is not part of the snapshot, and the revisions must not depend on it.
         held = sorted(self.by_lease.get(lease_id, {}))
         for key in held:
@@ -850,12 +883,15 @@ class PortTable:
                         raise _invalid(f"port {declared.port} is outside its declared range {declared.range!r}")
             elif declared.range:
                 self.range_named(declared.range)
-        check = manifest.health_check
-        if check.type not in HEALTH_CHECK_TYPES:
-            raise _invalid(f"health check type {check.type!r} is not one of http, tcp, grpc, none")
-        if check.port_name and check.port_name not in names:
-            raise _invalid(f"health check probes port {check.port_name!r}, which the service does not declare")
-        _check(limits.check_text(check.path, "health check path"))
+        _check(health.check_problem(manifest))
+        if manifest.health_check.type == "exec" and (
+            self._health_leases is None or not self._health_leases.exec_allowed(manifest.host)
+        ):
+            raise _precondition(
+                f"cannot register {manifest.name} on {manifest.host} with an exec health check: no live agent "
+                f"on {manifest.host} allows exec checks (start it with --allow-exec-checks, which registers the "
+                f"capability {health.EXEC_CAPABILITY!r}), or use an http, tcp, grpc or ttl check"
+            )
         if len(manifest.capabilities) > 64 or len(manifest.labels) > 64:
             raise _invalid("at most 64 capabilities and 64 labels")
         for capability in manifest.capabilities:
@@ -932,6 +968,12 @@ class PortTable:
             registered_unix_ms=self._journal.time_unix_ms,
         )
         record.manifest.CopyFrom(manifest)
+        if prev_record is not None and prev_record.manifest.health_check == manifest.health_check:
+            record.health.CopyFrom(prev_record.health)  # the same check: its status stands
+        else:
+            if prev_record is not None:
+                self._end_ttl_lease(prev_record, "its health check changed")
+            record.health.CopyFrom(self._initial_health(manifest, revision))
         self.services[(host, service)] = record
         self.hosts.setdefault(host, None)
         for key in stale:
@@ -960,21 +1002,151 @@ class PortTable:
         _check(limits.check_name(request.name, "service name"))
         if (request.host, request.name) not in self.services:
             return self._result(service_deregister=ports_pb2.DeregisterServiceResponse(deregistered=False))
-        del self.services[(request.host, request.name)]
-        self._note(
-            Action.PORT_ACTION_SERVICE_DEREGISTERED,
-            f"services/{request.host}/{request.name}",
-            watch_pb2.EVENT_TYPE_DELETE,
-            host=request.host,
-            service=request.name,
-        )
-        released = [
-            self._drop(key, Action.PORT_ACTION_RELEASED, "service deregistered")
-            for key in self._service_keys(request.host, request.name)
-        ]
+        released = self._deregister(request.host, request.name, "service deregistered")
         return self._result(
             service_deregister=ports_pb2.DeregisterServiceResponse(deregistered=True, released=released)
         )
+
+    def _deregister(self, host: str, name: str, reason: str) -> list[ports_pb2.PortAssignment]:
+        """Remove an instance and release its ports (the one release path, into history and onto Watch)."""
+        record = self.services.pop((host, name))
+        self._note(
+            Action.PORT_ACTION_SERVICE_DEREGISTERED,
+            f"services/{host}/{name}",
+            watch_pb2.EVENT_TYPE_DELETE,
+            host=host,
+            service=name,
+            reason=reason,
+        )
+        released = [self._drop(key, Action.PORT_ACTION_RELEASED, reason) for key in self._service_keys(host, name)]
+        self._end_ttl_lease(record, reason)
+        return released
+
+    # ------------------------------------------------------------------ health
+
+    def _initial_health(self, manifest: ports_pb2.ServiceManifest, revision: int) -> ports_pb2.ServiceHealth:
+        """A service without a check passes; one with a check is critical until its first result
+        (Consul's rule: nothing is sent traffic before it has shown it can take it)."""
+        if health.has_check(manifest.health_check):
+            status, output = health.CRITICAL, "not checked yet"
+        else:
+            status, output = health.PASSING, "no health check"
+        return ports_pb2.ServiceHealth(
+            status=status, output=output, since_unix_ms=self._journal.time_unix_ms, revision=revision
+        )
+
+    def _end_ttl_lease(self, record: ports_pb2.ServiceRecord, reason: str) -> None:
+        lease_id = record.health.ttl_lease_id
+        # Out of the index first: the lease's end must not turn the instance critical on its way out.
+        if lease_id and self.ttl_leases.pop(lease_id, None) is not None and self._health_leases is not None:
+            self._health_leases.end(lease_id, reason)
+
+    def _set_health(
+        self, host: str, name: str, status: ports_pb2.HealthStatus, output: str, ttl_lease_id: int = 0
+    ) -> ports_pb2.ServiceHealth:
+        """One health change: a new revision, a watch event and a history entry."""
+        old = self.services[(host, name)]
+        record = ports_pb2.ServiceRecord()
+        record.CopyFrom(old)  # replaced, never changed in place: readers may hold the old one
+        revision = self._journal.revision + 1
+        record.health.CopyFrom(
+            ports_pb2.ServiceHealth(
+                status=status,
+                output=health.truncate(output),
+                since_unix_ms=self._journal.time_unix_ms,
+                revision=revision,
+                ttl_lease_id=ttl_lease_id,
+            )
+        )
+        self.services[(host, name)] = record
+        reason = health.status_name(status) + (f": {output[:200]}" if output else "")
+        noted = self._note(
+            Action.PORT_ACTION_HEALTH_CHANGED,
+            f"services/{host}/{name}",
+            watch_pb2.EVENT_TYPE_PUT,
+            host=host,
+            service=name,
+            reason=reason,
+            health=record.health,
+        )
+        self._remember(
+            name,
+            ports_pb2.PortHistoryEntry(
+                revision=noted,
+                time_unix_ms=self._journal.time_unix_ms,
+                action=Action.PORT_ACTION_HEALTH_CHANGED,
+                host=host,
+                service=name,
+                reason=reason,
+            ),
+        )
+        return record.health
+
+    def report_health(self, request: ports_pb2.ReportHealthRequest) -> CommandResult:
+        _check(limits.check_host(request.host) or limits.check_name(request.name, "service name"))
+        if request.status not in health.STATUSES:
+            raise _invalid(f"health status {request.status} is not passing, warning or critical")
+        record = self.services.get((request.host, request.name))
+        if record is None:
+            raise _not_found(f"no service {request.name!r} on {request.host!r}; register it first")
+        check = record.manifest.health_check
+        current = record.health
+        if check.type == "ttl" and request.status == health.PASSING:
+            if current.status == health.PASSING and self._lease_exists(current.ttl_lease_id):
+                # The normal ttl renewal through the log (the leader usually renews from memory).
+                assert self._health_leases is not None
+                self._health_leases.renew(current.ttl_lease_id)
+                return self._result(service_health=ports_pb2.ReportHealthResponse(health=current))
+            if self._health_leases is None:
+                raise _precondition("ttl checks are not available here")
+            self._end_ttl_lease(record, "replaced by a new passing report")
+            lease_id = self._health_leases.grant(check.ttl_s * 1000)
+            self.ttl_leases[lease_id] = (request.host, request.name)
+            changed = self._set_health(request.host, request.name, health.PASSING, request.output, lease_id)
+            return self._result(service_health=ports_pb2.ReportHealthResponse(health=changed, changed=True))
+        if request.status == current.status:
+            # Unchanged: no revision (an agent repeating itself after a lost answer, say).
+            return self._result(service_health=ports_pb2.ReportHealthResponse(health=current))
+        self._end_ttl_lease(record, f"reported {health.status_name(request.status)}")
+        changed = self._set_health(request.host, request.name, request.status, request.output)
+        return self._result(service_health=ports_pb2.ReportHealthResponse(health=changed, changed=True))
+
+    def node_ended(self, node_id: str, reason: str) -> None:
+        """A node died or left: every instance on it is critical, in the same command. Its ttl leases
+        end too, so the next passing report starts a fresh one."""
+        for host, name in sorted(key for key in self.services if key[0] == node_id):
+            record = self.services[(host, name)]
+            if record.health.status != health.CRITICAL:
+                self._end_ttl_lease(record, reason)
+                self._set_health(host, name, health.CRITICAL, f"node {node_id}: {reason}")
+
+    def critical_due(self, now_unix_ms: int) -> list[ports_pb2.ServiceKey]:
+        """Instances critical for at least their check's deregister_critical_after_s (the leader reaps them)."""
+        return [
+            ports_pb2.ServiceKey(host=host, name=name)
+            for (host, name), record in sorted(self.services.items())
+            if self._reapable(record, now_unix_ms)
+        ]
+
+    @staticmethod
+    def _reapable(record: ports_pb2.ServiceRecord, now_unix_ms: int) -> bool:
+        after_s = record.manifest.health_check.deregister_critical_after_s
+        return (
+            bool(after_s)
+            and record.health.status == health.CRITICAL
+            and record.health.since_unix_ms + after_s * 1000 <= now_unix_ms
+        )
+
+    def reap_critical(self, request: ports_pb2.ReapCriticalRequest) -> CommandResult:
+        deregistered = []
+        for key in request.services:
+            record = self.services.get((key.host, key.name))
+            # Re-checked against this entry's time: a passing report committed first wins.
+            if record is not None and self._reapable(record, self._journal.time_unix_ms):
+                after_s = record.manifest.health_check.deregister_critical_after_s
+                self._deregister(key.host, key.name, f"critical for {after_s}s (deregister_critical_after_s)")
+                deregistered.append(key)
+        return self._result(service_reap=ports_pb2.ReapCriticalResult(deregistered=deregistered))
 
     # ------------------------------------------------------------------ statistics
 
@@ -1180,6 +1352,8 @@ class PortTable:
         for record in state.services:
             self.services[(record.manifest.host, record.manifest.name)] = record
             self.hosts.setdefault(record.manifest.host, None)
+            if record.health.ttl_lease_id:
+                self.ttl_leases[record.health.ttl_lease_id] = (record.manifest.host, record.manifest.name)
         for entry in state.history:
             self.history.setdefault(entry.service, []).append(entry)
         self.history_totals = {t.service: t.total for t in state.history_totals}
@@ -1220,13 +1394,15 @@ class PortTable:
             raise _not_found(f"no history for service {service!r}: it never held a port")
         return [e for e in self.history[service] if e.revision > after_revision], self.history_totals[service]
 
-    def list_services(self, host: str = "", name: str = "") -> list[ports_pb2.ServiceRecord]:
+    def list_services(self, host: str = "", name: str = "", healthy: bool = False) -> list[ports_pb2.ServiceRecord]:
         if host:
             self.known_host(host)
         return [
             self.service_view(h, n)
             for h, n in sorted(self.services)
-            if (not host or h == host) and (not name or n == name)
+            if (not host or h == host)
+            and (not name or n == name)
+            and (not healthy or self.services[(h, n)].health.status in health.HEALTHY)
         ]
 
 

@@ -26,6 +26,7 @@ class PortAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PORT_ACTION_OBSERVED: _ClassVar[PortAction]
     PORT_ACTION_SERVICE_REGISTERED: _ClassVar[PortAction]
     PORT_ACTION_SERVICE_DEREGISTERED: _ClassVar[PortAction]
+    PORT_ACTION_HEALTH_CHANGED: _ClassVar[PortAction]
 
 class ConflictKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,6 +34,13 @@ class ConflictKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONFLICT_KIND_WRONG_HOLDER: _ClassVar[ConflictKind]
     CONFLICT_KIND_UNASSIGNED_BOUND: _ClassVar[ConflictKind]
     CONFLICT_KIND_MISPLACED: _ClassVar[ConflictKind]
+
+class HealthStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEALTH_STATUS_UNSPECIFIED: _ClassVar[HealthStatus]
+    HEALTH_STATUS_PASSING: _ClassVar[HealthStatus]
+    HEALTH_STATUS_WARNING: _ClassVar[HealthStatus]
+    HEALTH_STATUS_CRITICAL: _ClassVar[HealthStatus]
 PORT_ACTION_UNSPECIFIED: PortAction
 PORT_ACTION_ALLOCATED: PortAction
 PORT_ACTION_ASSIGNED: PortAction
@@ -49,10 +57,15 @@ PORT_ACTION_RANGE_DELETED: PortAction
 PORT_ACTION_OBSERVED: PortAction
 PORT_ACTION_SERVICE_REGISTERED: PortAction
 PORT_ACTION_SERVICE_DEREGISTERED: PortAction
+PORT_ACTION_HEALTH_CHANGED: PortAction
 CONFLICT_KIND_UNSPECIFIED: ConflictKind
 CONFLICT_KIND_WRONG_HOLDER: ConflictKind
 CONFLICT_KIND_UNASSIGNED_BOUND: ConflictKind
 CONFLICT_KIND_MISPLACED: ConflictKind
+HEALTH_STATUS_UNSPECIFIED: HealthStatus
+HEALTH_STATUS_PASSING: HealthStatus
+HEALTH_STATUS_WARNING: HealthStatus
+HEALTH_STATUS_CRITICAL: HealthStatus
 
 class PortRange(_message.Message):
     __slots__ = ("name", "start", "end", "description")
@@ -125,7 +138,7 @@ class PortHistoryEntry(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., action: _Optional[_Union[PortAction, str]] = ..., host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., old_port: _Optional[int] = ..., new_port: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PortEvent(_message.Message):
-    __slots__ = ("action", "host", "service", "name", "old_port", "new_port", "reason", "assignment", "prev_assignment")
+    __slots__ = ("action", "host", "service", "name", "old_port", "new_port", "reason", "assignment", "prev_assignment", "health")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +148,7 @@ class PortEvent(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     PREV_ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     action: PortAction
     host: str
     service: str
@@ -144,7 +158,8 @@ class PortEvent(_message.Message):
     reason: str
     assignment: PortAssignment
     prev_assignment: PortAssignment
-    def __init__(self, action: _Optional[_Union[PortAction, str]] = ..., host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., old_port: _Optional[int] = ..., new_port: _Optional[int] = ..., reason: _Optional[str] = ..., assignment: _Optional[_Union[PortAssignment, _Mapping]] = ..., prev_assignment: _Optional[_Union[PortAssignment, _Mapping]] = ...) -> None: ...
+    health: ServiceHealth
+    def __init__(self, action: _Optional[_Union[PortAction, str]] = ..., host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., old_port: _Optional[int] = ..., new_port: _Optional[int] = ..., reason: _Optional[str] = ..., assignment: _Optional[_Union[PortAssignment, _Mapping]] = ..., prev_assignment: _Optional[_Union[PortAssignment, _Mapping]] = ..., health: _Optional[_Union[ServiceHealth, _Mapping]] = ...) -> None: ...
 
 class ObservedPort(_message.Message):
     __slots__ = ("port", "holder", "pid")
@@ -213,18 +228,44 @@ class DeclaredPort(_message.Message):
     def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., range: _Optional[str] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class HealthCheck(_message.Message):
-    __slots__ = ("type", "port_name", "path", "interval_s", "timeout_s")
+    __slots__ = ("type", "port_name", "path", "interval_s", "timeout_s", "success_threshold", "failure_threshold", "command", "grpc_service", "ttl_s", "deregister_critical_after_s")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PORT_NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    GRPC_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    DEREGISTER_CRITICAL_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     type: str
     port_name: str
     path: str
     interval_s: int
     timeout_s: int
-    def __init__(self, type: _Optional[str] = ..., port_name: _Optional[str] = ..., path: _Optional[str] = ..., interval_s: _Optional[int] = ..., timeout_s: _Optional[int] = ...) -> None: ...
+    success_threshold: int
+    failure_threshold: int
+    command: _containers.RepeatedScalarFieldContainer[str]
+    grpc_service: str
+    ttl_s: int
+    deregister_critical_after_s: int
+    def __init__(self, type: _Optional[str] = ..., port_name: _Optional[str] = ..., path: _Optional[str] = ..., interval_s: _Optional[int] = ..., timeout_s: _Optional[int] = ..., success_threshold: _Optional[int] = ..., failure_threshold: _Optional[int] = ..., command: _Optional[_Iterable[str]] = ..., grpc_service: _Optional[str] = ..., ttl_s: _Optional[int] = ..., deregister_critical_after_s: _Optional[int] = ...) -> None: ...
+
+class ServiceHealth(_message.Message):
+    __slots__ = ("status", "output", "since_unix_ms", "revision", "ttl_lease_id")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TTL_LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    status: HealthStatus
+    output: str
+    since_unix_ms: int
+    revision: int
+    ttl_lease_id: int
+    def __init__(self, status: _Optional[_Union[HealthStatus, str]] = ..., output: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., revision: _Optional[int] = ..., ttl_lease_id: _Optional[int] = ...) -> None: ...
 
 class Requirements(_message.Message):
     __slots__ = ("gpus", "memory_mb", "cpu_millis")
@@ -266,18 +307,20 @@ class ServiceManifest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[DeclaredPort, _Mapping]]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., lease_id: _Optional[int] = ...) -> None: ...
 
 class ServiceRecord(_message.Message):
-    __slots__ = ("manifest", "ports", "create_revision", "mod_revision", "registered_unix_ms")
+    __slots__ = ("manifest", "ports", "create_revision", "mod_revision", "registered_unix_ms", "health")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     manifest: ServiceManifest
     ports: _containers.RepeatedCompositeFieldContainer[PortAssignment]
     create_revision: int
     mod_revision: int
     registered_unix_ms: int
-    def __init__(self, manifest: _Optional[_Union[ServiceManifest, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortAssignment, _Mapping]]] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., registered_unix_ms: _Optional[int] = ...) -> None: ...
+    health: ServiceHealth
+    def __init__(self, manifest: _Optional[_Union[ServiceManifest, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortAssignment, _Mapping]]] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., registered_unix_ms: _Optional[int] = ..., health: _Optional[_Union[ServiceHealth, _Mapping]] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
     __slots__ = ("host", "service", "name", "range", "preferred_port", "lease_id", "request_id")
@@ -724,14 +767,60 @@ class DeregisterServiceResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., deregistered: _Optional[bool] = ..., released: _Optional[_Iterable[_Union[PortAssignment, _Mapping]]] = ...) -> None: ...
 
 class ListServicesRequest(_message.Message):
-    __slots__ = ("read", "host", "name")
+    __slots__ = ("read", "host", "name", "healthy")
     READ_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
     read: _common_pb2.ReadOptions
     host: str
     name: str
-    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., host: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    healthy: bool
+    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., host: _Optional[str] = ..., name: _Optional[str] = ..., healthy: _Optional[bool] = ...) -> None: ...
+
+class ReportHealthRequest(_message.Message):
+    __slots__ = ("host", "name", "status", "output", "request_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    name: str
+    status: HealthStatus
+    output: str
+    request_id: str
+    def __init__(self, host: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[HealthStatus, str]] = ..., output: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ReportHealthResponse(_message.Message):
+    __slots__ = ("header", "health", "changed")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    health: ServiceHealth
+    changed: bool
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., health: _Optional[_Union[ServiceHealth, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ServiceKey(_message.Message):
+    __slots__ = ("host", "name")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    name: str
+    def __init__(self, host: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ReapCriticalRequest(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceKey]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceKey, _Mapping]]] = ...) -> None: ...
+
+class ReapCriticalResult(_message.Message):
+    __slots__ = ("deregistered",)
+    DEREGISTERED_FIELD_NUMBER: _ClassVar[int]
+    deregistered: _containers.RepeatedCompositeFieldContainer[ServiceKey]
+    def __init__(self, deregistered: _Optional[_Iterable[_Union[ServiceKey, _Mapping]]] = ...) -> None: ...
 
 class ListServicesResponse(_message.Message):
     __slots__ = ("header", "services")

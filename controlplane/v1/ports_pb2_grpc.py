@@ -873,6 +873,11 @@ class ServicesStub:
                 request_serializer=controlplane_dot_v1_dot_ports__pb2.ListServicesRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_ports__pb2.ListServicesResponse.FromString,
                 _registered_method=True)
+        self.ReportHealth = channel.unary_unary(
+                '/controlplane.v1.Services/ReportHealth',
+                request_serializer=controlplane_dot_v1_dot_ports__pb2.ReportHealthRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_ports__pb2.ReportHealthResponse.FromString,
+                _registered_method=True)
 
 
 class ServicesServicer:
@@ -895,7 +900,19 @@ class ServicesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Services with their ports and health; `healthy` keeps only instances that are not critical.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportHealth(self, request, context):
+        """A health check's result for an instance. Agents send only a status that differs from the
+        catalog's (an unchanged status costs no log write); a service with a ttl check reports itself
+        here, and a passing report of a passing ttl check only renews its ttl (no log write either).
+        INVALID_ARGUMENT for an unknown status, NOT_FOUND for an unknown instance, FAILED_PRECONDITION
+        for a service without a check (or a ttl report for a check of another type).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -917,6 +934,11 @@ def add_ServicesServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=controlplane_dot_v1_dot_ports__pb2.ListServicesRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_ports__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'ReportHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportHealth,
+                    request_deserializer=controlplane_dot_v1_dot_ports__pb2.ReportHealthRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_ports__pb2.ReportHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1000,6 +1022,33 @@ class Services:
             '/controlplane.v1.Services/List',
             controlplane_dot_v1_dot_ports__pb2.ListServicesRequest.SerializeToString,
             controlplane_dot_v1_dot_ports__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Services/ReportHealth',
+            controlplane_dot_v1_dot_ports__pb2.ReportHealthRequest.SerializeToString,
+            controlplane_dot_v1_dot_ports__pb2.ReportHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

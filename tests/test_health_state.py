@@ -1,0 +1,265 @@
+"""Service health in the replicated state machine, with no network (issue 21).
+
+Only status changes cost a revision; a node whose lease expires turns its instances critical in
+that same command; a ttl check is a lease (renewed without a revision, expired by the leader);
+deregister_critical_after_s reaps through the normal release path; bad input changes nothing.
+Every scenario runs on a twin fed the same entries and must end byte-identical, and survives a
+snapshot round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane.state import health
+from controlplane.state.machine import StateMachine, batch_entry
+from controlplane.v1 import command_pb2, common_pb2, leases_pb2, membership_pb2, ports_pb2
+
+PASSING = ports_pb2.HEALTH_STATUS_PASSING
+WARNING = ports_pb2.HEALTH_STATUS_WARNING
+CRITICAL = ports_pb2.HEALTH_STATUS_CRITICAL
+HEALTH_CHANGED = ports_pb2.PORT_ACTION_HEALTH_CHANGED
+
+
+class Twins:
+    """Two machines fed the same entries, at a leader time the test moves."""
+
+    def __init__(self) -> None:
+        self.machines = (StateMachine(), StateMachine())
+        self.now = 1_000_000
+
+    @property
+    def m(self) -> StateMachine:
+        return self.machines[0]
+
+    def run(self, request_id: str = "", **body: Any) -> command_pb2.CommandResult:
+        entry = batch_entry(self.now, "s1", [command_pb2.Command(request_id=request_id, **body)])
+        results = [machine.apply_entry(entry)[0] for machine in self.machines]
+        assert results[0] == results[1]
+        return results[0]
+
+    def ok(self, **body: Any) -> command_pb2.CommandResult:
+        result = self.run(**body)
+        assert not result.HasField("error"), result.error.message
+        return result
+
+    def register_node(self, node_id: str, *capabilities: str, ttl_ms: int = 5_000) -> int:
+        spec = membership_pb2.NodeSpec(id=node_id, role=membership_pb2.NODE_ROLE_AGENT, capabilities=capabilities)
+        result = self.ok(node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=ttl_ms))
+        return result.node_register.node.lease_id
+
+    def register(self, host: str, name: str, check: dict[str, Any] | None = None, **extra: Any) -> Any:
+        manifest = ports_pb2.ServiceManifest(
+            name=name,
+            host=host,
+            ports=[ports_pb2.DeclaredPort(name="http")],
+            health_check=ports_pb2.HealthCheck(**(check or {})),
+            **extra,
+        )
+        return self.run(service_register=ports_pb2.RegisterServiceRequest(manifest=manifest))
+
+    def report(self, host: str, name: str, status: int, output: str = "", request_id: str = "") -> Any:
+        return self.run(
+            request_id,
+            service_health=ports_pb2.ReportHealthRequest(host=host, name=name, status=status, output=output),  # type: ignore[arg-type]
+        )
+
+    def health(self, host: str, name: str) -> ports_pb2.ServiceHealth:
+        return self.m.ports.services[(host, name)].health
+
+    def same(self) -> None:
+        assert self.machines[0].snapshot() == self.machines[1].snapshot()
+        copy = StateMachine()
+        copy.restore(self.m.snapshot())
+        assert copy.snapshot() == self.m.snapshot()
+        assert copy.ports.ttl_leases == self.m.ports.ttl_leases
+
+
+HTTP = {"type": "http", "path": "/healthz", "interval_s": 1}
+
+
+def test_a_check_starts_critical_and_a_service_without_one_passes() -> None:
+    t = Twins()
+    t.register_node("n1")
+    assert t.register("n1", "api", HTTP).service_register.service.health.status == CRITICAL
+    assert t.health("n1", "api").output == "not checked yet"
+    t.register("n1", "plain")
+    assert t.health("n1", "plain").status == PASSING
+    assert [r.manifest.name for r in t.m.ports.list_services(healthy=True)] == ["plain"]
+    t.same()
+
+
+def test_only_a_changed_status_costs_a_revision_and_is_idempotent_by_request_id() -> None:
+    t = Twins()
+    t.register_node("n1")
+    t.register("n1", "api", HTTP)
+    before = t.m.revision
+    changed = t.report("n1", "api", PASSING, "HTTP 200", request_id="r1")
+    assert changed.service_health.changed and t.m.revision == before + 1
+    event = t.m.events_from(t.m.revision)[0]
+    assert event.key == "services/n1/api" and event.port.action == HEALTH_CHANGED
+    assert event.port.health.status == PASSING
+    # The same request again: the recorded answer, nothing new.
+    assert t.report("n1", "api", PASSING, "HTTP 200", request_id="r1") == changed
+    # The same status again (an agent repeating itself): no revision, no event.
+    again = t.report("n1", "api", PASSING, "HTTP 200 again")
+    assert not again.service_health.changed and t.m.revision == before + 1
+    assert t.health("n1", "api").output == "HTTP 200"
+    t.report("n1", "api", WARNING, "HTTP 429")
+    assert [r.manifest.name for r in t.m.ports.list_services(healthy=True)] == ["api"]
+    t.report("n1", "api", CRITICAL, "connection refused")
+    assert t.m.ports.list_services(healthy=True) == []
+    history = [e for e in t.m.ports.history["api"] if e.action == HEALTH_CHANGED]
+    assert [e.reason.split(":")[0] for e in history] == ["passing", "warning", "critical"]
+    t.same()
+
+
+def test_output_is_truncated_and_bounded() -> None:
+    t = Twins()
+    t.register_node("n1")
+    t.register("n1", "api", HTTP)
+    t.report("n1", "api", PASSING, "x" * 100_000)
+    output = t.health("n1", "api").output
+    assert len(output) == health.MAX_OUTPUT_CHARS and output.endswith("...")
+    t.same()
+
+
+def test_reregistering_the_same_check_keeps_its_status_a_changed_check_starts_over() -> None:
+    t = Twins()
+    t.register_node("n1")
+    t.register("n1", "api", HTTP)
+    t.report("n1", "api", PASSING)
+    t.register("n1", "api", HTTP, version="2")
+    assert t.health("n1", "api").status == PASSING
+    t.register("n1", "api", {**HTTP, "path": "/ready"})
+    assert t.health("n1", "api").status == CRITICAL
+    t.same()
+
+
+def test_lease_expiry_turns_the_nodes_instances_critical_in_the_same_command() -> None:
+    t = Twins()
+    lease = t.register_node("n1", ttl_ms=5_000)
+    t.register("n1", "api", HTTP)
+    t.register("n1", "plain")
+    t.register_node("n2")
+    t.register("n2", "other", HTTP)
+    t.report("n1", "api", PASSING)
+    t.report("n2", "other", PASSING)
+    t.now += 10_000
+    result = t.ok(lease_expire=leases_pb2.ExpireLeases(lease_ids=[lease]))
+    assert list(result.lease_expire.expired) == [lease]
+    assert t.m.membership.nodes["n1"].state == membership_pb2.NODE_STATE_DEAD
+    for name in ("api", "plain"):
+        record = t.health("n1", name)
+        assert record.status == CRITICAL and "dead" in record.output
+        assert record.revision <= result.revision
+    assert t.health("n2", "other").status == PASSING
+    assert [r.manifest.name for r in t.m.ports.list_services(healthy=True)] == ["other"]
+    t.same()
+
+
+def test_a_clean_deregistration_of_the_node_turns_its_instances_critical() -> None:
+    t = Twins()
+    t.register_node("n1")
+    t.register("n1", "plain")
+    t.ok(node_deregister=membership_pb2.DeregisterNodeRequest(node_id="n1"))
+    assert t.health("n1", "plain").status == CRITICAL
+    # The agent back: it reports its check-less services passing again.
+    t.register_node("n1")
+    assert t.report("n1", "plain", PASSING).service_health.changed
+    t.same()
+
+
+def test_ttl_check_is_a_lease_renewed_without_a_revision_and_expiring_to_critical() -> None:
+    t = Twins()
+    t.register_node("n1")
+    t.register("n1", "job", {"type": "ttl", "ttl_s": 5})
+    assert t.health("n1", "job").status == CRITICAL
+    first = t.report("n1", "job", PASSING, "alive")
+    lease = first.service_health.health.ttl_lease_id
+    assert first.service_health.changed and lease and t.m.ports.ttl_leases == {lease: ("n1", "job")}
+    t.same()
+    revision = t.m.revision
+    t.now += 3_000
+    renewed = t.report("n1", "job", PASSING)
+    assert not renewed.service_health.changed and t.m.revision == revision
+    assert t.m.leases.leases[lease].renewed_unix_ms == t.now
+    # Silence past the ttl: the leader's expiry turns it critical.
+    t.now += 6_000
+    assert lease in [due.id for due in t.m.leases.expired_by(t.now)]
+    t.ok(lease_expire=leases_pb2.ExpireLeases(lease_ids=[lease]))
+    assert t.health("n1", "job").status == CRITICAL and "ttl expired" in t.health("n1", "job").output
+    assert t.m.ports.ttl_leases == {}
+    # Reporting again starts a fresh lease.
+    back = t.report("n1", "job", PASSING)
+    assert back.service_health.changed and back.service_health.health.ttl_lease_id not in (0, lease)
+    # Deregistering ends the lease (not left behind to expire into a missing service).
+    t.ok(service_deregister=ports_pb2.DeregisterServiceRequest(host="n1", name="job"))
+    assert back.service_health.health.ttl_lease_id not in t.m.leases.leases and t.m.ports.ttl_leases == {}
+    t.same()
+
+
+def test_deregister_critical_after_releases_ports_through_the_release_path() -> None:
+    t = Twins()
+    t.register_node("n1")
+    t.register("n1", "api", {**HTTP, "deregister_critical_after_s": 30})
+    t.report("n1", "api", PASSING)
+    t.report("n1", "api", CRITICAL, "refused")
+    assert t.m.ports.critical_due(t.now + 29_999) == []
+    t.now += 30_000
+    due = t.m.ports.critical_due(t.now)
+    assert [(k.host, k.name) for k in due] == [("n1", "api")]
+    # A passing report that commits before the reap wins: the reap re-checks.
+    t.report("n1", "api", PASSING)
+    assert list(t.ok(service_reap=ports_pb2.ReapCriticalRequest(services=due)).service_reap.deregistered) == []
+    t.report("n1", "api", CRITICAL)
+    t.now += 30_000
+    reaped = t.ok(service_reap=ports_pb2.ReapCriticalRequest(services=due))
+    assert list(reaped.service_reap.deregistered) == list(due)
+    assert ("n1", "api") not in t.m.ports.services and not t.m.ports.by_port.get("n1")
+    released = [e for e in t.m.ports.history["api"] if e.action == ports_pb2.PORT_ACTION_RELEASED]
+    assert released and "deregister_critical_after_s" in released[-1].reason
+    t.same()
+
+
+@pytest.mark.parametrize(
+    ("check", "code", "words"),
+    [
+        ({"type": "http", "port_name": "grpc"}, "INVALID_ARGUMENT", "does not declare"),
+        ({"type": "icmp"}, "INVALID_ARGUMENT", "not one of"),
+        ({"type": "exec", "command": ["true"]}, "FAILED_PRECONDITION", "allows exec checks"),
+        ({"type": "exec"}, "INVALID_ARGUMENT", "needs command"),
+        ({"type": "ttl"}, "INVALID_ARGUMENT", "needs ttl_s"),
+        ({"type": "http", "interval_s": 2, "timeout_s": 5}, "INVALID_ARGUMENT", "longer than"),
+        ({"deregister_critical_after_s": 5}, "INVALID_ARGUMENT", "needs a health check"),
+    ],
+)
+def test_bad_checks_are_refused_and_change_nothing(check: dict[str, Any], code: str, words: str) -> None:
+    t = Twins()
+    t.register_node("n1")
+    before = t.m.snapshot()
+    result = t.register("n1", "api", check)
+    assert common_pb2.ErrorCode.Name(result.error.code) == f"ERROR_CODE_{code}" and words in result.error.message
+    assert t.m.snapshot() == before
+
+
+def test_exec_checks_need_a_live_agent_that_opted_in() -> None:
+    t = Twins()
+    t.register_node("n1", health.EXEC_CAPABILITY)
+    assert not t.register("n1", "job", {"type": "exec", "command": ["true"]}).HasField("error")
+    t.ok(node_deregister=membership_pb2.DeregisterNodeRequest(node_id="n1"))
+    refused = t.register("n1", "job2", {"type": "exec", "command": ["true"]})
+    assert refused.error.code == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+
+
+def test_bad_reports_are_refused_and_change_nothing() -> None:
+    t = Twins()
+    t.register_node("n1")
+    t.register("n1", "api", HTTP)
+    before = t.m.snapshot()
+    assert t.report("n1", "api", 0).error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    assert t.report("n1", "api", 9).error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    assert t.report("n1", "nope", PASSING).error.code == common_pb2.ERROR_CODE_NOT_FOUND
+    assert t.m.snapshot() == before
