@@ -211,12 +211,32 @@ METHODS = [
     (
         "services",
         "list",
-        'self, *, host: str = "", name: str = "", consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None',
+        'self, *, host: str = "", name: str = "", healthy: bool = False, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None',
         "tuple[ServiceRecord, ...]",
-        "Registered services with the ports they hold.",
+        "Registered services with the ports they hold and their health; ``healthy`` keeps only\n        instances that are passing or warning.",
         "P.LIST_SERVICES",
-        "ports_pb2.ListServicesRequest(read=P.read_options(consistency, min_revision), host=host, name=name)",
+        "ports_pb2.ListServicesRequest(read=P.read_options(consistency, min_revision), host=host, name=name, healthy=healthy)",
         "tuple(P.service_record(x) for x in r.services)",
+    ),
+    (
+        "services",
+        "healthy",
+        'self, name: str, *, host: str = "", consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None',
+        "tuple[ServiceRecord, ...]",
+        "The instances of service ``name`` that are passing or warning (never a critical one).",
+        "P.LIST_SERVICES",
+        "ports_pb2.ListServicesRequest(read=P.read_options(consistency, min_revision), host=host, name=name, healthy=True)",
+        "tuple(P.service_record(x) for x in r.services)",
+    ),
+    (
+        "services",
+        "report_health",
+        'self, host: str, name: str, status: HealthStatus | str, output: str = "", *, request_id: str | None = None, timeout: float | None = None',
+        "ServiceHealth",
+        'A health check\'s result for an instance ("passing", "warning" or "critical"). A service with\n        a ttl check calls this within its ``ttl_s``: a passing report of a passing ttl check renews it\n        without a log write. An unchanged status of other checks changes nothing.',
+        "P.REPORT_HEALTH",
+        "ports_pb2.ReportHealthRequest(host=host, name=name, status=P.health_status(status), output=output, request_id=P.rid(request_id))",
+        "P.convert(P.ServiceHealth, r.health)",
     ),
     (
         "leases",
@@ -474,6 +494,7 @@ from controlplane.client._models import Consistency
 from controlplane.client._ports import (
     AllocateResult,
     Conflict,
+    HealthStatus,
     ImportResult,
     Lease,
     PortAssignment,
@@ -486,6 +507,7 @@ from controlplane.client._ports import (
     RepairResult,
     Reservation,
     ResolveResult,
+    ServiceHealth,
     ServiceRecord,
 )
 from controlplane.client._registry import (

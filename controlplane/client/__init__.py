@@ -66,6 +66,7 @@ from controlplane.client._ports import (
     AllocateResult,
     Conflict,
     ConflictKind,
+    HealthStatus,
     ImportResult,
     Lease,
     PortAction,
@@ -83,6 +84,7 @@ from controlplane.client._ports import (
     RepairResult,
     Reservation,
     ResolveResult,
+    ServiceHealth,
     ServiceRecord,
 )
 from controlplane.client._registry import (
@@ -144,6 +146,7 @@ __all__ = [
     "GossipEvent",
     "GroupChange",
     "GroupConfig",
+    "HealthStatus",
     "ImportResult",
     "Internal",
     "InvalidArgument",
@@ -201,6 +204,7 @@ __all__ = [
     "RoundState",
     "SearchHit",
     "SearchResult",
+    "ServiceHealth",
     "ServiceRecord",
     "Shutdown",
     "SnapshotInfo",

@@ -31,6 +31,7 @@ from controlplane.client._models import Consistency
 from controlplane.client._ports import (
     AllocateResult,
     Conflict,
+    HealthStatus,
     ImportResult,
     Lease,
     PortAssignment,
@@ -43,6 +44,7 @@ from controlplane.client._ports import (
     RepairResult,
     Reservation,
     ResolveResult,
+    ServiceHealth,
     ServiceRecord,
 )
 from controlplane.client._registry import (
@@ -420,17 +422,62 @@ class Services:
         *,
         host: str = "",
         name: str = "",
+        healthy: bool = False,
         consistency: Consistency = Consistency.LINEARIZABLE,
         min_revision: int = 0,
         timeout: float | None = None,
     ) -> tuple[ServiceRecord, ...]:
-        """Registered services with the ports they hold."""
+        """Registered services with the ports they hold and their health; ``healthy`` keeps only
+        instances that are passing or warning."""
         r = self._unary(
             P.LIST_SERVICES,
-            ports_pb2.ListServicesRequest(read=P.read_options(consistency, min_revision), host=host, name=name),
+            ports_pb2.ListServicesRequest(
+                read=P.read_options(consistency, min_revision), host=host, name=name, healthy=healthy
+            ),
             timeout,
         )
         return tuple(P.service_record(x) for x in r.services)
+
+    def healthy(
+        self,
+        name: str,
+        *,
+        host: str = "",
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> tuple[ServiceRecord, ...]:
+        """The instances of service ``name`` that are passing or warning (never a critical one)."""
+        r = self._unary(
+            P.LIST_SERVICES,
+            ports_pb2.ListServicesRequest(
+                read=P.read_options(consistency, min_revision), host=host, name=name, healthy=True
+            ),
+            timeout,
+        )
+        return tuple(P.service_record(x) for x in r.services)
+
+    def report_health(
+        self,
+        host: str,
+        name: str,
+        status: HealthStatus | str,
+        output: str = "",
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ServiceHealth:
+        """A health check's result for an instance ("passing", "warning" or "critical"). A service with
+        a ttl check calls this within its ``ttl_s``: a passing report of a passing ttl check renews it
+        without a log write. An unchanged status of other checks changes nothing."""
+        r = self._unary(
+            P.REPORT_HEALTH,
+            ports_pb2.ReportHealthRequest(
+                host=host, name=name, status=P.health_status(status), output=output, request_id=P.rid(request_id)
+            ),
+            timeout,
+        )
+        return P.convert(P.ServiceHealth, r.health)
 
 
 class Leases:
@@ -1645,17 +1692,62 @@ class AsyncServices:
         *,
         host: str = "",
         name: str = "",
+        healthy: bool = False,
         consistency: Consistency = Consistency.LINEARIZABLE,
         min_revision: int = 0,
         timeout: float | None = None,
     ) -> tuple[ServiceRecord, ...]:
-        """Registered services with the ports they hold."""
+        """Registered services with the ports they hold and their health; ``healthy`` keeps only
+        instances that are passing or warning."""
         r = await self._unary(
             P.LIST_SERVICES,
-            ports_pb2.ListServicesRequest(read=P.read_options(consistency, min_revision), host=host, name=name),
+            ports_pb2.ListServicesRequest(
+                read=P.read_options(consistency, min_revision), host=host, name=name, healthy=healthy
+            ),
             timeout,
         )
         return tuple(P.service_record(x) for x in r.services)
+
+    async def healthy(
+        self,
+        name: str,
+        *,
+        host: str = "",
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> tuple[ServiceRecord, ...]:
+        """The instances of service ``name`` that are passing or warning (never a critical one)."""
+        r = await self._unary(
+            P.LIST_SERVICES,
+            ports_pb2.ListServicesRequest(
+                read=P.read_options(consistency, min_revision), host=host, name=name, healthy=True
+            ),
+            timeout,
+        )
+        return tuple(P.service_record(x) for x in r.services)
+
+    async def report_health(
+        self,
+        host: str,
+        name: str,
+        status: HealthStatus | str,
+        output: str = "",
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ServiceHealth:
+        """A health check's result for an instance ("passing", "warning" or "critical"). A service with
+        a ttl check calls this within its ``ttl_s``: a passing report of a passing ttl check renews it
+        without a log write. An unchanged status of other checks changes nothing."""
+        r = await self._unary(
+            P.REPORT_HEALTH,
+            ports_pb2.ReportHealthRequest(
+                host=host, name=name, status=P.health_status(status), output=output, request_id=P.rid(request_id)
+            ),
+            timeout,
+        )
+        return P.convert(P.ServiceHealth, r.health)
 
 
 class AsyncLeases:

@@ -26,6 +26,7 @@ __all__ = [
     "AllocateResult",
     "Conflict",
     "ConflictKind",
+    "HealthStatus",
     "ImportResult",
     "Lease",
     "PortAction",
@@ -43,6 +44,7 @@ __all__ = [
     "RepairResult",
     "Reservation",
     "ResolveResult",
+    "ServiceHealth",
     "ServiceRecord",
 ]
 
@@ -67,6 +69,19 @@ class PortAction(enum.Enum):
     OBSERVED = ports_pb2.PORT_ACTION_OBSERVED
     SERVICE_REGISTERED = ports_pb2.PORT_ACTION_SERVICE_REGISTERED
     SERVICE_DEREGISTERED = ports_pb2.PORT_ACTION_SERVICE_DEREGISTERED
+    #: A service instance's health status changed (``PortEvent.health``).
+    HEALTH_CHANGED = ports_pb2.PORT_ACTION_HEALTH_CHANGED
+
+
+class HealthStatus(enum.Enum):
+    """A service instance's health in the catalog."""
+
+    #: Not known yet (an instance imported from a port map, before its agent reports).
+    UNSPECIFIED = ports_pb2.HEALTH_STATUS_UNSPECIFIED
+    PASSING = ports_pb2.HEALTH_STATUS_PASSING
+    #: Degraded but serving: still listed as healthy.
+    WARNING = ports_pb2.HEALTH_STATUS_WARNING
+    CRITICAL = ports_pb2.HEALTH_STATUS_CRITICAL
 
 
 class ConflictKind(enum.Enum):
@@ -136,6 +151,8 @@ class PortEvent:
     reason: str
     assignment: PortAssignment | None
     prev_assignment: PortAssignment | None
+    #: HEALTH_CHANGED: the instance's health after the change.
+    health: ServiceHealth | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +268,23 @@ class ImportResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceHealth:
+    status: HealthStatus
+    #: The check's last output (at most 1024 characters).
+    output: str
+    #: Leader time at which the status took its value.
+    since_unix_ms: int
+    revision: int
+    #: ttl checks: the lease a passing report holds (0 when not passing).
+    ttl_lease_id: int
+
+    @property
+    def healthy(self) -> bool:
+        """Passing or warning: what ``services.healthy`` lists."""
+        return self.status in (HealthStatus.PASSING, HealthStatus.WARNING)
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceRecord:
     name: str
     version: str
@@ -262,6 +296,7 @@ class ServiceRecord:
     create_revision: int
     mod_revision: int
     registered_unix_ms: int
+    health: ServiceHealth
 
 
 # --- conversion ----------------------------------------------------------------------------------
@@ -323,7 +358,18 @@ def service_record(record: ports_pb2.ServiceRecord) -> ServiceRecord:
         create_revision=record.create_revision,
         mod_revision=record.mod_revision,
         registered_unix_ms=record.registered_unix_ms,
+        health=convert(ServiceHealth, record.health),
     )
+
+
+def health_status(status: HealthStatus | str) -> ports_pb2.HealthStatus:
+    """ "passing", "warning", "critical" or a HealthStatus, as the wire value; InvalidArgument otherwise."""
+    if isinstance(status, HealthStatus):
+        return status.value  # type: ignore[no-any-return]
+    try:
+        return HealthStatus[status.upper()].value  # type: ignore[no-any-return]
+    except KeyError:
+        raise errors.InvalidArgument(f"health status {status!r} is not passing, warning or critical") from None
 
 
 def manifest_message(manifest: Mapping[str, Any]) -> ports_pb2.ServiceManifest:
@@ -404,6 +450,7 @@ _S = "/controlplane.v1.Services/"
 REGISTER = Rpc(_S + "Register", ports_pb2.RegisterServiceResponse, write=True)
 DEREGISTER = Rpc(_S + "Deregister", ports_pb2.DeregisterServiceResponse, write=True)
 LIST_SERVICES = Rpc(_S + "List", ports_pb2.ListServicesResponse, write=False)
+REPORT_HEALTH = Rpc(_S + "ReportHealth", ports_pb2.ReportHealthResponse, write=True)
 
 _L = "/controlplane.v1.Leases/"
 GRANT = Rpc(_L + "Grant", leases_pb2.GrantLeaseResponse, write=True)

@@ -120,6 +120,7 @@ class Housekeeper:
                     if node.raft.term() == term and node.raft.is_leader():
                         node.renewals.ready = True
                 await self._expire_leases()
+                await self._reap_critical()
                 await self._end_overdue_rounds()
                 self._start_due_rounds()
                 if self._config.lease_checkpoint_interval_s and time.monotonic() >= self._next_checkpoint:
@@ -178,6 +179,27 @@ class Housekeeper:
         if result.lease_expire.expired:
             renewals.forget(list(result.lease_expire.expired))
             log.info("leases_expired", leases=list(result.lease_expire.expired))
+
+    async def _reap_critical(self) -> None:
+        """Deregister instances critical for their check's deregister_critical_after_s (their ports
+        go through the normal release path). The state machine re-checks each against the entry's
+        time, so a passing report that commits first keeps its instance."""
+        with self._node.state_lock:
+            due = self._node.machine.ports.critical_due(time.time_ns() // 1_000_000)
+        if not due:
+            return
+        result = await self._node.write(
+            command_pb2.Command(
+                request_id=f"reap-{uuid.uuid4().hex}",
+                service_reap=ports_pb2.ReapCriticalRequest(services=due[:MAX_EXPIRE_PER_COMMAND]),
+            ),
+            PROPOSE_TIMEOUT_S,
+        )
+        if result.service_reap.deregistered:
+            log.warning(
+                "critical_services_deregistered",
+                services=[f"{key.name}@{key.host}" for key in result.service_reap.deregistered],
+            )
 
     async def _end_overdue_rounds(self) -> None:
         """End every gossip round past its deadline: a round never waits for a dead peer. The state

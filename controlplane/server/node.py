@@ -69,6 +69,7 @@ from controlplane.v1 import (
     kv_pb2,
     leases_pb2,
     membership_pb2,
+    ports_pb2,
     watch_pb2,
 )
 
@@ -507,6 +508,22 @@ class Node:
         self.renewals.renew(lease_id, now)
         view.renewed_unix_ms = now
         return view
+
+    def ttl_pass_from_memory(self, request: ports_pb2.ReportHealthRequest) -> ports_pb2.ServiceHealth | None:
+        """A passing report of a ttl check that is passing already: its lease renewed from memory, no
+        log write (``renew_from_memory``). None when the report needs the log (a change of status,
+        another kind of check, an unknown instance: the log answers)."""
+        if request.status != ports_pb2.HEALTH_STATUS_PASSING:
+            return None
+        with self.state_lock:
+            record = self.machine.ports.services.get((request.host, request.name))
+            if record is None or record.manifest.health_check.type != "ttl":
+                return None
+            current = ports_pb2.ServiceHealth()
+            current.CopyFrom(record.health)
+        if current.status != ports_pb2.HEALTH_STATUS_PASSING or not current.ttl_lease_id:
+            return None
+        return current if self.renew_from_memory(current.ttl_lease_id) is not None else None
 
     def heartbeat_from_memory(
         self, request: membership_pb2.HeartbeatRequest

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from controlplane.errors import DeadlineExceeded, InvalidArgument, NoLeader, NotFound, Unavailable, error_from_rpc
 from controlplane.server.node import Node
 from controlplane.server.nodeview import node_views
-from controlplane.state import limits
+from controlplane.state import health, limits
 from controlplane.state.gossip import check_configure
 from controlplane.state.machine import DOMAIN_KV
 from controlplane.state.membership import check_network_fields, check_node_spec
@@ -453,8 +453,29 @@ class ServicesService(ports_pb2_grpc.ServicesServicer):
     ) -> ports_pb2.ListServicesResponse:
         await self._node.prepare_read(request.read, _timeout(context))
         ports = self._node.machine.ports
-        services, revision = self._node.read_state(lambda: ports.list_services(request.host, request.name))
+        services, revision = self._node.read_state(
+            lambda: ports.list_services(request.host, request.name, request.healthy)
+        )
         return ports_pb2.ListServicesResponse(header=self._node.header(revision), services=services)
+
+    async def ReportHealth(
+        self, request: ports_pb2.ReportHealthRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReportHealthResponse:
+        _check(limits.check_host(request.host) or limits.check_name(request.name, "service name"))
+        if request.status not in health.STATUSES:
+            _check(f"health status {request.status} is not passing, warning or critical")
+        # Cut before the log: the state machine would cut it anyway, after carrying it.
+        request.output = health.truncate(request.output)
+        # A passing ttl report of a passing ttl check renews its lease from the leader's memory.
+        forwarded = await _to_leader(
+            self._node, context, lambda ch: ports_pb2_grpc.ServicesStub(ch).ReportHealth, request
+        )
+        if forwarded is not None:
+            return forwarded
+        answered = self._node.ttl_pass_from_memory(request)
+        if answered is not None:
+            return ports_pb2.ReportHealthResponse(header=self._node.header(), health=answered)
+        return await _replicate(self._node, "service_health", request, ports_pb2.ReportHealthResponse)
 
 
 class LeasesService(leases_pb2_grpc.LeasesServicer):
