@@ -93,6 +93,7 @@ from gateway.models import (
     RegisterNodeIn,
     SdkBackend,
     SearchOut,
+    ServicesOut,
     bootstrap_out,
     cluster_out,
     consistency_of,
@@ -106,6 +107,7 @@ from gateway.models import (
     registered_out,
     require_leader,
     search_out,
+    services_out,
 )
 
 __all__ = [
@@ -615,6 +617,19 @@ async def list_ports(
 ) -> PortsOut:
     """Port assignments (and reservations, unless filtered by service), by host and port."""
     return ports_out(await gateway.backend.ports(host, service, consistency_of(consistency)))
+
+
+@v1.get(
+    "/services/{name}", response_model=ServicesOut, tags=["services"], responses=READ_RESPONSES, dependencies=inventory
+)
+async def get_service(
+    gateway: GatewayDep,
+    name: Annotated[str, Path(min_length=1, max_length=NAME_CHARS)],
+    healthy: Annotated[bool, Query(description="Only instances passing or warning, never a critical one")] = False,
+    consistency: ConsistencyQuery = "linearizable",
+) -> ServicesOut:
+    """The instances of a service with their ports and health (an empty list when none matches)."""
+    return services_out(await gateway.backend.services(name, healthy, consistency_of(consistency)))
 
 
 @v1.get("/models/search", response_model=SearchOut, tags=["models"], responses=READ_RESPONSES, dependencies=inventory)

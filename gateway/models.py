@@ -40,6 +40,7 @@ from controlplane.client import (
     Reservation,
     Role,
     SearchResult,
+    ServiceRecord,
 )
 from controlplane.state import limits
 from controlplane.state import membership as membership_limits
@@ -378,6 +379,27 @@ class PortsOut(_Out):
     reservations: list[ReservationOut]
 
 
+class ServiceHealthOut(_Out):
+    status: Literal["passing", "warning", "critical", "unknown"]
+    output: str = Field(description="The check's last output (at most 1024 characters)")
+    since_unix_ms: int
+    revision: int
+
+
+class ServiceInstanceOut(_Out):
+    name: str
+    version: str
+    host: str
+    ports: list[PortAssignmentOut]
+    health: ServiceHealthOut
+    check: dict[str, Any] = Field(description="The manifest's health_check, as registered")
+    labels: dict[str, str]
+
+
+class ServicesOut(_Out):
+    instances: list[ServiceInstanceOut]
+
+
 class ModelOut(_Out):
     name: str
     description: str
@@ -609,6 +631,28 @@ def ports_out(ports: PortList) -> PortsOut:
     )
 
 
+def services_out(records: Sequence[ServiceRecord]) -> ServicesOut:
+    return ServicesOut(
+        instances=[
+            ServiceInstanceOut(
+                name=r.name,
+                version=r.version,
+                host=r.host,
+                ports=[_assignment_out(a) for a in r.ports],
+                health=ServiceHealthOut(
+                    status=r.health.status.name.lower() if r.health.status.value else "unknown",  # type: ignore[arg-type]
+                    output=r.health.output,
+                    since_unix_ms=r.health.since_unix_ms,
+                    revision=r.health.revision,
+                ),
+                check=dict(r.manifest.get("health_check") or {}),
+                labels=dict(r.manifest.get("labels") or {}),
+            )
+            for r in records
+        ],
+    )
+
+
 def search_out(result: SearchResult) -> SearchOut:
     return SearchOut(
         revision=result.revision,
@@ -686,6 +730,8 @@ class Backend(Protocol):
     async def get_network(self, name: str, consistency: Consistency) -> NetworkDetail: ...
 
     async def ports(self, host: str, service: str, consistency: Consistency) -> PortList: ...
+
+    async def services(self, name: str, healthy: bool, consistency: Consistency) -> tuple[ServiceRecord, ...]: ...
 
     async def search_models(
         self, query: str, tag: str, family: str, limit: int, offset: int, consistency: Consistency
@@ -796,6 +842,9 @@ class SdkBackend:
 
     async def ports(self, host: str, service: str, consistency: Consistency) -> PortList:
         return await self.client.ports.list(host=host, service=service, consistency=consistency)
+
+    async def services(self, name: str, healthy: bool, consistency: Consistency) -> tuple[ServiceRecord, ...]:
+        return await self.client.services.list(name=name, healthy=healthy, consistency=consistency)
 
     async def search_models(
         self, query: str, tag: str, family: str, limit: int, offset: int, consistency: Consistency

@@ -13,6 +13,7 @@ import typer
 
 from controlplane import __version__
 from controlplane.agent import Agent
+from controlplane.checks import HealthChecker
 from controlplane.cli import app
 from controlplane.cli.common import (
     EndpointsOption,
@@ -24,7 +25,7 @@ from controlplane.cli.common import (
 )
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import AsyncClient, ControlPlaneError, Moves, Network, NodeView
-from controlplane.state import limits
+from controlplane.state import health, limits
 from gossip.artifacts import ArtifactServer, ArtifactStore, announce
 
 nodes_app = typer.Typer(help="Servers and agents: the unified node view.", no_args_is_help=True)
@@ -390,9 +391,20 @@ def agent(
     gossip_advertise: Annotated[
         str, typer.Option(help="HOST:PORT other nodes dial [default: the address bound]; registered as 'gossip'")
     ] = "",
+    checks: Annotated[
+        bool, typer.Option(help="Run the health checks of the services registered on this node (host = --id)")
+    ] = True,
+    allow_exec_checks: Annotated[
+        bool,
+        typer.Option(help="Run exec health checks (commands from service manifests); registers capability exec-checks"),
+    ] = False,
+    check_address: Annotated[str, typer.Option(help="The address http, tcp and grpc checks probe")] = "127.0.0.1",
     endpoints: EndpointsOption = None,
 ) -> None:
     """Run an agent: register, keep its lease alive, deregister on Ctrl-C or SIGTERM.
+
+    It runs the health checks of the services registered with host = its node id and sends the
+    cluster only the changes of their status (--no-checks: none).
 
     With --artifact-dir it also serves the artifacts in that store on its gossip port, registers that
     port under the purpose "gossip", and records itself as a replica of every artifact in the store
@@ -419,7 +431,7 @@ def agent(
         agent_id,
         ttl_s=ttl,
         addresses=addresses,
-        capabilities=capability or (),
+        capabilities=[*(capability or ()), *([health.EXEC_CAPABILITY] if allow_exec_checks else [])],
         gpus=gpus,
         memory_bytes=int(memory_gib * 2**30),
         cpu_millis=int(cpus * 1000),
@@ -429,11 +441,19 @@ def agent(
     artifacts = None
     if artifact_dir is not None:
         artifacts = ArtifactServer(ArtifactStore(artifact_dir), node_id=agent_id, on_damaged=runner.artifact_damaged)
-    asyncio.run(_run_agent(runner, join or [], artifacts, gossip_listen, gossip_advertise))
+    checker = (
+        HealthChecker(runner.client, agent_id, address=check_address, allow_exec=allow_exec_checks) if checks else None
+    )
+    asyncio.run(_run_agent(runner, join or [], artifacts, gossip_listen, gossip_advertise, checker))
 
 
 async def _run_agent(
-    runner: Agent, networks: list[str], artifacts: ArtifactServer | None, listen: str, advertise: str
+    runner: Agent,
+    networks: list[str],
+    artifacts: ArtifactServer | None,
+    listen: str,
+    advertise: str,
+    checker: HealthChecker | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -467,7 +487,11 @@ async def _run_agent(
             )
             if artifacts is not None:
                 await _announce(runner, artifacts)
+            if checker is not None:
+                await _start_checks(checker)
             await stop.wait()
+            if checker is not None:
+                await checker.stop()
             try:
                 await runner.stop(deregister=True)
             except ControlPlaneError as exc:
@@ -482,6 +506,16 @@ async def _run_agent(
                 # After deregistering: fetchers skip a left node, so nothing new starts; a second of
                 # grace lets transfers in flight finish.
                 await artifacts.stop(1.0)
+
+
+async def _start_checks(checker: HealthChecker) -> None:
+    """Start the checks; a cluster that cannot answer now is asked again on the next refresh."""
+    try:
+        await checker.start()
+    except ControlPlaneError as exc:
+        typer.echo(f"agent {checker.node_id} could not read its services yet ({exc.message}); retrying")
+        checker.start_refreshing()
+    typer.echo(f"agent {checker.node_id} checks {len(checker.status())} service instance(s)")
 
 
 async def _announce(runner: Agent, artifacts: ArtifactServer) -> None:

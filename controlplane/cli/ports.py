@@ -15,7 +15,7 @@ import yaml
 from controlplane.cli import app
 from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, read_input
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
-from controlplane.client import Conflict, PortAssignment
+from controlplane.client import Conflict, HealthStatus, PortAssignment, ServiceRecord
 from controlplane.errors import NotFound
 
 ports_app = typer.Typer(
@@ -439,24 +439,81 @@ def deregister(
 def services_list(
     host: OptionalHost = "",
     name: Annotated[str, typer.Option("--name", "-n", help="Only this service")] = "",
+    healthy: Annotated[bool, typer.Option("--healthy", help="Only instances passing or warning")] = False,
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Registered services and their ports."""
+    """Registered services, their ports and their health."""
     with connect(endpoints, timeout) as client:
-        records = client.services.list(host=host, name=name)
+        records = client.services.list(host=host, name=name, healthy=healthy)
     rows = [
         [
             r.host,
             r.name,
             r.version,
             " ".join(f"{p.name}={p.port}" for p in r.ports),
+            _health_word(r),
             r.manifest.get("health_check", {}).get("type", "-"),
         ]
         for r in records
     ]
-    emit(output, plain(records), table(rows, ["HOST", "SERVICE", "VERSION", "PORTS", "HEALTH"]))
+    emit(output, plain(records), table(rows, ["HOST", "SERVICE", "VERSION", "PORTS", "HEALTH", "CHECK"]))
+
+
+def _health_word(record: ServiceRecord) -> str:
+    return record.health.status.name.lower() if record.health.status != HealthStatus.UNSPECIFIED else "unknown"
+
+
+@services_app.command("show")
+def services_show(
+    name: str,
+    host: OptionalHost = "",
+    history: Annotated[int, typer.Option(help="How many of the newest history entries to show")] = 20,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """A service: each instance with its ports, check and health, and the newest history."""
+    with connect(endpoints, timeout) as client:
+        records = client.services.list(host=host, name=name)
+        if not records:
+            fail(f"no service {name!r}" + (f" on {host}" if host else ""))
+        changes = client.ports.history(name)
+    entries = [e for e in changes.entries if not host or e.host == host][-history:] if history > 0 else []
+    lines = []
+    for r in records:
+        check = r.manifest.get("health_check") or {}
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.health.since_unix_ms / 1000))
+        lines.append(f"{r.name} {r.version} on {r.host}: {_health_word(r)} since {since} UTC")
+        lines.append("  ports: " + (" ".join(f"{p.name}={p.port}" for p in r.ports) or "-"))
+        described = " ".join(f"{k}={v}" for k, v in sorted(check.items()))
+        lines.append("  check: " + (described or "none (passing while its agent lives)"))
+        if r.health.output:
+            lines.append("  output: " + r.health.output.replace("\n", " ")[:300])
+    lines.append("history:")
+    lines.extend(
+        f"  {e.revision:>8} {time.strftime('%H:%M:%S', time.gmtime(e.time_unix_ms / 1000))} "
+        f"{e.action.name.lower():<20} {e.host} {e.name or '-'} {e.reason[:100]}"
+        for e in entries
+    )
+    emit(output, {"instances": plain(records), "history": plain(entries)}, "\n".join(lines))
+
+
+@services_app.command("report")
+def services_report(
+    name: str,
+    host: Host,
+    status: Annotated[str, typer.Argument(help="passing, warning or critical")] = "passing",
+    message: Annotated[str, typer.Option("--message", "-m", help="The check's output")] = "",
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Report a check's result (a ttl check's service passes it within its ttl_s)."""
+    with connect(endpoints, timeout) as client:
+        result = client.services.report_health(host, name, status, message)
+    emit(output, plain(result), f"{name} on {host}: {result.status.name.lower()}")
 
 
 # -------------------------------------------------------------------------------------- leases

@@ -1,0 +1,284 @@
+"""Health checks against real processes (issue 21): a tiny HTTP service and a real `cpctl agent`.
+
+The agent turns the service passing within an interval; stable checks cost no log write (the
+revision stands and no health report reaches a server while the service answers probe after
+probe); `kill -9` of the service turns it critical, and of the agent turns it critical when the
+lease expires, in the command that marks the node dead; health changes are Watch events; the
+gateway's `?healthy=true` never lists a critical instance while instances flap; a ttl check
+expires; deregister_critical_after_s releases the ports; bad checks change nothing.
+
+Times from a failure to critical are printed (``-s``), never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controlplane.client import (
+    Client,
+    FailedPrecondition,
+    HealthStatus,
+    InvalidArgument,
+    NodeState,
+    NotFound,
+    PortAction,
+)
+from controlplane.dev import LocalCluster
+from controlplane.v1 import membership_pb2, ports_pb2
+from gateway.app import GatewaySettings, create_app
+
+from .conftest import collect_events, cpctl_json, credentials_env, wait_converged, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+TTL_S = 2.0
+REPORT_METHOD = "/controlplane.v1.Services/ReportHealth"
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes the test starts, killed and reaped whatever happened."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+def start_agent(cluster: LocalCluster, processes: list[subprocess.Popen[str]], node_id: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "agent", "--id", node_id, "--ttl", str(TTL_S),
+         "--endpoints", ",".join(cluster.client_addresses)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**credentials_env(cluster), "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    processes.append(process)
+    return process
+
+
+def start_http_service(port: int, log: Path, processes: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    """The tiny service: Python's http.server, which logs every request it answers (to ``log``)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(log.parent)],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("a"),
+        text=True,
+    )
+    processes.append(process)
+    return process
+
+
+def serving(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=2).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def probes_answered(log: Path) -> int:
+    return log.read_text().count('"GET /') if log.exists() else 0
+
+
+def health_reports(cluster: LocalCluster) -> int:
+    """ReportHealth requests answered by every server (a forwarded one counts on both)."""
+    total = 0.0
+    for node in cluster.nodes.values():
+        text = httpx.get(f"http://{node.metrics_address}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith("controlplane_grpc_requests_total{") and f'method="{REPORT_METHOD}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def instance(client: Client, host: str, name: str) -> object | None:
+    found = client.services.list(host=host, name=name)
+    return found[0] if found else None
+
+
+def status_of(client: Client, host: str, name: str) -> HealthStatus | None:
+    found = client.services.list(host=host, name=name)
+    return found[0].health.status if found else None
+
+
+def http_manifest(name: str, host: str, interval_s: int = 1, **check: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "host": host,
+        "ports": [{"name": "http"}],
+        "health_check": {"type": "http", "path": "/", "interval_s": interval_s, "timeout_s": 1, **check},
+    }
+
+
+def test_an_agent_checks_a_service_kill_9_turns_it_critical_and_stable_checks_write_nothing(
+    cluster: LocalCluster, processes: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    host, name = "hc-a1", "hc-web"
+    log = tmp_path / "requests.log"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        record = client.services.register(http_manifest(name, host))
+        port = record.ports[0].port
+        assert record.health.status is HealthStatus.CRITICAL  # not checked yet
+        service = start_http_service(port, log, processes)
+        wait_until(lambda: serving(port), 20, "service up")
+        started = time.monotonic()
+        agent = start_agent(cluster, processes, host)
+        wait_until(lambda: status_of(client, host, name) is HealthStatus.PASSING, 30, "passing")
+        print(f"\nagent start -> passing: {time.monotonic() - started:.2f}s")
+        assert [r.host for r in client.services.healthy(name)] == [host]
+
+        # Stable: the service answers probe after probe, and nothing reaches the log.
+        wait_until(lambda: client.membership.get_node(host).node.state is NodeState.ACTIVE, 20, "agent active")
+        revision, reports, raft = wait_converged(cluster), health_reports(cluster), client.status()
+        probes = probes_answered(log)
+        wait_until(lambda: probes_answered(log) >= probes + 5, 30, "five more probes")
+        after = client.status()
+        assert wait_converged(cluster) == revision, "stable checks moved the revision"
+        assert health_reports(cluster) == reports, "stable checks sent reports"
+        print(
+            f"5 stable probes: 0 revisions, 0 health reports; raft entries meanwhile (lease checkpoints): "
+            f"{after.commit_index - raft.commit_index}"
+        )
+
+        # kill -9 the service: critical within about interval x threshold.
+        killed_at = time.monotonic()
+        service.send_signal(signal.SIGKILL)
+        service.wait(10)
+        wait_until(lambda: status_of(client, host, name) is HealthStatus.CRITICAL, 30, "critical after kill -9")
+        print(f"service kill -9 -> critical in the catalog: {time.monotonic() - killed_at:.2f}s")
+        assert client.services.healthy(name) == ()
+        critical = client.services.list(host=host, name=name)[0].health
+        assert "127.0.0.1" in critical.output and len(critical.output) <= 1024
+
+        # Back: passing again.
+        start_http_service(port, log, processes)
+        wait_until(lambda: status_of(client, host, name) is HealthStatus.PASSING, 30, "passing again")
+
+        # kill -9 the agent: critical when its lease expires, in the command that marks the node dead.
+        start = client.status().applied_revision + 1
+        killed_at = time.monotonic()
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(10)
+        wait_until(lambda: status_of(client, host, name) is HealthStatus.CRITICAL, 30, "critical after the agent died")
+        print(f"agent kill -9 -> critical (TTL {TTL_S:g}s): {time.monotonic() - killed_at:.2f}s")
+        assert client.membership.get_node(host).node.state is NodeState.DEAD
+        until = client.status().applied_revision
+        assert client.services.healthy(name) == ()
+
+    events = collect_events(cluster.client_addresses[0], start, until, domains=("ports", "membership"))
+    dead_state, health_changed = membership_pb2.NODE_STATE_DEAD, ports_pb2.PORT_ACTION_HEALTH_CHANGED
+    dead = next(e for e in events if e.key == f"nodes/{host}" and e.membership.node.state == dead_state)
+    changed = next(e for e in events if e.key == f"services/{host}/{name}" and e.port.action == health_changed)
+    assert changed.port.health.status == ports_pb2.HEALTH_STATUS_CRITICAL and "dead" in changed.port.health.output
+    # The same command: the health change follows the node's death with nothing of another command
+    # between them (every event between belongs to the node's end).
+    between = [e for e in events if dead.revision < e.revision < changed.revision]
+    assert all(e.domain == "membership" or e.key.startswith(f"services/{host}/") for e in between)
+
+
+async def test_healthy_true_never_lists_a_critical_instance_while_instances_flap(cluster: LocalCluster) -> None:
+    name = "hc-flap"
+    hosts = [f"hc-flap-{i}" for i in range(4)]
+    app = create_app(GatewaySettings(endpoints=tuple(cluster.client_addresses), credentials=cluster.credentials))
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        for host in hosts:
+            client.services.register({"name": name, "host": host, "ports": [{"name": "main"}],
+                                      "health_check": {"type": "tcp", "interval_s": 5}})  # fmt: skip
+        stop = asyncio.Event()
+        flips = 0
+
+        async def flap() -> None:
+            nonlocal flips
+            rng = random.Random(21)
+            while not stop.is_set():
+                status = rng.choice(["passing", "warning", "critical"])
+                await asyncio.to_thread(client.services.report_health, rng.choice(hosts), name, status)
+                flips += 1
+
+        flapper = asyncio.create_task(flap())
+        seen = {"passing": 0, "warning": 0}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+            for _ in range(60):
+                answer = await http.get(f"/v1/services/{name}", params={"healthy": "true"})
+                assert answer.status_code == 200, answer.text
+                for listed in answer.json()["instances"]:
+                    assert listed["health"]["status"] in ("passing", "warning"), listed
+                    seen[listed["health"]["status"]] += 1
+            every = (await http.get(f"/v1/services/{name}")).json()["instances"]
+        stop.set()
+        await flapper
+        await app.state.gateway.close()
+        assert len(every) == len(hosts) and flips > 10 and seen["passing"] + seen["warning"] > 0
+
+
+def test_a_ttl_check_renews_without_revisions_and_expires_when_the_service_stops_reporting(
+    cluster: LocalCluster,
+) -> None:
+    host, name = "hc-ttl", "hc-job"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        client.services.register({"name": name, "host": host, "health_check": {"type": "ttl", "ttl_s": 2}})
+        first = client.services.report_health(host, name, "passing", "started")
+        assert first.status is HealthStatus.PASSING and first.ttl_lease_id
+        revision = wait_converged(cluster)
+        renewed = 0
+        deadline = time.monotonic() + 4  # two ttls of reports every 0.5 s: the pace of the reporter
+        while time.monotonic() < deadline:
+            assert client.services.report_health(host, name, "passing").status is HealthStatus.PASSING
+            renewed += 1
+            time.sleep(0.5)  # the reporting period of this service, not a wait for a condition
+        assert status_of(client, host, name) is HealthStatus.PASSING
+        assert wait_converged(cluster) == revision, "ttl renewals moved the revision"
+        stopped = time.monotonic()
+        wait_until(lambda: status_of(client, host, name) is HealthStatus.CRITICAL, 30, "ttl expired")
+        took = time.monotonic() - stopped
+        print(f"\n{renewed} ttl renewals: 0 revisions; last report -> critical (ttl 2s): {took:.2f}s")
+        assert "ttl expired" in client.services.list(host=host, name=name)[0].health.output
+        assert client.services.report_health(host, name, "passing").status is HealthStatus.PASSING
+
+
+def test_deregister_critical_after_releases_the_ports_into_history(cluster: LocalCluster) -> None:
+    host, name = "hc-reap", "hc-reaped"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        record = client.services.register(http_manifest(name, host, deregister_critical_after_s=1))
+        client.services.report_health(host, name, "passing", "ok")
+        client.services.report_health(host, name, "critical", "refused")
+        wait_until(lambda: instance(client, host, name) is None, 30, "the critical instance deregistered")
+        assert client.ports.list(host=host, service=name).assignments == ()
+        history = client.ports.history(name).entries
+        released = [e for e in history if e.action is PortAction.RELEASED and e.new_port == 0]
+        assert released and released[-1].old_port == record.ports[0].port
+        assert "deregister_critical_after_s" in released[-1].reason
+        assert any(e.action is PortAction.HEALTH_CHANGED for e in history)
+
+
+def test_bad_checks_and_reports_are_refused_and_change_nothing(cluster: LocalCluster) -> None:
+    host = "hc-bad"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        revision = wait_converged(cluster)
+        with pytest.raises(InvalidArgument, match="does not declare"):
+            client.services.register(http_manifest("hc-bad1", host, port_name="admin"))
+        with pytest.raises(FailedPrecondition, match="allows exec checks"):
+            client.services.register(
+                {"name": "hc-bad2", "host": host, "health_check": {"type": "exec", "command": ["true"]}}
+            )
+        with pytest.raises(InvalidArgument, match="not passing, warning or critical"):
+            client.services.report_health(host, "hc-bad1", "sideways")
+        with pytest.raises(NotFound):
+            client.services.report_health(host, "hc-missing", "passing")
+        assert wait_converged(cluster) == revision
+        with pytest.raises(NotFound):
+            client.services.list(host=host)
+    shown = cpctl_json(cluster, "services", "list", "--healthy")
+    assert all(r["health"]["status"] in ("PASSING", "WARNING") for r in shown), shown
