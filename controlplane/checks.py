@@ -124,10 +124,13 @@ class Thresholds:
         if result == self.status:
             self._streak_status, self._streak = None, 0
             return False
-        if result == self._streak_status:
+        # Passes count towards passing; warnings and criticals alike towards failing (the newest
+        # result names the status a change goes to).
+        if self._streak_status is not None and (self._streak_status == PASSING) == (result == PASSING):
             self._streak += 1
         else:
-            self._streak_status, self._streak = result, 1
+            self._streak = 1
+        self._streak_status = result
         if self._streak >= max(self.success if result == PASSING else self.failure, 1):
             self.status, self._streak_status, self._streak = result, None, 0
             return True
