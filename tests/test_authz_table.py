@@ -84,6 +84,10 @@ def test_needs_take_their_resource_from_the_request() -> None:
     assert authz.needs_of("/controlplane.v1.Membership/Heartbeat", heartbeat) == (
         Need("membership", "write", "n7", node="n7"),
     )
+    report = ports_pb2.ReportHealthRequest(host="n7", name="api")
+    assert authz.needs_of("/controlplane.v1.Services/ReportHealth", report) == (
+        Need("ports", "write", "n7", node="n7"),
+    )
     assert authz.needs_of("/controlplane.v1.Nope/Nope", None) is None
 
 

@@ -134,9 +134,10 @@ METHODS: dict[str, Rule] = {
     "/controlplane.v1.Ports/Import": _PORTS_ALL_WRITE,
     "/controlplane.v1.Services/Register": lambda request: (Need("ports", "write", request.manifest.host),),
     "/controlplane.v1.Services/Deregister": _host("write"),
-    "/controlplane.v1.Services/List": lambda request: (Need("ports", "read", request.host),),
-    # An agent (or a ttl-checked service) reports for instances on its host: a port write there.
-    "/controlplane.v1.Services/ReportHealth": _host("write"),
+    # An agent reads the instances on its own host (named by its node id) to check them.
+    "/controlplane.v1.Services/List": lambda request: (Need("ports", "read", request.host, node=request.host),),
+    # An agent reports the health of instances on its own host; a user needs a port write there.
+    "/controlplane.v1.Services/ReportHealth": _observed,
     "/controlplane.v1.Leases/Grant": _LEASE,
     "/controlplane.v1.Leases/KeepAlive": _LEASE,
     "/controlplane.v1.Leases/Revoke": _LEASE,
