@@ -263,3 +263,52 @@ def test_bad_reports_are_refused_and_change_nothing() -> None:
     assert t.report("n1", "api", 9).error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
     assert t.report("n1", "nope", PASSING).error.code == common_pb2.ERROR_CODE_NOT_FOUND
     assert t.m.snapshot() == before
+
+
+RUN = {"command": ["python3", "-m", "http.server"], "env": {"MODE": "dev"}}
+
+
+def test_start_needs_a_run_and_a_live_agent_that_allows_it_and_a_second_start_reuses() -> None:
+    t = Twins()
+    t.register_node("n1")
+    t.register("n1", "norun", HTTP)
+    t.register("n1", "api", HTTP, run=ports_pb2.RunSpec(**RUN), capabilities=["gpu"])  # type: ignore[arg-type]
+    before = t.m.snapshot()
+    start = ports_pb2.StartServiceRequest(host="n1", name="norun")
+    assert "has no run" in t.run(service_start=start).error.message
+    refused = t.run(service_start=ports_pb2.StartServiceRequest(host="n1", name="api"))
+    assert refused.error.code == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert "run-services" in refused.error.message and "gpu" in refused.error.message
+    assert t.run(service_start=ports_pb2.StartServiceRequest(host="n1", name="nope")).error.code == (
+        common_pb2.ERROR_CODE_NOT_FOUND
+    )
+    assert t.m.snapshot() == before
+    t.register_node("n1", health.RUN_CAPABILITY, "gpu")  # the agent again, now allowing runs
+    first = t.ok(service_start=ports_pb2.StartServiceRequest(host="n1", name="api"))
+    assert not first.service_start.existing and first.service_start.service.run.wanted
+    revision = t.m.revision
+    again = t.ok(service_start=ports_pb2.StartServiceRequest(host="n1", name="api"))
+    assert again.service_start.existing and t.m.revision == revision
+    # The agent's account: only changes cost a revision.
+    report = ports_pb2.ReportRunRequest(host="n1", name="api", state="running", pid=42)
+    assert t.ok(service_run_report=report).service_run_report.changed
+    assert not t.ok(service_run_report=report).service_run_report.changed and t.m.revision == revision + 1
+    crashed = ports_pb2.ReportRunRequest(host="n1", name="api", state="backoff", restarts=1, last_exit_code=-9)
+    assert t.ok(service_run_report=crashed).service_run_report.run.restarts == 1
+    assert t.run(service_run_report=ports_pb2.ReportRunRequest(host="n1", name="api", state="zombie")).error.code == (
+        common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    )
+    # Re-registering keeps it wanted; stop ends that.
+    t.register("n1", "api", HTTP, run=ports_pb2.RunSpec(**RUN), capabilities=["gpu"], version="2")  # type: ignore[arg-type]
+    assert t.m.ports.services[("n1", "api")].run.wanted
+    stopped = t.ok(service_stop=ports_pb2.StopServiceRequest(host="n1", name="api"))
+    assert stopped.service_stop.changed and not stopped.service_stop.service.run.wanted
+    assert not t.ok(service_stop=ports_pb2.StopServiceRequest(host="n1", name="api")).service_stop.changed
+    t.same()
+
+
+def test_a_bad_run_spec_is_refused() -> None:
+    t = Twins()
+    t.register_node("n1")
+    bad = t.register("n1", "api", HTTP, run=ports_pb2.RunSpec(command=["x"], env={"1BAD": "v"}))
+    assert bad.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "variable name" in bad.error.message

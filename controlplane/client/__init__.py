@@ -84,6 +84,7 @@ from controlplane.client._ports import (
     RepairResult,
     Reservation,
     ResolveResult,
+    RunStatus,
     ServiceHealth,
     ServiceRecord,
 )
@@ -202,6 +203,7 @@ __all__ = [
     "Round",
     "RoundFailure",
     "RoundState",
+    "RunStatus",
     "SearchHit",
     "SearchResult",
     "ServiceHealth",

@@ -44,6 +44,7 @@ from controlplane.client._ports import (
     RepairResult,
     Reservation,
     ResolveResult,
+    RunStatus,
     ServiceHealth,
     ServiceRecord,
 )
@@ -478,6 +479,56 @@ class Services:
             timeout,
         )
         return P.convert(P.ServiceHealth, r.health)
+
+    def start(
+        self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> ServiceRecord:
+        """Ask the agent of node ``host`` to run the instance from its manifest's ``run``. A second start
+        of an instance wanted running changes nothing. ``FailedPrecondition`` without ``run`` or without
+        a live agent allowing it (``--allow-run``) or having the manifest's capabilities."""
+        r = self._unary(
+            P.START, ports_pb2.StartServiceRequest(host=host, name=name, request_id=P.rid(request_id)), timeout
+        )
+        return P.service_record(r.service)
+
+    def stop(
+        self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> ServiceRecord:
+        """Ask the agent of node ``host`` to stop the instance's process (its registration and ports stay)."""
+        r = self._unary(
+            P.STOP, ports_pb2.StopServiceRequest(host=host, name=name, request_id=P.rid(request_id)), timeout
+        )
+        return P.service_record(r.service)
+
+    def report_run(
+        self,
+        host: str,
+        name: str,
+        state: str,
+        *,
+        restarts: int = 0,
+        last_exit_code: int = 0,
+        pid: int = 0,
+        message: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> RunStatus:
+        """An agent's account of the process it runs for an instance (send it only when it changes)."""
+        r = self._unary(
+            P.REPORT_RUN,
+            ports_pb2.ReportRunRequest(
+                host=host,
+                name=name,
+                state=state,
+                restarts=restarts,
+                last_exit_code=last_exit_code,
+                pid=pid,
+                message=message,
+                request_id=P.rid(request_id),
+            ),
+            timeout,
+        )
+        return P.convert(P.RunStatus, r.run)
 
 
 class Leases:
@@ -1748,6 +1799,56 @@ class AsyncServices:
             timeout,
         )
         return P.convert(P.ServiceHealth, r.health)
+
+    async def start(
+        self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> ServiceRecord:
+        """Ask the agent of node ``host`` to run the instance from its manifest's ``run``. A second start
+        of an instance wanted running changes nothing. ``FailedPrecondition`` without ``run`` or without
+        a live agent allowing it (``--allow-run``) or having the manifest's capabilities."""
+        r = await self._unary(
+            P.START, ports_pb2.StartServiceRequest(host=host, name=name, request_id=P.rid(request_id)), timeout
+        )
+        return P.service_record(r.service)
+
+    async def stop(
+        self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> ServiceRecord:
+        """Ask the agent of node ``host`` to stop the instance's process (its registration and ports stay)."""
+        r = await self._unary(
+            P.STOP, ports_pb2.StopServiceRequest(host=host, name=name, request_id=P.rid(request_id)), timeout
+        )
+        return P.service_record(r.service)
+
+    async def report_run(
+        self,
+        host: str,
+        name: str,
+        state: str,
+        *,
+        restarts: int = 0,
+        last_exit_code: int = 0,
+        pid: int = 0,
+        message: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> RunStatus:
+        """An agent's account of the process it runs for an instance (send it only when it changes)."""
+        r = await self._unary(
+            P.REPORT_RUN,
+            ports_pb2.ReportRunRequest(
+                host=host,
+                name=name,
+                state=state,
+                restarts=restarts,
+                last_exit_code=last_exit_code,
+                pid=pid,
+                message=message,
+                request_id=P.rid(request_id),
+            ),
+            timeout,
+        )
+        return P.convert(P.RunStatus, r.run)
 
 
 class AsyncLeases:

@@ -44,6 +44,7 @@ __all__ = [
     "RepairResult",
     "Reservation",
     "ResolveResult",
+    "RunStatus",
     "ServiceHealth",
     "ServiceRecord",
 ]
@@ -71,6 +72,10 @@ class PortAction(enum.Enum):
     SERVICE_DEREGISTERED = ports_pb2.PORT_ACTION_SERVICE_DEREGISTERED
     #: A service instance's health status changed (``PortEvent.health``).
     HEALTH_CHANGED = ports_pb2.PORT_ACTION_HEALTH_CHANGED
+    SERVICE_STARTED = ports_pb2.PORT_ACTION_SERVICE_STARTED
+    SERVICE_STOPPED = ports_pb2.PORT_ACTION_SERVICE_STOPPED
+    #: The agent's account of an instance's process changed (``ServiceRecord.run``).
+    RUN_CHANGED = ports_pb2.PORT_ACTION_RUN_CHANGED
 
 
 class HealthStatus(enum.Enum):
@@ -285,6 +290,21 @@ class ServiceHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class RunStatus:
+    """What the cluster knows of an instance's process (``services.start``)."""
+
+    wanted: bool
+    #: The agent's word: starting, running, exited, backoff, stopped or failed ("" before any).
+    state: str
+    #: Crashes restarted since the last start.
+    restarts: int
+    last_exit_code: int
+    pid: int
+    since_unix_ms: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceRecord:
     name: str
     version: str
@@ -297,6 +317,7 @@ class ServiceRecord:
     mod_revision: int
     registered_unix_ms: int
     health: ServiceHealth
+    run: RunStatus
 
 
 # --- conversion ----------------------------------------------------------------------------------
@@ -359,6 +380,7 @@ def service_record(record: ports_pb2.ServiceRecord) -> ServiceRecord:
         mod_revision=record.mod_revision,
         registered_unix_ms=record.registered_unix_ms,
         health=convert(ServiceHealth, record.health),
+        run=convert(RunStatus, record.run),
     )
 
 
@@ -451,6 +473,9 @@ REGISTER = Rpc(_S + "Register", ports_pb2.RegisterServiceResponse, write=True)
 DEREGISTER = Rpc(_S + "Deregister", ports_pb2.DeregisterServiceResponse, write=True)
 LIST_SERVICES = Rpc(_S + "List", ports_pb2.ListServicesResponse, write=False)
 REPORT_HEALTH = Rpc(_S + "ReportHealth", ports_pb2.ReportHealthResponse, write=True)
+START = Rpc(_S + "Start", ports_pb2.StartServiceResponse, write=True)
+STOP = Rpc(_S + "Stop", ports_pb2.StopServiceResponse, write=True)
+REPORT_RUN = Rpc(_S + "ReportRun", ports_pb2.ReportRunResponse, write=True)
 
 _L = "/controlplane.v1.Leases/"
 GRANT = Rpc(_L + "Grant", leases_pb2.GrantLeaseResponse, write=True)

@@ -138,6 +138,10 @@ METHODS: dict[str, Rule] = {
     "/controlplane.v1.Services/List": lambda request: (Need("ports", "read", request.host, node=request.host),),
     # An agent reports the health of instances on its own host; a user needs a port write there.
     "/controlplane.v1.Services/ReportHealth": _observed,
+    "/controlplane.v1.Services/Start": _host("write"),
+    "/controlplane.v1.Services/Stop": _host("write"),
+    # The agent of the instance's node reports the process it runs.
+    "/controlplane.v1.Services/ReportRun": _observed,
     "/controlplane.v1.Leases/Grant": _LEASE,
     "/controlplane.v1.Leases/KeepAlive": _LEASE,
     "/controlplane.v1.Leases/Revoke": _LEASE,

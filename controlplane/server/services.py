@@ -477,6 +477,21 @@ class ServicesService(ports_pb2_grpc.ServicesServicer):
             return ports_pb2.ReportHealthResponse(header=self._node.header(), health=answered)
         return await _replicate(self._node, "service_health", request, ports_pb2.ReportHealthResponse)
 
+    async def Start(
+        self, request: ports_pb2.StartServiceRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.StartServiceResponse:
+        return await _replicate(self._node, "service_start", request, ports_pb2.StartServiceResponse)
+
+    async def Stop(
+        self, request: ports_pb2.StopServiceRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.StopServiceResponse:
+        return await _replicate(self._node, "service_stop", request, ports_pb2.StopServiceResponse)
+
+    async def ReportRun(
+        self, request: ports_pb2.ReportRunRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReportRunResponse:
+        return await _replicate(self._node, "service_run_report", request, ports_pb2.ReportRunResponse)
+
 
 class LeasesService(leases_pb2_grpc.LeasesServicer):
     def __init__(self, node: Node) -> None:

@@ -14,6 +14,10 @@ CHECK_TYPES = ("", "none", "http", "tcp", "grpc", "exec", "ttl")
 PROBED_TYPES = ("http", "tcp", "grpc")
 #: A node capability: its agent runs exec checks (they run commands, so agents opt in).
 EXEC_CAPABILITY = "exec-checks"
+#: A node capability: its agent starts services from their manifests' run (Services.Start).
+RUN_CAPABILITY = "run-services"
+RUN_STATES = ("starting", "running", "exited", "backoff", "stopped", "failed")
+MAX_ENV = 64
 MAX_OUTPUT_CHARS = 1024
 _CUT_MARK = "..."
 DEFAULT_INTERVAL_S = 10
@@ -110,4 +114,22 @@ def check_problem(manifest: ports_pb2.ServiceManifest) -> str | None:
         return f"a {check.type or 'none'} health check takes no ttl_s (only ttl does)"
     if not has_check(check) and check.deregister_critical_after_s:
         return "deregister_critical_after_s needs a health check"
+    return run_problem(manifest.run)
+
+
+def run_problem(run: ports_pb2.RunSpec) -> str | None:
+    if len(run.command) > MAX_COMMAND_ARGS or len(run.env) > MAX_ENV:
+        return f"run has at most {MAX_COMMAND_ARGS} command arguments and {MAX_ENV} environment variables"
+    if run.env and not run.command:
+        return "run needs command: the program and its arguments"
+    for arg in run.command:
+        problem = limits.check_text(arg, "run command argument")
+        if problem:
+            return problem
+    for key, value in run.env.items():
+        if not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            return f"run env name {key!r} is not a variable name (letters, digits and '_')"
+        problem = limits.check_text(value, f"run env {key}", 4096)
+        if problem:
+            return problem
     return None

@@ -31,7 +31,7 @@ from controlplane.state.journal import Detail
 from controlplane.state.leases import LeaseTable
 from controlplane.state.membership import MembershipTable
 from controlplane.state.models import ModelTable
-from controlplane.state.ports import PORT_MAP_FORMAT, HealthLeases, PortTable
+from controlplane.state.ports import PORT_MAP_FORMAT, PortTable, ServiceHooks
 from controlplane.state.refusal import Refused
 from controlplane.v1 import (
     command_pb2,
@@ -173,11 +173,11 @@ class StateMachine:
         self.ports = PortTable(
             self,
             lease_exists=lambda lease_id: self.leases.exists(lease_id),
-            health_leases=HealthLeases(
+            hooks=ServiceHooks(
                 grant=lambda ttl_ms: self.leases.grant(ttl_ms).id,
                 renew=lambda lease_id: self.leases.renew(lease_id),
                 end=lambda lease_id, reason: self.leases.end(lease_id, reason),
-                exec_allowed=lambda host: self.membership.allows_exec_checks(host),
+                capabilities=lambda host: self.membership.live_capabilities(host),
             ),
         )
         self.leases = LeaseTable(self, release=self._release_lease)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from sortedcontainers import SortedDict
 
-from controlplane.state import health, limits
+from controlplane.state import limits
 from controlplane.state.journal import Journal
 from controlplane.state.leases import LeaseTable
 from controlplane.state.refusal import Handler, Refused, refusing
@@ -462,14 +462,13 @@ class MembershipTable:
         self._gone.pop(node_id, None)
         self._record(f"nodes/{node_id}", watch_pb2.EVENT_TYPE_DELETE, node=previous, reason=reason)
 
-    def allows_exec_checks(self, node_id: str) -> bool:
-        """Whether a live node's agent runs exec health checks (it registered the capability)."""
+    def live_capabilities(self, node_id: str) -> tuple[str, ...] | None:
+        """A live node's capabilities (what its agent consents to: exec checks, runs); None when the
+        node is unknown, left or dead."""
         record: NodeRecord | None = self.nodes.get(node_id)
-        return (
-            record is not None
-            and record.state not in GONE_STATES
-            and health.EXEC_CAPABILITY in record.spec.capabilities
-        )
+        if record is None or record.state in GONE_STATES:
+            return None
+        return tuple(record.spec.capabilities)
 
     def release_lease(self, lease_id: int, reason: str, expired: bool) -> None:
         """A lease ended (the lease table calls this): its node dies, its client places are freed."""

@@ -64,21 +64,25 @@ def _span(first: int, last: int) -> str:
     return str(first) if first == last else f"{first}-{last}"
 
 
-class HealthLeases:
-    """What service health needs from the lease table: ttl checks are leases (renewed without a
-    log write, expired by the leader like any other), and an exec check needs the host's consent."""
+class ServiceHooks:
+    """What service health and runs need from the other tables: ttl checks are leases (renewed
+    without a log write, expired by the leader like any other); an exec check and a run need the
+    consent of the host's live agent (its capabilities)."""
 
     def __init__(
         self,
         grant: Callable[[int], int],
         renew: Callable[[int], object],
         end: Callable[[int, str], object],
-        exec_allowed: Callable[[str], bool],
+        capabilities: Callable[[str], tuple[str, ...] | None],
     ) -> None:
         self.grant = grant  # ttl in ms -> a new lease's id
         self.renew = renew
         self.end = end
-        self.exec_allowed = exec_allowed  # host -> whether its live agent runs exec checks
+        self.capabilities = capabilities  # host -> its live node's capabilities (None: no live node)
+
+    def exec_allowed(self, host: str) -> bool:
+        return health.EXEC_CAPABILITY in (self.capabilities(host) or ())
 
 
 class PortTable:
@@ -86,11 +90,11 @@ class PortTable:
         self,
         journal: Journal,
         lease_exists: Callable[[int], bool],
-        health_leases: HealthLeases | None = None,
+        hooks: ServiceHooks | None = None,
     ) -> None:
         self._journal = journal
         self._lease_exists = lease_exists
-        self._health_leases = health_leases
+        self._hooks = hooks
         self.reset()
 
     def reset(self) -> None:
@@ -134,6 +138,9 @@ class PortTable:
             "service_deregister": wrap(lambda c: self.deregister_service(c.service_deregister)),
             "service_health": wrap(lambda c: self.report_health(c.service_health)),
             "service_reap": wrap(lambda c: self.reap_critical(c.service_reap)),
+            "service_start": wrap(lambda c: self.start_service(c.service_start)),
+            "service_stop": wrap(lambda c: self.stop_service(c.service_stop)),
+            "service_run_report": wrap(lambda c: self.report_run(c.service_run_report)),
         }
 
     # ------------------------------------------------------------------ lookups
@@ -885,7 +892,7 @@ class PortTable:
                 self.range_named(declared.range)
         _check(health.check_problem(manifest))
         if manifest.health_check.type == "exec" and (
-            self._health_leases is None or not self._health_leases.exec_allowed(manifest.host)
+            self._hooks is None or not self._hooks.exec_allowed(manifest.host)
         ):
             raise _precondition(
                 f"cannot register {manifest.name} on {manifest.host} with an exec health check: no live agent "
@@ -968,6 +975,8 @@ class PortTable:
             registered_unix_ms=self._journal.time_unix_ms,
         )
         record.manifest.CopyFrom(manifest)
+        if prev_record is not None:
+            record.run.CopyFrom(prev_record.run)  # a wanted process stays wanted across updates
         if prev_record is not None and prev_record.manifest.health_check == manifest.health_check:
             record.health.CopyFrom(prev_record.health)  # the same check: its status stands
         else:
@@ -1038,8 +1047,8 @@ class PortTable:
     def _end_ttl_lease(self, record: ports_pb2.ServiceRecord, reason: str) -> None:
         lease_id = record.health.ttl_lease_id
         # Out of the index first: the lease's end must not turn the instance critical on its way out.
-        if lease_id and self.ttl_leases.pop(lease_id, None) is not None and self._health_leases is not None:
-            self._health_leases.end(lease_id, reason)
+        if lease_id and self.ttl_leases.pop(lease_id, None) is not None and self._hooks is not None:
+            self._hooks.end(lease_id, reason)
 
     def _set_health(
         self, host: str, name: str, status: ports_pb2.HealthStatus, output: str, ttl_lease_id: int = 0
@@ -1094,13 +1103,13 @@ class PortTable:
         if check.type == "ttl" and request.status == health.PASSING:
             if current.status == health.PASSING and self._lease_exists(current.ttl_lease_id):
                 # The normal ttl renewal through the log (the leader usually renews from memory).
-                assert self._health_leases is not None
-                self._health_leases.renew(current.ttl_lease_id)
+                assert self._hooks is not None
+                self._hooks.renew(current.ttl_lease_id)
                 return self._result(service_health=ports_pb2.ReportHealthResponse(health=current))
-            if self._health_leases is None:
+            if self._hooks is None:
                 raise _precondition("ttl checks are not available here")
             self._end_ttl_lease(record, "replaced by a new passing report")
-            lease_id = self._health_leases.grant(check.ttl_s * 1000)
+            lease_id = self._hooks.grant(check.ttl_s * 1000)
             self.ttl_leases[lease_id] = (request.host, request.name)
             changed = self._set_health(request.host, request.name, health.PASSING, request.output, lease_id)
             return self._result(service_health=ports_pb2.ReportHealthResponse(health=changed, changed=True))
@@ -1119,6 +1128,110 @@ class PortTable:
             if record.health.status != health.CRITICAL:
                 self._end_ttl_lease(record, reason)
                 self._set_health(host, name, health.CRITICAL, f"node {node_id}: {reason}")
+
+    # ------------------------------------------------------------------ runs (agents start services)
+
+    def _instance(self, host: str, name: str) -> ports_pb2.ServiceRecord:
+        _check(limits.check_host(host) or limits.check_name(name, "service name"))
+        record = self.services.get((host, name))
+        if record is None:
+            raise _not_found(f"no service {name!r} on {host!r}; register it first (its manifest says how to run it)")
+        return record
+
+    def _set_run(
+        self, host: str, name: str, run: ports_pb2.RunStatus, action: ports_pb2.PortAction, reason: str
+    ) -> None:
+        record = ports_pb2.ServiceRecord()
+        record.CopyFrom(self.services[(host, name)])
+        record.run.CopyFrom(run)
+        record.run.since_unix_ms = self._journal.time_unix_ms
+        self.services[(host, name)] = record
+        noted = self._note(
+            action, f"services/{host}/{name}", watch_pb2.EVENT_TYPE_PUT, host=host, service=name, reason=reason
+        )
+        self._remember(
+            name,
+            ports_pb2.PortHistoryEntry(
+                revision=noted,
+                time_unix_ms=self._journal.time_unix_ms,
+                action=action,
+                host=host,
+                service=name,
+                reason=reason,
+            ),
+        )
+
+    def start_service(self, request: ports_pb2.StartServiceRequest) -> CommandResult:
+        record = self._instance(request.host, request.name)
+        manifest = record.manifest
+        if not manifest.run.command:
+            raise _precondition(
+                f"service {request.name} on {request.host} has no run in its manifest: add run: {{command: [...]}} "
+                "and register it again"
+            )
+        capabilities = self._hooks.capabilities(request.host) if self._hooks is not None else None
+        if capabilities is None:
+            raise _precondition(f"no live agent on node {request.host} to start {request.name} (is it registered?)")
+        missing = sorted(set(manifest.capabilities) - set(capabilities))
+        if health.RUN_CAPABILITY not in capabilities:
+            missing.insert(0, health.RUN_CAPABILITY)
+        if missing:
+            raise _precondition(
+                f"node {request.host} cannot start {request.name}: it lacks the capabilities {', '.join(missing)}"
+                + (" (start its agent with --allow-run)" if health.RUN_CAPABILITY in missing else "")
+            )
+        if record.run.wanted:
+            return self._result(
+                service_start=ports_pb2.StartServiceResponse(
+                    service=self.service_view(*request_key(request)), existing=True
+                )
+            )
+        self._set_run(
+            request.host,
+            request.name,
+            ports_pb2.RunStatus(wanted=True, state="starting"),
+            Action.PORT_ACTION_SERVICE_STARTED,
+            "start",
+        )
+        return self._result(
+            service_start=ports_pb2.StartServiceResponse(service=self.service_view(*request_key(request)))
+        )
+
+    def stop_service(self, request: ports_pb2.StopServiceRequest) -> CommandResult:
+        record = self._instance(request.host, request.name)
+        if not record.run.wanted:
+            return self._result(
+                service_stop=ports_pb2.StopServiceResponse(service=self.service_view(*request_key(request)))
+            )
+        run = ports_pb2.RunStatus()
+        run.CopyFrom(record.run)
+        run.wanted, run.state = False, "stopping"
+        self._set_run(request.host, request.name, run, Action.PORT_ACTION_SERVICE_STOPPED, "stop")
+        return self._result(
+            service_stop=ports_pb2.StopServiceResponse(service=self.service_view(*request_key(request)), changed=True)
+        )
+
+    def report_run(self, request: ports_pb2.ReportRunRequest) -> CommandResult:
+        record = self._instance(request.host, request.name)
+        if request.state not in health.RUN_STATES:
+            raise _invalid(f"run state {request.state!r} is not one of {', '.join(health.RUN_STATES)}")
+        _check(limits.check_text(request.message, "run message"))
+        run = ports_pb2.RunStatus(
+            wanted=record.run.wanted,
+            state=request.state,
+            restarts=request.restarts,
+            last_exit_code=request.last_exit_code,
+            pid=request.pid,
+            message=request.message,
+            since_unix_ms=record.run.since_unix_ms,
+        )
+        if run == record.run:
+            return self._result(service_run_report=ports_pb2.ReportRunResponse(run=record.run))
+        reason = f"{request.state}" + (f" (restarts {request.restarts})" if request.restarts else "")
+        self._set_run(request.host, request.name, run, Action.PORT_ACTION_RUN_CHANGED, reason)
+        return self._result(
+            service_run_report=ports_pb2.ReportRunResponse(run=self.services[request_key(request)].run, changed=True)
+        )
 
     def critical_due(self, now_unix_ms: int) -> list[ports_pb2.ServiceKey]:
         """Instances critical for at least their check's deregister_critical_after_s (the leader reaps them)."""
@@ -1404,6 +1517,12 @@ class PortTable:
             and (not name or n == name)
             and (not healthy or self.services[(h, n)].health.status in health.HEALTHY)
         ]
+
+
+def request_key(
+    request: ports_pb2.StartServiceRequest | ports_pb2.StopServiceRequest | ports_pb2.ReportRunRequest,
+) -> tuple[str, str]:
+    return request.host, request.name
 
 
 def _wrapping(start: int, low: int, high: int) -> Iterator[int]:

@@ -27,6 +27,9 @@ class PortAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PORT_ACTION_SERVICE_REGISTERED: _ClassVar[PortAction]
     PORT_ACTION_SERVICE_DEREGISTERED: _ClassVar[PortAction]
     PORT_ACTION_HEALTH_CHANGED: _ClassVar[PortAction]
+    PORT_ACTION_SERVICE_STARTED: _ClassVar[PortAction]
+    PORT_ACTION_SERVICE_STOPPED: _ClassVar[PortAction]
+    PORT_ACTION_RUN_CHANGED: _ClassVar[PortAction]
 
 class ConflictKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +61,9 @@ PORT_ACTION_OBSERVED: PortAction
 PORT_ACTION_SERVICE_REGISTERED: PortAction
 PORT_ACTION_SERVICE_DEREGISTERED: PortAction
 PORT_ACTION_HEALTH_CHANGED: PortAction
+PORT_ACTION_SERVICE_STARTED: PortAction
+PORT_ACTION_SERVICE_STOPPED: PortAction
+PORT_ACTION_RUN_CHANGED: PortAction
 CONFLICT_KIND_UNSPECIFIED: ConflictKind
 CONFLICT_KIND_WRONG_HOLDER: ConflictKind
 CONFLICT_KIND_UNASSIGNED_BOUND: ConflictKind
@@ -278,7 +284,7 @@ class Requirements(_message.Message):
     def __init__(self, gpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., cpu_millis: _Optional[int] = ...) -> None: ...
 
 class ServiceManifest(_message.Message):
-    __slots__ = ("name", "version", "host", "ports", "health_check", "capabilities", "requirements", "labels", "lease_id")
+    __slots__ = ("name", "version", "host", "ports", "health_check", "capabilities", "requirements", "labels", "lease_id", "run")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +301,7 @@ class ServiceManifest(_message.Message):
     REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     host: str
@@ -304,23 +311,59 @@ class ServiceManifest(_message.Message):
     requirements: Requirements
     labels: _containers.ScalarMap[str, str]
     lease_id: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[DeclaredPort, _Mapping]]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., lease_id: _Optional[int] = ...) -> None: ...
+    run: RunSpec
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[DeclaredPort, _Mapping]]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., lease_id: _Optional[int] = ..., run: _Optional[_Union[RunSpec, _Mapping]] = ...) -> None: ...
+
+class RunSpec(_message.Message):
+    __slots__ = ("command", "env")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    command: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RunStatus(_message.Message):
+    __slots__ = ("wanted", "state", "restarts", "last_exit_code", "pid", "since_unix_ms", "message")
+    WANTED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    wanted: bool
+    state: str
+    restarts: int
+    last_exit_code: int
+    pid: int
+    since_unix_ms: int
+    message: str
+    def __init__(self, wanted: _Optional[bool] = ..., state: _Optional[str] = ..., restarts: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., pid: _Optional[int] = ..., since_unix_ms: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ServiceRecord(_message.Message):
-    __slots__ = ("manifest", "ports", "create_revision", "mod_revision", "registered_unix_ms", "health")
+    __slots__ = ("manifest", "ports", "create_revision", "mod_revision", "registered_unix_ms", "health", "run")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     manifest: ServiceManifest
     ports: _containers.RepeatedCompositeFieldContainer[PortAssignment]
     create_revision: int
     mod_revision: int
     registered_unix_ms: int
     health: ServiceHealth
-    def __init__(self, manifest: _Optional[_Union[ServiceManifest, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortAssignment, _Mapping]]] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., registered_unix_ms: _Optional[int] = ..., health: _Optional[_Union[ServiceHealth, _Mapping]] = ...) -> None: ...
+    run: RunStatus
+    def __init__(self, manifest: _Optional[_Union[ServiceManifest, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortAssignment, _Mapping]]] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., registered_unix_ms: _Optional[int] = ..., health: _Optional[_Union[ServiceHealth, _Mapping]] = ..., run: _Optional[_Union[RunStatus, _Mapping]] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
     __slots__ = ("host", "service", "name", "range", "preferred_port", "lease_id", "request_id")
@@ -801,6 +844,76 @@ class ReportHealthResponse(_message.Message):
     health: ServiceHealth
     changed: bool
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., health: _Optional[_Union[ServiceHealth, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class StartServiceRequest(_message.Message):
+    __slots__ = ("host", "name", "request_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    name: str
+    request_id: str
+    def __init__(self, host: _Optional[str] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StartServiceResponse(_message.Message):
+    __slots__ = ("header", "service", "existing")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    service: ServiceRecord
+    existing: bool
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., service: _Optional[_Union[ServiceRecord, _Mapping]] = ..., existing: _Optional[bool] = ...) -> None: ...
+
+class StopServiceRequest(_message.Message):
+    __slots__ = ("host", "name", "request_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    name: str
+    request_id: str
+    def __init__(self, host: _Optional[str] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class StopServiceResponse(_message.Message):
+    __slots__ = ("header", "service", "changed")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    service: ServiceRecord
+    changed: bool
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., service: _Optional[_Union[ServiceRecord, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ReportRunRequest(_message.Message):
+    __slots__ = ("host", "name", "state", "restarts", "last_exit_code", "pid", "message", "request_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    name: str
+    state: str
+    restarts: int
+    last_exit_code: int
+    pid: int
+    message: str
+    request_id: str
+    def __init__(self, host: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., restarts: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., pid: _Optional[int] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ReportRunResponse(_message.Message):
+    __slots__ = ("header", "run", "changed")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    run: RunStatus
+    changed: bool
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., run: _Optional[_Union[RunStatus, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
 
 class ServiceKey(_message.Message):
     __slots__ = ("host", "name")

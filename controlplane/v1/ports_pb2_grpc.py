@@ -878,6 +878,21 @@ class ServicesStub:
                 request_serializer=controlplane_dot_v1_dot_ports__pb2.ReportHealthRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_ports__pb2.ReportHealthResponse.FromString,
                 _registered_method=True)
+        self.Start = channel.unary_unary(
+                '/controlplane.v1.Services/Start',
+                request_serializer=controlplane_dot_v1_dot_ports__pb2.StartServiceRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_ports__pb2.StartServiceResponse.FromString,
+                _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/controlplane.v1.Services/Stop',
+                request_serializer=controlplane_dot_v1_dot_ports__pb2.StopServiceRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_ports__pb2.StopServiceResponse.FromString,
+                _registered_method=True)
+        self.ReportRun = channel.unary_unary(
+                '/controlplane.v1.Services/ReportRun',
+                request_serializer=controlplane_dot_v1_dot_ports__pb2.ReportRunRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_ports__pb2.ReportRunResponse.FromString,
+                _registered_method=True)
 
 
 class ServicesServicer:
@@ -917,6 +932,29 @@ class ServicesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Start(self, request, context):
+        """Ask the agent of the instance's node to run it from its manifest's `run` (start) or to stop
+        it. Starting one already wanted running changes nothing (existing = true). FAILED_PRECONDITION
+        for a manifest without `run` or a node without a live agent that allows it (capability
+        "run-services") or without the manifest's capabilities.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stop(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportRun(self, request, context):
+        """The agent's account of the process it runs for an instance (sent only when it changes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServicesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -939,6 +977,21 @@ def add_ServicesServicer_to_server(servicer, server):
                     servicer.ReportHealth,
                     request_deserializer=controlplane_dot_v1_dot_ports__pb2.ReportHealthRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_ports__pb2.ReportHealthResponse.SerializeToString,
+            ),
+            'Start': grpc.unary_unary_rpc_method_handler(
+                    servicer.Start,
+                    request_deserializer=controlplane_dot_v1_dot_ports__pb2.StartServiceRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_ports__pb2.StartServiceResponse.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=controlplane_dot_v1_dot_ports__pb2.StopServiceRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_ports__pb2.StopServiceResponse.SerializeToString,
+            ),
+            'ReportRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRun,
+                    request_deserializer=controlplane_dot_v1_dot_ports__pb2.ReportRunRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_ports__pb2.ReportRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1049,6 +1102,87 @@ class Services:
             '/controlplane.v1.Services/ReportHealth',
             controlplane_dot_v1_dot_ports__pb2.ReportHealthRequest.SerializeToString,
             controlplane_dot_v1_dot_ports__pb2.ReportHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Start(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Services/Start',
+            controlplane_dot_v1_dot_ports__pb2.StartServiceRequest.SerializeToString,
+            controlplane_dot_v1_dot_ports__pb2.StartServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Services/Stop',
+            controlplane_dot_v1_dot_ports__pb2.StopServiceRequest.SerializeToString,
+            controlplane_dot_v1_dot_ports__pb2.StopServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Services/ReportRun',
+            controlplane_dot_v1_dot_ports__pb2.ReportRunRequest.SerializeToString,
+            controlplane_dot_v1_dot_ports__pb2.ReportRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
