@@ -34,6 +34,7 @@ from controlplane.client import (
     ServiceRecord,
 )
 from controlplane.state import health as rules
+from controlplane.supervisor import Supervisor
 from controlplane.v1 import ports_pb2
 
 log = structlog.get_logger("controlplane.checks")
@@ -157,12 +158,15 @@ class HealthChecker:
         address: str = "127.0.0.1",
         allow_exec: bool = False,
         refresh_s: float = 2.0,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.client = client
         self.node_id = node_id
         self.address = address
         self.allow_exec = allow_exec
         self.refresh_s = refresh_s
+        #: Runs the instances wanted running (``--allow-run``), following the same reads.
+        self.supervisor = supervisor
         self.stats = CheckerStats()
         # name -> (the check's fingerprint, its task); the catalog's status as last known.
         self._tasks: dict[str, tuple[bytes, asyncio.Task[None]]] = {}
@@ -172,6 +176,7 @@ class HealthChecker:
         self._local: dict[str, Thresholds] = {}
         self._records: dict[str, ServiceRecord] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._seen_revision = 0
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -192,6 +197,8 @@ class HealthChecker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
 
     async def _refresh_loop(self) -> None:
         while not self._stopping.is_set():
@@ -209,9 +216,17 @@ class HealthChecker:
     async def refresh(self) -> None:
         """Read this node's instances (a stale read: no log write) and start, restart or stop checks."""
         try:
-            records = await self.client.services.list(host=self.node_id, consistency=Consistency.STALE)
+            # Stale (no log write) but never older than a view already acted on: two servers may lag
+            # differently, and going back would stop a process just started, or re-report a status.
+            records = await self.client.services.list(
+                host=self.node_id, consistency=Consistency.STALE, min_revision=self._seen_revision
+            )
         except NotFound:  # the host has no instance yet
             records = ()
+        for record in records:
+            self._seen_revision = max(
+                self._seen_revision, record.mod_revision, record.health.revision, record.run.revision
+            )
         seen = set()
         for record in records:
             seen.add(record.name)
@@ -236,6 +251,8 @@ class HealthChecker:
             )
             task = asyncio.create_task(self._run(record.name, manifest, {p.name: p.port for p in record.ports}))
             self._tasks[record.name] = (fingerprint, task)
+        if self.supervisor is not None:
+            self.supervisor.sync(records)
         for gone in [name for name in self._tasks if name not in seen]:
             self._tasks.pop(gone)[1].cancel()
             self._catalog.pop(gone, None)

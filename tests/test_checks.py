@@ -121,7 +121,7 @@ class FakeServices:
         )
         self.records[name] = record
 
-    async def list(self, *, host: str, consistency: Any) -> tuple[ServiceRecord, ...]:
+    async def list(self, *, host: str, consistency: Any, min_revision: int = 0) -> tuple[ServiceRecord, ...]:
         return tuple(P.service_record(r) for _, r in sorted(self.records.items()))
 
     async def report_health(self, host: str, name: str, status: HealthStatus, output: str) -> ServiceHealth:

@@ -26,6 +26,7 @@ from controlplane.cli.common import (
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import AsyncClient, ControlPlaneError, Moves, Network, NodeView
 from controlplane.state import health, limits
+from controlplane.supervisor import Supervisor
 from gossip.artifacts import ArtifactServer, ArtifactStore, announce
 
 nodes_app = typer.Typer(help="Servers and agents: the unified node view.", no_args_is_help=True)
@@ -399,6 +400,12 @@ def agent(
         typer.Option(help="Run exec health checks (commands from service manifests); registers capability exec-checks"),
     ] = False,
     check_address: Annotated[str, typer.Option(help="The address http, tcp and grpc checks probe")] = "127.0.0.1",
+    allow_run: Annotated[
+        bool,
+        typer.Option(
+            help="Start services on demand from their manifests' run (cpctl services start); capability run-services"
+        ),
+    ] = False,
     endpoints: EndpointsOption = None,
 ) -> None:
     """Run an agent: register, keep its lease alive, deregister on Ctrl-C or SIGTERM.
@@ -431,7 +438,11 @@ def agent(
         agent_id,
         ttl_s=ttl,
         addresses=addresses,
-        capabilities=[*(capability or ()), *([health.EXEC_CAPABILITY] if allow_exec_checks else [])],
+        capabilities=[
+            *(capability or ()),
+            *([health.EXEC_CAPABILITY] if allow_exec_checks else []),
+            *([health.RUN_CAPABILITY] if allow_run else []),
+        ],
         gpus=gpus,
         memory_bytes=int(memory_gib * 2**30),
         cpu_millis=int(cpus * 1000),
@@ -441,8 +452,15 @@ def agent(
     artifacts = None
     if artifact_dir is not None:
         artifacts = ArtifactServer(ArtifactStore(artifact_dir), node_id=agent_id, on_damaged=runner.artifact_damaged)
+    if allow_run and not checks:
+        fail("--allow-run needs the checks (a started service is followed by its health check)", code=EXIT_USAGE)
+    supervisor = Supervisor(runner.client, agent_id) if allow_run else None
     checker = (
-        HealthChecker(runner.client, agent_id, address=check_address, allow_exec=allow_exec_checks) if checks else None
+        HealthChecker(
+            runner.client, agent_id, address=check_address, allow_exec=allow_exec_checks, supervisor=supervisor
+        )
+        if checks
+        else None
     )
     asyncio.run(_run_agent(runner, join or [], artifacts, gossip_listen, gossip_advertise, checker))
 

@@ -491,6 +491,13 @@ def services_show(
         lines.append("  check: " + (described or "none (passing while its agent lives)"))
         if r.health.output:
             lines.append("  output: " + r.health.output.replace("\n", " ")[:300])
+        if r.run.wanted or r.run.state:
+            lines.append(
+                f"  run: {'wanted' if r.run.wanted else 'not wanted'}, {r.run.state or 'not reported'}"
+                f", restarts {r.run.restarts}"
+                + (f", pid {r.run.pid}" if r.run.pid else "")
+                + (f", last exit {r.run.last_exit_code}" if r.run.restarts else "")
+            )
     lines.append("history:")
     lines.extend(
         f"  {e.revision:>8} {time.strftime('%H:%M:%S', time.gmtime(e.time_unix_ms / 1000))} "
@@ -498,6 +505,47 @@ def services_show(
         for e in entries
     )
     emit(output, {"instances": plain(records), "history": plain(entries)}, "\n".join(lines))
+
+
+@services_app.command("start")
+def services_start(
+    name: str,
+    node: Annotated[str, typer.Option("--node", help="The node whose agent runs it (the instance's host)")],
+    wait: Annotated[float, typer.Option(help="Seconds to wait for its check to pass (0: do not wait)")] = 60.0,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Ask a node's agent to run a registered service from its manifest's run, and wait until its
+    health check passes. A second start of a running instance reuses it."""
+    with connect(endpoints, timeout) as client:
+        record = client.services.start(node, name)
+        deadline = time.monotonic() + wait
+        while wait and not record.health.healthy and time.monotonic() < deadline:
+            time.sleep(0.2)  # the poll interval of a condition wait
+            found = client.services.list(host=node, name=name)
+            if not found:
+                fail(f"{name} on {node} was deregistered while starting")
+            record = found[0]
+    word = _health_word(record)
+    run = f"{record.run.state or 'starting'}, restarts {record.run.restarts}"
+    emit(output, plain(record), f"{name} on {node}: {word} ({run})")
+    if wait and not record.health.healthy:
+        fail(f"{name} on {node} is not passing after {wait:g}s: {record.health.output[:200]}")
+
+
+@services_app.command("stop")
+def services_stop(
+    name: str,
+    node: Annotated[str, typer.Option("--node", help="The instance's host")],
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Ask a node's agent to stop a service it runs (its registration and ports stay)."""
+    with connect(endpoints, timeout) as client:
+        record = client.services.stop(node, name)
+    emit(output, plain(record), f"{name} on {node}: stop asked")
 
 
 @services_app.command("report")

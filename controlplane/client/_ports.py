@@ -302,6 +302,8 @@ class RunStatus:
     pid: int
     since_unix_ms: int
     message: str
+    #: The revision of the last change.
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)

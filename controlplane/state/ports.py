@@ -1145,6 +1145,7 @@ class PortTable:
         record.CopyFrom(self.services[(host, name)])
         record.run.CopyFrom(run)
         record.run.since_unix_ms = self._journal.time_unix_ms
+        record.run.revision = self._journal.revision + 1  # the revision _note gives the change
         self.services[(host, name)] = record
         noted = self._note(
             action, f"services/{host}/{name}", watch_pb2.EVENT_TYPE_PUT, host=host, service=name, reason=reason
@@ -1224,6 +1225,7 @@ class PortTable:
             pid=request.pid,
             message=request.message,
             since_unix_ms=record.run.since_unix_ms,
+            revision=record.run.revision,
         )
         if run == record.run:
             return self._result(service_run_report=ports_pb2.ReportRunResponse(run=record.run))

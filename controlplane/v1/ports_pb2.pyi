@@ -330,7 +330,7 @@ class RunSpec(_message.Message):
     def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunStatus(_message.Message):
-    __slots__ = ("wanted", "state", "restarts", "last_exit_code", "pid", "since_unix_ms", "message")
+    __slots__ = ("wanted", "state", "restarts", "last_exit_code", "pid", "since_unix_ms", "message", "revision")
     WANTED_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +338,7 @@ class RunStatus(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     wanted: bool
     state: str
     restarts: int
@@ -345,7 +346,8 @@ class RunStatus(_message.Message):
     pid: int
     since_unix_ms: int
     message: str
-    def __init__(self, wanted: _Optional[bool] = ..., state: _Optional[str] = ..., restarts: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., pid: _Optional[int] = ..., since_unix_ms: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    revision: int
+    def __init__(self, wanted: _Optional[bool] = ..., state: _Optional[str] = ..., restarts: _Optional[int] = ..., last_exit_code: _Optional[int] = ..., pid: _Optional[int] = ..., since_unix_ms: _Optional[int] = ..., message: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class ServiceRecord(_message.Message):
     __slots__ = ("manifest", "ports", "create_revision", "mod_revision", "registered_unix_ms", "health", "run")

@@ -13,6 +13,7 @@ Times from a failure to critical are printed (``-s``), never asserted.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import subprocess
@@ -47,13 +48,19 @@ REPORT_METHOD = "/controlplane.v1.Services/ReportHealth"
 
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes the test starts, killed and reaped whatever happened."""
+    """Processes the test starts, stopped and reaped whatever happened: SIGTERM first, so that an
+    agent stops the services it started (they run in their own sessions), then SIGKILL."""
     started: list[subprocess.Popen[str]] = []
     yield started
     for process in started:
         if process.poll() is None:
+            process.terminate()
+    for process in started:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
             process.kill()
-        process.wait(10)
+            process.wait(10)
 
 
 def start_agent(cluster: LocalCluster, processes: list[subprocess.Popen[str]], node_id: str) -> subprocess.Popen[str]:
@@ -103,6 +110,13 @@ def health_reports(cluster: LocalCluster) -> int:
     return int(total)
 
 
+def node_state(client: Client, node_id: str) -> NodeState | None:
+    try:
+        return client.membership.get_node(node_id).node.state
+    except NotFound:
+        return None
+
+
 def instance(client: Client, host: str, name: str) -> object | None:
     found = client.services.list(host=host, name=name)
     return found[0] if found else None
@@ -140,7 +154,7 @@ def test_an_agent_checks_a_service_kill_9_turns_it_critical_and_stable_checks_wr
         assert [r.host for r in client.services.healthy(name)] == [host]
 
         # Stable: the service answers probe after probe, and nothing reaches the log.
-        wait_until(lambda: client.membership.get_node(host).node.state is NodeState.ACTIVE, 20, "agent active")
+        wait_until(lambda: node_state(client, host) is NodeState.ACTIVE, 20, "agent active")
         revision, reports, raft = wait_converged(cluster), health_reports(cluster), client.status()
         probes = probes_answered(log)
         wait_until(lambda: probes_answered(log) >= probes + 5, 30, "five more probes")
@@ -282,3 +296,69 @@ def test_bad_checks_and_reports_are_refused_and_change_nothing(cluster: LocalClu
             client.services.list(host=host)
     shown = cpctl_json(cluster, "services", "list", "--healthy")
     assert all(r["health"]["status"] in ("PASSING", "WARNING") for r in shown), shown
+
+
+SERVE = (
+    "import http.server, os; http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), "
+    "http.server.SimpleHTTPRequestHandler).serve_forever()"
+)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_an_agent_starts_a_service_on_demand_restarts_it_after_kill_9_and_stops_it(
+    cluster: LocalCluster, processes: list[subprocess.Popen[str]]
+) -> None:
+    host, name = "hc-run", "hc-started"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        manifest = {**http_manifest(name, host), "run": {"command": [sys.executable, "-c", SERVE]}}
+        client.services.register(manifest)
+        # No agent allows runs there yet: refused, nothing changed.
+        with pytest.raises(FailedPrecondition, match="no live agent"):
+            client.services.start(host, name)
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "controlplane", "agent", "--id", host, "--ttl", str(TTL_S), "--allow-run",
+             "--endpoints", ",".join(cluster.client_addresses)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+            env={**credentials_env(cluster), "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        processes.append(agent)
+        wait_until(lambda: node_state(client, host) is NodeState.ACTIVE, 20, "agent active")
+
+        started = time.monotonic()
+        shown = cpctl_json(cluster, "services", "start", name, "--node", host, "--wait", "60")
+        print(f"\ncpctl services start -> passing: {time.monotonic() - started:.2f}s")
+        assert shown["health"]["status"] == "PASSING" and shown["run"]["wanted"]
+        record = wait_until(
+            lambda: (r := instance(client, host, name)) is not None and r.run.state == "running" and r, 20, "running"
+        )
+        pid = record.run.pid
+        assert pid and pid_alive(pid)
+        # A second start reuses the running instance.
+        assert client.services.start(host, name).run.pid == pid
+
+        # kill -9 the service: critical, restarted (counted), passing again.
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: status_of(client, host, name) is HealthStatus.CRITICAL, 30, "critical after kill -9")
+        print(f"started service kill -9 -> critical: {time.monotonic() - killed_at:.2f}s")
+        again = wait_until(
+            lambda: (r := instance(client, host, name)) and r.run.restarts == 1 and r.run.state == "running" and r,
+            30,
+            "restarted",
+        )
+        assert again.run.pid != pid and again.run.last_exit_code == -signal.SIGKILL
+        wait_until(lambda: status_of(client, host, name) is HealthStatus.PASSING, 30, "passing after the restart")
+        print(f"kill -9 -> restarted and passing again: {time.monotonic() - killed_at:.2f}s")
+
+        # Stop ends the process; the registration and its ports stay.
+        client.services.stop(host, name)
+        wait_until(lambda: not pid_alive(again.run.pid), 20, "the process stopped")
+        wait_until(lambda: instance(client, host, name).run.state == "stopped", 20, "stopped reported")
+        assert instance(client, host, name).ports

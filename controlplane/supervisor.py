@@ -1,0 +1,147 @@
+"""Services an agent runs on demand (issue 21 item 4): the process side of ``Services.Start``.
+
+The cluster holds what is wanted (``ServiceRecord.run.wanted``, set by ``Services.Start``/``Stop``)
+and the agent's account of it (``run.state``, restarts, the last exit code). The agent of the
+instance's node, started with ``--allow-run``, follows the catalog (``HealthChecker.refresh`` hands
+it the node's instances) and:
+
+* starts a wanted instance's ``run.command`` with its ports in the environment (``CP_PORT_<NAME>``
+  for each, ``PORT`` for the first, ``CP_SERVICE``, ``CP_HOST``, then the manifest's ``run.env``);
+* restarts a process that exits, after a backoff doubling from 1 s to 30 s (reset once a process
+  has lived a minute), and counts the restarts;
+* stops it (SIGTERM, then SIGKILL after 5 s) when it is no longer wanted, deregistered, or the
+  agent stops;
+* reports its account only when it changes (a crash is one revision, a steady process none).
+
+Its health is the instance's health check, run by the checker as for any other instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from controlplane.client import AsyncClient, ControlPlaneError, NotFound, ServiceRecord
+
+log = structlog.get_logger("controlplane.supervisor")
+
+MIN_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+#: A process that lived this long starts the next backoff from the minimum again.
+STABLE_AFTER_S = 60.0
+STOP_GRACE_S = 5.0
+
+
+def run_environment(record: ServiceRecord, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment a run starts with: ``base``, the instance's ports, then the manifest's env."""
+    env = dict(base)
+    for index, assignment in enumerate(record.ports):
+        env[f"CP_PORT_{re.sub(r'[^A-Z0-9]', '_', assignment.name.upper())}"] = str(assignment.port)
+        if index == 0:
+            env["PORT"] = str(assignment.port)
+    env["CP_SERVICE"], env["CP_HOST"] = record.name, record.host
+    env.update((record.manifest.get("run") or {}).get("env") or {})
+    return env
+
+
+class Supervisor:
+    def __init__(self, client: AsyncClient, node_id: str) -> None:
+        self.client = client
+        self.node_id = node_id
+        self._tasks: dict[str, tuple[tuple[str, ...], asyncio.Task[None]]] = {}
+        #: name -> the running process (for tests and the stop path).
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+
+    def sync(self, records: Sequence[ServiceRecord]) -> None:
+        """Start what is wanted and not running; stop what runs and is no longer wanted."""
+        wanted: dict[str, ServiceRecord] = {
+            r.name: r for r in records if r.run.wanted and (r.manifest.get("run") or {}).get("command")
+        }
+        for name in [n for n in self._tasks if n not in wanted]:
+            self._tasks.pop(name)[1].cancel()
+        for name, record in wanted.items():
+            fingerprint = (repr(record.manifest.get("run")), repr([(p.name, p.port) for p in record.ports]))
+            running = self._tasks.get(name)
+            if running is not None and running[0] == fingerprint and not running[1].done():
+                continue
+            if running is not None:
+                running[1].cancel()
+            self._tasks[name] = (fingerprint, asyncio.create_task(self._supervise(record)))
+
+    async def stop(self) -> None:
+        tasks = [task for _, task in self._tasks.values()]
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _supervise(self, record: ServiceRecord) -> None:
+        name = record.name
+        command = list((record.manifest.get("run") or {}).get("command") or [])
+        loop = asyncio.get_running_loop()
+        restarts, backoff, code = 0, MIN_BACKOFF_S, 0
+        process: asyncio.subprocess.Process | None = None
+        try:
+            while True:
+                try:
+                    process = await asyncio.create_subprocess_exec(
+                        *command,
+                        env=run_environment(record, os.environ),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.DEVNULL,
+                        stderr=asyncio.subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                except OSError as exc:
+                    await self._report(name, "failed", restarts, code, message=f"cannot start {command[0]}: {exc}")
+                    return  # a missing program does not appear by retrying; start again once fixed
+                started = loop.time()
+                self.processes[name] = process
+                await self._report(name, "running", restarts, code=code, pid=process.pid)
+                code = await process.wait()
+                self.processes.pop(name, None)
+                if loop.time() - started >= STABLE_AFTER_S:
+                    backoff = MIN_BACKOFF_S
+                restarts += 1
+                log.warning("service_exited", service=name, code=code, restart_in=backoff)
+                await self._report(
+                    name, "backoff", restarts, code=code, message=f"exited with {code}; restart in {backoff:g}s"
+                )
+                await asyncio.sleep(backoff)  # the restart backoff
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        except asyncio.CancelledError:
+            if process is not None and process.returncode is None:
+                await _terminate(process)
+            self.processes.pop(name, None)
+            with contextlib.suppress(ControlPlaneError):
+                await self._report(name, "stopped", restarts, code)
+            raise
+
+    async def _report(
+        self, name: str, state: str, restarts: int, code: int = 0, pid: int = 0, message: str = ""
+    ) -> None:
+        try:
+            await self.client.services.report_run(
+                self.node_id, name, state, restarts=restarts, last_exit_code=code, pid=pid, message=message
+            )
+        except NotFound:
+            pass  # deregistered meanwhile: the next sync stops it
+        except ControlPlaneError as exc:
+            log.warning("run_report_failed", service=name, state=state, reason=exc.message)
+
+
+async def _terminate(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
