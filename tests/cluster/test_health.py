@@ -362,3 +362,10 @@ def test_an_agent_starts_a_service_on_demand_restarts_it_after_kill_9_and_stops_
         wait_until(lambda: not pid_alive(again.run.pid), 20, "the process stopped")
         wait_until(lambda: instance(client, host, name).run.state == "stopped", 20, "stopped reported")
         assert instance(client, host, name).ports
+        # Deregistering ends it too.
+        client.services.start(host, name)
+        restarted = wait_until(
+            lambda: (r := instance(client, host, name)) and r.run.state == "running" and r.run.pid, 30, "running again"
+        )
+        client.services.deregister(host, name)
+        wait_until(lambda: not pid_alive(restarted), 20, "the process of a deregistered instance stopped")
