@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from controlplane.state import health
 from controlplane.state.machine import StateMachine, batch_entry
@@ -166,6 +169,9 @@ def test_a_clean_deregistration_of_the_node_turns_its_instances_critical() -> No
     t.register("n1", "plain")
     t.ok(node_deregister=membership_pb2.DeregisterNodeRequest(node_id="n1"))
     assert t.health("n1", "plain").status == CRITICAL
+    # A late report of the dying agent does not undo the node's death.
+    late = t.report("n1", "plain", PASSING)
+    assert late.error.code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and t.health("n1", "plain").status == CRITICAL
     # The agent back: it reports its check-less services passing again.
     t.register_node("n1")
     assert t.report("n1", "plain", PASSING).service_health.changed
@@ -312,3 +318,80 @@ def test_a_bad_run_spec_is_refused() -> None:
     t.register_node("n1")
     bad = t.register("n1", "api", HTTP, run=ports_pb2.RunSpec(command=["x"], env={"1BAD": "v"}))
     assert bad.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "variable name" in bad.error.message
+
+
+# ------------------------------------------------------------------- random sequences
+
+NODES = ["n1", "n2"]
+NAMES = ["api", "job", "plain"]
+CHECKS: dict[str, dict[str, Any]] = {
+    "api": {**HTTP, "deregister_critical_after_s": 5},
+    "job": {"type": "ttl", "ttl_s": 3},
+    "plain": {},
+}
+
+
+class HealthWalk(RuleBasedStateMachine):
+    """Random registrations, reports, node deaths, ttl expiries, reaps and deregistrations, with the
+    catalog's invariants after every step, a twin and a snapshot round trip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = Twins()
+
+    @rule(node=st.sampled_from(NODES))
+    def register_node(self, node: str) -> None:
+        self.t.register_node(node, ttl_ms=2_000)
+
+    @rule(node=st.sampled_from(NODES), name=st.sampled_from(NAMES))
+    def register(self, node: str, name: str) -> None:
+        self.t.register(node, name, CHECKS[name])
+
+    @rule(
+        node=st.sampled_from(NODES), name=st.sampled_from(NAMES), status=st.sampled_from([PASSING, WARNING, CRITICAL])
+    )
+    def report(self, node: str, name: str, status: int) -> None:
+        before = self.t.m.revision
+        result = self.t.report(node, name, status)
+        if result.HasField("error") or not result.service_health.changed:
+            assert self.t.m.revision == before  # a refusal or an unchanged status: no revision
+
+    @rule(ms=st.integers(0, 4_000))
+    def time_passes(self, ms: int) -> None:
+        self.t.now += ms
+
+    @rule()
+    def expire(self) -> None:
+        due = [lease.id for lease in self.t.m.leases.expired_by(self.t.now)]
+        if due:
+            self.t.ok(lease_expire=leases_pb2.ExpireLeases(lease_ids=due))
+
+    @rule()
+    def reap(self) -> None:
+        due = self.t.m.ports.critical_due(self.t.now)
+        if due:
+            self.t.ok(service_reap=ports_pb2.ReapCriticalRequest(services=due))
+
+    @rule(node=st.sampled_from(NODES), name=st.sampled_from(NAMES))
+    def deregister(self, node: str, name: str) -> None:
+        self.t.run(service_deregister=ports_pb2.DeregisterServiceRequest(host=node, name=name))
+
+    @invariant()
+    def catalog_is_consistent(self) -> None:
+        m = self.t.m
+        ttl = {r.health.ttl_lease_id: key for key, r in m.ports.services.items() if r.health.ttl_lease_id}
+        assert ttl == m.ports.ttl_leases and all(m.leases.exists(lease) for lease in ttl)
+        for (host, _), record in m.ports.services.items():
+            if m.membership.is_gone(host):
+                assert record.health.status == CRITICAL  # a dead or left node's instances are critical
+            if record.health.ttl_lease_id:
+                assert record.health.status == PASSING
+        assert all(r.health.status in health.HEALTHY for r in m.ports.list_services(healthy=True))
+        assert self.t.machines[0].snapshot() == self.t.machines[1].snapshot()
+
+    def teardown(self) -> None:
+        self.t.same()
+
+
+TestHealthWalk = HealthWalk.TestCase
+TestHealthWalk.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)

@@ -178,6 +178,7 @@ class StateMachine:
                 renew=lambda lease_id: self.leases.renew(lease_id),
                 end=lambda lease_id, reason: self.leases.end(lease_id, reason),
                 capabilities=lambda host: self.membership.live_capabilities(host),
+                node_gone=lambda host: self.membership.is_gone(host),
             ),
         )
         self.leases = LeaseTable(self, release=self._release_lease)

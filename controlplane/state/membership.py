@@ -462,6 +462,11 @@ class MembershipTable:
         self._gone.pop(node_id, None)
         self._record(f"nodes/{node_id}", watch_pb2.EVENT_TYPE_DELETE, node=previous, reason=reason)
 
+    def is_gone(self, node_id: str) -> bool:
+        """Whether ``node_id`` names a node that is dead or left (not one never registered)."""
+        record: NodeRecord | None = self.nodes.get(node_id)
+        return record is not None and record.state in GONE_STATES
+
     def live_capabilities(self, node_id: str) -> tuple[str, ...] | None:
         """A live node's capabilities (what its agent consents to: exec checks, runs); None when the
         node is unknown, left or dead."""

@@ -75,11 +75,13 @@ class ServiceHooks:
         renew: Callable[[int], object],
         end: Callable[[int, str], object],
         capabilities: Callable[[str], tuple[str, ...] | None],
+        node_gone: Callable[[str], bool] = lambda host: False,
     ) -> None:
         self.grant = grant  # ttl in ms -> a new lease's id
         self.renew = renew
         self.end = end
         self.capabilities = capabilities  # host -> its live node's capabilities (None: no live node)
+        self.node_gone = node_gone  # host -> whether it names a node that is dead or left
 
     def exec_allowed(self, host: str) -> bool:
         return health.EXEC_CAPABILITY in (self.capabilities(host) or ())
@@ -1036,7 +1038,9 @@ class PortTable:
     def _initial_health(self, manifest: ports_pb2.ServiceManifest, revision: int) -> ports_pb2.ServiceHealth:
         """A service without a check passes; one with a check is critical until its first result
         (Consul's rule: nothing is sent traffic before it has shown it can take it)."""
-        if health.has_check(manifest.health_check):
+        if self._hooks is not None and self._hooks.node_gone(manifest.host):
+            status, output = health.CRITICAL, f"node {manifest.host} is dead or left"
+        elif health.has_check(manifest.health_check):
             status, output = health.CRITICAL, "not checked yet"
         else:
             status, output = health.PASSING, "no health check"
@@ -1098,6 +1102,12 @@ class PortTable:
         record = self.services.get((request.host, request.name))
         if record is None:
             raise _not_found(f"no service {request.name!r} on {request.host!r}; register it first")
+        if self._hooks is not None and self._hooks.node_gone(request.host):
+            # A late report of a dying agent must not undo its node's death: critical stands until
+            # the node registers again.
+            raise _precondition(
+                f"node {request.host} is dead or left: its instances stay critical until it registers again"
+            )
         check = record.manifest.health_check
         current = record.health
         if check.type == "ttl" and request.status == health.PASSING:
