@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
-.PHONY: run test test-fast test-browser soak bench lint proto sdk check-proto clean setup jepsen jepsen-long
+.PHONY: run test test-fast test-browser chromium soak bench lint proto sdk check-proto clean setup jepsen jepsen-long
 
 setup: $(STAMP)
 
@@ -29,18 +29,22 @@ $(RUN_STAMP): pyproject.toml
 run: $(RUN_STAMP)
 	$(BIN)/cpctl dev --servers 3 --data-dir .data --demo
 
-## test: every check: generated code in sync, lint, types, the whole test suite
-test: $(STAMP) check-proto lint
+## test: every check: generated code in sync, lint, types, the whole test suite (the console's browser test included)
+test: $(STAMP) check-proto lint chromium
 	$(BIN)/python -m pytest -q
+
+# The console's browser test drives Debian's chromium: installed with apt-get where it is missing.
+# Where that is impossible (no root, no network) the test is reported as skipped, and says why.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "WARNING: chromium could not be installed: the console's browser test will be skipped"
 
 ## test-fast: the suite without cluster tests (no processes started)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not cluster and not soak'
 
 ## test-browser: the console in headless Chromium (apt-get installs Debian's chromium where it is missing)
-test-browser: $(STAMP)
-	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-	$(BIN)/pip install --quiet -e '.[dev,browser]'
+test-browser: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m browser -s
 
 ## soak: the long runs excluded from make test (about 3 minutes on a quiet machine)

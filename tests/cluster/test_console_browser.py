@@ -3,8 +3,8 @@ page loads without a console error (a CSP violation is one), the leader shown is
 registering appears on Fleet with no reload, search as you type finds a new model, and a kill -9 of
 the leader changes the Cluster page with no reload. Screenshots of every page are saved.
 
-Run with ``make test-browser`` (installs Chromium with apt-get where it is missing, and Playwright).
-Excluded from ``make test``: it needs the browser. ``CONSOLE_SCREENSHOTS=DIR`` keeps the screenshots
+Part of ``make test``, which installs Debian's chromium with apt-get where it is missing (Playwright
+is in the dev extra); ``make test-browser`` runs it alone. Without a chromium it is skipped, saying so. ``CONSOLE_SCREENSHOTS=DIR`` keeps the screenshots
 there (``docs/console/`` holds the ones ``docs/console.md`` shows).
 """
 
