@@ -14,6 +14,7 @@ needs do not depend on the request.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +26,10 @@ import structlog
 
 from controlplane import errors, tls
 from controlplane.errors import ResourceExhausted, Unauthenticated
+from controlplane.server import metrics
 from controlplane.state.auth import ADMIN_USER, ANY_NODE, AuthTable, Caller, Need, allowed
+
+log = structlog.get_logger(__name__)
 
 #: Needs nothing: open to callers without credentials.
 OPEN = "open"
@@ -326,8 +330,21 @@ def open_audit_log(path: Path, node_id: str) -> Callable[..., None]:
         processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()],
     )
 
+    last_warned = -math.inf
+
     def audit(**fields: Any) -> None:
-        logger.info("audit", node=node_id, **fields)
+        # Called after the call's outcome is decided (a write may already be committed): a full or
+        # failing disk must not turn that outcome into an error the client would believe. Counted
+        # and logged (at most every 10 s) instead.
+        nonlocal last_warned
+        try:
+            logger.info("audit", node=node_id, **fields)
+        except (OSError, ValueError) as exc:
+            metrics.AUDIT_WRITE_FAILURES.inc()
+            now = time.monotonic()
+            if now - last_warned >= 10.0:
+                last_warned = now
+                log.warning("audit_write_failed", path=str(path), error=str(exc))
 
     return audit
 

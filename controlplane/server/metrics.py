@@ -28,3 +28,9 @@ LATENCY = Histogram(
 def set_role(role: str) -> None:
     for name in ("follower", "candidate", "leader", "learner"):
         RAFT_ROLE.labels(role=name).set(1 if name == role else 0)
+
+
+AUDIT_WRITE_FAILURES = Counter(
+    "controlplane_audit_write_failures_total",
+    "Audit log lines that could not be written (full or failing disk); the calls themselves stood",
+)

@@ -4,8 +4,9 @@ registering appears on Fleet with no reload, search as you type finds a new mode
 the leader changes the Cluster page with no reload. Screenshots of every page are saved.
 
 Part of ``make test``, which installs Debian's chromium with apt-get where it is missing (Playwright
-is in the dev extra); ``make test-browser`` runs it alone. Without a chromium it is skipped, saying so. ``CONSOLE_SCREENSHOTS=DIR`` keeps the screenshots
-there (``docs/console/`` holds the ones ``docs/console.md`` shows).
+is in the dev extra); ``make test-browser`` runs it alone. Without a chromium it is skipped, saying
+so. ``CONSOLE_SCREENSHOTS=DIR`` keeps the screenshots there (``docs/console/`` holds the ones
+``docs/console.md`` shows).
 """
 
 from __future__ import annotations
