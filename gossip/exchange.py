@@ -88,6 +88,10 @@ PROTOCOL_VERSION = 1
 
 # A partner's parameters refused for NaN or infinity (``_require_finite``); the refusal also
 # reaches the partner as EXCHANGE_FAILURE_NOT_FINITE and its round report.
+REFUSED_IDENTITY = Counter(
+    "gossip_exchanges_refused_identity_total",
+    "Dialers refused because their certificate does not name the node they claim (TLS gossip)",
+)
 REFUSED_NOT_FINITE = Counter(
     "gossip_parameters_refused_not_finite_total", "Partner parameters refused for NaN or infinite values"
 )
@@ -169,6 +173,11 @@ class ProtocolError(ExchangeError):
     """A malformed, unexpected or out-of-order message, or an unsupported protocol version."""
 
 
+class IdentityMismatch(ExchangeError):
+    """With TLS gossip, the dialer's certificate does not name the node id its header claims (or it
+    presented no controlplane identity at all): a stranger may not stand in for a matched partner."""
+
+
 class TruncatedStream(ProtocolError):
     """The peer's stream ended before its trailer (or its accept): the payload is incomplete."""
 
@@ -182,6 +191,7 @@ _REASON_OF: tuple[tuple[type[ExchangeError], pb.ExchangeFailure], ...] = (
     (ProtocolError, pb.EXCHANGE_FAILURE_PROTOCOL),
     (PeerTimeout, pb.EXCHANGE_FAILURE_TIMEOUT),
     (NotFinite, pb.EXCHANGE_FAILURE_NOT_FINITE),
+    (IdentityMismatch, pb.EXCHANGE_FAILURE_IDENTITY),
 )
 
 
@@ -502,6 +512,25 @@ class _ServingStream:
 
     async def close(self) -> None:
         return None  # the serving side's stream ends when its handler returns
+
+    def certified_node(self) -> str | None:
+        """The node id the dialer's verified client certificate names (its ``agent:`` or ``server:``
+        URI SAN), or None without one (plaintext gossip, or a certificate naming no node)."""
+        from controlplane.tls import URI_PREFIX, Identity, TlsError  # TLS gossip only (cryptography)
+
+        uris = [
+            value.decode(errors="replace")
+            for value in (self._context.auth_context() or {}).get("x509_subject_alternative_name", ())
+            if value.startswith(URI_PREFIX.encode())
+        ]
+        for uri in uris:
+            try:
+                identity = Identity.from_uri(uri)
+            except TlsError:
+                continue
+            if identity.role in ("agent", "server"):
+                return identity.id
+        return None
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         """End the call with an error status. After a failure this is what stops the dialer from
@@ -896,6 +925,15 @@ class ExchangeServer:
             await self._changed.wait_for(lambda: key in self._offers)
             return self._offers[key]
 
+    def _check_certified(self, h: pb.ExchangeHeader, certified: str | None) -> None:
+        """TLS gossip: the dialer is the node its certificate names, whatever its header says."""
+        if certified != h.sender:
+            REFUSED_IDENTITY.inc()
+            named = f"names {certified!r}" if certified else "names no agent or server"
+            raise IdentityMismatch(
+                f"a dialer claims to be {h.sender!r} but its certificate {named}: refused by {self.node_id}"
+            )
+
     async def _serve(self, stream: _ServingStream, remaining: float | None) -> None:
         """One incoming exchange: read the dialer's header, find (or wait for) the offer of its round,
         check the dialer is the partner, then run the protocol and resolve the offer with the outcome."""
@@ -915,6 +953,8 @@ class ExchangeServer:
             await _refuse(stream, exc)
             return
         try:
+            if self._server_credentials is not None:
+                self._check_certified(h, stream.certified_node())
             _check_identity(h, self.node_id, offer.peer)
             if offer.claimed or offer.done():
                 raise RoundMismatch(f"round {h.round} of {h.group!r} is already exchanged by {self.node_id}")

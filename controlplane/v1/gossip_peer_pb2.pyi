@@ -16,6 +16,7 @@ class ExchangeFailure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXCHANGE_FAILURE_PROTOCOL: _ClassVar[ExchangeFailure]
     EXCHANGE_FAILURE_TIMEOUT: _ClassVar[ExchangeFailure]
     EXCHANGE_FAILURE_NOT_FINITE: _ClassVar[ExchangeFailure]
+    EXCHANGE_FAILURE_IDENTITY: _ClassVar[ExchangeFailure]
 EXCHANGE_FAILURE_UNSPECIFIED: ExchangeFailure
 EXCHANGE_FAILURE_SPEC_MISMATCH: ExchangeFailure
 EXCHANGE_FAILURE_ROUND_MISMATCH: ExchangeFailure
@@ -23,6 +24,7 @@ EXCHANGE_FAILURE_CORRUPT: ExchangeFailure
 EXCHANGE_FAILURE_PROTOCOL: ExchangeFailure
 EXCHANGE_FAILURE_TIMEOUT: ExchangeFailure
 EXCHANGE_FAILURE_NOT_FINITE: ExchangeFailure
+EXCHANGE_FAILURE_IDENTITY: ExchangeFailure
 
 class ExchangeChunk(_message.Message):
     __slots__ = ("header", "data", "trailer", "accept", "refusal")
