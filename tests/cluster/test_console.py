@@ -52,6 +52,7 @@ async def test_every_page_shows_the_cluster(cluster: LocalCluster, console: http
     leader_id = cluster.wait_for_leader()
     peers = ["ui-a1", "ui-a2", "ui-a3", "ui-a4"]
     with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
+        admin.membership.set_flag("multi_network", True)  # the shared cluster holds other tests' networks
         admin.membership.create_network("ui-net", "ui-model", 4, priority=2)
         for node in peers:
             admin.membership.register_node(node, labels={"zone": "ui-eu", "note": HOSTILE}, ttl_s=60)

@@ -59,6 +59,7 @@ def test_console_in_a_browser(cluster: LocalCluster, tmp_path: Path, browser: An
     shots.mkdir(parents=True, exist_ok=True)
     leader_id = cluster.wait_for_leader()
     with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
+        admin.membership.set_flag("multi_network", True)  # the shared cluster holds other tests' networks
         admin.membership.create_network("br-net", "br-model", 8, priority=1)
         admin.ports.allocate("br-host", "br-svc", "http")
         for i in range(4):
