@@ -810,6 +810,14 @@ class _Servicer(pb_grpc.GossipPeerServicer):
         await self._owner._serve(_ServingStream(context), remaining)
 
 
+def tls_credentials(ca: bytes, cert: bytes, key: bytes) -> tuple[grpc.ServerCredentials, grpc.ChannelCredentials]:
+    """Mutual TLS for a node's gossip port from its certificate (an ``agent:<node id>`` identity from
+    ``cpctl certs issue ID --role agent``), its key and the cluster CA: what the port presents and
+    requires of dialers, and what the node presents when it dials. Pass them to :class:`ExchangeServer`."""
+    server = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+    return server, grpc.ssl_channel_credentials(ca, key, cert)
+
+
 class ExchangeServer:
     """The local node's gossip port: answers partners that dial it with the offer posted for their round.
 

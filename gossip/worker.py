@@ -56,6 +56,7 @@ from gossip.exchange import (
     PeerTimeout,
     PeerUnavailable,
     exchange_or_keep,
+    tls_credentials,
 )
 from gossip.mixing import Array, Params
 
@@ -165,7 +166,9 @@ class Worker:
     the rounds once it runs out. ``probe_bytes`` are the payload sizes of a probe's transfers (run
     largest first); every worker of a group must use the same (the two ends of a probe send the same
     layout: otherwise the probe fails with ``SpecMismatch``). One worker per node id, one group per
-    worker.
+    worker. ``tls``: (CA, certificate, key) PEM bytes, the certificate naming ``agent:<node_id>``:
+    the gossip port then serves mutual TLS and refuses a partner whose certificate does not name the
+    node it claims (gossip/DESIGN.md); None: plaintext gossip, for loopback and trusted networks.
     """
 
     def __init__(
@@ -184,6 +187,7 @@ class Worker:
         lease_ttl_s: float = 10.0,
         labels: dict[str, str] | None = None,
         probe_bytes: tuple[int, ...] = DEFAULT_PROBE_BYTES,
+        tls: tuple[bytes, bytes, bytes] | None = None,
     ) -> None:
         labels = dict(labels or {})
         if labels.get(GROUP_LABEL, group) != group:
@@ -210,7 +214,10 @@ class Worker:
         self.bandwidth = BandwidthTable(node_id)
         self._advertise = advertise
         self._groups = client.gossip
-        self._server = ExchangeServer(node_id, listen)
+        server_credentials, channel_credentials = tls_credentials(*tls) if tls is not None else (None, None)
+        self._server = ExchangeServer(
+            node_id, listen, server_credentials=server_credentials, channel_credentials=channel_credentials
+        )
         self._agent: Agent | None = None
         self._tracker: asyncio.Task[None] | None = None
         self._latest: Round | None = None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from controlplane import tls
-from gossip.exchange import REFUSED_IDENTITY, ExchangeServer, IdentityMismatch, PeerLost, exchange
+from gossip.exchange import REFUSED_IDENTITY, ExchangeServer, IdentityMismatch, PeerLost, exchange, tls_credentials
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,9 +27,7 @@ def credentials(pki: Path, node_id: str) -> tuple[grpc.ServerCredentials, grpc.C
     if not tls.TlsFiles.from_directory(pki, identity).cert.exists():
         tls.issue(pki, identity, sans=["127.0.0.1", "localhost"])
     files = tls.TlsFiles.from_directory(pki, identity)
-    ca, cert, key = files.ca.read_bytes(), files.cert.read_bytes(), files.key.read_bytes()
-    server = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
-    return server, grpc.ssl_channel_credentials(ca, key, cert)
+    return tls_credentials(files.ca.read_bytes(), files.cert.read_bytes(), files.key.read_bytes())
 
 
 def tls_server(pki: Path, node_id: str) -> ExchangeServer:

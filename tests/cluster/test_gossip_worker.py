@@ -324,3 +324,43 @@ def test_cpctl_gossip_groups_and_the_consensus_measure(cluster: LocalCluster) ->
         assert client.gossip.delete_group(group)
         with pytest.raises(NotFound):
             client.gossip.group(group)
+
+
+async def test_workers_gossip_over_mutual_tls_with_agent_certificates(cluster: LocalCluster) -> None:
+    """Two workers whose gossip ports serve mutual TLS with ``agent:<id>`` certificates from the
+    cluster CA exchange through committed rounds like plaintext ones (the impostor case is in
+    tests/test_gossip_identity.py)."""
+    from controlplane import tls
+
+    group = f"gt-{secrets.token_hex(3)}"
+    ids = [f"{group}-a", f"{group}-b"]
+    client = AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15)
+    workers: list[Worker] = []
+    try:
+        for node in ids:
+            identity = tls.Identity("agent", node)
+            tls.issue(cluster.pki_dir, identity, sans=["127.0.0.1"])
+            files = tls.TlsFiles.from_directory(cluster.pki_dir, identity)
+            pem = (files.ca.read_bytes(), files.cert.read_bytes(), files.key.read_bytes())
+            workers.append(
+                Worker(
+                    client,
+                    group,
+                    node,
+                    round_timeout_s=ROUND_TIMEOUT_S,
+                    lease_ttl_s=LEASE_TTL_S,
+                    probe_bytes=PROBE_BYTES,
+                    tls=pem,
+                )
+            )
+        await asyncio.gather(*(worker.start(initial_params(k)) for k, worker in enumerate(workers)))
+        before = [initial_params(k) for k in range(len(workers))]
+        after = await asyncio.gather(*(worker.step(params) for worker, params in zip(workers, before, strict=True)))
+        for worker in workers:
+            assert worker.last_round is not None and worker.last_round.ok, worker.last_round
+        for name in before[0]:
+            expected = (before[0][name] + before[1][name]) / 2
+            assert np.array_equal(after[0][name], expected) and np.array_equal(after[1][name], expected)
+    finally:
+        await asyncio.gather(*(worker.close() for worker in workers), return_exceptions=True)
+        await client.close()
