@@ -71,6 +71,17 @@ def free_port(taken: set[int] | None = None) -> int:
     raise RuntimeError(f"no free port found between 10000 and {low}")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL me when my parent dies (Linux; elsewhere a no-op)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def dev_admin_credentials(data_dir: Path) -> Credentials:
     """The dev admin's client credentials for the cluster whose data dir is ``data_dir`` (its dev CA
     and ``client:admin`` certificate, issued when missing): usable before the cluster starts, for a
@@ -146,12 +157,17 @@ class LocalCluster:
         extra_config: dict[str, Any] | None = None,
         insecure: bool = False,
         client_tls: bool = True,
+        die_with_parent: bool = False,
     ) -> None:
         if servers < 1:
             raise ValueError("a cluster needs at least one server")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.insecure = insecure
+        # `cpctl dev`: the servers get SIGKILL when the process that spawned them dies, even by
+        # kill -9 (Linux PR_SET_PDEATHSIG). Only for spawns from a thread that lives as long as the
+        # process: the signal fires when the spawning *thread* exits.
+        self.die_with_parent = die_with_parent
         self.client_tls = client_tls and not insecure
         self.log_level = log_level
         self.extra_env = extra_env or {}
@@ -295,7 +311,12 @@ class LocalCluster:
         env = {**os.environ, **self.extra_env, **self._tls_env(node.id)}
         with open(node.log_path, "ab") as log_file:
             node.process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
 
     def kill(self, node_id: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:

@@ -49,7 +49,12 @@ def dev(
                 f"{len(previous['servers'])} or another --data-dir"
             )
     cluster = LocalCluster(
-        data_dir, servers=servers, base_port=base_port, insecure=insecure_dev, client_tls=not insecure_dev
+        data_dir,
+        servers=servers,
+        base_port=base_port,
+        insecure=insecure_dev,
+        client_tls=not insecure_dev,
+        die_with_parent=True,
     )
     if insecure_dev:
         typer.echo(
@@ -68,9 +73,10 @@ def dev(
             except ConfigError as exc:
                 fail(f"{exc}: is another `cpctl dev` running? Stop it, or use another --base-port", code=EXIT_USAGE)
     stop = threading.Event()
-    crashed: list[str] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # Ctrl-C, kill, and the terminal closing (SIGHUP) all stop every server.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
+    supervisor = Supervisor(cluster)
     cluster.start()
     try:
         typer.echo(f"starting {servers} servers (logs in {data_dir}/n*.log)...")
@@ -90,19 +96,100 @@ def dev(
             _print_client_access(cluster)
         if demo:
             _demo(cluster)
-        typer.echo("\nrunning; Ctrl-C stops every server")
+        typer.echo("\nrunning; a server that dies is restarted; Ctrl-C stops every server")
         while not stop.wait(0.5):
-            for node in cluster.nodes.values():
-                if not node.running:
-                    typer.echo(f"{node.id} exited unexpectedly; see {node.log_path}", err=True)
-                    crashed.append(node.id)
-                    stop.set()
+            supervisor.check()
+            if not any(node.running for node in cluster.nodes.values()) and not supervisor.pending:
+                typer.echo("every server has stopped; see the logs above", err=True)
+                break
     finally:
         typer.echo("stopping...")
         cluster.stop()
         typer.echo("stopped")
-    if crashed:
+    if supervisor.gave_up:
         raise typer.Exit(EXIT_ERROR)
+
+
+#: Restarts of one server within RESTART_WINDOW_S before `cpctl dev` gives up on it.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+
+
+class Supervisor:
+    """Keeps the dev servers running: one that dies (kill -9, a crash) is restarted after a backoff
+    (1, 2, 4 ... s), and given up on after MAX_RESTARTS within a minute. One that stopped itself
+    because it was removed from the cluster, or that refuses to start, is reported with its log and
+    left stopped: restarting it cannot help, and the others keep serving."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.restarts: dict[str, list[float]] = {}
+        self.due: dict[str, float] = {}
+        self.left_alone: set[str] = set()
+        self.gave_up: set[str] = set()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.due)
+
+    def check(self) -> None:
+        import time
+
+        now = time.monotonic()
+        for node in self.cluster.nodes.values():
+            if node.running or node.id in self.left_alone or node.process is None:
+                continue
+            if node.id in self.due:
+                if now >= self.due[node.id]:
+                    del self.due[node.id]
+                    typer.echo(f"restarting {node.id}...", err=True)
+                    self.cluster.restart(node.id)
+                continue
+            code = node.process.returncode
+            why = _why_stopped(node.log_path)
+            if why is not None:
+                self.left_alone.add(node.id)
+                typer.echo(f"{node.id} {why} (its log: {node.log_path}); the others keep running", err=True)
+                continue
+            recent = [t for t in self.restarts.get(node.id, []) if now - t < RESTART_WINDOW_S]
+            if len(recent) >= MAX_RESTARTS:
+                self.left_alone.add(node.id)
+                self.gave_up.add(node.id)
+                typer.echo(
+                    f"{node.id} died {len(recent)} times within a minute; not restarting it again "
+                    f"(its log: {node.log_path})",
+                    err=True,
+                )
+                continue
+            recent.append(now)
+            self.restarts[node.id] = recent
+            delay = min(30.0, 2.0 ** (len(recent) - 1))
+            exit_text = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            typer.echo(
+                f"{node.id} died ({exit_text}; its log: {node.log_path}); restarting it in {delay:g} s", err=True
+            )
+            self.due[node.id] = now + delay
+
+
+def _why_stopped(log_path: Path) -> str | None:
+    """Why a server stopped for good, from the end of its log: removed from the cluster, or refusing
+    to start (with the fix); None for a death a restart can mend."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(0, 2)
+            log.seek(max(0, log.tell() - 8192))
+            tail = log.read().decode(errors="replace")
+    except OSError:
+        return None
+    last = tail.strip().splitlines()[-1] if tail.strip() else ""
+    if "stopped:" in last:
+        return f"stopped itself: {last.split('stopped:', 1)[1].strip()}"
+    if "cannot start:" in last:
+        return (
+            f"refuses to start: {last.split('cannot start:', 1)[1].strip()} "
+            "(to start the dev cluster over: stop it, rm -rf its --data-dir)"
+        )
+    return None
 
 
 def _print_client_access(cluster: LocalCluster) -> None:
