@@ -19,6 +19,11 @@ from controlplane.dev import MANIFEST_FILE
 from controlplane.errors import ControlPlaneError, DeadlineExceeded, InvalidArgument, Unavailable
 
 DEFAULT_ENDPOINTS = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+#: A server's client port unless configured otherwise (`cpctl serve --client-address`): what an
+#: endpoint given as a bare host means.
+DEFAULT_CLIENT_PORT = 7101
+#: How long a command waits for any endpoint to accept a TCP connection before it says nobody runs there.
+REACH_TIMEOUT_S = 1.5
 
 EndpointsOption = Annotated[
     str | None,
@@ -89,7 +94,37 @@ def resolve_endpoints(endpoints: str | None) -> str:
     value = _resolved(endpoints)[0]
     if value.startswith(("http://", "https://")):
         return _from_gateway(value)
-    return value or DEFAULT_ENDPOINTS
+    return ",".join(with_default_port(e) for e in (value or DEFAULT_ENDPOINTS).split(",") if e.strip())
+
+
+def with_default_port(endpoint: str) -> str:
+    """``10.0.0.5`` -> ``10.0.0.5:7101`` (gRPC alone would dial port 443); ``[::1]`` -> ``[::1]:7101``."""
+    endpoint = endpoint.strip()
+    host_only = endpoint.endswith("]") or (":" not in endpoint) or (endpoint.count(":") > 1 and "[" not in endpoint)
+    if not host_only:
+        return endpoint
+    if endpoint.count(":") > 1 and "[" not in endpoint:
+        endpoint = f"[{endpoint}]"
+    return f"{endpoint}:{DEFAULT_CLIENT_PORT}"
+
+
+def _reachable(endpoints: str, timeout: float = REACH_TIMEOUT_S) -> bool:
+    """Does any endpoint accept a TCP connection within ``timeout``? All are tried at once: a cluster
+    that is not running answers in milliseconds (connection refused), not after the RPC retries."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(endpoint: str) -> bool:
+        host, _, port = endpoint.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            return False
+
+    addresses = [e.strip() for e in endpoints.split(",") if e.strip()]
+    with ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
+        return any(pool.map(one, addresses))
 
 
 def _from_gateway(url: str) -> str:
@@ -111,6 +146,12 @@ def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
     """A client for the command, with every control-plane error turned into a message and exit code."""
     resolved = resolve_endpoints(endpoints)
     credentials = client_credentials(endpoints)
+    if not _reachable(resolved):
+        fail(
+            f"no server at {resolved} answered: is the cluster running? (`make run` or `cpctl dev` starts "
+            "one here; elsewhere pass --endpoints or CP_ENDPOINTS)",
+            code=EXIT_UNAVAILABLE,
+        )
     try:
         with Client(resolved, timeout=timeout, credentials=credentials) as client:
             yield client

@@ -1,0 +1,44 @@
+"""A client command against endpoints where nothing listens: one line naming them and the likely fix,
+exit 3, no traceback; a bare host means the default client port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from controlplane.cli.common import DEFAULT_CLIENT_PORT, with_default_port
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again on exit: nothing listens there
+
+
+def test_a_bare_host_means_the_default_client_port() -> None:
+    assert with_default_port("10.0.0.5") == f"10.0.0.5:{DEFAULT_CLIENT_PORT}"
+    assert with_default_port(" db.internal ") == f"db.internal:{DEFAULT_CLIENT_PORT}"
+    assert with_default_port("::1") == f"[::1]:{DEFAULT_CLIENT_PORT}"
+    assert with_default_port("[::1]") == f"[::1]:{DEFAULT_CLIENT_PORT}"
+    assert with_default_port("[::1]:9000") == "[::1]:9000"
+    assert with_default_port("10.0.0.5:9000") == "10.0.0.5:9000"
+
+
+def test_nothing_listening_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    endpoint = f"127.0.0.1:{_closed_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "controlplane", "kv", "get", "x", "--endpoints", endpoint],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr
+    assert f"no server at {endpoint} answered: is the cluster running?" in done.stderr
+    assert "make run" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
