@@ -16,8 +16,6 @@ from controlplane.dev import MANIFEST_FILE, LocalCluster
 
 if TYPE_CHECKING:
     from controlplane.client import Client
-from controlplane.server.app import check_bindable
-from controlplane.server.config import ConfigError
 
 DEFAULT_BASE_PORT = 7100
 
@@ -40,6 +38,10 @@ def dev(
     same directory read ./.data/cluster.json when --endpoints is not given). Data persists across
     runs in DATA_DIR.
     """
+    # Imported here: the server's modules are needed by this command only, not by every cpctl call.
+    from controlplane.server.app import check_bindable
+    from controlplane.server.config import ConfigError
+
     manifest_path = data_dir / MANIFEST_FILE
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
