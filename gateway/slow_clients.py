@@ -22,11 +22,10 @@ import h11
 import structlog
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gateway.models import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S
+
 log = structlog.get_logger("gateway.slow_clients")
 
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_BODY_TIMEOUT_S = 30.0
-DEFAULT_MAX_CONNECTIONS = 1000
 
 _TIMEOUT_BODY = b"the request did not arrive in time\n"
 _TIMEOUT_RESPONSE = (

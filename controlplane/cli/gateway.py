@@ -13,7 +13,7 @@ from controlplane.cli.common import EndpointsOption, client_credentials, resolve
 from controlplane.cli.output import EXIT_USAGE, fail
 from controlplane.state import limits
 from gateway.formation import MAX_BOOTSTRAP_EXPECT
-from gateway.slow_clients import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
+from gateway.models import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 
 DEFAULT_TOKEN_ENV = "CP_GATEWAY_TOKEN"
 
