@@ -545,3 +545,40 @@ async def test_timing_report(use_fts5: bool) -> None:
         f"\n{index.engine}: rebuild 2000 models {rebuild_ms:.0f} ms, search median {timings[len(timings) // 2]:.2f} ms"
     )
     await index.close()
+
+
+# ------------------------------------------------------------------ exact names, browsing (issue 18)
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+async def test_a_model_named_exactly_the_query_comes_first_then_name_prefixes(use_fts5: bool) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    await index.rebuild(
+        [
+            doc("rankprobe173-7b-instruct", "instruct"),
+            doc("x-rankprobe173-tuned", "tuned"),
+            doc("RankProbe173", "the model itself, with a long description " * 20, "rank", ["rankprobe173"]),
+            doc("other", "mentions rankprobe173 once"),
+        ],
+        revision=1,
+    )
+    found = [name for name, _ in (await index.search("rankprobe173")).hits]
+    assert found[:2] == ["RankProbe173", "rankprobe173-7b-instruct"]
+    assert set(found) == {"RankProbe173", "rankprobe173-7b-instruct", "x-rankprobe173-tuned", "other"}
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+async def test_an_empty_query_with_a_filter_browses_by_name(use_fts5: bool) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    await index.rebuild(CATALOGUE, revision=1)
+    page = await index.search("", family="LLAMA")
+    assert [name for name, _ in page.hits] == ["Llama-2-7b", "Llama-3-8B-Instruct"] and page.total == 2
+    assert [name for name, _ in (await index.search("", tag="chat", limit=2)).hits] == [
+        "Llama-3-8B-Instruct",
+        "Mistral-7B-v0.3",
+    ]
+    assert (await index.search("", tag="chat", limit=2)).total == 4
+    assert (await index.search("", status=PENDING)).total == 2
+    assert (await index.search("")).hits == []  # no words and no filter: nothing, as before
+    await index.close()

@@ -10,6 +10,7 @@ proto3 JSON shape.
 from __future__ import annotations
 
 import enum
+import functools
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
@@ -331,14 +332,21 @@ def convert(cls: type[D], message: Message, **extra: Any) -> D:
     Nested dataclasses, enums, tuples of either and optional sub-messages (None when unset) follow
     the dataclass's annotations; ``extra`` fills fields the message does not have (``revision``).
     """
-    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for field in fields(cls):  # type: ignore[arg-type]
-        if field.name in extra:
-            values[field.name] = extra[field.name]
+    for name, hint in _field_hints(cls):  # type: ignore[arg-type]  # classes are hashable
+        if name in extra:
+            values[name] = extra[name]
             continue
-        values[field.name] = _value(hints[field.name], message, field.name)
+        values[name] = _value(hint, message, name)
     return cls(**values)
+
+
+@functools.cache
+def _field_hints(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(field name, resolved annotation) of a result dataclass, once per class: resolving string
+    annotations (``typing.get_type_hints``) cost more than the conversion itself, per hit."""
+    hints = typing.get_type_hints(cls)
+    return tuple((field.name, hints[field.name]) for field in fields(cls))
 
 
 def _value(hint: Any, message: Message, name: str) -> Any:

@@ -295,7 +295,21 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...]) -> tuple
     One text per shape, so sqlite3's statement cache prepares each shape once.
     """
     where = " ".join(_FILTERS[name] for name in filters)
-    order = "ORDER BY score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"  # total: names are unique
+    # A model named exactly what was typed comes first, then models whose name starts with it,
+    # then bm25: its length normalisation alone ranks "x-7b" above "x" for the query "x".
+    # Then the name: the order is total (names are unique).
+    order = (
+        "ORDER BY m.name = :exact COLLATE NOCASE DESC, substr(m.name, 1, length(:exact)) = :exact COLLATE NOCASE "
+        "DESC, score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"
+    )
+    if term_count == 0:
+        # No words, only filters: browse the models they select, by name.
+        browse = f"FROM models AS m WHERE 1 = 1 {where}"
+        return (
+            f"SELECT m.name AS name, 0.0 AS score, COUNT(*) OVER () AS total {browse} "
+            "ORDER BY name COLLATE NOCASE, name LIMIT :limit OFFSET :offset",
+            f"SELECT COUNT(*) {browse}",
+        )
     if engine == ENGINE_FTS5:
         # CROSS JOIN keeps FTS5 as the outer loop. Left to itself the planner may start from the
         # family index and run the whole MATCH once per model of the family (a second, not a
@@ -434,22 +448,23 @@ class SearchIndex:
         outside 1..MAX_LIMIT, a negative offset, an overlong query, or an unknown format or status.
         """
         terms = _check_search(query, format, status, limit, offset)
-        if not terms:
-            # The same answer at every revision, so there is nothing to wait for.
-            return SearchPage(hits=[], total=0, query_ms=0.0, revision=self._revision, engine=self._engine)
-        params: dict[str, Any] = {"limit": limit, "offset": offset}
-        if self._engine == ENGINE_FTS5:
-            params["match"] = _match_expression(terms)
-        else:
-            params.update((f"term{index}", _like_pattern(term)) for index, term in enumerate(terms))
         filters = {"family": family.casefold(), "tag": tag.casefold(), "format": format, "status": status}
         used = tuple(name for name in _FILTERS if filters[name])
+        if not terms and not used:
+            # The same answer at every revision, so there is nothing to wait for.
+            return SearchPage(hits=[], total=0, query_ms=0.0, revision=self._revision, engine=self._engine)
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "exact": query.strip()}
+        # Without terms the filters alone select (a browse): there is nothing to match.
+        if terms and self._engine == ENGINE_FTS5:
+            params["match"] = _match_expression(terms)
+        elif terms:
+            params.update((f"term{index}", _like_pattern(term)) for index, term in enumerate(terms))
         params.update((name, filters[name]) for name in used)
         page_sql, count_sql = _statements(self._engine, len(terms), used)
         async with self._lock:
             started = time.perf_counter()
             rows = list(await self._conn.execute_fetchall(page_sql, params))
-            if rows and self._engine == ENGINE_LIKE:
+            if rows and (self._engine == ENGINE_LIKE or not terms):
                 total = rows[0][2]
             elif 0 < len(rows) < limit or (not rows and offset == 0):
                 total = offset + len(rows)  # this page holds the last match
