@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -38,12 +38,20 @@ from controlplane.dev import LocalCluster
 from controlplane.v1 import membership_pb2, ports_pb2
 from gateway.app import GatewaySettings, create_app
 
-from .conftest import collect_events, cpctl_json, credentials_env, wait_converged, wait_until
+from .conftest import collect_events, cpctl_json, credentials_env, started_cluster, wait_converged, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 TTL_S = 2.0
 REPORT_METHOD = "/controlplane.v1.Services/ReportHealth"
+
+
+@pytest.fixture(scope="module")
+def quiet_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A cluster of this module's own, for the tests that count revisions: the shared one carries
+    other tests' leftovers (a gossip group whose rounds keep timing out moves the revision)."""
+    with started_cluster(tmp_path_factory.mktemp("health-quiet")) as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -137,8 +145,11 @@ def http_manifest(name: str, host: str, interval_s: int = 1, **check: object) ->
 
 
 def test_an_agent_checks_a_service_kill_9_turns_it_critical_and_stable_checks_write_nothing(
-    cluster: LocalCluster, processes: list[subprocess.Popen[str]], tmp_path: Path
+    make_cluster: Callable[..., LocalCluster], processes: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
+    # Its own cluster: it counts revisions, and the shared one carries other tests' leftovers (a
+    # gossip group whose rounds keep timing out moved it by 2 in a full run).
+    cluster = make_cluster(servers=3)
     host, name = "hc-a1", "hc-web"
     log = tmp_path / "requests.log"
     with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
@@ -238,8 +249,9 @@ async def test_healthy_true_never_lists_a_critical_instance_while_instances_flap
 
 
 def test_a_ttl_check_renews_without_revisions_and_expires_when_the_service_stops_reporting(
-    cluster: LocalCluster,
+    quiet_cluster: LocalCluster,
 ) -> None:
+    cluster = quiet_cluster
     host, name = "hc-ttl", "hc-job"
     with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         client.services.register({"name": name, "host": host, "health_check": {"type": "ttl", "ttl_s": 2}})
@@ -277,7 +289,8 @@ def test_deregister_critical_after_releases_the_ports_into_history(cluster: Loca
         assert any(e.action is PortAction.HEALTH_CHANGED for e in history)
 
 
-def test_bad_checks_and_reports_are_refused_and_change_nothing(cluster: LocalCluster) -> None:
+def test_bad_checks_and_reports_are_refused_and_change_nothing(quiet_cluster: LocalCluster) -> None:
+    cluster = quiet_cluster
     host = "hc-bad"
     with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         revision = wait_converged(cluster)
