@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -71,15 +72,23 @@ def free_port(taken: set[int] | None = None) -> int:
     raise RuntimeError(f"no free port found between 10000 and {low}")
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL me when my parent dies (Linux; elsewhere a no-op)."""
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A function for ``preexec_fn`` that asks Linux to SIGKILL the child when its parent dies
+    (prctl PR_SET_PDEATHSIG), or None where there is no prctl. Resolved here, in the parent: the
+    child runs it between fork and exec, where importing or loading anything could deadlock on a
+    lock another thread held at the fork."""
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_it() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return set_it
 
 
 def dev_admin_credentials(data_dir: Path) -> Credentials:
@@ -167,7 +176,7 @@ class LocalCluster:
         # `cpctl dev`: the servers get SIGKILL when the process that spawned them dies, even by
         # kill -9 (Linux PR_SET_PDEATHSIG). Only for spawns from a thread that lives as long as the
         # process: the signal fires when the spawning *thread* exits.
-        self.die_with_parent = die_with_parent
+        self._preexec = _parent_death_signal() if die_with_parent else None
         self.client_tls = client_tls and not insecure
         self.log_level = log_level
         self.extra_env = extra_env or {}
@@ -316,7 +325,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=self._preexec,
             )
 
     def kill(self, node_id: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
