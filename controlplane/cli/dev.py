@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -105,9 +106,12 @@ def dev(
                 typer.echo("every server has stopped; see the logs above", err=True)
                 break
     finally:
-        typer.echo("stopping...")
+        # `make run | tee log` then Ctrl-C: tee is gone, so printing can fail; stopping must not.
+        with contextlib.suppress(OSError):
+            typer.echo("stopping...")
         cluster.stop()
-        typer.echo("stopped")
+        with contextlib.suppress(OSError):
+            typer.echo("stopped")
     if supervisor.gave_up:
         raise typer.Exit(EXIT_ERROR)
 
