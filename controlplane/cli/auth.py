@@ -38,8 +38,9 @@ def _auth(endpoints: str | None, timeout: float) -> Iterator[Callable[[str, Any]
 
     from controlplane.v1 import auth_pb2_grpc
 
-    addresses = [address for address in resolve_endpoints(endpoints).split(",") if address]
-    factory = client_credentials(endpoints).sync_channel_factory()
+    servers = resolve_endpoints(endpoints)
+    addresses = [address for address in servers.split(",") if address]
+    factory = client_credentials(endpoints, servers=servers).sync_channel_factory()
     channels: list[Any] = []
 
     def call(method: str, request: Any) -> Any:

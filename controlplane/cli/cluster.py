@@ -73,7 +73,7 @@ def _every_view(endpoints: str | None, timeout: float) -> dict[str, ClusterStatu
 
     with connect(endpoints, timeout) as client:
         first: ClusterStatus = client.status()
-    credentials = client_credentials(endpoints)
+    credentials = client_credentials(endpoints, servers=",".join(m.client_address for m in first.members))
 
     def ask(address: str) -> ClusterStatus | str:
         if not address:

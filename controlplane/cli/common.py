@@ -84,9 +84,23 @@ def _resolved(endpoints: str | None) -> tuple[str, Credentials]:
     return value, credentials
 
 
-def client_credentials(endpoints: str | None = None) -> Credentials:
-    """The credentials a command uses (see ``_resolved``)."""
-    return _resolved(endpoints)[1]
+def client_credentials(endpoints: str | None = None, servers: str | None = None) -> Credentials:
+    """The credentials a command uses (see ``_resolved``). ``servers``: the addresses the command
+    will dial (say, learned from a gateway URL); when nothing else gave credentials and they are
+    all the local `cpctl dev` cluster's, its admin credentials are used, as for its own endpoints."""
+    credentials = _resolved(endpoints)[1]
+    if servers and not (credentials.ca or credentials.cert or credentials.key or credentials.token):
+        manifest = _manifest()
+        local = manifest.get("credentials") or {}
+        known = {e.strip() for e in str(manifest.get("endpoints", "")).split(",") if e.strip()}
+        wanted = {e.strip() for e in servers.split(",") if e.strip()}
+        if isinstance(local, dict) and local and wanted <= known:
+            credentials = Credentials(
+                ca=Path(local["ca"]) if local.get("ca") else None,
+                cert=Path(local["cert"]) if local.get("cert") else None,
+                key=Path(local["key"]) if local.get("key") else None,
+            )
+    return credentials
 
 
 def resolve_endpoints(endpoints: str | None) -> str:
@@ -145,7 +159,7 @@ def _from_gateway(url: str) -> str:
 def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
     """A client for the command, with every control-plane error turned into a message and exit code."""
     resolved = resolve_endpoints(endpoints)
-    credentials = client_credentials(endpoints)
+    credentials = client_credentials(endpoints, servers=resolved)
     if not _reachable(resolved):
         fail(
             f"no server at {resolved} answered: is the cluster running? (`make run` or `cpctl dev` starts "

@@ -433,8 +433,9 @@ def agent(
             )
         if gossip_advertise and (problem := limits.check_address(gossip_advertise, "--gossip-advertise")):
             fail(problem, code=EXIT_USAGE)
+    servers = resolve_endpoints(endpoints)
     runner = Agent(
-        AsyncClient(resolve_endpoints(endpoints), timeout=max(5.0, ttl / 3), credentials=client_credentials(endpoints)),
+        AsyncClient(servers, timeout=max(5.0, ttl / 3), credentials=client_credentials(endpoints, servers=servers)),
         agent_id,
         ttl_s=ttl,
         addresses=addresses,

@@ -516,7 +516,7 @@ def fetch_(
     stopped when run again. Exit 3 when no holder can deliver it now, 1 when every copy is corrupt.
     """
     resolved = resolve_endpoints(endpoints)
-    credentials = client_credentials(endpoints)
+    credentials = client_credentials(endpoints, servers=resolved)
     store = ArtifactStore(dir_)
     # The library's warnings (a holder dropped, a chunk refused) are summed up in the result printed at
     # the end; only errors go to stderr meanwhile, never into the JSON on stdout.
