@@ -50,8 +50,13 @@ def test_nothing_listening_is_one_line_with_the_fix(tmp_path: Path) -> None:
 def test_servers_learned_from_a_gateway_use_the_local_dev_credentials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from controlplane.cli import common
     from controlplane.cli.common import client_credentials
+    from controlplane.client import Credentials
 
+    # The root callback's flags are module state: another test's `cpctl --cert ...` may have left them.
+    monkeypatch.setitem(common.GLOBAL_FLAGS, "credentials", Credentials())
+    monkeypatch.setitem(common.GLOBAL_FLAGS, "context", None)
     for name in ("CP_CACERT", "CP_CERT", "CP_KEY", "CP_TOKEN", "CP_CONTEXT", "CP_ENDPOINTS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CP_CONFIG", str(tmp_path / "no-config.toml"))
