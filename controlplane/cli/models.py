@@ -184,23 +184,31 @@ def list_(
 
 @models_app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="Terms; each matches as a prefix, all must match")],
+    query: Annotated[
+        str, typer.Argument(help="Terms, each a prefix, all required; tag:X family:X status:X format:X owner:X filter")
+    ] = "",
     tag: Annotated[str, typer.Option(help="Only models with this tag")] = "",
     family: Annotated[str, typer.Option(help="Only this family")] = "",
     format_: Annotated[str | None, typer.Option("--format", help="Only models with a version in this format")] = None,
     status: Annotated[str | None, typer.Option(help="Only models with a version in this status")] = None,
+    owner: Annotated[str, typer.Option(help="Only models of this owner")] = "",
     limit: Annotated[int, typer.Option(help="Results per page")] = 20,
     offset: Annotated[int, typer.Option(help="Skip this many results")] = 0,
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Find models by name fragments, family, tags and description."""
+    """Find models by name fragments, family, tags and description.
+
+    Filters can be typed in the query too ('tag:chat family:qwen 7b'); filters alone list their models.
+    """
     with connect(endpoints, timeout) as client:
         result = client.models.search(
-            query, tag=tag, family=family, format=format_, status=status, limit=limit, offset=offset
+            query, tag=tag, family=family, format=format_, status=status, owner=owner, limit=limit, offset=offset
         )
     lines = [_model_line(hit.model) for hit in result.hits] or ["(no match)"]
+    if result.suggestions:
+        lines.append("did you mean: " + ", ".join(repr(suggestion) for suggestion in result.suggestions))
     lines.append(
         f"\n{len(result.hits)} of {result.total} match(es), {result.query_ms:.2f} ms ({result.engine}), "
         f"revision {result.revision}"

@@ -779,18 +779,20 @@ class Models:
         family: str = "",
         format: ModelFormat | str | None = None,
         status: VersionStatus | str | None = None,
+        owner: str = "",
         limit: int = 20,
         offset: int = 0,
         consistency: Consistency = Consistency.LINEARIZABLE,
         min_revision: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
-        """Full-text search: every term a prefix, all required, ranked by bm25; filters on tag, family,
-        format and status. The answer carries the revision it reflects and the query time."""
+        """Full-text search: every term a prefix, all required; an exact name first, then name prefixes,
+        then bm25. Filters on tag, family, format, status and owner, as arguments or typed in the
+        query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean)."""
         r = self._unary(
             R.SEARCH,
             R.search_request(
-                query, tag, family, format, status, limit, offset, P.read_options(consistency, min_revision)
+                query, tag, family, format, status, owner, limit, offset, P.read_options(consistency, min_revision)
             ),
             timeout,
         )
@@ -2099,18 +2101,20 @@ class AsyncModels:
         family: str = "",
         format: ModelFormat | str | None = None,
         status: VersionStatus | str | None = None,
+        owner: str = "",
         limit: int = 20,
         offset: int = 0,
         consistency: Consistency = Consistency.LINEARIZABLE,
         min_revision: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
-        """Full-text search: every term a prefix, all required, ranked by bm25; filters on tag, family,
-        format and status. The answer carries the revision it reflects and the query time."""
+        """Full-text search: every term a prefix, all required; an exact name first, then name prefixes,
+        then bm25. Filters on tag, family, format, status and owner, as arguments or typed in the
+        query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean)."""
         r = await self._unary(
             R.SEARCH,
             R.search_request(
-                query, tag, family, format, status, limit, offset, P.read_options(consistency, min_revision)
+                query, tag, family, format, status, owner, limit, offset, P.read_options(consistency, min_revision)
             ),
             timeout,
         )

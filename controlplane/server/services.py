@@ -633,6 +633,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             family=request.family,
             format=request.format,
             status=request.status,
+            owner=request.owner,
             limit=request.limit or 20,
             offset=request.offset,
         )
@@ -649,6 +650,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             total=page.total,
             query_ms=page.query_ms,
             engine=page.engine,
+            suggestions=page.suggestions,
         )
 
 
