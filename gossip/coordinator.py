@@ -14,7 +14,10 @@ The rules, each tested in ``tests/test_gossip_coordinator.py``:
 * **who takes part**: ACTIVE nodes with a ``gossip`` address that are members of the membership
   network named like the group when such a network exists, else those labelled
   ``gossip-group=GROUP`` (:func:`eligible`); nodes that come or go between rounds are simply in or
-  out of the next one; at least the group's ``min_participants``, else no round;
+  out of the next one; a node that was silent in the last round that listed it (no report by the
+  deadline: crashed, hung, cut off) sits out the next rounds until it shows a sign of life or its
+  backoff runs out (:func:`suspended`); ``min_participants`` is the floor: fewer available nodes,
+  no round;
 * **the same plan from any leader**: the matching is a function of committed data only. SAPS's
   history (which link was last used when) is rebuilt from the group's committed rounds
   (:class:`History`), the bandwidth is the committed matrix (links never measured take a default,
@@ -68,10 +71,13 @@ __all__ = [
     "MAX_PARTICIPANTS",
     "MAX_PROBE_CYCLE_ROUNDS",
     "MAX_PROBE_PEERS",
+    "MAX_SILENT_BACKOFF_ROUNDS",
     "PROBE_POLICY",
+    "SILENT_BACKOFF_ROUNDS",
     "Coordinator",
     "History",
     "Plan",
+    "available",
     "bandwidth_matrix",
     "eligible",
     "plan_round",
@@ -79,6 +85,7 @@ __all__ = [
     "request_id",
     "round_seed",
     "rounds_to_read",
+    "suspended",
 ]
 
 DEFAULT_BANDWIDTH_BPS = 125e6
@@ -108,6 +115,14 @@ MAX_PROBE_CYCLE_ROUNDS = 96
 """A probe cycle ends after this many rounds even if pairs remain (participants that keep changing
 could otherwise keep it going); a training round follows, and the unknown links start a new cycle.
 Below ``HISTORY_ROUNDS``, so the rounds the coordinator reads always hold the whole current cycle."""
+
+SILENT_BACKOFF_ROUNDS = 4
+"""Rounds a node sits out after the first round it was silent in (no report by the deadline), unless it
+shows a sign of life first; doubled after each further silent round it is tried in, up to
+``MAX_SILENT_BACKOFF_ROUNDS``. Each try of a dead node costs a round's deadline, so the tries thin out
+while its lease runs out; a live node that only missed a report is back after a few rounds at most."""
+
+MAX_SILENT_BACKOFF_ROUNDS = 64
 
 _Pair = tuple[str, str]
 _ACTIVE = membership_pb2.NODE_STATE_ACTIVE
@@ -145,6 +160,55 @@ def eligible(
         elif spec.labels.get(GROUP_LABEL) == group:
             out.append(spec.id)
     return sorted(out)[:MAX_PARTICIPANTS]
+
+
+def suspended(
+    rounds: Sequence[gossip_pb2.Round], participants: Iterable[str], revisions: Mapping[str, int] | None = None
+) -> set[str]:
+    """The eligible nodes that sit out the next round because they were silent (listed, no report by
+    the deadline) in the last round that listed them.
+
+    ``rounds`` are the group's newest committed rounds, oldest first; ``revisions`` each node's
+    ``NodeRecord.mod_revision``. A node silent in its last k listed rounds (consecutively), the last
+    of them round L, sits out while fewer than ``SILENT_BACKOFF_ROUNDS * 2 ** (k - 1)`` rounds (at most
+    ``MAX_SILENT_BACKOFF_ROUNDS``) followed L, **unless its node record changed after L ended**: a
+    re-registration or a heartbeat with a new activity (a worker that comes back into ``step`` says
+    "waiting") is a sign of life, committed like everything else. A crashed worker shows none, so
+    it is not tried again before the backoff runs out, and by then its lease has usually expired and
+    it is no longer eligible at all. Committed data only: every leader suspends the same nodes."""
+    revisions = revisions or {}
+    latest = rounds[-1].number if rounds else 0
+    out = set()
+    for node in participants:
+        silent = 0
+        last: gossip_pb2.Round | None = None
+        for committed in reversed(rounds):
+            if node not in committed.participants:
+                continue
+            if committed.state != gossip_pb2.ROUND_STATE_TIMED_OUT or node in committed.reported:
+                break
+            silent += 1
+            last = last or committed
+        if last is None or revisions.get(node, 0) > last.mod_revision:
+            continue
+        if latest - last.number < min(SILENT_BACKOFF_ROUNDS * 2 ** (silent - 1), MAX_SILENT_BACKOFF_ROUNDS):
+            out.add(node)
+    return out
+
+
+def available(
+    config: gossip_pb2.GroupConfig,
+    rounds: Sequence[gossip_pb2.Round],
+    participants: Sequence[str],
+    revisions: Mapping[str, int] | None = None,
+) -> list[str]:
+    """Who takes part in the next round (sorted): the eligible ``participants`` minus the
+    :func:`suspended` ones. When that would leave fewer than the group's floor (``min_participants``)
+    but the eligible nodes reach it, the suspended are tried again: the group's only way on, and the
+    round's deadline bounds what a dead one costs."""
+    peers = sorted(participants)
+    out = [peer for peer in peers if peer not in suspended(rounds, peers, revisions)]
+    return out if len(out) >= max(config.min_participants, 2) else peers
 
 
 def rounds_to_read(config: gossip_pb2.GroupConfig) -> int:
@@ -395,11 +459,14 @@ def plan_round(
     links: Iterable[gossip_pb2.Link],
     matrix_version: int,
     now_unix_ms: int,
+    revisions: Mapping[str, int] | None = None,
 ) -> Plan | None:
     """The group's next round, or None when none is due: the group is paused, its latest round is
     still running, or fewer than ``min_participants`` nodes are eligible. ``rounds`` are the group's
     newest committed rounds, oldest first (:func:`rounds_to_read` of them); ``history`` must be the
-    history up to the latest (see :class:`History`); ``participants`` the eligible ids.
+    history up to the latest (see :class:`History`); ``participants`` the eligible ids and
+    ``revisions`` their node records' ``mod_revision`` (see :func:`available`: nodes silent in their
+    last round sit out).
 
     A probe round (:func:`probe_pairs`) lists only the nodes it pairs: the others have nothing to
     do in it and keep waiting for the next training round."""
@@ -411,7 +478,7 @@ def plan_round(
     number = (latest.number if latest is not None else 0) + 1
     if (history.last_round if history is not None else 0) != number - 1:
         raise ValueError(f"the history ends at round {history and history.last_round}, not {number - 1}")
-    peers = sorted(participants)
+    peers = available(config, rounds, participants, revisions)
     links = list(links)
     probes = probe_pairs(config, rounds, peers, links)
     matching: Matching | None = None
@@ -475,6 +542,7 @@ class Coordinator:
         links: Iterable[gossip_pb2.Link],
         matrix_version: int,
         now_unix_ms: int,
+        revisions: Mapping[str, int] | None = None,
     ) -> Plan | None:
         """:func:`plan_round` for ``config.group`` given its newest committed rounds (oldest first;
         :func:`rounds_to_read` of them)."""
@@ -489,6 +557,7 @@ class Coordinator:
             links,
             matrix_version,
             now_unix_ms,
+            revisions,
         )
 
     def forget(self, keep: Collection[str] = ()) -> None:

@@ -24,15 +24,18 @@ from gossip.coordinator import (
     MAX_PROBE_CYCLE_ROUNDS,
     MAX_PROBE_PEERS,
     PROBE_POLICY,
+    SILENT_BACKOFF_ROUNDS,
     Coordinator,
     History,
     Plan,
+    available,
     bandwidth_matrix,
     eligible,
     probe_pairs,
     request_id,
     round_seed,
     rounds_to_read,
+    suspended,
 )
 from gossip.matching import SapsSelector, SapsState
 
@@ -64,7 +67,13 @@ class Cluster:
         links = [gossip_pb2.LinkReport(peer=peer, bandwidth_bps=bps, samples=2) for peer, bps in bandwidths.items()]
         ok(self.run(gossip_report_bandwidth=gossip_pb2.ReportBandwidthRequest(node_id=node, links=links)))
 
-    def plan(self, coordinator: Coordinator, participants: list[str], group: str = "g") -> Plan | None:
+    def plan(
+        self,
+        coordinator: Coordinator,
+        participants: list[str],
+        group: str = "g",
+        revisions: dict[str, int] | None = None,
+    ) -> Plan | None:
         table = self.machine.gossip
         config = table.group(group)
         return coordinator.plan(
@@ -74,19 +83,26 @@ class Cluster:
             list(table.links.values()),
             table.matrix_version,
             self.now,
+            revisions,
         )
 
     def start(self, plan: Plan) -> gossip_pb2.Round:
         result = ok(self.run(request_id=plan.request.request_id, gossip_start_round=plan.request))
         return result.gossip_start_round.round
 
-    def step(self, coordinator: Coordinator, participants: list[str]) -> gossip_pb2.Round:
-        """Plan, commit and finish the next round (every participant reports)."""
-        planned = self.plan(coordinator, participants)
+    def step(
+        self,
+        coordinator: Coordinator,
+        participants: list[str],
+        silent: tuple[str, ...] = (),
+        revisions: dict[str, int] | None = None,
+    ) -> gossip_pb2.Round:
+        """Plan, commit and finish the next round (every participant reports, but the ``silent``)."""
+        planned = self.plan(coordinator, participants, revisions=revisions)
         assert planned is not None
         committed = self.start(planned)
-        self.finish(committed)
-        return committed
+        self.finish(committed, silent=tuple(n for n in silent if n in committed.participants))
+        return self.machine.gossip.round(committed.group, committed.number)  # as it ended
 
     def report_all_links(self, names: list[str], bps: float = 1e7) -> None:
         for i, node in enumerate(names[:-1]):
@@ -159,6 +175,7 @@ def test_a_planner_rebuilt_from_committed_rounds_continues_identically(policy: s
         if number % 3 == 0:  # fresh estimates: the matrix moves between rounds
             node = str(rng.choice(members))
             cluster.report_links(node, **{p: float(rng.uniform(1e6, 5e7)) for p in members if p != node})
+        before = cluster.machine.gossip.recent_rounds("g", 100)
         planned = cluster.plan(a, members)
         assert planned is not None and planned.number == number
         expected = planned.request.SerializeToString(deterministic=True)
@@ -174,7 +191,9 @@ def test_a_planner_rebuilt_from_committed_rounds_continues_identically(policy: s
             assert list(committed.participants) == sorted(n for pair in pairs_of(committed) for n in pair)
             assert set(committed.participants) <= set(members)
         else:
-            assert committed.policy == policy and list(committed.participants) == members
+            # The silent nodes of the last rounds sit out (tested below).
+            config = cluster.machine.gossip.group("g")
+            assert committed.policy == policy and list(committed.participants) == available(config, before, members)
         assert committed.state == RUNNING
         # A retry of the same plan (a lost answer, or a second leader's duplicate) applies once.
         again = cluster.run(request_id=planned.request.request_id, gossip_start_round=planned.request)
@@ -412,6 +431,75 @@ def test_no_round_while_paused_or_short_of_participants() -> None:
     assert cluster.plan(coordinator, peers(2)) is None
     planned = cluster.plan(coordinator, peers(3))
     assert planned is not None and list(planned.request.round.idle) and len(planned.request.round.pairs) == 1
+
+
+def test_a_silent_node_sits_out_with_a_backoff_and_the_rest_train_on() -> None:
+    # Issue 19, crash tolerance: a node that was silent in its round (crashed: no report by the
+    # deadline) is not listed in the next rounds while its lease still runs, so they commit without
+    # waiting for their deadline; it is tried again after SILENT_BACKOFF_ROUNDS rounds, then after
+    # twice as many.
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=3, round_timeout_s=5.0, min_participants=3))
+    names = peers(4)
+    cluster.report_all_links(names)
+    coordinator = Coordinator()
+    first = cluster.step(coordinator, names, silent=("n01",))
+    assert first.state == TIMED_OUT and "n01" in first.participants
+    listed = []
+    for _ in range(3 * SILENT_BACKOFF_ROUNDS + 3):
+        committed = cluster.step(coordinator, names, silent=("n01",))
+        listed.append("n01" in committed.participants)
+        assert committed.state == (TIMED_OUT if listed[-1] else DONE)
+        assert len(committed.participants) == (4 if listed[-1] else 3)
+    sits_out = [False] * SILENT_BACKOFF_ROUNDS
+    assert listed == [*sits_out, True, *sits_out, *sits_out, True, False]
+    # A rebuilt planner suspends the same nodes (committed data only).
+    again = Coordinator().plan(
+        cluster.machine.gossip.group("g"),
+        cluster.machine.gossip.recent_rounds("g", 100),
+        names,
+        list(cluster.machine.gossip.links.values()),
+        cluster.machine.gossip.matrix_version,
+        cluster.now,
+    )
+    planned = cluster.plan(coordinator, names)
+    assert again is not None and planned is not None
+    assert again.request.round.participants == planned.request.round.participants == ["n00", "n02", "n03"]
+
+
+def test_a_sign_of_life_brings_a_silent_node_back_at_once() -> None:
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=3, round_timeout_s=5.0))
+    names = peers(4)
+    cluster.report_all_links(names)
+    coordinator = Coordinator()
+    missed = cluster.step(coordinator, names, silent=("n02",))
+    assert missed.state == TIMED_OUT
+    quiet = dict.fromkeys(names, missed.mod_revision)  # no record changed since the round ended
+    assert suspended(cluster.machine.gossip.recent_rounds("g", 100), names, quiet) == {"n02"}
+    planned = cluster.plan(coordinator, names, revisions=quiet)
+    assert planned is not None and list(planned.request.round.participants) == ["n00", "n01", "n03"]
+    # Its record changed after the round ended (a heartbeat with a new activity, a re-registration).
+    alive = quiet | {"n02": missed.mod_revision + 1}
+    planned = cluster.plan(coordinator, names, revisions=alive)
+    assert planned is not None and list(planned.request.round.participants) == names
+    # A node that reported is never suspended, whatever its record.
+    assert suspended(cluster.machine.gossip.recent_rounds("g", 100), ["n00"], {}) == set()
+
+
+def test_min_participants_is_a_floor_and_suspended_nodes_are_retried_to_reach_it() -> None:
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=5, round_timeout_s=5.0, min_participants=3))
+    names = peers(3)
+    cluster.report_all_links(names)
+    coordinator = Coordinator()
+    cluster.step(coordinator, names, silent=("n00",))
+    # Without the silent node only two are left, below the floor of three: it is tried again.
+    planned = cluster.plan(coordinator, names)
+    assert planned is not None and list(planned.request.round.participants) == names
+    # Once its lease expired (no longer eligible), the group is below its floor: no round.
+    assert cluster.plan(coordinator, ["n01", "n02"]) is None
+    assert available(cluster.machine.gossip.group("g"), [], ["n02", "n01"]) == ["n01", "n02"]
 
 
 def _node(node_id: str, state: int, *, gossip: bool = True, group: str = "") -> membership_pb2.NodeRecord:

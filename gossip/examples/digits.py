@@ -476,9 +476,10 @@ async def train(
     ys = [data.y_train[s] for s in shards]
     mean_size = float(np.mean([len(s) for s in shards]))
     stats: list[RoundStats] = []
-    for r in range(config.rounds):
-        lr = config.lr_at(r)
-        t0 = time.perf_counter()
+
+    def local_steps(lr: float) -> dict[str, Array]:
+        # Every worker's local SGD, then the central model's. Runs in a thread (asyncio.to_thread):
+        # on the event loop it would hold up the live workers' heartbeats and round watches.
         for w in range(config.workers):
             workers[w] = _sgd(
                 workers[w],
@@ -490,7 +491,7 @@ async def train(
                 weight_decay=config.weight_decay,
                 rng=worker_rngs[w],
             )
-        central = _sgd(
+        return _sgd(
             central,
             data.x_train,
             data.y_train,
@@ -500,6 +501,11 @@ async def train(
             weight_decay=config.weight_decay,
             rng=central_rng,
         )
+
+    for r in range(config.rounds):
+        lr = config.lr_at(r)
+        t0 = time.perf_counter()
+        central = await asyncio.to_thread(local_steps, lr)
         t1 = time.perf_counter()
         steps = [asyncio.ensure_future(mix(w, workers[w])) for w in range(config.workers)]
         try:
@@ -603,8 +609,10 @@ async def run_live(
 
     Each worker has its own client (as it would on its own machine), its own exchange server on a
     free loopback port, and its own node id; the group name is fresh per run unless given, so a
-    rerun against the same cluster never meets the previous run's rounds. ``min_participants`` is
-    the whole group: round 0 waits for every worker instead of starting with the first two.
+    rerun against the same cluster never meets the previous run's rounds. The group is created
+    paused and unpaused once every worker is up, so round 1 waits for all of them; its
+    ``min_participants`` stays the floor of 2, so a worker that crashes costs one round and the
+    others train on (setting it to the number of workers would stop every round after one crash).
     ``mixer_out``, if given, receives the :class:`LiveMixer` (for its per-round bytes and times).
     ``credentials``: how the workers reach the cluster (default: ``CP_CACERT``/``CP_CERT``/``CP_KEY``/
     ``CP_TOKEN`` from the environment).
@@ -625,12 +633,17 @@ async def run_live(
                     group,
                     f"{group}-w{w}",
                     round_timeout_s=round_timeout_s,
-                    min_participants=config.workers,
                     labels={"example": "digits", "shard_size": str(len(shards[w]))},
                 )
             )
         start = init_params(data.x_train.shape[1], data.classes, config.seed)
+        tensors = [(name, value.dtype.name, value.shape) for name, value in sorted(start.items())]
+        created = await clients[0].gossip.configure_group(
+            group, tensors, round_timeout_s=round_timeout_s, min_participants=2, seed=config.seed, paused=True
+        )
         await asyncio.gather(*(worker.start(start) for worker in workers))
+        if created.created:  # a group somebody else configured keeps its own settings
+            await clients[0].gossip.update_group(group, paused=False)
         mixer = LiveMixer(workers)
         if mixer_out is not None:
             mixer_out.append(mixer)
