@@ -25,9 +25,11 @@ The rules, each tested in ``tests/test_gossip_coordinator.py``:
   A new leader therefore proposes the same participants, pairs, seed and spec as the old one would
   have (only the deadline, taken from the proposing leader's clock, differs); and since the request
   id is ``coordinator/GROUP/NUMBER``, a retry or a second leader's duplicate applies once;
-* **probe rounds** (:func:`probe_pairs`): when a pair of participants has no estimate and was
-  never probed, and again every ``probe_every_rounds`` training rounds, the group runs a *probe
-  cycle*: consecutive rounds with policy ``probe`` whose pairs are the slots of
+* **cheap joins** (:func:`exploration_pairs`): the links of a node that joins a group that knows
+  its links ride in the training rounds, one per round, each the joiner's training exchange;
+* **probe rounds** (:func:`probe_pairs`): when the group knows none of its links (a fresh group),
+  and again every ``probe_every_rounds`` training rounds, the group runs a *probe cycle*:
+  consecutive rounds with policy ``probe`` whose pairs are the slots of
   :func:`gossip.bandwidth.probe_schedule` (disjoint, so no uplink is shared during a probe) until
   every pair of participants was probed once. Which cycle, which slot and whether one is due are
   read off the committed rounds and the committed matrix like everything else, and SAPS's history
@@ -61,6 +63,7 @@ from gossip.matching import (
     SapsState,
     best_bottleneck,
     random_matching,
+    round_rng,
 )
 
 __all__ = [
@@ -80,6 +83,7 @@ __all__ = [
     "available",
     "bandwidth_matrix",
     "eligible",
+    "exploration_pairs",
     "plan_round",
     "probe_pairs",
     "request_id",
@@ -268,11 +272,11 @@ def probe_pairs(
       cycle has not probed yet, one slot of ``probe_schedule(participants, first round of the cycle,
       group seed)`` at a time (see :func:`_next_probes` for participants that change mid-cycle);
       none left (or ``MAX_PROBE_CYCLE_ROUNDS`` reached): training.
-    * **A cycle starts** after a training round (or before the first round) when some pair of
-      participants is *unknown* - no estimate and no failure in the matrix, and in no retained probe
-      round - or when ``probe_every_rounds`` (> 0) training rounds passed since the last probe round.
-      A cycle probes every pair, not only the unknown ones: a newcomer has N - 1 links to probe, one
-      per round, so its links alone take as many rounds as all of them.
+    * **A cycle starts** after a training round (or before the first round) when the group knows
+      none of its links (a fresh group: no pair of participants has an estimate or a failure in the
+      matrix, or is in a retained round), or when ``probe_every_rounds`` (> 0) training rounds
+      passed since the last probe round. A node that joins a group that knows its links starts no
+      cycle: its links ride in the training rounds (:func:`exploration_pairs`).
     """
     peers = sorted(participants)
     if not 2 <= len(peers) <= MAX_PROBE_PEERS:
@@ -285,20 +289,55 @@ def probe_pairs(
         probed = {(pair.a, pair.b) for committed in cycle for pair in committed.pairs}
         return _next_probes(peers, cycle[0].number, config.seed, every - probed)
     number = rounds[-1].number + 1 if rounds else 1
-    if _unknown_links(every, rounds, links) or _probe_interval_passed(config, rounds):
+    if not (every & _known_links(rounds, links)) or _probe_interval_passed(config, rounds):
         return _next_probes(peers, number, config.seed, every)
     return ()
 
 
-def _unknown_links(
-    pairs: Collection[_Pair], rounds: Sequence[gossip_pb2.Round], links: Iterable[gossip_pb2.Link]
-) -> bool:
-    # A failure counts as known: a dead link must not restart a cycle after every training round.
-    # Probed counts as known too: a probe whose estimate was never reported is not repeated until its
-    # round is older than the rounds the coordinator reads.
+def _known_links(rounds: Sequence[gossip_pb2.Round], links: Iterable[gossip_pb2.Link]) -> set[_Pair]:
+    """The pairs whose bandwidth is known or on its way: an estimate or a failure in the matrix, or
+    a pair of a retained round (probed, or exchanged in training: each end feeds the exchange into
+    its table and reports it within ``REPORT_BANDWIDTH_EVERY`` rounds). A failure counts as known: a
+    dead link must not be tried after every training round. A pair whose estimate was never
+    reported is not tried again until its round is older than the rounds the coordinator reads."""
     known = {(link.a, link.b) for link in links if link.bandwidth_bps > 0 or link.failures > 0}
-    known.update((pair.a, pair.b) for committed in rounds if _is_probe(committed) for pair in committed.pairs)
-    return any(pair not in known for pair in pairs)
+    known.update((pair.a, pair.b) for committed in rounds for pair in committed.pairs)
+    return known
+
+
+def exploration_pairs(
+    config: gossip_pb2.GroupConfig,
+    number: int,
+    rounds: Sequence[gossip_pb2.Round],
+    participants: Sequence[str],
+    links: Iterable[gossip_pb2.Link],
+) -> tuple[_Pair, ...]:
+    """The pairs training round ``number`` uses to learn links nobody knows (a joiner's): disjoint
+    unknown pairs (see :func:`_known_links`), drawn greedily in the order of ``round_rng(seed,
+    number, "explore")``. The policy matches the other participants as usual.
+
+    A join thus costs no probe round and no round without training: a newcomer to a group that
+    knows its links trains from the next round on, each round with a partner it has not measured
+    yet, and the exchange itself measures the link (the same sample a probe gives, at the model's
+    size). Its N - 1 links are known after N - 1 training rounds, one per round; the other pairs of
+    those rounds are the policy's. Groups beyond ``MAX_PROBE_PEERS`` explore nothing (they learn
+    from the policy's exchanges alone, as before), and a fresh group probes instead
+    (:func:`probe_pairs`)."""
+    peers = sorted(participants)
+    if not 2 <= len(peers) <= MAX_PROBE_PEERS:
+        return ()
+    known = _known_links(rounds, links)
+    unknown = [pair for pair in itertools.combinations(peers, 2) if pair not in known]
+    if not unknown:
+        return ()
+    busy: set[str] = set()
+    chosen = []
+    for k in round_rng(config.seed, number, "explore").permutation(len(unknown)):
+        a, b = unknown[int(k)]
+        if a not in busy and b not in busy:
+            chosen.append((a, b))
+            busy.update((a, b))
+    return tuple(sorted(chosen))
 
 
 def _probe_interval_passed(config: gossip_pb2.GroupConfig, rounds: Sequence[gossip_pb2.Round]) -> bool:
@@ -440,6 +479,35 @@ def _matching(
     participants: Sequence[str],
     bw: npt.NDArray[np.float64],
     history: History | None,
+    explore: Sequence[_Pair] = (),
+) -> Matching:
+    """The policy's matching of ``participants`` (sorted; ``bw`` in their order), with the
+    ``explore`` pairs fixed and the policy matching the others."""
+    if not explore:
+        return _policy_matching(config, number, participants, bw, history)
+    busy = {node for pair in explore for node in pair}
+    rest = [k for k, peer in enumerate(participants) if peer not in busy]
+    index = {peer: k for k, peer in enumerate(participants)}
+    rest_peers = [participants[k] for k in rest]
+    sub = _policy_matching(config, number, rest_peers, bw[np.ix_(rest, rest)], history) if len(rest) >= 2 else None
+    pairs = tuple(sorted((*explore, *(sub.pairs if sub is not None else ()))))
+    return Matching(
+        round=number,
+        pairs=pairs,
+        idle=sub.idle if sub is not None else tuple(rest_peers),
+        bottleneck=min(float(bw[index[a], index[b]]) for a, b in pairs),
+        threshold=sub.threshold if sub is not None else None,
+        fallback=sub.fallback if sub is not None else False,
+        window_connected=sub.window_connected if sub is not None else None,
+    )
+
+
+def _policy_matching(
+    config: gossip_pb2.GroupConfig,
+    number: int,
+    participants: Sequence[str],
+    bw: npt.NDArray[np.float64],
+    history: History | None,
 ) -> Matching:
     if config.policy == "random":
         return random_matching(participants, config.seed, number, bandwidth=bw)
@@ -486,7 +554,8 @@ def plan_round(
     if probes:
         members, pairs, policy = sorted({node for pair in probes for node in pair}), probes, PROBE_POLICY
     else:
-        matching = _matching(config, number, peers, bandwidth_matrix(peers, links), history)
+        explore = exploration_pairs(config, number, rounds, peers, links)
+        matching = _matching(config, number, peers, bandwidth_matrix(peers, links), history, explore)
         members, pairs, idle, policy = peers, matching.pairs, matching.idle, config.policy
     spec = gossip_pb2.TensorSpec()
     spec.CopyFrom(config.spec)

@@ -31,6 +31,7 @@ from gossip.coordinator import (
     available,
     bandwidth_matrix,
     eligible,
+    exploration_pairs,
     probe_pairs,
     request_id,
     round_seed,
@@ -324,7 +325,10 @@ def test_a_fresh_group_probes_every_pair_once_on_disjoint_pairs_then_trains() ->
             assert committed.number == number and committed.policy == "saps" and list(committed.participants) == names
 
 
-def test_a_joining_participant_starts_a_cycle_that_probes_its_links() -> None:
+def test_a_join_costs_no_probe_round_its_links_ride_in_the_training_rounds() -> None:
+    # Issue 19, cheap joins: a node that joins a group that knows its links starts no probe cycle.
+    # Every round from the next one on trains, and pairs the newcomer with a partner whose link
+    # nobody knows yet (the exchange measures it), until all its links are known: N - 1 rounds.
     cluster = Cluster()
     ok(cluster.configure(spec=SPEC, seed=2))
     names = peers(4)
@@ -332,16 +336,38 @@ def test_a_joining_participant_starts_a_cycle_that_probes_its_links() -> None:
     coordinator = Coordinator()
     assert [cluster.step(coordinator, names).policy for _ in range(2)] == ["saps", "saps"]  # all links known
     joined = peers(5)
-    cycle = []
-    while (round_ := cluster.step(coordinator, joined)).policy == PROBE_POLICY:
-        cycle.append(round_)
-    assert [r.number for r in cycle] == [3, 4, 5, 6, 7]  # five peers: five slots, one peer sits each out
-    probed = [pair for r in cycle for pair in pairs_of(r)]
-    assert sorted(probed) == sorted(itertools.combinations(joined, 2))
-    assert {pair for pair in probed if "n04" in pair} == {(p, "n04") for p in names}
-    # Then training only: every link is measured or probed (a probe that failed or was never
-    # reported does not start a cycle after every training round).
+    explored = []
+    for _ in range(len(names)):
+        committed = cluster.step(coordinator, joined)
+        assert committed.policy == "saps" and list(committed.participants) == joined  # training, everyone
+        assert len(committed.pairs) == 2 and len(committed.idle) == 1  # still a maximum matching
+        (partner,) = [a for a, b in pairs_of(committed) if b == "n04"]
+        explored.append(partner)
+    assert sorted(explored) == names  # each of its links once, one per round
+    config = cluster.machine.gossip.group("g")
+    rounds = cluster.machine.gossip.recent_rounds("g", 100)
+    assert exploration_pairs(config, rounds[-1].number + 1, rounds, joined, cluster.machine.gossip.links.values()) == ()
     assert [cluster.step(coordinator, joined).policy for _ in range(5)] == ["saps"] * 5
+
+
+def test_joiners_explore_disjoint_unknown_pairs_and_a_fresh_group_still_probes() -> None:
+    config = gossip_pb2.GroupConfig(group="g", seed=9, policy="saps")
+    old = peers(6)
+    links = [gossip_pb2.Link(a=a, b=b, bandwidth_bps=1e7) for a, b in itertools.combinations(old, 2)]
+    everyone = peers(8)  # n06 and n07 join together
+    seen: set[tuple[str, str]] = set()
+    for number in range(1, 40):
+        explore = exploration_pairs(config, number, [], everyone, links)
+        nodes = [node for pair in explore for node in pair]
+        assert len(nodes) == len(set(nodes))  # disjoint
+        assert all("n06" in pair or "n07" in pair for pair in explore)  # only unknown links
+        assert {"n06", "n07"} <= set(nodes)  # both joiners explore in every round
+        seen.update(explore)
+    assert {pair for pair in itertools.combinations(everyone, 2) if "n06" in pair or "n07" in pair} == seen
+    # Nothing known at all: a probe cycle, not exploration in training rounds.
+    assert probe_pairs(config, [], everyone, [])
+    assert probe_pairs(config, [], everyone, links) == ()
+    assert exploration_pairs(config, 1, [], peers(MAX_PROBE_PEERS + 1), []) == ()
 
 
 def test_a_cycle_follows_participants_that_join_or_leave_mid_cycle() -> None:
