@@ -57,7 +57,9 @@ from controlplane.state.gossip import FAILURE_PENALTY, MAX_PARTICIPANTS, PROBE_P
 from controlplane.v1 import gossip_pb2, membership_pb2
 from gossip.bandwidth import probe_schedule
 from gossip.matching import (
+    ADAPTIVE_POLICY,
     DEFAULT_MIX_HISTORY,
+    AdaptiveSelector,
     Matching,
     SapsSelector,
     SapsState,
@@ -513,6 +515,13 @@ def _policy_matching(
         return random_matching(participants, config.seed, number, bandwidth=bw)
     if config.policy == "best_bottleneck":
         return best_bottleneck(bw, participants)[1]
+    if config.policy == ADAPTIVE_POLICY:
+        adaptive = (
+            AdaptiveSelector.from_state(history.saps_state(), config.seed)
+            if history is not None
+            else AdaptiveSelector(config.seed)
+        )
+        return adaptive.select(bw, participants, round=number)
     selector = (
         SapsSelector.from_state(history.saps_state(), config.seed) if history is not None else SapsSelector(config.seed)
     )

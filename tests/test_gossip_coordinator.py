@@ -159,7 +159,7 @@ def test_plans_are_deterministic_whatever_the_peer_order() -> None:
     assert len(proposed.pairs) == 3 and not proposed.idle
 
 
-@pytest.mark.parametrize("policy", ["saps", "random", "best_bottleneck"])
+@pytest.mark.parametrize("policy", ["saps", "saps-adaptive", "random", "best_bottleneck"])
 def test_a_planner_rebuilt_from_committed_rounds_continues_identically(policy: str) -> None:
     """Coordinator A plans every round (its history cached and advanced); B takes over at round 6 with
     only the committed state, in the middle of a probe cycle; C starts from scratch every round. They
@@ -580,7 +580,10 @@ def test_unmeasured_links_take_the_median_of_measured_ones() -> None:
 def test_group_configuration_is_validated_with_clear_messages() -> None:
     cluster = Cluster()
     bad = [
-        ({"spec": SPEC, "policy": "fastest"}, "policy 'fastest' is not one of saps, random, best_bottleneck"),
+        (
+            {"spec": SPEC, "policy": "fastest"},
+            "policy 'fastest' is not one of saps, saps-adaptive, random, best_bottleneck",
+        ),
         ({}, "needs a tensor spec"),
         ({"spec": SPEC, "round_timeout_s": -1.0}, "round_timeout_s"),
         ({"spec": SPEC, "round_timeout_s": float("nan")}, "round_timeout_s"),

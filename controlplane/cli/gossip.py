@@ -273,7 +273,7 @@ def groups_configure(
     ] = None,
     sparsity: Annotated[float | None, typer.Option(help="Fraction of coordinates exchanged (creation only)")] = None,
     seed: Annotated[int | None, typer.Option(help="The group's seed (creation only)")] = None,
-    policy: Annotated[str | None, typer.Option(help="saps, random or best_bottleneck")] = None,
+    policy: Annotated[str | None, typer.Option(help="saps, saps-adaptive, random or best_bottleneck")] = None,
     round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round")] = None,
     min_participants: Annotated[int | None, typer.Option(help="Fewest peers a round starts with")] = None,
     pause: Annotated[bool | None, typer.Option("--pause/--resume", help="Stop or resume starting rounds")] = None,

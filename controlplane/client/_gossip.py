@@ -135,7 +135,7 @@ class GroupConfig:
     """A gossip group's configuration (see ``GroupConfig`` in gossip.proto)."""
 
     group: str
-    #: "saps", "random" or "best_bottleneck".
+    #: "saps", "saps-adaptive", "random" or "best_bottleneck".
     policy: str
     sparsity_ratio: float
     round_timeout_s: float

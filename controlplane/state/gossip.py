@@ -46,7 +46,8 @@ MAX_ROUNDS_PER_GROUP = 1000
 MAX_LINKS_PER_REPORT = 1024
 MAX_PARTICIPANTS = 4096
 MAX_TENSORS = 1024
-POLICIES = ("saps", "random", "best_bottleneck")
+# "saps-adaptive": SAPS where slow nodes sit some rounds out (gossip.matching.AdaptiveSelector).
+POLICIES = ("saps", "saps-adaptive", "random", "best_bottleneck")
 # A round's policy: a group's, or "probe" for the coordinator's probe rounds (never a group's policy).
 PROBE_POLICY = "probe"
 ROUND_POLICIES = (*POLICIES, PROBE_POLICY)
