@@ -3,7 +3,7 @@ workers in this process and one in a process of its own, against a real 3-server
 worker's lease is long (60 s), so it stays ACTIVE, and eligible, for the whole test: the round it
 missed times out at its deadline, and the rounds after it commit without it (all three survivors
 reporting) because the coordinator suspends a node that was silent in its last round, not because
-its lease ran out."""
+its lease ran out. A new process under the same node id is taken back at once."""
 
 from __future__ import annotations
 
@@ -50,13 +50,8 @@ async def test_a_sigkilled_worker_process_never_stops_the_rounds(cluster: LocalC
     client = AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15)
     workers: dict[str, Worker] = {}
     env = credentials_env(cluster) | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.Popen(
-        [sys.executable, str(PROCESS), ",".join(cluster.client_addresses), group, victim, str(VICTIM_LEASE_TTL_S)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    command = [sys.executable, str(PROCESS), ",".join(cluster.client_addresses), group, victim, str(VICTIM_LEASE_TTL_S)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         # The tolerant setting: created paused so that round 1 waits for all four, with a floor of 2.
         await client.gossip.configure_group(
@@ -115,6 +110,19 @@ async def test_a_sigkilled_worker_process_never_stops_the_rounds(cluster: LocalC
         for node in survivors:
             stats = workers[node].last_round
             assert stats is not None and stats.ok
+
+        # It comes back (a new process under the same node id registers again, a sign of life): the
+        # next rounds list it again, and all four report.
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        assert process.stdout is not None
+        assert await asyncio.to_thread(process.stdout.readline) == "started\n", process.stderr and process.stderr.read()
+        while True:
+            number = await step_all()
+            assert number <= after[-1].number + 6, "the restarted worker was not taken back"
+            ended = await eventually(partial(_ended, client, group, number), 20, f"round {number} to end")
+            if victim in ended.participants:
+                assert ended.state is RoundState.DONE and len(ended.reported) == 4, ended
+                break
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
