@@ -184,20 +184,29 @@ def suspended(
     it is no longer eligible at all. Committed data only: every leader suspends the same nodes."""
     revisions = revisions or {}
     latest = rounds[-1].number if rounds else 0
-    out = set()
-    for node in participants:
-        silent = 0
-        last: gossip_pb2.Round | None = None
-        for committed in reversed(rounds):
-            if node not in committed.participants:
-                continue
-            if committed.state != gossip_pb2.ROUND_STATE_TIMED_OUT or node in committed.reported:
-                break
-            silent += 1
-            last = last or committed
-        if last is None or revisions.get(node, 0) > last.mod_revision:
+    # One pass from the newest round back (O(rounds x participants), not per node): a node's streak
+    # of silent rounds ends at the first round, going back, that listed it and got its report.
+    undecided = set(participants)
+    silent: dict[str, int] = {}
+    last: dict[str, gossip_pb2.Round] = {}
+    for committed in reversed(rounds):
+        if not undecided:
+            break
+        listed = undecided.intersection(committed.participants)
+        if not listed:
             continue
-        if latest - last.number < min(SILENT_BACKOFF_ROUNDS * 2 ** (silent - 1), MAX_SILENT_BACKOFF_ROUNDS):
+        reported = set(committed.reported) if committed.state == gossip_pb2.ROUND_STATE_TIMED_OUT else listed
+        for node in listed:
+            if node in reported:
+                undecided.discard(node)
+            else:
+                silent[node] = silent.get(node, 0) + 1
+                last.setdefault(node, committed)
+    out = set()
+    for node, missed in last.items():
+        if revisions.get(node, 0) > missed.mod_revision:
+            continue  # a sign of life since
+        if latest - missed.number < min(SILENT_BACKOFF_ROUNDS * 2 ** (silent[node] - 1), MAX_SILENT_BACKOFF_ROUNDS):
             out.add(node)
     return out
 

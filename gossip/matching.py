@@ -679,12 +679,13 @@ class AdaptiveSelector:
     1. **Due peers**: a peer not paired in rounds ``r - max_staleness + 1 .. r - 1`` (or never) must
        take part in round ``r``.
     2. **Who sits out**: the other peers, slowest first (a peer's speed is its fastest link; ties by
-       id), are candidates. For k = 0, 1, ... up to ``MAX_SKIP_FRACTION`` of the peers, with k such
-       that an even number of peers stays, the score is (maximum matching size) x (b* of the peers
-       left). The k with the best score sits out if its score is at least ``skip_gain`` times k = 0's;
-       otherwise nobody does (for an odd number of peers, the slowest candidate then takes the idle
-       place instead of a peer SAPS would choose). So on matrices where skipping gains little
-       (uniform links, two sites) the round is SAPS's own, on the same peers.
+       id), are candidates. For k = 0 and k = 1, 2, 4, 8, ... up to ``MAX_SKIP_FRACTION`` of the peers
+       (each raised by one where needed so that an even number of peers stays), the score is
+       (maximum matching size) x (b* of the peers left). The k with the best score sits out if its
+       score is at least ``skip_gain`` times k = 0's; otherwise nobody does (for an odd number of
+       peers, the slowest candidate then takes the idle place instead of a peer SAPS would choose).
+       So on matrices where skipping gains little (uniform links, two sites) the round is SAPS's
+       own, on the same peers.
     3. **SAPS** matches the peers that take part (:class:`SapsSelector`, whose history this selector
        carries); the others are idle.
 
@@ -760,8 +761,9 @@ class AdaptiveSelector:
             b_star, pairs = _best(sub)
             return len(pairs) * b_star
 
+        # k = 1, 2, 4, 8, ... (each made even-leaving): log2(N) b* computations, not N / 4.
         most = min(len(candidates), int(n * MAX_SKIP_FRACTION))
-        ks = [k for k in range(1, most + 1) if (n - k) % 2 == 0]
+        ks = sorted({k + (n - k) % 2 for k in (1 << j for j in range(most.bit_length())) if k + (n - k) % 2 <= most})
         scores = {k: score(k) for k in ks}
         base = score(0)
         best = max(ks, key=lambda k: (scores[k], -k), default=0)
