@@ -114,3 +114,30 @@ def test_where_sitting_out_gains_nothing_the_rounds_are_saps_own() -> None:
         np.fill_diagonal(bw, 0.0)
         saps = SapsSelector(5)
         assert run(AdaptiveSelector(5), bw, peers, 20) == [saps.select(bw, peers, round=r) for r in range(20)]
+
+
+def test_staleness_holds_while_peers_join_and_leave() -> None:
+    caps = [1.0, 1.5, 3.0, 10.0, 20.0, 30.0, 40.0, 50.0, 2.0]
+    everyone = default_peer_ids(len(caps))
+    full = caps_matrix(caps)
+    selector = AdaptiveSelector(11)
+    last: dict[str, int] = {}  # the round each peer was last paired in, or (re)joined
+    previous: list[str] = []
+    sat_out = 0
+    for r in range(40):
+        # p8 (slow) joins at round 5; p2 leaves at round 12 and comes back at round 20.
+        present = [p for p in everyone if not (p == "p8" and r < 5) and not (p == "p2" and 12 <= r < 20)]
+        index = [everyone.index(p) for p in present]
+        m = selector.select(full[np.ix_(index, index)], present, round=r)
+        assert_valid(m, present, full[np.ix_(index, index)])
+        sat_out += "p0" in m.idle
+        for peer in present:
+            if peer not in previous:
+                last[peer] = r - 1  # a newcomer may wait one round (odd N at its start)
+        for a, b in m.pairs:
+            last[a] = last[b] = r
+        for peer in present:
+            assert r - last[peer] < 4, f"{peer} not paired in rounds {last[peer] + 1}..{r}"
+        previous = present
+    assert last["p8"] >= 36 and last["p2"] >= 36
+    assert sat_out >= 20  # the slowest peer did sit out, most rounds
