@@ -27,7 +27,7 @@ Errors (all raised by :func:`exchange`; :func:`exchange_or_keep` returns them in
     │   ├── PeerTimeout         the deadline passed (dead, hung or slow peer, or it never showed up)
     │   └── PeerUnavailable     the stream broke (peer stopped or reset) or our server is stopping
     ├── CorruptChunk            a chunk's SHA-256 did not match its data (here, or at the peer)
-    ├── SpecMismatch            tensor names, shapes, dtypes or the sparsity ratio differ
+    ├── SpecMismatch            tensor names, shapes, dtypes, the sparsity ratio or compression differ
     ├── RoundMismatch           another group, round or seed, or not the partner the round matched
     └── ProtocolError           malformed or out-of-order message, unsupported protocol version
         └── TruncatedStream     the peer's stream ended before its trailer or its accept
@@ -58,7 +58,21 @@ from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTI
 from controlplane.v1 import gossip_peer_pb2 as pb
 from controlplane.v1 import gossip_peer_pb2_grpc as pb_grpc
 from gossip.bandwidth import BandwidthTable, LinkEstimate
-from gossip.mixing import DEFAULT_CHUNK_SIZE, Array, PackSpec, Params, TensorSpec, average, layout, pack, sparse_mask
+from gossip.mixing import (
+    DEFAULT_CHUNK_SIZE,
+    Array,
+    PackSpec,
+    Params,
+    TensorSpec,
+    average,
+    canonical_compression,
+    decode_int8,
+    encode_int8,
+    int8_merge,
+    layout,
+    pack,
+    sparse_mask,
+)
 from gossip.mixing import require_same_layout as _require_same_layout
 
 __all__ = [
@@ -307,6 +321,10 @@ class _Prepared:
     """What travels: the tensors themselves, or their masked values as 1-D arrays."""
     payload: PackSpec
     data: bytes
+    compression: str = ""
+    """``""`` or ``"int8"``: then ``data`` is ``encode_int8(sent)`` and ``sent_decoded`` what it
+    stands for (the peer decodes the same bytes to the same values)."""
+    sent_decoded: dict[str, Array] | None = None
 
     @property
     def chunk_count(self) -> int:
@@ -335,7 +353,14 @@ def _check_args(
 
 
 def _prepare(
-    node_id: str, group: str, round: int, params: Params, seed: int, ratio: float, chunk_bytes: int
+    node_id: str,
+    group: str,
+    round: int,
+    params: Params,
+    seed: int,
+    ratio: float,
+    chunk_bytes: int,
+    compression: str = "",
 ) -> _Prepared:
     """Masks, payload bytes and per-chunk digests (CPU work: run in a worker thread, where numpy and
     hashlib release the GIL and the event loop keeps serving)."""
@@ -352,17 +377,52 @@ def _prepare(
         # only the selected values travel and no mask is ever sent.
         masks = {name: sparse_mask(seed, round, name, value.shape, ratio) for name, value in local.items()}
         sent = {name: value[masks[name]] for name, value in local.items()}
-    spec, data = pack(sent, chunk_bytes)
     tensors = layout(local)
+    if compression:
+        return _prepare_compressed(
+            node_id, group, round, seed, ratio, local, tensors, masks, sent, chunk_bytes, compression
+        )
+    spec, data = pack(sent, chunk_bytes)
     return _Prepared(node_id, group, round, seed, ratio, local, tensors, spec_digest(tensors), masks, sent, spec, data)
+
+
+def _prepare_compressed(
+    node_id: str,
+    group: str,
+    round: int,
+    seed: int,
+    ratio: float,
+    local: dict[str, Array],
+    tensors: tuple[TensorSpec, ...],
+    masks: dict[str, BoolArray] | None,
+    sent: dict[str, Array],
+    chunk_bytes: int,
+    compression: str,
+) -> _Prepared:
+    # Only "int8" so far (canonical_compression checked the name). The payload is the encoding, so its
+    # size follows from the layout and ratio alone, as the header check requires.
+    encoded = encode_int8(sent)
+    spec, data = pack(encoded, chunk_bytes)
+    digest = spec_digest(tensors)
+    decoded = decode_int8(encoded, sent)
+    return _Prepared(
+        node_id, group, round, seed, ratio, local, tensors, digest, masks, sent, spec, data, compression, decoded
+    )
 
 
 def _mix(p: _Prepared, remote: dict[str, Array]) -> dict[str, Array]:
     """What this side keeps: ``gossip.mixing.average`` over the exchanged coordinates, which both ends
     compute bit-identically; coordinates outside the mask keep their local values."""
-    if p.masks is None:
+    if p.compression:
+        # The peer's payload is its encoding: dequantised exactly as the peer dequantised it.
+        assert p.sent_decoded is not None
+        mixed = int8_merge(p.sent, p.sent_decoded, decode_int8(remote, p.sent))
+        if p.masks is None:
+            return mixed
+    elif p.masks is None:
         return average(p.params, remote)
-    mixed = average(p.sent, remote)
+    else:
+        mixed = average(p.sent, remote)
     out: dict[str, Array] = {}
     for name, value in p.params.items():
         merged = value.copy()
@@ -395,6 +455,7 @@ def _header(p: _Prepared, receiver: str) -> pb.ExchangeChunk:
             tensors=[pb.ExchangeTensor(name=t.name, dtype=t.dtype, shape=t.shape) for t in p.layout],
             sparsity_ratio=p.ratio,
             seed=p.seed,
+            compression=p.compression,
             payload_bytes=p.payload.total_bytes,
             chunk_bytes=p.payload.chunk_size,
             chunk_count=p.chunk_count,
@@ -426,6 +487,8 @@ def _check_header(h: pb.ExchangeHeader, p: _Prepared) -> None:
         )
     if h.sparsity_ratio != p.ratio:
         raise SpecMismatch(f"sparsity ratio {p.ratio} locally, {h.sparsity_ratio} at {h.sender}")
+    if h.compression != p.compression:
+        raise SpecMismatch(f"compression {p.compression or 'none'} locally, {h.compression or 'none'} at {h.sender}")
     if h.spec_digest != p.digest:
         remote = tuple(TensorSpec(t.name, t.dtype, tuple(int(d) for d in t.shape)) for t in h.tensors)
         try:
@@ -900,6 +963,7 @@ class ExchangeServer:
         peer: str | None = None,
         deadline_s: float,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        compression: str = "",
     ) -> Offer:
         """Post this node's parameters for (group, round) and return the offer to await.
 
@@ -907,13 +971,16 @@ class ExchangeServer:
         wait for the partner and the exchange itself.
         """
         _check_args(self.node_id, peer, group, round, seed, sparsity_ratio, deadline_s, chunk_bytes)
+        compression = canonical_compression(compression)
         loop = asyncio.get_running_loop()
         started = loop.time()
         key = (group, round)
         if key in self._offers:
             raise ValueError(f"an offer for round {round} of {group!r} is already open")
         async with asyncio.timeout_at(started + deadline_s):
-            p = await asyncio.to_thread(_prepare, self.node_id, group, round, params, seed, sparsity_ratio, chunk_bytes)
+            p = await asyncio.to_thread(
+                _prepare, self.node_id, group, round, params, seed, sparsity_ratio, chunk_bytes, compression
+            )
         async with self._changed:
             if key in self._offers:
                 raise ValueError(f"an offer for round {round} of {group!r} is already open")
@@ -1028,6 +1095,7 @@ async def exchange(
     sparsity_ratio: float = 1.0,
     deadline_s: float,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    compression: str = "",
 ) -> ExchangeResult:
     """Exchange this round's parameters with the matched ``peer`` and return what this node keeps.
 
@@ -1035,9 +1103,12 @@ async def exchange(
     and waits for the dial. Both get ``average`` of the two models on the exchanged coordinates
     (all of them at ratio 1, else the shared mask of (seed, round, tensor)); other coordinates keep
     their local values. Raises an :class:`ExchangeError` subclass, never later than ``deadline_s``,
-    when the exchange fails: then nothing was mixed.
+    when the exchange fails: then nothing was mixed. With ``compression="int8"`` both ends send
+    their values quantised and each keeps ``x + (peer's - own dequantised values) / 2``
+    (``gossip.mixing.int8_merge``).
     """
     _check_args(server.node_id, peer, group, round, seed, sparsity_ratio, deadline_s, chunk_bytes)
+    compression = canonical_compression(compression)
     if server.node_id > peer:
         offer = await server.offer(
             group,
@@ -1048,9 +1119,12 @@ async def exchange(
             peer=peer,
             deadline_s=deadline_s,
             chunk_bytes=chunk_bytes,
+            compression=compression,
         )
         return await offer.result()
-    return await _dial(server, peer, peer_address, group, round, params, seed, sparsity_ratio, deadline_s, chunk_bytes)
+    return await _dial(
+        server, peer, peer_address, group, round, params, seed, sparsity_ratio, deadline_s, chunk_bytes, compression
+    )
 
 
 async def _dial(
@@ -1064,13 +1138,16 @@ async def _dial(
     ratio: float,
     deadline_s: float,
     chunk_bytes: int,
+    compression: str = "",
 ) -> ExchangeResult:
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + deadline_s
     try:
         async with asyncio.timeout_at(deadline):
-            p = await asyncio.to_thread(_prepare, server.node_id, group, round, params, seed, ratio, chunk_bytes)
+            p = await asyncio.to_thread(
+                _prepare, server.node_id, group, round, params, seed, ratio, chunk_bytes, compression
+            )
             if server.channel_credentials is None:
                 channel = grpc.aio.insecure_channel(peer_address, options=GOSSIP_CHANNEL_OPTIONS)
             else:
@@ -1116,6 +1193,7 @@ async def exchange_or_keep(
     sparsity_ratio: float = 1.0,
     deadline_s: float,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    compression: str = "",
 ) -> ExchangeResult:
     """:func:`exchange`, but a failed exchange returns the local parameters (the same arrays) with
     ``error`` set instead of raising: the survivor of a round keeps its own model and reports."""
@@ -1132,6 +1210,7 @@ async def exchange_or_keep(
             sparsity_ratio=sparsity_ratio,
             deadline_s=deadline_s,
             chunk_bytes=chunk_bytes,
+            compression=compression,
         )
     except ExchangeError as exc:
         return ExchangeResult(

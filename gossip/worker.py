@@ -159,8 +159,8 @@ class Worker:
 
     ``listen`` is the gossip port's bind address (port 0: any free port); ``advertise`` the
     ``HOST:PORT`` other nodes dial (default: the bound address). ``policy``, ``sparsity_ratio``,
-    ``round_timeout_s``, ``min_participants`` and ``probe_every_rounds`` (None: the cluster's
-    default) configure the group when this worker creates it; a group that exists keeps its own
+    ``compression``, ``round_timeout_s``, ``min_participants`` and ``probe_every_rounds`` (None: the
+    cluster's default) configure the group when this worker creates it; a group that exists keeps its own
     settings (its tensors and sparsity must match: otherwise ``start`` raises
     ``FailedPrecondition``). ``lease_ttl_s`` is the node's liveness lease: a worker that dies leaves
     the rounds once it runs out. ``probe_bytes`` are the payload sizes of a probe's transfers (run
@@ -188,6 +188,7 @@ class Worker:
         labels: dict[str, str] | None = None,
         probe_bytes: tuple[int, ...] = DEFAULT_PROBE_BYTES,
         tls: tuple[bytes, bytes, bytes] | None = None,
+        compression: str = "",
     ) -> None:
         labels = dict(labels or {})
         if labels.get(GROUP_LABEL, group) != group:
@@ -198,6 +199,8 @@ class Worker:
         self.node_id = node_id
         self.policy = policy
         self.sparsity_ratio = sparsity_ratio
+        #: "" / "none" or "int8" when this worker creates the group; rounds use the group's own.
+        self.compression = compression
         self.round_timeout_s = round_timeout_s
         self.min_participants = min_participants
         self.probe_every_rounds = probe_every_rounds
@@ -254,6 +257,7 @@ class Worker:
                 min_participants=self.min_participants,
                 seed=_group_seed(self.group),
                 probe_every_rounds=self.probe_every_rounds,
+                compression=self.compression,
             )
             self.config = change.group
             if not change.created and (
@@ -496,6 +500,7 @@ class Worker:
             seed=round_.seed,
             sparsity_ratio=ratio,
             deadline_s=max(budget, _MIN_EXCHANGE_S),
+            compression=round_.spec.compression if round_.spec is not None else "",
         )
 
     async def _report(self, stats: RoundStats, *, probe: bool = False) -> None:

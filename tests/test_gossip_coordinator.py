@@ -725,3 +725,35 @@ def test_groups_rounds_and_the_consensus_measure_survive_a_snapshot() -> None:
 def test_round_seeds_are_uint64_and_distinct() -> None:
     seeds = {round_seed(s, n) for s, n in itertools.product(range(5), range(1, 50))}
     assert len(seeds) == 5 * 49 and all(0 <= s < 2**64 for s in seeds)
+
+
+def test_compression_is_validated_fixed_and_carried_by_every_round() -> None:
+    cluster = Cluster()
+    for fields, message in (
+        ({"spec": SPEC, "compression": "gzip"}, "compression 'gzip' is not one of none, int8"),
+        ({"spec": gossip_pb2.TensorSpec(tensors=SPEC.tensors, compression="int4")}, "'int4' is not one of"),
+        (
+            {"spec": gossip_pb2.TensorSpec(tensors=SPEC.tensors, compression="none"), "compression": "int8"},
+            "differ; give one of them",
+        ),
+    ):
+        code, text = error(cluster.configure(**fields))
+        assert code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and message in text, text
+    assert cluster.machine.revision == 0
+    group = ok(cluster.configure(spec=SPEC, compression="int8")).gossip_configure_group.group
+    assert group.compression == group.spec.compression == "int8"
+    # The same again comes back unchanged; another compression is another spec: a new group name.
+    assert not ok(cluster.configure(spec=SPEC, compression="int8")).gossip_configure_group.created
+    for fields in ({"spec": SPEC}, {"spec": SPEC, "compression": "none"}):
+        code, text = error(cluster.configure(**fields))
+        assert code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "compression int8" in text, text
+    code, text = error(cluster.configure(mask=("compression",), compression="none"))
+    assert code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "compression" in text
+    # Every round the coordinator plans carries the group's compression, so both ends agree.
+    cluster.report_all_links(peers(4))
+    round_ = cluster.step(Coordinator(), peers(4))
+    assert round_.policy == "saps" and round_.spec.compression == "int8"
+    # "none" is stored as "" (what groups created before compression existed hold).
+    plain = gossip_pb2.GroupConfig(group="h", spec=SPEC, compression="none")
+    created = ok(cluster.run(gossip_configure_group=gossip_pb2.ConfigureGroupRequest(group=plain)))
+    assert created.gossip_configure_group.group.spec.compression == ""

@@ -120,7 +120,7 @@ def _describe_group(g: GroupConfig) -> str:
         [
             f"group {g.group}: {'paused' if g.paused else 'active'}, policy {g.policy}, round timeout "
             f"{g.round_timeout_s:g}s, at least {g.min_participants} peers, seed {g.seed}",
-            f"tensors: {tensors} (sparsity {g.sparsity_ratio:g})",
+            f"tensors: {tensors} (sparsity {g.sparsity_ratio:g}, compression {g.compression or 'none'})",
             f"probe cycles: when a link is unknown, and every {g.probe_every_rounds} training rounds"
             if g.probe_every_rounds
             else "probe cycles: only when a link is unknown",
@@ -272,6 +272,9 @@ def groups_configure(
         typer.Option("--tensor", "-t", help="NAME:DTYPE:SHAPE, e.g. w:float32:784x10 (repeat; creates the group)"),
     ] = None,
     sparsity: Annotated[float | None, typer.Option(help="Fraction of coordinates exchanged (creation only)")] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="How exchanged values travel: none or int8 (creation only)")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="The group's seed (creation only)")] = None,
     policy: Annotated[str | None, typer.Option(help="saps, saps-adaptive, random or best_bottleneck")] = None,
     round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round")] = None,
@@ -292,7 +295,8 @@ def groups_configure(
     """Create a group (with --tensor), or change an existing group's policy, timeout, minimum, probe
     interval or pause.
 
-    A group's tensors, sparsity and seed are fixed once it exists: a new layout needs a new group name.
+    A group's tensors, sparsity, compression and seed are fixed once it exists: a new layout needs a
+    new group name.
     """
     if tensor:
         tensors = [_parse_tensor(t) for t in tensor]
@@ -307,11 +311,15 @@ def groups_configure(
                 seed=seed or 0,
                 paused=bool(pause),
                 probe_every_rounds=probe_every,
+                compression=compression or "",
             )
         verb = "created" if change.created else "exists (unchanged; use the options without --tensor to change it)"
     else:
-        if sparsity is not None or seed is not None:
-            fail("--sparsity and --seed are fixed when a group is created (with --tensor)", code=EXIT_USAGE)
+        if sparsity is not None or seed is not None or compression is not None:
+            fail(
+                "--sparsity, --compression and --seed are fixed when a group is created (with --tensor)",
+                code=EXIT_USAGE,
+            )
         if (
             policy is None
             and round_timeout is None

@@ -1294,13 +1294,15 @@ class Gossip:
         seed: int = 0,
         paused: bool = False,
         probe_every_rounds: int | None = None,
+        compression: str = "",
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> G.GroupChange:
         """Create the group with its tensor spec (``[(name, dtype, shape), ...]``), or get it back
-        unchanged when it exists with the same tensors and sparsity (``created=False``).
+        unchanged when it exists with the same tensors, sparsity and compression (``created=False``).
         ``FailedPrecondition`` for another spec: use a new name. ``probe_every_rounds``: training
-        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50)."""
+        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50).
+        ``compression``: "none" (or "") or "int8" (``InvalidArgument`` for anything else)."""
         r = self._unary(
             G.CONFIGURE_GROUP,
             G.configure_request(
@@ -1313,6 +1315,7 @@ class Gossip:
                 seed=seed,
                 paused=paused,
                 probe_every_rounds=probe_every_rounds,
+                compression=compression,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2616,13 +2619,15 @@ class AsyncGossip:
         seed: int = 0,
         paused: bool = False,
         probe_every_rounds: int | None = None,
+        compression: str = "",
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> G.GroupChange:
         """Create the group with its tensor spec (``[(name, dtype, shape), ...]``), or get it back
-        unchanged when it exists with the same tensors and sparsity (``created=False``).
+        unchanged when it exists with the same tensors, sparsity and compression (``created=False``).
         ``FailedPrecondition`` for another spec: use a new name. ``probe_every_rounds``: training
-        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50)."""
+        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50).
+        ``compression``: "none" (or "") or "int8" (``InvalidArgument`` for anything else)."""
         r = await self._unary(
             G.CONFIGURE_GROUP,
             G.configure_request(
@@ -2635,6 +2640,7 @@ class AsyncGossip:
                 seed=seed,
                 paused=paused,
                 probe_every_rounds=probe_every_rounds,
+                compression=compression,
                 request_id=P.rid(request_id),
             ),
             timeout,

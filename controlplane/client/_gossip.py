@@ -75,6 +75,8 @@ class TensorInfo:
 class TensorSpec:
     tensors: tuple[TensorInfo, ...]
     sparsity_ratio: float
+    #: How exchanged values travel: "" (as they are) or "int8".
+    compression: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,8 @@ class GroupConfig:
     updated_unix_ms: int
     #: Training rounds between two probe cycles (0: probe only links nobody measured).
     probe_every_rounds: int = 0
+    #: Fixed once the group exists: how exchanged values travel, "" (as they are) or "int8".
+    compression: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +242,11 @@ def configure_request(
     seed: int,
     paused: bool,
     probe_every_rounds: int | None = None,
+    compression: str = "",
     request_id: str,
 ) -> gossip_pb2.ConfigureGroupRequest:
-    """``probe_every_rounds=None`` leaves it to the cluster's default (50)."""
+    """``probe_every_rounds=None`` leaves it to the cluster's default (50); ``compression``: "" or
+    "none" (values as they are) or "int8"."""
     return gossip_pb2.ConfigureGroupRequest(
         group=gossip_pb2.GroupConfig(
             group=group,
@@ -252,6 +258,7 @@ def configure_request(
             seed=seed,
             paused=paused,
             probe_every_rounds=probe_every_rounds,
+            compression=compression,
         ),
         request_id=request_id,
     )

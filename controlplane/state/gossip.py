@@ -69,7 +69,9 @@ MAX_DIMS = 32
 FLOAT_DTYPES = ("float16", "float32", "float64", "float128")
 # What an update_mask may name, and what is fixed once a group exists.
 GROUP_FIELDS = ("policy", "round_timeout_s", "min_participants", "paused", "probe_every_rounds")
-FIXED_GROUP_FIELDS = ("spec", "sparsity_ratio", "seed")
+FIXED_GROUP_FIELDS = ("spec", "sparsity_ratio", "seed", "compression")
+# How exchanged values may travel (gossip.mixing.COMPRESSIONS; "" is "none", the form specs store).
+COMPRESSIONS = ("none", "int8")
 # A failed exchange halves the link's estimate (the same penalty as gossip.bandwidth.penalise).
 FAILURE_PENALTY = 0.5
 
@@ -98,6 +100,16 @@ def check_spec(spec: gossip_pb2.TensorSpec) -> None:
         names.add(tensor.name)
     if spec.sparsity_ratio and not (0.0 < spec.sparsity_ratio <= 1.0):
         raise _invalid(f"sparsity_ratio {spec.sparsity_ratio} must be in (0, 1] (0 means 1: everything)")
+    _check_compression(spec.compression)
+
+
+def _check_compression(compression: str) -> None:
+    if compression and compression not in COMPRESSIONS:
+        raise _invalid(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+
+
+def _canonical_compression(compression: str) -> str:
+    return "" if compression == "none" else compression
 
 
 def check_group_name(group: str) -> None:
@@ -112,13 +124,16 @@ def check_group_name(group: str) -> None:
 def canonical_spec(spec: gossip_pb2.TensorSpec) -> gossip_pb2.TensorSpec:
     """The spec with its tensors in name order (the order the exchange lays them out in)."""
     tensors: list[gossip_pb2.TensorInfo] = sorted(spec.tensors, key=lambda t: t.name)
-    return gossip_pb2.TensorSpec(tensors=tensors, sparsity_ratio=spec.sparsity_ratio or 1.0)
+    return gossip_pb2.TensorSpec(
+        tensors=tensors, sparsity_ratio=spec.sparsity_ratio or 1.0, compression=_canonical_compression(spec.compression)
+    )
 
 
 def describe_spec(spec: gossip_pb2.TensorSpec) -> str:
     """``w:float32[10,3], b:float32[3] at sparsity 0.5``: for messages a person reads."""
     tensors = ", ".join(f"{t.name}:{t.dtype}[{','.join(str(d) for d in t.shape)}]" for t in spec.tensors)
-    return f"{tensors or 'no tensors'} at sparsity {spec.sparsity_ratio or 1.0:g}"
+    described = f"{tensors or 'no tensors'} at sparsity {spec.sparsity_ratio or 1.0:g}"
+    return described + (f", compression {spec.compression}" if spec.compression else "")
 
 
 def normalise_group(config: GroupConfig) -> GroupConfig:
@@ -130,11 +145,29 @@ def normalise_group(config: GroupConfig) -> GroupConfig:
             f"sparsity_ratio {config.sparsity_ratio:g} and spec.sparsity_ratio {config.spec.sparsity_ratio:g} "
             "differ; give one of them"
         )
+    _check_compression(config.compression)
+    _check_compression(config.spec.compression)
+    compression = _canonical_compression(config.compression or config.spec.compression)
+    if (
+        config.compression
+        and config.spec.compression
+        and compression != _canonical_compression(config.spec.compression)
+    ):
+        raise _invalid(
+            f"compression {config.compression!r} and spec.compression {config.spec.compression!r} differ; "
+            "give one of them"
+        )
     spec = gossip_pb2.TensorSpec()
     spec.CopyFrom(config.spec)
     spec.sparsity_ratio = ratio
+    spec.compression = compression
     out = GroupConfig(
-        group=config.group, sparsity_ratio=ratio, spec=canonical_spec(spec), seed=config.seed, **_settable(config)
+        group=config.group,
+        sparsity_ratio=ratio,
+        spec=canonical_spec(spec),
+        seed=config.seed,
+        compression=compression,
+        **_settable(config),
     )
     check_group(out)
     return out

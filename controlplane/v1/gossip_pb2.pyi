@@ -86,12 +86,14 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
-    __slots__ = ("tensors", "sparsity_ratio")
+    __slots__ = ("tensors", "sparsity_ratio", "compression")
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     SPARSITY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     tensors: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     sparsity_ratio: float
-    def __init__(self, tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., sparsity_ratio: _Optional[float] = ...) -> None: ...
+    compression: str
+    def __init__(self, tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., sparsity_ratio: _Optional[float] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class RoundFailure(_message.Message):
     __slots__ = ("node", "peer", "reason")
@@ -152,7 +154,7 @@ class Round(_message.Message):
     def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., matrix_version: _Optional[int] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[Pair, _Mapping]]] = ..., idle: _Optional[_Iterable[str]] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., reported: _Optional[_Iterable[str]] = ..., failures: _Optional[_Iterable[_Union[RoundFailure, _Mapping]]] = ..., bytes_total: _Optional[int] = ..., bottleneck_bps: _Optional[float] = ..., seconds_max: _Optional[float] = ..., ended_unix_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., mixed: _Optional[int] = ..., mix_delta_sq: _Optional[float] = ...) -> None: ...
 
 class GroupConfig(_message.Message):
-    __slots__ = ("group", "policy", "sparsity_ratio", "round_timeout_s", "spec", "min_participants", "seed", "paused", "create_revision", "mod_revision", "updated_unix_ms", "probe_every_rounds")
+    __slots__ = ("group", "policy", "sparsity_ratio", "round_timeout_s", "spec", "min_participants", "seed", "paused", "create_revision", "mod_revision", "updated_unix_ms", "probe_every_rounds", "compression")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     SPARSITY_RATIO_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +167,7 @@ class GroupConfig(_message.Message):
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     PROBE_EVERY_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     group: str
     policy: str
     sparsity_ratio: float
@@ -177,7 +180,8 @@ class GroupConfig(_message.Message):
     mod_revision: int
     updated_unix_ms: int
     probe_every_rounds: int
-    def __init__(self, group: _Optional[str] = ..., policy: _Optional[str] = ..., sparsity_ratio: _Optional[float] = ..., round_timeout_s: _Optional[float] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., min_participants: _Optional[int] = ..., seed: _Optional[int] = ..., paused: _Optional[bool] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., probe_every_rounds: _Optional[int] = ...) -> None: ...
+    compression: str
+    def __init__(self, group: _Optional[str] = ..., policy: _Optional[str] = ..., sparsity_ratio: _Optional[float] = ..., round_timeout_s: _Optional[float] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., min_participants: _Optional[int] = ..., seed: _Optional[int] = ..., paused: _Optional[bool] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., probe_every_rounds: _Optional[int] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class GossipEvent(_message.Message):
     __slots__ = ("round", "matrix_version", "group")
