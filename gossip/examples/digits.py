@@ -58,7 +58,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gossip.matching import Matching, SapsSelector, default_peer_ids
-from gossip.mixing import Array, apply_matching, consensus_distance
+from gossip.mixing import Array, apply_matching, apply_matching_compressed, consensus_distance, encode_int8, pack
 from gossip.simulate import uniform_bandwidth
 
 if TYPE_CHECKING:  # imported lazily at run time: the live mode is optional and needs a cluster
@@ -113,6 +113,8 @@ class Config:
     min_shard: int = 30
     test_fraction: float = 0.25
     seed: int = 0
+    compression: str = ""
+    """How the gossip exchanges travel: "" (full values) or "int8" (``gossip.mixing.encode_int8``)."""
 
     def __post_init__(self) -> None:
         if self.workers < 2:
@@ -332,7 +334,8 @@ class SimulatedMixer:
     :func:`gossip.mixing.apply_matching`, which gives what both ends of a live exchange compute.
     """
 
-    def __init__(self, workers: int, seed: int) -> None:
+    def __init__(self, workers: int, seed: int, compression: str = "") -> None:
+        self.compression = compression
         self.peers = default_peer_ids(workers)  # zero-padded: sorted order is worker order
         self.bandwidth = uniform_bandwidth(workers, seed)
         self.selector = SapsSelector(seed)
@@ -346,8 +349,14 @@ class SimulatedMixer:
     def _round(self, by_worker: dict[int, Params]) -> dict[int, Params]:
         number = len(self.matchings)
         matching = self.selector.select(self.bandwidth, self.peers, round=number, version=0)
-        mixed = apply_matching({self.peers[w]: p for w, p in by_worker.items()}, matching)
-        model_bytes = sum(v.nbytes for v in next(iter(by_worker.values())).values())
+        by_peer = {self.peers[w]: p for w, p in by_worker.items()}
+        model = next(iter(by_worker.values()))
+        if self.compression:
+            mixed = apply_matching_compressed(by_peer, matching, self.compression)
+            model_bytes = len(pack(encode_int8(model))[1])  # what one side sends (int8 is the only one)
+        else:
+            mixed = apply_matching(by_peer, matching)
+            model_bytes = sum(v.nbytes for v in model.values())
         self.matchings.append(matching)
         self.history.append(
             MixRound(number=number, bytes=2 * len(matching.pairs) * model_bytes, pairs=len(matching.pairs), failed=0)
@@ -561,12 +570,22 @@ async def no_gossip(worker: int, params: Params) -> Params:
 
 
 def run_simulated(
-    config: Config, *, gossip: bool = True, on_round: Callable[[RoundStats], None] | None = None
+    config: Config,
+    *,
+    gossip: bool = True,
+    on_round: Callable[[RoundStats], None] | None = None,
+    mixer_out: list[SimulatedMixer] | None = None,
 ) -> Result:
     """The whole example with :class:`SimulatedMixer` (or, ``gossip=False``, with no mixing at all):
-    no cluster, no network, about a second."""
+    no cluster, no network, about a second. ``mixer_out``, if given, receives the mixer (its
+    ``history`` has each round's bytes)."""
     data, shards = prepare(config)
-    mix: Mix = SimulatedMixer(config.workers, config.seed) if gossip else no_gossip
+    mix: Mix = no_gossip
+    if gossip:
+        mixer = SimulatedMixer(config.workers, config.seed, config.compression)
+        if mixer_out is not None:
+            mixer_out.append(mixer)
+        mix = mixer
     return asyncio.run(train(config, data, shards, mix, on_round=on_round))
 
 
@@ -633,6 +652,7 @@ async def run_live(
                     group,
                     f"{group}-w{w}",
                     round_timeout_s=round_timeout_s,
+                    compression=config.compression,
                     labels={"example": "digits", "shard_size": str(len(shards[w]))},
                 )
             )
@@ -704,6 +724,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", action="store_true", help="real gossip.Workers; a local 3-server cluster")
     parser.add_argument("--endpoints", help="HOST:PORT,... of an existing cluster (implies --live)")
     parser.add_argument("--round-timeout", type=float, default=30.0, help="live: seconds a round may take")
+    parser.add_argument(
+        "--compression", choices=("none", "int8"), default="none", help="how exchanges travel (int8: 8-bit)"
+    )
     parser.add_argument("--output", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     config = Config(
@@ -715,11 +738,12 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=args.weight_decay,
         alpha=args.alpha,
         seed=args.seed,
+        compression="" if args.compression == "none" else args.compression,
     )
     live = args.live or args.endpoints is not None
     if live and args.no_gossip:
         parser.error("--no-gossip is a simulated baseline; it cannot be combined with --live or --endpoints")
-    mixers: list[LiveMixer] = []
+    mixers: list[Any] = []  # the LiveMixer or SimulatedMixer, for each round's bytes
 
     def report(stat: RoundStats) -> None:
         mix = mixers[0].history[-1] if mixers and mixers[0].history else None
@@ -739,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if not live:
-        result = run_simulated(config, gossip=not args.no_gossip, on_round=report)
+        result = run_simulated(config, gossip=not args.no_gossip, on_round=report, mixer_out=mixers)
     else:
         log_to_stderr()
         with contextlib.ExitStack() as stack:
@@ -760,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     summary = result.summary()
+    if mixers and mixers[0].history:
+        # Mean over rounds of the model bytes every worker received: what compression cuts.
+        summary["bytes_per_round"] = round(sum(m.bytes for m in mixers[0].history) / len(mixers[0].history))
     if args.output == "json":
         print(json.dumps({"type": "summary", "mode": "live" if live else "simulated", **summary}), flush=True)
     else:
@@ -767,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
             f"final: workers mean {_pct(result.final.mean_accuracy)} (min {_pct(result.final.min_accuracy)}), "
             f"central {_pct(result.final.central_accuracy)}, gap {100 * result.gap:.2f} points; "
             f"average of the workers' models {_pct(result.average_model_accuracy)}; "
-            f"shard sizes {list(result.shard_sizes)}",
+            f"shard sizes {list(result.shard_sizes)}"
+            + (f"; {summary['bytes_per_round']:,} bytes per round" if "bytes_per_round" in summary else ""),
             flush=True,
         )
     return 0
