@@ -591,8 +591,8 @@ class GossipTable:
                 if existing.spec != config.spec:
                     raise _precondition(
                         f"gossip group {given.group!r} already exists with {describe_spec(existing.spec)}, not "
-                        f"{describe_spec(config.spec)}; a group's tensors and sparsity are fixed: configure a new "
-                        "group name for a new layout"
+                        f"{describe_spec(config.spec)}; a group's tensors, sparsity and compression are fixed: "
+                        "configure a new group name for a new layout"
                     )
                 return self._result(
                     gossip_configure_group=gossip_pb2.ConfigureGroupResponse(group=existing, created=False)
