@@ -51,6 +51,8 @@ __all__ = [
     "require_same_layout",
     "sparse_average",
     "sparse_mask",
+    "topk_indices",
+    "topk_union_pair",
     "unpack",
 ]
 
@@ -452,3 +454,53 @@ def apply_matching_compressed(
             params_by_peer[a], params_by_peer[b], compression, seed=seed, round=matching.round, ratio=ratio
         )
     return out
+
+
+# --- top-k (not on the wire yet: see DESIGN.md, "Compression") ----------------------------------
+
+
+def topk_indices(score: Params, ratio: float) -> dict[str, npt.NDArray[np.int64]]:
+    """Per tensor, the flat (C order) indices of the ``ceil(ratio * size)`` largest ``|score|``,
+    sorted; ties go to the smaller index, so the choice is a pure function of the values."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"top-k ratio must be in (0, 1], got {ratio}")
+    out: dict[str, npt.NDArray[np.int64]] = {}
+    for name in sorted(score):
+        flat = np.abs(np.asarray(score[name], dtype=np.float64)).ravel()
+        k = min(flat.size, math.ceil(ratio * flat.size))
+        order = np.argsort(-flat, kind="stable")[:k]
+        out[name] = np.sort(order).astype(np.int64)
+    return out
+
+
+def topk_union_pair(
+    a: Params, b: Params, ref_a: Params, ref_b: Params, ratio: float
+) -> tuple[dict[str, Array], dict[str, Array], dict[str, Array], dict[str, Array], int]:
+    """Two-message top-k with error feedback, both ends at once: each end picks the coordinates
+    where its model moved most since they were last mixed (``|x - ref|``, the residual of what it
+    has not shared), the ends exchange those indices, then their values on the union, and both
+    average the union exactly (``_mean2``: bit-identical, the pair's sum kept) and keep the rest.
+    ``ref`` (the Worker's state) takes the mixed values on the union. Returns both ends' new
+    parameters and references, and the union's size (values each end sends in the second message).
+    """
+    require_same_layout(layout(a), layout(b))
+    _require_float(a)
+    picks_a = topk_indices({n: np.asarray(a[n]) - np.asarray(ref_a[n]) for n in a}, ratio)
+    picks_b = topk_indices({n: np.asarray(b[n]) - np.asarray(ref_b[n]) for n in b}, ratio)
+    out_a: dict[str, Array] = {}
+    out_b: dict[str, Array] = {}
+    new_ref_a: dict[str, Array] = {}
+    new_ref_b: dict[str, Array] = {}
+    union_size = 0
+    for name in sorted(a):
+        union = np.union1d(picks_a[name], picks_b[name])
+        union_size += union.size
+        xa, xb = np.array(a[name], copy=True), np.array(b[name], copy=True)
+        mixed = _mean2(xa.ravel()[union], xb.ravel()[union])
+        xa.ravel()[union] = mixed
+        xb.ravel()[union] = mixed
+        ra, rb = np.array(ref_a[name], copy=True), np.array(ref_b[name], copy=True)
+        ra.ravel()[union] = mixed
+        rb.ravel()[union] = mixed
+        out_a[name], out_b[name], new_ref_a[name], new_ref_b[name] = xa, xb, ra, rb
+    return out_a, out_b, new_ref_a, new_ref_b, union_size

@@ -28,6 +28,8 @@ from gossip.mixing import (
     encode_int8,
     int8_average,
     sparse_mask,
+    topk_indices,
+    topk_union_pair,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -114,6 +116,34 @@ def test_none_is_the_plain_average_and_the_matching_oracle() -> None:
     matching = random_matching(["a", "b"], seed=1, round=1)
     plain = apply_matching({"a": a, "b": b}, matching)
     assert np.array_equal(apply_matching_compressed({"a": a, "b": b}, matching, "")["a"]["w"], plain["a"]["w"])
+
+
+@given(st.data(), st.integers(1, 40), st.floats(0.01, 1.0))
+def test_topk_union_mixes_the_union_exactly_and_keeps_the_rest(data: st.DataObject, size: int, ratio: float) -> None:
+    ints = hnp.arrays(np.float64, (size,), elements=st.integers(-1000, 1000).map(float))
+    a, b, ref_a, ref_b = ({"t": data.draw(ints)} for _ in range(4))
+    ya, yb, new_ref_a, new_ref_b, union = topk_union_pair(a, b, ref_a, ref_b, ratio)
+    picks_a = topk_indices({"t": a["t"] - ref_a["t"]}, ratio)["t"]
+    picks_b = topk_indices({"t": b["t"] - ref_b["t"]}, ratio)["t"]
+    chosen = np.zeros(size, dtype=bool)
+    chosen[np.union1d(picks_a, picks_b)] = True
+    assert union == int(chosen.sum()) and len(picks_a) == len(picks_b) == min(size, int(np.ceil(ratio * size)))
+    # The union: W = (I + P) / 2 exactly (integer inputs: exact halves), bit-identical, sum kept.
+    assert ya["t"][chosen].tobytes() == yb["t"][chosen].tobytes()
+    assert np.array_equal(ya["t"] + yb["t"], a["t"] + b["t"])
+    assert np.array_equal(ya["t"][chosen], (a["t"][chosen] + b["t"][chosen]) / 2)
+    # The rest: untouched; the references take the mixed values where mixed.
+    assert np.array_equal(ya["t"][~chosen], a["t"][~chosen]) and np.array_equal(yb["t"][~chosen], b["t"][~chosen])
+    assert np.array_equal(new_ref_a["t"][chosen], ya["t"][chosen])
+    assert np.array_equal(new_ref_a["t"][~chosen], ref_a["t"][~chosen])
+    assert np.array_equal(new_ref_b["t"][~chosen], ref_b["t"][~chosen])
+
+
+def test_topk_picks_the_largest_changes_and_breaks_ties_by_index() -> None:
+    score = {"m": np.array([[0.0, -5.0, 1.0], [5.0, 2.0, -2.0]])}
+    assert topk_indices(score, 0.5)["m"].tolist() == [1, 3, 4]  # |-5|, |5|, then the first |2|
+    with pytest.raises(ValueError, match="top-k ratio"):
+        topk_indices(score, 0.0)
 
 
 # --- the exchange ---------------------------------------------------------------------------------
