@@ -412,7 +412,8 @@ def _prepare_compressed(
 
 def _mix(p: _Prepared, remote: dict[str, Array]) -> dict[str, Array]:
     """What this side keeps: ``gossip.mixing.average`` over the exchanged coordinates, which both ends
-    compute bit-identically; coordinates outside the mask keep their local values."""
+    compute bit-identically (with int8, ``int8_merge``: the pair's sum kept, not bit-identity);
+    coordinates outside the mask keep their local values."""
     if p.compression:
         # The peer's payload is its encoding: dequantised exactly as the peer dequantised it.
         assert p.sent_decoded is not None
