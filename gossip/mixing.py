@@ -48,12 +48,14 @@ __all__ = [
     "merge_masked",
     "mixing_matrix",
     "pack",
+    "pair_weights",
     "require_same_layout",
     "sparse_average",
     "sparse_mask",
     "topk_indices",
     "topk_union_pair",
     "unpack",
+    "weighted_average",
 ]
 
 Array = npt.NDArray[Any]
@@ -129,6 +131,50 @@ def average(local: Params, remote: Params) -> dict[str, Array]:
     require_same_layout(layout(local), layout(remote))
     _require_float(local)
     return {name: _mean2(np.asarray(local[name]), np.asarray(remote[name])) for name in sorted(local)}
+
+
+def pair_weights(local_examples: int, remote_examples: int) -> tuple[float, float]:
+    """The weights a matched pair averages with: ``n_local / (n_local + n_remote)`` and
+    ``n_remote / (n_local + n_remote)``, so that ``n_a * x + n_b * x`` after the exchange equals
+    ``n_a * x_a + n_b * x_b`` before it and the example-weighted mean over peers is preserved.
+
+    0 on either side means "no count given": both ends then use ``(0.5, 0.5)``, the unweighted rule
+    (which is also what a peer that predates example counts computes). Python's int division rounds
+    correctly, so both ends get the same two floats.
+    """
+    for n in (local_examples, remote_examples):
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 0 <= n < 2**64:
+            raise ValueError(f"example counts must be integers in [0, 2^64), got {n!r}")
+    if local_examples == 0 or remote_examples == 0:
+        return 0.5, 0.5
+    total = int(local_examples) + int(remote_examples)
+    return int(local_examples) / total, int(remote_examples) / total
+
+
+def _weighted2(a: Array, wa: float, b: Array, wb: float) -> Array:
+    # Each end computes x_own * w_own + x_other * w_other: the same two products in the other order,
+    # and IEEE addition is commutative, so both ends are bit-identical. float16 is averaged in
+    # float32 (its 11-bit significand would round the weights), then rounded back once.
+    work = np.promote_types(a.dtype, np.float32)
+    out = a.astype(work, copy=False) * work.type(wa) + b.astype(work, copy=False) * work.type(wb)
+    return out.astype(a.dtype, copy=False)
+
+
+def weighted_average(local: Params, remote: Params, local_examples: int, remote_examples: int) -> dict[str, Array]:
+    """What a matched peer keeps when both sides count their examples: per coordinate
+    ``x_local * w_local + x_remote * w_remote`` with :func:`pair_weights`.
+
+    ``weighted_average(x, y, m, n)`` and ``weighted_average(y, x, n, m)`` are bit-identical; with a
+    count of 0 on either side it is :func:`average` exactly.
+    """
+    w_local, w_remote = pair_weights(local_examples, remote_examples)
+    if local_examples == 0 or remote_examples == 0:
+        return average(local, remote)
+    require_same_layout(layout(local), layout(remote))
+    _require_float(local)
+    return {
+        name: _weighted2(np.asarray(local[name]), w_local, np.asarray(remote[name]), w_remote) for name in sorted(local)
+    }
 
 
 def sparse_mask(seed: int, round: int, name: str, shape: Sequence[int], ratio: float) -> npt.NDArray[np.bool_]:
@@ -387,16 +433,21 @@ def decode_int8(encoded: Params, like: Params) -> dict[str, Array]:
     return out
 
 
-def int8_merge(local: Params, local_decoded: Params, remote_decoded: Params) -> dict[str, Array]:
+def int8_merge(
+    local: Params, local_decoded: Params, remote_decoded: Params, remote_weight: float = 0.5
+) -> dict[str, Array]:
     """What an end keeps after an ``int8`` exchange: ``x + (remote - own) / 2`` over the dequantised
     models. The other end adds exactly the negated move, so the pair's sum is kept (to rounding),
-    and each end keeps its own quantisation error ``x - own`` (error feedback without state)."""
+    and each end keeps its own quantisation error ``x - own`` (error feedback without state).
+
+    ``remote_weight``: the partner's weight from :func:`pair_weights` when both ends counted their
+    examples: each end moves ``w_partner * (partner - own)``, so ``n_a * x_a + n_b * x_b`` is kept."""
     _require_float(local)
     out: dict[str, Array] = {}
     for name in sorted(local):
         x = np.asarray(local[name])
-        half = x.dtype.type(0.5)
-        out[name] = x + (np.asarray(remote_decoded[name]) * half - np.asarray(local_decoded[name]) * half)
+        weight = x.dtype.type(remote_weight)
+        out[name] = x + (np.asarray(remote_decoded[name]) * weight - np.asarray(local_decoded[name]) * weight)
     return out
 
 

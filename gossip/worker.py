@@ -58,7 +58,7 @@ from gossip.exchange import (
     exchange_or_keep,
     tls_credentials,
 )
-from gossip.mixing import Array, Params
+from gossip.mixing import Array, Params, pair_weights
 
 __all__ = ["DEFAULT_PROBE_BYTES", "MAX_PROBE_BYTES", "REPORT_BANDWIDTH_EVERY", "RoundStats", "Worker"]
 
@@ -113,6 +113,18 @@ def _tensors(params: Params) -> list[tuple[str, str, tuple[int, ...]]]:
             raise ValueError(f"tensor {name!r} must be a floating-point numpy array (gossip averages parameters)")
         out.append((name, value.dtype.name, tuple(value.shape)))
     return out
+
+
+def _check_examples(examples: int | None) -> int:
+    """The count the exchange carries: 0 for None (no count given), else a positive integer."""
+    if examples is None:
+        return 0
+    if isinstance(examples, bool) or not isinstance(examples, int | np.integer) or not 1 <= examples < 2**64:
+        raise ValueError(
+            f"examples must be a positive integer (the examples trained on since the last step), or None "
+            f"for the plain average; got {examples!r}"
+        )
+    return int(examples)
 
 
 def _group_seed(group: str) -> int:
@@ -315,15 +327,25 @@ class Worker:
 
     # ------------------------------------------------------------------ rounds
 
-    async def step(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def step(self, params: dict[str, np.ndarray], *, examples: int | None = None) -> dict[str, np.ndarray]:
         """Take part in the next committed training round that lists this node: exchange with the
         matched partner (or stay idle), report the round, and return the mixed parameters - or
         ``params`` themselves when idle or when the exchange failed. Waits as long as no such round
         comes; probe rounds that list this node on the way are run and reported meanwhile (they
-        never change the parameters)."""
+        never change the parameters).
+
+        ``examples``: how many training examples ``params`` saw since the last step (>= 1). When both
+        partners give one, the pair averages with weights ``n_a / (n_a + n_b)`` and
+        ``n_b / (n_a + n_b)`` (``gossip.mixing.pair_weights``), which keeps the example-weighted
+        mean over the group; None (or a partner that gives none): the plain average.
+
+        Do not train inside the event loop this runs on: heartbeats and the round watch share it,
+        and a loop blocked for longer than the lease loses the node's lease. Train in a thread
+        (``await asyncio.to_thread(train, ...)``) or use :class:`gossip.SyncWorker`."""
         if self._tracker is None or self.config is None or self._closed:
             raise RuntimeError("the worker is not running: start it first (and do not step after close)")
         self._check_params(params)
+        count = _check_examples(examples)
         self._activity = "waiting"
         try:
             while True:
@@ -334,7 +356,7 @@ class Worker:
                 await self._probe(round_, budget)
                 self._activity = "waiting"
             self._activity = "aggregating"
-            return await self._take_part(round_, params, budget)
+            return await self._take_part(round_, params, budget, count)
         finally:
             self._activity = "training"
 
@@ -383,16 +405,22 @@ class Worker:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _take_part(self, round_: Round, params: Params, budget: float) -> dict[str, Array]:
+    async def _take_part(self, round_: Round, params: Params, budget: float, examples: int = 0) -> dict[str, Array]:
         partner = _partner_of(round_, self.node_id)
         if partner is None:
             await self._report(RoundStats(round_.number, None, 0, 0.0, True, None))
             return dict(params)
         ratio = round_.spec.sparsity_ratio if round_.spec is not None and round_.spec.sparsity_ratio else 1.0
         started = asyncio.get_running_loop().time()
-        result = await self._exchange(round_, partner, params, ratio, budget)
+        result = await self._exchange(round_, partner, params, ratio, budget, examples)
         result.observe(self.bandwidth, time.monotonic())
         delta = await asyncio.to_thread(_delta_sq, params, result.params) if result.ok else 0.0
+        if delta:
+            # Weighted, this end moves by w_partner times the pair's difference, not by half of it:
+            # report what the plain rule would have moved, so 4 * sum / mixed stays the mean squared
+            # distance between partners before the round (DESIGN.md, "The consensus measure").
+            _, w_partner = pair_weights(examples, result.peer_examples)
+            delta *= 0.25 / (w_partner * w_partner)
         stats = RoundStats(
             number=round_.number,
             partner=partner,
@@ -469,7 +497,7 @@ class Worker:
         return address, "" if address else f"{partner} advertises no {GOSSIP_ADDRESS!r} address"
 
     async def _exchange(
-        self, round_: Round, partner: str, params: Params, ratio: float, budget: float
+        self, round_: Round, partner: str, params: Params, ratio: float, budget: float, examples: int = 0
     ) -> ExchangeResult:
         address = ""
         if self.node_id < partner:  # the smaller id dials: it needs the partner's gossip address
@@ -501,6 +529,7 @@ class Worker:
             sparsity_ratio=ratio,
             deadline_s=max(budget, _MIN_EXCHANGE_S),
             compression=round_.spec.compression if round_.spec is not None else "",
+            examples=examples,
         )
 
     async def _report(self, stats: RoundStats, *, probe: bool = False) -> None:
