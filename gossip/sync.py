@@ -110,9 +110,10 @@ class _LoopThread:
 class SyncWorker:
     """A :class:`gossip.worker.Worker` whose event loop runs on a background thread, with a blocking API.
 
-    ``endpoints`` and ``credentials`` make the worker's own control-plane client (on the background
-    loop); every other keyword argument is the async Worker's (``listen``, ``advertise``,
-    ``round_timeout_s``, ``min_participants``, ``lease_ttl_s``, ``probe_bytes``, ``tls``, ...).
+    ``endpoints`` and ``credentials`` (default: ``CP_CACERT``/``CP_CERT``/``CP_KEY``/``CP_TOKEN`` from
+    the environment) make the worker's own control-plane client (on the background loop); every other
+    keyword argument is the async Worker's (``listen``, ``advertise``, ``round_timeout_s``,
+    ``min_participants``, ``lease_ttl_s``, ``probe_bytes``, ``tls``, ...).
     ``start`` once, ``step`` once per round, ``close`` at the end (or use it as a context manager).
     """
 
@@ -231,9 +232,11 @@ async def _make(
     worker_options: dict[str, Any],
 ) -> tuple[AsyncClient, Worker]:
     # Built on the loop thread: the client's channels and the worker's conditions belong to that loop.
-    from controlplane.client import AsyncClient
+    from controlplane.client import AsyncClient, Credentials
     from gossip.worker import Worker
 
+    if credentials is None:
+        credentials = Credentials.from_env()
     client = AsyncClient(endpoints, credentials=credentials, timeout=client_timeout_s)
     try:
         return client, Worker(client, group, node_id, **worker_options)

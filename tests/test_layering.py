@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("numpy", "networkx", "fastapi", "uvicorn", "controlplane.server.node", "controlplane.server.app")
+HEAVY = ("numpy", "networkx", "torch", "fastapi", "uvicorn", "controlplane.server.node", "controlplane.server.app")
 
 
 def test_a_client_command_loads_neither_the_server_nor_numpy_nor_the_web_stack() -> None:
