@@ -125,3 +125,15 @@ def test_sync_torch_workers_average_state_dicts_by_example_counts(cluster: Local
 def _ended(client: Client, group: str, number: int) -> Any:
     found = client.gossip.round(group, number)
     return found if found.state is not RoundState.RUNNING else None
+
+
+def test_the_torch_example_trains_through_the_cluster(cluster: LocalCluster) -> None:
+    """``python -m gossip.examples.torch_digits`` in small: three TorchWorkers on their own threads,
+    every round committed and exchanged without a failure, and the models learn."""
+    pytest.importorskip("sklearn")
+    from gossip.examples.torch_digits import Config, run
+
+    history, summary = run(Config(workers=3, rounds=3), cluster.endpoints, credentials=cluster.credentials)
+    assert [stat.round for stat in history] == [1, 2, 3]
+    assert all(stat.failed == 0 and stat.bytes > 0 for stat in history), history
+    assert summary.mean_accuracy > 0.5, summary  # ten classes: chance is 0.1
