@@ -357,9 +357,10 @@ def _check_args(
         raise ValueError(f"chunk_bytes must be in (0, {MAX_CHUNK_BYTES}], got {chunk_bytes}")
 
 
-def _check_examples(examples: int) -> None:
-    if isinstance(examples, bool) or not isinstance(examples, int) or not 0 <= examples < 2**64:
+def _check_examples(examples: int) -> int:
+    if isinstance(examples, bool) or not isinstance(examples, int | np.integer) or not 0 <= examples < 2**64:
         raise ValueError(f"examples must be an integer in [0, 2^64) (0: no count given), got {examples!r}")
+    return int(examples)
 
 
 def _prepare(
@@ -1007,7 +1008,7 @@ class ExchangeServer:
         """
         _check_args(self.node_id, peer, group, round, seed, sparsity_ratio, deadline_s, chunk_bytes)
         compression = canonical_compression(compression)
-        _check_examples(examples)
+        examples = _check_examples(examples)
         loop = asyncio.get_running_loop()
         started = loop.time()
         key = (group, round)
@@ -1157,7 +1158,7 @@ async def exchange(
     """
     _check_args(server.node_id, peer, group, round, seed, sparsity_ratio, deadline_s, chunk_bytes)
     compression = canonical_compression(compression)
-    _check_examples(examples)
+    examples = _check_examples(examples)
     if server.node_id > peer:
         offer = await server.offer(
             group,

@@ -133,7 +133,7 @@ async def test_counts_travel_in_the_exchange_and_both_ends_keep_the_weighted_ave
     a, b = servers
     xa, xb = model(7), model(8)
     ra, rb = await asyncio.gather(
-        exchange(a, "b", b.address, "g", 1, xa, seed=3, deadline_s=10, examples=37, chunk_bytes=256),
+        exchange(a, "b", b.address, "g", 1, xa, seed=3, deadline_s=10, examples=np.int64(37), chunk_bytes=256),
         exchange(b, "a", a.address, "g", 1, xb, seed=3, deadline_s=10, examples=101, chunk_bytes=256),
     )
     assert ra.peer_examples == 101 and rb.peer_examples == 37

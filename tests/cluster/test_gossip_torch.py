@@ -6,6 +6,7 @@ the leases held while the caller's thread is busy for longer than a lease."""
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -120,6 +121,8 @@ def test_sync_torch_workers_average_state_dicts_by_example_counts(cluster: Local
         for worker in workers.values():
             worker.close()
         client.close()
+    # The last close stopped the workers' shared loop thread.
+    assert not [t for t in threading.enumerate() if t.name == "gossip-sync-loop"]
 
 
 def _ended(client: Client, group: str, number: int) -> Any:
