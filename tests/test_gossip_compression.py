@@ -220,3 +220,24 @@ async def test_different_compressions_are_a_spec_mismatch_and_both_keep_theirs(
     assert all(ra.params[name] is xa[name] for name in xa)
     with pytest.raises(ValueError, match="compression must be one of"):
         await exchange(a, "b", b.address, GROUP, 1, xa, seed=SEED, deadline_s=DEADLINE_S, compression="zip")
+
+
+async def test_int8_with_example_counts_keeps_the_weighted_sum(
+    servers: tuple[ExchangeServer, ExchangeServer],
+) -> None:
+    """Compression and example weighting together: each end moves its partner's weight of the gap
+    between the dequantised models, so n_a * x_a + n_b * x_b is kept (to rounding)."""
+    a, b = servers
+    xa = {"w": np.random.default_rng(1).standard_normal(500)}
+    xb = {"w": np.random.default_rng(2).standard_normal(500)}
+    ra, rb = await asyncio.gather(
+        exchange(a, "b", b.address, GROUP, 3, xa, seed=SEED, deadline_s=DEADLINE_S, compression="int8", examples=300),
+        exchange(b, "a", a.address, GROUP, 3, xb, seed=SEED, deadline_s=DEADLINE_S, compression="int8", examples=100),
+    )
+    before = 300 * xa["w"] + 100 * xb["w"]
+    after = 300 * ra.params["w"] + 100 * rb.params["w"]
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-9)
+    # The heavier end moves a quarter of the gap, the lighter three quarters: not the plain average.
+    plain_a, _ = compressed_pair(xa, xb, "int8")
+    assert not np.allclose(ra.params["w"], plain_a["w"])
+    assert np.abs(ra.params["w"] - xa["w"]).mean() < np.abs(rb.params["w"] - xb["w"]).mean()
