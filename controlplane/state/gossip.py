@@ -17,9 +17,13 @@ matching with ``gossip.matching`` and proposes it; the machine only checks it). 
   minimum, probe interval and paused flag; a round of a configured group must carry exactly the
   group's spec. The leader's coordinator (``gossip.coordinator``) plans the rounds of every
   configured group that is not paused;
+* **a round keeps its participants' training metrics**: a report may carry the node's own loss,
+  accuracy and example count (each optional, validated: finite, accuracy in [0, 1]); the round keeps
+  one record per participant (bounded like the participants) and their means, recomputed from the
+  records in node order, so the aggregate does not depend on the order the reports arrived in;
 * **probe rounds are rounds**: a round with policy ``probe`` (the coordinator's bandwidth probes on
-  disjoint pairs) is validated, ended and penalised like any other; only it counts no mix, since a
-  probe leaves every model as it was.
+  disjoint pairs) is validated, ended and penalised like any other; only it counts no mix and keeps
+  no training metrics, since a probe leaves every model as it was.
 
 Rounds are kept per group up to ``MAX_ROUNDS_PER_GROUP`` (the oldest dropped first).
 """
@@ -87,6 +91,41 @@ TIMED_OUT = gossip_pb2.ROUND_STATE_TIMED_OUT
 def _finite(value: float, what: str, minimum: float = 0.0) -> None:
     if not math.isfinite(value) or value < minimum:
         raise _invalid(f"{what} {value!r} must be a finite number >= {minimum:g}")
+
+
+def check_metrics(metrics: gossip_pb2.TrainingMetrics) -> None:
+    """Refuse a report's training metrics that no training produces (state-independent: the server
+    runs it before the log too)."""
+    if metrics.HasField("loss") and not math.isfinite(metrics.loss):
+        raise _invalid(f"loss {metrics.loss!r} must be a finite number")
+    if metrics.HasField("accuracy") and not (math.isfinite(metrics.accuracy) and 0.0 <= metrics.accuracy <= 1.0):
+        raise _invalid(f"accuracy {metrics.accuracy!r} must be a fraction between 0 and 1 (0.93, not 93)")
+
+
+def has_metrics(metrics: gossip_pb2.TrainingMetrics) -> bool:
+    return metrics.HasField("loss") or metrics.HasField("accuracy") or metrics.HasField("examples")
+
+
+def aggregate_metrics(records: list[gossip_pb2.NodeMetrics]) -> gossip_pb2.TrainingMetrics:
+    """The round's metrics over its records: plain means of loss and accuracy over the records that
+    carry each, the sum of examples."""
+    out = gossip_pb2.TrainingMetrics()
+    losses = [r.metrics.loss for r in records if r.metrics.HasField("loss")]
+    accuracies = [r.metrics.accuracy for r in records if r.metrics.HasField("accuracy")]
+    examples = [r.metrics.examples for r in records if r.metrics.HasField("examples")]
+    if losses:
+        out.loss = _mean(losses)
+    if accuracies:
+        out.accuracy = min(1.0, _mean(accuracies))
+    if examples:
+        out.examples = min(sum(examples), 2**64 - 1)  # a uint64 must not overflow
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    """The mean as ``fsum(x / n)``: exactly rounded, so it does not depend on the order the values
+    came in, and never past the largest double (summing first could overflow on finite values)."""
+    return math.fsum(x / len(values) for x in values)
 
 
 def check_spec(spec: gossip_pb2.TensorSpec) -> None:
@@ -510,6 +549,7 @@ class GossipTable:
         _check(limits.check_member_id(request.node_id, "node id") or limits.check_text(request.reason, "reason"))
         _finite(request.seconds, "seconds")
         _finite(request.mix_delta_sq, "mix_delta_sq")
+        check_metrics(request.metrics)
         if request.node_id not in current.participants:
             raise _precondition(f"{request.node_id} is not a participant of round {current.number}")
         if request.node_id in current.reported:
@@ -529,6 +569,12 @@ class GossipTable:
         if partner and not request.failed_peer and current.policy != PROBE_POLICY:
             updated.mixed += 1
             updated.mix_delta_sq += request.mix_delta_sq
+        if has_metrics(request.metrics) and current.policy != PROBE_POLICY:
+            record = gossip_pb2.NodeMetrics(node=request.node_id, metrics=request.metrics)
+            records = sorted([*current.node_metrics, record], key=lambda r: r.node)
+            del updated.node_metrics[:]
+            updated.node_metrics.extend(records)
+            updated.metrics.CopyFrom(aggregate_metrics(records))
         if request.failed_peer:
             updated.failures.append(
                 gossip_pb2.RoundFailure(
