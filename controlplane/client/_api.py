@@ -1214,11 +1214,15 @@ class Gossip:
         failed_peer: str = "",
         reason: str = "",
         mix_delta_sq: float = 0.0,
+        loss: float | None = None,
+        accuracy: float | None = None,
+        examples: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Round:
         """A participant's outcome; ``failed_peer`` names the partner that failed the exchange
-        (its link is penalised)."""
+        (its link is penalised). ``loss``, ``accuracy`` (in [0, 1]) and ``examples``: this node's
+        training metrics for the round (its model before the mix); None: not measured."""
         r = self._unary(
             G.REPORT_ROUND,
             gossip_pb2.ReportRoundRequest(
@@ -1230,6 +1234,7 @@ class Gossip:
                 failed_peer=failed_peer,
                 reason=reason,
                 mix_delta_sq=mix_delta_sq,
+                metrics=G.training_metrics(loss, accuracy, examples),
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2539,11 +2544,15 @@ class AsyncGossip:
         failed_peer: str = "",
         reason: str = "",
         mix_delta_sq: float = 0.0,
+        loss: float | None = None,
+        accuracy: float | None = None,
+        examples: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Round:
         """A participant's outcome; ``failed_peer`` names the partner that failed the exchange
-        (its link is penalised)."""
+        (its link is penalised). ``loss``, ``accuracy`` (in [0, 1]) and ``examples``: this node's
+        training metrics for the round (its model before the mix); None: not measured."""
         r = await self._unary(
             G.REPORT_ROUND,
             gossip_pb2.ReportRoundRequest(
@@ -2555,6 +2564,7 @@ class AsyncGossip:
                 failed_peer=failed_peer,
                 reason=reason,
                 mix_delta_sq=mix_delta_sq,
+                metrics=G.training_metrics(loss, accuracy, examples),
                 request_id=P.rid(request_id),
             ),
             timeout,

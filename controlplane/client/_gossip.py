@@ -21,11 +21,13 @@ __all__ = [
     "GroupChange",
     "GroupConfig",
     "Link",
+    "NodeMetrics",
     "Round",
     "RoundFailure",
     "RoundState",
     "TensorInfo",
     "TensorSpec",
+    "TrainingMetrics",
 ]
 
 
@@ -87,6 +89,23 @@ class RoundFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainingMetrics:
+    """A node's own training metrics for a round (the model it brought to the round, before the
+    mix), or a round's aggregate of them. None: not measured (never a stand-in for 0)."""
+
+    loss: float | None = None
+    #: In [0, 1].
+    accuracy: float | None = None
+    examples: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMetrics:
+    node: str
+    metrics: TrainingMetrics
+
+
+@dataclass(frozen=True, slots=True)
 class Round:
     group: str
     number: int
@@ -112,6 +131,21 @@ class Round:
     #: Participants that reported a successful mix, and the sum of their ``mix_delta_sq``.
     mixed: int = 0
     mix_delta_sq: float = 0.0
+    #: The training metrics participants reported with the round, one record each, by node.
+    node_metrics: tuple[NodeMetrics, ...] = ()
+    #: Over ``node_metrics``: mean loss and mean accuracy over the records carrying each, examples
+    #: summed (None when no participant reported metrics; see ``loss`` and ``accuracy``).
+    metrics: TrainingMetrics | None = None
+
+    @property
+    def loss(self) -> float | None:
+        """The mean loss the participants reported (None: none did)."""
+        return self.metrics.loss if self.metrics is not None else None
+
+    @property
+    def accuracy(self) -> float | None:
+        """The mean accuracy the participants reported (None: none did)."""
+        return self.metrics.accuracy if self.metrics is not None else None
 
     @property
     def probe(self) -> bool:
@@ -221,6 +255,13 @@ def round_request(
 
 
 Tensors = Iterable[tuple[str, str, Sequence[int]]]
+
+
+def training_metrics(
+    loss: float | None = None, accuracy: float | None = None, examples: int | None = None
+) -> gossip_pb2.TrainingMetrics:
+    """A report's metrics: only the given ones set (the cluster checks them: finite, accuracy in [0, 1])."""
+    return gossip_pb2.TrainingMetrics(loss=loss, accuracy=accuracy, examples=examples)
 
 
 def tensor_spec(tensors: Tensors, sparsity_ratio: float = 0.0) -> gossip_pb2.TensorSpec:
