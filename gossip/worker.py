@@ -46,7 +46,9 @@ import structlog
 
 from controlplane.agent import Agent
 from controlplane.client import AsyncClient, Consistency, ControlPlaneError, NotFound
-from controlplane.client._gossip import GroupConfig, Round, RoundState
+from controlplane.client._gossip import GroupConfig, Round, RoundState, TrainingMetrics, training_metrics
+from controlplane.state.gossip import check_metrics
+from controlplane.state.refusal import Refused
 from gossip.bandwidth import BandwidthTable
 from gossip.coordinator import GOSSIP_ADDRESS, GROUP_LABEL, PROBE_POLICY
 from gossip.exchange import (
@@ -158,6 +160,31 @@ def _partner_of(round_: Round, node: str) -> str | None:
     return next((p.b if p.a == node else p.a for p in round_.pairs if node in (p.a, p.b)), None)
 
 
+_METRIC_NAMES = ("loss", "accuracy", "examples")
+
+
+def _checked_metrics(metrics: Mapping[str, float]) -> TrainingMetrics:
+    """``step``'s metrics, refused early (ValueError) where the cluster would refuse the report."""
+    unknown = sorted(set(metrics) - set(_METRIC_NAMES))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}: report any of {', '.join(_METRIC_NAMES)}")
+    loss, accuracy, examples = (metrics.get(name) for name in _METRIC_NAMES)
+    if examples is not None and (
+        isinstance(examples, bool) or not float(examples).is_integer() or not 0 <= examples < 2**64
+    ):
+        raise ValueError(f"examples {examples!r} must be a whole number of examples")
+    out = TrainingMetrics(
+        loss=None if loss is None else float(loss),
+        accuracy=None if accuracy is None else float(accuracy),
+        examples=None if examples is None else int(examples),
+    )
+    try:
+        check_metrics(training_metrics(out.loss, out.accuracy, out.examples))
+    except Refused as refused:
+        raise ValueError(refused.message) from None
+    return out
+
+
 def _delta_sq(before: Params, after: Params) -> float:
     total = 0.0
     for name in sorted(before):
@@ -239,6 +266,7 @@ class Worker:
         self._changed = asyncio.Condition()
         self._done = 0  # the highest round number this worker took part in or gave up on
         self._unreported_rounds = 0
+        self._metrics = TrainingMetrics()  # step's, for its training round's report
         self._activity = "training"
         self._started = False
         self._closed = False
@@ -327,7 +355,13 @@ class Worker:
 
     # ------------------------------------------------------------------ rounds
 
-    async def step(self, params: dict[str, np.ndarray], *, examples: int | None = None) -> dict[str, np.ndarray]:
+    async def step(
+        self,
+        params: dict[str, np.ndarray],
+        *,
+        examples: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Take part in the next committed training round that lists this node: exchange with the
         matched partner (or stay idle), report the round, and return the mixed parameters - or
         ``params`` themselves when idle or when the exchange failed. Waits as long as no such round
@@ -339,6 +373,10 @@ class Worker:
         ``n_b / (n_a + n_b)`` (``gossip.mixing.pair_weights``), which keeps the example-weighted
         mean over the group; None (or a partner that gives none): the plain average.
 
+        ``metrics``: this node's ``loss``, ``accuracy`` (in [0, 1]) and ``examples`` for ``params``
+        (any of them), reported with the training round (``cpctl gossip rounds``, ``cpctl gossip
+        plot``); ``examples`` defaults to the argument above. ValueError for other keys or values.
+
         Do not train inside the event loop this runs on: heartbeats and the round watch share it,
         and a loop blocked for longer than the lease loses the node's lease. Train in a thread
         (``await asyncio.to_thread(train, ...)``) or use :class:`gossip.SyncWorker`."""
@@ -346,6 +384,10 @@ class Worker:
             raise RuntimeError("the worker is not running: start it first (and do not step after close)")
         self._check_params(params)
         count = _check_examples(examples)
+        reported = dict(metrics or {})
+        if examples is not None:
+            reported.setdefault("examples", examples)
+        self._metrics = _checked_metrics(reported)
         self._activity = "waiting"
         try:
             while True:
@@ -549,6 +591,9 @@ class Worker:
                 failed_peer=failed,
                 reason=(stats.error or "")[:_MAX_REASON_CHARS],
                 mix_delta_sq=stats.mix_delta_sq,
+                loss=None if probe else self._metrics.loss,
+                accuracy=None if probe else self._metrics.accuracy,
+                examples=None if probe else self._metrics.examples,
             )
         except ControlPlaneError as exc:
             # Too late (the leader ended the round) or the cluster is away: the round records this node
