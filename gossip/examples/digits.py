@@ -8,6 +8,7 @@ workers' test accuracy next to the same model trained centrally on the pooled da
     python -m gossip.examples.digits --live                # 8 real gossip.Workers, a local 3-server cluster
     python -m gossip.examples.digits --endpoints H:P,H:P   # 8 real gossip.Workers against your cluster
     python -m gossip.examples.digits --output json         # one JSON line per round, then a summary
+    python -m gossip.examples.digits --live --plot r.png   # and the cluster's record of the rounds as a PNG
 
 The recipe (all seeded by ``--seed``, so a simulated run is reproducible to the bit):
 
@@ -35,7 +36,10 @@ The training loop (:func:`train`) does not know how the mixing happens: it calls
 coroutine per worker and round, all workers concurrently. :class:`SimulatedMixer` computes the
 round in-process with :class:`gossip.matching.SapsSelector` on a random bandwidth matrix and
 :func:`gossip.mixing.apply_matching`; :class:`LiveMixer` calls ``gossip.worker.Worker.step``, a
-committed round through the cluster and a real exchange over gRPC.
+committed round through the cluster and a real exchange over gRPC. Live, each worker reports its
+training metrics with the round (its model's loss on its own shard and accuracy on the test set,
+before the mix, and the examples its local steps drew): ``cpctl gossip rounds GROUP`` lists them and
+``cpctl gossip plot GROUP`` (or ``--plot FILE`` here) draws them with the consensus distance.
 """
 
 from __future__ import annotations
@@ -84,8 +88,10 @@ __all__ = [
     "load_digits",
     "local_cluster",
     "log_to_stderr",
+    "loss",
     "main",
     "no_gossip",
+    "plot_live",
     "prepare",
     "run_live",
     "run_simulated",
@@ -254,6 +260,14 @@ def accuracy(params: Params, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64
     return float(np.mean(np.argmax(_logits(params, x), axis=1) == y))
 
 
+def loss(params: Params, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64]) -> float:
+    """Mean softmax cross-entropy over (x, y) (the objective without its weight decay)."""
+    z = _logits(params, x)
+    z -= z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(y)), y]))
+
+
 def _sgd(
     params: Params,
     x: npt.NDArray[np.float64],
@@ -373,14 +387,18 @@ class LiveMixer:
     rule promises; it is counted, not raised, because one lost pair does not stop the training.
     """
 
-    def __init__(self, workers: Sequence[Worker]) -> None:
+    def __init__(
+        self, workers: Sequence[Worker], metrics: Callable[[int, Params], dict[str, float]] | None = None
+    ) -> None:
         self.workers = list(workers)
+        #: ``metrics(w, params)``: worker ``w``'s training metrics for ``params``, reported with its round.
+        self.metrics = metrics
         self.history: list[MixRound] = []
         self._pending: dict[int, WorkerRound | None] = {}
 
     async def __call__(self, worker: int, params: Params) -> Params:
         node = self.workers[worker]
-        mixed = await node.step(params)
+        mixed = await node.step(params, metrics=self.metrics(worker, params) if self.metrics else None)
         self._pending[worker] = node.last_round
         if len(self._pending) == len(self.workers):
             self._close_round()
@@ -664,7 +682,15 @@ async def run_live(
         await asyncio.gather(*(worker.start(start) for worker in workers))
         if created.created:  # a group somebody else configured keeps its own settings
             await clients[0].gossip.update_group(group, paused=False)
-        mixer = LiveMixer(workers)
+
+        def metrics(w: int, params: Params) -> dict[str, float]:
+            return {
+                "loss": loss(params, data.x_train[shards[w]], data.y_train[shards[w]]),
+                "accuracy": accuracy(params, data.x_test, data.y_test),
+                "examples": config.local_steps * config.batch_size,
+            }
+
+        mixer = LiveMixer(workers, metrics)
         if mixer_out is not None:
             mixer_out.append(mixer)
         return await train(config, data, shards, mixer, on_round=on_round)
@@ -679,6 +705,17 @@ async def run_live(
 
 
 # ---------------------------------------------------------------------------------------- CLI
+
+
+def plot_live(endpoints: str, group: str, path: Path, credentials: Credentials | None = None) -> int:
+    """Draw the rounds of ``group`` as the cluster recorded them (what ``cpctl gossip plot`` draws:
+    the workers' reported accuracy and loss, and the consensus distance) into the PNG ``path``."""
+    from controlplane.cli.gossip import plot_rounds
+    from controlplane.client import Client, Credentials
+
+    with Client(endpoints, credentials=credentials or Credentials.from_env()) as client:
+        rounds = client.gossip.rounds(group, limit=1000)
+    return plot_rounds(rounds, path, f"digits, gossip group {group}")
 
 
 def log_to_stderr() -> None:
@@ -728,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
         "--compression", choices=("none", "int8"), default="none", help="how exchanges travel (int8: 8-bit)"
     )
     parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--plot", type=Path, help="live: afterwards, draw the rounds the cluster recorded into this PNG (matplotlib)"
+    )
     args = parser.parse_args(argv)
     config = Config(
         workers=args.workers,
@@ -743,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
     live = args.live or args.endpoints is not None
     if live and args.no_gossip:
         parser.error("--no-gossip is a simulated baseline; it cannot be combined with --live or --endpoints")
+    if args.plot is not None and (not live or args.plot.suffix.lower() != ".png"):
+        parser.error("--plot FILE.png draws the rounds a cluster recorded: it needs --live or --endpoints")
     mixers: list[Any] = []  # the LiveMixer or SimulatedMixer, for each round's bytes
 
     def report(stat: RoundStats) -> None:
@@ -773,16 +815,24 @@ def main(argv: list[str] | None = None) -> int:
                 endpoints, credentials = cluster.endpoints, cluster.credentials
                 if args.output == "text":
                     print(f"local cluster up: {endpoints}", flush=True)
+            group = f"digits-{secrets.token_hex(4)}"
+            if args.output == "text":
+                print(f"gossip group {group} (cpctl gossip rounds {group})", flush=True)
             result = asyncio.run(
                 run_live(
                     config,
                     endpoints,
+                    group=group,
                     round_timeout_s=args.round_timeout,
                     on_round=report,
                     mixer_out=mixers,
                     credentials=credentials,
                 )
             )
+            if args.plot is not None:
+                drawn = plot_live(endpoints, group, args.plot, credentials)
+                if args.output == "text":
+                    print(f"wrote {args.plot}: {drawn} training rounds of group {group}", flush=True)
     summary = result.summary()
     if mixers and mixers[0].history:
         # Mean over rounds of the model bytes every worker received: what compression cuts.

@@ -114,3 +114,30 @@ async def test_workers_report_metrics_that_the_sdk_cpctl_and_the_plot_show(
     assert struct.unpack(">II", data[16:24]) == (800, 800) and len(data) > 10_000
     empty = cpctl(cluster, "gossip", "plot", f"{group}-none", "--out", str(tmp_path / "none.png"))
     assert empty.returncode == 1 and "no finished training round" in empty.stderr and "Traceback" not in empty.stderr
+
+
+async def test_the_digits_example_reports_its_workers_metrics_live(cluster: LocalCluster) -> None:
+    """`python -m gossip.examples.digits --live`'s workers report loss, accuracy and examples with
+    every training round (a short run: 2 workers, 3 rounds)."""
+    from controlplane.client import Client
+    from gossip.examples.digits import Config, run_live
+
+    config = Config(workers=2, rounds=3, local_steps=4)
+    group = f"gd-{secrets.token_hex(3)}"
+    result = await run_live(
+        config, ",".join(cluster.client_addresses), group=group, round_timeout_s=10.0, credentials=cluster.credentials
+    )
+    assert len(result.rounds) == config.rounds
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        training = [r for r in client.gossip.rounds(group) if not r.probe]
+        client.gossip.update_group(group, paused=True)
+    assert len(training) >= config.rounds
+    for r in training[: config.rounds]:
+        assert [m.node for m in r.node_metrics] == [f"{group}-w0", f"{group}-w1"], r
+        for record in r.node_metrics:
+            m = record.metrics
+            assert m.loss is not None and m.loss > 0 and m.accuracy is not None and 0 <= m.accuracy <= 1
+            assert m.examples == config.local_steps * config.batch_size
+    # The workers learn: the reported accuracy rises from the first round to the last.
+    first, last = training[0].accuracy, training[config.rounds - 1].accuracy
+    assert first is not None and last is not None and last > first
