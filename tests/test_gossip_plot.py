@@ -99,5 +99,6 @@ def test_the_command_refuses_a_file_that_is_not_a_png_and_says_when_matplotlib_i
 
 
 def test_the_pin_the_message_names_is_the_projects() -> None:
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert MATPLOTLIB_PIN in [d.split("#")[0].strip() for d in dependencies]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["plot"] == [MATPLOTLIB_PIN]  # an extra: running a cluster does not need matplotlib
+    assert MATPLOTLIB_PIN in [d.split("#")[0].strip() for d in extras["dev"]]

@@ -677,7 +677,13 @@ async def run_live(
         start = init_params(data.x_train.shape[1], data.classes, config.seed)
         tensors = [(name, value.dtype.name, value.shape) for name, value in sorted(start.items())]
         created = await clients[0].gossip.configure_group(
-            group, tensors, round_timeout_s=round_timeout_s, min_participants=2, seed=config.seed, paused=True
+            group,
+            tensors,
+            round_timeout_s=round_timeout_s,
+            min_participants=2,
+            seed=config.seed,
+            paused=True,
+            compression=config.compression,
         )
         await asyncio.gather(*(worker.start(start) for worker in workers))
         if created.created:  # a group somebody else configured keeps its own settings
