@@ -283,7 +283,9 @@ def plot(
     try:
         import matplotlib  # noqa: F401  # only to say what is missing before reading the rounds
     except ImportError:
-        fail(f"cpctl gossip plot draws with matplotlib, which is not installed: pip install '{MATPLOTLIB_PIN}' (the 'plot' extra)")
+        fail(
+            f"cpctl gossip plot draws with matplotlib, which is not installed: pip install '{MATPLOTLIB_PIN}' (the 'plot' extra)"
+        )
     with connect(endpoints, timeout) as client:
         found = _all_rounds(client, group, after)
     drawable = [r for r in found if r.ended_unix_ms and not r.probe]
