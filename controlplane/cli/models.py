@@ -35,6 +35,7 @@ from controlplane.client import (
     AsyncClient,
     Client,
     ControlPlaneError,
+    CredentialsError,
     DeadlineExceeded,
     InvalidArgument,
     Model,
@@ -525,6 +526,19 @@ def fetch_(
     """
     resolved = resolve_endpoints(endpoints)
     credentials = client_credentials(endpoints, servers=resolved)
+    holder_tls = None
+    if credentials.secure:
+        # The holders' artifact ports take only certificates from the cluster CA (docs/artifacts.md).
+        if credentials.cert is None:
+            fail(
+                "fetching artifacts from a TLS cluster needs a client certificate (--cert, --key: cpctl certs issue "
+                "NAME --role client) whose identity holds models:read; a bearer token alone is not enough",
+                code=EXIT_USAGE,
+            )
+        try:
+            holder_tls = credentials.channel_credentials()
+        except CredentialsError as exc:
+            fail(str(exc), code=EXIT_USAGE)
     store = ArtifactStore(dir_)
     # The library's warnings (a holder dropped, a chunk refused) are summed up in the result printed at
     # the end; only errors go to stderr meanwhile, never into the JSON on stdout.
@@ -545,6 +559,7 @@ def fetch_(
                     parallel=parallel,
                     chunk_size=chunk_size,
                     progress=progress,
+                    channel_credentials=holder_tls,
                 )
 
     with _fetch_errors(resolved):
