@@ -60,7 +60,15 @@ import grpc
 import structlog
 from sortedcontainers import SortedSet
 
-from controlplane.client import BandwidthMatrix, ControlPlaneError, ModelVersion, NodeState, NodeView, NotFound
+from controlplane.client import (
+    BandwidthMatrix,
+    ControlPlaneError,
+    Credentials,
+    ModelVersion,
+    NodeState,
+    NodeView,
+    NotFound,
+)
 from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTIONS
 from controlplane.state import limits
 from controlplane.v1 import artifacts_pb2 as pb
@@ -1464,6 +1472,15 @@ async def _matrix(client: ArtifactClient, node_id: str | None, timeout: float) -
     return out
 
 
+def _client_tls(client: object) -> grpc.ChannelCredentials | None:
+    """TLS to the holders with the SDK client's own credentials (``AsyncClient.credentials``) when it
+    talks TLS to the cluster: the holders of a TLS cluster serve mutual TLS only."""
+    credentials = getattr(client, "credentials", None)
+    if isinstance(credentials, Credentials) and credentials.secure:
+        return credentials.channel_credentials()
+    return None
+
+
 async def fetch_artifact(
     client: ArtifactClient,
     model: str,
@@ -1553,6 +1570,8 @@ async def fetch_artifact(
     partial = await asyncio.to_thread(
         store.open_partial, model, number, size=size, sha256=expected, chunk_size=chunk_size_for(size, chunk_size)
     )
+    if channel_credentials is None:
+        channel_credentials = _client_tls(client)
     holders: list[_Holder] = []
     try:
         lost: dict[str, str] = {}
@@ -1670,8 +1689,8 @@ async def fetch(
     called as chunks land. On success ``node_id`` (when given and ``record_replica``) is recorded as a
     replica. Raises ArtifactUnavailable, ArtifactCorrupt, ArtifactBusy, InvalidArtifactName, or the
     SDK's errors (``NotFound`` for an unknown model or version). ``channel_credentials``: TLS to the
-    holders' artifact ports, with a client certificate from the cluster CA (``Credentials.
-    channel_credentials()``), which every holder of a TLS cluster requires.
+    holders' artifact ports, which every holder of a TLS cluster requires with a client certificate
+    from the cluster CA; by default those of ``client`` (an ``AsyncClient`` with TLS credentials).
     """
     result = await fetch_artifact(
         client,

@@ -25,7 +25,7 @@ from controlplane import tls
 from controlplane.client import AsyncClient, Client, Credentials, NotFound
 from controlplane.dev import LocalCluster
 from controlplane.v1 import artifacts_pb2, artifacts_pb2_grpc, auth_pb2, auth_pb2_grpc
-from gossip.artifacts import ArtifactCorrupt, ArtifactServer, ArtifactStore, fetch_artifact
+from gossip.artifacts import ArtifactCorrupt, ArtifactServer, ArtifactStore, fetch_artifact, tls_credentials
 from gossip.bandwidth import BandwidthTable
 
 from .conftest import cpctl, credentials_env, wait_until
@@ -187,9 +187,8 @@ async def test_a_holder_killed_midway_leaves_the_fetch_to_the_others(
     store = ArtifactStore(tmp_path / "f1")
     async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as aclient:
         result = await fetch_artifact(
-            aclient, model, 1, store, node_id="kill-f1", chunk_size=CHUNK, progress=kill_at_a_quarter,
-            channel_credentials=cluster.credentials.channel_credentials(),
-        )  # fmt: skip
+            aclient, model, 1, store, node_id="kill-f1", chunk_size=CHUNK, progress=kill_at_a_quarter
+        )  # TLS to the holders with the client's own credentials
         assert result.path.read_bytes() == data and victim.returncode == -signal.SIGKILL
         # Its streams broke (or it refused the next connection): it was dropped, the others finished.
         assert "kill-h2" in result.dropped and "UNAVAILABLE" in result.dropped["kill-h2"]
@@ -212,7 +211,12 @@ async def test_corrupt_holders_through_the_sdk(cluster: LocalCluster, tmp_path: 
                 await client.models.register(model, hashlib.sha256(data).hexdigest(), len(data), "other")
             for node_id in ("rot-h1", "rot-h2", "rot-h3"):
                 store = ArtifactStore(tmp_path / node_id)
-                server = servers[node_id] = ArtifactServer(store, node_id=node_id)
+                own = identity_files(cluster, "agent", node_id)  # TLS holders, as `cpctl agent` serves them
+                assert own.ca is not None and own.cert is not None and own.key is not None
+                pems = own.ca.read_bytes(), own.cert.read_bytes(), own.key.read_bytes()
+                server = servers[node_id] = ArtifactServer(
+                    store, node_id=node_id, server_credentials=tls_credentials(*pems)[0]
+                )
                 await server.start()
                 await client.membership.register_node(node_id, ttl_s=60, addresses={"gossip": server.address})
                 for model in ("art-rot-one", "art-rot-all"):
