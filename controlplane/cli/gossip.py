@@ -284,7 +284,8 @@ def plot(
         import matplotlib  # noqa: F401  # only to say what is missing before reading the rounds
     except ImportError:
         fail(
-            f"cpctl gossip plot draws with matplotlib, which is not installed: pip install '{MATPLOTLIB_PIN}' (the 'plot' extra)"
+            "cpctl gossip plot draws with matplotlib, which is not installed: "
+            f"pip install '{MATPLOTLIB_PIN}' (the 'plot' extra)"
         )
     with connect(endpoints, timeout) as client:
         found = _all_rounds(client, group, after)
