@@ -24,7 +24,9 @@ the catalogue (file under ``bench/.work/search/``), then:
   ``index_bytes`` (the database file after the rebuild's checkpoint), and the latency of every
   query of the set at ``limit=20``, several passes: ``query_p50_ms``/``query_p99_ms`` are the
   index's own ``query_ms`` (time in SQLite, what a server reports), ``call_p50_ms``/``call_p99_ms``
-  the whole ``SearchIndex.search`` call (parsing, the lock, aiosqlite's thread hand-off).
+  the whole ``SearchIndex.search`` call (parsing, the lock, aiosqlite's thread hand-off);
+  ``found_query_p99_ms`` over the searches that found models, ``empty_query_p50_ms``/``_p99_ms``
+  over those that found none and so also computed "did you mean" (the misspellings).
 
 One JSON line per engine on stdout. Alone: ``python -m bench.search_quality [--models N]``.
 """
@@ -135,22 +137,32 @@ def describe_failure(outcome: Outcome) -> str:
     return f"[{case.kind}] {case.query!r}{filters}{via}: missed {missed}; top: {top}"
 
 
-async def latency(index: SearchIndex, cases: list[Labelled], passes: int) -> dict[str, float]:
+async def latency(index: SearchIndex, cases: list[Labelled], passes: int) -> dict[str, Any]:
     query_ms: list[float] = []
     call_ms: list[float] = []
+    found_ms: list[float] = []  # searches that found models
+    empty_ms: list[float] = []  # searches that found none, so also looked for "did you mean"
+    slowest: dict[str, float] = {}
     for _ in range(passes):
         for case in cases:
             started = time.perf_counter()
             page = await index.search(case.query, limit=20, **case.filters)
             call_ms.append((time.perf_counter() - started) * 1e3)
             query_ms.append(page.query_ms)
-    query_ms.sort()
-    call_ms.sort()
+            (found_ms if page.hits else empty_ms).append(page.query_ms)
+            slowest[case.query] = max(slowest.get(case.query, 0.0), page.query_ms)
+    worst = sorted(slowest.items(), key=lambda item: -item[1])[:5]
+    log("search_quality: slowest queries (ms in the index): " + ", ".join(f"{q!r} {ms:.1f}" for q, ms in worst))
+    for sample in (query_ms, call_ms, found_ms, empty_ms):
+        sample.sort()
     return {
         "query_p50_ms": round(percentile(query_ms, 0.5), 3),
         "query_p99_ms": round(percentile(query_ms, 0.99), 3),
         "call_p50_ms": round(percentile(call_ms, 0.5), 3),
         "call_p99_ms": round(percentile(call_ms, 0.99), 3),
+        "found_query_p99_ms": round(percentile(found_ms, 0.99), 3),
+        "empty_query_p50_ms": round(percentile(empty_ms, 0.5), 3),
+        "empty_query_p99_ms": round(percentile(empty_ms, 0.99), 3),
         "searches": len(query_ms),
     }
 
