@@ -46,7 +46,7 @@ from typing import Any
 from bench.common import BENCH_DIR, WORK_DIR, emit, log
 from bench.load import percentile
 from bench.search_catalogue import Catalogue, catalogue
-from controlplane.server.search import ENGINE_FTS5, ENGINE_LIKE, SearchIndex
+from controlplane.server.search import ENGINE_FTS5, ENGINE_LIKE, MAX_LIMIT, SearchIndex
 
 QUERIES_FILE = BENCH_DIR / "search_queries.jsonl"
 # 22,222 models of 1 to 8 versions: ~100,000 versions, the issue's scale.
@@ -128,13 +128,21 @@ async def evaluate(index: SearchIndex, cases: list[Labelled]) -> tuple[dict[str,
     return summary, outcomes
 
 
-def describe_failure(outcome: Outcome) -> str:
+async def describe_failure(index: SearchIndex, outcome: Outcome) -> str:
+    """What a failing case missed, and where the missed models rank (a ranking miss) or that the
+    search does not match them at all (a matching miss)."""
     case = outcome.case
-    missed = [name for name in case.relevant if name not in outcome.hits]
+    deep = await index.search(outcome.followed or case.query, limit=MAX_LIMIT, **case.filters)
+    ranked = [name for name, _ in deep.hits]
+    missed = [
+        f"{name} (rank {ranked.index(name) + 1} of {deep.total})" if name in ranked else f"{name} (not matched)"
+        for name in case.relevant
+        if name not in outcome.hits
+    ]
     filters = f" {case.filters}" if case.filters else ""
     via = f" via suggestion {outcome.followed!r}" if outcome.followed else ""
     top = ", ".join(outcome.hits[:3]) or "nothing"
-    return f"[{case.kind}] {case.query!r}{filters}{via}: missed {missed}; top: {top}"
+    return f"[{case.kind}] {case.query!r}{filters}{via}: missed {', '.join(missed)}; top: {top}"
 
 
 async def latency(index: SearchIndex, cases: list[Labelled], passes: int) -> dict[str, Any]:
@@ -187,7 +195,7 @@ async def run_engine(engine: str, data: Catalogue, cases: list[Labelled], passes
         summary, outcomes = await evaluate(index, cases)
         for outcome in outcomes:
             if outcome.recall < 1.0:
-                log(f"search_quality {engine}: {describe_failure(outcome)}")
+                log(f"search_quality {engine}: {await describe_failure(index, outcome)}")
         timing = await latency(index, cases, passes)
     finally:
         await index.close()
