@@ -97,13 +97,14 @@ def test_the_survivor_becomes_the_only_voter_with_its_whole_log(tmp_path: Path) 
 
 
 def test_the_dump_member_list_becomes_the_survivor_alone(tmp_path: Path) -> None:
-    n2, n3 = _peer("n2", free_port()), _peer("n3", free_port())
+    n2, n3, n4 = (_peer(f"n{i}", free_port()) for i in (2, 3, 4))
     config = _config(tmp_path, ())
-    _journal(config, [(NO_OP_COMMAND, 7, 1), (b"\x00x", 8, 1)], commit=8)
+    add_n4 = _membership_command("add", n4.raft_address)
+    _journal(config, [(add_n4, 7, 1), (b"\x00x", 8, 1), (b"\x00y", 9, 1)], commit=8)
     dump = storage_pb2.RaftDump(
         state=b"state",
         last_applied=storage_pb2.RaftEntry(data=b"\x00x", index=8, term=1),
-        previous=storage_pb2.RaftEntry(data=NO_OP_COMMAND, index=7, term=1),
+        previous=storage_pb2.RaftEntry(data=add_n4, index=7, term=1),
         cluster=sorted([ME, n2.raft_address, n3.raft_address]),
     )
     write_file_atomically(config.dump_file, dump.SerializeToString())
@@ -114,6 +115,13 @@ def test_the_dump_member_list_becomes_the_survivor_alone(tmp_path: Path) -> None
     rewritten = storage_pb2.RaftDump.FromString(config.dump_file.read_bytes())
     assert list(rewritten.cluster) == [ME]
     assert rewritten.state == b"state" and rewritten.last_applied.index == 8
+    # The journal still starts with the dump's two entries, byte for byte: pysyncobj keeps it.
+    kept, commit = _entries(config)
+    assert kept[:2] == [
+        (rewritten.previous.data, rewritten.previous.index, rewritten.previous.term),
+        (rewritten.last_applied.data, rewritten.last_applied.index, rewritten.last_applied.term),
+    ]
+    assert kept[2] == (b"\x00y", 9, 1) and commit == 9
 
 
 @pytest.mark.parametrize("listening", [1, 2])

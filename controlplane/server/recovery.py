@@ -158,6 +158,11 @@ def force_new_cluster(config: ServerConfig, *, probe_timeout: float = PROBE_TIME
         dump = storage_pb2.RaftDump.FromString(config.dump_file.read_bytes())
         del dump.cluster[:]
         dump.cluster.append(config.raft_address)
+        # pysyncobj keeps the journal only if it starts with exactly these two entries (data included),
+        # else it clears it and everything after the dump is gone: rewritten as in the journal.
+        for entry in (dump.last_applied, dump.previous):
+            if is_membership_change(entry.data):
+                entry.data = NO_OP_COMMAND
         write_file_atomically(config.dump_file, dump.SerializeToString())
     record = {
         "forced_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
