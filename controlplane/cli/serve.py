@@ -91,8 +91,9 @@ def serve(
     The peer plane runs mutual TLS: --tls-ca, --tls-cert and --tls-key name files (a key is never
     passed as a value); make them with `cpctl certs`.
 
-    Exit status: 0 when stopped by SIGTERM/SIGINT; 2 when the configuration cannot work or the data
-    directory belongs to a server removed from its cluster; 1 when the server stopped itself because
+    Exit status: 0 when stopped by SIGTERM/SIGINT; 2 when the configuration cannot work, the data
+    directory belongs to a server removed from its cluster, or --force-new-cluster is refused (another
+    server of the old cluster still runs, or not confirmed); 1 when the server stopped itself because
     it learned it was removed.
     """
     overrides = {

@@ -29,6 +29,7 @@ from .conftest import assert_same_state, credentials_env, list_all, node_client,
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 FAST_PROMOTION = {"server_stabilization_s": 1.0}
+COMPACTING = {"raft": {"compaction_min_entries": 40}}
 PREFIX = "recovery/"
 UNACKNOWLEDGED = PREFIX + "no-quorum"
 
@@ -89,10 +90,13 @@ def _grow_to_three(cluster: LocalCluster, seed: NodeProcess, gone: list[str]) ->
     return [seed, *added]
 
 
+@pytest.mark.parametrize("compacting", [False, True], ids=["journal-only", "dump-and-journal"])
 def test_a_survivor_forced_into_a_new_cluster_keeps_every_acknowledged_write(
-    make_cluster: Callable[..., LocalCluster],
+    make_cluster: Callable[..., LocalCluster], compacting: bool
 ) -> None:
-    cluster = make_cluster(extra_config=FAST_PROMOTION)
+    """``compacting``: a full dump every 40 entries, so the survivor's state is a dump (holding the old
+    configuration) plus the journal behind it; else the journal alone (--peer names the configuration)."""
+    cluster = make_cluster(extra_config={**FAST_PROMOTION, **(COMPACTING if compacting else {})})
     survivor = cluster.nodes[cluster.wait_for_leader()]
     with node_client(survivor, timeout=20) as client:
         acknowledged = _write(client, PREFIX, 150)
@@ -105,6 +109,7 @@ def test_a_survivor_forced_into_a_new_cluster_keeps_every_acknowledged_write(
     with node_client(survivor, timeout=2) as client, pytest.raises(ControlPlaneError):
         client.put(UNACKNOWLEDGED, "x")
     cluster.kill(survivor.id, signal.SIGTERM)
+    assert survivor.data_dir.joinpath("raft.dump").exists() == compacting
 
     survivor.extra_args = ["--force-new-cluster", "--yes"]  # its --peer flags still name the dead servers
     cluster.restart(survivor.id)
