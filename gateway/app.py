@@ -41,8 +41,9 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,6 +53,7 @@ from controlplane.client import ClusterStatus, Credentials
 from gateway import errors as gw_errors
 from gateway.console import router as console_router
 from gateway.formation import DEFAULT_CANDIDATE_TTL_S, Candidate, FormationTable, vote_problem
+from gateway.metrics import RequestMetrics
 from gateway.models import (
     DEFAULT_CACHE_TTL_S,
     DEFAULT_CALL_TIMEOUT_S,
@@ -433,6 +435,12 @@ router = APIRouter()
 v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 mutation = [Depends(require_token)]
 inventory = [Depends(require_read_token)]
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    """Prometheus text format: this gateway's request counts and latencies (gateway/metrics.py)."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz", response_model=HealthOut, tags=["health"])
@@ -847,6 +855,7 @@ def create_app(
     app.include_router(console_router)  # the web console at /ui (gateway/console)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)  # added last: outside BodyLimit, so its 413s are counted too
 
     def openapi() -> dict[str, Any]:
         """FastAPI documents a 422 with its own error model on every route; ours answer 400 with

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from controlplane import errors
@@ -397,3 +398,42 @@ def test_the_command_refuses_open_changes_on_a_public_address(monkeypatch: pytes
     assert refused.exit_code == 2 and "GW_TEST_TOKEN is not set" in refused.output
     bad = runner.invoke(cpctl, [*args, "--listen", "nowhere"])
     assert bad.exit_code == 2 and "HOST:PORT" in bad.output
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+def scraped(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_requests_are_counted_and_timed_by_route_template_and_status(
+    http: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    before = (await http.get("/metrics")).text
+    assert (await http.delete("/v1/nodes/a1", headers=AUTH)).status_code == 200
+    assert (await http.delete("/v1/nodes/b2", headers=AUTH)).status_code == 200
+    assert (await http.delete("/v1/nodes/a1")).status_code == 401  # no token
+    assert (await http.get("/v1/no/such/path")).status_code == 404
+    backend.failure = ZeroDivisionError("a bug")
+    assert (await http.get("/v1/nodes", headers=AUTH)).status_code == 500
+    response = await http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    after = response.text
+
+    def moved(name: str, **labels: str) -> float:
+        return scraped(after, name, **labels) - scraped(before, name, **labels)
+
+    requests = "controlplane_gateway_http_requests_total"
+    node = {"route": "/v1/nodes/{node_id}", "method": "DELETE"}
+    assert moved(requests, status="200", **node) == 2  # one series for both ids: the template, not the path
+    assert moved(requests, status="401", **node) == 1
+    assert moved(requests, route="unmatched", method="GET", status="404") == 1
+    assert moved(requests, route="/v1/nodes", method="GET", status="500") == 1
+    assert moved("controlplane_gateway_http_request_duration_seconds_count", status="200", **node) == 2
+    assert 'route="/v1/nodes/a1"' not in after

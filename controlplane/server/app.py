@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import socket
 import sys
@@ -21,6 +22,7 @@ from controlplane.server.auth_service import AuthService
 from controlplane.server.authz import Authorizer, RateLimiter, open_audit_log
 from controlplane.server.client_listener import add_client_port
 from controlplane.server.config import ConfigError, ServerConfig
+from controlplane.server.consensus import RaftStatus
 from controlplane.server.interceptor import ErrorsAndMetrics, StreamLimiter
 from controlplane.server.node import Node
 from controlplane.server.services import (
@@ -201,6 +203,7 @@ async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer
     """SERVING while this server knows a leader, reaches a majority and has caught up once; metrics on
     the same beat."""
     last = None
+    sampler = _Sampler(node)
     while True:
         with contextlib.suppress(Exception):  # a status read must never kill the loop
             status = node.raft.status()
@@ -220,4 +223,33 @@ async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer
                 await health_servicer.set("", state)
                 await health_servicer.set("controlplane.v1.KV", state)
                 last = serving
+            sampler.sample(status)
         await asyncio.sleep(HEALTH_REFRESH_S)
+
+
+class _Sampler:
+    """The gauges read from the Raft status and the disk on the health beat (cheaper than keeping
+    them current on the Raft path), and the leader changes seen."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._data_dir = str(node.config.data_dir)
+        self._leader = ("", 0)  # (leader address, term) last counted
+        self._peers: set[str] = set()
+
+    def sample(self, status: RaftStatus) -> None:
+        metrics.RAFT_LOG_INDEX.set(status.log_index)
+        metrics.PROPOSALS_QUEUED.set(self._node.proposer.queued)
+        # Sampled every HEALTH_REFRESH_S: two leaders within one period count once (not seen in
+        # practice: an election takes longer than that).
+        if status.leader_address and (status.leader_address, status.term) != self._leader:
+            self._leader = (status.leader_address, status.term)
+            metrics.LEADER_CHANGES.inc()
+        for peer, connected in status.connected.items():
+            metrics.PEER_CONNECTED.labels(peer=peer).set(1 if connected else 0)
+        for gone in self._peers - status.connected.keys():  # a removed member is not a member down
+            metrics.PEER_CONNECTED.remove(gone)
+        self._peers = set(status.connected)
+        disk = os.statvfs(self._data_dir)
+        metrics.DATA_DIR_AVAILABLE.set(disk.f_bavail * disk.f_frsize)
+        metrics.DATA_DIR_CAPACITY.set(disk.f_blocks * disk.f_frsize)

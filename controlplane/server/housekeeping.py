@@ -34,6 +34,7 @@ import grpc
 import structlog
 
 from controlplane.errors import ControlPlaneError, NotLeader, Unavailable
+from controlplane.server import metrics
 from controlplane.server.config import ServerConfig
 from controlplane.v1 import (
     cluster_pb2,
@@ -177,6 +178,7 @@ class Housekeeper:
             raise
         renewals.expiring.difference_update(due)
         if result.lease_expire.expired:
+            metrics.LEASES_EXPIRED.inc(len(result.lease_expire.expired))
             renewals.forget(list(result.lease_expire.expired))
             log.info("leases_expired", leases=list(result.lease_expire.expired))
 

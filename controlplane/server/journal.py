@@ -86,11 +86,13 @@ import struct
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
+from time import perf_counter
 from typing import Final, overload
 
 import structlog
 from pysyncobj.journal import FileJournal, Journal
 
+from controlplane.server import metrics
 from controlplane.server.config import ConfigError
 
 __all__ = [
@@ -295,6 +297,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
         # A commit index not yet in the file: it rides along with the next write of other records
         # (or an explicit sync), so advancing it never costs an fdatasync of its own.
         self._commit_index_unwritten = False
+        # perf_counter() when the commit index last moved (0.0: not since open), for the apply latency.
+        self.committed_at = 0.0
         # Encoded size of the live APPEND records: what a rewrite would write for them.
         self._live_bytes = 0
         self._buffer = bytearray()
@@ -370,6 +374,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         if raftCommitIndex != self._commit_index:
             self._commit_index = raftCommitIndex
             self._commit_index_unwritten = True
+            self.committed_at = perf_counter()
 
     def getRaftCommitIndex(self) -> int:
         return self._commit_index
@@ -426,7 +431,9 @@ class DurableJournal(Journal):  # type: ignore[misc]
         try:
             self._write_buffer()
             if self._fsync:
+                started = perf_counter()
                 os.fdatasync(self._fd)
+                metrics.FSYNC_DURATION.observe(perf_counter() - started)
                 self._durable_size = self._size
             self._synced_size = self._size
             self._note_synced_size()

@@ -1,15 +1,80 @@
-"""Prometheus metrics of one server, served on its metrics address at /metrics."""
+"""Prometheus metrics of one server, served on its metrics address at /metrics.
+
+Names follow Prometheus conventions: a ``_total`` counter, a base unit in the name (``_seconds``,
+``_bytes``). The list with what each one means for an operator is docs/observability.md; the alert
+rules and the dashboard in deploy/observability/ use only these names (a test checks it).
+
+The Raft path is hot: what it records is one histogram observe or counter increment per batch
+(one log entry) or per fdatasync, never per command, and never a label lookup per call (the
+labelled children used there are looked up once, below).
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from controlplane.errors import NoLeader, Shutdown, UnknownOutcome
+
 RAFT_TERM = Gauge("controlplane_raft_term", "Current Raft term")
 RAFT_ROLE = Gauge("controlplane_raft_role", "1 for the role this server holds now", ["role"])
 RAFT_COMMIT_INDEX = Gauge("controlplane_raft_commit_index", "Raft commit index")
 RAFT_APPLIED_INDEX = Gauge("controlplane_raft_applied_index", "Raft last applied index")
+RAFT_LOG_INDEX = Gauge("controlplane_raft_log_index", "Index of the last entry in this server's Raft log")
 APPLIED_REVISION = Gauge("controlplane_applied_revision", "Revision of the locally applied state")
 HAS_LEADER = Gauge("controlplane_has_leader", "1 when this server knows a leader")
+IS_LEADER = Gauge("controlplane_is_leader", "1 while this server is the Raft leader")
+LEADER_CHANGES = Counter(
+    "controlplane_leader_changes_seen_total",
+    "Leaders this server has seen take office (a new term with a known leader, the first one included)",
+)
+PEER_CONNECTED = Gauge(
+    "controlplane_raft_peer_connected",
+    "1 while this server holds a Raft connection to the peer at that Raft address",
+    ["peer"],
+)
+
+# Latency buckets from 0.1 ms (a lone write on a fast disk) to 10 s (the commit timeout's order).
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+COMMIT_LATENCY = Histogram(
+    "controlplane_raft_commit_latency_seconds",
+    "Leader: from a batch handed to Raft to its entry being committed (a majority holds it durably)",
+    buckets=_LATENCY_BUCKETS,
+)
+APPLY_LATENCY = Histogram(
+    "controlplane_raft_apply_latency_seconds",
+    "From the commit index covering an entry to the entry applied to the state machine",
+    buckets=_LATENCY_BUCKETS,
+)
+FSYNC_DURATION = Histogram(
+    "controlplane_journal_fsync_duration_seconds",
+    "Duration of one fdatasync of the Raft journal (raft.wal)",
+    buckets=_LATENCY_BUCKETS,
+)
+
+PROPOSAL_FAILURES = Counter(
+    "controlplane_proposal_failures_total",
+    "Commands whose proposal failed, by reason: no_leader and unavailable (not applied), "
+    "unknown_outcome (may have been applied; the client retries with the same request id), shutdown",
+    ["reason"],
+)
+# Children looked up once: the failure paths label nothing per call.
+PROPOSAL_FAILED_NO_LEADER = PROPOSAL_FAILURES.labels(reason="no_leader")
+PROPOSAL_FAILED_UNAVAILABLE = PROPOSAL_FAILURES.labels(reason="unavailable")
+PROPOSAL_FAILED_UNKNOWN_OUTCOME = PROPOSAL_FAILURES.labels(reason="unknown_outcome")
+PROPOSAL_FAILED_SHUTDOWN = PROPOSAL_FAILURES.labels(reason="shutdown")
+PROPOSALS_QUEUED = Gauge(
+    "controlplane_proposals_queued", "Commands waiting in this server's group-commit queue for a batch slot"
+)
+
+WATCH_STREAMS = Gauge("controlplane_watch_streams", "Watch streams open on this server")
+LEASES_EXPIRED = Counter(
+    "controlplane_leases_expired_total", "Leases this server expired while it was the leader (lease_expire commands)"
+)
+DATA_DIR_AVAILABLE = Gauge(
+    "controlplane_data_dir_available_bytes", "Bytes available to this server on the file system of its data dir"
+)
+DATA_DIR_CAPACITY = Gauge("controlplane_data_dir_capacity_bytes", "Size of the file system holding the data dir")
 
 BATCH_COMMANDS = Histogram(
     "controlplane_batch_commands",
@@ -28,6 +93,19 @@ LATENCY = Histogram(
 def set_role(role: str) -> None:
     for name in ("follower", "candidate", "leader", "learner"):
         RAFT_ROLE.labels(role=name).set(1 if name == role else 0)
+    IS_LEADER.set(1 if role == "leader" else 0)
+
+
+def count_failure(error: BaseException, commands: int) -> None:
+    """Count ``commands`` proposals that failed with ``error`` (by its class)."""
+    if isinstance(error, Shutdown):
+        PROPOSAL_FAILED_SHUTDOWN.inc(commands)
+    elif isinstance(error, NoLeader):
+        PROPOSAL_FAILED_NO_LEADER.inc(commands)
+    elif isinstance(error, UnknownOutcome):
+        PROPOSAL_FAILED_UNKNOWN_OUTCOME.inc(commands)
+    else:
+        PROPOSAL_FAILED_UNAVAILABLE.inc(commands)
 
 
 AUDIT_WRITE_FAILURES = Counter(

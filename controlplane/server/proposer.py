@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from controlplane.errors import ControlPlaneError, NoLeader, Unavailable, UnknownOutcome
+from controlplane.errors import ControlPlaneError, NoLeader, Shutdown, Unavailable, UnknownOutcome
 from controlplane.server import metrics
 from controlplane.server.consensus import SUCCESS, Consensus, describe_failure
 from controlplane.state.machine import CommandResult, batch_entry
@@ -119,11 +119,14 @@ class Proposer:
             ) from None
         return result.revision
 
+    @property
+    def queued(self) -> int:
+        """Commands waiting for a batch slot (sampled for ``controlplane_proposals_queued``)."""
+        return len(self._queue)
+
     def close(self) -> None:
         self._closed = True
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(Unavailable("the server is shutting down; retry on another"))
+        _fail(self._queue, Shutdown("the server is shutting down; retry on another"))
         self._queue.clear()
         for task in self._tasks:
             task.cancel()
@@ -137,7 +140,7 @@ class Proposer:
         loop = self._loop
         pending = _Pending(command, loop.create_future(), command.ByteSize())
         if self._closed:
-            pending.future.set_exception(Unavailable("the server is shutting down; retry on another"))
+            _fail([pending], Shutdown("the server is shutting down; retry on another"))
             return pending
         self._queue.append(pending)
         self._schedule_flush(loop)
@@ -262,9 +265,7 @@ class Proposer:
             error = UnknownOutcome("the batch was applied but its results were lost; retry with the same id")
         else:
             error = UnknownOutcome(f"{describe_failure(reason)}; retry with the same request id")
-        for pending in batch:
-            if not pending.future.done():
-                pending.future.set_exception(error)
+        _fail(batch, error)
 
     async def _forward_batch(self, leader: str, batch: list[_Pending]) -> None:
         commands = [p.command for p in batch]
@@ -304,6 +305,10 @@ class Proposer:
 
 
 def _fail(batch: list[_Pending], error: ControlPlaneError) -> None:
+    failed = 0
     for pending in batch:
         if not pending.future.done():
             pending.future.set_exception(error)
+            failed += 1
+    if failed:
+        metrics.count_failure(error, failed)

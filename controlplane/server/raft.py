@@ -46,6 +46,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from time import perf_counter
 from typing import Any, NoReturn
 
 import pysyncobj.syncobj
@@ -56,12 +57,14 @@ from pysyncobj.node import TCPNode
 from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.version import VERSION as pysyncobj_version
 
+from controlplane.server import metrics
 from controlplane.server.config import ServerConfig
 from controlplane.server.consensus import (
     ROLE_CANDIDATE,
     ROLE_FOLLOWER,
     ROLE_LEADER,
     ROLE_LEARNER,
+    SUCCESS,
     ApplyCallback,
     DoneCallback,
     Outcome,
@@ -461,6 +464,9 @@ class RaftNode:  # implements consensus.Consensus
         with self._lock:
             results = self._machine.apply_entry(entry)
         self._on_applied()
+        committed_at = self._journal.committed_at
+        if committed_at:  # not an entry replayed from the journal at start
+            metrics.APPLY_LATENCY.observe(perf_counter() - committed_at)
         return results
 
     def _write_dump(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
@@ -575,7 +581,14 @@ class RaftNode:  # implements consensus.Consensus
 
     def submit(self, entry: bytes, callback: ApplyCallback) -> None:
         """Append an entry; ``callback(results, reason)`` runs on the loop once applied."""
-        self._sync.apply_entry(entry, callback=callback)
+        submitted = perf_counter()
+
+        def applied(results: list[CommandResult] | None, reason: int) -> None:
+            if reason == SUCCESS:  # the commit index moved past the entry just before its apply
+                metrics.COMMIT_LATENCY.observe(max(0.0, self._journal.committed_at - submitted))
+            callback(results, reason)
+
+        self._sync.apply_entry(entry, callback=applied)
         self.schedule_tick()
 
     async def propose(self, leader_address: str, commands: list[Any], timeout: float) -> list[CommandResult]:
@@ -737,7 +750,9 @@ class RaftNode:  # implements consensus.Consensus
 def _fdatasync_and_close(fd: int) -> None:
     """In a worker thread: make the journal's written bytes durable through its own descriptor."""
     try:
+        started = perf_counter()
         os.fdatasync(fd)
+        metrics.FSYNC_DURATION.observe(perf_counter() - started)
     finally:
         os.close(fd)
 

@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import Message
 
 from controlplane.errors import DeadlineExceeded, InvalidArgument, NoLeader, NotFound, Unavailable, error_from_rpc
+from controlplane.server import metrics
 from controlplane.server.node import Node
 from controlplane.server.nodeview import node_views
 from controlplane.state import health, limits
@@ -147,25 +148,29 @@ class WatchService(watch_pb2_grpc.WatchServicer):
         types = set(request.filter.types)
         prefix = request.filter.key_prefix
         next_revision = self._node.watch_start(request.from_revision)
-        # First message: where the stream starts, so a client can resume even before any event.
-        yield watch_pb2.WatchResponse(revision=next_revision - 1)
-        last_sent = time.monotonic()
-        while True:
-            # Nothing new within the progress interval is fine: a progress notice goes out below.
-            with contextlib.suppress(DeadlineExceeded):
-                await self._node.wait_for_revision(next_revision, WATCH_PROGRESS_EVERY_S)
-            events, _applied = self._node.watch_read(next_revision)
-            if events:
-                # Every revision has exactly one event, so this covers every revision up to here.
-                next_revision = events[-1].revision + 1
-            matched = [
-                event
-                for event in events
-                if event.domain in domains and event.key.startswith(prefix) and (not types or event.type in types)
-            ]
-            if matched or time.monotonic() - last_sent >= WATCH_PROGRESS_EVERY_S:
-                yield watch_pb2.WatchResponse(events=matched, revision=next_revision - 1)
-                last_sent = time.monotonic()
+        metrics.WATCH_STREAMS.inc()
+        try:
+            # First message: where the stream starts, so a client can resume even before any event.
+            yield watch_pb2.WatchResponse(revision=next_revision - 1)
+            last_sent = time.monotonic()
+            while True:
+                # Nothing new within the progress interval is fine: a progress notice goes out below.
+                with contextlib.suppress(DeadlineExceeded):
+                    await self._node.wait_for_revision(next_revision, WATCH_PROGRESS_EVERY_S)
+                events, _applied = self._node.watch_read(next_revision)
+                if events:
+                    # Every revision has exactly one event, so this covers every revision up to here.
+                    next_revision = events[-1].revision + 1
+                matched = [
+                    event
+                    for event in events
+                    if event.domain in domains and event.key.startswith(prefix) and (not types or event.type in types)
+                ]
+                if matched or time.monotonic() - last_sent >= WATCH_PROGRESS_EVERY_S:
+                    yield watch_pb2.WatchResponse(events=matched, revision=next_revision - 1)
+                    last_sent = time.monotonic()
+        finally:  # the client went away, cancelled, or the server is stopping
+            metrics.WATCH_STREAMS.dec()
 
 
 class ClusterService(cluster_pb2_grpc.ClusterServicer):
