@@ -234,6 +234,7 @@ class _Sampler:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._data_dir = str(node.config.data_dir)
+        self._self = node.config.raft_address
         self._leader = ("", 0)  # (leader address, term) last counted
         self._peers: set[str] = set()
 
@@ -245,11 +246,12 @@ class _Sampler:
         if status.leader_address and (status.leader_address, status.term) != self._leader:
             self._leader = (status.leader_address, status.term)
             metrics.LEADER_CHANGES.inc()
-        for peer, connected in status.connected.items():
+        peers = {peer: connected for peer, connected in status.connected.items() if peer != self._self}
+        for peer, connected in peers.items():
             metrics.PEER_CONNECTED.labels(peer=peer).set(1 if connected else 0)
-        for gone in self._peers - status.connected.keys():  # a removed member is not a member down
+        for gone in self._peers - peers.keys():  # a removed member is not a member down
             metrics.PEER_CONNECTED.remove(gone)
-        self._peers = set(status.connected)
+        self._peers = set(peers)
         disk = os.statvfs(self._data_dir)
         metrics.DATA_DIR_AVAILABLE.set(disk.f_bavail * disk.f_frsize)
         metrics.DATA_DIR_CAPACITY.set(disk.f_blocks * disk.f_frsize)
