@@ -3,6 +3,9 @@ watch streams, failed proposals. Scraped from real servers' /metrics over HTTP."
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import grpc
 import httpx
 import pytest
@@ -13,6 +16,8 @@ from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.v1 import kv_pb2, watch_pb2
 
 from .conftest import channel, followers, kv_stub, running, wait_converged, wait_until, watch_stub
+
+OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -80,6 +85,14 @@ def test_writes_and_a_leader_change_move_the_raft_metrics(cluster: LocalCluster)
         )
         peers = {labels for (name, labels), _ in after.items() if name == "controlplane_raft_peer_connected"}
         assert len(peers) == 2, (node.id, peers)  # the two other servers, never itself
+
+    # Every server series the alert rules and the dashboard read is in a real server's scrape.
+    exposed = {name for name, _labels in scrape(target)}
+    used = set()
+    for path in (OBSERVABILITY / "alerts.yml", OBSERVABILITY / "dashboard.json"):
+        used |= set(re.findall(r"\bcontrolplane_\w+", path.read_text()))
+    used = {name for name in used if not name.startswith("controlplane_gateway_")}
+    assert used and used <= exposed, sorted(used - exposed)
 
 
 def test_open_watch_streams_are_counted(cluster: LocalCluster) -> None:
