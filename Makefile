@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
-.PHONY: run test test-fast test-browser chromium soak bench lint proto sdk check-proto clean setup jepsen jepsen-long
+.PHONY: run test test-fast test-browser chromium promtool soak bench lint proto sdk check-proto clean setup jepsen jepsen-long
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ run: $(RUN_STAMP)
 	$(BIN)/cpctl dev --servers 3 --data-dir .data --demo
 
 ## test: every check: generated code in sync, lint, types, the whole test suite (the console's browser test included)
-test: $(STAMP) check-proto lint chromium
+test: $(STAMP) check-proto lint chromium promtool
 	$(BIN)/python -m pytest -q
 
 # The console's browser test drives Debian's chromium: installed with apt-get where it is missing.
@@ -38,6 +38,12 @@ test: $(STAMP) check-proto lint chromium
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| echo "WARNING: chromium could not be installed: the console's browser test will be skipped"
+
+# The alert rules are checked and unit-tested with promtool (Debian's prometheus package), installed
+# with apt-get where it is missing; where that is impossible the test is skipped and says why.
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
+		|| echo "WARNING: promtool could not be installed: the alert rules' tests will be skipped"
 
 ## test-fast: the suite without cluster tests (no processes started)
 test-fast: $(STAMP)
