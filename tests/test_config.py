@@ -101,7 +101,7 @@ def test_journal_files_live_in_the_data_dir() -> None:
         ({"raft_address": "0.0.0.0:7201"}, "wildcard"),
         ({"raft_address": "localhost:99999"}, "port in 1-65535"),
         ({"node_id": "bad id!"}, "member id"),
-        ({"peers": ["n1=127.0.0.1:7202,127.0.0.1:7102"]}, "itself"),
+        ({"peers": ["n1=127.0.0.1:7202,127.0.0.1:7102"]}, "make them agree"),  # itself, elsewhere
         ({"peers": ["n2=127.0.0.1:7201,127.0.0.1:7102"]}, "raft addresses must be unique"),
         ({"peers": ["n2"]}, "ID=RAFT_HOST:PORT,CLIENT_HOST:PORT"),
         ({"colour": "blue"}, "unknown setting"),
@@ -154,3 +154,12 @@ def test_membership_autopilot_defaults_and_file_settings(tmp_path: Path) -> None
     assert config.join and config.server_stabilization_s == 2.5
     assert (config.dead_server_cleanup_s, config.min_quorum) == (3600, 5)
     assert config.voter_marker_file == config.data_dir / "raft.voter"
+
+
+def test_one_peer_list_serves_every_server() -> None:
+    """A StatefulSet or compose file gives every server the same list: each drops its own entry."""
+    shared = [f"n{i}=127.0.0.1:720{i},127.0.0.1:710{i}" for i in (1, 2, 3)]
+    for node in (1, 2, 3):
+        own = {"node_id": f"n{node}", "raft_address": f"127.0.0.1:720{node}", "client_address": f"127.0.0.1:710{node}"}
+        config = load_config(None, {**BASE, **own, "peers": shared}, TLS_ENV)
+        assert [peer.id for peer in config.peers] == [f"n{i}" for i in (1, 2, 3) if i != node]

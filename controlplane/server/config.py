@@ -336,10 +336,16 @@ def load_config(
     paths = {
         key: Path(merged[key]) for key in ("data_dir", "tls_ca", "tls_cert", "tls_key", "audit_log") if merged.get(key)
     }
-    config = ServerConfig(
-        **{**merged, **paths},
-        peers=tuple(Peer.parse(spec) if isinstance(spec, str) else Peer(**spec) for spec in peers),
-        raft=tuning,
-    )
+    parsed = [Peer.parse(spec) if isinstance(spec, str) else Peer(**spec) for spec in peers]
+    # One peer list for every server (a StatefulSet's shared config, a compose file): the entry
+    # naming this server is its own, and is dropped once it agrees with this server's addresses.
+    for own in [peer for peer in parsed if peer.id == merged["node_id"]]:
+        if own.raft_address != merged["raft_address"]:
+            raise ConfigError(
+                f"peers list this server ({own.id}) at Raft address {own.raft_address}, but its raft_address is "
+                f"{merged['raft_address']}: make them agree, or leave this server out of peers"
+            )
+        parsed.remove(own)
+    config = ServerConfig(**{**merged, **paths}, peers=tuple(parsed), raft=tuning)
     config.validate()
     return config
