@@ -40,8 +40,9 @@ Per scenario one JSON line on stdout (logs on stderr), e.g.::
   ``bytes_per_round``: per training round.
 
 After the cluster policies of each topology, one ``gossip_net_bandwidth`` line compares the
-committed estimate of every link (``Link.bandwidth_bps``, both ends' views combined) with the
-configured rate: ``max_error`` is the largest |estimate / configured - 1| (goal: <= 0.2).
+estimate the coordinator plans with for every link (both ends' committed views combined by
+``gossip.coordinator.bandwidth_matrix``) with the configured rate: ``max_error`` is the largest
+|estimate / configured - 1| (goal: <= 0.2).
 """
 
 from __future__ import annotations
@@ -369,7 +370,8 @@ def bridge_cluster(host: str, root: Path) -> Any:
             node = super()._new_node(node_id, index, base_port)
             return replace(node, client_address=node.client_address.replace("127.0.0.1", host))
 
-    return BridgeCluster(root, servers=3, log_level="warning", client_tls=False)
+    # die_with_parent: a bench killed by SIGKILL takes its servers along (its namespaces go at the next start).
+    return BridgeCluster(root, servers=3, log_level="warning", client_tls=False, die_with_parent=True)
 
 
 async def run_scenario(net: Any, args: argparse.Namespace, topology: str, policy: str, endpoints: str) -> Scenario:
@@ -511,6 +513,8 @@ def summarise(scenario: Scenario, args: argparse.Namespace, committed: Sequence[
 
 async def bandwidth_line(endpoints: str, topology: str, groups: Sequence[str], n: int, seed: int) -> dict[str, Any]:
     from controlplane.client import AsyncClient, Credentials
+    from controlplane.v1 import gossip_pb2
+    from gossip.coordinator import bandwidth_matrix
 
     configured = configured_link_mbit(topology, n, seed)
     links = []
@@ -522,14 +526,17 @@ async def bandwidth_line(endpoints: str, topology: str, groups: Sequence[str], n
                 continue
             i, j = sorted((int(link.a[-2:]), int(link.b[-2:])))
             want = configured[(i, j)] * 1e6 / 8
+            fields = ("a", "b", "bandwidth_bps", "bandwidth_a_bps", "bandwidth_b_bps", "failures")
+            committed = gossip_pb2.Link(**{f: getattr(link, f) for f in fields})
+            planned = float(bandwidth_matrix([link.a, link.b], [committed])[0, 1])  # what the coordinator uses
             links.append(
                 {
                     "group": group,
                     "link": [i, j],
                     "configured_mbit": configured[(i, j)],
-                    "estimate_mbit": round(link.bandwidth_bps * 8 / 1e6, 2),
+                    "estimate_mbit": round(planned * 8 / 1e6, 2),
                     "views_mbit": [round(link.bandwidth_a_bps * 8 / 1e6, 2), round(link.bandwidth_b_bps * 8 / 1e6, 2)],
-                    "error": round(link.bandwidth_bps / want - 1, 3),
+                    "error": round(planned / want - 1, 3),
                 }
             )
     errors = [abs(x["error"]) for x in links]
@@ -547,6 +554,12 @@ async def bandwidth_line(endpoints: str, topology: str, groups: Sequence[str], n
 async def run_all(args: argparse.Namespace) -> int:
     from bench.netns import ShapedNet
 
+    # SIGTERM (and SIGINT, below) cancel the run: the finally blocks stop the workers and the
+    # cluster and remove the namespaces. Restored defaults: a shell's background job inherits SIGINT ignored.
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
     status = 0
     with ShapedNet(args.workers) as net:
         log(f"gossip_net: {args.workers} namespaces {net.prefix}-w*, bridge {net.bridge} ({net.host_address})")
@@ -623,8 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(run_all(args))
-    except KeyboardInterrupt:
-        log("gossip_net: interrupted; namespaces and cluster removed")
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("gossip_net: interrupted; workers and cluster stopped, namespaces removed")
         return 130
 
 

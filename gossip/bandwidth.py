@@ -31,6 +31,7 @@ __all__ = [
     "BETA",
     "LATENCY_DOMINATED",
     "MAX_LATENCY_SHARE",
+    "OUTLIER_SPREADS",
     "RECENT_SAMPLES",
     "BandwidthTable",
     "LinkEstimate",
@@ -48,6 +49,11 @@ RECENT_SAMPLES = 16
 LATENCY_DOMINATED = 0.5
 """A sample whose duration is more than half latency (a small probe) feeds the EWMA with the fitted
 bandwidth instead of its own throughput."""
+OUTLIER_SPREADS = 3.0
+"""An observation further than this many spreads from the estimate enters the EWMA clipped to that
+distance (a Huber-style EWMA): one exchange slowed by a busy CPU or sped up by a late clock moves the
+estimate by at most ALPHA x 3 spreads, while the spread itself takes the full deviation, so a real
+change widens the window within a few samples and the estimate follows."""
 MAX_LATENCY_SHARE = 0.9
 """Without a fit of the current samples, the correction by a previously known latency removes at most
 90% of a sample's duration, so a stale latency can inflate one observation at most 10x instead of
@@ -98,7 +104,8 @@ class LinkEstimate:
         """Fold in one transfer of ``nbytes`` that took ``seconds`` (a probe or a real exchange).
 
         The first sample sets ``bandwidth`` and ``spread = bandwidth / 2`` (RFC 6298's first-sample
-        rule); later ones move them by ALPHA and BETA.
+        rule); later ones move them by ALPHA and BETA, the bandwidth by the observation clipped to
+        OUTLIER_SPREADS spreads of the estimate, the spread by the whole deviation.
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, int | np.integer) or nbytes <= 0:
             raise ValueError(f"a sample needs a positive integer byte count, got {nbytes!r}")
@@ -119,8 +126,10 @@ class LinkEstimate:
         if self.samples == 0:
             bandwidth, spread = observed, observed / 2
         else:
+            window = OUTLIER_SPREADS * self.spread
+            clipped = min(max(observed, self.bandwidth - window), self.bandwidth + window)
             spread = (1 - BETA) * self.spread + BETA * abs(self.bandwidth - observed)
-            bandwidth = (1 - ALPHA) * self.bandwidth + ALPHA * observed
+            bandwidth = (1 - ALPHA) * self.bandwidth + ALPHA * clipped
         return replace(
             self,
             bandwidth=bandwidth,

@@ -136,6 +136,20 @@ def _probe_sizes(probe_bytes: tuple[int, ...]) -> tuple[int, ...]:
     return sizes
 
 
+def _observe_probe(table: BandwidthTable, result: ExchangeResult, now: float) -> None:
+    """Feed one probe transfer into the estimates: ``(bytes received, the whole exchange's seconds)``
+    on both ends, not the receive time a training exchange contributes. The receive clock starts at
+    the peer's header, and the end that reads that header late (the listener, when the dial arrived
+    before its offer: the header waited in the server) finds part of the payload already buffered,
+    which overstated a 2 Mbit/s link 1.7x (and up to 5.3x, issue 19). Both ends time the same
+    exchange from start to accept, so their views agree and the latency fit's intercept takes the
+    per-exchange fixed cost. A failure penalises the link as before."""
+    if result.ok and result.bytes_received > 0 and result.seconds > 0.0:
+        table.observe(result.peer, result.bytes_received, result.seconds, now)
+    else:
+        result.observe(table, now)
+
+
 def _probe_payload(nbytes: int) -> dict[str, Array]:
     # Synthetic float32 zeros: what travels is all that matters. Both ends derive the same layout from
     # the size, so the exchange's spec check catches workers configured with other probe sizes.
@@ -387,7 +401,12 @@ class Worker:
         ratio = round_.spec.sparsity_ratio if round_.spec is not None and round_.spec.sparsity_ratio else 1.0
         started = asyncio.get_running_loop().time()
         result = await self._exchange(round_, partner, params, ratio, budget)
-        result.observe(self.bandwidth, time.monotonic())
+        if result.dialed or not result.ok:
+            # The listener's receive clock starts at the dialer's header, which waited in the server
+            # when the dial came before this side's offer, with part of the payload buffered behind
+            # it: that sample overstates the link (see _observe_probe). The dialer's clock starts
+            # with the listener's header, right before its payload. Failures count on both ends.
+            result.observe(self.bandwidth, time.monotonic())
         delta = await asyncio.to_thread(_delta_sq, params, result.params) if result.ok else 0.0
         stats = RoundStats(
             number=round_.number,
@@ -419,7 +438,11 @@ class Worker:
             error = PeerUnavailable(problem)
             self.bandwidth.penalise(partner, time.monotonic())
         received = 0
-        for index, nbytes in enumerate(self.probe_bytes if error is None else ()):
+        # The smallest size once more, first and unmeasured: it pays the one-off costs (the dialer's
+        # address lookup, which the listener's clock would count, the channel and TCP handshakes),
+        # so the measured transfers start together on both ends with the connection warm.
+        transfers = (self.probe_bytes[-1], *self.probe_bytes) if error is None else ()
+        for index, nbytes in enumerate(transfers):
             remaining = deadline - loop.time()
             if remaining < _MIN_EXCHANGE_S:
                 error = PeerTimeout(f"probe round {round_.number}: no time left for the {nbytes}-byte transfer")
@@ -437,7 +460,8 @@ class Worker:
                 seed=round_.seed,
                 deadline_s=remaining,
             )
-            result.observe(self.bandwidth, time.monotonic())
+            if result.error is not None or index > 0:
+                _observe_probe(self.bandwidth, result, time.monotonic())
             received += result.bytes_received
             if result.error is not None:
                 error = result.error
