@@ -511,12 +511,15 @@ def summarise(scenario: Scenario, args: argparse.Namespace, committed: Sequence[
     return line
 
 
-async def bandwidth_line(endpoints: str, topology: str, groups: Sequence[str], n: int, seed: int) -> dict[str, Any]:
+async def bandwidth_line(
+    endpoints: str, topology: str, groups: Sequence[str], configured: dict[tuple[int, int], float]
+) -> dict[str, Any]:
+    """The ``gossip_net_bandwidth`` line: per link of ``groups``, the configured rate (Mbit/s per pair
+    of worker indices) next to the estimate the coordinator plans with."""
     from controlplane.client import AsyncClient, Credentials
     from controlplane.v1 import gossip_pb2
     from gossip.coordinator import bandwidth_matrix
 
-    configured = configured_link_mbit(topology, n, seed)
     links = []
     async with AsyncClient(endpoints, credentials=Credentials()) as client:
         matrix = await client.gossip.bandwidth()
@@ -588,7 +591,8 @@ async def run_all(args: argparse.Namespace) -> int:
                     emit(line)
                     status |= 1 if scenario.failed else 0
                 if groups:
-                    emit(await bandwidth_line(endpoints, topology, groups, args.workers, args.seed))
+                    configured = configured_link_mbit(topology, args.workers, args.seed)
+                    emit(await bandwidth_line(endpoints, topology, groups, configured))
         finally:
             cluster.stop()
     return status

@@ -123,6 +123,33 @@ class LinkEstimate:
             observed = fit[1]
         else:
             observed = nbytes / max(transfer, seconds * (1.0 - MAX_LATENCY_SHARE))
+        return self._fold(observed, latency, recent, 1, now)
+
+    def observe_probe(self, transfers: Sequence[tuple[int, float]], now: float) -> LinkEstimate:
+        """Fold in one probe: ``(bytes, seconds)`` transfers of at least two sizes over the same warm
+        connection, timed alike. Their own least-squares line is the observation: its slope the
+        bandwidth, its intercept the latency (the probe's fixed cost per transfer), so neither the
+        order of the sizes nor a latency learnt from differently timed samples can bias it. One
+        observation per probe, however many transfers. Transfers that cannot be fitted (one size,
+        or the larger one faster) are folded in one by one, as ``observe`` would."""
+        for nbytes, seconds in transfers:
+            if isinstance(nbytes, bool) or not isinstance(nbytes, int | np.integer) or nbytes <= 0:
+                raise ValueError(f"a sample needs a positive integer byte count, got {nbytes!r}")
+            if not (math.isfinite(seconds) and seconds > 0.0):
+                raise ValueError(f"a sample needs a positive, finite duration, got {seconds!r}")
+        self._check_time(now)
+        fit = fit_latency_bandwidth(transfers)
+        if fit is None:
+            est = self
+            for nbytes, seconds in transfers:
+                est = est.observe(nbytes, seconds, now)
+            return est
+        recent = (*self.recent, *((int(b), s) for b, s in transfers))[-RECENT_SAMPLES:]
+        return self._fold(fit[1], fit[0], recent, len(transfers), now)
+
+    def _fold(
+        self, observed: float, latency: float, recent: tuple[tuple[int, float], ...], count: int, now: float
+    ) -> LinkEstimate:
         if self.samples == 0:
             bandwidth, spread = observed, observed / 2
         else:
@@ -135,7 +162,7 @@ class LinkEstimate:
             bandwidth=bandwidth,
             spread=spread,
             latency=latency,
-            samples=self.samples + 1,
+            samples=self.samples + count,
             updated_at=now,
             recent=recent,
         )
@@ -192,6 +219,13 @@ class BandwidthTable:
     def observe(self, peer: str, nbytes: int, seconds: float, now: float) -> LinkEstimate:
         """Record a transfer to or from ``peer`` (active probe or passive exchange)."""
         est = self._link(peer).observe(nbytes, seconds, now)
+        self._links[peer] = est
+        self._dirty.add(peer)
+        return est
+
+    def observe_probe(self, peer: str, transfers: Sequence[tuple[int, float]], now: float) -> LinkEstimate:
+        """Record one probe of the link to ``peer`` (see LinkEstimate.observe_probe)."""
+        est = self._link(peer).observe_probe(transfers, now)
         self._links[peer] = est
         self._dirty.add(peer)
         return est

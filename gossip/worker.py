@@ -25,8 +25,9 @@ worker with its own parameters; it reports the failure (the link is penalised in
 the next round goes on, without the dead peer once its lease has expired.
 
 Probe rounds (policy ``probe``, see ``gossip.coordinator``) are handled inside ``step``: the worker
-measures its link to the partner the probe round names with two transfers of a synthetic payload
-(``probe_bytes``, large then small, both directions at once), feeds both into its
+measures its link to the partner the probe round names with a warm-up transfer and then one transfer
+per size of a synthetic payload (``probe_bytes``, large then small, both directions at once), feeds
+each measured one (bytes, seconds of the whole exchange) into its
 :class:`~gossip.bandwidth.BandwidthTable` (two sizes separate latency from bandwidth), reports its
 estimates and then the round, and goes on waiting: ``step`` returns after a training round only,
 and a probe never touches the parameters.
@@ -136,18 +137,17 @@ def _probe_sizes(probe_bytes: tuple[int, ...]) -> tuple[int, ...]:
     return sizes
 
 
-def _observe_probe(table: BandwidthTable, result: ExchangeResult, now: float) -> None:
-    """Feed one probe transfer into the estimates: ``(bytes received, the whole exchange's seconds)``
-    on both ends, not the receive time a training exchange contributes. The receive clock starts at
-    the peer's header, and the end that reads that header late (the listener, when the dial arrived
-    before its offer: the header waited in the server) finds part of the payload already buffered,
-    which overstated a 2 Mbit/s link 1.7x (and up to 5.3x, issue 19). Both ends time the same
-    exchange from start to accept, so their views agree and the latency fit's intercept takes the
-    per-exchange fixed cost. A failure penalises the link as before."""
+def _probe_sample(result: ExchangeResult) -> tuple[int, float] | None:
+    """One probe transfer's sample: ``(bytes received, the whole exchange's seconds)`` on both ends,
+    not the receive time a training exchange contributes. The receive clock starts at the peer's
+    header, and the end that reads that header late (the listener, when the dial arrived before its
+    offer: the header waited in the server) finds part of the payload already buffered, which
+    overstated a 2 Mbit/s link 1.7x (and up to 5.3x, issue 19). Both ends time the same exchange from
+    start to accept, so their views agree; the fit over the probe's sizes takes the per-exchange
+    fixed cost as its intercept (``LinkEstimate.observe_probe``). None when the transfer failed."""
     if result.ok and result.bytes_received > 0 and result.seconds > 0.0:
-        table.observe(result.peer, result.bytes_received, result.seconds, now)
-    else:
-        result.observe(table, now)
+        return result.bytes_received, result.seconds
+    return None
 
 
 def _probe_payload(nbytes: int) -> dict[str, Array]:
@@ -404,7 +404,7 @@ class Worker:
         if result.dialed or not result.ok:
             # The listener's receive clock starts at the dialer's header, which waited in the server
             # when the dial came before this side's offer, with part of the payload buffered behind
-            # it: that sample overstates the link (see _observe_probe). The dialer's clock starts
+            # it: that sample overstates the link (see _probe_sample). The dialer's clock starts
             # with the listener's header, right before its payload. Failures count on both ends.
             result.observe(self.bandwidth, time.monotonic())
         delta = await asyncio.to_thread(_delta_sq, params, result.params) if result.ok else 0.0
@@ -442,6 +442,7 @@ class Worker:
         # address lookup, which the listener's clock would count, the channel and TCP handshakes),
         # so the measured transfers start together on both ends with the connection warm.
         transfers = (self.probe_bytes[-1], *self.probe_bytes) if error is None else ()
+        measured: list[tuple[int, float]] = []
         for index, nbytes in enumerate(transfers):
             remaining = deadline - loop.time()
             if remaining < _MIN_EXCHANGE_S:
@@ -460,12 +461,16 @@ class Worker:
                 seed=round_.seed,
                 deadline_s=remaining,
             )
-            if result.error is not None or index > 0:
-                _observe_probe(self.bandwidth, result, time.monotonic())
+            sample = _probe_sample(result)
+            if index > 0 and sample is not None:
+                measured.append(sample)
             received += result.bytes_received
             if result.error is not None:
+                result.observe(self.bandwidth, time.monotonic())  # the penalty, if the link is to blame
                 error = result.error
                 break
+        if error is None and measured:
+            self.bandwidth.observe_probe(partner, measured, time.monotonic())
         stats = RoundStats(
             number=round_.number,
             partner=partner,

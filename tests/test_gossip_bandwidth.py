@@ -20,7 +20,7 @@ from gossip.bandwidth import (
     probe_schedule,
 )
 from gossip.exchange import ExchangeResult, PeerLost
-from gossip.worker import _observe_probe
+from gossip.worker import _probe_sample
 
 SMALL, LARGE = 4 * 1024, 8 * 1024 * 1024
 
@@ -221,7 +221,7 @@ def test_probe_schedule_changes_between_cycles() -> None:
 def test_a_probe_sample_is_the_whole_exchange_on_both_ends() -> None:
     """Issue 19: the receive clock of the end that read its peer's header late missed part of the
     payload and overstated the link (1.7x on 2 Mbit/s). A probe transfer is timed from start to
-    accept instead, on both ends alike; a failed one still penalises the link."""
+    accept instead, on both ends alike; a failed one gives no sample."""
 
     def result(seconds: float, receive_seconds: float, error: PeerLost | None = None) -> ExchangeResult:
         return ExchangeResult(
@@ -229,10 +229,29 @@ def test_a_probe_sample_is_the_whole_exchange_on_both_ends() -> None:
             seconds=seconds, receive_seconds=receive_seconds, dialed=False, error=error,
         )  # fmt: skip
 
+    assert _probe_sample(result(seconds=2.0, receive_seconds=1.1)) == (1_000_000, 2.0)
+    assert _probe_sample(result(seconds=0.1, receive_seconds=0.1, error=PeerLost("gone"))) is None
+
+
+def test_a_probe_is_one_observation_from_its_own_fit() -> None:
+    """Issue 19: a 50 Mbit/s link whose transfers each cost 70 ms of fixed overhead read 0.7x when
+    the large transfer, first, set the estimate outright with no latency known. A probe's sizes are
+    fitted together: slope = bandwidth, intercept = the fixed cost, in either order."""
+    rate, overhead = 50e6 / 8, 0.070
+    transfers = [(n, overhead + n / rate) for n in (1024 * 1024, 16 * 1024)]
+    one_by_one = LinkEstimate("b")
+    for n, t in transfers:
+        one_by_one = one_by_one.observe(n, t, now=0.0)
+    assert one_by_one.bandwidth < 0.8 * rate  # what the transfers gave one by one
+    for order in (transfers, transfers[::-1]):
+        est = LinkEstimate("b").observe_probe(order, now=0.0)
+        assert est.bandwidth == pytest.approx(rate, rel=1e-9)
+        assert est.latency == pytest.approx(overhead, rel=1e-9)
+        assert est.samples == 2
     table = BandwidthTable("a")
-    _observe_probe(table, result(seconds=2.0, receive_seconds=1.1), now=1.0)
-    est = table.estimate("b")
-    assert est is not None and est.bandwidth == pytest.approx(500_000.0)
-    _observe_probe(table, result(seconds=0.1, receive_seconds=0.1, error=PeerLost("gone")), now=2.0)
-    est = table.estimate("b")
-    assert est is not None and est.failures == 1 and est.bandwidth == pytest.approx(250_000.0)
+    table.observe_probe("b", transfers, now=1.0)
+    later = table.observe_probe("b", [(n, t * 1.02) for n, t in transfers], now=2.0)  # a second probe
+    assert later.bandwidth == pytest.approx(rate, rel=0.01)
+    assert table.report_batch()["b"] is later
+    with pytest.raises(ValueError, match="byte count"):
+        LinkEstimate("b").observe_probe([(0, 1.0), (10, 2.0)], now=0.0)
