@@ -531,7 +531,8 @@ async def bandwidth_line(
             want = configured[(i, j)] * 1e6 / 8
             fields = ("a", "b", "bandwidth_bps", "bandwidth_a_bps", "bandwidth_b_bps", "failures")
             committed = gossip_pb2.Link(**{f: getattr(link, f) for f in fields})
-            planned = float(bandwidth_matrix([link.a, link.b], [committed])[0, 1])  # what the coordinator uses
+            # What the coordinator plans with; a link never measured (failed) has no estimate.
+            planned = float(bandwidth_matrix([link.a, link.b], [committed])[0, 1]) if link.bandwidth_bps > 0 else 0.0
             links.append(
                 {
                     "group": group,
