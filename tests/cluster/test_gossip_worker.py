@@ -238,7 +238,8 @@ async def check_probe_cycle(client: AsyncClient, group: str, workers: dict[str, 
         nodes = [node for pair in r.pairs for node in (pair.a, pair.b)]
         assert len(nodes) == len(set(nodes)) == 4 and list(r.participants) == sorted(nodes)  # disjoint pairs
         assert r.mixed == 0 and r.pair_distance_sq is None  # nothing mixed
-        assert r.bytes_total == 4 * sum(PROBE_BYTES)  # each side received both transfers
+        # each side received the warm-up (the smallest size) and both measured transfers
+        assert r.bytes_total == 4 * (min(PROBE_BYTES) + sum(PROBE_BYTES))
         probed += pairs_of(r)
     assert sorted(probed) == sorted(itertools.combinations(ids, 2))  # every pair exactly once
     for node, worker in workers.items():
