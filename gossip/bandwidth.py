@@ -128,10 +128,13 @@ class LinkEstimate:
     def observe_probe(self, transfers: Sequence[tuple[int, float]], now: float) -> LinkEstimate:
         """Fold in one probe: ``(bytes, seconds)`` transfers of at least two sizes over the same warm
         connection, timed alike. Their own least-squares line is the observation: its slope the
-        bandwidth, its intercept the latency (the probe's fixed cost per transfer), so neither the
-        order of the sizes nor a latency learnt from differently timed samples can bias it. One
-        observation per probe, however many transfers. Transfers that cannot be fitted (one size,
-        or the larger one faster) are folded in one by one, as ``observe`` would."""
+        bandwidth, so neither the order of the sizes nor a latency learnt from differently timed
+        samples can bias it. One observation per probe, however many transfers. Its intercept (the
+        fixed cost of a whole exchange) and its transfers stay out of ``latency`` and ``recent``:
+        those correct the passive samples, timed by the receive clock alone, and a whole exchange's
+        fixed cost subtracted from them read a link 25% fast within a dozen exchanges. Transfers
+        that cannot be fitted (one size, or the larger one faster) are folded in one by one, as
+        ``observe`` would."""
         for nbytes, seconds in transfers:
             if isinstance(nbytes, bool) or not isinstance(nbytes, int | np.integer) or nbytes <= 0:
                 raise ValueError(f"a sample needs a positive integer byte count, got {nbytes!r}")
@@ -144,8 +147,7 @@ class LinkEstimate:
             for nbytes, seconds in transfers:
                 est = est.observe(nbytes, seconds, now)
             return est
-        recent = (*self.recent, *((int(b), s) for b, s in transfers))[-RECENT_SAMPLES:]
-        return self._fold(fit[1], fit[0], recent, len(transfers), now)
+        return self._fold(fit[1], self.latency, self.recent, len(transfers), now)
 
     def _fold(
         self, observed: float, latency: float, recent: tuple[tuple[int, float], ...], count: int, now: float
