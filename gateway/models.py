@@ -429,6 +429,9 @@ class SearchOut(_Out):
     engine: str
     query_ms: float
     hits: list[SearchHitOut]
+    suggestions: list[str] = Field(
+        default_factory=list, description="Did you mean: corrected queries that find models, when this one found none"
+    )
 
 
 class FlagOut(_Out):
@@ -664,6 +667,7 @@ def search_out(result: SearchResult) -> SearchOut:
         total=result.total,
         engine=result.engine,
         query_ms=result.query_ms,
+        suggestions=list(result.suggestions),
         hits=[
             SearchHitOut(
                 score=hit.score,

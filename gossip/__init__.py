@@ -11,10 +11,15 @@ coordination of rounds through the cluster.
   chunk server, and the parallel, resumable fetch from the fastest holders (``docs/artifacts.md``).
 - ``gossip.coordinator``: the leader's pure planning of each group's next round.
 - ``gossip.worker``: :class:`Worker`, one node's side of a group for a training loop (``gossip.Worker``).
+- ``gossip.sync``: :class:`SyncWorker` and :func:`connect`, the same Worker on an event loop of its own
+  (a background thread), with a blocking ``step``, for synchronous training loops.
+- ``gossip.torch``: PyTorch ``state_dict`` in and out (float tensors averaged, integer buffers kept);
+  imports torch only when used, and nothing else in the package imports it.
 
-``exchange``, ``artifacts`` and ``worker`` open sockets; the rest opens no socket, reads no clock and
+``exchange``, ``artifacts``, ``worker`` and ``sync`` open sockets; the rest opens no socket, reads no clock and
 touches no global random state; see DESIGN.md.
-``gossip.Worker`` is imported on first use, so the pure modules stay free of the client's imports.
+``gossip.Worker``, ``gossip.SyncWorker`` and ``gossip.connect`` are imported on first use, so the pure
+modules stay free of the client's imports.
 """
 
 from __future__ import annotations
@@ -22,12 +27,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from gossip.sync import SyncWorker, connect
     from gossip.worker import RoundStats, Worker
 
-__all__ = ["RoundStats", "Worker"]
+__all__ = ["RoundStats", "SyncWorker", "Worker", "connect"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("SyncWorker", "connect"):
+        from gossip import sync
+
+        return getattr(sync, name)
     if name in __all__:
         from gossip import worker
 

@@ -25,6 +25,9 @@ Errors (all :class:`ArtifactError`)::
     ├── ArtifactNotFound      the store holds no complete copy                          -> NOT_FOUND
     ├── ArtifactDamaged       a stored copy no longer matches its sha256 or manifest    -> DATA_LOSS
     ├── ArtifactBusy          another fetch is writing the same partial download
+    ├── ArtifactUnauthenticated  a TLS port's caller names no identity                  -> UNAUTHENTICATED
+    ├── ArtifactForbidden     the caller may not read that model (models:read)          -> PERMISSION_DENIED
+    ├── ArtifactAccessUnknown the cluster could not say whether it may                  -> UNAVAILABLE
     ├── ArtifactUnavailable   no holder could deliver it: none registered, all gone, unreachable or
     │                         timed out (retry later, or publish it somewhere)
     └── ArtifactCorrupt       the bytes do not verify and no holder has good ones: every holder's copy
@@ -57,7 +60,15 @@ import grpc
 import structlog
 from sortedcontainers import SortedSet
 
-from controlplane.client import BandwidthMatrix, ControlPlaneError, ModelVersion, NodeState, NodeView, NotFound
+from controlplane.client import (
+    BandwidthMatrix,
+    ControlPlaneError,
+    Credentials,
+    ModelVersion,
+    NodeState,
+    NodeView,
+    NotFound,
+)
 from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTIONS
 from controlplane.state import limits
 from controlplane.v1 import artifacts_pb2 as pb
@@ -72,28 +83,35 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "MAX_MANIFEST_CHUNKS",
     "MIN_CHUNK_SIZE",
+    "ArtifactAccess",
+    "ArtifactAccessUnknown",
     "ArtifactBusy",
     "ArtifactClient",
     "ArtifactCorrupt",
     "ArtifactDamaged",
     "ArtifactError",
+    "ArtifactForbidden",
     "ArtifactNotFound",
     "ArtifactRecord",
     "ArtifactServer",
     "ArtifactStore",
+    "ArtifactUnauthenticated",
     "ArtifactUnavailable",
+    "ClusterAccess",
     "FetchResult",
     "InvalidArtifactName",
     "Manifest",
     "PartialArtifact",
     "ServerStats",
     "announce",
+    "certified_identity",
     "chunk_count",
     "chunk_size_for",
     "compute_manifest",
     "fetch",
     "fetch_artifact",
     "rank_holders",
+    "tls_credentials",
 ]
 
 log = structlog.get_logger("gossip.artifacts")
@@ -170,6 +188,18 @@ class ArtifactCorrupt(ArtifactError):
         self.actual_sha256 = actual_sha256
 
 
+class ArtifactUnauthenticated(ArtifactError):
+    """A caller of a TLS artifact port whose certificate names no controlplane identity."""
+
+
+class ArtifactForbidden(ArtifactError):
+    """A caller whose identity may not read that model (it lacks models:read on it)."""
+
+
+class ArtifactAccessUnknown(ArtifactError):
+    """The cluster could not be asked whether the caller may read the model (retry)."""
+
+
 class _OutOfRange(ArtifactError):
     """A Read past the end of the artifact (OUT_OF_RANGE)."""
 
@@ -188,6 +218,9 @@ _STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ArtifactNotFound, grpc.StatusCode.NOT_FOUND),
     (FileNotFoundError, grpc.StatusCode.NOT_FOUND),  # removed while being served
     (ArtifactDamaged, grpc.StatusCode.DATA_LOSS),
+    (ArtifactUnauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (ArtifactForbidden, grpc.StatusCode.PERMISSION_DENIED),
+    (ArtifactAccessUnknown, grpc.StatusCode.UNAVAILABLE),
 )
 
 
@@ -712,6 +745,7 @@ class _Servicer(pb_grpc.ArtifactsServicer):
 
     async def Stat(self, request: pb.StatArtifactRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            await self._owner._authorize(context, request.model)
             return await self._owner._stat(request)
         except (ArtifactError, OSError) as exc:
             self._owner.stats.refused += 1
@@ -721,6 +755,7 @@ class _Servicer(pb_grpc.ArtifactsServicer):
         self, request: pb.ReadArtifactRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ArtifactChunk]:
         try:
+            await self._owner._authorize(context, request.model)
             async for chunk in self._owner._read(request):
                 yield chunk
         except (ArtifactError, OSError) as exc:
@@ -736,6 +771,12 @@ class ArtifactServer:
     notices a stale address. ``on_damaged(model, version, reason)`` is called once per artifact found
     damaged on disk (the agent stops claiming it as a replica); chunks that still verify keep being
     served, and a damaged chunk is never sent.
+
+    ``server_credentials`` (:func:`tls_credentials`) make the port mutual TLS: a caller must present
+    a certificate from the cluster CA naming a controlplane identity, else UNAUTHENTICATED.
+    ``access`` then decides per call whether that identity may read the model (PERMISSION_DENIED
+    otherwise); :class:`ClusterAccess` asks the cluster's RBAC. Without credentials the port is
+    plaintext and open to anyone who can reach it (``--insecure-dev`` agents only).
     """
 
     def __init__(
@@ -745,8 +786,12 @@ class ArtifactServer:
         node_id: str = "",
         on_damaged: Callable[[str, int, str], None] | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
+        access: ArtifactAccess | None = None,
     ) -> None:
+        if access is not None and server_credentials is None:
+            raise ValueError("access checks need TLS: pass server_credentials that require client certificates")
         self.store = store
+        self.access = access
         self.node_id = node_id
         self.on_damaged = on_damaged
         self.stats = ServerStats()
@@ -794,6 +839,20 @@ class ArtifactServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop(0)
+
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], model: str) -> None:
+        if self._server_credentials is None:
+            return
+        identity = certified_identity(context.auth_context() or {})
+        if identity is None:
+            raise ArtifactUnauthenticated(
+                "this artifact port needs a client certificate from the cluster CA naming a controlplane "
+                "identity (cpctl certs issue NAME --role client)"
+            )
+        if self.access is not None and (why := await self.access.check(identity, model)):
+            raise ArtifactForbidden(
+                f"downloading {model!r} from {self.node_id or 'this node'} needs models:read: {why}"
+            )
 
     def _validate(self, model: str, version: int, chunk_size: int) -> int:
         _check_name(model, version)
@@ -876,6 +935,69 @@ class ArtifactServer:
             )
             raise ArtifactDamaged(reason)  # never send it: the fetcher takes this chunk elsewhere
         return data, digest
+
+
+def certified_identity(auth_context: Mapping[str, Any]) -> str | None:
+    """The identity a verified client certificate names (``agent:n1``, ``server:s1``, ``user:alice``
+    for a ``client:alice`` certificate), from its one controlplane URI SAN; None without one."""
+    from controlplane.tls import URI_PREFIX, Identity, TlsError  # TLS ports only (cryptography)
+
+    uris = [
+        value.decode(errors="replace")
+        for value in auth_context.get("x509_subject_alternative_name", ())
+        if value.lower().startswith(URI_PREFIX.encode())
+    ]
+    if len(uris) != 1:
+        return None  # none, or several: ambiguous, as the client port judges it
+    try:
+        identity = Identity.from_uri(uris[0])
+    except TlsError:
+        return None
+    return f"{'user' if identity.role == 'client' else identity.role}:{identity.id}"
+
+
+def tls_credentials(ca: bytes, cert: bytes, key: bytes) -> tuple[grpc.ServerCredentials, grpc.ChannelCredentials]:
+    """Mutual TLS for an artifact port from a node's certificate (``agent:<node id>``), its key and
+    the cluster CA: what the port presents and requires of callers, and what the node presents when
+    it fetches from other holders."""
+    server = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+    return server, grpc.ssl_channel_credentials(ca, key, cert)
+
+
+class ArtifactAccess(Protocol):
+    """Decides whether a certified identity may read a model's artifacts from this port."""
+
+    async def check(self, identity: str, model: str) -> str | None:
+        """None when ``identity`` may read ``model``; else why not (the caller reads it)."""
+        ...
+
+
+class _Permissions(Protocol):
+    async def check_permission(
+        self, identity: str, domain: str, verb: str, resource: str = "", *, timeout: float | None = ...
+    ) -> str | None: ...
+
+
+class ClusterAccess:
+    """The artifact port's rule: agents and servers by their certificate alone (they replicate
+    artifacts between them, and the cluster grants every agent models:read); any other identity
+    must hold models:read on the model in the cluster's RBAC, asked of the cluster on every call
+    (``Auth.Check``, answered from the asked server's state), so a revoked role stops downloads at
+    once. A cluster that cannot answer refuses the call with UNAVAILABLE, never lets it through."""
+
+    def __init__(self, client: _Permissions, *, timeout: float = 5.0) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    async def check(self, identity: str, model: str) -> str | None:
+        if identity.partition(":")[0] in ("agent", "server"):
+            return None
+        try:
+            return await self._client.check_permission(identity, "models", "read", model, timeout=self._timeout)
+        except ControlPlaneError as exc:
+            raise ArtifactAccessUnknown(
+                f"cannot ask the cluster whether {identity} may read {model!r}; retry ({exc.message})"
+            ) from None
 
 
 # --- fetching -------------------------------------------------------------------------------------
@@ -1350,6 +1472,15 @@ async def _matrix(client: ArtifactClient, node_id: str | None, timeout: float) -
     return out
 
 
+def _client_tls(client: object) -> grpc.ChannelCredentials | None:
+    """TLS to the holders with the SDK client's own credentials (``AsyncClient.credentials``) when it
+    talks TLS to the cluster: the holders of a TLS cluster serve mutual TLS only."""
+    credentials = getattr(client, "credentials", None)
+    if isinstance(credentials, Credentials) and credentials.secure:
+        return credentials.channel_credentials()
+    return None
+
+
 async def fetch_artifact(
     client: ArtifactClient,
     model: str,
@@ -1439,6 +1570,8 @@ async def fetch_artifact(
     partial = await asyncio.to_thread(
         store.open_partial, model, number, size=size, sha256=expected, chunk_size=chunk_size_for(size, chunk_size)
     )
+    if channel_credentials is None:
+        channel_credentials = _client_tls(client)
     holders: list[_Holder] = []
     try:
         lost: dict[str, str] = {}
@@ -1544,6 +1677,7 @@ async def fetch(
     bandwidth: BandwidthTable | None = None,
     progress: Callable[[int, int], None] | None = None,
     record_replica: bool = True,
+    channel_credentials: grpc.ChannelCredentials | None = None,
 ) -> Path:
     """Fetch a registered version's artifact into ``store`` and return the path of the verified file.
 
@@ -1554,7 +1688,9 @@ async def fetch(
     interrupted fetch resumes from what it had written. ``progress(done_bytes, total_bytes)`` is
     called as chunks land. On success ``node_id`` (when given and ``record_replica``) is recorded as a
     replica. Raises ArtifactUnavailable, ArtifactCorrupt, ArtifactBusy, InvalidArtifactName, or the
-    SDK's errors (``NotFound`` for an unknown model or version).
+    SDK's errors (``NotFound`` for an unknown model or version). ``channel_credentials``: TLS to the
+    holders' artifact ports, which every holder of a TLS cluster requires with a client certificate
+    from the cluster CA; by default those of ``client`` (an ``AsyncClient`` with TLS credentials).
     """
     result = await fetch_artifact(
         client,
@@ -1567,6 +1703,7 @@ async def fetch(
         bandwidth=bandwidth,
         progress=progress,
         record_replica=record_replica,
+        channel_credentials=channel_credentials,
     )
     return result.path
 

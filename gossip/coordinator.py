@@ -14,7 +14,10 @@ The rules, each tested in ``tests/test_gossip_coordinator.py``:
 * **who takes part**: ACTIVE nodes with a ``gossip`` address that are members of the membership
   network named like the group when such a network exists, else those labelled
   ``gossip-group=GROUP`` (:func:`eligible`); nodes that come or go between rounds are simply in or
-  out of the next one; at least the group's ``min_participants``, else no round;
+  out of the next one; a node that was silent in the last round that listed it (no report by the
+  deadline: crashed, hung, cut off) sits out the next rounds until it shows a sign of life or its
+  backoff runs out (:func:`suspended`); ``min_participants`` is the floor: fewer available nodes,
+  no round;
 * **the same plan from any leader**: the matching is a function of committed data only. SAPS's
   history (which link was last used when) is rebuilt from the group's committed rounds
   (:class:`History`), the bandwidth is the committed matrix (links never measured take a default,
@@ -22,9 +25,11 @@ The rules, each tested in ``tests/test_gossip_coordinator.py``:
   A new leader therefore proposes the same participants, pairs, seed and spec as the old one would
   have (only the deadline, taken from the proposing leader's clock, differs); and since the request
   id is ``coordinator/GROUP/NUMBER``, a retry or a second leader's duplicate applies once;
-* **probe rounds** (:func:`probe_pairs`): when a pair of participants has no estimate and was
-  never probed, and again every ``probe_every_rounds`` training rounds, the group runs a *probe
-  cycle*: consecutive rounds with policy ``probe`` whose pairs are the slots of
+* **cheap joins** (:func:`exploration_pairs`): the links of a node that joins a group that knows
+  its links ride in the training rounds, one per round, each the joiner's training exchange;
+* **probe rounds** (:func:`probe_pairs`): when the group knows none of its links (a fresh group),
+  and again every ``probe_every_rounds`` training rounds, the group runs a *probe cycle*:
+  consecutive rounds with policy ``probe`` whose pairs are the slots of
   :func:`gossip.bandwidth.probe_schedule` (disjoint, so no uplink is shared during a probe) until
   every pair of participants was probed once. Which cycle, which slot and whether one is due are
   read off the committed rounds and the committed matrix like everything else, and SAPS's history
@@ -52,12 +57,15 @@ from controlplane.state.gossip import FAILURE_PENALTY, MAX_PARTICIPANTS, PROBE_P
 from controlplane.v1 import gossip_pb2, membership_pb2
 from gossip.bandwidth import probe_schedule
 from gossip.matching import (
+    ADAPTIVE_POLICY,
     DEFAULT_MIX_HISTORY,
+    AdaptiveSelector,
     Matching,
     SapsSelector,
     SapsState,
     best_bottleneck,
     random_matching,
+    round_rng,
 )
 
 __all__ = [
@@ -68,17 +76,22 @@ __all__ = [
     "MAX_PARTICIPANTS",
     "MAX_PROBE_CYCLE_ROUNDS",
     "MAX_PROBE_PEERS",
+    "MAX_SILENT_BACKOFF_ROUNDS",
     "PROBE_POLICY",
+    "SILENT_BACKOFF_ROUNDS",
     "Coordinator",
     "History",
     "Plan",
+    "available",
     "bandwidth_matrix",
     "eligible",
+    "exploration_pairs",
     "plan_round",
     "probe_pairs",
     "request_id",
     "round_seed",
     "rounds_to_read",
+    "suspended",
 ]
 
 DEFAULT_BANDWIDTH_BPS = 125e6
@@ -108,6 +121,14 @@ MAX_PROBE_CYCLE_ROUNDS = 96
 """A probe cycle ends after this many rounds even if pairs remain (participants that keep changing
 could otherwise keep it going); a training round follows, and the unknown links start a new cycle.
 Below ``HISTORY_ROUNDS``, so the rounds the coordinator reads always hold the whole current cycle."""
+
+SILENT_BACKOFF_ROUNDS = 4
+"""Rounds a node sits out after the first round it was silent in (no report by the deadline), unless it
+shows a sign of life first; doubled after each further silent round it is tried in, up to
+``MAX_SILENT_BACKOFF_ROUNDS``. Each try of a dead node costs a round's deadline, so the tries thin out
+while its lease runs out; a live node that only missed a report is back after a few rounds at most."""
+
+MAX_SILENT_BACKOFF_ROUNDS = 64
 
 _Pair = tuple[str, str]
 _ACTIVE = membership_pb2.NODE_STATE_ACTIVE
@@ -145,6 +166,64 @@ def eligible(
         elif spec.labels.get(GROUP_LABEL) == group:
             out.append(spec.id)
     return sorted(out)[:MAX_PARTICIPANTS]
+
+
+def suspended(
+    rounds: Sequence[gossip_pb2.Round], participants: Iterable[str], revisions: Mapping[str, int] | None = None
+) -> set[str]:
+    """The eligible nodes that sit out the next round because they were silent (listed, no report by
+    the deadline) in the last round that listed them.
+
+    ``rounds`` are the group's newest committed rounds, oldest first; ``revisions`` each node's
+    ``NodeRecord.mod_revision``. A node silent in its last k listed rounds (consecutively), the last
+    of them round L, sits out while fewer than ``SILENT_BACKOFF_ROUNDS * 2 ** (k - 1)`` rounds (at most
+    ``MAX_SILENT_BACKOFF_ROUNDS``) followed L, **unless its node record changed after L ended**: a
+    re-registration or a heartbeat with a new activity (a worker that comes back into ``step`` says
+    "waiting") is a sign of life, committed like everything else. A crashed worker shows none, so
+    it is not tried again before the backoff runs out, and by then its lease has usually expired and
+    it is no longer eligible at all. Committed data only: every leader suspends the same nodes."""
+    revisions = revisions or {}
+    latest = rounds[-1].number if rounds else 0
+    # One pass from the newest round back (O(rounds x participants), not per node): a node's streak
+    # of silent rounds ends at the first round, going back, that listed it and got its report.
+    undecided = set(participants)
+    silent: dict[str, int] = {}
+    last: dict[str, gossip_pb2.Round] = {}
+    for committed in reversed(rounds):
+        if not undecided:
+            break
+        listed = undecided.intersection(committed.participants)
+        if not listed:
+            continue
+        reported = set(committed.reported) if committed.state == gossip_pb2.ROUND_STATE_TIMED_OUT else listed
+        for node in listed:
+            if node in reported:
+                undecided.discard(node)
+            else:
+                silent[node] = silent.get(node, 0) + 1
+                last.setdefault(node, committed)
+    out = set()
+    for node, missed in last.items():
+        if revisions.get(node, 0) > missed.mod_revision:
+            continue  # a sign of life since
+        if latest - missed.number < min(SILENT_BACKOFF_ROUNDS * 2 ** (silent[node] - 1), MAX_SILENT_BACKOFF_ROUNDS):
+            out.add(node)
+    return out
+
+
+def available(
+    config: gossip_pb2.GroupConfig,
+    rounds: Sequence[gossip_pb2.Round],
+    participants: Sequence[str],
+    revisions: Mapping[str, int] | None = None,
+) -> list[str]:
+    """Who takes part in the next round (sorted): the eligible ``participants`` minus the
+    :func:`suspended` ones. When that would leave fewer than the group's floor (``min_participants``)
+    but the eligible nodes reach it, the suspended are tried again: the group's only way on, and the
+    round's deadline bounds what a dead one costs."""
+    peers = sorted(participants)
+    out = [peer for peer in peers if peer not in suspended(rounds, peers, revisions)]
+    return out if len(out) >= max(config.min_participants, 2) else peers
 
 
 def rounds_to_read(config: gossip_pb2.GroupConfig) -> int:
@@ -204,11 +283,11 @@ def probe_pairs(
       cycle has not probed yet, one slot of ``probe_schedule(participants, first round of the cycle,
       group seed)`` at a time (see :func:`_next_probes` for participants that change mid-cycle);
       none left (or ``MAX_PROBE_CYCLE_ROUNDS`` reached): training.
-    * **A cycle starts** after a training round (or before the first round) when some pair of
-      participants is *unknown* - no estimate and no failure in the matrix, and in no retained probe
-      round - or when ``probe_every_rounds`` (> 0) training rounds passed since the last probe round.
-      A cycle probes every pair, not only the unknown ones: a newcomer has N - 1 links to probe, one
-      per round, so its links alone take as many rounds as all of them.
+    * **A cycle starts** after a training round (or before the first round) when the group knows
+      none of its links (a fresh group: no pair of participants has an estimate or a failure in the
+      matrix, or is in a retained round), or when ``probe_every_rounds`` (> 0) training rounds
+      passed since the last probe round. A node that joins a group that knows its links starts no
+      cycle: its links ride in the training rounds (:func:`exploration_pairs`).
     """
     peers = sorted(participants)
     if not 2 <= len(peers) <= MAX_PROBE_PEERS:
@@ -221,20 +300,55 @@ def probe_pairs(
         probed = {(pair.a, pair.b) for committed in cycle for pair in committed.pairs}
         return _next_probes(peers, cycle[0].number, config.seed, every - probed)
     number = rounds[-1].number + 1 if rounds else 1
-    if _unknown_links(every, rounds, links) or _probe_interval_passed(config, rounds):
+    if not (every & _known_links(rounds, links)) or _probe_interval_passed(config, rounds):
         return _next_probes(peers, number, config.seed, every)
     return ()
 
 
-def _unknown_links(
-    pairs: Collection[_Pair], rounds: Sequence[gossip_pb2.Round], links: Iterable[gossip_pb2.Link]
-) -> bool:
-    # A failure counts as known: a dead link must not restart a cycle after every training round.
-    # Probed counts as known too: a probe whose estimate was never reported is not repeated until its
-    # round is older than the rounds the coordinator reads.
+def _known_links(rounds: Sequence[gossip_pb2.Round], links: Iterable[gossip_pb2.Link]) -> set[_Pair]:
+    """The pairs whose bandwidth is known or on its way: an estimate or a failure in the matrix, or
+    a pair of a retained round (probed, or exchanged in training: each end feeds the exchange into
+    its table and reports it within ``REPORT_BANDWIDTH_EVERY`` rounds). A failure counts as known: a
+    dead link must not be tried after every training round. A pair whose estimate was never
+    reported is not tried again until its round is older than the rounds the coordinator reads."""
     known = {(link.a, link.b) for link in links if link.bandwidth_bps > 0 or link.failures > 0}
-    known.update((pair.a, pair.b) for committed in rounds if _is_probe(committed) for pair in committed.pairs)
-    return any(pair not in known for pair in pairs)
+    known.update((pair.a, pair.b) for committed in rounds for pair in committed.pairs)
+    return known
+
+
+def exploration_pairs(
+    config: gossip_pb2.GroupConfig,
+    number: int,
+    rounds: Sequence[gossip_pb2.Round],
+    participants: Sequence[str],
+    links: Iterable[gossip_pb2.Link],
+) -> tuple[_Pair, ...]:
+    """The pairs training round ``number`` uses to learn links nobody knows (a joiner's): disjoint
+    unknown pairs (see :func:`_known_links`), drawn greedily in the order of ``round_rng(seed,
+    number, "explore")``. The policy matches the other participants as usual.
+
+    A join thus costs no probe round and no round without training: a newcomer to a group that
+    knows its links trains from the next round on, each round with a partner it has not measured
+    yet, and the exchange itself measures the link (the same sample a probe gives, at the model's
+    size). Its N - 1 links are known after N - 1 training rounds, one per round; the other pairs of
+    those rounds are the policy's. Groups beyond ``MAX_PROBE_PEERS`` explore nothing (they learn
+    from the policy's exchanges alone, as before), and a fresh group probes instead
+    (:func:`probe_pairs`)."""
+    peers = sorted(participants)
+    if not 2 <= len(peers) <= MAX_PROBE_PEERS:
+        return ()
+    known = _known_links(rounds, links)
+    unknown = [pair for pair in itertools.combinations(peers, 2) if pair not in known]
+    if not unknown:
+        return ()
+    busy: set[str] = set()
+    chosen = []
+    for k in round_rng(config.seed, number, "explore").permutation(len(unknown)):
+        a, b = unknown[int(k)]
+        if a not in busy and b not in busy:
+            chosen.append((a, b))
+            busy.update((a, b))
+    return tuple(sorted(chosen))
 
 
 def _probe_interval_passed(config: gossip_pb2.GroupConfig, rounds: Sequence[gossip_pb2.Round]) -> bool:
@@ -388,11 +502,47 @@ def _matching(
     participants: Sequence[str],
     bw: npt.NDArray[np.float64],
     history: History | None,
+    explore: Sequence[_Pair] = (),
+) -> Matching:
+    """The policy's matching of ``participants`` (sorted; ``bw`` in their order), with the
+    ``explore`` pairs fixed and the policy matching the others."""
+    if not explore:
+        return _policy_matching(config, number, participants, bw, history)
+    busy = {node for pair in explore for node in pair}
+    rest = [k for k, peer in enumerate(participants) if peer not in busy]
+    index = {peer: k for k, peer in enumerate(participants)}
+    rest_peers = [participants[k] for k in rest]
+    sub = _policy_matching(config, number, rest_peers, bw[np.ix_(rest, rest)], history) if len(rest) >= 2 else None
+    pairs = tuple(sorted((*explore, *(sub.pairs if sub is not None else ()))))
+    return Matching(
+        round=number,
+        pairs=pairs,
+        idle=sub.idle if sub is not None else tuple(rest_peers),
+        bottleneck=min(float(bw[index[a], index[b]]) for a, b in pairs),
+        threshold=sub.threshold if sub is not None else None,
+        fallback=sub.fallback if sub is not None else False,
+        window_connected=sub.window_connected if sub is not None else None,
+    )
+
+
+def _policy_matching(
+    config: gossip_pb2.GroupConfig,
+    number: int,
+    participants: Sequence[str],
+    bw: npt.NDArray[np.float64],
+    history: History | None,
 ) -> Matching:
     if config.policy == "random":
         return random_matching(participants, config.seed, number, bandwidth=bw)
     if config.policy == "best_bottleneck":
         return best_bottleneck(bw, participants)[1]
+    if config.policy == ADAPTIVE_POLICY:
+        adaptive = (
+            AdaptiveSelector.from_state(history.saps_state(), config.seed)
+            if history is not None
+            else AdaptiveSelector(config.seed)
+        )
+        return adaptive.select(bw, participants, round=number)
     selector = (
         SapsSelector.from_state(history.saps_state(), config.seed) if history is not None else SapsSelector(config.seed)
     )
@@ -407,11 +557,14 @@ def plan_round(
     links: Iterable[gossip_pb2.Link],
     matrix_version: int,
     now_unix_ms: int,
+    revisions: Mapping[str, int] | None = None,
 ) -> Plan | None:
     """The group's next round, or None when none is due: the group is paused, its latest round is
     still running, or fewer than ``min_participants`` nodes are eligible. ``rounds`` are the group's
     newest committed rounds, oldest first (:func:`rounds_to_read` of them); ``history`` must be the
-    history up to the latest (see :class:`History`); ``participants`` the eligible ids.
+    history up to the latest (see :class:`History`); ``participants`` the eligible ids and
+    ``revisions`` their node records' ``mod_revision`` (see :func:`available`: nodes silent in their
+    last round sit out).
 
     A probe round (:func:`probe_pairs`) lists only the nodes it pairs: the others have nothing to
     do in it and keep waiting for the next training round."""
@@ -423,7 +576,7 @@ def plan_round(
     number = (latest.number if latest is not None else 0) + 1
     if (history.last_round if history is not None else 0) != number - 1:
         raise ValueError(f"the history ends at round {history and history.last_round}, not {number - 1}")
-    peers = sorted(participants)
+    peers = available(config, rounds, participants, revisions)
     links = list(links)
     probes = probe_pairs(config, rounds, peers, links)
     matching: Matching | None = None
@@ -431,7 +584,8 @@ def plan_round(
     if probes:
         members, pairs, policy = sorted({node for pair in probes for node in pair}), probes, PROBE_POLICY
     else:
-        matching = _matching(config, number, peers, bandwidth_matrix(peers, links), history)
+        explore = exploration_pairs(config, number, rounds, peers, links)
+        matching = _matching(config, number, peers, bandwidth_matrix(peers, links), history, explore)
         members, pairs, idle, policy = peers, matching.pairs, matching.idle, config.policy
     spec = gossip_pb2.TensorSpec()
     spec.CopyFrom(config.spec)
@@ -487,6 +641,7 @@ class Coordinator:
         links: Iterable[gossip_pb2.Link],
         matrix_version: int,
         now_unix_ms: int,
+        revisions: Mapping[str, int] | None = None,
     ) -> Plan | None:
         """:func:`plan_round` for ``config.group`` given its newest committed rounds (oldest first;
         :func:`rounds_to_read` of them)."""
@@ -501,6 +656,7 @@ class Coordinator:
             links,
             matrix_version,
             now_unix_ms,
+            revisions,
         )
 
     def forget(self, keep: Collection[str] = ()) -> None:

@@ -27,7 +27,7 @@ Errors (all raised by :func:`exchange`; :func:`exchange_or_keep` returns them in
     │   ├── PeerTimeout         the deadline passed (dead, hung or slow peer, or it never showed up)
     │   └── PeerUnavailable     the stream broke (peer stopped or reset) or our server is stopping
     ├── CorruptChunk            a chunk's SHA-256 did not match its data (here, or at the peer)
-    ├── SpecMismatch            tensor names, shapes, dtypes or the sparsity ratio differ
+    ├── SpecMismatch            tensor names, shapes, dtypes, the sparsity ratio or compression differ
     ├── RoundMismatch           another group, round or seed, or not the partner the round matched
     └── ProtocolError           malformed or out-of-order message, unsupported protocol version
         └── TruncatedStream     the peer's stream ended before its trailer or its accept
@@ -58,7 +58,22 @@ from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTI
 from controlplane.v1 import gossip_peer_pb2 as pb
 from controlplane.v1 import gossip_peer_pb2_grpc as pb_grpc
 from gossip.bandwidth import BandwidthTable, LinkEstimate
-from gossip.mixing import DEFAULT_CHUNK_SIZE, Array, PackSpec, Params, TensorSpec, average, layout, pack, sparse_mask
+from gossip.mixing import (
+    DEFAULT_CHUNK_SIZE,
+    Array,
+    PackSpec,
+    Params,
+    TensorSpec,
+    canonical_compression,
+    decode_int8,
+    encode_int8,
+    int8_merge,
+    layout,
+    pack,
+    pair_weights,
+    sparse_mask,
+    weighted_average,
+)
 from gossip.mixing import require_same_layout as _require_same_layout
 
 __all__ = [
@@ -254,6 +269,8 @@ class ExchangeResult:
     """From the peer's header to its trailer: the time its payload took to arrive."""
     dialed: bool
     error: ExchangeError | None = None
+    peer_examples: int = 0
+    """The example count the peer's header carried (0: none given, or the exchange failed)."""
 
     @property
     def ok(self) -> bool:
@@ -307,6 +324,12 @@ class _Prepared:
     """What travels: the tensors themselves, or their masked values as 1-D arrays."""
     payload: PackSpec
     data: bytes
+    compression: str = ""
+    """``""`` or ``"int8"``: then ``data`` is ``encode_int8(sent)`` and ``sent_decoded`` what it
+    stands for (the peer decodes the same bytes to the same values)."""
+    sent_decoded: dict[str, Array] | None = None
+    examples: int = 0
+    """This side's example count (0: none), sent in the header; the pair's weights derive from both."""
 
     @property
     def chunk_count(self) -> int:
@@ -334,8 +357,22 @@ def _check_args(
         raise ValueError(f"chunk_bytes must be in (0, {MAX_CHUNK_BYTES}], got {chunk_bytes}")
 
 
+def _check_examples(examples: int) -> int:
+    if isinstance(examples, bool) or not isinstance(examples, int | np.integer) or not 0 <= examples < 2**64:
+        raise ValueError(f"examples must be an integer in [0, 2^64) (0: no count given), got {examples!r}")
+    return int(examples)
+
+
 def _prepare(
-    node_id: str, group: str, round: int, params: Params, seed: int, ratio: float, chunk_bytes: int
+    node_id: str,
+    group: str,
+    round: int,
+    params: Params,
+    seed: int,
+    ratio: float,
+    chunk_bytes: int,
+    compression: str = "",
+    examples: int = 0,
 ) -> _Prepared:
     """Masks, payload bytes and per-chunk digests (CPU work: run in a worker thread, where numpy and
     hashlib release the GIL and the event loop keeps serving)."""
@@ -352,17 +389,73 @@ def _prepare(
         # only the selected values travel and no mask is ever sent.
         masks = {name: sparse_mask(seed, round, name, value.shape, ratio) for name, value in local.items()}
         sent = {name: value[masks[name]] for name, value in local.items()}
-    spec, data = pack(sent, chunk_bytes)
     tensors = layout(local)
-    return _Prepared(node_id, group, round, seed, ratio, local, tensors, spec_digest(tensors), masks, sent, spec, data)
+    if compression:
+        return _prepare_compressed(
+            node_id, group, round, seed, ratio, local, tensors, masks, sent, chunk_bytes, compression, examples
+        )
+    spec, data = pack(sent, chunk_bytes)
+    digest = spec_digest(tensors)
+    return _Prepared(
+        node_id, group, round, seed, ratio, local, tensors, digest, masks, sent, spec, data, examples=examples
+    )
 
 
-def _mix(p: _Prepared, remote: dict[str, Array]) -> dict[str, Array]:
-    """What this side keeps: ``gossip.mixing.average`` over the exchanged coordinates, which both ends
-    compute bit-identically; coordinates outside the mask keep their local values."""
-    if p.masks is None:
-        return average(p.params, remote)
-    mixed = average(p.sent, remote)
+def _prepare_compressed(
+    node_id: str,
+    group: str,
+    round: int,
+    seed: int,
+    ratio: float,
+    local: dict[str, Array],
+    tensors: tuple[TensorSpec, ...],
+    masks: dict[str, BoolArray] | None,
+    sent: dict[str, Array],
+    chunk_bytes: int,
+    compression: str,
+    examples: int,
+) -> _Prepared:
+    # Only "int8" so far (canonical_compression checked the name). The payload is the encoding, so its
+    # size follows from the layout and ratio alone, as the header check requires.
+    encoded = encode_int8(sent)
+    spec, data = pack(encoded, chunk_bytes)
+    digest = spec_digest(tensors)
+    decoded = decode_int8(encoded, sent)
+    return _Prepared(
+        node_id,
+        group,
+        round,
+        seed,
+        ratio,
+        local,
+        tensors,
+        digest,
+        masks,
+        sent,
+        spec,
+        data,
+        compression=compression,
+        sent_decoded=decoded,
+        examples=examples,
+    )
+
+
+def _mix(p: _Prepared, remote: dict[str, Array], remote_examples: int = 0) -> dict[str, Array]:
+    """What this side keeps: ``gossip.mixing.average`` (``weighted_average`` when both sides counted
+    their examples) over the exchanged coordinates, which both ends compute bit-identically (with
+    int8, ``int8_merge`` with the partner's weight: the pair's weighted sum kept, not bit-identity);
+    coordinates outside the mask keep their local values."""
+    if p.compression:
+        # The peer's payload is its encoding: dequantised exactly as the peer dequantised it.
+        assert p.sent_decoded is not None
+        _, remote_weight = pair_weights(p.examples, remote_examples)
+        mixed = int8_merge(p.sent, p.sent_decoded, decode_int8(remote, p.sent), remote_weight)
+        if p.masks is None:
+            return mixed
+    elif p.masks is None:
+        return weighted_average(p.params, remote, p.examples, remote_examples)
+    else:
+        mixed = weighted_average(p.sent, remote, p.examples, remote_examples)
     out: dict[str, Array] = {}
     for name, value in p.params.items():
         merged = value.copy()
@@ -395,9 +488,11 @@ def _header(p: _Prepared, receiver: str) -> pb.ExchangeChunk:
             tensors=[pb.ExchangeTensor(name=t.name, dtype=t.dtype, shape=t.shape) for t in p.layout],
             sparsity_ratio=p.ratio,
             seed=p.seed,
+            compression=p.compression,
             payload_bytes=p.payload.total_bytes,
             chunk_bytes=p.payload.chunk_size,
             chunk_count=p.chunk_count,
+            examples=p.examples,
         )
     )
 
@@ -426,6 +521,8 @@ def _check_header(h: pb.ExchangeHeader, p: _Prepared) -> None:
         )
     if h.sparsity_ratio != p.ratio:
         raise SpecMismatch(f"sparsity ratio {p.ratio} locally, {h.sparsity_ratio} at {h.sender}")
+    if h.compression != p.compression:
+        raise SpecMismatch(f"compression {p.compression or 'none'} locally, {h.compression or 'none'} at {h.sender}")
     if h.spec_digest != p.digest:
         remote = tuple(TensorSpec(t.name, t.dtype, tuple(int(d) for d in t.shape)) for t in h.tensors)
         try:
@@ -544,6 +641,7 @@ class _Received:
     bytes_sent: int
     bytes_received: int
     receive_seconds: float
+    remote_examples: int = 0
 
 
 def _store(view: memoryview, start: int, data: bytes, digest: bytes) -> bool:
@@ -600,7 +698,7 @@ async def _receive(
     header: pb.ExchangeHeader | None,
     verdict: asyncio.Future[ExchangeError | None],
     expect_end: bool,
-) -> tuple[dict[str, Array], int, float]:
+) -> tuple[dict[str, Array], int, float, int]:
     """The peer's header (unless the caller already read it), chunks and trailer, each checked; then
     our verdict (to the sender) and the peer's accept."""
     loop = asyncio.get_running_loop()
@@ -655,7 +753,7 @@ async def _receive(
     await _expect(stream, "accept", peer)
     if expect_end and await stream.read() is not None:
         raise ProtocolError(f"{peer} sent more after its accept")
-    return remote, total, receive_seconds
+    return remote, total, receive_seconds, header.examples
 
 
 async def _drain(stream: _Stream, timeout: float) -> None:
@@ -709,8 +807,8 @@ async def _session(
             if isinstance(error, ExchangeError) and on_failure is not None:
                 on_failure(error)
             raise error
-        remote, received, receive_seconds = receiver.result()
-        return _Received(remote, await sender, received, receive_seconds)
+        remote, received, receive_seconds, remote_examples = receiver.result()
+        return _Received(remote, await sender, received, receive_seconds, remote_examples)
     finally:
         for task in (sender, receiver):
             task.cancel()
@@ -900,6 +998,8 @@ class ExchangeServer:
         peer: str | None = None,
         deadline_s: float,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        compression: str = "",
+        examples: int = 0,
     ) -> Offer:
         """Post this node's parameters for (group, round) and return the offer to await.
 
@@ -907,13 +1007,26 @@ class ExchangeServer:
         wait for the partner and the exchange itself.
         """
         _check_args(self.node_id, peer, group, round, seed, sparsity_ratio, deadline_s, chunk_bytes)
+        compression = canonical_compression(compression)
+        examples = _check_examples(examples)
         loop = asyncio.get_running_loop()
         started = loop.time()
         key = (group, round)
         if key in self._offers:
             raise ValueError(f"an offer for round {round} of {group!r} is already open")
         async with asyncio.timeout_at(started + deadline_s):
-            p = await asyncio.to_thread(_prepare, self.node_id, group, round, params, seed, sparsity_ratio, chunk_bytes)
+            p = await asyncio.to_thread(
+                _prepare,
+                self.node_id,
+                group,
+                round,
+                params,
+                seed,
+                sparsity_ratio,
+                chunk_bytes,
+                compression,
+                examples,
+            )
         async with self._changed:
             if key in self._offers:
                 raise ValueError(f"an offer for round {round} of {group!r} is already open")
@@ -973,7 +1086,7 @@ class ExchangeServer:
         try:
             async with asyncio.timeout_at(min(offer.deadline, dialer_deadline)):
                 got = await _session(stream, p, h.sender, h, expect_end=False, on_failure=offer._fail)
-                params = await asyncio.to_thread(_mix, p, got.remote)
+                params = await asyncio.to_thread(_mix, p, got.remote, got.remote_examples)
         except TimeoutError:
             offer._fail(PeerTimeout(f"exchange with {h.sender} for round {h.round} of {h.group!r}: deadline passed"))
             await stream.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.node_id}'s deadline passed")
@@ -999,6 +1112,7 @@ class ExchangeServer:
                 seconds=loop.time() - offer._started,
                 receive_seconds=got.receive_seconds,
                 dialed=False,
+                peer_examples=got.remote_examples,
             )
         )
 
@@ -1028,16 +1142,23 @@ async def exchange(
     sparsity_ratio: float = 1.0,
     deadline_s: float,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    compression: str = "",
+    examples: int = 0,
 ) -> ExchangeResult:
     """Exchange this round's parameters with the matched ``peer`` and return what this node keeps.
 
     The side with the smaller node id dials ``peer_address``; the other posts an offer on ``server``
     and waits for the dial. Both get ``average`` of the two models on the exchanged coordinates
     (all of them at ratio 1, else the shared mask of (seed, round, tensor)); other coordinates keep
-    their local values. Raises an :class:`ExchangeError` subclass, never later than ``deadline_s``,
-    when the exchange fails: then nothing was mixed.
+    their local values. ``examples``: the training examples behind ``params`` (0: none given); when
+    both sides give one the pair averages with weights ``n / (n_a + n_b)`` (``mixing.pair_weights``).
+    Raises an :class:`ExchangeError` subclass, never later than ``deadline_s``, when the exchange
+    fails: then nothing was mixed. With ``compression="int8"`` both ends send their values quantised
+    and each keeps ``x + w_peer * (peer's - own dequantised values)`` (``gossip.mixing.int8_merge``).
     """
     _check_args(server.node_id, peer, group, round, seed, sparsity_ratio, deadline_s, chunk_bytes)
+    compression = canonical_compression(compression)
+    examples = _check_examples(examples)
     if server.node_id > peer:
         offer = await server.offer(
             group,
@@ -1048,9 +1169,24 @@ async def exchange(
             peer=peer,
             deadline_s=deadline_s,
             chunk_bytes=chunk_bytes,
+            compression=compression,
+            examples=examples,
         )
         return await offer.result()
-    return await _dial(server, peer, peer_address, group, round, params, seed, sparsity_ratio, deadline_s, chunk_bytes)
+    return await _dial(
+        server,
+        peer,
+        peer_address,
+        group,
+        round,
+        params,
+        seed,
+        sparsity_ratio,
+        deadline_s,
+        chunk_bytes,
+        compression,
+        examples,
+    )
 
 
 async def _dial(
@@ -1064,13 +1200,17 @@ async def _dial(
     ratio: float,
     deadline_s: float,
     chunk_bytes: int,
+    compression: str = "",
+    examples: int = 0,
 ) -> ExchangeResult:
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + deadline_s
     try:
         async with asyncio.timeout_at(deadline):
-            p = await asyncio.to_thread(_prepare, server.node_id, group, round, params, seed, ratio, chunk_bytes)
+            p = await asyncio.to_thread(
+                _prepare, server.node_id, group, round, params, seed, ratio, chunk_bytes, compression, examples
+            )
             if server.channel_credentials is None:
                 channel = grpc.aio.insecure_channel(peer_address, options=GOSSIP_CHANNEL_OPTIONS)
             else:
@@ -1086,7 +1226,7 @@ async def _dial(
                     got = await _session(_DialerStream(call, peer), p, peer, None, expect_end=True)
                 finally:
                     call.cancel()  # no-op after a clean end; otherwise the serving side stops at once
-            params_out = await asyncio.to_thread(_mix, p, got.remote)
+            params_out = await asyncio.to_thread(_mix, p, got.remote, got.remote_examples)
     except TimeoutError:
         raise PeerTimeout(
             f"exchange with {peer} for round {round} of {group!r}: deadline of {deadline_s}s passed"
@@ -1101,6 +1241,7 @@ async def _dial(
         seconds=loop.time() - started,
         receive_seconds=got.receive_seconds,
         dialed=True,
+        peer_examples=got.remote_examples,
     )
 
 
@@ -1116,6 +1257,8 @@ async def exchange_or_keep(
     sparsity_ratio: float = 1.0,
     deadline_s: float,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    compression: str = "",
+    examples: int = 0,
 ) -> ExchangeResult:
     """:func:`exchange`, but a failed exchange returns the local parameters (the same arrays) with
     ``error`` set instead of raising: the survivor of a round keeps its own model and reports."""
@@ -1132,6 +1275,8 @@ async def exchange_or_keep(
             sparsity_ratio=sparsity_ratio,
             deadline_s=deadline_s,
             chunk_bytes=chunk_bytes,
+            compression=compression,
+            examples=examples,
         )
     except ExchangeError as exc:
         return ExchangeResult(

@@ -4,7 +4,7 @@ Every round the peers are paired up by a *maximum matching* of the link graph (p
 number of peers on a complete graph, one idle peer for an odd number): each peer talks to at most one
 other, so no uplink is shared and a round lasts as long as its slowest pair, the *bottleneck*.
 
-Three selectors, all pure functions of their inputs (no clock, no global random state, no network):
+Four selectors, all pure functions of their inputs (no clock, no global random state, no network):
 
 - :func:`random_matching`: a uniformly random perfect matching of the complete graph (the baseline;
   it ignores bandwidth, so its bottleneck is the minimum of N/2 random links).
@@ -14,6 +14,9 @@ Three selectors, all pure functions of their inputs (no clock, no global random 
   of bandwidth >= ``threshold_fraction * b*``, drawn at random but tilted towards pairs whose models
   the recent matchings have left furthest apart, and repaired with long-idle links whenever the
   links used within the last ``window`` rounds would not connect every peer.
+- :class:`AdaptiveSelector` (policy ``saps-adaptive``): SAPS where slow peers sit some rounds out,
+  each paired at least once in any ``max_staleness`` rounds: for per-node egress caps, where every
+  perfect matching contains the slowest peer.
 
 Determinism is the point: every node runs the same selector on the same replicated bandwidth matrix
 and round number and must arrive at the same topology without talking. Hence: peers are sorted and
@@ -36,11 +39,16 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ADAPTIVE_POLICY",
     "DEFAULT_IDLE_BONUS",
+    "DEFAULT_MAX_STALENESS",
     "DEFAULT_MIX_BONUS",
     "DEFAULT_MIX_HISTORY",
+    "DEFAULT_SKIP_GAIN",
     "DEFAULT_THRESHOLD_FRACTION",
     "DEFAULT_WINDOW",
+    "MAX_SKIP_FRACTION",
+    "AdaptiveSelector",
     "Matching",
     "SapsSelector",
     "SapsState",
@@ -69,6 +77,19 @@ DEFAULT_MIX_BONUS = 16.0
 DEFAULT_MIX_HISTORY = 20
 """The disagreement is tracked over the last 20 rounds' matchings: see DESIGN.md ("Mix bonus")."""
 
+ADAPTIVE_POLICY = "saps-adaptive"
+"""The policy name of :class:`AdaptiveSelector` (``GroupConfig.policy``)."""
+
+DEFAULT_MAX_STALENESS = 4
+"""saps-adaptive: every peer is paired at least once in any 4 consecutive rounds (it sits out at
+most 3 in a row): see DESIGN.md ("Adaptive participation")."""
+
+DEFAULT_SKIP_GAIN = 1.5
+"""saps-adaptive: slow peers sit a round out only when that raises (pairs x bottleneck) 1.5-fold."""
+
+MAX_SKIP_FRACTION = 0.25
+"""saps-adaptive: at most a quarter of the peers sit out one round."""
+
 MAX_MIX_HISTORY = 24
 """``_disagreement`` is exact while its squared distances (at most 2 * 4^rounds) stay below 2^53,
 the integers a float64 holds exactly: up to 26 rounds, whatever the group's size. 24 keeps a margin."""
@@ -86,7 +107,8 @@ class Matching:
     Invariants (checked by the tests, relied upon by the exchange layer):
     every peer is in at most one pair or in ``idle``, never both; no self pairs; each pair is
     ``(a, b)`` with ``a < b`` and ``pairs`` is sorted; ``len(pairs)`` is the maximum matching size of
-    the link graph, so on a complete graph there are ``N // 2`` pairs and ``N % 2`` idle peers.
+    the link graph, so on a complete graph there are ``N // 2`` pairs and ``N % 2`` idle peers
+    (:class:`AdaptiveSelector`: of the peers that take part; the ones sitting out are idle too).
     """
 
     round: int
@@ -645,3 +667,127 @@ def _repair(
         else:
             break  # no move merges anything: best effort, the caller reports window_connected=False
     return sorted(current)
+
+
+class AdaptiveSelector:
+    """SAPS with adaptive participation (policy ``saps-adaptive``): slow peers sit some rounds out,
+    with bounded staleness, so that they do not set every round's bottleneck.
+
+    Where every perfect matching contains the slowest peer (per-node egress caps: a link runs at the
+    lower of its two ends' caps), SAPS cannot beat that peer's cap in any round. Per round ``r``:
+
+    1. **Due peers**: a peer not paired in rounds ``r - max_staleness + 1 .. r - 1`` (or never) must
+       take part in round ``r``.
+    2. **Who sits out**: the other peers, slowest first (a peer's speed is its fastest link; ties by
+       id), are candidates. For k = 0 and k = 1, 2, 4, 8, ... up to ``MAX_SKIP_FRACTION`` of the peers
+       (each raised by one where needed so that an even number of peers stays), the score is
+       (maximum matching size) x (b* of the peers left). The k with the best score sits out if its
+       score is at least ``skip_gain`` times k = 0's; otherwise nobody does (for an odd number of
+       peers, the slowest candidate then takes the idle place instead of a peer SAPS would choose).
+       So on matrices where skipping gains little (uniform links, two sites) the round is SAPS's
+       own, on the same peers.
+    3. **SAPS** matches the peers that take part (:class:`SapsSelector`, whose history this selector
+       carries); the others are idle.
+
+    **Bounded staleness**: the peers that take part are an even number on a complete link graph, so
+    SAPS's maximum matching pairs every one of them; due peers always take part. Hence a peer paired
+    in round t is paired again by round ``t + max_staleness`` (tested with hypothesis), and it first
+    takes part in its first or second round. With missing links a maximum matching may leave a peer
+    out, and the bound does not hold. Deterministic like SAPS: a function of the matrix, the round,
+    the seed and the history.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        *,
+        max_staleness: int = DEFAULT_MAX_STALENESS,
+        skip_gain: float = DEFAULT_SKIP_GAIN,
+        **saps: float,
+    ) -> None:
+        if max_staleness < 2:
+            # 1 would mean "paired in every round", which an odd number of peers cannot be.
+            raise ValueError(f"max_staleness must be >= 2 rounds, got {max_staleness}")
+        if not (skip_gain >= 1.0 and math.isfinite(skip_gain)):
+            raise ValueError(f"skip_gain must be finite and >= 1, got {skip_gain}")
+        self.max_staleness = max_staleness
+        self.skip_gain = skip_gain
+        self.saps = SapsSelector(seed, **saps)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_state(
+        cls,
+        state: SapsState,
+        seed: int,
+        *,
+        max_staleness: int = DEFAULT_MAX_STALENESS,
+        skip_gain: float = DEFAULT_SKIP_GAIN,
+        **saps: float,
+    ) -> AdaptiveSelector:
+        """A selector that continues where the one with this (SAPS) state stands."""
+        selector = cls(seed, max_staleness=max_staleness, skip_gain=skip_gain, **saps)
+        selector.saps = SapsSelector.from_state(state, seed, **saps)  # type: ignore[arg-type]
+        return selector
+
+    def state(self) -> SapsState:
+        return self.saps.state()
+
+    def last_paired(self) -> dict[str, int]:
+        """The round in which each peer was last paired."""
+        last: dict[str, int] = {}
+        for (a, b), used in self.saps.last_used.items():
+            for peer in (a, b):
+                last[peer] = max(last.get(peer, used), used)
+        return last
+
+    def sitting_out(
+        self, bandwidth: npt.ArrayLike, peers: Sequence[str] | None = None, *, round: int
+    ) -> tuple[str, ...]:
+        """The peers that sit round ``round`` out (sorted); step 1 and 2 of the class docstring."""
+        graph = _canonical(bandwidth, peers)
+        ids, n = graph.peers, graph.n
+        if n < 3:
+            return ()
+        last = self.last_paired()
+        due = {p for p in ids if p not in last or round - last[p] >= self.max_staleness}
+        speed = graph.bw.max(axis=1)
+        candidates = sorted((k for k, p in enumerate(ids) if p not in due), key=lambda k: (float(speed[k]), ids[k]))
+        if not candidates:
+            return ()
+
+        def score(k: int) -> float:
+            keep = [i for i in range(n) if i not in set(candidates[:k])]
+            sub = _canonical(graph.bw[np.ix_(keep, keep)], [ids[i] for i in keep])
+            b_star, pairs = _best(sub)
+            return len(pairs) * b_star
+
+        # k = 1, 2, 4, 8, ... (each made even-leaving): log2(N) b* computations, not N / 4.
+        most = min(len(candidates), int(n * MAX_SKIP_FRACTION))
+        ks = sorted({k + (n - k) % 2 for k in (1 << j for j in range(most.bit_length())) if k + (n - k) % 2 <= most})
+        scores = {k: score(k) for k in ks}
+        base = score(0)
+        best = max(ks, key=lambda k: (scores[k], -k), default=0)
+        # Not worth it: nobody sits out, but for an odd number of peers the idle place goes to the
+        # slowest peer that is not due (never to a due one, as SAPS's own choice could).
+        fallback = 1 if n % 2 else 0
+        chosen = best if best and scores[best] >= self.skip_gain * base else fallback
+        return tuple(sorted(ids[k] for k in candidates[:chosen]))
+
+    def select(
+        self, bandwidth: npt.ArrayLike, peers: Sequence[str] | None = None, *, round: int, version: int | None = None
+    ) -> Matching:
+        """The matching of ``round`` (the peers sitting out are idle), recorded in the history."""
+        graph = _canonical(bandwidth, peers)
+        out = set(self.sitting_out(graph.bw, graph.peers, round=round))
+        keep = [k for k, p in enumerate(graph.peers) if p not in out]
+        m = self.saps.select(graph.bw[np.ix_(keep, keep)], [graph.peers[k] for k in keep], round=round)
+        return Matching(
+            round=round,
+            pairs=m.pairs,
+            idle=tuple(sorted((*m.idle, *out))),
+            bottleneck=m.bottleneck,
+            threshold=m.threshold,
+            fallback=m.fallback,
+            window_connected=m.window_connected,
+            matrix_version=version,
+        )

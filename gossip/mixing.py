@@ -27,23 +27,35 @@ import numpy.typing as npt
 from gossip.matching import Matching, round_rng
 
 __all__ = [
+    "COMPRESSIONS",
     "DEFAULT_CHUNK_SIZE",
     "Array",
     "PackSpec",
     "Params",
     "TensorSpec",
     "apply_matching",
+    "apply_matching_compressed",
     "average",
+    "canonical_compression",
+    "compressed_pair",
     "consensus_distance",
+    "decode_int8",
+    "encode_int8",
+    "int8_average",
+    "int8_merge",
     "layout",
     "masked_values",
     "merge_masked",
     "mixing_matrix",
     "pack",
+    "pair_weights",
     "require_same_layout",
     "sparse_average",
     "sparse_mask",
+    "topk_indices",
+    "topk_union_pair",
     "unpack",
+    "weighted_average",
 ]
 
 Array = npt.NDArray[Any]
@@ -119,6 +131,50 @@ def average(local: Params, remote: Params) -> dict[str, Array]:
     require_same_layout(layout(local), layout(remote))
     _require_float(local)
     return {name: _mean2(np.asarray(local[name]), np.asarray(remote[name])) for name in sorted(local)}
+
+
+def pair_weights(local_examples: int, remote_examples: int) -> tuple[float, float]:
+    """The weights a matched pair averages with: ``n_local / (n_local + n_remote)`` and
+    ``n_remote / (n_local + n_remote)``, so that ``n_a * x + n_b * x`` after the exchange equals
+    ``n_a * x_a + n_b * x_b`` before it and the example-weighted mean over peers is preserved.
+
+    0 on either side means "no count given": both ends then use ``(0.5, 0.5)``, the unweighted rule
+    (which is also what a peer that predates example counts computes). Python's int division rounds
+    correctly, so both ends get the same two floats.
+    """
+    for n in (local_examples, remote_examples):
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 0 <= n < 2**64:
+            raise ValueError(f"example counts must be integers in [0, 2^64), got {n!r}")
+    if local_examples == 0 or remote_examples == 0:
+        return 0.5, 0.5
+    total = int(local_examples) + int(remote_examples)
+    return int(local_examples) / total, int(remote_examples) / total
+
+
+def _weighted2(a: Array, wa: float, b: Array, wb: float) -> Array:
+    # Each end computes x_own * w_own + x_other * w_other: the same two products in the other order,
+    # and IEEE addition is commutative, so both ends are bit-identical. float16 is averaged in
+    # float32 (its 11-bit significand would round the weights), then rounded back once.
+    work = np.promote_types(a.dtype, np.float32)
+    out = a.astype(work, copy=False) * work.type(wa) + b.astype(work, copy=False) * work.type(wb)
+    return out.astype(a.dtype, copy=False)
+
+
+def weighted_average(local: Params, remote: Params, local_examples: int, remote_examples: int) -> dict[str, Array]:
+    """What a matched peer keeps when both sides count their examples: per coordinate
+    ``x_local * w_local + x_remote * w_remote`` with :func:`pair_weights`.
+
+    ``weighted_average(x, y, m, n)`` and ``weighted_average(y, x, n, m)`` are bit-identical; with a
+    count of 0 on either side it is :func:`average` exactly.
+    """
+    w_local, w_remote = pair_weights(local_examples, remote_examples)
+    if local_examples == 0 or remote_examples == 0:
+        return average(local, remote)
+    require_same_layout(layout(local), layout(remote))
+    _require_float(local)
+    return {
+        name: _weighted2(np.asarray(local[name]), w_local, np.asarray(remote[name]), w_remote) for name in sorted(local)
+    }
 
 
 def sparse_mask(seed: int, round: int, name: str, shape: Sequence[int], ratio: float) -> npt.NDArray[np.bool_]:
@@ -305,3 +361,197 @@ def unpack(spec: PackSpec, data: bytes, expected: Sequence[TensorSpec] | None = 
         )
         offset += t.nbytes
     return out
+
+
+# --- compression (issue 19, item 6) ---------------------------------------------------------------
+#
+# 8-bit quantisation with the residual kept in the model: each end sends its values quantised, both
+# ends dequantise both messages the same way, and each moves by half the difference of the two
+# dequantised models. The moves are exactly opposite (IEEE subtraction is antisymmetric), so the
+# pair's sum, and the group's mean, are preserved up to the rounding of one addition per end, as
+# in the uncompressed average; what is given up is bit-identity: the two ends stay apart by the
+# difference of their own quantisation errors (at most one step). See DESIGN.md, "Compression".
+
+COMPRESSIONS = ("none", "int8")
+"""What a group may choose: values as they are, or 8-bit affine quantisation per tensor."""
+
+INT8_LEVELS = 255
+"""Steps between a tensor's minimum and maximum: 256 levels, one uint8 each."""
+
+_RANGE_SUFFIX = "\x00int8-range"
+
+
+def canonical_compression(name: str) -> str:
+    """``""`` for no compression (``""`` or ``"none"``), else the name itself; ValueError naming the
+    choices for anything else. The empty form is what specs and headers carry (old groups have it)."""
+    if name in ("", "none"):
+        return ""
+    if name not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {name!r}")
+    return name
+
+
+def encode_int8(values: Params) -> dict[str, Array]:
+    """What travels under ``int8``: per tensor ``NAME`` its values as uint8 levels (same shape) and
+    ``NAME + '\\x00int8-range'``, a float64 pair ``(minimum, step)``; ``decode_int8`` reads it back.
+
+    Level ``q`` stands for ``minimum + q * step`` with ``step = (maximum - minimum) / 255``, each
+    value rounded to the nearest level, so the error is at most ``step / 2``. A constant tensor has
+    step 0 and is exact. A tensor holding NaN or infinity gets a non-finite range, which the
+    receiver refuses like any non-finite parameters.
+    """
+    _require_float(values)
+    out: dict[str, Array] = {}
+    for name in sorted(values):
+        x = np.asarray(values[name])
+        levels = np.zeros(x.shape, dtype=np.uint8)
+        lo = hi = 0.0
+        if x.size:
+            with np.errstate(invalid="ignore", over="ignore"):
+                lo, hi = float(np.min(x)), float(np.max(x))
+        step = hi / INT8_LEVELS - lo / INT8_LEVELS  # (hi - lo) / 255 without overflow near the maximum
+        if x.size and math.isfinite(step) and step > 0.0:
+            scaled = (x.astype(np.float64) - lo) / step
+            levels = np.clip(np.rint(scaled), 0, INT8_LEVELS).astype(np.uint8)
+        out[name] = levels
+        out[name + _RANGE_SUFFIX] = np.array([lo, step], dtype=np.float64)
+    return out
+
+
+def decode_int8(encoded: Params, like: Params) -> dict[str, Array]:
+    """The values ``encode_int8`` stands for, in ``like``'s dtypes and shapes. A pure function of the
+    encoded arrays: the sender and the receiver of one message compute bit-identical results."""
+    out: dict[str, Array] = {}
+    for name in sorted(like):
+        ref = np.asarray(like[name])
+        levels = np.asarray(encoded[name])
+        if levels.dtype != np.uint8 or levels.shape != ref.shape:
+            raise ValueError(f"{name}: expected uint8 levels of shape {ref.shape}, got {levels.dtype} {levels.shape}")
+        lo, step = (float(v) for v in np.asarray(encoded[name + _RANGE_SUFFIX], dtype=np.float64))
+        with np.errstate(invalid="ignore", over="ignore"):
+            out[name] = (lo + levels.astype(np.float64) * step).astype(ref.dtype)
+    return out
+
+
+def int8_merge(
+    local: Params, local_decoded: Params, remote_decoded: Params, remote_weight: float = 0.5
+) -> dict[str, Array]:
+    """What an end keeps after an ``int8`` exchange: ``x + (remote - own) / 2`` over the dequantised
+    models. The other end adds exactly the negated move, so the pair's sum is kept (to rounding),
+    and each end keeps its own quantisation error ``x - own`` (error feedback without state).
+
+    ``remote_weight``: the partner's weight from :func:`pair_weights` when both ends counted their
+    examples: each end moves ``w_partner * (partner - own)``, so ``n_a * x_a + n_b * x_b`` is kept."""
+    _require_float(local)
+    out: dict[str, Array] = {}
+    for name in sorted(local):
+        x = np.asarray(local[name])
+        weight = x.dtype.type(remote_weight)
+        out[name] = x + (np.asarray(remote_decoded[name]) * weight - np.asarray(local_decoded[name]) * weight)
+    return out
+
+
+def int8_average(local: Params, remote: Params) -> dict[str, Array]:
+    """Both ends' view of an ``int8`` exchange in one call (for ``local``); an oracle for tests and
+    the simulation. ``int8_average(y, x)`` is what the other end keeps."""
+    require_same_layout(layout(local), layout(remote))
+    mine, theirs = encode_int8(local), encode_int8(remote)
+    return int8_merge(local, decode_int8(mine, local), decode_int8(theirs, remote))
+
+
+def compressed_pair(
+    a: Params, b: Params, compression: str, *, seed: int | None = None, round: int = 0, ratio: float = 1.0
+) -> tuple[dict[str, Array], dict[str, Array]]:
+    """What the two ends of a pair keep under ``compression`` (and the shared mask when ``ratio < 1``):
+    the oracle the exchange matches and the digits example simulates with."""
+    if canonical_compression(compression) == "":
+        if ratio >= 1.0:
+            mixed = average(a, b)
+        else:
+            assert seed is not None, "a sparsified round needs the shared seed"
+            mixed = sparse_average(a, b, seed, round, ratio)
+        return mixed, dict(mixed)
+    require_same_layout(layout(a), layout(b))
+    if ratio >= 1.0:
+        return int8_average(a, b), int8_average(b, a)
+    assert seed is not None, "a sparsified round needs the shared seed"
+    sa, sb = masked_values(a, seed, round, ratio), masked_values(b, seed, round, ratio)
+    ma, mb = int8_average(sa, sb), int8_average(sb, sa)
+    out_a: dict[str, Array] = {}
+    out_b: dict[str, Array] = {}
+    for name in sorted(a):
+        mask = sparse_mask(seed, round, name, np.asarray(a[name]).shape, ratio)
+        out_a[name] = np.array(a[name], copy=True)
+        out_a[name][mask] = ma[name]
+        out_b[name] = np.array(b[name], copy=True)
+        out_b[name][mask] = mb[name]
+    return out_a, out_b
+
+
+def apply_matching_compressed(
+    params_by_peer: Mapping[str, Params],
+    matching: Matching,
+    compression: str,
+    *,
+    seed: int | None = None,
+    ratio: float = 1.0,
+) -> dict[str, dict[str, Array]]:
+    """``apply_matching`` with each pair exchanging under ``compression`` (``compressed_pair``)."""
+    out = {peer: dict(params) for peer, params in params_by_peer.items()}
+    for a, b in matching.pairs:
+        if a not in params_by_peer or b not in params_by_peer:
+            raise ValueError(f"pair ({a}, {b}) of round {matching.round} names a peer with no parameters")
+        out[a], out[b] = compressed_pair(
+            params_by_peer[a], params_by_peer[b], compression, seed=seed, round=matching.round, ratio=ratio
+        )
+    return out
+
+
+# --- top-k (not on the wire yet: see DESIGN.md, "Compression") ----------------------------------
+
+
+def topk_indices(score: Params, ratio: float) -> dict[str, npt.NDArray[np.int64]]:
+    """Per tensor, the flat (C order) indices of the ``ceil(ratio * size)`` largest ``|score|``,
+    sorted; ties go to the smaller index, so the choice is a pure function of the values."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"top-k ratio must be in (0, 1], got {ratio}")
+    out: dict[str, npt.NDArray[np.int64]] = {}
+    for name in sorted(score):
+        flat = np.abs(np.asarray(score[name], dtype=np.float64)).ravel()
+        k = min(flat.size, math.ceil(ratio * flat.size))
+        order = np.argsort(-flat, kind="stable")[:k]
+        out[name] = np.sort(order).astype(np.int64)
+    return out
+
+
+def topk_union_pair(
+    a: Params, b: Params, ref_a: Params, ref_b: Params, ratio: float
+) -> tuple[dict[str, Array], dict[str, Array], dict[str, Array], dict[str, Array], int]:
+    """Two-message top-k with error feedback, both ends at once: each end picks the coordinates
+    where its model moved most since they were last mixed (``|x - ref|``, the residual of what it
+    has not shared), the ends exchange those indices, then their values on the union, and both
+    average the union exactly (``_mean2``: bit-identical, the pair's sum kept) and keep the rest.
+    ``ref`` (the Worker's state) takes the mixed values on the union. Returns both ends' new
+    parameters and references, and the union's size (values each end sends in the second message).
+    """
+    require_same_layout(layout(a), layout(b))
+    _require_float(a)
+    picks_a = topk_indices({n: np.asarray(a[n]) - np.asarray(ref_a[n]) for n in a}, ratio)
+    picks_b = topk_indices({n: np.asarray(b[n]) - np.asarray(ref_b[n]) for n in b}, ratio)
+    out_a: dict[str, Array] = {}
+    out_b: dict[str, Array] = {}
+    new_ref_a: dict[str, Array] = {}
+    new_ref_b: dict[str, Array] = {}
+    union_size = 0
+    for name in sorted(a):
+        union = np.union1d(picks_a[name], picks_b[name])
+        union_size += union.size
+        xa, xb = np.array(a[name], copy=True), np.array(b[name], copy=True)
+        mixed = _mean2(xa.ravel()[union], xb.ravel()[union])
+        xa.ravel()[union] = mixed
+        xb.ravel()[union] = mixed
+        ra, rb = np.array(ref_a[name], copy=True), np.array(ref_b[name], copy=True)
+        ra.ravel()[union] = mixed
+        rb.ravel()[union] = mixed
+        out_a[name], out_b[name], new_ref_a[name], new_ref_b[name] = xa, xb, ra, rb
+    return out_a, out_b, new_ref_a, new_ref_b, union_size

@@ -9,6 +9,8 @@ Policies:
 
 - ``saps``: :class:`gossip.matching.SapsSelector`;
 - ``random``: a fresh uniformly random perfect matching every round;
+- ``saps-adaptive``: :class:`gossip.matching.AdaptiveSelector` (SAPS where slow peers sit some
+  rounds out, each paired at least every 4 rounds);
 - ``best_bottleneck_static``: the matching of :func:`gossip.matching.best_bottleneck` every round.
   Its ``W`` is idempotent (``W @ W = W``): after round 1 every pair agrees and nothing mixes further,
   so its consensus distance plateaus and it never reaches a consensus target.
@@ -26,10 +28,12 @@ import numpy as np
 import numpy.typing as npt
 
 from gossip.matching import (
+    ADAPTIVE_POLICY,
     DEFAULT_IDLE_BONUS,
     DEFAULT_MIX_BONUS,
     DEFAULT_THRESHOLD_FRACTION,
     DEFAULT_WINDOW,
+    AdaptiveSelector,
     Matching,
     SapsSelector,
     best_bottleneck,
@@ -40,13 +44,17 @@ from gossip.mixing import consensus_distance, mixing_matrix
 
 __all__ = [
     "POLICIES",
+    "TOPOLOGIES",
     "PolicyResult",
+    "bandwidth_for",
     "initial_vectors",
+    "node_caps_bandwidth",
     "run_policy",
     "uniform_bandwidth",
 ]
 
-POLICIES = ("saps", "random", "best_bottleneck_static")
+POLICIES = ("saps", ADAPTIVE_POLICY, "random", "best_bottleneck_static")
+TOPOLOGIES = ("uniform", "node-caps")
 
 
 def uniform_bandwidth(n: int, seed: int, high: float = 5.0) -> npt.NDArray[np.float64]:
@@ -57,6 +65,26 @@ def uniform_bandwidth(n: int, seed: int, high: float = 5.0) -> npt.NDArray[np.fl
     rng = np.random.default_rng(seed)
     upper = np.triu(high - rng.uniform(0.0, high, size=(n, n)), 1)
     return upper + upper.T
+
+
+def node_caps_bandwidth(n: int, seed: int, low: float = 3.0, high: float = 100.0) -> npt.NDArray[np.float64]:
+    """Per-node egress caps: each peer's cap log-uniform in [low, high], and a link runs at the lower
+    of its two ends' caps (an exchange sends both ways at once and ends with the slower direction).
+    Every perfect matching then contains the slowest peer, so no matching beats its cap."""
+    rng = np.random.default_rng([seed, 0xCA9])
+    caps = np.exp(rng.uniform(np.log(low), np.log(high), size=n))
+    bw = np.minimum.outer(caps, caps)
+    np.fill_diagonal(bw, 0.0)
+    return bw
+
+
+def bandwidth_for(topology: str, n: int, seed: int) -> npt.NDArray[np.float64]:
+    """The matrix of one of ``TOPOLOGIES``: ``uniform`` (links uniform in (0, 5]) or ``node-caps``."""
+    if topology == "uniform":
+        return uniform_bandwidth(n, seed)
+    if topology == "node-caps":
+        return node_caps_bandwidth(n, seed)
+    raise ValueError(f"unknown topology {topology!r}; known: {', '.join(TOPOLOGIES)}")
 
 
 def initial_vectors(n: int, dim: int, seed: int) -> npt.NDArray[np.float64]:
@@ -104,6 +132,11 @@ def _policy(
             seed, threshold_fraction=threshold_fraction, window=window, idle_bonus=idle_bonus, mix_bonus=mix_bonus
         )
         return lambda r: selector.select(bandwidth, peers, round=r, version=0)
+    if name == ADAPTIVE_POLICY:
+        adaptive = AdaptiveSelector(
+            seed, threshold_fraction=threshold_fraction, window=window, idle_bonus=idle_bonus, mix_bonus=mix_bonus
+        )
+        return lambda r: adaptive.select(bandwidth, peers, round=r, version=0)
     if name == "random":
         return lambda r: random_matching(peers, seed, r, bandwidth)
     if name == "best_bottleneck_static":

@@ -47,7 +47,9 @@ import structlog
 
 from controlplane.agent import Agent
 from controlplane.client import AsyncClient, Consistency, ControlPlaneError, NotFound
-from controlplane.client._gossip import GroupConfig, Round, RoundState
+from controlplane.client._gossip import GroupConfig, Round, RoundState, TrainingMetrics, training_metrics
+from controlplane.state.gossip import check_metrics
+from controlplane.state.refusal import Refused
 from gossip.bandwidth import BandwidthTable
 from gossip.coordinator import GOSSIP_ADDRESS, GROUP_LABEL, PROBE_POLICY
 from gossip.exchange import (
@@ -59,7 +61,7 @@ from gossip.exchange import (
     exchange_or_keep,
     tls_credentials,
 )
-from gossip.mixing import Array, Params
+from gossip.mixing import Array, Params, pair_weights
 
 __all__ = ["DEFAULT_PROBE_BYTES", "MAX_PROBE_BYTES", "REPORT_BANDWIDTH_EVERY", "RoundStats", "Worker"]
 
@@ -116,6 +118,18 @@ def _tensors(params: Params) -> list[tuple[str, str, tuple[int, ...]]]:
     return out
 
 
+def _check_examples(examples: int | None) -> int:
+    """The count the exchange carries: 0 for None (no count given), else a positive integer."""
+    if examples is None:
+        return 0
+    if isinstance(examples, bool) or not isinstance(examples, int | np.integer) or not 1 <= examples < 2**64:
+        raise ValueError(
+            f"examples must be a positive integer (the examples trained on since the last step), or None "
+            f"for the plain average; got {examples!r}"
+        )
+    return int(examples)
+
+
 def _group_seed(group: str) -> int:
     """The seed a group gets when a Worker creates it: the same for every worker of the group."""
     return int.from_bytes(hashlib.sha256(f"gossip-group\x00{group}".encode()).digest()[:8], "little")
@@ -160,6 +174,31 @@ def _partner_of(round_: Round, node: str) -> str | None:
     return next((p.b if p.a == node else p.a for p in round_.pairs if node in (p.a, p.b)), None)
 
 
+_METRIC_NAMES = ("loss", "accuracy", "examples")
+
+
+def _checked_metrics(metrics: Mapping[str, float]) -> TrainingMetrics:
+    """``step``'s metrics, refused early (ValueError) where the cluster would refuse the report."""
+    unknown = sorted(set(metrics) - set(_METRIC_NAMES))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}: report any of {', '.join(_METRIC_NAMES)}")
+    loss, accuracy, examples = (metrics.get(name) for name in _METRIC_NAMES)
+    if examples is not None and (
+        isinstance(examples, bool) or not float(examples).is_integer() or not 0 <= examples < 2**64
+    ):
+        raise ValueError(f"examples {examples!r} must be a whole number of examples")
+    out = TrainingMetrics(
+        loss=None if loss is None else float(loss),
+        accuracy=None if accuracy is None else float(accuracy),
+        examples=None if examples is None else int(examples),
+    )
+    try:
+        check_metrics(training_metrics(out.loss, out.accuracy, out.examples))
+    except Refused as refused:
+        raise ValueError(refused.message) from None
+    return out
+
+
 def _delta_sq(before: Params, after: Params) -> float:
     total = 0.0
     for name in sorted(before):
@@ -173,8 +212,8 @@ class Worker:
 
     ``listen`` is the gossip port's bind address (port 0: any free port); ``advertise`` the
     ``HOST:PORT`` other nodes dial (default: the bound address). ``policy``, ``sparsity_ratio``,
-    ``round_timeout_s``, ``min_participants`` and ``probe_every_rounds`` (None: the cluster's
-    default) configure the group when this worker creates it; a group that exists keeps its own
+    ``compression``, ``round_timeout_s``, ``min_participants`` and ``probe_every_rounds`` (None: the
+    cluster's default) configure the group when this worker creates it; a group that exists keeps its own
     settings (its tensors and sparsity must match: otherwise ``start`` raises
     ``FailedPrecondition``). ``lease_ttl_s`` is the node's liveness lease: a worker that dies leaves
     the rounds once it runs out. ``probe_bytes`` are the payload sizes of a probe's transfers (run
@@ -202,6 +241,7 @@ class Worker:
         labels: dict[str, str] | None = None,
         probe_bytes: tuple[int, ...] = DEFAULT_PROBE_BYTES,
         tls: tuple[bytes, bytes, bytes] | None = None,
+        compression: str = "",
     ) -> None:
         labels = dict(labels or {})
         if labels.get(GROUP_LABEL, group) != group:
@@ -212,6 +252,8 @@ class Worker:
         self.node_id = node_id
         self.policy = policy
         self.sparsity_ratio = sparsity_ratio
+        #: "" / "none" or "int8" when this worker creates the group; rounds use the group's own.
+        self.compression = compression
         self.round_timeout_s = round_timeout_s
         self.min_participants = min_participants
         self.probe_every_rounds = probe_every_rounds
@@ -238,6 +280,7 @@ class Worker:
         self._changed = asyncio.Condition()
         self._done = 0  # the highest round number this worker took part in or gave up on
         self._unreported_rounds = 0
+        self._metrics = TrainingMetrics()  # step's, for its training round's report
         self._activity = "training"
         self._started = False
         self._closed = False
@@ -268,6 +311,7 @@ class Worker:
                 min_participants=self.min_participants,
                 seed=_group_seed(self.group),
                 probe_every_rounds=self.probe_every_rounds,
+                compression=self.compression,
             )
             self.config = change.group
             if not change.created and (
@@ -325,15 +369,39 @@ class Worker:
 
     # ------------------------------------------------------------------ rounds
 
-    async def step(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def step(
+        self,
+        params: dict[str, np.ndarray],
+        *,
+        examples: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Take part in the next committed training round that lists this node: exchange with the
         matched partner (or stay idle), report the round, and return the mixed parameters - or
         ``params`` themselves when idle or when the exchange failed. Waits as long as no such round
         comes; probe rounds that list this node on the way are run and reported meanwhile (they
-        never change the parameters)."""
+        never change the parameters).
+
+        ``examples``: how many training examples ``params`` saw since the last step (>= 1). When both
+        partners give one, the pair averages with weights ``n_a / (n_a + n_b)`` and
+        ``n_b / (n_a + n_b)`` (``gossip.mixing.pair_weights``), which keeps the example-weighted
+        mean over the group; None (or a partner that gives none): the plain average.
+
+        ``metrics``: this node's ``loss``, ``accuracy`` (in [0, 1]) and ``examples`` for ``params``
+        (any of them), reported with the training round (``cpctl gossip rounds``, ``cpctl gossip
+        plot``); ``examples`` defaults to the argument above. ValueError for other keys or values.
+
+        Do not train inside the event loop this runs on: heartbeats and the round watch share it,
+        and a loop blocked for longer than the lease loses the node's lease. Train in a thread
+        (``await asyncio.to_thread(train, ...)``) or use :class:`gossip.SyncWorker`."""
         if self._tracker is None or self.config is None or self._closed:
             raise RuntimeError("the worker is not running: start it first (and do not step after close)")
         self._check_params(params)
+        count = _check_examples(examples)
+        reported = dict(metrics or {})
+        if examples is not None:
+            reported.setdefault("examples", examples)
+        self._metrics = _checked_metrics(reported)
         self._activity = "waiting"
         try:
             while True:
@@ -344,7 +412,7 @@ class Worker:
                 await self._probe(round_, budget)
                 self._activity = "waiting"
             self._activity = "aggregating"
-            return await self._take_part(round_, params, budget)
+            return await self._take_part(round_, params, budget, count)
         finally:
             self._activity = "training"
 
@@ -393,14 +461,14 @@ class Worker:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _take_part(self, round_: Round, params: Params, budget: float) -> dict[str, Array]:
+    async def _take_part(self, round_: Round, params: Params, budget: float, examples: int = 0) -> dict[str, Array]:
         partner = _partner_of(round_, self.node_id)
         if partner is None:
             await self._report(RoundStats(round_.number, None, 0, 0.0, True, None))
             return dict(params)
         ratio = round_.spec.sparsity_ratio if round_.spec is not None and round_.spec.sparsity_ratio else 1.0
         started = asyncio.get_running_loop().time()
-        result = await self._exchange(round_, partner, params, ratio, budget)
+        result = await self._exchange(round_, partner, params, ratio, budget, examples)
         if result.dialed or not result.ok:
             # The listener's receive clock starts at the dialer's header, which waited in the server
             # when the dial came before this side's offer, with part of the payload buffered behind
@@ -408,6 +476,12 @@ class Worker:
             # with the listener's header, right before its payload. Failures count on both ends.
             result.observe(self.bandwidth, time.monotonic())
         delta = await asyncio.to_thread(_delta_sq, params, result.params) if result.ok else 0.0
+        if delta:
+            # Weighted, this end moves by w_partner times the pair's difference, not by half of it:
+            # report what the plain rule would have moved, so 4 * sum / mixed stays the mean squared
+            # distance between partners before the round (DESIGN.md, "The consensus measure").
+            _, w_partner = pair_weights(examples, result.peer_examples)
+            delta *= 0.25 / (w_partner * w_partner)
         stats = RoundStats(
             number=round_.number,
             partner=partner,
@@ -494,7 +568,7 @@ class Worker:
         return address, "" if address else f"{partner} advertises no {GOSSIP_ADDRESS!r} address"
 
     async def _exchange(
-        self, round_: Round, partner: str, params: Params, ratio: float, budget: float
+        self, round_: Round, partner: str, params: Params, ratio: float, budget: float, examples: int = 0
     ) -> ExchangeResult:
         address = ""
         if self.node_id < partner:  # the smaller id dials: it needs the partner's gossip address
@@ -525,6 +599,8 @@ class Worker:
             seed=round_.seed,
             sparsity_ratio=ratio,
             deadline_s=max(budget, _MIN_EXCHANGE_S),
+            compression=round_.spec.compression if round_.spec is not None else "",
+            examples=examples,
         )
 
     async def _report(self, stats: RoundStats, *, probe: bool = False) -> None:
@@ -544,6 +620,9 @@ class Worker:
                 failed_peer=failed,
                 reason=(stats.error or "")[:_MAX_REASON_CHARS],
                 mix_delta_sq=stats.mix_delta_sq,
+                loss=None if probe else self._metrics.loss,
+                accuracy=None if probe else self._metrics.accuracy,
+                examples=None if probe else self._metrics.examples,
             )
         except ControlPlaneError as exc:
             # Too late (the leader ended the round) or the cluster is away: the round records this node

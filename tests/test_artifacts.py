@@ -35,16 +35,19 @@ from controlplane.client import (
     NodeState,
     NodeView,
     NotFound,
+    Unavailable,
     VersionStatus,
 )
 from controlplane.v1 import artifacts_pb2 as pb
 from controlplane.v1 import artifacts_pb2_grpc as pb_grpc
 from gossip.artifacts import (
+    ArtifactAccessUnknown,
     ArtifactBusy,
     ArtifactCorrupt,
     ArtifactServer,
     ArtifactStore,
     ArtifactUnavailable,
+    ClusterAccess,
     InvalidArtifactName,
     Manifest,
     announce,
@@ -629,3 +632,39 @@ async def test_announce_records_what_the_store_verifiably_holds(cluster: Cluster
     assert await announce(cluster.registry, server.store, "h9") == {
         (MODEL, 1): "already recorded", ("Stray", 1): "not registered"
     }  # fmt: skip
+
+
+@dataclass
+class FakePermissions:
+    """The cluster's ``Auth.Check`` as ``ClusterAccess`` sees it: who holds models:read, and the questions asked."""
+
+    readers: set[str]
+    asked: list[tuple[str, str, str, str]] = field(default_factory=list)
+    down: bool = False
+
+    async def check_permission(
+        self, identity: str, domain: str, verb: str, resource: str = "", *, timeout: float | None = None
+    ) -> str | None:
+        self.asked.append((identity, domain, verb, resource))
+        if self.down:
+            raise Unavailable("no server answered")
+        return None if identity in self.readers else f"this needs {domain}:{verb} on {resource!r}"
+
+
+async def test_cluster_access_lets_peers_through_and_asks_about_users() -> None:
+    cluster = FakePermissions(readers={"user:alice"})
+    access = ClusterAccess(cluster)
+    assert await access.check("agent:gpu-02", "m") is None  # peers replicate by certificate alone
+    assert await access.check("server:n1", "m") is None
+    assert cluster.asked == []
+    assert await access.check("user:alice", "m") is None
+    assert await access.check("user:bob", "m") == "this needs models:read on 'm'"
+    assert cluster.asked == [("user:alice", "models", "read", "m"), ("user:bob", "models", "read", "m")]
+    cluster.down = True  # never a download the cluster could not vouch for
+    with pytest.raises(ArtifactAccessUnknown, match="retry"):
+        await access.check("user:alice", "m")
+
+
+def test_access_checks_need_a_tls_port(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="need TLS"):
+        ArtifactServer(ArtifactStore(tmp_path), access=ClusterAccess(FakePermissions(readers=set())))

@@ -23,6 +23,7 @@ from controlplane.client import (
     Link,
     Model,
     ModelList,
+    NodeMetrics,
     NodeRecord,
     NodeRole,
     NodeSpec,
@@ -33,6 +34,7 @@ from controlplane.client import (
     RoundState,
     SearchHit,
     SearchResult,
+    TrainingMetrics,
 )
 from controlplane.client._gossip import Pair
 from gateway.app import GatewaySettings, create_app
@@ -56,7 +58,10 @@ def link(a: str, b: str, bps: float) -> Link:
     return Link(a, b, bps, 0.0, 0.0, 1, bps, bps, 0, 0)
 
 
-def round_(number: int, pairs: tuple[tuple[str, str], ...] = (), probe: bool = False) -> Round:
+def round_(
+    number: int, pairs: tuple[tuple[str, str], ...] = (), probe: bool = False, accuracy: float | None = None
+) -> Round:
+    metrics = TrainingMetrics(loss=1.0 / number, accuracy=accuracy) if accuracy is not None else None
     return Round(
         group="g",
         number=number,
@@ -80,6 +85,8 @@ def round_(number: int, pairs: tuple[tuple[str, str], ...] = (), probe: bool = F
         mod_revision=number,
         mixed=2,
         mix_delta_sq=1.0 / number,
+        node_metrics=(NodeMetrics("a", metrics),) if metrics is not None else (),
+        metrics=metrics,
     )
 
 
@@ -236,6 +243,19 @@ def test_chart_leaves_out_probe_rounds_and_scales_each_series() -> None:
     assert distance.top == pytest.approx(4.0 * 1.0 / 2) and distance.last == pytest.approx(4.0 * 0.25 / 2)
     assert len(distance.points.split()) == 3
     assert views.round_chart([]) is None
+    assert not chart.metrics and len(chart.series) == 3  # nothing reported: no accuracy or loss line
+
+
+def test_chart_draws_the_reported_accuracy_and_loss() -> None:
+    chart = views.round_chart([round_(1, accuracy=0.5), round_(2), round_(3, accuracy=0.75)])
+    assert chart is not None and chart.metrics
+    series = {s.css: s for s in chart.series}
+    accuracy, loss = series["s-accuracy"], series["s-loss"]
+    # Accuracy is drawn against 1, not against its own maximum: 75% sits at three quarters of the height.
+    assert accuracy.top == 1.0 and accuracy.last == 0.75 and len(accuracy.points.split()) == 2
+    y_75 = float(accuracy.points.split()[-1].split(",")[1])
+    assert y_75 == pytest.approx(views.CHART_H - views.CHART_PAD - 0.75 * (views.CHART_H - 2 * views.CHART_PAD))
+    assert loss.top == 1.0 and loss.last == pytest.approx(1.0 / 3)  # round 2 reported nothing: no point
 
 
 def test_heat_map_and_matching_bottleneck() -> None:

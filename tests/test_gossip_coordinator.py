@@ -24,15 +24,19 @@ from gossip.coordinator import (
     MAX_PROBE_CYCLE_ROUNDS,
     MAX_PROBE_PEERS,
     PROBE_POLICY,
+    SILENT_BACKOFF_ROUNDS,
     Coordinator,
     History,
     Plan,
+    available,
     bandwidth_matrix,
     eligible,
+    exploration_pairs,
     probe_pairs,
     request_id,
     round_seed,
     rounds_to_read,
+    suspended,
 )
 from gossip.matching import SapsSelector, SapsState
 
@@ -64,7 +68,13 @@ class Cluster:
         links = [gossip_pb2.LinkReport(peer=peer, bandwidth_bps=bps, samples=2) for peer, bps in bandwidths.items()]
         ok(self.run(gossip_report_bandwidth=gossip_pb2.ReportBandwidthRequest(node_id=node, links=links)))
 
-    def plan(self, coordinator: Coordinator, participants: list[str], group: str = "g") -> Plan | None:
+    def plan(
+        self,
+        coordinator: Coordinator,
+        participants: list[str],
+        group: str = "g",
+        revisions: dict[str, int] | None = None,
+    ) -> Plan | None:
         table = self.machine.gossip
         config = table.group(group)
         return coordinator.plan(
@@ -74,19 +84,26 @@ class Cluster:
             list(table.links.values()),
             table.matrix_version,
             self.now,
+            revisions,
         )
 
     def start(self, plan: Plan) -> gossip_pb2.Round:
         result = ok(self.run(request_id=plan.request.request_id, gossip_start_round=plan.request))
         return result.gossip_start_round.round
 
-    def step(self, coordinator: Coordinator, participants: list[str]) -> gossip_pb2.Round:
-        """Plan, commit and finish the next round (every participant reports)."""
-        planned = self.plan(coordinator, participants)
+    def step(
+        self,
+        coordinator: Coordinator,
+        participants: list[str],
+        silent: tuple[str, ...] = (),
+        revisions: dict[str, int] | None = None,
+    ) -> gossip_pb2.Round:
+        """Plan, commit and finish the next round (every participant reports, but the ``silent``)."""
+        planned = self.plan(coordinator, participants, revisions=revisions)
         assert planned is not None
         committed = self.start(planned)
-        self.finish(committed)
-        return committed
+        self.finish(committed, silent=tuple(n for n in silent if n in committed.participants))
+        return self.machine.gossip.round(committed.group, committed.number)  # as it ended
 
     def report_all_links(self, names: list[str], bps: float = 1e7) -> None:
         for i, node in enumerate(names[:-1]):
@@ -142,7 +159,7 @@ def test_plans_are_deterministic_whatever_the_peer_order() -> None:
     assert len(proposed.pairs) == 3 and not proposed.idle
 
 
-@pytest.mark.parametrize("policy", ["saps", "random", "best_bottleneck"])
+@pytest.mark.parametrize("policy", ["saps", "saps-adaptive", "random", "best_bottleneck"])
 def test_a_planner_rebuilt_from_committed_rounds_continues_identically(policy: str) -> None:
     """Coordinator A plans every round (its history cached and advanced); B takes over at round 6 with
     only the committed state, in the middle of a probe cycle; C starts from scratch every round. They
@@ -159,6 +176,7 @@ def test_a_planner_rebuilt_from_committed_rounds_continues_identically(policy: s
         if number % 3 == 0:  # fresh estimates: the matrix moves between rounds
             node = str(rng.choice(members))
             cluster.report_links(node, **{p: float(rng.uniform(1e6, 5e7)) for p in members if p != node})
+        before = cluster.machine.gossip.recent_rounds("g", 100)
         planned = cluster.plan(a, members)
         assert planned is not None and planned.number == number
         expected = planned.request.SerializeToString(deterministic=True)
@@ -174,7 +192,9 @@ def test_a_planner_rebuilt_from_committed_rounds_continues_identically(policy: s
             assert list(committed.participants) == sorted(n for pair in pairs_of(committed) for n in pair)
             assert set(committed.participants) <= set(members)
         else:
-            assert committed.policy == policy and list(committed.participants) == members
+            # The silent nodes of the last rounds sit out (tested below).
+            config = cluster.machine.gossip.group("g")
+            assert committed.policy == policy and list(committed.participants) == available(config, before, members)
         assert committed.state == RUNNING
         # A retry of the same plan (a lost answer, or a second leader's duplicate) applies once.
         again = cluster.run(request_id=planned.request.request_id, gossip_start_round=planned.request)
@@ -305,7 +325,10 @@ def test_a_fresh_group_probes_every_pair_once_on_disjoint_pairs_then_trains() ->
             assert committed.number == number and committed.policy == "saps" and list(committed.participants) == names
 
 
-def test_a_joining_participant_starts_a_cycle_that_probes_its_links() -> None:
+def test_a_join_costs_no_probe_round_its_links_ride_in_the_training_rounds() -> None:
+    # Issue 19, cheap joins: a node that joins a group that knows its links starts no probe cycle.
+    # Every round from the next one on trains, and pairs the newcomer with a partner whose link
+    # nobody knows yet (the exchange measures it), until all its links are known: N - 1 rounds.
     cluster = Cluster()
     ok(cluster.configure(spec=SPEC, seed=2))
     names = peers(4)
@@ -313,16 +336,38 @@ def test_a_joining_participant_starts_a_cycle_that_probes_its_links() -> None:
     coordinator = Coordinator()
     assert [cluster.step(coordinator, names).policy for _ in range(2)] == ["saps", "saps"]  # all links known
     joined = peers(5)
-    cycle = []
-    while (round_ := cluster.step(coordinator, joined)).policy == PROBE_POLICY:
-        cycle.append(round_)
-    assert [r.number for r in cycle] == [3, 4, 5, 6, 7]  # five peers: five slots, one peer sits each out
-    probed = [pair for r in cycle for pair in pairs_of(r)]
-    assert sorted(probed) == sorted(itertools.combinations(joined, 2))
-    assert {pair for pair in probed if "n04" in pair} == {(p, "n04") for p in names}
-    # Then training only: every link is measured or probed (a probe that failed or was never
-    # reported does not start a cycle after every training round).
+    explored = []
+    for _ in range(len(names)):
+        committed = cluster.step(coordinator, joined)
+        assert committed.policy == "saps" and list(committed.participants) == joined  # training, everyone
+        assert len(committed.pairs) == 2 and len(committed.idle) == 1  # still a maximum matching
+        (partner,) = [a for a, b in pairs_of(committed) if b == "n04"]
+        explored.append(partner)
+    assert sorted(explored) == names  # each of its links once, one per round
+    config = cluster.machine.gossip.group("g")
+    rounds = cluster.machine.gossip.recent_rounds("g", 100)
+    assert exploration_pairs(config, rounds[-1].number + 1, rounds, joined, cluster.machine.gossip.links.values()) == ()
     assert [cluster.step(coordinator, joined).policy for _ in range(5)] == ["saps"] * 5
+
+
+def test_joiners_explore_disjoint_unknown_pairs_and_a_fresh_group_still_probes() -> None:
+    config = gossip_pb2.GroupConfig(group="g", seed=9, policy="saps")
+    old = peers(6)
+    links = [gossip_pb2.Link(a=a, b=b, bandwidth_bps=1e7) for a, b in itertools.combinations(old, 2)]
+    everyone = peers(8)  # n06 and n07 join together
+    seen: set[tuple[str, str]] = set()
+    for number in range(1, 40):
+        explore = exploration_pairs(config, number, [], everyone, links)
+        nodes = [node for pair in explore for node in pair]
+        assert len(nodes) == len(set(nodes))  # disjoint
+        assert all("n06" in pair or "n07" in pair for pair in explore)  # only unknown links
+        assert {"n06", "n07"} <= set(nodes)  # both joiners explore in every round
+        seen.update(explore)
+    assert {pair for pair in itertools.combinations(everyone, 2) if "n06" in pair or "n07" in pair} == seen
+    # Nothing known at all: a probe cycle, not exploration in training rounds.
+    assert probe_pairs(config, [], everyone, [])
+    assert probe_pairs(config, [], everyone, links) == ()
+    assert exploration_pairs(config, 1, [], peers(MAX_PROBE_PEERS + 1), []) == ()
 
 
 def test_a_cycle_follows_participants_that_join_or_leave_mid_cycle() -> None:
@@ -414,6 +459,75 @@ def test_no_round_while_paused_or_short_of_participants() -> None:
     assert planned is not None and list(planned.request.round.idle) and len(planned.request.round.pairs) == 1
 
 
+def test_a_silent_node_sits_out_with_a_backoff_and_the_rest_train_on() -> None:
+    # Issue 19, crash tolerance: a node that was silent in its round (crashed: no report by the
+    # deadline) is not listed in the next rounds while its lease still runs, so they commit without
+    # waiting for their deadline; it is tried again after SILENT_BACKOFF_ROUNDS rounds, then after
+    # twice as many.
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=3, round_timeout_s=5.0, min_participants=3))
+    names = peers(4)
+    cluster.report_all_links(names)
+    coordinator = Coordinator()
+    first = cluster.step(coordinator, names, silent=("n01",))
+    assert first.state == TIMED_OUT and "n01" in first.participants
+    listed = []
+    for _ in range(3 * SILENT_BACKOFF_ROUNDS + 3):
+        committed = cluster.step(coordinator, names, silent=("n01",))
+        listed.append("n01" in committed.participants)
+        assert committed.state == (TIMED_OUT if listed[-1] else DONE)
+        assert len(committed.participants) == (4 if listed[-1] else 3)
+    sits_out = [False] * SILENT_BACKOFF_ROUNDS
+    assert listed == [*sits_out, True, *sits_out, *sits_out, True, False]
+    # A rebuilt planner suspends the same nodes (committed data only).
+    again = Coordinator().plan(
+        cluster.machine.gossip.group("g"),
+        cluster.machine.gossip.recent_rounds("g", 100),
+        names,
+        list(cluster.machine.gossip.links.values()),
+        cluster.machine.gossip.matrix_version,
+        cluster.now,
+    )
+    planned = cluster.plan(coordinator, names)
+    assert again is not None and planned is not None
+    assert again.request.round.participants == planned.request.round.participants == ["n00", "n02", "n03"]
+
+
+def test_a_sign_of_life_brings_a_silent_node_back_at_once() -> None:
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=3, round_timeout_s=5.0))
+    names = peers(4)
+    cluster.report_all_links(names)
+    coordinator = Coordinator()
+    missed = cluster.step(coordinator, names, silent=("n02",))
+    assert missed.state == TIMED_OUT
+    quiet = dict.fromkeys(names, missed.mod_revision)  # no record changed since the round ended
+    assert suspended(cluster.machine.gossip.recent_rounds("g", 100), names, quiet) == {"n02"}
+    planned = cluster.plan(coordinator, names, revisions=quiet)
+    assert planned is not None and list(planned.request.round.participants) == ["n00", "n01", "n03"]
+    # Its record changed after the round ended (a heartbeat with a new activity, a re-registration).
+    alive = quiet | {"n02": missed.mod_revision + 1}
+    planned = cluster.plan(coordinator, names, revisions=alive)
+    assert planned is not None and list(planned.request.round.participants) == names
+    # A node that reported is never suspended, whatever its record.
+    assert suspended(cluster.machine.gossip.recent_rounds("g", 100), ["n00"], {}) == set()
+
+
+def test_min_participants_is_a_floor_and_suspended_nodes_are_retried_to_reach_it() -> None:
+    cluster = Cluster()
+    ok(cluster.configure(spec=SPEC, seed=5, round_timeout_s=5.0, min_participants=3))
+    names = peers(3)
+    cluster.report_all_links(names)
+    coordinator = Coordinator()
+    cluster.step(coordinator, names, silent=("n00",))
+    # Without the silent node only two are left, below the floor of three: it is tried again.
+    planned = cluster.plan(coordinator, names)
+    assert planned is not None and list(planned.request.round.participants) == names
+    # Once its lease expired (no longer eligible), the group is below its floor: no round.
+    assert cluster.plan(coordinator, ["n01", "n02"]) is None
+    assert available(cluster.machine.gossip.group("g"), [], ["n02", "n01"]) == ["n01", "n02"]
+
+
 def _node(node_id: str, state: int, *, gossip: bool = True, group: str = "") -> membership_pb2.NodeRecord:
     spec = membership_pb2.NodeSpec(id=node_id)
     if gossip:
@@ -466,7 +580,10 @@ def test_unmeasured_links_take_the_median_of_measured_ones() -> None:
 def test_group_configuration_is_validated_with_clear_messages() -> None:
     cluster = Cluster()
     bad = [
-        ({"spec": SPEC, "policy": "fastest"}, "policy 'fastest' is not one of saps, random, best_bottleneck"),
+        (
+            {"spec": SPEC, "policy": "fastest"},
+            "policy 'fastest' is not one of saps, saps-adaptive, random, best_bottleneck",
+        ),
         ({}, "needs a tensor spec"),
         ({"spec": SPEC, "round_timeout_s": -1.0}, "round_timeout_s"),
         ({"spec": SPEC, "round_timeout_s": float("nan")}, "round_timeout_s"),
@@ -624,3 +741,35 @@ def test_a_link_combines_both_ends_views() -> None:
     assert bw[0, 1] == bw[1, 0] == 10.0
     assert bw[0, 2] == 2.0
     assert bw[1, 2] == 5.0
+
+
+def test_compression_is_validated_fixed_and_carried_by_every_round() -> None:
+    cluster = Cluster()
+    for fields, message in (
+        ({"spec": SPEC, "compression": "gzip"}, "compression 'gzip' is not one of none, int8"),
+        ({"spec": gossip_pb2.TensorSpec(tensors=SPEC.tensors, compression="int4")}, "'int4' is not one of"),
+        (
+            {"spec": gossip_pb2.TensorSpec(tensors=SPEC.tensors, compression="none"), "compression": "int8"},
+            "differ; give one of them",
+        ),
+    ):
+        code, text = error(cluster.configure(**fields))
+        assert code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and message in text, text
+    assert cluster.machine.revision == 0
+    group = ok(cluster.configure(spec=SPEC, compression="int8")).gossip_configure_group.group
+    assert group.compression == group.spec.compression == "int8"
+    # The same again comes back unchanged; another compression is another spec: a new group name.
+    assert not ok(cluster.configure(spec=SPEC, compression="int8")).gossip_configure_group.created
+    for fields in ({"spec": SPEC}, {"spec": SPEC, "compression": "none"}):
+        code, text = error(cluster.configure(**fields))
+        assert code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "compression int8" in text, text
+    code, text = error(cluster.configure(mask=("compression",), compression="none"))
+    assert code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "compression" in text
+    # Every round the coordinator plans carries the group's compression, so both ends agree.
+    cluster.report_all_links(peers(4))
+    round_ = cluster.step(Coordinator(), peers(4))
+    assert round_.policy == "saps" and round_.spec.compression == "int8"
+    # "none" is stored as "" (what groups created before compression existed hold).
+    plain = gossip_pb2.GroupConfig(group="h", spec=SPEC, compression="none")
+    created = ok(cluster.run(gossip_configure_group=gossip_pb2.ConfigureGroupRequest(group=plain)))
+    assert created.gossip_configure_group.group.spec.compression == ""

@@ -19,8 +19,10 @@ from gossip.examples.digits import (
     Result,
     SimulatedMixer,
     dirichlet_shards,
+    init_params,
     label_histograms,
     load_digits,
+    loss,
     run_simulated,
 )
 
@@ -127,3 +129,11 @@ async def test_simulated_mixer_pairs_average_and_preserve_the_mean() -> None:
     mixed = [await first, *rest]
     np.testing.assert_allclose(np.mean([p["w"] for p in mixed], axis=0), np.mean([p["w"] for p in params], axis=0))
     assert [m.round for m in mixer.matchings] == [0, 1]
+
+
+def test_the_loss_the_live_workers_report_is_the_cross_entropy(data: Dataset, result: Result) -> None:
+    """Zero weights predict every class alike (log 10 nats); the trained workers do far better."""
+    zero = {name: np.zeros_like(value) for name, value in init_params(64, data.classes, 0).items()}
+    assert loss(zero, data.x_test, data.y_test) == pytest.approx(np.log(data.classes))
+    trained = [loss(params, data.x_test, data.y_test) for params in result.worker_params]
+    assert max(trained) < 0.5 < np.log(data.classes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -249,3 +250,118 @@ def test_saps_rounds_commit_and_replicas_agree(seed: int, n: int) -> None:
     restored = StateMachine()
     restored.restore(leader.machine.snapshot())
     assert restored.snapshot() == leader.machine.snapshot()
+
+
+# --------------------------------------------------------------------------------------- training metrics
+
+
+def report_metrics(
+    cluster: Cluster, number: int, node: str, failed_peer: str = "", **metrics: float
+) -> command_pb2.CommandResult:
+    return cluster.run(
+        gossip_report_round=gossip_pb2.ReportRoundRequest(
+            group="g",
+            number=number,
+            node_id=node,
+            bytes=100,
+            failed_peer=failed_peer,
+            metrics=gossip_pb2.TrainingMetrics(**metrics),  # type: ignore[arg-type]
+        )
+    )
+
+
+def test_a_round_keeps_each_participants_metrics_and_their_means() -> None:
+    cluster = Cluster()
+    ok(cluster.start(1, ["a", "b", "c", "d", "e"], [("a", "b"), ("c", "d")]))
+    ok(report_metrics(cluster, 1, "d", failed_peer="c", loss=1.0, accuracy=0.25, examples=30))
+    ok(report_metrics(cluster, 1, "b", accuracy=0.75))
+    ok(cluster.report_round(1, "c"))  # no metrics: no record
+    ok(report_metrics(cluster, 1, "a", loss=2.0, accuracy=0.5, examples=10))
+    done = ok(report_metrics(cluster, 1, "e", loss=0.0, accuracy=0.0)).gossip_report_round.round  # idle trains too
+    assert done.state == DONE
+    # One record per participant that sent any, by node; a failed exchange keeps its node's metrics.
+    assert [r.node for r in done.node_metrics] == ["a", "b", "d", "e"]
+    b = done.node_metrics[1].metrics
+    assert b.accuracy == 0.75 and not b.HasField("loss") and not b.HasField("examples")  # absent is not 0
+    e = done.node_metrics[3].metrics
+    assert e.HasField("loss") and e.loss == 0.0 and e.accuracy == 0.0  # 0 is a value
+    # Means over the records carrying each field; examples summed.
+    assert done.metrics.loss == 1.0  # (2 + 1 + 0) / 3
+    assert done.metrics.accuracy == 0.375  # (0.5 + 0.75 + 0.25 + 0) / 4
+    assert done.metrics.examples == 40
+    # A retried report (already reported) changes nothing, its metrics included.
+    assert ok(report_metrics(cluster, 1, "a", loss=9.0)).gossip_report_round.round == done
+
+
+def test_a_round_without_metrics_has_none() -> None:
+    cluster = Cluster()
+    ok(cluster.start(1, ["a", "b"], [("a", "b")]))
+    ok(cluster.report_round(1, "a"))
+    done = ok(report_metrics(cluster, 1, "b")).gossip_report_round.round  # an empty message: nothing measured
+    assert not done.node_metrics and not done.HasField("metrics")
+
+
+def test_the_means_do_not_depend_on_the_order_of_the_reports() -> None:
+    values = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 1e-17, "e": 0.7, "f": 1.0 / 3}
+    rounds = []
+    for order in (sorted(values), sorted(values, reverse=True), ["c", "f", "a", "e", "b", "d"]):
+        cluster = Cluster()
+        ok(cluster.start(1, sorted(values), [("a", "b"), ("c", "d"), ("e", "f")]))
+        for node in order:
+            ok(report_metrics(cluster, 1, node, loss=values[node] * 7, accuracy=values[node]))
+        rounds.append(cluster.machine.gossip.round("g", 1))
+    assert rounds[0].node_metrics == rounds[1].node_metrics == rounds[2].node_metrics
+    assert rounds[0].metrics.SerializeToString() == rounds[1].metrics.SerializeToString()
+    assert rounds[0].metrics.SerializeToString() == rounds[2].metrics.SerializeToString()
+    # Huge finite losses average to a finite mean (their sum would overflow).
+    cluster = Cluster()
+    ok(cluster.start(1, ["a", "b"], [("a", "b")]))
+    ok(report_metrics(cluster, 1, "a", loss=1.5e308))
+    done = ok(report_metrics(cluster, 1, "b", loss=1.5e308)).gossip_report_round.round
+    assert math.isfinite(done.metrics.loss) and done.metrics.loss == pytest.approx(1.5e308)
+
+
+def test_metrics_no_training_produces_are_refused() -> None:
+    cluster = Cluster()
+    ok(cluster.start(1, ["a", "b"], [("a", "b")]))
+    cases = {
+        "nan loss": {"loss": math.nan},
+        "infinite loss": {"loss": -math.inf},
+        "percent accuracy": {"accuracy": 93.0},
+        "negative accuracy": {"accuracy": -0.01},
+        "nan accuracy": {"accuracy": math.nan},
+    }
+    for name, metrics in cases.items():
+        refused = report_metrics(cluster, 1, "a", **metrics)
+        assert code(refused) == common_pb2.ERROR_CODE_INVALID_ARGUMENT, name
+        assert ("loss" if "loss" in metrics else "accuracy") in refused.error.message, name
+    untouched = cluster.machine.gossip.round("g", 1)
+    assert not untouched.reported and not untouched.node_metrics
+    ok(report_metrics(cluster, 1, "a", loss=-3.5, accuracy=1.0))  # any finite loss; accuracy 1 is fine
+
+
+def test_a_probe_round_keeps_no_training_metrics() -> None:
+    cluster = Cluster()
+    ok(cluster.start(1, ["a", "b"], [("a", "b")], policy=PROBE_POLICY))
+    ok(report_metrics(cluster, 1, "a", loss=1.0, accuracy=0.5))
+    done = ok(report_metrics(cluster, 1, "b", loss=1.0)).gossip_report_round.round
+    assert done.state == DONE and not done.node_metrics and not done.HasField("metrics")
+
+
+def test_metrics_survive_a_snapshot_and_an_old_snapshot_loads() -> None:
+    cluster = Cluster()
+    ok(cluster.start(1, ["a", "b", "c"], [("a", "b")]))
+    ok(report_metrics(cluster, 1, "a", loss=0.5, accuracy=0.9, examples=4))
+    restored = StateMachine()
+    restored.restore(cluster.machine.snapshot())
+    assert restored.gossip.round("g", 1) == cluster.machine.gossip.round("g", 1)
+    # A snapshot from before metrics: its rounds carry neither field; they load, and reports go on.
+    old = cluster.machine.gossip.to_state()
+    for round_ in old.rounds:
+        round_.ClearField("node_metrics")
+        round_.ClearField("metrics")
+    cluster.machine.gossip.load(gossip_pb2.GossipState.FromString(old.SerializeToString()))
+    assert not cluster.machine.gossip.round("g", 1).HasField("metrics")
+    done = ok(report_metrics(cluster, 1, "b", accuracy=0.7)).gossip_report_round.round
+    assert [r.node for r in done.node_metrics] == ["b"] and done.metrics.accuracy == 0.7
+    ok(cluster.report_round(1, "c"))

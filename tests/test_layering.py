@@ -1,12 +1,22 @@
 """What a client command loads: `cpctl kv ...` needs the SDK and the CLI, not the server, the
-gossip arithmetic (numpy, networkx) or the gateway's web stack (issue 16)."""
+gossip arithmetic (numpy, networkx), the plotting library (matplotlib: only `cpctl gossip plot`
+imports it) or the gateway's web stack (issue 16)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-HEAVY = ("numpy", "networkx", "fastapi", "uvicorn", "controlplane.server.node", "controlplane.server.app")
+HEAVY = (
+    "numpy",
+    "networkx",
+    "torch",
+    "matplotlib",
+    "fastapi",
+    "uvicorn",
+    "controlplane.server.node",
+    "controlplane.server.app",
+)
 
 
 def test_a_client_command_loads_neither_the_server_nor_numpy_nor_the_web_stack() -> None:

@@ -148,8 +148,8 @@ async def test_a_query_without_terms_finds_nothing(index: SearchIndex, query: st
         ("llama OR qwen", set()),
         ("NOT llama", set()),
         ("NEAR(llama qwen)", set()),
-        ("name:llama", set()),  # no column filters: "name" is a term too
-        ("family:llama", set()),
+        ("name:llama", set()),  # not a filter (see test_filters_typed_in_the_query): "name" is a term
+        ("colour:llama", set()),
         ("-llama", set()),  # a leading dash is text (no token starts with "-llama"), not FTS5's NOT
         ("-instruct llama", set()),
         ("llama- 3", {"Llama-3-8B-Instruct"}),
@@ -191,8 +191,9 @@ async def test_both_engines_find_the_same_models() -> None:
 
 
 def test_query_terms() -> None:
-    assert query_terms('  "Qwen2.5-7B  Café:instruct -- __ x"y ') == ["qwen2", "5-7b", "cafe", "instruct", "x", "y"]
-    assert query_terms("-leading trailing- in_side") == ["-leading", "trailing-", "in_side"]
+    # '.' and '_' between letters or digits are '-', as in the index: "2.5" stays one term.
+    assert query_terms('  "Qwen2.5-7B  Café:instruct -- __ x"y ') == ["qwen2-5-7b", "cafe", "instruct", "x", "y"]
+    assert query_terms("-leading trailing- in_side v0.3.") == ["-leading", "trailing-", "in-side", "v0-3"]
     assert query_terms("!!! ... ---") == []
 
 
@@ -581,4 +582,96 @@ async def test_an_empty_query_with_a_filter_browses_by_name(use_fts5: bool) -> N
     assert (await index.search("", tag="chat", limit=2)).total == 4
     assert (await index.search("", status=PENDING)).total == 2
     assert (await index.search("")).hits == []  # no words and no filter: nothing, as before
+    await index.close()
+
+
+# ------------------------------------------------------------------ how names are split (issue 18)
+
+NAMES = [
+    doc("qwen2.5-coder_7b", family="qwen", tags=["code"]),
+    doc("deepseek-coder-6.7b-instruct", family="deepseek", tags=["code"]),
+    doc("DeepSeekCoder", family="deepseek"),
+    doc("通义千问-7B", family="qwen", tags=["chat"]),
+    doc("Mixtral-8x7B", family="mistral", tags=["chat"], statuses=[PENDING]),
+    doc("llama-3-8b", family="llama", tags=["chat"], formats=[GGUF]),
+    doc("mistral-7b", family="mistral", tags=["chat"]),
+    doc("Phi3-mini", family="phi"),
+]
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("qwen 2.5", {"qwen2.5-coder_7b"}),  # a version number after a space
+        ("2.5", {"qwen2.5-coder_7b"}),
+        ("qwen25", {"qwen2.5-coder_7b"}),  # typed without the separators
+        ("qwen2_5", {"qwen2.5-coder_7b"}),  # '_' for '.'
+        ("coder-7b", {"qwen2.5-coder_7b"}),  # '-' for '_'
+        ("6.7b", {"deepseek-coder-6.7b-instruct"}),
+        ("coder", {"qwen2.5-coder_7b", "deepseek-coder-6.7b-instruct", "DeepSeekCoder"}),  # camelCase parts
+        ("seek", {"DeepSeekCoder"}),
+        ("千问", {"通义千问-7B"}),  # a word inside CJK text
+        ("x7b", {"Mixtral-8x7B"}),  # a word inside "8x7B"
+        ("phi-3", {"Phi3-mini"}),  # a '-' typed where the name has none
+        ("phi-3-mi", {"Phi3-mini"}),
+        ("7b", {"qwen2.5-coder_7b", "deepseek-coder-6.7b-instruct", "通义千问-7B", "Mixtral-8x7B", "mistral-7b"}),
+        ("struct", set()),  # still a prefix of a word, never any substring
+        ("eek", set()),
+    ],
+)
+async def test_names_are_found_by_their_words(use_fts5: bool, query: str, expected: set[str]) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    await index.rebuild(NAMES, revision=1)
+    assert set(await names(index, query)) == expected
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+async def test_filters_typed_in_the_query(use_fts5: bool) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    await index.rebuild([*NAMES, ModelDoc("owned", "", "", (), "Meta-AI", frozenset([ONNX]), frozenset([READY]))], 1)
+    assert set(await names(index, "tag:chat family:qwen")) == {"通义千问-7B"}
+    assert set(await names(index, "TAG:Chat mi")) == {"Mixtral-8x7B", "mistral-7b"}
+    assert set(await names(index, "status:pending")) == {"Mixtral-8x7B"}
+    assert set(await names(index, "format:gguf")) == {"llama-3-8b"}
+    assert set(await names(index, "format:MODEL_FORMAT_ONNX owner:meta-ai")) == {"owned"}
+    assert set(await names(index, "tag:chat", family="llama")) == {"llama-3-8b"}  # typed and given: both apply
+    assert set(await names(index, "family:llama", family="LLAMA")) == {"llama-3-8b"}  # the same filter twice agrees
+    with pytest.raises(InvalidArgument, match="family"):
+        await index.search("family:qwen", family="llama")
+    with pytest.raises(InvalidArgument, match="give one"):
+        await index.search("tag:chat tag:code")
+    with pytest.raises(InvalidArgument, match="needs a value"):
+        await index.search("tag: llama")
+    with pytest.raises(InvalidArgument, match=r"known: .*ready"):
+        await index.search("status:finished")
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+@pytest.mark.parametrize(
+    ("query", "suggested"),
+    [
+        ("lamma", ["llama"]),
+        ("qwne", ["qwen"]),  # two letters swapped
+        ("mistrl", ["mistral", "mixtral"]),  # the nearest first
+        ("lamma 8b", ["llama 8b"]),  # only the misspelt word changes
+        ("mistrl tag:chat", ["mistral tag:chat", "mixtral tag:chat"]),  # filters are kept
+        ("mixtrl status:ready", ["mistral status:ready"]),  # Mixtral is pending: only what finds something
+        ("llama qwen", []),  # real words that find nothing together are not misspelt
+        ("zzzzzz", []),
+        ("lam", []),  # a prefix that matches finds models: nothing to correct
+    ],
+)
+async def test_a_query_that_finds_nothing_suggests_one_that_does(
+    use_fts5: bool, query: str, suggested: list[str]
+) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    await index.rebuild(NAMES, revision=1)
+    page = await index.search(query)
+    assert page.suggestions == suggested
+    if suggested:
+        assert page.hits == [] and page.total == 0
+        assert (await index.search(suggested[0])).hits
     await index.close()

@@ -1,9 +1,11 @@
 """`cpctl gossip`: the gossip layer's bandwidth matrix, training rounds and groups, as the cluster
-records them."""
+records them, and a plot of the rounds (matplotlib, imported only by `cpctl gossip plot`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -45,6 +47,8 @@ def _round_row(r: Round) -> list[object]:
         f"{r.bytes_total / 1e6:.2f} MB",
         f"{r.seconds_max:.2f}s",
         f"{distance:.4g}" if distance is not None else "-",
+        f"{r.loss:.4g}" if r.loss is not None else "-",
+        f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-",
         len(r.failures),
     ]
 
@@ -61,17 +65,24 @@ _ROUND_HEADERS = [
     "BYTES",
     "SLOWEST",
     "PAIR_DIST2",
+    "LOSS",
+    "ACCURACY",
     "FAILURES",
 ]
 _CONSENSUS_NOTE = (
     "PAIR_DIST2: mean squared distance between matched partners' parameters before the round "
     "(exchanged coordinates), the consensus measure"
 )
+_METRICS_NOTE = (
+    "LOSS, ACCURACY: means over the participants that reported them, of the models they brought to the round"
+)
 _PROBE_NOTE = "probe: a round of bandwidth probes on disjoint pairs (two transfer sizes each way; nothing mixed)"
 
 
 def _notes(found: list[Round]) -> str:
     notes = [_CONSENSUS_NOTE] if found else []
+    if any(r.metrics is not None for r in found):
+        notes.append(_METRICS_NOTE)
     if any(r.probe for r in found):
         notes.append(_PROBE_NOTE)
     return "".join(f"\n{note}" for note in notes)
@@ -85,6 +96,8 @@ def _round_value(r: Round | None) -> Any:
     value["duration_s"] = r.duration_s
     value["pair_distance_sq"] = r.pair_distance_sq
     value["probe"] = r.probe
+    value["loss"] = r.loss
+    value["accuracy"] = r.accuracy
     return value
 
 
@@ -120,7 +133,7 @@ def _describe_group(g: GroupConfig) -> str:
         [
             f"group {g.group}: {'paused' if g.paused else 'active'}, policy {g.policy}, round timeout "
             f"{g.round_timeout_s:g}s, at least {g.min_participants} peers, seed {g.seed}",
-            f"tensors: {tensors} (sparsity {g.sparsity_ratio:g})",
+            f"tensors: {tensors} (sparsity {g.sparsity_ratio:g}, compression {g.compression or 'none'})",
             f"probe cycles: when a link is unknown, and every {g.probe_every_rounds} training rounds"
             if g.probe_every_rounds
             else "probe cycles: only when a link is unknown",
@@ -177,11 +190,115 @@ def rounds(
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """A group's rounds, oldest first: policy (``probe`` for probe rounds), time, bytes, bottleneck
-    bandwidth, consensus measure and failures."""
+    bandwidth, consensus measure, the participants' mean loss and accuracy, and failures."""
     with connect(endpoints, timeout) as client:
         found = client.gossip.rounds(group, after=after, limit=limit)
     text = table([_round_row(r) for r in found], _ROUND_HEADERS)
     emit(output, [_round_value(r) for r in found], text + _notes(list(found)))
+
+
+#: matplotlib's version the plot is made with (pyproject.toml pins the same).
+MATPLOTLIB_PIN = "matplotlib==3.11.2"
+PLOT_SIZE_IN = (8.0, 8.0)
+PLOT_DPI = 100
+
+
+def plot_rounds(rounds: Sequence[Round], path: Path, title: str) -> int:
+    """Draw the finished training rounds among ``rounds`` into a PNG at ``path``: the participants'
+    accuracy and loss (mean line, min-max band over the participants) and the consensus measure,
+    over the round number. Probe rounds (no mix, no metrics) and running rounds are left out.
+    Returns how many rounds were drawn. Raises ImportError when matplotlib is not installed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    done = [r for r in rounds if r.ended_unix_ms and not r.probe]
+    figure = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    accuracy_ax, loss_ax, distance_ax = figure.subplots(3, 1, sharex=True)
+    figure.suptitle(title)
+    for ax, field, label in ((accuracy_ax, "accuracy", "accuracy"), (loss_ax, "loss", "loss")):
+        xs, means, lows, highs = [], [], [], []
+        for r in done:
+            values = [getattr(m.metrics, field) for m in r.node_metrics]
+            known = [v for v in values if v is not None]
+            mean = getattr(r, field)
+            if mean is None or not known:
+                continue
+            xs.append(r.number)
+            means.append(mean)
+            lows.append(min(known))
+            highs.append(max(known))
+        if xs:
+            ax.fill_between(xs, lows, highs, alpha=0.2, label="min-max over participants")
+            ax.plot(xs, means, marker=".", label="mean over participants")
+            ax.legend(loc="best", fontsize="small")
+        else:
+            ax.text(0.5, 0.5, f"no {field} reported", ha="center", va="center", transform=ax.transAxes)
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    if any(r.accuracy is not None for r in done):
+        accuracy_ax.set_ylim(-0.02, 1.02)
+    measured = [(r.number, d) for r in done if (d := r.pair_distance_sq) is not None]
+    if measured:
+        distance_ax.plot([n for n, _ in measured], [d for _, d in measured], marker=".", color="tab:green")
+        if all(d > 0 for _, d in measured):
+            distance_ax.set_yscale("log")
+    else:
+        distance_ax.text(0.5, 0.5, "no mix reported", ha="center", va="center", transform=distance_ax.transAxes)
+    distance_ax.set_ylabel("consensus distance\n(PAIR_DIST2)")
+    distance_ax.set_xlabel("round")
+    distance_ax.grid(True, alpha=0.3)
+    figure.savefig(path, format="png")
+    return len(done)
+
+
+def _all_rounds(client: Any, group: str, after: int) -> list[Round]:
+    """Every retained round of ``group`` numbered above ``after``, oldest first (page by page)."""
+    found: list[Round] = []
+    page = 1000
+    while True:
+        batch = client.gossip.rounds(group, after=after, limit=page)
+        found.extend(batch)
+        if len(batch) < page:
+            return found
+        after = batch[-1].number
+
+
+@gossip_app.command()
+def plot(
+    group: str,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG file to write")] = Path("rounds.png"),
+    after: Annotated[int, typer.Option(help="Only rounds numbered above this")] = 0,
+    title: Annotated[str | None, typer.Option(help="The figure's title (default: the group's name)")] = None,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Plot a group's finished training rounds as a PNG: the participants' accuracy and loss (mean and
+    min-max band) and the consensus distance, over the round number. Needs matplotlib."""
+    if out.suffix.lower() != ".png":
+        fail(f"--out {out}: the plot is a PNG; name a file ending in .png", code=EXIT_USAGE)
+    if not out.parent.is_dir():
+        fail(f"--out {out}: directory {out.parent} does not exist", code=EXIT_USAGE)
+    try:
+        import matplotlib  # noqa: F401  # only to say what is missing before reading the rounds
+    except ImportError:
+        fail(
+            "cpctl gossip plot draws with matplotlib, which is not installed: "
+            f"pip install '{MATPLOTLIB_PIN}' (the 'plot' extra)"
+        )
+    with connect(endpoints, timeout) as client:
+        found = _all_rounds(client, group, after)
+    drawable = [r for r in found if r.ended_unix_ms and not r.probe]
+    if not drawable:
+        fail(f"group {group!r} has no finished training round{f' after round {after}' if after else ''} to plot")
+    try:
+        drawn = plot_rounds(found, out, title or f"gossip group {group}")
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}")
+    first, last = drawable[0].number, drawable[-1].number
+    value = {"group": group, "path": str(out), "rounds": drawn, "first": first, "last": last}
+    emit(output, value, f"wrote {out}: {drawn} training rounds ({first} to {last})")
 
 
 @gossip_app.command()
@@ -272,8 +389,11 @@ def groups_configure(
         typer.Option("--tensor", "-t", help="NAME:DTYPE:SHAPE, e.g. w:float32:784x10 (repeat; creates the group)"),
     ] = None,
     sparsity: Annotated[float | None, typer.Option(help="Fraction of coordinates exchanged (creation only)")] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="How exchanged values travel: none or int8 (creation only)")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="The group's seed (creation only)")] = None,
-    policy: Annotated[str | None, typer.Option(help="saps, random or best_bottleneck")] = None,
+    policy: Annotated[str | None, typer.Option(help="saps, saps-adaptive, random or best_bottleneck")] = None,
     round_timeout: Annotated[float | None, typer.Option("--round-timeout", help="Seconds per round")] = None,
     min_participants: Annotated[int | None, typer.Option(help="Fewest peers a round starts with")] = None,
     pause: Annotated[bool | None, typer.Option("--pause/--resume", help="Stop or resume starting rounds")] = None,
@@ -292,7 +412,8 @@ def groups_configure(
     """Create a group (with --tensor), or change an existing group's policy, timeout, minimum, probe
     interval or pause.
 
-    A group's tensors, sparsity and seed are fixed once it exists: a new layout needs a new group name.
+    A group's tensors, sparsity, compression and seed are fixed once it exists: a new layout needs a
+    new group name.
     """
     if tensor:
         tensors = [_parse_tensor(t) for t in tensor]
@@ -307,11 +428,15 @@ def groups_configure(
                 seed=seed or 0,
                 paused=bool(pause),
                 probe_every_rounds=probe_every,
+                compression=compression or "",
             )
         verb = "created" if change.created else "exists (unchanged; use the options without --tensor to change it)"
     else:
-        if sparsity is not None or seed is not None:
-            fail("--sparsity and --seed are fixed when a group is created (with --tensor)", code=EXIT_USAGE)
+        if sparsity is not None or seed is not None or compression is not None:
+            fail(
+                "--sparsity, --compression and --seed are fixed when a group is created (with --tensor)",
+                code=EXIT_USAGE,
+            )
         if (
             policy is None
             and round_timeout is None

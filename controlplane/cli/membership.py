@@ -24,10 +24,18 @@ from controlplane.cli.common import (
     resolve_endpoints,
 )
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
-from controlplane.client import AsyncClient, ControlPlaneError, Moves, Network, NodeView
+from controlplane.client import (
+    AsyncClient,
+    ControlPlaneError,
+    Credentials,
+    CredentialsError,
+    Moves,
+    Network,
+    NodeView,
+)
 from controlplane.state import health, limits
 from controlplane.supervisor import Supervisor
-from gossip.artifacts import ArtifactServer, ArtifactStore, announce
+from gossip.artifacts import ArtifactServer, ArtifactStore, ClusterAccess, announce, tls_credentials
 
 nodes_app = typer.Typer(help="Servers and agents: the unified node view.", no_args_is_help=True)
 networks_app = typer.Typer(help="Networks, their members and client places.", no_args_is_help=True)
@@ -406,6 +414,13 @@ def agent(
             help="Start services on demand from their manifests' run (cpctl services start); capability run-services"
         ),
     ] = False,
+    insecure_dev: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-dev",
+            help="Without TLS credentials, serve the artifacts in clear to anyone who can connect (local experiments)",
+        ),
+    ] = False,
     endpoints: EndpointsOption = None,
 ) -> None:
     """Run an agent: register, keep its lease alive, deregister on Ctrl-C or SIGTERM.
@@ -415,7 +430,10 @@ def agent(
 
     With --artifact-dir it also serves the artifacts in that store on its gossip port, registers that
     port under the purpose "gossip", and records itself as a replica of every artifact in the store
-    the registry knows with the same sha256.
+    the registry knows with the same sha256. The port serves mutual TLS with the agent's own
+    certificate (--cacert/--cert/--key naming agent:ID): agents and servers may download, and users
+    who hold models:read on the model (asked of the cluster). Without TLS credentials it refuses to
+    serve unless --insecure-dev.
     """
     agent_id = node_id or socket.gethostname().split(".")[0]
     addresses = _pairs(address, "--address")
@@ -434,8 +452,10 @@ def agent(
         if gossip_advertise and (problem := limits.check_address(gossip_advertise, "--gossip-advertise")):
             fail(problem, code=EXIT_USAGE)
     servers = resolve_endpoints(endpoints)
+    credentials = client_credentials(endpoints, servers=servers)
+    pems = _artifact_tls(credentials, agent_id, insecure_dev) if artifact_dir is not None else None
     runner = Agent(
-        AsyncClient(servers, timeout=max(5.0, ttl / 3), credentials=client_credentials(endpoints, servers=servers)),
+        AsyncClient(servers, timeout=max(5.0, ttl / 3), credentials=credentials),
         agent_id,
         ttl_s=ttl,
         addresses=addresses,
@@ -452,7 +472,14 @@ def agent(
     )
     artifacts = None
     if artifact_dir is not None:
-        artifacts = ArtifactServer(ArtifactStore(artifact_dir), node_id=agent_id, on_damaged=runner.artifact_damaged)
+        server_credentials = tls_credentials(*pems)[0] if pems is not None else None
+        artifacts = ArtifactServer(
+            ArtifactStore(artifact_dir),
+            node_id=agent_id,
+            on_damaged=runner.artifact_damaged,
+            server_credentials=server_credentials,
+            access=ClusterAccess(runner.client) if server_credentials is not None else None,
+        )
     if allow_run and not checks:
         fail("--allow-run needs the checks (a started service is followed by its health check)", code=EXIT_USAGE)
     supervisor = Supervisor(runner.client, agent_id) if allow_run else None
@@ -464,6 +491,43 @@ def agent(
         else None
     )
     asyncio.run(_run_agent(runner, join or [], artifacts, gossip_listen, gossip_advertise, checker))
+
+
+def _artifact_tls(credentials: Credentials, agent_id: str, insecure_dev: bool) -> tuple[bytes, bytes, bytes] | None:
+    """(CA, certificate, key) PEM bytes for the artifact port: the agent's own cluster credentials,
+    which must name agent:<its id>. None (plaintext) only with --insecure-dev and no credentials."""
+    if credentials.ca is None or credentials.cert is None or credentials.key is None:
+        if not insecure_dev:
+            fail(
+                "serving artifacts needs TLS: run the agent with its own certificate (cpctl certs issue "
+                f"{agent_id} --role agent --san ADDRESS_IT_IS_DIALED_AT, then --cacert ca.pem --cert "
+                f"agent-{agent_id}.pem --key agent-{agent_id}-key.pem), or --insecure-dev to serve them in clear "
+                "to anyone on a trusted network",
+                code=EXIT_USAGE,
+            )
+        typer.echo(
+            "WARNING: --insecure-dev: this agent serves its model artifacts WITHOUT TLS to anyone who can reach "
+            "its gossip port: no authentication, no permission check. Local experiments only.",
+            err=True,
+        )
+        return None
+    from controlplane import tls  # cryptography: only for an agent serving artifacts over TLS
+
+    try:
+        credentials.check()
+        named = tls.describe(credentials.cert)["identity"]
+        pems = (credentials.ca.read_bytes(), credentials.cert.read_bytes(), credentials.key.read_bytes())
+    except (CredentialsError, tls.TlsError, OSError, ValueError) as exc:
+        fail(f"cannot serve artifacts over TLS: {exc}", code=EXIT_USAGE)
+    if named != {"role": "agent", "id": agent_id}:
+        who = f"{named['role']}:{named['id']}" if named else "no controlplane identity"
+        fail(
+            f"the certificate {credentials.cert} names {who}, but the artifact port of agent {agent_id} presents "
+            f"agent:{agent_id} (fetchers and peers check it): cpctl certs issue {agent_id} --role agent "
+            "--san ADDRESS_IT_IS_DIALED_AT, and run the agent with that pair (--cert, --key)",
+            code=EXIT_USAGE,
+        )
+    return pems
 
 
 async def _run_agent(

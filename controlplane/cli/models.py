@@ -35,6 +35,7 @@ from controlplane.client import (
     AsyncClient,
     Client,
     ControlPlaneError,
+    CredentialsError,
     DeadlineExceeded,
     InvalidArgument,
     Model,
@@ -184,23 +185,31 @@ def list_(
 
 @models_app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="Terms; each matches as a prefix, all must match")],
+    query: Annotated[
+        str, typer.Argument(help="Terms, each a prefix, all required; tag:X family:X status:X format:X owner:X filter")
+    ] = "",
     tag: Annotated[str, typer.Option(help="Only models with this tag")] = "",
     family: Annotated[str, typer.Option(help="Only this family")] = "",
     format_: Annotated[str | None, typer.Option("--format", help="Only models with a version in this format")] = None,
     status: Annotated[str | None, typer.Option(help="Only models with a version in this status")] = None,
+    owner: Annotated[str, typer.Option(help="Only models of this owner")] = "",
     limit: Annotated[int, typer.Option(help="Results per page")] = 20,
     offset: Annotated[int, typer.Option(help="Skip this many results")] = 0,
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Find models by name fragments, family, tags and description."""
+    """Find models by name fragments, family, tags and description.
+
+    Filters can be typed in the query too ('tag:chat family:qwen 7b'); filters alone list their models.
+    """
     with connect(endpoints, timeout) as client:
         result = client.models.search(
-            query, tag=tag, family=family, format=format_, status=status, limit=limit, offset=offset
+            query, tag=tag, family=family, format=format_, status=status, owner=owner, limit=limit, offset=offset
         )
     lines = [_model_line(hit.model) for hit in result.hits] or ["(no match)"]
+    if result.suggestions:
+        lines.append("did you mean: " + ", ".join(repr(suggestion) for suggestion in result.suggestions))
     lines.append(
         f"\n{len(result.hits)} of {result.total} match(es), {result.query_ms:.2f} ms ({result.engine}), "
         f"revision {result.revision}"
@@ -517,6 +526,19 @@ def fetch_(
     """
     resolved = resolve_endpoints(endpoints)
     credentials = client_credentials(endpoints, servers=resolved)
+    holder_tls = None
+    if credentials.secure:
+        # The holders' artifact ports take only certificates from the cluster CA (docs/artifacts.md).
+        if credentials.cert is None:
+            fail(
+                "fetching artifacts from a TLS cluster needs a client certificate (--cert, --key: cpctl certs issue "
+                "NAME --role client) whose identity holds models:read; a bearer token alone is not enough",
+                code=EXIT_USAGE,
+            )
+        try:
+            holder_tls = credentials.channel_credentials()
+        except CredentialsError as exc:
+            fail(str(exc), code=EXIT_USAGE)
     store = ArtifactStore(dir_)
     # The library's warnings (a holder dropped, a chunk refused) are summed up in the result printed at
     # the end; only errors go to stderr meanwhile, never into the JSON on stdout.
@@ -537,6 +559,7 @@ def fetch_(
                     parallel=parallel,
                     chunk_size=chunk_size,
                     progress=progress,
+                    channel_credentials=holder_tls,
                 )
 
     with _fetch_errors(resolved):

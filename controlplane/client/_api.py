@@ -779,18 +779,20 @@ class Models:
         family: str = "",
         format: ModelFormat | str | None = None,
         status: VersionStatus | str | None = None,
+        owner: str = "",
         limit: int = 20,
         offset: int = 0,
         consistency: Consistency = Consistency.LINEARIZABLE,
         min_revision: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
-        """Full-text search: every term a prefix, all required, ranked by bm25; filters on tag, family,
-        format and status. The answer carries the revision it reflects and the query time."""
+        """Full-text search: every term a prefix, all required; an exact name first, then name prefixes,
+        then bm25. Filters on tag, family, format, status and owner, as arguments or typed in the
+        query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean)."""
         r = self._unary(
             R.SEARCH,
             R.search_request(
-                query, tag, family, format, status, limit, offset, P.read_options(consistency, min_revision)
+                query, tag, family, format, status, owner, limit, offset, P.read_options(consistency, min_revision)
             ),
             timeout,
         )
@@ -1212,11 +1214,15 @@ class Gossip:
         failed_peer: str = "",
         reason: str = "",
         mix_delta_sq: float = 0.0,
+        loss: float | None = None,
+        accuracy: float | None = None,
+        examples: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Round:
         """A participant's outcome; ``failed_peer`` names the partner that failed the exchange
-        (its link is penalised)."""
+        (its link is penalised). ``loss``, ``accuracy`` (in [0, 1]) and ``examples``: this node's
+        training metrics for the round (its model before the mix); None: not measured."""
         r = self._unary(
             G.REPORT_ROUND,
             gossip_pb2.ReportRoundRequest(
@@ -1228,6 +1234,7 @@ class Gossip:
                 failed_peer=failed_peer,
                 reason=reason,
                 mix_delta_sq=mix_delta_sq,
+                metrics=G.training_metrics(loss, accuracy, examples),
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -1292,13 +1299,15 @@ class Gossip:
         seed: int = 0,
         paused: bool = False,
         probe_every_rounds: int | None = None,
+        compression: str = "",
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> G.GroupChange:
         """Create the group with its tensor spec (``[(name, dtype, shape), ...]``), or get it back
-        unchanged when it exists with the same tensors and sparsity (``created=False``).
+        unchanged when it exists with the same tensors, sparsity and compression (``created=False``).
         ``FailedPrecondition`` for another spec: use a new name. ``probe_every_rounds``: training
-        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50)."""
+        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50).
+        ``compression``: "none" (or "") or "int8" (``InvalidArgument`` for anything else)."""
         r = self._unary(
             G.CONFIGURE_GROUP,
             G.configure_request(
@@ -1311,6 +1320,7 @@ class Gossip:
                 seed=seed,
                 paused=paused,
                 probe_every_rounds=probe_every_rounds,
+                compression=compression,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2099,18 +2109,20 @@ class AsyncModels:
         family: str = "",
         format: ModelFormat | str | None = None,
         status: VersionStatus | str | None = None,
+        owner: str = "",
         limit: int = 20,
         offset: int = 0,
         consistency: Consistency = Consistency.LINEARIZABLE,
         min_revision: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
-        """Full-text search: every term a prefix, all required, ranked by bm25; filters on tag, family,
-        format and status. The answer carries the revision it reflects and the query time."""
+        """Full-text search: every term a prefix, all required; an exact name first, then name prefixes,
+        then bm25. Filters on tag, family, format, status and owner, as arguments or typed in the
+        query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean)."""
         r = await self._unary(
             R.SEARCH,
             R.search_request(
-                query, tag, family, format, status, limit, offset, P.read_options(consistency, min_revision)
+                query, tag, family, format, status, owner, limit, offset, P.read_options(consistency, min_revision)
             ),
             timeout,
         )
@@ -2532,11 +2544,15 @@ class AsyncGossip:
         failed_peer: str = "",
         reason: str = "",
         mix_delta_sq: float = 0.0,
+        loss: float | None = None,
+        accuracy: float | None = None,
+        examples: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Round:
         """A participant's outcome; ``failed_peer`` names the partner that failed the exchange
-        (its link is penalised)."""
+        (its link is penalised). ``loss``, ``accuracy`` (in [0, 1]) and ``examples``: this node's
+        training metrics for the round (its model before the mix); None: not measured."""
         r = await self._unary(
             G.REPORT_ROUND,
             gossip_pb2.ReportRoundRequest(
@@ -2548,6 +2564,7 @@ class AsyncGossip:
                 failed_peer=failed_peer,
                 reason=reason,
                 mix_delta_sq=mix_delta_sq,
+                metrics=G.training_metrics(loss, accuracy, examples),
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2612,13 +2629,15 @@ class AsyncGossip:
         seed: int = 0,
         paused: bool = False,
         probe_every_rounds: int | None = None,
+        compression: str = "",
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> G.GroupChange:
         """Create the group with its tensor spec (``[(name, dtype, shape), ...]``), or get it back
-        unchanged when it exists with the same tensors and sparsity (``created=False``).
+        unchanged when it exists with the same tensors, sparsity and compression (``created=False``).
         ``FailedPrecondition`` for another spec: use a new name. ``probe_every_rounds``: training
-        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50)."""
+        rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50).
+        ``compression``: "none" (or "") or "int8" (``InvalidArgument`` for anything else)."""
         r = await self._unary(
             G.CONFIGURE_GROUP,
             G.configure_request(
@@ -2631,6 +2650,7 @@ class AsyncGossip:
                 seed=seed,
                 paused=paused,
                 probe_every_rounds=probe_every_rounds,
+                compression=compression,
                 request_id=P.rid(request_id),
             ),
             timeout,

@@ -236,6 +236,15 @@ class AsyncClient:
         request = cluster_pb2.StatusRequest()
         return _base.cluster_status(await self._unary(_base.STATUS, request, timeout))
 
+    async def check_permission(
+        self, identity: str, domain: str, verb: str, resource: str = "", *, timeout: float | None = None
+    ) -> str | None:
+        """Whether ``identity`` (``user:alice``, ``agent:n1``, ``server:s1``) holds a permission, as the
+        answering server's state says: None if it does, else why not. For agents and servers that
+        guard a port of their own (an agent's artifact port); callers need cluster admin otherwise."""
+        request = _base.check_permission_request(identity, domain, verb, resource)
+        return _base.permission_answer(await self._unary(_base.CHECK_PERMISSION, request, timeout))
+
     async def add_member(
         self, id: str, raft_address: str, client_address: str, *, timeout: float | None = None
     ) -> MemberList:

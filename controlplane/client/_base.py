@@ -58,7 +58,7 @@ from controlplane.client._models import (
     Role,
     SnapshotInfo,
 )
-from controlplane.v1 import cluster_pb2, common_pb2, kv_pb2, watch_pb2
+from controlplane.v1 import auth_pb2, cluster_pb2, common_pb2, kv_pb2, watch_pb2
 
 #: Default overall deadline of a call, in seconds.
 DEFAULT_TIMEOUT = 5.0
@@ -318,6 +318,17 @@ TRANSFER_LEADERSHIP = Rpc(
 )
 SNAPSHOT = Rpc("/controlplane.v1.Cluster/Snapshot", cluster_pb2.SnapshotChunk, write=False)
 RESTORE = Rpc("/controlplane.v1.Cluster/Restore", cluster_pb2.RestoreResponse, write=True)
+CHECK_PERMISSION = Rpc("/controlplane.v1.Auth/Check", auth_pb2.CheckResponse, write=False)
+
+
+def check_permission_request(identity: str, domain: str, verb: str, resource: str) -> auth_pb2.CheckRequest:
+    return auth_pb2.CheckRequest(
+        identity=identity, permission=auth_pb2.Permission(domain=domain, verb=verb, resource=resource)
+    )
+
+
+def permission_answer(response: auth_pb2.CheckResponse) -> str | None:
+    return None if response.allowed else response.reason or "not allowed"
 
 
 class ClientCore:

@@ -21,11 +21,13 @@ __all__ = [
     "GroupChange",
     "GroupConfig",
     "Link",
+    "NodeMetrics",
     "Round",
     "RoundFailure",
     "RoundState",
     "TensorInfo",
     "TensorSpec",
+    "TrainingMetrics",
 ]
 
 
@@ -75,6 +77,8 @@ class TensorInfo:
 class TensorSpec:
     tensors: tuple[TensorInfo, ...]
     sparsity_ratio: float
+    #: How exchanged values travel: "" (as they are) or "int8".
+    compression: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,23 @@ class RoundFailure:
     node: str
     peer: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingMetrics:
+    """A node's own training metrics for a round (the model it brought to the round, before the
+    mix), or a round's aggregate of them. None: not measured (never a stand-in for 0)."""
+
+    loss: float | None = None
+    #: In [0, 1].
+    accuracy: float | None = None
+    examples: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMetrics:
+    node: str
+    metrics: TrainingMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +131,21 @@ class Round:
     #: Participants that reported a successful mix, and the sum of their ``mix_delta_sq``.
     mixed: int = 0
     mix_delta_sq: float = 0.0
+    #: The training metrics participants reported with the round, one record each, by node.
+    node_metrics: tuple[NodeMetrics, ...] = ()
+    #: Over ``node_metrics``: mean loss and mean accuracy over the records carrying each, examples
+    #: summed (None when no participant reported metrics; see ``loss`` and ``accuracy``).
+    metrics: TrainingMetrics | None = None
+
+    @property
+    def loss(self) -> float | None:
+        """The mean loss the participants reported (None: none did)."""
+        return self.metrics.loss if self.metrics is not None else None
+
+    @property
+    def accuracy(self) -> float | None:
+        """The mean accuracy the participants reported (None: none did)."""
+        return self.metrics.accuracy if self.metrics is not None else None
 
     @property
     def probe(self) -> bool:
@@ -135,7 +171,7 @@ class GroupConfig:
     """A gossip group's configuration (see ``GroupConfig`` in gossip.proto)."""
 
     group: str
-    #: "saps", "random" or "best_bottleneck".
+    #: "saps", "saps-adaptive", "random" or "best_bottleneck".
     policy: str
     sparsity_ratio: float
     round_timeout_s: float
@@ -149,6 +185,8 @@ class GroupConfig:
     updated_unix_ms: int
     #: Training rounds between two probe cycles (0: probe only links nobody measured).
     probe_every_rounds: int = 0
+    #: Fixed once the group exists: how exchanged values travel, "" (as they are) or "int8".
+    compression: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +257,13 @@ def round_request(
 Tensors = Iterable[tuple[str, str, Sequence[int]]]
 
 
+def training_metrics(
+    loss: float | None = None, accuracy: float | None = None, examples: int | None = None
+) -> gossip_pb2.TrainingMetrics:
+    """A report's metrics: only the given ones set (the cluster checks them: finite, accuracy in [0, 1])."""
+    return gossip_pb2.TrainingMetrics(loss=loss, accuracy=accuracy, examples=examples)
+
+
 def tensor_spec(tensors: Tensors, sparsity_ratio: float = 0.0) -> gossip_pb2.TensorSpec:
     """``[(name, dtype, shape), ...]`` as a TensorSpec (dtype: a numpy dtype name, e.g. "float32")."""
     return gossip_pb2.TensorSpec(
@@ -238,9 +283,11 @@ def configure_request(
     seed: int,
     paused: bool,
     probe_every_rounds: int | None = None,
+    compression: str = "",
     request_id: str,
 ) -> gossip_pb2.ConfigureGroupRequest:
-    """``probe_every_rounds=None`` leaves it to the cluster's default (50)."""
+    """``probe_every_rounds=None`` leaves it to the cluster's default (50); ``compression``: "" or
+    "none" (values as they are) or "int8"."""
     return gossip_pb2.ConfigureGroupRequest(
         group=gossip_pb2.GroupConfig(
             group=group,
@@ -252,6 +299,7 @@ def configure_request(
             seed=seed,
             paused=paused,
             probe_every_rounds=probe_every_rounds,
+            compression=compression,
         ),
         request_id=request_id,
     )

@@ -137,6 +137,8 @@ class SearchResult:
     query_ms: float
     #: "fts5" or "like".
     engine: str
+    #: Did you mean: when the first page found nothing, corrected queries that find models, best first.
+    suggestions: tuple[str, ...] = ()
 
 
 def format_value(value: ModelFormat | str | int) -> int:
@@ -266,6 +268,7 @@ def search_request(
     family: str,
     format: ModelFormat | str | None,
     status: VersionStatus | str | None,
+    owner: str,
     limit: int,
     offset: int,
     read: Any,
@@ -277,6 +280,7 @@ def search_request(
         family=family,
         format=format_value(format) if format is not None else 0,  # type: ignore[arg-type]
         status=status_value(status),  # type: ignore[arg-type]
+        owner=owner,
         limit=limit,
         offset=offset,
     )

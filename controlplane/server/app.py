@@ -103,7 +103,11 @@ async def serve(config: ServerConfig) -> None:
     authorizer = Authorizer(lambda: node.machine.auth, insecure_dev=plaintext, limiter=limiter)
     audit = open_audit_log(config.audit_file, config.node_id)
     streams = StreamLimiter(config.max_streams_per_identity) if config.max_streams_per_identity else None
-    server = grpc.aio.server(interceptors=[ErrorsAndMetrics(authorizer, audit, streams)], options=SERVER_OPTIONS)
+    per_connection = config.max_streams_per_connection
+    connection_streams = StreamLimiter(per_connection, per="connection") if per_connection else None
+    server = grpc.aio.server(
+        interceptors=[ErrorsAndMetrics(authorizer, audit, streams, connection_streams)], options=SERVER_OPTIONS
+    )
     auth_pb2_grpc.add_AuthServicer_to_server(AuthService(node, authorizer), server)
     kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
     watch_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)

@@ -15,7 +15,7 @@ import grpc
 
 from controlplane.errors import InvalidArgument
 from controlplane.server.authz import Authorizer
-from controlplane.state.auth import TOKEN_PREFIX, secret_hash
+from controlplane.state.auth import DOMAINS, TOKEN_PREFIX, VERBS, Caller, Need, allowed, secret_hash
 from controlplane.v1 import auth_pb2, auth_pb2_grpc, command_pb2, common_pb2
 
 if TYPE_CHECKING:
@@ -152,3 +152,27 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.AuthChangeResponse:
         return await self._change(request.request_id, auth_pb2.AuthCommand(token_revoke=request.token_id))
+
+    async def Check(self, request: auth_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> auth_pb2.CheckResponse:
+        # This server's state, as the interceptor judges every call here: no linearizable read, so
+        # a port guarded with it sees a revocation as soon as this server applied it.
+        caller = _caller(request.identity)
+        permission = request.permission
+        if permission.domain not in DOMAINS or permission.verb not in VERBS:
+            raise InvalidArgument(
+                f"check a permission of one domain ({', '.join(DOMAINS)}) and one verb ({', '.join(VERBS)}); "
+                f"got {permission.domain!r}:{permission.verb!r}"
+            )
+        need = Need(permission.domain, permission.verb, permission.resource)
+        if allowed(self._node.machine.auth, caller, need):
+            return auth_pb2.CheckResponse(allowed=True)
+        return auth_pb2.CheckResponse(allowed=False, reason=f"this needs {need}; {caller} does not hold it")
+
+
+def _caller(identity: str) -> Caller:
+    """``user:alice`` (or ``client:alice``, as a certificate names it), ``agent:n1``, ``server:s1``."""
+    kind, _, name = identity.partition(":")
+    kind = "user" if kind == "client" else kind
+    if kind not in ("user", "agent", "server") or not name:
+        raise InvalidArgument(f"identity {identity!r} is not user:<name>, agent:<node id> or server:<id>")
+    return Caller(kind, name)

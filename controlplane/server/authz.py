@@ -207,6 +207,8 @@ METHODS: dict[str, Rule] = {
     "/controlplane.v1.Auth/CreateToken": _ADMIN,
     "/controlplane.v1.Auth/ListTokens": _ADMIN,
     "/controlplane.v1.Auth/RevokeToken": _ADMIN,
+    # Asked by the agents guarding their artifact ports (any agent: ANY_NODE), by servers, and by admins.
+    "/controlplane.v1.Auth/Check": _static(Need("cluster", "admin", node=ANY_NODE)),
 }
 
 #: Methods that change state: each one is written to the audit log. Everything else only reads.
@@ -215,7 +217,9 @@ READ_ONLY = frozenset(
     for method, rule in METHODS.items()
     if rule in (OPEN, AUTHENTICATED)
     or method.rsplit("/", 1)[1].startswith(("Get", "List", "Search", "Stats", "Conflicts", "History", "Export"))
-    or method.endswith(("/Watch", "/Snapshot", "/KV/Get", "/KV/List", "/Ports/List", "/Services/List", "/Leases/List"))
+    or method.endswith(
+        ("/Watch", "/Snapshot", "/Auth/Check", "/KV/Get", "/KV/List", "/Ports/List", "/Services/List", "/Leases/List")
+    )
 )
 
 

@@ -162,6 +162,9 @@ class ServerConfig:
     # Server streams (Watch) one identity may hold open on this server at once; one more gets
     # RESOURCE_EXHAUSTED. Without it one client holding thousands of watches slows every caller. 0: off.
     max_streams_per_identity: int = 256
+    # Server streams (Watch) one client connection may carry at once, whoever the caller; one more
+    # gets RESOURCE_EXHAUSTED. Bounds a connection even for an identity allowed many streams. 0: off.
+    max_streams_per_connection: int = 256
 
     def validate(self) -> None:
         problems = [
@@ -223,6 +226,8 @@ class ServerConfig:
             raise ConfigError("rate_limit_per_identity and rate_limit_burst must be >= 0")
         if self.max_streams_per_identity < 0:
             raise ConfigError("max_streams_per_identity must be >= 0 (0: no limit)")
+        if self.max_streams_per_connection < 0:
+            raise ConfigError("max_streams_per_connection must be >= 0 (0: no limit)")
         if self.min_quorum < 1:
             raise ConfigError("min_quorum must be at least 1")
         ids = [peer.id for peer in self.peers]

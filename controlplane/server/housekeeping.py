@@ -263,7 +263,9 @@ class Housekeeper:
 
     def _gather_due(
         self,
-    ) -> list[tuple[gossip_pb2.GroupConfig, list[gossip_pb2.Round], list[str], list[gossip_pb2.Link], int]]:
+    ) -> list[
+        tuple[gossip_pb2.GroupConfig, list[gossip_pb2.Round], list[str], list[gossip_pb2.Link], int, dict[str, int]]
+    ]:
         """Under the state lock: each group that is not paused, has no running round and has enough
         eligible nodes, with its newest committed rounds, its eligible nodes and the committed links
         among them (references: the state replaces records, never edits them). One pass over the nodes
@@ -297,7 +299,10 @@ class Housekeeper:
                 links = [table[pair] for pair in pairs if pair in table]
             else:
                 links = list(table.values())
-            due.append((config, rounds, participants, links, gossip.matrix_version))
+            # The node records' revisions: a node silent in its last round sits out until its record
+            # changes (a sign of life) or its backoff runs out (gossip.coordinator.suspended).
+            revisions = {node: membership.nodes[node].mod_revision for node in participants}
+            due.append((config, rounds, participants, links, gossip.matrix_version, revisions))
         return due
 
     async def _plan_and_start(self, term: int) -> None:
@@ -317,10 +322,10 @@ class Housekeeper:
                 # committed rounds anyway; this keeps what an old term cached from lingering).
                 self._coordinator, self._coordinator_term = Coordinator(), term
             self._coordinator.forget(keep=configured)
-            for config, rounds, participants, links, version in due:
+            for config, rounds, participants, links, version, revisions in due:
                 now = time.time_ns() // 1_000_000
                 plan: Plan | None = await asyncio.to_thread(
-                    self._coordinator.plan, config, rounds, participants, links, version, now
+                    self._coordinator.plan, config, rounds, participants, links, version, now, revisions
                 )
                 if plan is None:
                     continue

@@ -30,12 +30,14 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
         authorizer: Authorizer | None = None,
         audit: Callable[..., None] | None = None,
         streams: StreamLimiter | None = None,
+        connection_streams: StreamLimiter | None = None,
     ) -> None:
         # Wrapped handlers are built once per method, not per call (this is the hot path).
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
         self._authorizer = authorizer
         self._audit = audit
         self._streams = streams
+        self._connection_streams = connection_streams
 
     async def intercept_service(
         self,
@@ -48,7 +50,9 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None
-            wrapped = self._wrapped[method] = _wrap(method, handler, self._authorizer, self._audit, self._streams)
+            wrapped = self._wrapped[method] = _wrap(
+                method, handler, self._authorizer, self._audit, self._streams, self._connection_streams
+            )
         return wrapped
 
 
@@ -58,6 +62,7 @@ def _wrap(
     authorizer: Authorizer | None = None,
     audit: Callable[..., None] | None = None,
     streams: StreamLimiter | None = None,
+    connection_streams: StreamLimiter | None = None,
 ) -> grpc.RpcMethodHandler:
     guard = _Guard(method, authorizer, None if method in READ_ONLY else audit) if authorizer is not None else None
     if handler.unary_unary is not None:
@@ -68,7 +73,7 @@ def _wrap(
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(method, handler.unary_stream, guard, streams),
+            _wrap_stream(method, handler.unary_stream, guard, streams, connection_streams),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -158,34 +163,46 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any], guard: _Guard | None
 
 
 class StreamLimiter:
-    """Counts the server streams each identity holds open on this server, up to ``limit`` each.
+    """Counts the server streams each holder keeps open on this server, up to ``limit`` each.
 
-    The identity is the authorized caller; without one (an ``--insecure-dev`` client port) the
-    peer's host, so one machine's runaway client is bounded there too. Per server, not replicated.
+    Two are used: per identity (``per="identity"``: the authorized caller; without one, on an
+    ``--insecure-dev`` client port, the peer's host, so one machine's runaway client is bounded
+    there too) and per connection (``per="connection"``: the peer's address and port, one HTTP/2
+    connection), so one connection cannot carry thousands of watches even for an identity allowed
+    many (a gateway's). Per server, not replicated.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per: str = "identity") -> None:
+        if per not in ("identity", "connection"):
+            raise ValueError(f"per must be 'identity' or 'connection', got {per!r}")
         self.limit = limit
+        self.per = per
         self._open: dict[str, int] = {}
 
-    def acquire(self, identity: str) -> None:
-        held = self._open.get(identity, 0)
+    def acquire(self, holder: str) -> None:
+        held = self._open.get(holder, 0)
         if held >= self.limit:
+            if self.per == "connection":
+                raise ResourceExhausted(
+                    f"this connection ({holder}) already carries {held} streams (watches), the limit per "
+                    "connection; share one watch between readers, open the others on another connection "
+                    "(another client or channel), or raise max_streams_per_connection"
+                )
             raise ResourceExhausted(
-                f"{identity} already holds {held} streams (watches) on this server, its limit; "
+                f"{holder} already holds {held} streams (watches) on this server, its limit; "
                 "close some, share one watch between readers, or raise max_streams_per_identity"
             )
-        self._open[identity] = held + 1
+        self._open[holder] = held + 1
 
-    def release(self, identity: str) -> None:
-        held = self._open.get(identity, 0) - 1
+    def release(self, holder: str) -> None:
+        held = self._open.get(holder, 0) - 1
         if held > 0:
-            self._open[identity] = held
+            self._open[holder] = held
         else:
-            self._open.pop(identity, None)
+            self._open.pop(holder, None)
 
-    def held(self, identity: str) -> int:
-        return self._open.get(identity, 0)
+    def held(self, holder: str) -> int:
+        return self._open.get(holder, 0)
 
 
 def _peer_host(peer: str) -> str:
@@ -198,16 +215,20 @@ def _wrap_stream(
     behaviour: Callable[..., AsyncIterator[Any]],
     guard: _Guard | None = None,
     streams: StreamLimiter | None = None,
+    connection_streams: StreamLimiter | None = None,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        holder = ""
+        held: list[tuple[StreamLimiter, str]] = []
         try:
             who = guard.check(request, context)[0] if guard is not None else ""
             if streams is not None:
                 identity = who or _peer_host(context.peer())
                 streams.acquire(identity)
-                holder = identity
+                held.append((streams, identity))
+            if connection_streams is not None:
+                connection_streams.acquire(context.peer())
+                held.append((connection_streams, context.peer()))
             async for item in behaviour(request, context):
                 yield item
         except grpc.aio.AbortError:
@@ -218,8 +239,8 @@ def _wrap_stream(
             raise
         finally:
             # Runs however the stream ends: the client cancelled, the server stopped, an error.
-            if holder and streams is not None:
-                streams.release(holder)
+            for limiter, holder in held:
+                limiter.release(holder)
         _observe(method, "OK", started)
 
     return wrapped

@@ -45,11 +45,32 @@ Two engines answer the same queries:
   one normalised text per model, built so that a term matches exactly when it is a prefix of a
   token, as in FTS5. Results are ordered by name; the score is 0.
 
-Query language, the same on both engines: split on anything that is not a letter, digit, ``-``
-or ``_``; every remaining term is a prefix and all are required (AND). Nothing a user types is
-ever FTS5 syntax: each term goes in as a quoted string (``"qwen"* "inst"*``), so quotes,
-parentheses, ``NEAR``, ``OR`` or a leading ``-`` are plain text. A query with no terms matches
-nothing (the proto says so) and never reaches SQLite.
+How names are found: text is indexed and queried *canonical*, with '.' and '_' between letters or
+digits written '-', so the three separators are one ("qwen2.5-coder_7b" is "qwen2-5-coder-7b",
+and "2.5" stays one token). Beside the name itself, the name parts column holds the name's
+suffix from every inner word start: after a separator, at a letter/digit change, at a camelCase
+step, and at every CJK character; and the name with its separators dropped. A prefix of any of
+these is a match, so "coder", "coder-7b", "2.5" (with or without "qwen " before it), "qwen25",
+"seek" in "DeepSeekCoder", "x7b" in "Mixtral-8x7B" and "千问" in "通义千问-7B" all find their
+model, while a substring that starts no word ("struct" in "instruct") still does not. A name has
+at most ``_MAX_NAME_PARTS`` suffixes.
+
+Query language, the same on both engines: ``tag:``, ``family:``, ``status:``, ``format:`` and
+``owner:`` words are filters (status and format by name, "status:ready"); the rest is split on
+anything that is not a letter, digit, ``-`` or ``_``; every remaining term is a prefix and all
+are required (AND). Nothing a user types is ever FTS5 syntax: each term goes in as a quoted
+string (``"qwen"* "inst"*``), so quotes, parentheses, ``NEAR``, ``OR`` or a leading ``-`` are
+plain text. A query with neither terms nor filters matches nothing (the proto says so) and never
+reaches SQLite; filters alone browse their models by name.
+
+Ranking: a model named exactly what was typed first, then names starting with it, then bm25
+(whose length normalisation alone would rank "x-7b" above "x" for "x"), then the name.
+
+"Did you mean": a first page that found nothing corrects each term that matches no model on its
+own into a word of the model names one edit away (terms up to 4 characters) or two (longer),
+starting with the same character, nearest then commonest first, and offers the corrected queries
+that do find models (``SearchPage.suggestions``). It reads the FTS5 vocabulary (``fts5vocab``),
+or every name on the LIKE engine, and only when a search found nothing.
 
 Filters are exact (tag and family ignoring case; format and status: the model has at least one
 current version with that value) and use side tables with indexes, not string matching. Note
@@ -72,7 +93,7 @@ import sqlite3
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +137,16 @@ _FACET_STATUS = "status"
 
 # A token, as both engines see it: letters, digits, '_' and '-' (unicode61 with tokenchars '-_').
 _TOKEN = re.compile(r"[\w-]+")
-# Where a model name can be split into parts ("Qwen2.5-7B_Instruct" -> Qwen2, 5, 7B, Instruct).
-_NAME_SEPARATOR = re.compile(r"[-_.]")
+# '.' and '_' between two letters or digits, which both engines read as '-' (see _canonical).
+_SEPARATOR_BETWEEN_WORDS = re.compile(r"(?<=[^\W_])[._](?=[^\W_])")
+# A name is cut into at most this many suffixes (see _name_parts): a bound on one model's tokens.
+_MAX_NAME_PARTS = 32
+# Query words of the form key:value that filter instead of matching text.
+_QUERY_FILTER = re.compile(r"(?<!\S)(tag|family|status|format|owner):(\S*)", re.IGNORECASE)
+# "Did you mean": corrections offered for a query that found nothing, and how far a typed word
+# may be from the word it is taken for (edits: insert, delete, substitute, swap two neighbours).
+MAX_SUGGESTIONS = 3
+_MIN_CORRECTED_CHARS = 3
 
 # ``models.id`` is the FTS5 rowid, so a match joins to its model by primary key. The side tables
 # are keyed (filter value, model id) for the filters; the indexes by model id serve deletes.
@@ -127,6 +156,7 @@ _TABLES = (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         family_key TEXT NOT NULL,  -- casefolded family, for the family filter
+        owner_key TEXT NOT NULL,   -- casefolded owner, for the owner filter
         like_text TEXT             -- LIKE engine only: see _like_text
     )""",
     """CREATE TABLE model_tags (
@@ -143,6 +173,7 @@ _TABLES = (
 )
 _INDEXES = (
     "CREATE INDEX models_by_family ON models (family_key)",
+    "CREATE INDEX models_by_owner ON models (owner_key)",
     "CREATE INDEX model_tags_by_model ON model_tags (model_id)",
     "CREATE INDEX model_facets_by_model ON model_facets (model_id)",
 )
@@ -154,6 +185,8 @@ _FTS_TABLE = """CREATE VIRTUAL TABLE models_fts USING fts5 (
     tokenize = "unicode61 remove_diacritics 2 tokenchars '-_'",
     prefix = '1 2 3'
 )"""
+# The words of the FTS5 table, per column, for "did you mean" (read only on a search that found nothing).
+_VOCAB_TABLE = "CREATE VIRTUAL TABLE models_vocab USING fts5vocab(models_fts, 'col')"
 # Kept across restarts, and only ever trusted whole: the rows and their revision must survive a
 # crash together. WAL with synchronous=NORMAL does that (a kill -9 loses nothing committed, a
 # power cut at most the last transactions) with no fsync per transaction, only at checkpoints.
@@ -167,7 +200,7 @@ _PRAGMAS = (
 )
 # How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
 # is rebuilt, not trusted: bump this whenever a change here would index a model differently.
-LAYOUT = 1
+LAYOUT = 2
 # How often an apply that changed no model commits its revision (see the module docstring).
 META_WRITE_INTERVAL_S = 1.0
 # Documents per insert statement in a rebuild.
@@ -223,6 +256,7 @@ class SearchPage:
     query_ms: float  # time spent in SQLite
     revision: int  # the replicated-state revision the index reflected for this answer
     engine: str  # ENGINE_FTS5 or ENGINE_LIKE
+    suggestions: list[str] = field(default_factory=list)  # "did you mean": corrected queries that find models
 
 
 def _fold(text: str) -> str:
@@ -237,34 +271,134 @@ def _fold_word(word: str) -> str:
     return "".join(char for char in decomposed if not unicodedata.combining(char)).lower()
 
 
+def _canonical(text: str) -> str:
+    """``text`` with '.' and '_' between letters or digits written '-': the three are one separator.
+
+    Both engines index and query canonical text, so "qwen2.5-coder_7b", "qwen2-5-coder-7b" and
+    "qwen2_5 coder.7b" are the same words, and "2.5" stays one token ("2-5") instead of two.
+    One character for one, so positions (and camelCase, which needs the case) are kept.
+    """
+    return _SEPARATOR_BETWEEN_WORDS.sub("-", text)
+
+
 def query_terms(query: str) -> list[str]:
-    """The terms of a user's query, folded; every one is matched as a token prefix.
+    """The terms of a user's query, canonical and folded; every one is matched as a token prefix.
 
     A term needs a letter or digit: "-", "__" or "--" alone would otherwise match every token
-    that happens to start with them. Splitting (rather than deleting) at other punctuation
-    mirrors the tokenizer: "qwen2.5" is indexed as "qwen2" and "5", so it is searched as both.
+    that happens to start with them. Any other punctuation splits terms, as it splits tokens.
     """
-    return [term for term in _TOKEN.findall(_fold(query)) if any(char.isalnum() for char in term)]
+    return [term for term in _TOKEN.findall(_fold(_canonical(query))) if any(char.isalnum() for char in term)]
+
+
+@dataclass(frozen=True)
+class ParsedQuery:
+    """A query split into its words and the ``key:value`` filters typed among them."""
+
+    text: str  # the query without its filters
+    filters: dict[str, str]  # key (casefolded) -> value, as typed
+
+
+def parse_query(query: str) -> ParsedQuery:
+    """Take ``tag:``, ``family:``, ``status:``, ``format:`` and ``owner:`` out of ``query``.
+
+    Raises InvalidArgument for a filter without a value, or one key given two different values
+    (every filter is one value; "tag:chat tag:code" would be ambiguous between AND and OR).
+    Any other ``word:word`` is text, as before filters existed.
+    """
+    filters: dict[str, str] = {}
+    for match in _QUERY_FILTER.finditer(query):
+        key, value = match.group(1).casefold(), match.group(2)
+        if not value:
+            raise InvalidArgument(f"'{key}:' in the query needs a value, e.g. {key}:{_FILTER_EXAMPLES[key]}")
+        if key in filters and filters[key].casefold() != value.casefold():
+            raise InvalidArgument(f"the query gives {key}: twice ({filters[key]!r} and {value!r}); give one")
+        filters[key] = value
+    return ParsedQuery(text=" ".join(_QUERY_FILTER.sub(" ", query).split()), filters=filters)
+
+
+_FILTER_EXAMPLES = {"tag": "chat", "family": "qwen", "status": "ready", "format": "gguf", "owner": "team-ml"}
+
+
+def _enum_value(kind: str, typed: str, enum: Any, prefix: str) -> int:
+    """The enum number a person typed by name ("ready", "GGUF", "VERSION_STATUS_READY")."""
+    name = typed.upper()
+    names = [key for key in enum.keys() if not key.endswith("UNSPECIFIED")]  # noqa: SIM118 (a protobuf enum)
+    for candidate in (name, prefix + name):
+        if candidate in names:
+            return int(enum.Value(candidate))
+    known = ", ".join(key.removeprefix(prefix).lower() for key in names)
+    raise InvalidArgument(f"unknown {kind} {typed!r} in the query; known: {known}")
+
+
+def _is_cjk(char: str) -> bool:
+    """Whether ``char`` is written without spaces between words (Chinese, Japanese kana, Korean)."""
+    code = ord(char)
+    return 0x3040 <= code <= 0x30FF or 0x3400 <= code <= 0x9FFF or 0xAC00 <= code <= 0xD7AF or 0xF900 <= code <= 0xFAFF
+
+
+def _word_starts(name: str) -> list[int]:
+    """Where a word starts inside ``name`` (beyond its first character).
+
+    After a separator; at a letter/digit change ("qwen|2", "8|x|7|b"); at a camelCase step
+    ("Deep|Seek|Coder"); and at every character of CJK text, which has no separators
+    ("通|义|千|问").
+    """
+    starts = []
+    for index in range(1, len(name)):
+        before, char = name[index - 1], name[index]
+        if not char.isalnum():
+            continue
+        if (
+            not before.isalnum()
+            or (before.isalpha() and char.isdigit())
+            or (before.isdigit() and char.isalpha())
+            or (before.islower() and char.isupper())
+            or _is_cjk(char)
+        ):
+            starts.append(index)
+    return starts
+
+
+def _name_parts(name: str) -> list[str]:
+    """The tokens a name is found by beyond itself: its suffixes from every inner word, and the
+    name with its separators dropped.
+
+    "Qwen2.5-Coder_7B" -> "2-5-Coder-7B", "5-Coder-7B", "Coder-7B", "7B", "B" and
+    "Qwen25Coder7B". Each suffix is one token (tokenchars keep '-'), so a prefix query matches a
+    word ("coder"), a run of words ("coder-7b", "2.5"), an infix at a word start ("x7b" in
+    "Mixtral-8x7B"), and the joined form matches a name typed without separators ("qwen25").
+    """
+    canonical = _canonical(name)
+    parts = [canonical[start:] for start in _word_starts(canonical)][:_MAX_NAME_PARTS]
+    joined = canonical.replace("-", "")
+    if joined and joined != canonical and joined.isalnum():
+        parts.append(joined)
+    return parts
+
+
+def _spellings(term: str) -> tuple[str, str]:
+    """A term as typed and without its separators: "phi-3" also finds "Phi3-mini" (by its joined form)."""
+    joined = _SEPARATOR_BETWEEN_WORDS.sub("", term.replace("-", "."))  # only '-' between letters or digits
+    return (term, joined if joined.isalnum() else term)
 
 
 def _match_expression(terms: Sequence[str]) -> str:
     """An FTS5 MATCH expression that requires every term as a prefix and has no other syntax."""
-    # Terms cannot hold '"' (see _TOKEN); doubling it keeps this safe should that ever change.
-    return " ".join('"' + term.replace('"', '""') + '"*' for term in terms)
+
+    def quoted(text: str) -> str:
+        # Terms cannot hold '"' (see _TOKEN); doubling it keeps this safe should that ever change.
+        return '"' + text.replace('"', '""') + '"*'
+
+    alternatives = [sorted(set(_spellings(term))) for term in terms]
+    return " AND ".join(
+        quoted(spellings[0]) if len(spellings) == 1 else "(" + " OR ".join(map(quoted, spellings)) + ")"
+        for spellings in alternatives
+    )
 
 
 def _like_pattern(term: str) -> str:
     escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"% {escaped}%"
-
-
-def _name_parts(name: str) -> list[str]:
-    """The name from each inner part onwards: "llama-3-8b" -> ["3-8b", "8b"].
-
-    Each suffix is one token (tokenchars keep '-' and '_'), so a prefix query matches a part
-    ("8b") and also a run of parts ("3-8b"), with no more tokens than splitting into parts.
-    """
-    return [name[separator.end() :] for separator in _NAME_SEPARATOR.finditer(name) if separator.end() < len(name)]
 
 
 def _like_text(doc: ModelDoc) -> str:
@@ -274,7 +408,7 @@ def _like_text(doc: ModelDoc) -> str:
     """
     # Fields joined by a space, which is no token character, so no token spans two fields.
     fields = " ".join([doc.name, *_name_parts(doc.name), doc.family, *doc.tags, doc.description])
-    return " " + " ".join(_TOKEN.findall(_fold(fields))) + " "
+    return " " + " ".join(_TOKEN.findall(_fold(_canonical(fields)))) + " "
 
 
 # Every query is driven by its terms (FTS5, or the LIKE scan), so each filter is a check per
@@ -282,6 +416,7 @@ def _like_text(doc: ModelDoc) -> str:
 _FACET_LOOKUP = "f.facet = '{}' AND f.value = {} AND f.model_id = m.id"
 _FILTERS = {
     "family": "AND m.family_key = :family",
+    "owner": "AND m.owner_key = :owner",
     "tag": "AND EXISTS (SELECT 1 FROM model_tags WHERE tag = :tag AND model_id = m.id)",
     "format": f"AND EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_FORMAT, ':format')})",
     "status": f"AND EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_STATUS, ':status')})",
@@ -323,7 +458,10 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...]) -> tuple
         if not filters:  # every FTS5 row has its models row: no join needed to count
             return page, "SELECT COUNT(*) FROM models_fts WHERE models_fts MATCH :match"
         return page, f"SELECT COUNT(*) {matches}"
-    likes = " AND ".join(f"m.like_text LIKE :term{index} ESCAPE '\\'" for index in range(term_count))
+    likes = " AND ".join(
+        f"(m.like_text LIKE :term{index} ESCAPE '\\' OR m.like_text LIKE :joined{index} ESCAPE '\\')"
+        for index in range(term_count)
+    )
     matches = f"FROM models AS m WHERE {likes} {where}"
     # Here every statement scans every model, so one scan gives the page and (taken before
     # LIMIT applies) the total; the separate count is only for a page past the last match.
@@ -439,37 +577,32 @@ class SearchIndex:
         family: str = "",
         format: int = 0,
         status: int = 0,
+        owner: str = "",
         limit: int = DEFAULT_LIMIT,
         offset: int = 0,
     ) -> SearchPage:
         """A page of the models matching every term of ``query`` (as prefixes) and every filter.
 
-        An empty filter (``""`` or ``0``) does not filter. Raises InvalidArgument for a limit
-        outside 1..MAX_LIMIT, a negative offset, an overlong query, or an unknown format or status.
+        Filters come from the arguments and from ``key:value`` words in the query (tag, family,
+        status, format, owner); an empty filter (``""`` or ``0``) does not filter. A first page
+        that finds nothing carries "did you mean" corrections that do find models. Raises
+        InvalidArgument for a limit outside 1..MAX_LIMIT, a negative offset, an overlong query,
+        an unknown format or status, or a filter given two different values.
         """
-        terms = _check_search(query, format, status, limit, offset)
-        filters = {"family": family.casefold(), "tag": tag.casefold(), "format": format, "status": status}
+        _check_page(query, limit, offset)
+        parsed = parse_query(query)
+        filters = _merged_filters(parsed.filters, tag=tag, family=family, format=format, status=status, owner=owner)
+        terms = _check_terms(parsed.text)
         used = tuple(name for name in _FILTERS if filters[name])
         if not terms and not used:
             # The same answer at every revision, so there is nothing to wait for.
             return SearchPage(hits=[], total=0, query_ms=0.0, revision=self._revision, engine=self._engine)
-        params: dict[str, Any] = {"limit": limit, "offset": offset, "exact": query.strip()}
-        # Without terms the filters alone select (a browse): there is nothing to match.
-        if terms and self._engine == ENGINE_FTS5:
-            params["match"] = _match_expression(terms)
-        elif terms:
-            params.update((f"term{index}", _like_pattern(term)) for index, term in enumerate(terms))
-        params.update((name, filters[name]) for name in used)
-        page_sql, count_sql = _statements(self._engine, len(terms), used)
         async with self._lock:
             started = time.perf_counter()
-            rows = list(await self._conn.execute_fetchall(page_sql, params))
-            if rows and (self._engine == ENGINE_LIKE or not terms):
-                total = rows[0][2]
-            elif 0 < len(rows) < limit or (not rows and offset == 0):
-                total = offset + len(rows)  # this page holds the last match
-            else:
-                total = next(iter(await self._conn.execute_fetchall(count_sql, params)))[0]
+            rows, total = await self._page(terms, filters, used, parsed.text.strip(), limit, offset)
+            suggestions: list[str] = []
+            if not rows and offset == 0 and terms:
+                suggestions = await self._suggestions(terms, filters, used, parsed)
             query_ms = (time.perf_counter() - started) * 1000.0
             revision = self._revision
         return SearchPage(
@@ -478,7 +611,99 @@ class SearchIndex:
             query_ms=query_ms,
             revision=revision,
             engine=self._engine,
+            suggestions=suggestions,
         )
+
+    async def _page(
+        self, terms: list[str], filters: dict[str, Any], used: tuple[str, ...], exact: str, limit: int, offset: int
+    ) -> tuple[list[Any], int]:
+        """One page of matches and the number of matches in all. Hold the lock."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "exact": exact}
+        # Without terms the filters alone select (a browse): there is nothing to match.
+        if terms and self._engine == ENGINE_FTS5:
+            params["match"] = _match_expression(terms)
+        elif terms:
+            for index, term in enumerate(terms):
+                typed, joined = _spellings(term)
+                params[f"term{index}"], params[f"joined{index}"] = _like_pattern(typed), _like_pattern(joined)
+        params.update((name, filters[name]) for name in used)
+        page_sql, count_sql = _statements(self._engine, len(terms), used)
+        rows = list(await self._conn.execute_fetchall(page_sql, params))
+        if rows and (self._engine == ENGINE_LIKE or not terms):
+            total = rows[0][2]
+        elif 0 < len(rows) < limit or (not rows and offset == 0):
+            total = offset + len(rows)  # this page holds the last match
+        else:
+            total = next(iter(await self._conn.execute_fetchall(count_sql, params)))[0]
+        return rows, int(total)
+
+    async def _suggestions(
+        self, terms: list[str], filters: dict[str, Any], used: tuple[str, ...], parsed: ParsedQuery
+    ) -> list[str]:
+        """Corrected queries that find models, best first, for a query that found none. Hold the lock.
+
+        Only a term that matches no model on its own is corrected (a query of real words that
+        simply find nothing together is not misspelt), into words the model names hold: a
+        word typed with one edit (up to 4 characters) or two (longer) from it, the nearest and
+        then the commonest first. A correction is offered only if the corrected query, with the
+        same filters, finds something.
+        """
+        options: list[list[str]] = []  # per term: itself, or its corrections best first
+        for term in terms:
+            if (await self._page([term], {}, (), "", 1, 0))[0]:
+                options.append([term])
+                continue
+            corrections = await self._corrections(term) if len(term) >= _MIN_CORRECTED_CHARS else []
+            if not corrections:
+                return []  # a word nothing resembles: no correction of the query can find it
+            options.append(corrections)
+        best = [choices[0] for choices in options]
+        candidates = [best]
+        varied = next((index for index, choices in enumerate(options) if len(choices) > 1), None)
+        if varied is not None:
+            for choice in options[varied][1:]:
+                candidates.append([*best[:varied], choice, *best[varied + 1 :]])
+        typed_filters = [f"{key}:{value}" for key, value in parsed.filters.items()]
+        suggestions: list[str] = []
+        for corrected in candidates:
+            if corrected != terms and (await self._page(corrected, filters, used, "", 1, 0))[0]:
+                suggestions.append(" ".join([*corrected, *typed_filters]))
+        return suggestions[:MAX_SUGGESTIONS]
+
+    async def _corrections(self, term: str) -> list[str]:
+        """Words of model names close to ``term``, best first (see ``_suggestions``). Hold the lock."""
+        allowed = 1 if len(term) <= 4 else 2
+        scored: dict[str, tuple[int, int]] = {}  # word -> (edits, -models holding it)
+        for token, models in await self._name_tokens(term[0]):
+            for length in range(max(1, len(term) - allowed), len(term) + allowed + 1):
+                if length > len(token) or not _ends_word(token, length):
+                    continue
+                word = token[:length]
+                if _word_starts(word):
+                    continue  # words are offered one at a time ("mistral", not "mistral7")
+                edits = _edit_distance(term, word, allowed)
+                if 0 < edits <= allowed:
+                    best = scored.get(word, (allowed + 1, 0))
+                    scored[word] = min(best, (edits, best[1] - models))
+        ranked = sorted(scored, key=lambda word: (*scored[word], word))
+        return ranked[:MAX_SUGGESTIONS]
+
+    async def _name_tokens(self, first: str) -> list[tuple[str, int]]:
+        """(token, models holding it) for every token of the names that starts with ``first``."""
+        if self._engine == ENGINE_FTS5:
+            rows = await self._conn.execute_fetchall(
+                "SELECT term, SUM(doc) FROM models_vocab WHERE term >= :low AND term < :high "
+                "AND col IN ('name', 'name_parts') GROUP BY term",
+                {"low": first, "high": chr(ord(first) + 1)},
+            )
+            return [(str(term), int(count)) for term, count in rows]
+        counts: dict[str, int] = {}
+        for (name,) in await self._conn.execute_fetchall("SELECT name FROM models"):
+            text = _fold(_canonical(" ".join([name, *_name_parts(name)])))
+            for token in set(_TOKEN.findall(text)):
+                if token.startswith(first):
+                    counts[token] = counts.get(token, 0) + 1
+        return list(counts.items())
 
     async def close(self) -> None:
         """Release the connection, after any rebuild, apply or search in progress. Idempotent.
@@ -600,12 +825,13 @@ class SearchIndex:
 
     async def _create_tables(self) -> None:
         """Drop and create every table, without the indexes: O(1), where deleting every FTS5 row is O(index)."""
-        for table in ("models_fts", "model_facets", "model_tags", "models"):
+        for table in ("models_vocab", "models_fts", "model_facets", "model_tags", "models"):
             await self._conn.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in _TABLES:
             await self._conn.execute(statement)
         if self._engine == ENGINE_FTS5:
             await self._conn.execute(_FTS_TABLE)
+            await self._conn.execute(_VOCAB_TABLE)
 
     async def _delete(self, names: list[str]) -> None:
         rows = [(name,) for name in names]
@@ -618,19 +844,30 @@ class SearchIndex:
 
     async def _insert(self, docs: list[ModelDoc], first_id: int) -> None:
         fts = self._engine == ENGINE_FTS5
-        models: list[tuple[int, str, str, str | None]] = []
+        models: list[tuple[int, str, str, str, str | None]] = []
         texts: list[tuple[int, str, str, str, str, str]] = []
         tags: list[tuple[str, int]] = []
         facets: list[tuple[str, int, int]] = []
         for model_id, doc in enumerate(docs, start=first_id):
-            models.append((model_id, doc.name, doc.family.casefold(), None if fts else _like_text(doc)))
+            like_text = None if fts else _like_text(doc)
+            models.append((model_id, doc.name, doc.family.casefold(), doc.owner.casefold(), like_text))
             if fts:
-                parts = " ".join(_name_parts(doc.name))
-                texts.append((model_id, doc.name, parts, doc.family, " ".join(doc.tags), doc.description))
+                texts.append(
+                    (
+                        model_id,
+                        _canonical(doc.name),
+                        " ".join(_name_parts(doc.name)),
+                        _canonical(doc.family),
+                        _canonical(" ".join(doc.tags)),
+                        _canonical(doc.description),
+                    )
+                )
             tags.extend((tag, model_id) for tag in sorted({tag.casefold() for tag in doc.tags}))
             facets.extend((_FACET_FORMAT, value, model_id) for value in sorted(doc.formats))
             facets.extend((_FACET_STATUS, value, model_id) for value in sorted(doc.statuses))
-        await self._conn.executemany("INSERT INTO models (id, name, family_key, like_text) VALUES (?, ?, ?, ?)", models)
+        await self._conn.executemany(
+            "INSERT INTO models (id, name, family_key, owner_key, like_text) VALUES (?, ?, ?, ?, ?)", models
+        )
         if fts:
             await self._conn.executemany(
                 "INSERT INTO models_fts (rowid, name, name_parts, family, tags, description) VALUES (?, ?, ?, ?, ?, ?)",
@@ -675,19 +912,73 @@ def _unique_by_name(docs: Iterable[ModelDoc]) -> dict[str, ModelDoc]:
     return by_name
 
 
-def _check_search(query: str, format: int, status: int, limit: int, offset: int) -> list[str]:
-    """The query's terms, after refusing what no search should be asked (InvalidArgument)."""
+def _check_page(query: str, limit: int, offset: int) -> None:
+    """Refuse a page no search should be asked for (InvalidArgument)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidArgument(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     if offset < 0:
         raise InvalidArgument(f"offset must not be negative, got {offset}")
     if len(query) > MAX_QUERY_CHARS:
         raise InvalidArgument(f"query is {len(query)} characters; the limit is {MAX_QUERY_CHARS}")
+
+
+def _check_terms(text: str) -> list[str]:
+    terms = query_terms(text)
+    if len(terms) > MAX_QUERY_TERMS:
+        raise InvalidArgument(f"query has {len(terms)} terms; the limit is {MAX_QUERY_TERMS}")
+    return terms
+
+
+def _merged_filters(
+    typed: dict[str, str], *, tag: str, family: str, format: int, status: int, owner: str
+) -> dict[str, Any]:
+    """The request's filters and those typed in the query, as the SQL takes them (InvalidArgument on a clash)."""
     if format and format not in models_pb2.ModelFormat.values():
         raise InvalidArgument(f"format {format} is not a known ModelFormat")
     if status and status not in models_pb2.VersionStatus.values():
         raise InvalidArgument(f"status {status} is not a known VersionStatus")
-    terms = query_terms(query)
-    if len(terms) > MAX_QUERY_TERMS:
-        raise InvalidArgument(f"query has {len(terms)} terms; the limit is {MAX_QUERY_TERMS}")
-    return terms
+    given: dict[str, Any] = {"tag": tag.casefold(), "family": family.casefold(), "owner": owner.casefold()}
+    given.update(format=format, status=status)
+    for key, value in typed.items():
+        if key == "format":
+            number: Any = _enum_value("format", value, models_pb2.ModelFormat, "MODEL_FORMAT_")
+        elif key == "status":
+            number = _enum_value("status", value, models_pb2.VersionStatus, "VERSION_STATUS_")
+        else:
+            number = value.casefold()
+        if given[key] and given[key] != number:
+            raise InvalidArgument(
+                f"the query says {key}:{value} but the request's {key} filter says otherwise; give one"
+            )
+        given[key] = number
+    return given
+
+
+def _ends_word(token: str, length: int) -> bool:
+    """Whether ``token[:length]`` is whole words: it ends the token or a word of it (see _word_starts)."""
+    if length == len(token):
+        return True
+    before, after = token[length - 1], token[length]
+    return not after.isalnum() or before.isalpha() != after.isalpha()
+
+
+def _edit_distance(typed: str, word: str, bound: int) -> int:
+    """Edits from ``typed`` to ``word`` (insert, delete, substitute, swap neighbours); bound + 1 if more."""
+    if abs(len(typed) - len(word)) > bound:
+        return bound + 1
+    before_previous: list[int] = []
+    previous = list(range(len(word) + 1))
+    for row, typed_char in enumerate(typed, start=1):
+        current = [row] + [0] * len(word)
+        for column, word_char in enumerate(word, start=1):
+            current[column] = min(
+                previous[column] + 1,
+                current[column - 1] + 1,
+                previous[column - 1] + (typed_char != word_char),
+            )
+            if row > 1 and column > 1 and typed_char == word[column - 2] and typed[row - 2] == word_char:
+                current[column] = min(current[column], before_previous[column - 2] + 1)
+        if min(current) > bound:
+            return bound + 1
+        before_previous, previous = previous, current
+    return previous[-1]

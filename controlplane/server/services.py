@@ -20,7 +20,7 @@ from controlplane.errors import DeadlineExceeded, InvalidArgument, NoLeader, Not
 from controlplane.server.node import Node
 from controlplane.server.nodeview import node_views
 from controlplane.state import health, limits
-from controlplane.state.gossip import check_configure
+from controlplane.state.gossip import check_configure, check_metrics
 from controlplane.state.machine import DOMAIN_KV
 from controlplane.state.membership import check_network_fields, check_node_spec
 from controlplane.state.models import check_version_fields
@@ -633,6 +633,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             family=request.family,
             format=request.format,
             status=request.status,
+            owner=request.owner,
             limit=request.limit or 20,
             offset=request.offset,
         )
@@ -649,6 +650,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             total=page.total,
             query_ms=page.query_ms,
             engine=page.engine,
+            suggestions=page.suggestions,
         )
 
 
@@ -806,6 +808,7 @@ class GossipService(gossip_pb2_grpc.GossipServicer):
     async def ReportRound(
         self, request: gossip_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
     ) -> gossip_pb2.ReportRoundResponse:
+        _refuse_early(lambda: check_metrics(request.metrics))
         return await _replicate(self._node, "gossip_report_round", request, gossip_pb2.ReportRoundResponse)
 
     async def EndRound(

@@ -17,9 +17,13 @@ matching with ``gossip.matching`` and proposes it; the machine only checks it). 
   minimum, probe interval and paused flag; a round of a configured group must carry exactly the
   group's spec. The leader's coordinator (``gossip.coordinator``) plans the rounds of every
   configured group that is not paused;
+* **a round keeps its participants' training metrics**: a report may carry the node's own loss,
+  accuracy and example count (each optional, validated: finite, accuracy in [0, 1]); the round keeps
+  one record per participant (bounded like the participants) and their means, recomputed from the
+  records in node order, so the aggregate does not depend on the order the reports arrived in;
 * **probe rounds are rounds**: a round with policy ``probe`` (the coordinator's bandwidth probes on
-  disjoint pairs) is validated, ended and penalised like any other; only it counts no mix, since a
-  probe leaves every model as it was.
+  disjoint pairs) is validated, ended and penalised like any other; only it counts no mix and keeps
+  no training metrics, since a probe leaves every model as it was.
 
 Rounds are kept per group up to ``MAX_ROUNDS_PER_GROUP`` (the oldest dropped first).
 """
@@ -46,7 +50,8 @@ MAX_ROUNDS_PER_GROUP = 1000
 MAX_LINKS_PER_REPORT = 1024
 MAX_PARTICIPANTS = 4096
 MAX_TENSORS = 1024
-POLICIES = ("saps", "random", "best_bottleneck")
+# "saps-adaptive": SAPS where slow nodes sit some rounds out (gossip.matching.AdaptiveSelector).
+POLICIES = ("saps", "saps-adaptive", "random", "best_bottleneck")
 # A round's policy: a group's, or "probe" for the coordinator's probe rounds (never a group's policy).
 PROBE_POLICY = "probe"
 ROUND_POLICIES = (*POLICIES, PROBE_POLICY)
@@ -68,7 +73,9 @@ MAX_DIMS = 32
 FLOAT_DTYPES = ("float16", "float32", "float64", "float128")
 # What an update_mask may name, and what is fixed once a group exists.
 GROUP_FIELDS = ("policy", "round_timeout_s", "min_participants", "paused", "probe_every_rounds")
-FIXED_GROUP_FIELDS = ("spec", "sparsity_ratio", "seed")
+FIXED_GROUP_FIELDS = ("spec", "sparsity_ratio", "seed", "compression")
+# How exchanged values may travel (gossip.mixing.COMPRESSIONS; "" is "none", the form specs store).
+COMPRESSIONS = ("none", "int8")
 # A failed exchange halves the link's estimate (the same penalty as gossip.bandwidth.penalise).
 FAILURE_PENALTY = 0.5
 
@@ -86,6 +93,41 @@ def _finite(value: float, what: str, minimum: float = 0.0) -> None:
         raise _invalid(f"{what} {value!r} must be a finite number >= {minimum:g}")
 
 
+def check_metrics(metrics: gossip_pb2.TrainingMetrics) -> None:
+    """Refuse a report's training metrics that no training produces (state-independent: the server
+    runs it before the log too)."""
+    if metrics.HasField("loss") and not math.isfinite(metrics.loss):
+        raise _invalid(f"loss {metrics.loss!r} must be a finite number")
+    if metrics.HasField("accuracy") and not (math.isfinite(metrics.accuracy) and 0.0 <= metrics.accuracy <= 1.0):
+        raise _invalid(f"accuracy {metrics.accuracy!r} must be a fraction between 0 and 1 (0.93, not 93)")
+
+
+def has_metrics(metrics: gossip_pb2.TrainingMetrics) -> bool:
+    return metrics.HasField("loss") or metrics.HasField("accuracy") or metrics.HasField("examples")
+
+
+def aggregate_metrics(records: list[gossip_pb2.NodeMetrics]) -> gossip_pb2.TrainingMetrics:
+    """The round's metrics over its records: plain means of loss and accuracy over the records that
+    carry each, the sum of examples."""
+    out = gossip_pb2.TrainingMetrics()
+    losses = [r.metrics.loss for r in records if r.metrics.HasField("loss")]
+    accuracies = [r.metrics.accuracy for r in records if r.metrics.HasField("accuracy")]
+    examples = [r.metrics.examples for r in records if r.metrics.HasField("examples")]
+    if losses:
+        out.loss = _mean(losses)
+    if accuracies:
+        out.accuracy = min(1.0, _mean(accuracies))
+    if examples:
+        out.examples = min(sum(examples), 2**64 - 1)  # a uint64 must not overflow
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    """The mean as ``fsum(x / n)``: exactly rounded, so it does not depend on the order the values
+    came in, and never past the largest double (summing first could overflow on finite values)."""
+    return math.fsum(x / len(values) for x in values)
+
+
 def check_spec(spec: gossip_pb2.TensorSpec) -> None:
     if len(spec.tensors) > MAX_TENSORS:
         raise _invalid(f"at most {MAX_TENSORS} tensors in a round's spec")
@@ -97,6 +139,16 @@ def check_spec(spec: gossip_pb2.TensorSpec) -> None:
         names.add(tensor.name)
     if spec.sparsity_ratio and not (0.0 < spec.sparsity_ratio <= 1.0):
         raise _invalid(f"sparsity_ratio {spec.sparsity_ratio} must be in (0, 1] (0 means 1: everything)")
+    _check_compression(spec.compression)
+
+
+def _check_compression(compression: str) -> None:
+    if compression and compression not in COMPRESSIONS:
+        raise _invalid(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+
+
+def _canonical_compression(compression: str) -> str:
+    return "" if compression == "none" else compression
 
 
 def check_group_name(group: str) -> None:
@@ -111,13 +163,16 @@ def check_group_name(group: str) -> None:
 def canonical_spec(spec: gossip_pb2.TensorSpec) -> gossip_pb2.TensorSpec:
     """The spec with its tensors in name order (the order the exchange lays them out in)."""
     tensors: list[gossip_pb2.TensorInfo] = sorted(spec.tensors, key=lambda t: t.name)
-    return gossip_pb2.TensorSpec(tensors=tensors, sparsity_ratio=spec.sparsity_ratio or 1.0)
+    return gossip_pb2.TensorSpec(
+        tensors=tensors, sparsity_ratio=spec.sparsity_ratio or 1.0, compression=_canonical_compression(spec.compression)
+    )
 
 
 def describe_spec(spec: gossip_pb2.TensorSpec) -> str:
     """``w:float32[10,3], b:float32[3] at sparsity 0.5``: for messages a person reads."""
     tensors = ", ".join(f"{t.name}:{t.dtype}[{','.join(str(d) for d in t.shape)}]" for t in spec.tensors)
-    return f"{tensors or 'no tensors'} at sparsity {spec.sparsity_ratio or 1.0:g}"
+    described = f"{tensors or 'no tensors'} at sparsity {spec.sparsity_ratio or 1.0:g}"
+    return described + (f", compression {spec.compression}" if spec.compression else "")
 
 
 def normalise_group(config: GroupConfig) -> GroupConfig:
@@ -129,11 +184,29 @@ def normalise_group(config: GroupConfig) -> GroupConfig:
             f"sparsity_ratio {config.sparsity_ratio:g} and spec.sparsity_ratio {config.spec.sparsity_ratio:g} "
             "differ; give one of them"
         )
+    _check_compression(config.compression)
+    _check_compression(config.spec.compression)
+    compression = _canonical_compression(config.compression or config.spec.compression)
+    if (
+        config.compression
+        and config.spec.compression
+        and compression != _canonical_compression(config.spec.compression)
+    ):
+        raise _invalid(
+            f"compression {config.compression!r} and spec.compression {config.spec.compression!r} differ; "
+            "give one of them"
+        )
     spec = gossip_pb2.TensorSpec()
     spec.CopyFrom(config.spec)
     spec.sparsity_ratio = ratio
+    spec.compression = compression
     out = GroupConfig(
-        group=config.group, sparsity_ratio=ratio, spec=canonical_spec(spec), seed=config.seed, **_settable(config)
+        group=config.group,
+        sparsity_ratio=ratio,
+        spec=canonical_spec(spec),
+        seed=config.seed,
+        compression=compression,
+        **_settable(config),
     )
     check_group(out)
     return out
@@ -476,6 +549,7 @@ class GossipTable:
         _check(limits.check_member_id(request.node_id, "node id") or limits.check_text(request.reason, "reason"))
         _finite(request.seconds, "seconds")
         _finite(request.mix_delta_sq, "mix_delta_sq")
+        check_metrics(request.metrics)
         if request.node_id not in current.participants:
             raise _precondition(f"{request.node_id} is not a participant of round {current.number}")
         if request.node_id in current.reported:
@@ -495,6 +569,12 @@ class GossipTable:
         if partner and not request.failed_peer and current.policy != PROBE_POLICY:
             updated.mixed += 1
             updated.mix_delta_sq += request.mix_delta_sq
+        if has_metrics(request.metrics) and current.policy != PROBE_POLICY:
+            record = gossip_pb2.NodeMetrics(node=request.node_id, metrics=request.metrics)
+            records = sorted([*current.node_metrics, record], key=lambda r: r.node)
+            del updated.node_metrics[:]
+            updated.node_metrics.extend(records)
+            updated.metrics.CopyFrom(aggregate_metrics(records))
         if request.failed_peer:
             updated.failures.append(
                 gossip_pb2.RoundFailure(
@@ -557,8 +637,8 @@ class GossipTable:
                 if existing.spec != config.spec:
                     raise _precondition(
                         f"gossip group {given.group!r} already exists with {describe_spec(existing.spec)}, not "
-                        f"{describe_spec(config.spec)}; a group's tensors and sparsity are fixed: configure a new "
-                        "group name for a new layout"
+                        f"{describe_spec(config.spec)}; a group's tensors, sparsity and compression are fixed: "
+                        "configure a new group name for a new layout"
                     )
                 return self._result(
                     gossip_configure_group=gossip_pb2.ConfigureGroupResponse(group=existing, created=False)

@@ -111,6 +111,11 @@ class AuthStub:
                 request_serializer=controlplane_dot_v1_dot_auth__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_auth__pb2.AuthChangeResponse.FromString,
                 _registered_method=True)
+        self.Check = channel.unary_unary(
+                '/controlplane.v1.Auth/Check',
+                request_serializer=controlplane_dot_v1_dot_auth__pb2.CheckRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_auth__pb2.CheckResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
@@ -209,6 +214,14 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Check(self, request, context):
+        """May the named identity do this? For agents and servers guarding a port of their own (the
+        artifact port asks it for a client certificate's user): answered from this server's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -286,6 +299,11 @@ def add_AuthServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=controlplane_dot_v1_dot_auth__pb2.RevokeTokenRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_auth__pb2.AuthChangeResponse.SerializeToString,
+            ),
+            'Check': grpc.unary_unary_rpc_method_handler(
+                    servicer.Check,
+                    request_deserializer=controlplane_dot_v1_dot_auth__pb2.CheckRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_auth__pb2.CheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -695,6 +713,33 @@ class Auth:
             '/controlplane.v1.Auth/RevokeToken',
             controlplane_dot_v1_dot_auth__pb2.RevokeTokenRequest.SerializeToString,
             controlplane_dot_v1_dot_auth__pb2.AuthChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Check(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Auth/Check',
+            controlplane_dot_v1_dot_auth__pb2.CheckRequest.SerializeToString,
+            controlplane_dot_v1_dot_auth__pb2.CheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

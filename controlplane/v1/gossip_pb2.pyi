@@ -86,12 +86,14 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
-    __slots__ = ("tensors", "sparsity_ratio")
+    __slots__ = ("tensors", "sparsity_ratio", "compression")
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     SPARSITY_RATIO_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     tensors: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     sparsity_ratio: float
-    def __init__(self, tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., sparsity_ratio: _Optional[float] = ...) -> None: ...
+    compression: str
+    def __init__(self, tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., sparsity_ratio: _Optional[float] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class RoundFailure(_message.Message):
     __slots__ = ("node", "peer", "reason")
@@ -104,7 +106,7 @@ class RoundFailure(_message.Message):
     def __init__(self, node: _Optional[str] = ..., peer: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Round(_message.Message):
-    __slots__ = ("group", "number", "participants", "matrix_version", "seed", "policy", "pairs", "idle", "spec", "started_unix_ms", "deadline_unix_ms", "state", "reported", "failures", "bytes_total", "bottleneck_bps", "seconds_max", "ended_unix_ms", "create_revision", "mod_revision", "mixed", "mix_delta_sq")
+    __slots__ = ("group", "number", "participants", "matrix_version", "seed", "policy", "pairs", "idle", "spec", "started_unix_ms", "deadline_unix_ms", "state", "reported", "failures", "bytes_total", "bottleneck_bps", "seconds_max", "ended_unix_ms", "create_revision", "mod_revision", "mixed", "mix_delta_sq", "node_metrics", "metrics")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +129,8 @@ class Round(_message.Message):
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
     MIXED_FIELD_NUMBER: _ClassVar[int]
     MIX_DELTA_SQ_FIELD_NUMBER: _ClassVar[int]
+    NODE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     group: str
     number: int
     participants: _containers.RepeatedScalarFieldContainer[str]
@@ -149,10 +153,30 @@ class Round(_message.Message):
     mod_revision: int
     mixed: int
     mix_delta_sq: float
-    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., matrix_version: _Optional[int] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[Pair, _Mapping]]] = ..., idle: _Optional[_Iterable[str]] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., reported: _Optional[_Iterable[str]] = ..., failures: _Optional[_Iterable[_Union[RoundFailure, _Mapping]]] = ..., bytes_total: _Optional[int] = ..., bottleneck_bps: _Optional[float] = ..., seconds_max: _Optional[float] = ..., ended_unix_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., mixed: _Optional[int] = ..., mix_delta_sq: _Optional[float] = ...) -> None: ...
+    node_metrics: _containers.RepeatedCompositeFieldContainer[NodeMetrics]
+    metrics: TrainingMetrics
+    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., matrix_version: _Optional[int] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[Pair, _Mapping]]] = ..., idle: _Optional[_Iterable[str]] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., started_unix_ms: _Optional[int] = ..., deadline_unix_ms: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., reported: _Optional[_Iterable[str]] = ..., failures: _Optional[_Iterable[_Union[RoundFailure, _Mapping]]] = ..., bytes_total: _Optional[int] = ..., bottleneck_bps: _Optional[float] = ..., seconds_max: _Optional[float] = ..., ended_unix_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., mixed: _Optional[int] = ..., mix_delta_sq: _Optional[float] = ..., node_metrics: _Optional[_Iterable[_Union[NodeMetrics, _Mapping]]] = ..., metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ...) -> None: ...
+
+class TrainingMetrics(_message.Message):
+    __slots__ = ("loss", "accuracy", "examples")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    loss: float
+    accuracy: float
+    examples: int
+    def __init__(self, loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., examples: _Optional[int] = ...) -> None: ...
+
+class NodeMetrics(_message.Message):
+    __slots__ = ("node", "metrics")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    metrics: TrainingMetrics
+    def __init__(self, node: _Optional[str] = ..., metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ...) -> None: ...
 
 class GroupConfig(_message.Message):
-    __slots__ = ("group", "policy", "sparsity_ratio", "round_timeout_s", "spec", "min_participants", "seed", "paused", "create_revision", "mod_revision", "updated_unix_ms", "probe_every_rounds")
+    __slots__ = ("group", "policy", "sparsity_ratio", "round_timeout_s", "spec", "min_participants", "seed", "paused", "create_revision", "mod_revision", "updated_unix_ms", "probe_every_rounds", "compression")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     SPARSITY_RATIO_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +189,7 @@ class GroupConfig(_message.Message):
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     PROBE_EVERY_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     group: str
     policy: str
     sparsity_ratio: float
@@ -177,7 +202,8 @@ class GroupConfig(_message.Message):
     mod_revision: int
     updated_unix_ms: int
     probe_every_rounds: int
-    def __init__(self, group: _Optional[str] = ..., policy: _Optional[str] = ..., sparsity_ratio: _Optional[float] = ..., round_timeout_s: _Optional[float] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., min_participants: _Optional[int] = ..., seed: _Optional[int] = ..., paused: _Optional[bool] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., probe_every_rounds: _Optional[int] = ...) -> None: ...
+    compression: str
+    def __init__(self, group: _Optional[str] = ..., policy: _Optional[str] = ..., sparsity_ratio: _Optional[float] = ..., round_timeout_s: _Optional[float] = ..., spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., min_participants: _Optional[int] = ..., seed: _Optional[int] = ..., paused: _Optional[bool] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., probe_every_rounds: _Optional[int] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class GossipEvent(_message.Message):
     __slots__ = ("round", "matrix_version", "group")
@@ -252,7 +278,7 @@ class StartRoundResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., round: _Optional[_Union[Round, _Mapping]] = ...) -> None: ...
 
 class ReportRoundRequest(_message.Message):
-    __slots__ = ("group", "number", "node_id", "bytes", "seconds", "failed_peer", "reason", "request_id", "mix_delta_sq")
+    __slots__ = ("group", "number", "node_id", "bytes", "seconds", "failed_peer", "reason", "request_id", "mix_delta_sq", "metrics")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +288,7 @@ class ReportRoundRequest(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MIX_DELTA_SQ_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     group: str
     number: int
     node_id: str
@@ -271,7 +298,8 @@ class ReportRoundRequest(_message.Message):
     reason: str
     request_id: str
     mix_delta_sq: float
-    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., node_id: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., failed_peer: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., mix_delta_sq: _Optional[float] = ...) -> None: ...
+    metrics: TrainingMetrics
+    def __init__(self, group: _Optional[str] = ..., number: _Optional[int] = ..., node_id: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ..., failed_peer: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., mix_delta_sq: _Optional[float] = ..., metrics: _Optional[_Union[TrainingMetrics, _Mapping]] = ...) -> None: ...
 
 class ReportRoundResponse(_message.Message):
     __slots__ = ("header", "round")

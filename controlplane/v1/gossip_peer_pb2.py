@@ -24,29 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!controlplane/v1/gossip_peer.proto\x12\x0f\x63ontrolplane.v1\"\x96\x02\n\rExchangeChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ExchangeHeaderH\x00\x12-\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x1d.controlplane.v1.ExchangeDataH\x00\x12\x33\n\x07trailer\x18\x03 \x01(\x0b\x32 .controlplane.v1.ExchangeTrailerH\x00\x12\x31\n\x06\x61\x63\x63\x65pt\x18\x04 \x01(\x0b\x32\x1f.controlplane.v1.ExchangeAcceptH\x00\x12\x33\n\x07refusal\x18\x05 \x01(\x0b\x32 .controlplane.v1.ExchangeRefusalH\x00\x42\x06\n\x04\x62ody\"<\n\x0e\x45xchangeTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"\x98\x02\n\x0e\x45xchangeHeader\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x13\n\x0bspec_digest\x18\x06 \x01(\x0c\x12\x30\n\x07tensors\x18\x07 \x03(\x0b\x32\x1f.controlplane.v1.ExchangeTensor\x12\x16\n\x0esparsity_ratio\x18\x08 \x01(\x01\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x15\n\rpayload_bytes\x18\n \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x0b \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x0c \x01(\r\";\n\x0c\x45xchangeData\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"=\n\x0f\x45xchangeTrailer\x12\x13\n\x0b\x63hunk_count\x18\x01 \x01(\r\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x04\"\x10\n\x0e\x45xchangeAccept\"T\n\x0f\x45xchangeRefusal\x12\x30\n\x06reason\x18\x01 \x01(\x0e\x32 .controlplane.v1.ExchangeFailure\x12\x0f\n\x07message\x18\x02 \x01(\t*\x97\x02\n\x0f\x45xchangeFailure\x12 \n\x1c\x45XCHANGE_FAILURE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45XCHANGE_FAILURE_SPEC_MISMATCH\x10\x01\x12#\n\x1f\x45XCHANGE_FAILURE_ROUND_MISMATCH\x10\x02\x12\x1c\n\x18\x45XCHANGE_FAILURE_CORRUPT\x10\x03\x12\x1d\n\x19\x45XCHANGE_FAILURE_PROTOCOL\x10\x04\x12\x1c\n\x18\x45XCHANGE_FAILURE_TIMEOUT\x10\x05\x12\x1f\n\x1b\x45XCHANGE_FAILURE_NOT_FINITE\x10\x06\x12\x1d\n\x19\x45XCHANGE_FAILURE_IDENTITY\x10\x07\x32\\\n\nGossipPeer\x12N\n\x08\x45xchange\x12\x1e.controlplane.v1.ExchangeChunk\x1a\x1e.controlplane.v1.ExchangeChunk(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!controlplane/v1/gossip_peer.proto\x12\x0f\x63ontrolplane.v1\"\x96\x02\n\rExchangeChunk\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ExchangeHeaderH\x00\x12-\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x1d.controlplane.v1.ExchangeDataH\x00\x12\x33\n\x07trailer\x18\x03 \x01(\x0b\x32 .controlplane.v1.ExchangeTrailerH\x00\x12\x31\n\x06\x61\x63\x63\x65pt\x18\x04 \x01(\x0b\x32\x1f.controlplane.v1.ExchangeAcceptH\x00\x12\x33\n\x07refusal\x18\x05 \x01(\x0b\x32 .controlplane.v1.ExchangeRefusalH\x00\x42\x06\n\x04\x62ody\"<\n\x0e\x45xchangeTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"\xbf\x02\n\x0e\x45xchangeHeader\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x10\n\x08receiver\x18\x05 \x01(\t\x12\x13\n\x0bspec_digest\x18\x06 \x01(\x0c\x12\x30\n\x07tensors\x18\x07 \x03(\x0b\x32\x1f.controlplane.v1.ExchangeTensor\x12\x16\n\x0esparsity_ratio\x18\x08 \x01(\x01\x12\x0c\n\x04seed\x18\t \x01(\x04\x12\x15\n\rpayload_bytes\x18\n \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x0b \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x0c \x01(\r\x12\x13\n\x0b\x63ompression\x18\r \x01(\t\x12\x10\n\x08\x65xamples\x18\x0e \x01(\x04\";\n\x0c\x45xchangeData\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"=\n\x0f\x45xchangeTrailer\x12\x13\n\x0b\x63hunk_count\x18\x01 \x01(\r\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x04\"\x10\n\x0e\x45xchangeAccept\"T\n\x0f\x45xchangeRefusal\x12\x30\n\x06reason\x18\x01 \x01(\x0e\x32 .controlplane.v1.ExchangeFailure\x12\x0f\n\x07message\x18\x02 \x01(\t*\x97\x02\n\x0f\x45xchangeFailure\x12 \n\x1c\x45XCHANGE_FAILURE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45XCHANGE_FAILURE_SPEC_MISMATCH\x10\x01\x12#\n\x1f\x45XCHANGE_FAILURE_ROUND_MISMATCH\x10\x02\x12\x1c\n\x18\x45XCHANGE_FAILURE_CORRUPT\x10\x03\x12\x1d\n\x19\x45XCHANGE_FAILURE_PROTOCOL\x10\x04\x12\x1c\n\x18\x45XCHANGE_FAILURE_TIMEOUT\x10\x05\x12\x1f\n\x1b\x45XCHANGE_FAILURE_NOT_FINITE\x10\x06\x12\x1d\n\x19\x45XCHANGE_FAILURE_IDENTITY\x10\x07\x32\\\n\nGossipPeer\x12N\n\x08\x45xchange\x12\x1e.controlplane.v1.ExchangeChunk\x1a\x1e.controlplane.v1.ExchangeChunk(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.gossip_peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXCHANGEFAILURE']._serialized_start=909
-  _globals['_EXCHANGEFAILURE']._serialized_end=1188
+  _globals['_EXCHANGEFAILURE']._serialized_start=948
+  _globals['_EXCHANGEFAILURE']._serialized_end=1227
   _globals['_EXCHANGECHUNK']._serialized_start=55
   _globals['_EXCHANGECHUNK']._serialized_end=333
   _globals['_EXCHANGETENSOR']._serialized_start=335
   _globals['_EXCHANGETENSOR']._serialized_end=395
   _globals['_EXCHANGEHEADER']._serialized_start=398
-  _globals['_EXCHANGEHEADER']._serialized_end=678
-  _globals['_EXCHANGEDATA']._serialized_start=680
-  _globals['_EXCHANGEDATA']._serialized_end=739
-  _globals['_EXCHANGETRAILER']._serialized_start=741
-  _globals['_EXCHANGETRAILER']._serialized_end=802
-  _globals['_EXCHANGEACCEPT']._serialized_start=804
-  _globals['_EXCHANGEACCEPT']._serialized_end=820
-  _globals['_EXCHANGEREFUSAL']._serialized_start=822
-  _globals['_EXCHANGEREFUSAL']._serialized_end=906
-  _globals['_GOSSIPPEER']._serialized_start=1190
-  _globals['_GOSSIPPEER']._serialized_end=1282
+  _globals['_EXCHANGEHEADER']._serialized_end=717
+  _globals['_EXCHANGEDATA']._serialized_start=719
+  _globals['_EXCHANGEDATA']._serialized_end=778
+  _globals['_EXCHANGETRAILER']._serialized_start=780
+  _globals['_EXCHANGETRAILER']._serialized_end=841
+  _globals['_EXCHANGEACCEPT']._serialized_start=843
+  _globals['_EXCHANGEACCEPT']._serialized_end=859
+  _globals['_EXCHANGEREFUSAL']._serialized_start=861
+  _globals['_EXCHANGEREFUSAL']._serialized_end=945
+  _globals['_GOSSIPPEER']._serialized_start=1229
+  _globals['_GOSSIPPEER']._serialized_end=1321
 # @@protoc_insertion_point(module_scope)

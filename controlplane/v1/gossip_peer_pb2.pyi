@@ -51,7 +51,7 @@ class ExchangeTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ExchangeHeader(_message.Message):
-    __slots__ = ("protocol_version", "group", "round", "sender", "receiver", "spec_digest", "tensors", "sparsity_ratio", "seed", "payload_bytes", "chunk_bytes", "chunk_count")
+    __slots__ = ("protocol_version", "group", "round", "sender", "receiver", "spec_digest", "tensors", "sparsity_ratio", "seed", "payload_bytes", "chunk_bytes", "chunk_count", "compression", "examples")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,8 @@ class ExchangeHeader(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     group: str
     round: int
@@ -76,7 +78,9 @@ class ExchangeHeader(_message.Message):
     payload_bytes: int
     chunk_bytes: int
     chunk_count: int
-    def __init__(self, protocol_version: _Optional[int] = ..., group: _Optional[str] = ..., round: _Optional[int] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., spec_digest: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[ExchangeTensor, _Mapping]]] = ..., sparsity_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+    compression: str
+    examples: int
+    def __init__(self, protocol_version: _Optional[int] = ..., group: _Optional[str] = ..., round: _Optional[int] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., spec_digest: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[ExchangeTensor, _Mapping]]] = ..., sparsity_ratio: _Optional[float] = ..., seed: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., chunk_count: _Optional[int] = ..., compression: _Optional[str] = ..., examples: _Optional[int] = ...) -> None: ...
 
 class ExchangeData(_message.Message):
     __slots__ = ("index", "data", "sha256")

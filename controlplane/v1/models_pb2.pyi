@@ -368,7 +368,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("read", "query", "tag", "family", "format", "status", "limit", "offset")
+    __slots__ = ("read", "query", "tag", "family", "format", "status", "limit", "offset", "owner")
     READ_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +377,7 @@ class SearchRequest(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     read: _common_pb2.ReadOptions
     query: str
     tag: str
@@ -385,7 +386,8 @@ class SearchRequest(_message.Message):
     status: VersionStatus
     limit: int
     offset: int
-    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., query: _Optional[str] = ..., tag: _Optional[str] = ..., family: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., status: _Optional[_Union[VersionStatus, str]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., query: _Optional[str] = ..., tag: _Optional[str] = ..., family: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., status: _Optional[_Union[VersionStatus, str]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("model", "score")
@@ -396,18 +398,20 @@ class SearchHit(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("header", "hits", "total", "query_ms", "engine")
+    __slots__ = ("header", "hits", "total", "query_ms", "engine", "suggestions")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     QUERY_MS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
     header: _common_pb2.ResponseHeader
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     total: int
     query_ms: float
     engine: str
-    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., total: _Optional[int] = ..., query_ms: _Optional[float] = ..., engine: _Optional[str] = ...) -> None: ...
+    suggestions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., total: _Optional[int] = ..., query_ms: _Optional[float] = ..., engine: _Optional[str] = ..., suggestions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelsState(_message.Message):
     __slots__ = ("models", "versions")

@@ -92,28 +92,39 @@ class RoundChart:
     last: int
     count: int
     series: tuple[Series, ...]
+    #: Some participant reported accuracy or loss (their series are then among ``series``).
+    metrics: bool = False
 
 
 CHART_W, CHART_H, CHART_PAD = 640, 200, 24
 
 
-def _series(name: str, css: str, xs: Sequence[float], values: Sequence[float | None]) -> Series:
+def _series(
+    name: str, css: str, xs: Sequence[float], values: Sequence[float | None], top: float | None = None
+) -> Series:
+    """A line scaled to its own maximum, or to ``top`` when given (accuracy: to 1, so its height reads)."""
     known = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None and math.isfinite(v)]
-    top = max((v for _, v in known), default=0.0)
+    top = max((v for _, v in known), default=0.0) if top is None else top
     scale = (CHART_H - 2 * CHART_PAD) / top if top > 0 else 0.0
     points = " ".join(f"{x:.1f},{CHART_H - CHART_PAD - v * scale:.1f}" for x, v in known)
     return Series(name, points, top, known[-1][1] if known else None, css)
 
 
 def round_chart(rounds: Sequence[Round]) -> RoundChart | None:
-    """Consensus distance, bytes and bottleneck bandwidth per finished training round (probe
-    rounds measure links and mix nothing: left out). Each series is scaled to its own maximum."""
+    """Consensus distance, bytes and bottleneck bandwidth per finished training round, and the mean
+    accuracy and loss the participants reported when any did (probe rounds measure links and mix
+    nothing: left out). Each series is scaled to its own maximum, accuracy to 1."""
     done = sorted((r for r in rounds if r.ended_unix_ms and not r.probe), key=lambda r: r.number)
     if not done:
         return None
     first, last = done[0].number, done[-1].number
     span = max(1, last - first)
     xs = [CHART_PAD + (r.number - first) * (CHART_W - 2 * CHART_PAD) / span for r in done]
+    metrics: tuple[Series, ...] = ()
+    if any(r.accuracy is not None for r in done):
+        metrics += (_series("accuracy (mean of reports)", "s-accuracy", xs, [r.accuracy for r in done], top=1.0),)
+    if any(r.loss is not None for r in done):
+        metrics += (_series("loss (mean of reports)", "s-loss", xs, [r.loss for r in done]),)
     return RoundChart(
         width=CHART_W,
         height=CHART_H,
@@ -124,7 +135,9 @@ def round_chart(rounds: Sequence[Round]) -> RoundChart | None:
             _series("consensus distance", "s-distance", xs, [r.pair_distance_sq for r in done]),
             _series("bytes per round", "s-bytes", xs, [float(r.bytes_total) for r in done]),
             _series("bottleneck bandwidth (B/s)", "s-bottleneck", xs, [r.bottleneck_bps for r in done]),
+            *metrics,
         ),
+        metrics=bool(metrics),
     )
 
 

@@ -8,6 +8,7 @@ workers' test accuracy next to the same model trained centrally on the pooled da
     python -m gossip.examples.digits --live                # 8 real gossip.Workers, a local 3-server cluster
     python -m gossip.examples.digits --endpoints H:P,H:P   # 8 real gossip.Workers against your cluster
     python -m gossip.examples.digits --output json         # one JSON line per round, then a summary
+    python -m gossip.examples.digits --live --plot r.png   # and the cluster's record of the rounds as a PNG
 
 The recipe (all seeded by ``--seed``, so a simulated run is reproducible to the bit):
 
@@ -35,7 +36,10 @@ The training loop (:func:`train`) does not know how the mixing happens: it calls
 coroutine per worker and round, all workers concurrently. :class:`SimulatedMixer` computes the
 round in-process with :class:`gossip.matching.SapsSelector` on a random bandwidth matrix and
 :func:`gossip.mixing.apply_matching`; :class:`LiveMixer` calls ``gossip.worker.Worker.step``, a
-committed round through the cluster and a real exchange over gRPC.
+committed round through the cluster and a real exchange over gRPC. Live, each worker reports its
+training metrics with the round (its model's loss on its own shard and accuracy on the test set,
+before the mix, and the examples its local steps drew): ``cpctl gossip rounds GROUP`` lists them and
+``cpctl gossip plot GROUP`` (or ``--plot FILE`` here) draws them with the consensus distance.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gossip.matching import Matching, SapsSelector, default_peer_ids
-from gossip.mixing import Array, apply_matching, consensus_distance
+from gossip.mixing import Array, apply_matching, apply_matching_compressed, consensus_distance, encode_int8, pack
 from gossip.simulate import uniform_bandwidth
 
 if TYPE_CHECKING:  # imported lazily at run time: the live mode is optional and needs a cluster
@@ -84,8 +88,10 @@ __all__ = [
     "load_digits",
     "local_cluster",
     "log_to_stderr",
+    "loss",
     "main",
     "no_gossip",
+    "plot_live",
     "prepare",
     "run_live",
     "run_simulated",
@@ -113,6 +119,8 @@ class Config:
     min_shard: int = 30
     test_fraction: float = 0.25
     seed: int = 0
+    compression: str = ""
+    """How the gossip exchanges travel: "" (full values) or "int8" (``gossip.mixing.encode_int8``)."""
 
     def __post_init__(self) -> None:
         if self.workers < 2:
@@ -252,6 +260,14 @@ def accuracy(params: Params, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64
     return float(np.mean(np.argmax(_logits(params, x), axis=1) == y))
 
 
+def loss(params: Params, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64]) -> float:
+    """Mean softmax cross-entropy over (x, y) (the objective without its weight decay)."""
+    z = _logits(params, x)
+    z -= z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(y)), y]))
+
+
 def _sgd(
     params: Params,
     x: npt.NDArray[np.float64],
@@ -332,7 +348,8 @@ class SimulatedMixer:
     :func:`gossip.mixing.apply_matching`, which gives what both ends of a live exchange compute.
     """
 
-    def __init__(self, workers: int, seed: int) -> None:
+    def __init__(self, workers: int, seed: int, compression: str = "") -> None:
+        self.compression = compression
         self.peers = default_peer_ids(workers)  # zero-padded: sorted order is worker order
         self.bandwidth = uniform_bandwidth(workers, seed)
         self.selector = SapsSelector(seed)
@@ -346,8 +363,14 @@ class SimulatedMixer:
     def _round(self, by_worker: dict[int, Params]) -> dict[int, Params]:
         number = len(self.matchings)
         matching = self.selector.select(self.bandwidth, self.peers, round=number, version=0)
-        mixed = apply_matching({self.peers[w]: p for w, p in by_worker.items()}, matching)
-        model_bytes = sum(v.nbytes for v in next(iter(by_worker.values())).values())
+        by_peer = {self.peers[w]: p for w, p in by_worker.items()}
+        model = next(iter(by_worker.values()))
+        if self.compression:
+            mixed = apply_matching_compressed(by_peer, matching, self.compression)
+            model_bytes = len(pack(encode_int8(model))[1])  # what one side sends (int8 is the only one)
+        else:
+            mixed = apply_matching(by_peer, matching)
+            model_bytes = sum(v.nbytes for v in model.values())
         self.matchings.append(matching)
         self.history.append(
             MixRound(number=number, bytes=2 * len(matching.pairs) * model_bytes, pairs=len(matching.pairs), failed=0)
@@ -364,14 +387,18 @@ class LiveMixer:
     rule promises; it is counted, not raised, because one lost pair does not stop the training.
     """
 
-    def __init__(self, workers: Sequence[Worker]) -> None:
+    def __init__(
+        self, workers: Sequence[Worker], metrics: Callable[[int, Params], dict[str, float]] | None = None
+    ) -> None:
         self.workers = list(workers)
+        #: ``metrics(w, params)``: worker ``w``'s training metrics for ``params``, reported with its round.
+        self.metrics = metrics
         self.history: list[MixRound] = []
         self._pending: dict[int, WorkerRound | None] = {}
 
     async def __call__(self, worker: int, params: Params) -> Params:
         node = self.workers[worker]
-        mixed = await node.step(params)
+        mixed = await node.step(params, metrics=self.metrics(worker, params) if self.metrics else None)
         self._pending[worker] = node.last_round
         if len(self._pending) == len(self.workers):
             self._close_round()
@@ -476,9 +503,10 @@ async def train(
     ys = [data.y_train[s] for s in shards]
     mean_size = float(np.mean([len(s) for s in shards]))
     stats: list[RoundStats] = []
-    for r in range(config.rounds):
-        lr = config.lr_at(r)
-        t0 = time.perf_counter()
+
+    def local_steps(lr: float) -> dict[str, Array]:
+        # Every worker's local SGD, then the central model's. Runs in a thread (asyncio.to_thread):
+        # on the event loop it would hold up the live workers' heartbeats and round watches.
         for w in range(config.workers):
             workers[w] = _sgd(
                 workers[w],
@@ -490,7 +518,7 @@ async def train(
                 weight_decay=config.weight_decay,
                 rng=worker_rngs[w],
             )
-        central = _sgd(
+        return _sgd(
             central,
             data.x_train,
             data.y_train,
@@ -500,6 +528,11 @@ async def train(
             weight_decay=config.weight_decay,
             rng=central_rng,
         )
+
+    for r in range(config.rounds):
+        lr = config.lr_at(r)
+        t0 = time.perf_counter()
+        central = await asyncio.to_thread(local_steps, lr)
         t1 = time.perf_counter()
         steps = [asyncio.ensure_future(mix(w, workers[w])) for w in range(config.workers)]
         try:
@@ -555,12 +588,22 @@ async def no_gossip(worker: int, params: Params) -> Params:
 
 
 def run_simulated(
-    config: Config, *, gossip: bool = True, on_round: Callable[[RoundStats], None] | None = None
+    config: Config,
+    *,
+    gossip: bool = True,
+    on_round: Callable[[RoundStats], None] | None = None,
+    mixer_out: list[SimulatedMixer] | None = None,
 ) -> Result:
     """The whole example with :class:`SimulatedMixer` (or, ``gossip=False``, with no mixing at all):
-    no cluster, no network, about a second."""
+    no cluster, no network, about a second. ``mixer_out``, if given, receives the mixer (its
+    ``history`` has each round's bytes)."""
     data, shards = prepare(config)
-    mix: Mix = SimulatedMixer(config.workers, config.seed) if gossip else no_gossip
+    mix: Mix = no_gossip
+    if gossip:
+        mixer = SimulatedMixer(config.workers, config.seed, config.compression)
+        if mixer_out is not None:
+            mixer_out.append(mixer)
+        mix = mixer
     return asyncio.run(train(config, data, shards, mix, on_round=on_round))
 
 
@@ -603,8 +646,10 @@ async def run_live(
 
     Each worker has its own client (as it would on its own machine), its own exchange server on a
     free loopback port, and its own node id; the group name is fresh per run unless given, so a
-    rerun against the same cluster never meets the previous run's rounds. ``min_participants`` is
-    the whole group: round 0 waits for every worker instead of starting with the first two.
+    rerun against the same cluster never meets the previous run's rounds. The group is created
+    paused and unpaused once every worker is up, so round 1 waits for all of them; its
+    ``min_participants`` stays the floor of 2, so a worker that crashes costs one round and the
+    others train on (setting it to the number of workers would stop every round after one crash).
     ``mixer_out``, if given, receives the :class:`LiveMixer` (for its per-round bytes and times).
     ``credentials``: how the workers reach the cluster (default: ``CP_CACERT``/``CP_CERT``/``CP_KEY``/
     ``CP_TOKEN`` from the environment).
@@ -625,13 +670,33 @@ async def run_live(
                     group,
                     f"{group}-w{w}",
                     round_timeout_s=round_timeout_s,
-                    min_participants=config.workers,
+                    compression=config.compression,
                     labels={"example": "digits", "shard_size": str(len(shards[w]))},
                 )
             )
         start = init_params(data.x_train.shape[1], data.classes, config.seed)
+        tensors = [(name, value.dtype.name, value.shape) for name, value in sorted(start.items())]
+        created = await clients[0].gossip.configure_group(
+            group,
+            tensors,
+            round_timeout_s=round_timeout_s,
+            min_participants=2,
+            seed=config.seed,
+            paused=True,
+            compression=config.compression,
+        )
         await asyncio.gather(*(worker.start(start) for worker in workers))
-        mixer = LiveMixer(workers)
+        if created.created:  # a group somebody else configured keeps its own settings
+            await clients[0].gossip.update_group(group, paused=False)
+
+        def metrics(w: int, params: Params) -> dict[str, float]:
+            return {
+                "loss": loss(params, data.x_train[shards[w]], data.y_train[shards[w]]),
+                "accuracy": accuracy(params, data.x_test, data.y_test),
+                "examples": config.local_steps * config.batch_size,
+            }
+
+        mixer = LiveMixer(workers, metrics)
         if mixer_out is not None:
             mixer_out.append(mixer)
         return await train(config, data, shards, mixer, on_round=on_round)
@@ -646,6 +711,17 @@ async def run_live(
 
 
 # ---------------------------------------------------------------------------------------- CLI
+
+
+def plot_live(endpoints: str, group: str, path: Path, credentials: Credentials | None = None) -> int:
+    """Draw the rounds of ``group`` as the cluster recorded them (what ``cpctl gossip plot`` draws:
+    the workers' reported accuracy and loss, and the consensus distance) into the PNG ``path``."""
+    from controlplane.cli.gossip import plot_rounds
+    from controlplane.client import Client, Credentials
+
+    with Client(endpoints, credentials=credentials or Credentials.from_env()) as client:
+        rounds = client.gossip.rounds(group, limit=1000)
+    return plot_rounds(rounds, path, f"digits, gossip group {group}")
 
 
 def log_to_stderr() -> None:
@@ -691,7 +767,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", action="store_true", help="real gossip.Workers; a local 3-server cluster")
     parser.add_argument("--endpoints", help="HOST:PORT,... of an existing cluster (implies --live)")
     parser.add_argument("--round-timeout", type=float, default=30.0, help="live: seconds a round may take")
+    parser.add_argument(
+        "--compression", choices=("none", "int8"), default="none", help="how exchanges travel (int8: 8-bit)"
+    )
     parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--plot", type=Path, help="live: afterwards, draw the rounds the cluster recorded into this PNG (matplotlib)"
+    )
     args = parser.parse_args(argv)
     config = Config(
         workers=args.workers,
@@ -702,11 +784,14 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=args.weight_decay,
         alpha=args.alpha,
         seed=args.seed,
+        compression="" if args.compression == "none" else args.compression,
     )
     live = args.live or args.endpoints is not None
     if live and args.no_gossip:
         parser.error("--no-gossip is a simulated baseline; it cannot be combined with --live or --endpoints")
-    mixers: list[LiveMixer] = []
+    if args.plot is not None and (not live or args.plot.suffix.lower() != ".png"):
+        parser.error("--plot FILE.png draws the rounds a cluster recorded: it needs --live or --endpoints")
+    mixers: list[Any] = []  # the LiveMixer or SimulatedMixer, for each round's bytes
 
     def report(stat: RoundStats) -> None:
         mix = mixers[0].history[-1] if mixers and mixers[0].history else None
@@ -726,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if not live:
-        result = run_simulated(config, gossip=not args.no_gossip, on_round=report)
+        result = run_simulated(config, gossip=not args.no_gossip, on_round=report, mixer_out=mixers)
     else:
         log_to_stderr()
         with contextlib.ExitStack() as stack:
@@ -736,17 +821,28 @@ def main(argv: list[str] | None = None) -> int:
                 endpoints, credentials = cluster.endpoints, cluster.credentials
                 if args.output == "text":
                     print(f"local cluster up: {endpoints}", flush=True)
+            group = f"digits-{secrets.token_hex(4)}"
+            if args.output == "text":
+                print(f"gossip group {group} (cpctl gossip rounds {group})", flush=True)
             result = asyncio.run(
                 run_live(
                     config,
                     endpoints,
+                    group=group,
                     round_timeout_s=args.round_timeout,
                     on_round=report,
                     mixer_out=mixers,
                     credentials=credentials,
                 )
             )
+            if args.plot is not None:
+                drawn = plot_live(endpoints, group, args.plot, credentials)
+                if args.output == "text":
+                    print(f"wrote {args.plot}: {drawn} training rounds of group {group}", flush=True)
     summary = result.summary()
+    if mixers and mixers[0].history:
+        # Mean over rounds of the model bytes every worker received: what compression cuts.
+        summary["bytes_per_round"] = round(sum(m.bytes for m in mixers[0].history) / len(mixers[0].history))
     if args.output == "json":
         print(json.dumps({"type": "summary", "mode": "live" if live else "simulated", **summary}), flush=True)
     else:
@@ -754,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
             f"final: workers mean {_pct(result.final.mean_accuracy)} (min {_pct(result.final.min_accuracy)}), "
             f"central {_pct(result.final.central_accuracy)}, gap {100 * result.gap:.2f} points; "
             f"average of the workers' models {_pct(result.average_model_accuracy)}; "
-            f"shard sizes {list(result.shard_sizes)}",
+            f"shard sizes {list(result.shard_sizes)}"
+            + (f"; {summary['bytes_per_round']:,} bytes per round" if "bytes_per_round" in summary else ""),
             flush=True,
         )
     return 0

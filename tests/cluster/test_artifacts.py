@@ -14,14 +14,18 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
-from controlplane.client import AsyncClient, Client, NotFound
+from controlplane import tls
+from controlplane.client import AsyncClient, Client, Credentials, NotFound
 from controlplane.dev import LocalCluster
-from gossip.artifacts import ArtifactCorrupt, ArtifactServer, ArtifactStore, fetch_artifact
+from controlplane.v1 import artifacts_pb2, artifacts_pb2_grpc, auth_pb2, auth_pb2_grpc
+from gossip.artifacts import ArtifactCorrupt, ArtifactServer, ArtifactStore, fetch_artifact, tls_credentials
 from gossip.bandwidth import BandwidthTable
 
 from .conftest import cpctl, credentials_env, wait_until
@@ -61,6 +65,18 @@ def agents() -> Iterator[dict[str, subprocess.Popen[str]]]:
             process.wait(10)
 
 
+def identity_files(cluster: LocalCluster, role: str, name: str) -> Credentials:
+    """The cluster CA with a fresh certificate for ``role:name`` (reachable at 127.0.0.1)."""
+    cert, key = tls.issue(cluster.pki_dir, tls.Identity(role, name), sans=["127.0.0.1", "localhost"])
+    return Credentials(ca=cluster.credentials.ca, cert=cert, key=key)
+
+
+def agent_env(cluster: LocalCluster, node_id: str) -> dict[str, str]:
+    """What `cpctl agent --id node_id` runs with: its own agent:<node_id> certificate (docs/operations.md)."""
+    own = identity_files(cluster, "agent", node_id)
+    return {**credentials_env(cluster), "CP_CERT": str(own.cert), "CP_KEY": str(own.key)}
+
+
 def start_holder(
     cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]], node_id: str, store: Path
 ) -> subprocess.Popen[str]:
@@ -70,7 +86,7 @@ def start_holder(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=credentials_env(cluster),
+        env=agent_env(cluster, node_id),
     )  # fmt: skip
     agents[node_id] = process
     return process
@@ -172,7 +188,7 @@ async def test_a_holder_killed_midway_leaves_the_fetch_to_the_others(
     async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as aclient:
         result = await fetch_artifact(
             aclient, model, 1, store, node_id="kill-f1", chunk_size=CHUNK, progress=kill_at_a_quarter
-        )
+        )  # TLS to the holders with the client's own credentials
         assert result.path.read_bytes() == data and victim.returncode == -signal.SIGKILL
         # Its streams broke (or it refused the next connection): it was dropped, the others finished.
         assert "kill-h2" in result.dropped and "UNAVAILABLE" in result.dropped["kill-h2"]
@@ -195,7 +211,12 @@ async def test_corrupt_holders_through_the_sdk(cluster: LocalCluster, tmp_path: 
                 await client.models.register(model, hashlib.sha256(data).hexdigest(), len(data), "other")
             for node_id in ("rot-h1", "rot-h2", "rot-h3"):
                 store = ArtifactStore(tmp_path / node_id)
-                server = servers[node_id] = ArtifactServer(store, node_id=node_id)
+                own = identity_files(cluster, "agent", node_id)  # TLS holders, as `cpctl agent` serves them
+                assert own.ca is not None and own.cert is not None and own.key is not None
+                pems = own.ca.read_bytes(), own.cert.read_bytes(), own.key.read_bytes()
+                server = servers[node_id] = ArtifactServer(
+                    store, node_id=node_id, server_credentials=tls_credentials(*pems)[0]
+                )
                 await server.start()
                 await client.membership.register_node(node_id, ttl_s=60, addresses={"gossip": server.address})
                 for model in ("art-rot-one", "art-rot-all"):
@@ -227,3 +248,123 @@ async def test_corrupt_holders_through_the_sdk(cluster: LocalCluster, tmp_path: 
             for node_id, server in servers.items():
                 await server.stop(0)
                 await client.membership.deregister(node_id)
+
+
+def _stat(address: str, credentials: grpc.ChannelCredentials | None, model: str) -> artifacts_pb2.StatArtifactResponse:
+    """One Stat call on a holder's artifact port (plaintext without credentials)."""
+    with grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials) as ch:
+        answer: artifacts_pb2.StatArtifactResponse = artifacts_pb2_grpc.ArtifactsStub(ch).Stat(
+            artifacts_pb2.StatArtifactRequest(model=model, version=1, chunk_size=CHUNK), timeout=15
+        )
+        return answer
+
+
+def _refused(address: str, credentials: grpc.ChannelCredentials | None, model: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as refused:
+        _stat(address, credentials, model)
+    return refused.value
+
+
+async def test_the_artifact_port_serves_only_certified_readers(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """`cpctl agent` with its agent certificate serves mutual TLS: no download in clear or without a
+    client certificate; a user's certificate needs models:read on the model (checked against the
+    cluster on every call, so a revocation stops the next one); a peer agent needs no role."""
+    data = random.Random(6).randbytes(300 * 1024)
+    source = tmp_path / "model.bin"
+    source.write_bytes(data)
+    model, reader, stranger = "art-sec-model", "art-sec-reader", "art-sec-stranger"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        client.models.register(model, hashlib.sha256(data).hexdigest(), len(data), "other", status="ready")
+        ArtifactStore(tmp_path / "sec-h1").put_file(model, 1, source, chunk_size=CHUNK)
+        start_holder(cluster, agents, "sec-h1", tmp_path / "sec-h1")
+        wait_serving(client, ["sec-h1"], model)
+        address = gossip_address(client, "sec-h1")
+
+    anonymous = _refused(address, None, model)  # plaintext: the TLS handshake never completes
+    assert anonymous.code() == grpc.StatusCode.UNAVAILABLE
+    no_cert = _refused(address, Credentials(ca=cluster.credentials.ca).channel_credentials(), model)
+    assert no_cert.code() == grpc.StatusCode.UNAVAILABLE  # the port requires a client certificate
+
+    stranger_tls = identity_files(cluster, "client", stranger).channel_credentials()
+    denied = _refused(address, stranger_tls, model)
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "models:read" in denied.details() and f"user:{stranger}" in denied.details()
+
+    with grpc.secure_channel(cluster.client_addresses[0], cluster.credentials.channel_credentials()) as admin_ch:
+        auth = auth_pb2_grpc.AuthStub(admin_ch)
+        role = f"{reader}-role"
+        auth.AddUser(auth_pb2.AddUserRequest(name=reader), timeout=10)
+        auth.AddRole(auth_pb2.AddRoleRequest(name=role), timeout=10)
+        permission = auth_pb2.Permission(domain="models", verb="read", resource="art-sec-")
+        auth.GrantPermission(auth_pb2.GrantPermissionRequest(role=role, permission=permission), timeout=10)
+        auth.GrantRole(auth_pb2.GrantRoleRequest(user=reader, role=role), timeout=10)
+
+        reader_files = identity_files(cluster, "client", reader)
+        # The grant reaches sec-h1's server through the log: allowed once that server applied it.
+        wait_until(
+            lambda: _allowed(address, reader_files.channel_credentials(), model), 30, "the reader's grant to apply"
+        )
+        store = ArtifactStore(tmp_path / "reader")
+        async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as aclient:
+            result = await fetch_artifact(
+                aclient, model, 1, store, chunk_size=CHUNK, channel_credentials=reader_files.channel_credentials()
+            )
+        assert result.path.read_bytes() == data and result.by_holder == {"sec-h1": result.chunks}
+
+        # A peer agent replicating the artifact holds no role: its agent certificate is enough.
+        peer = identity_files(cluster, "agent", "sec-peer").channel_credentials()
+        assert _stat(address, peer, model).sha256 == hashlib.sha256(data).hexdigest()
+
+        auth.RevokeRole(auth_pb2.RevokeRoleRequest(user=reader, role=role), timeout=10)
+        wait_until(
+            lambda: not _allowed(address, reader_files.channel_credentials(), model), 30, "the revocation to apply"
+        )
+
+
+def _allowed(address: str, credentials: grpc.ChannelCredentials, model: str) -> bool:
+    try:
+        _stat(address, credentials, model)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+            raise
+        return False
+    return True
+
+
+def _agent(cluster: LocalCluster, env: dict[str, str], store: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "agent", "--id", "sec-plain", "--ttl", "5", "--artifact-dir",
+         str(store), "--endpoints", ",".join(cluster.client_addresses), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )  # fmt: skip
+
+
+def test_an_agent_serves_artifacts_in_clear_only_with_insecure_dev(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """Without TLS credentials the agent refuses to serve its store (exit 2, naming the fix), and with a
+    certificate that is not its own agent:<id> too; --insecure-dev serves in clear and says so loudly."""
+    plain_env = {key: value for key, value in os.environ.items() if not key.startswith("CP_")}
+    refused = _agent(cluster, plain_env, tmp_path / "store")
+    agents["sec-plain-refused"] = refused
+    _, stderr = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "needs TLS" in stderr and "--insecure-dev" in stderr
+    assert "Traceback" not in stderr
+
+    admin = _agent(cluster, credentials_env(cluster), tmp_path / "store")  # client:admin is no agent identity
+    agents["sec-plain-admin"] = admin
+    _, stderr = admin.communicate(timeout=60)
+    assert admin.returncode == 2 and "names client:admin" in stderr and "--role agent" in stderr
+
+    insecure = agents["sec-plain"] = _agent(cluster, plain_env, tmp_path / "store", "--insecure-dev")
+    assert insecure.stderr is not None
+    deadline = time.monotonic() + 60
+    line = ""
+    while "WARNING" not in line and time.monotonic() < deadline and insecure.poll() is None:
+        line = insecure.stderr.readline()
+    assert "WARNING: --insecure-dev" in line and "WITHOUT TLS" in line

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from controlplane import tls
-from controlplane.client import Client, Credentials, PermissionDenied, Unauthenticated
+from controlplane.client import Client, Credentials, InvalidArgument, PermissionDenied, Unauthenticated
 from controlplane.dev import LocalCluster
 from controlplane.v1 import (
     auth_pb2,
@@ -271,3 +271,26 @@ def test_cli_users_roles_tokens(make_cluster: Callable[..., LocalCluster]) -> No
     assert refused.returncode == 1 and "built in" in refused.stderr
     status = json.loads(cpctl(cluster, "auth", "status", "--output", "json").stdout)
     assert status == {"enabled": True, "identity": "user:admin", "revision": status["revision"]}
+
+
+def test_check_permission_answers_agents_and_admins_only(cluster: LocalCluster) -> None:
+    """``Auth.Check``: what an agent's artifact port asks before serving a user (any agent may ask,
+    other users need cluster admin); a malformed question is INVALID_ARGUMENT."""
+    admin = cluster.credentials
+    agent_cert, agent_key = tls.issue(cluster.pki_dir, tls.Identity("agent", "chk-a"))
+    user_cert, user_key = tls.issue(cluster.pki_dir, tls.Identity("client", "chk-nobody"))
+    with Client(
+        cluster.client_addresses, credentials=Credentials(ca=admin.ca, cert=agent_cert, key=agent_key)
+    ) as agent:
+        assert agent.check_permission("user:admin", "models", "read", "any-model") is None
+        assert agent.check_permission("agent:chk-b", "models", "read", "any-model") is None
+        why = agent.check_permission("user:chk-nobody", "models", "read", "any-model")
+        assert why is not None and "models:read" in why and "user:chk-nobody" in why
+        with pytest.raises(InvalidArgument, match="user:<name>"):
+            agent.check_permission("chk-nobody", "models", "read")
+        with pytest.raises(InvalidArgument, match="one domain"):
+            agent.check_permission("user:admin", "*", "read")
+    user_credentials = Credentials(ca=admin.ca, cert=user_cert, key=user_key)
+    with Client(cluster.client_addresses, credentials=user_credentials) as user, pytest.raises(PermissionDenied) as no:
+        user.check_permission("user:admin", "models", "read")
+    assert "cluster:admin" in str(no.value) and "user:chk-nobody" in str(no.value)

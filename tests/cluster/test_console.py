@@ -74,7 +74,7 @@ async def test_every_page_shows_the_cluster(cluster: LocalCluster, console: http
             tensors=[("w", "float32", (4,))],
         )  # fmt: skip
         for node in peers:
-            admin.gossip.report_round("ui-g", 1, node, bytes=4096, seconds=0.1, mix_delta_sq=0.5)
+            admin.gossip.report_round("ui-g", 1, node, bytes=4096, seconds=0.1, mix_delta_sq=0.5, accuracy=0.875)
 
     page = assert_safe_page(await console.get("/ui/", headers=AUTH))
     assert re.search(rf'data-member="{leader_id}" data-role="leader"', page)
@@ -112,6 +112,7 @@ async def test_every_page_shows_the_cluster(cluster: LocalCluster, console: http
 
     training = assert_safe_page(await console.get("/ui/training", params={"group": "ui-g"}, headers=AUTH))
     assert 'data-round="1"' in training and "<polyline" in training
+    assert 'class="series s-accuracy"' in training and "<td>87.5%</td>" in training  # the reported accuracy
     assert 'class="edge bottleneck"' in training  # ui-a1 - ui-a2 is the slower pair
     assert "<rect" in training and "Bandwidth between" in training
 

@@ -77,7 +77,10 @@ def test_console_in_a_browser(cluster: LocalCluster, tmp_path: Path, browser: An
                 "br-g", number + 1, peers, pairs, seed=number, deadline_unix_ms=deadline, tensors=tensors
             )
             for peer in peers:
-                admin.gossip.report_round("br-g", number + 1, peer, bytes=8192, mix_delta_sq=1.0 / (number + 1))
+                admin.gossip.report_round(
+                    "br-g", number + 1, peer, bytes=8192, mix_delta_sq=1.0 / (number + 1),
+                    loss=1.2 - 0.3 * number, accuracy=0.6 + 0.2 * number,
+                )  # fmt: skip
 
     with running_gateway(cluster, tmp_path) as gateway:
         context = browser.new_context(viewport={"width": 1280, "height": 800})

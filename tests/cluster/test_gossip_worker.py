@@ -365,3 +365,49 @@ async def test_workers_gossip_over_mutual_tls_with_agent_certificates(cluster: L
     finally:
         await asyncio.gather(*(worker.close() for worker in workers), return_exceptions=True)
         await client.close()
+
+
+async def test_int8_compression_is_configured_by_cpctl_and_used_by_the_workers(cluster: LocalCluster) -> None:
+    """Issue 19: a group created with ``--compression int8`` carries it in every round's spec, and its
+    workers exchange one byte per value, each keeping ``gossip.mixing.compressed_pair``'s result."""
+    from gossip.mixing import compressed_pair
+
+    group = f"gz-{secrets.token_hex(3)}"
+    bad = cpctl(cluster, "gossip", "groups", "configure", group, "--tensor", "w:float64:4x3", "--compression", "zip")
+    assert bad.returncode == 2 and "compression 'zip' is not one of none, int8" in bad.stderr, bad.stderr
+    created = cpctl_json(
+        cluster, "gossip", "groups", "configure", group, "--tensor", "w:float64:4x3", "--tensor", "b:float64:3",
+        "--compression", "int8", "--probe-every", "0", "--round-timeout", str(ROUND_TIMEOUT_S),
+    )  # fmt: skip
+    assert created["created"] and created["group"]["compression"] == created["group"]["spec"]["compression"] == "int8"
+    refused = cpctl(cluster, "gossip", "groups", "configure", group, "--compression", "none")
+    assert refused.returncode == 2 and "fixed when a group is created" in refused.stderr
+    ids = [f"{group}-a", f"{group}-b"]
+    client = AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15)
+    workers = [
+        Worker(
+            client,
+            group,
+            node,
+            round_timeout_s=ROUND_TIMEOUT_S,
+            lease_ttl_s=LEASE_TTL_S,
+            probe_bytes=PROBE_BYTES,
+            compression="int8",  # a worker asking for another compression is refused at start
+        )
+        for node in ids
+    ]
+    try:
+        await asyncio.gather(*(worker.start(initial_params(k)) for k, worker in enumerate(workers)))
+        before = [{name: v + 0.1 * k for name, v in initial_params(k).items()} for k in range(2)]  # not exact
+        after = await asyncio.gather(*(worker.step(params) for worker, params in zip(workers, before, strict=True)))
+        expected = compressed_pair(before[0], before[1], "int8")
+        for k, worker in enumerate(workers):
+            assert worker.last_round is not None and worker.last_round.ok, worker.last_round
+            assert worker.last_round.bytes == 15 + 2 * 16  # 15 values of one byte, a range per tensor
+            for name in before[k]:
+                assert after[k][name].tobytes() == expected[k][name].tobytes()
+        round_ = await client.gossip.round(group, workers[0].last_round.number)
+        assert round_.spec is not None and round_.spec.compression == "int8"
+    finally:
+        await asyncio.gather(*(worker.close() for worker in workers), return_exceptions=True)
+        await client.close()

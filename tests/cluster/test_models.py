@@ -81,6 +81,12 @@ def test_search_quality_and_the_same_answer_on_every_server(cluster: LocalCluste
         assert result.revision >= revision and result.query_ms >= 0 and result.engine in ("fts5", "like")
         for query in ("!!!", '"unbalanced', "-", ""):
             assert client.models.search(query).hits == (), query
+        # Filters typed in the query, and "did you mean" for a misspelt word (issue 18).
+        assert names(client.models.search(f"tag:chat family:qwen {suffix[1:]}")) == [f"Qwen2-7B-Instruct{suffix}"]
+        misspelt = client.models.search(f"whispr {suffix[1:]}")
+        assert misspelt.hits == () and misspelt.suggestions[0] == f"whisper {suffix[1:]}"
+        with pytest.raises(InvalidArgument, match="give one"):
+            client.models.search("tag:chat tag:audio")
 
 
 def test_registry_rules_and_bad_input_over_grpc(cluster: LocalCluster) -> None:
