@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
-.PHONY: run test test-fast test-browser chromium promtool soak bench lint proto sdk check-proto clean setup jepsen jepsen-long
+.PHONY: run test test-fast test-browser chromium promtool soak bench bench-gossip-net lint proto sdk check-proto clean setup jepsen jepsen-long
 
 setup: $(STAMP)
 
@@ -68,6 +68,10 @@ jepsen-long: $(STAMP)
 ## bench: our cluster next to etcd 3.4 in the same run; one JSON line per scenario
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+## bench-gossip-net: gossip on tc-shaped network namespaces (root): SAPS, random, ring, all-reduce; ~15 min
+bench-gossip-net: $(STAMP)
+	$(BIN)/python -m bench.gossip_net
 
 lint: $(STAMP)
 	$(BIN)/ruff check controlplane gossip gateway tests bench

@@ -31,6 +31,7 @@ __all__ = [
     "BETA",
     "LATENCY_DOMINATED",
     "MAX_LATENCY_SHARE",
+    "OUTLIER_SPREADS",
     "RECENT_SAMPLES",
     "BandwidthTable",
     "LinkEstimate",
@@ -48,6 +49,11 @@ RECENT_SAMPLES = 16
 LATENCY_DOMINATED = 0.5
 """A sample whose duration is more than half latency (a small probe) feeds the EWMA with the fitted
 bandwidth instead of its own throughput."""
+OUTLIER_SPREADS = 3.0
+"""An observation further than this many spreads from the estimate enters the EWMA clipped to that
+distance (a Huber-style EWMA): one exchange slowed by a busy CPU or sped up by a late clock moves the
+estimate by at most ALPHA x 3 spreads, while the spread itself takes the full deviation, so a real
+change widens the window within a few samples and the estimate follows."""
 MAX_LATENCY_SHARE = 0.9
 """Without a fit of the current samples, the correction by a previously known latency removes at most
 90% of a sample's duration, so a stale latency can inflate one observation at most 10x instead of
@@ -98,7 +104,8 @@ class LinkEstimate:
         """Fold in one transfer of ``nbytes`` that took ``seconds`` (a probe or a real exchange).
 
         The first sample sets ``bandwidth`` and ``spread = bandwidth / 2`` (RFC 6298's first-sample
-        rule); later ones move them by ALPHA and BETA.
+        rule); later ones move them by ALPHA and BETA, the bandwidth by the observation clipped to
+        OUTLIER_SPREADS spreads of the estimate, the spread by the whole deviation.
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, int | np.integer) or nbytes <= 0:
             raise ValueError(f"a sample needs a positive integer byte count, got {nbytes!r}")
@@ -116,17 +123,48 @@ class LinkEstimate:
             observed = fit[1]
         else:
             observed = nbytes / max(transfer, seconds * (1.0 - MAX_LATENCY_SHARE))
+        return self._fold(observed, latency, recent, 1, now)
+
+    def observe_probe(self, transfers: Sequence[tuple[int, float]], now: float) -> LinkEstimate:
+        """Fold in one probe: ``(bytes, seconds)`` transfers of at least two sizes over the same warm
+        connection, timed alike. Their own least-squares line is the observation: its slope the
+        bandwidth, so neither the order of the sizes nor a latency learnt from differently timed
+        samples can bias it. One observation per probe, however many transfers. Its intercept (the
+        fixed cost of a whole exchange) and its transfers stay out of ``latency`` and ``recent``:
+        those correct the passive samples, timed by the receive clock alone, and a whole exchange's
+        fixed cost subtracted from them read a link 25% fast within a dozen exchanges. Transfers
+        that cannot be fitted (one size, or the larger one faster) are folded in one by one, as
+        ``observe`` would."""
+        for nbytes, seconds in transfers:
+            if isinstance(nbytes, bool) or not isinstance(nbytes, int | np.integer) or nbytes <= 0:
+                raise ValueError(f"a sample needs a positive integer byte count, got {nbytes!r}")
+            if not (math.isfinite(seconds) and seconds > 0.0):
+                raise ValueError(f"a sample needs a positive, finite duration, got {seconds!r}")
+        self._check_time(now)
+        fit = fit_latency_bandwidth(transfers)
+        if fit is None:
+            est = self
+            for nbytes, seconds in transfers:
+                est = est.observe(nbytes, seconds, now)
+            return est
+        return self._fold(fit[1], self.latency, self.recent, len(transfers), now)
+
+    def _fold(
+        self, observed: float, latency: float, recent: tuple[tuple[int, float], ...], count: int, now: float
+    ) -> LinkEstimate:
         if self.samples == 0:
             bandwidth, spread = observed, observed / 2
         else:
+            window = OUTLIER_SPREADS * self.spread
+            clipped = min(max(observed, self.bandwidth - window), self.bandwidth + window)
             spread = (1 - BETA) * self.spread + BETA * abs(self.bandwidth - observed)
-            bandwidth = (1 - ALPHA) * self.bandwidth + ALPHA * observed
+            bandwidth = (1 - ALPHA) * self.bandwidth + ALPHA * clipped
         return replace(
             self,
             bandwidth=bandwidth,
             spread=spread,
             latency=latency,
-            samples=self.samples + 1,
+            samples=self.samples + count,
             updated_at=now,
             recent=recent,
         )
@@ -183,6 +221,13 @@ class BandwidthTable:
     def observe(self, peer: str, nbytes: int, seconds: float, now: float) -> LinkEstimate:
         """Record a transfer to or from ``peer`` (active probe or passive exchange)."""
         est = self._link(peer).observe(nbytes, seconds, now)
+        self._links[peer] = est
+        self._dirty.add(peer)
+        return est
+
+    def observe_probe(self, peer: str, transfers: Sequence[tuple[int, float]], now: float) -> LinkEstimate:
+        """Record one probe of the link to ``peer`` (see LinkEstimate.observe_probe)."""
+        est = self._link(peer).observe_probe(transfers, now)
         self._links[peer] = est
         self._dirty.add(peer)
         return est

@@ -360,8 +360,14 @@ def _probe_interval_passed(config: gossip_pb2.GroupConfig, rounds: Sequence[goss
     return rounds[-1].number - last_probe >= config.probe_every_rounds
 
 
-def bandwidth_matrix(participants: Sequence[str], links: Iterable[gossip_pb2.Link]) -> npt.NDArray[np.float64]:
+def bandwidth_matrix(
+    participants: Sequence[str], links: Iterable[gossip_pb2.Link], *, views_agree: float = 1.5
+) -> npt.NDArray[np.float64]:
     """The participants' bandwidth matrix (rows in ``participants`` order) from the committed links.
+
+    A measured link is the mean of its two ends' views when they agree within a factor ``views_agree``, else
+    the lower view (issue 19: timed by both ends, a 2 Mbit/s link read 0.83x at one end and up to
+    1.85x at the other; the lower view is the safe one when they disagree).
 
     A link never measured (no estimate above 0) counts as the median of the measured links among
     these participants, or ``DEFAULT_BANDWIDTH_BPS`` when none is measured, halved once per failure
@@ -379,7 +385,13 @@ def bandwidth_matrix(participants: Sequence[str], links: Iterable[gossip_pb2.Lin
         if i is None or j is None:
             continue
         if link.bandwidth_bps > 0 and math.isfinite(link.bandwidth_bps):
-            bw[i, j] = bw[j, i] = link.bandwidth_bps
+            # Both ends' views: their mean when they agree within views_agree (two timings of the same
+            # exchanges, each with its own noise), else the lower one (the state's ``bandwidth_bps``):
+            # a view far above the other is a clock that started late, and no end sees a link faster
+            # than it is by contention.
+            a, b = link.bandwidth_a_bps, link.bandwidth_b_bps
+            agree = a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b) and max(a, b) <= views_agree * min(a, b)
+            bw[i, j] = bw[j, i] = (a + b) / 2 if agree else link.bandwidth_bps
         else:
             failures[i, j] = failures[j, i] = link.failures
     iu = np.triu_indices(n, 1)

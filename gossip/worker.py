@@ -25,8 +25,9 @@ worker with its own parameters; it reports the failure (the link is penalised in
 the next round goes on, without the dead peer once its lease has expired.
 
 Probe rounds (policy ``probe``, see ``gossip.coordinator``) are handled inside ``step``: the worker
-measures its link to the partner the probe round names with two transfers of a synthetic payload
-(``probe_bytes``, large then small, both directions at once), feeds both into its
+measures its link to the partner the probe round names with a warm-up transfer and then one transfer
+per size of a synthetic payload (``probe_bytes``, large then small, both directions at once), feeds
+each measured one (bytes, seconds of the whole exchange) into its
 :class:`~gossip.bandwidth.BandwidthTable` (two sizes separate latency from bandwidth), reports its
 estimates and then the round, and goes on waiting: ``step`` returns after a training round only,
 and a probe never touches the parameters.
@@ -148,6 +149,19 @@ def _probe_sizes(probe_bytes: tuple[int, ...]) -> tuple[int, ...]:
             f"told apart by size), each a multiple of 4 (float32) between 4 and {MAX_PROBE_BYTES}"
         )
     return sizes
+
+
+def _probe_sample(result: ExchangeResult) -> tuple[int, float] | None:
+    """One probe transfer's sample: ``(bytes received, the whole exchange's seconds)`` on both ends,
+    not the receive time a training exchange contributes. The receive clock starts at the peer's
+    header, and the end that reads that header late (the listener, when the dial arrived before its
+    offer: the header waited in the server) finds part of the payload already buffered, which
+    overstated a 2 Mbit/s link 1.7x (and up to 5.3x, issue 19). Both ends time the same exchange from
+    start to accept, so their views agree; the fit over the probe's sizes takes the per-exchange
+    fixed cost as its intercept (``LinkEstimate.observe_probe``). None when the transfer failed."""
+    if result.ok and result.bytes_received > 0 and result.seconds > 0.0:
+        return result.bytes_received, result.seconds
+    return None
 
 
 def _probe_payload(nbytes: int) -> dict[str, Array]:
@@ -455,7 +469,12 @@ class Worker:
         ratio = round_.spec.sparsity_ratio if round_.spec is not None and round_.spec.sparsity_ratio else 1.0
         started = asyncio.get_running_loop().time()
         result = await self._exchange(round_, partner, params, ratio, budget, examples)
-        result.observe(self.bandwidth, time.monotonic())
+        if result.dialed or not result.ok:
+            # The listener's receive clock starts at the dialer's header, which waited in the server
+            # when the dial came before this side's offer, with part of the payload buffered behind
+            # it: that sample overstates the link (see _probe_sample). The dialer's clock starts
+            # with the listener's header, right before its payload. Failures count on both ends.
+            result.observe(self.bandwidth, time.monotonic())
         delta = await asyncio.to_thread(_delta_sq, params, result.params) if result.ok else 0.0
         if delta:
             # Weighted, this end moves by w_partner times the pair's difference, not by half of it:
@@ -493,7 +512,12 @@ class Worker:
             error = PeerUnavailable(problem)
             self.bandwidth.penalise(partner, time.monotonic())
         received = 0
-        for index, nbytes in enumerate(self.probe_bytes if error is None else ()):
+        # The smallest size once more, first and unmeasured: it pays the one-off costs (the dialer's
+        # address lookup, which the listener's clock would count, the channel and TCP handshakes),
+        # so the measured transfers start together on both ends with the connection warm.
+        transfers = (self.probe_bytes[-1], *self.probe_bytes) if error is None else ()
+        measured: list[tuple[int, float]] = []
+        for index, nbytes in enumerate(transfers):
             remaining = deadline - loop.time()
             if remaining < _MIN_EXCHANGE_S:
                 error = PeerTimeout(f"probe round {round_.number}: no time left for the {nbytes}-byte transfer")
@@ -511,11 +535,16 @@ class Worker:
                 seed=round_.seed,
                 deadline_s=remaining,
             )
-            result.observe(self.bandwidth, time.monotonic())
+            sample = _probe_sample(result)
+            if index > 0 and sample is not None:
+                measured.append(sample)
             received += result.bytes_received
             if result.error is not None:
+                result.observe(self.bandwidth, time.monotonic())  # the penalty, if the link is to blame
                 error = result.error
                 break
+        if error is None and measured:
+            self.bandwidth.observe_probe(partner, measured, time.monotonic())
         stats = RoundStats(
             number=round_.number,
             partner=partner,

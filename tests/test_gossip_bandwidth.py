@@ -12,12 +12,15 @@ from hypothesis import strategies as st
 
 from gossip.bandwidth import (
     ALPHA,
+    OUTLIER_SPREADS,
     BandwidthTable,
     LinkEstimate,
     fit_latency_bandwidth,
     link_matrix,
     probe_schedule,
 )
+from gossip.exchange import ExchangeResult, PeerLost
+from gossip.worker import _probe_sample
 
 SMALL, LARGE = 4 * 1024, 8 * 1024 * 1024
 
@@ -27,6 +30,33 @@ def transfer_time(nbytes: int, latency: float, bandwidth: float) -> float:
 
 
 # --- EWMA ----------------------------------------------------------------------------------------
+
+
+def steady(bandwidth: float, samples: int, jitter: float = 0.05) -> LinkEstimate:
+    """A link observed ``samples`` times at ``bandwidth`` +-``jitter`` (alternating), 1 MB each."""
+    est = LinkEstimate("b")
+    for k in range(samples):
+        rate = bandwidth * (1 + jitter * (-1) ** k)
+        est = est.observe(1_000_000, 1_000_000 / rate, now=float(k))
+    return est
+
+
+def test_one_outlier_barely_moves_a_steady_estimate() -> None:
+    """Issue 19: one exchange timed by a late clock read a link 5.3x too fast. Clipped to
+    OUTLIER_SPREADS spreads, it moves a steady estimate by a few percent, not by ALPHA x 4.3 = 54%;
+    a lasting change is still followed."""
+    est = steady(10e6, 40)
+    before = est.bandwidth
+    after = est.observe(1_000_000, 1_000_000 / (5.3 * 10e6), now=100.0)
+    assert after.bandwidth - before <= ALPHA * OUTLIER_SPREADS * est.spread + 1e-9
+    assert after.bandwidth / before - 1 < 0.05
+    slow = est.observe(1_000_000, 1_000_000 / (0.1 * 10e6), now=100.0)  # one exchange stalled by a busy CPU
+    assert 1 - slow.bandwidth / before < 0.05
+    # The spread takes the whole deviation, so after a real change the window opens and the
+    # estimate reaches the new rate (10 MB/s -> 3 MB/s) within a few dozen samples.
+    for k in range(40):
+        est = est.observe(1_000_000, 1_000_000 / 3e6, now=100.0 + k)
+    assert abs(est.bandwidth / 3e6 - 1) < 0.1
 
 
 def test_first_sample_sets_estimate_and_half_spread() -> None:
@@ -43,8 +73,9 @@ def test_ewma_converges_to_a_constant_signal() -> None:
     assert est.bandwidth == pytest.approx(5e6, rel=1e-9)
     assert est.spread < 1e-3 * 5e6
     assert all(b <= a for a, b in itertools.pairwise(errors))  # monotone approach, no overshoot
-    # The gain is RFC 6298's 1/8: after one step the error shrank by exactly 7/8.
-    assert errors[0] == pytest.approx(4e6 * (1 - ALPHA))
+    # The gain is RFC 6298's 1/8, on the observation clipped to OUTLIER_SPREADS spreads (the first
+    # sample's spread: half of 1 MB/s), so the first step covers 3 x 0.5 MB/s / 8 of the 4 MB/s.
+    assert errors[0] == pytest.approx(4e6 - ALPHA * OUTLIER_SPREADS * 0.5e6)
 
 
 def test_time_comes_from_the_caller_and_never_goes_backwards() -> None:
@@ -182,3 +213,50 @@ def test_probe_schedule_changes_between_cycles() -> None:
     assert probe_schedule(peers, 0) != probe_schedule(peers, 1)
     with pytest.raises(ValueError, match="unique"):
         probe_schedule(["a", "a"], 0)
+
+
+# --- what a probe transfer feeds in (gossip.worker) ------------------------------------------------
+
+
+def test_a_probe_sample_is_the_whole_exchange_on_both_ends() -> None:
+    """Issue 19: the receive clock of the end that read its peer's header late missed part of the
+    payload and overstated the link (1.7x on 2 Mbit/s). A probe transfer is timed from start to
+    accept instead, on both ends alike; a failed one gives no sample."""
+
+    def result(seconds: float, receive_seconds: float, error: PeerLost | None = None) -> ExchangeResult:
+        return ExchangeResult(
+            params={}, peer="b", group="g", round=1, bytes_sent=1_000_000, bytes_received=1_000_000,
+            seconds=seconds, receive_seconds=receive_seconds, dialed=False, error=error,
+        )  # fmt: skip
+
+    assert _probe_sample(result(seconds=2.0, receive_seconds=1.1)) == (1_000_000, 2.0)
+    assert _probe_sample(result(seconds=0.1, receive_seconds=0.1, error=PeerLost("gone"))) is None
+
+
+def test_a_probe_is_one_observation_from_its_own_fit() -> None:
+    """Issue 19: a 50 Mbit/s link whose transfers each cost 70 ms of fixed overhead read 0.7x when
+    the large transfer, first, set the estimate outright with no latency known. A probe's sizes are
+    fitted together: slope = bandwidth, intercept = the fixed cost, in either order."""
+    rate, overhead = 50e6 / 8, 0.070
+    transfers = [(n, overhead + n / rate) for n in (1024 * 1024, 16 * 1024)]
+    one_by_one = LinkEstimate("b")
+    for n, t in transfers:
+        one_by_one = one_by_one.observe(n, t, now=0.0)
+    assert one_by_one.bandwidth < 0.8 * rate  # what the transfers gave one by one
+    for order in (transfers, transfers[::-1]):
+        est = LinkEstimate("b").observe_probe(order, now=0.0)
+        assert est.bandwidth == pytest.approx(rate, rel=1e-9)
+        assert est.samples == 2
+        # The probe's intercept is a whole exchange's fixed cost; passive samples are timed by the
+        # receive clock alone. Subtracting the one from the other read the link 25% fast.
+        assert est.latency == 0.0 and est.recent == ()
+        for k in range(12):
+            est = est.observe(614_480, 614_480 / rate, now=1.0 + k)
+        assert est.bandwidth == pytest.approx(rate, rel=0.02)
+    table = BandwidthTable("a")
+    table.observe_probe("b", transfers, now=1.0)
+    later = table.observe_probe("b", [(n, t * 1.02) for n, t in transfers], now=2.0)  # a second probe
+    assert later.bandwidth == pytest.approx(rate, rel=0.01)
+    assert table.report_batch()["b"] is later
+    with pytest.raises(ValueError, match="byte count"):
+        LinkEstimate("b").observe_probe([(0, 1.0), (10, 2.0)], now=0.0)

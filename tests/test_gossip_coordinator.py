@@ -727,6 +727,22 @@ def test_round_seeds_are_uint64_and_distinct() -> None:
     assert len(seeds) == 5 * 49 and all(0 <= s < 2**64 for s in seeds)
 
 
+def test_a_link_combines_both_ends_views() -> None:
+    """Issue 19: both ends time the link; views that agree are averaged (each has its own noise),
+    views far apart give the lower one (a late clock overstates, contention never speeds a link up);
+    one view alone is taken as it is."""
+    names = ["a", "b", "c", "d"]
+    links = [
+        gossip_pb2.Link(a="a", b="b", bandwidth_bps=9.0, bandwidth_a_bps=9.0, bandwidth_b_bps=11.0),
+        gossip_pb2.Link(a="a", b="c", bandwidth_bps=2.0, bandwidth_a_bps=2.0, bandwidth_b_bps=3.7),
+        gossip_pb2.Link(a="b", b="c", bandwidth_bps=5.0, bandwidth_a_bps=0.0, bandwidth_b_bps=5.0),
+    ]
+    bw = bandwidth_matrix(names, links)
+    assert bw[0, 1] == bw[1, 0] == 10.0
+    assert bw[0, 2] == 2.0
+    assert bw[1, 2] == 5.0
+
+
 def test_compression_is_validated_fixed_and_carried_by_every_round() -> None:
     cluster = Cluster()
     for fields, message in (
