@@ -532,3 +532,77 @@ def test_review_fixes_refusals_change_nothing_and_lease_ids_are_never_reused() -
     shared.membership.nodes.append(twin)
     bad = cluster.run(restore_state=command_pb2.RestoreState(snapshot=shared.SerializeToString()))
     assert code(bad) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "lease of its own" in bad.error.message
+
+
+def _register_as(cluster: Cluster, node_id: str, instance: str, ttl_ms: int = 5_000) -> command_pb2.CommandResult:
+    spec = membership_pb2.NodeSpec(id=node_id, role=AGENT)
+    return cluster.run(
+        node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=ttl_ms, instance_id=instance)
+    )
+
+
+def test_a_live_node_is_refused_to_another_instance_and_free_once_its_lease_expired() -> None:
+    """Issue 17: two agents with one --id shared a lease; the second is now refused while the first lives."""
+    cluster = Cluster()
+    first = expect_ok(_register_as(cluster, "a1", "instance-one"))
+    assert first.node_register.node.instance_id == "instance-one"
+    expect_ok(cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1")))
+    before = cluster.machine.snapshot()
+    lease = cluster.machine.leases.leases[first.node_register.node.lease_id]
+
+    refused = _register_as(cluster, "a1", "instance-two")
+    assert code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    message = refused.error.message
+    assert "a1" in message and "instance-one" in message and "another running agent" in message
+    # When the first one's lease expires at the earliest: its replicated deadline, in UTC.
+    assert "1970-01-01 00:00:06 UTC" in message and "TTL 5 s" in message
+    assert lease.renewed_unix_ms + lease.ttl_ms == 6_020  # 1970-01-01 00:00:06.020
+    # A refusal changes nothing: same state, same record, the first instance's lease untouched.
+    after = cluster.machine.snapshot()
+    assert command_pb2.StateSnapshot.FromString(after).revision == command_pb2.StateSnapshot.FromString(before).revision
+    assert cluster.machine.membership.nodes["a1"].instance_id == "instance-one"
+
+    # The same instance registering again is idempotent: no new incarnation, the same lease.
+    again = expect_ok(_register_as(cluster, "a1", "instance-one"))
+    assert again.node_register.node.lease_id == lease.id and again.node_register.node.incarnation == 1
+
+    # Once the lease expired (the agent was killed), another instance takes the id over.
+    cluster.expire("a1")
+    taken = expect_ok(_register_as(cluster, "a1", "instance-two"))
+    assert taken.node_register.node.instance_id == "instance-two"
+    assert taken.node_register.node.incarnation == 2
+
+
+def test_a_deregistered_node_is_free_and_unknown_instances_register_as_before() -> None:
+    cluster = Cluster()
+    expect_ok(_register_as(cluster, "a1", "one"))
+    expect_ok(cluster.run(node_deregister=membership_pb2.DeregisterNodeRequest(node_id="a1")))
+    assert cluster.machine.membership.nodes["a1"].state == LEFT
+    expect_ok(_register_as(cluster, "a1", "two"))  # a clean stop frees the id at once
+
+    # A request without an instance (a server registering itself, an older agent) is not refused,
+    # and leaves the record's instance as it was.
+    kept = expect_ok(_register_as(cluster, "a1", ""))
+    assert kept.node_register.node.instance_id == "two"
+    # A record without one (an older agent, an old snapshot) is claimed by the first instance that registers.
+    expect_ok(_register_as(cluster, "b1", ""))
+    claimed = expect_ok(_register_as(cluster, "b1", "three"))
+    assert claimed.node_register.node.instance_id == "three" and claimed.node_register.node.incarnation == 1
+    assert code(_register_as(cluster, "b1", "four")) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+
+    too_long = _register_as(cluster, "c1", "x" * 65)
+    assert code(too_long) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "instance id" in too_long.error.message
+
+
+def test_a_snapshot_from_before_instance_ids_loads_and_its_nodes_can_be_claimed() -> None:
+    cluster = Cluster()
+    expect_ok(_register_as(cluster, "a1", ""))
+    # A record without an instance id serializes exactly as before the field existed (proto3 leaves
+    # an empty string out), so this snapshot is byte for byte one an older server wrote.
+    restored = StateMachine()
+    restored.restore(cluster.machine.snapshot())
+    assert restored.membership.nodes["a1"].instance_id == ""
+    twin = Cluster()
+    twin.machine, twin.now = restored, cluster.now
+    expect_ok(_register_as(twin, "a1", "new"))
+    assert code(_register_as(twin, "a1", "other")) == common_pb2.ERROR_CODE_FAILED_PRECONDITION

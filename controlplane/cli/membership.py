@@ -23,12 +23,13 @@ from controlplane.cli.common import (
     connect,
     resolve_endpoints,
 )
-from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
+from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import (
     AsyncClient,
     ControlPlaneError,
     Credentials,
     CredentialsError,
+    FailedPrecondition,
     Moves,
     Network,
     NodeView,
@@ -421,9 +422,20 @@ def agent(
             help="Without TLS credentials, serve the artifacts in clear to anyone who can connect (local experiments)",
         ),
     ] = False,
+    instance_id: Annotated[
+        str,
+        typer.Option(
+            help="This process's claim on --id [default: random]. While a node is live the cluster refuses "
+            "another instance's registration; a stable value (a systemd unit's machine id) lets a restarted "
+            "agent take its node back at once"
+        ),
+    ] = "",
     endpoints: EndpointsOption = None,
 ) -> None:
     """Run an agent: register, keep its lease alive, deregister on Ctrl-C or SIGTERM.
+
+    A second agent started with the --id of a running one is refused and exits with status 1, naming
+    when the running one's lease expires; the running one keeps it.
 
     It runs the health checks of the services registered with host = its node id and sends the
     cluster only the changes of their status (--no-checks: none).
@@ -436,6 +448,8 @@ def agent(
     serve unless --insecure-dev.
     """
     agent_id = node_id or socket.gethostname().split(".")[0]
+    if problem := limits.check_text(instance_id, "--instance-id", 64):
+        fail(problem, code=EXIT_USAGE)
     addresses = _pairs(address, "--address")
     if artifact_dir is not None:
         if "gossip" in addresses:
@@ -469,6 +483,7 @@ def agent(
         cpu_millis=int(cpus * 1000),
         labels=_pairs(label, "--label"),
         version=__version__,
+        instance_id=instance_id,
     )
     artifacts = None
     if artifact_dir is not None:
@@ -561,7 +576,12 @@ async def _run_agent(
                 starting.cancel()
                 typer.echo(f"agent {runner.node_id} stopped before it could register")
                 return
-            starting.result()
+            try:
+                starting.result()
+            except FailedPrecondition as exc:
+                # Nothing was registered by this process: nothing to deregister, and the agent that
+                # holds the id keeps its lease.
+                fail(f"agent {runner.node_id} not started: {exc.message}", code=EXIT_ERROR)
             for network in networks:
                 await runner.client.membership.join(network, node_id=runner.node_id)
             typer.echo(
@@ -572,9 +592,16 @@ async def _run_agent(
                 await _announce(runner, artifacts)
             if checker is not None:
                 await _start_checks(checker)
-            await stop.wait()
+            stopping = asyncio.create_task(stop.wait())
+            ended = asyncio.create_task(runner.wait_ended())
+            await asyncio.wait({stopping, ended}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            ended.cancel()
             if checker is not None:
                 await checker.stop()
+            if runner.displaced is not None:
+                await runner.stop(deregister=False)  # the id, and its lease, belong to the other agent now
+                fail(f"agent {runner.node_id} stopped: {runner.displaced.message}", code=EXIT_ERROR)
             try:
                 await runner.stop(deregister=True)
             except ControlPlaneError as exc:

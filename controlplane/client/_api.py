@@ -818,12 +818,15 @@ class Membership:
         labels: Mapping[str, str] | None = None,
         version: str = "",
         ttl_s: float = 10.0,
+        instance_id: str = "",
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Registered:
         """Register a node (server or agent) and grant its liveness lease (``ttl_s``). Registering again
         updates its description and keeps a live lease; after it left or died it comes back as a new
-        incarnation. Keep it alive with :meth:`heartbeat` well within the TTL."""
+        incarnation. Keep it alive with :meth:`heartbeat` well within the TTL. ``instance_id`` names the
+        process (an agent's random id): while the node is live, another instance's registration is
+        ``FailedPrecondition`` naming when the lease expires."""
         r = self._unary(
             B.REGISTER_NODE,
             B.register_request(
@@ -837,6 +840,7 @@ class Membership:
                 labels=labels,
                 version=version,
                 ttl_s=ttl_s,
+                instance_id=instance_id,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2148,12 +2152,15 @@ class AsyncMembership:
         labels: Mapping[str, str] | None = None,
         version: str = "",
         ttl_s: float = 10.0,
+        instance_id: str = "",
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Registered:
         """Register a node (server or agent) and grant its liveness lease (``ttl_s``). Registering again
         updates its description and keeps a live lease; after it left or died it comes back as a new
-        incarnation. Keep it alive with :meth:`heartbeat` well within the TTL."""
+        incarnation. Keep it alive with :meth:`heartbeat` well within the TTL. ``instance_id`` names the
+        process (an agent's random id): while the node is live, another instance's registration is
+        ``FailedPrecondition`` naming when the lease expires."""
         r = await self._unary(
             B.REGISTER_NODE,
             B.register_request(
@@ -2167,6 +2174,7 @@ class AsyncMembership:
                 labels=labels,
                 version=version,
                 ttl_s=ttl_s,
+                instance_id=instance_id,
                 request_id=P.rid(request_id),
             ),
             timeout,
