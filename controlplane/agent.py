@@ -44,7 +44,9 @@ a registration of a live node by another instance (``state/membership.py``). Two
 the same ``--id`` used to share one lease, and the first to stop ended it for both; now the second
 one's :meth:`Agent.start` raises, naming when the first one's lease expires, and never retries. A
 registration refused that way later (the id was taken over while this agent was cut off and its
-lease expired) ends the heartbeat loop: :attr:`Agent.displaced` says why.
+lease expired) ends the heartbeat loop, and so does a heartbeat refused because the node now belongs
+to another instance (the partition healed after the take-over): :attr:`Agent.displaced` says why,
+and the agent does not deregister the other one's node.
 
 An agent may also hold model artifacts (``cpctl agent --artifact-dir``): it then serves them on its
 gossip port (``gossip.artifacts.ArtifactServer``) and, when its server finds a copy damaged on disk,
@@ -166,7 +168,9 @@ class Agent:
             timeout = max(self.interval_s, deadline - sent if deadline is not None else 0.0)
         started = time.perf_counter()
         activity = self._activity() if self._activity is not None else ""
-        self.state = await self.client.membership.heartbeat(self.node_id, activity=activity, timeout=timeout)
+        self.state = await self.client.membership.heartbeat(
+            self.node_id, activity=activity, instance_id=self.instance_id, timeout=timeout
+        )
         self._renewed_at = sent
         latency = time.perf_counter() - started
         self.stats.heartbeats += 1
@@ -216,14 +220,12 @@ class Agent:
                     due = loop.time()  # register again at once
                 continue
             except FailedPrecondition as exc:
-                if self._lost:  # another instance registered the id while this one was dead: it is theirs
-                    self.displaced = exc
-                    log.error("agent_displaced", node=self.node_id, reason=exc.message)
-                    return
-                self.stats.failures += 1
-                log.warning("agent_heartbeat_failed", node=self.node_id, reason=exc.message)
-                due = self._retry_at(sent)
-                continue
+                # Another instance registered the id after this one's lease expired (this one was cut
+                # off): the node is theirs. Asking again cannot change that, and deregistering would
+                # end their lease.
+                self.displaced = exc
+                log.error("agent_displaced", node=self.node_id, reason=exc.message)
+                return
             except ControlPlaneError as exc:
                 self.stats.failures += 1
                 log.warning("agent_heartbeat_failed", node=self.node_id, reason=exc.message)

@@ -571,6 +571,16 @@ def test_a_live_node_is_refused_to_another_instance_and_free_once_its_lease_expi
     taken = expect_ok(_register_as(cluster, "a1", "instance-two"))
     assert taken.node_register.node.instance_id == "instance-two"
     assert taken.node_register.node.incarnation == 2
+    # The first agent, back from a partition, may not renew the new holder's lease.
+    held = cluster.machine.snapshot()
+    stale = cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1", instance_id="instance-one"))
+    assert code(stale) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert "registered again by another agent" in stale.error.message and "incarnation 2" in stale.error.message
+    assert command_pb2.StateSnapshot.FromString(cluster.machine.snapshot()).revision == (
+        command_pb2.StateSnapshot.FromString(held).revision
+    )
+    for instance in ("instance-two", ""):  # its own, and a heartbeat that names none (older agents)
+        expect_ok(cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1", instance_id=instance)))
 
 
 def test_a_deregistered_node_is_free_and_unknown_instances_register_as_before() -> None:

@@ -848,13 +848,22 @@ class Membership:
         return P.convert(B.Registered, r, revision=P.revision_of(r))
 
     def heartbeat(
-        self, node_id: str, *, activity: str = "", request_id: str | None = None, timeout: float | None = None
+        self,
+        node_id: str,
+        *,
+        activity: str = "",
+        instance_id: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
     ) -> NodeState:
         """Renew the node's lease; the first one makes a joining node active. ``NotFound`` once the
-        node is dead or left: register again."""
+        node is dead or left: register again. ``FailedPrecondition`` when ``instance_id`` is not
+        the instance that registered the node (another agent took it over)."""
         r = self._unary(
             B.HEARTBEAT,
-            membership_pb2.HeartbeatRequest(node_id=node_id, activity=activity, request_id=P.rid(request_id)),
+            membership_pb2.HeartbeatRequest(
+                node_id=node_id, activity=activity, instance_id=instance_id, request_id=P.rid(request_id)
+            ),
             timeout,
         )
         return B.NodeState(r.state)
@@ -2182,13 +2191,22 @@ class AsyncMembership:
         return P.convert(B.Registered, r, revision=P.revision_of(r))
 
     async def heartbeat(
-        self, node_id: str, *, activity: str = "", request_id: str | None = None, timeout: float | None = None
+        self,
+        node_id: str,
+        *,
+        activity: str = "",
+        instance_id: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
     ) -> NodeState:
         """Renew the node's lease; the first one makes a joining node active. ``NotFound`` once the
-        node is dead or left: register again."""
+        node is dead or left: register again. ``FailedPrecondition`` when ``instance_id`` is not
+        the instance that registered the node (another agent took it over)."""
         r = await self._unary(
             B.HEARTBEAT,
-            membership_pb2.HeartbeatRequest(node_id=node_id, activity=activity, request_id=P.rid(request_id)),
+            membership_pb2.HeartbeatRequest(
+                node_id=node_id, activity=activity, instance_id=instance_id, request_id=P.rid(request_id)
+            ),
             timeout,
         )
         return B.NodeState(r.state)

@@ -569,6 +569,12 @@ class MembershipTable:
     def _heartbeat(self, request: membership_pb2.HeartbeatRequest) -> CommandResult:
         record = self._live_node(request.node_id)
         _check(limits.check_text(request.activity, "activity", 64))
+        if request.instance_id and record.instance_id and request.instance_id != record.instance_id:
+            raise _precondition(
+                f"node {request.node_id} was registered again by another agent (instance "
+                f"{record.instance_id[:12]}, incarnation {record.incarnation}) after this one's lease "
+                f"expired: it is theirs now; stop this agent or give it another --id"
+            )
         lease = self._leases().renew(record.lease_id)
         if lease is None:  # cannot happen while the node lives (its lease ends it); kept safe
             raise _not_found(f"node {request.node_id} has no live lease; register it again")

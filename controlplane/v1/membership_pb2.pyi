@@ -254,14 +254,16 @@ class RegisterNodeResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., node: _Optional[_Union[NodeRecord, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "activity", "request_id")
+    __slots__ = ("node_id", "activity", "request_id", "instance_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     activity: str
     request_id: str
-    def __init__(self, node_id: _Optional[str] = ..., activity: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, node_id: _Optional[str] = ..., activity: _Optional[str] = ..., request_id: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("header", "state", "lease_ttl_ms")

@@ -150,6 +150,33 @@ def test_a_second_agent_with_the_same_id_is_refused_while_the_first_holds_its_le
         assert taken.incarnation == held.incarnation + 1 and taken.instance_id != held.instance_id
 
 
+def test_an_agent_frozen_past_its_lease_whose_id_was_taken_over_stops_and_leaves_the_new_holder_alone(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
+) -> None:
+    """An agent frozen (SIGSTOP: a paused VM, a stalled host) until its lease expired and another
+    agent took its id finds, when it thaws, that the node is not its own: it exits 1 without renewing
+    or deregistering the new holder's node."""
+    frozen = start_agent(cluster, agents, "thaw-a1")
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        wait_until(lambda: node_state(client, "thaw-a1") is NodeState.ACTIVE, 20, "thaw-a1 active")
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: node_state(client, "thaw-a1") is NodeState.DEAD, 20, "thaw-a1 declared dead")
+            start_agent(cluster, agents, "thaw-a1", name="successor")
+            wait_until(lambda: node_state(client, "thaw-a1") is NodeState.ACTIVE, 20, "thaw-a1 taken over")
+            holder = client.membership.get_node("thaw-a1").node
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        out, _ = frozen.communicate(timeout=60)
+        assert frozen.returncode == 1, out
+        assert "agent thaw-a1 stopped: node thaw-a1 was registered again by another agent" in out
+        assert "Traceback" not in out and "deregistered" not in out
+        after = client.membership.get_node("thaw-a1").node
+        assert after.state is NodeState.ACTIVE and after.lease_id == holder.lease_id
+        assert (after.instance_id, after.incarnation) == (holder.instance_id, holder.incarnation)
+        assert agents["successor"].poll() is None
+
+
 def test_a_stopped_agent_deregisters_and_cli_shows_the_unified_view(
     cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
 ) -> None:
