@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import socket
 import time
@@ -427,7 +428,7 @@ def agent(
         typer.Option(
             help="This process's claim on --id [default: random]. While a node is live the cluster refuses "
             "another instance's registration; a stable value (a systemd unit's machine id) lets a restarted "
-            "agent take its node back at once"
+            "agent take its node back at once. Sent hashed, never as given"
         ),
     ] = "",
     endpoints: EndpointsOption = None,
@@ -483,7 +484,7 @@ def agent(
         cpu_millis=int(cpus * 1000),
         labels=_pairs(label, "--label"),
         version=__version__,
-        instance_id=instance_id,
+        instance_id=_instance_claim(instance_id) if instance_id else "",
     )
     artifacts = None
     if artifact_dir is not None:
@@ -506,6 +507,13 @@ def agent(
         else None
     )
     asyncio.run(_run_agent(runner, join or [], artifacts, gossip_listen, gossip_advertise, checker))
+
+
+def _instance_claim(value: str) -> str:
+    """What the cluster records for ``--instance-id VALUE``: a hash, as systemd derives an
+    application-specific id from the machine id (which must not be shown to others, machine-id(5));
+    the node's record is readable by anyone who may list nodes."""
+    return hashlib.sha256(f"controlplane-agent-instance:{value}".encode()).hexdigest()[:32]
 
 
 def _artifact_tls(credentials: Credentials, agent_id: str, insecure_dev: bool) -> tuple[bytes, bytes, bytes] | None:

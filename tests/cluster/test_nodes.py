@@ -150,6 +150,35 @@ def test_a_second_agent_with_the_same_id_is_refused_while_the_first_holds_its_le
         assert taken.incarnation == held.incarnation + 1 and taken.instance_id != held.instance_id
 
 
+def test_an_agent_restarted_with_the_same_instance_id_takes_its_node_back_at_once(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
+) -> None:
+    """What the systemd unit does (--instance-id %m): a restart after kill -9 is the same instance, so
+    the new process keeps the node and its lease instead of being refused until the lease expires."""
+    machine = "0123456789abcdef0123456789abcdef"
+    killed = start_agent(cluster, agents, "restart-a1", "--instance-id", machine)
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        wait_until(lambda: node_state(client, "restart-a1") is NodeState.ACTIVE, 20, "restart-a1 active")
+        before = client.membership.get_node("restart-a1").node
+        assert before.instance_id and machine not in before.instance_id  # recorded hashed, never as given
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        restarted = start_agent(cluster, agents, "restart-a1", "--instance-id", machine, name="restarted")
+        assert restarted.stdout is not None
+        for line in restarted.stdout:  # until it says it registered (or exits: the loop ends, and fails)
+            if "agent restart-a1 registered" in line:
+                break
+        else:
+            pytest.fail(f"the restarted agent exited with status {restarted.wait(10)} before registering")
+        after = client.membership.get_node("restart-a1").node
+        assert after.state is NodeState.ACTIVE and restarted.poll() is None
+        assert (after.lease_id, after.incarnation, after.instance_id) == (
+            before.lease_id,
+            before.incarnation,
+            before.instance_id,
+        )
+
+
 def test_an_agent_frozen_past_its_lease_whose_id_was_taken_over_stops_and_leaves_the_new_holder_alone(
     cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
 ) -> None:
