@@ -39,10 +39,12 @@ any delay of about TTL/3, in the server's answer or in the agent reading it, cos
 A heartbeat that finds the node dead (its lease expired while it was cut off) registers it again as
 a new incarnation rather than giving up: an agent's job is to be a member.
 
-Each agent process registers with a random instance id, and the cluster refuses (FAILED_PRECONDITION)
-a registration of a live node by another instance (``state/membership.py``). Two agents started with
-the same ``--id`` used to share one lease, and the first to stop ended it for both; now the second
-one's :meth:`Agent.start` raises, naming when the first one's lease expires, and never retries. A
+``cpctl agent`` registers with a random instance id (``instance_id``), and the cluster refuses
+(FAILED_PRECONDITION) a registration of a live node by another instance (``state/membership.py``).
+Two agents started with the same ``--id`` used to share one lease, and the first to stop ended it for
+both; now the second one's :meth:`Agent.start` raises, naming when the first one's lease expires, and
+never retries. Without an instance id nothing is checked: a gossip worker restarted under its node id
+while its lease lives takes the node back, as it always did (a sign of life, gossip/DESIGN.md). A
 registration refused that way later (the id was taken over while this agent was cut off and its
 lease expired) ends the heartbeat loop, and so does a heartbeat refused because the node now belongs
 to another instance (the partition healed after the take-over): :attr:`Agent.displaced` says why,
@@ -59,7 +61,6 @@ import asyncio
 import contextlib
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -111,8 +112,8 @@ class Agent:
         self.labels = dict(labels or {})
         self.version = version
         self._activity = activity
-        #: This process's claim on the node id (random unless given): see the module docstring.
-        self.instance_id = instance_id or uuid.uuid4().hex
+        #: This process's claim on the node id ("" claims nothing): see the module docstring.
+        self.instance_id = instance_id
         #: Set when a registration was refused because another instance holds the id: the loop ended.
         self.displaced: FailedPrecondition | None = None
         self.stats = AgentStats()

@@ -276,16 +276,16 @@ def test_a_second_instance_is_refused_and_an_agent_whose_node_was_taken_over_sto
     async def main() -> tuple[Agent, Agent, int]:
         leader = FakeLeader(stall_from=20.0, stall_s=3 * TTL_S)
         client = cast(AsyncClient, SimpleNamespace(membership=leader))
-        first = Agent(client, "gpu-07", ttl_s=TTL_S)
+        first = Agent(client, "gpu-07", ttl_s=TTL_S, instance_id="one")
         await first.start()
-        second = Agent(client, "gpu-07", ttl_s=TTL_S)
+        second = Agent(client, "gpu-07", ttl_s=TTL_S, instance_id="two")
         with pytest.raises(FailedPrecondition, match="in use by another running agent"):
             await second.start()
         assert second.stats.registrations == 0 and second.stats.failures == 0  # refused once, not retried
         # The first one is cut off from 20 s for 3 TTLs: its lease expires, and a third instance
         # registers the id meanwhile (its request is processed only after the stall, like all).
         await asyncio.sleep(20.0 + TTL_S + 1.0)  # virtual time: into the stall, past the lease
-        third = Agent(client, "gpu-07", ttl_s=TTL_S)
+        third = Agent(client, "gpu-07", ttl_s=TTL_S, instance_id="three")
         await third.start()
         await first.wait_ended()  # its next answer refuses it: the loop ends by itself
         await third.stop(deregister=False)

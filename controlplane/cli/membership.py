@@ -7,6 +7,7 @@ import hashlib
 import signal
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -484,7 +485,7 @@ def agent(
         cpu_millis=int(cpus * 1000),
         labels=_pairs(label, "--label"),
         version=__version__,
-        instance_id=_instance_claim(instance_id) if instance_id else "",
+        instance_id=_instance_claim(instance_id) if instance_id else uuid.uuid4().hex,
     )
     artifacts = None
     if artifact_dir is not None:
