@@ -3,12 +3,14 @@ sequences (including lease expiry), and the rules a person meets one at a time."
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from controlplane.state.machine import StateMachine, batch_entry
-from controlplane.state.membership import ACTIVE, DEAD, GONE_STATES, LEFT, model_base
+from controlplane.state.membership import ACTIVE, DEAD, GONE_STATES, LEFT, MembershipTable, model_base
+from controlplane.state.refusal import Refused
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, membership_pb2, watch_pb2
 
 AGENT = membership_pb2.NODE_ROLE_AGENT
@@ -616,3 +618,14 @@ def test_a_snapshot_from_before_instance_ids_loads_and_its_nodes_can_be_claimed(
     twin.machine, twin.now = restored, cluster.now
     expect_ok(_register_as(twin, "a1", "new"))
     assert code(_register_as(twin, "a1", "other")) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+
+
+def test_a_backup_with_an_oversized_instance_id_is_refused() -> None:
+    """A backup being restored is outside input: its records are checked like a registration."""
+    cluster = Cluster()
+    expect_ok(_register_as(cluster, "a1", "one"))
+    state = cluster.machine.membership.to_state()
+    MembershipTable.validate_state(state)
+    state.nodes[0].instance_id = "x" * 65
+    with pytest.raises(Refused, match="instance id"):
+        MembershipTable.validate_state(state)

@@ -898,6 +898,7 @@ class MembershipTable:
         lease_holders: dict[int, str] = {}
         for record in state.nodes:
             check_node_spec(record.spec)
+            _check(limits.check_text(record.instance_id, f"node {record.spec.id}'s instance id", MAX_INSTANCE_ID_CHARS))
             if record.spec.id in nodes:
                 raise _invalid(f"node {record.spec.id} appears twice")
             nodes[record.spec.id] = record
