@@ -148,12 +148,27 @@ class MembershipInvariants(RuleBasedStateMachine):
             assert result.error.code != common_pb2.ERROR_CODE_INTERNAL, result.error.message
         return result
 
-    @rule(node=st.sampled_from(NODES), gpu=st.booleans(), heartbeat=st.booleans())
-    def register(self, node: str, gpu: bool, heartbeat: bool) -> None:
+    @rule(
+        node=st.sampled_from(NODES),
+        gpu=st.booleans(),
+        heartbeat=st.booleans(),
+        instance=st.sampled_from(["", "i1", "i2"]),
+    )
+    def register(self, node: str, gpu: bool, heartbeat: bool, instance: str) -> None:
+        previous = self.cluster.machine.membership.nodes.get(node)
+        live_holder = previous.instance_id if previous is not None and previous.state not in GONE_STATES else ""
         spec = membership_pb2.NodeSpec(id=node, role=AGENT, capabilities=["gpu"] if gpu else [])
-        self._apply(node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=2_000))
+        result = self._apply(
+            node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=2_000, instance_id=instance)
+        )
+        # One agent per live node (issue 17): another instance is refused, anything else is not for that.
+        other_instance = bool(instance and live_holder and instance != live_holder)
+        assert other_instance == ("another running agent" in result.error.message)
+        if not result.HasField("error"):
+            recorded = self.cluster.machine.membership.nodes[node].instance_id
+            assert recorded == (instance or live_holder)
         if heartbeat:
-            self._apply(node_heartbeat=membership_pb2.HeartbeatRequest(node_id=node))
+            self._apply(node_heartbeat=membership_pb2.HeartbeatRequest(node_id=node, instance_id=instance))
 
     @rule(
         name=st.sampled_from(sorted(NETWORKS)),
