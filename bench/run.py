@@ -14,7 +14,9 @@ Runs, one after the other so that they never share the CPUs:
                                                  (10 kill -9s of the leader)
   4b. our cluster with TLS client ports and authorization (`ours-tls`, the default deployment)
                                              -> write_1_client, write_64_clients with ratio_to_plaintext
-  5. the gossip simulation (CPU only)        -> gossip_sim per N and policy, gossip_sim_targets
+  5. search quality, in-process (CPU only) -> search_quality per engine (recall@10, MRR on the labelled
+                                                 queries; latency, rebuild time, size at ~100,000 versions)
+  5b. the gossip simulation (CPU only)        -> gossip_sim per N and policy, gossip_sim_targets
   6. live gossip: 3 servers + 8 gossip.Workers training digits -> gossip_live (round time, bytes, accuracy)
 One JSON line per scenario on stdout (ours carry ratios to etcd from this same run), and nothing else:
 progress goes to stderr, the logs of libraries running in this process to bench/.work/bench-process.log.
@@ -234,6 +236,15 @@ async def amain(args: argparse.Namespace) -> int:
                 await bench_ours(args, etcd, name="ours-tls", failover=False, client_tls=True, plaintext=plaintext)
                 and ok
             )
+        if args.search_models:
+            from bench.search_quality import bench_search_quality
+
+            # In-process, no cluster: the labelled queries' recall@10 and MRR, and the index's
+            # latency, rebuild time and size at ~100,000 versions, on both engines.
+            # The LIKE fallback scans every model per query: one latency pass keeps it to ~2 minutes.
+            for engine, passes in (("fts5", 3), ("like", 1)):
+                for line in await bench_search_quality(args.search_models, [engine], passes):
+                    emit(line)
         if args.gossip_sim:
             from bench import gossip_sim
 
@@ -278,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="model versions registered before the search scenario (default 100000, quick 10000; 0 skips)",
     )
+    p.add_argument(
+        "--search-models",
+        type=int,
+        help="models in the search_quality catalogue (default 22222, ~100,000 versions; quick 2000; 0 skips)",
+    )
     p.add_argument("--no-gossip-sim", dest="gossip_sim", action="store_false", help="skip the gossip simulation")
     p.add_argument(
         "--no-gossip-live", dest="gossip_live", action="store_false", help="skip the live 8-worker gossip run"
@@ -297,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         args.failover_reps = 2 if args.quick else 10
     if args.registry_versions is None:
         args.registry_versions = 10_000 if args.quick else 100_000
+    if args.search_models is None:
+        args.search_models = 2_000 if args.quick else 22_222
     if args.agents is None:
         args.agents = 200 if args.quick else 1000
     if args.agents_hold is None:

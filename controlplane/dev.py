@@ -117,6 +117,8 @@ class NodeProcess:
     # Started with --gateway (instead of --peer): forms the cluster with --bootstrap-expect, or joins it.
     gateways: list[str] = field(default_factory=list)
     bootstrap_expect: int | None = None
+    # More `cpctl serve` flags, appended as given (e.g. --force-new-cluster --yes).
+    extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     # What a client presents to this server's client port (no TLS: Credentials()).
     credentials: Credentials = field(default_factory=lambda: Credentials())
@@ -317,6 +319,7 @@ class LocalCluster:
             command += ["--config", str(config_file)]
         if self.insecure:
             command.append("--insecure-dev")
+        command += node.extra_args
         env = {**os.environ, **self.extra_env, **self._tls_env(node.id)}
         with open(node.log_path, "ab") as log_file:
             node.process = subprocess.Popen(

@@ -675,3 +675,52 @@ async def test_a_query_that_finds_nothing_suggests_one_that_does(
         assert page.hits == [] and page.total == 0
         assert (await index.search(suggested[0])).hits
     await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("한국어", {"한국어-llm"}),  # Hangul is not decomposed into jamo the index never holds
+        ("v8n", {"YOLOv8n"}),  # a word after an upper-case run
+        ("parser", {"XMLParser"}),  # ... or at its last letter
+        ("llama3 8b", {"Meta-Llama-3-8B"}),  # a suffix typed without its separators
+        ("q4km", {"Meta-Llama-3-8B-q4_k_m"}),
+    ],
+)
+async def test_more_words_people_type(use_fts5: bool, query: str, expected: set[str]) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    await index.rebuild(
+        [doc("한국어-llm"), doc("YOLOv8n"), doc("XMLParser"), doc("Meta-Llama-3-8B"), doc("Meta-Llama-3-8B-q4_k_m")], 1
+    )
+    assert expected <= set(await names(index, query))
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+async def test_a_base_model_comes_before_its_fine_tunes(use_fts5: bool) -> None:
+    """Names compare without separators, and among names that start with the query the shortest
+    comes first, although the fine-tunes' descriptions repeat the base's name (bm25 favours them)."""
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    tunes = [
+        doc(f"gemma-2-9b-it-{tag}", "a fine-tune of gemma-2-9b-it, gemma 2 9b it " * 3) for tag in ("dpo", "slerp")
+    ]
+    await index.rebuild([*tunes, doc("gemma-2-9b-it", "Google's model")], 1)
+    for query in ("gemma 2 9b it", "gemma-2-9b", "gemma_2.9b", "gemma2 9b"):
+        assert (await names(index, query))[0] == "gemma-2-9b-it", query
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+async def test_suggestions_follow_changes_and_a_reopened_index(tmp_path: Path, use_fts5: bool) -> None:
+    path = tmp_path / "index.sqlite"
+    index = await SearchIndex.open(path, use_fts5=use_fts5)
+    await index.rebuild([doc("llama-3-8b")], 1)
+    assert (await index.search("lamma")).suggestions == ["llama"]
+    await index.apply([doc("mistral-7b")], ["llama-3-8b"], revision=2)
+    assert (await index.search("lamma")).suggestions == []  # the only llama is gone
+    assert (await index.search("mistrl")).suggestions == ["mistral"]
+    await index.close()
+    reopened = await SearchIndex.open(path, use_fts5=use_fts5)  # the words come back from the rows
+    assert reopened.revision == 2 and (await reopened.search("mistrl")).suggestions == ["mistral"]
+    await reopened.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +11,8 @@ import typer
 from controlplane.cli import app
 from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, client_credentials, connect
 from controlplane.cli.health import DEFAULT_MAX_APPLY_LAG, judge
-from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, Output, emit, emit_json, fail
+from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, Output, YesOption, confirm, emit, emit_json, fail
 from controlplane.client import ClusterStatus, Member
-
-YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking (scripts)")]
 
 cluster_app = typer.Typer(help="Cluster status, membership, leadership and backups.", no_args_is_help=True)
 members_app = typer.Typer(
@@ -226,23 +223,13 @@ def members_remove(
         current = client.status()
         if not any(member.id == member_id for member in current.members):
             fail(f"{member_id} is not a member (members: {', '.join(m.id for m in current.members)})", code=EXIT_USAGE)
-        _confirm(
+        confirm(
             yes,
             f"remove {member_id} from the cluster led by {current.leader_id or '?'} "
             f"({len(current.members)} members)? The server stops and its id can never rejoin",
         )
         members = client.remove_member(member_id)
     _emit_members(members, output)
-
-
-def _confirm(yes: bool, question: str) -> None:
-    """Go on with a destructive command: --yes, or a "y" typed at a terminal. Never silently."""
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        fail(f"refusing to {question.rstrip('?').split('?')[0]} without --yes (no terminal to ask)", code=EXIT_USAGE)
-    if not typer.confirm(question[0].upper() + question[1:], default=False, err=True):
-        fail("not done", code=EXIT_USAGE)
 
 
 @cluster_app.command("transfer-leader")
@@ -288,7 +275,7 @@ def snapshot_restore(
         fail(f"{file}: no such backup file", code=EXIT_USAGE)
     with connect(endpoints, timeout) as client:
         current = client.status()
-        _confirm(
+        confirm(
             yes,
             f"replace ALL the state of the cluster led by {current.leader_id or '?'} at "
             f"{current.leader_address or '?'} (revision {current.applied_revision}) with {file}? "

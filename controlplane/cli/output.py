@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from enum import Enum, StrEnum
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -27,6 +27,19 @@ EXIT_UNAVAILABLE = 3
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking (scripts)")]
+
+
+def confirm(yes: bool, question: str) -> None:
+    """Go on with a destructive command: --yes, or a "y" typed at a terminal. Never silently."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"refusing to {question.rstrip('?').split('?')[0]} without --yes (no terminal to ask)", code=EXIT_USAGE)
+    if not typer.confirm(question[0].upper() + question[1:], default=False, err=True):
+        fail("not done", code=EXIT_USAGE)
 
 
 def emit_json(value: Any) -> None:

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from controlplane.cli import app
-from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, fail
-from controlplane.server.config import ConfigError, load_config
+from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, YesOption, confirm, fail
+from controlplane.server.config import ConfigError, ServerConfig, load_config
 from gateway.formation import MAX_BOOTSTRAP_EXPECT
 
 
@@ -75,6 +75,15 @@ def serve(
             "to voter after `cpctl cluster members add` once it has caught up",
         ),
     ] = False,
+    force_new_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--force-new-cluster",
+            help="Lost quorum: make this (stopped) server's data dir a one-voter cluster of its own, keeping "
+            'its state, then run it; add new servers under new ids (docs/operations.md, "Lost quorum")',
+        ),
+    ] = False,
+    yes: YesOption = False,
 ) -> None:
     """Run a server: Raft voter (or learner, with --join), gRPC API and Prometheus metrics.
 
@@ -82,8 +91,9 @@ def serve(
     The peer plane runs mutual TLS: --tls-ca, --tls-cert and --tls-key name files (a key is never
     passed as a value); make them with `cpctl certs`.
 
-    Exit status: 0 when stopped by SIGTERM/SIGINT; 2 when the configuration cannot work or the data
-    directory belongs to a server removed from its cluster; 1 when the server stopped itself because
+    Exit status: 0 when stopped by SIGTERM/SIGINT; 2 when the configuration cannot work, the data
+    directory belongs to a server removed from its cluster, or --force-new-cluster is refused (another
+    server of the old cluster still runs, or not confirmed); 1 when the server stopped itself because
     it learned it was removed.
     """
     overrides = {
@@ -109,6 +119,8 @@ def serve(
     gateways = [g.strip() for g in (gateway or os.environ.get("CP_GATEWAY", "")).split(",") if g.strip()]
     try:
         server_config = load_config(config, overrides)
+        if force_new_cluster:
+            _force_new_cluster(server_config, gateways, yes)
         if gateways:
             token = os.environ.get(gateway_token_env) or None
             asyncio.run(serve_via_gateway(server_config, gateways, expect=bootstrap_expect, token=token))
@@ -122,3 +134,29 @@ def serve(
     if reason:
         # The server stopped itself (it was removed): a supervisor must not treat that as a clean exit.
         fail(f"stopped: {reason}", code=EXIT_ERROR)
+
+
+def _force_new_cluster(server_config: ServerConfig, gateways: list[str], yes: bool) -> None:
+    """Rewrite the data dir into a one-voter cluster (recovery.py) after an explicit confirmation."""
+    from controlplane.server.recovery import force_new_cluster
+
+    if gateways:
+        raise ConfigError(
+            "--force-new-cluster runs without --gateway: start the survivor with its usual flags minus --gateway"
+        )
+    confirm(
+        yes,
+        f"make {server_config.node_id} ({server_config.data_dir}) the only voter of a NEW cluster, with its own "
+        "state? Only when a majority of the servers is gone for good: the old members are removed for ever",
+    )
+    from controlplane.server import logs
+
+    # JSON from the first line, like the server's own (role and term come once Raft runs).
+    logs.configure(server_config.node_id, server_config.log_level, lambda: {"role": "recovery"})
+    forced = force_new_cluster(server_config)
+    typer.echo(
+        f"FORCED A NEW CLUSTER: {server_config.node_id} is now its only voter, at log index {forced.last_index}; "
+        f"old voters removed: {', '.join(forced.old_voters) or 'none'}. Add new servers under new ids "
+        "(cpctl serve --join ..., then cpctl cluster members add).",
+        err=True,
+    )

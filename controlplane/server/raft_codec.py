@@ -118,6 +118,8 @@ _MEMBERSHIP_OPS: Final = {
 }
 _MEMBERSHIP_OP_NAMES: Final = {op: name for name, op in _MEMBERSHIP_OPS.items()}
 _NO_OP_COMMAND: Final = bytes([_COMMAND_TYPE.NO_OP])
+#: What an entry replaced by a no-op holds (pysyncobj's own no-op command).
+NO_OP_COMMAND: Final = _NO_OP_COMMAND
 
 # The exact key sets of every dict pysyncobj 0.3.17 sends (syncobj.py, every __transport.send).
 _REQUEST_VOTE_KEYS: Final = frozenset({"type", "term", "last_log_index", "last_log_term"})
@@ -194,6 +196,27 @@ def _membership_command(op: str, address: str) -> bytes:
     # As SyncObj.addNodeToCluster / removeNodeFromCluster build it from an address string.
     node = TCPNode(address)
     return bytes([_COMMAND_TYPE.MEMBERSHIP]) + pysyncobj_pickle.dumps([op, node.id, node])
+
+
+def is_membership_change(command: bytes) -> bool:
+    """A pysyncobj configuration entry (the other kinds: a replicated call, a no-op)."""
+    return bool(command) and command[0] == _COMMAND_TYPE.MEMBERSHIP
+
+
+def read_membership_change(command: bytes) -> tuple[str, str]:
+    """("add" or "rem", Raft address) of a pysyncobj membership command; CodecError if it is none.
+
+    Also how ``recovery.py`` reads the configuration entries of a server's own journal.
+    """
+    change = _unpickle(command[1:], _MEMBERSHIP_GLOBALS, "a membership change")
+    if not (type(change) is list and len(change) == 3):
+        _refuse("a membership change must be [op, node id, node]")
+    op, node_id, node = change
+    if op not in _MEMBERSHIP_OPS or type(node_id) is not str or type(node) is not TCPNode or node.id != node_id:
+        _refuse("a membership change must be ['add' or 'rem', address, TCPNode(address)]")
+    if _membership_command(op, _check_address(node_id)) != command:
+        _refuse("a membership change that is not in pysyncobj's own pickling (a node with extra attributes?)")
+    return op, node_id
 
 
 # ------------------------------------------------------------------ value checks
@@ -424,16 +447,9 @@ class RaftCodec:
         return batch
 
     def _read_membership(self, command: bytes, into: raft_peer_pb2.LogEntry.MembershipChange) -> None:
-        change = _unpickle(command[1:], _MEMBERSHIP_GLOBALS, "a membership change")
-        if not (type(change) is list and len(change) == 3):
-            _refuse("a membership change must be [op, node id, node]")
-        op, node_id, node = change
-        if op not in _MEMBERSHIP_OPS or type(node_id) is not str or type(node) is not TCPNode or node.id != node_id:
-            _refuse("a membership change must be ['add' or 'rem', address, TCPNode(address)]")
-        if _membership_command(op, _check_address(node_id)) != command:
-            _refuse("a membership change that is not in pysyncobj's own pickling (a node with extra attributes?)")
+        op, address = read_membership_change(command)
         into.op = _MEMBERSHIP_OPS[op]
-        into.address = node_id
+        into.address = address
 
     def _encode_snapshot(self, message: dict[str, Any]) -> raft_peer_pb2.RaftSnapshotChunk:
         _keys(message, _SNAPSHOT_KEYS, "append_entries (snapshot)")

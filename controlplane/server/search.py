@@ -88,6 +88,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import re
 import sqlite3
 import time
@@ -185,8 +186,6 @@ _FTS_TABLE = """CREATE VIRTUAL TABLE models_fts USING fts5 (
     tokenize = "unicode61 remove_diacritics 2 tokenchars '-_'",
     prefix = '1 2 3'
 )"""
-# The words of the FTS5 table, per column, for "did you mean" (read only on a search that found nothing).
-_VOCAB_TABLE = "CREATE VIRTUAL TABLE models_vocab USING fts5vocab(models_fts, 'col')"
 # Kept across restarts, and only ever trusted whole: the rows and their revision must survive a
 # crash together. WAL with synchronous=NORMAL does that (a kill -9 loses nothing committed, a
 # power cut at most the last transactions) with no fsync per transaction, only at checkpoints.
@@ -268,7 +267,10 @@ def _fold(text: str) -> str:
 
 def _fold_word(word: str) -> str:
     decomposed = unicodedata.normalize("NFKD", word)
-    return "".join(char for char in decomposed if not unicodedata.combining(char)).lower()
+    # Recomposed: NFKD also splits Hangul syllables into jamo, which are no combining marks and
+    # which the FTS5 tokenizer never produces, so "한국어" would match nothing.
+    stripped = "".join(char for char in decomposed if not unicodedata.combining(char))
+    return unicodedata.normalize("NFC", stripped).lower()
 
 
 def _canonical(text: str) -> str:
@@ -356,7 +358,11 @@ def _word_starts(name: str) -> list[int]:
             or _is_cjk(char)
         ):
             starts.append(index)
-    return starts
+        if before.isupper() and char.islower() and index >= 2 and name[index - 2].isupper():
+            # After an upper-case run, a word starts at its last letter ("XML|Parser") or after it
+            # ("YOLO|v8n"): which one, the letters cannot tell, so both ("arser" costs little).
+            starts += [index - 1, index]
+    return sorted(set(starts))
 
 
 def _name_parts(name: str) -> list[str]:
@@ -369,10 +375,15 @@ def _name_parts(name: str) -> list[str]:
     "Mixtral-8x7B"), and the joined form matches a name typed without separators ("qwen25").
     """
     canonical = _canonical(name)
-    parts = [canonical[start:] for start in _word_starts(canonical)][:_MAX_NAME_PARTS]
-    joined = canonical.replace("-", "")
-    if joined and joined != canonical and joined.isalnum():
-        parts.append(joined)
+    starts = _word_starts(canonical)
+    parts = [canonical[start:] for start in starts][:_MAX_NAME_PARTS]
+    # Joined forms of the name and of every suffix after a separator, so "llama3" finds
+    # "Meta-Llama-3-8B" and "q4km" finds "...-q4_k_m".
+    for start in [0, *(start for start in starts if canonical[start - 1] == "-")][:_MAX_NAME_PARTS]:
+        suffix = canonical[start:]
+        joined = suffix.replace("-", "")
+        if joined and joined != suffix and joined.isalnum() and joined not in parts:
+            parts.append(joined)
     return parts
 
 
@@ -399,6 +410,16 @@ def _match_expression(terms: Sequence[str]) -> str:
 def _like_pattern(term: str) -> str:
     escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"% {escaped}%"
+
+
+def _name_words(name: str) -> set[str]:
+    """The words of a name, folded, for "did you mean": its single words and the runs between its
+    separators ("CodeLlama-34b" -> code, llama, 34, b, codellama, 34b)."""
+    canonical = _canonical(name)
+    cuts = [0, *_word_starts(canonical), len(canonical)]
+    pieces = [canonical[start:end].strip("-") for start, end in itertools.pairwise(cuts)]
+    pieces += canonical.split("-")
+    return {_fold(piece) for piece in pieces if piece and "-" not in piece and " " not in piece}
 
 
 def _like_text(doc: ModelDoc) -> str:
@@ -433,9 +454,16 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...]) -> tuple
     # A model named exactly what was typed comes first, then models whose name starts with it,
     # then bm25: its length normalisation alone ranks "x-7b" above "x" for the query "x".
     # Then the name: the order is total (names are unique).
+    # Names compare without separators ('-', '_', '.', ' ') and ignoring case, so "gemma 2 9b it"
+    # is the name gemma-2-9b-it and "qwen 2.5 7b" starts Qwen2.5-7B-Instruct. Among names that
+    # start with what was typed, the shortest first: a base model before its fine-tunes
+    # ("Llama-3.1-8B-Instruct" before "Llama-3.1-8B-Instruct-abliterated-GGUF"), whose descriptions
+    # repeat the base's name and would win on bm25.
+    key = "lower(replace(replace(replace(replace(m.name, '-', ''), '_', ''), '.', ''), ' ', ''))"
+    starts_with = f"substr({key}, 1, length(:exact)) = :exact"
     order = (
-        "ORDER BY m.name = :exact COLLATE NOCASE DESC, substr(m.name, 1, length(:exact)) = :exact COLLATE NOCASE "
-        "DESC, score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"
+        f"ORDER BY {key} = :exact DESC, {starts_with} DESC, CASE WHEN {starts_with} THEN length(m.name) END, "
+        "score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"
     )
     if term_count == 0:
         # No words, only filters: browse the models they select, by name.
@@ -476,6 +504,11 @@ class SearchIndex:
         # Use ``open``: the tables are created or checked there.
         self._connection: aiosqlite.Connection | None = connection
         self._engine = engine
+        # The words of the indexed names, by first character, with how many models hold each:
+        # what "did you mean" corrects into. Derived from the rows, kept in step after each
+        # commit (rebuild, apply) and read back from them by open.
+        self._words: dict[str, dict[str, int]] = {}
+        self._names: set[str] = set()  # the names whose words are counted
         self._revision = 0
         self._fingerprint = ""
         # The revision (and fingerprint) are ahead of what is committed: a revision-only apply.
@@ -521,6 +554,7 @@ class SearchIndex:
             index = cls(connection, engine)
             if not await index._load():
                 await index._reset()
+            index._remember([name for (name,) in await connection.execute_fetchall("SELECT name FROM models")])
         except BaseException:
             await connection.close()
             raise
@@ -618,7 +652,10 @@ class SearchIndex:
         self, terms: list[str], filters: dict[str, Any], used: tuple[str, ...], exact: str, limit: int, offset: int
     ) -> tuple[list[Any], int]:
         """One page of matches and the number of matches in all. Hold the lock."""
-        params: dict[str, Any] = {"limit": limit, "offset": offset, "exact": exact}
+        # The typed text as the order compares names (see _statements): without separators, in
+        # lower case (ASCII only, as SQLite's lower(), so both sides fold alike).
+        exact_key = "".join(char.lower() if char.isascii() else char for char in exact if char not in "-_. ")
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "exact": exact_key}
         # Without terms the filters alone select (a browse): there is nothing to match.
         if terms and self._engine == ENGINE_FTS5:
             params["match"] = _match_expression(terms)
@@ -671,39 +708,25 @@ class SearchIndex:
         return suggestions[:MAX_SUGGESTIONS]
 
     async def _corrections(self, term: str) -> list[str]:
-        """Words of model names close to ``term``, best first (see ``_suggestions``). Hold the lock."""
+        """Words of model names close to ``term``, best first (see ``_suggestions``)."""
         allowed = 1 if len(term) <= 4 else 2
-        scored: dict[str, tuple[int, int]] = {}  # word -> (edits, -models holding it)
-        for token, models in await self._name_tokens(term[0]):
-            for length in range(max(1, len(term) - allowed), len(term) + allowed + 1):
-                if length > len(token) or not _ends_word(token, length):
-                    continue
-                word = token[:length]
-                if _word_starts(word):
-                    continue  # words are offered one at a time ("mistral", not "mistral7")
-                edits = _edit_distance(term, word, allowed)
-                if 0 < edits <= allowed:
-                    best = scored.get(word, (allowed + 1, 0))
-                    scored[word] = min(best, (edits, best[1] - models))
-        ranked = sorted(scored, key=lambda word: (*scored[word], word))
-        return ranked[:MAX_SUGGESTIONS]
+        scored = []  # (edits, -models holding the word, word)
+        for word, models in self._words.get(term[0], {}).items():
+            edits = _edit_distance(term, word, allowed)
+            if 0 < edits <= allowed:
+                scored.append((edits, -models, word))
+        return [word for _, _, word in sorted(scored)[:MAX_SUGGESTIONS]]
 
-    async def _name_tokens(self, first: str) -> list[tuple[str, int]]:
-        """(token, models holding it) for every token of the names that starts with ``first``."""
-        if self._engine == ENGINE_FTS5:
-            rows = await self._conn.execute_fetchall(
-                "SELECT term, SUM(doc) FROM models_vocab WHERE term >= :low AND term < :high "
-                "AND col IN ('name', 'name_parts') GROUP BY term",
-                {"low": first, "high": chr(ord(first) + 1)},
-            )
-            return [(str(term), int(count)) for term, count in rows]
-        counts: dict[str, int] = {}
-        for (name,) in await self._conn.execute_fetchall("SELECT name FROM models"):
-            text = _fold(_canonical(" ".join([name, *_name_parts(name)])))
-            for token in set(_TOKEN.findall(text)):
-                if token.startswith(first):
-                    counts[token] = counts.get(token, 0) + 1
-        return list(counts.items())
+    def _count_words(self, names: Iterable[str], change: int) -> None:
+        """Add (``change`` 1) or take away (-1) the words of ``names`` in the vocabulary."""
+        for name in names:
+            for word in _name_words(name):
+                words = self._words.setdefault(word[0], {})
+                count = words.get(word, 0) + change
+                if count > 0:
+                    words[word] = count
+                else:
+                    words.pop(word, None)
 
     async def close(self) -> None:
         """Release the connection, after any rebuild, apply or search in progress. Idempotent.
@@ -751,8 +774,18 @@ class SearchIndex:
                 # Merge what the bulk insert left into one b-tree, so a query reads one segment.
                 await self._conn.execute("INSERT INTO models_fts (models_fts) VALUES ('optimize')")
             await self._conn.execute(_WRITE_META, (revision, fingerprint))
+        self._words, self._names = {}, set()
+        self._remember([doc.name for doc in docs])
         self._revision, self._fingerprint = revision, fingerprint
         self._meta_unwritten, self._meta_written_at = False, time.monotonic()
+
+    def _remember(self, added: list[str], removed: Iterable[str] = ()) -> None:
+        """Keep the vocabulary of "did you mean" in step with a committed change of the rows."""
+        gone = [name for name in removed if name in self._names]
+        self._names.difference_update(gone)
+        self._count_words(gone, -1)
+        self._names.update(added)
+        self._count_words(added, 1)
 
     async def _apply(self, upserts: list[ModelDoc], deleted: list[str], revision: int, fingerprint: str) -> None:
         if revision < self._revision:
@@ -769,6 +802,7 @@ class SearchIndex:
                 rows = list(await self._conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM models"))
                 await self._insert(upserts, first_id=rows[0][0] + 1)
             await self._conn.execute(_WRITE_META, (revision, fingerprint))
+        self._remember([doc.name for doc in upserts], [*(doc.name for doc in upserts), *deleted])
         self._revision, self._fingerprint = revision, fingerprint
         self._meta_unwritten, self._meta_written_at = False, time.monotonic()
 
@@ -825,13 +859,13 @@ class SearchIndex:
 
     async def _create_tables(self) -> None:
         """Drop and create every table, without the indexes: O(1), where deleting every FTS5 row is O(index)."""
+        # models_vocab: an fts5vocab table an index of this layout once had.
         for table in ("models_vocab", "models_fts", "model_facets", "model_tags", "models"):
             await self._conn.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in _TABLES:
             await self._conn.execute(statement)
         if self._engine == ENGINE_FTS5:
             await self._conn.execute(_FTS_TABLE)
-            await self._conn.execute(_VOCAB_TABLE)
 
     async def _delete(self, names: list[str]) -> None:
         rows = [(name,) for name in names]
@@ -952,14 +986,6 @@ def _merged_filters(
             )
         given[key] = number
     return given
-
-
-def _ends_word(token: str, length: int) -> bool:
-    """Whether ``token[:length]`` is whole words: it ends the token or a word of it (see _word_starts)."""
-    if length == len(token):
-        return True
-    before, after = token[length - 1], token[length]
-    return not after.isalnum() or before.isalpha() != after.isalpha()
 
 
 def _edit_distance(typed: str, word: str, bound: int) -> int:
