@@ -39,6 +39,17 @@ any delay of about TTL/3, in the server's answer or in the agent reading it, cos
 A heartbeat that finds the node dead (its lease expired while it was cut off) registers it again as
 a new incarnation rather than giving up: an agent's job is to be a member.
 
+``cpctl agent`` registers with a random instance id (``instance_id``), and the cluster refuses
+(FAILED_PRECONDITION) a registration of a live node by another instance (``state/membership.py``).
+Two agents started with the same ``--id`` used to share one lease, and the first to stop ended it for
+both; now the second one's :meth:`Agent.start` raises, naming when the first one's lease expires, and
+never retries. Without an instance id nothing is checked: a gossip worker restarted under its node id
+while its lease lives takes the node back, as it always did (a sign of life, gossip/DESIGN.md). A
+registration refused that way later (the id was taken over while this agent was cut off and its
+lease expired) ends the heartbeat loop, and so does a heartbeat refused because the node now belongs
+to another instance (the partition healed after the take-over): :attr:`Agent.displaced` says why,
+and the agent does not deregister the other one's node.
+
 An agent may also hold model artifacts (``cpctl agent --artifact-dir``): it then serves them on its
 gossip port (``gossip.artifacts.ArtifactServer``) and, when its server finds a copy damaged on disk,
 stops claiming that replica (:meth:`Agent.artifact_damaged`), so fetchers stop asking it.
@@ -55,7 +66,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from controlplane.client import AsyncClient, ControlPlaneError, NodeState, NotFound, Registered
+from controlplane.client import AsyncClient, ControlPlaneError, FailedPrecondition, NodeState, NotFound, Registered
 
 log = structlog.get_logger("controlplane.agent")
 
@@ -90,6 +101,7 @@ class Agent:
         labels: Mapping[str, str] | None = None,
         version: str = "",
         activity: Callable[[], str] | None = None,
+        instance_id: str = "",
     ) -> None:
         self.client = client
         self.node_id = node_id
@@ -100,6 +112,10 @@ class Agent:
         self.labels = dict(labels or {})
         self.version = version
         self._activity = activity
+        #: This process's claim on the node id ("" claims nothing): see the module docstring.
+        self.instance_id = instance_id
+        #: Set when a registration was refused because another instance holds the id: the loop ended.
+        self.displaced: FailedPrecondition | None = None
         self.stats = AgentStats()
         self.state = NodeState.UNSPECIFIED
         self._task: asyncio.Task[None] | None = None
@@ -135,6 +151,7 @@ class Agent:
             cpu_millis=cpu_millis,
             labels=self.labels,
             version=self.version,
+            instance_id=self.instance_id,
         )
         self.stats.registrations += 1
         self.state = registered.node.state
@@ -152,7 +169,9 @@ class Agent:
             timeout = max(self.interval_s, deadline - sent if deadline is not None else 0.0)
         started = time.perf_counter()
         activity = self._activity() if self._activity is not None else ""
-        self.state = await self.client.membership.heartbeat(self.node_id, activity=activity, timeout=timeout)
+        self.state = await self.client.membership.heartbeat(
+            self.node_id, activity=activity, instance_id=self.instance_id, timeout=timeout
+        )
         self._renewed_at = sent
         latency = time.perf_counter() - started
         self.stats.heartbeats += 1
@@ -162,11 +181,16 @@ class Agent:
         return self.state
 
     async def start(self) -> None:
-        """Register (retrying until the cluster answers) and start the heartbeat loop."""
+        """Register (retrying until the cluster answers) and start the heartbeat loop.
+
+        ``FailedPrecondition`` (another running agent holds the id, or the registration would break
+        a network's requirements) is raised at once: asking again cannot change the answer."""
         while True:
             try:
                 await self.register()
                 break
+            except FailedPrecondition:
+                raise
             except ControlPlaneError as exc:
                 self.stats.failures += 1
                 log.warning("agent_register_retry", node=self.node_id, reason=exc.message)
@@ -196,6 +220,13 @@ class Agent:
                     self._lost = True
                     due = loop.time()  # register again at once
                 continue
+            except FailedPrecondition as exc:
+                # Another instance registered the id after this one's lease expired (this one was cut
+                # off): the node is theirs. Asking again cannot change that, and deregistering would
+                # end their lease.
+                self.displaced = exc
+                log.error("agent_displaced", node=self.node_id, reason=exc.message)
+                return
             except ControlPlaneError as exc:
                 self.stats.failures += 1
                 log.warning("agent_heartbeat_failed", node=self.node_id, reason=exc.message)
@@ -208,6 +239,11 @@ class Agent:
                 continue
             assert self._renewed_at is not None  # set by the heartbeat that just succeeded
             due = self._renewed_at + interval
+
+    async def wait_ended(self) -> None:
+        """Until the heartbeat loop ends: stopped, or :attr:`displaced`."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     def _retry_at(self, sent: float) -> float:
         """When to try again after a try sent at ``sent`` failed: half an interval after it was sent,

@@ -24,7 +24,7 @@ import pytest
 
 from controlplane import agent as agent_module
 from controlplane.agent import Agent
-from controlplane.client import AsyncClient, DeadlineExceeded, NodeState, NotFound, Unavailable
+from controlplane.client import AsyncClient, DeadlineExceeded, FailedPrecondition, NodeState, NotFound, Unavailable
 
 T = TypeVar("T")
 
@@ -95,6 +95,9 @@ class FakeLeader:
     stall_s: float = 0.0
     #: Heartbeats processed in [start, end) are refused at once (a non-retryable answer).
     refuse: tuple[float, float] | None = None
+    #: Node id -> the instance that registered it (the server's rule: another instance is refused
+    #: while the node lives, issue 17).
+    holder: dict[str, str] = field(default_factory=dict)
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -119,13 +122,17 @@ class FakeLeader:
             self.expired.append((node_id, now))
         return node_id in self.renewed
 
-    async def register_node(self, node_id: str, **_: Any) -> Any:
+    async def register_node(self, node_id: str, *, instance_id: str = "", **_: Any) -> Any:
         now = await self._processed(None)
-        self._alive(node_id, now)
+        if self._alive(node_id, now) and self.holder.get(node_id, instance_id) != instance_id:
+            raise FailedPrecondition(f"node id {node_id} is in use by another running agent")
         self.renewed[node_id] = now
+        self.holder[node_id] = instance_id
         return SimpleNamespace(node=SimpleNamespace(state=NodeState.JOINING))
 
-    async def heartbeat(self, node_id: str, *, activity: str = "", timeout: float | None = None) -> NodeState:
+    async def heartbeat(
+        self, node_id: str, *, activity: str = "", instance_id: str = "", timeout: float | None = None
+    ) -> NodeState:
         now = self._now()
         if self.stall is None and self.stall_from is not None and now >= self.stall_from:
             self.stall = (now, now + self.stall_s)
@@ -134,6 +141,8 @@ class FakeLeader:
             raise Unavailable("refused")
         if not self._alive(node_id, now):
             raise NotFound(f"node {node_id} is dead; register it again")
+        if self.holder.get(node_id, instance_id) != instance_id:
+            raise FailedPrecondition(f"node {node_id} was registered again by another agent")
         self.renewed[node_id] = now
         return NodeState.ACTIVE
 
@@ -257,3 +266,32 @@ def test_an_agent_whose_own_loop_is_blocked_for_seconds_keeps_its_lease() -> Non
     fleet = run_virtual(main)
     assert leader.expired == []
     assert sum(agent.stats.lease_lost for agent in fleet) == 0
+
+
+def test_a_second_instance_is_refused_and_an_agent_whose_node_was_taken_over_stops_without_deregistering() -> None:
+    """Issue 17: a second agent with the same id is refused at once (never retried); an agent cut off
+    long enough for its lease to expire and its id to be registered by another instance stops when
+    it comes back, instead of renewing the new holder's lease (or, later, deregistering it)."""
+
+    async def main() -> tuple[Agent, Agent, int]:
+        leader = FakeLeader(stall_from=20.0, stall_s=3 * TTL_S)
+        client = cast(AsyncClient, SimpleNamespace(membership=leader))
+        first = Agent(client, "gpu-07", ttl_s=TTL_S, instance_id="one")
+        await first.start()
+        second = Agent(client, "gpu-07", ttl_s=TTL_S, instance_id="two")
+        with pytest.raises(FailedPrecondition, match="in use by another running agent"):
+            await second.start()
+        assert second.stats.registrations == 0 and second.stats.failures == 0  # refused once, not retried
+        # The first one is cut off from 20 s for 3 TTLs: its lease expires, and a third instance
+        # registers the id meanwhile (its request is processed only after the stall, like all).
+        await asyncio.sleep(20.0 + TTL_S + 1.0)  # virtual time: into the stall, past the lease
+        third = Agent(client, "gpu-07", ttl_s=TTL_S, instance_id="three")
+        await third.start()
+        await first.wait_ended()  # its next answer refuses it: the loop ends by itself
+        await third.stop(deregister=False)
+        return first, third, len(leader.expired)
+
+    first, third, expiries = run_virtual(main)
+    assert first.displaced is not None and "registered again by another agent" in first.displaced.message
+    assert third.displaced is None and third.instance_id != first.instance_id
+    assert expiries == 1

@@ -3,12 +3,14 @@ sequences (including lease expiry), and the rules a person meets one at a time."
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from controlplane.state.machine import StateMachine, batch_entry
-from controlplane.state.membership import ACTIVE, DEAD, GONE_STATES, LEFT, model_base
+from controlplane.state.membership import ACTIVE, DEAD, GONE_STATES, LEFT, MembershipTable, model_base
+from controlplane.state.refusal import Refused
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, membership_pb2, watch_pb2
 
 AGENT = membership_pb2.NODE_ROLE_AGENT
@@ -146,12 +148,27 @@ class MembershipInvariants(RuleBasedStateMachine):
             assert result.error.code != common_pb2.ERROR_CODE_INTERNAL, result.error.message
         return result
 
-    @rule(node=st.sampled_from(NODES), gpu=st.booleans(), heartbeat=st.booleans())
-    def register(self, node: str, gpu: bool, heartbeat: bool) -> None:
+    @rule(
+        node=st.sampled_from(NODES),
+        gpu=st.booleans(),
+        heartbeat=st.booleans(),
+        instance=st.sampled_from(["", "i1", "i2"]),
+    )
+    def register(self, node: str, gpu: bool, heartbeat: bool, instance: str) -> None:
+        previous = self.cluster.machine.membership.nodes.get(node)
+        live_holder = previous.instance_id if previous is not None and previous.state not in GONE_STATES else ""
         spec = membership_pb2.NodeSpec(id=node, role=AGENT, capabilities=["gpu"] if gpu else [])
-        self._apply(node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=2_000))
+        result = self._apply(
+            node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=2_000, instance_id=instance)
+        )
+        # One agent per live node (issue 17): another instance is refused, anything else is not for that.
+        other_instance = bool(instance and live_holder and instance != live_holder)
+        assert other_instance == ("another running agent" in result.error.message)
+        if not result.HasField("error"):
+            recorded = self.cluster.machine.membership.nodes[node].instance_id
+            assert recorded == (instance or live_holder)
         if heartbeat:
-            self._apply(node_heartbeat=membership_pb2.HeartbeatRequest(node_id=node))
+            self._apply(node_heartbeat=membership_pb2.HeartbeatRequest(node_id=node, instance_id=instance))
 
     @rule(
         name=st.sampled_from(sorted(NETWORKS)),
@@ -532,3 +549,98 @@ def test_review_fixes_refusals_change_nothing_and_lease_ids_are_never_reused() -
     shared.membership.nodes.append(twin)
     bad = cluster.run(restore_state=command_pb2.RestoreState(snapshot=shared.SerializeToString()))
     assert code(bad) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "lease of its own" in bad.error.message
+
+
+def _register_as(cluster: Cluster, node_id: str, instance: str, ttl_ms: int = 5_000) -> command_pb2.CommandResult:
+    spec = membership_pb2.NodeSpec(id=node_id, role=AGENT)
+    return cluster.run(
+        node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=ttl_ms, instance_id=instance)
+    )
+
+
+def test_a_live_node_is_refused_to_another_instance_and_free_once_its_lease_expired() -> None:
+    """Issue 17: two agents with one --id shared a lease; the second is now refused while the first lives."""
+    cluster = Cluster()
+    first = expect_ok(_register_as(cluster, "a1", "instance-one"))
+    assert first.node_register.node.instance_id == "instance-one"
+    expect_ok(cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1")))
+    before = cluster.machine.snapshot()
+    lease = cluster.machine.leases.leases[first.node_register.node.lease_id]
+
+    refused = _register_as(cluster, "a1", "instance-two")
+    assert code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    message = refused.error.message
+    assert "a1" in message and "instance-one" in message and "another running agent" in message
+    # When the first one's lease expires at the earliest: its replicated deadline, in UTC.
+    assert "1970-01-01 00:00:06 UTC" in message and "TTL 5 s" in message
+    assert lease.renewed_unix_ms + lease.ttl_ms == 6_020  # 1970-01-01 00:00:06.020
+    # A refusal changes nothing: same state, same record, the first instance's lease untouched.
+    after = cluster.machine.snapshot()
+    assert command_pb2.StateSnapshot.FromString(after).revision == command_pb2.StateSnapshot.FromString(before).revision
+    assert cluster.machine.membership.nodes["a1"].instance_id == "instance-one"
+
+    # The same instance registering again is idempotent: no new incarnation, the same lease.
+    again = expect_ok(_register_as(cluster, "a1", "instance-one"))
+    assert again.node_register.node.lease_id == lease.id and again.node_register.node.incarnation == 1
+
+    # Once the lease expired (the agent was killed), another instance takes the id over.
+    cluster.expire("a1")
+    taken = expect_ok(_register_as(cluster, "a1", "instance-two"))
+    assert taken.node_register.node.instance_id == "instance-two"
+    assert taken.node_register.node.incarnation == 2
+    # The first agent, back from a partition, may not renew the new holder's lease.
+    held = cluster.machine.snapshot()
+    stale = cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1", instance_id="instance-one"))
+    assert code(stale) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert "registered again by another agent" in stale.error.message and "incarnation 2" in stale.error.message
+    assert command_pb2.StateSnapshot.FromString(cluster.machine.snapshot()).revision == (
+        command_pb2.StateSnapshot.FromString(held).revision
+    )
+    for instance in ("instance-two", ""):  # its own, and a heartbeat that names none (older agents)
+        expect_ok(cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1", instance_id=instance)))
+
+
+def test_a_deregistered_node_is_free_and_unknown_instances_register_as_before() -> None:
+    cluster = Cluster()
+    expect_ok(_register_as(cluster, "a1", "one"))
+    expect_ok(cluster.run(node_deregister=membership_pb2.DeregisterNodeRequest(node_id="a1")))
+    assert cluster.machine.membership.nodes["a1"].state == LEFT
+    expect_ok(_register_as(cluster, "a1", "two"))  # a clean stop frees the id at once
+
+    # A request without an instance (a server registering itself, an older agent) is not refused,
+    # and leaves the record's instance as it was.
+    kept = expect_ok(_register_as(cluster, "a1", ""))
+    assert kept.node_register.node.instance_id == "two"
+    # A record without one (an older agent, an old snapshot) is claimed by the first instance that registers.
+    expect_ok(_register_as(cluster, "b1", ""))
+    claimed = expect_ok(_register_as(cluster, "b1", "three"))
+    assert claimed.node_register.node.instance_id == "three" and claimed.node_register.node.incarnation == 1
+    assert code(_register_as(cluster, "b1", "four")) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+
+    too_long = _register_as(cluster, "c1", "x" * 65)
+    assert code(too_long) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "instance id" in too_long.error.message
+
+
+def test_a_snapshot_from_before_instance_ids_loads_and_its_nodes_can_be_claimed() -> None:
+    cluster = Cluster()
+    expect_ok(_register_as(cluster, "a1", ""))
+    # A record without an instance id serializes exactly as before the field existed (proto3 leaves
+    # an empty string out), so this snapshot is byte for byte one an older server wrote.
+    restored = StateMachine()
+    restored.restore(cluster.machine.snapshot())
+    assert restored.membership.nodes["a1"].instance_id == ""
+    twin = Cluster()
+    twin.machine, twin.now = restored, cluster.now
+    expect_ok(_register_as(twin, "a1", "new"))
+    assert code(_register_as(twin, "a1", "other")) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+
+
+def test_a_backup_with_an_oversized_instance_id_is_refused() -> None:
+    """A backup being restored is outside input: its records are checked like a registration."""
+    cluster = Cluster()
+    expect_ok(_register_as(cluster, "a1", "one"))
+    state = cluster.machine.membership.to_state()
+    MembershipTable.validate_state(state)
+    state.nodes[0].instance_id = "x" * 65
+    with pytest.raises(Refused, match="instance id"):
+        MembershipTable.validate_state(state)

@@ -24,6 +24,14 @@ def main() -> None:
     app()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from controlplane import __version__
+
+        typer.echo(f"cpctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     cacert: Annotated[
@@ -35,6 +43,9 @@ def _root(
     context: Annotated[
         str | None, typer.Option("--context", help="Client context [CP_CONTEXT; else current_context in CP_CONFIG]")
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit")
+    ] = False,
 ) -> None:
     """Raft-replicated control plane: run servers, and read and write the cluster."""
     from controlplane.cli.common import GLOBAL_FLAGS

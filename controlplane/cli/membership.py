@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -23,12 +25,13 @@ from controlplane.cli.common import (
     connect,
     resolve_endpoints,
 )
-from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
+from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import (
     AsyncClient,
     ControlPlaneError,
     Credentials,
     CredentialsError,
+    FailedPrecondition,
     Moves,
     Network,
     NodeView,
@@ -421,9 +424,20 @@ def agent(
             help="Without TLS credentials, serve the artifacts in clear to anyone who can connect (local experiments)",
         ),
     ] = False,
+    instance_id: Annotated[
+        str,
+        typer.Option(
+            help="This process's claim on --id [default: random]. While a node is live the cluster refuses "
+            "another instance's registration; a stable value (a systemd unit's machine id) lets a restarted "
+            "agent take its node back at once. Sent hashed, never as given"
+        ),
+    ] = "",
     endpoints: EndpointsOption = None,
 ) -> None:
     """Run an agent: register, keep its lease alive, deregister on Ctrl-C or SIGTERM.
+
+    A second agent started with the --id of a running one is refused and exits with status 1, naming
+    when the running one's lease expires; the running one keeps it.
 
     It runs the health checks of the services registered with host = its node id and sends the
     cluster only the changes of their status (--no-checks: none).
@@ -436,6 +450,8 @@ def agent(
     serve unless --insecure-dev.
     """
     agent_id = node_id or socket.gethostname().split(".")[0]
+    if problem := limits.check_text(instance_id, "--instance-id", 64):
+        fail(problem, code=EXIT_USAGE)
     addresses = _pairs(address, "--address")
     if artifact_dir is not None:
         if "gossip" in addresses:
@@ -469,6 +485,7 @@ def agent(
         cpu_millis=int(cpus * 1000),
         labels=_pairs(label, "--label"),
         version=__version__,
+        instance_id=_instance_claim(instance_id) if instance_id else uuid.uuid4().hex,
     )
     artifacts = None
     if artifact_dir is not None:
@@ -491,6 +508,13 @@ def agent(
         else None
     )
     asyncio.run(_run_agent(runner, join or [], artifacts, gossip_listen, gossip_advertise, checker))
+
+
+def _instance_claim(value: str) -> str:
+    """What the cluster records for ``--instance-id VALUE``: a hash, as systemd derives an
+    application-specific id from the machine id (which must not be shown to others, machine-id(5));
+    the node's record is readable by anyone who may list nodes."""
+    return hashlib.sha256(f"controlplane-agent-instance:{value}".encode()).hexdigest()[:32]
 
 
 def _artifact_tls(credentials: Credentials, agent_id: str, insecure_dev: bool) -> tuple[bytes, bytes, bytes] | None:
@@ -561,7 +585,12 @@ async def _run_agent(
                 starting.cancel()
                 typer.echo(f"agent {runner.node_id} stopped before it could register")
                 return
-            starting.result()
+            try:
+                starting.result()
+            except FailedPrecondition as exc:
+                # Nothing was registered by this process: nothing to deregister, and the agent that
+                # holds the id keeps its lease.
+                fail(f"agent {runner.node_id} not started: {exc.message}", code=EXIT_ERROR)
             for network in networks:
                 await runner.client.membership.join(network, node_id=runner.node_id)
             typer.echo(
@@ -572,9 +601,16 @@ async def _run_agent(
                 await _announce(runner, artifacts)
             if checker is not None:
                 await _start_checks(checker)
-            await stop.wait()
+            stopping = asyncio.create_task(stop.wait())
+            ended = asyncio.create_task(runner.wait_ended())
+            await asyncio.wait({stopping, ended}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            ended.cancel()
             if checker is not None:
                 await checker.stop()
+            if runner.displaced is not None:
+                await runner.stop(deregister=False)  # the id, and its lease, belong to the other agent now
+                fail(f"agent {runner.node_id} stopped: {runner.displaced.message}", code=EXIT_ERROR)
             try:
                 await runner.stop(deregister=True)
             except ControlPlaneError as exc:

@@ -818,12 +818,15 @@ class Membership:
         labels: Mapping[str, str] | None = None,
         version: str = "",
         ttl_s: float = 10.0,
+        instance_id: str = "",
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Registered:
         """Register a node (server or agent) and grant its liveness lease (``ttl_s``). Registering again
         updates its description and keeps a live lease; after it left or died it comes back as a new
-        incarnation. Keep it alive with :meth:`heartbeat` well within the TTL."""
+        incarnation. Keep it alive with :meth:`heartbeat` well within the TTL. ``instance_id`` names the
+        process (an agent's random id): while the node is live, another instance's registration is
+        ``FailedPrecondition`` naming when the lease expires."""
         r = self._unary(
             B.REGISTER_NODE,
             B.register_request(
@@ -837,6 +840,7 @@ class Membership:
                 labels=labels,
                 version=version,
                 ttl_s=ttl_s,
+                instance_id=instance_id,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -844,13 +848,22 @@ class Membership:
         return P.convert(B.Registered, r, revision=P.revision_of(r))
 
     def heartbeat(
-        self, node_id: str, *, activity: str = "", request_id: str | None = None, timeout: float | None = None
+        self,
+        node_id: str,
+        *,
+        activity: str = "",
+        instance_id: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
     ) -> NodeState:
         """Renew the node's lease; the first one makes a joining node active. ``NotFound`` once the
-        node is dead or left: register again."""
+        node is dead or left: register again. ``FailedPrecondition`` when ``instance_id`` is not
+        the instance that registered the node (another agent took it over)."""
         r = self._unary(
             B.HEARTBEAT,
-            membership_pb2.HeartbeatRequest(node_id=node_id, activity=activity, request_id=P.rid(request_id)),
+            membership_pb2.HeartbeatRequest(
+                node_id=node_id, activity=activity, instance_id=instance_id, request_id=P.rid(request_id)
+            ),
             timeout,
         )
         return B.NodeState(r.state)
@@ -2148,12 +2161,15 @@ class AsyncMembership:
         labels: Mapping[str, str] | None = None,
         version: str = "",
         ttl_s: float = 10.0,
+        instance_id: str = "",
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Registered:
         """Register a node (server or agent) and grant its liveness lease (``ttl_s``). Registering again
         updates its description and keeps a live lease; after it left or died it comes back as a new
-        incarnation. Keep it alive with :meth:`heartbeat` well within the TTL."""
+        incarnation. Keep it alive with :meth:`heartbeat` well within the TTL. ``instance_id`` names the
+        process (an agent's random id): while the node is live, another instance's registration is
+        ``FailedPrecondition`` naming when the lease expires."""
         r = await self._unary(
             B.REGISTER_NODE,
             B.register_request(
@@ -2167,6 +2183,7 @@ class AsyncMembership:
                 labels=labels,
                 version=version,
                 ttl_s=ttl_s,
+                instance_id=instance_id,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2174,13 +2191,22 @@ class AsyncMembership:
         return P.convert(B.Registered, r, revision=P.revision_of(r))
 
     async def heartbeat(
-        self, node_id: str, *, activity: str = "", request_id: str | None = None, timeout: float | None = None
+        self,
+        node_id: str,
+        *,
+        activity: str = "",
+        instance_id: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
     ) -> NodeState:
         """Renew the node's lease; the first one makes a joining node active. ``NotFound`` once the
-        node is dead or left: register again."""
+        node is dead or left: register again. ``FailedPrecondition`` when ``instance_id`` is not
+        the instance that registered the node (another agent took it over)."""
         r = await self._unary(
             B.HEARTBEAT,
-            membership_pb2.HeartbeatRequest(node_id=node_id, activity=activity, request_id=P.rid(request_id)),
+            membership_pb2.HeartbeatRequest(
+                node_id=node_id, activity=activity, instance_id=instance_id, request_id=P.rid(request_id)
+            ),
             timeout,
         )
         return B.NodeState(r.state)

@@ -88,6 +88,8 @@ class NodeRecord:
     activity: str
     reason: str
     incarnation: int
+    #: The agent process holding the node ("" when unknown).
+    instance_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +230,7 @@ def register_request(
     labels: Mapping[str, str] | None,
     version: str,
     ttl_s: float,
+    instance_id: str = "",
     request_id: str,
 ) -> membership_pb2.RegisterNodeRequest:
     return membership_pb2.RegisterNodeRequest(
@@ -242,6 +245,7 @@ def register_request(
         ),
         lease_ttl_ms=int(ttl_s * 1000),
         request_id=request_id,
+        instance_id=instance_id,
     )
 
 

@@ -536,6 +536,8 @@ class Node:
                 return None
             if request.activity and request.activity != record.activity:
                 return None
+            if request.instance_id and request.instance_id != record.instance_id:
+                return None  # another instance holds the node (or none is recorded): the log decides
             lease_id, state = record.lease_id, record.state
         lease = self.renew_from_memory(lease_id)
         if lease is None:

@@ -23,7 +23,7 @@ from controlplane.server.nodeview import node_views
 from controlplane.state import health, limits
 from controlplane.state.gossip import check_configure, check_metrics
 from controlplane.state.machine import DOMAIN_KV
-from controlplane.state.membership import check_network_fields, check_node_spec
+from controlplane.state.membership import MAX_INSTANCE_ID_CHARS, check_network_fields, check_node_spec
 from controlplane.state.models import check_version_fields
 from controlplane.state.refusal import Refused
 from controlplane.v1 import (
@@ -671,6 +671,7 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
         _refuse_early(lambda: check_node_spec(request.node))
         if request.lease_ttl_ms:
             _check(limits.check_lease_ttl(request.lease_ttl_ms))
+        _check(limits.check_text(request.instance_id, "instance id", MAX_INSTANCE_ID_CHARS))
         return await _replicate(self._node, "node_register", request, membership_pb2.RegisterNodeResponse)
 
     async def Heartbeat(

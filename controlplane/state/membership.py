@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 
 from sortedcontainers import SortedDict
 
@@ -49,6 +50,7 @@ MAX_LABELS = 64
 MAX_CAPABILITIES = 64
 MAX_ADDRESSES = 16
 MAX_DESCRIPTION_CHARS = 1024
+MAX_INSTANCE_ID_CHARS = 64
 
 # Known flags and their defaults. Users may set others (cluster-wide switches for their own code).
 KNOWN_FLAGS: dict[str, tuple[bool, str]] = {
@@ -490,19 +492,23 @@ class MembershipTable:
         check_node_spec(spec)
         ttl_ms = request.lease_ttl_ms or DEFAULT_NODE_TTL_MS
         _check(limits.check_lease_ttl(ttl_ms))
+        _check(limits.check_text(request.instance_id, "instance id", MAX_INSTANCE_ID_CHARS))
         leases = self._leases()
         previous: NodeRecord | None = self.nodes.get(spec.id)
         if previous is not None and previous.state not in GONE_STATES:
+            self._check_same_instance(previous, request.instance_id)  # refuses before anything changed
             if spec != previous.spec:
-                self._check_memberships_still_allowed(spec)  # refuses before anything changed
+                self._check_memberships_still_allowed(spec)
             lease = leases.leases.get(previous.lease_id)
             record = self._copy_node(spec.id)
             record.spec.CopyFrom(spec)
+            if request.instance_id:
+                record.instance_id = request.instance_id
             if lease is not None and lease.ttl_ms != ttl_ms:
                 lease.ttl_ms = ttl_ms
             if lease is not None:
                 leases.renew(lease.id)
-            if record.spec != previous.spec:
+            if record.spec != previous.spec or record.instance_id != previous.instance_id:
                 record = self._store_node(record, "registration updated")
             return self._result(node_register=membership_pb2.RegisterNodeResponse(node=record, lease_ttl_ms=ttl_ms))
         lease = leases.grant(ttl_ms)
@@ -513,12 +519,34 @@ class MembershipTable:
             state_changed_unix_ms=self._now,
             create_revision=self._journal.revision + 1,
             incarnation=previous.incarnation + 1 if previous is not None else 1,
+            instance_id=request.instance_id,
         )
         record.spec.CopyFrom(spec)
         self._gone.pop(spec.id, None)
         self._node_by_lease[lease.id] = spec.id
         record = self._store_node(record, "registered")
         return self._result(node_register=membership_pb2.RegisterNodeResponse(node=record, lease_ttl_ms=ttl_ms))
+
+    def _check_same_instance(self, previous: NodeRecord, instance_id: str) -> None:
+        """Refuse a live node's registration by another agent process (issue 17): two agents run with
+        the same id would otherwise share one lease, and the one stopping first ends it for both.
+        Unknown on either side (servers, older agents, old snapshots): allowed, as before."""
+        if not instance_id or not previous.instance_id or instance_id == previous.instance_id:
+            return
+        lease = self._leases().leases.get(previous.lease_id)
+        # The replicated renewal time lags the leader's memory by up to a checkpoint interval, so
+        # this deadline is the earliest the lease can expire, not the latest.
+        expiry = (
+            f"its lease expires no earlier than {_utc(self._leases().deadline_ms(lease))} UTC (TTL "
+            f"{lease.ttl_ms / 1000:g} s), later while that agent keeps renewing it"
+            if lease is not None
+            else "its lease is ending"
+        )
+        raise _precondition(
+            f"node id {previous.spec.id} is in use by another running agent (instance "
+            f"{previous.instance_id[:12]}, {state_name(previous.state)}): {expiry}. Stop that agent (it "
+            "deregisters) or give this one another --id; once the lease has expired the id is free again"
+        )
 
     def _check_memberships_still_allowed(self, spec: membership_pb2.NodeSpec) -> None:
         have = set(spec.capabilities)
@@ -541,6 +569,12 @@ class MembershipTable:
     def _heartbeat(self, request: membership_pb2.HeartbeatRequest) -> CommandResult:
         record = self._live_node(request.node_id)
         _check(limits.check_text(request.activity, "activity", 64))
+        if request.instance_id and record.instance_id and request.instance_id != record.instance_id:
+            raise _precondition(
+                f"node {request.node_id} was registered again by another agent (instance "
+                f"{record.instance_id[:12]}, incarnation {record.incarnation}) after this one's lease "
+                f"expired: it is theirs now; stop this agent or give it another --id"
+            )
         lease = self._leases().renew(record.lease_id)
         if lease is None:  # cannot happen while the node lives (its lease ends it); kept safe
             raise _not_found(f"node {request.node_id} has no live lease; register it again")
@@ -864,6 +898,7 @@ class MembershipTable:
         lease_holders: dict[int, str] = {}
         for record in state.nodes:
             check_node_spec(record.spec)
+            _check(limits.check_text(record.instance_id, f"node {record.spec.id}'s instance id", MAX_INSTANCE_ID_CHARS))
             if record.spec.id in nodes:
                 raise _invalid(f"node {record.spec.id} appears twice")
             nodes[record.spec.id] = record
@@ -931,6 +966,11 @@ class MembershipTable:
             if not lease_exists(lease_id):
                 for client_id in sorted(self._clients_of_lease.get(lease_id, ())):
                     self._unplace(client_id, f"lease {lease_id} missing from the restored backup")
+
+
+def _utc(unix_ms: int) -> str:
+    """A leader-stamped time for a message: a pure function of the number (no clock is read)."""
+    return datetime.fromtimestamp(unix_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _same_definition(a: Network, b: Network) -> bool:

@@ -87,7 +87,7 @@ class NodeSpec(_message.Message):
     def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[NodeRole, str]] = ..., addresses: _Optional[_Mapping[str, str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("spec", "state", "lease_id", "registered_unix_ms", "state_changed_unix_ms", "create_revision", "mod_revision", "activity", "reason", "incarnation")
+    __slots__ = ("spec", "state", "lease_id", "registered_unix_ms", "state_changed_unix_ms", "create_revision", "mod_revision", "activity", "reason", "incarnation", "instance_id")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class NodeRecord(_message.Message):
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     spec: NodeSpec
     state: NodeState
     lease_id: int
@@ -108,7 +109,8 @@ class NodeRecord(_message.Message):
     activity: str
     reason: str
     incarnation: int
-    def __init__(self, spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., state: _Optional[_Union[NodeState, str]] = ..., lease_id: _Optional[int] = ..., registered_unix_ms: _Optional[int] = ..., state_changed_unix_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., activity: _Optional[str] = ..., reason: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., state: _Optional[_Union[NodeState, str]] = ..., lease_id: _Optional[int] = ..., registered_unix_ms: _Optional[int] = ..., state_changed_unix_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., activity: _Optional[str] = ..., reason: _Optional[str] = ..., incarnation: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class NodeView(_message.Message):
     __slots__ = ("node", "raft_role", "voter", "connectivity", "last_heartbeat_unix_ms", "lease_ttl_ms", "networks", "clients_served")
@@ -230,14 +232,16 @@ class MembershipState(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., memberships: _Optional[_Iterable[str]] = ..., gossip: _Optional[_Union[_gossip_pb2.GossipState, _Mapping]] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("node", "lease_ttl_ms", "request_id")
+    __slots__ = ("node", "lease_ttl_ms", "request_id", "instance_id")
     NODE_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     node: NodeSpec
     lease_ttl_ms: int
     request_id: str
-    def __init__(self, node: _Optional[_Union[NodeSpec, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, node: _Optional[_Union[NodeSpec, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
     __slots__ = ("header", "node", "lease_ttl_ms")
@@ -250,14 +254,16 @@ class RegisterNodeResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., node: _Optional[_Union[NodeRecord, _Mapping]] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "activity", "request_id")
+    __slots__ = ("node_id", "activity", "request_id", "instance_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     activity: str
     request_id: str
-    def __init__(self, node_id: _Optional[str] = ..., activity: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, node_id: _Optional[str] = ..., activity: _Optional[str] = ..., request_id: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("header", "state", "lease_ttl_ms")

@@ -48,8 +48,9 @@ def agents(cluster: LocalCluster) -> Iterator[dict[str, subprocess.Popen[str]]]:
 
 
 def start_agent(
-    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]], node_id: str, *extra: str
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]], node_id: str, *extra: str, name: str = ""
 ) -> subprocess.Popen[str]:
+    """``name``: the process's key in ``agents`` (default the node id; another for a second process)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "controlplane", "agent", "--id", node_id, "--ttl", str(TTL_S), *extra,
          "--endpoints", ",".join(cluster.client_addresses)],
@@ -58,7 +59,7 @@ def start_agent(
         text=True,
         env={**credentials_env(cluster), "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-    agents[node_id] = process
+    agents[name or node_id] = process
     return process
 
 
@@ -115,6 +116,94 @@ def test_a_killed_agent_dies_by_lease_and_its_clients_move(
         m.previous.node_id == "kill-a1" and m.placement.network == "kill-spare" for m in moves
     )
     assert any(e.key == "nodes/kill-a1" and e.membership.node.state == membership_pb2.NODE_STATE_DEAD for e in events)
+
+
+def test_a_second_agent_with_the_same_id_is_refused_while_the_first_holds_its_lease(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
+) -> None:
+    """Issue 17: two `cpctl agent --id X` side by side shared one lease, and the first to stop ended it
+    for both. The second now exits with a clear message; once the first's lease expired the id is free."""
+    first = start_agent(cluster, agents, "dup-a1")
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        wait_until(lambda: node_state(client, "dup-a1") is NodeState.ACTIVE, 20, "dup-a1 active")
+        held = client.membership.get_node("dup-a1").node
+        assert held.instance_id
+
+        second = start_agent(cluster, agents, "dup-a1", name="second")
+        out, _ = second.communicate(timeout=60)
+        assert second.returncode == 1, out
+        assert "node id dup-a1 is in use by another running agent" in out and "lease expires no earlier than" in out
+        assert "Traceback" not in out
+        # The first keeps its node, its lease and its instance; nothing was deregistered.
+        assert first.poll() is None
+        kept = client.membership.get_node("dup-a1").node
+        assert kept.state is NodeState.ACTIVE and kept.lease_id == held.lease_id
+        assert (kept.instance_id, kept.incarnation) == (held.instance_id, held.incarnation)
+
+        # A killed agent's id is free once the leader expired its lease: a new agent takes it over.
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        wait_until(lambda: node_state(client, "dup-a1") is NodeState.DEAD, 20, "dup-a1 declared dead")
+        start_agent(cluster, agents, "dup-a1", name="third")
+        wait_until(lambda: node_state(client, "dup-a1") is NodeState.ACTIVE, 20, "dup-a1 taken over")
+        taken = client.membership.get_node("dup-a1").node
+        assert taken.incarnation == held.incarnation + 1 and taken.instance_id != held.instance_id
+
+
+def test_an_agent_restarted_with_the_same_instance_id_takes_its_node_back_at_once(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
+) -> None:
+    """What the systemd unit does (--instance-id %m): a restart after kill -9 is the same instance, so
+    the new process keeps the node and its lease instead of being refused until the lease expires."""
+    machine = "0123456789abcdef0123456789abcdef"
+    killed = start_agent(cluster, agents, "restart-a1", "--instance-id", machine)
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        wait_until(lambda: node_state(client, "restart-a1") is NodeState.ACTIVE, 20, "restart-a1 active")
+        before = client.membership.get_node("restart-a1").node
+        assert before.instance_id and machine not in before.instance_id  # recorded hashed, never as given
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        restarted = start_agent(cluster, agents, "restart-a1", "--instance-id", machine, name="restarted")
+        assert restarted.stdout is not None
+        for line in restarted.stdout:  # until it says it registered (or exits: the loop ends, and fails)
+            if "agent restart-a1 registered" in line:
+                break
+        else:
+            pytest.fail(f"the restarted agent exited with status {restarted.wait(10)} before registering")
+        after = client.membership.get_node("restart-a1").node
+        assert after.state is NodeState.ACTIVE and restarted.poll() is None
+        assert (after.lease_id, after.incarnation, after.instance_id) == (
+            before.lease_id,
+            before.incarnation,
+            before.instance_id,
+        )
+
+
+def test_an_agent_frozen_past_its_lease_whose_id_was_taken_over_stops_and_leaves_the_new_holder_alone(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
+) -> None:
+    """An agent frozen (SIGSTOP: a paused VM, a stalled host) until its lease expired and another
+    agent took its id finds, when it thaws, that the node is not its own: it exits 1 without renewing
+    or deregistering the new holder's node."""
+    frozen = start_agent(cluster, agents, "thaw-a1")
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        wait_until(lambda: node_state(client, "thaw-a1") is NodeState.ACTIVE, 20, "thaw-a1 active")
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: node_state(client, "thaw-a1") is NodeState.DEAD, 20, "thaw-a1 declared dead")
+            start_agent(cluster, agents, "thaw-a1", name="successor")
+            wait_until(lambda: node_state(client, "thaw-a1") is NodeState.ACTIVE, 20, "thaw-a1 taken over")
+            holder = client.membership.get_node("thaw-a1").node
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        out, _ = frozen.communicate(timeout=60)
+        assert frozen.returncode == 1, out
+        assert "agent thaw-a1 stopped: node thaw-a1 was registered again by another agent" in out
+        assert "Traceback" not in out and "deregistered" not in out
+        after = client.membership.get_node("thaw-a1").node
+        assert after.state is NodeState.ACTIVE and after.lease_id == holder.lease_id
+        assert (after.instance_id, after.incarnation) == (holder.instance_id, holder.incarnation)
+        assert agents["successor"].poll() is None
 
 
 def test_a_stopped_agent_deregisters_and_cli_shows_the_unified_view(
