@@ -140,3 +140,37 @@ async def test_a_write_forwarded_to_a_deposed_leader_is_abandoned_when_another_l
     leader.answer(1, 9)
     assert (await again).revision == 9
     proposer.close()
+
+
+async def test_a_paused_proposer_sends_nothing_until_resumed() -> None:
+    """A leadership transfer pauses the proposer: commands wait and leave together on resume."""
+    leader = _Leader()
+    proposer = _proposer(leader)
+    resume = proposer.pause()
+    writes = [asyncio.ensure_future(proposer.propose(command_pb2.Command(request_id=f"w{i}"))) for i in range(3)]
+    await _settle()
+    assert leader.batches == [] and proposer.queued == 3 and proposer.in_flight == 0
+    resume()
+    resume()  # idempotent: a second call must not release another holder's pause
+    await _settle()
+    assert [len(batch) for batch in leader.batches] == [3]
+    assert proposer.in_flight == 1
+    leader.answer(0, 9)
+    assert [result.revision for result in await asyncio.gather(*writes)] == [9, 9, 9]
+    assert proposer.in_flight == 0
+
+
+async def test_each_pause_must_be_resumed() -> None:
+    leader = _Leader()
+    proposer = _proposer(leader)
+    first, second = proposer.pause(), proposer.pause()
+    write = asyncio.ensure_future(proposer.propose(command_pb2.Command(request_id="w")))
+    first()
+    first()
+    await _settle()
+    assert leader.batches == [], "one holder still pauses it"
+    second()
+    await _settle()
+    assert len(leader.batches) == 1
+    leader.answer(0, 3)
+    assert (await write).revision == 3

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import grpc
 import structlog
@@ -25,7 +25,7 @@ from controlplane.errors import (
     Unavailable,
     error_from_rpc,
 )
-from controlplane.server.consensus import SUCCESS, Consensus, describe_failure
+from controlplane.server.consensus import SUCCESS, Consensus, Outcome, describe_failure
 from controlplane.state import limits
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, command_pb2
 
@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("controlplane.node")
 
 MEMBERSHIP_TIMEOUT_S = 15.0
+# How often a leader checks again whether a leadership transfer can go out (target caught up).
+TRANSFER_RETRY_S = 0.02
+# How long a leader that sent TimeoutNow waits for the target to win before it asks again: a few
+# election timeouts (election_max_s defaults to 0.8 s), since a busy target may be slow to campaign.
+TRANSFER_ELECTION_WAIT_S = 3.0
 
 Response = TypeVar("Response")
 
@@ -84,6 +89,14 @@ class ClusterChanges:
         committed, the previous change still committing, leadership lost mid-change): Unavailable,
         so the SDK retries with the same request id and the idempotent steps finish the job.
         """
+        reason = await self._raft_outcome(start, what, timeout)
+        if reason != SUCCESS:
+            if membership:
+                raise Unavailable(f"{what} not done yet: {describe_failure(reason)}; retry")
+            raise FailedPrecondition(f"{what} refused: {describe_failure(reason)}")
+
+    async def _raft_outcome(self, start: Callable[[Callable[[int], None]], None], what: str, timeout: float) -> int:
+        """Start a pysyncobj admin call and return the Outcome its callback reports."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
 
@@ -96,13 +109,9 @@ class ClusterChanges:
 
         start(done)
         try:
-            reason = await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise Unavailable(f"{what} did not commit within {timeout:.0f} s; check `cpctl cluster status`") from None
-        if reason != SUCCESS:
-            if membership:
-                raise Unavailable(f"{what} not done yet: {describe_failure(reason)}; retry")
-            raise FailedPrecondition(f"{what} refused: {describe_failure(reason)}")
 
     async def add_member(
         self, request: cluster_pb2.AddMemberRequest, timeout: float | None
@@ -315,21 +324,83 @@ class ClusterChanges:
         return response.leader_id, response.term
 
     async def _transfer(self, target_address: str | None, timeout: float) -> tuple[str, int]:
-        await self._raft_call(
-            lambda done: self.raft.transfer_leadership(target_address, done),
-            "leadership transfer (the target must be connected and fully caught up)",
-            timeout,
-        )
-        leader = await self._wait_for_leader_other_than(self._node.config.raft_address, timeout)
-        return leader.id, self.raft.term()
+        """Hand leadership to ``target_address`` (or the most caught-up follower) and wait for it.
 
-    async def _wait_for_leader_other_than(self, address: str, timeout: float) -> MemberAddress:
+        Raft's rule, as etcd applies it: the leader stops growing its log, waits for the target to
+        match it, then sends TimeoutNow. pysyncobj has only the last step and denies it while the
+        target is behind, which under a steady write load (gossip rounds, lease renewals) is most
+        of the time; and an entry appended after the TimeoutNow makes the old leader refuse the
+        target its vote and win the next election itself. So new batches are held in the proposer
+        for the whole transfer and leave, to the new leader, once it is elected; the TimeoutNow
+        goes out only when no batch of ours is in flight and pysyncobj finds the target caught up.
+        A target whose election still fails is asked again until the deadline.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self_address = self._node.config.raft_address
+        resume = self._node.proposer.pause()
+        try:
+            while True:
+                problem = self._transfer_blocker(target_address)
+                if problem:
+                    raise FailedPrecondition(f"leadership transfer refused: {problem}")
+                if self._node.proposer.in_flight == 0:
+                    reason = await self._raft_outcome(
+                        lambda done: self.raft.transfer_leadership(target_address, done),
+                        "leadership transfer",
+                        max(deadline - loop.time(), TRANSFER_RETRY_S),
+                    )
+                    if reason == SUCCESS:
+                        election = min(TRANSFER_ELECTION_WAIT_S, max(deadline - loop.time(), TRANSFER_RETRY_S))
+                        leader = await self._wait_for_leader_other_than(self_address, election, fail=False)
+                        if leader is not None:
+                            return leader.id, self.raft.term()
+                    elif reason != Outcome.REQUEST_DENIED:
+                        raise FailedPrecondition(f"leadership transfer refused: {describe_failure(reason)}")
+                if loop.time() + TRANSFER_RETRY_S > deadline:
+                    waiting_for = (
+                        "this leader's own writes to commit"
+                        if self._node.proposer.in_flight
+                        else "the target to catch up with the leader's log and win its election"
+                    )
+                    raise FailedPrecondition(
+                        f"leadership transfer refused: gave up after {timeout:.0f} s waiting for {waiting_for}; "
+                        "check `cpctl cluster status`"
+                    )
+                await asyncio.sleep(TRANSFER_RETRY_S)
+        finally:
+            resume()
+
+    def _transfer_blocker(self, target_address: str | None) -> str | None:
+        """Why no leadership transfer can start now, or None when the only obstacle may be lag."""
+        connected = self.raft.status().connected
+        others = {address: up for address, up in connected.items() if address != self._node.config.raft_address}
+        if target_address is None:
+            return None if any(others.values()) else "no other voting server is connected to this leader"
+        if target_address not in others:
+            return f"{target_address} is not a voter in the Raft configuration (a learner cannot lead)"
+        if not others[target_address]:
+            return f"{target_address} is not connected to this leader; check `cpctl cluster status`"
+        return None
+
+    @overload
+    async def _wait_for_leader_other_than(self, address: str, timeout: float) -> MemberAddress: ...
+    @overload
+    async def _wait_for_leader_other_than(
+        self, address: str, timeout: float, *, fail: bool
+    ) -> MemberAddress | None: ...
+    async def _wait_for_leader_other_than(
+        self, address: str, timeout: float, *, fail: bool = True
+    ) -> MemberAddress | None:
+        """The leader once it is not ``address``; at the deadline, Unavailable (or None if not ``fail``)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             leader = self._node.leader()
             if leader is not None and leader.raft_address != address:
                 return leader
             if asyncio.get_running_loop().time() > deadline:
+                if not fail:
+                    return None
                 raise Unavailable("no new leader took over in time; check `cpctl cluster status`")
             await asyncio.sleep(0.02)  # polling pysyncobj's leader field: it has no change notification
 

@@ -85,6 +85,7 @@ class Proposer:
         self._abandoned: set[asyncio.Task[None]] = set()
         self._leader_watch: asyncio.Task[None] | None = None
         self._closed = False
+        self._pauses = 0  # holders of pause(): no batch leaves while any is held
 
     async def propose(self, command: command_pb2.Command) -> CommandResult:
         """Replicate one command and return its result (which may carry an application error).
@@ -118,6 +119,33 @@ class Proposer:
                 "the read could not be ordered through the leader (it changed or did not answer in time); retry"
             ) from None
         return result.revision
+
+    def pause(self) -> Callable[[], None]:
+        """Send no new batch until the returned ``resume`` is called (it is idempotent).
+
+        For a leadership transfer: the target can win its election only if the leader's log stops
+        growing, so that the target catches up and no entry lands behind the TimeoutNow (etcd
+        drops proposals during a transfer for the same reason). Commands queue meanwhile and leave,
+        to whoever leads by then, on resume; batches already sent go on to their outcome.
+        """
+        self._pauses += 1
+        resumed = False
+
+        def resume() -> None:
+            nonlocal resumed
+            if resumed:
+                return
+            resumed = True
+            self._pauses -= 1
+            if self._queue and not self._closed:
+                self._schedule_flush(self._loop)
+
+        return resume
+
+    @property
+    def in_flight(self) -> int:
+        """Batches sent (appended here or forwarded) whose outcome is not known yet."""
+        return self._in_flight
 
     @property
     def queued(self) -> int:
@@ -187,6 +215,8 @@ class Proposer:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._pauses:
+            return  # resume() schedules the next flush
         while self._queue and self._in_flight < self._max_in_flight:
             size = count = 0
             for pending in self._queue:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from controlplane.client import Client, NotFound, Role
 from controlplane.dev import LocalCluster
 
-from .conftest import followers, node_client, running, status, wait_converged
+from .conftest import followers, node_client, running, status, wait_converged, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -47,6 +49,36 @@ def test_transfer_requested_through_a_follower_is_forwarded(cluster: LocalCluste
     _assert_everyone_follows(cluster, target.id)
     with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
         client.put("leadership/after-forwarded-transfer", b"1")
+
+
+def test_transfer_succeeds_while_writes_keep_arriving(cluster: LocalCluster) -> None:
+    """The target is a few milliseconds behind for most of a steady write load; the leader waits
+    for a moment it has caught up instead of refusing the transfer."""
+    old_leader = cluster.wait_for_leader()
+    target = followers(cluster, old_leader)[0].id
+    stop = threading.Event()
+    written: list[int] = []
+
+    def write_steadily() -> None:
+        with Client(cluster.client_addresses, credentials=cluster.credentials) as writer:
+            while not stop.is_set():
+                written.append(writer.put(f"leadership/steady-{len(written) % 50}", b"x").revision)
+
+    thread = threading.Thread(target=write_steadily, daemon=True)
+    thread.start()
+    try:
+        with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
+            wait_until(lambda: len(written) >= 20, 30, "the steady writer to get going")
+            leader_id, _ = client.transfer_leadership(target)
+            assert leader_id == target
+            during = len(written)
+            wait_until(lambda: len(written) >= during + 20, 30, "writes to go on under the new leader")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    _assert_everyone_follows(cluster, target)
+    wait_converged(cluster)
 
 
 def test_transfer_to_the_leader_itself_changes_nothing(cluster: LocalCluster) -> None:
