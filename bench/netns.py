@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -98,6 +99,7 @@ class ShapedNet:
     subnet: int = field(init=False)
     _created_ns: list[str] = field(default_factory=list, init=False)
     _bridge: str | None = field(default=None, init=False)
+    _cuts: set[tuple[int, int]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         if not 2 <= self.nodes <= 200:
@@ -208,6 +210,46 @@ class ShapedNet:
                 continue
             self._class(i, 10 + j, rate, [j])
             self._class(j, 10 + i, rate, [i])
+
+    # ------------------------------------------------------------------ partitions
+
+    def cut(self, i: int, j: int) -> None:
+        """Nodes i and j stop reaching each other, both ways; each keeps reaching everyone else.
+
+        A blackhole route in each of the two namespaces: packets for the other end are dropped
+        silently, so an open TCP connection neither closes nor errors (its sends queue and are
+        retransmitted after :meth:`heal`), as across a real partition. Only routing is used: the
+        tc action modules a drop filter needs may not be loadable in a container.
+        """
+        if i == j:
+            raise ValueError("a node cannot be cut from itself")
+        for a, b in ((i, j), (j, i)):
+            if (a, b) not in self._cuts:
+                _run("ip", "-n", self.namespace(a), "route", "add", "blackhole", f"{self.address(b)}/32")
+                self._cuts.add((a, b))
+
+    def heal(self) -> None:
+        """Undo every :meth:`cut`. Idempotent."""
+        for a, b in sorted(self._cuts):
+            _run("ip", "-n", self.namespace(a), "route", "del", "blackhole", f"{self.address(b)}/32", check=False)
+        self._cuts.clear()
+
+    def can_connect(self, i: int, host: str, port: int, timeout: float = 2.0) -> bool:
+        """Whether a TCP connection from node i's namespace to ``host:port`` opens (a real probe)."""
+        probe = (
+            "import socket, sys\n"
+            "try:\n"
+            f"    socket.create_connection(({host!r}, {port}), timeout={timeout}).close()\n"
+            "except OSError:\n"
+            "    sys.exit(1)\n"
+        )
+        done = _run("ip", "netns", "exec", self.namespace(i), sys.executable, "-c", probe, check=False)
+        return done.returncode == 0
+
+    @property
+    def cuts(self) -> set[tuple[int, int]]:
+        """The (i, j) pairs cut now, each in both orders."""
+        return set(self._cuts)
 
     def shape_caps(self, caps_mbit: Sequence[float]) -> None:
         """Node i sends at most ``caps_mbit[i]`` Mbit/s to all its peers together."""

@@ -119,6 +119,9 @@ class NodeProcess:
     bootstrap_expect: int | None = None
     # More `cpctl serve` flags, appended as given (e.g. --force-new-cluster --yes).
     extra_args: list[str] = field(default_factory=list)
+    # Prepended to the server's command line (e.g. `ip netns exec NS`); it must exec, not fork,
+    # so that the process's pid is the server's (signals, kill -9).
+    exec_prefix: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     # What a client presents to this server's client port (no TLS: Credentials()).
     credentials: Credentials = field(default_factory=lambda: Credentials())
@@ -154,9 +157,18 @@ def _toml(settings: dict[str, Any]) -> str:
     return "".join(flat) + "".join(tables)
 
 
+# Where server i (1..N) runs: the host it listens on, and the argv prefix that starts it there.
+Placement = Callable[[int], tuple[str, list[str]]]
+
+
 class LocalCluster:
     """N servers on 127.0.0.1. Ports are free ones unless ``base_port`` is given (then
-    client = base+i, raft = base+100+i, metrics = base+200+i for server i = 1..N)."""
+    client = base+i, raft = base+100+i, metrics = base+200+i for server i = 1..N).
+
+    ``placement`` puts servers elsewhere, e.g. each in a network namespace of its own (the fault
+    suite's partitions): server i listens on its host and is started through its prefix; its dev
+    certificate names that host.
+    """
 
     def __init__(
         self,
@@ -169,6 +181,7 @@ class LocalCluster:
         insecure: bool = False,
         client_tls: bool = True,
         die_with_parent: bool = False,
+        placement: Placement | None = None,
     ) -> None:
         if servers < 1:
             raise ValueError("a cluster needs at least one server")
@@ -187,6 +200,7 @@ class LocalCluster:
         self.extra_config = extra_config or {}
         self.nodes: dict[str, NodeProcess] = {}
         self._ports: set[int] = set()
+        self._placement = placement
         for index in range(1, servers + 1):
             self.nodes[f"n{index}"] = self._new_node(f"n{index}", index, base_port)
         for node in self.nodes.values():
@@ -242,7 +256,8 @@ class LocalCluster:
             return {}
         from controlplane import tls
 
-        tls.ensure_dev_pki(self.pki_dir, [node_id])
+        host = self.nodes[node_id].client_address.rsplit(":", 1)[0]
+        tls.ensure_dev_pki(self.pki_dir, [node_id], sans=sorted({"127.0.0.1", "localhost", host}))
         files = tls.TlsFiles.from_directory(self.pki_dir, tls.Identity("server", node_id))
         env = {"CP_TLS_CA": str(files.ca), "CP_TLS_CERT": str(files.cert), "CP_TLS_KEY": str(files.key)}
         if not self.client_tls:
@@ -255,14 +270,16 @@ class LocalCluster:
             client, raft, metrics = free_port(self._ports), free_port(self._ports), free_port(self._ports)
         else:
             client, raft, metrics = base_port + index, base_port + 100 + index, base_port + 200 + index
+        host, exec_prefix = self._placement(index) if self._placement else ("127.0.0.1", [])
         return NodeProcess(
             credentials=self.credentials,
             id=node_id,
-            client_address=f"127.0.0.1:{client}",
-            raft_address=f"127.0.0.1:{raft}",
-            metrics_address=f"127.0.0.1:{metrics}",
+            client_address=f"{host}:{client}",
+            raft_address=f"{host}:{raft}",
+            metrics_address=f"{host}:{metrics}",
             data_dir=self.data_dir / node_id,
             log_path=self.data_dir / f"{node_id}.log",
+            exec_prefix=list(exec_prefix),
         )
 
     @staticmethod
@@ -287,6 +304,7 @@ class LocalCluster:
 
     def _spawn(self, node: NodeProcess) -> None:
         command = [
+            *node.exec_prefix,
             sys.executable,
             "-m",
             "controlplane",

@@ -17,6 +17,12 @@ Nemeses:
   stop on its own with status 3 (``raft.EXIT_STORAGE_FAILED``). Healing copies what it wrote back
   to the real disk, unmounts, and restarts it from there (a torn journal tail is dropped).
   Needs ``mount -t tmpfs`` (root); when mounting is refused the nemesis is skipped with a message.
+* ``partition-leader`` / ``partition-random`` / ``partition-bridge``: each server runs in a
+  network namespace of its own (``bench.netns.ShapedNet``, blackhole routes for the cuts). The
+  leader, or any server, is cut off from both others (with 3 servers, the one majority/minority
+  split); or the leader and one follower cannot reach each other while the third server reaches
+  both (a bridge: the leader keeps its majority, the cut follower campaigns). Clients reach every
+  server throughout, the isolated one included. Healing removes the cuts. Needs root and iproute2.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 
 import grpc
 
+from bench.netns import ShapedNet
 from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.server.raft import EXIT_STORAGE_FAILED
 
@@ -114,9 +121,19 @@ def mount_permitted(scratch: Path) -> str:
 class Control:
     """What the nemeses need of the cluster: who leads, signals, restarts, and "whole again"."""
 
-    def __init__(self, cluster: LocalCluster, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        clock: Callable[[], float],
+        net: ShapedNet | None = None,
+        net_unavailable: str = "",
+    ) -> None:
         self.cluster = cluster
         self.clock = clock
+        #: The namespaces the servers run in (server ``n<i>`` in namespace ``i - 1``), or None
+        #: (then ``net_unavailable`` says why), when they share the host's loopback.
+        self.net = net
+        self.net_unavailable = net_unavailable
         self.paused: set[str] = set()
         self.mounts: list[Path] = []
         #: Called (in a thread of its own) when a leader has just been frozen, with its id and the
@@ -163,8 +180,25 @@ class Control:
             )
         return leader_id
 
+    def cut(self, a: str, b: str) -> None:
+        """Servers ``a`` and ``b`` stop reaching each other (both ways); checked with a real
+        connection attempt each way to the other's Raft port, so a cut that did not take fails
+        the run instead of passing as a fault survived."""
+        assert self.net is not None
+        self.net.cut(self._index(a), self._index(b))
+        for source, dest in ((a, b), (b, a)):
+            host, port = self.node(dest).raft_address.rsplit(":", 1)
+            if self.net.can_connect(self._index(source), host, int(port), timeout=1.0):
+                raise RuntimeError(f"the cut between {a} and {b} did not take: {source} still reaches {dest}")
+
+    @staticmethod
+    def _index(node_id: str) -> int:
+        return int(node_id[1:]) - 1  # server n<i> runs in namespace i - 1
+
     def release_all(self) -> None:
-        """Undo whatever a fault left behind: continue paused servers, unmount tmpfs mounts."""
+        """Undo whatever a fault left behind: heal cuts, continue paused servers, unmount tmpfs."""
+        if self.net is not None:
+            self.net.heal()
         for node_id in list(self.paused):
             self.signal(node_id, signal.SIGCONT)
         for mount in list(self.mounts):
@@ -334,10 +368,55 @@ class DiskFull(Nemesis):
         cluster.restart(node.id)
 
 
+class Partition(Nemesis):
+    """Cut the target off from the other servers (or, for the bridge, from one of them)."""
+
+    def __init__(self, control: Control) -> None:
+        super().__init__(control)
+        if control.net is None:
+            self.unavailable = f"needs the servers in network namespaces: {control.net_unavailable or 'not set up'}"
+
+    def others(self, fault: Fault, rng: random.Random) -> list[str]:
+        return [node_id for node_id in sorted(self.control.cluster.nodes) if node_id != fault.target]
+
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        cut_from = self.others(fault, rng)
+        for other in cut_from:
+            self.control.cut(fault.target, other)
+        fault.detail["cut_from"] = cut_from
+
+    def heal(self, fault: Fault) -> None:
+        assert self.control.net is not None
+        self.control.net.heal()
+
+
+class PartitionLeader(Partition):
+    name = "partition-leader"
+
+
+class PartitionRandom(Partition):
+    name = "partition-random"
+
+
+class PartitionBridge(Partition):
+    """The leader and one follower lose each other; the third server still reaches both."""
+
+    name = "partition-bridge"
+
+    def choose(self, rng: random.Random) -> tuple[str, bool]:
+        return self.control.leader(), True
+
+    def others(self, fault: Fault, rng: random.Random) -> list[str]:
+        return [rng.choice(super().others(fault, rng))]
+
+
 NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "kill-leader": lambda control, scratch: KillLeader(control),
     "kill-random": lambda control, scratch: KillRandom(control),
     "pause-leader": lambda control, scratch: PauseLeader(control),
     "pause-random": lambda control, scratch: PauseRandom(control),
     "disk-full": DiskFull,
+    "partition-leader": lambda control, scratch: PartitionLeader(control),
+    "partition-random": lambda control, scratch: PartitionRandom(control),
+    "partition-bridge": lambda control, scratch: PartitionBridge(control),
 }

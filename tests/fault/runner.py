@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from bench.netns import NetUnavailable, ShapedNet, netns_unavailable
 from controlplane import errors
 from controlplane.client import AsyncClient, Client, Consistency, Credentials
 from controlplane.dev import LocalCluster
@@ -36,7 +37,16 @@ from .history import OK, History, completion_type
 from .nemesis import NEMESES, Control, Fault, Nemesis, Unhealthy
 from .workloads import CALL_TIMEOUT_S, Context, Ports, Processes, Registers, SetAdds, Watchers
 
-ALL_NEMESES = ("kill-leader", "kill-random", "pause-leader", "pause-random", "disk-full")
+ALL_NEMESES = (
+    "kill-leader",
+    "kill-random",
+    "pause-leader",
+    "pause-random",
+    "disk-full",
+    "partition-leader",
+    "partition-random",
+    "partition-bridge",
+)
 SETTLE_TIMEOUT_S = 60.0
 
 
@@ -64,7 +74,7 @@ class Profile:
 
 
 PROFILES = {
-    "short": Profile("short", faults=5, max_seconds=45.0),
+    "short": Profile("short", faults=len(ALL_NEMESES), max_seconds=75.0),
     "long": Profile("long", faults=40, max_seconds=900.0, hold=(1.0, 6.0)),
     "soak": Profile("soak", faults=150, max_seconds=3600.0, hold=(1.0, 8.0)),
 }
@@ -168,6 +178,20 @@ def _schedule(rng: random.Random, names: list[str], count: int) -> list[str]:
     return order[:count]
 
 
+def _namespaces(profile: Profile, log: Callable[[str], None]) -> tuple[ShapedNet | None, str]:
+    """A namespace per server when the profile has a partition nemesis and this machine allows it."""
+    if not any(name.startswith("partition-") for name in profile.nemeses):
+        return None, "no partition nemesis in this run"
+    problem = netns_unavailable()
+    if problem:
+        return None, problem
+    try:
+        return ShapedNet(3, tag="f").create(), ""
+    except (NetUnavailable, RuntimeError) as exc:
+        log(f"network namespaces could not be created: {exc}")
+        return None, str(exc)
+
+
 async def run(
     profile: Profile,
     work_dir: Path,
@@ -180,8 +204,14 @@ async def run(
     rng = random.Random(seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     history = History()
-    cluster = LocalCluster(work_dir / "cluster", servers=3, extra_config={"history_limit": 1_000_000})
-    control = Control(cluster, history.now)
+    net, net_unavailable = _namespaces(profile, log)
+    cluster = LocalCluster(
+        work_dir / "cluster",
+        servers=3,
+        extra_config={"history_limit": 1_000_000},
+        placement=(lambda i: (net.address(i - 1), net.exec_prefix(i - 1))) if net is not None else None,
+    )
+    control = Control(cluster, history.now, net, net_unavailable)
     nemeses: dict[str, Nemesis] = {name: NEMESES[name](control, work_dir / "scratch") for name in profile.nemeses}
     for nemesis in nemeses.values():
         nemesis.hold_range = profile.hold
@@ -338,6 +368,8 @@ async def run(
             await asyncio.gather(*tasks, return_exceptions=True)
         control.release_all()
         cluster.stop()
+        if net is not None:
+            net.close()
 
     duration = time.monotonic() - started
     events = server_events(cluster, history)
