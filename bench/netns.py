@@ -163,7 +163,12 @@ class ShapedNet:
 
     def close(self) -> None:
         """Remove every namespace (their veths go with them) and the bridge. Idempotent."""
+        self.heal()
         while self._created_ns:
+            i = len(self._created_ns) - 1
+            # The host end first: the kernel frees a deleted namespace (and the veths in it)
+            # asynchronously, so a new net of the same name right after could find it still there.
+            _run("ip", "link", "delete", f"{self.prefix}h{i}", check=False)
             _run("ip", "netns", "delete", self._created_ns.pop(), check=False)
         if self._bridge is not None:
             _run("ip", "link", "delete", self._bridge, check=False)

@@ -80,6 +80,8 @@ def append(
 MESSAGES: dict[str, dict[str, Any]] = {
     "request_vote": {"type": "request_vote", "term": 7, "last_log_index": 120, "last_log_term": 6},
     "request_vote_empty_log": {"type": "request_vote", "term": 1, "last_log_index": 1, "last_log_term": 0},
+    "pre_vote": {"type": "request_vote", "term": 8, "last_log_index": 120, "last_log_term": 6, "pre_vote": True},
+    "pre_vote_granted": {"type": "response_vote", "term": 8, "pre_vote": True},
     "response_vote": {"type": "response_vote", "term": 7},
     "timeout_now": {"type": "timeout_now", "term": 2**64 - 1},
     "heartbeat": append([]),
@@ -719,3 +721,16 @@ def test_pysyncobj_cluster_runs_over_the_codec() -> None:
         assert wire.seen[form] > 0, form
     for command in ("batch", "no_op", "membership"):
         assert wire.seen[f"entry.{command}"] > 0, command
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "request_vote", "term": 8, "last_log_index": 1, "last_log_term": 1, "pre_vote": False},
+        {"type": "response_vote", "term": 8, "pre_vote": 1},
+    ],
+)
+def test_a_pre_vote_flag_is_true_or_absent(message: dict[str, Any]) -> None:
+    """pysyncobj's own vote messages never carry the key; a false flag would be a real vote in disguise."""
+    with pytest.raises(CodecError, match="pre_vote"):
+        codec.encode(message)

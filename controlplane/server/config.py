@@ -82,6 +82,9 @@ class RaftTuning:
     # own batching: appends wait for the next heartbeat_s tick (measured in bench --ablation).
     pipeline_appends: bool = True
     connection_retry_s: float = 0.5
+    # Ask before campaigning (controlplane/server/prevote.py): a server that only lost touch with a
+    # healthy leader does not depose it. False restores pysyncobj's plain elections.
+    pre_vote: bool = True
     compaction_min_entries: int = 20_000
     compaction_min_s: float = 300.0
 

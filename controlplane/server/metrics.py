@@ -27,6 +27,11 @@ LEADER_CHANGES = Counter(
     "controlplane_leader_changes_seen_total",
     "Leaders this server has seen take office (a new term with a known leader, the first one included)",
 )
+PRE_VOTES = Counter(
+    "controlplane_raft_pre_votes_total",
+    "Pre-vote rounds this server started (result=started) and won, so that it campaigned (result=won)",
+    ["result"],
+)
 PEER_CONNECTED = Gauge(
     "controlplane_raft_peer_connected",
     "1 while this server holds a Raft connection to the peer at that Raft address",

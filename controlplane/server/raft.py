@@ -74,6 +74,7 @@ from controlplane.server.consensus import (
 from controlplane.server.datadir import ensure_private_directory
 from controlplane.server.journal import DurableJournal, fsync_directory, migrate_legacy_journal, write_file_atomically
 from controlplane.server.peer_transport import PeerSettings, PeerTransport, transport_factory
+from controlplane.server.prevote import PreVote
 from controlplane.server.raft_codec import MAX_RAFT_MESSAGE_BYTES
 from controlplane.server.recovery import forced_cluster
 from controlplane.state import limits
@@ -244,10 +245,15 @@ class RaftNode:  # implements consensus.Consensus
         # full disk neither stops nor catches up (found by the fault suite): receive it ourselves.
         sync._SyncObj__serializer.setTransmissionData = self._receive_snapshot_chunk
         self._incoming_snapshot: Any = None
+        self._snapshots_installed = 0
         # What the journal says was committed when it was opened: replaying up to it is local work.
         self._opened_commit_index = int(sync.raftCommitIndex)
-        self.log_repairs = _install_log_matching_fix(sync)
+        self.log_repairs = _install_log_matching_fix(sync, lambda: self._snapshots_installed)
         self._install_ack_hold(sync)
+        self._pre_vote: PreVote | None = None
+        if tuning.pre_vote:
+            self._pre_vote = PreVote(sync, tuning.election_min_s, tuning.election_max_s, self.schedule_tick)
+            self._pre_vote.install()  # outermost: pre-votes never reach the wrappers above or pysyncobj
         return sync
 
     def _install_ack_hold(self, sync: _ReplicatedLog) -> None:
@@ -292,6 +298,8 @@ class RaftNode:  # implements consensus.Consensus
             return
         self._postpone_election_after_a_stall()
         try:
+            if self._pre_vote is not None:
+                self._pre_vote.before_tick()
             self._sync.doTick(0)
             if self._config.raft.pipeline_appends and self._sync._isLeader():
                 self._announce_progress()
@@ -559,6 +567,7 @@ class RaftNode:  # implements consensus.Consensus
             os.replace(incoming, self._config.dump_file)
         except OSError as exc:
             self._storage_failed(exc)
+        self._snapshots_installed += 1
         return True
 
     def _drop_entries_before(self, previous: tuple[bytes, int, int], last: tuple[bytes, int, int]) -> None:
@@ -774,9 +783,10 @@ class LogRepairCounters:
         self.next_index_kept = 0
         self.duplicate_appends_acked = 0
         self.forwarded_commands_refused = 0
+        self.snapshot_commits_undone = 0
 
 
-def _install_log_matching_fix(sync: SyncObj) -> LogRepairCounters:
+def _install_log_matching_fix(sync: SyncObj, snapshots_installed: Callable[[], int]) -> LogRepairCounters:
     """Work around a pysyncobj 0.3.17 bug that makes followers truncate matching, applied entries.
 
     Leader side: on a successful ack pysyncobj sets ``nextIndex = ack + 1`` unconditionally. With
@@ -824,6 +834,14 @@ def _install_log_matching_fix(sync: SyncObj) -> LogRepairCounters:
                     },
                 )
             counters.forwarded_commands_refused += 1
+            return
+        if kind == "append_entries" and "serialized" in message:
+            committed, installed = sync._SyncObj__raftCommitIndex, snapshots_installed()
+            deliver(node, message)
+            if snapshots_installed() == installed and sync._SyncObj__raftCommitIndex > committed:
+                sync._SyncObj__raftCommitIndex = committed
+                sync._SyncObj__raftLog.setRaftCommitIndex(committed)
+                counters.snapshot_commits_undone += 1
             return
         if kind == "append_entries" and "prevLogIdx" in message and not message.get("transmission"):
             rewritten = _ack_held_entries(sync, message)

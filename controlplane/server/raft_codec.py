@@ -123,7 +123,9 @@ NO_OP_COMMAND: Final = _NO_OP_COMMAND
 
 # The exact key sets of every dict pysyncobj 0.3.17 sends (syncobj.py, every __transport.send).
 _REQUEST_VOTE_KEYS: Final = frozenset({"type", "term", "last_log_index", "last_log_term"})
+_PRE_VOTE_KEYS: Final = _REQUEST_VOTE_KEYS | {"pre_vote"}
 _TERM_ONLY_KEYS: Final = frozenset({"type", "term"})
+_PRE_VOTE_GRANTED_KEYS: Final = _TERM_ONLY_KEYS | {"pre_vote"}
 _APPEND_KEYS: Final = frozenset({"type", "term", "commit_index", "entries", "prevLogIdx", "prevLogTerm"})
 _SNAPSHOT_KEYS: Final = frozenset({"type", "term", "commit_index", "serialized"})
 _NEXT_NODE_IDX_KEYS: Final = frozenset({"type", "next_node_idx", "reset", "success"})
@@ -235,6 +237,17 @@ def _bool(value: object, what: str) -> bool:
     return value
 
 
+def _pre_vote_flag(message: Mapping[str, Any], with_flag: frozenset[str], without: frozenset[str], kind: str) -> bool:
+    """The message's ``pre_vote`` (it must be True when present), checking its keys either way."""
+    if "pre_vote" not in message:
+        _keys(message, without, kind)
+        return False
+    _keys(message, with_flag, kind)
+    if message["pre_vote"] is not True:
+        _refuse(f"{kind}: pre_vote must be True when present, not {message['pre_vote']!r}")
+    return True
+
+
 def _keys(message: Mapping[str, Any], expected: frozenset[str], kind: str) -> None:
     if message.keys() != expected:
         missing = sorted(expected - message.keys())
@@ -332,18 +345,19 @@ class RaftCodec:
     def _encode(self, message: dict[str, Any]) -> raft_peer_pb2.RaftMessage:
         kind = _message_type(message)
         if kind == "request_vote":
-            _keys(message, _REQUEST_VOTE_KEYS, kind)
+            pre_vote = _pre_vote_flag(message, _PRE_VOTE_KEYS, _REQUEST_VOTE_KEYS, kind)
             return raft_peer_pb2.RaftMessage(
                 request_vote=raft_peer_pb2.RequestVote(
                     term=_uint(message["term"], "term"),
                     last_log_index=_uint(message["last_log_index"], "last_log_index"),
                     last_log_term=_uint(message["last_log_term"], "last_log_term"),
+                    pre_vote=pre_vote,
                 )
             )
         if kind == "response_vote":
-            _keys(message, _TERM_ONLY_KEYS, kind)
+            pre_vote = _pre_vote_flag(message, _PRE_VOTE_GRANTED_KEYS, _TERM_ONLY_KEYS, kind)
             return raft_peer_pb2.RaftMessage(
-                response_vote=raft_peer_pb2.ResponseVote(term=_uint(message["term"], "term"))
+                response_vote=raft_peer_pb2.ResponseVote(term=_uint(message["term"], "term"), pre_vote=pre_vote)
             )
         if kind == "timeout_now":
             _keys(message, _TERM_ONLY_KEYS, kind)
@@ -527,14 +541,20 @@ class RaftCodec:
         kind = message.WhichOneof("kind")
         if kind == "request_vote":
             vote = message.request_vote
-            return {
+            request = {
                 "type": "request_vote",
                 "term": vote.term,
                 "last_log_index": vote.last_log_index,
                 "last_log_term": vote.last_log_term,
             }
+            if vote.pre_vote:  # only then: pysyncobj's own messages keep their exact shape
+                request["pre_vote"] = True
+            return request
         if kind == "response_vote":
-            return {"type": "response_vote", "term": message.response_vote.term}
+            response = {"type": "response_vote", "term": message.response_vote.term}
+            if message.response_vote.pre_vote:
+                response["pre_vote"] = True
+            return response
         if kind == "timeout_now":
             return {"type": "timeout_now", "term": message.timeout_now.term}
         if kind == "append_entries":

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from controlplane.v1 import command_pb2 as controlplane_dot_v1_dot_command__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63ontrolplane/v1/raft_peer.proto\x12\x0f\x63ontrolplane.v1\x1a\x1d\x63ontrolplane/v1/command.proto\"\xd8\x01\n\tPeerFrame\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.controlplane.v1.HelloH\x00\x12,\n\x04raft\x18\x02 \x01(\x0b\x32\x1c.controlplane.v1.RaftMessageH\x00\x12\x34\n\x0cpropose_call\x18\x03 \x01(\x0b\x32\x1c.controlplane.v1.ProposeCallH\x00\x12\x36\n\rpropose_reply\x18\x04 \x01(\x0b\x32\x1d.controlplane.v1.ProposeReplyH\x00\x42\x06\n\x04\x62ody\"Y\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0craft_address\x18\x03 \x01(\t\x12\x0f\n\x07learner\x18\x04 \x01(\x08\"J\n\x0bProposeCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12*\n\x08\x63ommands\x18\x02 \x03(\x0b\x32\x18.controlplane.v1.Command\"{\n\x0cProposeReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12/\n\x07results\x18\x02 \x03(\x0b\x32\x1e.controlplane.v1.CommandResult\x12\x12\n\nerror_kind\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"\xe9\x03\n\x0bRaftMessage\x12\x34\n\x0crequest_vote\x18\x01 \x01(\x0b\x32\x1c.controlplane.v1.RequestVoteH\x00\x12\x36\n\rresponse_vote\x18\x02 \x01(\x0b\x32\x1d.controlplane.v1.ResponseVoteH\x00\x12\x38\n\x0e\x61ppend_entries\x18\x03 \x01(\x0b\x32\x1e.controlplane.v1.AppendEntriesH\x00\x12<\n\x0esnapshot_chunk\x18\x04 \x01(\x0b\x32\".controlplane.v1.RaftSnapshotChunkH\x00\x12\x37\n\rnext_node_idx\x18\x05 \x01(\x0b\x32\x1e.controlplane.v1.NextNodeIndexH\x00\x12\x36\n\rapply_command\x18\x06 \x01(\x0b\x32\x1d.controlplane.v1.ApplyCommandH\x00\x12G\n\x16\x61pply_command_response\x18\x07 \x01(\x0b\x32%.controlplane.v1.ApplyCommandResponseH\x00\x12\x32\n\x0btimeout_now\x18\x08 \x01(\x0b\x32\x1b.controlplane.v1.TimeoutNowH\x00\x42\x06\n\x04kind\"J\n\x0bRequestVote\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x02 \x01(\x04\x12\x15\n\rlast_log_term\x18\x03 \x01(\x04\"\x1c\n\x0cResponseVote\x12\x0c\n\x04term\x18\x01 \x01(\x04\"\xb9\x01\n\rAppendEntries\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x02 \x01(\x04\x12\x19\n\x0cprev_log_idx\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x1a\n\rprev_log_term\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12*\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x19.controlplane.v1.LogEntryB\x0f\n\r_prev_log_idxB\x10\n\x0e_prev_log_term\"\xd4\x02\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0f\n\x05\x62\x61tch\x18\x03 \x01(\x0cH\x00\x12/\n\x05no_op\x18\x04 \x01(\x0b\x32\x1e.controlplane.v1.LogEntry.NoOpH\x00\x12@\n\nmembership\x18\x05 \x01(\x0b\x32*.controlplane.v1.LogEntry.MembershipChangeH\x00\x1a\x06\n\x04NoOp\x1a\x93\x01\n\x10MembershipChange\x12\x39\n\x02op\x18\x01 \x01(\x0e\x32-.controlplane.v1.LogEntry.MembershipChange.Op\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"3\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\n\n\x06OP_ADD\x10\x01\x12\r\n\tOP_REMOVE\x10\x02\x42\t\n\x07\x63ommand\"\xa1\x01\n\x11RaftSnapshotChunk\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x02 \x01(\x04\x12\x35\n\x04part\x18\x03 \x01(\x0b\x32\'.controlplane.v1.RaftSnapshotChunk.Part\x1a\x31\n\x04Part\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x66irst\x18\x02 \x01(\x08\x12\x0c\n\x04last\x18\x03 \x01(\x08\"F\n\rNextNodeIndex\x12\x15\n\rnext_node_idx\x18\x01 \x01(\x04\x12\r\n\x05reset\x18\x02 \x01(\x08\x12\x0f\n\x07success\x18\x03 \x01(\x08\"\x94\x01\n\x0c\x41pplyCommand\x12\x0f\n\x05\x62\x61tch\x18\x01 \x01(\x0cH\x00\x12@\n\nmembership\x18\x02 \x01(\x0b\x32*.controlplane.v1.LogEntry.MembershipChangeH\x00\x12\x17\n\nrequest_id\x18\x03 \x01(\x04H\x01\x88\x01\x01\x42\t\n\x07\x63ommandB\r\n\x0b_request_id\"\xeb\x03\n\x14\x41pplyCommandResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x42\n\x08\x61ppended\x18\x02 \x01(\x0b\x32..controlplane.v1.ApplyCommandResponse.AppendedH\x00\x12\x41\n\x05\x65rror\x18\x03 \x01(\x0e\x32\x30.controlplane.v1.ApplyCommandResponse.FailReasonH\x00\x1a-\n\x08\x41ppended\x12\x0f\n\x07log_idx\x18\x01 \x01(\x04\x12\x10\n\x08log_term\x18\x02 \x01(\x04\"\xfd\x01\n\nFailReason\x12\x1b\n\x17\x46\x41IL_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41IL_REASON_QUEUE_FULL\x10\x01\x12\x1e\n\x1a\x46\x41IL_REASON_MISSING_LEADER\x10\x02\x12\x19\n\x15\x46\x41IL_REASON_DISCARDED\x10\x03\x12\x1a\n\x16\x46\x41IL_REASON_NOT_LEADER\x10\x04\x12\x1e\n\x1a\x46\x41IL_REASON_LEADER_CHANGED\x10\x05\x12\x1e\n\x1a\x46\x41IL_REASON_REQUEST_DENIED\x10\x06\x12\x1f\n\x1b\x46\x41IL_REASON_UNKNOWN_OUTCOME\x10\x07\x42\t\n\x07outcome\"\x1a\n\nTimeoutNow\x12\x0c\n\x04term\x18\x01 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63ontrolplane/v1/raft_peer.proto\x12\x0f\x63ontrolplane.v1\x1a\x1d\x63ontrolplane/v1/command.proto\"\xd8\x01\n\tPeerFrame\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.controlplane.v1.HelloH\x00\x12,\n\x04raft\x18\x02 \x01(\x0b\x32\x1c.controlplane.v1.RaftMessageH\x00\x12\x34\n\x0cpropose_call\x18\x03 \x01(\x0b\x32\x1c.controlplane.v1.ProposeCallH\x00\x12\x36\n\rpropose_reply\x18\x04 \x01(\x0b\x32\x1d.controlplane.v1.ProposeReplyH\x00\x42\x06\n\x04\x62ody\"Y\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0craft_address\x18\x03 \x01(\t\x12\x0f\n\x07learner\x18\x04 \x01(\x08\"J\n\x0bProposeCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12*\n\x08\x63ommands\x18\x02 \x03(\x0b\x32\x18.controlplane.v1.Command\"{\n\x0cProposeReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12/\n\x07results\x18\x02 \x03(\x0b\x32\x1e.controlplane.v1.CommandResult\x12\x12\n\nerror_kind\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"\xe9\x03\n\x0bRaftMessage\x12\x34\n\x0crequest_vote\x18\x01 \x01(\x0b\x32\x1c.controlplane.v1.RequestVoteH\x00\x12\x36\n\rresponse_vote\x18\x02 \x01(\x0b\x32\x1d.controlplane.v1.ResponseVoteH\x00\x12\x38\n\x0e\x61ppend_entries\x18\x03 \x01(\x0b\x32\x1e.controlplane.v1.AppendEntriesH\x00\x12<\n\x0esnapshot_chunk\x18\x04 \x01(\x0b\x32\".controlplane.v1.RaftSnapshotChunkH\x00\x12\x37\n\rnext_node_idx\x18\x05 \x01(\x0b\x32\x1e.controlplane.v1.NextNodeIndexH\x00\x12\x36\n\rapply_command\x18\x06 \x01(\x0b\x32\x1d.controlplane.v1.ApplyCommandH\x00\x12G\n\x16\x61pply_command_response\x18\x07 \x01(\x0b\x32%.controlplane.v1.ApplyCommandResponseH\x00\x12\x32\n\x0btimeout_now\x18\x08 \x01(\x0b\x32\x1b.controlplane.v1.TimeoutNowH\x00\x42\x06\n\x04kind\"\\\n\x0bRequestVote\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x02 \x01(\x04\x12\x15\n\rlast_log_term\x18\x03 \x01(\x04\x12\x10\n\x08pre_vote\x18\x04 \x01(\x08\".\n\x0cResponseVote\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x10\n\x08pre_vote\x18\x02 \x01(\x08\"\xb9\x01\n\rAppendEntries\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x02 \x01(\x04\x12\x19\n\x0cprev_log_idx\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x1a\n\rprev_log_term\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12*\n\x07\x65ntries\x18\x05 \x03(\x0b\x32\x19.controlplane.v1.LogEntryB\x0f\n\r_prev_log_idxB\x10\n\x0e_prev_log_term\"\xd4\x02\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0f\n\x05\x62\x61tch\x18\x03 \x01(\x0cH\x00\x12/\n\x05no_op\x18\x04 \x01(\x0b\x32\x1e.controlplane.v1.LogEntry.NoOpH\x00\x12@\n\nmembership\x18\x05 \x01(\x0b\x32*.controlplane.v1.LogEntry.MembershipChangeH\x00\x1a\x06\n\x04NoOp\x1a\x93\x01\n\x10MembershipChange\x12\x39\n\x02op\x18\x01 \x01(\x0e\x32-.controlplane.v1.LogEntry.MembershipChange.Op\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"3\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\n\n\x06OP_ADD\x10\x01\x12\r\n\tOP_REMOVE\x10\x02\x42\t\n\x07\x63ommand\"\xa1\x01\n\x11RaftSnapshotChunk\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x02 \x01(\x04\x12\x35\n\x04part\x18\x03 \x01(\x0b\x32\'.controlplane.v1.RaftSnapshotChunk.Part\x1a\x31\n\x04Part\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x66irst\x18\x02 \x01(\x08\x12\x0c\n\x04last\x18\x03 \x01(\x08\"F\n\rNextNodeIndex\x12\x15\n\rnext_node_idx\x18\x01 \x01(\x04\x12\r\n\x05reset\x18\x02 \x01(\x08\x12\x0f\n\x07success\x18\x03 \x01(\x08\"\x94\x01\n\x0c\x41pplyCommand\x12\x0f\n\x05\x62\x61tch\x18\x01 \x01(\x0cH\x00\x12@\n\nmembership\x18\x02 \x01(\x0b\x32*.controlplane.v1.LogEntry.MembershipChangeH\x00\x12\x17\n\nrequest_id\x18\x03 \x01(\x04H\x01\x88\x01\x01\x42\t\n\x07\x63ommandB\r\n\x0b_request_id\"\xeb\x03\n\x14\x41pplyCommandResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x42\n\x08\x61ppended\x18\x02 \x01(\x0b\x32..controlplane.v1.ApplyCommandResponse.AppendedH\x00\x12\x41\n\x05\x65rror\x18\x03 \x01(\x0e\x32\x30.controlplane.v1.ApplyCommandResponse.FailReasonH\x00\x1a-\n\x08\x41ppended\x12\x0f\n\x07log_idx\x18\x01 \x01(\x04\x12\x10\n\x08log_term\x18\x02 \x01(\x04\"\xfd\x01\n\nFailReason\x12\x1b\n\x17\x46\x41IL_REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41IL_REASON_QUEUE_FULL\x10\x01\x12\x1e\n\x1a\x46\x41IL_REASON_MISSING_LEADER\x10\x02\x12\x19\n\x15\x46\x41IL_REASON_DISCARDED\x10\x03\x12\x1a\n\x16\x46\x41IL_REASON_NOT_LEADER\x10\x04\x12\x1e\n\x1a\x46\x41IL_REASON_LEADER_CHANGED\x10\x05\x12\x1e\n\x1a\x46\x41IL_REASON_REQUEST_DENIED\x10\x06\x12\x1f\n\x1b\x46\x41IL_REASON_UNKNOWN_OUTCOME\x10\x07\x42\t\n\x07outcome\"\x1a\n\nTimeoutNow\x12\x0c\n\x04term\x18\x01 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,33 +43,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RAFTMESSAGE']._serialized_start=595
   _globals['_RAFTMESSAGE']._serialized_end=1084
   _globals['_REQUESTVOTE']._serialized_start=1086
-  _globals['_REQUESTVOTE']._serialized_end=1160
-  _globals['_RESPONSEVOTE']._serialized_start=1162
-  _globals['_RESPONSEVOTE']._serialized_end=1190
-  _globals['_APPENDENTRIES']._serialized_start=1193
-  _globals['_APPENDENTRIES']._serialized_end=1378
-  _globals['_LOGENTRY']._serialized_start=1381
-  _globals['_LOGENTRY']._serialized_end=1721
-  _globals['_LOGENTRY_NOOP']._serialized_start=1554
-  _globals['_LOGENTRY_NOOP']._serialized_end=1560
-  _globals['_LOGENTRY_MEMBERSHIPCHANGE']._serialized_start=1563
-  _globals['_LOGENTRY_MEMBERSHIPCHANGE']._serialized_end=1710
-  _globals['_LOGENTRY_MEMBERSHIPCHANGE_OP']._serialized_start=1659
-  _globals['_LOGENTRY_MEMBERSHIPCHANGE_OP']._serialized_end=1710
-  _globals['_RAFTSNAPSHOTCHUNK']._serialized_start=1724
-  _globals['_RAFTSNAPSHOTCHUNK']._serialized_end=1885
-  _globals['_RAFTSNAPSHOTCHUNK_PART']._serialized_start=1836
-  _globals['_RAFTSNAPSHOTCHUNK_PART']._serialized_end=1885
-  _globals['_NEXTNODEINDEX']._serialized_start=1887
-  _globals['_NEXTNODEINDEX']._serialized_end=1957
-  _globals['_APPLYCOMMAND']._serialized_start=1960
-  _globals['_APPLYCOMMAND']._serialized_end=2108
-  _globals['_APPLYCOMMANDRESPONSE']._serialized_start=2111
-  _globals['_APPLYCOMMANDRESPONSE']._serialized_end=2602
-  _globals['_APPLYCOMMANDRESPONSE_APPENDED']._serialized_start=2290
-  _globals['_APPLYCOMMANDRESPONSE_APPENDED']._serialized_end=2335
-  _globals['_APPLYCOMMANDRESPONSE_FAILREASON']._serialized_start=2338
-  _globals['_APPLYCOMMANDRESPONSE_FAILREASON']._serialized_end=2591
-  _globals['_TIMEOUTNOW']._serialized_start=2604
-  _globals['_TIMEOUTNOW']._serialized_end=2630
+  _globals['_REQUESTVOTE']._serialized_end=1178
+  _globals['_RESPONSEVOTE']._serialized_start=1180
+  _globals['_RESPONSEVOTE']._serialized_end=1226
+  _globals['_APPENDENTRIES']._serialized_start=1229
+  _globals['_APPENDENTRIES']._serialized_end=1414
+  _globals['_LOGENTRY']._serialized_start=1417
+  _globals['_LOGENTRY']._serialized_end=1757
+  _globals['_LOGENTRY_NOOP']._serialized_start=1590
+  _globals['_LOGENTRY_NOOP']._serialized_end=1596
+  _globals['_LOGENTRY_MEMBERSHIPCHANGE']._serialized_start=1599
+  _globals['_LOGENTRY_MEMBERSHIPCHANGE']._serialized_end=1746
+  _globals['_LOGENTRY_MEMBERSHIPCHANGE_OP']._serialized_start=1695
+  _globals['_LOGENTRY_MEMBERSHIPCHANGE_OP']._serialized_end=1746
+  _globals['_RAFTSNAPSHOTCHUNK']._serialized_start=1760
+  _globals['_RAFTSNAPSHOTCHUNK']._serialized_end=1921
+  _globals['_RAFTSNAPSHOTCHUNK_PART']._serialized_start=1872
+  _globals['_RAFTSNAPSHOTCHUNK_PART']._serialized_end=1921
+  _globals['_NEXTNODEINDEX']._serialized_start=1923
+  _globals['_NEXTNODEINDEX']._serialized_end=1993
+  _globals['_APPLYCOMMAND']._serialized_start=1996
+  _globals['_APPLYCOMMAND']._serialized_end=2144
+  _globals['_APPLYCOMMANDRESPONSE']._serialized_start=2147
+  _globals['_APPLYCOMMANDRESPONSE']._serialized_end=2638
+  _globals['_APPLYCOMMANDRESPONSE_APPENDED']._serialized_start=2326
+  _globals['_APPLYCOMMANDRESPONSE_APPENDED']._serialized_end=2371
+  _globals['_APPLYCOMMANDRESPONSE_FAILREASON']._serialized_start=2374
+  _globals['_APPLYCOMMANDRESPONSE_FAILREASON']._serialized_end=2627
+  _globals['_TIMEOUTNOW']._serialized_start=2640
+  _globals['_TIMEOUTNOW']._serialized_end=2666
 # @@protoc_insertion_point(module_scope)

@@ -73,20 +73,24 @@ class RaftMessage(_message.Message):
     def __init__(self, request_vote: _Optional[_Union[RequestVote, _Mapping]] = ..., response_vote: _Optional[_Union[ResponseVote, _Mapping]] = ..., append_entries: _Optional[_Union[AppendEntries, _Mapping]] = ..., snapshot_chunk: _Optional[_Union[RaftSnapshotChunk, _Mapping]] = ..., next_node_idx: _Optional[_Union[NextNodeIndex, _Mapping]] = ..., apply_command: _Optional[_Union[ApplyCommand, _Mapping]] = ..., apply_command_response: _Optional[_Union[ApplyCommandResponse, _Mapping]] = ..., timeout_now: _Optional[_Union[TimeoutNow, _Mapping]] = ...) -> None: ...
 
 class RequestVote(_message.Message):
-    __slots__ = ("term", "last_log_index", "last_log_term")
+    __slots__ = ("term", "last_log_index", "last_log_term", "pre_vote")
     TERM_FIELD_NUMBER: _ClassVar[int]
     LAST_LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     LAST_LOG_TERM_FIELD_NUMBER: _ClassVar[int]
+    PRE_VOTE_FIELD_NUMBER: _ClassVar[int]
     term: int
     last_log_index: int
     last_log_term: int
-    def __init__(self, term: _Optional[int] = ..., last_log_index: _Optional[int] = ..., last_log_term: _Optional[int] = ...) -> None: ...
+    pre_vote: bool
+    def __init__(self, term: _Optional[int] = ..., last_log_index: _Optional[int] = ..., last_log_term: _Optional[int] = ..., pre_vote: _Optional[bool] = ...) -> None: ...
 
 class ResponseVote(_message.Message):
-    __slots__ = ("term",)
+    __slots__ = ("term", "pre_vote")
     TERM_FIELD_NUMBER: _ClassVar[int]
+    PRE_VOTE_FIELD_NUMBER: _ClassVar[int]
     term: int
-    def __init__(self, term: _Optional[int] = ...) -> None: ...
+    pre_vote: bool
+    def __init__(self, term: _Optional[int] = ..., pre_vote: _Optional[bool] = ...) -> None: ...
 
 class AppendEntries(_message.Message):
     __slots__ = ("term", "commit_index", "prev_log_idx", "prev_log_term", "entries")

@@ -1,0 +1,111 @@
+"""Servers in network namespaces of their own, cut apart with blackhole routes (``bench/netns.py``).
+
+A server cut off from the leader while the rest of the cluster still hears from it (a partial
+partition: the leader and one follower lose each other, the third server reaches both; or a
+follower isolated from everyone) must not depose the leader, neither while cut off nor when the
+cut heals: with Pre-Vote it asks first whether it could win, and servers that hear from the
+leader say no. Without it, each cut-off follower's campaigns raised the term and every heal cost
+an election (fault suite, partition-bridge: 4-5 elections per fault).
+
+Needs root and iproute2: skipped otherwise, saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.netns import ShapedNet, netns_unavailable
+from controlplane.dev import LocalCluster
+
+from .conftest import followers, started_cluster, status, wait_until
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.cluster,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(netns_unavailable() is not None, reason=f"network namespaces: {netns_unavailable()}"),
+]
+
+
+@contextlib.contextmanager
+def _cluster_in_namespaces() -> Iterator[tuple[LocalCluster, ShapedNet]]:
+    with tempfile.TemporaryDirectory(prefix="partitions-") as tmp, ShapedNet(3, tag="p") as net:
+        placement = lambda i: (net.address(i - 1), net.exec_prefix(i - 1))  # noqa: E731
+        with started_cluster(Path(tmp), 3, placement=placement) as cluster:
+            try:
+                yield cluster, net
+            finally:
+                net.heal()
+
+
+def _index(node_id: str) -> int:
+    return int(node_id[1:]) - 1
+
+
+def _pre_votes_started(cluster: LocalCluster, node_id: str) -> float:
+    text = httpx.get(f"http://{cluster.nodes[node_id].metrics_address}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "controlplane_raft_pre_votes_total" and sample.labels.get("result") == "started":
+                return float(sample.value)
+    return 0.0
+
+
+def _hold_cut_and_heal(cluster: LocalCluster, net: ShapedNet, cut_off: str, cut_from: list[str]) -> None:
+    """Cut; keep writing until the cut-off server's election deadline has passed twice (it
+    started two pre-vote rounds, which nobody granted); heal; wait until it follows the leader
+    again with everything applied."""
+    leader_id = cluster.wait_for_leader()
+    before = _pre_votes_started(cluster, cut_off)
+    for other in cut_from:
+        net.cut(_index(cut_off), _index(other))
+    host, port = cluster.nodes[cut_from[0]].raft_address.rsplit(":", 1)
+    assert not net.can_connect(_index(cut_off), host, int(port), timeout=1.0), "the cut did not take"
+    with cluster.client() as client:
+        written = 0
+
+        def two_rounds_while_writing() -> bool:
+            nonlocal written
+            client.put(f"partitions/{cut_off}/{written}", b"x")  # the majority keeps committing
+            written += 1
+            return _pre_votes_started(cluster, cut_off) >= before + 2
+
+        wait_until(two_rounds_while_writing, 60, f"{cut_off} to start two pre-vote rounds while cut off")
+        net.heal()
+        committed = status(cluster.nodes[leader_id]).commit_index
+        wait_until(
+            lambda: (
+                status(cluster.nodes[cut_off]).leader_id == leader_id
+                and status(cluster.nodes[cut_off]).applied_index >= committed
+            ),
+            60,
+            f"{cut_off} to follow {leader_id} again and catch up",
+        )
+        client.put(f"partitions/{cut_off}/after", b"x")
+
+
+def test_a_follower_cut_from_the_leader_only_does_not_depose_it() -> None:
+    with _cluster_in_namespaces() as (cluster, net):
+        leader_id = cluster.wait_for_leader()
+        term = status(cluster.nodes[leader_id]).term
+        cut_off = followers(cluster, leader_id)[0].id
+        _hold_cut_and_heal(cluster, net, cut_off, [leader_id])
+        assert status(cluster.nodes[leader_id]).leader_id == leader_id
+        assert {node.id: status(node).term for node in cluster.nodes.values()} == dict.fromkeys(cluster.nodes, term)
+
+
+def test_an_isolated_follower_rejoins_without_an_election() -> None:
+    with _cluster_in_namespaces() as (cluster, net):
+        leader_id = cluster.wait_for_leader()
+        term = status(cluster.nodes[leader_id]).term
+        cut_off = followers(cluster, leader_id)[0].id
+        _hold_cut_and_heal(cluster, net, cut_off, [n for n in cluster.nodes if n != cut_off])
+        assert status(cluster.nodes[leader_id]).leader_id == leader_id
+        assert {node.id: status(node).term for node in cluster.nodes.values()} == dict.fromkeys(cluster.nodes, term)
