@@ -8,6 +8,7 @@ real processes can show (the wire, the journal, elections) stays in tests/cluste
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,3 +198,25 @@ async def test_a_member_added_then_removed_is_refused_on_the_peer_plane_for_good
     await _until(lambda: all("n4" in n.removed_ids() for n in cluster.nodes.values()), "the removal everywhere")
     for node in cluster.nodes.values():
         assert "removed" in (node._authorize_peer("n4", N4_RAFT, True) or ""), node.node_id
+
+
+async def test_a_step_of_the_leaders_wall_clock_expires_no_lease_that_is_renewed(cluster: Cluster) -> None:
+    """The leader decides expiry on the monotonic clock of its own renewals: an NTP step or a resumed
+    VM moving the wall clock a minute ahead must not expire every lease at once (it did)."""
+    leader = cluster.nodes["n1"]
+    ttl_ms = 1000
+    granted = await leader.write(command_pb2.Command(lease_grant=leases_pb2.GrantLeaseRequest(ttl_ms=ttl_ms)))
+    lease_id = granted.lease_grant.lease.id
+    housekeeper = leader.housekeeper
+    # Expiry is only decided by a leader that has led for the TTL plus leader_fallback_s and whose
+    # renewals table is authoritative (a barrier of its term applied).
+    wait_s = ttl_ms / 1000 + leader.config.raft.leader_fallback_s
+    await _until(
+        lambda: housekeeper.leader_for_s() >= wait_s and leader.renewals.ready, "the leader to settle", timeout=30
+    )
+    assert leader.renew_from_memory(lease_id) is not None  # the holder renews, through the leader's memory
+    wall_ms, monotonic = time.time_ns() // 1_000_000, time.monotonic()
+
+    assert housekeeper.due_leases(wall_ms + 60_000, monotonic) == [], "a minute's step of the wall clock"
+    # Control: the same lease is due once a TTL has passed on the monotonic clock as well.
+    assert housekeeper.due_leases(wall_ms + 60_000, monotonic + ttl_ms / 1000) == [lease_id]

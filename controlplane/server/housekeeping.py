@@ -136,9 +136,11 @@ class Housekeeper:
             except Exception:  # a bug: keep the timer alive, and say so loudly
                 log.exception("housekeeping_failed")
 
-    def due_leases(self, now_unix_ms: int) -> list[int]:
-        """Leases past their TTL by both the replicated renewal and this leader's in-memory one."""
+    def due_leases(self, now_unix_ms: int, now_monotonic: float | None = None) -> list[int]:
+        """Leases past their TTL by both the replicated renewal (wall clock) and this leader's
+        in-memory one (monotonic clock, so that a step of the wall clock expires nobody who renews)."""
         node = self._node
+        now_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
         led_ms = self.leader_for_s() * 1000
         with node.state_lock:
             # The replicated renewal time is never later than the in-memory one: these are candidates.
@@ -149,8 +151,8 @@ class Housekeeper:
         wait_ms = self._config.raft.leader_fallback_s * 1000
         due = []
         for lease in candidates:
-            local = node.renewals.renewed(lease.id)
-            if lease.ttl_ms + wait_ms <= led_ms and (local is None or local + lease.ttl_ms <= now_unix_ms):
+            local = node.renewals.renewed_monotonic(lease.id)
+            if lease.ttl_ms + wait_ms <= led_ms and (local is None or local + lease.ttl_ms / 1000 <= now_monotonic):
                 due.append(lease.id)
         return due[:MAX_EXPIRE_PER_COMMAND]
 

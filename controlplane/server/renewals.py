@@ -5,8 +5,12 @@ on a busy machine, queued their renewals behind other writes until leases expire
 lost leases during a minute of churn on a shared 2-core machine). Here the leader answers a renewal
 from memory, and only the leader decides expiry, so its memory is the authority:
 
-* the leader records ``lease id -> its wall clock`` per renewal (``renew``); the housekeeper expires a
-  lease only when both the replicated renewal time and this one are older than the TTL;
+* the leader records each renewal's time (``renew``) on two clocks: the wall clock, which goes into
+  checkpoints and views, and the monotonic clock, which decides expiry. The housekeeper expires a
+  lease only when the replicated renewal time is older than the TTL by the wall clock *and* this
+  leader's own renewal is by the monotonic one, so a step of the leader's wall clock (NTP, a VM
+  resumed) cannot expire a lease whose holder keeps renewing: before, a jump of a minute expired
+  every lease at once;
 * a renewal that arrives while an expiry naming the lease is being proposed (``expiring``) goes
   through the log instead, so the log's order decides between them, as before;
 * every ``checkpoint_interval_s`` the leader writes the renewals since the last checkpoint into the
@@ -33,10 +37,13 @@ TTL/3 anywhere between the two left a whole TTL between renewals.
 
 from __future__ import annotations
 
+import time
+
 
 class LeaderRenewals:
     def __init__(self) -> None:
         self._renewed: dict[int, int] = {}
+        self._renewed_monotonic: dict[int, float] = {}
         self._since_checkpoint: dict[int, int] = {}
         #: Leases named by an expiry proposal in flight: their renewals must go through the log.
         self.expiring: set[int] = set()
@@ -44,12 +51,18 @@ class LeaderRenewals:
         #: leader proposed can commit after it); until then every renewal goes through the log.
         self.ready = False
 
-    def renew(self, lease_id: int, now_unix_ms: int) -> None:
+    def renew(self, lease_id: int, now_unix_ms: int, now_monotonic: float | None = None) -> None:
         self._renewed[lease_id] = now_unix_ms
+        self._renewed_monotonic[lease_id] = time.monotonic() if now_monotonic is None else now_monotonic
         self._since_checkpoint[lease_id] = now_unix_ms
 
     def renewed(self, lease_id: int) -> int | None:
+        """The wall-clock time (ms) of this leader's last renewal of the lease, for views and checkpoints."""
         return self._renewed.get(lease_id)
+
+    def renewed_monotonic(self, lease_id: int) -> float | None:
+        """The monotonic time (s) of that renewal: what expiry is decided on."""
+        return self._renewed_monotonic.get(lease_id)
 
     def known(self) -> list[int]:
         return list(self._renewed)
@@ -67,11 +80,13 @@ class LeaderRenewals:
     def forget(self, lease_ids: list[int]) -> None:
         for lease_id in lease_ids:
             self._renewed.pop(lease_id, None)
+            self._renewed_monotonic.pop(lease_id, None)
             self._since_checkpoint.pop(lease_id, None)
 
     def clear(self) -> None:
         """Leadership lost (or not yet held): none of this is authoritative any more."""
         self._renewed.clear()
+        self._renewed_monotonic.clear()
         self._since_checkpoint.clear()
         self.expiring.clear()
         self.ready = False
