@@ -66,7 +66,20 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from controlplane.client import AsyncClient, ControlPlaneError, FailedPrecondition, NodeState, NotFound, Registered
+from controlplane.client import (
+    AsyncClient,
+    ControlPlaneError,
+    FailedPrecondition,
+    InvalidArgument,
+    NodeState,
+    NotFound,
+    PermissionDenied,
+    Registered,
+    Unauthenticated,
+)
+
+# Registration answers that asking again cannot change (Agent.start raises them at once).
+FINAL_REGISTRATION_ERRORS = (FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated)
 
 log = structlog.get_logger("controlplane.agent")
 
@@ -183,13 +196,15 @@ class Agent:
     async def start(self) -> None:
         """Register (retrying until the cluster answers) and start the heartbeat loop.
 
-        ``FailedPrecondition`` (another running agent holds the id, or the registration would break
-        a network's requirements) is raised at once: asking again cannot change the answer."""
+        An answer that asking again cannot change is raised at once (``FINAL_REGISTRATION_ERRORS``):
+        another running agent holds the id, the registration would break a network's requirements,
+        the request is invalid, or this identity may not register. Before, all but the first two
+        were retried for ever, with a warning a second."""
         while True:
             try:
                 await self.register()
                 break
-            except FailedPrecondition:
+            except FINAL_REGISTRATION_ERRORS:
                 raise
             except ControlPlaneError as exc:
                 self.stats.failures += 1

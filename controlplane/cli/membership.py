@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from controlplane import __version__
-from controlplane.agent import Agent
+from controlplane.agent import FINAL_REGISTRATION_ERRORS, Agent
 from controlplane.checks import HealthChecker
 from controlplane.cli import app
 from controlplane.cli.common import (
@@ -31,7 +31,6 @@ from controlplane.client import (
     ControlPlaneError,
     Credentials,
     CredentialsError,
-    FailedPrecondition,
     Moves,
     Network,
     NodeView,
@@ -587,7 +586,7 @@ async def _run_agent(
                 return
             try:
                 starting.result()
-            except FailedPrecondition as exc:
+            except FINAL_REGISTRATION_ERRORS as exc:
                 # Nothing was registered by this process: nothing to deregister, and the agent that
                 # holds the id keeps its lease.
                 fail(f"agent {runner.node_id} not started: {exc.message}", code=EXIT_ERROR)

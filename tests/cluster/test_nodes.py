@@ -302,3 +302,14 @@ def test_heartbeats_are_answered_from_the_leaders_memory_and_checkpointed(cluste
         on_leader.membership.deregister("mem-a1")
         with pytest.raises(NotFound):
             on_leader.membership.heartbeat("mem-a1")
+
+
+def test_an_agent_the_cluster_refuses_as_invalid_exits_instead_of_retrying(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
+) -> None:
+    """An INVALID_ARGUMENT answer cannot change on a retry: the agent exits 1 with the cluster's
+    message (it retried every second for ever, logging a warning each time)."""
+    process = start_agent(cluster, agents, "bad id with spaces")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert "not started" in output and "agent_register_retry" not in output
