@@ -223,7 +223,7 @@ class RaftNode:  # implements consensus.Consensus
             connectionRetryTime=tuning.connection_retry_s,
             logCompactionMinEntries=tuning.compaction_min_entries,
             logCompactionMinTime=tuning.compaction_min_s,
-            onStateChanged=lambda old, new: self._on_role_change(_ROLES.get(old, "?"), _ROLES.get(new, "?")),
+            onStateChanged=self._role_changed,
         )
         settings = PeerSettings(
             node_id=self._config.node_id,
@@ -255,6 +255,31 @@ class RaftNode:  # implements consensus.Consensus
             self._pre_vote = PreVote(sync, tuning.election_min_s, tuning.election_max_s, self.schedule_tick)
             self._pre_vote.install()  # outermost: pre-votes never reach the wrappers above or pysyncobj
         return sync
+
+    def _role_changed(self, old: int, new: int) -> None:
+        """pysyncobj's state callback (inside a tick, on the loop)."""
+        old_role, new_role = _ROLES.get(old, "?"), _ROLES.get(new, "?")
+        if old_role == ROLE_LEADER and new_role != ROLE_LEADER:
+            self._release_waiting_commits()
+        self._on_role_change(old_role, new_role)
+
+    def _release_waiting_commits(self) -> None:
+        """Answer every entry this server appended as leader and still waits on: LEADER_CHANGED.
+
+        pysyncobj answers them only once it applies their index, which for a leader cut off from
+        its majority is after the partition heals: its clients waited for their own timeouts (3 s
+        per SDK attempt, the longest no-write windows of the fault suite's partition-leader). The
+        outcome is unknown (an entry may still commit under the next leader), which is exactly what
+        the proposer reports (UnknownOutcome): the client retries at once, elsewhere, with the same
+        request id, and the state machine's dedupe answers if the first one did commit.
+        """
+        waiting = self._sync._SyncObj__commandsWaitingCommit
+        released = [callback for subscribers in waiting.values() for _term, callback in subscribers]
+        waiting.clear()
+        for callback in released:
+            callback(None, Outcome.LEADER_CHANGED)
+        if released:
+            log.info("raft_waiting_commits_released", entries=len(released))
 
     def _install_ack_hold(self, sync: _ReplicatedLog) -> None:
         """Route a leader's incoming acks through ``_deliver_ack``. pysyncobj's ack carries no term,

@@ -17,14 +17,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.netns import ShapedNet, netns_unavailable
 from controlplane.dev import LocalCluster
+from controlplane.v1 import kv_pb2
 
-from .conftest import followers, started_cluster, status, wait_until
+from .conftest import channel, followers, kv_stub, started_cluster, status, wait_until
 
 pytestmark = [
     pytest.mark.netns,
@@ -109,3 +111,27 @@ def test_an_isolated_follower_rejoins_without_an_election() -> None:
         _hold_cut_and_heal(cluster, net, cut_off, [n for n in cluster.nodes if n != cut_off])
         assert status(cluster.nodes[leader_id]).leader_id == leader_id
         assert {node.id: status(node).term for node in cluster.nodes.values()} == dict.fromkeys(cluster.nodes, term)
+
+
+def test_a_write_waiting_on_a_cut_off_leader_is_answered_when_it_steps_down() -> None:
+    """A leader cut off from its majority steps down after leader_fallback_s; a write it had appended
+    is then answered "the leader changed" (unknown outcome: retry with the same request id) at once,
+    instead of when the commit backstop fires (commit_timeout_s) or the client gives up."""
+    with _cluster_in_namespaces() as (cluster, net):
+        leader_id = cluster.wait_for_leader()
+        leader = cluster.nodes[leader_id]
+        for other in cluster.nodes:
+            if other != leader_id:
+                net.cut(_index(leader_id), _index(other))
+        host, port = cluster.nodes[followers(cluster, leader_id)[0].id].raft_address.rsplit(":", 1)
+        assert not net.can_connect(_index(leader_id), host, int(port), timeout=1.0), "the cut did not take"
+        with channel(leader.client_address) as ch, pytest.raises(grpc.RpcError) as caught:
+            kv_stub(ch).Put(kv_pb2.PutRequest(key="partitions/cut-leader", value=b"x", request_id="cut-1"), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+        assert "the leader changed" in (caught.value.details() or ""), caught.value.details()
+        net.heal()
+        with cluster.client() as client:
+            # The same request id, retried: applied at most once, whichever way the first one went.
+            first = client.put("partitions/cut-leader", b"x", request_id="cut-1")
+            again = client.put("partitions/cut-leader", b"x", request_id="cut-1")
+            assert first.revision == again.revision
