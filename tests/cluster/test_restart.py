@@ -30,7 +30,15 @@ def _populate(client: Client) -> None:
 
 
 def _snapshot_of(cluster: LocalCluster) -> tuple[int, dict[str, KeyValue], dict[str, set[str]]]:
-    """(applied revision all servers agree on, the whole key space, each server's member view)."""
+    """(applied revision all servers agree on, the whole key space, each server's member view).
+
+    A linearizable read first: it commits a barrier in the current leader's term, and with it every
+    entry before (Raft commits earlier terms' entries only that way). Right after a full restart,
+    the servers briefly agree on the commit index their journals recorded, which may stop short of
+    the last acknowledged write: converging on that would compare a transient state.
+    """
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
+        client.get("restart/0001")  # linearizable by default: a barrier of this term
     revision = wait_converged(cluster)
     state = assert_same_state(running(cluster), revision)
     members = {node.id: {m.id for m in status(node).members} for node in running(cluster)}
