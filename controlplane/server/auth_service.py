@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from controlplane.errors import InvalidArgument
-from controlplane.server.authz import Authorizer
+from controlplane.server.authz import Authorizer, caller_kind
 from controlplane.state.auth import DOMAINS, TOKEN_PREFIX, VERBS, Caller, Need, allowed, secret_hash
 from controlplane.v1 import auth_pb2, auth_pb2_grpc, command_pb2, common_pb2
 
@@ -172,7 +172,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
 def _caller(identity: str) -> Caller:
     """``user:alice`` (or ``client:alice``, as a certificate names it), ``agent:n1``, ``server:s1``."""
     kind, _, name = identity.partition(":")
-    kind = "user" if kind == "client" else kind
+    kind = caller_kind(kind)
     if kind not in ("user", "agent", "server") or not name:
         raise InvalidArgument(f"identity {identity!r} is not user:<name>, agent:<node id> or server:<id>")
     return Caller(kind, name)

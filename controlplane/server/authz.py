@@ -223,6 +223,11 @@ READ_ONLY = frozenset(
 )
 
 
+def caller_kind(role: str) -> str:
+    """The caller kind a certificate role speaks for: a ``client`` certificate is a user's."""
+    return "user" if role == "client" else role
+
+
 def caller_from_certificate(uris: list[str]) -> Caller | None:
     """The caller a verified client certificate speaks for (its first controlplane URI SAN)."""
     for uri in uris:
@@ -230,8 +235,7 @@ def caller_from_certificate(uris: list[str]) -> Caller | None:
             identity = tls.Identity.from_uri(uri)
         except tls.TlsError:
             continue
-        kind = "user" if identity.role == "client" else identity.role
-        return Caller(kind, identity.id)
+        return Caller(caller_kind(identity.role), identity.id)
     return None
 
 

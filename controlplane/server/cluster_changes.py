@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
@@ -202,7 +202,9 @@ class ClusterChanges:
             response = await self.on_leader("RemoveMember", request, timeout, local)
         except _SteppedAside:
             # This server led and stepped aside to be removed: the new leader finishes the job.
-            await self._wait_for_leader_other_than(self._node.config.raft_address, timeout or MEMBERSHIP_TIMEOUT_S)
+            self_address, wait_s = self._node.config.raft_address, timeout or MEMBERSHIP_TIMEOUT_S
+            if not await self._wait_for_leader_other_than(self_address, wait_s):
+                raise Unavailable("no new leader took over in time; check `cpctl cluster status`") from None
             response = await self.on_leader("RemoveMember", request, timeout, local)
         return list(response.members)
 
@@ -352,7 +354,7 @@ class ClusterChanges:
                     )
                     if reason == SUCCESS:
                         election = min(TRANSFER_ELECTION_WAIT_S, max(deadline - loop.time(), TRANSFER_RETRY_S))
-                        leader = await self._wait_for_leader_other_than(self_address, election, fail=False)
+                        leader = await self._wait_for_leader_other_than(self_address, election)
                         if leader is not None:
                             return leader.id, self.raft.term()
                     elif reason != Outcome.REQUEST_DENIED:
@@ -383,25 +385,15 @@ class ClusterChanges:
             return f"{target_address} is not connected to this leader; check `cpctl cluster status`"
         return None
 
-    @overload
-    async def _wait_for_leader_other_than(self, address: str, timeout: float) -> MemberAddress: ...
-    @overload
-    async def _wait_for_leader_other_than(
-        self, address: str, timeout: float, *, fail: bool
-    ) -> MemberAddress | None: ...
-    async def _wait_for_leader_other_than(
-        self, address: str, timeout: float, *, fail: bool = True
-    ) -> MemberAddress | None:
-        """The leader once it is not ``address``; at the deadline, Unavailable (or None if not ``fail``)."""
+    async def _wait_for_leader_other_than(self, address: str, timeout: float) -> MemberAddress | None:
+        """The leader once it is not ``address``; None if none took over within ``timeout``."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             leader = self._node.leader()
             if leader is not None and leader.raft_address != address:
                 return leader
             if asyncio.get_running_loop().time() > deadline:
-                if not fail:
-                    return None
-                raise Unavailable("no new leader took over in time; check `cpctl cluster status`")
+                return None
             await asyncio.sleep(0.02)  # polling pysyncobj's leader field: it has no change notification
 
 

@@ -62,8 +62,6 @@ class PreVote:
         self._won = False
         self._leader_heard_at = float("-inf")
         self._stale_leader_at = float("-inf")
-        self.rounds = 0
-        self.rounds_won = 0
 
     def install(self) -> None:
         transport = self._sync._SyncObj__transport
@@ -103,7 +101,6 @@ class PreVote:
             sync._SyncObj__onLeaderChanged()
         term = int(sync.raftCurrentTerm) + 1
         self._round_term, self._grants = term, set()
-        self.rounds += 1
         metrics.PRE_VOTES.labels(result="started").inc()
         request = {
             "type": "request_vote",
@@ -128,18 +125,16 @@ class PreVote:
             else:
                 self._stale_leader_at = monotonic()
             return False
-        if not message.get("pre_vote"):
+        if not message.get("pre_vote"):  # the codec sets it on vote requests and answers only
             return False
         if kind == "request_vote":
             if self._grants_pre_vote(message):
                 self._sync._SyncObj__transport.send(
                     node, {"type": "response_vote", "term": message["term"], "pre_vote": True}
                 )
-            return True
-        if kind == "response_vote":
+        else:
             self._count_grant(node, int(message["term"]))
-            return True
-        return True  # a pre_vote flag on anything else: nothing pysyncobj should see
+        return True
 
     def _grants_pre_vote(self, message: dict[str, Any]) -> bool:
         sync = self._sync
@@ -161,7 +156,6 @@ class PreVote:
         voters = len(sync._SyncObj__otherNodes) + 1
         if len(self._grants) + 1 > voters / 2:
             self._round_term, self._won = None, True
-            self.rounds_won += 1
             metrics.PRE_VOTES.labels(result="won").inc()
             sync._SyncObj__raftElectionDeadline = 0  # campaign at the next tick
             self._schedule_tick()

@@ -76,7 +76,7 @@ from controlplane.server.journal import DurableJournal, fsync_directory, migrate
 from controlplane.server.peer_transport import PeerSettings, PeerTransport, transport_factory
 from controlplane.server.prevote import PreVote
 from controlplane.server.raft_codec import MAX_RAFT_MESSAGE_BYTES
-from controlplane.server.recovery import forced_cluster
+from controlplane.server.recovery import configured_partners
 from controlplane.state import limits
 from controlplane.state.machine import CommandResult, StateMachine
 from controlplane.v1 import storage_pb2
@@ -185,16 +185,8 @@ class RaftNode:  # implements consensus.Consensus
         ensure_private_directory(config.data_dir)
         # A data dir from before the durable journal: its pysyncobj journal is copied into ours (logged there).
         migrate_legacy_journal(config.legacy_journal_file, config.journal_file)
-        self._sync = self._start(self._configured_partners())
+        self._sync = self._start(configured_partners(self._config))
         self._driver = self._loop.create_task(self._drive())
-
-    def _configured_partners(self) -> list[str]:
-        """Who the configuration starts from when the data dir has no dump: the configured peers, or
-        nobody after --force-new-cluster (recovery.py): its log then holds every change since it was
-        alone, and --peer may still name the old, dead members."""
-        if forced_cluster(self._config):
-            return []
-        return [peer.raft_address for peer in self._config.peers]
 
     def _start(self, partners: Sequence[str]) -> _ReplicatedLog:
         tuning = self._config.raft
@@ -717,7 +709,7 @@ class RaftNode:  # implements consensus.Consensus
         with self._lock:
             self._machine = machine
         self._voter = voter
-        sync = self._start(partners or self._configured_partners())
+        sync = self._start(partners or configured_partners(self._config))
         if voter:
             # A freshly promoted voter is as up to date as anyone, so an election it starts before the
             # leader's connection reaches it (pysyncobj retries connections every connection_retry_s)

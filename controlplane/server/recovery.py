@@ -73,11 +73,18 @@ def forced_cluster(config: ServerConfig) -> bool:
     return marker_file(config).exists()
 
 
+def configured_partners(config: ServerConfig) -> list[str]:
+    """Who the Raft configuration starts from when the data dir has no dump: the configured peers,
+    or nobody after --force-new-cluster: its log then holds every change since it was alone, and
+    --peer may still name the old, dead members."""
+    if forced_cluster(config):
+        return []
+    return [peer.raft_address for peer in config.peers]
+
+
 def configuration(config: ServerConfig, journal: DurableJournal) -> set[str]:
     """The voters' Raft addresses this data dir holds (itself included when it is a voter)."""
-    voters = {config.raft_address}
-    if not forced_cluster(config):
-        voters |= {peer.raft_address for peer in config.peers}
+    voters = {config.raft_address, *configured_partners(config)}
     first_index = 0
     if config.dump_file.exists():
         try:

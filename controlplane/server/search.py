@@ -69,8 +69,8 @@ Ranking: a model named exactly what was typed first, then names starting with it
 "Did you mean": a first page that found nothing corrects each term that matches no model on its
 own into a word of the model names one edit away (terms up to 4 characters) or two (longer),
 starting with the same character, nearest then commonest first, and offers the corrected queries
-that do find models (``SearchPage.suggestions``). It reads the FTS5 vocabulary (``fts5vocab``),
-or every name on the LIKE engine, and only when a search found nothing.
+that do find models (``SearchPage.suggestions``). Both engines correct from an in-memory tally of
+the indexed names' words (kept by rebuild and apply), and only when a search found nothing.
 
 Filters are exact (tag and family ignoring case; format and status: the model has at least one
 current version with that value) and use side tables with indexes, not string matching. Note
