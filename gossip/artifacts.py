@@ -957,9 +957,9 @@ def certified_identity(auth_context: Mapping[str, Any]) -> str | None:
 
 
 def tls_credentials(ca: bytes, cert: bytes, key: bytes) -> tuple[grpc.ServerCredentials, grpc.ChannelCredentials]:
-    """Mutual TLS for an artifact port from a node's certificate (``agent:<node id>``), its key and
-    the cluster CA: what the port presents and requires of callers, and what the node presents when
-    it fetches from other holders."""
+    """Mutual TLS for a node's ports (artifacts, gossip) from its certificate (``agent:<node id>``, from
+    ``cpctl certs issue ID --role agent``), its key and the cluster CA: what a port presents and
+    requires of callers, and what the node presents when it fetches or dials."""
     server = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     return server, grpc.ssl_channel_credentials(ca, key, cert)
 

@@ -222,7 +222,8 @@ def available(
     but the eligible nodes reach it, the suspended are tried again: the group's only way on, and the
     round's deadline bounds what a dead one costs."""
     peers = sorted(participants)
-    out = [peer for peer in peers if peer not in suspended(rounds, peers, revisions)]
+    sitting_out = suspended(rounds, peers, revisions)
+    out = [peer for peer in peers if peer not in sitting_out]
     return out if len(out) >= max(config.min_participants, 2) else peers
 
 

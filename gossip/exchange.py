@@ -57,6 +57,7 @@ from prometheus_client import Counter
 from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTIONS
 from controlplane.v1 import gossip_peer_pb2 as pb
 from controlplane.v1 import gossip_peer_pb2_grpc as pb_grpc
+from gossip.artifacts import tls_credentials  # one helper for both ports; artifacts stays numpy-free
 from gossip.bandwidth import BandwidthTable, LinkEstimate
 from gossip.mixing import (
     DEFAULT_CHUNK_SIZE,
@@ -68,6 +69,7 @@ from gossip.mixing import (
     decode_int8,
     encode_int8,
     int8_merge,
+    is_count,
     layout,
     pack,
     pair_weights,
@@ -97,6 +99,7 @@ __all__ = [
     "exchange",
     "exchange_or_keep",
     "spec_digest",
+    "tls_credentials",
 ]
 
 PROTOCOL_VERSION = 1
@@ -358,7 +361,7 @@ def _check_args(
 
 
 def _check_examples(examples: int) -> int:
-    if isinstance(examples, bool) or not isinstance(examples, int | np.integer) or not 0 <= examples < 2**64:
+    if not is_count(examples):
         raise ValueError(f"examples must be an integer in [0, 2^64) (0: no count given), got {examples!r}")
     return int(examples)
 
@@ -906,14 +909,6 @@ class _Servicer(pb_grpc.GossipPeerServicer):
     async def Exchange(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         remaining = context.time_remaining()
         await self._owner._serve(_ServingStream(context), remaining)
-
-
-def tls_credentials(ca: bytes, cert: bytes, key: bytes) -> tuple[grpc.ServerCredentials, grpc.ChannelCredentials]:
-    """Mutual TLS for a node's gossip port from its certificate (an ``agent:<node id>`` identity from
-    ``cpctl certs issue ID --role agent``), its key and the cluster CA: what the port presents and
-    requires of dialers, and what the node presents when it dials. Pass them to :class:`ExchangeServer`."""
-    server = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
-    return server, grpc.ssl_channel_credentials(ca, key, cert)
 
 
 class ExchangeServer:

@@ -43,6 +43,7 @@ __all__ = [
     "encode_int8",
     "int8_average",
     "int8_merge",
+    "is_count",
     "layout",
     "masked_values",
     "merge_masked",
@@ -133,6 +134,12 @@ def average(local: Params, remote: Params) -> dict[str, Array]:
     return {name: _mean2(np.asarray(local[name]), np.asarray(remote[name])) for name in sorted(local)}
 
 
+def is_count(n: object, minimum: int = 0) -> bool:
+    """``n`` is an integer (numpy's included, never a bool) in [minimum, 2^64): what an example count
+    must be to travel in ``ExchangeHeader.examples`` (uint64)."""
+    return not isinstance(n, bool) and isinstance(n, int | np.integer) and bool(minimum <= n < 2**64)
+
+
 def pair_weights(local_examples: int, remote_examples: int) -> tuple[float, float]:
     """The weights a matched pair averages with: ``n_local / (n_local + n_remote)`` and
     ``n_remote / (n_local + n_remote)``, so that ``n_a * x + n_b * x`` after the exchange equals
@@ -143,7 +150,7 @@ def pair_weights(local_examples: int, remote_examples: int) -> tuple[float, floa
     correctly, so both ends get the same two floats.
     """
     for n in (local_examples, remote_examples):
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 0 <= n < 2**64:
+        if not is_count(n):
             raise ValueError(f"example counts must be integers in [0, 2^64), got {n!r}")
     if local_examples == 0 or remote_examples == 0:
         return 0.5, 0.5

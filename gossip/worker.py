@@ -61,7 +61,7 @@ from gossip.exchange import (
     exchange_or_keep,
     tls_credentials,
 )
-from gossip.mixing import Array, Params, pair_weights
+from gossip.mixing import Array, Params, is_count, pair_weights
 
 __all__ = ["DEFAULT_PROBE_BYTES", "MAX_PROBE_BYTES", "REPORT_BANDWIDTH_EVERY", "RoundStats", "Worker"]
 
@@ -122,7 +122,7 @@ def _check_examples(examples: int | None) -> int:
     """The count the exchange carries: 0 for None (no count given), else a positive integer."""
     if examples is None:
         return 0
-    if isinstance(examples, bool) or not isinstance(examples, int | np.integer) or not 1 <= examples < 2**64:
+    if not is_count(examples, minimum=1):
         raise ValueError(
             f"examples must be a positive integer (the examples trained on since the last step), or None "
             f"for the plain average; got {examples!r}"

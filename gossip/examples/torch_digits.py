@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gossip.examples.digits import Config as DigitsConfig
-from gossip.examples.digits import Dataset, local_cluster, log_to_stderr, prepare
+from gossip.examples.digits import Dataset, _pct, local_cluster, log_to_stderr, prepare
 from gossip.mixing import consensus_distance
 
 if TYPE_CHECKING:
@@ -368,10 +368,6 @@ def run(
 
 def _flat(params: dict[str, npt.NDArray[Any]], names: Sequence[str]) -> npt.NDArray[np.float64]:
     return np.concatenate([np.asarray(params[k], dtype=np.float64).ravel() for k in names])
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:5.1f}%"
 
 
 def main(argv: list[str] | None = None) -> int:
