@@ -182,7 +182,7 @@ class ShapedNet:
 
     # ------------------------------------------------------------------ shaping
 
-    def _reset(self, i: int) -> str:
+    def _reset(self, i: int) -> None:
         ns, dev = self.namespace(i), self._inner(i)
         _run("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
         _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1")
@@ -190,7 +190,6 @@ class ShapedNet:
             "ip", "netns", "exec", ns, "tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1",
             "htb", "rate", _UNSHAPED,
         )  # fmt: skip
-        return dev
 
     def _class(self, i: int, classid: int, rate_mbit: float, peers: Sequence[int]) -> None:
         ns, dev = self.namespace(i), self._inner(i)
@@ -250,11 +249,6 @@ class ShapedNet:
         )
         done = _run("ip", "netns", "exec", self.namespace(i), sys.executable, "-c", probe, check=False)
         return done.returncode == 0
-
-    @property
-    def cuts(self) -> set[tuple[int, int]]:
-        """The (i, j) pairs cut now, each in both orders."""
-        return set(self._cuts)
 
     def shape_caps(self, caps_mbit: Sequence[float]) -> None:
         """Node i sends at most ``caps_mbit[i]`` Mbit/s to all its peers together."""

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -113,6 +114,21 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, w
 
 
 # --------------------------------------------------------------------------------------- raw access
+
+
+def free_base_port(start: int) -> int:
+    """A base port for ``cpctl dev --base-port`` whose client, Raft and metrics ports (BASE+1..,
+    +101.., +201.. for 3 servers) are all free; scanned from ``start`` (offset by the pid, so two
+    test runs at once pick different ones)."""
+    for base in range(start + (os.getpid() % 50) * 300, 60000, 300):
+        try:
+            for port in [base + offset + i for offset in (0, 100, 200) for i in (1, 2, 3)]:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free base port")
 
 
 def credentials_env(cluster: LocalCluster) -> dict[str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,23 +17,9 @@ import pytest
 from controlplane.client import Client
 from controlplane.dev import dev_admin_credentials
 
-from .conftest import wait_until
+from .conftest import free_base_port, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
-
-
-def _free_base_port() -> int:
-    """A base port whose client, Raft and metrics ports (BASE+1.., +101.., +201..) are all free."""
-    for base in range(21000 + (os.getpid() % 50) * 300, 60000, 300):
-        ports = [base + offset + i for offset in (0, 100, 200) for i in (1, 2, 3)]
-        try:
-            for port in ports:
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no free base port")
 
 
 class Dev:
@@ -62,7 +47,7 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "controlplane", "dev", "--servers", "3", "--data-dir", str(data_dir),
-             "--base-port", str(_free_base_port())],
+             "--base-port", str(free_base_port(21000))],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
         )  # fmt: skip
     running = Dev(process, data_dir, log)

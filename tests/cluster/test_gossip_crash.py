@@ -26,6 +26,7 @@ from controlplane.dev import LocalCluster
 from gossip import Worker
 
 from .conftest import credentials_env, eventually
+from .test_gossip_worker import _ended
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -33,14 +34,6 @@ ROUND_TIMEOUT_S = 3.0
 VICTIM_LEASE_TTL_S = 60.0
 PROCESS = Path(__file__).with_name("gossip_worker_process.py")
 PROBE_BYTES = (4 * 1024, 256 * 1024)
-
-
-async def _ended(client: AsyncClient, group: str, number: int) -> Round | None:
-    try:
-        found = await client.gossip.round(group, number)
-    except Exception:  # not committed yet
-        return None
-    return found if found.state is not RoundState.RUNNING else None
 
 
 async def test_a_sigkilled_worker_process_never_stops_the_rounds(cluster: LocalCluster) -> None:

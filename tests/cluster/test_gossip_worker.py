@@ -251,7 +251,7 @@ async def check_probe_cycle(client: AsyncClient, group: str, workers: dict[str, 
             assert estimate is not None and estimate.bandwidth > 0, (node, peer)
             # Both sizes measured and fitted together into one observation (the slope of the probe's
             # own line; its transfers stay out of the passive samples' latency fit).
-            assert estimate.samples >= len(PROBE_BYTES) and estimate.latency >= 0.0
+            assert estimate.samples >= len(PROBE_BYTES)
     links = {(link.a, link.b): link for link in (await client.gossip.bandwidth()).links}
     for a, b in itertools.combinations(ids, 2):
         link = links[(a, b)]

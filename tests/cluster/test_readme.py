@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import wait_until
+from .conftest import free_base_port, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -104,19 +104,6 @@ def test_every_skip_in_the_readme_says_why() -> None:
             assert block.reason, f"README.md line {block.line}: a doctest {block.mode} needs a reason"
 
 
-def _free_base_port() -> int:
-    """A base port whose client, Raft and metrics ports (BASE+1.., +101.., +201..) are all free."""
-    for base in range(22000 + (os.getpid() % 50) * 300, 60000, 300):
-        try:
-            for port in [base + offset + i for offset in (0, 100, 200) for i in (1, 2, 3)]:
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no free base port")
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -151,7 +138,7 @@ class Scratch:
         self.root = root
         self.home = root / "home"
         self.home.mkdir()
-        self.base_port = _free_base_port()
+        self.base_port = free_base_port(22000)
         self.gateway_port = _free_port()
         self.agent_port = _free_port()
         bin_dir = str(Path(sys.executable).parent)
