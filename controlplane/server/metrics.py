@@ -32,6 +32,11 @@ PRE_VOTES = Counter(
     "Pre-vote rounds this server started (result=started) and won, so that it campaigned (result=won)",
     ["result"],
 )
+LOOP_STALLS = Counter(
+    "controlplane_raft_loop_stalls_total",
+    "Times this server's Raft loop did not run for longer than the shortest election timeout (a "
+    "stopped process, a paused VM, an overloaded machine): a leader's followers may have campaigned meanwhile",
+)
 PEER_CONNECTED = Gauge(
     "controlplane_raft_peer_connected",
     "1 while this server holds a Raft connection to the peer at that Raft address",

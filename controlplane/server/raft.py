@@ -170,6 +170,7 @@ class RaftNode:  # implements consensus.Consensus
         self._last_sync_done = 0.0  # loop time the last fdatasync returned
         self._announced = (0, 0)  # (last log index, commit index) of the last append round we sent
         self._last_tick_at = monotonic()
+        self._ticked = False  # the gap before the first tick is start-up (replay), not a stall
         self.election_postponements = 0  # _postpone_election_after_a_stall (tests, logs)
         self._journal: DurableJournal
         self._machine = machine
@@ -340,9 +341,15 @@ class RaftNode:  # implements consensus.Consensus
         now = monotonic()
         gap = now - self._last_tick_at
         self._last_tick_at = now
+        ticked, self._ticked = self._ticked, True
+        if gap <= self._config.raft.election_min_s:
+            return
         sync = self._sync
-        due = sync._SyncObj__raftElectionDeadline < now
-        if gap > self._config.raft.election_min_s and due and not sync._isLeader():
+        if ticked:
+            metrics.LOOP_STALLS.inc()
+            if sync._isLeader():  # its followers heard nothing for as long and may have campaigned
+                log.warning("raft_leader_loop_stalled", stalled_s=round(gap, 3))
+        if sync._SyncObj__raftElectionDeadline < now and not sync._isLeader():
             sync._SyncObj__raftElectionDeadline = now + sync._SyncObj__generateRaftTimeout()
             self.election_postponements += 1
             log.info("raft_election_postponed_after_stall", stalled_s=round(gap, 3))

@@ -16,7 +16,16 @@ import pytest
 from controlplane.client import Client, Consistency, ControlPlaneError
 from controlplane.dev import LocalCluster
 
-from .conftest import assert_same_state, credentials_for, list_all, node_client, running, wait_converged, wait_until
+from .conftest import (
+    assert_same_state,
+    credentials_for,
+    list_all,
+    loop_stalls,
+    node_client,
+    running,
+    wait_converged,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -165,8 +174,10 @@ def test_writes_resume_while_the_old_leader_hangs(make_cluster: Callable[..., Lo
             thread.join(60)
     assert not any(thread.is_alive() for thread in threads), "a writer hung"
 
-    # The old leader wakes up, steps down, and every server holds every acknowledged write once.
+    # The old leader wakes up, says it stalled, steps down, and every server holds every
+    # acknowledged write once.
     assert cluster.wait_for_leader() != old_leader
+    assert b'"raft_leader_loop_stalled"' in frozen.log_path.read_bytes()
     revision = wait_converged(cluster)
     state = assert_same_state(running(cluster), revision, PREFIX)
     for ack in load.acks:
@@ -271,6 +282,7 @@ def test_a_follower_resumed_after_sigstop_does_not_depose_the_leader(cluster: Lo
     follower = next(node for node in running(cluster) if node.id != leader_id)
     assert follower.pid is not None
     log_offset = follower.log_path.stat().st_size
+    stalls = loop_stalls([follower])[follower.id]
     os.kill(follower.pid, signal.SIGSTOP)
     try:
         # The fault itself: stopped for several election timeouts (0.4-0.8 s), while the leader writes.
@@ -291,3 +303,4 @@ def test_a_follower_resumed_after_sigstop_does_not_depose_the_leader(cluster: Lo
     assert any(event.get("event") == "raft_election_postponed_after_stall" for event in events)
     campaigns = [e for e in events if e.get("event") == "raft_role_changed" and e.get("new") == "candidate"]
     assert campaigns == [], f"{follower.id} campaigned after SIGCONT"
+    assert loop_stalls([follower])[follower.id] > stalls, "the stop was not counted as a loop stall"

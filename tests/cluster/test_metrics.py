@@ -7,35 +7,17 @@ import re
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.client import Client
 from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.v1 import kv_pb2, watch_pb2
 
-from .conftest import channel, followers, kv_stub, running, wait_converged, wait_until, watch_stub
+from .conftest import channel, followers, kv_stub, running, scrape, value, wait_converged, wait_until, watch_stub
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(node: NodeProcess) -> Samples:
-    text = httpx.get(f"http://{node.metrics_address}/metrics", timeout=5).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): float(sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; 0 when the series is absent."""
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_writes_and_a_leader_change_move_the_raft_metrics(cluster: LocalCluster) -> None:
