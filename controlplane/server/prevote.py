@@ -29,6 +29,7 @@ only decides whether pysyncobj's own, unchanged election runs now or one electio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
@@ -41,7 +42,7 @@ log = structlog.get_logger("controlplane.raft")
 
 
 class PreVote:
-    """Pre-Vote for one pysyncobj instance: call :meth:`before_tick` before every tick, and
+    """Pre-Vote for one pysyncobj instance: run every tick through :meth:`tick`, and call
     :meth:`install` once to see its incoming messages first."""
 
     def __init__(
@@ -76,23 +77,51 @@ class PreVote:
 
     # ------------------------------------------------------------------ asking
 
-    def before_tick(self) -> None:
-        """Run a pre-vote round instead of the campaign pysyncobj would start at this tick."""
+    def tick(self, do_tick: Callable[[], None]) -> None:
+        """Run pysyncobj's tick (``do_tick``), letting it campaign only where this allows.
+
+        pysyncobj campaigns inside its tick when its election deadline has passed by the clock it
+        reads there. Checking the deadline here first is not enough: it can pass between that check
+        and pysyncobj's (a descheduled process on a busy machine), and pysyncobj would campaign
+        without a pre-vote. So unless a campaign is allowed now, pysyncobj's deadline is hidden
+        (infinite) for the length of its tick and put back afterwards."""
+        if self._campaign_allowed():
+            do_tick()
+            return
+        sync = self._sync
+        deadline = sync._SyncObj__raftElectionDeadline
+        sync._SyncObj__raftElectionDeadline = math.inf
+        try:
+            do_tick()
+        finally:
+            if sync._SyncObj__raftElectionDeadline == math.inf:  # pysyncobj did not set a new one
+                sync._SyncObj__raftElectionDeadline = deadline
+
+    def _campaign_allowed(self) -> bool:
+        """Whether pysyncobj may campaign at this tick; when the deadline passed and no exception
+        applies, starts a pre-vote round instead (False)."""
         sync = self._sync
         if sync._SyncObj__selfNode is None or sync._isLeader() or not sync._SyncObj__otherNodes:
             self._round_term, self._won = None, False
-            return
+            return True  # nothing to guard: a leader, a learner, a lone voter
+        if sync._SyncObj__transferInProgress:
+            return True  # TimeoutNow: the leader asked this server to campaign at once
         now = monotonic()
-        if sync._SyncObj__raftElectionDeadline >= now or sync._SyncObj__transferInProgress:
-            return
+        if sync._SyncObj__raftElectionDeadline >= now:
+            return False
         if self._won:
             self._won = False  # this tick, pysyncobj campaigns
-            return
+            return True
         if now - self._stale_leader_at < 2 * self._election_max_s:
             log.info("raft_pre_vote_skipped", reason="a leader at a lower term than ours is sending appends")
-            return
+            return True
         if not sync._SyncObj__connectedToAnyone():
-            return  # pysyncobj would not campaign either
+            return False  # pysyncobj would not campaign either
+        self._start_round(now)
+        return False
+
+    def _start_round(self, now: float) -> None:
+        sync = self._sync
         sync._SyncObj__raftElectionDeadline = now + sync._SyncObj__generateRaftTimeout()
         if sync._SyncObj__raftLeader is not None:
             # As a campaign would: this server no longer believes in a leader it cannot hear, so
@@ -122,6 +151,9 @@ class PreVote:
             if term >= self._sync.raftCurrentTerm:
                 self._leader_heard_at = monotonic()
                 self._won = False  # a leader is back: a round won earlier no longer counts
+                # and so is a leader at our term: a lower-term one heard before (a start-up race,
+                # a deposed leader's last appends) no longer excuses a campaign without a pre-vote
+                self._stale_leader_at = float("-inf")
             else:
                 self._stale_leader_at = monotonic()
             return False

@@ -317,8 +317,9 @@ class RaftNode:  # implements consensus.Consensus
         self._postpone_election_after_a_stall()
         try:
             if self._pre_vote is not None:
-                self._pre_vote.before_tick()
-            self._sync.doTick(0)
+                self._pre_vote.tick(self._do_tick)
+            else:
+                self._do_tick()
             if self._config.raft.pipeline_appends and self._sync._isLeader():
                 self._announce_progress()
         except Exception:  # pysyncobj's own thread logged and carried on; so do we
@@ -330,6 +331,9 @@ class RaftNode:  # implements consensus.Consensus
             self._release_held(self._journal.appended_size)
         else:
             self._pipeline_sync()
+
+    def _do_tick(self) -> None:
+        self._sync.doTick(0)
 
     def _postpone_election_after_a_stall(self) -> None:
         """A server that did not run for longer than the shortest election timeout (SIGSTOP, a
@@ -345,14 +349,15 @@ class RaftNode:  # implements consensus.Consensus
         if gap <= self._config.raft.election_min_s:
             return
         sync = self._sync
-        if ticked:
-            metrics.LOOP_STALLS.inc()
-            if sync._isLeader():  # its followers heard nothing for as long and may have campaigned
-                log.warning("raft_leader_loop_stalled", stalled_s=round(gap, 3))
-        if sync._SyncObj__raftElectionDeadline < now and not sync._isLeader():
+        postpone = sync._SyncObj__raftElectionDeadline < now and not sync._isLeader()
+        if postpone:
             sync._SyncObj__raftElectionDeadline = now + sync._SyncObj__generateRaftTimeout()
             self.election_postponements += 1
-            log.info("raft_election_postponed_after_stall", stalled_s=round(gap, 3))
+        if ticked:  # the gap before the first tick is start-up
+            # A leader's followers heard nothing for as long and may have campaigned (a leader
+            # resumed reads their higher term before this tick and is already a follower here).
+            metrics.LOOP_STALLS.inc()
+            log.warning("raft_loop_stalled", stalled_s=round(gap, 3), election_postponed=postpone)
 
     def _announce_progress(self) -> None:
         """One append round per tick in which the log grew or the commit index moved.

@@ -12,8 +12,6 @@ Needs root and iproute2: skipped otherwise, saying why.
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,11 +43,13 @@ pytestmark = [
 ]
 
 
-@contextlib.contextmanager
-def _cluster_in_namespaces() -> Iterator[tuple[LocalCluster, ShapedNet]]:
-    with tempfile.TemporaryDirectory(prefix="partitions-") as tmp, ShapedNet(3, tag="p") as net:
+@pytest.fixture
+def partitioned(tmp_path: Path) -> Iterator[tuple[LocalCluster, ShapedNet]]:
+    """Three servers, each in a namespace of its own. A fixture, not a context manager in the
+    test, so that a failing test's report still has the servers' logs (they stop after it)."""
+    with ShapedNet(3, tag="p") as net:
         placement = lambda i: (net.address(i - 1), net.exec_prefix(i - 1))  # noqa: E731
-        with started_cluster(Path(tmp), 3, placement=placement) as cluster:
+        with started_cluster(tmp_path, 3, placement=placement) as cluster:
             try:
                 yield cluster, net
             finally:
@@ -107,39 +107,41 @@ def _hold_cut_and_heal(cluster: LocalCluster, net: ShapedNet, cut_off: str, cut_
     assert_no_election(nodes, term, stalls, f"{cut_off} cut from {cut_from}, then healed")
 
 
-def test_a_follower_cut_from_the_leader_only_does_not_depose_it() -> None:
-    with _cluster_in_namespaces() as (cluster, net):
-        leader_id = cluster.wait_for_leader()
-        cut_off = followers(cluster, leader_id)[0].id
-        _hold_cut_and_heal(cluster, net, cut_off, [leader_id])
+def test_a_follower_cut_from_the_leader_only_does_not_depose_it(partitioned: tuple[LocalCluster, ShapedNet]) -> None:
+    cluster, net = partitioned
+    leader_id = cluster.wait_for_leader()
+    cut_off = followers(cluster, leader_id)[0].id
+    _hold_cut_and_heal(cluster, net, cut_off, [leader_id])
 
 
-def test_an_isolated_follower_rejoins_without_an_election() -> None:
-    with _cluster_in_namespaces() as (cluster, net):
-        leader_id = cluster.wait_for_leader()
-        cut_off = followers(cluster, leader_id)[0].id
-        _hold_cut_and_heal(cluster, net, cut_off, [n for n in cluster.nodes if n != cut_off])
+def test_an_isolated_follower_rejoins_without_an_election(partitioned: tuple[LocalCluster, ShapedNet]) -> None:
+    cluster, net = partitioned
+    leader_id = cluster.wait_for_leader()
+    cut_off = followers(cluster, leader_id)[0].id
+    _hold_cut_and_heal(cluster, net, cut_off, [n for n in cluster.nodes if n != cut_off])
 
 
-def test_a_write_waiting_on_a_cut_off_leader_is_answered_when_it_steps_down() -> None:
+def test_a_write_waiting_on_a_cut_off_leader_is_answered_when_it_steps_down(
+    partitioned: tuple[LocalCluster, ShapedNet],
+) -> None:
     """A leader cut off from its majority steps down after leader_fallback_s; a write it had appended
     is then answered "the leader changed" (unknown outcome: retry with the same request id) at once,
     instead of when the commit backstop fires (commit_timeout_s) or the client gives up."""
-    with _cluster_in_namespaces() as (cluster, net):
-        leader_id = cluster.wait_for_leader()
-        leader = cluster.nodes[leader_id]
-        for other in cluster.nodes:
-            if other != leader_id:
-                net.cut(_index(leader_id), _index(other))
-        host, port = cluster.nodes[followers(cluster, leader_id)[0].id].raft_address.rsplit(":", 1)
-        assert not net.can_connect(_index(leader_id), host, int(port), timeout=1.0), "the cut did not take"
-        with channel(leader.client_address) as ch, pytest.raises(grpc.RpcError) as caught:
-            kv_stub(ch).Put(kv_pb2.PutRequest(key="partitions/cut-leader", value=b"x", request_id="cut-1"), timeout=60)
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
-        assert "the leader changed" in (caught.value.details() or ""), caught.value.details()
-        net.heal()
-        with cluster.client() as client:
-            # The same request id, retried: applied at most once, whichever way the first one went.
-            first = client.put("partitions/cut-leader", b"x", request_id="cut-1")
-            again = client.put("partitions/cut-leader", b"x", request_id="cut-1")
-            assert first.revision == again.revision
+    cluster, net = partitioned
+    leader_id = cluster.wait_for_leader()
+    leader = cluster.nodes[leader_id]
+    for other in cluster.nodes:
+        if other != leader_id:
+            net.cut(_index(leader_id), _index(other))
+    host, port = cluster.nodes[followers(cluster, leader_id)[0].id].raft_address.rsplit(":", 1)
+    assert not net.can_connect(_index(leader_id), host, int(port), timeout=1.0), "the cut did not take"
+    with channel(leader.client_address) as ch, pytest.raises(grpc.RpcError) as caught:
+        kv_stub(ch).Put(kv_pb2.PutRequest(key="partitions/cut-leader", value=b"x", request_id="cut-1"), timeout=60)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    assert "the leader changed" in (caught.value.details() or ""), caught.value.details()
+    net.heal()
+    with cluster.client() as client:
+        # The same request id, retried: applied at most once, whichever way the first one went.
+        first = client.put("partitions/cut-leader", b"x", request_id="cut-1")
+        again = client.put("partitions/cut-leader", b"x", request_id="cut-1")
+        assert first.revision == again.revision
