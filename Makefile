@@ -53,7 +53,7 @@ test-fast: $(STAMP)
 test-browser: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m browser -s
 
-## soak: the long runs excluded from make test (about 3 minutes on a quiet machine)
+## soak: the long runs excluded from make test (about 7 minutes on a quiet machine)
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak
 
