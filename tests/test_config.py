@@ -163,3 +163,10 @@ def test_one_peer_list_serves_every_server() -> None:
         own = {"node_id": f"n{node}", "raft_address": f"127.0.0.1:720{node}", "client_address": f"127.0.0.1:710{node}"}
         config = load_config(None, {**BASE, **own, "peers": shared}, TLS_ENV)
         assert [peer.id for peer in config.peers] == [f"n{i}" for i in (1, 2, 3) if i != node]
+
+
+def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for() -> None:
+    assert load_config(None, {**BASE, **TLS_SETTINGS}, {}).event_loop == "uvloop"
+    assert load_config(None, {**BASE, **TLS_SETTINGS}, {"CP_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="event_loop must be 'uvloop' or 'asyncio', not 'tokio'"):
+        load_config(None, {**BASE, **TLS_SETTINGS, "event_loop": "tokio"}, {})

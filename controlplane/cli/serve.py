@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Annotated
@@ -112,6 +111,7 @@ def serve(
         "log_level": log_level,
         "join": join or None,
     }
+    from controlplane.server.app import run_on_loop
     from controlplane.server.app import serve as run_server
     from controlplane.server.bootstrap import serve_via_gateway
     from controlplane.server.own_membership import stop_reason
@@ -123,11 +123,11 @@ def serve(
             _force_new_cluster(server_config, gateways, yes)
         if gateways:
             token = os.environ.get(gateway_token_env) or None
-            asyncio.run(serve_via_gateway(server_config, gateways, expect=bootstrap_expect, token=token))
+            run_on_loop(server_config, serve_via_gateway(server_config, gateways, expect=bootstrap_expect, token=token))
         elif bootstrap_expect is not None:
             raise ConfigError("--bootstrap-expect needs --gateway (the gateways carry the votes)")
         else:
-            asyncio.run(run_server(server_config))
+            run_on_loop(server_config, run_server(server_config))
     except ConfigError as exc:
         fail(f"cannot start: {exc}", code=EXIT_USAGE)
     reason = stop_reason()

@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 import structlog
@@ -78,6 +80,22 @@ def check_bindable(address: str, what: str) -> None:
             probe.bind((host, port))
         except OSError as exc:
             raise ConfigError(f"{what} {address} cannot be bound: {exc.strerror}") from None
+
+
+def run_on_loop(config: ServerConfig, main: Coroutine[Any, Any, None]) -> None:
+    """Run the server's ``main`` to completion on the event loop ``config.event_loop`` names."""
+    if config.event_loop == "asyncio":
+        asyncio.run(main)
+        return
+    try:
+        import uvloop
+    except ImportError:
+        main.close()
+        raise ConfigError(
+            'event_loop = "uvloop" but uvloop is not installed on this platform: install it, or set '
+            'event_loop = "asyncio" (CP_EVENT_LOOP=asyncio)'
+        ) from None
+    uvloop.run(main)
 
 
 async def serve(config: ServerConfig) -> None:
@@ -167,6 +185,7 @@ async def serve(config: ServerConfig) -> None:
         data_dir=str(config.data_dir),
         insecure_dev=config.insecure_dev,
         durability=config.durability,
+        event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     if config.durability != "fsync":
         log.warning(

@@ -56,6 +56,8 @@ from controlplane.v1 import command_pb2, raft_peer_pb2
 log = structlog.get_logger("controlplane.peer")
 
 PROTOCOL_VERSION = 1
+# After a failed accept (out of file descriptors), before the next one.
+ACCEPT_RETRY_S = 0.1
 # Connections accepted but not yet authenticated (TLS handshake and Hello), at most.
 MAX_UNAUTHENTICATED_CONNECTIONS = 64
 # No term or index near the top of uint64: pysyncobj's term + 1 must stay representable, and no
@@ -166,7 +168,6 @@ class PeerTransport(Transport):  # type: ignore[misc]
         self._tasks: set[asyncio.Task[None]] = set()
         self._call_ids = itertools.count(1)
         self._destroyed = False
-        self._server: asyncio.AbstractServer | None = None
         self._unauthenticated = 0
         self._listener: socket.socket | None = None
         for node in other_nodes:
@@ -220,9 +221,7 @@ class PeerTransport(Transport):  # type: ignore[misc]
         for link in list(self._links.values()):
             link.close()
         self._links.clear()
-        if self._server is not None:
-            self._server.close()
-        elif self._listener is not None:
+        if self._listener is not None:
             self._listener.close()
         for task in self._tasks:
             task.cancel()
@@ -301,14 +300,32 @@ class PeerTransport(Transport):  # type: ignore[misc]
             listener.close()
             raise
         self._listener = listener
-        self._spawn(self._start_server(listener))
+        self._spawn(self._accept_loop(listener))
 
-    async def _start_server(self, listener: socket.socket) -> None:
-        # TLS starts in _accept, after the cap on connections not yet authenticated is checked: the
-        # handshakes run on the loop that ticks Raft, so a flood of them must not go unbounded.
-        self._server = await asyncio.start_server(self._accept, sock=listener, limit=1 << 16)
-        if self._destroyed:
-            self._server.close()
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept peers. TLS starts after the cap on connections not yet authenticated is checked
+        (the handshakes run on the loop that ticks Raft, so a flood of them must not go unbounded),
+        and on the accepted socket itself: upgrading a stream that is already reading
+        (``StreamWriter.start_tls``) loses whatever the peer sent first, its TLS ClientHello, when
+        that arrives before the upgrade (a race with asyncio's loop, every time with uvloop's)."""
+        while not self._destroyed:
+            try:
+                conn, peer = await self._loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, say: log, back off, keep listening
+                if self._destroyed:
+                    return
+                log.warning("peer_accept_failed", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            if self._destroyed:
+                conn.close()
+                return
+            if self._unauthenticated >= MAX_UNAUTHENTICATED_CONNECTIONS:
+                log.warning("peer_refused", peer=peer, reason="too many connections still authenticating")
+                conn.close()
+                continue
+            self._unauthenticated += 1
+            self._spawn(self._accept(conn, peer))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -361,23 +378,24 @@ class PeerTransport(Transport):  # type: ignore[misc]
             return
         self._attach(node, _Link(reader, writer, peer_id, address), learner=False)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        if self._unauthenticated >= MAX_UNAUTHENTICATED_CONNECTIONS:
-            log.warning("peer_refused", peer=peer, reason="too many connections still authenticating")
-            writer.close()
-            return
-        self._unauthenticated += 1
+    async def _accept(self, conn: socket.socket, peer: object) -> None:
         try:
-            await self._handshake(peer, reader, writer)
+            await self._handshake(peer, conn)
         finally:
             self._unauthenticated -= 1
 
-    async def _handshake(self, peer: object, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handshake(self, peer: object, conn: socket.socket) -> None:
+        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self._settings.handshake_timeout_s):
-                if self._settings.server_tls is not None:
-                    await writer.start_tls(self._settings.server_tls)
+                reader = asyncio.StreamReader(limit=1 << 16)
+                protocol = asyncio.StreamReaderProtocol(reader)
+                tls = self._settings.server_tls
+                handshake_timeout = {"ssl_handshake_timeout": self._settings.handshake_timeout_s} if tls else {}
+                transport, _ = await self._loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=tls, **handshake_timeout
+                )
+                writer = asyncio.StreamWriter(transport, protocol, reader, self._loop)
                 hello = await self._read_hello(reader)
             peer_id = self._check_identity(writer, hello, expected_address=None)
             if hello.learner:
@@ -390,11 +408,11 @@ class PeerTransport(Transport):  # type: ignore[misc]
             self._write_hello(writer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             log.info("peer_handshake_failed", peer=peer, error=str(exc) or type(exc).__name__)
-            writer.close()
+            _close(writer, conn)
             return
         except _Refused as exc:
             log.warning("peer_refused", peer=peer, reason=str(exc))
-            writer.close()
+            _close(writer, conn)
             return
         if self._destroyed:
             writer.close()
@@ -519,6 +537,14 @@ class PeerTransport(Transport):  # type: ignore[misc]
         if self._codec is None:
             self._codec = RaftCodec.for_syncobj(self._sync)
         return self._codec
+
+
+def _close(writer: asyncio.StreamWriter | None, conn: socket.socket) -> None:
+    """Close an accepted connection, through its stream once it has one."""
+    if writer is not None:
+        writer.close()
+    else:
+        conn.close()
 
 
 def _keep_alive(writer: asyncio.StreamWriter) -> None:
