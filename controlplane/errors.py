@@ -136,9 +136,22 @@ class OutOfRange(ControlPlaneError):
 
 
 class Unavailable(ControlPlaneError):
-    """The cluster could not take the request now; it was not applied. Safe to retry."""
+    """The cluster could not take the request now; it was not applied. Safe to retry.
+
+    ``leader_address``, when set, is the client address of the leader the answering server knows
+    now (it learned of a new leader while this call was on its way to the old one): retry there.
+    """
 
     code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str, leader_address: str = "") -> None:
+        super().__init__(message)
+        self.leader_address = leader_address
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if not self.leader_address:
+            return super().metadata()
+        return (*super().metadata(), (LEADER_ADDRESS_KEY, self.leader_address))
 
 
 class NoLeader(Unavailable):
@@ -229,7 +242,7 @@ def error_from_status(code: grpc.StatusCode, details: str, metadata: dict[str, s
             oldest = 0
         return OutOfRange(details, oldest)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return _UNAVAILABLE_KINDS.get(kind, Unavailable)(details)
+        return _UNAVAILABLE_KINDS.get(kind, Unavailable)(details, metadata.get(LEADER_ADDRESS_KEY, ""))
     return _BY_STATUS.get(code, Internal)(details or code.name)
 
 

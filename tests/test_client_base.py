@@ -142,6 +142,29 @@ def test_not_leader_redirects_the_next_attempt_at_once() -> None:
     assert call.target() == "a:1"
 
 
+def test_an_unknown_outcome_naming_a_new_leader_is_retried_there_at_once() -> None:
+    """A follower whose forward went to a leader that was then deposed (frozen, cut off) answers
+    with the new leader's address: the retry goes there, with no backoff and without rotating
+    through the other endpoints (one of which may be the frozen leader)."""
+    router = _base.Router(("follower:1", "frozen:2", "other:3"), make_policy())
+    call = attempts(router)
+    assert call.target() == "follower:1"
+    assert call.failed("follower:1", errors.UnknownOutcome("the leader lost the leadership", "new:3")) == 0.0
+    assert call.target() == "new:3"
+    assert router.leader == "new:3"
+
+
+def test_an_unknown_outcome_crosses_the_wire_with_its_leader_hint() -> None:
+    sent = errors.UnknownOutcome("the leader lost the leadership", leader_address="10.0.0.3:7100")
+    received = errors.error_from_status(sent.code, sent.message, dict(sent.metadata()))
+    assert type(received) is errors.UnknownOutcome
+    assert (received.message, received.leader_address) == (sent.message, "10.0.0.3:7100")
+    # Without a hint nothing extra is sent, and nothing is made up on arrival.
+    bare = errors.NoLeader("election running")
+    assert dict(bare.metadata()) == {errors.ERROR_KIND_KEY: "NoLeader"}
+    assert errors.error_from_status(bare.code, bare.message, dict(bare.metadata())).leader_address == ""  # type: ignore[attr-defined]
+
+
 def test_unknown_outcome_can_be_declared_not_retryable() -> None:
     call = _base.Attempts(
         _base.Router(("a:1",), make_policy()), make_policy(), timeout=5, write=True, retry_unknown=False
@@ -149,6 +172,8 @@ def test_unknown_outcome_can_be_declared_not_retryable() -> None:
     call.target()
     with pytest.raises(errors.UnknownOutcome):
         call.failed("a:1", errors.UnknownOutcome("maybe"))
+    with pytest.raises(errors.UnknownOutcome):  # a leader hint does not make it retryable
+        call.failed("a:1", errors.UnknownOutcome("maybe", "leader:9"))
     assert call.failed("a:1", errors.NoLeader("election")) >= 0.0
 
 

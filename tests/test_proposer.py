@@ -116,6 +116,7 @@ async def test_a_write_forwarded_to_a_deposed_leader_is_abandoned_when_another_l
     wait out its timeout once this follower knows another leader (issue 13's 6 s gap)."""
     leader = _Leader()
     current = {"address": "127.0.0.1:1"}
+    clients = {"127.0.0.1:1": "127.0.0.1:7101", "127.0.0.1:2": "127.0.0.1:7102"}
     proposer = Proposer(
         "n2",
         _Follower(),  # type: ignore[arg-type]
@@ -124,14 +125,16 @@ async def test_a_write_forwarded_to_a_deposed_leader_is_abandoned_when_another_l
         max_batch_commands=1000,
         max_batch_bytes=1 << 20,
         commit_timeout_s=30.0,
+        leader_client_address=lambda: clients[current["address"]],
     )
     write = asyncio.ensure_future(proposer.propose(command_pb2.Command(request_id="w-1")))
     await _settle()
     assert len(leader.batches) == 1, "forwarded to the leader, which never answers"
 
     current["address"] = "127.0.0.1:2"  # an election elsewhere: this follower now follows n3
-    with pytest.raises(UnknownOutcome, match=r"lost the leadership .*now: 127\.0\.0\.1:2.*same request id"):
+    with pytest.raises(UnknownOutcome, match=r"lost the leadership .*now: 127\.0\.0\.1:2.*same request id") as lost:
         await asyncio.wait_for(write, timeout=FORWARD_TIMEOUT_S * 10)
+    assert lost.value.leader_address == "127.0.0.1:7102", "the client is told where the new leader takes writes"
 
     # The slot was released: the next write goes to the new leader.
     again = asyncio.ensure_future(proposer.propose(command_pb2.Command(request_id="w-1")))

@@ -240,10 +240,15 @@ class Attempts:
         Returns the delay before the next attempt, or raises the exception the caller gets: the
         error itself when it is the cluster's answer, ``DeadlineExceeded`` when no time is left.
         """
-        if isinstance(error, errors.NotLeader) and error.leader_address:
-            self._router.learn_leader(error.leader_address, authoritative=True)
-            self._redirect = error.leader_address
-            if not self._redirected and error.leader_address != address:
+        hint = _leader_hint(error, address)
+        if hint and isinstance(error, errors.Unavailable) and not self._retryable(error):
+            raise error  # an unknown outcome the caller asked not to retry: the hint changes nothing
+        if hint:
+            # NotLeader names the leader; so does a server that learned of a new leader while this
+            # call was on its way to the old one (Unavailable, UnknownOutcome): go there next.
+            self._router.learn_leader(hint, authoritative=True)
+            self._redirect = hint
+            if not self._redirected:
                 # The first redirect is followed at once: the server named who can answer.
                 # Later ones back off, so two nodes that disagree about the leader cannot make
                 # us spin.
@@ -281,6 +286,13 @@ class Attempts:
         expired = errors.DeadlineExceeded(message)
         expired.__cause__ = last if last is not None else error
         return expired
+
+
+def _leader_hint(error: errors.ControlPlaneError, address: str) -> str:
+    """The leader address ``error`` names, unless it names the server that answered."""
+    if isinstance(error, (errors.NotLeader, errors.Unavailable)) and error.leader_address != address:
+        return error.leader_address
+    return ""
 
 
 # The one RpcError -> typed exception conversion, shared with the servers.

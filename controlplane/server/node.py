@@ -184,6 +184,7 @@ class Node:
             node_id=self.node_id,
             raft=self.raft,
             leader_address=self.raft.leader_address,
+            leader_client_address=self._leader_client_address,
             forward=self.raft.propose,
             max_batch_commands=self.config.max_batch_commands,
             max_batch_bytes=self.config.max_batch_bytes,

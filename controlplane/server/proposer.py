@@ -62,10 +62,12 @@ class Proposer:
         max_batch_bytes: int,
         commit_timeout_s: float,
         max_in_flight: int = 2,
+        leader_client_address: Callable[[], str] = lambda: "",
     ) -> None:
         self._node_id = node_id
         self._raft = raft
-        self._leader_address = leader_address
+        self._leader_address = leader_address  # its Raft address, where forwards go
+        self._leader_client_address = leader_client_address  # where its clients should go
         self._forward = forward
         self._max_commands = max_batch_commands
         self._max_bytes = max_batch_bytes
@@ -311,7 +313,9 @@ class Proposer:
                 batch,
                 UnknownOutcome(
                     f"the leader {leader} lost the leadership (now: {now}) while this write was forwarded to it; "
-                    "it may have been applied: retry with the same request id"
+                    "it may have been applied: retry with the same request id",
+                    # The client retries at the new leader at once, rather than here or elsewhere.
+                    leader_address=self._leader_client_address(),
                 ),
             )
             return
