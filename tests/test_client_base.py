@@ -165,6 +165,36 @@ def test_an_unknown_outcome_crosses_the_wire_with_its_leader_hint() -> None:
     assert errors.error_from_status(bare.code, bare.message, dict(bare.metadata())).leader_address == ""  # type: ignore[attr-defined]
 
 
+def test_only_a_write_asks_who_leads_and_only_if_someone_else_can_answer() -> None:
+    router = _base.Router(("a:1", "b:2"), make_policy())
+    router.learn_leader("a:1")
+    write = attempts(router)
+    assert write.leader_check_after("a:1") == 1.0
+    assert write.leader_check_after("b:2") == 1.0  # a new client's first endpoint may be the frozen one
+    read = _base.Attempts(router, make_policy(), timeout=5, write=False)
+    assert read.leader_check_after("a:1") == 0.0
+    alone = _base.Router(("a:1",), make_policy())
+    alone.learn_leader("a:1")
+    assert attempts(alone).leader_check_after("a:1") == 0.0  # nobody else to ask
+    never = make_policy(leader_check_after=0.0)
+    assert attempts(router, policy=never).leader_check_after("a:1") == 0.0
+
+
+def test_a_leader_named_elsewhere_moves_the_write_there_and_distrusts_the_old_one() -> None:
+    router = _base.Router(("a:1", "b:2", "c:3"), make_policy())
+    router.learn_leader("a:1")
+    call = attempts(router)
+    assert call.target() == "a:1"
+    assert call.leader_moved("a:1", "b:2", "a:1") is None  # the same leader: only slow, keep waiting
+    assert call.leader_moved("a:1", "b:2", "") is None  # nobody knows yet: keep waiting, ask again
+    moved = call.leader_moved("a:1", "b:2", "c:3")
+    assert moved is not None and moved.leader_address == "c:3"
+    assert call.failed("a:1", moved) == 0.0
+    assert call.target() == "c:3"
+    router.learn_leader("a:1")  # a lagging server's header still names the deposed leader
+    assert router.leader == "c:3"
+
+
 def test_unknown_outcome_can_be_declared_not_retryable() -> None:
     call = _base.Attempts(
         _base.Router(("a:1",), make_policy()), make_policy(), timeout=5, write=True, retry_unknown=False

@@ -361,10 +361,45 @@ class AsyncClient:
         attempts = self._core.attempts(rpc, timeout, retry_unknown=retry_unknown)
 
         async def once(address: str, remaining: float) -> RespT:
-            response: RespT = await self._method(address, rpc, "unary_unary")(request, timeout=remaining)
-            return response
+            method = self._method(address, rpc, "unary_unary")
+            check_after = attempts.leader_check_after(address)
+            if not check_after:
+                response: RespT = await method(request, timeout=remaining)
+                return response
+            call = method(request, timeout=remaining)
+            waiter: asyncio.Future[RespT] = asyncio.ensure_future(call)
+            wait = check_after
+            try:
+                while True:
+                    done, _ = await asyncio.wait({waiter}, timeout=wait)
+                    if done:
+                        return waiter.result()
+                    moved, named = await self._ask_who_leads(address, attempts)
+                    if moved is not None:
+                        raise moved
+                    if named:  # the same leader, only slow: wait for it
+                        return await waiter
+                    wait = attempts.leader_recheck()  # nobody knows a leader yet: ask again soon
+            finally:
+                if not waiter.done():
+                    call.cancel()
+                    waiter.cancel()
 
         return await self._retry(attempts, once)
+
+    async def _ask_who_leads(self, address: str, attempts: _base.Attempts) -> tuple[errors.UnknownOutcome | None, str]:
+        """Ask the other endpoints, in turn, who leads while ``address`` does not answer: (the error
+        to retry elsewhere with, or None; the leader the first one that answered named)."""
+        for other in attempts.others(address):
+            try:
+                status = await self._method(other, _base.STATUS, "unary_unary")(
+                    cluster_pb2.StatusRequest(), timeout=min(attempts.leader_recheck(), attempts.remaining())
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            named = _base.leader_address_of(status)
+            return attempts.leader_moved(address, other, named), named
+        return None, ""
 
     async def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], Awaitable[T]]) -> T:
         while True:
@@ -374,6 +409,8 @@ class AsyncClient:
             except grpc.aio.AioRpcError as exc:
                 self._core.check_open()
                 await asyncio.sleep(attempts.failed(address, _base.error_from_rpc(exc)))
+            except errors.UnknownOutcome as exc:  # the leader was deposed while the attempt waited
+                await asyncio.sleep(attempts.failed(address, exc))
             except asyncio.CancelledError:
                 # close() cancels calls in flight by closing their channel; that is not a
                 # cancellation of the caller's task, so report it as what it is.

@@ -101,6 +101,14 @@ class RetryPolicy:
     #: process or VM, a partition) answers nothing; after this the attempt is abandoned and the
     #: call retried elsewhere. Writes keep their request id, so the retry cannot apply twice.
     attempt_timeout: float = 3.0
+    #: A write not answered after this long asks another server who leads (Status, local and
+    #: cheap), then every ``leader_recheck`` seconds while that server knows no leader. If it names
+    #: a leader other than the server the attempt waits on, that one was deposed (frozen, cut off)
+    #: or is a follower: the write is retried at the leader with the same request id instead of
+    #: waiting out ``attempt_timeout``. If it names the same one, the leader is only slow and the
+    #: attempt keeps waiting. 0: never ask.
+    leader_check_after: float = 1.0
+    leader_recheck: float = 0.5
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def backoff(self, retry: int) -> float:
@@ -234,6 +242,34 @@ class Attempts:
     def succeeded(self, address: str, leader_address: str) -> None:
         self._router.succeeded(address, leader_address)
 
+    def leader_check_after(self, address: str) -> float:
+        """Seconds after which an attempt at ``address`` asks another server who leads; 0: it never
+        does (only a write asks, when someone else can answer and the attempt may outlast the wait).
+        The server waited on need not be the known leader: a new client's first endpoint may be a
+        frozen one."""
+        after = self._policy.leader_check_after
+        if not (after and self._write and self._capped):
+            return 0.0
+        return after if after < self.attempt_timeout() and self.others(address) else 0.0
+
+    def leader_recheck(self) -> float:
+        return self._policy.leader_recheck
+
+    def others(self, address: str) -> list[str]:
+        """The endpoints to ask who leads while ``address`` does not answer."""
+        return [endpoint for endpoint in self._router.endpoints if endpoint != address]
+
+    def leader_moved(self, address: str, asked: str, named: str) -> errors.UnknownOutcome | None:
+        """What ``asked`` naming ``named`` as the leader means for the attempt waiting at ``address``:
+        an error to retry the write at the new leader with, or None to keep waiting."""
+        if not named or named == address:
+            return None
+        return errors.UnknownOutcome(
+            f"the leader at {address} did not answer and {asked} now names {named} as the leader; "
+            "the write may have been applied: retrying there with the same request id",
+            leader_address=named,
+        )
+
     def failed(self, address: str, error: errors.ControlPlaneError) -> float:
         """Account for a failed attempt at ``address``.
 
@@ -246,6 +282,8 @@ class Attempts:
         if hint:
             # NotLeader names the leader; so does a server that learned of a new leader while this
             # call was on its way to the old one (Unavailable, UnknownOutcome): go there next.
+            if address == self._router.leader:
+                self._router.failed(address)  # a deposed leader: ignore hints naming it for a while
             self._router.learn_leader(hint, authoritative=True)
             self._redirect = hint
             if not self._redirected:

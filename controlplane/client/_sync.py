@@ -348,10 +348,43 @@ class Client:
         attempts = self._core.attempts(rpc, timeout, retry_unknown=retry_unknown)
 
         def once(address: str, remaining: float) -> RespT:
-            response: RespT = self._method(address, rpc, "unary_unary")(request, timeout=remaining)
-            return response
+            method = self._method(address, rpc, "unary_unary")
+            check_after = attempts.leader_check_after(address)
+            if not check_after:
+                response: RespT = method(request, timeout=remaining)
+                return response
+            call = method.future(request, timeout=remaining)
+            wait = check_after
+            while True:
+                try:
+                    answered: RespT = call.result(timeout=wait)
+                    return answered
+                except grpc.FutureTimeoutError:
+                    pass
+                moved, named = self._ask_who_leads(address, attempts)
+                if moved is not None:
+                    call.cancel()
+                    raise moved
+                if named:  # the same leader, only slow: wait for it
+                    answered = call.result()
+                    return answered
+                wait = attempts.leader_recheck()  # nobody knows a leader yet: ask again soon
 
         return self._retry(attempts, once)
+
+    def _ask_who_leads(self, address: str, attempts: _base.Attempts) -> tuple[errors.UnknownOutcome | None, str]:
+        """Ask the other endpoints, in turn, who leads while ``address`` does not answer: (the error
+        to retry elsewhere with, or None; the leader the first one that answered named)."""
+        for other in attempts.others(address):
+            try:
+                status = self._method(other, _base.STATUS, "unary_unary")(
+                    cluster_pb2.StatusRequest(), timeout=min(attempts.leader_recheck(), attempts.remaining())
+                )
+            except grpc.RpcError:
+                continue
+            named = _base.leader_address_of(status)
+            return attempts.leader_moved(address, other, named), named
+        return None, ""
 
     def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], T]) -> T:
         while True:
@@ -362,6 +395,8 @@ class Client:
                 if self._core.closed:
                     raise RuntimeError("the client was closed during the call") from exc
                 time.sleep(attempts.failed(address, _base.error_from_rpc(exc)))
+            except errors.UnknownOutcome as exc:  # the leader was deposed while the attempt waited
+                time.sleep(attempts.failed(address, exc))
             else:
                 attempts.succeeded(address, _base.leader_address_of(result))
                 return result

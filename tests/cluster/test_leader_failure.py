@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,10 +11,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from controlplane.client import Client, Consistency, ControlPlaneError
+from controlplane.client import AsyncClient, Client, Consistency, ControlPlaneError, RetryPolicy
 from controlplane.dev import LocalCluster
 
 from .conftest import (
@@ -304,3 +306,54 @@ def test_a_follower_resumed_after_sigstop_does_not_depose_the_leader(cluster: Lo
     campaigns = [e for e in events if e.get("event") == "raft_role_changed" and e.get("new") == "candidate"]
     assert campaigns == [], f"{follower.id} campaigned after SIGCONT"
     assert loop_stalls([follower])[follower.id] > stalls, "the stop was not counted as a loop stall"
+
+
+# An attempt that would outlast the call: without asking who leads, a write to a frozen leader
+# could only end in DeadlineExceeded.
+PATIENT = RetryPolicy(attempt_timeout=60.0)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_write_waiting_on_a_frozen_leader_moves_to_the_new_one(
+    make_cluster: Callable[..., LocalCluster], kind: str
+) -> None:
+    """The client knows the leader and writes to it; the leader freezes (SIGSTOP: it keeps its
+    connections and answers nothing). After RetryPolicy.leader_check_after the client asks another
+    server who leads, learns of the new leader and retries there with the same request id, instead
+    of waiting for its attempt to time out (3 s by default; 60 s here, longer than the call)."""
+    cluster = make_cluster()
+    old_leader = cluster.nodes[cluster.wait_for_leader()]
+    pid = old_leader.pid
+    assert pid is not None
+    options: dict[str, Any] = {"credentials": cluster.credentials, "timeout": 20, "retry_policy": PATIENT}
+
+    if kind == "sync":
+        with Client(cluster.client_addresses, **options) as client:
+            client.put("frozen-write/before", b"1")  # learns the leader from the answer
+            assert client._core.router.leader == old_leader.client_address
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                revision = client.put("frozen-write/during", b"2").revision
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert client._core.router.leader not in ("", old_leader.client_address)
+    else:
+
+        async def write_async() -> int:
+            async with AsyncClient(cluster.client_addresses, **options) as client:
+                await client.put("frozen-write/before", b"1")
+                assert client._core.router.leader == old_leader.client_address
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    written = (await client.put("frozen-write/during", b"2")).revision
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                assert client._core.router.leader not in ("", old_leader.client_address)
+                return written
+
+        revision = asyncio.run(write_async())
+    assert cluster.wait_for_leader() != old_leader.id
+    wait_converged(cluster)
+    with node_client(cluster.nodes[cluster.wait_for_leader()]) as on_new:
+        kv = on_new.get("frozen-write/during")
+    assert kv is not None and (kv.value, kv.mod_revision) == (b"2", revision)
