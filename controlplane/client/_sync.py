@@ -355,20 +355,23 @@ class Client:
                 return response
             call = method.future(request, timeout=remaining)
             wait = check_after
-            while True:
-                try:
-                    answered: RespT = call.result(timeout=wait)
-                    return answered
-                except grpc.FutureTimeoutError:
-                    pass
-                moved, named = self._ask_who_leads(address, attempts)
-                if moved is not None:
+            try:
+                while True:
+                    try:
+                        answered: RespT = call.result(timeout=wait)
+                        return answered
+                    except grpc.FutureTimeoutError:
+                        pass
+                    moved, named = self._ask_who_leads(address, attempts)
+                    if moved is not None:
+                        raise moved
+                    if named:  # the same leader, only slow: wait for it
+                        answered = call.result()
+                        return answered
+                    wait = attempts.leader_recheck()  # nobody knows a leader yet: ask again soon
+            finally:
+                if not call.done():
                     call.cancel()
-                    raise moved
-                if named:  # the same leader, only slow: wait for it
-                    answered = call.result()
-                    return answered
-                wait = attempts.leader_recheck()  # nobody knows a leader yet: ask again soon
 
         return self._retry(attempts, once)
 
