@@ -178,6 +178,11 @@ def test_only_a_write_asks_who_leads_and_only_if_someone_else_can_answer() -> No
     assert attempts(alone).leader_check_after("a:1") == 0.0  # nobody else to ask
     never = make_policy(leader_check_after=0.0)
     assert attempts(router, policy=never).leader_check_after("a:1") == 0.0
+    # A call that must not be retried (transfer_leadership) is not cut short to be retried elsewhere.
+    once = _base.Attempts(router, make_policy(), timeout=5, write=True, retry_unknown=False)
+    assert once.leader_check_after("a:1") == 0.0
+    with pytest.raises(ValueError, match="leader_recheck > 0"):
+        make_policy(leader_recheck=0.0)
 
 
 def test_a_leader_named_elsewhere_moves_the_write_there_and_distrusts_the_old_one() -> None:
@@ -185,9 +190,15 @@ def test_a_leader_named_elsewhere_moves_the_write_there_and_distrusts_the_old_on
     router.learn_leader("a:1")
     call = attempts(router)
     assert call.target() == "a:1"
-    assert call.leader_moved("a:1", "b:2", "a:1") is None  # the same leader: only slow, keep waiting
-    assert call.leader_moved("a:1", "b:2", "") is None  # nobody knows yet: keep waiting, ask again
-    moved = call.leader_moved("a:1", "b:2", "c:3")
+
+    def status(leader: str, has_quorum: bool = True) -> cluster_pb2.StatusResponse:
+        return cluster_pb2.StatusResponse(leader_address=leader, has_quorum=has_quorum)
+
+    assert call.leader_moved("a:1", "b:2", status("a:1")) is None  # the same leader: only slow, keep waiting
+    assert call.leader_moved("a:1", "b:2", status("")) is None  # nobody knows yet: keep waiting, ask again
+    # Cut off from the others, a server may still name the leader it last heard: not believed.
+    assert call.leader_moved("a:1", "b:2", status("c:3", has_quorum=False)) is None
+    moved = call.leader_moved("a:1", "b:2", status("c:3"))
     assert moved is not None and moved.leader_address == "c:3"
     assert call.failed("a:1", moved) == 0.0
     assert call.target() == "c:3"

@@ -375,6 +375,8 @@ class AsyncClient:
                     if done:
                         return waiter.result()
                     moved, named = await self._ask_who_leads(address, attempts)
+                    if waiter.done():  # it answered while we asked: that answer stands
+                        return waiter.result()
                     if moved is not None:
                         raise moved
                     if named:  # the same leader, only slow: wait for it
@@ -397,8 +399,8 @@ class AsyncClient:
                 )
             except grpc.aio.AioRpcError:
                 continue
-            named = _base.leader_address_of(status)
-            return attempts.leader_moved(address, other, named), named
+            named = _base.leader_address_of(status) if status.has_quorum else ""
+            return attempts.leader_moved(address, other, status), named
         return None, ""
 
     async def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], Awaitable[T]]) -> T:

@@ -111,6 +111,10 @@ class RetryPolicy:
     leader_recheck: float = 0.5
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.leader_check_after < 0 or self.leader_recheck <= 0:
+            raise ValueError("leader_check_after must be >= 0 (0: never ask) and leader_recheck > 0")
+
     def backoff(self, retry: int) -> float:
         """Delay before retry number ``retry`` (0-based): uniform in [0, min(max, initial * 2**retry)].
 
@@ -248,7 +252,9 @@ class Attempts:
         The server waited on need not be the known leader: a new client's first endpoint may be a
         frozen one."""
         after = self._policy.leader_check_after
-        if not (after and self._write and self._capped):
+        # A call that must not be retried (transfer_leadership) is not cut short either: moving
+        # it would only turn its answer into UnknownOutcome.
+        if not (after and self._write and self._capped and self._retry_unknown):
             return 0.0
         return after if after < self.attempt_timeout() and self.others(address) else 0.0
 
@@ -259,10 +265,14 @@ class Attempts:
         """The endpoints to ask who leads while ``address`` does not answer."""
         return [endpoint for endpoint in self._router.endpoints if endpoint != address]
 
-    def leader_moved(self, address: str, asked: str, named: str) -> errors.UnknownOutcome | None:
-        """What ``asked`` naming ``named`` as the leader means for the attempt waiting at ``address``:
-        an error to retry the write at the new leader with, or None to keep waiting."""
-        if not named or named == address:
+    def leader_moved(
+        self, address: str, asked: str, status: cluster_pb2.StatusResponse
+    ) -> errors.UnknownOutcome | None:
+        """What ``asked``'s status means for the attempt waiting at ``address``: an error to retry
+        the write at the leader it names, or None to keep waiting. A server without quorum is not
+        believed: cut off from the others, it may still name the leader it last heard."""
+        named = leader_address_of(status)
+        if not status.has_quorum or not named or named == address:
             return None
         return errors.UnknownOutcome(
             f"the leader at {address} did not answer and {asked} now names {named} as the leader; "

@@ -363,6 +363,9 @@ class Client:
                     except grpc.FutureTimeoutError:
                         pass
                     moved, named = self._ask_who_leads(address, attempts)
+                    if call.done():  # it answered while we asked: that answer stands
+                        answered = call.result()
+                        return answered
                     if moved is not None:
                         raise moved
                     if named:  # the same leader, only slow: wait for it
@@ -385,8 +388,8 @@ class Client:
                 )
             except grpc.RpcError:
                 continue
-            named = _base.leader_address_of(status)
-            return attempts.leader_moved(address, other, named), named
+            named = _base.leader_address_of(status) if status.has_quorum else ""
+            return attempts.leader_moved(address, other, status), named
         return None, ""
 
     def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], T]) -> T:

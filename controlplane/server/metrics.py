@@ -34,8 +34,9 @@ PRE_VOTES = Counter(
 )
 LOOP_STALLS = Counter(
     "controlplane_raft_loop_stalls_total",
-    "Times this server's Raft loop did not run for longer than the shortest election timeout (a "
-    "stopped process, a paused VM, an overloaded machine): a leader's followers may have campaigned meanwhile",
+    "Gaps between two Raft ticks longer than the shortest election timeout, once the journal was replayed "
+    "(a stopped process, a paused VM, an overloaded machine, a long step on the loop): a leader's followers "
+    "may have campaigned meanwhile",
 )
 PEER_CONNECTED = Gauge(
     "controlplane_raft_peer_connected",

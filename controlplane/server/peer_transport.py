@@ -414,6 +414,9 @@ class PeerTransport(Transport):  # type: ignore[misc]
             log.warning("peer_refused", peer=peer, reason=str(exc))
             _close(writer, conn)
             return
+        except asyncio.CancelledError:  # the transport is being destroyed
+            _close(writer, conn)
+            raise
         if self._destroyed:
             writer.close()
             return

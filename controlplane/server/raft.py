@@ -170,7 +170,9 @@ class RaftNode:  # implements consensus.Consensus
         self._last_sync_done = 0.0  # loop time the last fdatasync returned
         self._announced = (0, 0)  # (last log index, commit index) of the last append round we sent
         self._last_tick_at = monotonic()
-        self._ticked = False  # the gap before the first tick is start-up (replay), not a stall
+        # Set by _start: a gap in the ticks counts as a stall only once this pysyncobj instance has
+        # ticked and replayed its journal (pysyncobj applies the replay inside its first ticks).
+        self._ticked = False
         self.election_postponements = 0  # _postpone_election_after_a_stall (tests, logs)
         self._journal: DurableJournal
         self._machine = machine
@@ -241,6 +243,7 @@ class RaftNode:  # implements consensus.Consensus
         self._snapshots_installed = 0
         # What the journal says was committed when it was opened: replaying up to it is local work.
         self._opened_commit_index = int(sync.raftCommitIndex)
+        self._ticked = False
         self.log_repairs = _install_log_matching_fix(sync, lambda: self._snapshots_installed)
         self._install_ack_hold(sync)
         self._pre_vote: PreVote | None = None
@@ -345,7 +348,7 @@ class RaftNode:  # implements consensus.Consensus
         now = monotonic()
         gap = now - self._last_tick_at
         self._last_tick_at = now
-        ticked, self._ticked = self._ticked, True
+        ticked, self._ticked = self._ticked, self.replayed()
         if gap <= self._config.raft.election_min_s:
             return
         sync = self._sync
@@ -353,7 +356,7 @@ class RaftNode:  # implements consensus.Consensus
         if postpone:
             sync._SyncObj__raftElectionDeadline = now + sync._SyncObj__generateRaftTimeout()
             self.election_postponements += 1
-        if ticked:  # the gap before the first tick is start-up
+        if ticked:  # not start-up: a tick since the replay, then this gap
             # A leader's followers heard nothing for as long and may have campaigned (a leader
             # resumed reads their higher term before this tick and is already a follower here).
             metrics.LOOP_STALLS.inc()

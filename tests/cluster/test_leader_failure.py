@@ -284,7 +284,7 @@ def test_a_follower_resumed_after_sigstop_does_not_depose_the_leader(cluster: Lo
     follower = next(node for node in running(cluster) if node.id != leader_id)
     assert follower.pid is not None
     log_offset = follower.log_path.stat().st_size
-    stalls = loop_stalls([follower])[follower.id]
+    stalls = loop_stalls(follower)
     os.kill(follower.pid, signal.SIGSTOP)
     try:
         # The fault itself: stopped for several election timeouts (0.4-0.8 s), while the leader writes.
@@ -305,7 +305,7 @@ def test_a_follower_resumed_after_sigstop_does_not_depose_the_leader(cluster: Lo
     assert any(event.get("event") == "raft_loop_stalled" and event.get("election_postponed") for event in events)
     campaigns = [e for e in events if e.get("event") == "raft_role_changed" and e.get("new") == "candidate"]
     assert campaigns == [], f"{follower.id} campaigned after SIGCONT"
-    assert loop_stalls([follower])[follower.id] > stalls, "the stop was not counted as a loop stall"
+    assert loop_stalls(follower) > stalls, "the stop was not counted as a loop stall"
 
 
 # An attempt that would outlast the call: without asking who leads, a write to a frozen leader

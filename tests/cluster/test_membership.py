@@ -33,14 +33,13 @@ from controlplane.state.machine import StateMachine, batch_entry
 from controlplane.v1 import cluster_pb2, command_pb2, common_pb2, kv_pb2, storage_pb2
 
 from .conftest import (
-    assert_no_election,
+    ElectionWatch,
     assert_same_state,
     channel,
     credentials_for,
     followers,
     kv_stub,
     list_all,
-    loop_stalls,
     node_client,
     published_members,
     running,
@@ -196,8 +195,7 @@ def test_a_new_server_is_a_learner_until_caught_up_while_clients_write(
 ) -> None:
     cluster = make_cluster(extra_config=FAST_PROMOTION)
     original = set(cluster.nodes)
-    stalls = loop_stalls(running(cluster))
-    term = status(cluster.leader()).term
+    elections = ElectionWatch.start(cluster.leader())
     with Writer(cluster.client_addresses, "members/join/") as writer:
         writer.wait_for(20)
         with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=20) as client:
@@ -229,7 +227,7 @@ def test_a_new_server_is_a_learner_until_caught_up_while_clients_write(
     assert {key: kv.mod_revision for key, kv in state.items()} == writer.acked
     leader = cluster.nodes[cluster.wait_for_leader()]
     assert {m.id for m in status(leader).members if m.voter} == original | {new.id}
-    assert_no_election(running(cluster), term, stalls, "the promotion disrupted the leader")
+    elections.assert_no_election(running(cluster), "the promotion disrupted the leader")
     assert new.id in published_members(leader)
     revision = wait_converged(cluster)
     assert_same_state(running(cluster), revision, "members/join/")
@@ -346,8 +344,7 @@ def test_add_a_fourth_server_then_remove_another(make_cluster: Callable[..., Loc
         members = client.remove_member(victim.id)
         expected = original - {victim.id} | {new.id}
         assert {m.id for m in members} == expected
-        stalls = loop_stalls(running(cluster))
-        term = status(cluster.nodes[leader]).term
+        elections = ElectionWatch.start(cluster.nodes[leader])
         # The others drop their connections to the removed server: it loses quorum, asks them, learns it
         # was removed and stops itself (exit status 1), without disturbing them.
         after_remove = _write(client, "members/after-remove/", 50)
@@ -360,7 +357,7 @@ def test_add_a_fourth_server_then_remove_another(make_cluster: Callable[..., Loc
     assert {node.id for node in remaining} == expected
     _wait_members(remaining, expected)
     assert victim.id not in published_members(remaining[0])
-    assert_no_election(remaining, term, stalls, "the removed server disrupted the cluster")
+    elections.assert_no_election(remaining, "the removed server disrupted the cluster")
     revision = wait_converged(cluster, remaining)
     state = assert_same_state(remaining, revision, "members/")
     assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after_add, **after_remove}

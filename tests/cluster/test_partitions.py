@@ -23,11 +23,10 @@ from controlplane.dev import LocalCluster
 from controlplane.v1 import kv_pb2
 
 from .conftest import (
-    assert_no_election,
+    ElectionWatch,
     channel,
     followers,
     kv_stub,
-    loop_stalls,
     scrape,
     started_cluster,
     status,
@@ -71,8 +70,8 @@ def _hold_cut_and_heal(cluster: LocalCluster, net: ShapedNet, cut_off: str, cut_
     (:func:`assert_no_election`)."""
     leader_id = cluster.wait_for_leader()
     nodes = list(cluster.nodes.values())
-    stalls = loop_stalls(nodes)
-    term = status(cluster.nodes[leader_id]).term
+    elections = ElectionWatch.start(cluster.nodes[leader_id])
+    term = elections.term
     started, won = _pre_votes(cluster, cut_off, "started"), _pre_votes(cluster, cut_off, "won")
     for other in cut_from:
         net.cut(_index(cut_off), _index(other))
@@ -104,7 +103,7 @@ def _hold_cut_and_heal(cluster: LocalCluster, net: ShapedNet, cut_off: str, cut_
             f"{cut_off} to follow {leader_id} again and catch up",
         )
         client.put(f"partitions/{cut_off}/after", b"x")
-    assert_no_election(nodes, term, stalls, f"{cut_off} cut from {cut_from}, then healed")
+    elections.assert_no_election(nodes, f"{cut_off} cut from {cut_from}, then healed")
 
 
 def test_a_follower_cut_from_the_leader_only_does_not_depose_it(partitioned: tuple[LocalCluster, ShapedNet]) -> None:

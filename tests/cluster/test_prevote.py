@@ -12,7 +12,7 @@ import pytest
 
 from controlplane.dev import LocalCluster
 
-from .conftest import assert_no_election, followers, loop_stalls, status, wait_until
+from .conftest import ElectionWatch, followers, status, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -21,8 +21,7 @@ def test_restarted_followers_do_not_depose_the_leader(make_cluster: object) -> N
     cluster: LocalCluster = make_cluster()  # type: ignore[operator]
     leader_id = cluster.wait_for_leader()
     leader = cluster.nodes[leader_id]
-    stalls = loop_stalls(list(cluster.nodes.values()))
-    term = status(leader).term
+    elections = ElectionWatch.start(leader)
     with cluster.client() as client:
         for round_ in range(4):
             follower = followers(cluster, leader_id)[round_ % 2]
@@ -36,5 +35,5 @@ def test_restarted_followers_do_not_depose_the_leader(make_cluster: object) -> N
                 60,
                 f"{follower.id} to follow {leader_id} again and catch up",
             )
-            assert_no_election(list(cluster.nodes.values()), term, stalls, f"restart {round_ + 1} of {follower.id}")
+            elections.assert_no_election(list(cluster.nodes.values()), f"restart {round_ + 1} of {follower.id}")
         client.put("prevote/after", b"x")
