@@ -399,8 +399,7 @@ class AsyncClient:
                 )
             except grpc.aio.AioRpcError:
                 continue
-            named = _base.leader_address_of(status) if status.has_quorum else ""
-            return attempts.leader_moved(address, other, status), named
+            return attempts.leader_moved(address, other, status), _base.believed_leader(status)
         return None, ""
 
     async def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], Awaitable[T]]) -> T:

@@ -271,8 +271,8 @@ class Attempts:
         """What ``asked``'s status means for the attempt waiting at ``address``: an error to retry
         the write at the leader it names, or None to keep waiting. A server without quorum is not
         believed: cut off from the others, it may still name the leader it last heard."""
-        named = leader_address_of(status)
-        if not status.has_quorum or not named or named == address:
+        named = believed_leader(status)
+        if not named or named == address:
             return None
         return errors.UnknownOutcome(
             f"the leader at {address} did not answer and {asked} now names {named} as the leader; "
@@ -418,6 +418,12 @@ class ClientCore:
     def check_open(self) -> None:
         if self.closed:
             raise RuntimeError("the client is closed")
+
+
+def believed_leader(status: cluster_pb2.StatusResponse) -> str:
+    """The leader a server's status names, if it has quorum; ``""`` otherwise. Cut off from the
+    others, a server may still name the leader it last heard."""
+    return leader_address_of(status) if status.has_quorum else ""
 
 
 def leader_address_of(response: object) -> str:

@@ -388,8 +388,7 @@ class Client:
                 )
             except grpc.RpcError:
                 continue
-            named = _base.leader_address_of(status) if status.has_quorum else ""
-            return attempts.leader_moved(address, other, status), named
+            return attempts.leader_moved(address, other, status), _base.believed_leader(status)
         return None, ""
 
     def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], T]) -> T:

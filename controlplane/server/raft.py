@@ -170,9 +170,6 @@ class RaftNode:  # implements consensus.Consensus
         self._last_sync_done = 0.0  # loop time the last fdatasync returned
         self._announced = (0, 0)  # (last log index, commit index) of the last append round we sent
         self._last_tick_at = monotonic()
-        # Set by _start: a gap in the ticks counts as a stall only once this pysyncobj instance has
-        # ticked and replayed its journal (pysyncobj applies the replay inside its first ticks).
-        self._ticked = False
         self.election_postponements = 0  # _postpone_election_after_a_stall (tests, logs)
         self._journal: DurableJournal
         self._machine = machine
@@ -243,6 +240,8 @@ class RaftNode:  # implements consensus.Consensus
         self._snapshots_installed = 0
         # What the journal says was committed when it was opened: replaying up to it is local work.
         self._opened_commit_index = int(sync.raftCommitIndex)
+        # A gap in the ticks counts as a stall only once this pysyncobj instance has ticked and
+        # replayed its journal (pysyncobj applies the replay inside its first ticks).
         self._ticked = False
         self.log_repairs = _install_log_matching_fix(sync, lambda: self._snapshots_installed)
         self._install_ack_hold(sync)
