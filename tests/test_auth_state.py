@@ -262,3 +262,56 @@ def test_allowed_matches_a_naive_reading(
     table.users = {name: auth_pb2.AuthUser(name=name, roles=roles) for name, roles in user_roles.items()}
     table.roles = {name: auth_pb2.AuthRole(name=name, permissions=perms) for name, perms in role_perms.items()}
     assert allowed(table, caller, need) == _naive_allowed(enabled, role_perms, user_roles, caller, need)
+
+
+def _restore(machine: StateMachine, backup: bytes, include_auth: bool) -> command_pb2.CommandResult:
+    restore = command_pb2.RestoreState(snapshot=backup, include_auth=include_auth)
+    command = command_pb2.Command(request_id=f"restore-{include_auth}", restore_state=restore)
+    return machine.apply_entry(batch_entry(NOW, "n1", [command]))[0]
+
+
+def _backup_with_bob() -> bytes:
+    """A backup holding user bob (kv read on app/), his tokens t1 and t2, and auth disabled."""
+    source = StateMachine()
+    _user_with(source, "bob", "app-reader", _perm("kv", "read", "app/"))
+    _token(source, "t1", "bob", "s1")
+    _token(source, "t2", "bob", "s2")
+    _apply(source, auth_pb2.AuthCommand(set_enabled=False))
+    return source.snapshot()
+
+
+def test_a_restore_leaves_the_auth_state_unless_asked_for_it() -> None:
+    target = StateMachine()
+    _user_with(target, "carol", "ops", _perm("cluster", "admin"))
+    assert not _restore(target, _backup_with_bob(), include_auth=False).HasField("error")
+    assert set(target.auth.users) == {"admin", "carol"}
+    assert target.auth.authenticate("cp1.t1.s1", NOW)[0] == ""
+
+
+def test_a_restore_with_auth_brings_back_users_roles_and_tokens_but_no_revoked_token_nor_auth_off() -> None:
+    backup = _backup_with_bob()
+    target = StateMachine()
+    _token(target, "t2", "admin", "other")  # the same token id, revoked here: it stays revoked
+    _apply(target, auth_pb2.AuthCommand(token_revoke="t2"))
+    _user_with(target, "carol", "ops", _perm("cluster", "admin"))
+    assert not _restore(target, backup, include_auth=True).HasField("error")
+    assert set(target.auth.users) == {"admin", "bob"}  # the backup's users, admin always
+    assert target.auth.enabled, "a restore must never turn auth off"
+    assert target.auth.authenticate("cp1.t1.s1", NOW) == ("bob", "")
+    assert "revoked" in target.auth.authenticate("cp1.t2.s2", NOW)[1]
+    bob = Caller("user", "bob")
+    assert allowed(target.auth, bob, Need("kv", "read", "app/x"))
+    assert not allowed(target.auth, bob, Need("kv", "write", "app/x"))
+    assert allowed(target.auth, Caller("user", "admin"), Need("cluster", "admin"))
+
+
+def test_a_restore_with_a_bad_auth_state_changes_nothing() -> None:
+    snap = command_pb2.StateSnapshot.FromString(_backup_with_bob())
+    snap.auth.users.add(name="eve", roles=["no-such-role"])
+    target = StateMachine()
+    _apply(target, auth_pb2.AuthCommand(user_add="carol"))
+    before, revision = target.auth.to_state(), target.revision
+    result = _restore(target, snap.SerializeToString(), include_auth=True)
+    assert result.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    assert "bad auth state" in result.error.message and "no-such-role" in result.error.message
+    assert (target.auth.to_state(), target.revision) == (before, revision)

@@ -393,17 +393,22 @@ def test_snapshot_sink_rejects_a_damaged_stream_and_leaves_the_old_file(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup"]
 
 
-def test_restore_chunks_announce_size_and_sha_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_restore_chunks_announce_size_sha_and_the_call_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = bytes(range(256)) * (4096 * 2 + 100)  # a little over 2 MiB
     path = tmp_path / "backup"
     path.write_bytes(data)
     size, sha = _base.file_digest(path)
     assert (size, sha) == (len(data), hashlib.sha256(data).hexdigest())
-    chunks = list(_base.restore_chunks(path, size, sha))
+    header = _base.restore_header(path, include_auth=True)
+    chunks = list(_base.restore_chunks(path, header))
     assert [len(c.data) for c in chunks] == [1 << 20, 1 << 20, len(data) - (2 << 20)]
-    assert (chunks[0].total_bytes, chunks[0].sha256) == (size, sha)
-    assert all(not c.sha256 and not c.total_bytes for c in chunks[1:])
+    assert (chunks[0].total_bytes, chunks[0].sha256, chunks[0].include_auth) == (size, sha, True)
+    assert all(not c.sha256 and not c.total_bytes and not c.request_id for c in chunks[1:])
     assert b"".join(c.data for c in chunks) == data
+    # Every attempt of one call carries the same request id; another call has its own.
+    retry = list(_base.restore_chunks(path, header))
+    assert retry[0].request_id == chunks[0].request_id != ""
+    assert _base.restore_header(path, include_auth=True).request_id != header.request_id
     (tmp_path / "empty").write_bytes(b"")
-    empty = list(_base.restore_chunks(tmp_path / "empty", 0, hashlib.sha256(b"").hexdigest()))
-    assert len(empty) == 1 and empty[0].sha256
+    empty = list(_base.restore_chunks(tmp_path / "empty", _base.restore_header(tmp_path / "empty", False)))
+    assert len(empty) == 1 and empty[0].sha256 == hashlib.sha256(b"").hexdigest() and not empty[0].include_auth

@@ -98,3 +98,10 @@ async def test_async_client_snapshot_and_restore(cluster: LocalCluster, tmp_path
         with pytest.raises(OutOfRange) as raised:
             await anext(client.watch(from_revision=1))
         assert 1 < raised.value.oldest_revision <= restored_at + 1
+        # The same backup restored again later is restored again (each call has its own request id;
+        # only a retry of one call is deduplicated).
+        await client.put("snap/k", b"after again")
+        again_at = await client.restore(tmp_path / "backup.bin")
+        assert again_at > restored_at
+        got = await client.get("snap/k")
+        assert got is not None and got.value == b"before"

@@ -269,17 +269,32 @@ def snapshot_restore(
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 60.0,
     yes: YesOption = False,
+    with_auth: Annotated[
+        bool,
+        typer.Option(
+            "--with-auth",
+            help="also bring back the backup's users, roles and tokens (disaster recovery into a new cluster); "
+            "tokens revoked here stay revoked, and auth stays enabled or disabled as it is here",
+        ),
+    ] = False,
 ) -> None:
-    """Replace the cluster's data with the backup in FILE, atomically, through the Raft log."""
+    """Replace the cluster's data with the backup in FILE, atomically, through the Raft log.
+
+    Users, roles and tokens stay this cluster's unless --with-auth is given."""
     if not file.is_file():
         fail(f"{file}: no such backup file", code=EXIT_USAGE)
     with connect(endpoints, timeout) as client:
         current = client.status()
+        replaced = "ALL the state, users, roles and tokens included," if with_auth else "ALL the state"
         confirm(
             yes,
-            f"replace ALL the state of the cluster led by {current.leader_id or '?'} at "
+            f"replace {replaced} of the cluster led by {current.leader_id or '?'} at "
             f"{current.leader_address or '?'} (revision {current.applied_revision}) with {file}? "
             "Every change since that backup is lost",
         )
-        revision = client.restore(file)
-    emit(output, {"revision": revision}, f"restored; the state is at revision {revision}")
+        revision = client.restore(file, include_auth=with_auth)
+    emit(
+        output,
+        {"revision": revision, "auth_restored": with_auth},
+        f"restored{' with its users, roles and tokens' if with_auth else ''}; the state is at revision {revision}",
+    )

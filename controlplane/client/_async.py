@@ -296,20 +296,23 @@ class AsyncClient:
 
         return await self._retry(attempts, once)
 
-    async def restore(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> int:
+    async def restore(
+        self, path: str | os.PathLike[str], *, include_auth: bool = False, timeout: float | None = None
+    ) -> int:
         """Replace the replicated state with the backup at ``path``; returns the revision at which
         the restored state took effect.
 
         The file is hashed first, then streamed in 1 MiB chunks, the first announcing its size and
-        sha256 so the server can refuse a damaged upload. Retried like any write: restoring the same
-        bytes twice leaves the same state.
+        sha256 so the server can refuse a damaged upload. Retried like any write, with one request
+        id, so a retry is applied once. ``include_auth`` also brings back the backup's users, roles
+        and tokens (disaster recovery into a new cluster); tokens this cluster revoked stay revoked.
         """
-        size, sha256 = await asyncio.to_thread(_base.file_digest, path)
+        header = await asyncio.to_thread(_base.restore_header, path, include_auth)
         attempts = self._core.attempts(_base.RESTORE, timeout, capped=False)
 
         async def once(address: str, remaining: float) -> cluster_pb2.RestoreResponse:
             method = self._method(address, _base.RESTORE, "stream_unary")
-            response: cluster_pb2.RestoreResponse = await method(_read_chunks(path, size, sha256), timeout=remaining)
+            response: cluster_pb2.RestoreResponse = await method(_read_chunks(path, header), timeout=remaining)
             return response
 
         return (await self._retry(attempts, once)).revision
@@ -428,10 +431,10 @@ class AsyncClient:
 
 
 async def _read_chunks(
-    path: str | os.PathLike[str], size: int, sha256: str
+    path: str | os.PathLike[str], header: cluster_pb2.SnapshotChunk
 ) -> AsyncIterator[cluster_pb2.SnapshotChunk]:
     """``_base.restore_chunks`` with each file read in a worker thread, off the event loop."""
-    chunks = _base.restore_chunks(path, size, sha256)
+    chunks = _base.restore_chunks(path, header)
     try:
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             yield chunk

@@ -762,16 +762,27 @@ def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
     return size, sha.hexdigest()
 
 
+def restore_header(path: str | os.PathLike[str], include_auth: bool) -> cluster_pb2.SnapshotChunk:
+    """What the first chunk of a Restore announces: size, sha256, whether auth is restored too, and
+    a request id made once per restore call (every retry sends the same)."""
+    size, sha256 = file_digest(path)
+    return cluster_pb2.SnapshotChunk(
+        total_bytes=size, sha256=sha256, include_auth=include_auth, request_id=new_request_id()
+    )
+
+
 def restore_chunks(
-    path: str | os.PathLike[str], size: int, sha256: str
+    path: str | os.PathLike[str], header: cluster_pb2.SnapshotChunk
 ) -> Generator[cluster_pb2.SnapshotChunk, None, None]:
-    """The Restore request stream: the file in 1 MiB chunks, the first announcing size and sha256.
+    """The Restore request stream: the file in 1 MiB chunks, the first carrying ``header``.
 
     Reads lazily, so a large backup is never held in memory. An empty file is one empty chunk, so
     the server still receives the announcement.
     """
     with open(path, "rb") as file:
-        data = file.read(RESTORE_CHUNK_SIZE)
-        yield cluster_pb2.SnapshotChunk(data=data, total_bytes=size, sha256=sha256)
+        first = cluster_pb2.SnapshotChunk()
+        first.CopyFrom(header)
+        first.data = file.read(RESTORE_CHUNK_SIZE)
+        yield first
         while data := file.read(RESTORE_CHUNK_SIZE):
             yield cluster_pb2.SnapshotChunk(data=data)

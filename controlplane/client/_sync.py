@@ -286,16 +286,19 @@ class Client:
 
         return self._retry(attempts, once)
 
-    def restore(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> int:
+    def restore(self, path: str | os.PathLike[str], *, include_auth: bool = False, timeout: float | None = None) -> int:
         """Replace the replicated state with the backup at ``path``; returns the revision at which
         it took effect. Streams 1 MiB chunks, the first announcing size and sha256.
+
+        ``include_auth`` also brings back the backup's users, roles and tokens (disaster recovery
+        into a new cluster); tokens this cluster revoked stay revoked.
         """
-        size, sha256 = _base.file_digest(path)
+        header = _base.restore_header(path, include_auth)
         attempts = self._core.attempts(_base.RESTORE, timeout, capped=False)
 
         def once(address: str, remaining: float) -> cluster_pb2.RestoreResponse:
             method = self._method(address, _base.RESTORE, "stream_unary")
-            response: cluster_pb2.RestoreResponse = method(_base.restore_chunks(path, size, sha256), timeout=remaining)
+            response: cluster_pb2.RestoreResponse = method(_base.restore_chunks(path, header), timeout=remaining)
             return response
 
         return self._retry(attempts, once).revision

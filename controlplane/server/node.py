@@ -704,8 +704,16 @@ class Node:
         )
         return envelope.SerializeToString(), revision
 
-    async def restore(self, data: bytes, expected_sha256: str, timeout: float | None) -> CommandResult:
-        """Check a Backup thoroughly, then replace the user data with it through the log."""
+    async def restore(
+        self,
+        data: bytes,
+        expected_sha256: str,
+        timeout: float | None,
+        include_auth: bool = False,
+        request_id: str = "",
+    ) -> CommandResult:
+        """Check a Backup thoroughly, then replace the user data with it through the log (and the
+        users, roles and tokens too with ``include_auth``)."""
         if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
             raise InvalidArgument("the upload does not match the sha256 the client sent: it was damaged in transit")
         if len(data) > limits.MAX_RESTORE_BYTES:
@@ -728,9 +736,19 @@ class Node:
             parse_snapshot(envelope.state)
         except SnapshotError as exc:
             raise InvalidArgument(str(exc)) from None
+        # The client's request id (one per call) makes a retry apply once, while restoring the same
+        # file again later is done again. Older clients send none: the file's hash stands in, so
+        # their retries are deduplicated too (and so is a second restore of it within the dedupe
+        # window, as before).
+        kind = "restore-with-auth-" if include_auth else "restore-"
+        if len(kind) + len(request_id) > limits.MAX_REQUEST_ID_CHARS:
+            raise InvalidArgument(
+                f"a restore's request_id may have {limits.MAX_REQUEST_ID_CHARS - len(kind)} characters; "
+                f"it has {len(request_id)}"
+            )
         command = command_pb2.Command(
-            request_id="restore-" + envelope.state_sha256[:32],
-            restore_state=command_pb2.RestoreState(snapshot=envelope.state),
+            request_id=kind + (request_id or envelope.state_sha256[:32]),
+            restore_state=command_pb2.RestoreState(snapshot=envelope.state, include_auth=include_auth),
         )
         return await self.write(command, timeout)
 

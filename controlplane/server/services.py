@@ -221,8 +221,10 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         size = 0
         expected_sha = ""
         expected_size = 0
+        header = cluster_pb2.SnapshotChunk()
         async for chunk in request_iterator:
             if not parts:
+                header = chunk
                 expected_sha, expected_size = chunk.sha256, chunk.total_bytes
             size += len(chunk.data)
             if size > limits.MAX_RESTORE_BYTES:
@@ -232,7 +234,9 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             parts.append(chunk.data)
         if expected_size and size != expected_size:
             raise InvalidArgument(f"received {size} bytes but the backup header says {expected_size}: truncated?")
-        result = await self._node.restore(b"".join(parts), expected_sha, _timeout(context))
+        result = await self._node.restore(
+            b"".join(parts), expected_sha, _timeout(context), header.include_auth, header.request_id
+        )
         return cluster_pb2.RestoreResponse(revision=result.revision, keys=result.restore.keys)
 
 

@@ -240,6 +240,54 @@ class AuthTable:
         if ROOT_ROLE not in admin.roles:
             admin.roles.append(ROOT_ROLE)
 
+    @staticmethod
+    def validate_state(state: auth_pb2.AuthState) -> None:
+        """Raise Refused (INVALID_ARGUMENT) unless ``state`` is one this table could have written:
+        valid, unique names; grantable permissions; every role a user holds defined; tokens of
+        known users with a SHA-256."""
+        users = {user.name for user in state.users}
+        role_names = [role.name for role in state.roles]
+        if len(users) != len(state.users) or len(set(role_names)) != len(role_names):
+            raise invalid("the auth state names a user or a role twice")
+        roles = {*role_names, ROOT_ROLE}
+        for role in state.roles:
+            _check(limits.check_name(role.name, "role name"))
+            if len(role.permissions) > MAX_PERMISSIONS_PER_ROLE:
+                raise invalid(f"role {role.name!r} has more than {MAX_PERMISSIONS_PER_ROLE} permissions")
+            for permission in role.permissions:
+                _check(check_permission(permission))
+        for user in state.users:
+            _check(limits.check_name(user.name, "user name"))
+            if len(user.roles) > MAX_ROLES_PER_USER:
+                raise invalid(f"user {user.name!r} holds more than {MAX_ROLES_PER_USER} roles")
+            for role_name in user.roles:
+                if role_name not in roles:
+                    raise invalid(f"user {user.name!r} holds role {role_name!r}, which is not defined")
+        token_ids: set[str] = set()
+        for token in state.tokens:
+            _check(limits.check_name(token.token_id, "token id"))
+            if token.token_id in token_ids:
+                raise invalid(f"token id {token.token_id} appears twice")
+            token_ids.add(token.token_id)
+            if token.user not in users and token.user != ADMIN_USER:
+                raise invalid(f"token {token.token_id} belongs to user {token.user!r}, who is not defined")
+            if len(token.secret_sha256) != 32:
+                raise invalid(f"token {token.token_id}'s secret hash is not 32 bytes (SHA-256)")
+            _check(limits.check_text(token.description, "token description"))
+
+    def restore(self, state: auth_pb2.AuthState | None) -> None:
+        """Take users, roles and tokens from a backup's (validated) auth state, for a restore that
+        asked for them. Two things stay this cluster's: whether auth is enabled (a restore never
+        turns checks off), and every revocation (a token revoked here stays revoked, whatever the
+        backup says). Tokens revoked elsewhere after the backup was taken do come back: revoke them
+        again (docs/operations.md, Lost quorum)."""
+        enabled = self.enabled
+        revoked = {token_id for token_id, token in self.tokens.items() if token.revoked}
+        self.load(state)
+        self.enabled = enabled
+        for token_id in revoked & self.tokens.keys():
+            self.tokens[token_id].revoked = True
+
     # ------------------------------------------------------------------ commands
 
     def _changed(

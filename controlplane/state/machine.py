@@ -489,8 +489,10 @@ class StateMachine:
         """Replace the user data with a backup's, atomically.
 
         The member directory and the dedupe table stay: they describe this cluster, not the
-        backup's. The watch history is dropped and marked compacted, so every watcher learns
-        (OUT_OF_RANGE) that it must re-read rather than silently missing the swap.
+        backup's. So does the auth state, unless the command asks for the backup's users, roles and
+        tokens (``AuthTable.restore``: revocations and the on/off switch stay this cluster's). The
+        watch history is dropped and marked compacted, so every watcher learns (OUT_OF_RANGE) that
+        it must re-read rather than silently missing the swap.
         """
         try:
             snapshot = parse_snapshot(command.restore_state.snapshot)
@@ -539,6 +541,12 @@ class StateMachine:
             MembershipTable.validate_state(snapshot.membership)
         except Refused as refused:
             return _error(refused.code, f"backup holds bad membership: {refused.message}", self.revision)
+        with_auth = command.restore_state.include_auth
+        try:
+            if with_auth and snapshot.HasField("auth"):
+                AuthTable.validate_state(snapshot.auth)
+        except Refused as refused:
+            return _error(refused.code, f"backup holds a bad auth state: {refused.message}", self.revision)
         self.revision = max(self.revision, snapshot.revision) + 1
         self.registry.load(snapshot.models)
         snapshot = _without_registry(snapshot)
@@ -554,6 +562,8 @@ class StateMachine:
         self.membership.load(snapshot.membership)
         self.membership.drop_dangling_leases(self.leases.exists)
         self.gossip.load(snapshot.membership.gossip)
+        if with_auth:
+            self.auth.restore(snapshot.auth if snapshot.HasField("auth") else None)
         self._history, self._history_revisions, self._history_start, self._history_bytes = [], [], 0, 0
         self.compacted_revision = self.revision
         return CommandResult(revision=self.revision, restore=command_pb2.RestoreResult(keys=len(self._kvs)))

@@ -194,10 +194,12 @@ class MemberRemove(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class RestoreState(_message.Message):
-    __slots__ = ("snapshot",)
+    __slots__ = ("snapshot", "include_auth")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_AUTH_FIELD_NUMBER: _ClassVar[int]
     snapshot: bytes
-    def __init__(self, snapshot: _Optional[bytes] = ...) -> None: ...
+    include_auth: bool
+    def __init__(self, snapshot: _Optional[bytes] = ..., include_auth: _Optional[bool] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("revision", "error", "kv_put", "kv_delete", "kv_compare_and_swap", "barrier", "member", "restore", "ports_allocate", "ports_assign", "ports_release", "ports_reassign", "ports_reserve", "ports_unreserve", "ports_set_range", "ports_delete_range", "ports_observe", "ports_resolve", "ports_repair", "ports_import", "service_register", "service_deregister", "service_health", "service_reap", "service_start", "service_stop", "service_run_report", "lease_grant", "lease_keepalive", "lease_revoke", "lease_expire", "lease_checkpoint", "model_register", "model_bulk_register", "model_update", "model_set_status", "model_set_alias", "model_delete_version", "model_delete", "model_add_replica", "model_remove_replica", "node_register", "node_heartbeat", "node_drain", "node_deregister", "node_forget", "network_create", "network_update", "network_delete", "network_join", "network_leave", "network_assign", "flag_set", "gossip_report_bandwidth", "gossip_start_round", "gossip_report_round", "gossip_end_round", "gossip_configure_group", "gossip_delete_group", "auth")

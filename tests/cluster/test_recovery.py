@@ -5,12 +5,14 @@ never elect a leader again. Then the two documented ways back, each ending with 
 
 * from the survivor's data directory (``cpctl serve --force-new-cluster``): every acknowledged write
   is back;
-* from a backup (``cpctl cluster snapshot save`` earlier, ``snapshot restore`` into a fresh server):
-  every write acknowledged before the backup is back.
+* from a backup (``cpctl cluster snapshot save`` earlier, ``snapshot restore --with-auth`` into a
+  fresh server): every write acknowledged before the backup is back, and so are its users, roles
+  and tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import subprocess
@@ -20,11 +22,21 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.client import Client, Consistency, ControlPlaneError
+from controlplane.client import Client, Consistency, ControlPlaneError, PermissionDenied
 from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.v1 import cluster_pb2
 
-from .conftest import assert_same_state, credentials_env, list_all, node_client, status, wait_converged, wait_until
+from .conftest import (
+    assert_same_state,
+    cpctl,
+    cpctl_json,
+    credentials_env,
+    list_all,
+    node_client,
+    status,
+    wait_converged,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -171,6 +183,14 @@ def test_a_new_cluster_from_a_backup_holds_the_backed_up_state(
     old = make_cluster()
     with old.client(timeout=20) as client:
         backed_up = _write(client, PREFIX, 100)
+    # A user who may read PREFIX, and a token for him: the backup carries them, and --with-auth
+    # brings them back with the data.
+    for args in (("users", "add", "bob"), ("roles", "add", "reader"), ("users", "grant", "bob", "reader")):
+        done = cpctl(old, *args)
+        assert done.returncode == 0, done.stderr
+    done = cpctl(old, "roles", "grant-permission", "reader", "kv", "read", PREFIX)
+    assert done.returncode == 0, done.stderr
+    bobs_token = cpctl_json(old, "tokens", "create", "bob")["token"]
     backup = tmp_path / "backup.snap"
     env = credentials_env(old)
     saved = subprocess.run(
@@ -209,6 +229,7 @@ def test_a_new_cluster_from_a_backup_holds_the_backed_up_state(
             "restore",
             str(backup),
             "--yes",
+            "--with-auth",
             "--endpoints",
             new.endpoints,
         ],
@@ -219,6 +240,13 @@ def test_a_new_cluster_from_a_backup_holds_the_backed_up_state(
     )
     assert restored.returncode == 0, restored.stderr
     assert _values(seed, PREFIX) == backed_up
+    # Bob's token from the old cluster is good on the new one, for what his role allows only (a token
+    # rides on a TLS connection with a client certificate; the token names the caller).
+    as_bob = dataclasses.replace(new.credentials, token=bobs_token)
+    with Client(new.client_addresses, credentials=as_bob, timeout=20) as client:
+        assert client.get(PREFIX + "0000") is not None
+        with pytest.raises(PermissionDenied):
+            client.put(PREFIX + "by-bob", "x")
     with node_client(seed, timeout=20) as client:
         after = _write(client, PREFIX + "restored/", 10)
 
