@@ -1,13 +1,15 @@
-"""The audit log never turns a decided call into an error: a full disk is counted, not raised."""
+"""The audit log never turns a decided call into an error (a full disk is counted, not raised), and
+its watchers get every record from their start in order, a slow one skipping (and told) what overflows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
 
 from controlplane.server import metrics
-from controlplane.server.authz import open_audit_log
+from controlplane.server.audit import WATCH_BUFFER, AuditLog, open_audit_log
 
 
 def _fd_of(path: Path) -> int:
@@ -41,3 +43,45 @@ def test_a_full_disk_is_counted_not_raised(tmp_path: Path) -> None:
     audit(who="user:ann", method="/controlplane.v1.KV/Put", resource="kv:app/x", code="OK", peer="ipv4:1")
     audit(who="user:ann", method="/controlplane.v1.KV/Put", resource="kv:app/y", code="OK", peer="ipv4:1")
     assert metrics.AUDIT_WRITE_FAILURES._value.get() == before + 2
+
+
+def _record(audit: AuditLog, key: str) -> None:
+    audit(who="user:ann", method="/controlplane.v1.KV/Put", resource=key, code="OK", peer="ipv4:1")
+
+
+def test_a_watcher_gets_the_records_from_its_start_in_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        audit = open_audit_log(tmp_path / "audit.log", "n1")
+        _record(audit, "before")
+        with audit.watch() as watcher:
+            for key in ("a", "b"):
+                _record(audit, key)
+            first, second = await watcher.next(), await watcher.next()
+        _record(audit, "after")  # the watcher has gone: nothing is queued for it
+        assert [(r.resource, r.node_id, r.who, r.code, r.missed) for r in (first, second)] == [
+            ("a", "n1", "user:ann", "OK", 0),
+            ("b", "n1", "user:ann", "OK", 0),
+        ]
+        assert first.time_unix_ms > 0
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_watcher_skips_what_overflows_and_is_told_how_much(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        audit = open_audit_log(tmp_path / "audit.log", "n1")
+        skipped_before = metrics.AUDIT_WATCH_SKIPPED._value.get()
+        with audit.watch() as watcher:
+            for i in range(WATCH_BUFFER + 5):
+                _record(audit, f"k{i}")
+            got = [await watcher.next() for _ in range(WATCH_BUFFER)]
+            _record(audit, "next")  # room again: this one carries the count of the 5 skipped
+            last = await watcher.next()
+        assert [r.resource for r in got] == [f"k{i}" for i in range(WATCH_BUFFER)]
+        assert all(r.missed == 0 for r in got)
+        assert (last.resource, last.missed) == ("next", 5)
+        assert metrics.AUDIT_WATCH_SKIPPED._value.get() == skipped_before + 5
+        # The file has every record, the skipped ones included.
+        assert len((tmp_path / "audit.log").read_text().splitlines()) == WATCH_BUFFER + 6
+
+    asyncio.run(scenario())

@@ -16,14 +16,23 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from controlplane.cli import app
-from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, client_credentials, resolve_endpoints
+from controlplane.cli.common import (
+    EndpointsOption,
+    OutputOption,
+    TimeoutOption,
+    client_credentials,
+    connect,
+    resolve_endpoints,
+)
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, emit, fail, table
 
 auth_app = typer.Typer(help="Turn authorization on or off, and see who you are.", no_args_is_help=True)
 users_app = typer.Typer(help="Users: add, delete, list, grant and revoke roles.", no_args_is_help=True)
 roles_app = typer.Typer(help="Roles and their permissions (domain, verb, resource).", no_args_is_help=True)
 tokens_app = typer.Typer(help="Bearer tokens: create (shown once), list, revoke.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log: every changing call, who made it and its outcome.", no_args_is_help=True)
 app.add_typer(auth_app, name="auth")
+app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
 app.add_typer(roles_app, name="roles")
 app.add_typer(tokens_app, name="tokens")
@@ -360,3 +369,109 @@ def tokens_revoke(
     with _auth(endpoints, timeout) as call:
         response = call("RevokeToken", auth_pb2.RevokeTokenRequest(token_id=token_id, request_id=_rid()))
     _changed(output, response, f"token {token_id} revoked")
+
+
+# ------------------------------------------------------------------ audit
+
+#: Pause before following a server again after its stream broke (it restarted, a leader moved).
+AUDIT_RECONNECT_S = 1.0
+
+
+@audit_app.command("watch")
+def audit_watch(
+    count: Annotated[int, typer.Option(help="Stop after this many records (0: until Ctrl-C).")] = 0,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 5.0,
+) -> None:
+    """Follow every changing call on every server, live: when, which server judged it, who, the
+    method, what it named and the outcome (cluster admins). JSON: one object per line.
+
+    Each server audits the calls it answers, so this follows all of them (the members the cluster
+    lists), and follows a server again when its stream breaks. What came before is in each server's
+    data_dir/audit.log."""
+    import queue
+    import threading
+
+    import grpc
+
+    from controlplane.v1 import auth_pb2, auth_pb2_grpc
+
+    servers = resolve_endpoints(endpoints)
+    factory = client_credentials(endpoints, servers=servers).sync_channel_factory()
+    with connect(endpoints, timeout) as client:
+        members = {m.id: m.client_address for m in client.status().members if m.client_address}
+    if not members:
+        members = {address: address for address in servers.split(",") if address}
+    records: queue.Queue[auth_pb2.AuditRecord | str] = queue.Queue()
+    stop = threading.Event()
+    calls: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def follow(name: str, address: str) -> None:
+        while not stop.is_set():
+            channel = factory(address)
+            try:
+                call = auth_pb2_grpc.AuthStub(channel).WatchAudit(auth_pb2.WatchAuditRequest())
+                with lock:
+                    calls[name] = call
+                if stop.is_set():
+                    return
+                call.initial_metadata()  # subscribed: say so, so a script knows when to start
+                typer.echo(f"following {name} at {address}", err=True)
+                for record in call:
+                    records.put(record)
+            except grpc.RpcError as exc:
+                if stop.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
+                    return
+                if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    records.put(f"{exc.code().name}: {exc.details()}")
+                    return
+                typer.echo(f"{name} at {address}: {exc.code().name}, following it again", err=True)
+            finally:
+                channel.close()
+            stop.wait(AUDIT_RECONNECT_S)
+
+    threads = [threading.Thread(target=follow, args=item, daemon=True) for item in sorted(members.items())]
+    for thread in threads:
+        thread.start()
+    shown = 0
+    try:
+        while not count or shown < count:
+            record = records.get()
+            if isinstance(record, str):
+                fail(record)
+            _print_audit(record, output)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        with lock:
+            for call in calls.values():
+                call.cancel()
+
+
+def _print_audit(record: Any, output: Output) -> None:
+    import json
+    import sys
+
+    when = datetime.datetime.fromtimestamp(record.time_unix_ms / 1000, datetime.UTC).isoformat(timespec="milliseconds")
+    if output is Output.json:
+        line = {
+            "time": when,
+            "node": record.node_id,
+            "who": record.who,
+            "method": record.method,
+            "resource": record.resource,
+            "code": record.code,
+            "peer": record.peer,
+            "missed": record.missed,
+        }
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+        return
+    if record.missed:
+        typer.echo(f"({record.missed} records skipped: this reader fell behind; {record.node_id}'s audit.log has them)")
+    who = record.who or "(no credential)"
+    typer.echo(f"{when}  {record.node_id}  {who}  {record.method}  {record.resource or '-'}  {record.code}")

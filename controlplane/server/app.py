@@ -20,8 +20,9 @@ from prometheus_client import start_http_server
 
 from controlplane.grpc_options import SERVER_OPTIONS
 from controlplane.server import logs, metrics
+from controlplane.server.audit import open_audit_log
 from controlplane.server.auth_service import AuthService
-from controlplane.server.authz import Authorizer, RateLimiter, open_audit_log
+from controlplane.server.authz import Authorizer, RateLimiter
 from controlplane.server.client_listener import add_client_port
 from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.consensus import RaftStatus
@@ -128,7 +129,7 @@ async def serve(config: ServerConfig) -> None:
     server = grpc.aio.server(
         interceptors=[ErrorsAndMetrics(authorizer, audit, streams, connection_streams)], options=SERVER_OPTIONS
     )
-    auth_pb2_grpc.add_AuthServicer_to_server(AuthService(node, authorizer), server)
+    auth_pb2_grpc.add_AuthServicer_to_server(AuthService(node, authorizer, audit), server)
     kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
     watch_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)
     cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 
-from controlplane.errors import InvalidArgument
+from controlplane.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from controlplane.server.audit import AuditLog
 from controlplane.server.authz import Authorizer, caller_kind
 from controlplane.state.auth import DOMAINS, TOKEN_PREFIX, VERBS, Caller, Need, allowed, secret_hash
 from controlplane.v1 import auth_pb2, auth_pb2_grpc, command_pb2, common_pb2
@@ -25,10 +27,15 @@ _LINEARIZABLE = common_pb2.ReadOptions(consistency=common_pb2.CONSISTENCY_LINEAR
 MAX_TOKEN_TTL_S = 10 * 365 * 24 * 3600
 
 
+#: The one question an agent may ask ``Check``: may this caller read that model (its artifact port's).
+AGENT_CHECKS = frozenset({("models", "read")})
+
+
 class AuthService(auth_pb2_grpc.AuthServicer):
-    def __init__(self, node: Node, authorizer: Authorizer) -> None:
+    def __init__(self, node: Node, authorizer: Authorizer, audit: AuditLog | None = None) -> None:
         self._node = node
         self._authorizer = authorizer
+        self._audit = audit
 
     async def _change(self, request_id: str, change: auth_pb2.AuthCommand) -> auth_pb2.AuthChangeResponse:
         result = await self._node.write(command_pb2.Command(request_id=request_id, auth=change))
@@ -163,10 +170,28 @@ class AuthService(auth_pb2_grpc.AuthServicer):
                 f"check a permission of one domain ({', '.join(DOMAINS)}) and one verb ({', '.join(VERBS)}); "
                 f"got {permission.domain!r}:{permission.verb!r}"
             )
+        asker = self._authorizer.identify(context)
+        if asker is not None and asker.kind == "agent" and (permission.domain, permission.verb) not in AGENT_CHECKS:
+            # An agent guards its artifact port and has no reason to learn what else anyone may do.
+            raise PermissionDenied(
+                f"an agent may ask Auth.Check about models:read only (its artifact port's question), not "
+                f"{permission.domain}:{permission.verb}; your identity is {asker}"
+            )
         need = Need(permission.domain, permission.verb, permission.resource)
         if allowed(self._node.machine.auth, caller, need):
             return auth_pb2.CheckResponse(allowed=True)
         return auth_pb2.CheckResponse(allowed=False, reason=f"this needs {need}; {caller} does not hold it")
+
+    async def WatchAudit(
+        self, request: auth_pb2.WatchAuditRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[auth_pb2.AuditRecord]:
+        if self._audit is None:
+            raise FailedPrecondition("this server keeps no audit log")
+        with self._audit.watch() as watcher:
+            # Headers go out at once, so the watcher knows it is subscribed before any record.
+            await context.send_initial_metadata(())
+            while True:
+                yield await watcher.next()
 
 
 def _caller(identity: str) -> Caller:

@@ -14,11 +14,8 @@ needs do not depend on the request.
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,7 +23,6 @@ import structlog
 
 from controlplane import errors, tls
 from controlplane.errors import ResourceExhausted, Unauthenticated
-from controlplane.server import metrics
 from controlplane.state.auth import ADMIN_USER, ANY_NODE, AuthTable, Caller, Need, allowed
 
 log = structlog.get_logger(__name__)
@@ -207,8 +203,10 @@ METHODS: dict[str, Rule] = {
     "/controlplane.v1.Auth/CreateToken": _ADMIN,
     "/controlplane.v1.Auth/ListTokens": _ADMIN,
     "/controlplane.v1.Auth/RevokeToken": _ADMIN,
-    # Asked by the agents guarding their artifact ports (any agent: ANY_NODE), by servers, and by admins.
+    # Asked by the agents guarding their artifact ports (any agent: ANY_NODE; the servicer lets an
+    # agent ask about models:read only, its port's question), by servers, and by admins.
     "/controlplane.v1.Auth/Check": _static(Need("cluster", "admin", node=ANY_NODE)),
+    "/controlplane.v1.Auth/WatchAudit": _ADMIN,
 }
 
 #: Methods that change state: each one is written to the audit log. Everything else only reads.
@@ -218,7 +216,17 @@ READ_ONLY = frozenset(
     if rule in (OPEN, AUTHENTICATED)
     or method.rsplit("/", 1)[1].startswith(("Get", "List", "Search", "Stats", "Conflicts", "History", "Export"))
     or method.endswith(
-        ("/Watch", "/Snapshot", "/Auth/Check", "/KV/Get", "/KV/List", "/Ports/List", "/Services/List", "/Leases/List")
+        (
+            "/Watch",
+            "/Snapshot",
+            "/Auth/Check",
+            "/Auth/WatchAudit",
+            "/KV/Get",
+            "/KV/List",
+            "/Ports/List",
+            "/Services/List",
+            "/Leases/List",
+        )
     )
 )
 
@@ -325,36 +333,6 @@ class Authorizer:
             if not allowed(state, caller, need):
                 raise PermissionDenied(f"this call needs {need}; your identity is {caller}", caller, need.resource)
         return caller, ",".join(need.resource for need in needs if need.resource)
-
-
-def open_audit_log(path: Path, node_id: str) -> Callable[..., None]:
-    """A function writing one JSON line per changing call to ``path`` (created 0600, appended)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.chmod(path, 0o600)
-    stream = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
-    logger = structlog.wrap_logger(
-        structlog.PrintLogger(stream),
-        processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()],
-    )
-
-    last_warned = -math.inf
-
-    def audit(**fields: Any) -> None:
-        # Called after the call's outcome is decided (a write may already be committed): a full or
-        # failing disk must not turn that outcome into an error the client would believe. Counted
-        # and logged (at most every 10 s) instead.
-        nonlocal last_warned
-        try:
-            logger.info("audit", node=node_id, **fields)
-        except (OSError, ValueError) as exc:
-            metrics.AUDIT_WRITE_FAILURES.inc()
-            now = time.monotonic()
-            if now - last_warned >= 10.0:
-                last_warned = now
-                log.warning("audit_write_failed", path=str(path), error=str(exc))
-
-    return audit
 
 
 RETRY_AFTER_KEY = "cp-retry-after-ms"

@@ -123,3 +123,8 @@ AUDIT_WRITE_FAILURES = Counter(
     "controlplane_audit_write_failures_total",
     "Audit log lines that could not be written (full or failing disk); the calls themselves stood",
 )
+AUDIT_WATCHERS = Gauge("controlplane_audit_watchers", "Auth.WatchAudit streams open on this server")
+AUDIT_WATCH_SKIPPED = Counter(
+    "controlplane_audit_watch_skipped_total",
+    "Audit records a WatchAudit stream skipped because its reader fell behind (the file has them)",
+)

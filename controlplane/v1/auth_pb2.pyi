@@ -291,3 +291,27 @@ class CheckResponse(_message.Message):
     allowed: bool
     reason: str
     def __init__(self, allowed: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class WatchAuditRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("time_unix_ms", "node_id", "who", "method", "resource", "code", "peer", "missed")
+    TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    time_unix_ms: int
+    node_id: str
+    who: str
+    method: str
+    resource: str
+    code: str
+    peer: str
+    missed: int
+    def __init__(self, time_unix_ms: _Optional[int] = ..., node_id: _Optional[str] = ..., who: _Optional[str] = ..., method: _Optional[str] = ..., resource: _Optional[str] = ..., code: _Optional[str] = ..., peer: _Optional[str] = ..., missed: _Optional[int] = ...) -> None: ...

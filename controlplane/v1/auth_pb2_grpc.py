@@ -116,6 +116,11 @@ class AuthStub:
                 request_serializer=controlplane_dot_v1_dot_auth__pb2.CheckRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_auth__pb2.CheckResponse.FromString,
                 _registered_method=True)
+        self.WatchAudit = channel.unary_stream(
+                '/controlplane.v1.Auth/WatchAudit',
+                request_serializer=controlplane_dot_v1_dot_auth__pb2.WatchAuditRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_auth__pb2.AuditRecord.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
@@ -222,6 +227,15 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAudit(self, request, context):
+        """Every changing call this server judges, as it writes it to its audit log, from the moment the
+        stream starts (the log files hold what came before). Cluster admins only. One server's calls:
+        `cpctl audit watch` follows every server of the cluster.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -304,6 +318,11 @@ def add_AuthServicer_to_server(servicer, server):
                     servicer.Check,
                     request_deserializer=controlplane_dot_v1_dot_auth__pb2.CheckRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_auth__pb2.CheckResponse.SerializeToString,
+            ),
+            'WatchAudit': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAudit,
+                    request_deserializer=controlplane_dot_v1_dot_auth__pb2.WatchAuditRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_auth__pb2.AuditRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -740,6 +759,33 @@ class Auth:
             '/controlplane.v1.Auth/Check',
             controlplane_dot_v1_dot_auth__pb2.CheckRequest.SerializeToString,
             controlplane_dot_v1_dot_auth__pb2.CheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/controlplane.v1.Auth/WatchAudit',
+            controlplane_dot_v1_dot_auth__pb2.WatchAuditRequest.SerializeToString,
+            controlplane_dot_v1_dot_auth__pb2.AuditRecord.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,8 @@ TLS; one test runs with TLS client certificates (``client:admin``).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +39,7 @@ from controlplane.v1 import (
     ports_pb2_grpc,
 )
 
-from .conftest import cpctl
+from .conftest import cpctl, credentials_env, node_client
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -274,8 +276,9 @@ def test_cli_users_roles_tokens(make_cluster: Callable[..., LocalCluster]) -> No
 
 
 def test_check_permission_answers_agents_and_admins_only(cluster: LocalCluster) -> None:
-    """``Auth.Check``: what an agent's artifact port asks before serving a user (any agent may ask,
-    other users need cluster admin); a malformed question is INVALID_ARGUMENT."""
+    """``Auth.Check``: what an agent's artifact port asks before serving a user (any agent may ask
+    about models:read, and only that; other users need cluster admin); a malformed question is
+    INVALID_ARGUMENT."""
     admin = cluster.credentials
     agent_cert, agent_key = tls.issue(cluster.pki_dir, tls.Identity("agent", "chk-a"))
     user_cert, user_key = tls.issue(cluster.pki_dir, tls.Identity("client", "chk-nobody"))
@@ -290,7 +293,57 @@ def test_check_permission_answers_agents_and_admins_only(cluster: LocalCluster) 
             agent.check_permission("chk-nobody", "models", "read")
         with pytest.raises(InvalidArgument, match="one domain"):
             agent.check_permission("user:admin", "*", "read")
+        # models:read is the artifact port's question; an agent has no business asking others.
+        for domain, verb in (("kv", "write"), ("cluster", "admin"), ("models", "write")):
+            with pytest.raises(PermissionDenied, match="models:read only"):
+                agent.check_permission("user:chk-nobody", domain, verb)
     user_credentials = Credentials(ca=admin.ca, cert=user_cert, key=user_key)
     with Client(cluster.client_addresses, credentials=user_credentials) as user, pytest.raises(PermissionDenied) as no:
         user.check_permission("user:admin", "models", "read")
     assert "cluster:admin" in str(no.value) and "user:chk-nobody" in str(no.value)
+
+
+def test_an_admin_follows_every_servers_audit_live(cluster: LocalCluster) -> None:
+    """`cpctl audit watch` follows all three servers: a put answered by each one shows up, judged
+    there, with who made it and the outcome; a refused call is audited too. Non-admins may not watch."""
+    env = credentials_env(cluster)
+    endpoints = ",".join(cluster.client_addresses)
+    command = [sys.executable, "-m", "controlplane", "audit", "watch", "--count", "4", "--output", "json"]
+    watcher = subprocess.Popen(
+        [*command, "--endpoints", endpoints], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert watcher.stderr is not None
+        following: list[str] = []
+        while len(following) < len(cluster.nodes):  # subscribed to every server: now act
+            line = watcher.stderr.readline()
+            assert line, f"audit watch ended early: {watcher.stderr.read()}"
+            if line.startswith("following "):
+                following.append(line.split()[1])
+        assert sorted(following) == sorted(cluster.nodes)
+        for node_id, node in sorted(cluster.nodes.items()):
+            with node_client(node) as client:
+                client.put(f"audit/{node_id}", b"x")
+        agent_cert, agent_key = tls.issue(cluster.pki_dir, tls.Identity("agent", "audit-a"))
+        as_agent = Credentials(ca=cluster.credentials.ca, cert=agent_cert, key=agent_key)
+        with Client(cluster.client_addresses, credentials=as_agent, timeout=10) as agent:
+            with pytest.raises(PermissionDenied):
+                agent.put("audit/by-agent", b"x")
+            # The stream itself is for cluster admins.
+            with as_agent.sync_channel_factory()(cluster.client_addresses[0]) as channel:
+                with pytest.raises(grpc.RpcError) as refused:
+                    next(iter(auth_pb2_grpc.AuthStub(channel).WatchAudit(auth_pb2.WatchAuditRequest(), timeout=10)))
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    puts = {(r["node"], r["resource"], r["who"], r["code"]) for r in records if r["resource"] != "audit/by-agent"}
+    assert puts == {(node_id, f"audit/{node_id}", "user:admin", "OK") for node_id in cluster.nodes}
+    refused_put = [r for r in records if r["resource"] == "audit/by-agent"]
+    assert [(r["who"], r["method"], r["code"]) for r in refused_put] == [
+        ("agent:audit-a", "/controlplane.v1.KV/Put", "PERMISSION_DENIED")
+    ]

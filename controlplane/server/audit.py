@@ -1,0 +1,118 @@
+"""The audit log: every changing call a server judges (who, what, when, the outcome), as a JSON line
+in a private file, and live to the cluster admins watching it (``Auth.WatchAudit``).
+
+Each server audits the calls it answers itself, as Consul's agents do: a call is recorded where it
+was judged, whichever server then committed it, so an admin follows the whole cluster by watching
+every server (``cpctl audit watch``). Nothing here is replicated.
+
+It must never do two things: turn a call whose outcome is decided into an error (a full disk is
+counted and logged, not raised), and let a slow watcher hold anything up (each watcher has a
+bounded buffer; what overflows is skipped for that watcher and counted on its next record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controlplane.server import metrics
+from controlplane.v1 import auth_pb2
+
+log = structlog.get_logger(__name__)
+
+#: Records one watcher may have waiting before the next are skipped for it.
+WATCH_BUFFER = 1024
+
+
+class AuditWatcher:
+    """One ``WatchAudit`` stream's view of the log: the records since it started, in order."""
+
+    def __init__(self, capacity: int = WATCH_BUFFER) -> None:
+        self._queue: asyncio.Queue[auth_pb2.AuditRecord] = asyncio.Queue(capacity)
+        self._missed = 0
+
+    def offer(self, record: auth_pb2.AuditRecord) -> None:
+        """Queue ``record`` (on the event loop), or skip it when the reader is this far behind."""
+        if self._queue.full():
+            self._missed += 1
+            metrics.AUDIT_WATCH_SKIPPED.inc()
+            return
+        if self._missed:
+            # The skipped records came between what is queued and this one: this one says so.
+            copy = auth_pb2.AuditRecord()
+            copy.CopyFrom(record)
+            copy.missed, self._missed = self._missed, 0
+            record = copy
+        self._queue.put_nowait(record)
+
+    async def next(self) -> auth_pb2.AuditRecord:
+        return await self._queue.get()
+
+
+class AuditLog:
+    """Call it with one call's fields (``who``, ``method``, ``resource``, ``code``, ``peer``) once
+    the call's outcome is decided; the interceptor does, for every changing call."""
+
+    def __init__(self, path: Path, node_id: str) -> None:
+        self.path = path
+        self.node_id = node_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.chmod(path, 0o600)
+        stream = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+        self._logger = structlog.wrap_logger(
+            structlog.PrintLogger(stream),
+            processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()],
+        )
+        self._last_warned = -math.inf
+        self._watchers: set[AuditWatcher] = set()
+
+    def __call__(self, **fields: Any) -> None:
+        # Called after the call's outcome is decided (a write may already be committed): a full or
+        # failing disk must not turn that outcome into an error the client would believe. Counted
+        # and logged (at most every 10 s) instead.
+        try:
+            self._logger.info("audit", node=self.node_id, **fields)
+        except (OSError, ValueError) as exc:
+            metrics.AUDIT_WRITE_FAILURES.inc()
+            now = time.monotonic()
+            if now - self._last_warned >= 10.0:
+                self._last_warned = now
+                log.warning("audit_write_failed", path=str(self.path), error=str(exc))
+        if self._watchers:
+            record = auth_pb2.AuditRecord(
+                time_unix_ms=time.time_ns() // 1_000_000,
+                node_id=self.node_id,
+                who=str(fields.get("who", "")),
+                method=str(fields.get("method", "")),
+                resource=str(fields.get("resource", "")),
+                code=str(fields.get("code", "")),
+                peer=str(fields.get("peer", "")),
+            )
+            for watcher in self._watchers:
+                watcher.offer(record)
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[AuditWatcher]:
+        """A watcher of the records from now on, for as long as the block runs."""
+        watcher = AuditWatcher()
+        self._watchers.add(watcher)
+        metrics.AUDIT_WATCHERS.inc()
+        try:
+            yield watcher
+        finally:
+            self._watchers.discard(watcher)
+            metrics.AUDIT_WATCHERS.dec()
+
+
+def open_audit_log(path: Path, node_id: str) -> AuditLog:
+    """The audit log of server ``node_id``, appending to ``path`` (created 0600)."""
+    return AuditLog(path, node_id)
