@@ -185,6 +185,23 @@ def test_only_a_write_asks_who_leads_and_only_if_someone_else_can_answer() -> No
         make_policy(leader_recheck=0.0)
 
 
+def test_only_a_read_checks_its_server_is_alive_and_only_if_it_could_go_elsewhere() -> None:
+    router = _base.Router(("a:1", "b:2"), make_policy())
+    read = _base.Attempts(router, make_policy(), timeout=5, write=False)
+    assert read.liveness_check_after("a:1") == 1.0
+    assert attempts(router).liveness_check_after("a:1") == 0.0  # a write asks who leads instead
+    alone = _base.Attempts(_base.Router(("a:1",), make_policy()), make_policy(), timeout=5, write=False)
+    assert alone.liveness_check_after("a:1") == 0.0
+    bulk = _base.Attempts(router, make_policy(), timeout=5, write=False, capped=False)  # a snapshot download
+    assert bulk.liveness_check_after("a:1") == 0.0
+    never = _base.Attempts(router, make_policy(leader_check_after=0.0), timeout=5, write=False)
+    assert never.liveness_check_after("a:1") == 0.0
+    # An unresponsive server is left like an unavailable one: the next attempt goes elsewhere.
+    assert read.target() == "a:1"
+    read.failed("a:1", _base.Unresponsive("a:1", 1.0))
+    assert read.target() == "b:2"
+
+
 def test_a_leader_named_elsewhere_moves_the_write_there_and_distrusts_the_old_one() -> None:
     router = _base.Router(("a:1", "b:2", "c:3"), make_policy())
     router.learn_leader("a:1")

@@ -366,13 +366,16 @@ class AsyncClient:
         async def once(address: str, remaining: float) -> RespT:
             method = self._method(address, rpc, "unary_unary")
             check_after = attempts.leader_check_after(address)
-            if not check_after:
+            probe_after = attempts.liveness_check_after(address)
+            if not check_after and not probe_after:
                 response: RespT = await method(request, timeout=remaining)
                 return response
             call = method(request, timeout=remaining)
             waiter: asyncio.Future[RespT] = asyncio.ensure_future(call)
             wait = check_after
             try:
+                if probe_after:
+                    return await self._unless_unresponsive(waiter, address, probe_after, attempts)
                 while True:
                     done, _ = await asyncio.wait({waiter}, timeout=wait)
                     if done:
@@ -391,6 +394,23 @@ class AsyncClient:
                     waiter.cancel()
 
         return await self._retry(attempts, once)
+
+    async def _unless_unresponsive(
+        self, waiter: asyncio.Future[RespT], address: str, after: float, attempts: _base.Attempts
+    ) -> RespT:
+        """The read's answer; or, when it has not come after ``after`` seconds and the server does
+        not answer a status check either, ``Unresponsive`` (the caller cancels the call)."""
+        done, _ = await asyncio.wait({waiter}, timeout=after)
+        if done:
+            return waiter.result()
+        try:
+            await self._method(address, _base.STATUS, "unary_unary")(
+                cluster_pb2.StatusRequest(), timeout=min(attempts.leader_recheck(), attempts.remaining())
+            )
+        except grpc.aio.AioRpcError:
+            if not waiter.done():
+                raise _base.Unresponsive(address, after) from None
+        return await waiter  # it is alive, only slow (or answered while we asked): its answer stands
 
     async def _ask_who_leads(self, address: str, attempts: _base.Attempts) -> tuple[errors.UnknownOutcome | None, str]:
         """Ask the other endpoints, in turn, who leads while ``address`` does not answer: (the error
@@ -413,7 +433,7 @@ class AsyncClient:
             except grpc.aio.AioRpcError as exc:
                 self._core.check_open()
                 await asyncio.sleep(attempts.failed(address, _base.error_from_rpc(exc)))
-            except errors.UnknownOutcome as exc:  # the leader was deposed while the attempt waited
+            except (errors.UnknownOutcome, _base.Unresponsive) as exc:  # a deposed leader, a frozen server
                 await asyncio.sleep(attempts.failed(address, exc))
             except asyncio.CancelledError:
                 # close() cancels calls in flight by closing their channel; that is not a

@@ -106,7 +106,10 @@ class RetryPolicy:
     #: a leader other than the server the attempt waits on, that one was deposed (frozen, cut off)
     #: or is a follower: the write is retried at the leader with the same request id instead of
     #: waiting out ``attempt_timeout``. If it names the same one, the leader is only slow and the
-    #: attempt keeps waiting. 0: never ask.
+    #: attempt keeps waiting. A read not answered after this long asks its own server for its
+    #: status (as cheap): a server that answers is only slow and the read keeps waiting; one that
+    #: answers neither (frozen, cut off) is left, and the read retried at another endpoint.
+    #: 0: never ask.
     leader_check_after: float = 1.0
     leader_recheck: float = 0.5
     rng: random.Random = field(default_factory=random.Random, compare=False)
@@ -123,6 +126,17 @@ class RetryPolicy:
         """
         ceiling = min(self.max_backoff, self.initial_backoff * 2 ** min(retry, 32))
         return self.rng.uniform(0.0, ceiling)
+
+
+class Unresponsive(errors.Unavailable):
+    """A read's server answered neither the read nor a status check in time: it may be frozen (a
+    stopped process, a paused VM) or cut off. The read is retried at another endpoint."""
+
+    def __init__(self, address: str, waited: float) -> None:
+        super().__init__(
+            f"{address} answered neither a read within {waited:g} s nor a status check: it may be frozen "
+            "or cut off; trying another server"
+        )
 
 
 class Router:
@@ -255,6 +269,15 @@ class Attempts:
         # A call that must not be retried (transfer_leadership) is not cut short either: moving
         # it would only turn its answer into UnknownOutcome.
         if not (after and self._write and self._capped and self._retry_unknown):
+            return 0.0
+        return after if after < self.attempt_timeout() and self.others(address) else 0.0
+
+    def liveness_check_after(self, address: str) -> float:
+        """Seconds after which a read at ``address`` that has not answered checks that its server
+        answers at all (``Unresponsive`` otherwise); 0: it never does (writes ask who leads instead,
+        and a bulk transfer, or a client with one endpoint, has nowhere better to go)."""
+        after = self._policy.leader_check_after
+        if not after or self._write or not self._capped:
             return 0.0
         return after if after < self.attempt_timeout() and self.others(address) else 0.0
 

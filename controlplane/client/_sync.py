@@ -353,12 +353,15 @@ class Client:
         def once(address: str, remaining: float) -> RespT:
             method = self._method(address, rpc, "unary_unary")
             check_after = attempts.leader_check_after(address)
-            if not check_after:
+            probe_after = attempts.liveness_check_after(address)
+            if not check_after and not probe_after:
                 response: RespT = method(request, timeout=remaining)
                 return response
             call = method.future(request, timeout=remaining)
             wait = check_after
             try:
+                if probe_after:
+                    return self._unless_unresponsive(call, address, probe_after, attempts)
                 while True:
                     try:
                         answered: RespT = call.result(timeout=wait)
@@ -380,6 +383,22 @@ class Client:
                     call.cancel()
 
         return self._retry(attempts, once)
+
+    def _unless_unresponsive(self, call: Any, address: str, after: float, attempts: _base.Attempts) -> Any:
+        """The read's answer; or, when it has not come after ``after`` seconds and the server does
+        not answer a status check either, ``Unresponsive`` (the caller cancels the call)."""
+        try:
+            return call.result(timeout=after)
+        except grpc.FutureTimeoutError:
+            pass
+        try:
+            self._method(address, _base.STATUS, "unary_unary")(
+                cluster_pb2.StatusRequest(), timeout=min(attempts.leader_recheck(), attempts.remaining())
+            )
+        except grpc.RpcError:
+            if not call.done():
+                raise _base.Unresponsive(address, after) from None
+        return call.result()  # it is alive, only slow (or answered while we asked): its answer stands
 
     def _ask_who_leads(self, address: str, attempts: _base.Attempts) -> tuple[errors.UnknownOutcome | None, str]:
         """Ask the other endpoints, in turn, who leads while ``address`` does not answer: (the error
@@ -403,7 +422,7 @@ class Client:
                 if self._core.closed:
                     raise RuntimeError("the client was closed during the call") from exc
                 time.sleep(attempts.failed(address, _base.error_from_rpc(exc)))
-            except errors.UnknownOutcome as exc:  # the leader was deposed while the attempt waited
+            except (errors.UnknownOutcome, _base.Unresponsive) as exc:  # a deposed leader, a frozen server
                 time.sleep(attempts.failed(address, exc))
             else:
                 attempts.succeeded(address, _base.leader_address_of(result))

@@ -357,3 +357,34 @@ def test_a_write_waiting_on_a_frozen_leader_moves_to_the_new_one(
     with node_client(cluster.nodes[cluster.wait_for_leader()]) as on_new:
         kv = on_new.get("frozen-write/during")
     assert kv is not None and (kv.value, kv.mod_revision) == (b"2", revision)
+
+
+def test_a_read_waiting_on_a_frozen_server_moves_to_another(cluster: LocalCluster) -> None:
+    """A read's server freezes (SIGSTOP: it keeps its connections and answers nothing). After
+    RetryPolicy.leader_check_after the client asks that server for its status, gets no answer
+    either, and reads from another endpoint, instead of waiting for its attempt to time out (3 s by
+    default; 60 s here, longer than the call). Sync and async clients, linearizable and stale reads."""
+    leader = cluster.wait_for_leader()
+    frozen = next(node for node in cluster.nodes.values() if node.id != leader)
+    others = [node.client_address for node in cluster.nodes.values() if node is not frozen]
+    endpoints = [frozen.client_address, *others]  # reads go to the first endpoint until it fails
+    options: dict[str, Any] = {"credentials": cluster.credentials, "timeout": 20, "retry_policy": PATIENT}
+    with Client(endpoints, **options) as writer:
+        written = writer.put("frozen-read/k", b"v").revision
+    assert frozen.pid is not None
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        with Client(endpoints, **options) as client:
+            linearizable = client.get("frozen-read/k")
+            stale = client.get("frozen-read/k", consistency=Consistency.STALE, min_revision=written)
+
+        async def read_async() -> tuple[Any, Any]:
+            async with AsyncClient(endpoints, **options) as client:
+                first = await client.get("frozen-read/k")
+                return first, await client.get("frozen-read/k", consistency=Consistency.STALE, min_revision=written)
+
+        async_linearizable, async_stale = asyncio.run(read_async())
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    for kv in (linearizable, stale, async_linearizable, async_stale):
+        assert kv is not None and (kv.value, kv.mod_revision) == (b"v", written)

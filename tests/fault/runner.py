@@ -454,7 +454,8 @@ def gap_report(
 ) -> list[str]:
     """The longest windows without a successful write: which fault they overlap, what the write
     operations in flight during the window ended with, and what the servers logged meanwhile
-    (a dump is logged when its writing has finished, so up to a second after the window)."""
+    (a dump is logged when its writing has finished, so up to a second after the window); then the
+    slowest acknowledged writes and reads."""
     lines = []
     for start, end in checks.gaps(checks.write_completions(history))[:top]:
         during = [f for f in faults if f.injected <= end and start <= max(f.whole, f.injected)]
@@ -473,14 +474,15 @@ def gap_report(
             f"{end - start:5.2f} s  [{start:.2f}, {end:.2f}]  during: {around}; unanswered: {dict(errors)}"
             + (f"; servers: {', '.join(logged)}" if logged else "")
         )
-    lines += ["", "slowest acknowledged writes (one client's view):"]
-    writes = [op for op in history.ops if op.type == OK and op.f in checks.WRITES]
-    for op in sorted(writes, key=lambda op: op.invoke_s - op.complete_s)[:top]:
-        during = [f for f in faults if f.injected <= op.complete_s and op.invoke_s <= max(f.whole, f.injected)]
-        around = ", ".join(f"{f.nemesis} {f.target} at {f.injected:.2f} s" for f in during) or "no fault"
-        first = f", fresh client, first endpoint {op.extra['fresh_client']}" if "fresh_client" in op.extra else ""
-        lines.append(
-            f"{op.complete_s - op.invoke_s:5.2f} s  {op.workload} {op.f} #{op.index} "
-            f"[{op.invoke_s:.2f}, {op.complete_s:.2f}]{first}; during: {around}"
-        )
+    for kind, slow in (("writes", checks.WRITES.__contains__), ("reads", lambda f: f not in checks.WRITES)):
+        lines += ["", f"slowest acknowledged {kind} (one client's view):"]
+        done = [op for op in history.ops if op.type == OK and slow(op.f)]
+        for op in sorted(done, key=lambda op: op.invoke_s - op.complete_s)[:top]:
+            during = [f for f in faults if f.injected <= op.complete_s and op.invoke_s <= max(f.whole, f.injected)]
+            around = ", ".join(f"{f.nemesis} {f.target} at {f.injected:.2f} s" for f in during) or "no fault"
+            first = f", fresh client, first endpoint {op.extra['fresh_client']}" if "fresh_client" in op.extra else ""
+            lines.append(
+                f"{op.complete_s - op.invoke_s:5.2f} s  {op.workload} {op.f} #{op.index} "
+                f"[{op.invoke_s:.2f}, {op.complete_s:.2f}]{first}; during: {around}"
+            )
     return lines
