@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from controlplane import agent_metrics
 from controlplane.client import (
     AsyncClient,
     ControlPlaneError,
@@ -136,6 +137,9 @@ class Agent:
         # Event-loop time at which the last successful renewal (registration or heartbeat) was sent:
         # the server renewed the lease no earlier, so it lives at least until this plus the TTL.
         self._renewed_at: float | None = None
+        # The same instant on time.monotonic(), for the metrics thread (agent_metrics).
+        self._renewed_monotonic: float | None = None
+        agent_metrics.track_lease(self)
         # The node was found dead or gone: the next step is registering it again, not a heartbeat.
         self._lost = False
         # Replica removals in flight (kept referenced: the loop holds tasks only weakly).
@@ -146,12 +150,16 @@ class Agent:
         """Seconds between heartbeats (a third of the TTL)."""
         return self.ttl_s / 3
 
+    def lease_deadline_monotonic(self) -> float | None:
+        """``lease_deadline`` on time.monotonic() (for the metrics thread)."""
+        return None if self._renewed_monotonic is None else self._renewed_monotonic + self.ttl_s
+
     def lease_deadline(self) -> float | None:
         """Event-loop time until which the lease surely lives (None before the first registration)."""
         return None if self._renewed_at is None else self._renewed_at + self.ttl_s
 
     async def register(self) -> Registered:
-        sent = asyncio.get_running_loop().time()
+        sent, sent_monotonic = asyncio.get_running_loop().time(), time.monotonic()
         gpus, memory_bytes, cpu_millis = self.resources
         registered = await self.client.membership.register_node(
             self.node_id,
@@ -167,8 +175,9 @@ class Agent:
             instance_id=self.instance_id,
         )
         self.stats.registrations += 1
+        agent_metrics.REGISTRATIONS.inc()
         self.state = registered.node.state
-        self._renewed_at, self._lost = sent, False
+        self._renewed_at, self._renewed_monotonic, self._lost = sent, sent_monotonic, False
         return registered
 
     async def heartbeat(self, timeout: float | None = None) -> NodeState:
@@ -176,17 +185,23 @@ class Agent:
         surely lives (at least a third of the TTL): abandoning a slow renewal that could still land
         only to send the next one later is how leases were lost (see the module docstring)."""
         loop = asyncio.get_running_loop()
-        sent = loop.time()
+        sent, sent_monotonic = loop.time(), time.monotonic()
         if timeout is None:
             deadline = self.lease_deadline()
             timeout = max(self.interval_s, deadline - sent if deadline is not None else 0.0)
         started = time.perf_counter()
         activity = self._activity() if self._activity is not None else ""
-        self.state = await self.client.membership.heartbeat(
-            self.node_id, activity=activity, instance_id=self.instance_id, timeout=timeout
-        )
-        self._renewed_at = sent
+        try:
+            self.state = await self.client.membership.heartbeat(
+                self.node_id, activity=activity, instance_id=self.instance_id, timeout=timeout
+            )
+        except ControlPlaneError:
+            agent_metrics.HEARTBEATS.labels(result="failed").inc()
+            raise
+        self._renewed_at, self._renewed_monotonic = sent, sent_monotonic
         latency = time.perf_counter() - started
+        agent_metrics.HEARTBEATS.labels(result="ok").inc()
+        agent_metrics.HEARTBEAT_SECONDS.observe(latency)
         self.stats.heartbeats += 1
         if len(self.stats.latencies) >= self.MAX_LATENCIES:
             del self.stats.latencies[: self.MAX_LATENCIES // 2]
@@ -231,6 +246,7 @@ class Agent:
                     due = self._retry_at(sent)
                 else:
                     self.stats.lease_lost += 1
+                    agent_metrics.LEASES_LOST.inc()
                     log.warning("agent_lease_lost", node=self.node_id, hint="registering again")
                     self._lost = True
                     due = loop.time()  # register again at once
@@ -305,6 +321,7 @@ class Agent:
             await self._task
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        agent_metrics.untrack_lease(self)
         if deregister:
             await self.client.membership.deregister(self.node_id)
             self.state = NodeState.LEFT

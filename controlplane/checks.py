@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 from google.protobuf import json_format
 
+from controlplane import agent_metrics
 from controlplane.client import (
     AsyncClient,
     Consistency,
@@ -178,6 +179,11 @@ class HealthChecker:
         self._refresher: asyncio.Task[None] | None = None
         self._seen_revision = 0
         self._stopping = asyncio.Event()
+        agent_metrics.track_checks(self)
+
+    def running_checks(self) -> list[str]:
+        """The instances whose checks run now."""
+        return [name for name, (_, task) in list(self._tasks.items()) if not task.done()]
 
     async def start(self) -> None:
         """Read this node's instances, start their checks, and keep following the catalog."""
@@ -271,10 +277,14 @@ class HealthChecker:
         while not self._stopping.is_set():
             started = time.perf_counter()
             status, output = await self._probe(check, manifest, ports, timeout)
+            took = time.perf_counter() - started
             self.stats.probes += 1
             if len(self.stats.probe_seconds) >= 10_000:
                 del self.stats.probe_seconds[:5_000]
-            self.stats.probe_seconds.append(time.perf_counter() - started)
+            self.stats.probe_seconds.append(took)
+            kind = check.type or "none"
+            agent_metrics.CHECK_PROBES.labels(type=kind, result=status.name.lower()).inc()
+            agent_metrics.CHECK_PROBE_SECONDS.labels(type=kind).observe(took)
             local = self._local[name]
             local.observe(status)
             if local.status != self._catalog.get(name):
@@ -316,9 +326,11 @@ class HealthChecker:
             return  # deregistered meanwhile: the next refresh stops the check
         except ControlPlaneError as exc:
             self.stats.report_failures += 1
+            agent_metrics.HEALTH_REPORTS.labels(result="failed").inc()
             log.warning("health_report_failed", node=self.node_id, service=name, reason=exc.message)
             return  # the next probe tries again (the catalog still differs)
         self.stats.reports += 1
+        agent_metrics.HEALTH_REPORTS.labels(result="ok").inc()
         self._catalog[name] = answer.status
         self._catalog_revision[name] = answer.revision
         log.info("health_changed", node=self.node_id, service=name, status=answer.status.name.lower())

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
+from controlplane import agent_metrics
 from controlplane.client import AsyncClient, ControlPlaneError, NotFound, ServiceRecord
 
 log = structlog.get_logger("controlplane.supervisor")
@@ -55,8 +56,9 @@ class Supervisor:
         self.client = client
         self.node_id = node_id
         self._tasks: dict[str, tuple[tuple[str, ...], asyncio.Task[None]]] = {}
-        #: name -> the running process (for tests and the stop path).
+        #: name -> the running process (for tests, the stop path and the metrics).
         self.processes: dict[str, asyncio.subprocess.Process] = {}
+        agent_metrics.track_processes(self)
 
     def sync(self, records: Sequence[ServiceRecord]) -> None:
         """Start what is wanted and not running; stop what runs and is no longer wanted."""
@@ -102,6 +104,7 @@ class Supervisor:
                     await self._report(name, "failed", restarts, code, message=f"cannot start {command[0]}: {exc}")
                     return  # a missing program does not appear by retrying; start again once fixed
                 started = loop.time()
+                agent_metrics.SERVICE_STARTS.inc()
                 self.processes[name] = process
                 await self._report(name, "running", restarts, code=code, pid=process.pid)
                 code = await process.wait()
@@ -109,6 +112,7 @@ class Supervisor:
                 if loop.time() - started >= STABLE_AFTER_S:
                     backoff = MIN_BACKOFF_S
                 restarts += 1
+                agent_metrics.SERVICE_RESTARTS.inc()
                 log.warning("service_exited", service=name, code=code, restart_in=backoff)
                 await self._report(
                     name, "backoff", restarts, code=code, message=f"exited with {code}; restart in {backoff:g}s"

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import structlog
+from prometheus_client import Counter, Histogram
 
 from controlplane.agent import Agent
 from controlplane.client import AsyncClient, Consistency, ControlPlaneError, NotFound
@@ -66,6 +67,26 @@ from gossip.mixing import Array, Params, is_count, pair_weights
 __all__ = ["DEFAULT_PROBE_BYTES", "MAX_PROBE_BYTES", "REPORT_BANDWIDTH_EVERY", "RoundStats", "Worker"]
 
 log = structlog.get_logger("gossip.worker")
+
+# What a training process's workers did, on prometheus_client's default registry (serve it with
+# ``prometheus_client.start_http_server``; gossip/README.md). Process-wide, as one process may
+# hold several workers.
+ROUNDS = Counter(
+    "gossip_worker_rounds_total",
+    "Rounds this process's workers took part in, by kind (train, probe) and outcome (mixed, idle, failed)",
+    ["kind", "result"],
+)
+ROUND_SECONDS = Histogram(
+    "gossip_worker_round_seconds",
+    "A training round's exchange, waiting for the partner included (idle rounds excluded)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+BYTES_RECEIVED = Counter(
+    "gossip_worker_received_bytes_total", "Payload bytes received from partners, by kind (train, probe)", ["kind"]
+)
+REPORTS_FAILED = Counter(
+    "gossip_worker_round_reports_failed_total", "Round reports the cluster did not take (too late, or unreachable)"
+)
 
 REPORT_BANDWIDTH_EVERY = 3
 """Rounds between two bandwidth reports (a failure or a probe is reported at once): each report is a
@@ -605,6 +626,11 @@ class Worker:
 
     async def _report(self, stats: RoundStats, *, probe: bool = False) -> None:
         failed = stats.partner if not stats.ok and stats.partner else ""
+        kind = "probe" if probe else "train"
+        ROUNDS.labels(kind=kind, result="failed" if failed else "idle" if stats.partner is None else "mixed").inc()
+        BYTES_RECEIVED.labels(kind=kind).inc(stats.bytes)
+        if not probe and stats.partner is not None:
+            ROUND_SECONDS.observe(stats.seconds)
         if probe:
             self.last_probe = stats
             await self._report_bandwidth()  # before the round: its end must find the estimates committed
@@ -627,6 +653,7 @@ class Worker:
         except ControlPlaneError as exc:
             # Too late (the leader ended the round) or the cluster is away: the round records this node
             # as silent instead. The parameters are what they are either way.
+            REPORTS_FAILED.inc()
             log.warning("gossip_report_failed", group=self.group, round=stats.number, reason=exc.message)
         if failed:
             log.warning(

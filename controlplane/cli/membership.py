@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from controlplane import __version__
+from controlplane import __version__, agent_metrics
 from controlplane.agent import FINAL_REGISTRATION_ERRORS, Agent
 from controlplane.checks import HealthChecker
 from controlplane.cli import app
@@ -431,6 +431,14 @@ def agent(
             "agent take its node back at once. Sent hashed, never as given"
         ),
     ] = "",
+    metrics_address: Annotated[
+        str,
+        typer.Option(
+            envvar="CP_AGENT_METRICS_ADDRESS",
+            help="Serve Prometheus metrics (lease, heartbeats, checks, supervised services) on HOST:PORT "
+            "(port 0: any free port) [default: off]",
+        ),
+    ] = "",
     endpoints: EndpointsOption = None,
 ) -> None:
     """Run an agent: register, keep its lease alive, deregister on Ctrl-C or SIGTERM.
@@ -506,6 +514,12 @@ def agent(
         if checks
         else None
     )
+    if metrics_address:
+        try:
+            metrics_host, metrics_port = agent_metrics.serve(metrics_address)
+        except (OSError, ValueError) as exc:
+            fail(f"cannot serve metrics on {metrics_address}: {exc}", code=EXIT_USAGE)
+        typer.echo(f"agent {agent_id} metrics at http://{metrics_host}:{metrics_port}/metrics")
     asyncio.run(_run_agent(runner, join or [], artifacts, gossip_listen, gossip_advertise, checker))
 
 

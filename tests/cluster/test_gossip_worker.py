@@ -22,6 +22,7 @@ from controlplane.client._gossip import Round
 from controlplane.dev import LocalCluster
 from controlplane.v1 import watch_pb2
 from gossip import Worker
+from gossip import worker as worker_module
 
 from .conftest import collect_events, cpctl, cpctl_json, eventually
 
@@ -77,6 +78,17 @@ def totals(params: dict[str, Params]) -> dict[str, np.ndarray]:
     return {name: sum(p[name] for p in params.values()) for name in ("w", "b")}
 
 
+def _worker_counts() -> dict[str, float]:
+    """This process's gossip worker metrics (gossip/worker.py), as Prometheus would scrape them."""
+    probe = sum(worker_module.ROUNDS.labels(kind="probe", result=r)._value.get() for r in ("mixed", "idle", "failed"))
+    return {
+        "train mixed": worker_module.ROUNDS.labels(kind="train", result="mixed")._value.get(),
+        "train failed": worker_module.ROUNDS.labels(kind="train", result="failed")._value.get(),
+        "train bytes": worker_module.BYTES_RECEIVED.labels(kind="train")._value.get(),
+        "probe rounds": probe,
+    }
+
+
 async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(cluster: LocalCluster) -> None:
     group = f"gw-{secrets.token_hex(3)}"
     ids = [f"{group}-{k}" for k in "abcd"]
@@ -111,6 +123,7 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
 
         params = {node: initial_params(k) for k, node in enumerate(ids)}
         start_totals = totals(params)
+        counted = _worker_counts()
         # No link is known yet: the first rounds are a probe cycle, which the first step runs on the way
         # to the first training round (round 4). Every step returns after a training round only.
         for number in range(PROBE_ROUNDS + 1, PROBE_ROUNDS + 6):
@@ -135,6 +148,12 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
             assert done.state is RoundState.DONE and not done.failures
             assert done.mixed == 4 and done.pair_distance_sq == pytest.approx(distance, rel=1e-9)
             assert done.bytes_total == 4 * (12 + 3) * 8  # each side receives the other's 15 float64
+        # The process's worker metrics count the same: 4 workers x 5 mixed rounds, each receiving its
+        # partner's 15 float64, and the probe cycle before them.
+        now = _worker_counts()
+        assert now["train mixed"] - counted["train mixed"] == 20
+        assert now["train bytes"] - counted["train bytes"] == 20 * 15 * 8
+        assert now["probe rounds"] > counted["probe rounds"]
         # The exchanges fed the matrix: the workers reported their measured links.
         matrix = await client.gossip.bandwidth(node_id=ids[0])
         assert any(link.bandwidth_bps > 0 and link.samples > 0 for link in matrix.links)
@@ -155,6 +174,7 @@ async def test_workers_gossip_through_committed_rounds_and_survive_a_dead_peer(c
         assert orphan is not None
         stats = workers[orphan].last_round
         assert stats is not None and stats.number == dying and not stats.ok and stats.partner == victim and stats.error
+        assert _worker_counts()["train failed"] > now["train failed"]
         for name in params[orphan]:
             assert np.array_equal(results[orphan][name], params[orphan][name])  # its own parameters, unchanged
         assert_mixed([p for p in pairs_of(sixth) if victim not in p], [], params, results)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.client import (
     Client,
@@ -34,7 +35,7 @@ from controlplane.client import (
     NotFound,
     PortAction,
 )
-from controlplane.dev import LocalCluster
+from controlplane.dev import LocalCluster, free_port
 from controlplane.v1 import membership_pb2, ports_pb2
 from gateway.app import GatewaySettings, create_app
 
@@ -94,6 +95,16 @@ def start_http_service(port: int, log: Path, processes: list[subprocess.Popen[st
     )
     processes.append(process)
     return process
+
+
+def agent_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """An agent's /metrics: (sample name, sorted labels) -> value."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def serving(port: int) -> bool:
@@ -335,9 +346,10 @@ def test_an_agent_starts_a_service_on_demand_restarts_it_after_kill_9_and_stops_
         # No agent allows runs there yet: refused, nothing changed.
         with pytest.raises(FailedPrecondition, match="no live agent"):
             client.services.start(host, name)
+        metrics_port = free_port()
         agent = subprocess.Popen(
             [sys.executable, "-m", "controlplane", "agent", "--id", host, "--ttl", str(TTL_S), "--allow-run",
-             "--endpoints", ",".join(cluster.client_addresses)],
+             "--metrics-address", f"127.0.0.1:{metrics_port}", "--endpoints", ",".join(cluster.client_addresses)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
             env={**credentials_env(cluster), "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
@@ -369,6 +381,19 @@ def test_an_agent_starts_a_service_on_demand_restarts_it_after_kill_9_and_stops_
         assert again.run.pid != pid and again.run.last_exit_code == -signal.SIGKILL
         wait_until(lambda: status_of(client, host, name) is HealthStatus.PASSING, 30, "passing after the restart")
         print(f"kill -9 -> restarted and passing again: {time.monotonic() - killed_at:.2f}s")
+
+        # The agent's metrics tell the same story: its lease, its probes both ways, the two status
+        # changes it reported, the start and the restart of the service it runs.
+        metrics = agent_metrics(metrics_port)
+        assert metrics[("controlplane_agent_heartbeats_total", (("result", "ok"),))] >= 1
+        assert 0 < metrics[("controlplane_agent_lease_remaining_seconds", ())] <= TTL_S
+        assert metrics[("controlplane_agent_check_probes_total", (("result", "passing"), ("type", "http")))] >= 2
+        assert metrics[("controlplane_agent_check_probes_total", (("result", "critical"), ("type", "http")))] >= 1
+        assert metrics[("controlplane_agent_health_reports_total", (("result", "ok"),))] >= 3
+        assert metrics[("controlplane_agent_service_starts_total", ())] == 2
+        assert metrics[("controlplane_agent_service_restarts_total", ())] == 1
+        assert metrics[("controlplane_agent_services_running", ())] == 1
+        assert metrics[("controlplane_agent_checks", ())] == 1
 
         # Stop ends the process; the registration and its ports stay.
         client.services.stop(host, name)
