@@ -67,6 +67,7 @@ from gateway.models import (
     MAX_SEARCH_LIMIT,
     MAX_SEARCH_OFFSET,
     NAME_CHARS,
+    PAGE_TOKEN_CHARS,
     QUERY_CHARS,
     REQUEST_ID_CHARS,
     Backend,
@@ -95,6 +96,7 @@ from gateway.models import (
     RegisterNodeIn,
     SdkBackend,
     SearchOut,
+    SearchPageQuery,
     ServicesOut,
     bootstrap_out,
     cluster_out,
@@ -647,11 +649,19 @@ async def search_models(
     tag: Annotated[str, Query(max_length=NAME_CHARS)] = "",
     family: Annotated[str, Query(max_length=NAME_CHARS)] = "",
     limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = 20,
-    offset: Annotated[int, Query(ge=0, le=MAX_SEARCH_OFFSET)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_SEARCH_OFFSET, description="Prefer page_token (not both)")] = 0,
+    sort: Annotated[
+        Literal["relevance", "name", "updated", "created"],
+        Query(description="relevance (an exact name first, then name prefixes, then bm25), name, or the newest first"),
+    ] = "relevance",
+    page_token: Annotated[
+        str, Query(max_length=PAGE_TOKEN_CHARS, description="The last page's next_page_token (same q, filters, sort)")
+    ] = "",
     consistency: ConsistencyQuery = "linearizable",
 ) -> SearchOut:
-    """Full-text search over the model registry, ranked by bm25."""
-    return search_out(await gateway.backend.search_models(q, tag, family, limit, offset, consistency_of(consistency)))
+    """Full-text search over the model registry; pages follow next_page_token."""
+    page = SearchPageQuery(limit=limit, offset=offset, sort=sort, page_token=page_token)
+    return search_out(await gateway.backend.search_models(q, tag, family, page, consistency_of(consistency)))
 
 
 @v1.get("/flags", response_model=FlagsOut, tags=["flags"], responses=READ_RESPONSES, dependencies=inventory)

@@ -93,6 +93,8 @@ MAX_TTL_S = limits.MAX_LEASE_TTL_MS / 1000
 QUERY_CHARS = 1024
 MAX_SEARCH_LIMIT = 1000
 MAX_SEARCH_OFFSET = 1_000_000
+# A page token the server made is far shorter (server/search.py, _MAX_TOKEN_CHARS).
+PAGE_TOKEN_CHARS = 256
 REQUEST_ID_CHARS = limits.MAX_REQUEST_ID_CHARS
 #: How often a gateway pulls its peer gateways' candidate lists.
 DEFAULT_RELAY_INTERVAL_S = 0.3
@@ -432,6 +434,19 @@ class SearchOut(_Out):
     suggestions: list[str] = Field(
         default_factory=list, description="Did you mean: corrected queries that find models, when this one found none"
     )
+    next_page_token: str = Field(
+        default="", description="Pass it as page_token (same q, filters and sort) for the next page; empty on the last"
+    )
+
+
+@dataclass(frozen=True)
+class SearchPageQuery:
+    """Which page of a search, in which order."""
+
+    limit: int = 20
+    offset: int = 0
+    sort: str = "relevance"
+    page_token: str = ""
 
 
 class FlagOut(_Out):
@@ -668,6 +683,7 @@ def search_out(result: SearchResult) -> SearchOut:
         engine=result.engine,
         query_ms=result.query_ms,
         suggestions=list(result.suggestions),
+        next_page_token=result.next_page_token,
         hits=[
             SearchHitOut(
                 score=hit.score,
@@ -743,7 +759,7 @@ class Backend(Protocol):
     async def services(self, name: str, healthy: bool, consistency: Consistency) -> tuple[ServiceRecord, ...]: ...
 
     async def search_models(
-        self, query: str, tag: str, family: str, limit: int, offset: int, consistency: Consistency
+        self, query: str, tag: str, family: str, page: SearchPageQuery, consistency: Consistency
     ) -> SearchResult: ...
 
     async def flags(self, consistency: Consistency) -> tuple[Flag, ...]: ...
@@ -856,10 +872,17 @@ class SdkBackend:
         return await self.client.services.list(name=name, healthy=healthy, consistency=consistency)
 
     async def search_models(
-        self, query: str, tag: str, family: str, limit: int, offset: int, consistency: Consistency
+        self, query: str, tag: str, family: str, page: SearchPageQuery, consistency: Consistency
     ) -> SearchResult:
         return await self.client.models.search(
-            query, tag=tag, family=family, limit=limit, offset=offset, consistency=consistency
+            query,
+            tag=tag,
+            family=family,
+            limit=page.limit,
+            offset=page.offset,
+            sort=page.sort,
+            page_token=page.page_token,
+            consistency=consistency,
         )
 
     async def flags(self, consistency: Consistency) -> tuple[Flag, ...]:

@@ -356,9 +356,9 @@ METHODS = [
      "Models by name, paginated (``more``: ask again with ``start_after``).",
      "R.LIST_MODELS", "models_pb2.ListModelsRequest(read=P.read_options(consistency, min_revision), prefix=prefix, start_after=start_after, limit=limit)",
      "P.convert(R.ModelList, r, revision=P.revision_of(r))"),
-    ("models", "search", 'self, query: str, *, tag: str = "", family: str = "", format: ModelFormat | str | None = None, status: VersionStatus | str | None = None, owner: str = "", limit: int = 20, offset: int = 0, consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "SearchResult",
-     "Full-text search: every term a prefix, all required; an exact name first, then name prefixes,\n        then bm25. Filters on tag, family, format, status and owner, as arguments or typed in the\n        query (\"tag:chat llama\"). A query that finds nothing carries ``suggestions`` (did you mean).",
-     "R.SEARCH", "R.search_request(query, tag, family, format, status, owner, limit, offset, P.read_options(consistency, min_revision))",
+    ("models", "search", 'self, query: str, *, tag: str = "", family: str = "", format: ModelFormat | str | None = None, status: VersionStatus | str | None = None, owner: str = "", limit: int = 20, offset: int = 0, sort: str = "relevance", page_token: str = "", consistency: Consistency = Consistency.LINEARIZABLE, min_revision: int = 0, timeout: float | None = None', "SearchResult",
+     "Full-text search: every term a prefix, all required; an exact name first, then name prefixes,\n        then bm25. Filters on tag, family, format, status and owner, as arguments or typed in the\n        query (\"tag:chat llama\"). A query that finds nothing carries ``suggestions`` (did you mean).\n        ``sort``: relevance, name, updated or created (newest first). For the next page pass the\n        result's ``next_page_token`` as ``page_token`` with the same query, filters and sort.",
+     "R.SEARCH", "R.search_request(query, tag, family, format, status, owner, limit, offset, P.read_options(consistency, min_revision), sort, page_token)",
      "R.search_result(r)"),
 
     ("membership", "register_node", 'self, node_id: str, *, role: NodeRole | str = "agent", addresses: Mapping[str, str] | None = None, capabilities: Iterable[str] = (), gpus: int = 0, memory_bytes: int = 0, cpu_millis: int = 0, labels: Mapping[str, str] | None = None, version: str = "", ttl_s: float = 10.0, instance_id: str = "", request_id: str | None = None, timeout: float | None = None', "Registered",

@@ -9,6 +9,7 @@ full answer at the revision the page reports, whichever way (rebuild or incremen
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
 import time
@@ -19,7 +20,16 @@ import pytest
 
 from controlplane.errors import InvalidArgument
 from controlplane.server import search
-from controlplane.server.search import ENGINE_FTS5, ENGINE_LIKE, ModelDoc, SearchIndex, model_doc, query_terms
+from controlplane.server.search import (
+    ENGINE_FTS5,
+    ENGINE_LIKE,
+    ModelDoc,
+    SearchIndex,
+    model_doc,
+    page_offset,
+    page_token,
+    query_terms,
+)
 from controlplane.v1 import models_pb2
 
 GGUF = models_pb2.MODEL_FORMAT_GGUF
@@ -253,6 +263,49 @@ async def test_pages_cover_every_match_once_in_a_stable_order(use_fts5: bool) ->
     await index.close()
 
 
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_sort_orders_by_name_newest_change_or_newest_model(use_fts5: bool) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    docs = [
+        dataclasses.replace(doc("b-model", "bulk", family="f"), created=5, updated=50),
+        dataclasses.replace(doc("A-model", "bulk", family="f"), created=9, updated=20),
+        dataclasses.replace(doc("c-model", "bulk bulk bulk", family="f"), created=1, updated=70),
+        dataclasses.replace(doc("d-model", "unrelated", family="g"), created=99, updated=99),
+    ]
+    await index.rebuild(docs, revision=100)
+
+    async def order(query: str, sort: int, **filters: str) -> list[str]:
+        return [name for name, _ in (await index.search(query, sort=sort, **filters)).hits]  # type: ignore[arg-type]
+
+    assert await order("bulk", models_pb2.SEARCH_SORT_NAME) == ["A-model", "b-model", "c-model"]
+    assert await order("bulk", models_pb2.SEARCH_SORT_UPDATED) == ["c-model", "b-model", "A-model"]
+    assert await order("bulk", models_pb2.SEARCH_SORT_CREATED) == ["A-model", "b-model", "c-model"]
+    # Browsing (filters, no words) takes the same orders; by name unless asked otherwise.
+    assert await order("", models_pb2.SEARCH_SORT_RELEVANCE, family="f") == ["A-model", "b-model", "c-model"]
+    assert await order("", models_pb2.SEARCH_SORT_UPDATED, family="f") == ["c-model", "b-model", "A-model"]
+    with pytest.raises(InvalidArgument, match="unknown sort"):
+        await index.search("bulk", sort=7)
+    await index.close()
+
+
+def test_a_page_token_continues_only_its_own_search() -> None:
+    request = models_pb2.SearchRequest(query="llama", tag="chat", sort=models_pb2.SEARCH_SORT_UPDATED, limit=10)
+    token = page_token(request, 40)
+    assert page_offset(models_pb2.SearchRequest(query="llama", tag="chat", sort=2, limit=50, page_token=token)) == 40
+    assert page_offset(models_pb2.SearchRequest(query="llama", offset=7)) == 7  # no token: the offset
+    for other in (
+        models_pb2.SearchRequest(query="qwen", tag="chat", sort=2, page_token=token),
+        models_pb2.SearchRequest(query="llama", tag="chat", page_token=token),  # another order
+    ):
+        with pytest.raises(InvalidArgument, match="another search"):
+            page_offset(other)
+    for damaged in ("p1.!!!", "p1.e30", token[:-3], "x" * 300, "p1." + "A" * 10):
+        with pytest.raises(InvalidArgument, match="page_token"):
+            page_offset(models_pb2.SearchRequest(query="llama", tag="chat", sort=2, page_token=damaged))
+    with pytest.raises(InvalidArgument, match="not both"):
+        page_offset(models_pb2.SearchRequest(query="llama", tag="chat", sort=2, page_token=token, offset=3))
+
+
 @pytest.mark.parametrize(
     ("limit", "offset", "message"),
     [(0, 0, "limit"), (1001, 0, "limit"), (-1, 0, "limit"), (20, -1, "offset")],
@@ -463,11 +516,19 @@ async def test_a_revision_only_apply_is_committed_lazily_and_on_close(
 
 
 def test_model_doc_collects_the_formats_and_statuses_of_current_versions() -> None:
-    model = models_pb2.Model(name="Llama-3-8B", description="d", family="llama", tags=["chat", "x"], owner="me")
+    model = models_pb2.Model(
+        name="Llama-3-8B",
+        description="d",
+        family="llama",
+        tags=["chat", "x"],
+        owner="me",
+        create_revision=3,
+        mod_revision=9,
+    )
     versions = [
-        models_pb2.ModelVersion(model="Llama-3-8B", version=1, format=GGUF, status=READY),
-        models_pb2.ModelVersion(model="Llama-3-8B", version=2, format=GGUF, status=PENDING),
-        models_pb2.ModelVersion(model="Llama-3-8B", version=4, format=ONNX, status=READY),
+        models_pb2.ModelVersion(model="Llama-3-8B", version=1, format=GGUF, status=READY, mod_revision=4),
+        models_pb2.ModelVersion(model="Llama-3-8B", version=2, format=GGUF, status=PENDING, mod_revision=12),
+        models_pb2.ModelVersion(model="Llama-3-8B", version=4, format=ONNX, status=READY, mod_revision=8),
     ]
     assert model_doc(model, versions) == ModelDoc(
         name="Llama-3-8B",
@@ -477,6 +538,8 @@ def test_model_doc_collects_the_formats_and_statuses_of_current_versions() -> No
         owner="me",
         formats=frozenset({GGUF, ONNX}),
         statuses=frozenset({READY, PENDING}),
+        created=3,
+        updated=12,  # a version changed after the model record did
     )
     assert model_doc(model, []).formats == frozenset()
     with pytest.raises(ValueError, match="does not belong"):

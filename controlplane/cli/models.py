@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import json
 import logging
@@ -183,6 +184,13 @@ def list_(
     emit(output, plain(result), text)
 
 
+class SearchOrder(enum.StrEnum):
+    relevance = "relevance"
+    name = "name"
+    updated = "updated"
+    created = "created"
+
+
 @models_app.command()
 def search(
     query: Annotated[
@@ -194,7 +202,13 @@ def search(
     status: Annotated[str | None, typer.Option(help="Only models with a version in this status")] = None,
     owner: Annotated[str, typer.Option(help="Only models of this owner")] = "",
     limit: Annotated[int, typer.Option(help="Results per page")] = 20,
-    offset: Annotated[int, typer.Option(help="Skip this many results")] = 0,
+    offset: Annotated[int, typer.Option(help="Skip this many results (or use --page-token)")] = 0,
+    sort: Annotated[
+        SearchOrder, typer.Option(help="relevance, name, updated or created (the newest first)")
+    ] = SearchOrder.relevance,
+    page_token: Annotated[
+        str, typer.Option(help="The next page: the token the previous page printed (same query, filters, sort)")
+    ] = "",
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
@@ -205,7 +219,16 @@ def search(
     """
     with connect(endpoints, timeout) as client:
         result = client.models.search(
-            query, tag=tag, family=family, format=format_, status=status, owner=owner, limit=limit, offset=offset
+            query,
+            tag=tag,
+            family=family,
+            format=format_,
+            status=status,
+            owner=owner,
+            limit=limit,
+            offset=offset,
+            sort=sort.value,
+            page_token=page_token,
         )
     lines = [_model_line(hit.model) for hit in result.hits] or ["(no match)"]
     if result.suggestions:
@@ -214,6 +237,8 @@ def search(
         f"\n{len(result.hits)} of {result.total} match(es), {result.query_ms:.2f} ms ({result.engine}), "
         f"revision {result.revision}"
     )
+    if result.next_page_token:
+        lines.append(f"next page: --page-token {result.next_page_token}")
     emit(output, plain(result), "\n".join(lines))
 
 

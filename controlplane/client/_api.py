@@ -782,17 +782,31 @@ class Models:
         owner: str = "",
         limit: int = 20,
         offset: int = 0,
+        sort: str = "relevance",
+        page_token: str = "",
         consistency: Consistency = Consistency.LINEARIZABLE,
         min_revision: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
         """Full-text search: every term a prefix, all required; an exact name first, then name prefixes,
         then bm25. Filters on tag, family, format, status and owner, as arguments or typed in the
-        query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean)."""
+        query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean).
+        ``sort``: relevance, name, updated or created (newest first). For the next page pass the
+        result's ``next_page_token`` as ``page_token`` with the same query, filters and sort."""
         r = self._unary(
             R.SEARCH,
             R.search_request(
-                query, tag, family, format, status, owner, limit, offset, P.read_options(consistency, min_revision)
+                query,
+                tag,
+                family,
+                format,
+                status,
+                owner,
+                limit,
+                offset,
+                P.read_options(consistency, min_revision),
+                sort,
+                page_token,
             ),
             timeout,
         )
@@ -2125,17 +2139,31 @@ class AsyncModels:
         owner: str = "",
         limit: int = 20,
         offset: int = 0,
+        sort: str = "relevance",
+        page_token: str = "",
         consistency: Consistency = Consistency.LINEARIZABLE,
         min_revision: int = 0,
         timeout: float | None = None,
     ) -> SearchResult:
         """Full-text search: every term a prefix, all required; an exact name first, then name prefixes,
         then bm25. Filters on tag, family, format, status and owner, as arguments or typed in the
-        query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean)."""
+        query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean).
+        ``sort``: relevance, name, updated or created (newest first). For the next page pass the
+        result's ``next_page_token`` as ``page_token`` with the same query, filters and sort."""
         r = await self._unary(
             R.SEARCH,
             R.search_request(
-                query, tag, family, format, status, owner, limit, offset, P.read_options(consistency, min_revision)
+                query,
+                tag,
+                family,
+                format,
+                status,
+                owner,
+                limit,
+                offset,
+                P.read_options(consistency, min_revision),
+                sort,
+                page_token,
             ),
             timeout,
         )

@@ -139,6 +139,8 @@ class SearchResult:
     engine: str
     #: Did you mean: when the first page found nothing, corrected queries that find models, best first.
     suggestions: tuple[str, ...] = ()
+    #: Pass it as ``page_token`` (same query, filters and sort) for the next page; "" on the last one.
+    next_page_token: str = ""
 
 
 def format_value(value: ModelFormat | str | int) -> int:
@@ -231,6 +233,15 @@ def detail(response: models_pb2.GetModelResponse) -> ModelDetail:
     return convert(ModelDetail, response, revision=revision_of(response))
 
 
+#: ``search(sort=...)``: the orders, by the names the SDK, the CLI and the gateway take.
+SEARCH_SORTS: dict[str, int] = {
+    "relevance": models_pb2.SEARCH_SORT_RELEVANCE,
+    "name": models_pb2.SEARCH_SORT_NAME,
+    "updated": models_pb2.SEARCH_SORT_UPDATED,
+    "created": models_pb2.SEARCH_SORT_CREATED,
+}
+
+
 def search_result(response: models_pb2.SearchResponse) -> SearchResult:
     return convert(SearchResult, response, revision=revision_of(response))
 
@@ -272,7 +283,12 @@ def search_request(
     limit: int,
     offset: int,
     read: Any,
+    sort: str = "relevance",
+    page_token: str = "",
 ) -> models_pb2.SearchRequest:
+    order = SEARCH_SORTS.get(sort.lower())
+    if order is None:
+        raise errors.InvalidArgument(f"unknown sort {sort!r}; use {', '.join(SEARCH_SORTS)}")
     return models_pb2.SearchRequest(
         read=read,
         query=query,
@@ -283,4 +299,6 @@ def search_request(
         owner=owner,
         limit=limit,
         offset=offset,
+        sort=order,  # type: ignore[arg-type]
+        page_token=page_token,
     )

@@ -86,9 +86,13 @@ LIKE engine scans every model on every search (tens of ms at 20,000 models).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import functools
+import hashlib
 import itertools
+import json
 import re
 import sqlite3
 import time
@@ -117,6 +121,8 @@ __all__ = [
     "SearchIndex",
     "SearchPage",
     "model_doc",
+    "page_offset",
+    "page_token",
     "query_terms",
 ]
 
@@ -158,6 +164,8 @@ _TABLES = (
         name TEXT NOT NULL UNIQUE,
         family_key TEXT NOT NULL,  -- casefolded family, for the family filter
         owner_key TEXT NOT NULL,   -- casefolded owner, for the owner filter
+        created INTEGER NOT NULL,  -- the model's create_revision, for SEARCH_SORT_CREATED
+        updated INTEGER NOT NULL,  -- its last change or its versions', for SEARCH_SORT_UPDATED
         like_text TEXT             -- LIKE engine only: see _like_text
     )""",
     """CREATE TABLE model_tags (
@@ -175,6 +183,8 @@ _TABLES = (
 _INDEXES = (
     "CREATE INDEX models_by_family ON models (family_key)",
     "CREATE INDEX models_by_owner ON models (owner_key)",
+    "CREATE INDEX models_by_created ON models (created)",
+    "CREATE INDEX models_by_updated ON models (updated)",
     "CREATE INDEX model_tags_by_model ON model_tags (model_id)",
     "CREATE INDEX model_facets_by_model ON model_facets (model_id)",
 )
@@ -199,7 +209,7 @@ _PRAGMAS = (
 )
 # How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
 # is rebuilt, not trusted: bump this whenever a change here would index a model differently.
-LAYOUT = 2
+LAYOUT = 3
 # How often an apply that changed no model commits its revision (see the module docstring).
 META_WRITE_INTERVAL_S = 1.0
 # Documents per insert statement in a rebuild.
@@ -226,17 +236,21 @@ class ModelDoc:
     owner: str
     formats: frozenset[int]  # ModelFormat values of its current versions
     statuses: frozenset[int]  # VersionStatus values of its current versions
+    created: int = 0  # the model's create_revision
+    updated: int = 0  # the latest mod_revision of the model and its versions
 
 
 def model_doc(model: models_pb2.Model, versions: Iterable[models_pb2.ModelVersion]) -> ModelDoc:
     """The index document for ``model`` and its current versions."""
     formats: set[int] = set()
     statuses: set[int] = set()
+    updated = model.mod_revision
     for version in versions:
         if version.model != model.name:
             raise ValueError(f"version {version.model}/{version.version} does not belong to model {model.name!r}")
         formats.add(version.format)
         statuses.add(version.status)
+        updated = max(updated, version.mod_revision)
     return ModelDoc(
         name=model.name,
         description=model.description,
@@ -245,6 +259,8 @@ def model_doc(model: models_pb2.Model, versions: Iterable[models_pb2.ModelVersio
         owner=model.owner,
         formats=frozenset(formats),
         statuses=frozenset(statuses),
+        created=model.create_revision,
+        updated=updated,
     )
 
 
@@ -444,9 +460,18 @@ _FILTERS = {
 }
 
 
+# The orders other than relevance (SearchSort values), each ending in the name: the order is total.
+_BY_NAME = "name COLLATE NOCASE, name"
+_SORTS: dict[int, str] = {
+    models_pb2.SEARCH_SORT_NAME: _BY_NAME,
+    models_pb2.SEARCH_SORT_UPDATED: f"m.updated DESC, {_BY_NAME}",
+    models_pb2.SEARCH_SORT_CREATED: f"m.created DESC, {_BY_NAME}",
+}
+
+
 @functools.lru_cache(maxsize=1024)
-def _statements(engine: str, term_count: int, filters: tuple[str, ...]) -> tuple[str, str]:
-    """The SQL for one shape of search (engine, number of terms, filters used): (page, total).
+def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: int = 0) -> tuple[str, str]:
+    """The SQL for one shape of search (engine, number of terms, filters used, order): (page, total).
 
     One text per shape, so sqlite3's statement cache prepares each shape once.
     """
@@ -463,14 +488,16 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...]) -> tuple
     starts_with = f"substr({key}, 1, length(:exact)) = :exact"
     order = (
         f"ORDER BY {key} = :exact DESC, {starts_with} DESC, CASE WHEN {starts_with} THEN length(m.name) END, "
-        "score, name COLLATE NOCASE, name LIMIT :limit OFFSET :offset"
+        f"score, {_BY_NAME} LIMIT :limit OFFSET :offset"
     )
+    if sort in _SORTS:
+        order = f"ORDER BY {_SORTS[sort]} LIMIT :limit OFFSET :offset"
     if term_count == 0:
-        # No words, only filters: browse the models they select, by name.
+        # No words, only filters: browse the models they select, by name unless asked otherwise.
         browse = f"FROM models AS m WHERE 1 = 1 {where}"
         return (
             f"SELECT m.name AS name, 0.0 AS score, COUNT(*) OVER () AS total {browse} "
-            "ORDER BY name COLLATE NOCASE, name LIMIT :limit OFFSET :offset",
+            f"ORDER BY {_SORTS.get(sort, _BY_NAME)} LIMIT :limit OFFSET :offset",
             f"SELECT COUNT(*) {browse}",
         )
     if engine == ENGINE_FTS5:
@@ -614,8 +641,10 @@ class SearchIndex:
         owner: str = "",
         limit: int = DEFAULT_LIMIT,
         offset: int = 0,
+        sort: int = models_pb2.SEARCH_SORT_RELEVANCE,
     ) -> SearchPage:
-        """A page of the models matching every term of ``query`` (as prefixes) and every filter.
+        """A page of the models matching every term of ``query`` (as prefixes) and every filter,
+        in the ``sort`` order (a SearchSort value).
 
         Filters come from the arguments and from ``key:value`` words in the query (tag, family,
         status, format, owner); an empty filter (``""`` or ``0``) does not filter. A first page
@@ -624,6 +653,8 @@ class SearchIndex:
         an unknown format or status, or a filter given two different values.
         """
         _check_page(query, limit, offset)
+        if sort != models_pb2.SEARCH_SORT_RELEVANCE and sort not in _SORTS:
+            raise InvalidArgument(f"unknown sort {sort}; use relevance, name, updated or created")
         parsed = parse_query(query)
         filters = _merged_filters(parsed.filters, tag=tag, family=family, format=format, status=status, owner=owner)
         terms = _check_terms(parsed.text)
@@ -633,7 +664,7 @@ class SearchIndex:
             return SearchPage(hits=[], total=0, query_ms=0.0, revision=self._revision, engine=self._engine)
         async with self._lock:
             started = time.perf_counter()
-            rows, total = await self._page(terms, filters, used, parsed.text.strip(), limit, offset)
+            rows, total = await self._page(terms, filters, used, parsed.text.strip(), limit, offset, sort)
             suggestions: list[str] = []
             if not rows and offset == 0 and terms:
                 suggestions = await self._suggestions(terms, filters, used, parsed)
@@ -649,7 +680,14 @@ class SearchIndex:
         )
 
     async def _page(
-        self, terms: list[str], filters: dict[str, Any], used: tuple[str, ...], exact: str, limit: int, offset: int
+        self,
+        terms: list[str],
+        filters: dict[str, Any],
+        used: tuple[str, ...],
+        exact: str,
+        limit: int,
+        offset: int,
+        sort: int = models_pb2.SEARCH_SORT_RELEVANCE,
     ) -> tuple[list[Any], int]:
         """One page of matches and the number of matches in all. Hold the lock."""
         # The typed text as the order compares names (see _statements): without separators, in
@@ -664,7 +702,7 @@ class SearchIndex:
                 typed, joined = _spellings(term)
                 params[f"term{index}"], params[f"joined{index}"] = _like_pattern(typed), _like_pattern(joined)
         params.update((name, filters[name]) for name in used)
-        page_sql, count_sql = _statements(self._engine, len(terms), used)
+        page_sql, count_sql = _statements(self._engine, len(terms), used, sort)
         rows = list(await self._conn.execute_fetchall(page_sql, params))
         if rows and (self._engine == ENGINE_LIKE or not terms):
             total = rows[0][2]
@@ -878,13 +916,15 @@ class SearchIndex:
 
     async def _insert(self, docs: list[ModelDoc], first_id: int) -> None:
         fts = self._engine == ENGINE_FTS5
-        models: list[tuple[int, str, str, str, str | None]] = []
+        models: list[tuple[int, str, str, str, int, int, str | None]] = []
         texts: list[tuple[int, str, str, str, str, str]] = []
         tags: list[tuple[str, int]] = []
         facets: list[tuple[str, int, int]] = []
         for model_id, doc in enumerate(docs, start=first_id):
             like_text = None if fts else _like_text(doc)
-            models.append((model_id, doc.name, doc.family.casefold(), doc.owner.casefold(), like_text))
+            models.append(
+                (model_id, doc.name, doc.family.casefold(), doc.owner.casefold(), doc.created, doc.updated, like_text)
+            )
             if fts:
                 texts.append(
                     (
@@ -900,7 +940,9 @@ class SearchIndex:
             facets.extend((_FACET_FORMAT, value, model_id) for value in sorted(doc.formats))
             facets.extend((_FACET_STATUS, value, model_id) for value in sorted(doc.statuses))
         await self._conn.executemany(
-            "INSERT INTO models (id, name, family_key, owner_key, like_text) VALUES (?, ?, ?, ?, ?)", models
+            "INSERT INTO models (id, name, family_key, owner_key, created, updated, like_text) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            models,
         )
         if fts:
             await self._conn.executemany(
@@ -944,6 +986,49 @@ def _unique_by_name(docs: Iterable[ModelDoc]) -> dict[str, ModelDoc]:
             raise ValueError(f"model {doc.name!r} appears twice")
         by_name[doc.name] = doc
     return by_name
+
+
+# A page token: "p1." + base64url(JSON {"o": offset, "k": the search it belongs to}). Stateless, so
+# any server continues any server's search; not a secret (it says where the next page starts).
+_TOKEN_PREFIX = "p1."
+_MAX_TOKEN_CHARS = 256
+
+
+def search_key(request: models_pb2.SearchRequest) -> str:
+    """What a page token is bound to: the query, the filters and the order (not the page size)."""
+    fields = [request.query, request.tag, request.family, request.format, request.status, request.owner, request.sort]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+
+def page_token(request: models_pb2.SearchRequest, offset: int) -> str:
+    """The token for the page of ``request``'s search that starts at ``offset``."""
+    body = json.dumps({"o": offset, "k": search_key(request)}, separators=(",", ":")).encode()
+    return _TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def page_offset(request: models_pb2.SearchRequest) -> int:
+    """Where ``request``'s page starts: its page_token's offset, its offset, or 0. InvalidArgument
+    for a token that is damaged or belongs to another search, or for both a token and an offset."""
+    token = request.page_token
+    if not token:
+        return request.offset
+    if request.offset:
+        raise InvalidArgument("give page_token or offset, not both")
+    try:
+        if not token.startswith(_TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+            raise ValueError
+        encoded = token[len(_TOKEN_PREFIX) :]
+        body = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        offset, key = body["o"], body["k"]
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(key, str):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidArgument("page_token is not one this search returned (damaged?); start again without it") from None
+    if key != search_key(request):
+        raise InvalidArgument(
+            "page_token belongs to another search: keep the query, filters and sort of the page that returned it"
+        )
+    return offset
 
 
 def _check_page(query: str, limit: int, offset: int) -> None:

@@ -20,6 +20,7 @@ from controlplane.errors import DeadlineExceeded, InvalidArgument, NoLeader, Not
 from controlplane.server import metrics
 from controlplane.server.node import Node
 from controlplane.server.nodeview import node_views
+from controlplane.server.search import page_offset, page_token
 from controlplane.state import health, limits
 from controlplane.state.gossip import check_configure, check_metrics
 from controlplane.state.machine import DOMAIN_KV
@@ -635,6 +636,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
         required = request.read.min_revision if stale else self._node.machine.revision
         if self._node.indexer is None:
             raise Unavailable(f"{self._node.node_id} is still starting: its search index is not built yet")
+        offset = page_offset(request)
         index = await self._node.indexer.wait_indexed(required, _timeout(context))
         page = await index.search(
             request.query,
@@ -644,8 +646,10 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             status=request.status,
             owner=request.owner,
             limit=request.limit or 20,
-            offset=request.offset,
+            offset=offset,
+            sort=request.sort,
         )
+        following = offset + len(page.hits)
         registry = self._node.machine.registry
         with self._node.state_lock:
             hits = [
@@ -660,6 +664,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             query_ms=page.query_ms,
             engine=page.engine,
             suggestions=page.suggestions,
+            next_page_token=page_token(request, following) if page.hits and following < page.total else "",
         )
 
 

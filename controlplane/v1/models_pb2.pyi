@@ -24,6 +24,13 @@ class VersionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERSION_STATUS_READY: _ClassVar[VersionStatus]
     VERSION_STATUS_FAILED: _ClassVar[VersionStatus]
     VERSION_STATUS_DEPRECATED: _ClassVar[VersionStatus]
+
+class SearchSort(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_SORT_RELEVANCE: _ClassVar[SearchSort]
+    SEARCH_SORT_NAME: _ClassVar[SearchSort]
+    SEARCH_SORT_UPDATED: _ClassVar[SearchSort]
+    SEARCH_SORT_CREATED: _ClassVar[SearchSort]
 MODEL_FORMAT_UNSPECIFIED: ModelFormat
 MODEL_FORMAT_SAFETENSORS: ModelFormat
 MODEL_FORMAT_GGUF: ModelFormat
@@ -35,6 +42,10 @@ VERSION_STATUS_PENDING: VersionStatus
 VERSION_STATUS_READY: VersionStatus
 VERSION_STATUS_FAILED: VersionStatus
 VERSION_STATUS_DEPRECATED: VersionStatus
+SEARCH_SORT_RELEVANCE: SearchSort
+SEARCH_SORT_NAME: SearchSort
+SEARCH_SORT_UPDATED: SearchSort
+SEARCH_SORT_CREATED: SearchSort
 
 class Model(_message.Message):
     __slots__ = ("name", "description", "family", "tags", "owner", "aliases", "latest_version", "create_revision", "mod_revision", "created_unix_ms", "updated_unix_ms", "version_count")
@@ -368,7 +379,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("read", "query", "tag", "family", "format", "status", "limit", "offset", "owner")
+    __slots__ = ("read", "query", "tag", "family", "format", "status", "limit", "offset", "owner", "sort", "page_token")
     READ_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
@@ -378,6 +389,8 @@ class SearchRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    SORT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     read: _common_pb2.ReadOptions
     query: str
     tag: str
@@ -387,7 +400,9 @@ class SearchRequest(_message.Message):
     limit: int
     offset: int
     owner: str
-    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., query: _Optional[str] = ..., tag: _Optional[str] = ..., family: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., status: _Optional[_Union[VersionStatus, str]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    sort: SearchSort
+    page_token: str
+    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., query: _Optional[str] = ..., tag: _Optional[str] = ..., family: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., status: _Optional[_Union[VersionStatus, str]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., owner: _Optional[str] = ..., sort: _Optional[_Union[SearchSort, str]] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("model", "score")
@@ -398,20 +413,22 @@ class SearchHit(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("header", "hits", "total", "query_ms", "engine", "suggestions")
+    __slots__ = ("header", "hits", "total", "query_ms", "engine", "suggestions", "next_page_token")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     QUERY_MS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     header: _common_pb2.ResponseHeader
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     total: int
     query_ms: float
     engine: str
     suggestions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., total: _Optional[int] = ..., query_ms: _Optional[float] = ..., engine: _Optional[str] = ..., suggestions: _Optional[_Iterable[str]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., total: _Optional[int] = ..., query_ms: _Optional[float] = ..., engine: _Optional[str] = ..., suggestions: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ModelsState(_message.Message):
     __slots__ = ("models", "versions")

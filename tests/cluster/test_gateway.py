@@ -127,6 +127,13 @@ async def test_every_endpoint_against_real_servers(cluster: LocalCluster, http: 
         return [hit["model"]["name"] for hit in result["hits"]]
 
     assert await eventually(found, 10, "the model in the search index") == ["GatewayLlama-7B"]
+    # Sorted pages: the token of one page brings the next; a bad sort or token is a 400.
+    first = await http.get("/v1/models/search", params={"tag": "gwtag", "sort": "name", "limit": 1}, headers=AUTH)
+    assert first.status_code == 200 and first.json()["hits"][0]["model"]["name"] == "GatewayLlama-7B"
+    bad_sort = await http.get("/v1/models/search", params={"q": "x", "sort": "popular"}, headers=AUTH)
+    assert bad_sort.status_code == 400
+    stray = {"q": "gatewayll", "page_token": "p1.nonsense"}
+    assert (await http.get("/v1/models/search", params=stray, headers=AUTH)).status_code == 400
 
     # The cluster's refusals, in the gateway's shape.
     missing = await http.get("/v1/networks/gw-nowhere", headers=AUTH)

@@ -89,6 +89,50 @@ def test_search_quality_and_the_same_answer_on_every_server(cluster: LocalCluste
             client.models.search("tag:chat tag:audio")
 
 
+def test_sorted_pages_follow_their_token_across_servers(cluster: LocalCluster) -> None:
+    """Newest-changed first, a page at a time, each page asked of another server with the token the
+    previous one returned: every model once, in order; a token is refused for another search."""
+    tag = f"paged-{uuid.uuid4().hex[:6]}"
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
+        for index in range(7):
+            client.models.register(f"{tag}-m{index}", sha(f"{tag}{index}"), 10, "onnx", tags=[tag])
+        # m2 gets a new version last: the most recently changed.
+        last = client.models.register(f"{tag}-m2", sha(f"{tag}-again"), 10, "onnx").revision
+        seen: list[str] = []
+        token = ""
+        for page_number in range(10):
+            node = running(cluster)[page_number % len(cluster.nodes)]
+            with node_client(node) as local:
+                page = local.models.search(
+                    f"tag:{tag}", sort="updated", limit=3, page_token=token, min_revision=last,
+                    consistency=Consistency.STALE,
+                )  # fmt: skip
+            seen += names(page)
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == [f"{tag}-m2", *(f"{tag}-m{index}" for index in (6, 5, 4, 3, 1, 0))]
+        assert page_number == 2  # 3 + 3 + 1
+        first = client.models.search(f"tag:{tag}", sort="updated", limit=3)
+        with pytest.raises(InvalidArgument, match="another search"):
+            client.models.search(f"tag:{tag}", sort="name", limit=3, page_token=first.next_page_token)
+        with pytest.raises(InvalidArgument, match="unknown sort"):
+            client.models.search(f"tag:{tag}", sort="popular")
+        by_name = client.models.search(f"tag:{tag}", sort="name", limit=10)
+        assert names(by_name) == sorted(names(by_name)) and by_name.next_page_token == ""
+    # The CLI prints where the next page starts, and takes it back.
+    cli = [sys.executable, "-m", "controlplane", "models", "search", f"tag:{tag}", "--sort", "created", "--limit", "4"]
+    endpoints = ["--endpoints", ",".join(cluster.client_addresses)]
+    env = credentials_env(cluster)
+    shown = subprocess.run([*cli, *endpoints], capture_output=True, text=True, timeout=60, env=env)
+    assert shown.returncode == 0, shown.stderr
+    token = shown.stdout.split("--page-token ", 1)[1].split()[0]
+    following = [*cli, "--page-token", token, "--output", "json", *endpoints]
+    rest = subprocess.run(following, capture_output=True, text=True, timeout=60, env=env)
+    assert rest.returncode == 0, rest.stderr
+    assert [hit["model"]["name"] for hit in json.loads(rest.stdout)["hits"]] == [f"{tag}-m{i}" for i in (2, 1, 0)]
+
+
 def test_registry_rules_and_bad_input_over_grpc(cluster: LocalCluster) -> None:
     name = f"rules-{uuid.uuid4().hex[:6]}"
     with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
