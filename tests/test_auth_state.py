@@ -7,6 +7,7 @@ rules as plainly as possible (string comparisons, no implied-verb table, no pars
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -266,7 +267,7 @@ def test_allowed_matches_a_naive_reading(
 
 def _restore(machine: StateMachine, backup: bytes, include_auth: bool) -> command_pb2.CommandResult:
     restore = command_pb2.RestoreState(snapshot=backup, include_auth=include_auth)
-    command = command_pb2.Command(request_id=f"restore-{include_auth}", restore_state=restore)
+    command = command_pb2.Command(request_id=f"restore-{uuid.uuid4().hex}", restore_state=restore)
     return machine.apply_entry(batch_entry(NOW, "n1", [command]))[0]
 
 
@@ -315,3 +316,48 @@ def test_a_restore_with_a_bad_auth_state_changes_nothing() -> None:
     assert result.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
     assert "bad auth state" in result.error.message and "no-such-role" in result.error.message
     assert (target.auth.to_state(), target.revision) == (before, revision)
+
+
+def test_a_restore_never_revives_a_token_this_cluster_revoked_or_cut_off() -> None:
+    """The same cluster, restoring its own backups: a token revoked since, a token of a user deleted
+    since, and a revoked token the next backup does not even hold all stay unusable."""
+    machine = StateMachine()
+    _user_with(machine, "bob", "reader", _perm("kv", "read", "app/"))
+    _user_with(machine, "eve", "writer", _perm("kv", "write", "app/"))
+    _token(machine, "t-bob", "bob", "sb")
+    _token(machine, "t-eve", "eve", "se")
+    backup = machine.snapshot()  # both tokens good here
+    without_tokens = command_pb2.StateSnapshot.FromString(backup)
+    without_tokens.auth.ClearField("tokens")
+    _apply(machine, auth_pb2.AuthCommand(token_revoke="t-bob"))
+    _apply(machine, auth_pb2.AuthCommand(user_delete="eve"))
+    assert machine.auth.authenticate("cp1.t-eve.se", NOW)[0] == ""
+
+    # A backup that does not hold the revoked token: its record stays, revoked.
+    assert not _restore(machine, without_tokens.SerializeToString(), include_auth=True).HasField("error")
+    assert machine.auth.tokens["t-bob"].revoked
+    # Then the backup that holds both, good: still unusable. Eve is back as the backup had her.
+    assert not _restore(machine, backup, include_auth=True).HasField("error")
+    assert "revoked" in machine.auth.authenticate("cp1.t-bob.sb", NOW)[1]
+    assert "revoked" in machine.auth.authenticate("cp1.t-eve.se", NOW)[1]
+    assert "eve" in machine.auth.users
+
+
+def test_a_backup_with_a_deleted_users_token_restores_and_duplicates_are_refused() -> None:
+    source = StateMachine()
+    _user_with(source, "bob", "reader", _perm("kv", "read", "app/"))
+    _token(source, "t1", "bob", "s")
+    _apply(source, auth_pb2.AuthCommand(user_delete="bob"))  # keeps t1, which names nobody now
+    target = StateMachine()
+    assert not _restore(target, source.snapshot(), include_auth=True).HasField("error")
+    assert target.auth.authenticate("cp1.t1.s", NOW)[0] == ""
+    # A role or a permission held twice would survive a revoke that reports success: refused.
+    for damage in ("role twice", "permission twice"):
+        snap = command_pb2.StateSnapshot.FromString(_backup_with_bob())
+        if damage == "role twice":
+            next(u for u in snap.auth.users if u.name == "bob").roles.append("app-reader")
+        else:
+            role = next(r for r in snap.auth.roles if r.name == "app-reader")
+            role.permissions.append(role.permissions[0])
+        result = _restore(StateMachine(), snap.SerializeToString(), include_auth=True)
+        assert result.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and damage in result.error.message

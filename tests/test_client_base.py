@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import time
+from collections.abc import Awaitable, Callable
 
+import grpc
 import pytest
 
 from controlplane import errors
-from controlplane.client import Consistency, EventType, KeyValue, RetryPolicy, Role, _base
+from controlplane.client import AsyncClient, Consistency, EventType, KeyValue, RetryPolicy, Role, _base
 from controlplane.v1 import cluster_pb2, kv_pb2, watch_pb2
 
 pytestmark = pytest.mark.timeout(30)
@@ -196,10 +199,51 @@ def test_only_a_read_checks_its_server_is_alive_and_only_if_it_could_go_elsewher
     assert bulk.liveness_check_after("a:1") == 0.0
     never = _base.Attempts(router, make_policy(leader_check_after=0.0), timeout=5, write=False)
     assert never.liveness_check_after("a:1") == 0.0
-    # An unresponsive server is left like an unavailable one: the next attempt goes elsewhere.
+    # An unresponsive server is left like an unavailable one: the next attempt goes elsewhere, and
+    # waits there without checking (once per call: a read too heavy to let its server answer is not
+    # moved around every server).
     assert read.target() == "a:1"
     read.failed("a:1", _base.Unresponsive("a:1", 1.0))
     assert read.target() == "b:2"
+    assert read.liveness_check_after("b:2") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("status_error", "moved"),
+    [
+        (grpc.StatusCode.DEADLINE_EXCEEDED, True),  # no answer: frozen or cut off
+        (grpc.StatusCode.UNAVAILABLE, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, False),  # an answer (a rate limit): alive, keep waiting
+        (grpc.StatusCode.UNAUTHENTICATED, False),
+        (None, False),  # the status check answered
+    ],
+)
+async def test_a_read_leaves_its_server_only_when_it_answers_nothing(
+    status_error: grpc.StatusCode | None, moved: bool
+) -> None:
+    client = AsyncClient(["a:1", "b:2"], retry_policy=make_policy(leader_check_after=0.05, leader_recheck=0.05))
+
+    def method(address: str, rpc: object, kind: str) -> Callable[..., Awaitable[object]]:
+        async def status(request: object, timeout: float) -> object:
+            if status_error is None:
+                return cluster_pb2.StatusResponse()
+            raise grpc.aio.AioRpcError(status_error, grpc.aio.Metadata(), grpc.aio.Metadata(), "from the fake")
+
+        return status
+
+    client._method = method  # type: ignore[method-assign]  # the transport, not the decision under test
+    read: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.3, read.set_result, "the read's answer")
+    attempts = _base.Attempts(client._core.router, client._core.policy, timeout=5, write=False)
+    try:
+        if moved:
+            with pytest.raises(_base.Unresponsive, match="a:1 answered neither"):
+                await client._unless_unresponsive(read, "a:1", 0.05, attempts)
+        else:
+            assert await client._unless_unresponsive(read, "a:1", 0.05, attempts) == "the read's answer"
+    finally:
+        read.cancel()
+        await client.close()
 
 
 def test_a_leader_named_elsewhere_moves_the_write_there_and_distrusts_the_old_one() -> None:

@@ -1,4 +1,5 @@
-"""`cpctl auth`, `cpctl users`, `cpctl roles`, `cpctl tokens`: who may do what (etcdctl's shape).
+"""`cpctl auth`, `cpctl users`, `cpctl roles`, `cpctl tokens`: who may do what (etcdctl's shape);
+`cpctl audit watch`: every changing call on every server, live.
 
 A thin stub over the Auth service on a channel built from the command's credentials (flags, CP_*,
 the client context or the `cpctl dev` manifest, as every command). Each call tries the endpoints
@@ -409,28 +410,32 @@ def audit_watch(
     lock = threading.Lock()
 
     def follow(name: str, address: str) -> None:
-        while not stop.is_set():
-            channel = factory(address)
-            try:
-                call = auth_pb2_grpc.AuthStub(channel).WatchAudit(auth_pb2.WatchAuditRequest())
-                with lock:
-                    calls[name] = call
-                if stop.is_set():
-                    return
-                call.initial_metadata()  # subscribed: say so, so a script knows when to start
-                typer.echo(f"following {name} at {address}", err=True)
-                for record in call:
-                    records.put(record)
-            except grpc.RpcError as exc:
-                if stop.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
-                    return
-                if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-                    records.put(f"{exc.code().name}: {exc.details()}")
-                    return
-                typer.echo(f"{name} at {address}: {exc.code().name}, following it again", err=True)
-            finally:
-                channel.close()
-            stop.wait(AUDIT_RECONNECT_S)
+        try:
+            while not stop.is_set():
+                channel = factory(address)
+                try:
+                    call = auth_pb2_grpc.AuthStub(channel).WatchAudit(auth_pb2.WatchAuditRequest())
+                    with lock:
+                        calls[name] = call
+                    if stop.is_set():
+                        return
+                    call.initial_metadata()  # subscribed: say so, so a script knows when to start
+                    typer.echo(f"following {name} at {address}", err=True)
+                    for record in call:
+                        records.put(record)
+                except grpc.RpcError as exc:
+                    if stop.is_set():
+                        return
+                    if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                        records.put(f"{exc.code().name}: {exc.details()}")
+                        return
+                    # A stopping server may end its streams CANCELLED: follow it again all the same.
+                    typer.echo(f"{name} at {address}: {exc.code().name}, following it again", err=True)
+                finally:
+                    channel.close()
+                stop.wait(AUDIT_RECONNECT_S)
+        except Exception as exc:  # credentials that cannot work, a bug: end the command, saying why
+            records.put(f"following {name} at {address} failed: {type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=follow, args=item, daemon=True) for item in sorted(members.items())]
     for thread in threads:
@@ -450,6 +455,8 @@ def audit_watch(
         with lock:
             for call in calls.values():
                 call.cancel()
+        for thread in threads:
+            thread.join(timeout=2.0)  # each ends once its cancelled stream returns
 
 
 def _print_audit(record: Any, output: Output) -> None:

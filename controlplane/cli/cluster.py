@@ -283,6 +283,20 @@ def snapshot_restore(
     Users, roles and tokens stay this cluster's unless --with-auth is given."""
     if not file.is_file():
         fail(f"{file}: no such backup file", code=EXIT_USAGE)
+    if with_auth:
+        # Every server applies the restore; one from before --with-auth would restore the data only,
+        # and its users and tokens would then differ from the others'.
+        views = _every_view(endpoints, timeout)
+        silent = sorted(member for member, view in views.items() if not isinstance(view, ClusterStatus))
+        versions = {view.version for view in views.values() if isinstance(view, ClusterStatus)}
+        if silent or len(versions) > 1:
+            why = f"{', '.join(silent)} did not answer" if silent else f"the servers run {', '.join(sorted(versions))}"
+            fail(
+                f"--with-auth needs every server answering and on one version ({why}): a server from before "
+                "--with-auth would restore the data only. Finish the upgrade or bring the servers back "
+                "(cpctl cluster status --all), then restore",
+                code=EXIT_ERROR,
+            )
     with connect(endpoints, timeout) as client:
         current = client.status()
         replaced = "ALL the state, users, roles and tokens included," if with_auth else "ALL the state"

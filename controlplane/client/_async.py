@@ -315,7 +315,9 @@ class AsyncClient:
             response: cluster_pb2.RestoreResponse = await method(_read_chunks(path, header), timeout=remaining)
             return response
 
-        return (await self._retry(attempts, once)).revision
+        response = await self._retry(attempts, once)
+        _base.check_auth_restored(response, include_auth)
+        return response.revision
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -407,8 +409,8 @@ class AsyncClient:
             await self._method(address, _base.STATUS, "unary_unary")(
                 cluster_pb2.StatusRequest(), timeout=min(attempts.leader_recheck(), attempts.remaining())
             )
-        except grpc.aio.AioRpcError:
-            if not waiter.done():
+        except grpc.aio.AioRpcError as exc:
+            if not waiter.done() and exc.code() in _base.UNRESPONSIVE_CODES:
                 raise _base.Unresponsive(address, after) from None
         return await waiter  # it is alive, only slow (or answered while we asked): its answer stands
 

@@ -41,6 +41,7 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import grpc
 from google.protobuf.message import Message
 
 from controlplane import errors
@@ -128,9 +129,15 @@ class RetryPolicy:
         return self.rng.uniform(0.0, ceiling)
 
 
+#: What a status check may fail with for its server to count as unresponsive; any other answer is
+#: an answer (a rate limit, a refused credential): the server is alive and the read keeps waiting.
+UNRESPONSIVE_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE})
+
+
 class Unresponsive(errors.Unavailable):
     """A read's server answered neither the read nor a status check in time: it may be frozen (a
-    stopped process, a paused VM) or cut off. The read is retried at another endpoint."""
+    stopped process, a paused VM) or cut off. The read is retried at another endpoint. Internal to
+    the SDK: a call that runs out of time reports DeadlineExceeded, naming it as the last error."""
 
     def __init__(self, address: str, waited: float) -> None:
         super().__init__(
@@ -238,6 +245,8 @@ class Attempts:
         self._redirected = False
         self._redirect = ""
         self._last: errors.ControlPlaneError | None = None
+        # A server was left as unresponsive during this call: the next attempts wait, they do not check.
+        self._left_unresponsive = False
 
     def target(self) -> str:
         """The address for the next attempt."""
@@ -277,7 +286,9 @@ class Attempts:
         answers at all (``Unresponsive`` otherwise); 0: it never does (writes ask who leads instead,
         and a bulk transfer, or a client with one endpoint, has nowhere better to go)."""
         after = self._policy.leader_check_after
-        if not after or self._write or not self._capped:
+        if not after or self._write or not self._capped or self._left_unresponsive:
+            # Once per call: a read so heavy that its server cannot answer a status check meanwhile
+            # (a huge list) would otherwise be moved from server to server until its deadline.
             return 0.0
         return after if after < self.attempt_timeout() and self.others(address) else 0.0
 
@@ -309,6 +320,8 @@ class Attempts:
         Returns the delay before the next attempt, or raises the exception the caller gets: the
         error itself when it is the cluster's answer, ``DeadlineExceeded`` when no time is left.
         """
+        if isinstance(error, Unresponsive):
+            self._left_unresponsive = True
         hint = _leader_hint(error, address)
         if hint and isinstance(error, errors.Unavailable) and not self._retryable(error):
             raise error  # an unknown outcome the caller asked not to retry: the hint changes nothing
@@ -792,6 +805,17 @@ def restore_header(path: str | os.PathLike[str], include_auth: bool) -> cluster_
     return cluster_pb2.SnapshotChunk(
         total_bytes=size, sha256=sha256, include_auth=include_auth, request_id=new_request_id()
     )
+
+
+def check_auth_restored(response: cluster_pb2.RestoreResponse, include_auth: bool) -> None:
+    """A restore asked to bring back users, roles and tokens, answered by a server that did not
+    (older than include_auth): FailedPrecondition, saying what did happen."""
+    if include_auth and not response.auth_restored:
+        raise errors.FailedPrecondition(
+            f"the data was restored (revision {response.revision}) but not the users, roles and tokens: the "
+            "server is older than include_auth. Upgrade every server (cpctl cluster status --all shows their "
+            "versions), then restore again with include_auth"
+        )
 
 
 def restore_chunks(

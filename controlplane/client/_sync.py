@@ -301,7 +301,9 @@ class Client:
             response: cluster_pb2.RestoreResponse = method(_base.restore_chunks(path, header), timeout=remaining)
             return response
 
-        return self._retry(attempts, once).revision
+        response = self._retry(attempts, once)
+        _base.check_auth_restored(response, include_auth)
+        return response.revision
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -395,8 +397,8 @@ class Client:
             self._method(address, _base.STATUS, "unary_unary")(
                 cluster_pb2.StatusRequest(), timeout=min(attempts.leader_recheck(), attempts.remaining())
             )
-        except grpc.RpcError:
-            if not call.done():
+        except grpc.RpcError as exc:
+            if not call.done() and exc.code() in _base.UNRESPONSIVE_CODES:
                 raise _base.Unresponsive(address, after) from None
         return call.result()  # it is alive, only slow (or answered while we asked): its answer stands
 

@@ -59,7 +59,8 @@ class AuditWatcher:
 
 class AuditLog:
     """Call it with one call's fields (``who``, ``method``, ``resource``, ``code``, ``peer``) once
-    the call's outcome is decided; the interceptor does, for every changing call."""
+    the call's outcome is decided; the interceptor does, for every changing call. On the event loop
+    only (the watchers' queues are asyncio queues), as the interceptor runs."""
 
     def __init__(self, path: Path, node_id: str) -> None:
         self.path = path

@@ -238,7 +238,9 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         result = await self._node.restore(
             b"".join(parts), expected_sha, _timeout(context), header.include_auth, header.request_id
         )
-        return cluster_pb2.RestoreResponse(revision=result.revision, keys=result.restore.keys)
+        return cluster_pb2.RestoreResponse(
+            revision=result.revision, keys=result.restore.keys, auth_restored=header.include_auth
+        )
 
 
 FORWARDED_METADATA = ("cp-forwarded", "1")

@@ -243,8 +243,9 @@ class AuthTable:
     @staticmethod
     def validate_state(state: auth_pb2.AuthState) -> None:
         """Raise Refused (INVALID_ARGUMENT) unless ``state`` is one this table could have written:
-        valid, unique names; grantable permissions; every role a user holds defined; tokens of
-        known users with a SHA-256."""
+        valid, unique names; grantable permissions, none twice in a role; every role a user holds
+        defined, none twice; tokens with a SHA-256. A token may name a user who is gone: deleting a
+        user keeps its tokens (refused at check time), so every backup may hold such tokens."""
         users = {user.name for user in state.users}
         role_names = [role.name for role in state.roles]
         if len(users) != len(state.users) or len(set(role_names)) != len(role_names):
@@ -256,10 +257,16 @@ class AuthTable:
                 raise invalid(f"role {role.name!r} has more than {MAX_PERMISSIONS_PER_ROLE} permissions")
             for permission in role.permissions:
                 _check(check_permission(permission))
+            granted = {permission.SerializeToString(deterministic=True) for permission in role.permissions}
+            if len(granted) != len(role.permissions):
+                # Revoking removes one copy: a duplicate would survive a revoke that reports success.
+                raise invalid(f"role {role.name!r} holds a permission twice")
         for user in state.users:
             _check(limits.check_name(user.name, "user name"))
             if len(user.roles) > MAX_ROLES_PER_USER:
                 raise invalid(f"user {user.name!r} holds more than {MAX_ROLES_PER_USER} roles")
+            if len(set(user.roles)) != len(user.roles):
+                raise invalid(f"user {user.name!r} holds a role twice")
             for role_name in user.roles:
                 if role_name not in roles:
                     raise invalid(f"user {user.name!r} holds role {role_name!r}, which is not defined")
@@ -269,8 +276,6 @@ class AuthTable:
             if token.token_id in token_ids:
                 raise invalid(f"token id {token.token_id} appears twice")
             token_ids.add(token.token_id)
-            if token.user not in users and token.user != ADMIN_USER:
-                raise invalid(f"token {token.token_id} belongs to user {token.user!r}, who is not defined")
             if len(token.secret_sha256) != 32:
                 raise invalid(f"token {token.token_id}'s secret hash is not 32 bytes (SHA-256)")
             _check(limits.check_text(token.description, "token description"))
@@ -278,15 +283,23 @@ class AuthTable:
     def restore(self, state: auth_pb2.AuthState | None) -> None:
         """Take users, roles and tokens from a backup's (validated) auth state, for a restore that
         asked for them. Two things stay this cluster's: whether auth is enabled (a restore never
-        turns checks off), and every revocation (a token revoked here stays revoked, whatever the
-        backup says). Tokens revoked elsewhere after the backup was taken do come back: revoke them
-        again (docs/operations.md, Lost quorum)."""
+        turns checks off), and every token this cluster made unusable - revoked, or of a user it
+        deleted - which stays on record as revoked, whether the backup holds it or not (so no later
+        restore brings it back either). Two things a restore does bring back, as the backup had
+        them: a user deleted here since the backup was taken (its old tokens stay revoked; delete
+        it again), and tokens revoked on another cluster, which this one never saw (disaster
+        recovery: revoke them again). docs/operations.md, Backup and restore."""
         enabled = self.enabled
-        revoked = {token_id for token_id, token in self.tokens.items() if token.revoked}
+        unusable = {
+            token_id: token for token_id, token in self.tokens.items() if token.revoked or token.user not in self.users
+        }
         self.load(state)
         self.enabled = enabled
-        for token_id in revoked & self.tokens.keys():
-            self.tokens[token_id].revoked = True
+        for token_id, token in unusable.items():
+            kept = self.tokens.setdefault(token_id, auth_pb2.AuthToken())
+            if not kept.token_id:
+                kept.CopyFrom(token)
+            kept.revoked = True
 
     # ------------------------------------------------------------------ commands
 

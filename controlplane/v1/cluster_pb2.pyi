@@ -157,12 +157,14 @@ class SnapshotChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., revision: _Optional[int] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., include_auth: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
-    __slots__ = ("revision", "keys")
+    __slots__ = ("revision", "keys", "auth_restored")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    AUTH_RESTORED_FIELD_NUMBER: _ClassVar[int]
     revision: int
     keys: int
-    def __init__(self, revision: _Optional[int] = ..., keys: _Optional[int] = ...) -> None: ...
+    auth_restored: bool
+    def __init__(self, revision: _Optional[int] = ..., keys: _Optional[int] = ..., auth_restored: _Optional[bool] = ...) -> None: ...
 
 class Backup(_message.Message):
     __slots__ = ("format_version", "state", "state_sha256", "revision", "created_unix_ms", "node_id")

@@ -9,9 +9,12 @@ TLS; one test runs with TLS client certificates (``client:admin``).
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from controlplane.v1 import (
     ports_pb2_grpc,
 )
 
-from .conftest import cpctl, credentials_env, node_client
+from .conftest import cpctl, credentials_env, node_client, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -305,15 +308,17 @@ def test_check_permission_answers_agents_and_admins_only(cluster: LocalCluster) 
 
 def test_an_admin_follows_every_servers_audit_live(cluster: LocalCluster) -> None:
     """`cpctl audit watch` follows all three servers: a put answered by each one shows up, judged
-    there, with who made it and the outcome; a refused call is audited too. Non-admins may not watch."""
+    there, with who made it and the outcome; a refused call is audited too. Non-admins may not watch.
+    The cluster is the shared one, so other changing calls may show up in between: only this
+    test's own keys are looked for."""
     env = credentials_env(cluster)
     endpoints = ",".join(cluster.client_addresses)
-    command = [sys.executable, "-m", "controlplane", "audit", "watch", "--count", "4", "--output", "json"]
-    watcher = subprocess.Popen(
-        [*command, "--endpoints", endpoints], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    command = [sys.executable, "-m", "controlplane", "audit", "watch", "--output", "json", "--endpoints", endpoints]
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    prefix = f"audit-{uuid.uuid4().hex[:6]}/"
+    lines: queue.Queue[str] = queue.Queue()
     try:
-        assert watcher.stderr is not None
+        assert watcher.stderr is not None and watcher.stdout is not None
         following: list[str] = []
         while len(following) < len(cluster.nodes):  # subscribed to every server: now act
             line = watcher.stderr.readline()
@@ -321,29 +326,36 @@ def test_an_admin_follows_every_servers_audit_live(cluster: LocalCluster) -> Non
             if line.startswith("following "):
                 following.append(line.split()[1])
         assert sorted(following) == sorted(cluster.nodes)
+        threading.Thread(target=lambda: [lines.put(out) for out in watcher.stdout], daemon=True).start()  # type: ignore[union-attr]
         for node_id, node in sorted(cluster.nodes.items()):
             with node_client(node) as client:
-                client.put(f"audit/{node_id}", b"x")
+                client.put(f"{prefix}{node_id}", b"x")
         agent_cert, agent_key = tls.issue(cluster.pki_dir, tls.Identity("agent", "audit-a"))
         as_agent = Credentials(ca=cluster.credentials.ca, cert=agent_cert, key=agent_key)
         with Client(cluster.client_addresses, credentials=as_agent, timeout=10) as agent:
             with pytest.raises(PermissionDenied):
-                agent.put("audit/by-agent", b"x")
+                agent.put(f"{prefix}by-agent", b"x")
             # The stream itself is for cluster admins.
             with as_agent.sync_channel_factory()(cluster.client_addresses[0]) as channel:
                 with pytest.raises(grpc.RpcError) as refused:
                     next(iter(auth_pb2_grpc.AuthStub(channel).WatchAudit(auth_pb2.WatchAuditRequest(), timeout=10)))
                 assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        out, err = watcher.communicate(timeout=60)
+        records: list[dict[str, Any]] = []
+
+        def all_four() -> bool:
+            while not lines.empty():
+                record = json.loads(lines.get())
+                if record["resource"].startswith(prefix):
+                    records.append(record)
+            return len(records) >= 4
+
+        wait_until(all_four, 30, "the four calls in the audit stream", detail=lambda: records)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.wait()
-    assert watcher.returncode == 0, err
-    records = [json.loads(line) for line in out.splitlines()]
-    puts = {(r["node"], r["resource"], r["who"], r["code"]) for r in records if r["resource"] != "audit/by-agent"}
-    assert puts == {(node_id, f"audit/{node_id}", "user:admin", "OK") for node_id in cluster.nodes}
-    refused_put = [r for r in records if r["resource"] == "audit/by-agent"]
+        watcher.terminate()
+        watcher.wait(30)
+    puts = {(r["node"], r["resource"], r["who"], r["code"]) for r in records if not r["resource"].endswith("by-agent")}
+    assert puts == {(node_id, f"{prefix}{node_id}", "user:admin", "OK") for node_id in cluster.nodes}
+    refused_put = [r for r in records if r["resource"].endswith("by-agent")]
     assert [(r["who"], r["method"], r["code"]) for r in refused_put] == [
         ("agent:audit-a", "/controlplane.v1.KV/Put", "PERMISSION_DENIED")
     ]

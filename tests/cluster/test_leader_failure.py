@@ -372,19 +372,22 @@ def test_a_read_waiting_on_a_frozen_server_moves_to_another(cluster: LocalCluste
     with Client(endpoints, **options) as writer:
         written = writer.put("frozen-read/k", b"v").revision
     assert frozen.pid is not None
+    stale: dict[str, Any] = {"consistency": Consistency.STALE, "min_revision": written}
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
+        # A fresh client per read: each one starts at the frozen server (a client that left it
+        # once would not go back there).
         with Client(endpoints, **options) as client:
             linearizable = client.get("frozen-read/k")
-            stale = client.get("frozen-read/k", consistency=Consistency.STALE, min_revision=written)
+        with Client(endpoints, **options) as client:
+            stale_read = client.get("frozen-read/k", **stale)
 
-        async def read_async() -> tuple[Any, Any]:
+        async def read_async(**read: Any) -> Any:
             async with AsyncClient(endpoints, **options) as client:
-                first = await client.get("frozen-read/k")
-                return first, await client.get("frozen-read/k", consistency=Consistency.STALE, min_revision=written)
+                return await client.get("frozen-read/k", **read)
 
-        async_linearizable, async_stale = asyncio.run(read_async())
+        async_linearizable, async_stale = asyncio.run(read_async()), asyncio.run(read_async(**stale))
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
-    for kv in (linearizable, stale, async_linearizable, async_stale):
+    for kv in (linearizable, stale_read, async_linearizable, async_stale):
         assert kv is not None and (kv.value, kv.mod_revision) == (b"v", written)
