@@ -18,9 +18,10 @@ import pytest
 from controlplane.dev import free_port
 from controlplane.errors import FailedPrecondition, NoLeader, Unavailable
 from controlplane.server.config import Peer, ServerConfig
+from controlplane.server.housekeeping import LocalDeadlines
 from controlplane.server.memraft import InMemoryNetwork
 from controlplane.server.node import Node
-from controlplane.v1 import cluster_pb2, command_pb2, common_pb2, leases_pb2
+from controlplane.v1 import cluster_pb2, command_pb2, common_pb2, leases_pb2, membership_pb2, ports_pb2
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -200,6 +201,30 @@ async def test_a_member_added_then_removed_is_refused_on_the_peer_plane_for_good
         assert "removed" in (node._authorize_peer("n4", N4_RAFT, True) or ""), node.node_id
 
 
+async def test_a_step_of_the_leaders_wall_clock_reaps_no_service_early(cluster: Cluster) -> None:
+    """A critical instance with deregister_critical_after_s is reaped when both the replicated
+    'critical since' and the leader's own monotonic count say so: an hour's step of the leader's wall
+    clock must not reap every critical instance at once."""
+    leader = cluster.nodes["n1"]
+    spec = membership_pb2.NodeSpec(id="h1", role=membership_pb2.NODE_ROLE_AGENT)
+    await leader.write(
+        command_pb2.Command(node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=60_000))
+    )
+    check = ports_pb2.HealthCheck(type="http", path="/healthz", interval_s=1, deregister_critical_after_s=30)
+    manifest = ports_pb2.ServiceManifest(
+        name="api", host="h1", ports=[ports_pb2.DeclaredPort(name="http")], health_check=check
+    )
+    await leader.write(command_pb2.Command(service_register=ports_pb2.RegisterServiceRequest(manifest=manifest)))
+    critical = ports_pb2.ReportHealthRequest(host="h1", name="api", status=ports_pb2.HEALTH_STATUS_CRITICAL)
+    await leader.write(command_pb2.Command(service_health=critical))
+    housekeeper = leader.housekeeper
+    wall_ms, monotonic = time.time_ns() // 1_000_000, time.monotonic()
+    assert housekeeper.due_reaps(wall_ms, monotonic) == []  # seen critical, 30 s to go on both clocks
+    assert housekeeper.due_reaps(wall_ms + 3_600_000, monotonic + 1) == [], "an hour's step of the wall clock"
+    due = housekeeper.due_reaps(wall_ms + 3_600_000, monotonic + 30)
+    assert [(key.host, key.name) for key in due] == [("h1", "api")]
+
+
 async def test_a_step_of_the_leaders_wall_clock_expires_no_lease_that_is_renewed(cluster: Cluster) -> None:
     """The leader decides expiry on the monotonic clock of its own renewals: an NTP step or a resumed
     VM moving the wall clock a minute ahead must not expire every lease at once (it did)."""
@@ -220,3 +245,19 @@ async def test_a_step_of_the_leaders_wall_clock_expires_no_lease_that_is_renewed
     assert housekeeper.due_leases(wall_ms + 60_000, monotonic) == [], "a minute's step of the wall clock"
     # Control: the same lease is due once a TTL has passed on the monotonic clock as well.
     assert housekeeper.due_leases(wall_ms + 60_000, monotonic + ttl_ms / 1000) == [lease_id]
+
+
+def test_local_deadlines_hold_each_deadline_to_the_monotonic_clock_from_first_sight() -> None:
+    deadlines: LocalDeadlines[str] = LocalDeadlines()
+    wall, mono = 1_000_000, 50.0
+    # Seen with 10 s left on the wall clock: 10 s on the monotonic clock too.
+    assert deadlines.due({"round": wall + 10_000}, wall, mono) == []
+    assert deadlines.due({"round": wall + 10_000}, wall + 3_600_000, mono + 1) == []  # the wall clock stepped
+    assert deadlines.due({"round": wall + 10_000}, wall + 3_600_000, mono + 10) == ["round"]
+    # A deadline first seen already past is due at once; a key no longer given is forgotten.
+    assert deadlines.due({"late": wall - 1}, wall, mono) == ["late"]
+    assert deadlines.due({"round": wall + 3_600_000 + 10_000}, wall + 3_600_000, mono + 10) == []
+    # A backward step only delays: both clocks must agree.
+    assert deadlines.due({"x": wall + 5_000}, wall, mono) == []
+    assert deadlines.due({"x": wall + 5_000}, wall - 60_000, mono + 5) == []
+    assert deadlines.due({"x": wall + 5_000}, wall + 5_000, mono + 5) == ["x"]

@@ -6,6 +6,9 @@ Both are *decisions recorded in the log*: the leader proposes a command and the 
 re-checks it against the entry's time and state, so a keepalive or a fresh report that committed
 first always wins, and every replica changes the same things at the same revision.
 
+Reaping critical services and ending gossip rounds are held to this leader's monotonic clock as well
+(``LocalDeadlines``), so a step of its wall clock reaps nothing and ends no round early.
+
 Lease expiry never cuts a live lease short across an election: a lease is proposed for expiry only
 when its deadline (renewal + TTL, in leader-stamped time) has passed *and* this server has itself
 been leader for at least that lease's TTL (etcd's rule). A holder that was renewing against the old
@@ -26,9 +29,9 @@ import hashlib
 import itertools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import grpc
 import structlog
@@ -55,6 +58,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("controlplane.housekeeping")
 
+K = TypeVar("K")
+
 # One expiry command names at most this many leases (keeps a log entry small after an outage).
 MAX_EXPIRE_PER_COMMAND = 1000
 PROPOSE_TIMEOUT_S = 5.0
@@ -62,6 +67,39 @@ PROPOSE_TIMEOUT_S = 5.0
 # stabilization period's quarter at the 1-2 s the tests use) and the bound on one check.
 AUTOPILOT_INTERVAL_S = 0.5
 PROBE_TIMEOUT_S = 1.0
+
+
+class LocalDeadlines(Generic[K]):
+    """Wall-clock deadlines held to this leader's monotonic clock from the moment it first sees each.
+
+    Reaping a critical service and ending a gossip round are decided against deadlines in
+    leader-stamped wall-clock time. Alone, a step of the leader's wall clock (NTP, a resumed VM)
+    would make every one of them due at once. So each deadline also gets a local twin when first
+    seen - the time it had left then, on the monotonic clock - and is due only once both have
+    passed. A step after that moves nothing; a leader that first sees a deadline with a wrong clock
+    is no better than the clock (as the state machine's own re-check). A new leader starts over.
+    """
+
+    def __init__(self) -> None:
+        self._local: dict[K, float] = {}
+
+    def clear(self) -> None:
+        self._local.clear()
+
+    def due(self, deadlines: Mapping[K, int], now_unix_ms: int, now_monotonic: float) -> list[K]:
+        """The keys of ``deadlines`` (key -> unix ms) that are due by both clocks, in their order.
+        Keys no longer given are forgotten."""
+        local: dict[K, float] = {}
+        due = []
+        for key, deadline_ms in deadlines.items():
+            at = self._local.get(key)
+            if at is None:
+                at = now_monotonic + max(0, deadline_ms - now_unix_ms) / 1000
+            local[key] = at
+            if deadline_ms <= now_unix_ms and at <= now_monotonic:
+                due.append(key)
+        self._local = local
+        return due
 
 
 class Housekeeper:
@@ -78,6 +116,9 @@ class Housekeeper:
         # matchings) runs in a worker thread and must not hold up lease expiry in this loop. One pass
         # at a time, so the coordinator's cache is only ever touched by one thread.
         self._planning: asyncio.Task[None] | None = None
+        # Reap deadlines by (host, name, critical since); round deadlines by (group, number).
+        self._reap_deadlines: LocalDeadlines[tuple[str, str, int]] = LocalDeadlines()
+        self._round_deadlines: LocalDeadlines[tuple[str, int]] = LocalDeadlines()
 
     def leader_for_s(self) -> float:
         """Seconds this server has led without interruption (0 when it does not lead)."""
@@ -109,6 +150,8 @@ class Housekeeper:
                     continue
             if self._leader_since is None:
                 node.renewals.clear()  # whatever an earlier term left is not this term's
+                self._reap_deadlines.clear()
+                self._round_deadlines.clear()
                 self._leader_since = time.monotonic()
                 self._next_repair = self._leader_since + self._config.ports_repair_interval_s
                 self._next_checkpoint = self._leader_since + self._config.lease_checkpoint_interval_s
@@ -184,12 +227,28 @@ class Housekeeper:
             renewals.forget(list(result.lease_expire.expired))
             log.info("leases_expired", leases=list(result.lease_expire.expired))
 
+    def due_reaps(self, now_unix_ms: int, now_monotonic: float | None = None) -> list[ports_pb2.ServiceKey]:
+        """Instances critical for their check's deregister_critical_after_s by the replicated
+        'critical since' (wall clock) and by this leader's own count (``LocalDeadlines``)."""
+        now_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
+        with self._node.state_lock:
+            deadlines = self._node.machine.ports.critical_deadlines()
+        due = self._reap_deadlines.due(deadlines, now_unix_ms, now_monotonic)
+        return [ports_pb2.ServiceKey(host=host, name=name) for host, name, _since in due]
+
+    def overdue_rounds(self, now_unix_ms: int, now_monotonic: float | None = None) -> list[tuple[str, int]]:
+        """Running gossip rounds past their deadline by the replicated deadline (wall clock) and by
+        this leader's own count (``LocalDeadlines``)."""
+        now_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
+        with self._node.state_lock:
+            deadlines = {(r.group, r.number): r.deadline_unix_ms for r in self._node.machine.gossip.running()}
+        return self._round_deadlines.due(deadlines, now_unix_ms, now_monotonic)
+
     async def _reap_critical(self) -> None:
         """Deregister instances critical for their check's deregister_critical_after_s (their ports
         go through the normal release path). The state machine re-checks each against the entry's
         time, so a passing report that commits first keeps its instance."""
-        with self._node.state_lock:
-            due = self._node.machine.ports.critical_due(time.time_ns() // 1_000_000)
+        due = self.due_reaps(time.time_ns() // 1_000_000)
         if not due:
             return
         result = await self._node.write(
@@ -208,10 +267,7 @@ class Housekeeper:
     async def _end_overdue_rounds(self) -> None:
         """End every gossip round past its deadline: a round never waits for a dead peer. The state
         machine re-checks the deadline against the entry's time and blames the silent participants."""
-        now = time.time_ns() // 1_000_000
-        with self._node.state_lock:
-            overdue = [(r.group, r.number) for r in self._node.machine.gossip.running() if r.deadline_unix_ms <= now]
-        for group, number in overdue:
+        for group, number in self.overdue_rounds(time.time_ns() // 1_000_000):
             result = await self._node.write(
                 command_pb2.Command(
                     # One id per round: two leaders ending the same round apply it once.

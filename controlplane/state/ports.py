@@ -1245,6 +1245,16 @@ class PortTable:
             service_run_report=ports_pb2.ReportRunResponse(run=self.services[request_key(request)].run, changed=True)
         )
 
+    def critical_deadlines(self) -> dict[tuple[str, str, int], int]:
+        """(host, name, critical since) -> when that instance may be reaped (unix ms), for every
+        critical instance whose check has a deregister_critical_after_s (the leader times them)."""
+        return {
+            (host, name, record.health.since_unix_ms): record.health.since_unix_ms
+            + record.manifest.health_check.deregister_critical_after_s * 1000
+            for (host, name), record in sorted(self.services.items())
+            if record.manifest.health_check.deregister_critical_after_s and record.health.status == health.CRITICAL
+        }
+
     def critical_due(self, now_unix_ms: int) -> list[ports_pb2.ServiceKey]:
         """Instances critical for at least their check's deregister_critical_after_s (the leader reaps them)."""
         return [
