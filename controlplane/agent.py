@@ -256,6 +256,7 @@ class Agent:
                 # off): the node is theirs. Asking again cannot change that, and deregistering would
                 # end their lease.
                 self.displaced = exc
+                agent_metrics.untrack_lease(self)  # the lease is the other instance's now
                 log.error("agent_displaced", node=self.node_id, reason=exc.message)
                 return
             except ControlPlaneError as exc:

@@ -1,14 +1,18 @@
-"""What an agent process counts (``cpctl agent --metrics-address``): its lease, its health checks,
-the services it runs and the artifacts it serves, on prometheus_client's default registry.
+"""What an agent process counts (``cpctl agent --metrics-address``): its lease, its health checks
+and the services it runs, on prometheus_client's default registry.
 
 Process-wide, not per node id: the benchmark runs a thousand agents in one process, and one series
 per agent would be a thousand series. So the lease gauge is the *least* time left among the
 process's agents: the one about to be lost is the one worth an alert.
+
+The gauges are computed when scraped, in the metrics server's thread, from sets the event loop
+changes: every read and change of those sets holds ``_lock``.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 import weakref
 from typing import Any, Protocol
@@ -17,7 +21,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 REGISTRATIONS = Counter(
     "controlplane_agent_registrations_total",
-    "Node registrations by this process's agents (first ones and re-registrations)",
+    "Node registrations by this process's agents: first ones (two for a gossip worker's start) and re-registrations",
 )
 HEARTBEATS = Counter("controlplane_agent_heartbeats_total", "Lease renewals sent, by outcome (ok, failed)", ["result"])
 HEARTBEAT_SECONDS = Histogram(
@@ -31,7 +35,8 @@ LEASES_LOST = Counter(
 )
 LEASE_REMAINING = Gauge(
     "controlplane_agent_lease_remaining_seconds",
-    "Least time left on the lease of this process's agents, as last renewed (NaN before the first renewal)",
+    "Least time left on the lease of this process's agents, as last renewed: negative once past it "
+    "(lost, being registered again); NaN before the first renewal",
 )
 CHECK_PROBES = Counter(
     "controlplane_agent_check_probes_total", "Health-check probes run, by check type and result", ["type", "result"]
@@ -61,12 +66,18 @@ class LeaseHolder(Protocol):
     def lease_deadline_monotonic(self) -> float | None: ...
 
 
+_lock = threading.Lock()
 # The process's agents, read when scraped (weak: a dropped agent drops out without being told).
 _holders: weakref.WeakSet[LeaseHolder] = weakref.WeakSet()
 
 
+def _snapshot(owners: weakref.WeakSet[Any]) -> list[Any]:
+    with _lock:
+        return list(owners)
+
+
 def _least_lease_remaining() -> float:
-    deadlines = [deadline for holder in list(_holders) if (deadline := holder.lease_deadline_monotonic()) is not None]
+    deadlines = [d for holder in _snapshot(_holders) if (d := holder.lease_deadline_monotonic()) is not None]
     return min(deadlines) - time.monotonic() if deadlines else math.nan
 
 
@@ -75,28 +86,32 @@ LEASE_REMAINING.set_function(_least_lease_remaining)
 
 def track_lease(holder: LeaseHolder) -> None:
     """Count ``holder``'s lease in the gauge until :func:`untrack_lease` (or until it is dropped)."""
-    _holders.add(holder)
+    with _lock:
+        _holders.add(holder)
 
 
 def untrack_lease(holder: LeaseHolder) -> None:
-    _holders.discard(holder)
+    with _lock:
+        _holders.discard(holder)
 
 
 # What the process runs now, summed when scraped: each checker's checks, each supervisor's processes.
 _check_sets: weakref.WeakSet[Any] = weakref.WeakSet()
 _process_sets: weakref.WeakSet[Any] = weakref.WeakSet()
-CHECKS.set_function(lambda: sum(len(owner.running_checks()) for owner in list(_check_sets)))
-SERVICES_RUNNING.set_function(lambda: sum(len(owner.processes) for owner in list(_process_sets)))
+CHECKS.set_function(lambda: sum(len(owner.running_checks()) for owner in _snapshot(_check_sets)))
+SERVICES_RUNNING.set_function(lambda: sum(len(owner.processes) for owner in _snapshot(_process_sets)))
 
 
 def track_checks(checker: Any) -> None:
     """Count ``checker.running_checks()`` in ``controlplane_agent_checks``."""
-    _check_sets.add(checker)
+    with _lock:
+        _check_sets.add(checker)
 
 
 def track_processes(supervisor: Any) -> None:
     """Count ``supervisor.processes`` in ``controlplane_agent_services_running``."""
-    _process_sets.add(supervisor)
+    with _lock:
+        _process_sets.add(supervisor)
 
 
 def serve(address: str) -> tuple[str, int]:
@@ -106,4 +121,5 @@ def serve(address: str) -> tuple[str, int]:
         raise ValueError(f"--metrics-address must be HOST:PORT, got {address!r}")
     server, _thread = start_http_server(int(port_text), addr=host.strip("[]"))
     bound_host, bound_port = server.server_address[:2]
-    return str(bound_host), int(bound_port)
+    bound = str(bound_host)
+    return (f"[{bound}]" if ":" in bound else bound), int(bound_port)

@@ -108,24 +108,31 @@ class Supervisor:
                 self.processes[name] = process
                 await self._report(name, "running", restarts, code=code, pid=process.pid)
                 code = await process.wait()
-                self.processes.pop(name, None)
+                self._forget(name, process)
                 if loop.time() - started >= STABLE_AFTER_S:
                     backoff = MIN_BACKOFF_S
                 restarts += 1
-                agent_metrics.SERVICE_RESTARTS.inc()
                 log.warning("service_exited", service=name, code=code, restart_in=backoff)
                 await self._report(
                     name, "backoff", restarts, code=code, message=f"exited with {code}; restart in {backoff:g}s"
                 )
                 await asyncio.sleep(backoff)  # the restart backoff
+                agent_metrics.SERVICE_RESTARTS.inc()  # counted once it is due, not for a stop meanwhile
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         except asyncio.CancelledError:
             if process is not None and process.returncode is None:
                 await _terminate(process)
-            self.processes.pop(name, None)
+            if process is not None:
+                self._forget(name, process)
             with contextlib.suppress(ControlPlaneError):
                 await self._report(name, "stopped", restarts, code)
             raise
+
+    def _forget(self, name: str, process: asyncio.subprocess.Process) -> None:
+        """Drop ``process`` from ``processes`` unless a newer task has put its own there meanwhile
+        (``sync`` replaced this one while it stopped)."""
+        if self.processes.get(name) is process:
+            del self.processes[name]
 
     async def _report(
         self, name: str, state: str, restarts: int, code: int = 0, pid: int = 0, message: str = ""

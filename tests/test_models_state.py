@@ -229,3 +229,28 @@ class RegistryInvariants(RuleBasedStateMachine):
 
 TestRegistryInvariants = RegistryInvariants.TestCase
 TestRegistryInvariants.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def test_a_backup_whose_registry_revisions_lie_outside_it_is_refused() -> None:
+    """Model and version revisions order the search (sort=updated/created) and go into SQLite as
+    64-bit integers: a backup must not bring ones its own revision could not have produced."""
+    source = StateMachine()
+    register = models_pb2.RegisterVersionRequest(
+        model="m", sha256=hashlib.sha256(b"m").hexdigest(), size_bytes=1, format=models_pb2.MODEL_FORMAT_ONNX
+    )
+    source.apply_entry(batch_entry(1_000, "n1", [command_pb2.Command(model_register=register)]))
+    good = command_pb2.StateSnapshot.FromString(source.snapshot())
+    for damage in ("model", "version"):
+        snap = command_pb2.StateSnapshot()
+        snap.CopyFrom(good)
+        record = snap.models.models[0] if damage == "model" else snap.models.versions[0]
+        record.mod_revision = 2**63  # far past the backup's revision
+        target = StateMachine()
+        command = command_pb2.Command(restore_state=command_pb2.RestoreState(snapshot=snap.SerializeToString()))
+        result = target.apply_entry(batch_entry(2_000, "n1", [command]))[0]
+        assert result.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT, damage
+        assert "impossible in a backup" in result.error.message
+        assert "m" not in target.registry.models
+    target = StateMachine()
+    command = command_pb2.Command(restore_state=command_pb2.RestoreState(snapshot=good.SerializeToString()))
+    assert not target.apply_entry(batch_entry(2_000, "n1", [command]))[0].HasField("error")

@@ -9,7 +9,9 @@ full answer at the revision the page reports, whichever way (rebuild or incremen
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import json
 import random
 import sqlite3
 import time
@@ -267,9 +269,9 @@ async def test_pages_cover_every_match_once_in_a_stable_order(use_fts5: bool) ->
 async def test_sort_orders_by_name_newest_change_or_newest_model(use_fts5: bool) -> None:
     index = await SearchIndex.open(use_fts5=use_fts5)
     docs = [
-        dataclasses.replace(doc("b-model", "bulk", family="f"), created=5, updated=50),
-        dataclasses.replace(doc("A-model", "bulk", family="f"), created=9, updated=20),
-        dataclasses.replace(doc("c-model", "bulk bulk bulk", family="f"), created=1, updated=70),
+        dataclasses.replace(doc("b-model", "bulk", family="f"), created=9, updated=50),
+        dataclasses.replace(doc("A-model", "bulk", family="f"), created=1, updated=20),
+        dataclasses.replace(doc("c-model", "bulk bulk bulk", family="f"), created=5, updated=70),
         dataclasses.replace(doc("d-model", "unrelated", family="g"), created=99, updated=99),
     ]
     await index.rebuild(docs, revision=100)
@@ -279,7 +281,7 @@ async def test_sort_orders_by_name_newest_change_or_newest_model(use_fts5: bool)
 
     assert await order("bulk", models_pb2.SEARCH_SORT_NAME) == ["A-model", "b-model", "c-model"]
     assert await order("bulk", models_pb2.SEARCH_SORT_UPDATED) == ["c-model", "b-model", "A-model"]
-    assert await order("bulk", models_pb2.SEARCH_SORT_CREATED) == ["A-model", "b-model", "c-model"]
+    assert await order("bulk", models_pb2.SEARCH_SORT_CREATED) == ["b-model", "c-model", "A-model"]
     # Browsing (filters, no words) takes the same orders; by name unless asked otherwise.
     assert await order("", models_pb2.SEARCH_SORT_RELEVANCE, family="f") == ["A-model", "b-model", "c-model"]
     assert await order("", models_pb2.SEARCH_SORT_UPDATED, family="f") == ["c-model", "b-model", "A-model"]
@@ -290,16 +292,21 @@ async def test_sort_orders_by_name_newest_change_or_newest_model(use_fts5: bool)
 
 def test_a_page_token_continues_only_its_own_search() -> None:
     request = models_pb2.SearchRequest(query="llama", tag="chat", sort=models_pb2.SEARCH_SORT_UPDATED, limit=10)
-    token = page_token(request, 40)
-    assert page_offset(models_pb2.SearchRequest(query="llama", tag="chat", sort=2, limit=50, page_token=token)) == 40
-    assert page_offset(models_pb2.SearchRequest(query="llama", offset=7)) == 7  # no token: the offset
+    token = page_token(request, 40, revision=812)
+    # The offset, and the revision the next page must not be older than; the page size may change.
+    next_page = models_pb2.SearchRequest(query="llama", tag="chat", sort=2, limit=50, page_token=token)
+    assert page_offset(next_page) == (40, 812)
+    assert page_offset(models_pb2.SearchRequest(query="llama", offset=7)) == (7, 0)  # no token: the offset
     for other in (
         models_pb2.SearchRequest(query="qwen", tag="chat", sort=2, page_token=token),
         models_pb2.SearchRequest(query="llama", tag="chat", page_token=token),  # another order
     ):
         with pytest.raises(InvalidArgument, match="another search"):
             page_offset(other)
-    for damaged in ("p1.!!!", "p1.e30", token[:-3], "x" * 300, "p1." + "A" * 10):
+    forged = "p1." + base64.urlsafe_b64encode(
+        json.dumps({"o": 10**40, "r": 1, "k": search.search_key(next_page)}).encode()
+    ).decode().rstrip("=")
+    for damaged in ("p1.!!!", "p1.e30", token[:-3], "x" * 300, "p1." + "A" * 10, forged):
         with pytest.raises(InvalidArgument, match="page_token"):
             page_offset(models_pb2.SearchRequest(query="llama", tag="chat", sort=2, page_token=damaged))
     with pytest.raises(InvalidArgument, match="not both"):

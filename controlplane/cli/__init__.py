@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
+
+# Before anything imports grpc, which reads it once: gRPC's C core otherwise writes INFO lines of
+# its own (a refused TLS handshake, say), in its own format, into the servers' JSON logs. Its errors
+# still show. Set GRPC_VERBOSITY yourself (INFO, DEBUG) to see everything.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import typer
 

@@ -111,6 +111,7 @@ def serve(
         "log_level": log_level,
         "join": join or None,
     }
+    from controlplane.server import logs
     from controlplane.server.app import run_on_loop
     from controlplane.server.app import serve as run_server
     from controlplane.server.bootstrap import serve_via_gateway
@@ -123,6 +124,8 @@ def serve(
             _force_new_cluster(server_config, gateways, yes)
         if gateways:
             token = os.environ.get(gateway_token_env) or None
+            # JSON from the first line (the server's own configuration replaces this one once it runs).
+            logs.configure(server_config.node_id, server_config.log_level, lambda: {"role": "bootstrap"}, final=False)
             run_on_loop(server_config, serve_via_gateway(server_config, gateways, expect=bootstrap_expect, token=token))
         elif bootstrap_expect is not None:
             raise ConfigError("--bootstrap-expect needs --gateway (the gateways carry the votes)")

@@ -810,7 +810,7 @@ class Models:
             ),
             timeout,
         )
-        return R.search_result(r)
+        return R.search_result(r, sort, page_token)
 
 
 class Membership:
@@ -2167,7 +2167,7 @@ class AsyncModels:
             ),
             timeout,
         )
-        return R.search_result(r)
+        return R.search_result(r, sort, page_token)
 
 
 class AsyncMembership:

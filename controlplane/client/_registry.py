@@ -242,7 +242,17 @@ SEARCH_SORTS: dict[str, int] = {
 }
 
 
-def search_result(response: models_pb2.SearchResponse) -> SearchResult:
+def search_result(response: models_pb2.SearchResponse, sort: str = "relevance", page_token: str = "") -> SearchResult:
+    """The answer, unless the server ignored a sort or a page token it does not know (a server from
+    before them, in a rolling upgrade): then FailedPrecondition, rather than a wrong page."""
+    ignored = (SEARCH_SORTS[sort.lower()] != models_pb2.SEARCH_SORT_RELEVANCE and response.sort == 0) or (
+        page_token and response.offset == 0
+    )
+    if ignored:
+        raise errors.FailedPrecondition(
+            "the server answering is older than sort and page_token and ignored them (a rolling upgrade?); "
+            "upgrade every server (cpctl cluster status --all shows their versions) or page with offset"
+        )
     return convert(SearchResult, response, revision=revision_of(response))
 
 

@@ -10,8 +10,10 @@ from typing import Any
 import structlog
 
 
-def configure(node_id: str, level: str, context: Callable[[], dict[str, Any]]) -> None:
-    """``context`` returns the live fields (role, term) added to every line."""
+def configure(node_id: str, level: str, context: Callable[[], dict[str, Any]], *, final: bool = True) -> None:
+    """``context`` returns the live fields (role, term) added to every line. ``final=False`` for a
+    configuration that a later call replaces (before the server starts): loggers used meanwhile
+    are not cached with it, so the later one reaches them too."""
 
     def add_node_context(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event.setdefault("node", node_id)
@@ -32,5 +34,5 @@ def configure(node_id: str, level: str, context: Callable[[], dict[str, Any]]) -
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=final,
     )

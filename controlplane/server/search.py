@@ -132,6 +132,8 @@ ENGINE_FTS5 = "fts5"
 ENGINE_LIKE = "like"
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 1000
+# Nobody pages a million deep; a bound keeps every offset well inside SQLite's 64-bit integers.
+MAX_OFFSET = 1_000_000
 # Bounds on the work one query can ask of SQLite; far beyond anything a person types.
 MAX_QUERY_CHARS = 1024
 MAX_QUERY_TERMS = 32
@@ -653,8 +655,7 @@ class SearchIndex:
         an unknown format or status, or a filter given two different values.
         """
         _check_page(query, limit, offset)
-        if sort != models_pb2.SEARCH_SORT_RELEVANCE and sort not in _SORTS:
-            raise InvalidArgument(f"unknown sort {sort}; use relevance, name, updated or created")
+        _check_sort(sort)
         parsed = parse_query(query)
         filters = _merged_filters(parsed.filters, tag=tag, family=family, format=format, status=status, owner=owner)
         terms = _check_terms(parsed.text)
@@ -1000,18 +1001,25 @@ def search_key(request: models_pb2.SearchRequest) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
-def page_token(request: models_pb2.SearchRequest, offset: int) -> str:
-    """The token for the page of ``request``'s search that starts at ``offset``."""
-    body = json.dumps({"o": offset, "k": search_key(request)}, separators=(",", ":")).encode()
+def page_token(request: models_pb2.SearchRequest, offset: int, revision: int) -> str:
+    """The token for the page of ``request``'s search that starts at ``offset``, continued from a
+    page answered at ``revision`` (the next one is never answered from an older one)."""
+    body = json.dumps({"o": offset, "r": revision, "k": search_key(request)}, separators=(",", ":")).encode()
     return _TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
 
 
-def page_offset(request: models_pb2.SearchRequest) -> int:
-    """Where ``request``'s page starts: its page_token's offset, its offset, or 0. InvalidArgument
-    for a token that is damaged or belongs to another search, or for both a token and an offset."""
+def _natural(value: object, bound: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bound
+
+
+def page_offset(request: models_pb2.SearchRequest) -> tuple[int, int]:
+    """(where ``request``'s page starts, the least revision to answer it at): from its page_token,
+    or its offset and 0. InvalidArgument for a token that is damaged or belongs to another search,
+    for both a token and an offset, or for an unknown sort: all before any work is done."""
+    _check_sort(request.sort)
     token = request.page_token
     if not token:
-        return request.offset
+        return request.offset, 0
     if request.offset:
         raise InvalidArgument("give page_token or offset, not both")
     try:
@@ -1019,8 +1027,8 @@ def page_offset(request: models_pb2.SearchRequest) -> int:
             raise ValueError
         encoded = token[len(_TOKEN_PREFIX) :]
         body = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-        offset, key = body["o"], body["k"]
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(key, str):
+        offset, revision, key = body["o"], body["r"], body["k"]
+        if not _natural(offset, MAX_OFFSET) or not _natural(revision, 2**63 - 1) or not isinstance(key, str):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise InvalidArgument("page_token is not one this search returned (damaged?); start again without it") from None
@@ -1028,15 +1036,20 @@ def page_offset(request: models_pb2.SearchRequest) -> int:
         raise InvalidArgument(
             "page_token belongs to another search: keep the query, filters and sort of the page that returned it"
         )
-    return offset
+    return offset, revision
+
+
+def _check_sort(sort: int) -> None:
+    if sort != models_pb2.SEARCH_SORT_RELEVANCE and sort not in _SORTS:
+        raise InvalidArgument(f"unknown sort {sort}; use relevance, name, updated or created")
 
 
 def _check_page(query: str, limit: int, offset: int) -> None:
     """Refuse a page no search should be asked for (InvalidArgument)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidArgument(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-    if offset < 0:
-        raise InvalidArgument(f"offset must not be negative, got {offset}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidArgument(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
     if len(query) > MAX_QUERY_CHARS:
         raise InvalidArgument(f"query is {len(query)} characters; the limit is {MAX_QUERY_CHARS}")
 

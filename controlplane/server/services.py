@@ -631,14 +631,15 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
     async def Search(
         self, request: models_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.SearchResponse:
+        offset, continued_from = page_offset(request)  # bad input is refused before any work
         await self._node.prepare_read(request.read, _timeout(context))
         # The index trails the state machine by one catch-up: wait until it reflects what this read
-        # may see (everything applied, for LINEARIZABLE; min_revision, for STALE).
+        # may see (everything applied, for LINEARIZABLE; min_revision, for STALE), and never less
+        # than the page that gave the token (a lagging server must not answer an older page 2).
         stale = request.read.consistency == common_pb2.CONSISTENCY_STALE
-        required = request.read.min_revision if stale else self._node.machine.revision
+        required = max(request.read.min_revision if stale else self._node.machine.revision, continued_from)
         if self._node.indexer is None:
             raise Unavailable(f"{self._node.node_id} is still starting: its search index is not built yet")
-        offset = page_offset(request)
         index = await self._node.indexer.wait_indexed(required, _timeout(context))
         page = await index.search(
             request.query,
@@ -652,6 +653,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             sort=request.sort,
         )
         following = offset + len(page.hits)
+        more = bool(page.hits) and following < page.total
         registry = self._node.machine.registry
         with self._node.state_lock:
             hits = [
@@ -666,7 +668,9 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             query_ms=page.query_ms,
             engine=page.engine,
             suggestions=page.suggestions,
-            next_page_token=page_token(request, following) if page.hits and following < page.total else "",
+            next_page_token=page_token(request, following, page.revision) if more else "",
+            offset=offset,
+            sort=request.sort,
         )
 
 

@@ -534,7 +534,7 @@ class StateMachine:
             except Refused as refused:
                 return _error(refused.code, f"backup holds a bad port map: {refused.message}", self.revision)
         try:
-            ModelTable.validate_state(snapshot.models)
+            ModelTable.validate_state(snapshot.models, snapshot.revision)
         except Refused as refused:
             return _error(refused.code, f"backup holds a bad model registry: {refused.message}", self.revision)
         try:

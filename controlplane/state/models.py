@@ -518,12 +518,22 @@ class ModelTable:
         return state
 
     @staticmethod
-    def validate_state(state: models_pb2.ModelsState) -> None:
-        """What a registry from a backup must satisfy before it replaces this one (Refused if not)."""
+    def validate_state(state: models_pb2.ModelsState, revision: int | None = None) -> None:
+        """What a registry from a backup must satisfy before it replaces this one (Refused if not).
+        ``revision``: the backup's; every model's and version's revisions must lie within it."""
+
+        def check_revisions(what: str, created: int, modified: int) -> None:
+            if revision is not None and not 1 <= created <= modified <= revision:
+                raise _invalid(
+                    f"{what} has revisions create={created} mod={modified}, "
+                    f"impossible in a backup at revision {revision}"
+                )
+
         models: dict[str, models_pb2.Model] = {}
         folded: set[str] = set()
         for model in state.models:
             _check(limits.check_model_name(model.name))
+            check_revisions(f"model {model.name!r}", model.create_revision, model.mod_revision)
             if model.name.lower() in folded:
                 raise _invalid(f"model {model.name!r} appears twice (names are unique ignoring case)")
             folded.add(model.name.lower())
@@ -537,6 +547,9 @@ class ModelTable:
                 raise _invalid(f"model {version.model!r} version {version.version} is out of sequence")
             if not _SHA256.fullmatch(version.sha256):
                 raise _invalid(f"model {version.model!r} version {version.version} has a malformed sha256")
+            check_revisions(
+                f"model {version.model!r} version {version.version}", version.create_revision, version.mod_revision
+            )
             numbers.setdefault(version.model, set()).add(version.version)
         for model in models.values():
             held = numbers.get(model.name, set())

@@ -413,7 +413,7 @@ class SearchHit(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("header", "hits", "total", "query_ms", "engine", "suggestions", "next_page_token")
+    __slots__ = ("header", "hits", "total", "query_ms", "engine", "suggestions", "next_page_token", "offset", "sort")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -421,6 +421,8 @@ class SearchResponse(_message.Message):
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SORT_FIELD_NUMBER: _ClassVar[int]
     header: _common_pb2.ResponseHeader
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     total: int
@@ -428,7 +430,9 @@ class SearchResponse(_message.Message):
     engine: str
     suggestions: _containers.RepeatedScalarFieldContainer[str]
     next_page_token: str
-    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., total: _Optional[int] = ..., query_ms: _Optional[float] = ..., engine: _Optional[str] = ..., suggestions: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    offset: int
+    sort: SearchSort
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., total: _Optional[int] = ..., query_ms: _Optional[float] = ..., engine: _Optional[str] = ..., suggestions: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ..., offset: _Optional[int] = ..., sort: _Optional[_Union[SearchSort, str]] = ...) -> None: ...
 
 class ModelsState(_message.Message):
     __slots__ = ("models", "versions")

@@ -194,6 +194,13 @@ def test_a_later_server_and_an_agent_join_through_the_gateway(tmp_path: Path) ->
         cluster._spawn(late)
         wait_until(lambda: one_cluster(cluster, 4), 60, "the fourth server to join and be promoted", interval=0.2)
         assert recorded(late.data_dir)["outcome"] == "joined"
+        # JSON from the first line, bootstrap included (it ran before the server's own logging).
+        for node in cluster.nodes.values():
+            lines = node.log_path.read_text().splitlines()
+            assert any('"bootstrap_' in line for line in lines), node.id
+            not_json = [line for line in lines if not line.startswith("{")]
+            assert not_json == [], f"{node.id} logged lines that are not JSON: {not_json[:3]}"
+            assert all(isinstance(json.loads(line), dict) for line in lines)
 
         agent_log = tmp_path / "agent.log"
         with open(agent_log, "wb") as log:

@@ -16,13 +16,13 @@ from functools import partial
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from controlplane.client import AsyncClient, Client, FailedPrecondition, NodeState, NotFound, RoundState
 from controlplane.client._gossip import Round
 from controlplane.dev import LocalCluster
 from controlplane.v1 import watch_pb2
 from gossip import Worker
-from gossip import worker as worker_module
 
 from .conftest import collect_events, cpctl, cpctl_json, eventually
 
@@ -80,12 +80,16 @@ def totals(params: dict[str, Params]) -> dict[str, np.ndarray]:
 
 def _worker_counts() -> dict[str, float]:
     """This process's gossip worker metrics (gossip/worker.py), as Prometheus would scrape them."""
-    probe = sum(worker_module.ROUNDS.labels(kind="probe", result=r)._value.get() for r in ("mixed", "idle", "failed"))
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    rounds = "gossip_worker_rounds_total"
     return {
-        "train mixed": worker_module.ROUNDS.labels(kind="train", result="mixed")._value.get(),
-        "train failed": worker_module.ROUNDS.labels(kind="train", result="failed")._value.get(),
-        "train bytes": worker_module.BYTES_RECEIVED.labels(kind="train")._value.get(),
-        "probe rounds": probe,
+        "train mixed": sample(rounds, kind="train", result="mixed"),
+        "train failed": sample(rounds, kind="train", result="failed"),
+        "train bytes": sample("gossip_worker_received_bytes_total", kind="train"),
+        "probe rounds": sum(sample(rounds, kind="probe", result=r) for r in ("mixed", "idle", "failed")),
     }
 
 
