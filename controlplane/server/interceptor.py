@@ -7,6 +7,7 @@ its stack trace here and the client gets INTERNAL with a one-line message, never
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -86,6 +87,23 @@ def _wrap(
     return handler
 
 
+# What a handler adds to its call's audit record, for what the interceptor cannot see before the
+# call runs (a client-streaming call's first message): see ``note_for_audit``. Each call runs in a
+# task of its own, so a note never reaches another call's record.
+_audit_note: contextvars.ContextVar[str] = contextvars.ContextVar("audit_note", default="")
+
+
+def note_for_audit(note: str) -> None:
+    """Add ``note`` to the audit record of the call being handled (``Cluster.Restore`` notes
+    ``with-auth``: a restore that replaces the users and tokens must say so in the audit log)."""
+    _audit_note.set(note)
+
+
+def _with_note(resource: str) -> str:
+    note = _audit_note.get()
+    return f"{resource},{note}" if resource and note else resource or note
+
+
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> str:
     """Abort the call for ``exc``; returns the status code name for the metrics."""
     if isinstance(exc, ControlPlaneError):
@@ -144,19 +162,19 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any], guard: _Guard | None
         except grpc.aio.AbortError:
             _observe(method, "ABORTED_BY_HANDLER", started)
             if guard is not None:
-                guard.record(context, who, resource, "ABORTED_BY_HANDLER")
+                guard.record(context, who, _with_note(resource), "ABORTED_BY_HANDLER")
             raise
         except Exception as exc:
             _observe(method, _code_of(exc), started)
             if guard is not None:
                 if isinstance(exc, PermissionDenied):
                     who, resource = str(exc.caller), exc.resource
-                guard.record(context, who, resource, _code_of(exc))
+                guard.record(context, who, _with_note(resource), _code_of(exc))
             await _fail(context, method, exc)
             raise
         _observe(method, "OK", started)
         if guard is not None:
-            guard.record(context, who, resource, "OK")
+            guard.record(context, who, _with_note(resource), "OK")
         return response
 
     return wrapped

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 
 from controlplane.errors import DeadlineExceeded, InvalidArgument, NoLeader, NotFound, Unavailable, error_from_rpc
 from controlplane.server import metrics
+from controlplane.server.interceptor import note_for_audit
 from controlplane.server.node import Node
 from controlplane.server.nodeview import node_views
 from controlplane.server.search import page_offset, page_token
@@ -233,6 +234,8 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
                     f"backups larger than {limits.MAX_RESTORE_BYTES} bytes cannot be restored through the log"
                 )
             parts.append(chunk.data)
+        if header.include_auth:
+            note_for_audit("with-auth")  # the audit record must say the users and tokens were replaced
         if expected_size and size != expected_size:
             raise InvalidArgument(f"received {size} bytes but the backup header says {expected_size}: truncated?")
         result = await self._node.restore(

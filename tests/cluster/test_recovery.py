@@ -13,6 +13,7 @@ never elect a leader again. Then the two documented ways back, each ending with 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import signal
 import subprocess
@@ -240,6 +241,10 @@ def test_a_new_cluster_from_a_backup_holds_the_backed_up_state(
     )
     assert restored.returncode == 0, restored.stderr
     assert _values(seed, PREFIX) == backed_up
+    # The audit log says this restore replaced the users and tokens, not only the data.
+    audit = [json.loads(line) for line in (seed.data_dir / "audit.log").read_text().splitlines()]
+    restores = [line for line in audit if line["method"] == "/controlplane.v1.Cluster/Restore"]
+    assert [(line["resource"], line["code"]) for line in restores] == [("with-auth", "OK")]
     # Bob's token from the old cluster is good on the new one, for what his role allows only (a token
     # rides on a TLS connection with a client certificate; the token names the caller).
     as_bob = dataclasses.replace(new.credentials, token=bobs_token)
