@@ -100,6 +100,8 @@ class ShapedNet:
     _created_ns: list[str] = field(default_factory=list, init=False)
     _bridge: str | None = field(default=None, init=False)
     _cuts: set[tuple[int, int]] = field(default_factory=set, init=False)
+    # Nodes the host (where clients run) no longer reaches: see cut_from_host.
+    _host_cuts: set[int] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         if not 2 <= self.nodes <= 200:
@@ -232,11 +234,22 @@ class ShapedNet:
                 _run("ip", "-n", self.namespace(a), "route", "add", "blackhole", f"{self.address(b)}/32")
                 self._cuts.add((a, b))
 
+    def cut_from_host(self, i: int) -> None:
+        """The host (its processes: the clients) stops reaching node i, which keeps reaching the
+        other nodes: a blackhole route in the host's own namespace, so open connections hang as
+        in a real partition between clients and one server."""
+        if i not in self._host_cuts:
+            _run("ip", "route", "add", "blackhole", f"{self.address(i)}/32")
+            self._host_cuts.add(i)
+
     def heal(self) -> None:
-        """Undo every :meth:`cut`. Idempotent."""
+        """Undo every :meth:`cut` and :meth:`cut_from_host`. Idempotent."""
         for a, b in sorted(self._cuts):
             _run("ip", "-n", self.namespace(a), "route", "del", "blackhole", f"{self.address(b)}/32", check=False)
         self._cuts.clear()
+        for i in sorted(self._host_cuts):
+            _run("ip", "route", "del", "blackhole", f"{self.address(i)}/32", check=False)
+        self._host_cuts.clear()
 
     def can_connect(self, i: int, host: str, port: int, timeout: float = 2.0) -> bool:
         """Whether a TCP connection from node i's namespace to ``host:port`` opens (a real probe)."""

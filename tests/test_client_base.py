@@ -489,3 +489,16 @@ def test_a_search_answer_that_ignored_sort_or_page_token_is_refused() -> None:
     with pytest.raises(errors.FailedPrecondition, match="older than sort and page_token"):
         _registry.search_result(old, "relevance", "p1.token")
     assert _registry.search_result(new, "updated", "p1.token").total == 5
+
+
+def test_a_leader_out_of_this_clients_reach_is_written_through_a_follower_for_a_while() -> None:
+    router = _base.Router(("a:1", "b:2", "c:3"), make_policy(unreachable_hold=10.0))
+    router.learn_leader("a:1")
+    call = attempts(router)
+    assert call.target() == "a:1"
+    assert call.failed("a:1", _base.LeaderUnreachable("a:1", via="b:2")) == 0.0
+    assert call.target() == "b:2"  # the follower that still follows a:1 forwards the write
+    # Answers name a:1 as the leader (it is): not believed for unreachable_hold, so the next writes
+    # keep going through a follower instead of hanging at a:1 again.
+    router.learn_leader("a:1")
+    assert router.leader == "" and router.pick(write=True) != "a:1"

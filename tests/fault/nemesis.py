@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -190,6 +191,18 @@ class Control:
             host, port = self.node(dest).raft_address.rsplit(":", 1)
             if self.net.can_connect(self._index(source), host, int(port), timeout=1.0):
                 raise RuntimeError(f"the cut between {a} and {b} did not take: {source} still reaches {dest}")
+
+    def cut_from_clients(self, node_id: str) -> None:
+        """The clients (this process's namespace) stop reaching ``node_id``; checked with a real
+        connection attempt to its client port, and the servers' links are left alone."""
+        assert self.net is not None
+        self.net.cut_from_host(self._index(node_id))
+        host, port = self.node(node_id).client_address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+        except OSError:
+            return
+        raise RuntimeError(f"the cut between the clients and {node_id} did not take")
 
     @staticmethod
     def _index(node_id: str) -> int:
@@ -410,6 +423,20 @@ class PartitionBridge(Partition):
         return [rng.choice(super().others(fault, rng))]
 
 
+class PartitionClients(Partition):
+    """The clients lose the leader; the servers keep reaching each other (it stays the leader).
+    A client must write through a follower, which forwards to the leader."""
+
+    name = "partition-clients"
+
+    def choose(self, rng: random.Random) -> tuple[str, bool]:
+        return self.control.leader(), True
+
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        self.control.cut_from_clients(fault.target)
+        fault.detail["cut_from"] = ["clients"]
+
+
 NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "kill-leader": lambda control, scratch: KillLeader(control),
     "kill-random": lambda control, scratch: KillRandom(control),
@@ -418,5 +445,6 @@ NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "disk-full": DiskFull,
     "partition-leader": lambda control, scratch: PartitionLeader(control),
     "partition-random": lambda control, scratch: PartitionRandom(control),
+    "partition-clients": lambda control, scratch: PartitionClients(control),
     "partition-bridge": lambda control, scratch: PartitionBridge(control),
 }

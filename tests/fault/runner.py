@@ -46,6 +46,7 @@ ALL_NEMESES = (
     "partition-leader",
     "partition-random",
     "partition-bridge",
+    "partition-clients",
 )
 SETTLE_TIMEOUT_S = 60.0
 
