@@ -236,10 +236,12 @@ class ShapedNet:
 
     def cut_from_host(self, i: int) -> None:
         """The host (its processes: the clients) stops reaching node i, which keeps reaching the
-        other nodes: a blackhole route in the host's own namespace, so open connections hang as
-        in a real partition between clients and one server."""
+        other nodes. The blackhole route is in node i's namespace, for the host's address: its
+        answers are dropped, so the host's connections to it hang (open ones, and new ones at their
+        SYN) as across a real partition. (A blackhole route on the host's side would fail the
+        host's sends at once, with EINVAL, which is not what a partition looks like.)"""
         if i not in self._host_cuts:
-            _run("ip", "route", "add", "blackhole", f"{self.address(i)}/32")
+            _run("ip", "-n", self.namespace(i), "route", "add", "blackhole", f"{self.host_address}/32")
             self._host_cuts.add(i)
 
     def heal(self) -> None:
@@ -248,7 +250,7 @@ class ShapedNet:
             _run("ip", "-n", self.namespace(a), "route", "del", "blackhole", f"{self.address(b)}/32", check=False)
         self._cuts.clear()
         for i in sorted(self._host_cuts):
-            _run("ip", "route", "del", "blackhole", f"{self.address(i)}/32", check=False)
+            _run("ip", "-n", self.namespace(i), "route", "del", "blackhole", f"{self.host_address}/32", check=False)
         self._host_cuts.clear()
 
     def can_connect(self, i: int, host: str, port: int, timeout: float = 2.0) -> bool:

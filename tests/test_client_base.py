@@ -7,13 +7,14 @@ import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
 
 from controlplane import errors
 from controlplane.client import AsyncClient, Consistency, EventType, KeyValue, RetryPolicy, Role, _base
-from controlplane.v1 import cluster_pb2, kv_pb2, watch_pb2
+from controlplane.v1 import cluster_pb2, common_pb2, kv_pb2, watch_pb2
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -491,14 +492,45 @@ def test_a_search_answer_that_ignored_sort_or_page_token_is_refused() -> None:
     assert _registry.search_result(new, "updated", "p1.token").total == 5
 
 
-def test_a_leader_out_of_this_clients_reach_is_written_through_a_follower_for_a_while() -> None:
-    router = _base.Router(("a:1", "b:2", "c:3"), make_policy(unreachable_hold=10.0))
-    router.learn_leader("a:1")
-    call = attempts(router)
-    assert call.target() == "a:1"
-    assert call.failed("a:1", _base.LeaderUnreachable("a:1", via="b:2")) == 0.0
-    assert call.target() == "b:2"  # the follower that still follows a:1 forwards the write
-    # Answers name a:1 as the leader (it is): not believed for unreachable_hold, so the next writes
-    # keep going through a follower instead of hanging at a:1 again.
-    router.learn_leader("a:1")
-    assert router.leader == "" and router.pick(write=True) != "a:1"
+class _FakeCall:
+    """A grpc.aio unary call stand-in: awaitable, cancellable, answered after ``delay`` (None: never)."""
+
+    def __init__(self, answer: object, delay: float | None) -> None:
+        self._answer, self._delay = answer, delay
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._wait().__await__()
+
+    async def _wait(self) -> object:
+        if self._delay is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self._delay or 0.0)
+        return self._answer
+
+    def cancel(self) -> bool:
+        return True
+
+
+async def test_a_write_waits_for_a_leader_the_others_still_follow() -> None:
+    """The write waits at a:1 past leader_check_after; b:2, asked who leads, names a:1 (with
+    quorum): a:1 is only slow, so the write keeps waiting and gets a:1's answer, sent once."""
+    policy = make_policy(leader_check_after=0.05, leader_recheck=0.1)
+    client = AsyncClient(["a:1", "b:2"], retry_policy=policy)
+    client._core.router.learn_leader("a:1")
+    written: list[str] = []
+
+    def method(address: str, rpc: Any, kind: str) -> Callable[..., Any]:
+        def call(request: object, timeout: float) -> Any:
+            if rpc is _base.STATUS:
+                return _FakeCall(cluster_pb2.StatusResponse(leader_address="a:1", has_quorum=True), 0.0)
+            written.append(address)
+            return _FakeCall(kv_pb2.PutResponse(header=common_pb2.ResponseHeader(revision=7)), 0.4)
+
+        return call
+
+    client._method = method  # type: ignore[method-assign]  # the transport, not the decision under test
+    try:
+        put = await client.put("k", b"v", timeout=5)
+    finally:
+        await client.close()
+    assert (written, put.revision) == (["a:1"], 7)

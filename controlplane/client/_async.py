@@ -382,14 +382,12 @@ class AsyncClient:
                     done, _ = await asyncio.wait({waiter}, timeout=wait)
                     if done:
                         return waiter.result()
-                    moved, named, asked = await self._ask_who_leads(address, attempts)
+                    moved, named = await self._ask_who_leads(address, attempts)
                     if waiter.done():  # it answered while we asked: that answer stands
                         return waiter.result()
                     if moved is not None:
                         raise moved
-                    if named:  # the same leader: slow (wait for it), or out of this client's reach
-                        if not await self._answers_status(address, attempts) and not waiter.done():
-                            raise _base.LeaderUnreachable(address, asked)
+                    if named:  # the same leader, only slow: wait for it
                         return await waiter
                     wait = attempts.leader_recheck()  # nobody knows a leader yet: ask again soon
             finally:
@@ -403,29 +401,24 @@ class AsyncClient:
         self, waiter: asyncio.Future[RespT], address: str, after: float, attempts: _base.Attempts
     ) -> RespT:
         """The read's answer; or, when it has not come after ``after`` seconds and the server does
-        not answer a status check either, ``Unresponsive`` (the caller cancels the call)."""
+        not answer a status check either, ``Unresponsive`` (the caller cancels the call). With less
+        time left than a whole check, silence would prove nothing: the read keeps waiting."""
         done, _ = await asyncio.wait({waiter}, timeout=after)
         if done:
             return waiter.result()
-        if not await self._answers_status(address, attempts) and not waiter.done():
-            raise _base.Unresponsive(address, after)
+        budget = attempts.leader_recheck()
+        if attempts.remaining() < budget:
+            return await waiter
+        try:
+            await self._method(address, _base.STATUS, "unary_unary")(cluster_pb2.StatusRequest(), timeout=budget)
+        except grpc.aio.AioRpcError as exc:
+            if not waiter.done() and exc.code() in _base.UNRESPONSIVE_CODES:
+                raise _base.Unresponsive(address, after) from None
         return await waiter  # it is alive, only slow (or answered while we asked): its answer stands
 
-    async def _answers_status(self, address: str, attempts: _base.Attempts) -> bool:
-        """Whether ``address`` answers a status check at all (any answer, even an error, is one)."""
-        try:
-            await self._method(address, _base.STATUS, "unary_unary")(
-                cluster_pb2.StatusRequest(), timeout=min(attempts.leader_recheck(), attempts.remaining())
-            )
-        except grpc.aio.AioRpcError as exc:
-            return exc.code() not in _base.UNRESPONSIVE_CODES
-        return True
-
-    async def _ask_who_leads(
-        self, address: str, attempts: _base.Attempts
-    ) -> tuple[errors.UnknownOutcome | None, str, str]:
+    async def _ask_who_leads(self, address: str, attempts: _base.Attempts) -> tuple[errors.UnknownOutcome | None, str]:
         """Ask the other endpoints, in turn, who leads while ``address`` does not answer: (the error
-        to retry elsewhere with, or None; the leader the first one that answered named; that one)."""
+        to retry elsewhere with, or None; the leader the first one that answered named)."""
         for other in attempts.others(address):
             try:
                 status = await self._method(other, _base.STATUS, "unary_unary")(
@@ -433,8 +426,8 @@ class AsyncClient:
                 )
             except grpc.aio.AioRpcError:
                 continue
-            return attempts.leader_moved(address, other, status), _base.believed_leader(status), other
-        return None, "", ""
+            return attempts.leader_moved(address, other, status), _base.believed_leader(status)
+        return None, ""
 
     async def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], Awaitable[T]]) -> T:
         while True:
@@ -444,7 +437,7 @@ class AsyncClient:
             except grpc.aio.AioRpcError as exc:
                 self._core.check_open()
                 await asyncio.sleep(attempts.failed(address, _base.error_from_rpc(exc)))
-            except (errors.UnknownOutcome, _base.Unresponsive, _base.LeaderUnreachable) as exc:  # see once()
+            except (errors.UnknownOutcome, _base.Unresponsive) as exc:  # a deposed leader, a frozen server
                 await asyncio.sleep(attempts.failed(address, exc))
             except asyncio.CancelledError:
                 # close() cancels calls in flight by closing their channel; that is not a

@@ -113,9 +113,6 @@ class RetryPolicy:
     #: 0: never ask.
     leader_check_after: float = 1.0
     leader_recheck: float = 0.5
-    #: A leader the others still follow but this client cannot reach (a partition between the
-    #: client and it) is skipped this long: writes go through a follower, which forwards them.
-    unreachable_hold: float = 10.0
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def __post_init__(self) -> None:
@@ -149,20 +146,6 @@ class Unresponsive(errors.Unavailable):
         )
 
 
-class LeaderUnreachable(errors.Unavailable):
-    """A write's leader answered nothing, not even a status check, while another server (``via``)
-    still follows it with quorum: the leader is alive, and only this client cannot reach it (a
-    partition between them). The write is retried through ``via``, which forwards it, with the same
-    request id; the leader is skipped for ``RetryPolicy.unreachable_hold``. Internal to the SDK."""
-
-    def __init__(self, address: str, via: str) -> None:
-        super().__init__(
-            f"the leader at {address} answers neither the write nor a status check from here, while {via} "
-            f"still follows it: writing through {via} (the write may have been applied: same request id)"
-        )
-        self.via = via
-
-
 class Router:
     """Where the next attempt of any call goes (see the module docstring). Thread-safe."""
 
@@ -191,15 +174,14 @@ class Router:
                 return self._leader
             return self._endpoints[self._current]
 
-    def failed(self, address: str, hold: float | None = None) -> None:
-        """An attempt at ``address`` found no usable server: steer later attempts elsewhere. A
-        leader is not believed again for ``hold`` seconds (``RetryPolicy.leader_hold``)."""
+    def failed(self, address: str) -> None:
+        """An attempt at ``address`` found no usable server: steer later attempts elsewhere."""
         with self._lock:
             now = time.monotonic()
-            if address == self._leader or hold is not None:
-                self._leader = "" if address == self._leader else self._leader
+            if address == self._leader:
+                self._leader = ""
                 self._distrusted = {a: t for a, t in self._distrusted.items() if t > now}
-                self._distrusted[address] = now + (self._policy.leader_hold if hold is None else hold)
+                self._distrusted[address] = now + self._policy.leader_hold
             if address == self._endpoints[self._current]:
                 self._current = (self._current + 1) % len(self._endpoints)
 
@@ -340,15 +322,6 @@ class Attempts:
         """
         if isinstance(error, Unresponsive):
             self._left_unresponsive = True
-        if isinstance(error, LeaderUnreachable):
-            # The cluster still follows it; only this client cannot reach it: through a follower.
-            self._router.failed(address, hold=self._policy.unreachable_hold)
-            self._last = error
-            if not self._redirected:
-                self._redirected = True
-                self._redirect = error.via
-                self.remaining()
-                return 0.0
         hint = _leader_hint(error, address)
         if hint and isinstance(error, errors.Unavailable) and not self._retryable(error):
             raise error  # an unknown outcome the caller asked not to retry: the hint changes nothing

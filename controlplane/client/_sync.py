@@ -370,15 +370,13 @@ class Client:
                         return answered
                     except grpc.FutureTimeoutError:
                         pass
-                    moved, named, asked = self._ask_who_leads(address, attempts)
+                    moved, named = self._ask_who_leads(address, attempts)
                     if call.done():  # it answered while we asked: that answer stands
                         answered = call.result()
                         return answered
                     if moved is not None:
                         raise moved
-                    if named:  # the same leader: slow (wait for it), or out of this client's reach
-                        if not self._answers_status(address, attempts) and not call.done():
-                            raise _base.LeaderUnreachable(address, asked)
+                    if named:  # the same leader, only slow: wait for it
                         answered = call.result()
                         return answered
                     wait = attempts.leader_recheck()  # nobody knows a leader yet: ask again soon
@@ -388,30 +386,27 @@ class Client:
 
         return self._retry(attempts, once)
 
-    def _answers_status(self, address: str, attempts: _base.Attempts) -> bool:
-        """Whether ``address`` answers a status check at all (any answer, even an error, is one)."""
-        try:
-            self._method(address, _base.STATUS, "unary_unary")(
-                cluster_pb2.StatusRequest(), timeout=min(attempts.leader_recheck(), attempts.remaining())
-            )
-        except grpc.RpcError as exc:
-            return exc.code() not in _base.UNRESPONSIVE_CODES
-        return True
-
     def _unless_unresponsive(self, call: Any, address: str, after: float, attempts: _base.Attempts) -> Any:
         """The read's answer; or, when it has not come after ``after`` seconds and the server does
-        not answer a status check either, ``Unresponsive`` (the caller cancels the call)."""
+        not answer a status check either, ``Unresponsive`` (the caller cancels the call). With less
+        time left than a whole check, silence would prove nothing: the read keeps waiting."""
         try:
             return call.result(timeout=after)
         except grpc.FutureTimeoutError:
             pass
-        if not self._answers_status(address, attempts) and not call.done():
-            raise _base.Unresponsive(address, after)
+        budget = attempts.leader_recheck()
+        if attempts.remaining() < budget:
+            return call.result()
+        try:
+            self._method(address, _base.STATUS, "unary_unary")(cluster_pb2.StatusRequest(), timeout=budget)
+        except grpc.RpcError as exc:
+            if not call.done() and exc.code() in _base.UNRESPONSIVE_CODES:
+                raise _base.Unresponsive(address, after) from None
         return call.result()  # it is alive, only slow (or answered while we asked): its answer stands
 
-    def _ask_who_leads(self, address: str, attempts: _base.Attempts) -> tuple[errors.UnknownOutcome | None, str, str]:
+    def _ask_who_leads(self, address: str, attempts: _base.Attempts) -> tuple[errors.UnknownOutcome | None, str]:
         """Ask the other endpoints, in turn, who leads while ``address`` does not answer: (the error
-        to retry elsewhere with, or None; the leader the first one that answered named; that one)."""
+        to retry elsewhere with, or None; the leader the first one that answered named)."""
         for other in attempts.others(address):
             try:
                 status = self._method(other, _base.STATUS, "unary_unary")(
@@ -419,8 +414,8 @@ class Client:
                 )
             except grpc.RpcError:
                 continue
-            return attempts.leader_moved(address, other, status), _base.believed_leader(status), other
-        return None, "", ""
+            return attempts.leader_moved(address, other, status), _base.believed_leader(status)
+        return None, ""
 
     def _retry(self, attempts: _base.Attempts, once: Callable[[str, float], T]) -> T:
         while True:
@@ -431,7 +426,7 @@ class Client:
                 if self._core.closed:
                     raise RuntimeError("the client was closed during the call") from exc
                 time.sleep(attempts.failed(address, _base.error_from_rpc(exc)))
-            except (errors.UnknownOutcome, _base.Unresponsive, _base.LeaderUnreachable) as exc:  # see once()
+            except (errors.UnknownOutcome, _base.Unresponsive) as exc:  # a deposed leader, a frozen server
                 time.sleep(attempts.failed(address, exc))
             else:
                 attempts.succeeded(address, _base.leader_address_of(result))

@@ -194,14 +194,19 @@ class Control:
 
     def cut_from_clients(self, node_id: str) -> None:
         """The clients (this process's namespace) stop reaching ``node_id``; checked with a real
-        connection attempt to its client port, and the servers' links are left alone."""
+        connection attempt to its client port (it must hang, not fail at once), and the servers'
+        links are left alone."""
         assert self.net is not None
         self.net.cut_from_host(self._index(node_id))
         host, port = self.node(node_id).client_address.rsplit(":", 1)
         try:
             socket.create_connection((host, int(port)), timeout=1.0).close()
-        except OSError:
+        except TimeoutError:
             return
+        except OSError as exc:
+            raise RuntimeError(
+                f"the cut between the clients and {node_id} fails at once ({exc}), not as a partition"
+            ) from exc
         raise RuntimeError(f"the cut between the clients and {node_id} did not take")
 
     @staticmethod
