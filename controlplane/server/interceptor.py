@@ -95,7 +95,8 @@ _audit_note: contextvars.ContextVar[str] = contextvars.ContextVar("audit_note", 
 
 def note_for_audit(note: str) -> None:
     """Add ``note`` to the audit record of the call being handled (``Cluster.Restore`` notes
-    ``with-auth``: a restore that replaces the users and tokens must say so in the audit log)."""
+    ``with-auth``: a restore that replaces the users and tokens must say so in the audit log).
+    Unary and client-streaming calls only: server-streaming ones are all reads, never audited."""
     _audit_note.set(note)
 
 
@@ -155,6 +156,7 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any], guard: _Guard | None
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         who = resource = ""
+        _audit_note.set("")  # this call's notes only, whatever ran in this task before
         try:
             if guard is not None:
                 who, resource = guard.check(request, context)

@@ -228,14 +228,14 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             if not parts:
                 header = chunk
                 expected_sha, expected_size = chunk.sha256, chunk.total_bytes
+                if header.include_auth:
+                    note_for_audit("with-auth")  # the audit record says so, refused or not
             size += len(chunk.data)
             if size > limits.MAX_RESTORE_BYTES:
                 raise InvalidArgument(
                     f"backups larger than {limits.MAX_RESTORE_BYTES} bytes cannot be restored through the log"
                 )
             parts.append(chunk.data)
-        if header.include_auth:
-            note_for_audit("with-auth")  # the audit record must say the users and tokens were replaced
         if expected_size and size != expected_size:
             raise InvalidArgument(f"received {size} bytes but the backup header says {expected_size}: truncated?")
         result = await self._node.restore(
