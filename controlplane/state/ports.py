@@ -1248,29 +1248,33 @@ class PortTable:
     def critical_deadlines(self) -> dict[tuple[str, str, int], int]:
         """(host, name, critical since) -> when that instance may be reaped (unix ms), for every
         critical instance whose check has a deregister_critical_after_s (the leader times them)."""
-        return {
-            (host, name, record.health.since_unix_ms): record.health.since_unix_ms
-            + record.manifest.health_check.deregister_critical_after_s * 1000
-            for (host, name), record in sorted(self.services.items())
-            if record.manifest.health_check.deregister_critical_after_s and record.health.status == health.CRITICAL
-        }
+        deadlines = {}
+        for (host, name), record in sorted(self.services.items()):
+            reap_at = self._reap_at(record)
+            if reap_at is not None:
+                deadlines[(host, name, record.health.since_unix_ms)] = reap_at
+        return deadlines
 
     def critical_due(self, now_unix_ms: int) -> list[ports_pb2.ServiceKey]:
-        """Instances critical for at least their check's deregister_critical_after_s (the leader reaps them)."""
+        """Instances critical for at least their check's deregister_critical_after_s (by the wall clock alone)."""
         return [
             ports_pb2.ServiceKey(host=host, name=name)
-            for (host, name), record in sorted(self.services.items())
-            if self._reapable(record, now_unix_ms)
+            for (host, name, _since), reap_at in self.critical_deadlines().items()
+            if reap_at <= now_unix_ms
         ]
 
     @staticmethod
-    def _reapable(record: ports_pb2.ServiceRecord, now_unix_ms: int) -> bool:
+    def _reap_at(record: ports_pb2.ServiceRecord) -> int | None:
+        """When a critical instance may be reaped (unix ms); None if it is not critical or never reaped."""
         after_s = record.manifest.health_check.deregister_critical_after_s
-        return (
-            bool(after_s)
-            and record.health.status == health.CRITICAL
-            and record.health.since_unix_ms + after_s * 1000 <= now_unix_ms
-        )
+        if not after_s or record.health.status != health.CRITICAL:
+            return None
+        return int(record.health.since_unix_ms + after_s * 1000)
+
+    @classmethod
+    def _reapable(cls, record: ports_pb2.ServiceRecord, now_unix_ms: int) -> bool:
+        reap_at = cls._reap_at(record)
+        return reap_at is not None and reap_at <= now_unix_ms
 
     def reap_critical(self, request: ports_pb2.ReapCriticalRequest) -> CommandResult:
         deregistered = []
