@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.client import Client, Consistency, ControlPlaneError, PermissionDenied
+from controlplane.client import Client, Consistency, ControlPlaneError, FailedPrecondition, PermissionDenied
 from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.v1 import cluster_pb2
 
@@ -73,6 +73,18 @@ def _values(node: NodeProcess, prefix: str) -> dict[str, str]:
         return {key: kv.value.decode() for key, kv in list_all(client, prefix).items()}
 
 
+def _admitted(client: Client, node: NodeProcess) -> bool:
+    """Admit ``node``; False while another membership change is in flight (the leader may still be
+    finishing the old members' removal after they left the directory: the answer says to retry)."""
+    try:
+        client.add_member(node.id, node.raft_address, node.client_address)
+    except FailedPrecondition as exc:
+        if "already in flight" not in exc.message:
+            raise
+        return False
+    return True
+
+
 def _grow_to_three(cluster: LocalCluster, seed: NodeProcess, gone: list[str]) -> list[NodeProcess]:
     """Start two new servers (--join, new ids), admit them, wait until all three are voters and agree."""
     with node_client(seed, timeout=20) as client:
@@ -88,11 +100,7 @@ def _grow_to_three(cluster: LocalCluster, seed: NodeProcess, gone: list[str]) ->
         for _ in range(2):
             node = cluster.add_server()
             wait_until(lambda node=node: status(node), 30, f"the joining {node.id} to answer")
-            wait_until(
-                lambda node=node: client.add_member(node.id, node.raft_address, node.client_address),
-                60,
-                f"{node.id} to be admitted",
-            )
+            wait_until(lambda node=node: _admitted(client, node), 60, f"{node.id} to be admitted")
             added.append(node)
 
     def three_voters() -> bool:
