@@ -69,7 +69,7 @@ def flood(address: str, credentials: Credentials, attempts: int) -> None:
             if tried >= attempts:
                 break
             tried += 1
-            call = watch_pb2_grpc.WatchStub(channel).Watch(watch_pb2.WatchRequest(prefix="flood/"), timeout=600)
+            call = watch_pb2_grpc.WatchStub(channel).Watch(watch_pb2.WatchRequest(), timeout=600)
             try:
                 next(call)  # held once its first message (where it starts) arrives
                 held.append(call)
