@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from controlplane.server import metrics
-from controlplane.server.audit import WATCH_BUFFER, AuditLog, open_audit_log
+from controlplane.server.audit import WATCH_BUFFER, AuditLog
 
 
 def _fd_of(path: Path) -> int:
@@ -24,7 +24,7 @@ def _fd_of(path: Path) -> int:
 
 def test_lines_are_json_in_a_private_file(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    audit = open_audit_log(path, "n1")
+    audit = AuditLog(path, "n1")
     audit(who="user:ann", method="/controlplane.v1.KV/Put", resource="kv:app/x", code="OK", peer="ipv4:1")
     line = json.loads(path.read_text().splitlines()[-1])
     assert (line["who"], line["code"], line["node"]) == ("user:ann", "OK", "n1")
@@ -33,7 +33,7 @@ def test_lines_are_json_in_a_private_file(tmp_path: Path) -> None:
 
 def test_a_full_disk_is_counted_not_raised(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    audit = open_audit_log(path, "n1")
+    audit = AuditLog(path, "n1")
     full = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
     try:
         os.dup2(full, _fd_of(path))
@@ -51,7 +51,7 @@ def _record(audit: AuditLog, key: str) -> None:
 
 def test_a_watcher_gets_the_records_from_its_start_in_order(tmp_path: Path) -> None:
     async def scenario() -> None:
-        audit = open_audit_log(tmp_path / "audit.log", "n1")
+        audit = AuditLog(tmp_path / "audit.log", "n1")
         _record(audit, "before")
         with audit.watch() as watcher:
             for key in ("a", "b"):
@@ -69,7 +69,7 @@ def test_a_watcher_gets_the_records_from_its_start_in_order(tmp_path: Path) -> N
 
 def test_a_slow_watcher_skips_what_overflows_and_is_told_how_much(tmp_path: Path) -> None:
     async def scenario() -> None:
-        audit = open_audit_log(tmp_path / "audit.log", "n1")
+        audit = AuditLog(tmp_path / "audit.log", "n1")
         skipped_before = metrics.AUDIT_WATCH_SKIPPED._value.get()
         with audit.watch() as watcher:
             for i in range(WATCH_BUFFER + 5):

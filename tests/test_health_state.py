@@ -83,6 +83,12 @@ class Twins:
 HTTP = {"type": "http", "path": "/healthz", "interval_s": 1}
 
 
+def _critical_due(machine: StateMachine, now_unix_ms: int) -> list[ports_pb2.ServiceKey]:
+    """The instances a leader may reap at ``now_unix_ms`` by the replicated times alone."""
+    deadlines = machine.ports.critical_deadlines()
+    return [ports_pb2.ServiceKey(host=h, name=n) for (h, n, _since), at in deadlines.items() if at <= now_unix_ms]
+
+
 def test_a_check_starts_critical_and_a_service_without_one_passes() -> None:
     t = Twins()
     t.register_node("n1")
@@ -213,9 +219,9 @@ def test_deregister_critical_after_releases_ports_through_the_release_path() -> 
     t.register("n1", "api", {**HTTP, "deregister_critical_after_s": 30})
     t.report("n1", "api", PASSING)
     t.report("n1", "api", CRITICAL, "refused")
-    assert t.m.ports.critical_due(t.now + 29_999) == []
+    assert _critical_due(t.m, t.now + 29_999) == []
     t.now += 30_000
-    due = t.m.ports.critical_due(t.now)
+    due = _critical_due(t.m, t.now)
     assert [(k.host, k.name) for k in due] == [("n1", "api")]
     # A passing report that commits before the reap wins: the reap re-checks.
     t.report("n1", "api", PASSING)
@@ -368,7 +374,7 @@ class HealthWalk(RuleBasedStateMachine):
 
     @rule()
     def reap(self) -> None:
-        due = self.t.m.ports.critical_due(self.t.now)
+        due = _critical_due(self.t.m, self.t.now)
         if due:
             self.t.ok(service_reap=ports_pb2.ReapCriticalRequest(services=due))
 

@@ -20,7 +20,7 @@ from prometheus_client import start_http_server
 
 from controlplane.grpc_options import SERVER_OPTIONS
 from controlplane.server import logs, metrics
-from controlplane.server.audit import open_audit_log
+from controlplane.server.audit import AuditLog
 from controlplane.server.auth_service import AuthService
 from controlplane.server.authz import Authorizer, RateLimiter
 from controlplane.server.client_listener import add_client_port
@@ -122,7 +122,7 @@ async def serve(config: ServerConfig) -> None:
         burst = config.rate_limit_burst or 2 * config.rate_limit_per_identity
         limiter = RateLimiter(config.rate_limit_per_identity, burst)
     authorizer = Authorizer(lambda: node.machine.auth, insecure_dev=plaintext, limiter=limiter)
-    audit = open_audit_log(config.audit_file, config.node_id)
+    audit = AuditLog(config.audit_file, config.node_id)
     streams = StreamLimiter(config.max_streams_per_identity) if config.max_streams_per_identity else None
     per_connection = config.max_streams_per_connection
     connection_streams = StreamLimiter(per_connection, per="connection") if per_connection else None

@@ -58,9 +58,10 @@ class AuditWatcher:
 
 
 class AuditLog:
-    """Call it with one call's fields (``who``, ``method``, ``resource``, ``code``, ``peer``) once
-    the call's outcome is decided; the interceptor does, for every changing call. On the event loop
-    only (the watchers' queues are asyncio queues), as the interceptor runs."""
+    """The audit log of server ``node_id``, appending to ``path`` (created 0600). Call it with one
+    call's fields (``who``, ``method``, ``resource``, ``code``, ``peer``) once the call's outcome is
+    decided; the interceptor does, for every changing call. On the event loop only (the watchers'
+    queues are asyncio queues), as the interceptor runs."""
 
     def __init__(self, path: Path, node_id: str) -> None:
         self.path = path
@@ -112,8 +113,3 @@ class AuditLog:
         finally:
             self._watchers.discard(watcher)
             metrics.AUDIT_WATCHERS.dec()
-
-
-def open_audit_log(path: Path, node_id: str) -> AuditLog:
-    """The audit log of server ``node_id``, appending to ``path`` (created 0600)."""
-    return AuditLog(path, node_id)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from controlplane.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.server.audit import AuditLog
 from controlplane.server.authz import Authorizer, caller_kind
 from controlplane.state.auth import DOMAINS, TOKEN_PREFIX, VERBS, Caller, Need, allowed, secret_hash
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 
 _LINEARIZABLE = common_pb2.ReadOptions(consistency=common_pb2.CONSISTENCY_LINEARIZABLE)
 MAX_TOKEN_TTL_S = 10 * 365 * 24 * 3600
-
-
-#: The one question an agent may ask ``Check``: may this caller read that model (its artifact port's).
-AGENT_CHECKS = frozenset({("models", "read")})
 
 
 class AuthService(auth_pb2_grpc.AuthServicer):
@@ -169,13 +165,6 @@ class AuthService(auth_pb2_grpc.AuthServicer):
             raise InvalidArgument(
                 f"check a permission of one domain ({', '.join(DOMAINS)}) and one verb ({', '.join(VERBS)}); "
                 f"got {permission.domain!r}:{permission.verb!r}"
-            )
-        asker = self._authorizer.identify(context)
-        if asker is not None and asker.kind == "agent" and (permission.domain, permission.verb) not in AGENT_CHECKS:
-            # An agent guards its artifact port and has no reason to learn what else anyone may do.
-            raise PermissionDenied(
-                f"an agent may ask Auth.Check about models:read only (its artifact port's question), not "
-                f"{permission.domain}:{permission.verb}; your identity is {asker}"
             )
         need = Need(permission.domain, permission.verb, permission.resource)
         if allowed(self._node.machine.auth, caller, need):

@@ -60,6 +60,13 @@ def _node(domain: str, field: str = "node_id") -> Rule:
     return lambda request: (Need(domain, "write", getattr(request, field), node=getattr(request, field)),)
 
 
+def _check_permission(request: Any) -> tuple[Need, ...]:
+    # Any agent may ask the artifact port's one question, whether a caller may read a model; every
+    # other question is a cluster admin's (or a server's).
+    port_question = (request.permission.domain, request.permission.verb) == ("models", "read")
+    return (Need("cluster", "admin", node=ANY_NODE if port_question else ""),)
+
+
 def _reserve(request: Any) -> tuple[Need, ...]:
     end = request.end_port or request.port
     return (Need("ports", "write", request.host, request.port), Need("ports", "write", request.host, end))
@@ -203,9 +210,8 @@ METHODS: dict[str, Rule] = {
     "/controlplane.v1.Auth/CreateToken": _ADMIN,
     "/controlplane.v1.Auth/ListTokens": _ADMIN,
     "/controlplane.v1.Auth/RevokeToken": _ADMIN,
-    # Asked by the agents guarding their artifact ports (any agent: ANY_NODE; the servicer lets an
-    # agent ask about models:read only, its port's question), by servers, and by admins.
-    "/controlplane.v1.Auth/Check": _static(Need("cluster", "admin", node=ANY_NODE)),
+    # Asked by the agents guarding their artifact ports (about models:read only), servers and admins.
+    "/controlplane.v1.Auth/Check": _check_permission,
     "/controlplane.v1.Auth/WatchAudit": _ADMIN,
 }
 

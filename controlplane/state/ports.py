@@ -1255,14 +1255,6 @@ class PortTable:
                 deadlines[(host, name, record.health.since_unix_ms)] = reap_at
         return deadlines
 
-    def critical_due(self, now_unix_ms: int) -> list[ports_pb2.ServiceKey]:
-        """Instances critical for at least their check's deregister_critical_after_s (by the wall clock alone)."""
-        return [
-            ports_pb2.ServiceKey(host=host, name=name)
-            for (host, name, _since), reap_at in self.critical_deadlines().items()
-            if reap_at <= now_unix_ms
-        ]
-
     @staticmethod
     def _reap_at(record: ports_pb2.ServiceRecord) -> int | None:
         """When a critical instance may be reaped (unix ms); None if it is not critical or never reaped."""

@@ -280,8 +280,8 @@ def test_cli_users_roles_tokens(make_cluster: Callable[..., LocalCluster]) -> No
 
 def test_check_permission_answers_agents_and_admins_only(cluster: LocalCluster) -> None:
     """``Auth.Check``: what an agent's artifact port asks before serving a user (any agent may ask
-    about models:read, and only that; other users need cluster admin); a malformed question is
-    INVALID_ARGUMENT."""
+    about models:read, and only that: the rule is the authorization table's; other users need
+    cluster admin); a malformed question is INVALID_ARGUMENT."""
     admin = cluster.credentials
     agent_cert, agent_key = tls.issue(cluster.pki_dir, tls.Identity("agent", "chk-a"))
     user_cert, user_key = tls.issue(cluster.pki_dir, tls.Identity("client", "chk-nobody"))
@@ -294,12 +294,16 @@ def test_check_permission_answers_agents_and_admins_only(cluster: LocalCluster) 
         assert why is not None and "models:read" in why and "user:chk-nobody" in why
         with pytest.raises(InvalidArgument, match="user:<name>"):
             agent.check_permission("chk-nobody", "models", "read")
-        with pytest.raises(InvalidArgument, match="one domain"):
-            agent.check_permission("user:admin", "*", "read")
         # models:read is the artifact port's question; an agent has no business asking others.
-        for domain, verb in (("kv", "write"), ("cluster", "admin"), ("models", "write")):
-            with pytest.raises(PermissionDenied, match="models:read only"):
+        for domain, verb in (("kv", "write"), ("cluster", "admin"), ("models", "write"), ("*", "read")):
+            with pytest.raises(PermissionDenied, match="cluster:admin") as refused:
                 agent.check_permission("user:chk-nobody", domain, verb)
+            assert "agent:chk-a" in str(refused.value)
+    with (
+        Client(cluster.client_addresses, credentials=admin) as as_admin,
+        pytest.raises(InvalidArgument, match="one domain"),
+    ):
+        as_admin.check_permission("user:admin", "*", "read")
     user_credentials = Credentials(ca=admin.ca, cert=user_cert, key=user_key)
     with Client(cluster.client_addresses, credentials=user_credentials) as user, pytest.raises(PermissionDenied) as no:
         user.check_permission("user:admin", "models", "read")
