@@ -4,6 +4,7 @@ its watchers get every record from their start in order, a slow one skipping (an
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 from pathlib import Path
@@ -26,8 +27,23 @@ def test_lines_are_json_in_a_private_file(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     audit = AuditLog(path, "n1")
     audit(who="user:ann", method="/controlplane.v1.KV/Put", resource="kv:app/x", code="OK", peer="ipv4:1")
-    line = json.loads(path.read_text().splitlines()[-1])
-    assert (line["who"], line["code"], line["node"]) == ("user:ann", "OK", "n1")
+    audit(who="user:bob", method="/controlplane.v1.KV/Delete", resource='kv:"q"\n', code="NOT_FOUND", peer="ipv4:2")
+    audit.close()
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first == {
+        "node": "n1",
+        "who": "user:ann",
+        "method": "/controlplane.v1.KV/Put",
+        "resource": "kv:app/x",
+        "code": "OK",
+        "peer": "ipv4:1",
+        "event": "audit",
+        "timestamp": first["timestamp"],
+    }
+    assert (second["resource"], second["code"]) == ('kv:"q"\n', "NOT_FOUND")
+    # ISO 8601 UTC with microseconds, as every other log line of the server.
+    stamp = datetime.datetime.strptime(first["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC)
+    assert abs((datetime.datetime.now(datetime.UTC) - stamp).total_seconds()) < 3600
     assert os.stat(path).st_mode & 0o777 == 0o600
 
 

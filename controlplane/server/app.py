@@ -208,6 +208,7 @@ async def serve(config: ServerConfig) -> None:
     refresher.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(SHUTDOWN_GRACE_S)
+    audit.close()
     await node.stop()
     log.info("server_stopped")
 

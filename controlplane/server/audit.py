@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import time
@@ -67,13 +68,10 @@ class AuditLog:
         self.path = path
         self.node_id = node_id
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.chmod(path, 0o600)
-        stream = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
-        self._logger = structlog.wrap_logger(
-            structlog.PrintLogger(stream),
-            processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()],
-        )
+        self._stamp_second = -1
+        self._stamp_prefix = ""
         self._last_warned = -math.inf
         self._watchers: set[AuditWatcher] = set()
 
@@ -82,7 +80,7 @@ class AuditLog:
         # failing disk must not turn that outcome into an error the client would believe. Counted
         # and logged (at most every 10 s) instead.
         try:
-            self._logger.info("audit", node=self.node_id, **fields)
+            self._append({"node": self.node_id, **fields, "event": "audit", "timestamp": self._timestamp()})
         except (OSError, ValueError) as exc:
             metrics.AUDIT_WRITE_FAILURES.inc()
             now = time.monotonic()
@@ -101,6 +99,32 @@ class AuditLog:
             )
             for watcher in self._watchers:
                 watcher.offer(record)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        """One JSON line, written at once (no buffer to lose at a kill): every changing call comes
+        through here, so this is a plain write, not a logging pipeline (structlog's cost a follower
+        6 % of its time under 64 writing clients)."""
+        if self._fd < 0:
+            raise ValueError("the audit log is closed")  # never a write to whatever reuses the fd number
+        line = (json.dumps(record) + "\n").encode()
+        while line:
+            line = line[os.write(self._fd, line) :]
+
+    def _timestamp(self) -> str:
+        """Now, as ISO 8601 UTC with microseconds (``2026-12-06T04:53:18.059772Z``); the part up
+        to the second is formatted once per second."""
+        now = time.time()
+        second = int(now)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp_prefix}.{int((now - second) * 1_000_000):06d}Z"
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[AuditWatcher]:
