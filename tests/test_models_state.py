@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from controlplane.state.machine import StateMachine, batch_entry
+from controlplane.state.models import MAX_VERSION_TAGS
 from controlplane.v1 import command_pb2, common_pb2, models_pb2
 
 NAMES = ["Llama-3-8B", "Qwen2-7B", "phi-3"]
@@ -146,13 +147,103 @@ def test_replicas_are_a_sorted_set() -> None:
     assert gone.model_remove_replica.changed and list(gone.model_remove_replica.version.replicas) == ["n3"]
 
 
+def test_tags_metrics_and_lineage_are_kept_and_only_tags_and_metrics_change() -> None:
+    registry = Registry()
+    registry.register("Llama-3-8B", "base")
+    derived = registry.register(
+        "Llama-3-8B-ft",
+        "ft",
+        tags={"dataset": "wiki-2024", "validated": ""},
+        metrics={"accuracy": 0.91, "loss": 1.25},
+        run_id="runs/42",
+        parent=models_pb2.VersionRef(model="Llama-3-8B", version=1),
+    ).model_register.version
+    assert (dict(derived.tags), dict(derived.metrics)) == (
+        {"dataset": "wiki-2024", "validated": ""},
+        {"accuracy": 0.91, "loss": 1.25},
+    )
+    assert (derived.run_id, derived.parent.model, derived.parent.version) == ("runs/42", "Llama-3-8B", 1)
+
+    update = models_pb2.UpdateVersionRequest(
+        model="Llama-3-8B-ft", version=1, set_tags={"stage": "eval"}, remove_tags=["validated", "absent"],
+        set_metrics={"accuracy": 0.93}, remove_metrics=["loss"],
+    )  # fmt: skip
+    result = registry.run(model_update_version=update)
+    body = result.model_update_version
+    assert body.changed and (dict(body.version.tags), dict(body.version.metrics)) == (
+        {"dataset": "wiki-2024", "stage": "eval"},
+        {"accuracy": 0.93},
+    )
+    stored = registry.machine.registry.version("Llama-3-8B-ft", 1)
+    assert stored == body.version and stored.mod_revision == result.revision
+    # Identity and lineage stay what they were.
+    assert (stored.sha256, stored.run_id, stored.parent) == (derived.sha256, "runs/42", derived.parent)
+    again = registry.run(model_update_version=update)
+    assert not again.model_update_version.changed and again.revision == result.revision  # nothing written
+
+    # Deleting the parent keeps the child's reference: lineage is history.
+    registry.run(model_delete_version=models_pb2.DeleteVersionRequest(model="Llama-3-8B", version=1))
+    assert registry.machine.registry.version("Llama-3-8B-ft", 1).parent.version == 1
+
+
+def test_bad_metadata_is_refused_with_what_to_change() -> None:
+    registry = Registry()
+    registry.register("m", "a")
+    missing = registry.register("m", "b", parent=models_pb2.VersionRef(model="m", version=7))
+    assert code(missing) == common_pb2.ERROR_CODE_NOT_FOUND and "no version 7" in missing.error.message
+    case = registry.register("n", "c", parent=models_pb2.VersionRef(model="M", version=1))
+    assert code(case) == common_pb2.ERROR_CODE_NOT_FOUND and "did you mean 'm'" in case.error.message
+    nan = registry.register("m", "d", metrics={"acc": float("nan")})
+    assert code(nan) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "finite" in nan.error.message
+    bad_key = registry.register("m", "e", tags={"has space": "x"})
+    assert code(bad_key) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "tag key" in bad_key.error.message
+    both = registry.run(
+        model_update_version=models_pb2.UpdateVersionRequest(
+            model="m", version=1, set_tags={"a": "1"}, remove_tags=["a"]
+        )
+    )
+    assert code(both) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "set and removed" in both.error.message
+    too_many = registry.run(
+        model_update_version=models_pb2.UpdateVersionRequest(
+            model="m", version=1, set_tags={f"k{i}": "v" for i in range(MAX_VERSION_TAGS + 1)}
+        )
+    )
+    assert code(too_many) == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    gone = registry.run(model_update_version=models_pb2.UpdateVersionRequest(model="m", version=9))
+    assert code(gone) == common_pb2.ERROR_CODE_NOT_FOUND
+    assert registry.machine.registry.versions_of("m")[0].tags == {}  # nothing refused changed anything
+
+
+def test_a_bulk_request_may_name_a_parent_registered_earlier_in_it() -> None:
+    registry = Registry()
+
+    def item(model: str, content: str, parent: tuple[str, int] | None = None) -> models_pb2.RegisterVersionRequest:
+        ref = models_pb2.VersionRef(model=parent[0], version=parent[1]) if parent else None
+        return models_pb2.RegisterVersionRequest(
+            model=model, sha256=sha(content), size_bytes=1, format=models_pb2.MODEL_FORMAT_GGUF, parent=ref
+        )
+
+    ok = registry.run(
+        model_bulk_register=models_pb2.BulkRegisterRequest(
+            versions=[item("base", "a"), item("base", "b", ("base", 1)), item("ft", "c", ("base", 2))]
+        )
+    )
+    assert [v.parent.version for v in ok.model_bulk_register.versions] == [0, 1, 2]
+    forward = registry.run(
+        model_bulk_register=models_pb2.BulkRegisterRequest(versions=[item("x", "d", ("y", 1)), item("y", "e")])
+    )
+    assert code(forward) == common_pb2.ERROR_CODE_NOT_FOUND and "version #1" in forward.error.message
+    assert "x" not in registry.machine.registry.models  # all or nothing
+
+
 class RegistryInvariants(RuleBasedStateMachine):
     """Random sequences of registry commands, checked against what must always hold."""
 
     def __init__(self) -> None:
         super().__init__()
         self.registry = Registry()
-        self.seen: dict[tuple[str, int], tuple[str, int, int, str]] = {}  # identity of each version ever seen
+        # The identity and lineage of each version ever seen.
+        self.seen: dict[tuple[str, int], tuple[str, int, str, bytes]] = {}
         self.counter = 0
 
     @rule(model=st.sampled_from(NAMES))
@@ -180,6 +271,33 @@ class RegistryInvariants(RuleBasedStateMachine):
             model_set_status=models_pb2.SetVersionStatusRequest(model=model, version=version, status=status)  # type: ignore[arg-type]
         )
 
+    @rule(model=st.sampled_from(NAMES), parent=st.sampled_from(NAMES), number=st.integers(1, 6))
+    def register_derived(self, model: str, parent: str, number: int) -> None:
+        self.counter += 1
+        ref = models_pb2.VersionRef(model=parent, version=number)
+        self.registry.register(model, f"artifact-{self.counter}", run_id=f"run-{self.counter}", parent=ref)
+
+    @rule(
+        model=st.sampled_from(NAMES),
+        version=st.integers(1, 6),
+        tags=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.sampled_from(["", "x", "y"]), max_size=2),
+        metrics=st.dictionaries(st.sampled_from(["acc", "loss"]), st.floats(-1e6, 1e6), max_size=2),
+        remove=st.lists(st.sampled_from(["a", "b", "c", "acc", "loss"]), max_size=2),
+    )
+    def update_version(
+        self, model: str, version: int, tags: dict[str, str], metrics: dict[str, float], remove: list[str]
+    ) -> None:
+        self.registry.run(
+            model_update_version=models_pb2.UpdateVersionRequest(
+                model=model,
+                version=version,
+                set_tags=tags,
+                set_metrics=metrics,
+                remove_tags=[k for k in remove if k not in tags],
+                remove_metrics=[k for k in remove if k not in metrics],
+            )
+        )
+
     @rule(model=st.sampled_from(NAMES), force=st.booleans())
     def delete_model(self, model: str, force: bool) -> None:
         self.registry.run(model_delete=models_pb2.DeleteModelRequest(model=model, force=force))
@@ -196,12 +314,13 @@ class RegistryInvariants(RuleBasedStateMachine):
         table = self.registry.machine.registry
         for name in table.models:
             for version in table.versions_of(name):
-                identity = (version.sha256, version.size_bytes, version.format, version.source_uri)
+                lineage = version.parent.SerializeToString()
                 key = (name, version.version)
                 # A deleted model's numbers restart with a new model of that name: identities may differ then.
                 if key in self.seen and table.models[name].create_revision <= self.seen[key][1]:
-                    assert self.seen[key][0] == identity[0], f"{key} changed its artifact"
-                self.seen[key] = (identity[0], version.create_revision, version.format, version.source_uri)
+                    assert self.seen[key][0] == version.sha256, f"{key} changed its artifact"
+                    assert self.seen[key][2:] == (version.run_id, lineage), f"{key} changed its lineage"
+                self.seen[key] = (version.sha256, version.create_revision, version.run_id, lineage)
 
     @invariant()
     def aliases_point_at_existing_versions(self) -> None:

@@ -2,8 +2,11 @@
 
 Pure and deterministic like the rest of the machine. The rules it keeps:
 
-* a version's identity (sha256, size, format, source, metadata) never changes once registered;
-  only its status (along the allowed transitions) and its replica list do;
+* a version's identity (sha256, size, format, source, metadata) and its lineage (the run it came
+  from, the version it was derived from) never change once registered; only its status (along
+  the allowed transitions), its tags and metrics, and its replica list do;
+* a parent named at registration exists then (in the state, or earlier in the same bulk
+  request); deleting it later leaves the child's reference, as lineage is history;
 * versions are numbered 1, 2, 3, ... per model in registration order, never renumbered and never
   reused after a delete (``latest_version`` only grows);
 * an alias only ever points at an existing version: deleting a version an alias points at is
@@ -24,6 +27,7 @@ are the keys it is stored under.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -44,6 +48,10 @@ MAX_METADATA = 64
 MAX_DESCRIPTION_CHARS = 4096
 MAX_URI_CHARS = 2048
 MAX_BULK = 10_000
+MAX_VERSION_TAGS = 64
+MAX_METRICS = 128
+MAX_TAG_VALUE_CHARS = 1024
+MAX_RUN_ID_CHARS = 256
 
 CommandResult = command_pb2.CommandResult
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -102,6 +110,47 @@ def check_version_fields(request: models_pb2.RegisterVersionRequest) -> None:
     for key, value in request.metadata.items():
         _check(limits.check_name(key, "metadata key") or limits.check_text(value, f"metadata {key!r}", 1024))
     check_draft(request.draft)
+    check_tags(request.tags.items())
+    check_metrics(request.metrics.items())
+    if len(request.tags) > MAX_VERSION_TAGS:
+        raise _invalid(f"at most {MAX_VERSION_TAGS} tags per version")
+    if len(request.metrics) > MAX_METRICS:
+        raise _invalid(f"at most {MAX_METRICS} metrics per version")
+    _check(limits.check_text(request.run_id, "run_id", MAX_RUN_ID_CHARS))
+    if request.HasField("parent"):
+        _check(limits.check_model_name(request.parent.model, "parent model"))
+        if request.parent.version < 1:
+            raise _invalid("parent needs a version number (1 or more)")
+
+
+def check_tags(tags: Iterable[tuple[str, str]]) -> None:
+    """Version tags: a name-like key (letters, digits, '.', '_', '-') and a text value."""
+    for key, value in tags:
+        _check(limits.check_name(key, "tag key") or limits.check_text(value, f"tag {key!r}", MAX_TAG_VALUE_CHARS))
+
+
+def check_metrics(metrics: Iterable[tuple[str, float]]) -> None:
+    """Metrics: a name-like key and a finite number (NaN compares false with everything, so a
+    search for ``metric:acc>0.9`` could neither find nor exclude it)."""
+    for key, value in metrics:
+        _check(limits.check_name(key, "metric name"))
+        if not math.isfinite(value):
+            raise _invalid(f"metric {key!r} is {value}; metrics are finite numbers")
+
+
+def check_version_update(request: models_pb2.UpdateVersionRequest) -> None:
+    """Everything about one UpdateVersion that does not depend on the state."""
+    _check(limits.check_model_name(request.model))
+    check_tags(request.set_tags.items())
+    check_metrics(request.set_metrics.items())
+    for key in request.remove_tags:
+        _check(limits.check_name(key, "tag key"))
+    for key in request.remove_metrics:
+        _check(limits.check_name(key, "metric name"))
+    both = sorted(set(request.set_tags) & set(request.remove_tags))
+    both += sorted(set(request.set_metrics) & set(request.remove_metrics))
+    if both:
+        raise _invalid(f"{', '.join(both)}: set and removed in the same request; do one or the other")
 
 
 def _pack_version(version: models_pb2.ModelVersion) -> bytes:
@@ -187,6 +236,7 @@ class ModelTable:
             "model_delete": wrap(lambda c: self._delete_model(c.model_delete)),
             "model_add_replica": wrap(lambda c: self._replica(c.model_add_replica, add=True)),
             "model_remove_replica": wrap(lambda c: self._replica(c.model_remove_replica, add=False)),
+            "model_update_version": wrap(lambda c: self._update_version(c.model_update_version)),
         }
 
     # ------------------------------------------------------------------ lookups (also the read API)
@@ -293,11 +343,24 @@ class ModelTable:
         in_batch = planned_hashes.setdefault(name, {})
         if sha in in_batch:
             raise _invalid(f"sha256 {sha} appears twice for model {name!r} in this request")
+        if request.HasField("parent"):
+            self._check_parent(request.parent, planned_numbers)
         number = planned_numbers.get(name)
         if number is None:  # the model's first version in this request: after its latest
             number = self.models[name].latest_version if name in self.models else 0
         planned_numbers[name] = number + 1
         in_batch[sha] = number + 1
+
+    def _check_parent(self, parent: models_pb2.VersionRef, planned_numbers: dict[str, int]) -> None:
+        """``parent`` is registered, or registered earlier in the same request."""
+        if parent.version in self.versions.get(parent.model, {}):
+            return
+        latest = self.models[parent.model].latest_version if parent.model in self.models else 0
+        if latest < parent.version <= planned_numbers.get(parent.model, 0):
+            return
+        other = self._folded.get(parent.model.lower())
+        hint = f" (did you mean {other!r}?)" if other and other != parent.model else ""
+        raise _not_found(f"parent: model {parent.model!r} has no version {parent.version}{hint}")
 
     def _apply_registration(self, request: models_pb2.RegisterVersionRequest) -> tuple[models_pb2.ModelVersion, bool]:
         name = request.model
@@ -327,6 +390,10 @@ class ModelTable:
             format=request.format,
             source_uri=request.source_uri,
             metadata=request.metadata,
+            tags=request.tags,
+            metrics=request.metrics,
+            run_id=request.run_id,
+            parent=request.parent if request.HasField("parent") else None,
             status=request.status or models_pb2.VERSION_STATUS_PENDING,
             created_unix_ms=now,
             create_revision=self._journal.revision + 1,
@@ -410,6 +477,32 @@ class ModelTable:
         self._replace_version(version, f"status {status_name(request.status)}")
         return CommandResult(
             revision=self._journal.revision, model_set_status=models_pb2.SetVersionStatusResponse(version=version)
+        )
+
+    def _update_version(self, request: models_pb2.UpdateVersionRequest) -> CommandResult:
+        check_version_update(request)
+        current = self.version(request.model, request.version)
+        version = self.version(request.model, request.version)  # a second fresh parse, to change
+        for key in request.remove_tags:
+            if key in version.tags:
+                del version.tags[key]
+        version.tags.update(request.set_tags)
+        for key in request.remove_metrics:
+            if key in version.metrics:
+                del version.metrics[key]
+        version.metrics.update(request.set_metrics)
+        if len(version.tags) > MAX_VERSION_TAGS:
+            raise _invalid(f"{request.model} version {request.version} would have {len(version.tags)} tags; "
+                           f"at most {MAX_VERSION_TAGS}, remove some")  # fmt: skip
+        if len(version.metrics) > MAX_METRICS:
+            raise _invalid(f"{request.model} version {request.version} would have {len(version.metrics)} metrics; "
+                           f"at most {MAX_METRICS}, remove some")  # fmt: skip
+        changed = version.SerializeToString(deterministic=True) != current.SerializeToString(deterministic=True)
+        if changed:
+            self._replace_version(version, "tags and metrics updated")
+        return CommandResult(
+            revision=self._journal.revision,
+            model_update_version=models_pb2.UpdateVersionResponse(version=version, changed=changed),
         )
 
     def _set_alias(self, request: models_pb2.SetAliasRequest) -> CommandResult:
@@ -547,6 +640,8 @@ class ModelTable:
                 raise _invalid(f"model {version.model!r} version {version.version} is out of sequence")
             if not _SHA256.fullmatch(version.sha256):
                 raise _invalid(f"model {version.model!r} version {version.version} has a malformed sha256")
+            if not all(math.isfinite(value) for value in version.metrics.values()):
+                raise _invalid(f"model {version.model!r} version {version.version} has a metric that is not finite")
             check_revisions(
                 f"model {version.model!r} version {version.version}", version.create_revision, version.mod_revision
             )

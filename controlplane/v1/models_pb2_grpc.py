@@ -54,6 +54,11 @@ class ModelsStub:
                 request_serializer=controlplane_dot_v1_dot_models__pb2.SetVersionStatusRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_models__pb2.SetVersionStatusResponse.FromString,
                 _registered_method=True)
+        self.UpdateVersion = channel.unary_unary(
+                '/controlplane.v1.Models/UpdateVersion',
+                request_serializer=controlplane_dot_v1_dot_models__pb2.UpdateVersionRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_models__pb2.UpdateVersionResponse.FromString,
+                _registered_method=True)
         self.SetAlias = channel.unary_unary(
                 '/controlplane.v1.Models/SetAlias',
                 request_serializer=controlplane_dot_v1_dot_models__pb2.SetAliasRequest.SerializeToString,
@@ -128,6 +133,13 @@ class ModelsServicer:
 
     def SetVersionStatus(self, request, context):
         """Move a version through pending -> ready | failed, and ready -> deprecated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateVersion(self, request, context):
+        """Sets and removes a version's tags and metrics in one change (its identity and lineage stay).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +227,11 @@ def add_ModelsServicer_to_server(servicer, server):
                     servicer.SetVersionStatus,
                     request_deserializer=controlplane_dot_v1_dot_models__pb2.SetVersionStatusRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_models__pb2.SetVersionStatusResponse.SerializeToString,
+            ),
+            'UpdateVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateVersion,
+                    request_deserializer=controlplane_dot_v1_dot_models__pb2.UpdateVersionRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_models__pb2.UpdateVersionResponse.SerializeToString,
             ),
             'SetAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAlias,
@@ -370,6 +387,33 @@ class Models:
             '/controlplane.v1.Models/SetVersionStatus',
             controlplane_dot_v1_dot_models__pb2.SetVersionStatusRequest.SerializeToString,
             controlplane_dot_v1_dot_models__pb2.SetVersionStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Models/UpdateVersion',
+            controlplane_dot_v1_dot_models__pb2.UpdateVersionRequest.SerializeToString,
+            controlplane_dot_v1_dot_models__pb2.UpdateVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,
