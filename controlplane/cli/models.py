@@ -96,13 +96,23 @@ def _model_line(model: Model) -> str:
     return f"{model.name}{family}{tags}: {model.version_count} version(s), latest {model.latest_version}"
 
 
-def _metadata(items: list[str] | None) -> dict[str, str]:
+def _metadata(items: list[str] | None, option: str = "--meta") -> dict[str, str]:
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
-            fail(f"--meta takes KEY=VALUE, not {item!r}", code=EXIT_USAGE)
+            fail(f"{option} takes KEY=VALUE, not {item!r}", code=EXIT_USAGE)
         out[key] = value
+    return out
+
+
+def _metrics(items: list[str] | None, option: str) -> dict[str, float]:
+    out = {}
+    for key, value in _metadata(items, option).items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            fail(f"{option} takes NAME=NUMBER, not {key}={value}", code=EXIT_USAGE)
     return out
 
 
@@ -119,11 +129,20 @@ def register(
     tag: Annotated[list[str] | None, typer.Option(help="For a new model (repeat for several)")] = None,
     owner: Annotated[str, typer.Option(help="For a new model")] = "",
     meta: Annotated[list[str] | None, typer.Option(help="KEY=VALUE metadata (repeat for several)")] = None,
+    version_tag: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE tag of this version, changeable later (repeat)")
+    ] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="NAME=NUMBER measured value, e.g. accuracy=0.91")] = None,
+    run: Annotated[str, typer.Option(help="The run (training job, experiment) that produced it")] = "",
+    parent: Annotated[str, typer.Option(help="MODEL/VERSION it was derived from (must be registered)")] = "",
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Register the next version of NAME (creating the model on its first version)."""
+    if size < 0:
+        fail(f"--size must be 0 or more, not {size}", code=EXIT_USAGE)
+    version_tags, metrics = _metadata(version_tag, "--version-tag"), _metrics(metric, "--metric")
     with connect(endpoints, timeout) as client:
         result = client.models.register(
             name,
@@ -137,6 +156,10 @@ def register(
             family=family,
             tags=tag or (),
             owner=owner,
+            version_tags=version_tags,
+            metrics=metrics,
+            run_id=run,
+            parent=parent or None,
         )
     created = " (new model)" if result.model_created else ""
     emit(output, plain(result), f"{name} version {result.version.version}{created}")
@@ -154,7 +177,9 @@ def show(
     with connect(endpoints, timeout) as client:
         if version is not None:
             found = client.models.get_version(name, version)
-            text = "\n".join(f"{key}: {value}" for key, value in plain(found).items())
+            fields = plain(found)
+            fields["parent"] = str(found.parent) if found.parent is not None else ""  # MODEL/VERSION, as typed
+            text = "\n".join(f"{key}: {value}" for key, value in fields.items())
             emit(output, plain(found), text)
             return
         detail = client.models.get(name)
@@ -271,6 +296,34 @@ def status(
     with connect(endpoints, timeout) as client:
         found = client.models.set_status(name, version, new_status)
     emit(output, plain(found), f"{name} version {version}: {found.status.name.lower()}")
+
+
+@models_app.command("update-version")
+def update_version(
+    name: str,
+    version: Annotated[int, typer.Argument(min=1)],
+    set_tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE to add or replace (repeat)")] = None,
+    remove_tag: Annotated[list[str] | None, typer.Option(help="KEY to remove (repeat)")] = None,
+    set_metric: Annotated[list[str] | None, typer.Option(help="NAME=NUMBER to add or replace (repeat)")] = None,
+    remove_metric: Annotated[list[str] | None, typer.Option(help="NAME to remove (repeat)")] = None,
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Set and remove a version's tags and metrics, in one change (its artifact and lineage stay)."""
+    tags, metrics = _metadata(set_tag, "--set-tag"), _metrics(set_metric, "--set-metric")
+    with connect(endpoints, timeout) as client:
+        found = client.models.update_version(
+            name,
+            version,
+            set_tags=tags,
+            remove_tags=remove_tag or (),
+            set_metrics=metrics,
+            remove_metrics=remove_metric or (),
+        )
+    shown = [f"{key}={value}" for key, value in sorted(found.tags.items())]
+    shown += [f"{key}={value:g}" for key, value in sorted(found.metrics.items())]
+    emit(output, plain(found), f"{name} version {version}: {' '.join(shown) or 'no tags or metrics'}")
 
 
 @models_app.command()

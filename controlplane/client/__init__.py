@@ -101,6 +101,7 @@ from controlplane.client._registry import (
     Registration,
     SearchHit,
     SearchResult,
+    VersionRef,
     VersionStatus,
 )
 from controlplane.client._sync import Client, Watch
@@ -219,6 +220,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownOutcome",
+    "VersionRef",
     "VersionStatus",
     "Watch",
 ]

@@ -57,6 +57,7 @@ from controlplane.client._registry import (
     ModelVersion,
     Registration,
     SearchResult,
+    VersionRef,
     VersionStatus,
 )
 from controlplane.v1 import gossip_pb2, leases_pb2, membership_pb2, models_pb2, ports_pb2
@@ -592,11 +593,18 @@ class Models:
         family: str = "",
         tags: Iterable[str] = (),
         owner: str = "",
+        version_tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        run_id: str = "",
+        parent: VersionRef | tuple[str, int] | str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Registration:
         """Register the next version of ``model`` (created on its first version with the description,
-        family, tags and owner given). Versions are immutable and numbered 1, 2, 3, ... per model."""
+        family, tags and owner given). Versions are immutable and numbered 1, 2, 3, ... per model.
+        ``version_tags`` and ``metrics`` belong to the version and may change later
+        (:meth:`update_version`); ``run_id`` and ``parent`` (``"MODEL/VERSION"``, a registered
+        version) record its lineage and never change."""
         r = self._unary(
             R.REGISTER_VERSION,
             R.register_request(
@@ -611,6 +619,10 @@ class Models:
                 family=family,
                 tags=tags,
                 owner=owner,
+                version_tags=version_tags,
+                metrics=metrics,
+                run_id=run_id,
+                parent=parent,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -653,6 +665,28 @@ class Models:
     ) -> ModelVersion:
         """pending -> ready | failed; ready | failed -> deprecated; deprecated -> ready."""
         r = self._unary(R.SET_STATUS, R.status_request(model, version, status, P.rid(request_id)), timeout)
+        return P.convert(R.ModelVersion, r.version)
+
+    def update_version(
+        self,
+        model: str,
+        version: int,
+        *,
+        set_tags: Mapping[str, str] | None = None,
+        remove_tags: Iterable[str] = (),
+        set_metrics: Mapping[str, float] | None = None,
+        remove_metrics: Iterable[str] = (),
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ModelVersion:
+        """Set and remove a version's tags and metrics in one change (a key absent already is no error)."""
+        r = self._unary(
+            R.UPDATE_VERSION,
+            R.update_version_request(
+                model, version, set_tags, remove_tags, set_metrics, remove_metrics, P.rid(request_id)
+            ),
+            timeout,
+        )
         return P.convert(R.ModelVersion, r.version)
 
     def set_alias(
@@ -1949,11 +1983,18 @@ class AsyncModels:
         family: str = "",
         tags: Iterable[str] = (),
         owner: str = "",
+        version_tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        run_id: str = "",
+        parent: VersionRef | tuple[str, int] | str | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Registration:
         """Register the next version of ``model`` (created on its first version with the description,
-        family, tags and owner given). Versions are immutable and numbered 1, 2, 3, ... per model."""
+        family, tags and owner given). Versions are immutable and numbered 1, 2, 3, ... per model.
+        ``version_tags`` and ``metrics`` belong to the version and may change later
+        (:meth:`update_version`); ``run_id`` and ``parent`` (``"MODEL/VERSION"``, a registered
+        version) record its lineage and never change."""
         r = await self._unary(
             R.REGISTER_VERSION,
             R.register_request(
@@ -1968,6 +2009,10 @@ class AsyncModels:
                 family=family,
                 tags=tags,
                 owner=owner,
+                version_tags=version_tags,
+                metrics=metrics,
+                run_id=run_id,
+                parent=parent,
                 request_id=P.rid(request_id),
             ),
             timeout,
@@ -2010,6 +2055,28 @@ class AsyncModels:
     ) -> ModelVersion:
         """pending -> ready | failed; ready | failed -> deprecated; deprecated -> ready."""
         r = await self._unary(R.SET_STATUS, R.status_request(model, version, status, P.rid(request_id)), timeout)
+        return P.convert(R.ModelVersion, r.version)
+
+    async def update_version(
+        self,
+        model: str,
+        version: int,
+        *,
+        set_tags: Mapping[str, str] | None = None,
+        remove_tags: Iterable[str] = (),
+        set_metrics: Mapping[str, float] | None = None,
+        remove_metrics: Iterable[str] = (),
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> ModelVersion:
+        """Set and remove a version's tags and metrics in one change (a key absent already is no error)."""
+        r = await self._unary(
+            R.UPDATE_VERSION,
+            R.update_version_request(
+                model, version, set_tags, remove_tags, set_metrics, remove_metrics, P.rid(request_id)
+            ),
+            timeout,
+        )
         return P.convert(R.ModelVersion, r.version)
 
     async def set_alias(

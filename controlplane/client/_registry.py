@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane import errors
@@ -66,6 +66,17 @@ class Model:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionRef:
+    """One version of one model; ``str()`` gives the ``MODEL/VERSION`` form the CLI takes."""
+
+    model: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.model}/{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
 class ModelVersion:
     model: str
     version: int
@@ -80,6 +91,14 @@ class ModelVersion:
     mod_revision: int
     #: Node ids holding the artifact.
     replicas: tuple[str, ...]
+    #: Labels that may change after registration (``update_version``).
+    tags: dict[str, str] = field(default_factory=dict)
+    #: Measured values (accuracy, loss ...), set at registration or later.
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: Lineage, fixed at registration: the run that produced it ...
+    run_id: str = ""
+    #: ... and the version it was derived from (None: none recorded).
+    parent: VersionRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +204,13 @@ def register_request(
     family: str = "",
     tags: Iterable[str] = (),
     owner: str = "",
+    version_tags: Mapping[str, str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    run_id: str = "",
+    parent: VersionRef | tuple[str, int] | str | None = None,
     request_id: str = "",
 ) -> models_pb2.RegisterVersionRequest:
+    check_unsigned(size_bytes, "size_bytes")
     return models_pb2.RegisterVersionRequest(
         model=model,
         draft=models_pb2.ModelDraft(description=description, family=family, tags=list(tags), owner=owner),
@@ -197,7 +221,64 @@ def register_request(
         metadata=dict(metadata or {}),
         status=status_value(status),  # type: ignore[arg-type]
         request_id=request_id,
+        tags=dict(version_tags or {}),
+        metrics=metric_values(metrics or {}),
+        run_id=run_id,
+        parent=version_ref(parent) if parent is not None else None,
     )
+
+
+def version_ref(value: VersionRef | tuple[str, int] | str) -> models_pb2.VersionRef:
+    """A version given as ``VersionRef``, ``(model, version)`` or ``"MODEL/VERSION"``."""
+    if isinstance(value, str):
+        name, _, digits = value.rpartition("/")
+        if not name or not digits.isdigit() or int(digits) < 1:
+            raise errors.InvalidArgument(f"version {value!r} is not MODEL/VERSION, e.g. llama-3-8b/2")
+        return models_pb2.VersionRef(model=name, version=int(digits))
+    model, number = (value.model, value.version) if isinstance(value, VersionRef) else value
+    check_unsigned(number, "version")
+    return models_pb2.VersionRef(model=model, version=number)
+
+
+def metric_values(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Metrics as numbers; a value that is not one is InvalidArgument (the server refuses NaN)."""
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            raise errors.InvalidArgument(f"metric {name!r} is {value!r}, not a number") from None
+    return out
+
+
+def check_unsigned(value: int, what: str) -> None:
+    """The wire's unsigned fields take 0 .. 2**32-1 or 2**64-1: say so rather than fail in protobuf."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise errors.InvalidArgument(f"{what} must be a whole number, 0 or more (got {value!r})")
+
+
+def update_version_request(
+    model: str,
+    version: int,
+    set_tags: Mapping[str, str] | None,
+    remove_tags: Iterable[str],
+    set_metrics: Mapping[str, float] | None,
+    remove_metrics: Iterable[str],
+    request_id: str,
+) -> models_pb2.UpdateVersionRequest:
+    check_unsigned(version, "version")
+    request = models_pb2.UpdateVersionRequest(
+        model=model,
+        version=version,
+        set_tags=dict(set_tags or {}),
+        remove_tags=list(remove_tags),
+        set_metrics=metric_values(set_metrics or {}),
+        remove_metrics=list(remove_metrics),
+        request_id=request_id,
+    )
+    if not (request.set_tags or request.remove_tags or request.set_metrics or request.remove_metrics):
+        raise errors.InvalidArgument("nothing to update: give tags or metrics to set or remove")
+    return request
 
 
 def bulk_request(versions: Iterable[Mapping[str, Any]], request_id: str) -> models_pb2.BulkRegisterRequest:
@@ -262,6 +343,7 @@ BULK_REGISTER = Rpc(_M + "BulkRegister", models_pb2.BulkRegisterResponse, write=
 UPDATE_MODEL = Rpc(_M + "UpdateModel", models_pb2.UpdateModelResponse, write=True)
 SET_STATUS = Rpc(_M + "SetVersionStatus", models_pb2.SetVersionStatusResponse, write=True)
 SET_ALIAS = Rpc(_M + "SetAlias", models_pb2.SetAliasResponse, write=True)
+UPDATE_VERSION = Rpc(_M + "UpdateVersion", models_pb2.UpdateVersionResponse, write=True)
 DELETE_VERSION = Rpc(_M + "DeleteVersion", models_pb2.DeleteVersionResponse, write=True)
 DELETE_MODEL = Rpc(_M + "DeleteModel", models_pb2.DeleteModelResponse, write=True)
 ADD_REPLICA = Rpc(_M + "AddReplica", models_pb2.ReplicaResponse, write=True)

@@ -157,6 +157,7 @@ METHODS: dict[str, Rule] = {
     "/controlplane.v1.Models/BulkRegister": _bulk,
     "/controlplane.v1.Models/UpdateModel": _model("write"),
     "/controlplane.v1.Models/SetVersionStatus": _model("write"),
+    "/controlplane.v1.Models/UpdateVersion": _model("write"),
     "/controlplane.v1.Models/SetAlias": _model("alias"),
     "/controlplane.v1.Models/DeleteVersion": _model("write"),
     "/controlplane.v1.Models/DeleteModel": _model("write"),

@@ -576,6 +576,11 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
     ) -> models_pb2.SetVersionStatusResponse:
         return await _replicate(self._node, "model_set_status", request, models_pb2.SetVersionStatusResponse)
 
+    async def UpdateVersion(
+        self, request: models_pb2.UpdateVersionRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.UpdateVersionResponse:
+        return await _replicate(self._node, "model_update_version", request, models_pb2.UpdateVersionResponse)
+
     async def SetAlias(
         self, request: models_pb2.SetAliasRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.SetAliasResponse:
