@@ -237,6 +237,70 @@ async def test_format_and_status_filters_need_one_current_version_with_them(inde
     assert await names(index, "cafe", format=GGUF, status=PENDING) == []
 
 
+def _lineage_catalogue() -> list[ModelDoc]:
+    """Three models whose versions carry tags, metrics, runs and parents, as the registry holds them."""
+
+    def version(model: str, number: int, **fields: object) -> models_pb2.ModelVersion:
+        return models_pb2.ModelVersion(model=model, version=number, **fields)  # type: ignore[arg-type]
+
+    base = models_pb2.VersionRef(model="Llama-3-8B", version=2)
+    versions = {
+        "Llama-3-8B": [version("Llama-3-8B", 1, metrics={"accuracy": 0.70}), version("Llama-3-8B", 2, run_id="R-1")],
+        "llama-ft": [
+            version("llama-ft", 1, parent=base, tags={"dataset": "Wiki-2024"}, metrics={"accuracy": 0.91}),
+            version("llama-ft", 2, parent=base, tags={"stage": "eval"}, metrics={"accuracy": 0.0, "loss": -1.5}),
+        ],
+        "llama-q4": [version("llama-q4", 1, parent=models_pb2.VersionRef(model="llama-ft", version=1), run_id="r-2")],
+    }
+    return [
+        model_doc(models_pb2.Model(name=name, description="a llama model", owner="team-ml"), listed)
+        for name, listed in versions.items()
+    ]
+
+
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_version_tags_metrics_runs_and_parents_filter_with_the_same_syntax(use_fts5: bool) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    try:
+        await index.rebuild(_lineage_catalogue(), revision=5)
+
+        async def found(query: str, **filters: str) -> set[str]:
+            return {name for name, _ in (await index.search(query, **filters)).hits}  # type: ignore[arg-type]
+
+        # Version tags: KEY=VALUE, ignoring case; a model tag filter is another thing.
+        assert await found("tag:dataset=wiki-2024") == {"llama-ft"}
+        assert await found("llama", tag="STAGE=eval") == {"llama-ft"}
+        assert await found("tag:dataset=wiki") == set()
+        # Lineage: the models with a version derived from a model, or from one version of it.
+        assert await found("parent:llama-3-8b") == {"llama-ft"}
+        assert await found("parent:Llama-3-8B/2") == {"llama-ft"}
+        assert await found("parent:Llama-3-8B/1") == set()
+        assert await found("llama parent:llama-ft/1") == {"llama-q4"}
+        assert await found("run:r-1") == {"Llama-3-8B"}
+        # Metrics: a version whose metric compares so; 0.0 is a bound like any other.
+        assert await found("metric:accuracy>=0.9") == {"llama-ft"}
+        assert await found("metric:accuracy>0.5") == {"llama-ft", "Llama-3-8B"}
+        assert await found("metric:accuracy<0.5") == {"llama-ft"}  # its version 2 has 0.0
+        assert await found("metric:accuracy=0") == {"llama-ft"}
+        assert await found("metric:loss<-1e0") == {"llama-ft"}
+        assert await found("metric:Accuracy<=0.7 llama") == {"llama-ft", "Llama-3-8B"}
+        # Filters combine with AND, and with a model tag filter.
+        assert await found("metric:accuracy>0.5 parent:llama-3-8b tag:dataset=wiki-2024") == {"llama-ft"}
+        assert await found("metric:accuracy>0.95 parent:llama-3-8b") == set()
+        for bad, says in (
+            ("metric:accuracy", "metric:accuracy is not NAME"),
+            ("metric:accuracy>>1", "is not NAME"),
+            ("metric:accuracy>=high", "is not NAME"),
+            ("run:a run:b", "gives run: twice"),
+            ("tag:a=1 tag:a=2", "gives tag: twice"),
+            ("parent:", "parent:llama-3-8b/2"),
+        ):
+            with pytest.raises(InvalidArgument, match=says):
+                await index.search(bad)
+    finally:
+        await index.close()
+
+
 async def test_unknown_format_or_status_is_invalid(index: SearchIndex) -> None:
     with pytest.raises(InvalidArgument, match="format 99"):
         await index.search("llama", format=99)

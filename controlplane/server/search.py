@@ -56,7 +56,10 @@ model, while a substring that starts no word ("struct" in "instruct") still does
 at most ``_MAX_NAME_PARTS`` suffixes.
 
 Query language, the same on both engines: ``tag:``, ``family:``, ``status:``, ``format:`` and
-``owner:`` words are filters (status and format by name, "status:ready"); the rest is split on
+``owner:`` words are filters (status and format by name, "status:ready"), and so are what the
+versions record of themselves: ``tag:KEY=VALUE`` (a version tag; model tags hold no '='),
+``run:ID``, ``parent:MODEL`` or ``parent:MODEL/VERSION`` (models with a version derived from it)
+and ``metric:NAME>=NUMBER`` (also ``>``, ``<=``, ``<``, ``=``); the rest is split on
 anything that is not a letter, digit, ``-`` or ``_``; every remaining term is a prefix and all
 are required (AND). Nothing a user types is ever FTS5 syntax: each term goes in as a quoted
 string (``"qwen"* "inst"*``), so quotes, parentheses, ``NEAR``, ``OR`` or a leading ``-`` are
@@ -72,8 +75,9 @@ starting with the same character, nearest then commonest first, and offers the c
 that do find models (``SearchPage.suggestions``). Both engines correct from an in-memory tally of
 the indexed names' words (kept by rebuild and apply), and only when a search found nothing.
 
-Filters are exact (tag and family ignoring case; format and status: the model has at least one
-current version with that value) and use side tables with indexes, not string matching. Note
+Filters are exact (tag and family ignoring case; format, status and the version filters: the
+model has at least one current version with that value) and use side tables with indexes, not
+string matching. One value per filter: two metric bounds, or two version tags, are refused. Note
 that format and status are independent facets: ``format=GGUF, status=READY`` means "has a GGUF
 version and has a ready version", not necessarily the same version.
 
@@ -151,7 +155,10 @@ _SEPARATOR_BETWEEN_WORDS = re.compile(r"(?<=[^\W_])[._](?=[^\W_])")
 # A name is cut into at most this many suffixes (see _name_parts): a bound on one model's tokens.
 _MAX_NAME_PARTS = 32
 # Query words of the form key:value that filter instead of matching text.
-_QUERY_FILTER = re.compile(r"(?<!\S)(tag|family|status|format|owner):(\S*)", re.IGNORECASE)
+_QUERY_FILTER = re.compile(r"(?<!\S)(tag|family|status|format|owner|run|parent|metric):(\S*)", re.IGNORECASE)
+# metric:NAME>=NUMBER (also >, <=, <, =): a version's metric compared with a number.
+_METRIC_FILTER = re.compile(r"([^\W_][\w.-]*)(>=|<=|>|<|=)([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+_METRIC_OPS = {">=": "metric_ge", ">": "metric_gt", "<=": "metric_le", "<": "metric_lt", "=": "metric_eq"}
 # "Did you mean": corrections offered for a query that found nothing, and how far a typed word
 # may be from the word it is taken for (edits: insert, delete, substitute, swap two neighbours).
 MAX_SUGGESTIONS = 3
@@ -181,6 +188,19 @@ _TABLES = (
         model_id INTEGER NOT NULL,
         PRIMARY KEY (facet, value, model_id)
     ) WITHOUT ROWID""",
+    # What the versions say of themselves, for tag:KEY=VALUE, run: and parent: (casefolded).
+    """CREATE TABLE version_facets (
+        facet TEXT NOT NULL,  -- 'tag' (KEY=VALUE), 'run' (run id), 'parent' (MODEL/VERSION and MODEL)
+        value TEXT NOT NULL,
+        model_id INTEGER NOT NULL,
+        PRIMARY KEY (facet, value, model_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE version_metrics (
+        name TEXT NOT NULL,  -- casefolded
+        value REAL NOT NULL,
+        model_id INTEGER NOT NULL,
+        PRIMARY KEY (name, value, model_id)
+    ) WITHOUT ROWID""",
 )
 _INDEXES = (
     "CREATE INDEX models_by_family ON models (family_key)",
@@ -189,6 +209,8 @@ _INDEXES = (
     "CREATE INDEX models_by_updated ON models (updated)",
     "CREATE INDEX model_tags_by_model ON model_tags (model_id)",
     "CREATE INDEX model_facets_by_model ON model_facets (model_id)",
+    "CREATE INDEX version_facets_by_model ON version_facets (model_id)",
+    "CREATE INDEX version_metrics_by_model ON version_metrics (model_id)",
 )
 # detail=full (the default) is required: a quoted term that the tokenizer splits in two is a
 # phrase query, which detail=column/none would refuse. The prefix indexes make the short
@@ -211,7 +233,7 @@ _PRAGMAS = (
 )
 # How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
 # is rebuilt, not trusted: bump this whenever a change here would index a model differently.
-LAYOUT = 3
+LAYOUT = 4
 # How often an apply that changed no model commits its revision (see the module docstring).
 META_WRITE_INTERVAL_S = 1.0
 # Documents per insert statement in a rebuild.
@@ -240,12 +262,19 @@ class ModelDoc:
     statuses: frozenset[int]  # VersionStatus values of its current versions
     created: int = 0  # the model's create_revision
     updated: int = 0  # the latest mod_revision of the model and its versions
+    # (facet, casefolded value) of its current versions: ("tag", "key=value"), ("run", id),
+    # ("parent", "model/3") and ("parent", "model").
+    version_facets: frozenset[tuple[str, str]] = frozenset()
+    # (casefolded name, value) of its current versions' metrics.
+    metrics: frozenset[tuple[str, float]] = frozenset()
 
 
 def model_doc(model: models_pb2.Model, versions: Iterable[models_pb2.ModelVersion]) -> ModelDoc:
     """The index document for ``model`` and its current versions."""
     formats: set[int] = set()
     statuses: set[int] = set()
+    facets: set[tuple[str, str]] = set()
+    metrics: set[tuple[str, float]] = set()
     updated = model.mod_revision
     for version in versions:
         if version.model != model.name:
@@ -253,6 +282,13 @@ def model_doc(model: models_pb2.Model, versions: Iterable[models_pb2.ModelVersio
         formats.add(version.format)
         statuses.add(version.status)
         updated = max(updated, version.mod_revision)
+        facets.update(("tag", f"{key}={value}".casefold()) for key, value in version.tags.items())
+        if version.run_id:
+            facets.add(("run", version.run_id.casefold()))
+        if version.HasField("parent"):
+            parent = version.parent.model.casefold()
+            facets.update((("parent", parent), ("parent", f"{parent}/{version.parent.version}")))
+        metrics.update((name.casefold(), value) for name, value in version.metrics.items())
     return ModelDoc(
         name=model.name,
         description=model.description,
@@ -263,6 +299,8 @@ def model_doc(model: models_pb2.Model, versions: Iterable[models_pb2.ModelVersio
         statuses=frozenset(statuses),
         created=model.create_revision,
         updated=updated,
+        version_facets=frozenset(facets),
+        metrics=frozenset(metrics),
     )
 
 
@@ -328,15 +366,32 @@ def parse_query(query: str) -> ParsedQuery:
     filters: dict[str, str] = {}
     for match in _QUERY_FILTER.finditer(query):
         key, value = match.group(1).casefold(), match.group(2)
+        if key == "tag" and "=" in value:
+            key = "vtag"  # a version's KEY=VALUE tag (a model tag holds no '='): a filter of its own
         if not value:
             raise InvalidArgument(f"'{key}:' in the query needs a value, e.g. {key}:{_FILTER_EXAMPLES[key]}")
         if key in filters and filters[key].casefold() != value.casefold():
-            raise InvalidArgument(f"the query gives {key}: twice ({filters[key]!r} and {value!r}); give one")
+            typed = _typed_key(key)
+            raise InvalidArgument(f"the query gives {typed}: twice ({filters[key]!r} and {value!r}); give one")
         filters[key] = value
     return ParsedQuery(text=" ".join(_QUERY_FILTER.sub(" ", query).split()), filters=filters)
 
 
-_FILTER_EXAMPLES = {"tag": "chat", "family": "qwen", "status": "ready", "format": "gguf", "owner": "team-ml"}
+def _typed_key(key: str) -> str:
+    """How a parsed filter's key is typed: a version tag is ``tag:KEY=VALUE`` too."""
+    return "tag" if key == "vtag" else key
+
+
+_FILTER_EXAMPLES = {
+    "tag": "chat",
+    "family": "qwen",
+    "status": "ready",
+    "format": "gguf",
+    "owner": "team-ml",
+    "run": "run-42",
+    "parent": "llama-3-8b/2",
+    "metric": "accuracy>=0.9",
+}
 
 
 def _enum_value(kind: str, typed: str, enum: Any, prefix: str) -> int:
@@ -459,6 +514,16 @@ _FILTERS = {
     "tag": "AND EXISTS (SELECT 1 FROM model_tags WHERE tag = :tag AND model_id = m.id)",
     "format": f"AND EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_FORMAT, ':format')})",
     "status": f"AND EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_STATUS, ':status')})",
+    **{
+        name: f"AND EXISTS (SELECT 1 FROM version_facets WHERE facet = '{facet}' "
+        f"AND value = :{name} AND model_id = m.id)"
+        for name, facet in (("vtag", "tag"), ("run", "run"), ("parent", "parent"))
+    },
+    **{
+        name: "AND EXISTS (SELECT 1 FROM version_metrics WHERE name = :metric_name "
+        f"AND value {op} :{name} AND model_id = m.id)"
+        for op, name in _METRIC_OPS.items()
+    },
 }
 
 
@@ -659,7 +724,7 @@ class SearchIndex:
         parsed = parse_query(query)
         filters = _merged_filters(parsed.filters, tag=tag, family=family, format=format, status=status, owner=owner)
         terms = _check_terms(parsed.text)
-        used = tuple(name for name in _FILTERS if filters[name])
+        used = _used_filters(filters)
         if not terms and not used:
             # The same answer at every revision, so there is nothing to wait for.
             return SearchPage(hits=[], total=0, query_ms=0.0, revision=self._revision, engine=self._engine)
@@ -703,6 +768,7 @@ class SearchIndex:
                 typed, joined = _spellings(term)
                 params[f"term{index}"], params[f"joined{index}"] = _like_pattern(typed), _like_pattern(joined)
         params.update((name, filters[name]) for name in used)
+        params["metric_name"] = filters.get("metric_name", "")
         page_sql, count_sql = _statements(self._engine, len(terms), used, sort)
         rows = list(await self._conn.execute_fetchall(page_sql, params))
         if rows and (self._engine == ENGINE_LIKE or not terms):
@@ -739,7 +805,7 @@ class SearchIndex:
         if varied is not None:
             for choice in options[varied][1:]:
                 candidates.append([*best[:varied], choice, *best[varied + 1 :]])
-        typed_filters = [f"{key}:{value}" for key, value in parsed.filters.items()]
+        typed_filters = [f"{_typed_key(key)}:{value}" for key, value in parsed.filters.items()]
         suggestions: list[str] = []
         for corrected in candidates:
             if corrected != terms and (await self._page(corrected, filters, used, "", 1, 0))[0]:
@@ -899,7 +965,15 @@ class SearchIndex:
     async def _create_tables(self) -> None:
         """Drop and create every table, without the indexes: O(1), where deleting every FTS5 row is O(index)."""
         # models_vocab: an fts5vocab table an index of this layout once had.
-        for table in ("models_vocab", "models_fts", "model_facets", "model_tags", "models"):
+        for table in (
+            "models_vocab",
+            "models_fts",
+            "version_metrics",
+            "version_facets",
+            "model_facets",
+            "model_tags",
+            "models",
+        ):
             await self._conn.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in _TABLES:
             await self._conn.execute(statement)
@@ -913,6 +987,8 @@ class SearchIndex:
             await self._conn.executemany(f"DELETE FROM models_fts WHERE rowid = {model_id}", rows)
         await self._conn.executemany(f"DELETE FROM model_tags WHERE model_id = {model_id}", rows)
         await self._conn.executemany(f"DELETE FROM model_facets WHERE model_id = {model_id}", rows)
+        await self._conn.executemany(f"DELETE FROM version_facets WHERE model_id = {model_id}", rows)
+        await self._conn.executemany(f"DELETE FROM version_metrics WHERE model_id = {model_id}", rows)
         await self._conn.executemany("DELETE FROM models WHERE name = ?", rows)
 
     async def _insert(self, docs: list[ModelDoc], first_id: int) -> None:
@@ -921,6 +997,8 @@ class SearchIndex:
         texts: list[tuple[int, str, str, str, str, str]] = []
         tags: list[tuple[str, int]] = []
         facets: list[tuple[str, int, int]] = []
+        version_facets: list[tuple[str, str, int]] = []
+        metrics: list[tuple[str, float, int]] = []
         for model_id, doc in enumerate(docs, start=first_id):
             like_text = None if fts else _like_text(doc)
             models.append(
@@ -940,6 +1018,8 @@ class SearchIndex:
             tags.extend((tag, model_id) for tag in sorted({tag.casefold() for tag in doc.tags}))
             facets.extend((_FACET_FORMAT, value, model_id) for value in sorted(doc.formats))
             facets.extend((_FACET_STATUS, value, model_id) for value in sorted(doc.statuses))
+            version_facets.extend((facet, value, model_id) for facet, value in sorted(doc.version_facets))
+            metrics.extend((name, value, model_id) for name, value in sorted(doc.metrics))
         await self._conn.executemany(
             "INSERT INTO models (id, name, family_key, owner_key, created, updated, like_text) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -954,6 +1034,12 @@ class SearchIndex:
         await self._conn.executemany("INSERT INTO model_tags (tag, model_id) VALUES (?, ?)", sorted(tags))
         await self._conn.executemany(
             "INSERT INTO model_facets (facet, value, model_id) VALUES (?, ?, ?)", sorted(facets)
+        )
+        await self._conn.executemany(
+            "INSERT INTO version_facets (facet, value, model_id) VALUES (?, ?, ?)", sorted(version_facets)
+        )
+        await self._conn.executemany(
+            "INSERT INTO version_metrics (name, value, model_id) VALUES (?, ?, ?)", sorted(metrics)
         )
 
 
@@ -1061,6 +1147,13 @@ def _check_terms(text: str) -> list[str]:
     return terms
 
 
+def _used_filters(filters: dict[str, Any]) -> tuple[str, ...]:
+    """The filters a search applies, in ``_FILTERS`` order: a metric bound when given (0.0 is a
+    bound), any other when not empty ("" or 0)."""
+    metric_bounds = _METRIC_OPS.values()
+    return tuple(name for name in _FILTERS if (filters[name] is not None if name in metric_bounds else filters[name]))
+
+
 def _merged_filters(
     typed: dict[str, str], *, tag: str, family: str, format: int, status: int, owner: str
 ) -> dict[str, Any]:
@@ -1069,9 +1162,24 @@ def _merged_filters(
         raise InvalidArgument(f"format {format} is not a known ModelFormat")
     if status and status not in models_pb2.VersionStatus.values():
         raise InvalidArgument(f"status {status} is not a known VersionStatus")
-    given: dict[str, Any] = {"tag": tag.casefold(), "family": family.casefold(), "owner": owner.casefold()}
-    given.update(format=format, status=status)
+    given: dict[str, Any] = {"tag": "", "family": family.casefold(), "owner": owner.casefold()}
+    given.update(format=format, status=status, vtag="", run="", parent="", metric_name="")
+    given.update(dict.fromkeys(_METRIC_OPS.values()))
+    if tag:
+        key = "vtag" if "=" in tag else "tag"
+        if key in typed and typed[key].casefold() != tag.casefold():
+            raise InvalidArgument(f"the query says tag:{typed[key]} but the request's tag filter says {tag}; give one")
+        typed = {**typed, key: tag}
     for key, value in typed.items():
+        if key == "metric":
+            match = _METRIC_FILTER.fullmatch(value)
+            if match is None:
+                raise InvalidArgument(
+                    f"metric:{value} is not NAME, then one of >= > <= < =, then a number, e.g. metric:accuracy>=0.9"
+                )
+            given["metric_name"] = match.group(1).casefold()
+            given[_METRIC_OPS[match.group(2)]] = float(match.group(3))
+            continue
         if key == "format":
             number: Any = _enum_value("format", value, models_pb2.ModelFormat, "MODEL_FORMAT_")
         elif key == "status":
