@@ -213,3 +213,60 @@ def test_bulk_import_over_the_cli(cluster: LocalCluster, tmp_path: Path) -> None
     assert searched["total"] == 5 and len(searched["hits"]) == 2
     again = cpctl("models", "import", str(catalogue))
     assert again.returncode == 1 and "already has sha256" in again.stderr
+
+
+def test_version_tags_metrics_and_lineage_through_the_sdk_the_cli_and_search(cluster: LocalCluster) -> None:
+    base, tuned = f"lin-{uuid.uuid4().hex[:6]}", f"lin-{uuid.uuid4().hex[:6]}-ft"
+    env = dict(credentials_env(cluster), CP_ENDPOINTS=",".join(cluster.client_addresses))
+
+    def cpctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "controlplane", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
+        client.models.register(base, sha(base), 10, "safetensors", status="ready", run_id="pretrain-7")
+        with pytest.raises(NotFound, match="no version 2"):
+            client.models.register(tuned, sha(tuned), 10, "gguf", parent=f"{base}/2")
+        registered = client.models.register(
+            tuned, sha(tuned), 10, "gguf", version_tags={"dataset": "wiki"}, metrics={"accuracy": 0.91},
+            run_id="sft-3", parent=f"{base}/1",
+        ).version  # fmt: skip
+        assert (registered.tags, registered.metrics, registered.run_id) == (
+            {"dataset": "wiki"},
+            {"accuracy": 0.91},
+            "sft-3",
+        )
+        assert str(registered.parent) == f"{base}/1"
+
+        # The CLI changes tags and metrics in one change; a metric that is not a number is a usage error.
+        updated = cpctl(
+            "models", "update-version", tuned, "1", "--set-tag", "stage=eval", "--remove-tag", "dataset",
+            "--set-metric", "accuracy=0.95", "--output", "json",
+        )  # fmt: skip
+        assert updated.returncode == 0, updated.stderr
+        assert (json.loads(updated.stdout)["tags"], json.loads(updated.stdout)["metrics"]) == (
+            {"stage": "eval"},
+            {"accuracy": 0.95},
+        )
+        bad = cpctl("models", "update-version", tuned, "1", "--set-metric", "accuracy=high")
+        assert bad.returncode == 2 and "NAME=NUMBER" in bad.stderr
+        shown = cpctl("models", "show", tuned, "1")
+        assert shown.returncode == 0 and f"parent: {base}/1" in shown.stdout and "run_id: sft-3" in shown.stdout
+
+        # Every server's index answers the new filters alike.
+        revision = client.models.get(tuned).revision
+        for node in running(cluster):
+            with node_client(node) as local:
+
+                def found(query: str, local: Client = local) -> list[str]:
+                    return names(local.models.search(query, min_revision=revision, consistency=Consistency.STALE))
+
+                assert found(f"parent:{base}") == [tuned]
+                assert found(f"metric:accuracy>=0.95 parent:{base}/1") == [tuned]
+                assert found(f"metric:accuracy>0.95 parent:{base}/1") == []
+                assert found(f"tag:stage=eval {tuned}") == [tuned]
+                assert found(f"tag:dataset=wiki {tuned}") == []
+                assert found("run:pretrain-7") == [base]
+        with pytest.raises(InvalidArgument, match="is not NAME"):
+            client.models.search("metric:accuracy")
