@@ -576,7 +576,7 @@ for asynchronous in (False, True):
             kw = "async def" if asynchronous else "def"
             aw = "await " if asynchronous else ""
             out.append(
-                f'\n    {kw} {meth}({sig}) -> {ret}:\n        """{mdoc}"""\n        r = {aw}self._unary({rpc}, {req}, timeout)\n        return {res}\n'
+                f'\n    {kw} {meth}({sig}) -> {ret}:\n        """{mdoc}"""\n        with P.checked_request("{meth}"):\n            request = {req}\n        r = {aw}self._unary({rpc}, request, timeout)\n        return {res}\n'
             )
 target = sys.argv[1] if len(sys.argv) > 1 else "controlplane/client/_api.py"
 with open(target, "w") as handle:

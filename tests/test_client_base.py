@@ -343,7 +343,7 @@ def test_mutations_get_a_request_id_unless_given_one() -> None:
 def test_reads_carry_their_consistency() -> None:
     request = _base.get_request("k", Consistency.STALE, 12)
     assert request.read.consistency == Consistency.STALE.value and request.read.min_revision == 12
-    with pytest.raises(TypeError):
+    with pytest.raises(errors.InvalidArgument, match="get: consistency must be a Consistency"):
         _base.get_request("k", "stale", 0)  # type: ignore[arg-type]
 
 

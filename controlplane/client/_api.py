@@ -89,9 +89,8 @@ class Ports:
 
         Idempotent: the same (host, service, name) returns the port it already holds (``existing``).
         A full range raises ``ResourceExhausted`` naming it."""
-        r = self._unary(
-            P.ALLOCATE,
-            ports_pb2.AllocateRequest(
+        with P.checked_request("allocate"):
+            request = ports_pb2.AllocateRequest(
                 host=host,
                 service=service,
                 name=name,
@@ -99,9 +98,8 @@ class Ports:
                 preferred_port=preferred_port,
                 lease_id=lease_id,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.ALLOCATE, request, timeout)
         return P.AllocateResult(P.revision_of(r), P.convert(P.PortAssignment, r.assignment), r.existing)
 
     def assign(
@@ -118,9 +116,8 @@ class Ports:
     ) -> AllocateResult:
         """Assign a specific port. ``FailedPrecondition`` naming the holder if it is taken or reserved
         (or observed bound by something else, unless ``force``)."""
-        r = self._unary(
-            P.ASSIGN,
-            ports_pb2.AssignRequest(
+        with P.checked_request("assign"):
+            request = ports_pb2.AssignRequest(
                 host=host,
                 service=service,
                 name=name,
@@ -128,9 +125,8 @@ class Ports:
                 lease_id=lease_id,
                 force=force,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.ASSIGN, request, timeout)
         return P.AllocateResult(P.revision_of(r), P.convert(P.PortAssignment, r.assignment), r.existing)
 
     def release(
@@ -145,11 +141,11 @@ class Ports:
     ) -> ReleaseResult:
         """Free an assignment named by (service, name) or by ``port``. Releasing what is not assigned
         returns ``released=False``."""
-        r = self._unary(
-            P.RELEASE,
-            ports_pb2.ReleaseRequest(host=host, service=service, name=name, port=port, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("release"):
+            request = ports_pb2.ReleaseRequest(
+                host=host, service=service, name=name, port=port, request_id=P.rid(request_id)
+            )
+        r = self._unary(P.RELEASE, request, timeout)
         return P.ReleaseResult(
             P.revision_of(r),
             r.released,
@@ -169,9 +165,8 @@ class Ports:
         timeout: float | None = None,
     ) -> ReassignResult:
         """Move an assignment to ``port`` or (0) any free port in its range or ``range``; recorded in the history."""
-        r = self._unary(
-            P.REASSIGN,
-            ports_pb2.ReassignRequest(
+        with P.checked_request("reassign"):
+            request = ports_pb2.ReassignRequest(
                 host=host,
                 service=service,
                 name=name,
@@ -179,9 +174,8 @@ class Ports:
                 range=range,
                 reason=reason,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.REASSIGN, request, timeout)
         return P.ReassignResult(P.revision_of(r), P.convert(P.PortAssignment, r.assignment), r.old_port)
 
     def reserve(
@@ -196,13 +190,11 @@ class Ports:
     ) -> tuple[Reservation, ...]:
         """Keep ``port`` (through ``end_port``) out of every allocation, on ``host`` or (empty) on all hosts.
         ``FailedPrecondition`` naming the holder if one is in use."""
-        r = self._unary(
-            P.RESERVE,
-            ports_pb2.ReserveRequest(
+        with P.checked_request("reserve"):
+            request = ports_pb2.ReserveRequest(
                 host=host, port=port, end_port=end_port, reason=reason, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.RESERVE, request, timeout)
         return tuple(P.convert(P.Reservation, x) for x in r.reservations)
 
     def unreserve(
@@ -215,11 +207,9 @@ class Ports:
         timeout: float | None = None,
     ) -> int:
         """Lift reservations; returns how many were removed."""
-        r = self._unary(
-            P.UNRESERVE,
-            ports_pb2.UnreserveRequest(host=host, port=port, end_port=end_port, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("unreserve"):
+            request = ports_pb2.UnreserveRequest(host=host, port=port, end_port=end_port, request_id=P.rid(request_id))
+        r = self._unary(P.UNRESERVE, request, timeout)
         return int(r.removed)
 
     def set_range(
@@ -233,19 +223,19 @@ class Ports:
         timeout: float | None = None,
     ) -> PortRange:
         """Create or change a named range (inclusive bounds). Ranges may not overlap."""
-        r = self._unary(
-            P.SET_RANGE,
-            ports_pb2.SetRangeRequest(
+        with P.checked_request("set_range"):
+            request = ports_pb2.SetRangeRequest(
                 range=ports_pb2.PortRange(name=name, start=start, end=end, description=description),
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.SET_RANGE, request, timeout)
         return P.convert(P.PortRange, r.range)
 
     def delete_range(self, name: str, *, request_id: str | None = None, timeout: float | None = None) -> bool:
         """Delete an empty range; False if it did not exist."""
-        r = self._unary(P.DELETE_RANGE, ports_pb2.DeleteRangeRequest(name=name, request_id=P.rid(request_id)), timeout)
+        with P.checked_request("delete_range"):
+            request = ports_pb2.DeleteRangeRequest(name=name, request_id=P.rid(request_id))
+        r = self._unary(P.DELETE_RANGE, request, timeout)
         return bool(r.deleted)
 
     def ranges(
@@ -256,9 +246,9 @@ class Ports:
         timeout: float | None = None,
     ) -> tuple[PortRange, ...]:
         """Every range, by start port."""
-        r = self._unary(
-            P.LIST_RANGES, ports_pb2.ListRangesRequest(read=P.read_options(consistency, min_revision)), timeout
-        )
+        with P.checked_request("ranges"):
+            request = ports_pb2.ListRangesRequest(read=P.read_options(consistency, min_revision))
+        r = self._unary(P.LIST_RANGES, request, timeout)
         return tuple(P.convert(P.PortRange, x) for x in r.ranges)
 
     def list(
@@ -272,13 +262,11 @@ class Ports:
         timeout: float | None = None,
     ) -> PortList:
         """Assignments (and reservations, unless filtered by service), by host and port."""
-        r = self._unary(
-            P.LIST,
-            ports_pb2.ListPortsRequest(
+        with P.checked_request("list"):
+            request = ports_pb2.ListPortsRequest(
                 read=P.read_options(consistency, min_revision), host=host, service=service, range=range
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.LIST, request, timeout)
         return P.convert(P.PortList, r, revision=P.revision_of(r))
 
     def history(
@@ -291,13 +279,11 @@ class Ports:
         timeout: float | None = None,
     ) -> PortHistory:
         """A service's port changes, oldest first."""
-        r = self._unary(
-            P.HISTORY,
-            ports_pb2.PortHistoryRequest(
+        with P.checked_request("history"):
+            request = ports_pb2.PortHistoryRequest(
                 read=P.read_options(consistency, min_revision), service=service, after_revision=after_revision
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.HISTORY, request, timeout)
         return P.convert(P.PortHistory, r, revision=P.revision_of(r))
 
     def report_observed(
@@ -310,11 +296,11 @@ class Ports:
     ) -> tuple[Conflict, ...]:
         """Report the full set of ports bound on ``host`` (ints, (port, holder) pairs or mappings);
         returns the conflicts on that host afterwards."""
-        r = self._unary(
-            P.REPORT_OBSERVED,
-            ports_pb2.ReportObservedRequest(host=host, ports=P.observed_ports(ports), request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("report_observed"):
+            request = ports_pb2.ReportObservedRequest(
+                host=host, ports=P.observed_ports(ports), request_id=P.rid(request_id)
+            )
+        r = self._unary(P.REPORT_OBSERVED, request, timeout)
         return tuple(P.convert(P.Conflict, x) for x in r.conflicts)
 
     def conflicts(
@@ -326,31 +312,27 @@ class Ports:
         timeout: float | None = None,
     ) -> tuple[Conflict, ...]:
         """Conflicts between assignments and what hosts reported bound."""
-        r = self._unary(
-            P.CONFLICTS, ports_pb2.ConflictsRequest(read=P.read_options(consistency, min_revision), host=host), timeout
-        )
+        with P.checked_request("conflicts"):
+            request = ports_pb2.ConflictsRequest(read=P.read_options(consistency, min_revision), host=host)
+        r = self._unary(P.CONFLICTS, request, timeout)
         return tuple(P.convert(P.Conflict, x) for x in r.conflicts)
 
     def resolve_conflicts(
         self, *, host: str = "", dry_run: bool = False, request_id: str | None = None, timeout: float | None = None
     ) -> ResolveResult:
         """Move managed services off ports they cannot have (``dry_run``: only show the moves)."""
-        r = self._unary(
-            P.RESOLVE,
-            ports_pb2.ResolveConflictsRequest(host=host, dry_run=dry_run, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("resolve_conflicts"):
+            request = ports_pb2.ResolveConflictsRequest(host=host, dry_run=dry_run, request_id=P.rid(request_id))
+        r = self._unary(P.RESOLVE, request, timeout)
         return P.convert(P.ResolveResult, r, revision=P.revision_of(r))
 
     def repair(
         self, *, passes_before_release: int = 0, request_id: str | None = None, timeout: float | None = None
     ) -> RepairResult:
         """Run one leak-repair pass now (the leader also runs them periodically)."""
-        r = self._unary(
-            P.REPAIR,
-            ports_pb2.RepairRequest(passes_before_release=passes_before_release, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("repair"):
+            request = ports_pb2.RepairRequest(passes_before_release=passes_before_release, request_id=P.rid(request_id))
+        r = self._unary(P.REPAIR, request, timeout)
         return P.convert(P.RepairResult, r, revision=P.revision_of(r))
 
     def stats(
@@ -362,9 +344,9 @@ class Ports:
         timeout: float | None = None,
     ) -> PortStats:
         """Size, used, reserved, free and utilisation per range (per host, and totals)."""
-        r = self._unary(
-            P.STATS, ports_pb2.PortStatsRequest(read=P.read_options(consistency, min_revision), host=host), timeout
-        )
+        with P.checked_request("stats"):
+            request = ports_pb2.PortStatsRequest(read=P.read_options(consistency, min_revision), host=host)
+        r = self._unary(P.STATS, request, timeout)
         return P.convert(P.PortStats, r, revision=P.revision_of(r))
 
     def export(
@@ -375,18 +357,18 @@ class Ports:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """The whole port map as a JSON-ready document (the backup format ``import_`` takes)."""
-        r = self._unary(P.EXPORT, ports_pb2.ExportPortsRequest(read=P.read_options(consistency, min_revision)), timeout)
+        with P.checked_request("export"):
+            request = ports_pb2.ExportPortsRequest(read=P.read_options(consistency, min_revision))
+        r = self._unary(P.EXPORT, request, timeout)
         return P.port_map_document(r.map)
 
     def import_(
         self, document: Mapping[str, Any], *, request_id: str | None = None, timeout: float | None = None
     ) -> ImportResult:
         """Replace the whole port map with an exported document: validated first, applied all or nothing."""
-        r = self._unary(
-            P.IMPORT,
-            ports_pb2.ImportPortsRequest(map=P.port_map_message(document), request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("import_"):
+            request = ports_pb2.ImportPortsRequest(map=P.port_map_message(document), request_id=P.rid(request_id))
+        r = self._unary(P.IMPORT, request, timeout)
         return P.convert(P.ImportResult, r, revision=P.revision_of(r))
 
 
@@ -401,22 +383,20 @@ class Services:
     ) -> ServiceRecord:
         """Register (or update) a service from its manifest (the YAML/JSON shape of ``ServiceManifest``);
         every declared port is allocated in one atomic step."""
-        r = self._unary(
-            P.REGISTER,
-            ports_pb2.RegisterServiceRequest(manifest=P.manifest_message(manifest), request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("register"):
+            request = ports_pb2.RegisterServiceRequest(
+                manifest=P.manifest_message(manifest), request_id=P.rid(request_id)
+            )
+        r = self._unary(P.REGISTER, request, timeout)
         return P.service_record(r.service)
 
     def deregister(
         self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None
     ) -> tuple[PortAssignment, ...]:
         """Remove a service instance and release its ports; returns what was released."""
-        r = self._unary(
-            P.DEREGISTER,
-            ports_pb2.DeregisterServiceRequest(host=host, name=name, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("deregister"):
+            request = ports_pb2.DeregisterServiceRequest(host=host, name=name, request_id=P.rid(request_id))
+        r = self._unary(P.DEREGISTER, request, timeout)
         return tuple(P.convert(P.PortAssignment, x) for x in r.released)
 
     def list(
@@ -431,13 +411,11 @@ class Services:
     ) -> tuple[ServiceRecord, ...]:
         """Registered services with the ports they hold and their health; ``healthy`` keeps only
         instances that are passing or warning."""
-        r = self._unary(
-            P.LIST_SERVICES,
-            ports_pb2.ListServicesRequest(
+        with P.checked_request("list"):
+            request = ports_pb2.ListServicesRequest(
                 read=P.read_options(consistency, min_revision), host=host, name=name, healthy=healthy
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.LIST_SERVICES, request, timeout)
         return tuple(P.service_record(x) for x in r.services)
 
     def healthy(
@@ -450,13 +428,11 @@ class Services:
         timeout: float | None = None,
     ) -> tuple[ServiceRecord, ...]:
         """The instances of service ``name`` that are passing or warning (never a critical one)."""
-        r = self._unary(
-            P.LIST_SERVICES,
-            ports_pb2.ListServicesRequest(
+        with P.checked_request("healthy"):
+            request = ports_pb2.ListServicesRequest(
                 read=P.read_options(consistency, min_revision), host=host, name=name, healthy=True
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.LIST_SERVICES, request, timeout)
         return tuple(P.service_record(x) for x in r.services)
 
     def report_health(
@@ -472,13 +448,11 @@ class Services:
         """A health check's result for an instance ("passing", "warning" or "critical"). A service with
         a ttl check calls this within its ``ttl_s``: a passing report of a passing ttl check renews it
         without a log write. An unchanged status of other checks changes nothing."""
-        r = self._unary(
-            P.REPORT_HEALTH,
-            ports_pb2.ReportHealthRequest(
+        with P.checked_request("report_health"):
+            request = ports_pb2.ReportHealthRequest(
                 host=host, name=name, status=P.health_status(status), output=output, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.REPORT_HEALTH, request, timeout)
         return P.convert(P.ServiceHealth, r.health)
 
     def start(
@@ -487,18 +461,18 @@ class Services:
         """Ask the agent of node ``host`` to run the instance from its manifest's ``run``. A second start
         of an instance wanted running changes nothing. ``FailedPrecondition`` without ``run`` or without
         a live agent allowing it (``--allow-run``) or having the manifest's capabilities."""
-        r = self._unary(
-            P.START, ports_pb2.StartServiceRequest(host=host, name=name, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("start"):
+            request = ports_pb2.StartServiceRequest(host=host, name=name, request_id=P.rid(request_id))
+        r = self._unary(P.START, request, timeout)
         return P.service_record(r.service)
 
     def stop(
         self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None
     ) -> ServiceRecord:
         """Ask the agent of node ``host`` to stop the instance's process (its registration and ports stay)."""
-        r = self._unary(
-            P.STOP, ports_pb2.StopServiceRequest(host=host, name=name, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("stop"):
+            request = ports_pb2.StopServiceRequest(host=host, name=name, request_id=P.rid(request_id))
+        r = self._unary(P.STOP, request, timeout)
         return P.service_record(r.service)
 
     def report_run(
@@ -515,9 +489,8 @@ class Services:
         timeout: float | None = None,
     ) -> RunStatus:
         """An agent's account of the process it runs for an instance (send it only when it changes)."""
-        r = self._unary(
-            P.REPORT_RUN,
-            ports_pb2.ReportRunRequest(
+        with P.checked_request("report_run"):
+            request = ports_pb2.ReportRunRequest(
                 host=host,
                 name=name,
                 state=state,
@@ -526,9 +499,8 @@ class Services:
                 pid=pid,
                 message=message,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(P.REPORT_RUN, request, timeout)
         return P.convert(P.RunStatus, r.run)
 
 
@@ -540,23 +512,23 @@ class Leases:
 
     def grant(self, ttl: float, *, request_id: str | None = None, timeout: float | None = None) -> Lease:
         """A new lease of ``ttl`` seconds (1 s to 1 day). Keep it alive with :meth:`keep_alive`."""
-        r = self._unary(
-            P.GRANT, leases_pb2.GrantLeaseRequest(ttl_ms=int(ttl * 1000), request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("grant"):
+            request = leases_pb2.GrantLeaseRequest(ttl_ms=int(ttl * 1000), request_id=P.rid(request_id))
+        r = self._unary(P.GRANT, request, timeout)
         return P.convert(P.Lease, r.lease)
 
     def keep_alive(self, lease_id: int, *, request_id: str | None = None, timeout: float | None = None) -> Lease:
         """Restart the lease's TTL; ``NotFound`` once it has expired (grant a new one and attach again)."""
-        r = self._unary(
-            P.KEEPALIVE, leases_pb2.KeepAliveRequest(lease_id=lease_id, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("keep_alive"):
+            request = leases_pb2.KeepAliveRequest(lease_id=lease_id, request_id=P.rid(request_id))
+        r = self._unary(P.KEEPALIVE, request, timeout)
         return P.convert(P.Lease, r.lease)
 
     def revoke(self, lease_id: int, *, request_id: str | None = None, timeout: float | None = None) -> int:
         """End a lease now; returns how many port assignments it released."""
-        r = self._unary(
-            P.REVOKE, leases_pb2.RevokeLeaseRequest(lease_id=lease_id, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("revoke"):
+            request = leases_pb2.RevokeLeaseRequest(lease_id=lease_id, request_id=P.rid(request_id))
+        r = self._unary(P.REVOKE, request, timeout)
         return int(r.released_ports)
 
     def list(
@@ -567,9 +539,9 @@ class Leases:
         timeout: float | None = None,
     ) -> tuple[Lease, ...]:
         """Every live lease with the number of ports it holds."""
-        r = self._unary(
-            P.LIST_LEASES, leases_pb2.ListLeasesRequest(read=P.read_options(consistency, min_revision)), timeout
-        )
+        with P.checked_request("list"):
+            request = leases_pb2.ListLeasesRequest(read=P.read_options(consistency, min_revision))
+        r = self._unary(P.LIST_LEASES, request, timeout)
         return tuple(P.convert(P.Lease, x) for x in r.leases)
 
 
@@ -605,9 +577,8 @@ class Models:
         ``version_tags`` and ``metrics`` belong to the version and may change later
         (:meth:`update_version`); ``run_id`` and ``parent`` (``"MODEL/VERSION"``, a registered
         version) record its lineage and never change."""
-        r = self._unary(
-            R.REGISTER_VERSION,
-            R.register_request(
+        with P.checked_request("register"):
+            request = R.register_request(
                 model,
                 sha256,
                 size_bytes,
@@ -624,9 +595,8 @@ class Models:
                 run_id=run_id,
                 parent=parent,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(R.REGISTER_VERSION, request, timeout)
         return P.convert(R.Registration, r, revision=P.revision_of(r))
 
     def bulk_register(
@@ -634,7 +604,9 @@ class Models:
     ) -> BulkRegistration:
         """Register many versions in one request and one log entry, all or nothing. Each item is a
         mapping of :meth:`register`'s arguments."""
-        r = self._unary(R.BULK_REGISTER, R.bulk_request(versions, P.rid(request_id)), timeout)
+        with P.checked_request("bulk_register"):
+            request = R.bulk_request(versions, P.rid(request_id))
+        r = self._unary(R.BULK_REGISTER, request, timeout)
         return P.convert(R.BulkRegistration, r, revision=P.revision_of(r))
 
     def update(
@@ -649,9 +621,9 @@ class Models:
         timeout: float | None = None,
     ) -> Model:
         """Change the fields given (the others stay)."""
-        r = self._unary(
-            R.UPDATE_MODEL, R.update_request(model, description, family, tags, owner, P.rid(request_id)), timeout
-        )
+        with P.checked_request("update"):
+            request = R.update_request(model, description, family, tags, owner, P.rid(request_id))
+        r = self._unary(R.UPDATE_MODEL, request, timeout)
         return P.convert(R.Model, r.model)
 
     def set_status(
@@ -664,7 +636,9 @@ class Models:
         timeout: float | None = None,
     ) -> ModelVersion:
         """pending -> ready | failed; ready | failed -> deprecated; deprecated -> ready."""
-        r = self._unary(R.SET_STATUS, R.status_request(model, version, status, P.rid(request_id)), timeout)
+        with P.checked_request("set_status"):
+            request = R.status_request(model, version, status, P.rid(request_id))
+        r = self._unary(R.SET_STATUS, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     def update_version(
@@ -680,24 +654,22 @@ class Models:
         timeout: float | None = None,
     ) -> ModelVersion:
         """Set and remove a version's tags and metrics in one change (a key absent already is no error)."""
-        r = self._unary(
-            R.UPDATE_VERSION,
-            R.update_version_request(
+        with P.checked_request("update_version"):
+            request = R.update_version_request(
                 model, version, set_tags, remove_tags, set_metrics, remove_metrics, P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(R.UPDATE_VERSION, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     def set_alias(
         self, model: str, alias: str, version: int, *, request_id: str | None = None, timeout: float | None = None
     ) -> Model:
         """Point ``alias`` at ``version`` atomically (0 removes the alias)."""
-        r = self._unary(
-            R.SET_ALIAS,
-            models_pb2.SetAliasRequest(model=model, alias=alias, version=version, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("set_alias"):
+            request = models_pb2.SetAliasRequest(
+                model=model, alias=alias, version=version, request_id=P.rid(request_id)
+            )
+        r = self._unary(R.SET_ALIAS, request, timeout)
         return P.convert(R.Model, r.model)
 
     def delete_version(
@@ -710,44 +682,42 @@ class Models:
         timeout: float | None = None,
     ) -> bool:
         """Delete a version; refused while an alias points at it unless ``force``. False if it did not exist."""
-        r = self._unary(
-            R.DELETE_VERSION,
-            models_pb2.DeleteVersionRequest(model=model, version=version, force=force, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("delete_version"):
+            request = models_pb2.DeleteVersionRequest(
+                model=model, version=version, force=force, request_id=P.rid(request_id)
+            )
+        r = self._unary(R.DELETE_VERSION, request, timeout)
         return bool(r.deleted)
 
     def delete(
         self, model: str, *, force: bool = False, request_id: str | None = None, timeout: float | None = None
     ) -> bool:
         """Delete a model; refused while it has versions unless ``force``. False if it did not exist."""
-        r = self._unary(
-            R.DELETE_MODEL,
-            models_pb2.DeleteModelRequest(model=model, force=force, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("delete"):
+            request = models_pb2.DeleteModelRequest(model=model, force=force, request_id=P.rid(request_id))
+        r = self._unary(R.DELETE_MODEL, request, timeout)
         return bool(r.deleted)
 
     def add_replica(
         self, model: str, version: int, node_id: str, *, request_id: str | None = None, timeout: float | None = None
     ) -> ModelVersion:
         """Record that ``node_id`` holds the version's artifact."""
-        r = self._unary(
-            R.ADD_REPLICA,
-            models_pb2.ReplicaRequest(model=model, version=version, node_id=node_id, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("add_replica"):
+            request = models_pb2.ReplicaRequest(
+                model=model, version=version, node_id=node_id, request_id=P.rid(request_id)
+            )
+        r = self._unary(R.ADD_REPLICA, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     def remove_replica(
         self, model: str, version: int, node_id: str, *, request_id: str | None = None, timeout: float | None = None
     ) -> ModelVersion:
         """Record that ``node_id`` no longer holds the version's artifact."""
-        r = self._unary(
-            R.REMOVE_REPLICA,
-            models_pb2.ReplicaRequest(model=model, version=version, node_id=node_id, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("remove_replica"):
+            request = models_pb2.ReplicaRequest(
+                model=model, version=version, node_id=node_id, request_id=P.rid(request_id)
+            )
+        r = self._unary(R.REMOVE_REPLICA, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     def get(
@@ -759,11 +729,9 @@ class Models:
         timeout: float | None = None,
     ) -> ModelDetail:
         """A model with all its versions."""
-        r = self._unary(
-            R.GET_MODEL,
-            models_pb2.GetModelRequest(read=P.read_options(consistency, min_revision), model=model),
-            timeout,
-        )
+        with P.checked_request("get"):
+            request = models_pb2.GetModelRequest(read=P.read_options(consistency, min_revision), model=model)
+        r = self._unary(R.GET_MODEL, request, timeout)
         return R.detail(r)
 
     def get_version(
@@ -776,13 +744,11 @@ class Models:
         timeout: float | None = None,
     ) -> ModelVersion:
         """A version by number, alias ("prod") or "latest"."""
-        r = self._unary(
-            R.GET_VERSION,
-            models_pb2.GetVersionRequest(
+        with P.checked_request("get_version"):
+            request = models_pb2.GetVersionRequest(
                 read=P.read_options(consistency, min_revision), model=model, version=str(version)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(R.GET_VERSION, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     def list(
@@ -796,13 +762,11 @@ class Models:
         timeout: float | None = None,
     ) -> ModelList:
         """Models by name, paginated (``more``: ask again with ``start_after``)."""
-        r = self._unary(
-            R.LIST_MODELS,
-            models_pb2.ListModelsRequest(
+        with P.checked_request("list"):
+            request = models_pb2.ListModelsRequest(
                 read=P.read_options(consistency, min_revision), prefix=prefix, start_after=start_after, limit=limit
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(R.LIST_MODELS, request, timeout)
         return P.convert(R.ModelList, r, revision=P.revision_of(r))
 
     def search(
@@ -827,9 +791,8 @@ class Models:
         query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean).
         ``sort``: relevance, name, updated or created (newest first). For the next page pass the
         result's ``next_page_token`` as ``page_token`` with the same query, filters and sort."""
-        r = self._unary(
-            R.SEARCH,
-            R.search_request(
+        with P.checked_request("search"):
+            request = R.search_request(
                 query,
                 tag,
                 family,
@@ -841,9 +804,8 @@ class Models:
                 P.read_options(consistency, min_revision),
                 sort,
                 page_token,
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(R.SEARCH, request, timeout)
         return R.search_result(r, sort, page_token)
 
 
@@ -875,9 +837,8 @@ class Membership:
         incarnation. Keep it alive with :meth:`heartbeat` well within the TTL. ``instance_id`` names the
         process (an agent's random id): while the node is live, another instance's registration is
         ``FailedPrecondition`` naming when the lease expires."""
-        r = self._unary(
-            B.REGISTER_NODE,
-            B.register_request(
+        with P.checked_request("register_node"):
+            request = B.register_request(
                 node_id,
                 role=role,
                 addresses=addresses,
@@ -890,9 +851,8 @@ class Membership:
                 ttl_s=ttl_s,
                 instance_id=instance_id,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.REGISTER_NODE, request, timeout)
         return P.convert(B.Registered, r, revision=P.revision_of(r))
 
     def heartbeat(
@@ -907,36 +867,32 @@ class Membership:
         """Renew the node's lease; the first one makes a joining node active. ``NotFound`` once the
         node is dead or left: register again. ``FailedPrecondition`` when ``instance_id`` is not
         the instance that registered the node (another agent took it over)."""
-        r = self._unary(
-            B.HEARTBEAT,
-            membership_pb2.HeartbeatRequest(
+        with P.checked_request("heartbeat"):
+            request = membership_pb2.HeartbeatRequest(
                 node_id=node_id, activity=activity, instance_id=instance_id, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.HEARTBEAT, request, timeout)
         return B.NodeState(r.state)
 
     def drain(self, node_id: str, *, request_id: str | None = None, timeout: float | None = None) -> Moves:
         """Mark a node leaving: it takes no new clients and the clients it serves move elsewhere."""
-        r = self._unary(
-            B.DRAIN_NODE, membership_pb2.DrainNodeRequest(node_id=node_id, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("drain"):
+            request = membership_pb2.DrainNodeRequest(node_id=node_id, request_id=P.rid(request_id))
+        r = self._unary(B.DRAIN_NODE, request, timeout)
         return B.moves(r, None)
 
     def deregister(self, node_id: str, *, request_id: str | None = None, timeout: float | None = None) -> Moves:
         """A clean stop: the node leaves its networks, its clients move, its lease ends; it stays listed as left."""
-        r = self._unary(
-            B.DEREGISTER_NODE,
-            membership_pb2.DeregisterNodeRequest(node_id=node_id, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("deregister"):
+            request = membership_pb2.DeregisterNodeRequest(node_id=node_id, request_id=P.rid(request_id))
+        r = self._unary(B.DEREGISTER_NODE, request, timeout)
         return B.moves(r, "deregistered")
 
     def forget(self, node_id: str, *, request_id: str | None = None, timeout: float | None = None) -> bool:
         """Drop a left or dead node's record; ``FailedPrecondition`` for a live one."""
-        r = self._unary(
-            B.FORGET_NODE, membership_pb2.ForgetNodeRequest(node_id=node_id, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("forget"):
+            request = membership_pb2.ForgetNodeRequest(node_id=node_id, request_id=P.rid(request_id))
+        r = self._unary(B.FORGET_NODE, request, timeout)
         return bool(r.forgotten)
 
     def get_node(
@@ -948,11 +904,9 @@ class Membership:
         timeout: float | None = None,
     ) -> NodeView:
         """One node in the unified view (servers included even if they never registered)."""
-        r = self._unary(
-            B.GET_NODE,
-            membership_pb2.GetNodeRequest(node_id=node_id, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("get_node"):
+            request = membership_pb2.GetNodeRequest(node_id=node_id, read=P.read_options(consistency, min_revision))
+        r = self._unary(B.GET_NODE, request, timeout)
         return P.convert(B.NodeView, r.node)
 
     def nodes(
@@ -969,13 +923,11 @@ class Membership:
         timeout: float | None = None,
     ) -> tuple[NodeView, ...]:
         """Nodes by id in the unified view, filtered; left and dead ones only with ``include_gone`` (or a ``state``)."""
-        r = self._unary(
-            B.LIST_NODES,
-            B.list_nodes_request(
+        with P.checked_request("nodes"):
+            request = B.list_nodes_request(
                 role, state, labels, network, capability, include_gone, P.read_options(consistency, min_revision)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.LIST_NODES, request, timeout)
         return tuple(P.convert(B.NodeView, x) for x in r.nodes)
 
     def create_network(
@@ -993,16 +945,14 @@ class Membership:
     ) -> Network:
         """Create a network serving ``model`` with ``max_clients`` places. A second network needs the
         ``multi_network`` flag."""
-        r = self._unary(
-            B.CREATE_NETWORK,
-            membership_pb2.CreateNetworkRequest(
+        with P.checked_request("create_network"):
+            request = membership_pb2.CreateNetworkRequest(
                 network=B.network_message(
                     name, model, max_clients, priority, labels, required_capabilities, description
                 ),
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.CREATE_NETWORK, request, timeout)
         return P.convert(B.Network, r.network)
 
     def update_network(
@@ -1019,24 +969,20 @@ class Membership:
         timeout: float | None = None,
     ) -> Network:
         """Change the fields given; the others stay."""
-        r = self._unary(
-            B.UPDATE_NETWORK,
-            B.update_request(
+        with P.checked_request("update_network"):
+            request = B.update_request(
                 name, model, max_clients, priority, labels, required_capabilities, description, P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.UPDATE_NETWORK, request, timeout)
         return P.convert(B.Network, r.network)
 
     def delete_network(
         self, name: str, *, force: bool = False, request_id: str | None = None, timeout: float | None = None
     ) -> Moves:
         """Delete a network; refused while it has members or clients unless ``force`` (its clients move)."""
-        r = self._unary(
-            B.DELETE_NETWORK,
-            membership_pb2.DeleteNetworkRequest(name=name, force=force, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("delete_network"):
+            request = membership_pb2.DeleteNetworkRequest(name=name, force=force, request_id=P.rid(request_id))
+        r = self._unary(B.DELETE_NETWORK, request, timeout)
         return B.moves(r, "deleted")
 
     def get_network(
@@ -1048,11 +994,9 @@ class Membership:
         timeout: float | None = None,
     ) -> NetworkDetail:
         """A network with its members and every client placed in it."""
-        r = self._unary(
-            B.GET_NETWORK,
-            membership_pb2.GetNetworkRequest(name=name, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("get_network"):
+            request = membership_pb2.GetNetworkRequest(name=name, read=P.read_options(consistency, min_revision))
+        r = self._unary(B.GET_NETWORK, request, timeout)
         return P.convert(B.NetworkDetail, r, revision=P.revision_of(r))
 
     def networks(
@@ -1064,11 +1008,9 @@ class Membership:
         timeout: float | None = None,
     ) -> tuple[Network, ...]:
         """Every network by name, or those serving ``model``."""
-        r = self._unary(
-            B.LIST_NETWORKS,
-            membership_pb2.ListNetworksRequest(model=model, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("networks"):
+            request = membership_pb2.ListNetworksRequest(model=model, read=P.read_options(consistency, min_revision))
+        r = self._unary(B.LIST_NETWORKS, request, timeout)
         return tuple(P.convert(B.Network, x) for x in r.networks)
 
     def join(
@@ -1083,13 +1025,11 @@ class Membership:
     ) -> JoinResult:
         """A node joins as a member (it serves the network), or a client takes a place (capacity checked
         and taken atomically; ``ResourceExhausted`` when full)."""
-        r = self._unary(
-            B.JOIN_NETWORK,
-            membership_pb2.JoinNetworkRequest(
+        with P.checked_request("join"):
+            request = membership_pb2.JoinNetworkRequest(
                 network=network, node_id=node_id, client_id=client_id, lease_id=lease_id, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.JOIN_NETWORK, request, timeout)
         return B.join_result(r)
 
     def leave(
@@ -1102,13 +1042,11 @@ class Membership:
         timeout: float | None = None,
     ) -> Moves:
         """A member leaves (its clients move) or a client gives up its place."""
-        r = self._unary(
-            B.LEAVE_NETWORK,
-            membership_pb2.LeaveNetworkRequest(
+        with P.checked_request("leave"):
+            request = membership_pb2.LeaveNetworkRequest(
                 network=network, node_id=node_id, client_id=client_id, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.LEAVE_NETWORK, request, timeout)
         return B.moves(r, "left")
 
     def assign(
@@ -1122,13 +1060,11 @@ class Membership:
     ) -> JoinResult:
         """Place a client on the best network for ``model``: highest priority, then least load, then most
         free places. A client already placed for that model keeps its place (``existing``)."""
-        r = self._unary(
-            B.ASSIGN,
-            membership_pb2.AssignClientRequest(
+        with P.checked_request("assign"):
+            request = membership_pb2.AssignClientRequest(
                 client_id=client_id, model=model, lease_id=lease_id, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.ASSIGN, request, timeout)
         return B.join_result(r)
 
     def placements(
@@ -1142,13 +1078,11 @@ class Membership:
         timeout: float | None = None,
     ) -> tuple[Placement, ...]:
         """Client places, filtered by network, serving member or client."""
-        r = self._unary(
-            B.LIST_PLACEMENTS,
-            membership_pb2.ListPlacementsRequest(
+        with P.checked_request("placements"):
+            request = membership_pb2.ListPlacementsRequest(
                 network=network, node_id=node_id, client_id=client_id, read=P.read_options(consistency, min_revision)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.LIST_PLACEMENTS, request, timeout)
         return tuple(P.convert(B.Placement, x) for x in r.placements)
 
     def set_flag(
@@ -1161,13 +1095,11 @@ class Membership:
         timeout: float | None = None,
     ) -> Flag:
         """Turn a cluster-wide feature flag on or off."""
-        r = self._unary(
-            B.SET_FLAG,
-            membership_pb2.SetFlagRequest(
+        with P.checked_request("set_flag"):
+            request = membership_pb2.SetFlagRequest(
                 name=name, enabled=enabled, description=description, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(B.SET_FLAG, request, timeout)
         return P.convert(B.Flag, r.flag)
 
     def flags(
@@ -1178,9 +1110,9 @@ class Membership:
         timeout: float | None = None,
     ) -> tuple[Flag, ...]:
         """Every flag: the known ones (with defaults when never set) and any set by users."""
-        r = self._unary(
-            B.LIST_FLAGS, membership_pb2.ListFlagsRequest(read=P.read_options(consistency, min_revision)), timeout
-        )
+        with P.checked_request("flags"):
+            request = membership_pb2.ListFlagsRequest(read=P.read_options(consistency, min_revision))
+        r = self._unary(B.LIST_FLAGS, request, timeout)
         return tuple(P.convert(B.Flag, x) for x in r.flags)
 
 
@@ -1200,13 +1132,11 @@ class Gossip:
     ) -> int:
         """Report this node's link estimates (``{peer: bytes_per_s}`` or ``{peer: {bandwidth_bps, latency_s,
         spread_bps, samples}}``); returns the matrix version afterwards."""
-        r = self._unary(
-            G.REPORT_BANDWIDTH,
-            gossip_pb2.ReportBandwidthRequest(
+        with P.checked_request("report_bandwidth"):
+            request = gossip_pb2.ReportBandwidthRequest(
                 node_id=node_id, links=G.link_reports(links), request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(G.REPORT_BANDWIDTH, request, timeout)
         return int(r.matrix_version)
 
     def bandwidth(
@@ -1218,11 +1148,9 @@ class Gossip:
         timeout: float | None = None,
     ) -> BandwidthMatrix:
         """The versioned bandwidth matrix (or the links touching ``node_id``)."""
-        r = self._unary(
-            G.GET_BANDWIDTH,
-            gossip_pb2.GetBandwidthRequest(node_id=node_id, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("bandwidth"):
+            request = gossip_pb2.GetBandwidthRequest(node_id=node_id, read=P.read_options(consistency, min_revision))
+        r = self._unary(G.GET_BANDWIDTH, request, timeout)
         return P.convert(G.BandwidthMatrix, r.matrix)
 
     def start_round(
@@ -1244,9 +1172,8 @@ class Gossip:
     ) -> Round:
         """Commit round ``number`` of ``group`` (the coordinator does this; numbers are consecutive and a round
         starts only after the previous one ended)."""
-        r = self._unary(
-            G.START_ROUND,
-            G.round_request(
+        with P.checked_request("start_round"):
+            request = G.round_request(
                 group,
                 number,
                 participants,
@@ -1259,9 +1186,8 @@ class Gossip:
                 tensors=tensors,
                 sparsity_ratio=sparsity_ratio,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(G.START_ROUND, request, timeout)
         return P.convert(G.Round, r.round)
 
     def report_round(
@@ -1284,9 +1210,8 @@ class Gossip:
         """A participant's outcome; ``failed_peer`` names the partner that failed the exchange
         (its link is penalised). ``loss``, ``accuracy`` (in [0, 1]) and ``examples``: this node's
         training metrics for the round (its model before the mix); None: not measured."""
-        r = self._unary(
-            G.REPORT_ROUND,
-            gossip_pb2.ReportRoundRequest(
+        with P.checked_request("report_round"):
+            request = gossip_pb2.ReportRoundRequest(
                 group=group,
                 number=number,
                 node_id=node_id,
@@ -1297,18 +1222,17 @@ class Gossip:
                 mix_delta_sq=mix_delta_sq,
                 metrics=G.training_metrics(loss, accuracy, examples),
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(G.REPORT_ROUND, request, timeout)
         return P.convert(G.Round, r.round)
 
     def end_round(
         self, group: str, number: int, *, request_id: str | None = None, timeout: float | None = None
     ) -> Round:
         """End a round whose deadline passed (the silent participants are recorded as failed)."""
-        r = self._unary(
-            G.END_ROUND, gossip_pb2.EndRoundRequest(group=group, number=number, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("end_round"):
+            request = gossip_pb2.EndRoundRequest(group=group, number=number, request_id=P.rid(request_id))
+        r = self._unary(G.END_ROUND, request, timeout)
         return P.convert(G.Round, r.round)
 
     def round(
@@ -1321,11 +1245,11 @@ class Gossip:
         timeout: float | None = None,
     ) -> Round:
         """A round by number (0: the latest)."""
-        r = self._unary(
-            G.GET_ROUND,
-            gossip_pb2.GetRoundRequest(group=group, number=number, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("round"):
+            request = gossip_pb2.GetRoundRequest(
+                group=group, number=number, read=P.read_options(consistency, min_revision)
+            )
+        r = self._unary(G.GET_ROUND, request, timeout)
         return P.convert(G.Round, r.round)
 
     def rounds(
@@ -1339,13 +1263,11 @@ class Gossip:
         timeout: float | None = None,
     ) -> tuple[Round, ...]:
         """Rounds numbered above ``after``, oldest first."""
-        r = self._unary(
-            G.LIST_ROUNDS,
-            gossip_pb2.ListRoundsRequest(
+        with P.checked_request("rounds"):
+            request = gossip_pb2.ListRoundsRequest(
                 group=group, after=after, limit=limit, read=P.read_options(consistency, min_revision)
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(G.LIST_ROUNDS, request, timeout)
         return tuple(P.convert(G.Round, x) for x in r.rounds)
 
     def configure_group(
@@ -1369,9 +1291,8 @@ class Gossip:
         ``FailedPrecondition`` for another spec: use a new name. ``probe_every_rounds``: training
         rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50).
         ``compression``: "none" (or "") or "int8" (``InvalidArgument`` for anything else)."""
-        r = self._unary(
-            G.CONFIGURE_GROUP,
-            G.configure_request(
+        with P.checked_request("configure_group"):
+            request = G.configure_request(
                 group,
                 tensors,
                 policy=policy,
@@ -1383,9 +1304,8 @@ class Gossip:
                 probe_every_rounds=probe_every_rounds,
                 compression=compression,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(G.CONFIGURE_GROUP, request, timeout)
         return G.group_change(r)
 
     def update_group(
@@ -1401,9 +1321,8 @@ class Gossip:
         timeout: float | None = None,
     ) -> G.GroupChange:
         """Change the given settings of an existing group (``NotFound`` if there is none)."""
-        r = self._unary(
-            G.CONFIGURE_GROUP,
-            G.update_request(
+        with P.checked_request("update_group"):
+            request = G.update_request(
                 group,
                 policy=policy,
                 round_timeout_s=round_timeout_s,
@@ -1411,9 +1330,8 @@ class Gossip:
                 paused=paused,
                 probe_every_rounds=probe_every_rounds,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = self._unary(G.CONFIGURE_GROUP, request, timeout)
         return G.group_change(r)
 
     def group(
@@ -1425,11 +1343,9 @@ class Gossip:
         timeout: float | None = None,
     ) -> G.GroupConfig:
         """A group's configuration (``NotFound`` if it is not configured)."""
-        r = self._unary(
-            G.GET_GROUP,
-            gossip_pb2.GetGroupRequest(group=group, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("group"):
+            request = gossip_pb2.GetGroupRequest(group=group, read=P.read_options(consistency, min_revision))
+        r = self._unary(G.GET_GROUP, request, timeout)
         return P.convert(G.GroupConfig, r.group)
 
     def groups(
@@ -1440,16 +1356,16 @@ class Gossip:
         timeout: float | None = None,
     ) -> tuple[G.GroupConfig, ...]:
         """Every configured group, by name."""
-        r = self._unary(
-            G.LIST_GROUPS, gossip_pb2.ListGroupsRequest(read=P.read_options(consistency, min_revision)), timeout
-        )
+        with P.checked_request("groups"):
+            request = gossip_pb2.ListGroupsRequest(read=P.read_options(consistency, min_revision))
+        r = self._unary(G.LIST_GROUPS, request, timeout)
         return tuple(P.convert(G.GroupConfig, x) for x in r.groups)
 
     def delete_group(self, group: str, *, request_id: str | None = None, timeout: float | None = None) -> bool:
         """Remove a group's configuration (its rounds stay as history); False if there was none."""
-        r = self._unary(
-            G.DELETE_GROUP, gossip_pb2.DeleteGroupRequest(group=group, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("delete_group"):
+            request = gossip_pb2.DeleteGroupRequest(group=group, request_id=P.rid(request_id))
+        r = self._unary(G.DELETE_GROUP, request, timeout)
         return bool(r.deleted)
 
 
@@ -1475,9 +1391,8 @@ class AsyncPorts:
 
         Idempotent: the same (host, service, name) returns the port it already holds (``existing``).
         A full range raises ``ResourceExhausted`` naming it."""
-        r = await self._unary(
-            P.ALLOCATE,
-            ports_pb2.AllocateRequest(
+        with P.checked_request("allocate"):
+            request = ports_pb2.AllocateRequest(
                 host=host,
                 service=service,
                 name=name,
@@ -1485,9 +1400,8 @@ class AsyncPorts:
                 preferred_port=preferred_port,
                 lease_id=lease_id,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.ALLOCATE, request, timeout)
         return P.AllocateResult(P.revision_of(r), P.convert(P.PortAssignment, r.assignment), r.existing)
 
     async def assign(
@@ -1504,9 +1418,8 @@ class AsyncPorts:
     ) -> AllocateResult:
         """Assign a specific port. ``FailedPrecondition`` naming the holder if it is taken or reserved
         (or observed bound by something else, unless ``force``)."""
-        r = await self._unary(
-            P.ASSIGN,
-            ports_pb2.AssignRequest(
+        with P.checked_request("assign"):
+            request = ports_pb2.AssignRequest(
                 host=host,
                 service=service,
                 name=name,
@@ -1514,9 +1427,8 @@ class AsyncPorts:
                 lease_id=lease_id,
                 force=force,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.ASSIGN, request, timeout)
         return P.AllocateResult(P.revision_of(r), P.convert(P.PortAssignment, r.assignment), r.existing)
 
     async def release(
@@ -1531,11 +1443,11 @@ class AsyncPorts:
     ) -> ReleaseResult:
         """Free an assignment named by (service, name) or by ``port``. Releasing what is not assigned
         returns ``released=False``."""
-        r = await self._unary(
-            P.RELEASE,
-            ports_pb2.ReleaseRequest(host=host, service=service, name=name, port=port, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("release"):
+            request = ports_pb2.ReleaseRequest(
+                host=host, service=service, name=name, port=port, request_id=P.rid(request_id)
+            )
+        r = await self._unary(P.RELEASE, request, timeout)
         return P.ReleaseResult(
             P.revision_of(r),
             r.released,
@@ -1555,9 +1467,8 @@ class AsyncPorts:
         timeout: float | None = None,
     ) -> ReassignResult:
         """Move an assignment to ``port`` or (0) any free port in its range or ``range``; recorded in the history."""
-        r = await self._unary(
-            P.REASSIGN,
-            ports_pb2.ReassignRequest(
+        with P.checked_request("reassign"):
+            request = ports_pb2.ReassignRequest(
                 host=host,
                 service=service,
                 name=name,
@@ -1565,9 +1476,8 @@ class AsyncPorts:
                 range=range,
                 reason=reason,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.REASSIGN, request, timeout)
         return P.ReassignResult(P.revision_of(r), P.convert(P.PortAssignment, r.assignment), r.old_port)
 
     async def reserve(
@@ -1582,13 +1492,11 @@ class AsyncPorts:
     ) -> tuple[Reservation, ...]:
         """Keep ``port`` (through ``end_port``) out of every allocation, on ``host`` or (empty) on all hosts.
         ``FailedPrecondition`` naming the holder if one is in use."""
-        r = await self._unary(
-            P.RESERVE,
-            ports_pb2.ReserveRequest(
+        with P.checked_request("reserve"):
+            request = ports_pb2.ReserveRequest(
                 host=host, port=port, end_port=end_port, reason=reason, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.RESERVE, request, timeout)
         return tuple(P.convert(P.Reservation, x) for x in r.reservations)
 
     async def unreserve(
@@ -1601,11 +1509,9 @@ class AsyncPorts:
         timeout: float | None = None,
     ) -> int:
         """Lift reservations; returns how many were removed."""
-        r = await self._unary(
-            P.UNRESERVE,
-            ports_pb2.UnreserveRequest(host=host, port=port, end_port=end_port, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("unreserve"):
+            request = ports_pb2.UnreserveRequest(host=host, port=port, end_port=end_port, request_id=P.rid(request_id))
+        r = await self._unary(P.UNRESERVE, request, timeout)
         return int(r.removed)
 
     async def set_range(
@@ -1619,21 +1525,19 @@ class AsyncPorts:
         timeout: float | None = None,
     ) -> PortRange:
         """Create or change a named range (inclusive bounds). Ranges may not overlap."""
-        r = await self._unary(
-            P.SET_RANGE,
-            ports_pb2.SetRangeRequest(
+        with P.checked_request("set_range"):
+            request = ports_pb2.SetRangeRequest(
                 range=ports_pb2.PortRange(name=name, start=start, end=end, description=description),
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.SET_RANGE, request, timeout)
         return P.convert(P.PortRange, r.range)
 
     async def delete_range(self, name: str, *, request_id: str | None = None, timeout: float | None = None) -> bool:
         """Delete an empty range; False if it did not exist."""
-        r = await self._unary(
-            P.DELETE_RANGE, ports_pb2.DeleteRangeRequest(name=name, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("delete_range"):
+            request = ports_pb2.DeleteRangeRequest(name=name, request_id=P.rid(request_id))
+        r = await self._unary(P.DELETE_RANGE, request, timeout)
         return bool(r.deleted)
 
     async def ranges(
@@ -1644,9 +1548,9 @@ class AsyncPorts:
         timeout: float | None = None,
     ) -> tuple[PortRange, ...]:
         """Every range, by start port."""
-        r = await self._unary(
-            P.LIST_RANGES, ports_pb2.ListRangesRequest(read=P.read_options(consistency, min_revision)), timeout
-        )
+        with P.checked_request("ranges"):
+            request = ports_pb2.ListRangesRequest(read=P.read_options(consistency, min_revision))
+        r = await self._unary(P.LIST_RANGES, request, timeout)
         return tuple(P.convert(P.PortRange, x) for x in r.ranges)
 
     async def list(
@@ -1660,13 +1564,11 @@ class AsyncPorts:
         timeout: float | None = None,
     ) -> PortList:
         """Assignments (and reservations, unless filtered by service), by host and port."""
-        r = await self._unary(
-            P.LIST,
-            ports_pb2.ListPortsRequest(
+        with P.checked_request("list"):
+            request = ports_pb2.ListPortsRequest(
                 read=P.read_options(consistency, min_revision), host=host, service=service, range=range
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.LIST, request, timeout)
         return P.convert(P.PortList, r, revision=P.revision_of(r))
 
     async def history(
@@ -1679,13 +1581,11 @@ class AsyncPorts:
         timeout: float | None = None,
     ) -> PortHistory:
         """A service's port changes, oldest first."""
-        r = await self._unary(
-            P.HISTORY,
-            ports_pb2.PortHistoryRequest(
+        with P.checked_request("history"):
+            request = ports_pb2.PortHistoryRequest(
                 read=P.read_options(consistency, min_revision), service=service, after_revision=after_revision
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.HISTORY, request, timeout)
         return P.convert(P.PortHistory, r, revision=P.revision_of(r))
 
     async def report_observed(
@@ -1698,11 +1598,11 @@ class AsyncPorts:
     ) -> tuple[Conflict, ...]:
         """Report the full set of ports bound on ``host`` (ints, (port, holder) pairs or mappings);
         returns the conflicts on that host afterwards."""
-        r = await self._unary(
-            P.REPORT_OBSERVED,
-            ports_pb2.ReportObservedRequest(host=host, ports=P.observed_ports(ports), request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("report_observed"):
+            request = ports_pb2.ReportObservedRequest(
+                host=host, ports=P.observed_ports(ports), request_id=P.rid(request_id)
+            )
+        r = await self._unary(P.REPORT_OBSERVED, request, timeout)
         return tuple(P.convert(P.Conflict, x) for x in r.conflicts)
 
     async def conflicts(
@@ -1714,31 +1614,27 @@ class AsyncPorts:
         timeout: float | None = None,
     ) -> tuple[Conflict, ...]:
         """Conflicts between assignments and what hosts reported bound."""
-        r = await self._unary(
-            P.CONFLICTS, ports_pb2.ConflictsRequest(read=P.read_options(consistency, min_revision), host=host), timeout
-        )
+        with P.checked_request("conflicts"):
+            request = ports_pb2.ConflictsRequest(read=P.read_options(consistency, min_revision), host=host)
+        r = await self._unary(P.CONFLICTS, request, timeout)
         return tuple(P.convert(P.Conflict, x) for x in r.conflicts)
 
     async def resolve_conflicts(
         self, *, host: str = "", dry_run: bool = False, request_id: str | None = None, timeout: float | None = None
     ) -> ResolveResult:
         """Move managed services off ports they cannot have (``dry_run``: only show the moves)."""
-        r = await self._unary(
-            P.RESOLVE,
-            ports_pb2.ResolveConflictsRequest(host=host, dry_run=dry_run, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("resolve_conflicts"):
+            request = ports_pb2.ResolveConflictsRequest(host=host, dry_run=dry_run, request_id=P.rid(request_id))
+        r = await self._unary(P.RESOLVE, request, timeout)
         return P.convert(P.ResolveResult, r, revision=P.revision_of(r))
 
     async def repair(
         self, *, passes_before_release: int = 0, request_id: str | None = None, timeout: float | None = None
     ) -> RepairResult:
         """Run one leak-repair pass now (the leader also runs them periodically)."""
-        r = await self._unary(
-            P.REPAIR,
-            ports_pb2.RepairRequest(passes_before_release=passes_before_release, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("repair"):
+            request = ports_pb2.RepairRequest(passes_before_release=passes_before_release, request_id=P.rid(request_id))
+        r = await self._unary(P.REPAIR, request, timeout)
         return P.convert(P.RepairResult, r, revision=P.revision_of(r))
 
     async def stats(
@@ -1750,9 +1646,9 @@ class AsyncPorts:
         timeout: float | None = None,
     ) -> PortStats:
         """Size, used, reserved, free and utilisation per range (per host, and totals)."""
-        r = await self._unary(
-            P.STATS, ports_pb2.PortStatsRequest(read=P.read_options(consistency, min_revision), host=host), timeout
-        )
+        with P.checked_request("stats"):
+            request = ports_pb2.PortStatsRequest(read=P.read_options(consistency, min_revision), host=host)
+        r = await self._unary(P.STATS, request, timeout)
         return P.convert(P.PortStats, r, revision=P.revision_of(r))
 
     async def export(
@@ -1763,20 +1659,18 @@ class AsyncPorts:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """The whole port map as a JSON-ready document (the backup format ``import_`` takes)."""
-        r = await self._unary(
-            P.EXPORT, ports_pb2.ExportPortsRequest(read=P.read_options(consistency, min_revision)), timeout
-        )
+        with P.checked_request("export"):
+            request = ports_pb2.ExportPortsRequest(read=P.read_options(consistency, min_revision))
+        r = await self._unary(P.EXPORT, request, timeout)
         return P.port_map_document(r.map)
 
     async def import_(
         self, document: Mapping[str, Any], *, request_id: str | None = None, timeout: float | None = None
     ) -> ImportResult:
         """Replace the whole port map with an exported document: validated first, applied all or nothing."""
-        r = await self._unary(
-            P.IMPORT,
-            ports_pb2.ImportPortsRequest(map=P.port_map_message(document), request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("import_"):
+            request = ports_pb2.ImportPortsRequest(map=P.port_map_message(document), request_id=P.rid(request_id))
+        r = await self._unary(P.IMPORT, request, timeout)
         return P.convert(P.ImportResult, r, revision=P.revision_of(r))
 
 
@@ -1791,22 +1685,20 @@ class AsyncServices:
     ) -> ServiceRecord:
         """Register (or update) a service from its manifest (the YAML/JSON shape of ``ServiceManifest``);
         every declared port is allocated in one atomic step."""
-        r = await self._unary(
-            P.REGISTER,
-            ports_pb2.RegisterServiceRequest(manifest=P.manifest_message(manifest), request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("register"):
+            request = ports_pb2.RegisterServiceRequest(
+                manifest=P.manifest_message(manifest), request_id=P.rid(request_id)
+            )
+        r = await self._unary(P.REGISTER, request, timeout)
         return P.service_record(r.service)
 
     async def deregister(
         self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None
     ) -> tuple[PortAssignment, ...]:
         """Remove a service instance and release its ports; returns what was released."""
-        r = await self._unary(
-            P.DEREGISTER,
-            ports_pb2.DeregisterServiceRequest(host=host, name=name, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("deregister"):
+            request = ports_pb2.DeregisterServiceRequest(host=host, name=name, request_id=P.rid(request_id))
+        r = await self._unary(P.DEREGISTER, request, timeout)
         return tuple(P.convert(P.PortAssignment, x) for x in r.released)
 
     async def list(
@@ -1821,13 +1713,11 @@ class AsyncServices:
     ) -> tuple[ServiceRecord, ...]:
         """Registered services with the ports they hold and their health; ``healthy`` keeps only
         instances that are passing or warning."""
-        r = await self._unary(
-            P.LIST_SERVICES,
-            ports_pb2.ListServicesRequest(
+        with P.checked_request("list"):
+            request = ports_pb2.ListServicesRequest(
                 read=P.read_options(consistency, min_revision), host=host, name=name, healthy=healthy
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.LIST_SERVICES, request, timeout)
         return tuple(P.service_record(x) for x in r.services)
 
     async def healthy(
@@ -1840,13 +1730,11 @@ class AsyncServices:
         timeout: float | None = None,
     ) -> tuple[ServiceRecord, ...]:
         """The instances of service ``name`` that are passing or warning (never a critical one)."""
-        r = await self._unary(
-            P.LIST_SERVICES,
-            ports_pb2.ListServicesRequest(
+        with P.checked_request("healthy"):
+            request = ports_pb2.ListServicesRequest(
                 read=P.read_options(consistency, min_revision), host=host, name=name, healthy=True
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.LIST_SERVICES, request, timeout)
         return tuple(P.service_record(x) for x in r.services)
 
     async def report_health(
@@ -1862,13 +1750,11 @@ class AsyncServices:
         """A health check's result for an instance ("passing", "warning" or "critical"). A service with
         a ttl check calls this within its ``ttl_s``: a passing report of a passing ttl check renews it
         without a log write. An unchanged status of other checks changes nothing."""
-        r = await self._unary(
-            P.REPORT_HEALTH,
-            ports_pb2.ReportHealthRequest(
+        with P.checked_request("report_health"):
+            request = ports_pb2.ReportHealthRequest(
                 host=host, name=name, status=P.health_status(status), output=output, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.REPORT_HEALTH, request, timeout)
         return P.convert(P.ServiceHealth, r.health)
 
     async def start(
@@ -1877,18 +1763,18 @@ class AsyncServices:
         """Ask the agent of node ``host`` to run the instance from its manifest's ``run``. A second start
         of an instance wanted running changes nothing. ``FailedPrecondition`` without ``run`` or without
         a live agent allowing it (``--allow-run``) or having the manifest's capabilities."""
-        r = await self._unary(
-            P.START, ports_pb2.StartServiceRequest(host=host, name=name, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("start"):
+            request = ports_pb2.StartServiceRequest(host=host, name=name, request_id=P.rid(request_id))
+        r = await self._unary(P.START, request, timeout)
         return P.service_record(r.service)
 
     async def stop(
         self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None
     ) -> ServiceRecord:
         """Ask the agent of node ``host`` to stop the instance's process (its registration and ports stay)."""
-        r = await self._unary(
-            P.STOP, ports_pb2.StopServiceRequest(host=host, name=name, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("stop"):
+            request = ports_pb2.StopServiceRequest(host=host, name=name, request_id=P.rid(request_id))
+        r = await self._unary(P.STOP, request, timeout)
         return P.service_record(r.service)
 
     async def report_run(
@@ -1905,9 +1791,8 @@ class AsyncServices:
         timeout: float | None = None,
     ) -> RunStatus:
         """An agent's account of the process it runs for an instance (send it only when it changes)."""
-        r = await self._unary(
-            P.REPORT_RUN,
-            ports_pb2.ReportRunRequest(
+        with P.checked_request("report_run"):
+            request = ports_pb2.ReportRunRequest(
                 host=host,
                 name=name,
                 state=state,
@@ -1916,9 +1801,8 @@ class AsyncServices:
                 pid=pid,
                 message=message,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(P.REPORT_RUN, request, timeout)
         return P.convert(P.RunStatus, r.run)
 
 
@@ -1930,23 +1814,23 @@ class AsyncLeases:
 
     async def grant(self, ttl: float, *, request_id: str | None = None, timeout: float | None = None) -> Lease:
         """A new lease of ``ttl`` seconds (1 s to 1 day). Keep it alive with :meth:`keep_alive`."""
-        r = await self._unary(
-            P.GRANT, leases_pb2.GrantLeaseRequest(ttl_ms=int(ttl * 1000), request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("grant"):
+            request = leases_pb2.GrantLeaseRequest(ttl_ms=int(ttl * 1000), request_id=P.rid(request_id))
+        r = await self._unary(P.GRANT, request, timeout)
         return P.convert(P.Lease, r.lease)
 
     async def keep_alive(self, lease_id: int, *, request_id: str | None = None, timeout: float | None = None) -> Lease:
         """Restart the lease's TTL; ``NotFound`` once it has expired (grant a new one and attach again)."""
-        r = await self._unary(
-            P.KEEPALIVE, leases_pb2.KeepAliveRequest(lease_id=lease_id, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("keep_alive"):
+            request = leases_pb2.KeepAliveRequest(lease_id=lease_id, request_id=P.rid(request_id))
+        r = await self._unary(P.KEEPALIVE, request, timeout)
         return P.convert(P.Lease, r.lease)
 
     async def revoke(self, lease_id: int, *, request_id: str | None = None, timeout: float | None = None) -> int:
         """End a lease now; returns how many port assignments it released."""
-        r = await self._unary(
-            P.REVOKE, leases_pb2.RevokeLeaseRequest(lease_id=lease_id, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("revoke"):
+            request = leases_pb2.RevokeLeaseRequest(lease_id=lease_id, request_id=P.rid(request_id))
+        r = await self._unary(P.REVOKE, request, timeout)
         return int(r.released_ports)
 
     async def list(
@@ -1957,9 +1841,9 @@ class AsyncLeases:
         timeout: float | None = None,
     ) -> tuple[Lease, ...]:
         """Every live lease with the number of ports it holds."""
-        r = await self._unary(
-            P.LIST_LEASES, leases_pb2.ListLeasesRequest(read=P.read_options(consistency, min_revision)), timeout
-        )
+        with P.checked_request("list"):
+            request = leases_pb2.ListLeasesRequest(read=P.read_options(consistency, min_revision))
+        r = await self._unary(P.LIST_LEASES, request, timeout)
         return tuple(P.convert(P.Lease, x) for x in r.leases)
 
 
@@ -1995,9 +1879,8 @@ class AsyncModels:
         ``version_tags`` and ``metrics`` belong to the version and may change later
         (:meth:`update_version`); ``run_id`` and ``parent`` (``"MODEL/VERSION"``, a registered
         version) record its lineage and never change."""
-        r = await self._unary(
-            R.REGISTER_VERSION,
-            R.register_request(
+        with P.checked_request("register"):
+            request = R.register_request(
                 model,
                 sha256,
                 size_bytes,
@@ -2014,9 +1897,8 @@ class AsyncModels:
                 run_id=run_id,
                 parent=parent,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(R.REGISTER_VERSION, request, timeout)
         return P.convert(R.Registration, r, revision=P.revision_of(r))
 
     async def bulk_register(
@@ -2024,7 +1906,9 @@ class AsyncModels:
     ) -> BulkRegistration:
         """Register many versions in one request and one log entry, all or nothing. Each item is a
         mapping of :meth:`register`'s arguments."""
-        r = await self._unary(R.BULK_REGISTER, R.bulk_request(versions, P.rid(request_id)), timeout)
+        with P.checked_request("bulk_register"):
+            request = R.bulk_request(versions, P.rid(request_id))
+        r = await self._unary(R.BULK_REGISTER, request, timeout)
         return P.convert(R.BulkRegistration, r, revision=P.revision_of(r))
 
     async def update(
@@ -2039,9 +1923,9 @@ class AsyncModels:
         timeout: float | None = None,
     ) -> Model:
         """Change the fields given (the others stay)."""
-        r = await self._unary(
-            R.UPDATE_MODEL, R.update_request(model, description, family, tags, owner, P.rid(request_id)), timeout
-        )
+        with P.checked_request("update"):
+            request = R.update_request(model, description, family, tags, owner, P.rid(request_id))
+        r = await self._unary(R.UPDATE_MODEL, request, timeout)
         return P.convert(R.Model, r.model)
 
     async def set_status(
@@ -2054,7 +1938,9 @@ class AsyncModels:
         timeout: float | None = None,
     ) -> ModelVersion:
         """pending -> ready | failed; ready | failed -> deprecated; deprecated -> ready."""
-        r = await self._unary(R.SET_STATUS, R.status_request(model, version, status, P.rid(request_id)), timeout)
+        with P.checked_request("set_status"):
+            request = R.status_request(model, version, status, P.rid(request_id))
+        r = await self._unary(R.SET_STATUS, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     async def update_version(
@@ -2070,24 +1956,22 @@ class AsyncModels:
         timeout: float | None = None,
     ) -> ModelVersion:
         """Set and remove a version's tags and metrics in one change (a key absent already is no error)."""
-        r = await self._unary(
-            R.UPDATE_VERSION,
-            R.update_version_request(
+        with P.checked_request("update_version"):
+            request = R.update_version_request(
                 model, version, set_tags, remove_tags, set_metrics, remove_metrics, P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(R.UPDATE_VERSION, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     async def set_alias(
         self, model: str, alias: str, version: int, *, request_id: str | None = None, timeout: float | None = None
     ) -> Model:
         """Point ``alias`` at ``version`` atomically (0 removes the alias)."""
-        r = await self._unary(
-            R.SET_ALIAS,
-            models_pb2.SetAliasRequest(model=model, alias=alias, version=version, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("set_alias"):
+            request = models_pb2.SetAliasRequest(
+                model=model, alias=alias, version=version, request_id=P.rid(request_id)
+            )
+        r = await self._unary(R.SET_ALIAS, request, timeout)
         return P.convert(R.Model, r.model)
 
     async def delete_version(
@@ -2100,44 +1984,42 @@ class AsyncModels:
         timeout: float | None = None,
     ) -> bool:
         """Delete a version; refused while an alias points at it unless ``force``. False if it did not exist."""
-        r = await self._unary(
-            R.DELETE_VERSION,
-            models_pb2.DeleteVersionRequest(model=model, version=version, force=force, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("delete_version"):
+            request = models_pb2.DeleteVersionRequest(
+                model=model, version=version, force=force, request_id=P.rid(request_id)
+            )
+        r = await self._unary(R.DELETE_VERSION, request, timeout)
         return bool(r.deleted)
 
     async def delete(
         self, model: str, *, force: bool = False, request_id: str | None = None, timeout: float | None = None
     ) -> bool:
         """Delete a model; refused while it has versions unless ``force``. False if it did not exist."""
-        r = await self._unary(
-            R.DELETE_MODEL,
-            models_pb2.DeleteModelRequest(model=model, force=force, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("delete"):
+            request = models_pb2.DeleteModelRequest(model=model, force=force, request_id=P.rid(request_id))
+        r = await self._unary(R.DELETE_MODEL, request, timeout)
         return bool(r.deleted)
 
     async def add_replica(
         self, model: str, version: int, node_id: str, *, request_id: str | None = None, timeout: float | None = None
     ) -> ModelVersion:
         """Record that ``node_id`` holds the version's artifact."""
-        r = await self._unary(
-            R.ADD_REPLICA,
-            models_pb2.ReplicaRequest(model=model, version=version, node_id=node_id, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("add_replica"):
+            request = models_pb2.ReplicaRequest(
+                model=model, version=version, node_id=node_id, request_id=P.rid(request_id)
+            )
+        r = await self._unary(R.ADD_REPLICA, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     async def remove_replica(
         self, model: str, version: int, node_id: str, *, request_id: str | None = None, timeout: float | None = None
     ) -> ModelVersion:
         """Record that ``node_id`` no longer holds the version's artifact."""
-        r = await self._unary(
-            R.REMOVE_REPLICA,
-            models_pb2.ReplicaRequest(model=model, version=version, node_id=node_id, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("remove_replica"):
+            request = models_pb2.ReplicaRequest(
+                model=model, version=version, node_id=node_id, request_id=P.rid(request_id)
+            )
+        r = await self._unary(R.REMOVE_REPLICA, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     async def get(
@@ -2149,11 +2031,9 @@ class AsyncModels:
         timeout: float | None = None,
     ) -> ModelDetail:
         """A model with all its versions."""
-        r = await self._unary(
-            R.GET_MODEL,
-            models_pb2.GetModelRequest(read=P.read_options(consistency, min_revision), model=model),
-            timeout,
-        )
+        with P.checked_request("get"):
+            request = models_pb2.GetModelRequest(read=P.read_options(consistency, min_revision), model=model)
+        r = await self._unary(R.GET_MODEL, request, timeout)
         return R.detail(r)
 
     async def get_version(
@@ -2166,13 +2046,11 @@ class AsyncModels:
         timeout: float | None = None,
     ) -> ModelVersion:
         """A version by number, alias ("prod") or "latest"."""
-        r = await self._unary(
-            R.GET_VERSION,
-            models_pb2.GetVersionRequest(
+        with P.checked_request("get_version"):
+            request = models_pb2.GetVersionRequest(
                 read=P.read_options(consistency, min_revision), model=model, version=str(version)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(R.GET_VERSION, request, timeout)
         return P.convert(R.ModelVersion, r.version)
 
     async def list(
@@ -2186,13 +2064,11 @@ class AsyncModels:
         timeout: float | None = None,
     ) -> ModelList:
         """Models by name, paginated (``more``: ask again with ``start_after``)."""
-        r = await self._unary(
-            R.LIST_MODELS,
-            models_pb2.ListModelsRequest(
+        with P.checked_request("list"):
+            request = models_pb2.ListModelsRequest(
                 read=P.read_options(consistency, min_revision), prefix=prefix, start_after=start_after, limit=limit
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(R.LIST_MODELS, request, timeout)
         return P.convert(R.ModelList, r, revision=P.revision_of(r))
 
     async def search(
@@ -2217,9 +2093,8 @@ class AsyncModels:
         query ("tag:chat llama"). A query that finds nothing carries ``suggestions`` (did you mean).
         ``sort``: relevance, name, updated or created (newest first). For the next page pass the
         result's ``next_page_token`` as ``page_token`` with the same query, filters and sort."""
-        r = await self._unary(
-            R.SEARCH,
-            R.search_request(
+        with P.checked_request("search"):
+            request = R.search_request(
                 query,
                 tag,
                 family,
@@ -2231,9 +2106,8 @@ class AsyncModels:
                 P.read_options(consistency, min_revision),
                 sort,
                 page_token,
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(R.SEARCH, request, timeout)
         return R.search_result(r, sort, page_token)
 
 
@@ -2265,9 +2139,8 @@ class AsyncMembership:
         incarnation. Keep it alive with :meth:`heartbeat` well within the TTL. ``instance_id`` names the
         process (an agent's random id): while the node is live, another instance's registration is
         ``FailedPrecondition`` naming when the lease expires."""
-        r = await self._unary(
-            B.REGISTER_NODE,
-            B.register_request(
+        with P.checked_request("register_node"):
+            request = B.register_request(
                 node_id,
                 role=role,
                 addresses=addresses,
@@ -2280,9 +2153,8 @@ class AsyncMembership:
                 ttl_s=ttl_s,
                 instance_id=instance_id,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.REGISTER_NODE, request, timeout)
         return P.convert(B.Registered, r, revision=P.revision_of(r))
 
     async def heartbeat(
@@ -2297,36 +2169,32 @@ class AsyncMembership:
         """Renew the node's lease; the first one makes a joining node active. ``NotFound`` once the
         node is dead or left: register again. ``FailedPrecondition`` when ``instance_id`` is not
         the instance that registered the node (another agent took it over)."""
-        r = await self._unary(
-            B.HEARTBEAT,
-            membership_pb2.HeartbeatRequest(
+        with P.checked_request("heartbeat"):
+            request = membership_pb2.HeartbeatRequest(
                 node_id=node_id, activity=activity, instance_id=instance_id, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.HEARTBEAT, request, timeout)
         return B.NodeState(r.state)
 
     async def drain(self, node_id: str, *, request_id: str | None = None, timeout: float | None = None) -> Moves:
         """Mark a node leaving: it takes no new clients and the clients it serves move elsewhere."""
-        r = await self._unary(
-            B.DRAIN_NODE, membership_pb2.DrainNodeRequest(node_id=node_id, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("drain"):
+            request = membership_pb2.DrainNodeRequest(node_id=node_id, request_id=P.rid(request_id))
+        r = await self._unary(B.DRAIN_NODE, request, timeout)
         return B.moves(r, None)
 
     async def deregister(self, node_id: str, *, request_id: str | None = None, timeout: float | None = None) -> Moves:
         """A clean stop: the node leaves its networks, its clients move, its lease ends; it stays listed as left."""
-        r = await self._unary(
-            B.DEREGISTER_NODE,
-            membership_pb2.DeregisterNodeRequest(node_id=node_id, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("deregister"):
+            request = membership_pb2.DeregisterNodeRequest(node_id=node_id, request_id=P.rid(request_id))
+        r = await self._unary(B.DEREGISTER_NODE, request, timeout)
         return B.moves(r, "deregistered")
 
     async def forget(self, node_id: str, *, request_id: str | None = None, timeout: float | None = None) -> bool:
         """Drop a left or dead node's record; ``FailedPrecondition`` for a live one."""
-        r = await self._unary(
-            B.FORGET_NODE, membership_pb2.ForgetNodeRequest(node_id=node_id, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("forget"):
+            request = membership_pb2.ForgetNodeRequest(node_id=node_id, request_id=P.rid(request_id))
+        r = await self._unary(B.FORGET_NODE, request, timeout)
         return bool(r.forgotten)
 
     async def get_node(
@@ -2338,11 +2206,9 @@ class AsyncMembership:
         timeout: float | None = None,
     ) -> NodeView:
         """One node in the unified view (servers included even if they never registered)."""
-        r = await self._unary(
-            B.GET_NODE,
-            membership_pb2.GetNodeRequest(node_id=node_id, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("get_node"):
+            request = membership_pb2.GetNodeRequest(node_id=node_id, read=P.read_options(consistency, min_revision))
+        r = await self._unary(B.GET_NODE, request, timeout)
         return P.convert(B.NodeView, r.node)
 
     async def nodes(
@@ -2359,13 +2225,11 @@ class AsyncMembership:
         timeout: float | None = None,
     ) -> tuple[NodeView, ...]:
         """Nodes by id in the unified view, filtered; left and dead ones only with ``include_gone`` (or a ``state``)."""
-        r = await self._unary(
-            B.LIST_NODES,
-            B.list_nodes_request(
+        with P.checked_request("nodes"):
+            request = B.list_nodes_request(
                 role, state, labels, network, capability, include_gone, P.read_options(consistency, min_revision)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.LIST_NODES, request, timeout)
         return tuple(P.convert(B.NodeView, x) for x in r.nodes)
 
     async def create_network(
@@ -2383,16 +2247,14 @@ class AsyncMembership:
     ) -> Network:
         """Create a network serving ``model`` with ``max_clients`` places. A second network needs the
         ``multi_network`` flag."""
-        r = await self._unary(
-            B.CREATE_NETWORK,
-            membership_pb2.CreateNetworkRequest(
+        with P.checked_request("create_network"):
+            request = membership_pb2.CreateNetworkRequest(
                 network=B.network_message(
                     name, model, max_clients, priority, labels, required_capabilities, description
                 ),
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.CREATE_NETWORK, request, timeout)
         return P.convert(B.Network, r.network)
 
     async def update_network(
@@ -2409,24 +2271,20 @@ class AsyncMembership:
         timeout: float | None = None,
     ) -> Network:
         """Change the fields given; the others stay."""
-        r = await self._unary(
-            B.UPDATE_NETWORK,
-            B.update_request(
+        with P.checked_request("update_network"):
+            request = B.update_request(
                 name, model, max_clients, priority, labels, required_capabilities, description, P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.UPDATE_NETWORK, request, timeout)
         return P.convert(B.Network, r.network)
 
     async def delete_network(
         self, name: str, *, force: bool = False, request_id: str | None = None, timeout: float | None = None
     ) -> Moves:
         """Delete a network; refused while it has members or clients unless ``force`` (its clients move)."""
-        r = await self._unary(
-            B.DELETE_NETWORK,
-            membership_pb2.DeleteNetworkRequest(name=name, force=force, request_id=P.rid(request_id)),
-            timeout,
-        )
+        with P.checked_request("delete_network"):
+            request = membership_pb2.DeleteNetworkRequest(name=name, force=force, request_id=P.rid(request_id))
+        r = await self._unary(B.DELETE_NETWORK, request, timeout)
         return B.moves(r, "deleted")
 
     async def get_network(
@@ -2438,11 +2296,9 @@ class AsyncMembership:
         timeout: float | None = None,
     ) -> NetworkDetail:
         """A network with its members and every client placed in it."""
-        r = await self._unary(
-            B.GET_NETWORK,
-            membership_pb2.GetNetworkRequest(name=name, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("get_network"):
+            request = membership_pb2.GetNetworkRequest(name=name, read=P.read_options(consistency, min_revision))
+        r = await self._unary(B.GET_NETWORK, request, timeout)
         return P.convert(B.NetworkDetail, r, revision=P.revision_of(r))
 
     async def networks(
@@ -2454,11 +2310,9 @@ class AsyncMembership:
         timeout: float | None = None,
     ) -> tuple[Network, ...]:
         """Every network by name, or those serving ``model``."""
-        r = await self._unary(
-            B.LIST_NETWORKS,
-            membership_pb2.ListNetworksRequest(model=model, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("networks"):
+            request = membership_pb2.ListNetworksRequest(model=model, read=P.read_options(consistency, min_revision))
+        r = await self._unary(B.LIST_NETWORKS, request, timeout)
         return tuple(P.convert(B.Network, x) for x in r.networks)
 
     async def join(
@@ -2473,13 +2327,11 @@ class AsyncMembership:
     ) -> JoinResult:
         """A node joins as a member (it serves the network), or a client takes a place (capacity checked
         and taken atomically; ``ResourceExhausted`` when full)."""
-        r = await self._unary(
-            B.JOIN_NETWORK,
-            membership_pb2.JoinNetworkRequest(
+        with P.checked_request("join"):
+            request = membership_pb2.JoinNetworkRequest(
                 network=network, node_id=node_id, client_id=client_id, lease_id=lease_id, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.JOIN_NETWORK, request, timeout)
         return B.join_result(r)
 
     async def leave(
@@ -2492,13 +2344,11 @@ class AsyncMembership:
         timeout: float | None = None,
     ) -> Moves:
         """A member leaves (its clients move) or a client gives up its place."""
-        r = await self._unary(
-            B.LEAVE_NETWORK,
-            membership_pb2.LeaveNetworkRequest(
+        with P.checked_request("leave"):
+            request = membership_pb2.LeaveNetworkRequest(
                 network=network, node_id=node_id, client_id=client_id, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.LEAVE_NETWORK, request, timeout)
         return B.moves(r, "left")
 
     async def assign(
@@ -2512,13 +2362,11 @@ class AsyncMembership:
     ) -> JoinResult:
         """Place a client on the best network for ``model``: highest priority, then least load, then most
         free places. A client already placed for that model keeps its place (``existing``)."""
-        r = await self._unary(
-            B.ASSIGN,
-            membership_pb2.AssignClientRequest(
+        with P.checked_request("assign"):
+            request = membership_pb2.AssignClientRequest(
                 client_id=client_id, model=model, lease_id=lease_id, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.ASSIGN, request, timeout)
         return B.join_result(r)
 
     async def placements(
@@ -2532,13 +2380,11 @@ class AsyncMembership:
         timeout: float | None = None,
     ) -> tuple[Placement, ...]:
         """Client places, filtered by network, serving member or client."""
-        r = await self._unary(
-            B.LIST_PLACEMENTS,
-            membership_pb2.ListPlacementsRequest(
+        with P.checked_request("placements"):
+            request = membership_pb2.ListPlacementsRequest(
                 network=network, node_id=node_id, client_id=client_id, read=P.read_options(consistency, min_revision)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.LIST_PLACEMENTS, request, timeout)
         return tuple(P.convert(B.Placement, x) for x in r.placements)
 
     async def set_flag(
@@ -2551,13 +2397,11 @@ class AsyncMembership:
         timeout: float | None = None,
     ) -> Flag:
         """Turn a cluster-wide feature flag on or off."""
-        r = await self._unary(
-            B.SET_FLAG,
-            membership_pb2.SetFlagRequest(
+        with P.checked_request("set_flag"):
+            request = membership_pb2.SetFlagRequest(
                 name=name, enabled=enabled, description=description, request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(B.SET_FLAG, request, timeout)
         return P.convert(B.Flag, r.flag)
 
     async def flags(
@@ -2568,9 +2412,9 @@ class AsyncMembership:
         timeout: float | None = None,
     ) -> tuple[Flag, ...]:
         """Every flag: the known ones (with defaults when never set) and any set by users."""
-        r = await self._unary(
-            B.LIST_FLAGS, membership_pb2.ListFlagsRequest(read=P.read_options(consistency, min_revision)), timeout
-        )
+        with P.checked_request("flags"):
+            request = membership_pb2.ListFlagsRequest(read=P.read_options(consistency, min_revision))
+        r = await self._unary(B.LIST_FLAGS, request, timeout)
         return tuple(P.convert(B.Flag, x) for x in r.flags)
 
 
@@ -2590,13 +2434,11 @@ class AsyncGossip:
     ) -> int:
         """Report this node's link estimates (``{peer: bytes_per_s}`` or ``{peer: {bandwidth_bps, latency_s,
         spread_bps, samples}}``); returns the matrix version afterwards."""
-        r = await self._unary(
-            G.REPORT_BANDWIDTH,
-            gossip_pb2.ReportBandwidthRequest(
+        with P.checked_request("report_bandwidth"):
+            request = gossip_pb2.ReportBandwidthRequest(
                 node_id=node_id, links=G.link_reports(links), request_id=P.rid(request_id)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(G.REPORT_BANDWIDTH, request, timeout)
         return int(r.matrix_version)
 
     async def bandwidth(
@@ -2608,11 +2450,9 @@ class AsyncGossip:
         timeout: float | None = None,
     ) -> BandwidthMatrix:
         """The versioned bandwidth matrix (or the links touching ``node_id``)."""
-        r = await self._unary(
-            G.GET_BANDWIDTH,
-            gossip_pb2.GetBandwidthRequest(node_id=node_id, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("bandwidth"):
+            request = gossip_pb2.GetBandwidthRequest(node_id=node_id, read=P.read_options(consistency, min_revision))
+        r = await self._unary(G.GET_BANDWIDTH, request, timeout)
         return P.convert(G.BandwidthMatrix, r.matrix)
 
     async def start_round(
@@ -2634,9 +2474,8 @@ class AsyncGossip:
     ) -> Round:
         """Commit round ``number`` of ``group`` (the coordinator does this; numbers are consecutive and a round
         starts only after the previous one ended)."""
-        r = await self._unary(
-            G.START_ROUND,
-            G.round_request(
+        with P.checked_request("start_round"):
+            request = G.round_request(
                 group,
                 number,
                 participants,
@@ -2649,9 +2488,8 @@ class AsyncGossip:
                 tensors=tensors,
                 sparsity_ratio=sparsity_ratio,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(G.START_ROUND, request, timeout)
         return P.convert(G.Round, r.round)
 
     async def report_round(
@@ -2674,9 +2512,8 @@ class AsyncGossip:
         """A participant's outcome; ``failed_peer`` names the partner that failed the exchange
         (its link is penalised). ``loss``, ``accuracy`` (in [0, 1]) and ``examples``: this node's
         training metrics for the round (its model before the mix); None: not measured."""
-        r = await self._unary(
-            G.REPORT_ROUND,
-            gossip_pb2.ReportRoundRequest(
+        with P.checked_request("report_round"):
+            request = gossip_pb2.ReportRoundRequest(
                 group=group,
                 number=number,
                 node_id=node_id,
@@ -2687,18 +2524,17 @@ class AsyncGossip:
                 mix_delta_sq=mix_delta_sq,
                 metrics=G.training_metrics(loss, accuracy, examples),
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(G.REPORT_ROUND, request, timeout)
         return P.convert(G.Round, r.round)
 
     async def end_round(
         self, group: str, number: int, *, request_id: str | None = None, timeout: float | None = None
     ) -> Round:
         """End a round whose deadline passed (the silent participants are recorded as failed)."""
-        r = await self._unary(
-            G.END_ROUND, gossip_pb2.EndRoundRequest(group=group, number=number, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("end_round"):
+            request = gossip_pb2.EndRoundRequest(group=group, number=number, request_id=P.rid(request_id))
+        r = await self._unary(G.END_ROUND, request, timeout)
         return P.convert(G.Round, r.round)
 
     async def round(
@@ -2711,11 +2547,11 @@ class AsyncGossip:
         timeout: float | None = None,
     ) -> Round:
         """A round by number (0: the latest)."""
-        r = await self._unary(
-            G.GET_ROUND,
-            gossip_pb2.GetRoundRequest(group=group, number=number, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("round"):
+            request = gossip_pb2.GetRoundRequest(
+                group=group, number=number, read=P.read_options(consistency, min_revision)
+            )
+        r = await self._unary(G.GET_ROUND, request, timeout)
         return P.convert(G.Round, r.round)
 
     async def rounds(
@@ -2729,13 +2565,11 @@ class AsyncGossip:
         timeout: float | None = None,
     ) -> tuple[Round, ...]:
         """Rounds numbered above ``after``, oldest first."""
-        r = await self._unary(
-            G.LIST_ROUNDS,
-            gossip_pb2.ListRoundsRequest(
+        with P.checked_request("rounds"):
+            request = gossip_pb2.ListRoundsRequest(
                 group=group, after=after, limit=limit, read=P.read_options(consistency, min_revision)
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(G.LIST_ROUNDS, request, timeout)
         return tuple(P.convert(G.Round, x) for x in r.rounds)
 
     async def configure_group(
@@ -2759,9 +2593,8 @@ class AsyncGossip:
         ``FailedPrecondition`` for another spec: use a new name. ``probe_every_rounds``: training
         rounds between two probe cycles (0: probe only unmeasured links; None: the default, 50).
         ``compression``: "none" (or "") or "int8" (``InvalidArgument`` for anything else)."""
-        r = await self._unary(
-            G.CONFIGURE_GROUP,
-            G.configure_request(
+        with P.checked_request("configure_group"):
+            request = G.configure_request(
                 group,
                 tensors,
                 policy=policy,
@@ -2773,9 +2606,8 @@ class AsyncGossip:
                 probe_every_rounds=probe_every_rounds,
                 compression=compression,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(G.CONFIGURE_GROUP, request, timeout)
         return G.group_change(r)
 
     async def update_group(
@@ -2791,9 +2623,8 @@ class AsyncGossip:
         timeout: float | None = None,
     ) -> G.GroupChange:
         """Change the given settings of an existing group (``NotFound`` if there is none)."""
-        r = await self._unary(
-            G.CONFIGURE_GROUP,
-            G.update_request(
+        with P.checked_request("update_group"):
+            request = G.update_request(
                 group,
                 policy=policy,
                 round_timeout_s=round_timeout_s,
@@ -2801,9 +2632,8 @@ class AsyncGossip:
                 paused=paused,
                 probe_every_rounds=probe_every_rounds,
                 request_id=P.rid(request_id),
-            ),
-            timeout,
-        )
+            )
+        r = await self._unary(G.CONFIGURE_GROUP, request, timeout)
         return G.group_change(r)
 
     async def group(
@@ -2815,11 +2645,9 @@ class AsyncGossip:
         timeout: float | None = None,
     ) -> G.GroupConfig:
         """A group's configuration (``NotFound`` if it is not configured)."""
-        r = await self._unary(
-            G.GET_GROUP,
-            gossip_pb2.GetGroupRequest(group=group, read=P.read_options(consistency, min_revision)),
-            timeout,
-        )
+        with P.checked_request("group"):
+            request = gossip_pb2.GetGroupRequest(group=group, read=P.read_options(consistency, min_revision))
+        r = await self._unary(G.GET_GROUP, request, timeout)
         return P.convert(G.GroupConfig, r.group)
 
     async def groups(
@@ -2830,14 +2658,14 @@ class AsyncGossip:
         timeout: float | None = None,
     ) -> tuple[G.GroupConfig, ...]:
         """Every configured group, by name."""
-        r = await self._unary(
-            G.LIST_GROUPS, gossip_pb2.ListGroupsRequest(read=P.read_options(consistency, min_revision)), timeout
-        )
+        with P.checked_request("groups"):
+            request = gossip_pb2.ListGroupsRequest(read=P.read_options(consistency, min_revision))
+        r = await self._unary(G.LIST_GROUPS, request, timeout)
         return tuple(P.convert(G.GroupConfig, x) for x in r.groups)
 
     async def delete_group(self, group: str, *, request_id: str | None = None, timeout: float | None = None) -> bool:
         """Remove a group's configuration (its rounds stay as history); False if there was none."""
-        r = await self._unary(
-            G.DELETE_GROUP, gossip_pb2.DeleteGroupRequest(group=group, request_id=P.rid(request_id)), timeout
-        )
+        with P.checked_request("delete_group"):
+            request = gossip_pb2.DeleteGroupRequest(group=group, request_id=P.rid(request_id))
+        r = await self._unary(G.DELETE_GROUP, request, timeout)
         return bool(r.deleted)

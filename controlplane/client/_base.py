@@ -495,10 +495,27 @@ def read_options(consistency: Consistency, min_revision: int) -> common_pb2.Read
     return common_pb2.ReadOptions(consistency=consistency.value, min_revision=min_revision)
 
 
+@contextlib.contextmanager
+def checked_request(method: str) -> Generator[None, None, None]:
+    """Building ``method``'s request: a value its field cannot hold (a negative count or port, a
+    version beyond 2**32, a string where a number goes) is InvalidArgument naming the call, not
+    protobuf's bare ValueError or TypeError."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        hint = ""
+        if "out of range" in str(exc):
+            hint = (
+                "; whole-number arguments (ports, counts, limits, versions, revisions, ids) take 0 or more and must fit"
+            )
+        raise errors.InvalidArgument(f"{method}: {exc}{hint}") from None
+
+
 def put_request(key: str, value: bytes | str, *, prev_kv: bool, request_id: str | None) -> kv_pb2.PutRequest:
     return kv_pb2.PutRequest(key=key, value=to_bytes(value), prev_kv=prev_kv, request_id=request_id or new_request_id())
 
 
+@checked_request("get")
 def get_request(key: str, consistency: Consistency, min_revision: int) -> kv_pb2.GetRequest:
     return kv_pb2.GetRequest(key=key, read=read_options(consistency, min_revision))
 
@@ -507,6 +524,7 @@ def delete_request(key: str, request_id: str | None) -> kv_pb2.DeleteRequest:
     return kv_pb2.DeleteRequest(key=key, request_id=request_id or new_request_id())
 
 
+@checked_request("list")
 def list_request(
     prefix: str, *, limit: int, start_after: str, keys_only: bool, consistency: Consistency, min_revision: int
 ) -> kv_pb2.ListRequest:
@@ -519,6 +537,7 @@ def list_request(
     )
 
 
+@checked_request("compare_and_swap")
 def compare_and_swap_request(
     key: str, value: bytes | str, expected_mod_revision: int, *, delete: bool, request_id: str | None
 ) -> kv_pb2.CompareAndSwapRequest:
@@ -694,7 +713,7 @@ class WatchCursor:
 
     def __init__(self, prefix: str, from_revision: int, domains: Iterable[str], types: Iterable[EventType]) -> None:
         if from_revision < 0:
-            raise ValueError(f"from_revision must be >= 0, got {from_revision}")
+            raise errors.InvalidArgument(f"from_revision must be 0 or more, got {from_revision}")
         self._filter = watch_pb2.WatchFilter(key_prefix=prefix, domains=list(domains), types=[t.value for t in types])
         # None: "from now", and no stream has said yet which revision "now" is. A stream that breaks
         # before its first message is reopened "from now" again: nothing was promised before it.

@@ -39,6 +39,26 @@ def test_kv_round_trip_and_exit_codes(cluster: LocalCluster) -> None:
     assert deleted["deleted"]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("models", "search", "x", "--limit", "-1"),
+        ("models", "replica", "cli-no-model", "99999999999", "n1"),
+        ("networks", "create", "cli-net", "--model", "m", "--max-clients", "-1"),
+        ("ports", "allocate", "cli-svc", "-H", "h1", "--preferred", "-5"),
+        ("ports", "history", "cli-svc", "--after-revision", "-3"),
+        ("kv", "list", "cli/", "--limit", "-1"),
+        ("models", "register", "cli-m", "--sha256", "a" * 64, "--size", "-1", "--format", "gguf"),
+    ],
+    ids=lambda args: " ".join(args[:2]),
+)
+def test_a_number_out_of_its_range_is_a_usage_error(cluster: LocalCluster, args: tuple[str, ...]) -> None:
+    """Negative or oversized numbers for unsigned fields: exit 2 and a message, never a traceback."""
+    bad = cpctl(cluster, *args)
+    assert bad.returncode == 2, bad.stderr
+    assert "Traceback" not in bad.stderr and ("0 or more" in bad.stderr or "must fit" in bad.stderr), bad.stderr
+
+
 def test_watch_prints_changes_as_json_lines(cluster: LocalCluster) -> None:
     first = cpctl_json(cluster, "kv", "put", "cli-watch/a", "1")
     cpctl_json(cluster, "kv", "put", "cli-watch/b", "2")

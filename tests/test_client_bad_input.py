@@ -1,0 +1,55 @@
+"""Bad numbers given to the SDK are InvalidArgument naming the call, before anything is sent, on
+both clients: protobuf's bare ValueError ("Value out of range: -1") never reaches a caller."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from controlplane.client import AsyncClient, Client, InvalidArgument
+
+# Nothing listens here: a call that got as far as sending would fail with Unavailable instead.
+NOWHERE = ["127.0.0.1:1"]
+
+CALLS: list[tuple[str, Callable[[Any], Any], str]] = [
+    ("allocate", lambda c: c.ports.allocate("h", "svc", preferred_port=-5), "allocate: Value out of range: -5"),
+    ("get", lambda c: c.get("k", min_revision=-1), "get: Value out of range"),
+    ("list", lambda c: c.list("p/", limit=-1), "list: Value out of range"),
+    ("compare_and_swap", lambda c: c.compare_and_swap("k", b"v", -2), "compare_and_swap: Value out of range"),
+    ("add_replica", lambda c: c.models.add_replica("m", 2**40, "n1"), "add_replica: Value out of range"),
+    ("search", lambda c: c.models.search("x", limit=-1), "search: Value out of range"),
+    ("register", lambda c: c.models.register("m", "a" * 64, -1, "gguf"), "size_bytes must be a whole number"),
+    ("register parent", lambda c: c.models.register("m", "a" * 64, 1, "gguf", parent="m/0"), "not MODEL/VERSION"),
+    ("update_version", lambda c: c.models.update_version("m", 1), "nothing to update"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"), [(call, expected) for _, call, expected in CALLS], ids=[c[0] for c in CALLS]
+)
+def test_sync_client(call: Callable[[Client], Any], expected: str) -> None:
+    with Client(NOWHERE, timeout=5.0) as client, pytest.raises(InvalidArgument, match=expected):
+        call(client)
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"), [(call, expected) for _, call, expected in CALLS], ids=[c[0] for c in CALLS]
+)
+def test_async_client(call: Callable[[AsyncClient], Any], expected: str) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(NOWHERE, timeout=5.0) as client:
+            with pytest.raises(InvalidArgument, match=expected):
+                await call(client)
+
+    asyncio.run(scenario())
+
+
+def test_a_watch_from_a_negative_revision() -> None:
+    with (
+        Client(NOWHERE, timeout=5.0) as client,
+        pytest.raises(InvalidArgument, match="from_revision must be 0 or more"),
+    ):
+        client.watch("p/", from_revision=-1)
