@@ -1,15 +1,20 @@
 """Bad numbers given to the SDK are InvalidArgument naming the call, before anything is sent, on
-both clients: protobuf's bare ValueError ("Value out of range: -1") never reaches a caller."""
+both clients: protobuf's bare ValueError ("Value out of range: -1") never reaches a caller; and a
+service manifest's numbers must be numbers."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from controlplane.client import AsyncClient, Client, InvalidArgument
+from controlplane.client._ports import manifest_message
+from controlplane.v1 import ports_pb2
 
 # Nothing listens here: a call that got as far as sending would fail with Unavailable instead.
 NOWHERE = ["127.0.0.1:1"]
@@ -53,3 +58,26 @@ def test_a_watch_from_a_negative_revision() -> None:
         pytest.raises(InvalidArgument, match="from_revision must be 0 or more"),
     ):
         client.watch("p/", from_revision=-1)
+
+
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        ({"ports": [{"name": "http", "port": "8080"}]}, "ports[0].port must be a whole number, not '8080'"),
+        ({"ports": [{"name": "http", "port": 80.5}]}, "ports[0].port must be a whole number"),
+        ({"health_check": {"type": "tcp", "interval_s": True}}, "health_check.interval_s must be a whole number"),
+    ],
+)
+def test_a_manifests_numbers_are_numbers(document: dict[str, Any], says: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(says)):
+        manifest_message({"name": "web", "host": "h1", **document})
+
+
+def test_an_exported_manifest_reads_back() -> None:
+    """64-bit integers keep the proto3 JSON mapping's strings: that is how a manifest is exported."""
+    manifest = ports_pb2.ServiceManifest(name="web", host="h1", lease_id=5)
+    manifest.ports.add(name="http", port=8080)
+    manifest.requirements.memory_mb = 1024
+    exported = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
+    assert exported["lease_id"] == "5"
+    assert manifest_message(exported) == manifest

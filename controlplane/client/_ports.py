@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from controlplane import errors
@@ -409,7 +410,36 @@ def manifest_message(manifest: Mapping[str, Any]) -> ports_pb2.ServiceManifest:
     """A manifest document (parsed YAML or JSON) as the wire message; InvalidArgument naming the problem."""
     if not isinstance(manifest, Mapping):
         raise errors.InvalidArgument("a service manifest must be a mapping (name, host, ports, ...)")
+    _check_numbers(manifest, ports_pb2.ServiceManifest.DESCRIPTOR, "")
     return _parse(manifest, ports_pb2.ServiceManifest(), "service manifest")
+
+
+# 32-bit integer fields: a person writes them as numbers. (The proto3 JSON mapping also takes
+# "8080", and writes 64-bit integers as strings, so those keep its rules: an exported manifest
+# must read back.)
+_INT32_TYPES = frozenset(
+    {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_FIXED32}
+)
+
+
+def _check_numbers(document: Mapping[str, Any], descriptor: Any, path: str) -> None:
+    """InvalidArgument for a 32-bit integer field given as anything but a whole number (``port:
+    "8080"``, ``true``, ``80.5``), naming where; the rest is left to the JSON mapping's parser."""
+    for key, value in document.items():
+        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if field is None:
+            continue  # the parser names unknown fields
+        where = f"{path}{key}"
+        if field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            items = value if field.is_repeated and isinstance(value, list) else [value]
+            for index, item in enumerate(items):
+                if isinstance(item, Mapping):
+                    suffix = f"[{index}]" if items is value else ""
+                    _check_numbers(item, field.message_type, f"{where}{suffix}.")
+        elif field.type in _INT32_TYPES:
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(item, bool) or not isinstance(item, int) for item in values):
+                raise errors.InvalidArgument(f"service manifest: {where} must be a whole number, not {value!r}")
 
 
 def port_map_message(document: Mapping[str, Any]) -> ports_pb2.PortMap:
