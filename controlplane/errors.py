@@ -41,6 +41,7 @@ from controlplane.v1 import common_pb2
 __all__ = [
     "AlreadyExists",
     "ControlPlaneError",
+    "ControlPlaneWarning",
     "DeadlineExceeded",
     "FailedPrecondition",
     "Internal",
@@ -66,6 +67,11 @@ LEADER_ID_KEY = "cp-leader-id"
 LEADER_ADDRESS_KEY = "cp-leader-address"
 OLDEST_REVISION_KEY = "cp-oldest-revision"
 ERROR_KIND_KEY = "cp-error"
+
+
+class ControlPlaneWarning(UserWarning):
+    """What the cluster accepted but flagged (a network naming a model not registered yet, a replica
+    on an unknown node): the SDK issues it with ``warnings.warn``, ``cpctl`` prints it on stderr."""
 
 
 class ControlPlaneError(Exception):

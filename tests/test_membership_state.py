@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from controlplane.state.machine import StateMachine, batch_entry
 from controlplane.state.membership import ACTIVE, DEAD, GONE_STATES, LEFT, MembershipTable, model_base
 from controlplane.state.refusal import Refused
-from controlplane.v1 import command_pb2, common_pb2, leases_pb2, membership_pb2, watch_pb2
+from controlplane.v1 import command_pb2, common_pb2, leases_pb2, membership_pb2, models_pb2, watch_pb2
 
 AGENT = membership_pb2.NODE_ROLE_AGENT
 
@@ -644,3 +644,39 @@ def test_a_backup_with_an_oversized_instance_id_is_refused() -> None:
     state.nodes[0].instance_id = "x" * 65
     with pytest.raises(Refused, match="instance id"):
         MembershipTable.validate_state(state)
+
+
+def test_a_network_or_replica_naming_nothing_registered_is_accepted_with_a_warning() -> None:
+    """Accepted, so a network can be set up before its model is registered and an artifact recorded
+    before its node's agent registers; but the answer says what looks wrong."""
+    cluster = Cluster()
+
+    def create(name: str, model: str) -> list[str]:
+        network = membership_pb2.Network(name=name, model=model, max_clients=2)
+        result = expect_ok(cluster.run(network_create=membership_pb2.CreateNetworkRequest(network=network)))
+        return list(result.network_create.warnings)
+
+    cluster.enable("multi_network")
+    warned = create("eu", "llama-3")
+    assert len(warned) == 1 and "model 'llama-3' is not registered (yet)" in warned[0]
+    register = models_pb2.RegisterVersionRequest(model="Llama-3", sha256="a" * 64, size_bytes=1, format=1)
+    expect_ok(cluster.run(model_register=register))
+    assert "did you mean 'Llama-3'" in create("us", "llama-3")[0]  # model names are exact here
+    assert create("asia", "Llama-3") == []
+    assert "has no version 4" in create("v4", "Llama-3@4")[0]
+    assert "no version or alias 'prod'" in create("prod", "Llama-3@prod")[0]
+    update = membership_pb2.UpdateNetworkRequest(
+        network=membership_pb2.Network(name="eu", model="Llama-3"), update_mask=["model"]
+    )
+    assert list(expect_ok(cluster.run(network_update=update)).network_update.warnings) == []
+
+    def replica(node_id: str) -> list[str]:
+        request = models_pb2.ReplicaRequest(model="Llama-3", version=1, node_id=node_id)
+        return list(expect_ok(cluster.run(model_add_replica=request)).model_add_replica.warnings)
+
+    assert replica("gpu-9") == ["node 'gpu-9' is not registered in membership; recorded anyway"]
+    cluster.register("gpu-1")
+    assert replica("gpu-1") == []
+    expect_ok(cluster.run(node_deregister=membership_pb2.DeregisterNodeRequest(node_id="gpu-1")))
+    assert replica("gpu-1") == ["node 'gpu-1' is left; recorded anyway"]
+    assert set(cluster.machine.registry.version("Llama-3", 1).replicas) == {"gpu-1", "gpu-9"}

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +17,7 @@ import typer
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, fail
 from controlplane.client import Client, Credentials, CredentialsError, KeyValue
 from controlplane.dev import MANIFEST_FILE
-from controlplane.errors import ControlPlaneError, DeadlineExceeded, InvalidArgument, Unavailable
+from controlplane.errors import ControlPlaneError, ControlPlaneWarning, DeadlineExceeded, InvalidArgument, Unavailable
 
 DEFAULT_ENDPOINTS = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
 #: A server's client port unless configured otherwise (`cpctl serve --client-address`): what an
@@ -167,7 +168,9 @@ def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
             code=EXIT_UNAVAILABLE,
         )
     try:
-        with Client(resolved, timeout=timeout, credentials=credentials) as client:
+        with warnings.catch_warnings(), Client(resolved, timeout=timeout, credentials=credentials) as client:
+            warnings.simplefilter("always", ControlPlaneWarning)
+            warnings.showwarning = _show_warning
             yield client
     except CredentialsError as exc:
         fail(str(exc), code=EXIT_USAGE)
@@ -178,6 +181,17 @@ def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
         fail(f"{exc.message} (endpoints: {resolved}; {credentials.describe()}{hint})", code=EXIT_UNAVAILABLE)
     except ControlPlaneError as exc:
         fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
+
+
+_default_show_warning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """What the cluster flagged in an answer, as ``warning: ...`` on stderr; other warnings as Python shows them."""
+    if issubclass(category, ControlPlaneWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _default_show_warning(message, category, *args, **kwargs)
 
 
 def read_input(file: Path) -> str:

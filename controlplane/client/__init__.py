@@ -108,6 +108,7 @@ from controlplane.client._sync import Client, Watch
 from controlplane.errors import (
     AlreadyExists,
     ControlPlaneError,
+    ControlPlaneWarning,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -139,6 +140,7 @@ __all__ = [
     "Connectivity",
     "Consistency",
     "ControlPlaneError",
+    "ControlPlaneWarning",
     "Credentials",
     "CredentialsError",
     "DeadlineExceeded",

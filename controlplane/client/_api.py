@@ -707,7 +707,7 @@ class Models:
                 model=model, version=version, node_id=node_id, request_id=P.rid(request_id)
             )
         r = self._unary(R.ADD_REPLICA, request, timeout)
-        return P.convert(R.ModelVersion, r.version)
+        return P.warned(r, P.convert(R.ModelVersion, r.version))
 
     def remove_replica(
         self, model: str, version: int, node_id: str, *, request_id: str | None = None, timeout: float | None = None
@@ -953,7 +953,7 @@ class Membership:
                 request_id=P.rid(request_id),
             )
         r = self._unary(B.CREATE_NETWORK, request, timeout)
-        return P.convert(B.Network, r.network)
+        return P.warned(r, P.convert(B.Network, r.network))
 
     def update_network(
         self,
@@ -974,7 +974,7 @@ class Membership:
                 name, model, max_clients, priority, labels, required_capabilities, description, P.rid(request_id)
             )
         r = self._unary(B.UPDATE_NETWORK, request, timeout)
-        return P.convert(B.Network, r.network)
+        return P.warned(r, P.convert(B.Network, r.network))
 
     def delete_network(
         self, name: str, *, force: bool = False, request_id: str | None = None, timeout: float | None = None
@@ -2009,7 +2009,7 @@ class AsyncModels:
                 model=model, version=version, node_id=node_id, request_id=P.rid(request_id)
             )
         r = await self._unary(R.ADD_REPLICA, request, timeout)
-        return P.convert(R.ModelVersion, r.version)
+        return P.warned(r, P.convert(R.ModelVersion, r.version))
 
     async def remove_replica(
         self, model: str, version: int, node_id: str, *, request_id: str | None = None, timeout: float | None = None
@@ -2255,7 +2255,7 @@ class AsyncMembership:
                 request_id=P.rid(request_id),
             )
         r = await self._unary(B.CREATE_NETWORK, request, timeout)
-        return P.convert(B.Network, r.network)
+        return P.warned(r, P.convert(B.Network, r.network))
 
     async def update_network(
         self,
@@ -2276,7 +2276,7 @@ class AsyncMembership:
                 name, model, max_clients, priority, labels, required_capabilities, description, P.rid(request_id)
             )
         r = await self._unary(B.UPDATE_NETWORK, request, timeout)
-        return P.convert(B.Network, r.network)
+        return P.warned(r, P.convert(B.Network, r.network))
 
     async def delete_network(
         self, name: str, *, force: bool = False, request_id: str | None = None, timeout: float | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ __all__ = [
 
 D = TypeVar("D")
 M = TypeVar("M", bound=Message)
+R = TypeVar("R")
 
 
 class PortAction(enum.Enum):
@@ -480,6 +482,13 @@ def observed_ports(ports: Iterable[int | tuple[int, str] | Mapping[str, Any]]) -
                 )
             )
     return out
+
+
+def warned(response: Any, result: R) -> R:
+    """``result``, after issuing the answer's ``warnings`` as ControlPlaneWarning (at the caller's line)."""
+    for text in response.warnings:
+        warnings.warn(text, errors.ControlPlaneWarning, stacklevel=3)
+    return result
 
 
 def rid(request_id: str | None) -> str:

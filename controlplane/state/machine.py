@@ -182,9 +182,12 @@ class StateMachine:
             ),
         )
         self.leases = LeaseTable(self, release=self._release_lease)
-        self.registry = ModelTable(self)
+        self.registry = ModelTable(self, node_problem=lambda node_id: self.membership.node_problem(node_id))
         self.membership = MembershipTable(
-            self, leases=lambda: self.leases, node_ended=lambda node_id, reason: self.ports.node_ended(node_id, reason)
+            self,
+            leases=lambda: self.leases,
+            node_ended=lambda node_id, reason: self.ports.node_ended(node_id, reason),
+            model_problem=lambda reference: self.registry.reference_problem(reference),
         )
         self.gossip = GossipTable(self)
         self.auth = AuthTable(self)

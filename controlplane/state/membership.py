@@ -145,10 +145,14 @@ class MembershipTable:
         journal: Journal,
         leases: Callable[[], LeaseTable],
         node_ended: Callable[[str, str], None] | None = None,
+        model_problem: Callable[[str], str | None] = lambda reference: None,
     ) -> None:
         # leases() rather than the table itself: the machine builds the two tables together.
         self._journal = journal
         self._leases = leases
+        # Why a network's model reference names nothing in the registry, or None: a warning in the
+        # answer, not a refusal (a network may be set up before its model is registered).
+        self._model_problem = model_problem
         # Told when a node goes DEAD or LEFT, in that command (its service instances turn critical).
         self._node_ended = node_ended
         self.reset()
@@ -464,6 +468,15 @@ class MembershipTable:
         self._gone.pop(node_id, None)
         self._record(f"nodes/{node_id}", watch_pb2.EVENT_TYPE_DELETE, node=previous, reason=reason)
 
+    def node_problem(self, node_id: str) -> str | None:
+        """Why ``node_id`` is no node to hold anything now (never registered, dead, left), or None."""
+        record: NodeRecord | None = self.nodes.get(node_id)
+        if record is None:
+            return f"node {node_id!r} is not registered in membership"
+        if record.state in GONE_STATES:
+            return f"node {node_id!r} is {state_name(record.state)}"
+        return None
+
     def is_gone(self, node_id: str) -> bool:
         """Whether ``node_id`` names a node that is dead or left (not one never registered)."""
         record: NodeRecord | None = self.nodes.get(node_id)
@@ -662,7 +675,12 @@ class MembershipTable:
         )
         self.members[spec.name] = set()
         self._store_network(network, "created")
-        return self._result(network_create=membership_pb2.CreateNetworkResponse(network=self.network_view(spec.name)))
+        problem = self._model_problem(spec.model)
+        return self._result(
+            network_create=membership_pb2.CreateNetworkResponse(
+                network=self.network_view(spec.name), warnings=[problem] if problem else []
+            )
+        )
 
     def _update_network(self, request: membership_pb2.UpdateNetworkRequest) -> CommandResult:
         spec = request.network
@@ -703,7 +721,12 @@ class MembershipTable:
                 setattr(updated, field, getattr(spec, field))
         if updated != current:
             self._store_network(updated, "updated")
-        return self._result(network_update=membership_pb2.UpdateNetworkResponse(network=self.network_view(spec.name)))
+        problem = self._model_problem(updated.model) if "model" in fields else None
+        return self._result(
+            network_update=membership_pb2.UpdateNetworkResponse(
+                network=self.network_view(spec.name), warnings=[problem] if problem else []
+            )
+        )
 
     def _delete_network(self, request: membership_pb2.DeleteNetworkRequest) -> CommandResult:
         _check(limits.check_name(request.name, "network name"))

@@ -212,8 +212,11 @@ class ModelRecords(Mapping[str, models_pb2.Model]):
 
 
 class ModelTable:
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, node_problem: Callable[[str], str | None] = lambda node_id: None) -> None:
         self._journal = journal
+        # Why a replica's node looks wrong (not registered, dead or left), or None: a warning in
+        # the answer, not a refusal (an artifact may be recorded before its node's agent registers).
+        self._node_problem = node_problem
         self.reset()
 
     def reset(self) -> None:
@@ -274,6 +277,21 @@ class ModelTable:
             return self.version(name, model.aliases[alias])
         known = ", ".join(sorted(model.aliases)) or "none"
         raise _not_found(f"model {name!r} has no version or alias {reference!r} (aliases: {known})")
+
+    def reference_problem(self, reference: str) -> str | None:
+        """Why a network's model reference ("NAME", "NAME@7", "NAME@prod") names nothing registered
+        now, or None when it does."""
+        name, at, which = reference.partition("@")
+        if name not in self.models:
+            other = self._folded.get(name.lower())
+            hint = f" (did you mean {other!r}?)" if other else ""
+            return f"model {name!r} is not registered (yet){hint}: the network serves nothing until it is"
+        if at:
+            try:
+                self.resolve(name, which)
+            except Refused as refused:
+                return f"{refused.message}: the network serves nothing until it does"
+        return None
 
     def versions_of(self, name: str) -> list[models_pb2.ModelVersion]:
         table = self.versions.get(name, {})
@@ -581,15 +599,17 @@ class ModelTable:
         _check(limits.check_member_id(request.node_id))
         current = self.version(request.model, request.version)
         replicas = set(current.replicas)
+        problem = self._node_problem(request.node_id) if add else None
+        warnings = [f"{problem}; recorded anyway"] if problem else []
         if (request.node_id in replicas) == add:
-            body = models_pb2.ReplicaResponse(version=current, changed=False)
+            body = models_pb2.ReplicaResponse(version=current, changed=False, warnings=warnings)
         else:
             version = current  # a fresh parse
             (replicas.add if add else replicas.discard)(request.node_id)
             del version.replicas[:]
             version.replicas.extend(sorted(replicas))
             self._replace_version(version, f"replica {'added' if add else 'removed'}: {request.node_id}")
-            body = models_pb2.ReplicaResponse(version=version, changed=True)
+            body = models_pb2.ReplicaResponse(version=version, changed=True, warnings=warnings)
         field = "model_add_replica" if add else "model_remove_replica"
         result = CommandResult(revision=self._journal.revision)
         getattr(result, field).CopyFrom(body)

@@ -389,12 +389,14 @@ class CreateNetworkRequest(_message.Message):
     def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateNetworkResponse(_message.Message):
-    __slots__ = ("header", "network")
+    __slots__ = ("header", "network", "warnings")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     header: _common_pb2.ResponseHeader
     network: Network
-    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpdateNetworkRequest(_message.Message):
     __slots__ = ("network", "update_mask", "request_id")
@@ -407,12 +409,14 @@ class UpdateNetworkRequest(_message.Message):
     def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., update_mask: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UpdateNetworkResponse(_message.Message):
-    __slots__ = ("header", "network")
+    __slots__ = ("header", "network", "warnings")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     header: _common_pb2.ResponseHeader
     network: Network
-    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteNetworkRequest(_message.Message):
     __slots__ = ("name", "force", "request_id")

@@ -405,14 +405,16 @@ class ReplicaRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., node_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ReplicaResponse(_message.Message):
-    __slots__ = ("header", "version", "changed")
+    __slots__ = ("header", "version", "changed", "warnings")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     header: _common_pb2.ResponseHeader
     version: ModelVersion
     changed: bool
-    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ..., changed: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("read", "model")

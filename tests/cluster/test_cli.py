@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.client import Client, ControlPlaneWarning
 from controlplane.dev import LocalCluster
 
 from .conftest import cpctl, cpctl_json
@@ -96,3 +97,14 @@ def test_cluster_status_members_and_snapshot(make_cluster: Callable[..., LocalCl
     restored = cpctl_json(cluster, "cluster", "snapshot", "restore", str(backup), "--yes")
     assert restored["revision"] > saved["revision"]
     assert cpctl_json(cluster, "kv", "get", "cli-backup/k")["kv"]["value"] == "before"
+
+
+def test_a_network_for_a_model_not_registered_is_created_with_a_warning(cluster: LocalCluster) -> None:
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as admin:
+        admin.membership.set_flag("multi_network", True)  # the shared cluster holds other tests' networks
+        with pytest.warns(ControlPlaneWarning, match="model 'cli-unregistered' is not registered"):
+            admin.membership.create_network("cli-warned-sdk", "cli-unregistered", 2)
+    created = cpctl(cluster, "networks", "create", "cli-warned", "--model", "cli-unregistered", "--max-clients", "2")
+    assert created.returncode == 0, created.stderr
+    assert "warning: model 'cli-unregistered' is not registered (yet)" in created.stderr
+    assert "Traceback" not in created.stderr and "UserWarning" not in created.stderr
