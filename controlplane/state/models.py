@@ -280,17 +280,16 @@ class ModelTable:
 
     def reference_problem(self, reference: str) -> str | None:
         """Why a network's model reference ("NAME", "NAME@7", "NAME@prod") names nothing registered
-        now, or None when it does."""
-        name, at, which = reference.partition("@")
-        if name not in self.models:
-            other = self._folded.get(name.lower())
-            hint = f" (did you mean {other!r}?)" if other else ""
-            return f"model {name!r} is not registered (yet){hint}: the network serves nothing until it is"
+        now, or None when it does. Names match ignoring case, as membership matches them."""
+        typed, at, which = reference.partition("@")
+        name = self._folded.get(typed.lower())
+        if name is None:
+            return f"model {typed!r} is not registered (yet): its members have no artifact to fetch until it is"
         if at:
             try:
                 self.resolve(name, which)
             except Refused as refused:
-                return f"{refused.message}: the network serves nothing until it does"
+                return f"{refused.message}: its members have no artifact to fetch until it does"
         return None
 
     def versions_of(self, name: str) -> list[models_pb2.ModelVersion]:
