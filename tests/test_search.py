@@ -259,6 +259,50 @@ def _lineage_catalogue() -> list[ModelDoc]:
 
 
 @pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_a_model_others_cite_ranks_first_among_names_that_start_alike(use_fts5: bool) -> None:
+    """Cited: named in other models' descriptions (a fine-tune's "fine-tune of X") or their
+    versions' parent. Among names starting with what was typed, and among the rest, the most cited
+    first; the counts follow every apply."""
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    if use_fts5 and index.engine != ENGINE_FTS5:
+        await index.close()
+        pytest.skip("this SQLite build has no FTS5")
+    base = "Mixtral-8x7B-Instruct-v0.1"
+    try:
+        await index.rebuild(
+            [
+                doc(base, "Mistral's sparse mixture of experts"),
+                doc("mixtral-8x7b_v2", f"a fine-tune of {base}"),
+                doc("mixtral-8x7b_ner", f"NER fine-tune of {base}, Q4_K_M quantisation"),
+                doc("Mixtral-8x22B", "the larger one"),
+                doc("calme-mixtral-8x7b", "merged"),
+            ],
+            revision=1,
+        )
+        assert (await names(index, "mixtr"))[0] == base  # the longest name, cited twice
+        assert (await names(index, "8x7b"))[0] == base  # not a prefix of any name: cited first too
+        # Lineage counts: three versions derived from Mixtral-8x22B put it first.
+        derived = [
+            dataclasses.replace(
+                doc(f"moe-{n}", "an experiment"),
+                version_facets=frozenset({("parent", "mixtral-8x22b"), ("parent", "mixtral-8x22b/1")}),
+            )
+            for n in range(3)
+        ]
+        await index.apply(derived, [], revision=2)
+        assert (await names(index, "mixtr"))[0] == "Mixtral-8x22B"
+        await index.apply([], [d.name for d in derived], revision=3)
+        assert (await names(index, "mixtr"))[0] == base
+        # A citing model rewritten to cite nothing takes its citation away.
+        await index.apply(
+            [doc("mixtral-8x7b_v2", "a fine-tune"), doc("mixtral-8x7b_ner", "a fine-tune")], [], revision=4
+        )
+        assert (await names(index, "mixtr"))[0] == "Mixtral-8x22B"  # back to the shortest first
+    finally:
+        await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
 async def test_version_tags_metrics_runs_and_parents_filter_with_the_same_syntax(use_fts5: bool) -> None:
     index = await SearchIndex.open(use_fts5=use_fts5)
     try:

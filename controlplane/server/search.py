@@ -66,8 +66,13 @@ string (``"qwen"* "inst"*``), so quotes, parentheses, ``NEAR``, ``OR`` or a lead
 plain text. A query with neither terms nor filters matches nothing (the proto says so) and never
 reaches SQLite; filters alone browse their models by name.
 
-Ranking: a model named exactly what was typed first, then names starting with it, then bm25
-(whose length normalisation alone would rank "x-7b" above "x" for "x"), then the name.
+Ranking: a model named exactly what was typed first, then names starting with it; within each
+of those two groups, the models most *cited* first: named by other models, in their descriptions
+(a fine-tune's "fine-tune of Llama-3.1-8B-Instruct") or as their versions' parent, so a base
+comes before the many derivatives named after it. Then, among names starting with the query,
+the shortest; among the rest, bm25 (whose length normalisation alone would rank "x-7b" above "x"
+for "x"); then the name. The citation counts are kept by the index itself (``citations``), so
+they follow every change and cost one primary-key lookup per match.
 
 "Did you mean": a first page that found nothing corrects each term that matches no model on its
 own into a word of the model names one edit away (terms up to 4 characters) or two (longer),
@@ -92,6 +97,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import functools
 import hashlib
@@ -171,6 +177,7 @@ _TABLES = (
     """CREATE TABLE models (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
+        name_key TEXT NOT NULL,    -- casefolded name, for the citations
         family_key TEXT NOT NULL,  -- casefolded family, for the family filter
         owner_key TEXT NOT NULL,   -- casefolded owner, for the owner filter
         created INTEGER NOT NULL,  -- the model's create_revision, for SEARCH_SORT_CREATED
@@ -194,6 +201,17 @@ _TABLES = (
         value TEXT NOT NULL,
         model_id INTEGER NOT NULL,
         PRIMARY KEY (facet, value, model_id)
+    ) WITHOUT ROWID""",
+    # Which names each model's description mentions, and the versions' parents: a model named by
+    # many others (the base its fine-tunes cite) ranks first among names that start alike.
+    """CREATE TABLE model_mentions (
+        model_id INTEGER NOT NULL,
+        name_key TEXT NOT NULL,  -- casefolded
+        PRIMARY KEY (model_id, name_key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE citations (
+        name_key TEXT PRIMARY KEY,  -- casefolded; a name mentioned, whether or not a model has it
+        count INTEGER NOT NULL      -- models mentioning it
     ) WITHOUT ROWID""",
     """CREATE TABLE version_metrics (
         name TEXT NOT NULL,  -- casefolded
@@ -233,7 +251,7 @@ _PRAGMAS = (
 )
 # How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
 # is rebuilt, not trusted: bump this whenever a change here would index a model differently.
-LAYOUT = 4
+LAYOUT = 5
 # How often an apply that changed no model commits its revision (see the module docstring).
 META_WRITE_INTERVAL_S = 1.0
 # Documents per insert statement in a rebuild.
@@ -495,6 +513,25 @@ def _name_words(name: str) -> set[str]:
     return {_fold(piece) for piece in pieces if piece and "-" not in piece and " " not in piece}
 
 
+# A name as a description writes it: letters or digits, with '.', '_', '-' between them.
+_NAME_IN_TEXT = re.compile(r"[^\W_](?:[\w.-]*[^\W_])?")
+# At most this many distinct names per model are counted as its mentions.
+_MAX_MENTIONS = 64
+
+
+def _mentioned(doc: ModelDoc) -> set[str]:
+    """The names a model points at, casefolded: its versions' parents, and the words of its
+    description that could be model names (a fine-tune's "fine-tune of Llama-3.1-8B-Instruct")."""
+    parents = {value for facet, value in doc.version_facets if facet == "parent" and "/" not in value}
+    # Words with a digit or a separator: model names nearly always have one, prose rarely.
+    words = {
+        word.casefold()
+        for word in _NAME_IN_TEXT.findall(doc.description)
+        if any(char.isdigit() or char in "-_." for char in word)
+    }
+    return parents | set(sorted(words)[: _MAX_MENTIONS - len(parents)])
+
+
 def _like_text(doc: ModelDoc) -> str:
     """Every token the FTS5 table would hold for ``doc``, folded, each preceded by a space.
 
@@ -544,18 +581,20 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     """
     where = " ".join(_FILTERS[name] for name in filters)
     # A model named exactly what was typed comes first, then models whose name starts with it,
-    # then bm25: its length normalisation alone ranks "x-7b" above "x" for the query "x".
+    # then the rest; within each, the most cited first (see the module docstring), then bm25: its
+    # length normalisation alone ranks "x-7b" above "x" for the query "x".
     # Then the name: the order is total (names are unique).
     # Names compare without separators ('-', '_', '.', ' ') and ignoring case, so "gemma 2 9b it"
     # is the name gemma-2-9b-it and "qwen 2.5 7b" starts Qwen2.5-7B-Instruct. Among names that
-    # start with what was typed, the shortest first: a base model before its fine-tunes
+    # start with what was typed and are cited alike, the shortest first: a base model before its fine-tunes
     # ("Llama-3.1-8B-Instruct" before "Llama-3.1-8B-Instruct-abliterated-GGUF"), whose descriptions
     # repeat the base's name and would win on bm25.
     key = "lower(replace(replace(replace(replace(m.name, '-', ''), '_', ''), '.', ''), ' ', ''))"
     starts_with = f"substr({key}, 1, length(:exact)) = :exact"
+    cited = "coalesce((SELECT count FROM citations AS c WHERE c.name_key = m.name_key), 0)"
     order = (
-        f"ORDER BY {key} = :exact DESC, {starts_with} DESC, CASE WHEN {starts_with} THEN length(m.name) END, "
-        f"score, {_BY_NAME} LIMIT :limit OFFSET :offset"
+        f"ORDER BY {key} = :exact DESC, {starts_with} DESC, {cited} DESC, "
+        f"CASE WHEN {starts_with} THEN length(m.name) END, score, {_BY_NAME} LIMIT :limit OFFSET :offset"
     )
     if sort in _SORTS:
         order = f"ORDER BY {_SORTS[sort]} LIMIT :limit OFFSET :offset"
@@ -970,6 +1009,8 @@ class SearchIndex:
             "models_fts",
             "version_metrics",
             "version_facets",
+            "model_mentions",
+            "citations",
             "model_facets",
             "model_tags",
             "models",
@@ -989,11 +1030,20 @@ class SearchIndex:
         await self._conn.executemany(f"DELETE FROM model_facets WHERE model_id = {model_id}", rows)
         await self._conn.executemany(f"DELETE FROM version_facets WHERE model_id = {model_id}", rows)
         await self._conn.executemany(f"DELETE FROM version_metrics WHERE model_id = {model_id}", rows)
+        await self._conn.executemany(
+            "UPDATE citations SET count = count - 1 WHERE name_key IN "
+            f"(SELECT name_key FROM model_mentions WHERE model_id = {model_id})",
+            rows,
+        )
+        await self._conn.executemany(f"DELETE FROM model_mentions WHERE model_id = {model_id}", rows)
+        await self._conn.execute("DELETE FROM citations WHERE count <= 0")
         await self._conn.executemany("DELETE FROM models WHERE name = ?", rows)
 
     async def _insert(self, docs: list[ModelDoc], first_id: int) -> None:
         fts = self._engine == ENGINE_FTS5
-        models: list[tuple[int, str, str, str, int, int, str | None]] = []
+        models: list[tuple[int, str, str, str, str, int, int, str | None]] = []
+        mentions: list[tuple[int, str]] = []
+        cited: collections.Counter[str] = collections.Counter()
         texts: list[tuple[int, str, str, str, str, str]] = []
         tags: list[tuple[str, int]] = []
         facets: list[tuple[str, int, int]] = []
@@ -1001,9 +1051,22 @@ class SearchIndex:
         metrics: list[tuple[str, float, int]] = []
         for model_id, doc in enumerate(docs, start=first_id):
             like_text = None if fts else _like_text(doc)
+            name_key = doc.name.casefold()
             models.append(
-                (model_id, doc.name, doc.family.casefold(), doc.owner.casefold(), doc.created, doc.updated, like_text)
+                (
+                    model_id,
+                    doc.name,
+                    name_key,
+                    doc.family.casefold(),
+                    doc.owner.casefold(),
+                    doc.created,
+                    doc.updated,
+                    like_text,
+                )
             )
+            named = _mentioned(doc) - {name_key}
+            mentions.extend((model_id, key) for key in sorted(named))
+            cited.update(named)
             if fts:
                 texts.append(
                     (
@@ -1021,9 +1084,15 @@ class SearchIndex:
             version_facets.extend((facet, value, model_id) for facet, value in sorted(doc.version_facets))
             metrics.extend((name, value, model_id) for name, value in sorted(doc.metrics))
         await self._conn.executemany(
-            "INSERT INTO models (id, name, family_key, owner_key, created, updated, like_text) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO models (id, name, name_key, family_key, owner_key, created, updated, like_text) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             models,
+        )
+        await self._conn.executemany("INSERT INTO model_mentions (model_id, name_key) VALUES (?, ?)", mentions)
+        await self._conn.executemany(
+            "INSERT INTO citations (name_key, count) VALUES (?, ?) "
+            "ON CONFLICT (name_key) DO UPDATE SET count = count + excluded.count",
+            sorted(cited.items()),
         )
         if fts:
             await self._conn.executemany(
