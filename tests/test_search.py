@@ -303,6 +303,68 @@ async def test_a_model_others_cite_ranks_first_among_names_that_start_alike(use_
 
 
 @pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_a_name_match_ranks_above_a_cited_model_only_its_description_matches(use_fts5: bool) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    try:
+        citing = [doc(f"ft-{n}", "a fine-tune of llama-3-8b") for n in range(5)]
+        await index.rebuild(
+            [doc("llama-3-8b", "a general model, a coder too"), doc("qwen2.5-coder-7b", "writes code"), *citing],
+            revision=1,
+        )
+        assert await names(index, "coder") == ["qwen2.5-coder-7b", "llama-3-8b"]
+    finally:
+        await index.close()
+
+
+def test_a_models_mentions_are_capped_and_never_its_own_name() -> None:
+    parents = frozenset(("parent", f"base-{n:03d}") for n in range(70))
+    many = dataclasses.replace(
+        doc("m", "of Self-1 and " + " ".join(f"w-{n}" for n in range(100))), version_facets=parents
+    )
+    mentioned = search._mentioned(many)
+    assert len(mentioned) == search._MAX_MENTIONS and mentioned == {f"base-{n:03d}" for n in range(64)}
+    few = dataclasses.replace(
+        doc("Self-1", "fine-tune of Self-1, Llama-3.1-8B and gpt2; not prose"),
+        version_facets=frozenset({("parent", "base"), ("parent", "base/2")}),
+    )
+    assert search._mentioned(few) == {"base", "fine-tune", "llama-3.1-8b", "gpt2"}  # prose with a "-" counts
+
+
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_citation_counts_after_applies_equal_a_rebuilds(use_fts5: bool) -> None:
+    rng = random.Random(7)
+    bases = ["Base-1", "base-2", "Other-3"]
+
+    def random_doc(n: int) -> ModelDoc:
+        cites = " ".join(rng.sample([*bases, "BASE-1", f"model-{n}"], rng.randint(0, 3)))
+        return doc(f"model-{n}", f"fine-tune of {cites}")
+
+    async def counts(index: SearchIndex) -> list[tuple[str, int]]:
+        rows = await index._conn.execute_fetchall("SELECT name_key, count FROM citations ORDER BY name_key")
+        return [(row[0], row[1]) for row in rows]
+
+    live: dict[str, ModelDoc] = {}
+    incremental = await SearchIndex.open(use_fts5=use_fts5)
+    rebuilt = await SearchIndex.open(use_fts5=use_fts5)
+    try:
+        for revision in range(1, 40):
+            upserts = [random_doc(rng.randrange(12)) for _ in range(rng.randint(0, 3))]
+            upserts = list({d.name: d for d in upserts}.values())
+            gone = [name for name in rng.sample(sorted(live), min(len(live), rng.randint(0, 2)))]
+            gone = [name for name in gone if name not in {d.name for d in upserts}] + ["never-indexed"]
+            await incremental.apply(upserts, gone, revision=revision)
+            live.update((d.name, d) for d in upserts)
+            for name in gone:
+                live.pop(name, None)
+        await rebuilt.rebuild(live.values(), revision=40)
+        assert await counts(incremental) == await counts(rebuilt) != []
+        assert all(count > 0 for _, count in await counts(incremental))
+    finally:
+        await incremental.close()
+        await rebuilt.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
 async def test_version_tags_metrics_runs_and_parents_filter_with_the_same_syntax(use_fts5: bool) -> None:
     index = await SearchIndex.open(use_fts5=use_fts5)
     try:
@@ -338,6 +400,7 @@ async def test_version_tags_metrics_runs_and_parents_filter_with_the_same_syntax
             ("run:a run:b", "gives run: twice"),
             ("tag:a=1 tag:a=2", "gives tag: twice"),
             ("parent:", "parent:llama-3-8b/2"),
+            ("tag:=x", "needs a key"),
         ):
             with pytest.raises(InvalidArgument, match=says):
                 await index.search(bad)

@@ -386,6 +386,8 @@ def parse_query(query: str) -> ParsedQuery:
         key, value = match.group(1).casefold(), match.group(2)
         if key == "tag" and "=" in value:
             key = "vtag"  # a version's KEY=VALUE tag (a model tag holds no '='): a filter of its own
+            if value.startswith("="):
+                raise InvalidArgument(f"tag:{value} needs a key before '=', e.g. tag:stage=eval")
         if not value:
             raise InvalidArgument(f"'{key}:' in the query needs a value, e.g. {key}:{_FILTER_EXAMPLES[key]}")
         if key in filters and filters[key].casefold() != value.casefold():
@@ -520,15 +522,20 @@ _MAX_MENTIONS = 64
 
 
 def _mentioned(doc: ModelDoc) -> set[str]:
-    """The names a model points at, casefolded: its versions' parents, and the words of its
-    description that could be model names (a fine-tune's "fine-tune of Llama-3.1-8B-Instruct")."""
-    parents = {value for facet, value in doc.version_facets if facet == "parent" and "/" not in value}
+    """The names a model points at, casefolded, at most ``_MAX_MENTIONS`` (its own name never):
+    its versions' parents first, then the words of its description that could be model names (a
+    fine-tune's "fine-tune of Llama-3.1-8B-Instruct"), in sorted order so every server keeps
+    the same ones."""
+    own = doc.name.casefold()
+    parents = {value for facet, value in doc.version_facets if facet == "parent" and "/" not in value} - {own}
+    parents = set(sorted(parents)[:_MAX_MENTIONS])
     # Words with a digit or a separator: model names nearly always have one, prose rarely.
     words = {
         word.casefold()
         for word in _NAME_IN_TEXT.findall(doc.description)
         if any(char.isdigit() or char in "-_." for char in word)
     }
+    words -= parents | {own}
     return parents | set(sorted(words)[: _MAX_MENTIONS - len(parents)])
 
 
@@ -592,8 +599,11 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     key = "lower(replace(replace(replace(replace(m.name, '-', ''), '_', ''), '.', ''), ' ', ''))"
     starts_with = f"substr({key}, 1, length(:exact)) = :exact"
     cited = "coalesce((SELECT count FROM citations AS c WHERE c.name_key = m.name_key), 0)"
+    # Every term inside the name (separators dropped): a name match is never outranked by a
+    # model that only its description or tags match, however often it is cited.
+    in_name = " AND ".join(f"instr({key}, :in_name{index}) > 0" for index in range(term_count)) or "0"
     order = (
-        f"ORDER BY {key} = :exact DESC, {starts_with} DESC, {cited} DESC, "
+        f"ORDER BY {key} = :exact DESC, {starts_with} DESC, {in_name} DESC, {cited} DESC, "
         f"CASE WHEN {starts_with} THEN length(m.name) END, score, {_BY_NAME} LIMIT :limit OFFSET :offset"
     )
     if sort in _SORTS:
@@ -799,6 +809,7 @@ class SearchIndex:
         # lower case (ASCII only, as SQLite's lower(), so both sides fold alike).
         exact_key = "".join(char.lower() if char.isascii() else char for char in exact if char not in "-_. ")
         params: dict[str, Any] = {"limit": limit, "offset": offset, "exact": exact_key}
+        params.update((f"in_name{index}", term.replace("-", "")) for index, term in enumerate(terms))
         # Without terms the filters alone select (a browse): there is nothing to match.
         if terms and self._engine == ENGINE_FTS5:
             params["match"] = _match_expression(terms)
@@ -1030,13 +1041,11 @@ class SearchIndex:
         await self._conn.executemany(f"DELETE FROM model_facets WHERE model_id = {model_id}", rows)
         await self._conn.executemany(f"DELETE FROM version_facets WHERE model_id = {model_id}", rows)
         await self._conn.executemany(f"DELETE FROM version_metrics WHERE model_id = {model_id}", rows)
-        await self._conn.executemany(
-            "UPDATE citations SET count = count - 1 WHERE name_key IN "
-            f"(SELECT name_key FROM model_mentions WHERE model_id = {model_id})",
-            rows,
-        )
+        mentioned = f"(SELECT name_key FROM model_mentions WHERE model_id = {model_id})"
+        await self._conn.executemany(f"UPDATE citations SET count = count - 1 WHERE name_key IN {mentioned}", rows)
+        # Only the names these models mentioned can have dropped to 0: no scan of the whole table.
+        await self._conn.executemany(f"DELETE FROM citations WHERE name_key IN {mentioned} AND count <= 0", rows)
         await self._conn.executemany(f"DELETE FROM model_mentions WHERE model_id = {model_id}", rows)
-        await self._conn.execute("DELETE FROM citations WHERE count <= 0")
         await self._conn.executemany("DELETE FROM models WHERE name = ?", rows)
 
     async def _insert(self, docs: list[ModelDoc], first_id: int) -> None:
@@ -1064,7 +1073,7 @@ class SearchIndex:
                     like_text,
                 )
             )
-            named = _mentioned(doc) - {name_key}
+            named = _mentioned(doc)
             mentions.extend((model_id, key) for key in sorted(named))
             cited.update(named)
             if fts:
@@ -1236,6 +1245,8 @@ def _merged_filters(
     given.update(dict.fromkeys(_METRIC_OPS.values()))
     if tag:
         key = "vtag" if "=" in tag else "tag"
+        if tag.startswith("="):
+            raise InvalidArgument(f"tag {tag!r} needs a key before '=', e.g. stage=eval")
         if key in typed and typed[key].casefold() != tag.casefold():
             raise InvalidArgument(f"the query says tag:{typed[key]} but the request's tag filter says {tag}; give one")
         typed = {**typed, key: tag}
