@@ -283,6 +283,10 @@ async def _replicate(node: Node, field: str, request: Message, response_type: ty
     body = getattr(command, field)
     body.CopyFrom(request)
     body.ClearField("request_id")
+    # Fields this server does not know never reach the log: a state machine could copy them
+    # into what it stores (a 1 MiB blob inside a nested message passed every size check), and
+    # servers of another release would apply them differently.
+    body.DiscardUnknownFields()
     result = await node.write(command)
     # A copy: the result may be the one the dedupe table keeps, which must not gain a header.
     response = response_type()

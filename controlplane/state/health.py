@@ -126,7 +126,7 @@ def run_problem(run: ports_pb2.RunSpec) -> str | None:
         problem = limits.check_text(arg, "run command argument")
         if problem:
             return problem
-    for key, value in run.env.items():
+    for key, value in sorted(run.env.items()):  # key order: the first bad one is named alike everywhere
         if not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
             return f"run env name {key!r} is not a variable name (letters, digits and '_')"
         problem = limits.check_text(value, f"run env {key}", 4096)

@@ -93,7 +93,7 @@ def check_model_reference(model: str) -> None:
 
 
 def check_labels(labels: Mapping[str, str], what: str = "label") -> None:
-    items = list(labels.items())
+    items = sorted(labels.items())  # in key order: a map iterates differently in each process
     if len(items) > MAX_LABELS:
         raise _invalid(f"at most {MAX_LABELS} {what}s")
     for key, value in items:

@@ -107,7 +107,9 @@ def check_version_fields(request: models_pb2.RegisterVersionRequest) -> None:
     _check(limits.check_text(request.source_uri, "source_uri", MAX_URI_CHARS))
     if len(request.metadata) > MAX_METADATA:
         raise _invalid(f"at most {MAX_METADATA} metadata entries")
-    for key, value in request.metadata.items():
+    # Maps in sorted order: their iteration order differs from process to process, and the first
+    # bad entry names the refusal, which the dedupe table keeps (snapshots must agree).
+    for key, value in sorted(request.metadata.items()):
         _check(limits.check_name(key, "metadata key") or limits.check_text(value, f"metadata {key!r}", 1024))
     check_draft(request.draft)
     check_tags(request.tags.items())
@@ -124,15 +126,16 @@ def check_version_fields(request: models_pb2.RegisterVersionRequest) -> None:
 
 
 def check_tags(tags: Iterable[tuple[str, str]]) -> None:
-    """Version tags: a name-like key (letters, digits, '.', '_', '-') and a text value."""
-    for key, value in tags:
+    """Version tags: a name-like key (letters, digits, '.', '_', '-') and a text value; checked in
+    key order (the first bad one is named, alike on every server)."""
+    for key, value in sorted(tags):
         _check(limits.check_name(key, "tag key") or limits.check_text(value, f"tag {key!r}", MAX_TAG_VALUE_CHARS))
 
 
 def check_metrics(metrics: Iterable[tuple[str, float]]) -> None:
     """Metrics: a name-like key and a finite number (NaN compares false with everything, so a
-    search for ``metric:acc>0.9`` could neither find nor exclude it)."""
-    for key, value in metrics:
+    search for ``metric:acc>0.9`` could neither find nor exclude it). In key order."""
+    for key, value in sorted(metrics):
         _check(limits.check_name(key, "metric name"))
         if not math.isfinite(value):
             raise _invalid(f"metric {key!r} is {value}; metrics are finite numbers")
@@ -143,9 +146,9 @@ def check_version_update(request: models_pb2.UpdateVersionRequest) -> None:
     _check(limits.check_model_name(request.model))
     check_tags(request.set_tags.items())
     check_metrics(request.set_metrics.items())
-    for key in request.remove_tags:
+    for key in sorted(request.remove_tags):
         _check(limits.check_name(key, "tag key"))
-    for key in request.remove_metrics:
+    for key in sorted(request.remove_metrics):
         _check(limits.check_name(key, "metric name"))
     both = sorted(set(request.set_tags) & set(request.remove_tags))
     both += sorted(set(request.set_metrics) & set(request.remove_metrics))
@@ -669,7 +672,7 @@ class ModelTable:
             held = numbers.get(model.name, set())
             if model.version_count != len(held):
                 raise _invalid(f"model {model.name!r} counts {model.version_count} versions but has {len(held)}")
-            for alias, number in model.aliases.items():
+            for alias, number in sorted(model.aliases.items()):
                 if number not in held:
                     raise _invalid(f"alias {alias!r} of {model.name!r} points at missing version {number}")
 

@@ -905,7 +905,7 @@ class PortTable:
             raise _invalid("at most 64 capabilities and 64 labels")
         for capability in manifest.capabilities:
             _check(limits.check_name(capability, "capability"))
-        for label, value in manifest.labels.items():
+        for label, value in sorted(manifest.labels.items()):  # key order, alike on every server
             _check(limits.check_name(label, "label") or limits.check_text(value, f"label {label!r}", 256))
         self._check_lease(manifest.lease_id)
 
