@@ -156,13 +156,14 @@ def test_tags_metrics_and_lineage_are_kept_and_only_tags_and_metrics_change() ->
         tags={"dataset": "wiki-2024", "validated": ""},
         metrics={"accuracy": 0.91, "loss": 1.25},
         run_id="runs/42",
-        parent=models_pb2.VersionRef(model="Llama-3-8B", version=1),
+        parent=models_pb2.VersionRef(model="Llama-3-8B", version=1, sha256="a client's word is not kept"),
     ).model_register.version
     assert (dict(derived.tags), dict(derived.metrics)) == (
         {"dataset": "wiki-2024", "validated": ""},
         {"accuracy": 0.91, "loss": 1.25},
     )
     assert (derived.run_id, derived.parent.model, derived.parent.version) == ("runs/42", "Llama-3-8B", 1)
+    assert derived.parent.sha256 == sha("base")  # the registry records which artifact the parent was
 
     update = models_pb2.UpdateVersionRequest(
         model="Llama-3-8B-ft", version=1, set_tags={"stage": "eval"}, remove_tags=["validated", "absent"],
@@ -186,7 +187,7 @@ def test_tags_metrics_and_lineage_are_kept_and_only_tags_and_metrics_change() ->
     assert registry.machine.registry.version("Llama-3-8B-ft", 1).parent.version == 1
 
 
-def test_bad_metadata_is_refused_with_what_to_change() -> None:
+def test_bad_tags_metrics_and_parents_are_refused_with_what_to_change() -> None:
     registry = Registry()
     registry.register("m", "a")
     missing = registry.register("m", "b", parent=models_pb2.VersionRef(model="m", version=7))
@@ -229,6 +230,7 @@ def test_a_bulk_request_may_name_a_parent_registered_earlier_in_it() -> None:
         )
     )
     assert [v.parent.version for v in ok.model_bulk_register.versions] == [0, 1, 2]
+    assert [v.parent.sha256 for v in ok.model_bulk_register.versions] == ["", sha("a"), sha("b")]
     forward = registry.run(
         model_bulk_register=models_pb2.BulkRegisterRequest(versions=[item("x", "d", ("y", 1)), item("y", "e")])
     )

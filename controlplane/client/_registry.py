@@ -71,6 +71,9 @@ class VersionRef:
 
     model: str
     version: int
+    #: In a version's ``parent``: that version's sha256 when the child was registered (a model
+    #: deleted and created again restarts its numbers; this tells the artifacts apart).
+    sha256: str = ""
 
     def __str__(self) -> str:
         return f"{self.model}/{self.version}"

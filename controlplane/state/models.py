@@ -364,25 +364,35 @@ class ModelTable:
         if sha in in_batch:
             raise _invalid(f"sha256 {sha} appears twice for model {name!r} in this request")
         if request.HasField("parent"):
-            self._check_parent(request.parent, planned_numbers)
+            self._parent_sha256(request.parent, planned_hashes, planned_numbers)
         number = planned_numbers.get(name)
         if number is None:  # the model's first version in this request: after its latest
             number = self.models[name].latest_version if name in self.models else 0
         planned_numbers[name] = number + 1
         in_batch[sha] = number + 1
 
-    def _check_parent(self, parent: models_pb2.VersionRef, planned_numbers: dict[str, int]) -> None:
-        """``parent`` is registered, or registered earlier in the same request."""
-        if parent.version in self.versions.get(parent.model, {}):
-            return
+    def _parent_sha256(
+        self, parent: models_pb2.VersionRef, planned_hashes: dict[str, dict[str, int]], planned_numbers: dict[str, int]
+    ) -> str:
+        """The sha256 of ``parent``, registered or registered earlier in the same request; NOT_FOUND if neither."""
+        stored = self.versions.get(parent.model, {}).get(parent.version)
+        if stored is not None:
+            return models_pb2.ModelVersion.FromString(stored).sha256
         latest = self.models[parent.model].latest_version if parent.model in self.models else 0
         if latest < parent.version <= planned_numbers.get(parent.model, 0):
-            return
+            return next(sha for sha, number in planned_hashes[parent.model].items() if number == parent.version)
         other = self._folded.get(parent.model.lower())
         hint = f" (did you mean {other!r}?)" if other and other != parent.model else ""
         raise _not_found(f"parent: model {parent.model!r} has no version {parent.version}{hint}")
 
     def _apply_registration(self, request: models_pb2.RegisterVersionRequest) -> tuple[models_pb2.ModelVersion, bool]:
+        # Planned first (_plan_registration): a parent is registered by now, this request's earlier items included.
+        parent = None
+        if request.HasField("parent"):
+            ref = request.parent
+            parent = models_pb2.VersionRef(
+                model=ref.model, version=ref.version, sha256=self._parent_sha256(ref, {}, {})
+            )  # field by field: nothing else a client put in it is kept
         name = request.model
         created = name not in self.models
         now = self._journal.time_unix_ms
@@ -413,7 +423,7 @@ class ModelTable:
             tags=request.tags,
             metrics=request.metrics,
             run_id=request.run_id,
-            parent=request.parent if request.HasField("parent") else None,
+            parent=parent,
             status=request.status or models_pb2.VERSION_STATUS_PENDING,
             created_unix_ms=now,
             create_revision=self._journal.revision + 1,

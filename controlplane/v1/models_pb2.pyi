@@ -140,12 +140,14 @@ class ModelVersion(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., source_uri: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[VersionStatus, str]] = ..., created_unix_ms: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., run_id: _Optional[str] = ..., parent: _Optional[_Union[VersionRef, _Mapping]] = ...) -> None: ...
 
 class VersionRef(_message.Message):
-    __slots__ = ("model", "version")
+    __slots__ = ("model", "version", "sha256")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    sha256: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ModelEvent(_message.Message):
     __slots__ = ("model", "version", "change")
