@@ -91,6 +91,20 @@ def test_needs_take_their_resource_from_the_request() -> None:
     assert authz.needs_of("/controlplane.v1.Nope/Nope", None) is None
 
 
+def test_naming_a_parent_needs_read_on_its_model() -> None:
+    """The registry answers whether a parent exists (NOT_FOUND, "did you mean"): only to whoever may read it."""
+    derived = models_pb2.RegisterVersionRequest(model="ft", parent=models_pb2.VersionRef(model="base", version=1))
+    assert authz.needs_of("/controlplane.v1.Models/RegisterVersion", derived) == (
+        Need("models", "write", "ft"),
+        Need("models", "read", "base"),
+    )
+    bulk = models_pb2.BulkRegisterRequest(versions=[derived, models_pb2.RegisterVersionRequest(model="ft")])
+    assert authz.needs_of("/controlplane.v1.Models/BulkRegister", bulk) == (
+        Need("models", "write", "ft"),
+        Need("models", "read", "base"),
+    )
+
+
 def test_rate_limiter_refuses_over_the_rate_with_a_retry_hint() -> None:
     now = [0.0]
     limiter = authz.RateLimiter(rate=10, burst=2, clock=lambda: now[0])

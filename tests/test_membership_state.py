@@ -663,8 +663,8 @@ def test_a_network_or_replica_naming_nothing_registered_is_accepted_with_a_warni
     expect_ok(cluster.run(model_register=register))
     assert create("us", "llama-3") == []  # names match ignoring case, as membership matches them
     assert create("asia", "Llama-3") == []
-    assert "has no version 4" in create("v4", "Llama-3@4")[0]
-    assert "no version or alias 'prod'" in create("prod", "Llama-3@prod")[0]
+    assert "has no version or alias '4'" in create("v4", "Llama-3@4")[0]
+    assert "has no version or alias 'prod'" in create("prod", "Llama-3@prod")[0]
     update = membership_pb2.UpdateNetworkRequest(
         network=membership_pb2.Network(name="eu", model="Llama-3"), update_mask=["model"]
     )

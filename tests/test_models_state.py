@@ -209,10 +209,16 @@ def test_bad_tags_metrics_and_parents_are_refused_with_what_to_change() -> None:
             model="m", version=1, set_tags={f"k{i}": "v" for i in range(MAX_VERSION_TAGS + 1)}
         )
     )
-    assert code(too_many) == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    assert code(too_many) == common_pb2.ERROR_CODE_INVALID_ARGUMENT  # the request alone is too many
+    for n in range(MAX_VERSION_TAGS):
+        registry.run(model_update_version=models_pb2.UpdateVersionRequest(model="m", version=1, set_tags={f"k{n}": ""}))
+    one_more = registry.run(
+        model_update_version=models_pb2.UpdateVersionRequest(model="m", version=1, set_tags={"extra": ""})
+    )
+    assert code(one_more) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "remove some" in one_more.error.message
     gone = registry.run(model_update_version=models_pb2.UpdateVersionRequest(model="m", version=9))
     assert code(gone) == common_pb2.ERROR_CODE_NOT_FOUND
-    assert registry.machine.registry.versions_of("m")[0].tags == {}  # nothing refused changed anything
+    assert len(registry.machine.registry.versions_of("m")[0].tags) == MAX_VERSION_TAGS  # the refusals changed nothing
 
 
 def test_a_bulk_request_may_name_a_parent_registered_earlier_in_it() -> None:
@@ -375,3 +381,28 @@ def test_a_backup_whose_registry_revisions_lie_outside_it_is_refused() -> None:
     target = StateMachine()
     command = command_pb2.Command(restore_state=command_pb2.RestoreState(snapshot=good.SerializeToString()))
     assert not target.apply_entry(batch_entry(2_000, "n1", [command]))[0].HasField("error")
+
+
+def test_a_backup_with_metadata_the_api_would_refuse_is_refused() -> None:
+    from controlplane.state.models import ModelTable
+    from controlplane.state.refusal import Refused
+
+    def state_with(**fields: object) -> models_pb2.ModelsState:
+        state = models_pb2.ModelsState()
+        state.models.add(name="m", latest_version=1, version_count=1, create_revision=1, mod_revision=1)
+        state.versions.add(model="m", version=1, sha256=sha("m"), create_revision=1, mod_revision=1, **fields)  # type: ignore[arg-type]
+        return state
+
+    ModelTable.validate_state(state_with(tags={"ok": "1"}, metrics={"acc": 0.5}), revision=5)
+    for bad in (
+        {"metrics": {"acc": float("inf")}},
+        {"tags": {"not a key": "x"}},
+        {"tags": {f"k{n}": "" for n in range(65)}},
+        {"parent": models_pb2.VersionRef(model="bad name!", version=1)},
+    ):
+        try:
+            ModelTable.validate_state(state_with(**bad), revision=5)
+        except Refused as refused:
+            assert "model 'm' version 1" in refused.message
+        else:
+            raise AssertionError(f"a backup with {bad} was accepted")

@@ -77,8 +77,20 @@ def _observed(request: Any) -> tuple[Need, ...]:
     return (Need("ports", "write", request.host, node=request.host),)
 
 
+def _parents_read(versions: Any) -> tuple[Need, ...]:
+    """Naming a parent asks the registry about it (NOT_FOUND, "did you mean"): the caller must be
+    allowed to read that model."""
+    parents = {version.parent.model for version in versions if version.HasField("parent")}
+    return tuple(Need("models", "read", name) for name in sorted(parents))
+
+
+def _register(request: Any) -> tuple[Need, ...]:
+    return (Need("models", "write", request.model), *_parents_read([request]))
+
+
 def _bulk(request: Any) -> tuple[Need, ...]:
-    return tuple(Need("models", "write", name) for name in sorted({version.model for version in request.versions}))
+    written = sorted({version.model for version in request.versions})
+    return (*(Need("models", "write", name) for name in written), *_parents_read(request.versions))
 
 
 def _join(request: Any) -> tuple[Need, ...]:
@@ -153,7 +165,7 @@ METHODS: dict[str, Rule] = {
     "/controlplane.v1.Leases/KeepAlive": _LEASE,
     "/controlplane.v1.Leases/Revoke": _LEASE,
     "/controlplane.v1.Leases/List": _static(Need("membership", "read")),
-    "/controlplane.v1.Models/RegisterVersion": _model("write"),
+    "/controlplane.v1.Models/RegisterVersion": _register,
     "/controlplane.v1.Models/BulkRegister": _bulk,
     "/controlplane.v1.Models/UpdateModel": _model("write"),
     "/controlplane.v1.Models/SetVersionStatus": _model("write"),

@@ -673,9 +673,9 @@ class MembershipTable:
             description=spec.description,
             create_revision=self._journal.revision + 1,
         )
+        problem = self._model_problem(spec.model)
         self.members[spec.name] = set()
         self._store_network(network, "created")
-        problem = self._model_problem(spec.model)
         return self._result(
             network_create=membership_pb2.CreateNetworkResponse(
                 network=self.network_view(spec.name), warnings=[problem] if problem else []

@@ -146,6 +146,8 @@ def check_version_update(request: models_pb2.UpdateVersionRequest) -> None:
     _check(limits.check_model_name(request.model))
     check_tags(request.set_tags.items())
     check_metrics(request.set_metrics.items())
+    if len(request.set_tags) > MAX_VERSION_TAGS or len(request.set_metrics) > MAX_METRICS:
+        raise _invalid(f"at most {MAX_VERSION_TAGS} tags and {MAX_METRICS} metrics per version")
     for key in sorted(request.remove_tags):
         _check(limits.check_name(key, "tag key"))
     for key in sorted(request.remove_metrics):
@@ -283,7 +285,8 @@ class ModelTable:
 
     def reference_problem(self, reference: str) -> str | None:
         """Why a network's model reference ("NAME", "NAME@7", "NAME@prod") names nothing registered
-        now, or None when it does. Names match ignoring case, as membership matches them."""
+        now, or None when it does; model names and aliases match ignoring case, as everywhere in
+        the registry. Only says what is missing (the caller may not be allowed to read the model)."""
         typed, at, which = reference.partition("@")
         name = self._folded.get(typed.lower())
         if name is None:
@@ -291,8 +294,11 @@ class ModelTable:
         if at:
             try:
                 self.resolve(name, which)
-            except Refused as refused:
-                return f"{refused.message}: its members have no artifact to fetch until it does"
+            except Refused:
+                return (
+                    f"model {typed!r} has no version or alias {which!r} (yet): its members have no artifact "
+                    "to fetch until it does"
+                )
         return None
 
     def versions_of(self, name: str) -> list[models_pb2.ModelVersion]:
@@ -522,10 +528,10 @@ class ModelTable:
                 del version.metrics[key]
         version.metrics.update(request.set_metrics)
         if len(version.tags) > MAX_VERSION_TAGS:
-            raise _invalid(f"{request.model} version {request.version} would have {len(version.tags)} tags; "
+            raise _precondition(f"{request.model} version {request.version} would have {len(version.tags)} tags; "
                            f"at most {MAX_VERSION_TAGS}, remove some")  # fmt: skip
         if len(version.metrics) > MAX_METRICS:
-            raise _invalid(f"{request.model} version {request.version} would have {len(version.metrics)} metrics; "
+            raise _precondition(f"{request.model} version {request.version} would have {len(version.metrics)} metrics; "
                            f"at most {MAX_METRICS}, remove some")  # fmt: skip
         changed = version.SerializeToString(deterministic=True) != current.SerializeToString(deterministic=True)
         if changed:
@@ -672,8 +678,16 @@ class ModelTable:
                 raise _invalid(f"model {version.model!r} version {version.version} is out of sequence")
             if not _SHA256.fullmatch(version.sha256):
                 raise _invalid(f"model {version.model!r} version {version.version} has a malformed sha256")
-            if not all(math.isfinite(value) for value in version.metrics.values()):
-                raise _invalid(f"model {version.model!r} version {version.version} has a metric that is not finite")
+            try:  # what the API would refuse, a backup may not bring either
+                check_tags(version.tags.items())
+                check_metrics(version.metrics.items())
+                _check(limits.check_text(version.run_id, "run_id", MAX_RUN_ID_CHARS))
+                if len(version.tags) > MAX_VERSION_TAGS or len(version.metrics) > MAX_METRICS:
+                    raise _invalid(f"at most {MAX_VERSION_TAGS} tags and {MAX_METRICS} metrics per version")
+                if version.HasField("parent"):
+                    _check(limits.check_model_name(version.parent.model, "parent model"))
+            except Refused as refused:
+                raise _invalid(f"model {version.model!r} version {version.version}: {refused.message}") from None
             check_revisions(
                 f"model {version.model!r} version {version.version}", version.create_revision, version.mod_revision
             )
