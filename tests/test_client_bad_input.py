@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from controlplane.client import AsyncClient, Client, InvalidArgument
 from controlplane.client._ports import manifest_message
-from controlplane.v1 import ports_pb2
+from controlplane.v1 import models_pb2, ports_pb2
 
 # Nothing listens here: a call that got as far as sending would fail with Unavailable instead.
 NOWHERE = ["127.0.0.1:1"]
@@ -81,3 +81,41 @@ def test_an_exported_manifest_reads_back() -> None:
     exported = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
     assert exported["lease_id"] == "5"
     assert manifest_message(exported) == manifest
+
+
+def test_metric_values_are_numbers_only() -> None:
+    import numpy as np
+
+    from controlplane.client import _registry as R
+
+    assert R.metric_values({"a": 1, "b": 0.5, "c": np.float32(0.25), "d": np.int64(3)}) == {
+        "a": 1.0,
+        "b": 0.5,
+        "c": 0.25,
+        "d": 3.0,
+    }
+    for bad in (True, "0.9", None, 10**400):
+        with pytest.raises(InvalidArgument, match="metric 'acc'"):
+            R.metric_values({"acc": bad})  # type: ignore[dict-item]
+    request = R.register_request("m", "a" * 64, np.int64(5), "gguf", parent=("base", np.int64(2)))  # type: ignore[arg-type]
+    assert (request.size_bytes, request.parent.version) == (5, 2)
+
+
+def test_a_server_that_drops_the_metadata_is_told_not_believed() -> None:
+    """A server from before version metadata registers the version without it (a rolling upgrade):
+    the SDK raises FailedPrecondition rather than report a registration that lost what was sent."""
+    from controlplane.client import FailedPrecondition
+    from controlplane.client import _registry as R
+
+    sent = R.register_request("m", "a" * 64, 1, "gguf", version_tags={"stage": "eval"}, parent="base/1")
+    old = models_pb2.RegisterVersionResponse(version=models_pb2.ModelVersion(model="m", version=3))
+    with pytest.raises(FailedPrecondition, match="older than version tags"):
+        R.registration(sent, old)
+    kept = models_pb2.RegisterVersionResponse(
+        version=models_pb2.ModelVersion(
+            model="m", version=3, tags={"stage": "eval"}, parent=models_pb2.VersionRef(model="base", version=1)
+        )
+    )
+    assert R.registration(sent, kept).version.tags == {"stage": "eval"}
+    plain = R.register_request("m", "a" * 64, 1, "gguf")
+    assert R.registration(plain, old).version.version == 3  # nothing was sent to drop

@@ -44,6 +44,7 @@ from controlplane.client import (
     NotFound,
     Unavailable,
 )
+from controlplane.client._registry import version_ref
 from gossip.artifacts import (
     DEFAULT_CHUNK_SIZE,
     ArtifactBusy,
@@ -143,6 +144,11 @@ def register(
     if size < 0:
         fail(f"--size must be 0 or more, not {size}", code=EXIT_USAGE)
     version_tags, metrics = _metadata(version_tag, "--version-tag"), _metrics(metric, "--metric")
+    if parent:
+        try:
+            version_ref(parent)  # a usage error before any connection, not after
+        except InvalidArgument as exc:
+            fail(f"--parent: {exc.message}", code=EXIT_USAGE)
     with connect(endpoints, timeout) as client:
         result = client.models.register(
             name,
@@ -312,6 +318,8 @@ def update_version(
 ) -> None:
     """Set and remove a version's tags and metrics, in one change (its artifact and lineage stay)."""
     tags, metrics = _metadata(set_tag, "--set-tag"), _metrics(set_metric, "--set-metric")
+    if not (tags or metrics or remove_tag or remove_metric):
+        fail("nothing to update: give --set-tag, --remove-tag, --set-metric or --remove-metric", code=EXIT_USAGE)
     with connect(endpoints, timeout) as client:
         found = client.models.update_version(
             name,

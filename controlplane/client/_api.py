@@ -597,7 +597,7 @@ class Models:
                 request_id=P.rid(request_id),
             )
         r = self._unary(R.REGISTER_VERSION, request, timeout)
-        return P.convert(R.Registration, r, revision=P.revision_of(r))
+        return R.registration(request, r)
 
     def bulk_register(
         self, versions: Iterable[Mapping[str, Any]], *, request_id: str | None = None, timeout: float | None = None
@@ -607,7 +607,7 @@ class Models:
         with P.checked_request("bulk_register"):
             request = R.bulk_request(versions, P.rid(request_id))
         r = self._unary(R.BULK_REGISTER, request, timeout)
-        return P.convert(R.BulkRegistration, r, revision=P.revision_of(r))
+        return R.bulk_registration(request, r)
 
     def update(
         self,
@@ -1899,7 +1899,7 @@ class AsyncModels:
                 request_id=P.rid(request_id),
             )
         r = await self._unary(R.REGISTER_VERSION, request, timeout)
-        return P.convert(R.Registration, r, revision=P.revision_of(r))
+        return R.registration(request, r)
 
     async def bulk_register(
         self, versions: Iterable[Mapping[str, Any]], *, request_id: str | None = None, timeout: float | None = None
@@ -1909,7 +1909,7 @@ class AsyncModels:
         with P.checked_request("bulk_register"):
             request = R.bulk_request(versions, P.rid(request_id))
         r = await self._unary(R.BULK_REGISTER, request, timeout)
-        return P.convert(R.BulkRegistration, r, revision=P.revision_of(r))
+        return R.bulk_registration(request, r)
 
     async def update(
         self,

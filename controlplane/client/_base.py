@@ -502,7 +502,7 @@ def checked_request(method: str) -> Generator[None, None, None]:
     protobuf's bare ValueError or TypeError."""
     try:
         yield
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         hint = ""
         if "out of range" in str(exc):
             hint = (

@@ -360,7 +360,7 @@ def _value(hint: Any, message: Message, name: str) -> Any:
     if origin is tuple:
         return tuple(_item(args[0], item) for item in raw)
     if origin is dict:
-        return dict(raw)
+        return dict(sorted(raw.items()))  # a protobuf map iterates in no stable order
     if args and type(None) in args:  # Optional[X]
         inner = next(arg for arg in args if arg is not type(None))
         return _item(inner, raw) if message.HasField(name) else None

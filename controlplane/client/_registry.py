@@ -7,6 +7,8 @@ the names of ``proto/controlplane/v1/models.proto``; maps become dicts and repea
 from __future__ import annotations
 
 import enum
+import numbers
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,6 +233,36 @@ def register_request(
     )
 
 
+def _kept_metadata(sent: models_pb2.RegisterVersionRequest, stored: models_pb2.ModelVersion) -> None:
+    """FailedPrecondition when the server dropped the tags, metrics or lineage it was sent: a
+    server from before them (a rolling upgrade) registers the version without them."""
+    dropped = (
+        (sent.tags and not stored.tags)
+        or (sent.metrics and not stored.metrics)
+        or (sent.run_id and not stored.run_id)
+        or (sent.HasField("parent") and not stored.HasField("parent"))
+    )
+    if dropped:
+        raise errors.FailedPrecondition(
+            f"the server answering is older than version tags, metrics and lineage: {stored.model} version "
+            f"{stored.version} was registered without them. Upgrade every server (cpctl cluster status --all "
+            "shows their versions); then update_version can add the tags and metrics"
+        )
+
+
+def registration(sent: models_pb2.RegisterVersionRequest, response: models_pb2.RegisterVersionResponse) -> Registration:
+    _kept_metadata(sent, response.version)
+    return convert(Registration, response, revision=revision_of(response))
+
+
+def bulk_registration(
+    sent: models_pb2.BulkRegisterRequest, response: models_pb2.BulkRegisterResponse
+) -> BulkRegistration:
+    for item, stored in zip(sent.versions, response.versions, strict=False):
+        _kept_metadata(item, stored)
+    return convert(BulkRegistration, response, revision=revision_of(response))
+
+
 def version_ref(value: VersionRef | tuple[str, int] | str) -> models_pb2.VersionRef:
     """A version given as ``VersionRef``, ``(model, version)`` or ``"MODEL/VERSION"``."""
     if isinstance(value, str):
@@ -244,19 +276,26 @@ def version_ref(value: VersionRef | tuple[str, int] | str) -> models_pb2.Version
 
 
 def metric_values(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Metrics as numbers; a value that is not one is InvalidArgument (the server refuses NaN)."""
+    """Metrics as numbers (ints, floats, numpy's); anything else, a bool or a string included, is
+    InvalidArgument (the server refuses NaN and infinities)."""
     out: dict[str, float] = {}
     for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise errors.InvalidArgument(f"metric {name!r} is {value!r}, not a number")
         try:
             out[name] = float(value)
-        except (TypeError, ValueError):
-            raise errors.InvalidArgument(f"metric {name!r} is {value!r}, not a number") from None
+        except OverflowError:
+            raise errors.InvalidArgument(f"metric {name!r} is too large for a float") from None
     return out
 
 
 def check_unsigned(value: int, what: str) -> None:
     """The wire's unsigned fields take 0 .. 2**32-1 or 2**64-1: say so rather than fail in protobuf."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    try:
+        whole = operator.index(value)  # int, or numpy's integers
+    except TypeError:
+        whole = -1
+    if isinstance(value, bool) or whole < 0:
         raise errors.InvalidArgument(f"{what} must be a whole number, 0 or more (got {value!r})")
 
 
