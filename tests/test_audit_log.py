@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from controlplane.server import metrics
 from controlplane.server.audit import WATCH_BUFFER, AuditLog
@@ -101,3 +102,37 @@ def test_a_slow_watcher_skips_what_overflows_and_is_told_how_much(tmp_path: Path
         assert len((tmp_path / "audit.log").read_text().splitlines()) == WATCH_BUFFER + 6
 
     asyncio.run(scenario())
+
+
+def test_a_line_torn_by_a_failing_disk_does_not_swallow_the_next(tmp_path: Path, monkeypatch: Any) -> None:
+    from controlplane.server import audit as audit_module
+
+    path = tmp_path / "audit.log"
+    audit = AuditLog(path, "n1")
+    real_write = os.write
+    calls = {"n": 0}
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, data[: len(data) // 2])  # the disk took half a line ...
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")  # ... then filled up
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit_module.os, "write", half_then_full)
+    before = metrics.AUDIT_WRITE_FAILURES._value.get()
+    _record(audit, "torn")
+    _record(audit, "whole")
+    assert metrics.AUDIT_WRITE_FAILURES._value.get() == before + 1
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["resource"] == "whole"  # its own line, parseable
+
+
+def test_a_record_after_close_is_counted_not_raised(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "audit.log", "n1")
+    audit.close()
+    before = metrics.AUDIT_WRITE_FAILURES._value.get()
+    _record(audit, "late")
+    assert metrics.AUDIT_WRITE_FAILURES._value.get() == before + 1
+    assert (tmp_path / "audit.log").read_text() == ""

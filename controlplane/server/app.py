@@ -175,6 +175,7 @@ async def serve(config: ServerConfig) -> None:
             host, port = _split(config.metrics_address)
             start_http_server(port, addr=host)
     except (OSError, RuntimeError) as exc:
+        audit.close()
         await node.stop()
         raise ConfigError(f"cannot listen on the client or metrics address: {exc}") from None
     log.info(

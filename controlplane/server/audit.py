@@ -72,6 +72,9 @@ class AuditLog:
         os.chmod(path, 0o600)
         self._stamp_second = -1
         self._stamp_prefix = ""
+        # A write that failed partway left a line without its newline: the next record starts
+        # with one, so it is not glued onto the torn one.
+        self._torn = False
         self._last_warned = -math.inf
         self._watchers: set[AuditWatcher] = set()
 
@@ -106,9 +109,15 @@ class AuditLog:
         6 % of its time under 64 writing clients)."""
         if self._fd < 0:
             raise ValueError("the audit log is closed")  # never a write to whatever reuses the fd number
-        line = (json.dumps(record) + "\n").encode()
-        while line:
-            line = line[os.write(self._fd, line) :]
+        line = (("\n" if self._torn else "") + json.dumps(record, default=str) + "\n").encode()
+        written = 0
+        try:
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+        except OSError:
+            self._torn = self._torn or written > 0
+            raise
+        self._torn = False
 
     def _timestamp(self) -> str:
         """Now, as ISO 8601 UTC with microseconds (``2026-12-06T04:53:18.059772Z``); the part up
