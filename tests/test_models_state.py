@@ -221,6 +221,16 @@ def test_bad_tags_metrics_and_parents_are_refused_with_what_to_change() -> None:
     assert len(registry.machine.registry.versions_of("m")[0].tags) == MAX_VERSION_TAGS  # the refusals changed nothing
 
 
+def test_a_refusal_names_the_first_bad_key_in_key_order() -> None:
+    """Protobuf maps iterate in an order that differs from process to process; a refusal (kept by
+    the dedupe table, so in every snapshot) must read the same on every server."""
+    registry = Registry()
+    refused = registry.register("m", "a", metrics={f"m{n}": float("nan") for n in (14, 4, 20, 5)}, request_id="r1")
+    assert "metric 'm14'" in refused.error.message  # "m14" < "m20" < "m4" < "m5"
+    tags = registry.register("m", "b", tags={"z z": "", "a a": "", "m m": ""})
+    assert "tag key 'a a'" in tags.error.message
+
+
 def test_a_bulk_request_may_name_a_parent_registered_earlier_in_it() -> None:
     registry = Registry()
 
@@ -279,7 +289,8 @@ class RegistryInvariants(RuleBasedStateMachine):
             model_set_status=models_pb2.SetVersionStatusRequest(model=model, version=version, status=status)  # type: ignore[arg-type]
         )
 
-    @rule(model=st.sampled_from(NAMES), parent=st.sampled_from(NAMES), number=st.integers(1, 6))
+    # Parents among the first versions, which usually exist: derived registrations mostly succeed.
+    @rule(model=st.sampled_from(NAMES), parent=st.sampled_from(NAMES), number=st.integers(1, 2))
     def register_derived(self, model: str, parent: str, number: int) -> None:
         self.counter += 1
         ref = models_pb2.VersionRef(model=parent, version=number)
