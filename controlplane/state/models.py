@@ -527,12 +527,14 @@ class ModelTable:
             if key in version.metrics:
                 del version.metrics[key]
         version.metrics.update(request.set_metrics)
-        if len(version.tags) > MAX_VERSION_TAGS:
-            raise _precondition(f"{request.model} version {request.version} would have {len(version.tags)} tags; "
-                           f"at most {MAX_VERSION_TAGS}, remove some")  # fmt: skip
-        if len(version.metrics) > MAX_METRICS:
-            raise _precondition(f"{request.model} version {request.version} would have {len(version.metrics)} metrics; "
-                           f"at most {MAX_METRICS}, remove some")  # fmt: skip
+        for what, held, limit in (
+            ("tags", len(version.tags), MAX_VERSION_TAGS),
+            ("metrics", len(version.metrics), MAX_METRICS),
+        ):
+            if held > limit:
+                raise _precondition(
+                    f"{request.model} version {request.version} would have {held} {what}; at most {limit}, remove some"
+                )
         changed = version.SerializeToString(deterministic=True) != current.SerializeToString(deterministic=True)
         if changed:
             self._replace_version(version, "tags and metrics updated")
