@@ -66,8 +66,9 @@ string (``"qwen"* "inst"*``), so quotes, parentheses, ``NEAR``, ``OR`` or a lead
 plain text. A query with neither terms nor filters matches nothing (the proto says so) and never
 reaches SQLite; filters alone browse their models by name.
 
-Ranking: a model named exactly what was typed first, then names starting with it; within each
-of those two groups, the models most *cited* first: named by other models, in their descriptions
+Ranking: a model named exactly what was typed first, then names starting with it, then names
+holding every term (separators dropped), then the rest; within each group, the models most
+*cited* first: named by other models, in their descriptions
 (a fine-tune's "fine-tune of Llama-3.1-8B-Instruct") or as their versions' parent, so a base
 comes before the many derivatives named after it. Then, among names starting with the query,
 the shortest; among the rest, bm25 (whose length normalisation alone would rank "x-7b" above "x"
