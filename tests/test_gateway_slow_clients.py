@@ -85,14 +85,19 @@ async def test_a_connection_that_sends_nothing_is_closed_silently(gateway_port: 
 
 
 async def test_whole_requests_are_served_while_slow_ones_are_dropped(gateway_port: int) -> None:
-    slow = [await asyncio.open_connection("127.0.0.1", gateway_port) for _ in range(20)]
-    for _, writer in slow:
-        writer.write(b"GET / HTTP/1.1\r\n")
+    slow = []
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway_port)
+        writer.write(b"GET / HTTP/1.1\r\n")  # at once: the header deadline runs from the connection
         await writer.drain()
+        slow.append((reader, writer))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}") as client:
         for _ in range(3):  # kept alive between requests: each one gets a fresh header deadline
             answer = await client.post("/x", content=b"b" * 1000)
             assert (answer.status_code, answer.text) == (200, "1000")
     for reader, writer in slow:
-        assert (await closed_by_server(reader)).startswith(b"HTTP/1.1 408")
+        # Dropped: with a 408, or silently when the deadline fired before the half line arrived
+        # (a loaded machine can take longer than the deadline between connecting and sending).
+        answer = await closed_by_server(reader)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
         writer.close()

@@ -26,7 +26,9 @@ def main() -> None:
     from controlplane.cli import certs, cluster, contexts, dev, gateway, gossip, kv, membership, models, ports, serve  # noqa: F401
 
     __import__("controlplane.cli.auth")  # users, roles, tokens, auth (registers its groups like the above)
+    from controlplane.cli.common import show_cluster_warnings
 
+    show_cluster_warnings()
     app()
 
 

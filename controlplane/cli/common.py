@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 import typer
 
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, fail
@@ -168,9 +169,7 @@ def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
             code=EXIT_UNAVAILABLE,
         )
     try:
-        with warnings.catch_warnings(), Client(resolved, timeout=timeout, credentials=credentials) as client:
-            warnings.simplefilter("always", ControlPlaneWarning)
-            warnings.showwarning = _show_warning
+        with Client(resolved, timeout=timeout, credentials=credentials) as client:
             yield client
     except CredentialsError as exc:
         fail(str(exc), code=EXIT_USAGE)
@@ -186,10 +185,20 @@ def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
 _default_show_warning = warnings.showwarning
 
 
+def show_cluster_warnings() -> None:
+    """Every command prints what the cluster flagged in an answer (ControlPlaneWarning, from any
+    client the command uses, an agent's or a fetch's included) as ``warning: ...`` on stderr,
+    each time; other warnings as Python shows them."""
+    warnings.simplefilter("always", ControlPlaneWarning)
+    warnings.showwarning = _show_warning
+
+
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    """What the cluster flagged in an answer, as ``warning: ...`` on stderr; other warnings as Python shows them."""
     if issubclass(category, ControlPlaneWarning):
-        print(f"warning: {message}", file=sys.stderr)
+        if structlog.is_configured():  # a daemon's logs (a server's are JSON lines): one line of them
+            structlog.get_logger("controlplane.cli").warning("cluster_warning", detail=str(message))
+        else:
+            print(f"warning: {message}", file=sys.stderr)
     else:
         _default_show_warning(message, category, *args, **kwargs)
 

@@ -302,7 +302,10 @@ def test_a_follower_resumed_after_sigstop_does_not_depose_the_leader(cluster: Lo
     with open(follower.log_path, "rb") as log_file:
         log_file.seek(log_offset)
         events = [json.loads(line) for line in log_file if line.startswith(b"{")]
-    assert any(event.get("event") == "raft_loop_stalled" and event.get("election_postponed") for event in events)
+    # The stall is always seen. Whether its election deadline had to be postponed depends on what
+    # the loop ran first after SIGCONT: the tick (deadline long past: postponed) or the reader of
+    # the leader's appends (deadline already renewed: nothing to postpone). Either way, no campaign.
+    assert any(event.get("event") == "raft_loop_stalled" for event in events)
     campaigns = [e for e in events if e.get("event") == "raft_role_changed" and e.get("new") == "candidate"]
     assert campaigns == [], f"{follower.id} campaigned after SIGCONT"
     assert loop_stalls(follower) > stalls, "the stop was not counted as a loop stall"
