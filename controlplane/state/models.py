@@ -112,16 +112,21 @@ def check_version_fields(request: models_pb2.RegisterVersionRequest) -> None:
     for key, value in sorted(request.metadata.items()):
         _check(limits.check_name(key, "metadata key") or limits.check_text(value, f"metadata {key!r}", 1024))
     check_draft(request.draft)
-    check_tags(request.tags.items())
-    check_metrics(request.metrics.items())
-    if len(request.tags) > MAX_VERSION_TAGS:
-        raise _invalid(f"at most {MAX_VERSION_TAGS} tags per version")
-    if len(request.metrics) > MAX_METRICS:
-        raise _invalid(f"at most {MAX_METRICS} metrics per version")
-    _check(limits.check_text(request.run_id, "run_id", MAX_RUN_ID_CHARS))
-    if request.HasField("parent"):
-        _check(limits.check_model_name(request.parent.model, "parent model"))
-        if request.parent.version < 1:
+    check_version_metadata(request)
+
+
+def check_version_metadata(version: models_pb2.RegisterVersionRequest | models_pb2.ModelVersion) -> None:
+    """A version's tags, metrics, run id and parent, as a registration brings them or a backup
+    holds them (the same fields on both messages); the counts first, so a huge map is refused
+    before it is walked."""
+    if len(version.tags) > MAX_VERSION_TAGS or len(version.metrics) > MAX_METRICS:
+        raise _invalid(f"at most {MAX_VERSION_TAGS} tags and {MAX_METRICS} metrics per version")
+    check_tags(version.tags.items())
+    check_metrics(version.metrics.items())
+    _check(limits.check_text(version.run_id, "run_id", MAX_RUN_ID_CHARS))
+    if version.HasField("parent"):
+        _check(limits.check_model_name(version.parent.model, "parent model"))
+        if version.parent.version < 1:
             raise _invalid("parent needs a version number (1 or more)")
 
 
@@ -353,7 +358,9 @@ class ModelTable:
     def _plan_registration(
         self, request: models_pb2.RegisterVersionRequest, planned_hashes: dict[str, dict[str, int]],
         planned_numbers: dict[str, int],
-    ) -> None:  # fmt: skip
+    ) -> models_pb2.VersionRef | None:  # fmt: skip
+        """Check one registration against the state and the request's earlier items, and count it
+        in; returns its parent as it will be stored (None without one)."""
         check_version_fields(request)
         name = request.model
         self._check_new_model_name(name)
@@ -369,13 +376,17 @@ class ModelTable:
         in_batch = planned_hashes.setdefault(name, {})
         if sha in in_batch:
             raise _invalid(f"sha256 {sha} appears twice for model {name!r} in this request")
+        parent = None
         if request.HasField("parent"):
-            self._parent_sha256(request.parent, planned_hashes, planned_numbers)
+            ref = request.parent  # copied field by field: nothing else a client put in it is kept
+            sha256 = self._parent_sha256(ref, planned_hashes, planned_numbers)
+            parent = models_pb2.VersionRef(model=ref.model, version=ref.version, sha256=sha256)
         number = planned_numbers.get(name)
         if number is None:  # the model's first version in this request: after its latest
             number = self.models[name].latest_version if name in self.models else 0
         planned_numbers[name] = number + 1
         in_batch[sha] = number + 1
+        return parent
 
     def _parent_sha256(
         self, parent: models_pb2.VersionRef, planned_hashes: dict[str, dict[str, int]], planned_numbers: dict[str, int]
@@ -391,14 +402,10 @@ class ModelTable:
         hint = f" (did you mean {other!r}?)" if other and other != parent.model else ""
         raise _not_found(f"parent: model {parent.model!r} has no version {parent.version}{hint}")
 
-    def _apply_registration(self, request: models_pb2.RegisterVersionRequest) -> tuple[models_pb2.ModelVersion, bool]:
-        # Planned first (_plan_registration): a parent is registered by now, this request's earlier items included.
-        parent = None
-        if request.HasField("parent"):
-            ref = request.parent
-            parent = models_pb2.VersionRef(
-                model=ref.model, version=ref.version, sha256=self._parent_sha256(ref, {}, {})
-            )  # field by field: nothing else a client put in it is kept
+    def _apply_registration(
+        self, request: models_pb2.RegisterVersionRequest, parent: models_pb2.VersionRef | None
+    ) -> tuple[models_pb2.ModelVersion, bool]:
+        """Store one planned registration (``parent``: what planning made of its parent)."""
         name = request.model
         created = name not in self.models
         now = self._journal.time_unix_ms
@@ -442,8 +449,8 @@ class ModelTable:
         return version, created
 
     def _register(self, request: models_pb2.RegisterVersionRequest) -> CommandResult:
-        self._plan_registration(request, {}, {})
-        version, created = self._apply_registration(request)
+        parent = self._plan_registration(request, {}, {})
+        version, created = self._apply_registration(request, parent)
         return CommandResult(
             revision=self._journal.revision,
             model_register=models_pb2.RegisterVersionResponse(version=version, model_created=created),
@@ -456,14 +463,15 @@ class ModelTable:
             raise _invalid(f"at most {MAX_BULK} versions per bulk request; split the catalogue")
         hashes: dict[str, dict[str, int]] = {}
         numbers: dict[str, int] = {}
+        parents: list[models_pb2.VersionRef | None] = []
         for index, item in enumerate(request.versions):
             try:
-                self._plan_registration(item, hashes, numbers)
+                parents.append(self._plan_registration(item, hashes, numbers))
             except Refused as refused:
                 raise Refused(refused.code, f"version #{index + 1} ({item.model}): {refused.message}") from None
         response = models_pb2.BulkRegisterResponse()
-        for item in request.versions:
-            version, created = self._apply_registration(item)
+        for item, parent in zip(request.versions, parents, strict=True):
+            version, created = self._apply_registration(item, parent)
             response.versions.append(version)
             response.models_created += int(created)
         return CommandResult(revision=self._journal.revision, model_bulk_register=response)
@@ -517,8 +525,8 @@ class ModelTable:
 
     def _update_version(self, request: models_pb2.UpdateVersionRequest) -> CommandResult:
         check_version_update(request)
-        current = self.version(request.model, request.version)
-        version = self.version(request.model, request.version)  # a second fresh parse, to change
+        version = self.version(request.model, request.version)  # a fresh parse: changed below
+        before = version.SerializeToString(deterministic=True)
         for key in request.remove_tags:
             if key in version.tags:
                 del version.tags[key]
@@ -535,7 +543,7 @@ class ModelTable:
                 raise _precondition(
                     f"{request.model} version {request.version} would have {held} {what}; at most {limit}, remove some"
                 )
-        changed = version.SerializeToString(deterministic=True) != current.SerializeToString(deterministic=True)
+        changed = version.SerializeToString(deterministic=True) != before
         if changed:
             self._replace_version(version, "tags and metrics updated")
         return CommandResult(
@@ -681,13 +689,7 @@ class ModelTable:
             if not _SHA256.fullmatch(version.sha256):
                 raise _invalid(f"model {version.model!r} version {version.version} has a malformed sha256")
             try:  # what the API would refuse, a backup may not bring either
-                check_tags(version.tags.items())
-                check_metrics(version.metrics.items())
-                _check(limits.check_text(version.run_id, "run_id", MAX_RUN_ID_CHARS))
-                if len(version.tags) > MAX_VERSION_TAGS or len(version.metrics) > MAX_METRICS:
-                    raise _invalid(f"at most {MAX_VERSION_TAGS} tags and {MAX_METRICS} metrics per version")
-                if version.HasField("parent"):
-                    _check(limits.check_model_name(version.parent.model, "parent model"))
+                check_version_metadata(version)
             except Refused as refused:
                 raise _invalid(f"model {version.model!r} version {version.version}: {refused.message}") from None
             check_revisions(
