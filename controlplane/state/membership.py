@@ -673,13 +673,11 @@ class MembershipTable:
             description=spec.description,
             create_revision=self._journal.revision + 1,
         )
-        problem = self._model_problem(spec.model)
+        warnings = self._model_warnings(spec.model)
         self.members[spec.name] = set()
         self._store_network(network, "created")
         return self._result(
-            network_create=membership_pb2.CreateNetworkResponse(
-                network=self.network_view(spec.name), warnings=[problem] if problem else []
-            )
+            network_create=membership_pb2.CreateNetworkResponse(network=self.network_view(spec.name), warnings=warnings)
         )
 
     def _update_network(self, request: membership_pb2.UpdateNetworkRequest) -> CommandResult:
@@ -719,14 +717,17 @@ class MembershipTable:
                     updated.required_capabilities.extend(spec.required_capabilities)
             else:
                 setattr(updated, field, getattr(spec, field))
+        warnings = self._model_warnings(updated.model) if "model" in fields else []
         if updated != current:
             self._store_network(updated, "updated")
-        problem = self._model_problem(updated.model) if "model" in fields else None
         return self._result(
-            network_update=membership_pb2.UpdateNetworkResponse(
-                network=self.network_view(spec.name), warnings=[problem] if problem else []
-            )
+            network_update=membership_pb2.UpdateNetworkResponse(network=self.network_view(spec.name), warnings=warnings)
         )
+
+    def _model_warnings(self, reference: str) -> list[str]:
+        """A network answer's warnings about its model reference (none when it names something registered)."""
+        problem = self._model_problem(reference)
+        return [problem] if problem else []
 
     def _delete_network(self, request: membership_pb2.DeleteNetworkRequest) -> CommandResult:
         _check(limits.check_name(request.name, "network name"))
