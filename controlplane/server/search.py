@@ -385,10 +385,8 @@ def parse_query(query: str) -> ParsedQuery:
     filters: dict[str, str] = {}
     for match in _QUERY_FILTER.finditer(query):
         key, value = match.group(1).casefold(), match.group(2)
-        if key == "tag" and "=" in value:
-            key = "vtag"  # a version's KEY=VALUE tag (a model tag holds no '='): a filter of its own
-            if value.startswith("="):
-                raise InvalidArgument(f"tag:{value} needs a key before '=', e.g. tag:stage=eval")
+        if key == "tag":
+            key = _tag_filter(value)
         if not value:
             raise InvalidArgument(f"'{key}:' in the query needs a value, e.g. {key}:{_FILTER_EXAMPLES[key]}")
         if key in filters and filters[key].casefold() != value.casefold():
@@ -396,6 +394,14 @@ def parse_query(query: str) -> ParsedQuery:
             raise InvalidArgument(f"the query gives {typed}: twice ({filters[key]!r} and {value!r}); give one")
         filters[key] = value
     return ParsedQuery(text=" ".join(_QUERY_FILTER.sub(" ", query).split()), filters=filters)
+
+
+def _tag_filter(value: str) -> str:
+    """Which filter a tag value is: "vtag" for a version's KEY=VALUE tag (a model tag holds no
+    '='), else "tag"; InvalidArgument for "=VALUE", which names no key."""
+    if value.startswith("="):
+        raise InvalidArgument(f"tag:{value} needs a key before '=', e.g. tag:stage=eval")
+    return "vtag" if "=" in value else "tag"
 
 
 def _typed_key(key: str) -> str:
@@ -1245,9 +1251,7 @@ def _merged_filters(
     given.update(format=format, status=status, vtag="", run="", parent="", metric_name="")
     given.update(dict.fromkeys(_METRIC_OPS.values()))
     if tag:
-        key = "vtag" if "=" in tag else "tag"
-        if tag.startswith("="):
-            raise InvalidArgument(f"tag {tag!r} needs a key before '=', e.g. stage=eval")
+        key = _tag_filter(tag)
         if key in typed and typed[key].casefold() != tag.casefold():
             raise InvalidArgument(f"the query says tag:{typed[key]} but the request's tag filter says {tag}; give one")
         typed = {**typed, key: tag}
