@@ -36,6 +36,7 @@ from controlplane.client import (
     Placement,
     PortAssignment,
     PortList,
+    PortProtocol,
     Registered,
     Reservation,
     Role,
@@ -371,6 +372,7 @@ class PortAssignmentOut(_Out):
     mod_revision: int
     created_unix_ms: int
     updated_unix_ms: int
+    protocol: Literal["tcp", "udp"] = Field(description="TCP and UDP hold the same port number separately")
 
 
 class ReservationOut(_Out):
@@ -639,6 +641,7 @@ def _assignment_out(a: PortAssignment) -> PortAssignmentOut:
         mod_revision=a.mod_revision,
         created_unix_ms=a.created_unix_ms,
         updated_unix_ms=a.updated_unix_ms,
+        protocol="udp" if a.protocol is PortProtocol.UDP else "tcp",
     )
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from controlplane.state.machine import DEFAULT_DEDUPE_TTL_MS, StateMachine, batch_entry
-from controlplane.state.ports import DEFAULT_RANGE, PORT_HISTORY_LIMIT, PORT_MAP_FORMAT, PortTable, describe
+from controlplane.state.ports import DEFAULT_RANGE, PORT_HISTORY_LIMIT, PORT_MAP_FORMAT, TCP, UDP, PortTable, describe
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, ports_pb2, watch_pb2
 
 CommandResult = command_pb2.CommandResult
@@ -67,25 +67,53 @@ def command(request_id: str = "", **body: Any) -> command_pb2.Command:
 
 
 def allocate(
-    host: str, service: str, name: str = "", range_: str = "", preferred: int = 0, lease_id: int = 0
+    host: str,
+    service: str,
+    name: str = "",
+    range_: str = "",
+    preferred: int = 0,
+    lease_id: int = 0,
+    protocol: int = TCP,
 ) -> Command:
     return command(
         ports_allocate=ports_pb2.AllocateRequest(
-            host=host, service=service, name=name, range=range_, preferred_port=preferred, lease_id=lease_id
+            host=host,
+            service=service,
+            name=name,
+            range=range_,
+            preferred_port=preferred,
+            lease_id=lease_id,
+            protocol=protocol,  # type: ignore[arg-type]
         )
     )
 
 
-def assign(host: str, service: str, port: int, name: str = "", lease_id: int = 0, force: bool = False) -> Command:
+def assign(
+    host: str, service: str, port: int, name: str = "", lease_id: int = 0, force: bool = False, protocol: int = TCP
+) -> Command:
     return command(
         ports_assign=ports_pb2.AssignRequest(
-            host=host, service=service, name=name, port=port, lease_id=lease_id, force=force
+            host=host,
+            service=service,
+            name=name,
+            port=port,
+            lease_id=lease_id,
+            force=force,
+            protocol=protocol,  # type: ignore[arg-type]
         )
     )
 
 
-def release(host: str, service: str = "", name: str = "", port: int = 0) -> Command:
-    return command(ports_release=ports_pb2.ReleaseRequest(host=host, service=service, name=name, port=port))
+def release(host: str, service: str = "", name: str = "", port: int = 0, protocol: int = TCP) -> Command:
+    return command(
+        ports_release=ports_pb2.ReleaseRequest(
+            host=host,
+            service=service,
+            name=name,
+            port=port,
+            protocol=protocol,  # type: ignore[arg-type]
+        )
+    )
 
 
 def reassign(host: str, service: str, name: str = "", port: int = 0, range_: str = "", reason: str = "") -> Command:
@@ -110,8 +138,12 @@ def set_range(name: str, start: int, end: int) -> Command:
     )
 
 
-def observe(host: str, *bound: tuple[int, str]) -> Command:
-    ports = [ports_pb2.ObservedPort(port=port, holder=holder) for port, holder in bound]
+def observe(host: str, *bound: tuple[int, str] | tuple[int, str, int]) -> Command:
+    """A host report: (port, holder) for a bound TCP port, (port, holder, protocol) for either."""
+    ports = [
+        ports_pb2.ObservedPort(port=item[0], holder=item[1], protocol=item[2] if len(item) > 2 else TCP)  # type: ignore[misc, arg-type]
+        for item in bound
+    ]
     return command(ports_observe=ports_pb2.ReportObservedRequest(host=host, ports=ports))
 
 
@@ -127,8 +159,8 @@ def import_map(port_map: ports_pb2.PortMap) -> Command:
     return command(ports_import=ports_pb2.ImportPortsRequest(map=port_map))
 
 
-def declared(name: str, port: int = 0, range_: str = "") -> ports_pb2.DeclaredPort:
-    return ports_pb2.DeclaredPort(name=name, port=port, range=range_)
+def declared(name: str, port: int = 0, range_: str = "", protocol: str = "") -> ports_pb2.DeclaredPort:
+    return ports_pb2.DeclaredPort(name=name, port=port, range=range_, protocol=protocol)
 
 
 def register(host: str, service: str, *ports: ports_pb2.DeclaredPort, lease_id: int = 0) -> Command:
@@ -950,20 +982,21 @@ class PortsVsModel(RuleBasedStateMachine):
     @invariant()
     def allocator_invariants(self) -> None:
         ports = self.primary.ports
-        on_port: dict[tuple[str, int], Key] = {}
+        on_port: dict[tuple[str, int, int], Key] = {}
         for key, a in ports.assignments.items():
             assert key == (a.host, a.service, a.name)
-            assert (a.host, a.port) not in on_port, f"{describe(a)} shares its port with {on_port[(a.host, a.port)]}"
-            on_port[(a.host, a.port)] = key
+            slot = (a.host, a.port, a.protocol)
+            assert slot not in on_port, f"{describe(a)} shares its port with {on_port[slot]}"
+            on_port[slot] = key
             assert ports.reservation(a.host, a.port) is None, f"{describe(a)} sits on a reserved port"
             assert a.range == ports.range_of(a.port)
             if a.range:
                 assert ports.ranges[a.range].start <= a.port <= ports.ranges[a.range].end
             assert a.lease_id == 0 or self.primary.leases.exists(a.lease_id), f"{describe(a)} hangs on a dead lease"
-        by_port: dict[str, dict[int, Key]] = {}
+        by_port: dict[str, dict[tuple[int, int], Key]] = {}
         by_lease: dict[int, set[Key]] = {}
         for key, a in ports.assignments.items():
-            by_port.setdefault(a.host, {})[a.port] = key
+            by_port.setdefault(a.host, {})[(a.port, a.protocol)] = key
             if a.lease_id:
                 by_lease.setdefault(a.lease_id, set()).add(key)
         assert ports.by_port == by_port
@@ -986,9 +1019,12 @@ class PortsVsModel(RuleBasedStateMachine):
         } == model.leases
         assert set(ports.services) == model.services
         assert set(ports.hosts) == model.hosts
-        assert {h: {p: o.holder for p, o in bound.items()} for h, bound in ports.observed.items()} == model.observed
+        # The model knows TCP only (UDP's separate slots have tests of their own).
+        assert {
+            h: {p: o.holder for (p, _), o in bound.items()} for h, bound in ports.observed.items()
+        } == model.observed
         assert {hp: count.passes for hp, count in ports.leaks.items()} == {
-            (key[0], model.assignments[key].port): passes for key, (passes, _) in model.leaks.items()
+            (key[0], model.assignments[key].port, TCP): passes for key, (passes, _) in model.leaks.items()
         }
         assert {(c.kind, c.host, c.port) for c in ports.conflicts()} == model.conflicts()
         for row in ports.stats().ranges:
@@ -1373,21 +1409,21 @@ def test_repair_frees_only_after_fresh_reports_in_a_row(d: Driver) -> None:
     d.ok(observe("h1", (8001, "db")))
     first = d.ok(repair()).ports_repair
     assert [a.service for a in first.suspected] == ["web"] and not first.released
-    assert d.ports.leaks[("h1", 8000)].passes == 1
+    assert d.ports.leaks[("h1", 8000, TCP)].passes == 1
     revision = d.machine.revision
     for _ in range(3):  # more passes over the same report count nothing
         assert not d.ok(repair()).ports_repair.released
-    assert d.ports.leaks[("h1", 8000)].passes == 1 and d.machine.revision == revision
+    assert d.ports.leaks[("h1", 8000, TCP)].passes == 1 and d.machine.revision == revision
     d.ok(observe("h1", (8001, "db")))
     d.ok(repair())
-    assert d.ports.leaks[("h1", 8000)].passes == 2
+    assert d.ports.leaks[("h1", 8000, TCP)].passes == 2
     d.ok(observe("h1", (8000, "web"), (8001, "db")))  # bound again: the count starts over
     d.ok(repair())
-    assert ("h1", 8000) not in d.ports.leaks
+    assert ("h1", 8000, TCP) not in d.ports.leaks
     for expected in (1, 2):
         d.ok(observe("h1"))
         assert not d.ok(repair()).ports_repair.released
-        assert d.ports.leaks[("h1", 8000)].passes == expected
+        assert d.ports.leaks[("h1", 8000, TCP)].passes == expected
     d.ok(observe("h1"))
     freed = d.ok(repair()).ports_repair
     assert [(a.service, a.port) for a in freed.released] == [("web", 8000), ("db", 8001)]
@@ -1401,6 +1437,115 @@ def test_repair_threshold_is_per_request(d: Driver) -> None:
     d.ok(allocate("h1", "web"))
     d.ok(observe("h1"))
     assert [a.service for a in d.ok(repair(1)).ports_repair.released] == ["web"]
+
+
+# ------------------------------------------------------------------- tcp and udp (issue 18)
+
+
+def test_tcp_and_udp_hold_the_same_port_number_separately(d: Driver) -> None:
+    tcp = d.ok(assign("h1", "dns", 53, name="tcp")).ports_assign.assignment
+    udp = d.ok(assign("h1", "dns", 53, name="udp", protocol=UDP)).ports_assign.assignment
+    assert (tcp.port, tcp.protocol, udp.port, udp.protocol) == (53, TCP, 53, UDP)
+    d.refused(assign("h1", "other", 53, protocol=UDP), FAILED_PRECONDITION, "port 53/udp on h1", "dns/udp")
+    d.refused(assign("h1", "other", 53), FAILED_PRECONDITION, "port 53 on h1 is assigned to dns/tcp")
+    # An allocation is free in its own protocol: 8000/tcp is taken, 8000/udp is not.
+    assert d.ok(allocate("h1", "web", range_="a")).ports_allocate.assignment.port == 8000
+    stats = d.ok(allocate("h1", "stats", range_="a", preferred=8000, protocol=UDP)).ports_allocate.assignment
+    assert (stats.port, stats.protocol) == (8000, UDP)
+    # Asked again in another protocol, an assignment is not silently the one it holds.
+    d.refused(allocate("h1", "web", range_="a", protocol=UDP), FAILED_PRECONDITION, "already holds a tcp port")
+    d.refused(assign("h1", "dns", 53, name="udp"), FAILED_PRECONDITION, "already holds a udp port")
+    d.refused(allocate("h1", "x", protocol=7), INVALID, "protocol 7 is neither tcp")
+    # Releasing by port names the protocol (TCP unless told): the other one stays.
+    released = d.ok(release("h1", port=53)).ports_release
+    assert released.released and released.assignment.name == "tcp"
+    assert d.ports.holder("h1", 53, UDP) is not None
+    d.refused(release("h1", "dns", "udp", port=53), FAILED_PRECONDITION, "it holds port 53/udp, not 53")
+    assert d.ok(release("h1", port=53, protocol=UDP)).ports_release.released
+    # A reservation keeps the number out of both protocols, and is refused while either holds it.
+    d.refused(reserve(8000), FAILED_PRECONDITION, "port 8000 on h1 is in use by web/main")
+    d.ok(release("h1", "web"))
+    d.refused(reserve(8000), FAILED_PRECONDITION, "port 8000/udp on h1 is in use by stats/main")
+    d.ok(reserve(8009))
+    d.refused(assign("h1", "late", 8009, protocol=UDP), FAILED_PRECONDITION, "port 8009 is reserved")
+    # The history says which protocol a change was in.
+    assert [e.protocol for e in d.ports.service_history("dns")[0]] == [TCP, UDP, TCP, UDP]
+
+
+def test_a_manifest_declares_one_port_number_for_tcp_and_udp(d: Driver) -> None:
+    dns = (declared("dns-tcp", 53, protocol="tcp"), declared("dns-udp", 53, protocol="UDP"))
+    record = d.ok(register("h1", "dns", *dns)).service_register.service
+    assert sorted((a.name, a.port, a.protocol) for a in record.ports) == [("dns-tcp", 53, TCP), ("dns-udp", 53, UDP)]
+    d.refused(
+        register("h1", "dns2", declared("a", 5353, protocol="udp"), declared("b", 5353, protocol="udp")),
+        INVALID,
+        "port 5353/udp is declared twice",
+    )
+    # Any other text is an application protocol over TCP, as it was before UDP ports existed.
+    d.refused(register("h1", "web", declared("http", 53, protocol="http")), FAILED_PRECONDITION, "dns/dns-tcp")
+    # Allocated ports follow their protocol too: a UDP one may take a number TCP holds.
+    d.ok(assign("h1", "web", 8000))
+    metrics = d.ok(register("h1", "statsd", declared("m", range_="a", protocol="udp"))).service_register.service
+    assert [(a.port, a.protocol) for a in metrics.ports] == [(8001, UDP)]  # next-fit; 8000/udp was free too
+    # A declared port that changes protocol moves to the other slot in the same registration.
+    moved = d.ok(register("h1", "dns", declared("dns-tcp", 53), declared("dns-udp", 54, protocol="tcp")))
+    assert sorted((a.name, a.port, a.protocol) for a in moved.service_register.service.ports) == [
+        ("dns-tcp", 53, TCP),
+        ("dns-udp", 54, TCP),
+    ]
+    assert d.ports.holder("h1", 53, UDP) is None
+
+
+def test_observed_udp_sockets_conflict_only_with_udp_assignments(d: Driver) -> None:
+    d.ok(assign("h1", "web", 8000))
+    d.ok(assign("h1", "stats", 8001, protocol=UDP))
+    report = d.ok(observe("h1", (8000, "web"), (8000, "nginx", UDP), (8001, "collectd", UDP))).ports_observe
+    found = {(c.kind, c.port, c.protocol, c.observed_holder) for c in report.conflicts}
+    assert found == {
+        (UNASSIGNED_BOUND, 8000, UDP, "nginx"),  # 8000/tcp is web's and web holds it
+        (WRONG_HOLDER, 8001, UDP, "collectd"),
+    }
+    assert any("8001/udp" in c.description for c in report.conflicts)
+    # Resolving moves stats to a UDP port nobody is bound to; it stays a UDP assignment.
+    (move,) = d.ok(resolve("h1")).ports_resolve.moves
+    assert (move.service, move.old_port, move.protocol) == ("stats", 8001, UDP)
+    assert d.ports.assignments[("h1", "stats", "main")].protocol == UDP
+    # An allocation skips a port observed bound in its own protocol only.
+    d.ok(observe("h1", (8005, "x", UDP)))
+    assert d.ok(allocate("h1", "u", range_="a", preferred=8005, protocol=UDP)).ports_allocate.assignment.port != 8005
+    assert d.ok(allocate("h1", "t", range_="a", preferred=8005)).ports_allocate.assignment.port == 8005
+    d.refused(observe("h1", (8000, "a", UDP), (8000, "b", UDP)), INVALID, "port 8000/udp appears twice")
+
+
+def test_repair_frees_udp_ports_only_on_reports_that_list_udp(d: Driver) -> None:
+    d.ok(assign("h1", "stats", 8001, protocol=UDP))
+    for _ in range(3):  # reports of TCP listeners say nothing about UDP sockets
+        d.ok(observe("h1", (9000, "ssh")))
+        assert not d.ok(repair(1)).ports_repair.suspected
+    d.ok(observe("h1", (9000, "ssh"), (5353, "mdns", UDP)))
+    freed = d.ok(repair(1)).ports_repair.released
+    assert [(a.service, a.port, a.protocol) for a in freed] == [("stats", 8001, UDP)]
+
+
+def test_udp_assignments_survive_export_import_and_snapshots(d: Driver) -> None:
+    d.ok(assign("h1", "dns", 53, name="tcp"))
+    d.ok(assign("h1", "dns", 53, name="udp", protocol=UDP))
+    d.ok(observe("h1", (53, "dns", UDP)))
+    port_map = json_format.Parse(json_format.MessageToJson(d.ports.export_map(d.machine.revision)), ports_pb2.PortMap())
+    dst = Driver()
+    dst.ok(import_map(port_map))
+    assert {k: (a.port, a.protocol) for k, a in dst.ports.assignments.items()} == {
+        ("h1", "dns", "tcp"): (53, TCP),
+        ("h1", "dns", "udp"): (53, UDP),
+    }
+    dst.refused(assign("h1", "x", 53, protocol=UDP), FAILED_PRECONDITION, "dns/udp")
+    clash = ports_pb2.PortMap()
+    clash.CopyFrom(port_map)
+    clash.assignments[0].protocol = clash.assignments[1].protocol  # type: ignore[assignment]
+    dst.refused(import_map(clash), INVALID, "share port 53")
+    replica = StateMachine()
+    replica.restore(d.machine.snapshot())
+    assert replica.ports.by_port == d.ports.by_port and replica.ports.observed == d.ports.observed
 
 
 # ------------------------------------------------------------------- stats

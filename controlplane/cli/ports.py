@@ -15,7 +15,7 @@ import yaml
 from controlplane.cli import app
 from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption, connect, read_input
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
-from controlplane.client import Conflict, HealthStatus, PortAssignment, ServiceRecord
+from controlplane.client import Conflict, HealthStatus, PortAssignment, PortProtocol, ServiceRecord
 from controlplane.errors import NotFound
 
 ports_app = typer.Typer(
@@ -36,6 +36,9 @@ OptionalHost = Annotated[str, typer.Option("--host", "-H", help="Only this host"
 Service = Annotated[str, typer.Option("--service", "-s", help="The service that holds the port")]
 PortName = Annotated[str, typer.Option("--name", "-n", help="The service's name for the port (default: main)")]
 Lease = Annotated[int, typer.Option("--lease", help="Hang the assignment on this lease id")]
+Protocol = Annotated[
+    str, typer.Option("--protocol", "-p", help="tcp or udp: the two hold the same port number separately")
+]
 
 _SPAN = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 
@@ -48,15 +51,32 @@ def _span(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2) or 0)
 
 
+def _port(port: int, protocol: PortProtocol = PortProtocol.TCP) -> str:
+    """``8080`` for TCP, ``53/udp`` for UDP (the server's messages name ports alike)."""
+    return f"{port}/udp" if protocol is PortProtocol.UDP else str(port)
+
+
+def _protocol(text: str) -> str:
+    if text.strip().lower() not in ("tcp", "udp"):
+        fail(f"--protocol {text!r}: give tcp or udp", code=EXIT_USAGE)
+    return text.strip().lower()
+
+
 def _assignment_rows(assignments: tuple[PortAssignment, ...] | list[PortAssignment]) -> str:
     return table(
-        [[a.host, a.port, a.service, a.name, a.range or "-", a.lease_id or "-"] for a in assignments],
+        [
+            [a.host, _port(a.port, a.protocol), a.service, a.name, a.range or "-", a.lease_id or "-"]
+            for a in assignments
+        ],
         ["HOST", "PORT", "SERVICE", "NAME", "RANGE", "LEASE"],
     )
 
 
 def _conflict_rows(conflicts: tuple[Conflict, ...]) -> str:
-    return table([[c.kind.name, c.host, c.port, c.description] for c in conflicts], ["KIND", "HOST", "PORT", "DETAIL"])
+    return table(
+        [[c.kind.name, c.host, _port(c.port, c.protocol), c.description] for c in conflicts],
+        ["KIND", "HOST", "PORT", "DETAIL"],
+    )
 
 
 # --------------------------------------------------------------------------------------------- ports
@@ -70,16 +90,20 @@ def allocate(
     range_: Annotated[str, typer.Option("--range", "-r", help="Allocate from this range (default: dynamic)")] = "",
     preferred: Annotated[int, typer.Option(help="Try this port first")] = 0,
     lease: Lease = 0,
+    protocol: Protocol = "tcp",
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Give SERVICE a free port on a host (the same port again if it already has one)."""
+    protocol = _protocol(protocol)
     with connect(endpoints, timeout) as client:
-        result = client.ports.allocate(host, service, name, range=range_, preferred_port=preferred, lease_id=lease)
+        result = client.ports.allocate(
+            host, service, name, range=range_, preferred_port=preferred, lease_id=lease, protocol=protocol
+        )
     a = result.assignment
     note = " (already held)" if result.existing else ""
-    emit(output, plain(result), f"{a.service}/{a.name} on {a.host}: port {a.port}{note}")
+    emit(output, plain(result), f"{a.service}/{a.name} on {a.host}: port {_port(a.port, a.protocol)}{note}")
 
 
 @ports_app.command()
@@ -90,15 +114,17 @@ def assign(
     name: PortName = "",
     lease: Lease = 0,
     force: Annotated[bool, typer.Option(help="Assign even if the port was observed bound by something else")] = False,
+    protocol: Protocol = "tcp",
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Give SERVICE the specific PORT on a host."""
+    protocol = _protocol(protocol)
     with connect(endpoints, timeout) as client:
-        result = client.ports.assign(host, service, port, name, lease_id=lease, force=force)
+        result = client.ports.assign(host, service, port, name, lease_id=lease, force=force, protocol=protocol)
     a = result.assignment
-    emit(output, plain(result), f"{a.service}/{a.name} on {a.host}: port {a.port}")
+    emit(output, plain(result), f"{a.service}/{a.name} on {a.host}: port {_port(a.port, a.protocol)}")
 
 
 @ports_app.command()
@@ -107,6 +133,7 @@ def release(
     service: Annotated[str, typer.Option("--service", "-s", help="Release this service's port ...")] = "",
     name: PortName = "",
     port: Annotated[int, typer.Option(help="... or whatever holds this port")] = 0,
+    protocol: Protocol = "tcp",
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
@@ -114,9 +141,11 @@ def release(
     """Free an assignment (succeeds when nothing was assigned)."""
     if not service and not port:
         fail("name what to release: --service (and --name) or --port", code=EXIT_USAGE)
+    protocol = _protocol(protocol)
     with connect(endpoints, timeout) as client:
-        result = client.ports.release(host, service, name, port=port)
-    text = f"released port {result.assignment.port}" if result.assignment else "nothing was assigned"
+        result = client.ports.release(host, service, name, port=port, protocol=protocol)
+    a = result.assignment
+    text = f"released port {_port(a.port, a.protocol)}" if a else "nothing was assigned"
     emit(output, plain(result), text)
 
 
@@ -136,7 +165,8 @@ def reassign(
     with connect(endpoints, timeout) as client:
         result = client.ports.reassign(host, service, name, port=port, range=range_, reason=reason)
     a = result.assignment
-    emit(output, plain(result), f"{a.service}/{a.name} on {a.host}: port {result.old_port} -> {a.port}")
+    moved = f"{_port(result.old_port, a.protocol)} -> {_port(a.port, a.protocol)}"
+    emit(output, plain(result), f"{a.service}/{a.name} on {a.host}: port {moved}")
 
 
 @ports_app.command()
@@ -208,8 +238,8 @@ def history(
             e.action.name.lower(),
             e.host,
             e.name,
-            e.old_port or "-",
-            e.new_port or "-",
+            _port(e.old_port, e.protocol) if e.old_port else "-",
+            _port(e.new_port, e.protocol) if e.new_port else "-",
             e.reason,
         ]
         for e in result.entries
@@ -221,19 +251,21 @@ def history(
 def observe(
     host: Host,
     ports: Annotated[
-        list[str] | None, typer.Argument(help="Bound ports as PORT or PORT=HOLDER (the full set on the host)")
+        list[str] | None,
+        typer.Argument(help="Bound ports as PORT or PORT=HOLDER, PORT/udp for a UDP socket (the full set on the host)"),
     ] = None,
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Report the ports actually bound on a host; prints the conflicts found there."""
-    observed: list[tuple[int, str]] = []
+    observed: list[tuple[int, str, str]] = []
     for item in ports or []:
-        port, _, holder = item.partition("=")
-        if not port.isdigit():
-            fail(f"{item!r} is not PORT or PORT=HOLDER", code=EXIT_USAGE)
-        observed.append((int(port), holder))
+        where, _, holder = item.partition("=")
+        port, _, protocol = where.partition("/")
+        if not port.isdigit() or protocol.lower() not in ("", "tcp", "udp"):
+            fail(f"{item!r} is not PORT, PORT/udp or PORT=HOLDER", code=EXIT_USAGE)
+        observed.append((int(port), holder, protocol or "tcp"))
     with connect(endpoints, timeout) as client:
         conflicts = client.ports.report_observed(host, observed)
     emit(output, plain(conflicts), _conflict_rows(conflicts))

@@ -37,6 +37,7 @@ from controlplane.client._ports import (
     PortAssignment,
     PortHistory,
     PortList,
+    PortProtocol,
     PortRange,
     PortStats,
     ReassignResult,
@@ -82,13 +83,15 @@ class Ports:
         range: str = "",
         preferred_port: int = 0,
         lease_id: int = 0,
+        protocol: PortProtocol | str = PortProtocol.TCP,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AllocateResult:
         """A free port for (host, service, name) in ``range`` (default "dynamic"), trying ``preferred_port`` first.
 
         Idempotent: the same (host, service, name) returns the port it already holds (``existing``).
-        A full range raises ``ResourceExhausted`` naming it."""
+        A full range raises ``ResourceExhausted`` naming it. ``protocol`` "udp" takes a UDP port: TCP
+        and UDP hold the same number separately."""
         with P.checked_request("allocate"):
             request = ports_pb2.AllocateRequest(
                 host=host,
@@ -97,6 +100,7 @@ class Ports:
                 range=range,
                 preferred_port=preferred_port,
                 lease_id=lease_id,
+                protocol=P.protocol_value(protocol),
                 request_id=P.rid(request_id),
             )
         r = self._unary(P.ALLOCATE, request, timeout)
@@ -111,11 +115,12 @@ class Ports:
         *,
         lease_id: int = 0,
         force: bool = False,
+        protocol: PortProtocol | str = PortProtocol.TCP,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AllocateResult:
-        """Assign a specific port. ``FailedPrecondition`` naming the holder if it is taken or reserved
-        (or observed bound by something else, unless ``force``)."""
+        """Assign a specific port (of ``protocol``, TCP by default). ``FailedPrecondition`` naming the holder
+        if it is taken or reserved (or observed bound by something else, unless ``force``)."""
         with P.checked_request("assign"):
             request = ports_pb2.AssignRequest(
                 host=host,
@@ -124,6 +129,7 @@ class Ports:
                 port=port,
                 lease_id=lease_id,
                 force=force,
+                protocol=P.protocol_value(protocol),
                 request_id=P.rid(request_id),
             )
         r = self._unary(P.ASSIGN, request, timeout)
@@ -136,14 +142,20 @@ class Ports:
         name: str = "",
         *,
         port: int = 0,
+        protocol: PortProtocol | str = PortProtocol.TCP,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> ReleaseResult:
-        """Free an assignment named by (service, name) or by ``port``. Releasing what is not assigned
-        returns ``released=False``."""
+        """Free an assignment named by (service, name) or by ``port`` and ``protocol``. Releasing what is
+        not assigned returns ``released=False``."""
         with P.checked_request("release"):
             request = ports_pb2.ReleaseRequest(
-                host=host, service=service, name=name, port=port, request_id=P.rid(request_id)
+                host=host,
+                service=service,
+                name=name,
+                port=port,
+                protocol=P.protocol_value(protocol),
+                request_id=P.rid(request_id),
             )
         r = self._unary(P.RELEASE, request, timeout)
         return P.ReleaseResult(
@@ -289,13 +301,13 @@ class Ports:
     def report_observed(
         self,
         host: str,
-        ports: Iterable[int | tuple[int, str] | Mapping[str, Any]],
+        ports: Iterable[int | tuple[int, str] | tuple[int, str, PortProtocol | str] | Mapping[str, Any]],
         *,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> tuple[Conflict, ...]:
-        """Report the full set of ports bound on ``host`` (ints, (port, holder) pairs or mappings);
-        returns the conflicts on that host afterwards."""
+        """Report the full set of ports bound on ``host`` (ints, (port, holder) or (port, holder, protocol)
+        tuples, or mappings; TCP unless told); returns the conflicts on that host afterwards."""
         with P.checked_request("report_observed"):
             request = ports_pb2.ReportObservedRequest(
                 host=host, ports=P.observed_ports(ports), request_id=P.rid(request_id)
@@ -1384,13 +1396,15 @@ class AsyncPorts:
         range: str = "",
         preferred_port: int = 0,
         lease_id: int = 0,
+        protocol: PortProtocol | str = PortProtocol.TCP,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AllocateResult:
         """A free port for (host, service, name) in ``range`` (default "dynamic"), trying ``preferred_port`` first.
 
         Idempotent: the same (host, service, name) returns the port it already holds (``existing``).
-        A full range raises ``ResourceExhausted`` naming it."""
+        A full range raises ``ResourceExhausted`` naming it. ``protocol`` "udp" takes a UDP port: TCP
+        and UDP hold the same number separately."""
         with P.checked_request("allocate"):
             request = ports_pb2.AllocateRequest(
                 host=host,
@@ -1399,6 +1413,7 @@ class AsyncPorts:
                 range=range,
                 preferred_port=preferred_port,
                 lease_id=lease_id,
+                protocol=P.protocol_value(protocol),
                 request_id=P.rid(request_id),
             )
         r = await self._unary(P.ALLOCATE, request, timeout)
@@ -1413,11 +1428,12 @@ class AsyncPorts:
         *,
         lease_id: int = 0,
         force: bool = False,
+        protocol: PortProtocol | str = PortProtocol.TCP,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> AllocateResult:
-        """Assign a specific port. ``FailedPrecondition`` naming the holder if it is taken or reserved
-        (or observed bound by something else, unless ``force``)."""
+        """Assign a specific port (of ``protocol``, TCP by default). ``FailedPrecondition`` naming the holder
+        if it is taken or reserved (or observed bound by something else, unless ``force``)."""
         with P.checked_request("assign"):
             request = ports_pb2.AssignRequest(
                 host=host,
@@ -1426,6 +1442,7 @@ class AsyncPorts:
                 port=port,
                 lease_id=lease_id,
                 force=force,
+                protocol=P.protocol_value(protocol),
                 request_id=P.rid(request_id),
             )
         r = await self._unary(P.ASSIGN, request, timeout)
@@ -1438,14 +1455,20 @@ class AsyncPorts:
         name: str = "",
         *,
         port: int = 0,
+        protocol: PortProtocol | str = PortProtocol.TCP,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> ReleaseResult:
-        """Free an assignment named by (service, name) or by ``port``. Releasing what is not assigned
-        returns ``released=False``."""
+        """Free an assignment named by (service, name) or by ``port`` and ``protocol``. Releasing what is
+        not assigned returns ``released=False``."""
         with P.checked_request("release"):
             request = ports_pb2.ReleaseRequest(
-                host=host, service=service, name=name, port=port, request_id=P.rid(request_id)
+                host=host,
+                service=service,
+                name=name,
+                port=port,
+                protocol=P.protocol_value(protocol),
+                request_id=P.rid(request_id),
             )
         r = await self._unary(P.RELEASE, request, timeout)
         return P.ReleaseResult(
@@ -1591,13 +1614,13 @@ class AsyncPorts:
     async def report_observed(
         self,
         host: str,
-        ports: Iterable[int | tuple[int, str] | Mapping[str, Any]],
+        ports: Iterable[int | tuple[int, str] | tuple[int, str, PortProtocol | str] | Mapping[str, Any]],
         *,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> tuple[Conflict, ...]:
-        """Report the full set of ports bound on ``host`` (ints, (port, holder) pairs or mappings);
-        returns the conflicts on that host afterwards."""
+        """Report the full set of ports bound on ``host`` (ints, (port, holder) or (port, holder, protocol)
+        tuples, or mappings; TCP unless told); returns the conflicts on that host afterwards."""
         with P.checked_request("report_observed"):
             request = ports_pb2.ReportObservedRequest(
                 host=host, ports=P.observed_ports(ports), request_id=P.rid(request_id)

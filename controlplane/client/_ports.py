@@ -40,6 +40,7 @@ __all__ = [
     "PortHistoryEntry",
     "PortList",
     "PortMove",
+    "PortProtocol",
     "PortRange",
     "PortStats",
     "RangeStats",
@@ -94,6 +95,23 @@ class HealthStatus(enum.Enum):
     CRITICAL = ports_pb2.HEALTH_STATUS_CRITICAL
 
 
+class PortProtocol(enum.Enum):
+    """A port's transport. TCP and UDP are separate: 53/tcp and 53/udp may go to different
+    assignments. Calls take the member or its name ("tcp", "udp", any case)."""
+
+    TCP = ports_pb2.PORT_PROTOCOL_TCP
+    UDP = ports_pb2.PORT_PROTOCOL_UDP
+
+
+def protocol_value(protocol: PortProtocol | str) -> ports_pb2.PortProtocol:
+    """The wire value of ``protocol``; ValueError (InvalidArgument from a call) for anything else."""
+    if isinstance(protocol, PortProtocol):
+        return protocol.value
+    if isinstance(protocol, str) and protocol.strip().upper() in PortProtocol.__members__:
+        return PortProtocol[protocol.strip().upper()].value
+    raise ValueError(f"protocol {protocol!r} is neither 'tcp' nor 'udp'")
+
+
 class ConflictKind(enum.Enum):
     UNSPECIFIED = ports_pb2.CONFLICT_KIND_UNSPECIFIED
     #: Assigned to one service, bound by something else.
@@ -124,6 +142,7 @@ class PortAssignment:
     mod_revision: int
     created_unix_ms: int
     updated_unix_ms: int
+    protocol: PortProtocol = PortProtocol.TCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +165,7 @@ class PortHistoryEntry:
     old_port: int
     new_port: int
     reason: str
+    protocol: PortProtocol = PortProtocol.TCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +193,7 @@ class Conflict:
     assignment: PortAssignment | None
     observed_holder: str
     description: str
+    protocol: PortProtocol = PortProtocol.TCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +204,7 @@ class PortMove:
     old_port: int
     new_port: int
     reason: str
+    protocol: PortProtocol = PortProtocol.TCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,18 +489,25 @@ def read_options(consistency: Any, min_revision: int) -> common_pb2.ReadOptions:
     return common_pb2.ReadOptions(consistency=consistency.value, min_revision=min_revision)
 
 
-def observed_ports(ports: Iterable[int | tuple[int, str] | Mapping[str, Any]]) -> list[ports_pb2.ObservedPort]:
-    """Observed ports given as ints, (port, holder) pairs or {"port", "holder", "pid"} mappings."""
+def observed_ports(
+    ports: Iterable[int | tuple[int, str] | tuple[int, str, PortProtocol | str] | Mapping[str, Any]],
+) -> list[ports_pb2.ObservedPort]:
+    """Observed ports given as ints, (port, holder) or (port, holder, protocol) tuples, or
+    {"port", "holder", "pid", "protocol"} mappings; TCP unless a protocol is given."""
     out = []
     for item in ports:
         if isinstance(item, int):
             out.append(ports_pb2.ObservedPort(port=item))
         elif isinstance(item, tuple):
-            out.append(ports_pb2.ObservedPort(port=item[0], holder=item[1]))
+            protocol = protocol_value(item[2]) if len(item) > 2 else ports_pb2.PORT_PROTOCOL_TCP  # type: ignore[misc]
+            out.append(ports_pb2.ObservedPort(port=item[0], holder=item[1], protocol=protocol))  # type: ignore[arg-type]
         else:
             out.append(
                 ports_pb2.ObservedPort(
-                    port=int(item["port"]), holder=str(item.get("holder", "")), pid=int(item.get("pid", 0))
+                    port=int(item["port"]),
+                    holder=str(item.get("holder", "")),
+                    pid=int(item.get("pid", 0)),
+                    protocol=protocol_value(item.get("protocol", PortProtocol.TCP)),  # type: ignore[arg-type]
                 )
             )
     return out

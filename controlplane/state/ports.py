@@ -9,8 +9,9 @@ services) is all or nothing.
 
 The allocator's rules, in priority order:
 
-* a (host, port) is held by at most one assignment, and (host, service, name) names at most one;
-* a reserved port (on the host, or on every host) is never allocated or assigned;
+* a (host, port, protocol) is held by at most one assignment, and (host, service, name) names at
+  most one: TCP and UDP are separate, so 53/tcp and 53/udp may go to different assignments;
+* a reserved port (on the host, or on every host) is never allocated or assigned, in either protocol;
 * an allocation lies inside its range; a port observed bound on the host is skipped;
 * within a range, allocation is next-fit from a per-(host, range) cursor, so a port just
   released is not handed straight to someone else while its old holder may still be draining;
@@ -43,6 +44,27 @@ PORT_MAP_FORMAT = "controlplane.ports/v1"
 Action = ports_pb2.PortAction
 CommandResult = command_pb2.CommandResult
 AssignmentKey = tuple[str, str, str]  # (host, service, name)
+TCP = ports_pb2.PORT_PROTOCOL_TCP
+UDP = ports_pb2.PORT_PROTOCOL_UDP
+#: (port, protocol): what one assignment holds on its host, and what an observation saw bound.
+Slot = tuple[int, int]
+LeakKey = tuple[str, int, int]  # (host, port, protocol)
+
+
+def port_label(port: int, protocol: int) -> str:
+    """A port as messages name it: ``53`` for TCP (as before UDP ports existed), ``53/udp`` for UDP."""
+    return f"{port}/udp" if protocol == UDP else str(port)
+
+
+def manifest_protocol(text: str) -> int:
+    """A declared port's protocol: UDP for "udp" in any case, TCP for anything else (manifests from
+    before UDP ports existed name application protocols there: "http", "grpc")."""
+    return UDP if text.strip().lower() == "udp" else TCP
+
+
+def check_protocol(protocol: int) -> None:
+    if protocol not in (TCP, UDP):
+        raise _invalid(f"protocol {protocol} is neither tcp ({TCP}) nor udp ({UDP})")
 
 
 def default_ranges() -> dict[str, ports_pb2.PortRange]:
@@ -57,7 +79,8 @@ def default_ranges() -> dict[str, ports_pb2.PortRange]:
 
 
 def describe(assignment: ports_pb2.PortAssignment) -> str:
-    return f"{assignment.service}/{assignment.name} on {assignment.host}:{assignment.port}"
+    where = port_label(assignment.port, assignment.protocol)
+    return f"{assignment.service}/{assignment.name} on {assignment.host}:{where}"
 
 
 def _span(first: int, last: int) -> str:
@@ -102,7 +125,7 @@ class PortTable:
     def reset(self) -> None:
         self.ranges: dict[str, ports_pb2.PortRange] = default_ranges()
         self.assignments: dict[AssignmentKey, ports_pb2.PortAssignment] = {}
-        self.by_port: dict[str, dict[int, AssignmentKey]] = {}
+        self.by_port: dict[str, dict[Slot, AssignmentKey]] = {}
         self.by_lease: dict[int, dict[AssignmentKey, None]] = {}
         self.reserved_global: dict[int, ports_pb2.Reservation] = {}
         self.reserved_host: dict[str, dict[int, ports_pb2.Reservation]] = {}
@@ -110,8 +133,8 @@ class PortTable:
         self.history: dict[str, list[ports_pb2.PortHistoryEntry]] = {}
         self.history_totals: dict[str, int] = {}
         self.observations: dict[str, ports_pb2.HostObservation] = {}
-        self.observed: dict[str, dict[int, ports_pb2.ObservedPort]] = {}
-        self.leaks: dict[tuple[str, int], ports_pb2.LeakCount] = {}
+        self.observed: dict[str, dict[Slot, ports_pb2.ObservedPort]] = {}
+        self.leaks: dict[LeakKey, ports_pb2.LeakCount] = {}
         self.cursors: dict[tuple[str, str], int] = {}
         self.hosts: dict[str, None] = {}
         # ttl lease id -> the instance whose passing ttl report it holds (derived from the records).
@@ -171,31 +194,34 @@ class PortTable:
                 return candidate.name
         return ""
 
-    def holder(self, host: str, port: int) -> ports_pb2.PortAssignment | None:
-        key = self.by_port.get(host, {}).get(port)
+    def holder(self, host: str, port: int, protocol: int = TCP) -> ports_pb2.PortAssignment | None:
+        key = self.by_port.get(host, {}).get((port, protocol))
         return self.assignments[key] if key is not None else None
 
     def reservation(self, host: str, port: int) -> ports_pb2.Reservation | None:
         return self.reserved_global.get(port) or self.reserved_host.get(host, {}).get(port)
 
-    def _why_taken(self, host: str, port: int, service: str, taken: dict[int, str] | None = None) -> str | None:
-        """Why (host, port) cannot go to ``service``, or None if it can."""
-        if taken and port in taken:
-            return f"port {port} on {host} is planned for {taken[port]} in the same request"
-        held = self.holder(host, port)
+    def _why_taken(
+        self, host: str, port: int, service: str, taken: dict[Slot, str] | None = None, protocol: int = TCP
+    ) -> str | None:
+        """Why (host, port, protocol) cannot go to ``service``, or None if it can."""
+        label = port_label(port, protocol)
+        if taken and (port, protocol) in taken:
+            return f"port {label} on {host} is planned for {taken[(port, protocol)]} in the same request"
+        held = self.holder(host, port, protocol)
         if held is not None:
-            return f"port {port} on {host} is assigned to {held.service}/{held.name}"
+            return f"port {label} on {host} is assigned to {held.service}/{held.name}"
         reserved = self.reservation(host, port)
         if reserved is not None:
             where = "on every host" if not reserved.host else f"on {host}"
             return f"port {port} is reserved {where}" + (f" ({reserved.reason})" if reserved.reason else "")
         return None
 
-    def _observed_by_other(self, host: str, port: int, service: str) -> str | None:
-        seen = self.observed.get(host, {}).get(port)
+    def _observed_by_other(self, host: str, port: int, service: str, protocol: int = TCP) -> str | None:
+        seen = self.observed.get(host, {}).get((port, protocol))
         if seen is not None and seen.holder != service:
             who = seen.holder or "an unknown process"
-            return f"port {port} on {host} was observed bound by {who}"
+            return f"port {port_label(port, protocol)} on {host} was observed bound by {who}"
         return None
 
     def find_free(
@@ -203,10 +229,12 @@ class PortTable:
         host: str,
         range_: ports_pb2.PortRange,
         start_at: int = 0,
-        taken: dict[int, str] | None = None,
+        taken: dict[Slot, str] | None = None,
         avoid: int = 0,
+        protocol: int = TCP,
     ) -> int | None:
-        """The first free port at or after ``start_at`` (default: the next-fit cursor), wrapping."""
+        """The first port free for ``protocol`` at or after ``start_at`` (default: the next-fit
+        cursor, which the two protocols share), wrapping."""
         start = start_at or self.cursors.get((host, range_.name), range_.start)
         if not range_.start <= start <= range_.end:
             start = range_.start
@@ -215,21 +243,24 @@ class PortTable:
         observed = self.observed.get(host, {})
         for port in _wrapping(start, range_.start, range_.end):
             if (
-                port not in used
+                (port, protocol) not in used
                 and port not in self.reserved_global
                 and port not in reserved
-                and port not in observed
+                and (port, protocol) not in observed
                 and port != avoid
-                and (not taken or port not in taken)
+                and (not taken or (port, protocol) not in taken)
             ):
                 return port
         return None
 
-    def _exhausted(self, host: str, range_: ports_pb2.PortRange) -> Refused:
-        used = sum(1 for port in self.by_port.get(host, {}) if range_.start <= port <= range_.end)
+    def _exhausted(self, host: str, range_: ports_pb2.PortRange, protocol: int = TCP) -> Refused:
+        used = sum(
+            1 for port, held in self.by_port.get(host, {}) if held == protocol and range_.start <= port <= range_.end
+        )
         return Refused(
             common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED,
-            f"port range {range_.name!r} ({range_.start}-{range_.end}) has no free port on {host}: "
+            f"port range {range_.name!r} ({range_.start}-{range_.end}) has no free "
+            f"{'udp ' if protocol == UDP else ''}port on {host}: "
             f"{used} assigned, the rest reserved or observed in use; release ports or widen the range",
         )
 
@@ -249,6 +280,8 @@ class PortTable:
         lease_id: int,
         action: ports_pb2.PortAction,
         reason: str = "",
+        *,
+        protocol: int,
     ) -> ports_pb2.PortAssignment:
         """Create or move one assignment: the only place ``assignments`` gains or changes an entry."""
         host, service, name = key
@@ -266,15 +299,16 @@ class PortTable:
             mod_revision=revision,
             created_unix_ms=prev.created_unix_ms if prev is not None else now,
             updated_unix_ms=now,
+            protocol=protocol,  # type: ignore[arg-type]
         )
         if prev is not None:
             self._unindex(prev)
         self.assignments[key] = assignment
-        self.by_port.setdefault(host, {})[port] = key
+        self.by_port.setdefault(host, {})[(port, protocol)] = key
         if lease_id:
             self.by_lease.setdefault(lease_id, {})[key] = None
         self.hosts.setdefault(host, None)
-        self.leaks.pop((host, port), None)
+        self.leaks.pop((host, port, protocol), None)
         if range_name:
             next_port = port + 1
             bounds = self.ranges[range_name]
@@ -292,10 +326,11 @@ class PortTable:
         """Take an assignment out of the indexes. Safe to repeat: during a multi-move command its
         old port may already belong to another assignment, which must keep it."""
         key = (assignment.host, assignment.service, assignment.name)
+        slot = (assignment.port, assignment.protocol)
         host_ports = self.by_port.get(assignment.host)
-        if host_ports is not None and host_ports.get(assignment.port) == key:
-            del host_ports[assignment.port]
-            self.leaks.pop((assignment.host, assignment.port), None)
+        if host_ports is not None and host_ports.get(slot) == key:
+            del host_ports[slot]
+            self.leaks.pop((assignment.host, *slot), None)
             if not host_ports:
                 del self.by_port[assignment.host]
         if assignment.lease_id:
@@ -343,6 +378,7 @@ class PortTable:
                 old_port=event.old_port,
                 new_port=event.new_port,
                 reason=reason,
+                protocol=some.protocol,
             ),
         )
 
@@ -391,6 +427,7 @@ class PortTable:
     def allocate(self, request: ports_pb2.AllocateRequest) -> CommandResult:
         key = self._assignment_key(request.host, request.service, request.name)
         host = key[0]
+        check_protocol(request.protocol)
         if request.preferred_port:
             _check(limits.check_port(request.preferred_port, "preferred port"))
         range_name = request.range
@@ -407,31 +444,51 @@ class PortTable:
         self._check_lease(request.lease_id)
         existing = self.assignments.get(key)
         if existing is not None:
+            self._same_protocol(existing, request.protocol)
             return self._result(ports_allocate=ports_pb2.AllocateResponse(assignment=existing, existing=True))
-        port = self.find_free(host, range_, request.preferred_port)
+        port = self.find_free(host, range_, request.preferred_port, protocol=request.protocol)
         if port is None:
-            raise self._exhausted(host, range_)
-        assignment = self._put(key, port, range_.name, request.lease_id, Action.PORT_ACTION_ALLOCATED)
+            raise self._exhausted(host, range_, request.protocol)
+        assignment = self._put(
+            key, port, range_.name, request.lease_id, Action.PORT_ACTION_ALLOCATED, protocol=request.protocol
+        )
         return self._result(ports_allocate=ports_pb2.AllocateResponse(assignment=assignment))
+
+    @staticmethod
+    def _same_protocol(existing: ports_pb2.PortAssignment, protocol: int) -> None:
+        """An assignment asked for again must be asked for in its own protocol (a retry is)."""
+        if existing.protocol != protocol:
+            wanted = "udp" if protocol == UDP else "tcp"
+            raise _precondition(
+                f"{describe(existing)} already holds a {'udp' if existing.protocol == UDP else 'tcp'} port; "
+                f"release it first to give {existing.service}/{existing.name} a {wanted} one, or use another name"
+            )
 
     def assign(self, request: ports_pb2.AssignRequest) -> CommandResult:
         key = self._assignment_key(request.host, request.service, request.name)
         _check(limits.check_port(request.port))
+        check_protocol(request.protocol)
         self._check_lease(request.lease_id)
         existing = self.assignments.get(key)
         if existing is not None:
+            self._same_protocol(existing, request.protocol)
             if existing.port == request.port:
                 return self._result(ports_assign=ports_pb2.AssignResponse(assignment=existing, existing=True))
             raise _precondition(f"{describe(existing)} already holds port {existing.port}; use reassign to move it")
-        problem = self._why_taken(key[0], request.port, key[1])
+        problem = self._why_taken(key[0], request.port, key[1], protocol=request.protocol)
         if problem is None and not request.force:
-            problem = self._observed_by_other(key[0], request.port, key[1])
+            problem = self._observed_by_other(key[0], request.port, key[1], request.protocol)
             if problem:
                 problem += " (pass force to assign it anyway)"
         if problem:
             raise _precondition(problem)
         assignment = self._put(
-            key, request.port, self.range_of(request.port), request.lease_id, Action.PORT_ACTION_ASSIGNED
+            key,
+            request.port,
+            self.range_of(request.port),
+            request.lease_id,
+            Action.PORT_ACTION_ASSIGNED,
+            protocol=request.protocol,
         )
         return self._result(ports_assign=ports_pb2.AssignResponse(assignment=assignment))
 
@@ -439,14 +496,26 @@ class PortTable:
         self.known_host(request.host)
         if request.port:
             _check(limits.check_port(request.port))
+        check_protocol(request.protocol)
         key: AssignmentKey | None
         if request.service:
             key = self._assignment_key(request.host, request.service, request.name)
             current = self.assignments.get(key)
-            if current is not None and request.port and current.port != request.port:
-                raise _precondition(f"{describe(current)}: it holds port {current.port}, not {request.port}")
+            if (
+                current is not None
+                and request.port
+                and (current.port, current.protocol)
+                != (
+                    request.port,
+                    request.protocol,
+                )
+            ):
+                raise _precondition(
+                    f"{describe(current)}: it holds port {port_label(current.port, current.protocol)}, "
+                    f"not {port_label(request.port, request.protocol)}"
+                )
         elif request.port:
-            key = self.by_port.get(request.host, {}).get(request.port)
+            key = self.by_port.get(request.host, {}).get((request.port, request.protocol))
         else:
             raise _invalid("name the assignment to release: a service (and port name), or a port")
         if key is None or key not in self.assignments:
@@ -475,8 +544,8 @@ class PortTable:
                 )
             if range_ is not None and request.range and not range_.start <= request.port <= range_.end:
                 raise _invalid(f"port {request.port} is outside range {range_.name!r} ({range_.start}-{range_.end})")
-            problem = self._why_taken(key[0], request.port, key[1]) or self._observed_by_other(
-                key[0], request.port, key[1]
+            problem = self._why_taken(key[0], request.port, key[1], protocol=current.protocol) or (
+                self._observed_by_other(key[0], request.port, key[1], current.protocol)
             )
             if problem:
                 raise _precondition(problem)
@@ -484,12 +553,18 @@ class PortTable:
         else:
             if range_ is None:
                 raise _invalid(f"{describe(current)} lies in no range: give a port or a range to move it to")
-            found = self.find_free(key[0], range_, avoid=current.port)
+            found = self.find_free(key[0], range_, avoid=current.port, protocol=current.protocol)
             if found is None:
-                raise self._exhausted(key[0], range_)
+                raise self._exhausted(key[0], range_, current.protocol)
             port = found
         moved = self._put(
-            key, port, self.range_of(port), current.lease_id, Action.PORT_ACTION_REASSIGNED, request.reason
+            key,
+            port,
+            self.range_of(port),
+            current.lease_id,
+            Action.PORT_ACTION_REASSIGNED,
+            request.reason,
+            protocol=current.protocol,
         )
         return self._result(ports_reassign=ports_pb2.ReassignResponse(assignment=moved, old_port=current.port))
 
@@ -513,10 +588,11 @@ class PortTable:
         hosts = [request.host] if request.host else sorted(self.by_port)
         for port in range(first, last + 1):
             for host in hosts:
-                held = self.holder(host, port)
+                held = self.holder(host, port, TCP) or self.holder(host, port, UDP)  # a reservation keeps both
                 if held is not None:
                     raise _precondition(
-                        f"port {port} on {host} is in use by {held.service}/{held.name}; release or reassign it first"
+                        f"port {port_label(port, held.protocol)} on {host} is in use by {held.service}/{held.name}; "
+                        "release or reassign it first"
                     )
         table = self.reserved_host.setdefault(request.host, {}) if request.host else self.reserved_global
         fresh = [port for port in range(first, last + 1) if port not in table]
@@ -634,19 +710,21 @@ class PortTable:
         _check(limits.check_host(request.host))
         if len(request.ports) > limits.MAX_OBSERVED_PORTS:
             raise _invalid(f"at most {limits.MAX_OBSERVED_PORTS} observed ports per report")
-        seen: dict[int, ports_pb2.ObservedPort] = {}
+        seen: dict[Slot, ports_pb2.ObservedPort] = {}
         for observed in request.ports:
             _check(limits.check_port(observed.port, "observed port") or limits.check_text(observed.holder, "holder"))
-            if observed.port in seen:
-                raise _invalid(f"port {observed.port} appears twice in the report")
-            seen[observed.port] = observed
+            check_protocol(observed.protocol)
+            slot = (observed.port, observed.protocol)
+            if slot in seen:
+                raise _invalid(f"port {port_label(*slot)} appears twice in the report")
+            seen[slot] = observed
         revision = self._journal.revision + 1
         report = ports_pb2.HostObservation(
             host=request.host, reported_unix_ms=self._journal.time_unix_ms, revision=revision
         )
-        report.ports.extend(seen[port] for port in sorted(seen))
+        report.ports.extend(seen[slot] for slot in sorted(seen))
         self.observations[request.host] = report
-        self.observed[request.host] = {o.port: o for o in report.ports}
+        self.observed[request.host] = {(o.port, o.protocol): o for o in report.ports}
         self.hosts.setdefault(request.host, None)
         self._note(
             Action.PORT_ACTION_OBSERVED,
@@ -669,9 +747,10 @@ class PortTable:
             for key in self.by_port.get(name, {}).values():
                 assignment = self.assignments[key]
                 services_here.setdefault(assignment.service, []).append(assignment)
-            for port in sorted(bound):
-                holder = bound[port].holder
-                assigned = self.holder(name, port)
+            for port, protocol in sorted(bound):
+                label = port_label(port, protocol)
+                holder = bound[(port, protocol)].holder
+                assigned = self.holder(name, port, protocol)
                 if assigned is not None and holder and holder != assigned.service:
                     found.append(
                         ports_pb2.Conflict(
@@ -680,20 +759,24 @@ class PortTable:
                             port=port,
                             assignment=assigned,
                             observed_holder=holder,
-                            description=f"port {port} on {name} is assigned to {assigned.service}/{assigned.name} "
+                            description=f"port {label} on {name} is assigned to {assigned.service}/{assigned.name} "
                             f"but bound by {holder}",
+                            protocol=protocol,  # type: ignore[arg-type]
                         )
                     )
-                # Misplaced only if one of its ports here is not bound by it: a service bound to its
-                # own port and to another one gains nothing from a move (and resolving would swap
-                # its assignment between the two ports for ever).
+                # Misplaced only if one of its ports here (of the same protocol: a move never
+                # changes one) is not bound by it: a service bound to its own port and to another one
+                # gains nothing from a move (and resolving would swap its assignment between the two
+                # ports for ever).
                 astray = [
                     a
                     for a in services_here.get(holder, [])
-                    if a.port not in bound or bound[a.port].holder not in (holder, "")
+                    if a.protocol == protocol
+                    and ((a.port, protocol) not in bound or bound[(a.port, protocol)].holder not in (holder, ""))
                 ]
                 if astray and (assigned is None or assigned.service != holder):
-                    own = sorted(astray, key=lambda a: (a.port in bound, a.name))[0]
+                    own = sorted(astray, key=lambda a: ((a.port, protocol) in bound, a.name))[0]
+                    held = sorted((a.port, a.protocol) for a in services_here[holder])
                     found.append(
                         ports_pb2.Conflict(
                             kind=ports_pb2.CONFLICT_KIND_MISPLACED,
@@ -701,9 +784,10 @@ class PortTable:
                             port=port,
                             assignment=own,
                             observed_holder=holder,
-                            description=f"{holder} is bound to port {port} on {name}, but its assigned "
-                            f"port{'s are' if len(services_here[holder]) > 1 else ' is'} "
-                            f"{', '.join(str(p) for p in sorted(a.port for a in services_here[holder]))}",
+                            description=f"{holder} is bound to port {label} on {name}, but its assigned "
+                            f"port{'s are' if len(held) > 1 else ' is'} "
+                            f"{', '.join(port_label(*slot) for slot in held)}",
+                            protocol=protocol,  # type: ignore[arg-type]
                         )
                     )
                 elif assigned is None and self.range_of(port) and self.reservation(name, port) is None:
@@ -714,8 +798,9 @@ class PortTable:
                             host=name,
                             port=port,
                             observed_holder=holder,
-                            description=f"port {port} on {name} lies in range {self.range_of(port)!r} and is bound "
-                            f"by {who}, but nobody was assigned it",
+                            description=f"port {label} on {name} lies in range {self.range_of(port)!r} and is "
+                            f"bound by {who}, but nobody was assigned it",
+                            protocol=protocol,  # type: ignore[arg-type]
                         )
                     )
         return found
@@ -736,15 +821,21 @@ class PortTable:
                 must_leave.setdefault((a.host, a.service, a.name), conflict)
         moves: list[ports_pb2.PortMove] = []
         unresolved: list[ports_pb2.Conflict] = []
-        planned: dict[str, dict[int, str]] = {}  # per host: ports this plan hands out
+        planned: dict[str, dict[Slot, str]] = {}  # per host: ports this plan hands out
         moved: set[AssignmentKey] = set()
 
         def plan(a: ports_pb2.PortAssignment, port: int, reason: str) -> None:
-            planned.setdefault(a.host, {})[port] = f"{a.service}/{a.name}"
+            planned.setdefault(a.host, {})[(port, a.protocol)] = f"{a.service}/{a.name}"
             moved.add((a.host, a.service, a.name))
             moves.append(
                 ports_pb2.PortMove(
-                    host=a.host, service=a.service, name=a.name, old_port=a.port, new_port=port, reason=reason
+                    host=a.host,
+                    service=a.service,
+                    name=a.name,
+                    old_port=a.port,
+                    new_port=port,
+                    reason=reason,
+                    protocol=a.protocol,
                 )
             )
 
@@ -758,23 +849,26 @@ class PortTable:
             if conflict.kind != ports_pb2.CONFLICT_KIND_MISPLACED:
                 continue
             a, port = conflict.assignment, conflict.port
-            holder = self.by_port.get(a.host, {}).get(port)
+            label = port_label(port, a.protocol)  # a misplaced conflict's port is of its assignment's protocol
+            holder = self.by_port.get(a.host, {}).get((port, a.protocol))
             leaving = must_leave.get(holder) if holder is not None and holder not in moved else None
             if leaving is not None and leaving.assignment.range in self.ranges:
                 # The holder must leave anyway, but its port is vacated only once it has somewhere to
                 # go: otherwise it stays, and adopting the port would put two assignments on it.
                 range_ = self.ranges[leaving.assignment.range]
-                free = self.find_free(a.host, range_, taken=planned.get(a.host), avoid=port)
+                free = self.find_free(
+                    a.host, range_, taken=planned.get(a.host), avoid=port, protocol=leaving.assignment.protocol
+                )
                 if free is not None:
-                    plan(leaving.assignment, free, f"port {port} is bound by {leaving.observed_holder}")
+                    plan(leaving.assignment, free, f"port {label} is bound by {leaving.observed_holder}")
             vacated = holder is None or holder in moved
             if (
                 (a.host, a.service, a.name) in moved
                 or not vacated
-                or port in planned.get(a.host, {})
+                or (port, a.protocol) in planned.get(a.host, {})
                 or self.reservation(a.host, port) is not None
             ):
-                unresolved.append(_with_reason(conflict, f"port {port} is held by another assignment that stays"))
+                unresolved.append(_with_reason(conflict, f"port {label} is held by another assignment that stays"))
                 continue
             plan(a, port, f"{a.service} is bound to {port}: adopting the observed port")
         for key, conflict in must_leave.items():
@@ -784,11 +878,13 @@ class PortTable:
             if not a.range or a.range not in self.ranges:
                 unresolved.append(_with_reason(conflict, "it lies in no range: reassign it to a port by hand"))
                 continue
-            free = self.find_free(a.host, self.ranges[a.range], taken=planned.get(a.host), avoid=a.port)
+            free = self.find_free(
+                a.host, self.ranges[a.range], taken=planned.get(a.host), avoid=a.port, protocol=a.protocol
+            )
             if free is None:
                 unresolved.append(_with_reason(conflict, f"range {a.range!r} has no free port on {a.host}"))
                 continue
-            plan(a, free, f"port {a.port} is bound by {conflict.observed_holder}")
+            plan(a, free, f"port {port_label(a.port, a.protocol)} is bound by {conflict.observed_holder}")
         return moves, unresolved
 
     def resolve(self, request: ports_pb2.ResolveConflictsRequest) -> CommandResult:
@@ -811,6 +907,7 @@ class PortTable:
                 current[key].lease_id,
                 Action.PORT_ACTION_RESOLVED,
                 move.reason,
+                protocol=current[key].protocol,
             )
         return self._result(ports_resolve=ports_pb2.ResolveConflictsResponse(moves=moves, unresolved=unresolved))
 
@@ -831,20 +928,28 @@ class PortTable:
         for host in sorted(self.observations):
             report = self.observations[host]
             bound = self.observed.get(host, {})
-            for port in sorted(self.by_port.get(host, {})):
-                key = self.by_port[host][port]
+            # A report that lists no UDP socket says nothing about UDP (reporters from before UDP
+            # ports list listening TCP sockets only): its UDP assignments are not suspected.
+            covers_udp = any(protocol == UDP for _, protocol in bound)
+            for slot in sorted(self.by_port.get(host, {})):
+                key = self.by_port[host][slot]
                 assignment = self.assignments[key]
-                if port in bound or report.revision <= assignment.mod_revision:
-                    if self.leaks.pop((host, port), None) is not None:
+                leak_key = (host, *slot)
+                if slot in bound or report.revision <= assignment.mod_revision or (slot[1] == UDP and not covers_udp):
+                    if self.leaks.pop(leak_key, None) is not None:
                         changed = True
                     continue
                 suspected.append(assignment)
-                count = self.leaks.get((host, port))
+                count = self.leaks.get(leak_key)
                 if count is not None and count.observation_revision == report.revision:
                     continue  # no fresh evidence since the last pass
                 passes = (count.passes if count is not None else 0) + 1
-                self.leaks[(host, port)] = ports_pb2.LeakCount(
-                    host=host, port=port, passes=passes, observation_revision=report.revision
+                self.leaks[leak_key] = ports_pb2.LeakCount(
+                    host=host,
+                    port=slot[0],
+                    passes=passes,
+                    observation_revision=report.revision,
+                    protocol=slot[1],  # type: ignore[arg-type]
                 )
                 changed = True
                 if passes >= threshold:
@@ -873,7 +978,7 @@ class PortTable:
         if len(manifest.ports) > limits.MAX_DECLARED_PORTS:
             raise _invalid(f"a service declares at most {limits.MAX_DECLARED_PORTS} ports")
         names: set[str] = set()
-        fixed: set[int] = set()
+        fixed: set[Slot] = set()
         for declared in manifest.ports:
             _check(
                 limits.check_name(declared.name, "port name") or limits.check_text(declared.protocol, "protocol", 16)
@@ -883,9 +988,10 @@ class PortTable:
             names.add(declared.name)
             if declared.port:
                 _check(limits.check_port(declared.port, f"port {declared.name!r}"))
-                if declared.port in fixed:
-                    raise _invalid(f"port {declared.port} is declared twice")
-                fixed.add(declared.port)
+                slot = (declared.port, manifest_protocol(declared.protocol))
+                if slot in fixed:
+                    raise _invalid(f"port {port_label(*slot)} is declared twice")
+                fixed.add(slot)
                 if declared.range:
                     range_ = self.range_named(declared.range)
                     if not range_.start <= declared.port <= range_.end:
@@ -919,25 +1025,39 @@ class PortTable:
         # Plan every declared port before changing anything: all or nothing. Fixed ports first, so
         # an allocation never takes a port that a later declaration fixes (stable: the manifest's
         # order otherwise).
-        taken: dict[int, str] = {}
-        plan: list[tuple[AssignmentKey, int, str, ports_pb2.PortAction, str]] = []
+        taken: dict[Slot, str] = {}
+        # (assignment, (port, protocol), range, action, reason) per declared port
+        plan: list[tuple[AssignmentKey, Slot, str, ports_pb2.PortAction, str]] = []
         for declared in sorted(manifest.ports, key=lambda d: not d.port):
             key = (host, service, declared.name)
+            protocol = manifest_protocol(declared.protocol)
             current = self.assignments.get(key)
+            if current is not None and current.protocol != protocol:
+                current = None  # a port changing protocol is a new port: planned like one
             if declared.port:
                 if current is not None and current.port == declared.port:
                     if current.lease_id != manifest.lease_id:
-                        plan.append((key, current.port, current.range, Action.PORT_ACTION_ASSIGNED, "lease changed"))
+                        plan.append(
+                            (key, (current.port, protocol), current.range, Action.PORT_ACTION_ASSIGNED, "lease changed")
+                        )
                     continue
-                held = self.by_port.get(host, {}).get(declared.port)
+                held = self.by_port.get(host, {}).get((declared.port, protocol))
                 problem = (
-                    self._why_taken(host, declared.port, service, taken) if held is None or held not in own else None
-                ) or self._observed_by_other(host, declared.port, service)
+                    self._why_taken(host, declared.port, service, taken, protocol)
+                    if held is None or held not in own
+                    else None
+                ) or self._observed_by_other(host, declared.port, service, protocol)
                 if problem:
                     raise _precondition(f"cannot register {service} on {host}: {problem}")
-                taken[declared.port] = f"{service}/{declared.name}"
+                taken[(declared.port, protocol)] = f"{service}/{declared.name}"
                 plan.append(
-                    (key, declared.port, self.range_of(declared.port), Action.PORT_ACTION_ASSIGNED, "service manifest")
+                    (
+                        key,
+                        (declared.port, protocol),
+                        self.range_of(declared.port),
+                        Action.PORT_ACTION_ASSIGNED,
+                        "service manifest",
+                    )
                 )
                 continue
             range_name = declared.range or DEFAULT_RANGE
@@ -946,22 +1066,28 @@ class PortTable:
                 raise _not_found(f"no port range {range_name!r} to allocate port {declared.name!r} from")
             if current is not None and current.range == range_name:
                 if current.lease_id != manifest.lease_id:
-                    plan.append((key, current.port, current.range, Action.PORT_ACTION_ASSIGNED, "lease changed"))
+                    plan.append(
+                        (key, (current.port, protocol), current.range, Action.PORT_ACTION_ASSIGNED, "lease changed")
+                    )
                 continue
-            port = self.find_free(host, range_, taken=taken)
+            port = self.find_free(host, range_, taken=taken, protocol=protocol)
             if port is None:
-                raise self._exhausted(host, range_)
-            taken[port] = f"{service}/{declared.name}"
-            plan.append((key, port, range_name, Action.PORT_ACTION_ALLOCATED, "service manifest"))
+                raise self._exhausted(host, range_, protocol)
+            taken[(port, protocol)] = f"{service}/{declared.name}"
+            plan.append((key, (port, protocol), range_name, Action.PORT_ACTION_ALLOCATED, "service manifest"))
         # A fixed port may be one this service holds under another name: fine only if that one moves
         # away (a port kept where it is, only its lease changing, does not).
         vacating = {
-            key for key, port, *_ in plan if key not in self.assignments or self.assignments[key].port != port
+            key
+            for key, slot, *_ in plan
+            if key not in self.assignments or (self.assignments[key].port, self.assignments[key].protocol) != slot
         } | set(stale)
-        for key, port, *_ in plan:
-            held = self.by_port.get(host, {}).get(port)
+        for key, slot, *_ in plan:
+            held = self.by_port.get(host, {}).get(slot)
             if held is not None and held != key and held not in vacating:
-                raise _precondition(f"cannot register {service} on {host}: port {port} stays with {held[1]}/{held[2]}")
+                raise _precondition(
+                    f"cannot register {service} on {host}: port {port_label(*slot)} stays with {held[1]}/{held[2]}"
+                )
         prev_record = self.services.get((host, service))
         revision = self._note(
             Action.PORT_ACTION_SERVICE_REGISTERED,
@@ -993,8 +1119,8 @@ class PortTable:
         for key, *_ in plan:
             if key in self.assignments:
                 self._unindex(self.assignments[key])
-        for key, port, range_name, action, reason in plan:
-            self._put(key, port, range_name, manifest.lease_id, action, reason)
+        for key, (port, protocol), range_name, action, reason in plan:
+            self._put(key, port, range_name, manifest.lease_id, action, reason, protocol=protocol)
         return self._result(
             service_register=ports_pb2.RegisterServiceResponse(service=self.service_view(host, service))
         )
@@ -1293,7 +1419,8 @@ class PortTable:
             global_reserved = sum(1 for p in self.reserved_global if range_.start <= p <= range_.end)
             rows = []
             for name in hosts:
-                used = sum(1 for p in self.by_port.get(name, {}) if range_.start <= p <= range_.end)
+                # Port numbers in use, by either protocol (a reservation keeps both, too).
+                used = len({p for p, _ in self.by_port.get(name, {}) if range_.start <= p <= range_.end})
                 reserved = global_reserved + sum(
                     1
                     for p in self.reserved_host.get(name, {})
@@ -1352,7 +1479,7 @@ class PortTable:
                 )
             reserved.add((reservation.host, reservation.port))
         keys: set[AssignmentKey] = set()
-        ports: dict[tuple[str, int], str] = {}
+        ports: dict[LeakKey, str] = {}  # (host, port, protocol) -> its holder
         for a in port_map.assignments:
             _check(
                 limits.check_host(a.host)
@@ -1360,13 +1487,16 @@ class PortTable:
                 or limits.check_name(a.name, "port name")
                 or limits.check_port(a.port)
             )
+            check_protocol(a.protocol)
             where = f"assignment {a.service}/{a.name} on {a.host}"
             if (a.host, a.service, a.name) in keys:
                 raise _invalid(f"{where} appears twice")
             keys.add((a.host, a.service, a.name))
-            if (a.host, a.port) in ports:
-                raise _invalid(f"{where} and {ports[(a.host, a.port)]} share port {a.port}")
-            ports[(a.host, a.port)] = f"{a.service}/{a.name}"
+            if (a.host, a.port, a.protocol) in ports:
+                raise _invalid(
+                    f"{where} and {ports[(a.host, a.port, a.protocol)]} share port {port_label(a.port, a.protocol)}"
+                )
+            ports[(a.host, a.port, a.protocol)] = f"{a.service}/{a.name}"
             if (a.host, a.port) in reserved or ("", a.port) in reserved:
                 raise _invalid(f"{where} holds reserved port {a.port}")
             containing = next((r.name for r in ranges.values() if r.start <= a.port <= r.end), "")
@@ -1382,8 +1512,15 @@ class PortTable:
             _check(limits.check_name(entry.service, "history service"))
         for report in port_map.observations:
             _check(limits.check_host(report.host))
+            slots: set[Slot] = set()
             for observed in report.ports:
                 _check(limits.check_port(observed.port, "observed port"))
+                check_protocol(observed.protocol)
+                if (observed.port, observed.protocol) in slots:
+                    raise _invalid(
+                        f"port {port_label(observed.port, observed.protocol)} observed twice on {report.host}"
+                    )
+                slots.add((observed.port, observed.protocol))
 
     def import_map(self, request: ports_pb2.ImportPortsRequest) -> CommandResult:
         port_map = request.map
@@ -1476,7 +1613,7 @@ class PortTable:
         for assignment in state.assignments:
             key = (assignment.host, assignment.service, assignment.name)
             self.assignments[key] = assignment
-            self.by_port.setdefault(assignment.host, {})[assignment.port] = key
+            self.by_port.setdefault(assignment.host, {})[(assignment.port, assignment.protocol)] = key
             if assignment.lease_id:
                 self.by_lease.setdefault(assignment.lease_id, {})[key] = None
             self.hosts.setdefault(assignment.host, None)
@@ -1490,8 +1627,8 @@ class PortTable:
         self.history_totals = {t.service: t.total for t in state.history_totals}
         for report in state.observations:
             self.observations[report.host] = report
-            self.observed[report.host] = {o.port: o for o in report.ports}
-        self.leaks = {(c.host, c.port): c for c in state.leaks}
+            self.observed[report.host] = {(o.port, o.protocol): o for o in report.ports}
+        self.leaks = {(c.host, c.port, c.protocol): c for c in state.leaks}
         self.cursors = {(c.host, c.range): c.next for c in state.cursors}
         for host in list(state.hosts) + [r.host for r in state.reservations if r.host] + list(self.observations):
             self.hosts.setdefault(host, None)
@@ -1503,9 +1640,11 @@ class PortTable:
     ) -> list[ports_pb2.PortAssignment]:
         if host:
             self.known_host(host)
-            keys: Iterable[AssignmentKey] = [self.by_port[host][p] for p in sorted(self.by_port.get(host, {}))]
+            keys: Iterable[AssignmentKey] = [self.by_port[host][s] for s in sorted(self.by_port.get(host, {}))]
         else:
-            keys = sorted(self.assignments, key=lambda k: (k[0], self.assignments[k].port))
+            keys = sorted(
+                self.assignments, key=lambda k: (k[0], self.assignments[k].port, self.assignments[k].protocol)
+            )
         return [
             self.assignments[key]
             for key in keys

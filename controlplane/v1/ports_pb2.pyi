@@ -8,6 +8,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PortProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PORT_PROTOCOL_TCP: _ClassVar[PortProtocol]
+    PORT_PROTOCOL_UDP: _ClassVar[PortProtocol]
+
 class PortAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PORT_ACTION_UNSPECIFIED: _ClassVar[PortAction]
@@ -44,6 +49,8 @@ class HealthStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEALTH_STATUS_PASSING: _ClassVar[HealthStatus]
     HEALTH_STATUS_WARNING: _ClassVar[HealthStatus]
     HEALTH_STATUS_CRITICAL: _ClassVar[HealthStatus]
+PORT_PROTOCOL_TCP: PortProtocol
+PORT_PROTOCOL_UDP: PortProtocol
 PORT_ACTION_UNSPECIFIED: PortAction
 PORT_ACTION_ALLOCATED: PortAction
 PORT_ACTION_ASSIGNED: PortAction
@@ -86,7 +93,7 @@ class PortRange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
 
 class PortAssignment(_message.Message):
-    __slots__ = ("host", "service", "name", "port", "range", "lease_id", "create_revision", "mod_revision", "created_unix_ms", "updated_unix_ms")
+    __slots__ = ("host", "service", "name", "port", "range", "lease_id", "create_revision", "mod_revision", "created_unix_ms", "updated_unix_ms", "protocol")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +104,7 @@ class PortAssignment(_message.Message):
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     host: str
     service: str
     name: str
@@ -107,7 +115,8 @@ class PortAssignment(_message.Message):
     mod_revision: int
     created_unix_ms: int
     updated_unix_ms: int
-    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., port: _Optional[int] = ..., range: _Optional[str] = ..., lease_id: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ...) -> None: ...
+    protocol: PortProtocol
+    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., port: _Optional[int] = ..., range: _Optional[str] = ..., lease_id: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class Reservation(_message.Message):
     __slots__ = ("host", "port", "reason", "revision")
@@ -122,7 +131,7 @@ class Reservation(_message.Message):
     def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., reason: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class PortHistoryEntry(_message.Message):
-    __slots__ = ("revision", "time_unix_ms", "action", "host", "service", "name", "old_port", "new_port", "reason")
+    __slots__ = ("revision", "time_unix_ms", "action", "host", "service", "name", "old_port", "new_port", "reason", "protocol")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +141,7 @@ class PortHistoryEntry(_message.Message):
     OLD_PORT_FIELD_NUMBER: _ClassVar[int]
     NEW_PORT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     revision: int
     time_unix_ms: int
     action: PortAction
@@ -141,7 +151,8 @@ class PortHistoryEntry(_message.Message):
     old_port: int
     new_port: int
     reason: str
-    def __init__(self, revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., action: _Optional[_Union[PortAction, str]] = ..., host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., old_port: _Optional[int] = ..., new_port: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    protocol: PortProtocol
+    def __init__(self, revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., action: _Optional[_Union[PortAction, str]] = ..., host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., old_port: _Optional[int] = ..., new_port: _Optional[int] = ..., reason: _Optional[str] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class PortEvent(_message.Message):
     __slots__ = ("action", "host", "service", "name", "old_port", "new_port", "reason", "assignment", "prev_assignment", "health")
@@ -168,14 +179,16 @@ class PortEvent(_message.Message):
     def __init__(self, action: _Optional[_Union[PortAction, str]] = ..., host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., old_port: _Optional[int] = ..., new_port: _Optional[int] = ..., reason: _Optional[str] = ..., assignment: _Optional[_Union[PortAssignment, _Mapping]] = ..., prev_assignment: _Optional[_Union[PortAssignment, _Mapping]] = ..., health: _Optional[_Union[ServiceHealth, _Mapping]] = ...) -> None: ...
 
 class ObservedPort(_message.Message):
-    __slots__ = ("port", "holder", "pid")
+    __slots__ = ("port", "holder", "pid", "protocol")
     PORT_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     port: int
     holder: str
     pid: int
-    def __init__(self, port: _Optional[int] = ..., holder: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    protocol: PortProtocol
+    def __init__(self, port: _Optional[int] = ..., holder: _Optional[str] = ..., pid: _Optional[int] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class HostObservation(_message.Message):
     __slots__ = ("host", "ports", "reported_unix_ms", "revision")
@@ -190,36 +203,40 @@ class HostObservation(_message.Message):
     def __init__(self, host: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ObservedPort, _Mapping]]] = ..., reported_unix_ms: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class Conflict(_message.Message):
-    __slots__ = ("kind", "host", "port", "assignment", "observed_holder", "description")
+    __slots__ = ("kind", "host", "port", "assignment", "observed_holder", "description", "protocol")
     KIND_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_HOLDER_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     kind: ConflictKind
     host: str
     port: int
     assignment: PortAssignment
     observed_holder: str
     description: str
-    def __init__(self, kind: _Optional[_Union[ConflictKind, str]] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., assignment: _Optional[_Union[PortAssignment, _Mapping]] = ..., observed_holder: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    protocol: PortProtocol
+    def __init__(self, kind: _Optional[_Union[ConflictKind, str]] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., assignment: _Optional[_Union[PortAssignment, _Mapping]] = ..., observed_holder: _Optional[str] = ..., description: _Optional[str] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class PortMove(_message.Message):
-    __slots__ = ("host", "service", "name", "old_port", "new_port", "reason")
+    __slots__ = ("host", "service", "name", "old_port", "new_port", "reason", "protocol")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     OLD_PORT_FIELD_NUMBER: _ClassVar[int]
     NEW_PORT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     host: str
     service: str
     name: str
     old_port: int
     new_port: int
     reason: str
-    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., old_port: _Optional[int] = ..., new_port: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    protocol: PortProtocol
+    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., old_port: _Optional[int] = ..., new_port: _Optional[int] = ..., reason: _Optional[str] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class DeclaredPort(_message.Message):
     __slots__ = ("name", "port", "range", "protocol")
@@ -368,7 +385,7 @@ class ServiceRecord(_message.Message):
     def __init__(self, manifest: _Optional[_Union[ServiceManifest, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortAssignment, _Mapping]]] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., registered_unix_ms: _Optional[int] = ..., health: _Optional[_Union[ServiceHealth, _Mapping]] = ..., run: _Optional[_Union[RunStatus, _Mapping]] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("host", "service", "name", "range", "preferred_port", "lease_id", "request_id")
+    __slots__ = ("host", "service", "name", "range", "preferred_port", "lease_id", "request_id", "protocol")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -376,6 +393,7 @@ class AllocateRequest(_message.Message):
     PREFERRED_PORT_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     host: str
     service: str
     name: str
@@ -383,7 +401,8 @@ class AllocateRequest(_message.Message):
     preferred_port: int
     lease_id: int
     request_id: str
-    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., range: _Optional[str] = ..., preferred_port: _Optional[int] = ..., lease_id: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    protocol: PortProtocol
+    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., range: _Optional[str] = ..., preferred_port: _Optional[int] = ..., lease_id: _Optional[int] = ..., request_id: _Optional[str] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class AllocateResponse(_message.Message):
     __slots__ = ("header", "assignment", "existing")
@@ -396,7 +415,7 @@ class AllocateResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., assignment: _Optional[_Union[PortAssignment, _Mapping]] = ..., existing: _Optional[bool] = ...) -> None: ...
 
 class AssignRequest(_message.Message):
-    __slots__ = ("host", "service", "name", "port", "lease_id", "force", "request_id")
+    __slots__ = ("host", "service", "name", "port", "lease_id", "force", "request_id", "protocol")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -404,6 +423,7 @@ class AssignRequest(_message.Message):
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     host: str
     service: str
     name: str
@@ -411,7 +431,8 @@ class AssignRequest(_message.Message):
     lease_id: int
     force: bool
     request_id: str
-    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., port: _Optional[int] = ..., lease_id: _Optional[int] = ..., force: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    protocol: PortProtocol
+    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., port: _Optional[int] = ..., lease_id: _Optional[int] = ..., force: _Optional[bool] = ..., request_id: _Optional[str] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class AssignResponse(_message.Message):
     __slots__ = ("header", "assignment", "existing")
@@ -424,18 +445,20 @@ class AssignResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., assignment: _Optional[_Union[PortAssignment, _Mapping]] = ..., existing: _Optional[bool] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("host", "service", "name", "port", "request_id")
+    __slots__ = ("host", "service", "name", "port", "request_id", "protocol")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     host: str
     service: str
     name: str
     port: int
     request_id: str
-    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., port: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    protocol: PortProtocol
+    def __init__(self, host: _Optional[str] = ..., service: _Optional[str] = ..., name: _Optional[str] = ..., port: _Optional[int] = ..., request_id: _Optional[str] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ("header", "released", "assignment")
@@ -978,16 +1001,18 @@ class HistoryTotal(_message.Message):
     def __init__(self, service: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...
 
 class LeakCount(_message.Message):
-    __slots__ = ("host", "port", "passes", "observation_revision")
+    __slots__ = ("host", "port", "passes", "observation_revision", "protocol")
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     PASSES_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_REVISION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     host: str
     port: int
     passes: int
     observation_revision: int
-    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., passes: _Optional[int] = ..., observation_revision: _Optional[int] = ...) -> None: ...
+    protocol: PortProtocol
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., passes: _Optional[int] = ..., observation_revision: _Optional[int] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class AllocationCursor(_message.Message):
     __slots__ = ("host", "range", "next")

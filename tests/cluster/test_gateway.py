@@ -56,6 +56,7 @@ async def test_every_endpoint_against_real_servers(cluster: LocalCluster, http: 
         admin.membership.set_flag("multi_network", True)
         admin.membership.create_network("gw-net", "gw-model", 4, priority=3)
         admin.ports.allocate("gw-host", "gw-svc", "http")
+        admin.ports.assign("gw-host", "gw-svc", 5353, "mdns", protocol="udp")
         admin.models.register("GatewayLlama-7B", "ab" * 32, 1024, "gguf", family="llama", tags=["gwtag"])
 
     ready = await http.get("/readyz")
@@ -118,7 +119,10 @@ async def test_every_endpoint_against_real_servers(cluster: LocalCluster, http: 
     assert [p["client_id"] for p in detail["placements"]] == ["gw-c1"]
     assert detail["placements"][0]["node_id"] == "gw-a1"
     ports = (await http.get("/v1/ports", params={"host": "gw-host"}, headers=AUTH)).json()
-    assert [(a["service"], a["name"]) for a in ports["assignments"]] == [("gw-svc", "http")]
+    assert sorted((a["service"], a["name"], a["protocol"]) for a in ports["assignments"]) == [
+        ("gw-svc", "http", "tcp"),
+        ("gw-svc", "mdns", "udp"),
+    ]
     flags = {f["name"]: f["enabled"] for f in (await http.get("/v1/flags", headers=AUTH)).json()["flags"]}
     assert flags["multi_network"] is True
 

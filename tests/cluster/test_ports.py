@@ -26,6 +26,7 @@ from controlplane.client import (
     InvalidArgument,
     NotFound,
     PortAction,
+    PortProtocol,
     ResourceExhausted,
 )
 from controlplane.dev import LocalCluster
@@ -319,3 +320,36 @@ requirements: {{gpus: 1, memory_mb: 16384, cpu_millis: 4000}}
     assert result.returncode == 2 and "not valid YAML" in result.stderr
     unknown = cpctl("ports", "history", _unique("nobody"))
     assert unknown.returncode == 1 and "no history" in unknown.stderr
+
+
+def test_tcp_and_udp_hold_one_port_number_separately_over_the_sdk_and_the_cli(cluster: LocalCluster) -> None:
+    host = _unique("dns-host")
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        tcp = client.ports.assign(host, "dns", 53, "tcp").assignment
+        udp = client.ports.assign(host, "dns", 53, "udp", protocol="udp").assignment
+        assert (tcp.protocol, udp.protocol) == (PortProtocol.TCP, PortProtocol.UDP)
+        with pytest.raises(FailedPrecondition, match=r"port 53/udp on .* is assigned to dns/udp"):
+            client.ports.assign(host, "rogue", 53, protocol=PortProtocol.UDP)
+        with pytest.raises(InvalidArgument, match="neither 'tcp' nor 'udp'"):
+            client.ports.allocate(host, "x", protocol="sctp")
+        (conflict,) = client.ports.report_observed(host, [(53, "dns"), (53, "dnsmasq", "udp")])
+        assert (conflict.kind, conflict.port, conflict.protocol) == (ConflictKind.WRONG_HOLDER, 53, PortProtocol.UDP)
+    env = dict(credentials_env(cluster), CP_ENDPOINTS=",".join(cluster.client_addresses))
+
+    def cpctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "controlplane", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    listed = cpctl("ports", "list", "--host", host)
+    assert listed.returncode == 0 and " 53/udp " in listed.stdout, listed.stdout
+    as_json = json.loads(cpctl("ports", "list", "--host", host, "--output", "json").stdout)
+    assert sorted((a["name"], a["port"], a["protocol"]) for a in as_json["assignments"]) == [
+        ("tcp", 53, "TCP"),
+        ("udp", 53, "UDP"),
+    ]
+    assert cpctl("ports", "assign", "x", "54", "-H", host, "--protocol", "sctp").returncode == 2
+    released = cpctl("ports", "release", "-H", host, "--port", "53", "--protocol", "udp")
+    assert released.returncode == 0 and "released port 53/udp" in released.stdout, released.stdout
+    allocated = cpctl("ports", "allocate", "stats", "-H", host, "--preferred", "20053", "-p", "udp")
+    assert allocated.returncode == 0 and "port 20053/udp" in allocated.stdout, allocated.stdout
