@@ -92,3 +92,21 @@ def test_no_fsync_no_peer_tls_and_mixed_versions_warn_without_failing() -> None:
 def test_nobody_answering_is_a_problem() -> None:
     verdict = judge({"n1": "Unavailable: refused", "n2": "Unavailable: refused"})
     assert not verdict.healthy and len(verdict.problems) == 2
+
+
+def test_servers_on_different_cluster_levels_are_a_warning_and_one_too_old_a_problem() -> None:
+    views: dict[str, ClusterStatus | str] = {node_id: view(node_id, apply_level=2) for node_id in IDS}
+    views["n3"] = view("n3", apply_level=1)  # mid-upgrade: n3 still holds the cluster at level 1
+    verdict = judge(views)
+    assert verdict.healthy
+    assert verdict.warnings == [
+        "the servers apply different cluster levels, so the cluster stays at 1: n3 1 hold it back "
+        "(fine during a rolling upgrade only)"
+    ]
+    views["n3"] = view("n3", apply_level=1, cluster_level=2)  # downgraded after the level rose
+    verdict = judge(views)
+    assert not verdict.healthy
+    assert any(
+        p.startswith("n3 runs a release that applies cluster level 1, but the cluster is at level 2")
+        for p in verdict.problems
+    )

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from controlplane.state import levels
 from controlplane.state.machine import DEFAULT_DEDUPE_TTL_MS, StateMachine, batch_entry
 from controlplane.state.ports import DEFAULT_RANGE, PORT_HISTORY_LIMIT, PORT_MAP_FORMAT, TCP, UDP, PortTable, describe
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, ports_pb2, watch_pb2
@@ -1070,8 +1071,10 @@ TestPortsVsModel = PortsVsModel.TestCase
 class Driver:
     """One machine and the leader's clock: one millisecond per entry unless told otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, level: int = levels.APPLY_LEVEL) -> None:
         self.machine = StateMachine()
+        if level > levels.BASE_LEVEL:  # as the leader does once every server runs this release
+            self.ok(command(set_cluster_level=command_pb2.SetClusterLevel(level=level)), at=1)
         self.now = 1_000
 
     @property

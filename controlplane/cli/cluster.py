@@ -154,7 +154,10 @@ def status(
         f"commit index {current.commit_index}, applied index {current.applied_index}, "
         f"revision {current.applied_revision}, watch history from revision {current.oldest_revision}"
     )
-    typer.echo(f"durability {current.durability or '?'}, peer plane {current.peer_security or '?'}")
+    typer.echo(
+        f"durability {current.durability or '?'}, peer plane {current.peer_security or '?'}, "
+        f"cluster level {current.cluster_level} (this server applies up to {current.apply_level})"
+    )
     if current.durability == "none":
         typer.echo(
             "WARNING: this server never fsyncs its Raft journal: acknowledged writes survive kill -9, not a power cut",
@@ -170,12 +173,16 @@ def _status_all(endpoints: str | None, output: Output, timeout: float) -> None:
     if output is Output.json:
         emit_json(_views_json(views))
         return
-    typer.echo(f"{'ID':<8} {'ROLE':<10} {'LEADER':<8} {'TERM':>5} {'COMMIT':>8} {'APPLIED':>8} {'READY':<6} VERSION")
+    typer.echo(
+        f"{'ID':<8} {'ROLE':<10} {'LEADER':<8} {'TERM':>5} {'COMMIT':>8} {'APPLIED':>8} {'READY':<6} "
+        f"{'LEVEL':<6} {'APPLIES':<7} VERSION"
+    )
     for member, view in views.items():
         if isinstance(view, ClusterStatus):
             typer.echo(
                 f"{member:<8} {view.role.name.lower():<10} {view.leader_id or '-':<8} {view.term:>5} "
-                f"{view.commit_index:>8} {view.applied_index:>8} {'yes' if view.ready else 'NO':<6} {view.version}"
+                f"{view.commit_index:>8} {view.applied_index:>8} {'yes' if view.ready else 'NO':<6} "
+                f"{view.cluster_level:<6} {view.apply_level:<7} {view.version}"
             )
         else:
             typer.echo(f"{member:<8} NOT ANSWERING: {view}")

@@ -75,6 +75,19 @@ def judge(views: dict[str, ClusterStatus | str], max_apply_lag: int = DEFAULT_MA
             warnings.append(f"{member} never fsyncs its journal (durability none): a power cut can lose writes")
         if view.peer_security == "insecure":
             warnings.append(f"{member} runs its Raft peer port without TLS (--insecure-dev)")
+        if view.cluster_level > view.apply_level:
+            problems.append(
+                f"{member} runs a release that applies cluster level {view.apply_level}, but the cluster is at "
+                f"level {view.cluster_level}: upgrade it (its replica may differ from the others')"
+            )
+    levels = {view.apply_level for view in answered.values()}
+    if len(levels) > 1:
+        held = min(levels)
+        warnings.append(
+            f"the servers apply different cluster levels, so the cluster stays at {held}: "
+            + ", ".join(f"{m} {v.apply_level}" for m, v in sorted(answered.items()) if v.apply_level == held)
+            + " hold it back (fine during a rolling upgrade only)"
+        )
     versions = {view.version for view in answered.values()}
     if len(versions) > 1:
         warnings.append(

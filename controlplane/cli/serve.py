@@ -82,6 +82,14 @@ def serve(
             'its state, then run it; add new servers under new ids (docs/operations.md, "Lost quorum")',
         ),
     ] = False,
+    apply_level: Annotated[
+        int | None,
+        typer.Option(
+            help="Report at most this cluster level, holding the cluster below later features (0: all this "
+            "release applies) [CP_APPLY_LEVEL]",
+            min=0,
+        ),
+    ] = None,
     yes: YesOption = False,
 ) -> None:
     """Run a server: Raft voter (or learner, with --join), gRPC API and Prometheus metrics.
@@ -110,6 +118,7 @@ def serve(
         "insecure_dev": insecure_dev or None,
         "log_level": log_level,
         "join": join or None,
+        "apply_level": apply_level,
     }
     from controlplane.server import logs
     from controlplane.server.app import run_on_loop

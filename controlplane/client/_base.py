@@ -670,6 +670,9 @@ def cluster_status(response: cluster_pb2.StatusResponse) -> ClusterStatus:
         membership_change=response.membership_change,
         durability=response.durability,
         peer_security=response.peer_security,
+        # 0 from a server older than cluster levels: the base level, 1.
+        apply_level=response.apply_level or 1,
+        cluster_level=response.cluster_level or 1,
     )
 
 

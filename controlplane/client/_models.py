@@ -187,6 +187,11 @@ class ClusterStatus:
     durability: str = ""
     #: "mtls" (servers authenticate each other) or "insecure" (--insecure-dev).
     peer_security: str = ""
+    #: The highest cluster level this server's release applies (1 for a release before levels).
+    apply_level: int = 1
+    #: The level the cluster applies commands at (raised once every server's apply_level reaches
+    #: it); above apply_level, this server is too old for its cluster.
+    cluster_level: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controlplane.state import limits
+from controlplane.state import levels, limits
 
 
 class ConfigError(ValueError):
@@ -173,6 +173,10 @@ class ServerConfig:
     # alternated runs, bench/README.md, round 5); "asyncio" is there for a platform without uvloop
     # (Windows) or to rule the loop out while chasing a problem.
     event_loop: str = "uvloop"
+    # The highest cluster level this server reports (controlplane/state/levels.py); 0: all its
+    # release applies. A lower number holds the whole cluster below the later levels' features,
+    # as an older release would: rehearse a rolling upgrade, or keep a feature off until you choose.
+    apply_level: int = 0
 
     def validate(self) -> None:
         problems = [
@@ -210,6 +214,11 @@ class ServerConfig:
             )
         if self.event_loop not in ("uvloop", "asyncio"):
             raise ConfigError(f"event_loop must be 'uvloop' or 'asyncio', not {self.event_loop!r}")
+        if not 0 <= self.apply_level <= levels.APPLY_LEVEL:
+            raise ConfigError(
+                f"apply_level {self.apply_level} is not one this release knows: 0 (all of it) or "
+                f"{levels.BASE_LEVEL}-{levels.APPLY_LEVEL}"
+            )
         if self.durability not in ("fsync", "none"):
             raise ConfigError(f"durability must be 'fsync' or 'none', not {self.durability!r}")
         if self.max_batch_bytes + 2 * limits.MAX_VALUE_BYTES > limits.RAFT_MAX_ENTRY_BYTES:
@@ -297,6 +306,7 @@ _ENV_KEYS = {
     "log_level": "CP_LOG_LEVEL",
     "insecure_client_port": "CP_INSECURE_CLIENT_PORT",
     "event_loop": "CP_EVENT_LOOP",
+    "apply_level": "CP_APPLY_LEVEL",
 }
 
 
@@ -342,6 +352,11 @@ def load_config(
     except TypeError as exc:
         raise ConfigError(f"[raft] table: {exc}") from None
     merged.setdefault("metrics_address", "")
+    if isinstance(merged.get("apply_level"), str):
+        try:
+            merged["apply_level"] = int(merged["apply_level"])
+        except ValueError:
+            raise ConfigError(f"apply_level {merged['apply_level']!r} is not a whole number") from None
     if isinstance(merged.get("insecure_client_port"), str):
         merged["insecure_client_port"] = merged["insecure_client_port"].lower() in ("1", "true", "yes")
     paths = {

@@ -39,6 +39,7 @@ import structlog
 from controlplane.errors import ControlPlaneError, NotLeader, Unavailable
 from controlplane.server import metrics
 from controlplane.server.config import ServerConfig
+from controlplane.state import levels
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
@@ -601,6 +602,7 @@ class Autopilot:
             self._observe(health, answer, raft_connected, raft.term, raft.commit_index, now, now_ms)
         for gone in set(self._servers) - set(targets):
             del self._servers[gone]
+        await self._raise_cluster_level(answers)
 
         # Decide on a fresh view: a change (an operator's RemoveMember) may have completed while the
         # checks ran. No await from here to the decision, so nothing else changes membership meanwhile.
@@ -632,6 +634,24 @@ class Autopilot:
             await node.promote(action.member_id)
         else:
             await node.remove_server(action.member_id, action.raft_address, action.reason)
+
+    async def _raise_cluster_level(self, answers: list[cluster_pb2.StatusResponse | None]) -> None:
+        """Raise the cluster level to the lowest level any server applies (levels.py), once every
+        other server answered this round: one that did not may run an older release."""
+        node = self._node
+        answered = [answer for answer in answers if answer is not None]
+        if len(answered) < len(answers):
+            return
+        level = min([node.apply_level, *(levels.stored_level(answer.apply_level) for answer in answered)])
+        current = node.machine.cluster_level
+        if level <= current:
+            return
+        log.info("cluster_level_raise", level=level, was=current, meaning=levels.DESCRIPTIONS.get(level, ""))
+        command = command_pb2.Command(set_cluster_level=command_pb2.SetClusterLevel(level=level))
+        try:
+            await node.write(command, timeout=PROBE_TIMEOUT_S * 5)
+        except ControlPlaneError as exc:  # lost leadership or quorum meanwhile: the next round tries again
+            log.info("cluster_level_retry", level=level, reason=exc.message)
 
     def _targets(self, configuration: dict[str, bool], me: str) -> dict[str, tuple[str, str]]:
         """Every other server - in the Raft configuration or in the directory - as (id, client address)."""

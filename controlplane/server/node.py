@@ -57,7 +57,7 @@ from controlplane.server.indexer import Indexer
 from controlplane.server.own_membership import OwnMembership
 from controlplane.server.proposer import Proposer
 from controlplane.server.renewals import LeaderRenewals
-from controlplane.state import limits
+from controlplane.state import levels, limits
 from controlplane.state.machine import CommandResult, SnapshotError, StateMachine, parse_snapshot
 from controlplane.state.membership import ACTIVE as NODE_ACTIVE
 from controlplane.state.membership import LEAVING as NODE_LEAVING
@@ -77,7 +77,7 @@ log = structlog.get_logger("controlplane.node")
 
 DEFAULT_READ_TIMEOUT_S = 5.0
 # Commands only the leader's own housekeeper proposes; Peer.Propose refuses them.
-LEADER_ONLY_COMMANDS = frozenset({"lease_expire", "lease_checkpoint", "service_reap"})
+LEADER_ONLY_COMMANDS = frozenset({"lease_expire", "lease_checkpoint", "service_reap", "set_cluster_level"})
 BACKUP_FORMAT_VERSION = 1
 
 _ROLE_ENUM = {
@@ -332,6 +332,13 @@ class Node:
             problem = limits.check_request_id(command.request_id)
             if problem:
                 raise InvalidArgument(problem)
+        needed = levels.required_level(command)
+        if needed > self.machine.cluster_level:
+            raise FailedPrecondition(
+                f"this needs cluster level {needed} ({levels.DESCRIPTIONS[needed]}), and the cluster is at level "
+                f"{self.machine.cluster_level}: the leader raises it once every server runs a release that applies "
+                f"it (`cpctl cluster status --all` shows the level each server APPLIES)"
+            )
         if timeout is None:
             result = await self.proposer.propose(command)
         else:
@@ -584,6 +591,11 @@ class Node:
 
     # ------------------------------------------------------------------ cluster
 
+    @property
+    def apply_level(self) -> int:
+        """The highest cluster level this server reports: its release's, or the configured cap."""
+        return self.config.apply_level or levels.APPLY_LEVEL
+
     def status(self) -> cluster_pb2.StatusResponse:
         """This server's view: Raft position, and every voter (its Raft configuration) and learner (the
         directory). The leader adds what its health checks saw (applied index, stable since, last contact)."""
@@ -610,6 +622,8 @@ class Node:
             membership_change=self.membership_change_in_flight(),
             durability=self.config.durability,
             peer_security="insecure" if self.config.insecure_dev else "mtls",
+            apply_level=self.apply_level,
+            cluster_level=self.machine.cluster_level,
         )
         me = self.config.raft_address
         # pysyncobj's configuration (self included) is who votes; directory learners outside it do not.

@@ -15,5 +15,7 @@ class Journal(Protocol):
 
     revision: int
     time_unix_ms: int
+    #: What commands apply as (levels.py): below a feature's level, a table applies as before it.
+    cluster_level: int
 
     def record_detail(self, domain: str, key: str, event_type: watch_pb2.EventType, detail: Detail) -> int: ...

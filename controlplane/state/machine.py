@@ -24,7 +24,7 @@ from typing import NamedTuple
 from google.protobuf.message import DecodeError
 from sortedcontainers import SortedDict
 
-from controlplane.state import limits
+from controlplane.state import levels, limits
 from controlplane.state.auth import AuthTable
 from controlplane.state.gossip import GossipTable
 from controlplane.state.journal import Detail
@@ -51,6 +51,8 @@ SNAPSHOT_END_MARKER = 0x5AFE5AFE
 
 DOMAIN_KV = "kv"
 DOMAIN_CLUSTER = "cluster"
+#: The cluster-domain key of the cluster level's events (member ids cannot start with "/").
+CLUSTER_LEVEL_KEY = "/level"
 
 DEFAULT_HISTORY_LIMIT = 10_000
 # The watch history's second bound: the bytes of its events (about their serialized size, what a
@@ -200,6 +202,7 @@ class StateMachine:
             "member_upsert": self._member_upsert,
             "member_remove": self._member_remove,
             "restore_state": self._restore_state,
+            "set_cluster_level": self._set_cluster_level,
             **self.ports.handlers(),
             **self.leases.handlers(),
             **self.registry.handlers(),
@@ -212,6 +215,8 @@ class StateMachine:
         self.revision = 0
         self.time_unix_ms = 0
         self.compacted_revision = 0
+        # What commands apply as (levels.py): a fresh state is at the base, like a replay from genesis.
+        self.cluster_level = levels.BASE_LEVEL
         self._kvs: SortedDict = SortedDict()
         # The watch history is a list with a moving start, trimmed in bulk (amortised O(1)).
         self._history: list[_Change] = []
@@ -470,6 +475,28 @@ class StateMachine:
         )
         return CommandResult(revision=revision, member=command_pb2.MemberResult(changed=True))
 
+    def _set_cluster_level(self, command: command_pb2.Command) -> CommandResult:
+        """Raise the cluster level; one at or below the current level changes nothing (never lowered).
+
+        Stored whatever this release applies, so the replicas agree: a server whose release is
+        below the level learns from ``cluster_level`` that it is too old (Cluster.Status says so).
+        """
+        level = command.set_cluster_level.level
+        if level <= self.cluster_level:
+            return CommandResult(
+                revision=self.revision,
+                cluster_level=command_pb2.ClusterLevelResult(level=self.cluster_level, changed=False),
+            )
+        self.cluster_level = level
+        revision = self._record(
+            DOMAIN_CLUSTER,
+            CLUSTER_LEVEL_KEY,
+            watch_pb2.EVENT_TYPE_PUT,
+            kv_pb2.KeyValue(key=CLUSTER_LEVEL_KEY, value=str(level).encode()),
+            None,
+        )
+        return CommandResult(revision=revision, cluster_level=command_pb2.ClusterLevelResult(level=level, changed=True))
+
     def _member_remove(self, command: command_pb2.Command) -> CommandResult:
         member_id = command.member_remove.id
         prev = self.members.pop(member_id, None)
@@ -492,7 +519,8 @@ class StateMachine:
         """Replace the user data with a backup's, atomically.
 
         The member directory and the dedupe table stay: they describe this cluster, not the
-        backup's. So does the auth state, unless the command asks for the backup's users, roles and
+        backup's, and so does the cluster level (what this cluster's servers apply). So does the
+        auth state, unless the command asks for the backup's users, roles and
         tokens (``AuthTable.restore``: revocations and the on/off switch stay this cluster's). The
         watch history is dropped and marked compacted, so every watcher learns (OUT_OF_RANGE) that
         it must re-read rather than silently missing the swap.
@@ -522,6 +550,8 @@ class StateMachine:
             )
         if snapshot.HasField("ports"):
             state = snapshot.ports
+            if self.cluster_level < levels.UDP_PORTS:
+                levels.clear_port_protocols(state)  # as the releases of this level read the backup
             try:
                 self.ports.validate_map(
                     ports_pb2.PortMap(
@@ -643,14 +673,19 @@ class StateMachine:
         snap.models.CopyFrom(self.registry.to_state())
         snap.membership.CopyFrom(self.membership.to_state())
         snap.membership.gossip.CopyFrom(self.gossip.to_state())
+        tail = command_pb2.StateSnapshot()
         auth = self.auth.to_state()
-        if auth == self.auth.default_state():
-            # Auth at its defaults is what a snapshot without it loads as: written as before auth.
+        if auth != self.auth.default_state():
+            tail.auth.CopyFrom(auth)
+        if self.cluster_level != levels.BASE_LEVEL:
+            tail.cluster_level = self.cluster_level
+        if not tail.ListFields():
+            # Auth at its defaults and the base level are what a snapshot without them loads as:
+            # written as before either existed.
             return snap.SerializeToString(deterministic=True)
-        # The end marker must stay the last bytes (a truncated snapshot lacks it), but auth's field
-        # number is above it: the parts are concatenated in this order (protobuf merges them).
+        # The end marker must stay the last bytes (a truncated snapshot lacks it), but the tail's
+        # field numbers are above it: the parts are concatenated in this order (protobuf merges them).
         snap.ClearField("end_marker")
-        tail = command_pb2.StateSnapshot(auth=auth)
         return (
             snap.SerializeToString(deterministic=True)
             + tail.SerializeToString(deterministic=True)
@@ -683,6 +718,7 @@ class StateMachine:
         self.membership.load(snap.membership)
         self.gossip.load(snap.membership.gossip)
         self.auth.load(snap.auth if snap.HasField("auth") else None)
+        self.cluster_level = levels.stored_level(snap.cluster_level)
 
 
 def _without_registry(snap: command_pb2.StateSnapshot) -> command_pb2.StateSnapshot:

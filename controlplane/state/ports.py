@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from controlplane.state import health, limits
+from controlplane.state import health, levels, limits
 from controlplane.state.journal import Journal
 from controlplane.state.refusal import Handler, Refused, refusing
 from controlplane.state.refusal import check as _check
@@ -56,10 +56,11 @@ def port_label(port: int, protocol: int) -> str:
     return f"{port}/udp" if protocol == UDP else str(port)
 
 
-def manifest_protocol(text: str) -> int:
-    """A declared port's protocol: UDP for "udp" in any case, TCP for anything else (manifests from
-    before UDP ports existed name application protocols there: "http", "grpc")."""
-    return UDP if text.strip().lower() == "udp" else TCP
+def manifest_protocol(text: str, level: int) -> int:
+    """A declared port's protocol at cluster ``level``: UDP for "udp" in any case, TCP for anything
+    else (manifests name application protocols there: "http", "grpc"), and TCP for everything
+    below levels.UDP_PORTS, where the text had no meaning."""
+    return UDP if level >= levels.UDP_PORTS and text.strip().lower() == "udp" else TCP
 
 
 def check_protocol(protocol: int) -> None:
@@ -144,7 +145,11 @@ class PortTable:
 
     def handlers(self) -> dict[str, Callable[[command_pb2.Command], CommandResult]]:
         def wrap(handler: Handler) -> Handler:
-            return refusing(lambda: self._journal.revision, handler)
+            def at_level(command: command_pb2.Command) -> CommandResult:
+                # Below UDP_PORTS, as the releases before it: without its PortProtocol fields.
+                return handler(levels.as_applied_at(command, self._journal.cluster_level))
+
+            return refusing(lambda: self._journal.revision, at_level)
 
         return {
             "ports_allocate": wrap(lambda c: self.allocate(c.ports_allocate)),
@@ -988,7 +993,7 @@ class PortTable:
             names.add(declared.name)
             if declared.port:
                 _check(limits.check_port(declared.port, f"port {declared.name!r}"))
-                slot = (declared.port, manifest_protocol(declared.protocol))
+                slot = (declared.port, manifest_protocol(declared.protocol, self._journal.cluster_level))
                 if slot in fixed:
                     raise _invalid(f"port {port_label(*slot)} is declared twice")
                 fixed.add(slot)
@@ -1030,7 +1035,7 @@ class PortTable:
         plan: list[tuple[AssignmentKey, Slot, str, ports_pb2.PortAction, str]] = []
         for declared in sorted(manifest.ports, key=lambda d: not d.port):
             key = (host, service, declared.name)
-            protocol = manifest_protocol(declared.protocol)
+            protocol = manifest_protocol(declared.protocol, self._journal.cluster_level)
             current = self.assignments.get(key)
             if current is not None and current.protocol != protocol:
                 current = None  # a port changing protocol is a new port: planned like one

@@ -51,7 +51,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "role", "leader_id", "leader_address", "term", "commit_index", "applied_index", "applied_revision", "members", "has_quorum", "raft_log_size", "version", "oldest_revision", "removed_member_ids", "ready", "membership_change", "durability", "peer_security")
+    __slots__ = ("node_id", "role", "leader_id", "leader_address", "term", "commit_index", "applied_index", "applied_revision", "members", "has_quorum", "raft_log_size", "version", "oldest_revision", "removed_member_ids", "ready", "membership_change", "durability", "peer_security", "apply_level", "cluster_level")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,8 @@ class StatusResponse(_message.Message):
     MEMBERSHIP_CHANGE_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     PEER_SECURITY_FIELD_NUMBER: _ClassVar[int]
+    APPLY_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_LEVEL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: Role
     leader_id: str
@@ -88,7 +90,9 @@ class StatusResponse(_message.Message):
     membership_change: str
     durability: str
     peer_security: str
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., applied_revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., has_quorum: _Optional[bool] = ..., raft_log_size: _Optional[int] = ..., version: _Optional[str] = ..., oldest_revision: _Optional[int] = ..., removed_member_ids: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., membership_change: _Optional[str] = ..., durability: _Optional[str] = ..., peer_security: _Optional[str] = ...) -> None: ...
+    apply_level: int
+    cluster_level: int
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., applied_revision: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., has_quorum: _Optional[bool] = ..., raft_log_size: _Optional[int] = ..., version: _Optional[str] = ..., oldest_revision: _Optional[int] = ..., removed_member_ids: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., membership_change: _Optional[str] = ..., durability: _Optional[str] = ..., peer_security: _Optional[str] = ..., apply_level: _Optional[int] = ..., cluster_level: _Optional[int] = ...) -> None: ...
 
 class AddMemberRequest(_message.Message):
     __slots__ = ("id", "raft_address", "client_address", "request_id")

@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.client import Client, Consistency, Credentials, KeyValue
 from controlplane.dev import LocalCluster, NodeProcess
+from controlplane.state import levels
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2_grpc, watch_pb2, watch_pb2_grpc
 
 T = TypeVar("T")
@@ -394,6 +395,19 @@ def wait_ready(cluster: LocalCluster, timeout: float = READY_TIMEOUT_S) -> str:
         lambda: ids <= published_members(cluster.nodes[leader_id]), timeout, f"members {sorted(ids)} to be published"
     )
     return leader_id
+
+
+def wait_for_level(cluster: LocalCluster, level: int = levels.APPLY_LEVEL, timeout: float = READY_TIMEOUT_S) -> None:
+    """Every running server applies commands at cluster ``level`` (the leader raises it once every
+    server has answered its health check at least once: a moment after a cluster starts)."""
+
+    def at_level() -> bool:
+        try:
+            return all(status(node).cluster_level >= level for node in running(cluster))
+        except grpc.RpcError:
+            return False
+
+    wait_until(at_level, timeout, f"cluster level {level} on every server")
 
 
 def _resume_all(cluster: LocalCluster) -> None:

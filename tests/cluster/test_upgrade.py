@@ -1,4 +1,5 @@
-"""A data directory written by the previous release starts on this one, its state intact.
+"""Upgrades: a data directory written by the previous release starts on this one, its state
+intact; and in a rolling upgrade the cluster level rises only once every server applies it.
 
 The previous release kept pysyncobj's own journal (``raft.journal`` + ``raft.journal.meta``,
 memory-mapped). A server started on such a directory migrates it into the durable journal
@@ -11,27 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
-from controlplane.client import Client
+from controlplane.client import Client, FailedPrecondition, PortProtocol
 from controlplane.dev import LocalCluster, free_port
+from controlplane.state import levels
 from controlplane.state.machine import batch_entry
 from controlplane.v1 import command_pb2
 
-from .conftest import _LIVE, wait_ready
+from .conftest import _LIVE, cpctl, running, status, wait_for_level, wait_ready, wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 KEYS = 50
 
 
-class _PreviousRelease(SyncObj):  # type: ignore[misc]
+class _PreviousRelease(SyncObj):
     """The previous release's replicated log: one replicated method taking a command batch."""
 
-    @replicated  # type: ignore[misc]
+    @replicated
     def apply_entry(self, entry: bytes) -> None:
         return None
 
@@ -80,3 +83,42 @@ def test_a_previous_release_data_dir_is_migrated_on_start(tmp_path: Path) -> Non
         with contextlib.suppress(Exception):
             cluster.stop()
         _LIVE.remove(cluster)
+
+
+def test_a_rolling_upgrade_raises_the_cluster_level_after_the_last_server(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    # Three servers held at the base level: the releases from before UDP ports, as far as the
+    # replicated state can tell.
+    cluster = make_cluster(servers=3, extra_config={"apply_level": levels.BASE_LEVEL})
+    host = "upgrade-host"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        client.ports.assign(host, "dns", 53, "tcp")
+        with pytest.raises(FailedPrecondition, match=r"needs cluster level 2 \(UDP ports"):
+            client.ports.assign(host, "dns", 53, "udp", protocol="udp")
+        health = cpctl(cluster, "cluster", "health")
+        assert health.returncode == 0, health.stdout + health.stderr
+
+        # One server at a time onto the new release: the level waits for the last one.
+        cluster.extra_config = {}
+        upgraded = sorted(cluster.nodes)
+        for node_id in upgraded[:-1]:
+            cluster.restart(node_id)
+            wait_ready(cluster)
+            wait_until(
+                lambda node_id=node_id: status(cluster.nodes[node_id]).apply_level == levels.APPLY_LEVEL,
+                60,
+                f"{node_id} on the new release",
+            )
+        assert {status(node).cluster_level for node in running(cluster)} == {levels.BASE_LEVEL}
+        with pytest.raises(FailedPrecondition, match="needs cluster level 2"):
+            client.ports.assign(host, "dns", 53, "udp", protocol="udp")
+        mixed = cpctl(cluster, "cluster", "health")
+        assert "so the cluster stays at 1" in mixed.stdout + mixed.stderr, mixed.stdout + mixed.stderr
+
+        cluster.restart(upgraded[-1])
+        wait_ready(cluster)
+        wait_for_level(cluster, levels.UDP_PORTS)
+        udp = client.ports.assign(host, "dns", 53, "udp", protocol="udp").assignment
+        assert (udp.port, udp.protocol) == (53, PortProtocol.UDP)
+        assert client.ports.list(host=host).assignments[0].protocol is PortProtocol.TCP

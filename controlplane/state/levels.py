@@ -1,0 +1,107 @@
+"""Cluster levels: a change to what the replicated state machine does takes effect only once every
+server's release can apply it (etcd's "cluster version", as one number).
+
+During a rolling upgrade old and new releases apply the same log. A new release must then apply
+every entry exactly as the old one does, or the replicas differ; so a change to *how* commands
+apply (not only a new command) belongs to a level:
+
+* The replicated state holds ``cluster_level``: ``BASE_LEVEL`` for a state from before levels
+  existed, raised by the ``set_cluster_level`` command, never lowered (a restore keeps the higher).
+* Each release applies up to ``APPLY_LEVEL`` and reports it in ``Cluster.Status``. The leader's
+  autopilot raises the cluster level to the lowest ``apply_level`` of all servers, once every
+  server has answered (one it cannot reach may be an old release).
+* Below a feature's level, the state machine applies commands as the releases before it did
+  (``as_applied_at``), and the servers refuse requests that use the feature before proposing them
+  (``required_level``), saying which level they need.
+
+The levels (append only; a level's meaning never changes once released):
+
+1. ``BASE_LEVEL``: everything up to the release that brought levels.
+2. ``UDP_PORTS``: ``PortProtocol``. TCP and UDP hold one port number separately, host reports
+   and backups carry protocols, and a manifest's ``protocol: udp`` declares a UDP port. Below it, a
+   release from before UDP dropped every ``PortProtocol`` field as unknown, and read a manifest's
+   protocol as a text without meaning: every port was a TCP one.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from controlplane.v1 import command_pb2, ports_pb2
+
+BASE_LEVEL = 1
+UDP_PORTS = 2
+#: The highest level this release applies.
+APPLY_LEVEL = UDP_PORTS
+
+DESCRIPTIONS = {
+    BASE_LEVEL: "the base (every release before levels)",
+    UDP_PORTS: "UDP ports (TCP and UDP hold one port number separately)",
+}
+
+_PORT_PROTOCOL = ports_pb2.DESCRIPTOR.enum_types_by_name["PortProtocol"]
+# The commands that can carry a PortProtocol (a restore's snapshot is bytes: see the machine).
+_PORT_COMMANDS = frozenset(
+    {"ports_allocate", "ports_assign", "ports_release", "ports_observe", "ports_import", "service_register"}
+)
+
+
+def stored_level(level: int) -> int:
+    """A stored level as a number: 0 (absent, from before levels) is the base."""
+    return level or BASE_LEVEL
+
+
+def required_level(command: command_pb2.Command) -> int:
+    """The lowest cluster level at which ``command`` means what it says."""
+    if command.WhichOneof("body") in _PORT_COMMANDS and _uses_udp(command):
+        return UDP_PORTS
+    return BASE_LEVEL
+
+
+def as_applied_at(command: command_pb2.Command, level: int) -> command_pb2.Command:
+    """``command`` as the releases of ``level`` see it: below UDP_PORTS, without its PortProtocol
+    fields (they dropped them as unknown). The command itself when nothing differs."""
+    if level >= UDP_PORTS or command.WhichOneof("body") not in _PORT_COMMANDS or not _uses_udp(command):
+        return command
+    legacy = command_pb2.Command()
+    legacy.CopyFrom(command)
+    clear_port_protocols(legacy)
+    return legacy
+
+
+def clear_port_protocols(message: Message) -> None:
+    """Clear every PortProtocol field in ``message`` and the messages inside it, in place."""
+    for field, value in message.ListFields():
+        if field.enum_type is _PORT_PROTOCOL:
+            message.ClearField(field.name)
+        for inner in _messages_in(field, value):
+            clear_port_protocols(inner)
+
+
+def _uses_udp(message: Message) -> bool:
+    """Whether any PortProtocol field in ``message`` (or below it) is set, or a declared port's
+    protocol text says udp."""
+    for field, value in message.ListFields():
+        if field.enum_type is _PORT_PROTOCOL:
+            return True  # a set proto3 enum field holds a value other than TCP
+        if field.full_name == "controlplane.v1.DeclaredPort.protocol" and value.strip().lower() == "udp":
+            return True
+        if any(_uses_udp(inner) for inner in _messages_in(field, value)):
+            return True
+    return False
+
+
+def _messages_in(field: FieldDescriptor, value: object) -> list[Message]:
+    """The messages a field holds: none for a scalar, one for a message field, all of a repeated
+    or map field's message values."""
+    if field.type != FieldDescriptor.TYPE_MESSAGE:
+        return []
+    entry = field.message_type
+    if entry is not None and entry.GetOptions().map_entry:
+        values = list(value.values())  # type: ignore[attr-defined]
+    elif field.is_repeated:
+        values = list(value)  # type: ignore[call-overload]
+    else:
+        values = [value]
+    return [inner for inner in values if isinstance(inner, Message)]

@@ -1,0 +1,99 @@
+"""Cluster levels in the pure state machine: raised, never lowered, kept by snapshots and restores;
+below a feature's level the machine applies commands as the releases before the feature did."""
+
+from __future__ import annotations
+
+from test_ports_state import Driver, assign, command, declared, observe, register, restore_state
+
+from controlplane.state import levels
+from controlplane.state.machine import CLUSTER_LEVEL_KEY, DOMAIN_CLUSTER, StateMachine
+from controlplane.state.ports import TCP, UDP
+from controlplane.v1 import command_pb2, common_pb2, ports_pb2
+
+FAILED_PRECONDITION = common_pb2.ERROR_CODE_FAILED_PRECONDITION
+INVALID = common_pb2.ERROR_CODE_INVALID_ARGUMENT
+
+
+def set_level(level: int) -> command_pb2.Command:
+    return command(set_cluster_level=command_pb2.SetClusterLevel(level=level))
+
+
+def test_the_level_starts_at_the_base_rises_and_never_falls() -> None:
+    d = Driver(level=levels.BASE_LEVEL)
+    base_snapshot = d.machine.snapshot()
+    assert d.machine.cluster_level == levels.BASE_LEVEL
+    assert not command_pb2.StateSnapshot.FromString(base_snapshot).cluster_level, "written as before levels"
+    raised = d.ok(set_level(levels.UDP_PORTS))
+    assert raised.cluster_level.changed and d.machine.cluster_level == levels.UDP_PORTS
+    (event,) = d.machine.events_from(raised.revision, max_events=1)
+    assert (event.domain, event.key, event.kv.value) == (DOMAIN_CLUSTER, CLUSTER_LEVEL_KEY, b"2")
+    revision = d.machine.revision
+    for lower in (levels.UDP_PORTS, levels.BASE_LEVEL, 0):
+        again = d.ok(set_level(lower))
+        assert not again.cluster_level.changed and again.cluster_level.level == levels.UDP_PORTS
+    assert d.machine.revision == revision, "a level at or below the current one changes nothing"
+    replica = StateMachine()
+    replica.restore(d.machine.snapshot())
+    assert replica.cluster_level == levels.UDP_PORTS and replica.snapshot() == d.machine.snapshot()
+    # A level above this release's is stored all the same, so the replicas agree (Status says the
+    # server is too old).
+    assert d.ok(set_level(levels.APPLY_LEVEL + 1)).cluster_level.changed
+
+
+def test_below_udp_ports_the_machine_applies_as_the_releases_before_udp() -> None:
+    old = Driver(level=levels.BASE_LEVEL)
+    old.ok(assign("h1", "dns", 53, name="tcp"))
+    # A release from before UDP dropped the protocol: a second assignment of port 53.
+    old.refused(assign("h1", "dns", 53, name="udp", protocol=UDP), FAILED_PRECONDITION, "dns/tcp")
+    old.refused(observe("h1", (53, "a"), (53, "b", UDP)), INVALID, "port 53 appears twice")
+    record = old.ok(register("h1", "ntp", declared("ntp", 123, protocol="udp"))).service_register.service
+    assert [(a.port, a.protocol) for a in record.ports] == [(123, TCP)]
+    assert record.manifest.ports[0].protocol == "udp", "the manifest is stored as given"
+
+    # Raised: UDP now means UDP, and what was applied before keeps its meaning (a replay of the
+    # same log gives the same state), until the manifest is registered again.
+    old.ok(set_level(levels.UDP_PORTS))
+    assert old.ports.assignments[("h1", "ntp", "ntp")].protocol == TCP
+    assert old.ok(assign("h1", "dns", 53, name="udp", protocol=UDP)).ports_assign.assignment.protocol == UDP
+    again = old.ok(register("h1", "ntp", declared("ntp", 123, protocol="udp"))).service_register.service
+    assert [(a.port, a.protocol) for a in again.ports] == [(123, UDP)]
+
+
+def test_a_restore_keeps_the_cluster_level_and_reads_the_backup_at_it() -> None:
+    source = Driver()
+    source.ok(assign("h1", "dns", 53, name="tcp"))
+    source.ok(assign("h1", "dns", 53, name="udp", protocol=UDP))
+    backup = source.machine.snapshot()
+    # Into a cluster still at the base: read as its releases read it, 53 twice, so refused.
+    old = Driver(level=levels.BASE_LEVEL)
+    old.refused(restore_state(backup), INVALID, "share port 53")
+    assert old.machine.cluster_level == levels.BASE_LEVEL
+    # Into a cluster at the level: restored, and a base-level backup does not lower the level.
+    current = Driver()
+    current.ok(restore_state(backup))
+    assert current.ports.holder("h1", 53, UDP) is not None
+    current.ok(restore_state(StateMachine().snapshot()))
+    assert current.machine.cluster_level == levels.UDP_PORTS
+
+
+def test_required_level_names_what_a_command_needs() -> None:
+    def ports(**body: object) -> command_pb2.Command:
+        return command(**body)  # type: ignore[arg-type]
+
+    udp = ports(ports_allocate=ports_pb2.AllocateRequest(host="h", service="s", protocol=UDP))
+    tcp = ports(ports_allocate=ports_pb2.AllocateRequest(host="h", service="s"))
+    manifest = ports_pb2.ServiceManifest(name="s", host="h", ports=[declared("p", 5, protocol=" UDP ")])
+    registered = ports(service_register=ports_pb2.RegisterServiceRequest(manifest=manifest))
+    imported = ports(
+        ports_import=ports_pb2.ImportPortsRequest(
+            map=ports_pb2.PortMap(
+                observations=[ports_pb2.HostObservation(host="h", ports=[ports_pb2.ObservedPort(port=5, protocol=UDP)])]
+            )
+        )
+    )
+    assert [levels.required_level(c) for c in (udp, tcp, registered, imported)] == [2, 1, 2, 2]
+    assert levels.required_level(command(kv_put=command_pb2.KvPut(key="k", value=b"v"))) == levels.BASE_LEVEL
+    legacy = levels.as_applied_at(imported, levels.BASE_LEVEL)
+    assert legacy.ports_import.map.observations[0].ports[0].protocol == TCP
+    assert imported.ports_import.map.observations[0].ports[0].protocol == UDP, "the original is left alone"
+    assert levels.as_applied_at(imported, levels.UDP_PORTS) is imported
