@@ -121,11 +121,11 @@ METHODS = [
     (
         "ports",
         "report_observed",
-        "self, host: str, ports: Iterable[int | tuple[int, str] | tuple[int, str, PortProtocol | str] | Mapping[str, Any]], *, request_id: str | None = None, timeout: float | None = None",
+        "self, host: str, ports: Iterable[int | tuple[int, str] | tuple[int, str, PortProtocol | str] | Mapping[str, Any]], *, complete_for: Iterable[PortProtocol | str] = (), request_id: str | None = None, timeout: float | None = None",
         "tuple[Conflict, ...]",
-        "Report the full set of ports bound on ``host`` (ints, (port, holder) or (port, holder, protocol)\n        tuples, or mappings; TCP unless told); returns the conflicts on that host afterwards.",
+        "Report the ports bound on ``host`` (ints, (port, holder) or (port, holder, protocol) tuples, or\n        mappings; TCP unless told); returns the conflicts on that host afterwards. The report is the\n        full set for each protocol in ``complete_for`` (default: TCP): the leak repair frees only ports\n        of those protocols that it leaves out.",
         "P.REPORT_OBSERVED",
-        "ports_pb2.ReportObservedRequest(host=host, ports=P.observed_ports(ports), request_id=P.rid(request_id))",
+        "ports_pb2.ReportObservedRequest(host=host, ports=P.observed_ports(ports), complete_for=[P.protocol_value(p) for p in complete_for], request_id=P.rid(request_id))",
         "tuple(P.convert(P.Conflict, x) for x in r.conflicts)",
     ),
     (

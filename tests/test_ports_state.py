@@ -139,13 +139,20 @@ def set_range(name: str, start: int, end: int) -> Command:
     )
 
 
-def observe(host: str, *bound: tuple[int, str] | tuple[int, str, int]) -> Command:
-    """A host report: (port, holder) for a bound TCP port, (port, holder, protocol) for either."""
+def observe(host: str, *bound: tuple[int, str] | tuple[int, str, int], complete_for: tuple[int, ...] = ()) -> Command:
+    """A host report: (port, holder) for a bound TCP port, (port, holder, protocol) for either;
+    complete for ``complete_for`` (default: TCP)."""
     ports = [
         ports_pb2.ObservedPort(port=item[0], holder=item[1], protocol=item[2] if len(item) > 2 else TCP)  # type: ignore[misc, arg-type]
         for item in bound
     ]
-    return command(ports_observe=ports_pb2.ReportObservedRequest(host=host, ports=ports))
+    return command(
+        ports_observe=ports_pb2.ReportObservedRequest(
+            host=host,
+            ports=ports,
+            complete_for=complete_for,  # type: ignore[arg-type]
+        )
+    )
 
 
 def resolve(host: str = "") -> Command:
@@ -1520,14 +1527,49 @@ def test_observed_udp_sockets_conflict_only_with_udp_assignments(d: Driver) -> N
     d.refused(observe("h1", (8000, "a", UDP), (8000, "b", UDP)), INVALID, "port 8000/udp appears twice")
 
 
-def test_repair_frees_udp_ports_only_on_reports_that_list_udp(d: Driver) -> None:
+def test_repair_frees_udp_ports_only_on_reports_complete_for_udp(d: Driver) -> None:
     d.ok(assign("h1", "stats", 8001, protocol=UDP))
-    for _ in range(3):  # reports of TCP listeners say nothing about UDP sockets
-        d.ok(observe("h1", (9000, "ssh")))
-        assert not d.ok(repair(1)).ports_repair.suspected
-    d.ok(observe("h1", (9000, "ssh"), (5353, "mdns", UDP)))
-    freed = d.ok(repair(1)).ports_repair.released
+    d.ok(assign("h1", "web", 8001))
+    # Reports complete for TCP only (the default, every reporter from before UDP) say nothing about
+    # UDP sockets, even one that lists some: 8001/udp is never suspected on their word, nor is its
+    # count reset by them.
+    d.ok(observe("h1", (8001, "web"), (9000, "ssh", UDP)))
+    assert not d.ok(repair(2)).ports_repair.suspected
+    d.ok(observe("h1", (8001, "web"), complete_for=(TCP, UDP)))
+    assert [(a.service, a.protocol) for a in d.ok(repair(2)).ports_repair.suspected] == [("stats", UDP)]
+    d.ok(observe("h1", (8001, "web")))
+    assert not d.ok(repair(2)).ports_repair.released
+    assert d.ports.leaks[("h1", 8001, UDP)].passes == 1, "a TCP-only report neither adds to nor resets it"
+    # Bound in the other protocol is not bound: 8001/tcp is web's, 8001/udp is still missing.
+    d.ok(observe("h1", (8001, "web"), complete_for=(UDP, TCP)))
+    freed = d.ok(repair(2)).ports_repair.released
     assert [(a.service, a.port, a.protocol) for a in freed] == [("stats", 8001, UDP)]
+    assert d.ports.holder("h1", 8001, TCP) is not None
+    assert list(d.ports.observations["h1"].complete_for) == [TCP, UDP]
+
+
+def test_bad_protocols_are_invalid_and_change_nothing(d: Driver) -> None:
+    d.ok(assign("h1", "web", 8000))
+    d.refused(assign("h1", "x", 8001, protocol=9), INVALID, "protocol 9 is neither tcp")
+    d.refused(release("h1", port=8000, protocol=9), INVALID, "protocol 9")
+    d.refused(observe("h1", (8000, "web", 9)), INVALID, "protocol 9")
+    d.refused(observe("h1", complete_for=(9,)), INVALID, "protocol 9")
+    port_map = d.ports.export_map(d.machine.revision)
+    port_map.assignments[0].protocol = 9  # type: ignore[assignment]
+    d.refused(import_map(port_map), INVALID, "protocol 9")
+
+
+def test_a_declared_port_changes_protocol_in_place_or_by_swapping_names(d: Driver) -> None:
+    d.ok(register("h1", "dns", declared("a", 53), declared("b", 53, protocol="udp")))
+    swapped = d.ok(register("h1", "dns", declared("a", 53, protocol="udp"), declared("b", 53)))
+    assert sorted((p.name, p.port, p.protocol) for p in swapped.service_register.service.ports) == [
+        ("a", 53, UDP),
+        ("b", 53, TCP),
+    ]
+    d.ok(register("h1", "dns", declared("a", 53), declared("b", 54)))
+    assert (d.ports.holder("h1", 53, TCP).name, d.ports.holder("h1", 53, UDP)) == ("a", None)  # type: ignore[union-attr]
+    reasons = [e.reason for e in d.ports.service_history("dns")[0] if e.name == "a"]
+    assert reasons == ["service manifest", "service manifest: tcp -> udp", "service manifest: udp -> tcp"]
 
 
 def test_udp_assignments_survive_export_import_and_snapshots(d: Driver) -> None:

@@ -254,6 +254,14 @@ def observe(
         list[str] | None,
         typer.Argument(help="Bound ports as PORT or PORT=HOLDER, PORT/udp for a UDP socket (the full set on the host)"),
     ] = None,
+    udp: Annotated[
+        bool,
+        typer.Option(
+            "--udp",
+            help="The list holds every bound UDP socket too (by default it is complete for TCP only, and the "
+            "leak repair never frees a UDP port on its word)",
+        ),
+    ] = False,
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
@@ -267,7 +275,7 @@ def observe(
             fail(f"{item!r} is not PORT, PORT/udp or PORT=HOLDER", code=EXIT_USAGE)
         observed.append((int(port), holder, protocol or "tcp"))
     with connect(endpoints, timeout) as client:
-        conflicts = client.ports.report_observed(host, observed)
+        conflicts = client.ports.report_observed(host, observed, complete_for=("tcp", "udp") if udp else ())
     emit(output, plain(conflicts), _conflict_rows(conflicts))
 
 
@@ -296,7 +304,10 @@ def resolve(
     with connect(endpoints, timeout) as client:
         result = client.ports.resolve_conflicts(host=host, dry_run=dry_run)
     moves = table(
-        [[m.host, m.service, m.name, m.old_port, m.new_port, m.reason] for m in result.moves],
+        [
+            [m.host, m.service, m.name, _port(m.old_port, m.protocol), _port(m.new_port, m.protocol), m.reason]
+            for m in result.moves
+        ],
         ["HOST", "SERVICE", "NAME", "OLD", "NEW", "REASON"],
     )
     text = ("would move:\n" if dry_run else "moved:\n") + moves
@@ -484,7 +495,7 @@ def services_list(
             r.host,
             r.name,
             r.version,
-            " ".join(f"{p.name}={p.port}" for p in r.ports),
+            " ".join(f"{p.name}={_port(p.port, p.protocol)}" for p in r.ports),
             _health_word(r),
             r.manifest.get("health_check", {}).get("type", "-"),
         ]
@@ -518,7 +529,7 @@ def services_show(
         check = r.manifest.get("health_check") or {}
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.health.since_unix_ms / 1000))
         lines.append(f"{r.name} {r.version} on {r.host}: {_health_word(r)} since {since} UTC")
-        lines.append("  ports: " + (" ".join(f"{p.name}={p.port}" for p in r.ports) or "-"))
+        lines.append("  ports: " + (" ".join(f"{p.name}={_port(p.port, p.protocol)}" for p in r.ports) or "-"))
         described = " ".join(f"{k}={v}" for k, v in sorted(check.items()))
         lines.append("  check: " + (described or "none (passing while its agent lives)"))
         if r.health.output:

@@ -303,14 +303,20 @@ class Ports:
         host: str,
         ports: Iterable[int | tuple[int, str] | tuple[int, str, PortProtocol | str] | Mapping[str, Any]],
         *,
+        complete_for: Iterable[PortProtocol | str] = (),
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> tuple[Conflict, ...]:
-        """Report the full set of ports bound on ``host`` (ints, (port, holder) or (port, holder, protocol)
-        tuples, or mappings; TCP unless told); returns the conflicts on that host afterwards."""
+        """Report the ports bound on ``host`` (ints, (port, holder) or (port, holder, protocol) tuples, or
+        mappings; TCP unless told); returns the conflicts on that host afterwards. The report is the
+        full set for each protocol in ``complete_for`` (default: TCP): the leak repair frees only ports
+        of those protocols that it leaves out."""
         with P.checked_request("report_observed"):
             request = ports_pb2.ReportObservedRequest(
-                host=host, ports=P.observed_ports(ports), request_id=P.rid(request_id)
+                host=host,
+                ports=P.observed_ports(ports),
+                complete_for=[P.protocol_value(p) for p in complete_for],
+                request_id=P.rid(request_id),
             )
         r = self._unary(P.REPORT_OBSERVED, request, timeout)
         return tuple(P.convert(P.Conflict, x) for x in r.conflicts)
@@ -1616,14 +1622,20 @@ class AsyncPorts:
         host: str,
         ports: Iterable[int | tuple[int, str] | tuple[int, str, PortProtocol | str] | Mapping[str, Any]],
         *,
+        complete_for: Iterable[PortProtocol | str] = (),
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> tuple[Conflict, ...]:
-        """Report the full set of ports bound on ``host`` (ints, (port, holder) or (port, holder, protocol)
-        tuples, or mappings; TCP unless told); returns the conflicts on that host afterwards."""
+        """Report the ports bound on ``host`` (ints, (port, holder) or (port, holder, protocol) tuples, or
+        mappings; TCP unless told); returns the conflicts on that host afterwards. The report is the
+        full set for each protocol in ``complete_for`` (default: TCP): the leak repair frees only ports
+        of those protocols that it leaves out."""
         with P.checked_request("report_observed"):
             request = ports_pb2.ReportObservedRequest(
-                host=host, ports=P.observed_ports(ports), request_id=P.rid(request_id)
+                host=host,
+                ports=P.observed_ports(ports),
+                complete_for=[P.protocol_value(p) for p in complete_for],
+                request_id=P.rid(request_id),
             )
         r = await self._unary(P.REPORT_OBSERVED, request, timeout)
         return tuple(P.convert(P.Conflict, x) for x in r.conflicts)

@@ -103,12 +103,18 @@ class PortProtocol(enum.Enum):
     UDP = ports_pb2.PORT_PROTOCOL_UDP
 
 
-def protocol_value(protocol: PortProtocol | str) -> ports_pb2.PortProtocol:
-    """The wire value of ``protocol``; ValueError (InvalidArgument from a call) for anything else."""
+def protocol_value(protocol: PortProtocol | str | int) -> ports_pb2.PortProtocol:
+    """The wire value of ``protocol``: a member, its name ("udp", "UDP", or the proto JSON name
+    "PORT_PROTOCOL_UDP" from a document) or its number; ValueError (InvalidArgument from a call)
+    for anything else."""
     if isinstance(protocol, PortProtocol):
         return protocol.value
-    if isinstance(protocol, str) and protocol.strip().upper() in PortProtocol.__members__:
-        return PortProtocol[protocol.strip().upper()].value
+    if isinstance(protocol, str):
+        name = protocol.strip().upper().removeprefix("PORT_PROTOCOL_")
+        if name in PortProtocol.__members__:
+            return PortProtocol[name].value
+    elif isinstance(protocol, int) and not isinstance(protocol, bool) and protocol in {m.value for m in PortProtocol}:
+        return PortProtocol(protocol).value
     raise ValueError(f"protocol {protocol!r} is neither 'tcp' nor 'udp'")
 
 

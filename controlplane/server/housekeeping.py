@@ -40,6 +40,7 @@ from controlplane.errors import ControlPlaneError, NotLeader, Unavailable
 from controlplane.server import metrics
 from controlplane.server.config import ServerConfig
 from controlplane.state import levels
+from controlplane.state import ports as port_table
 from controlplane.v1 import (
     cluster_pb2,
     cluster_pb2_grpc,
@@ -453,7 +454,7 @@ class Housekeeper:
         )
         released = result.ports_repair.released
         if released:
-            log.warning("leaked_ports_released", ports=[f"{a.service}/{a.name}@{a.host}:{a.port}" for a in released])
+            log.warning("leaked_ports_released", ports=[port_table.describe(a) for a in released])
 
 
 # --------------------------------------------------------------------------------------- autopilot

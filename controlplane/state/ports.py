@@ -51,6 +51,10 @@ Slot = tuple[int, int]
 LeakKey = tuple[str, int, int]  # (host, port, protocol)
 
 
+def protocol_name(protocol: int) -> str:
+    return "udp" if protocol == UDP else "tcp"
+
+
 def port_label(port: int, protocol: int) -> str:
     """A port as messages name it: ``53`` for TCP (as before UDP ports existed), ``53/udp`` for UDP."""
     return f"{port}/udp" if protocol == UDP else str(port)
@@ -463,10 +467,9 @@ class PortTable:
     def _same_protocol(existing: ports_pb2.PortAssignment, protocol: int) -> None:
         """An assignment asked for again must be asked for in its own protocol (a retry is)."""
         if existing.protocol != protocol:
-            wanted = "udp" if protocol == UDP else "tcp"
             raise _precondition(
-                f"{describe(existing)} already holds a {'udp' if existing.protocol == UDP else 'tcp'} port; "
-                f"release it first to give {existing.service}/{existing.name} a {wanted} one, or use another name"
+                f"{describe(existing)} already holds a {protocol_name(existing.protocol)} port; release it first "
+                f"to give {existing.service}/{existing.name} a {protocol_name(protocol)} one, or use another name"
             )
 
     def assign(self, request: ports_pb2.AssignRequest) -> CommandResult:
@@ -724,8 +727,13 @@ class PortTable:
                 raise _invalid(f"port {port_label(*slot)} appears twice in the report")
             seen[slot] = observed
         revision = self._journal.revision + 1
+        for protocol in request.complete_for:
+            check_protocol(protocol)
         report = ports_pb2.HostObservation(
-            host=request.host, reported_unix_ms=self._journal.time_unix_ms, revision=revision
+            host=request.host,
+            reported_unix_ms=self._journal.time_unix_ms,
+            revision=revision,
+            complete_for=sorted(set(request.complete_for)),
         )
         report.ports.extend(seen[slot] for slot in sorted(seen))
         self.observations[request.host] = report
@@ -875,7 +883,7 @@ class PortTable:
             ):
                 unresolved.append(_with_reason(conflict, f"port {label} is held by another assignment that stays"))
                 continue
-            plan(a, port, f"{a.service} is bound to {port}: adopting the observed port")
+            plan(a, port, f"{a.service} is bound to {label}: adopting the observed port")
         for key, conflict in must_leave.items():
             if key in moved:
                 continue
@@ -933,14 +941,14 @@ class PortTable:
         for host in sorted(self.observations):
             report = self.observations[host]
             bound = self.observed.get(host, {})
-            # A report that lists no UDP socket says nothing about UDP (reporters from before UDP
-            # ports list listening TCP sockets only): its UDP assignments are not suspected.
-            covers_udp = any(protocol == UDP for _, protocol in bound)
+            complete_for = set(report.complete_for) or {TCP}
             for slot in sorted(self.by_port.get(host, {})):
                 key = self.by_port[host][slot]
                 assignment = self.assignments[key]
                 leak_key = (host, *slot)
-                if slot in bound or report.revision <= assignment.mod_revision or (slot[1] == UDP and not covers_udp):
+                if slot[1] not in complete_for:
+                    continue  # the report says nothing about this protocol: no evidence either way
+                if slot in bound or report.revision <= assignment.mod_revision:
                     if self.leaks.pop(leak_key, None) is not None:
                         changed = True
                     continue
@@ -1037,8 +1045,11 @@ class PortTable:
             key = (host, service, declared.name)
             protocol = manifest_protocol(declared.protocol, self._journal.cluster_level)
             current = self.assignments.get(key)
+            reason = "service manifest"
             if current is not None and current.protocol != protocol:
-                current = None  # a port changing protocol is a new port: planned like one
+                # A port changing protocol is a new port, planned like one; its history says so.
+                reason = f"service manifest: {protocol_name(current.protocol)} -> {protocol_name(protocol)}"
+                current = None
             if declared.port:
                 if current is not None and current.port == declared.port:
                     if current.lease_id != manifest.lease_id:
@@ -1056,13 +1067,7 @@ class PortTable:
                     raise _precondition(f"cannot register {service} on {host}: {problem}")
                 taken[(declared.port, protocol)] = f"{service}/{declared.name}"
                 plan.append(
-                    (
-                        key,
-                        (declared.port, protocol),
-                        self.range_of(declared.port),
-                        Action.PORT_ACTION_ASSIGNED,
-                        "service manifest",
-                    )
+                    (key, (declared.port, protocol), self.range_of(declared.port), Action.PORT_ACTION_ASSIGNED, reason)
                 )
                 continue
             range_name = declared.range or DEFAULT_RANGE
@@ -1079,7 +1084,7 @@ class PortTable:
             if port is None:
                 raise self._exhausted(host, range_, protocol)
             taken[(port, protocol)] = f"{service}/{declared.name}"
-            plan.append((key, (port, protocol), range_name, Action.PORT_ACTION_ALLOCATED, "service manifest"))
+            plan.append((key, (port, protocol), range_name, Action.PORT_ACTION_ALLOCATED, reason))
         # A fixed port may be one this service holds under another name: fine only if that one moves
         # away (a port kept where it is, only its lease changing, does not).
         vacating = {
@@ -1518,6 +1523,8 @@ class PortTable:
         for report in port_map.observations:
             _check(limits.check_host(report.host))
             slots: set[Slot] = set()
+            for protocol in report.complete_for:
+                check_protocol(protocol)
             for observed in report.ports:
                 _check(limits.check_port(observed.port, "observed port"))
                 check_protocol(observed.protocol)

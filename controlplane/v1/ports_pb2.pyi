@@ -191,16 +191,18 @@ class ObservedPort(_message.Message):
     def __init__(self, port: _Optional[int] = ..., holder: _Optional[str] = ..., pid: _Optional[int] = ..., protocol: _Optional[_Union[PortProtocol, str]] = ...) -> None: ...
 
 class HostObservation(_message.Message):
-    __slots__ = ("host", "ports", "reported_unix_ms", "revision")
+    __slots__ = ("host", "ports", "reported_unix_ms", "revision", "complete_for")
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     REPORTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FOR_FIELD_NUMBER: _ClassVar[int]
     host: str
     ports: _containers.RepeatedCompositeFieldContainer[ObservedPort]
     reported_unix_ms: int
     revision: int
-    def __init__(self, host: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ObservedPort, _Mapping]]] = ..., reported_unix_ms: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+    complete_for: _containers.RepeatedScalarFieldContainer[PortProtocol]
+    def __init__(self, host: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ObservedPort, _Mapping]]] = ..., reported_unix_ms: _Optional[int] = ..., revision: _Optional[int] = ..., complete_for: _Optional[_Iterable[_Union[PortProtocol, str]]] = ...) -> None: ...
 
 class Conflict(_message.Message):
     __slots__ = ("kind", "host", "port", "assignment", "observed_holder", "description", "protocol")
@@ -629,14 +631,16 @@ class PortHistoryResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[PortHistoryEntry, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
 
 class ReportObservedRequest(_message.Message):
-    __slots__ = ("host", "ports", "request_id")
+    __slots__ = ("host", "ports", "request_id", "complete_for")
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FOR_FIELD_NUMBER: _ClassVar[int]
     host: str
     ports: _containers.RepeatedCompositeFieldContainer[ObservedPort]
     request_id: str
-    def __init__(self, host: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ObservedPort, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    complete_for: _containers.RepeatedScalarFieldContainer[PortProtocol]
+    def __init__(self, host: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[ObservedPort, _Mapping]]] = ..., request_id: _Optional[str] = ..., complete_for: _Optional[_Iterable[_Union[PortProtocol, str]]] = ...) -> None: ...
 
 class ReportObservedResponse(_message.Message):
     __slots__ = ("header", "conflicts")

@@ -351,6 +351,10 @@ def test_tcp_and_udp_hold_one_port_number_separately_over_the_sdk_and_the_cli(cl
         ("udp", 53, "UDP"),
     ]
     assert cpctl("ports", "assign", "x", "54", "-H", host, "--protocol", "sctp").returncode == 2
+    observed = cpctl("ports", "observe", "-H", host, "53=dns", "53/udp=dnsmasq", "--udp")
+    assert observed.returncode == 0 and "WRONG_HOLDER  " in observed.stdout and " 53/udp " in observed.stdout, (
+        observed.stdout
+    )
     released = cpctl("ports", "release", "-H", host, "--port", "53", "--protocol", "udp")
     assert released.returncode == 0 and "released port 53/udp" in released.stdout, released.stdout
     allocated = cpctl("ports", "allocate", "stats", "-H", host, "--preferred", "20053", "-p", "udp")
