@@ -73,7 +73,7 @@ def test_a_restore_keeps_the_cluster_level_and_reads_the_backup_at_it() -> None:
     current.ok(restore_state(backup))
     assert current.ports.holder("h1", 53, UDP) is not None
     current.ok(restore_state(StateMachine().snapshot()))
-    assert current.machine.cluster_level == levels.UDP_PORTS
+    assert current.machine.cluster_level == levels.APPLY_LEVEL
 
 
 def test_required_level_names_what_a_command_needs() -> None:
@@ -93,6 +93,10 @@ def test_required_level_names_what_a_command_needs() -> None:
     )
     assert [levels.required_level(c) for c in (udp, tcp, registered, imported)] == [2, 1, 2, 2]
     assert levels.required_level(command(kv_put=command_pb2.KvPut(key="k", value=b"v"))) == levels.BASE_LEVEL
+    placed = ports(service_start=ports_pb2.StartServiceRequest(name="s", manifest=manifest))
+    started = ports(service_start=ports_pb2.StartServiceRequest(host="h", name="s"))
+    assert [levels.required_level(c) for c in (placed, started)] == [levels.PLACEMENT, levels.BASE_LEVEL]
+    assert not levels.as_applied_at(placed, levels.UDP_PORTS).service_start.HasField("manifest")
     legacy = levels.as_applied_at(imported, levels.BASE_LEVEL)
     assert legacy.ports_import.map.observations[0].ports[0].protocol == TCP
     assert imported.ports_import.map.observations[0].ports[0].protocol == UDP, "the original is left alone"

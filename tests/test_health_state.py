@@ -16,7 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from controlplane.state import health
+from controlplane.state import health, levels
 from controlplane.state.machine import StateMachine, batch_entry
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, membership_pb2, ports_pb2
 
@@ -48,8 +48,13 @@ class Twins:
         assert not result.HasField("error"), result.error.message
         return result
 
-    def register_node(self, node_id: str, *capabilities: str, ttl_ms: int = 5_000) -> int:
-        spec = membership_pb2.NodeSpec(id=node_id, role=membership_pb2.NODE_ROLE_AGENT, capabilities=capabilities)
+    def register_node(self, node_id: str, *capabilities: str, ttl_ms: int = 5_000, gpus: int = 0) -> int:
+        spec = membership_pb2.NodeSpec(
+            id=node_id,
+            role=membership_pb2.NODE_ROLE_AGENT,
+            capabilities=capabilities,
+            resources=membership_pb2.Resources(gpus=gpus, memory_bytes=16 << 30, cpu_millis=8000),
+        )
         result = self.ok(node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=ttl_ms))
         return result.node_register.node.lease_id
 
@@ -324,6 +329,100 @@ def test_a_bad_run_spec_is_refused() -> None:
     t.register_node("n1")
     bad = t.register("n1", "api", HTTP, run=ports_pb2.RunSpec(command=["x"], env={"1BAD": "v"}))
     assert bad.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "variable name" in bad.error.message
+
+
+def place(t: Twins, name: str, manifest: ports_pb2.ServiceManifest | None = None) -> command_pb2.CommandResult:
+    request = ports_pb2.StartServiceRequest(name=name)
+    if manifest is not None:
+        request.manifest.CopyFrom(manifest)
+    return t.run(service_start=request)
+
+
+def placeable(name: str, *capabilities: str, gpus: int = 0, port: int = 0) -> ports_pb2.ServiceManifest:
+    return ports_pb2.ServiceManifest(
+        name=name,
+        ports=[ports_pb2.DeclaredPort(name="http", port=port)],
+        run=ports_pb2.RunSpec(**RUN),  # type: ignore[arg-type]
+        capabilities=capabilities,
+        requirements=ports_pb2.Requirements(gpus=gpus),
+    )
+
+
+def test_placement_picks_a_node_that_consents_fits_and_has_the_ports_then_spreads() -> None:
+    t = Twins()
+    t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
+    t.register_node("n1", health.RUN_CAPABILITY)
+    t.register_node("n2", health.RUN_CAPABILITY, "gpu", gpus=1)
+    t.register_node("n3", "gpu", gpus=4)  # its agent does not allow runs
+    trainer = place(t, "trainer", placeable("trainer", "gpu", gpus=1)).service_start
+    assert trainer.service.manifest.host == "n2" and trainer.service.run.wanted and not trainer.existing
+    assert "n1: lacks gpu" in trainer.placement and "n3: lacks run-services" in trainer.placement
+    assert [p.name for p in trainer.service.ports] == ["http"], "registered on the node chosen, ports and all"
+    revision = t.m.revision
+    again = place(t, "trainer", placeable("trainer", "gpu", gpus=1)).service_start
+    assert again.existing and again.service.manifest.host == "n2" and t.m.revision == revision
+    # The fewest services running first: n1 runs none, n2 runs the trainer.
+    assert place(t, "web", placeable("web")).service_start.service.manifest.host == "n1"
+    # A fixed port another service holds on n1 sends the next one to n2, though n1 ties on count.
+    t.ok(ports_assign=ports_pb2.AssignRequest(host="n2", service="other", port=7001))
+    t.ok(ports_assign=ports_pb2.AssignRequest(host="n1", service="other", port=7000))
+    assert place(t, "api", placeable("api", port=7000)).service_start.service.manifest.host == "n2"
+    # Too big for every node: refused, naming each node's reason, and nothing changed.
+    before = t.m.snapshot()
+    refused = place(t, "huge", placeable("huge", "gpu", gpus=8))
+    assert refused.error.code == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert "n2: has gpus 1 < 8" in refused.error.message and "n3: lacks run-services" in refused.error.message
+    assert t.m.snapshot() == before
+    t.same()
+
+
+def test_placement_without_a_manifest_chooses_among_the_nodes_the_service_is_registered_on() -> None:
+    t = Twins()
+    t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
+    t.register_node("n1", health.RUN_CAPABILITY)
+    t.register_node("n2", health.RUN_CAPABILITY)
+    t.register_node("n3")
+    t.register("n3", "batch", HTTP, run=ports_pb2.RunSpec(**RUN))  # type: ignore[arg-type]
+    refused = place(t, "batch")
+    assert refused.error.code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "n3: lacks run-services" in (
+        refused.error.message
+    )
+    t.register("n2", "batch", HTTP, run=ports_pb2.RunSpec(**RUN))  # type: ignore[arg-type]
+    placed = place(t, "batch").service_start
+    assert placed.service.manifest.host == "n2" and "registered there" in placed.placement
+    assert ("n1", "batch") not in t.m.ports.services, "never registered anywhere else"
+    assert place(t, "ghost").error.code == common_pb2.ERROR_CODE_NOT_FOUND
+    t.same()
+
+
+@pytest.mark.parametrize(
+    ("request_", "words"),
+    [
+        (ports_pb2.StartServiceRequest(name="x", host="n1", manifest=placeable("x")), "not both"),
+        (ports_pb2.StartServiceRequest(name="x", manifest=ports_pb2.ServiceManifest(name="y")), "is for service 'y'"),
+        (
+            ports_pb2.StartServiceRequest(name="x", manifest=ports_pb2.ServiceManifest(host="n1")),
+            "leave the manifest's host",
+        ),
+        (ports_pb2.StartServiceRequest(name="x", manifest=ports_pb2.ServiceManifest()), "has no run"),
+    ],
+)
+def test_bad_placements_are_refused_and_change_nothing(request_: ports_pb2.StartServiceRequest, words: str) -> None:
+    t = Twins()
+    t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
+    t.register_node("n1", health.RUN_CAPABILITY)
+    before = t.m.snapshot()
+    result = t.run(service_start=request_)
+    assert result.HasField("error") and words in result.error.message, result
+    assert t.m.snapshot() == before
+
+
+def test_below_the_placement_level_a_start_without_a_node_is_refused_as_before() -> None:
+    t = Twins()
+    t.register_node("n1", health.RUN_CAPABILITY)
+    result = place(t, "web", placeable("web"))
+    assert result.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "host" in result.error.message
+    assert ("n1", "web") not in t.m.ports.services
 
 
 # ------------------------------------------------------------------- random sequences

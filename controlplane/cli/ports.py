@@ -553,28 +553,63 @@ def services_show(
 @services_app.command("start")
 def services_start(
     name: str,
-    node: Annotated[str, typer.Option("--node", help="The node whose agent runs it (the instance's host)")],
+    node: Annotated[
+        str,
+        typer.Option(
+            "--node", help="The node whose agent runs it (the instance's host); omit to let the cluster place it"
+        ),
+    ] = "",
+    manifest_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="Place this manifest (YAML or JSON, no host) on a node the cluster chooses, registering it there",
+        ),
+    ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for its check to pass (0: do not wait)")] = 60.0,
     endpoints: EndpointsOption = None,
     output: OutputOption = Output.text,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Ask a node's agent to run a registered service from its manifest's run, and wait until its
-    health check passes. A second start of a running instance reuses it."""
+    """Ask a node's agent to run a service from its manifest's run, and wait until its health check
+    passes. Without --node the cluster places it: on a node whose live agent allows runs and has the
+    manifest's capabilities and resources, whose ports are free (where it is registered already,
+    then the node running the fewest services). A second start of a running instance reuses it."""
+    if node and manifest_file is not None:
+        fail("give --node (start it there) or --manifest (let the cluster place it), not both", code=EXIT_USAGE)
+    manifest: Any = None
+    if manifest_file is not None:
+        try:
+            manifest = yaml.safe_load(read_input(manifest_file))
+        except yaml.YAMLError as exc:
+            fail(f"{manifest_file} is not valid YAML: {exc}", code=EXIT_USAGE)
+        if not isinstance(manifest, dict):
+            fail(f"{manifest_file} must hold a mapping (name, ports, run, ...)", code=EXIT_USAGE)
+    placement = ""
     with connect(endpoints, timeout) as client:
-        record = client.services.start(node, name)
+        if node:
+            record = client.services.start(node, name)
+        else:
+            placed = client.services.place(name, manifest)
+            record, placement = placed.service, placed.placement
+        host = record.host
         deadline = time.monotonic() + wait
         while wait and not record.health.healthy and time.monotonic() < deadline:
             time.sleep(0.2)  # the poll interval of a condition wait
-            found = client.services.list(host=node, name=name)
+            found = client.services.list(host=host, name=name)
             if not found:
-                fail(f"{name} on {node} was deregistered while starting")
+                fail(f"{name} on {host} was deregistered while starting")
             record = found[0]
     word = _health_word(record)
     run = f"{record.run.state or 'starting'}, restarts {record.run.restarts}"
-    emit(output, plain(record), f"{name} on {node}: {word} ({run})")
+    where = f" (placed: {placement})" if placement else ""
+    emit(
+        output,
+        {**plain(record), "placement": placement} if placement else plain(record),
+        f"{name} on {host}: {word} ({run}){where}",
+    )
     if wait and not record.health.healthy:
-        fail(f"{name} on {node} is not passing after {wait:g}s: {record.health.output[:200]}")
+        fail(f"{name} on {host} is not passing after {wait:g}s: {record.health.output[:200]}")
 
 
 @services_app.command("stop")

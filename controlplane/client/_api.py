@@ -34,6 +34,7 @@ from controlplane.client._ports import (
     HealthStatus,
     ImportResult,
     Lease,
+    Placed,
     PortAssignment,
     PortHistory,
     PortList,
@@ -483,6 +484,29 @@ class Services:
             request = ports_pb2.StartServiceRequest(host=host, name=name, request_id=P.rid(request_id))
         r = self._unary(P.START, request, timeout)
         return P.service_record(r.service)
+
+    def place(
+        self,
+        name: str,
+        manifest: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Placed:
+        """Run service ``name`` on a node the cluster chooses: one whose live agent allows runs and has the
+        manifest's capabilities and resources, and whose ports are free (an instance already registered
+        there first, then the node running the fewest services). Without ``manifest``, among the nodes
+        it is registered on; with one (no host), among every live node, registering it there. A second
+        call while an instance runs reuses it (``existing``). ``FailedPrecondition`` naming why each node
+        was passed over when none fits; needs cluster level 3."""
+        with P.checked_request("place"):
+            request = ports_pb2.StartServiceRequest(
+                name=name,
+                manifest=P.manifest_message(manifest) if manifest is not None else None,
+                request_id=P.rid(request_id),
+            )
+        r = self._unary(P.START, request, timeout)
+        return P.Placed(P.service_record(r.service), r.existing, r.placement)
 
     def stop(
         self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None
@@ -1802,6 +1826,29 @@ class AsyncServices:
             request = ports_pb2.StartServiceRequest(host=host, name=name, request_id=P.rid(request_id))
         r = await self._unary(P.START, request, timeout)
         return P.service_record(r.service)
+
+    async def place(
+        self,
+        name: str,
+        manifest: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Placed:
+        """Run service ``name`` on a node the cluster chooses: one whose live agent allows runs and has the
+        manifest's capabilities and resources, and whose ports are free (an instance already registered
+        there first, then the node running the fewest services). Without ``manifest``, among the nodes
+        it is registered on; with one (no host), among every live node, registering it there. A second
+        call while an instance runs reuses it (``existing``). ``FailedPrecondition`` naming why each node
+        was passed over when none fits; needs cluster level 3."""
+        with P.checked_request("place"):
+            request = ports_pb2.StartServiceRequest(
+                name=name,
+                manifest=P.manifest_message(manifest) if manifest is not None else None,
+                request_id=P.rid(request_id),
+            )
+        r = await self._unary(P.START, request, timeout)
+        return P.Placed(P.service_record(r.service), r.existing, r.placement)
 
     async def stop(
         self, host: str, name: str, *, request_id: str | None = None, timeout: float | None = None

@@ -33,6 +33,7 @@ __all__ = [
     "HealthStatus",
     "ImportResult",
     "Lease",
+    "Placed",
     "PortAction",
     "PortAssignment",
     "PortEvent",
@@ -337,6 +338,15 @@ class RunStatus:
     message: str
     #: The revision of the last change.
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """What :meth:`services.place` did: the instance, whether it already ran, and why that node."""
+
+    service: ServiceRecord
+    existing: bool
+    placement: str
 
 
 @dataclass(frozen=True, slots=True)

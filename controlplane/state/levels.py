@@ -21,6 +21,8 @@ The levels (append only; a level's meaning never changes once released):
    and backups carry protocols, and a manifest's ``protocol: udp`` declares a UDP port. Below it, a
    release from before UDP dropped every ``PortProtocol`` field as unknown, and read a manifest's
    protocol as a text without meaning: every port was a TCP one.
+3. ``PLACEMENT``: ``Services.Start`` without a node places the service. Below it, a release
+   before placement dropped the request's manifest and refused its empty host as invalid.
 """
 
 from __future__ import annotations
@@ -32,18 +34,28 @@ from controlplane.v1 import command_pb2, ports_pb2
 
 BASE_LEVEL = 1
 UDP_PORTS = 2
+PLACEMENT = 3
 #: The highest level this release applies.
-APPLY_LEVEL = UDP_PORTS
+APPLY_LEVEL = PLACEMENT
 
 DESCRIPTIONS = {
     BASE_LEVEL: "the base (every release before levels)",
     UDP_PORTS: "UDP ports (TCP and UDP hold one port number separately)",
+    PLACEMENT: "placement (services start without a node)",
 }
 
 _PORT_PROTOCOL = ports_pb2.DESCRIPTOR.enum_types_by_name["PortProtocol"]
 # The commands that can carry a PortProtocol (a restore's snapshot is bytes: see the machine).
 _PORT_COMMANDS = frozenset(
-    {"ports_allocate", "ports_assign", "ports_release", "ports_observe", "ports_import", "service_register"}
+    {
+        "ports_allocate",
+        "ports_assign",
+        "ports_release",
+        "ports_observe",
+        "ports_import",
+        "service_register",
+        "service_start",
+    }
 )
 
 
@@ -54,20 +66,35 @@ def stored_level(level: int) -> int:
 
 def required_level(command: command_pb2.Command) -> int:
     """The lowest cluster level at which ``command`` means what it says."""
-    if command.WhichOneof("body") in _PORT_COMMANDS and _uses_udp(command):
+    kind = command.WhichOneof("body")
+    if kind == "service_start" and places(command.service_start):
+        return max(PLACEMENT, UDP_PORTS if _uses_udp(command) else BASE_LEVEL)
+    if kind in _PORT_COMMANDS and _uses_udp(command):
         return UDP_PORTS
     return BASE_LEVEL
 
 
 def as_applied_at(command: command_pb2.Command, level: int) -> command_pb2.Command:
     """``command`` as the releases of ``level`` see it: below UDP_PORTS, without its PortProtocol
-    fields (they dropped them as unknown). The command itself when nothing differs."""
-    if level >= UDP_PORTS or command.WhichOneof("body") not in _PORT_COMMANDS or not _uses_udp(command):
+    fields (they dropped them as unknown); below PLACEMENT, a start without its manifest. The
+    command itself when nothing differs."""
+    kind = command.WhichOneof("body")
+    strip_start = kind == "service_start" and level < PLACEMENT and command.service_start.HasField("manifest")
+    strip_udp = level < UDP_PORTS and kind in _PORT_COMMANDS and _uses_udp(command)
+    if not strip_start and not strip_udp:
         return command
     legacy = command_pb2.Command()
     legacy.CopyFrom(command)
-    clear_port_protocols(legacy)
+    if strip_start:
+        legacy.service_start.ClearField("manifest")
+    if strip_udp:
+        clear_port_protocols(legacy)
     return legacy
+
+
+def places(request: ports_pb2.StartServiceRequest) -> bool:
+    """Whether a start asks the cluster to place the service (no node, or a manifest)."""
+    return not request.host or request.HasField("manifest")
 
 
 def clear_port_protocols(message: Message) -> None:

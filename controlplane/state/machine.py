@@ -31,7 +31,7 @@ from controlplane.state.journal import Detail
 from controlplane.state.leases import LeaseTable
 from controlplane.state.membership import MembershipTable
 from controlplane.state.models import ModelTable
-from controlplane.state.ports import PORT_MAP_FORMAT, PortTable, ServiceHooks
+from controlplane.state.ports import PORT_MAP_FORMAT, NodeOffer, PortTable, ServiceHooks
 from controlplane.state.refusal import Refused
 from controlplane.v1 import (
     command_pb2,
@@ -181,6 +181,16 @@ class StateMachine:
                 end=lambda lease_id, reason: self.leases.end(lease_id, reason),
                 capabilities=lambda host: self.membership.live_capabilities(host),
                 node_gone=lambda host: self.membership.is_gone(host),
+                live_nodes=lambda: [
+                    NodeOffer(
+                        node_id=record.spec.id,
+                        capabilities=tuple(record.spec.capabilities),
+                        gpus=record.spec.resources.gpus,
+                        memory_mb=record.spec.resources.memory_bytes // (1024 * 1024),
+                        cpu_millis=record.spec.resources.cpu_millis,
+                    )
+                    for record in self.membership.live_nodes()
+                ],
             ),
         )
         self.leases = LeaseTable(self, release=self._release_lease)

@@ -490,6 +490,10 @@ class MembershipTable:
             return None
         return tuple(record.spec.capabilities)
 
+    def live_nodes(self) -> list[NodeRecord]:
+        """Every node that is neither left nor dead, by id."""
+        return [record for record in self.nodes.values() if record.state not in GONE_STATES]
+
     def release_lease(self, lease_id: int, reason: str, expired: bool) -> None:
         """A lease ended (the lease table calls this): its node dies, its client places are freed."""
         node_id = self._node_by_lease.get(lease_id)

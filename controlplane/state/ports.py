@@ -22,6 +22,8 @@ The allocator's rules, in priority order:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from controlplane.state import health, levels, limits
 from controlplane.state.journal import Journal
@@ -49,6 +51,26 @@ UDP = ports_pb2.PORT_PROTOCOL_UDP
 #: (port, protocol): what one assignment holds on its host, and what an observation saw bound.
 Slot = tuple[int, int]
 LeakKey = tuple[str, int, int]  # (host, port, protocol)
+#: (assignment, (port, protocol), range, action, reason) per declared port
+PlannedPort = tuple[AssignmentKey, Slot, str, ports_pb2.PortAction, str]
+
+
+class ServicePlan(NamedTuple):
+    """What a registration will do: the declared ports' moves, and the ports no longer declared."""
+
+    ports: list[PlannedPort]
+    stale: list[AssignmentKey]
+
+
+@dataclass(frozen=True)
+class NodeOffer:
+    """A live node as placement sees it: what its agent consents to, and what it has."""
+
+    node_id: str
+    capabilities: tuple[str, ...]
+    gpus: int
+    memory_mb: int
+    cpu_millis: int
 
 
 def protocol_name(protocol: int) -> str:
@@ -104,12 +126,14 @@ class ServiceHooks:
         end: Callable[[int, str], object],
         capabilities: Callable[[str], tuple[str, ...] | None],
         node_gone: Callable[[str], bool] = lambda host: False,
+        live_nodes: Callable[[], list[NodeOffer]] = list,
     ) -> None:
         self.grant = grant  # ttl in ms -> a new lease's id
         self.renew = renew
         self.end = end
         self.capabilities = capabilities  # host -> its live node's capabilities (None: no live node)
         self.node_gone = node_gone  # host -> whether it names a node that is dead or left
+        self.live_nodes = live_nodes  # every live node, by id (placement's candidates)
 
     def exec_allowed(self, host: str) -> bool:
         return health.EXEC_CAPABILITY in (self.capabilities(host) or ())
@@ -1030,6 +1054,14 @@ class PortTable:
 
     def register_service(self, request: ports_pb2.RegisterServiceRequest) -> CommandResult:
         manifest = request.manifest
+        self._store_service(manifest, self._plan_service(manifest))
+        return self._result(
+            service_register=ports_pb2.RegisterServiceResponse(service=self.service_view(manifest.host, manifest.name))
+        )
+
+    def _plan_service(self, manifest: ports_pb2.ServiceManifest) -> ServicePlan:
+        """What registering ``manifest`` would do to its host's ports; raises Refused if it cannot.
+        Changes nothing (placement plans every candidate node)."""
         self.check_manifest(manifest)
         host, service = manifest.host, manifest.name
         own = set(self._service_keys(host, service))
@@ -1039,8 +1071,7 @@ class PortTable:
         # an allocation never takes a port that a later declaration fixes (stable: the manifest's
         # order otherwise).
         taken: dict[Slot, str] = {}
-        # (assignment, (port, protocol), range, action, reason) per declared port
-        plan: list[tuple[AssignmentKey, Slot, str, ports_pb2.PortAction, str]] = []
+        plan: list[PlannedPort] = []
         for declared in sorted(manifest.ports, key=lambda d: not d.port):
             key = (host, service, declared.name)
             protocol = manifest_protocol(declared.protocol, self._journal.cluster_level)
@@ -1098,6 +1129,12 @@ class PortTable:
                 raise _precondition(
                     f"cannot register {service} on {host}: port {port_label(*slot)} stays with {held[1]}/{held[2]}"
                 )
+        return ServicePlan(plan, stale)
+
+    def _store_service(self, manifest: ports_pb2.ServiceManifest, planned: ServicePlan) -> None:
+        """Register ``manifest`` as ``_plan_service`` planned it (nothing changed in between)."""
+        host, service = manifest.host, manifest.name
+        plan, stale = planned
         prev_record = self.services.get((host, service))
         revision = self._note(
             Action.PORT_ACTION_SERVICE_REGISTERED,
@@ -1131,9 +1168,6 @@ class PortTable:
                 self._unindex(self.assignments[key])
         for key, (port, protocol), range_name, action, reason in plan:
             self._put(key, port, range_name, manifest.lease_id, action, reason, protocol=protocol)
-        return self._result(
-            service_register=ports_pb2.RegisterServiceResponse(service=self.service_view(host, service))
-        )
 
     def _service_keys(self, host: str, service: str) -> list[AssignmentKey]:
         return sorted(key for key in self.by_port.get(host, {}).values() if key[1] == service)
@@ -1309,6 +1343,8 @@ class PortTable:
         )
 
     def start_service(self, request: ports_pb2.StartServiceRequest) -> CommandResult:
+        if levels.places(request) and self._journal.cluster_level >= levels.PLACEMENT:
+            return self._place(request)
         record = self._instance(request.host, request.name)
         manifest = record.manifest
         if not manifest.run.command:
@@ -1342,6 +1378,81 @@ class PortTable:
         )
         return self._result(
             service_start=ports_pb2.StartServiceResponse(service=self.service_view(*request_key(request)))
+        )
+
+    def _place(self, request: ports_pb2.StartServiceRequest) -> CommandResult:
+        """Start ``request.name`` on a node the cluster chooses (see StartServiceRequest): one
+        command, so the choice, the registration and the start are one atomic step."""
+        name = request.name
+        _check(limits.check_name(name, "service name"))
+        if request.host:
+            raise _invalid(f"give the node to start {name} on, or a manifest to place, not both")
+        given = request.manifest if request.HasField("manifest") else None
+        if given is not None and given.name not in ("", name):
+            raise _invalid(f"the manifest is for service {given.name!r}, not {name!r}")
+        if given is not None and given.host:
+            raise _invalid(f"leave the manifest's host empty (it is {given.host!r}): placement chooses the node")
+        if given is not None and not given.run.command:
+            raise _precondition(f"the manifest of {name} has no run: add run: {{command: [...]}} to place it")
+        registered = sorted(host for host, service in self.services if service == name)
+        wanted = [host for host in registered if self.services[(host, name)].run.wanted]
+        if wanted:  # a second start reuses the running instance, wherever it runs
+            return self._result(
+                service_start=ports_pb2.StartServiceResponse(
+                    service=self.service_view(wanted[0], name), existing=True, placement=f"already runs on {wanted[0]}"
+                )
+            )
+        if given is None and not registered:
+            raise _not_found(
+                f"no service {name!r} is registered: register it on a node, or give its manifest to place it"
+            )
+        running: dict[str, int] = {}
+        for (host, _), record in sorted(self.services.items()):
+            if record.run.wanted:
+                running[host] = running.get(host, 0) + 1
+        offers = self._hooks.live_nodes() if self._hooks is not None else []
+        eligible: list[tuple[int, int, str, ports_pb2.ServiceManifest, ServicePlan]] = []
+        refused: list[str] = []
+        for offer in offers:
+            if given is None and offer.node_id not in registered:
+                continue
+            manifest = ports_pb2.ServiceManifest()
+            manifest.CopyFrom(given if given is not None else self.services[(offer.node_id, name)].manifest)
+            manifest.name, manifest.host = name, offer.node_id
+            problem = _offer_problem(offer, manifest)
+            if problem is None:
+                try:
+                    plan = self._plan_service(manifest)
+                except Refused as refusal:
+                    problem = refusal.message
+            if problem is not None:
+                refused.append(f"{offer.node_id}: {problem}")
+                continue
+            here = 0 if offer.node_id in registered else 1
+            eligible.append((here, running.get(offer.node_id, 0), offer.node_id, manifest, plan))
+        if not eligible:
+            candidates = "the nodes it is registered on" if given is None else "any live node"
+            raise _precondition(
+                f"no node can run {name} (placement looked at {candidates}): "
+                + ("; ".join(refused[:10]) or "no live agent")
+            )
+        here, count, node_id, manifest, plan = min(eligible, key=lambda e: e[:3])
+        if given is not None:  # registered (or updated) on the node chosen; otherwise it is there already
+            self._store_service(manifest, plan)
+        why = f"{node_id}: {'registered there, ' if here == 0 else ''}{count} services running there"
+        self._set_run(
+            node_id,
+            name,
+            ports_pb2.RunStatus(wanted=True, state="starting"),
+            Action.PORT_ACTION_SERVICE_STARTED,
+            "placed",
+        )
+        return self._result(
+            service_start=ports_pb2.StartServiceResponse(
+                service=self.service_view(node_id, name),
+                placement=f"{why}; {len(eligible)} of {len(offers)} live nodes could run it"
+                + (f" (not {'; '.join(refused[:5])})" if refused else ""),
+            )
         )
 
     def stop_service(self, request: ports_pb2.StopServiceRequest) -> CommandResult:
@@ -1692,6 +1803,28 @@ def request_key(
     request: ports_pb2.StartServiceRequest | ports_pb2.StopServiceRequest | ports_pb2.ReportRunRequest,
 ) -> tuple[str, str]:
     return request.host, request.name
+
+
+def _offer_problem(offer: NodeOffer, manifest: ports_pb2.ServiceManifest) -> str | None:
+    """Why ``offer``'s node cannot run ``manifest`` (its agent's consent, its resources), or None."""
+    if not manifest.run.command:
+        return "its manifest there has no run"
+    missing = sorted(set(manifest.capabilities) - set(offer.capabilities))
+    if health.RUN_CAPABILITY not in offer.capabilities:
+        missing.insert(0, health.RUN_CAPABILITY)
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    needs = manifest.requirements
+    short = [
+        f"{what} {has} < {need}"
+        for what, has, need in (
+            ("gpus", offer.gpus, needs.gpus),
+            ("memory_mb", offer.memory_mb, needs.memory_mb),
+            ("cpu_millis", offer.cpu_millis, needs.cpu_millis),
+        )
+        if has < need
+    ]
+    return f"has {', '.join(short)}" if short else None
 
 
 def _wrapping(start: int, low: int, high: int) -> Iterator[int]:

@@ -875,24 +875,28 @@ class ReportHealthResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., health: _Optional[_Union[ServiceHealth, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
 
 class StartServiceRequest(_message.Message):
-    __slots__ = ("host", "name", "request_id")
+    __slots__ = ("host", "name", "request_id", "manifest")
     HOST_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
     host: str
     name: str
     request_id: str
-    def __init__(self, host: _Optional[str] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    manifest: ServiceManifest
+    def __init__(self, host: _Optional[str] = ..., name: _Optional[str] = ..., request_id: _Optional[str] = ..., manifest: _Optional[_Union[ServiceManifest, _Mapping]] = ...) -> None: ...
 
 class StartServiceResponse(_message.Message):
-    __slots__ = ("header", "service", "existing")
+    __slots__ = ("header", "service", "existing", "placement")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     EXISTING_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     header: _common_pb2.ResponseHeader
     service: ServiceRecord
     existing: bool
-    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., service: _Optional[_Union[ServiceRecord, _Mapping]] = ..., existing: _Optional[bool] = ...) -> None: ...
+    placement: str
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., service: _Optional[_Union[ServiceRecord, _Mapping]] = ..., existing: _Optional[bool] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class StopServiceRequest(_message.Message):
     __slots__ = ("host", "name", "request_id")

@@ -13,6 +13,7 @@ Times from a failure to critical are printed (``-s``), never asserted.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -39,7 +40,15 @@ from controlplane.dev import LocalCluster, free_port
 from controlplane.v1 import membership_pb2, ports_pb2
 from gateway.app import GatewaySettings, create_app
 
-from .conftest import collect_events, cpctl_json, credentials_env, started_cluster, wait_converged, wait_until
+from .conftest import (
+    collect_events,
+    cpctl_json,
+    credentials_env,
+    started_cluster,
+    wait_converged,
+    wait_for_level,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -407,3 +416,45 @@ def test_an_agent_starts_a_service_on_demand_restarts_it_after_kill_9_and_stops_
         )
         client.services.deregister(host, name)
         wait_until(lambda: not pid_alive(restarted), 20, "the process of a deregistered instance stopped")
+
+
+def test_the_cluster_places_a_service_on_an_agent_that_can_run_it(
+    cluster: LocalCluster, processes: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    wait_for_level(cluster)  # placement is cluster level 3: every server must run this release
+    token = f"pl{random.randrange(10**6)}"  # a capability only this test's agents have (the cluster is shared)
+    for node_id, extra in ((f"{token}-a", []), (f"{token}-b", ["--allow-run"]), (f"{token}-c", ["--allow-run"])):
+        gpus = ["--gpus", "1"] if node_id.endswith("-c") else []
+        command = [sys.executable, "-m", "controlplane", "agent", "--id", node_id, "--ttl", str(TTL_S)]
+        command += ["--capability", token, *gpus, *extra, "--endpoints", ",".join(cluster.client_addresses)]
+        environment = {**credentials_env(cluster), "PYTHONUNBUFFERED": "1"}
+        processes.append(
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=environment)
+        )
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        for suffix in "abc":
+            wait_until(lambda s=suffix: node_state(client, f"{token}-{s}") is NodeState.ACTIVE, 20, f"agent {suffix}")
+        manifest = {k: v for k, v in http_manifest(f"{token}-web", "").items() if k != "host"}
+        manifest |= {"run": {"command": [sys.executable, "-c", SERVE]}, "capabilities": [token]}
+        path = tmp_path / "web.yaml"
+        path.write_text(json.dumps({**manifest, "requirements": {"gpus": 1}}))
+
+        shown = cpctl_json(cluster, "services", "start", f"{token}-web", "--manifest", str(path), "--wait", "60")
+        # -a does not allow runs, -b has no GPU: -c, the one agent that fits.
+        assert shown["host"] == f"{token}-c" and shown["health"]["status"] == "PASSING"
+        assert f"{token}-b: has gpus 0 < 1" in shown["placement"], shown["placement"]
+        record = wait_until(
+            lambda: (r := instance(client, f"{token}-c", f"{token}-web")) and r.run.state == "running" and r,
+            30,
+            "running on the node chosen",
+        )
+        assert pid_alive(record.run.pid)
+        again = client.services.place(f"{token}-web")
+        assert again.existing and again.service.host == f"{token}-c"
+        # Without GPUs in its requirements, a second service goes where fewer run: -b.
+        other = client.services.place(f"{token}-api", {**manifest, "name": f"{token}-api"})
+        assert other.service.host == f"{token}-b" and not other.existing
+        with pytest.raises(FailedPrecondition, match=f"{token}-a: lacks run-services"):
+            client.services.place(f"{token}-big", {**manifest, "name": f"{token}-big", "requirements": {"gpus": 9}})
+        for host, name in ((f"{token}-c", f"{token}-web"), (f"{token}-b", f"{token}-api")):
+            client.services.deregister(host, name)
