@@ -16,25 +16,35 @@ def server(
     connected: bool = True,
     stable_for: float | None = None,
     down_for: float | None = None,
+    apply_level: int = 1,
 ) -> ServerView:
     health = ServerHealth(
         raft_address=f"10.0.0.{name[1:]}:7200",
         reachable=down_for is None,
+        apply_level=apply_level,
         stable_since=None if stable_for is None else NOW - stable_for,
         unreachable_since=None if down_for is None else NOW - down_for,
     )
     return ServerView(name, health.raft_address, voter, learner, voter and connected and down_for is None, health)
 
 
-def decide(*servers: ServerView, policy: Policy = POLICY) -> Action | None:
+def decide(*servers: ServerView, policy: Policy = POLICY, cluster_level: int = 1) -> Action | None:
     # The leader is the one voter not in the list.
-    return next_action(servers, 1 + sum(s.voter for s in servers), NOW, policy)
+    return next_action(servers, 1 + sum(s.voter for s in servers), NOW, policy, cluster_level)
 
 
 def test_a_learner_is_promoted_only_after_it_was_stable_for_the_whole_stabilization_period() -> None:
     assert decide(server("n2"), server("n4", voter=False, learner=True, stable_for=9.9)) is None
     assert decide(server("n2"), server("n4", voter=False, learner=True)) is None
     action = decide(server("n2"), server("n4", voter=False, learner=True, stable_for=10.0))
+    assert action is not None and (action.kind, action.member_id) == ("promote", "n4")
+
+
+def test_a_learner_whose_release_is_below_the_cluster_level_is_never_promoted() -> None:
+    old = server("n4", voter=False, learner=True, stable_for=99, apply_level=1)
+    assert decide(server("n2"), old, cluster_level=2) is None
+    current = server("n4", voter=False, learner=True, stable_for=99, apply_level=2)
+    action = decide(server("n2"), current, cluster_level=2)
     assert action is not None and (action.kind, action.member_id) == ("promote", "n4")
 
 

@@ -110,3 +110,15 @@ def test_servers_on_different_cluster_levels_are_a_warning_and_one_too_old_a_pro
         p.startswith("n3 runs a release that applies cluster level 1, but the cluster is at level 2")
         for p in verdict.problems
     )
+
+
+def test_a_server_from_before_levels_in_a_raised_cluster_is_a_problem() -> None:
+    # A release from before levels reports neither level (the SDK reads both as 1): the others say
+    # where the cluster is.
+    views: dict[str, ClusterStatus | str] = {node_id: view(node_id, apply_level=3, cluster_level=3) for node_id in IDS}
+    views["n3"] = view("n3")
+    verdict = judge(views)
+    assert verdict.problems == [
+        "n3 runs a release that applies cluster level 1, but the cluster is at level 3: upgrade it "
+        "(it applies the log as an older release would)"
+    ]

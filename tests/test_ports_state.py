@@ -1540,6 +1540,11 @@ def test_repair_frees_udp_ports_only_on_reports_complete_for_udp(d: Driver) -> N
     d.ok(observe("h1", (8001, "web")))
     assert not d.ok(repair(2)).ports_repair.released
     assert d.ports.leaks[("h1", 8001, UDP)].passes == 1, "a TCP-only report neither adds to nor resets it"
+    d.ok(observe("h1", (8001, "web"), (8001, "stats", UDP)))  # but one that lists it bound does
+    d.ok(repair(2))
+    assert ("h1", 8001, UDP) not in d.ports.leaks
+    d.ok(observe("h1", (8001, "web"), complete_for=(TCP, UDP)))
+    d.ok(repair(2))
     # Bound in the other protocol is not bound: 8001/tcp is web's, 8001/udp is still missing.
     d.ok(observe("h1", (8001, "web"), complete_for=(UDP, TCP)))
     freed = d.ok(repair(2)).ports_repair.released

@@ -75,13 +75,17 @@ def judge(views: dict[str, ClusterStatus | str], max_apply_lag: int = DEFAULT_MA
             warnings.append(f"{member} never fsyncs its journal (durability none): a power cut can lose writes")
         if view.peer_security == "insecure":
             warnings.append(f"{member} runs its Raft peer port without TLS (--insecure-dev)")
-        if view.cluster_level > view.apply_level:
+    # The level the cluster is at is the highest any server reports: one from before levels reports
+    # none (it cannot know), so its own view never says it is too old.
+    cluster_level = max(view.cluster_level for view in answered.values())
+    for member, view in sorted(answered.items()):
+        if view.apply_level < cluster_level:
             problems.append(
                 f"{member} runs a release that applies cluster level {view.apply_level}, but the cluster is at "
-                f"level {view.cluster_level}: upgrade it (its replica may differ from the others')"
+                f"level {cluster_level}: upgrade it (it applies the log as an older release would)"
             )
     levels = {view.apply_level for view in answered.values()}
-    if len(levels) > 1:
+    if len(levels) > 1 and min(levels) >= cluster_level:
         held = min(levels)
         warnings.append(
             f"the servers apply different cluster levels, so the cluster stays at {held}: "

@@ -472,6 +472,8 @@ class ServerHealth:
     #: The last Cluster.Status check answered.
     reachable: bool = False
     applied_index: int = 0
+    #: The highest cluster level its release applies (levels.py), from its last answer; 0 unknown.
+    apply_level: int = 0
     last_contact_unix_ms: int = 0
     #: Healthy without interruption since (None: not healthy at the last check).
     stable_since: float | None = None
@@ -512,7 +514,9 @@ class Action:
     reason: str
 
 
-def next_action(servers: Sequence[ServerView], voters: int, now: float, policy: Policy) -> Action | None:
+def next_action(
+    servers: Sequence[ServerView], voters: int, now: float, policy: Policy, cluster_level: int = 1
+) -> Action | None:
     """The one membership change to make now, if any, in order of urgency.
 
     ``voters`` counts the leader's whole configuration, the leader included. Rules:
@@ -524,7 +528,8 @@ def next_action(servers: Sequence[ServerView], voters: int, now: float, policy: 
        min_quorum voters remain and the remaining reachable voters are a majority of them.
     4. Dead learner (cleanup on): unreachable for dead_server_cleanup_s.
     5. Promote a learner healthy for server_stabilization_s. Health includes "caught up since it
-       started" (Status.ready), which a server running outside the configuration never is.
+       started" (Status.ready), which a server running outside the configuration never is, and a
+       release that applies ``cluster_level``: an older one would apply the log differently.
     """
     ordered = sorted(servers, key=lambda server: (server.id, server.raft_address))
     for server in ordered:
@@ -548,6 +553,8 @@ def next_action(servers: Sequence[ServerView], voters: int, now: float, policy: 
         if server.voter or server.learner is not True:
             continue
         health = server.health
+        if health.apply_level < cluster_level:
+            continue  # too old a release for this cluster (or not heard from yet): never a voter
         if health.stable_since is not None and now - health.stable_since >= policy.server_stabilization_s:
             return Action("promote", server.id, server.raft_address, "caught up and stable")
     return None
@@ -568,6 +575,8 @@ class Autopilot:
         self._servers: dict[str, ServerHealth] = {}
         # Dead voters already reported as kept (min_quorum): say so once per leadership, not every round.
         self._kept: set[str] = set()
+        # Learners already reported as too old a release to promote: likewise once per leadership.
+        self._too_old: set[str] = set()
 
     def health(self, raft_address: str) -> ServerHealth | None:
         """The last health observation of a server (leader only; None elsewhere)."""
@@ -580,6 +589,7 @@ class Autopilot:
             if not node.raft.is_leader() or not node.raft.is_ready():
                 self._servers.clear()
                 self._kept.clear()
+                self._too_old.clear()
                 continue
             try:
                 await self.round()
@@ -603,7 +613,7 @@ class Autopilot:
             self._observe(health, answer, raft_connected, raft.term, raft.commit_index, now, now_ms)
         for gone in set(self._servers) - set(targets):
             del self._servers[gone]
-        await self._raise_cluster_level(answers)
+        await self._raise_cluster_level(targets, answers)
 
         # Decide on a fresh view: a change (an operator's RemoveMember) may have completed while the
         # checks ran. No await from here to the decision, so nothing else changes membership meanwhile.
@@ -626,9 +636,10 @@ class Autopilot:
                     health=self._servers.get(address) or ServerHealth(address),
                 )
             )
-        action = next_action(views, len(raft.connected), now, self._policy)
+        action = next_action(views, len(raft.connected), now, self._policy, node.machine.cluster_level)
         if action is None:
             self._report_kept(views, len(raft.connected), now)
+            self._report_too_old(views, node.machine.cluster_level)
             return
         log.info("autopilot_action", action=action.kind, member=action.member_id, reason=action.reason)
         if action.kind == "promote":
@@ -636,12 +647,17 @@ class Autopilot:
         else:
             await node.remove_server(action.member_id, action.raft_address, action.reason)
 
-    async def _raise_cluster_level(self, answers: list[cluster_pb2.StatusResponse | None]) -> None:
+    async def _raise_cluster_level(
+        self, probed: dict[str, tuple[str, str]], answers: list[cluster_pb2.StatusResponse | None]
+    ) -> None:
         """Raise the cluster level to the lowest level any server applies (levels.py), once every
-        other server answered this round: one that did not may run an older release."""
+        other server answered this round: one that did not may run an older release. Not while the
+        membership changes, nor if a server appeared while the checks ran (it was not asked)."""
         node = self._node
         answered = [answer for answer in answers if answer is not None]
-        if len(answered) < len(answers):
+        if len(answered) < len(answers) or node.membership_change_in_flight():
+            return
+        if set(self._targets(node.raft.status().connected, node.config.raft_address)) != set(probed):
             return
         level = min([node.apply_level, *(levels.stored_level(answer.apply_level) for answer in answered)])
         current = node.machine.cluster_level
@@ -680,6 +696,7 @@ class Autopilot:
             health.reachable = True
             health.last_contact_unix_ms = now_ms
             health.applied_index = answer.applied_index
+            health.apply_level = levels.stored_level(answer.apply_level)
             # Consul's definition, with pysyncobj's numbers: it follows this leader in this term, has
             # caught up since it started, and trails the commit index by at most max_trailing_logs.
             healthy = (
@@ -708,6 +725,20 @@ class Autopilot:
         except grpc.aio.AioRpcError:
             return None
         return answer
+
+    def _report_too_old(self, views: list[ServerView], cluster_level: int) -> None:
+        """Say once per leadership that a learner stays one because its release is below the cluster level."""
+        for view in views:
+            level = view.health.apply_level
+            if view.learner and not view.voter and 0 < level < cluster_level and view.raft_address not in self._too_old:
+                self._too_old.add(view.raft_address)
+                log.warning(
+                    "learner_too_old",
+                    member=view.id,
+                    applies=level,
+                    cluster_level=cluster_level,
+                    hint="its release applies an older cluster level: upgrade it; it is not promoted until then",
+                )
 
     def _report_kept(self, views: list[ServerView], voters: int, now: float) -> None:
         """Say once why a dead voter stays: removing it would go below min_quorum or a healthy majority."""

@@ -97,6 +97,14 @@ def places(request: ports_pb2.StartServiceRequest) -> bool:
     return not request.host or request.HasField("manifest")
 
 
+def ports_state_at(state: ports_pb2.PortsState, level: int) -> None:
+    """``state`` (a snapshot's or a backup's port table) as the releases of ``level`` hold it, in
+    place. Below UDP_PORTS, without protocols: the releases before it kept a PortProtocol they did
+    not know as an unknown field, in their state and their dumps, and never read it."""
+    if level < UDP_PORTS:
+        clear_port_protocols(state)
+
+
 def clear_port_protocols(message: Message) -> None:
     """Clear every PortProtocol field in ``message`` and the messages inside it, in place."""
     for field, value in message.ListFields():
@@ -107,14 +115,14 @@ def clear_port_protocols(message: Message) -> None:
 
 
 def _uses_udp(message: Message) -> bool:
-    """Whether any PortProtocol field in ``message`` (or below it) is set, or a declared port's
-    protocol text says udp."""
+    """Whether any PortProtocol field in ``message`` (or below it) holds anything but TCP. A
+    manifest's protocol *text* does not count: below UDP_PORTS it is applied as TCP, as the older
+    releases did, so redeploying a manifest that said "udp" all along keeps working mid-upgrade."""
     for field, value in message.ListFields():
         if field.enum_type is _PORT_PROTOCOL:
-            return True  # a set proto3 enum field holds a value other than TCP
-        if field.full_name == "controlplane.v1.DeclaredPort.protocol" and value.strip().lower() == "udp":
-            return True
-        if any(_uses_udp(inner) for inner in _messages_in(field, value)):
+            if any(protocol != ports_pb2.PORT_PROTOCOL_TCP for protocol in (value if field.is_repeated else [value])):
+                return True
+        elif any(_uses_udp(inner) for inner in _messages_in(field, value)):
             return True
     return False
 

@@ -560,8 +560,9 @@ class StateMachine:
             )
         if snapshot.HasField("ports"):
             state = snapshot.ports
-            if self.cluster_level < levels.UDP_PORTS:
-                levels.clear_port_protocols(state)  # as the releases of this level read the backup
+            # As this cluster's releases read it, and as the backup's cluster held it: a backup from
+            # below UDP_PORTS may carry protocols an older release kept unread.
+            levels.ports_state_at(state, min(self.cluster_level, levels.stored_level(snapshot.cluster_level)))
             try:
                 self.ports.validate_map(
                     ports_pb2.PortMap(
@@ -722,13 +723,14 @@ class StateMachine:
         )
         self.members = {member.id: member for member in snap.members}
         self.removed_members = dict.fromkeys(snap.removed_members)
+        self.cluster_level = levels.stored_level(snap.cluster_level)
         if snap.HasField("ports"):
+            levels.ports_state_at(snap.ports, self.cluster_level)  # a dump an older release wrote
             self.ports.load(snap.ports)
         self.leases.load(list(snap.leases), snap.next_lease_id)
         self.membership.load(snap.membership)
         self.gossip.load(snap.membership.gossip)
         self.auth.load(snap.auth if snap.HasField("auth") else None)
-        self.cluster_level = levels.stored_level(snap.cluster_level)
 
 
 def _without_registry(snap: command_pb2.StateSnapshot) -> command_pb2.StateSnapshot:

@@ -970,12 +970,12 @@ class PortTable:
                 key = self.by_port[host][slot]
                 assignment = self.assignments[key]
                 leak_key = (host, *slot)
-                if slot[1] not in complete_for:
-                    continue  # the report says nothing about this protocol: no evidence either way
-                if slot in bound or report.revision <= assignment.mod_revision:
+                if slot in bound or report.revision <= assignment.mod_revision:  # bound, whatever else it lists
                     if self.leaks.pop(leak_key, None) is not None:
                         changed = True
                     continue
+                if slot[1] not in complete_for:
+                    continue  # the report says nothing about this protocol's missing ports
                 suspected.append(assignment)
                 count = self.leaks.get(leak_key)
                 if count is not None and count.observation_revision == report.revision:

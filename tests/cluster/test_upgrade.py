@@ -110,6 +110,21 @@ def test_a_rolling_upgrade_raises_the_cluster_level_after_the_last_server(
                 60,
                 f"{node_id} on the new release",
             )
+        # Leadership on an upgraded server (the old one's own level would hold the cluster back
+        # whatever the gate did), then two of its health-check rounds that reached the old server:
+        # a gate that ignored it would have raised the level by then.
+        old = upgraded[-1]
+        if cluster.wait_for_leader() == old:
+            client.transfer_leadership(upgraded[0])
+            wait_until(lambda: cluster.wait_for_leader() != old, 60, "leadership off the old server")
+        leader = cluster.nodes[cluster.wait_for_leader()]
+
+        def last_contact() -> int:
+            return next((m.last_contact_unix_ms for m in status(leader).members if m.id == old), 0)
+
+        for _ in range(2):
+            seen = last_contact()
+            wait_until(lambda seen=seen: last_contact() > seen, 60, f"a health check of {old}")
         assert {status(node).cluster_level for node in running(cluster)} == {levels.BASE_LEVEL}
         with pytest.raises(FailedPrecondition, match="needs cluster level 2"):
             client.ports.assign(host, "dns", 53, "udp", protocol="udp")
