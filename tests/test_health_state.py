@@ -331,6 +331,12 @@ def test_a_bad_run_spec_is_refused() -> None:
     assert bad.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "variable name" in bad.error.message
 
 
+def active_node(t: Twins, node_id: str, *capabilities: str, gpus: int = 0) -> None:
+    """A node as its agent makes it: registered, then active with its first heartbeat."""
+    t.register_node(node_id, *capabilities, gpus=gpus)
+    t.ok(node_heartbeat=membership_pb2.HeartbeatRequest(node_id=node_id))
+
+
 def place(t: Twins, name: str, manifest: ports_pb2.ServiceManifest | None = None) -> command_pb2.CommandResult:
     request = ports_pb2.StartServiceRequest(name=name)
     if manifest is not None:
@@ -351,9 +357,9 @@ def placeable(name: str, *capabilities: str, gpus: int = 0, port: int = 0) -> po
 def test_placement_picks_a_node_that_consents_fits_and_has_the_ports_then_spreads() -> None:
     t = Twins()
     t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
-    t.register_node("n1", health.RUN_CAPABILITY)
-    t.register_node("n2", health.RUN_CAPABILITY, "gpu", gpus=1)
-    t.register_node("n3", "gpu", gpus=4)  # its agent does not allow runs
+    active_node(t, "n1", health.RUN_CAPABILITY)
+    active_node(t, "n2", health.RUN_CAPABILITY, "gpu", gpus=1)
+    active_node(t, "n3", "gpu", gpus=4)  # its agent does not allow runs
     trainer = place(t, "trainer", placeable("trainer", "gpu", gpus=1)).service_start
     assert trainer.service.manifest.host == "n2" and trainer.service.run.wanted and not trainer.existing
     assert "n1: lacks gpu" in trainer.placement and "n3: lacks run-services" in trainer.placement
@@ -379,9 +385,9 @@ def test_placement_picks_a_node_that_consents_fits_and_has_the_ports_then_spread
 def test_placement_without_a_manifest_chooses_among_the_nodes_the_service_is_registered_on() -> None:
     t = Twins()
     t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
-    t.register_node("n1", health.RUN_CAPABILITY)
-    t.register_node("n2", health.RUN_CAPABILITY)
-    t.register_node("n3")
+    active_node(t, "n1", health.RUN_CAPABILITY)
+    active_node(t, "n2", health.RUN_CAPABILITY)
+    active_node(t, "n3")
     t.register("n3", "batch", HTTP, run=ports_pb2.RunSpec(**RUN))  # type: ignore[arg-type]
     refused = place(t, "batch")
     assert refused.error.code == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "n3: lacks run-services" in (
@@ -392,6 +398,40 @@ def test_placement_without_a_manifest_chooses_among_the_nodes_the_service_is_reg
     assert placed.service.manifest.host == "n2" and "registered there" in placed.placement
     assert ("n1", "batch") not in t.m.ports.services, "never registered anywhere else"
     assert place(t, "ghost").error.code == common_pb2.ERROR_CODE_NOT_FOUND
+    t.same()
+
+
+def test_placement_passes_over_draining_nodes_and_moves_off_a_dead_one() -> None:
+    t = Twins()
+    t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
+    active_node(t, "n1", health.RUN_CAPABILITY)
+    active_node(t, "n2", health.RUN_CAPABILITY)
+    t.ok(node_drain=membership_pb2.DrainNodeRequest(node_id="n1"))
+    first = place(t, "web", placeable("web")).service_start
+    assert first.service.manifest.host == "n2" and "n1: is leaving" in first.placement
+    # Its node leaves: the next start places it anew, and the old instance is no longer wanted
+    # (its agent, back, must not run a second one).
+    active_node(t, "n3", health.RUN_CAPABILITY)
+    t.ok(node_deregister=membership_pb2.DeregisterNodeRequest(node_id="n2"))
+    second = place(t, "web", placeable("web")).service_start
+    assert not second.existing and second.service.manifest.host == "n3"
+    assert not t.m.ports.services[("n2", "web")].run.wanted
+    assert t.m.ports.services[("n2", "web")].run.state == "stopped"
+    # Asked again with another manifest while it runs: refused, not silently the old one.
+    changed = placeable("web")
+    changed.version = "2"
+    refused = place(t, "web", changed)
+    assert refused.error.code == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert "runs on n3 with another manifest" in refused.error.message
+    assert place(t, "web", placeable("web")).service_start.existing
+    # What no node can fix is the manifest's own fault, whatever the nodes.
+    bad = placeable("odd")
+    bad.labels["bad label!"] = "x"
+    assert place(t, "odd", bad).error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    exec_check = placeable("probe")
+    exec_check.health_check.CopyFrom(ports_pb2.HealthCheck(type="exec", command=["true"], interval_s=10))
+    refused_exec = place(t, "probe", exec_check)
+    assert "lacks exec-checks" in refused_exec.error.message
     t.same()
 
 
@@ -410,7 +450,7 @@ def test_placement_without_a_manifest_chooses_among_the_nodes_the_service_is_reg
 def test_bad_placements_are_refused_and_change_nothing(request_: ports_pb2.StartServiceRequest, words: str) -> None:
     t = Twins()
     t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
-    t.register_node("n1", health.RUN_CAPABILITY)
+    active_node(t, "n1", health.RUN_CAPABILITY)
     before = t.m.snapshot()
     result = t.run(service_start=request_)
     assert result.HasField("error") and words in result.error.message, result

@@ -585,13 +585,20 @@ def services_start(
             fail(f"{manifest_file} is not valid YAML: {exc}", code=EXIT_USAGE)
         if not isinstance(manifest, dict):
             fail(f"{manifest_file} must hold a mapping (name, ports, run, ...)", code=EXIT_USAGE)
-    placement = ""
+        if manifest.get("host"):
+            fail(
+                f"{manifest_file} names host {manifest['host']!r}: placement chooses the node, so leave host out "
+                f"(or run `cpctl services register {manifest_file}` and `cpctl services start {name} --node "
+                f"{manifest['host']}`)",
+                code=EXIT_USAGE,
+            )
+    placed = None
     with connect(endpoints, timeout) as client:
         if node:
             record = client.services.start(node, name)
         else:
             placed = client.services.place(name, manifest)
-            record, placement = placed.service, placed.placement
+            record = placed.service
         host = record.host
         deadline = time.monotonic() + wait
         while wait and not record.health.healthy and time.monotonic() < deadline:
@@ -602,12 +609,13 @@ def services_start(
             record = found[0]
     word = _health_word(record)
     run = f"{record.run.state or 'starting'}, restarts {record.run.restarts}"
-    where = f" (placed: {placement})" if placement else ""
-    emit(
-        output,
-        {**plain(record), "placement": placement} if placement else plain(record),
-        f"{name} on {host}: {word} ({run}){where}",
+    where = f" (placed: {placed.placement})" if placed is not None else ""
+    shown = (
+        plain(record)
+        if placed is None
+        else {**plain(record), "existing": placed.existing, "placement": placed.placement}
     )
+    emit(output, shown, f"{name} on {host}: {word} ({run}){where}")
     if wait and not record.health.healthy:
         fail(f"{name} on {host} is not passing after {wait:g}s: {record.health.output[:200]}")
 

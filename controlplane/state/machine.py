@@ -29,7 +29,7 @@ from controlplane.state.auth import AuthTable
 from controlplane.state.gossip import GossipTable
 from controlplane.state.journal import Detail
 from controlplane.state.leases import LeaseTable
-from controlplane.state.membership import MembershipTable
+from controlplane.state.membership import MembershipTable, state_name
 from controlplane.state.models import ModelTable
 from controlplane.state.ports import PORT_MAP_FORMAT, NodeOffer, PortTable, ServiceHooks
 from controlplane.state.refusal import Refused
@@ -184,6 +184,7 @@ class StateMachine:
                 live_nodes=lambda: [
                     NodeOffer(
                         node_id=record.spec.id,
+                        state=state_name(record.state),
                         capabilities=tuple(record.spec.capabilities),
                         gpus=record.spec.resources.gpus,
                         memory_mb=record.spec.resources.memory_bytes // (1024 * 1024),

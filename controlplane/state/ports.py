@@ -21,7 +21,7 @@ The allocator's rules, in priority order:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -67,6 +67,8 @@ class NodeOffer:
     """A live node as placement sees it: what its agent consents to, and what it has."""
 
     node_id: str
+    #: "active", or why placement passes it over: "joining", "leaving".
+    state: str
     capabilities: tuple[str, ...]
     gpus: int
     memory_mb: int
@@ -1006,10 +1008,12 @@ class PortTable:
 
     # ------------------------------------------------------------------ services
 
-    def check_manifest(self, manifest: ports_pb2.ServiceManifest) -> None:
+    def check_manifest(self, manifest: ports_pb2.ServiceManifest, on_host: bool = True) -> None:
+        """Everything a registration of ``manifest`` must satisfy; ``on_host=False`` leaves out what
+        depends on its host (the host itself, the agent's consent to exec checks), for placement."""
         _check(
             limits.check_name(manifest.name, "service name")
-            or limits.check_host(manifest.host)
+            or (limits.check_host(manifest.host) if on_host else None)
             or limits.check_text(manifest.version, "version", 64)
         )
         if len(manifest.ports) > limits.MAX_DECLARED_PORTS:
@@ -1036,8 +1040,10 @@ class PortTable:
             elif declared.range:
                 self.range_named(declared.range)
         _check(health.check_problem(manifest))
-        if manifest.health_check.type == "exec" and (
-            self._hooks is None or not self._hooks.exec_allowed(manifest.host)
+        if (
+            on_host
+            and manifest.health_check.type == "exec"
+            and (self._hooks is None or not self._hooks.exec_allowed(manifest.host))
         ):
             raise _precondition(
                 f"cannot register {manifest.name} on {manifest.host} with an exec health check: no live agent "
@@ -1387,19 +1393,33 @@ class PortTable:
         _check(limits.check_name(name, "service name"))
         if request.host:
             raise _invalid(f"give the node to start {name} on, or a manifest to place, not both")
-        given = request.manifest if request.HasField("manifest") else None
-        if given is not None and given.name not in ("", name):
-            raise _invalid(f"the manifest is for service {given.name!r}, not {name!r}")
-        if given is not None and given.host:
-            raise _invalid(f"leave the manifest's host empty (it is {given.host!r}): placement chooses the node")
-        if given is not None and not given.run.command:
-            raise _precondition(f"the manifest of {name} has no run: add run: {{command: [...]}} to place it")
+        given: ports_pb2.ServiceManifest | None = None
+        if request.HasField("manifest"):
+            given = ports_pb2.ServiceManifest()
+            given.CopyFrom(request.manifest)
+            if given.name not in ("", name):
+                raise _invalid(f"the manifest is for service {given.name!r}, not {name!r}")
+            if given.host:
+                raise _invalid(f"leave the manifest's host empty (it is {given.host!r}): placement chooses the node")
+            given.name = name
+            self.check_manifest(given, on_host=False)  # what no node can fix: INVALID_ARGUMENT, NOT_FOUND
+            if not given.run.command:
+                raise _precondition(f"the manifest of {name} has no run: add run: {{command: [...]}} to place it")
+        live = {offer.node_id: offer for offer in (self._hooks.live_nodes() if self._hooks is not None else [])}
         registered = sorted(host for host, service in self.services if service == name)
         wanted = [host for host in registered if self.services[(host, name)].run.wanted]
-        if wanted:  # a second start reuses the running instance, wherever it runs
+        for host in wanted:
+            if host not in live:
+                continue
+            if given is not None and not _same_manifest(given, self.services[(host, name)].manifest):
+                raise _precondition(
+                    f"{name} runs on {host} with another manifest: register the new one there "
+                    f"(cpctl services register FILE --host {host}), or stop it first to place it afresh"
+                )
+            # A second start reuses the running instance, wherever it runs.
             return self._result(
                 service_start=ports_pb2.StartServiceResponse(
-                    service=self.service_view(wanted[0], name), existing=True, placement=f"already runs on {wanted[0]}"
+                    service=self.service_view(host, name), existing=True, placement=f"already runs on {host}"
                 )
             )
         if given is None and not registered:
@@ -1408,38 +1428,70 @@ class PortTable:
             )
         running: dict[str, int] = {}
         for (host, _), record in sorted(self.services.items()):
-            if record.run.wanted:
+            if record.run.wanted and host in live:
                 running[host] = running.get(host, 0) + 1
-        offers = self._hooks.live_nodes() if self._hooks is not None else []
-        eligible: list[tuple[int, int, str, ports_pb2.ServiceManifest, ServicePlan]] = []
-        refused: list[str] = []
-        for offer in offers:
-            if given is None and offer.node_id not in registered:
-                continue
-            manifest = ports_pb2.ServiceManifest()
-            manifest.CopyFrom(given if given is not None else self.services[(offer.node_id, name)].manifest)
-            manifest.name, manifest.host = name, offer.node_id
-            problem = _offer_problem(offer, manifest)
-            if problem is None:
-                try:
-                    plan = self._plan_service(manifest)
-                except Refused as refusal:
-                    problem = refusal.message
+        # Rank every node placement may use by what costs nothing to know, then plan the ports in
+        # that order until one fits: the first whose plan succeeds is the best that can run it.
+        passed_over: list[str] = []
+        ranked: list[tuple[int, int, str]] = []
+        for node_id in registered if given is None else sorted(live):
+            offer = live.get(node_id)
+            problem = f"is {offer.state}" if offer is not None and offer.state != "active" else None
+            if offer is None:
+                problem = "has no live agent"
+            elif problem is None:
+                problem = _offer_problem(offer, given or self.services[(node_id, name)].manifest)
             if problem is not None:
-                refused.append(f"{offer.node_id}: {problem}")
+                passed_over.append(f"{node_id}: {problem}")
                 continue
-            here = 0 if offer.node_id in registered else 1
-            eligible.append((here, running.get(offer.node_id, 0), offer.node_id, manifest, plan))
-        if not eligible:
-            candidates = "the nodes it is registered on" if given is None else "any live node"
-            raise _precondition(
-                f"no node can run {name} (placement looked at {candidates}): "
-                + ("; ".join(refused[:10]) or "no live agent")
+            ranked.append((0 if node_id in registered else 1, running.get(node_id, 0), node_id))
+        for here, count, node_id in sorted(ranked):
+            manifest = ports_pb2.ServiceManifest()
+            manifest.CopyFrom(given if given is not None else self.services[(node_id, name)].manifest)
+            manifest.host = node_id
+            try:
+                plan = self._plan_service(manifest)
+            except Refused as refusal:
+                passed_over.append(f"{node_id}: {refusal.message}")
+                continue
+            return self._start_placed(
+                name,
+                manifest,
+                plan if given is not None else None,
+                wanted,
+                live,
+                why=(
+                    f"{node_id}: {'registered there, ' if here == 0 else ''}{count} services running there"
+                    + (f"; passed over {_listed(passed_over)}" if passed_over else "")
+                ),
             )
-        here, count, node_id, manifest, plan = min(eligible, key=lambda e: e[:3])
-        if given is not None:  # registered (or updated) on the node chosen; otherwise it is there already
+        where = "the nodes it is registered on" if given is None else "every live node"
+        raise _precondition(
+            f"no node can run {name} (placement looked at {where}): {_listed(passed_over) or 'none is live'}"
+        )
+
+    def _start_placed(
+        self,
+        name: str,
+        manifest: ports_pb2.ServiceManifest,
+        plan: ServicePlan | None,
+        wanted: list[str],
+        live: Mapping[str, NodeOffer],
+        why: str,
+    ) -> CommandResult:
+        """Register (with a plan) and start ``manifest`` on its host, and stop wanting it on nodes
+        that are gone: their agents, back, must not run a second instance."""
+        node_id = manifest.host
+        for host in wanted:
+            if host not in live:
+                stopped = ports_pb2.RunStatus()
+                stopped.CopyFrom(self.services[(host, name)].run)
+                stopped.wanted, stopped.state = False, "stopped"
+                self._set_run(
+                    host, name, stopped, Action.PORT_ACTION_SERVICE_STOPPED, f"placed on {node_id}: {host} is gone"
+                )
+        if plan is not None:
             self._store_service(manifest, plan)
-        why = f"{node_id}: {'registered there, ' if here == 0 else ''}{count} services running there"
         self._set_run(
             node_id,
             name,
@@ -1448,11 +1500,7 @@ class PortTable:
             "placed",
         )
         return self._result(
-            service_start=ports_pb2.StartServiceResponse(
-                service=self.service_view(node_id, name),
-                placement=f"{why}; {len(eligible)} of {len(offers)} live nodes could run it"
-                + (f" (not {'; '.join(refused[:5])})" if refused else ""),
-            )
+            service_start=ports_pb2.StartServiceResponse(service=self.service_view(node_id, name), placement=why)
         )
 
     def stop_service(self, request: ports_pb2.StopServiceRequest) -> CommandResult:
@@ -1809,7 +1857,10 @@ def _offer_problem(offer: NodeOffer, manifest: ports_pb2.ServiceManifest) -> str
     """Why ``offer``'s node cannot run ``manifest`` (its agent's consent, its resources), or None."""
     if not manifest.run.command:
         return "its manifest there has no run"
-    missing = sorted(set(manifest.capabilities) - set(offer.capabilities))
+    required = set(manifest.capabilities)
+    if manifest.health_check.type == "exec":
+        required.add(health.EXEC_CAPABILITY)  # its agent must consent to running the check
+    missing = sorted(required - set(offer.capabilities))
     if health.RUN_CAPABILITY not in offer.capabilities:
         missing.insert(0, health.RUN_CAPABILITY)
     if missing:
@@ -1825,6 +1876,20 @@ def _offer_problem(offer: NodeOffer, manifest: ports_pb2.ServiceManifest) -> str
         if has < need
     ]
     return f"has {', '.join(short)}" if short else None
+
+
+def _same_manifest(given: ports_pb2.ServiceManifest, registered: ports_pb2.ServiceManifest) -> bool:
+    """Whether a manifest to place says what a registered one says, the host aside."""
+    copy = ports_pb2.ServiceManifest()
+    copy.CopyFrom(registered)
+    copy.host = ""
+    return copy == given
+
+
+def _listed(reasons: list[str], most: int = 8) -> str:
+    """Reasons joined, at most ``most`` of them and how many more."""
+    shown = "; ".join(reasons[:most])
+    return shown + (f"; and {len(reasons) - most} more" if len(reasons) > most else "")
 
 
 def _wrapping(start: int, low: int, high: int) -> Iterator[int]:
