@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ PAGES = {
 }
 #: Generous: the cluster tests share two busy cores. The time taken is printed, not asserted.
 LIVE_TIMEOUT_MS = 20_000
+FLEET = 1000
 
 
 @pytest.fixture
@@ -137,5 +139,69 @@ def test_console_in_a_browser(cluster: LocalCluster, tmp_path: Path, browser: An
         page.type("#q", "browsermis", delay=30)
         page.wait_for_selector("tr[data-model='BrowserMistral-7B']", timeout=LIVE_TIMEOUT_MS)
         assert "q=browsermis" in page.url  # the URL follows the search box
+
+        # The Training chart grows as a round completes, with no reload.
+        page.goto(gateway.url + "/ui/training?group=br-g")
+        page.wait_for_selector("#live-state:has-text('live')")
+        assert page.text_content("#chart-title") == "Training rounds 1 to 2"
+        with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
+            pairs = [("br-a0", "br-a3"), ("br-a1", "br-a2")]
+            admin.gossip.start_round("br-g", 3, peers, pairs, seed=3, deadline_unix_ms=deadline, tensors=tensors)
+            for peer in peers:
+                admin.gossip.report_round("br-g", 3, peer, bytes=8192, mix_delta_sq=0.2, loss=0.5, accuracy=0.95)
+        page.wait_for_function(
+            "() => document.querySelector('#chart-title')?.textContent === 'Training rounds 1 to 3'",
+            timeout=LIVE_TIMEOUT_MS,
+        )
+        assert problems == []
+        context.close()
+
+
+def test_a_fleet_of_1000_nodes_renders_and_stays_interactive(
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path, browser: Any
+) -> None:
+    """The browser's own clock (Navigation Timing: response, DOM ready, load), printed: the figures
+    docs/console.md quotes. The search box still filters 1,000 nodes."""
+    cluster = make_cluster(servers=3)
+    with (
+        Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as admin,
+        ThreadPoolExecutor(max_workers=8) as pool,
+    ):
+
+        def register(index: int) -> None:
+            admin.membership.register_node(f"fleet-{index:04d}", labels={"rack": f"r{index % 20}"}, ttl_s=600)
+
+        list(pool.map(register, range(FLEET)))
+    with running_gateway(cluster, tmp_path) as gateway:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+        page.goto(gateway.url + "/ui/fleet")
+        page.fill("#token", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(gateway.url + "/ui/fleet")
+        for attempt in range(3):  # the first is a cold read of 1,000 nodes; the others what an operator sees
+            page.goto(gateway.url + "/ui/fleet")
+            page.wait_for_load_state("load")
+            timing = page.evaluate(
+                "() => { const n = performance.getEntriesByType('navigation')[0];"
+                " return {response: n.responseEnd, ready: n.domContentLoadedEventEnd, load: n.loadEventEnd}; }"
+            )
+            print(
+                f"fleet of {FLEET}, visit {attempt + 1}: response {timing['response']:.0f} ms, "
+                f"DOM ready {timing['ready']:.0f} ms, load {timing['load']:.0f} ms"
+            )
+        assert f"· {FLEET} joining ·" in page.text_content("p.meta")  # the servers are nodes too
+        assert page.locator("tr[data-node]").count() == 100  # a page of them
+        started = time.monotonic()
+        page.type("#q", "fleet-0777", delay=20)
+        page.wait_for_function("() => document.querySelectorAll('tr[data-node]').length === 1", timeout=LIVE_TIMEOUT_MS)
+        print(f"typed a node's id: only its row {1000 * (time.monotonic() - started):.0f} ms after the first key")
+        assert page.get_attribute("tr[data-node]", "data-node") == "fleet-0777"
+        shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path / "screenshots")
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "fleet-1000.png"))
         assert problems == []
         context.close()
