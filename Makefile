@@ -9,21 +9,28 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
-.PHONY: run test test-fast test-browser chromium promtool soak bench bench-gossip-net lint proto sdk check-proto clean setup jepsen jepsen-long
+.PHONY: constraints run test test-fast test-browser chromium promtool soak bench bench-gossip-net lint proto sdk check-proto clean setup jepsen jepsen-long
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pyproject.toml holds version ranges (for users' own environments); constraints.txt the exact
+# versions this project is tested with, which both installs use.
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP) $(RUN_STAMP)
 
-$(RUN_STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(RUN_STAMP)
+
+## constraints: write the dev environment's exact versions to constraints.txt (after changing pyproject.toml)
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 ## run: start a 3-server cluster on loopback (./.data), show it working, stop with Ctrl-C
 run: $(RUN_STAMP)

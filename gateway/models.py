@@ -69,11 +69,6 @@ DEFAULT_CACHE_TTL_S = 1.0
 DEFAULT_STATUS_TIMEOUT_S = 2.0
 #: Deadline of every other cluster call (the SDK retries within it).
 DEFAULT_CALL_TIMEOUT_S = 5.0
-#: Seconds a request's headers may take to arrive, and its body after them (gateway/slow_clients.py).
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_BODY_TIMEOUT_S = 30.0
-#: Connections the gateway serves at once (uvicorn's limit_concurrency; 503 beyond).
-DEFAULT_MAX_CONNECTIONS = 1000
 
 # The cluster validates everything again (it is the authority); these bounds make the common
 # mistakes a 400 from the gateway and keep any one request small. Imported where the cluster

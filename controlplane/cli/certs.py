@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from controlplane.cli import app
-from controlplane.cli.common import OutputOption
+from controlplane.cli.common import OutputOption, require_extra
 from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, Output, emit, fail
 
 certs_app = typer.Typer(
@@ -48,6 +48,7 @@ def init(
     output: OutputOption = Output.text,
 ) -> None:
     """Create the cluster CA: DIR/ca.pem (trusted by everyone) and DIR/ca-key.pem (signs; keep it secret)."""
+    require_extra("server", "cpctl certs")
     from controlplane.tls import CA_KEY_FILE, init_ca
 
     with _errors():
@@ -81,6 +82,7 @@ def issue(
 
     An existing pair for the same identity is replaced: that is how a certificate is renewed.
     """
+    require_extra("server", "cpctl certs")
     from controlplane.tls import Identity, describe
     from controlplane.tls import issue as issue_certificate
 
@@ -107,6 +109,7 @@ def show(
     output: OutputOption = Output.text,
 ) -> None:
     """Show a certificate: its identity, issuer, validity, SANs, serial and SHA-256 fingerprint."""
+    require_extra("server", "cpctl certs")
     from controlplane.tls import describe
 
     with _errors():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -42,6 +43,27 @@ TimeoutOption = Annotated[float, typer.Option(help="Seconds before giving up (re
 
 #: The root options (`cpctl --cacert ... --context ... COMMAND`), set by the root callback.
 GLOBAL_FLAGS: dict[str, Any] = {"credentials": Credentials(), "context": None}
+
+
+#: What each extra of the package brings that its commands import (pyproject.toml's extras).
+EXTRA_MODULES = {
+    "server": ("pysyncobj", "aiosqlite", "cryptography", "numpy", "networkx", "httpx", "pydantic"),
+    "gateway": ("fastapi", "uvicorn", "jinja2", "httpx", "cryptography"),
+    "agent": ("httpx", "grpc_health", "cryptography"),
+}
+
+
+def require_extra(extra: str, what: str, modules: tuple[str, ...] = ()) -> None:
+    """Exit 2 naming the pip command when this install lacks what ``what`` needs (``modules``, by
+    default all the extra brings): ``pip install controlplane`` is the SDK and the client commands
+    only (docs/operations.md, Install)."""
+    needed = modules or EXTRA_MODULES[extra]
+    missing = [module for module in needed if importlib.util.find_spec(module) is None]
+    if missing:
+        fail(
+            f"{what} needs {', '.join(missing)}, which this install lacks: pip install 'controlplane[{extra}]'",
+            code=EXIT_USAGE,
+        )
 
 
 def _manifest() -> dict[str, Any]:
@@ -148,6 +170,7 @@ def _from_gateway(url: str) -> str:
     so a command (or an agent) keeps working if the gateway goes away afterwards."""
     import asyncio
 
+    require_extra("gateway", "--endpoints with a gateway URL", modules=("httpx", "pydantic"))
     from gateway.client import discover_endpoints
 
     try:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from controlplane.cli import app
+from controlplane.cli.common import require_extra
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, fail
 from controlplane.dev import MANIFEST_FILE, LocalCluster
 
@@ -39,6 +40,7 @@ def dev(
     same directory read ./.data/cluster.json when --endpoints is not given). Data persists across
     runs in DATA_DIR.
     """
+    require_extra("server", "cpctl dev")
     # Imported here: the server's modules are needed by this command only, not by every cpctl call.
     from controlplane.server.app import check_bindable
     from controlplane.server.config import ConfigError

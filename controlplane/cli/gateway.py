@@ -9,11 +9,11 @@ from typing import Annotated
 import typer
 
 from controlplane.cli import app
-from controlplane.cli.common import EndpointsOption, client_credentials, resolve_endpoints
+from controlplane.cli.common import EndpointsOption, client_credentials, require_extra, resolve_endpoints
 from controlplane.cli.output import EXIT_USAGE, fail
 from controlplane.state import limits
+from gateway.defaults import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from gateway.formation import MAX_BOOTSTRAP_EXPECT
-from gateway.models import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 
 DEFAULT_TOKEN_ENV = "CP_GATEWAY_TOKEN"
 
@@ -88,6 +88,7 @@ def gateway(
     from the environment variable named by --token-env, never from a flag (flags show in `ps`).
     OpenAPI at /openapi.json, a docs page at /docs.
     """
+    require_extra("gateway", "cpctl gateway")
     host, port = _split_listen(listen)
     if bootstrap_expect is not None and not endpoints:
         servers: tuple[str, ...] = ()  # found through the servers' candidacies once they formed the cluster

@@ -23,6 +23,7 @@ from controlplane.cli.common import (
     TimeoutOption,
     client_credentials,
     connect,
+    require_extra,
     resolve_endpoints,
 )
 from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, Output, emit, fail, plain, table
@@ -456,6 +457,7 @@ def agent(
     who hold models:read on the model (asked of the cluster). Without TLS credentials it refuses to
     serve unless --insecure-dev.
     """
+    require_extra("agent", "cpctl agent")
     agent_id = node_id or socket.gethostname().split(".")[0]
     if problem := limits.check_text(instance_id, "--instance-id", 64):
         fail(problem, code=EXIT_USAGE)

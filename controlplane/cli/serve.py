@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from controlplane.cli import app
+from controlplane.cli.common import require_extra
 from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, YesOption, confirm, fail
 from controlplane.server.config import ConfigError, ServerConfig, load_config
 from gateway.formation import MAX_BOOTSTRAP_EXPECT
@@ -103,6 +104,7 @@ def serve(
     server of the old cluster still runs, or not confirmed); 1 when the server stopped itself because
     it learned it was removed.
     """
+    require_extra("server", "cpctl serve")
     overrides = {
         "node_id": node_id,
         "client_address": client_address,

@@ -68,7 +68,10 @@ class AsyncClient:
         """A client for the servers the gateway at ``url`` names (asked once; the client then talks
         to the servers directly and follows the leader itself). ``seeds``: server addresses to ask
         if the gateway is down. Raises ``NoLeader`` while no cluster runs."""
-        from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
+        try:
+            from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
+        except ImportError as exc:  # an install with the client only (pip install controlplane)
+            raise ImportError(f"from_gateway needs {exc.name}: pip install 'controlplane[gateway]'") from exc
 
         return cls(
             await discover_endpoints(url, token=token, seeds=seeds, credentials=credentials),

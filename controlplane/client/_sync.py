@@ -74,7 +74,10 @@ class Client:
         event loop: use ``AsyncClient.from_gateway`` there."""
         import asyncio
 
-        from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
+        try:
+            from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
+        except ImportError as exc:  # an install with the client only (pip install controlplane)
+            raise ImportError(f"from_gateway needs {exc.name}: pip install 'controlplane[gateway]'") from exc
 
         endpoints = asyncio.run(discover_endpoints(url, token=token, seeds=seeds, credentials=credentials))
         return cls(endpoints, timeout=timeout, credentials=credentials)
