@@ -27,10 +27,15 @@ $(RUN_STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(RUN_STAMP)
 
-## constraints: write the dev environment's exact versions to constraints.txt (after changing pyproject.toml)
-constraints: $(STAMP)
-	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+## constraints: resolve pyproject.toml's ranges afresh (a throwaway venv) and write the exact versions to constraints.txt
+constraints:
+	rm -rf .venv-constraints && $(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install --quiet --upgrade pip==26.3
+	.venv-constraints/bin/pip install --quiet '.[dev]'
+	set -o pipefail; { sed -n '/^#/p' constraints.txt; .venv-constraints/bin/pip freeze | grep -v '^controlplane' \
+		| sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
+	rm -rf .venv-constraints
 
 ## run: start a 3-server cluster on loopback (./.data), show it working, stop with Ctrl-C
 run: $(RUN_STAMP)

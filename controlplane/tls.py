@@ -56,6 +56,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from controlplane.keyfiles import TlsError as TlsError  # the SDK's half, without cryptography
+from controlplane.keyfiles import check_key_permissions as check_key_permissions
 from controlplane.state.limits import check_member_id, check_name
 
 __all__ = [
@@ -84,10 +86,6 @@ _KEY_SUFFIX = "-key"
 # Accept a peer whose clock runs a little ahead of ours: certificates are valid from a few minutes ago.
 _BACKDATE = datetime.timedelta(minutes=5)
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
-
-class TlsError(ValueError):
-    """A certificate, key or CA problem, with a message a person can act on."""
 
 
 @dataclass(frozen=True)
@@ -389,24 +387,6 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
 
 
 # ------------------------------------------------------------------ using them
-
-
-def check_key_permissions(path: Path) -> None:
-    """Refuse a private key file that is missing, unreadable, or open to group or others (as ssh does)."""
-    where = path.absolute()
-    try:
-        mode = path.stat().st_mode
-        with path.open("rb"):
-            pass
-    except FileNotFoundError as exc:
-        raise TlsError(f"key file {where} does not exist") from exc
-    except OSError as exc:
-        raise TlsError(f"cannot read key file {where}: {exc.strerror}") from exc
-    if mode & 0o077:
-        raise TlsError(
-            f"key file {where} is open to group or others (mode {mode & 0o777:04o}); "
-            f"make it private with: chmod 600 {where}"
-        )
 
 
 def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:

@@ -1149,7 +1149,10 @@ class _Fetch:
         self.parallel = parallel
         self.stall_timeout = stall_timeout
         self.table = table
-        from gossip.bandwidth import BandwidthTable
+        try:
+            from gossip.bandwidth import BandwidthTable  # numpy and networkx
+        except ImportError as exc:  # an install with the client only (pip install controlplane)
+            raise ImportError(f"fetching an artifact needs {exc.name}: pip install 'controlplane[gossip]'") from exc
 
         self.measured = BandwidthTable(local_id)
         self.progress = progress

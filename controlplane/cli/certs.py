@@ -48,7 +48,7 @@ def init(
     output: OutputOption = Output.text,
 ) -> None:
     """Create the cluster CA: DIR/ca.pem (trusted by everyone) and DIR/ca-key.pem (signs; keep it secret)."""
-    require_extra("server", "cpctl certs")
+    require_extra("server", "cpctl certs", modules=("cryptography",))
     from controlplane.tls import CA_KEY_FILE, init_ca
 
     with _errors():
@@ -82,7 +82,7 @@ def issue(
 
     An existing pair for the same identity is replaced: that is how a certificate is renewed.
     """
-    require_extra("server", "cpctl certs")
+    require_extra("server", "cpctl certs", modules=("cryptography",))
     from controlplane.tls import Identity, describe
     from controlplane.tls import issue as issue_certificate
 
@@ -109,7 +109,7 @@ def show(
     output: OutputOption = Output.text,
 ) -> None:
     """Show a certificate: its identity, issuer, validity, SANs, serial and SHA-256 fingerprint."""
-    require_extra("server", "cpctl certs")
+    require_extra("server", "cpctl certs", modules=("cryptography",))
     from controlplane.tls import describe
 
     with _errors():

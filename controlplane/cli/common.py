@@ -47,7 +47,16 @@ GLOBAL_FLAGS: dict[str, Any] = {"credentials": Credentials(), "context": None}
 
 #: What each extra of the package brings that its commands import (pyproject.toml's extras).
 EXTRA_MODULES = {
-    "server": ("pysyncobj", "aiosqlite", "cryptography", "numpy", "networkx", "httpx", "pydantic"),
+    "server": (
+        "pysyncobj",
+        "aiosqlite",
+        "cryptography",
+        "numpy",
+        "networkx",
+        "httpx",
+        "grpc_health",
+        "grpc_reflection",
+    ),
     "gateway": ("fastapi", "uvicorn", "jinja2", "httpx", "cryptography"),
     "agent": ("httpx", "grpc_health", "cryptography"),
 }

@@ -54,12 +54,12 @@ class Context:
         """The context's credentials; its token file is read (and refused when open to others)."""
         token = None
         if self.token_file is not None:
-            from controlplane import tls  # cryptography loads only when a token file is used
+            from controlplane import keyfiles
 
             try:
-                tls.check_key_permissions(self.token_file)
+                keyfiles.check_key_permissions(self.token_file)
                 token = self.token_file.read_text().strip() or None
-            except (tls.TlsError, OSError) as exc:
+            except (keyfiles.TlsError, OSError) as exc:
                 raise ContextError(f"context {self.name!r}: token_file: {exc}") from None
         return Credentials(ca=self.cacert, cert=self.cert, key=self.key, token=token)
 

@@ -197,8 +197,8 @@ def rounds(
     emit(output, [_round_value(r) for r in found], text + _notes(list(found)))
 
 
-#: matplotlib's version the plot is made with (pyproject.toml pins the same).
-MATPLOTLIB_PIN = "matplotlib==3.11.2"
+#: The matplotlib versions the plot is made with: the 'plot' extra's requirement (pyproject.toml).
+MATPLOTLIB_REQUIREMENT = "matplotlib>=3.11.2,<4"
 PLOT_SIZE_IN = (8.0, 8.0)
 PLOT_DPI = 100
 
@@ -285,7 +285,7 @@ def plot(
     except ImportError:
         fail(
             "cpctl gossip plot draws with matplotlib, which is not installed: "
-            f"pip install '{MATPLOTLIB_PIN}' (the 'plot' extra)"
+            f"pip install 'controlplane[plot]' ({MATPLOTLIB_REQUIREMENT})"
         )
     with connect(endpoints, timeout) as client:
         found = _all_rounds(client, group, after)

@@ -28,6 +28,7 @@ from controlplane.cli.common import (
     client_credentials,
     connect,
     read_input,
+    require_extra,
     resolve_endpoints,
 )
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, emit, fail, plain, table
@@ -610,6 +611,7 @@ def fetch_(
     manifest and the whole file against the registry's sha256. Interrupted, it resumes where it
     stopped when run again. Exit 3 when no holder can deliver it now, 1 when every copy is corrupt.
     """
+    require_extra("gossip", "cpctl models fetch", modules=("numpy", "networkx"))
     resolved = resolve_endpoints(endpoints)
     credentials = client_credentials(endpoints, servers=resolved)
     holder_tls = None

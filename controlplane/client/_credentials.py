@@ -94,11 +94,11 @@ class Credentials:
             if path is not None and not path.is_file():
                 raise CredentialsError(f"{name} {path.absolute()} does not exist or is not a file")
         if self.key is not None:
-            from controlplane import tls  # cryptography loads only when a key is used
+            from controlplane import keyfiles
 
             try:
-                tls.check_key_permissions(self.key)
-            except tls.TlsError as exc:
+                keyfiles.check_key_permissions(self.key)
+            except keyfiles.TlsError as exc:
                 raise CredentialsError(str(exc)) from None
 
     def channel_credentials(self) -> grpc.ChannelCredentials:

@@ -425,6 +425,9 @@ def started_cluster(data_dir: Path, servers: int = 3, **options: Any) -> Iterato
     try:
         cluster.start()
         wait_ready(cluster)
+        # The leader raises the cluster level a moment after the start (one write): let it land, so
+        # that no test counting revisions sees it. A cluster held lower (apply_level) waits for that.
+        wait_for_level(cluster, cluster.extra_config.get("apply_level") or levels.APPLY_LEVEL)
         yield cluster
     finally:
         try:
