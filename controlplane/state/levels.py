@@ -6,7 +6,7 @@ every entry exactly as the old one does, or the replicas differ; so a change to 
 apply (not only a new command) belongs to a level:
 
 * The replicated state holds ``cluster_level``: ``BASE_LEVEL`` for a state from before levels
-  existed, raised by the ``set_cluster_level`` command, never lowered (a restore keeps the higher).
+  existed, raised by the ``set_cluster_level`` command, never lowered (a restore keeps the cluster's).
 * Each release applies up to ``APPLY_LEVEL`` and reports it in ``Cluster.Status``. The leader's
   autopilot raises the cluster level to the lowest ``apply_level`` of all servers, once every
   server has answered (one it cannot reach may be an old release).

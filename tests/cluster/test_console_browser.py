@@ -56,6 +56,22 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
+def logged_in(browser: Any, url: str) -> tuple[Any, Any, list[str]]:
+    """A fresh browser context with the console's token given at its login page, on Fleet; and the
+    errors the page reports from then on (a CSP violation is one)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+    page.goto(url + "/ui/fleet")
+    assert page.url.startswith(url + "/ui/login")  # no data before the token
+    page.fill("#token", TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/ui/fleet")
+    return context, page, problems
+
+
 def test_console_in_a_browser(cluster: LocalCluster, tmp_path: Path, browser: Any) -> None:
     shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -85,17 +101,7 @@ def test_console_in_a_browser(cluster: LocalCluster, tmp_path: Path, browser: An
                 )  # fmt: skip
 
     with running_gateway(cluster, tmp_path) as gateway:
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        page = context.new_page()
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
-
-        page.goto(gateway.url + "/ui/fleet")
-        assert page.url.startswith(gateway.url + "/ui/login")  # no data before the token
-        page.fill("#token", TOKEN)
-        page.click("button[type=submit]")
-        page.wait_for_url(gateway.url + "/ui/fleet")
+        context, page, problems = logged_in(browser, gateway.url)
 
         for name, path in PAGES.items():
             started = time.monotonic()
@@ -173,15 +179,7 @@ def test_a_fleet_of_1000_nodes_renders_and_stays_interactive(
 
         list(pool.map(register, range(FLEET)))
     with running_gateway(cluster, tmp_path) as gateway:
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        page = context.new_page()
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
-        page.goto(gateway.url + "/ui/fleet")
-        page.fill("#token", TOKEN)
-        page.click("button[type=submit]")
-        page.wait_for_url(gateway.url + "/ui/fleet")
+        context, page, problems = logged_in(browser, gateway.url)
         for attempt in range(3):  # the first is a cold read of 1,000 nodes; the others what an operator sees
             page.goto(gateway.url + "/ui/fleet")
             page.wait_for_load_state("load")
