@@ -29,9 +29,11 @@ HEALTH_CHANGED = ports_pb2.PORT_ACTION_HEALTH_CHANGED
 class Twins:
     """Two machines fed the same entries, at a leader time the test moves."""
 
-    def __init__(self) -> None:
+    def __init__(self, level: int = 1) -> None:
         self.machines = (StateMachine(), StateMachine())
         self.now = 1_000_000
+        if level > 1:  # as the leader does once every server applies it
+            self.ok(set_cluster_level=command_pb2.SetClusterLevel(level=level))
 
     @property
     def m(self) -> StateMachine:
@@ -355,8 +357,7 @@ def placeable(name: str, *capabilities: str, gpus: int = 0, port: int = 0) -> po
 
 
 def test_placement_picks_a_node_that_consents_fits_and_has_the_ports_then_spreads() -> None:
-    t = Twins()
-    t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
+    t = Twins(level=levels.PLACEMENT)
     active_node(t, "n1", health.RUN_CAPABILITY)
     active_node(t, "n2", health.RUN_CAPABILITY, "gpu", gpus=1)
     active_node(t, "n3", "gpu", gpus=4)  # its agent does not allow runs
@@ -383,8 +384,7 @@ def test_placement_picks_a_node_that_consents_fits_and_has_the_ports_then_spread
 
 
 def test_placement_without_a_manifest_chooses_among_the_nodes_the_service_is_registered_on() -> None:
-    t = Twins()
-    t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
+    t = Twins(level=levels.PLACEMENT)
     active_node(t, "n1", health.RUN_CAPABILITY)
     active_node(t, "n2", health.RUN_CAPABILITY)
     active_node(t, "n3")
@@ -402,8 +402,7 @@ def test_placement_without_a_manifest_chooses_among_the_nodes_the_service_is_reg
 
 
 def test_placement_passes_over_draining_nodes_and_moves_off_a_dead_one() -> None:
-    t = Twins()
-    t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
+    t = Twins(level=levels.PLACEMENT)
     active_node(t, "n1", health.RUN_CAPABILITY)
     active_node(t, "n2", health.RUN_CAPABILITY)
     t.ok(node_drain=membership_pb2.DrainNodeRequest(node_id="n1"))
@@ -448,8 +447,7 @@ def test_placement_passes_over_draining_nodes_and_moves_off_a_dead_one() -> None
     ],
 )
 def test_bad_placements_are_refused_and_change_nothing(request_: ports_pb2.StartServiceRequest, words: str) -> None:
-    t = Twins()
-    t.ok(set_cluster_level=command_pb2.SetClusterLevel(level=levels.PLACEMENT))
+    t = Twins(level=levels.PLACEMENT)
     active_node(t, "n1", health.RUN_CAPABILITY)
     before = t.m.snapshot()
     result = t.run(service_start=request_)

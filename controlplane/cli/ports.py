@@ -17,6 +17,7 @@ from controlplane.cli.common import EndpointsOption, OutputOption, TimeoutOption
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import Conflict, HealthStatus, PortAssignment, PortProtocol, ServiceRecord
 from controlplane.errors import NotFound
+from controlplane.state.ports import port_label
 
 ports_app = typer.Typer(
     help="Port assignments: allocate, move, reserve, find conflicts, back up.", no_args_is_help=True
@@ -52,8 +53,8 @@ def _span(text: str) -> tuple[int, int]:
 
 
 def _port(port: int, protocol: PortProtocol = PortProtocol.TCP) -> str:
-    """``8080`` for TCP, ``53/udp`` for UDP (the server's messages name ports alike)."""
-    return f"{port}/udp" if protocol is PortProtocol.UDP else str(port)
+    """``8080`` for TCP, ``53/udp`` for UDP, as the server's messages name ports."""
+    return port_label(port, protocol.value)
 
 
 def _protocol(text: str) -> str:

@@ -68,7 +68,7 @@ def required_level(command: command_pb2.Command) -> int:
     """The lowest cluster level at which ``command`` means what it says."""
     kind = command.WhichOneof("body")
     if kind == "service_start" and places(command.service_start):
-        return max(PLACEMENT, UDP_PORTS if _uses_udp(command) else BASE_LEVEL)
+        return PLACEMENT  # above UDP_PORTS: covers a UDP port in the manifest too
     if kind in _PORT_COMMANDS and _uses_udp(command):
         return UDP_PORTS
     return BASE_LEVEL

@@ -27,7 +27,7 @@ from controlplane.dev import LocalCluster, free_port
 from gateway.app import GatewaySettings, create_app
 from gateway.client import BreakerState, GatewayClient, RetryPolicy
 
-from .conftest import credentials_env, eventually, wait_for_level, wait_until
+from .conftest import credentials_env, eventually, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -52,7 +52,6 @@ async def http(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_every_endpoint_against_real_servers(cluster: LocalCluster, http: httpx.AsyncClient) -> None:
     leader_id = cluster.wait_for_leader()
-    wait_for_level(cluster)  # for the UDP port
     with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
         admin.membership.set_flag("multi_network", True)
         admin.membership.create_network("gw-net", "gw-model", 4, priority=3)

@@ -30,10 +30,9 @@ from controlplane.client import (
     ResourceExhausted,
 )
 from controlplane.dev import LocalCluster
-from controlplane.state import levels
 from controlplane.v1 import ports_pb2, ports_pb2_grpc
 
-from .conftest import channel, credentials_env, node_client, running, wait_converged, wait_for_level, wait_until
+from .conftest import channel, credentials_env, node_client, running, wait_converged, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -325,7 +324,6 @@ requirements: {{gpus: 1, memory_mb: 16384, cpu_millis: 4000}}
 
 def test_tcp_and_udp_hold_one_port_number_separately_over_the_sdk_and_the_cli(cluster: LocalCluster) -> None:
     host = _unique("dns-host")
-    wait_for_level(cluster, levels.UDP_PORTS)
     with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         tcp = client.ports.assign(host, "dns", 53, "tcp").assignment
         udp = client.ports.assign(host, "dns", 53, "udp", protocol="udp").assignment
