@@ -279,7 +279,11 @@ class RaftNode:  # implements consensus.Consensus
     def _install_ack_hold(self, sync: _ReplicatedLog) -> None:
         """Route a leader's incoming acks through ``_deliver_ack``. pysyncobj's ack carries no term,
         so one held across a change of leadership is dropped: it speaks of a log that may no longer
-        be this leader's (a fresh one arrives with the next append)."""
+        be this leader's (a fresh one arrives with the next append). So is one from a peer the
+        leader no longer tracks: a learner's link, held while the learner was promoted (it is
+        tracked under its voter identity from then on), or a server removed meanwhile. pysyncobj
+        reads its match index unguarded, and the KeyError stopped the leader's ticks (found by the
+        fault suite's member-replace nemesis)."""
         transport = sync._SyncObj__transport
         on_message = transport._onMessageReceivedCallback
 
@@ -290,7 +294,8 @@ class RaftNode:  # implements consensus.Consensus
             term = sync.raftCurrentTerm
 
             def deliver() -> None:
-                if sync._isLeader() and sync.raftCurrentTerm == term:
+                tracked = node in sync._SyncObj__raftMatchIndex
+                if sync._isLeader() and sync.raftCurrentTerm == term and tracked:
                     on_message(node, message)
 
             self._deliver_ack(deliver)
@@ -300,9 +305,15 @@ class RaftNode:  # implements consensus.Consensus
     # ------------------------------------------------------------ the tick, on the loop
 
     async def _drive(self) -> None:
+        """The periodic tick (heartbeats, elections, commits). Nothing a tick raises may end this
+        loop: a server whose ticks stopped would still ack appends, but never apply, campaign or
+        lead again."""
         period = self._config.raft.tick_s
         while not self._destroyed:
-            self._tick()
+            try:
+                self._tick()
+            except Exception:  # a bug: say so loudly, and keep ticking
+                log.exception("raft_tick_failed")
             await asyncio.sleep(period)
 
     def schedule_tick(self) -> None:
@@ -830,10 +841,9 @@ def _install_log_matching_fix(sync: SyncObj, snapshots_installed: Callable[[], i
     counted as replicated can lose a committed write if the leader then fails.
 
     The fix wraps the transport's message callback: the leader never lets an ack move nextIndex
-    back, and a follower turns an append whose entries it already holds - when its last entry is
-    from the sender's term, so by Log Matching its whole log equals the leader's prefix - into a
-    heartbeat at its last index, which acks that index without touching the log. Conflicting
-    appends (different terms) go through untouched and truncate as Raft requires.
+    back, and a follower drops from an append the entries it already holds (``_ack_held_entries``):
+    what is left appends after its last entry, or acks it as a heartbeat, without touching the log.
+    Conflicting appends (different terms) go through untouched and truncate as Raft requires.
     """
     counters = LogRepairCounters()
     if pysyncobj_version != "0.3.17":  # the patch reads private fields; re-check it on upgrade
@@ -886,7 +896,14 @@ def _install_log_matching_fix(sync: SyncObj, snapshots_installed: Callable[[], i
 
 
 def _ack_held_entries(sync: SyncObj, message: dict[str, Any]) -> dict[str, Any] | None:
-    """The append rewritten as a heartbeat at our last index, or None to deliver it unchanged."""
+    """The append without the entries this follower already holds, or None to deliver it unchanged.
+
+    Every entry of the message up to our last index must match ours (same index and term, so by
+    Log Matching the same entry). When the message reaches past our last index, it becomes an
+    append of only the entries after it. When it ends before, it becomes a heartbeat at our last
+    index, which claims that our later entries match the leader's too: true only when our last
+    entry is from the sender's term (a leader's log holds every entry of its own term it sent).
+    """
     raft_log = sync._SyncObj__raftLog
     if message["term"] < sync._SyncObj__raftCurrentTerm or len(raft_log) == 0:
         return None
@@ -896,14 +913,21 @@ def _ack_held_entries(sync: SyncObj, message: dict[str, Any]) -> dict[str, Any] 
     prev_index = message["prevLogIdx"]
     if prev_index is None:  # pysyncobj sends None when the follower's next index is past the log
         return None
-    if prev_index >= last_index or prev_index < first_index or last_term != message["term"]:
+    if prev_index >= last_index or prev_index < first_index:
         return None
     if raft_log[prev_index - first_index][2] != message["prevLogTerm"]:
         return None
-    expected_index = prev_index + 1
-    for entry in message.get("entries") or ():
+    entries = list(message.get("entries") or ())
+    matched_through = prev_index
+    for position, entry in enumerate(entries):
         index, term = entry[1], entry[2]
-        if index != expected_index or index > last_index or raft_log[index - first_index][2] != term:
+        if index != matched_through + 1:
             return None
-        expected_index += 1
-    return {**message, "prevLogIdx": last_index, "prevLogTerm": last_term, "entries": []}
+        if index > last_index:  # the rest is new to us: append only that
+            return {**message, "prevLogIdx": last_index, "prevLogTerm": last_term, "entries": entries[position:]}
+        if raft_log[index - first_index][2] != term:
+            return None  # a conflict: pysyncobj truncates, as Raft requires
+        matched_through = index
+    if matched_through == last_index or last_term == message["term"]:
+        return {**message, "prevLogIdx": last_index, "prevLogTerm": last_term, "entries": []}
+    return None

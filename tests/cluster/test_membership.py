@@ -15,6 +15,7 @@ from types import TracebackType
 
 import grpc
 import pytest
+from pysyncobj.node import Node
 
 from controlplane.client import (
     AlreadyExists,
@@ -653,6 +654,29 @@ async def test_pysyncobj_read_only_nodes_do_what_learners_rely_on(tmp_path: Path
     finally:
         for node in nodes:
             node.stop()
+
+
+async def test_a_leader_drops_an_ack_from_a_peer_it_no_longer_tracks(tmp_path: Path) -> None:
+    """An ack can outlive the link it came on: a learner's, held for the leader's fsync while the
+    learner was promoted (from then on tracked under its voter identity). pysyncobj's KeyError on
+    it stopped the leader's ticks (the fault suite's member-replace nemesis). Delivered at once and
+    held behind a sync, it is dropped, and the leader keeps committing."""
+    leader = _raft_node(tmp_path, "a", [], voter=True)
+    try:
+        await _until(leader.raft.is_leader, 10, "a one-voter cluster to elect itself")
+        await leader.put(5)
+        receive = leader.raft._sync._SyncObj__transport._onMessageReceivedCallback
+        ack = {"type": "next_node_idx", "reset": False, "next_node_idx": 3, "success": True}
+        receive(Node("learner:gone"), dict(ack))  # the journal is synced: delivered at once
+        results: list[int] = []
+        command = command_pb2.Command(kv_put=command_pb2.KvPut(key="held", value=b"v"))
+        leader.raft.submit(batch_entry(1, "a", [command]), lambda _results, reason: results.append(reason))
+        receive(Node("learner:gone"), dict(ack))  # appended, not yet synced: held behind the sync
+        await _until(lambda: results == [0], 10, "the entry appended beside the held ack to commit")
+        await leader.put(5)
+        assert leader.raft._driver is not None and not leader.raft._driver.done()
+    finally:
+        leader.stop()
 
 
 async def _until(predicate: Callable[[], object], timeout: float, what: str) -> None:
