@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("controlplane.node")
 
 MEMBERSHIP_TIMEOUT_S = 15.0
+# How often a new leader checks whether it has applied every committed entry before an admin call.
+LEADER_STATE_POLL_S = 0.01
 # How often a leader checks again whether a leadership transfer can go out (target caught up).
 TRANSFER_RETRY_S = 0.02
 # How long a leader that sent TimeoutNow waits for the target to win before it asks again: a few
@@ -63,8 +65,16 @@ class ClusterChanges:
         timeout: float | None,
         local: Callable[[], Awaitable[Response]],
     ) -> Response:
-        """Run an admin call here if this server leads, or forward it to the leader's Cluster service."""
+        """Run an admin call here if this server leads, or forward it to the leader's Cluster service.
+
+        The leader decides from its own state machine, so it first waits until that holds every
+        committed entry. A new leader may not yet: a removal committed under the last leader looked
+        undone, and the replacement's AddMember at the removed server's address was refused as
+        taken (the fault suite's member-replace-kill nemesis). No log entry is needed for that: a
+        leader with commits stuck (no quorum) still refuses a second change at once.
+        """
         if self.raft.is_leader():
+            await self._leader_state_current(timeout or MEMBERSHIP_TIMEOUT_S)
             return await local()
         leader = self._node.leader()
         if leader is None or not leader.client_address:
@@ -75,6 +85,21 @@ class ClusterChanges:
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None
         return response
+
+    async def _leader_state_current(self, timeout: float) -> None:
+        """Wait (polling: pysyncobj has no commit notification) until this leader's state machine
+        holds every committed entry; Unavailable when it stops leading or the deadline passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.raft.leader_state_is_current():
+            if not self.raft.is_leader():
+                raise NoLeader("leadership changed during the call; retry shortly")
+            if loop.time() >= deadline:
+                raise Unavailable(
+                    f"{self._node.node_id} leads but has not yet committed an entry of its term within "
+                    f"{timeout:.0f} s (no quorum?); check `cpctl cluster status` and retry"
+                )
+            await asyncio.sleep(LEADER_STATE_POLL_S)
 
     async def _raft_call(
         self,

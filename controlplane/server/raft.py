@@ -577,6 +577,14 @@ class RaftNode:  # implements consensus.Consensus
         # a voter must drop itself, or it counts itself as a partner it can never reach. A learner
         # keeps its own address: it is how it sees that its promotion is in the log (listed_as_voter).
         cluster = [address for address in dump.cluster if address != self.self_address or not self._voter]
+        leader = self._sync._getLeader() if not self._voter else None
+        if leader is not None and leader.address not in cluster:
+            # A learner dials only the voters its configuration lists, and pysyncobj drops every
+            # link the new list lacks. A snapshot can predate the voter that sends it (a server
+            # that joined since, at an address the snapshot does not list): the learner would hang
+            # up on its leader and wait for ever (the fault suite's member-replace nemesis). The
+            # sender stays; the log after the snapshot adds it, or removes it, as it happened.
+            cluster.append(leader.address)
         return (
             (last.data, last.index, last.term),
             (previous.data, previous.index, previous.term),
@@ -656,6 +664,24 @@ class RaftNode:  # implements consensus.Consensus
 
     def is_leader(self) -> bool:
         return bool(self._sync._isLeader())
+
+    def leader_state_is_current(self) -> bool:
+        """Leads, has committed an entry of its own term and applied up to its commit index.
+
+        By Raft's Leader Completeness, every entry an earlier leader committed precedes that entry
+        in this leader's log, so its state machine then holds every committed decision. Until a
+        new leader commits in its own term, an entry committed under the last leader can still be
+        unapplied here, or not yet known to be committed.
+        """
+        sync = self._sync
+        if not sync._isLeader():
+            return False
+        commit = sync.raftCommitIndex
+        raft_log = sync._SyncObj__raftLog
+        first_index = raft_log[0][1]
+        if commit < first_index or sync._SyncObj__raftLastApplied < commit:
+            return False
+        return bool(raft_log[commit - first_index][2] == sync.raftCurrentTerm)
 
     def leader_address(self) -> str:
         leader = self._sync._getLeader()

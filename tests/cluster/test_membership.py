@@ -312,6 +312,31 @@ def test_a_server_running_as_a_voter_outside_the_configuration_starts_over_as_a_
     assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after}
 
 
+def test_a_learner_catches_up_from_a_leader_its_snapshot_does_not_list(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """A snapshot can predate the voter that sends it. n4 joins while the cluster runs on two
+    voters, so the snapshot it receives lists n2 and n3 only; once n4 leads (and has not compacted
+    since), that is the snapshot a new learner gets. The learner dialled only the voters its
+    configuration listed and hung up on n4: it never caught up (the fault suite's member-replace
+    nemesis)."""
+    cluster = make_cluster(extra_config={**FAST_PROMOTION, "raft": {"compaction_min_entries": 100}})
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as client:
+        client.remove_member("n1")
+        assert _wait_exit(cluster.nodes["n1"]) == 1
+        before = _write(client, "members/stale-snapshot/before-", 150)  # every voter compacts
+        wait_until(lambda: all((node.data_dir / "raft.dump").exists() for node in running(cluster)), 30, "dumps")
+        n4, _ = _join(cluster, client)
+        _wait_promoted(cluster, n4)
+        assert client.transfer_leadership("n4", timeout=30)[0] == "n4"
+        n5, _ = _join(cluster, client)
+        _wait_promoted(cluster, n5)
+        after = _write(client, "members/stale-snapshot/after-", 10)
+    revision = wait_converged(cluster)
+    state = assert_same_state(running(cluster), revision, "members/stale-snapshot/")
+    assert {key: kv.mod_revision for key, kv in state.items()} == {**before, **after}
+
+
 # --------------------------------------------------------------------------------------- removing
 
 
