@@ -199,6 +199,8 @@ class LocalCluster:
         # TOML file per server and passed with --config.
         self.extra_config = extra_config or {}
         self.nodes: dict[str, NodeProcess] = {}
+        #: Servers taken out by :meth:`replace_server` (their logs are still worth reading).
+        self.retired: list[NodeProcess] = []
         self._ports: set[int] = set()
         self._placement = placement
         for index in range(1, servers + 1):
@@ -368,6 +370,10 @@ class LocalCluster:
         self._spawn(node)
         self.write_manifest()
 
+    def _next_index(self) -> int:
+        """The number of the next server's id: never one that a current or retired server had."""
+        return max(int(node.id[1:]) for node in [*self.nodes.values(), *self.retired]) + 1
+
     def add_server(self) -> NodeProcess:
         """Start one more server in join mode, knowing the current members.
 
@@ -375,10 +381,41 @@ class LocalCluster:
         once it has caught up and stayed so for ``server_stabilization_s``. Servers that stopped
         (killed, or removed and exited) are not peers: a joining server only needs live members.
         """
-        index = max(int(node_id[1:]) for node_id in self.nodes) + 1
+        index = self._next_index()
         node = self._new_node(f"n{index}", index, None)
         node.peers = [self._peer_spec(other) for other in self.nodes.values() if other.running]
         node.join = True
+        self.nodes[node.id] = node
+        self._spawn(node)
+        self.write_manifest()
+        return node
+
+    def replace_server(self, old_id: str) -> NodeProcess:
+        """Start a server in join mode on the machine of ``old_id``, which was removed and stopped:
+        the same addresses (and namespace, when placed), a new id and an empty data directory.
+
+        A removed id may never rejoin, so the replacement takes the next free one (``n<max+1>``).
+        The old server moves to :attr:`retired` (its log stays where it was); admit the new one
+        with Cluster.AddMember as for :meth:`add_server`.
+        """
+        old = self.nodes[old_id]
+        if old.running:
+            raise RuntimeError(f"{old_id} is still running; remove and stop it before it is replaced")
+        index = self._next_index()
+        node = NodeProcess(
+            id=f"n{index}",
+            client_address=old.client_address,
+            raft_address=old.raft_address,
+            metrics_address=old.metrics_address,
+            data_dir=self.data_dir / f"n{index}",
+            log_path=self.data_dir / f"n{index}.log",
+            exec_prefix=list(old.exec_prefix),
+            credentials=self.credentials,
+            join=True,
+        )
+        node.peers = [self._peer_spec(other) for other in self.nodes.values() if other.running]
+        del self.nodes[old_id]
+        self.retired.append(old)
         self.nodes[node.id] = node
         self._spawn(node)
         self.write_manifest()

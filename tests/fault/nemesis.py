@@ -23,6 +23,12 @@ Nemeses:
   split); or the leader and one follower cannot reach each other while the third server reaches
   both (a bridge: the leader keeps its majority, the cut follower campaigns). Clients reach every
   server throughout, the isolated one included. Healing removes the cuts. Needs root and iproute2.
+* ``partition-clients``: the clients lose the leader; the servers still follow it.
+* ``member-replace``: a server (leader or not) is removed through the SDK and must stop itself; a
+  new server with a new id joins on its machine with an empty data directory, is admitted and
+  promoted to voter. Ids change: ``n1`` may be replaced by ``n4``.
+* ``member-replace-kill``: the same, with ``kill -9`` of another server while the removal is in
+  flight; it restarts after the hold, and the replacement joins once the removal has committed.
 """
 
 from __future__ import annotations
@@ -44,10 +50,20 @@ from typing import Any
 import grpc
 
 from bench.netns import ShapedNet
+from controlplane import errors
+from controlplane.client import Client
 from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.server.raft import EXIT_STORAGE_FAILED
+from controlplane.v1 import cluster_pb2
 
 HEAL_TIMEOUT_S = 90.0
+#: One membership call's deadline (the SDK retries inside it; the nemesis retries the call).
+MEMBERSHIP_CALL_S = 20.0
+#: What a membership call may answer that a retry can change: no leader yet, or the previous
+#: change (a promotion) still in flight.
+RETRIED_MEMBERSHIP_ERRORS = (errors.Unavailable, errors.DeadlineExceeded, errors.FailedPrecondition)
+#: How long a removed server may take to learn of its removal and stop itself.
+REMOVED_STOP_TIMEOUT_S = 30.0
 #: What the tmpfs holds beyond the data directory's current size (bytes).
 DISK_HEADROOM = 96 * 1024
 #: How long the disk-full nemesis waits for the server to stop on its own.
@@ -71,14 +87,21 @@ class Fault:
     problems: list[str] = field(default_factory=list)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until truthy; RPC errors count as "not yet". Raises Unhealthy on timeout."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    retry: tuple[type[Exception], ...] = (),
+) -> Any:
+    """Poll ``predicate`` until truthy; RPC errors (and ``retry``) count as "not yet". Raises
+    Unhealthy on timeout."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
         try:
             value = predicate()
-        except (grpc.RpcError, OSError) as exc:
+        except (grpc.RpcError, OSError, *retry) as exc:
             value, last = None, exc
         else:
             if value:
@@ -147,6 +170,11 @@ class Control:
     def node(self, node_id: str) -> NodeProcess:
         return self.cluster.nodes[node_id]
 
+    def admin(self) -> Client:
+        """A blocking SDK client over the running servers, as the dev admin."""
+        running = [node.client_address for node in self.cluster.nodes.values() if node.running]
+        return Client(running, timeout=MEMBERSHIP_CALL_S, credentials=self.cluster.credentials)
+
     def signal(self, node_id: str, sig: int) -> None:
         pid = self.node(node_id).pid
         assert pid is not None
@@ -209,9 +237,12 @@ class Control:
             ) from exc
         raise RuntimeError(f"the cut between the clients and {node_id} did not take")
 
-    @staticmethod
-    def _index(node_id: str) -> int:
-        return int(node_id[1:]) - 1  # server n<i> runs in namespace i - 1
+    def _index(self, node_id: str) -> int:
+        """The namespace ``node_id`` runs in: the one whose address it listens on (a replacement
+        server takes over its predecessor's machine, so ids and namespaces part ways)."""
+        assert self.net is not None
+        host = self.node(node_id).raft_address.rsplit(":", 1)[0]
+        return next(i for i in range(self.net.nodes) if self.net.address(i) == host)
 
     def release_all(self) -> None:
         """Undo whatever a fault left behind: heal cuts, continue paused servers, unmount tmpfs."""
@@ -442,6 +473,107 @@ class PartitionClients(Partition):
         fault.detail["cut_from"] = ["clients"]
 
 
+class MemberReplace(Nemesis):
+    """A membership change while the clients run: a server (the leader as often as any other) is
+    removed through the SDK, must stop itself, and a new server with a new id joins on its machine
+    (same addresses, empty data directory) and is admitted, caught up and promoted to voter.
+
+    While the fault lasts the cluster has two voters. Removing the leader makes it hand leadership
+    over first (pysyncobj cannot remove a leader). A removed server that keeps running is a finding
+    (it is killed so the run can go on)."""
+
+    name = "member-replace"
+
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        cluster = self.control.cluster
+        removed = cluster.nodes[fault.target]
+        started = time.monotonic()
+        with self.control.admin() as admin:
+            wait_for(
+                lambda: admin.remove_member(fault.target, timeout=MEMBERSHIP_CALL_S) or True,
+                HEAL_TIMEOUT_S,
+                f"the removal of {fault.target} to commit",
+                retry=RETRIED_MEMBERSHIP_ERRORS,
+            )
+        fault.detail["removal_s"] = round(time.monotonic() - started, 2)
+        assert removed.process is not None
+        try:
+            code = removed.process.wait(REMOVED_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            fault.problems.append(
+                f"member-replace: {removed.id} kept running {REMOVED_STOP_TIMEOUT_S:g} s after its removal "
+                f"committed (see {removed.log_path})"
+            )
+            cluster.kill(removed.id, signal.SIGKILL)
+        else:
+            fault.detail["removed_exit"] = code
+            fault.detail["removed_stop_s"] = round(time.monotonic() - started, 2)
+            if code != 1:
+                fault.problems.append(
+                    f"member-replace: the removed {removed.id} exited with status {code}, not 1 "
+                    f"(see {removed.log_path})"
+                )
+
+    def heal(self, fault: Fault) -> None:
+        cluster = self.control.cluster
+        shutil.rmtree(cluster.nodes[fault.target].data_dir, ignore_errors=True)  # the machine is wiped
+        node = cluster.replace_server(fault.target)
+        fault.detail["replaced_by"] = node.id
+        started = time.monotonic()
+        wait_for(lambda: node.status(timeout=2.0), HEAL_TIMEOUT_S, f"the joining {node.id} to answer")
+        with self.control.admin() as admin:
+            wait_for(
+                lambda: admin.add_member(node.id, node.raft_address, node.client_address, timeout=MEMBERSHIP_CALL_S),
+                HEAL_TIMEOUT_S,
+                f"{node.id} to be admitted",
+                retry=RETRIED_MEMBERSHIP_ERRORS,
+            )
+        wait_for(lambda: self._voter(node.id), HEAL_TIMEOUT_S, f"{node.id} to be promoted to voter")
+        fault.detail["join_to_voter_s"] = round(time.monotonic() - started, 2)
+
+    def _voter(self, node_id: str) -> bool:
+        """The leader lists ``node_id`` as a voter and the server itself serves as one."""
+        leader = self.control.node(self.control.leader())
+        member = next((m for m in leader.status(timeout=2.0).members if m.id == node_id), None)
+        own = self.control.node(node_id).status(timeout=2.0)
+        serving = own.ready and own.role in (cluster_pb2.ROLE_FOLLOWER, cluster_pb2.ROLE_LEADER)
+        return bool(member is not None and member.voter and not member.learner and serving)
+
+
+class MemberReplaceUnderKill(MemberReplace):
+    """``member-replace`` with a crash in the middle: another server (the leader as often as not)
+    gets ``kill -9`` while the removal is in flight and restarts after the fault's hold.
+
+    The removal is retried until it has committed. It may need the crashed server: once a removal
+    entry is in a follower's log, that follower counts votes in the new two-server configuration,
+    so when the leader that appended it dies, nobody can win an election until it is back (single-
+    server membership changes in Raft, not a defect). The replacement joins after the restart."""
+
+    name = "member-replace-kill"
+
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        cluster = self.control.cluster
+        crashed = rng.choice(sorted(node_id for node_id in cluster.nodes if node_id != fault.target))
+        delay, fault.duration = rng.uniform(0.0, 0.2), rng.uniform(*self.hold_range)
+        fault.detail["killed"] = crashed
+
+        def crash_then_restart() -> None:
+            time.sleep(delay)  # the seeded moment of the crash, within the removal's first 200 ms
+            cluster.kill(crashed, signal.SIGKILL)
+            time.sleep(fault.duration)  # how long it stays down, chosen by the seeded schedule
+            cluster.restart(crashed)
+
+        crasher = threading.Thread(target=crash_then_restart, name="crash-during-removal", daemon=True)
+        crasher.start()
+        try:
+            super().inject(fault, rng)
+        finally:
+            crasher.join()
+
+    def hold(self, fault: Fault, rng: random.Random) -> None:
+        """The crashed server's time down was the hold."""
+
+
 NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "kill-leader": lambda control, scratch: KillLeader(control),
     "kill-random": lambda control, scratch: KillRandom(control),
@@ -452,4 +584,6 @@ NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "partition-random": lambda control, scratch: PartitionRandom(control),
     "partition-clients": lambda control, scratch: PartitionClients(control),
     "partition-bridge": lambda control, scratch: PartitionBridge(control),
+    "member-replace": lambda control, scratch: MemberReplace(control),
+    "member-replace-kill": lambda control, scratch: MemberReplaceUnderKill(control),
 }

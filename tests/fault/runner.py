@@ -25,6 +25,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+from google.protobuf import json_format
 
 from bench.netns import NetUnavailable, ShapedNet, netns_unavailable
 from controlplane import errors
@@ -47,6 +48,7 @@ ALL_NEMESES = (
     "partition-random",
     "partition-bridge",
     "partition-clients",
+    "member-replace",
 )
 SETTLE_TIMEOUT_S = 60.0
 
@@ -75,7 +77,7 @@ class Profile:
 
 
 PROFILES = {
-    "short": Profile("short", faults=len(ALL_NEMESES), max_seconds=75.0),
+    "short": Profile("short", faults=len(ALL_NEMESES), max_seconds=150.0),
     "long": Profile("long", faults=40, max_seconds=900.0, hold=(1.0, 6.0)),
     "soak": Profile("soak", faults=150, max_seconds=3600.0, hold=(1.0, 8.0)),
 }
@@ -209,7 +211,8 @@ async def run(
     cluster = LocalCluster(
         work_dir / "cluster",
         servers=3,
-        extra_config={"history_limit": 1_000_000},
+        # A replaced server is promoted after 2 s caught up (10 s by default): faults stay short.
+        extra_config={"history_limit": 1_000_000, "server_stabilization_s": 2.0},
         placement=(lambda i: (net.address(i - 1), net.exec_prefix(i - 1))) if net is not None else None,
     )
     control = Control(cluster, history.now, net, net_unavailable)
@@ -367,6 +370,9 @@ async def run(
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
+        if violations:  # what each server says of itself, before they stop: for the post-mortem
+            statuses_path = await asyncio.to_thread(write_statuses, cluster, work_dir / "statuses.json")
+            notes.append(f"each server's status at the end: {statuses_path}")
         control.release_all()
         cluster.stop()
         if net is not None:
@@ -401,6 +407,21 @@ async def run(
     return result
 
 
+def write_statuses(cluster: LocalCluster, path: Path) -> Path:
+    """Every running server's Cluster.Status (role, term, indexes, members as it sees them), as JSON."""
+    statuses: dict[str, object] = {}
+    for node in cluster.nodes.values():
+        if not node.running:
+            statuses[node.id] = f"not running (exit {node.process and node.process.returncode})"
+            continue
+        try:
+            statuses[node.id] = json_format.MessageToDict(node.status(timeout=5.0))
+        except grpc.RpcError as exc:
+            statuses[node.id] = f"no answer: {exc.code().name}"  # type: ignore[attr-defined]
+    path.write_text(json.dumps(statuses, indent=2) + "\n")
+    return path
+
+
 #: Server log events worth showing beside a window without writes.
 NOTABLE_EVENTS = {
     "raft_role_changed",
@@ -415,7 +436,7 @@ def server_events(cluster: LocalCluster, history: History) -> list[tuple[float, 
     """(run seconds, node, event, fields) of the notable events in the servers' JSON logs."""
     origin = datetime.datetime.fromisoformat(history.wall_origin)
     out = []
-    for node in cluster.nodes.values():
+    for node in [*cluster.nodes.values(), *cluster.retired]:
         try:
             lines = node.log_path.read_text(errors="replace").splitlines()
         except OSError:
