@@ -59,10 +59,14 @@ def _append(prev_index: int, entries: list[tuple[bytes, int, int]], term: int = 
     }
 
 
-def _deliver(sync: Any, message: dict[str, Any]) -> None:
+def _deliver(sync: Any, message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Hand ``message`` to the follower; what it sent back (its ack)."""
     transport = sync._SyncObj__transport
     node = next(iter(sync._SyncObj__otherNodes))
+    sent: list[dict[str, Any]] = []
+    transport.send = lambda _node, answer: sent.append(answer) or True
     transport._onMessageReceivedCallback(node, message)
+    return sent
 
 
 def _repeat_and_extend(sync: Any, new: int) -> list[tuple[bytes, int, int]]:
@@ -90,10 +94,25 @@ def test_an_append_that_repeats_held_entries_appends_only_the_new_ones(
     before = _log(sync)
     last = before[-1][1]
     with caplog.at_level(logging.CRITICAL):
-        _deliver(sync, _append(last - 4, _repeat_and_extend(sync, 2)))
+        sent = _deliver(sync, _append(last - 4, _repeat_and_extend(sync, 2)))
     assert TRUNCATION_WARNING not in caplog.text
     assert _log(sync) == [*before, (OTHER, last + 1, TERM), (OTHER, last + 2, TERM)]
-    assert counters.duplicate_appends_acked == 1
+    assert counters.repeated_entries_dropped == 1
+    assert [(m["type"], m["success"], m["next_node_idx"]) for m in sent] == [("next_node_idx", True, last + 3)]
+
+
+def test_an_append_from_a_newer_term_that_repeats_and_extends_appends_only_the_new_ones(sync: Any) -> None:
+    """Every entry the follower holds after prevLogIdx is checked against the message, so the
+    sender's term does not matter; the follower takes the new term."""
+    counters = _install_log_matching_fix(sync, lambda: 0)
+    before = _log(sync)
+    last = before[-1][1]
+    extension = [*_repeat_and_extend(sync, 0), (OTHER, last + 1, TERM + 1)]
+    sent = _deliver(sync, _append(last - 4, extension, term=TERM + 1))
+    assert _log(sync) == [*before, (OTHER, last + 1, TERM + 1)]
+    assert sync.raftCurrentTerm == TERM + 1
+    assert counters.repeated_entries_dropped == 1
+    assert [(m["success"], m["next_node_idx"]) for m in sent] == [(True, last + 2)]
 
 
 def test_an_append_that_repeats_only_held_entries_is_a_heartbeat(sync: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -102,10 +121,11 @@ def test_an_append_that_repeats_only_held_entries_is_a_heartbeat(sync: Any, capl
     counters = _install_log_matching_fix(sync, lambda: 0)
     before = _log(sync)
     with caplog.at_level(logging.CRITICAL):
-        _deliver(sync, _append(before[-1][1] - 4, _repeat_and_extend(sync, 0), term=TERM + 1))
+        sent = _deliver(sync, _append(before[-1][1] - 4, _repeat_and_extend(sync, 0), term=TERM + 1))
     assert TRUNCATION_WARNING not in caplog.text
     assert _log(sync) == before
-    assert counters.duplicate_appends_acked == 1
+    assert counters.repeated_entries_dropped == 1
+    assert [(m["success"], m["next_node_idx"]) for m in sent] == [(True, before[-1][1] + 1)]
 
 
 def test_a_conflicting_entry_still_truncates(sync: Any) -> None:
@@ -117,7 +137,7 @@ def test_a_conflicting_entry_still_truncates(sync: Any) -> None:
     conflicting = [(ENTRY, last - 3, TERM), (OTHER, last - 2, TERM + 1)]
     _deliver(sync, _append(last - 4, conflicting, term=TERM + 1))
     assert _log(sync) == [*before[:-3], (OTHER, last - 2, TERM + 1)]
-    assert counters.duplicate_appends_acked == 0
+    assert counters.repeated_entries_dropped == 0
 
 
 def test_a_short_append_from_a_newer_term_leaves_older_entries_to_pysyncobj(sync: Any) -> None:
@@ -128,4 +148,4 @@ def test_a_short_append_from_a_newer_term_leaves_older_entries_to_pysyncobj(sync
     sync._SyncObj__raftLastApplied = last - 4
     _deliver(sync, _append(last - 4, [(ENTRY, last - 3, TERM)], term=TERM + 1))
     assert _last_index(sync) == last - 3
-    assert counters.duplicate_appends_acked == 0
+    assert counters.repeated_entries_dropped == 0

@@ -70,11 +70,12 @@ class ClusterChanges:
         The leader decides from its own state machine, so it first waits until that holds every
         committed entry. A new leader may not yet: a removal committed under the last leader looked
         undone, and the replacement's AddMember at the removed server's address was refused as
-        taken (the fault suite's member-replace-kill nemesis). No log entry is needed for that: a
+        taken (DESIGN.md, Membership, Invariants). No log entry is needed for that: a
         leader with commits stuck (no quorum) still refuses a second change at once.
         """
         if self.raft.is_leader():
-            await self._leader_state_current(timeout or MEMBERSHIP_TIMEOUT_S)
+            # The caller's gRPC deadline bounds the wait and the change together.
+            await self._wait_until_leader_state_current(timeout or MEMBERSHIP_TIMEOUT_S)
             return await local()
         leader = self._node.leader()
         if leader is None or not leader.client_address:
@@ -86,7 +87,7 @@ class ClusterChanges:
             raise error_from_rpc(exc) from None
         return response
 
-    async def _leader_state_current(self, timeout: float) -> None:
+    async def _wait_until_leader_state_current(self, timeout: float) -> None:
         """Wait (polling: pysyncobj has no commit notification) until this leader's state machine
         holds every committed entry; Unavailable when it stops leading or the deadline passes."""
         loop = asyncio.get_running_loop()
@@ -97,7 +98,7 @@ class ClusterChanges:
             if loop.time() >= deadline:
                 raise Unavailable(
                     f"{self._node.node_id} leads but has not yet committed an entry of its term within "
-                    f"{timeout:.0f} s (no quorum?); check `cpctl cluster status` and retry"
+                    f"{timeout:g} s (no quorum?); check `cpctl cluster status` and retry"
                 )
             await asyncio.sleep(LEADER_STATE_POLL_S)
 

@@ -617,7 +617,8 @@ class Autopilot:
 
         # Decide on a fresh view: a change (an operator's RemoveMember) may have completed while the
         # checks ran. No await from here to the decision, so nothing else changes membership meanwhile.
-        if node.membership_change_in_flight() or not node.raft.is_leader():
+        # A new leader decides only once its directory holds every committed change (as admin calls).
+        if node.membership_change_in_flight() or not node.raft.leader_state_is_current():
             return
         raft = node.raft.status()
         directory = node.directory()

@@ -407,12 +407,13 @@ class Node:
             return f"{peer_id} was removed from this cluster and may not come back"
         known = {member.id: member.raft_address for member in self.members().values()}
         if peer_id not in known:
-            if not self.raft.synced():
-                # Not caught up since it started: its directory can predate servers admitted since
+            if not self.raft.synced() and not learner:
+                # Not caught up since it started: its directory can predate voters admitted since
                 # (a learner that loaded an old snapshot, a server back from a long stop), and
-                # refusing them could cut it off from its leader. Peers are still authenticated by
-                # certificate, removed ids are still refused, and the directory rules again once
-                # this server has caught up (a directory change re-checks every open link).
+                # refusing them could cut it off from its leader. Only voters, which are who a
+                # server behind needs (a learner link would receive the log). Peers are still
+                # authenticated by certificate, removed ids are still refused, and every open link
+                # is checked again once this server has caught up (OwnMembership.watch).
                 return None
             return f"{peer_id} is not a member of this cluster (admit it with `cpctl cluster members add`)"
         if known[peer_id] != raft_address:

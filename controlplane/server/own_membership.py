@@ -138,14 +138,18 @@ class OwnMembership:
         cut_off_since: float | None = None
         next_peer_check = 0.0
         directory_seen = -1
+        was_synced = False
         while True:
             await asyncio.sleep(MEMBERSHIP_WATCH_S)  # a timer: pysyncobj has no change notification
             try:
-                if self._node.machine.members_version != directory_seen:
+                synced = self.raft.synced()
+                if self._node.machine.members_version != directory_seen or (synced and not was_synced):
                     # Admission to the peer plane is checked at the handshake: a removed server's
-                    # open links must go when the directory says so, not at its next reconnect.
+                    # open links must go when the directory says so, not at its next reconnect;
+                    # and the links a server admitted while behind, once it has caught up.
                     directory_seen = self._node.machine.members_version
                     self.raft.revalidate_peers()
+                was_synced = synced
                 if self._removed_locally():
                     await self._stop_removed("its own log says so")
                     return

@@ -96,6 +96,10 @@ INLINE_SYNC_AFTER_IDLE_S = 0.002
 
 # Exit status of a server that stopped because its journal could not be written or its dump loaded.
 EXIT_STORAGE_FAILED = 3
+# Exit status of a server whose Raft tick kept failing (a bug; see RaftNode._tick).
+EXIT_RAFT_FAILED = 4
+# Consecutive failed ticks before the server stops (ticks run every tick_s, 10 ms by default).
+TICK_FAILURES_BEFORE_EXIT = 500
 
 
 # pysyncobj creates its journal inside SyncObj.__init__ from a module-level factory; the one way
@@ -158,6 +162,7 @@ class RaftNode:  # implements consensus.Consensus
         self._peers = peers
         self._loop = asyncio.get_running_loop()
         self._tick_scheduled = False
+        self._tick_failures = 0  # consecutive ticks that raised (see _tick)
         self._driver: asyncio.Task[None] | None = None
         self._destroyed = False
         self._dump_renamed_unsynced = False
@@ -282,8 +287,7 @@ class RaftNode:  # implements consensus.Consensus
         be this leader's (a fresh one arrives with the next append). So is one from a peer the
         leader no longer tracks: a learner's link, held while the learner was promoted (it is
         tracked under its voter identity from then on), or a server removed meanwhile. pysyncobj
-        reads its match index unguarded, and the KeyError stopped the leader's ticks (found by the
-        fault suite's member-replace nemesis)."""
+        reads its match index unguarded: a KeyError out of the tick."""
         transport = sync._SyncObj__transport
         on_message = transport._onMessageReceivedCallback
 
@@ -305,15 +309,10 @@ class RaftNode:  # implements consensus.Consensus
     # ------------------------------------------------------------ the tick, on the loop
 
     async def _drive(self) -> None:
-        """The periodic tick (heartbeats, elections, commits). Nothing a tick raises may end this
-        loop: a server whose ticks stopped would still ack appends, but never apply, campaign or
-        lead again."""
+        """The periodic tick (heartbeats, elections, commits)."""
         period = self._config.raft.tick_s
         while not self._destroyed:
-            try:
-                self._tick()
-            except Exception:  # a bug: say so loudly, and keep ticking
-                log.exception("raft_tick_failed")
+            self._tick()
             await asyncio.sleep(period)
 
     def schedule_tick(self) -> None:
@@ -324,19 +323,39 @@ class RaftNode:  # implements consensus.Consensus
             self._loop.call_soon(self._tick)
 
     def _tick(self) -> None:
+        """One tick; it never raises. An exception is a bug: one is logged and the ticks go on, as
+        pysyncobj's own thread did (an exception out of ``_drive`` ended the periodic ticks: the
+        server still acked appends but never applied, campaigned or led again). A tick failing
+        ``TICK_FAILURES_BEFORE_EXIT`` times in a row stops the process instead: an entry whose
+        apply keeps raising must not be half-applied again and again."""
         self._tick_scheduled = False
         if self._destroyed:
             return
-        self._postpone_election_after_a_stall()
         try:
-            if self._pre_vote is not None:
-                self._pre_vote.tick(self._do_tick)
-            else:
-                self._do_tick()
-            if self._config.raft.pipeline_appends and self._sync._isLeader():
-                self._announce_progress()
-        except Exception:  # pysyncobj's own thread logged and carried on; so do we
-            log.exception("raft_tick_failed")
+            self._tick_once()
+        except Exception:
+            self._tick_failures += 1
+            if self._tick_failures == 1 or self._tick_failures % 100 == 0:
+                log.exception("raft_tick_failed", in_a_row=self._tick_failures)
+            if self._tick_failures >= TICK_FAILURES_BEFORE_EXIT:
+                log.critical(
+                    "raft_tick_failing",
+                    in_a_row=self._tick_failures,
+                    hint="a bug: this server stops rather than go on half-ticking; report the log, then restart it",
+                )
+                sys.stderr.flush()
+                os._exit(EXIT_RAFT_FAILED)
+        else:
+            self._tick_failures = 0
+
+    def _tick_once(self) -> None:
+        self._postpone_election_after_a_stall()
+        if self._pre_vote is not None:
+            self._pre_vote.tick(self._do_tick)
+        else:
+            self._do_tick()
+        if self._config.raft.pipeline_appends and self._sync._isLeader():
+            self._announce_progress()
         if self._voter and not self._sync.otherNodes:
             # A lone voter counts only itself: what this tick appended is durable before the next
             # tick can commit it.
@@ -582,8 +601,8 @@ class RaftNode:  # implements consensus.Consensus
             # A learner dials only the voters its configuration lists, and pysyncobj drops every
             # link the new list lacks. A snapshot can predate the voter that sends it (a server
             # that joined since, at an address the snapshot does not list): the learner would hang
-            # up on its leader and wait for ever (the fault suite's member-replace nemesis). The
-            # sender stays; the log after the snapshot adds it, or removes it, as it happened.
+            # up on its leader and wait for ever. The sender stays; the log after the snapshot
+            # adds it, or removes it, as it happened.
             cluster.append(leader.address)
         return (
             (last.data, last.index, last.term),
@@ -849,7 +868,7 @@ class LogRepairCounters:
 
     def __init__(self) -> None:
         self.next_index_kept = 0
-        self.duplicate_appends_acked = 0
+        self.repeated_entries_dropped = 0
         self.forwarded_commands_refused = 0
         self.snapshot_commits_undone = 0
 
@@ -913,7 +932,7 @@ def _install_log_matching_fix(sync: SyncObj, snapshots_installed: Callable[[], i
         if kind == "append_entries" and "prevLogIdx" in message and not message.get("transmission"):
             rewritten = _ack_held_entries(sync, message)
             if rewritten is not None:
-                counters.duplicate_appends_acked += 1
+                counters.repeated_entries_dropped += 1
                 message = rewritten
         deliver(node, message)
 

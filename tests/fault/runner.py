@@ -49,6 +49,7 @@ ALL_NEMESES = (
     "partition-bridge",
     "partition-clients",
     "member-replace",
+    "member-replace-kill",
 )
 SETTLE_TIMEOUT_S = 60.0
 
@@ -371,8 +372,9 @@ async def run(
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
         if violations:  # what each server says of itself, before they stop: for the post-mortem
-            statuses_path = await asyncio.to_thread(write_statuses, cluster, work_dir / "statuses.json")
-            notes.append(f"each server's status at the end: {statuses_path}")
+            with contextlib.suppress(Exception):  # never in the way of the cleanup below
+                statuses_path = await asyncio.to_thread(write_statuses, cluster, work_dir / "statuses.json")
+                notes.append(f"each server's status at the end: {statuses_path}")
         control.release_all()
         cluster.stop()
         if net is not None:
@@ -402,7 +404,7 @@ async def run(
         result.history_path = history.write_jsonl(work_dir / "history.jsonl")
     result.summary_path.write_text(result.text() + "\n")
     if not violations:
-        for node in cluster.nodes.values():
+        for node in [*cluster.nodes.values(), *cluster.retired]:
             shutil.rmtree(node.data_dir, ignore_errors=True)  # keep the logs, drop the data
     return result
 
