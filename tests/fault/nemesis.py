@@ -27,8 +27,9 @@ Nemeses:
 * ``member-replace``: a server (leader or not) is removed through the SDK and must stop itself; a
   new server with a new id joins on its machine with an empty data directory, is admitted and
   promoted to voter. Ids change: ``n1`` may be replaced by ``n4``.
-* ``member-replace-kill``: the same, with ``kill -9`` of another server while the removal is in
-  flight; it restarts after the hold, and the replacement joins once the removal has committed.
+* ``member-replace-kill`` / ``member-replace-partition``: the same, with ``kill -9`` of another
+  server, or that server cut off from the others, while the removal is in flight; it recovers
+  after the hold, and the replacement joins once the removal has committed.
 """
 
 from __future__ import annotations
@@ -544,41 +545,78 @@ class MemberReplace(Nemesis):
         return bool(member is not None and member.voter and not member.learner and serving)
 
 
-class MemberReplaceUnderKill(MemberReplace):
-    """``member-replace`` with a crash in the middle: another server (the leader as often as not)
-    gets ``kill -9`` while the removal is in flight and restarts after the fault's hold.
+class MemberReplaceDuringFault(MemberReplace):
+    """``member-replace`` with another fault in the middle: within 200 ms of the removal call,
+    another server (the leader as often as not) is struck, and it recovers after the fault's hold.
 
-    The removal is retried until it has committed. It may need the crashed server: once a removal
+    The removal is retried until it has committed. It may need the struck server: once a removal
     entry is in a follower's log, that follower counts votes in the new two-server configuration,
-    so when the leader that appended it dies, nobody can win an election until it is back (single-
-    server membership changes in Raft, not a defect). The replacement joins after the restart."""
+    so when the leader that appended it is gone, nobody can win an election until the struck
+    server is back (single-server membership changes in Raft, not a defect). The replacement joins
+    after the recovery."""
 
-    name = "member-replace-kill"
+    def strike(self, victim: str) -> None:
+        raise NotImplementedError
+
+    def recover(self, victim: str) -> None:
+        raise NotImplementedError
 
     def inject(self, fault: Fault, rng: random.Random) -> None:
-        cluster = self.control.cluster
-        crashed = rng.choice(sorted(node_id for node_id in cluster.nodes if node_id != fault.target))
+        victim = rng.choice(sorted(node_id for node_id in self.control.cluster.nodes if node_id != fault.target))
         delay, fault.duration = rng.uniform(0.0, 0.2), rng.uniform(*self.hold_range)
-        fault.detail["killed"] = crashed
+        fault.detail["struck"] = victim
 
-        def crash_then_restart() -> None:
+        def strike_then_recover() -> None:
             try:
-                time.sleep(delay)  # the seeded moment of the crash, within the removal's first 200 ms
-                cluster.kill(crashed, signal.SIGKILL)
-                time.sleep(fault.duration)  # how long it stays down, chosen by the seeded schedule
-                cluster.restart(crashed)
-            except Exception as exc:  # noticed by wait_whole too (a server not running), said here first
-                fault.problems.append(f"member-replace-kill: crashing and restarting {crashed} failed: {exc!r}")
+                time.sleep(delay)  # the seeded moment of the strike, within the removal's first 200 ms
+                self.strike(victim)
+                time.sleep(fault.duration)  # how long it lasts, chosen by the seeded schedule
+                self.recover(victim)
+            except Exception as exc:  # wait_whole would notice too; said here first, with the cause
+                fault.problems.append(f"{self.name}: striking or recovering {victim} failed: {exc!r}")
 
-        crasher = threading.Thread(target=crash_then_restart, name="crash-during-removal", daemon=True)
-        crasher.start()
+        striker = threading.Thread(target=strike_then_recover, name="strike-during-removal", daemon=True)
+        striker.start()
         try:
             super().inject(fault, rng)
         finally:
-            crasher.join()
+            striker.join()
 
     def hold(self, fault: Fault, rng: random.Random) -> None:
-        """The crashed server's time down was the hold."""
+        """The strike's length was the hold."""
+
+
+class MemberReplaceUnderKill(MemberReplaceDuringFault):
+    """The struck server gets ``kill -9`` and restarts on its data directory."""
+
+    name = "member-replace-kill"
+
+    def strike(self, victim: str) -> None:
+        self.control.cluster.kill(victim, signal.SIGKILL)
+
+    def recover(self, victim: str) -> None:
+        self.control.cluster.restart(victim)
+
+
+class MemberReplaceUnderPartition(MemberReplaceDuringFault):
+    """The struck server is cut off from every other server (it keeps running, and campaigns with
+    Pre-Vote); the clients still reach it. Healing removes the cuts."""
+
+    name = "member-replace-partition"
+
+    def __init__(self, control: Control) -> None:
+        super().__init__(control)
+        if control.net is None:
+            self.unavailable = f"needs the servers in network namespaces: {control.net_unavailable or 'not set up'}"
+
+    def strike(self, victim: str) -> None:
+        for other in sorted(self.control.cluster.nodes):
+            if other != victim:
+                self.control.cut(victim, other)
+
+    def recover(self, victim: str) -> None:
+        assert self.control.net is not None
+        self.control.net.heal()
 
 
 NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
@@ -593,4 +631,5 @@ NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "partition-bridge": lambda control, scratch: PartitionBridge(control),
     "member-replace": lambda control, scratch: MemberReplace(control),
     "member-replace-kill": lambda control, scratch: MemberReplaceUnderKill(control),
+    "member-replace-partition": lambda control, scratch: MemberReplaceUnderPartition(control),
 }

@@ -50,6 +50,7 @@ ALL_NEMESES = (
     "partition-clients",
     "member-replace",
     "member-replace-kill",
+    "member-replace-partition",
 )
 SETTLE_TIMEOUT_S = 60.0
 
@@ -184,7 +185,7 @@ def _schedule(rng: random.Random, names: list[str], count: int) -> list[str]:
 
 def _namespaces(profile: Profile, log: Callable[[str], None]) -> tuple[ShapedNet | None, str]:
     """A namespace per server when the profile has a partition nemesis and this machine allows it."""
-    if not any(name.startswith("partition-") for name in profile.nemeses):
+    if not any(name.startswith("partition-") or name.endswith("-partition") for name in profile.nemeses):
         return None, "no partition nemesis in this run"
     problem = netns_unavailable()
     if problem:
