@@ -251,11 +251,32 @@ class ClusterChanges:
             )
         with self._node.state_lock:
             in_directory = member_id in self._node.machine.members
+            barred = member_id in self._node.machine.removed_members
+        if member_id and not in_directory and not barred:
+            # A server of the configured peer list that had not yet published itself has no record,
+            # and a removal without one bars nothing: the removed server, told "not removed" by
+            # its peers, ran on for ever, and its address stayed taken for a replacement. Write its
+            # record first (what the peer list says), so that the removal below bars its id.
+            in_directory = await self._record_configured_peer(member_id, raft_address)
         if in_directory:
             await self._node.write(
                 command_pb2.Command(request_id=request_id, member_remove=command_pb2.MemberRemove(id=member_id)),
                 MEMBERSHIP_TIMEOUT_S,
             )
+
+    async def _record_configured_peer(self, member_id: str, raft_address: str) -> bool:
+        """Write the directory record of a configured peer that has none (its own publish may race
+        this one: both write the same record, and a record for a removed id is refused). False
+        when this server knows no addresses for it."""
+        known = self._node.members().get(raft_address)
+        if known is None or known.id != member_id or not known.client_address:
+            log.warning("member_not_barred", member=member_id, reason="no record and no configured addresses")
+            return False
+        record = command_pb2.MemberRecord(id=member_id, raft_address=raft_address, client_address=known.client_address)
+        await self._node.write(
+            command_pb2.Command(member_upsert=command_pb2.MemberUpsert(member=record)), MEMBERSHIP_TIMEOUT_S
+        )
+        return True
 
     async def promote(self, member_id: str) -> None:
         """Autopilot: make a learner a voter - the Raft configuration first, then the directory.

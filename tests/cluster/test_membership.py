@@ -429,6 +429,34 @@ def test_remove_a_server_while_clients_write_then_it_cannot_come_back(
     assert joined.id not in _member_ids(remaining[0])
 
 
+def test_a_configured_server_removed_before_it_published_itself_is_barred_and_stops(tmp_path: Path) -> None:
+    """A server of the configured peer list writes its own directory record once a leader exists.
+    One removed before it had (paused here from its start; the fault suite's member-replace-kill
+    hit it 1.7 s into a run) had no record, so the removal barred nothing: told "not removed" by
+    its peers it ran on for ever, and its address stayed taken for a replacement."""
+    cluster = LocalCluster(tmp_path / "cluster", servers=3)
+    late = cluster.nodes["n3"]
+    try:
+        cluster.start()
+        assert late.pid is not None
+        os.kill(late.pid, signal.SIGSTOP)  # long before it can publish (a Python start takes seconds)
+        leader = cluster.nodes[cluster.wait_for_leader(60, among=["n1", "n2"])]
+        addresses = [cluster.nodes["n1"].client_address, cluster.nodes["n2"].client_address]
+        with Client(addresses, credentials=cluster.credentials, timeout=30) as client:
+            client.remove_member("n3")
+            os.kill(late.pid, signal.SIGCONT)
+            assert _wait_exit(late, 60) == 1
+            assert "n3" in status(leader).removed_member_ids
+            replacement = cluster.replace_server("n3")
+            wait_until(lambda: status(replacement), 30, f"the joining {replacement.id} to answer")
+            client.add_member(replacement.id, replacement.raft_address, replacement.client_address)
+            _wait_promoted(cluster, replacement)
+    finally:
+        if late.running and late.pid is not None:
+            os.kill(late.pid, signal.SIGCONT)
+        cluster.stop()
+
+
 def test_remove_the_leader_itself(make_cluster: Callable[..., LocalCluster]) -> None:
     """The leader cannot remove itself in pysyncobj: it hands leadership over and the new leader does it."""
     cluster = make_cluster()
