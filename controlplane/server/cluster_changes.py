@@ -68,10 +68,10 @@ class ClusterChanges:
         """Run an admin call here if this server leads, or forward it to the leader's Cluster service.
 
         The leader decides from its own state machine, so it first waits until that holds every
-        committed entry. A new leader may not yet: a removal committed under the last leader looked
-        undone, and the replacement's AddMember at the removed server's address was refused as
-        taken (DESIGN.md, Membership, Invariants). No log entry is needed for that: a
-        leader with commits stuck (no quorum) still refuses a second change at once.
+        committed entry. A new leader may not yet: a removal committed under the last leader would
+        look undone, and a replacement's address taken (DESIGN.md, Membership, Invariants). No log
+        entry is needed for that: a leader with commits stuck (no quorum) still refuses a second
+        change at once.
         """
         if self.raft.is_leader():
             # The caller's gRPC deadline bounds the wait and the change together.
