@@ -273,12 +273,17 @@ class LocalCluster:
         else:
             client, raft, metrics = base_port + index, base_port + 100 + index, base_port + 200 + index
         host, exec_prefix = self._placement(index) if self._placement else ("127.0.0.1", [])
+        return self._node_at(node_id, f"{host}:{client}", f"{host}:{raft}", f"{host}:{metrics}", exec_prefix)
+
+    def _node_at(
+        self, node_id: str, client_address: str, raft_address: str, metrics_address: str, exec_prefix: list[str]
+    ) -> NodeProcess:
         return NodeProcess(
             credentials=self.credentials,
             id=node_id,
-            client_address=f"{host}:{client}",
-            raft_address=f"{host}:{raft}",
-            metrics_address=f"{host}:{metrics}",
+            client_address=client_address,
+            raft_address=raft_address,
+            metrics_address=metrics_address,
             data_dir=self.data_dir / node_id,
             log_path=self.data_dir / f"{node_id}.log",
             exec_prefix=list(exec_prefix),
@@ -401,18 +406,10 @@ class LocalCluster:
         old = self.nodes[old_id]
         if old.running:
             raise RuntimeError(f"{old_id} is still running; remove and stop it before it is replaced")
-        index = self._next_index()
-        node = NodeProcess(
-            id=f"n{index}",
-            client_address=old.client_address,
-            raft_address=old.raft_address,
-            metrics_address=old.metrics_address,
-            data_dir=self.data_dir / f"n{index}",
-            log_path=self.data_dir / f"n{index}.log",
-            exec_prefix=list(old.exec_prefix),
-            credentials=self.credentials,
-            join=True,
+        node = self._node_at(
+            f"n{self._next_index()}", old.client_address, old.raft_address, old.metrics_address, old.exec_prefix
         )
+        node.join = True
         node.peers = [self._peer_spec(other) for other in self.nodes.values() if other.running]
         del self.nodes[old_id]
         self.retired.append(old)

@@ -265,9 +265,13 @@ class Nemesis:
     unavailable = ""
     #: How long a fault lasts (seconds, uniform; the seeded schedule draws it).
     hold_range = (1.0, 4.0)
+    #: Cuts links between servers: runs only when each server has a network namespace of its own.
+    needs_namespaces = False
 
     def __init__(self, control: Control) -> None:
         self.control = control
+        if self.needs_namespaces and control.net is None:
+            self.unavailable = f"needs the servers in network namespaces: {control.net_unavailable or 'not set up'}"
 
     def choose(self, rng: random.Random) -> tuple[str, bool]:
         leader = self.control.leader()
@@ -424,10 +428,7 @@ class DiskFull(Nemesis):
 class Partition(Nemesis):
     """Cut the target off from the other servers (or, for the bridge, from one of them)."""
 
-    def __init__(self, control: Control) -> None:
-        super().__init__(control)
-        if control.net is None:
-            self.unavailable = f"needs the servers in network namespaces: {control.net_unavailable or 'not set up'}"
+    needs_namespaces = True
 
     def others(self, fault: Fault, rng: random.Random) -> list[str]:
         return [node_id for node_id in sorted(self.control.cluster.nodes) if node_id != fault.target]
@@ -603,11 +604,7 @@ class MemberReplaceUnderPartition(MemberReplaceDuringFault):
     Pre-Vote); the clients still reach it. Healing removes the cuts."""
 
     name = "member-replace-partition"
-
-    def __init__(self, control: Control) -> None:
-        super().__init__(control)
-        if control.net is None:
-            self.unavailable = f"needs the servers in network namespaces: {control.net_unavailable or 'not set up'}"
+    needs_namespaces = True
 
     def strike(self, victim: str) -> None:
         for other in sorted(self.control.cluster.nodes):
