@@ -32,7 +32,9 @@ A consensus failure (Unavailable and its children) is kept apart from the applic
 
 from __future__ import annotations
 
-from typing import ClassVar
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import grpc
 
@@ -56,6 +58,8 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownOutcome",
+    "code_of",
+    "error_from_http_answer",
     "error_from_result",
     "error_from_rpc",
     "error_from_status",
@@ -263,3 +267,67 @@ def rpc_metadata(error: grpc.RpcError) -> dict[str, str]:
 def error_from_rpc(error: grpc.RpcError) -> ControlPlaneError:
     """The typed exception for a failed gRPC call: its status, details and trailing metadata."""
     return error_from_status(error.code(), error.details() or "", rpc_metadata(error))  # type: ignore[attr-defined]
+
+
+# --- HTTP answers (the gateway's error bodies) ----------------------------------------------------
+
+
+def code_of(cls: type[BaseException]) -> str:
+    """``NoLeader`` -> ``NO_LEADER``: the ``code`` of a gateway's error body names the most specific
+    class, so a client can tell an election (NO_LEADER) from a server stopping (SHUTDOWN) without
+    parsing messages."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()
+
+
+#: The class each ``code`` names, so that an HTTP client raises what the cluster raised.
+HTTP_CODES: Mapping[str, type[ControlPlaneError]] = {
+    code_of(cls): cls
+    for cls in (
+        InvalidArgument,
+        OutOfRange,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        NotLeader,
+        ResourceExhausted,
+        Unavailable,
+        NoLeader,
+        Shutdown,
+        UnknownOutcome,
+        DeadlineExceeded,
+        Internal,
+        Unauthenticated,
+        PermissionDenied,
+    )
+}
+#: The class for an answer without a known ``code`` (a proxy's HTML 502, say), by HTTP status.
+HTTP_STATUSES: Mapping[int, type[ControlPlaneError]] = {
+    400: InvalidArgument,
+    401: Unauthenticated,
+    403: PermissionDenied,
+    404: NotFound,
+    409: FailedPrecondition,
+    503: Unavailable,
+    504: DeadlineExceeded,
+}
+
+
+def error_from_http_answer(
+    status: int,
+    body: Any,
+    codes: Mapping[str, type[ControlPlaneError]] = HTTP_CODES,
+    statuses: Mapping[int, type[ControlPlaneError]] = HTTP_STATUSES,
+) -> ControlPlaneError:
+    """The typed error for a gateway's error answer ``{"code": ..., "message": ...}``.
+
+    The ``code`` decides; an answer without a known one is classified by ``status``: any other 5xx
+    is ``Unavailable``, any other 4xx ``InvalidArgument``.
+    """
+    code = body.get("code") if isinstance(body, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, str) or not message:
+        message = f"the gateway answered HTTP {status}"
+    cls = codes.get(code) if isinstance(code, str) else None
+    if cls is None:
+        cls = statuses.get(status) or (Unavailable if status >= 500 else InvalidArgument)
+    return cls(message)

@@ -81,7 +81,6 @@ __all__ = [
     "GatewayClient",
     "MemberCache",
     "RetryPolicy",
-    "discover_endpoints",
 ]
 
 log = structlog.get_logger("gateway.client")
@@ -663,25 +662,3 @@ def _json_or_none(response: httpx.Response) -> Any:
 def _segment(node_id: str) -> str:
     """A node id as one URL path segment (ids are plain, but never let one add a path)."""
     return quote(node_id, safe="")
-
-
-async def discover_endpoints(
-    url: str,
-    *,
-    token: str | None = None,
-    seeds: Sequence[str] = (),
-    cache_path: str | os.PathLike[str] | None = None,
-    credentials: Credentials | None = None,
-) -> list[str]:
-    """The servers' client addresses, learned from the gateway at ``url`` (``GET /v1/bootstrap``),
-    or around it (``seeds``, the cache file) when it is down. ``NoLeader`` while no cluster runs.
-
-    What ``AsyncClient.from_gateway``, ``Client.from_gateway`` and ``--endpoints http://...`` use:
-    they ask once, then talk to the servers directly, so the gateway can go away afterwards.
-    ``credentials`` reach the ``seeds`` when the gateway is down.
-    """
-    async with GatewayClient(url, token=token, seeds=seeds, cache_path=cache_path, credentials=credentials) as gateway:
-        answer = await gateway.bootstrap()
-    if answer.action != "join" or not answer.members:
-        raise errors.NoLeader(f"the gateway at {url} knows no running cluster yet (it answers {answer.action!r})")
-    return [member.client_address for member in answer.members]

@@ -115,12 +115,6 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "message": message}
 
 
-def _code_of(cls: type[BaseException]) -> str:
-    """``NoLeader`` -> ``NO_LEADER``: the code names the most specific class, so a client can tell
-    an election (NO_LEADER) from a server shutting down (SHUTDOWN) without parsing messages."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()
-
-
 def from_control_plane(exc: errors.ControlPlaneError) -> ErrorAnswer:
     status = next((STATUS_BY_ERROR[cls] for cls in type(exc).__mro__ if cls in STATUS_BY_ERROR), 500)
     if status == 500:
@@ -128,7 +122,7 @@ def from_control_plane(exc: errors.ControlPlaneError) -> ErrorAnswer:
         # subclass gets a generic message.
         message = exc.message if isinstance(exc, errors.Internal) else "internal error in the control plane"
         return ErrorAnswer(500, "INTERNAL", message)
-    code = "UNAVAILABLE" if isinstance(exc, ClusterUnreachable) else _code_of(type(exc))
+    code = "UNAVAILABLE" if isinstance(exc, ClusterUnreachable) else errors.code_of(type(exc))
     return ErrorAnswer(status, code, exc.message)
 
 
@@ -149,51 +143,19 @@ def internal(error_id: str) -> ErrorAnswer:
 
 # --------------------------------------------------------------------------------------- client side
 
-#: Every class a code can name, so that a client raises what the server raised.
+#: The SDK's mapping (controlplane.errors), with the gateway's own classes.
 _BY_CODE: dict[str, type[errors.ControlPlaneError]] = {
-    _code_of(cls): cls
-    for cls in (
-        errors.InvalidArgument,
-        errors.OutOfRange,
-        errors.NotFound,
-        errors.AlreadyExists,
-        errors.FailedPrecondition,
-        errors.NotLeader,
-        errors.ResourceExhausted,
-        errors.Unavailable,
-        errors.NoLeader,
-        errors.Shutdown,
-        errors.UnknownOutcome,
-        errors.DeadlineExceeded,
-        errors.Internal,
-        errors.PermissionDenied,
-        Unauthenticated,
-        PayloadTooLarge,
-    )
+    **errors.HTTP_CODES,
+    errors.code_of(Unauthenticated): Unauthenticated,
+    errors.code_of(PayloadTooLarge): PayloadTooLarge,
 }
 _BY_STATUS: dict[int, type[errors.ControlPlaneError]] = {
-    400: errors.InvalidArgument,
+    **errors.HTTP_STATUSES,
     401: Unauthenticated,
-    403: errors.PermissionDenied,
-    404: errors.NotFound,
-    409: errors.FailedPrecondition,
     413: PayloadTooLarge,
-    503: errors.Unavailable,
-    504: errors.DeadlineExceeded,
 }
 
 
 def error_from_answer(status: int, body: Any) -> errors.ControlPlaneError:
-    """The typed error for a gateway's error answer (the inverse of :func:`from_control_plane`).
-
-    The ``code`` decides; an answer without one (a proxy's HTML 502, say) is classified by status:
-    any other 5xx is ``Unavailable``, any other 4xx ``InvalidArgument``.
-    """
-    code = body.get("code") if isinstance(body, dict) else None
-    message = body.get("message") if isinstance(body, dict) else None
-    if not isinstance(message, str) or not message:
-        message = f"the gateway answered HTTP {status}"
-    cls = _BY_CODE.get(code) if isinstance(code, str) else None
-    if cls is None:
-        cls = _BY_STATUS.get(status) or (errors.Unavailable if status >= 500 else errors.InvalidArgument)
-    return cls(message)
+    """The typed error for a gateway's error answer (the inverse of :func:`from_control_plane`)."""
+    return errors.error_from_http_answer(status, body, _BY_CODE, _BY_STATUS)

@@ -135,6 +135,11 @@ def test_a_lean_install_is_the_sdk_and_the_client_commands(wheel: zipfile.ZipFil
     assert run("--version").stdout.strip() == f"cpctl {controlplane.__version__}"
     unreachable = run("kv", "get", "k", "--endpoints", "127.0.0.1:1", "--timeout", "2")
     assert unreachable.returncode == 3 and "no server at 127.0.0.1:1 answered" in unreachable.stderr
+    # Discovery through a gateway is the SDK's own (the standard library's HTTP client): no extra.
+    no_gateway = run("kv", "get", "k", "--endpoints", "http://127.0.0.1:1")
+    assert no_gateway.returncode == 3, no_gateway.stderr
+    assert "cannot learn the servers from the gateway at http://127.0.0.1:1" in no_gateway.stderr
+    assert "Traceback" not in no_gateway.stderr and "pip install" not in no_gateway.stderr
     # TLS flags work without cryptography: a key open to others is refused by the client's own check.
     key = tmp_path / "client-key.pem"
     key.write_text("not a key")

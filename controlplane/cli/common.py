@@ -6,7 +6,6 @@ import base64
 import contextlib
 import importlib.util
 import json
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -140,7 +139,7 @@ def resolve_endpoints(endpoints: str | None) -> str:
     """The servers' client addresses. A gateway URL (``http://HOST:PORT``) is asked for them."""
     value = _resolved(endpoints)[0]
     if value.startswith(("http://", "https://")):
-        return _from_gateway(value)
+        return _from_gateway(value, _resolved(endpoints)[1])
     return ",".join(with_default_port(e) for e in (value or DEFAULT_ENDPOINTS).split(",") if e.strip())
 
 
@@ -174,16 +173,17 @@ def _reachable(endpoints: str, timeout: float = REACH_TIMEOUT_S) -> bool:
         return any(pool.map(one, addresses))
 
 
-def _from_gateway(url: str) -> str:
+def _from_gateway(url: str, credentials: Credentials) -> str:
     """Ask a gateway where the cluster is (``GET /v1/bootstrap``); then talk to the servers directly,
     so a command (or an agent) keeps working if the gateway goes away afterwards."""
     import asyncio
 
-    require_extra("gateway", "--endpoints with a gateway URL", modules=("httpx", "pydantic"))
-    from gateway.client import discover_endpoints
+    from controlplane.client._discovery import discover_endpoints
 
     try:
-        addresses = asyncio.run(discover_endpoints(url, token=os.environ.get("CP_GATEWAY_TOKEN") or None))
+        addresses = asyncio.run(discover_endpoints(url, credentials=credentials))
+    except InvalidArgument as exc:
+        fail(exc.message, code=EXIT_USAGE)
     except ControlPlaneError as exc:
         fail(f"cannot learn the servers from the gateway at {url}: {exc.message}", code=EXIT_UNAVAILABLE)
     return ",".join(addresses)

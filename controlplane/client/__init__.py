@@ -19,6 +19,7 @@ errors below (from :mod:`controlplane.errors`) for everything else.
 from controlplane.client._async import AsyncClient, AsyncWatch
 from controlplane.client._base import RetryPolicy
 from controlplane.client._credentials import Credentials, CredentialsError
+from controlplane.client._discovery import DiscoveryPolicy, discover_endpoints
 from controlplane.client._gossip import (
     BandwidthMatrix,
     GossipEvent,
@@ -147,6 +148,7 @@ __all__ = [
     "CredentialsError",
     "DeadlineExceeded",
     "DeleteResult",
+    "DiscoveryPolicy",
     "Event",
     "EventType",
     "FailedPrecondition",
@@ -229,4 +231,5 @@ __all__ = [
     "VersionRef",
     "VersionStatus",
     "Watch",
+    "discover_endpoints",
 ]

@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 
 from controlplane import errors
-from controlplane.client import _base
+from controlplane.client import _base, _discovery
 from controlplane.client._api import AsyncGossip, AsyncLeases, AsyncMembership, AsyncModels, AsyncPorts, AsyncServices
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._credentials import Credentials
@@ -67,17 +67,11 @@ class AsyncClient:
     ) -> AsyncClient:
         """A client for the servers the gateway at ``url`` names (asked once; the client then talks
         to the servers directly and follows the leader itself). ``seeds``: server addresses to ask
-        if the gateway is down. Raises ``NoLeader`` while no cluster runs."""
-        try:
-            from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
-        except ImportError as exc:  # an install with the client only (pip install controlplane)
-            raise ImportError(f"from_gateway needs {exc.name}: pip install 'controlplane[gateway]'") from exc
-
-        return cls(
-            await discover_endpoints(url, token=token, seeds=seeds, credentials=credentials),
-            timeout=timeout,
-            credentials=credentials,
-        )
+        if the gateway is down. Raises ``NoLeader`` while no cluster runs. ``token`` is not sent (a
+        gateway answers discovery without one): give the cluster's token in ``credentials``."""
+        _discovery.warn_unused_token(token)
+        endpoints = await _discovery.discover_endpoints(url, seeds=seeds, credentials=credentials)
+        return cls(endpoints, timeout=timeout, credentials=credentials)
 
     def __init__(
         self,

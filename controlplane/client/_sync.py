@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from controlplane import errors
-from controlplane.client import _base
+from controlplane.client import _base, _discovery
 from controlplane.client._api import Gossip, Leases, Membership, Models, Ports, Services
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._credentials import Credentials
@@ -71,15 +71,12 @@ class Client:
         """A client for the servers the gateway at ``url`` names (asked once; the client then talks
         to the servers directly and follows the leader itself). ``seeds``: server addresses to ask
         if the gateway is down. Raises ``NoLeader`` while no cluster runs. Not inside a running
-        event loop: use ``AsyncClient.from_gateway`` there."""
+        event loop: use ``AsyncClient.from_gateway`` there. ``token`` is not sent (a gateway answers
+        discovery without one): give the cluster's token in ``credentials``."""
         import asyncio
 
-        try:
-            from gateway.client import discover_endpoints  # the HTTP client: only for this constructor
-        except ImportError as exc:  # an install with the client only (pip install controlplane)
-            raise ImportError(f"from_gateway needs {exc.name}: pip install 'controlplane[gateway]'") from exc
-
-        endpoints = asyncio.run(discover_endpoints(url, token=token, seeds=seeds, credentials=credentials))
+        _discovery.warn_unused_token(token)
+        endpoints = asyncio.run(_discovery.discover_endpoints(url, seeds=seeds, credentials=credentials))
         return cls(endpoints, timeout=timeout, credentials=credentials)
 
     def __init__(

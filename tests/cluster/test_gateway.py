@@ -22,7 +22,15 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from controlplane.agent import Agent
-from controlplane.client import AsyncClient, Client, NodeState, NotFound
+from controlplane.client import (
+    AsyncClient,
+    Client,
+    DiscoveryPolicy,
+    NodeState,
+    NotFound,
+    Unavailable,
+    discover_endpoints,
+)
 from controlplane.dev import LocalCluster, free_port
 from gateway.app import GatewaySettings, create_app
 from gateway.client import BreakerState, GatewayClient, RetryPolicy
@@ -317,9 +325,21 @@ async def test_nodes_keep_working_when_the_gateway_is_killed(
         assert [(v.id, v.state, v.activity) for v in listed] == [("gw-kill-n1", "active", "idle")]
         await agent.start()
         assert agent.state is NodeState.ACTIVE
+        # The SDK's discovery (from_gateway, --endpoints http://...) learns every server from it.
+        everyone = sorted(cluster.client_addresses)
+        assert sorted(await discover_endpoints(gateway.url, credentials=cluster.credentials)) == everyone
 
         gateway.process.send_signal(signal.SIGKILL)
         gateway.process.wait(10)
+
+        # With the gateway gone, the SDK's discovery asks a seed instead, and learns every server
+        # from it; without seeds it says the gateway did not answer.
+        once = DiscoveryPolicy(attempts=1)
+        seed = cluster.client_addresses[-1:]
+        found = await discover_endpoints(gateway.url, seeds=seed, credentials=cluster.credentials, policy=once)
+        assert sorted(found) == everyone
+        with pytest.raises(Unavailable, match="did not answer"):
+            await discover_endpoints(gateway.url, credentials=cluster.credentials, policy=once)
 
         # The node still finds the leader: three refused connections open the breaker and the
         # servers it learned from the gateway answer instead.
