@@ -26,6 +26,15 @@ The tree::
     │                          permission the call needs
     └── Internal               a bug; please report it                  INTERNAL
 
+It is the one root: every error our packages raise to a caller derives from it, so
+``except ControlPlaneError`` catches them all. Errors raised before any call is made are
+``InvalidArgument`` and stay ``ValueError`` too, as they always were: ``CredentialsError`` (SDK
+credentials), ``TlsError`` (a key, certificate or CA file), ``ConfigError`` (a server's config) and
+``ContextError`` (a cpctl context). The gossip layer's ``gossip.artifacts.ArtifactError`` and
+``gossip.exchange.ExchangeError`` trees hang directly under the root. Two errors never leave the
+server and stay apart: ``state.machine.SnapshotError`` (the state layer imports nothing of ours
+but itself and the wire messages) and ``server.raft_codec.CodecError`` (a malformed peer frame).
+
 A consensus failure (Unavailable and its children) is kept apart from the application's answer
 (everything else), as hashicorp/raft keeps ``ErrLeadershipLost`` apart from an FSM response.
 """

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from controlplane.errors import InvalidArgument
 
-class TlsError(ValueError):
+
+class TlsError(InvalidArgument, ValueError):
     """A certificate, key or CA problem, with a message a person can act on."""
 
 

@@ -151,7 +151,7 @@ _HASH_BLOCK = 1024 * 1024
 # --- errors ---------------------------------------------------------------------------------------
 
 
-class ArtifactError(Exception):
+class ArtifactError(ControlPlaneError):
     """Something about a model artifact went wrong; the message says what to do about it."""
 
 

@@ -54,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Counter
 
+from controlplane.errors import ControlPlaneError
 from controlplane.grpc_options import GOSSIP_CHANNEL_OPTIONS, GOSSIP_SERVER_OPTIONS
 from controlplane.v1 import gossip_peer_pb2 as pb
 from controlplane.v1 import gossip_peer_pb2_grpc as pb_grpc
@@ -142,7 +143,7 @@ BoolArray = npt.NDArray[np.bool_]
 # --- errors ---------------------------------------------------------------------------------------
 
 
-class ExchangeError(Exception):
+class ExchangeError(ControlPlaneError):
     """The exchange did not complete; whoever called it keeps its own parameters.
 
     ``from_peer`` is True when the peer detected the problem and said so (an ``ExchangeRefusal``).

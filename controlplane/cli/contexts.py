@@ -32,12 +32,13 @@ import typer
 from controlplane.cli import app
 from controlplane.cli.output import EXIT_USAGE, Output, emit, fail
 from controlplane.client import Credentials, CredentialsError
+from controlplane.errors import InvalidArgument
 
 ENV_CONFIG = "CP_CONFIG"
 ENV_CONTEXT = "CP_CONTEXT"
 
 
-class ContextError(ValueError):
+class ContextError(InvalidArgument, ValueError):
     """A config file or context that cannot be used; the message names the file and what is wrong."""
 
 

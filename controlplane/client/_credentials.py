@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from controlplane import errors
 from controlplane.grpc_options import CHANNEL_OPTIONS
 
 __all__ = ["Credentials", "CredentialsError"]
@@ -31,7 +32,7 @@ ENV_TOKEN = "CP_TOKEN"
 AUTHORIZATION = "authorization"
 
 
-class CredentialsError(ValueError):
+class CredentialsError(errors.InvalidArgument, ValueError):
     """Credentials that cannot work (a certificate without its key, a missing or too-open file, a
     token over plaintext to another machine); the message says what to change."""
 

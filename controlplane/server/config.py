@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controlplane.errors import InvalidArgument
 from controlplane.state import levels, limits
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidArgument, ValueError):
     """The configuration cannot work; the message says which setting and why."""
 
 
