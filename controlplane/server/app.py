@@ -21,44 +21,13 @@ from prometheus_client import start_http_server
 from controlplane.grpc_options import SERVER_OPTIONS
 from controlplane.server import logs, metrics
 from controlplane.server.audit import AuditLog
-from controlplane.server.auth_service import AuthService
 from controlplane.server.authz import Authorizer, RateLimiter
 from controlplane.server.client_listener import add_client_port
 from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.consensus import RaftStatus
 from controlplane.server.interceptor import ErrorsAndMetrics, StreamLimiter
 from controlplane.server.node import Node
-from controlplane.server.services import (
-    ClusterService,
-    GossipService,
-    KVService,
-    LeasesService,
-    MembershipService,
-    ModelsService,
-    PortsService,
-    ServicesService,
-    WatchService,
-)
-from controlplane.v1 import (
-    auth_pb2,
-    auth_pb2_grpc,
-    cluster_pb2,
-    cluster_pb2_grpc,
-    gossip_pb2,
-    gossip_pb2_grpc,
-    kv_pb2,
-    kv_pb2_grpc,
-    leases_pb2,
-    leases_pb2_grpc,
-    membership_pb2,
-    membership_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    ports_pb2,
-    ports_pb2_grpc,
-    watch_pb2,
-    watch_pb2_grpc,
-)
+from controlplane.server.services import Serving, add_services
 
 log = structlog.get_logger("controlplane.server")
 
@@ -129,34 +98,11 @@ async def serve(config: ServerConfig) -> None:
     server = grpc.aio.server(
         interceptors=[ErrorsAndMetrics(authorizer, audit, streams, connection_streams)], options=SERVER_OPTIONS
     )
-    auth_pb2_grpc.add_AuthServicer_to_server(AuthService(node, authorizer, audit), server)
-    kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
-    watch_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)
-    cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
-    ports_pb2_grpc.add_PortsServicer_to_server(PortsService(node), server)
-    ports_pb2_grpc.add_ServicesServicer_to_server(ServicesService(node), server)
-    leases_pb2_grpc.add_LeasesServicer_to_server(LeasesService(node), server)
-    models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(node), server)
-    membership_pb2_grpc.add_MembershipServicer_to_server(MembershipService(node), server)
-    gossip_pb2_grpc.add_GossipServicer_to_server(GossipService(node), server)
+    served = add_services(server, Serving(node, authorizer, audit))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (
-            kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name,
-            watch_pb2.DESCRIPTOR.services_by_name["Watch"].full_name,
-            cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name,
-            ports_pb2.DESCRIPTOR.services_by_name["Ports"].full_name,
-            ports_pb2.DESCRIPTOR.services_by_name["Services"].full_name,
-            leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
-            models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
-            membership_pb2.DESCRIPTOR.services_by_name["Membership"].full_name,
-            gossip_pb2.DESCRIPTOR.services_by_name["Gossip"].full_name,
-            auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+        (*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
         # check_bindable ran earlier, but another process can take a port in between.

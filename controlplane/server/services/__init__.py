@@ -1,0 +1,148 @@
+"""The gRPC servicers, one module per service, registered from one list (``SERVICES``).
+
+Each servicer is thin: parse the request, call the node's handler, build the response. No decisions
+here and no error handling: handlers raise ``controlplane.errors`` exceptions and
+``interceptor.ErrorsAndMetrics`` turns them into statuses in one place. What several servicers share
+(the call's deadline, replicating a request message, refusing bad input before the log) is in
+``_shared``.
+
+A new service is a module here and one ``Registration`` below: the server adds every entry to its
+gRPC server and lists it for reflection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from controlplane.server.audit import AuditLog
+from controlplane.server.authz import Authorizer
+from controlplane.server.node import Node
+from controlplane.server.services.auth import AuthService
+from controlplane.server.services.catalog import ServicesService
+from controlplane.server.services.cluster import ClusterService
+from controlplane.server.services.gossip import GossipService
+from controlplane.server.services.kv import KVService
+from controlplane.server.services.leases import LeasesService
+from controlplane.server.services.membership import MembershipService
+from controlplane.server.services.models import ModelsService
+from controlplane.server.services.ports import PortsService
+from controlplane.server.services.watch import WatchService
+from controlplane.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    cluster_pb2,
+    cluster_pb2_grpc,
+    gossip_pb2,
+    gossip_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+    leases_pb2,
+    leases_pb2_grpc,
+    membership_pb2,
+    membership_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    ports_pb2,
+    ports_pb2_grpc,
+    watch_pb2,
+    watch_pb2_grpc,
+)
+
+__all__ = [
+    "SERVICES",
+    "AuthService",
+    "ClusterService",
+    "GossipService",
+    "KVService",
+    "LeasesService",
+    "MembershipService",
+    "ModelsService",
+    "PortsService",
+    "Registration",
+    "ServicesService",
+    "Serving",
+    "WatchService",
+    "add_services",
+]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a servicer may be built from."""
+
+    node: Node
+    authorizer: Authorizer
+    audit: AuditLog | None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One gRPC service: its schema, the generated ``add_..._to_server`` and how its servicer is built."""
+
+    descriptor: ServiceDescriptor
+    add: Callable[[Any, grpc.aio.Server], None]
+    make: Callable[[Serving], object]
+
+
+SERVICES: tuple[Registration, ...] = (
+    Registration(
+        auth_pb2.DESCRIPTOR.services_by_name["Auth"],
+        auth_pb2_grpc.add_AuthServicer_to_server,
+        lambda s: AuthService(s.node, s.authorizer, s.audit),
+    ),
+    Registration(
+        kv_pb2.DESCRIPTOR.services_by_name["KV"], kv_pb2_grpc.add_KVServicer_to_server, lambda s: KVService(s.node)
+    ),
+    Registration(
+        watch_pb2.DESCRIPTOR.services_by_name["Watch"],
+        watch_pb2_grpc.add_WatchServicer_to_server,
+        lambda s: WatchService(s.node),
+    ),
+    Registration(
+        cluster_pb2.DESCRIPTOR.services_by_name["Cluster"],
+        cluster_pb2_grpc.add_ClusterServicer_to_server,
+        lambda s: ClusterService(s.node),
+    ),
+    Registration(
+        ports_pb2.DESCRIPTOR.services_by_name["Ports"],
+        ports_pb2_grpc.add_PortsServicer_to_server,
+        lambda s: PortsService(s.node),
+    ),
+    Registration(
+        ports_pb2.DESCRIPTOR.services_by_name["Services"],
+        ports_pb2_grpc.add_ServicesServicer_to_server,
+        lambda s: ServicesService(s.node),
+    ),
+    Registration(
+        leases_pb2.DESCRIPTOR.services_by_name["Leases"],
+        leases_pb2_grpc.add_LeasesServicer_to_server,
+        lambda s: LeasesService(s.node),
+    ),
+    Registration(
+        models_pb2.DESCRIPTOR.services_by_name["Models"],
+        models_pb2_grpc.add_ModelsServicer_to_server,
+        lambda s: ModelsService(s.node),
+    ),
+    Registration(
+        membership_pb2.DESCRIPTOR.services_by_name["Membership"],
+        membership_pb2_grpc.add_MembershipServicer_to_server,
+        lambda s: MembershipService(s.node),
+    ),
+    Registration(
+        gossip_pb2.DESCRIPTOR.services_by_name["Gossip"],
+        gossip_pb2_grpc.add_GossipServicer_to_server,
+        lambda s: GossipService(s.node),
+    ),
+)
+
+
+def add_services(server: grpc.aio.Server, serving: Serving) -> tuple[str, ...]:
+    """Add every service of ``SERVICES`` to ``server``; their full names, for reflection."""
+    for registration in SERVICES:
+        registration.add(registration.make(serving), server)
+    return tuple(registration.descriptor.full_name for registration in SERVICES)

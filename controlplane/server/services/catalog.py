@@ -1,0 +1,77 @@
+"""The Services service: manifests whose declared ports are allocated atomically, their health and runs."""
+
+from __future__ import annotations
+
+import grpc
+
+from controlplane.server.node import Node
+from controlplane.server.services._shared import (
+    deadline_of,
+    refuse_if,
+    replicate,
+    to_leader,
+)
+from controlplane.state import health, limits
+from controlplane.v1 import (
+    ports_pb2,
+    ports_pb2_grpc,
+)
+
+
+class ServicesService(ports_pb2_grpc.ServicesServicer):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def Register(
+        self, request: ports_pb2.RegisterServiceRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.RegisterServiceResponse:
+        return await replicate(self._node, "service_register", request, ports_pb2.RegisterServiceResponse)
+
+    async def Deregister(
+        self, request: ports_pb2.DeregisterServiceRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.DeregisterServiceResponse:
+        return await replicate(self._node, "service_deregister", request, ports_pb2.DeregisterServiceResponse)
+
+    async def List(
+        self, request: ports_pb2.ListServicesRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ListServicesResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        ports = self._node.machine.ports
+        services, revision = self._node.read_state(
+            lambda: ports.list_services(request.host, request.name, request.healthy)
+        )
+        return ports_pb2.ListServicesResponse(header=self._node.header(revision), services=services)
+
+    async def ReportHealth(
+        self, request: ports_pb2.ReportHealthRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReportHealthResponse:
+        refuse_if(limits.check_host(request.host) or limits.check_name(request.name, "service name"))
+        if request.status not in health.STATUSES:
+            refuse_if(f"health status {request.status} is not passing, warning or critical")
+        # Cut before the log: the state machine would cut it anyway, after carrying it.
+        request.output = health.truncate(request.output)
+        # A passing ttl report of a passing ttl check renews its lease from the leader's memory.
+        forwarded = await to_leader(
+            self._node, context, lambda ch: ports_pb2_grpc.ServicesStub(ch).ReportHealth, request
+        )
+        if forwarded is not None:
+            return forwarded
+        answered = self._node.ttl_pass_from_memory(request)
+        if answered is not None:
+            return ports_pb2.ReportHealthResponse(header=self._node.header(), health=answered)
+        return await replicate(self._node, "service_health", request, ports_pb2.ReportHealthResponse)
+
+    async def Start(
+        self, request: ports_pb2.StartServiceRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.StartServiceResponse:
+        return await replicate(self._node, "service_start", request, ports_pb2.StartServiceResponse)
+
+    async def Stop(
+        self, request: ports_pb2.StopServiceRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.StopServiceResponse:
+        return await replicate(self._node, "service_stop", request, ports_pb2.StopServiceResponse)
+
+    async def ReportRun(
+        self, request: ports_pb2.ReportRunRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReportRunResponse:
+        return await replicate(self._node, "service_run_report", request, ports_pb2.ReportRunResponse)

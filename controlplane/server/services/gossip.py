@@ -1,0 +1,102 @@
+"""The Gossip service: groups, rounds, their reports and the bandwidth matrix."""
+
+from __future__ import annotations
+
+import grpc
+
+from controlplane.errors import InvalidArgument
+from controlplane.server.node import Node
+from controlplane.server.services._shared import (
+    deadline_of,
+    refuse_early,
+    replicate,
+)
+from controlplane.state import limits
+from controlplane.state.gossip import check_configure, check_metrics
+from controlplane.v1 import (
+    gossip_pb2,
+    gossip_pb2_grpc,
+)
+
+
+class GossipService(gossip_pb2_grpc.GossipServicer):
+    """Bandwidth reports and round bookkeeping through the log; reads honour ReadOptions."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def ReportBandwidth(
+        self, request: gossip_pb2.ReportBandwidthRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ReportBandwidthResponse:
+        return await replicate(self._node, "gossip_report_bandwidth", request, gossip_pb2.ReportBandwidthResponse)
+
+    async def StartRound(
+        self, request: gossip_pb2.StartRoundRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.StartRoundResponse:
+        return await replicate(self._node, "gossip_start_round", request, gossip_pb2.StartRoundResponse)
+
+    async def ReportRound(
+        self, request: gossip_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ReportRoundResponse:
+        refuse_early(lambda: check_metrics(request.metrics))
+        return await replicate(self._node, "gossip_report_round", request, gossip_pb2.ReportRoundResponse)
+
+    async def EndRound(
+        self, request: gossip_pb2.EndRoundRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.EndRoundResponse:
+        return await replicate(self._node, "gossip_end_round", request, gossip_pb2.EndRoundResponse)
+
+    async def GetBandwidth(
+        self, request: gossip_pb2.GetBandwidthRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.GetBandwidthResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        table = self._node.machine.gossip
+        matrix, revision = self._node.read_state(lambda: table.matrix(request.node_id))
+        return gossip_pb2.GetBandwidthResponse(header=self._node.header(revision), matrix=matrix)
+
+    async def GetRound(
+        self, request: gossip_pb2.GetRoundRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.GetRoundResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        table = self._node.machine.gossip
+        found, revision = self._node.read_state(lambda: table.round(request.group, request.number))
+        return gossip_pb2.GetRoundResponse(header=self._node.header(revision), round=found)
+
+    async def ListRounds(
+        self, request: gossip_pb2.ListRoundsRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ListRoundsResponse:
+        if request.limit > limits.MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit {request.limit} is above the maximum {limits.MAX_LIST_LIMIT}")
+        await self._node.prepare_read(request.read, deadline_of(context))
+        table = self._node.machine.gossip
+        rounds, revision = self._node.read_state(
+            lambda: table.list_rounds(request.group, request.after, request.limit or 100)
+        )
+        return gossip_pb2.ListRoundsResponse(header=self._node.header(revision), rounds=rounds)
+
+    async def ConfigureGroup(
+        self, request: gossip_pb2.ConfigureGroupRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ConfigureGroupResponse:
+        refuse_early(lambda: check_configure(request))
+        return await replicate(self._node, "gossip_configure_group", request, gossip_pb2.ConfigureGroupResponse)
+
+    async def DeleteGroup(
+        self, request: gossip_pb2.DeleteGroupRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.DeleteGroupResponse:
+        return await replicate(self._node, "gossip_delete_group", request, gossip_pb2.DeleteGroupResponse)
+
+    async def GetGroup(
+        self, request: gossip_pb2.GetGroupRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.GetGroupResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        table = self._node.machine.gossip
+        found, revision = self._node.read_state(lambda: table.group(request.group))
+        return gossip_pb2.GetGroupResponse(header=self._node.header(revision), group=found)
+
+    async def ListGroups(
+        self, request: gossip_pb2.ListGroupsRequest, context: grpc.aio.ServicerContext
+    ) -> gossip_pb2.ListGroupsResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        table = self._node.machine.gossip
+        groups, revision = self._node.read_state(table.list_groups)
+        return gossip_pb2.ListGroupsResponse(header=self._node.header(revision), groups=groups)

@@ -1,0 +1,176 @@
+"""The Ports service: allocations, assignments, ranges, reservations, conflicts and repair."""
+
+from __future__ import annotations
+
+import grpc
+
+from controlplane.errors import InvalidArgument
+from controlplane.server.node import Node
+from controlplane.server.services._shared import (
+    deadline_of,
+    replicate,
+)
+from controlplane.state import limits
+from controlplane.v1 import (
+    common_pb2,
+    ports_pb2,
+    ports_pb2_grpc,
+)
+
+
+class PortsService(ports_pb2_grpc.PortsServicer):
+    """Writes go through the log (the state machine validates them); reads honour ReadOptions."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def Allocate(
+        self, request: ports_pb2.AllocateRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.AllocateResponse:
+        return await replicate(self._node, "ports_allocate", request, ports_pb2.AllocateResponse)
+
+    async def Assign(
+        self, request: ports_pb2.AssignRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.AssignResponse:
+        return await replicate(self._node, "ports_assign", request, ports_pb2.AssignResponse)
+
+    async def Release(
+        self, request: ports_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReleaseResponse:
+        return await replicate(self._node, "ports_release", request, ports_pb2.ReleaseResponse)
+
+    async def Reassign(
+        self, request: ports_pb2.ReassignRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReassignResponse:
+        return await replicate(self._node, "ports_reassign", request, ports_pb2.ReassignResponse)
+
+    async def Reserve(
+        self, request: ports_pb2.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReserveResponse:
+        return await replicate(self._node, "ports_reserve", request, ports_pb2.ReserveResponse)
+
+    async def Unreserve(
+        self, request: ports_pb2.UnreserveRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.UnreserveResponse:
+        return await replicate(self._node, "ports_unreserve", request, ports_pb2.UnreserveResponse)
+
+    async def SetRange(
+        self, request: ports_pb2.SetRangeRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.SetRangeResponse:
+        return await replicate(self._node, "ports_set_range", request, ports_pb2.SetRangeResponse)
+
+    async def DeleteRange(
+        self, request: ports_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.DeleteRangeResponse:
+        return await replicate(self._node, "ports_delete_range", request, ports_pb2.DeleteRangeResponse)
+
+    async def ReportObserved(
+        self, request: ports_pb2.ReportObservedRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ReportObservedResponse:
+        return await replicate(self._node, "ports_observe", request, ports_pb2.ReportObservedResponse)
+
+    async def Repair(
+        self, request: ports_pb2.RepairRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.RepairResponse:
+        return await replicate(self._node, "ports_repair", request, ports_pb2.RepairResponse)
+
+    async def Import(
+        self, request: ports_pb2.ImportPortsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ImportPortsResponse:
+        if request.ByteSize() > limits.MAX_RESTORE_BYTES:
+            raise InvalidArgument(f"a port map import is one log entry, limited to {limits.MAX_RESTORE_BYTES} bytes")
+        # Validate here first: a bad document is refused without a trip through the log.
+        self._node.read_state(lambda: self._node.machine.ports.validate_map(request.map))
+        return await replicate(self._node, "ports_import", request, ports_pb2.ImportPortsResponse)
+
+    async def ResolveConflicts(
+        self, request: ports_pb2.ResolveConflictsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ResolveConflictsResponse:
+        if not request.dry_run:
+            return await replicate(self._node, "ports_resolve", request, ports_pb2.ResolveConflictsResponse)
+        await self._node.prepare_read(common_pb2.ReadOptions(), deadline_of(context))
+        ports = self._node.machine.ports
+
+        def plan() -> tuple[list[ports_pb2.PortMove], list[ports_pb2.Conflict]]:
+            if request.host:
+                ports.known_host(request.host)
+            return ports.plan_resolution(request.host)
+
+        (moves, unresolved), revision = self._node.read_state(plan)
+        return ports_pb2.ResolveConflictsResponse(
+            header=self._node.header(revision), moves=moves, unresolved=unresolved
+        )
+
+    async def ListRanges(
+        self, request: ports_pb2.ListRangesRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ListRangesResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        ports = self._node.machine.ports
+        ranges, revision = self._node.read_state(lambda: sorted(ports.ranges.values(), key=lambda r: r.start))
+        return ports_pb2.ListRangesResponse(header=self._node.header(revision), ranges=ranges)
+
+    async def List(
+        self, request: ports_pb2.ListPortsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ListPortsResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        ports = self._node.machine.ports
+
+        def read() -> tuple[list[ports_pb2.PortAssignment], list[ports_pb2.Reservation]]:
+            if request.range:
+                ports.range_named(request.range)
+            return (
+                ports.list_assignments(request.host, request.service, request.range),
+                ports.list_reservations(request.host) if not request.service else [],
+            )
+
+        (assignments, reservations), revision = self._node.read_state(read)
+        return ports_pb2.ListPortsResponse(
+            header=self._node.header(revision), assignments=assignments, reservations=reservations
+        )
+
+    async def History(
+        self, request: ports_pb2.PortHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.PortHistoryResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        ports = self._node.machine.ports
+        (entries, total), revision = self._node.read_state(
+            lambda: ports.service_history(request.service, request.after_revision)
+        )
+        return ports_pb2.PortHistoryResponse(header=self._node.header(revision), entries=entries, total=total)
+
+    async def Conflicts(
+        self, request: ports_pb2.ConflictsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ConflictsResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        ports = self._node.machine.ports
+
+        def read() -> list[ports_pb2.Conflict]:
+            if request.host:
+                ports.known_host(request.host)
+            return ports.conflicts(request.host)
+
+        conflicts, revision = self._node.read_state(read)
+        return ports_pb2.ConflictsResponse(header=self._node.header(revision), conflicts=conflicts)
+
+    async def Stats(
+        self, request: ports_pb2.PortStatsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.PortStatsResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        ports = self._node.machine.ports
+
+        def read() -> ports_pb2.PortStatsResponse:
+            if request.host:
+                ports.known_host(request.host)
+            return ports.stats(request.host)
+
+        response, revision = self._node.read_state(read)
+        response.header.CopyFrom(self._node.header(revision))
+        return response
+
+    async def Export(
+        self, request: ports_pb2.ExportPortsRequest, context: grpc.aio.ServicerContext
+    ) -> ports_pb2.ExportPortsResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        machine = self._node.machine
+        port_map, revision = self._node.read_state(lambda: machine.ports.export_map(machine.revision))
+        return ports_pb2.ExportPortsResponse(header=self._node.header(revision), map=port_map)
