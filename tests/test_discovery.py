@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import json
 import random
+import socket
+import ssl
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
-from controlplane import errors
-from controlplane.client import Client, DiscoveryPolicy, discover_endpoints
+from controlplane import errors, tls
+from controlplane.client import Client, Credentials, CredentialsError, DiscoveryPolicy, discover_endpoints
+from controlplane.client._discovery import _retry_after
 from controlplane.dev import free_port
 
 #: No waiting between tries: the tests check what is retried, not how long the backoff is.
@@ -47,9 +55,8 @@ def answer(status: int, body: object, **headers: str) -> tuple[int, bytes, dict[
     return status, raw, headers
 
 
-@pytest.fixture
-def gateway() -> Iterator[tuple[str, Scripted]]:
-    script = Scripted([answer(200, JOIN)])
+def serve(script: Scripted, context: ssl.SSLContext | None = None) -> Iterator[str]:
+    """A real HTTP(S) server on loopback answering as ``script`` says; yields its URL."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -57,9 +64,12 @@ def gateway() -> Iterator[tuple[str, Scripted]]:
             script.headers.append(dict(self.headers))
             status, body, headers = script.next()
             self.send_response(status)
-            for name, value in {"Content-Type": "application/json", **headers}.items():
+            for name, value in {
+                "Content-Type": "application/json",
+                "Content-Length": str(len(body)),
+                **headers,
+            }.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
@@ -67,13 +77,22 @@ def gateway() -> Iterator[tuple[str, Scripted]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", script
+        yield f"{'https' if context else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def gateway() -> Iterator[tuple[str, Scripted]]:
+    script = Scripted([answer(200, JOIN)])
+    for url in serve(script):
+        yield url, script
 
 
 async def test_a_join_answer_gives_every_members_client_address(gateway: tuple[str, Scripted]) -> None:
@@ -132,10 +151,10 @@ async def test_no_cluster_yet_is_no_leader(gateway: tuple[str, Scripted], action
         await discover_endpoints(url, policy=QUICK)
 
 
-async def test_a_member_without_an_address_is_a_broken_gateway(gateway: tuple[str, Scripted]) -> None:
+async def test_a_join_that_names_no_address_is_a_broken_gateway(gateway: tuple[str, Scripted]) -> None:
     url, script = gateway
     script.answers = [answer(200, {"action": "join", "members": [{"id": "n1"}]})]
-    with pytest.raises(errors.Internal, match="without a client_address"):
+    with pytest.raises(errors.Internal, match="no member's client_address"):
         await discover_endpoints(url, policy=QUICK)
 
 
@@ -152,7 +171,19 @@ async def test_a_gateway_gone_and_seeds_that_do_not_answer_either() -> None:
         await discover_endpoints(url, seeds=seeds, policy=DiscoveryPolicy(attempts=1, timeout=2.0))
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://gateway", "http://", ""])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:8080",
+        "ftp://gateway",
+        "http://",
+        "",
+        "http://gw:80a",
+        "http://[::1",
+        "http://u:p@gw",
+        "http://gw/?q=1",
+    ],
+)
 async def test_a_url_that_is_not_http_is_invalid(url: str) -> None:
     with pytest.raises(errors.InvalidArgument, match="a gateway URL is http"):
         await discover_endpoints(url)
@@ -173,3 +204,99 @@ def test_backoff_is_full_jitter_and_capped() -> None:
     assert max(delays[:50]) <= 0.1 and max(delays[-50:]) > 1.0
     with pytest.raises(ValueError, match="attempts"):
         DiscoveryPolicy(attempts=0)
+
+
+async def test_an_answer_cut_short_is_retried(gateway: tuple[str, Scripted]) -> None:
+    url, script = gateway
+    script.answers = [answer(200, JOIN, **{"Content-Length": "100000"}), answer(200, JOIN)]
+    assert len(await discover_endpoints(url, policy=QUICK)) == 2
+    assert len(script.paths) == 2
+
+
+async def test_a_redirect_is_not_followed_and_says_where_it_points(gateway: tuple[str, Scripted]) -> None:
+    url, script = gateway
+    script.answers = [answer(301, b"", Location="https://elsewhere.example/v1/bootstrap")]
+    with pytest.raises(errors.InvalidArgument, match=r"a redirect to https://elsewhere\.example"):
+        await discover_endpoints(url, policy=QUICK)
+    assert len(script.paths) == 1
+
+
+async def test_something_that_is_not_a_gateway(gateway: tuple[str, Scripted]) -> None:
+    url, script = gateway
+    script.answers = [answer(200, b"<html>a web server</html>")]
+    with pytest.raises(errors.Internal, match="did not answer as a gateway does"):
+        await discover_endpoints(url, policy=QUICK)
+
+
+async def test_a_member_the_directory_does_not_list_yet_is_skipped(gateway: tuple[str, Scripted]) -> None:
+    url, script = gateway
+    members = [*JOIN["members"], {"id": "n3", "client_address": "", "raft_address": "10.0.0.3:7201"}]  # type: ignore[misc]
+    script.answers = [answer(200, {**JOIN, "members": members})]
+    assert await discover_endpoints(url, policy=QUICK) == ["10.0.0.1:7101", "10.0.0.2:7101"]
+
+
+async def test_a_port_that_does_not_speak_http_did_not_answer() -> None:
+    """A gRPC port given by mistake answers bytes that are not HTTP: a failure, retried, then named."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def garbage() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.sendall(b"\x00\x00\x12\x04not http at all\r\n\r\n")
+
+    thread = threading.Thread(target=garbage, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(errors.Unavailable, match=r"did not answer .*BadStatusLine"):
+            await discover_endpoints(url, policy=QUICK)
+    finally:
+        stop.set()
+        listener.close()
+
+
+async def test_an_https_gateway_is_verified_against_the_given_ca(tmp_path: Path) -> None:
+    tls.ensure_dev_pki(tmp_path, ["gw"], ["admin"])
+    files = tls.TlsFiles.from_directory(tmp_path, tls.Identity("server", "gw"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.cert, files.key)
+    script = Scripted([answer(200, JOIN)])
+    for url in serve(script, context):
+        trusted = Credentials(ca=files.ca)
+        assert len(await discover_endpoints(url, credentials=trusted, policy=QUICK)) == 2
+        # Without the CA the certificate does not verify: the gateway did not answer.
+        with pytest.raises(errors.Unavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            await discover_endpoints(url, policy=QUICK)
+    not_pem = tmp_path / "not-a-ca.pem"
+    not_pem.write_text("not a certificate")
+    with pytest.raises(CredentialsError, match="cannot use the CA"):
+        await discover_endpoints("https://127.0.0.1:1", credentials=Credentials(ca=not_pem), policy=QUICK)
+
+
+def test_retry_after_in_seconds_or_as_an_http_date() -> None:
+    assert _retry_after("3") == 3.0
+    assert 50 < _retry_after(formatdate(time.time() + 60, usegmt=True)) <= 60
+    assert _retry_after(formatdate(time.time() - 60, usegmt=True)) == 0.0
+    assert _retry_after("soon") == _retry_after(None) == _retry_after("") == 0.0
+
+
+def test_cpctl_says_which_part_is_wrong(gateway: tuple[str, Scripted]) -> None:
+    """A URL that is not one is a usage error (2); anything the gateway answers, or not, is 3."""
+
+    def cpctl(endpoints: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "controlplane", "kv", "get", "k", "--endpoints", endpoints]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    bad_url = cpctl("http://gw:80a")
+    assert bad_url.returncode == 2 and "a gateway URL is http" in bad_url.stderr
+    url, script = gateway
+    script.answers = [answer(400, b"<html>plain HTTP sent to an HTTPS port</html>")]
+    refused = cpctl(url)
+    assert refused.returncode == 3, refused.stderr
+    assert f"cannot learn the servers from the gateway at {url}: the gateway answered HTTP 400" in refused.stderr
+    assert "Traceback" not in bad_url.stderr + refused.stderr

@@ -178,13 +178,17 @@ def _from_gateway(url: str, credentials: Credentials) -> str:
     so a command (or an agent) keeps working if the gateway goes away afterwards."""
     import asyncio
 
-    from controlplane.client._discovery import discover_endpoints
+    from controlplane.client._discovery import check_gateway_url, discover_endpoints
 
     try:
-        addresses = asyncio.run(discover_endpoints(url, credentials=credentials))
+        check_gateway_url(url)
     except InvalidArgument as exc:
         fail(exc.message, code=EXIT_USAGE)
-    except ControlPlaneError as exc:
+    try:
+        addresses = asyncio.run(discover_endpoints(url, credentials=credentials))
+    except CredentialsError as exc:
+        fail(exc.message, code=EXIT_USAGE)
+    except ControlPlaneError as exc:  # the gateway's answer (a 400 from a proxy, say) included
         fail(f"cannot learn the servers from the gateway at {url}: {exc.message}", code=EXIT_UNAVAILABLE)
     return ",".join(addresses)
 

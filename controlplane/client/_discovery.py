@@ -14,32 +14,33 @@ answer:
 An answer other than ``join`` (``form`` or ``wait``: no cluster has formed yet) raises ``NoLeader``.
 
 The gateway depends on the SDK, never the reverse. This module uses only the standard library's HTTP
-client (run in a worker thread, one short GET), so ``pip install controlplane`` discovers a cluster
-without the gateway's extra. An ``https`` gateway is verified against the system's CAs and
-``credentials.ca`` when it is set; with ``credentials.cert``/``key`` the client presents its
-certificate too. No token is sent: a gateway answers discovery without one.
+client (``http.client`` in a worker thread, one short GET), so ``pip install controlplane``
+discovers a cluster without the gateway's extra. An ``https`` gateway is verified against the
+system's CAs and ``credentials.ca`` when it is set; with ``credentials.cert``/``key`` the client
+presents its certificate too. No token is sent: a gateway answers discovery without one. Redirects
+are not followed (a 3xx is an error naming where it points), and no HTTP proxy is used: a gateway is
+on the cluster's own network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import random
 import ssl
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from controlplane import __version__, errors
-from controlplane.client._credentials import Credentials
+from controlplane.client._credentials import Credentials, CredentialsError
 
-__all__ = ["BOOTSTRAP_PATH", "DiscoveryPolicy", "discover_endpoints", "warn_unused_token"]
+__all__ = ["BOOTSTRAP_PATH", "DiscoveryPolicy", "check_gateway_url", "discover_endpoints", "warn_unused_token"]
 
 BOOTSTRAP_PATH = "/v1/bootstrap"
 #: The most of a bootstrap answer read: a thousand members' addresses fit many times over.
@@ -52,7 +53,10 @@ class DiscoveryPolicy:
 
     #: Tries against the gateway (1 = no retry).
     attempts: int = 3
-    #: Seconds per try (connect and answer), and per seed.
+    #: Seconds to connect to the gateway, per try: a host that drops packets is given up quickly.
+    connect_timeout: float = 1.0
+    #: Seconds the gateway may stay silent once connected (per read, as sockets time out), and the
+    #: deadline for asking the seeds (all of them together).
     timeout: float = 5.0
     #: Upper bound of the first delay; it doubles per retry up to ``max_backoff``.
     initial_backoff: float = 0.1
@@ -61,8 +65,8 @@ class DiscoveryPolicy:
     max_retry_after: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.attempts < 1 or self.timeout <= 0:
-            raise ValueError("attempts must be >= 1 and timeout > 0")
+        if self.attempts < 1 or self.timeout <= 0 or self.connect_timeout <= 0:
+            raise ValueError("attempts must be >= 1, timeout and connect_timeout > 0")
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """Delay before retry ``retry`` (0-based): full jitter, so a thousand nodes whose gateway
@@ -90,15 +94,18 @@ async def discover_endpoints(
     not ``http(s)://HOST[:PORT]``, and ``Unavailable`` (naming each failure) when nobody answered."""
     policy = policy or DiscoveryPolicy()
     rng = rng or random.Random()
-    base = _base_url(url)
-    context = _tls_context(credentials) if base.startswith("https://") else None
+    target = check_gateway_url(url)
+    # Off the loop: loading the system's CAs takes tens of milliseconds.
+    context = await asyncio.to_thread(_tls_context, credentials) if target.scheme == "https" else None
     gateway_answer: errors.ControlPlaneError | None = None
     gateway_failure = ""
     for attempt in range(policy.attempts):
         retry_after = 0.0
         try:
-            answer = await asyncio.to_thread(_get, base + BOOTSTRAP_PATH, context, policy.timeout)
-        except (OSError, ValueError) as exc:  # refused, reset, timed out, a TLS failure, a bad port
+            answer = await asyncio.to_thread(_get, target, context, policy)
+        except (OSError, http.client.HTTPException) as exc:
+            # Refused, reset, timed out, a TLS failure, or not HTTP at all (a gRPC port, say), or
+            # an answer cut short: the gateway did not answer.
             gateway_failure = _describe(exc)
         else:
             if 200 <= answer.status < 300:
@@ -137,40 +144,68 @@ def warn_unused_token(token: str | None) -> None:
         )
 
 
-def _base_url(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise errors.InvalidArgument(f"a gateway URL is http://HOST[:PORT] or https://HOST[:PORT], not {url!r}")
-    return url.strip().rstrip("/")
+def check_gateway_url(url: str) -> SplitResult:
+    """``url`` parsed, or ``InvalidArgument`` unless it is ``http(s)://HOST[:PORT][/PREFIX]``."""
+    problem = f"a gateway URL is http://HOST[:PORT] or https://HOST[:PORT], not {url!r}"
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        raise errors.InvalidArgument(problem) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query or parts.fragment:
+        raise errors.InvalidArgument(problem)
+    return parts
 
 
 def _tls_context(credentials: Credentials | None) -> ssl.SSLContext:
     context = ssl.create_default_context()
-    if credentials and credentials.ca:
-        context.load_verify_locations(cafile=str(credentials.ca))  # besides the system's CAs
-    if credentials and credentials.cert and credentials.key:
-        context.load_cert_chain(str(credentials.cert), str(credentials.key))
+    try:
+        if credentials and credentials.ca:
+            context.load_verify_locations(cafile=str(credentials.ca))  # besides the system's CAs
+        if credentials and credentials.cert and credentials.key:
+            context.load_cert_chain(str(credentials.cert), str(credentials.key))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: not PEM, a key that does not match
+        raise CredentialsError(f"cannot use the CA or client certificate to reach the gateway: {exc}") from None
     return context
 
 
-def _get(url: str, context: ssl.SSLContext | None, timeout: float) -> _Answer:
-    """One GET (blocking: run in a thread). HTTP errors are answers; anything else raises OSError."""
-    request = urllib.request.Request(
-        url, headers={"Accept": "application/json", "User-Agent": f"controlplane-sdk/{__version__}"}
-    )
+def _get(target: SplitResult, context: ssl.SSLContext | None, policy: DiscoveryPolicy) -> _Answer:
+    """One GET of the bootstrap path (blocking: run in a thread). Any answer is returned; a failure
+    to get one raises ``OSError`` or ``http.client.HTTPException``."""
+    # The port always given: http.client would read "::1" without one as host "::", port 1.
+    host, port = target.hostname or "", target.port or (443 if context is not None else 80)
+    connection: http.client.HTTPConnection
+    if context is not None:
+        connection = http.client.HTTPSConnection(host, port, timeout=policy.connect_timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=policy.connect_timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            return _Answer(response.status, _json(response.read(MAX_ANSWER_BYTES)), 0.0)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            body = _json(exc.read(MAX_ANSWER_BYTES))
-        return _Answer(exc.code, body, _retry_after(exc.headers.get("Retry-After")))
+        connection.connect()
+        assert connection.sock is not None
+        connection.sock.settimeout(policy.timeout)
+        path = target.path.rstrip("/") + BOOTSTRAP_PATH
+        headers = {"Accept": "application/json", "User-Agent": f"controlplane-sdk/{__version__}"}
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        raw = response.read(MAX_ANSWER_BYTES + 1)
+        length = response.getheader("Content-Length")
+        if length is not None and length.isdigit() and len(raw) < int(length):
+            raise http.client.IncompleteRead(raw, int(length) - len(raw))  # the gateway died mid-answer
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise http.client.HTTPException(f"an answer over {MAX_ANSWER_BYTES} bytes")
+        body = _json(raw)
+        if 300 <= response.status < 400:
+            where = response.getheader("Location") or "nowhere"
+            body = {"message": f"the gateway answered HTTP {response.status}, a redirect to {where}: give that URL"}
+        return _Answer(response.status, body, _retry_after(response.getheader("Retry-After")))
+    finally:
+        connection.close()
 
 
 def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None  # a proxy's HTML page, say: classified by its status
 
 
@@ -190,14 +225,17 @@ def _retry_after(value: str | None) -> float:
 
 def _members(body: Any, url: str) -> list[str]:
     """The client addresses of a bootstrap answer, or ``NoLeader`` for any action but ``join``."""
-    action = body.get("action") if isinstance(body, dict) else None
-    members = body.get("members") if isinstance(body, dict) else None
-    if action != "join" or not isinstance(members, list) or not members:
+    if not isinstance(body, dict) or not isinstance(body.get("action"), str):
+        raise errors.Internal(f"{url} did not answer as a gateway does (no JSON object with an action): wrong URL?")
+    action, members = body["action"], body.get("members")
+    if action != "join":
         raise errors.NoLeader(f"the gateway at {url} knows no running cluster yet (it answers {action!r})")
-    addresses = [m.get("client_address") for m in members if isinstance(m, dict)]
-    if not all(isinstance(a, str) and a for a in addresses) or not addresses:
-        raise errors.Internal(f"the gateway at {url} answered a member without a client_address: {body!r:.300}")
-    return addresses  # type: ignore[return-value]
+    addresses = [m.get("client_address") for m in members if isinstance(m, dict)] if isinstance(members, list) else []
+    # A voter the leader's member directory does not list yet has no client address: skip it.
+    usable = [address for address in addresses if isinstance(address, str) and address]
+    if not usable:
+        raise errors.Internal(f"the gateway at {url} answered join with no member's client_address: {body!r:.300}")
+    return usable
 
 
 async def _from_seeds(seeds: Sequence[str], credentials: Credentials | None, timeout: float) -> list[str]:
@@ -218,6 +256,4 @@ async def _from_seeds(seeds: Sequence[str], credentials: Credentials | None, tim
 
 
 def _describe(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)  # URLError wraps the socket's error
-    cause = reason if isinstance(reason, BaseException) else exc
-    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
