@@ -94,10 +94,10 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 
-## sdk: regenerate the SDK's sync and async port/service/lease methods from scripts/gen_sdk_api.py
+## sdk: regenerate the blocking SDK's domain methods (_api_sync.py) from the asyncio ones (_api_async.py)
 sdk: $(STAMP)
-	$(BIN)/python scripts/gen_sdk_api.py
-	$(BIN)/ruff format --quiet controlplane/client/_api.py
+	$(BIN)/python scripts/unasync.py
+	$(BIN)/ruff format --quiet controlplane/client/_api_sync.py
 
 ## check-proto: fail when the generated code (protobuf, SDK methods) differs from its source
 check-proto: $(STAMP)

@@ -17,12 +17,12 @@ done
 for committed in controlplane/v1/*_pb2*.py*; do
   [ -e "$scratch/controlplane/v1/$(basename "$committed")" ] || { echo "$committed has no .proto any more" >&2; status=1; }
 done
-# The SDK's sync and async port/service/lease methods are generated as well (make sdk).
-"$python" scripts/gen_sdk_api.py "$scratch/_api.py"
-"$(dirname "$python")/ruff" format --stdin-filename controlplane/client/_api.py - \
-  <"$scratch/_api.py" >"$scratch/_api.formatted.py"
-if ! cmp -s "$scratch/_api.formatted.py" controlplane/client/_api.py; then
-  echo "controlplane/client/_api.py is stale: it differs from scripts/gen_sdk_api.py (run 'make sdk')" >&2
+# The blocking SDK's domain methods are generated from the asyncio ones (make sdk).
+"$python" scripts/unasync.py "$scratch/_api_sync.py"
+"$(dirname "$python")/ruff" format --stdin-filename controlplane/client/_api_sync.py - \
+  <"$scratch/_api_sync.py" >"$scratch/_api_sync.formatted.py"
+if ! cmp -s "$scratch/_api_sync.formatted.py" controlplane/client/_api_sync.py; then
+  echo "controlplane/client/_api_sync.py is stale: it differs from what scripts/unasync.py makes of _api_async.py (run 'make sdk')" >&2
   status=1
 fi
 exit $status

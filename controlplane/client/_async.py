@@ -15,7 +15,14 @@ import grpc.aio
 
 from controlplane import errors
 from controlplane.client import _base, _discovery
-from controlplane.client._api import AsyncGossip, AsyncLeases, AsyncMembership, AsyncModels, AsyncPorts, AsyncServices
+from controlplane.client._api_async import (
+    AsyncGossip,
+    AsyncLeases,
+    AsyncMembership,
+    AsyncModels,
+    AsyncPorts,
+    AsyncServices,
+)
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._credentials import Credentials
 from controlplane.client._models import (

@@ -2,7 +2,7 @@
 group configurations.
 
 Like the other result modules, no protobuf type reaches a caller. ``client.gossip``'s methods (sync
-and async) are generated from ``scripts/gen_sdk_api.py``'s table over the requests and converters here.
+and async) are in ``_api_async.py`` (the sync twin is generated from it) over the requests and converters here.
 """
 
 from __future__ import annotations
