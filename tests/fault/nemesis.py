@@ -27,9 +27,11 @@ Nemeses:
 * ``member-replace``: a server (leader or not) is removed through the SDK and must stop itself; a
   new server with a new id joins on its machine with an empty data directory, is admitted and
   promoted to voter. Ids change: ``n1`` may be replaced by ``n4``.
-* ``member-replace-kill`` / ``member-replace-partition``: the same, with ``kill -9`` of another
-  server, or that server cut off from the others, while the removal is in flight; it recovers
-  after the hold, and the replacement joins once the removal has committed.
+* ``member-replace-kill`` / ``member-replace-partition`` / ``member-replace-pause``: the same,
+  with ``kill -9`` of another server, that server cut off from the others, or frozen (SIGSTOP),
+  while the removal is in flight; it recovers after the hold, and the replacement joins once the
+  removal has committed.
+* ``member-join-kill``: the same, with the ``kill -9`` while the replacement is being admitted.
 """
 
 from __future__ import annotations
@@ -527,6 +529,11 @@ class MemberReplace(Nemesis):
         fault.detail["replaced_by"] = node.id
         started = time.monotonic()
         wait_for(lambda: node.status(timeout=2.0), HEAL_TIMEOUT_S, f"the joining {node.id} to answer")
+        self._admit(fault, node)
+        wait_for(lambda: self._voter(node.id), HEAL_TIMEOUT_S, f"{node.id} to be promoted to voter")
+        fault.detail["join_to_voter_s"] = round(time.monotonic() - started, 2)
+
+    def _admit(self, fault: Fault, node: NodeProcess) -> None:
         with self.control.admin() as admin:
             wait_for(
                 lambda: admin.add_member(node.id, node.raft_address, node.client_address, timeout=MEMBERSHIP_CALL_S),
@@ -534,8 +541,6 @@ class MemberReplace(Nemesis):
                 f"{node.id} to be admitted",
                 retry=RETRIED_MEMBERSHIP_ERRORS,
             )
-        wait_for(lambda: self._voter(node.id), HEAL_TIMEOUT_S, f"{node.id} to be promoted to voter")
-        fault.detail["join_to_voter_s"] = round(time.monotonic() - started, 2)
 
     def _voter(self, node_id: str) -> bool:
         """The leader lists ``node_id`` as a voter and the server itself serves as one."""
@@ -547,14 +552,19 @@ class MemberReplace(Nemesis):
 
 
 class MemberReplaceDuringFault(MemberReplace):
-    """``member-replace`` with another fault in the middle: within 200 ms of the removal call,
-    another server (the leader as often as not) is struck, and it recovers after the fault's hold.
+    """``member-replace`` with another fault in the middle: within 200 ms of the removal call (or,
+    with ``during = "addition"``, of the call that admits the replacement), another server (the
+    leader as often as not) is struck, and it recovers after the fault's hold.
 
-    The removal is retried until it has committed. It may need the struck server: once a removal
+    A removal is retried until it has committed. It may need the struck server: once a removal
     entry is in a follower's log, that follower counts votes in the new two-server configuration,
     so when the leader that appended it is gone, nobody can win an election until the struck
-    server is back (single-server membership changes in Raft, not a defect). The replacement joins
-    after the recovery."""
+    server is back (single-server membership changes in Raft, not a defect). After a strike during
+    the removal, the replacement joins once the struck server has recovered. An addition struck
+    this way is retried the same way, and the replacement must still become a voter."""
+
+    #: Which call the strike lands in: "removal" or "addition".
+    during = "removal"
 
     def strike(self, victim: str) -> None:
         raise NotImplementedError
@@ -564,27 +574,44 @@ class MemberReplaceDuringFault(MemberReplace):
 
     def inject(self, fault: Fault, rng: random.Random) -> None:
         victim = rng.choice(sorted(node_id for node_id in self.control.cluster.nodes if node_id != fault.target))
-        delay, fault.duration = rng.uniform(0.0, 0.2), rng.uniform(*self.hold_range)
+        self._strike_plan = (victim, rng.uniform(0.0, 0.2))
+        fault.duration = rng.uniform(*self.hold_range)
         fault.detail["struck"] = victim
+        fault.detail["struck_during"] = self.during
+        if self.during == "removal":
+            self._struck(fault, lambda: super(MemberReplaceDuringFault, self).inject(fault, rng))
+        else:
+            super().inject(fault, rng)
+
+    def _admit(self, fault: Fault, node: NodeProcess) -> None:
+        if self.during == "addition":
+            self._struck(fault, lambda: super(MemberReplaceDuringFault, self)._admit(fault, node))
+        else:
+            super()._admit(fault, node)
+
+    def _struck(self, fault: Fault, call: Callable[[], None]) -> None:
+        """``call()`` with the strike (at the seeded moment) and the recovery (after the seeded hold)
+        happening beside it; returns once both are done."""
+        victim, delay = self._strike_plan
 
         def strike_then_recover() -> None:
             try:
-                time.sleep(delay)  # the seeded moment of the strike, within the removal's first 200 ms
+                time.sleep(delay)  # the seeded moment of the strike, within the call's first 200 ms
                 self.strike(victim)
                 time.sleep(fault.duration)  # how long it lasts, chosen by the seeded schedule
                 self.recover(victim)
             except Exception as exc:  # wait_whole would notice too; said here first, with the cause
                 fault.problems.append(f"{self.name}: striking or recovering {victim} failed: {exc!r}")
 
-        striker = threading.Thread(target=strike_then_recover, name="strike-during-removal", daemon=True)
+        striker = threading.Thread(target=strike_then_recover, name=f"strike-during-{self.during}", daemon=True)
         striker.start()
         try:
-            super().inject(fault, rng)
+            call()
         finally:
             striker.join()
 
     def hold(self, fault: Fault, rng: random.Random) -> None:
-        """The strike's length was the hold."""
+        """The strike's length is the hold."""
 
 
 class MemberReplaceUnderKill(MemberReplaceDuringFault):
@@ -616,6 +643,27 @@ class MemberReplaceUnderPartition(MemberReplaceDuringFault):
         self.control.net.heal()
 
 
+class MemberReplaceUnderPause(MemberReplaceDuringFault):
+    """The struck server is frozen (SIGSTOP) during the removal, and thawed (SIGCONT) after the hold:
+    its connections stay open and silent, unlike a kill's."""
+
+    name = "member-replace-pause"
+
+    def strike(self, victim: str) -> None:
+        self.control.signal(victim, signal.SIGSTOP)
+
+    def recover(self, victim: str) -> None:
+        self.control.signal(victim, signal.SIGCONT)
+
+
+class MemberJoinUnderKill(MemberReplaceUnderKill):
+    """``member-replace-kill`` with the kill during the addition instead: a server (the leader as
+    often as not) gets ``kill -9`` within 200 ms of the call that admits the replacement."""
+
+    name = "member-join-kill"
+    during = "addition"
+
+
 NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "kill-leader": lambda control, scratch: KillLeader(control),
     "kill-random": lambda control, scratch: KillRandom(control),
@@ -629,4 +677,6 @@ NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "member-replace": lambda control, scratch: MemberReplace(control),
     "member-replace-kill": lambda control, scratch: MemberReplaceUnderKill(control),
     "member-replace-partition": lambda control, scratch: MemberReplaceUnderPartition(control),
+    "member-replace-pause": lambda control, scratch: MemberReplaceUnderPause(control),
+    "member-join-kill": lambda control, scratch: MemberJoinUnderKill(control),
 }

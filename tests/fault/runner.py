@@ -51,6 +51,8 @@ ALL_NEMESES = (
     "member-replace",
     "member-replace-kill",
     "member-replace-partition",
+    "member-replace-pause",
+    "member-join-kill",
 )
 SETTLE_TIMEOUT_S = 60.0
 
