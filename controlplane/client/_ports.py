@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from controlplane import errors
 from controlplane.client._base import Rpc, new_request_id
-from controlplane.client._base import checked_request as checked_request  # for the generated methods (_api.py)
+from controlplane.client._base import checked_request as checked_request  # for the domain methods (_api_async.py)
 from controlplane.v1 import common_pb2, leases_pb2, ports_pb2
 
 __all__ = [

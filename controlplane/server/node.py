@@ -1,6 +1,6 @@
 """One server: the state machine, its Raft log and the transport-neutral request handlers.
 
-Layering (STYLE 5): gRPC servicers (services.py) parse and answer; the handlers here decide; the
+Layering (docs/architecture.md): gRPC servicers (services/) parse and answer; the handlers here decide; the
 state machine applies. Handlers raise ``controlplane.errors`` exceptions and never know about
 gRPC status codes.
 

@@ -2,7 +2,7 @@
 
 One ``SyncObj`` subclass whose replicated method hands the entry bytes to the pure state
 machine, and nothing else (rqlite's fsm.go -> command_processor.go). pysyncobj facts this
-module is built around (measured; see the brief):
+module is built around (measured against pysyncobj 0.3.17):
 
 * Its own peer protocol is pickle on every interface: we replace the transport
   (``peer_transport.py``: protobuf frames over mutual TLS, bound to the configured address).

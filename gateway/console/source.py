@@ -2,7 +2,7 @@
 
 The gateway's own :class:`gateway.models.Backend` serves the JSON API and has no gossip, port
 statistics or model detail reads; rather than widen it for one consumer, the console names what it
-needs here (STYLE.md rule 6) and reads it through the same ``AsyncClient`` the gateway already
+needs here (interfaces belong to their consumer) and reads it through the same ``AsyncClient`` the gateway already
 holds. Every read is linearizable: a page fetched after a live event reflects at least that event.
 """
 
