@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import importlib.util
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import structlog
 import typer
@@ -19,6 +21,8 @@ from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Ou
 from controlplane.client import Client, Credentials, CredentialsError, KeyValue
 from controlplane.dev import MANIFEST_FILE
 from controlplane.errors import ControlPlaneError, ControlPlaneWarning, DeadlineExceeded, InvalidArgument, Unavailable
+
+SettingsT = TypeVar("SettingsT")
 
 DEFAULT_ENDPOINTS = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
 #: A server's client port unless configured otherwise (`cpctl serve --client-address`): what an
@@ -270,3 +274,37 @@ def printable(value: bytes) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return "base64:" + base64.b64encode(value).decode("ascii")
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML file of this daemon's settings (any flag's name, with underscores)"),
+]
+
+
+def daemon_settings(ctx: typer.Context, cls: type[SettingsT], *, prefix: str, config_file: Path | None) -> SettingsT:
+    """A daemon's settings (``controlplane/settings.py``): ``config_file`` < ``PREFIX<NAME>``
+    variables < the flags given on the command line. Each setting is the flag of the same name; a
+    flag left at its default hides neither the file nor the environment. Exits 2 naming the setting
+    and its source when one is unknown or does not fit."""
+    from controlplane import settings
+
+    fields = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    # By the enum's name: typer carries its own copy of click, whose ParameterSource is not click's.
+    given = {
+        name: value
+        for name, value in ctx.params.items()
+        if name in fields and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    }
+    try:
+        values = settings.load(
+            cls,
+            prefix=prefix,
+            file_values=settings.read_file(config_file) if config_file is not None else {},
+            file_name=str(config_file),
+            environ=os.environ,
+            flags=given,
+        )
+    except settings.SettingsError as exc:
+        fail(f"cannot start: {exc.message}", code=EXIT_USAGE)
+    return cls(**values)

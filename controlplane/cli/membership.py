@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -18,11 +19,13 @@ from controlplane.agent import FINAL_REGISTRATION_ERRORS, Agent
 from controlplane.checks import HealthChecker
 from controlplane.cli import app
 from controlplane.cli.common import (
+    ConfigOption,
     EndpointsOption,
     OutputOption,
     TimeoutOption,
     client_credentials,
     connect,
+    daemon_settings,
     require_extra,
     resolve_endpoints,
 )
@@ -382,8 +385,42 @@ def flags_list(
     emit(output, plain(flags), table(rows, ["FLAG", "VALUE", "", "DESCRIPTION"]))
 
 
+#: ``CP_AGENT_`` + a setting's name in capitals: ``CP_AGENT_TTL``, ``CP_AGENT_CAPABILITY``.
+AGENT_ENV_PREFIX = "CP_AGENT_"
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """``cpctl agent``'s settings: each is the flag of the same name (``node_id`` is ``--id``),
+    ``CP_AGENT_<NAME>`` in the environment (lists: whitespace between the items) and
+    ``name = value`` in ``--config`` (``controlplane/settings.py``). How the agent reaches the
+    servers (``--endpoints``, ``--cacert``...) is every command's, with its own variables."""
+
+    node_id: str = ""
+    ttl: float = 10.0
+    address: tuple[str, ...] = ()
+    capability: tuple[str, ...] = ()
+    gpus: int = 0
+    memory_gib: float = 0.0
+    cpus: float = 0.0
+    label: tuple[str, ...] = ()
+    join: tuple[str, ...] = ()
+    artifact_dir: Path | None = None
+    gossip_listen: str = "127.0.0.1:0"
+    gossip_advertise: str = ""
+    checks: bool = True
+    allow_exec_checks: bool = False
+    check_address: str = "127.0.0.1"
+    allow_run: bool = False
+    insecure_dev: bool = False
+    instance_id: str = ""
+    metrics_address: str = ""
+
+
 @app.command()
 def agent(
+    ctx: typer.Context,
+    config: ConfigOption = None,
     node_id: Annotated[str, typer.Option("--id", help="This agent's node id [default: the host name]")] = "",
     ttl: Annotated[float, typer.Option(help="Liveness TTL in seconds (heartbeats every third of it)")] = 10.0,
     address: Annotated[list[str] | None, typer.Option(help="PURPOSE=HOST:PORT, e.g. gossip=10.0.0.5:7300")] = None,
@@ -435,7 +472,6 @@ def agent(
     metrics_address: Annotated[
         str,
         typer.Option(
-            envvar="CP_AGENT_METRICS_ADDRESS",
             help="Serve Prometheus metrics (lease, heartbeats, checks, supervised services) on HOST:PORT "
             "(port 0: any free port) [default: off]",
         ),
@@ -458,10 +494,16 @@ def agent(
     serve unless --insecure-dev.
     """
     require_extra("agent", "cpctl agent")
-    agent_id = node_id or socket.gethostname().split(".")[0]
+    options = daemon_settings(ctx, AgentOptions, prefix=AGENT_ENV_PREFIX, config_file=config)
+    ttl, gossip_listen, gossip_advertise = options.ttl, options.gossip_listen, options.gossip_advertise
+    artifact_dir, instance_id, metrics_address = options.artifact_dir, options.instance_id, options.metrics_address
+    allow_exec_checks, allow_run, checks = options.allow_exec_checks, options.allow_run, options.checks
+    if ttl <= 0 or options.gpus < 0 or options.memory_gib < 0 or options.cpus < 0:
+        fail("cannot start: ttl must be above 0, and gpus, memory_gib and cpus at least 0", code=EXIT_USAGE)
+    agent_id = options.node_id or socket.gethostname().split(".")[0]
     if problem := limits.check_text(instance_id, "--instance-id", 64):
         fail(problem, code=EXIT_USAGE)
-    addresses = _pairs(address, "--address")
+    addresses = _pairs(list(options.address), "--address")
     if artifact_dir is not None:
         if "gossip" in addresses:
             fail("give the gossip address once: --gossip-advertise HOST:PORT, not --address gossip=...", EXIT_USAGE)
@@ -478,21 +520,21 @@ def agent(
             fail(problem, code=EXIT_USAGE)
     servers = resolve_endpoints(endpoints)
     credentials = client_credentials(endpoints, servers=servers)
-    pems = _artifact_tls(credentials, agent_id, insecure_dev) if artifact_dir is not None else None
+    pems = _artifact_tls(credentials, agent_id, options.insecure_dev) if artifact_dir is not None else None
     runner = Agent(
         AsyncClient(servers, timeout=max(5.0, ttl / 3), credentials=credentials),
         agent_id,
         ttl_s=ttl,
         addresses=addresses,
         capabilities=[
-            *(capability or ()),
+            *options.capability,
             *([health.EXEC_CAPABILITY] if allow_exec_checks else []),
             *([health.RUN_CAPABILITY] if allow_run else []),
         ],
-        gpus=gpus,
-        memory_bytes=int(memory_gib * 2**30),
-        cpu_millis=int(cpus * 1000),
-        labels=_pairs(label, "--label"),
+        gpus=options.gpus,
+        memory_bytes=int(options.memory_gib * 2**30),
+        cpu_millis=int(options.cpus * 1000),
+        labels=_pairs(list(options.label), "--label"),
         version=__version__,
         instance_id=_instance_claim(instance_id) if instance_id else uuid.uuid4().hex,
     )
@@ -511,7 +553,7 @@ def agent(
     supervisor = Supervisor(runner.client, agent_id) if allow_run else None
     checker = (
         HealthChecker(
-            runner.client, agent_id, address=check_address, allow_exec=allow_exec_checks, supervisor=supervisor
+            runner.client, agent_id, address=options.check_address, allow_exec=allow_exec_checks, supervisor=supervisor
         )
         if checks
         else None
@@ -522,7 +564,7 @@ def agent(
         except (OSError, ValueError) as exc:
             fail(f"cannot serve metrics on {metrics_address}: {exc}", code=EXIT_USAGE)
         typer.echo(f"agent {agent_id} metrics at http://{metrics_host}:{metrics_port}/metrics")
-    asyncio.run(_run_agent(runner, join or [], artifacts, gossip_listen, gossip_advertise, checker))
+    asyncio.run(_run_agent(runner, list(options.join), artifacts, gossip_listen, gossip_advertise, checker))
 
 
 def _instance_claim(value: str) -> str:

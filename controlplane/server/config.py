@@ -1,5 +1,9 @@
 """Server configuration: a TOML file, overridden by ``CP_*`` environment variables, overridden by flags.
 
+Every field of ``ServerConfig`` is a setting (``controlplane/settings.py``, the model the gateway and
+the agent share): ``name = value`` in the file, ``CP_<NAME>`` in the environment (``[raft]``'s
+fields: ``CP_RAFT_<NAME>``), checked against its type wherever it comes from.
+
 Example (see deploy/server.example.toml)::
 
     node_id = "n1"
@@ -22,18 +26,16 @@ from the repository.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controlplane.errors import InvalidArgument
+from controlplane import settings
 from controlplane.state import levels, limits
 
 
-class ConfigError(InvalidArgument, ValueError):
+class ConfigError(settings.SettingsError):
     """The configuration cannot work; the message says which setting and why."""
 
 
@@ -292,87 +294,70 @@ def _is_wildcard(address: str) -> bool:
     return host in ("0.0.0.0", "::", "")
 
 
-_ENV_KEYS = {
-    "node_id": "CP_NODE_ID",
-    "client_address": "CP_CLIENT_ADDRESS",
-    "advertise_client_address": "CP_ADVERTISE_CLIENT_ADDRESS",
-    "raft_address": "CP_RAFT_ADDRESS",
-    "metrics_address": "CP_METRICS_ADDRESS",
-    "data_dir": "CP_DATA_DIR",
-    "tls_ca": "CP_TLS_CA",
-    "tls_cert": "CP_TLS_CERT",
-    "tls_key": "CP_TLS_KEY",
-    "durability": "CP_DURABILITY",
-    "peers": "CP_PEERS",
-    "log_level": "CP_LOG_LEVEL",
-    "insecure_client_port": "CP_INSECURE_CLIENT_PORT",
-    "event_loop": "CP_EVENT_LOOP",
-    "apply_level": "CP_APPLY_LEVEL",
-}
-
-
 def load_config(
     config_file: Path | None, overrides: dict[str, Any], environ: dict[str, str] | None = None
 ) -> ServerConfig:
-    """Merge defaults < file < environment < flags (``overrides``: only the flags actually given)."""
+    """Merge defaults < file < environment < flags (``overrides``: only the flags actually given;
+    None counts as not given). Every field of ``ServerConfig`` is a setting, ``CP_<NAME>`` in the
+    environment and ``CP_RAFT_<NAME>`` for the ``[raft]`` table (``controlplane/settings.py``)."""
     environ = dict(os.environ) if environ is None else environ
-    merged: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            merged.update(tomllib.loads(config_file.read_text()))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
-    for key, env_key in _ENV_KEYS.items():
-        if env_key in environ and environ[env_key] != "":
-            merged[key] = environ[env_key]
-    merged.update({key: value for key, value in overrides.items() if value is not None})
-
-    retired = sorted({"raft_password", "raft_password_file"} & set(merged))
+    file_values = settings.read_file(config_file) if config_file is not None else {}
+    retired = sorted({"raft_password", "raft_password_file"} & set(file_values))
     retired += sorted(name for name in ("CP_RAFT_PASSWORD", "CP_RAFT_PASSWORD_FILE") if environ.get(name))
     if retired:
         raise ConfigError(
             f"{', '.join(retired)} is no longer used: servers authenticate each other with certificates. "
             "Remove it and set tls_ca, tls_cert and tls_key (see `cpctl certs --help` and docs/operations.md)"
         )
-
-    peers = merged.pop("peers", ())
-    if isinstance(peers, str):
-        peers = peers.split()
-    raft_table = merged.pop("raft", {})
-    known = {f.name for f in dataclasses.fields(ServerConfig)}
-    unknown = sorted(set(merged) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    try:
+        merged = settings.load(
+            ServerConfig,
+            prefix=ENV_PREFIX,
+            file_values=file_values,
+            file_name=str(config_file),
+            environ=environ,
+            flags={key: value for key, value in overrides.items() if value is not None},
+            parsers={"peers": _peers},
+        )
+    except settings.SettingsError as exc:
+        raise ConfigError(exc.message) from None
     missing = [name for name in ("node_id", "client_address", "raft_address", "data_dir") if not merged.get(name)]
     if missing:
         raise ConfigError(f"missing setting(s): {', '.join(missing)} (flags, CP_* variables or the config file)")
-    try:
-        tuning = RaftTuning(**raft_table)
-    except TypeError as exc:
-        raise ConfigError(f"[raft] table: {exc}") from None
     merged.setdefault("metrics_address", "")
-    if isinstance(merged.get("apply_level"), str):
-        try:
-            merged["apply_level"] = int(merged["apply_level"])
-        except ValueError:
-            raise ConfigError(f"apply_level {merged['apply_level']!r} is not a whole number") from None
-    if isinstance(merged.get("insecure_client_port"), str):
-        merged["insecure_client_port"] = merged["insecure_client_port"].lower() in ("1", "true", "yes")
-    paths = {
-        key: Path(merged[key]) for key in ("data_dir", "tls_ca", "tls_cert", "tls_key", "audit_log") if merged.get(key)
-    }
-    parsed = [Peer.parse(spec) if isinstance(spec, str) else Peer(**spec) for spec in peers]
     # One peer list for every server (a StatefulSet's shared config, a compose file): the entry
     # naming this server is its own, and is dropped once it agrees with this server's addresses.
-    for own in [peer for peer in parsed if peer.id == merged["node_id"]]:
+    peers = list(merged.pop("peers", ()))
+    for own in [peer for peer in peers if peer.id == merged["node_id"]]:
         if own.raft_address != merged["raft_address"]:
             raise ConfigError(
                 f"peers list this server ({own.id}) at Raft address {own.raft_address}, but its raft_address is "
                 f"{merged['raft_address']}: make them agree, or leave this server out of peers"
             )
-        parsed.remove(own)
-    config = ServerConfig(**{**merged, **paths}, peers=tuple(parsed), raft=tuning)
+        peers.remove(own)
+    config = ServerConfig(**merged, peers=tuple(peers))
     config.validate()
     return config
+
+
+#: ``CP_`` + a setting's name in capitals: ``CP_NODE_ID``, ``CP_RAFT_TICK_S``.
+ENV_PREFIX = "CP_"
+
+
+def _peers(value: Any, where: str, text: bool) -> tuple[Peer, ...]:
+    """Peers as ``ID=RAFT_HOST:PORT,CLIENT_HOST:PORT`` strings (whitespace between them in the
+    environment), or in the file also as tables with ``id``, ``raft_address`` and ``client_address``."""
+    items = value.split() if text and isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of ID=RAFT_HOST:PORT,CLIENT_HOST:PORT, got {value!r}")
+    peers = []
+    for item in items:
+        if isinstance(item, dict) and set(item) == {"id", "raft_address", "client_address"}:
+            item = f"{item['id']}={item['raft_address']},{item['client_address']}"
+        if not isinstance(item, str):
+            raise ConfigError(
+                f"{where}: a peer is ID=RAFT_HOST:PORT,CLIENT_HOST:PORT or a table with id, raft_address and "
+                f"client_address, not {item!r}"
+            )
+        peers.append(Peer.parse(item))
+    return tuple(peers)

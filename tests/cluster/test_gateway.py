@@ -218,6 +218,47 @@ def running_gateway(cluster: LocalCluster, log_dir: Path) -> Iterator[GatewayPro
         process.wait(10)
 
 
+def test_the_gateway_reads_its_settings_from_the_file_the_environment_and_the_flags(tmp_path: Path) -> None:
+    """--config < CP_GATEWAY_* < flags given (a formation gateway: it needs no cluster to serve)."""
+    in_file, in_env, in_flag = free_port(), free_port(), free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'listen = "127.0.0.1:{in_file}"\nbootstrap_expect = 3\nlog_level = "warning"\n')
+
+    def serving(*flags: str, env: dict[str, str]) -> int:
+        """The port the gateway started this way serves on."""
+        log_path = tmp_path / f"gateway-{len(flags)}-{len(env)}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "controlplane", "gateway", "--config", str(config), *flags],
+                stdout=log, stderr=subprocess.STDOUT, env={**env, "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        try:
+            candidates = (in_file, in_env, in_flag)
+            wait_until(
+                lambda: process.poll() is None and any(_healthy(port) for port in candidates),
+                30,
+                "the gateway to answer /healthz",
+                detail=lambda: log_path.read_text(errors="replace")[-2000:],
+            )
+            up = [port for port in candidates if _healthy(port)]
+            assert len(up) == 1, up
+            return up[0]
+        finally:
+            process.terminate()
+            process.wait(10)
+
+    assert serving(env={}) == in_file
+    assert serving(env={"CP_GATEWAY_LISTEN": f"127.0.0.1:{in_env}"}) == in_env
+    assert serving("--listen", f"127.0.0.1:{in_flag}", env={"CP_GATEWAY_LISTEN": f"127.0.0.1:{in_env}"}) == in_flag
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @pytest.fixture
 def gateway(cluster: LocalCluster, tmp_path: Path) -> Iterator[GatewayProcess]:
     with running_gateway(cluster, tmp_path) as process:

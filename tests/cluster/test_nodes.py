@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -313,3 +314,26 @@ def test_an_agent_the_cluster_refuses_as_invalid_exits_instead_of_retrying(
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1, output
     assert "not started" in output and "agent_register_retry" not in output
+
+
+def test_an_agent_reads_its_settings_from_a_file_and_the_environment(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """--config < CP_AGENT_* < flags given: what the agent registers shows where each value came from."""
+    config = tmp_path / "agent.toml"
+    config.write_text('capability = ["gpu", "fast"]\nlabel = ["zone=file", "rack=7"]\ngpus = 2\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "agent", "--config", str(config), "--id", "settings-a1",
+         "--ttl", str(TTL_S), "--endpoints", ",".join(cluster.client_addresses)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**credentials_env(cluster), "PYTHONUNBUFFERED": "1", "CP_AGENT_LABEL": "zone=env", "CP_AGENT_GPUS": ""},
+    )  # fmt: skip
+    agents["settings-a1"] = process
+    with Client(cluster.client_addresses, credentials=cluster.credentials) as client:
+        wait_until(lambda: node_state(client, "settings-a1") is NodeState.ACTIVE, 30, "the agent to be active")
+        spec = client.membership.get_node("settings-a1").node.spec
+    assert set(spec.capabilities) >= {"gpu", "fast"}  # the file
+    assert dict(spec.labels) == {"zone": "env"}  # the environment replaces the file's list
+    assert spec.resources.gpus == 2  # the file: an empty variable is unset
