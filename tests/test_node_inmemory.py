@@ -19,6 +19,7 @@ from controlplane.dev import free_port
 from controlplane.errors import FailedPrecondition, NoLeader, Unavailable
 from controlplane.server.config import Peer, ServerConfig
 from controlplane.server.housekeeping import LocalDeadlines
+from controlplane.server.leader_clock import LeaderClock
 from controlplane.server.memraft import InMemoryNetwork
 from controlplane.server.node import Node
 from controlplane.v1 import cluster_pb2, command_pb2, common_pb2, leases_pb2, membership_pb2, ports_pb2
@@ -245,6 +246,39 @@ async def test_a_step_of_the_leaders_wall_clock_expires_no_lease_that_is_renewed
     assert housekeeper.due_leases(wall_ms + 60_000, monotonic) == [], "a minute's step of the wall clock"
     # Control: the same lease is due once a TTL has passed on the monotonic clock as well.
     assert housekeeper.due_leases(wall_ms + 60_000, monotonic + ttl_ms / 1000) == [lease_id]
+
+
+async def test_a_step_of_the_leaders_wall_clock_put_right_leaves_no_time_in_the_future(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hour's step of the leader's wall clock, put right a moment later: neither the cluster's
+    time nor a lease renewed meanwhile may stay an hour ahead. Before, every batch was stamped with
+    the stepped clock (and the state's time never goes back), and a lease renewed during the step
+    outlived its holder by an hour."""
+    leader = cluster.nodes["n1"]
+    real_time_ns, step_ms = time.time_ns, 0
+    monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() + step_ms * 1_000_000)  # the host's clock
+    leader.leader_clock = LeaderClock(wall_ns=lambda: time.time_ns())  # reads it late, as the patch needs
+    ttl_ms = 1000
+    granted = await leader.write(command_pb2.Command(lease_grant=leases_pb2.GrantLeaseRequest(ttl_ms=ttl_ms)))
+    lease_id = granted.lease_grant.lease.id
+    wait_s = ttl_ms / 1000 + leader.config.raft.leader_fallback_s
+    housekeeper = leader.housekeeper
+    await _until(lambda: housekeeper.leader_for_s() >= wait_s and leader.renewals.ready, "the leader to settle", 30)
+
+    step_ms = 3_600_000
+    assert leader.renew_from_memory(lease_id) is not None  # the holder's last renewal, during the step
+    await housekeeper._checkpoint()  # written into the log during the step
+    await leader.write(command_pb2.Command(kv_put=command_pb2.KvPut(key="during-the-step", value=b"x")))
+    step_ms = 0
+    await leader.write(command_pb2.Command(kv_put=command_pb2.KvPut(key="after-the-step", value=b"x")))
+
+    ahead_ms = leader.machine.time_unix_ms - real_time_ns() // 1_000_000
+    assert ahead_ms < 60_000, f"the cluster's time is {ahead_ms / 1000:.0f} s ahead"
+    lease = leader.machine.leases.leases.get(lease_id)
+    assert lease is not None and lease.renewed_unix_ms - real_time_ns() // 1_000_000 < 60_000
+    # The holder renews no more: the lease expires a TTL later, not an hour later.
+    await _until(lambda: lease_id not in leader.machine.leases.leases, "the lease to expire", timeout=30)
 
 
 def test_local_deadlines_hold_each_deadline_to_the_monotonic_clock_from_first_sight() -> None:

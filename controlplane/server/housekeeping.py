@@ -202,7 +202,7 @@ class Housekeeper:
         return due[:MAX_EXPIRE_PER_COMMAND]
 
     async def _expire_leases(self) -> None:
-        due = self.due_leases(time.time_ns() // 1_000_000)
+        due = self.due_leases(self._node.leader_now_ms())
         if not due:
             return
         renewals = self._node.renewals
@@ -250,7 +250,7 @@ class Housekeeper:
         """Deregister instances critical for their check's deregister_critical_after_s (their ports
         go through the normal release path). The state machine re-checks each against the entry's
         time, so a passing report that commits first keeps its instance."""
-        due = self.due_reaps(time.time_ns() // 1_000_000)
+        due = self.due_reaps(self._node.leader_now_ms())
         if not due:
             return
         result = await self._node.write(
@@ -269,7 +269,7 @@ class Housekeeper:
     async def _end_overdue_rounds(self) -> None:
         """End every gossip round past its deadline: a round never waits for a dead peer. The state
         machine re-checks the deadline against the entry's time and blames the silent participants."""
-        for group, number in self.overdue_rounds(time.time_ns() // 1_000_000):
+        for group, number in self.overdue_rounds(self._node.leader_now_ms()):
             result = await self._node.write(
                 command_pb2.Command(
                     # One id per round: two leaders ending the same round apply it once.
@@ -385,7 +385,7 @@ class Housekeeper:
                 self._coordinator, self._coordinator_term = Coordinator(), term
             self._coordinator.forget(keep=configured)
             for config, rounds, participants, links, version, revisions in due:
-                now = time.time_ns() // 1_000_000
+                now = node.leader_now_ms()
                 plan: Plan | None = await asyncio.to_thread(
                     self._coordinator.plan, config, rounds, participants, links, version, now, revisions
                 )

@@ -23,6 +23,11 @@ RAFT_LOG_INDEX = Gauge("controlplane_raft_log_index", "Index of the last entry i
 APPLIED_REVISION = Gauge("controlplane_applied_revision", "Revision of the locally applied state")
 HAS_LEADER = Gauge("controlplane_has_leader", "1 when this server knows a leader")
 IS_LEADER = Gauge("controlplane_is_leader", "1 while this server is the Raft leader")
+LEADER_CLOCK_OFFSET = Gauge(
+    "controlplane_leader_clock_offset_seconds",
+    "On the leader: how far the time it stamps and decides deadlines by is ahead of its wall clock "
+    "(negative: behind); away from 0 after a step of the wall clock, which it does not follow",
+)
 LEADER_CHANGES = Counter(
     "controlplane_leader_changes_seen_total",
     "Leaders this server has seen take office (a new term with a known leader, the first one included)",

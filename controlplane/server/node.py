@@ -54,6 +54,7 @@ from controlplane.server.consensus import (
 from controlplane.server.datadir import ensure_private_directory
 from controlplane.server.housekeeping import Autopilot, Housekeeper
 from controlplane.server.indexer import Indexer
+from controlplane.server.leader_clock import LeaderClock
 from controlplane.server.own_membership import OwnMembership
 from controlplane.server.proposer import Proposer
 from controlplane.server.renewals import LeaderRenewals
@@ -74,6 +75,8 @@ from controlplane.v1 import (
 )
 
 log = structlog.get_logger("controlplane.node")
+#: How far the leader's time may drift from its wall clock before it says so (a step, not NTP's slew).
+CLOCK_STEP_WARNING_S = 1.0
 
 DEFAULT_READ_TIMEOUT_S = 5.0
 # Commands only the leader's own housekeeper proposes; Peer.Propose refuses them.
@@ -145,6 +148,9 @@ class Node:
         self.autopilot = Autopilot(self, config)
         #: Keepalives the leader answered from memory (renewals.py); empty on followers.
         self.renewals = LeaderRenewals()
+        #: The time this server stamps and decides by while it leads (leader_clock.py).
+        self.leader_clock = LeaderClock()
+        self._clock_stepped = False
         #: Membership changes and leadership transfer (cluster_changes.py).
         self.changes = ClusterChanges(self)
         #: This server's own membership: removed? promoted? (own_membership.py).
@@ -190,6 +196,7 @@ class Node:
             max_batch_bytes=self.config.max_batch_bytes,
             commit_timeout_s=self.config.commit_timeout_s,
             max_in_flight=self.config.max_in_flight,
+            now_ms=self.leader_now_ms,
         )
         self._spawn(self._publish_self())
         self._spawn(self.own.watch())
@@ -521,10 +528,27 @@ class Node:
                 return None
             view = leases_pb2.Lease()
             view.CopyFrom(lease)
-        now = time.time_ns() // 1_000_000
+        now = self.leader_now_ms()
         self.renewals.renew(lease_id, now)
         view.renewed_unix_ms = now
         return view
+
+    def leader_now_ms(self) -> int:
+        """The leader's time (``LeaderClock``): what it stamps on batches and decides deadlines by.
+        Called on the event loop only."""
+        now = self.leader_clock.now_ms(self.raft.term(), self.machine.time_unix_ms)
+        offset_s = self.leader_clock.offset_ms() / 1000
+        metrics.LEADER_CLOCK_OFFSET.set(offset_s)
+        stepped = abs(offset_s) >= CLOCK_STEP_WARNING_S
+        if stepped != self._clock_stepped:
+            self._clock_stepped = stepped
+            if stepped:
+                log.warning(
+                    "leader_wall_clock_stepped",
+                    offset_s=round(offset_s, 3),
+                    hint="the wall clock jumped; the cluster's time follows it only at 1 % (leader_clock.py)",
+                )
+        return now
 
     def ttl_pass_from_memory(self, request: ports_pb2.ReportHealthRequest) -> ports_pb2.ServiceHealth | None:
         """A passing report of a ttl check that is passing already: its lease renewed from memory, no

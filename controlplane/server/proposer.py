@@ -63,8 +63,11 @@ class Proposer:
         commit_timeout_s: float,
         max_in_flight: int = 2,
         leader_client_address: Callable[[], str] = lambda: "",
+        now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._node_id = node_id
+        #: The time stamped on each batch: the leader's (leader_clock.py), the wall clock in tests.
+        self._now_ms = now_ms
         self._raft = raft
         self._leader_address = leader_address  # its Raft address, where forwards go
         self._leader_client_address = leader_client_address  # where its clients should go
@@ -273,7 +276,7 @@ class Proposer:
 
     def _append(self, batch: list[_Pending]) -> None:
         loop = self._loop
-        entry = batch_entry(time.time_ns() // 1_000_000, self._node_id, (p.command for p in batch))
+        entry = batch_entry(self._now_ms(), self._node_id, (p.command for p in batch))
 
         release = self._take_slot(batch)
 
