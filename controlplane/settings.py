@@ -14,13 +14,16 @@ places, each overriding the one before:
 Every value is checked against its field's type, wherever it comes from. A file value must already
 have the type (``ttl = "10"`` is refused: TOML has numbers); an environment value is text and must
 parse (``true``/``false``, ``1``/``0``, ``yes``/``no`` for switches; whitespace between the items
-of a list). An unknown name in the file, or a value that does not fit, is refused with a
-``SettingsError`` naming the setting and where the value came from, before anything starts.
+of a list; numbers finite). An empty path in the file is unset, as an empty variable is. An
+unknown name in the file, or a value that does not fit, is refused with a ``SettingsError`` naming
+the setting and where the value came from, before anything starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -35,8 +38,8 @@ __all__ = ["Parser", "SettingsError", "env_names", "load", "read_file"]
 #: A field's own reading of a value: (value, where it came from, is it text from the environment).
 Parser = Callable[[Any, str, bool], Any]
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
 
 
 class SettingsError(InvalidArgument, ValueError):
@@ -53,14 +56,14 @@ def read_file(path: Path) -> dict[str, Any]:
         raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def env_names(cls: type, prefix: str) -> dict[str, str]:
+def env_names(cls: type, prefix: str, no_env: frozenset[str] = frozenset()) -> dict[str, str]:
     """Every setting of ``cls`` (``table.field`` for a table's) and its environment variable."""
     names = {}
     for field, hint in _hints(cls).items():
         if _is_table(hint):
             for inner in _hints(hint):
                 names[f"{field}.{inner}"] = f"{prefix}{field.upper()}_{inner.upper()}"
-        else:
+        elif field not in no_env:
             names[field] = f"{prefix}{field.upper()}"
     return names
 
@@ -75,12 +78,14 @@ def load(
     flags: Mapping[str, Any] | None = None,
     parsers: Mapping[str, Parser] | None = None,
     ignore: frozenset[str] = frozenset(),
+    no_env: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The settings of ``cls`` given in the file, the environment and the flags, merged in that
     order and checked: field name -> value (a table's as an instance of its dataclass, built from
     its defaults and what was given). Fields given nowhere are left out, so the dataclass's
     defaults apply. ``parsers`` read the fields whose type needs more than the rules above;
-    ``ignore`` names file keys the caller handles itself."""
+    ``ignore`` names file keys the caller handles itself; ``no_env`` fields the environment may
+    not set (a switch that turns security off must not come from a variable inherited by accident)."""
     hints = _hints(cls)
     parsers = parsers or {}
     given: dict[str, Any] = {}
@@ -115,7 +120,7 @@ def load(
         raise SettingsError(f"unknown setting(s) in {file_name}: {', '.join(sorted(unknown))}")
 
     environ = {} if environ is None else environ
-    for name, variable in env_names(cls, prefix).items():
+    for name, variable in env_names(cls, prefix, no_env).items():
         text = environ.get(variable, "")
         if text == "":
             continue
@@ -129,7 +134,7 @@ def load(
     if strays:
         raise SettingsError(f"unknown setting(s): {', '.join(strays)}")
     for field, value in (flags or {}).items():
-        take(field, value, f"--{field.replace('_', '-')}", False)
+        take(field, value, f"{field} (a flag)", False)
 
     for field, values in tables.items():
         given[field] = hints[field](**values)
@@ -150,6 +155,8 @@ def _coerce(value: Any, hint: Any, where: str, text: bool) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):  # X | None: None is the default, never given
         (hint,) = [arg for arg in args if arg is not type(None)]
+        if hint is Path and value == "":
+            return None  # an empty path in a file is unset, as an empty variable is
         return _coerce(value, hint, where, text)
     if origin is typing.Literal:
         if value not in args:
@@ -176,14 +183,15 @@ def _coerce(value: Any, hint: Any, where: str, text: bool) -> Any:
                 pass
         raise SettingsError(f"{where}: expected a whole number, got {value!r}")
     if hint is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if text and isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise SettingsError(f"{where}: expected a number, got {value!r}")
+            number = float(value)
+        elif text and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value.strip())
+        if number is None or not math.isfinite(number):
+            raise SettingsError(f"{where}: expected a number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -192,4 +200,5 @@ def _coerce(value: Any, hint: Any, where: str, text: bool) -> Any:
         if isinstance(value, (str, Path)) and str(value):
             return Path(value)
         raise SettingsError(f"{where}: expected a path, got {value!r}")
+
     raise TypeError(f"{where}: no rule reads a setting of type {hint!r}: give it a parser")  # a bug, not input

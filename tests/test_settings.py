@@ -59,6 +59,7 @@ def test_the_file_the_environment_and_the_flags_override_in_that_order() -> None
     }
     assert load() == {}  # nothing given: the dataclass's defaults apply
     assert load(environ={"EX_TAGS": "a  b\tc"})["tags"] == ("a", "b", "c")
+    assert load(file_values={"where": ""}) == {"where": None}  # an empty path is unset, as in a template
 
 
 @pytest.mark.parametrize(
@@ -78,7 +79,9 @@ def test_the_file_the_environment_and_the_flags_override_in_that_order() -> None
         ({"environ": {"EX_ENABLED": "maybe"}}, "EX_ENABLED: expected true or false, got 'maybe'"),
         ({"environ": {"EX_INNER_RATE": "1,5"}}, "EX_INNER_RATE: expected a number, got '1,5'"),
         ({"flags": {"colour": "red"}}, "unknown setting(s): colour"),
-        ({"flags": {"count": "5"}}, "--count: expected a whole number"),
+        ({"flags": {"count": "5"}}, "count (a flag): expected a whole number"),
+        ({"environ": {"EX_RATIO": "nan"}}, "EX_RATIO: expected a number, got 'nan'"),
+        ({"file_values": {"ratio": float("inf")}}, "ratio in the config file: expected a number, got inf"),
     ],
 )
 def test_what_does_not_fit_is_refused_naming_the_setting_and_its_source(kwargs: dict[str, Any], message: str) -> None:
@@ -113,11 +116,13 @@ def test_every_server_setting_is_read_from_the_environment_with_its_type() -> No
         "CP_CLIENT_ADDRESS": "127.0.0.1:7101",
         "CP_RAFT_ADDRESS": "127.0.0.1:7201",
         "CP_DATA_DIR": "/tmp/d",
-        "CP_INSECURE_DEV": "true",
     }
+    # The one setting without a variable: one inherited by accident must not turn TLS off.
+    with pytest.raises(ConfigError, match="no TLS for the Raft peer plane"):
+        load_config(None, {}, {**base, "CP_INSECURE_DEV": "true"})
     config = load_config(
         None,
-        {},
+        {"insecure_dev": True},
         {
             **base,
             "CP_MAX_BATCH_COMMANDS": "512",
@@ -162,4 +167,13 @@ def test_a_daemon_refuses_a_bad_setting_before_it_starts(tmp_path: Path) -> None
         env={"PATH": "/usr/bin:/bin", "CP_AGENT_TTL": "soon"},
     )
     assert agent.returncode == 2 and "CP_AGENT_TTL: expected a number, got 'soon'" in agent.stderr
-    assert "Traceback" not in refused.stderr + agent.stderr
+    misspelt = subprocess.run(
+        [sys.executable, "-m", "controlplane", "agent"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "CP_AGENT_ID": "a1", "CP_AGENT_TTL": "0", "CP_AGENT_ARGS": "--id a1"},
+    )
+    assert misspelt.returncode == 2 and "ttl must be above 0" in misspelt.stderr
+    assert "WARNING: CP_AGENT_ID set no setting" in misspelt.stderr and "CP_AGENT_ARGS" not in misspelt.stderr
+    assert "Traceback" not in refused.stderr + agent.stderr + misspelt.stderr

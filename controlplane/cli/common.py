@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -278,11 +278,23 @@ def printable(value: bytes) -> str:
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML file of this daemon's settings (any flag's name, with underscores)"),
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML file of this daemon's settings: the flags' names with underscores (not --endpoints or the TLS "
+        "flags, which every command shares)",
+    ),
 ]
 
 
-def daemon_settings(ctx: typer.Context, cls: type[SettingsT], *, prefix: str, config_file: Path | None) -> SettingsT:
+def daemon_settings(
+    ctx: typer.Context,
+    cls: type[SettingsT],
+    *,
+    prefix: str,
+    config_file: Path | None,
+    other_variables: Callable[[SettingsT], Iterable[str]] = lambda _: (),
+) -> SettingsT:
     """A daemon's settings (``controlplane/settings.py``): ``config_file`` < ``PREFIX<NAME>``
     variables < the flags given on the command line. Each setting is the flag of the same name; a
     flag left at its default hides neither the file nor the environment. Exits 2 naming the setting
@@ -307,4 +319,14 @@ def daemon_settings(ctx: typer.Context, cls: type[SettingsT], *, prefix: str, co
         )
     except settings.SettingsError as exc:
         fail(f"cannot start: {exc.message}", code=EXIT_USAGE)
-    return cls(**values)
+    result = cls(**values)
+    # A misspelt variable (CP_AGENT_ID for CP_AGENT_NODE_ID) would be ignored without a word.
+    known = {*settings.env_names(cls, prefix).values(), f"{prefix}ARGS", *other_variables(result)}
+    stray = sorted(name for name in os.environ if name.startswith(prefix) and name not in known)
+    if stray:
+        typer.echo(
+            f"WARNING: {', '.join(stray)} set no setting (they are {prefix}<NAME>, NAME a flag's name with "
+            "underscores); ignored",
+            err=True,
+        )
+    return result

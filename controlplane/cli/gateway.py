@@ -123,7 +123,13 @@ def gateway(
     OpenAPI at /openapi.json, a docs page at /docs.
     """
     require_extra("gateway", "cpctl gateway")
-    options = daemon_settings(ctx, GatewayOptions, prefix=ENV_PREFIX, config_file=config)
+    options = daemon_settings(
+        ctx,
+        GatewayOptions,
+        prefix=ENV_PREFIX,
+        config_file=config,
+        other_variables=lambda options: (DEFAULT_TOKEN_ENV, options.token_env),
+    )
     _check_ranges(options)
     listen, token_env, log_level = options.listen, options.token_env, options.log_level
     bootstrap_expect, tls_cert, tls_key = options.bootstrap_expect, options.tls_cert, options.tls_key

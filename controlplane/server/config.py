@@ -2,7 +2,8 @@
 
 Every field of ``ServerConfig`` is a setting (``controlplane/settings.py``, the model the gateway and
 the agent share): ``name = value`` in the file, ``CP_<NAME>`` in the environment (``[raft]``'s
-fields: ``CP_RAFT_<NAME>``), checked against its type wherever it comes from.
+fields: ``CP_RAFT_<NAME>``; ``insecure_dev`` has none), checked against its type wherever it comes
+from.
 
 Example (see deploy/server.example.toml)::
 
@@ -301,7 +302,10 @@ def load_config(
     None counts as not given). Every field of ``ServerConfig`` is a setting, ``CP_<NAME>`` in the
     environment and ``CP_RAFT_<NAME>`` for the ``[raft]`` table (``controlplane/settings.py``)."""
     environ = dict(os.environ) if environ is None else environ
-    file_values = settings.read_file(config_file) if config_file is not None else {}
+    try:
+        file_values = settings.read_file(config_file) if config_file is not None else {}
+    except settings.SettingsError as exc:
+        raise ConfigError(exc.message) from None
     retired = sorted({"raft_password", "raft_password_file"} & set(file_values))
     retired += sorted(name for name in ("CP_RAFT_PASSWORD", "CP_RAFT_PASSWORD_FILE") if environ.get(name))
     if retired:
@@ -318,6 +322,7 @@ def load_config(
             environ=environ,
             flags={key: value for key, value in overrides.items() if value is not None},
             parsers={"peers": _peers},
+            no_env=NO_ENV,
         )
     except settings.SettingsError as exc:
         raise ConfigError(exc.message) from None
@@ -342,12 +347,15 @@ def load_config(
 
 #: ``CP_`` + a setting's name in capitals: ``CP_NODE_ID``, ``CP_RAFT_TICK_S``.
 ENV_PREFIX = "CP_"
+#: The one setting no variable sets: a variable inherited by accident must not turn the peer
+#: plane's TLS off (the flag or the file only, each said loudly at start).
+NO_ENV = frozenset({"insecure_dev"})
 
 
 def _peers(value: Any, where: str, text: bool) -> tuple[Peer, ...]:
     """Peers as ``ID=RAFT_HOST:PORT,CLIENT_HOST:PORT`` strings (whitespace between them in the
     environment), or in the file also as tables with ``id``, ``raft_address`` and ``client_address``."""
-    items = value.split() if text and isinstance(value, str) else value
+    items = value.split() if isinstance(value, str) else value  # one string: whitespace between peers
     if not isinstance(items, (list, tuple)):
         raise ConfigError(f"{where}: expected a list of ID=RAFT_HOST:PORT,CLIENT_HOST:PORT, got {value!r}")
     peers = []
@@ -359,5 +367,8 @@ def _peers(value: Any, where: str, text: bool) -> tuple[Peer, ...]:
                 f"{where}: a peer is ID=RAFT_HOST:PORT,CLIENT_HOST:PORT or a table with id, raft_address and "
                 f"client_address, not {item!r}"
             )
-        peers.append(Peer.parse(item))
+        try:
+            peers.append(Peer.parse(item))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from None
     return tuple(peers)
