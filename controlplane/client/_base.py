@@ -44,7 +44,7 @@ from typing import Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from controlplane import errors
+from controlplane import errors, methods
 from controlplane.client._models import (
     CasResult,
     ClusterStatus,
@@ -392,29 +392,31 @@ class Rpc(Generic[RespT]):
 
     path: str
     response: type[RespT]
-    #: Mutations are sent to the leader when its address is known (any server forwards them).
-    write: bool
+    #: Mutations are sent to the leader when its address is known (any server forwards them): the
+    #: method's ``option (controlplane.v1.write)`` in its proto says which they are.
+    write: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "write", methods.is_write(self.path))
 
 
 def serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
-PUT = Rpc("/controlplane.v1.KV/Put", kv_pb2.PutResponse, write=True)
-GET = Rpc("/controlplane.v1.KV/Get", kv_pb2.GetResponse, write=False)
-DELETE = Rpc("/controlplane.v1.KV/Delete", kv_pb2.DeleteResponse, write=True)
-LIST = Rpc("/controlplane.v1.KV/List", kv_pb2.ListResponse, write=False)
-COMPARE_AND_SWAP = Rpc("/controlplane.v1.KV/CompareAndSwap", kv_pb2.CompareAndSwapResponse, write=True)
-WATCH = Rpc("/controlplane.v1.Watch/Watch", watch_pb2.WatchResponse, write=False)
-STATUS = Rpc("/controlplane.v1.Cluster/Status", cluster_pb2.StatusResponse, write=False)
-ADD_MEMBER = Rpc("/controlplane.v1.Cluster/AddMember", cluster_pb2.AddMemberResponse, write=True)
-REMOVE_MEMBER = Rpc("/controlplane.v1.Cluster/RemoveMember", cluster_pb2.RemoveMemberResponse, write=True)
-TRANSFER_LEADERSHIP = Rpc(
-    "/controlplane.v1.Cluster/TransferLeadership", cluster_pb2.TransferLeadershipResponse, write=True
-)
-SNAPSHOT = Rpc("/controlplane.v1.Cluster/Snapshot", cluster_pb2.SnapshotChunk, write=False)
-RESTORE = Rpc("/controlplane.v1.Cluster/Restore", cluster_pb2.RestoreResponse, write=True)
-CHECK_PERMISSION = Rpc("/controlplane.v1.Auth/Check", auth_pb2.CheckResponse, write=False)
+PUT = Rpc("/controlplane.v1.KV/Put", kv_pb2.PutResponse)
+GET = Rpc("/controlplane.v1.KV/Get", kv_pb2.GetResponse)
+DELETE = Rpc("/controlplane.v1.KV/Delete", kv_pb2.DeleteResponse)
+LIST = Rpc("/controlplane.v1.KV/List", kv_pb2.ListResponse)
+COMPARE_AND_SWAP = Rpc("/controlplane.v1.KV/CompareAndSwap", kv_pb2.CompareAndSwapResponse)
+WATCH = Rpc("/controlplane.v1.Watch/Watch", watch_pb2.WatchResponse)
+STATUS = Rpc("/controlplane.v1.Cluster/Status", cluster_pb2.StatusResponse)
+ADD_MEMBER = Rpc("/controlplane.v1.Cluster/AddMember", cluster_pb2.AddMemberResponse)
+REMOVE_MEMBER = Rpc("/controlplane.v1.Cluster/RemoveMember", cluster_pb2.RemoveMemberResponse)
+TRANSFER_LEADERSHIP = Rpc("/controlplane.v1.Cluster/TransferLeadership", cluster_pb2.TransferLeadershipResponse)
+SNAPSHOT = Rpc("/controlplane.v1.Cluster/Snapshot", cluster_pb2.SnapshotChunk)
+RESTORE = Rpc("/controlplane.v1.Cluster/Restore", cluster_pb2.RestoreResponse)
+CHECK_PERMISSION = Rpc("/controlplane.v1.Auth/Check", auth_pb2.CheckResponse)
 
 
 def check_permission_request(identity: str, domain: str, verb: str, resource: str) -> auth_pb2.CheckRequest:

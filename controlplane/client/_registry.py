@@ -380,20 +380,20 @@ def search_result(response: models_pb2.SearchResponse, sort: str = "relevance", 
 
 
 _M = "/controlplane.v1.Models/"
-REGISTER_VERSION = Rpc(_M + "RegisterVersion", models_pb2.RegisterVersionResponse, write=True)
-BULK_REGISTER = Rpc(_M + "BulkRegister", models_pb2.BulkRegisterResponse, write=True)
-UPDATE_MODEL = Rpc(_M + "UpdateModel", models_pb2.UpdateModelResponse, write=True)
-SET_STATUS = Rpc(_M + "SetVersionStatus", models_pb2.SetVersionStatusResponse, write=True)
-SET_ALIAS = Rpc(_M + "SetAlias", models_pb2.SetAliasResponse, write=True)
-UPDATE_VERSION = Rpc(_M + "UpdateVersion", models_pb2.UpdateVersionResponse, write=True)
-DELETE_VERSION = Rpc(_M + "DeleteVersion", models_pb2.DeleteVersionResponse, write=True)
-DELETE_MODEL = Rpc(_M + "DeleteModel", models_pb2.DeleteModelResponse, write=True)
-ADD_REPLICA = Rpc(_M + "AddReplica", models_pb2.ReplicaResponse, write=True)
-REMOVE_REPLICA = Rpc(_M + "RemoveReplica", models_pb2.ReplicaResponse, write=True)
-GET_MODEL = Rpc(_M + "GetModel", models_pb2.GetModelResponse, write=False)
-GET_VERSION = Rpc(_M + "GetVersion", models_pb2.GetVersionResponse, write=False)
-LIST_MODELS = Rpc(_M + "ListModels", models_pb2.ListModelsResponse, write=False)
-SEARCH = Rpc(_M + "Search", models_pb2.SearchResponse, write=False)
+REGISTER_VERSION = Rpc(_M + "RegisterVersion", models_pb2.RegisterVersionResponse)
+BULK_REGISTER = Rpc(_M + "BulkRegister", models_pb2.BulkRegisterResponse)
+UPDATE_MODEL = Rpc(_M + "UpdateModel", models_pb2.UpdateModelResponse)
+SET_STATUS = Rpc(_M + "SetVersionStatus", models_pb2.SetVersionStatusResponse)
+SET_ALIAS = Rpc(_M + "SetAlias", models_pb2.SetAliasResponse)
+UPDATE_VERSION = Rpc(_M + "UpdateVersion", models_pb2.UpdateVersionResponse)
+DELETE_VERSION = Rpc(_M + "DeleteVersion", models_pb2.DeleteVersionResponse)
+DELETE_MODEL = Rpc(_M + "DeleteModel", models_pb2.DeleteModelResponse)
+ADD_REPLICA = Rpc(_M + "AddReplica", models_pb2.ReplicaResponse)
+REMOVE_REPLICA = Rpc(_M + "RemoveReplica", models_pb2.ReplicaResponse)
+GET_MODEL = Rpc(_M + "GetModel", models_pb2.GetModelResponse)
+GET_VERSION = Rpc(_M + "GetVersion", models_pb2.GetVersionResponse)
+LIST_MODELS = Rpc(_M + "ListModels", models_pb2.ListModelsResponse)
+SEARCH = Rpc(_M + "Search", models_pb2.SearchResponse)
 
 
 def status_request(

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import structlog
 
-from controlplane import errors, tls
+from controlplane import errors, methods, tls
 from controlplane.errors import ResourceExhausted, Unauthenticated
 from controlplane.state.auth import ADMIN_USER, ANY_NODE, AuthTable, Caller, Need, allowed
 
@@ -228,25 +228,10 @@ METHODS: dict[str, Rule] = {
     "/controlplane.v1.Auth/WatchAudit": _ADMIN,
 }
 
-#: Methods that change state: each one is written to the audit log. Everything else only reads.
+#: Methods that only read: every other one is written to the audit log. Which change state is
+#: declared once, next to each method in its proto (``option (controlplane.v1.write)``).
 READ_ONLY = frozenset(
-    method
-    for method, rule in METHODS.items()
-    if rule in (OPEN, AUTHENTICATED)
-    or method.rsplit("/", 1)[1].startswith(("Get", "List", "Search", "Stats", "Conflicts", "History", "Export"))
-    or method.endswith(
-        (
-            "/Watch",
-            "/Snapshot",
-            "/Auth/Check",
-            "/Auth/WatchAudit",
-            "/KV/Get",
-            "/KV/List",
-            "/Ports/List",
-            "/Services/List",
-            "/Leases/List",
-        )
-    )
+    method for method in METHODS if not method.startswith("/controlplane.") or not methods.is_write(method)
 )
 
 

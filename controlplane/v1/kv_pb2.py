@@ -23,37 +23,44 @@ _sym_db = _symbol_database.Default()
 
 
 from controlplane.v1 import common_pb2 as controlplane_dot_v1_dot_common__pb2
+from controlplane.v1 import options_pb2 as controlplane_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ontrolplane/v1/kv.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/common.proto\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x04\x12\x0f\n\x07version\x18\x05 \x01(\x04\"M\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\"\x91\x01\n\x0bPutResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x02kv\x18\x02 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12*\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"E\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x04read\x18\x02 \x01(\x0b\x32\x1c.controlplane.v1.ReadOptions\"t\n\x0bGetResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12%\n\x02kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"0\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"~\n\x0e\x44\x65leteResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12*\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"\x80\x01\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12*\n\x04read\x18\x02 \x01(\x0b\x32\x1c.controlplane.v1.ReadOptions\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x13\n\x0bstart_after\x18\x04 \x01(\t\x12\x11\n\tkeys_only\x18\x05 \x01(\x08\"u\n\x0cListResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12&\n\x03kvs\x18\x02 \x03(\x0b\x32\x19.controlplane.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\"v\n\x15\x43ompareAndSwapRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x15\x65xpected_mod_revision\x18\x02 \x01(\x04\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65lete\x18\x05 \x01(\x08\"\x92\x01\n\x16\x43ompareAndSwapResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12%\n\x02kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12\r\n\x05\x66ound\x18\x04 \x01(\x08\x32\xfb\x02\n\x02KV\x12@\n\x03Put\x12\x1b.controlplane.v1.PutRequest\x1a\x1c.controlplane.v1.PutResponse\x12@\n\x03Get\x12\x1b.controlplane.v1.GetRequest\x1a\x1c.controlplane.v1.GetResponse\x12I\n\x06\x44\x65lete\x12\x1e.controlplane.v1.DeleteRequest\x1a\x1f.controlplane.v1.DeleteResponse\x12\x43\n\x04List\x12\x1c.controlplane.v1.ListRequest\x1a\x1d.controlplane.v1.ListResponse\x12\x61\n\x0e\x43ompareAndSwap\x12&.controlplane.v1.CompareAndSwapRequest\x1a\'.controlplane.v1.CompareAndSwapResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ontrolplane/v1/kv.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/common.proto\x1a\x1d\x63ontrolplane/v1/options.proto\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63reate_revision\x18\x03 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x04 \x01(\x04\x12\x0f\n\x07version\x18\x05 \x01(\x04\"M\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\"\x91\x01\n\x0bPutResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x02kv\x18\x02 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12*\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"E\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x04read\x18\x02 \x01(\x0b\x32\x1c.controlplane.v1.ReadOptions\"t\n\x0bGetResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12%\n\x02kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"0\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"~\n\x0e\x44\x65leteResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12*\n\x07prev_kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\"\x80\x01\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12*\n\x04read\x18\x02 \x01(\x0b\x32\x1c.controlplane.v1.ReadOptions\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x13\n\x0bstart_after\x18\x04 \x01(\t\x12\x11\n\tkeys_only\x18\x05 \x01(\x08\"u\n\x0cListResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12&\n\x03kvs\x18\x02 \x03(\x0b\x32\x19.controlplane.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\"v\n\x15\x43ompareAndSwapRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x15\x65xpected_mod_revision\x18\x02 \x01(\x04\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65lete\x18\x05 \x01(\x08\"\x92\x01\n\x16\x43ompareAndSwapResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12%\n\x02kv\x18\x03 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12\r\n\x05\x66ound\x18\x04 \x01(\x08\x32\xbb\x03\n\x02KV\x12P\n\x03Put\x12\x1b.controlplane.v1.PutRequest\x1a\x1c.controlplane.v1.PutResponse\"\x0e\xc0\xf3\x18\x01\xca\xf3\x18\x06kv_put\x12@\n\x03Get\x12\x1b.controlplane.v1.GetRequest\x1a\x1c.controlplane.v1.GetResponse\x12\\\n\x06\x44\x65lete\x12\x1e.controlplane.v1.DeleteRequest\x1a\x1f.controlplane.v1.DeleteResponse\"\x11\xc0\xf3\x18\x01\xca\xf3\x18\tkv_delete\x12\x43\n\x04List\x12\x1c.controlplane.v1.ListRequest\x1a\x1d.controlplane.v1.ListResponse\x12~\n\x0e\x43ompareAndSwap\x12&.controlplane.v1.CompareAndSwapRequest\x1a\'.controlplane.v1.CompareAndSwapResponse\"\x1b\xc0\xf3\x18\x01\xca\xf3\x18\x13kv_compare_and_swapb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYVALUE']._serialized_start=75
-  _globals['_KEYVALUE']._serialized_end=177
-  _globals['_PUTREQUEST']._serialized_start=179
-  _globals['_PUTREQUEST']._serialized_end=256
-  _globals['_PUTRESPONSE']._serialized_start=259
-  _globals['_PUTRESPONSE']._serialized_end=404
-  _globals['_GETREQUEST']._serialized_start=406
-  _globals['_GETREQUEST']._serialized_end=475
-  _globals['_GETRESPONSE']._serialized_start=477
-  _globals['_GETRESPONSE']._serialized_end=593
-  _globals['_DELETEREQUEST']._serialized_start=595
-  _globals['_DELETEREQUEST']._serialized_end=643
-  _globals['_DELETERESPONSE']._serialized_start=645
-  _globals['_DELETERESPONSE']._serialized_end=771
-  _globals['_LISTREQUEST']._serialized_start=774
-  _globals['_LISTREQUEST']._serialized_end=902
-  _globals['_LISTRESPONSE']._serialized_start=904
-  _globals['_LISTRESPONSE']._serialized_end=1021
-  _globals['_COMPAREANDSWAPREQUEST']._serialized_start=1023
-  _globals['_COMPAREANDSWAPREQUEST']._serialized_end=1141
-  _globals['_COMPAREANDSWAPRESPONSE']._serialized_start=1144
-  _globals['_COMPAREANDSWAPRESPONSE']._serialized_end=1290
-  _globals['_KV']._serialized_start=1293
-  _globals['_KV']._serialized_end=1672
+  _globals['_KV'].methods_by_name['Put']._loaded_options = None
+  _globals['_KV'].methods_by_name['Put']._serialized_options = b'\300\363\030\001\312\363\030\006kv_put'
+  _globals['_KV'].methods_by_name['Delete']._loaded_options = None
+  _globals['_KV'].methods_by_name['Delete']._serialized_options = b'\300\363\030\001\312\363\030\tkv_delete'
+  _globals['_KV'].methods_by_name['CompareAndSwap']._loaded_options = None
+  _globals['_KV'].methods_by_name['CompareAndSwap']._serialized_options = b'\300\363\030\001\312\363\030\023kv_compare_and_swap'
+  _globals['_KEYVALUE']._serialized_start=106
+  _globals['_KEYVALUE']._serialized_end=208
+  _globals['_PUTREQUEST']._serialized_start=210
+  _globals['_PUTREQUEST']._serialized_end=287
+  _globals['_PUTRESPONSE']._serialized_start=290
+  _globals['_PUTRESPONSE']._serialized_end=435
+  _globals['_GETREQUEST']._serialized_start=437
+  _globals['_GETREQUEST']._serialized_end=506
+  _globals['_GETRESPONSE']._serialized_start=508
+  _globals['_GETRESPONSE']._serialized_end=624
+  _globals['_DELETEREQUEST']._serialized_start=626
+  _globals['_DELETEREQUEST']._serialized_end=674
+  _globals['_DELETERESPONSE']._serialized_start=676
+  _globals['_DELETERESPONSE']._serialized_end=802
+  _globals['_LISTREQUEST']._serialized_start=805
+  _globals['_LISTREQUEST']._serialized_end=933
+  _globals['_LISTRESPONSE']._serialized_start=935
+  _globals['_LISTRESPONSE']._serialized_end=1052
+  _globals['_COMPAREANDSWAPREQUEST']._serialized_start=1054
+  _globals['_COMPAREANDSWAPREQUEST']._serialized_end=1172
+  _globals['_COMPAREANDSWAPRESPONSE']._serialized_start=1175
+  _globals['_COMPAREANDSWAPRESPONSE']._serialized_end=1321
+  _globals['_KV']._serialized_start=1324
+  _globals['_KV']._serialized_end=1767
 # @@protoc_insertion_point(module_scope)

@@ -23,43 +23,50 @@ _sym_db = _symbol_database.Default()
 
 
 from controlplane.v1 import common_pb2 as controlplane_dot_v1_dot_common__pb2
+from controlplane.v1 import options_pb2 as controlplane_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ontrolplane/v1/leases.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/common.proto\"m\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x17\n\x0fgranted_unix_ms\x18\x03 \x01(\x03\x12\x17\n\x0frenewed_unix_ms\x18\x04 \x01(\x03\x12\x16\n\x0e\x61ttached_ports\x18\x05 \x01(\r\"7\n\x11GrantLeaseRequest\x12\x0e\n\x06ttl_ms\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"l\n\x12GrantLeaseResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Lease\"8\n\x10KeepAliveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"k\n\x11KeepAliveResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Lease\":\n\x12RevokeLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"o\n\x13RevokeLeaseResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\x0f\n\x07revoked\x18\x02 \x01(\x08\x12\x16\n\x0ereleased_ports\x18\x03 \x01(\r\"?\n\x11ListLeasesRequest\x12*\n\x04read\x18\x01 \x01(\x0b\x32\x1c.controlplane.v1.ReadOptions\"m\n\x12ListLeasesResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12&\n\x06leases\x18\x02 \x03(\x0b\x32\x16.controlplane.v1.Lease\"!\n\x0c\x45xpireLeases\x12\x11\n\tlease_ids\x18\x01 \x03(\x03\"%\n\x12\x45xpireLeasesResult\x12\x0f\n\x07\x65xpired\x18\x01 \x03(\x03\"B\n\x0fLeaseCheckpoint\x12/\n\x08renewals\x18\x01 \x03(\x0b\x32\x1d.controlplane.v1.LeaseRenewal\"9\n\x0cLeaseRenewal\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x17\n\x0frenewed_unix_ms\x18\x02 \x01(\x03\"(\n\x15LeaseCheckpointResult\x12\x0f\n\x07updated\x18\x01 \x01(\r2\xd4\x02\n\x06Leases\x12P\n\x05Grant\x12\".controlplane.v1.GrantLeaseRequest\x1a#.controlplane.v1.GrantLeaseResponse\x12R\n\tKeepAlive\x12!.controlplane.v1.KeepAliveRequest\x1a\".controlplane.v1.KeepAliveResponse\x12S\n\x06Revoke\x12#.controlplane.v1.RevokeLeaseRequest\x1a$.controlplane.v1.RevokeLeaseResponse\x12O\n\x04List\x12\".controlplane.v1.ListLeasesRequest\x1a#.controlplane.v1.ListLeasesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ontrolplane/v1/leases.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/common.proto\x1a\x1d\x63ontrolplane/v1/options.proto\"m\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x17\n\x0fgranted_unix_ms\x18\x03 \x01(\x03\x12\x17\n\x0frenewed_unix_ms\x18\x04 \x01(\x03\x12\x16\n\x0e\x61ttached_ports\x18\x05 \x01(\r\"7\n\x11GrantLeaseRequest\x12\x0e\n\x06ttl_ms\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"l\n\x12GrantLeaseResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Lease\"8\n\x10KeepAliveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"k\n\x11KeepAliveResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Lease\":\n\x12RevokeLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"o\n\x13RevokeLeaseResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\x0f\n\x07revoked\x18\x02 \x01(\x08\x12\x16\n\x0ereleased_ports\x18\x03 \x01(\r\"?\n\x11ListLeasesRequest\x12*\n\x04read\x18\x01 \x01(\x0b\x32\x1c.controlplane.v1.ReadOptions\"m\n\x12ListLeasesResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12&\n\x06leases\x18\x02 \x03(\x0b\x32\x16.controlplane.v1.Lease\"!\n\x0c\x45xpireLeases\x12\x11\n\tlease_ids\x18\x01 \x03(\x03\"%\n\x12\x45xpireLeasesResult\x12\x0f\n\x07\x65xpired\x18\x01 \x03(\x03\"B\n\x0fLeaseCheckpoint\x12/\n\x08renewals\x18\x01 \x03(\x0b\x32\x1d.controlplane.v1.LeaseRenewal\"9\n\x0cLeaseRenewal\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x17\n\x0frenewed_unix_ms\x18\x02 \x01(\x03\"(\n\x15LeaseCheckpointResult\x12\x0f\n\x07updated\x18\x01 \x01(\r2\x98\x03\n\x06Leases\x12\x65\n\x05Grant\x12\".controlplane.v1.GrantLeaseRequest\x1a#.controlplane.v1.GrantLeaseResponse\"\x13\xc0\xf3\x18\x01\xca\xf3\x18\x0blease_grant\x12k\n\tKeepAlive\x12!.controlplane.v1.KeepAliveRequest\x1a\".controlplane.v1.KeepAliveResponse\"\x17\xc0\xf3\x18\x01\xca\xf3\x18\x0flease_keepalive\x12i\n\x06Revoke\x12#.controlplane.v1.RevokeLeaseRequest\x1a$.controlplane.v1.RevokeLeaseResponse\"\x14\xc0\xf3\x18\x01\xca\xf3\x18\x0clease_revoke\x12O\n\x04List\x12\".controlplane.v1.ListLeasesRequest\x1a#.controlplane.v1.ListLeasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.leases_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEASE']._serialized_start=79
-  _globals['_LEASE']._serialized_end=188
-  _globals['_GRANTLEASEREQUEST']._serialized_start=190
-  _globals['_GRANTLEASEREQUEST']._serialized_end=245
-  _globals['_GRANTLEASERESPONSE']._serialized_start=247
-  _globals['_GRANTLEASERESPONSE']._serialized_end=355
-  _globals['_KEEPALIVEREQUEST']._serialized_start=357
-  _globals['_KEEPALIVEREQUEST']._serialized_end=413
-  _globals['_KEEPALIVERESPONSE']._serialized_start=415
-  _globals['_KEEPALIVERESPONSE']._serialized_end=522
-  _globals['_REVOKELEASEREQUEST']._serialized_start=524
-  _globals['_REVOKELEASEREQUEST']._serialized_end=582
-  _globals['_REVOKELEASERESPONSE']._serialized_start=584
-  _globals['_REVOKELEASERESPONSE']._serialized_end=695
-  _globals['_LISTLEASESREQUEST']._serialized_start=697
-  _globals['_LISTLEASESREQUEST']._serialized_end=760
-  _globals['_LISTLEASESRESPONSE']._serialized_start=762
-  _globals['_LISTLEASESRESPONSE']._serialized_end=871
-  _globals['_EXPIRELEASES']._serialized_start=873
-  _globals['_EXPIRELEASES']._serialized_end=906
-  _globals['_EXPIRELEASESRESULT']._serialized_start=908
-  _globals['_EXPIRELEASESRESULT']._serialized_end=945
-  _globals['_LEASECHECKPOINT']._serialized_start=947
-  _globals['_LEASECHECKPOINT']._serialized_end=1013
-  _globals['_LEASERENEWAL']._serialized_start=1015
-  _globals['_LEASERENEWAL']._serialized_end=1072
-  _globals['_LEASECHECKPOINTRESULT']._serialized_start=1074
-  _globals['_LEASECHECKPOINTRESULT']._serialized_end=1114
-  _globals['_LEASES']._serialized_start=1117
-  _globals['_LEASES']._serialized_end=1457
+  _globals['_LEASES'].methods_by_name['Grant']._loaded_options = None
+  _globals['_LEASES'].methods_by_name['Grant']._serialized_options = b'\300\363\030\001\312\363\030\013lease_grant'
+  _globals['_LEASES'].methods_by_name['KeepAlive']._loaded_options = None
+  _globals['_LEASES'].methods_by_name['KeepAlive']._serialized_options = b'\300\363\030\001\312\363\030\017lease_keepalive'
+  _globals['_LEASES'].methods_by_name['Revoke']._loaded_options = None
+  _globals['_LEASES'].methods_by_name['Revoke']._serialized_options = b'\300\363\030\001\312\363\030\014lease_revoke'
+  _globals['_LEASE']._serialized_start=110
+  _globals['_LEASE']._serialized_end=219
+  _globals['_GRANTLEASEREQUEST']._serialized_start=221
+  _globals['_GRANTLEASEREQUEST']._serialized_end=276
+  _globals['_GRANTLEASERESPONSE']._serialized_start=278
+  _globals['_GRANTLEASERESPONSE']._serialized_end=386
+  _globals['_KEEPALIVEREQUEST']._serialized_start=388
+  _globals['_KEEPALIVEREQUEST']._serialized_end=444
+  _globals['_KEEPALIVERESPONSE']._serialized_start=446
+  _globals['_KEEPALIVERESPONSE']._serialized_end=553
+  _globals['_REVOKELEASEREQUEST']._serialized_start=555
+  _globals['_REVOKELEASEREQUEST']._serialized_end=613
+  _globals['_REVOKELEASERESPONSE']._serialized_start=615
+  _globals['_REVOKELEASERESPONSE']._serialized_end=726
+  _globals['_LISTLEASESREQUEST']._serialized_start=728
+  _globals['_LISTLEASESREQUEST']._serialized_end=791
+  _globals['_LISTLEASESRESPONSE']._serialized_start=793
+  _globals['_LISTLEASESRESPONSE']._serialized_end=902
+  _globals['_EXPIRELEASES']._serialized_start=904
+  _globals['_EXPIRELEASES']._serialized_end=937
+  _globals['_EXPIRELEASESRESULT']._serialized_start=939
+  _globals['_EXPIRELEASESRESULT']._serialized_end=976
+  _globals['_LEASECHECKPOINT']._serialized_start=978
+  _globals['_LEASECHECKPOINT']._serialized_end=1044
+  _globals['_LEASERENEWAL']._serialized_start=1046
+  _globals['_LEASERENEWAL']._serialized_end=1103
+  _globals['_LEASECHECKPOINTRESULT']._serialized_start=1105
+  _globals['_LEASECHECKPOINTRESULT']._serialized_end=1145
+  _globals['_LEASES']._serialized_start=1148
+  _globals['_LEASES']._serialized_end=1556
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,46 @@
+"""What each RPC of the client port is, read from the options declared next to it in the protos
+(``proto/controlplane/v1/options.proto``): one declaration that the SDK (which calls go to the
+leader), the server (which calls the audit log records) and the tests (tests/test_wiring.py) share.
+
+A method is named by its gRPC path, ``/controlplane.v1.Ports/Allocate``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import MethodDescriptor
+
+# Every service of the client port, so that its methods are in the descriptor pool.
+from controlplane.v1 import (  # noqa: F401
+    auth_pb2,
+    cluster_pb2,
+    gossip_pb2,
+    kv_pb2,
+    leases_pb2,
+    membership_pb2,
+    models_pb2,
+    options_pb2,
+    ports_pb2,
+    watch_pb2,
+)
+
+__all__ = ["command_of", "descriptor", "is_write"]
+
+
+@functools.cache
+def descriptor(path: str) -> MethodDescriptor:
+    """The method at gRPC path ``path``; KeyError when no imported service has it."""
+    service, _, method = path.lstrip("/").partition("/")
+    return descriptor_pool.Default().FindServiceByName(service).methods_by_name[method]
+
+
+def is_write(path: str) -> bool:
+    """Whether the method may change the cluster's state (``option (controlplane.v1.write)``)."""
+    return bool(descriptor(path).GetOptions().Extensions[options_pb2.write])  # type: ignore[index]
+
+
+def command_of(path: str) -> str:
+    """The Command body field the write travels in (``option (controlplane.v1.command)``), or ""."""
+    return str(descriptor(path).GetOptions().Extensions[options_pb2.command])  # type: ignore[index]
