@@ -1,14 +1,18 @@
-"""What the servicers share: the call's deadline, replicating a request message, forwarding a
-keepalive to the leader, and refusing bad input before the log."""
+"""What the servicers share: the call's deadline, replicating a request message (and the servicer
+methods that do only that, made from their protos' declarations), forwarding a keepalive to the
+leader, and refusing bad input before the log."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
+from controlplane import methods
 from controlplane.errors import InvalidArgument, NoLeader, error_from_rpc
 from controlplane.server.node import Node
 from controlplane.state.refusal import Refused
@@ -17,6 +21,7 @@ from controlplane.v1 import (
 )
 
 Resp = TypeVar("Resp", bound=Message)
+Servicer = TypeVar("Servicer", bound=type)
 
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 WATCH_PROGRESS_EVERY_S = 1.0
@@ -87,3 +92,42 @@ def refuse_early(check: Callable[[], None]) -> None:
 def refuse_if(problem: str | None) -> None:
     if problem:
         raise InvalidArgument(problem)
+
+
+def replicated_writes(service: ServiceDescriptor) -> Callable[[Servicer], Servicer]:
+    """A class decorator: every method of ``service`` whose proto declares it one command (``option
+    (controlplane.v1.command)``) and that the class does not define itself becomes ``replicate``
+    with that command, when the command's body and result are the method's own request and
+    response messages. A method that needs more (validation before the log, another message) is
+    written by hand; one that is neither stays the generated base's UNIMPLEMENTED, which
+    tests/test_wiring.py refuses."""
+    bodies = command_pb2.Command.DESCRIPTOR.fields_by_name
+    results = command_pb2.CommandResult.DESCRIPTOR.fields_by_name
+
+    def decorate(servicer: Servicer) -> Servicer:
+        for method in service.methods:
+            command = methods.command_of(f"/{service.full_name}/{method.name}")
+            if not command or method.name in vars(servicer) or command not in bodies or command not in results:
+                continue
+            body, result = bodies[command].message_type, results[command].message_type
+            if body is None or body.full_name != method.input_type.full_name:
+                continue
+            if result is None or result.full_name != method.output_type.full_name:
+                continue
+            setattr(
+                servicer,
+                method.name,
+                _replicating(method.name, command, message_factory.GetMessageClass(method.output_type)),
+            )
+        return servicer
+
+    return decorate
+
+
+def _replicating(name: str, command: str, response: type[Message]) -> Callable[..., Awaitable[Message]]:
+    async def handler(self: Any, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        return await replicate(self._node, command, request, response)
+
+    handler.__name__ = handler.__qualname__ = name
+    handler.__doc__ = f"Replicates the request as one ``{command}`` command (its proto says so)."
+    return handler

@@ -9,6 +9,7 @@ from controlplane.server.services._shared import (
     deadline_of,
     refuse_if,
     replicate,
+    replicated_writes,
     to_leader,
 )
 from controlplane.state import health, limits
@@ -18,19 +19,10 @@ from controlplane.v1 import (
 )
 
 
+@replicated_writes(ports_pb2.DESCRIPTOR.services_by_name["Services"])
 class ServicesService(ports_pb2_grpc.ServicesServicer):
     def __init__(self, node: Node) -> None:
         self._node = node
-
-    async def Register(
-        self, request: ports_pb2.RegisterServiceRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.RegisterServiceResponse:
-        return await replicate(self._node, "service_register", request, ports_pb2.RegisterServiceResponse)
-
-    async def Deregister(
-        self, request: ports_pb2.DeregisterServiceRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.DeregisterServiceResponse:
-        return await replicate(self._node, "service_deregister", request, ports_pb2.DeregisterServiceResponse)
 
     async def List(
         self, request: ports_pb2.ListServicesRequest, context: grpc.aio.ServicerContext
@@ -60,18 +52,3 @@ class ServicesService(ports_pb2_grpc.ServicesServicer):
         if answered is not None:
             return ports_pb2.ReportHealthResponse(header=self._node.header(), health=answered)
         return await replicate(self._node, "service_health", request, ports_pb2.ReportHealthResponse)
-
-    async def Start(
-        self, request: ports_pb2.StartServiceRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.StartServiceResponse:
-        return await replicate(self._node, "service_start", request, ports_pb2.StartServiceResponse)
-
-    async def Stop(
-        self, request: ports_pb2.StopServiceRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.StopServiceResponse:
-        return await replicate(self._node, "service_stop", request, ports_pb2.StopServiceResponse)
-
-    async def ReportRun(
-        self, request: ports_pb2.ReportRunRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.ReportRunResponse:
-        return await replicate(self._node, "service_run_report", request, ports_pb2.ReportRunResponse)

@@ -10,6 +10,7 @@ from controlplane.server.services._shared import (
     deadline_of,
     refuse_early,
     replicate,
+    replicated_writes,
 )
 from controlplane.state import limits
 from controlplane.state.gossip import check_configure, check_metrics
@@ -19,32 +20,18 @@ from controlplane.v1 import (
 )
 
 
+@replicated_writes(gossip_pb2.DESCRIPTOR.services_by_name["Gossip"])
 class GossipService(gossip_pb2_grpc.GossipServicer):
     """Bandwidth reports and round bookkeeping through the log; reads honour ReadOptions."""
 
     def __init__(self, node: Node) -> None:
         self._node = node
 
-    async def ReportBandwidth(
-        self, request: gossip_pb2.ReportBandwidthRequest, context: grpc.aio.ServicerContext
-    ) -> gossip_pb2.ReportBandwidthResponse:
-        return await replicate(self._node, "gossip_report_bandwidth", request, gossip_pb2.ReportBandwidthResponse)
-
-    async def StartRound(
-        self, request: gossip_pb2.StartRoundRequest, context: grpc.aio.ServicerContext
-    ) -> gossip_pb2.StartRoundResponse:
-        return await replicate(self._node, "gossip_start_round", request, gossip_pb2.StartRoundResponse)
-
     async def ReportRound(
         self, request: gossip_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
     ) -> gossip_pb2.ReportRoundResponse:
         refuse_early(lambda: check_metrics(request.metrics))
         return await replicate(self._node, "gossip_report_round", request, gossip_pb2.ReportRoundResponse)
-
-    async def EndRound(
-        self, request: gossip_pb2.EndRoundRequest, context: grpc.aio.ServicerContext
-    ) -> gossip_pb2.EndRoundResponse:
-        return await replicate(self._node, "gossip_end_round", request, gossip_pb2.EndRoundResponse)
 
     async def GetBandwidth(
         self, request: gossip_pb2.GetBandwidthRequest, context: grpc.aio.ServicerContext
@@ -79,11 +66,6 @@ class GossipService(gossip_pb2_grpc.GossipServicer):
     ) -> gossip_pb2.ConfigureGroupResponse:
         refuse_early(lambda: check_configure(request))
         return await replicate(self._node, "gossip_configure_group", request, gossip_pb2.ConfigureGroupResponse)
-
-    async def DeleteGroup(
-        self, request: gossip_pb2.DeleteGroupRequest, context: grpc.aio.ServicerContext
-    ) -> gossip_pb2.DeleteGroupResponse:
-        return await replicate(self._node, "gossip_delete_group", request, gossip_pb2.DeleteGroupResponse)
 
     async def GetGroup(
         self, request: gossip_pb2.GetGroupRequest, context: grpc.aio.ServicerContext

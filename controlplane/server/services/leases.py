@@ -9,6 +9,7 @@ from controlplane.server.services._shared import (
     deadline_of,
     refuse_if,
     replicate,
+    replicated_writes,
     to_leader,
 )
 from controlplane.state import limits
@@ -18,6 +19,7 @@ from controlplane.v1 import (
 )
 
 
+@replicated_writes(leases_pb2.DESCRIPTOR.services_by_name["Leases"])
 class LeasesService(leases_pb2_grpc.LeasesServicer):
     def __init__(self, node: Node) -> None:
         self._node = node
@@ -38,11 +40,6 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         if lease is not None:
             return leases_pb2.KeepAliveResponse(header=self._node.header(), lease=lease)
         return await replicate(self._node, "lease_keepalive", request, leases_pb2.KeepAliveResponse)
-
-    async def Revoke(
-        self, request: leases_pb2.RevokeLeaseRequest, context: grpc.aio.ServicerContext
-    ) -> leases_pb2.RevokeLeaseResponse:
-        return await replicate(self._node, "lease_revoke", request, leases_pb2.RevokeLeaseResponse)
 
     async def List(
         self, request: leases_pb2.ListLeasesRequest, context: grpc.aio.ServicerContext

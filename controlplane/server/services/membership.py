@@ -12,6 +12,7 @@ from controlplane.server.services._shared import (
     refuse_early,
     refuse_if,
     replicate,
+    replicated_writes,
     to_leader,
 )
 from controlplane.state import limits
@@ -22,6 +23,7 @@ from controlplane.v1 import (
 )
 
 
+@replicated_writes(membership_pb2.DESCRIPTOR.services_by_name["Membership"])
 class MembershipService(membership_pb2_grpc.MembershipServicer):
     """Nodes, networks, places and flags: writes through the log, reads honour ReadOptions."""
 
@@ -50,21 +52,6 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
             return answered
         return await replicate(self._node, "node_heartbeat", request, membership_pb2.HeartbeatResponse)
 
-    async def DrainNode(
-        self, request: membership_pb2.DrainNodeRequest, context: grpc.aio.ServicerContext
-    ) -> membership_pb2.DrainNodeResponse:
-        return await replicate(self._node, "node_drain", request, membership_pb2.DrainNodeResponse)
-
-    async def DeregisterNode(
-        self, request: membership_pb2.DeregisterNodeRequest, context: grpc.aio.ServicerContext
-    ) -> membership_pb2.DeregisterNodeResponse:
-        return await replicate(self._node, "node_deregister", request, membership_pb2.DeregisterNodeResponse)
-
-    async def ForgetNode(
-        self, request: membership_pb2.ForgetNodeRequest, context: grpc.aio.ServicerContext
-    ) -> membership_pb2.ForgetNodeResponse:
-        return await replicate(self._node, "node_forget", request, membership_pb2.ForgetNodeResponse)
-
     async def GetNode(
         self, request: membership_pb2.GetNodeRequest, context: grpc.aio.ServicerContext
     ) -> membership_pb2.GetNodeResponse:
@@ -88,16 +75,6 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
         refuse_early(lambda: check_network_fields(request.network))
         return await replicate(self._node, "network_create", request, membership_pb2.CreateNetworkResponse)
 
-    async def UpdateNetwork(
-        self, request: membership_pb2.UpdateNetworkRequest, context: grpc.aio.ServicerContext
-    ) -> membership_pb2.UpdateNetworkResponse:
-        return await replicate(self._node, "network_update", request, membership_pb2.UpdateNetworkResponse)
-
-    async def DeleteNetwork(
-        self, request: membership_pb2.DeleteNetworkRequest, context: grpc.aio.ServicerContext
-    ) -> membership_pb2.DeleteNetworkResponse:
-        return await replicate(self._node, "network_delete", request, membership_pb2.DeleteNetworkResponse)
-
     async def GetNetwork(
         self, request: membership_pb2.GetNetworkRequest, context: grpc.aio.ServicerContext
     ) -> membership_pb2.GetNetworkResponse:
@@ -117,21 +94,6 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
         table = self._node.machine.membership
         networks, revision = self._node.read_state(lambda: table.list_networks(request.model))
         return membership_pb2.ListNetworksResponse(header=self._node.header(revision), networks=networks)
-
-    async def JoinNetwork(
-        self, request: membership_pb2.JoinNetworkRequest, context: grpc.aio.ServicerContext
-    ) -> membership_pb2.JoinNetworkResponse:
-        return await replicate(self._node, "network_join", request, membership_pb2.JoinNetworkResponse)
-
-    async def LeaveNetwork(
-        self, request: membership_pb2.LeaveNetworkRequest, context: grpc.aio.ServicerContext
-    ) -> membership_pb2.LeaveNetworkResponse:
-        return await replicate(self._node, "network_leave", request, membership_pb2.LeaveNetworkResponse)
-
-    async def Assign(
-        self, request: membership_pb2.AssignClientRequest, context: grpc.aio.ServicerContext
-    ) -> membership_pb2.AssignClientResponse:
-        return await replicate(self._node, "network_assign", request, membership_pb2.AssignClientResponse)
 
     async def ListPlacements(
         self, request: membership_pb2.ListPlacementsRequest, context: grpc.aio.ServicerContext

@@ -11,6 +11,7 @@ from controlplane.server.services._shared import (
     deadline_of,
     refuse_early,
     replicate,
+    replicated_writes,
 )
 from controlplane.state import limits
 from controlplane.state.models import check_version_fields
@@ -21,6 +22,7 @@ from controlplane.v1 import (
 )
 
 
+@replicated_writes(models_pb2.DESCRIPTOR.services_by_name["Models"])
 class ModelsService(models_pb2_grpc.ModelsServicer):
     """Registry writes go through the log; reads come from the state machine, search from the local index."""
 
@@ -44,46 +46,6 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
             except InvalidArgument as exc:
                 raise InvalidArgument(f"version #{index + 1} ({item.model}): {exc.message}") from None
         return await replicate(self._node, "model_bulk_register", request, models_pb2.BulkRegisterResponse)
-
-    async def UpdateModel(
-        self, request: models_pb2.UpdateModelRequest, context: grpc.aio.ServicerContext
-    ) -> models_pb2.UpdateModelResponse:
-        return await replicate(self._node, "model_update", request, models_pb2.UpdateModelResponse)
-
-    async def SetVersionStatus(
-        self, request: models_pb2.SetVersionStatusRequest, context: grpc.aio.ServicerContext
-    ) -> models_pb2.SetVersionStatusResponse:
-        return await replicate(self._node, "model_set_status", request, models_pb2.SetVersionStatusResponse)
-
-    async def UpdateVersion(
-        self, request: models_pb2.UpdateVersionRequest, context: grpc.aio.ServicerContext
-    ) -> models_pb2.UpdateVersionResponse:
-        return await replicate(self._node, "model_update_version", request, models_pb2.UpdateVersionResponse)
-
-    async def SetAlias(
-        self, request: models_pb2.SetAliasRequest, context: grpc.aio.ServicerContext
-    ) -> models_pb2.SetAliasResponse:
-        return await replicate(self._node, "model_set_alias", request, models_pb2.SetAliasResponse)
-
-    async def DeleteVersion(
-        self, request: models_pb2.DeleteVersionRequest, context: grpc.aio.ServicerContext
-    ) -> models_pb2.DeleteVersionResponse:
-        return await replicate(self._node, "model_delete_version", request, models_pb2.DeleteVersionResponse)
-
-    async def DeleteModel(
-        self, request: models_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
-    ) -> models_pb2.DeleteModelResponse:
-        return await replicate(self._node, "model_delete", request, models_pb2.DeleteModelResponse)
-
-    async def AddReplica(
-        self, request: models_pb2.ReplicaRequest, context: grpc.aio.ServicerContext
-    ) -> models_pb2.ReplicaResponse:
-        return await replicate(self._node, "model_add_replica", request, models_pb2.ReplicaResponse)
-
-    async def RemoveReplica(
-        self, request: models_pb2.ReplicaRequest, context: grpc.aio.ServicerContext
-    ) -> models_pb2.ReplicaResponse:
-        return await replicate(self._node, "model_remove_replica", request, models_pb2.ReplicaResponse)
 
     async def GetModel(
         self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext

@@ -9,6 +9,7 @@ from controlplane.server.node import Node
 from controlplane.server.services._shared import (
     deadline_of,
     replicate,
+    replicated_writes,
 )
 from controlplane.state import limits
 from controlplane.v1 import (
@@ -18,61 +19,12 @@ from controlplane.v1 import (
 )
 
 
+@replicated_writes(ports_pb2.DESCRIPTOR.services_by_name["Ports"])
 class PortsService(ports_pb2_grpc.PortsServicer):
     """Writes go through the log (the state machine validates them); reads honour ReadOptions."""
 
     def __init__(self, node: Node) -> None:
         self._node = node
-
-    async def Allocate(
-        self, request: ports_pb2.AllocateRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.AllocateResponse:
-        return await replicate(self._node, "ports_allocate", request, ports_pb2.AllocateResponse)
-
-    async def Assign(
-        self, request: ports_pb2.AssignRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.AssignResponse:
-        return await replicate(self._node, "ports_assign", request, ports_pb2.AssignResponse)
-
-    async def Release(
-        self, request: ports_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.ReleaseResponse:
-        return await replicate(self._node, "ports_release", request, ports_pb2.ReleaseResponse)
-
-    async def Reassign(
-        self, request: ports_pb2.ReassignRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.ReassignResponse:
-        return await replicate(self._node, "ports_reassign", request, ports_pb2.ReassignResponse)
-
-    async def Reserve(
-        self, request: ports_pb2.ReserveRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.ReserveResponse:
-        return await replicate(self._node, "ports_reserve", request, ports_pb2.ReserveResponse)
-
-    async def Unreserve(
-        self, request: ports_pb2.UnreserveRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.UnreserveResponse:
-        return await replicate(self._node, "ports_unreserve", request, ports_pb2.UnreserveResponse)
-
-    async def SetRange(
-        self, request: ports_pb2.SetRangeRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.SetRangeResponse:
-        return await replicate(self._node, "ports_set_range", request, ports_pb2.SetRangeResponse)
-
-    async def DeleteRange(
-        self, request: ports_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.DeleteRangeResponse:
-        return await replicate(self._node, "ports_delete_range", request, ports_pb2.DeleteRangeResponse)
-
-    async def ReportObserved(
-        self, request: ports_pb2.ReportObservedRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.ReportObservedResponse:
-        return await replicate(self._node, "ports_observe", request, ports_pb2.ReportObservedResponse)
-
-    async def Repair(
-        self, request: ports_pb2.RepairRequest, context: grpc.aio.ServicerContext
-    ) -> ports_pb2.RepairResponse:
-        return await replicate(self._node, "ports_repair", request, ports_pb2.RepairResponse)
 
     async def Import(
         self, request: ports_pb2.ImportPortsRequest, context: grpc.aio.ServicerContext
