@@ -200,7 +200,7 @@ def test_an_agent_frozen_past_its_lease_whose_id_was_taken_over_stops_and_leaves
         out, _ = frozen.communicate(timeout=60)
         assert frozen.returncode == 1, out
         assert "agent thaw-a1 stopped: node thaw-a1 was registered again by another agent" in out
-        assert "Traceback" not in out and "deregistered" not in out
+        assert "Traceback" not in out and "deregistered" not in out, out
         after = client.membership.get_node("thaw-a1").node
         assert after.state is NodeState.ACTIVE and after.lease_id == holder.lease_id
         assert (after.instance_id, after.incarnation) == (holder.instance_id, holder.incarnation)
