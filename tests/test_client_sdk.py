@@ -9,6 +9,7 @@ does not block the server.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import inspect
 import random
@@ -841,3 +842,51 @@ async def test_unavailable_is_what_a_dead_cluster_looks_like_within_the_deadline
     with pytest.raises(DeadlineExceeded) as raised:
         await run(client.status())
     assert isinstance(raised.value.__cause__, Unavailable)
+
+
+async def test_a_call_cancelled_while_asking_who_leads_leaves_no_unretrieved_error(
+    nodes: Callable[[str], FakeNode],
+) -> None:
+    """A write whose caller is cancelled while it asks another server who leads, and whose own call
+    failed meanwhile: the failure is nobody's answer any more, and must not surface at exit as
+    "Task exception was never retrieved" with a traceback (a thawed agent printed one)."""
+    slow, asked = nodes("a"), nodes("b")
+    slow.hang, asked.hang = True, True  # the write waits, and so does the question who leads
+    slow.fail(errors.FailedPrecondition("not yours any more"))
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(str(context.get("message"))))
+    client = AsyncClient([slow.address, asked.address], retry_policy=RetryPolicy(leader_check_after=0.05))
+    try:
+        writing = asyncio.ensure_future(client.put("k", b"v"))
+
+        async def asking() -> bool:
+            return bool(asked.calls_to("Status"))
+
+        await _until(asking, "the write to ask who leads")
+        slow.released.set()  # the write's own call fails now, while the question is still open
+
+        def wrapped_calls() -> list[asyncio.Task[Any]]:
+            return [t for t in asyncio.all_tasks() if "_wrap_awaitable" in repr(t.get_coro())]
+
+        async def failed() -> bool:
+            return all(task.done() for task in wrapped_calls())
+
+        await _until(failed, "the write's call to fail")
+        writing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+    finally:
+        asked.released.set()
+        await client.close()
+    del writing
+    gc.collect()
+    await asyncio.sleep(0)  # the loop runs the handler calls gc queued
+    assert not [message for message in reported if "never retrieved" in message], reported
+
+
+async def _until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)  # the poll interval of a condition wait

@@ -398,6 +398,10 @@ class AsyncClient:
                 if not waiter.done():
                     call.cancel()
                     waiter.cancel()
+                elif not waiter.cancelled():
+                    # Done, but nobody may read it now (the caller was cancelled while asking who
+                    # leads): retrieved here, or asyncio prints it at exit with a traceback.
+                    waiter.exception()
 
         return await self._retry(attempts, once)
 
