@@ -138,3 +138,32 @@ def test_the_methods_that_only_replicate_are_made_from_their_protos() -> None:
                 made.append(path)
     assert len(made) > 30 and "/controlplane.v1.Ports/Allocate" in made
     assert "/controlplane.v1.KV/Put" not in made  # hand-written: its request is not the command's body
+
+
+#: Calls through which a servicer changes state other than ``replicate``.
+_WRITING_CALLS = {"write", "_change", "restore", "add_member", "remove_member", "transfer_leadership"}
+
+
+def test_every_servicer_method_that_writes_is_declared_a_write() -> None:
+    """A method that changes state without ``replicate`` (``node.write``, membership changes, a
+    restore) must be declared a write in its proto too: else the audit log would skip it and the
+    SDK would not send it to the leader."""
+    nobody = Serving(node=None, authorizer=None, audit=None)  # type: ignore[arg-type]
+    service_of = {type(r.make(nobody)).__name__: r.descriptor for r in SERVICES}
+    undeclared, writers = [], 0
+    for path in sorted(SERVICES_DIR.glob("*.py")):
+        for cls in ast.parse(path.read_text()).body:
+            if not isinstance(cls, ast.ClassDef) or cls.name not in service_of:
+                continue
+            rpcs = {method.name for method in service_of[cls.name].methods}
+            for function in cls.body:
+                if not isinstance(function, ast.AsyncFunctionDef) or function.name not in rpcs:
+                    continue
+                called = {getattr(n.func, "attr", getattr(n.func, "id", "")) for n in ast.walk(function)
+                          if isinstance(n, ast.Call)}  # fmt: skip
+                writes = bool(called & (_WRITING_CALLS | {"replicate"}))
+                writers += writes
+                if writes and not methods.is_write(f"/{service_of[cls.name].full_name}/{function.name}"):
+                    undeclared.append(f"{cls.name}.{function.name}")
+    assert writers > 25  # it saw the hand-written writes
+    assert undeclared == []

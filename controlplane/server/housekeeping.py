@@ -146,6 +146,7 @@ class Housekeeper:
                 # is a new leadership, however it looked at the moments we sampled).
                 if self._leader_since is not None:
                     node.renewals.clear()
+                    node.leader_clock_idle()
                 self._leader_since = None
                 self._leader_term = term if node.raft.is_leader() and node.raft.is_ready() else -1
                 if self._leader_term == -1:
@@ -385,6 +386,8 @@ class Housekeeper:
                 self._coordinator, self._coordinator_term = Coordinator(), term
             self._coordinator.forget(keep=configured)
             for config, rounds, participants, links, version, revisions in due:
+                if node.raft.term() != term or not node.raft.is_leader():
+                    return  # no longer this leadership's job (and its clock is not this server's to read)
                 now = node.leader_now_ms()
                 plan: Plan | None = await asyncio.to_thread(
                     self._coordinator.plan, config, rounds, participants, links, version, now, revisions

@@ -4,17 +4,20 @@ monotonic clock while it leads.
 Every batch carries the leader's time, which becomes the cluster's (``state.time_unix_ms``, which
 never moves backwards); lease, reap and round deadlines and the dedupe window are measured in it,
 and the leader decides expiry by comparing them with its own readings. A step of the leader's wall
-clock (NTP stepping, a resumed VM, someone running ``date``) would move all of that with it, and a
+clock (NTP stepping, a hypervisor setting the guest's time, someone running ``date``) would move
+all of that with it, and a
 forward step would stay after the clock is put right: the state's time never goes back, so every
 deadline set during the step would stand that much in the future (a lease renewed during a +1 h
 step kept a dead holder's ports for an hour), and the new readings would be behind the state's.
 
-So while a server leads, its readings move with its monotonic clock and follow the wall clock only
-within ``SLEW`` of it (1 %, twenty times NTP's own 500 ppm limit): a small correction is caught up
-within seconds, a step is not followed. The first reading of a leadership is the wall clock, but
-no earlier than the state's time (a new leader whose clock is behind does not read the past). A
-leader whose wall clock is already wrong when it is elected is no better than that clock: that
-case is documented in docs/faults.md.
+So while a server leads, its readings move with its boot-time clock (monotonic, and counting a
+suspend, so a machine waking up is not mistaken for a step) and follow the wall clock only within
+``SLEW`` of it (1 %, twenty times NTP's own 500 ppm limit): a small correction is caught up within
+seconds, a step is not followed. The first reading of a leadership is the wall clock, but no
+earlier than the state's time (a new leader whose clock is behind does not read the past). So a
+leader whose wall clock is ahead when it is elected, an election during a step included, moves
+the cluster's time with it, as before: no server can tell a step from a catch-up after a long
+partition or restart there (docs/faults.md).
 
 Only the leader's decisions use it; time shown to people (views, backups) stays the wall clock.
 """
@@ -38,11 +41,11 @@ class LeaderClock:
     def __init__(
         self,
         wall_ns: Callable[[], int] = time.time_ns,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
         slew: float = SLEW,
     ) -> None:
         self._wall_ns = wall_ns
-        self._monotonic = monotonic
+        self._monotonic = monotonic or _boot_clock()
         self._slew = slew
         self._term = -1
         #: (the last reading, the monotonic time it was taken), within ``_term``.
@@ -70,3 +73,12 @@ class LeaderClock:
         if self._last is None:
             return 0.0
         return self._last[0] - self._wall_ns() / 1_000_000
+
+
+def _boot_clock() -> Callable[[], float]:
+    """Linux's boot-time clock: monotonic, and counting a suspend (CLOCK_MONOTONIC stops during
+    one, so a resumed machine's correct wall clock would look like a step). Elsewhere, monotonic."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        return time.monotonic
+    return lambda: time.clock_gettime(boottime)

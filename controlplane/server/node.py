@@ -75,8 +75,9 @@ from controlplane.v1 import (
 )
 
 log = structlog.get_logger("controlplane.node")
-#: How far the leader's time may drift from its wall clock before it says so (a step, not NTP's slew).
-CLOCK_STEP_WARNING_S = 1.0
+#: How far the leader's time may drift from its wall clock before it says so: a step, not NTP's slew
+#: or a leap second.
+CLOCK_STEP_WARNING_S = 2.0
 
 DEFAULT_READ_TIMEOUT_S = 5.0
 # Commands only the leader's own housekeeper proposes; Peer.Propose refuses them.
@@ -549,6 +550,11 @@ class Node:
                     hint="the wall clock jumped; the cluster's time follows it only at 1 % (leader_clock.py)",
                 )
         return now
+
+    def leader_clock_idle(self) -> None:
+        """This server stopped leading: its clock's offset is no longer the cluster's to show."""
+        metrics.LEADER_CLOCK_OFFSET.set(0)
+        self._clock_stepped = False
 
     def ttl_pass_from_memory(self, request: ports_pb2.ReportHealthRequest) -> ports_pb2.ServiceHealth | None:
         """A passing report of a ttl check that is passing already: its lease renewed from memory, no

@@ -105,10 +105,15 @@ def replicated_writes(service: ServiceDescriptor) -> Callable[[Servicer], Servic
     results = command_pb2.CommandResult.DESCRIPTOR.fields_by_name
 
     def decorate(servicer: Servicer) -> Servicer:
+        base = next(cls for cls in servicer.__mro__ if cls.__name__ == f"{service.name}Servicer")
         for method in service.methods:
             command = methods.command_of(f"/{service.full_name}/{method.name}")
-            if not command or method.name in vars(servicer) or command not in bodies or command not in results:
+            if not command or command not in bodies or command not in results:
                 continue
+            if method.client_streaming or method.server_streaming:
+                continue
+            if getattr(servicer, method.name) is not getattr(base, method.name):
+                continue  # written by hand (here or in a class it inherits from)
             body, result = bodies[command].message_type, results[command].message_type
             if body is None or body.full_name != method.input_type.full_name:
                 continue
