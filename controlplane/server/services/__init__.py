@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -89,55 +90,22 @@ class Registration:
     make: Callable[[Serving], object]
 
 
+def _service(pb2: ModuleType, pb2_grpc: ModuleType, name: str, make: Callable[[Serving], object]) -> Registration:
+    """The registration of service ``name`` from its generated modules."""
+    return Registration(pb2.DESCRIPTOR.services_by_name[name], getattr(pb2_grpc, f"add_{name}Servicer_to_server"), make)
+
+
 SERVICES: tuple[Registration, ...] = (
-    Registration(
-        auth_pb2.DESCRIPTOR.services_by_name["Auth"],
-        auth_pb2_grpc.add_AuthServicer_to_server,
-        lambda s: AuthService(s.node, s.authorizer, s.audit),
-    ),
-    Registration(
-        kv_pb2.DESCRIPTOR.services_by_name["KV"], kv_pb2_grpc.add_KVServicer_to_server, lambda s: KVService(s.node)
-    ),
-    Registration(
-        watch_pb2.DESCRIPTOR.services_by_name["Watch"],
-        watch_pb2_grpc.add_WatchServicer_to_server,
-        lambda s: WatchService(s.node),
-    ),
-    Registration(
-        cluster_pb2.DESCRIPTOR.services_by_name["Cluster"],
-        cluster_pb2_grpc.add_ClusterServicer_to_server,
-        lambda s: ClusterService(s.node),
-    ),
-    Registration(
-        ports_pb2.DESCRIPTOR.services_by_name["Ports"],
-        ports_pb2_grpc.add_PortsServicer_to_server,
-        lambda s: PortsService(s.node),
-    ),
-    Registration(
-        ports_pb2.DESCRIPTOR.services_by_name["Services"],
-        ports_pb2_grpc.add_ServicesServicer_to_server,
-        lambda s: ServicesService(s.node),
-    ),
-    Registration(
-        leases_pb2.DESCRIPTOR.services_by_name["Leases"],
-        leases_pb2_grpc.add_LeasesServicer_to_server,
-        lambda s: LeasesService(s.node),
-    ),
-    Registration(
-        models_pb2.DESCRIPTOR.services_by_name["Models"],
-        models_pb2_grpc.add_ModelsServicer_to_server,
-        lambda s: ModelsService(s.node),
-    ),
-    Registration(
-        membership_pb2.DESCRIPTOR.services_by_name["Membership"],
-        membership_pb2_grpc.add_MembershipServicer_to_server,
-        lambda s: MembershipService(s.node),
-    ),
-    Registration(
-        gossip_pb2.DESCRIPTOR.services_by_name["Gossip"],
-        gossip_pb2_grpc.add_GossipServicer_to_server,
-        lambda s: GossipService(s.node),
-    ),
+    _service(auth_pb2, auth_pb2_grpc, "Auth", lambda s: AuthService(s.node, s.authorizer, s.audit)),
+    _service(kv_pb2, kv_pb2_grpc, "KV", lambda s: KVService(s.node)),
+    _service(watch_pb2, watch_pb2_grpc, "Watch", lambda s: WatchService(s.node)),
+    _service(cluster_pb2, cluster_pb2_grpc, "Cluster", lambda s: ClusterService(s.node)),
+    _service(ports_pb2, ports_pb2_grpc, "Ports", lambda s: PortsService(s.node)),
+    _service(ports_pb2, ports_pb2_grpc, "Services", lambda s: ServicesService(s.node)),
+    _service(leases_pb2, leases_pb2_grpc, "Leases", lambda s: LeasesService(s.node)),
+    _service(models_pb2, models_pb2_grpc, "Models", lambda s: ModelsService(s.node)),
+    _service(membership_pb2, membership_pb2_grpc, "Membership", lambda s: MembershipService(s.node)),
+    _service(gossip_pb2, gossip_pb2_grpc, "Gossip", lambda s: GossipService(s.node)),
 )
 
 
