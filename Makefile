@@ -43,7 +43,7 @@ run: $(RUN_STAMP)
 
 ## test: every check: generated code in sync, lint, types, the whole test suite (the console's browser test included)
 test: $(STAMP) check-proto lint chromium promtool
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # The console's browser test drives Debian's chromium: installed with apt-get where it is missing.
 # Where that is impossible (no root, no network) the test is reported as skipped, and says why.
