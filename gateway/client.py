@@ -36,7 +36,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -47,7 +46,9 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from controlplane import __version__, errors
+from controlplane.client._base import full_jitter
 from controlplane.client._credentials import Credentials
+from controlplane.client._discovery import retry_after_seconds
 from gateway import errors as gw_errors
 from gateway.models import (
     Backend,
@@ -109,7 +110,7 @@ class RetryPolicy:
 
         Full jitter: a thousand nodes whose gateway failed at once must not come back at once.
         """
-        return rng.uniform(0.0, min(self.max_backoff_s, self.initial_backoff_s * 2 ** min(retry, 32)))
+        return full_jitter(retry, self.initial_backoff_s, self.max_backoff_s, rng)
 
 
 @dataclass(frozen=True)
@@ -269,22 +270,6 @@ class MemberCache:
 
 
 # --------------------------------------------------------------------------------------- the client
-
-
-def _retry_after(response: httpx.Response, clock_now: float) -> float:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), 0 when absent or bad."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return 0.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return max(0.0, when.timestamp() - clock_now)
 
 
 @dataclass
@@ -619,7 +604,9 @@ class GatewayClient:
                 outcome_recorded = True
                 attempted.answered = gw_errors.error_from_answer(status, _json_or_none(response))
                 attempted.last_error = f"HTTP {status} {attempted.answered.message}"
-                retry_after = min(_retry_after(response, time.time()), self.retry.max_retry_after_s)
+                retry_after = min(
+                    retry_after_seconds(response.headers.get("Retry-After"), time.time()), self.retry.max_retry_after_s
+                )
             finally:
                 if not outcome_recorded:
                     self.breaker.abandoned()

@@ -12,7 +12,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -23,7 +22,7 @@ import pytest
 
 from controlplane import errors, tls
 from controlplane.client import Client, Credentials, CredentialsError, DiscoveryPolicy, discover_endpoints
-from controlplane.client._discovery import _retry_after
+from controlplane.client._discovery import retry_after_seconds
 from controlplane.dev import free_port
 
 #: No waiting between tries: the tests check what is retried, not how long the backoff is.
@@ -279,10 +278,11 @@ async def test_an_https_gateway_is_verified_against_the_given_ca(tmp_path: Path)
 
 
 def test_retry_after_in_seconds_or_as_an_http_date() -> None:
-    assert _retry_after("3") == 3.0
-    assert 50 < _retry_after(formatdate(time.time() + 60, usegmt=True)) <= 60
-    assert _retry_after(formatdate(time.time() - 60, usegmt=True)) == 0.0
-    assert _retry_after("soon") == _retry_after(None) == _retry_after("") == 0.0
+    now = 1_800_000_000.0
+    assert retry_after_seconds("3", now) == 3.0 and retry_after_seconds("1.5", now) == 1.5
+    assert retry_after_seconds(formatdate(now + 60, usegmt=True), now) == 60.0
+    assert retry_after_seconds(formatdate(now - 60, usegmt=True), now) == 0.0
+    assert retry_after_seconds("soon", now) == retry_after_seconds(None, now) == retry_after_seconds("", now) == 0.0
 
 
 def test_cpctl_says_which_part_is_wrong(gateway: tuple[str, Scripted]) -> None:

@@ -120,13 +120,17 @@ class RetryPolicy:
             raise ValueError("leader_check_after must be >= 0 (0: never ask) and leader_recheck > 0")
 
     def backoff(self, retry: int) -> float:
-        """Delay before retry number ``retry`` (0-based): uniform in [0, min(max, initial * 2**retry)].
+        """Delay before retry number ``retry`` (0-based), with full jitter (``full_jitter``)."""
+        return full_jitter(retry, self.initial_backoff, self.max_backoff, self.rng)
 
-        Full jitter (rather than a fixed exponential delay) keeps many clients that failed together
-        from retrying together against a cluster that is electing a leader.
-        """
-        ceiling = min(self.max_backoff, self.initial_backoff * 2 ** min(retry, 32))
-        return self.rng.uniform(0.0, ceiling)
+
+def full_jitter(retry: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Delay before retry number ``retry`` (0-based): uniform in [0, min(maximum, initial * 2**retry)].
+
+    Full jitter (rather than a fixed exponential delay) keeps many clients that failed together from
+    retrying together: against a cluster electing a leader, or a gateway that was down for all.
+    """
+    return rng.uniform(0.0, min(maximum, initial * 2 ** min(retry, 32)))
 
 
 #: What a status check may fail with for its server to count as unresponsive; any other answer is

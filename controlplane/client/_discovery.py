@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from controlplane import __version__, errors
+from controlplane.client._base import full_jitter
 from controlplane.client._credentials import Credentials, CredentialsError
 
 __all__ = ["BOOTSTRAP_PATH", "DiscoveryPolicy", "check_gateway_url", "discover_endpoints", "warn_unused_token"]
@@ -69,9 +70,8 @@ class DiscoveryPolicy:
             raise ValueError("attempts must be >= 1, timeout and connect_timeout > 0")
 
     def backoff(self, retry: int, rng: random.Random) -> float:
-        """Delay before retry ``retry`` (0-based): full jitter, so a thousand nodes whose gateway
-        failed at once do not come back at once."""
-        return rng.uniform(0.0, min(self.max_backoff, self.initial_backoff * 2 ** min(retry, 32)))
+        """Delay before retry ``retry`` (0-based), with full jitter (``_base.full_jitter``)."""
+        return full_jitter(retry, self.initial_backoff, self.max_backoff, rng)
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def _get(target: SplitResult, context: ssl.SSLContext | None, policy: DiscoveryP
         if 300 <= response.status < 400:
             where = response.getheader("Location") or "nowhere"
             body = {"message": f"the gateway answered HTTP {response.status}, a redirect to {where}: give that URL"}
-        return _Answer(response.status, body, _retry_after(response.getheader("Retry-After")))
+        return _Answer(response.status, body, retry_after_seconds(response.getheader("Retry-After"), time.time()))
     finally:
         connection.close()
 
@@ -209,18 +209,20 @@ def _json(raw: bytes) -> Any:
         return None  # a proxy's HTML page, say: classified by its status
 
 
-def _retry_after(value: str | None) -> float:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); 0 when absent or bad."""
+def retry_after_seconds(value: str | None, now: float) -> float:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date, against ``now`` in Unix
+    seconds); 0 when absent or bad. The gateway's own client reads it the same way."""
     if not value:
         return 0.0
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return 0.0
-    return max(0.0, when.timestamp() - time.time())
+    return max(0.0, when.timestamp() - now)
 
 
 def _members(body: Any, url: str) -> list[str]:
