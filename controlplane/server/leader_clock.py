@@ -50,6 +50,8 @@ class LeaderClock:
         self._term = -1
         #: (the last reading, the monotonic time it was taken), within ``_term``.
         self._last: tuple[float, float] | None = None
+        #: The last reading less the wall clock read with it (ms).
+        self._offset_ms = 0.0
 
     def now_ms(self, term: int, floor_ms: int = 0) -> int:
         """This leadership's reading. ``term``: the current term (a new one starts afresh);
@@ -66,13 +68,12 @@ class LeaderClock:
             reading = max(min(max(wall, lowest), highest), last)
         reading = max(reading, float(floor_ms))
         self._last = (reading, monotonic)
+        self._offset_ms = reading - wall
         return int(reading)
 
     def offset_ms(self) -> float:
-        """How far the last reading is ahead of the wall clock (negative: behind); 0 before any."""
-        if self._last is None:
-            return 0.0
-        return self._last[0] - self._wall_ns() / 1_000_000
+        """How far the last reading was ahead of the wall clock (negative: behind); 0 before any."""
+        return self._offset_ms
 
 
 def _boot_clock() -> Callable[[], float]:
