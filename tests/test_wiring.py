@@ -10,8 +10,12 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from google.protobuf.descriptor import ServiceDescriptor
+from test_authz_table import NOT_ON_THE_CLIENT_PORT  # tests/ is on the path, not a package
 
 import controlplane.v1
 from controlplane import methods
@@ -21,8 +25,37 @@ from controlplane.state.machine import StateMachine
 from controlplane.v1 import command_pb2
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent / "controlplane" / "server" / "services"
-#: Served on their own ports (the artifact port, the gossip exchange, the Raft peer plane), not here.
-NOT_ON_THE_CLIENT_PORT = {"controlplane.v1.Artifacts", "controlplane.v1.GossipPeer", "controlplane.v1.RaftPeer"}
+
+
+def _servicers() -> list[tuple[ServiceDescriptor, type]]:
+    """Each registered service and its servicer class (the constructors only keep what they get)."""
+    nobody = Serving(node=None, authorizer=None, audit=None)  # type: ignore[arg-type]
+    return [(r.descriptor, type(r.make(nobody))) for r in SERVICES]
+
+
+def _handwritten_rpcs() -> Iterator[tuple[str, ast.AsyncFunctionDef]]:
+    """(gRPC path, its method's syntax) for every RPC a servicer class writes by hand."""
+    service_of = {cls.__name__: descriptor for descriptor, cls in _servicers()}
+    for path in sorted(SERVICES_DIR.glob("*.py")):
+        for cls in ast.parse(path.read_text()).body:
+            if not isinstance(cls, ast.ClassDef) or cls.name not in service_of:
+                continue
+            service = service_of[cls.name]
+            for function in cls.body:
+                if isinstance(function, ast.AsyncFunctionDef) and function.name in service.methods_by_name:
+                    yield f"/{service.full_name}/{function.name}", function
+
+
+def _replicated() -> dict[str, str]:
+    """gRPC path -> the field its hand-written servicer method passes to ``replicate``."""
+    found = {}
+    for path, function in _handwritten_rpcs():
+        for node in ast.walk(function):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "replicate":
+                field = node.args[1]
+                assert isinstance(field, ast.Constant) and isinstance(field.value, str), f"{path}: {ast.unparse(node)}"
+                found[path] = field.value
+    return found
 
 
 def _body_fields(message: Any) -> set[str]:
@@ -36,28 +69,14 @@ def test_every_command_has_a_state_handler_and_every_handler_a_command() -> None
     assert handled - commands == set(), "handlers no command reaches"
 
 
-def _replicated_fields() -> dict[str, str]:
-    """``replicate(node, "FIELD", request, ResponseType)`` calls in the servicers: field -> where."""
-    found = {}
-    for path in sorted(SERVICES_DIR.glob("*.py")):
-        if path.name == "_shared.py":
-            continue  # replicate itself, and the methods made from the protos (checked below)
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "replicate":
-                field = node.args[1]
-                assert isinstance(field, ast.Constant) and isinstance(field.value, str), f"{path.name}:{node.lineno}"
-                found[field.value] = f"{path.name}:{node.lineno}"
-    return found
-
-
 def test_every_replicated_write_names_a_command_and_its_result() -> None:
     """``replicate`` copies the request into the command body of that name and answers with the
     result body of the same name: both must exist, or the write fails on a cluster."""
-    replicated = _replicated_fields()
+    replicated = _replicated()
     assert len(replicated) > 10  # it found the calls (the methods that only replicate are made, below)
     commands, results = _body_fields(command_pb2.Command), _body_fields(command_pb2.CommandResult)
-    assert {f: at for f, at in replicated.items() if f not in commands} == {}, "no such command body"
-    assert {f: at for f, at in replicated.items() if f not in results} == {}, "no such result body"
+    assert {at: f for at, f in replicated.items() if f not in commands} == {}, "no such command body"
+    assert {at: f for at, f in replicated.items() if f not in results} == {}, "no such result body"
 
 
 def test_every_service_of_the_protos_is_registered_once() -> None:
@@ -73,11 +92,8 @@ def test_every_service_of_the_protos_is_registered_once() -> None:
 
 def test_every_rpc_is_implemented_by_its_servicer() -> None:
     """The generated base class answers UNIMPLEMENTED: each RPC must be overridden."""
-    nobody = Serving(node=None, authorizer=None, audit=None)  # type: ignore[arg-type]  # constructors only keep them
     missing = []
-    for registration in SERVICES:
-        servicer = type(registration.make(nobody))
-        service = registration.descriptor
+    for service, servicer in _servicers():
         module = importlib.import_module(service.file.name.replace("/", ".").removesuffix(".proto") + "_pb2_grpc")
         base = getattr(module, f"{service.name}Servicer")
         assert issubclass(servicer, base), service.full_name
@@ -87,26 +103,10 @@ def test_every_rpc_is_implemented_by_its_servicer() -> None:
     assert missing == []
 
 
-def _replicated_by_method() -> dict[str, str]:
-    """gRPC path -> the field its servicer method passes to ``replicate``."""
-    nobody = Serving(node=None, authorizer=None, audit=None)  # type: ignore[arg-type]
-    service_of = {type(r.make(nobody)).__name__: r.descriptor.full_name for r in SERVICES}
-    found = {}
-    for path in sorted(SERVICES_DIR.glob("*.py")):
-        for cls in ast.parse(path.read_text()).body:
-            if not isinstance(cls, ast.ClassDef) or cls.name not in service_of:
-                continue
-            for function in cls.body:
-                for node in ast.walk(function):
-                    if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "replicate":
-                        found[f"/{service_of[cls.name]}/{function.name}"] = node.args[1].value  # type: ignore[attr-defined]
-    return found
-
-
 def test_each_write_is_declared_once_in_its_proto_with_the_command_it_replicates() -> None:
     """``option (controlplane.v1.command)`` names what the servicer really replicates, names a
     command body, and sits only on a method declared a write."""
-    replicated = _replicated_by_method()
+    replicated = _replicated()
     assert len(replicated) > 10
     assert {path: field for path, field in replicated.items() if methods.command_of(path) != field} == {}
     commands = _body_fields(command_pb2.Command)
@@ -126,12 +126,10 @@ def test_the_audit_log_records_the_writes_and_only_the_writes() -> None:
 def test_the_methods_that_only_replicate_are_made_from_their_protos() -> None:
     """``replicated_writes`` gives a servicer each declared one-command write it does not write by
     hand; the hand-written ones (validation first, another message) are not replaced."""
-    nobody = Serving(node=None, authorizer=None, audit=None)  # type: ignore[arg-type]
-    made, by_hand = [], _replicated_by_method()
-    for registration in SERVICES:
-        servicer = type(registration.make(nobody))
-        for method in registration.descriptor.methods:
-            path = f"/{registration.descriptor.full_name}/{method.name}"
+    made, by_hand = [], _replicated()
+    for service, servicer in _servicers():
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
             handler = getattr(servicer, method.name)
             if (handler.__doc__ or "").startswith("Replicates the request as one"):
                 assert path not in by_hand and methods.command_of(path) in handler.__doc__
@@ -148,22 +146,14 @@ def test_every_servicer_method_that_writes_is_declared_a_write() -> None:
     """A method that changes state without ``replicate`` (``node.write``, membership changes, a
     restore) must be declared a write in its proto too: else the audit log would skip it and the
     SDK would not send it to the leader."""
-    nobody = Serving(node=None, authorizer=None, audit=None)  # type: ignore[arg-type]
-    service_of = {type(r.make(nobody)).__name__: r.descriptor for r in SERVICES}
     undeclared, writers = [], 0
-    for path in sorted(SERVICES_DIR.glob("*.py")):
-        for cls in ast.parse(path.read_text()).body:
-            if not isinstance(cls, ast.ClassDef) or cls.name not in service_of:
-                continue
-            rpcs = {method.name for method in service_of[cls.name].methods}
-            for function in cls.body:
-                if not isinstance(function, ast.AsyncFunctionDef) or function.name not in rpcs:
-                    continue
-                called = {getattr(n.func, "attr", getattr(n.func, "id", "")) for n in ast.walk(function)
-                          if isinstance(n, ast.Call)}  # fmt: skip
-                writes = bool(called & (_WRITING_CALLS | {"replicate"}))
-                writers += writes
-                if writes and not methods.is_write(f"/{service_of[cls.name].full_name}/{function.name}"):
-                    undeclared.append(f"{cls.name}.{function.name}")
+    for path, function in _handwritten_rpcs():
+        called = {
+            getattr(n.func, "attr", getattr(n.func, "id", "")) for n in ast.walk(function) if isinstance(n, ast.Call)
+        }
+        writes = bool(called & (_WRITING_CALLS | {"replicate"}))
+        writers += writes
+        if writes and not methods.is_write(path):
+            undeclared.append(path)
     assert writers > 25  # it saw the hand-written writes
     assert undeclared == []

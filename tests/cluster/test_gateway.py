@@ -184,9 +184,9 @@ class GatewayProcess:
             return "(no log)"
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, path: str = "/readyz") -> bool:
     try:
-        return httpx.get(url + "/readyz", timeout=2).status_code == 200
+        return httpx.get(url + path, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
 
@@ -224,6 +224,9 @@ def test_the_gateway_reads_its_settings_from_the_file_the_environment_and_the_fl
     config = tmp_path / "gateway.toml"
     config.write_text(f'listen = "127.0.0.1:{in_file}"\nbootstrap_expect = 3\nlog_level = "warning"\n')
 
+    def answers(port: int) -> bool:
+        return _ready(f"http://127.0.0.1:{port}", "/healthz")  # /readyz waits for a cluster
+
     def serving(*flags: str, env: dict[str, str]) -> int:
         """The port the gateway started this way serves on."""
         log_path = tmp_path / f"gateway-{len(flags)}-{len(env)}.log"
@@ -235,12 +238,12 @@ def test_the_gateway_reads_its_settings_from_the_file_the_environment_and_the_fl
         try:
             candidates = (in_file, in_env, in_flag)
             wait_until(
-                lambda: process.poll() is None and any(_healthy(port) for port in candidates),
+                lambda: process.poll() is None and any(answers(port) for port in candidates),
                 30,
                 "the gateway to answer /healthz",
                 detail=lambda: log_path.read_text(errors="replace")[-2000:],
             )
-            up = [port for port in candidates if _healthy(port)]
+            up = [port for port in candidates if answers(port)]
             assert len(up) == 1, up
             return up[0]
         finally:
@@ -250,13 +253,6 @@ def test_the_gateway_reads_its_settings_from_the_file_the_environment_and_the_fl
     assert serving(env={}) == in_file
     assert serving(env={"CP_GATEWAY_LISTEN": f"127.0.0.1:{in_env}"}) == in_env
     assert serving("--listen", f"127.0.0.1:{in_flag}", env={"CP_GATEWAY_LISTEN": f"127.0.0.1:{in_env}"}) == in_flag
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture
