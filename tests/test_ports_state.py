@@ -1856,7 +1856,10 @@ def test_a_cluster_restore_carries_the_port_map_and_restarts_lease_ttls() -> Non
     assert dst.port_of("h1", "web", "grpc") is None
     # A backup whose port map is inconsistent is refused whole.
     bad = command_pb2.StateSnapshot.FromString(backup)
-    bad.ports.ranges.add(name="c", start=8008, end=8012)
+    (entry,) = [entry for entry in bad.tables if entry.name == "ports"]
+    port_map = ports_pb2.PortsState.FromString(entry.state)
+    port_map.ranges.add(name="c", start=8008, end=8012)
+    entry.state = port_map.SerializeToString(deterministic=True)
     dst.refused(restore_state(bad.SerializeToString(deterministic=True)), INVALID, "bad port map", "overlaps")
 
 

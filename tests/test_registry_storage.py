@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 
-from controlplane.state.machine import SNAPSHOT_END_MARKER, SNAPSHOT_FORMAT_VERSION, StateMachine, batch_entry
+from controlplane.state import snapshot_v1
+from controlplane.state.machine import SNAPSHOT_END_MARKER, StateMachine, batch_entry
 from controlplane.v1 import command_pb2, kv_pb2, models_pb2, watch_pb2
 
 READY = models_pb2.VERSION_STATUS_READY
@@ -92,7 +93,7 @@ def handmade_snapshot() -> tuple[bytes, models_pb2.ModelsState]:
     snapshot = command_pb2.StateSnapshot.FromString(StateMachine().snapshot())
     snapshot.MergeFrom(
         command_pb2.StateSnapshot(
-            format_version=SNAPSHOT_FORMAT_VERSION,
+            format_version=snapshot_v1.FORMAT_VERSION,
             revision=9,
             time_unix_ms=1_090,
             kvs=[history[2].kv],

@@ -485,10 +485,10 @@ class StateMachineVsModel(RuleBasedStateMachine):
             command = self.sent[rid]
         else:
             command = command_pb2.Command(request_id=rid, kv_put=command_pb2.KvPut(key="retry", value=b"?"))
-        before = (self.primary.revision, self.primary.list_keys("")[0], dict(self.primary.members))
+        before = (self.primary.revision, self.primary.kv.list_keys("")[0], dict(self.primary.directory.members))
         self._apply(data, [command])
         if self.answered_from_table[0]:
-            after = (self.primary.revision, self.primary.list_keys("")[0], dict(self.primary.members))
+            after = (self.primary.revision, self.primary.kv.list_keys("")[0], dict(self.primary.directory.members))
             assert after == before, "a retry answered from the dedupe table changed state"
 
     @rule(data=st.data(), size=st.integers(2, 5))
@@ -555,7 +555,7 @@ class StateMachineVsModel(RuleBasedStateMachine):
         corrupt = [
             b"\xff",
             b"\x08",  # truncated inside a varint
-            command_pb2.StateSnapshot(format_version=2, end_marker=SNAPSHOT_END_MARKER).SerializeToString(),
+            command_pb2.StateSnapshot(format_version=3, end_marker=SNAPSHOT_END_MARKER).SerializeToString(),
             b"",  # format_version 0
             command_pb2.StateSnapshot(
                 format_version=1, kvs=[kv_pb2.KeyValue(key="")], end_marker=SNAPSHOT_END_MARKER
@@ -588,7 +588,7 @@ class StateMachineVsModel(RuleBasedStateMachine):
         self._check_lists(self.primary)
         for held, when_read in self.handed_out:
             assert held.SerializeToString(deterministic=True) == when_read, "a value was mutated in place"
-        fresh = [kv for kv in (self.primary.get(k) for k in sorted(self.model.kvs)[:2]) if kv is not None]
+        fresh = [kv for kv in (self.primary.kv.get(k) for k in sorted(self.model.kvs)[:2]) if kv is not None]
         fresh += self.primary.events_from(self.primary.revision)
         self.handed_out = self.handed_out[-20:] + [(v, v.SerializeToString(deterministic=True)) for v in fresh]
 
@@ -596,14 +596,14 @@ class StateMachineVsModel(RuleBasedStateMachine):
         model = self.model
         assert machine.revision == model.revision
         assert machine.time_unix_ms == model.time
-        assert machine.key_count() == len(model.kvs)
+        assert machine.kv.key_count() == len(model.kvs)
         for key, stored in model.kvs.items():
-            assert machine.get(key) == full_kv(key, stored)
+            assert machine.kv.get(key) == full_kv(key, stored)
         for key in ("a", "b/1", "z", "retry", "missing"):
             if key not in model.kvs:
-                assert machine.get(key) is None
-        assert machine.members == model.members
-        assert list(machine.removed_members) == model.removed
+                assert machine.kv.get(key) is None
+        assert machine.directory.members == model.members
+        assert list(machine.directory.removed_members) == model.removed
 
         # The watch history: every retained event, with consecutive revisions up to the current one.
         retained = model.retained
@@ -622,14 +622,14 @@ class StateMachineVsModel(RuleBasedStateMachine):
             for start_after in LIST_STARTS:
                 after = [k for k in under if k > start_after]
                 for limit in (1, 3, limits.MAX_LIST_LIMIT):
-                    page, more = machine.list_keys(prefix, start_after, limit)
+                    page, more = machine.kv.list_keys(prefix, start_after, limit)
                     assert [kv.key for kv in page] == after[:limit] and more == (len(after) > limit)
                     assert page == [full_kv(k, self.model.kvs[k]) for k in after[:limit]]
             # Walking the pages with start_after = the last key seen yields every key exactly once.
             walked: list[str] = []
             more, cursor = True, ""
             while more:
-                page, more = machine.list_keys(prefix, cursor, 2)
+                page, more = machine.kv.list_keys(prefix, cursor, 2)
                 walked += [kv.key for kv in page]
                 cursor = walked[-1] if walked else cursor
             assert walked == under

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controlplane.state import limits
+from controlplane.state import limits, snapshot_v1
 from controlplane.state.machine import (
     SNAPSHOT_END_MARKER,
     SNAPSHOT_FORMAT_VERSION,
@@ -41,7 +41,7 @@ def upsert(member_id: str, raft: str = "10.0.0.1:7000", client: str = "10.0.0.1:
 def backup(revision: int, *kvs: kv_pb2.KeyValue, **fields: object) -> bytes:
     """A well-formed backup (StateSnapshot) holding ``kvs``; ``fields`` override any field."""
     snapshot = command_pb2.StateSnapshot(
-        format_version=SNAPSHOT_FORMAT_VERSION, revision=revision, kvs=kvs, end_marker=SNAPSHOT_END_MARKER
+        format_version=snapshot_v1.FORMAT_VERSION, revision=revision, kvs=kvs, end_marker=SNAPSHOT_END_MARKER
     )
     for name, value in fields.items():
         setattr(snapshot, name, value)
@@ -74,7 +74,7 @@ ADDRESSES = st.one_of(st.sampled_from(["10.0.0.1:1", "10.0.0.2:1", "[::1]:2", "h
 def snapshots(draw: st.DrawFn) -> bytes:
     """Backups: mostly well-formed, with any revision a uint64 can hold."""
     snapshot = command_pb2.StateSnapshot(
-        format_version=draw(st.sampled_from([SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION, 0, 2, 2**32 - 1])),
+        format_version=draw(st.sampled_from([1, 1, 0, 2, 3, 2**32 - 1])),
         revision=draw(st.one_of(st.integers(0, 100), st.integers(0, UINT64_MAX))),
         end_marker=draw(st.sampled_from([SNAPSHOT_END_MARKER, SNAPSHOT_END_MARKER, 0, SNAPSHOT_END_MARKER ^ 1])),
         time_unix_ms=draw(INT64),
@@ -163,7 +163,7 @@ def test_apply_entry_never_raises_on_arbitrary_bytes(garbage: list[bytes]) -> No
         assert all(isinstance(result, command_pb2.CommandResult) for result in results)
     # Whatever it swallowed, the machine still works.
     (result,) = apply(machine, 10**12, put("after"))
-    assert result.HasField("kv_put") and machine.get("after") is not None
+    assert result.HasField("kv_put") and machine.kv.get("after") is not None
 
 
 @FAST
@@ -216,10 +216,10 @@ def test_dedupe_forgets_the_oldest_ids_beyond_the_count_limit() -> None:
     # r1..r3 are the three newest: answered from the table, nothing written.
     for n in (1, 2, 3):
         assert apply(machine, 2, put("k", b"changed", f"r{n}")) == [first[n]]
-    assert machine.revision == 4 and machine.get("k").value == b"3"
+    assert machine.revision == 4 and machine.kv.get("k").value == b"3"
     # r0 fell out: the retry executes again.
     (again,) = apply(machine, 2, put("k", b"again", "r0"))
-    assert again.revision == 5 and machine.get("k").value == b"again"
+    assert again.revision == 5 and machine.kv.get("k").value == b"again"
     assert [entry.request_id for entry in parse_snapshot(machine.snapshot()).dedupe] == ["r2", "r3", "r0"]
 
 
@@ -232,7 +232,7 @@ def test_dedupe_forgets_ids_older_than_the_ttl_by_leader_time() -> None:
     assert machine.revision == 1 and machine.time_unix_ms == 11_000
     # One millisecond more and it is forgotten: the retry is a new write.
     (again,) = apply(machine, 11_001, put("k", b"4", "r1"))
-    assert again.revision == 2 and machine.get("k").value == b"4"
+    assert again.revision == 2 and machine.kv.get("k").value == b"4"
 
 
 def test_dedupe_expiry_happens_at_the_start_of_each_entry_on_every_replica_alike() -> None:
@@ -254,7 +254,7 @@ def test_a_remembered_id_is_honoured_after_snapshot_restore_and_restore_state() 
     apply(restored, 3, restore_state(backup))
     revision = restored.revision
     assert apply(restored, 4, put("k", b"3", "r1")) == [first]
-    assert restored.revision == revision and restored.get("k") is None
+    assert restored.revision == revision and restored.kv.get("k") is None
 
 
 def test_request_id_length_limit() -> None:
@@ -305,16 +305,18 @@ def test_restore_state_replaces_keys_keeps_members_and_compacts_history(backup_a
     target = machine_with(upsert("n1"), upsert("n2", "10.0.0.2:1", "10.0.0.2:2"), put("mine", b"x"))
     apply(target, 1_900, command_pb2.Command(member_remove=command_pb2.MemberRemove(id="n2")))
     apply(target, 1_950, put("mine", b"y", "target-rid"))
-    members, removed = dict(target.members), list(target.removed_members)
+    members, removed = dict(target.directory.members), list(target.directory.removed_members)
     before = max(source.revision, target.revision)
 
     (result,) = apply(target, 3_000, restore_state(source.snapshot()))
 
-    assert result.HasField("restore") and result.restore.keys == source.key_count()
+    assert result.HasField("restore") and result.restore.keys == source.kv.key_count()
     assert target.revision == result.revision == before + 1
-    assert target.list_keys("")[0] == source.list_keys("")[0]  # the keys and their revision metadata, as backed up
-    assert target.get("mine") is None
-    assert target.members == members and list(target.removed_members) == removed
+    assert (
+        target.kv.list_keys("")[0] == source.kv.list_keys("")[0]
+    )  # the keys and their revision metadata, as backed up
+    assert target.kv.get("mine") is None
+    assert target.directory.members == members and list(target.directory.removed_members) == removed
     assert target.compacted_revision == target.revision and target.oldest_revision == target.revision + 1
     assert target.events_from(0) == []
     # The dedupe table describes this cluster's clients: it stays.
@@ -324,8 +326,8 @@ def test_restore_state_replaces_keys_keeps_members_and_compacts_history(backup_a
     (after,) = apply(target, 3_002, put("a", b"4"))
     assert after.revision == result.revision + 1
     assert [event.revision for event in target.events_from(0)] == [after.revision]
-    assert target.get("a").version == source.get("a").version + 1
-    assert target.get("a").create_revision == source.get("a").create_revision
+    assert target.kv.get("a").version == source.kv.get("a").version + 1
+    assert target.kv.get("a").create_revision == source.kv.get("a").create_revision
 
 
 CORRUPT_SNAPSHOTS = {
@@ -397,7 +399,7 @@ def test_member_upsert_refuses_input_that_only_looks_valid(member_id: str, raft:
     machine = StateMachine()
     (result,) = apply(machine, 1, upsert(member_id, raft, client))
     assert result.error.code == INVALID, f"accepted member {member_id!r} at {raft!r} / {client!r}"
-    assert machine.revision == 0 and machine.members == {}
+    assert machine.revision == 0 and machine.directory.members == {}
 
 
 @pytest.mark.parametrize("revision", [limits.MAX_REVISION, UINT64_MAX])
@@ -424,7 +426,7 @@ def test_restore_state_just_below_the_revision_limit_works() -> None:
     )
     assert result.revision == machine.revision == limits.MAX_REVISION
     (after,) = apply(machine, 5_001, put("c"))
-    assert after.revision == limits.MAX_REVISION + 1 and machine.get("c") is not None
+    assert after.revision == limits.MAX_REVISION + 1 and machine.kv.get("c") is not None
 
 
 def test_a_bug_in_a_handler_becomes_an_internal_error_result() -> None:
@@ -439,7 +441,7 @@ def test_a_bug_in_a_handler_becomes_an_internal_error_result() -> None:
     barrier = command_pb2.Command(request_id="b1", barrier=command_pb2.Barrier())
     failed, written = apply(machine, 5_000, barrier, put("b"))
     assert failed.error.code == common_pb2.ERROR_CODE_INTERNAL and "boom" in failed.error.message
-    assert written.HasField("kv_put") and machine.get("b") is not None
+    assert written.HasField("kv_put") and machine.kv.get("b") is not None
     assert apply(machine, 5_001, barrier) == [failed]  # recorded like any result
 
 
@@ -461,7 +463,7 @@ def test_truncated_snapshot_is_refused() -> None:
     assert accepted == [], f"prefixes of a {len(snapshot)}-byte snapshot parsed as snapshots: {accepted}"
     machine = machine_with(put("mine"))
     (result,) = apply(machine, 5_000, restore_state(snapshot[: len(snapshot) // 2]))
-    assert result.error.code == INVALID and machine.get("mine") is not None
+    assert result.error.code == INVALID and machine.kv.get("mine") is not None
 
 
 @pytest.mark.parametrize(
@@ -478,7 +480,7 @@ def test_restore_state_refuses_keys_with_impossible_revisions(kv: kv_pb2.KeyValu
     """A key's revisions must fit its snapshot: 1 <= create <= mod <= snapshot revision, version >= 1.
     Otherwise compare-and-swap tokens and watch positions after the restore would be meaningless."""
     machine = machine_with(put("a", b"1"))
-    revision, keys = machine.revision, machine.list_keys("")
+    revision, keys = machine.revision, machine.kv.list_keys("")
     (result,) = apply(machine, 5_000, restore_state(backup(10, kv)))
     assert result.error.code == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "impossible" in result.error.message
-    assert (machine.revision, machine.list_keys("")) == (revision, keys)
+    assert (machine.revision, machine.kv.list_keys("")) == (revision, keys)

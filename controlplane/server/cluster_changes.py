@@ -162,7 +162,7 @@ class ClusterChanges:
                     f"raft address {request.raft_address} already belongs to {members[request.raft_address].id!r}"
                 )
             with self._node.state_lock:
-                removed = request.id in self._node.machine.removed_members
+                removed = request.id in self._node.machine.directory.removed_members
             if removed:
                 raise FailedPrecondition(
                     f"member {request.id!r} was removed and may not rejoin under that id; use a new id"
@@ -205,7 +205,7 @@ class ClusterChanges:
         async def local() -> cluster_pb2.RemoveMemberResponse:
             target = next((m for m in self._node.members().values() if m.id == request.id), None)
             with self._node.state_lock:
-                already_removed = request.id in self._node.machine.removed_members
+                already_removed = request.id in self._node.machine.directory.removed_members
             if target is None and already_removed:
                 # A retry of a removal that completed: the answer is the same as the first time.
                 return cluster_pb2.RemoveMemberResponse(members=self._node.status().members)
@@ -250,8 +250,8 @@ class ClusterChanges:
                 membership=True,
             )
         with self._node.state_lock:
-            in_directory = member_id in self._node.machine.members
-            barred = member_id in self._node.machine.removed_members
+            in_directory = member_id in self._node.machine.directory.members
+            barred = member_id in self._node.machine.directory.removed_members
         if member_id and not in_directory and not barred:
             # A server of the configured peer list that had not yet published itself has no record,
             # and a removal without one bars nothing: the removed server, told "not removed" by

@@ -271,7 +271,7 @@ class Node:
     def directory(self) -> dict[str, command_pb2.MemberRecord]:
         """The replicated member directory by raft address (copies: safe to keep)."""
         with self.state_lock:
-            records = list(self.machine.members.values())
+            records = list(self.machine.directory.members.values())
         copies = {}
         for record in records:
             copy = command_pb2.MemberRecord()
@@ -281,7 +281,7 @@ class Node:
 
     def removed_ids(self) -> set[str]:
         with self.state_lock:
-            return set(self.machine.removed_members)
+            return set(self.machine.directory.removed_members)
 
     def members(self) -> dict[str, MemberAddress]:
         """Known servers by raft address: the static peer list, overridden by the replicated directory,
@@ -289,12 +289,12 @@ class Node:
 
         Cached per directory version: it is read on every response (the leader hint).
         """
-        version = self.machine.members_version
+        version = self.machine.directory.version
         if self._book_version == version:
             return self._book
         with self.state_lock:
-            records = list(self.machine.members.values())
-            removed = set(self.machine.removed_members)
+            records = list(self.machine.directory.members.values())
+            removed = set(self.machine.directory.removed_members)
         book = {
             peer.raft_address: MemberAddress(peer.id, peer.raft_address, peer.client_address)
             for peer in self.config.peers
@@ -487,13 +487,13 @@ class Node:
     def get(self, key: str) -> tuple[kv_pb2.KeyValue | None, int]:
         """The key (validated by the servicer, before any read barrier) and the revision read at."""
         with self.state_lock:
-            return self.machine.get(key), self.machine.revision
+            return self.machine.kv.get(key), self.machine.revision
 
     def list_keys(self, request: kv_pb2.ListRequest) -> tuple[list[kv_pb2.KeyValue], bool, int]:
         if request.limit > limits.MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit {request.limit} is above the maximum {limits.MAX_LIST_LIMIT}")
         with self.state_lock:
-            kvs, more = self.machine.list_keys(
+            kvs, more = self.machine.kv.list_keys(
                 request.prefix, request.start_after, request.limit or limits.MAX_LIST_LIMIT
             )
             return kvs, more, self.machine.revision
@@ -820,8 +820,8 @@ class Node:
             if not self.raft.voter:
                 continue
             with self.state_lock:
-                current = self.machine.members.get(self.node_id)
-                removed = self.node_id in self.machine.removed_members
+                current = self.machine.directory.members.get(self.node_id)
+                removed = self.node_id in self.machine.directory.removed_members
             if removed:
                 return  # own.watch() stops the server
             if (

@@ -58,8 +58,8 @@ def node_views(node: Node, request: membership_pb2.ListNodesRequest, only: str =
             else:
                 view.connectivity = membership_pb2.CONNECTIVITY_UNREACHABLE
             views[node_id] = view
-        learners = {record.id for record in machine.members.values() if record.learner}
-        removed = list(machine.removed_members)
+        learners = {record.id for record in machine.directory.members.values() if record.learner}
+        removed = list(machine.directory.removed_members)
     # The address book: the replicated directory over the configured peers, so servers show even
     # before they have published themselves (a fresh cluster's first seconds).
     directory = {address.id: address for address in node.members().values() if address.id and address.id not in removed}

@@ -68,7 +68,7 @@ class OwnMembership:
             machines = (
                 [self._node.machine] if self._pending_machine is None else [self._node.machine, self._pending_machine]
             )
-            return any(self._node.node_id in machine.removed_members for machine in machines)
+            return any(self._node.node_id in machine.directory.removed_members for machine in machines)
 
     def _removed_message(self, source: str) -> str:
         node = self._node
@@ -143,11 +143,11 @@ class OwnMembership:
             await asyncio.sleep(MEMBERSHIP_WATCH_S)  # a timer: pysyncobj has no change notification
             try:
                 synced = self.raft.synced()
-                if self._node.machine.members_version != directory_seen or (synced and not was_synced):
+                if self._node.machine.directory.version != directory_seen or (synced and not was_synced):
                     # Admission to the peer plane is checked at the handshake: a removed server's
                     # open links must go when the directory says so, not at its next reconnect;
                     # and the links a server admitted while behind, once it has caught up.
-                    directory_seen = self._node.machine.members_version
+                    directory_seen = self._node.machine.directory.version
                     self.raft.revalidate_peers()
                 was_synced = synced
                 if self._removed_locally():

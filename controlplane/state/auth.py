@@ -18,10 +18,12 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from controlplane.state import limits
 from controlplane.state.journal import Journal
 from controlplane.state.refusal import invalid, not_found, precondition, refusing
+from controlplane.state.tables import BackupSource
 from controlplane.v1 import auth_pb2, command_pb2, watch_pb2
 
 DOMAIN_AUTH = "auth"
@@ -178,6 +180,10 @@ def secret_hash(secret: str) -> bytes:
 
 
 class AuthTable:
+    name: ClassVar[str] = "auth"
+    state_type: ClassVar[type[auth_pb2.AuthState]] = auth_pb2.AuthState
+    backup_noun: ClassVar[str] = "a bad auth state"
+
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.reset()
@@ -221,6 +227,18 @@ class AuthTable:
     @staticmethod
     def default_state() -> auth_pb2.AuthState:
         return auth_pb2.AuthState(users=[auth_pb2.AuthUser(name=ADMIN_USER, roles=[ROOT_ROLE])], roles=[_root_role()])
+
+    def load_state(self, state: auth_pb2.AuthState | None) -> None:
+        self.load(state)
+
+    def check_backup(self, state: auth_pb2.AuthState | None, backup: BackupSource) -> None:
+        if backup.include_auth and state is not None:
+            self.validate_state(state)
+
+    def restore_backup(self, state: auth_pb2.AuthState | None, backup: BackupSource) -> None:
+        """Only when the restore asked for the backup's users, roles and tokens (``restore``)."""
+        if backup.include_auth:
+            self.restore(state)
 
     def load(self, state: auth_pb2.AuthState | None) -> None:
         """Replace the auth state; None (a snapshot from before auth) gives the defaults."""

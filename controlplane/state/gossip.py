@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from sortedcontainers import SortedDict
 
@@ -43,6 +43,7 @@ from controlplane.state.refusal import check as _check
 from controlplane.state.refusal import invalid as _invalid
 from controlplane.state.refusal import not_found as _not_found
 from controlplane.state.refusal import precondition as _precondition
+from controlplane.state.tables import BackupSource
 from controlplane.v1 import command_pb2, gossip_pb2, watch_pb2
 
 DOMAIN_GOSSIP = "gossip"
@@ -279,6 +280,10 @@ def check_configure(request: gossip_pb2.ConfigureGroupRequest) -> None:
 
 
 class GossipTable:
+    name: ClassVar[str] = "gossip"
+    state_type: ClassVar[type[gossip_pb2.GossipState]] = gossip_pb2.GossipState
+    backup_noun: ClassVar[str] = "a bad gossip state"
+
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.reset()
@@ -699,6 +704,15 @@ class GossipTable:
             state.rounds.extend(rounds.values())
         state.groups.extend(self.groups.values())
         return state
+
+    def load_state(self, state: gossip_pb2.GossipState | None) -> None:
+        self.load(state if state is not None else gossip_pb2.GossipState())
+
+    def check_backup(self, state: gossip_pb2.GossipState | None, backup: BackupSource) -> None:
+        """Taken as it is: a round or a matrix from a backup refers to nothing outside gossip."""
+
+    def restore_backup(self, state: gossip_pb2.GossipState | None, backup: BackupSource) -> None:
+        self.load_state(state)
 
     def load(self, state: gossip_pb2.GossipState) -> None:
         self.reset()

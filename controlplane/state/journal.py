@@ -1,10 +1,10 @@
-"""What a domain table (ports, leases, models, membership) needs from the state machine it lives in."""
+"""What a domain table needs from the state machine it lives in."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from controlplane.v1 import gossip_pb2, membership_pb2, models_pb2, ports_pb2, watch_pb2
+from controlplane.v1 import gossip_pb2, kv_pb2, membership_pb2, models_pb2, ports_pb2, watch_pb2
 
 #: The typed change a domain records (``Event.detail`` in watch.proto); None for a domain without one.
 Detail = ports_pb2.PortEvent | models_pb2.ModelEvent | membership_pb2.MembershipEvent | gossip_pb2.GossipEvent | None
@@ -19,3 +19,13 @@ class Journal(Protocol):
     cluster_level: int
 
     def record_detail(self, domain: str, key: str, event_type: watch_pb2.EventType, detail: Detail) -> int: ...
+
+    def record_change(
+        self,
+        domain: str,
+        key: str,
+        event_type: watch_pb2.EventType,
+        kv: kv_pb2.KeyValue | None,
+        prev_kv: kv_pb2.KeyValue | None,
+        detail: Detail = None,
+    ) -> int: ...

@@ -13,9 +13,11 @@ lease *holds* changes with revisions as usual.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 from controlplane.state import limits
 from controlplane.state.journal import Journal
+from controlplane.state.tables import BackupSource
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, watch_pb2
 
 DOMAIN_LEASES = "leases"
@@ -24,6 +26,10 @@ CommandResult = command_pb2.CommandResult
 
 
 class LeaseTable:
+    name: ClassVar[str] = "leases"
+    state_type: ClassVar[type[leases_pb2.LeasesState]] = leases_pb2.LeasesState
+    backup_noun: ClassVar[str] = "a bad lease table"
+
     def __init__(self, journal: Journal, release: Callable[[int, str, bool], int]) -> None:
         # release(lease_id, reason, expired) frees what the lease holds and says how many port
         # assignments that was; expired tells a death (a node becomes DEAD) from a clean end.
@@ -148,6 +154,25 @@ class LeaseTable:
         return CommandResult(
             revision=self._revision, lease_checkpoint=leases_pb2.LeaseCheckpointResult(updated=updated)
         )
+
+    def to_state(self) -> leases_pb2.LeasesState:
+        return leases_pb2.LeasesState(leases=self.leases.values(), next_lease_id=self.next_id)
+
+    def load_state(self, state: leases_pb2.LeasesState | None) -> None:
+        if state is None:
+            self.reset()
+        else:
+            self.load(list(state.leases), state.next_lease_id)
+
+    def check_backup(self, state: leases_pb2.LeasesState | None, backup: BackupSource) -> None:
+        """Nothing to refuse: a lease's TTL restarts on restore, and ids only move forward."""
+
+    def restore_backup(self, state: leases_pb2.LeasesState | None, backup: BackupSource) -> None:
+        """Every restored lease gets a full TTL from now: its holder needs time to find the new
+        state. No lease id is reused: holders of leases granted after the backup may still send it."""
+        leases = list(state.leases) if state is not None else []
+        next_id = max(self.next_id, state.next_lease_id if state is not None else 0)
+        self.load(leases, next_id, renewed_unix_ms=self._journal.time_unix_ms)
 
     def load(self, leases: list[leases_pb2.Lease], next_id: int, renewed_unix_ms: int | None = None) -> None:
         """Replace every lease; ``renewed_unix_ms`` restarts their TTLs (a restore from a backup)."""

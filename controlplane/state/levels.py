@@ -23,25 +23,31 @@ The levels (append only; a level's meaning never changes once released):
    protocol as a text without meaning: every port was a TCP one.
 3. ``PLACEMENT``: ``Services.Start`` without a node places the service. Below it, a release
    before placement dropped the request's manifest and refused its empty host as invalid.
+4. ``SNAPSHOT_TABLES``: snapshots of format 2, one entry per domain table (command.proto,
+   ``StateSnapshot``). Below it the servers write format 1, the only one the releases before it
+   read (a leader sends its snapshot to a lagging follower of any release), and a restore refuses
+   a format-2 backup as those releases do.
 """
 
 from __future__ import annotations
 
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from controlplane.v1 import command_pb2, ports_pb2
 
 BASE_LEVEL = 1
 UDP_PORTS = 2
 PLACEMENT = 3
+SNAPSHOT_TABLES = 4
 #: The highest level this release applies.
-APPLY_LEVEL = PLACEMENT
+APPLY_LEVEL = SNAPSHOT_TABLES
 
 DESCRIPTIONS = {
     BASE_LEVEL: "the base (every release before levels)",
     UDP_PORTS: "UDP ports (TCP and UDP hold one port number separately)",
     PLACEMENT: "placement (services start without a node)",
+    SNAPSHOT_TABLES: "snapshots by domain table (format 2)",
 }
 
 _PORT_PROTOCOL = ports_pb2.DESCRIPTOR.enum_types_by_name["PortProtocol"]
@@ -67,11 +73,21 @@ def stored_level(level: int) -> int:
 def required_level(command: command_pb2.Command) -> int:
     """The lowest cluster level at which ``command`` means what it says."""
     kind = command.WhichOneof("body")
+    if kind == "restore_state":
+        return SNAPSHOT_TABLES if _snapshot_format(command.restore_state.snapshot) > 1 else BASE_LEVEL
     if kind == "service_start" and places(command.service_start):
         return PLACEMENT  # above UDP_PORTS: covers a UDP port in the manifest too
     if kind in _PORT_COMMANDS and _uses_udp(command):
         return UDP_PORTS
     return BASE_LEVEL
+
+
+def _snapshot_format(data: bytes) -> int:
+    """A snapshot's format version (0 if it does not parse: the restore itself says why)."""
+    try:
+        return command_pb2.StateSnapshot.FromString(data).format_version
+    except DecodeError:
+        return 0
 
 
 def as_applied_at(command: command_pb2.Command, level: int) -> command_pb2.Command:

@@ -19,20 +19,22 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from google.protobuf.message import DecodeError
-from sortedcontainers import SortedDict
+from google.protobuf.message import DecodeError, Message
 
-from controlplane.state import levels, limits
+from controlplane.state import levels, limits, snapshot_v1
 from controlplane.state.auth import AuthTable
+from controlplane.state.directory import CLUSTER_LEVEL_KEY, DOMAIN_CLUSTER, MemberDirectory
 from controlplane.state.gossip import GossipTable
 from controlplane.state.journal import Detail
+from controlplane.state.kv import DOMAIN_KV, KvTable
 from controlplane.state.leases import LeaseTable
 from controlplane.state.membership import MembershipTable, state_name
 from controlplane.state.models import ModelTable
-from controlplane.state.ports import PORT_MAP_FORMAT, NodeOffer, PortTable, ServiceHooks
+from controlplane.state.ports import NodeOffer, PortTable, ServiceHooks
 from controlplane.state.refusal import Refused
+from controlplane.state.tables import BackupSource, DomainTable
 from controlplane.v1 import (
     command_pb2,
     common_pb2,
@@ -44,15 +46,29 @@ from controlplane.v1 import (
     watch_pb2,
 )
 
-SNAPSHOT_FORMAT_VERSION = 1
-# Written last (highest field number): protobuf parses a cut-short message without complaint, so a
-# snapshot missing its end marker is known to be truncated.
+#: The snapshot format written from cluster level SNAPSHOT_TABLES on: one entry per domain table.
+SNAPSHOT_FORMAT_VERSION = 2
+#: Every format restore reads: format 1 (snapshot_v1.py) is what the releases before 2 wrote.
+SNAPSHOT_FORMATS = (snapshot_v1.FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION)
+# The snapshot's last bytes: protobuf parses a cut-short message without complaint, so a snapshot
+# missing its end marker is known to be truncated.
 SNAPSHOT_END_MARKER = 0x5AFE5AFE
+_END_MARKER_BYTES = command_pb2.StateSnapshot(end_marker=SNAPSHOT_END_MARKER).SerializeToString()
 
-DOMAIN_KV = "kv"
-DOMAIN_CLUSTER = "cluster"
-#: The cluster-domain key of the cluster level's events (member ids cannot start with "/").
-CLUSTER_LEVEL_KEY = "/level"
+__all__ = [
+    "CLUSTER_LEVEL_KEY",
+    "DOMAIN_CLUSTER",
+    "DOMAIN_KV",
+    "SNAPSHOT_END_MARKER",
+    "SNAPSHOT_FORMATS",
+    "SNAPSHOT_FORMAT_VERSION",
+    "CommandResult",
+    "SnapshotError",
+    "StateMachine",
+    "batch_entry",
+    "event_size",
+    "parse_snapshot",
+]
 
 DEFAULT_HISTORY_LIMIT = 10_000
 # The watch history's second bound: the bytes of its events (about their serialized size, what a
@@ -153,13 +169,6 @@ def _error(code: common_pb2.ErrorCode, message: str, revision: int) -> CommandRe
     return CommandResult(revision=revision, error=common_pb2.Error(code=code, message=message))
 
 
-def _meta_only(kv: kv_pb2.KeyValue) -> kv_pb2.KeyValue:
-    """The key's metadata without its value: what write results return, to keep answers small."""
-    return kv_pb2.KeyValue(
-        key=kv.key, create_revision=kv.create_revision, mod_revision=kv.mod_revision, version=kv.version
-    )
-
-
 class StateMachine:
     def __init__(
         self,
@@ -172,6 +181,27 @@ class StateMachine:
         self.history_limit_bytes = history_limit_bytes
         self.dedupe_limit = dedupe_limit
         self.dedupe_ttl_ms = dedupe_ttl_ms
+        #: Every domain table, in snapshot order, which is also the order a restore takes them in.
+        self.tables: tuple[DomainTable[Any], ...] = self._make_tables()
+        self._reset()
+        self._handlers: dict[str, Callable[[command_pb2.Command], CommandResult]] = {
+            "barrier": self._barrier,
+            "restore_state": self._restore_state,
+        }
+        for table in self.tables:
+            for kind, handler in table.handlers().items():
+                if kind in self._handlers:
+                    raise ValueError(f"two tables apply the command {kind!r}")  # a wiring bug, at start-up
+                self._handlers[kind] = handler
+        # A table at its defaults is left out of a snapshot (TableState in command.proto).
+        self._default_states = {
+            table.name: table.to_state().SerializeToString(deterministic=True) for table in self.tables
+        }
+
+    def _make_tables(self) -> tuple[DomainTable[Any], ...]:
+        """Build the domain tables, wired to each other through narrow callbacks (not the machine).
+        The one place a domain registers: a table added here is dispatched, reset, snapshot and
+        restored by the loops over ``self.tables``."""
         self.ports = PortTable(
             self,
             lease_exists=lambda lease_id: self.leases.exists(lease_id),
@@ -194,6 +224,8 @@ class StateMachine:
                 ],
             ),
         )
+        self.kv = KvTable(self)
+        self.directory = MemberDirectory(self)
         self.leases = LeaseTable(self, release=self._release_lease)
         self.registry = ModelTable(self, node_problem=lambda node_id: self.membership.node_problem(node_id))
         self.membership = MembershipTable(
@@ -204,23 +236,17 @@ class StateMachine:
         )
         self.gossip = GossipTable(self)
         self.auth = AuthTable(self)
-        self._reset()
-        self._handlers: dict[str, Callable[[command_pb2.Command], CommandResult]] = {
-            "kv_put": self._kv_put,
-            "kv_delete": self._kv_delete,
-            "kv_compare_and_swap": self._kv_compare_and_swap,
-            "barrier": self._barrier,
-            "member_upsert": self._member_upsert,
-            "member_remove": self._member_remove,
-            "restore_state": self._restore_state,
-            "set_cluster_level": self._set_cluster_level,
-            **self.ports.handlers(),
-            **self.leases.handlers(),
-            **self.registry.handlers(),
-            **self.membership.handlers(),
-            **self.gossip.handlers(),
-            **self.auth.handlers(),
-        }
+        # The lease table before membership: a restore ends what hangs on a lease the backup lacks.
+        return (
+            self.kv,
+            self.directory,
+            self.ports,
+            self.leases,
+            self.registry,
+            self.membership,
+            self.gossip,
+            self.auth,
+        )
 
     def _reset(self) -> None:
         self.revision = 0
@@ -228,7 +254,6 @@ class StateMachine:
         self.compacted_revision = 0
         # What commands apply as (levels.py): a fresh state is at the base, like a replay from genesis.
         self.cluster_level = levels.BASE_LEVEL
-        self._kvs: SortedDict = SortedDict()
         # The watch history is a list with a moving start, trimmed in bulk (amortised O(1)).
         self._history: list[_Change] = []
         self._history_start = 0
@@ -237,16 +262,8 @@ class StateMachine:
         # request id -> (leader time, the result's serialized bytes): a result held as a message
         # costs several times its bytes (a bulk registration's holds every version it registered).
         self._dedupe: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
-        self.members: dict[str, command_pb2.MemberRecord] = {}
-        self.removed_members: dict[str, None] = {}
-        self.ports.reset()
-        self.leases.reset()
-        self.registry.reset()
-        self.membership.reset()
-        self.gossip.reset()
-        self.auth.reset()
-        # Bumped on every directory change; derived, not snapshotted (readers cache by it).
-        self.members_version = getattr(self, "members_version", 0) + 1
+        for table in self.tables:
+            table.reset()
 
     # ----------------------------------------------------------------- applying
 
@@ -310,9 +327,9 @@ class StateMachine:
 
     def record_detail(self, domain: str, key: str, event_type: watch_pb2.EventType, detail: Detail) -> int:
         """For the domain tables (the Journal protocol): a change described by a typed event."""
-        return self._record(domain, key, event_type, None, None, detail)
+        return self.record_change(domain, key, event_type, None, None, detail)
 
-    def _record(
+    def record_change(
         self,
         domain: str,
         key: str,
@@ -321,7 +338,8 @@ class StateMachine:
         prev_kv: kv_pb2.KeyValue | None,
         detail: Detail = None,
     ) -> int:
-        """Bump the revision and append the one event that describes the change."""
+        """For the domain tables (the Journal protocol): bump the revision and append the one event
+        that describes the change."""
         self.revision += 1
         field = _DETAIL_FIELDS[type(detail)] if detail is not None else ""
         data = detail.SerializeToString(deterministic=True) if detail is not None else b""
@@ -364,280 +382,48 @@ class StateMachine:
         """How many watch events are retained."""
         return len(self._history) - self._history_start
 
-    # ----------------------------------------------------------------- KV
-
-    def _kv_put(self, command: command_pb2.Command) -> CommandResult:
-        put = command.kv_put
-        problem = limits.check_key(put.key) or limits.check_value(put.value)
-        if problem:
-            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
-        prev = self._kvs.get(put.key)
-        result = self._write(put.key, put.value, prev)
-        body = result.kv_put
-        if put.prev_kv and prev is not None:
-            body.prev_kv.CopyFrom(prev)
-        return result
-
-    def _write(self, key: str, value: bytes, prev: kv_pb2.KeyValue | None) -> CommandResult:
-        revision = self.revision + 1
-        kv = kv_pb2.KeyValue(
-            key=key,
-            value=value,
-            create_revision=prev.create_revision if prev is not None else revision,
-            mod_revision=revision,
-            version=prev.version + 1 if prev is not None else 1,
-        )
-        self._kvs[key] = kv
-        self._record(DOMAIN_KV, key, watch_pb2.EVENT_TYPE_PUT, kv, prev)
-        return CommandResult(revision=revision, kv_put=command_pb2.KvPutResult(kv=_meta_only(kv)))
-
-    def _delete(self, key: str) -> tuple[int, kv_pb2.KeyValue | None]:
-        prev = self._kvs.pop(key, None)
-        if prev is None:
-            return self.revision, None
-        tombstone = kv_pb2.KeyValue(key=key, mod_revision=self.revision + 1)
-        return self._record(DOMAIN_KV, key, watch_pb2.EVENT_TYPE_DELETE, tombstone, prev), prev
-
-    def _kv_delete(self, command: command_pb2.Command) -> CommandResult:
-        key = command.kv_delete.key
-        problem = limits.check_key(key)
-        if problem:
-            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
-        revision, prev = self._delete(key)
-        body = command_pb2.KvDeleteResult(deleted=prev is not None)
-        if prev is not None:
-            body.prev_kv.CopyFrom(prev)
-        return CommandResult(revision=revision, kv_delete=body)
-
-    def _kv_compare_and_swap(self, command: command_pb2.Command) -> CommandResult:
-        cas = command.kv_compare_and_swap
-        problem = limits.check_key(cas.key) or limits.check_value(cas.value)
-        if problem:
-            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
-        current = self._kvs.get(cas.key)
-        current_mod = current.mod_revision if current is not None else 0
-        if current_mod != cas.expected_mod_revision:
-            body = command_pb2.KvCompareAndSwapResult(succeeded=False, found=current is not None)
-            if current is not None:
-                body.kv.CopyFrom(current)
-            return CommandResult(revision=self.revision, kv_compare_and_swap=body)
-        if cas.delete:
-            revision, _ = self._delete(cas.key)
-            return CommandResult(
-                revision=revision, kv_compare_and_swap=command_pb2.KvCompareAndSwapResult(succeeded=True)
-            )
-        written = self._write(cas.key, cas.value, current)
-        return CommandResult(
-            revision=written.revision,
-            kv_compare_and_swap=command_pb2.KvCompareAndSwapResult(succeeded=True, found=True, kv=written.kv_put.kv),
-        )
-
     def _barrier(self, command: command_pb2.Command) -> CommandResult:
         return CommandResult(revision=self.revision, barrier=command_pb2.BarrierResult())
-
-    # ----------------------------------------------------------------- member directory
-
-    def _member_upsert(self, command: command_pb2.Command) -> CommandResult:
-        member = command.member_upsert.member
-        problem = (
-            limits.check_member_id(member.id)
-            or limits.check_address(member.raft_address, "raft address")
-            or limits.check_address(member.client_address, "client address")
-        )
-        if problem:
-            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
-        if member.id in self.removed_members:
-            return _error(
-                common_pb2.ERROR_CODE_FAILED_PRECONDITION,
-                f"member {member.id!r} was removed from this cluster and may not rejoin under that id; "
-                "wipe its data directory and add it under a new id",
-                self.revision,
-            )
-        for other in self.members.values():
-            if other.id != member.id and other.raft_address == member.raft_address:
-                return _error(
-                    common_pb2.ERROR_CODE_ALREADY_EXISTS,
-                    f"raft address {member.raft_address} already belongs to member {other.id!r}",
-                    self.revision,
-                )
-        prev = self.members.get(member.id)
-        if (
-            prev is not None
-            and prev.raft_address == member.raft_address
-            and prev.client_address == member.client_address
-            and prev.learner == member.learner
-        ):
-            return CommandResult(revision=self.revision, member=command_pb2.MemberResult(changed=False))
-        record = command_pb2.MemberRecord(
-            id=member.id,
-            raft_address=member.raft_address,
-            client_address=member.client_address,
-            added_revision=prev.added_revision if prev is not None else self.revision + 1,
-            learner=member.learner,
-        )
-        self.members[member.id] = record
-        self.members_version += 1
-        revision = self._record(
-            DOMAIN_CLUSTER,
-            member.id,
-            watch_pb2.EVENT_TYPE_PUT,
-            kv_pb2.KeyValue(key=member.id, value=record.SerializeToString(deterministic=True)),
-            None,
-        )
-        return CommandResult(revision=revision, member=command_pb2.MemberResult(changed=True))
-
-    def _set_cluster_level(self, command: command_pb2.Command) -> CommandResult:
-        """Raise the cluster level; one at or below the current level changes nothing (never lowered).
-
-        Stored whatever this release applies, so the replicas agree: a server whose release is
-        below the level learns from ``cluster_level`` that it is too old (Cluster.Status says so).
-        """
-        level = command.set_cluster_level.level
-        if level <= self.cluster_level:
-            return CommandResult(
-                revision=self.revision,
-                cluster_level=command_pb2.ClusterLevelResult(level=self.cluster_level, changed=False),
-            )
-        self.cluster_level = level
-        revision = self._record(
-            DOMAIN_CLUSTER,
-            CLUSTER_LEVEL_KEY,
-            watch_pb2.EVENT_TYPE_PUT,
-            kv_pb2.KeyValue(key=CLUSTER_LEVEL_KEY, value=str(level).encode()),
-            None,
-        )
-        return CommandResult(revision=revision, cluster_level=command_pb2.ClusterLevelResult(level=level, changed=True))
-
-    def _member_remove(self, command: command_pb2.Command) -> CommandResult:
-        member_id = command.member_remove.id
-        prev = self.members.pop(member_id, None)
-        if prev is None:
-            return _error(common_pb2.ERROR_CODE_NOT_FOUND, f"no member {member_id!r} in this cluster", self.revision)
-        self.removed_members[member_id] = None
-        self.members_version += 1
-        revision = self._record(
-            DOMAIN_CLUSTER,
-            member_id,
-            watch_pb2.EVENT_TYPE_DELETE,
-            kv_pb2.KeyValue(key=member_id),
-            kv_pb2.KeyValue(key=member_id, value=prev.SerializeToString(deterministic=True)),
-        )
-        return CommandResult(revision=revision, member=command_pb2.MemberResult(changed=True))
 
     # ----------------------------------------------------------------- restore from a backup
 
     def _restore_state(self, command: command_pb2.Command) -> CommandResult:
-        """Replace the user data with a backup's, atomically.
+        """Replace the user data with a backup's, atomically: every table checks its part first,
+        then takes it as its domain wants (``DomainTable.restore_backup``).
 
         The member directory and the dedupe table stay: they describe this cluster, not the
         backup's, and so does the cluster level (what this cluster's servers apply). So does the
-        auth state, unless the command asks for the backup's users, roles and
-        tokens (``AuthTable.restore``: revocations and the on/off switch stay this cluster's). The
-        watch history is dropped and marked compacted, so every watcher learns (OUT_OF_RANGE) that
-        it must re-read rather than silently missing the swap.
+        auth state, unless the command asks for the backup's users, roles and tokens
+        (``AuthTable.restore``: revocations and the on/off switch stay this cluster's). The watch
+        history is dropped and marked compacted, so every watcher learns (OUT_OF_RANGE) that it
+        must re-read rather than silently missing the swap.
         """
+        # Below SNAPSHOT_TABLES an older release may apply this entry too, and it reads format 1
+        # only: refuse a format-2 backup as it does, word for word (results are in the dedupe table).
+        formats = SNAPSHOT_FORMATS if self.cluster_level >= levels.SNAPSHOT_TABLES else (snapshot_v1.FORMAT_VERSION,)
         try:
-            snapshot = parse_snapshot(command.restore_state.snapshot)
+            snapshot = parse_snapshot(command.restore_state.snapshot, formats)
+            states = self._table_states(snapshot)
         except SnapshotError as exc:
             return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, str(exc), self.revision)
-        for kv in snapshot.kvs:
-            problem = limits.check_key(kv.key) or limits.check_value(kv.value)
-            if not problem and not (1 <= kv.create_revision <= kv.mod_revision <= snapshot.revision and kv.version):
-                problem = (
-                    f"key {kv.key!r} has revisions create={kv.create_revision} mod={kv.mod_revision} "
-                    f"version={kv.version}, impossible in a snapshot at revision {snapshot.revision}"
-                )
-            if problem:
-                return _error(
-                    common_pb2.ERROR_CODE_INVALID_ARGUMENT,
-                    f"backup holds a bad key: {problem}",
-                    self.revision,
-                )
-        if snapshot.revision >= limits.MAX_REVISION:
-            return _error(
-                common_pb2.ERROR_CODE_INVALID_ARGUMENT,
-                f"backup revision {snapshot.revision} is beyond the supported maximum {limits.MAX_REVISION}",
-                self.revision,
-            )
-        if snapshot.HasField("ports"):
-            state = snapshot.ports
-            # As this cluster's releases read it, and as the backup's cluster held it: a backup from
-            # below UDP_PORTS may carry protocols an older release kept unread.
-            levels.ports_state_at(state, min(self.cluster_level, levels.stored_level(snapshot.cluster_level)))
+        backup = BackupSource(
+            revision=snapshot.revision,
+            cluster_level=levels.stored_level(snapshot.cluster_level),
+            include_auth=command.restore_state.include_auth,
+        )
+        for table in self.tables:
             try:
-                self.ports.validate_map(
-                    ports_pb2.PortMap(
-                        format=PORT_MAP_FORMAT,
-                        ranges=state.ranges,
-                        reservations=state.reservations,
-                        assignments=state.assignments,
-                        services=state.services,
-                        history=state.history,
-                        observations=state.observations,
-                    )
-                )
+                table.check_backup(states.get(table.name), backup)
             except Refused as refused:
-                return _error(refused.code, f"backup holds a bad port map: {refused.message}", self.revision)
-        try:
-            ModelTable.validate_state(snapshot.models, snapshot.revision)
-        except Refused as refused:
-            return _error(refused.code, f"backup holds a bad model registry: {refused.message}", self.revision)
-        try:
-            MembershipTable.validate_state(snapshot.membership)
-        except Refused as refused:
-            return _error(refused.code, f"backup holds bad membership: {refused.message}", self.revision)
-        with_auth = command.restore_state.include_auth
-        try:
-            if with_auth and snapshot.HasField("auth"):
-                AuthTable.validate_state(snapshot.auth)
-        except Refused as refused:
-            return _error(refused.code, f"backup holds a bad auth state: {refused.message}", self.revision)
+                return _error(refused.code, f"backup holds {table.backup_noun}: {refused.message}", self.revision)
         self.revision = max(self.revision, snapshot.revision) + 1
-        self.registry.load(snapshot.models)
-        snapshot = _without_registry(snapshot)
-        self._kvs = SortedDict((kv.key, kv) for kv in snapshot.kvs)
-        if snapshot.HasField("ports"):
-            self.ports.load(snapshot.ports)
-        else:
-            self.ports.reset()
-        # Every restored lease gets a full TTL from now: its holder needs time to find the new state.
-        # Never reuse a lease id: holders of leases granted after the backup may still send it.
-        next_lease_id = max(self.leases.next_id, snapshot.next_lease_id)
-        self.leases.load(list(snapshot.leases), next_lease_id, renewed_unix_ms=self.time_unix_ms)
-        self.membership.load(snapshot.membership)
-        self.membership.drop_dangling_leases(self.leases.exists)
-        self.gossip.load(snapshot.membership.gossip)
-        if with_auth:
-            self.auth.restore(snapshot.auth if snapshot.HasField("auth") else None)
+        for table in self.tables:
+            table.restore_backup(states.get(table.name), backup)
         self._history, self._history_revisions, self._history_start, self._history_bytes = [], [], 0, 0
         self.compacted_revision = self.revision
-        return CommandResult(revision=self.revision, restore=command_pb2.RestoreResult(keys=len(self._kvs)))
+        return CommandResult(revision=self.revision, restore=command_pb2.RestoreResult(keys=self.kv.key_count()))
 
     # ----------------------------------------------------------------- reads
-
-    def get(self, key: str) -> kv_pb2.KeyValue | None:
-        kv: kv_pb2.KeyValue | None = self._kvs.get(key)
-        return kv
-
-    def list_keys(
-        self, prefix: str, start_after: str = "", limit: int = limits.MAX_LIST_LIMIT
-    ) -> tuple[list[kv_pb2.KeyValue], bool]:
-        """Keys under ``prefix`` in lexical order after ``start_after``; and whether more follow."""
-        if start_after and start_after >= prefix:
-            keys = self._kvs.irange(minimum=start_after, inclusive=(False, True))
-        else:
-            keys = self._kvs.irange(minimum=prefix)
-        out: list[kv_pb2.KeyValue] = []
-        for key in keys:
-            if not key.startswith(prefix):
-                break
-            if len(out) == limit:
-                return out, True
-            out.append(self._kvs[key])
-        return out, False
-
-    def key_count(self) -> int:
-        return len(self._kvs)
 
     @property
     def oldest_revision(self) -> int:
@@ -664,56 +450,47 @@ class StateMachine:
     # ----------------------------------------------------------------- snapshots
 
     def snapshot(self) -> bytes:
-        """The whole state in the versioned StateSnapshot format (deterministic bytes)."""
-        snap = command_pb2.StateSnapshot(
-            format_version=SNAPSHOT_FORMAT_VERSION,
+        """The whole state as a StateSnapshot (deterministic bytes): format 2 from cluster level
+        SNAPSHOT_TABLES on, format 1 below it, which every release of the cluster reads."""
+        header = command_pb2.StateSnapshot(
             revision=self.revision,
             time_unix_ms=self.time_unix_ms,
             compacted_revision=self.compacted_revision,
-            removed_members=list(self.removed_members),
-            end_marker=SNAPSHOT_END_MARKER,
         )
-        snap.kvs.extend(self._kvs.values())
-        snap.history.extend(change.to_event() for change in self._history[self._history_start :])
+        header.history.extend(change.to_event() for change in self._history[self._history_start :])
         for rid, (stamped, result) in self._dedupe.items():
-            entry = snap.dedupe.add(request_id=rid, time_unix_ms=stamped)
+            entry = header.dedupe.add(request_id=rid, time_unix_ms=stamped)
             entry.result.MergeFromString(result)
-        snap.members.extend(self.members.values())
-        snap.ports.CopyFrom(self.ports.to_state())
-        snap.leases.extend(self.leases.leases.values())
-        snap.next_lease_id = self.leases.next_id
-        snap.models.CopyFrom(self.registry.to_state())
-        snap.membership.CopyFrom(self.membership.to_state())
-        snap.membership.gossip.CopyFrom(self.gossip.to_state())
-        tail = command_pb2.StateSnapshot()
-        auth = self.auth.to_state()
-        if auth != self.auth.default_state():
-            tail.auth.CopyFrom(auth)
-        if self.cluster_level != levels.BASE_LEVEL:
-            tail.cluster_level = self.cluster_level
-        if not tail.ListFields():
-            # Auth at its defaults and the base level are what a snapshot without them loads as:
-            # written as before either existed.
-            return snap.SerializeToString(deterministic=True)
-        # The end marker must stay the last bytes (a truncated snapshot lacks it), but the tail's
-        # field numbers are above it: the parts are concatenated in this order (protobuf merges them).
-        snap.ClearField("end_marker")
-        return (
-            snap.SerializeToString(deterministic=True)
-            + tail.SerializeToString(deterministic=True)
-            + command_pb2.StateSnapshot(end_marker=SNAPSHOT_END_MARKER).SerializeToString()
-        )
+        states = {table.name: table.to_state() for table in self.tables}
+        if self.cluster_level < levels.SNAPSHOT_TABLES:
+            auth = states["auth"].SerializeToString(deterministic=True)
+            return snapshot_v1.write(
+                header,
+                states,
+                auth_is_default=auth == self._default_states["auth"],
+                cluster_level=self.cluster_level,
+                end_marker=SNAPSHOT_END_MARKER,
+            )
+        header.format_version = SNAPSHOT_FORMAT_VERSION
+        header.cluster_level = self.cluster_level
+        for name, state in states.items():
+            data = state.SerializeToString(deterministic=True)
+            if data != self._default_states[name]:
+                header.tables.add(name=name, state=data)
+        # The end marker's field number is below the tables': it is appended, to be the last bytes.
+        return header.SerializeToString(deterministic=True) + _END_MARKER_BYTES
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot. Raises SnapshotError; not for the replicated path."""
         snap = parse_snapshot(data)
+        states = self._table_states(snap)  # every table's part parses before anything changes
+        snap = _header_only(snap)
         self._reset()
-        self.registry.load(snap.models)
-        snap = _without_registry(snap)
         self.revision = snap.revision
         self.time_unix_ms = snap.time_unix_ms
         self.compacted_revision = snap.compacted_revision
-        self._kvs = SortedDict((kv.key, kv) for kv in snap.kvs)
+        # Before the tables: a table loads its part as this level holds it (PortTable.load_state).
+        self.cluster_level = levels.stored_level(snap.cluster_level)
         self._history = [_Change.from_event(event) for event in snap.history]
         self._history_revisions = [event.revision for event in self._history]
         self._history_bytes = sum(change.size for change in self._history)
@@ -722,45 +499,64 @@ class StateMachine:
             (entry.request_id, (entry.time_unix_ms, entry.result.SerializeToString(deterministic=True)))
             for entry in snap.dedupe
         )
-        self.members = {member.id: member for member in snap.members}
-        self.removed_members = dict.fromkeys(snap.removed_members)
-        self.cluster_level = levels.stored_level(snap.cluster_level)
-        if snap.HasField("ports"):
-            levels.ports_state_at(snap.ports, self.cluster_level)  # a dump an older release wrote
-            self.ports.load(snap.ports)
-        self.leases.load(list(snap.leases), snap.next_lease_id)
-        self.membership.load(snap.membership)
-        self.gossip.load(snap.membership.gossip)
-        self.auth.load(snap.auth if snap.HasField("auth") else None)
+        for table in self.tables:
+            table.load_state(states.get(table.name))
+
+    def _table_states(self, snap: command_pb2.StateSnapshot) -> dict[str, Message]:
+        """Each table's part of a snapshot (``parse_snapshot``'s), parsed; a table without one has none.
+        Raises SnapshotError for a part this release has no table for, or one that does not parse."""
+        tables = {table.name: table for table in self.tables}
+        states: dict[str, Message] = {}
+        for entry in snap.tables:
+            table = tables.get(entry.name)
+            if table is None:
+                raise SnapshotError(
+                    f"snapshot holds table {entry.name!r}, which this release does not know: "
+                    "it was written by a newer release"
+                )
+            if entry.name in states:
+                raise SnapshotError(f"snapshot holds table {entry.name!r} twice")
+            try:
+                states[entry.name] = table.state_type.FromString(entry.state)
+            except DecodeError as exc:
+                raise SnapshotError(f"snapshot table {entry.name!r} does not parse: {exc}") from None
+        return states
 
 
-def _without_registry(snap: command_pb2.StateSnapshot) -> command_pb2.StateSnapshot:
-    """``snap`` without its model registry, once the registry has been loaded from it.
+def _header_only(snap: command_pb2.StateSnapshot) -> command_pb2.StateSnapshot:
+    """``snap`` without its tables' parts, once they are parsed, in memory of its own.
 
-    The tables keep parts of the parsed snapshot (keys, history, ...) by reference, and one part
-    kept keeps all of its memory: the parsed registry (which the registry has stored in its own,
-    smaller form) would stay behind them. So the rest moves to memory of its own.
+    The machine keeps parts of the parsed header (the history's values) by reference, and one part
+    kept keeps all of its memory: the tables' serialized parts (a model registry's can be hundreds
+    of MB) would stay behind them.
     """
-    if not snap.HasField("models"):
-        return snap
-    snap.ClearField("models")
+    snap.ClearField("tables")
     return command_pb2.StateSnapshot.FromString(snap.SerializeToString())
 
 
-def parse_snapshot(data: bytes) -> command_pb2.StateSnapshot:
+def parse_snapshot(data: bytes, formats: tuple[int, ...] = SNAPSHOT_FORMATS) -> command_pb2.StateSnapshot:
+    """A snapshot of one of ``formats``, with its domains as table entries whatever its format
+    (format 1's are moved into them). Raises SnapshotError."""
     try:
         snap = command_pb2.StateSnapshot.FromString(data)
     except DecodeError as exc:
         raise SnapshotError(f"not a controlplane snapshot: {exc}") from None
-    if snap.format_version != SNAPSHOT_FORMAT_VERSION:
+    if snap.format_version not in formats:
+        readable = " and ".join(str(version) for version in formats)
         raise SnapshotError(
             f"snapshot format version {snap.format_version} is not supported "
-            f"(this server reads version {SNAPSHOT_FORMAT_VERSION})"
+            f"(this server reads version{'s' if len(formats) > 1 else ''} {readable})"
         )
     if snap.end_marker != SNAPSHOT_END_MARKER:
         raise SnapshotError("snapshot is truncated: its end marker is missing")
     if snap.revision >= limits.MAX_REVISION:
         raise SnapshotError(f"snapshot revision {snap.revision} is beyond the supported maximum {limits.MAX_REVISION}")
+    if snap.format_version == snapshot_v1.FORMAT_VERSION:
+        if snap.tables:
+            raise SnapshotError("a format-1 snapshot holds format-2 table entries: it is damaged")
+        snapshot_v1.to_tables(snap)
+    elif any(field.name in snapshot_v1.DOMAIN_FIELDS for field, _ in snap.ListFields()):
+        raise SnapshotError("a format-2 snapshot holds format-1 domain fields: it is damaged")
     return snap
 
 

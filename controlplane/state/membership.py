@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from typing import ClassVar
 
 from sortedcontainers import SortedDict
 
@@ -39,6 +40,7 @@ from controlplane.state.refusal import check as _check
 from controlplane.state.refusal import invalid as _invalid
 from controlplane.state.refusal import not_found as _not_found
 from controlplane.state.refusal import precondition as _precondition
+from controlplane.state.tables import BackupSource
 from controlplane.v1 import command_pb2, common_pb2, membership_pb2, watch_pb2
 
 DOMAIN_MEMBERSHIP = "membership"
@@ -140,6 +142,10 @@ def check_network_fields(network: Network, fields: Iterable[str] = NETWORK_FIELD
 
 
 class MembershipTable:
+    name: ClassVar[str] = "membership"
+    state_type: ClassVar[type[membership_pb2.MembershipState]] = membership_pb2.MembershipState
+    backup_noun: ClassVar[str] = "bad membership"
+
     def __init__(
         self,
         journal: Journal,
@@ -959,6 +965,18 @@ class MembershipTable:
         for name, count in counts.items():
             if count > networks[name].max_clients:
                 raise _invalid(f"network {name!r} holds {count} clients, over its max_clients")
+
+    def load_state(self, state: membership_pb2.MembershipState | None) -> None:
+        self.load(state if state is not None else membership_pb2.MembershipState())
+
+    def check_backup(self, state: membership_pb2.MembershipState | None, backup: BackupSource) -> None:
+        if state is not None:
+            self.validate_state(state)
+
+    def restore_backup(self, state: membership_pb2.MembershipState | None, backup: BackupSource) -> None:
+        """Load the backup's, then end what hangs on a lease it lacks (the lease table restores first)."""
+        self.load_state(state)
+        self.drop_dangling_leases(self._leases().exists)
 
     def load(self, state: membership_pb2.MembershipState) -> None:
         self.reset()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import ClassVar
 
 from sortedcontainers import SortedDict
 
@@ -40,6 +41,7 @@ from controlplane.state.refusal import check as _check
 from controlplane.state.refusal import invalid as _invalid
 from controlplane.state.refusal import not_found as _not_found
 from controlplane.state.refusal import precondition as _precondition
+from controlplane.state.tables import BackupSource
 from controlplane.v1 import command_pb2, common_pb2, models_pb2, watch_pb2
 
 DOMAIN_MODELS = "models"
@@ -222,6 +224,10 @@ class ModelRecords(Mapping[str, models_pb2.Model]):
 
 
 class ModelTable:
+    name: ClassVar[str] = "models"
+    state_type: ClassVar[type[models_pb2.ModelsState]] = models_pb2.ModelsState
+    backup_noun: ClassVar[str] = "a bad model registry"
+
     def __init__(self, journal: Journal, node_problem: Callable[[str], str | None] = lambda node_id: None) -> None:
         self._journal = journal
         # Why a replica's node looks wrong (not registered, dead or left), or None: a warning in
@@ -703,6 +709,16 @@ class ModelTable:
             for alias, number in sorted(model.aliases.items()):
                 if number not in held:
                     raise _invalid(f"alias {alias!r} of {model.name!r} points at missing version {number}")
+
+    def load_state(self, state: models_pb2.ModelsState | None) -> None:
+        self.load(state if state is not None else models_pb2.ModelsState())
+
+    def check_backup(self, state: models_pb2.ModelsState | None, backup: BackupSource) -> None:
+        if state is not None:
+            self.validate_state(state, backup.revision)
+
+    def restore_backup(self, state: models_pb2.ModelsState | None, backup: BackupSource) -> None:
+        self.load_state(state)
 
     def load(self, state: models_pb2.ModelsState) -> None:
         self.reset()

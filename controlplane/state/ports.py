@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from controlplane.state import health, levels, limits
 from controlplane.state.journal import Journal
@@ -32,6 +32,7 @@ from controlplane.state.refusal import check as _check
 from controlplane.state.refusal import invalid as _invalid
 from controlplane.state.refusal import not_found as _not_found
 from controlplane.state.refusal import precondition as _precondition
+from controlplane.state.tables import BackupSource
 from controlplane.v1 import command_pb2, common_pb2, ports_pb2, watch_pb2
 
 DOMAIN_PORTS = "ports"
@@ -142,6 +143,10 @@ class ServiceHooks:
 
 
 class PortTable:
+    name: ClassVar[str] = "ports"
+    state_type: ClassVar[type[ports_pb2.PortsState]] = ports_pb2.PortsState
+    backup_noun: ClassVar[str] = "a bad port map"
+
     def __init__(
         self,
         journal: Journal,
@@ -1772,6 +1777,39 @@ class PortTable:
             state.history.extend(entries)
         state.history_totals.extend(ports_pb2.HistoryTotal(service=s, total=n) for s, n in self.history_totals.items())
         return state
+
+    def load_state(self, state: ports_pb2.PortsState | None) -> None:
+        """A snapshot's table (None: one from before ports existed, the defaults), as this
+        cluster's level holds it (the machine loads the level first)."""
+        if state is None:
+            self.reset()
+            return
+        levels.ports_state_at(state, self._journal.cluster_level)  # a dump an older release wrote
+        self.load(state)
+
+    def check_backup(self, state: ports_pb2.PortsState | None, backup: BackupSource) -> None:
+        if state is None:
+            return
+        # As this cluster's releases read it, and as the backup's cluster held it: a backup from
+        # below UDP_PORTS may carry protocols an older release kept unread.
+        levels.ports_state_at(state, min(self._journal.cluster_level, backup.cluster_level))
+        self.validate_map(
+            ports_pb2.PortMap(
+                format=PORT_MAP_FORMAT,
+                ranges=state.ranges,
+                reservations=state.reservations,
+                assignments=state.assignments,
+                services=state.services,
+                history=state.history,
+                observations=state.observations,
+            )
+        )
+
+    def restore_backup(self, state: ports_pb2.PortsState | None, backup: BackupSource) -> None:
+        if state is None:
+            self.reset()
+        else:
+            self.load(state)
 
     def load(self, state: ports_pb2.PortsState) -> None:
         """Replace the table with a snapshot's (validated by the caller, or our own)."""

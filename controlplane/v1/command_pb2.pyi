@@ -413,8 +413,30 @@ class DedupeEntry(_message.Message):
     result: CommandResult
     def __init__(self, request_id: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
 
+class KvState(_message.Message):
+    __slots__ = ("kvs",)
+    KVS_FIELD_NUMBER: _ClassVar[int]
+    kvs: _containers.RepeatedCompositeFieldContainer[_kv_pb2.KeyValue]
+    def __init__(self, kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ...) -> None: ...
+
+class MemberDirectoryState(_message.Message):
+    __slots__ = ("members", "removed_members")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[MemberRecord]
+    removed_members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TableState(_message.Message):
+    __slots__ = ("name", "state")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: bytes
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[bytes] = ...) -> None: ...
+
 class StateSnapshot(_message.Message):
-    __slots__ = ("format_version", "revision", "time_unix_ms", "kvs", "history", "compacted_revision", "dedupe", "members", "removed_members", "ports", "leases", "next_lease_id", "models", "membership", "end_marker", "auth", "cluster_level")
+    __slots__ = ("format_version", "revision", "time_unix_ms", "kvs", "history", "compacted_revision", "dedupe", "members", "removed_members", "ports", "leases", "next_lease_id", "models", "membership", "end_marker", "auth", "cluster_level", "tables")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -432,6 +454,7 @@ class StateSnapshot(_message.Message):
     END_MARKER_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     revision: int
     time_unix_ms: int
@@ -449,4 +472,5 @@ class StateSnapshot(_message.Message):
     end_marker: int
     auth: _auth_pb2.AuthState
     cluster_level: int
-    def __init__(self, format_version: _Optional[int] = ..., revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[_watch_pb2.Event, _Mapping]]] = ..., compacted_revision: _Optional[int] = ..., dedupe: _Optional[_Iterable[_Union[DedupeEntry, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ..., ports: _Optional[_Union[_ports_pb2.PortsState, _Mapping]] = ..., leases: _Optional[_Iterable[_Union[_leases_pb2.Lease, _Mapping]]] = ..., next_lease_id: _Optional[int] = ..., models: _Optional[_Union[_models_pb2.ModelsState, _Mapping]] = ..., membership: _Optional[_Union[_membership_pb2.MembershipState, _Mapping]] = ..., end_marker: _Optional[int] = ..., auth: _Optional[_Union[_auth_pb2.AuthState, _Mapping]] = ..., cluster_level: _Optional[int] = ...) -> None: ...
+    tables: _containers.RepeatedCompositeFieldContainer[TableState]
+    def __init__(self, format_version: _Optional[int] = ..., revision: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[_watch_pb2.Event, _Mapping]]] = ..., compacted_revision: _Optional[int] = ..., dedupe: _Optional[_Iterable[_Union[DedupeEntry, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[MemberRecord, _Mapping]]] = ..., removed_members: _Optional[_Iterable[str]] = ..., ports: _Optional[_Union[_ports_pb2.PortsState, _Mapping]] = ..., leases: _Optional[_Iterable[_Union[_leases_pb2.Lease, _Mapping]]] = ..., next_lease_id: _Optional[int] = ..., models: _Optional[_Union[_models_pb2.ModelsState, _Mapping]] = ..., membership: _Optional[_Union[_membership_pb2.MembershipState, _Mapping]] = ..., end_marker: _Optional[int] = ..., auth: _Optional[_Union[_auth_pb2.AuthState, _Mapping]] = ..., cluster_level: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableState, _Mapping]]] = ...) -> None: ...

@@ -26,7 +26,7 @@ from controlplane.v1 import common_pb2 as controlplane_dot_v1_dot_common__pb2
 from controlplane.v1 import options_pb2 as controlplane_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ontrolplane/v1/leases.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/common.proto\x1a\x1d\x63ontrolplane/v1/options.proto\"m\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x17\n\x0fgranted_unix_ms\x18\x03 \x01(\x03\x12\x17\n\x0frenewed_unix_ms\x18\x04 \x01(\x03\x12\x16\n\x0e\x61ttached_ports\x18\x05 \x01(\r\"7\n\x11GrantLeaseRequest\x12\x0e\n\x06ttl_ms\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"l\n\x12GrantLeaseResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Lease\"8\n\x10KeepAliveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"k\n\x11KeepAliveResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Lease\":\n\x12RevokeLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"o\n\x13RevokeLeaseResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\x0f\n\x07revoked\x18\x02 \x01(\x08\x12\x16\n\x0ereleased_ports\x18\x03 \x01(\r\"?\n\x11ListLeasesRequest\x12*\n\x04read\x18\x01 \x01(\x0b\x32\x1c.controlplane.v1.ReadOptions\"m\n\x12ListLeasesResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12&\n\x06leases\x18\x02 \x03(\x0b\x32\x16.controlplane.v1.Lease\"!\n\x0c\x45xpireLeases\x12\x11\n\tlease_ids\x18\x01 \x03(\x03\"%\n\x12\x45xpireLeasesResult\x12\x0f\n\x07\x65xpired\x18\x01 \x03(\x03\"B\n\x0fLeaseCheckpoint\x12/\n\x08renewals\x18\x01 \x03(\x0b\x32\x1d.controlplane.v1.LeaseRenewal\"9\n\x0cLeaseRenewal\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x17\n\x0frenewed_unix_ms\x18\x02 \x01(\x03\"(\n\x15LeaseCheckpointResult\x12\x0f\n\x07updated\x18\x01 \x01(\r2\x98\x03\n\x06Leases\x12\x65\n\x05Grant\x12\".controlplane.v1.GrantLeaseRequest\x1a#.controlplane.v1.GrantLeaseResponse\"\x13\xc0\xf3\x18\x01\xca\xf3\x18\x0blease_grant\x12k\n\tKeepAlive\x12!.controlplane.v1.KeepAliveRequest\x1a\".controlplane.v1.KeepAliveResponse\"\x17\xc0\xf3\x18\x01\xca\xf3\x18\x0flease_keepalive\x12i\n\x06Revoke\x12#.controlplane.v1.RevokeLeaseRequest\x1a$.controlplane.v1.RevokeLeaseResponse\"\x14\xc0\xf3\x18\x01\xca\xf3\x18\x0clease_revoke\x12O\n\x04List\x12\".controlplane.v1.ListLeasesRequest\x1a#.controlplane.v1.ListLeasesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ontrolplane/v1/leases.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/common.proto\x1a\x1d\x63ontrolplane/v1/options.proto\"m\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x17\n\x0fgranted_unix_ms\x18\x03 \x01(\x03\x12\x17\n\x0frenewed_unix_ms\x18\x04 \x01(\x03\x12\x16\n\x0e\x61ttached_ports\x18\x05 \x01(\r\"L\n\x0bLeasesState\x12&\n\x06leases\x18\x01 \x03(\x0b\x32\x16.controlplane.v1.Lease\x12\x15\n\rnext_lease_id\x18\x02 \x01(\x03\"7\n\x11GrantLeaseRequest\x12\x0e\n\x06ttl_ms\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"l\n\x12GrantLeaseResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Lease\"8\n\x10KeepAliveRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"k\n\x11KeepAliveResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12%\n\x05lease\x18\x02 \x01(\x0b\x32\x16.controlplane.v1.Lease\":\n\x12RevokeLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"o\n\x13RevokeLeaseResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12\x0f\n\x07revoked\x18\x02 \x01(\x08\x12\x16\n\x0ereleased_ports\x18\x03 \x01(\r\"?\n\x11ListLeasesRequest\x12*\n\x04read\x18\x01 \x01(\x0b\x32\x1c.controlplane.v1.ReadOptions\"m\n\x12ListLeasesResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.controlplane.v1.ResponseHeader\x12&\n\x06leases\x18\x02 \x03(\x0b\x32\x16.controlplane.v1.Lease\"!\n\x0c\x45xpireLeases\x12\x11\n\tlease_ids\x18\x01 \x03(\x03\"%\n\x12\x45xpireLeasesResult\x12\x0f\n\x07\x65xpired\x18\x01 \x03(\x03\"B\n\x0fLeaseCheckpoint\x12/\n\x08renewals\x18\x01 \x03(\x0b\x32\x1d.controlplane.v1.LeaseRenewal\"9\n\x0cLeaseRenewal\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x17\n\x0frenewed_unix_ms\x18\x02 \x01(\x03\"(\n\x15LeaseCheckpointResult\x12\x0f\n\x07updated\x18\x01 \x01(\r2\x98\x03\n\x06Leases\x12\x65\n\x05Grant\x12\".controlplane.v1.GrantLeaseRequest\x1a#.controlplane.v1.GrantLeaseResponse\"\x13\xc0\xf3\x18\x01\xca\xf3\x18\x0blease_grant\x12k\n\tKeepAlive\x12!.controlplane.v1.KeepAliveRequest\x1a\".controlplane.v1.KeepAliveResponse\"\x17\xc0\xf3\x18\x01\xca\xf3\x18\x0flease_keepalive\x12i\n\x06Revoke\x12#.controlplane.v1.RevokeLeaseRequest\x1a$.controlplane.v1.RevokeLeaseResponse\"\x14\xc0\xf3\x18\x01\xca\xf3\x18\x0clease_revoke\x12O\n\x04List\x12\".controlplane.v1.ListLeasesRequest\x1a#.controlplane.v1.ListLeasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,32 +41,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEASES'].methods_by_name['Revoke']._serialized_options = b'\300\363\030\001\312\363\030\014lease_revoke'
   _globals['_LEASE']._serialized_start=110
   _globals['_LEASE']._serialized_end=219
-  _globals['_GRANTLEASEREQUEST']._serialized_start=221
-  _globals['_GRANTLEASEREQUEST']._serialized_end=276
-  _globals['_GRANTLEASERESPONSE']._serialized_start=278
-  _globals['_GRANTLEASERESPONSE']._serialized_end=386
-  _globals['_KEEPALIVEREQUEST']._serialized_start=388
-  _globals['_KEEPALIVEREQUEST']._serialized_end=444
-  _globals['_KEEPALIVERESPONSE']._serialized_start=446
-  _globals['_KEEPALIVERESPONSE']._serialized_end=553
-  _globals['_REVOKELEASEREQUEST']._serialized_start=555
-  _globals['_REVOKELEASEREQUEST']._serialized_end=613
-  _globals['_REVOKELEASERESPONSE']._serialized_start=615
-  _globals['_REVOKELEASERESPONSE']._serialized_end=726
-  _globals['_LISTLEASESREQUEST']._serialized_start=728
-  _globals['_LISTLEASESREQUEST']._serialized_end=791
-  _globals['_LISTLEASESRESPONSE']._serialized_start=793
-  _globals['_LISTLEASESRESPONSE']._serialized_end=902
-  _globals['_EXPIRELEASES']._serialized_start=904
-  _globals['_EXPIRELEASES']._serialized_end=937
-  _globals['_EXPIRELEASESRESULT']._serialized_start=939
-  _globals['_EXPIRELEASESRESULT']._serialized_end=976
-  _globals['_LEASECHECKPOINT']._serialized_start=978
-  _globals['_LEASECHECKPOINT']._serialized_end=1044
-  _globals['_LEASERENEWAL']._serialized_start=1046
-  _globals['_LEASERENEWAL']._serialized_end=1103
-  _globals['_LEASECHECKPOINTRESULT']._serialized_start=1105
-  _globals['_LEASECHECKPOINTRESULT']._serialized_end=1145
-  _globals['_LEASES']._serialized_start=1148
-  _globals['_LEASES']._serialized_end=1556
+  _globals['_LEASESSTATE']._serialized_start=221
+  _globals['_LEASESSTATE']._serialized_end=297
+  _globals['_GRANTLEASEREQUEST']._serialized_start=299
+  _globals['_GRANTLEASEREQUEST']._serialized_end=354
+  _globals['_GRANTLEASERESPONSE']._serialized_start=356
+  _globals['_GRANTLEASERESPONSE']._serialized_end=464
+  _globals['_KEEPALIVEREQUEST']._serialized_start=466
+  _globals['_KEEPALIVEREQUEST']._serialized_end=522
+  _globals['_KEEPALIVERESPONSE']._serialized_start=524
+  _globals['_KEEPALIVERESPONSE']._serialized_end=631
+  _globals['_REVOKELEASEREQUEST']._serialized_start=633
+  _globals['_REVOKELEASEREQUEST']._serialized_end=691
+  _globals['_REVOKELEASERESPONSE']._serialized_start=693
+  _globals['_REVOKELEASERESPONSE']._serialized_end=804
+  _globals['_LISTLEASESREQUEST']._serialized_start=806
+  _globals['_LISTLEASESREQUEST']._serialized_end=869
+  _globals['_LISTLEASESRESPONSE']._serialized_start=871
+  _globals['_LISTLEASESRESPONSE']._serialized_end=980
+  _globals['_EXPIRELEASES']._serialized_start=982
+  _globals['_EXPIRELEASES']._serialized_end=1015
+  _globals['_EXPIRELEASESRESULT']._serialized_start=1017
+  _globals['_EXPIRELEASESRESULT']._serialized_end=1054
+  _globals['_LEASECHECKPOINT']._serialized_start=1056
+  _globals['_LEASECHECKPOINT']._serialized_end=1122
+  _globals['_LEASERENEWAL']._serialized_start=1124
+  _globals['_LEASERENEWAL']._serialized_end=1181
+  _globals['_LEASECHECKPOINTRESULT']._serialized_start=1183
+  _globals['_LEASECHECKPOINTRESULT']._serialized_end=1223
+  _globals['_LEASES']._serialized_start=1226
+  _globals['_LEASES']._serialized_end=1634
 # @@protoc_insertion_point(module_scope)

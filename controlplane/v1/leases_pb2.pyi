@@ -22,6 +22,14 @@ class Lease(_message.Message):
     attached_ports: int
     def __init__(self, id: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., granted_unix_ms: _Optional[int] = ..., renewed_unix_ms: _Optional[int] = ..., attached_ports: _Optional[int] = ...) -> None: ...
 
+class LeasesState(_message.Message):
+    __slots__ = ("leases", "next_lease_id")
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    leases: _containers.RepeatedCompositeFieldContainer[Lease]
+    next_lease_id: int
+    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., next_lease_id: _Optional[int] = ...) -> None: ...
+
 class GrantLeaseRequest(_message.Message):
     __slots__ = ("ttl_ms", "request_id")
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
