@@ -40,6 +40,8 @@ from gossip.coordinator import (
 )
 from gossip.matching import SapsSelector, SapsState
 
+from machine_driver import MachineDriver
+
 SPEC = gossip_pb2.TensorSpec(
     tensors=[
         gossip_pb2.TensorInfo(name="w", dtype="float32", shape=[4, 3]),
@@ -48,17 +50,11 @@ SPEC = gossip_pb2.TensorSpec(
 )
 
 
-class Cluster:
+class Cluster(MachineDriver):
     """One replica of the state machine, fed commands the way the log would."""
 
     def __init__(self) -> None:
-        self.machine = StateMachine()
-        self.now = 1_000_000
-
-    def run(self, request_id: str = "", **body: object) -> command_pb2.CommandResult:
-        self.now += 10
-        command = command_pb2.Command(request_id=request_id, **body)  # type: ignore[arg-type]
-        return self.machine.apply_entry(batch_entry(self.now, "n1", [command]))[0]
+        super().__init__(now=1_000_000)
 
     def configure(self, mask: tuple[str, ...] = (), **fields: object) -> command_pb2.CommandResult:
         config = gossip_pb2.GroupConfig(group="g", **fields)  # type: ignore[arg-type]

@@ -16,17 +16,10 @@ from controlplane.state.machine import StateMachine, batch_entry
 from controlplane.v1 import command_pb2, common_pb2, gossip_pb2
 from gossip.matching import SapsSelector
 
+from machine_driver import MachineDriver
 
-class Cluster:
-    def __init__(self) -> None:
-        self.machine = StateMachine()
-        self.now = 1_000
 
-    def run(self, **body: object) -> command_pb2.CommandResult:
-        self.now += 10
-        command = command_pb2.Command(**body)  # type: ignore[arg-type]
-        return self.machine.apply_entry(batch_entry(self.now, "n1", [command]))[0]
-
+class Cluster(MachineDriver):
     def report(self, node: str, **bandwidths: float) -> command_pb2.CommandResult:
         links = [gossip_pb2.LinkReport(peer=peer, bandwidth_bps=bps, samples=3) for peer, bps in bandwidths.items()]
         return self.run(gossip_report_bandwidth=gossip_pb2.ReportBandwidthRequest(node_id=node, links=links))

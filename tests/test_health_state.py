@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from controlplane.state import health, levels
-from controlplane.state.machine import StateMachine, batch_entry
+from controlplane.state.machine import StateMachine
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, membership_pb2, ports_pb2
+
+from machine_driver import MachineDriver
 
 PASSING = ports_pb2.HEALTH_STATUS_PASSING
 WARNING = ports_pb2.HEALTH_STATUS_WARNING
@@ -26,29 +28,15 @@ CRITICAL = ports_pb2.HEALTH_STATUS_CRITICAL
 HEALTH_CHANGED = ports_pb2.PORT_ACTION_HEALTH_CHANGED
 
 
-class Twins:
+class Twins(MachineDriver):
     """Two machines fed the same entries, at a leader time the test moves."""
 
-    def __init__(self, level: int = 1) -> None:
-        self.machines = (StateMachine(), StateMachine())
-        self.now = 1_000_000
-        if level > 1:  # as the leader does once every server applies it
-            self.ok(set_cluster_level=command_pb2.SetClusterLevel(level=level))
+    def __init__(self, level: int = levels.BASE_LEVEL) -> None:
+        super().__init__(level=level, replicas=2, now=1_000_000, tick_ms=0, leader_id="s1")
 
     @property
     def m(self) -> StateMachine:
-        return self.machines[0]
-
-    def run(self, request_id: str = "", **body: Any) -> command_pb2.CommandResult:
-        entry = batch_entry(self.now, "s1", [command_pb2.Command(request_id=request_id, **body)])
-        results = [machine.apply_entry(entry)[0] for machine in self.machines]
-        assert results[0] == results[1]
-        return results[0]
-
-    def ok(self, **body: Any) -> command_pb2.CommandResult:
-        result = self.run(**body)
-        assert not result.HasField("error"), result.error.message
-        return result
+        return self.machine
 
     def register_node(self, node_id: str, *capabilities: str, ttl_ms: int = 5_000, gpus: int = 0) -> int:
         spec = membership_pb2.NodeSpec(
@@ -72,7 +60,7 @@ class Twins:
 
     def report(self, host: str, name: str, status: int, output: str = "", request_id: str = "") -> Any:
         return self.run(
-            request_id,
+            request_id=request_id,
             service_health=ports_pb2.ReportHealthRequest(host=host, name=name, status=status, output=output),  # type: ignore[arg-type]
         )
 

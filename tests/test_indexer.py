@@ -25,8 +25,10 @@ from controlplane.errors import DeadlineExceeded
 from controlplane.server import indexer as indexer_module
 from controlplane.server.indexer import Indexer, state_fingerprint
 from controlplane.server.search import ModelDoc, SearchIndex, model_doc
-from controlplane.state.machine import StateMachine, batch_entry
+from controlplane.state.machine import StateMachine
 from controlplane.v1 import command_pb2, models_pb2
+
+from machine_driver import MachineDriver
 
 QUERIES = ["model", "llama", "qwen", "chat", "base", "number", "gguf", "m1"]
 
@@ -54,21 +56,11 @@ class FakeNode:
             raise DeadlineExceeded(f"revision {revision} not applied")
 
 
-class Writer:
+class Writer(MachineDriver):
     """Applies registry commands to a machine, one per log entry, with a leader clock it moves."""
 
-    def __init__(self, machine: StateMachine | None = None, now: int = 1_000) -> None:
-        self.machine = machine if machine is not None else StateMachine()
-        self.now = now
-
-    def run(self, **body: object) -> command_pb2.CommandResult:
-        self.now += 10
-        result = self.machine.apply_entry(batch_entry(self.now, "n1", [command_pb2.Command(**body)]))[0]  # type: ignore[arg-type]
-        assert not result.HasField("error"), result.error
-        return result
-
     def register(self, model: str, content: str, family: str = "", tags: Iterable[str] = ()) -> None:
-        self.run(
+        self.ok(
             model_register=models_pb2.RegisterVersionRequest(
                 model=model,
                 sha256=hashlib.sha256(content.encode()).hexdigest(),
@@ -88,20 +80,20 @@ class Writer:
     def churn(self, prefix: str) -> None:
         """A few changes of every kind the index sees."""
         self.register(f"{prefix}new", f"{prefix}new/1", "qwen", ["chat"])
-        self.run(
+        self.ok(
             model_update=models_pb2.UpdateModelRequest(
                 model=f"{prefix}1",
                 fields=models_pb2.ModelDraft(description="renamed base"),
                 update_mask=["description"],
             )
         )
-        self.run(
+        self.ok(
             model_set_status=models_pb2.SetVersionStatusRequest(
                 model=f"{prefix}2", version=1, status=models_pb2.VERSION_STATUS_READY
             )
         )
-        self.run(model_delete=models_pb2.DeleteModelRequest(model=f"{prefix}3", force=True))
-        self.run(kv_put=command_pb2.KvPut(key="unrelated", value=b"x"))
+        self.ok(model_delete=models_pb2.DeleteModelRequest(model=f"{prefix}3", force=True))
+        self.ok(kv_put=command_pb2.KvPut(key="unrelated", value=b"x"))
 
 
 def docs_of(machine: StateMachine) -> dict[str, ModelDoc]:
@@ -164,7 +156,7 @@ async def test_a_restarted_server_reuses_its_index_and_catches_up(tmp_path: Path
     kept_revision = writer.machine.revision
 
     # The restart: the dump is loaded, then the journal replays the same entries, then new ones come.
-    restarted = Writer(StateMachine(), now=early_clock)
+    restarted = Writer(now=early_clock)
     restarted.machine.restore(early)
     node = FakeNode(restarted.machine)
     indexer = Indexer(node, path)
@@ -231,7 +223,7 @@ async def test_an_index_ahead_of_a_caught_up_server_is_rebuilt(tmp_path: Path) -
 @pytest.mark.parametrize("how", ["history compacted", "backup restored"])
 async def test_an_index_the_history_no_longer_reaches_is_rebuilt(tmp_path: Path, how: str) -> None:
     path = tmp_path / "search.sqlite"
-    writer = Writer(StateMachine(history_limit=20))
+    writer = Writer(make_machine=lambda: StateMachine(history_limit=20))
     writer.populate("m", 6)
     backup = writer.machine.snapshot()
     await indexed(path, writer.machine)
@@ -257,7 +249,7 @@ async def test_a_sliced_rebuild_is_the_registry_at_one_revision(
     """Writes land between the slices; the rebuild still holds exactly the registry at the revision it
     records (with many writes the history runs out and it reads everything at once)."""
     monkeypatch.setattr(indexer_module, "REBUILD_SLICE", 2)
-    writer = Writer(StateMachine(history_limit=40))
+    writer = Writer(make_machine=lambda: StateMachine(history_limit=40))
     writer.populate("m", 40)  # compacts: the new index must be rebuilt
     expected: dict[int, dict[str, ModelDoc]] = {writer.machine.revision: docs_of(writer.machine)}
     indexer = Indexer(FakeNode(writer.machine), tmp_path / "search.sqlite")

@@ -13,20 +13,13 @@ from controlplane.state.membership import ACTIVE, DEAD, GONE_STATES, LEFT, Membe
 from controlplane.state.refusal import Refused
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, membership_pb2, models_pb2, watch_pb2
 
+from machine_driver import MachineDriver, error_code, expect_ok
+
 AGENT = membership_pb2.NODE_ROLE_AGENT
 
 
-class Cluster:
+class Cluster(MachineDriver):
     """A machine driven one command per entry, with a clock the test moves."""
-
-    def __init__(self) -> None:
-        self.machine = StateMachine()
-        self.now = 1_000
-
-    def run(self, **body: object) -> command_pb2.CommandResult:
-        self.now += 10
-        command = command_pb2.Command(**body)  # type: ignore[arg-type]
-        return self.machine.apply_entry(batch_entry(self.now, "n1", [command]))[0]
 
     def register(self, node_id: str, capabilities: tuple[str, ...] = (), ttl_ms: int = 5_000) -> None:
         spec = membership_pb2.NodeSpec(id=node_id, role=AGENT, capabilities=capabilities)
@@ -55,15 +48,6 @@ class Cluster:
 
     def enable(self, flag: str, enabled: bool = True) -> command_pb2.CommandResult:
         return self.run(flag_set=membership_pb2.SetFlagRequest(name=flag, enabled=enabled))
-
-
-def expect_ok(result: command_pb2.CommandResult) -> command_pb2.CommandResult:
-    assert not result.HasField("error"), result.error.message
-    return result
-
-
-def code(result: command_pb2.CommandResult) -> int:
-    return result.error.code if result.HasField("error") else 0
 
 
 def check_invariants(machine: StateMachine) -> None:
@@ -274,7 +258,7 @@ def test_capacity_is_never_exceeded_and_the_full_network_is_named() -> None:
     expect_ok(cluster.join("net", client_id="c1"))
     expect_ok(cluster.join("net", client_id="c2"))
     full = cluster.join("net", client_id="c3")
-    assert code(full) == common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED
+    assert error_code(full) == common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED
     assert "net" in full.error.message and "full" in full.error.message
     # A retry of a client already placed is not a second place.
     again = expect_ok(cluster.join("net", client_id="c1"))
@@ -296,7 +280,7 @@ def test_assignment_prefers_priority_then_load() -> None:
     # The high-priority network fills first; then the low one takes the rest. The qwen network never
     # serves a llama client, however high its priority.
     assert placed == ["high", "high", "low", "low"]
-    assert code(cluster.assign("x", "mistral")) == common_pb2.ERROR_CODE_NOT_FOUND
+    assert error_code(cluster.assign("x", "mistral")) == common_pb2.ERROR_CODE_NOT_FOUND
 
 
 def test_a_dead_member_holds_nothing_and_its_clients_move() -> None:
@@ -389,12 +373,12 @@ def test_multi_network_flag_gates_a_second_network() -> None:
             network=membership_pb2.Network(name="two", model="llama", max_clients=1)
         )
     )
-    assert code(second) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert error_code(second) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
     assert "multi_network" in second.error.message and "cpctl flags set multi_network on" in second.error.message
     expect_ok(cluster.enable("multi_network"))
     cluster.network("two", "llama", max_clients=1)
     off = cluster.enable("multi_network", False)
-    assert code(off) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "2 networks" in off.error.message
+    assert error_code(off) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "2 networks" in off.error.message
     flags = {f.name: f for f in cluster.machine.membership.list_flags()}
     assert flags["multi_network"].enabled and flags["multi_network"].set
     assert flags["auto_reassign"].enabled and not flags["auto_reassign"].set
@@ -418,7 +402,7 @@ def test_node_lifecycle_joining_active_leaving_left_and_reregistering() -> None:
     assert gone.node_deregister.deregistered
     assert cluster.machine.membership.nodes["a1"].state == LEFT and not cluster.machine.leases.exists(lease_id)
     late = cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1"))
-    assert code(late) == common_pb2.ERROR_CODE_NOT_FOUND and "register it again" in late.error.message
+    assert error_code(late) == common_pb2.ERROR_CODE_NOT_FOUND and "register it again" in late.error.message
     again = expect_ok(cluster.run(node_register=membership_pb2.RegisterNodeRequest(node=spec)))
     assert (
         again.node_register.node.incarnation == 2
@@ -431,10 +415,11 @@ def test_capabilities_gate_membership_and_bad_input_is_refused_clearly() -> None
     cluster.register("cpu-only")
     cluster.network("gpu-net", "llama", max_clients=2, required_capabilities=["gpu"])
     refused = cluster.join("gpu-net", node_id="cpu-only")
-    assert code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "gpu" in refused.error.message
+    assert error_code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "gpu" in refused.error.message
     no_member = cluster.join("gpu-net", client_id="c1")
     assert (
-        code(no_member) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "no active member" in no_member.error.message
+        error_code(no_member) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+        and "no active member" in no_member.error.message
     )
     bad = [
         cluster.run(
@@ -455,8 +440,8 @@ def test_capabilities_gate_membership_and_bad_input_is_refused_clearly() -> None
         cluster.run(node_register=membership_pb2.RegisterNodeRequest(node=membership_pb2.NodeSpec(id="n"))),
         cluster.join("gpu-net", node_id="a", client_id="b"),
     ]
-    assert [code(r) for r in bad] == [common_pb2.ERROR_CODE_INVALID_ARGUMENT] * 5
-    assert code(cluster.join("nope", client_id="c")) == common_pb2.ERROR_CODE_NOT_FOUND
+    assert [error_code(r) for r in bad] == [common_pb2.ERROR_CODE_INVALID_ARGUMENT] * 5
+    assert error_code(cluster.join("nope", client_id="c")) == common_pb2.ERROR_CODE_NOT_FOUND
 
 
 def test_every_change_is_a_typed_watch_event() -> None:
@@ -530,7 +515,7 @@ def test_review_fixes_refusals_change_nothing_and_lease_ids_are_never_reused() -
     # Re-registering without the capability its network requires is refused, and the lease is untouched.
     spec = membership_pb2.NodeSpec(id="a1", role=AGENT)
     refused = cluster.run(node_register=membership_pb2.RegisterNodeRequest(node=spec, lease_ttl_ms=60_000))
-    assert code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and lease.ttl_ms == ttl
+    assert error_code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and lease.ttl_ms == ttl
 
     # A backup restored after more leases were granted never hands their ids out again.
     backup = command_pb2.StateSnapshot.FromString(cluster.machine.snapshot())
@@ -548,7 +533,7 @@ def test_review_fixes_refusals_change_nothing_and_lease_ids_are_never_reused() -
     twin.spec.id = "twin"
     shared.membership.nodes.append(twin)
     bad = cluster.run(restore_state=command_pb2.RestoreState(snapshot=shared.SerializeToString()))
-    assert code(bad) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "lease of its own" in bad.error.message
+    assert error_code(bad) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "lease of its own" in bad.error.message
 
 
 def _register_as(cluster: Cluster, node_id: str, instance: str, ttl_ms: int = 5_000) -> command_pb2.CommandResult:
@@ -568,7 +553,7 @@ def test_a_live_node_is_refused_to_another_instance_and_free_once_its_lease_expi
     lease = cluster.machine.leases.leases[first.node_register.node.lease_id]
 
     refused = _register_as(cluster, "a1", "instance-two")
-    assert code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert error_code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
     message = refused.error.message
     assert "a1" in message and "instance-one" in message and "another running agent" in message
     # When the first one's lease expires at the earliest: its replicated deadline, in UTC.
@@ -591,7 +576,7 @@ def test_a_live_node_is_refused_to_another_instance_and_free_once_its_lease_expi
     # The first agent, back from a partition, may not renew the new holder's lease.
     held = cluster.machine.snapshot()
     stale = cluster.run(node_heartbeat=membership_pb2.HeartbeatRequest(node_id="a1", instance_id="instance-one"))
-    assert code(stale) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert error_code(stale) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
     assert "registered again by another agent" in stale.error.message and "incarnation 2" in stale.error.message
     assert command_pb2.StateSnapshot.FromString(cluster.machine.snapshot()).revision == (
         command_pb2.StateSnapshot.FromString(held).revision
@@ -615,10 +600,10 @@ def test_a_deregistered_node_is_free_and_unknown_instances_register_as_before() 
     expect_ok(_register_as(cluster, "b1", ""))
     claimed = expect_ok(_register_as(cluster, "b1", "three"))
     assert claimed.node_register.node.instance_id == "three" and claimed.node_register.node.incarnation == 1
-    assert code(_register_as(cluster, "b1", "four")) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert error_code(_register_as(cluster, "b1", "four")) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
 
     too_long = _register_as(cluster, "c1", "x" * 65)
-    assert code(too_long) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "instance id" in too_long.error.message
+    assert error_code(too_long) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "instance id" in too_long.error.message
 
 
 def test_a_snapshot_from_before_instance_ids_loads_and_its_nodes_can_be_claimed() -> None:
@@ -626,13 +611,12 @@ def test_a_snapshot_from_before_instance_ids_loads_and_its_nodes_can_be_claimed(
     expect_ok(_register_as(cluster, "a1", ""))
     # A record without an instance id serializes exactly as before the field existed (proto3 leaves
     # an empty string out), so this snapshot is byte for byte one an older server wrote.
-    restored = StateMachine()
-    restored.restore(cluster.machine.snapshot())
-    assert restored.membership.nodes["a1"].instance_id == ""
     twin = Cluster()
-    twin.machine, twin.now = restored, cluster.now
+    twin.machine.restore(cluster.machine.snapshot())
+    assert twin.machine.membership.nodes["a1"].instance_id == ""
+    twin.now = cluster.now
     expect_ok(_register_as(twin, "a1", "new"))
-    assert code(_register_as(twin, "a1", "other")) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert error_code(_register_as(twin, "a1", "other")) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
 
 
 def test_a_backup_with_an_oversized_instance_id_is_refused() -> None:

@@ -13,6 +13,8 @@ from controlplane.state.machine import StateMachine, batch_entry
 from controlplane.state.models import MAX_VERSION_TAGS
 from controlplane.v1 import command_pb2, common_pb2, models_pb2
 
+from machine_driver import MachineDriver, error_code
+
 NAMES = ["Llama-3-8B", "Qwen2-7B", "phi-3"]
 ALIASES = ["prod", "staging"]
 
@@ -21,27 +23,14 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class Registry:
+class Registry(MachineDriver):
     """A machine driven one command per entry, with a clock the test moves."""
-
-    def __init__(self) -> None:
-        self.machine = StateMachine()
-        self.now = 1_000
-
-    def run(self, **body: object) -> command_pb2.CommandResult:
-        self.now += 10
-        command = command_pb2.Command(**body)  # type: ignore[arg-type]
-        return self.machine.apply_entry(batch_entry(self.now, "n1", [command]))[0]
 
     def register(self, model: str, content: str, **fields: object) -> command_pb2.CommandResult:
         request = models_pb2.RegisterVersionRequest(
             model=model, sha256=sha(content), size_bytes=len(content), format=models_pb2.MODEL_FORMAT_GGUF, **fields
         )
         return self.run(model_register=request)
-
-
-def code(result: command_pb2.CommandResult) -> int:
-    return result.error.code if result.HasField("error") else 0
 
 
 def test_versions_are_numbered_per_model_and_never_reused() -> None:
@@ -60,9 +49,9 @@ def test_the_same_artifact_twice_and_names_differing_in_case_are_refused() -> No
     registry = Registry()
     registry.register("Llama-3-8B", "a")
     again = registry.register("Llama-3-8B", "a")
-    assert code(again) == common_pb2.ERROR_CODE_ALREADY_EXISTS and "version 1" in again.error.message
+    assert error_code(again) == common_pb2.ERROR_CODE_ALREADY_EXISTS and "version 1" in again.error.message
     clash = registry.register("llama-3-8b", "z")
-    assert code(clash) == common_pb2.ERROR_CODE_ALREADY_EXISTS and "Llama-3-8B" in clash.error.message
+    assert error_code(clash) == common_pb2.ERROR_CODE_ALREADY_EXISTS and "Llama-3-8B" in clash.error.message
 
 
 def test_aliases_move_atomically_and_protect_their_version() -> None:
@@ -76,11 +65,11 @@ def test_aliases_move_atomically_and_protect_their_version() -> None:
     assert registry.machine.registry.resolve("m", "prod").version == 3
     assert registry.machine.registry.resolve("m", "latest").version == 3
     missing = registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias="prod", version=9))
-    assert code(missing) == common_pb2.ERROR_CODE_NOT_FOUND
+    assert error_code(missing) == common_pb2.ERROR_CODE_NOT_FOUND
     numeric = registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias="7", version=1))
-    assert code(numeric) == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    assert error_code(numeric) == common_pb2.ERROR_CODE_INVALID_ARGUMENT
     refused = registry.run(model_delete_version=models_pb2.DeleteVersionRequest(model="m", version=3))
-    assert code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "prod" in refused.error.message
+    assert error_code(refused) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "prod" in refused.error.message
     forced = registry.run(model_delete_version=models_pb2.DeleteVersionRequest(model="m", version=3, force=True))
     assert list(forced.model_delete_version.removed_aliases) == ["prod"]
     assert "prod" not in registry.machine.registry.models["m"].aliases
@@ -93,7 +82,7 @@ def test_latest_is_reserved_and_aliases_match_ignoring_case() -> None:
         registry.register("m", content)
     for reserved in ("latest", "Latest"):
         refused = registry.run(model_set_alias=models_pb2.SetAliasRequest(model="m", alias=reserved, version=1))
-        assert code(refused) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "reserved" in refused.error.message
+        assert error_code(refused) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "reserved" in refused.error.message
     assert registry.machine.registry.resolve("m", "latest").version == 2
     assert registry.machine.registry.resolve("m", "LATEST").version == 2
 
@@ -115,10 +104,10 @@ def test_status_transitions() -> None:
             model_set_status=models_pb2.SetVersionStatusRequest(model="m", version=1, status=status)  # type: ignore[arg-type]
         )
 
-    assert code(to(models_pb2.VERSION_STATUS_DEPRECATED)) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert error_code(to(models_pb2.VERSION_STATUS_DEPRECATED)) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
     assert to(models_pb2.VERSION_STATUS_READY).model_set_status.version.status == models_pb2.VERSION_STATUS_READY
-    assert code(to(models_pb2.VERSION_STATUS_PENDING)) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
-    assert code(to(models_pb2.VERSION_STATUS_DEPRECATED)) == 0
+    assert error_code(to(models_pb2.VERSION_STATUS_PENDING)) == common_pb2.ERROR_CODE_FAILED_PRECONDITION
+    assert error_code(to(models_pb2.VERSION_STATUS_DEPRECATED)) == 0
 
 
 def test_bulk_registration_is_all_or_nothing() -> None:
@@ -130,7 +119,7 @@ def test_bulk_registration_is_all_or_nothing() -> None:
     before = (registry.machine.revision, registry.machine.registry.to_state())
     bad = [*good, models_pb2.RegisterVersionRequest(model="m0", sha256="nothex", format=models_pb2.MODEL_FORMAT_ONNX)]
     refused = registry.run(model_bulk_register=models_pb2.BulkRegisterRequest(versions=bad))
-    assert code(refused) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "#7" in refused.error.message
+    assert error_code(refused) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "#7" in refused.error.message
     assert (registry.machine.revision, registry.machine.registry.to_state()) == before
     done = registry.run(model_bulk_register=models_pb2.BulkRegisterRequest(versions=good))
     assert [v.version for v in done.model_bulk_register.versions] == [1, 1, 2, 2, 3, 3]
@@ -191,33 +180,33 @@ def test_bad_tags_metrics_and_parents_are_refused_with_what_to_change() -> None:
     registry = Registry()
     registry.register("m", "a")
     missing = registry.register("m", "b", parent=models_pb2.VersionRef(model="m", version=7))
-    assert code(missing) == common_pb2.ERROR_CODE_NOT_FOUND and "no version 7" in missing.error.message
+    assert error_code(missing) == common_pb2.ERROR_CODE_NOT_FOUND and "no version 7" in missing.error.message
     case = registry.register("n", "c", parent=models_pb2.VersionRef(model="M", version=1))
-    assert code(case) == common_pb2.ERROR_CODE_NOT_FOUND and "did you mean 'm'" in case.error.message
+    assert error_code(case) == common_pb2.ERROR_CODE_NOT_FOUND and "did you mean 'm'" in case.error.message
     nan = registry.register("m", "d", metrics={"acc": float("nan")})
-    assert code(nan) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "finite" in nan.error.message
+    assert error_code(nan) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "finite" in nan.error.message
     bad_key = registry.register("m", "e", tags={"has space": "x"})
-    assert code(bad_key) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "tag key" in bad_key.error.message
+    assert error_code(bad_key) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "tag key" in bad_key.error.message
     both = registry.run(
         model_update_version=models_pb2.UpdateVersionRequest(
             model="m", version=1, set_tags={"a": "1"}, remove_tags=["a"]
         )
     )
-    assert code(both) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "set and removed" in both.error.message
+    assert error_code(both) == common_pb2.ERROR_CODE_INVALID_ARGUMENT and "set and removed" in both.error.message
     too_many = registry.run(
         model_update_version=models_pb2.UpdateVersionRequest(
             model="m", version=1, set_tags={f"k{i}": "v" for i in range(MAX_VERSION_TAGS + 1)}
         )
     )
-    assert code(too_many) == common_pb2.ERROR_CODE_INVALID_ARGUMENT  # the request alone is too many
+    assert error_code(too_many) == common_pb2.ERROR_CODE_INVALID_ARGUMENT  # the request alone is too many
     for n in range(MAX_VERSION_TAGS):
         registry.run(model_update_version=models_pb2.UpdateVersionRequest(model="m", version=1, set_tags={f"k{n}": ""}))
     one_more = registry.run(
         model_update_version=models_pb2.UpdateVersionRequest(model="m", version=1, set_tags={"extra": ""})
     )
-    assert code(one_more) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "remove some" in one_more.error.message
+    assert error_code(one_more) == common_pb2.ERROR_CODE_FAILED_PRECONDITION and "remove some" in one_more.error.message
     gone = registry.run(model_update_version=models_pb2.UpdateVersionRequest(model="m", version=9))
-    assert code(gone) == common_pb2.ERROR_CODE_NOT_FOUND
+    assert error_code(gone) == common_pb2.ERROR_CODE_NOT_FOUND
     assert len(registry.machine.registry.versions_of("m")[0].tags) == MAX_VERSION_TAGS  # the refusals changed nothing
 
 
@@ -250,7 +239,7 @@ def test_a_bulk_request_may_name_a_parent_registered_earlier_in_it() -> None:
     forward = registry.run(
         model_bulk_register=models_pb2.BulkRegisterRequest(versions=[item("x", "d", ("y", 1)), item("y", "e")])
     )
-    assert code(forward) == common_pb2.ERROR_CODE_NOT_FOUND and "version #1" in forward.error.message
+    assert error_code(forward) == common_pb2.ERROR_CODE_NOT_FOUND and "version #1" in forward.error.message
     assert "x" not in registry.machine.registry.models  # all or nothing
 
 

@@ -28,6 +28,8 @@ from controlplane.state.machine import DEFAULT_DEDUPE_TTL_MS, StateMachine, batc
 from controlplane.state.ports import DEFAULT_RANGE, PORT_HISTORY_LIMIT, PORT_MAP_FORMAT, TCP, UDP, PortTable, describe
 from controlplane.v1 import command_pb2, common_pb2, leases_pb2, ports_pb2, watch_pb2
 
+from machine_driver import MachineDriver, command, expect_error, expect_ok, state_bytes
+
 CommandResult = command_pb2.CommandResult
 Command = command_pb2.Command
 Key = tuple[str, str, str]  # (host, service, port name)
@@ -61,10 +63,6 @@ PORTS = [7999, *range(8000, 8017), 9000, 20000, 20001]
 
 
 # ------------------------------------------------------------------- commands
-
-
-def command(request_id: str = "", **body: Any) -> command_pb2.Command:
-    return command_pb2.Command(request_id=request_id, **body)
 
 
 def allocate(
@@ -198,25 +196,6 @@ def expire(*lease_ids: int) -> Command:
 
 def restore_state(snapshot: bytes) -> Command:
     return command(restore_state=command_pb2.RestoreState(snapshot=snapshot))
-
-
-def state_bytes(machine: StateMachine) -> bytes:
-    """The snapshot without the entry time and the dedupe table: what a refused command must leave alone."""
-    snapshot = command_pb2.StateSnapshot.FromString(machine.snapshot())
-    snapshot.ClearField("time_unix_ms")
-    snapshot.ClearField("dedupe")
-    return snapshot.SerializeToString(deterministic=True)
-
-
-def expect_error(result: CommandResult, code: common_pb2.ErrorCode, *fragments: str) -> None:
-    assert result.HasField("error") and result.error.code == code, result
-    assert result.WhichOneof("body") is None, result
-    for fragment in fragments:
-        assert fragment in result.error.message, result.error.message
-
-
-def expect_ok(result: CommandResult) -> None:
-    assert not result.HasField("error"), result.error
 
 
 # ------------------------------------------------------------------- the reference model
@@ -1075,36 +1054,15 @@ TestPortsVsModel = PortsVsModel.TestCase
 # ------------------------------------------------------------------- focused examples
 
 
-class Driver:
+class Driver(MachineDriver):
     """One machine and the leader's clock: one millisecond per entry unless told otherwise."""
 
     def __init__(self, level: int = levels.APPLY_LEVEL) -> None:
-        self.machine = StateMachine()
-        if level > levels.BASE_LEVEL:  # as the leader does once every server runs this release
-            self.ok(command(set_cluster_level=command_pb2.SetClusterLevel(level=level)), at=1)
-        self.now = 1_000
+        super().__init__(level=level, now=1_000, tick_ms=1, leader_id="leader-1")
 
     @property
     def ports(self) -> PortTable:
         return self.machine.ports
-
-    def apply(self, *commands: Command, at: int | None = None) -> list[CommandResult]:
-        self.now = self.now + 1 if at is None else at
-        return self.machine.apply_entry(batch_entry(self.now, "leader-1", commands))
-
-    def ok(self, cmd: Command, at: int | None = None) -> CommandResult:
-        (result,) = self.apply(cmd, at=at)
-        expect_ok(result)
-        return result
-
-    def refused(self, cmd: Command, code: common_pb2.ErrorCode, *fragments: str) -> CommandResult:
-        """The command fails with ``code`` naming ``fragments``, and changes nothing."""
-        before, revision = state_bytes(self.machine), self.machine.revision
-        (result,) = self.apply(cmd)
-        expect_error(result, code, *fragments)
-        assert result.revision == revision == self.machine.revision
-        assert state_bytes(self.machine) == before
-        return result
 
     def port_of(self, host: str, service: str, name: str = "main") -> int | None:
         assignment = self.ports.assignments.get((host, service, name))

@@ -29,15 +29,16 @@ from controlplane.v1 import (
     ports_pb2,
 )
 
+from machine_driver import MachineDriver
+
 AGENT = membership_pb2.NODE_ROLE_AGENT
 
 
 def apply(machine: StateMachine, *bodies: dict[str, Any]) -> None:
     """Apply commands (one per body) in one entry each, and insist that every one succeeded."""
+    driver = MachineDriver(now=machine.time_unix_ms, make_machine=lambda: machine)
     for body in bodies:
-        stamp = machine.time_unix_ms + 10
-        (result,) = machine.apply_entry(batch_entry(stamp, "n1", [command_pb2.Command(**body)]))
-        assert not result.HasField("error"), (body, result.error)
+        driver.ok(**body)
 
 
 def populated(level: int = levels.APPLY_LEVEL) -> StateMachine:
