@@ -1,6 +1,7 @@
 """What each RPC of the client port is, read from the options declared next to it in the protos
 (``proto/controlplane/v1/options.proto``): one declaration that the SDK (which calls go to the
-leader), the server (which calls the audit log records) and the tests (tests/test_wiring.py) share.
+leader), the server (which calls the audit log records, what each call needs from its caller) and
+the tests (tests/test_wiring.py, tests/test_authz_table.py) share.
 
 A method is named by its gRPC path, ``/controlplane.v1.Ports/Allocate``.
 """
@@ -12,8 +13,7 @@ import functools
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
 
-# Every service of the client port, so that its methods are in the descriptor pool.
-from controlplane.v1 import (  # noqa: F401
+from controlplane.v1 import (
     auth_pb2,
     cluster_pb2,
     gossip_pb2,
@@ -26,7 +26,21 @@ from controlplane.v1 import (  # noqa: F401
     watch_pb2,
 )
 
-__all__ = ["command_of", "descriptor", "is_write"]
+__all__ = ["CLIENT_PORT_FILES", "command_of", "declared_access", "descriptor", "is_write"]
+
+#: The files whose services the client port serves (the others are served on their own ports); importing
+#: them puts their methods in the descriptor pool.
+CLIENT_PORT_FILES = (
+    auth_pb2,
+    cluster_pb2,
+    gossip_pb2,
+    kv_pb2,
+    leases_pb2,
+    membership_pb2,
+    models_pb2,
+    ports_pb2,
+    watch_pb2,
+)
 
 
 @functools.cache
@@ -44,3 +58,16 @@ def is_write(path: str) -> bool:
 def command_of(path: str) -> str:
     """The Command body field the write travels in (``option (controlplane.v1.command)``), or ""."""
     return str(descriptor(path).GetOptions().Extensions[options_pb2.command])  # type: ignore[index]
+
+
+def declared_access() -> dict[str, options_pb2.Access]:
+    """Every method of the client port's files that declares ``option (controlplane.v1.access)``,
+    by gRPC path (a method that declares none is in no one's reach: authz refuses it)."""
+    declared: dict[str, options_pb2.Access] = {}
+    for module in CLIENT_PORT_FILES:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                options = method.GetOptions()
+                if options.HasExtension(options_pb2.access):
+                    declared[f"/{service.full_name}/{method.name}"] = options.Extensions[options_pb2.access]
+    return declared

@@ -1,29 +1,21 @@
-"""Every gRPC method the client port serves is in the permission table (default deny), and the
-table's needs come from the request."""
+"""Every gRPC method the client port serves declares what it needs in its proto (default deny),
+and the needs come from the request."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
 
+import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
+from controlplane import methods
 from controlplane.server import authz
 from controlplane.state.auth import Need
-from controlplane.v1 import (
-    auth_pb2,
-    cluster_pb2,
-    gossip_pb2,
-    kv_pb2,
-    leases_pb2,
-    membership_pb2,
-    models_pb2,
-    ports_pb2,
-    watch_pb2,
-)
+from controlplane.v1 import kv_pb2, membership_pb2, models_pb2, options_pb2, ports_pb2
 
-SERVED = (auth_pb2, cluster_pb2, gossip_pb2, kv_pb2, leases_pb2, membership_pb2, models_pb2, ports_pb2, watch_pb2)
+SERVED = methods.CLIENT_PORT_FILES
 
 
 # Served on their own ports (the artifact port, the gossip exchange, the Raft peer plane).
@@ -54,9 +46,39 @@ def _served_methods() -> set[str]:
 
 def test_every_served_method_is_in_the_table() -> None:
     missing = sorted(_served_methods() - set(authz.METHODS))
-    assert not missing, f"add these methods to controlplane/server/authz.py METHODS: {missing}"
+    assert not missing, f"declare option (controlplane.v1.access) on these methods in their protos: {missing}"
     stale = sorted(set(authz.METHODS) - _served_methods())
     assert not stale, f"METHODS names methods no servicer serves: {stale}"
+
+
+@pytest.mark.parametrize(
+    ("access", "problem"),
+    [
+        (options_pb2.Access(rule="nope"), "authz.RULES does not have"),
+        (options_pb2.Access(domain="kv", verb="delete"), "not a permission"),
+        (options_pb2.Access(domain="quotas", verb="read"), "not a permission"),
+    ],
+)
+def test_a_declaration_naming_nothing_known_stops_the_table_being_built(
+    access: options_pb2.Access, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        authz._declared("/controlplane.v1.KV/Put", access)
+
+
+def test_declared_fields_reach_the_need() -> None:
+    """A nested resource path, a port and the node the call acts for, as the protos declare them."""
+    manifest = ports_pb2.RegisterServiceRequest(manifest=ports_pb2.ServiceManifest(host="h1", name="api"))
+    assert authz.needs_of("/controlplane.v1.Services/Register", manifest) == (Need("ports", "write", "h1"),)
+    assign = ports_pb2.AssignRequest(host="h1", service="web", port=8080)
+    assert authz.needs_of("/controlplane.v1.Ports/Assign", assign) == (Need("ports", "write", "h1", 8080),)
+    register = membership_pb2.RegisterNodeRequest(node=membership_pb2.NodeSpec(id="n7"))
+    assert authz.needs_of("/controlplane.v1.Membership/RegisterNode", register) == (
+        Need("membership", "write", "n7", node="n7"),
+    )
+    assert authz.needs_of("/controlplane.v1.Leases/Grant", None) == (Need("membership", "write", node="*"),)
+    assert authz.needs_of("/controlplane.v1.Cluster/Status", None) == authz.AUTHENTICATED
+    assert authz.needs_of("/grpc.health.v1.Health/Check", None) == authz.OPEN
 
 
 def test_every_rule_runs_on_an_empty_request() -> None:

@@ -1,9 +1,12 @@
 """Who is calling, and what each gRPC method of the client API needs (default deny).
 
-``METHODS`` maps every full method name served on the client port to a function from its
-request to the permissions it needs (``Need``; the resource is taken from the request). A method
-missing from the table is refused for everyone but servers, and a test fails when a servicer
-serves a method the table does not name, so a new RPC cannot be forgotten.
+What a method needs is declared next to it in its proto (``option (controlplane.v1.access)``,
+``proto/controlplane/v1/options.proto``): a permission on a domain's resource, named by a field
+of the request, or one of the few ``RULES`` below by name. ``METHODS`` is built from those
+declarations: it maps every full method name served on the client port to a function from its
+request to the permissions it needs (``Need``). A method without a declaration is refused for
+everyone but servers, and a test fails when a servicer serves a method that declares nothing, so a
+new RPC cannot be forgotten.
 
 Open methods (no credential needed): gRPC health and reflection, so load balancers and
 ``grpcurl describe`` work. Authenticated-only (any identity, no permission): ``Cluster.Status``
@@ -23,7 +26,8 @@ import structlog
 
 from controlplane import errors, methods, tls
 from controlplane.errors import ResourceExhausted, Unauthenticated
-from controlplane.state.auth import ADMIN_USER, ANY_NODE, AuthTable, Caller, Need, allowed
+from controlplane.state.auth import ADMIN_USER, ANY_NODE, DOMAINS, VERBS, AuthTable, Caller, Need, allowed
+from controlplane.v1 import options_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -33,31 +37,6 @@ OPEN = "open"
 AUTHENTICATED = "authenticated"
 
 Rule = Callable[[Any], tuple[Need, ...]] | str
-
-
-def _static(*needs: Need) -> Rule:
-    return lambda _request: needs
-
-
-def _kv(verb: str, field: str = "key") -> Rule:
-    return lambda request: (Need("kv", verb, getattr(request, field)),)
-
-
-def _model(verb: str) -> Rule:
-    return lambda request: (Need("models", verb, request.model),)
-
-
-def _host(verb: str, port_field: str = "") -> Rule:
-    def needs(request: Any) -> tuple[Need, ...]:
-        port = getattr(request, port_field) if port_field else 0
-        return (Need("ports", verb, request.host, port),)
-
-    return needs
-
-
-def _node(domain: str, field: str = "node_id") -> Rule:
-    """A change for one node: a write on ``domain``, or that node's own agent."""
-    return lambda request: (Need(domain, "write", getattr(request, field), node=getattr(request, field)),)
 
 
 def _check_permission(request: Any) -> tuple[Need, ...]:
@@ -70,11 +49,6 @@ def _check_permission(request: Any) -> tuple[Need, ...]:
 def _reserve(request: Any) -> tuple[Need, ...]:
     end = request.end_port or request.port
     return (Need("ports", "write", request.host, request.port), Need("ports", "write", request.host, end))
-
-
-def _observed(request: Any) -> tuple[Need, ...]:
-    # An agent reports the ports it observes on its own host (named by its node id).
-    return (Need("ports", "write", request.host, node=request.host),)
 
 
 def _parents_read(versions: Any) -> tuple[Need, ...]:
@@ -93,10 +67,6 @@ def _bulk(request: Any) -> tuple[Need, ...]:
     return (*(Need("models", "write", name) for name in written), *_parents_read(request.versions))
 
 
-def _join(request: Any) -> tuple[Need, ...]:
-    return (Need("membership", "write", request.network, node=request.node_id),)
-
-
 def _watch(request: Any) -> tuple[Need, ...]:
     domains = list(request.filter.domains) or ["kv", "ports", "membership", "models", "gossip"]
     needs = []
@@ -112,121 +82,68 @@ def _watch(request: Any) -> tuple[Need, ...]:
     return tuple(needs)
 
 
-_ADMIN = _static(Need("cluster", "admin"))
-_LEASE = _static(Need("membership", "write", node=ANY_NODE))
-_PORTS_ALL_WRITE = _static(Need("ports", "write"))
-
-METHODS: dict[str, Rule] = {
-    "/grpc.health.v1.Health/Check": OPEN,
-    "/grpc.health.v1.Health/Watch": OPEN,
-    "/grpc.health.v1.Health/List": OPEN,
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": OPEN,
-    "/controlplane.v1.KV/Put": _kv("write"),
-    "/controlplane.v1.KV/Get": _kv("read"),
-    "/controlplane.v1.KV/Delete": _kv("write"),
-    "/controlplane.v1.KV/List": _kv("read", "prefix"),
-    "/controlplane.v1.KV/CompareAndSwap": _kv("write"),
-    "/controlplane.v1.Watch/Watch": _watch,
-    "/controlplane.v1.Cluster/Status": AUTHENTICATED,
-    "/controlplane.v1.Cluster/AddMember": _ADMIN,
-    "/controlplane.v1.Cluster/RemoveMember": _ADMIN,
-    "/controlplane.v1.Cluster/TransferLeadership": _ADMIN,
-    "/controlplane.v1.Cluster/Snapshot": _ADMIN,
-    "/controlplane.v1.Cluster/Restore": _ADMIN,
-    "/controlplane.v1.Ports/Allocate": _host("write"),
-    "/controlplane.v1.Ports/Assign": _host("write", "port"),
-    "/controlplane.v1.Ports/Release": _host("write", "port"),
-    "/controlplane.v1.Ports/Reassign": _host("write", "port"),
-    "/controlplane.v1.Ports/Reserve": _reserve,
-    "/controlplane.v1.Ports/Unreserve": _reserve,
-    "/controlplane.v1.Ports/SetRange": _PORTS_ALL_WRITE,
-    "/controlplane.v1.Ports/DeleteRange": _PORTS_ALL_WRITE,
-    "/controlplane.v1.Ports/ListRanges": _static(Need("ports", "read")),
-    "/controlplane.v1.Ports/List": lambda request: (Need("ports", "read", request.host),),
-    "/controlplane.v1.Ports/History": _static(Need("ports", "read")),
-    "/controlplane.v1.Ports/ReportObserved": _observed,
-    "/controlplane.v1.Ports/Conflicts": lambda request: (Need("ports", "read", request.host),),
-    "/controlplane.v1.Ports/ResolveConflicts": _host("write"),
-    "/controlplane.v1.Ports/Repair": _PORTS_ALL_WRITE,
-    "/controlplane.v1.Ports/Stats": lambda request: (Need("ports", "read", request.host),),
-    "/controlplane.v1.Ports/Export": _static(Need("ports", "read")),
-    "/controlplane.v1.Ports/Import": _PORTS_ALL_WRITE,
-    "/controlplane.v1.Services/Register": lambda request: (Need("ports", "write", request.manifest.host),),
-    "/controlplane.v1.Services/Deregister": _host("write"),
-    # An agent reads the instances on its own host (named by its node id) to check them.
-    "/controlplane.v1.Services/List": lambda request: (Need("ports", "read", request.host, node=request.host),),
-    # An agent reports the health of instances on its own host; a user needs a port write there.
-    "/controlplane.v1.Services/ReportHealth": _observed,
-    "/controlplane.v1.Services/Start": _host("write"),
-    "/controlplane.v1.Services/Stop": _host("write"),
-    # The agent of the instance's node reports the process it runs.
-    "/controlplane.v1.Services/ReportRun": _observed,
-    "/controlplane.v1.Leases/Grant": _LEASE,
-    "/controlplane.v1.Leases/KeepAlive": _LEASE,
-    "/controlplane.v1.Leases/Revoke": _LEASE,
-    "/controlplane.v1.Leases/List": _static(Need("membership", "read")),
-    "/controlplane.v1.Models/RegisterVersion": _register,
-    "/controlplane.v1.Models/BulkRegister": _bulk,
-    "/controlplane.v1.Models/UpdateModel": _model("write"),
-    "/controlplane.v1.Models/SetVersionStatus": _model("write"),
-    "/controlplane.v1.Models/UpdateVersion": _model("write"),
-    "/controlplane.v1.Models/SetAlias": _model("alias"),
-    "/controlplane.v1.Models/DeleteVersion": _model("write"),
-    "/controlplane.v1.Models/DeleteModel": _model("write"),
-    "/controlplane.v1.Models/AddReplica": lambda r: (Need("models", "write", r.model, node=r.node_id),),
-    "/controlplane.v1.Models/RemoveReplica": lambda r: (Need("models", "write", r.model, node=r.node_id),),
-    "/controlplane.v1.Models/GetModel": _model("read"),
-    "/controlplane.v1.Models/GetVersion": _model("read"),
-    "/controlplane.v1.Models/ListModels": lambda request: (Need("models", "read", request.prefix),),
-    "/controlplane.v1.Models/Search": _static(Need("models", "read")),
-    "/controlplane.v1.Membership/RegisterNode": lambda r: (Need("membership", "write", r.node.id, node=r.node.id),),
-    "/controlplane.v1.Membership/Heartbeat": _node("membership"),
-    "/controlplane.v1.Membership/DrainNode": _node("membership"),
-    "/controlplane.v1.Membership/DeregisterNode": _node("membership"),
-    "/controlplane.v1.Membership/ForgetNode": _static(Need("membership", "write")),
-    "/controlplane.v1.Membership/GetNode": _static(Need("membership", "read")),
-    "/controlplane.v1.Membership/ListNodes": _static(Need("membership", "read")),
-    "/controlplane.v1.Membership/CreateNetwork": _static(Need("membership", "write")),
-    "/controlplane.v1.Membership/UpdateNetwork": _static(Need("membership", "write")),
-    "/controlplane.v1.Membership/DeleteNetwork": _static(Need("membership", "write")),
-    "/controlplane.v1.Membership/GetNetwork": _static(Need("membership", "read")),
-    "/controlplane.v1.Membership/ListNetworks": _static(Need("membership", "read")),
-    "/controlplane.v1.Membership/JoinNetwork": _join,
-    "/controlplane.v1.Membership/LeaveNetwork": _join,
-    "/controlplane.v1.Membership/Assign": _static(Need("membership", "write")),
-    "/controlplane.v1.Membership/ListPlacements": _static(Need("membership", "read")),
-    "/controlplane.v1.Membership/SetFlag": _static(Need("membership", "write")),
-    "/controlplane.v1.Membership/ListFlags": _static(Need("membership", "read")),
-    "/controlplane.v1.Gossip/ReportBandwidth": _node("gossip"),
-    "/controlplane.v1.Gossip/GetBandwidth": _static(Need("gossip", "read")),
-    "/controlplane.v1.Gossip/StartRound": _static(Need("gossip", "write")),
-    "/controlplane.v1.Gossip/ReportRound": _node("gossip"),
-    "/controlplane.v1.Gossip/EndRound": _static(Need("gossip", "write")),
-    "/controlplane.v1.Gossip/GetRound": _static(Need("gossip", "read")),
-    "/controlplane.v1.Gossip/ListRounds": _static(Need("gossip", "read")),
-    "/controlplane.v1.Gossip/ConfigureGroup": _static(Need("gossip", "write")),
-    "/controlplane.v1.Gossip/GetGroup": _static(Need("gossip", "read")),
-    "/controlplane.v1.Gossip/ListGroups": _static(Need("gossip", "read")),
-    "/controlplane.v1.Gossip/DeleteGroup": _static(Need("gossip", "write")),
-    "/controlplane.v1.Auth/Status": AUTHENTICATED,
-    "/controlplane.v1.Auth/SetEnabled": _ADMIN,
-    "/controlplane.v1.Auth/AddUser": _ADMIN,
-    "/controlplane.v1.Auth/DeleteUser": _ADMIN,
-    "/controlplane.v1.Auth/ListUsers": _ADMIN,
-    "/controlplane.v1.Auth/GrantRole": _ADMIN,
-    "/controlplane.v1.Auth/RevokeRole": _ADMIN,
-    "/controlplane.v1.Auth/AddRole": _ADMIN,
-    "/controlplane.v1.Auth/DeleteRole": _ADMIN,
-    "/controlplane.v1.Auth/ListRoles": _ADMIN,
-    "/controlplane.v1.Auth/GrantPermission": _ADMIN,
-    "/controlplane.v1.Auth/RevokePermission": _ADMIN,
-    "/controlplane.v1.Auth/CreateToken": _ADMIN,
-    "/controlplane.v1.Auth/ListTokens": _ADMIN,
-    "/controlplane.v1.Auth/RevokeToken": _ADMIN,
-    # Asked by the agents guarding their artifact ports (about models:read only), servers and admins.
-    "/controlplane.v1.Auth/Check": _check_permission,
-    "/controlplane.v1.Auth/WatchAudit": _ADMIN,
+#: The rules too particular to declare in a proto (``Access.rule`` names them).
+RULES: dict[str, Callable[[Any], tuple[Need, ...]]] = {
+    "watch": _watch,
+    "port_range": _reserve,
+    "register_version": _register,
+    "bulk_register": _bulk,
+    "check_permission": _check_permission,
 }
+
+#: Served next to the client API by grpcio itself: open to everyone.
+_OPEN_METHODS = (
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.health.v1.Health/List",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
+
+
+def _field(request: Any, path: str) -> Any:
+    """The value at a dotted field path of ``request`` ("manifest.host")."""
+    value = request
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def _declared(method: str, access: options_pb2.Access) -> Rule:
+    """The rule an ``access`` option declares; ValueError for one that names nothing known (the
+    server then refuses to start rather than guess)."""
+    if access.rule:
+        if access.rule not in RULES:
+            raise ValueError(f"{method} declares access rule {access.rule!r}, which authz.RULES does not have")
+        return RULES[access.rule]
+    if access.domain in (OPEN, AUTHENTICATED):
+        return access.domain
+    if access.domain not in DOMAINS or access.verb not in VERBS:
+        raise ValueError(f"{method} declares access {access.domain}:{access.verb}, not a permission (state/auth.py)")
+    domain, verb, resource, port, node = access.domain, access.verb, access.resource, access.port, access.node
+    any_node = access.any_node
+
+    def needs(request: Any) -> tuple[Need, ...]:
+        return (
+            Need(
+                domain,
+                verb,
+                _field(request, resource) if resource else "",
+                _field(request, port) if port else 0,
+                ANY_NODE if any_node else _field(request, node) if node else "",
+            ),
+        )
+
+    return needs
+
+
+def _methods() -> dict[str, Rule]:
+    table: dict[str, Rule] = dict.fromkeys(_OPEN_METHODS, OPEN)
+    for path, access in methods.declared_access().items():
+        table[path] = _declared(path, access)
+    return table
+
+
+METHODS: dict[str, Rule] = _methods()
 
 #: Methods that only read: every other one is written to the audit log. Which change state is
 #: declared once, next to each method in its proto (``option (controlplane.v1.write)``).

@@ -25,11 +25,13 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/options.proto\x12\x0f\x63ontrolplane.v1\x1a google/protobuf/descriptor.proto:/\n\x05write\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x08:1\n\x07\x63ommand\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/options.proto\x12\x0f\x63ontrolplane.v1\x1a google/protobuf/descriptor.proto\"t\n\x06\x41\x63\x63\x65ss\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0c\n\x04verb\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x10\n\x08\x61ny_node\x18\x06 \x01(\x08\x12\x0c\n\x04rule\x18\x07 \x01(\t:/\n\x05write\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x08:1\n\x07\x63ommand\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\t:I\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x17.controlplane.v1.Accessb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ACCESS']._serialized_start=84
+  _globals['_ACCESS']._serialized_end=200
 # @@protoc_insertion_point(module_scope)

@@ -26,26 +26,29 @@ from controlplane.v1 import gossip_pb2 as controlplane_dot_v1_dot_gossip__pb2
 from controlplane.v1 import kv_pb2 as controlplane_dot_v1_dot_kv__pb2
 from controlplane.v1 import membership_pb2 as controlplane_dot_v1_dot_membership__pb2
 from controlplane.v1 import models_pb2 as controlplane_dot_v1_dot_models__pb2
+from controlplane.v1 import options_pb2 as controlplane_dot_v1_dot_options__pb2
 from controlplane.v1 import ports_pb2 as controlplane_dot_v1_dot_ports__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ontrolplane/v1/watch.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/gossip.proto\x1a\x18\x63ontrolplane/v1/kv.proto\x1a controlplane/v1/membership.proto\x1a\x1c\x63ontrolplane/v1/models.proto\x1a\x1b\x63ontrolplane/v1/ports.proto\"\x95\x03\n\x05\x45vent\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12(\n\x04type\x18\x02 \x01(\x0e\x32\x1a.controlplane.v1.EventType\x12\x0e\n\x06\x64omain\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12%\n\x02kv\x18\x05 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12*\n\x07prev_kv\x18\x06 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12\x14\n\x0ctime_unix_ms\x18\x07 \x01(\x03\x12*\n\x04port\x18\x08 \x01(\x0b\x32\x1a.controlplane.v1.PortEventH\x00\x12,\n\x05model\x18\t \x01(\x0b\x32\x1b.controlplane.v1.ModelEventH\x00\x12\x36\n\nmembership\x18\n \x01(\x0b\x32 .controlplane.v1.MembershipEventH\x00\x12.\n\x06gossip\x18\x0b \x01(\x0b\x32\x1c.controlplane.v1.GossipEventH\x00\x42\x08\n\x06\x64\x65tail\"]\n\x0bWatchFilter\x12\x12\n\nkey_prefix\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12)\n\x05types\x18\x03 \x03(\x0e\x32\x1a.controlplane.v1.EventType\"S\n\x0cWatchRequest\x12\x15\n\rfrom_revision\x18\x01 \x01(\x04\x12,\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1c.controlplane.v1.WatchFilter\"I\n\rWatchResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.controlplane.v1.Event\x12\x10\n\x08revision\x18\x02 \x01(\x04*R\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45VENT_TYPE_PUT\x10\x01\x12\x15\n\x11\x45VENT_TYPE_DELETE\x10\x02\x32Q\n\x05Watch\x12H\n\x05Watch\x12\x1d.controlplane.v1.WatchRequest\x1a\x1e.controlplane.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ontrolplane/v1/watch.proto\x12\x0f\x63ontrolplane.v1\x1a\x1c\x63ontrolplane/v1/gossip.proto\x1a\x18\x63ontrolplane/v1/kv.proto\x1a controlplane/v1/membership.proto\x1a\x1c\x63ontrolplane/v1/models.proto\x1a\x1d\x63ontrolplane/v1/options.proto\x1a\x1b\x63ontrolplane/v1/ports.proto\"\x95\x03\n\x05\x45vent\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12(\n\x04type\x18\x02 \x01(\x0e\x32\x1a.controlplane.v1.EventType\x12\x0e\n\x06\x64omain\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12%\n\x02kv\x18\x05 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12*\n\x07prev_kv\x18\x06 \x01(\x0b\x32\x19.controlplane.v1.KeyValue\x12\x14\n\x0ctime_unix_ms\x18\x07 \x01(\x03\x12*\n\x04port\x18\x08 \x01(\x0b\x32\x1a.controlplane.v1.PortEventH\x00\x12,\n\x05model\x18\t \x01(\x0b\x32\x1b.controlplane.v1.ModelEventH\x00\x12\x36\n\nmembership\x18\n \x01(\x0b\x32 .controlplane.v1.MembershipEventH\x00\x12.\n\x06gossip\x18\x0b \x01(\x0b\x32\x1c.controlplane.v1.GossipEventH\x00\x42\x08\n\x06\x64\x65tail\"]\n\x0bWatchFilter\x12\x12\n\nkey_prefix\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12)\n\x05types\x18\x03 \x03(\x0e\x32\x1a.controlplane.v1.EventType\"S\n\x0cWatchRequest\x12\x15\n\rfrom_revision\x18\x01 \x01(\x04\x12,\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1c.controlplane.v1.WatchFilter\"I\n\rWatchResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.controlplane.v1.Event\x12\x10\n\x08revision\x18\x02 \x01(\x04*R\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45VENT_TYPE_PUT\x10\x01\x12\x15\n\x11\x45VENT_TYPE_DELETE\x10\x02\x32^\n\x05Watch\x12U\n\x05Watch\x12\x1d.controlplane.v1.WatchRequest\x1a\x1e.controlplane.v1.WatchResponse\"\x0b\xd2\xf3\x18\x07:\x05watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.watch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=860
-  _globals['_EVENTTYPE']._serialized_end=942
-  _globals['_EVENT']._serialized_start=198
-  _globals['_EVENT']._serialized_end=603
-  _globals['_WATCHFILTER']._serialized_start=605
-  _globals['_WATCHFILTER']._serialized_end=698
-  _globals['_WATCHREQUEST']._serialized_start=700
-  _globals['_WATCHREQUEST']._serialized_end=783
-  _globals['_WATCHRESPONSE']._serialized_start=785
-  _globals['_WATCHRESPONSE']._serialized_end=858
-  _globals['_WATCH']._serialized_start=944
-  _globals['_WATCH']._serialized_end=1025
+  _globals['_WATCH'].methods_by_name['Watch']._loaded_options = None
+  _globals['_WATCH'].methods_by_name['Watch']._serialized_options = b'\322\363\030\007:\005watch'
+  _globals['_EVENTTYPE']._serialized_start=891
+  _globals['_EVENTTYPE']._serialized_end=973
+  _globals['_EVENT']._serialized_start=229
+  _globals['_EVENT']._serialized_end=634
+  _globals['_WATCHFILTER']._serialized_start=636
+  _globals['_WATCHFILTER']._serialized_end=729
+  _globals['_WATCHREQUEST']._serialized_start=731
+  _globals['_WATCHREQUEST']._serialized_end=814
+  _globals['_WATCHRESPONSE']._serialized_start=816
+  _globals['_WATCHRESPONSE']._serialized_end=889
+  _globals['_WATCH']._serialized_start=975
+  _globals['_WATCH']._serialized_end=1069
 # @@protoc_insertion_point(module_scope)

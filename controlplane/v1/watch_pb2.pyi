@@ -2,6 +2,7 @@ from controlplane.v1 import gossip_pb2 as _gossip_pb2
 from controlplane.v1 import kv_pb2 as _kv_pb2
 from controlplane.v1 import membership_pb2 as _membership_pb2
 from controlplane.v1 import models_pb2 as _models_pb2
+from controlplane.v1 import options_pb2 as _options_pb2
 from controlplane.v1 import ports_pb2 as _ports_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
