@@ -9,6 +9,7 @@ test_auth_state.py, ...); this file pins down the snapshot layout itself.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -32,6 +33,8 @@ from controlplane.v1 import (
 from machine_driver import MachineDriver
 
 AGENT = membership_pb2.NODE_ROLE_AGENT
+#: Written by the release before format 2 (fixtures/make_snapshot_format1.py says how).
+FORMAT_1_FROM_THE_LAST_RELEASE = Path(__file__).parent / "fixtures" / "snapshot_format1_level3.bin"
 
 
 def apply(machine: StateMachine, *bodies: dict[str, Any]) -> None:
@@ -117,8 +120,24 @@ def test_below_the_level_format_1_is_written_and_both_formats_restore_the_same_s
     assert parse_snapshot(current).format_version == 2
     from_current = StateMachine()
     from_current.restore(current)
-    assert table_states(from_current) == table_states(new)
-    assert table_states(from_current) == {**table_states(old), "kv": table_states(new)["kv"]}
+    assert table_states(from_current) == table_states(new) == table_states(old)
+
+
+def test_a_format_1_snapshot_of_the_last_release_restores_and_is_written_back_byte_for_byte() -> None:
+    data = FORMAT_1_FROM_THE_LAST_RELEASE.read_bytes()
+    machine = StateMachine()
+    machine.restore(data)
+    assert machine.cluster_level == levels.PLACEMENT and list(machine.directory.removed_members) == ["s2"]
+    assert "bob" in machine.auth.users and machine.gossip.to_state().matrix.links
+    assert machine.snapshot() == data
+    # Raised to SNAPSHOT_TABLES it writes format 2, which holds the same tables.
+    apply(machine, {"set_cluster_level": command_pb2.SetClusterLevel(level=levels.SNAPSHOT_TABLES)})
+    again = StateMachine()
+    again.restore(machine.snapshot())
+    assert table_states(again) == table_states(machine)
+    legacy = StateMachine()
+    legacy.restore(data)
+    assert table_states(again) == table_states(legacy)
 
 
 def test_gossip_is_a_table_of_its_own_in_format_2_and_nested_in_membership_in_format_1() -> None:
@@ -138,6 +157,11 @@ def test_a_restore_through_the_log_takes_a_format_2_backup_only_at_the_level() -
         restore_state=command_pb2.RestoreState(snapshot=populated(levels.PLACEMENT).snapshot())
     )
     assert levels.required_level(legacy) == levels.BASE_LEVEL
+    # Below the level, refused word for word as the releases before format 2 refuse it.
+    below = populated(levels.PLACEMENT)
+    (refused,) = below.apply_entry(batch_entry(below.time_unix_ms + 10, "n1", [restore]))
+    assert refused.error.message == "snapshot format version 2 is not supported (this server reads version 1)"
+    assert below.kv.get("app/a").value == b"1" and refused.revision == below.revision
     target = StateMachine()
     apply(target, {"set_cluster_level": command_pb2.SetClusterLevel(level=levels.SNAPSHOT_TABLES)})
     (result,) = target.apply_entry(batch_entry(target.time_unix_ms + 10, "n1", [restore]))
@@ -174,15 +198,30 @@ def test_a_snapshot_with_bad_tables_is_refused_and_changes_nothing(
     assert (machine.revision, table_states(machine)) == before
 
 
-def test_formats_do_not_mix() -> None:
+def test_format_2_refuses_format_1_fields_and_format_1_ignores_tables_as_its_releases_did() -> None:
     marker = command_pb2.StateSnapshot(end_marker=SNAPSHOT_END_MARKER).SerializeToString()
     v2_with_keys = command_pb2.StateSnapshot(format_version=2, kvs=[kv_pb2.KeyValue(key="a")]).SerializeToString()
+    with pytest.raises(SnapshotError, match="damaged"):
+        parse_snapshot(v2_with_keys + marker)
+    # A release that wrote format 1 read an unknown field 18 as nothing: so does this one, in format 1.
+    key = kv_pb2.KeyValue(key="a", value=b"1", create_revision=1, mod_revision=1, version=1)
     v1_with_tables = command_pb2.StateSnapshot(
-        format_version=1, tables=[command_pb2.TableState(name="kv")]
+        format_version=1, revision=1, kvs=[key], tables=[command_pb2.TableState(name="quotas")]
     ).SerializeToString()
-    for data in (v2_with_keys + marker, v1_with_tables + marker):
-        with pytest.raises(SnapshotError, match="damaged"):
-            parse_snapshot(data)
+    machine = StateMachine()
+    machine.restore(v1_with_tables + marker)
+    assert machine.kv.get("a") == key
+
+
+def test_a_table_format_1_cannot_hold_is_written_in_format_2_rather_than_dropped() -> None:
+    machine = WithNotes()
+    assert command_pb2.StateSnapshot.FromString(machine.snapshot()).format_version == 1
+    machine.notes.notes["kept"] = b"yes"
+    data = machine.snapshot()
+    assert parse_snapshot(data).format_version == 2
+    again = WithNotes()
+    again.restore(data)
+    assert again.notes.notes == {"kept": b"yes"} and again.cluster_level == levels.BASE_LEVEL
 
 
 # ------------------------------------------------------------------- a domain added later

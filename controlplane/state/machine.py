@@ -462,19 +462,24 @@ class StateMachine:
             entry = header.dedupe.add(request_id=rid, time_unix_ms=stamped)
             entry.result.MergeFromString(result)
         states = {table.name: table.to_state() for table in self.tables}
-        if self.cluster_level < levels.SNAPSHOT_TABLES:
-            auth = states["auth"].SerializeToString(deterministic=True)
+        dumps = {name: state.SerializeToString(deterministic=True) for name, state in states.items()}
+        # Format 1 holds only its own tables: one it cannot hold that has state (which that table's
+        # own cluster level prevents) is written in format 2, which an older release refuses loudly,
+        # rather than dropped.
+        beyond_format_1 = any(
+            dumps[name] != self._default_states[name] for name in dumps if name not in snapshot_v1.TABLES
+        )
+        if self.cluster_level < levels.SNAPSHOT_TABLES and not beyond_format_1:
             return snapshot_v1.write(
                 header,
                 states,
-                auth_is_default=auth == self._default_states["auth"],
+                auth_is_default=dumps["auth"] == self._default_states["auth"],
                 cluster_level=self.cluster_level,
                 end_marker=SNAPSHOT_END_MARKER,
             )
         header.format_version = SNAPSHOT_FORMAT_VERSION
         header.cluster_level = self.cluster_level
-        for name, state in states.items():
-            data = state.SerializeToString(deterministic=True)
+        for name, data in dumps.items():
             if data != self._default_states[name]:
                 header.tables.add(name=name, state=data)
         # The end marker's field number is below the tables': it is appended, to be the last bytes.
@@ -505,6 +510,8 @@ class StateMachine:
     def _table_states(self, snap: command_pb2.StateSnapshot) -> dict[str, Message]:
         """Each table's part of a snapshot (``parse_snapshot``'s), parsed; a table without one has none.
         Raises SnapshotError for a part this release has no table for, or one that does not parse."""
+        if snap.format_version == snapshot_v1.FORMAT_VERSION:
+            return snapshot_v1.table_states(snap)
         tables = {table.name: table for table in self.tables}
         states: dict[str, Message] = {}
         for entry in snap.tables:
@@ -527,16 +534,24 @@ def _header_only(snap: command_pb2.StateSnapshot) -> command_pb2.StateSnapshot:
     """``snap`` without its tables' parts, once they are parsed, in memory of its own.
 
     The machine keeps parts of the parsed header (the history's values) by reference, and one part
-    kept keeps all of its memory: the tables' serialized parts (a model registry's can be hundreds
-    of MB) would stay behind them.
+    kept keeps all of its memory: the tables' parts (a model registry's can be hundreds of MB) would
+    stay behind them.
     """
-    snap.ClearField("tables")
-    return command_pb2.StateSnapshot.FromString(snap.SerializeToString())
+    header = command_pb2.StateSnapshot(
+        format_version=snap.format_version,
+        revision=snap.revision,
+        time_unix_ms=snap.time_unix_ms,
+        compacted_revision=snap.compacted_revision,
+        cluster_level=snap.cluster_level,
+    )
+    header.history.extend(snap.history)
+    header.dedupe.extend(snap.dedupe)
+    return command_pb2.StateSnapshot.FromString(header.SerializeToString())
 
 
 def parse_snapshot(data: bytes, formats: tuple[int, ...] = SNAPSHOT_FORMATS) -> command_pb2.StateSnapshot:
-    """A snapshot of one of ``formats``, with its domains as table entries whatever its format
-    (format 1's are moved into them). Raises SnapshotError."""
+    """A snapshot of one of ``formats``, checked for what every part shares (its format, its end
+    marker, its revision). Raises SnapshotError."""
     try:
         snap = command_pb2.StateSnapshot.FromString(data)
     except DecodeError as exc:
@@ -552,9 +567,8 @@ def parse_snapshot(data: bytes, formats: tuple[int, ...] = SNAPSHOT_FORMATS) -> 
     if snap.revision >= limits.MAX_REVISION:
         raise SnapshotError(f"snapshot revision {snap.revision} is beyond the supported maximum {limits.MAX_REVISION}")
     if snap.format_version == snapshot_v1.FORMAT_VERSION:
-        if snap.tables:
-            raise SnapshotError("a format-1 snapshot holds format-2 table entries: it is damaged")
-        snapshot_v1.to_tables(snap)
+        # Never read in format 1, as the releases that wrote it ignored the field they did not know.
+        snap.ClearField("tables")
     elif any(field.name in snapshot_v1.DOMAIN_FIELDS for field, _ in snap.ListFields()):
         raise SnapshotError("a format-2 snapshot holds format-1 domain fields: it is damaged")
     return snap

@@ -3,8 +3,8 @@ each domain in a field of its own and gossip nested in membership.
 
 Frozen: no new domain is ever written here. It is still written while the cluster is below that
 level (an older server of a rolling upgrade reads only this), and read forever (backups and data
-directories outlive releases). The rest of the machine sees only the table entries of format 2:
-``to_tables`` turns a format-1 snapshot into them, ``write`` turns the tables' states back.
+directories outlive releases). The rest of the machine sees only the tables' states:
+``table_states`` reads them out of a format-1 snapshot, ``write`` writes them back into one.
 """
 
 from __future__ import annotations
@@ -34,27 +34,36 @@ DOMAIN_FIELDS = (
 )
 
 
-def to_tables(snap: command_pb2.StateSnapshot) -> None:
-    """Move a format-1 snapshot's domains into table entries, in place (the parts it lacks are
-    left out, so their tables load their defaults, as format 1 defined)."""
+#: The tables format 1 holds, by the names format 2 gives them.
+TABLES = ("kv", "cluster", "ports", "leases", "models", "membership", "gossip", "auth")
+
+
+def table_states(snap: command_pb2.StateSnapshot) -> dict[str, Message]:
+    """Each table's part of a format-1 snapshot, as the tables load it; a part the snapshot lacks is
+    left out, so its table loads its defaults, as format 1 defined.
+
+    The model registry, the big part, is the parsed snapshot's own message (no copy: the registry
+    keeps its own packed form, so nothing references the snapshot once it is loaded). Every other
+    part gets memory of its own, because the tables keep references into it (stored keys): one
+    kept reference would keep the whole parsed snapshot, registry included, alive.
+    """
     membership = membership_pb2.MembershipState()
     membership.CopyFrom(snap.membership)
     membership.ClearField("gossip")
-    states: list[tuple[str, Message | None]] = [
+    copies: list[tuple[str, Message | None]] = [
         ("kv", command_pb2.KvState(kvs=snap.kvs)),
         ("cluster", command_pb2.MemberDirectoryState(members=snap.members, removed_members=snap.removed_members)),
         ("ports", snap.ports if snap.HasField("ports") else None),
         ("leases", leases_pb2.LeasesState(leases=snap.leases, next_lease_id=snap.next_lease_id)),
-        ("models", snap.models),
         ("membership", membership),
         ("gossip", snap.membership.gossip),
         ("auth", snap.auth if snap.HasField("auth") else None),
     ]
-    for name, state in states:
+    states: dict[str, Message] = {"models": snap.models}
+    for name, state in copies:
         if state is not None:
-            snap.tables.add(name=name, state=state.SerializeToString(deterministic=True))
-    for field in DOMAIN_FIELDS:
-        snap.ClearField(field)
+            states[name] = type(state).FromString(state.SerializeToString())
+    return states
 
 
 def write(
