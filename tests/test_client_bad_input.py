@@ -86,7 +86,7 @@ def test_an_exported_manifest_reads_back() -> None:
 def test_metric_values_are_numbers_only() -> None:
     import numpy as np
 
-    from controlplane.client import _registry as R
+    from controlplane.client import _models as R
 
     assert R.metric_values({"a": 1, "b": 0.5, "c": np.float32(0.25), "d": np.int64(3)}) == {
         "a": 1.0,
@@ -105,7 +105,7 @@ def test_a_server_that_drops_the_metadata_is_told_not_believed() -> None:
     """A server from before version metadata registers the version without it (a rolling upgrade):
     the SDK raises FailedPrecondition rather than report a registration that lost what was sent."""
     from controlplane.client import FailedPrecondition
-    from controlplane.client import _registry as R
+    from controlplane.client import _models as R
 
     sent = R.register_request("m", "a" * 64, 1, "gguf", version_tags={"stage": "eval"}, parent="base/1")
     old = models_pb2.RegisterVersionResponse(version=models_pb2.ModelVersion(model="m", version=3))

@@ -479,17 +479,17 @@ def test_restore_chunks_announce_size_sha_and_the_call_first(tmp_path) -> None: 
 def test_a_search_answer_that_ignored_sort_or_page_token_is_refused() -> None:
     """A server from before sorts and page tokens drops them (unknown fields) and answers page one in
     relevance order: the SDK tells from what the answer says it applied."""
-    from controlplane.client import _registry
+    from controlplane.client import _models
     from controlplane.v1 import models_pb2
 
     old = models_pb2.SearchResponse(total=5)
     new = models_pb2.SearchResponse(total=5, offset=20, sort=models_pb2.SEARCH_SORT_UPDATED)
-    assert _registry.search_result(old).total == 5  # nothing new asked: fine
+    assert _models.search_result(old).total == 5  # nothing new asked: fine
     with pytest.raises(errors.FailedPrecondition, match="older than sort and page_token"):
-        _registry.search_result(old, "updated")
+        _models.search_result(old, "updated")
     with pytest.raises(errors.FailedPrecondition, match="older than sort and page_token"):
-        _registry.search_result(old, "relevance", "p1.token")
-    assert _registry.search_result(new, "updated", "p1.token").total == 5
+        _models.search_result(old, "relevance", "p1.token")
+    assert _models.search_result(new, "updated", "p1.token").total == 5
 
 
 class _FakeCall:

@@ -45,7 +45,7 @@ from controlplane.client import (
     NotFound,
     Unavailable,
 )
-from controlplane.client._registry import version_ref
+from controlplane.client._models import version_ref
 from gossip.artifacts import (
     DEFAULT_CHUNK_SIZE,
     ArtifactBusy,

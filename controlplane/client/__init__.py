@@ -34,6 +34,20 @@ from controlplane.client._gossip import (
     TensorSpec,
     TrainingMetrics,
 )
+from controlplane.client._kv import (
+    CasResult,
+    ClusterStatus,
+    Consistency,
+    DeleteResult,
+    Event,
+    EventType,
+    KeyValue,
+    ListResult,
+    Member,
+    PutResult,
+    Role,
+    SnapshotInfo,
+)
 from controlplane.client._membership import (
     Connectivity,
     Flag,
@@ -52,18 +66,18 @@ from controlplane.client._membership import (
     Resources,
 )
 from controlplane.client._models import (
-    CasResult,
-    ClusterStatus,
-    Consistency,
-    DeleteResult,
-    Event,
-    EventType,
-    KeyValue,
-    ListResult,
-    Member,
-    PutResult,
-    Role,
-    SnapshotInfo,
+    BulkRegistration,
+    Model,
+    ModelDetail,
+    ModelEvent,
+    ModelFormat,
+    ModelList,
+    ModelVersion,
+    Registration,
+    SearchHit,
+    SearchResult,
+    VersionRef,
+    VersionStatus,
 )
 from controlplane.client._ports import (
     AllocateResult,
@@ -92,20 +106,6 @@ from controlplane.client._ports import (
     RunStatus,
     ServiceHealth,
     ServiceRecord,
-)
-from controlplane.client._registry import (
-    BulkRegistration,
-    Model,
-    ModelDetail,
-    ModelEvent,
-    ModelFormat,
-    ModelList,
-    ModelVersion,
-    Registration,
-    SearchHit,
-    SearchResult,
-    VersionRef,
-    VersionStatus,
 )
 from controlplane.client._sync import Client, Watch
 from controlplane.errors import (

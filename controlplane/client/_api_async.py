@@ -4,7 +4,7 @@ asyncio client, written by hand.
 The blocking client's twin, ``_api_sync.py``, is generated from this file by
 ``scripts/unasync.py`` (``async def`` -> ``def``, ``await`` dropped, ``AsyncX`` -> ``X``), so the two
 transports cannot drift: edit this file, then ``make sdk``; ``make test`` fails when the twin is
-stale. Requests, conversions and result types live in ``_ports``, ``_registry``, ``_membership`` and
+stale. Requests, conversions and result types live in ``_ports``, ``_models``, ``_membership`` and
 ``_gossip``.
 """
 
@@ -15,9 +15,10 @@ from typing import Any
 
 from controlplane.client import _gossip as G
 from controlplane.client import _membership as B
+from controlplane.client import _models as R
 from controlplane.client import _ports as P
-from controlplane.client import _registry as R
 from controlplane.client._gossip import BandwidthMatrix, Round
+from controlplane.client._kv import Consistency
 from controlplane.client._membership import (
     Flag,
     JoinResult,
@@ -30,7 +31,18 @@ from controlplane.client._membership import (
     Placement,
     Registered,
 )
-from controlplane.client._models import Consistency
+from controlplane.client._models import (
+    BulkRegistration,
+    Model,
+    ModelDetail,
+    ModelFormat,
+    ModelList,
+    ModelVersion,
+    Registration,
+    SearchResult,
+    VersionRef,
+    VersionStatus,
+)
 from controlplane.client._ports import (
     AllocateResult,
     Conflict,
@@ -52,18 +64,6 @@ from controlplane.client._ports import (
     RunStatus,
     ServiceHealth,
     ServiceRecord,
-)
-from controlplane.client._registry import (
-    BulkRegistration,
-    Model,
-    ModelDetail,
-    ModelFormat,
-    ModelList,
-    ModelVersion,
-    Registration,
-    SearchResult,
-    VersionRef,
-    VersionStatus,
 )
 from controlplane.v1 import gossip_pb2, leases_pb2, membership_pb2, models_pb2, ports_pb2
 

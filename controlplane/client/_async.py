@@ -25,7 +25,7 @@ from controlplane.client._api_async import (
 )
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._credentials import Credentials
-from controlplane.client._models import (
+from controlplane.client._kv import (
     CasResult,
     ClusterStatus,
     Consistency,

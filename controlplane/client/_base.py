@@ -45,7 +45,7 @@ import grpc
 from google.protobuf.message import Message
 
 from controlplane import errors, methods
-from controlplane.client._models import (
+from controlplane.client._kv import (
     CasResult,
     ClusterStatus,
     Consistency,
@@ -689,7 +689,7 @@ def event(pb: watch_pb2.Event) -> Event | None:
     except ValueError:
         return None
     # Both import this module: top-level imports would be circular.
-    from controlplane.client import _gossip, _membership, _ports, _registry
+    from controlplane.client import _gossip, _membership, _models, _ports
 
     return Event(
         revision=pb.revision,
@@ -701,7 +701,7 @@ def event(pb: watch_pb2.Event) -> Event | None:
         prev_kv=key_value(pb.prev_kv) if pb.HasField("prev_kv") else None,
         time_unix_ms=pb.time_unix_ms,
         port=_ports.convert(_ports.PortEvent, pb.port) if pb.HasField("port") else None,
-        model=_ports.convert(_registry.ModelEvent, pb.model) if pb.HasField("model") else None,
+        model=_ports.convert(_models.ModelEvent, pb.model) if pb.HasField("model") else None,
         membership=(_ports.convert(_membership.MembershipEvent, pb.membership) if pb.HasField("membership") else None),
         gossip=_ports.convert(_gossip.GossipEvent, pb.gossip) if pb.HasField("gossip") else None,
     )

@@ -1,6 +1,6 @@
 """Membership for the SDK (``client.membership``): nodes, networks, places, flags.
 
-Like ``_ports`` and ``_registry``, no protobuf type reaches a caller: results are frozen dataclasses
+Like ``_ports`` and ``_models``, no protobuf type reaches a caller: results are frozen dataclasses
 whose fields carry the names of ``proto/controlplane/v1/membership.proto``.
 """
 

@@ -1,7 +1,7 @@
 """Ports, services and leases for the SDK: result types, request builders and conversions.
 
 Shared by the sync and async clients (``client.ports``, ``client.services``, ``client.leases``),
-which only add the transport. Like ``_models``, no protobuf type reaches a caller: every result
+which only add the transport. Like ``_kv``, no protobuf type reaches a caller: every result
 is a frozen dataclass whose fields carry the wire schema's names (``proto/controlplane/v1/ports.proto``
 documents each one), and documents (manifests, exported port maps) are plain dicts in the
 proto3 JSON shape.

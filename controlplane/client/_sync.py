@@ -21,7 +21,7 @@ from controlplane.client import _base, _discovery
 from controlplane.client._api_sync import Gossip, Leases, Membership, Models, Ports, Services
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._credentials import Credentials
-from controlplane.client._models import (
+from controlplane.client._kv import (
     CasResult,
     ClusterStatus,
     Consistency,
