@@ -231,7 +231,7 @@ async def test_an_index_the_history_no_longer_reaches_is_rebuilt(tmp_path: Path,
         writer.populate("late", 15)  # more events than the history keeps
     else:
         writer.register("gone-after-restore", "x")
-        writer.run(restore_state=command_pb2.RestoreState(snapshot=backup))
+        writer.ok(restore_state=command_pb2.RestoreState(snapshot=backup))
     assert writer.machine.compacted_revision > 0
     indexer = Indexer(FakeNode(writer.machine), path)
     await indexer.start()
@@ -269,7 +269,7 @@ async def test_a_sliced_rebuild_is_the_registry_at_one_revision(
         for i in range(writes):
             writer.register(f"m{i % 40}", f"again/{i}", "qwen", ["chat"])
             if i % 5 == 0:
-                writer.run(model_delete=models_pb2.DeleteModelRequest(model=f"m{(i + 7) % 40}", force=True))
+                writer.ok(model_delete=models_pb2.DeleteModelRequest(model=f"m{(i + 7) % 40}", force=True))
             expected[writer.machine.revision] = docs_of(writer.machine)
             await asyncio.sleep(0)
 

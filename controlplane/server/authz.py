@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from controlplane import errors, methods, tls
 from controlplane.errors import ResourceExhausted, Unauthenticated
@@ -100,6 +101,15 @@ _OPEN_METHODS = (
 )
 
 
+_TEXT = (FieldDescriptor.TYPE_STRING,)
+_NUMBERS = (
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_INT64,
+)
+
+
 def _field(request: Any, path: str) -> Any:
     """The value at a dotted field path of ``request`` ("manifest.host")."""
     value = request
@@ -108,17 +118,49 @@ def _field(request: Any, path: str) -> Any:
     return value
 
 
-def _declared(method: str, access: options_pb2.Access) -> Rule:
-    """The rule an ``access`` option declares; ValueError for one that names nothing known (the
-    server then refuses to start rather than guess)."""
+def _check_field(method: str, request: Descriptor | None, what: str, path: str, kinds: tuple[int, ...]) -> None:
+    """A declared field path must name a field of the request of one of ``kinds``."""
+    if request is None:
+        return
+    message: Descriptor | None = request
+    field = None
+    for name in path.split("."):
+        field = message.fields_by_name.get(name) if message is not None else None
+        if field is None or field.is_repeated:
+            raise ValueError(f"{method} declares its {what} as {path!r}, which is no single field of its request")
+        message = field.message_type
+    if field is None or field.type not in kinds:
+        raise ValueError(f"{method} declares its {what} as {path!r}, a field of the wrong type")
+
+
+def _declared(method: str, access: options_pb2.Access, request: Descriptor | None = None) -> Rule:
+    """The rule an ``access`` option declares. ValueError for one that names nothing known or says
+    two things at once (the server then refuses to start rather than guess): a table that only
+    grows stricter or wider on purpose."""
+    fields = {field.name for field, _ in access.ListFields()}
     if access.rule:
+        if fields != {"rule"}:
+            raise ValueError(f"{method} declares access rule {access.rule!r} together with {sorted(fields - {'rule'})}")
         if access.rule not in RULES:
             raise ValueError(f"{method} declares access rule {access.rule!r}, which authz.RULES does not have")
         return RULES[access.rule]
     if access.domain in (OPEN, AUTHENTICATED):
+        if fields != {"domain"}:
+            raise ValueError(f"{method} declares access {access.domain!r} together with {sorted(fields - {'domain'})}")
         return access.domain
     if access.domain not in DOMAINS or access.verb not in VERBS:
         raise ValueError(f"{method} declares access {access.domain}:{access.verb}, not a permission (state/auth.py)")
+    if access.port and access.domain != "ports":
+        raise ValueError(f"{method} declares a port on the {access.domain} domain, which has none")
+    if access.any_node and access.node:
+        raise ValueError(f"{method} declares both any_node and a node field")
+    for what, path, kinds in (
+        ("resource", access.resource, _TEXT),
+        ("port", access.port, _NUMBERS),
+        ("node", access.node, _TEXT),
+    ):
+        if path:
+            _check_field(method, request, what, path, kinds)
     domain, verb, resource, port, node = access.domain, access.verb, access.resource, access.port, access.node
     any_node = access.any_node
 
@@ -139,7 +181,7 @@ def _declared(method: str, access: options_pb2.Access) -> Rule:
 def _methods() -> dict[str, Rule]:
     table: dict[str, Rule] = dict.fromkeys(_OPEN_METHODS, OPEN)
     for path, access in methods.declared_access().items():
-        table[path] = _declared(path, access)
+        table[path] = _declared(path, access, methods.descriptor(path).input_type)
     return table
 
 
