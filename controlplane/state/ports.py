@@ -142,6 +142,20 @@ class ServiceHooks:
         return health.EXEC_CAPABILITY in (self.capabilities(host) or ())
 
 
+def _port_map(state: ports_pb2.PortsState, revision: int = 0) -> ports_pb2.PortMap:
+    """The port-map document (export, import) of a table's state: what a user may hand-edit."""
+    return ports_pb2.PortMap(
+        format=PORT_MAP_FORMAT,
+        revision=revision,
+        ranges=state.ranges,
+        reservations=state.reservations,
+        assignments=state.assignments,
+        services=state.services,
+        history=state.history,
+        observations=state.observations,
+    )
+
+
 class PortTable:
     name: ClassVar[str] = "ports"
     state_type: ClassVar[type[ports_pb2.PortsState]] = ports_pb2.PortsState
@@ -1618,17 +1632,7 @@ class PortTable:
     # ------------------------------------------------------------------ export / import / snapshot
 
     def export_map(self, revision: int) -> ports_pb2.PortMap:
-        state = self.to_state()
-        return ports_pb2.PortMap(
-            format=PORT_MAP_FORMAT,
-            revision=revision,
-            ranges=state.ranges,
-            reservations=state.reservations,
-            assignments=state.assignments,
-            services=state.services,
-            history=state.history,
-            observations=state.observations,
-        )
+        return _port_map(self.to_state(), revision)
 
     def validate_map(self, port_map: ports_pb2.PortMap) -> None:
         """Everything an import must satisfy; raises Refused naming the first problem."""
@@ -1793,17 +1797,7 @@ class PortTable:
         # As this cluster's releases read it, and as the backup's cluster held it: a backup from
         # below UDP_PORTS may carry protocols an older release kept unread.
         levels.ports_state_at(state, min(self._journal.cluster_level, backup.cluster_level))
-        self.validate_map(
-            ports_pb2.PortMap(
-                format=PORT_MAP_FORMAT,
-                ranges=state.ranges,
-                reservations=state.reservations,
-                assignments=state.assignments,
-                services=state.services,
-                history=state.history,
-                observations=state.observations,
-            )
-        )
+        self.validate_map(_port_map(state))
 
     def restore_backup(self, state: ports_pb2.PortsState | None, backup: BackupSource) -> None:
         if state is None:
