@@ -404,8 +404,10 @@ def encode_int8(values: Params) -> dict[str, Array]:
 
     Level ``q`` stands for ``minimum + q * step`` with ``step = (maximum - minimum) / 255``, each
     value rounded to the nearest level, so the error is at most ``step / 2``. A constant tensor has
-    step 0 and is exact. A tensor holding NaN or infinity gets a non-finite range, which the
-    receiver refuses like any non-finite parameters.
+    step 0 and is exact; so does a range of a few subnormals, whose step underflows to 0: every value
+    decodes to the minimum, off by less than the range (at most 255 of the smallest subnormals). A
+    tensor holding NaN or infinity gets a non-finite range, which the receiver refuses like any
+    non-finite parameters.
     """
     _require_float(values)
     out: dict[str, Array] = {}
