@@ -157,3 +157,14 @@ def test_every_servicer_method_that_writes_is_declared_a_write() -> None:
             undeclared.append(path)
     assert writers > 25  # it saw the hand-written writes
     assert undeclared == []
+
+
+def test_servicers_read_the_state_through_one_table_never_the_machine() -> None:
+    """A servicer reads a domain through ``Node.read_table`` (one table, under the state lock, with
+    refusals mapped to errors): never ``node.machine`` or the lock itself."""
+    reaching = []
+    for path in sorted(SERVICES_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("machine", "state_lock"):
+                reaching.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert not reaching, reaching

@@ -111,6 +111,7 @@ def _stop_process() -> None:
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 T = TypeVar("T")
+TableT = TypeVar("TableT")
 
 
 @dataclass(frozen=True)
@@ -497,6 +498,20 @@ class Node:
                 request.prefix, request.start_after, request.limit or limits.MAX_LIST_LIMIT
             )
             return kvs, more, self.machine.revision
+
+    @property
+    def applied_revision(self) -> int:
+        """The revision this server's state machine has applied up to."""
+        return self.machine.revision
+
+    def read_table(self, kind: type[TableT], read: Callable[[TableT], T]) -> tuple[T, int]:
+        """Run a read of one domain table (``read(table)``) under the state lock: its answer and the
+        revision it reflects. The servicers' way into the state: a table, never the machine.
+
+        Reads refuse like commands do (``Refused``: an unknown host, a missing range); the
+        refusal becomes the matching typed error.
+        """
+        return self.read_state(lambda: read(self.machine.table(kind)))
 
     def read_state(self, read: Callable[[], T]) -> tuple[T, int]:
         """Run a read of the domain tables under the state lock: its answer and the revision it reflects.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -85,6 +85,7 @@ DEFAULT_DEDUPE_LIMIT = 100_000
 DEFAULT_DEDUPE_TTL_MS = 15 * 60 * 1000
 
 CommandResult = command_pb2.CommandResult
+TableT = TypeVar("TableT")
 # Which Event.detail field carries each typed change.
 _DETAIL_FIELDS: dict[type, str] = {
     ports_pb2.PortEvent: "port",
@@ -197,6 +198,13 @@ class StateMachine:
         self._default_states = {
             table.name: table.to_state().SerializeToString(deterministic=True) for table in self.tables
         }
+
+    def table(self, kind: type[TableT]) -> TableT:
+        """The machine's table of class ``kind`` (a read's one way in: ``Node.read_table``)."""
+        for table in self.tables:
+            if isinstance(table, kind):
+                return table
+        raise KeyError(f"this state machine has no {kind.__name__}")
 
     def _make_tables(self) -> tuple[DomainTable[Any], ...]:
         """Build the domain tables, wired to each other through narrow callbacks (not the machine).

@@ -17,7 +17,7 @@ import grpc
 from controlplane.errors import FailedPrecondition, InvalidArgument
 from controlplane.server.audit import AuditLog
 from controlplane.server.authz import Authorizer, caller_kind
-from controlplane.state.auth import DOMAINS, TOKEN_PREFIX, VERBS, Caller, Need, allowed, secret_hash
+from controlplane.state.auth import DOMAINS, TOKEN_PREFIX, VERBS, AuthTable, Caller, Need, allowed, secret_hash
 from controlplane.v1 import auth_pb2, auth_pb2_grpc, command_pb2, common_pb2
 
 if TYPE_CHECKING:
@@ -45,11 +45,8 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.AuthStatusRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.AuthStatusResponse:
         caller = self._authorizer.identify(context)
-        return auth_pb2.AuthStatusResponse(
-            enabled=self._node.machine.auth.enabled,
-            identity=str(caller) if caller else "",
-            revision=self._node.machine.revision,
-        )
+        enabled, revision = self._node.read_table(AuthTable, lambda auth: auth.enabled)
+        return auth_pb2.AuthStatusResponse(enabled=enabled, identity=str(caller) if caller else "", revision=revision)
 
     async def SetEnabled(
         self, request: auth_pb2.SetEnabledRequest, context: grpc.aio.ServicerContext
@@ -70,7 +67,8 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListUsersResponse:
         await self._read(context)
-        return auth_pb2.ListUsersResponse(users=self._node.machine.auth.to_state().users)
+        state, _ = self._node.read_table(AuthTable, lambda auth: auth.to_state())
+        return auth_pb2.ListUsersResponse(users=state.users)
 
     async def GrantRole(
         self, request: auth_pb2.GrantRoleRequest, context: grpc.aio.ServicerContext
@@ -98,7 +96,8 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.ListRolesRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListRolesResponse:
         await self._read(context)
-        return auth_pb2.ListRolesResponse(roles=self._node.machine.auth.to_state().roles)
+        state, _ = self._node.read_table(AuthTable, lambda auth: auth.to_state())
+        return auth_pb2.ListRolesResponse(roles=state.roles)
 
     async def GrantPermission(
         self, request: auth_pb2.GrantPermissionRequest, context: grpc.aio.ServicerContext
@@ -143,7 +142,8 @@ class AuthService(auth_pb2_grpc.AuthServicer):
     ) -> auth_pb2.ListTokensResponse:
         await self._read(context)
         response = auth_pb2.ListTokensResponse()
-        for token in self._node.machine.auth.to_state().tokens:
+        state, _ = self._node.read_table(AuthTable, lambda auth: auth.to_state())
+        for token in state.tokens:
             if request.user and token.user != request.user:
                 continue
             shown = response.tokens.add()
@@ -167,7 +167,8 @@ class AuthService(auth_pb2_grpc.AuthServicer):
                 f"got {permission.domain!r}:{permission.verb!r}"
             )
         need = Need(permission.domain, permission.verb, permission.resource)
-        if allowed(self._node.machine.auth, caller, need):
+        held, _ = self._node.read_table(AuthTable, lambda auth: allowed(auth, caller, need))
+        if held:
             return auth_pb2.CheckResponse(allowed=True)
         return auth_pb2.CheckResponse(allowed=False, reason=f"this needs {need}; {caller} does not hold it")
 

@@ -13,6 +13,7 @@ from controlplane.server.services._shared import (
     to_leader,
 )
 from controlplane.state import health, limits
+from controlplane.state.ports import PortTable
 from controlplane.v1 import (
     ports_pb2,
     ports_pb2_grpc,
@@ -28,9 +29,8 @@ class ServicesService(ports_pb2_grpc.ServicesServicer):
         self, request: ports_pb2.ListServicesRequest, context: grpc.aio.ServicerContext
     ) -> ports_pb2.ListServicesResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        ports = self._node.machine.ports
-        services, revision = self._node.read_state(
-            lambda: ports.list_services(request.host, request.name, request.healthy)
+        services, revision = self._node.read_table(
+            PortTable, lambda ports: ports.list_services(request.host, request.name, request.healthy)
         )
         return ports_pb2.ListServicesResponse(header=self._node.header(revision), services=services)
 

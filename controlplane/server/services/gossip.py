@@ -13,7 +13,7 @@ from controlplane.server.services._shared import (
     replicated_writes,
 )
 from controlplane.state import limits
-from controlplane.state.gossip import check_configure, check_metrics
+from controlplane.state.gossip import GossipTable, check_configure, check_metrics
 from controlplane.v1 import (
     gossip_pb2,
     gossip_pb2_grpc,
@@ -37,16 +37,14 @@ class GossipService(gossip_pb2_grpc.GossipServicer):
         self, request: gossip_pb2.GetBandwidthRequest, context: grpc.aio.ServicerContext
     ) -> gossip_pb2.GetBandwidthResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        table = self._node.machine.gossip
-        matrix, revision = self._node.read_state(lambda: table.matrix(request.node_id))
+        matrix, revision = self._node.read_table(GossipTable, lambda table: table.matrix(request.node_id))
         return gossip_pb2.GetBandwidthResponse(header=self._node.header(revision), matrix=matrix)
 
     async def GetRound(
         self, request: gossip_pb2.GetRoundRequest, context: grpc.aio.ServicerContext
     ) -> gossip_pb2.GetRoundResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        table = self._node.machine.gossip
-        found, revision = self._node.read_state(lambda: table.round(request.group, request.number))
+        found, revision = self._node.read_table(GossipTable, lambda table: table.round(request.group, request.number))
         return gossip_pb2.GetRoundResponse(header=self._node.header(revision), round=found)
 
     async def ListRounds(
@@ -55,9 +53,8 @@ class GossipService(gossip_pb2_grpc.GossipServicer):
         if request.limit > limits.MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit {request.limit} is above the maximum {limits.MAX_LIST_LIMIT}")
         await self._node.prepare_read(request.read, deadline_of(context))
-        table = self._node.machine.gossip
-        rounds, revision = self._node.read_state(
-            lambda: table.list_rounds(request.group, request.after, request.limit or 100)
+        rounds, revision = self._node.read_table(
+            GossipTable, lambda table: table.list_rounds(request.group, request.after, request.limit or 100)
         )
         return gossip_pb2.ListRoundsResponse(header=self._node.header(revision), rounds=rounds)
 
@@ -71,14 +68,12 @@ class GossipService(gossip_pb2_grpc.GossipServicer):
         self, request: gossip_pb2.GetGroupRequest, context: grpc.aio.ServicerContext
     ) -> gossip_pb2.GetGroupResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        table = self._node.machine.gossip
-        found, revision = self._node.read_state(lambda: table.group(request.group))
+        found, revision = self._node.read_table(GossipTable, lambda table: table.group(request.group))
         return gossip_pb2.GetGroupResponse(header=self._node.header(revision), group=found)
 
     async def ListGroups(
         self, request: gossip_pb2.ListGroupsRequest, context: grpc.aio.ServicerContext
     ) -> gossip_pb2.ListGroupsResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        table = self._node.machine.gossip
-        groups, revision = self._node.read_state(table.list_groups)
+        groups, revision = self._node.read_table(GossipTable, lambda table: table.list_groups())
         return gossip_pb2.ListGroupsResponse(header=self._node.header(revision), groups=groups)

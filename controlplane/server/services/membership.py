@@ -16,7 +16,7 @@ from controlplane.server.services._shared import (
     to_leader,
 )
 from controlplane.state import limits
-from controlplane.state.membership import MAX_INSTANCE_ID_CHARS, check_network_fields, check_node_spec
+from controlplane.state.membership import MAX_INSTANCE_ID_CHARS, MembershipTable, check_network_fields, check_node_spec
 from controlplane.v1 import (
     membership_pb2,
     membership_pb2_grpc,
@@ -79,9 +79,9 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
         self, request: membership_pb2.GetNetworkRequest, context: grpc.aio.ServicerContext
     ) -> membership_pb2.GetNetworkResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        table = self._node.machine.membership
-        (network, placements), revision = self._node.read_state(
-            lambda: (table.network_view(request.name), table.list_placements(network=request.name))
+        (network, placements), revision = self._node.read_table(
+            MembershipTable,
+            lambda table: (table.network_view(request.name), table.list_placements(network=request.name)),
         )
         return membership_pb2.GetNetworkResponse(
             header=self._node.header(revision), network=network, placements=placements
@@ -91,17 +91,15 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
         self, request: membership_pb2.ListNetworksRequest, context: grpc.aio.ServicerContext
     ) -> membership_pb2.ListNetworksResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        table = self._node.machine.membership
-        networks, revision = self._node.read_state(lambda: table.list_networks(request.model))
+        networks, revision = self._node.read_table(MembershipTable, lambda table: table.list_networks(request.model))
         return membership_pb2.ListNetworksResponse(header=self._node.header(revision), networks=networks)
 
     async def ListPlacements(
         self, request: membership_pb2.ListPlacementsRequest, context: grpc.aio.ServicerContext
     ) -> membership_pb2.ListPlacementsResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        table = self._node.machine.membership
-        placements, revision = self._node.read_state(
-            lambda: table.list_placements(request.network, request.node_id, request.client_id)
+        placements, revision = self._node.read_table(
+            MembershipTable, lambda table: table.list_placements(request.network, request.node_id, request.client_id)
         )
         return membership_pb2.ListPlacementsResponse(header=self._node.header(revision), placements=placements)
 
@@ -115,6 +113,5 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
         self, request: membership_pb2.ListFlagsRequest, context: grpc.aio.ServicerContext
     ) -> membership_pb2.ListFlagsResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        table = self._node.machine.membership
-        flags, revision = self._node.read_state(table.list_flags)
+        flags, revision = self._node.read_table(MembershipTable, lambda table: table.list_flags())
         return membership_pb2.ListFlagsResponse(header=self._node.header(revision), flags=flags)

@@ -14,7 +14,7 @@ from controlplane.server.services._shared import (
     replicated_writes,
 )
 from controlplane.state import limits
-from controlplane.state.models import check_version_fields
+from controlplane.state.models import ModelTable, check_version_fields
 from controlplane.v1 import (
     common_pb2,
     models_pb2,
@@ -51,9 +51,8 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
         self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.GetModelResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        registry = self._node.machine.registry
-        (model, versions), revision = self._node.read_state(
-            lambda: (registry.model(request.model), registry.versions_of(request.model))
+        (model, versions), revision = self._node.read_table(
+            ModelTable, lambda registry: (registry.model(request.model), registry.versions_of(request.model))
         )
         return models_pb2.GetModelResponse(header=self._node.header(revision), model=model, versions=versions)
 
@@ -61,8 +60,9 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
         self, request: models_pb2.GetVersionRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.GetVersionResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
-        registry = self._node.machine.registry
-        version, revision = self._node.read_state(lambda: registry.resolve(request.model, request.version or "latest"))
+        version, revision = self._node.read_table(
+            ModelTable, lambda registry: registry.resolve(request.model, request.version or "latest")
+        )
         return models_pb2.GetVersionResponse(header=self._node.header(revision), version=version)
 
     async def ListModels(
@@ -71,9 +71,11 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
         if request.limit > limits.MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit {request.limit} is above the maximum {limits.MAX_LIST_LIMIT}")
         await self._node.prepare_read(request.read, deadline_of(context))
-        registry = self._node.machine.registry
-        (models, more), revision = self._node.read_state(
-            lambda: registry.list_models(request.prefix, request.start_after, request.limit or limits.MAX_LIST_LIMIT)
+        (models, more), revision = self._node.read_table(
+            ModelTable,
+            lambda registry: registry.list_models(
+                request.prefix, request.start_after, request.limit or limits.MAX_LIST_LIMIT
+            ),
         )
         return models_pb2.ListModelsResponse(header=self._node.header(revision), models=models, more=more)
 
@@ -86,7 +88,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
         # may see (everything applied, for LINEARIZABLE; min_revision, for STALE), and never less
         # than the page that gave the token (a lagging server must not answer an older page 2).
         stale = request.read.consistency == common_pb2.CONSISTENCY_STALE
-        required = max(request.read.min_revision if stale else self._node.machine.revision, continued_from)
+        required = max(request.read.min_revision if stale else self._node.applied_revision, continued_from)
         if self._node.indexer is None:
             raise Unavailable(f"{self._node.node_id} is still starting: its search index is not built yet")
         index = await self._node.indexer.wait_indexed(required, deadline_of(context))
@@ -103,13 +105,14 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
         )
         following = offset + len(page.hits)
         more = bool(page.hits) and following < page.total
-        registry = self._node.machine.registry
-        with self._node.state_lock:
-            hits = [
+        hits, _ = self._node.read_table(
+            ModelTable,
+            lambda registry: [
                 models_pb2.SearchHit(model=registry.models[name], score=score)
                 for name, score in page.hits
                 if name in registry.models
-            ]
+            ],
+        )
         return models_pb2.SearchResponse(
             header=self._node.header(page.revision),
             hits=hits,
