@@ -41,7 +41,15 @@ DEADLINE_S = 10.0
 finite_arrays = hnp.arrays(
     dtype=st.sampled_from([np.float32, np.float64]),
     shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=6),
-    elements={"min_value": -1e6, "max_value": 1e6, "allow_nan": False, "allow_infinity": False},
+    # Subnormals are left out: a range of a few hundred of them has no step that float arithmetic
+    # can compute to within half of itself (test_a_range_whose_step_underflows_... pins what happens).
+    elements={
+        "min_value": -1e6,
+        "max_value": 1e6,
+        "allow_nan": False,
+        "allow_infinity": False,
+        "allow_subnormal": False,
+    },
 )
 
 
@@ -58,8 +66,6 @@ def test_dequantised_values_are_within_half_a_step(x: Array) -> None:
     step = step_of(x)
     # Half a step, plus the rounding of the dtype the values come back in.
     tolerance = step / 2 + 4 * np.finfo(x.dtype).eps * float(np.max(np.abs(x)))
-    if step == 0.0:  # a range of a few subnormals: its step underflows, and all decode to the minimum
-        tolerance = max(tolerance, float(np.max(x)) - float(np.min(x)))
     assert np.all(np.abs(back.astype(np.float64) - x.astype(np.float64)) <= tolerance)
 
 

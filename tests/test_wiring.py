@@ -173,22 +173,18 @@ def test_servicers_read_the_state_through_one_table_never_the_machine() -> None:
 def test_every_sdk_rpc_names_a_served_method_and_its_response_type() -> None:
     """The SDK's ``Rpc`` descriptors are typed by hand (for the type checker): each must name a
     method of the client port, with exactly the response message its proto declares, and every
-    method of the client port but auth's administration must have one."""
-    from controlplane.client import _base, _gossip, _membership, _models, _ports
+    method of the client port but the audit stream must have one."""
+    import controlplane.client
+    from controlplane.client import _base
 
-    rpcs = [
-        value
-        for module in (_base, _ports, _models, _membership, _gossip)
-        for value in vars(module).values()
-        if isinstance(value, _base.Rpc)
+    modules = [
+        importlib.import_module(f"controlplane.client.{info.name}")
+        for info in pkgutil.iter_modules(controlplane.client.__path__)
     ]
+    rpcs = [value for module in modules for value in vars(module).values() if isinstance(value, _base.Rpc)]
     for rpc in rpcs:
         declared = methods.descriptor(rpc.path).output_type
         assert rpc.response.DESCRIPTOR.full_name == declared.full_name, rpc.path
     served = {path for path in authz.METHODS if path.startswith("/controlplane.")}
-    # Auth's administration is cpctl's (controlplane/cli/auth.py, over the generated stub); the SDK
-    # has only the permission check the artifact ports ask.
-    administration = {path for path in served if path.startswith("/controlplane.v1.Auth/")} - {
-        "/controlplane.v1.Auth/Check"
-    }
-    assert served - administration == {rpc.path for rpc in rpcs}
+    # The audit stream is cpctl's (`cpctl audit watch`, over the generated stub).
+    assert served - {"/controlplane.v1.Auth/WatchAudit"} == {rpc.path for rpc in rpcs}

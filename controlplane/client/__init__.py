@@ -17,6 +17,7 @@ errors below (from :mod:`controlplane.errors`) for everything else.
 """
 
 from controlplane.client._async import AsyncClient, AsyncWatch
+from controlplane.client._auth import AuthChange, AuthRole, AuthStatus, AuthToken, AuthUser, CreatedToken, Permission
 from controlplane.client._base import RetryPolicy
 from controlplane.client._credentials import Credentials, CredentialsError
 from controlplane.client._discovery import DiscoveryPolicy, discover_endpoints
@@ -133,6 +134,11 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncWatch",
+    "AuthChange",
+    "AuthRole",
+    "AuthStatus",
+    "AuthToken",
+    "AuthUser",
     "BandwidthMatrix",
     "BulkRegistration",
     "CasResult",
@@ -144,6 +150,7 @@ __all__ = [
     "Consistency",
     "ControlPlaneError",
     "ControlPlaneWarning",
+    "CreatedToken",
     "Credentials",
     "CredentialsError",
     "DeadlineExceeded",
@@ -186,6 +193,7 @@ __all__ = [
     "NotFound",
     "NotLeader",
     "OutOfRange",
+    "Permission",
     "PermissionDenied",
     "Placed",
     "Placement",

@@ -1,11 +1,11 @@
-"""``client.ports``, ``.services``, ``.leases``, ``.models``, ``.membership`` and ``.gossip`` of the
-asyncio client, written by hand.
+"""``client.ports``, ``.services``, ``.leases``, ``.models``, ``.membership``, ``.gossip`` and ``.auth``
+of the asyncio client, written by hand.
 
 The blocking client's twin, ``_api_sync.py``, is generated from this file by
 ``scripts/unasync.py`` (``async def`` -> ``def``, ``await`` dropped, ``AsyncX`` -> ``X``), so the two
 transports cannot drift: edit this file, then ``make sdk``; ``make test`` fails when the twin is
-stale. Requests, conversions and result types live in ``_ports``, ``_models``, ``_membership`` and
-``_gossip``.
+stale. Requests, conversions and result types live in ``_ports``, ``_models``, ``_membership``,
+``_gossip`` and ``_auth``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from controlplane.client import _auth as A
 from controlplane.client import _gossip as G
 from controlplane.client import _membership as B
 from controlplane.client import _models as R
 from controlplane.client import _ports as P
+from controlplane.client._auth import AuthChange, AuthRole, AuthStatus, AuthToken, AuthUser, CreatedToken, Permission
 from controlplane.client._gossip import BandwidthMatrix, Round
 from controlplane.client._kv import Consistency
 from controlplane.client._membership import (
@@ -65,7 +67,7 @@ from controlplane.client._ports import (
     ServiceHealth,
     ServiceRecord,
 )
-from controlplane.v1 import gossip_pb2, leases_pb2, membership_pb2, models_pb2, ports_pb2
+from controlplane.v1 import auth_pb2, gossip_pb2, leases_pb2, membership_pb2, models_pb2, ports_pb2
 
 #: The client's unary call: (rpc, request, timeout) -> response, with its routing and retries.
 AsyncUnary = Callable[[Any, Any, "float | None"], Awaitable[Any]]
@@ -1411,3 +1413,149 @@ class AsyncGossip:
             request = gossip_pb2.DeleteGroupRequest(group=group, request_id=P.rid(request_id))
         r = await self._unary(G.DELETE_GROUP, request, timeout)
         return bool(r.deleted)
+
+
+class AsyncAuth:
+    """Users, roles, permissions and bearer tokens: ``client.auth`` (etcd's ``Auth`` API). Every
+    change needs ``cluster:admin`` but ``status``, which tells any caller who the cluster takes it
+    for. Changes are idempotent by request id, like every write."""
+
+    def __init__(self, unary: AsyncUnary) -> None:
+        self._unary = unary
+
+    async def status(self, *, timeout: float | None = None) -> AuthStatus:
+        """Whether authorization is on, who this client is to the cluster, and the revision."""
+        r = await self._unary(A.STATUS, auth_pb2.AuthStatusRequest(), timeout)
+        return P.convert(AuthStatus, r)
+
+    async def set_enabled(
+        self, enabled: bool, *, request_id: str | None = None, timeout: float | None = None
+    ) -> AuthChange:
+        """Turn authorization on (every call then needs a permission) or off (every call is allowed)."""
+        with P.checked_request("set_enabled"):
+            request = auth_pb2.SetEnabledRequest(enabled=enabled, request_id=P.rid(request_id))
+        r = await self._unary(A.SET_ENABLED, request, timeout)
+        return P.convert(AuthChange, r)
+
+    async def add_user(self, name: str, *, request_id: str | None = None, timeout: float | None = None) -> AuthChange:
+        """A new user without roles (``AlreadyExists`` if there is one by that name)."""
+        with P.checked_request("add_user"):
+            request = auth_pb2.AddUserRequest(name=name, request_id=P.rid(request_id))
+        r = await self._unary(A.ADD_USER, request, timeout)
+        return P.convert(AuthChange, r)
+
+    async def delete_user(
+        self, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> AuthChange:
+        """Remove a user; its tokens stop working at once."""
+        with P.checked_request("delete_user"):
+            request = auth_pb2.DeleteUserRequest(name=name, request_id=P.rid(request_id))
+        r = await self._unary(A.DELETE_USER, request, timeout)
+        return P.convert(AuthChange, r)
+
+    async def users(self, *, timeout: float | None = None) -> tuple[AuthUser, ...]:
+        """Every user and the roles it holds, by name."""
+        r = await self._unary(A.LIST_USERS, auth_pb2.ListUsersRequest(), timeout)
+        return tuple(P.convert(AuthUser, x) for x in r.users)
+
+    async def grant_role(
+        self, user: str, role: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> AuthChange:
+        with P.checked_request("grant_role"):
+            request = auth_pb2.GrantRoleRequest(user=user, role=role, request_id=P.rid(request_id))
+        r = await self._unary(A.GRANT_ROLE, request, timeout)
+        return P.convert(AuthChange, r)
+
+    async def revoke_role(
+        self, user: str, role: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> AuthChange:
+        with P.checked_request("revoke_role"):
+            request = auth_pb2.RevokeRoleRequest(user=user, role=role, request_id=P.rid(request_id))
+        r = await self._unary(A.REVOKE_ROLE, request, timeout)
+        return P.convert(AuthChange, r)
+
+    async def add_role(self, name: str, *, request_id: str | None = None, timeout: float | None = None) -> AuthChange:
+        """A new role without permissions."""
+        with P.checked_request("add_role"):
+            request = auth_pb2.AddRoleRequest(name=name, request_id=P.rid(request_id))
+        r = await self._unary(A.ADD_ROLE, request, timeout)
+        return P.convert(AuthChange, r)
+
+    async def delete_role(
+        self, name: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> AuthChange:
+        """Remove a role; the users who held it lose its permissions at once."""
+        with P.checked_request("delete_role"):
+            request = auth_pb2.DeleteRoleRequest(name=name, request_id=P.rid(request_id))
+        r = await self._unary(A.DELETE_ROLE, request, timeout)
+        return P.convert(AuthChange, r)
+
+    async def roles(self, *, timeout: float | None = None) -> tuple[AuthRole, ...]:
+        """Every role and its permissions, by name (the built-in ``root`` holds everything)."""
+        r = await self._unary(A.LIST_ROLES, auth_pb2.ListRolesRequest(), timeout)
+        return tuple(P.convert(AuthRole, x) for x in r.roles)
+
+    async def grant_permission(
+        self,
+        role: str,
+        permission: Permission | tuple[str, str] | tuple[str, str, str],
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AuthChange:
+        """Give ``role`` a permission: a ``Permission`` or ``(domain, verb[, resource])``."""
+        with P.checked_request("grant_permission"):
+            request = auth_pb2.GrantPermissionRequest(
+                role=role, permission=A.permission_message(permission), request_id=P.rid(request_id)
+            )
+        r = await self._unary(A.GRANT_PERMISSION, request, timeout)
+        return P.convert(AuthChange, r)
+
+    async def revoke_permission(
+        self,
+        role: str,
+        permission: Permission | tuple[str, str] | tuple[str, str, str],
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AuthChange:
+        with P.checked_request("revoke_permission"):
+            request = auth_pb2.RevokePermissionRequest(
+                role=role, permission=A.permission_message(permission), request_id=P.rid(request_id)
+            )
+        r = await self._unary(A.REVOKE_PERMISSION, request, timeout)
+        return P.convert(AuthChange, r)
+
+    async def create_token(
+        self,
+        user: str,
+        *,
+        ttl: float = 0,
+        description: str = "",
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> CreatedToken:
+        """A bearer token for ``user``, valid ``ttl`` seconds (0: until revoked). Its ``token`` is
+        shown this once: keep it (``Client(..., token=...)``)."""
+        with P.checked_request("create_token"):
+            request = auth_pb2.CreateTokenRequest(
+                user=user, ttl_s=int(ttl), description=description, request_id=P.rid(request_id)
+            )
+        r = await self._unary(A.CREATE_TOKEN, request, timeout)
+        return P.convert(CreatedToken, r)
+
+    async def tokens(self, user: str = "", *, timeout: float | None = None) -> tuple[AuthToken, ...]:
+        """Every token (of ``user``, if given), without its secret."""
+        with P.checked_request("tokens"):
+            request = auth_pb2.ListTokensRequest(user=user)
+        r = await self._unary(A.LIST_TOKENS, request, timeout)
+        return tuple(P.convert(AuthToken, x) for x in r.tokens)
+
+    async def revoke_token(
+        self, token_id: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> AuthChange:
+        """End a token now (it stays listed, revoked)."""
+        with P.checked_request("revoke_token"):
+            request = auth_pb2.RevokeTokenRequest(token_id=token_id, request_id=P.rid(request_id))
+        r = await self._unary(A.REVOKE_TOKEN, request, timeout)
+        return P.convert(AuthChange, r)

@@ -16,6 +16,7 @@ import grpc.aio
 from controlplane import errors
 from controlplane.client import _base, _discovery
 from controlplane.client._api_async import (
+    AsyncAuth,
     AsyncGossip,
     AsyncLeases,
     AsyncMembership,
@@ -105,6 +106,8 @@ class AsyncClient:
         self.membership = AsyncMembership(self._unary)
         #: The gossip layer's bandwidth matrix and rounds.
         self.gossip = AsyncGossip(self._unary)
+        #: Users, roles, permissions and bearer tokens.
+        self.auth = AsyncAuth(self._unary)
         self._channel_factory = channel_factory or self.credentials.async_channel_factory()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}

@@ -18,7 +18,7 @@ import grpc
 
 from controlplane import errors
 from controlplane.client import _base, _discovery
-from controlplane.client._api_sync import Gossip, Leases, Membership, Models, Ports, Services
+from controlplane.client._api_sync import Auth, Gossip, Leases, Membership, Models, Ports, Services
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._credentials import Credentials
 from controlplane.client._kv import (
@@ -104,6 +104,8 @@ class Client:
         self.membership = Membership(self._unary)
         #: The gossip layer's bandwidth matrix and rounds.
         self.gossip = Gossip(self._unary)
+        #: Users, roles, permissions and bearer tokens.
+        self.auth = Auth(self._unary)
         self._channel_factory = channel_factory or self.credentials.sync_channel_factory()
         self._channels: dict[str, grpc.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}

@@ -1,0 +1,101 @@
+"""Users, roles, permissions and tokens for the SDK (``client.auth``): result types and the RPCs.
+
+etcd's clientv3 shape: a program can provision who may do what without shelling out to ``cpctl``.
+Like ``_ports``, no protobuf type reaches a caller: results are frozen dataclasses whose fields
+carry the names of ``proto/controlplane/v1/auth.proto``. A token's secret never comes back after
+it was created (``AuthToken.secret_sha256`` is left empty by the server and not a field here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.client._base import Rpc
+from controlplane.v1 import auth_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """A verb ("read", "write", "alias", "admin") on a domain ("kv", "ports", "membership",
+    "models", "gossip", "cluster"), for the resources ``resource`` names: a KV key prefix, a model
+    name, a host and port range ("h1:8000-8099"); empty for all of the domain."""
+
+    domain: str
+    verb: str
+    resource: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthUser:
+    name: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRole:
+    name: str
+    permissions: tuple[Permission, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthToken:
+    """A bearer token as listed: never its secret."""
+
+    token_id: str
+    user: str
+    expires_unix_ms: int
+    revoked: bool
+    created_unix_ms: int
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedToken:
+    """A new bearer token. ``token`` (``cp1.<token_id>.<secret>``) is shown this once: the cluster
+    keeps only its hash."""
+
+    token: str
+    token_id: str
+    expires_unix_ms: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStatus:
+    enabled: bool
+    #: Who the cluster takes the caller for ("user:alice", "agent:n1"); empty without a credential.
+    identity: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChange:
+    #: False when the state already was as asked (adding a user who exists is refused instead).
+    changed: bool
+    revision: int
+
+
+def permission_message(permission: Permission | tuple[str, str] | tuple[str, str, str]) -> auth_pb2.Permission:
+    """A permission as the wire carries it; a tuple is (domain, verb[, resource])."""
+    if isinstance(permission, Permission):
+        return auth_pb2.Permission(domain=permission.domain, verb=permission.verb, resource=permission.resource)
+    if not isinstance(permission, tuple) or len(permission) not in (2, 3):
+        raise ValueError(f"a permission is a Permission or a (domain, verb[, resource]) tuple, not {permission!r}")
+    return auth_pb2.Permission(**dict(zip(("domain", "verb", "resource"), permission, strict=False)))
+
+
+STATUS = Rpc("/controlplane.v1.Auth/Status", auth_pb2.AuthStatusResponse)
+SET_ENABLED = Rpc("/controlplane.v1.Auth/SetEnabled", auth_pb2.AuthChangeResponse)
+ADD_USER = Rpc("/controlplane.v1.Auth/AddUser", auth_pb2.AuthChangeResponse)
+DELETE_USER = Rpc("/controlplane.v1.Auth/DeleteUser", auth_pb2.AuthChangeResponse)
+LIST_USERS = Rpc("/controlplane.v1.Auth/ListUsers", auth_pb2.ListUsersResponse)
+GRANT_ROLE = Rpc("/controlplane.v1.Auth/GrantRole", auth_pb2.AuthChangeResponse)
+REVOKE_ROLE = Rpc("/controlplane.v1.Auth/RevokeRole", auth_pb2.AuthChangeResponse)
+ADD_ROLE = Rpc("/controlplane.v1.Auth/AddRole", auth_pb2.AuthChangeResponse)
+DELETE_ROLE = Rpc("/controlplane.v1.Auth/DeleteRole", auth_pb2.AuthChangeResponse)
+LIST_ROLES = Rpc("/controlplane.v1.Auth/ListRoles", auth_pb2.ListRolesResponse)
+GRANT_PERMISSION = Rpc("/controlplane.v1.Auth/GrantPermission", auth_pb2.AuthChangeResponse)
+REVOKE_PERMISSION = Rpc("/controlplane.v1.Auth/RevokePermission", auth_pb2.AuthChangeResponse)
+CREATE_TOKEN = Rpc("/controlplane.v1.Auth/CreateToken", auth_pb2.CreateTokenResponse)
+LIST_TOKENS = Rpc("/controlplane.v1.Auth/ListTokens", auth_pb2.ListTokensResponse)
+REVOKE_TOKEN = Rpc("/controlplane.v1.Auth/RevokeToken", auth_pb2.AuthChangeResponse)
