@@ -403,11 +403,10 @@ def encode_int8(values: Params) -> dict[str, Array]:
     ``NAME + '\\x00int8-range'``, a float64 pair ``(minimum, step)``; ``decode_int8`` reads it back.
 
     Level ``q`` stands for ``minimum + q * step`` with ``step = (maximum - minimum) / 255``, each
-    value rounded to the nearest level, so the error is at most ``step / 2`` (plus the rounding of
-    the arithmetic) for values that are normal floats. A constant tensor has step 0 and is exact. A
-    range of subnormals has no step float arithmetic computes that closely: one of a few of them
-    underflows to step 0 and decodes to its minimum, one of a few hundred may be off by a few dozen
-    of the smallest subnormals (~1e-322), which no model notices. A tensor holding NaN or infinity
+    value rounded to the nearest level, so the error is at most ``step / 2`` plus the rounding of
+    the arithmetic: a few ulps of the largest value, and at most 255 of the smallest subnormals
+    (~1e-321), which only a range of subnormals notices (one of a few of them has step 0 and decodes
+    to its minimum). A constant tensor has step 0 and is exact. A tensor holding NaN or infinity
     gets a non-finite range, which the receiver refuses like any non-finite parameters.
     """
     _require_float(values)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -41,15 +41,7 @@ DEADLINE_S = 10.0
 finite_arrays = hnp.arrays(
     dtype=st.sampled_from([np.float32, np.float64]),
     shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=6),
-    # Subnormals are left out: a range of a few hundred of them has no step that float arithmetic
-    # can compute to within half of itself (test_a_range_whose_step_underflows_... pins what happens).
-    elements={
-        "min_value": -1e6,
-        "max_value": 1e6,
-        "allow_nan": False,
-        "allow_infinity": False,
-        "allow_subnormal": False,
-    },
+    elements={"min_value": -1e6, "max_value": 1e6, "allow_nan": False, "allow_infinity": False},
 )
 
 
@@ -58,14 +50,20 @@ def step_of(x: Array) -> float:
 
 
 @given(finite_arrays)
+@example(np.array([0.0, 300 * 5e-324]))  # a range of subnormals: its step is a badly rounded 5e-324
+@example(np.array([2.2250738585072014e-308, 0.0]))  # the smallest normal: hi/255 is subnormal
+@example(np.array([5e-324, 0.0]))  # the step underflows to 0
 def test_dequantised_values_are_within_half_a_step(x: Array) -> None:
     encoded = encode_int8({"t": x})
     assert encoded["t"].dtype == np.uint8 and encoded["t"].shape == x.shape
     back = decode_int8(encoded, {"t": x})["t"]
     assert back.dtype == x.dtype and back.shape == x.shape
     step = step_of(x)
-    # Half a step, plus the rounding of the dtype the values come back in.
-    tolerance = step / 2 + 4 * np.finfo(x.dtype).eps * float(np.max(np.abs(x)))
+    # Half a step, plus the rounding of the arithmetic: the step's (hi/255 and lo/255 are each off
+    # by half an ulp, at least half the smallest subnormal), times up to 255 levels, and the dtype
+    # the values come back in.
+    subnormal = float(np.finfo(np.float64).smallest_subnormal)
+    tolerance = step / 2 + 255 * subnormal + 4 * np.finfo(x.dtype).eps * float(np.max(np.abs(x)))
     assert np.all(np.abs(back.astype(np.float64) - x.astype(np.float64)) <= tolerance)
 
 

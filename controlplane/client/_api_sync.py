@@ -1414,8 +1414,9 @@ class Gossip:
 
 class Auth:
     """Users, roles, permissions and bearer tokens: ``client.auth`` (etcd's ``Auth`` API). Every
-    change needs ``cluster:admin`` but ``status``, which tells any caller who the cluster takes it
-    for. Changes are idempotent by request id, like every write."""
+    call needs ``cluster:admin`` but ``status``, which tells any caller who the cluster takes it
+    for. Changes are idempotent by request id, like every write (``create_token`` says what a lost
+    answer costs)."""
 
     def __init__(self, unary: SyncUnary) -> None:
         self._unary = unary
@@ -1526,11 +1527,13 @@ class Auth:
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> CreatedToken:
-        """A bearer token for ``user``, valid ``ttl`` seconds (0: until revoked). Its ``token`` is
-        shown this once: keep it (``Client(..., token=...)``)."""
+        """A bearer token for ``user``, valid ``ttl`` seconds (0: until revoked; a fraction rounds up
+        to the next second). Its ``token`` is shown this once: keep it
+        (``Credentials(..., token=...)``). If the answer is lost and the retry finds the token made,
+        the secret cannot be shown again: ``FailedPrecondition`` says to revoke it and create another."""
         with P.checked_request("create_token"):
             request = auth_pb2.CreateTokenRequest(
-                user=user, ttl_s=int(ttl), description=description, request_id=P.rid(request_id)
+                user=user, ttl_s=A.ttl_seconds(ttl), description=description, request_id=P.rid(request_id)
             )
         r = self._unary(A.CREATE_TOKEN, request, timeout)
         return P.convert(CreatedToken, r)

@@ -8,6 +8,7 @@ it was created (``AuthToken.secret_sha256`` is left empty by the server and not 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from controlplane.client._base import Rpc
@@ -16,9 +17,9 @@ from controlplane.v1 import auth_pb2
 
 @dataclass(frozen=True, slots=True)
 class Permission:
-    """A verb ("read", "write", "alias", "admin") on a domain ("kv", "ports", "membership",
-    "models", "gossip", "cluster"), for the resources ``resource`` names: a KV key prefix, a model
-    name, a host and port range ("h1:8000-8099"); empty for all of the domain."""
+    """A verb ("read", "write", "alias", "admin", or "*") on a domain ("kv", "ports", "membership",
+    "models", "gossip", "cluster", or "*"), for the resources ``resource`` names: a KV key prefix,
+    a model name, a host and port range ("h1:8000-8099"); empty for all of the domain."""
 
     domain: str
     verb: str
@@ -82,6 +83,14 @@ def permission_message(permission: Permission | tuple[str, str] | tuple[str, str
     if not isinstance(permission, tuple) or len(permission) not in (2, 3):
         raise ValueError(f"a permission is a Permission or a (domain, verb[, resource]) tuple, not {permission!r}")
     return auth_pb2.Permission(**dict(zip(("domain", "verb", "resource"), permission, strict=False)))
+
+
+def ttl_seconds(ttl: float) -> int:
+    """A token's lifetime in whole seconds: 0 (never expires), or a positive time rounded up. A
+    fraction of a second must not round down to 0, which would mean "never"."""
+    if not math.isfinite(ttl) or ttl < 0:
+        raise ValueError(f"ttl must be 0 (never expires) or a positive number of seconds, not {ttl!r}")
+    return math.ceil(ttl)
 
 
 STATUS = Rpc("/controlplane.v1.Auth/Status", auth_pb2.AuthStatusResponse)

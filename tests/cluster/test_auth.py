@@ -28,6 +28,7 @@ from controlplane.client import (
     AuthUser,
     Client,
     Credentials,
+    FailedPrecondition,
     InvalidArgument,
     Permission,
     PermissionDenied,
@@ -393,9 +394,21 @@ def test_the_sdk_provisions_users_roles_and_tokens(cluster: LocalCluster) -> Non
         assert created.token.startswith("cp1.") and created.token_id in created.token
         (listed,) = admin.auth.tokens(user)
         assert listed.token_id == created.token_id and listed.description == "sdk test" and not listed.revoked
+        assert listed.expires_unix_ms > 0
         admin.put(f"{prefix}k", b"v")
         with pytest.raises(InvalidArgument, match="grant_permission"):
             admin.auth.grant_permission(role, ("kv",))  # type: ignore[arg-type]
+        # Half a second is a second, never "no expiry"; a negative ttl is refused before sending.
+        short = admin.auth.create_token(user, ttl=0.5)
+        assert 0 < short.expires_unix_ms - time.time() * 1000 <= 1_000 + 5_000  # (clock reading slack)
+        with pytest.raises(InvalidArgument, match="ttl"):
+            admin.auth.create_token(user, ttl=-1)
+        # A retry of a creation that applied (same request id) cannot show the secret again: it
+        # says so, rather than answering with a secret that was never stored.
+        rid = f"sdk-token-{suffix}"
+        admin.auth.create_token(user, request_id=rid)
+        with pytest.raises(FailedPrecondition, match="secret cannot be shown again"):
+            admin.auth.create_token(user, request_id=rid)
     # The client port asks every caller for a certificate; the token says who it is.
     cert, key = tls.issue(cluster.pki_dir, tls.Identity("client", f"sdk-cert-{suffix}"))
     with Client(
@@ -412,7 +425,8 @@ def test_the_sdk_provisions_users_roles_and_tokens(cluster: LocalCluster) -> Non
             reader.auth.users()
     with Client(cluster.client_addresses, credentials=admin_credentials, timeout=10) as admin:
         assert admin.auth.revoke_token(created.token_id).changed
-        assert [token.revoked for token in admin.auth.tokens(user)] == [True]
+        revoked = {token.token_id: token.revoked for token in admin.auth.tokens(user)}
+        assert revoked[created.token_id] and len(revoked) == 3
         assert admin.auth.revoke_permission(role, Permission("kv", "read", prefix)).changed
         assert admin.auth.revoke_role(user, role).changed
         assert admin.auth.delete_user(user).changed and admin.auth.delete_role(role).changed

@@ -130,6 +130,16 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         result = await self._node.write(
             command_pb2.Command(request_id=request.request_id, auth=auth_pb2.AuthCommand(token_create=record))
         )
+        # A retry of a creation that already applied gets the first attempt's result (dedupe by
+        # request id), and that attempt's secret, which only it knew: this attempt's was never
+        # stored. Answering with it would hand out a token that does not work.
+        stored, _ = self._node.read_table(AuthTable, lambda auth: auth.tokens.get(token_id))
+        if stored is None or stored.secret_sha256 != record.secret_sha256:
+            raise FailedPrecondition(
+                f"request {request.request_id!r} already created a token for {request.user!r} in an earlier "
+                "attempt whose answer was lost, and its secret cannot be shown again: revoke the user's newest "
+                "token (list them with `cpctl tokens list`) and create another with a new request id"
+            )
         return auth_pb2.CreateTokenResponse(
             token=f"{TOKEN_PREFIX}.{token_id}.{secret}",
             token_id=token_id,
