@@ -24,7 +24,8 @@ NOT_ON_THE_CLIENT_PORT = {"controlplane.v1.Artifacts", "controlplane.v1.GossipPe
 
 
 def test_every_service_in_the_protos_is_known() -> None:
-    """A new .proto service is either on the client port (then in SERVED, and in the table) or not."""
+    """A new .proto service is either on the client port (then in methods.CLIENT_PORT_FILES, and in
+    the table) or not."""
     import controlplane.v1
 
     services: set[str] = set()

@@ -224,10 +224,6 @@ class AuthTable:
             tokens=[self.tokens[token_id] for token_id in sorted(self.tokens)],
         )
 
-    @staticmethod
-    def default_state() -> auth_pb2.AuthState:
-        return auth_pb2.AuthState(users=[auth_pb2.AuthUser(name=ADMIN_USER, roles=[ROOT_ROLE])], roles=[_root_role()])
-
     def load_state(self, state: auth_pb2.AuthState | None) -> None:
         self.load(state)
 

@@ -52,7 +52,7 @@ from controlplane.v1 import (
     ports_pb2_grpc,
 )
 
-from .conftest import cpctl, credentials_env, node_client, wait_until
+from .conftest import cpctl, credentials_env, followers, node_client, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -409,6 +409,18 @@ def test_the_sdk_provisions_users_roles_and_tokens(cluster: LocalCluster) -> Non
         admin.auth.create_token(user, request_id=rid)
         with pytest.raises(FailedPrecondition, match="secret cannot be shown again"):
             admin.auth.create_token(user, request_id=rid)
+    # Asked of a follower (as `cpctl tokens create` may), which answers once the leader has: the
+    # token it returns is the one stored, and it works there.
+    leader = cluster.wait_for_leader(60)
+    follower = followers(cluster, leader)[0]
+    with admin_credentials.sync_channel_factory()(follower.client_address) as channel:
+        from_follower = auth_pb2_grpc.AuthStub(channel).CreateToken(
+            auth_pb2.CreateTokenRequest(user=user, request_id=f"follower-{suffix}"), timeout=10
+        )
+        status = auth_pb2_grpc.AuthStub(channel).Status(
+            auth_pb2.AuthStatusRequest(), metadata=_metadata(from_follower.token), timeout=10
+        )
+        assert status.identity == f"user:{user}"
     # The client port asks every caller for a certificate; the token says who it is.
     cert, key = tls.issue(cluster.pki_dir, tls.Identity("client", f"sdk-cert-{suffix}"))
     with Client(
@@ -426,7 +438,7 @@ def test_the_sdk_provisions_users_roles_and_tokens(cluster: LocalCluster) -> Non
     with Client(cluster.client_addresses, credentials=admin_credentials, timeout=10) as admin:
         assert admin.auth.revoke_token(created.token_id).changed
         revoked = {token.token_id: token.revoked for token in admin.auth.tokens(user)}
-        assert revoked[created.token_id] and len(revoked) == 3
+        assert revoked[created.token_id] and len(revoked) == 4
         assert admin.auth.revoke_permission(role, Permission("kv", "read", prefix)).changed
         assert admin.auth.revoke_role(user, role).changed
         assert admin.auth.delete_user(user).changed and admin.auth.delete_role(role).changed

@@ -132,7 +132,10 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         )
         # A retry of a creation that already applied gets the first attempt's result (dedupe by
         # request id), and that attempt's secret, which only it knew: this attempt's was never
-        # stored. Answering with it would hand out a token that does not work.
+        # stored. Answering with it would hand out a token that does not work. A follower answers
+        # as soon as the leader has, and applies the entry a moment later: read once it has.
+        remaining = context.time_remaining()
+        await self._node.wait_for_revision(result.revision, remaining if remaining and remaining > 0 else None)
         stored, _ = self._node.read_table(AuthTable, lambda auth: auth.tokens.get(token_id))
         if stored is None or stored.secret_sha256 != record.secret_sha256:
             raise FailedPrecondition(
