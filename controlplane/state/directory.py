@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from controlplane.state import limits
 from controlplane.state.journal import Journal
-from controlplane.state.refusal import Handler
+from controlplane.state.refusal import Handler, Refused, check, not_found, precondition, refusing
 from controlplane.state.tables import BackupSource
 from controlplane.v1 import command_pb2, common_pb2, kv_pb2, watch_pb2
 
@@ -18,10 +18,6 @@ DOMAIN_CLUSTER = "cluster"
 #: The cluster-domain key of the cluster level's events (member ids cannot start with "/").
 CLUSTER_LEVEL_KEY = "/level"
 CommandResult = command_pb2.CommandResult
-
-
-def _error(code: common_pb2.ErrorCode, message: str, revision: int) -> CommandResult:
-    return CommandResult(revision=revision, error=common_pb2.Error(code=code, message=message))
 
 
 class MemberDirectory:
@@ -46,35 +42,31 @@ class MemberDirectory:
         self.version += 1
 
     def handlers(self) -> dict[str, Handler]:
-        return {
+        handlers: dict[str, Handler] = {
             "member_upsert": self._upsert,
             "member_remove": self._remove,
             "set_cluster_level": self._set_cluster_level,
         }
+        return {kind: refusing(lambda: self._journal.revision, handler) for kind, handler in handlers.items()}
 
     def _upsert(self, command: command_pb2.Command) -> CommandResult:
         member = command.member_upsert.member
         revision = self._journal.revision
-        problem = (
+        check(
             limits.check_member_id(member.id)
             or limits.check_address(member.raft_address, "raft address")
             or limits.check_address(member.client_address, "client address")
         )
-        if problem:
-            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, revision)
         if member.id in self.removed_members:
-            return _error(
-                common_pb2.ERROR_CODE_FAILED_PRECONDITION,
+            raise precondition(
                 f"member {member.id!r} was removed from this cluster and may not rejoin under that id; "
-                "wipe its data directory and add it under a new id",
-                revision,
+                "wipe its data directory and add it under a new id"
             )
         for other in self.members.values():
             if other.id != member.id and other.raft_address == member.raft_address:
-                return _error(
+                raise Refused(
                     common_pb2.ERROR_CODE_ALREADY_EXISTS,
                     f"raft address {member.raft_address} already belongs to member {other.id!r}",
-                    revision,
                 )
         prev = self.members.get(member.id)
         if (
@@ -106,9 +98,7 @@ class MemberDirectory:
         member_id = command.member_remove.id
         prev = self.members.pop(member_id, None)
         if prev is None:
-            return _error(
-                common_pb2.ERROR_CODE_NOT_FOUND, f"no member {member_id!r} in this cluster", self._journal.revision
-            )
+            raise not_found(f"no member {member_id!r} in this cluster")
         self.removed_members[member_id] = None
         self.version += 1
         revision = self._journal.record_change(

@@ -8,16 +8,12 @@ from sortedcontainers import SortedDict
 
 from controlplane.state import limits
 from controlplane.state.journal import Journal
-from controlplane.state.refusal import Handler, invalid
+from controlplane.state.refusal import Handler, check, invalid, refusing
 from controlplane.state.tables import BackupSource
-from controlplane.v1 import command_pb2, common_pb2, kv_pb2, watch_pb2
+from controlplane.v1 import command_pb2, kv_pb2, watch_pb2
 
 DOMAIN_KV = "kv"
 CommandResult = command_pb2.CommandResult
-
-
-def _error(code: common_pb2.ErrorCode, message: str, revision: int) -> CommandResult:
-    return CommandResult(revision=revision, error=common_pb2.Error(code=code, message=message))
 
 
 def _meta_only(kv: kv_pb2.KeyValue) -> kv_pb2.KeyValue:
@@ -43,19 +39,18 @@ class KvTable:
         self._kvs = SortedDict()
 
     def handlers(self) -> dict[str, Handler]:
-        return {
+        handlers: dict[str, Handler] = {
             "kv_put": self._put,
             "kv_delete": self._delete_command,
             "kv_compare_and_swap": self._compare_and_swap,
         }
+        return {kind: refusing(lambda: self._journal.revision, handler) for kind, handler in handlers.items()}
 
     # ----------------------------------------------------------------- commands
 
     def _put(self, command: command_pb2.Command) -> CommandResult:
         put = command.kv_put
-        problem = limits.check_key(put.key) or limits.check_value(put.value)
-        if problem:
-            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self._journal.revision)
+        check(limits.check_key(put.key) or limits.check_value(put.value))
         prev = self._kvs.get(put.key)
         result = self._write(put.key, put.value, prev)
         body = result.kv_put
@@ -85,9 +80,7 @@ class KvTable:
 
     def _delete_command(self, command: command_pb2.Command) -> CommandResult:
         key = command.kv_delete.key
-        problem = limits.check_key(key)
-        if problem:
-            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self._journal.revision)
+        check(limits.check_key(key))
         revision, prev = self._delete(key)
         body = command_pb2.KvDeleteResult(deleted=prev is not None)
         if prev is not None:
@@ -96,9 +89,7 @@ class KvTable:
 
     def _compare_and_swap(self, command: command_pb2.Command) -> CommandResult:
         cas = command.kv_compare_and_swap
-        problem = limits.check_key(cas.key) or limits.check_value(cas.value)
-        if problem:
-            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self._journal.revision)
+        check(limits.check_key(cas.key) or limits.check_value(cas.value))
         current = self._kvs.get(cas.key)
         current_mod = current.mod_revision if current is not None else 0
         if current_mod != cas.expected_mod_revision:

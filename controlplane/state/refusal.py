@@ -41,6 +41,11 @@ def check(problem: str | None) -> None:
         raise invalid(problem)
 
 
+def error_result(code: common_pb2.ErrorCode, message: str, revision: int) -> command_pb2.CommandResult:
+    """A command's error result, at the revision it left unchanged."""
+    return command_pb2.CommandResult(revision=revision, error=common_pb2.Error(code=code, message=message))
+
+
 def refusing(current_revision: Callable[[], int], handler: Handler) -> Handler:
     """``handler`` with ``Refused`` turned into an error result at the current (unchanged) revision."""
 
@@ -48,8 +53,6 @@ def refusing(current_revision: Callable[[], int], handler: Handler) -> Handler:
         try:
             return handler(command)
         except Refused as refused:
-            return command_pb2.CommandResult(
-                revision=current_revision(), error=common_pb2.Error(code=refused.code, message=refused.message)
-            )
+            return error_result(refused.code, refused.message, current_revision())
 
     return run
