@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from google.protobuf.message import DecodeError, Message
 
@@ -33,7 +33,7 @@ from controlplane.state.leases import LeaseTable
 from controlplane.state.membership import MembershipTable, state_name
 from controlplane.state.models import ModelTable
 from controlplane.state.ports import NodeOffer, PortTable, ServiceHooks
-from controlplane.state.refusal import Refused
+from controlplane.state.refusal import Refused, error_result
 from controlplane.state.tables import BackupSource, DomainTable
 from controlplane.v1 import (
     command_pb2,
@@ -166,10 +166,6 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be restored: corrupt, or of a format this version does not know."""
 
 
-def _error(code: common_pb2.ErrorCode, message: str, revision: int) -> CommandResult:
-    return CommandResult(revision=revision, error=common_pb2.Error(code=code, message=message))
-
-
 class StateMachine:
     def __init__(
         self,
@@ -184,6 +180,7 @@ class StateMachine:
         self.dedupe_ttl_ms = dedupe_ttl_ms
         #: Every domain table, in snapshot order, which is also the order a restore takes them in.
         self.tables: tuple[DomainTable[Any], ...] = self._make_tables()
+        self._tables_by_type: dict[type, DomainTable[Any]] = {type(table): table for table in self.tables}
         self._reset()
         self._handlers: dict[str, Callable[[command_pb2.Command], CommandResult]] = {
             "barrier": self._barrier,
@@ -201,10 +198,10 @@ class StateMachine:
 
     def table(self, kind: type[TableT]) -> TableT:
         """The machine's table of class ``kind`` (a read's one way in: ``Node.read_table``)."""
-        for table in self.tables:
-            if isinstance(table, kind):
-                return table
-        raise KeyError(f"this state machine has no {kind.__name__}")
+        table = self._tables_by_type.get(kind)
+        if table is None:
+            raise KeyError(f"this state machine has no {kind.__name__}")
+        return cast(TableT, table)
 
     def _make_tables(self) -> tuple[DomainTable[Any], ...]:
         """Build the domain tables, wired to each other through narrow callbacks (not the machine).
@@ -299,11 +296,11 @@ class StateMachine:
                 return CommandResult.FromString(seen[1])
             problem = limits.check_request_id(request_id)
             if problem:
-                return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
+                return error_result(common_pb2.ERROR_CODE_INVALID_ARGUMENT, problem, self.revision)
         kind = command.WhichOneof("body")
         handler = self._handlers.get(kind or "")
         if handler is None:
-            result = _error(
+            result = error_result(
                 common_pb2.ERROR_CODE_INVALID_ARGUMENT,
                 f"unknown command {kind!r}: is this server older than the one that proposed it?",
                 self.revision,
@@ -413,7 +410,7 @@ class StateMachine:
             snapshot = parse_snapshot(command.restore_state.snapshot, formats)
             states = self._table_states(snapshot)
         except SnapshotError as exc:
-            return _error(common_pb2.ERROR_CODE_INVALID_ARGUMENT, str(exc), self.revision)
+            return error_result(common_pb2.ERROR_CODE_INVALID_ARGUMENT, str(exc), self.revision)
         backup = BackupSource(
             revision=snapshot.revision,
             cluster_level=levels.stored_level(snapshot.cluster_level),
@@ -423,7 +420,7 @@ class StateMachine:
             try:
                 table.check_backup(states.get(table.name), backup)
             except Refused as refused:
-                return _error(refused.code, f"backup holds {table.backup_noun}: {refused.message}", self.revision)
+                return error_result(refused.code, f"backup holds {table.backup_noun}: {refused.message}", self.revision)
         self.revision = max(self.revision, snapshot.revision) + 1
         for table in self.tables:
             table.restore_backup(states.get(table.name), backup)
@@ -470,24 +467,27 @@ class StateMachine:
             entry = header.dedupe.add(request_id=rid, time_unix_ms=stamped)
             entry.result.MergeFromString(result)
         states = {table.name: table.to_state() for table in self.tables}
-        dumps = {name: state.SerializeToString(deterministic=True) for name, state in states.items()}
+
+        def at_defaults(name: str) -> bool:
+            return states[name].SerializeToString(deterministic=True) == self._default_states[name]
+
         # Format 1 holds only its own tables: one it cannot hold that has state (which that table's
         # own cluster level prevents) is written in format 2, which an older release refuses loudly,
         # rather than dropped.
-        beyond_format_1 = any(
-            dumps[name] != self._default_states[name] for name in dumps if name not in snapshot_v1.TABLES
-        )
-        if self.cluster_level < levels.SNAPSHOT_TABLES and not beyond_format_1:
+        if self.cluster_level < levels.SNAPSHOT_TABLES and all(
+            at_defaults(name) for name in states if name not in snapshot_v1.TABLES
+        ):
             return snapshot_v1.write(
                 header,
                 states,
-                auth_is_default=dumps["auth"] == self._default_states["auth"],
+                auth_is_default=at_defaults("auth"),
                 cluster_level=self.cluster_level,
                 end_marker=SNAPSHOT_END_MARKER,
             )
         header.format_version = SNAPSHOT_FORMAT_VERSION
         header.cluster_level = self.cluster_level
-        for name, data in dumps.items():
+        for name, state in states.items():
+            data = state.SerializeToString(deterministic=True)
             if data != self._default_states[name]:
                 header.tables.add(name=name, state=data)
         # The end marker's field number is below the tables': it is appended, to be the last bytes.
