@@ -175,7 +175,9 @@ async def test_underscore_and_percent_are_not_wildcards(index: SearchIndex) -> N
     await index.apply([doc("snake_case-model"), doc("snakeXcase-model"), doc("100pct-model")], [], revision=11)
     assert await names(index, "snake_c") == ["snake_case-model"]
     assert await names(index, "snakexc") == ["snakeXcase-model"]
-    assert await names(index, "1%0") == []  # two terms, "1" and "0": nothing starts with "0"
+    # Two terms, "1" and "c": no word of it starts with "c", nor with the two joined ("1c"); as
+    # a wildcard, "1%c" would match "100pc".
+    assert "100pct-model" not in await names(index, "1%c")
     assert await names(index, "100%") == ["100pct-model"]
 
 
@@ -900,6 +902,9 @@ async def test_filters_typed_in_the_query(use_fts5: bool) -> None:
         ("lamma 8b", ["llama 8b"]),  # only the misspelt word changes
         ("mistrl tag:chat", ["mistral tag:chat", "mixtral tag:chat"]),  # filters are kept
         ("mixtrl status:ready", ["mistral status:ready"]),  # Mixtral is pending: only what finds something
+        ("kwen", ["qwen"]),  # the first letter mistyped
+        ("qwne2.5 coder", ["qwen2-5 coder"]),  # the letters of a word joined to its version
+        ("mitsral7b", ["mistral7b"]),
         ("llama qwen", []),  # real words that find nothing together are not misspelt
         ("zzzzzz", []),
         ("lam", []),  # a prefix that matches finds models: nothing to correct
@@ -953,13 +958,68 @@ async def test_a_base_model_comes_before_its_fine_tunes(use_fts5: bool) -> None:
 
 
 @pytest.mark.parametrize("use_fts5", [True, False])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("sd xl turbo", ["sdxl-turbo"]),  # words typed apart that the name writes together
+        ("deep seek", ["deepseek-llm-7b"]),
+        ("turbo sd xl", ["sdxl-turbo"]),  # the join is of neighbours, in any place
+        ("sd xl", ["sd-xl-base"]),  # found as typed: nothing is joined
+        ("s d xl", ["sd-xl-base"]),  # "sd xl"; never "sdxl" (sdxl-turbo), which joins a word twice
+    ],
+)
+async def test_words_typed_apart_find_a_name_written_together(use_fts5: bool, query: str, expected: list[str]) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    await index.rebuild([doc("sdxl-turbo"), doc("sd-xl-base"), doc("deepseek-llm-7b")], 1)
+    page = await index.search(query)
+    assert sorted(name for name, _ in page.hits) == sorted(expected)
+    assert page.total == len(expected)
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+async def test_a_cjk_word_inside_a_description_is_found(use_fts5: bool) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    await index.rebuild([doc("通义千问-14B-Chat", "通义千问 140亿参数对话模型"), doc("other", "基座模型")], 1)
+    assert await names(index, "对话") == ["通义千问-14B-Chat"]
+    assert set(await names(index, "模型")) == {"通义千问-14B-Chat", "other"}
+    assert await names(index, "参数对话") == ["通义千问-14B-Chat"]
+    assert await names(index, "话对") == []  # the characters in another order are another word
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
+async def test_among_names_holding_every_word_the_closest_comes_first(use_fts5: bool) -> None:
+    """The words in the order typed, together in the name, then the shortest name: ahead of names
+    whose descriptions repeat the words (bm25 would favour them)."""
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    repeated = "whisper large v3 " * 3
+    await index.rebuild(
+        [
+            doc("whisper-large-v3", repeated),
+            doc("whisper-large-v3-alpaca", repeated),
+            doc("MobileNetV3Large"),
+            doc("Mistral-Nemo-Base-2407-imdb", "a fine-tune of Mistral-Nemo-Base-2407 " * 3),
+            doc("Mistral-Nemo-Instruct-2407"),
+        ],
+        1,
+    )
+    assert (await names(index, "v3 large"))[0] == "MobileNetV3Large"
+    assert (await names(index, "large v3"))[:2] == ["whisper-large-v3", "whisper-large-v3-alpaca"]
+    assert (await names(index, "mistral nemo 2407"))[0] == "Mistral-Nemo-Instruct-2407"
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
 async def test_suggestions_follow_changes_and_a_reopened_index(tmp_path: Path, use_fts5: bool) -> None:
     path = tmp_path / "index.sqlite"
     index = await SearchIndex.open(path, use_fts5=use_fts5)
     await index.rebuild([doc("llama-3-8b")], 1)
     assert (await index.search("lamma")).suggestions == ["llama"]
+    assert (await index.search("klama")).suggestions == ["llama"]
     await index.apply([doc("mistral-7b")], ["llama-3-8b"], revision=2)
     assert (await index.search("lamma")).suggestions == []  # the only llama is gone
+    assert (await index.search("klama")).suggestions == []  # also through another first letter
     assert (await index.search("mistrl")).suggestions == ["mistral"]
     await index.close()
     reopened = await SearchIndex.open(path, use_fts5=use_fts5)  # the words come back from the rows

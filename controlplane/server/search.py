@@ -53,7 +53,10 @@ step, and at every CJK character; and the name with its separators dropped. A pr
 these is a match, so "coder", "coder-7b", "2.5" (with or without "qwen " before it), "qwen25",
 "seek" in "DeepSeekCoder", "x7b" in "Mixtral-8x7B" and "千问" in "通义千问-7B" all find their
 model, while a substring that starts no word ("struct" in "instruct") still does not. A name has
-at most ``_MAX_NAME_PARTS`` suffixes.
+at most ``_MAX_NAME_PARTS`` suffixes. A description is indexed with the same suffixes of its CJK
+runs ("对话" inside "140亿参数对话模型"). A query of up to ``_MAX_JOINED_TERMS`` words that
+finds nothing as typed is tried with neighbouring words joined, fewest joins first ("sd xl
+turbo" finds sdxl-turbo): the first that finds models is the answer, on every page alike.
 
 Query language, the same on both engines: ``tag:``, ``family:``, ``status:``, ``format:`` and
 ``owner:`` words are filters (status and format by name, "status:ready"), and so are what the
@@ -67,19 +70,25 @@ plain text. A query with neither terms nor filters matches nothing (the proto sa
 reaches SQLite; filters alone browse their models by name.
 
 Ranking: a model named exactly what was typed first, then names starting with it, then names
-holding every term (separators dropped), then the rest; within each group, the models most
-*cited* first: named by other models, in their descriptions
+holding every term (separators dropped), then the rest; within each group, names holding the
+terms together in the order typed ("v3 large" in MobileNetV3Large) first, then the models most
+*cited*: named by other models, in their descriptions
 (a fine-tune's "fine-tune of Llama-3.1-8B-Instruct") or as their versions' parent, so a base
-comes before the many derivatives named after it. Then, among names starting with the query,
-the shortest; among the rest, bm25 (whose length normalisation alone would rank "x-7b" above "x"
-for "x"); then the name. The citation counts are kept by the index itself (``citations``), so
-they follow every change and cost one primary-key lookup per match.
+comes before the many derivatives named after it. Then, among names starting with the query or
+holding every term, the shortest (what was typed and least else); among the rest, bm25 (whose
+length normalisation alone would rank "x-7b" above "x" for "x"); then the name. The citation
+counts are kept by the index itself (``citations``), so they follow every change and cost one
+primary-key lookup per match.
 
 "Did you mean": a first page that found nothing corrects each term that matches no model on its
 own into a word of the model names one edit away (terms up to 4 characters) or two (longer),
-starting with the same character, nearest then commonest first, and offers the corrected queries
-that do find models (``SearchPage.suggestions``). Both engines correct from an in-memory tally of
-the indexed names' words (kept by rebuild and apply), and only when a search found nothing.
+nearest then commonest first, and offers the corrected queries that do find models
+(``SearchPage.suggestions``). Candidates are the words with the term's first letter, and any
+word one deletion from the term, or the term from it, or both from one text (SymSpell's way to a
+mistyped first letter: "kwen" -> "qwen"). A term of letters joined to a version has its letters
+corrected ("qwne2.5" -> "qwen2.5"). Both engines correct from an in-memory tally of the indexed
+names' words (kept by rebuild and apply), and only when a search found nothing; whether a term or
+a corrected query finds anything is asked without ranking the matches.
 
 Filters are exact (tag and family ignoring case; format, status and the version filters: the
 model has at least one current version with that value) and use side tables with indexes, not
@@ -252,7 +261,7 @@ _PRAGMAS = (
 )
 # How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
 # is rebuilt, not trusted: bump this whenever a change here would index a model differently.
-LAYOUT = 5
+LAYOUT = 6
 # How often an apply that changed no model commits its revision (see the module docstring).
 META_WRITE_INTERVAL_S = 1.0
 # Documents per insert statement in a rebuild.
@@ -487,6 +496,24 @@ def _name_parts(name: str) -> list[str]:
     return parts
 
 
+# At most this many inner CJK words of a description are indexed (see _description_text).
+_MAX_DESCRIPTION_PARTS = 64
+_MAX_CJK_PART_CHARS = 16
+
+
+def _description_text(description: str) -> str:
+    """The description as indexed: itself, then the tail of every CJK run from each inner character.
+
+    CJK text has no spaces, so "通义千问 140亿参数对话模型" is two tokens and "对话" would start
+    none. As in names, a token from every inner CJK character ("对话模型", "话模型", ...; at most
+    ``_MAX_CJK_PART_CHARS`` long, ``_MAX_DESCRIPTION_PARTS`` of them) lets a prefix find the word.
+    """
+    parts = []
+    for token in _TOKEN.findall(description):
+        parts += [token[start : start + _MAX_CJK_PART_CHARS] for start in range(1, len(token)) if _is_cjk(token[start])]
+    return " ".join([description, *parts[:_MAX_DESCRIPTION_PARTS]]) if parts else description
+
+
 def _spellings(term: str) -> tuple[str, str]:
     """A term as typed and without its separators: "phi-3" also finds "Phi3-mini" (by its joined form)."""
     joined = _SEPARATOR_BETWEEN_WORDS.sub("", term.replace("-", "."))  # only '-' between letters or digits
@@ -552,7 +579,7 @@ def _like_text(doc: ModelDoc) -> str:
     ``LIKE '% term%'`` on this text then means "term is a prefix of one of the tokens".
     """
     # Fields joined by a space, which is no token character, so no token spans two fields.
-    fields = " ".join([doc.name, *_name_parts(doc.name), doc.family, *doc.tags, doc.description])
+    fields = " ".join([doc.name, *_name_parts(doc.name), doc.family, *doc.tags, _description_text(doc.description)])
     return " " + " ".join(_TOKEN.findall(_fold(_canonical(fields)))) + " "
 
 
@@ -587,6 +614,14 @@ _SORTS: dict[int, str] = {
 }
 
 
+def _like_terms(term_count: int) -> str:
+    """The LIKE engine's condition that a model holds every term (typed or joined) as a token prefix."""
+    return " AND ".join(
+        f"(m.like_text LIKE :term{index} ESCAPE '\\' OR m.like_text LIKE :joined{index} ESCAPE '\\')"
+        for index in range(term_count)
+    )
+
+
 @functools.lru_cache(maxsize=1024)
 def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: int = 0) -> tuple[str, str]:
     """The SQL for one shape of search (engine, number of terms, filters used, order): (page, total).
@@ -610,8 +645,9 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     # model that only its description or tags match, however often it is cited.
     in_name = " AND ".join(f"instr({key}, :in_name{index}) > 0" for index in range(term_count)) or "0"
     order = (
-        f"ORDER BY {key} = :exact DESC, {starts_with} DESC, {in_name} DESC, {cited} DESC, "
-        f"CASE WHEN {starts_with} THEN length(m.name) END, score, {_BY_NAME} LIMIT :limit OFFSET :offset"
+        f"ORDER BY {key} = :exact DESC, {starts_with} DESC, {in_name} DESC, instr({key}, :phrase) > 0 DESC, "
+        f"{cited} DESC, "
+        f"CASE WHEN {starts_with} OR ({in_name}) THEN length(m.name) END, score, {_BY_NAME} LIMIT :limit OFFSET :offset"
     )
     if sort in _SORTS:
         order = f"ORDER BY {_SORTS[sort]} LIMIT :limit OFFSET :offset"
@@ -636,15 +672,27 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
         if not filters:  # every FTS5 row has its models row: no join needed to count
             return page, "SELECT COUNT(*) FROM models_fts WHERE models_fts MATCH :match"
         return page, f"SELECT COUNT(*) {matches}"
-    likes = " AND ".join(
-        f"(m.like_text LIKE :term{index} ESCAPE '\\' OR m.like_text LIKE :joined{index} ESCAPE '\\')"
-        for index in range(term_count)
-    )
+    likes = _like_terms(term_count)
     matches = f"FROM models AS m WHERE {likes} {where}"
     # Here every statement scans every model, so one scan gives the page and (taken before
     # LIMIT applies) the total; the separate count is only for a page past the last match.
     page = f"SELECT m.name AS name, 0.0 AS score, COUNT(*) OVER () AS total {matches} {order}"
     return page, f"SELECT COUNT(*) {matches}"
+
+
+@functools.lru_cache(maxsize=256)
+def _exists_statement(engine: str, term_count: int, filters: tuple[str, ...]) -> str:
+    """The SQL that finds one model matching ``term_count`` terms and ``filters``, ranking nothing."""
+    where = " ".join(_FILTERS[name] for name in filters)
+    if engine == ENGINE_FTS5 and not filters:
+        return "SELECT 1 FROM models_fts WHERE models_fts MATCH :match LIMIT 1"
+    if engine == ENGINE_FTS5:
+        return (
+            "SELECT 1 FROM models_fts CROSS JOIN models AS m ON m.id = models_fts.rowid "
+            f"WHERE models_fts MATCH :match {where} LIMIT 1"
+        )
+    likes = _like_terms(term_count)
+    return f"SELECT 1 FROM models AS m WHERE {likes or '1 = 1'} {where} LIMIT 1"
 
 
 class SearchIndex:
@@ -658,6 +706,8 @@ class SearchIndex:
         # what "did you mean" corrects into. Derived from the rows, kept in step after each
         # commit (rebuild, apply) and read back from them by open.
         self._words: dict[str, dict[str, int]] = {}
+        # Each word's texts one deletion away -> the words: what finds "qwen" for "kwen" (see _corrections).
+        self._near: dict[str, set[str]] = {}
         self._names: set[str] = set()  # the names whose words are counted
         self._revision = 0
         self._fingerprint = ""
@@ -787,6 +837,13 @@ class SearchIndex:
         async with self._lock:
             started = time.perf_counter()
             rows, total = await self._page(terms, filters, used, parsed.text.strip(), limit, offset, sort)
+            if not total:
+                # Words typed apart that a name writes together ("sd xl turbo" for sdxl-turbo).
+                for joined in _joinings(terms):
+                    if await self._exists(joined, filters, used):
+                        terms = joined
+                        rows, total = await self._page(terms, filters, used, parsed.text.strip(), limit, offset, sort)
+                        break
             suggestions: list[str] = []
             if not rows and offset == 0 and terms:
                 suggestions = await self._suggestions(terms, filters, used, parsed)
@@ -800,6 +857,33 @@ class SearchIndex:
             engine=self._engine,
             suggestions=suggestions,
         )
+
+    def _params(self, terms: list[str], filters: dict[str, Any], used: tuple[str, ...]) -> dict[str, Any]:
+        """The named parameters every statement of ``_statements`` and ``_exists_statement`` takes
+        for these terms and filters (sqlite3 ignores the ones a statement does not name)."""
+        params: dict[str, Any] = {}
+        params.update((f"in_name{index}", term.replace("-", "")) for index, term in enumerate(terms))
+        params["phrase"] = "".join(terms).replace("-", "")
+        # Without terms the filters alone select (a browse): there is nothing to match.
+        if terms and self._engine == ENGINE_FTS5:
+            params["match"] = _match_expression(terms)
+        elif terms:
+            for index, term in enumerate(terms):
+                typed, joined = _spellings(term)
+                params[f"term{index}"], params[f"joined{index}"] = _like_pattern(typed), _like_pattern(joined)
+        params.update((name, filters[name]) for name in used)
+        params["metric_name"] = filters.get("metric_name", "")
+        return params
+
+    async def _exists(self, terms: list[str], filters: dict[str, Any], used: tuple[str, ...]) -> bool:
+        """Whether any model matches every term and filter. Hold the lock.
+
+        Ranks nothing: "did you mean" asks this of each term and each corrected query, and ranking
+        every match of a common word ("instruct": thousands) only to see that there is one cost
+        most of a misspelt query's time.
+        """
+        sql = _exists_statement(self._engine, len(terms), used)
+        return bool(list(await self._conn.execute_fetchall(sql, self._params(terms, filters, used))))
 
     async def _page(
         self,
@@ -815,17 +899,8 @@ class SearchIndex:
         # The typed text as the order compares names (see _statements): without separators, in
         # lower case (ASCII only, as SQLite's lower(), so both sides fold alike).
         exact_key = "".join(char.lower() if char.isascii() else char for char in exact if char not in "-_. ")
-        params: dict[str, Any] = {"limit": limit, "offset": offset, "exact": exact_key}
-        params.update((f"in_name{index}", term.replace("-", "")) for index, term in enumerate(terms))
-        # Without terms the filters alone select (a browse): there is nothing to match.
-        if terms and self._engine == ENGINE_FTS5:
-            params["match"] = _match_expression(terms)
-        elif terms:
-            for index, term in enumerate(terms):
-                typed, joined = _spellings(term)
-                params[f"term{index}"], params[f"joined{index}"] = _like_pattern(typed), _like_pattern(joined)
-        params.update((name, filters[name]) for name in used)
-        params["metric_name"] = filters.get("metric_name", "")
+        params = self._params(terms, filters, used)
+        params.update(limit=limit, offset=offset, exact=exact_key)
         page_sql, count_sql = _statements(self._engine, len(terms), used, sort)
         rows = list(await self._conn.execute_fetchall(page_sql, params))
         if rows and (self._engine == ENGINE_LIKE or not terms):
@@ -844,15 +919,17 @@ class SearchIndex:
         Only a term that matches no model on its own is corrected (a query of real words that
         simply find nothing together is not misspelt), into words the model names hold: a
         word typed with one edit (up to 4 characters) or two (longer) from it, the nearest and
-        then the commonest first. A correction is offered only if the corrected query, with the
-        same filters, finds something.
+        then the commonest first; a term that is letters joined to a version ("qwne2.5") has its
+        letters corrected. A correction is offered only if the corrected query, with the same
+        filters, finds something.
         """
         options: list[list[str]] = []  # per term: itself, or its corrections best first
         for term in terms:
-            if (await self._page([term], {}, (), "", 1, 0))[0]:
+            # A word of a model's name matches that model: no statement needed to know it.
+            if self._word_models(term) or await self._exists([term], {}, ()):
                 options.append([term])
                 continue
-            corrections = await self._corrections(term) if len(term) >= _MIN_CORRECTED_CHARS else []
+            corrections = self._corrections(term) or self._piece_corrections(term)
             if not corrections:
                 return []  # a word nothing resembles: no correction of the query can find it
             options.append(corrections)
@@ -865,19 +942,50 @@ class SearchIndex:
         typed_filters = [f"{_typed_key(key)}:{value}" for key, value in parsed.filters.items()]
         suggestions: list[str] = []
         for corrected in candidates:
-            if corrected != terms and (await self._page(corrected, filters, used, "", 1, 0))[0]:
+            if corrected != terms and await self._exists(corrected, filters, used):
                 suggestions.append(" ".join([*corrected, *typed_filters]))
         return suggestions[:MAX_SUGGESTIONS]
 
-    async def _corrections(self, term: str) -> list[str]:
-        """Words of model names close to ``term``, best first (see ``_suggestions``)."""
+    def _word_models(self, word: str) -> int:
+        """How many indexed names hold ``word`` (folded) as a word; 0 for none."""
+        return self._words.get(word[:1], {}).get(word, 0)
+
+    def _corrections(self, term: str) -> list[str]:
+        """Words of model names close to ``term``, best first (see ``_suggestions``).
+
+        Candidates: every word with the same first letter (people rarely mistype the first), and,
+        whatever its first letter, every word one deletion from the term, the term one deletion
+        from it, or both one deletion from the same text ("kwen" and "qwen" are both "wen"), as
+        SymSpell finds them. Each is then measured exactly.
+        """
+        if len(term) < _MIN_CORRECTED_CHARS:
+            return []
         allowed = 1 if len(term) <= 4 else 2
+        candidates = set(self._words.get(term[0], {}))
+        for variant in [term, *_deletions(term)]:
+            candidates.update(self._near.get(variant, ()))
+            if self._word_models(variant):
+                candidates.add(variant)
         scored = []  # (edits, -models holding the word, word)
-        for word, models in self._words.get(term[0], {}).items():
+        for word in candidates:
             edits = _edit_distance(term, word, allowed)
             if 0 < edits <= allowed:
-                scored.append((edits, -models, word))
+                scored.append((edits, -self._word_models(word), word))
         return [word for _, _, word in sorted(scored)[:MAX_SUGGESTIONS]]
+
+    def _piece_corrections(self, term: str) -> list[str]:
+        """``term`` with each run of letters that no name holds corrected ("qwne2-5" -> "qwen2-5"),
+        as one suggestion; none if no run could be corrected."""
+        pieces = _LETTER_RUN.split(term)
+        changed = False
+        for index in range(1, len(pieces), 2):  # split keeps the runs at the odd places
+            piece = pieces[index]
+            if piece == term or self._word_models(piece):
+                continue
+            corrections = self._corrections(piece)
+            if corrections:
+                pieces[index], changed = corrections[0], True
+        return ["".join(pieces)] if changed else []
 
     def _count_words(self, names: Iterable[str], change: int) -> None:
         """Add (``change`` 1) or take away (-1) the words of ``names`` in the vocabulary."""
@@ -886,9 +994,16 @@ class SearchIndex:
                 words = self._words.setdefault(word[0], {})
                 count = words.get(word, 0) + change
                 if count > 0:
+                    if word not in words:
+                        for variant in _deletions(word):
+                            self._near.setdefault(variant, set()).add(word)
                     words[word] = count
-                else:
-                    words.pop(word, None)
+                elif words.pop(word, None) is not None:
+                    for variant in _deletions(word):
+                        near = self._near[variant]
+                        near.discard(word)
+                        if not near:
+                            del self._near[variant]
 
     async def close(self) -> None:
         """Release the connection, after any rebuild, apply or search in progress. Idempotent.
@@ -936,7 +1051,7 @@ class SearchIndex:
                 # Merge what the bulk insert left into one b-tree, so a query reads one segment.
                 await self._conn.execute("INSERT INTO models_fts (models_fts) VALUES ('optimize')")
             await self._conn.execute(_WRITE_META, (revision, fingerprint))
-        self._words, self._names = {}, set()
+        self._words, self._near, self._names = {}, {}, set()
         self._remember([doc.name for doc in docs])
         self._revision, self._fingerprint = revision, fingerprint
         self._meta_unwritten, self._meta_written_at = False, time.monotonic()
@@ -1091,7 +1206,7 @@ class SearchIndex:
                         " ".join(_name_parts(doc.name)),
                         _canonical(doc.family),
                         _canonical(" ".join(doc.tags)),
-                        _canonical(doc.description),
+                        _canonical(_description_text(doc.description)),
                     )
                 )
             tags.extend((tag, model_id) for tag in sorted({tag.casefold() for tag in doc.tags}))
@@ -1277,6 +1392,43 @@ def _merged_filters(
             )
         given[key] = number
     return given
+
+
+# Queries of at most this many terms are tried with neighbouring terms joined when they find nothing.
+_MAX_JOINED_TERMS = 4
+
+
+def _joinings(terms: list[str]) -> list[list[str]]:
+    """``terms`` with neighbouring pairs joined, fewest joins first, then the leftmost join first.
+
+    "sd xl turbo" -> [sdxl turbo], [sd xlturbo]: a term joins at most one neighbour, so three terms
+    give two, four give four. None for a single term, or beyond ``_MAX_JOINED_TERMS``.
+    """
+    if not 2 <= len(terms) <= _MAX_JOINED_TERMS:
+        return []
+    found: list[list[str]] = []
+
+    def segment(start: int, done: list[str], joins: int) -> None:
+        if start == len(terms):
+            if joins:
+                found.append(done)
+            return
+        if start + 1 < len(terms):
+            segment(start + 2, [*done, terms[start] + terms[start + 1]], joins + 1)
+        segment(start + 1, [*done, terms[start]], joins)
+
+    segment(0, [], 0)
+    # Fewer joins first (closest to what was typed); sorted() keeps the build order within a count.
+    return sorted(found, key=lambda joined: len(terms) - len(joined))
+
+
+# A run of letters inside a term: what "did you mean" corrects in "qwne2-5" (split keeps the runs).
+_LETTER_RUN = re.compile(r"([^\W\d_]+)")
+
+
+def _deletions(word: str) -> set[str]:
+    """The texts one character shorter than ``word`` (none for a word of one character)."""
+    return {word[:index] + word[index + 1 :] for index in range(len(word))} if len(word) > 1 else set()
 
 
 def _edit_distance(typed: str, word: str, bound: int) -> int:
