@@ -178,6 +178,8 @@ async def test_underscore_and_percent_are_not_wildcards(index: SearchIndex) -> N
     # Two terms, "1" and "c": no word of it starts with "c", nor with the two joined ("1c"); as
     # a wildcard, "1%c" would match "100pc".
     assert "100pct-model" not in await names(index, "1%c")
+    # Nothing starts with "0": found as "10", the two terms joined (any punctuation splits terms).
+    assert await names(index, "1%0") == ["100pct-model"]
     assert await names(index, "100%") == ["100pct-model"]
 
 
@@ -978,6 +980,18 @@ async def test_words_typed_apart_find_a_name_written_together(use_fts5: bool, qu
 
 
 @pytest.mark.parametrize("use_fts5", [True, False])
+async def test_every_page_of_a_joined_query_is_its_page(use_fts5: bool) -> None:
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    await index.rebuild([doc("sdxl-turbo"), doc("sdxl-turbo-v2"), doc("sdxl-base")], 1)
+    first = await index.search("sd xl turbo", limit=1)
+    second = await index.search("sd xl turbo", limit=1, offset=1)
+    assert [first.total, second.total] == [2, 2]
+    assert {first.hits[0][0], second.hits[0][0]} == {"sdxl-turbo", "sdxl-turbo-v2"}
+    assert (await index.search("sd xl turbo", limit=1, offset=2)).hits == []
+    await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False])
 async def test_a_cjk_word_inside_a_description_is_found(use_fts5: bool) -> None:
     index = await SearchIndex.open(use_fts5=use_fts5)
     await index.rebuild([doc("通义千问-14B-Chat", "通义千问 140亿参数对话模型"), doc("other", "基座模型")], 1)
@@ -985,6 +999,8 @@ async def test_a_cjk_word_inside_a_description_is_found(use_fts5: bool) -> None:
     assert set(await names(index, "模型")) == {"通义千问-14B-Chat", "other"}
     assert await names(index, "参数对话") == ["通义千问-14B-Chat"]
     assert await names(index, "话对") == []  # the characters in another order are another word
+    await index.apply([doc("dotted", "通义千问.对话模型")], [], revision=2)  # '.' joins the two runs
+    assert set(await names(index, "对话")) == {"通义千问-14B-Chat", "dotted"}
     await index.close()
 
 
@@ -1019,7 +1035,7 @@ async def test_suggestions_follow_changes_and_a_reopened_index(tmp_path: Path, u
     assert (await index.search("klama")).suggestions == ["llama"]
     await index.apply([doc("mistral-7b")], ["llama-3-8b"], revision=2)
     assert (await index.search("lamma")).suggestions == []  # the only llama is gone
-    assert (await index.search("klama")).suggestions == []  # also through another first letter
+    assert index._corrections("klama") == []  # also from another first letter: the word is forgotten
     assert (await index.search("mistrl")).suggestions == ["mistral"]
     await index.close()
     reopened = await SearchIndex.open(path, use_fts5=use_fts5)  # the words come back from the rows

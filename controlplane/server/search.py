@@ -86,7 +86,7 @@ nearest then commonest first, and offers the corrected queries that do find mode
 (``SearchPage.suggestions``). Candidates are the words with the term's first letter, and any
 word one deletion from the term, or the term from it, or both from one text (SymSpell's way to a
 mistyped first letter: "kwen" -> "qwen"). A term of letters joined to a version has its letters
-corrected ("qwne2.5" -> "qwen2.5"). Both engines correct from an in-memory tally of the indexed
+corrected ("qwne2.5" -> "qwen2-5"). Both engines correct from an in-memory tally of the indexed
 names' words (kept by rebuild and apply), and only when a search found nothing; whether a term or
 a corrected query finds anything is asked without ranking the matches.
 
@@ -99,7 +99,9 @@ version and has a ready version", not necessarily the same version.
 Cost: a search is driven by its terms and ranks every match before it can return the best, so
 it costs O(matches), not O(page): bm25 takes a microsecond or two per match (a few ms for a
 thousand matches, tens of ms for a one-letter prefix that matches most of 20,000 models). The
-LIKE engine scans every model on every search (tens of ms at 20,000 models).
+LIKE engine scans every model on every search (tens of ms at 20,000 models). A query that finds
+nothing costs more: up to four joined forms, then "did you mean", each asked with a statement
+that stops at the first match (FTS5) or scans every model (LIKE), on every page of it.
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ _TABLES = (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         name_key TEXT NOT NULL,    -- casefolded name, for the citations
+        name_joined TEXT NOT NULL, -- the name as the ranking compares it: see _joined_key
         family_key TEXT NOT NULL,  -- casefolded family, for the family filter
         owner_key TEXT NOT NULL,   -- casefolded owner, for the owner filter
         created INTEGER NOT NULL,  -- the model's create_revision, for SEARCH_SORT_CREATED
@@ -502,16 +505,17 @@ _MAX_CJK_PART_CHARS = 16
 
 
 def _description_text(description: str) -> str:
-    """The description as indexed: itself, then the tail of every CJK run from each inner character.
+    """The description as indexed: canonical, then the tail of every CJK run from each inner character.
 
     CJK text has no spaces, so "通义千问 140亿参数对话模型" is two tokens and "对话" would start
     none. As in names, a token from every inner CJK character ("对话模型", "话模型", ...; at most
     ``_MAX_CJK_PART_CHARS`` long, ``_MAX_DESCRIPTION_PARTS`` of them) lets a prefix find the word.
     """
+    canonical = _canonical(description)  # as the index holds it: "千问.对话" is one token there
     parts = []
-    for token in _TOKEN.findall(description):
+    for token in _TOKEN.findall(canonical):
         parts += [token[start : start + _MAX_CJK_PART_CHARS] for start in range(1, len(token)) if _is_cjk(token[start])]
-    return " ".join([description, *parts[:_MAX_DESCRIPTION_PARTS]]) if parts else description
+    return " ".join([canonical, *parts[:_MAX_DESCRIPTION_PARTS]]) if parts else canonical
 
 
 def _spellings(term: str) -> tuple[str, str]:
@@ -614,6 +618,12 @@ _SORTS: dict[int, str] = {
 }
 
 
+def _joined_key(text: str) -> str:
+    """``text`` as the ranking compares names and what was typed: without '-', '_', '.' and
+    spaces, and in lower case (ASCII only, as SQLite's lower(): a stored name and typed text fold alike)."""
+    return "".join(char.lower() if char.isascii() else char for char in text if char not in "-_. ")
+
+
 def _like_terms(term_count: int) -> str:
     """The LIKE engine's condition that a model holds every term (typed or joined) as a token prefix."""
     return " AND ".join(
@@ -630,15 +640,18 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     """
     where = " ".join(_FILTERS[name] for name in filters)
     # A model named exactly what was typed comes first, then models whose name starts with it,
-    # then the rest; within each, the most cited first (see the module docstring), then bm25: its
+    # then names holding every term, then the rest; within each, names holding the terms together
+    # in the order typed, then the most cited (see the module docstring), then bm25: its
     # length normalisation alone ranks "x-7b" above "x" for the query "x".
     # Then the name: the order is total (names are unique).
     # Names compare without separators ('-', '_', '.', ' ') and ignoring case, so "gemma 2 9b it"
     # is the name gemma-2-9b-it and "qwen 2.5 7b" starts Qwen2.5-7B-Instruct. Among names that
-    # start with what was typed and are cited alike, the shortest first: a base model before its fine-tunes
-    # ("Llama-3.1-8B-Instruct" before "Llama-3.1-8B-Instruct-abliterated-GGUF"), whose descriptions
-    # repeat the base's name and would win on bm25.
-    key = "lower(replace(replace(replace(replace(m.name, '-', ''), '_', ''), '.', ''), ' ', ''))"
+    # start with what was typed, or hold every term, and are cited alike, the shortest first: a
+    # base model before its fine-tunes ("Llama-3.1-8B-Instruct" before
+    # "Llama-3.1-8B-Instruct-abliterated-GGUF"), whose descriptions repeat the base's name and
+    # would win on bm25.
+    # Stored, not computed per row: the order reads it up to ten times for every match.
+    key = "m.name_joined"
     starts_with = f"substr({key}, 1, length(:exact)) = :exact"
     cited = "coalesce((SELECT count FROM citations AS c WHERE c.name_key = m.name_key), 0)"
     # Every term inside the name (separators dropped): a name match is never outranked by a
@@ -896,11 +909,9 @@ class SearchIndex:
         sort: int = models_pb2.SEARCH_SORT_RELEVANCE,
     ) -> tuple[list[Any], int]:
         """One page of matches and the number of matches in all. Hold the lock."""
-        # The typed text as the order compares names (see _statements): without separators, in
-        # lower case (ASCII only, as SQLite's lower(), so both sides fold alike).
-        exact_key = "".join(char.lower() if char.isascii() else char for char in exact if char not in "-_. ")
         params = self._params(terms, filters, used)
-        params.update(limit=limit, offset=offset, exact=exact_key)
+        # The typed text as the order compares names (see _statements).
+        params.update(limit=limit, offset=offset, exact=_joined_key(exact))
         page_sql, count_sql = _statements(self._engine, len(terms), used, sort)
         rows = list(await self._conn.execute_fetchall(page_sql, params))
         if rows and (self._engine == ENGINE_LIKE or not terms):
@@ -977,6 +988,8 @@ class SearchIndex:
         """``term`` with each run of letters that no name holds corrected ("qwne2-5" -> "qwen2-5"),
         as one suggestion; none if no run could be corrected."""
         pieces = _LETTER_RUN.split(term)
+        if len(pieces) > 2 * _MAX_CORRECTED_PIECES + 1:  # split gives 2k+1 pieces for k runs
+            return []  # not a word and its version: each run costs a scan of the vocabulary
         changed = False
         for index in range(1, len(pieces), 2):  # split keeps the runs at the odd places
             piece = pieces[index]
@@ -994,11 +1007,11 @@ class SearchIndex:
                 words = self._words.setdefault(word[0], {})
                 count = words.get(word, 0) + change
                 if count > 0:
-                    if word not in words:
+                    if word not in words and _reached_by_deletion(word):
                         for variant in _deletions(word):
                             self._near.setdefault(variant, set()).add(word)
                     words[word] = count
-                elif words.pop(word, None) is not None:
+                elif words.pop(word, None) is not None and _reached_by_deletion(word):
                     for variant in _deletions(word):
                         near = self._near[variant]
                         near.discard(word)
@@ -1172,7 +1185,7 @@ class SearchIndex:
 
     async def _insert(self, docs: list[ModelDoc], first_id: int) -> None:
         fts = self._engine == ENGINE_FTS5
-        models: list[tuple[int, str, str, str, str, int, int, str | None]] = []
+        models: list[tuple[int, str, str, str, str, str, int, int, str | None]] = []
         mentions: list[tuple[int, str]] = []
         cited: collections.Counter[str] = collections.Counter()
         texts: list[tuple[int, str, str, str, str, str]] = []
@@ -1188,6 +1201,7 @@ class SearchIndex:
                     model_id,
                     doc.name,
                     name_key,
+                    _joined_key(doc.name),
                     doc.family.casefold(),
                     doc.owner.casefold(),
                     doc.created,
@@ -1206,7 +1220,7 @@ class SearchIndex:
                         " ".join(_name_parts(doc.name)),
                         _canonical(doc.family),
                         _canonical(" ".join(doc.tags)),
-                        _canonical(_description_text(doc.description)),
+                        _description_text(doc.description),
                     )
                 )
             tags.extend((tag, model_id) for tag in sorted({tag.casefold() for tag in doc.tags}))
@@ -1215,8 +1229,8 @@ class SearchIndex:
             version_facets.extend((facet, value, model_id) for facet, value in sorted(doc.version_facets))
             metrics.extend((name, value, model_id) for name, value in sorted(doc.metrics))
         await self._conn.executemany(
-            "INSERT INTO models (id, name, name_key, family_key, owner_key, created, updated, like_text) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO models (id, name, name_key, name_joined, family_key, owner_key, created, updated, like_text) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             models,
         )
         await self._conn.executemany("INSERT INTO model_mentions (model_id, name_key) VALUES (?, ?)", mentions)
@@ -1422,8 +1436,20 @@ def _joinings(terms: list[str]) -> list[list[str]]:
     return sorted(found, key=lambda joined: len(terms) - len(joined))
 
 
+# Words longer than this are found only from their own first letter (see _reached_by_deletion).
+_MAX_NEAR_CHARS = 20
+# At most this many runs of letters are corrected in one term ("qwne2.5": one).
+_MAX_CORRECTED_PIECES = 3
 # A run of letters inside a term: what "did you mean" corrects in "qwne2-5" (split keeps the runs).
 _LETTER_RUN = re.compile(r"([^\W\d_]+)")
+
+
+def _reached_by_deletion(word: str) -> bool:
+    """Whether "did you mean" finds ``word`` from other first letters (``SearchIndex._near``): a
+    word of letters that a corrected term can be (2 to ``_MAX_NEAR_CHARS`` characters; a term
+    has at least 3, and one deletion from it has 2). Numbers and long ids (a hex digest as a
+    name's last word) would cost memory in proportion to their length and are never mistyped words."""
+    return 2 <= len(word) <= _MAX_NEAR_CHARS and not any(char.isdigit() for char in word)
 
 
 def _deletions(word: str) -> set[str]:
