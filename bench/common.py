@@ -117,6 +117,18 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def process_rss_bytes(pid: int) -> int:
+    """Resident memory of one process (``VmRSS``); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024  # in kB
+    except OSError:
+        pass
+    return 0
+
+
 def thread_cpu_s(pid: int) -> dict[str, float]:
     """CPU seconds per thread of one process, keyed ``"<name>/<tid>"`` (the name is ``comm``)."""
     threads: dict[str, float] = {}

@@ -1,7 +1,11 @@
 """Model-registry scenarios of `make bench`, run against our cluster after the KV scenarios.
 
 - ``registry_bulk_register``: N versions (default 100,000: 20,000 models x 5 versions) registered
-  through Models.BulkRegister in batches of 1,000 (one log entry each); versions per second.
+  through Models.BulkRegister in batches of 1,000 (one log entry each); versions per second. Also
+  each server's resident memory before and after (once a follower's search index answers at the
+  last revision, after ``registry_search``): ``rss_mb_after`` per server and
+  ``rss_bytes_per_version``, their mean growth divided by the versions registered (the 64-client
+  scenario's few thousand versions are counted too).
 - ``registry_register_64_clients``: 64 concurrent clients each registering single versions through
   Models.RegisterVersion (the common path: one version per call); versions per second.
 - ``registry_search``: a mix of queries (name fragments, hyphenated names, diacritics, multi-term,
@@ -21,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import log
+from bench.common import log, process_rss_bytes
 from bench.load import CHANNEL_OPTIONS, Scenario, System, percentile, run_scenario
 
 FAMILIES = ["llama", "qwen", "mistral", "phi", "gemma", "whisper", "falcon", "bloom", "café", "deepseek"]
@@ -167,11 +171,15 @@ async def bench_registry(
 ) -> list[dict[str, Any]]:
     run = hashlib.sha256(str(time.time()).encode()).hexdigest()[:8]
     items = catalogue(max(1, versions // 5), 5, run)[:versions]
+    pids = [n.pid for n in cluster.nodes.values() if n.pid is not None]
+    rss_before = [process_rss_bytes(pid) for pid in pids]
     log(f"registry: bulk-registering {len(items)} versions")
-    lines = [await bulk_register(leader, items)]
-    log(f"registry: {lines[0]['versions_per_s']} versions/s in bulk")
+    bulk = await bulk_register(leader, items)
+    lines = [bulk]
+    log(f"registry: {bulk['versions_per_s']} versions/s in bulk")
     register = Scenario("registry_register_64_clients", 64, duration, 2 * warmup, leader_only=False)
     lines.append(await run_scenario(register_system(cluster, leader), register))
+    registered = len(items) + lines[-1]["ops"]
     await asyncio.sleep(0)
     from controlplane.v1 import cluster_pb2, cluster_pb2_grpc
 
@@ -182,6 +190,12 @@ async def bench_registry(
     line["models"] = len({item["model"] for item in items})
     line["versions"] = len(items)
     lines.append(line)
+    rss_after = [process_rss_bytes(pid) for pid in pids]
+    growth = [after - before for before, after in zip(rss_before, rss_after, strict=True)]
+    bulk["rss_mb_before"] = [round(rss / 2**20, 1) for rss in rss_before]
+    bulk["rss_mb_after"] = [round(rss / 2**20, 1) for rss in rss_after]
+    bulk["rss_bytes_per_version"] = round(sum(growth) / len(growth) / registered) if growth else None
+    log(f"registry: servers' memory {bulk['rss_mb_after']} MB, {bulk['rss_bytes_per_version']} bytes per version")
     log(
         f"registry search on a follower: client p50 {line['client_p50_ms']} ms p99 {line['client_p99_ms']} ms; "
         f"index p50 {line['server_query_p50_ms']} ms p99 {line['server_query_p99_ms']} ms ({line['engine']})"
