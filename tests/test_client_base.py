@@ -376,6 +376,41 @@ def test_write_results_carry_the_value_written() -> None:
     assert status.role is Role.LEADER and status.members[0].role is Role.UNKNOWN
 
 
+def test_convert_follows_every_field_shape_of_a_result() -> None:
+    """Enums (a newer server's value becomes the first member), maps (sorted), repeated fields,
+    optional sub-messages (None when unset) and nested results in a tuple."""
+    from controlplane.client._models import ModelFormat, ModelVersion, SearchResult, VersionStatus, search_result
+    from controlplane.client._ports import convert
+    from controlplane.v1 import models_pb2
+
+    message = models_pb2.ModelVersion(
+        model="m",
+        version=2,
+        format=models_pb2.MODEL_FORMAT_GGUF,
+        status=99,
+        replicas=["n2", "n1"],  # type: ignore[arg-type]
+    )
+    message.metadata.update({"b": "2", "a": "1"})
+    version = convert(ModelVersion, message)
+    assert version.format is ModelFormat.GGUF and version.status is VersionStatus.UNSPECIFIED
+    assert list(version.metadata) == ["a", "b"] and version.replicas == ("n2", "n1")
+    assert version.parent is None
+    message.parent.model, message.parent.version = "base", 1
+    parent = convert(ModelVersion, message).parent
+    assert parent is not None and (parent.model, parent.version) == ("base", 1)
+
+    response = models_pb2.SearchResponse(total=2, engine="fts5", suggestions=["x"])
+    response.header.revision = 9
+    response.hits.add(score=-2.0).model.name = "a"
+    response.hits.add(score=-1.0).model.tags.extend(["chat"])
+    result = search_result(response)
+    assert isinstance(result, SearchResult) and result.revision == 9 and result.suggestions == ("x",)
+    assert [(hit.model.name, hit.model.tags, hit.score) for hit in result.hits] == [
+        ("a", (), -2.0),
+        ("", ("chat",), -1.0),
+    ]
+
+
 # --- watch cursor --------------------------------------------------------------------------------
 
 

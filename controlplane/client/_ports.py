@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import enum
 import functools
+import operator
 import typing
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -374,46 +375,53 @@ def convert(cls: type[D], message: Message, **extra: Any) -> D:
     Nested dataclasses, enums, tuples of either and optional sub-messages (None when unset) follow
     the dataclass's annotations; ``extra`` fills fields the message does not have (``revision``).
     """
-    values: dict[str, Any] = {}
-    for name, hint in _field_hints(cls):  # type: ignore[arg-type]  # classes are hashable
-        if name in extra:
-            values[name] = extra[name]
-            continue
-        values[name] = _value(hint, message, name)
-    return cls(**values)
+    if extra:
+        return cls(**{name: extra[name] if name in extra else read(message) for name, read in _readers(cls)})  # type: ignore[arg-type]
+    return cls(**{name: read(message) for name, read in _readers(cls)})  # type: ignore[arg-type]
+
+
+_Reader = Callable[[Any], Any]
 
 
 @functools.cache
-def _field_hints(cls: type) -> tuple[tuple[str, Any], ...]:
-    """(field name, resolved annotation) of a result dataclass, once per class: resolving string
-    annotations (``typing.get_type_hints``) cost more than the conversion itself, per hit."""
+def _readers(cls: type) -> tuple[tuple[str, _Reader], ...]:
+    """(field name, how to read it from a message) for a result dataclass, worked out once per
+    class from its annotations: resolving them (``typing.get_type_hints``, ``get_origin``) per hit
+    cost more than the conversion itself (a search answer converts hundreds of models)."""
     hints = typing.get_type_hints(cls)
-    return tuple((field.name, hints[field.name]) for field in fields(cls))
+    return tuple((field.name, _reader(hints[field.name], field.name)) for field in fields(cls))
 
 
-def _value(hint: Any, message: Message, name: str) -> Any:
-    raw = getattr(message, name)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+def _reader(hint: Any, name: str) -> _Reader:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    get = operator.attrgetter(name)
     if origin is tuple:
-        return tuple(_item(args[0], item) for item in raw)
+        item = _converter(args[0])
+        if item is None:
+            return lambda message: tuple(get(message))
+        return lambda message: tuple(map(item, get(message)))
     if origin is dict:
-        return dict(sorted(raw.items()))  # a protobuf map iterates in no stable order
+        return lambda message: dict(sorted(get(message).items()))  # a protobuf map iterates in no stable order
     if args and type(None) in args:  # Optional[X]
-        inner = next(arg for arg in args if arg is not type(None))
-        return _item(inner, raw) if message.HasField(name) else None
-    return _item(hint, raw)
+        inner = _converter(next(arg for arg in args if arg is not type(None)))
+        if inner is None:
+            return lambda message: get(message) if message.HasField(name) else None
+        return lambda message: inner(get(message)) if message.HasField(name) else None
+    single = _converter(hint)
+    if single is None:
+        return get
+    return lambda message: single(get(message))
 
 
-def _item(hint: Any, raw: Any) -> Any:
+def _converter(hint: Any) -> _Reader | None:
+    """How one value of type ``hint`` is made from its message value; None: it is used as it is."""
     if isinstance(hint, type) and is_dataclass(hint):
-        return convert(hint, raw)
+        return functools.partial(convert, hint)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(raw)
-        except ValueError:  # a newer server's value
-            return next(iter(hint))
-    return raw
+        members = {member.value: member for member in hint}
+        fallback = next(iter(hint))  # a newer server's value
+        return lambda raw: members.get(raw, fallback)
+    return None
 
 
 def revision_of(response: Message) -> int:
