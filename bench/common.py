@@ -117,8 +117,8 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def process_rss_bytes(pid: int) -> int:
-    """Resident memory of one process (``VmRSS``); 0 when it is gone."""
+def process_rss_bytes(pid: int) -> int | None:
+    """Resident memory of one process (``VmRSS``); None when it is gone."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
@@ -126,7 +126,7 @@ def process_rss_bytes(pid: int) -> int:
                     return int(line.split()[1]) * 1024  # in kB
     except OSError:
         pass
-    return 0
+    return None
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:

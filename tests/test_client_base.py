@@ -399,6 +399,13 @@ def test_convert_follows_every_field_shape_of_a_result() -> None:
     parent = convert(ModelVersion, message).parent
     assert parent is not None and (parent.model, parent.version) == ("base", 1)
 
+    from controlplane.client._gossip import TrainingMetrics
+    from controlplane.v1 import gossip_pb2
+
+    measured = convert(TrainingMetrics, gossip_pb2.TrainingMetrics(loss=0.0, examples=5))
+    assert (measured.loss, measured.accuracy, measured.examples) == (0.0, None, 5)  # set to 0 is not unset
+    assert convert(ModelVersion, message, version=7).version == 7  # extra wins over the message
+
     response = models_pb2.SearchResponse(total=2, engine="fts5", suggestions=["x"])
     response.header.revision = 9
     response.hits.add(score=-2.0).model.name = "a"

@@ -97,8 +97,8 @@ that format and status are independent facets: ``format=GGUF, status=READY`` mea
 version and has a ready version", not necessarily the same version.
 
 Cost: a search is driven by its terms and ranks every match before it can return the best, so
-it costs O(matches), not O(page): bm25 takes a microsecond or two per match (a few ms for a
-thousand matches, tens of ms for a one-letter prefix that matches most of 20,000 models). The
+it costs O(matches), not O(page): 3-6 µs per match, bm25 and the citation lookup the most (8 ms
+for a thousand matches, 16 ms for a one-letter prefix that matches most of 20,000 models). The
 LIKE engine scans every model on every search (tens of ms at 20,000 models). A query that finds
 nothing costs more: up to four joined forms, then "did you mean", each asked with a statement
 that stops at the first match (FTS5) or scans every model (LIKE), on every page of it.
