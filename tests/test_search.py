@@ -905,7 +905,8 @@ async def test_filters_typed_in_the_query(use_fts5: bool) -> None:
         ("mistrl tag:chat", ["mistral tag:chat", "mixtral tag:chat"]),  # filters are kept
         ("mixtrl status:ready", ["mistral status:ready"]),  # Mixtral is pending: only what finds something
         ("kwen", ["qwen"]),  # the first letter mistyped
-        ("qwne2.5 coder", ["qwen2-5 coder"]),  # the letters of a word joined to its version
+        ("qwne2.5 coder", ["qwen2.5 coder"]),  # the letters of a word joined to its version
+        ("Lamma-3 8B", ["llama-3 8B"]),  # the rest as typed
         ("mitsral7b", ["mistral7b"]),
         ("llama qwen", []),  # real words that find nothing together are not misspelt
         ("zzzzzz", []),

@@ -86,7 +86,7 @@ nearest then commonest first, and offers the corrected queries that do find mode
 (``SearchPage.suggestions``). Candidates are the words with the term's first letter, and any
 word one deletion from the term, or the term from it, or both from one text (SymSpell's way to a
 mistyped first letter: "kwen" -> "qwen"). A term of letters joined to a version has its letters
-corrected ("qwne2.5" -> "qwen2-5"). Both engines correct from an in-memory tally of the indexed
+corrected ("qwne2.5" -> "qwen2.5"). A suggestion keeps the words it did not correct as typed. Both engines correct from an in-memory tally of the indexed
 names' words (kept by rebuild and apply), and only when a search found nothing; whether a term or
 a corrected query finds anything is asked without ranking the matches.
 
@@ -954,7 +954,7 @@ class SearchIndex:
         suggestions: list[str] = []
         for corrected in candidates:
             if corrected != terms and await self._exists(corrected, filters, used):
-                suggestions.append(" ".join([*corrected, *typed_filters]))
+                suggestions.append(" ".join([_as_typed(parsed.text, terms, corrected), *typed_filters]))
         return suggestions[:MAX_SUGGESTIONS]
 
     def _word_models(self, word: str) -> int:
@@ -1406,6 +1406,38 @@ def _merged_filters(
             )
         given[key] = number
     return given
+
+
+def _as_typed(text: str, terms: list[str], corrected: list[str]) -> str:
+    """``corrected`` (one word per term of ``text``) written as the person typed ``text``: only the
+    corrected words change ("lamma 3.1 8b" -> "llama 3.1 8b", not "llama 3-1 8b"). The terms
+    themselves, as the index compares them, when their places in the text cannot be told."""
+    spans = []  # (start, end) of each term in the text
+    for match in _TOKEN.finditer(_canonical(text)):  # _canonical keeps every character's place
+        folded = _fold(match.group())
+        if any(char.isalnum() for char in folded):  # as query_terms keeps a term
+            spans.append((match.start(), match.end(), folded))
+    if [folded for _, _, folded in spans] != terms:  # folding changed how the text splits
+        return " ".join(corrected)
+    pieces, last = [], 0
+    for (start, end, term), word in zip(spans, corrected, strict=True):
+        typed = text[start:end]
+        pieces += [text[last:start], typed if word == term else _corrected_as_typed(typed, term, word)]
+        last = end
+    return "".join([*pieces, text[last:]])
+
+
+def _corrected_as_typed(typed: str, term: str, word: str) -> str:
+    """The typed word with only its corrected runs of letters replaced ("Qwne2.5" -> "qwen2.5");
+    the correction as it is when the two do not split alike."""
+    typed_runs, term_runs, word_runs = (_LETTER_RUN.split(text) for text in (typed, term, word))
+    if not len(typed_runs) == len(term_runs) == len(word_runs):
+        return word
+    # Letters at the odd places (the runs split keeps); digits and separators as typed.
+    return "".join(
+        new if index % 2 and new != old else kept
+        for index, (kept, old, new) in enumerate(zip(typed_runs, term_runs, word_runs, strict=True))
+    )
 
 
 # Queries of at most this many terms are tried with neighbouring terms joined when they find nothing.
