@@ -18,7 +18,9 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as hypothesis_strategies
 
 from controlplane.errors import InvalidArgument
 from controlplane.server import search
@@ -907,6 +909,7 @@ async def test_filters_typed_in_the_query(use_fts5: bool) -> None:
         ("kwen", ["qwen"]),  # the first letter mistyped
         ("qwne2.5 coder", ["qwen2.5 coder"]),  # the letters of a word joined to its version
         ("Lamma-3 8B", ["llama-3 8B"]),  # the rest as typed
+        ("07b", ["7b"]),  # a corrected number is corrected in the suggestion too
         ("mitsral7b", ["mistral7b"]),
         ("llama qwen", []),  # real words that find nothing together are not misspelt
         ("zzzzzz", []),
@@ -1042,3 +1045,74 @@ async def test_suggestions_follow_changes_and_a_reopened_index(tmp_path: Path, u
     reopened = await SearchIndex.open(path, use_fts5=use_fts5)  # the words come back from the rows
     assert reopened.revision == 2 and (await reopened.search("mistrl")).suggestions == ["mistral"]
     await reopened.close()
+
+
+# --- both engines, any query -----------------------------------------------------------------------
+
+_ANY_QUERY_NAMES = [
+    *(doc.name for doc in NAMES),
+    "sdxl-turbo",
+    "sd-xl-base",
+    "MobileNetV3Large",
+    "whisper-large-v3",
+    "한국어-llm",
+    "Café-Mistral_7b",
+]
+_ANY_QUERY_DESCRIPTIONS = ["fine-tune of llama-3-8b", "通义千问 140亿参数对话模型", "", "base model", "embeddings"]
+_QUERY_WORDS = hypothesis_strategies.sampled_from(
+    ["qwen", "2.5", "coder", "7b", "07b", "deep", "seek", "千问", "对话", "mixtr", "x7b", "llama", "lamma", "kwen",
+     "qwne2.5", "sd", "xl", "turbo", "v3", "large", "cafe", "mistrl", "-", "_", "%", '"', "embedding", "model",
+     "한국어", "phi-3", "Q", "1%0", "tag:chat", "family:fam"]
+)  # fmt: skip
+_QUERIES = hypothesis_strategies.lists(
+    hypothesis_strategies.one_of(
+        _QUERY_WORDS, hypothesis_strategies.text(alphabet="abcdeqwxyzLQ0123456789-_. 千问", max_size=6)
+    ),
+    max_size=5,
+).map(" ".join)
+
+
+def test_both_engines_give_every_query_the_same_answer_and_suggestions_that_find_models() -> None:
+    """Any mix of the words people type, separators and typos: the FTS5 and LIKE engines match the
+    same models, count them alike and suggest the same corrections, and a suggestion finds models."""
+    loop = asyncio.new_event_loop()
+    docs = [
+        ModelDoc(name, _ANY_QUERY_DESCRIPTIONS[i % 5], "fam", ("chat",) if i % 2 else (), "o", frozenset(), frozenset())
+        for i, name in enumerate(_ANY_QUERY_NAMES)
+    ]
+
+    async def open_both() -> list[SearchIndex]:
+        indexes = [await SearchIndex.open(use_fts5=True), await SearchIndex.open(use_fts5=False)]
+        for index in indexes:
+            await index.rebuild(docs, 1)
+        return indexes
+
+    indexes = loop.run_until_complete(open_both())
+
+    async def answers(query: str) -> list[object]:
+        found: list[object] = []
+        for index in indexes:
+            try:
+                page = await index.search(query, limit=100)
+            except InvalidArgument:
+                found.append("invalid")
+                continue
+            found.append((sorted(name for name, _ in page.hits), page.total, page.suggestions))
+            for suggestion in page.suggestions:
+                assert (await index.search(suggestion)).hits, (query, suggestion, index.engine)
+        return found
+
+    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.given(_QUERIES)
+    def same_answer(query: str) -> None:
+        fts5, like = loop.run_until_complete(answers(query))
+        assert fts5 == like, query
+
+    try:
+        if indexes[0].engine != ENGINE_FTS5:
+            pytest.skip("this SQLite build has no FTS5")
+        same_answer()
+    finally:
+        for index in indexes:
+            loop.run_until_complete(index.close())
+        loop.close()

@@ -86,9 +86,10 @@ nearest then commonest first, and offers the corrected queries that do find mode
 (``SearchPage.suggestions``). Candidates are the words with the term's first letter, and any
 word one deletion from the term, or the term from it, or both from one text (SymSpell's way to a
 mistyped first letter: "kwen" -> "qwen"). A term of letters joined to a version has its letters
-corrected ("qwne2.5" -> "qwen2.5"). A suggestion keeps the words it did not correct as typed. Both engines correct from an in-memory tally of the indexed
-names' words (kept by rebuild and apply), and only when a search found nothing; whether a term or
-a corrected query finds anything is asked without ranking the matches.
+corrected ("qwne2.5" -> "qwen2.5"). A suggestion keeps what it did not correct as typed. Both
+engines correct from an in-memory tally of the indexed names' words (kept by rebuild and apply),
+and only when a search found nothing; whether a term or a corrected query finds anything is asked
+without ranking the matches.
 
 Filters are exact (tag and family ignoring case; format, status and the version filters: the
 model has at least one current version with that value) and use side tables with indexes, not
@@ -1428,16 +1429,13 @@ def _as_typed(text: str, terms: list[str], corrected: list[str]) -> str:
 
 
 def _corrected_as_typed(typed: str, term: str, word: str) -> str:
-    """The typed word with only its corrected runs of letters replaced ("Qwne2.5" -> "qwen2.5");
-    the correction as it is when the two do not split alike."""
+    """The typed word with only its corrected pieces replaced ("Qwne2.5" -> "qwen2.5", "07b" -> "7b");
+    the correction as it is when the two do not split alike at letter runs."""
     typed_runs, term_runs, word_runs = (_LETTER_RUN.split(text) for text in (typed, term, word))
     if not len(typed_runs) == len(term_runs) == len(word_runs):
         return word
-    # Letters at the odd places (the runs split keeps); digits and separators as typed.
-    return "".join(
-        new if index % 2 and new != old else kept
-        for index, (kept, old, new) in enumerate(zip(typed_runs, term_runs, word_runs, strict=True))
-    )
+    # Each piece (a run of letters, or what lies between two) as typed unless the correction changed it.
+    return "".join(new if new != old else kept for kept, old, new in zip(typed_runs, term_runs, word_runs, strict=True))
 
 
 # Queries of at most this many terms are tried with neighbouring terms joined when they find nothing.
