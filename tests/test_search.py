@@ -20,7 +20,7 @@ from pathlib import Path
 
 import hypothesis
 import pytest
-from hypothesis import strategies as hypothesis_strategies
+from hypothesis import strategies as st
 
 from controlplane.errors import InvalidArgument
 from controlplane.server import search
@@ -1047,6 +1047,22 @@ async def test_suggestions_follow_changes_and_a_reopened_index(tmp_path: Path, u
     await reopened.close()
 
 
+@pytest.mark.parametrize(
+    ("typed", "corrected", "shown"),
+    [
+        ("lamma 3.1 8b", ["llama", "3-1", "8b"], "llama 3.1 8b"),  # the rest as typed
+        ("Qwne2.5 7B", ["qwen2-5", "7b"], "qwen2.5 7B"),  # only the corrected letters
+        ("07b", ["7b"], "7b"),
+        ("qwe_.5", ["qwen", "5"], "qwen 5"),  # "qwen.5" would be one term, "qwen-5"
+        ("tga:chat", ["tag", "chat"], "tag chat"),  # "tag:chat" would be a filter
+    ],
+)
+def test_a_suggestion_is_written_as_typed_unless_it_would_read_as_another_query(
+    typed: str, corrected: list[str], shown: str
+) -> None:
+    assert search._as_typed(typed, search.query_terms(typed), corrected) == shown
+
+
 # --- both engines, any query -----------------------------------------------------------------------
 
 _ANY_QUERY_NAMES = [
@@ -1059,15 +1075,13 @@ _ANY_QUERY_NAMES = [
     "Café-Mistral_7b",
 ]
 _ANY_QUERY_DESCRIPTIONS = ["fine-tune of llama-3-8b", "通义千问 140亿参数对话模型", "", "base model", "embeddings"]
-_QUERY_WORDS = hypothesis_strategies.sampled_from(
+_QUERY_WORDS = st.sampled_from(
     ["qwen", "2.5", "coder", "7b", "07b", "deep", "seek", "千问", "对话", "mixtr", "x7b", "llama", "lamma", "kwen",
      "qwne2.5", "sd", "xl", "turbo", "v3", "large", "cafe", "mistrl", "-", "_", "%", '"', "embedding", "model",
      "한국어", "phi-3", "Q", "1%0", "tag:chat", "family:fam"]
 )  # fmt: skip
-_QUERIES = hypothesis_strategies.lists(
-    hypothesis_strategies.one_of(
-        _QUERY_WORDS, hypothesis_strategies.text(alphabet="abcdeqwxyzLQ0123456789-_. 千问", max_size=6)
-    ),
+_QUERIES = st.lists(
+    st.one_of(_QUERY_WORDS, st.text(alphabet="abcdeqwxyzLQ0123456789-_. 千问", max_size=6)),
     max_size=5,
 ).map(" ".join)
 
@@ -1089,6 +1103,8 @@ def test_both_engines_give_every_query_the_same_answer_and_suggestions_that_find
 
     indexes = loop.run_until_complete(open_both())
 
+    suggested: list[str] = []  # every suggestion made, so the test knows it exercised them
+
     async def answers(query: str) -> list[object]:
         found: list[object] = []
         for index in indexes:
@@ -1098,12 +1114,21 @@ def test_both_engines_give_every_query_the_same_answer_and_suggestions_that_find
                 found.append("invalid")
                 continue
             found.append((sorted(name for name, _ in page.hits), page.total, page.suggestions))
+            assert len(set(page.suggestions)) == len(page.suggestions), (query, page.suggestions)
             for suggestion in page.suggestions:
                 assert (await index.search(suggestion)).hits, (query, suggestion, index.engine)
+                suggested.append(suggestion)
         return found
 
-    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
     @hypothesis.given(_QUERIES)
+    @hypothesis.example("lamma 8b")
+    @hypothesis.example("Kwen 2.5")
+    @hypothesis.example("qwne2.5 coder")
+    @hypothesis.example("07b")
+    @hypothesis.example("qwe_.5")  # shown as typed, "qwen.5" would be one term that finds nothing
+    @hypothesis.example("mistrl-.7b")
+    @hypothesis.example("lage:chat")  # shown as typed, "large:chat" stays words; "tag:" would not
     def same_answer(query: str) -> None:
         fts5, like = loop.run_until_complete(answers(query))
         assert fts5 == like, query
@@ -1112,6 +1137,7 @@ def test_both_engines_give_every_query_the_same_answer_and_suggestions_that_find
         if indexes[0].engine != ENGINE_FTS5:
             pytest.skip("this SQLite build has no FTS5")
         same_answer()
+        assert suggested, "no example made a suggestion: the property was not exercised"
     finally:
         for index in indexes:
             loop.run_until_complete(index.close())

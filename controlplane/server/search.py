@@ -26,8 +26,8 @@ Invariants:
   So a page is always the full answer at exactly the revision it reports. A rebuild or apply
   that has started always finishes (or rolls back) even if its caller is cancelled, so the
   revision never disagrees with the contents.
-* The same documents give the same answer: the order is (bm25 score, name), bm25 depends only on
-  the set of documents (not on the order they arrived in), and names are unique ignoring case.
+* The same documents give the same answer: the order (see Ranking) ends in the name, bm25 depends
+  only on the set of documents (not on the order they arrived in), and names are unique ignoring case.
   So a server that rebuilt and a server that applied increments agree at the same revision.
 * ``apply`` never moves the revision backwards (that would be an indexer bug: ValueError).
   ``rebuild`` may set any revision, because it replaces everything (e.g. after a backup restore).
@@ -43,7 +43,7 @@ Two engines answer the same queries:
   tags and description, ranked by ``bm25`` with the name weighted highest.
 * ``like``: for SQLite builds without FTS5 (or ``use_fts5=False``), a ``LIKE '% term%'`` scan of
   one normalised text per model, built so that a term matches exactly when it is a prefix of a
-  token, as in FTS5. Results are ordered by name; the score is 0.
+  token, as in FTS5. Results are ranked as FTS5's, without bm25 (the score is 0).
 
 How names are found: text is indexed and queried *canonical*, with '.' and '_' between letters or
 digits written '-', so the three separators are one ("qwen2.5-coder_7b" is "qwen2-5-coder-7b",
@@ -83,13 +83,14 @@ primary-key lookup per match.
 "Did you mean": a first page that found nothing corrects each term that matches no model on its
 own into a word of the model names one edit away (terms up to 4 characters) or two (longer),
 nearest then commonest first, and offers the corrected queries that do find models
-(``SearchPage.suggestions``). Candidates are the words with the term's first letter, and any
-word one deletion from the term, or the term from it, or both from one text (SymSpell's way to a
-mistyped first letter: "kwen" -> "qwen"). A term of letters joined to a version has its letters
-corrected ("qwne2.5" -> "qwen2.5"). A suggestion keeps what it did not correct as typed. Both
-engines correct from an in-memory tally of the indexed names' words (kept by rebuild and apply),
-and only when a search found nothing; whether a term or a corrected query finds anything is asked
-without ranking the matches.
+(``SearchPage.suggestions``), written as the person typed the words it did not correct (unless
+so written the text would be read as another query). Candidates are the words with the term's
+first letter, and any word one deletion from the term, or the term from it, or both from one
+text (SymSpell's way to a mistyped first letter: "kwen" -> "qwen"). A term of letters joined to
+a version has its letters corrected ("qwne2.5" -> "qwen2.5"). Both engines correct from an
+in-memory tally of the indexed names' words (kept by rebuild and apply), and only when a search
+found nothing; whether a term or a corrected query finds anything is asked without ranking the
+matches.
 
 Filters are exact (tag and family ignoring case; format, status and the version filters: the
 model has at least one current version with that value) and use side tables with indexes, not
@@ -98,8 +99,9 @@ that format and status are independent facets: ``format=GGUF, status=READY`` mea
 version and has a ready version", not necessarily the same version.
 
 Cost: a search is driven by its terms and ranks every match before it can return the best, so
-it costs O(matches), not O(page): 3-6 µs per match, bm25 and the citation lookup the most (8 ms
-for a thousand matches, 16 ms for a one-letter prefix that matches most of 20,000 models). The
+it costs O(matches), not O(page): 3-9 µs per match, bm25 and the citation lookup the most (8-16
+ms for 1,000-5,000 matches, and about as much for a one-letter prefix matching most of 20,000
+models, which share the prefix indexes). The
 LIKE engine scans every model on every search (tens of ms at 20,000 models). A query that finds
 nothing costs more: up to four joined forms, then "did you mean", each asked with a statement
 that stops at the first match (FTS5) or scans every model (LIKE), on every page of it.
@@ -551,7 +553,9 @@ def _name_words(name: str) -> set[str]:
     cuts = [0, *_word_starts(canonical), len(canonical)]
     pieces = [canonical[start:end].strip("-") for start, end in itertools.pairwise(cuts)]
     pieces += canonical.split("-")
-    return {_fold(piece) for piece in pieces if piece and "-" not in piece and " " not in piece}
+    # Only words of letters and digits: "foo._bar" holds a "." the separators leave, which no
+    # term holds ("." splits a query), so a suggestion of it would be a phrase on one engine only.
+    return {_fold(piece) for piece in pieces if piece and piece.isalnum()}
 
 
 # A name as a description writes it: letters or digits, with '.', '_', '-' between them.
@@ -620,9 +624,9 @@ _SORTS: dict[int, str] = {
 
 
 def _joined_key(text: str) -> str:
-    """``text`` as the ranking compares names and what was typed: without '-', '_', '.' and
-    spaces, and in lower case (ASCII only, as SQLite's lower(): a stored name and typed text fold alike)."""
-    return "".join(char.lower() if char.isascii() else char for char in text if char not in "-_. ")
+    """``text`` as the ranking compares names, what was typed and its terms: folded as the terms
+    are ("Café" -> "cafe"), without '-', '_', '.' and spaces."""
+    return "".join(char for char in _fold(text) if char not in "-_. ")
 
 
 def _like_terms(term_count: int) -> str:
@@ -705,8 +709,7 @@ def _exists_statement(engine: str, term_count: int, filters: tuple[str, ...]) ->
             "SELECT 1 FROM models_fts CROSS JOIN models AS m ON m.id = models_fts.rowid "
             f"WHERE models_fts MATCH :match {where} LIMIT 1"
         )
-    likes = _like_terms(term_count)
-    return f"SELECT 1 FROM models AS m WHERE {likes or '1 = 1'} {where} LIMIT 1"
+    return f"SELECT 1 FROM models AS m WHERE {_like_terms(term_count)} {where} LIMIT 1"
 
 
 class SearchIndex:
@@ -876,8 +879,8 @@ class SearchIndex:
         """The named parameters every statement of ``_statements`` and ``_exists_statement`` takes
         for these terms and filters (sqlite3 ignores the ones a statement does not name)."""
         params: dict[str, Any] = {}
-        params.update((f"in_name{index}", term.replace("-", "")) for index, term in enumerate(terms))
-        params["phrase"] = "".join(terms).replace("-", "")
+        params.update((f"in_name{index}", _joined_key(term)) for index, term in enumerate(terms))
+        params["phrase"] = _joined_key("".join(terms))
         # Without terms the filters alone select (a browse): there is nothing to match.
         if terms and self._engine == ENGINE_FTS5:
             params["match"] = _match_expression(terms)
@@ -955,7 +958,9 @@ class SearchIndex:
         suggestions: list[str] = []
         for corrected in candidates:
             if corrected != terms and await self._exists(corrected, filters, used):
-                suggestions.append(" ".join([_as_typed(parsed.text, terms, corrected), *typed_filters]))
+                suggestion = " ".join([_as_typed(parsed.text, terms, corrected), *typed_filters])
+                if suggestion not in suggestions:
+                    suggestions.append(suggestion)
         return suggestions[:MAX_SUGGESTIONS]
 
     def _word_models(self, word: str) -> int:
@@ -1412,8 +1417,18 @@ def _merged_filters(
 def _as_typed(text: str, terms: list[str], corrected: list[str]) -> str:
     """``corrected`` (one word per term of ``text``) written as the person typed ``text``: only the
     corrected words change ("lamma 3.1 8b" -> "llama 3.1 8b", not "llama 3-1 8b"). The terms
-    themselves, as the index compares them, when their places in the text cannot be told."""
-    spans = []  # (start, end) of each term in the text
+    themselves, as the index compares them, when their places in the text cannot be told, or when
+    the text so written would be read as another query ("qwe_.5" corrected to "qwen 5" must not
+    show "qwen.5", one term; "tga:chat" corrected must not show the filter "tag:chat")."""
+    shown = _written_as_typed(text, terms, corrected)
+    reread = parse_query(shown)
+    if shown != " ".join(corrected) and (reread.filters or query_terms(reread.text) != corrected):
+        return " ".join(corrected)
+    return shown
+
+
+def _written_as_typed(text: str, terms: list[str], corrected: list[str]) -> str:
+    spans = []  # (start, end, folded term) of each term in the text
     for match in _TOKEN.finditer(_canonical(text)):  # _canonical keeps every character's place
         folded = _fold(match.group())
         if any(char.isalnum() for char in folded):  # as query_terms keeps a term
@@ -1430,7 +1445,7 @@ def _as_typed(text: str, terms: list[str], corrected: list[str]) -> str:
 
 def _corrected_as_typed(typed: str, term: str, word: str) -> str:
     """The typed word with only its corrected pieces replaced ("Qwne2.5" -> "qwen2.5", "07b" -> "7b");
-    the correction as it is when the two do not split alike at letter runs."""
+    the correction as it is when the three do not split alike at letter runs."""
     typed_runs, term_runs, word_runs = (_LETTER_RUN.split(text) for text in (typed, term, word))
     if not len(typed_runs) == len(term_runs) == len(word_runs):
         return word
@@ -1475,11 +1490,12 @@ _LETTER_RUN = re.compile(r"([^\W\d_]+)")
 
 
 def _reached_by_deletion(word: str) -> bool:
-    """Whether "did you mean" finds ``word`` from other first letters (``SearchIndex._near``): a
-    word of letters that a corrected term can be (2 to ``_MAX_NEAR_CHARS`` characters; a term
-    has at least 3, and one deletion from it has 2). Numbers and long ids (a hex digest as a
-    name's last word) would cost memory in proportion to their length and are never mistyped words."""
-    return 2 <= len(word) <= _MAX_NEAR_CHARS and not any(char.isdigit() for char in word)
+    """Whether "did you mean" finds ``word`` from other first letters through its deletions
+    (``SearchIndex._near``): a word of letters of 3 to ``_MAX_NEAR_CHARS`` characters. A term has
+    at least 3, so a shorter word's deletions are never looked up (a 2-letter word one deletion
+    from a term is found as a word). Numbers and long ids (a hex digest as a name's last word)
+    would cost memory in proportion to their length and are never mistyped words."""
+    return 3 <= len(word) <= _MAX_NEAR_CHARS and not any(char.isdigit() for char in word)
 
 
 def _deletions(word: str) -> set[str]:
