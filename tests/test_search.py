@@ -1055,6 +1055,7 @@ async def test_suggestions_follow_changes_and_a_reopened_index(tmp_path: Path, u
         ("07b", ["7b"], "7b"),
         ("qwe_.5", ["qwen", "5"], "qwen 5"),  # "qwen.5" would be one term, "qwen-5"
         ("tga:chat", ["tag", "chat"], "tag chat"),  # "tag:chat" would be a filter
+        ("tga: chat", ["tag", "chat"], "tag chat"),  # "tag:" would be a filter without a value
     ],
 )
 def test_a_suggestion_is_written_as_typed_unless_it_would_read_as_another_query(

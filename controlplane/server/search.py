@@ -1421,13 +1421,17 @@ def _as_typed(text: str, terms: list[str], corrected: list[str]) -> str:
     the text so written would be read as another query ("qwe_.5" corrected to "qwen 5" must not
     show "qwen.5", one term; "tga:chat" corrected must not show the filter "tag:chat")."""
     shown = _written_as_typed(text, terms, corrected)
-    reread = parse_query(shown)
-    if shown != " ".join(corrected) and (reread.filters or query_terms(reread.text) != corrected):
+    try:
+        reread = parse_query(shown)
+    except InvalidArgument:  # "tga: x" corrected reads as "tag:" without a value
+        return " ".join(corrected)
+    if reread.filters or query_terms(reread.text) != corrected:
         return " ".join(corrected)
     return shown
 
 
 def _written_as_typed(text: str, terms: list[str], corrected: list[str]) -> str:
+    """``text`` with each corrected term's place replaced (see ``_as_typed``)."""
     spans = []  # (start, end, folded term) of each term in the text
     for match in _TOKEN.finditer(_canonical(text)):  # _canonical keeps every character's place
         folded = _fold(match.group())
