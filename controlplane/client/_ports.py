@@ -375,9 +375,8 @@ def convert(cls: type[D], message: Message, **extra: Any) -> D:
     Nested dataclasses, enums, tuples of either and optional sub-messages (None when unset) follow
     the dataclass's annotations; ``extra`` fills fields the message does not have (``revision``).
     """
-    if extra:
-        return cls(**{name: extra[name] if name in extra else read(message) for name, read in _readers(cls)})  # type: ignore[arg-type]
-    return cls(**{name: read(message) for name, read in _readers(cls)})  # type: ignore[arg-type]
+    readers = _readers(cls)  # type: ignore[arg-type]  # classes are hashable
+    return cls(**{name: extra[name] if name in extra else read(message) for name, read in readers})
 
 
 _Reader = Callable[[Any], Any]

@@ -853,13 +853,13 @@ class SearchIndex:
             return SearchPage(hits=[], total=0, query_ms=0.0, revision=self._revision, engine=self._engine)
         async with self._lock:
             started = time.perf_counter()
-            rows, total = await self._page(terms, filters, used, parsed.text.strip(), limit, offset, sort)
+            rows, total = await self._page(terms, filters, used, parsed.text, limit, offset, sort)
             if not total:
                 # Words typed apart that a name writes together ("sd xl turbo" for sdxl-turbo).
                 for joined in _joinings(terms):
                     if await self._exists(joined, filters, used):
                         terms = joined
-                        rows, total = await self._page(terms, filters, used, parsed.text.strip(), limit, offset, sort)
+                        rows, total = await self._page(terms, filters, used, parsed.text, limit, offset, sort)
                         break
             suggestions: list[str] = []
             if not rows and offset == 0 and terms:
