@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from controlplane import errors
-from controlplane.client import AsyncClient, Consistency, EventType, KeyValue, RetryPolicy, Role, _base
+from controlplane.client import AsyncClient, Consistency, EventType, KeyValue, Member, RetryPolicy, Role, _base
+from controlplane.client._auth import audit_servers, audit_stream_error
 from controlplane.v1 import cluster_pb2, common_pb2, kv_pb2, watch_pb2
 
 pytestmark = pytest.mark.timeout(30)
@@ -576,3 +577,30 @@ async def test_a_write_waits_for_a_leader_the_others_still_follow() -> None:
     finally:
         await client.close()
     assert (written, put.revision) == (["a:1"], 7)
+
+
+def test_an_audit_watch_follows_the_members_or_else_the_endpoints() -> None:
+    members = [
+        Member("n1", "127.0.0.1:9", "127.0.0.1:7101", Role.LEADER, healthy=True, voter=True),
+        # No client address yet: nothing to follow there.
+        Member("n2", "127.0.0.1:8", "", Role.FOLLOWER, healthy=True, voter=True),
+    ]
+    assert audit_servers(members, ("127.0.0.1:7102",)) == {"n1": "127.0.0.1:7101"}
+    assert audit_servers([], ("a:1", "b:2")) == {"a:1": "a:1", "b:2": "b:2"}
+
+
+@pytest.mark.parametrize(
+    ("code", "ends"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, None),  # restarting or cut off: follow it again
+        (grpc.StatusCode.CANCELLED, None),  # a stopping server ends its streams so
+        (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, errors.Unauthenticated),
+        (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),  # a server without an audit log
+    ],
+)
+def test_an_audit_stream_error_ends_the_watch_only_when_it_is_an_answer(
+    code: grpc.StatusCode, ends: type[errors.ControlPlaneError] | None
+) -> None:
+    error = audit_stream_error(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "why"))
+    assert (None if error is None else type(error)) is ends

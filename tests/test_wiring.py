@@ -173,7 +173,7 @@ def test_servicers_read_the_state_through_one_table_never_the_machine() -> None:
 def test_every_sdk_rpc_names_a_served_method_and_its_response_type() -> None:
     """The SDK's ``Rpc`` descriptors are typed by hand (for the type checker): each must name a
     method of the client port, with exactly the response message its proto declares, and every
-    method of the client port but the audit stream must have one."""
+    method of the client port must have one."""
     import controlplane.client
     from controlplane.client import _base
 
@@ -186,5 +186,4 @@ def test_every_sdk_rpc_names_a_served_method_and_its_response_type() -> None:
         declared = methods.descriptor(rpc.path).output_type
         assert rpc.response.DESCRIPTOR.full_name == declared.full_name, rpc.path
     served = {path for path in authz.METHODS if path.startswith("/controlplane.")}
-    # The audit stream is cpctl's (`cpctl audit watch`, over the generated stub).
-    assert served - {"/controlplane.v1.Auth/WatchAudit"} == {rpc.path for rpc in rpcs}
+    assert served == {rpc.path for rpc in rpcs}

@@ -374,9 +374,6 @@ def tokens_revoke(
 
 # ------------------------------------------------------------------ audit
 
-#: Pause before following a server again after its stream broke (it restarted, a leader moved).
-AUDIT_RECONNECT_S = 1.0
-
 
 @audit_app.command("watch")
 def audit_watch(
@@ -390,73 +387,22 @@ def audit_watch(
 
     Each server audits the calls it answers, so this follows all of them (the members the cluster
     lists), and follows a server again when its stream breaks. What came before is in each server's
-    data_dir/audit.log."""
-    import queue
-    import threading
-
-    import grpc
-
-    from controlplane.v1 import auth_pb2, auth_pb2_grpc
-
-    servers = resolve_endpoints(endpoints)
-    factory = client_credentials(endpoints, servers=servers).sync_channel_factory()
-    with connect(endpoints, timeout) as client:
-        members = {m.id: m.client_address for m in client.status().members if m.client_address}
-    if not members:
-        members = {address: address for address in servers.split(",") if address}
-    records: queue.Queue[auth_pb2.AuditRecord | str] = queue.Queue()
-    stop = threading.Event()
-    calls: dict[str, Any] = {}
-    lock = threading.Lock()
-
-    def follow(name: str, address: str) -> None:
+    data_dir/audit.log. The SDK's ``client.watch_audit()`` does the same for a program."""
+    with connect(endpoints, timeout) as client, client.watch_audit(timeout=timeout) as watch:
+        following = set(watch.following)
+        for name, address in sorted(watch.servers.items()):
+            # On stderr, so a script knows when every server is followed and it may start.
+            state = "following" if name in following else "not answering yet, will follow"
+            typer.echo(f"{state} {name} at {address}", err=True)
+        shown = 0
         try:
-            while not stop.is_set():
-                channel = factory(address)
-                try:
-                    call = auth_pb2_grpc.AuthStub(channel).WatchAudit(auth_pb2.WatchAuditRequest())
-                    with lock:
-                        calls[name] = call
-                    if stop.is_set():
-                        return
-                    call.initial_metadata()  # subscribed: say so, so a script knows when to start
-                    typer.echo(f"following {name} at {address}", err=True)
-                    for record in call:
-                        records.put(record)
-                except grpc.RpcError as exc:
-                    if stop.is_set():
-                        return
-                    if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-                        records.put(f"{exc.code().name}: {exc.details()}")
-                        return
-                    # A stopping server may end its streams CANCELLED: follow it again all the same.
-                    typer.echo(f"{name} at {address}: {exc.code().name}, following it again", err=True)
-                finally:
-                    channel.close()
-                stop.wait(AUDIT_RECONNECT_S)
-        except Exception as exc:  # credentials that cannot work, a bug: end the command, saying why
-            records.put(f"following {name} at {address} failed: {type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=follow, args=item, daemon=True) for item in sorted(members.items())]
-    for thread in threads:
-        thread.start()
-    shown = 0
-    try:
-        while not count or shown < count:
-            record = records.get()
-            if isinstance(record, str):
-                fail(record)
-            _print_audit(record, output)
-            shown += 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop.set()
-        with lock:
-            for call in calls.values():
-                call.cancel()
-        for thread in threads:
-            thread.join(timeout=2.0)  # each ends once its cancelled stream returns
+            for record in watch:
+                _print_audit(record, output)
+                shown += 1
+                if count and shown >= count:
+                    break
+        except KeyboardInterrupt:
+            pass
 
 
 def _print_audit(record: Any, output: Output) -> None:

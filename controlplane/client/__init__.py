@@ -16,8 +16,17 @@ Every call retries transient failures (``Unavailable``, including ``UnknownOutco
 errors below (from :mod:`controlplane.errors`) for everything else.
 """
 
-from controlplane.client._async import AsyncClient, AsyncWatch
-from controlplane.client._auth import AuthChange, AuthRole, AuthStatus, AuthToken, AuthUser, CreatedToken, Permission
+from controlplane.client._async import AsyncAuditWatch, AsyncClient, AsyncWatch
+from controlplane.client._auth import (
+    AuditRecord,
+    AuthChange,
+    AuthRole,
+    AuthStatus,
+    AuthToken,
+    AuthUser,
+    CreatedToken,
+    Permission,
+)
 from controlplane.client._base import RetryPolicy
 from controlplane.client._credentials import Credentials, CredentialsError
 from controlplane.client._discovery import DiscoveryPolicy, discover_endpoints
@@ -108,7 +117,7 @@ from controlplane.client._ports import (
     ServiceHealth,
     ServiceRecord,
 )
-from controlplane.client._sync import Client, Watch
+from controlplane.client._sync import AuditWatch, Client, Watch
 from controlplane.errors import (
     AlreadyExists,
     ControlPlaneError,
@@ -132,8 +141,11 @@ from controlplane.errors import (
 __all__ = [
     "AllocateResult",
     "AlreadyExists",
+    "AsyncAuditWatch",
     "AsyncClient",
     "AsyncWatch",
+    "AuditRecord",
+    "AuditWatch",
     "AuthChange",
     "AuthRole",
     "AuthStatus",

@@ -14,7 +14,8 @@ import grpc
 import grpc.aio
 
 from controlplane import errors
-from controlplane.client import _base, _discovery
+from controlplane.client import _auth, _base, _discovery
+from controlplane.client import _ports as P
 from controlplane.client._api_async import (
     AsyncAuth,
     AsyncGossip,
@@ -24,6 +25,7 @@ from controlplane.client._api_async import (
     AsyncPorts,
     AsyncServices,
 )
+from controlplane.client._auth import AuditRecord
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._credentials import Credentials
 from controlplane.client._kv import (
@@ -39,9 +41,9 @@ from controlplane.client._kv import (
     PutResult,
     SnapshotInfo,
 )
-from controlplane.v1 import cluster_pb2
+from controlplane.v1 import auth_pb2, cluster_pb2
 
-__all__ = ["AsyncClient", "AsyncWatch"]
+__all__ = ["AsyncAuditWatch", "AsyncClient", "AsyncWatch"]
 
 T = TypeVar("T")
 #: Builds the channel for one ``host:port``; inject one to add credentials, options or a test double.
@@ -111,7 +113,7 @@ class AsyncClient:
         self._channel_factory = channel_factory or self.credentials.async_channel_factory()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}
-        self._watches: set[AsyncWatch] = set()
+        self._watches: set[AsyncWatch | AsyncAuditWatch] = set()
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -234,6 +236,30 @@ class AsyncClient:
         self._core.check_open()
         watch = AsyncWatch(self, _base.WatchCursor(prefix, from_revision, domains, types))
         self._watches.add(watch)
+        return watch
+
+    async def watch_audit(self, *, timeout: float | None = None) -> AsyncAuditWatch:
+        """An async iterator over every changing call the cluster's servers judge from now on, as
+        their audit logs record it: when, which server, who, the method, what it named and the
+        outcome. For cluster admins (``PermissionDenied`` otherwise, raised here).
+
+        Each server audits the calls it answers, so this follows every member the cluster lists
+        (the endpoints when it lists none), one stream each, and returns once every one has
+        subscribed or ``timeout`` has passed: a call judged afterwards by a server in ``following``
+        is delivered. Records of different servers come in the order they arrive. A server whose
+        stream breaks (a restart, a partition) is followed again, with backoff, for as long as the
+        watch is open; what it judged meanwhile, and records it skipped for a reader that fell
+        behind (``AuditRecord.missed``), are in its ``data_dir/audit.log``. Stop it with
+        ``await watch.aclose()``, ``async with``, or by closing the client. A task per server
+        reads its stream while the watch is open.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._core.timeout if timeout is None else timeout)
+        members = (await self.status(timeout=max(deadline - loop.time(), 0.0))).members
+        self._core.check_open()
+        watch = AsyncAuditWatch(self, _auth.audit_servers(members, self.endpoints))
+        self._watches.add(watch)
+        await watch.start(deadline)
         return watch
 
     # --- Cluster ----------------------------------------------------------------------------------
@@ -461,7 +487,7 @@ class AsyncClient:
                 attempts.succeeded(address, _base.leader_address_of(result))
                 return result
 
-    def _forget(self, watch: AsyncWatch) -> None:
+    def _forget(self, watch: AsyncWatch | AsyncAuditWatch) -> None:
         self._watches.discard(watch)
 
 
@@ -588,6 +614,128 @@ class AsyncWatch:
         self._client._forget(self)
 
     async def __aenter__(self) -> AsyncWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncAuditWatch:
+    """The async iterator :meth:`AsyncClient.watch_audit` returns. See there for its guarantees.
+
+    One task iterates it. A task per server reads that server's stream into a bounded buffer,
+    until the watch is closed.
+    """
+
+    def __init__(self, client: AsyncClient, servers: dict[str, str]) -> None:
+        self._client = client
+        #: The servers this watch follows: node id -> client address.
+        self.servers = dict(servers)
+        self._records: asyncio.Queue[AuditRecord | errors.ControlPlaneError | None] = asyncio.Queue(_auth.AUDIT_BUFFER)
+        self._closed = False
+        self._wake = asyncio.Event()  # set by aclose(), so that a stream waiting out a backoff stops
+        self._changed = asyncio.Event()  # a stream subscribed, broke or failed for good
+        self._subscribed: set[str] = set()
+        self._failure: errors.ControlPlaneError | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def following(self) -> tuple[str, ...]:
+        """The servers (node ids) whose streams are open now."""
+        return tuple(sorted(self._subscribed))
+
+    async def start(self, deadline: float) -> None:
+        """Open every server's stream; wait until all have subscribed or ``deadline`` (the loop's
+        clock) has passed. An error that is an answer (``PermissionDenied``) closes the watch and is
+        raised."""
+        self._tasks = [asyncio.create_task(self._follow(*item)) for item in sorted(self.servers.items())]
+        loop = asyncio.get_running_loop()
+        while self._failure is None and len(self._subscribed) < len(self.servers):
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
+                    await self._changed.wait()
+            except TimeoutError:
+                break
+        if self._failure is not None:
+            await self.aclose()
+            raise self._failure
+
+    async def _follow(self, name: str, address: str) -> None:
+        retries = 0
+        while not self._closed:
+            try:
+                method = self._client._method(address, _auth.WATCH_AUDIT, "unary_stream")
+            except RuntimeError:  # the client was closed
+                return
+            call = method(auth_pb2.WatchAuditRequest())
+            try:
+                await call.initial_metadata()  # the server sends it on subscribing, or the call failed
+                if not call.done():
+                    retries = 0
+                    self._mark(name, subscribed=True)
+                async for message in call:
+                    await self._records.put(P.convert(AuditRecord, message))
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if self._closed:
+                    return
+                error = _auth.audit_stream_error(exc)
+                if error is not None:
+                    self._failure = self._failure or error
+                    await self._records.put(error)
+                    return
+            finally:
+                self._mark(name, subscribed=False)
+            delay = self._client._core.policy.backoff(retries)
+            retries += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    def _mark(self, name: str, *, subscribed: bool) -> None:
+        if subscribed:
+            self._subscribed.add(name)
+        else:
+            self._subscribed.discard(name)
+        self._changed.set()
+
+    def __aiter__(self) -> AsyncAuditWatch:
+        return self
+
+    async def __anext__(self) -> AuditRecord:
+        if self._closed:
+            raise StopAsyncIteration
+        item = await self._records.get()
+        if item is None or self._closed:
+            raise StopAsyncIteration
+        if isinstance(item, errors.ControlPlaneError):
+            await self.aclose()
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        """Stop the watch: cancels every stream; the iteration ends (StopAsyncIteration). Idempotent."""
+        self._closed = True
+        self._wake.set()
+        self._changed.set()
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._records.put_nowait(None)  # wakes a reader waiting in __anext__
+        self._client._forget(self)
+
+    async def __aenter__(self) -> AsyncAuditWatch:
         return self
 
     async def __aexit__(

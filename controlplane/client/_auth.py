@@ -9,9 +9,14 @@ it was created (``AuthToken.secret_sha256`` is left empty by the server and not 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
+
+from controlplane import errors
 from controlplane.client._base import Rpc
+from controlplane.client._kv import Member
 from controlplane.v1 import auth_pb2
 
 
@@ -76,6 +81,49 @@ class AuthChange:
     revision: int
 
 
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One changing call as the server that judged it wrote it to its audit log."""
+
+    time_unix_ms: int
+    #: The server that judged the call.
+    node_id: str
+    #: The caller ("user:alice", "agent:n1"); empty when it sent no credential.
+    who: str
+    #: The full gRPC method, "/controlplane.v1.KV/Put".
+    method: str
+    #: What the call named (keys, model names, hosts), comma-separated; may be empty.
+    resource: str
+    #: The outcome: "OK", "PERMISSION_DENIED", "INVALID_ARGUMENT", ...
+    code: str
+    #: The caller's address as gRPC reports it.
+    peer: str
+    #: Records of this server skipped just before this one because the reader fell behind (its
+    #: audit.log still has them).
+    missed: int
+
+
+#: Records an audit watch holds for its reader. A reader that falls further behind stops reading
+#: the streams, and each server then skips records for it and says how many (``missed``).
+AUDIT_BUFFER = 1024
+
+
+def audit_servers(members: Sequence[Member], endpoints: Sequence[str]) -> dict[str, str]:
+    """Whom an audit watch follows, node id -> client address: every member the cluster lists
+    with a client address, or the endpoints themselves (named by address) when it lists none."""
+    servers = {member.id: member.client_address for member in members if member.client_address}
+    return servers or {address: address for address in endpoints}
+
+
+def audit_stream_error(exc: grpc.RpcError) -> errors.ControlPlaneError | None:
+    """The error that ends an audit watch, or None when the server is only gone for now (it
+    restarted, is cut off, or ended its streams CANCELLED as it stopped): follow it again."""
+    if exc.code() == grpc.StatusCode.CANCELLED:
+        return None
+    error = errors.error_from_rpc(exc)
+    return None if isinstance(error, errors.Unavailable | errors.DeadlineExceeded) else error
+
+
 def permission_message(permission: Permission | tuple[str, str] | tuple[str, str, str]) -> auth_pb2.Permission:
     """A permission as the wire carries it; a tuple is (domain, verb[, resource])."""
     if isinstance(permission, Permission):
@@ -108,3 +156,4 @@ REVOKE_PERMISSION = Rpc("/controlplane.v1.Auth/RevokePermission", auth_pb2.AuthC
 CREATE_TOKEN = Rpc("/controlplane.v1.Auth/CreateToken", auth_pb2.CreateTokenResponse)
 LIST_TOKENS = Rpc("/controlplane.v1.Auth/ListTokens", auth_pb2.ListTokensResponse)
 REVOKE_TOKEN = Rpc("/controlplane.v1.Auth/RevokeToken", auth_pb2.AuthChangeResponse)
+WATCH_AUDIT = Rpc("/controlplane.v1.Auth/WatchAudit", auth_pb2.AuditRecord)

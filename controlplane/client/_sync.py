@@ -6,7 +6,9 @@ and a watch is a plain iterator. The client may be shared between threads.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -17,8 +19,10 @@ from typing import Any, TypeVar
 import grpc
 
 from controlplane import errors
-from controlplane.client import _base, _discovery
+from controlplane.client import _auth, _base, _discovery
+from controlplane.client import _ports as P
 from controlplane.client._api_sync import Auth, Gossip, Leases, Membership, Models, Ports, Services
+from controlplane.client._auth import AuditRecord
 from controlplane.client._base import RespT, RetryPolicy, Rpc
 from controlplane.client._credentials import Credentials
 from controlplane.client._kv import (
@@ -34,9 +38,9 @@ from controlplane.client._kv import (
     PutResult,
     SnapshotInfo,
 )
-from controlplane.v1 import cluster_pb2
+from controlplane.v1 import auth_pb2, cluster_pb2
 
-__all__ = ["Client", "Watch"]
+__all__ = ["AuditWatch", "Client", "Watch"]
 
 T = TypeVar("T")
 #: Builds the channel for one ``host:port``; inject one to add credentials, options or a test double.
@@ -109,7 +113,7 @@ class Client:
         self._channel_factory = channel_factory or self.credentials.sync_channel_factory()
         self._channels: dict[str, grpc.Channel] = {}
         self._methods: dict[tuple[str, str, str], Any] = {}
-        self._watches: set[Watch] = set()
+        self._watches: set[Watch | AuditWatch] = set()
         self._lock = threading.Lock()  # guards the three collections above
 
     @property
@@ -227,6 +231,31 @@ class Client:
         watch = Watch(self, _base.WatchCursor(prefix, from_revision, domains, types))
         with self._lock:
             self._watches.add(watch)
+        return watch
+
+    def watch_audit(self, *, timeout: float | None = None) -> AuditWatch:
+        """An iterator over every changing call the cluster's servers judge from now on, as their
+        audit logs record it: when, which server, who, the method, what it named and the outcome.
+        For cluster admins (``PermissionDenied`` otherwise, raised here).
+
+        Each server audits the calls it answers, so this follows every member the cluster lists
+        (the endpoints when it lists none), one stream each, and returns once every one has
+        subscribed or ``timeout`` has passed: a call judged afterwards by a server in ``following``
+        is delivered. Records of different servers come in the order they arrive. A server whose
+        stream breaks (a restart, a partition) is followed again, with backoff, for as long as the
+        watch is open; what it judged meanwhile, and records it skipped for a reader that fell
+        behind (``AuditRecord.missed``), are in its ``data_dir/audit.log``. Stop it with
+        ``close()`` (from any thread), ``with``, or by closing the client. Same as
+        :meth:`AsyncClient.watch_audit`; reading each server's stream takes a thread while the
+        watch is open.
+        """
+        deadline = time.monotonic() + (self._core.timeout if timeout is None else timeout)
+        members = self.status(timeout=max(deadline - time.monotonic(), 0.0)).members
+        watch = AuditWatch(self, _auth.audit_servers(members, self.endpoints))
+        with self._lock:
+            self._core.check_open()
+            self._watches.add(watch)
+        watch.start(deadline)
         return watch
 
     # --- Cluster ----------------------------------------------------------------------------------
@@ -434,7 +463,7 @@ class Client:
                 attempts.succeeded(address, _base.leader_address_of(result))
                 return result
 
-    def _forget(self, watch: Watch) -> None:
+    def _forget(self, watch: Watch | AuditWatch) -> None:
         with self._lock:
             self._watches.discard(watch)
 
@@ -554,6 +583,146 @@ class Watch:
         self._client._forget(self)
 
     def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AuditWatch:
+    """The iterator :meth:`Client.watch_audit` returns. See there for its guarantees.
+
+    One thread iterates; any thread may call :meth:`close`. A thread per server reads that
+    server's stream into a bounded buffer, until the watch is closed.
+    """
+
+    def __init__(self, client: Client, servers: dict[str, str]) -> None:
+        self._client = client
+        #: The servers this watch follows: node id -> client address.
+        self.servers = dict(servers)
+        self._records: queue.Queue[AuditRecord | errors.ControlPlaneError | None] = queue.Queue(_auth.AUDIT_BUFFER)
+        self._closed = threading.Event()
+        self._changed = threading.Condition()  # a stream subscribed, broke or failed for good
+        self._subscribed: set[str] = set()
+        self._failure: errors.ControlPlaneError | None = None
+        self._calls: dict[str, Any] = {}
+        self._threads = [
+            threading.Thread(target=self._follow, args=item, name=f"audit-{item[0]}", daemon=True)
+            for item in sorted(self.servers.items())
+        ]
+
+    @property
+    def following(self) -> tuple[str, ...]:
+        """The servers (node ids) whose streams are open now."""
+        with self._changed:
+            return tuple(sorted(self._subscribed))
+
+    def start(self, deadline: float) -> None:
+        """Open every server's stream; wait until all have subscribed or ``deadline`` (monotonic)
+        has passed. An error that is an answer (``PermissionDenied``) closes the watch and is raised."""
+        for thread in self._threads:
+            thread.start()
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._failure is not None or len(self._subscribed) == len(self.servers),
+                timeout=max(deadline - time.monotonic(), 0.0),
+            )
+            failure = self._failure
+        if failure is not None:
+            self.close()
+            raise failure
+
+    def _follow(self, name: str, address: str) -> None:
+        retries = 0
+        while not self._closed.is_set():
+            try:
+                method = self._client._method(address, _auth.WATCH_AUDIT, "unary_stream")
+            except RuntimeError:  # the client was closed
+                return
+            call = method(auth_pb2.WatchAuditRequest())
+            with self._changed:
+                if self._closed.is_set():
+                    call.cancel()
+                    return
+                self._calls[name] = call
+            try:
+                call.initial_metadata()  # the server sends it on subscribing, or the call failed
+                if not call.done():
+                    retries = 0
+                    self._mark(name, subscribed=True)
+                for message in call:
+                    if not self._hand_over(P.convert(AuditRecord, message)):
+                        return
+            except grpc.RpcError as exc:
+                if self._closed.is_set():
+                    return
+                error = _auth.audit_stream_error(exc)
+                if error is not None:
+                    with self._changed:
+                        self._failure = self._failure or error
+                        self._changed.notify_all()
+                    self._hand_over(error)
+                    return
+            finally:
+                with self._changed:
+                    self._calls.pop(name, None)
+                self._mark(name, subscribed=False)
+            self._closed.wait(self._client._core.policy.backoff(retries))
+            retries += 1
+
+    def _mark(self, name: str, *, subscribed: bool) -> None:
+        with self._changed:
+            if subscribed:
+                self._subscribed.add(name)
+            else:
+                self._subscribed.discard(name)
+            self._changed.notify_all()
+
+    def _hand_over(self, item: AuditRecord | errors.ControlPlaneError) -> bool:
+        """Wait for room in the buffer (the stream is not read meanwhile); False once closed."""
+        while not self._closed.is_set():
+            try:
+                self._records.put(item, timeout=0.25)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> AuditWatch:
+        return self
+
+    def __next__(self) -> AuditRecord:
+        if self._closed.is_set():
+            raise StopIteration
+        item = self._records.get()
+        if item is None or self._closed.is_set():
+            raise StopIteration
+        if isinstance(item, errors.ControlPlaneError):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the watch: cancels every stream; the iteration ends (StopIteration). Idempotent."""
+        with self._changed:
+            self._closed.set()
+            calls, self._calls = list(self._calls.values()), {}
+        for call in calls:
+            call.cancel()
+        with contextlib.suppress(queue.Full):
+            self._records.put_nowait(None)  # wakes a reader waiting in next(); a full buffer wakes it anyway
+        self._client._forget(self)
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not current:
+                thread.join(timeout=2.0)  # each ends once its cancelled stream returns
+
+    def __enter__(self) -> AuditWatch:
         return self
 
     def __exit__(

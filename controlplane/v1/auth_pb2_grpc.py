@@ -230,7 +230,7 @@ class AuthServicer:
     def WatchAudit(self, request, context):
         """Every changing call this server judges, as it writes it to its audit log, from the moment the
         stream starts (the log files hold what came before). Cluster admins only. One server's calls:
-        `cpctl audit watch` follows every server of the cluster.
+        `cpctl audit watch` and the SDK's `watch_audit()` follow every server of the cluster.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

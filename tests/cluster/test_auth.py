@@ -24,6 +24,7 @@ import pytest
 
 from controlplane import tls
 from controlplane.client import (
+    AsyncClient,
     AuthRole,
     AuthUser,
     Client,
@@ -373,6 +374,55 @@ def test_an_admin_follows_every_servers_audit_live(cluster: LocalCluster) -> Non
     assert [(r["who"], r["method"], r["code"]) for r in refused_put] == [
         ("agent:audit-a", "/controlplane.v1.KV/Put", "PERMISSION_DENIED")
     ]
+
+
+def test_the_sdk_follows_every_servers_audit_and_refuses_a_non_admin(cluster: LocalCluster) -> None:
+    """``client.watch_audit()`` returns once every server's stream is subscribed, so a put answered by
+    each server right after it is delivered, judged there; an agent may not watch, and is told so at
+    once. Shared cluster: only this test's keys are looked for."""
+    prefix = f"sdk-audit-{uuid.uuid4().hex[:6]}/"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as admin:
+        with admin.watch_audit() as audit:
+            assert sorted(audit.following) == sorted(cluster.nodes) == sorted(audit.servers)
+            for node_id, node in sorted(cluster.nodes.items()):
+                with node_client(node) as client:
+                    client.put(f"{prefix}{node_id}", b"x")
+            seen: set[tuple[str, str, str, str]] = set()
+            for record in audit:  # ends with the test's timeout if a record never comes
+                if record.resource.startswith(prefix):
+                    seen.add((record.node_id, record.resource, record.method, record.code))
+                if len(seen) == len(cluster.nodes):
+                    break
+        assert seen == {(node_id, f"{prefix}{node_id}", "/controlplane.v1.KV/Put", "OK") for node_id in cluster.nodes}
+        assert not audit.following and next(iter(audit), None) is None  # closed: no stream, no record
+    agent_cert, agent_key = tls.issue(cluster.pki_dir, tls.Identity("agent", "audit-sdk"))
+    as_agent = Credentials(ca=cluster.credentials.ca, cert=agent_cert, key=agent_key)
+    with (
+        Client(cluster.client_addresses, credentials=as_agent, timeout=30) as agent,
+        pytest.raises(PermissionDenied, match="cluster:admin"),
+    ):
+        agent.watch_audit()
+
+
+async def test_the_async_sdk_follows_every_servers_audit(cluster: LocalCluster) -> None:
+    """The asyncio twin: subscribed to every server on return, and a put through each is delivered."""
+    prefix = f"async-audit-{uuid.uuid4().hex[:6]}/"
+    async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as admin:
+        audit = await admin.watch_audit()
+        async with audit:
+            assert sorted(audit.following) == sorted(cluster.nodes)
+            for node_id, node in sorted(cluster.nodes.items()):
+                async with AsyncClient(node.client_address, credentials=node.credentials, timeout=10) as one:
+                    await one.put(f"{prefix}{node_id}", b"x")
+            seen = set()
+            async for record in audit:
+                if record.resource.startswith(prefix):
+                    seen.add((record.node_id, record.who, record.code))
+                if len(seen) == len(cluster.nodes):
+                    break
+        assert {node_id for node_id, _, _ in seen} == set(cluster.nodes)
+        assert {(who, code) for _, who, code in seen} == {("user:admin", "OK")}
+        assert not audit.following
 
 
 def test_the_sdk_provisions_users_roles_and_tokens(cluster: LocalCluster) -> None:
