@@ -80,6 +80,8 @@ LEADER_ID_KEY = "cp-leader-id"
 LEADER_ADDRESS_KEY = "cp-leader-address"
 OLDEST_REVISION_KEY = "cp-oldest-revision"
 ERROR_KIND_KEY = "cp-error"
+# Initial metadata of an ``Auth.WatchAudit`` stream the server subscribed: the SDK waits for it.
+AUDIT_SUBSCRIBED_KEY = "cp-audit-subscribed"
 
 
 class ControlPlaneWarning(UserWarning):

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import hashlib
 import inspect
+import queue
 import random
 import socket
 import threading
@@ -28,8 +29,11 @@ import pytest
 
 from controlplane import errors
 from controlplane.client import (
+    AsyncAuditWatch,
     AsyncClient,
     AsyncWatch,
+    AuditRecord,
+    AuditWatch,
     Client,
     Consistency,
     DeadlineExceeded,
@@ -39,6 +43,7 @@ from controlplane.client import (
     InvalidArgument,
     KeyValue,
     OutOfRange,
+    PermissionDenied,
     RetryPolicy,
     Role,
     Unavailable,
@@ -46,6 +51,8 @@ from controlplane.client import (
     Watch,
 )
 from controlplane.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     cluster_pb2,
     cluster_pb2_grpc,
     common_pb2,
@@ -121,7 +128,9 @@ class Fault:
     after_apply: bool = False
 
 
-class FakeNode(kv_pb2_grpc.KVServicer, watch_pb2_grpc.WatchServicer, cluster_pb2_grpc.ClusterServicer):
+class FakeNode(
+    kv_pb2_grpc.KVServicer, watch_pb2_grpc.WatchServicer, cluster_pb2_grpc.ClusterServicer, auth_pb2_grpc.AuthServicer
+):
     """One fake server on 127.0.0.1, with a script of faults and a log of what it received."""
 
     def __init__(self, state: FakeState, node_id: str) -> None:
@@ -138,11 +147,14 @@ class FakeNode(kv_pb2_grpc.KVServicer, watch_pb2_grpc.WatchServicer, cluster_pb2
         self.snapshot_data = b""
         self.snapshot_sha = ""  # override the announced sha256 (to send a damaged snapshot)
         self.restored: list[list[cluster_pb2.SnapshotChunk]] = []
+        # One queue per WatchAudit stream subscribed: a record to send, or an error to end it with.
+        self.audit_streams: list[queue.Queue[auth_pb2.AuditRecord | errors.ControlPlaneError]] = []
         # Named threads, so the clean-close test can tell the server's threads from the client's.
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="fake-server"))
         kv_pb2_grpc.add_KVServicer_to_server(self, self.server)
         watch_pb2_grpc.add_WatchServicer_to_server(self, self.server)
         cluster_pb2_grpc.add_ClusterServicer_to_server(self, self.server)
+        auth_pb2_grpc.add_AuthServicer_to_server(self, self.server)
         self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
         self.server.start()
 
@@ -283,6 +295,28 @@ class FakeNode(kv_pb2_grpc.KVServicer, watch_pb2_grpc.WatchServicer, cluster_pb2
                 yield watch_pb2.WatchResponse(events=[event] if matching else [], revision=event.revision)
                 sent += 1
                 after = event.revision
+
+    # Auth
+
+    def audit(self, item: auth_pb2.AuditRecord | errors.ControlPlaneError) -> None:
+        """Send a record (or end with an error) on the newest audit stream."""
+        self.audit_streams[-1].put(item)
+
+    def WatchAudit(
+        self, request: auth_pb2.WatchAuditRequest, context: grpc.ServicerContext
+    ) -> Iterator[auth_pb2.AuditRecord]:
+        self._admit("WatchAudit", request, context)
+        stream: queue.Queue[auth_pb2.AuditRecord | errors.ControlPlaneError] = queue.Queue()
+        self.audit_streams.append(stream)  # before the client learns it subscribed
+        context.send_initial_metadata(((errors.AUDIT_SUBSCRIBED_KEY, "1"),))
+        while context.is_active() and not self.released.is_set():
+            try:
+                item = stream.get(timeout=0.05)  # and look again whether the client is still there
+            except queue.Empty:
+                continue
+            if isinstance(item, errors.ControlPlaneError):
+                self._abort(context, item)
+            yield item
 
     # Cluster
 
@@ -890,3 +924,77 @@ async def _until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> 
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)  # the poll interval of a condition wait
+
+
+# --- the audit stream ----------------------------------------------------------------------------
+
+
+def audit_record(node: FakeNode, resource: str) -> auth_pb2.AuditRecord:
+    return auth_pb2.AuditRecord(node_id=node.node_id, who="user:admin", method="/x", resource=resource, code="OK")
+
+
+async def next_record(watch: AuditWatch | AsyncAuditWatch) -> AuditRecord:
+    try:
+        return await anext(watch) if isinstance(watch, AsyncAuditWatch) else next(watch)
+    except (StopIteration, StopAsyncIteration):
+        raise Ended from None
+
+
+async def test_an_audit_watch_follows_every_server_and_again_after_a_stream_breaks(
+    connect: Callable[..., AnyClient], nodes: Callable[[str], FakeNode]
+) -> None:
+    """Subscribed to both servers on return (the fakes list no members: the endpoints are
+    followed); a stream cut by its server is followed again and said so, and records keep coming."""
+    a, b = nodes("a"), nodes("b")
+    changes: list[tuple[str, str, str]] = []
+    client = connect(a, b)
+    watch = await run(client.watch_audit(on_change=lambda *change: changes.append(change), timeout=10))
+    assert watch.following == tuple(sorted((a.address, b.address))) and len(a.audit_streams) == 1
+    a.audit(audit_record(a, "r1"))
+    b.audit(audit_record(b, "r2"))
+    assert {(await next_record(watch)).resource for _ in range(2)} == {"r1", "r2"}
+    a.audit(errors.Unavailable("restarting"))
+
+    async def followed_again() -> bool:
+        return len(a.audit_streams) == 2 and a.address in watch.following
+
+    await _until(followed_again, "the broken stream followed again")
+    a.audit(audit_record(a, "r3"))
+    assert await next_record(watch) == AuditRecord(0, "a", "user:admin", "/x", "r3", "OK", "", 0)
+    assert (a.address, a.address, "UNAVAILABLE: restarting") in changes
+    assert changes.count((a.address, a.address, "following")) == 2
+    await run(client.close())  # closes the watch too
+    with pytest.raises(Ended):
+        await next_record(watch)
+    assert not watch.following
+
+
+async def test_an_audit_watch_refused_is_an_error_at_once_or_at_the_next_record(
+    connect: Callable[..., AnyClient], nodes: Callable[[str], FakeNode]
+) -> None:
+    """An answer about the caller ends the watch: raised by watch_audit() before it subscribed,
+    by the iteration after; nothing is left following."""
+    a = nodes("a")
+    client = connect(a)
+    a.fail(PermissionDenied("this call needs the cluster:admin permission"))
+    with pytest.raises(PermissionDenied, match="cluster:admin"):
+        await run(client.watch_audit(timeout=10))
+    watch = await run(client.watch_audit(timeout=10))
+    a.audit(PermissionDenied("your role was revoked"))
+    with pytest.raises(PermissionDenied, match="revoked"):
+        await next_record(watch)
+    with pytest.raises(Ended):
+        await next_record(watch)
+    assert not watch.following and len(a.audit_streams) == 1  # not followed again
+
+
+def test_closing_an_audit_watch_from_another_thread_ends_a_blocked_next(nodes: Callable[[str], FakeNode]) -> None:
+    a = nodes("a")
+    with Client([a.address], timeout=10) as client:
+        watch = client.watch_audit()
+        closer = threading.Timer(0.2, watch.close)  # while next() below waits for a record
+        closer.start()
+        with pytest.raises(StopIteration):
+            next(watch)
+        closer.join()
+        assert not [t for t in threading.enumerate() if t.name.startswith("audit-")]

@@ -388,21 +388,24 @@ def audit_watch(
     Each server audits the calls it answers, so this follows all of them (the members the cluster
     lists), and follows a server again when its stream breaks. What came before is in each server's
     data_dir/audit.log. The SDK's ``client.watch_audit()`` does the same for a program."""
-    with connect(endpoints, timeout) as client, client.watch_audit(timeout=timeout) as watch:
-        following = set(watch.following)
-        for name, address in sorted(watch.servers.items()):
-            # On stderr, so a script knows when every server is followed and it may start.
-            state = "following" if name in following else "not answering yet, will follow"
-            typer.echo(f"{state} {name} at {address}", err=True)
-        shown = 0
-        try:
+
+    def tell(name: str, address: str, state: str) -> None:
+        # On stderr, so a script knows when every server is followed and it may start.
+        if state == "following":
+            typer.echo(f"following {name} at {address}", err=True)
+        else:
+            typer.echo(f"{name} at {address}: {state}; following it again", err=True)
+
+    shown = 0
+    try:
+        with connect(endpoints, timeout) as client, client.watch_audit(on_change=tell, timeout=timeout) as watch:
             for record in watch:
                 _print_audit(record, output)
                 shown += 1
                 if count and shown >= count:
                     break
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
 
 
 def _print_audit(record: Any, output: Output) -> None:

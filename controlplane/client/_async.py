@@ -238,26 +238,30 @@ class AsyncClient:
         self._watches.add(watch)
         return watch
 
-    async def watch_audit(self, *, timeout: float | None = None) -> AsyncAuditWatch:
+    async def watch_audit(
+        self, *, on_change: _auth.AuditStreamChange | None = None, timeout: float | None = None
+    ) -> AsyncAuditWatch:
         """An async iterator over every changing call the cluster's servers judge from now on, as
         their audit logs record it: when, which server, who, the method, what it named and the
-        outcome. For cluster admins (``PermissionDenied`` otherwise, raised here).
+        outcome. For cluster admins: ``PermissionDenied`` otherwise, raised here.
 
         Each server audits the calls it answers, so this follows every member the cluster lists
         (the endpoints when it lists none), one stream each, and returns once every one has
-        subscribed or ``timeout`` has passed: a call judged afterwards by a server in ``following``
-        is delivered. Records of different servers come in the order they arrive. A server whose
-        stream breaks (a restart, a partition) is followed again, with backoff, for as long as the
-        watch is open; what it judged meanwhile, and records it skipped for a reader that fell
-        behind (``AuditRecord.missed``), are in its ``data_dir/audit.log``. Stop it with
-        ``await watch.aclose()``, ``async with``, or by closing the client. A task per server
-        reads its stream while the watch is open.
+        subscribed or ``timeout`` has passed, whichever comes first: a call judged afterwards by a
+        server in ``following`` is delivered. Records of different servers come in the order they
+        arrive. A server whose stream breaks (a restart, a partition, a rate limit) is followed
+        again, with backoff, for as long as the watch is open; ``on_change(node_id, address,
+        state)`` is told each time a stream subscribes (``"following"``) or breaks (why). What a
+        server judged meanwhile, and records it skipped for a reader that fell behind
+        (``AuditRecord.missed``), are in its ``data_dir/audit.log``. Stop it with ``await
+        watch.aclose()``, ``async with``, or by closing the client. A task (and a channel) per
+        server reads its stream while the watch is open.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._core.timeout if timeout is None else timeout)
         members = (await self.status(timeout=max(deadline - loop.time(), 0.0))).members
         self._core.check_open()
-        watch = AsyncAuditWatch(self, _auth.audit_servers(members, self.endpoints))
+        watch = AsyncAuditWatch(self, _auth.audit_servers(members, self.endpoints), on_change)
         self._watches.add(watch)
         await watch.start(deadline)
         return watch
@@ -632,14 +636,17 @@ class AsyncAuditWatch:
     until the watch is closed.
     """
 
-    def __init__(self, client: AsyncClient, servers: dict[str, str]) -> None:
+    def __init__(
+        self, client: AsyncClient, servers: dict[str, str], on_change: _auth.AuditStreamChange | None = None
+    ) -> None:
         self._client = client
         #: The servers this watch follows: node id -> client address.
         self.servers = dict(servers)
+        self._on_change = on_change
         self._records: asyncio.Queue[AuditRecord | errors.ControlPlaneError | None] = asyncio.Queue(_auth.AUDIT_BUFFER)
         self._closed = False
         self._wake = asyncio.Event()  # set by aclose(), so that a stream waiting out a backoff stops
-        self._changed = asyncio.Event()  # a stream subscribed, broke or failed for good
+        self._changed = asyncio.Event()  # a stream subscribed or broke, the watch failed or closed
         self._subscribed: set[str] = set()
         self._failure: errors.ControlPlaneError | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -652,60 +659,103 @@ class AsyncAuditWatch:
     async def start(self, deadline: float) -> None:
         """Open every server's stream; wait until all have subscribed or ``deadline`` (the loop's
         clock) has passed. An error that is an answer (``PermissionDenied``) closes the watch and is
-        raised."""
-        self._tasks = [asyncio.create_task(self._follow(*item)) for item in sorted(self.servers.items())]
-        loop = asyncio.get_running_loop()
-        while self._failure is None and len(self._subscribed) < len(self.servers):
-            self._changed.clear()
-            try:
-                async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
-                    await self._changed.wait()
-            except TimeoutError:
-                break
+        raised; so does a cancellation of the wait."""
+        try:
+            self._tasks = [asyncio.create_task(self._follow(*item)) for item in sorted(self.servers.items())]
+            loop = asyncio.get_running_loop()
+            while not self._closed and self._failure is None and len(self._subscribed) < len(self.servers):
+                self._changed.clear()
+                try:
+                    async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
+                        await self._changed.wait()
+                except TimeoutError:
+                    break
+        except BaseException:
+            await asyncio.shield(self.aclose())
+            raise
         if self._failure is not None:
             await self.aclose()
             raise self._failure
+        if self._closed:
+            raise RuntimeError("the client was closed")
 
     async def _follow(self, name: str, address: str) -> None:
         retries = 0
-        while not self._closed:
-            try:
-                method = self._client._method(address, _auth.WATCH_AUDIT, "unary_stream")
-            except RuntimeError:  # the client was closed
-                return
-            call = method(auth_pb2.WatchAuditRequest())
-            try:
-                await call.initial_metadata()  # the server sends it on subscribing, or the call failed
-                if not call.done():
+        try:
+            while not self._closed:
+                if await self._read_stream(name, address):
                     retries = 0
-                    self._mark(name, subscribed=True)
+                delay = self._client._core.policy.backoff(retries)
+                retries += 1
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an answer about the caller, credentials that cannot work, a bug
+            if isinstance(exc, errors.ControlPlaneError):
+                await self._fail(exc)
+            else:
+                await self._fail(errors.Internal(f"following {name} at {address} failed: {type(exc).__name__}: {exc}"))
+
+    async def _read_stream(self, name: str, address: str) -> bool:
+        """Read one stream of ``address`` until it breaks; True if it subscribed. Raises the error
+        that ends the watch. Each stream dials a channel of its own: a server back from a restart
+        is followed at once, not after a cached channel's reconnect backoff."""
+        channel = self._client._channel_factory(address)
+        subscribed = False
+        call: Any = None
+        try:
+            read = channel.unary_stream(
+                _auth.WATCH_AUDIT.path,
+                request_serializer=_base.serialize,
+                response_deserializer=auth_pb2.AuditRecord.FromString,
+            )
+            call = read(auth_pb2.WatchAuditRequest())
+            try:
+                if _auth.audit_subscribed(await call.initial_metadata()):
+                    subscribed = self._mark(name, address, "following")
                 async for message in call:
+                    if not subscribed:  # a server older than the subscribed header
+                        subscribed = self._mark(name, address, "following")
                     await self._records.put(P.convert(AuditRecord, message))
-            except asyncio.CancelledError:
-                call.cancel()
-                raise
+                reason = "the server ended the stream"
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
-                    return
+                    return subscribed
                 error = _auth.audit_stream_error(exc)
                 if error is not None:
-                    self._failure = self._failure or error
-                    await self._records.put(error)
-                    return
-            finally:
-                self._mark(name, subscribed=False)
-            delay = self._client._core.policy.backoff(retries)
-            retries += 1
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
+                    raise error from None
+                reason = _auth.describe_rpc_error(exc)
+            self._mark(name, address, reason)
+            return subscribed
+        finally:
+            if call is not None:
+                call.cancel()
+            self._subscribed.discard(name)
+            self._changed.set()
+            await channel.close()
 
-    def _mark(self, name: str, *, subscribed: bool) -> None:
-        if subscribed:
+    def _mark(self, name: str, address: str, state: str) -> bool:
+        """Record that ``name``'s stream subscribed (``"following"``) or broke, and tell the
+        caller's callback; True if it subscribed."""
+        if self._closed:
+            return False
+        if state == "following":
             self._subscribed.add(name)
         else:
             self._subscribed.discard(name)
         self._changed.set()
+        if self._on_change is not None:
+            self._on_change(name, address, state)
+        return state == "following"
+
+    async def _fail(self, error: errors.ControlPlaneError) -> None:
+        if self._closed:
+            return
+        self._failure = self._failure or error
+        self._changed.set()
+        await self._records.put(error)
 
     def __aiter__(self) -> AsyncAuditWatch:
         return self

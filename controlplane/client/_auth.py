@@ -9,7 +9,7 @@ it was created (``AuthToken.secret_sha256`` is left empty by the server and not 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -115,13 +115,29 @@ def audit_servers(members: Sequence[Member], endpoints: Sequence[str]) -> dict[s
     return servers or {address: address for address in endpoints}
 
 
+#: Called by an audit watch with (node id, address, what happened): ``"following"`` once that
+#: server's stream subscribed, or why it broke (``"UNAVAILABLE: ..."``) before it is followed again.
+AuditStreamChange = Callable[[str, str, str], None]
+
+
+def audit_subscribed(initial_metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+    """Whether a stream's headers say the server subscribed it (it sends them only then; a refused
+    call carries none, and its status may arrive after its empty headers)."""
+    return any(key == errors.AUDIT_SUBSCRIBED_KEY for key, _ in initial_metadata or ())
+
+
 def audit_stream_error(exc: grpc.RpcError) -> errors.ControlPlaneError | None:
-    """The error that ends an audit watch, or None when the server is only gone for now (it
-    restarted, is cut off, or ended its streams CANCELLED as it stopped): follow it again."""
-    if exc.code() == grpc.StatusCode.CANCELLED:
-        return None
+    """The error that ends an audit watch: an answer about the caller (``PermissionDenied``,
+    ``Unauthenticated``). None for anything else, which concerns that one server for now (it is
+    restarting, cut off, stopping with CANCELLED, rate-limiting, keeps no audit log, or failed):
+    follow it again, with backoff."""
     error = errors.error_from_rpc(exc)
-    return None if isinstance(error, errors.Unavailable | errors.DeadlineExceeded) else error
+    return error if isinstance(error, errors.PermissionDenied | errors.Unauthenticated) else None
+
+
+def describe_rpc_error(exc: grpc.RpcError) -> str:
+    """``"UNAVAILABLE: connection refused"``: why a stream broke, for an ``AuditStreamChange``."""
+    return f"{exc.code().name}: {exc.details() or ''}".rstrip(": ")
 
 
 def permission_message(permission: Permission | tuple[str, str] | tuple[str, str, str]) -> auth_pb2.Permission:

@@ -1,7 +1,8 @@
 """The blocking client: the decisions of ``_base`` run over ``grpc`` (sync) channels.
 
 No event loop and no thread of its own: calls block the calling thread (backoff is ``time.sleep``),
-and a watch is a plain iterator. The client may be shared between threads.
+and a watch is a plain iterator. The one exception is an audit watch, which reads each server's
+stream in a thread while it is open. The client may be shared between threads.
 """
 
 from __future__ import annotations
@@ -233,25 +234,29 @@ class Client:
             self._watches.add(watch)
         return watch
 
-    def watch_audit(self, *, timeout: float | None = None) -> AuditWatch:
+    def watch_audit(
+        self, *, on_change: _auth.AuditStreamChange | None = None, timeout: float | None = None
+    ) -> AuditWatch:
         """An iterator over every changing call the cluster's servers judge from now on, as their
         audit logs record it: when, which server, who, the method, what it named and the outcome.
-        For cluster admins (``PermissionDenied`` otherwise, raised here).
+        For cluster admins: ``PermissionDenied`` otherwise, raised here.
 
         Each server audits the calls it answers, so this follows every member the cluster lists
         (the endpoints when it lists none), one stream each, and returns once every one has
-        subscribed or ``timeout`` has passed: a call judged afterwards by a server in ``following``
-        is delivered. Records of different servers come in the order they arrive. A server whose
-        stream breaks (a restart, a partition) is followed again, with backoff, for as long as the
-        watch is open; what it judged meanwhile, and records it skipped for a reader that fell
-        behind (``AuditRecord.missed``), are in its ``data_dir/audit.log``. Stop it with
-        ``close()`` (from any thread), ``with``, or by closing the client. Same as
-        :meth:`AsyncClient.watch_audit`; reading each server's stream takes a thread while the
-        watch is open.
+        subscribed or ``timeout`` has passed, whichever comes first: a call judged afterwards by a
+        server in ``following`` is delivered. Records of different servers come in the order they
+        arrive. A server whose stream breaks (a restart, a partition, a rate limit) is followed
+        again, with backoff, for as long as the watch is open; ``on_change(node_id, address,
+        state)`` is told each time a stream subscribes (``"following"``) or breaks (why). What a
+        server judged meanwhile, and records it skipped for a reader that fell behind
+        (``AuditRecord.missed``), are in its ``data_dir/audit.log``. Stop it with ``close()``
+        (from any thread), ``with``, or by closing the client. Same as
+        :meth:`AsyncClient.watch_audit`; reading each server's stream takes a thread (and a
+        channel) of its own while the watch is open.
         """
         deadline = time.monotonic() + (self._core.timeout if timeout is None else timeout)
         members = self.status(timeout=max(deadline - time.monotonic(), 0.0)).members
-        watch = AuditWatch(self, _auth.audit_servers(members, self.endpoints))
+        watch = AuditWatch(self, _auth.audit_servers(members, self.endpoints), on_change)
         with self._lock:
             self._core.check_open()
             self._watches.add(watch)
@@ -601,13 +606,16 @@ class AuditWatch:
     server's stream into a bounded buffer, until the watch is closed.
     """
 
-    def __init__(self, client: Client, servers: dict[str, str]) -> None:
+    def __init__(
+        self, client: Client, servers: dict[str, str], on_change: _auth.AuditStreamChange | None = None
+    ) -> None:
         self._client = client
         #: The servers this watch follows: node id -> client address.
         self.servers = dict(servers)
+        self._on_change = on_change
         self._records: queue.Queue[AuditRecord | errors.ControlPlaneError | None] = queue.Queue(_auth.AUDIT_BUFFER)
         self._closed = threading.Event()
-        self._changed = threading.Condition()  # a stream subscribed, broke or failed for good
+        self._changed = threading.Condition()  # a stream subscribed or broke, the watch failed or closed
         self._subscribed: set[str] = set()
         self._failure: errors.ControlPlaneError | None = None
         self._calls: dict[str, Any] = {}
@@ -624,64 +632,106 @@ class AuditWatch:
 
     def start(self, deadline: float) -> None:
         """Open every server's stream; wait until all have subscribed or ``deadline`` (monotonic)
-        has passed. An error that is an answer (``PermissionDenied``) closes the watch and is raised."""
-        for thread in self._threads:
-            thread.start()
-        with self._changed:
-            self._changed.wait_for(
-                lambda: self._failure is not None or len(self._subscribed) == len(self.servers),
-                timeout=max(deadline - time.monotonic(), 0.0),
-            )
-            failure = self._failure
-        if failure is not None:
+        has passed. An error that is an answer (``PermissionDenied``) closes the watch and is
+        raised; so does anything that interrupts the wait (Ctrl-C)."""
+        try:
+            for thread in self._threads:
+                thread.start()
+            with self._changed:
+                self._changed.wait_for(
+                    lambda: (
+                        self._closed.is_set() or self._failure is not None or len(self._subscribed) == len(self.servers)
+                    ),
+                    timeout=min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX),
+                )
+        except BaseException:
             self.close()
-            raise failure
+            raise
+        if self._failure is not None:
+            self.close()
+            raise self._failure
+        if self._closed.is_set():
+            raise RuntimeError("the client was closed")
 
     def _follow(self, name: str, address: str) -> None:
         retries = 0
-        while not self._closed.is_set():
-            try:
-                method = self._client._method(address, _auth.WATCH_AUDIT, "unary_stream")
-            except RuntimeError:  # the client was closed
-                return
-            call = method(auth_pb2.WatchAuditRequest())
+        try:
+            while not self._closed.is_set():
+                if self._read_stream(name, address):
+                    retries = 0
+                self._closed.wait(self._client._core.policy.backoff(retries))
+                retries += 1
+        except Exception as exc:  # an answer about the caller, credentials that cannot work, a bug
+            if isinstance(exc, errors.ControlPlaneError):
+                self._fail(exc)
+            else:
+                self._fail(errors.Internal(f"following {name} at {address} failed: {type(exc).__name__}: {exc}"))
+
+    def _read_stream(self, name: str, address: str) -> bool:
+        """Read one stream of ``address`` until it breaks; True if it subscribed. Raises the error
+        that ends the watch. Each stream dials a channel of its own: a server back from a restart
+        is followed at once, not after a cached channel's reconnect backoff."""
+        channel = self._client._channel_factory(address)
+        subscribed = False
+        try:
+            read = channel.unary_stream(
+                _auth.WATCH_AUDIT.path,
+                request_serializer=_base.serialize,
+                response_deserializer=auth_pb2.AuditRecord.FromString,
+            )
+            call = read(auth_pb2.WatchAuditRequest())
             with self._changed:
                 if self._closed.is_set():
                     call.cancel()
-                    return
+                    return False
                 self._calls[name] = call
             try:
-                call.initial_metadata()  # the server sends it on subscribing, or the call failed
-                if not call.done():
-                    retries = 0
-                    self._mark(name, subscribed=True)
+                if _auth.audit_subscribed(call.initial_metadata()):
+                    subscribed = self._mark(name, address, "following")
                 for message in call:
+                    if not subscribed:  # a server older than the subscribed header
+                        subscribed = self._mark(name, address, "following")
                     if not self._hand_over(P.convert(AuditRecord, message)):
-                        return
+                        return subscribed
+                reason = "the server ended the stream"
             except grpc.RpcError as exc:
                 if self._closed.is_set():
-                    return
+                    return subscribed
                 error = _auth.audit_stream_error(exc)
                 if error is not None:
-                    with self._changed:
-                        self._failure = self._failure or error
-                        self._changed.notify_all()
-                    self._hand_over(error)
-                    return
-            finally:
-                with self._changed:
-                    self._calls.pop(name, None)
-                self._mark(name, subscribed=False)
-            self._closed.wait(self._client._core.policy.backoff(retries))
-            retries += 1
+                    raise error from None
+                reason = _auth.describe_rpc_error(exc)
+            self._mark(name, address, reason)
+            return subscribed
+        finally:
+            with self._changed:
+                self._calls.pop(name, None)
+                self._subscribed.discard(name)
+                self._changed.notify_all()
+            channel.close()
 
-    def _mark(self, name: str, *, subscribed: bool) -> None:
+    def _mark(self, name: str, address: str, state: str) -> bool:
+        """Record that ``name``'s stream subscribed (``"following"``) or broke, and tell the
+        caller's callback; True if it subscribed."""
         with self._changed:
-            if subscribed:
+            if self._closed.is_set():
+                return False
+            if state == "following":
                 self._subscribed.add(name)
             else:
                 self._subscribed.discard(name)
             self._changed.notify_all()
+        if self._on_change is not None:
+            self._on_change(name, address, state)
+        return state == "following"
+
+    def _fail(self, error: errors.ControlPlaneError) -> None:
+        with self._changed:
+            if self._closed.is_set():
+                return
+            self._failure = self._failure or error
+            self._changed.notify_all()
+        self._hand_over(error)
 
     def _hand_over(self, item: AuditRecord | errors.ControlPlaneError) -> bool:
         """Wait for room in the buffer (the stream is not read meanwhile); False once closed."""
@@ -712,6 +762,7 @@ class AuditWatch:
         with self._changed:
             self._closed.set()
             calls, self._calls = list(self._calls.values()), {}
+            self._changed.notify_all()
         for call in calls:
             call.cancel()
         with contextlib.suppress(queue.Full):

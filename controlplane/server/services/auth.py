@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from controlplane.errors import FailedPrecondition, InvalidArgument
+from controlplane.errors import AUDIT_SUBSCRIBED_KEY, FailedPrecondition, InvalidArgument
 from controlplane.server.audit import AuditLog
 from controlplane.server.authz import Authorizer, caller_kind
 from controlplane.state.auth import DOMAINS, TOKEN_PREFIX, VERBS, AuthTable, Caller, Need, allowed, secret_hash
@@ -191,8 +191,9 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         if self._audit is None:
             raise FailedPrecondition("this server keeps no audit log")
         with self._audit.watch() as watcher:
-            # Headers go out at once, so the watcher knows it is subscribed before any record.
-            await context.send_initial_metadata(())
+            # Headers go out at once, so the watcher knows it is subscribed before any record; a
+            # refused call has none, which the key tells apart from an empty header block.
+            await context.send_initial_metadata(((AUDIT_SUBSCRIBED_KEY, "1"),))
             while True:
                 yield await watcher.next()
 
