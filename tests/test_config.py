@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.server.config import ConfigError, Peer, load_config
+from controlplane.state.machine import DEFAULT_HISTORY_LIMIT
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {
@@ -85,6 +86,12 @@ def test_durability_is_fsync_unless_set_to_none() -> None:
     for value in ("off", "FSYNC", "fdatasync"):
         with pytest.raises(ConfigError, match="durability must be 'fsync' or 'none'"):
             load_config(None, {**BASE, "durability": value}, TLS_ENV)
+
+
+def test_the_watch_history_holds_ten_thousand_revisions_unless_configured() -> None:
+    assert load_config(None, BASE, TLS_ENV).history_limit == DEFAULT_HISTORY_LIMIT == 10_000
+    # That a configured limit reaches every server's state machine, tests/cluster/test_watch.py shows.
+    assert load_config(None, {**BASE, "history_limit": 200}, TLS_ENV).history_limit == 200
 
 
 def test_journal_files_live_in_the_data_dir() -> None:

@@ -81,7 +81,8 @@ class Profile:
 
 
 PROFILES = {
-    "short": Profile("short", faults=len(ALL_NEMESES), max_seconds=150.0),
+    # make test's: every nemesis once, with shorter quiet gaps (the clients run throughout anyway).
+    "short": Profile("short", faults=len(ALL_NEMESES), max_seconds=150.0, quiet=(0.5, 1.5)),
     "long": Profile("long", faults=40, max_seconds=900.0, hold=(1.0, 6.0)),
     "soak": Profile("soak", faults=150, max_seconds=3600.0, hold=(1.0, 8.0)),
 }
