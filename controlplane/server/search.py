@@ -247,12 +247,16 @@ _INDEXES = (
     "CREATE INDEX version_metrics_by_model ON version_metrics (model_id)",
 )
 # detail=full (the default) is required: a quoted term that the tokenizer splits in two is a
-# phrase query, which detail=column/none would refuse. The prefix indexes make the short
-# prefixes people type while searching ("l", "ll", "lla") cheap.
+# phrase query, which detail=column/none would refuse. Every term is a prefix query, and with
+# '-' and '_' inside tokens a common word starts thousands of distinct tokens ("llama" starts
+# "llama-3-8b-instruct-gguf", ...), whose doclists FTS5 would merge for every search. A prefix
+# index holds each prefix's merged doclist, for the lengths listed: 1 to 8 characters covers the
+# words people type, and cut the labelled set's p99 from ~13 ms to ~4-6 ms for 30% more index
+# (39 -> 50 MB at 22,222 models). A longer term reads the token lists as before.
 _FTS_TABLE = """CREATE VIRTUAL TABLE models_fts USING fts5 (
     name, name_parts, family, tags, description,
     tokenize = "unicode61 remove_diacritics 2 tokenchars '-_'",
-    prefix = '1 2 3'
+    prefix = '1 2 3 4 5 6 7 8'
 )"""
 # Kept across restarts, and only ever trusted whole: the rows and their revision must survive a
 # crash together. WAL with synchronous=NORMAL does that (a kill -9 loses nothing committed, a
@@ -267,7 +271,7 @@ _PRAGMAS = (
 )
 # How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
 # is rebuilt, not trusted: bump this whenever a change here would index a model differently.
-LAYOUT = 6
+LAYOUT = 7
 # How often an apply that changed no model commits its revision (see the module docstring).
 META_WRITE_INTERVAL_S = 1.0
 # Documents per insert statement in a rebuild.
