@@ -41,7 +41,7 @@ from controlplane.client._kv import (
     PutResult,
     SnapshotInfo,
 )
-from controlplane.v1 import auth_pb2, cluster_pb2
+from controlplane.v1 import cluster_pb2
 
 __all__ = ["AsyncAuditWatch", "AsyncClient", "AsyncWatch"]
 
@@ -693,10 +693,7 @@ class AsyncAuditWatch:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an answer about the caller, credentials that cannot work, a bug
-            if isinstance(exc, errors.ControlPlaneError):
-                await self._fail(exc)
-            else:
-                await self._fail(errors.Internal(f"following {name} at {address} failed: {type(exc).__name__}: {exc}"))
+            await self._fail(_auth.follow_failure(name, address, exc))
 
     async def _read_stream(self, name: str, address: str) -> bool:
         """Read one stream of ``address`` until it breaks; True if it subscribed. Raises the error
@@ -706,12 +703,7 @@ class AsyncAuditWatch:
         subscribed = False
         call: Any = None
         try:
-            read = channel.unary_stream(
-                _auth.WATCH_AUDIT.path,
-                request_serializer=_base.serialize,
-                response_deserializer=auth_pb2.AuditRecord.FromString,
-            )
-            call = read(auth_pb2.WatchAuditRequest())
+            call = _auth.open_audit_stream(channel)
             try:
                 if _auth.audit_subscribed(await call.initial_metadata()):
                     subscribed = self._mark(name, address, "following")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+import grpc.aio
 
 from controlplane import errors
-from controlplane.client._base import Rpc
+from controlplane.client._base import Rpc, serialize
 from controlplane.client._kv import Member
 from controlplane.v1 import auth_pb2
 
@@ -133,6 +135,21 @@ def audit_stream_error(exc: grpc.RpcError) -> errors.ControlPlaneError | None:
     follow it again, with backoff."""
     error = errors.error_from_rpc(exc)
     return error if isinstance(error, errors.PermissionDenied | errors.Unauthenticated) else None
+
+
+def open_audit_stream(channel: grpc.Channel | grpc.aio.Channel) -> Any:
+    """An ``Auth.WatchAudit`` stream on ``channel`` (sync or asyncio: the call is the same)."""
+    read = channel.unary_stream(
+        WATCH_AUDIT.path, request_serializer=serialize, response_deserializer=auth_pb2.AuditRecord.FromString
+    )
+    return read(auth_pb2.WatchAuditRequest())
+
+
+def follow_failure(name: str, address: str, exc: Exception) -> errors.ControlPlaneError:
+    """The error that ends an audit watch when following ``name`` failed with ``exc``."""
+    if isinstance(exc, errors.ControlPlaneError):
+        return exc  # an answer about the caller, or credentials that cannot work
+    return errors.Internal(f"following {name} at {address} failed: {type(exc).__name__}: {exc}")
 
 
 def describe_rpc_error(exc: grpc.RpcError) -> str:

@@ -39,7 +39,7 @@ from controlplane.client._kv import (
     PutResult,
     SnapshotInfo,
 )
-from controlplane.v1 import auth_pb2, cluster_pb2
+from controlplane.v1 import cluster_pb2
 
 __all__ = ["AuditWatch", "Client", "Watch"]
 
@@ -662,10 +662,7 @@ class AuditWatch:
                 self._closed.wait(self._client._core.policy.backoff(retries))
                 retries += 1
         except Exception as exc:  # an answer about the caller, credentials that cannot work, a bug
-            if isinstance(exc, errors.ControlPlaneError):
-                self._fail(exc)
-            else:
-                self._fail(errors.Internal(f"following {name} at {address} failed: {type(exc).__name__}: {exc}"))
+            self._fail(_auth.follow_failure(name, address, exc))
 
     def _read_stream(self, name: str, address: str) -> bool:
         """Read one stream of ``address`` until it breaks; True if it subscribed. Raises the error
@@ -674,12 +671,7 @@ class AuditWatch:
         channel = self._client._channel_factory(address)
         subscribed = False
         try:
-            read = channel.unary_stream(
-                _auth.WATCH_AUDIT.path,
-                request_serializer=_base.serialize,
-                response_deserializer=auth_pb2.AuditRecord.FromString,
-            )
-            call = read(auth_pb2.WatchAuditRequest())
+            call = _auth.open_audit_stream(channel)
             with self._changed:
                 if self._closed.is_set():
                     call.cancel()
