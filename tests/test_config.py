@@ -89,6 +89,8 @@ def test_durability_is_fsync_unless_set_to_none() -> None:
 
 
 def test_the_watch_history_holds_ten_thousand_revisions_unless_configured() -> None:
+    # ServerConfig keeps its own literal (importing the state machine would slow every cpctl start):
+    # this pins the two together.
     assert load_config(None, BASE, TLS_ENV).history_limit == DEFAULT_HISTORY_LIMIT == 10_000
     # That a configured limit reaches every server's state machine, tests/cluster/test_watch.py shows.
     assert load_config(None, {**BASE, "history_limit": 200}, TLS_ENV).history_limit == 200

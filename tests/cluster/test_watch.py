@@ -31,7 +31,6 @@ from .conftest import (
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 PREFIX = "watched/"
-# The server default (ServerConfig.history_limit): 10,500 writes take about 6 s here, so it is tested as is.
 
 
 class Writer:
