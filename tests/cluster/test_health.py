@@ -1,6 +1,6 @@
 """Health checks against real processes (issue 21): a tiny HTTP service and a real `cpctl agent`.
 
-The agent turns the service passing within an interval; stable checks cost no log write (the
+The agent turns the service passing within an interval; 200 stable checks cost no log write (the
 revision stands and no health report reaches a server while the service answers probe after
 probe); `kill -9` of the service turns it critical, and of the agent turns it critical when the
 lease expires, in the command that marks the node dead; health changes are Watch events; the
@@ -42,6 +42,7 @@ from gateway.app import GatewaySettings, create_app
 
 from .conftest import (
     collect_events,
+    cpctl,
     cpctl_json,
     credentials_env,
     started_cluster,
@@ -163,6 +164,36 @@ def http_manifest(name: str, host: str, interval_s: int = 1, **check: object) ->
     }
 
 
+#: Services with a tcp check added beside the http one, for 200 checks on one agent (the issue's count).
+MORE_SERVICES = 199
+#: Accepts and closes connections on every port given: what a tcp check needs to pass.
+TCP_LISTENER = """
+import asyncio, sys
+
+async def main():
+    async def close(reader, writer):
+        writer.close()
+    servers = [await asyncio.start_server(close, "127.0.0.1", int(port)) for port in sys.argv[1:]]
+    await asyncio.gather(*(server.serve_forever() for server in servers))
+
+asyncio.run(main())
+"""
+
+
+def tcp_manifest(name: str, host: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "host": host,
+        "ports": [{"name": "tcp"}],
+        "health_check": {"type": "tcp", "port_name": "tcp", "interval_s": 1, "timeout_s": 1},
+    }
+
+
+def start_tcp_listener(ports: list[int], processes: list[subprocess.Popen[str]]) -> None:
+    process = subprocess.Popen([sys.executable, "-c", TCP_LISTENER, *map(str, ports)], text=True)
+    processes.append(process)
+
+
 def test_an_agent_checks_a_service_kill_9_turns_it_critical_and_stable_checks_write_nothing(
     make_cluster: Callable[..., LocalCluster], processes: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
@@ -183,7 +214,23 @@ def test_an_agent_checks_a_service_kill_9_turns_it_critical_and_stable_checks_wr
         print(f"\nagent start -> passing: {time.monotonic() - started:.2f}s")
         assert [r.host for r in client.services.healthy(name)] == [host]
 
-        # Stable: the service answers probe after probe, and nothing reaches the log.
+        # 199 more services on the same agent, each with a tcp check every second, answered by one
+        # listener process: 200 checks in all.
+        ports = [
+            client.services.register(tcp_manifest(f"hc-bulk-{index:03d}", host)).ports[0].port
+            for index in range(MORE_SERVICES)
+        ]
+        start_tcp_listener(ports, processes)
+        wait_until(
+            lambda: (
+                sum(r.health.status is HealthStatus.PASSING for r in client.services.list(host=host))
+                == MORE_SERVICES + 1
+            ),
+            60,
+            f"all {MORE_SERVICES + 1} services passing",
+        )
+
+        # Stable: every service answers probe after probe, and nothing reaches the log.
         wait_until(lambda: node_state(client, host) is NodeState.ACTIVE, 20, "agent active")
         revision, reports, raft = wait_converged(cluster), health_reports(cluster), client.status()
         probes = probes_answered(log)
@@ -192,7 +239,8 @@ def test_an_agent_checks_a_service_kill_9_turns_it_critical_and_stable_checks_wr
         assert wait_converged(cluster) == revision, "stable checks moved the revision"
         assert health_reports(cluster) == reports, "stable checks sent reports"
         print(
-            f"5 stable probes: 0 revisions, 0 health reports; raft entries meanwhile (lease checkpoints): "
+            f"5 stable probes of {MORE_SERVICES + 1} checks: 0 revisions, 0 health reports; raft entries "
+            "meanwhile (lease checkpoints): "
             f"{after.commit_index - raft.commit_index}"
         )
 
@@ -389,6 +437,18 @@ def test_an_agent_starts_a_service_on_demand_restarts_it_after_kill_9_and_stops_
         assert again.run.pid != pid and again.run.last_exit_code == -signal.SIGKILL
         wait_until(lambda: status_of(client, host, name) is HealthStatus.PASSING, 30, "passing after the restart")
         print(f"kill -9 -> restarted and passing again: {time.monotonic() - killed_at:.2f}s")
+
+        # `cpctl services show`: the instance, its ports, check, run state with the restart, and history.
+        shown = cpctl_json(cluster, "services", "show", name, "--host", host)
+        (shown_instance,) = shown["instances"]
+        assert shown_instance["health"]["status"] == "PASSING" and shown_instance["run"]["restarts"] == 1
+        assert shown_instance["ports"][0]["port"] == record.ports[0].port
+        assert any(entry["action"] == "HEALTH_CHANGED" for entry in shown["history"])
+        text = cpctl(cluster, "services", "show", name, "--host", host)
+        assert text.returncode == 0, text.stderr
+        assert f"{name} " in text.stdout and "restarts 1" in text.stdout and "check: " in text.stdout
+        missing = cpctl(cluster, "services", "show", "hc-no-such-service")
+        assert missing.returncode != 0 and "no service 'hc-no-such-service'" in missing.stderr
 
         # The agent's metrics tell the same story: its lease, its probes both ways, the two status
         # changes it reported, the start and the restart of the service it runs.
