@@ -4,7 +4,10 @@
 LocalCluster, binds N ports in one listener process, registers N services on one host (each a tcp
 check of its own port), starts a real ``cpctl agent`` and waits until all N are passing.
 Then, for ``--window`` seconds of nothing changing, it counts revisions, Raft log entries and
-``Services/ReportHealth`` requests, and the agent's CPU time. One JSON line on stdout.
+``Services/ReportHealth`` requests, and the agent's CPU time. Last, it kills the listener, so that
+every check fails, and times each service's turn to critical from the kill: in the catalog (the
+leader's time stamped on the change) and at a watcher of the ports domain (when the event reached
+it). One JSON line on stdout.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from controlplane.client import Client, Consistency
+from controlplane.client import Client, Consistency, HealthStatus, PortAction
 from controlplane.dev import LocalCluster
 
 LISTENER = """
@@ -47,6 +51,49 @@ def reports(cluster: LocalCluster) -> int:
             if line.startswith("controlplane_grpc_requests_total{") and "Services/ReportHealth" in line:
                 total += float(line.rsplit(" ", 1)[1])
     return int(total)
+
+
+def failure_to_critical(
+    client: Client, listener: subprocess.Popen[str], checks: int, interval: int
+) -> tuple[list[float], list[float]]:
+    """Kill the listener (every check fails at its next probe) and follow the ports domain until
+    every service turned critical: for each, milliseconds from the kill to the change's leader time
+    stamp (the catalog) and to its arrival here (a watcher)."""
+    watch = client.watch("", domains=("ports",), from_revision=client.status().applied_revision + 1)
+    # Ends the watch if some service never turns critical: the lists then come back short.
+    give_up = threading.Timer(3 * interval + 60, watch.close)
+    give_up.start()
+    to_catalog: list[float] = []
+    to_watcher: list[float] = []
+    killed_ms = time.time() * 1000
+    listener.kill()
+    try:
+        for event in watch:
+            port = event.port
+            if port is None or port.action is not PortAction.HEALTH_CHANGED or port.health is None:
+                continue
+            if port.health.status is HealthStatus.CRITICAL:
+                to_catalog.append(event.time_unix_ms - killed_ms)
+                to_watcher.append(time.time() * 1000 - killed_ms)
+                if len(to_catalog) == checks:
+                    break
+    finally:
+        give_up.cancel()
+        watch.close()
+    return to_catalog, to_watcher
+
+
+def spread(samples: list[float]) -> dict[str, float]:
+    """How many, and the fastest, median and slowest, in milliseconds."""
+    if not samples:
+        return {"count": 0}
+    ordered = sorted(samples)
+    return {
+        "count": len(ordered),
+        "min": round(ordered[0]),
+        "p50": round(ordered[len(ordered) // 2]),
+        "max": round(ordered[-1]),
+    }
 
 
 def main() -> None:
@@ -77,10 +124,11 @@ def main() -> None:
                 assert listener.stdout is not None
                 ports = [int(p) for p in listener.stdout.readline().split()]
                 assert len(ports) == args.checks
+                timeout_s = min(2, args.interval)  # a check's timeout may not exceed its interval
                 for i, port in enumerate(ports):
                     client.services.register(
                         {"name": f"svc-{i}", "host": host, "ports": [{"name": "main", "port": port}],
-                         "health_check": {"type": "tcp", "interval_s": args.interval, "timeout_s": 2}}
+                         "health_check": {"type": "tcp", "interval_s": args.interval, "timeout_s": timeout_s}}
                     )  # fmt: skip
                 started = time.monotonic()
                 agent = subprocess.Popen(
@@ -99,6 +147,7 @@ def main() -> None:
                 before = (client.status(), reports(cluster), cpu_seconds(agent.pid), time.monotonic())
                 time.sleep(args.window)  # the measurement window
                 after = (client.status(), reports(cluster), cpu_seconds(agent.pid), time.monotonic())
+                to_catalog_ms, to_watcher_ms = failure_to_critical(client, listener, args.checks, args.interval)
             elapsed = after[3] - before[3]
 
             def per_min(count: int) -> float:
@@ -116,6 +165,9 @@ def main() -> None:
                         "raft_entries_per_min": per_min(after[0].commit_index - before[0].commit_index),
                         "health_reports_per_min": per_min(after[1] - before[1]),
                         "agent_cpu_cores": round((after[2] - before[2]) / elapsed, 4),
+                        "failed_checks": args.checks,
+                        "failure_to_critical_in_catalog_ms": spread(to_catalog_ms),
+                        "failure_to_event_at_watcher_ms": spread(to_watcher_ms),
                     }
                 )
             )  # fmt: skip
