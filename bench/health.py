@@ -65,6 +65,7 @@ def failure_to_critical(
     give_up.start()
     to_catalog: list[float] = []
     to_watcher: list[float] = []
+    turned: set[tuple[str, str]] = set()  # (host, service): each counted once
     killed_ms = time.time() * 1000
     listener.kill()
     try:
@@ -72,7 +73,8 @@ def failure_to_critical(
             port = event.port
             if port is None or port.action is not PortAction.HEALTH_CHANGED or port.health is None:
                 continue
-            if port.health.status is HealthStatus.CRITICAL:
+            if port.health.status is HealthStatus.CRITICAL and (port.host, port.service) not in turned:
+                turned.add((port.host, port.service))
                 to_catalog.append(event.time_unix_ms - killed_ms)
                 to_watcher.append(time.time() * 1000 - killed_ms)
                 if len(to_catalog) == checks:

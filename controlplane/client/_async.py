@@ -251,7 +251,8 @@ class AsyncClient:
         server in ``following`` is delivered. Records of different servers come in the order they
         arrive. A server whose stream breaks (a restart, a partition, a rate limit) is followed
         again, with backoff, for as long as the watch is open; ``on_change(node_id, address,
-        state)`` is told each time a stream subscribes (``"following"``) or breaks (why). What a
+        state)`` is told each time a stream subscribes (``"following"``) or breaks (why), on
+        the event loop; should it raise, the watch ends with ``Internal``. What a
         server judged meanwhile, and records it skipped for a reader that fell behind
         (``AuditRecord.missed``), are in its ``data_dir/audit.log``. Stop it with ``await
         watch.aclose()``, ``async with``, or by closing the client. A task (and a channel) per
@@ -690,8 +691,6 @@ class AsyncAuditWatch:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # an answer about the caller, credentials that cannot work, a bug
             await self._fail(_auth.follow_failure(name, address, exc))
 

@@ -154,7 +154,8 @@ def follow_failure(name: str, address: str, exc: Exception) -> errors.ControlPla
 
 def describe_rpc_error(exc: grpc.RpcError) -> str:
     """``"UNAVAILABLE: connection refused"``: why a stream broke, for an ``AuditStreamChange``."""
-    return f"{exc.code().name}: {exc.details() or ''}".rstrip(": ")
+    details = exc.details()
+    return f"{exc.code().name}: {details}" if details else exc.code().name
 
 
 def permission_message(permission: Permission | tuple[str, str] | tuple[str, str, str]) -> auth_pb2.Permission:

@@ -247,7 +247,8 @@ class Client:
         server in ``following`` is delivered. Records of different servers come in the order they
         arrive. A server whose stream breaks (a restart, a partition, a rate limit) is followed
         again, with backoff, for as long as the watch is open; ``on_change(node_id, address,
-        state)`` is told each time a stream subscribes (``"following"``) or breaks (why). What a
+        state)`` is told each time a stream subscribes (``"following"``) or breaks (why), on
+        its reader threads, several at once; should it raise, the watch ends with ``Internal``. What a
         server judged meanwhile, and records it skipped for a reader that fell behind
         (``AuditRecord.missed``), are in its ``data_dir/audit.log``. Stop it with ``close()``
         (from any thread), ``with``, or by closing the client. Same as

@@ -101,7 +101,7 @@ version and has a ready version", not necessarily the same version.
 Cost: a search merges the doclists of every token its terms start (the prefix indexes hold
 them merged for prefixes of up to 8 characters), then ranks every match before it can return the
 best, so it costs O(matches), not O(page): about 1-2 µs per match, bm25 more than half of it.
-On the labelled set at 22,222 models the p99 is ~4-6 ms; a one-letter prefix matching all of
+On the labelled set at 22,222 models the p99 is 3.6-6.1 ms; a one-letter prefix matching all of
 20,000 models takes ~27 ms. The
 LIKE engine scans every model on every search (tens of ms at 20,000 models). A query that finds
 nothing costs more: up to four joined forms, then "did you mean", each asked with a statement
@@ -252,7 +252,7 @@ _INDEXES = (
 # '-' and '_' inside tokens a common word starts thousands of distinct tokens ("llama" starts
 # "llama-3-8b-instruct-gguf", ...), whose doclists FTS5 would merge for every search. A prefix
 # index holds each prefix's merged doclist, for the lengths listed: 1 to 8 characters covers the
-# words people type, and cut the labelled set's p99 from ~13 ms to ~4-6 ms for 30% more index
+# words people type, and cut the labelled set's p99 from 13-15 ms to 3.6-6.1 ms for 30% more index
 # (39 -> 50 MB at 22,222 models). A longer term reads the token lists as before.
 _FTS_TABLE = """CREATE VIRTUAL TABLE models_fts USING fts5 (
     name, name_parts, family, tags, description,

@@ -166,32 +166,40 @@ def http_manifest(name: str, host: str, interval_s: int = 1, **check: object) ->
 
 #: Services with a tcp check added beside the http one, for 200 checks on one agent (the issue's count).
 MORE_SERVICES = 199
-#: Accepts and closes connections on every port given: what a tcp check needs to pass.
+#: Binds N ports the OS picks (nothing else can hold them), prints them, then accepts and closes
+#: connections on each: what a tcp check needs to pass.
 TCP_LISTENER = """
 import asyncio, sys
 
 async def main():
     async def close(reader, writer):
         writer.close()
-    servers = [await asyncio.start_server(close, "127.0.0.1", int(port)) for port in sys.argv[1:]]
+    servers = [await asyncio.start_server(close, "127.0.0.1", 0) for _ in range(int(sys.argv[1]))]
+    print(" ".join(str(server.sockets[0].getsockname()[1]) for server in servers), flush=True)
     await asyncio.gather(*(server.serve_forever() for server in servers))
 
 asyncio.run(main())
 """
 
 
-def tcp_manifest(name: str, host: str) -> dict[str, object]:
+def tcp_manifest(name: str, host: str, port: int) -> dict[str, object]:
+    """A service on ``port`` checked by tcp every second; three failures in a row to turn critical,
+    since this is about what stable checks write, and a loaded machine can stall one probe."""
     return {
         "name": name,
         "host": host,
-        "ports": [{"name": "tcp"}],
-        "health_check": {"type": "tcp", "port_name": "tcp", "interval_s": 1, "timeout_s": 1},
+        "ports": [{"name": "tcp", "port": port}],
+        "health_check": {"type": "tcp", "interval_s": 1, "timeout_s": 1, "failure_threshold": 3},
     }
 
 
-def start_tcp_listener(ports: list[int], processes: list[subprocess.Popen[str]]) -> None:
-    process = subprocess.Popen([sys.executable, "-c", TCP_LISTENER, *map(str, ports)], text=True)
+def start_tcp_listener(count: int, processes: list[subprocess.Popen[str]]) -> tuple[subprocess.Popen[str], list[int]]:
+    process = subprocess.Popen([sys.executable, "-c", TCP_LISTENER, str(count)], stdout=subprocess.PIPE, text=True)
     processes.append(process)
+    assert process.stdout is not None
+    ports = [int(port) for port in process.stdout.readline().split()]
+    assert len(ports) == count, f"the listener bound {len(ports)} ports of {count} (exit {process.poll()})"
+    return process, ports
 
 
 def test_an_agent_checks_a_service_kill_9_turns_it_critical_and_stable_checks_write_nothing(
@@ -216,19 +224,16 @@ def test_an_agent_checks_a_service_kill_9_turns_it_critical_and_stable_checks_wr
 
         # 199 more services on the same agent, each with a tcp check every second, answered by one
         # listener process: 200 checks in all.
-        ports = [
-            client.services.register(tcp_manifest(f"hc-bulk-{index:03d}", host)).ports[0].port
-            for index in range(MORE_SERVICES)
-        ]
-        start_tcp_listener(ports, processes)
-        wait_until(
-            lambda: (
-                sum(r.health.status is HealthStatus.PASSING for r in client.services.list(host=host))
-                == MORE_SERVICES + 1
-            ),
-            60,
-            f"all {MORE_SERVICES + 1} services passing",
-        )
+        listener, ports = start_tcp_listener(MORE_SERVICES, processes)
+        for index, tcp_port in enumerate(ports):
+            client.services.register(tcp_manifest(f"hc-bulk-{index:03d}", host, tcp_port))
+
+        def all_passing() -> bool:
+            assert listener.poll() is None, f"the tcp listener exited ({listener.returncode})"
+            passing = sum(r.health.status is HealthStatus.PASSING for r in client.services.list(host=host))
+            return passing == MORE_SERVICES + 1
+
+        wait_until(all_passing, 60, f"all {MORE_SERVICES + 1} services passing")
 
         # Stable: every service answers probe after probe, and nothing reaches the log.
         wait_until(lambda: node_state(client, host) is NodeState.ACTIVE, 20, "agent active")

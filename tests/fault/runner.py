@@ -286,9 +286,15 @@ async def run(
             return all(ok[name] >= 10 for name in ("register", "set", "ports"))
 
         def recovered_since(since: float) -> bool:
-            """Every workload has an acknowledged operation invoked after ``since`` (run seconds)."""
-            ok = {op.workload for op in history.ops if op.type == OK and op.invoke_s >= since}
-            return all(name in ok for name in ("register", "set", "ports"))
+            """Every workload has an acknowledged operation invoked after ``since`` (run seconds).
+            Operations are recorded as they start, so only the newest are read."""
+            ok: set[str] = set()
+            for op in reversed(history.ops):
+                if op.invoke_s < since:
+                    break
+                if op.type == OK:
+                    ok.add(op.workload)
+            return {"register", "set", "ports"} <= ok
 
         await _eventually(progressing, 60, "every workload to get 10 acknowledged operations")
         log(f"clients running; faults: {profile.faults} from {available} (seed {seed})")
