@@ -428,11 +428,12 @@ class Ended(Exception):
     """The watch iteration ended (StopIteration cannot cross a coroutine, so take() raises this)."""
 
 
-async def take(watch: Watch | AsyncWatch, count: int) -> list[Any]:
+async def take(watch: Watch | AsyncWatch | AuditWatch | AsyncAuditWatch, count: int) -> list[Any]:
+    """The next ``count`` items of a watch (events, or audit records), whichever client made it."""
     events: list[Any] = []
     try:
         while len(events) < count:
-            events.append(await anext(watch) if isinstance(watch, AsyncWatch) else next(watch))
+            events.append(await anext(watch) if isinstance(watch, AsyncWatch | AsyncAuditWatch) else next(watch))
     except (StopIteration, StopAsyncIteration):
         raise Ended from None
     return events
@@ -936,13 +937,6 @@ def audit_record(node: FakeNode, resource: str) -> auth_pb2.AuditRecord:
     return auth_pb2.AuditRecord(node_id=node.node_id, who="user:admin", method="/x", resource=resource, code="OK")
 
 
-async def next_record(watch: AuditWatch | AsyncAuditWatch) -> AuditRecord:
-    try:
-        return await anext(watch) if isinstance(watch, AsyncAuditWatch) else next(watch)
-    except (StopIteration, StopAsyncIteration):
-        raise Ended from None
-
-
 async def test_an_audit_watch_follows_every_server_and_again_after_a_stream_breaks(
     connect: Callable[..., AnyClient], nodes: Callable[[str], FakeNode]
 ) -> None:
@@ -955,7 +949,7 @@ async def test_an_audit_watch_follows_every_server_and_again_after_a_stream_brea
     assert watch.following == tuple(sorted((a.address, b.address))) and len(a.audit_streams) == 1
     a.audit(audit_record(a, "r1"))
     b.audit(audit_record(b, "r2"))
-    assert {(await next_record(watch)).resource for _ in range(2)} == {"r1", "r2"}
+    assert {record.resource for record in await take(watch, 2)} == {"r1", "r2"}
     a.audit(errors.Unavailable("restarting"))
 
     async def followed_again() -> bool:
@@ -963,12 +957,12 @@ async def test_an_audit_watch_follows_every_server_and_again_after_a_stream_brea
 
     await _until(followed_again, "the broken stream followed again")
     a.audit(audit_record(a, "r3"))
-    assert await next_record(watch) == AuditRecord(0, "a", "user:admin", "/x", "r3", "OK", "", 0)
+    assert await take(watch, 1) == [AuditRecord(0, "a", "user:admin", "/x", "r3", "OK", "", 0)]
     assert (a.address, a.address, "UNAVAILABLE: restarting") in changes
     assert changes.count((a.address, a.address, "following")) == 2
     await run(client.close())  # closes the watch too
     with pytest.raises(Ended):
-        await next_record(watch)
+        await take(watch, 1)
     assert not watch.following
 
 
@@ -987,9 +981,9 @@ async def test_an_audit_watch_refused_is_an_error_at_once_or_at_the_next_record(
     watch = await run(client.watch_audit(timeout=10))
     a.audit(PermissionDenied("your role was revoked"))
     with pytest.raises(PermissionDenied, match="revoked"):
-        await next_record(watch)
+        await take(watch, 1)
     with pytest.raises(Ended):
-        await next_record(watch)
+        await take(watch, 1)
     assert not watch.following and len(a.audit_streams) == 1  # not followed again
 
 

@@ -26,6 +26,7 @@ from controlplane.cli.common import (
     resolve_endpoints,
 )
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, emit, fail, table
+from controlplane.client import AuditRecord
 
 auth_app = typer.Typer(help="Turn authorization on or off, and see who you are.", no_args_is_help=True)
 users_app = typer.Typer(help="Users: add, delete, list, grant and revoke roles.", no_args_is_help=True)
@@ -408,7 +409,7 @@ def audit_watch(
         pass
 
 
-def _print_audit(record: Any, output: Output) -> None:
+def _print_audit(record: AuditRecord, output: Output) -> None:
     import json
     import sys
 

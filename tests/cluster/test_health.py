@@ -27,6 +27,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.health import LISTENER as TCP_LISTENER
 from controlplane.client import (
     Client,
     FailedPrecondition,
@@ -166,20 +167,6 @@ def http_manifest(name: str, host: str, interval_s: int = 1, **check: object) ->
 
 #: Services with a tcp check added beside the http one, for 200 checks on one agent (the issue's count).
 MORE_SERVICES = 199
-#: Binds N ports the OS picks (nothing else can hold them), prints them, then accepts and closes
-#: connections on each: what a tcp check needs to pass.
-TCP_LISTENER = """
-import asyncio, sys
-
-async def main():
-    async def close(reader, writer):
-        writer.close()
-    servers = [await asyncio.start_server(close, "127.0.0.1", 0) for _ in range(int(sys.argv[1]))]
-    print(" ".join(str(server.sockets[0].getsockname()[1]) for server in servers), flush=True)
-    await asyncio.gather(*(server.serve_forever() for server in servers))
-
-asyncio.run(main())
-"""
 
 
 def tcp_manifest(name: str, host: str, port: int) -> dict[str, object]:
@@ -194,6 +181,8 @@ def tcp_manifest(name: str, host: str, port: int) -> dict[str, object]:
 
 
 def start_tcp_listener(count: int, processes: list[subprocess.Popen[str]]) -> tuple[subprocess.Popen[str], list[int]]:
+    """bench.health's listener: ``count`` ports the OS picks (nothing else can hold them), each
+    accepting and closing connections, which is what a tcp check needs to pass."""
     process = subprocess.Popen([sys.executable, "-c", TCP_LISTENER, str(count)], stdout=subprocess.PIPE, text=True)
     processes.append(process)
     assert process.stdout is not None

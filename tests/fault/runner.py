@@ -55,6 +55,8 @@ ALL_NEMESES = (
     "member-join-kill",
 )
 SETTLE_TIMEOUT_S = 60.0
+#: The client workloads whose acknowledged operations say the clients are working.
+CHECKED_WORKLOADS = ("register", "set", "ports")
 #: How long after a fault's cluster is whole its clients may take to be acknowledged again before
 #: the run notes it and goes on (a note in the summary, not a violation: the checks judge the history).
 CLIENT_RECOVERY_S = 30.0
@@ -283,7 +285,7 @@ async def run(
 
         def progressing() -> bool:
             ok = Counter(op.workload for op in history.ops if op.type == OK)
-            return all(ok[name] >= 10 for name in ("register", "set", "ports"))
+            return all(ok[name] >= 10 for name in CHECKED_WORKLOADS)
 
         def recovered_since(since: float) -> bool:
             """Every workload has an acknowledged operation invoked after ``since`` (run seconds).
@@ -294,7 +296,7 @@ async def run(
                     break
                 if op.type == OK:
                     ok.add(op.workload)
-            return {"register", "set", "ports"} <= ok
+            return set(CHECKED_WORKLOADS) <= ok
 
         await _eventually(progressing, 60, "every workload to get 10 acknowledged operations")
         log(f"clients running; faults: {profile.faults} from {available} (seed {seed})")
