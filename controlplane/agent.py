@@ -209,12 +209,17 @@ class Agent:
         return self.state
 
     async def start(self) -> None:
-        """Register (retrying until the cluster answers) and start the heartbeat loop.
+        """Register (retrying until the cluster answers), renew once, and start the heartbeat loop.
 
         An answer that asking again cannot change is raised at once (``FINAL_REGISTRATION_ERRORS``):
         another running agent holds the id, the registration would break a network's requirements,
         the request is invalid, or this identity may not register. Before, all but the first two
-        were retried for ever, with a warning a second."""
+        were retried for ever, with a warning a second.
+
+        The first renewal (which turns the node ACTIVE) is handled like every later one: a failure
+        is retried by the loop, never raised. An agent frozen (SIGSTOP, a paused VM) while that
+        renewal was in flight used to find, when it thawed, its deadline passed, and exit with a
+        traceback instead of renewing or finding itself :attr:`displaced`."""
         while True:
             try:
                 await self.register()
@@ -225,52 +230,55 @@ class Agent:
                 self.stats.failures += 1
                 log.warning("agent_register_retry", node=self.node_id, reason=exc.message)
                 await asyncio.sleep(min(self.ttl_s / 3, 1.0))  # retry pacing while the cluster is away
-        await self.heartbeat()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.interval_s
         # Spread a thousand agents started together over the interval instead of beating in lockstep
         # (within one interval of the last renewal, so the first beat is never late).
-        renewed = self._renewed_at if self._renewed_at is not None else loop.time()
-        due = renewed + random.uniform(0, interval)
+        due = await self._renew(spread=True)
+        if due is not None:  # None: displaced already; wait_ended returns at once
+            self._task = asyncio.create_task(self._run(due))
+
+    async def _run(self, due: float) -> None:
         while await self._wait_until(due):
-            sent = loop.time()
-            try:
-                if self._lost:
-                    await self.register()
-                await self.heartbeat()
-            except NotFound:
-                if self._lost:  # registering it again was answered NOT_FOUND too: never spin
-                    due = self._retry_at(sent)
-                else:
-                    self.stats.lease_lost += 1
-                    agent_metrics.LEASES_LOST.inc()
-                    log.warning("agent_lease_lost", node=self.node_id, hint="registering again")
-                    self._lost = True
-                    due = loop.time()  # register again at once
-                continue
-            except FailedPrecondition as exc:
-                # Another instance registered the id after this one's lease expired (this one was cut
-                # off): the node is theirs. Asking again cannot change that, and deregistering would
-                # end their lease.
-                self.displaced = exc
-                agent_metrics.untrack_lease(self)  # the lease is the other instance's now
-                log.error("agent_displaced", node=self.node_id, reason=exc.message)
+            next_due = await self._renew()
+            if next_due is None:
                 return
-            except ControlPlaneError as exc:
-                self.stats.failures += 1
-                log.warning("agent_heartbeat_failed", node=self.node_id, reason=exc.message)
-                due = self._retry_at(sent)
-                continue
-            except Exception:  # a bug (ours or the client's): keep the node a member, and say so loudly
-                self.stats.failures += 1
-                log.exception("agent_heartbeat_error", node=self.node_id)
-                due = self._retry_at(sent)
-                continue
-            assert self._renewed_at is not None  # set by the heartbeat that just succeeded
-            due = self._renewed_at + interval
+            due = next_due
+
+    async def _renew(self, spread: bool = False) -> float | None:
+        """One renewal (registering the node again first if it was found lost), every answer handled:
+        the event-loop time of the next one, or None once :attr:`displaced`. ``spread`` puts the next
+        one at a random point of the interval instead of at its end."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        try:
+            if self._lost:
+                await self.register()
+            await self.heartbeat()
+        except NotFound:
+            if self._lost:  # registering it again was answered NOT_FOUND too: never spin
+                return self._retry_at(sent)
+            self.stats.lease_lost += 1
+            agent_metrics.LEASES_LOST.inc()
+            log.warning("agent_lease_lost", node=self.node_id, hint="registering again")
+            self._lost = True
+            return loop.time()  # register again at once
+        except FailedPrecondition as exc:
+            # Another instance registered the id after this one's lease expired (this one was cut
+            # off): the node is theirs. Asking again cannot change that, and deregistering would
+            # end their lease.
+            self.displaced = exc
+            agent_metrics.untrack_lease(self)  # the lease is the other instance's now
+            log.error("agent_displaced", node=self.node_id, reason=exc.message)
+            return None
+        except ControlPlaneError as exc:
+            self.stats.failures += 1
+            log.warning("agent_heartbeat_failed", node=self.node_id, reason=exc.message)
+            return self._retry_at(sent)
+        except Exception:  # a bug (ours or the client's): keep the node a member, and say so loudly
+            self.stats.failures += 1
+            log.exception("agent_heartbeat_error", node=self.node_id)
+            return self._retry_at(sent)
+        assert self._renewed_at is not None  # set by the heartbeat that just succeeded
+        return self._renewed_at + (random.uniform(0, self.interval_s) if spread else self.interval_s)
 
     async def wait_ended(self) -> None:
         """Until the heartbeat loop ends: stopped, or :attr:`displaced`."""

@@ -295,3 +295,55 @@ def test_a_second_instance_is_refused_and_an_agent_whose_node_was_taken_over_sto
     assert first.displaced is not None and "registered again by another agent" in first.displaced.message
     assert third.displaced is None and third.instance_id != first.instance_id
     assert expiries == 1
+
+
+def test_an_agent_frozen_while_its_first_renewal_is_in_flight_renews_when_it_thaws() -> None:
+    """The first renewal after registering (the one that turns the node ACTIVE) is handled like every
+    later one. CI froze an agent (SIGSTOP) while it was in flight; when it thawed, the call's deadline
+    had passed, start() raised DeadlineExceeded, and the agent exited with a traceback."""
+    leader = FakeLeader()
+
+    async def main() -> Agent:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
+        original = leader.heartbeat
+
+        async def frozen_in_flight(node_id: str, **kwargs: Any) -> NodeState:
+            leader.heartbeat = original  # type: ignore[method-assign]  # only the first renewal
+            await original(node_id, **kwargs)  # the leader renews; the answer is never read in time
+            loop.block(2 * TTL_S)  # the process is stopped for two TTLs: the lease expires meanwhile
+            raise DeadlineExceeded("no answer within the deadline")
+
+        leader.heartbeat = frozen_in_flight  # type: ignore[method-assign]
+        agent = Agent(cast(AsyncClient, SimpleNamespace(membership=leader)), "frozen", ttl_s=TTL_S)
+        await agent.start()  # must not raise
+        await asyncio.sleep(3 * TTL_S)  # virtual time: the agent's life after the thaw
+        await agent.stop(deregister=False)
+        return agent
+
+    agent = run_virtual(main)
+    assert agent.stats.failures == 1  # the renewal that was in flight
+    assert (agent.stats.lease_lost, agent.stats.registrations) == (1, 2)  # found dead, registered again
+    assert agent.displaced is None and agent.state is NodeState.ACTIVE and "frozen" in leader.renewed
+
+
+def test_an_agent_whose_first_renewal_finds_its_id_taken_over_is_displaced_not_raised() -> None:
+    leader = FakeLeader()
+
+    async def main() -> Agent:
+        agent = Agent(cast(AsyncClient, SimpleNamespace(membership=leader)), "taken", ttl_s=TTL_S, instance_id="one")
+        original = leader.register_node
+
+        async def taken_right_after(node_id: str, **kwargs: Any) -> Any:
+            registered = await original(node_id, **kwargs)
+            leader.holder[node_id] = "two"  # another instance took the id before the first renewal
+            return registered
+
+        leader.register_node = taken_right_after  # type: ignore[method-assign]
+        await agent.start()  # must not raise
+        await agent.wait_ended()
+        return agent
+
+    agent = run_virtual(main)
+    assert agent.displaced is not None and "registered again by another agent" in agent.displaced.message
+    assert agent.stats.registrations == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import signal
 import socket
@@ -648,8 +649,16 @@ async def _run_agent(
                 # Nothing was registered by this process: nothing to deregister, and the agent that
                 # holds the id keeps its lease.
                 fail(f"agent {runner.node_id} not started: {exc.message}", code=EXIT_ERROR)
+            if runner.displaced is not None:  # its first renewal found the id taken over
+                fail(f"agent {runner.node_id} stopped: {runner.displaced.message}", code=EXIT_ERROR)
             for network in networks:
-                await runner.client.membership.join(network, node_id=runner.node_id)
+                try:
+                    await runner.client.membership.join(network, node_id=runner.node_id)
+                except ControlPlaneError as exc:
+                    # Asked for at start: an agent that cannot be where it was told to be leaves
+                    # rather than run half-placed (the client already retried what can be retried).
+                    await _leave_quietly(runner)
+                    fail(f"agent {runner.node_id} could not join network {network}: {exc.message}", code=EXIT_ERROR)
             typer.echo(
                 f"agent {runner.node_id} registered ({runner.state.name.lower()}), heartbeat every "
                 f"{runner.ttl_s / 3:.1f}s; Ctrl-C to leave"
@@ -682,6 +691,12 @@ async def _run_agent(
                 # After deregistering: fetchers skip a left node, so nothing new starts; a second of
                 # grace lets transfers in flight finish.
                 await artifacts.stop(1.0)
+
+
+async def _leave_quietly(runner: Agent) -> None:
+    """Stop and deregister; if the cluster cannot be told, the lease expires on its own after the TTL."""
+    with contextlib.suppress(ControlPlaneError):
+        await runner.stop(deregister=True)
 
 
 async def _start_checks(checker: HealthChecker) -> None:

@@ -207,6 +207,17 @@ def test_an_agent_frozen_past_its_lease_whose_id_was_taken_over_stops_and_leaves
         assert agents["successor"].poll() is None
 
 
+def test_an_agent_told_to_join_a_network_that_does_not_exist_says_so_and_leaves(
+    cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
+) -> None:
+    process = start_agent(cluster, agents, "nojoin-a1", "--join", "nojoin-no-such-network")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, out
+    assert "agent nojoin-a1 could not join network nojoin-no-such-network" in out and "Traceback" not in out, out
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        assert node_state(client, "nojoin-a1") is NodeState.LEFT  # deregistered, not left to expire
+
+
 def test_a_stopped_agent_deregisters_and_cli_shows_the_unified_view(
     cluster: LocalCluster, agents: dict[str, subprocess.Popen[str]]
 ) -> None:
