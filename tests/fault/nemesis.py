@@ -32,6 +32,12 @@ Nemeses:
   while the removal is in flight; it recovers after the hold, and the replacement joins once the
   removal has committed.
 * ``member-join-kill``: the same, with the ``kill -9`` while the replacement is being admitted.
+* ``clock-step-leader``: the leader's wall clock jumps an hour ahead for the hold, then back (NTP
+  stepping, a hypervisor setting the guest's time, someone running ``date``). Meanwhile a node
+  lease renewed every second must live on, and a lease nobody renews must still expire, before
+  the step back and after it (``controlplane/server/leader_clock.py``). The step is made inside the
+  server's Python (``tests/fault/clockstep/sitecustomize.py`` says how, and why not the kernel's
+  clock).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ import grpc
 
 from bench.netns import ShapedNet
 from controlplane import errors
-from controlplane.client import Client
+from controlplane.client import Client, NodeState
 from controlplane.dev import LocalCluster, NodeProcess
 from controlplane.server.raft import EXIT_STORAGE_FAILED
 from controlplane.v1 import cluster_pb2
@@ -70,6 +76,16 @@ REMOVED_STOP_TIMEOUT_S = 30.0
 DISK_HEADROOM = 96 * 1024
 #: How long the disk-full nemesis waits for the server to stop on its own.
 DISK_FILL_TIMEOUT_S = 20.0
+#: How far the clock-step nemesis moves the leader's wall clock (seconds).
+CLOCK_STEP_S = 3600.0
+#: The lease of the clock-step nemesis's renewed node, renewed every ``CLOCK_STEP_RENEW_S``.
+CLOCK_STEP_TTL_S = 8.0
+CLOCK_STEP_RENEW_S = 1.0
+#: How long a lease nobody renews may live past its TTL before the nemesis calls it kept (the
+#: leader's sweep, and a busy machine, on top of the TTL).
+CLOCK_STEP_EXPIRY_SLACK_S = 30.0
+#: Where the suite's server processes find the clock-step hook (``sitecustomize``).
+CLOCK_STEP_HOOK_DIR = Path(__file__).resolve().parent / "clockstep"
 
 
 class Unhealthy(AssertionError):
@@ -157,8 +173,12 @@ class Control:
         clock: Callable[[], float],
         net: ShapedNet | None = None,
         net_unavailable: str = "",
+        clock_step_dir: Path | None = None,
     ) -> None:
         self.cluster = cluster
+        #: Where each server's clock step is written (``clockstep/sitecustomize.py``), or None when
+        #: the servers run without the hook.
+        self.clock_step_dir = clock_step_dir
         self.clock = clock
         #: The namespaces the servers run in (server ``n<i>`` in namespace ``i - 1``), or None
         #: (then ``net_unavailable`` says why), when they share the host's loopback.
@@ -664,6 +684,113 @@ class MemberJoinUnderKill(MemberReplaceUnderKill):
     during = "addition"
 
 
+def clock_step_env(step_dir: Path) -> dict[str, str]:
+    """The environment that puts the clock-step hook into a server process (``step_dir``: where
+    the nemesis writes each server's step)."""
+    path = os.pathsep.join(p for p in (str(CLOCK_STEP_HOOK_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "CP_TEST_CLOCK_STEP_DIR": str(step_dir)}
+
+
+class ClockStepLeader(Nemesis):
+    """The leader's wall clock an hour ahead for the hold, then back; node leases judged throughout.
+
+    A lease renewed every second (TTL 8 s) must never be found expired; a lease nobody renews
+    (TTL 1 s), registered once the clock is ahead and once it is back, must expire each time within
+    ``CLOCK_STEP_EXPIRY_SLACK_S`` of its TTL. A leader that followed its wall clock would expire every
+    lease at the step ahead, and, had a lease been renewed while the clock was ahead, keep it an
+    hour after the step back."""
+
+    name = "clock-step-leader"
+
+    def __init__(self, control: Control) -> None:
+        super().__init__(control)
+        if control.clock_step_dir is None:
+            self.unavailable = "the servers run without the clock-step hook (clock_step_env)"
+        self._renewing = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def choose(self, rng: random.Random) -> tuple[str, bool]:
+        return self.control.leader(), True
+
+    def step(self, node_id: str, seconds: float) -> None:
+        """Move ``node_id``'s wall clock by ``seconds`` from the true time, and wait until it has."""
+        assert self.control.clock_step_dir is not None
+        step_file = self.control.clock_step_dir / f"{node_id}.step"
+        applied = self.control.clock_step_dir / f"{node_id}.applied"
+        step_file.write_text(f"{seconds:g}\n")
+        wait_for(
+            lambda: applied.exists() and float(applied.read_text() or "nan") == seconds,
+            10.0,
+            f"{node_id}'s clock to be stepped by {seconds:g} s",
+            retry=(ValueError,),
+        )
+
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        self.prefix = f"clock-{int(fault.injected * 1000)}"
+        self.renewed = f"{self.prefix}-renewed"
+        with self.control.admin() as admin:
+            admin.membership.register_node(self.renewed, ttl_s=CLOCK_STEP_TTL_S)
+        self._renewing.clear()
+        self._lost: list[str] = []
+        self._renewer = threading.Thread(target=self._renew, args=(fault,), name="clock-step-renewer", daemon=True)
+        self._renewer.start()
+        self.step(fault.target, CLOCK_STEP_S)
+        fault.detail["step_s"] = CLOCK_STEP_S
+
+    def _renew(self, fault: Fault) -> None:
+        with self.control.admin() as admin:
+            while not self._renewing.wait(CLOCK_STEP_RENEW_S):  # the renewal pace of an agent
+                try:
+                    admin.membership.heartbeat(self.renewed, timeout=CLOCK_STEP_TTL_S / 2)
+                except errors.NotFound as exc:
+                    self._lost.append(exc.message)
+                    return
+                except errors.ControlPlaneError:
+                    continue  # slow or no leader for a moment: the next renewal is a second away
+
+    def _expires(self, fault: Fault, node_id: str, when: str) -> None:
+        """Register ``node_id`` with a 1 s lease and never renew it: it must be declared dead."""
+        with self.control.admin() as admin:
+            admin.membership.register_node(node_id, ttl_s=1.0)
+            started = time.monotonic()
+            try:
+                wait_for(
+                    lambda: admin.membership.get_node(node_id).node.state is NodeState.DEAD,
+                    1.0 + CLOCK_STEP_EXPIRY_SLACK_S,
+                    f"{node_id}'s lease to expire",
+                    retry=(errors.ControlPlaneError,),
+                )
+            except Unhealthy:
+                fault.problems.append(
+                    f"clock-step-leader: a 1 s lease registered {when} was still alive "
+                    f"{1.0 + CLOCK_STEP_EXPIRY_SLACK_S:g} s later"
+                )
+            fault.detail[f"expiry_{when.replace(' ', '_')}_s"] = round(time.monotonic() - started, 2)
+
+    def hold(self, fault: Fault, rng: random.Random) -> None:
+        started = time.monotonic()
+        self._expires(fault, f"{self.prefix}-ahead", "with the clock ahead")
+        super().hold(fault, rng)
+        fault.duration = time.monotonic() - started
+
+    def heal(self, fault: Fault) -> None:
+        self.step(fault.target, 0.0)
+        self._expires(fault, f"{self.prefix}-back", "after the step back")
+        self._renewing.set()
+        assert self._renewer is not None
+        self._renewer.join(CLOCK_STEP_TTL_S + 5)
+        for message in self._lost:
+            fault.problems.append(
+                f"clock-step-leader: a lease renewed every {CLOCK_STEP_RENEW_S:g} s was found expired: {message}"
+            )
+        with self.control.admin() as admin:  # the probe nodes go: the next fault starts from a clean list
+            for node_id in (self.renewed, f"{self.prefix}-ahead", f"{self.prefix}-back"):
+                with contextlib.suppress(errors.ControlPlaneError):
+                    admin.membership.deregister(node_id)
+                with contextlib.suppress(errors.ControlPlaneError):
+                    admin.membership.forget(node_id)
+
+
 NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "kill-leader": lambda control, scratch: KillLeader(control),
     "kill-random": lambda control, scratch: KillRandom(control),
@@ -679,4 +806,5 @@ NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "member-replace-partition": lambda control, scratch: MemberReplaceUnderPartition(control),
     "member-replace-pause": lambda control, scratch: MemberReplaceUnderPause(control),
     "member-join-kill": lambda control, scratch: MemberJoinUnderKill(control),
+    "clock-step-leader": lambda control, scratch: ClockStepLeader(control),
 }

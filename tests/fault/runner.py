@@ -35,7 +35,7 @@ from controlplane.v1 import watch_pb2, watch_pb2_grpc
 
 from . import checks
 from .history import OK, History, completion_type
-from .nemesis import NEMESES, Control, Fault, Nemesis, Unhealthy
+from .nemesis import NEMESES, Control, Fault, Nemesis, Unhealthy, clock_step_env
 from .workloads import CALL_TIMEOUT_S, Context, Ports, Processes, Registers, SetAdds, Watchers
 
 ALL_NEMESES = (
@@ -53,6 +53,7 @@ ALL_NEMESES = (
     "member-replace-partition",
     "member-replace-pause",
     "member-join-kill",
+    "clock-step-leader",
 )
 SETTLE_TIMEOUT_S = 60.0
 #: The client workloads whose acknowledged operations say the clients are working.
@@ -219,14 +220,19 @@ async def run(
     work_dir.mkdir(parents=True, exist_ok=True)
     history = History()
     net, net_unavailable = _namespaces(profile, log)
+    clock_step_dir: Path | None = None
+    if any(name.startswith("clock-step") for name in profile.nemeses):
+        clock_step_dir = work_dir / "clock-steps"
+        clock_step_dir.mkdir(exist_ok=True)
     cluster = LocalCluster(
         work_dir / "cluster",
         servers=3,
+        extra_env=clock_step_env(clock_step_dir) if clock_step_dir is not None else None,
         # A replaced server is promoted after 2 s caught up (10 s by default): faults stay short.
         extra_config={"history_limit": 1_000_000, "server_stabilization_s": 2.0},
         placement=(lambda i: (net.address(i - 1), net.exec_prefix(i - 1))) if net is not None else None,
     )
-    control = Control(cluster, history.now, net, net_unavailable)
+    control = Control(cluster, history.now, net, net_unavailable, clock_step_dir)
     nemeses: dict[str, Nemesis] = {name: NEMESES[name](control, work_dir / "scratch") for name in profile.nemeses}
     for nemesis in nemeses.values():
         nemesis.hold_range = profile.hold
