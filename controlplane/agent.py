@@ -142,6 +142,8 @@ class Agent:
         agent_metrics.track_lease(self)
         # The node was found dead or gone: the next step is registering it again, not a heartbeat.
         self._lost = False
+        # The next successful renewal schedules the one after it at a random point of the interval.
+        self._spread_pending = True
         # Replica removals in flight (kept referenced: the loop holds tasks only weakly).
         self._background: set[asyncio.Task[None]] = set()
 
@@ -230,9 +232,7 @@ class Agent:
                 self.stats.failures += 1
                 log.warning("agent_register_retry", node=self.node_id, reason=exc.message)
                 await asyncio.sleep(min(self.ttl_s / 3, 1.0))  # retry pacing while the cluster is away
-        # Spread a thousand agents started together over the interval instead of beating in lockstep
-        # (within one interval of the last renewal, so the first beat is never late).
-        due = await self._renew(spread=True)
+        due = await self._renew()
         if due is not None:  # None: displaced already; wait_ended returns at once
             self._task = asyncio.create_task(self._run(due))
 
@@ -243,10 +243,9 @@ class Agent:
                 return
             due = next_due
 
-    async def _renew(self, spread: bool = False) -> float | None:
+    async def _renew(self) -> float | None:
         """One renewal (registering the node again first if it was found lost), every answer handled:
-        the event-loop time of the next one, or None once :attr:`displaced`. ``spread`` puts the next
-        one at a random point of the interval instead of at its end."""
+        the event-loop time of the next one, or None once :attr:`displaced`."""
         loop = asyncio.get_running_loop()
         sent = loop.time()
         try:
@@ -278,7 +277,14 @@ class Agent:
             log.exception("agent_heartbeat_error", node=self.node_id)
             return self._retry_at(sent)
         assert self._renewed_at is not None  # set by the heartbeat that just succeeded
-        return self._renewed_at + (random.uniform(0, self.interval_s) if spread else self.interval_s)
+        if self._spread_pending:
+            # Spread a thousand agents started together over the interval instead of beating in
+            # lockstep (within one interval of the last renewal, so the beat is never late). Until
+            # the first success: a fleet whose first renewals all failed together (an election
+            # right after they registered) would otherwise retry, and then beat, in step.
+            self._spread_pending = False
+            return self._renewed_at + random.uniform(0, self.interval_s)
+        return self._renewed_at + self.interval_s
 
     async def wait_ended(self) -> None:
         """Until the heartbeat loop ends: stopped, or :attr:`displaced`."""
@@ -324,13 +330,16 @@ class Agent:
             log.warning("agent_replica_removed", node=self.node_id, model=model, version=version, reason=reason)
 
     async def stop(self, deregister: bool = True) -> None:
-        """Stop heartbeating; with ``deregister``, leave cleanly (networks left, lease ended)."""
+        """Stop heartbeating; with ``deregister``, leave cleanly (networks left, lease ended), unless
+        :attr:`displaced`."""
         self._stopping.set()
         if self._task is not None:
             await self._task
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         agent_metrics.untrack_lease(self)
-        if deregister:
+        # Never once displaced: the node, and its lease, are another instance's now (deregistering
+        # names no instance, so it would end theirs).
+        if deregister and self.displaced is None:
             await self.client.membership.deregister(self.node_id)
             self.state = NodeState.LEFT

@@ -297,10 +297,12 @@ def test_a_second_instance_is_refused_and_an_agent_whose_node_was_taken_over_sto
     assert expiries == 1
 
 
-def test_an_agent_frozen_while_its_first_renewal_is_in_flight_renews_when_it_thaws() -> None:
+@pytest.mark.parametrize("taken_over", [False, True], ids=["thaws-alone", "id-taken-while-frozen"])
+def test_an_agent_frozen_while_its_first_renewal_is_in_flight_renews_when_it_thaws(taken_over: bool) -> None:
     """The first renewal after registering (the one that turns the node ACTIVE) is handled like every
-    later one. CI froze an agent (SIGSTOP) while it was in flight; when it thawed, the call's deadline
-    had passed, start() raised DeadlineExceeded, and the agent exited with a traceback."""
+    later one. CI froze an agent (SIGSTOP) while it was in flight and another agent took its id
+    meanwhile; when it thawed, the call's deadline had passed, start() raised DeadlineExceeded, and
+    the agent exited with a traceback instead of stopping as displaced."""
     leader = FakeLeader()
 
     async def main() -> Agent:
@@ -312,19 +314,27 @@ def test_an_agent_frozen_while_its_first_renewal_is_in_flight_renews_when_it_tha
             leader.heartbeat = original  # type: ignore[method-assign]  # only the first renewal
             await original(node_id, **kwargs)  # the leader renews; the answer is never read in time
             loop.block(2 * TTL_S)  # the process is stopped for two TTLs: the lease expires meanwhile
+            if taken_over:  # and another instance registers the id (a fresh lease of its own)
+                leader.renewed[node_id], leader.holder[node_id] = loop.time(), "successor"
             raise DeadlineExceeded("no answer within the deadline")
 
         leader.heartbeat = frozen_in_flight  # type: ignore[method-assign]
-        agent = Agent(cast(AsyncClient, SimpleNamespace(membership=leader)), "frozen", ttl_s=TTL_S)
+        agent = Agent(cast(AsyncClient, SimpleNamespace(membership=leader)), "frozen", ttl_s=TTL_S, instance_id="one")
         await agent.start()  # must not raise
         await asyncio.sleep(3 * TTL_S)  # virtual time: the agent's life after the thaw
-        await agent.stop(deregister=False)
+        # The fake has no deregister: stopping a displaced agent must not call it (the node is the
+        # successor's).
+        await agent.stop(deregister=taken_over)
         return agent
 
     agent = run_virtual(main)
     assert agent.stats.failures == 1  # the renewal that was in flight
-    assert (agent.stats.lease_lost, agent.stats.registrations) == (1, 2)  # found dead, registered again
-    assert agent.displaced is None and agent.state is NodeState.ACTIVE and "frozen" in leader.renewed
+    if taken_over:
+        assert agent.displaced is not None and "registered again by another agent" in agent.displaced.message
+        assert leader.holder["frozen"] == "successor" and "frozen" in leader.renewed
+    else:
+        assert (agent.stats.lease_lost, agent.stats.registrations) == (1, 2)  # found dead, registered again
+        assert agent.displaced is None and agent.state is NodeState.ACTIVE and "frozen" in leader.renewed
 
 
 def test_an_agent_whose_first_renewal_finds_its_id_taken_over_is_displaced_not_raised() -> None:

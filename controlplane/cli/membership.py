@@ -674,10 +674,9 @@ async def _run_agent(
             ended.cancel()
             if checker is not None:
                 await checker.stop()
-            if runner.displaced is not None:
-                await runner.stop(deregister=False)  # the id, and its lease, belong to the other agent now
-                fail(f"agent {runner.node_id} stopped: {runner.displaced.message}", code=EXIT_ERROR)
             try:
+                # Not once displaced (stop() checks, also for a displacement found while it waits):
+                # the id, and its lease, belong to the other agent now.
                 await runner.stop(deregister=True)
             except ControlPlaneError as exc:
                 # Its lease will expire on its own: the cluster marks it dead after the TTL.
@@ -685,6 +684,8 @@ async def _run_agent(
                     f"agent {runner.node_id} could not deregister ({exc.message}); it expires in {runner.ttl_s:g}s"
                 )
             else:
+                if runner.displaced is not None:
+                    fail(f"agent {runner.node_id} stopped: {runner.displaced.message}", code=EXIT_ERROR)
                 typer.echo(f"agent {runner.node_id} deregistered")
         finally:
             if artifacts is not None:
@@ -694,7 +695,8 @@ async def _run_agent(
 
 
 async def _leave_quietly(runner: Agent) -> None:
-    """Stop and deregister; if the cluster cannot be told, the lease expires on its own after the TTL."""
+    """Stop and deregister (unless displaced meanwhile); if the cluster cannot be told, the lease
+    expires on its own after the TTL."""
     with contextlib.suppress(ControlPlaneError):
         await runner.stop(deregister=True)
 

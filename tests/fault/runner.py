@@ -223,7 +223,8 @@ async def run(
     clock_step_dir: Path | None = None
     if any(name.startswith("clock-step") for name in profile.nemeses):
         clock_step_dir = work_dir / "clock-steps"
-        clock_step_dir.mkdir(exist_ok=True)
+        shutil.rmtree(clock_step_dir, ignore_errors=True)  # a reused --work-dir: no step left ahead
+        clock_step_dir.mkdir()
     cluster = LocalCluster(
         work_dir / "cluster",
         servers=3,

@@ -1,17 +1,19 @@
-"""The clock-step nemesis's hook inside a server process (tests/fault/nemesis.py, ``ClockStep``).
+"""The clock-step nemesis's hook inside a server process (tests/fault/nemesis.py, ``ClockStepLeader``).
 
 The fault suite puts this directory on the servers' ``PYTHONPATH`` and sets
 ``CP_TEST_CLOCK_STEP_DIR``; Python imports ``sitecustomize`` at start-up, before the server's own
 modules, so every wall-clock read of the server's Python code (``time.time``, ``time.time_ns``,
 default arguments bound at import included) goes through the step below. The nemesis writes the
-step in seconds to ``<dir>/<node-id>.step``; a thread of the server reads it every 20 ms and writes
-what it applied to ``<dir>/<node-id>.applied``, which the nemesis waits for.
+step in nanoseconds to ``<dir>/<node-id>.step``; a thread of the server reads it every 20 ms and
+writes what it applied to ``<dir>/<node-id>.applied``, which the nemesis waits for.
 
 Why not the kernel's clock: ``CLOCK_REALTIME`` is one per machine (stepping it would step the
 suite's own clients and every other server), and libfaketime with the monotonic clocks left alone
 (a real step moves only the wall clock) breaks Python 3.11's ``time.sleep`` (libfaketime issue
-426, unfixed in Debian 12's 0.9.10). What this leaves unstepped is what reads the clock outside
-Python: gRPC's C core and OpenSSL's certificate validity checks.
+426, unfixed in Debian 12's 0.9.10). What this leaves unstepped reads the clock some other way:
+``datetime.now()`` and ``time.gmtime()``/``localtime()`` without an argument (certificate dates,
+backup names, log timestamps), gRPC's C core and OpenSSL's certificate validity checks. The
+server's decisions (leases, deadlines, the time stamped on the log) read ``time.time_ns``.
 
 Nothing happens in a process without ``--node-id`` on its command line (only servers get it).
 """
@@ -41,14 +43,14 @@ def _install(step_dir: Path, node_id: str) -> None:
         applied: int | None = None
         while True:
             try:
-                wanted = round(float(step_file.read_text().strip() or 0) * 1e9)
+                wanted = int(step_file.read_text().strip() or 0)
             except (OSError, ValueError):
-                wanted = 0
+                wanted = applied if applied is not None else 0  # gone or unreadable: keep the step
             if wanted != applied:
                 step_ns = wanted
                 applied = wanted
                 temporary = applied_file.with_suffix(".tmp")
-                temporary.write_text(f"{wanted / 1e9:g}\n")
+                temporary.write_text(f"{wanted}\n")
                 temporary.replace(applied_file)  # whole, never half-written
             time.sleep(0.02)  # a polling thread's pace, not a wait for a condition
 
