@@ -309,6 +309,39 @@ async def test_a_model_others_cite_ranks_first_among_names_that_start_alike(use_
 
 
 @pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
+async def test_a_model_with_a_ready_version_ranks_before_ones_with_none(use_fts5: bool) -> None:
+    """Cited alike, a model people can use comes first: one with a ready version before those
+    whose versions are all pending or deprecated (shorter names and better bm25 included); a
+    status change moves it at once. Names matching better, and citations, still come before."""
+    index = await SearchIndex.open(use_fts5=use_fts5)
+    if use_fts5 and index.engine != ENGINE_FTS5:
+        await index.close()
+        pytest.skip("this SQLite build has no FTS5")
+    try:
+        await index.rebuild(
+            [
+                doc("phi-3.5-mini-v2", "a fine-tune", statuses=[DEPRECATED]),
+                doc("phi-3.5-mini_v1", "a fine-tune", statuses=[PENDING]),
+                doc("Phi-3.5-mini-instruct", "Microsoft's small model", statuses=[READY, DEPRECATED]),
+                doc("phi-3.5-mini-cited", "cited by others", statuses=[PENDING]),
+                *[doc(f"ft-{n}", "a fine-tune of phi-3.5-mini-cited") for n in range(2)],
+            ],
+            revision=1,
+        )
+        found = await names(index, "phi-3.5-m")
+        assert found[:2] == [
+            "phi-3.5-mini-cited",  # cited twice: first whatever its status
+            "Phi-3.5-mini-instruct",  # the only other one with a ready version, though the longest
+        ]
+        assert set(found[2:4]) == {"phi-3.5-mini_v1", "phi-3.5-mini-v2"}  # then the shortest; here, equal
+        assert (await names(index, "phi-3.5-mini-v2"))[0] == "phi-3.5-mini-v2"  # the exact name first, always
+        await index.apply([doc("phi-3.5-mini-v2", "a fine-tune", statuses=[READY])], [], revision=2)
+        assert (await names(index, "phi-3.5-m"))[1:3] == ["phi-3.5-mini-v2", "Phi-3.5-mini-instruct"]
+    finally:
+        await index.close()
+
+
+@pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
 async def test_a_name_match_ranks_above_a_cited_model_only_its_description_matches(use_fts5: bool) -> None:
     index = await SearchIndex.open(use_fts5=use_fts5)
     try:

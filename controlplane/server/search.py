@@ -72,13 +72,14 @@ reaches SQLite; filters alone browse their models by name.
 Ranking: a model named exactly what was typed first, then names starting with it, then names
 holding every term (separators dropped), then the rest; within each group, names holding the
 terms together in the order typed ("v3 large" in MobileNetV3Large) first, then the models most
-*cited*: named by other models, in their descriptions
-(a fine-tune's "fine-tune of Llama-3.1-8B-Instruct") or as their versions' parent, so a base
-comes before the many derivatives named after it. Then, among names starting with the query or
-holding every term, the shortest (what was typed and least else); among the rest, bm25 (whose
-length normalisation alone would rank "x-7b" above "x" for "x"); then the name. The citation
-counts are kept by the index itself (``citations``), so they follow every change and cost one
-primary-key lookup per match.
+*cited*: named by other models, in their descriptions (a fine-tune's "fine-tune of
+Llama-3.1-8B-Instruct") or as their versions' parent, so a base comes before the many derivatives
+named after it. Then the models with a ready version before those whose versions are all pending
+or deprecated (npm's search sinks deprecated packages the same way). Then, among names starting
+with the query or holding every term, the shortest (what was typed and least else); among the
+rest, bm25 (whose length normalisation alone would rank "x-7b" above "x" for "x"); then the name.
+The citation counts are kept by the index itself (``citations``), so they follow every change;
+they and the ready check cost one primary-key lookup each per match.
 
 "Did you mean": a first page that found nothing corrects each term that matches no model on its
 own into a word of the model names one edit away (terms up to 4 characters) or two (longer),
@@ -600,6 +601,7 @@ def _like_text(doc: ModelDoc) -> str:
 # Every query is driven by its terms (FTS5, or the LIKE scan), so each filter is a check per
 # match: a primary-key lookup in a side table keyed by the filter value first.
 _FACET_LOOKUP = "f.facet = '{}' AND f.value = {} AND f.model_id = m.id"
+_READY = models_pb2.VERSION_STATUS_READY
 _FILTERS = {
     "family": "AND m.family_key = :family",
     "owner": "AND m.owner_key = :owner",
@@ -651,7 +653,8 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     where = " ".join(_FILTERS[name] for name in filters)
     # A model named exactly what was typed comes first, then models whose name starts with it,
     # then names holding every term, then the rest; within each, names holding the terms together
-    # in the order typed, then the most cited (see the module docstring), then bm25: its
+    # in the order typed, then the most cited (see the module docstring), then those with a ready
+    # version, then bm25: its
     # length normalisation alone ranks "x-7b" above "x" for the query "x".
     # Then the name: the order is total (names are unique).
     # Names compare without separators ('-', '_', '.', ' ') and ignoring case, so "gemma 2 9b it"
@@ -667,9 +670,12 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     # Every term inside the name (separators dropped): a name match is never outranked by a
     # model that only its description or tags match, however often it is cited.
     in_name = " AND ".join(f"instr({key}, :in_name{index}) > 0" for index in range(term_count)) or "0"
+    # A model with a ready version before one whose versions are all pending or deprecated (npm's
+    # search sinks deprecated packages the same way): cited alike, the one people can use.
+    ready = f"EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_STATUS, _READY)})"
     order = (
         f"ORDER BY {key} = :exact DESC, {starts_with} DESC, {in_name} DESC, instr({key}, :phrase) > 0 DESC, "
-        f"{cited} DESC, "
+        f"{cited} DESC, {ready} DESC, "
         f"CASE WHEN {starts_with} OR ({in_name}) THEN length(m.name) END, score, {_BY_NAME} LIMIT :limit OFFSET :offset"
     )
     if sort in _SORTS:
