@@ -643,6 +643,7 @@ def member(pb: cluster_pb2.Member) -> Member:
         applied_index=pb.applied_index,
         stable_since_unix_ms=pb.stable_since_unix_ms,
         last_contact_unix_ms=pb.last_contact_unix_ms,
+        commit_index=pb.commit_index,
     )
 
 

@@ -159,6 +159,8 @@ class Member:
     applied_index: int = 0
     stable_since_unix_ms: int = 0
     last_contact_unix_ms: int = 0
+    #: Leader-answered only: its commit index at the leader's last health check.
+    commit_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)

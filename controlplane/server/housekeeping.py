@@ -475,6 +475,7 @@ class ServerHealth:
     #: The last Cluster.Status check answered.
     reachable: bool = False
     applied_index: int = 0
+    commit_index: int = 0
     #: The highest cluster level its release applies (levels.py), from its last answer; 0 unknown.
     apply_level: int = 0
     last_contact_unix_ms: int = 0
@@ -699,7 +700,7 @@ class Autopilot:
         if answer is not None:
             health.reachable = True
             health.last_contact_unix_ms = now_ms
-            health.applied_index = answer.applied_index
+            health.applied_index, health.commit_index = answer.applied_index, answer.commit_index
             health.apply_level = levels.stored_level(answer.apply_level)
             # Consul's definition, with pysyncobj's numbers: it follows this leader in this term, has
             # caught up since it started, and trails the commit index by at most max_trailing_logs.

@@ -715,9 +715,9 @@ class Node:
                 match_index=raft.match_index.get(address, raft.log_index if address == me and leading else 0),
             )
             if address == me:
-                entry.applied_index = raft.applied_index
+                entry.applied_index, entry.commit_index = raft.applied_index, raft.commit_index
             elif health is not None:
-                entry.applied_index = health.applied_index
+                entry.applied_index, entry.commit_index = health.applied_index, health.commit_index
                 entry.stable_since_unix_ms = health.stable_since_unix_ms
                 entry.last_contact_unix_ms = health.last_contact_unix_ms
             response.members.append(entry)

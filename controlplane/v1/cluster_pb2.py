@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from controlplane.v1 import options_pb2 as controlplane_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/cluster.proto\x12\x0f\x63ontrolplane.v1\x1a\x1d\x63ontrolplane/v1/options.proto\"\x80\x02\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12#\n\x04role\x18\x04 \x01(\x0e\x32\x15.controlplane.v1.Role\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\r\n\x05voter\x18\x06 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x07 \x01(\x04\x12\x0f\n\x07learner\x18\x08 \x01(\x08\x12\x15\n\rapplied_index\x18\t \x01(\x04\x12\x1c\n\x14stable_since_unix_ms\x18\n \x01(\x03\x12\x1c\n\x14last_contact_unix_ms\x18\x0b \x01(\x03\"\x0f\n\rStatusRequest\"\xe2\x03\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.controlplane.v1.Role\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x18\n\x10\x61pplied_revision\x18\x08 \x01(\x04\x12(\n\x07members\x18\t \x03(\x0b\x32\x17.controlplane.v1.Member\x12\x12\n\nhas_quorum\x18\n \x01(\x08\x12\x15\n\rraft_log_size\x18\x0b \x01(\x04\x12\x0f\n\x07version\x18\x0c \x01(\t\x12\x17\n\x0foldest_revision\x18\r \x01(\x04\x12\x1a\n\x12removed_member_ids\x18\x0e \x03(\t\x12\r\n\x05ready\x18\x0f \x01(\x08\x12\x19\n\x11membership_change\x18\x10 \x01(\t\x12\x12\n\ndurability\x18\x11 \x01(\t\x12\x15\n\rpeer_security\x18\x12 \x01(\t\x12\x13\n\x0b\x61pply_level\x18\x13 \x01(\r\x12\x15\n\rcluster_level\x18\x14 \x01(\r\"`\n\x10\x41\x64\x64MemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"=\n\x11\x41\x64\x64MemberResponse\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.controlplane.v1.Member\"5\n\x13RemoveMemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x14RemoveMemberResponse\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.controlplane.v1.Member\".\n\x19TransferLeadershipRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\t\"=\n\x1aTransferLeadershipResponse\x12\x11\n\tleader_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\"\x11\n\x0fSnapshotRequest\"~\n\rSnapshotChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0cinclude_auth\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"H\n\x0fRestoreResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\x15\n\rauth_restored\x18\x03 \x01(\x08\"\x81\x01\n\x06\x42\x61\x63kup\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\x14\n\x0cstate_sha256\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03\x12\x0f\n\x07node_id\x18\x06 \x01(\t*f\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_FOLLOWER\x10\x01\x12\x12\n\x0eROLE_CANDIDATE\x10\x02\x12\x0f\n\x0bROLE_LEADER\x10\x03\x12\x10\n\x0cROLE_LEARNER\x10\x04\x32\xb8\x05\n\x07\x43luster\x12^\n\x06Status\x12\x1e.controlplane.v1.StatusRequest\x1a\x1f.controlplane.v1.StatusResponse\"\x13\xd2\xf3\x18\x0f\n\rauthenticated\x12l\n\tAddMember\x12!.controlplane.v1.AddMemberRequest\x1a\".controlplane.v1.AddMemberResponse\"\x18\xc0\xf3\x18\x01\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min\x12u\n\x0cRemoveMember\x12$.controlplane.v1.RemoveMemberRequest\x1a%.controlplane.v1.RemoveMemberResponse\"\x18\xc0\xf3\x18\x01\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min\x12\x87\x01\n\x12TransferLeadership\x12*.controlplane.v1.TransferLeadershipRequest\x1a+.controlplane.v1.TransferLeadershipResponse\"\x18\xc0\xf3\x18\x01\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min\x12\x64\n\x08Snapshot\x12 .controlplane.v1.SnapshotRequest\x1a\x1e.controlplane.v1.SnapshotChunk\"\x14\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min0\x01\x12x\n\x07Restore\x12\x1e.controlplane.v1.SnapshotChunk\x1a .controlplane.v1.RestoreResponse\")\xc0\xf3\x18\x01\xca\xf3\x18\rrestore_state\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63ontrolplane/v1/cluster.proto\x12\x0f\x63ontrolplane.v1\x1a\x1d\x63ontrolplane/v1/options.proto\"\x96\x02\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12#\n\x04role\x18\x04 \x01(\x0e\x32\x15.controlplane.v1.Role\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\r\n\x05voter\x18\x06 \x01(\x08\x12\x13\n\x0bmatch_index\x18\x07 \x01(\x04\x12\x0f\n\x07learner\x18\x08 \x01(\x08\x12\x15\n\rapplied_index\x18\t \x01(\x04\x12\x1c\n\x14stable_since_unix_ms\x18\n \x01(\x03\x12\x1c\n\x14last_contact_unix_ms\x18\x0b \x01(\x03\x12\x14\n\x0c\x63ommit_index\x18\x0c \x01(\x04\"\x0f\n\rStatusRequest\"\xe2\x03\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.controlplane.v1.Role\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x18\n\x10\x61pplied_revision\x18\x08 \x01(\x04\x12(\n\x07members\x18\t \x03(\x0b\x32\x17.controlplane.v1.Member\x12\x12\n\nhas_quorum\x18\n \x01(\x08\x12\x15\n\rraft_log_size\x18\x0b \x01(\x04\x12\x0f\n\x07version\x18\x0c \x01(\t\x12\x17\n\x0foldest_revision\x18\r \x01(\x04\x12\x1a\n\x12removed_member_ids\x18\x0e \x03(\t\x12\r\n\x05ready\x18\x0f \x01(\x08\x12\x19\n\x11membership_change\x18\x10 \x01(\t\x12\x12\n\ndurability\x18\x11 \x01(\t\x12\x15\n\rpeer_security\x18\x12 \x01(\t\x12\x13\n\x0b\x61pply_level\x18\x13 \x01(\r\x12\x15\n\rcluster_level\x18\x14 \x01(\r\"`\n\x10\x41\x64\x64MemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"=\n\x11\x41\x64\x64MemberResponse\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.controlplane.v1.Member\"5\n\x13RemoveMemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x14RemoveMemberResponse\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.controlplane.v1.Member\".\n\x19TransferLeadershipRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\t\"=\n\x1aTransferLeadershipResponse\x12\x11\n\tleader_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\"\x11\n\x0fSnapshotRequest\"~\n\rSnapshotChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0cinclude_auth\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"H\n\x0fRestoreResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\x15\n\rauth_restored\x18\x03 \x01(\x08\"\x81\x01\n\x06\x42\x61\x63kup\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\x14\n\x0cstate_sha256\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x04\x12\x17\n\x0f\x63reated_unix_ms\x18\x05 \x01(\x03\x12\x0f\n\x07node_id\x18\x06 \x01(\t*f\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_FOLLOWER\x10\x01\x12\x12\n\x0eROLE_CANDIDATE\x10\x02\x12\x0f\n\x0bROLE_LEADER\x10\x03\x12\x10\n\x0cROLE_LEARNER\x10\x04\x32\xb8\x05\n\x07\x43luster\x12^\n\x06Status\x12\x1e.controlplane.v1.StatusRequest\x1a\x1f.controlplane.v1.StatusResponse\"\x13\xd2\xf3\x18\x0f\n\rauthenticated\x12l\n\tAddMember\x12!.controlplane.v1.AddMemberRequest\x1a\".controlplane.v1.AddMemberResponse\"\x18\xc0\xf3\x18\x01\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min\x12u\n\x0cRemoveMember\x12$.controlplane.v1.RemoveMemberRequest\x1a%.controlplane.v1.RemoveMemberResponse\"\x18\xc0\xf3\x18\x01\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min\x12\x87\x01\n\x12TransferLeadership\x12*.controlplane.v1.TransferLeadershipRequest\x1a+.controlplane.v1.TransferLeadershipResponse\"\x18\xc0\xf3\x18\x01\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min\x12\x64\n\x08Snapshot\x12 .controlplane.v1.SnapshotRequest\x1a\x1e.controlplane.v1.SnapshotChunk\"\x14\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min0\x01\x12x\n\x07Restore\x12\x1e.controlplane.v1.SnapshotChunk\x1a .controlplane.v1.RestoreResponse\")\xc0\xf3\x18\x01\xca\xf3\x18\rrestore_state\xd2\xf3\x18\x10\n\x07\x63luster\x12\x05\x61\x64min(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,34 +44,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLUSTER'].methods_by_name['Snapshot']._serialized_options = b'\322\363\030\020\n\007cluster\022\005admin'
   _globals['_CLUSTER'].methods_by_name['Restore']._loaded_options = None
   _globals['_CLUSTER'].methods_by_name['Restore']._serialized_options = b'\300\363\030\001\312\363\030\rrestore_state\322\363\030\020\n\007cluster\022\005admin'
-  _globals['_ROLE']._serialized_start=1588
-  _globals['_ROLE']._serialized_end=1690
+  _globals['_ROLE']._serialized_start=1610
+  _globals['_ROLE']._serialized_end=1712
   _globals['_MEMBER']._serialized_start=82
-  _globals['_MEMBER']._serialized_end=338
-  _globals['_STATUSREQUEST']._serialized_start=340
-  _globals['_STATUSREQUEST']._serialized_end=355
-  _globals['_STATUSRESPONSE']._serialized_start=358
-  _globals['_STATUSRESPONSE']._serialized_end=840
-  _globals['_ADDMEMBERREQUEST']._serialized_start=842
-  _globals['_ADDMEMBERREQUEST']._serialized_end=938
-  _globals['_ADDMEMBERRESPONSE']._serialized_start=940
-  _globals['_ADDMEMBERRESPONSE']._serialized_end=1001
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1003
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1056
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1058
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1122
-  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_start=1124
-  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_end=1170
-  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_start=1172
-  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_end=1233
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1235
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1252
-  _globals['_SNAPSHOTCHUNK']._serialized_start=1254
-  _globals['_SNAPSHOTCHUNK']._serialized_end=1380
-  _globals['_RESTORERESPONSE']._serialized_start=1382
-  _globals['_RESTORERESPONSE']._serialized_end=1454
-  _globals['_BACKUP']._serialized_start=1457
-  _globals['_BACKUP']._serialized_end=1586
-  _globals['_CLUSTER']._serialized_start=1693
-  _globals['_CLUSTER']._serialized_end=2389
+  _globals['_MEMBER']._serialized_end=360
+  _globals['_STATUSREQUEST']._serialized_start=362
+  _globals['_STATUSREQUEST']._serialized_end=377
+  _globals['_STATUSRESPONSE']._serialized_start=380
+  _globals['_STATUSRESPONSE']._serialized_end=862
+  _globals['_ADDMEMBERREQUEST']._serialized_start=864
+  _globals['_ADDMEMBERREQUEST']._serialized_end=960
+  _globals['_ADDMEMBERRESPONSE']._serialized_start=962
+  _globals['_ADDMEMBERRESPONSE']._serialized_end=1023
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1025
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1078
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1080
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1144
+  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_start=1146
+  _globals['_TRANSFERLEADERSHIPREQUEST']._serialized_end=1192
+  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_start=1194
+  _globals['_TRANSFERLEADERSHIPRESPONSE']._serialized_end=1255
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1257
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1274
+  _globals['_SNAPSHOTCHUNK']._serialized_start=1276
+  _globals['_SNAPSHOTCHUNK']._serialized_end=1402
+  _globals['_RESTORERESPONSE']._serialized_start=1404
+  _globals['_RESTORERESPONSE']._serialized_end=1476
+  _globals['_BACKUP']._serialized_start=1479
+  _globals['_BACKUP']._serialized_end=1608
+  _globals['_CLUSTER']._serialized_start=1715
+  _globals['_CLUSTER']._serialized_end=2411
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ ROLE_LEADER: Role
 ROLE_LEARNER: Role
 
 class Member(_message.Message):
-    __slots__ = ("id", "raft_address", "client_address", "role", "healthy", "voter", "match_index", "learner", "applied_index", "stable_since_unix_ms", "last_contact_unix_ms")
+    __slots__ = ("id", "raft_address", "client_address", "role", "healthy", "voter", "match_index", "learner", "applied_index", "stable_since_unix_ms", "last_contact_unix_ms", "commit_index")
     ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class Member(_message.Message):
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     STABLE_SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_CONTACT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     id: str
     raft_address: str
     client_address: str
@@ -45,7 +46,8 @@ class Member(_message.Message):
     applied_index: int
     stable_since_unix_ms: int
     last_contact_unix_ms: int
-    def __init__(self, id: _Optional[str] = ..., raft_address: _Optional[str] = ..., client_address: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., healthy: _Optional[bool] = ..., voter: _Optional[bool] = ..., match_index: _Optional[int] = ..., learner: _Optional[bool] = ..., applied_index: _Optional[int] = ..., stable_since_unix_ms: _Optional[int] = ..., last_contact_unix_ms: _Optional[int] = ...) -> None: ...
+    commit_index: int
+    def __init__(self, id: _Optional[str] = ..., raft_address: _Optional[str] = ..., client_address: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., healthy: _Optional[bool] = ..., voter: _Optional[bool] = ..., match_index: _Optional[int] = ..., learner: _Optional[bool] = ..., applied_index: _Optional[int] = ..., stable_since_unix_ms: _Optional[int] = ..., last_contact_unix_ms: _Optional[int] = ..., commit_index: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

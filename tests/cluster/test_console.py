@@ -81,6 +81,7 @@ async def test_every_page_shows_the_cluster(cluster: LocalCluster, console: http
     for server in cluster.nodes:
         assert f'data-member="{server}"' in page
     assert "Durability" in page and "Commit index" in page
+    assert '<th scope="col">Commit index</th>' in page  # each server's, in the members table
 
     fleet = assert_safe_page(await console.get("/ui/fleet", params={"q": "zone=ui-eu"}, headers=AUTH))
     assert all(f'data-node="{node}"' in fleet for node in peers)

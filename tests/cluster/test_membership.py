@@ -254,6 +254,7 @@ def test_a_learner_killed_before_promotion_does_not_count_for_quorum(
         member = wait_until(lambda: _healthy_learner(cluster, learner.id), 20, "the leader to see the learner healthy")
         assert member.learner and not member.voter and member.role == cluster_pb2.ROLE_LEARNER
         assert 0 < member.last_contact_unix_ms <= time.time_ns() // 1_000_000 + 1000 and member.applied_index > 0
+        assert member.commit_index >= member.applied_index  # both from its answer to one health check
         with pytest.raises(FailedPrecondition):  # leadership never goes to a learner
             client.transfer_leadership(learner.id)
         cluster.kill(learner.id)
