@@ -142,7 +142,8 @@ class Agent:
         agent_metrics.track_lease(self)
         # The node was found dead or gone: the next step is registering it again, not a heartbeat.
         self._lost = False
-        # The next successful renewal schedules the one after it at a random point of the interval.
+        # The next successful renewal schedules the one after it at a random point of the interval
+        # (see _renew).
         self._spread_pending = True
         # Replica removals in flight (kept referenced: the loop holds tasks only weakly).
         self._background: set[asyncio.Task[None]] = set()
@@ -151,6 +152,11 @@ class Agent:
     def interval_s(self) -> float:
         """Seconds between heartbeats (a third of the TTL)."""
         return self.ttl_s / 3
+
+    @property
+    def registered(self) -> bool:
+        """This instance registered the node, and no other instance has taken it over since."""
+        return self._renewed_at is not None and self.displaced is None
 
     def lease_deadline_monotonic(self) -> float | None:
         """``lease_deadline`` on time.monotonic() (for the metrics thread)."""
@@ -248,11 +254,16 @@ class Agent:
         the event-loop time of the next one, or None once :attr:`displaced`."""
         loop = asyncio.get_running_loop()
         sent = loop.time()
+        # The first renewal, and the first after a failure, schedules the next at a random point of
+        # the interval: agents that start or fail together (an election, a leader that lost their
+        # leases) would otherwise beat in step.
+        spread, self._spread_pending = self._spread_pending, False
         try:
             if self._lost:
                 await self.register()
             await self.heartbeat()
         except NotFound:
+            self._spread_pending = True
             if self._lost:  # registering it again was answered NOT_FOUND too: never spin
                 return self._retry_at(sent)
             self.stats.lease_lost += 1
@@ -271,18 +282,18 @@ class Agent:
         except ControlPlaneError as exc:
             self.stats.failures += 1
             log.warning("agent_heartbeat_failed", node=self.node_id, reason=exc.message)
+            self._spread_pending = True
             return self._retry_at(sent)
         except Exception:  # a bug (ours or the client's): keep the node a member, and say so loudly
             self.stats.failures += 1
             log.exception("agent_heartbeat_error", node=self.node_id)
+            self._spread_pending = True
             return self._retry_at(sent)
         assert self._renewed_at is not None  # set by the heartbeat that just succeeded
-        if self._spread_pending:
-            # Spread a thousand agents started together over the interval instead of beating in
-            # lockstep (within one interval of the last renewal, so the beat is never late). Until
-            # the first success: a fleet whose first renewals all failed together (an election
-            # right after they registered) would otherwise retry, and then beat, in step.
-            self._spread_pending = False
+        if spread:
+            # Spread a thousand agents started together (or failed together) over the interval
+            # instead of beating in lockstep; within one interval of the last renewal, so the beat
+            # is never late.
             return self._renewed_at + random.uniform(0, self.interval_s)
         return self._renewed_at + self.interval_s
 
@@ -338,8 +349,8 @@ class Agent:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         agent_metrics.untrack_lease(self)
-        # Never once displaced: the node, and its lease, are another instance's now (deregistering
-        # names no instance, so it would end theirs).
-        if deregister and self.displaced is None:
+        # Only a node this instance registered, and never once displaced: the node, and its lease,
+        # may be another instance's (deregistering names no instance, so it would end theirs).
+        if deregister and self.registered:
             await self.client.membership.deregister(self.node_id)
             self.state = NodeState.LEFT

@@ -311,8 +311,8 @@ async def test_a_model_others_cite_ranks_first_among_names_that_start_alike(use_
 @pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
 async def test_a_model_with_a_ready_version_ranks_before_ones_with_none(use_fts5: bool) -> None:
     """Cited alike, a model people can use comes first: one with a ready version before those
-    whose versions are all pending or deprecated (shorter names and better bm25 included); a
-    status change moves it at once. Names matching better, and citations, still come before."""
+    whose versions are all pending or deprecated (shorter names included); a status change moves
+    it at once. Names matching better, and citations, still come before."""
     index = await SearchIndex.open(use_fts5=use_fts5)
     if use_fts5 and index.engine != ENGINE_FTS5:
         await index.close()
@@ -334,8 +334,11 @@ async def test_a_model_with_a_ready_version_ranks_before_ones_with_none(use_fts5
             "Phi-3.5-mini-instruct",  # the only other one with a ready version, though the longest
         ]
         assert set(found[2:4]) == {"phi-3.5-mini_v1", "phi-3.5-mini-v2"}  # then the shortest; here, equal
-        assert (await names(index, "phi-3.5-mini-v2"))[0] == "phi-3.5-mini-v2"  # the exact name first, always
-        await index.apply([doc("phi-3.5-mini-v2", "a fine-tune", statuses=[READY])], [], revision=2)
+        # The exact name still comes first, whatever its status (and the cited one after it).
+        await index.apply([doc("phi-3.5-mini", "pending", statuses=[PENDING])], [], revision=2)
+        assert (await names(index, "phi-3.5-mini"))[:2] == ["phi-3.5-mini", "phi-3.5-mini-cited"]
+        await index.apply([], ["phi-3.5-mini"], revision=3)
+        await index.apply([doc("phi-3.5-mini-v2", "a fine-tune", statuses=[READY])], [], revision=4)
         assert (await names(index, "phi-3.5-m"))[1:3] == ["phi-3.5-mini-v2", "Phi-3.5-mini-instruct"]
     finally:
         await index.close()

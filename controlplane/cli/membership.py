@@ -641,7 +641,13 @@ async def _run_agent(
             stopping.cancel()
             if not starting.done():
                 starting.cancel()
-                typer.echo(f"agent {runner.node_id} stopped before it could register")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                if runner.registered:  # stopped during its first renewal: leave what it registered
+                    await _leave_quietly(runner)
+                    typer.echo(f"agent {runner.node_id} stopped while starting; deregistered")
+                else:
+                    typer.echo(f"agent {runner.node_id} stopped before it could register")
                 return
             try:
                 starting.result()
@@ -658,6 +664,8 @@ async def _run_agent(
                     # Asked for at start: an agent that cannot be where it was told to be leaves
                     # rather than run half-placed (the client already retried what can be retried).
                     await _leave_quietly(runner)
+                    if runner.displaced is not None:  # the renewals found the id taken over meanwhile
+                        fail(f"agent {runner.node_id} stopped: {runner.displaced.message}", code=EXIT_ERROR)
                     fail(f"agent {runner.node_id} could not join network {network}: {exc.message}", code=EXIT_ERROR)
             typer.echo(
                 f"agent {runner.node_id} registered ({runner.state.name.lower()}), heartbeat every "

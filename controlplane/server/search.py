@@ -74,8 +74,8 @@ holding every term (separators dropped), then the rest; within each group, names
 terms together in the order typed ("v3 large" in MobileNetV3Large) first, then the models most
 *cited*: named by other models, in their descriptions (a fine-tune's "fine-tune of
 Llama-3.1-8B-Instruct") or as their versions' parent, so a base comes before the many derivatives
-named after it. Then the models with a ready version before those whose versions are all pending
-or deprecated (npm's search sinks deprecated packages the same way). Then, among names starting
+named after it. Then the models with a ready version before those with none (every version
+pending, deprecated or failed, or no version yet), as npm's search sinks deprecated packages. Then, among names starting
 with the query or holding every term, the shortest (what was typed and least else); among the
 rest, bm25 (whose length normalisation alone would rank "x-7b" above "x" for "x"); then the name.
 The citation counts are kept by the index itself (``citations``), so they follow every change;
@@ -659,7 +659,7 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     # Then the name: the order is total (names are unique).
     # Names compare without separators ('-', '_', '.', ' ') and ignoring case, so "gemma 2 9b it"
     # is the name gemma-2-9b-it and "qwen 2.5 7b" starts Qwen2.5-7B-Instruct. Among names that
-    # start with what was typed, or hold every term, and are cited alike, the shortest first: a
+    # start with what was typed, or hold every term, cited alike and alike in readiness, the shortest first: a
     # base model before its fine-tunes ("Llama-3.1-8B-Instruct" before
     # "Llama-3.1-8B-Instruct-abliterated-GGUF"), whose descriptions repeat the base's name and
     # would win on bm25.
@@ -670,8 +670,8 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     # Every term inside the name (separators dropped): a name match is never outranked by a
     # model that only its description or tags match, however often it is cited.
     in_name = " AND ".join(f"instr({key}, :in_name{index}) > 0" for index in range(term_count)) or "0"
-    # A model with a ready version before one whose versions are all pending or deprecated (npm's
-    # search sinks deprecated packages the same way): cited alike, the one people can use.
+    # A model with a ready version before one with none (all pending, deprecated or failed, or no
+    # version yet), as npm's search sinks deprecated packages: cited alike, the one people can use.
     ready = f"EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_STATUS, _READY)})"
     order = (
         f"ORDER BY {key} = :exact DESC, {starts_with} DESC, {in_name} DESC, instr({key}, :phrase) > 0 DESC, "

@@ -722,9 +722,12 @@ class ClockStepLeader(Nemesis):
         super().__init__(control)
         if control.clock_step_dir is None:
             self.unavailable = "the servers run without the clock-step hook (clock_step_env)"
+        # Set to stop this fault's renewer; a new one per fault, so that a renewer that outlived its
+        # fault (a heartbeat hung past the join) never takes the next fault's for its own.
         self._renewing = threading.Event()
         self._renewer: threading.Thread | None = None
         self._lost: list[str] = []
+        self._probes: list[str] = []
 
     def choose(self, rng: random.Random) -> tuple[str, bool]:
         return self.control.leader(), True
@@ -747,12 +750,25 @@ class ClockStepLeader(Nemesis):
     def run(self, rng: random.Random) -> Fault:
         try:
             return super().run(rng)
-        finally:  # whatever failed on the way: no clock left ahead, no renewer left running
+        finally:  # whatever failed on the way: no clock left ahead, no renewer left, no probe node left
             self._renewing.set()
             if self.control.clock_step_dir is not None:
                 reset_clock_steps(self.control.clock_step_dir)
+            if self._renewer is not None:
+                self._renewer.join(CLOCK_STEP_TTL_S + 5)
+            self._forget_probes()
+
+    def _forget_probes(self) -> None:
+        with self.control.admin() as admin:  # the next fault starts from a clean node list
+            for node_id in self._probes:
+                with contextlib.suppress(errors.ControlPlaneError):
+                    admin.membership.deregister(node_id)
+                with contextlib.suppress(errors.ControlPlaneError):
+                    admin.membership.forget(node_id)
+        self._probes = []
 
     def _register(self, node_id: str, ttl_s: float) -> None:
+        self._probes.append(node_id)
         with self.control.admin() as admin:
             wait_for(
                 lambda: admin.membership.register_node(node_id, ttl_s=ttl_s),
@@ -765,20 +781,22 @@ class ClockStepLeader(Nemesis):
         self.prefix = f"clock-{int(fault.injected * 1000)}"
         self.renewed = f"{self.prefix}-renewed"
         self._register(self.renewed, CLOCK_STEP_TTL_S)
-        self._renewing.clear()
+        self._renewing = threading.Event()
         self._lost = []
-        self._renewer = threading.Thread(target=self._renew, name="clock-step-renewer", daemon=True)
+        self._renewer = threading.Thread(
+            target=self._renew, args=(self._renewing, self._lost), name="clock-step-renewer", daemon=True
+        )
         self._renewer.start()
         self.step(fault.target, CLOCK_STEP_S)
         fault.detail["step_s"] = CLOCK_STEP_S
 
-    def _renew(self) -> None:
+    def _renew(self, stop: threading.Event, lost: list[str]) -> None:
         with self.control.admin() as admin:
-            while not self._renewing.wait(CLOCK_STEP_RENEW_S):  # the renewal pace of an agent
+            while not stop.wait(CLOCK_STEP_RENEW_S):  # the renewal pace of an agent
                 try:
                     admin.membership.heartbeat(self.renewed, timeout=CLOCK_STEP_TTL_S / 2)
                 except errors.NotFound as exc:
-                    self._lost.append(exc.message)
+                    lost.append(exc.message)
                     return
                 except errors.ControlPlaneError:
                     continue  # slow or no leader for a moment: the next renewal is a second away
@@ -823,12 +841,6 @@ class ClockStepLeader(Nemesis):
             fault.problems.append(
                 f"clock-step-leader: a lease renewed every {CLOCK_STEP_RENEW_S:g} s was found expired: {message}"
             )
-        with self.control.admin() as admin:  # the probe nodes go: the next fault starts from a clean list
-            for node_id in (self.renewed, f"{self.prefix}-ahead", f"{self.prefix}-back"):
-                with contextlib.suppress(errors.ControlPlaneError):
-                    admin.membership.deregister(node_id)
-                with contextlib.suppress(errors.ControlPlaneError):
-                    admin.membership.forget(node_id)
 
 
 NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {

@@ -89,7 +89,7 @@ class Profile:
 PROFILES = {
     # make test's: every nemesis once. Each fault waits for working clients before its quiet gap,
     # which can then be shorter.
-    "short": Profile("short", faults=len(ALL_NEMESES), max_seconds=150.0, quiet=(0.5, 1.5)),
+    "short": Profile("short", faults=len(ALL_NEMESES), max_seconds=150.0, quiet=(0.2, 0.6)),
     "long": Profile("long", faults=40, max_seconds=900.0, hold=(1.0, 6.0)),
     "soak": Profile("soak", faults=150, max_seconds=3600.0, hold=(1.0, 8.0)),
 }

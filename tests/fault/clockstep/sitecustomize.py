@@ -13,7 +13,8 @@ suite's own clients and every other server), and libfaketime with the monotonic 
 426, unfixed in Debian 12's 0.9.10). What this leaves unstepped reads the clock some other way:
 ``datetime.now()`` and ``time.gmtime()``/``localtime()`` without an argument (certificate dates,
 backup names, log timestamps), gRPC's C core and OpenSSL's certificate validity checks. The
-server's decisions (leases, deadlines, the time stamped on the log) read ``time.time_ns``.
+server's decisions (leases, deadlines, the time stamped on the log, token expiry) read
+``time.time_ns`` or ``time.time``.
 
 Nothing happens in a process without ``--node-id`` on its command line (only servers get it).
 """
