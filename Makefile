@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 
-.PHONY: constraints run test test-fast test-browser chromium promtool soak bench bench-gossip-net lint proto sdk check-proto clean setup jepsen jepsen-long
+.PHONY: constraints run test test-fast test-browser chromium promtool soak bench bench-gossip-net lint proto sdk check-proto clean setup jepsen jepsen-long jepsen-five
 
 setup: $(STAMP)
 
@@ -76,6 +76,10 @@ jepsen: $(STAMP)
 ## jepsen-long: the fault suite as a soak: 150 faults, about 30 minutes
 jepsen-long: $(STAMP)
 	$(BIN)/python -m tests.fault.run --profile soak
+
+## jepsen-five: the fault suite on five voters: every nemesis once, and the leader killed with another (16 faults), about 4 minutes
+jepsen-five: $(STAMP)
+	$(BIN)/python -m tests.fault.run --profile five
 
 ## bench: our cluster next to etcd 3.4 in the same run; one JSON line per scenario
 bench: $(STAMP)

@@ -10,6 +10,8 @@ of the fault itself.
 Nemeses:
 
 * ``kill-leader`` / ``kill-random``: ``kill -9``, then restart the same data directory.
+* ``kill-leader-and-one``: the leader and another server at once (the FIVE profile: a majority of
+  five survives it).
 * ``pause-leader`` / ``pause-random``: SIGSTOP, then SIGCONT: a frozen VM or a long GC pause; no
   connection is closed, so peers and clients notice only through their own timeouts.
 * ``disk-full``: the server is stopped, its data directory moved onto a small tmpfs (what it holds
@@ -342,6 +344,27 @@ class KillLeader(Kill):
 
 class KillRandom(Kill):
     name = "kill-random"
+
+
+class KillLeaderAndOne(Nemesis):
+    """``kill -9`` of the leader and one other server at once: what five voters survive and three
+    do not (with three, the cluster has no quorum until the heal; acknowledged writes must still
+    all be there)."""
+
+    name = "kill-leader-and-one"
+
+    def choose(self, rng: random.Random) -> tuple[str, bool]:
+        return self.control.leader(), True
+
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        other = rng.choice([node_id for node_id in sorted(self.control.cluster.nodes) if node_id != fault.target])
+        fault.detail["also_killed"] = other
+        for node_id in (fault.target, other):
+            self.control.cluster.kill(node_id, signal.SIGKILL)
+
+    def heal(self, fault: Fault) -> None:
+        for node_id in (fault.target, fault.detail["also_killed"]):
+            self.control.cluster.restart(node_id)
 
 
 class Pause(Nemesis):
@@ -846,6 +869,7 @@ class ClockStepLeader(Nemesis):
 NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "kill-leader": lambda control, scratch: KillLeader(control),
     "kill-random": lambda control, scratch: KillRandom(control),
+    "kill-leader-and-one": lambda control, scratch: KillLeaderAndOne(control),
     "pause-leader": lambda control, scratch: PauseLeader(control),
     "pause-random": lambda control, scratch: PauseRandom(control),
     "disk-full": DiskFull,

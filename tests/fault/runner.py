@@ -1,5 +1,5 @@
-"""One run of the fault suite: a fresh 3-server cluster, the clients, a seeded schedule of faults
-one at a time, then the checks and the summary table.
+"""One run of the fault suite: a fresh cluster (3 servers; 5 in the FIVE profile), the clients, a
+seeded schedule of faults one at a time, then the checks and the summary table.
 
 Profiles bound a run in fault count and in time (no new fault is started once ``max_seconds``
 have passed). The SHORT profile runs inside ``make test`` (tests/fault/test_faults.py); LONG is
@@ -84,6 +84,8 @@ class Profile:
     #: The clients' SDK call deadline (seconds). Below a fault's length, operations end unknown
     #: (``info``): that exercises the checkers' unknown-outcome paths on real histories.
     call_timeout: float = CALL_TIMEOUT_S
+    #: Voters the cluster starts with (each in a namespace of its own when partitions run).
+    servers: int = 3
 
 
 PROFILES = {
@@ -92,6 +94,16 @@ PROFILES = {
     "short": Profile("short", faults=len(ALL_NEMESES), max_seconds=150.0, quiet=(0.2, 0.6)),
     "long": Profile("long", faults=40, max_seconds=900.0, hold=(1.0, 6.0)),
     "soak": Profile("soak", faults=150, max_seconds=3600.0, hold=(1.0, 8.0)),
+    # Five voters: a majority is 3, so two servers may be down at once; every nemesis once, and the
+    # leader killed with another server, at the long profile's pace (make jepsen-five).
+    "five": Profile(
+        "five",
+        faults=len(ALL_NEMESES) + 1,
+        max_seconds=900.0,
+        nemeses=(*ALL_NEMESES, "kill-leader-and-one"),
+        hold=(1.0, 6.0),
+        servers=5,
+    ),
 }
 
 
@@ -201,7 +213,7 @@ def _namespaces(profile: Profile, log: Callable[[str], None]) -> tuple[ShapedNet
     if problem:
         return None, problem
     try:
-        return ShapedNet(3, tag="f").create(), ""
+        return ShapedNet(profile.servers, tag="f").create(), ""
     except (NetUnavailable, RuntimeError) as exc:
         log(f"network namespaces could not be created: {exc}")
         return None, str(exc)
@@ -227,7 +239,7 @@ async def run(
         clock_step_dir.mkdir()
     cluster = LocalCluster(
         work_dir / "cluster",
-        servers=3,
+        servers=profile.servers,
         extra_env=clock_step_env(clock_step_dir) if clock_step_dir is not None else None,
         # A replaced server is promoted after 2 s caught up (10 s by default): faults stay short.
         extra_config={"history_limit": 1_000_000, "server_stabilization_s": 2.0},
