@@ -16,7 +16,6 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from controlplane.grpc_options import SERVER_OPTIONS
 from controlplane.server import logs, metrics
@@ -27,6 +26,7 @@ from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.consensus import RaftStatus
 from controlplane.server.interceptor import ErrorsAndMetrics, StreamLimiter
 from controlplane.server.node import Node
+from controlplane.server.probes import Readiness, serve_metrics_and_probes
 from controlplane.server.services import Serving, add_services
 
 log = structlog.get_logger("controlplane.server")
@@ -100,6 +100,7 @@ async def serve(config: ServerConfig) -> None:
     )
     served = add_services(server, Serving(node, authorizer, audit))
     health_servicer = health.aio.HealthServicer()
+    readiness = Readiness()  # /readyz on the metrics port: the health service's answer, in plain HTTP
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
@@ -119,7 +120,7 @@ async def serve(config: ServerConfig) -> None:
         await server.start()
         if config.metrics_address:
             host, port = _split(config.metrics_address)
-            start_http_server(port, addr=host)
+            serve_metrics_and_probes(host, port, readiness)
     except (OSError, RuntimeError) as exc:
         audit.close()
         await node.stop()
@@ -146,12 +147,13 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    refresher = asyncio.create_task(_refresh_health(node, health_servicer))
+    refresher = asyncio.create_task(_refresh_health(node, health_servicer, readiness))
     # What exists now lives as long as the process: keep it out of every future collection.
     gc.freeze()
     await stopping.wait()
 
     log.info("server_stopping")
+    readiness.set(False, "shutting down")
     refresher.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(SHUTDOWN_GRACE_S)
@@ -167,9 +169,9 @@ def _log_context(node: Node) -> dict[str, object]:
         return {}
 
 
-async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer) -> None:
-    """SERVING while this server knows a leader, reaches a majority and has caught up once; metrics on
-    the same beat."""
+async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer, readiness: Readiness) -> None:
+    """SERVING (and /readyz 200) while this server knows a leader, reaches a majority and has caught
+    up once; metrics on the same beat."""
     last = None
     sampler = _Sampler(node)
     while True:
@@ -178,6 +180,7 @@ async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer
             # A server cut off from the majority (or removed from the cluster) still names its last
             # leader; it must not look healthy to a load balancer.
             serving = bool(status.leader_address) and status.has_quorum and node.raft.is_ready()
+            readiness.set(serving, _not_ready_reason(status, node.raft.is_ready()) if not serving else "")
             metrics.RAFT_TERM.set(status.term)
             metrics.RAFT_COMMIT_INDEX.set(status.commit_index)
             metrics.RAFT_APPLIED_INDEX.set(status.applied_index)
@@ -193,6 +196,16 @@ async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer
                 last = serving
             sampler.sample(status)
         await asyncio.sleep(HEALTH_REFRESH_S)
+
+
+def _not_ready_reason(status: RaftStatus, caught_up: bool) -> str:
+    if not status.leader_address:
+        return "no leader known (an election, or no quorum)"
+    if not status.has_quorum:
+        return "cannot reach a majority of the voters"
+    if not caught_up:
+        return "catching up with the leader's log"
+    return "unknown"
 
 
 class _Sampler:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from controlplane.client import Client
@@ -88,12 +89,29 @@ def test_open_watch_streams_are_counted(cluster: LocalCluster) -> None:
     wait_until(lambda: value(scrape(node), "controlplane_watch_streams") == open_before, 20, "watch uncounted")
 
 
-def test_failed_proposals_are_counted_by_reason(make_cluster: object) -> None:
+def probe(node: NodeProcess, path: str) -> tuple[int, str]:
+    """A plain-HTTP probe of the metrics port, as a kubelet makes it."""
+    answer = httpx.get(f"http://{node.metrics_address}{path}", timeout=5)
+    return answer.status_code, answer.text.strip()
+
+
+def test_failed_proposals_are_counted_and_a_server_without_quorum_is_not_ready(make_cluster: object) -> None:
+    """Proposals refused without a quorum are counted by reason; the metrics port's /readyz turns
+    503 with the reason once a server cannot reach a majority, while /livez stays 200."""
     cluster = make_cluster(servers=3)  # type: ignore[operator]
     assert isinstance(cluster, LocalCluster)
+    for node in running(cluster):
+        wait_until(lambda n=node: probe(n, "/readyz") == (200, "ready"), 20, f"{node.id} ready")
+        assert probe(node, "/livez") == (200, "ok")
     survivor, *others = running(cluster)
     for node in others:
         cluster.kill(node.id)
+    _, reason = wait_until(
+        lambda: (answer := probe(survivor, "/readyz"))[0] == 503 and answer, 30, "the survivor not ready"
+    )
+    assert reason.startswith("not ready: "), reason
+    assert probe(survivor, "/livez") == (200, "ok")
+    assert "controlplane_raft_term" in httpx.get(f"http://{survivor.metrics_address}/metrics", timeout=5).text
     before = scrape(survivor)
     with channel(survivor.client_address) as ch, pytest.raises(grpc.RpcError) as refused:
         kv_stub(ch).Put(kv_pb2.PutRequest(key="metrics/no-quorum", value=b"x"), timeout=30)
