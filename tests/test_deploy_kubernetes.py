@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import pytest
 import yaml
 
 from controlplane import settings
+from controlplane.cli.gateway import DEFAULT_TOKEN_ENV, GatewayOptions
 from controlplane.cli.gateway import ENV_PREFIX as GATEWAY_PREFIX
-from controlplane.cli.gateway import GatewayOptions
+from controlplane.cli.serve import GATEWAY_TOKEN_ENV, GATEWAYS_ENV
 from controlplane.client._credentials import ENV_CACERT, ENV_CERT, ENV_KEY
 from controlplane.server.config import ENV_PREFIX, NO_ENV, ServerConfig
 
@@ -30,9 +32,9 @@ BASE = ROOT / "deploy" / "kubernetes"
 DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
 
 #: Read by ``cpctl serve`` beside its settings: the gateways to form through, and their token.
-SERVE_EXTRA = {"CP_GATEWAY", "CP_GATEWAY_TOKEN"}
+SERVE_EXTRA = {GATEWAYS_ENV, GATEWAY_TOKEN_ENV}
 #: Read by ``cpctl gateway`` beside its settings: how it reaches the servers, and its token.
-GATEWAY_EXTRA = {ENV_CACERT, ENV_CERT, ENV_KEY, "CP_ENDPOINTS", "CP_GATEWAY_TOKEN"}
+GATEWAY_EXTRA = {ENV_CACERT, ENV_CERT, ENV_KEY, "CP_ENDPOINTS", DEFAULT_TOKEN_ENV}
 #: Set for the container's own use (the downward API), not read by a daemon.
 POD_VARIABLES = {"POD_NAME", "POD_NAMESPACE"}
 
@@ -160,6 +162,11 @@ def test_nothing_runs_as_root_and_keys_come_from_secrets_only() -> None:
         # refuses a key its group can read, and fsGroup makes secret files group-readable.
         [init] = pod_spec(workload)["initContainers"]
         assert "chmod 0600" in " ".join(init["command"])
+        [daemon] = pod_spec(workload)["containers"]
+        private = next(m["mountPath"] for m in daemon["volumeMounts"] if m["name"] == "own-tls")
+        assert {m["name"] for m in init["volumeMounts"]} >= {"own-tls"}
+        keys = [value for name, value in env_of(daemon).items() if name in ("CP_TLS_KEY", ENV_KEY)]
+        assert keys and all(str(key).startswith(f"{private}/") for key in keys), keys
     text = "\n".join(path.read_text() for path in BASE.glob("*.yaml"))
     assert "BEGIN" not in text and not re.search(r"token:\s*\S{16,}", text)  # no key or token written here
 
@@ -171,12 +178,27 @@ def test_the_dockerfile_builds_in_two_stages_and_runs_unprivileged() -> None:
     final = lines[lines.index(stages[1]) :]
     user = next(line for line in final if line.startswith("USER "))
     assert user.split()[1].split(":")[0] not in ("0", "root")
-    assert any(line.startswith("HEALTHCHECK") for line in final)
-    assert "/livez" in DOCKERFILE.read_text() and "7301" in DOCKERFILE.read_text()
+    healthcheck = next(line for line in final if line.startswith("HEALTHCHECK"))
+    check = healthcheck if "CMD" in healthcheck else final[final.index(healthcheck) + 1]
+    assert "http://127.0.0.1:7301/livez" in check
+    assert "CP_METRICS_ADDRESS=0.0.0.0:7301" in DOCKERFILE.read_text()  # the port it probes is on
     assert 'ENTRYPOINT ["cpctl"]' in final
     # What the build stage copies exists, and the image installs from the pinned constraints.
     for line in lines:
         if line.startswith("COPY ") and "--from" not in line:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
-    assert "--constraint constraints.txt" in DOCKERFILE.read_text()
+    [install] = [line for line in lines if "pip install" in line]
+    assert "--constraint constraints.txt" in install
+    extras = re.search(r'"\.\[([a-z,]+)\]"', install)
+    assert extras is not None
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras.group(1).split(",")) <= set(declared)
+
+
+def test_there_is_one_gateway_or_the_gateways_are_peered() -> None:
+    """Gateways share what the founders announce only through --peer (gateway/DESIGN.md): more than
+    one replica without it could split the founders between them and form nothing."""
+    gateways = one("Deployment", "controlplane-gateway")
+    args = [str(a) for a in container(gateways, "gateway")["args"]]
+    assert gateways["spec"]["replicas"] == 1 or "--peer" in args

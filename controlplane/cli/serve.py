@@ -14,6 +14,10 @@ from controlplane.cli.output import EXIT_ERROR, EXIT_USAGE, YesOption, confirm, 
 from controlplane.server.config import ConfigError, ServerConfig, load_config
 from gateway.formation import MAX_BOOTSTRAP_EXPECT
 
+#: The gateways to form or join through (``--gateway``), and the variable holding their token.
+GATEWAYS_ENV = "CP_GATEWAY"
+GATEWAY_TOKEN_ENV = "CP_GATEWAY_TOKEN"
+
 
 @app.command()
 def serve(
@@ -66,7 +70,7 @@ def serve(
     ] = None,
     gateway_token_env: Annotated[
         str, typer.Option(help="Environment variable holding the gateway's bearer token")
-    ] = "CP_GATEWAY_TOKEN",
+    ] = GATEWAY_TOKEN_ENV,
     join: Annotated[
         bool,
         typer.Option(
@@ -128,7 +132,7 @@ def serve(
     from controlplane.server.bootstrap import serve_via_gateway
     from controlplane.server.own_membership import stop_reason
 
-    gateways = [g.strip() for g in (gateway or os.environ.get("CP_GATEWAY", "")).split(",") if g.strip()]
+    gateways = [g.strip() for g in (gateway or os.environ.get(GATEWAYS_ENV, "")).split(",") if g.strip()]
     try:
         server_config = load_config(config, overrides)
         if force_new_cluster:

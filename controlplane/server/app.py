@@ -175,26 +175,29 @@ async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer
     last = None
     sampler = _Sampler(node)
     while True:
-        with contextlib.suppress(Exception):  # a status read must never kill the loop
+        try:
             status = node.raft.status()
-            # A server cut off from the majority (or removed from the cluster) still names its last
-            # leader; it must not look healthy to a load balancer.
-            serving = bool(status.leader_address) and status.has_quorum and node.raft.is_ready()
-            readiness.set(serving, _not_ready_reason(status, node.raft.is_ready()) if not serving else "")
-            metrics.RAFT_TERM.set(status.term)
-            metrics.RAFT_COMMIT_INDEX.set(status.commit_index)
-            metrics.RAFT_APPLIED_INDEX.set(status.applied_index)
-            metrics.APPLIED_REVISION.set(node.machine.revision)
-            metrics.HAS_LEADER.set(1 if status.leader_address else 0)
-            metrics.set_role(status.role)
-            if serving != last:
-                state = (
-                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                await health_servicer.set("", state)
-                await health_servicer.set("controlplane.v1.KV", state)
-                last = serving
-            sampler.sample(status)
+        except Exception:  # a status read must never kill the loop; not knowing is not ready
+            readiness.set(False, "its Raft status cannot be read")
+        else:
+            with contextlib.suppress(Exception):  # nor a metric or the health service
+                # A server cut off from the majority (or removed from the cluster) still names its
+                # last leader; it must not look healthy to a load balancer.
+                serving = bool(status.leader_address) and status.has_quorum and node.raft.is_ready()
+                readiness.set(serving, _not_ready_reason(status, node.raft.is_ready()) if not serving else "")
+                metrics.RAFT_TERM.set(status.term)
+                metrics.RAFT_COMMIT_INDEX.set(status.commit_index)
+                metrics.RAFT_APPLIED_INDEX.set(status.applied_index)
+                metrics.APPLIED_REVISION.set(node.machine.revision)
+                metrics.HAS_LEADER.set(1 if status.leader_address else 0)
+                metrics.set_role(status.role)
+                if serving != last:
+                    answers = health_pb2.HealthCheckResponse
+                    state = answers.SERVING if serving else answers.NOT_SERVING
+                    await health_servicer.set("", state)
+                    await health_servicer.set("controlplane.v1.KV", state)
+                    last = serving
+                sampler.sample(status)
         await asyncio.sleep(HEALTH_REFRESH_S)
 
 

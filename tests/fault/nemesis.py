@@ -21,9 +21,9 @@ Nemeses:
   Needs ``mount -t tmpfs`` (root); when mounting is refused the nemesis is skipped with a message.
 * ``partition-leader`` / ``partition-random`` / ``partition-bridge``: each server runs in a
   network namespace of its own (``bench.netns.ShapedNet``, blackhole routes for the cuts). The
-  leader, or any server, is cut off from both others (with 3 servers, the one majority/minority
-  split); or the leader and one follower cannot reach each other while the third server reaches
-  both (a bridge: the leader keeps its majority, the cut follower campaigns). Clients reach every
+  leader, or any server, is cut off from every other (with 3 servers, the one majority/minority
+  split); or the leader and one follower cannot reach each other while the others reach both (a
+  bridge: the leader keeps its majority, the cut follower campaigns). Clients reach every
   server throughout, the isolated one included. Healing removes the cuts. Needs root and iproute2.
 * ``partition-clients``: the clients lose the leader; the servers still follow it.
 * ``member-replace``: a server (leader or not) is removed through the SDK and must stop itself; a
@@ -363,8 +363,13 @@ class KillLeaderAndOne(Nemesis):
             self.control.cluster.kill(node_id, signal.SIGKILL)
 
     def heal(self, fault: Fault) -> None:
+        # Each restarted whatever happens to the other; one that cannot start is a finding (and
+        # wait_whole then says the cluster is not whole).
         for node_id in (fault.target, fault.detail["also_killed"]):
-            self.control.cluster.restart(node_id)
+            try:
+                self.control.cluster.restart(node_id)
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                fault.problems.append(f"kill-leader-and-one: {node_id} could not be restarted: {exc}")
 
 
 class Pause(Nemesis):
@@ -501,7 +506,7 @@ class PartitionRandom(Partition):
 
 
 class PartitionBridge(Partition):
-    """The leader and one follower lose each other; the third server still reaches both."""
+    """The leader and one follower lose each other; the others still reach both."""
 
     name = "partition-bridge"
 
@@ -531,9 +536,9 @@ class MemberReplace(Nemesis):
     removed through the SDK, must stop itself, and a new server with a new id joins on its machine
     (same addresses, empty data directory) and is admitted, caught up and promoted to voter.
 
-    While the fault lasts the cluster has two voters. Removing the leader makes it hand leadership
-    over first (pysyncobj cannot remove a leader). A removed server that keeps running is a finding
-    (it is killed so the run can go on)."""
+    While the fault lasts the cluster has one voter fewer (two of three, four of five). Removing the
+    leader makes it hand leadership over first (pysyncobj cannot remove a leader). A removed server
+    that keeps running is a finding (it is killed so the run can go on)."""
 
     name = "member-replace"
 
