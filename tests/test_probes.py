@@ -9,8 +9,15 @@ from controlplane.server import probes
 
 def test_probes_answer_from_the_health_beat_and_everything_else_is_metrics() -> None:
     readiness = probes.Readiness()
-    host, port = probes.serve_metrics_and_probes("127.0.0.1", 0, readiness)
-    base = f"http://{host}:{port}"
+    listener = probes.serve_metrics_and_probes("127.0.0.1", 0, readiness)
+    try:
+        _check(f"http://127.0.0.1:{listener.server_address[1]}", readiness)
+    finally:
+        listener.shutdown()
+        listener.server_close()
+
+
+def _check(base: str, readiness: probes.Readiness) -> None:
     assert (httpx.get(f"{base}/readyz").status_code, httpx.get(f"{base}/readyz").text) == (503, "not ready: starting\n")
     assert httpx.get(f"{base}/livez").status_code == 200
     readiness.set(True)

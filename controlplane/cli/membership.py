@@ -38,6 +38,7 @@ from controlplane.client import (
     CredentialsError,
     Moves,
     Network,
+    NodeState,
     NodeView,
 )
 from controlplane.state import health, limits
@@ -634,7 +635,7 @@ async def _run_agent(
             runner.addresses["gossip"] = advertise or artifacts.address
         try:
             # Registration retries until the cluster answers; a stop signal meanwhile ends the agent
-            # (it registered nothing, so there is nothing to deregister).
+            # (deregistering what it registered, when its first renewal was in flight).
             starting = asyncio.create_task(runner.start())
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -645,7 +646,13 @@ async def _run_agent(
                     await starting
                 if runner.registered:  # stopped during its first renewal: leave what it registered
                     await _leave_quietly(runner)
-                    typer.echo(f"agent {runner.node_id} stopped while starting; deregistered")
+                    if runner.state is NodeState.LEFT:
+                        typer.echo(f"agent {runner.node_id} stopped while starting; deregistered")
+                    else:
+                        typer.echo(
+                            f"agent {runner.node_id} stopped while starting; could not deregister, "
+                            f"it expires in {runner.ttl_s:g}s"
+                        )
                 else:
                     typer.echo(f"agent {runner.node_id} stopped before it could register")
                 return

@@ -180,11 +180,16 @@ async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer
         except Exception:  # a status read must never kill the loop; not knowing is not ready
             readiness.set(False, "its Raft status cannot be read")
         else:
+            try:
+                caught_up = node.raft.is_ready()
+            except Exception:  # as the status read
+                caught_up = False
+            # A server cut off from the majority (or removed from the cluster) still names its last
+            # leader; it must not look healthy to a load balancer.
+            serving = bool(status.leader_address) and status.has_quorum and caught_up
+            # Set on every beat: its time is also what /livez reads.
+            readiness.set(serving, "" if serving else _not_ready_reason(status, caught_up))
             with contextlib.suppress(Exception):  # nor a metric or the health service
-                # A server cut off from the majority (or removed from the cluster) still names its
-                # last leader; it must not look healthy to a load balancer.
-                serving = bool(status.leader_address) and status.has_quorum and node.raft.is_ready()
-                readiness.set(serving, _not_ready_reason(status, node.raft.is_ready()) if not serving else "")
                 metrics.RAFT_TERM.set(status.term)
                 metrics.RAFT_COMMIT_INDEX.set(status.commit_index)
                 metrics.RAFT_APPLIED_INDEX.set(status.applied_index)

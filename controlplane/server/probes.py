@@ -56,9 +56,10 @@ class _QuietHandler(WSGIRequestHandler):
         """Probes and scrapes every few seconds: not worth a log line each (the server logs JSON only)."""
 
 
-def serve_metrics_and_probes(host: str, port: int, readiness: Readiness) -> tuple[str, int]:
-    """Serve on ``host:port`` in a daemon thread; returns the address bound (port 0: any free one).
-    Raises OSError when the address cannot be bound."""
+def serve_metrics_and_probes(host: str, port: int, readiness: Readiness) -> ThreadingWSGIServer:
+    """Serve on ``host:port`` in a daemon thread (a server's lifetime; ``shutdown()`` ends it) and
+    return the listener: ``server_address`` is the address bound (port 0: any free one). Raises
+    OSError when the address cannot be bound."""
     metrics = make_wsgi_app()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -85,8 +86,7 @@ def serve_metrics_and_probes(host: str, port: int, readiness: Readiness) -> tupl
 
     server = make_server(str(sockaddr[0]), port, app, server_class=_Server, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    bound_host, bound_port = server.server_address[:2]
-    return str(bound_host), int(bound_port)
+    return server
 
 
 def _answer(start_response: Callable[..., Any], status: str, text: str) -> list[bytes]:

@@ -90,8 +90,11 @@ def test_open_watch_streams_are_counted(cluster: LocalCluster) -> None:
 
 
 def probe(node: NodeProcess, path: str) -> tuple[int, str]:
-    """A plain-HTTP probe of the metrics port, as a kubelet makes it."""
-    answer = httpx.get(f"http://{node.metrics_address}{path}", timeout=5)
+    """A plain-HTTP probe of the metrics port, as a kubelet makes it (no answer: status 0)."""
+    try:
+        answer = httpx.get(f"http://{node.metrics_address}{path}", timeout=5)
+    except httpx.HTTPError as exc:
+        return 0, str(exc)
     return answer.status_code, answer.text.strip()
 
 
