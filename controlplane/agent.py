@@ -256,14 +256,13 @@ class Agent:
         sent = loop.time()
         # The first renewal, and the first after a failure, schedules the next at a random point of
         # the interval: agents that start or fail together (an election, a leader that lost their
-        # leases) would otherwise beat in step.
-        spread, self._spread_pending = self._spread_pending, False
+        # leases) would otherwise beat in step. Armed until a renewal succeeds.
+        spread, self._spread_pending = self._spread_pending, True
         try:
             if self._lost:
                 await self.register()
             await self.heartbeat()
         except NotFound:
-            self._spread_pending = True
             if self._lost:  # registering it again was answered NOT_FOUND too: never spin
                 return self._retry_at(sent)
             self.stats.lease_lost += 1
@@ -282,14 +281,13 @@ class Agent:
         except ControlPlaneError as exc:
             self.stats.failures += 1
             log.warning("agent_heartbeat_failed", node=self.node_id, reason=exc.message)
-            self._spread_pending = True
             return self._retry_at(sent)
         except Exception:  # a bug (ours or the client's): keep the node a member, and say so loudly
             self.stats.failures += 1
             log.exception("agent_heartbeat_error", node=self.node_id)
-            self._spread_pending = True
             return self._retry_at(sent)
         assert self._renewed_at is not None  # set by the heartbeat that just succeeded
+        self._spread_pending = False
         if spread:
             # Spread a thousand agents started together (or failed together) over the interval
             # instead of beating in lockstep; within one interval of the last renewal, so the beat

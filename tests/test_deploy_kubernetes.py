@@ -10,6 +10,7 @@ gateways agree on --bootstrap-expect, nothing runs as root, and no secret is wri
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ GATEWAY_EXTRA = {ENV_CACERT, ENV_CERT, ENV_KEY, "CP_ENDPOINTS", DEFAULT_TOKEN_EN
 POD_VARIABLES = {"POD_NAME", "POD_NAMESPACE"}
 
 
+@functools.cache
 def documents() -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in sorted(BASE.glob("*.yaml")):

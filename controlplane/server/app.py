@@ -188,7 +188,7 @@ async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer
             # leader; it must not look healthy to a load balancer.
             serving = bool(status.leader_address) and status.has_quorum and caught_up
             # Set on every beat: its time is also what /livez reads.
-            readiness.set(serving, "" if serving else _not_ready_reason(status, caught_up))
+            readiness.set(serving, "" if serving else _not_ready_reason(status))
             with contextlib.suppress(Exception):  # nor a metric or the health service
                 metrics.RAFT_TERM.set(status.term)
                 metrics.RAFT_COMMIT_INDEX.set(status.commit_index)
@@ -206,14 +206,13 @@ async def _refresh_health(node: Node, health_servicer: health.aio.HealthServicer
         await asyncio.sleep(HEALTH_REFRESH_S)
 
 
-def _not_ready_reason(status: RaftStatus, caught_up: bool) -> str:
+def _not_ready_reason(status: RaftStatus) -> str:
+    """Why a server that is not serving is not: its leader, its quorum, or else its log."""
     if not status.leader_address:
         return "no leader known (an election, or no quorum)"
     if not status.has_quorum:
         return "cannot reach a majority of the voters"
-    if not caught_up:
-        return "catching up with the leader's log"
-    return "unknown"
+    return "catching up with the leader's log"
 
 
 class _Sampler:

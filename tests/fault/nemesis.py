@@ -64,6 +64,7 @@ from bench.netns import ShapedNet
 from controlplane import errors
 from controlplane.client import Client, NodeState
 from controlplane.dev import LocalCluster, NodeProcess
+from controlplane.server.journal import write_file_atomically
 from controlplane.server.raft import EXIT_STORAGE_FAILED
 from controlplane.v1 import cluster_pb2
 
@@ -717,9 +718,7 @@ class MemberJoinUnderKill(MemberReplaceUnderKill):
 
 def write_clock_step(step_dir: Path, node_id: str, step_ns: int) -> None:
     """Ask ``node_id``'s clock-step hook for a step of ``step_ns`` (whole: written, then renamed)."""
-    temporary = step_dir / f"{node_id}.step.tmp"
-    temporary.write_text(f"{step_ns}\n")
-    temporary.replace(step_dir / f"{node_id}.step")
+    write_file_atomically(step_dir / f"{node_id}.step", f"{step_ns}\n".encode())
 
 
 def reset_clock_steps(step_dir: Path) -> None:
