@@ -115,6 +115,15 @@ def test_needs_take_their_resource_from_the_request() -> None:
     assert authz.needs_of("/controlplane.v1.Nope/Nope", None) is None
 
 
+def test_a_dry_run_of_the_conflict_resolution_needs_only_read() -> None:
+    """The plan is computed from the state and changes nothing (the console shows it to readers);
+    the moves themselves need write on the host."""
+    path = "/controlplane.v1.Ports/ResolveConflicts"
+    plan = ports_pb2.ResolveConflictsRequest(host="gpu-01", dry_run=True)
+    assert authz.needs_of(path, plan) == (Need("ports", "read", "gpu-01"),)
+    assert authz.needs_of(path, ports_pb2.ResolveConflictsRequest(host="gpu-01")) == (Need("ports", "write", "gpu-01"),)
+
+
 def test_naming_a_parent_needs_read_on_its_model() -> None:
     """The registry answers whether a parent exists (NOT_FOUND, "did you mean"): only to whoever may read it."""
     derived = models_pb2.RegisterVersionRequest(model="ft", parent=models_pb2.VersionRef(model="base", version=1))
@@ -240,7 +249,7 @@ DECLARED_ACCESS = {
     "Ports/Repair": 'domain: "ports" verb: "write"',
     "Ports/ReportObserved": 'domain: "ports" verb: "write" resource: "host" node: "host"',
     "Ports/Reserve": 'rule: "port_range"',
-    "Ports/ResolveConflicts": 'domain: "ports" verb: "write" resource: "host"',
+    "Ports/ResolveConflicts": 'rule: "resolve_conflicts"',
     "Ports/SetRange": 'domain: "ports" verb: "write"',
     "Ports/Stats": 'domain: "ports" verb: "read" resource: "host"',
     "Ports/Unreserve": 'rule: "port_range"',

@@ -52,6 +52,12 @@ def _reserve(request: Any) -> tuple[Need, ...]:
     return (Need("ports", "write", request.host, request.port), Need("ports", "write", request.host, end))
 
 
+def _resolve(request: Any) -> tuple[Need, ...]:
+    # A dry run only computes the moves from the state (the console shows them to readers); the
+    # moves themselves are a write.
+    return (Need("ports", "read" if request.dry_run else "write", request.host),)
+
+
 def _parents_read(versions: Any) -> tuple[Need, ...]:
     """Naming a parent asks the registry about it (NOT_FOUND, "did you mean"): the caller must be
     allowed to read that model."""
@@ -87,6 +93,7 @@ def _watch(request: Any) -> tuple[Need, ...]:
 RULES: dict[str, Callable[[Any], tuple[Need, ...]]] = {
     "watch": _watch,
     "port_range": _reserve,
+    "resolve_conflicts": _resolve,
     "register_version": _register,
     "bulk_register": _bulk,
     "check_permission": _check_permission,

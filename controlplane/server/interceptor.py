@@ -147,8 +147,10 @@ class _Guard:
         caller, resource = self.authorizer.check(self.method, request, context)
         return (str(caller) if caller is not None else ""), resource
 
-    def record(self, context: grpc.aio.ServicerContext, who: str, resource: str, code: str) -> None:
-        if self.audit is not None:
+    def record(self, context: grpc.aio.ServicerContext, request: Any, who: str, resource: str, code: str) -> None:
+        # A dry run of a write (``dry_run`` set, as on Ports.ResolveConflicts) changes nothing: no
+        # record, so a console showing the plan on every change does not fill the audit log.
+        if self.audit is not None and not getattr(request, "dry_run", False):
             self.audit(who=who, method=self.method, resource=resource, code=code, peer=context.peer())
 
 
@@ -164,19 +166,19 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any], guard: _Guard | None
         except grpc.aio.AbortError:
             _observe(method, "ABORTED_BY_HANDLER", started)
             if guard is not None:
-                guard.record(context, who, _with_note(resource), "ABORTED_BY_HANDLER")
+                guard.record(context, request, who, _with_note(resource), "ABORTED_BY_HANDLER")
             raise
         except Exception as exc:
             _observe(method, _code_of(exc), started)
             if guard is not None:
                 if isinstance(exc, PermissionDenied):
                     who, resource = str(exc.caller), exc.resource
-                guard.record(context, who, _with_note(resource), _code_of(exc))
+                guard.record(context, request, who, _with_note(resource), _code_of(exc))
             await _fail(context, method, exc)
             raise
         _observe(method, "OK", started)
         if guard is not None:
-            guard.record(context, who, _with_note(resource), "OK")
+            guard.record(context, request, who, _with_note(resource), "OK")
         return response
 
     return wrapped

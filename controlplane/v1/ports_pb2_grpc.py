@@ -223,7 +223,8 @@ class PortsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResolveConflicts(self, request, context):
-        """Move managed services off ports they cannot have; dry_run shows the plan without applying it.
+        """Move managed services off ports they cannot have; dry_run shows the plan without applying it
+        (a dry run reads: it needs ports:read, and the audit log does not record it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

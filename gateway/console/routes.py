@@ -286,9 +286,12 @@ async def ports_page(
 ) -> HTMLResponse:
     async def load() -> dict[str, Any]:
         source = source_of(request.app.state)
+        conflicts = await source.conflicts(host)
         return {
             "stats": await source.port_stats(host),
-            "conflicts": await source.conflicts(host),
+            "conflicts": conflicts,
+            # What `cpctl ports resolve --dry-run` would do, asked only when there is something to fix.
+            "plan": await source.resolution_plan(host) if conflicts else None,
             "assignments": await source.ports(host, "") if host else None,
             "history": await source.port_history(service) if service else None,
         }

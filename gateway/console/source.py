@@ -24,6 +24,7 @@ from controlplane.client import (
     PortHistory,
     PortList,
     PortStats,
+    ResolveResult,
     Round,
     SearchResult,
 )
@@ -47,6 +48,8 @@ class ConsoleSource(Protocol):
     async def conflicts(self, host: str) -> tuple[Conflict, ...]: ...
 
     async def port_history(self, service: str) -> PortHistory: ...
+
+    async def resolution_plan(self, host: str) -> ResolveResult: ...
 
     async def search_models(self, query: str, limit: int) -> SearchResult: ...
 
@@ -94,6 +97,10 @@ class SdkSource:
 
     async def port_history(self, service: str) -> PortHistory:
         return await self.client.ports.history(service)
+
+    async def resolution_plan(self, host: str) -> ResolveResult:
+        # A dry run: it needs ports:read only, changes nothing and is not audited.
+        return await self.client.ports.resolve_conflicts(host=host, dry_run=True)
 
     async def search_models(self, query: str, limit: int) -> SearchResult:
         return await self.client.models.search(query, limit=limit)

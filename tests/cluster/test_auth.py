@@ -502,3 +502,44 @@ def test_the_sdk_provisions_users_roles_and_tokens(cluster: LocalCluster) -> Non
         assert admin.auth.revoke_role(user, role).changed
         assert admin.auth.delete_user(user).changed and admin.auth.delete_role(role).changed
         assert user not in {found.name for found in admin.auth.users()}
+
+
+def test_a_resolution_dry_run_needs_only_read_and_leaves_no_audit_record(cluster: LocalCluster) -> None:
+    """The console shows a reader what `cpctl ports resolve --dry-run` would move: the plan needs
+    ports:read and is not audited (it changes nothing); the moves need ports:write and are."""
+    suffix = uuid.uuid4().hex[:6]
+    host, user, role = f"plan-host-{suffix}", f"plan-u-{suffix}", f"plan-r-{suffix}"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as admin:
+        held = admin.ports.allocate(host, "web", "http").assignment.port
+        admin.ports.report_observed(host, [(held, "nginx")])
+        admin.auth.add_role(role)
+        admin.auth.grant_permission(role, ("ports", "read"))
+        admin.auth.add_user(user)
+        admin.auth.grant_role(user, role)
+        token = admin.auth.create_token(user).token
+        cert, key = tls.issue(cluster.pki_dir, tls.Identity("client", f"plan-cert-{suffix}"))
+        as_reader = Credentials(ca=cluster.credentials.ca, cert=cert, key=key, token=token)
+        with (
+            admin.watch_audit() as audit,
+            Client(cluster.client_addresses, credentials=as_reader, timeout=30) as reader,
+        ):
+            plan = reader.ports.resolve_conflicts(host=host, dry_run=True)
+            assert [(m.service, m.old_port) for m in plan.moves] == [("web", held)]
+            with pytest.raises(PermissionDenied, match="ports:write"):
+                reader.ports.resolve_conflicts(host=host)
+            applied = admin.ports.resolve_conflicts(host=host)
+            assert [(m.service, m.old_port, m.new_port) for m in applied.moves] == [
+                (m.service, m.old_port, m.new_port) for m in plan.moves
+            ]
+            # Every call went to the leader (a write RPC, dry run or not), whose records arrive in
+            # order: once the applied one is here, a record of the dry run would have been too.
+            seen = []
+            give_up = threading.Timer(30, audit.close)
+            give_up.start()
+            for record in audit:
+                if record.method == "/controlplane.v1.Ports/ResolveConflicts" and record.resource == host:
+                    seen.append((record.who, record.code))
+                    if record.code == "OK":
+                        break
+            give_up.cancel()
+    assert seen == [(f"user:{user}", "PERMISSION_DENIED"), ("user:admin", "OK")]

@@ -59,7 +59,8 @@ async def test_every_page_shows_the_cluster(cluster: LocalCluster, console: http
             admin.membership.heartbeat(node, activity=HOSTILE)
         admin.membership.join("ui-net", node_id="ui-a1")
         admin.membership.join("ui-net", client_id="ui-c1")
-        admin.ports.allocate("ui-host", "ui-svc", "http")
+        held = admin.ports.allocate("ui-host", "ui-svc", "http").assignment.port
+        admin.ports.report_observed("ui-host", [(held, "nginx")])  # not ui-svc: a conflict to resolve
         admin.models.register("UiLlama-7B", "cd" * 32, 2048, "gguf", family="llama", description=HOSTILE)
         admin.models.set_alias("UiLlama-7B", "prod", 1)
         admin.gossip.configure_group("ui-g", [("w", "float32", (4,))])
@@ -97,6 +98,12 @@ async def test_every_page_shows_the_cluster(cluster: LocalCluster, console: http
 
     ports = assert_safe_page(await console.get("/ui/ports", params={"host": "ui-host"}, headers=AUTH))
     assert 'data-host="ui-host"' in ports and "ui-svc" in ports
+    # The plan `cpctl ports resolve --dry-run` would carry out, shown and not carried out.
+    move = re.search(rf'data-move="ui-svc/http">.*?<td>{held} → (\d+)</td>', ports)
+    assert move and int(move.group(1)) != held, ports
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as admin:
+        (still,) = admin.ports.list(host="ui-host", service="ui-svc").assignments
+        assert still.port == held
     history = assert_safe_page(await console.get("/ui/ports", params={"service": "ui-svc"}, headers=AUTH))
     assert "History of ui-svc" in history and "allocate" in history.lower()
 
