@@ -435,7 +435,7 @@ def test_a_configured_server_removed_before_it_published_itself_is_barred_and_st
     One removed before it had (paused here from its start; the fault suite's member-replace-kill
     hit it 1.7 s into a run) had no record, so the removal barred nothing: told "not removed" by
     its peers it ran on for ever, and its address stayed taken for a replacement."""
-    cluster = LocalCluster(tmp_path / "cluster", servers=3)
+    cluster = LocalCluster(tmp_path / "cluster", servers=3, extra_config=FAST_PROMOTION)
     late = cluster.nodes["n3"]
     try:
         cluster.start()
