@@ -218,6 +218,7 @@ DECLARED_ACCESS = {
     "Membership/ListNetworks": 'domain: "membership" verb: "read"',
     "Membership/ListNodes": 'domain: "membership" verb: "read"',
     "Membership/ListPlacements": 'domain: "membership" verb: "read"',
+    "Membership/ListUnplaced": 'domain: "membership" verb: "read"',
     "Membership/RegisterNode": 'domain: "membership" verb: "write" resource: "node.id" node: "node.id"',
     "Membership/SetFlag": 'domain: "membership" verb: "write"',
     "Membership/UpdateNetwork": 'domain: "membership" verb: "write"',

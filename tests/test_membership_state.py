@@ -8,6 +8,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from controlplane.state import levels, membership
 from controlplane.state.machine import StateMachine, batch_entry
 from controlplane.state.membership import ACTIVE, DEAD, GONE_STATES, LEFT, MembershipTable, model_base
 from controlplane.state.refusal import Refused
@@ -82,6 +83,11 @@ def check_invariants(machine: StateMachine) -> None:
             assert machine.leases.exists(record.lease_id), f"live node {node_id} without a lease"
     if not table.flag("multi_network"):
         assert len(table.networks) <= 1
+    # An unplaced client waits for a place: it holds none, and it is forgotten when its lease ends.
+    assert len(table.unplaced) <= membership.MAX_UNPLACED_CLIENTS
+    for client_id, waiting in table.unplaced.items():
+        assert waiting.client_id == client_id and client_id not in table.placements, waiting
+        assert not waiting.lease_id or machine.leases.exists(waiting.lease_id), waiting
 
 
 def domain_state(machine: StateMachine) -> tuple[int, bytes, list[bytes]]:
@@ -106,7 +112,7 @@ class MembershipInvariants(RuleBasedStateMachine):
     @initialize(capacities=st.lists(st.integers(1, 3), min_size=3, max_size=3))
     def setup(self, capacities: list[int]) -> None:
         # Start from networks that have members, so most random commands meet a state they can change.
-        self.cluster = Cluster()
+        self.cluster = Cluster(level=levels.APPLY_LEVEL)
         self.cluster.enable("multi_network")
         for (name, model), capacity, node in zip(sorted(NETWORKS.items()), capacities, NODES, strict=False):
             self.cluster.register(node)
@@ -363,6 +369,96 @@ def test_with_auto_reassign_off_clients_of_a_dead_member_are_unplaced() -> None:
     served_by = cluster.machine.membership.placements["c1"].node_id
     cluster.expire(served_by)
     assert "c1" not in cluster.machine.membership.placements
+
+
+def _unplaced(cluster: Cluster, network: str = "") -> list[tuple[str, str, str, str]]:
+    return [(u.client_id, u.network, u.node_id, u.reason) for u in cluster.machine.membership.list_unplaced(network)]
+
+
+def test_a_client_the_cluster_could_not_place_again_is_listed_with_why_until_it_is_placed() -> None:
+    cluster = Cluster(level=levels.UNPLACED_CLIENTS)
+    cluster.register("a1")
+    cluster.network("main", "llama", max_clients=2)
+    expect_ok(cluster.join("main", node_id="a1"))
+    expect_ok(cluster.assign("c1", "llama"))
+    expect_ok(cluster.join("main", client_id="c2"))
+
+    cluster.expire("a1")  # main's only member: no member and no other network can take its clients
+
+    # Newest first (c2 moved second), each with its member and why: what took the place, and why
+    # nothing could give another.
+    assert [(c, n, m) for c, n, m, _ in _unplaced(cluster)] == [("c2", "main", "a1"), ("c1", "main", "a1")]
+    reasons = {c: r for c, _, _, r in _unplaced(cluster)}
+    assert reasons["c1"] == "lease 1 expired (TTL 5000 ms); no network for its model has room", reasons
+    assert cluster.machine.membership.list_unplaced()[1].model == "llama"  # c1 was placed by Assign
+    assert _unplaced(cluster, "elsewhere") == [] and len(_unplaced(cluster, "main")) == 2
+    check_invariants(cluster.machine)
+    # Placed again (another member came): no longer waiting.
+    cluster.register("a2")
+    expect_ok(cluster.join("main", node_id="a2"))
+    expect_ok(cluster.assign("c1", "llama"))
+    assert [c for c, *_ in _unplaced(cluster)] == ["c2"]
+    check_invariants(cluster.machine)
+
+
+def test_an_unplaced_client_is_forgotten_when_its_lease_ends_and_a_clients_own_leave_is_no_unplacing() -> None:
+    cluster = Cluster(level=levels.UNPLACED_CLIENTS)
+    for node in ("a1", "a2", "a3"):
+        cluster.register(node)
+    cluster.network("main", "llama", max_clients=4)
+    expect_ok(cluster.join("main", node_id="a1"))
+    expect_ok(cluster.join("main", client_id="a2"))  # a registered node as a client: on a2's lease
+    expect_ok(cluster.join("main", client_id="a3"))
+    expect_ok(cluster.run(network_leave=membership_pb2.LeaveNetworkRequest(network="main", client_id="a3")))
+    assert _unplaced(cluster) == []  # it asked to leave
+    expect_ok(cluster.enable("auto_reassign", False))
+    expect_ok(cluster.run(node_drain=membership_pb2.DrainNodeRequest(node_id="a1")))
+    assert [(c, n) for c, n, *_ in _unplaced(cluster)] == [("a2", "main")]
+    expect_ok(cluster.run(node_deregister=membership_pb2.DeregisterNodeRequest(node_id="a2")))
+    assert _unplaced(cluster) == []  # gone: it waits for nothing
+    check_invariants(cluster.machine)
+
+
+def test_unplaced_clients_are_kept_only_from_their_level_and_at_most_the_newest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def lose_clients(cluster: Cluster, count: int) -> None:
+        cluster.register("a1")
+        cluster.network("main", "llama", max_clients=count)
+        expect_ok(cluster.join("main", node_id="a1"))
+        for i in range(count):
+            expect_ok(cluster.join("main", client_id=f"c{i}"))
+        cluster.expire("a1")
+
+    below = Cluster(level=levels.SNAPSHOT_TABLES)  # the releases before it keep no such record
+    lose_clients(below, 2)
+    assert not below.machine.membership.placements and _unplaced(below) == []
+
+    monkeypatch.setattr(membership, "MAX_UNPLACED_CLIENTS", 2)
+    cluster = Cluster(level=levels.UNPLACED_CLIENTS)
+    lose_clients(cluster, 3)
+    assert [c for c, *_ in _unplaced(cluster)] == ["c2", "c1"]  # newest first; c0 forgotten
+
+    snapshot = cluster.machine.snapshot()
+    again = StateMachine()
+    again.restore(snapshot)
+    assert [u.client_id for u in again.membership.list_unplaced()] == ["c2", "c1"]
+    # A backup restored into a cluster below the level: its releases would drop them, so does this one.
+    older = Cluster(level=levels.SNAPSHOT_TABLES)
+    expect_ok(older.run(restore_state=command_pb2.RestoreState(snapshot=snapshot)))
+    assert older.machine.cluster_level == levels.SNAPSHOT_TABLES and _unplaced(older) == []
+
+
+def test_a_backup_listing_a_placed_client_as_unplaced_is_refused() -> None:
+    cluster = Cluster(level=levels.UNPLACED_CLIENTS)
+    cluster.register("a1")
+    cluster.network("main", "llama", max_clients=2)
+    expect_ok(cluster.join("main", node_id="a1"))
+    expect_ok(cluster.join("main", client_id="c1"))
+    state = cluster.machine.membership.to_state()
+    state.unplaced.add(client_id="c1", network="main", reason="forged")
+    with pytest.raises(Refused, match="c1"):
+        MembershipTable.validate_state(state)
 
 
 def test_multi_network_flag_gates_a_second_network() -> None:

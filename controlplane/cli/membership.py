@@ -354,6 +354,21 @@ def networks_show(
     emit(output, plain(detail), text)
 
 
+@networks_app.command("unplaced")
+def networks_unplaced(
+    network: Annotated[str, typer.Option(help="Only the clients unplaced from this network")] = "",
+    endpoints: EndpointsOption = None,
+    output: OutputOption = Output.text,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Clients the cluster took a place from and could not place again, with why (newest first)."""
+    with connect(endpoints, timeout) as client:
+        waiting = client.membership.unplaced(network=network)
+    rows = [[u.client_id, u.network, u.node_id or "-", _ago(u.unplaced_unix_ms), u.reason] for u in waiting]
+    text = table(rows, ["CLIENT", "WAS IN", "SERVED BY", "AGO", "WHY"]) if rows else "no unplaced client"
+    emit(output, plain(waiting), text)
+
+
 _ON = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 

@@ -74,6 +74,7 @@ from controlplane.client._membership import (
     Placement,
     Registered,
     Resources,
+    UnplacedClient,
 )
 from controlplane.client._models import (
     BulkRegistration,
@@ -248,6 +249,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownOutcome",
+    "UnplacedClient",
     "VersionRef",
     "VersionStatus",
     "Watch",

@@ -29,6 +29,7 @@ from controlplane.client._membership import (
     NodeView,
     Placement,
     Registered,
+    UnplacedClient,
 )
 from controlplane.client._models import (
     BulkRegistration,
@@ -1127,6 +1128,22 @@ class Membership:
             )
         r = self._unary(B.LIST_PLACEMENTS, request, timeout)
         return tuple(P.convert(B.Placement, x) for x in r.placements)
+
+    def unplaced(
+        self,
+        *,
+        network: str = "",
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        min_revision: int = 0,
+        timeout: float | None = None,
+    ) -> tuple[UnplacedClient, ...]:
+        """Clients the cluster took a place from and could not place again, with why; newest first."""
+        with P.checked_request("unplaced"):
+            request = membership_pb2.ListUnplacedRequest(
+                network=network, read=P.read_options(consistency, min_revision)
+            )
+        r = self._unary(B.LIST_UNPLACED, request, timeout)
+        return tuple(P.convert(B.UnplacedClient, x) for x in r.clients)
 
     def set_flag(
         self,

@@ -31,6 +31,7 @@ __all__ = [
     "Placement",
     "Registered",
     "Resources",
+    "UnplacedClient",
 ]
 
 
@@ -139,6 +140,25 @@ class Placement:
     lease_id: int
     model: str
     placed_unix_ms: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnplacedClient:
+    """A client the cluster took a place from and could not place again: its member went and no
+    member or network had room (or ``auto_reassign`` is off). Kept until it is placed again or its
+    lease ends."""
+
+    client_id: str
+    #: Where it was placed, and the member that served it.
+    network: str
+    node_id: str
+    #: The model it was placed for by ``assign`` (empty for a join).
+    model: str
+    lease_id: int
+    #: What took its place, and why nothing gave another.
+    reason: str
+    unplaced_unix_ms: int
     revision: int
 
 
@@ -353,5 +373,6 @@ JOIN_NETWORK = Rpc(_B + "JoinNetwork", membership_pb2.JoinNetworkResponse)
 LEAVE_NETWORK = Rpc(_B + "LeaveNetwork", membership_pb2.LeaveNetworkResponse)
 ASSIGN = Rpc(_B + "Assign", membership_pb2.AssignClientResponse)
 LIST_PLACEMENTS = Rpc(_B + "ListPlacements", membership_pb2.ListPlacementsResponse)
+LIST_UNPLACED = Rpc(_B + "ListUnplaced", membership_pb2.ListUnplacedResponse)
 SET_FLAG = Rpc(_B + "SetFlag", membership_pb2.SetFlagResponse)
 LIST_FLAGS = Rpc(_B + "ListFlags", membership_pb2.ListFlagsResponse)

@@ -27,6 +27,9 @@ The levels (append only; a level's meaning never changes once released):
    ``StateSnapshot``). Below it the servers write format 1, the only one the releases before it
    read (a leader sends its snapshot to a lagging follower of any release), and a restore refuses
    a format-2 backup as those releases do.
+5. ``UNPLACED_CLIENTS``: the membership table keeps the clients it took a place from and could not
+   place again (``UnplacedClient``), until they are placed again or their lease ends. Below it no
+   such record is kept, loaded or restored: the releases before it did not know them.
 """
 
 from __future__ import annotations
@@ -40,14 +43,16 @@ BASE_LEVEL = 1
 UDP_PORTS = 2
 PLACEMENT = 3
 SNAPSHOT_TABLES = 4
+UNPLACED_CLIENTS = 5
 #: The highest level this release applies.
-APPLY_LEVEL = SNAPSHOT_TABLES
+APPLY_LEVEL = UNPLACED_CLIENTS
 
 DESCRIPTIONS = {
     BASE_LEVEL: "the base (every release before levels)",
     UDP_PORTS: "UDP ports (TCP and UDP hold one port number separately)",
     PLACEMENT: "placement (services start without a node)",
     SNAPSHOT_TABLES: "snapshots by domain table (format 2)",
+    UNPLACED_CLIENTS: "unplaced clients kept with why (ListUnplaced)",
 }
 
 _PORT_PROTOCOL = ports_pb2.DESCRIPTOR.enum_types_by_name["PortProtocol"]

@@ -32,7 +32,7 @@ from typing import ClassVar
 
 from sortedcontainers import SortedDict
 
-from controlplane.state import limits
+from controlplane.state import levels, limits
 from controlplane.state.journal import Journal
 from controlplane.state.leases import LeaseTable
 from controlplane.state.refusal import Handler, Refused, refusing
@@ -48,6 +48,9 @@ DEFAULT_NODE_TTL_MS = 10_000
 # Left and dead nodes stay visible (the unified view shows who died) up to this many; the oldest
 # are forgotten first.
 MAX_GONE_NODES = 10_000
+# Clients the cluster took a place from and could not place again are kept (ListUnplaced) until
+# they are placed again or their lease ends, up to this many; the oldest are forgotten first.
+MAX_UNPLACED_CLIENTS = 1_000
 MAX_LABELS = 64
 MAX_CAPABILITIES = 64
 MAX_ADDRESSES = 16
@@ -67,6 +70,7 @@ KNOWN_FLAGS: dict[str, tuple[bool, str]] = {
 NodeRecord = membership_pb2.NodeRecord
 Network = membership_pb2.Network
 Placement = membership_pb2.Placement
+UnplacedClient = membership_pb2.UnplacedClient
 CommandResult = command_pb2.CommandResult
 
 ACTIVE = membership_pb2.NODE_STATE_ACTIVE
@@ -176,6 +180,9 @@ class MembershipTable:
         self._clients_of_node: dict[str, set[str]] = {}
         self._clients_of_lease: dict[int, set[str]] = {}
         self.flags: SortedDict = SortedDict()  # name -> Flag (only those set)
+        # Client id -> UnplacedClient, oldest first; never a client that is placed.
+        self.unplaced: OrderedDict[str, UnplacedClient] = OrderedDict()
+        self._unplaced_by_lease: dict[int, set[str]] = {}
 
     def handlers(self) -> dict[str, Callable[[command_pb2.Command], CommandResult]]:
         def wrap(handler: Handler) -> Handler:
@@ -252,6 +259,12 @@ class MembershipTable:
             p for p in candidates if (not network or p.network == network) and (not node_id or p.node_id == node_id)
         ]
 
+    def list_unplaced(self, network: str = "") -> list[UnplacedClient]:
+        """The clients the cluster took a place from and could not place again, newest first."""
+        if network:
+            _check(limits.check_name(network, "network name"))
+        return [record for record in reversed(self.unplaced.values()) if not network or record.network == network]
+
     def flag(self, name: str) -> bool:
         found = self.flags.get(name)
         if found is not None:
@@ -300,6 +313,7 @@ class MembershipTable:
             self._unindex_placement(previous)
         placement.revision = self._journal.revision + 1
         self.placements[placement.client_id] = placement
+        self._forget_unplaced(placement.client_id)
         self._clients_of_network.setdefault(placement.network, set()).add(placement.client_id)
         if placement.node_id:
             self._clients_of_node.setdefault(placement.node_id, set()).add(placement.client_id)
@@ -333,6 +347,44 @@ class MembershipTable:
         self._unindex_placement(placement)
         self._record(f"placements/{client_id}", watch_pb2.EVENT_TYPE_DELETE, previous=placement, reason=reason)
         return placement
+
+    def _keep_unplaced(self, placement: Placement, reason: str) -> None:
+        """Remember a client the cluster took ``placement`` from and could not place again."""
+        if self._journal.cluster_level < levels.UNPLACED_CLIENTS:
+            return  # the releases below it keep no such record: neither may this one
+        self._forget_unplaced(placement.client_id)
+        record = UnplacedClient(
+            client_id=placement.client_id,
+            network=placement.network,
+            node_id=placement.node_id,
+            model=placement.model,
+            lease_id=placement.lease_id,
+            reason=reason,
+            unplaced_unix_ms=self._now,
+            revision=self._journal.revision + 1,
+        )
+        self._index_unplaced(record)
+        while len(self.unplaced) > MAX_UNPLACED_CLIENTS:
+            self._forget_unplaced(next(iter(self.unplaced)))
+
+    def _index_unplaced(self, record: UnplacedClient) -> None:
+        self.unplaced[record.client_id] = record
+        if record.lease_id:
+            self._unplaced_by_lease.setdefault(record.lease_id, set()).add(record.client_id)
+
+    def _forget_unplaced(self, client_id: str) -> None:
+        record = self.unplaced.pop(client_id, None)
+        if record is not None and record.lease_id:
+            held = self._unplaced_by_lease.get(record.lease_id)
+            if held is not None:
+                held.discard(client_id)
+                if not held:
+                    del self._unplaced_by_lease[record.lease_id]
+
+    def _forget_unplaced_on_lease(self, lease_id: int) -> None:
+        """The client is gone (its lease ended): it waits for no place any more."""
+        for client_id in sorted(self._unplaced_by_lease.get(lease_id, ())):
+            self._forget_unplaced(client_id)
 
     # ------------------------------------------------------------------ the assignment policy
 
@@ -397,9 +449,8 @@ class MembershipTable:
                 moved.placed_unix_ms = self._now
                 self._place(moved, current, reason)
                 return True
-        self._unplace(
-            client_id, f"{reason}; no network for its model has room" if self.flag("auto_reassign") else reason
-        )
+        why = f"{reason}; no network for its model has room" if self.flag("auto_reassign") else reason
+        self._keep_unplaced(self._unplace(client_id, why), why)
         return False
 
     def _move_clients(
@@ -452,6 +503,8 @@ class MembershipTable:
         # Its own places (as a client) hang on its lease.
         for client_id in sorted(self._clients_of_lease.get(lease_id, ())) if lease_id else ():
             self._unplace(client_id, reason)
+        if lease_id:
+            self._forget_unplaced_on_lease(lease_id)
         record.state = state
         record.lease_id = 0
         record.state_changed_unix_ms = self._now
@@ -507,6 +560,7 @@ class MembershipTable:
             self._end_node(node_id, DEAD if expired else LEFT, reason)
         for client_id in sorted(self._clients_of_lease.get(lease_id, ())):
             self._unplace(client_id, reason)
+        self._forget_unplaced_on_lease(lease_id)
 
     # ------------------------------------------------------------------ nodes
 
@@ -920,6 +974,7 @@ class MembershipTable:
         state.networks.extend(self.networks.values())
         state.placements.extend(self.placements.values())
         state.flags.extend(self.flags.values())
+        state.unplaced.extend(self.unplaced.values())
         state.memberships.extend(
             f"{network}/{node_id}" for network in sorted(self.members) for node_id in sorted(self.members[network])
         )
@@ -965,6 +1020,14 @@ class MembershipTable:
         for name, count in counts.items():
             if count > networks[name].max_clients:
                 raise _invalid(f"network {name!r} holds {count} clients, over its max_clients")
+        unplaced = set()
+        for waiting in state.unplaced:
+            _check(limits.check_member_id(waiting.client_id, "unplaced client id"))
+            if waiting.client_id in unplaced or waiting.client_id in clients:
+                raise _invalid(f"client {waiting.client_id} is listed as unplaced twice, or as placed too")
+            unplaced.add(waiting.client_id)
+        if len(unplaced) > MAX_UNPLACED_CLIENTS:
+            raise _invalid(f"{len(unplaced)} unplaced clients, over the {MAX_UNPLACED_CLIENTS} kept")
 
     def load_state(self, state: membership_pb2.MembershipState | None) -> None:
         self.load(state if state is not None else membership_pb2.MembershipState())
@@ -1002,6 +1065,9 @@ class MembershipTable:
                 self._clients_of_lease.setdefault(placement.lease_id, set()).add(placement.client_id)
         for flag in state.flags:
             self.flags[flag.name] = flag
+        if self._journal.cluster_level >= levels.UNPLACED_CLIENTS:  # below it, an older release's view
+            for waiting in state.unplaced:
+                self._index_unplaced(waiting)
 
     def drop_dangling_leases(self, lease_exists: Callable[[int], bool]) -> None:
         """After a restore: a node whose lease the backup lacks is dead, a place on a missing lease freed."""
@@ -1012,6 +1078,9 @@ class MembershipTable:
             if not lease_exists(lease_id):
                 for client_id in sorted(self._clients_of_lease.get(lease_id, ())):
                     self._unplace(client_id, f"lease {lease_id} missing from the restored backup")
+        for lease_id in sorted(self._unplaced_by_lease):
+            if not lease_exists(lease_id):
+                self._forget_unplaced_on_lease(lease_id)
 
 
 def _utc(unix_ms: int) -> str:

@@ -186,6 +186,26 @@ class Placement(_message.Message):
     revision: int
     def __init__(self, client_id: _Optional[str] = ..., network: _Optional[str] = ..., node_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., model: _Optional[str] = ..., placed_unix_ms: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
 
+class UnplacedClient(_message.Message):
+    __slots__ = ("client_id", "network", "node_id", "model", "lease_id", "reason", "unplaced_unix_ms", "revision")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UNPLACED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    network: str
+    node_id: str
+    model: str
+    lease_id: int
+    reason: str
+    unplaced_unix_ms: int
+    revision: int
+    def __init__(self, client_id: _Optional[str] = ..., network: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[str] = ..., lease_id: _Optional[int] = ..., reason: _Optional[str] = ..., unplaced_unix_ms: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+
 class Flag(_message.Message):
     __slots__ = ("name", "enabled", "description", "set", "mod_revision")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -217,20 +237,22 @@ class MembershipEvent(_message.Message):
     def __init__(self, node: _Optional[_Union[NodeRecord, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., flag: _Optional[_Union[Flag, _Mapping]] = ..., previous: _Optional[_Union[Placement, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class MembershipState(_message.Message):
-    __slots__ = ("nodes", "networks", "placements", "flags", "memberships", "gossip")
+    __slots__ = ("nodes", "networks", "placements", "flags", "memberships", "gossip", "unplaced")
     NODES_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
+    UNPLACED_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeRecord]
     networks: _containers.RepeatedCompositeFieldContainer[Network]
     placements: _containers.RepeatedCompositeFieldContainer[Placement]
     flags: _containers.RepeatedCompositeFieldContainer[Flag]
     memberships: _containers.RepeatedScalarFieldContainer[str]
     gossip: _gossip_pb2.GossipState
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., memberships: _Optional[_Iterable[str]] = ..., gossip: _Optional[_Union[_gossip_pb2.GossipState, _Mapping]] = ...) -> None: ...
+    unplaced: _containers.RepeatedCompositeFieldContainer[UnplacedClient]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., memberships: _Optional[_Iterable[str]] = ..., gossip: _Optional[_Union[_gossip_pb2.GossipState, _Mapping]] = ..., unplaced: _Optional[_Iterable[_Union[UnplacedClient, _Mapping]]] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
     __slots__ = ("node", "lease_ttl_ms", "request_id", "instance_id")
@@ -568,6 +590,22 @@ class ListPlacementsResponse(_message.Message):
     header: _common_pb2.ResponseHeader
     placements: _containers.RepeatedCompositeFieldContainer[Placement]
     def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ...) -> None: ...
+
+class ListUnplacedRequest(_message.Message):
+    __slots__ = ("read", "network")
+    READ_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    read: _common_pb2.ReadOptions
+    network: str
+    def __init__(self, read: _Optional[_Union[_common_pb2.ReadOptions, _Mapping]] = ..., network: _Optional[str] = ...) -> None: ...
+
+class ListUnplacedResponse(_message.Message):
+    __slots__ = ("header", "clients")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.ResponseHeader
+    clients: _containers.RepeatedCompositeFieldContainer[UnplacedClient]
+    def __init__(self, header: _Optional[_Union[_common_pb2.ResponseHeader, _Mapping]] = ..., clients: _Optional[_Iterable[_Union[UnplacedClient, _Mapping]]] = ...) -> None: ...
 
 class SetFlagRequest(_message.Message):
     __slots__ = ("name", "enabled", "description", "request_id")

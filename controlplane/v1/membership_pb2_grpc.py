@@ -114,6 +114,11 @@ class MembershipStub:
                 request_serializer=controlplane_dot_v1_dot_membership__pb2.ListPlacementsRequest.SerializeToString,
                 response_deserializer=controlplane_dot_v1_dot_membership__pb2.ListPlacementsResponse.FromString,
                 _registered_method=True)
+        self.ListUnplaced = channel.unary_unary(
+                '/controlplane.v1.Membership/ListUnplaced',
+                request_serializer=controlplane_dot_v1_dot_membership__pb2.ListUnplacedRequest.SerializeToString,
+                response_deserializer=controlplane_dot_v1_dot_membership__pb2.ListUnplacedResponse.FromString,
+                _registered_method=True)
         self.SetFlag = channel.unary_unary(
                 '/controlplane.v1.Membership/SetFlag',
                 request_serializer=controlplane_dot_v1_dot_membership__pb2.SetFlagRequest.SerializeToString,
@@ -246,6 +251,14 @@ class MembershipServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnplaced(self, request, context):
+        """Clients the cluster took a place from and could not place again (their member went and no
+        member or network had room, or auto_reassign is off), with why; newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetFlag(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -341,6 +354,11 @@ def add_MembershipServicer_to_server(servicer, server):
                     servicer.ListPlacements,
                     request_deserializer=controlplane_dot_v1_dot_membership__pb2.ListPlacementsRequest.FromString,
                     response_serializer=controlplane_dot_v1_dot_membership__pb2.ListPlacementsResponse.SerializeToString,
+            ),
+            'ListUnplaced': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnplaced,
+                    request_deserializer=controlplane_dot_v1_dot_membership__pb2.ListUnplacedRequest.FromString,
+                    response_serializer=controlplane_dot_v1_dot_membership__pb2.ListUnplacedResponse.SerializeToString,
             ),
             'SetFlag': grpc.unary_unary_rpc_method_handler(
                     servicer.SetFlag,
@@ -785,6 +803,33 @@ class Membership:
             '/controlplane.v1.Membership/ListPlacements',
             controlplane_dot_v1_dot_membership__pb2.ListPlacementsRequest.SerializeToString,
             controlplane_dot_v1_dot_membership__pb2.ListPlacementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnplaced(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/controlplane.v1.Membership/ListUnplaced',
+            controlplane_dot_v1_dot_membership__pb2.ListUnplacedRequest.SerializeToString,
+            controlplane_dot_v1_dot_membership__pb2.ListUnplacedResponse.FromString,
             options,
             channel_credentials,
             insecure,

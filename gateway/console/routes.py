@@ -250,7 +250,8 @@ async def fleet_page(
 @router.get("/networks", dependencies=[Login])
 async def networks_page(request: Request) -> HTMLResponse:
     async def load() -> dict[str, Any]:
-        return {"networks": await source_of(request.app.state).networks()}
+        source = source_of(request.app.state)
+        return {"networks": await source.networks(), "unplaced": await source.unplaced("")}
 
     return await _page(
         request,
@@ -265,7 +266,8 @@ async def networks_page(request: Request) -> HTMLResponse:
 @router.get("/networks/{name}", dependencies=[Login])
 async def network_page(request: Request, name: Annotated[str, Path(min_length=1, max_length=64)]) -> HTMLResponse:
     async def load() -> dict[str, Any]:
-        return {"detail": await source_of(request.app.state).network(name)}
+        source = source_of(request.app.state)
+        return {"detail": await source.network(name), "unplaced": await source.unplaced(name)}
 
     return await _page(
         request,

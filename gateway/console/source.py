@@ -27,6 +27,7 @@ from controlplane.client import (
     ResolveResult,
     Round,
     SearchResult,
+    UnplacedClient,
 )
 from gateway.console.hub import WATCHED_DOMAINS, EventStream
 
@@ -40,6 +41,8 @@ class ConsoleSource(Protocol):
     async def networks(self) -> tuple[Network, ...]: ...
 
     async def network(self, name: str) -> NetworkDetail: ...
+
+    async def unplaced(self, network: str) -> tuple[UnplacedClient, ...]: ...
 
     async def port_stats(self, host: str) -> PortStats: ...
 
@@ -85,6 +88,9 @@ class SdkSource:
 
     async def network(self, name: str) -> NetworkDetail:
         return await self.client.membership.get_network(name)
+
+    async def unplaced(self, network: str) -> tuple[UnplacedClient, ...]:
+        return await self.client.membership.unplaced(network=network)
 
     async def port_stats(self, host: str) -> PortStats:
         return await self.client.ports.stats(host=host)

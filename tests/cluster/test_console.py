@@ -16,7 +16,7 @@ from controlplane.client import Client
 from controlplane.dev import LocalCluster
 from gateway.app import GatewaySettings, create_app
 
-from .conftest import eventually
+from .conftest import cpctl_json, eventually
 from .test_gateway import TOKEN, running_gateway
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
@@ -59,6 +59,11 @@ async def test_every_page_shows_the_cluster(cluster: LocalCluster, console: http
             admin.membership.heartbeat(node, activity=HOSTILE)
         admin.membership.join("ui-net", node_id="ui-a1")
         admin.membership.join("ui-net", client_id="ui-c1")
+        # A network whose only member leaves: its client has nowhere to go, and the cluster says why.
+        admin.membership.create_network("ui-lone", "ui-lone-model", 2)
+        admin.membership.join("ui-lone", node_id="ui-a2")
+        admin.membership.join("ui-lone", client_id="ui-c9")
+        admin.membership.leave("ui-lone", node_id="ui-a2")
         held = admin.ports.allocate("ui-host", "ui-svc", "http").assignment.port
         admin.ports.report_observed("ui-host", [(held, "nginx")])  # not ui-svc: a conflict to resolve
         admin.models.register("UiLlama-7B", "cd" * 32, 2048, "gguf", family="llama", description=HOSTILE)
@@ -94,7 +99,13 @@ async def test_every_page_shows_the_cluster(cluster: LocalCluster, console: http
     networks = assert_safe_page(await console.get("/ui/networks", headers=AUTH))
     assert 'data-network="ui-net"' in networks and "<meter" in networks
     network = assert_safe_page(await console.get("/ui/networks/ui-net", headers=AUTH))
-    assert "ui-c1" in network and "ui-a1" in network
+    assert "ui-c1" in network and "ui-a1" in network and 'data-unplaced="ui-c9"' not in network
+    why = "member ui-a2 left network ui-lone; no network for its model has room"
+    lone = assert_safe_page(await console.get("/ui/networks/ui-lone", headers=AUTH))
+    assert re.search(rf'data-unplaced="ui-c9">.*?<td>ui-lone</td><td>ui-a2</td>.*?<td>{why}</td>', lone), lone
+    assert 'data-unplaced="ui-c9"' in networks  # and on the list of every network
+    (listed,) = [u for u in cpctl_json(cluster, "networks", "unplaced", "--network", "ui-lone")]
+    assert (listed["client_id"], listed["node_id"], listed["reason"]) == ("ui-c9", "ui-a2", why)
 
     ports = assert_safe_page(await console.get("/ui/ports", params={"host": "ui-host"}, headers=AUTH))
     assert 'data-host="ui-host"' in ports and "ui-svc" in ports

@@ -103,6 +103,13 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
         )
         return membership_pb2.ListPlacementsResponse(header=self._node.header(revision), placements=placements)
 
+    async def ListUnplaced(
+        self, request: membership_pb2.ListUnplacedRequest, context: grpc.aio.ServicerContext
+    ) -> membership_pb2.ListUnplacedResponse:
+        await self._node.prepare_read(request.read, deadline_of(context))
+        clients, revision = self._node.read_table(MembershipTable, lambda table: table.list_unplaced(request.network))
+        return membership_pb2.ListUnplacedResponse(header=self._node.header(revision), clients=clients)
+
     async def SetFlag(
         self, request: membership_pb2.SetFlagRequest, context: grpc.aio.ServicerContext
     ) -> membership_pb2.SetFlagResponse:
