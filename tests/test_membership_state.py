@@ -371,6 +371,28 @@ def test_with_auto_reassign_off_clients_of_a_dead_member_are_unplaced() -> None:
     assert "c1" not in cluster.machine.membership.placements
 
 
+def test_an_unplaced_record_names_its_delete_event_and_why_nothing_moved_the_client() -> None:
+    cluster = Cluster(level=levels.UNPLACED_CLIENTS)
+    for node in ("a1", "a2"):
+        cluster.register(node)
+    cluster.network("main", "llama", max_clients=4)
+    expect_ok(cluster.join("main", node_id="a1"))
+    expect_ok(cluster.join("main", node_id="a2"))
+    expect_ok(cluster.assign("c1", "llama"))
+    expect_ok(cluster.enable("auto_reassign", False))
+    before = cluster.machine.revision
+    served_by = cluster.machine.membership.placements["c1"].node_id
+    expect_ok(cluster.run(node_drain=membership_pb2.DrainNodeRequest(node_id=served_by)))
+    (waiting,) = cluster.machine.membership.list_unplaced()
+    assert waiting.reason.endswith("; auto_reassign is off"), waiting.reason
+    (deleted,) = [
+        e
+        for e in cluster.machine.events_from(before + 1)
+        if e.key == "placements/c1" and e.type == watch_pb2.EVENT_TYPE_DELETE
+    ]
+    assert waiting.revision == deleted.revision
+
+
 def _unplaced(cluster: Cluster, network: str = "") -> list[tuple[str, str, str, str]]:
     return [(u.client_id, u.network, u.node_id, u.reason) for u in cluster.machine.membership.list_unplaced(network)]
 
@@ -419,6 +441,39 @@ def test_an_unplaced_client_is_forgotten_when_its_lease_ends_and_a_clients_own_l
     check_invariants(cluster.machine)
 
 
+def test_an_unplaced_client_on_a_lease_of_its_own_is_forgotten_when_it_ends_or_a_backup_lacks_it() -> None:
+    cluster = Cluster(level=levels.UNPLACED_CLIENTS)
+    cluster.register("a1")
+    cluster.network("main", "llama", max_clients=4)
+    expect_ok(cluster.join("main", node_id="a1"))
+    leases = [
+        expect_ok(cluster.run(lease_grant=leases_pb2.GrantLeaseRequest(ttl_ms=60_000))).lease_grant.lease.id
+        for _ in range(2)
+    ]
+    for client_id, lease_id in zip(("c1", "c2"), leases, strict=True):
+        join = membership_pb2.JoinNetworkRequest(network="main", client_id=client_id, lease_id=lease_id)
+        expect_ok(cluster.run(network_join=join))
+    expect_ok(cluster.run(network_leave=membership_pb2.LeaveNetworkRequest(network="main", node_id="a1")))
+    assert [c for c, *_ in _unplaced(cluster)] == ["c2", "c1"]
+    snapshot = command_pb2.StateSnapshot.FromString(cluster.machine.snapshot())
+
+    expect_ok(cluster.run(lease_revoke=leases_pb2.RevokeLeaseRequest(lease_id=leases[0])))
+    assert [c for c, *_ in _unplaced(cluster)] == ["c2"]  # c1 is gone with its lease
+    check_invariants(cluster.machine)
+
+    # A backup whose lease table lost c2's lease: restored, c2 waits for nothing any more.
+    (lease_table,) = [table for table in snapshot.tables if table.name == "leases"]
+    lease_state = leases_pb2.LeasesState.FromString(lease_table.state)
+    kept = [lease for lease in lease_state.leases if lease.id != leases[1]]
+    del lease_state.leases[:]
+    lease_state.leases.extend(kept)
+    lease_table.state = lease_state.SerializeToString()
+    target = Cluster(level=levels.UNPLACED_CLIENTS)
+    expect_ok(target.run(restore_state=command_pb2.RestoreState(snapshot=snapshot.SerializeToString())))
+    assert [c for c, *_ in _unplaced(target)] == ["c1"]
+    check_invariants(target.machine)
+
+
 def test_unplaced_clients_are_kept_only_from_their_level_and_at_most_the_newest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -459,6 +514,28 @@ def test_a_backup_listing_a_placed_client_as_unplaced_is_refused() -> None:
     state.unplaced.add(client_id="c1", network="main", reason="forged")
     with pytest.raises(Refused, match="c1"):
         MembershipTable.validate_state(state)
+
+
+def test_a_forged_unplaced_list_is_refused_from_the_level_and_ignored_below_it() -> None:
+    """As the releases below the level read a backup (they never look at the records), so must this
+    one there: else a mixed cluster's servers would disagree on the restore."""
+    source = Cluster(level=levels.UNPLACED_CLIENTS)
+    source.register("a1")
+    source.network("main", "llama", max_clients=2)
+    expect_ok(source.join("main", node_id="a1"))
+    expect_ok(source.join("main", client_id="c1"))
+    snapshot = command_pb2.StateSnapshot.FromString(source.machine.snapshot())
+    (membership_table,) = [t for t in snapshot.tables if t.name == "membership"]
+    state = membership_pb2.MembershipState.FromString(membership_table.state)
+    state.unplaced.add(client_id="c1", network="main", reason="forged: c1 is placed")
+    membership_table.state = state.SerializeToString()
+    forged = command_pb2.RestoreState(snapshot=snapshot.SerializeToString())
+
+    at_level = Cluster(level=levels.UNPLACED_CLIENTS)
+    assert error_code(at_level.run(restore_state=forged)) == common_pb2.ERROR_CODE_INVALID_ARGUMENT
+    below = Cluster(level=levels.SNAPSHOT_TABLES)
+    expect_ok(below.run(restore_state=forged))
+    assert below.machine.membership.placements["c1"].network == "main" and _unplaced(below) == []
 
 
 def test_multi_network_flag_gates_a_second_network() -> None:

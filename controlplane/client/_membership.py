@@ -145,9 +145,9 @@ class Placement:
 
 @dataclass(frozen=True, slots=True)
 class UnplacedClient:
-    """A client the cluster took a place from and could not place again: its member went and no
-    member or network had room (or ``auto_reassign`` is off). Kept until it is placed again or its
-    lease ends."""
+    """A client the cluster took a place from and could not place again: its member or network went
+    and no member or network had room (or ``auto_reassign`` is off). Kept until it is placed again
+    or its lease ends (at most 1,000, the oldest forgotten first)."""
 
     client_id: str
     #: Where it was placed, and the member that served it.

@@ -58,6 +58,11 @@ def _resolve(request: Any) -> tuple[Need, ...]:
     return (Need("ports", "read" if request.dry_run else "write", request.host),)
 
 
+#: Writes whose request's ``dry_run`` makes them a read: judged as one by their rule above, served
+#: without the log, and not audited.
+DRY_RUN_METHODS = frozenset({"/controlplane.v1.Ports/ResolveConflicts"})
+
+
 def _parents_read(versions: Any) -> tuple[Need, ...]:
     """Naming a parent asks the registry about it (NOT_FOUND, "did you mean"): the caller must be
     allowed to read that model."""

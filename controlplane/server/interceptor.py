@@ -17,7 +17,7 @@ import structlog
 
 from controlplane.errors import ControlPlaneError, ResourceExhausted
 from controlplane.server import metrics
-from controlplane.server.authz import READ_ONLY, Authorizer, PermissionDenied
+from controlplane.server.authz import DRY_RUN_METHODS, READ_ONLY, Authorizer, PermissionDenied
 
 log = structlog.get_logger("controlplane.grpc")
 
@@ -142,15 +142,16 @@ class _Guard:
         self.method = method
         self.authorizer = authorizer
         self.audit = audit
+        self.has_dry_runs = method in DRY_RUN_METHODS
 
     def check(self, request: Any, context: grpc.aio.ServicerContext) -> tuple[str, str]:
         caller, resource = self.authorizer.check(self.method, request, context)
         return (str(caller) if caller is not None else ""), resource
 
     def record(self, context: grpc.aio.ServicerContext, request: Any, who: str, resource: str, code: str) -> None:
-        # A dry run of a write (``dry_run`` set, as on Ports.ResolveConflicts) changes nothing: no
-        # record, so a console showing the plan on every change does not fill the audit log.
-        if self.audit is not None and not getattr(request, "dry_run", False):
+        # A dry run (authz.DRY_RUN_METHODS) changes nothing: no record, so a console showing the
+        # plan on every change does not fill the audit log.
+        if self.audit is not None and not (self.has_dry_runs and request.dry_run):
             self.audit(who=who, method=self.method, resource=resource, code=code, peer=context.peer())
 
 

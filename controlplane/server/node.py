@@ -331,6 +331,15 @@ class Node:
 
     # ------------------------------------------------------------------ writes
 
+    def require_level(self, needed: int) -> None:
+        """Refuse what needs cluster level ``needed`` while the cluster applies below it (FAILED_PRECONDITION)."""
+        if needed > self.machine.cluster_level:
+            raise FailedPrecondition(
+                f"this needs cluster level {needed} ({levels.DESCRIPTIONS[needed]}), and the cluster is at level "
+                f"{self.machine.cluster_level}: the leader raises it once every server runs a release that applies "
+                f"it (`cpctl cluster status --all` shows the level each server APPLIES)"
+            )
+
     async def write(self, command: command_pb2.Command, timeout: float | None = None) -> CommandResult:
         """Replicate a command; an application error in its result is raised as its exception.
 
@@ -342,13 +351,8 @@ class Node:
             if problem:
                 raise InvalidArgument(problem)
         # Once the cluster applies all this release knows, nothing can need more: no walk per write.
-        needed = levels.required_level(command) if self.machine.cluster_level < levels.APPLY_LEVEL else 0
-        if needed > self.machine.cluster_level:
-            raise FailedPrecondition(
-                f"this needs cluster level {needed} ({levels.DESCRIPTIONS[needed]}), and the cluster is at level "
-                f"{self.machine.cluster_level}: the leader raises it once every server runs a release that applies "
-                f"it (`cpctl cluster status --all` shows the level each server APPLIES)"
-            )
+        if self.machine.cluster_level < levels.APPLY_LEVEL:
+            self.require_level(levels.required_level(command))
         if timeout is None:
             result = await self.proposer.propose(command)
         else:

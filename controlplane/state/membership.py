@@ -12,7 +12,10 @@ tests/test_membership_state.py against a naive model):
   network for its model by the assignment policy, or is unplaced when nothing has room;
 * **a gone node holds nothing**: a LEFT or DEAD node is a member of no network, serves no client,
   has no place of its own and no lease;
-* **flags gate**: with ``multi_network`` off there is at most one network.
+* **flags gate**: with ``multi_network`` off there is at most one network;
+* **an unplaced client waits**: a client the cluster took a place from and could not place again
+  is kept (from cluster level UNPLACED_CLIENTS) until it is placed again or its lease ends; a kept
+  record never names a placed client.
 
 Liveness is a lease from the lease table, granted in the registration's own command. Heartbeats
 renew it without a revision (as etcd does for keepalives); the leader expires it (housekeeping)
@@ -349,7 +352,8 @@ class MembershipTable:
         return placement
 
     def _keep_unplaced(self, placement: Placement, reason: str) -> None:
-        """Remember a client the cluster took ``placement`` from and could not place again."""
+        """Remember a client the cluster took ``placement`` from and could not place again (called
+        right after its DELETE event was recorded: the record carries that event's revision)."""
         if self._journal.cluster_level < levels.UNPLACED_CLIENTS:
             return  # the releases below it keep no such record: neither may this one
         self._forget_unplaced(placement.client_id)
@@ -361,7 +365,7 @@ class MembershipTable:
             lease_id=placement.lease_id,
             reason=reason,
             unplaced_unix_ms=self._now,
-            revision=self._journal.revision + 1,
+            revision=self._journal.revision,
         )
         self._index_unplaced(record)
         while len(self.unplaced) > MAX_UNPLACED_CLIENTS:
@@ -450,7 +454,9 @@ class MembershipTable:
                 self._place(moved, current, reason)
                 return True
         why = f"{reason}; no network for its model has room" if self.flag("auto_reassign") else reason
-        self._keep_unplaced(self._unplace(client_id, why), why)
+        # The watch event keeps the text older releases wrote; the kept record says why nothing moved it.
+        kept = why if self.flag("auto_reassign") else f"{reason}; auto_reassign is off"
+        self._keep_unplaced(self._unplace(client_id, why), kept)
         return False
 
     def _move_clients(
@@ -1022,7 +1028,13 @@ class MembershipTable:
                 raise _invalid(f"network {name!r} holds {count} clients, over its max_clients")
         unplaced = set()
         for waiting in state.unplaced:
-            _check(limits.check_member_id(waiting.client_id, "unplaced client id"))
+            _check(
+                limits.check_member_id(waiting.client_id, "unplaced client id")
+                or limits.check_text(waiting.network, f"unplaced client {waiting.client_id}'s network")
+                or limits.check_text(waiting.node_id, f"unplaced client {waiting.client_id}'s member")
+                or limits.check_text(waiting.model, f"unplaced client {waiting.client_id}'s model")
+                or limits.check_text(waiting.reason, f"unplaced client {waiting.client_id}'s reason", 4096)
+            )
             if waiting.client_id in unplaced or waiting.client_id in clients:
                 raise _invalid(f"client {waiting.client_id} is listed as unplaced twice, or as placed too")
             unplaced.add(waiting.client_id)
@@ -1033,8 +1045,12 @@ class MembershipTable:
         self.load(state if state is not None else membership_pb2.MembershipState())
 
     def check_backup(self, state: membership_pb2.MembershipState | None, backup: BackupSource) -> None:
-        if state is not None:
-            self.validate_state(state)
+        if state is None:
+            return
+        if min(self._journal.cluster_level, backup.cluster_level) < levels.UNPLACED_CLIENTS:
+            # As the releases below the level read it: they never look at (nor refuse) these records.
+            del state.unplaced[:]
+        self.validate_state(state)
 
     def restore_backup(self, state: membership_pb2.MembershipState | None, backup: BackupSource) -> None:
         """Load the backup's, then end what hangs on a lease it lacks (the lease table restores first)."""

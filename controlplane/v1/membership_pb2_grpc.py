@@ -252,8 +252,9 @@ class MembershipServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListUnplaced(self, request, context):
-        """Clients the cluster took a place from and could not place again (their member went and no
-        member or network had room, or auto_reassign is off), with why; newest first.
+        """Clients the cluster took a place from and could not place again (their member or network went
+        and no member or network had room, or auto_reassign is off), with why; newest first. Needs
+        cluster level 5 (FAILED_PRECONDITION below it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -247,11 +247,23 @@ async def fleet_page(
     )
 
 
+async def _if_available(read: Awaitable[Any]) -> tuple[Any, str]:
+    """A page's secondary read: (its value, "") or (None, why it is not available). A cluster of an
+    older release (a method it lacks arrives as Internal, "Method not found!"; or below the level
+    the read needs) or a gateway identity without the permission loses that section only, shown
+    with the reason, not the page."""
+    try:
+        return await read, ""
+    except (errors.FailedPrecondition, errors.PermissionDenied, errors.Internal) as exc:
+        return None, exc.message
+
+
 @router.get("/networks", dependencies=[Login])
 async def networks_page(request: Request) -> HTMLResponse:
     async def load() -> dict[str, Any]:
         source = source_of(request.app.state)
-        return {"networks": await source.networks(), "unplaced": await source.unplaced("")}
+        unplaced, unplaced_problem = await _if_available(source.unplaced(""))
+        return {"networks": await source.networks(), "unplaced": unplaced, "unplaced_problem": unplaced_problem}
 
     return await _page(
         request,
@@ -267,7 +279,8 @@ async def networks_page(request: Request) -> HTMLResponse:
 async def network_page(request: Request, name: Annotated[str, Path(min_length=1, max_length=64)]) -> HTMLResponse:
     async def load() -> dict[str, Any]:
         source = source_of(request.app.state)
-        return {"detail": await source.network(name), "unplaced": await source.unplaced(name)}
+        unplaced, unplaced_problem = await _if_available(source.unplaced(name))
+        return {"detail": await source.network(name), "unplaced": unplaced, "unplaced_problem": unplaced_problem}
 
     return await _page(
         request,
@@ -289,11 +302,13 @@ async def ports_page(
     async def load() -> dict[str, Any]:
         source = source_of(request.app.state)
         conflicts = await source.conflicts(host)
+        # What `cpctl ports resolve --dry-run` would do, asked only when there is something to fix.
+        plan, plan_problem = await _if_available(source.resolution_plan(host)) if conflicts else (None, "")
         return {
             "stats": await source.port_stats(host),
             "conflicts": conflicts,
-            # What `cpctl ports resolve --dry-run` would do, asked only when there is something to fix.
-            "plan": await source.resolution_plan(host) if conflicts else None,
+            "plan": plan,
+            "plan_problem": plan_problem,
             "assignments": await source.ports(host, "") if host else None,
             "history": await source.port_history(service) if service else None,
         }

@@ -519,20 +519,22 @@ def test_a_resolution_dry_run_needs_only_read_and_leaves_no_audit_record(cluster
         token = admin.auth.create_token(user).token
         cert, key = tls.issue(cluster.pki_dir, tls.Identity("client", f"plan-cert-{suffix}"))
         as_reader = Credentials(ca=cluster.credentials.ca, cert=cert, key=key, token=token)
+        # Every call below to the leader alone, whose audit records arrive in order: once the applied
+        # one is here, a record of the dry run would have been too.
+        at_leader = [cluster.nodes[cluster.wait_for_leader(60)].client_address]
         with (
             admin.watch_audit() as audit,
-            Client(cluster.client_addresses, credentials=as_reader, timeout=30) as reader,
+            Client(at_leader, credentials=as_reader, timeout=30) as reader,
+            Client(at_leader, credentials=cluster.credentials, timeout=30) as admin_at_leader,
         ):
             plan = reader.ports.resolve_conflicts(host=host, dry_run=True)
             assert [(m.service, m.old_port) for m in plan.moves] == [("web", held)]
             with pytest.raises(PermissionDenied, match="ports:write"):
                 reader.ports.resolve_conflicts(host=host)
-            applied = admin.ports.resolve_conflicts(host=host)
+            applied = admin_at_leader.ports.resolve_conflicts(host=host)
             assert [(m.service, m.old_port, m.new_port) for m in applied.moves] == [
                 (m.service, m.old_port, m.new_port) for m in plan.moves
             ]
-            # Every call went to the leader (a write RPC, dry run or not), whose records arrive in
-            # order: once the applied one is here, a record of the dry run would have been too.
             seen = []
             give_up = threading.Timer(30, audit.close)
             give_up.start()

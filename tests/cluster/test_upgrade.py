@@ -96,6 +96,9 @@ def test_a_rolling_upgrade_raises_the_cluster_level_after_the_last_server(
         client.ports.assign(host, "dns", 53, "tcp")
         with pytest.raises(FailedPrecondition, match=r"needs cluster level 2 \(UDP ports"):
             client.ports.assign(host, "dns", 53, "udp", protocol="udp")
+        # Below its level no server keeps unplaced clients: "none" would be a wrong answer.
+        with pytest.raises(FailedPrecondition, match=r"needs cluster level 5 \(unplaced clients"):
+            client.membership.unplaced()
         health = cpctl(cluster, "cluster", "health")
         assert health.returncode == 0, health.stdout + health.stderr
 

@@ -15,7 +15,7 @@ from controlplane.server.services._shared import (
     replicated_writes,
     to_leader,
 )
-from controlplane.state import limits
+from controlplane.state import levels, limits
 from controlplane.state.membership import MAX_INSTANCE_ID_CHARS, MembershipTable, check_network_fields, check_node_spec
 from controlplane.v1 import (
     membership_pb2,
@@ -107,6 +107,8 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
         self, request: membership_pb2.ListUnplacedRequest, context: grpc.aio.ServicerContext
     ) -> membership_pb2.ListUnplacedResponse:
         await self._node.prepare_read(request.read, deadline_of(context))
+        # Below the level no server keeps them: an empty list would say "none" when it means "not kept".
+        self._node.require_level(levels.UNPLACED_CLIENTS)
         clients, revision = self._node.read_table(MembershipTable, lambda table: table.list_unplaced(request.network))
         return membership_pb2.ListUnplacedResponse(header=self._node.header(revision), clients=clients)
 
