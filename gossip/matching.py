@@ -34,7 +34,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-import networkx as nx
 import numpy as np
 import numpy.typing as npt
 
@@ -216,6 +215,8 @@ def _max_matching(n: int, edges: Iterable[_IdxPair], weights: Iterable[int] | No
     integers only: with floats its blossom algorithm may stop at a slightly suboptimal matching
     depending on rounding, which is one more thing two nodes would have to agree on.
     """
+    import networkx as nx  # here, not at the top: a server loads this module and rarely plans a round
+
     g: nx.Graph[int] = nx.Graph()
     g.add_nodes_from(range(n))
     if weights is None:

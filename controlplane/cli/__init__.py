@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -21,11 +24,69 @@ app = typer.Typer(
 )
 
 
-def main() -> None:
-    # Command groups register themselves on import; importing here keeps `cpctl --help` complete.
-    from controlplane.cli import certs, cluster, contexts, dev, gateway, gossip, kv, membership, models, ports, serve  # noqa: F401
+#: The module that registers each top-level command. A command named on the command line loads
+#: its module alone: every server start (and every client command) would otherwise wait for all
+#: the others' imports and typer's building of their options, about 0.3 s of CPU. A name missing
+#: here still works (everything loads); tests/test_cli_startup.py checks the table.
+COMMAND_MODULES = {
+    "serve": "serve",
+    "dev": "dev",
+    "gateway": "gateway",
+    "certs": "certs",
+    "cluster": "cluster",
+    "context": "contexts",
+    "gossip": "gossip",
+    "kv": "kv",
+    "agent": "membership",
+    "nodes": "membership",
+    "networks": "membership",
+    "flags": "membership",
+    "models": "models",
+    "ports": "ports",
+    "services": "ports",
+    "leases": "ports",
+    "auth": "auth",
+    "audit": "auth",
+    "users": "auth",
+    "roles": "auth",
+    "tokens": "auth",
+}
+#: The root options that take a value (the command name follows it).
+_ROOT_VALUE_OPTIONS = frozenset({"--cacert", "--cert", "--key", "--token", "--context"})
 
-    __import__("controlplane.cli.auth")  # users, roles, tokens, auth (registers its groups like the above)
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (after the root options), or None."""
+    args = iter(argv)
+    for arg in args:
+        if arg in _ROOT_VALUE_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def main() -> None:
+    # Command groups register themselves on import; importing them all keeps `cpctl --help` complete.
+    alone = COMMAND_MODULES.get(_command_name(sys.argv[1:]) or "")
+    if alone is not None:
+        importlib.import_module(f"controlplane.cli.{alone}")
+    else:
+        from controlplane.cli import (  # noqa: F401
+            certs,
+            cluster,
+            contexts,
+            dev,
+            gateway,
+            gossip,
+            kv,
+            membership,
+            models,
+            ports,
+            serve,
+        )
+
+        __import__("controlplane.cli.auth")  # users, roles, tokens, auth (registers its groups like the above)
     from controlplane.cli.common import show_cluster_warnings
 
     show_cluster_warnings()
