@@ -124,6 +124,19 @@ def test_a_dry_run_of_the_conflict_resolution_needs_only_read() -> None:
     assert authz.needs_of(path, ports_pb2.ResolveConflictsRequest(host="gpu-01")) == (Need("ports", "write", "gpu-01"),)
 
 
+def test_the_dry_run_methods_are_every_one_whose_request_has_a_dry_run() -> None:
+    """The audit skips a dry run only of these: each must be unary (its request is one message)."""
+    with_dry_run = set()
+    for module in SERVED:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                field = method.input_type.fields_by_name.get("dry_run")
+                if field is not None:
+                    assert field.type == field.TYPE_BOOL and not method.client_streaming, method.full_name
+                    with_dry_run.add(f"/{service.full_name}/{method.name}")
+    assert with_dry_run == authz.DRY_RUN_METHODS
+
+
 def test_naming_a_parent_needs_read_on_its_model() -> None:
     """The registry answers whether a parent exists (NOT_FOUND, "did you mean"): only to whoever may read it."""
     derived = models_pb2.RegisterVersionRequest(model="ft", parent=models_pb2.VersionRef(model="base", version=1))

@@ -23,6 +23,7 @@ from controlplane.client import (
     Link,
     Model,
     ModelList,
+    Network,
     NodeMetrics,
     NodeRecord,
     NodeRole,
@@ -35,6 +36,7 @@ from controlplane.client import (
     SearchHit,
     SearchResult,
     TrainingMetrics,
+    UnplacedClient,
 )
 from controlplane.client._gossip import Pair
 from gateway.app import GatewaySettings, create_app
@@ -330,3 +332,44 @@ async def test_a_thousand_nodes_render_one_page_at_a_time(http: tuple[httpx.Asyn
     assert "&lt;script&gt;" in page.text and "<script>alert" not in page.text
     found = await client.get("/ui/fleet", params={"q": "n0999", "fragment": "1"})
     assert found.text.count("data-node=") == 1 and "<html" not in found.text
+
+
+class OlderCluster(FakeSource):
+    """A cluster that answers the networks but not the unplaced clients, with ``failure``."""
+
+    def __init__(self, failure: errors.ControlPlaneError) -> None:
+        super().__init__([], [])
+        self.failure = failure
+
+    async def networks(self) -> tuple[Network, ...]:
+        return (Network("eu", "llama", 4, 0, {}, (), "", 1, 1, (), 0, 0),)
+
+    async def unplaced(self, network: str) -> tuple[UnplacedClient, ...]:
+        raise self.failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "shown"),
+    [
+        (errors.FailedPrecondition("this needs cluster level 5"), "this needs cluster level 5"),
+        (errors.PermissionDenied("user:gw lacks membership:read"), "lacks membership:read"),
+        (errors.Internal("Method not found!"), "run a release without this read"),
+    ],
+)
+async def test_a_section_an_older_cluster_cannot_answer_says_why_and_the_page_stays(
+    failure: errors.ControlPlaneError, shown: str
+) -> None:
+    app = create_app(GatewaySettings(endpoints=("127.0.0.1:1",), token="tok"))
+    app.state.console_source = OlderCluster(failure)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        page = await client.get("/ui/networks", headers={"Authorization": "Bearer tok"})
+    assert page.status_code == 200, page.text
+    assert 'data-network="eu"' in page.text and "Not available from this cluster" in page.text and shown in page.text
+
+
+async def test_a_server_failure_in_a_section_is_the_pages() -> None:
+    app = create_app(GatewaySettings(endpoints=("127.0.0.1:1",), token="tok"))
+    app.state.console_source = OlderCluster(errors.Internal("internal error (KeyError) in ListUnplaced"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        page = await client.get("/ui/networks", headers={"Authorization": "Bearer tok"})
+    assert page.status_code == 500 and "Not available" not in page.text

@@ -27,14 +27,13 @@ app = typer.Typer(
 #: The module that registers each top-level command. A command named on the command line loads
 #: its module alone: every server start (and every client command) would otherwise wait for all
 #: the others' imports and typer's building of their options, about 0.3 s of CPU. A name missing
-#: here still works (everything loads); tests/test_cli_startup.py checks the table.
-COMMAND_MODULES = {
-    "serve": "serve",
-    "dev": "dev",
-    "gateway": "gateway",
+#: here is never loaded: tests/test_cli_startup.py checks the table against the modules.
+COMMAND_MODULES = {  # loaded in this order for `cpctl --help`, as before the table
     "certs": "certs",
     "cluster": "cluster",
     "context": "contexts",
+    "dev": "dev",
+    "gateway": "gateway",
     "gossip": "gossip",
     "kv": "kv",
     "agent": "membership",
@@ -45,6 +44,7 @@ COMMAND_MODULES = {
     "ports": "ports",
     "services": "ports",
     "leases": "ports",
+    "serve": "serve",
     "auth": "auth",
     "audit": "auth",
     "users": "auth",
@@ -56,11 +56,14 @@ _ROOT_VALUE_OPTIONS = frozenset({"--cacert", "--cert", "--key", "--token", "--co
 
 
 def _command_name(argv: Sequence[str]) -> str | None:
-    """The command named in ``argv`` (after the root options), or None."""
+    """The command named in ``argv`` (after the root options), or None (also after ``--help``: the
+    root's help lists every command)."""
     args = iter(argv)
     for arg in args:
         if arg in _ROOT_VALUE_OPTIONS:
             next(args, None)
+        elif arg == "--help":
+            return None
         elif not arg.startswith("-"):
             return arg
     return None
@@ -72,21 +75,8 @@ def main() -> None:
     if alone is not None:
         importlib.import_module(f"controlplane.cli.{alone}")
     else:
-        from controlplane.cli import (  # noqa: F401
-            certs,
-            cluster,
-            contexts,
-            dev,
-            gateway,
-            gossip,
-            kv,
-            membership,
-            models,
-            ports,
-            serve,
-        )
-
-        __import__("controlplane.cli.auth")  # users, roles, tokens, auth (registers its groups like the above)
+        for module in dict.fromkeys(COMMAND_MODULES.values()):
+            importlib.import_module(f"controlplane.cli.{module}")
     from controlplane.cli.common import show_cluster_warnings
 
     show_cluster_warnings()

@@ -1137,7 +1137,8 @@ class Membership:
         min_revision: int = 0,
         timeout: float | None = None,
     ) -> tuple[UnplacedClient, ...]:
-        """Clients the cluster took a place from and could not place again, with why; newest first."""
+        """Clients the cluster took a place from and could not place again, with why; newest first.
+        ``FailedPrecondition`` while the cluster is below level 5 (no server keeps them there)."""
         with P.checked_request("unplaced"):
             request = membership_pb2.ListUnplacedRequest(
                 network=network, read=P.read_options(consistency, min_revision)

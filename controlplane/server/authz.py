@@ -58,8 +58,9 @@ def _resolve(request: Any) -> tuple[Need, ...]:
     return (Need("ports", "read" if request.dry_run else "write", request.host),)
 
 
-#: Writes whose request's ``dry_run`` makes them a read: judged as one by their rule above, served
-#: without the log, and not audited.
+#: Writes whose request's ``dry_run`` makes them a read (their rule above needs a read for it, and
+#: their servicer answers it without the log): the interceptor does not audit a dry run of these.
+#: tests/test_authz_table.py checks it names every unary method whose request has ``dry_run``.
 DRY_RUN_METHODS = frozenset({"/controlplane.v1.Ports/ResolveConflicts"})
 
 

@@ -329,8 +329,6 @@ class Node:
             leader_address=leader.client_address if leader else "",
         )
 
-    # ------------------------------------------------------------------ writes
-
     def require_level(self, needed: int) -> None:
         """Refuse what needs cluster level ``needed`` while the cluster applies below it (FAILED_PRECONDITION)."""
         if needed > self.machine.cluster_level:
@@ -339,6 +337,8 @@ class Node:
                 f"{self.machine.cluster_level}: the leader raises it once every server runs a release that applies "
                 f"it (`cpctl cluster status --all` shows the level each server APPLIES)"
             )
+
+    # ------------------------------------------------------------------ writes
 
     async def write(self, command: command_pb2.Command, timeout: float | None = None) -> CommandResult:
         """Replicate a command; an application error in its result is raised as its exception.

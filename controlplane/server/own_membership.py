@@ -164,8 +164,10 @@ class OwnMembership:
                 cut_off_since = None if self.raft.has_quorum() else (cut_off_since or now)
                 if cut_off_since is None or now - cut_off_since < CUT_OFF_CHECK_S or now < next_peer_check:
                     continue
-                next_peer_check = now + CUT_OFF_CHECK_S
                 verdict = await self._ask_peers()
+                # From the answer, not the question: peers that never answer cost PEER_CHECK_TIMEOUT_S
+                # each time, and the watch must not spend all its time asking.
+                next_peer_check = asyncio.get_running_loop().time() + CUT_OFF_CHECK_S
                 if verdict.removed:
                     await self._stop_removed(verdict.removed)
                     return

@@ -345,15 +345,18 @@ class MembershipTable:
                 if not by_lease:
                     del self._clients_of_lease[placement.lease_id]
 
-    def _unplace(self, client_id: str, reason: str) -> Placement:
+    def _unplace(self, client_id: str, reason: str) -> tuple[Placement, int]:
+        """Free ``client_id``'s place: the place it had, and the revision of its DELETE event."""
         placement: Placement = self.placements.pop(client_id)
         self._unindex_placement(placement)
-        self._record(f"placements/{client_id}", watch_pb2.EVENT_TYPE_DELETE, previous=placement, reason=reason)
-        return placement
+        revision = self._record(
+            f"placements/{client_id}", watch_pb2.EVENT_TYPE_DELETE, previous=placement, reason=reason
+        )
+        return placement, revision
 
-    def _keep_unplaced(self, placement: Placement, reason: str) -> None:
-        """Remember a client the cluster took ``placement`` from and could not place again (called
-        right after its DELETE event was recorded: the record carries that event's revision)."""
+    def _keep_unplaced(self, placement: Placement, reason: str, revision: int) -> None:
+        """Remember a client the cluster took ``placement`` from (at ``revision``, its DELETE event)
+        and could not place again."""
         if self._journal.cluster_level < levels.UNPLACED_CLIENTS:
             return  # the releases below it keep no such record: neither may this one
         self._forget_unplaced(placement.client_id)
@@ -365,7 +368,7 @@ class MembershipTable:
             lease_id=placement.lease_id,
             reason=reason,
             unplaced_unix_ms=self._now,
-            revision=self._journal.revision,
+            revision=revision,
         )
         self._index_unplaced(record)
         while len(self.unplaced) > MAX_UNPLACED_CLIENTS:
@@ -456,7 +459,8 @@ class MembershipTable:
         why = f"{reason}; no network for its model has room" if self.flag("auto_reassign") else reason
         # The watch event keeps the text older releases wrote; the kept record says why nothing moved it.
         kept = why if self.flag("auto_reassign") else f"{reason}; auto_reassign is off"
-        self._keep_unplaced(self._unplace(client_id, why), kept)
+        placement, revision = self._unplace(client_id, why)
+        self._keep_unplaced(placement, kept, revision)
         return False
 
     def _move_clients(
@@ -1044,16 +1048,23 @@ class MembershipTable:
     def load_state(self, state: membership_pb2.MembershipState | None) -> None:
         self.load(state if state is not None else membership_pb2.MembershipState())
 
+    @staticmethod
+    def _as_read_at(state: membership_pb2.MembershipState, level: int) -> None:
+        """``state`` as the releases of ``level`` read it, in place: below UNPLACED_CLIENTS they never
+        look at (nor refuse) the unplaced records."""
+        if level < levels.UNPLACED_CLIENTS:
+            del state.unplaced[:]
+
     def check_backup(self, state: membership_pb2.MembershipState | None, backup: BackupSource) -> None:
         if state is None:
             return
-        if min(self._journal.cluster_level, backup.cluster_level) < levels.UNPLACED_CLIENTS:
-            # As the releases below the level read it: they never look at (nor refuse) these records.
-            del state.unplaced[:]
+        self._as_read_at(state, min(self._journal.cluster_level, backup.cluster_level))
         self.validate_state(state)
 
     def restore_backup(self, state: membership_pb2.MembershipState | None, backup: BackupSource) -> None:
         """Load the backup's, then end what hangs on a lease it lacks (the lease table restores first)."""
+        if state is not None:
+            self._as_read_at(state, min(self._journal.cluster_level, backup.cluster_level))
         self.load_state(state)
         self.drop_dangling_leases(self._leases().exists)
 

@@ -249,13 +249,19 @@ async def fleet_page(
 
 async def _if_available(read: Awaitable[Any]) -> tuple[Any, str]:
     """A page's secondary read: (its value, "") or (None, why it is not available). A cluster of an
-    older release (a method it lacks arrives as Internal, "Method not found!"; or below the level
-    the read needs) or a gateway identity without the permission loses that section only, shown
-    with the reason, not the page."""
+    older release (below the level the read needs, or without the method at all) or a gateway
+    identity without the permission loses that section only, shown with the reason, not the page.
+    Any other error is the page's, as for its main reads."""
     try:
         return await read, ""
-    except (errors.FailedPrecondition, errors.PermissionDenied, errors.Internal) as exc:
-        return None, exc.message
+    except (errors.FailedPrecondition, errors.PermissionDenied) as exc:
+        return None, exc.message or type(exc).__name__
+    except errors.Internal as exc:
+        # gRPC answers a method the servers do not have with UNIMPLEMENTED "Method not found!",
+        # which the SDK's error tree has no class for. A server's own failure is still the page's.
+        if "Method not found" not in exc.message:
+            raise
+        return None, "the cluster's servers run a release without this read"
 
 
 @router.get("/networks", dependencies=[Login])
