@@ -1,7 +1,9 @@
 """The console in a real browser (headless Chromium from Debian, driven by Playwright): log in, every
 page loads without a console error (a CSP violation is one), the leader shown is the leader, an agent
 registering appears on Fleet with no reload, search as you type finds a new model, and a kill -9 of
-the leader changes the Cluster page with no reload. Screenshots of every page are saved.
+the leader changes the Cluster page with no reload. On a phone's screen no page is wider than the
+screen, every form control has a label, and the keyboard reaches a link. Screenshots of every page
+are saved.
 
 Part of ``make test``, which installs Debian's chromium with apt-get where it is missing (Playwright
 is in the dev extra); ``make test-browser`` runs it alone. Without a chromium it is skipped, saying
@@ -56,10 +58,10 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-def logged_in(browser: Any, url: str) -> tuple[Any, Any, list[str]]:
-    """A fresh browser context with the console's token given at its login page, on Fleet; and the
-    errors the page reports from then on (a CSP violation is one)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+def logged_in(browser: Any, url: str, viewport: dict[str, int] | None = None) -> tuple[Any, Any, list[str]]:
+    """A fresh browser context (a laptop's screen unless ``viewport``) with the console's token given
+    at its login page, on Fleet; and the errors the page reports from then on (a CSP violation is one)."""
+    context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800})
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type == "error" else None)
@@ -159,6 +161,39 @@ def test_console_in_a_browser(cluster: LocalCluster, tmp_path: Path, browser: An
             "() => document.querySelector('#chart-title')?.textContent === 'Training rounds 1 to 3'",
             timeout=LIVE_TIMEOUT_MS,
         )
+        assert problems == []
+        context.close()
+
+
+#: A phone's screen in CSS pixels (an iPhone 12-15's).
+PHONE = {"width": 390, "height": 844}
+
+#: Form controls no label names: a screen reader would read nothing for them.
+UNLABELLED_CONTROLS = """() => [...document.querySelectorAll('input, select, textarea')]
+    .filter(e => e.type !== 'hidden')
+    .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.getAttribute('aria-labelledby'))
+    .map(e => e.outerHTML.slice(0, 120))"""
+
+
+def test_every_page_fits_a_phone_labels_its_controls_and_takes_the_keyboard(
+    cluster: LocalCluster, tmp_path: Path, browser: Any
+) -> None:
+    """On a phone's screen no page is wider than the screen (wide tables scroll inside their own
+    box), every form control has a label, and the keyboard's first Tab reaches a link or control."""
+    shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with running_gateway(cluster, tmp_path) as gateway:
+        context, page, problems = logged_in(browser, gateway.url, viewport=PHONE)
+        for name, path in PAGES.items():
+            page.goto(gateway.url + path.partition("?")[0])  # what this test alone can count on existing
+            page.wait_for_load_state("load")
+            wider = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert wider <= 1, f"{name} is {wider} px wider than a phone's screen"
+            assert page.evaluate(UNLABELLED_CONTROLS) == [], name
+            page.keyboard.press("Tab")
+            focused = page.evaluate("() => document.activeElement && document.activeElement.tagName")
+            assert focused in ("A", "BUTTON", "INPUT", "SELECT", "SUMMARY"), f"{name}: Tab reached {focused}"
+            page.screenshot(path=str(shots / f"phone-{name}.png"), full_page=True)
         assert problems == []
         context.close()
 
