@@ -58,10 +58,12 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-def logged_in(browser: Any, url: str, viewport: dict[str, int] | None = None) -> tuple[Any, Any, list[str]]:
+def logged_in(
+    browser: Any, url: str, viewport: dict[str, int] | None = None, color_scheme: str = "light"
+) -> tuple[Any, Any, list[str]]:
     """A fresh browser context (a laptop's screen unless ``viewport``) with the console's token given
     at its login page, on Fleet; and the errors the page reports from then on (a CSP violation is one)."""
-    context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800})
+    context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800}, color_scheme=color_scheme)
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type == "error" else None)
@@ -174,12 +176,34 @@ UNLABELLED_CONTROLS = """() => [...document.querySelectorAll('input, select, tex
     .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.getAttribute('aria-labelledby'))
     .map(e => e.outerHTML.slice(0, 120))"""
 
+#: Text below WCAG AA's contrast for body text (4.5:1) against the background it is drawn on.
+LOW_CONTRAST = """() => {
+  const rgb = c => { const m = c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+    const p = m[1].split(',').map(Number); return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1}; };
+  const lum = ({r, g, b}) => {
+    const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const under = e => { for (let n = e; n; n = n.parentElement) { const c = rgb(getComputedStyle(n).backgroundColor);
+    if (c && c.a > 0) return c; } return {r: 255, g: 255, b: 255, a: 1}; };
+  const low = [];
+  for (const e of document.body.querySelectorAll('*')) {
+    if (![...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+    const style = getComputedStyle(e), box = e.getBoundingClientRect();
+    if (style.visibility === 'hidden' || box.width === 0 || box.right < 0 || e.closest('svg')) continue;
+    const [hi, lo] = [lum(rgb(style.color)), lum(under(e))].sort((x, y) => y - x);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    if (ratio < 4.5) low.push(`${e.tagName}.${e.className} ${ratio.toFixed(2)}: ${e.textContent.trim().slice(0, 30)}`);
+  }
+  return low.slice(0, 10);
+}"""
+
 
 def test_every_page_fits_a_phone_labels_its_controls_and_takes_the_keyboard(
     cluster: LocalCluster, tmp_path: Path, browser: Any
 ) -> None:
     """On a phone's screen no page is wider than the screen (wide tables scroll inside their own
-    box), every form control has a label, and the keyboard's first Tab reaches a link or control."""
+    box), every form control has a label, the keyboard's first Tab reaches a link or control, and
+    text has WCAG AA contrast (4.5:1) in the light and the dark scheme."""
     shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     with running_gateway(cluster, tmp_path) as gateway:
@@ -190,10 +214,18 @@ def test_every_page_fits_a_phone_labels_its_controls_and_takes_the_keyboard(
             wider = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert wider <= 1, f"{name} is {wider} px wider than a phone's screen"
             assert page.evaluate(UNLABELLED_CONTROLS) == [], name
+            assert page.evaluate(LOW_CONTRAST) == [], name
             page.keyboard.press("Tab")
             focused = page.evaluate("() => document.activeElement && document.activeElement.tagName")
             assert focused in ("A", "BUTTON", "INPUT", "SELECT", "SUMMARY"), f"{name}: Tab reached {focused}"
             page.screenshot(path=str(shots / f"phone-{name}.png"), full_page=True)
+        assert problems == []
+        context.close()
+        context, page, problems = logged_in(browser, gateway.url, viewport=PHONE, color_scheme="dark")
+        for name, path in PAGES.items():
+            page.goto(gateway.url + path.partition("?")[0])
+            page.wait_for_load_state("load")
+            assert page.evaluate(LOW_CONTRAST) == [], f"{name}, dark"
         assert problems == []
         context.close()
 
