@@ -40,6 +40,8 @@ Nemeses:
   the step back and after it (``controlplane/server/leader_clock.py``). The step is made inside the
   server's Python (``tests/fault/clockstep/sitecustomize.py`` says how, and why not the kernel's
   clock).
+* ``clock-step-follower`` (not in the SHORT profile): a follower's clock jumps an hour ahead and
+  leadership is handed to it; the same checks.
 """
 
 from __future__ import annotations
@@ -842,7 +844,7 @@ class ClockStepLeader(Nemesis):
                 )
             except Unhealthy:
                 fault.problems.append(
-                    f"clock-step-leader: a 1 s lease registered {when} was still alive "
+                    f"{self.name}: a 1 s lease registered {when} was still alive "
                     f"{1.0 + CLOCK_STEP_EXPIRY_SLACK_S:g} s later"
                 )
         fault.detail[f"expiry_{when.replace(' ', '_')}_s"] = round(time.monotonic() - started, 2)
@@ -863,11 +865,37 @@ class ClockStepLeader(Nemesis):
         assert self._renewer is not None
         self._renewer.join(CLOCK_STEP_TTL_S + 5)
         if self._renewer.is_alive():
-            fault.problems.append("clock-step-leader: the lease renewer did not stop (a heartbeat hung)")
+            fault.problems.append(f"{self.name}: the lease renewer did not stop (a heartbeat hung)")
         for message in self._lost:
             fault.problems.append(
-                f"clock-step-leader: a lease renewed every {CLOCK_STEP_RENEW_S:g} s was found expired: {message}"
+                f"{self.name}: a lease renewed every {CLOCK_STEP_RENEW_S:g} s was found expired: {message}"
             )
+
+
+class ClockStepFollower(ClockStepLeader):
+    """A follower's wall clock an hour ahead, then that follower elected (leadership handed to it):
+    an election during a step. The cluster's time jumps an hour with the new leader (no server can
+    tell a step from a catch-up then: leader_clock.py), so the checks are the ones that must hold
+    anyway: the lease renewed every second is never found expired (a new leader expires nothing
+    before it has led a TTL, and then judges renewals by its monotonic clock), and a 1 s lease
+    nobody renews still expires, with the clock ahead and after the step back."""
+
+    name = "clock-step-follower"
+
+    def choose(self, rng: random.Random) -> tuple[str, bool]:
+        leader = self.control.leader()
+        return rng.choice(sorted(node for node in self.control.cluster.nodes if node != leader)), False
+
+    def inject(self, fault: Fault, rng: random.Random) -> None:
+        super().inject(fault, rng)  # the renewed lease, its renewer, the step
+        with self.control.admin() as admin:
+            wait_for(
+                lambda: admin.transfer_leadership(fault.target)[0] == fault.target,
+                MEMBERSHIP_CALL_S * 3,
+                f"leadership to move to {fault.target}, whose clock is ahead",
+                retry=RETRIED_MEMBERSHIP_ERRORS,
+            )
+        fault.detail["elected"] = fault.target
 
 
 NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
@@ -887,4 +915,5 @@ NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "member-replace-pause": lambda control, scratch: MemberReplaceUnderPause(control),
     "member-join-kill": lambda control, scratch: MemberJoinUnderKill(control),
     "clock-step-leader": lambda control, scratch: ClockStepLeader(control),
+    "clock-step-follower": lambda control, scratch: ClockStepFollower(control),
 }
