@@ -42,6 +42,8 @@ Nemeses:
   clock).
 * ``clock-step-follower`` (not in the SHORT profile): a follower's clock jumps an hour ahead and
   leadership is handed to it; the same checks.
+* ``clock-step-back-leader`` (not in the SHORT profile): the leader's clock an hour behind, then
+  put right; the same checks.
 """
 
 from __future__ import annotations
@@ -746,6 +748,8 @@ class ClockStepLeader(Nemesis):
     keep every lease registered after the step back alive for an hour (measured: docs/faults.md)."""
 
     name = "clock-step-leader"
+    #: How far the step moves the target's wall clock (seconds; negative: backwards).
+    step_s = CLOCK_STEP_S
 
     def __init__(self, control: Control) -> None:
         super().__init__(control)
@@ -816,8 +820,8 @@ class ClockStepLeader(Nemesis):
             target=self._renew, args=(self._renewing, self._lost), name="clock-step-renewer", daemon=True
         )
         self._renewer.start()
-        self.step(fault.target, CLOCK_STEP_S)
-        fault.detail["step_s"] = CLOCK_STEP_S
+        self.step(fault.target, self.step_s)
+        fault.detail["step_s"] = self.step_s
 
     def _renew(self, stop: threading.Event, lost: list[str]) -> None:
         with self.control.admin() as admin:
@@ -851,7 +855,9 @@ class ClockStepLeader(Nemesis):
 
     def hold(self, fault: Fault, rng: random.Random) -> None:
         started = time.monotonic()
-        self._expires(fault, f"{self.prefix}-ahead", "with the clock ahead")
+        self._expires(
+            fault, f"{self.prefix}-stepped", "with the clock ahead" if self.step_s > 0 else "with the clock behind"
+        )
         super().hold(fault, rng)
         fault.duration = time.monotonic() - started
 
@@ -870,6 +876,15 @@ class ClockStepLeader(Nemesis):
             fault.problems.append(
                 f"{self.name}: a lease renewed every {CLOCK_STEP_RENEW_S:g} s was found expired: {message}"
             )
+
+
+class ClockStepBackLeader(ClockStepLeader):
+    """The leader's wall clock an hour *behind* for the hold, then put right: a leader whose
+    readings followed its clock would stop the cluster's time (it never goes back) and expire
+    nothing for an hour. The same checks as ``clock-step-leader``."""
+
+    name = "clock-step-back-leader"
+    step_s = -CLOCK_STEP_S
 
 
 class ClockStepFollower(ClockStepLeader):
@@ -916,4 +931,5 @@ NEMESES: dict[str, Callable[[Control, Path], Nemesis]] = {
     "member-join-kill": lambda control, scratch: MemberJoinUnderKill(control),
     "clock-step-leader": lambda control, scratch: ClockStepLeader(control),
     "clock-step-follower": lambda control, scratch: ClockStepFollower(control),
+    "clock-step-back-leader": lambda control, scratch: ClockStepBackLeader(control),
 }

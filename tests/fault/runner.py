@@ -56,8 +56,8 @@ ALL_NEMESES = (
     "clock-step-leader",
 )
 #: Run by the long, soak and five profiles, not by make test's SHORT one (its time is budgeted):
-#: an election during a clock step.
-LONG_ONLY_NEMESES = ("clock-step-follower",)
+#: an election during a clock step, and a step backwards.
+LONG_ONLY_NEMESES = ("clock-step-follower", "clock-step-back-leader")
 SETTLE_TIMEOUT_S = 60.0
 #: The client workloads whose acknowledged operations say the clients are working.
 CHECKED_WORKLOADS = ("register", "set", "ports")
