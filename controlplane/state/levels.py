@@ -37,7 +37,7 @@ from __future__ import annotations
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from controlplane.v1 import command_pb2, ports_pb2
+from controlplane.v1 import command_pb2, membership_pb2, ports_pb2
 
 BASE_LEVEL = 1
 UDP_PORTS = 2
@@ -124,6 +124,14 @@ def ports_state_at(state: ports_pb2.PortsState, level: int) -> None:
     not know as an unknown field, in their state and their dumps, and never read it."""
     if level < UDP_PORTS:
         clear_port_protocols(state)
+
+
+def membership_state_at(state: membership_pb2.MembershipState, level: int) -> None:
+    """``state`` (a snapshot's or a backup's membership table) as the releases of ``level`` hold it,
+    in place. Below UNPLACED_CLIENTS, without unplaced clients: the releases before it never looked
+    at (nor refused) them."""
+    if level < UNPLACED_CLIENTS:
+        del state.unplaced[:]
 
 
 def clear_port_protocols(message: Message) -> None:

@@ -359,7 +359,7 @@ class MembershipTable:
         and could not place again."""
         if self._journal.cluster_level < levels.UNPLACED_CLIENTS:
             return  # the releases below it keep no such record: neither may this one
-        self._forget_unplaced(placement.client_id)
+        # No record to replace: a placed client has none (_place forgets it).
         record = UnplacedClient(
             client_id=placement.client_id,
             network=placement.network,
@@ -1046,25 +1046,21 @@ class MembershipTable:
             raise _invalid(f"{len(unplaced)} unplaced clients, over the {MAX_UNPLACED_CLIENTS} kept")
 
     def load_state(self, state: membership_pb2.MembershipState | None) -> None:
-        self.load(state if state is not None else membership_pb2.MembershipState())
-
-    @staticmethod
-    def _as_read_at(state: membership_pb2.MembershipState, level: int) -> None:
-        """``state`` as the releases of ``level`` read it, in place: below UNPLACED_CLIENTS they never
-        look at (nor refuse) the unplaced records."""
-        if level < levels.UNPLACED_CLIENTS:
-            del state.unplaced[:]
+        """A snapshot's table, as this cluster's level holds it (the machine loads the level first)."""
+        if state is None:
+            state = membership_pb2.MembershipState()
+        levels.membership_state_at(state, self._journal.cluster_level)
+        self.load(state)
 
     def check_backup(self, state: membership_pb2.MembershipState | None, backup: BackupSource) -> None:
         if state is None:
             return
-        self._as_read_at(state, min(self._journal.cluster_level, backup.cluster_level))
+        # As this cluster's releases read it, and as the backup's cluster held it.
+        levels.membership_state_at(state, min(self._journal.cluster_level, backup.cluster_level))
         self.validate_state(state)
 
     def restore_backup(self, state: membership_pb2.MembershipState | None, backup: BackupSource) -> None:
         """Load the backup's, then end what hangs on a lease it lacks (the lease table restores first)."""
-        if state is not None:
-            self._as_read_at(state, min(self._journal.cluster_level, backup.cluster_level))
         self.load_state(state)
         self.drop_dangling_leases(self._leases().exists)
 
@@ -1092,9 +1088,8 @@ class MembershipTable:
                 self._clients_of_lease.setdefault(placement.lease_id, set()).add(placement.client_id)
         for flag in state.flags:
             self.flags[flag.name] = flag
-        if self._journal.cluster_level >= levels.UNPLACED_CLIENTS:  # below it, an older release's view
-            for waiting in state.unplaced:
-                self._index_unplaced(waiting)
+        for waiting in state.unplaced:  # none below UNPLACED_CLIENTS (load_state)
+            self._index_unplaced(waiting)
 
     def drop_dangling_leases(self, lease_exists: Callable[[int], bool]) -> None:
         """After a restore: a node whose lease the backup lacks is dead, a place on a missing lease freed."""

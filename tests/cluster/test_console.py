@@ -104,7 +104,7 @@ async def test_every_page_shows_the_cluster(cluster: LocalCluster, console: http
     lone = assert_safe_page(await console.get("/ui/networks/ui-lone", headers=AUTH))
     assert re.search(rf'data-unplaced="ui-c9">.*?<td>ui-lone</td><td>ui-a2</td>.*?<td>{why}</td>', lone), lone
     assert 'data-unplaced="ui-c9"' in networks  # and on the list of every network
-    (listed,) = [u for u in cpctl_json(cluster, "networks", "unplaced", "--network", "ui-lone")]
+    (listed,) = cpctl_json(cluster, "networks", "unplaced", "--network", "ui-lone")
     assert (listed["client_id"], listed["node_id"], listed["reason"]) == ("ui-c9", "ui-a2", why)
 
     ports = assert_safe_page(await console.get("/ui/ports", params={"host": "ui-host"}, headers=AUTH))

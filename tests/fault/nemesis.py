@@ -203,10 +203,12 @@ class Control:
     def node(self, node_id: str) -> NodeProcess:
         return self.cluster.nodes[node_id]
 
-    def admin(self) -> Client:
+    def admin(self, retry_policy: RetryPolicy | None = None) -> Client:
         """A blocking SDK client over the running servers, as the dev admin."""
         running = [node.client_address for node in self.cluster.nodes.values() if node.running]
-        return Client(running, timeout=MEMBERSHIP_CALL_S, credentials=self.cluster.credentials)
+        return Client(
+            running, timeout=MEMBERSHIP_CALL_S, credentials=self.cluster.credentials, retry_policy=retry_policy
+        )
 
     def signal(self, node_id: str, sig: int) -> None:
         pid = self.node(node_id).pid
@@ -921,11 +923,7 @@ class ClockStepFollower(ClockStepLeader):
         super().inject(fault, rng)  # the renewed lease, its renewer, the step
         # One attempt may take the whole call (the default 3 s attempt gives up on a transfer a
         # loaded machine finishes later, and that refusal is not retried).
-        patient = RetryPolicy(attempt_timeout=MEMBERSHIP_CALL_S)
-        running = [node.client_address for node in self.control.cluster.nodes.values() if node.running]
-        with Client(
-            running, timeout=MEMBERSHIP_CALL_S * 3, credentials=self.control.cluster.credentials, retry_policy=patient
-        ) as admin:
+        with self.control.admin(RetryPolicy(attempt_timeout=MEMBERSHIP_CALL_S)) as admin:
             leader, term = admin.transfer_leadership(fault.target)
         fault.detail["term"] = term
         if leader != fault.target:  # an election beside the transfer: the step was judged elsewhere

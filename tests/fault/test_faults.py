@@ -27,7 +27,7 @@ async def _run(profile: str, tmp_path: Path) -> None:
 @pytest.mark.cluster
 @pytest.mark.timeout(420)
 async def test_short_fault_run(tmp_path: Path) -> None:
-    """Fifteen faults, one of each nemesis (~110 s)."""
+    """Fifteen faults, one of each nemesis but the LONG-only clock steps (~90 s)."""
     await _run("short", tmp_path)
 
 
