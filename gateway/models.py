@@ -419,7 +419,9 @@ class ModelOut(_Out):
 
 class SearchHitOut(_Out):
     model: ModelOut
-    score: float = Field(description="bm25, lower is better; 0 from the LIKE fallback")
+    score: float = Field(
+        description="bm25, lower is better, of a match outside the name; 0 for a name holding every word and from LIKE"
+    )
 
 
 class SearchOut(_Out):

@@ -549,13 +549,44 @@ async def test_an_overlong_query_is_invalid(index: SearchIndex) -> None:
 # ------------------------------------------------------------------ ranking (FTS5 only)
 
 
-async def test_bm25_puts_a_name_match_above_a_description_match() -> None:
+async def test_a_name_match_ranks_above_a_description_match_and_only_the_latter_is_scored() -> None:
     index = await fts5_index(CATALOGUE)
     page = await index.search("mistral")
-    assert [name for name, _ in page.hits] == ["Mistral-7B-v0.3", "zephyr-beta"]
-    scores = [score for _, score in page.hits]
-    assert scores[0] < scores[1] < 0  # bm25: lower is better
+    # A name holding every term ranks by the name's closeness, not bm25, and reports score 0.
+    assert page.hits[0] == ("Mistral-7B-v0.3", 0.0)
+    assert page.hits[1][0] == "zephyr-beta"
+    assert page.hits[1][1] < 0  # bm25: lower is better
     await index.close()
+
+
+async def test_bm25_orders_the_matches_outside_the_name() -> None:
+    # The term is in no name: the shorter description, where it weighs more, comes first.
+    index = await fts5_index([doc("a-model", "vision " + "filler " * 12), doc("z-model", "vision encoder")])
+    page = await index.search("vision")
+    assert [name for name, _ in page.hits] == ["z-model", "a-model"]
+    assert page.hits[0][1] < page.hits[1][1] < 0
+    await index.close()
+
+
+@pytest.mark.parametrize("limit", [1, 7, 20])
+async def test_a_page_found_among_names_starting_with_the_query_is_the_page_of_the_full_ranking(
+    monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    # 30 names start with "m"; 40 more match "m" only in their description ("model"), some with
+    # names holding "m" elsewhere. Pages inside the 30, across their end and past it.
+    docs = [doc(f"m{n:02d}-{'x' * (n % 5)}", "m-name " * (n % 3)) for n in range(30)]
+    docs += [doc(f"a{n:02d}{'m' if n % 2 else ''}", "a model " + "filler " * (n % 4)) for n in range(40)]
+    index = await fts5_index(docs)
+    try:
+        monkeypatch.setattr(search, "_NAME_STARTS_FIRST_ABOVE", 10)
+        first = [await index.search("m", limit=limit, offset=offset) for offset in range(0, 72, 3)]
+        monkeypatch.setattr(search, "_NAME_STARTS_FIRST_ABOVE", 10**9)  # rank every match
+        ranked = [await index.search("m", limit=limit, offset=offset) for offset in range(0, 72, 3)]
+        assert [(page.hits, page.total) for page in first] == [(page.hits, page.total) for page in ranked]
+        assert first[0].total == 70
+        assert first[0].hits[0][0].startswith("m")
+    finally:
+        await index.close()
 
 
 async def test_equal_scores_are_ordered_by_name() -> None:

@@ -147,7 +147,8 @@ class ModelList:
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     model: Model
-    #: bm25 (lower is better); 0 from the LIKE fallback.
+    #: bm25 (lower is better) of a match outside the name; 0 for a name holding every word and
+    #: from the LIKE fallback.
     score: float
 
 

@@ -40,7 +40,8 @@ Two engines answer the same queries:
 
 * ``fts5``: an FTS5 table (tokenizer ``unicode61 remove_diacritics 2 tokenchars '-_'``, so
   "llama-3-8b-instruct" is one token and "Café" matches "cafe") over name, name parts, family,
-  tags and description, ranked by ``bm25`` with the name weighted highest.
+  tags and description; a match outside the name groups (see Ranking) is scored by ``bm25``
+  with the name weighted highest, a name holding every term is not scored (its score is 0).
 * ``like``: for SQLite builds without FTS5 (or ``use_fts5=False``), a ``LIKE '% term%'`` scan of
   one normalised text per model, built so that a term matches exactly when it is a prefix of a
   token, as in FTS5. Results are ranked as FTS5's, without bm25 (the score is 0).
@@ -76,8 +77,10 @@ terms together in the order typed ("v3 large" in MobileNetV3Large) first, then t
 Llama-3.1-8B-Instruct") or as their versions' parent, so a base comes before the many derivatives
 named after it. Then the models with a ready version before those with none (every version
 pending, deprecated or failed, or no version yet), as npm's search sinks deprecated packages. Then, among names starting
-with the query or holding every term, the shortest (what was typed and least else); among the
-rest, bm25 (whose length normalisation alone would rank "x-7b" above "x" for "x"); then the name.
+with the query or holding every term, the shortest (what was typed and least else), and these
+are not scored by bm25 (score 0: bm25 is the dearest part of ranking a match, and on the labelled
+set it changed nothing there but a tie of two names of one length); among the rest, bm25 (whose
+length normalisation alone would rank "x-7b" above "x" for "x"); then the name.
 The citation counts are kept by the index itself (``citations``), so they follow every change;
 they and the ready check cost one primary-key lookup each per match.
 
@@ -100,10 +103,13 @@ that format and status are independent facets: ``format=GGUF, status=READY`` mea
 version and has a ready version", not necessarily the same version.
 
 Cost: a search merges the doclists of every token its terms start (the prefix indexes hold
-them merged for prefixes of up to 8 characters), then ranks every match before it can return the
-best, so it costs O(matches), not O(page): about 1-2 µs per match, bm25 more than half of it.
-On the labelled set at 22,222 models the p99 is 3.6-6.1 ms; a one-letter prefix matching all of
-20,000 models takes ~27 ms. The
+them merged for prefixes of up to 8 characters), counts the matches, then ranks every match
+before it can return the best, so it costs O(matches), not O(page): about 1 µs per match named
+by the query, a few more for one bm25 scores. Above 500 matches the page is first looked for among
+the names starting with what was typed, which rank before every other match: a full page there is
+the answer, and the rest is never ranked (a one-letter prefix matching all 20,000 models of
+``make bench``'s registry ranks the 2,000 names starting with it: ~5 ms, was ~35 ms). When they do
+not fill the page, that pass is wasted: about a fifth of ranking everything. The
 LIKE engine scans every model on every search (tens of ms at 20,000 models). A query that finds
 nothing costs more: up to four joined forms, then "did you mean", each asked with a statement
 that stops at the first match (FTS5) or scans every model (LIKE), on every page of it.
@@ -168,6 +174,9 @@ MAX_QUERY_TERMS = 32
 # bm25 weights, in the FTS5 column order below: a hit in the name counts most, then in the
 # name's inner parts, then family and tags, then the free-text description.
 _BM25_WEIGHTS = (10.0, 5.0, 3.0, 3.0, 1.0)
+# Matches above which a relevance page is first looked for among the names starting with the
+# query (SearchIndex._page): below it, ranking them all costs about what the extra pass would.
+_NAME_STARTS_FIRST_ABOVE = 500
 _FACET_FORMAT = "format"
 _FACET_STATUS = "status"
 
@@ -200,6 +209,7 @@ _TABLES = (
         owner_key TEXT NOT NULL,   -- casefolded owner, for the owner filter
         created INTEGER NOT NULL,  -- the model's create_revision, for SEARCH_SORT_CREATED
         updated INTEGER NOT NULL,  -- its last change or its versions', for SEARCH_SORT_UPDATED
+        ready INTEGER NOT NULL,    -- 1 if a current version is ready, for the ranking
         like_text TEXT             -- LIKE engine only: see _like_text
     )""",
     """CREATE TABLE model_tags (
@@ -243,6 +253,8 @@ _INDEXES = (
     "CREATE INDEX models_by_owner ON models (owner_key)",
     "CREATE INDEX models_by_created ON models (created)",
     "CREATE INDEX models_by_updated ON models (updated)",
+    # How many names start with what was typed (_counts_statement).
+    "CREATE INDEX models_by_name_joined ON models (name_joined)",
     "CREATE INDEX model_tags_by_model ON model_tags (model_id)",
     "CREATE INDEX model_facets_by_model ON model_facets (model_id)",
     "CREATE INDEX version_facets_by_model ON version_facets (model_id)",
@@ -273,7 +285,7 @@ _PRAGMAS = (
 )
 # How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
 # is rebuilt, not trusted: bump this whenever a change here would index a model differently.
-LAYOUT = 7
+LAYOUT = 8
 # How often an apply that changed no model commits its revision (see the module docstring).
 META_WRITE_INTERVAL_S = 1.0
 # Documents per insert statement in a rebuild.
@@ -346,7 +358,9 @@ def model_doc(model: models_pb2.Model, versions: Iterable[models_pb2.ModelVersio
 
 @dataclass(frozen=True)
 class SearchPage:
-    hits: list[tuple[str, float]]  # (model name, score), best first; bm25 (lower is better), 0.0 for LIKE
+    # (model name, score), best first; score: bm25 (lower is better) of a match outside the name
+    # groups, 0.0 for a name holding every term and for LIKE
+    hits: list[tuple[str, float]]
     total: int  # all matches, for pagination
     query_ms: float  # time spent in SQLite
     revision: int  # the replicated-state revision the index reflected for this answer
@@ -645,10 +659,14 @@ def _like_terms(term_count: int) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: int = 0) -> tuple[str, str]:
+def _statements(
+    engine: str, term_count: int, filters: tuple[str, ...], sort: int = 0, *, name_starts_only: bool = False
+) -> tuple[str, str]:
     """The SQL for one shape of search (engine, number of terms, filters used, order): (page, total).
 
-    One text per shape, so sqlite3's statement cache prepares each shape once.
+    One text per shape, so sqlite3's statement cache prepares each shape once. With
+    ``name_starts_only`` (FTS5, relevance order) the page holds only the matches whose name starts
+    with what was typed: the group every other match ranks after (see ``SearchIndex._page``).
     """
     where = " ".join(_FILTERS[name] for name in filters)
     # A model named exactly what was typed comes first, then models whose name starts with it,
@@ -672,7 +690,9 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     in_name = " AND ".join(f"instr({key}, :in_name{index}) > 0" for index in range(term_count)) or "0"
     # A model with a ready version before one with none (all pending, deprecated or failed, or no
     # version yet), as npm's search sinks deprecated packages: cited alike, the one people can use.
-    ready = f"EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_STATUS, _READY)})"
+    # Stored with the model, not looked up among its facets: a lookup per match was a quarter
+    # of ranking one.
+    ready = "m.ready"
     order = (
         f"ORDER BY {key} = :exact DESC, {starts_with} DESC, {in_name} DESC, instr({key}, :phrase) > 0 DESC, "
         f"{cited} DESC, {ready} DESC, "
@@ -688,6 +708,8 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
             f"ORDER BY {_SORTS.get(sort, _BY_NAME)} LIMIT :limit OFFSET :offset",
             f"SELECT COUNT(*) {browse}",
         )
+    if name_starts_only:
+        where += f" AND {starts_with}"
     if engine == ENGINE_FTS5:
         # CROSS JOIN keeps FTS5 as the outer loop. Left to itself the planner may start from the
         # family index and run the whole MATCH once per model of the family (a second, not a
@@ -697,7 +719,15 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
         matches = (
             f"FROM models_fts CROSS JOIN models AS m ON m.id = models_fts.rowid WHERE models_fts MATCH :match {where}"
         )
-        page = f"SELECT m.name AS name, bm25(models_fts, {weights}) AS score {matches} {order}"
+        # A name that starts with the query or holds every term ranks on how close the name is
+        # (its length), and bm25 orders only what ties on that too: two names of one length
+        # (measured on bench.search_quality's labelled set: the same recall, MRR 0.918 -> 0.921).
+        # So such a hit is not scored: bm25 is the dearest part of ranking a match, and these
+        # are the matches of a word typed at the start of a name (every "llama" model for "llama").
+        page = (
+            f"SELECT m.name AS name, CASE WHEN {starts_with} OR ({in_name}) THEN 0.0 "
+            f"ELSE bm25(models_fts, {weights}) END AS score {matches} {order}"
+        )
         if not filters:  # every FTS5 row has its models row: no join needed to count
             return page, "SELECT COUNT(*) FROM models_fts WHERE models_fts MATCH :match"
         return page, f"SELECT COUNT(*) {matches}"
@@ -707,6 +737,19 @@ def _statements(engine: str, term_count: int, filters: tuple[str, ...], sort: in
     # LIMIT applies) the total; the separate count is only for a page past the last match.
     page = f"SELECT m.name AS name, 0.0 AS score, COUNT(*) OVER () AS total {matches} {order}"
     return page, f"SELECT COUNT(*) {matches}"
+
+
+@functools.lru_cache(maxsize=256)
+def _counts_statement(engine: str, term_count: int, filters: tuple[str, ...]) -> str:
+    """The SQL for a relevance page's two counts, in one statement (one trip to SQLite's thread):
+    the matches, and the model names starting with what was typed (whatever they match, up to
+    the end of the page: a range of an index), without which the page cannot be among them."""
+    _, count = _statements(engine, term_count, filters)
+    names_starting = (
+        "SELECT COUNT(*) FROM (SELECT 1 FROM models "
+        "WHERE name_joined >= :exact AND name_joined < :exact_end LIMIT :page_end)"
+    )
+    return f"SELECT ({count}), ({names_starting})"
 
 
 @functools.lru_cache(maxsize=256)
@@ -928,6 +971,25 @@ class SearchIndex:
         # The typed text as the order compares names (see _statements).
         params.update(limit=limit, offset=offset, exact=_joined_key(exact))
         page_sql, count_sql = _statements(self._engine, len(terms), used, sort)
+        if self._engine == ENGINE_FTS5 and terms and sort not in _SORTS:
+            # Ranking costs O(matches), counting a small part of that. When there are many, the
+            # page is first looked for among the names starting with what was typed, the group
+            # that ranks before every other match: a full page from it is the page, and the
+            # rest is never ranked ("m" ranks its 2,000 names starting with "m", not the 20,000
+            # models a description word starting with "m" matches).
+            # Every text starting with ``exact`` sorts at or after it and before it followed by
+            # the last code point (the index compares UTF-8 bytes, as these strings do).
+            params.update(exact_end=params["exact"] + "\U0010ffff", page_end=offset + limit)
+            counts = await self._conn.execute_fetchall(_counts_statement(self._engine, len(terms), used), params)
+            total, names_starting = (int(count) for count in next(iter(counts)))
+            if total <= offset:
+                return [], total
+            if total >= _NAME_STARTS_FIRST_ABOVE and names_starting == offset + limit:
+                starts_sql, _ = _statements(self._engine, len(terms), used, sort, name_starts_only=True)
+                rows = list(await self._conn.execute_fetchall(starts_sql, params))
+                if len(rows) == limit:
+                    return rows, total
+            return list(await self._conn.execute_fetchall(page_sql, params)), total
         rows = list(await self._conn.execute_fetchall(page_sql, params))
         if rows and (self._engine == ENGINE_LIKE or not terms):
             total = rows[0][2]
@@ -1202,7 +1264,7 @@ class SearchIndex:
 
     async def _insert(self, docs: list[ModelDoc], first_id: int) -> None:
         fts = self._engine == ENGINE_FTS5
-        models: list[tuple[int, str, str, str, str, str, int, int, str | None]] = []
+        models: list[tuple[int, str, str, str, str, str, int, int, int, str | None]] = []
         mentions: list[tuple[int, str]] = []
         cited: collections.Counter[str] = collections.Counter()
         texts: list[tuple[int, str, str, str, str, str]] = []
@@ -1223,6 +1285,7 @@ class SearchIndex:
                     doc.owner.casefold(),
                     doc.created,
                     doc.updated,
+                    int(_READY in doc.statuses),
                     like_text,
                 )
             )
@@ -1246,8 +1309,8 @@ class SearchIndex:
             version_facets.extend((facet, value, model_id) for facet, value in sorted(doc.version_facets))
             metrics.extend((name, value, model_id) for name, value in sorted(doc.metrics))
         await self._conn.executemany(
-            "INSERT INTO models (id, name, name_key, name_joined, family_key, owner_key, created, updated, like_text) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO models (id, name, name_key, name_joined, family_key, owner_key, created, updated, ready, "
+            "like_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             models,
         )
         await self._conn.executemany("INSERT INTO model_mentions (model_id, name_key) VALUES (?, ?)", mentions)
