@@ -108,8 +108,9 @@ before it can return the best, so it costs O(matches), not O(page): about 1 µs 
 by the query, a few more for one bm25 scores. Above 500 matches the page is first looked for among
 the names starting with what was typed, which rank before every other match: a full page there is
 the answer, and the rest is never ranked (a one-letter prefix matching all 20,000 models of
-``make bench``'s registry ranks the 2,000 names starting with it: ~5 ms, was ~35 ms). When they do
-not fill the page, that pass is wasted: about a fifth of ranking everything. The
+``make bench``'s registry ranks the 2,000 names starting with it: ~4 ms, was ~35 ms). The pass runs
+only when a range of an index says a page of names start with it; when the other words or the
+filters leave it short of a page, it is wasted: about a fifth of ranking everything. The
 LIKE engine scans every model on every search (tens of ms at 20,000 models). A query that finds
 nothing costs more: up to four joined forms, then "did you mean", each asked with a statement
 that stops at the first match (FTS5) or scans every model (LIKE), on every page of it.
