@@ -420,7 +420,8 @@ class ModelOut(_Out):
 class SearchHitOut(_Out):
     model: ModelOut
     score: float = Field(
-        description="bm25, lower is better, of a match outside the name; 0 for a name holding every word and from LIKE"
+        description="bm25 (lower is better) of a model whose name does not hold every word; 0 for one whose "
+        "name does and from the LIKE fallback. The order of the hits, not the score, is the ranking"
     )
 
 

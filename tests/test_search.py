@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import hypothesis
 import pytest
@@ -460,8 +461,8 @@ async def test_unknown_format_or_status_is_invalid(index: SearchIndex) -> None:
 @pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
 async def test_pages_cover_every_match_once_in_a_stable_order(use_fts5: bool) -> None:
     index = await SearchIndex.open(use_fts5=use_fts5)
-    # Different description lengths give different bm25 scores, plus ties broken by name.
-    docs = [doc(f"bulk-{n:02d}", "bulk " + "filler " * (n % 4)) for n in range(25)] + [doc("other", "nothing")]
+    # The word only in descriptions of different lengths: different bm25 scores, ties broken by name.
+    docs = [doc(f"item-{n:02d}", "bulk " + "filler " * (n % 4)) for n in range(25)] + [doc("other", "nothing")]
     await index.rebuild(docs, revision=3)
     everything = await index.search("bulk", limit=100)
     assert everything.total == 25
@@ -568,32 +569,73 @@ async def test_bm25_orders_the_matches_outside_the_name() -> None:
     await index.close()
 
 
-@pytest.mark.parametrize("limit", [1, 7, 20])
+def names_first_catalogue() -> list[ModelDoc]:
+    """31 names start with "m" (one is "m" itself; 10 more with "m1", 8 lack the tag "keep"), 40
+    more match "m" only in their description ("model"), half of them with an "m" inside the name
+    and two thirds with the tag;
+    20 names start with "café", 20 more say it only in their description."""
+    docs = [doc("m", "the letter", tags=["keep"])]
+    docs += [
+        doc(
+            f"m{n:02d}-{'x' * (n % 5)}",
+            "m-name " * (n % 3),
+            tags=["keep"] if n % 4 else [],
+            statuses=[READY] if n % 3 else [PENDING],
+        )
+        for n in range(30)
+    ]
+    docs += [
+        doc(f"a{n:02d}{'m' if n % 2 else ''}", "a model " + "filler " * (n % 4), tags=["keep"] if n % 3 else [])
+        for n in range(40)
+    ]
+    docs += [doc(f"Café-{n:02d}", "a coffee house") for n in range(20)]
+    docs += [doc(f"shop-{n:02d}", "café " + "filler " * (n % 3)) for n in range(20)]
+    return docs
+
+
+@pytest.mark.parametrize(
+    ("query", "options"),
+    [("m", {}), ("m", {"tag": "keep"}), ("m 1", {}), ("cafe", {}), ("m", {"sort": models_pb2.SEARCH_SORT_NAME})],
+    ids=["one-letter", "filtered", "two-terms", "folded", "by-name"],
+)
 async def test_a_page_found_among_names_starting_with_the_query_is_the_page_of_the_full_ranking(
-    monkeypatch: pytest.MonkeyPatch, limit: int
+    monkeypatch: pytest.MonkeyPatch, query: str, options: dict[str, Any]
 ) -> None:
-    # 30 names start with "m"; 40 more match "m" only in their description ("model"), some with
-    # names holding "m" elsewhere. Pages inside the 30, across their end and past it.
-    docs = [doc(f"m{n:02d}-{'x' * (n % 5)}", "m-name " * (n % 3)) for n in range(30)]
-    docs += [doc(f"a{n:02d}{'m' if n % 2 else ''}", "a model " + "filler " * (n % 4)) for n in range(40)]
-    index = await fts5_index(docs)
+    index = await fts5_index(names_first_catalogue())
+    names_first: list[tuple[str, ...]] = []
+    statements = search._statements
+
+    def spied(*args: Any, **kwargs: Any) -> tuple[str, str]:
+        if kwargs.get("name_starts_only"):
+            names_first.append(args)
+        return statements(*args, **kwargs)
+
+    monkeypatch.setattr(search, "_statements", spied)
+    # Every page size, at every offset: pages inside the names, ending exactly at their end, across
+    # it (with the filter, the index range counts names the filter then drops: the names-first
+    # page comes back short and the full ranking answers) and past every match.
+    asked = [(limit, offset) for limit in (1, 7, 20) for offset in range(0, 115)]
     try:
         monkeypatch.setattr(search, "_NAME_STARTS_FIRST_ABOVE", 10)
-        first = [await index.search("m", limit=limit, offset=offset) for offset in range(0, 72, 3)]
+        first = [await index.search(query, limit=limit, offset=offset, **options) for limit, offset in asked]
+        tried = len(names_first)
         monkeypatch.setattr(search, "_NAME_STARTS_FIRST_ABOVE", 10**9)  # rank every match
-        ranked = [await index.search("m", limit=limit, offset=offset) for offset in range(0, 72, 3)]
+        ranked = [await index.search(query, limit=limit, offset=offset, **options) for limit, offset in asked]
         assert [(page.hits, page.total) for page in first] == [(page.hits, page.total) for page in ranked]
-        assert first[0].total == 70
-        assert first[0].hits[0][0].startswith("m")
+        assert len(names_first) == tried
+        # The names-first pass ran wherever it could (never for another order than relevance).
+        assert bool(tried) == ("sort" not in options)
+        assert first[0].total > 10
     finally:
         await index.close()
 
 
 async def test_equal_scores_are_ordered_by_name() -> None:
-    index = await fts5_index([doc(name, "twin") for name in ("b-twin", "C-twin", "a-twin")])
-    page = await index.search("twin")
-    assert [name for name, _ in page.hits] == ["a-twin", "b-twin", "C-twin"]
+    index = await fts5_index([doc(name, "twin") for name in ("b-pair", "C-pair", "a-pair")])
+    page = await index.search("twin")  # in the descriptions alone: scored alike by bm25
+    assert [name for name, _ in page.hits] == ["a-pair", "b-pair", "C-pair"]
     assert len({score for _, score in page.hits}) == 1
+    assert page.hits[0][1] < 0
     await index.close()
 
 

@@ -147,8 +147,8 @@ class ModelList:
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     model: Model
-    #: bm25 (lower is better) of a match outside the name; 0 for a name holding every word and
-    #: from the LIKE fallback.
+    #: bm25 (lower is better) of a model whose name does not hold every word; 0 for one whose name
+    #: does (separators dropped) and from the LIKE fallback. The order of the hits is the ranking.
     score: float
 
 

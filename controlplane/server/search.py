@@ -40,8 +40,8 @@ Two engines answer the same queries:
 
 * ``fts5``: an FTS5 table (tokenizer ``unicode61 remove_diacritics 2 tokenchars '-_'``, so
   "llama-3-8b-instruct" is one token and "Café" matches "cafe") over name, name parts, family,
-  tags and description; a match outside the name groups (see Ranking) is scored by ``bm25``
-  with the name weighted highest, a name holding every term is not scored (its score is 0).
+  tags and description; a match whose name does not hold every term (see Ranking) is scored by
+  ``bm25`` with the name weighted highest, the others are not (their score is 0).
 * ``like``: for SQLite builds without FTS5 (or ``use_fts5=False``), a ``LIKE '% term%'`` scan of
   one normalised text per model, built so that a term matches exactly when it is a prefix of a
   token, as in FTS5. Results are ranked as FTS5's, without bm25 (the score is 0).
@@ -79,10 +79,12 @@ named after it. Then the models with a ready version before those with none (eve
 pending, deprecated or failed, or no version yet), as npm's search sinks deprecated packages. Then, among names starting
 with the query or holding every term, the shortest (what was typed and least else), and these
 are not scored by bm25 (score 0: bm25 is the dearest part of ranking a match, and on the labelled
-set it changed nothing there but a tie of two names of one length); among the rest, bm25 (whose
-length normalisation alone would rank "x-7b" above "x" for "x"); then the name.
-The citation counts are kept by the index itself (``citations``), so they follow every change;
-they and the ready check cost one primary-key lookup each per match.
+set it only broke ties of two names of one length there); among the rest, bm25 (whose length
+normalisation alone would rank "x-7b" above "x" for "x"); then the name. "Holding every term"
+compares the name with its separators dropped, so a name can hold a term it has no word for
+("a01m" holds "m"). The score is therefore not the ranking: the order of the hits is.
+The citation counts are kept by the index itself (``citations``), so they follow every change,
+at one primary-key lookup per match; whether a model has a ready version is stored with it.
 
 "Did you mean": a first page that found nothing corrects each term that matches no model on its
 own into a word of the model names one edit away (terms up to 4 characters) or two (longer),
@@ -104,8 +106,8 @@ version and has a ready version", not necessarily the same version.
 
 Cost: a search merges the doclists of every token its terms start (the prefix indexes hold
 them merged for prefixes of up to 8 characters), counts the matches, then ranks every match
-before it can return the best, so it costs O(matches), not O(page): about 1 µs per match named
-by the query, a few more for one bm25 scores. Above 500 matches the page is first looked for among
+before it can return the best, so it costs O(matches), not O(page): about 1 µs per match, a
+few more for a match bm25 scores. Above 500 matches the page is first looked for among
 the names starting with what was typed, which rank before every other match: a full page there is
 the answer, and the rest is never ranked (a one-letter prefix matching all 20,000 models of
 ``make bench``'s registry ranks the 2,000 names starting with it: ~4 ms, was ~35 ms). The pass runs
@@ -359,8 +361,9 @@ def model_doc(model: models_pb2.Model, versions: Iterable[models_pb2.ModelVersio
 
 @dataclass(frozen=True)
 class SearchPage:
-    # (model name, score), best first; score: bm25 (lower is better) of a match outside the name
-    # groups, 0.0 for a name holding every term and for LIKE
+    # (model name, score), best first; score: bm25 (lower is better) of a match whose name does not
+    # hold every term, 0.0 for one whose name does (separators dropped) and for LIKE; the order of
+    # the hits, not the score, is the ranking
     hits: list[tuple[str, float]]
     total: int  # all matches, for pagination
     query_ms: float  # time spent in SQLite
