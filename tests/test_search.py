@@ -76,6 +76,24 @@ CATALOGUE = [
 ]
 
 
+@pytest.fixture(autouse=True)
+async def close_what_a_test_left_open(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Close every index a test opened, after it, even when it failed before its own close: an
+    open index's aiosqlite thread (not a daemon) would keep pytest from exiting after the report."""
+    opened: list[SearchIndex] = []
+    open_index = SearchIndex.open
+
+    async def recorded(*args: Any, **kwargs: Any) -> SearchIndex:
+        index = await open_index(*args, **kwargs)
+        opened.append(index)
+        return index
+
+    monkeypatch.setattr(SearchIndex, "open", recorded)
+    yield
+    for index in opened:
+        await index.close()  # idempotent
+
+
 @pytest.fixture(params=[True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
 async def index(request: pytest.FixtureRequest) -> AsyncIterator[SearchIndex]:
     opened = await SearchIndex.open(use_fts5=request.param)
