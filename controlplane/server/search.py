@@ -84,7 +84,7 @@ normalisation alone would rank "x-7b" above "x" for "x"); then the name. "Holdin
 compares the name with its separators dropped, so a name can hold a term it has no word for
 ("a01m" holds "m"). The score is therefore not the ranking: the order of the hits is.
 The citation counts are kept by the index itself (``citations``), so they follow every change,
-at one primary-key lookup per match; whether a model has a ready version is stored with it.
+at one primary-key lookup per match; whether a model has a ready version is read from its row.
 
 "Did you mean": a first page that found nothing corrects each term that matches no model on its
 own into a word of the model names one edit away (terms up to 4 characters) or two (longer),
@@ -99,8 +99,9 @@ found nothing; whether a term or a corrected query finds anything is asked witho
 matches.
 
 Filters are exact (tag and family ignoring case; format, status and the version filters: the
-model has at least one current version with that value) and use side tables with indexes, not
-string matching. One value per filter: two metric bounds, or two version tags, are refused. Note
+model has at least one current version with that value), not string matching: family, owner,
+format and status read the model's row (formats and statuses as bit masks), the others side tables
+keyed by the value. One value per filter: two metric bounds, or two version tags, are refused. Note
 that format and status are independent facets: ``format=GGUF, status=READY`` means "has a GGUF
 version and has a ready version", not necessarily the same version.
 
@@ -180,8 +181,12 @@ _BM25_WEIGHTS = (10.0, 5.0, 3.0, 3.0, 1.0)
 # Matches above which a relevance page is first looked for among the names starting with the
 # query (SearchIndex._page): below it, ranking them all costs about what the extra pass would.
 _NAME_STARTS_FIRST_ABOVE = 500
-_FACET_FORMAT = "format"
-_FACET_STATUS = "status"
+# A model's formats and statuses are bit masks in its row (bit F: a current version has format
+# F), so that their filters and the ready ranking read the row a match already joins. Every
+# value must fit a signed 64-bit INTEGER's bits.
+_MASK_BITS = 62
+assert max(models_pb2.ModelFormat.values()) <= _MASK_BITS
+assert max(models_pb2.VersionStatus.values()) <= _MASK_BITS
 
 # A token, as both engines see it: letters, digits, '_' and '-' (unicode61 with tokenchars '-_').
 _TOKEN = re.compile(r"[\w-]+")
@@ -212,19 +217,14 @@ _TABLES = (
         owner_key TEXT NOT NULL,   -- casefolded owner, for the owner filter
         created INTEGER NOT NULL,  -- the model's create_revision, for SEARCH_SORT_CREATED
         updated INTEGER NOT NULL,  -- its last change or its versions', for SEARCH_SORT_UPDATED
-        ready INTEGER NOT NULL,    -- 1 if a current version is ready, for the ranking
+        format_mask INTEGER NOT NULL,  -- bit F set: a current version has ModelFormat F
+        status_mask INTEGER NOT NULL,  -- bit S set: a current version has VersionStatus S
         like_text TEXT             -- LIKE engine only: see _like_text
     )""",
     """CREATE TABLE model_tags (
         tag TEXT NOT NULL,  -- casefolded
         model_id INTEGER NOT NULL,
         PRIMARY KEY (tag, model_id)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE model_facets (
-        facet TEXT NOT NULL,  -- 'format' or 'status'
-        value INTEGER NOT NULL,
-        model_id INTEGER NOT NULL,
-        PRIMARY KEY (facet, value, model_id)
     ) WITHOUT ROWID""",
     # What the versions say of themselves, for tag:KEY=VALUE, run: and parent: (casefolded).
     """CREATE TABLE version_facets (
@@ -259,7 +259,6 @@ _INDEXES = (
     # How many names start with what was typed (_counts_statement).
     "CREATE INDEX models_by_name_joined ON models (name_joined)",
     "CREATE INDEX model_tags_by_model ON model_tags (model_id)",
-    "CREATE INDEX model_facets_by_model ON model_facets (model_id)",
     "CREATE INDEX version_facets_by_model ON version_facets (model_id)",
     "CREATE INDEX version_metrics_by_model ON version_metrics (model_id)",
 )
@@ -288,7 +287,7 @@ _PRAGMAS = (
 )
 # How documents become rows (tables, tokenizer, name parts, folding). An index of another layout
 # is rebuilt, not trusted: bump this whenever a change here would index a model differently.
-LAYOUT = 8
+LAYOUT = 9
 # How often an apply that changed no model commits its revision (see the module docstring).
 META_WRITE_INTERVAL_S = 1.0
 # Documents per insert statement in a rebuild.
@@ -617,15 +616,15 @@ def _like_text(doc: ModelDoc) -> str:
 
 
 # Every query is driven by its terms (FTS5, or the LIKE scan), so each filter is a check per
-# match: a primary-key lookup in a side table keyed by the filter value first.
-_FACET_LOOKUP = "f.facet = '{}' AND f.value = {} AND f.model_id = m.id"
+# match: of the model's row (family, owner, format, status) or a primary-key lookup in a side
+# table keyed by the filter value first.
 _READY = models_pb2.VERSION_STATUS_READY
 _FILTERS = {
     "family": "AND m.family_key = :family",
     "owner": "AND m.owner_key = :owner",
     "tag": "AND EXISTS (SELECT 1 FROM model_tags WHERE tag = :tag AND model_id = m.id)",
-    "format": f"AND EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_FORMAT, ':format')})",
-    "status": f"AND EXISTS (SELECT 1 FROM model_facets AS f WHERE {_FACET_LOOKUP.format(_FACET_STATUS, ':status')})",
+    "format": "AND (m.format_mask >> :format) & 1",
+    "status": "AND (m.status_mask >> :status) & 1",
     **{
         name: f"AND EXISTS (SELECT 1 FROM version_facets WHERE facet = '{facet}' "
         f"AND value = :{name} AND model_id = m.id)"
@@ -694,9 +693,9 @@ def _statements(
     in_name = " AND ".join(f"instr({key}, :in_name{index}) > 0" for index in range(term_count)) or "0"
     # A model with a ready version before one with none (all pending, deprecated or failed, or no
     # version yet), as npm's search sinks deprecated packages: cited alike, the one people can use.
-    # Stored with the model, not looked up among its facets: a lookup per match was a quarter
+    # Read from the model's row, not looked up in a side table: a lookup per match was a quarter
     # of ranking one.
-    ready = "m.ready"
+    ready = f"(m.status_mask >> {_READY}) & 1"
     order = (
         f"ORDER BY {key} = :exact DESC, {starts_with} DESC, {in_name} DESC, instr({key}, :phrase) > 0 DESC, "
         f"{cited} DESC, {ready} DESC, "
@@ -1256,7 +1255,6 @@ class SearchIndex:
         if self._engine == ENGINE_FTS5:
             await self._conn.executemany(f"DELETE FROM models_fts WHERE rowid = {model_id}", rows)
         await self._conn.executemany(f"DELETE FROM model_tags WHERE model_id = {model_id}", rows)
-        await self._conn.executemany(f"DELETE FROM model_facets WHERE model_id = {model_id}", rows)
         await self._conn.executemany(f"DELETE FROM version_facets WHERE model_id = {model_id}", rows)
         await self._conn.executemany(f"DELETE FROM version_metrics WHERE model_id = {model_id}", rows)
         mentioned = f"(SELECT name_key FROM model_mentions WHERE model_id = {model_id})"
@@ -1268,12 +1266,11 @@ class SearchIndex:
 
     async def _insert(self, docs: list[ModelDoc], first_id: int) -> None:
         fts = self._engine == ENGINE_FTS5
-        models: list[tuple[int, str, str, str, str, str, int, int, int, str | None]] = []
+        models: list[tuple[int, str, str, str, str, str, int, int, int, int, str | None]] = []
         mentions: list[tuple[int, str]] = []
         cited: collections.Counter[str] = collections.Counter()
         texts: list[tuple[int, str, str, str, str, str]] = []
         tags: list[tuple[str, int]] = []
-        facets: list[tuple[str, int, int]] = []
         version_facets: list[tuple[str, str, int]] = []
         metrics: list[tuple[str, float, int]] = []
         for model_id, doc in enumerate(docs, start=first_id):
@@ -1289,7 +1286,8 @@ class SearchIndex:
                     doc.owner.casefold(),
                     doc.created,
                     doc.updated,
-                    int(_READY in doc.statuses),
+                    _mask(doc.formats),
+                    _mask(doc.statuses),
                     like_text,
                 )
             )
@@ -1308,13 +1306,11 @@ class SearchIndex:
                     )
                 )
             tags.extend((tag, model_id) for tag in sorted({tag.casefold() for tag in doc.tags}))
-            facets.extend((_FACET_FORMAT, value, model_id) for value in sorted(doc.formats))
-            facets.extend((_FACET_STATUS, value, model_id) for value in sorted(doc.statuses))
             version_facets.extend((facet, value, model_id) for facet, value in sorted(doc.version_facets))
             metrics.extend((name, value, model_id) for name, value in sorted(doc.metrics))
         await self._conn.executemany(
-            "INSERT INTO models (id, name, name_key, name_joined, family_key, owner_key, created, updated, ready, "
-            "like_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO models (id, name, name_key, name_joined, family_key, owner_key, created, updated, "
+            "format_mask, status_mask, like_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             models,
         )
         await self._conn.executemany("INSERT INTO model_mentions (model_id, name_key) VALUES (?, ?)", mentions)
@@ -1331,14 +1327,20 @@ class SearchIndex:
         # In primary-key order, each row is an append to its b-tree.
         await self._conn.executemany("INSERT INTO model_tags (tag, model_id) VALUES (?, ?)", sorted(tags))
         await self._conn.executemany(
-            "INSERT INTO model_facets (facet, value, model_id) VALUES (?, ?, ?)", sorted(facets)
-        )
-        await self._conn.executemany(
             "INSERT INTO version_facets (facet, value, model_id) VALUES (?, ?, ?)", sorted(version_facets)
         )
         await self._conn.executemany(
             "INSERT INTO version_metrics (name, value, model_id) VALUES (?, ?, ?)", sorted(metrics)
         )
+
+
+def _mask(values: Iterable[int]) -> int:
+    """The bit mask of enum ``values`` (formats or statuses) as a model's row holds it."""
+    mask = 0
+    for value in values:
+        if 0 <= value <= _MASK_BITS:  # the state machine stores only known values
+            mask |= 1 << value
+    return mask
 
 
 async def _has_fts5(connection: aiosqlite.Connection) -> bool:
