@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import random
@@ -77,7 +78,7 @@ CATALOGUE = [
 
 
 @pytest.fixture(autouse=True)
-async def close_what_a_test_left_open(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+async def close_what_a_test_left_open() -> AsyncIterator[None]:
     """Close every index a test opened, after it, even when it failed before its own close: an
     open index's aiosqlite thread (not a daemon) would keep pytest from exiting after the report."""
     opened: list[SearchIndex] = []
@@ -88,10 +89,13 @@ async def close_what_a_test_left_open(monkeypatch: pytest.MonkeyPatch) -> AsyncI
         opened.append(index)
         return index
 
-    monkeypatch.setattr(SearchIndex, "open", recorded)
-    yield
-    for index in opened:
-        await index.close()  # idempotent
+    # A patch of its own: a test undoing its monkeypatch must not undo this one.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SearchIndex, "open", recorded)
+        yield
+    async with contextlib.AsyncExitStack() as closing:
+        for index in opened:
+            closing.push_async_callback(index.close)  # idempotent; each runs even if another raises
 
 
 @pytest.fixture(params=[True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])
@@ -470,10 +474,29 @@ async def test_version_tags_metrics_runs_and_parents_filter_with_the_same_syntax
 
 
 async def test_unknown_format_or_status_is_invalid(index: SearchIndex) -> None:
-    with pytest.raises(InvalidArgument, match="format 99"):
-        await index.search("llama", format=99)
-    with pytest.raises(InvalidArgument, match="status 42"):
-        await index.search("llama", status=42)
+    # Only known values reach the SQL, where each is a bit of the model's mask.
+    for format in (99, 64, -1):
+        with pytest.raises(InvalidArgument, match=f"format {format}"):
+            await index.search("llama", format=format)
+    for status in (42, -1):
+        with pytest.raises(InvalidArgument, match=f"status {status}"):
+            await index.search("llama", status=status)
+
+
+def test_every_format_and_status_is_a_bit_of_the_masks() -> None:
+    for enum in (models_pb2.ModelFormat, models_pb2.VersionStatus):
+        assert min(enum.values()) >= 0 and max(enum.values()) <= search._MASK_BITS
+
+
+async def test_a_format_or_status_no_mask_holds_is_indexed_and_matches_no_filter() -> None:
+    # A restored backup's versions are not checked for known values.
+    odd = doc("odd-model", formats=[-1, 63, 99, GGUF], statuses=[-1, 64, READY])
+    index = await fts5_index([odd, doc("plain-model")])
+    assert await names(index, "model") == ["odd-model", "plain-model"]
+    assert await names(index, "model", format=GGUF) == ["odd-model"]
+    assert await names(index, "model", status=READY) == ["odd-model", "plain-model"]
+    assert await names(index, "model", format=SAFETENSORS) == ["plain-model"]
+    await index.close()
 
 
 @pytest.mark.parametrize("use_fts5", [True, False], ids=[ENGINE_FTS5, ENGINE_LIKE])

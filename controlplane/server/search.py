@@ -183,10 +183,8 @@ _BM25_WEIGHTS = (10.0, 5.0, 3.0, 3.0, 1.0)
 _NAME_STARTS_FIRST_ABOVE = 500
 # A model's formats and statuses are bit masks in its row (bit F: a current version has format
 # F), so that their filters and the ready ranking read the row a match already joins. Every
-# value must fit a signed 64-bit INTEGER's bits.
+# enum value must fit a signed 64-bit INTEGER's bits (tests/test_search.py checks it).
 _MASK_BITS = 62
-assert max(models_pb2.ModelFormat.values()) <= _MASK_BITS
-assert max(models_pb2.VersionStatus.values()) <= _MASK_BITS
 
 # A token, as both engines see it: letters, digits, '_' and '-' (unicode61 with tokenchars '-_').
 _TOKEN = re.compile(r"[\w-]+")
@@ -623,6 +621,8 @@ _FILTERS = {
     "family": "AND m.family_key = :family",
     "owner": "AND m.owner_key = :owner",
     "tag": "AND EXISTS (SELECT 1 FROM model_tags WHERE tag = :tag AND model_id = m.id)",
+    # :format and :status are known enum values (_merged_filters refuses others), so each shift
+    # is by a bit the mask can hold.
     "format": "AND (m.format_mask >> :format) & 1",
     "status": "AND (m.status_mask >> :status) & 1",
     **{
@@ -1231,7 +1231,8 @@ class SearchIndex:
 
     async def _create_tables(self) -> None:
         """Drop and create every table, without the indexes: O(1), where deleting every FTS5 row is O(index)."""
-        # models_vocab: an fts5vocab table an index of this layout once had.
+        # models_vocab: an fts5vocab table an index of this layout once had; model_facets: the
+        # formats and statuses of layouts up to 8.
         for table in (
             "models_vocab",
             "models_fts",
@@ -1338,7 +1339,9 @@ def _mask(values: Iterable[int]) -> int:
     """The bit mask of enum ``values`` (formats or statuses) as a model's row holds it."""
     mask = 0
     for value in values:
-        if 0 <= value <= _MASK_BITS:  # the state machine stores only known values
+        # The API refuses unknown values, but a restored backup's versions are not checked for
+        # them: a value no mask can hold matches no filter rather than stopping every rebuild.
+        if 0 <= value <= _MASK_BITS:
             mask |= 1 << value
     return mask
 
