@@ -399,6 +399,8 @@ def test_a_backup_with_metadata_the_api_would_refuse_is_refused() -> None:
         {"tags": {"not a key": "x"}},
         {"tags": {f"k{n}": "" for n in range(65)}},
         {"parent": models_pb2.VersionRef(model="bad name!", version=1)},
+        {"format": 99},
+        {"status": -1},
     ):
         try:
             ModelTable.validate_state(state_with(**bad), revision=5)
