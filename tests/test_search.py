@@ -489,7 +489,7 @@ def test_every_format_and_status_is_a_bit_of_the_masks() -> None:
 
 
 async def test_a_format_or_status_no_mask_holds_is_indexed_and_matches_no_filter() -> None:
-    # A restored backup's versions are not checked for known values.
+    # The state machine refuses such values; the index must still not fail a rebuild over one.
     odd = doc("odd-model", formats=[-1, 63, 99, GGUF], statuses=[-1, 64, READY])
     index = await fts5_index([odd, doc("plain-model")])
     assert await names(index, "model") == ["odd-model", "plain-model"]

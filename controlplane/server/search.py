@@ -1339,8 +1339,8 @@ def _mask(values: Iterable[int]) -> int:
     """The bit mask of enum ``values`` (formats or statuses) as a model's row holds it."""
     mask = 0
     for value in values:
-        # The API refuses unknown values, but a restored backup's versions are not checked for
-        # them: a value no mask can hold matches no filter rather than stopping every rebuild.
+        # The state machine refuses unknown values (from the API and from a backup); should one
+        # reach the index all the same, it matches no filter rather than stopping every rebuild.
         if 0 <= value <= _MASK_BITS:
             mask |= 1 << value
     return mask
