@@ -25,6 +25,8 @@ The tree::
     ├── PermissionDenied       the caller is known but lacks the        PERMISSION_DENIED
     │                          permission the call needs
     └── Internal               a bug; please report it                  INTERNAL
+        └── Unimplemented      the server has no such method (a release  UNIMPLEMENTED
+                               older than the client's)
 
 It is the one root: every error our packages raise to a caller derives from it, so
 ``except ControlPlaneError`` catches them all. Errors raised before any call is made are
@@ -66,6 +68,7 @@ __all__ = [
     "Shutdown",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "UnknownOutcome",
     "code_of",
     "error_from_http_answer",
@@ -214,6 +217,13 @@ class Internal(ControlPlaneError):
     code = grpc.StatusCode.INTERNAL
 
 
+class Unimplemented(Internal):
+    """The server does not have the method called: it runs a release older than the caller's.
+    An ``Internal`` still, so code that catches those catches it too."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 _BY_RESULT_CODE: dict[int, type[ControlPlaneError]] = {
     common_pb2.ERROR_CODE_INVALID_ARGUMENT: InvalidArgument,
     common_pb2.ERROR_CODE_NOT_FOUND: NotFound,
@@ -236,6 +246,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[ControlPlaneError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 
 _UNAVAILABLE_KINDS: dict[str, type[Unavailable]] = {

@@ -606,3 +606,12 @@ def test_an_audit_stream_error_ends_the_watch_only_when_it_is_an_answer(
 ) -> None:
     error = audit_stream_error(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "why"))
     assert (None if error is None else type(error)) is ends
+
+
+def test_a_method_the_server_lacks_is_unimplemented_and_still_internal() -> None:
+    """gRPC's UNIMPLEMENTED (a server of an older release) has its own class; code catching
+    Internal, as before it had one, still catches it."""
+    received = errors.error_from_status(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    assert type(received) is errors.Unimplemented
+    assert isinstance(received, errors.Internal)
+    assert received.message == "Method not found!"

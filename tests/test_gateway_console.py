@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -353,7 +354,7 @@ class OlderCluster(FakeSource):
     [
         (errors.FailedPrecondition("this needs cluster level 5"), "this needs cluster level 5"),
         (errors.PermissionDenied("user:gw lacks membership:read"), "lacks membership:read"),
-        (errors.Internal("Method not found!"), "run a release without this read"),
+        (errors.error_from_status(grpc.StatusCode.UNIMPLEMENTED, "Method not found!"), "run a release without"),
     ],
 )
 async def test_a_section_an_older_cluster_cannot_answer_says_why_and_the_page_stays(

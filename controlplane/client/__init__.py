@@ -136,6 +136,7 @@ from controlplane.errors import (
     Shutdown,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     UnknownOutcome,
 )
 
@@ -248,6 +249,7 @@ __all__ = [
     "TrainingMetrics",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "UnknownOutcome",
     "UnplacedClient",
     "VersionRef",

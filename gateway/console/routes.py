@@ -256,11 +256,8 @@ async def _if_available(read: Awaitable[Any]) -> tuple[Any, str]:
         return await read, ""
     except (errors.FailedPrecondition, errors.PermissionDenied) as exc:
         return None, exc.message or type(exc).__name__
-    except errors.Internal as exc:
-        # gRPC answers a method the servers do not have with UNIMPLEMENTED "Method not found!",
-        # which the SDK's error tree has no class for. A server's own failure is still the page's.
-        if "Method not found" not in exc.message:
-            raise
+    except errors.Unimplemented:
+        # A server's own failure (Internal) is still the page's.
         return None, "the cluster's servers run a release without this read"
 
 
