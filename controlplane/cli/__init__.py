@@ -69,14 +69,16 @@ def _command_name(argv: Sequence[str]) -> str | None:
     return None
 
 
+def load_commands(command: str | None = None) -> None:
+    """Import the module that registers ``command``, or every command module when it is None or
+    unknown (command groups register themselves on import: all of them keep `cpctl --help` whole)."""
+    alone = COMMAND_MODULES.get(command or "")
+    for module in [alone] if alone is not None else dict.fromkeys(COMMAND_MODULES.values()):
+        importlib.import_module(f"controlplane.cli.{module}")
+
+
 def main() -> None:
-    # Command groups register themselves on import; importing them all keeps `cpctl --help` complete.
-    alone = COMMAND_MODULES.get(_command_name(sys.argv[1:]) or "")
-    if alone is not None:
-        importlib.import_module(f"controlplane.cli.{alone}")
-    else:
-        for module in dict.fromkeys(COMMAND_MODULES.values()):
-            importlib.import_module(f"controlplane.cli.{module}")
+    load_commands(_command_name(sys.argv[1:]))
     from controlplane.cli.common import show_cluster_warnings
 
     show_cluster_warnings()
