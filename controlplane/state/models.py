@@ -70,9 +70,9 @@ TRANSITIONS: dict[int, frozenset[int]] = {
 }
 DRAFT_FIELDS = ("description", "family", "tags", "owner")
 _ALL_DRAFT_FIELDS = frozenset(DRAFT_FIELDS)
-_FORMATS = frozenset(models_pb2.ModelFormat.values()) - {models_pb2.MODEL_FORMAT_UNSPECIFIED}
 _KNOWN_FORMATS = frozenset(models_pb2.ModelFormat.values())
 _KNOWN_STATUSES = frozenset(models_pb2.VersionStatus.values())
+_FORMATS = _KNOWN_FORMATS - {models_pb2.MODEL_FORMAT_UNSPECIFIED}
 _NEW_STATUSES = frozenset(
     {models_pb2.VERSION_STATUS_UNSPECIFIED, models_pb2.VERSION_STATUS_PENDING, models_pb2.VERSION_STATUS_READY}
 )
@@ -697,11 +697,12 @@ class ModelTable:
             if not _SHA256.fullmatch(version.sha256):
                 raise _invalid(f"model {version.model!r} version {version.version} has a malformed sha256")
             # Open enums hold any number; what no release defines, nothing can filter or show.
-            if version.format not in _KNOWN_FORMATS or version.status not in _KNOWN_STATUSES:
-                raise _invalid(
-                    f"model {version.model!r} version {version.version} has format {version.format} and status "
-                    f"{version.status}; one of them is not a known ModelFormat or VersionStatus"
-                )
+            for field, value, known in (
+                ("format", version.format, _KNOWN_FORMATS),
+                ("status", version.status, _KNOWN_STATUSES),
+            ):
+                if value not in known:
+                    raise _invalid(f"model {version.model!r} version {version.version} has an unknown {field} {value}")
             try:  # what the API would refuse, a backup may not bring either
                 check_version_metadata(version)
             except Refused as refused:
