@@ -8,6 +8,12 @@ STAMP := $(VENV)/.installed
 # What running needs (make run): the package and its dependencies, without the dev toolchain.
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
+# Every server, agent and cpctl that a run or a test starts imports this repository's packages
+# afresh. Where the environment sets PYTHONDONTWRITEBYTECODE (the CI machines do), nothing keeps
+# the compiled modules, and each process compiled them all again: ~0.3 s of CPU per start, some
+# hundreds of starts in make test. compileall writes the caches once; Python still checks each
+# against its source file, so an edited module is compiled afresh (in memory), as without them.
+BYTECODE := $(BIN)/python -m compileall -q -j 0 controlplane gossip gateway tests bench
 
 .PHONY: constraints run test test-fast test-browser chromium promtool soak bench bench-gossip-net lint proto sdk check-proto clean setup jepsen jepsen-long jepsen-five
 
@@ -39,10 +45,12 @@ constraints:
 
 ## run: start a 3-server cluster on loopback (./.data), show it working, stop with Ctrl-C
 run: $(RUN_STAMP)
+	$(BYTECODE)
 	$(BIN)/cpctl dev --servers 3 --data-dir .data --demo
 
 ## test: every check: generated code in sync, lint, types, the whole test suite (the console's browser test included)
 test: $(STAMP) check-proto lint chromium promtool
+	$(BYTECODE)
 	$(BIN)/python -m pytest -q --durations=20
 
 # The console's browser test drives Debian's chromium: installed with apt-get where it is missing.
@@ -59,34 +67,42 @@ promtool:
 
 ## test-fast: the suite without cluster tests (no processes started)
 test-fast: $(STAMP)
+	$(BYTECODE)
 	$(BIN)/python -m pytest -q -m 'not cluster and not soak'
 
 ## test-browser: the console in headless Chromium (apt-get installs Debian's chromium where it is missing)
 test-browser: $(STAMP) chromium
+	$(BYTECODE)
 	$(BIN)/python -m pytest -q -m browser -s
 
 ## soak: the long runs excluded from make test (about 7 minutes on a quiet machine)
 soak: $(STAMP)
+	$(BYTECODE)
 	$(BIN)/python -m pytest -q -m soak
 
 ## jepsen: the fault suite's long profile (docs/faults.md): 40 faults, about 6 minutes; prints the summary table
 jepsen: $(STAMP)
+	$(BYTECODE)
 	$(BIN)/python -m tests.fault.run --profile long
 
 ## jepsen-long: the fault suite as a soak: 150 faults, about 30 minutes
 jepsen-long: $(STAMP)
+	$(BYTECODE)
 	$(BIN)/python -m tests.fault.run --profile soak
 
 ## jepsen-five: the fault suite on five voters: every nemesis once, and the leader killed with another (18 faults), about 4 minutes
 jepsen-five: $(STAMP)
+	$(BYTECODE)
 	$(BIN)/python -m tests.fault.run --profile five
 
 ## bench: our cluster next to etcd 3.4 in the same run; one JSON line per scenario
 bench: $(STAMP)
+	$(BYTECODE)
 	$(BIN)/python -m bench.run
 
 ## bench-gossip-net: gossip on tc-shaped network namespaces (root): SAPS, random, ring, all-reduce; ~15 min
 bench-gossip-net: $(STAMP)
+	$(BYTECODE)
 	$(BIN)/python -m bench.gossip_net
 
 lint: $(STAMP)

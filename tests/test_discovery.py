@@ -78,7 +78,8 @@ def serve(script: Scripted, context: ssl.SSLContext | None = None) -> Iterator[s
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for the next poll, and the default 0.5 s is most of each test.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield f"{'https' if context else 'http'}://127.0.0.1:{server.server_address[1]}"

@@ -21,6 +21,7 @@ An HTML comment on the line right before a block changes how it runs (docs/testi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -211,6 +212,10 @@ class Scratch:
         )
 
     def stop_background(self) -> None:
+        # Every daemon is told at once (each takes a moment to leave), then each is waited for.
+        for _, process, _ in self.background:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
         for _, process, _ in reversed(self.background):
             _stop_group(process)
 
