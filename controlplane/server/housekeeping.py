@@ -50,13 +50,13 @@ from controlplane.v1 import (
     membership_pb2,
     ports_pb2,
 )
-from gossip.coordinator import GROUP_LABEL, Coordinator, Plan, eligible, rounds_to_read
 
 #: How soon after a gossip round ended the leader notices and plans the next one.
 ROUND_PROMPT_S = 0.02
 
 if TYPE_CHECKING:
     from controlplane.server.node import Node
+    from gossip.coordinator import Coordinator, Plan
 
 log = structlog.get_logger("controlplane.housekeeping")
 
@@ -112,7 +112,9 @@ class Housekeeper:
         self._leader_term = -1
         self._next_repair = 0.0
         self._next_checkpoint = 0.0
-        self._coordinator = Coordinator()
+        # Made by the first planning pass with a group to plan: gossip.coordinator brings numpy,
+        # a tenth of a second of every server's start, which a cluster without gossip never needs.
+        self._coordinator: Coordinator | None = None
         self._coordinator_term = -1
         # The gossip planning pass in flight, if any: planning a large group (b* is a few dozen
         # matchings) runs in a worker thread and must not hold up lease expiry in this loop. One pass
@@ -335,8 +337,13 @@ class Housekeeper:
         however many groups there are; the links looked up pair by pair when that is fewer."""
         machine = self._node.machine
         gossip, membership = machine.gossip, machine.membership
+        groups = gossip.list_groups()
+        if not groups:
+            return []
+        from gossip.coordinator import GROUP_LABEL, eligible, rounds_to_read  # numpy: see __init__
+
         configs = []
-        for config in gossip.list_groups():
+        for config in groups:
             rounds = gossip.recent_rounds(config.group, rounds_to_read(config))
             if not config.paused and not (rounds and rounds[-1].state == gossip_pb2.ROUND_STATE_RUNNING):
                 configs.append((config, rounds))
@@ -380,17 +387,22 @@ class Housekeeper:
             with node.state_lock:
                 due = self._gather_due()
                 configured = list(node.machine.gossip.groups)
-            if term != self._coordinator_term:
+            if not due and self._coordinator is None:
+                return
+            if self._coordinator is None or term != self._coordinator_term:
+                from gossip.coordinator import Coordinator  # numpy: see __init__
+
                 # A new leadership starts from the log alone (the cache would be checked against the
                 # committed rounds anyway; this keeps what an old term cached from lingering).
                 self._coordinator, self._coordinator_term = Coordinator(), term
-            self._coordinator.forget(keep=configured)
+            coordinator = self._coordinator
+            coordinator.forget(keep=configured)
             for config, rounds, participants, links, version, revisions in due:
                 if node.raft.term() != term or not node.raft.is_leader():
                     return  # no longer this leadership's job (and its clock is not this server's to read)
                 now = node.leader_now_ms()
                 plan: Plan | None = await asyncio.to_thread(
-                    self._coordinator.plan, config, rounds, participants, links, version, now, revisions
+                    coordinator.plan, config, rounds, participants, links, version, now, revisions
                 )
                 if plan is None:
                     continue
