@@ -104,10 +104,22 @@ OFFLINE = ("NewConnectionError", "Temporary failure in name resolution", "No mat
 def test_a_lean_install_is_the_sdk_and_the_client_commands(wheel: zipfile.ZipFile, tmp_path: Path) -> None:
     assert wheel.filename is not None
     env_dir = tmp_path / "lean"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
+    # No pip of its own (ensurepip is 4 s): this venv's pip installs into it (--python).
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     python, cpctl = env_dir / "bin" / "python", env_dir / "bin" / "cpctl"
     install = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "-c", ROOT / "constraints.txt", wheel.filename],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "--quiet",
+            "-c",
+            ROOT / "constraints.txt",
+            wheel.filename,
+        ],
         capture_output=True,
         text=True,
         timeout=600,
