@@ -80,6 +80,7 @@ log = structlog.get_logger("controlplane.node")
 CLOCK_STEP_WARNING_S = 2.0
 
 DEFAULT_READ_TIMEOUT_S = 5.0
+_STOPPING = "the server is shutting down; retry on another"
 # Commands only the leader's own housekeeper proposes; Peer.Propose refuses them.
 LEADER_ONLY_COMMANDS = frozenset({"lease_expire", "lease_checkpoint", "service_reap", "set_cluster_level"})
 BACKUP_FORMAT_VERSION = 1
@@ -138,6 +139,7 @@ class Node:
         self.state_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._stopping = False  # begin_stop: no new wait for a revision
         self._waiter_seq = itertools.count()
         self._applied_pending = False
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -210,14 +212,22 @@ class Node:
         self.indexer = indexer
         self._spawn(indexer.run())
 
-    async def stop(self) -> None:
-        self.proposer.close()
+    def begin_stop(self) -> None:
+        """A stop's first step, before the client listener's grace period: the background loops end,
+        and whatever waits for a revision not applied yet is told Unavailable, now and from now on.
+        Watch streams wait so between events: left alone, every one held the grace to its end, and a
+        server with a watcher took the whole grace to stop. Their clients resume on another server."""
+        self._stopping = True
         for task in self._background:
             task.cancel()
         for _, _, future in self._waiters:
             if not future.done():
-                future.set_exception(Unavailable("the server is shutting down; retry on another"))
+                future.set_exception(Unavailable(_STOPPING))
         self._waiters.clear()
+
+    async def stop(self) -> None:
+        self.begin_stop()
+        self.proposer.close()
         await asyncio.gather(*(channel.close() for channel in self._channels.values()), return_exceptions=True)
         if self.indexer is not None:
             await self.indexer.close()
@@ -461,6 +471,8 @@ class Node:
     async def wait_for_revision(self, revision: int, timeout: float | None) -> None:
         if self.machine.revision >= revision:
             return
+        if self._stopping:
+            raise Unavailable(_STOPPING)
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
         heapq.heappush(self._waiters, (revision, next(self._waiter_seq), future))

@@ -267,3 +267,22 @@ def test_sdk_watch_moves_on_when_its_server_freezes(make_cluster: Callable[..., 
         {key: (str(int(key.rsplit("/", 1)[1])).encode(), revision) for key, revision in acked.items()},
         reference,
     )
+
+
+def test_a_stopping_server_ends_its_watch_streams_first_with_unavailable(cluster: LocalCluster) -> None:
+    """SIGTERM: a server's watch streams end as its stop begins, with UNAVAILABLE saying it is
+    shutting down (their clients resume on another server), rather than holding the client
+    listener's grace period to its end and being cut off then."""
+    node = followers(cluster, cluster.wait_for_leader())[0]
+    try:
+        with channel(node.client_address) as ch:
+            stream = watch_stub(ch).Watch(watch_pb2.WatchRequest(), timeout=60)
+            next(stream)  # subscribed: the first message says where the stream starts
+            cluster.kill(node.id, signal.SIGTERM)
+            with pytest.raises(grpc.RpcError) as caught:
+                for _ in stream:
+                    pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+        assert "shutting down" in (caught.value.details() or "")
+    finally:
+        cluster.restart(node.id)
