@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 # Every server, agent and cpctl that a run or a test starts imports this repository's packages
-# afresh. Where the environment sets PYTHONDONTWRITEBYTECODE (the CI machines do), nothing keeps
+# afresh. Where the environment sets PYTHONDONTWRITEBYTECODE (this project's machines do), nothing keeps
 # the compiled modules, and each process compiled them all again: ~0.3 s of CPU per start, some
 # hundreds of starts in make test. compileall writes the caches once; Python still checks each
 # against its source file, so an edited module is compiled afresh (in memory), as without them.

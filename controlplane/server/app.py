@@ -156,7 +156,7 @@ async def serve(config: ServerConfig) -> None:
     readiness.set(False, "shutting down")
     refresher.cancel()
     await health_servicer.enter_graceful_shutdown()
-    node.begin_stop()  # ends the watch streams now; calls in flight have the grace to finish
+    node.begin_stop()  # ends the watch streams now; every other call in flight has the grace to finish
     await server.stop(SHUTDOWN_GRACE_S)
     audit.close()
     await node.stop()

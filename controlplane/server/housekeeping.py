@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import itertools
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -51,6 +53,8 @@ from controlplane.v1 import (
     ports_pb2,
 )
 
+#: Imported once a gossip group exists (see Housekeeper.__init__).
+COORDINATOR_MODULE = "gossip.coordinator"
 #: How soon after a gossip round ended the leader notices and plans the next one.
 ROUND_PROMPT_S = 0.02
 
@@ -340,7 +344,7 @@ class Housekeeper:
         groups = gossip.list_groups()
         if not groups:
             return []
-        from gossip.coordinator import GROUP_LABEL, eligible, rounds_to_read  # numpy: see __init__
+        from gossip.coordinator import GROUP_LABEL, eligible, rounds_to_read  # loaded by _plan_and_start
 
         configs = []
         for config in groups:
@@ -384,13 +388,20 @@ class Housekeeper:
         """
         node = self._node
         try:
+            if COORDINATOR_MODULE not in sys.modules:
+                with node.state_lock:
+                    if not node.machine.gossip.groups:
+                        return
+                # The first group: numpy's import (a tenth of a second) in a worker thread, not on
+                # the loop that ticks Raft, nor under the state lock that _gather_due imports it in.
+                await asyncio.to_thread(importlib.import_module, COORDINATOR_MODULE)
             with node.state_lock:
                 due = self._gather_due()
                 configured = list(node.machine.gossip.groups)
             if not due and self._coordinator is None:
                 return
             if self._coordinator is None or term != self._coordinator_term:
-                from gossip.coordinator import Coordinator  # numpy: see __init__
+                from gossip.coordinator import Coordinator  # loaded above
 
                 # A new leadership starts from the log alone (the cache would be checked against the
                 # committed rounds anyway; this keeps what an old term cached from lingering).

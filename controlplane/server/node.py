@@ -139,7 +139,9 @@ class Node:
         self.state_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._stopping = False  # begin_stop: no new wait for a revision
+        # The waits of watch streams (wait_for_revision's ends_on_stop), which begin_stop ends.
+        self._stream_waits: set[asyncio.Future[None]] = set()
+        self._stopping = False
         self._waiter_seq = itertools.count()
         self._applied_pending = False
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -213,21 +215,26 @@ class Node:
         self._spawn(indexer.run())
 
     def begin_stop(self) -> None:
-        """A stop's first step, before the client listener's grace period: the background loops end,
-        and whatever waits for a revision not applied yet is told Unavailable, now and from now on.
-        Watch streams wait so between events: left alone, every one held the grace to its end, and a
-        server with a watcher took the whole grace to stop. Their clients resume on another server."""
+        """A stop's first step, before the client listener's grace period: the watch streams end
+        with Unavailable (their clients resume on another server). A stream waits for the next
+        revision between events: left alone, each held the grace to its end, and a server with a
+        watcher took the whole grace to stop. Every other call in flight keeps its grace: a read
+        waiting for a revision, a follower's token read back after its write (a retry elsewhere
+        could not show the secret again)."""
         self._stopping = True
+        for future in self._stream_waits:
+            if not future.done():
+                future.set_exception(Unavailable(_STOPPING))
+
+    async def stop(self) -> None:
+        self.begin_stop()
+        self.proposer.close()
         for task in self._background:
             task.cancel()
         for _, _, future in self._waiters:
             if not future.done():
                 future.set_exception(Unavailable(_STOPPING))
         self._waiters.clear()
-
-    async def stop(self) -> None:
-        self.begin_stop()
-        self.proposer.close()
         await asyncio.gather(*(channel.close() for channel in self._channels.values()), return_exceptions=True)
         if self.indexer is not None:
             await self.indexer.close()
@@ -468,14 +475,18 @@ class Node:
 
     # ------------------------------------------------------------------ reads
 
-    async def wait_for_revision(self, revision: int, timeout: float | None) -> None:
+    async def wait_for_revision(self, revision: int, timeout: float | None, *, ends_on_stop: bool = False) -> None:
+        """Until ``revision`` is applied here; DeadlineExceeded after ``timeout``. With
+        ``ends_on_stop`` (a watch stream's wait), Unavailable once the server begins to stop."""
+        if ends_on_stop and self._stopping:  # also with events still coming: a busy stream ends too
+            raise Unavailable(_STOPPING)
         if self.machine.revision >= revision:
             return
-        if self._stopping:
-            raise Unavailable(_STOPPING)
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
         heapq.heappush(self._waiters, (revision, next(self._waiter_seq), future))
+        if ends_on_stop:
+            self._stream_waits.add(future)
         try:
             async with asyncio.timeout(timeout or DEFAULT_READ_TIMEOUT_S):
                 await future
@@ -484,6 +495,8 @@ class Node:
                 f"revision {revision} was not applied on {self.node_id} in time "
                 f"(applied: {self.machine.revision}); is the revision from this cluster?"
             ) from None
+        finally:
+            self._stream_waits.discard(future)
 
     async def prepare_read(self, read: common_pb2.ReadOptions, timeout: float | None) -> None:
         """Block until this replica may answer a read at the requested consistency."""

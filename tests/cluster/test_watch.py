@@ -24,6 +24,7 @@ from .conftest import (
     running,
     status,
     wait_converged,
+    wait_ready,
     wait_until,
     watch_stub,
 )
@@ -286,3 +287,4 @@ def test_a_stopping_server_ends_its_watch_streams_first_with_unavailable(cluster
         assert "shutting down" in (caught.value.details() or "")
     finally:
         cluster.restart(node.id)
+        wait_ready(cluster)  # the shared cluster whole again before the next test

@@ -40,7 +40,7 @@ class WatchService(watch_pb2_grpc.WatchServicer):
             while True:
                 # Nothing new within the progress interval is fine: a progress notice goes out below.
                 with contextlib.suppress(DeadlineExceeded):
-                    await self._node.wait_for_revision(next_revision, WATCH_PROGRESS_EVERY_S)
+                    await self._node.wait_for_revision(next_revision, WATCH_PROGRESS_EVERY_S, ends_on_stop=True)
                 events, _applied = self._node.watch_read(next_revision)
                 if events:
                     # Every revision has exactly one event, so this covers every revision up to here.
