@@ -27,7 +27,7 @@ except SystemExit as exc:
     code = exc.code or 0
 registered = [c.name or c.callback.__name__ for c in cli.app.registered_commands]
 registered += [g.name for g in cli.app.registered_groups]
-loaded = sorted(m for m in sys.modules if m.startswith(("controlplane.", "networkx")))
+loaded = sorted(m for m in sys.modules if m.startswith(("controlplane.", "networkx")) or m in ("numpy", "structlog"))
 print({MARK!r} + json.dumps({{"code": code, "registered": registered, "loaded": loaded}}), file=sys.stderr)
 """
 
@@ -72,13 +72,24 @@ def test_each_command_module_stands_alone(module: str) -> None:
 
 def test_a_server_start_loads_no_client_command_and_no_graph_library() -> None:
     """Past its options (a config file that does not exist ends it there), a server has loaded its
-    own modules and none of the client commands', nor networkx (loaded when it first plans a round)."""
+    own modules and none of the client commands', nor networkx and numpy (loaded when a gossip group
+    first needs a round planned)."""
     report = _run("--context", "none", "serve", "--config", "/nonexistent/cp.toml")
     assert report["code"] == 2, report
     assert report["registered"] == ["serve"]
     loaded = set(report["loaded"])  # type: ignore[call-overload]
     assert "controlplane.server.app" in loaded, sorted(loaded)  # it got as far as a server does
-    assert not {"controlplane.cli.kv", "controlplane.cli.models", "networkx"} & loaded, sorted(loaded)
+    assert not {"controlplane.cli.kv", "controlplane.cli.models", "networkx", "numpy"} & loaded, sorted(loaded)
+
+
+def test_a_client_command_loads_no_server_module_and_no_logging_library() -> None:
+    """A client command (here one that finds no server) imports the SDK, not the server's modules,
+    numpy, or structlog (which only the daemons configure)."""
+    report = _run("kv", "get", "k", "--endpoints", "127.0.0.1:1", "--timeout", "0.5")
+    assert report["code"] == 3, report  # the cluster could not be reached
+    loaded = set(report["loaded"])  # type: ignore[call-overload]
+    assert "controlplane.client" in loaded, sorted(loaded)
+    assert not {"structlog", "numpy", "networkx", "controlplane.server.node"} & loaded, sorted(loaded)
 
 
 def test_the_command_is_found_after_the_root_options() -> None:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import structlog
 import typer
 
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, fail
@@ -235,7 +234,10 @@ def show_cluster_warnings() -> None:
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     if issubclass(category, ControlPlaneWarning):
-        if structlog.is_configured():  # a daemon's logs (a server's are JSON lines): one line of them
+        # A daemon's logs (a server's are JSON lines): one line of them. Daemons import structlog
+        # and configure it; a client command never imports it (a tenth of a second of its start).
+        structlog = sys.modules.get("structlog")
+        if structlog is not None and structlog.is_configured():
             structlog.get_logger("controlplane.cli").warning("cluster_warning", detail=str(message))
         else:
             print(f"warning: {message}", file=sys.stderr)
