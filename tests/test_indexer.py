@@ -23,6 +23,7 @@ import pytest
 
 from controlplane.errors import DeadlineExceeded
 from controlplane.server import indexer as indexer_module
+from controlplane.server import search
 from controlplane.server.indexer import Indexer, state_fingerprint
 from controlplane.server.search import ModelDoc, SearchIndex, model_doc
 from controlplane.state.machine import StateMachine
@@ -177,6 +178,38 @@ async def test_a_restarted_server_reuses_its_index_and_catches_up(tmp_path: Path
     assert await indexer.wait_indexed(restarted.machine.revision, 1.0) is indexer.index
     await assert_matches(indexer.index, restarted.machine)
     await indexer.close()
+
+
+async def test_kv_writes_move_the_index_without_a_fingerprint_and_a_restart_still_reuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KV writes change no model: the index follows their revisions without a fingerprint (a built
+    and hashed event each), and what it kept is reused after a restart, caught up from there."""
+    monkeypatch.setattr(search, "META_WRITE_INTERVAL_S", 3600.0)
+    path = tmp_path / "search.sqlite"
+    writer = Writer()
+    writer.populate("m", 6)
+    node = FakeNode(writer.machine)
+    indexer = Indexer(node, path)
+    await indexer.start()
+    await indexer.catch_up()
+    index = indexer.index
+    assert index is not None
+    fingerprinted = index.fingerprint_revision
+    for i in range(5):
+        writer.ok(kv_put=command_pb2.KvPut(key=f"k{i}", value=b"x"))
+    await indexer.catch_up()
+    assert (index.revision, index.fingerprint_revision) == (writer.machine.revision, fingerprinted)
+    assert await indexer.wait_indexed(writer.machine.revision, 1.0) is index
+    await indexer.close()
+
+    again = Indexer(FakeNode(writer.machine), path)
+    await again.start()
+    await again.catch_up()
+    assert again.trusted and again.reused and again.rebuilds == 0
+    assert again.index is not None and again.index.revision == writer.machine.revision
+    await assert_matches(again.index, writer.machine)
+    await again.close()
 
 
 @pytest.mark.parametrize("difference", ["other models", "same commands at another time"])

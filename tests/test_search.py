@@ -849,6 +849,30 @@ async def test_a_revision_only_apply_is_committed_lazily_and_on_close(
     await again.close()
 
 
+async def test_an_advance_moves_the_revision_and_close_commits_the_last_fingerprinted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over KV writes the indexer moves the revision with advance, without building a fingerprint:
+    searches answer at the new revision; the file keeps the last revision given a fingerprint."""
+    monkeypatch.setattr(search, "META_WRITE_INTERVAL_S", 3600.0)
+    path = tmp_path / "search.sqlite"
+    index = await SearchIndex.open(path)
+    await index.apply([doc("Gemma-2B")], [], revision=5, fingerprint="at-5")
+    assert not index.meta_due()
+    await index.apply([], [], revision=7, fingerprint="at-7")  # in memory until close
+    index.advance(9)
+    assert (index.revision, index.fingerprint_revision, (await index.search("gemma")).revision) == (9, 7, 9)
+    with pytest.raises(ValueError, match="older"):
+        index.advance(8)
+    monkeypatch.setattr(search, "META_WRITE_INTERVAL_S", 0.0)
+    assert index.meta_due()
+    await index.close()
+    again = await SearchIndex.open(path)
+    assert (again.revision, again.fingerprint_revision, again.fingerprint) == (7, 7, "at-7")
+    assert await names(again, "gemma") == ["Gemma-2B"]
+    await again.close()
+
+
 def test_model_doc_collects_the_formats_and_statuses_of_current_versions() -> None:
     model = models_pb2.Model(
         name="Llama-3-8B",

@@ -1,9 +1,10 @@
 """Keeps this server's search index (server/search.py) in step with the replicated model registry.
 
 The index is derived state, kept in a file across restarts. It follows the "models" events of the
-watch history, one SQLite transaction per catch-up, each recording the revision it reached and a
-*fingerprint* of the state there (a digest of the watch event at that revision: its revision, key,
-leader time and typed change, values left out). A restarted server opens the file and, once its
+watch history, one SQLite transaction per catch-up that changes a model (a catch-up over KV writes
+alone commits at most every ``search.META_WRITE_INTERVAL_S``), each recording the revision it
+reached and a *fingerprint* of the state there (a digest of the watch event at that revision: its
+revision, key, leader time and typed change, values left out). A restarted server opens the file and, once its
 state machine has applied that revision, compares the event it holds at that revision with the
 fingerprint:
 
@@ -173,11 +174,16 @@ class Indexer:
                     # would put a protobuf copy per write on the event loop.
                     keys, target = machine.keys_from(index.revision + 1, DOMAIN_MODELS, CATCH_UP_EVENTS)
                     upserts, deleted = self._changed(machine, keys)
-                    mark = state_fingerprint(machine, target)
+                    # Building and hashing the event at ``target`` is most of a KV write's cost
+                    # here: only for a revision the index commits (search.py's module docstring).
+                    mark = state_fingerprint(machine, target) if upserts or deleted or index.meta_due() else None
             if rebuild:
                 await self._rebuild()
                 continue
-            await index.apply(upserts, deleted, target, mark)
+            if mark is None:
+                index.advance(target)
+            else:
+                await index.apply(upserts, deleted, target, mark)
             self._signal()
 
     def _check_kept(self) -> bool | None:
@@ -190,7 +196,7 @@ class Indexer:
                 # A ready server has caught up with a leader: the revision the file claims is not in
                 # this cluster's history (or not yet: wait).
                 return False if self._node.raft.is_ready() else None
-            mark = state_fingerprint(machine, index.revision)
+            mark = state_fingerprint(machine, index.fingerprint_revision)
         return bool(mark) and mark == index.fingerprint
 
     @staticmethod

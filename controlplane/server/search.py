@@ -35,6 +35,9 @@ Invariants:
   An apply that changes no model (a KV write moved the revision) commits its revision at most
   every ``META_WRITE_INTERVAL_S``, and on ``close``: the rows are the same at either revision, and
   a transaction per KV write cost the servers' CPU a thread hand-off and an SQLite commit each.
+  Between those commits the indexer moves the revision with ``advance``, without a fingerprint
+  (building and hashing an event per KV write was the indexer's main cost): ``close`` then
+  commits the last revision given a fingerprint (``fingerprint_revision``), as true of the rows.
 
 Two engines answer the same queries:
 
@@ -785,6 +788,7 @@ class SearchIndex:
         self._names: set[str] = set()  # the names whose words are counted
         self._revision = 0
         self._fingerprint = ""
+        self._fingerprint_revision = 0  # the revision _fingerprint is of (advance moves only _revision)
         # The revision (and fingerprint) are ahead of what is committed: a revision-only apply.
         self._meta_unwritten = False
         self._meta_written_at = -META_WRITE_INTERVAL_S
@@ -841,13 +845,32 @@ class SearchIndex:
 
     @property
     def revision(self) -> int:
-        """The replicated-state revision the committed index reflects (0 for an empty new index)."""
+        """The replicated-state revision the committed rows are the registry at (0 for an empty new index)."""
         return self._revision
 
     @property
     def fingerprint(self) -> str:
-        """What the indexer recorded about the state at ``revision`` ("" for none); see indexer.py."""
+        """What the indexer recorded about the state at ``fingerprint_revision`` ("" for none); see indexer.py."""
         return self._fingerprint
+
+    @property
+    def fingerprint_revision(self) -> int:
+        """The revision ``fingerprint`` is of: ``revision`` but after an ``advance``."""
+        return self._fingerprint_revision
+
+    def meta_due(self) -> bool:
+        """Whether an ``apply`` that changes no model would commit its revision now (see the
+        module docstring): the one place the indexer needs a fingerprint for such a revision."""
+        return time.monotonic() - self._meta_written_at >= META_WRITE_INTERVAL_S
+
+    def advance(self, revision: int) -> None:
+        """Move the revision to ``revision``, up to which no model changed since the index's own
+        (so the rows are the registry there too): no transaction, no fingerprint. Raises
+        ValueError for an older revision."""
+        _check_revision(revision)
+        if revision < self._revision:
+            raise ValueError(f"advance to revision {revision} is older than the index's revision {self._revision}")
+        self._revision = revision
 
     async def rebuild(self, docs: Iterable[ModelDoc], revision: int, fingerprint: str = "") -> None:
         """Replace the whole index with ``docs`` at ``revision``, in one transaction."""
@@ -1148,7 +1171,7 @@ class SearchIndex:
             await self._conn.execute(_WRITE_META, (revision, fingerprint))
         self._words, self._near, self._names = {}, {}, set()
         self._remember([doc.name for doc in docs])
-        self._revision, self._fingerprint = revision, fingerprint
+        self._mark(revision, fingerprint)
         self._meta_unwritten, self._meta_written_at = False, time.monotonic()
 
     def _remember(self, added: list[str], removed: Iterable[str] = ()) -> None:
@@ -1163,7 +1186,7 @@ class SearchIndex:
         if revision < self._revision:
             raise ValueError(f"apply at revision {revision} is older than the index's revision {self._revision}")
         if not upserts and not deleted and time.monotonic() - self._meta_written_at < META_WRITE_INTERVAL_S:
-            self._revision, self._fingerprint = revision, fingerprint
+            self._mark(revision, fingerprint)
             self._meta_unwritten = True
             return
         async with self._transaction():
@@ -1175,13 +1198,17 @@ class SearchIndex:
                 await self._insert(upserts, first_id=rows[0][0] + 1)
             await self._conn.execute(_WRITE_META, (revision, fingerprint))
         self._remember([doc.name for doc in upserts], [*(doc.name for doc in upserts), *deleted])
-        self._revision, self._fingerprint = revision, fingerprint
+        self._mark(revision, fingerprint)
         self._meta_unwritten, self._meta_written_at = False, time.monotonic()
 
     async def _write_meta(self) -> None:
         async with self._transaction():
-            await self._conn.execute(_WRITE_META, (self._revision, self._fingerprint))
+            await self._conn.execute(_WRITE_META, (self._fingerprint_revision, self._fingerprint))
         self._meta_unwritten, self._meta_written_at = False, time.monotonic()
+
+    def _mark(self, revision: int, fingerprint: str) -> None:
+        self._revision = self._fingerprint_revision = revision
+        self._fingerprint = fingerprint
 
     @property
     def _conn(self) -> aiosqlite.Connection:
@@ -1212,7 +1239,7 @@ class SearchIndex:
         layout, engine, revision, fingerprint = rows[0]
         if layout != LAYOUT or engine != self._engine or not isinstance(revision, int) or revision < 0:
             return False
-        self._revision, self._fingerprint = revision, str(fingerprint)
+        self._mark(revision, str(fingerprint))
         return True
 
     async def _reset(self) -> None:
@@ -1227,7 +1254,7 @@ class SearchIndex:
                 "INSERT INTO index_meta (id, layout, engine, revision, fingerprint) VALUES (1, ?, ?, 0, '')",
                 (LAYOUT, self._engine),
             )
-        self._revision, self._fingerprint = 0, ""
+        self._mark(0, "")
 
     async def _create_tables(self) -> None:
         """Drop and create every table, without the indexes: O(1), where deleting every FTS5 row is O(index)."""
