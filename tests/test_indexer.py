@@ -180,26 +180,27 @@ async def test_a_restarted_server_reuses_its_index_and_catches_up(tmp_path: Path
     await indexer.close()
 
 
-async def test_kv_writes_move_the_index_without_a_fingerprint_and_a_restart_still_reuses_it(
+async def test_kv_writes_move_the_index_without_a_fingerprint_and_close_keeps_the_latest_revision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """KV writes change no model: the index follows their revisions without a fingerprint (a built
-    and hashed event each), and what it kept is reused after a restart, caught up from there."""
+    and hashed event each). Closing fingerprints the latest revision, so a restart whose history
+    no longer reaches back to the last committed one still reuses the file, caught up from there."""
     monkeypatch.setattr(search, "META_WRITE_INTERVAL_S", 3600.0)
     path = tmp_path / "search.sqlite"
-    writer = Writer()
+    writer = Writer(make_machine=lambda: StateMachine(history_limit=20))
     writer.populate("m", 6)
-    node = FakeNode(writer.machine)
-    indexer = Indexer(node, path)
+    indexer = Indexer(FakeNode(writer.machine), path)
     await indexer.start()
     await indexer.catch_up()
     index = indexer.index
     assert index is not None
     fingerprinted = index.fingerprint_revision
-    for i in range(5):
+    for i in range(30):  # past the history's 20 events: the fingerprinted revision is compacted
         writer.ok(kv_put=command_pb2.KvPut(key=f"k{i}", value=b"x"))
-    await indexer.catch_up()
+        await indexer.catch_up()  # as the running indexer does, a few revisions at a time
     assert (index.revision, index.fingerprint_revision) == (writer.machine.revision, fingerprinted)
+    assert fingerprinted <= writer.machine.compacted_revision
     assert await indexer.wait_indexed(writer.machine.revision, 1.0) is index
     await indexer.close()
 

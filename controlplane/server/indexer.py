@@ -2,11 +2,11 @@
 
 The index is derived state, kept in a file across restarts. It follows the "models" events of the
 watch history, one SQLite transaction per catch-up that changes a model (a catch-up over KV writes
-alone commits at most every ``search.META_WRITE_INTERVAL_S``), each recording the revision it
-reached and a *fingerprint* of the state there (a digest of the watch event at that revision: its
-revision, key, leader time and typed change, values left out). A restarted server opens the file and, once its
-state machine has applied that revision, compares the event it holds at that revision with the
-fingerprint:
+alone commits at most every ``search.META_WRITE_INTERVAL_S``, and on close), each recording the
+revision it reached and a *fingerprint* of the state there (a digest of the watch event at that
+revision: its revision, key, leader time and typed change, values left out). A restarted server
+opens the file and, once its state machine has applied that revision, compares the event it
+holds at that revision with the fingerprint:
 
 * equal: the file is this cluster's index at that revision (Raft gives every server the same
   event at the same revision; a different history would have to produce the identical event, to
@@ -123,8 +123,18 @@ class Indexer:
         log.info("search_index_opened", revision=self.index.revision, engine=self.index.engine)
 
     async def close(self) -> None:
-        if self.index is not None:
-            await self.index.close()
+        index = self.index
+        if index is None:
+            return
+        if self._trusted and index.fingerprint_revision < index.revision:
+            # What advance moved past without a fingerprint gets one now, so the file keeps the
+            # latest revision: a restart checks and catches up from there, not from a revision
+            # the history may have compacted meanwhile (which would cost a rebuild).
+            with self._node.state_lock:
+                mark = state_fingerprint(self._node.machine, index.revision)
+            if mark:
+                await index.apply([], [], index.revision, mark)
+        await index.close()
 
     @property
     def trusted(self) -> bool:

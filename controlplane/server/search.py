@@ -25,7 +25,9 @@ Invariants:
   one aiosqlite connection, which would otherwise let a search read a half-applied transaction).
   So a page is always the full answer at exactly the revision it reports. A rebuild or apply
   that has started always finishes (or rolls back) even if its caller is cancelled, so the
-  revision never disagrees with the contents.
+  revision never disagrees with the contents. ``advance`` moves the revision without the lock or a
+  transaction, only across revisions that changed no model: the rows are the registry at each of
+  them, so a search that reports the later one is still exact.
 * The same documents give the same answer: the order (see Ranking) ends in the name, bm25 depends
   only on the set of documents (not on the order they arrived in), and names are unique ignoring case.
   So a server that rebuilt and a server that applied increments agree at the same revision.
@@ -36,8 +38,9 @@ Invariants:
   every ``META_WRITE_INTERVAL_S``, and on ``close``: the rows are the same at either revision, and
   a transaction per KV write cost the servers' CPU a thread hand-off and an SQLite commit each.
   Between those commits the indexer moves the revision with ``advance``, without a fingerprint
-  (building and hashing an event per KV write was the indexer's main cost): ``close`` then
-  commits the last revision given a fingerprint (``fingerprint_revision``), as true of the rows.
+  (building and hashing an event per KV write was the indexer's main cost); what is committed, or
+  written on ``close``, is always the last revision given a fingerprint (``fingerprint_revision``),
+  which the indexer brings up to the revision before it closes.
 
 Two engines answer the same queries:
 
@@ -789,7 +792,7 @@ class SearchIndex:
         self._revision = 0
         self._fingerprint = ""
         self._fingerprint_revision = 0  # the revision _fingerprint is of (advance moves only _revision)
-        # The revision (and fingerprint) are ahead of what is committed: a revision-only apply.
+        # The fingerprinted revision is ahead of what is committed: a revision-only apply.
         self._meta_unwritten = False
         self._meta_written_at = -META_WRITE_INTERVAL_S
         # Held for every statement on the connection: a search between two statements of a
@@ -1207,6 +1210,7 @@ class SearchIndex:
         self._meta_unwritten, self._meta_written_at = False, time.monotonic()
 
     def _mark(self, revision: int, fingerprint: str) -> None:
+        """The index is at ``revision``, and ``fingerprint`` is of that revision (advance moves the first only)."""
         self._revision = self._fingerprint_revision = revision
         self._fingerprint = fingerprint
 
