@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 # Every server, agent and cpctl that a run or a test starts imports this repository's packages
-# afresh. Where the environment sets PYTHONDONTWRITEBYTECODE (this project's machines do), nothing keeps
-# the compiled modules, and each process compiled them all again: ~0.3 s of CPU per start, some
-# hundreds of starts in make test. compileall writes the caches once; Python still checks each
-# against its source file, so an edited module is compiled afresh (in memory), as without them.
+# afresh. Where the environment sets PYTHONDONTWRITEBYTECODE (this project's machines do),
+# nothing kept the compiled modules, and each process compiled them all again: ~0.3 s of CPU per
+# start, some hundreds of starts in make test. compileall writes the caches once; Python still
+# checks each against its source file, so an edited module is compiled afresh (in memory).
 BYTECODE := $(BIN)/python -m compileall -q -j 0 controlplane gossip gateway tests bench
 
 .PHONY: constraints run test test-fast test-browser chromium promtool soak bench bench-gossip-net lint proto sdk check-proto clean setup jepsen jepsen-long jepsen-five

@@ -133,7 +133,10 @@ class Indexer:
             with self._node.state_lock:
                 mark = state_fingerprint(self._node.machine, index.revision)
             if mark:
-                await index.apply([], [], index.revision, mark)
+                # ValueError: a catch-up cancelled by the stop finished its apply meanwhile, at a
+                # later revision, and committed it with its own fingerprint.
+                with contextlib.suppress(ValueError):
+                    await index.apply([], [], index.revision, mark)
         await index.close()
 
     @property

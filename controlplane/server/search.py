@@ -858,7 +858,7 @@ class SearchIndex:
 
     @property
     def fingerprint_revision(self) -> int:
-        """The revision ``fingerprint`` is of: ``revision`` but after an ``advance``."""
+        """The revision ``fingerprint`` is of: ``revision``, or an earlier one after an ``advance``."""
         return self._fingerprint_revision
 
     def meta_due(self) -> bool:
