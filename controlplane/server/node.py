@@ -496,7 +496,8 @@ class Node:
                 f"(applied: {self.machine.revision}); is the revision from this cluster?"
             ) from None
         finally:
-            self._stream_waits.discard(future)
+            if ends_on_stop:  # a read's wait (the request path) touches no set
+                self._stream_waits.discard(future)
 
     async def prepare_read(self, read: common_pb2.ReadOptions, timeout: float | None) -> None:
         """Block until this replica may answer a read at the requested consistency."""

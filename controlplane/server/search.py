@@ -1188,7 +1188,7 @@ class SearchIndex:
     async def _apply(self, upserts: list[ModelDoc], deleted: list[str], revision: int, fingerprint: str) -> None:
         if revision < self._revision:
             raise ValueError(f"apply at revision {revision} is older than the index's revision {self._revision}")
-        if not upserts and not deleted and time.monotonic() - self._meta_written_at < META_WRITE_INTERVAL_S:
+        if not upserts and not deleted and not self.meta_due():
             self._mark(revision, fingerprint)
             self._meta_unwritten = True
             return
