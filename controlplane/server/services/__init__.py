@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from controlplane.server.audit import AuditLog
@@ -86,7 +85,7 @@ class Registration:
     """One gRPC service: its schema, the generated ``add_..._to_server`` and how its servicer is built."""
 
     descriptor: ServiceDescriptor
-    add: Callable[[Any, grpc.aio.Server], None]
+    add: Callable[[Any, Any], None]
     make: Callable[[Serving], object]
 
 
@@ -109,8 +108,9 @@ SERVICES: tuple[Registration, ...] = (
 )
 
 
-def add_services(server: grpc.aio.Server, serving: Serving) -> tuple[str, ...]:
-    """Add every service of ``SERVICES`` to ``server``; their full names, for reflection."""
+def add_services(server: Any, serving: Serving) -> tuple[str, ...]:
+    """Add every service of ``SERVICES`` to ``server`` (a ``grpc.aio.Server``, or the server's
+    ``app.GenericHandlersOnly``); their full names, for reflection."""
     for registration in SERVICES:
         registration.add(registration.make(serving), server)
     return tuple(registration.descriptor.full_name for registration in SERVICES)
