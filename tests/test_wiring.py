@@ -20,6 +20,7 @@ from test_authz_table import NOT_ON_THE_CLIENT_PORT  # tests/ is on the path, no
 import controlplane.v1
 from controlplane import methods
 from controlplane.server import authz
+from controlplane.server.interceptor import ErrorsAndMetrics
 from controlplane.server.services import SERVICES, Serving, add_services
 from controlplane.state.machine import StateMachine
 from controlplane.v1 import command_pb2
@@ -189,10 +190,11 @@ def test_every_sdk_rpc_names_a_served_method_and_its_response_type() -> None:
     assert served == {rpc.path for rpc in rpcs}
 
 
-def test_every_rpc_is_served_by_a_generic_handler_and_none_is_a_registered_method() -> None:
+def test_every_rpc_is_served_through_the_one_handler_and_none_is_a_registered_method() -> None:
     """grpcio's asyncio server waits on one pending request per registered method after every call
-    it accepts (~0.05 ms per call with the client API's ~90 methods): the server registers its
-    services through ``GenericHandlersOnly``, and each method must still resolve."""
+    it accepts (~0.05 ms per call with the client API's ~90 methods): the services register with
+    ``ErrorsAndMetrics``, which grpcio sees as one generic handler, and each method still resolves
+    there, wrapped (checked, measured), and only there."""
 
     class RecordingServer:
         def __init__(self) -> None:
@@ -205,19 +207,22 @@ def test_every_rpc_is_served_by_a_generic_handler_and_none_is_a_registered_metho
         def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
             self.registered.append(service_name)
 
-    from controlplane.server.app import GenericHandlersOnly
-
-    server = RecordingServer()
-    add_services(GenericHandlersOnly(server), Serving(node=None, authorizer=None, audit=None))  # type: ignore[arg-type]
-    assert server.registered == []
-
     class Details:
         def __init__(self, method: str) -> None:
             self.method = method
             self.invocation_metadata = ()
 
+    unwrapped = RecordingServer()
+    add_services(unwrapped, Serving(node=None, authorizer=None, audit=None))  # type: ignore[arg-type]
+    assert unwrapped.registered  # what the generated code would give grpcio
+    client_api = ErrorsAndMetrics()
+    add_services(client_api, Serving(node=None, authorizer=None, audit=None))  # type: ignore[arg-type]
     for descriptor, _servicer in _servicers():
         for method in descriptor.methods:
             path = f"/{descriptor.full_name}/{method.name}"
-            found = [h for h in server.generic if h.service(Details(path)) is not None]
-            assert len(found) == 1, path
+            handler = client_api.service(Details(path))  # type: ignore[arg-type]
+            assert handler is not None, path
+            original = next(h.service(Details(path)) for h in unwrapped.generic if h.service(Details(path)))
+            assert handler is not original, f"{path} is served unwrapped"
+            assert client_api.service(Details(path)) is handler  # resolved once
+    assert client_api.service(Details("/controlplane.v1.KV/NoSuchMethod")) is None  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from controlplane.grpc_options import SERVER_OPTIONS
 from controlplane.server import logs, metrics
@@ -68,28 +68,6 @@ def run_on_loop(config: ServerConfig, main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-class GenericHandlersOnly:
-    """The server as the generated ``add_*Servicer_to_server`` functions see it: their generic
-    handler is kept, their registered methods are dropped (the generic handler serves the same
-    methods, and the interceptor resolves each method only once).
-
-    Why: grpcio's asyncio server (1.85) keeps one pending request per registered method and waits
-    on all of them, with ``asyncio.wait``, after every call it accepts. With the ~90 methods of
-    the client API that cost every call ~0.05 ms of the server's CPU, more than any of our own
-    work on a read (measured: a one-method echo server 0.25 ms per call, the same with 85 more
-    methods registered 0.30 ms; bench/README.md, Round 10).
-    """
-
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
-        """Dropped: the generic handler added with them serves these methods."""
-
-
 async def serve(config: ServerConfig) -> None:
     # Raft ticks on the loop, but gRPC's own threads still take the GIL; with the default 5 ms
     # switch interval one of them can hold the loop up for milliseconds.
@@ -117,17 +95,16 @@ async def serve(config: ServerConfig) -> None:
     streams = StreamLimiter(config.max_streams_per_identity) if config.max_streams_per_identity else None
     per_connection = config.max_streams_per_connection
     connection_streams = StreamLimiter(per_connection, per="connection") if per_connection else None
-    server = grpc.aio.server(
-        interceptors=[ErrorsAndMetrics(authorizer, audit, streams, connection_streams)], options=SERVER_OPTIONS
-    )
-    registrar = GenericHandlersOnly(server)
-    served = add_services(registrar, Serving(node, authorizer, audit))
+    # Every method, ours and grpcio's health and reflection services, goes through the one
+    # handler that checks, measures and audits it (interceptor.py says why not an interceptor).
+    client_api = ErrorsAndMetrics(authorizer, audit, streams, connection_streams)
+    served = add_services(client_api, Serving(node, authorizer, audit))
     health_servicer = health.aio.HealthServicer()
     readiness = Readiness()  # /readyz on the metrics port: the health service's answer, in plain HTTP
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
-    reflection.enable_server_reflection(
-        (*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), registrar
-    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, client_api)
+    names = (*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), client_api)
+    server = grpc.aio.server(handlers=(client_api,), options=SERVER_OPTIONS)
     try:
         # check_bindable ran earlier, but another process can take a port in between.
         if config.insecure_client_port and not config.insecure_dev:

@@ -291,6 +291,33 @@ def test_cli_users_roles_tokens(make_cluster: Callable[..., LocalCluster]) -> No
     assert status == {"enabled": True, "identity": "user:admin", "revision": status["revision"]}
 
 
+def test_health_and_reflection_are_open_and_every_other_call_is_checked(cluster: LocalCluster) -> None:
+    """The client port serves every method through the one handler that checks it
+    (interceptor.ErrorsAndMetrics): to a certificate naming a user with no role, gRPC health and
+    reflection answer (load balancers, ``grpcurl describe``), a KV read is PERMISSION_DENIED, and a
+    method no service has is UNIMPLEMENTED."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    cert, key = tls.issue(cluster.pki_dir, tls.Identity("client", "open-nobody"))
+    nobody = Credentials(ca=cluster.credentials.ca, cert=cert, key=key)
+    with nobody.sync_channel_factory()(cluster.client_addresses[0]) as ch:
+        checked = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert checked.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+        answers = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        listed = {service.name for answer in answers for service in answer.list_services_response.service}
+        assert {"controlplane.v1.KV", "controlplane.v1.Cluster", "grpc.health.v1.Health"} <= listed
+        with pytest.raises(grpc.RpcError) as refused:
+            kv_pb2_grpc.KVStub(ch).Get(kv_pb2.GetRequest(key="anything"), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        unknown = ch.unary_unary("/controlplane.v1.KV/NoSuchMethod")
+        with pytest.raises(grpc.RpcError) as missing:
+            unknown(b"", timeout=10)
+        assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_check_permission_answers_agents_and_admins_only(cluster: LocalCluster) -> None:
     """``Auth.Check``: what an agent's artifact port asks before serving a user (any agent may ask
     about models:read, and only that: the rule is the authorization table's; other users need

@@ -109,8 +109,8 @@ SERVICES: tuple[Registration, ...] = (
 
 
 def add_services(server: Any, serving: Serving) -> tuple[str, ...]:
-    """Add every service of ``SERVICES`` to ``server`` (a ``grpc.aio.Server``, or the server's
-    ``app.GenericHandlersOnly``); their full names, for reflection."""
+    """Add every service of ``SERVICES`` to ``server`` (a ``grpc.aio.Server``, or the client port's
+    ``interceptor.ErrorsAndMetrics``); their full names, for reflection."""
     for registration in SERVICES:
         registration.add(registration.make(serving), server)
     return tuple(registration.descriptor.full_name for registration in SERVICES)
