@@ -17,6 +17,7 @@ needs do not depend on the request.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -227,6 +228,17 @@ def caller_from_certificate(uris: list[str]) -> Caller | None:
     return None
 
 
+_URI_PREFIX = tls.URI_PREFIX.encode()
+_INSECURE_DEV_ADMIN = Caller("user", ADMIN_USER)
+
+
+@functools.lru_cache(maxsize=4096)
+def _caller_from_uris(uris: tuple[bytes, ...]) -> Caller | None:
+    """``caller_from_certificate`` of a certificate's URI SANs, as gRPC gives them (bytes): the
+    same few certificates call again and again (a Caller is immutable, so one can be shared)."""
+    return caller_from_certificate([uri.decode(errors="replace") for uri in uris])
+
+
 def needs_of(method: str, request: Any) -> tuple[Need, ...] | str | None:
     """What ``method`` needs for ``request``: OPEN, AUTHENTICATED, a tuple of needs, or None for
     a method missing from the table (refused)."""
@@ -273,18 +285,14 @@ class Authorizer:
             if problem:
                 raise Unauthenticated(problem)
             return Caller("user", user)
-        auth_context = context.auth_context() or {}
-        uris = [
-            value.decode(errors="replace")
-            for value in auth_context.get("x509_subject_alternative_name", ())
-            if value.lower().startswith(tls.URI_PREFIX.encode())
-        ]
-        if len(uris) == 1:
-            return caller_from_certificate(uris)
-        if not auth_context.get("x509_pem_cert") and self._insecure_dev:
+        # The certificate's subject alternative names (gRPC's peer identity for TLS), not the whole
+        # auth context: that one copies the certificate's PEM into a new dict on every call.
+        identities = context.peer_identities()
+        if identities is None:  # no certificate
             # --insecure-dev: a caller without credentials is the admin (the server warned at start).
-            return Caller("user", ADMIN_USER)
-        return None
+            return _INSECURE_DEV_ADMIN if self._insecure_dev else None
+        uris = tuple(value for value in identities if value.lower().startswith(_URI_PREFIX))
+        return _caller_from_uris(uris) if len(uris) == 1 else None
 
     def check(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> tuple[Caller | None, str]:
         """Raise Unauthenticated or PermissionDenied unless the caller may make this call; returns
