@@ -437,10 +437,11 @@ def peer_identity(peercert: Mapping[str, Any] | None) -> Identity | None:
     if not peercert:
         return None
     uris = [value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"]
-    return _identity_from_uris(uris)
+    return identity_from_uris(uris)
 
 
-def _identity_from_uris(uris: Sequence[str]) -> Identity | None:
+def identity_from_uris(uris: Sequence[str]) -> Identity | None:
+    """The identity a certificate's URI SANs name: exactly one ``urn:controlplane:`` URI, well formed."""
     # Any spelling of the prefix counts towards "more than one", so "URN:ControlPlane:..." cannot hide beside ours.
     ours = [uri for uri in uris if uri.lower().startswith(URI_PREFIX)]
     if len(ours) != 1:
@@ -473,7 +474,7 @@ def _describe(cert: x509.Certificate) -> dict[str, Any]:
             sans.append(f"IP:{name.value}")
         else:
             sans.append(f"{type(name).__name__}:{name.value}")
-    identity = _identity_from_uris([n.value for n in alt_names if isinstance(n, x509.UniformResourceIdentifier)])
+    identity = identity_from_uris([n.value for n in alt_names if isinstance(n, x509.UniformResourceIdentifier)])
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:

@@ -312,3 +312,44 @@ def test_a_declaration_saying_two_things_or_naming_a_wrong_field_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match=problem):
         authz._declared(path, access, methods.descriptor(path).input_type)
+
+
+class _PeerContext:
+    """What ``Authorizer.identify`` reads of a call: its metadata and gRPC's view of the peer."""
+
+    def __init__(self, key: str | None, identities: list[bytes] | None, pem: bytes = b"") -> None:
+        self._key, self._identities, self._pem = key, identities, pem
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def peer_identity_key(self) -> str | None:
+        return self._key
+
+    def peer_identities(self) -> list[bytes] | None:
+        return self._identities
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self._pem]} if self._pem else {}
+
+
+def test_a_caller_is_named_by_its_certificates_one_controlplane_uri_san_and_never_by_its_cn() -> None:
+    identify = authz.Authorizer(lambda: None, insecure_dev=False).identify  # type: ignore[arg-type,return-value]
+    san = "x509_subject_alternative_name"
+    named = _PeerContext(san, [b"DNS-or-IP-name", b"urn:controlplane:agent:n7"])
+    assert identify(named) == authz.Caller("agent", "n7")  # type: ignore[arg-type]
+    assert identify(named) is identify(named)  # type: ignore[arg-type]  # kept per certificate
+    assert identify(_PeerContext(san, [b"urn:controlplane:client:alice"])) == authz.Caller("user", "alice")  # type: ignore[arg-type]
+    two = _PeerContext(san, [b"urn:controlplane:server:a", b"URN:ControlPlane:server:b"])
+    assert identify(two) is None  # type: ignore[arg-type]  # ambiguous
+    # gRPC names the subject CN as the identity of a certificate without SANs: not an identity here.
+    cn = _PeerContext("x509_common_name", [b"urn:controlplane:server:n1"], pem=b"-----BEGIN CERTIFICATE-----")
+    assert identify(cn) is None  # type: ignore[arg-type]
+    assert identify(_PeerContext(None, None)) is None  # type: ignore[arg-type]
+
+
+def test_only_a_caller_without_any_certificate_is_the_admin_under_insecure_dev() -> None:
+    identify = authz.Authorizer(lambda: None, insecure_dev=True).identify  # type: ignore[arg-type,return-value]
+    assert identify(_PeerContext(None, None)) == authz.Caller("user", "admin")  # type: ignore[arg-type]
+    cn_only = _PeerContext("x509_common_name", [b"someone"], pem=b"-----BEGIN CERTIFICATE-----")
+    assert identify(cn_only) is None  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.protobuf.descriptor import ServiceDescriptor
 from test_authz_table import NOT_ON_THE_CLIENT_PORT  # tests/ is on the path, not a package
 
@@ -21,7 +22,7 @@ import controlplane.v1
 from controlplane import methods
 from controlplane.server import authz
 from controlplane.server.interceptor import ErrorsAndMetrics
-from controlplane.server.services import SERVICES, Serving, add_services
+from controlplane.server.services import SERVICES, Serving
 from controlplane.state.machine import StateMachine
 from controlplane.v1 import command_pb2
 
@@ -190,39 +191,58 @@ def test_every_sdk_rpc_names_a_served_method_and_its_response_type() -> None:
     assert served == {rpc.path for rpc in rpcs}
 
 
-def test_every_rpc_is_served_through_the_one_handler_and_none_is_a_registered_method() -> None:
-    """grpcio's asyncio server waits on one pending request per registered method after every call
-    it accepts (~0.05 ms per call with the client API's ~90 methods): the services register with
-    ``ErrorsAndMetrics``, which grpcio sees as one generic handler, and each method still resolves
-    there, wrapped (checked, measured), and only there."""
+async def test_every_method_of_the_client_port_is_judged_by_the_authorizer_before_it_runs() -> None:
+    """The client port's one handler (``app.client_api``: our services, gRPC health and reflection)
+    resolves every method, and each call meets the authorizer before the servicer: a refusal there
+    stops it (the servicers here have no node, so one that ran would fail otherwise). grpcio never
+    sees a registered method: its asyncio server waits on one pending request per registered method
+    after every call it accepts (~0.05 ms per call with the client port's 106 methods)."""
+    from grpc_health.v1 import health, health_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
 
-    class RecordingServer:
-        def __init__(self) -> None:
-            self.generic: list[Any] = []
-            self.registered: list[str] = []
+    from controlplane.server.app import client_api
+    from controlplane.state.auth import Caller
 
-        def add_generic_rpc_handlers(self, handlers: Any) -> None:
-            self.generic.extend(handlers)
+    judged: list[str] = []
 
-        def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
-            self.registered.append(service_name)
+    class Refusing:
+        def check(self, method: str, request: Any, context: Any) -> tuple[Caller | None, str]:
+            judged.append(method)
+            raise authz.PermissionDenied(f"{method} refused by the test", Caller("user", "nobody"))
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        async def abort(self, code: Any, details: str, trailing_metadata: Any = ()) -> None:
+            raise Aborted(details)
 
     class Details:
         def __init__(self, method: str) -> None:
             self.method = method
             self.invocation_metadata = ()
 
-    unwrapped = RecordingServer()
-    add_services(unwrapped, Serving(node=None, authorizer=None, audit=None))  # type: ignore[arg-type]
-    assert unwrapped.registered  # what the generated code would give grpcio
-    client_api = ErrorsAndMetrics()
-    add_services(client_api, Serving(node=None, authorizer=None, audit=None))  # type: ignore[arg-type]
-    for descriptor, _servicer in _servicers():
-        for method in descriptor.methods:
-            path = f"/{descriptor.full_name}/{method.name}"
-            handler = client_api.service(Details(path))  # type: ignore[arg-type]
-            assert handler is not None, path
-            original = next(h.service(Details(path)) for h in unwrapped.generic if h.service(Details(path)))
-            assert handler is not original, f"{path} is served unwrapped"
-            assert client_api.service(Details(path)) is handler  # resolved once
-    assert client_api.service(Details("/controlplane.v1.KV/NoSuchMethod")) is None  # type: ignore[arg-type]
+    api = client_api(
+        ErrorsAndMetrics(Refusing()),  # type: ignore[arg-type]
+        Serving(node=None, authorizer=None, audit=None),  # type: ignore[arg-type]
+        health.aio.HealthServicer(),
+    )
+    descriptors = [descriptor for descriptor, _servicer in _servicers()]
+    descriptors += [health_pb2.DESCRIPTOR.services_by_name["Health"]]
+    descriptors += [reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]]
+    paths = [f"/{d.full_name}/{m.name}" for d in descriptors for m in d.methods]
+    assert len(paths) == 106
+    for path in paths:
+        handler = api.service(Details(path))  # type: ignore[arg-type]
+        assert handler is not None, path
+        behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        assert api.service(Details(path)) is handler  # type: ignore[arg-type]  # resolved and wrapped once
+        with pytest.raises(Aborted, match="refused by the test"):
+            call = behaviour(None, Context())
+            if hasattr(call, "__anext__"):
+                await call.__anext__()
+            else:
+                await call
+        assert judged[-1] == path
+    assert len(judged) == len(paths)
+    assert api.service(Details("/controlplane.v1.KV/NoSuchMethod")) is None  # type: ignore[arg-type]

@@ -68,6 +68,17 @@ def run_on_loop(config: ServerConfig, main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
+def client_api(api: ErrorsAndMetrics, serving: Serving, health_servicer: health.aio.HealthServicer) -> ErrorsAndMetrics:
+    """Every method the client port serves, registered with ``api``, the one handler that checks,
+    measures and audits each call (ours, and grpcio's health and reflection services); the gRPC
+    server is given ``api`` alone (interceptor.py says why)."""
+    served = add_services(api, serving)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, api)
+    names = (*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), api)
+    return api
+
+
 async def serve(config: ServerConfig) -> None:
     # Raft ticks on the loop, but gRPC's own threads still take the GIL; with the default 5 ms
     # switch interval one of them can hold the loop up for milliseconds.
@@ -95,16 +106,11 @@ async def serve(config: ServerConfig) -> None:
     streams = StreamLimiter(config.max_streams_per_identity) if config.max_streams_per_identity else None
     per_connection = config.max_streams_per_connection
     connection_streams = StreamLimiter(per_connection, per="connection") if per_connection else None
-    # Every method, ours and grpcio's health and reflection services, goes through the one
-    # handler that checks, measures and audits it (interceptor.py says why not an interceptor).
-    client_api = ErrorsAndMetrics(authorizer, audit, streams, connection_streams)
-    served = add_services(client_api, Serving(node, authorizer, audit))
     health_servicer = health.aio.HealthServicer()
     readiness = Readiness()  # /readyz on the metrics port: the health service's answer, in plain HTTP
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, client_api)
-    names = (*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), client_api)
-    server = grpc.aio.server(handlers=(client_api,), options=SERVER_OPTIONS)
+    checks = ErrorsAndMetrics(authorizer, audit, streams, connection_streams)
+    api = client_api(checks, Serving(node, authorizer, audit), health_servicer)
+    server = grpc.aio.server(handlers=(api,), options=SERVER_OPTIONS)
     try:
         # check_bindable ran earlier, but another process can take a port in between.
         if config.insecure_client_port and not config.insecure_dev:

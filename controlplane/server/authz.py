@@ -217,26 +217,17 @@ def caller_kind(role: str) -> str:
     return "user" if role == "client" else role
 
 
-def caller_from_certificate(uris: list[str]) -> Caller | None:
-    """The caller a verified client certificate speaks for (its first controlplane URI SAN)."""
-    for uri in uris:
-        try:
-            identity = tls.Identity.from_uri(uri)
-        except tls.TlsError:
-            continue
-        return Caller(caller_kind(identity.role), identity.id)
-    return None
-
-
-_URI_PREFIX = tls.URI_PREFIX.encode()
+_SAN_PROPERTY = "x509_subject_alternative_name"
 _INSECURE_DEV_ADMIN = Caller("user", ADMIN_USER)
 
 
 @functools.lru_cache(maxsize=4096)
-def _caller_from_uris(uris: tuple[bytes, ...]) -> Caller | None:
-    """``caller_from_certificate`` of a certificate's URI SANs, as gRPC gives them (bytes): the
-    same few certificates call again and again (a Caller is immutable, so one can be shared)."""
-    return caller_from_certificate([uri.decode(errors="replace") for uri in uris])
+def _caller_from_sans(sans: tuple[bytes, ...]) -> Caller | None:
+    """The caller a verified client certificate speaks for: its one ``urn:controlplane:`` URI SAN
+    (``tls.identity_from_uris``), from the SANs as gRPC gives them. Kept per certificate: the same
+    few call again and again, and a Caller is immutable."""
+    identity = tls.identity_from_uris([san.decode(errors="replace") for san in sans])
+    return None if identity is None else Caller(caller_kind(identity.role), identity.id)
 
 
 def needs_of(method: str, request: Any) -> tuple[Need, ...] | str | None:
@@ -285,14 +276,15 @@ class Authorizer:
             if problem:
                 raise Unauthenticated(problem)
             return Caller("user", user)
-        # The certificate's subject alternative names (gRPC's peer identity for TLS), not the whole
-        # auth context: that one copies the certificate's PEM into a new dict on every call.
-        identities = context.peer_identities()
-        if identities is None:  # no certificate
+        # The certificate's subject alternative names, read as gRPC's peer identities: not the
+        # whole auth context, which copies the certificate's PEM into a new dict on every call.
+        # gRPC names the subject CN as the identity of a certificate without SANs: never taken.
+        if context.peer_identity_key() == _SAN_PROPERTY:
+            return _caller_from_sans(tuple(context.peer_identities() or ()))
+        if self._insecure_dev and not (context.auth_context() or {}).get("x509_pem_cert"):
             # --insecure-dev: a caller without credentials is the admin (the server warned at start).
-            return _INSECURE_DEV_ADMIN if self._insecure_dev else None
-        uris = tuple(value for value in identities if value.lower().startswith(_URI_PREFIX))
-        return _caller_from_uris(uris) if len(uris) == 1 else None
+            return _INSECURE_DEV_ADMIN
+        return None
 
     def check(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> tuple[Caller | None, str]:
         """Raise Unauthenticated or PermissionDenied unless the caller may make this call; returns

@@ -9,7 +9,7 @@ their handlers with it, and it is the only handler the gRPC server knows (app.py
 each method as it first resolves it (an interceptor would have to sit beside a second object
 doing the registering). It keeps grpcio from registering the methods: grpcio's asyncio server
 (1.85) keeps one pending request per registered method and waits on all of them with
-``asyncio.wait`` after every call it accepts, which with the client API's ~90 methods cost every
+``asyncio.wait`` after every call it accepts, which with the client port's 106 methods cost every
 call ~0.05 ms of the server's CPU (a one-method echo server 0.25 ms per call, with 85 more
 methods registered 0.30 ms; bench/README.md, Round 10).
 """
@@ -68,9 +68,11 @@ class ErrorsAndMetrics(grpc.GenericRpcHandler):
             for service in self._services:
                 handler = service.service(handler_call_details)
                 if handler is not None:
-                    wrapped = self._wrapped[method] = _wrap(
+                    wrapped = _wrap(
                         method, handler, self._authorizer, self._audit, self._streams, self._connection_streams
                     )
+                    if wrapped is not None:
+                        self._wrapped[method] = wrapped
                     break
         return wrapped
 
@@ -82,7 +84,7 @@ def _wrap(
     audit: Callable[..., None] | None = None,
     streams: StreamLimiter | None = None,
     connection_streams: StreamLimiter | None = None,
-) -> grpc.RpcMethodHandler:
+) -> grpc.RpcMethodHandler | None:
     guard = _Guard(method, authorizer, None if method in READ_ONLY else audit) if authorizer is not None else None
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
@@ -102,7 +104,16 @@ def _wrap(
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-    return handler
+    if handler.stream_stream is not None:
+        # Checked, limited and measured as a server stream, judged before the first message (like a
+        # client stream). Reflection's is the only one on the client port; a bidirectional write
+        # would need auditing here first.
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(method, handler.stream_stream, guard, streams, connection_streams),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return None  # a handler with no behaviour: unserved (UNIMPLEMENTED), never unchecked
 
 
 # What a handler adds to its call's audit record, for what the interceptor cannot see before the

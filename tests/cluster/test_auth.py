@@ -55,7 +55,7 @@ from controlplane.v1 import (
     ports_pb2_grpc,
 )
 
-from .conftest import cpctl, credentials_env, followers, node_client, wait_until
+from .conftest import cpctl, credentials_env, followers, node_client, scrape, value, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -294,14 +294,17 @@ def test_cli_users_roles_tokens(make_cluster: Callable[..., LocalCluster]) -> No
 def test_health_and_reflection_are_open_and_every_other_call_is_checked(cluster: LocalCluster) -> None:
     """The client port serves every method through the one handler that checks it
     (interceptor.ErrorsAndMetrics): to a certificate naming a user with no role, gRPC health and
-    reflection answer (load balancers, ``grpcurl describe``), a KV read is PERMISSION_DENIED, and a
-    method no service has is UNIMPLEMENTED."""
+    reflection answer (load balancers, ``grpcurl describe``) and are counted there, a KV read is
+    PERMISSION_DENIED, and a method no service has is UNIMPLEMENTED."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     cert, key = tls.issue(cluster.pki_dir, tls.Identity("client", "open-nobody"))
     nobody = Credentials(ca=cluster.credentials.ca, cert=cert, key=key)
-    with nobody.sync_channel_factory()(cluster.client_addresses[0]) as ch:
+    server = next(node for node in cluster.nodes.values() if node.client_address == cluster.client_addresses[0])
+    counted = ("/grpc.health.v1.Health/Check", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    before = scrape(server)
+    with nobody.sync_channel_factory()(server.client_address) as ch:
         checked = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
         assert checked.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
         answers = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
@@ -316,6 +319,12 @@ def test_health_and_reflection_are_open_and_every_other_call_is_checked(cluster:
         with pytest.raises(grpc.RpcError) as missing:
             unknown(b"", timeout=10)
         assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    after = scrape(server)
+    for method in counted:  # the wrapper measured them: it is in their path
+        series = {"method": method, "code": "OK"}
+        assert value(after, "controlplane_grpc_requests_total", **series) > value(
+            before, "controlplane_grpc_requests_total", **series
+        ), method
 
 
 def test_check_permission_answers_agents_and_admins_only(cluster: LocalCluster) -> None:

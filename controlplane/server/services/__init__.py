@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.descriptor import ServiceDescriptor
 
@@ -80,12 +80,21 @@ class Serving:
     audit: AuditLog | None
 
 
+class HandlerRegistry(Protocol):
+    """What the generated ``add_*Servicer_to_server`` functions call on the server they are given:
+    a ``grpc.aio.Server``, or the client port's ``interceptor.ErrorsAndMetrics``."""
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None: ...
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None: ...
+
+
 @dataclass(frozen=True)
 class Registration:
     """One gRPC service: its schema, the generated ``add_..._to_server`` and how its servicer is built."""
 
     descriptor: ServiceDescriptor
-    add: Callable[[Any, Any], None]
+    add: Callable[[Any, HandlerRegistry], None]
     make: Callable[[Serving], object]
 
 
@@ -108,9 +117,8 @@ SERVICES: tuple[Registration, ...] = (
 )
 
 
-def add_services(server: Any, serving: Serving) -> tuple[str, ...]:
-    """Add every service of ``SERVICES`` to ``server`` (a ``grpc.aio.Server``, or the client port's
-    ``interceptor.ErrorsAndMetrics``); their full names, for reflection."""
+def add_services(server: HandlerRegistry, serving: Serving) -> tuple[str, ...]:
+    """Add every service of ``SERVICES`` to ``server``; their full names, for reflection."""
     for registration in SERVICES:
         registration.add(registration.make(serving), server)
     return tuple(registration.descriptor.full_name for registration in SERVICES)
