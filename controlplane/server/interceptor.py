@@ -17,6 +17,7 @@ methods registered 0.30 ms; bench/README.md, Round 10).
 from __future__ import annotations
 
 import contextvars
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -138,6 +139,8 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseExcepti
     """Abort the call for ``exc``; returns the status code name for the metrics."""
     if isinstance(exc, ControlPlaneError):
         await context.abort(exc.code, exc.message, trailing_metadata=exc.metadata())
+    if isinstance(exc, NotImplementedError):  # a generated servicer's method nobody wrote (health's List)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server")
     log.exception("handler_bug", method=method)
     await context.abort(
         grpc.StatusCode.INTERNAL,
@@ -161,7 +164,9 @@ def _observe(method: str, code: str, started: float) -> None:
 
 
 def _code_of(exc: BaseException) -> str:
-    return exc.code.name if isinstance(exc, ControlPlaneError) else "INTERNAL"
+    if isinstance(exc, ControlPlaneError):
+        return exc.code.name
+    return "UNIMPLEMENTED" if isinstance(exc, NotImplementedError) else "INTERNAL"
 
 
 class _Guard:
@@ -281,8 +286,14 @@ def _wrap_stream(
             if connection_streams is not None:
                 connection_streams.acquire(context.peer())
                 held.append((connection_streams, context.peer()))
-            async for item in behaviour(request, context):
-                yield item
+            produced = behaviour(request, context)
+            if inspect.isawaitable(produced):
+                # A handler that writes with ``context.write`` instead of yielding (grpcio's health
+                # Watch): run it to its end; its messages go out as it writes them.
+                await produced
+            else:
+                async for item in produced:
+                    yield item
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

@@ -294,19 +294,33 @@ def test_cli_users_roles_tokens(make_cluster: Callable[..., LocalCluster]) -> No
 def test_health_and_reflection_are_open_and_every_other_call_is_checked(cluster: LocalCluster) -> None:
     """The client port serves every method through the one handler that checks it
     (interceptor.ErrorsAndMetrics): to a certificate naming a user with no role, gRPC health and
-    reflection answer (load balancers, ``grpcurl describe``) and are counted there, a KV read is
-    PERMISSION_DENIED, and a method no service has is UNIMPLEMENTED."""
+    reflection answer (load balancers, ``grpcurl describe``, gRPC's client-side health checking
+    through Watch) and are counted there, a KV read is PERMISSION_DENIED, and a method no service
+    has, or one a servicer leaves unwritten (health's List), is UNIMPLEMENTED."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     cert, key = tls.issue(cluster.pki_dir, tls.Identity("client", "open-nobody"))
     nobody = Credentials(ca=cluster.credentials.ca, cert=cert, key=key)
     server = next(node for node in cluster.nodes.values() if node.client_address == cluster.client_addresses[0])
-    counted = ("/grpc.health.v1.Health/Check", "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    counted = {
+        "/grpc.health.v1.Health/Check": "OK",
+        "/grpc.health.v1.Health/List": "UNIMPLEMENTED",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": "OK",
+    }
     before = scrape(server)
     with nobody.sync_channel_factory()(server.client_address) as ch:
-        checked = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
-        assert checked.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_stub = health_pb2_grpc.HealthStub(ch)
+        answers_a_status = (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+        checked = health_stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert checked.status in answers_a_status
+        # Watch (gRPC's client-side health checking) writes with context.write instead of yielding.
+        watched = health_stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(watched).status in answers_a_status
+        watched.cancel()
+        with pytest.raises(grpc.RpcError) as unlisted:  # health's List is not implemented by grpcio 1.85
+            health_stub.List(health_pb2.HealthListRequest(), timeout=10)
+        assert unlisted.value.code() == grpc.StatusCode.UNIMPLEMENTED
         answers = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
         )
@@ -320,8 +334,8 @@ def test_health_and_reflection_are_open_and_every_other_call_is_checked(cluster:
             unknown(b"", timeout=10)
         assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
     after = scrape(server)
-    for method in counted:  # the wrapper measured them: it is in their path
-        series = {"method": method, "code": "OK"}
+    for method, code in counted.items():  # the wrapper measured them: it is in their path
+        series = {"method": method, "code": code}
         assert value(after, "controlplane_grpc_requests_total", **series) > value(
             before, "controlplane_grpc_requests_total", **series
         ), method
