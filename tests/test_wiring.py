@@ -192,7 +192,7 @@ def test_every_sdk_rpc_names_a_served_method_and_its_response_type() -> None:
 
 
 async def test_every_method_of_the_client_port_is_judged_by_the_authorizer_before_it_runs() -> None:
-    """The client port's one handler (``app.client_api``: our services, gRPC health and reflection)
+    """The client port's one handler (``app.add_client_api``: our services, gRPC health and reflection)
     resolves every method, and each call meets the authorizer before the servicer: a refusal there
     stops it (the servicers here have no node, so one that ran would fail otherwise). grpcio never
     sees a registered method: its asyncio server waits on one pending request per registered method
@@ -200,7 +200,7 @@ async def test_every_method_of_the_client_port_is_judged_by_the_authorizer_befor
     from grpc_health.v1 import health, health_pb2
     from grpc_reflection.v1alpha import reflection_pb2
 
-    from controlplane.server.app import client_api
+    from controlplane.server.app import add_client_api
     from controlplane.state.auth import Caller
 
     judged: list[str] = []
@@ -222,11 +222,8 @@ async def test_every_method_of_the_client_port_is_judged_by_the_authorizer_befor
             self.method = method
             self.invocation_metadata = ()
 
-    api = client_api(
-        ErrorsAndMetrics(Refusing()),  # type: ignore[arg-type]
-        Serving(node=None, authorizer=None, audit=None),  # type: ignore[arg-type]
-        health.aio.HealthServicer(),
-    )
+    api = ErrorsAndMetrics(Refusing())  # type: ignore[arg-type]
+    add_client_api(api, Serving(node=None, authorizer=None, audit=None), health.aio.HealthServicer())  # type: ignore[arg-type]
     descriptors = [descriptor for descriptor, _servicer in _servicers()]
     descriptors += [health_pb2.DESCRIPTOR.services_by_name["Health"]]
     descriptors += [reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]]

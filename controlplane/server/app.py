@@ -68,15 +68,14 @@ def run_on_loop(config: ServerConfig, main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-def client_api(api: ErrorsAndMetrics, serving: Serving, health_servicer: health.aio.HealthServicer) -> ErrorsAndMetrics:
-    """Every method the client port serves, registered with ``api``, the one handler that checks,
+def add_client_api(api: ErrorsAndMetrics, serving: Serving, health_servicer: health.aio.HealthServicer) -> None:
+    """Register every method the client port serves with ``api``, the one handler that checks,
     measures and audits each call (ours, and grpcio's health and reflection services); the gRPC
     server is given ``api`` alone (interceptor.py says why)."""
     served = add_services(api, serving)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, api)
     names = (*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), api)
-    return api
 
 
 async def serve(config: ServerConfig) -> None:
@@ -108,8 +107,8 @@ async def serve(config: ServerConfig) -> None:
     connection_streams = StreamLimiter(per_connection, per="connection") if per_connection else None
     health_servicer = health.aio.HealthServicer()
     readiness = Readiness()  # /readyz on the metrics port: the health service's answer, in plain HTTP
-    checks = ErrorsAndMetrics(authorizer, audit, streams, connection_streams)
-    api = client_api(checks, Serving(node, authorizer, audit), health_servicer)
+    api = ErrorsAndMetrics(authorizer, audit, streams, connection_streams)
+    add_client_api(api, Serving(node, authorizer, audit), health_servicer)
     server = grpc.aio.server(handlers=(api,), options=SERVER_OPTIONS)
     try:
         # check_bindable ran earlier, but another process can take a port in between.

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import structlog
 
-from controlplane.errors import ControlPlaneError, ResourceExhausted
+from controlplane.errors import ControlPlaneError, ResourceExhausted, Unimplemented
 from controlplane.server import metrics
 from controlplane.server.authz import DRY_RUN_METHODS, READ_ONLY, Authorizer, PermissionDenied
 
@@ -139,8 +139,6 @@ async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseExcepti
     """Abort the call for ``exc``; returns the status code name for the metrics."""
     if isinstance(exc, ControlPlaneError):
         await context.abort(exc.code, exc.message, trailing_metadata=exc.metadata())
-    if isinstance(exc, NotImplementedError):  # a generated servicer's method nobody wrote (health's List)
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server")
     log.exception("handler_bug", method=method)
     await context.abort(
         grpc.StatusCode.INTERNAL,
@@ -164,9 +162,15 @@ def _observe(method: str, code: str, started: float) -> None:
 
 
 def _code_of(exc: BaseException) -> str:
-    if isinstance(exc, ControlPlaneError):
-        return exc.code.name
-    return "UNIMPLEMENTED" if isinstance(exc, NotImplementedError) else "INTERNAL"
+    return exc.code.name if isinstance(exc, ControlPlaneError) else "INTERNAL"
+
+
+def _as_error(method: str, exc: Exception) -> Exception:
+    """A generated servicer's method nobody wrote (grpcio's health ``List``) raises
+    NotImplementedError: to the client that is ``Unimplemented``, not a bug of this server."""
+    if isinstance(exc, NotImplementedError):
+        return Unimplemented(f"{method} is not implemented by this server")
+    return exc
 
 
 class _Guard:
@@ -203,7 +207,8 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any], guard: _Guard | None
             if guard is not None:
                 guard.record(context, request, who, _with_note(resource), "ABORTED_BY_HANDLER")
             raise
-        except Exception as exc:
+        except Exception as raised:
+            exc = _as_error(method, raised)
             _observe(method, _code_of(exc), started)
             if guard is not None:
                 if isinstance(exc, PermissionDenied):
@@ -296,7 +301,8 @@ def _wrap_stream(
                     yield item
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:
+        except Exception as raised:
+            exc = _as_error(method, raised)
             _observe(method, _code_of(exc), started)
             await _fail(context, method, exc)
             raise

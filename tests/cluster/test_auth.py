@@ -38,6 +38,7 @@ from controlplane.client import (
     Unauthenticated,
 )
 from controlplane.dev import LocalCluster
+from controlplane.errors import ERROR_KIND_KEY
 from controlplane.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -321,6 +322,7 @@ def test_health_and_reflection_are_open_and_every_other_call_is_checked(cluster:
         with pytest.raises(grpc.RpcError) as unlisted:  # health's List is not implemented by grpcio 1.85
             health_stub.List(health_pb2.HealthListRequest(), timeout=10)
         assert unlisted.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert (ERROR_KIND_KEY, "Unimplemented") in unlisted.value.trailing_metadata()  # the SDK's class
         answers = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
         )
