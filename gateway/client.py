@@ -31,6 +31,7 @@ import contextlib
 import enum
 import os
 import random
+import ssl
 import tempfile
 import time
 import uuid
@@ -47,7 +48,7 @@ from pydantic import BaseModel, ValidationError
 
 from controlplane import __version__, errors
 from controlplane.client._base import full_jitter
-from controlplane.client._credentials import Credentials
+from controlplane.client._credentials import Credentials, CredentialsError
 from controlplane.client._discovery import retry_after_seconds
 from gateway import errors as gw_errors
 from gateway.models import (
@@ -285,6 +286,18 @@ class _Attempted:
 _DISCOVERY_PATHS = ("/v1/cluster", "/v1/leader", "/v1/bootstrap", "/healthz", "/readyz")
 
 
+def _verify(cafile: str | os.PathLike[str] | None) -> ssl.SSLContext | bool:
+    """What an ``https`` gateway's certificate is checked against: the system's CAs, and ``cafile``."""
+    if cafile is None:
+        return True
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=os.fspath(cafile))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file that holds no PEM certificate
+        raise CredentialsError(f"cannot use {os.fspath(cafile)} to verify the gateway: {exc}") from None
+    return context
+
+
 class GatewayClient:
     """Talks to one gateway (``base_url``, e.g. ``http://10.0.0.9:8080``), and around it when it is down.
 
@@ -296,6 +309,8 @@ class GatewayClient:
     ``backend_factory`` (addresses -> :class:`gateway.models.Backend`, default the SDK).
     ``credentials``: what the SDK presents when it goes to the servers directly (their CA, a client
     certificate, a token); without them only a cluster on plaintext client ports answers.
+    ``cafile``: a CA an ``https`` gateway's certificate may chain to, besides the system's (a server
+    passes its cluster CA, which issues the gateway's certificate in deploy/compose/).
     Use it from one event loop; close it with :meth:`aclose` or ``async with``.
     """
 
@@ -316,10 +331,12 @@ class GatewayClient:
         rng: random.Random | None = None,
         backend_factory: Callable[[Sequence[str]], Backend] | None = None,
         credentials: Credentials | None = None,
+        cafile: str | os.PathLike[str] | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url,
             transport=transport,
+            verify=_verify(cafile),
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             headers={"User-Agent": f"controlplane-gateway-client/{__version__}"},
         )

@@ -382,3 +382,12 @@ async def test_the_servers_answer_in_the_gateways_shape(make: Callable[..., Gate
     assert await via_gateway.cluster() == await around.cluster()
     assert await via_gateway.bootstrap() == await around.bootstrap()
     assert via_gateway.last_source == "gateway" and around.last_source == "members"
+
+
+def test_a_ca_file_that_holds_no_certificate_is_refused_naming_it(tmp_path: Path) -> None:
+    """A server's --tls-ca verifies an https gateway; a file it cannot use is a clear error at start."""
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    for cafile in (not_pem, tmp_path / "missing.pem"):
+        with pytest.raises(errors.InvalidArgument, match=f"cannot use {cafile} to verify the gateway"):
+            GatewayClient("https://gateway.example:8080", cafile=cafile)

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import structlog
 
 from controlplane import errors
+from controlplane.client._credentials import CredentialsError
 from controlplane.server.config import ConfigError, Peer, ServerConfig
 from controlplane.server.datadir import ensure_private_directory, open_private_for_writing
 
@@ -156,10 +157,21 @@ class Bootstrapper:
         # opened by a short blip would silence this server for a minute, long enough for the
         # gateways to forget it (their candidacy TTL is 10 s).
         never_open = BreakerPolicy(failure_threshold=2**31, open_s=0.0)
-        self._gateways = [
-            GatewayClient(url, token=token, retry=RetryPolicy(attempts=1), breaker=never_open, timeout=2.0)
-            for url in gateways
-        ]
+        # An https gateway may carry a certificate from the cluster CA (deploy/compose/ issues one).
+        try:
+            self._gateways = [
+                GatewayClient(
+                    url,
+                    token=token,
+                    retry=RetryPolicy(attempts=1),
+                    breaker=never_open,
+                    timeout=2.0,
+                    cafile=config.tls_ca,
+                )
+                for url in gateways
+            ]
+        except CredentialsError as exc:
+            raise ConfigError(str(exc)) from None
         #: Gateways that answered that they form no cluster: running servers do not announce to them.
         self._plain: set[int] = set()
         self._next = 0

@@ -22,8 +22,9 @@ import httpx
 import pytest
 import uvicorn
 
+from controlplane import tls
 from controlplane.client import Client, NodeState
-from controlplane.dev import LocalCluster, dev_admin_credentials, free_port
+from controlplane.dev import PKI_DIR, LocalCluster, dev_admin_credentials, free_port
 from gateway.app import GatewaySettings, create_app
 
 from .conftest import _LIVE, credentials_env, status, wait_until
@@ -39,10 +40,18 @@ SOAK_REPETITIONS = 20
 class ThreadGateway:
     """One gateway app under uvicorn in a thread of its own (its own event loop)."""
 
-    def __init__(self, settings: GatewaySettings, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(self, settings: GatewaySettings, port: int, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: serve HTTPS with this (certificate, key), as `cpctl gateway --tls-cert --tls-key`."""
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False
+            create_app(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"gateway-{port}", daemon=True)
@@ -248,6 +257,34 @@ def test_the_founders_restart_without_any_gateway(tmp_path: Path) -> None:
         wait_until(lambda: one_cluster(cluster, 3), 60, "the cluster back without gateways", interval=0.2)
     finally:
         cluster.stop()
+
+
+def test_servers_form_through_an_https_gateway_whose_certificate_the_cluster_ca_issued(tmp_path: Path) -> None:
+    """deploy/compose/'s formation: the gateway serves HTTPS with a certificate from the cluster CA,
+    which a server trusts for it (its --tls-ca) besides the system's CAs, so the gateway token never
+    crosses the network in clear. The system's CAs alone would refuse that certificate."""
+    data_dir = tmp_path / "cluster"
+    credentials = dev_admin_credentials(data_dir)  # the cluster's dev CA, made before any server runs
+    cert, key = tls.issue(
+        data_dir / PKI_DIR, tls.Identity("server", "gateway"), sans=["127.0.0.1"], out_dir=tmp_path / "gateway"
+    )
+    gateway = ThreadGateway(
+        GatewaySettings(endpoints=(), bootstrap_expect=3, credentials=credentials), free_port(), tls=(cert, key)
+    )
+    gateway.start()
+    try:
+        with founders(data_dir, 3, [gateway, gateway]) as cluster:
+            start_at_once(cluster)
+            wait_until(
+                lambda: one_cluster(cluster, 3),
+                60,
+                "one cluster formed through the https gateway",
+                interval=0.2,
+                detail=lambda: [node.log_path.read_text()[-600:] for node in cluster.nodes.values()],
+            )
+            assert {recorded(node.data_dir)["outcome"] for node in cluster.nodes.values()} == {"formed"}
+    finally:
+        gateway.stop()
 
 
 def test_serve_refuses_bootstrap_expect_without_a_gateway(tmp_path: Path) -> None:
