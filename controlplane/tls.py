@@ -13,6 +13,7 @@ The files, all PEM (the default names, in one directory)::
                            the servers if you can, it is only needed to issue
     <role>-<id>.pem        one identity's certificate, e.g. server-n1.pem, client-admin.pem
     <role>-<id>-key.pem    that identity's private key (mode 0600)
+    web-<name>.pem         an HTTPS certificate (a gateway's), naming hosts and no identity
 
 Keys are ECDSA P-256. Private keys are created with mode 0600 from the first byte (never
 world-readable, even for an instant) and every file is replaced atomically, so a reader sees the old
@@ -74,6 +75,7 @@ __all__ = [
     "ensure_dev_pki",
     "init_ca",
     "issue",
+    "issue_web",
     "peer_identity",
     "server_ssl_context",
 ]
@@ -143,10 +145,14 @@ class TlsFiles:
 
 
 def _file_names(identity: Identity) -> tuple[str, str]:
-    if identity.id.endswith(_KEY_SUFFIX):
+    return _stem_file_names(identity.role, identity.id)
+
+
+def _stem_file_names(role: str, id_: str) -> tuple[str, str]:
+    if id_.endswith(_KEY_SUFFIX):
         # server-n1-key.pem would be both n1's key and the certificate of an id "n1-key".
-        raise TlsError(f"{identity.role} id {identity.id!r} must not end in {_KEY_SUFFIX!r}; its files would clash")
-    stem = f"{identity.role}-{identity.id}"
+        raise TlsError(f"{role} id {id_!r} must not end in {_KEY_SUFFIX!r}; its files would clash")
+    stem = f"{role}-{id_}"
     return f"{stem}.pem", f"{stem}{_KEY_SUFFIX}.pem"
 
 
@@ -209,22 +215,56 @@ def issue(
     replacing an earlier pair for the same identity (that is how a certificate is renewed). ``sans`` are
     DNS names or IP addresses added besides the identity's URI. The certificate never outlives the CA.
     """
-    _check_days(days)
     alt_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
-    for san in dict.fromkeys(sans):
-        alt_names.append(_general_name(san))
-    cert_name, key_name = _file_names(identity)
-    ca_cert, ca_key = _load_ca(ca_dir)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if identity.role != "client":
         # Servers listen and dial each other; agents too. Clients only dial.
         usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+    return _sign(ca_dir, _file_names(identity), identity.id, alt_names, sans, usages, out_dir, days)
+
+
+WEB_ROLE = "web"
+
+
+def issue_web(
+    ca_dir: Path, name: str, *, sans: Sequence[str], out_dir: Path | None = None, days: int = 825
+) -> tuple[Path, Path]:
+    """Sign an HTTPS server certificate for ``sans`` (a gateway's ``--tls-cert``): ``web-<name>.pem``
+    and its key, like :func:`issue`.
+
+    It speaks for nobody in the cluster: no ``urn:controlplane:`` URI (so no server, agent or client
+    identity: a server certificate would let whoever holds the gateway's key do anything), and only
+    the serverAuth usage, so TLS refuses it as a client certificate too.
+    """
+    problem = check_name(name, "web certificate name")
+    if problem:
+        raise TlsError(problem)
+    if not sans:
+        raise TlsError("a web certificate needs the names it is reached at: --san HOST (repeatable)")
+    file_names = _stem_file_names(WEB_ROLE, name)
+    return _sign(ca_dir, file_names, name, [], sans, [ExtendedKeyUsageOID.SERVER_AUTH], out_dir, days)
+
+
+def _sign(
+    ca_dir: Path,
+    file_names: tuple[str, str],
+    common_name: str,
+    alt_names: list[x509.GeneralName],
+    sans: Sequence[str],
+    usages: list[x509.ObjectIdentifier],
+    out_dir: Path | None,
+    days: int,
+) -> tuple[Path, Path]:
+    _check_days(days)
+    alt_names = [*alt_names, *(_general_name(san) for san in dict.fromkeys(sans))]
+    cert_name, key_name = file_names
+    ca_cert, ca_key = _load_ca(ca_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.id)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

@@ -285,6 +285,36 @@ async def test_a_client_certificate_cannot_serve(ca_dir: Path) -> None:
         await Exchange().dial(admin_as_server, tls.client_ssl_context(files(ca_dir, SERVER)))
 
 
+async def test_a_web_certificate_serves_https_and_speaks_for_nobody(ca_dir: Path) -> None:
+    """A gateway's HTTPS certificate: verified by a plain HTTPS client that trusts the cluster CA,
+    naming its hosts and no identity; presented as a client certificate, a server refuses it."""
+    cert, key = tls.issue_web(ca_dir, "gw", sans=["127.0.0.1", "gateway.internal"])
+    assert (cert.name, key.name) == ("web-gw.pem", "web-gw-key.pem")
+    shown = tls.describe(cert)
+    assert shown["identity"] is None
+    assert shown["sans"] == ["IP:127.0.0.1", "DNS:gateway.internal"]
+    assert shown["extended_key_usage"] == ["serverAuth"]
+
+    https = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    https.load_cert_chain(cert, key)
+    browser = ssl.create_default_context(cafile=ca_dir / "ca.pem")  # checks the host name, 127.0.0.1
+    exchange = Exchange()
+    answer, served_by = await exchange.dial(https, browser)
+    assert (answer, served_by) == (b"None\n", None)
+
+    web_as_client = tls.client_ssl_context(TlsFiles(ca=ca_dir / "ca.pem", cert=cert, key=key))
+    await Exchange().refused_by_server(tls.server_ssl_context(files(ca_dir, SERVER)), web_as_client)
+
+
+def test_bad_requests_for_a_web_certificate_are_refused(ca_dir: Path) -> None:
+    with pytest.raises(TlsError, match="--san HOST"):
+        tls.issue_web(ca_dir, "gw", sans=[])
+    with pytest.raises(TlsError, match="must not end in '-key'"):
+        tls.issue_web(ca_dir, "gw-key", sans=["localhost"])
+    with pytest.raises(TlsError, match="web certificate name"):
+        tls.issue_web(ca_dir, "a/b", sans=["localhost"])
+
+
 async def test_a_bundle_of_old_and_new_ca_verifies_certificates_of_both(tmp_path: Path) -> None:
     # A rotation: the new CA has the same name as the old one, as `cpctl certs init` makes them.
     old, new = tmp_path / "old", tmp_path / "new"
@@ -380,6 +410,13 @@ def test_cli_init_issue_show(tmp_path: Path) -> None:
 
     text = runner.invoke(app, ["certs", "show", written["cert"]])
     assert text.exit_code == 0 and "identity:    server n1" in text.stdout
+
+    web = runner.invoke(
+        app, ["certs", "issue", "gw", "--role", "web", "--san", "localhost", "--dir", str(ca), "--output", "json"]
+    )
+    assert web.exit_code == 0, web.output
+    assert json.loads(web.stdout)["identity"] is None
+    assert json.loads(web.stdout)["cert"] == str(ca / "web-gw.pem")
 
 
 @pytest.mark.parametrize(

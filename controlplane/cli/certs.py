@@ -66,8 +66,15 @@ def init(
 
 @certs_app.command()
 def issue(
-    id_: Annotated[str, typer.Argument(metavar="ID", help="A node id (n1) or a client name")],
-    role: Annotated[str, typer.Option("--role", help="server, agent or client")],
+    id_: Annotated[str, typer.Argument(metavar="ID", help="A node id (n1), a client name, or a web name")],
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            help="server, agent or client; or web: an HTTPS certificate for a gateway (--san its hosts), "
+            "which speaks for no identity in the cluster",
+        ),
+    ],
     san: Annotated[
         list[str] | None, typer.Option("--san", help="A DNS name or IP address it is reached at (repeatable)")
     ] = None,
@@ -81,25 +88,34 @@ def issue(
     """Issue a certificate and key for ID, signed by the CA: ROLE-ID.pem and ROLE-ID-key.pem (0600).
 
     An existing pair for the same identity is replaced: that is how a certificate is renewed.
+    A gateway's HTTPS certificate is `--role web`: never a server's, which may do anything.
     """
     require_extra("server", "cpctl certs", modules=("cryptography",))
-    from controlplane.tls import Identity, describe
+    from controlplane.tls import WEB_ROLE, Identity, describe, issue_web
     from controlplane.tls import issue as issue_certificate
 
     with _errors():
-        identity = Identity(role, id_)
-        cert, key = issue_certificate(directory, identity, sans=san or (), out_dir=out, days=days)
+        if role == WEB_ROLE:
+            identity = None
+            cert, key = issue_web(directory, id_, sans=san or (), out_dir=out, days=days)
+        else:
+            identity = Identity(role, id_)
+            cert, key = issue_certificate(directory, identity, sans=san or (), out_dir=out, days=days)
         until = describe(cert)["not_after"]
+    speaks_for = (
+        f"certificate for {identity} ({identity.uri})"
+        if identity is not None
+        else f"HTTPS certificate for {', '.join(san or ())} (no cluster identity)"
+    )
     emit(
         output,
         {
             "cert": str(cert),
             "key": str(key),
-            "identity": {"role": identity.role, "id": identity.id},
+            "identity": None if identity is None else {"role": identity.role, "id": identity.id},
             "not_after": until,
         },
-        f"wrote {cert}  certificate for {identity} ({identity.uri}), valid until {until}\n"
-        f"wrote {key}  its key (mode 0600)",
+        f"wrote {cert}  {speaks_for}, valid until {until}\nwrote {key}  its key (mode 0600)",
     )
 
 

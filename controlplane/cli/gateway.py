@@ -203,7 +203,7 @@ def gateway(
     if scheme == "http" and not _is_loopback(host):
         typer.echo(
             f"WARNING: plain HTTP on {listen}: tokens and answers cross the network in clear; "
-            "pass --tls-cert/--tls-key (cpctl certs issue NAME --role server --san HOST)",
+            "pass --tls-cert/--tls-key (cpctl certs issue NAME --role web --san HOST)",
             err=True,
         )
     typer.echo(f"gateway on {scheme}://{listen} for {target} (changes {'need a token' if token else 'open'})")

@@ -265,9 +265,7 @@ def test_servers_form_through_an_https_gateway_whose_certificate_the_cluster_ca_
     crosses the network in clear. The system's CAs alone would refuse that certificate."""
     data_dir = tmp_path / "cluster"
     credentials = dev_admin_credentials(data_dir)  # the cluster's dev CA, made before any server runs
-    cert, key = tls.issue(
-        data_dir / PKI_DIR, tls.Identity("server", "gateway"), sans=["127.0.0.1"], out_dir=tmp_path / "gateway"
-    )
+    cert, key = tls.issue_web(data_dir / PKI_DIR, "gateway", sans=["127.0.0.1"], out_dir=tmp_path / "gateway")
     gateway = ThreadGateway(
         GatewaySettings(endpoints=(), bootstrap_expect=3, credentials=credentials), free_port(), tls=(cert, key)
     )
