@@ -15,7 +15,7 @@ PROTOS := $(wildcard proto/controlplane/v1/*.proto)
 # checks each against its source file, so an edited module is compiled afresh (in memory).
 BYTECODE := $(BIN)/python -m compileall -q -j 0 controlplane gossip gateway tests bench
 
-.PHONY: constraints run test test-fast test-browser chromium promtool soak bench bench-gossip-net lint proto sdk check-proto clean setup jepsen jepsen-long jepsen-five
+.PHONY: constraints run test test-fast test-browser chromium promtool compose-tool compose-e2e soak bench bench-gossip-net lint proto sdk check-proto clean setup jepsen jepsen-long jepsen-five
 
 setup: $(STAMP)
 
@@ -49,7 +49,7 @@ run: $(RUN_STAMP)
 	$(BIN)/cpctl dev --servers 3 --data-dir .data --demo
 
 ## test: every check: generated code in sync, lint, types, the whole test suite (the console's browser test included)
-test: $(STAMP) check-proto lint chromium promtool
+test: $(STAMP) check-proto lint chromium promtool compose-tool
 	$(BYTECODE)
 	$(BIN)/python -m pytest -q --durations=20
 
@@ -64,6 +64,19 @@ chromium:
 promtool:
 	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
 		|| echo "WARNING: promtool could not be installed: the alert rules' tests will be skipped"
+
+# deploy/compose/ is validated with Debian's docker-compose (it reads the file; no engine needed),
+# installed with apt-get where it is missing; where that is impossible the test is skipped and says why.
+compose-tool:
+	@command -v docker-compose >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose) \
+		|| echo "WARNING: docker-compose could not be installed: the compose file's validation will be skipped"
+
+## compose-e2e: build the image with podman and run deploy/compose/ end to end (root; apt-get installs podman, runc, docker-compose, debootstrap); ~5 min the first time
+compose-e2e: $(STAMP)
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v docker-compose >/dev/null && command -v debootstrap >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc docker-compose debootstrap)
+	$(BYTECODE)
+	$(BIN)/python -m pytest -q -m compose tests/test_deploy_compose.py -s
 
 ## test-fast: the suite without cluster tests (no processes started)
 test-fast: $(STAMP)
