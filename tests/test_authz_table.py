@@ -14,7 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from controlplane import methods
 from controlplane.server import authz
 from controlplane.state.auth import Need
-from controlplane.v1 import kv_pb2, membership_pb2, models_pb2, options_pb2, ports_pb2
+from controlplane.state.machine import StateMachine
+from controlplane.v1 import cluster_pb2, kv_pb2, membership_pb2, models_pb2, options_pb2, ports_pb2
 
 SERVED = methods.CLIENT_PORT_FILES
 
@@ -353,3 +354,24 @@ def test_only_a_caller_without_any_certificate_is_the_admin_under_insecure_dev()
     assert identify(_PeerContext(None, None)) == authz.Caller("user", "admin")  # type: ignore[arg-type]
     cn_only = _PeerContext("x509_common_name", [b"someone"], pem=b"-----BEGIN CERTIFICATE-----")
     assert identify(cn_only) is None  # type: ignore[arg-type]
+
+
+def test_a_removed_servers_certificate_may_only_ask_what_every_identity_may() -> None:
+    """A server identity may do anything; once its id is removed from the cluster (barred for ever),
+    its certificate may still read the cluster's status (how a removed server learns it was removed)
+    and nothing else, so a decommissioned server's key opens nothing."""
+    machine = StateMachine()
+    removed: set[str] = set()
+    authorizer = authz.Authorizer(lambda: machine.auth, insecure_dev=False, removed_servers=lambda: removed)
+    san = "x509_subject_alternative_name"
+    n3 = _PeerContext(san, [b"urn:controlplane:server:n3"])
+    n1 = _PeerContext(san, [b"urn:controlplane:server:n1"])
+    put, status = "/controlplane.v1.KV/Put", "/controlplane.v1.Cluster/Status"
+    add_member = "/controlplane.v1.Cluster/AddMember"
+    assert authorizer.check(put, kv_pb2.PutRequest(key="k"), n3)[0] == authz.Caller("server", "n3")  # type: ignore[arg-type]
+    removed.add("n3")
+    for method, request in ((put, kv_pb2.PutRequest(key="k")), (add_member, cluster_pb2.AddMemberRequest(id="n3"))):
+        with pytest.raises(authz.PermissionDenied, match="server n3 was removed from this cluster"):
+            authorizer.check(method, request, n3)  # type: ignore[arg-type]
+    assert authorizer.check(status, cluster_pb2.StatusRequest(), n3)[0] == authz.Caller("server", "n3")  # type: ignore[arg-type]
+    assert authorizer.check(put, kv_pb2.PutRequest(key="k"), n1)[0] == authz.Caller("server", "n1")  # type: ignore[arg-type]

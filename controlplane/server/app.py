@@ -100,7 +100,12 @@ async def serve(config: ServerConfig) -> None:
     if config.rate_limit_per_identity > 0:
         burst = config.rate_limit_burst or 2 * config.rate_limit_per_identity
         limiter = RateLimiter(config.rate_limit_per_identity, burst)
-    authorizer = Authorizer(lambda: node.machine.auth, insecure_dev=plaintext, limiter=limiter)
+    authorizer = Authorizer(
+        lambda: node.machine.auth,
+        insecure_dev=plaintext,
+        limiter=limiter,
+        removed_servers=lambda: node.machine.directory.removed_members,
+    )
     audit = AuditLog(config.audit_file, config.node_id)
     streams = StreamLimiter(config.max_streams_per_identity) if config.max_streams_per_identity else None
     per_connection = config.max_streams_per_connection

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
@@ -252,15 +252,24 @@ class Authorizer:
     """Identifies the caller of each call and checks it against ``METHODS`` and the auth state.
 
     ``auth_state`` is read on every call (the machine can be replaced by a snapshot install), so a
-    committed revocation or grant applies to the next call on this server.
+    committed revocation or grant applies to the next call on this server. ``removed_servers`` too:
+    the ids removed from the cluster, barred for ever. A server identity may do anything (servers
+    call each other, and a new server asks to be admitted with its own certificate); a removed
+    server's certificate may only ask what every identity may (the cluster's status, which is how
+    a removed server learns it was removed), so its key opens nothing once its server is gone.
     """
 
     def __init__(
-        self, auth_state: Callable[[], AuthTable], insecure_dev: bool, limiter: RateLimiter | None = None
+        self,
+        auth_state: Callable[[], AuthTable],
+        insecure_dev: bool,
+        limiter: RateLimiter | None = None,
+        removed_servers: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self._auth_state = auth_state
         self._insecure_dev = insecure_dev
         self._limiter = limiter
+        self._removed_servers = removed_servers
 
     def identify(self, context: grpc.aio.ServicerContext) -> Caller | None:
         """The caller, or None (no credential). Raises Unauthenticated for a bad token."""
@@ -302,6 +311,12 @@ class Authorizer:
             self._limiter.take(str(caller))
         if rule == AUTHENTICATED:
             return caller, ""
+        if caller.kind == "server" and caller.name in self._removed_servers():
+            raise PermissionDenied(
+                f"{method} is refused: server {caller.name} was removed from this cluster, and its "
+                "certificate no longer speaks for a server",
+                caller,
+            )
         state = self._auth_state()
         if rule is None:
             if caller.kind == "server":

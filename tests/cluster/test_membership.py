@@ -17,11 +17,13 @@ import grpc
 import pytest
 from pysyncobj.node import Node
 
+from controlplane import errors, tls
 from controlplane.client import (
     AlreadyExists,
     Client,
     Consistency,
     ControlPlaneError,
+    Credentials,
     FailedPrecondition,
     Member,
     NotFound,
@@ -382,6 +384,13 @@ def test_add_a_fourth_server_then_remove_another(make_cluster: Callable[..., Loc
         after_remove.update(_write(client, "members/after-remove/more-", 50))
         assert victim.id not in _member_ids(cluster.nodes[leader])
         assert victim.id in status(cluster.nodes[leader]).removed_member_ids
+        # Its certificate no longer speaks for a server: the cluster's status, and nothing else.
+        victim_files = tls.TlsFiles.from_directory(cluster.pki_dir, tls.Identity("server", victim.id))
+        as_victim = Credentials(ca=victim_files.ca, cert=victim_files.cert, key=victim_files.key)
+        with Client(cluster.client_addresses, credentials=as_victim, timeout=20) as removed_servers_key:
+            assert victim.id not in {member.id for member in removed_servers_key.status().members}
+            with pytest.raises(errors.PermissionDenied, match=f"server {victim.id} was removed from this cluster"):
+                removed_servers_key.put("members/by-a-removed-server", "refused")
 
     remaining = running(cluster)
     assert {node.id for node in remaining} == expected
