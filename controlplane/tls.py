@@ -76,8 +76,10 @@ __all__ = [
     "init_ca",
     "issue",
     "issue_web",
+    "pair_paths",
     "peer_identity",
     "server_ssl_context",
+    "worth_keeping",
 ]
 
 ROLES = ("server", "agent", "client")
@@ -311,15 +313,34 @@ def ensure_dev_pki(
             issue(directory, identity, sans=identity_sans)
 
 
-def _usable(files: TlsFiles, ca_cert: x509.Certificate) -> bool:
-    """A pair worth keeping: signed by this CA, not expired, and the key is the certificate's."""
+def _usable(files: TlsFiles, ca_cert: x509.Certificate, *, sans: Sequence[str] = (), valid_for_days: float = 0) -> bool:
+    """A pair worth keeping: signed by this CA, the key the certificate's, naming every one of
+    ``sans``, and valid for more than ``valid_for_days`` days more."""
     try:
         cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
         cert.verify_directly_issued_by(ca_cert)
         key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError, InvalidSignature):
+        named = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        wanted = [_general_name(san) for san in sans]
+    except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound, TlsError):
         return False
-    return key.public_key() == cert.public_key() and cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC)
+    until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=valid_for_days)
+    matches = key.public_key() == cert.public_key()
+    return matches and cert.not_valid_after_utc > until and all(name in named for name in wanted)
+
+
+def pair_paths(directory: Path, role: str, id_: str) -> tuple[Path, Path]:
+    """Where :func:`issue` (or :func:`issue_web`, role ``web``) writes ID's certificate and key."""
+    cert, key = _stem_file_names(role, id_)
+    return directory / cert, directory / key
+
+
+def worth_keeping(ca_dir: Path, cert: Path, key: Path, *, sans: Sequence[str] = (), valid_for_days: float = 0) -> bool:
+    """Whether the pair at ``cert`` and ``key`` can stay instead of being issued again: the CA in
+    ``ca_dir`` signed it, its key is the certificate's, it names every one of ``sans``, and it is
+    valid for more than ``valid_for_days`` days more (``cpctl certs issue --renew-before``)."""
+    files = TlsFiles(ca=ca_dir / CA_CERT_FILE, cert=cert, key=key)
+    return _usable(files, _load_ca(ca_dir)[0], sans=sans, valid_for_days=valid_for_days)
 
 
 def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

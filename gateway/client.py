@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
+import certifi
 import httpx
 import structlog
 from pydantic import BaseModel, ValidationError
@@ -287,10 +288,12 @@ _DISCOVERY_PATHS = ("/v1/cluster", "/v1/leader", "/v1/bootstrap", "/healthz", "/
 
 
 def _verify(cafile: str | os.PathLike[str] | None) -> ssl.SSLContext | bool:
-    """What an ``https`` gateway's certificate is checked against: the system's CAs, and ``cafile``."""
+    """What an ``https`` gateway's certificate is checked against: what httpx trusts by default
+    (certifi's CAs), the system's, and ``cafile``."""
     if cafile is None:
         return True
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.load_default_certs()
     try:
         context.load_verify_locations(cafile=os.fspath(cafile))
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a file that holds no PEM certificate

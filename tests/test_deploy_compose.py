@@ -208,7 +208,23 @@ def test_each_container_finds_its_own_certificates_in_its_own_volume(issued: Pat
             assert found.exists(), f"{name} names {path}, which its volume does not hold"
             if path.endswith("-key.pem"):
                 assert stat.S_IMODE(found.stat().st_mode) == 0o600, found
+            if os.geteuid() == 0:  # as the certs service runs: handed to the image's user
+                assert found.stat().st_uid == IMAGE_USER, found
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    if os.geteuid() == 0:  # the CA stays root's: no daemon runs as root
+        assert {path.stat().st_uid for path in [issued / "ca", *(issued / "ca").iterdir()]} == {0}
+
+
+def test_the_one_shot_scripts_are_the_ones_the_image_carries() -> None:
+    """No file of the checkout is mounted: the services run the scripts the Dockerfile copies."""
+    copied = next(line for line in DOCKERFILE.read_text().splitlines() if line.startswith("COPY deploy/compose/"))
+    *sources, destination = copied.split()[1:]
+    for name in ("certs", "setup"):
+        entrypoint = services()[name]["entrypoint"]
+        assert entrypoint[0] == "sh" and Path(entrypoint[1]).parent == Path(destination), entrypoint
+        assert f"deploy/compose/{Path(entrypoint[1]).name}" in sources
+    for name, service in services().items():
+        assert not [m for m in service.get("volumes", []) if str(m).startswith((".", "/"))], name
 
 
 def identity_and_names(cert: Path) -> tuple[dict[str, str] | None, set[str]]:
@@ -239,6 +255,10 @@ def test_the_certificates_name_what_the_containers_are(issued: Path) -> None:
 
 # ------------------------------------------------------------------ end to end (make compose-e2e)
 
+#: deploy/compose/README.md's way to a client certificate of one's own, from the CA's volume.
+ISSUE_ALICE = (
+    """cpctl certs issue alice --role client --dir /ca --out /out && cp /ca/ca.pem /out/ && chown -R "$OWNER" /out"""
+)
 BASE_IMAGE = "localhost/controlplane-base:3.11-bookworm"
 IMAGE = "localhost/controlplane:e2e"
 #: podman without systemd or cgroup delegation (this machine: hybrid cgroups, no rlimit raising).
@@ -368,9 +388,13 @@ def test_the_compose_cluster_runs(podman_env: dict[str, str]) -> None:
             assert nodes.status_code == 200, nodes.text
             assert set(daemons("agent")) <= {node["id"] for node in nodes.json()["nodes"]}
 
-        assert cpctl("kv", "put", "compose/greeting", "hello").returncode == 0
+        def ok(done: subprocess.CompletedProcess[str]) -> str:
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            return done.stdout
+
+        ok(cpctl("kv", "put", "compose/greeting", "hello"))
         _run([*compose, "stop", "n1"], env, 120)
-        assert cpctl("kv", "put", "compose/while-n1-was-down", "yes").returncode == 0
+        ok(cpctl("kv", "put", "compose/while-n1-was-down", "yes"))
         _run([*compose, "start", "n1"], env, 120)
         _wait(lambda: cpctl("cluster", "health").returncode == 0, 300, "n1 back and caught up", logs)
         # Read from n1 alone, through its port on the host, as the admin.
@@ -383,6 +407,34 @@ def test_the_compose_cluster_runs(podman_env: dict[str, str]) -> None:
                 env={**env, **admin}, cwd=elsewhere, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
         assert read.returncode == 0 and read.stdout.strip() == "yes", read.stdout + read.stderr
+
+        # The README's client of its own, issued from the CA's volume and used from the host.
+        alice = Path(volume).parent.parent / "alice-out"  # a host directory beside podman's volumes
+        shutil.rmtree(alice, ignore_errors=True)
+        alice.mkdir()
+        try:
+            owner = f"OWNER={os.getuid()}:{os.getgid()}"
+            assert ISSUE_ALICE in (COMPOSE / "README.md").read_text()  # the README's command, run here
+            _run([*compose, "run", "--rm", "--no-deps", "-v", f"{alice}:/out", "-e", owner,
+                  "--entrypoint", "sh", "certs", "-c", ISSUE_ALICE], env, 120)  # fmt: skip
+            as_alice = {ENV_CACERT: str(alice / "ca.pem"), ENV_CERT: str(alice / "client-alice.pem"),
+                        ENV_KEY: str(alice / "client-alice-key.pem")}  # fmt: skip
+            with tempfile.TemporaryDirectory() as elsewhere:
+                seen = subprocess.run(
+                    [str(Path(sys.executable).parent / "cpctl"), "cluster", "status", "--output", "json",
+                     "--endpoints", "localhost:7101,localhost:7102,localhost:7103"],
+                    env={**env, **as_alice}, cwd=elsewhere, capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+            assert seen.returncode == 0, seen.stdout + seen.stderr
+        finally:
+            shutil.rmtree(alice, ignore_errors=True)
+
+        # A second `up`: every certificate kept, the setup done again without a change.
+        pems = {path: path.read_bytes() for path in Path(volume).glob("*.pem")}
+        _run([*compose, "up", "-d"], env, 600)
+        _wait(setup_done, 300, "the setup service to finish again", logs)
+        assert {path: path.read_bytes() for path in Path(volume).glob("*.pem")} == pems
+        ok(cpctl("cluster", "health"))
     finally:
         _run([*compose, "down", "-v"], env, 300)
     leftover = subprocess.run(["podman", "volume", "ls", "--format", "{{.Name}}"], env=env, capture_output=True,

@@ -419,11 +419,43 @@ def test_cli_init_issue_show(tmp_path: Path) -> None:
     assert json.loads(web.stdout)["cert"] == str(ca / "web-gw.pem")
 
 
+def test_cli_renew_before_keeps_a_good_pair_and_issues_one_that_is_due_or_wrong(tmp_path: Path) -> None:
+    """What a job run on every start needs: the same pair back while it is good, a new one when it
+    nears its end, lacks a name asked for, or another CA signed it."""
+    runner = CliRunner()
+    ca = tmp_path / "ca"
+    tls.init_ca(ca)
+
+    def issue(*extra: str) -> dict[str, object]:
+        args = ["certs", "issue", "n1", "--role", "server", "--san", "n1", "--dir", str(ca), "--output", "json"]
+        result = runner.invoke(app, [*args, *extra])
+        assert result.exit_code == 0, result.output
+        answer: dict[str, object] = json.loads(result.stdout)
+        return answer
+
+    def pair() -> bytes:
+        return (ca / "server-n1.pem").read_bytes() + (ca / "server-n1-key.pem").read_bytes()
+
+    assert issue("--renew-before", "30")["kept"] is False  # nothing there yet
+    first = pair()
+    assert issue("--renew-before", "30")["kept"] is True and pair() == first
+    assert issue("--days", "10")["kept"] is False  # without the option: always issued
+    assert issue("--renew-before", "30")["kept"] is False  # due: 10 days left, 30 asked
+    second = pair()
+    assert second != first
+    assert issue("--renew-before", "1", "--san", "n1.example")["kept"] is False  # a name it lacks
+    third = pair()
+    assert issue("--renew-before", "1", "--san", "n1.example")["kept"] is True and pair() == third
+    tls.init_ca(ca, force=True)  # another CA: the pair no longer verifies
+    assert issue("--renew-before", "1", "--san", "n1.example")["kept"] is False
+
+
 @pytest.mark.parametrize(
     "args",
     [
         ["certs", "issue", "n1", "--role", "server", "--dir", "{tmp}/no-ca"],
         ["certs", "issue", "n1", "--role", "king", "--dir", "{tmp}/ca"],
+        ["certs", "issue", "gw", "--role", "web", "--dir", "{tmp}/ca"],  # no --san
         ["certs", "init", "--dir", "{tmp}/ca"],  # already there
         ["certs", "show", "{tmp}/missing.pem"],
         ["certs", "show", "{tmp}/ca/ca-key.pem"],  # not a certificate

@@ -83,18 +83,40 @@ def issue(
         Path | None, typer.Option("--out", help="Write the files here (default: the CA's directory)")
     ] = None,
     days: Annotated[int, typer.Option(help="Days of validity (never past the CA's own)")] = 825,
+    renew_before: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep an existing pair instead if this CA signed it, it names every --san and it is valid "
+            "for more than this many days more (for a job that runs on every start or from a timer)",
+            min=0,
+        ),
+    ] = None,
     output: OutputOption = Output.text,
 ) -> None:
     """Issue a certificate and key for ID, signed by the CA: ROLE-ID.pem and ROLE-ID-key.pem (0600).
 
-    An existing pair for the same identity is replaced: that is how a certificate is renewed.
-    A gateway's HTTPS certificate is `--role web`: never a server's, which may do anything.
+    An existing pair for the same identity is replaced (that is how a certificate is renewed),
+    unless --renew-before finds it good for longer. A gateway's HTTPS certificate is `--role web`:
+    never a server's, which may do anything.
     """
     require_extra("server", "cpctl certs", modules=("cryptography",))
-    from controlplane.tls import WEB_ROLE, Identity, describe, issue_web
+    from controlplane.tls import ROLES, WEB_ROLE, Identity, describe, issue_web, pair_paths, worth_keeping
     from controlplane.tls import issue as issue_certificate
 
+    if role not in (*ROLES, WEB_ROLE):
+        fail(f"role {role!r} is not one of {', '.join((*ROLES, WEB_ROLE))}", code=EXIT_USAGE)
     with _errors():
+        kept_cert, kept_key = pair_paths(out or directory, role, id_)
+        if renew_before is not None and worth_keeping(
+            directory, kept_cert, kept_key, sans=san or (), valid_for_days=renew_before
+        ):
+            until = describe(kept_cert)["not_after"]
+            emit(
+                output,
+                {"cert": str(kept_cert), "key": str(kept_key), "kept": True, "not_after": until},
+                f"kept {kept_cert}  valid until {until}, more than {renew_before:g} days from now",
+            )
+            return
         if role == WEB_ROLE:
             identity = None
             cert, key = issue_web(directory, id_, sans=san or (), out_dir=out, days=days)
@@ -113,6 +135,7 @@ def issue(
             "cert": str(cert),
             "key": str(key),
             "identity": None if identity is None else {"role": identity.role, "id": identity.id},
+            "kept": False,
             "not_after": until,
         },
         f"wrote {cert}  {speaks_for}, valid until {until}\nwrote {key}  its key (mode 0600)",

@@ -1,8 +1,11 @@
 #!/bin/sh
 # The compose file's `setup` service, as the built-in admin: once the cluster is healthy, give the
-# gateway's user (its certificate names client:gateway) the roles its console and node endpoints
-# need, as deploy/kubernetes/README.md does by hand. Each step is skipped when already done, so a
+# gateway's user (its certificate names client:gateway) the roles its console and inventory reads
+# need, as deploy/kubernetes/README.md does by hand. Adding what exists changes nothing, so a
 # second `up`, or a run cut short, finishes the job.
+#
+# Not granted here: membership write, which only agents that register through the gateway need
+# (deploy/kubernetes/README.md). The agents of this file talk to the servers directly.
 set -eu
 
 wait_s=600
@@ -16,22 +19,10 @@ until cpctl cluster health > /dev/null 2>&1; do
     sleep 2
 done
 
-# has KIND NAME: whether `cpctl KIND list` names NAME.
-has() {
-    cpctl "$1" list --output json |
-        python -c 'import json, sys; sys.exit(0 if any(x["name"] == sys.argv[1] for x in json.load(sys.stdin)) else 1)' "$2"
-}
-
-if ! has roles gateway; then
-    cpctl roles add gateway
-fi
-# Granting a permission the role holds changes nothing.
-for domain in kv ports models gossip cluster; do
+cpctl roles add gateway
+for domain in kv ports models gossip cluster membership; do
     cpctl roles grant-permission gateway "$domain" read
 done
-cpctl roles grant-permission gateway membership write  # agents register and renew through it
-if ! has users gateway; then
-    cpctl users add gateway
-fi
+cpctl users add gateway
 cpctl users grant gateway gateway
 echo "the gateway's user holds the role gateway"
