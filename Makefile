@@ -71,7 +71,7 @@ compose-tool:
 	@command -v docker-compose >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose) \
 		|| echo "WARNING: docker-compose could not be installed: the compose file's validation will be skipped"
 
-## compose-e2e: build the image with podman and run deploy/compose/ end to end (root; apt-get installs podman, runc, docker-compose, debootstrap); ~5 min the first time
+## compose-e2e: build the image with podman, run deploy/compose/ end to end, and a service an agent starts from a compose file (root; apt-get installs podman, runc, docker-compose, debootstrap); ~5 min the first time
 compose-e2e: $(STAMP)
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v docker-compose >/dev/null && command -v debootstrap >/dev/null \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc docker-compose debootstrap)

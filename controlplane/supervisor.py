@@ -9,8 +9,8 @@ it the node's instances) and:
   for each, ``PORT`` for the first, ``CP_SERVICE``, ``CP_HOST``, then the manifest's ``run.env``);
 * restarts a process that exits, after a backoff doubling from 1 s to 30 s (reset once a process
   has lived a minute), and counts the restarts;
-* stops it (SIGTERM, then SIGKILL after 5 s) when it is no longer wanted, deregistered, or the
-  agent stops;
+* stops it (SIGTERM to its process group, then SIGKILL after ``run.stop_timeout_s``, 5 s unless
+  set, 300 at most) when it is no longer wanted, deregistered, or the agent stops;
 * reports its account only when it changes (a crash is one revision, a steady process none).
 
 Its health is the instance's health check, run by the checker as for any other instance.
@@ -29,6 +29,7 @@ import structlog
 
 from controlplane import agent_metrics
 from controlplane.client import AsyncClient, ControlPlaneError, NotFound, ServiceRecord
+from controlplane.client._ports import MAX_STOP_TIMEOUT_S
 
 log = structlog.get_logger("controlplane.supervisor")
 
@@ -37,6 +38,15 @@ MAX_BACKOFF_S = 30.0
 #: A process that lived this long starts the next backoff from the minimum again.
 STABLE_AFTER_S = 60.0
 STOP_GRACE_S = 5.0
+
+
+def stop_grace_s(run: Mapping[str, object]) -> float:
+    """Seconds between SIGTERM and SIGKILL for a run (its manifest's ``run``): ``stop_timeout_s``
+    when set, capped (the servers store any value), else :data:`STOP_GRACE_S`."""
+    asked = run.get("stop_timeout_s")
+    if not isinstance(asked, int) or asked <= 0:
+        return STOP_GRACE_S
+    return float(min(asked, MAX_STOP_TIMEOUT_S))
 
 
 def run_environment(record: ServiceRecord, base: Mapping[str, str]) -> dict[str, str]:
@@ -121,7 +131,7 @@ class Supervisor:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         except asyncio.CancelledError:
             if process is not None and process.returncode is None:
-                await _terminate(process)
+                await terminate(process, stop_grace_s(record.manifest.get("run") or {}))
             if process is not None:
                 self._forget(name, process)
             with contextlib.suppress(ControlPlaneError):
@@ -147,11 +157,12 @@ class Supervisor:
             log.warning("run_report_failed", service=name, state=state, reason=exc.message)
 
 
-async def _terminate(process: asyncio.subprocess.Process) -> None:
+async def terminate(process: asyncio.subprocess.Process, grace_s: float) -> None:
+    """SIGTERM to the process's group (it runs in a session of its own), SIGKILL after ``grace_s``."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+        await asyncio.wait_for(process.wait(), grace_s)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)

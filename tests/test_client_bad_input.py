@@ -66,6 +66,8 @@ def test_a_watch_from_a_negative_revision() -> None:
         ({"ports": [{"name": "http", "port": "8080"}]}, "ports[0].port must be a whole number, not '8080'"),
         ({"ports": [{"name": "http", "port": 80.5}]}, "ports[0].port must be a whole number"),
         ({"health_check": {"type": "tcp", "interval_s": True}}, "health_check.interval_s must be a whole number"),
+        ({"run": {"command": ["x"], "stop_timeout_s": "30"}}, "run.stop_timeout_s must be a whole number"),
+        ({"run": {"command": ["x"], "stop_timeout_s": 301}}, "run.stop_timeout_s is at most 300"),
     ],
 )
 def test_a_manifests_numbers_are_numbers(document: dict[str, Any], says: str) -> None:

@@ -33,7 +33,7 @@ import httpx
 import pytest
 import yaml
 
-from controlplane import settings, tls
+from controlplane import errors, settings, tls
 from controlplane.cli.gateway import DEFAULT_TOKEN_ENV, GatewayOptions
 from controlplane.cli.gateway import ENV_PREFIX as GATEWAY_PREFIX
 from controlplane.cli.membership import AGENT_ENV_PREFIX, AgentOptions
@@ -440,3 +440,91 @@ def test_the_compose_cluster_runs(podman_env: dict[str, str]) -> None:
     leftover = subprocess.run(["podman", "volume", "ls", "--format", "{{.Name}}"], env=env, capture_output=True,
                               text=True, timeout=60).stdout.split()  # fmt: skip
     assert not [v for v in leftover if v.startswith("cpe2e_")]
+
+
+#: A service whose run is a compose file on its node (issue 21): the image's Python serves HTTP on
+#: the port the cluster assigned, published on the loopback where the agent checks it.
+SERVICE_COMPOSE_FILE = """\
+services:
+  web:
+    image: {image}
+    entrypoint: [python, -m, http.server, "8000"]
+    ports: ["127.0.0.1:${{CP_PORT_HTTP}}:8000"]
+    healthcheck: {{disable: true}}
+"""
+
+
+@pytest.mark.compose
+@pytest.mark.timeout(1800)
+def test_an_agent_runs_a_service_from_a_compose_file(podman_env: dict[str, str], tmp_path: Path) -> None:
+    """A manifest whose run is `docker-compose up` of a file on the node: the agent starts it with the
+    assigned port in its environment, the http check passes, a killed container ends `compose up`
+    and is started again, and a stop ends the container (compose stops it on SIGTERM, within the
+    manifest's stop_timeout_s)."""
+    from controlplane.client import Client
+    from controlplane.dev import LocalCluster
+
+    compose_file = tmp_path / "web.yaml"
+    compose_file.write_text(SERVICE_COMPOSE_FILE.format(image=IMAGE))
+    project = "cpe2eweb"
+    env = podman_env
+
+    def containers() -> list[str]:
+        listed = ["podman", "ps", "--filter", f"label=com.docker.compose.project={project}", "--format", "{{.Names}}"]
+        return _run(listed, env, 60).split()
+
+    with LocalCluster(tmp_path / "cluster", servers=1) as cluster:
+        cluster.wait_for_leader(60)
+        creds = cluster.credentials
+        agent_env = {k: v for k, v in env.items() if not k.startswith("CP_")}
+        agent_env.update({ENV_CACERT: str(creds.ca), ENV_CERT: str(creds.cert), ENV_KEY: str(creds.key)})
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "controlplane", "agent", "--id", "web-node", "--ttl", "5", "--allow-run",
+             "--endpoints", ",".join(cluster.client_addresses)],
+            env=agent_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            with Client(cluster.client_addresses, credentials=creds, timeout=30) as client:
+                manifest = {
+                    "name": "web",
+                    "host": "web-node",
+                    "ports": [{"name": "http"}],
+                    "health_check": {"type": "http", "path": "/", "interval_s": 1, "timeout_s": 2},
+                    "run": {
+                        "command": ["docker-compose", "-f", str(compose_file), "-p", project, "up"],
+                        "stop_timeout_s": 60,
+                    },
+                }
+                client.services.register(manifest)
+
+                def instance() -> Any:
+                    [found] = client.services.list(host="web-node", name="web")
+                    return found
+
+                def agent_there() -> bool:
+                    try:
+                        client.services.start("web-node", "web")
+                    except errors.FailedPrecondition:
+                        return False  # the agent has not registered yet
+                    return True
+
+                _wait(agent_there, 120, "the agent to take the start", lambda: "")
+                _wait(lambda: instance().health.status.name == "PASSING", 600, "the compose service passing",
+                      lambda: repr(instance()))  # fmt: skip
+                port = instance().ports[0].port
+                assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+                [container] = containers()
+
+                # Its container killed: `compose up` ends, and the agent starts it again.
+                _run(["podman", "kill", container], env, 60)
+                _wait(lambda: instance().run.restarts == 1 and instance().health.status.name == "PASSING", 600,
+                      "the compose service restarted and passing", lambda: repr(instance()))  # fmt: skip
+
+                client.services.stop("web-node", "web")
+                _wait(lambda: instance().run.state == "stopped", 120, "the run stopped", lambda: repr(instance()))
+                assert containers() == []  # compose stopped it, not a SIGKILL that leaves it running
+        finally:
+            agent.terminate()
+            agent.wait(60)
+            subprocess.run(["docker-compose", "-f", str(compose_file), "-p", project, "down"], env=env,
+                           capture_output=True, timeout=300)  # fmt: skip

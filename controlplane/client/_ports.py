@@ -458,7 +458,17 @@ def manifest_message(manifest: Mapping[str, Any]) -> ports_pb2.ServiceManifest:
     if not isinstance(manifest, Mapping):
         raise errors.InvalidArgument("a service manifest must be a mapping (name, host, ports, ...)")
     _check_numbers(manifest, ports_pb2.ServiceManifest.DESCRIPTOR, "")
-    return _parse(manifest, ports_pb2.ServiceManifest(), "service manifest")
+    message = _parse(manifest, ports_pb2.ServiceManifest(), "service manifest")
+    if message.run.stop_timeout_s > MAX_STOP_TIMEOUT_S:
+        raise errors.InvalidArgument(
+            f"service manifest: run.stop_timeout_s is at most {MAX_STOP_TIMEOUT_S} (seconds between the "
+            f"agent's SIGTERM and its SIGKILL), not {message.run.stop_timeout_s}"
+        )
+    return message
+
+
+#: The longest ``run.stop_timeout_s``: what the SDK accepts and what an agent waits at most.
+MAX_STOP_TIMEOUT_S = 300
 
 
 # 32-bit integer fields: a person writes them as numbers. (The proto3 JSON mapping also takes

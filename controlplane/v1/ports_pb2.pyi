@@ -335,7 +335,7 @@ class ServiceManifest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[DeclaredPort, _Mapping]]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., requirements: _Optional[_Union[Requirements, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., lease_id: _Optional[int] = ..., run: _Optional[_Union[RunSpec, _Mapping]] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("command", "env")
+    __slots__ = ("command", "env", "stop_timeout_s")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -345,9 +345,11 @@ class RunSpec(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    STOP_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    stop_timeout_s: int
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., stop_timeout_s: _Optional[int] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("wanted", "state", "restarts", "last_exit_code", "pid", "since_unix_ms", "message", "revision")
