@@ -66,6 +66,9 @@ class Supervisor:
         self.client = client
         self.node_id = node_id
         self._tasks: dict[str, tuple[tuple[str, ...], asyncio.Task[None]]] = {}
+        #: Every task not finished yet, those ``sync`` cancelled included: a stop can take the run's
+        #: whole stop_timeout_s, and the agent must not exit before it ends.
+        self._unfinished: set[asyncio.Task[None]] = set()
         #: name -> the running process (for tests, the stop path and the metrics).
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         agent_metrics.track_processes(self)
@@ -82,24 +85,34 @@ class Supervisor:
             running = self._tasks.get(name)
             if running is not None and running[0] == fingerprint and not running[1].done():
                 continue
-            if running is not None:
-                running[1].cancel()
-            self._tasks[name] = (fingerprint, asyncio.create_task(self._supervise(record)))
+            previous = running[1] if running is not None else None
+            if previous is not None:
+                previous.cancel()
+            task = asyncio.create_task(self._supervise(record, after=previous))
+            self._unfinished.add(task)
+            task.add_done_callback(self._unfinished.discard)
+            self._tasks[name] = (fingerprint, task)
 
     async def stop(self) -> None:
-        tasks = [task for _, task in self._tasks.values()]
+        """Stop every process, each given its grace, and wait until all have ended."""
         self._tasks.clear()
+        tasks = list(self._unfinished)
         for task in tasks:
-            task.cancel()
+            if not task.cancelling():  # one stopping already: a second cancel would cut its grace short
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _supervise(self, record: ServiceRecord) -> None:
+    async def _supervise(self, record: ServiceRecord, after: asyncio.Task[None] | None = None) -> None:
+        """Run ``record``'s process until cancelled; first wait for ``after``, the task it replaces,
+        to have stopped its own (a new manifest or new ports): two must never run at once."""
         name = record.name
         command = list((record.manifest.get("run") or {}).get("command") or [])
         loop = asyncio.get_running_loop()
         restarts, backoff, code = 0, MIN_BACKOFF_S, 0
         process: asyncio.subprocess.Process | None = None
         try:
+            if after is not None:
+                await asyncio.wait([after])  # not gather: cancelling this wait must not cancel it
             while True:
                 try:
                     process = await asyncio.create_subprocess_exec(
@@ -158,7 +171,8 @@ class Supervisor:
 
 
 async def terminate(process: asyncio.subprocess.Process, grace_s: float) -> None:
-    """SIGTERM to the process's group (it runs in a session of its own), SIGKILL after ``grace_s``."""
+    """SIGTERM to the process's group (it runs in a session of its own), SIGKILL after ``grace_s``,
+    or at once if this wait is itself cancelled: a stop never leaves the group running."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -167,3 +181,7 @@ async def terminate(process: asyncio.subprocess.Process, grace_s: float) -> None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise

@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import grpc
 import pytest
 from google.protobuf import text_format
+from grpc.aio import AioRpcError, Metadata
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from controlplane import methods
+from controlplane import errors, methods
 from controlplane.server import authz
 from controlplane.state.auth import Need
 from controlplane.state.machine import StateMachine
@@ -375,3 +377,19 @@ def test_a_removed_servers_certificate_may_only_ask_what_every_identity_may() ->
             authorizer.check(method, request, n3)  # type: ignore[arg-type]
     assert authorizer.check(status, cluster_pb2.StatusRequest(), n3)[0] == authz.Caller("server", "n3")  # type: ignore[arg-type]
     assert authorizer.check(put, kv_pb2.PutRequest(key="k"), n1)[0] == authz.Caller("server", "n1")  # type: ignore[arg-type]
+
+
+def test_a_forwarded_call_refused_for_the_forwarding_servers_identity_is_unavailable_to_its_caller() -> None:
+    """A removed server that has not learnt it yet hands a caller's write to the leader as itself and
+    is refused: its caller, authorised where it called, is told to ask another server."""
+
+    def refused(code: grpc.StatusCode, details: str) -> AioRpcError:
+        return AioRpcError(code, Metadata(), Metadata(), details=details)
+
+    denied = refused(grpc.StatusCode.PERMISSION_DENIED, "server n3 was removed from this cluster")
+    error = authz.forwarded_error(denied, "n3")
+    assert isinstance(error, errors.Unavailable)
+    assert "n3 cannot hand this call to the leader (server n3 was removed" in error.message
+    # Every other answer is the caller's as it came.
+    exists = authz.forwarded_error(refused(grpc.StatusCode.ALREADY_EXISTS, "n4 is a member"), "n3")
+    assert isinstance(exists, errors.AlreadyExists) and exists.message == "n4 is a member"

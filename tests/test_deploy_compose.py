@@ -489,7 +489,7 @@ def test_an_agent_runs_a_service_from_a_compose_file(podman_env: dict[str, str],
                     "name": "web",
                     "host": "web-node",
                     "ports": [{"name": "http"}],
-                    "health_check": {"type": "http", "path": "/", "interval_s": 1, "timeout_s": 2},
+                    "health_check": {"type": "http", "path": "/", "interval_s": 2, "timeout_s": 2},
                     "run": {
                         "command": ["docker-compose", "-f", str(compose_file), "-p", project, "up"],
                         "stop_timeout_s": 60,
@@ -516,15 +516,26 @@ def test_an_agent_runs_a_service_from_a_compose_file(podman_env: dict[str, str],
                 [container] = containers()
 
                 # Its container killed: `compose up` ends, and the agent starts it again.
+                first_pid = instance().run.pid
                 _run(["podman", "kill", container], env, 60)
-                _wait(lambda: instance().run.restarts == 1 and instance().health.status.name == "PASSING", 600,
-                      "the compose service restarted and passing", lambda: repr(instance()))  # fmt: skip
+
+                def restarted() -> bool:
+                    now = instance()
+                    return now.run.restarts == 1 and now.run.state == "running" and now.run.pid != first_pid
+
+                _wait(restarted, 600, "compose up started again", lambda: repr(instance()))
+                _wait(lambda: len(containers()) == 1 and instance().health.status.name == "PASSING", 600,
+                      "its container back and passing", lambda: repr(instance()))  # fmt: skip
 
                 client.services.stop("web-node", "web")
                 _wait(lambda: instance().run.state == "stopped", 120, "the run stopped", lambda: repr(instance()))
                 assert containers() == []  # compose stopped it, not a SIGKILL that leaves it running
         finally:
-            agent.terminate()
-            agent.wait(60)
+            agent.terminate()  # it stops what it runs, each given its grace (60 s here)
+            try:
+                agent.wait(120)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait(60)
             subprocess.run(["docker-compose", "-f", str(compose_file), "-p", project, "down"], env=env,
                            capture_output=True, timeout=300)  # fmt: skip

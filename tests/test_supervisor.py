@@ -1,14 +1,21 @@
 """How an agent stops a process it runs (controlplane/supervisor.py): SIGTERM to its process group,
-SIGKILL once the manifest's ``run.stop_timeout_s`` has passed. Real processes, no cluster."""
+SIGKILL once the manifest's ``run.stop_timeout_s`` has passed; a stop is waited for, and a process
+replaced (a new manifest) has ended before its successor starts. Real processes; the cluster is a
+recorder of the agent's reports (what the supervisor tells it is not under test here)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from controlplane.supervisor import MAX_STOP_TIMEOUT_S, STOP_GRACE_S, stop_grace_s, terminate
+from controlplane import supervisor
+from controlplane.client._ports import service_record
+from controlplane.supervisor import MAX_STOP_TIMEOUT_S, STOP_GRACE_S, Supervisor, stop_grace_s, terminate
+from controlplane.v1 import ports_pb2
 
 # Exits 0 half a second after SIGTERM: what `docker compose up` does while it stops its containers.
 GRACEFUL = "trap 'sleep 0.5; exit 0' TERM; echo trapped; while :; do sleep 0.05; done"
@@ -50,3 +57,75 @@ async def test_a_process_that_ignores_sigterm_is_killed_when_its_time_is_up() ->
 )
 def test_the_grace_is_the_manifests_capped(run: dict[str, object], grace: float) -> None:
     assert stop_grace_s(run) == grace
+
+
+class _Reports:
+    """Stands in for the cluster: records what the agent reports of its runs."""
+
+    def __init__(self) -> None:
+        self.services = self
+        self.states: list[tuple[str, str]] = []
+
+    async def report_run(self, host: str, name: str, state: str, **_: Any) -> None:
+        self.states.append((name, state))
+
+
+def wanted(script: str, log: Path, stop_timeout_s: int = 0, label: str = "one") -> Any:
+    """An instance wanted running: ``sh -c SCRIPT LABEL LOG`` (the script sees them as $0 and $1)."""
+    record = ports_pb2.ServiceRecord()
+    record.manifest.name, record.manifest.host = "svc", "node"
+    record.manifest.run.command.extend(["sh", "-c", script, label, str(log)])
+    record.manifest.run.stop_timeout_s = stop_timeout_s
+    record.run.wanted = True
+    return service_record(record)
+
+
+# Sets its trap, writes "$0 start", then on SIGTERM "$0 end" a second later and exits 0.
+LOGGING = 'trap \'sleep 1; echo "$0 end" >> "$1"; exit 0\' TERM; echo "$0 start" >> "$1"; while :; do sleep 0.05; done'
+
+
+async def until(condition: Any, what: str) -> None:
+    for _ in range(1200):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_the_manifests_grace_is_given_and_an_agents_stop_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "STOP_GRACE_S", 0.2)  # the default would SIGKILL after 0.2 s
+    log = tmp_path / "log"
+    runs = Supervisor(_Reports(), "node")  # type: ignore[arg-type]
+    runs.sync([wanted(LOGGING, log, stop_timeout_s=30)])
+    await until(lambda: log.exists() and "one start" in log.read_text(), "started")
+    process = runs.processes["svc"]
+    runs.sync([])  # no longer wanted: its stop begins, and takes a second
+    await runs.stop()  # the agent stops: it waits for that stop, it does not cut it short
+    assert process.returncode == 0 and log.read_text().splitlines() == ["one start", "one end"]
+
+
+async def test_without_a_grace_a_slow_process_is_killed_after_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "STOP_GRACE_S", 0.2)
+    log = tmp_path / "log"
+    runs = Supervisor(_Reports(), "node")  # type: ignore[arg-type]
+    runs.sync([wanted(LOGGING, log)])
+    await until(lambda: log.exists() and "one start" in log.read_text(), "started")
+    process = runs.processes["svc"]
+    await runs.stop()
+    assert process.returncode == -signal.SIGKILL and log.read_text().splitlines() == ["one start"]
+
+
+async def test_a_replaced_process_has_ended_before_its_successor_starts(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    reports = _Reports()
+    runs = Supervisor(reports, "node")  # type: ignore[arg-type]
+    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="old")])
+    await until(lambda: log.exists() and "old start" in log.read_text(), "the first started")
+    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="new")])  # a new manifest
+    await until(lambda: "new start" in log.read_text(), "the second started")
+    await runs.stop()
+    assert log.read_text().splitlines() == ["old start", "old end", "new start", "new end"]

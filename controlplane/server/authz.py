@@ -307,14 +307,16 @@ class Authorizer:
                 f"{method} needs credentials: a client certificate from the cluster CA or "
                 "'authorization: Bearer <token>' (cpctl --token, CP_TOKEN)"
             )
-        if self._limiter is not None and caller.kind != "server":
+        removed = caller.kind == "server" and caller.name in self._removed_servers()
+        if self._limiter is not None and (caller.kind != "server" or removed):
             self._limiter.take(str(caller))
         if rule == AUTHENTICATED:
             return caller, ""
-        if caller.kind == "server" and caller.name in self._removed_servers():
+        if removed:
             raise PermissionDenied(
                 f"{method} is refused: server {caller.name} was removed from this cluster, and its "
-                "certificate no longer speaks for a server",
+                "certificate no longer speaks for a server (a server joins again only under a new id, "
+                "with a certificate for that id)",
                 caller,
             )
         state = self._auth_state()
@@ -328,6 +330,19 @@ class Authorizer:
             if not allowed(state, caller, need):
                 raise PermissionDenied(f"this call needs {need}; your identity is {caller}", caller, need.resource)
         return caller, ",".join(need.resource for need in needs if need.resource)
+
+
+def forwarded_error(exc: grpc.aio.AioRpcError, server_id: str) -> errors.ControlPlaneError:
+    """The error for a caller whose call this server forwarded (to the leader, as itself), and the
+    other end refused. The caller was authorised here, so a PERMISSION_DENIED there is about this
+    server's own identity: removed from the cluster, its certificate no longer a server's. That is
+    Unavailable to the caller, whose SDK then asks another server (writes carry a request id)."""
+    error = errors.error_from_rpc(exc)
+    if isinstance(error, errors.PermissionDenied):
+        return errors.Unavailable(
+            f"{server_id} cannot hand this call to the leader ({error.message}); ask another server"
+        )
+    return error
 
 
 RETRY_AFTER_KEY = "cp-retry-after-ms"

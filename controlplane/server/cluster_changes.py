@@ -23,8 +23,8 @@ from controlplane.errors import (
     NoLeader,
     NotFound,
     Unavailable,
-    error_from_rpc,
 )
+from controlplane.server.authz import forwarded_error
 from controlplane.server.consensus import SUCCESS, Consensus, Outcome, describe_failure
 from controlplane.state import limits
 from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, command_pb2
@@ -84,7 +84,7 @@ class ClusterChanges:
         try:
             response: Response = await call(request, timeout=timeout or MEMBERSHIP_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise forwarded_error(exc, self._node.node_id) from None
         return response
 
     async def _wait_until_leader_state_current(self, timeout: float) -> None:

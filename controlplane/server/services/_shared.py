@@ -13,7 +13,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 from controlplane import methods
-from controlplane.errors import InvalidArgument, NoLeader, error_from_rpc
+from controlplane.errors import InvalidArgument, NoLeader
+from controlplane.server.authz import forwarded_error
 from controlplane.server.node import Node
 from controlplane.state.refusal import Refused
 from controlplane.v1 import (
@@ -56,7 +57,7 @@ async def to_leader(
     try:
         return await method(channel)(request, timeout=deadline_of(context) or 5.0, metadata=(FORWARDED_METADATA,))
     except grpc.aio.AioRpcError as exc:
-        raise error_from_rpc(exc) from None
+        raise forwarded_error(exc, node.node_id) from None
 
 
 async def replicate(node: Node, field: str, request: Message, response_type: type[Resp]) -> Resp:
