@@ -195,16 +195,20 @@ class HealthChecker:
             self._refresher = asyncio.create_task(self._refresh_loop())
 
     async def stop(self) -> None:
+        """Stop following the catalog (a refresh could start a service again), then the services
+        this agent runs, while their checks still run: a service that takes its stop_timeout_s to
+        end is seen going down (critical), not passing until the node leaves. Then the checks."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         self._stopping.set()
         tasks = [task for _, task in self._tasks.values()]
-        if self._refresher is not None:
-            tasks.append(self._refresher)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        if self.supervisor is not None:
-            await self.supervisor.stop()
 
     async def _refresh_loop(self) -> None:
         while not self._stopping.is_set():

@@ -471,6 +471,56 @@ def test_an_agent_starts_a_service_on_demand_restarts_it_after_kill_9_and_stops_
         wait_until(lambda: not pid_alive(restarted), 20, "the process of a deregistered instance stopped")
 
 
+# Serves until SIGTERM, then stops listening and drains until the file DRAINED names exists.
+SERVE_THEN_DRAIN = (
+    "import http.server, os, signal, threading, time\n"
+    "server = http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])),"
+    " http.server.SimpleHTTPRequestHandler)\n"
+    "signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())\n"
+    "server.serve_forever()\n"
+    "server.server_close()\n"
+    "while not os.path.exists(os.environ['DRAINED']):\n"
+    "    time.sleep(0.1)\n"
+)
+
+
+def test_a_stopping_agent_stops_its_services_while_their_checks_still_run(
+    cluster: LocalCluster, processes: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """An agent told to stop ends the services it runs first, each given its stop_timeout_s, and
+    keeps checking them meanwhile: a service that drains is critical in the catalog while its node
+    is still there, not passing until the node leaves."""
+    host, name = "hc-drain", "hc-draining"
+    drained = tmp_path / "drained"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        run = {"command": [sys.executable, "-c", SERVE_THEN_DRAIN], "env": {"DRAINED": str(drained)}}
+        client.services.register({**http_manifest(name, host), "run": {**run, "stop_timeout_s": 300}})
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "controlplane", "agent", "--id", host, "--ttl", str(TTL_S), "--allow-run",
+             "--endpoints", ",".join(cluster.client_addresses)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+            env={**credentials_env(cluster), "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        processes.append(agent)
+        wait_until(lambda: node_state(client, host) is NodeState.ACTIVE, 20, "agent active")
+        client.services.start(host, name)
+        wait_until(lambda: status_of(client, host, name) is HealthStatus.PASSING, 30, "passing")
+        pid = instance(client, host, name).run.pid  # type: ignore[attr-defined]
+
+        agent.terminate()
+
+        def critical_while_there() -> bool:
+            critical = status_of(client, host, name) is HealthStatus.CRITICAL
+            return critical and node_state(client, host) is NodeState.ACTIVE
+
+        wait_until(critical_while_there, 120, "the draining service critical while its node is still active")
+        assert pid_alive(pid) and agent.poll() is None  # it drains, and the agent waits for it
+        drained.touch()
+        assert agent.wait(120) == 0
+        assert not pid_alive(pid)
+        assert node_state(client, host) is NodeState.LEFT
+
+
 def test_the_cluster_places_a_service_on_an_agent_that_can_run_it(
     quiet_cluster: LocalCluster, processes: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
