@@ -979,18 +979,20 @@ class _Permissions(Protocol):
 
 
 class ClusterAccess:
-    """The artifact port's rule: agents and servers by their certificate alone (they replicate
-    artifacts between them, and the cluster grants every agent models:read); any other identity
-    must hold models:read on the model in the cluster's RBAC, asked of the cluster on every call
+    """The artifact port's rule: agents by their certificate alone (they replicate artifacts
+    between them, and the cluster grants every agent models:read); any other identity must hold
+    models:read on the model in the cluster's RBAC, asked of the cluster on every call
     (``Auth.Check``, answered from the asked server's state), so a revoked role stops downloads at
-    once. A cluster that cannot answer refuses the call with UNAVAILABLE, never lets it through."""
+    once. Servers are asked about too: one removed from the cluster holds nothing any more, and
+    servers themselves never download. A cluster that cannot answer refuses the call with
+    UNAVAILABLE, never lets it through."""
 
     def __init__(self, client: _Permissions, *, timeout: float = 5.0) -> None:
         self._client = client
         self._timeout = timeout
 
     async def check(self, identity: str, model: str) -> str | None:
-        if identity.partition(":")[0] in ("agent", "server"):
+        if identity.partition(":")[0] == "agent":
             return None
         try:
             return await self._client.check_permission(identity, "models", "read", model, timeout=self._timeout)

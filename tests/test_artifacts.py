@@ -651,15 +651,20 @@ class FakePermissions:
         return None if identity in self.readers else f"this needs {domain}:{verb} on {resource!r}"
 
 
-async def test_cluster_access_lets_peers_through_and_asks_about_users() -> None:
+async def test_cluster_access_lets_agents_through_and_asks_about_everyone_else() -> None:
     cluster = FakePermissions(readers={"user:alice"})
     access = ClusterAccess(cluster)
-    assert await access.check("agent:gpu-02", "m") is None  # peers replicate by certificate alone
-    assert await access.check("server:n1", "m") is None
+    assert await access.check("agent:gpu-02", "m") is None  # agents replicate by certificate alone
     assert cluster.asked == []
     assert await access.check("user:alice", "m") is None
     assert await access.check("user:bob", "m") == "this needs models:read on 'm'"
-    assert cluster.asked == [("user:alice", "models", "read", "m"), ("user:bob", "models", "read", "m")]
+    # A server is asked about too: the cluster refuses one it removed.
+    assert await access.check("server:n1", "m") == "this needs models:read on 'm'"
+    assert cluster.asked == [
+        ("user:alice", "models", "read", "m"),
+        ("user:bob", "models", "read", "m"),
+        ("server:n1", "models", "read", "m"),
+    ]
     cluster.down = True  # never a download the cluster could not vouch for
     with pytest.raises(ArtifactAccessUnknown, match="retry"):
         await access.check("user:alice", "m")

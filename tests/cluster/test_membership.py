@@ -391,6 +391,10 @@ def test_add_a_fourth_server_then_remove_another(make_cluster: Callable[..., Loc
             assert victim.id not in {member.id for member in removed_servers_key.status().members}
             with pytest.raises(errors.PermissionDenied, match=f"server {victim.id} was removed from this cluster"):
                 removed_servers_key.put("members/by-a-removed-server", "refused")
+        # What an agent's artifact port asks of the cluster about it: nothing held any more.
+        refusal = client.check_permission(f"server:{victim.id}", "models", "read", "any-model")
+        assert refusal == f"server {victim.id} was removed from this cluster"
+        assert client.check_permission(f"server:{new.id}", "models", "read", "any-model") is None
 
     remaining = running(cluster)
     assert {node.id for node in remaining} == expected

@@ -180,6 +180,9 @@ class AuthService(auth_pb2_grpc.AuthServicer):
                 f"got {permission.domain!r}:{permission.verb!r}"
             )
         need = Need(permission.domain, permission.verb, permission.resource)
+        if caller.kind == "server" and caller.name in self._node.removed_ids():
+            # As the client port judges it (authz.Authorizer): a removed server's certificate speaks for nobody.
+            return auth_pb2.CheckResponse(allowed=False, reason=f"server {caller.name} was removed from this cluster")
         held, _ = self._node.read_table(AuthTable, lambda auth: allowed(auth, caller, need))
         if held:
             return auth_pb2.CheckResponse(allowed=True)
