@@ -23,7 +23,7 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
@@ -65,16 +65,22 @@ class Supervisor:
     def __init__(self, client: AsyncClient, node_id: str) -> None:
         self.client = client
         self.node_id = node_id
+        #: name -> (what it runs, its task) for every instance wanted running here.
         self._tasks: dict[str, tuple[tuple[str, ...], asyncio.Task[None]]] = {}
-        #: Every task not finished yet, those ``sync`` cancelled included: a stop can take the run's
-        #: whole stop_timeout_s, and the agent must not exit before it ends.
+        #: name -> its tasks not finished yet, wanted or stopping: a new one for that name waits for
+        #: them to end (a stop can take the run's whole stop_timeout_s), so two never run at once.
+        self._pending: dict[str, set[asyncio.Task[None]]] = {}
+        #: Every task not finished yet, stopping ones included: the agent must not exit before they end.
         self._unfinished: set[asyncio.Task[None]] = set()
         #: name -> the running process (for tests, the stop path and the metrics).
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         agent_metrics.track_processes(self)
 
     def sync(self, records: Sequence[ServiceRecord]) -> None:
-        """Start what is wanted and not running; stop what runs and is no longer wanted."""
+        """Start what is wanted and not running; stop what runs and is no longer wanted.
+
+        A run that could not start (``failed``) is not tried again until it is stopped and started,
+        or its manifest or ports change: retrying does not make a missing program appear."""
         wanted: dict[str, ServiceRecord] = {
             r.name: r for r in records if r.run.wanted and (r.manifest.get("run") or {}).get("command")
         }
@@ -85,13 +91,25 @@ class Supervisor:
             running = self._tasks.get(name)
             if running is not None and running[0] == fingerprint and not running[1].done():
                 continue
-            previous = running[1] if running is not None else None
-            if previous is not None:
-                previous.cancel()
-            task = asyncio.create_task(self._supervise(record, after=previous))
+            if running is not None:
+                running[1].cancel()
+            earlier = set(self._pending.get(name, ()))
+            task = asyncio.create_task(self._supervise(record, after=earlier))
+            self._pending.setdefault(name, set()).add(task)
             self._unfinished.add(task)
-            task.add_done_callback(self._unfinished.discard)
+            task.add_done_callback(self._finished(name))
             self._tasks[name] = (fingerprint, task)
+
+    def _finished(self, name: str) -> Callable[[asyncio.Task[None]], None]:
+        def forget(task: asyncio.Task[None]) -> None:
+            self._unfinished.discard(task)
+            pending = self._pending.get(name)
+            if pending is not None:
+                pending.discard(task)
+                if not pending:
+                    del self._pending[name]
+
+        return forget
 
     async def stop(self) -> None:
         """Stop every process, each given its grace, and wait until all have ended."""
@@ -102,17 +120,20 @@ class Supervisor:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _supervise(self, record: ServiceRecord, after: asyncio.Task[None] | None = None) -> None:
-        """Run ``record``'s process until cancelled; first wait for ``after``, the task it replaces,
-        to have stopped its own (a new manifest or new ports): two must never run at once."""
+    async def _supervise(self, record: ServiceRecord, after: set[asyncio.Task[None]] | None = None) -> None:
+        """Run ``record``'s process until cancelled, once ``after`` (the earlier tasks for this name)
+        have ended: two must never run at once, whether this one replaces one (a new manifest or
+        new ports) or starts again while one still stops. (A task cancelled before it ran never
+        waits itself, so each waits for every earlier one, not only the last.)"""
         name = record.name
-        command = list((record.manifest.get("run") or {}).get("command") or [])
+        run = record.manifest.get("run") or {}
+        command = list(run.get("command") or [])
         loop = asyncio.get_running_loop()
         restarts, backoff, code = 0, MIN_BACKOFF_S, 0
         process: asyncio.subprocess.Process | None = None
         try:
-            if after is not None:
-                await asyncio.wait([after])  # not gather: cancelling this wait must not cancel it
+            if after:
+                await asyncio.wait(after)  # not gather: cancelling this wait must not cancel them
             while True:
                 try:
                     process = await asyncio.create_subprocess_exec(
@@ -125,7 +146,8 @@ class Supervisor:
                     )
                 except OSError as exc:
                     await self._report(name, "failed", restarts, code, message=f"cannot start {command[0]}: {exc}")
-                    return  # a missing program does not appear by retrying; start again once fixed
+                    await asyncio.Future()  # failed until stopped or replaced (see sync): never set
+                    continue
                 started = loop.time()
                 agent_metrics.SERVICE_STARTS.inc()
                 self.processes[name] = process
@@ -143,13 +165,24 @@ class Supervisor:
                 agent_metrics.SERVICE_RESTARTS.inc()  # counted once it is due, not for a stop meanwhile
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         except asyncio.CancelledError:
-            if process is not None and process.returncode is None:
-                await terminate(process, stop_grace_s(record.manifest.get("run") or {}))
-            if process is not None:
-                self._forget(name, process)
-            with contextlib.suppress(ControlPlaneError):
-                await self._report(name, "stopped", restarts, code)
+            try:
+                # Cancelled while the earlier ones still stop: it still ends after them.
+                if after and not all(task.done() for task in after):
+                    await asyncio.wait(after)
+                if process is not None and process.returncode is None:
+                    await terminate(process, stop_grace_s(run))
+            finally:
+                if process is not None:
+                    self._forget(name, process)
+                with contextlib.suppress(ControlPlaneError, asyncio.CancelledError):
+                    await self._report(name, "stopped", restarts, code)
             raise
+        finally:
+            # Whatever ended this task (a defect included), its process does not outlive it.
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                self._forget(name, process)
 
     def _forget(self, name: str, process: asyncio.subprocess.Process) -> None:
         """Drop ``process`` from ``processes`` unless a newer task has put its own there meanwhile

@@ -378,6 +378,18 @@ def test_a_removed_servers_certificate_may_only_ask_what_every_identity_may() ->
     assert authorizer.check(status, cluster_pb2.StatusRequest(), n3)[0] == authz.Caller("server", "n3")  # type: ignore[arg-type]
     assert authorizer.check(put, kv_pb2.PutRequest(key="k"), n1)[0] == authz.Caller("server", "n1")  # type: ignore[arg-type]
 
+    # With a rate limit: refused as removed however many calls it makes (never RESOURCE_EXHAUSTED,
+    # which a forwarding server would pass on as is); its status reads are limited as anyone's.
+    limited = authz.Authorizer(
+        lambda: machine.auth, insecure_dev=False, limiter=authz.RateLimiter(1, 1), removed_servers=lambda: removed
+    )
+    for _ in range(5):
+        with pytest.raises(authz.PermissionDenied, match="was removed"):
+            limited.check(put, kv_pb2.PutRequest(key="k"), n3)  # type: ignore[arg-type]
+    limited.check(status, cluster_pb2.StatusRequest(), n3)  # type: ignore[arg-type]
+    with pytest.raises(authz.RateLimited):
+        limited.check(status, cluster_pb2.StatusRequest(), n3)  # type: ignore[arg-type]
+
 
 def test_a_forwarded_call_refused_for_the_forwarding_servers_identity_is_unavailable_to_its_caller() -> None:
     """A removed server that has not learnt it yet hands a caller's write to the leader as itself and

@@ -129,3 +129,48 @@ async def test_a_replaced_process_has_ended_before_its_successor_starts(tmp_path
     await until(lambda: "new start" in log.read_text(), "the second started")
     await runs.stop()
     assert log.read_text().splitlines() == ["old start", "old end", "new start", "new end"]
+
+
+async def test_started_again_while_it_still_stops_waits_for_the_stop(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    reports = _Reports()
+    runs = Supervisor(reports, "node")  # type: ignore[arg-type]
+    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="first")])
+    await until(lambda: log.exists() and "first start" in log.read_text(), "started")
+    runs.sync([])  # services stop: its stop takes a second
+    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="again")])  # services start, at once
+    await until(lambda: "again start" in log.read_text(), "started again")
+    assert log.read_text().splitlines() == ["first start", "first end", "again start"]
+    # The catalog's last word is the new run's, not the old one's late "stopped".
+    assert reports.states[-1] == ("svc", "running")
+    await runs.stop()
+
+
+async def test_a_chain_of_replacements_within_one_grace_never_overlaps(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    runs = Supervisor(_Reports(), "node")  # type: ignore[arg-type]
+    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="a")])
+    await until(lambda: log.exists() and "a start" in log.read_text(), "the first started")
+    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="b")])  # b waits for a's stop...
+    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="c")])  # ...and is replaced meanwhile
+    await until(lambda: "c start" in log.read_text(), "the last started")
+    await runs.stop()
+    assert log.read_text().splitlines() == ["a start", "a end", "c start", "c end"]
+
+
+async def test_a_program_that_cannot_start_is_reported_failed_once(tmp_path: Path) -> None:
+    reports = _Reports()
+    runs = Supervisor(reports, "node")  # type: ignore[arg-type]
+    record = ports_pb2.ServiceRecord()
+    record.manifest.name, record.manifest.host = "svc", "node"
+    record.manifest.run.command.append(str(tmp_path / "no-such-program"))
+    record.run.wanted = True
+    missing = service_record(record)
+    runs.sync([missing])
+    await until(lambda: ("svc", "failed") in reports.states, "failed")
+    for _ in range(3):  # the agent's refreshes: the same manifest, still wanted
+        runs.sync([missing])
+        await asyncio.sleep(0)
+    assert reports.states == [("svc", "failed")]
+    await runs.stop()
+    assert reports.states == [("svc", "failed"), ("svc", "stopped")]

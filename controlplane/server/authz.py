@@ -308,17 +308,19 @@ class Authorizer:
                 "'authorization: Bearer <token>' (cpctl --token, CP_TOKEN)"
             )
         removed = caller.kind == "server" and caller.name in self._removed_servers()
-        if self._limiter is not None and (caller.kind != "server" or removed):
-            self._limiter.take(str(caller))
-        if rule == AUTHENTICATED:
-            return caller, ""
-        if removed:
+        if removed and rule != AUTHENTICATED:
+            # Before the rate limit: a call it forwards must be refused as such (forwarded_error),
+            # never answered RESOURCE_EXHAUSTED, which its caller's SDK would not take elsewhere.
             raise PermissionDenied(
                 f"{method} is refused: server {caller.name} was removed from this cluster, and its "
                 "certificate no longer speaks for a server (a server joins again only under a new id, "
                 "with a certificate for that id)",
                 caller,
             )
+        if self._limiter is not None and (caller.kind != "server" or removed):
+            self._limiter.take(str(caller))
+        if rule == AUTHENTICATED:
+            return caller, ""
         state = self._auth_state()
         if rule is None:
             if caller.kind == "server":

@@ -471,7 +471,8 @@ def test_an_agent_starts_a_service_on_demand_restarts_it_after_kill_9_and_stops_
         wait_until(lambda: not pid_alive(restarted), 20, "the process of a deregistered instance stopped")
 
 
-# Serves until SIGTERM, then stops listening and drains until the file DRAINED names exists.
+# Serves until SIGTERM, then stops listening and drains until the file DRAINED names exists
+# (10 minutes at most).
 SERVE_THEN_DRAIN = (
     "import http.server, os, signal, threading, time\n"
     "server = http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])),"
@@ -479,7 +480,8 @@ SERVE_THEN_DRAIN = (
     "signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())\n"
     "server.serve_forever()\n"
     "server.server_close()\n"
-    "while not os.path.exists(os.environ['DRAINED']):\n"
+    "give_up = time.monotonic() + 600\n"  # never outlives a test run cut short
+    "while not os.path.exists(os.environ['DRAINED']) and time.monotonic() < give_up:\n"
     "    time.sleep(0.1)\n"
 )
 
@@ -513,9 +515,11 @@ def test_a_stopping_agent_stops_its_services_while_their_checks_still_run(
             critical = status_of(client, host, name) is HealthStatus.CRITICAL
             return critical and node_state(client, host) is NodeState.ACTIVE
 
-        wait_until(critical_while_there, 120, "the draining service critical while its node is still active")
-        assert pid_alive(pid) and agent.poll() is None  # it drains, and the agent waits for it
-        drained.touch()
+        try:
+            wait_until(critical_while_there, 120, "the draining service critical while its node is still active")
+            assert pid_alive(pid) and agent.poll() is None  # it drains, and the agent waits for it
+        finally:
+            drained.touch()  # whatever happened: the service ends (it runs in a session of its own)
         assert agent.wait(120) == 0
         assert not pid_alive(pid)
         assert node_state(client, host) is NodeState.LEFT
