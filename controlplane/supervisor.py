@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -145,9 +146,18 @@ class Supervisor:
                         start_new_session=True,
                     )
                 except OSError as exc:
-                    await self._report(name, "failed", restarts, code, message=f"cannot start {command[0]}: {exc}")
-                    await asyncio.Future()  # failed until stopped or replaced (see sync): never set
-                    continue
+                    problem = f"cannot start {command[0]}: {exc}"
+                    if not _never_starts(exc):
+                        # A passing shortage (processes, memory, files) or a binary being replaced:
+                        # tried again after the backoff, as a process that exited.
+                        restarts += 1
+                        await self._report(name, "backoff", restarts, code, message=f"{problem}; retry in {backoff:g}s")
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, MAX_BACKOFF_S)
+                        continue
+                    await self._report(name, "failed", restarts, code, message=problem)
+                    await loop.create_future()  # failed until stopped or replaced (see sync): never set
+                    continue  # not reached; says so to the type checker
                 started = loop.time()
                 agent_metrics.SERVICE_STARTS.inc()
                 self.processes[name] = process
@@ -174,8 +184,10 @@ class Supervisor:
             finally:
                 if process is not None:
                     self._forget(name, process)
-                with contextlib.suppress(ControlPlaneError, asyncio.CancelledError):
-                    await self._report(name, "stopped", restarts, code)
+                current = asyncio.current_task()
+                if current is None or current.cancelling() <= 1:  # not when cut short again: exit fast
+                    with contextlib.suppress(ControlPlaneError, asyncio.CancelledError):
+                        await self._report(name, "stopped", restarts, code)
             raise
         finally:
             # Whatever ended this task (a defect included), its process does not outlive it.
@@ -201,6 +213,11 @@ class Supervisor:
             pass  # deregistered meanwhile: the next sync stops it
         except ControlPlaneError as exc:
             log.warning("run_report_failed", service=name, state=state, reason=exc.message)
+
+
+def _never_starts(exc: OSError) -> bool:
+    """Whether starting again cannot help: no such program, not allowed to run it, not a program."""
+    return isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError) or exc.errno == errno.ENOEXEC
 
 
 async def terminate(process: asyncio.subprocess.Process, grace_s: float) -> None:

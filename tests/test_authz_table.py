@@ -381,7 +381,10 @@ def test_a_removed_servers_certificate_may_only_ask_what_every_identity_may() ->
     # With a rate limit: refused as removed however many calls it makes (never RESOURCE_EXHAUSTED,
     # which a forwarding server would pass on as is); its status reads are limited as anyone's.
     limited = authz.Authorizer(
-        lambda: machine.auth, insecure_dev=False, limiter=authz.RateLimiter(1, 1), removed_servers=lambda: removed
+        lambda: machine.auth,
+        insecure_dev=False,
+        limiter=authz.RateLimiter(1, 1, clock=lambda: 0.0),  # a stopped clock: no refill between calls
+        removed_servers=lambda: removed,
     )
     for _ in range(5):
         with pytest.raises(authz.PermissionDenied, match="was removed"):

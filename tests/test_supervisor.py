@@ -6,6 +6,7 @@ recorder of the agent's reports (what the supervisor tells it is not under test 
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 from pathlib import Path
 from typing import Any
@@ -146,16 +147,23 @@ async def test_started_again_while_it_still_stops_waits_for_the_stop(tmp_path: P
     await runs.stop()
 
 
-async def test_a_chain_of_replacements_within_one_grace_never_overlaps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("waiting", [False, True], ids=["b-never-ran", "b-waiting"])
+async def test_a_chain_of_replacements_within_one_grace_never_overlaps(tmp_path: Path, waiting: bool) -> None:
     log = tmp_path / "log"
-    runs = Supervisor(_Reports(), "node")  # type: ignore[arg-type]
+    reports = _Reports()
+    runs = Supervisor(reports, "node")  # type: ignore[arg-type]
     runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="a")])
     await until(lambda: log.exists() and "a start" in log.read_text(), "the first started")
     runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="b")])  # b waits for a's stop...
+    if waiting:
+        await asyncio.sleep(0)  # one loop turn: b runs its first step, into its wait for a
     runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="c")])  # ...and is replaced meanwhile
     await until(lambda: "c start" in log.read_text(), "the last started")
     await runs.stop()
     assert log.read_text().splitlines() == ["a start", "a end", "c start", "c end"]
+    # a ran and stopped; b never ran (stopped only when a had); then c ran and stopped.
+    expected = ["running", "stopped", *(["stopped"] if waiting else []), "running", "stopped"]
+    assert [state for _, state in reports.states] == expected
 
 
 async def test_a_program_that_cannot_start_is_reported_failed_once(tmp_path: Path) -> None:
@@ -174,3 +182,18 @@ async def test_a_program_that_cannot_start_is_reported_failed_once(tmp_path: Pat
     assert reports.states == [("svc", "failed")]
     await runs.stop()
     assert reports.states == [("svc", "failed"), ("svc", "stopped")]
+
+
+@pytest.mark.parametrize(
+    ("error", "never"),
+    [
+        (FileNotFoundError(errno.ENOENT, "no such file"), True),
+        (PermissionError(errno.EACCES, "permission denied"), True),
+        (OSError(errno.ENOEXEC, "exec format error"), True),
+        (OSError(errno.EAGAIN, "resource temporarily unavailable"), False),  # out of processes, for now
+        (OSError(errno.ETXTBSY, "text file busy"), False),  # the binary is being replaced
+        (OSError(errno.EMFILE, "too many open files"), False),
+    ],
+)
+def test_only_a_start_that_cannot_ever_work_is_failed_for_good(error: OSError, never: bool) -> None:
+    assert supervisor._never_starts(error) is never
