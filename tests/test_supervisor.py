@@ -93,14 +93,24 @@ async def until(condition: Any, what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
+def logging_run(log: Path, label: str, stop_timeout_s: int = 30) -> Any:
+    """The LOGGING script as instance svc's run, writing ``label start``/``label end`` to ``log``."""
+    return wanted(LOGGING, log, stop_timeout_s=stop_timeout_s, label=label)
+
+
+async def logged(log: Path, line: str) -> None:
+    """Until ``log`` holds ``line``."""
+    await until(lambda: log.exists() and line in log.read_text().splitlines(), line)
+
+
 async def test_the_manifests_grace_is_given_and_an_agents_stop_waits_for_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(supervisor, "STOP_GRACE_S", 0.2)  # the default would SIGKILL after 0.2 s
     log = tmp_path / "log"
     runs = Supervisor(_Reports(), "node")  # type: ignore[arg-type]
-    runs.sync([wanted(LOGGING, log, stop_timeout_s=30)])
-    await until(lambda: log.exists() and "one start" in log.read_text(), "started")
+    runs.sync([logging_run(log, "one")])
+    await logged(log, "one start")
     process = runs.processes["svc"]
     runs.sync([])  # no longer wanted: its stop begins, and takes a second
     await runs.stop()  # the agent stops: it waits for that stop, it does not cut it short
@@ -113,8 +123,8 @@ async def test_without_a_grace_a_slow_process_is_killed_after_the_default(
     monkeypatch.setattr(supervisor, "STOP_GRACE_S", 0.2)
     log = tmp_path / "log"
     runs = Supervisor(_Reports(), "node")  # type: ignore[arg-type]
-    runs.sync([wanted(LOGGING, log)])
-    await until(lambda: log.exists() and "one start" in log.read_text(), "started")
+    runs.sync([logging_run(log, "one", stop_timeout_s=0)])
+    await logged(log, "one start")
     process = runs.processes["svc"]
     await runs.stop()
     assert process.returncode == -signal.SIGKILL and log.read_text().splitlines() == ["one start"]
@@ -122,12 +132,11 @@ async def test_without_a_grace_a_slow_process_is_killed_after_the_default(
 
 async def test_a_replaced_process_has_ended_before_its_successor_starts(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    reports = _Reports()
-    runs = Supervisor(reports, "node")  # type: ignore[arg-type]
-    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="old")])
-    await until(lambda: log.exists() and "old start" in log.read_text(), "the first started")
-    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="new")])  # a new manifest
-    await until(lambda: "new start" in log.read_text(), "the second started")
+    runs = Supervisor(_Reports(), "node")  # type: ignore[arg-type]
+    runs.sync([logging_run(log, "old")])
+    await logged(log, "old start")
+    runs.sync([logging_run(log, "new")])  # a new manifest
+    await logged(log, "new start")
     await runs.stop()
     assert log.read_text().splitlines() == ["old start", "old end", "new start", "new end"]
 
@@ -136,11 +145,11 @@ async def test_started_again_while_it_still_stops_waits_for_the_stop(tmp_path: P
     log = tmp_path / "log"
     reports = _Reports()
     runs = Supervisor(reports, "node")  # type: ignore[arg-type]
-    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="first")])
-    await until(lambda: log.exists() and "first start" in log.read_text(), "started")
+    runs.sync([logging_run(log, "first")])
+    await logged(log, "first start")
     runs.sync([])  # services stop: its stop takes a second
-    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="again")])  # services start, at once
-    await until(lambda: "again start" in log.read_text(), "started again")
+    runs.sync([logging_run(log, "again")])  # services start, at once
+    await logged(log, "again start")
     assert log.read_text().splitlines() == ["first start", "first end", "again start"]
     # The catalog's last word is the new run's, not the old one's late "stopped".
     assert reports.states[-1] == ("svc", "running")
@@ -152,13 +161,13 @@ async def test_a_chain_of_replacements_within_one_grace_never_overlaps(tmp_path:
     log = tmp_path / "log"
     reports = _Reports()
     runs = Supervisor(reports, "node")  # type: ignore[arg-type]
-    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="a")])
-    await until(lambda: log.exists() and "a start" in log.read_text(), "the first started")
-    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="b")])  # b waits for a's stop...
+    runs.sync([logging_run(log, "a")])
+    await logged(log, "a start")
+    runs.sync([logging_run(log, "b")])  # b waits for a's stop...
     if waiting:
         await asyncio.sleep(0)  # one loop turn: b runs its first step, into its wait for a
-    runs.sync([wanted(LOGGING, log, stop_timeout_s=30, label="c")])  # ...and is replaced meanwhile
-    await until(lambda: "c start" in log.read_text(), "the last started")
+    runs.sync([logging_run(log, "c")])  # ...and is replaced meanwhile
+    await logged(log, "c start")
     await runs.stop()
     assert log.read_text().splitlines() == ["a start", "a end", "c start", "c end"]
     # a ran and stopped; b never ran (stopped only when a had); then c ran and stopped.
