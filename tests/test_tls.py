@@ -438,7 +438,9 @@ def test_cli_renew_before_keeps_a_good_pair_and_issues_one_that_is_due_or_wrong(
 
     assert issue("--renew-before", "30")["kept"] is False  # nothing there yet
     first = pair()
-    assert issue("--renew-before", "30")["kept"] is True and pair() == first
+    kept = issue("--renew-before", "30")
+    assert kept["kept"] is True and pair() == first
+    assert kept["identity"] == {"role": "server", "id": "n1"}  # the same keys as when it is issued
     assert issue("--days", "10")["kept"] is False  # without the option: always issued
     assert issue("--renew-before", "30")["kept"] is False  # due: 10 days left, 30 asked
     second = pair()

@@ -110,10 +110,17 @@ def issue(
         if renew_before is not None and worth_keeping(
             directory, kept_cert, kept_key, sans=san or (), valid_for_days=renew_before
         ):
-            until = describe(kept_cert)["not_after"]
+            kept = describe(kept_cert)
+            until = kept["not_after"]
             emit(
                 output,
-                {"cert": str(kept_cert), "key": str(kept_key), "kept": True, "not_after": until},
+                {
+                    "cert": str(kept_cert),
+                    "key": str(kept_key),
+                    "identity": kept["identity"],
+                    "kept": True,
+                    "not_after": until,
+                },
                 f"kept {kept_cert}  valid until {until}, more than {renew_before:g} days from now",
             )
             return
