@@ -181,6 +181,12 @@ class StatusCache:
                 # with_traceback(None): re-raising one object would grow its traceback each time.
                 raise self._value.with_traceback(None)
             return self._value
+        return await self.refresh()
+
+    async def refresh(self) -> ClusterStatus:
+        """Ask the cluster now, however fresh the kept answer (joining a fetch already under way),
+        and keep the answer: the console's status loop, which must see a change within its own
+        interval rather than the cache's, and leaves every reader a fresher status."""
         if self._pending is None:
             self._pending = asyncio.ensure_future(self._refresh())
         # Shielded: a caller that goes away (client disconnect) must not cancel the others' fetch.

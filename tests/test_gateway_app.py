@@ -387,6 +387,22 @@ async def test_status_is_cached_briefly_and_fetched_once_for_concurrent_requests
     assert backend.status_calls == 3
 
 
+async def test_a_refresh_asks_the_cluster_within_the_ttl_and_readers_then_get_its_answer(
+    backend: FakeBackend, clock: FakeClock
+) -> None:
+    """What the console's status loop relies on: a fresh answer each time it asks, shared with the
+    readers of the cache."""
+    app = create_app(GatewaySettings(endpoints=("127.0.0.1:1",), token=TOKEN), backend, clock=clock)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+        assert (await http.get("/v1/leader")).json()["id"] == "n1"
+        calls = backend.status_calls
+        backend.status = status(leader="n2")
+        assert (await app.state.gateway.cache.refresh()).leader_id == "n2"  # no clock moved
+        assert backend.status_calls == calls + 1
+        assert (await http.get("/v1/leader")).json()["id"] == "n2"  # the refreshed answer, kept
+        assert backend.status_calls == calls + 1
+
+
 # --------------------------------------------------------------------------------------- the command
 
 

@@ -28,7 +28,9 @@ log = structlog.get_logger("gateway.console")
 WATCHED_DOMAINS = ("membership", "ports", "models", "gossip", "cluster")
 #: The pseudo-domain for changes of the cluster's status (leader, roles, health), which no watch carries.
 STATUS = "status"
-STATUS_INTERVAL_S = 1.0
+#: How often the hub asks for the cluster's status while a console is open (bypassing the status
+#: cache's one second, and refreshing it): a killed leader shows within an election and this.
+STATUS_INTERVAL_S = 0.5
 #: Wait before re-opening a watch that failed for a reason other than a transient one.
 WATCH_RETRY_S = 2.0
 

@@ -101,7 +101,7 @@ def hub_of(request: Request) -> LiveHub:
     state = request.app.state
     hub: LiveHub | None = getattr(state, "console_hub", None)
     if hub is None:
-        hub = LiveHub(lambda: source_of(state).watch(), state.gateway.cache.get)
+        hub = LiveHub(lambda: source_of(state).watch(), state.gateway.cache.refresh)
         state.console_hub = hub
         state.console_reads = SharedReads(hub)
     return hub

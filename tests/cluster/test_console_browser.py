@@ -112,6 +112,7 @@ def test_console_in_a_browser(cluster: LocalCluster, tmp_path: Path, browser: An
         peers = [f"br-a{i}" for i in range(4)]
         for i, peer in enumerate(peers):
             admin.gossip.report_bandwidth(peer, {p: 1e6 * (1 + i + j) for j, p in enumerate(peers) if p != peer})
+        admin.models.register("BrowserLlama-8B", "ab" * 32, 8192, "safetensors", family="llama")
         tensors = [("w", "float32", (8,))]
         admin.gossip.configure_group("br-g", tensors)
         deadline = int(time.time() * 1000) + 60_000
@@ -128,9 +129,14 @@ def test_console_in_a_browser(cluster: LocalCluster, tmp_path: Path, browser: An
                 )  # fmt: skip
 
     with running_gateway(cluster, tmp_path) as gateway:
+        before_login = browser.new_context(viewport={"width": 1280, "height": 800})
+        before_login.new_page().goto(gateway.url + "/ui/login")
+        before_login.pages[0].screenshot(path=str(shots / "login.png"))
+        before_login.close()
         context, page, problems = logged_in(browser, gateway.url)
 
-        for name, path in PAGES.items():
+        details = {"network": "/ui/networks/br-net", "model": "/ui/models/BrowserLlama-8B"}
+        for name, path in {**PAGES, **details}.items():
             visit_and_time(page, gateway.url + path, name)
             page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
         assert problems == []
