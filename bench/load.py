@@ -47,6 +47,8 @@ class System:
     server_pids: list[int] = field(default_factory=list)  # for the CPU accounting of each line
     # How a client channel is made (TLS and a client certificate for ours with client TLS); None: plaintext.
     channel_factory: Callable[[str], grpc.aio.Channel] | None = None
+    # Fields added to each of its JSON lines (ours: "client_calls", how its clients send calls).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,6 +154,7 @@ async def run_scenario(system: System, sc: Scenario) -> dict[str, Any]:
             else {}
         ),
         "loadavg_1m": round(os.getloadavg()[0], 2),
+        **system.extra,
     }
     if errors:
         result["error_codes"] = errors

@@ -2,8 +2,9 @@
 
 The cluster comes from ``controlplane.dev.LocalCluster`` (free loopback ports, a dev CA and mutual
 TLS on the peer plane, the server defaults unless ``extra_config`` says otherwise, e.g.
-``{"durability": "none"}`` for ``ours-nofsync``). Writes go through our KV service; the leader is
-found with Cluster.Status.
+``{"durability": "none"}`` for ``ours-nofsync``). Writes go through our KV service, carried on one
+``Calls.Carry`` stream per server as the asyncio SDK sends them (``--ours-calls unary``: a gRPC call
+each); the leader is found with Cluster.Status.
 """
 
 from __future__ import annotations
@@ -49,6 +50,31 @@ def ours_put_fn(kv_pb2: Any):  # type: ignore[no-untyped-def]
     return put
 
 
+class CarriedStub:
+    """The methods of a service's stub that the bench calls, carried as messages on the channel's
+    ``Calls.Carry`` stream, as the asyncio SDK sends its unary calls (``controlplane/client/_calls.py``).
+    ``methods``: name -> (request class, response class)."""
+
+    def __init__(self, channel: grpc.aio.Channel, service: str, methods: dict[str, tuple[Any, Any]]) -> None:
+        from controlplane.client._calls import CallCarrier, CarriedUnary
+
+        carrier = CallCarrier(channel)
+        for name, (request, response) in methods.items():
+            path = f"/{service}/{name}"
+            alone = channel.unary_unary(
+                path, request_serializer=request.SerializeToString, response_deserializer=response.FromString
+            )
+            setattr(self, name, CarriedUnary(carrier, path, request.SerializeToString, response.FromString, alone))
+
+
+def stub_factory_for(calls: str, service: str, methods: dict[str, tuple[Any, Any]], unary_stub: Any) -> Any:
+    """How the generator's clients call us: ``carried`` (as the asyncio SDK) or ``unary`` (a gRPC
+    call each, as the blocking SDK and generated stubs)."""
+    if calls == "unary":
+        return unary_stub
+    return lambda channel: CarriedStub(channel, service, methods)
+
+
 def ours_allocate_fn():  # type: ignore[no-untyped-def]
     """An op that allocates a port: Ports.Allocate for a fresh service, one host per client.
 
@@ -67,16 +93,18 @@ def ours_allocate_fn():  # type: ignore[no-untyped-def]
     return allocate
 
 
-def ours_allocate_system(cluster: Any, leader: str) -> System:
-    from controlplane.v1 import ports_pb2_grpc
+def ours_allocate_system(cluster: Any, leader: str, calls: str = "carried") -> System:
+    from controlplane.v1 import ports_pb2, ports_pb2_grpc
 
+    allocate = {"Allocate": (ports_pb2.AllocateRequest, ports_pb2.AllocateResponse)}
     return System(
         name="ours",
         endpoints=list(cluster.client_addresses),
         leader=leader,
-        stub_factory=ports_pb2_grpc.PortsStub,
+        stub_factory=stub_factory_for(calls, "controlplane.v1.Ports", allocate, ports_pb2_grpc.PortsStub),
         put=ours_allocate_fn(),
         server_pids=[n.pid for n in cluster.nodes.values() if n.pid is not None],
+        extra={"client_calls": calls},
     )
 
 
@@ -171,15 +199,19 @@ def start_cluster(
     return cluster
 
 
-def ours_system(cluster: Any, leader: str, kv_pb2: Any, kv_pb2_grpc: Any, name: str = "ours") -> System:
+def ours_system(
+    cluster: Any, leader: str, kv_pb2: Any, kv_pb2_grpc: Any, name: str = "ours", calls: str = "carried"
+) -> System:
+    put = {"Put": (kv_pb2.PutRequest, kv_pb2.PutResponse)}
     return System(
         name=name,
         endpoints=list(cluster.client_addresses),
         leader=leader,
-        stub_factory=kv_pb2_grpc.KVStub,
+        stub_factory=stub_factory_for(calls, "controlplane.v1.KV", put, kv_pb2_grpc.KVStub),
         put=ours_put_fn(kv_pb2),
         server_pids=[n.pid for n in cluster.nodes.values() if n.pid is not None],
         channel_factory=client_channel_factory(cluster),
+        extra={"client_calls": calls},
     )
 
 

@@ -158,7 +158,7 @@ async def bench_ours(
         log(f"{name}: started {len(cluster.client_addresses)} servers, leader {leader_id}")
         for sc in scenarios(args):
             leader = await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
-            system = ours.ours_system(cluster, leader, kv_pb2, kv_pb2_grpc, name=name)
+            system = ours.ours_system(cluster, leader, kv_pb2, kv_pb2_grpc, name=name, calls=args.ours_calls)
             line = add_ratios(await run_scenario(system, sc), etcd)
             if plaintext is not None and not client_tls:
                 plaintext[sc.name] = line
@@ -172,7 +172,7 @@ async def bench_ours(
             # Port allocations with 64 clients, next to etcd's 64-client puts from this run.
             leader = await ours.wait_healthy(cluster, cluster_pb2, cluster_pb2_grpc)
             allocate = Scenario("allocate_64_clients", 64, args.duration, 2 * args.warmup, leader_only=False)
-            line = await run_scenario(ours.ours_allocate_system(cluster, leader), allocate)
+            line = await run_scenario(ours.ours_allocate_system(cluster, leader, args.ours_calls), allocate)
             emit(add_ratios(line, etcd, reference="write_64_clients"))
             if args.registry_versions:
                 from bench.registry import bench_registry
@@ -282,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         "--ablation",
         action="store_true",
         help="also run our cluster with group commit off, and with pysyncobj's default periods",
+    )
+    p.add_argument(
+        "--ours-calls",
+        choices=["carried", "unary"],
+        default="carried",
+        help="how the generator calls our servers: on one Calls.Carry stream per server, as the asyncio "
+        "SDK does (default), or a gRPC call each, as generated stubs and the blocking SDK do",
     )
     p.add_argument("--op-timeout", type=float, default=1.0, help="per-write deadline in the failover writer")
     p.add_argument(

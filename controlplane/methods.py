@@ -15,6 +15,7 @@ from google.protobuf.descriptor import MethodDescriptor
 
 from controlplane.v1 import (
     auth_pb2,
+    calls_pb2,
     cluster_pb2,
     gossip_pb2,
     kv_pb2,
@@ -32,6 +33,7 @@ __all__ = ["CLIENT_PORT_FILES", "command_of", "declared_access", "descriptor", "
 #: them puts their methods in the descriptor pool.
 CLIENT_PORT_FILES = (
     auth_pb2,
+    calls_pb2,
     cluster_pb2,
     gossip_pb2,
     kv_pb2,

@@ -21,6 +21,7 @@ from controlplane.grpc_options import SERVER_OPTIONS
 from controlplane.server import logs, metrics
 from controlplane.server.audit import AuditLog
 from controlplane.server.authz import Authorizer, RateLimiter
+from controlplane.server.calls import CallsService
 from controlplane.server.client_listener import add_client_port
 from controlplane.server.config import ConfigError, ServerConfig
 from controlplane.server.consensus import RaftStatus
@@ -28,6 +29,7 @@ from controlplane.server.interceptor import ErrorsAndMetrics, StreamLimiter
 from controlplane.server.node import Node
 from controlplane.server.probes import Readiness, serve_metrics_and_probes
 from controlplane.server.services import Serving, add_services
+from controlplane.v1 import calls_pb2, calls_pb2_grpc
 
 log = structlog.get_logger("controlplane.server")
 
@@ -71,10 +73,17 @@ def run_on_loop(config: ServerConfig, main: Coroutine[Any, Any, None]) -> None:
 def add_client_api(api: ErrorsAndMetrics, serving: Serving, health_servicer: health.aio.HealthServicer) -> None:
     """Register every method the client port serves with ``api``, the one handler that checks,
     measures and audits each call (ours, and grpcio's health and reflection services); the gRPC
-    server is given ``api`` alone (interceptor.py says why)."""
+    server is given ``api`` alone (interceptor.py says why). ``Calls.Carry`` carries the unary ones
+    as messages of one stream, each resolved through ``api`` (calls.py)."""
     served = add_services(api, serving)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, api)
-    names = (*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    calls_pb2_grpc.add_CallsServicer_to_server(CallsService(api, serving.node), api)
+    names = (
+        *served,
+        calls_pb2.DESCRIPTOR.services_by_name["Calls"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), api)
 
 

@@ -31,6 +31,9 @@ from controlplane.server.authz import DRY_RUN_METHODS, READ_ONLY, Authorizer, Pe
 
 log = structlog.get_logger("controlplane.grpc")
 
+#: The stream that carries unary calls as its messages (calls.py).
+CARRY_PATH = "/controlplane.v1.Calls/Carry"
+
 
 class ErrorsAndMetrics(grpc.GenericRpcHandler):
     """Errors, metrics and, given an ``Authorizer``, authentication, authorization and the audit
@@ -69,9 +72,12 @@ class ErrorsAndMetrics(grpc.GenericRpcHandler):
             for service in self._services:
                 handler = service.service(handler_call_details)
                 if handler is not None:
-                    wrapped = _wrap(
-                        method, handler, self._authorizer, self._audit, self._streams, self._connection_streams
-                    )
+                    # A Calls.Carry stream stands for a client's unary calls, each judged (and
+                    # rate-limited) on its own: it does not use up the identity's watch allowance,
+                    # which many processes sharing one identity would otherwise exhaust. The
+                    # per-connection limit still bounds it.
+                    streams = None if method == CARRY_PATH else self._streams
+                    wrapped = _wrap(method, handler, self._authorizer, self._audit, streams, self._connection_streams)
                     if wrapped is not None:
                         self._wrapped[method] = wrapped
                     break

@@ -226,6 +226,18 @@ class Node:
             if not future.done():
                 future.set_exception(Unavailable(_STOPPING))
 
+    def until_stop_begins(self) -> asyncio.Future[None]:
+        """A future that fails with Unavailable when ``begin_stop`` runs (at once if it ran): what a
+        long-lived stream other than a watch (``Calls.Carry``) waits on beside its work, to end
+        before the grace instead of holding it. The caller cancels it when its stream ends."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._stopping:
+            future.set_exception(Unavailable(_STOPPING))
+        else:
+            self._stream_waits.add(future)
+            future.add_done_callback(self._stream_waits.discard)
+        return future
+
     async def stop(self) -> None:
         self.begin_stop()
         self.proposer.close()

@@ -1,0 +1,180 @@
+"""``Calls.Carry`` against real servers: unary calls as the messages of one stream, each answered as
+the same call made on its own would be (its status, message and trailing metadata; its permission
+check per call), the stream living on past any one call's error; a stopping server answers what it
+has and ends the stream with UNAVAILABLE; and the asyncio SDK carries its calls that way."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import signal
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from controlplane import tls
+from controlplane.client import AsyncClient, Client, Credentials, PermissionDenied
+from controlplane.dev import LocalCluster
+from controlplane.v1 import calls_pb2, kv_pb2, kv_pb2_grpc, models_pb2, models_pb2_grpc
+
+from .conftest import READY_TIMEOUT_S, channel, followers
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+CARRY = "/controlplane.v1.Calls/Carry"
+PUT, GET = "/controlplane.v1.KV/Put", "/controlplane.v1.KV/Get"
+GET_MODEL = "/controlplane.v1.Models/GetModel"
+
+
+class CarryStream:
+    """A raw ``Carry`` stream on a blocking channel: send requests, read answers by id."""
+
+    def __init__(self, ch: grpc.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self._requests: queue.Queue[calls_pb2.CallBatch | None] = queue.Queue()
+        carry = ch.stream_stream(
+            CARRY,
+            request_serializer=calls_pb2.CallBatch.SerializeToString,
+            response_deserializer=calls_pb2.AnswerBatch.FromString,
+        )
+        self.batches: Iterator[calls_pb2.AnswerBatch] = carry(
+            iter(self._requests.get, None), metadata=metadata, timeout=120
+        )
+
+    def send(self, *calls: tuple[int, str, Any]) -> None:
+        """One batch of calls: (id, method, request message or bytes)."""
+        batch = calls_pb2.CallBatch()
+        for call_id, method, request in calls:
+            payload = request if isinstance(request, bytes) else request.SerializeToString()
+            batch.calls.add(id=call_id, method=method, request=payload, timeout_ms=30_000)
+        self._requests.put(batch)
+
+    def read(self, count: int) -> dict[int, calls_pb2.CallResponse]:
+        answers: dict[int, calls_pb2.CallResponse] = {}
+        while len(answers) < count:
+            answers.update((answer.id, answer) for answer in next(self.batches).answers)
+        assert len(answers) == count, answers
+        return answers
+
+    def close(self) -> None:
+        self._requests.put(None)
+
+
+def test_each_carried_call_is_answered_as_the_call_alone_would_be(cluster: LocalCluster) -> None:
+    address = cluster.nodes[cluster.wait_for_leader(60)].client_address
+    key = f"carry/{uuid.uuid4().hex[:8]}"
+    with channel(address) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        missing = models_pb2.GetModelRequest(model=f"carry-missing-{uuid.uuid4().hex[:8]}")
+        with pytest.raises(grpc.RpcError) as alone_missing:
+            models_pb2_grpc.ModelsStub(ch).GetModel(missing, timeout=30)
+        with pytest.raises(grpc.RpcError) as alone_bad:
+            kv.Put(kv_pb2.PutRequest(key=""), timeout=30)
+
+        stream = CarryStream(ch)
+        stream.send(
+            (1, PUT, kv_pb2.PutRequest(key=key, value=b"v1", request_id=uuid.uuid4().hex)),
+            (2, GET_MODEL, missing),
+            (3, PUT, kv_pb2.PutRequest(key="")),
+        )
+        stream.send(
+            (4, "/controlplane.v1.Watch/Watch", b""),  # a stream: not carried
+            (5, CARRY, b""),
+            (6, "/controlplane.v1.Nope/Nothing", b""),
+            (7, PUT, b"\xff\xff\xff"),  # does not decode
+        )
+        answers = stream.read(7)
+
+        assert answers[1].code == 0 and kv_pb2.PutResponse.FromString(answers[1].response).header.revision > 0
+        for answer, alone in ((answers[2], alone_missing.value), (answers[3], alone_bad.value)):
+            assert (answer.code, answer.message) == (alone.code().value[0], alone.details())
+            carried_trailing = [(m.key, m.value) for m in answer.trailing_metadata]
+            assert carried_trailing == [(k, v) for k, v in alone.trailing_metadata() if k.startswith("cp-")]
+            assert carried_trailing  # the error's kind at least: what the SDK maps it by
+        for call_id in (4, 5, 6):
+            assert answers[call_id].code == grpc.StatusCode.UNIMPLEMENTED.value[0], answers[call_id]
+            assert "not a unary method of this server" in answers[call_id].message
+        assert answers[7].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "does not decode as /controlplane.v1.KV/Put's" in answers[7].message
+
+        # The stream lives on past every error above.
+        stream.send((8, GET, kv_pb2.GetRequest(key=key)))
+        (answer,) = stream.read(1).values()
+        assert kv_pb2.GetResponse.FromString(answer.response).kv.value == b"v1"
+        stream.close()
+
+
+def test_each_carried_call_is_authorized_on_its_own(cluster: LocalCluster) -> None:
+    """A reader's token on the stream: its reads are answered, its writes refused, on one stream."""
+    suffix = uuid.uuid4().hex[:6]
+    user, role, key = f"carry-u-{suffix}", f"carry-r-{suffix}", f"carry/{suffix}"
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as admin:
+        admin.put(key, b"seen")
+        admin.auth.add_role(role)
+        admin.auth.grant_permission(role, ("kv", "read"))
+        admin.auth.add_user(user)
+        admin.auth.grant_role(user, role)
+        token = admin.auth.create_token(user).token
+    address = cluster.nodes[cluster.wait_for_leader(60)].client_address
+    with channel(address) as ch:
+        stream = CarryStream(ch, metadata=(("authorization", f"Bearer {token}"),))
+        stream.send(
+            (1, PUT, kv_pb2.PutRequest(key=key, value=b"no", request_id=uuid.uuid4().hex)),
+            (2, GET, kv_pb2.GetRequest(key=key)),
+        )
+        answers = stream.read(2)
+        assert answers[1].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+        assert "kv:write" in answers[1].message and f"user:{user}" in answers[1].message
+        assert kv_pb2.GetResponse.FromString(answers[2].response).kv.value == b"seen"
+        stream.close()
+
+    # The same through the SDK, whose calls travel this way.
+    cert, key_file = tls.issue(cluster.pki_dir, tls.Identity("client", f"carry-cert-{suffix}"))
+    as_reader = Credentials(ca=cluster.credentials.ca, cert=cert, key=key_file, token=token)
+
+    async def through_the_sdk() -> None:
+        async with AsyncClient([address], credentials=as_reader, timeout=30) as reader:
+            assert (await reader.get(key)).value == b"seen"
+            assert await reader.get(key + "/missing") is None
+            with pytest.raises(PermissionDenied, match="kv:write"):
+                await reader.put(key, b"no")
+
+    asyncio.run(through_the_sdk())
+
+
+def test_the_asyncio_sdk_carries_concurrent_calls_on_one_stream_per_server(cluster: LocalCluster) -> None:
+    prefix = f"carry-sdk/{uuid.uuid4().hex[:8]}/"
+
+    async def many() -> None:
+        async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as client:
+            await asyncio.gather(*(client.put(f"{prefix}{i}", str(i).encode()) for i in range(200)))
+            values = await asyncio.gather(*(client.get(f"{prefix}{i}") for i in range(200)))
+            assert [kv.value for kv in values] == [str(i).encode() for i in range(200)]
+            carriers = client._carriers  # white-box: the calls above went on the streams, not alone
+            assert carriers and not any(carrier.refused for carrier in carriers.values())
+
+    asyncio.run(many())
+
+
+def test_a_stopping_server_answers_its_carried_calls_and_ends_the_stream_with_unavailable(
+    cluster: LocalCluster,
+) -> None:
+    """SIGTERM: the stream ends as the stop begins, with UNAVAILABLE saying the server is shutting
+    down, rather than holding the client listener's grace to its end."""
+    node = followers(cluster, cluster.wait_for_leader())[0]
+    try:
+        with channel(node.client_address) as ch:
+            stream = CarryStream(ch)
+            stream.send((1, GET, kv_pb2.GetRequest(key="carry/anything")))
+            assert stream.read(1)[1].code == 0
+            cluster.kill(node.id, signal.SIGTERM)
+            with pytest.raises(grpc.RpcError) as caught:
+                for _ in stream.batches:
+                    pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+        assert "shutting down" in (caught.value.details() or "")
+    finally:
+        cluster.restart(node.id)
+        cluster.wait_for_leader(READY_TIMEOUT_S)
