@@ -467,6 +467,20 @@ async def test_kv_round_trip(connect: Callable[..., AnyClient], nodes: Callable[
     assert not (await run(client.delete("cfg/b"))).deleted
 
 
+async def test_the_async_client_sends_each_call_alone_to_a_server_without_call_streams(
+    nodes: Callable[[str], FakeNode],
+) -> None:
+    """These fakes serve no ``Calls.Carry`` (as a server of the previous release): the stream is
+    refused before it carries anything, and every call goes as a call of its own."""
+    node = nodes("a")
+    async with AsyncClient([node.address], retry_policy=RetryPolicy(rng=random.Random(3))) as client:
+        results = await asyncio.gather(*(client.put(f"alone/{i}", b"v") for i in range(5)))
+        assert sorted(r.revision for r in results) == [1, 2, 3, 4, 5]  # each applied once
+        assert (await client.get("alone/3")).value == b"v"
+        (carrier,) = client._carriers.values()  # white-box: the fallback was taken, not a retry
+        assert carrier.refused
+
+
 async def test_reads_send_their_consistency(
     connect: Callable[..., AnyClient], nodes: Callable[[str], FakeNode]
 ) -> None:

@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from controlplane import tls
-from controlplane.client import AsyncClient, Client, Credentials, PermissionDenied
+from controlplane.client import AsyncClient, Client, Consistency, Credentials, DeadlineExceeded, PermissionDenied
 from controlplane.dev import LocalCluster
-from controlplane.v1 import calls_pb2, kv_pb2, kv_pb2_grpc, models_pb2, models_pb2_grpc
+from controlplane.v1 import calls_pb2, common_pb2, kv_pb2, kv_pb2_grpc, models_pb2, models_pb2_grpc
 
 from .conftest import READY_TIMEOUT_S, channel, followers
 
@@ -50,6 +50,9 @@ class CarryStream:
             payload = request if isinstance(request, bytes) else request.SerializeToString()
             batch.calls.add(id=call_id, method=method, request=payload, timeout_ms=30_000)
         self._requests.put(batch)
+
+    def send_raw(self, *requests: calls_pb2.CallRequest) -> None:
+        self._requests.put(calls_pb2.CallBatch(calls=requests))
 
     def read(self, count: int) -> dict[int, calls_pb2.CallResponse]:
         answers: dict[int, calls_pb2.CallResponse] = {}
@@ -156,6 +159,36 @@ def test_the_asyncio_sdk_carries_concurrent_calls_on_one_stream_per_server(clust
             assert carriers and not any(carrier.refused for carrier in carriers.values())
 
     asyncio.run(many())
+
+
+def test_a_carried_call_has_its_own_deadline_and_can_be_cancelled_alone(cluster: LocalCluster) -> None:
+    """A read waiting for a revision far ahead: with a short deadline it is answered
+    DEADLINE_EXCEEDED; with a long one, cancelled, it is never answered, while the stream's other
+    calls are, and the stream ends cleanly."""
+    address = cluster.nodes[cluster.wait_for_leader(60)].client_address
+    far_ahead = kv_pb2.GetRequest(
+        key="carry/later", read=common_pb2.ReadOptions(consistency=common_pb2.CONSISTENCY_STALE, min_revision=10**12)
+    ).SerializeToString()
+    with channel(address) as ch:
+        stream = CarryStream(ch)
+        stream.send_raw(calls_pb2.CallRequest(id=1, method=GET, request=far_ahead, timeout_ms=300))
+        assert stream.read(1)[1].code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+
+        stream.send_raw(calls_pb2.CallRequest(id=2, method=GET, request=far_ahead, timeout_ms=120_000))
+        stream.send_raw(calls_pb2.CallRequest(id=2, cancel=True))
+        stream.send((3, GET, kv_pb2.GetRequest(key="carry/now")))
+        assert stream.read(1)[3].code == 0
+        stream.close()  # the server answers what it has, then ends the stream: call 2 is gone
+        rest = [answer.id for batch in stream.batches for answer in batch.answers]
+        assert rest == []
+
+    async def through_the_sdk() -> None:
+        async with AsyncClient([address], credentials=cluster.credentials, timeout=1.0) as client:
+            with pytest.raises(DeadlineExceeded):
+                await client.get("carry/later", consistency=Consistency.STALE, min_revision=10**12)
+            assert await client.get("carry/now") is None  # the stream still serves
+
+    asyncio.run(through_the_sdk())
 
 
 def test_a_stopping_server_answers_its_carried_calls_and_ends_the_stream_with_unavailable(
