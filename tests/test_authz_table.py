@@ -193,8 +193,8 @@ DECLARED_ACCESS = {
     "Auth/SetEnabled": 'domain: "cluster" verb: "admin"',
     "Auth/Status": 'domain: "authenticated"',
     "Auth/WatchAudit": 'domain: "cluster" verb: "admin"',
-    # Opening the stream needs nothing: each call it carries is judged as that call (server/calls.py).
-    "Calls/Carry": 'domain: "open"',
+    # Opening the stream needs an identity; each call it carries is judged as that call (server/calls.py).
+    "Calls/Carry": 'domain: "authenticated"',
     "Cluster/AddMember": 'domain: "cluster" verb: "admin"',
     "Cluster/RemoveMember": 'domain: "cluster" verb: "admin"',
     "Cluster/Restore": 'domain: "cluster" verb: "admin"',

@@ -412,6 +412,12 @@ class AsyncClient:
             self._methods[(address, rpc.path, kind)] = cached
         return cached
 
+    def _status_alone(self, address: str) -> Any:
+        """``Cluster.Status`` at ``address`` as a call of its own: a check of whether a server is
+        alive, or who leads, must not wait behind the calls on its stream."""
+        method = self._method(address, _base.STATUS, "unary_unary")
+        return method.alone if isinstance(method, CarriedUnary) else method
+
     async def _unary(
         self, rpc: Rpc[RespT], request: Any, timeout: float | None, *, retry_unknown: bool = True
     ) -> RespT:
@@ -466,7 +472,7 @@ class AsyncClient:
         if attempts.remaining() < budget:
             return await waiter
         try:
-            await self._method(address, _base.STATUS, "unary_unary")(cluster_pb2.StatusRequest(), timeout=budget)
+            await self._status_alone(address)(cluster_pb2.StatusRequest(), timeout=budget)
         except grpc.aio.AioRpcError as exc:
             if not waiter.done() and exc.code() in _base.UNRESPONSIVE_CODES:
                 raise _base.Unresponsive(address, after) from None
@@ -477,7 +483,7 @@ class AsyncClient:
         to retry elsewhere with, or None; the leader the first one that answered named)."""
         for other in attempts.others(address):
             try:
-                status = await self._method(other, _base.STATUS, "unary_unary")(
+                status = await self._status_alone(other)(
                     cluster_pb2.StatusRequest(), timeout=min(attempts.leader_recheck(), attempts.remaining())
                 )
             except grpc.aio.AioRpcError:

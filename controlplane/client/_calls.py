@@ -10,11 +10,14 @@ status code, message and trailing metadata (so the error mapping and the retry r
 change), DEADLINE_EXCEEDED after its timeout, and cancelling the task cancels the call on the
 server. Invariants:
 
-- A call answered on no stream (the stream ended first) fails with the stream's status: a write's
-  outcome is then unknown and the client retries it with its request id, as after a lost call.
-- A server without the ``Calls`` service (an older release) refuses the stream before answering
-  anything; the calls waiting on it, and every later one to that server, go as unary calls. So
-  does a stream refused for the caller's stream limit (RESOURCE_EXHAUSTED before any answer).
+- A call the stream's end leaves unanswered fails UNAVAILABLE: as ``UnknownOutcome`` when it was
+  sent (the server may have run it; the client retries a write with its request id), plainly when
+  it was not. Whatever status ended the stream: a write racing a stopping server's end shows as
+  INTERNAL or CANCELLED, which must not reach the caller as the server's answer.
+- A stream refused before the client wrote anything (``_REFUSALS``: an older release without the
+  service, a caller without a usable identity, its stream limit) reached no handler: its calls,
+  and the carrier's later ones (for ``RETRY_REFUSED_AFTER_S`` after a limit, for good otherwise),
+  go as unary calls.
 - A request over ``MAX_CARRIED_BYTES`` goes as a unary call of its own, so that it does not hold
   the stream's other calls behind it (one stream's messages travel in order).
 """
@@ -24,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
+from controlplane.errors import ERROR_KIND_KEY
 from controlplane.v1 import calls_pb2
 
 CARRY_PATH = "/controlplane.v1.Calls/Carry"
@@ -37,83 +42,152 @@ MAX_CARRIED_BYTES = 64 * 1024
 #: A batch of calls stops growing past this size.
 CALL_BATCH_BYTES = 1024 * 1024
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-#: How a server that cannot carry calls refuses the stream, before answering anything.
-_REFUSALS = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+_NOTHING_YET = object()
+#: How a server refuses a stream it will not carry calls on (before the client wrote anything):
+#: an older release without the service, the caller's stream limit, a caller without credentials.
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+#: After a refusal for a limit, calls go alone for this long, then a stream is tried again.
+RETRY_REFUSED_AFTER_S = 30.0
+#: What a call's deadline can say on the wire (uint32 milliseconds).
+_MAX_TIMEOUT_MS = 2**32 - 1
 
 
 class _NotCarried(Exception):
-    """The stream was refused before it carried anything: send the call on its own."""
+    """The stream was refused before the client wrote anything: send the call on its own."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__(code.name)
+        self.code = code
 
 
 def _error(code: grpc.StatusCode, message: str, trailing: grpc.aio.Metadata | None = None) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing or grpc.aio.Metadata(), message)
 
 
+class _Pending:
+    """A call queued for the stream: what the writer sends, and the future its caller awaits."""
+
+    __slots__ = ("answer", "deadline", "path", "payload")
+
+    def __init__(self, path: str, payload: bytes, deadline: float | None) -> None:
+        self.path = path
+        self.payload = payload
+        self.deadline = deadline  # time.monotonic()
+        self.answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
 class _OpenStream:
     """One ``Carry`` call: a writer sending the queued requests and a reader settling each
-    answer's waiting future; when the stream ends, every call still waiting fails with its status."""
+    answer's waiting future; when the stream ends, every call still waiting fails."""
 
     def __init__(self, carry: Any) -> None:
         self._call = carry()
-        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.waiting: dict[int, _Pending] = {}
         self.ended = False
-        self._answered = False
+        self._written: set[int] = set()  # ids sent: the server may have run them
+        self._closing = False
         self._outgoing: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks = (asyncio.ensure_future(self._write_all()), asyncio.ensure_future(self._read_all()))
 
     def send(self, message: Any) -> None:
+        """Queue a call id (its ``_Pending`` is in ``waiting``) or a cancel request."""
         self._outgoing.put_nowait(message)
 
     async def close(self) -> None:
+        self._closing = True
         self._outgoing.put_nowait(None)
         self._call.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def _request(self, item: Any) -> Any:
+        """The wire request for a queued item, or None for a call its caller no longer awaits."""
+        if isinstance(item, calls_pb2.CallRequest):  # a cancel
+            return item
+        pending = self.waiting.get(item)
+        if pending is None or pending.answer.done():
+            return None
+        timeout_ms = 0
+        if pending.deadline is not None:  # what is left of it now, not when it was queued
+            left_ms = math.ceil((pending.deadline - time.monotonic()) * 1000)
+            timeout_ms = min(max(1, left_ms), _MAX_TIMEOUT_MS)
+        self._written.add(item)
+        return calls_pb2.CallRequest(id=item, method=pending.path, request=pending.payload, timeout_ms=timeout_ms)
+
     async def _write_all(self) -> None:
-        # The server sends its headers as it takes the stream; one without the service ends the
-        # call instead, and a write racing that end would turn its status into INTERNAL.
+        # The server sends its headers as it takes the stream; one that refuses it ends the call
+        # instead, and a write racing that end would turn its status into INTERNAL.
         try:
             await self._call.initial_metadata()
         except Exception:  # the call failed before its headers: the reader sees how
             return
         if self._call.done():
             return
-        ended = False
-        while not ended and (message := await self._outgoing.get()) is not None:
-            batch, size = [message], message.ByteSize()
-            while size < CALL_BATCH_BYTES and not self._outgoing.empty():  # whatever waits goes too
-                more = self._outgoing.get_nowait()
-                if more is None:
-                    ended = True
+        item = await self._outgoing.get()
+        while item is not None:
+            batch: list[Any] = []
+            size = 0
+            while True:
+                request = self._request(item)
+                if request is not None:
+                    batch.append(request)
+                    size += request.ByteSize()
+                if size >= CALL_BATCH_BYTES or self._outgoing.empty():
+                    item = _NOTHING_YET
                     break
-                batch.append(more)
-                size += more.ByteSize()
-            try:
-                await self._call.write(calls_pb2.CallBatch(calls=batch))
-            except Exception:  # the stream ended (or cannot take writes): end it, the reader fails the waiting
-                self._call.cancel()
-                return
+                item = self._outgoing.get_nowait()
+                if item is None:
+                    break
+            if batch:
+                try:
+                    await self._call.write(calls_pb2.CallBatch(calls=batch))
+                except Exception:  # the stream ended (or takes no writes): end it, the reader fails the waiting
+                    self._call.cancel()
+                    return
+            if item is _NOTHING_YET:
+                item = await self._outgoing.get()
 
     async def _read_all(self) -> None:
-        failure: Exception = _error(grpc.StatusCode.UNAVAILABLE, "the server ended the call stream")
+        code, message = grpc.StatusCode.UNAVAILABLE, "the server ended the call stream"
+        refused = False
         try:
             while (batch := await self._call.read()) is not grpc.aio.EOF:
-                self._answered = True
                 for answer in batch.answers:
-                    waiter = self.waiting.get(answer.id)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(answer)
+                    pending = self.waiting.get(answer.id)
+                    if pending is not None and not pending.answer.done():
+                        pending.answer.set_result(answer)
         except grpc.aio.AioRpcError as exc:
-            failure = _NotCarried() if exc.code() in _REFUSALS and not self._answered else exc
+            refused = exc.code() in _REFUSALS and not self._written
+            code, message = exc.code(), exc.details() or exc.code().name
         except asyncio.CancelledError:
-            failure = _error(grpc.StatusCode.CANCELLED, "the client closed the call stream")
+            code, message = grpc.StatusCode.CANCELLED, "the client closed the call stream"
             raise
         finally:
             self.ended = True
             self._outgoing.put_nowait(None)  # the writer ends too
-            for waiter in self.waiting.values():
-                if not waiter.done():
-                    waiter.set_exception(failure)
+            for call_id, pending in self.waiting.items():
+                if not pending.answer.done():
+                    pending.answer.set_exception(self._failure(call_id, code, message, refused))
+
+    def _failure(self, call_id: int, code: grpc.StatusCode, message: str, refused: bool) -> Exception:
+        """What a call the stream's end left unanswered raises (a fresh exception for each)."""
+        if refused:
+            return _NotCarried(code)
+        if self._closing:
+            return _error(grpc.StatusCode.CANCELLED, "the client closed the call stream")
+        # The stream, not the call, failed (a server stopping or gone, a connection lost; a write
+        # racing the server's end shows as INTERNAL or CANCELLED): the call may be retried. One
+        # the server was sent may have run: its outcome is unknown (retried with its request id).
+        why = f"the call stream to the server ended ({code.name}: {message})"
+        if call_id in self._written:
+            return _error(grpc.StatusCode.UNAVAILABLE, why, grpc.aio.Metadata((ERROR_KIND_KEY, "UnknownOutcome")))
+        return _error(grpc.StatusCode.UNAVAILABLE, why)
 
 
 class CallCarrier:
@@ -127,8 +201,13 @@ class CallCarrier:
         )
         self._stream: _OpenStream | None = None
         self._ids = itertools.count(1)
-        #: The server refused to carry calls: every call goes on its own from now on.
-        self.refused = False
+        self._refused_until = 0.0
+
+    @property
+    def refused(self) -> bool:
+        """The server refused to carry this client's calls: they go alone (for good when it has no
+        ``Calls`` service or the caller no credentials; for a while after a stream limit)."""
+        return time.monotonic() < self._refused_until
 
     async def invoke(self, path: str, payload: bytes, timeout: float | None) -> bytes:
         """The serialized answer of the unary call ``path``; raises ``grpc.aio.AioRpcError`` as
@@ -137,22 +216,22 @@ class CallCarrier:
         if stream is None or stream.ended:
             stream = self._stream = _OpenStream(self._carry)
         call_id = next(self._ids)
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        stream.waiting[call_id] = answer
-        timeout_ms = max(1, math.ceil(timeout * 1000)) if timeout is not None else 0
-        stream.send(calls_pb2.CallRequest(id=call_id, method=path, request=payload, timeout_ms=timeout_ms))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = stream.waiting[call_id] = _Pending(path, payload, deadline)
+        stream.send(call_id)
         try:
             async with asyncio.timeout(timeout):
-                response = await answer
+                response = await pending.answer
         except TimeoutError:
             stream.send(calls_pb2.CallRequest(id=call_id, cancel=True))
             raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except asyncio.CancelledError:
-            if not answer.done():
+            if not pending.answer.done():
                 stream.send(calls_pb2.CallRequest(id=call_id, cancel=True))
             raise
-        except _NotCarried:
-            self.refused = True
+        except _NotCarried as refusal:
+            for_good = refusal.code != grpc.StatusCode.RESOURCE_EXHAUSTED
+            self._refused_until = math.inf if for_good else time.monotonic() + RETRY_REFUSED_AFTER_S
             raise
         finally:
             del stream.waiting[call_id]
@@ -188,12 +267,19 @@ class CarriedUnary:
     def __call__(self, request: Any, *, timeout: float | None = None) -> asyncio.Task[Any]:
         return asyncio.ensure_future(self._call(request, timeout))
 
+    @property
+    def alone(self) -> Callable[..., Any]:
+        """The method as a call of its own (a liveness probe must not wait behind the stream)."""
+        return self._alone
+
     async def _call(self, request: Any, timeout: float | None) -> Any:
         if not self._carrier.refused:
             payload = self._serialize(request)
             if len(payload) <= MAX_CARRIED_BYTES:
+                started = time.monotonic()
                 try:
                     return self._deserialize(await self._carrier.invoke(self._path, payload, timeout))
-                except _NotCarried:
-                    pass  # refused before it carried anything: this call never reached a handler
+                except _NotCarried:  # refused before the client wrote anything: no handler saw it
+                    if timeout is not None:
+                        timeout = max(0.0, timeout - (time.monotonic() - started))
         return await self._alone(request, timeout=timeout)

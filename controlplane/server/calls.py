@@ -17,8 +17,10 @@ call only. Invariants:
   (batches, both ways: under load one message carries many calls).
 - Only unary methods travel here (not ``Carry`` itself, nor a stream); anything else, a method no
   service has, or a request that does not decode is that call's error, never the stream's.
-- At most ``MAX_CALLS_IN_FLIGHT`` calls run per stream: beyond that the stream is not read, and
-  HTTP/2's flow control holds the sender back.
+- A call holds one of the stream's ``MAX_CALLS_IN_FLIGHT`` places from when it is read until its
+  answer is written: beyond that the stream is not read, and HTTP/2's flow control holds the
+  sender back, so a caller that reads no answers grows neither the calls nor the answers.
+- An answer too large for one message is that call's RESOURCE_EXHAUSTED, never the stream's end.
 - A stopping server (``Node.begin_stop``) reads no more calls, answers those it has and ends the
   stream with UNAVAILABLE, so the stream does not hold the shutdown's grace and the client carries
   its next calls to another server.
@@ -37,6 +39,7 @@ import grpc
 import structlog
 
 from controlplane.errors import Unavailable
+from controlplane.grpc_options import MESSAGE_LIMIT_BYTES
 from controlplane.server.interceptor import CARRY_PATH, ErrorsAndMetrics
 from controlplane.server.node import Node
 from controlplane.v1 import calls_pb2, calls_pb2_grpc
@@ -45,7 +48,11 @@ from controlplane.v1 import calls_pb2, calls_pb2_grpc
 MAX_CALLS_IN_FLIGHT = 1024
 #: A batch of answers stops growing past this size (one answer larger than it goes alone).
 ANSWER_BATCH_BYTES = 1024 * 1024
+#: An answer over this is that call's RESOURCE_EXHAUSTED (a message may hold MESSAGE_LIMIT_BYTES,
+#: less the batch's framing), not a failure of the stream and of every call on it.
+MAX_ANSWER_BYTES = MESSAGE_LIMIT_BYTES - 1024
 log = structlog.get_logger("controlplane.grpc")
+_NOTHING_YET = object()
 
 
 class _Details(NamedTuple):
@@ -57,14 +64,16 @@ class _Details(NamedTuple):
 
 class CallContext:
     """What a unary handler sees of its call when the call travels on a ``Carry`` stream: the
-    stream's caller and the call's own deadline; ``abort`` ends this call, not the stream."""
+    stream's caller and the call's own deadline; ``abort`` ends this call, not the stream. Also
+    what generated servicer defaults call (``set_code``, ``set_details``), so they answer as they
+    would alone."""
 
     __slots__ = ("_deadline", "_stream", "code", "details", "trailing_metadata")
 
     def __init__(self, stream: grpc.aio.ServicerContext, deadline: float | None) -> None:
         self._stream = stream
         self._deadline = deadline
-        self.code = grpc.StatusCode.UNKNOWN
+        self.code: grpc.StatusCode | None = None
         self.details = ""
         self.trailing_metadata: Sequence[tuple[str, str]] = ()
 
@@ -85,6 +94,21 @@ class CallContext:
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str]]) -> None:
+        self.trailing_metadata = tuple(trailing_metadata)
 
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Sequence[tuple[str, str]] = ()
@@ -113,10 +137,13 @@ class CallsService(calls_pb2_grpc.CallsServicer):
         await context.send_initial_metadata(())
         stream = _Stream(self._api, context)
         reading = asyncio.ensure_future(stream.read(request_iterator))
-        stop_begun = self._node.until_stop_begins()
         writing = asyncio.ensure_future(stream.write_answers())
+        stop_begun = self._node.until_stop_begins()
         try:
-            await asyncio.wait({reading, stop_begun}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reading, writing, stop_begun}, return_when=asyncio.FIRST_COMPLETED)
+            if writing.done():  # the caller stopped taking answers: nothing more can reach it
+                writing.result()
+                return
             reading.cancel()  # a stopping server reads no more calls (a no-op once the caller is done)
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
@@ -124,24 +151,42 @@ class CallsService(calls_pb2_grpc.CallsServicer):
             await writing
         finally:
             # However the stream ends (the caller went away, the server stopped): nothing outlives it.
-            stop_begun.cancel()
-            reading.cancel()
-            writing.cancel()
+            for task in (stop_begun, reading, writing):
+                task.cancel()
             stream.cancel_all()
         if stop_begun.done() and not stop_begun.cancelled() and stop_begun.exception() is not None:
             raise Unavailable("the server is shutting down; its calls were answered, carry the next ones elsewhere")
 
 
 class _Stream:
-    """One ``Carry`` stream's calls in flight and the answers waiting to be written."""
+    """One ``Carry`` stream's calls in flight and the answers waiting to be written.
+
+    A call holds one of the stream's ``MAX_CALLS_IN_FLIGHT`` places from the moment it is read
+    until its answer is written (or it is cancelled): a caller that stops reading its answers stops
+    this stream reading its calls, so neither running calls nor queued answers grow without bound.
+    """
 
     def __init__(self, api: ErrorsAndMetrics, context: grpc.aio.ServicerContext) -> None:
         self._api = api
         self._context = context
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._answers: asyncio.Queue[Any] = asyncio.Queue()
+        self._held = 0  # places taken: calls read whose answer is not written yet
         self._room = asyncio.Event()
         self._room.set()
+
+    def _take_place(self) -> None:
+        self._held += 1
+        if self._held >= MAX_CALLS_IN_FLIGHT:
+            self._room.clear()
+
+    def _give_back(self, places: int) -> None:
+        self._held -= places
+        if self._held < MAX_CALLS_IN_FLIGHT:
+            self._room.set()
+
+    def _answer(self, answer: Any) -> None:
+        self._answers.put_nowait(answer)
 
     async def read(self, request_iterator: AsyncIterator[Any]) -> None:
         async for batch in request_iterator:
@@ -151,14 +196,13 @@ class _Stream:
                     if task is not None:
                         task.cancel()
                     continue
+                self._take_place()
                 if message.id in self._calls:
                     already = f"call id {message.id} is already in flight"
-                    self._answers.put_nowait(_failed(message.id, grpc.StatusCode.INVALID_ARGUMENT, already))
-                    continue
-                self._start(message)
-                if len(self._calls) >= MAX_CALLS_IN_FLIGHT:
-                    self._room.clear()
-                    await self._room.wait()
+                    self._answer(_failed(message.id, grpc.StatusCode.INVALID_ARGUMENT, already))
+                else:
+                    self._start(message)
+                await self._room.wait()
 
     def _start(self, message: Any) -> None:
         method = message.method
@@ -166,19 +210,18 @@ class _Stream:
         if method != CARRY_PATH:
             handler = self._api.service(_Details(method, self._context.invocation_metadata()))
         if handler is None or handler.unary_unary is None:
-            self._answers.put_nowait(
-                _failed(message.id, grpc.StatusCode.UNIMPLEMENTED, f"{method!r} is not a unary method of this server")
-            )
+            unary = f"{method!r} is not a unary method of this server"
+            self._answer(_failed(message.id, grpc.StatusCode.UNIMPLEMENTED, unary))
             return
         deadline = time.monotonic() + message.timeout_ms / 1000 if message.timeout_ms else None
         task = asyncio.ensure_future(self._run(message.id, method, handler, message.request, deadline))
         self._calls[message.id] = task
         task.add_done_callback(functools.partial(self._ended, message.id))
 
-    def _ended(self, call_id: int, _: asyncio.Task[None]) -> None:
+    def _ended(self, call_id: int, task: asyncio.Task[None]) -> None:
         self._calls.pop(call_id, None)
-        if len(self._calls) < MAX_CALLS_IN_FLIGHT:
-            self._room.set()
+        if task.cancelled():  # no answer will be written for it
+            self._give_back(1)
 
     async def _run(
         self, call_id: int, method: str, handler: grpc.RpcMethodHandler, payload: bytes, deadline: float | None
@@ -186,45 +229,56 @@ class _Stream:
         try:
             request = handler.request_deserializer(payload)
         except Exception:  # bytes from the client: its error, never a server bug
-            self._answers.put_nowait(
-                _failed(call_id, grpc.StatusCode.INVALID_ARGUMENT, f"the request does not decode as {method}'s")
-            )
+            undecodable = f"the request does not decode as {method}'s"
+            self._answer(_failed(call_id, grpc.StatusCode.INVALID_ARGUMENT, undecodable))
             return
         context = CallContext(self._context, deadline)
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 response = await handler.unary_unary(request, context)
+            if context.code is not None and context.code != grpc.StatusCode.OK:  # set_code, then returned
+                answer = _failed(call_id, context.code, context.details, context.trailing_metadata)
+            else:
+                answer = calls_pb2.CallResponse(id=call_id, response=handler.response_serializer(response))
         except grpc.aio.AbortError:
-            self._answers.put_nowait(_failed(call_id, context.code, context.details, context.trailing_metadata))
+            answer = _failed(
+                call_id, context.code or grpc.StatusCode.UNKNOWN, context.details, context.trailing_metadata
+            )
         except TimeoutError:
-            self._answers.put_nowait(_failed(call_id, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+            answer = _failed(call_id, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         except Exception:  # not reached: the handler turns every exception into an abort; never unanswered
             log.exception("carried_call_bug", method=method)
-            message = f"internal error in {method}; the server log has the details"
-            self._answers.put_nowait(_failed(call_id, grpc.StatusCode.INTERNAL, message))
-        else:
-            self._answers.put_nowait(calls_pb2.CallResponse(id=call_id, response=handler.response_serializer(response)))
+            answer = _failed(call_id, grpc.StatusCode.INTERNAL, f"internal error in {method}; the server log has it")
+        if answer.ByteSize() > MAX_ANSWER_BYTES:
+            too_large = f"the answer is {answer.ByteSize()} bytes, over the {MAX_ANSWER_BYTES} a message may hold"
+            answer = _failed(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, too_large)
+        self._answer(answer)
 
     async def finish(self) -> None:
         """Wait for the calls in flight, then end the answers."""
         while self._calls:
             await asyncio.wait(set(self._calls.values()))
-        self._answers.put_nowait(None)
+        self._answer(None)
 
     async def write_answers(self) -> None:
-        """Every answer waiting goes out in one message (up to ``ANSWER_BATCH_BYTES``): under load
-        one write carries many answers."""
-        ended = False
-        while not ended and (answer := await self._answers.get()) is not None:
+        """Every answer waiting goes out in one message (up to ``ANSWER_BATCH_BYTES``, one answer
+        larger than that alone): under load one write carries many answers. Ends at the None
+        ``finish`` queues."""
+        answer = await self._answers.get()
+        while answer is not None:
             batch, size = [answer], answer.ByteSize()
-            while size < ANSWER_BATCH_BYTES and not self._answers.empty():
+            answer = _NOTHING_YET
+            while not self._answers.empty():
                 more = self._answers.get_nowait()
-                if more is None:
-                    ended = True
+                if more is None or size + more.ByteSize() > ANSWER_BATCH_BYTES:
+                    answer = more  # the end, or the next batch's first
                     break
                 batch.append(more)
                 size += more.ByteSize()
             await self._context.write(calls_pb2.AnswerBatch(answers=batch))
+            self._give_back(len(batch))
+            if answer is _NOTHING_YET:
+                answer = await self._answers.get()
 
     def cancel_all(self) -> None:
         for task in self._calls.values():

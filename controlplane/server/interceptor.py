@@ -33,6 +33,9 @@ log = structlog.get_logger("controlplane.grpc")
 
 #: The stream that carries unary calls as its messages (calls.py).
 CARRY_PATH = "/controlplane.v1.Calls/Carry"
+#: Calls.Carry streams one identity may hold on a server (an SDK client holds one per server it
+#: calls); beyond, the stream is refused and that client's calls go alone.
+MAX_CARRY_STREAMS_PER_IDENTITY = 64
 
 
 class ErrorsAndMetrics(grpc.GenericRpcHandler):
@@ -57,6 +60,7 @@ class ErrorsAndMetrics(grpc.GenericRpcHandler):
         self._audit = audit
         self._streams = streams
         self._connection_streams = connection_streams
+        self._carriers = StreamLimiter(MAX_CARRY_STREAMS_PER_IDENTITY, per="carrier")
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._services.extend(handlers)
@@ -74,9 +78,10 @@ class ErrorsAndMetrics(grpc.GenericRpcHandler):
                 if handler is not None:
                     # A Calls.Carry stream stands for a client's unary calls, each judged (and
                     # rate-limited) on its own: it does not use up the identity's watch allowance,
-                    # which many processes sharing one identity would otherwise exhaust. The
-                    # per-connection limit still bounds it.
-                    streams = None if method == CARRY_PATH else self._streams
+                    # which many processes sharing one identity would otherwise exhaust. Its own
+                    # per-identity limit (anonymous callers: per host) and the per-connection one
+                    # bound it.
+                    streams = self._carriers if method == CARRY_PATH else self._streams
                     wrapped = _wrap(method, handler, self._authorizer, self._audit, streams, self._connection_streams)
                     if wrapped is not None:
                         self._wrapped[method] = wrapped
@@ -241,8 +246,8 @@ class StreamLimiter:
     """
 
     def __init__(self, limit: int, per: str = "identity") -> None:
-        if per not in ("identity", "connection"):
-            raise ValueError(f"per must be 'identity' or 'connection', got {per!r}")
+        if per not in ("identity", "connection", "carrier"):
+            raise ValueError(f"per must be 'identity', 'connection' or 'carrier', got {per!r}")
         self.limit = limit
         self.per = per
         self._open: dict[str, int] = {}
@@ -250,6 +255,11 @@ class StreamLimiter:
     def acquire(self, holder: str) -> None:
         held = self._open.get(holder, 0)
         if held >= self.limit:
+            if self.per == "carrier":
+                raise ResourceExhausted(
+                    f"{holder} already holds {held} Calls.Carry streams on this server, the limit per identity; "
+                    "the SDK sends this client's calls alone meanwhile"
+                )
             if self.per == "connection":
                 raise ResourceExhausted(
                     f"this connection ({holder}) already carries {held} streams (watches), the limit per "

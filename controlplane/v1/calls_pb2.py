@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from controlplane.v1 import options_pb2 as controlplane_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ontrolplane/v1/calls.proto\x12\x0f\x63ontrolplane.v1\x1a\x1d\x63ontrolplane/v1/options.proto\"8\n\tCallBatch\x12+\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1c.controlplane.v1.CallRequest\"=\n\x0b\x41nswerBatch\x12.\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1d.controlplane.v1.CallResponse\"^\n\x0b\x43\x61llRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"\x85\x01\n\x0c\x43\x61llResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\x0c\x12\x38\n\x11trailing_metadata\x18\x05 \x03(\x0b\x32\x1d.controlplane.v1.CallMetadata\"*\n\x0c\x43\x61llMetadata\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t2Z\n\x05\x43\x61lls\x12Q\n\x05\x43\x61rry\x12\x1a.controlplane.v1.CallBatch\x1a\x1c.controlplane.v1.AnswerBatch\"\n\xd2\xf3\x18\x06\n\x04open(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ontrolplane/v1/calls.proto\x12\x0f\x63ontrolplane.v1\x1a\x1d\x63ontrolplane/v1/options.proto\"8\n\tCallBatch\x12+\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1c.controlplane.v1.CallRequest\"=\n\x0b\x41nswerBatch\x12.\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1d.controlplane.v1.CallResponse\"^\n\x0b\x43\x61llRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"\x85\x01\n\x0c\x43\x61llResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\x0c\x12\x38\n\x11trailing_metadata\x18\x05 \x03(\x0b\x32\x1d.controlplane.v1.CallMetadata\"*\n\x0c\x43\x61llMetadata\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t2c\n\x05\x43\x61lls\x12Z\n\x05\x43\x61rry\x12\x1a.controlplane.v1.CallBatch\x1a\x1c.controlplane.v1.AnswerBatch\"\x13\xd2\xf3\x18\x0f\n\rauthenticated(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.v1.calls_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLS'].methods_by_name['Carry']._loaded_options = None
-  _globals['_CALLS'].methods_by_name['Carry']._serialized_options = b'\322\363\030\006\n\004open'
+  _globals['_CALLS'].methods_by_name['Carry']._serialized_options = b'\322\363\030\017\n\rauthenticated'
   _globals['_CALLBATCH']._serialized_start=79
   _globals['_CALLBATCH']._serialized_end=135
   _globals['_ANSWERBATCH']._serialized_start=137
@@ -45,5 +45,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLMETADATA']._serialized_start=432
   _globals['_CALLMETADATA']._serialized_end=474
   _globals['_CALLS']._serialized_start=476
-  _globals['_CALLS']._serialized_end=566
+  _globals['_CALLS']._serialized_end=575
 # @@protoc_insertion_point(module_scope)

@@ -14,10 +14,12 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from controlplane import tls
 from controlplane.client import AsyncClient, Client, Consistency, Credentials, DeadlineExceeded, PermissionDenied
 from controlplane.dev import LocalCluster
+from controlplane.server.interceptor import MAX_CARRY_STREAMS_PER_IDENTITY
 from controlplane.v1 import calls_pb2, common_pb2, kv_pb2, kv_pb2_grpc, models_pb2, models_pb2_grpc
 
 from .conftest import READY_TIMEOUT_S, channel, followers
@@ -27,6 +29,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 CARRY = "/controlplane.v1.Calls/Carry"
 PUT, GET = "/controlplane.v1.KV/Put", "/controlplane.v1.KV/Get"
 GET_MODEL = "/controlplane.v1.Models/GetModel"
+HEALTH_LIST = "/grpc.health.v1.Health/List"
 
 
 class CarryStream:
@@ -75,6 +78,13 @@ def test_each_carried_call_is_answered_as_the_call_alone_would_be(cluster: Local
             models_pb2_grpc.ModelsStub(ch).GetModel(missing, timeout=30)
         with pytest.raises(grpc.RpcError) as alone_bad:
             kv.Put(kv_pb2.PutRequest(key=""), timeout=30)
+        list_health = ch.unary_unary(
+            HEALTH_LIST,
+            request_serializer=health_pb2.HealthListRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthListResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as alone_unwritten:  # grpcio's generated default: not implemented
+            list_health(health_pb2.HealthListRequest(), timeout=30)
 
         stream = CarryStream(ch)
         stream.send(
@@ -87,11 +97,16 @@ def test_each_carried_call_is_answered_as_the_call_alone_would_be(cluster: Local
             (5, CARRY, b""),
             (6, "/controlplane.v1.Nope/Nothing", b""),
             (7, PUT, b"\xff\xff\xff"),  # does not decode
+            (8, HEALTH_LIST, health_pb2.HealthListRequest()),
         )
-        answers = stream.read(7)
+        answers = stream.read(8)
 
         assert answers[1].code == 0 and kv_pb2.PutResponse.FromString(answers[1].response).header.revision > 0
-        for answer, alone in ((answers[2], alone_missing.value), (answers[3], alone_bad.value)):
+        for answer, alone in (
+            (answers[2], alone_missing.value),
+            (answers[3], alone_bad.value),
+            (answers[8], alone_unwritten.value),
+        ):
             assert (answer.code, answer.message) == (alone.code().value[0], alone.details())
             carried_trailing = [(m.key, m.value) for m in answer.trailing_metadata]
             assert carried_trailing == [(k, v) for k, v in alone.trailing_metadata() if k.startswith("cp-")]
@@ -103,7 +118,7 @@ def test_each_carried_call_is_answered_as_the_call_alone_would_be(cluster: Local
         assert "does not decode as /controlplane.v1.KV/Put's" in answers[7].message
 
         # The stream lives on past every error above.
-        stream.send((8, GET, kv_pb2.GetRequest(key=key)))
+        stream.send((9, GET, kv_pb2.GetRequest(key=key)))
         (answer,) = stream.read(1).values()
         assert kv_pb2.GetResponse.FromString(answer.response).kv.value == b"v1"
         stream.close()
@@ -208,6 +223,73 @@ def test_a_stopping_server_answers_its_carried_calls_and_ends_the_stream_with_un
                     pass
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
         assert "shutting down" in (caught.value.details() or "")
+    finally:
+        cluster.restart(node.id)
+        cluster.wait_for_leader(READY_TIMEOUT_S)
+
+
+def test_a_client_over_its_stream_limit_sends_its_calls_alone(cluster: LocalCluster) -> None:
+    """An identity holding ``MAX_CARRY_STREAMS_PER_IDENTITY`` streams on a server: the next one is
+    refused before it carries anything, and that client's calls go alone and are answered."""
+    address = cluster.nodes[cluster.wait_for_leader(60)].client_address
+    key = f"carry-limit/{uuid.uuid4().hex[:8]}"
+    with channel(address) as ch:
+        held = [CarryStream(ch) for _ in range(MAX_CARRY_STREAMS_PER_IDENTITY)]
+        for stream in held:  # each open and answering: every place taken
+            stream.send((1, GET, kv_pb2.GetRequest(key=key)))
+            stream.read(1)
+
+        async def over_the_limit() -> None:
+            async with AsyncClient([address], credentials=cluster.credentials, timeout=30) as client:
+                await client.put(key, b"alone")
+                assert (await client.get(key)).value == b"alone"
+                (carrier,) = client._carriers.values()  # white-box: the calls above went alone
+                assert carrier.refused
+
+        asyncio.run(over_the_limit())
+        for stream in held:
+            stream.close()
+
+
+def test_sdk_calls_carried_to_a_server_that_stops_are_retried_elsewhere(cluster: LocalCluster) -> None:
+    """A rolling restart under load: 16 callers read from a follower and write through it while it
+    is sent SIGTERM; every call is answered (the unanswered ones retried elsewhere), none raises."""
+    leader_id = cluster.wait_for_leader()
+    node = followers(cluster, leader_id)[0]
+    others = [n.client_address for n in cluster.nodes.values() if n.id != node.id]
+    prefix = f"carry-stop/{uuid.uuid4().hex[:8]}/"
+    try:
+
+        async def under_load() -> int:
+            done = 0
+            stop = asyncio.Event()
+
+            async def caller(client: AsyncClient, i: int) -> None:
+                nonlocal done
+                n = 0
+                while not stop.is_set():
+                    key = f"{prefix}{i}/{n}"
+                    written = await client.put(key, b"v")
+                    read = await client.get(key, consistency=Consistency.STALE, min_revision=written.revision)
+                    assert read is not None and read.value == b"v"
+                    n += 1
+                    done += 1
+
+            async def until_done(count: int) -> None:
+                while done < count:
+                    await asyncio.sleep(0.05)
+
+            # Reads stick to the first endpoint: the follower that stops; writes go to the leader.
+            async with AsyncClient([node.client_address, *others], credentials=cluster.credentials, timeout=30) as c:
+                callers = [asyncio.ensure_future(caller(c, i)) for i in range(16)]
+                await asyncio.wait_for(until_done(200), 120)
+                cluster.kill(node.id, signal.SIGTERM)
+                await asyncio.wait_for(until_done(done + 200), 120)
+                stop.set()
+                await asyncio.gather(*callers)  # any call that raised fails the test here
+            return done
+
+        assert asyncio.run(under_load()) >= 400
     finally:
         cluster.restart(node.id)
         cluster.wait_for_leader(READY_TIMEOUT_S)
