@@ -16,8 +16,10 @@ server. Invariants:
   INTERNAL or CANCELLED, which must not reach the caller as the server's answer.
 - A stream refused before the client wrote anything (``_REFUSALS``: an older release without the
   service, a caller without a usable identity, its stream limit) reached no handler: its calls,
-  and the carrier's later ones (for ``RETRY_REFUSED_AFTER_S`` after a limit, for good otherwise),
-  go as unary calls.
+  and the carrier's later ones (for ``RETRY_REFUSED_AFTER_S`` after a limit,
+  ``RETRY_UNCARRIED_AFTER_S`` otherwise), go as unary calls. The server marks a stream it takes in
+  its headers (``ACCEPTED``), and the client writes nothing before that mark, so a refusal is
+  never mistaken for a failure of calls that may have run.
 - A request over ``MAX_CARRIED_BYTES`` goes as a unary call of its own, so that it does not hold
   the stream's other calls behind it (one stream's messages travel in order).
 """
@@ -35,6 +37,9 @@ import grpc
 
 from controlplane.errors import ERROR_KIND_KEY
 from controlplane.v1 import calls_pb2
+
+#: The header a server sends as it takes a stream (server/calls.py): nothing is written before it.
+ACCEPTED = ("cp-carry", "1")
 
 CARRY_PATH = "/controlplane.v1.Calls/Carry"
 #: Larger requests travel as calls of their own.
@@ -55,6 +60,8 @@ _REFUSALS = frozenset(
 )
 #: After a refusal for a limit, calls go alone for this long, then a stream is tried again.
 RETRY_REFUSED_AFTER_S = 30.0
+#: After any other refusal (an older release, no usable identity): a server may be upgraded in place.
+RETRY_UNCARRIED_AFTER_S = 600.0
 #: What a call's deadline can say on the wire (uint32 milliseconds).
 _MAX_TIMEOUT_MS = 2**32 - 1
 
@@ -74,13 +81,14 @@ def _error(code: grpc.StatusCode, message: str, trailing: grpc.aio.Metadata | No
 class _Pending:
     """A call queued for the stream: what the writer sends, and the future its caller awaits."""
 
-    __slots__ = ("answer", "deadline", "path", "payload")
+    __slots__ = ("answer", "deadline", "path", "payload", "sent")
 
     def __init__(self, path: str, payload: bytes, deadline: float | None) -> None:
         self.path = path
         self.payload = payload
         self.deadline = deadline  # time.monotonic()
         self.answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sent = False  # handed to the stream: the server may have run it
 
 
 class _OpenStream:
@@ -91,7 +99,7 @@ class _OpenStream:
         self._call = carry()
         self.waiting: dict[int, _Pending] = {}
         self.ended = False
-        self._written: set[int] = set()  # ids sent: the server may have run them
+        self._accepted = False  # the server took the stream (its headers carry ACCEPTED)
         self._closing = False
         self._outgoing: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks = (asyncio.ensure_future(self._write_all()), asyncio.ensure_future(self._read_all()))
@@ -117,18 +125,20 @@ class _OpenStream:
         if pending.deadline is not None:  # what is left of it now, not when it was queued
             left_ms = math.ceil((pending.deadline - time.monotonic()) * 1000)
             timeout_ms = min(max(1, left_ms), _MAX_TIMEOUT_MS)
-        self._written.add(item)
+        pending.sent = True
         return calls_pb2.CallRequest(id=item, method=pending.path, request=pending.payload, timeout_ms=timeout_ms)
 
     async def _write_all(self) -> None:
-        # The server sends its headers as it takes the stream; one that refuses it ends the call
-        # instead, and a write racing that end would turn its status into INTERNAL.
+        # A server that takes the stream says so in its headers before anything else; one that
+        # refuses it ends the call without them (its empty headers can come before its status),
+        # and a write racing that end would hide why. Nothing is written unless it was taken.
         try:
-            await self._call.initial_metadata()
+            headers = await self._call.initial_metadata()
         except Exception:  # the call failed before its headers: the reader sees how
             return
-        if self._call.done():
+        if ACCEPTED not in tuple(headers or ()):
             return
+        self._accepted = True
         item = await self._outgoing.get()
         while item is not None:
             batch: list[Any] = []
@@ -155,7 +165,7 @@ class _OpenStream:
 
     async def _read_all(self) -> None:
         code, message = grpc.StatusCode.UNAVAILABLE, "the server ended the call stream"
-        refused = False
+        shutdown = False
         try:
             while (batch := await self._call.read()) is not grpc.aio.EOF:
                 for answer in batch.answers:
@@ -163,19 +173,22 @@ class _OpenStream:
                     if pending is not None and not pending.answer.done():
                         pending.answer.set_result(answer)
         except grpc.aio.AioRpcError as exc:
-            refused = exc.code() in _REFUSALS and not self._written
             code, message = exc.code(), exc.details() or exc.code().name
+            shutdown = (ERROR_KIND_KEY, "Shutdown") in tuple(exc.trailing_metadata() or ())
         except asyncio.CancelledError:
             code, message = grpc.StatusCode.CANCELLED, "the client closed the call stream"
             raise
         finally:
             self.ended = True
             self._outgoing.put_nowait(None)  # the writer ends too
-            for call_id, pending in self.waiting.items():
+            refused = code in _REFUSALS and not self._accepted
+            for pending in self.waiting.values():
                 if not pending.answer.done():
-                    pending.answer.set_exception(self._failure(call_id, code, message, refused))
+                    pending.answer.set_exception(self._failure(pending, code, message, refused, shutdown))
 
-    def _failure(self, call_id: int, code: grpc.StatusCode, message: str, refused: bool) -> Exception:
+    def _failure(
+        self, pending: _Pending, code: grpc.StatusCode, message: str, refused: bool, shutdown: bool
+    ) -> Exception:
         """What a call the stream's end left unanswered raises (a fresh exception for each)."""
         if refused:
             return _NotCarried(code)
@@ -183,11 +196,11 @@ class _OpenStream:
             return _error(grpc.StatusCode.CANCELLED, "the client closed the call stream")
         # The stream, not the call, failed (a server stopping or gone, a connection lost; a write
         # racing the server's end shows as INTERNAL or CANCELLED): the call may be retried. One
-        # the server was sent may have run: its outcome is unknown (retried with its request id).
+        # the server was sent may have run: its outcome is unknown (retried with its request id),
+        # unless the server said it stopped, having answered every call it read.
         why = f"the call stream to the server ended ({code.name}: {message})"
-        if call_id in self._written:
-            return _error(grpc.StatusCode.UNAVAILABLE, why, grpc.aio.Metadata((ERROR_KIND_KEY, "UnknownOutcome")))
-        return _error(grpc.StatusCode.UNAVAILABLE, why)
+        kind = "Shutdown" if shutdown else "UnknownOutcome" if pending.sent else ""
+        return _error(grpc.StatusCode.UNAVAILABLE, why, grpc.aio.Metadata((ERROR_KIND_KEY, kind)) if kind else None)
 
 
 class CallCarrier:
@@ -205,8 +218,8 @@ class CallCarrier:
 
     @property
     def refused(self) -> bool:
-        """The server refused to carry this client's calls: they go alone (for good when it has no
-        ``Calls`` service or the caller no credentials; for a while after a stream limit)."""
+        """The server refused to carry this client's calls: they go alone for a while (30 s after
+        a stream limit, 10 minutes after any other refusal)."""
         return time.monotonic() < self._refused_until
 
     async def invoke(self, path: str, payload: bytes, timeout: float | None) -> bytes:
@@ -230,11 +243,13 @@ class CallCarrier:
                 stream.send(calls_pb2.CallRequest(id=call_id, cancel=True))
             raise
         except _NotCarried as refusal:
-            for_good = refusal.code != grpc.StatusCode.RESOURCE_EXHAUSTED
-            self._refused_until = math.inf if for_good else time.monotonic() + RETRY_REFUSED_AFTER_S
+            limited = refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            self._refused_until = time.monotonic() + (RETRY_REFUSED_AFTER_S if limited else RETRY_UNCARRIED_AFTER_S)
             raise
         finally:
             del stream.waiting[call_id]
+            if pending.answer.done() and not pending.answer.cancelled():
+                pending.answer.exception()  # settled by the reader as this call gave up: seen
         if response.code:
             trailing = grpc.aio.Metadata(*((item.key, item.value) for item in response.trailing_metadata))
             raise _error(_CODES.get(response.code, grpc.StatusCode.UNKNOWN), response.message, trailing)

@@ -29,7 +29,6 @@ call only. Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -38,7 +37,7 @@ from typing import Any, NamedTuple
 import grpc
 import structlog
 
-from controlplane.errors import Unavailable
+from controlplane.errors import InvalidArgument, Shutdown
 from controlplane.grpc_options import MESSAGE_LIMIT_BYTES
 from controlplane.server.interceptor import CARRY_PATH, ErrorsAndMetrics
 from controlplane.server.node import Node
@@ -53,6 +52,9 @@ ANSWER_BATCH_BYTES = 1024 * 1024
 MAX_ANSWER_BYTES = MESSAGE_LIMIT_BYTES - 1024
 log = structlog.get_logger("controlplane.grpc")
 _NOTHING_YET = object()
+_STOPPING = "the server is shutting down; its calls read were answered, carry the next ones elsewhere"
+#: The header a server sends as it takes a stream; a client writes only after it (client/_calls.py).
+ACCEPTED = ("cp-carry", "1")
 
 
 class _Details(NamedTuple):
@@ -132,30 +134,40 @@ class CallsService(calls_pb2_grpc.CallsServicer):
         self._node = node
 
     async def Carry(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-        # Headers at once: the client writes only once it has them (a server without this service
-        # ends the call instead, and a write racing that end would hide its UNIMPLEMENTED).
-        await context.send_initial_metadata(())
+        if self._node.stopping:  # before the headers: the client has written nothing, none ran
+            raise Shutdown(_STOPPING)
+        # Headers at once, with the mark the client writes only after: a refused stream ends
+        # before any headers, and a write racing that end would hide why it was refused.
+        await context.send_initial_metadata((ACCEPTED,))
         stream = _Stream(self._api, context)
         reading = asyncio.ensure_future(stream.read(request_iterator))
         writing = asyncio.ensure_future(stream.write_answers())
         stop_begun = self._node.until_stop_begins()
         try:
             await asyncio.wait({reading, writing, stop_begun}, return_when=asyncio.FIRST_COMPLETED)
-            if writing.done():  # the caller stopped taking answers: nothing more can reach it
-                writing.result()
+            if writing.done():  # the caller takes no more answers: nothing more can reach it
                 return
             reading.cancel()  # a stopping server reads no more calls (a no-op once the caller is done)
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
+            await asyncio.wait({reading})  # not `await reading`: that would swallow our own cancellation
+            if not reading.cancelled() and reading.exception() is not None:
+                log.info("carried_stream_unreadable", error=repr(reading.exception()), peer=context.peer())
+                raise InvalidArgument("the call stream's messages do not decode as CallBatch")
             await stream.finish()
             await writing
         finally:
-            # However the stream ends (the caller went away, the server stopped): nothing outlives it.
+            # However the stream ends (the caller went away, the server stopped): nothing outlives
+            # it, and no task's exception is left unretrieved.
+            stream.closing = True
             for task in (stop_begun, reading, writing):
                 task.cancel()
             stream.cancel_all()
-        if stop_begun.done() and not stop_begun.cancelled() and stop_begun.exception() is not None:
-            raise Unavailable("the server is shutting down; its calls were answered, carry the next ones elsewhere")
+            for task in (stop_begun, reading, writing):
+                if task.done() and not task.cancelled():
+                    task.exception()
+        if stop_begun.done() and not stop_begun.cancelled():
+            # Every call read was answered; the ones not read never ran: Shutdown tells the client
+            # so (they are not of unknown outcome), and to carry them to another server.
+            raise Shutdown(_STOPPING)
 
 
 class _Stream:
@@ -174,6 +186,9 @@ class _Stream:
         self._held = 0  # places taken: calls read whose answer is not written yet
         self._room = asyncio.Event()
         self._room.set()
+        self._cancel_asked: set[int] = set()  # ids the caller cancelled: answered by no one
+        #: The stream is ending: its calls are cancelled with it, and answered by no one.
+        self.closing = False
 
     def _take_place(self) -> None:
         self._held += 1
@@ -194,6 +209,7 @@ class _Stream:
                 if message.cancel:
                     task = self._calls.get(message.id)
                     if task is not None:
+                        self._cancel_asked.add(message.id)
                         task.cancel()
                     continue
                 self._take_place()
@@ -220,8 +236,13 @@ class _Stream:
 
     def _ended(self, call_id: int, task: asyncio.Task[None]) -> None:
         self._calls.pop(call_id, None)
-        if task.cancelled():  # no answer will be written for it
-            self._give_back(1)
+        if not task.cancelled():
+            return  # it queued its answer, which gives its place back once written
+        if call_id in self._cancel_asked or self.closing:
+            self._cancel_asked.discard(call_id)
+            self._give_back(1)  # nobody waits for an answer
+        else:  # cancelled from inside (a handler awaiting something cancelled): the caller still waits
+            self._answer(_failed(call_id, grpc.StatusCode.UNAVAILABLE, "the call was cancelled on the server; retry"))
 
     async def _run(
         self, call_id: int, method: str, handler: grpc.RpcMethodHandler, payload: bytes, deadline: float | None
@@ -275,7 +296,10 @@ class _Stream:
                     break
                 batch.append(more)
                 size += more.ByteSize()
-            await self._context.write(calls_pb2.AnswerBatch(answers=batch))
+            try:
+                await self._context.write(calls_pb2.AnswerBatch(answers=batch))
+            except Exception:  # the caller went away: it takes no more answers (Carry ends the stream)
+                return
             self._give_back(len(batch))
             if answer is _NOTHING_YET:
                 answer = await self._answers.get()

@@ -226,6 +226,11 @@ class Node:
             if not future.done():
                 future.set_exception(Unavailable(_STOPPING))
 
+    @property
+    def stopping(self) -> bool:
+        """``begin_stop`` has run: this server takes no new long-lived streams."""
+        return self._stopping
+
     def until_stop_begins(self) -> asyncio.Future[None]:
         """A future that fails with Unavailable when ``begin_stop`` runs (at once if it ran): what a
         long-lived stream other than a watch (``Calls.Carry``) waits on beside its work, to end

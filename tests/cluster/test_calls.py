@@ -201,7 +201,7 @@ def test_a_carried_call_has_its_own_deadline_and_can_be_cancelled_alone(cluster:
         async with AsyncClient([address], credentials=cluster.credentials, timeout=1.0) as client:
             with pytest.raises(DeadlineExceeded):
                 await client.get("carry/later", consistency=Consistency.STALE, min_revision=10**12)
-            assert await client.get("carry/now") is None  # the stream still serves
+            assert await client.get("carry/now", timeout=30) is None  # the stream still serves
 
     asyncio.run(through_the_sdk())
 
@@ -209,20 +209,32 @@ def test_a_carried_call_has_its_own_deadline_and_can_be_cancelled_alone(cluster:
 def test_a_stopping_server_answers_its_carried_calls_and_ends_the_stream_with_unavailable(
     cluster: LocalCluster,
 ) -> None:
-    """SIGTERM: the stream ends as the stop begins, with UNAVAILABLE saying the server is shutting
-    down, rather than holding the client listener's grace to its end."""
+    """SIGTERM: the server reads no more calls, answers the one still running (a read waiting for
+    a revision, until its deadline) and ends the stream with UNAVAILABLE saying it is shutting
+    down (``Shutdown``: the calls it did not read never ran), rather than holding the client
+    listener's grace to its end."""
     node = followers(cluster, cluster.wait_for_leader())[0]
+    far_ahead = kv_pb2.GetRequest(
+        key="carry/later", read=common_pb2.ReadOptions(consistency=common_pb2.CONSISTENCY_STALE, min_revision=10**12)
+    ).SerializeToString()
     try:
         with channel(node.client_address) as ch:
             stream = CarryStream(ch)
-            stream.send((1, GET, kv_pb2.GetRequest(key="carry/anything")))
-            assert stream.read(1)[1].code == 0
+            # One batch: once the quick call is answered, the server has read the waiting one too.
+            stream.send_raw(
+                calls_pb2.CallRequest(id=1, method=GET, request=far_ahead, timeout_ms=1000),
+                calls_pb2.CallRequest(id=2, method=GET, request=kv_pb2.GetRequest(key="x").SerializeToString()),
+            )
+            assert stream.read(1)[2].code == 0
             cluster.kill(node.id, signal.SIGTERM)
+            answered = []
             with pytest.raises(grpc.RpcError) as caught:
-                for _ in stream.batches:
-                    pass
+                for batch in stream.batches:
+                    answered += [(answer.id, answer.code) for answer in batch.answers]
+        assert answered == [(1, grpc.StatusCode.DEADLINE_EXCEEDED.value[0])]
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
         assert "shutting down" in (caught.value.details() or "")
+        assert ("cp-error", "Shutdown") in tuple(caught.value.trailing_metadata() or ())
     finally:
         cluster.restart(node.id)
         cluster.wait_for_leader(READY_TIMEOUT_S)
@@ -232,15 +244,25 @@ def test_a_client_over_its_stream_limit_sends_its_calls_alone(cluster: LocalClus
     """An identity holding ``MAX_CARRY_STREAMS_PER_IDENTITY`` streams on a server: the next one is
     refused before it carries anything, and that client's calls go alone and are answered."""
     address = cluster.nodes[cluster.wait_for_leader(60)].client_address
-    key = f"carry-limit/{uuid.uuid4().hex[:8]}"
-    with channel(address) as ch:
+    suffix = uuid.uuid4().hex[:8]
+    key = f"carry-limit/{suffix}"
+    # An identity of its own: no other test's stream takes one of its places.
+    cert, key_file = tls.issue(cluster.pki_dir, tls.Identity("client", f"carry-limit-{suffix}"))
+    with Client(cluster.client_addresses, credentials=cluster.credentials, timeout=30) as admin:
+        admin.auth.add_role(f"carry-limit-r-{suffix}")
+        admin.auth.grant_permission(f"carry-limit-r-{suffix}", ("kv", "read"))
+        admin.auth.grant_permission(f"carry-limit-r-{suffix}", ("kv", "write"))
+        admin.auth.add_user(f"carry-limit-{suffix}")
+        admin.auth.grant_role(f"carry-limit-{suffix}", f"carry-limit-r-{suffix}")
+    own = Credentials(ca=cluster.credentials.ca, cert=cert, key=key_file)
+    with own.sync_channel_factory()(address) as ch:
         held = [CarryStream(ch) for _ in range(MAX_CARRY_STREAMS_PER_IDENTITY)]
         for stream in held:  # each open and answering: every place taken
             stream.send((1, GET, kv_pb2.GetRequest(key=key)))
             stream.read(1)
 
         async def over_the_limit() -> None:
-            async with AsyncClient([address], credentials=cluster.credentials, timeout=30) as client:
+            async with AsyncClient([address], credentials=own, timeout=30) as client:
                 await client.put(key, b"alone")
                 assert (await client.get(key)).value == b"alone"
                 (carrier,) = client._carriers.values()  # white-box: the calls above went alone
