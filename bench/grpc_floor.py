@@ -68,13 +68,11 @@ def _serve_aio(port: int, registered: int) -> None:
     uvloop.run(main())
 
 
-def _serve_threads(port: int, registered: int) -> None:
+def _run_threaded(port: int, registered: int, echo: Any, workers: int) -> None:
+    """grpcio's threaded server answering ``Echo`` with ``echo`` in ``workers`` threads, until killed."""
     from concurrent import futures
 
-    def echo(request: bytes, context: Any) -> bytes:
-        return request
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     handlers = {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     if registered:
@@ -82,6 +80,13 @@ def _serve_threads(port: int, registered: int) -> None:
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     server.wait_for_termination()
+
+
+def _serve_threads(port: int, registered: int) -> None:
+    def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    _run_threaded(port, registered, echo, workers=4)
 
 
 def _serve_threads_to_loop(port: int, registered: int) -> None:
@@ -91,7 +96,6 @@ def _serve_threads_to_loop(port: int, registered: int) -> None:
     every request to the server's event loop, where the Raft node and the servicers live.
     """
     import threading
-    from concurrent import futures
 
     import uvloop
 
@@ -101,14 +105,7 @@ def _serve_threads_to_loop(port: int, registered: int) -> None:
     def echo(request: bytes, context: Any) -> bytes:
         return asyncio.run_coroutine_threadsafe(_echo(request, context), loop).result()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    handlers = {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    if registered:
-        server.add_registered_method_handlers("bench.Idle", _registered(registered))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    server.wait_for_termination()
+    _run_threaded(port, registered, echo, workers=16)
 
 
 def _serve_mux(port: int, registered: int) -> None:
