@@ -1,7 +1,9 @@
 """``Calls.Carry`` against real servers: unary calls as the messages of one stream, each answered as
 the same call made on its own would be (its status, message and trailing metadata; its permission
-check per call), the stream living on past any one call's error; a stopping server answers what it
-has and ends the stream with UNAVAILABLE; and the asyncio SDK carries its calls that way."""
+check per call), the stream living on past any one call's error; a call's own deadline and
+cancellation; a stopping server answers what it has and ends the stream with ``Shutdown``; and the
+asyncio SDK carries its calls that way, sends them alone past its identity's stream limit, and
+retries elsewhere the calls a stopping server left unanswered."""
 
 from __future__ import annotations
 
