@@ -97,7 +97,8 @@ class AsyncClient:
         if channel_factory is not None and credentials is not None:
             raise ValueError("pass credentials or channel_factory, not both")
         #: Unary calls travel as messages on one stream per server (``Calls.Carry``), which costs a
-        #: server about half the CPU of a call of its own; False sends each as a call of its own.
+        #: server about half the CPU of a call of its own, and less under load, batched; False
+        #: sends each as a call of its own.
         self.carry_calls = carry_calls
         self.credentials = credentials or Credentials()
         self._core = _base.ClientCore(endpoints, timeout, retry_policy)

@@ -1,5 +1,6 @@
 """Unary calls carried as messages on one stream per server (``Calls.Carry``; the server's side is
-``controlplane/server/calls.py``, which says why: about half of a server's CPU per call).
+``controlplane/server/calls.py``, which says why: about half of a server's CPU per call, less
+under load, when calls travel in batches).
 
 ``CallCarrier`` holds one server's stream, opened on the first call and again on the first call
 after it ended. ``CarriedUnary`` is the multicallable the asyncio client uses for a unary method:

@@ -238,11 +238,12 @@ def _wrap_unary(method: str, behaviour: Callable[..., Any], guard: _Guard | None
 class StreamLimiter:
     """Counts the server streams each holder keeps open on this server, up to ``limit`` each.
 
-    Two are used: per identity (``per="identity"``: the authorized caller; without one, on an
-    ``--insecure-dev`` client port, the peer's host, so one machine's runaway client is bounded
-    there too) and per connection (``per="connection"``: the peer's address and port, one HTTP/2
-    connection), so one connection cannot carry thousands of watches even for an identity allowed
-    many (a gateway's). Per server, not replicated.
+    Three are used: watches per identity (``per="identity"``: the authorized caller; without one,
+    on an ``--insecure-dev`` client port, the peer's host, so one machine's runaway client is
+    bounded there too), ``Calls.Carry`` streams per identity (``per="carrier"``: keyed the same
+    way, with its own limit and message) and every stream per connection (``per="connection"``:
+    the peer's address and port, one HTTP/2 connection), so one connection cannot carry thousands
+    of streams even for an identity allowed many (a gateway's). Per server, not replicated.
     """
 
     def __init__(self, limit: int, per: str = "identity") -> None:

@@ -1,8 +1,9 @@
 """One Watch per gateway, fanned out to every open console as server-sent events.
 
 A browser never causes a call to the cluster by being open: the hub holds **one** ``Watch`` on the
-domains the console shows and **one** status check a second (through the gateway's shared status
-cache), and only while at least one console is connected. Each console's subscription is a set of
+domains the console shows and **one** status check every half second (a fresh one, which it keeps
+in the gateway's shared status cache for every reader), and only while at least one console is
+connected. Each console's subscription is a set of
 "this domain changed, up to revision R" marks, not a queue: a slow browser coalesces any number of
 changes into one mark per domain, so memory per console is bounded and nothing is ever dropped that
 matters (a mark means "the page is stale"; the page then fetches the current state once).
@@ -29,7 +30,8 @@ WATCHED_DOMAINS = ("membership", "ports", "models", "gossip", "cluster")
 #: The pseudo-domain for changes of the cluster's status (leader, roles, health), which no watch carries.
 STATUS = "status"
 #: How often the hub asks for the cluster's status while a console is open (bypassing the status
-#: cache's one second, and refreshing it): a killed leader shows within an election and this.
+#: cache's one second, and refreshing it): a killed leader shows within an election, this and the
+#: page's own refresh (at most one a second, console.js).
 STATUS_INTERVAL_S = 0.5
 #: Wait before re-opening a watch that failed for a reason other than a transient one.
 WATCH_RETRY_S = 2.0
@@ -156,6 +158,9 @@ class LiveHub:
                 digest: tuple[object, ...] = status_digest(status)
                 revision = status.applied_revision
             except errors.ControlPlaneError as exc:
+                digest, revision = ("unavailable", type(exc).__name__), 0
+            except Exception as exc:  # the hub must outlive any one failure of its status check
+                log.warning("console_status_failed", error=f"{type(exc).__name__}: {exc}")
                 digest, revision = ("unavailable", type(exc).__name__), 0
             if digest != last:
                 if last is not None:

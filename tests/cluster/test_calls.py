@@ -276,8 +276,9 @@ def test_a_client_over_its_stream_limit_sends_its_calls_alone(cluster: LocalClus
 
 
 def test_sdk_calls_carried_to_a_server_that_stops_are_retried_elsewhere(cluster: LocalCluster) -> None:
-    """A rolling restart under load: 16 callers read from a follower and write through it while it
-    is sent SIGTERM; every call is answered (the unanswered ones retried elsewhere), none raises."""
+    """A rolling restart under load: 16 callers read from a follower (and write to the leader) while
+    the follower is sent SIGTERM; every call is answered (the unanswered ones retried elsewhere),
+    none raises."""
     leader_id = cluster.wait_for_leader()
     node = followers(cluster, leader_id)[0]
     others = [n.client_address for n in cluster.nodes.values() if n.id != node.id]
@@ -307,6 +308,8 @@ def test_sdk_calls_carried_to_a_server_that_stops_are_retried_elsewhere(cluster:
             async with AsyncClient([node.client_address, *others], credentials=cluster.credentials, timeout=30) as c:
                 callers = [asyncio.ensure_future(caller(c, i)) for i in range(16)]
                 await asyncio.wait_for(until_done(200), 120)
+                carrier = c._carriers[node.client_address]  # white-box: the reads are carried
+                assert not carrier.refused
                 cluster.kill(node.id, signal.SIGTERM)
                 await asyncio.wait_for(until_done(done + 200), 120)
                 stop.set()
