@@ -27,7 +27,21 @@ from controlplane.v1 import (
     watch_pb2,
 )
 
-__all__ = ["CLIENT_PORT_FILES", "command_of", "declared_access", "descriptor", "is_write"]
+__all__ = [
+    "CARRY_ACCEPTED",
+    "CARRY_PATH",
+    "CLIENT_PORT_FILES",
+    "command_of",
+    "declared_access",
+    "descriptor",
+    "is_write",
+]
+
+#: The stream that carries unary calls of the client port as its messages (server/calls.py,
+#: client/_calls.py): one definition for the server and the SDK, which may not import the server.
+CARRY_PATH = f"/{calls_pb2.DESCRIPTOR.services_by_name['Calls'].full_name}/Carry"
+#: The header a server sends as it takes a Carry stream; a client writes nothing before it.
+CARRY_ACCEPTED = ("cp-carry", "1")
 
 #: The files whose services the client port serves (the others are served on their own ports); importing
 #: them puts their methods in the descriptor pool.

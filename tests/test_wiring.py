@@ -20,8 +20,9 @@ from test_authz_table import NOT_ON_THE_CLIENT_PORT  # tests/ is on the path, no
 
 import controlplane.v1
 from controlplane import methods
+from controlplane.methods import CARRY_PATH
 from controlplane.server import authz
-from controlplane.server.interceptor import CARRY_PATH, ErrorsAndMetrics
+from controlplane.server.interceptor import ErrorsAndMetrics
 from controlplane.server.services import SERVICES, Serving
 from controlplane.state.machine import StateMachine
 from controlplane.v1 import command_pb2

@@ -19,7 +19,7 @@ server. Invariants:
   service, a caller without a usable identity, its stream limit) reached no handler: its calls,
   and the carrier's later ones (for ``RETRY_REFUSED_AFTER_S`` after a limit,
   ``RETRY_UNCARRIED_AFTER_S`` otherwise), go as unary calls. The server marks a stream it takes in
-  its headers (``ACCEPTED``), and the client writes nothing before that mark, so a refusal is
+  its headers (``methods.CARRY_ACCEPTED``), and the client writes nothing before that mark, so a refusal is
   never mistaken for a failure of calls that may have run.
 - A request over ``MAX_CARRIED_BYTES`` goes as a unary call of its own, so that it does not hold
   the stream's other calls behind it (one stream's messages travel in order).
@@ -37,12 +37,9 @@ from typing import Any
 import grpc
 
 from controlplane.errors import ERROR_KIND_KEY
+from controlplane.methods import CARRY_ACCEPTED, CARRY_PATH
 from controlplane.v1 import calls_pb2
 
-#: The header a server sends as it takes a stream (server/calls.py): nothing is written before it.
-ACCEPTED = ("cp-carry", "1")
-
-CARRY_PATH = "/controlplane.v1.Calls/Carry"
 #: Larger requests travel as calls of their own.
 MAX_CARRIED_BYTES = 64 * 1024
 #: A batch of calls stops growing past this size.
@@ -100,7 +97,7 @@ class _OpenStream:
         self._call = carry()
         self.waiting: dict[int, _Pending] = {}
         self.ended = False
-        self._accepted = False  # the server took the stream (its headers carry ACCEPTED)
+        self._accepted = False  # the server took the stream (its headers carry CARRY_ACCEPTED)
         self._closing = False
         self._outgoing: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks = (asyncio.ensure_future(self._write_all()), asyncio.ensure_future(self._read_all()))
@@ -137,7 +134,7 @@ class _OpenStream:
             headers = await self._call.initial_metadata()
         except Exception:  # the call failed before its headers: the reader sees how
             return
-        if ACCEPTED not in tuple(headers or ()):
+        if CARRY_ACCEPTED not in tuple(headers or ()):
             return
         self._accepted = True
         item = await self._outgoing.get()

@@ -39,7 +39,8 @@ import structlog
 
 from controlplane.errors import InvalidArgument, Shutdown
 from controlplane.grpc_options import MESSAGE_LIMIT_BYTES
-from controlplane.server.interceptor import CARRY_PATH, ErrorsAndMetrics
+from controlplane.methods import CARRY_ACCEPTED, CARRY_PATH
+from controlplane.server.interceptor import ErrorsAndMetrics
 from controlplane.server.node import Node
 from controlplane.v1 import calls_pb2, calls_pb2_grpc
 
@@ -53,8 +54,6 @@ MAX_ANSWER_BYTES = MESSAGE_LIMIT_BYTES - 1024
 log = structlog.get_logger("controlplane.grpc")
 _NOTHING_YET = object()
 _STOPPING = "the server is shutting down; its calls read were answered, carry the next ones elsewhere"
-#: The header a server sends as it takes a stream; a client writes only after it (client/_calls.py).
-ACCEPTED = ("cp-carry", "1")
 
 
 class _Details(NamedTuple):
@@ -138,7 +137,7 @@ class CallsService(calls_pb2_grpc.CallsServicer):
             raise Shutdown(_STOPPING)
         # Headers at once, with the mark the client writes only after: a refused stream ends
         # before any headers, and a write racing that end would hide why it was refused.
-        await context.send_initial_metadata((ACCEPTED,))
+        await context.send_initial_metadata((CARRY_ACCEPTED,))
         stream = _Stream(self._api, context)
         reading = asyncio.ensure_future(stream.read(request_iterator))
         writing = asyncio.ensure_future(stream.write_answers())

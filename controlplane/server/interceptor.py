@@ -26,13 +26,12 @@ import grpc
 import structlog
 
 from controlplane.errors import ControlPlaneError, ResourceExhausted, Unimplemented
+from controlplane.methods import CARRY_PATH
 from controlplane.server import metrics
 from controlplane.server.authz import DRY_RUN_METHODS, READ_ONLY, Authorizer, PermissionDenied
 
 log = structlog.get_logger("controlplane.grpc")
 
-#: The stream that carries unary calls as its messages (calls.py).
-CARRY_PATH = "/controlplane.v1.Calls/Carry"
 #: Calls.Carry streams one identity may hold on a server (an SDK client holds one per server it
 #: calls); beyond, the stream is refused and that client's calls go alone.
 MAX_CARRY_STREAMS_PER_IDENTITY = 64
