@@ -52,13 +52,13 @@ def _registered(count: int) -> dict[str, grpc.RpcMethodHandler]:
     return {f"Idle{i}": grpc.unary_unary_rpc_method_handler(_echo) for i in range(count)}
 
 
-def _serve_aio(port: int, registered: int) -> None:
+def _run_aio(port: int, registered: int, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    """grpcio's asyncio server under uvloop (as ``cpctl serve`` runs it) serving ``handlers``, until killed."""
     import uvloop
 
     async def main() -> None:
         server = grpc.aio.server()
-        echo = {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, echo),))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         if registered:
             server.add_registered_method_handlers("bench.Idle", _registered(registered))
         server.add_insecure_port(f"127.0.0.1:{port}")
@@ -66,6 +66,10 @@ def _serve_aio(port: int, registered: int) -> None:
         await server.wait_for_termination()
 
     uvloop.run(main())
+
+
+def _serve_aio(port: int, registered: int) -> None:
+    _run_aio(port, registered, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)})
 
 
 def _run_threaded(port: int, registered: int, echo: Any, workers: int) -> None:
@@ -109,8 +113,6 @@ def _serve_threads_to_loop(port: int, registered: int) -> None:
 
 
 def _serve_mux(port: int, registered: int) -> None:
-    import uvloop
-
     async def mux(requests: Any, context: Any) -> None:
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         in_flight: set[asyncio.Task[None]] = set()
@@ -132,17 +134,7 @@ def _serve_mux(port: int, registered: int) -> None:
             await context.write(reply)  # one write at a time: grpc.aio allows no more on a stream
         await reader
 
-    async def main() -> None:
-        server = grpc.aio.server()
-        handlers = {"Mux": grpc.stream_stream_rpc_method_handler(mux)}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        if registered:
-            server.add_registered_method_handlers("bench.Idle", _registered(registered))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        await server.wait_for_termination()
-
-    uvloop.run(main())
+    _run_aio(port, registered, {"Mux": grpc.stream_stream_rpc_method_handler(mux)})
 
 
 SERVERS = {"aio": _serve_aio, "threads": _serve_threads, "threads-to-loop": _serve_threads_to_loop, "mux": _serve_mux}

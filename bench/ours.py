@@ -61,10 +61,7 @@ class CarriedStub:
         carrier = CallCarrier(channel)
         for name, (request, response) in methods.items():
             path = f"/{service}/{name}"
-            alone = channel.unary_unary(
-                path, request_serializer=request.SerializeToString, response_deserializer=response.FromString
-            )
-            setattr(self, name, CarriedUnary(carrier, path, request.SerializeToString, response.FromString, alone))
+            setattr(self, name, CarriedUnary.on(carrier, channel, path, request.SerializeToString, response.FromString))
 
 
 def stub_factory_for(calls: str, service: str, methods: dict[str, tuple[Any, Any]], unary_stub: Any) -> Any:

@@ -400,16 +400,17 @@ class AsyncClient:
             channel = self._channels.get(address)
             if channel is None:
                 channel = self._channels[address] = self._channel_factory(address)
-            cached = getattr(channel, kind)(
-                rpc.path,
-                request_serializer=_base.serialize,
-                response_deserializer=rpc.response.FromString,
-            )
             if kind == "unary_unary" and self.carry_calls:
                 carrier = self._carriers.get(address)
                 if carrier is None:
                     carrier = self._carriers[address] = CallCarrier(channel)
-                cached = CarriedUnary(carrier, rpc.path, _base.serialize, rpc.response.FromString, cached)
+                cached = CarriedUnary.on(carrier, channel, rpc.path, _base.serialize, rpc.response.FromString)
+            else:
+                cached = getattr(channel, kind)(
+                    rpc.path,
+                    request_serializer=_base.serialize,
+                    response_deserializer=rpc.response.FromString,
+                )
             self._methods[(address, rpc.path, kind)] = cached
         return cached
 

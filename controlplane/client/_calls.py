@@ -277,6 +277,19 @@ class CarriedUnary:
         self._deserialize = deserialize
         self._alone = alone  # the same method as a call of its own
 
+    @classmethod
+    def on(
+        cls,
+        carrier: CallCarrier,
+        channel: grpc.aio.Channel,
+        path: str,
+        serialize: Callable[[Any], bytes],
+        deserialize: Callable[[bytes], Any],
+    ) -> CarriedUnary:
+        """Method ``path`` carried on ``carrier``, with ``channel``'s own unary call to fall back on."""
+        alone = channel.unary_unary(path, request_serializer=serialize, response_deserializer=deserialize)
+        return cls(carrier, path, serialize, deserialize, alone)
+
     def __call__(self, request: Any, *, timeout: float | None = None) -> asyncio.Task[Any]:
         return asyncio.ensure_future(self._call(request, timeout))
 
