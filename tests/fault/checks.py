@@ -1,4 +1,4 @@
-"""The checkers (registers, set, ports, watch), availability figures, and the summary table.
+"""The checkers (registers, set, ports, leases, watch), availability figures, and the summary table.
 
 Each checker takes what the clients recorded (and, where the clients cannot know the outcome of
 an operation, what the cluster says after the run) and returns violations. A violation carries
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +19,7 @@ from .nemesis import Fault
 
 LOST, DUPLICATED, OTHER = "lost", "duplicated", "other"
 #: Operations that go through the log: an ok one is a successful write.
-WRITES = {"write", "cas", "add", "allocate", "release"}
+WRITES = {"write", "cas", "add", "allocate", "release", "grant", "acquire", "keepalive", "revoke"}
 
 
 @dataclass
@@ -226,6 +226,98 @@ def check_ports(ops: Sequence[Op], server_history: dict[str, list[tuple[str, int
         f"ports: {sum(op.type == OK for op in allocations)} allocations acknowledged, "
         f"{sum(op.type == INFO for op in allocations)} unknown, "
         f"{sum(op.type == FAIL for op in allocations)} refused; {len(holdings)} holdings over {len(by_port)} ports"
+    )
+    return report
+
+
+# --------------------------------------------------------------------------------------- leases
+
+
+@dataclass
+class LeaseHold:
+    """One holder's acknowledged acquisition of the lock port, and how long its lease lived for sure."""
+
+    holder: str
+    port: int
+    revision: int  # of the allocation: the cluster's order of holders
+    acquired: float  # run seconds: when the holder was told it holds the port
+    #: Run seconds until which the lease was certainly alive and not given up: its last acknowledged
+    #: renewal's invocation plus the TTL (a renewal is applied after it is invoked, and expiry comes
+    #: a TTL after the applied one at the earliest), or the holder's revoke, whichever is first.
+    alive_until: float
+
+
+def lease_holds(ops: Sequence[Op], ttl_s: float) -> tuple[list[LeaseHold], list[Violation]]:
+    """Each acknowledged acquisition with its certain lifetime; and every lease found expired
+    before a TTL had passed since its last acknowledged renewal (a keepalive answered NotFound)."""
+    by_holder: dict[str, list[Op]] = defaultdict(list)
+    for op in ops:
+        by_holder[op.key].append(op)
+    holds, early = [], []
+    for holder, cycle in by_holder.items():
+        renewals = [op.invoke_s for op in cycle if op.type == OK and op.f in ("grant", "keepalive")]
+        if not renewals:
+            continue
+        alive_until = max(renewals) + ttl_s
+        for lost in (op for op in cycle if op.f == "keepalive" and op.error.startswith("NotFound")):
+            # Renewals answered before it were applied before it; one applied after would be a worse bug.
+            before = [
+                op.invoke_s
+                for op in cycle
+                if op.type == OK and op.f in ("grant", "keepalive") and op.index < lost.index
+            ]
+            if before and lost.complete_s < max(before) + ttl_s:
+                early.append(
+                    Violation(
+                        "lease",
+                        OTHER,
+                        f"{holder}'s lease was found expired at {lost.complete_s:.3f} s, less than its TTL "
+                        f"({ttl_s:g} s) after its renewal invoked at {max(before):.3f} s",
+                        lost.complete_s,
+                    )
+                )
+        revokes = [op.invoke_s for op in cycle if op.f == "revoke"]
+        if revokes:
+            alive_until = min(alive_until, min(revokes))
+        for acquire in (op for op in cycle if op.f == "acquire" and op.type == OK):
+            holds.append(LeaseHold(holder, acquire.result, acquire.revision, acquire.complete_s, alive_until))
+    return holds, early
+
+
+def check_leases(ops: Sequence[Op], ttl_s: float) -> Report:
+    """A lease never held twice: in the cluster's order of acquisitions, nobody was told it holds
+    the port while an earlier holder's lease was certainly alive (the lock property that etcd's
+    leases give its ``concurrency.Mutex``), and no lease expired before its TTL ran out."""
+    report = Report()
+    holds, early = lease_holds(ops, ttl_s)
+    report.violations += early
+    by_port: dict[int, list[LeaseHold]] = defaultdict(list)
+    for hold in holds:
+        by_port[hold.port].append(hold)
+    for port, port_holds in sorted(by_port.items()):
+        port_holds.sort(key=lambda h: h.revision)
+        earlier: LeaseHold | None = None  # of the holders before, the one whose lease lived longest
+        for hold in port_holds:
+            if earlier is not None and hold.acquired < earlier.alive_until:
+                report.violations.append(
+                    Violation(
+                        "lease",
+                        DUPLICATED,
+                        f"port {port}: {hold.holder} was told at {hold.acquired:.3f} s that it holds it "
+                        f"(revision {hold.revision}) while {earlier.holder}'s lease was alive until at least "
+                        f"{earlier.alive_until:.3f} s (acquired at revision {earlier.revision})",
+                        hold.acquired,
+                    )
+                )
+            if earlier is None or hold.alive_until > earlier.alive_until:
+                earlier = hold
+    counts = Counter((op.f, op.type) for op in ops)
+    abandoned = sum(1 for op in ops if op.f == "acquire" and op.type == OK and op.extra.get("abandoned"))
+    expired = sum(1 for op in ops if op.f == "keepalive" and op.error.startswith("NotFound"))
+    report.notes.append(
+        f"leases: {counts['acquire', OK]} acquisitions acknowledged ({abandoned} left to expire), "
+        f"{counts['acquire', FAIL]} refused while held, {counts['acquire', INFO]} unknown; "
+        f"{counts['keepalive', OK]} renewals, {expired} leases found expired by their holder"
     )
     return report
 

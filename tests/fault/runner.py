@@ -36,7 +36,7 @@ from controlplane.v1 import watch_pb2, watch_pb2_grpc
 from . import checks
 from .history import OK, History, completion_type
 from .nemesis import NEMESES, Control, Fault, Nemesis, Unhealthy, clock_step_env
-from .workloads import CALL_TIMEOUT_S, Context, Ports, Processes, Registers, SetAdds, Watchers
+from .workloads import CALL_TIMEOUT_S, Context, Leases, Ports, Processes, Registers, SetAdds, Watchers
 
 #: make test's SHORT profile: every nemesis but the long-only ones, once each.
 SHORT_NEMESES = (
@@ -62,7 +62,7 @@ LONG_ONLY_NEMESES = ("clock-step-follower", "clock-step-back-leader")
 ALL_NEMESES = (*SHORT_NEMESES, *LONG_ONLY_NEMESES)
 SETTLE_TIMEOUT_S = 60.0
 #: The client workloads whose acknowledged operations say the clients are working.
-CHECKED_WORKLOADS = ("register", "set", "ports")
+CHECKED_WORKLOADS = ("register", "set", "ports", "lease")
 #: How long after a fault's cluster is whole its clients may take to be acknowledged again before
 #: the run notes it and goes on (a note in the summary, not a violation: the checks judge the history).
 CLIENT_RECOVERY_S = 30.0
@@ -80,6 +80,7 @@ class Profile:
     register_clients: int = 4
     set_clients: int = 2
     port_clients: int = 2
+    lease_clients: int = 2
     watchers: int = 2
     #: Quiet time between a fault's recovery and the next fault (seconds, uniform).
     quiet: tuple[float, float] = (1.0, 2.5)
@@ -285,6 +286,7 @@ async def run(
     registers = Registers(ctx, profile.register_keys, profile.register_clients)
     adds = SetAdds(ctx, profile.set_clients)
     ports = Ports(ctx, profile.port_clients)
+    leases = Leases(ctx, profile.lease_clients)
     watchers = Watchers(ctx, profile.watchers)
     tasks: list[asyncio.Task[None]] = []
     probes = itertools.count()
@@ -311,9 +313,10 @@ async def run(
         await asyncio.to_thread(control.wait_whole)
         async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials) as admin:
             await ports.setup(admin)
+            await leases.setup(admin)
             watchers.from_revision = (await admin.status()).applied_revision + 1
         history.note("start", seed=seed, profile=profile.name, prefix=prefix, wall_clock_origin=history.wall_origin)
-        clients = [asyncio.create_task(c) for w in (registers, adds, ports) for c in w.tasks()]  # type: ignore[arg-type]
+        clients = [asyncio.create_task(c) for w in (registers, adds, ports, leases) for c in w.tasks()]  # type: ignore[arg-type]
         tasks += clients + [asyncio.create_task(c) for c in watchers.tasks()]  # type: ignore[arg-type]
 
         def progressing() -> bool:
@@ -422,6 +425,7 @@ async def run(
             checks.check_registers(history.of("register")),
             checks.check_set(history.of("set"), {k for k in everything if k.startswith(adds.key_prefix)}),
             checks.check_ports(history.of("ports"), service_history),
+            checks.check_leases(history.of("lease"), leases.ttl_s),
             checks.check_watch([(d.watcher, d.events, d.error) for d in watchers.deliveries], expected, acknowledged),
         ]
         for report in reports:

@@ -1,4 +1,4 @@
-"""The set, ports and watch checkers and the summary on hand-made histories (no cluster)."""
+"""The set, ports, leases and watch checkers and the summary on hand-made histories (no cluster)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,49 @@ def test_unknown_allocation_resolved_from_server_history() -> None:
     history = {"a": [("ALLOCATED", 12, 40100), ("RELEASED", 20, 40100)]}
     assert [v.kind for v in checks.check_ports(ops, history).violations] == [checks.DUPLICATED]
     assert not checks.check_ports(ops, {"a": [("ALLOCATED", 15, 40100)]}).violations
+
+
+def _cycle(start: int, holder: str, revision: int, grant: float, acquired: float, **steps: Any) -> list[Op]:
+    """A lock holder's cycle: grant (invoked at ``grant``), acquire (answered at ``acquired``), then
+    ``keepalives`` (invocation, type, error) and a ``revoke`` invoked at that time, if given."""
+    ops = [
+        op(start, "lease", "grant", holder, OK, grant, grant + 0.05, result=7),
+        op(start + 1, "lease", "acquire", holder, OK, acquired - 0.05, acquired, result=40200, revision=revision),
+    ]
+    for n, (at, type_, error) in enumerate(steps.get("keepalives", ())):
+        renewal = op(start + 2 + n, "lease", "keepalive", holder, type_, at, at + 0.05)
+        renewal.error = error
+        ops.append(renewal)
+    if "revoke" in steps:
+        ops.append(op(start + 9, "lease", "revoke", holder, OK, steps["revoke"], steps["revoke"] + 0.05))
+    return ops
+
+
+def test_lease_handed_on_after_revoke_or_expiry_is_fine() -> None:
+    revoked = _cycle(0, "a", 10, 0.0, 0.2, keepalives=[(0.7, OK, ""), (1.2, OK, "")], revoke=1.5)
+    after_revoke = _cycle(10, "b", 12, 1.4, 1.6)  # b's lease then lapses: last renewal 1.4 + TTL 2
+    after_expiry = _cycle(20, "c", 14, 3.0, 3.5)  # acquired after 3.4: b's lease had run out
+    report = checks.check_leases(revoked + after_revoke + after_expiry, ttl_s=2.0)
+    assert not report.violations, report.violations
+    assert "3 acquisitions acknowledged" in report.notes[0]
+
+
+def test_lease_held_twice_is_flagged() -> None:
+    holder = _cycle(0, "a", 10, 0.0, 0.2, keepalives=[(0.7, OK, ""), (1.2, OK, "")])  # alive until 3.2 s
+    # b is told it holds the port at 3.0 s: a's lease, renewed at 1.2 s with a 2 s TTL, was still alive.
+    report = checks.check_leases(holder + _cycle(10, "b", 12, 2.5, 3.0), ttl_s=2.0)
+    assert [v.kind for v in report.violations] == [checks.DUPLICATED]
+    assert "b was told" in report.violations[0].message and report.violations[0].at == 3.0
+    # Unknown and failed renewals extend nothing: a's lease is only sure until 0.7 + 2 = 2.7 s.
+    unsure = _cycle(0, "a", 10, 0.0, 0.2, keepalives=[(0.7, OK, ""), (1.2, INFO, ""), (1.7, FAIL, "NoLeader: x")])
+    assert not checks.check_leases(unsure + _cycle(10, "b", 12, 2.5, 3.0), ttl_s=2.0).violations
+
+
+def test_lease_expired_before_its_ttl_is_flagged() -> None:
+    lost_early = _cycle(0, "a", 10, 0.0, 0.2, keepalives=[(0.7, OK, ""), (1.2, FAIL, "NotFound: lease 7 has expired")])
+    assert [v.kind for v in checks.check_leases(lost_early, ttl_s=2.0).violations] == [checks.OTHER]
+    lost_late = _cycle(0, "a", 10, 0.0, 0.2, keepalives=[(0.7, OK, ""), (2.8, FAIL, "NotFound: lease 7 has expired")])
+    assert not checks.check_leases(lost_late, ttl_s=2.0).violations
 
 
 def test_watch_once_in_order_without_gaps() -> None:

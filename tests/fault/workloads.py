@@ -6,6 +6,9 @@
   acknowledged one and nothing never attempted.
 * ``Ports``: ``ports.allocate`` then ``ports.release`` of a fresh service on one host, in a small
   range, so ports are handed out again and again; no port may be held by two services at once.
+* ``Leases``: holders take turns on one port, each holding it under a lease of its own that it
+  keeps alive, then revokes or abandons to expiry (the lock pattern of etcd's ``concurrency.Mutex``);
+  no holder may be handed the port while another's lease is still alive.
 * ``Watchers``: SDK watches on the run's prefix from its first revision; each must deliver every
   revision once, in order.
 """
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -287,6 +291,114 @@ class Ports:
 
     def tasks(self) -> list[Awaitable[None]]:
         return [self.client(self.ctx.rng.randrange(1 << 30)) for _ in range(self.clients)]
+
+
+#: The lock holders' lease TTL: shorter than the longer faults, so leases expire under them too.
+LEASE_TTL_S = 2.0
+#: A holder renews this often: four times a TTL, as etcd's clients do three.
+LEASE_RENEW_S = LEASE_TTL_S / 4
+#: The share of holders that stop renewing instead of revoking, so the port is handed on by expiry.
+LEASE_ABANDON = 0.25
+
+
+class Leases:
+    """Holders take turns on a one-port range, each attaching its allocation to a lease of its own.
+
+    A cycle: grant a lease, allocate the port under it (refused while someone holds it), keep the
+    lease alive for a while, then revoke it, or, a quarter of the time, stop renewing and let it
+    expire. Every operation of a cycle carries the holder's name as its key; ``checks.check_leases``
+    judges that no holder was handed the port while another's lease was alive."""
+
+    name = "lease"
+
+    def __init__(self, ctx: Context, clients: int = 2, port: int = 40200, ttl_s: float = LEASE_TTL_S) -> None:
+        self.ctx = ctx
+        self.clients = clients
+        base = ctx.prefix.strip("/").replace("/", "-")
+        self.host, self.range = f"{base}-lock-host", f"{base}-lock"
+        self.port, self.ttl_s = port, ttl_s
+
+    async def setup(self, client: AsyncClient) -> None:
+        await client.ports.set_range(self.range, self.port, self.port)
+
+    async def client(self, seed: int) -> None:
+        ctx, rng = self.ctx, random.Random(seed)
+        process = ctx.processes.new()
+        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout, credentials=ctx.credentials) as client:
+            for n in itertools.count():
+                if ctx.stop.is_set():
+                    return
+                process = await self._cycle(client, rng, process, f"holder-{process}-{n}")
+                await _think(ctx, rng)
+
+    def _after(self, process: int, op: Op) -> int:
+        return self.ctx.processes.new() if op.type == INFO else process
+
+    async def _cycle(self, client: AsyncClient, rng: random.Random, process: int, holder: str) -> int:
+        ctx = self.ctx
+        op = await record(
+            ctx, process, self.name, "grant", holder, self.ttl_s, client.leases.grant(self.ttl_s), _lease_id
+        )
+        process = self._after(process, op)
+        if op.type != OK:
+            return process  # a lease granted unknowingly holds nothing and expires on its own
+        lease_id = op.result
+        acquire = await record(
+            ctx,
+            process,
+            self.name,
+            "acquire",
+            holder,
+            lease_id,
+            client.ports.allocate(self.host, holder, "lock", range=self.range, lease_id=lease_id),
+            lambda result: (result.assignment.port, result.revision, {"lease_id": lease_id}),
+        )
+        process = self._after(process, acquire)
+        if acquire.type == OK:
+            process = await self._hold(client, rng, process, holder, lease_id)
+            if rng.random() < LEASE_ABANDON:
+                acquire.extra["abandoned"] = True  # the next holder gets the port only by expiry
+                return process
+        elif acquire.type == FAIL:
+            await asyncio.sleep(rng.uniform(0.1, 0.4))  # someone holds it: back off (offered load)
+        op = await record(
+            ctx,
+            process,
+            self.name,
+            "revoke",
+            holder,
+            lease_id,
+            client.leases.revoke(lease_id),
+            lambda released: (released, 0, {}),
+        )
+        return self._after(process, op)
+
+    async def _hold(self, client: AsyncClient, rng: random.Random, process: int, holder: str, lease_id: int) -> int:
+        """Keep the lease alive for a random while; stop early once it is found expired."""
+        until = time.monotonic() + rng.uniform(0.5, 3.0)
+        while time.monotonic() < until and not self.ctx.stop.is_set():
+            await asyncio.sleep(LEASE_RENEW_S)  # the renewal cadence (offered load, not a condition)
+            op = await record(
+                self.ctx,
+                process,
+                self.name,
+                "keepalive",
+                holder,
+                lease_id,
+                client.leases.keep_alive(lease_id),
+                _lease_id,
+            )
+            process = self._after(process, op)
+            if op.type == FAIL:  # NotFound: it expired, and the port with it
+                break
+        return process
+
+    def tasks(self) -> list[Awaitable[None]]:
+        return [self.client(self.ctx.rng.randrange(1 << 30)) for _ in range(self.clients)]
+
+
+def _lease_id(lease: Any) -> tuple[Any, int, dict[str, Any]]:
+    return lease.id, 0, {}
 
 
 @dataclass
