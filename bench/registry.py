@@ -18,6 +18,8 @@
   out the readers, included) over the hits they held. ``server_query_p99_ms_slowest``: the three
   queries of the mix with the highest p99 in the server, where the tail comes from (each query
   runs rounds/14 times, ~143 at the default 2,000: its p99 is about its second slowest).
+- ``registry_restart`` (bench/restart.py): a follower stopped (SIGTERM, then kill -9) and started
+  again on that registry: seconds to ready, to a linearizable read and to a linearizable search.
 """
 
 from __future__ import annotations
@@ -222,4 +224,8 @@ async def bench_registry(
         f"registry search on a follower: client p50 {line['client_p50_ms']} ms p99 {line['client_p99_ms']} ms; "
         f"index p50 {line['server_query_p50_ms']} ms p99 {line['server_query_p99_ms']} ms ({line['engine']})"
     )
+    from bench.restart import bench_restart
+
+    # Last, as it stops a server: the same follower restarted twice on the registry just measured.
+    lines += await asyncio.to_thread(bench_restart, cluster, leader, items[-1]["model"], registered)
     return lines

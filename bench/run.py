@@ -9,7 +9,8 @@ Runs, one after the other so that they never share the CPUs:
                                              -> write_1_client, write_64_clients, allocate_64_clients
                                                  (Ports.Allocate; ratios against etcd's write_64_clients),
                                                  registry_bulk_register, registry_register_64_clients,
-                                                 registry_search (100,000 versions), membership_agents
+                                                 registry_search (100,000 versions), registry_restart
+                                                 (a follower restarted on them), membership_agents
                                                  (1,000 agents), membership_churn, leader_failover
                                                  (10 kill -9s of the leader)
   4b. our cluster with TLS client ports and authorization (`ours-tls`, the default deployment)

@@ -14,10 +14,10 @@ What it does, and what it reports (one JSON object on stdout):
 4. stops one follower (SIGTERM by default, ``--signal KILL`` for kill -9), starts it again and times,
    from the moment its process is spawned:
    ``ready_s`` until ``Cluster.Status`` says ready, ``search_s`` until it answers a LINEARIZABLE
-   search (on that server, not forwarded) that finds the right models at or past that revision,
-   ``read_s`` until it answers a LINEARIZABLE ``get``;
-5. reports what the restarted server's log says about its search index: ``reused`` (caught up
-   from the persisted index) or ``rebuilt`` (and how often).
+   search (on that server, not forwarded) that finds the last model at or past that revision,
+   ``read_s`` until it answers a LINEARIZABLE ``get``, and ``index``: what the restarted server's
+   log says about its search index, ``reused`` (caught up from the persisted index) or ``rebuilt``.
+   The timing is bench/restart.py's, which `make bench` runs as ``registry_restart``.
 
 Numbers depend on the machine and on what else runs on it: run it on a quiet machine and repeat.
 Measured on the 2-core dev machine, quiet (load < 1), 100,000 versions, restarting a follower:
@@ -41,23 +41,17 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
-
+from bench.common import process_rss_bytes
+from bench.restart import PROBE_KEY, poll, restart_and_time, search_finds
 from controlplane.client import Client
 from controlplane.dev import LocalCluster, NodeProcess
-from controlplane.v1 import common_pb2, kv_pb2, kv_pb2_grpc, models_pb2, models_pb2_grpc
-
-T = TypeVar("T")
 
 FAMILIES = ["llama", "qwen", "mistral", "phi", "gemma", "whisper", "falcon", "bloom", "café", "deepseek"]
 SIZES = ["0.5B", "1B", "3B", "7B", "8B", "13B", "34B", "70B"]
 VARIANTS = ["Instruct", "Chat", "Base", "Coder", "Vision", "Math"]
-LINEARIZABLE = common_pb2.ReadOptions(consistency=common_pb2.CONSISTENCY_LINEARIZABLE)
-PROBE_KEY = "scale-restart/probe"
 
 
 def model_name(index: int) -> str:
@@ -90,62 +84,10 @@ def catalogue(models: int, per_model: int, run: str) -> list[dict[str, Any]]:
 
 
 def rss_bytes(node: NodeProcess) -> int:
-    """The server process's resident set size (Linux /proc)."""
-    for line in Path(f"/proc/{node.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {node.id}")
-
-
-def poll(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """``check()`` until it returns something other than None (RPC errors count as "not yet")."""
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except grpc.RpcError as exc:
-            last = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
-        else:
-            if result is not None:
-                return result
-        time.sleep(0.02)  # a measurement loop polling a process from outside, not a test
-    raise TimeoutError(f"{what} not within {timeout} s ({last})")
-
-
-def search_answers(node: NodeProcess, revision: int, query: str, total: int) -> Callable[[], float | None]:
-    """A check: a LINEARIZABLE search on ``node`` finds ``total`` models at or past ``revision``."""
-
-    def check() -> float | None:
-        with node.channel() as channel:
-            response = models_pb2_grpc.ModelsStub(channel).Search(
-                models_pb2.SearchRequest(read=LINEARIZABLE, query=query, limit=1), timeout=2.0
-            )
-        if response.header.revision >= revision and response.total == total:
-            return time.monotonic()
-        return None
-
-    return check
-
-
-def get_answers(node: NodeProcess) -> Callable[[], float | None]:
-    def check() -> float | None:
-        with node.channel() as channel:
-            kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key=PROBE_KEY, read=LINEARIZABLE), timeout=2.0)
-        return time.monotonic()
-
-    return check
-
-
-def index_log(node: NodeProcess, since: int) -> dict[str, int]:
-    """How often the server's log since byte ``since`` says its index was reused or rebuilt."""
-    with open(node.log_path, "rb") as log_file:
-        log_file.seek(since)
-        text = log_file.read().decode(errors="replace")
-    return {
-        "reused": text.count("search_index_reused"),
-        "rebuilt": text.count("search_index_rebuilt"),
-    }
+    rss = process_rss_bytes(node.pid) if node.pid is not None else None
+    if rss is None:
+        raise RuntimeError(f"{node.id} is not running")
+    return rss
 
 
 def measure_restart(
@@ -171,11 +113,8 @@ def measure_restart(
             revision = max(revision, client.put(PROBE_KEY, b"x").revision)
         report["register_s"] = round(time.monotonic() - started, 2)
         report["revision"] = revision
-        # A token only the last model has (its index), and a family every tenth model belongs to.
-        probe = (model_name(models - 1).rsplit("-", 1)[1], 1)
-        family = ("llama", len(range(0, models, len(FAMILIES))))
         for node in cluster.nodes.values():
-            poll(search_answers(node, revision, *family), timeout, f"{node.id} indexed")
+            poll(search_finds(node, model_name(models - 1), revision), timeout, f"{node.id} indexed")
         after = {node.id: rss_bytes(node) for node in cluster.nodes.values()}
         report["rss_mb_before"] = {key: round(value / 2**20) for key, value in before.items()}
         report["rss_mb_after"] = {key: round(value / 2**20) for key, value in after.items()}
@@ -183,22 +122,7 @@ def measure_restart(
 
         victim = next(node for node in cluster.nodes.values() if node.id != leader_id)
         report["restarted"] = victim.id
-        cluster.kill(victim.id, sig)
-        log_size = victim.log_path.stat().st_size
-        spawned = time.monotonic()
-        cluster.restart(victim.id)
-
-        def ready() -> float | None:
-            return time.monotonic() if victim.status(timeout=1.0).ready else None
-
-        report["ready_s"] = round(poll(ready, timeout, "ready") - spawned, 2)
-        report["search_s"] = round(poll(search_answers(victim, revision, *probe), timeout, "search") - spawned, 2)
-        report["family_search_s"] = round(
-            poll(search_answers(victim, revision, *family), timeout, "search") - spawned, 2
-        )
-        report["read_s"] = round(poll(get_answers(victim), timeout, "get") - spawned, 2)
-        report["index"] = index_log(victim, log_size)
-        report["rss_mb_restarted"] = round(rss_bytes(victim) / 2**20)
+        report.update(restart_and_time(cluster, victim.id, sig, model_name(models - 1), revision))
     return report
 
 
