@@ -301,7 +301,6 @@ async def _worker(spec: dict[str, Any]) -> None:
             listen=f"{address}:{GOSSIP_PORT}",
             policy=policy,
             round_timeout_s=spec["round_timeout_s"],
-            min_participants=n,
             lease_ttl_s=30.0,
         )
         await worker.start(params)
@@ -406,6 +405,8 @@ async def run_scenario(net: Any, args: argparse.Namespace, topology: str, policy
                 continue
             if msg.get("event") == "started":
                 scenario.started.append(msg["t"])
+                if len(scenario.started) == n:
+                    all_started.set()
             elif msg.get("event") == "round":
                 records = scenario.rounds.setdefault(msg["round"], [])
                 records.append(msg)
@@ -420,6 +421,11 @@ async def run_scenario(net: Any, args: argparse.Namespace, topology: str, policy
         if code != 0 and not done.is_set():
             scenario.failed = f"worker {i} exited with {code} (log: {logdir / f'{group}-w{i}.log'})"
             done.set()
+
+    all_started = asyncio.Event()
+    cluster_policy = policy not in BENCH_POLICIES
+    if cluster_policy:
+        await create_paused_group(endpoints, group, policy, args)
 
     followers = []
     try:
@@ -436,6 +442,12 @@ async def run_scenario(net: Any, args: argparse.Namespace, topology: str, policy
         budget = args.round_timeout * (args.max_rounds + 20) + 120
         finished = asyncio.ensure_future(asyncio.gather(*followers, return_exceptions=True))
         signalled = asyncio.ensure_future(done.wait())
+        if cluster_policy:
+            # Round 1 waits for every worker: the group runs once all have started (or one has died).
+            started = asyncio.ensure_future(all_started.wait())
+            await asyncio.wait((started, finished, signalled), return_when=asyncio.FIRST_COMPLETED)
+            started.cancel()
+            await unpause_group(endpoints, group)
         try:
             await asyncio.wait_for(asyncio.wait((finished, signalled), return_when=asyncio.FIRST_COMPLETED), budget)
         except TimeoutError:
@@ -456,6 +468,35 @@ async def run_scenario(net: Any, args: argparse.Namespace, topology: str, policy
             task.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
     return scenario
+
+
+async def create_paused_group(endpoints: str, group: str, policy: str, args: argparse.Namespace) -> None:
+    """The scenario's group, created paused with the floor of 2 participants (the tolerant setting:
+    a worker that crashes costs a round, and the others train on), before any worker starts; the
+    workers' own settings then leave it as it is. Its spec is the workers' model's."""
+    from controlplane.client import AsyncClient, Credentials
+    from gossip.examples.digits import Config, prepare
+
+    data, _shards = prepare(Config(workers=args.workers, seed=args.seed))
+    params = init_mlp(data.x_train.shape[1], args.hidden, data.classes, args.seed)
+    tensors = [(name, value.dtype.name, value.shape) for name, value in sorted(params.items())]
+    async with AsyncClient(endpoints, credentials=Credentials()) as client:
+        await client.gossip.configure_group(
+            group,
+            tensors,
+            policy=policy,
+            round_timeout_s=args.round_timeout,
+            min_participants=2,
+            seed=args.seed,
+            paused=True,
+        )
+
+
+async def unpause_group(endpoints: str, group: str) -> None:
+    from controlplane.client import AsyncClient, Credentials
+
+    async with AsyncClient(endpoints, credentials=Credentials()) as client:
+        await client.gossip.update_group(group, paused=False)
 
 
 async def cluster_rounds(endpoints: str, group: str) -> list[Any]:

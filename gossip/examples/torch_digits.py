@@ -270,7 +270,9 @@ def run(
     does not compete for the CPU), then ``config.workers`` TorchWorkers, each training on a thread."""
     import torch
 
-    from gossip.torch import TorchWorker, from_params
+    from controlplane.client import Client
+    from controlplane.client import Credentials as ClientCredentials
+    from gossip.torch import TorchWorker, from_params, to_params
 
     torch.set_num_threads(1)  # eight training threads on a small machine: no intra-op threads on top
     data, shards = prepare(
@@ -287,7 +289,21 @@ def run(
     reports: queue.Queue[_Report | BaseException] = queue.Queue()
     history: list[RoundStats] = []
     began = time.perf_counter()
+    credentials = credentials or ClientCredentials.from_env()
+    admin = Client(endpoints, credentials=credentials)
     try:
+        # Created paused with the floor of 2, then run once every worker is up: round 1 waits for
+        # all of them, and a worker that crashes later costs a round while the others train on
+        # (min_participants = workers would stop every round after one crash).
+        spec = sorted(to_params(start.state_dict()).items())
+        admin.gossip.configure_group(
+            group,
+            [(name, value.dtype.name, value.shape) for name, value in spec],
+            round_timeout_s=config.round_timeout_s,
+            min_participants=2,
+            seed=config.seed,
+            paused=True,
+        )
         for w in range(config.workers):
             workers.append(
                 TorchWorker(
@@ -296,11 +312,11 @@ def run(
                     f"{group}-w{w}",
                     credentials=credentials,
                     round_timeout_s=config.round_timeout_s,
-                    min_participants=config.workers,
                     labels={"example": "torch-digits", "shard_size": str(len(shards[w]))},
                 )
             )
             workers[-1].start(models[w].state_dict())
+        admin.gossip.update_group(group, paused=False)
         threads = [
             threading.Thread(
                 target=_worker_loop,
@@ -364,6 +380,7 @@ def run(
                 worker.close()
             except Exception as exc:  # close every worker: each holds a lease and a gossip port
                 print(f"closing a worker failed: {exc!r}", file=sys.stderr)
+        admin.close()
 
 
 def _flat(params: dict[str, npt.NDArray[Any]], names: Sequence[str]) -> npt.NDArray[np.float64]:

@@ -132,11 +132,20 @@ def _ended(client: Client, group: str, number: int) -> Any:
 
 def test_the_torch_example_trains_through_the_cluster(cluster: LocalCluster) -> None:
     """``python -m gossip.examples.torch_digits`` in small: three TorchWorkers on their own threads,
-    every round committed and exchanged without a failure, and the models learn."""
+    every round committed and exchanged without a failure, and the models learn; the group it
+    creates has the tolerant floor of 2 participants, yet every round had all three."""
     pytest.importorskip("sklearn")
     from gossip.examples.torch_digits import Config, run
 
-    history, summary = run(Config(workers=3, rounds=3), cluster.endpoints, credentials=cluster.credentials)
-    assert [stat.round for stat in history] == [1, 2, 3]
-    assert all(stat.failed == 0 and stat.bytes > 0 for stat in history), history
-    assert summary.mean_accuracy > 0.5, summary  # ten classes: chance is 0.1
+    with Client(cluster.endpoints, credentials=cluster.credentials, timeout=15) as client:
+        before = {g.group for g in client.gossip.groups()}
+        history, summary = run(Config(workers=3, rounds=3), cluster.endpoints, credentials=cluster.credentials)
+        assert [stat.round for stat in history] == [1, 2, 3]
+        assert all(stat.failed == 0 and stat.bytes > 0 for stat in history), history
+        assert summary.mean_accuracy > 0.5, summary  # ten classes: chance is 0.1
+        # The tolerant setting: the floor of 2, so a crashed worker would cost a round, not the run;
+        # created paused and run once all three were up, so every round still had all three.
+        (group,) = [g for g in client.gossip.groups() if g.group not in before]
+        assert group.min_participants == 2 and not group.paused, group
+        training = [r for r in client.gossip.rounds(group.group) if r.policy != "probe"]
+        assert len(training) >= 3 and all(len(r.participants) == 3 for r in training), training
