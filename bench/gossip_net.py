@@ -445,9 +445,18 @@ async def run_scenario(net: Any, args: argparse.Namespace, topology: str, policy
         if cluster_policy:
             # Round 1 waits for every worker: the group runs once all have started (or one has died).
             started = asyncio.ensure_future(all_started.wait())
-            await asyncio.wait((started, finished, signalled), return_when=asyncio.FIRST_COMPLETED)
-            started.cancel()
-            await unpause_group(endpoints, group)
+            try:
+                await asyncio.wait((started, finished, signalled), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                started.cancel()
+            if not all_started.is_set() and not done.is_set():
+                scenario.failed = f"{n - len(scenario.started)} of {n} workers did not start within {budget:.0f} s"
+                done.set()
+            try:
+                await unpause_group(endpoints, group)
+            except Exception as exc:  # the cluster's answer, kept in the line rather than raised
+                scenario.failed = scenario.failed or f"unpausing the group failed: {exc}"
+                done.set()
         try:
             await asyncio.wait_for(asyncio.wait((finished, signalled), return_when=asyncio.FIRST_COMPLETED), budget)
         except TimeoutError:

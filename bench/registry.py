@@ -227,5 +227,5 @@ async def bench_registry(
     from bench.restart import bench_restart
 
     # Last, as it stops a server: the same follower restarted twice on the registry just measured.
-    lines += await asyncio.to_thread(bench_restart, cluster, leader, items[-1]["model"], registered)
+    lines += await asyncio.to_thread(bench_restart, cluster, items[-1]["model"], registered)
     return lines

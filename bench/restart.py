@@ -6,13 +6,15 @@ directory; from the moment its process is spawned, it reports:
 
 - ``ready_s``: until ``Cluster.Status`` says ready;
 - ``read_s``: until it answers a LINEARIZABLE ``KV.Get`` itself (a read barrier through the leader);
-- ``search_s``: until a LINEARIZABLE search *on that server* finds the last model registered, at or
-  past the revision the cluster had reached before the stop (its search index caught up);
+- ``search_s``: until a LINEARIZABLE search *on that server* finds the last model of the bulk
+  registration, at or past the revision the cluster had reached before the stop (its search index
+  caught up);
 - ``index``: what its log says of the search index: ``reused`` (caught up from the persisted index
   by revision) or ``rebuilt``;
-- ``state_from``: ``journal`` when it replayed every entry since the cluster began (no dump yet: the
-  bench restarts it within minutes of the cluster's start, before its first log compaction), ``dump
-  and journal`` when it loaded a dump and replayed only what followed it;
+- ``state_from``: ``journal`` when it replayed every entry since the cluster began (no log
+  compaction had happened yet: one comes every 300 s or 20,000 entries, and the bench is often
+  within its first minutes), ``dump and journal`` when it loaded a dump (its own, or one a leader
+  sent it) and replayed only what followed;
 - ``rss_mib``: its resident memory once it answers.
 
 The issue's target is serving linearizable reads and search within 5 s of start at 100k versions
@@ -40,11 +42,14 @@ PROBE_KEY = "bench-restart/probe"
 RESTART_TIMEOUT_S = 300.0
 
 
-def poll(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """``check()`` until it returns something other than None; RPC errors count as "not yet"."""
+def poll(check: Callable[[], T | None], timeout: float, what: str, node: Any = None) -> T:
+    """``check()`` until it returns something other than None; RPC errors count as "not yet".
+    ``node``: the server polled; its exit ends the wait at once."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
+        if node is not None and not node.running:
+            raise RuntimeError(f"{what}: {node.id} exited (see {node.log_path})")
         try:
             result = check()
         except grpc.RpcError as exc:
@@ -115,9 +120,11 @@ def restart_and_time(cluster: Any, node_id: str, sig: int, model: str, revision:
     def ready() -> float | None:
         return time.monotonic() if node.status(timeout=1.0).ready else None
 
-    ready_at = poll(ready, RESTART_TIMEOUT_S, f"{node_id} ready")
-    read_at = poll(get_answers(node), RESTART_TIMEOUT_S, f"a linearizable get on {node_id}")
-    search_at = poll(search_finds(node, model, revision), RESTART_TIMEOUT_S, f"a linearizable search on {node_id}")
+    ready_at = poll(ready, RESTART_TIMEOUT_S, f"{node_id} ready", node)
+    read_at = poll(get_answers(node), RESTART_TIMEOUT_S, f"a linearizable get on {node_id}", node)
+    search_at = poll(
+        search_finds(node, model, revision), RESTART_TIMEOUT_S, f"a linearizable search on {node_id}", node
+    )
     said = restart_log(node, log_size)
     rss = process_rss_bytes(node.pid) if node.pid is not None else None
     return {
@@ -132,33 +139,32 @@ def restart_and_time(cluster: Any, node_id: str, sig: int, model: str, revision:
     }
 
 
-def bench_restart(cluster: Any, leader: str, last_model: str, versions: int) -> list[dict[str, Any]]:
-    """One line per way of stopping a follower (SIGTERM, kill -9), each restarted on its data."""
+def bench_restart(cluster: Any, last_model: str, versions: int) -> list[dict[str, Any]]:
+    """One line per way of stopping a follower (SIGTERM, kill -9), each restarted on its data; a
+    restart that does not come back gives a line with its ``error`` instead."""
     from controlplane.v1 import cluster_pb2, cluster_pb2_grpc, kv_pb2, kv_pb2_grpc
 
-    leader_node = next(n for n in cluster.nodes.values() if n.client_address == leader)
-    with leader_node.channel() as channel:
-        kv_pb2_grpc.KVStub(channel).Put(kv_pb2.PutRequest(key=PROBE_KEY, value=b"x"), timeout=30.0)
-        revision = (
-            cluster_pb2_grpc.ClusterStub(channel).Status(cluster_pb2.StatusRequest(), timeout=5.0).applied_revision
-        )
-    victim = next(n.id for n in cluster.nodes.values() if n.client_address != leader)
     lines = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        log(f"registry restart: {victim} stopped with {sig.name} and started again")
-        figures = restart_and_time(cluster, victim, sig, last_model, revision)
-        lines.append(
-            {
-                "scenario": "registry_restart",
-                "system": "ours",
-                "signal": sig.name,
-                "versions": versions,
-                **figures,
-                "target_s": TARGET_S,
-            }
-        )
-        log(
-            f"registry restart ({sig.name}): ready {figures['ready_s']} s, linearizable read {figures['read_s']} s, "
-            f"search {figures['search_s']} s, index {figures['index']}"
-        )
+        line: dict[str, Any] = {"scenario": "registry_restart", "system": "ours", "signal": sig.name}
+        line["versions"] = versions
+        try:
+            # The leader of now (it may have moved since the registry scenarios began).
+            leader_id = cluster.wait_for_leader(timeout=60.0)
+            leader = cluster.nodes[leader_id]
+            with leader.channel() as channel:
+                kv_pb2_grpc.KVStub(channel).Put(kv_pb2.PutRequest(key=PROBE_KEY, value=b"x"), timeout=30.0)
+                status = cluster_pb2_grpc.ClusterStub(channel).Status(cluster_pb2.StatusRequest(), timeout=5.0)
+            victim = next(n.id for n in cluster.nodes.values() if n.id != leader_id)
+            log(f"registry restart: {victim} stopped with {sig.name} and started again")
+            line.update(restart_and_time(cluster, victim, sig, last_model, status.applied_revision))
+            log(
+                f"registry restart ({sig.name}): ready {line['ready_s']} s, linearizable read {line['read_s']} s, "
+                f"search {line['search_s']} s, index {line['index']}, state from the {line['state_from']}"
+            )
+        except Exception as exc:  # a finding of the run, reported in its line; the scenarios after it go on
+            line["error"] = f"{type(exc).__name__}: {exc}"
+            log(f"registry restart ({sig.name}) failed: {line['error']}")
+        line["target_s"] = TARGET_S
+        lines.append(line)
     return lines

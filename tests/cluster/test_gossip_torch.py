@@ -147,5 +147,6 @@ def test_the_torch_example_trains_through_the_cluster(cluster: LocalCluster) -> 
         # created paused and run once all three were up, so every round still had all three.
         (group,) = [g for g in client.gossip.groups() if g.group not in before]
         assert group.min_participants == 2 and not group.paused, group
-        training = [r for r in client.gossip.rounds(group.group) if r.policy != "probe"]
-        assert len(training) >= 3 and all(len(r.participants) == 3 for r in training), training
+        # The example's three rounds (one more may start as its workers leave, with fewer).
+        training = [r for r in client.gossip.rounds(group.group) if r.policy != "probe"][:3]
+        assert len(training) == 3 and all(len(r.participants) == 3 for r in training), training

@@ -13,13 +13,17 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from controlplane.server.leader_clock import SLEW
+
 from . import wgl
 from .history import FAIL, INFO, OK, History, Op
 from .nemesis import Fault
 
 LOST, DUPLICATED, OTHER = "lost", "duplicated", "other"
-#: Operations that go through the log: an ok one is a successful write.
-WRITES = {"write", "cas", "add", "allocate", "release", "grant", "acquire", "keepalive", "revoke"}
+#: Operations that go through the log: an ok one is a successful write. A lease keepalive is not
+#: one: the leader answers it from memory (renewals.py), a cut-off leader too until it steps down.
+WRITES = {"write", "cas", "add", "allocate", "release", "grant", "acquire", "revoke"}
+READS = {"read"}
 
 
 @dataclass
@@ -239,58 +243,87 @@ class LeaseHold:
 
     holder: str
     port: int
-    revision: int  # of the allocation: the cluster's order of holders
+    revision: int  # the allocation's create revision: the cluster's order of holders
     acquired: float  # run seconds: when the holder was told it holds the port
-    #: Run seconds until which the lease was certainly alive and not given up: its last acknowledged
-    #: renewal's invocation plus the TTL (a renewal is applied after it is invoked, and expiry comes
-    #: a TTL after the applied one at the earliest), or the holder's revoke, whichever is first.
+    #: Run seconds until which the lease was certainly alive and not given up (``lease_alive_until``).
     alive_until: float
 
 
+def lease_alive_until(renewal_invoked: float, ttl_s: float) -> float:
+    """Until when a lease acknowledged renewed by a call invoked at ``renewal_invoked`` certainly
+    lives: the renewal was applied after it was invoked, and the cluster expires a lease a TTL after
+    the renewal it applied at the earliest, as the leader's clock counts it; that clock may run up
+    to ``SLEW`` fast while it catches up with a stepped wall clock (leader_clock.py)."""
+    return renewal_invoked + ttl_s / (1 + SLEW)
+
+
+def _renewed(op: Op) -> bool:
+    return op.type == OK and op.f in ("grant", "keepalive")
+
+
+def _lease_gone(op: Op) -> bool:
+    """A keepalive or an acquisition answered that the lease no longer exists."""
+    return op.f in ("keepalive", "acquire") and op.type == FAIL and op.error.startswith("NotFound")
+
+
 def lease_holds(ops: Sequence[Op], ttl_s: float) -> tuple[list[LeaseHold], list[Violation]]:
-    """Each acknowledged acquisition with its certain lifetime; and every lease found expired
-    before a TTL had passed since its last acknowledged renewal (a keepalive answered NotFound)."""
+    """Each acknowledged acquisition with its certain lifetime; and the violations one cycle shows
+    by itself: a lease found gone before a TTL had passed since an acknowledged renewal's
+    invocation, and a revoke of a lease certainly alive that released no port (it was lost)."""
     by_holder: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         by_holder[op.key].append(op)
-    holds, early = [], []
+    holds, found = [], []
     for holder, cycle in by_holder.items():
-        renewals = [op.invoke_s for op in cycle if op.type == OK and op.f in ("grant", "keepalive")]
+        renewals = [op.invoke_s for op in cycle if _renewed(op)]
         if not renewals:
             continue
-        alive_until = max(renewals) + ttl_s
-        for lost in (op for op in cycle if op.f == "keepalive" and op.error.startswith("NotFound")):
-            # Renewals answered before it were applied before it; one applied after would be a worse bug.
-            before = [
-                op.invoke_s
-                for op in cycle
-                if op.type == OK and op.f in ("grant", "keepalive") and op.index < lost.index
-            ]
-            if before and lost.complete_s < max(before) + ttl_s:
-                early.append(
+        alive_until = lease_alive_until(max(renewals), ttl_s)
+        for gone in (op for op in cycle if _lease_gone(op)):
+            # Renewals answered before it were applied before it (an expired lease never comes back).
+            before = [op.invoke_s for op in cycle if _renewed(op) and op.index < gone.index]
+            if before and gone.complete_s < lease_alive_until(max(before), ttl_s):
+                found.append(
                     Violation(
                         "lease",
                         OTHER,
-                        f"{holder}'s lease was found expired at {lost.complete_s:.3f} s, less than its TTL "
-                        f"({ttl_s:g} s) after its renewal invoked at {max(before):.3f} s",
-                        lost.complete_s,
+                        f"{holder}'s lease was found gone by its {gone.f} at {gone.complete_s:.3f} s, less than its "
+                        f"TTL ({ttl_s:g} s) after its renewal invoked at {max(before):.3f} s",
+                        gone.complete_s,
                     )
                 )
-        revokes = [op.invoke_s for op in cycle if op.f == "revoke"]
+        acquired = next((op for op in cycle if op.f == "acquire" and op.type == OK), None)
+        for revoke in (op for op in cycle if op.f == "revoke" and op.type == OK):
+            # Answered while the lease certainly lived, with the port attached: it must free it.
+            if acquired is not None and revoke.complete_s < alive_until and not revoke.result:
+                found.append(
+                    Violation(
+                        "lease",
+                        LOST,
+                        f"{holder}'s revoke at {revoke.complete_s:.3f} s released no port, though its lease "
+                        f"was alive until at least {alive_until:.3f} s and held the port acquired at revision "
+                        f"{acquired.revision}",
+                        revoke.complete_s,
+                    )
+                )
+        # Giving up ends the holder's claim; a revoke that certainly failed gave up nothing.
+        revokes = [op.invoke_s for op in cycle if op.f == "revoke" and op.type != FAIL]
         if revokes:
             alive_until = min(alive_until, min(revokes))
-        for acquire in (op for op in cycle if op.f == "acquire" and op.type == OK):
-            holds.append(LeaseHold(holder, acquire.result, acquire.revision, acquire.complete_s, alive_until))
-    return holds, early
+        if acquired is not None:
+            revision = acquired.extra.get("create_revision") or acquired.revision
+            holds.append(LeaseHold(holder, acquired.result, revision, acquired.complete_s, alive_until))
+    return holds, found
 
 
 def check_leases(ops: Sequence[Op], ttl_s: float) -> Report:
     """A lease never held twice: in the cluster's order of acquisitions, nobody was told it holds
     the port while an earlier holder's lease was certainly alive (the lock property that etcd's
-    leases give its ``concurrency.Mutex``), and no lease expired before its TTL ran out."""
+    leases give its ``concurrency.Mutex``); no lease gone before its TTL ran out; and a revoke of a
+    live lease frees its port."""
     report = Report()
-    holds, early = lease_holds(ops, ttl_s)
-    report.violations += early
+    holds, found = lease_holds(ops, ttl_s)
+    report.violations += found
     by_port: dict[int, list[LeaseHold]] = defaultdict(list)
     for hold in holds:
         by_port[hold.port].append(hold)
@@ -313,11 +346,11 @@ def check_leases(ops: Sequence[Op], ttl_s: float) -> Report:
                 earlier = hold
     counts = Counter((op.f, op.type) for op in ops)
     abandoned = sum(1 for op in ops if op.f == "acquire" and op.type == OK and op.extra.get("abandoned"))
-    expired = sum(1 for op in ops if op.f == "keepalive" and op.error.startswith("NotFound"))
+    refused = sum(1 for op in ops if op.f == "acquire" and op.type == FAIL and op.error.startswith("ResourceExhausted"))
     report.notes.append(
         f"leases: {counts['acquire', OK]} acquisitions acknowledged ({abandoned} left to expire), "
-        f"{counts['acquire', FAIL]} refused while held, {counts['acquire', INFO]} unknown; "
-        f"{counts['keepalive', OK]} renewals, {expired} leases found expired by their holder"
+        f"{refused} refused while the port was held, {counts['acquire', INFO]} unknown; "
+        f"{counts['keepalive', OK]} renewals, {sum(1 for op in ops if _lease_gone(op))} leases found gone"
     )
     return report
 

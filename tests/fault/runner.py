@@ -34,7 +34,7 @@ from controlplane.dev import LocalCluster
 from controlplane.v1 import watch_pb2, watch_pb2_grpc
 
 from . import checks
-from .history import OK, History, completion_type
+from .history import FAIL, OK, History, completion_type
 from .nemesis import NEMESES, Control, Fault, Nemesis, Unhealthy, clock_step_env
 from .workloads import CALL_TIMEOUT_S, Context, Leases, Ports, Processes, Registers, SetAdds, Watchers
 
@@ -555,7 +555,11 @@ def gap_report(
         errors = Counter(
             (op.error.split(";")[-1].strip()[:90] or op.type)
             for op in history.ops
-            if op.f in checks.WRITES and op.invoke_s < end and op.complete_s > start and op.type != OK
+            if op.f in checks.WRITES
+            and op.invoke_s < end
+            and op.complete_s > start
+            and op.type != OK
+            and not (op.f == "acquire" and op.type == FAIL)  # the lock's refusals are answers
         )
         logged = [
             f"{node} {_brief(event, fields)} at {at:.2f}"
@@ -566,7 +570,7 @@ def gap_report(
             f"{end - start:5.2f} s  [{start:.2f}, {end:.2f}]  during: {around}; unanswered: {dict(errors)}"
             + (f"; servers: {', '.join(logged)}" if logged else "")
         )
-    for kind, slow in (("writes", checks.WRITES.__contains__), ("reads", lambda f: f not in checks.WRITES)):
+    for kind, slow in (("writes", checks.WRITES.__contains__), ("reads", checks.READS.__contains__)):
         lines += ["", f"slowest acknowledged {kind} (one client's view):"]
         done = [op for op in history.ops if op.type == OK and slow(op.f)]
         for op in sorted(done, key=lambda op: op.invoke_s - op.complete_s)[:top]:

@@ -110,7 +110,10 @@ def _cycle(start: int, holder: str, revision: int, grant: float, acquired: float
         renewal.error = error
         ops.append(renewal)
     if "revoke" in steps:
-        ops.append(op(start + 9, "lease", "revoke", holder, OK, steps["revoke"], steps["revoke"] + 0.05))
+        released = steps.get("released", 1)
+        ops.append(
+            op(start + 9, "lease", "revoke", holder, OK, steps["revoke"], steps["revoke"] + 0.05, result=released)
+        )
     return ops
 
 
@@ -134,11 +137,26 @@ def test_lease_held_twice_is_flagged() -> None:
     assert not checks.check_leases(unsure + _cycle(10, "b", 12, 2.5, 3.0), ttl_s=2.0).violations
 
 
+def test_revoke_of_a_live_lease_that_frees_nothing_is_flagged() -> None:
+    # The port was attached and the lease certainly alive: a revoke that released nothing means
+    # the port had gone from it unnoticed.
+    lost = _cycle(0, "a", 10, 0.0, 0.2, keepalives=[(0.7, OK, "")], revoke=1.0, released=0)
+    assert [v.kind for v in checks.check_leases(lost, ttl_s=2.0).violations] == [checks.LOST]
+    # After its TTL ran out (no renewal answered since 0.7 s), nothing may be left to release.
+    late = _cycle(0, "a", 10, 0.0, 0.2, keepalives=[(0.7, OK, ""), (1.2, INFO, "")], revoke=2.9, released=0)
+    assert not checks.check_leases(late, ttl_s=2.0).violations
+
+
 def test_lease_expired_before_its_ttl_is_flagged() -> None:
     lost_early = _cycle(0, "a", 10, 0.0, 0.2, keepalives=[(0.7, OK, ""), (1.2, FAIL, "NotFound: lease 7 has expired")])
     assert [v.kind for v in checks.check_leases(lost_early, ttl_s=2.0).violations] == [checks.OTHER]
     lost_late = _cycle(0, "a", 10, 0.0, 0.2, keepalives=[(0.7, OK, ""), (2.8, FAIL, "NotFound: lease 7 has expired")])
     assert not checks.check_leases(lost_late, ttl_s=2.0).violations
+    # An acquisition answered NotFound right after the grant: the lease was gone early too.
+    grant = op(0, "lease", "grant", "b", OK, 0.0, 0.05, result=8)
+    refused = op(1, "lease", "acquire", "b", FAIL, 0.1, 0.15)
+    refused.error = "NotFound: lease 8 does not exist (expired or revoked?); grant a new one"
+    assert [v.kind for v in checks.check_leases([grant, refused], ttl_s=2.0).violations] == [checks.OTHER]
 
 
 def test_watch_once_in_order_without_gaps() -> None:

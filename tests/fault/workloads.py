@@ -351,12 +351,16 @@ class Leases:
             holder,
             lease_id,
             client.ports.allocate(self.host, holder, "lock", range=self.range, lease_id=lease_id),
-            lambda result: (result.assignment.port, result.revision, {"lease_id": lease_id}),
+            lambda result: (
+                result.assignment.port,
+                result.revision,
+                {"lease_id": lease_id, "create_revision": result.assignment.create_revision},
+            ),
         )
         process = self._after(process, acquire)
         if acquire.type == OK:
-            process = await self._hold(client, rng, process, holder, lease_id)
-            if rng.random() < LEASE_ABANDON:
+            process, held = await self._hold(client, rng, process, holder, lease_id)
+            if held and rng.random() < LEASE_ABANDON:
                 acquire.extra["abandoned"] = True  # the next holder gets the port only by expiry
                 return process
         elif acquire.type == FAIL:
@@ -373,8 +377,11 @@ class Leases:
         )
         return self._after(process, op)
 
-    async def _hold(self, client: AsyncClient, rng: random.Random, process: int, holder: str, lease_id: int) -> int:
-        """Keep the lease alive for a random while; stop early once it is found expired."""
+    async def _hold(
+        self, client: AsyncClient, rng: random.Random, process: int, holder: str, lease_id: int
+    ) -> tuple[int, bool]:
+        """Keep the lease alive for a random while; stop early once it is found expired. Returns the
+        process and whether the lease was held to the end (not found gone)."""
         until = time.monotonic() + rng.uniform(0.5, 3.0)
         while time.monotonic() < until and not self.ctx.stop.is_set():
             await asyncio.sleep(LEASE_RENEW_S)  # the renewal cadence (offered load, not a condition)
@@ -389,9 +396,9 @@ class Leases:
                 _lease_id,
             )
             process = self._after(process, op)
-            if op.type == FAIL:  # NotFound: it expired, and the port with it
-                break
-        return process
+            if op.type == FAIL and op.error.startswith("NotFound"):  # it expired, and the port with it
+                return process, False
+        return process, True
 
     def tasks(self) -> list[Awaitable[None]]:
         return [self.client(self.ctx.rng.randrange(1 << 30)) for _ in range(self.clients)]
