@@ -174,3 +174,27 @@ def test_a_lower_term_leader_excuses_a_campaign_until_a_current_leader_is_heard(
         assert [message.get("pre_vote") for _, message in other.transport.take("request_vote")] == [True, True]
     finally:
         other.close()
+
+
+def test_a_leader_answers_from_memory_only_while_a_majority_answered_it_recently() -> None:
+    """pysyncobj steps a leader down at its next tick once no majority answered it within the
+    fallback time; ``heard_from_majority`` applies that rule at the call, for what a leader answers
+    without the log (lease renewals): a leader thawed after a long freeze still says it leads."""
+    from pysyncobj.syncobj import _RAFT_STATE
+
+    from controlplane.server.raft import heard_from_majority
+
+    node = Follower(term=3)
+    try:
+        sync = node.sync
+        assert not heard_from_majority(sync, 1.6)  # a follower
+        sync._SyncObj__raftState = _RAFT_STATE.LEADER
+        last_response = sync._SyncObj__lastResponseTime
+        now = monotonic()
+        last_response[node.partners[0]] = now - 0.1
+        last_response[node.partners[1]] = now - 5.0
+        assert sync._isLeader() and heard_from_majority(sync, 1.6)  # itself and one of two
+        last_response[node.partners[0]] = now - 2.0  # frozen for 2 s: nobody answered since
+        assert sync._isLeader() and not heard_from_majority(sync, 1.6)
+    finally:
+        node.close()

@@ -117,6 +117,10 @@ class Consensus(Protocol):
         sent and not answered."""
 
     def is_leader(self) -> bool: ...
+    def leads_with_recent_majority(self) -> bool:
+        """Leads and heard from a majority within the leader fallback time, judged at the call
+        (``is_leader`` may lag until the next tick after the server was frozen)."""
+
     def leader_state_is_current(self) -> bool:
         """This server leads and its state machine holds every entry any leader committed: it has
         committed an entry of its own term and applied up to its commit index."""

@@ -581,7 +581,9 @@ class Node:
         """
         if not self.config.lease_checkpoint_interval_s or not self.renewals.ready:
             return None
-        if not self.raft.is_leader() or not self.raft.is_ready():
+        # Not is_leader(): a leader thawed after a freeze longer than the fallback time still says
+        # it leads until its next tick, while another may have expired this lease meanwhile.
+        if not self.raft.leads_with_recent_majority() or not self.raft.is_ready():
             return None
         if lease_id in self.renewals.expiring:
             return None

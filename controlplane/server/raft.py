@@ -719,6 +719,11 @@ class RaftNode:  # implements consensus.Consensus
     def is_leader(self) -> bool:
         return bool(self._sync._isLeader())
 
+    def leads_with_recent_majority(self) -> bool:
+        """Leads, and heard from a majority of the voters within ``leader_fallback_s``: the rule by
+        which pysyncobj's tick steps a leader down, applied now (``heard_from_majority``)."""
+        return heard_from_majority(self._sync, self._config.raft.leader_fallback_s)
+
     def leader_state_is_current(self) -> bool:
         """Leads, has committed an entry of its own term and applied up to its commit index.
 
@@ -876,6 +881,21 @@ class RaftNode:  # implements consensus.Consensus
         self._release_held(self._journal.appended_size)
         self._sync.destroy()
         _close_pipe_notifier(self._sync)
+
+
+def heard_from_majority(sync: SyncObj, within_s: float) -> bool:
+    """``sync`` leads and a majority of the voters (itself included) answered it within
+    ``within_s``. pysyncobj's tick steps a leader down by this rule, but only when it ticks: a
+    leader frozen for longer (SIGSTOP, a paused VM) wakes up still leading and may serve calls that
+    waited in its sockets before its next tick, although another leader may have been elected and
+    have judged its leases meanwhile. What a leader answers from memory asks this first."""
+    if not sync._isLeader():
+        return False
+    deadline = monotonic() - within_s
+    others = sync._SyncObj__otherNodes
+    last_response = sync._SyncObj__lastResponseTime
+    heard = 1 + sum(1 for node in others if last_response.get(node, 0.0) > deadline)
+    return heard > (len(others) + 1) / 2
 
 
 class _DumpInBackground(Exception):  # a signal to pysyncobj, not an error
