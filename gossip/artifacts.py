@@ -2,10 +2,12 @@
 
 A registered model version names its artifact by sha256 and size (``models.proto``); the registry's
 ``replicas`` list says which nodes hold it, and membership says where each node's gossip port is.
-A node that needs the artifact (:func:`fetch`) reads it in chunks from several of those holders at
-once over the ``Artifacts`` service (``proto/controlplane/v1/artifacts.proto``), fastest first,
-checks every chunk against the holder's manifest and the whole file against the registry's sha256,
-keeps a resumable partial download on disk, and finally records itself as a replica. See
+A node that has the file puts it in its store and records itself as a replica (:func:`publish`,
+what ``cpctl models publish`` runs). A node that needs the artifact (:func:`fetch`) reads it in
+chunks from several of those holders at once over the ``Artifacts`` service
+(``proto/controlplane/v1/artifacts.proto``), fastest first, checks every chunk against the holder's
+manifest and the whole file against the registry's sha256, keeps a resumable partial download on
+disk, and finally records itself as a replica. See
 ``docs/artifacts.md`` for the user guide and the design.
 
 The store (:class:`ArtifactStore`) keeps, per version, under ``ROOT/<model>/<version>/``::
@@ -25,6 +27,7 @@ Errors (all :class:`ArtifactError`)::
     ├── ArtifactNotFound      the store holds no complete copy                          -> NOT_FOUND
     ├── ArtifactDamaged       a stored copy no longer matches its sha256 or manifest    -> DATA_LOSS
     ├── ArtifactBusy          another fetch is writing the same partial download
+    ├── ArtifactMismatch      publish: the registry has the file's sha256 with another size
     ├── ArtifactUnauthenticated  a TLS port's caller names no identity                  -> UNAUTHENTICATED
     ├── ArtifactForbidden     the caller may not read that model (models:read)          -> PERMISSION_DENIED
     ├── ArtifactAccessUnknown the cluster could not say whether it may                  -> UNAVAILABLE
@@ -61,6 +64,7 @@ import structlog
 from sortedcontainers import SortedSet
 
 from controlplane.client import (
+    AlreadyExists,
     BandwidthMatrix,
     ControlPlaneError,
     Credentials,
@@ -75,11 +79,14 @@ from controlplane.v1 import artifacts_pb2 as pb
 from controlplane.v1 import artifacts_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from controlplane.client import AsyncClient
+
     # numpy and networkx come with it: loaded by a fetch only, not by every `cpctl` command.
     from gossip.bandwidth import BandwidthTable
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "FORMAT_BY_SUFFIX",
     "MAX_CHUNK_SIZE",
     "MAX_MANIFEST_CHUNKS",
     "MIN_CHUNK_SIZE",
@@ -91,6 +98,7 @@ __all__ = [
     "ArtifactDamaged",
     "ArtifactError",
     "ArtifactForbidden",
+    "ArtifactMismatch",
     "ArtifactNotFound",
     "ArtifactRecord",
     "ArtifactServer",
@@ -102,6 +110,7 @@ __all__ = [
     "InvalidArtifactName",
     "Manifest",
     "PartialArtifact",
+    "PublishResult",
     "ServerStats",
     "announce",
     "certified_identity",
@@ -110,6 +119,7 @@ __all__ = [
     "compute_manifest",
     "fetch",
     "fetch_artifact",
+    "publish",
     "rank_holders",
     "tls_credentials",
 ]
@@ -194,6 +204,10 @@ class ArtifactUnauthenticated(ArtifactError):
 
 class ArtifactForbidden(ArtifactError):
     """A caller whose identity may not read that model (it lacks models:read on it)."""
+
+
+class ArtifactMismatch(ArtifactError):
+    """A file to publish whose sha256 the registry already has for a version of another size."""
 
 
 class ArtifactAccessUnknown(ArtifactError):
@@ -1711,6 +1725,97 @@ async def fetch(
         channel_credentials=channel_credentials,
     )
     return result.path
+
+
+# --- publishing -----------------------------------------------------------------------------------
+
+#: The model format a file's extension names (``publish``'s default format).
+FORMAT_BY_SUFFIX = {".safetensors": "safetensors", ".gguf": "gguf", ".onnx": "onnx", ".pt": "pt", ".pth": "pt"}
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    model: str
+    version: int
+    sha256: str
+    size: int
+    #: The verified copy in the store.
+    path: Path
+    #: True when this call registered the version; False when one with the file's sha256 existed.
+    registered: bool
+    #: The version's replicas once this node was recorded.
+    replicas: tuple[str, ...]
+
+
+def _file_sha256(file: Path) -> tuple[str, int]:
+    with file.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
+
+
+async def _version_with(client: AsyncClient, model: str, sha256: str) -> ModelVersion | None:
+    try:
+        detail = await client.models.get(model)
+    except NotFound:
+        return None
+    return next((v for v in detail.versions if v.sha256 == sha256), None)
+
+
+async def publish(
+    client: AsyncClient,
+    store: ArtifactStore,
+    model: str,
+    file: Path | str,
+    *,
+    node_id: str,
+    format: str | None = None,
+    status: str = "ready",
+    source_uri: str = "",
+    description: str = "",
+    family: str = "",
+    tags: Iterable[str] = (),
+) -> PublishResult:
+    """Put ``file`` into ``store`` as a version of ``model`` and record ``node_id`` (the node whose
+    agent serves ``store``) as a replica, so that other nodes can :func:`fetch` it.
+
+    The version is the one whose sha256 is the file's; without one, the next version is registered
+    with the file's sha256 and size (and ``format``, by default from the file's extension, then
+    ``status``, ``source_uri``, and for a new model ``description``, ``family`` and ``tags``).
+    Publishing the same file again, here or on another node, registers nothing more. Raises
+    InvalidArtifactName before anything else for a name that cannot name a directory, OSError for a
+    file it cannot read, ArtifactMismatch when the registry has the sha256 with another size, and
+    the SDK's errors.
+    """
+    _check_name(model, 1)
+    file = Path(file)
+    sha256, size = await asyncio.to_thread(_file_sha256, file)
+    registered = False
+    version = await _version_with(client, model, sha256)
+    if version is None:
+        try:
+            found = await client.models.register(
+                model,
+                sha256,
+                size,
+                format or FORMAT_BY_SUFFIX.get(file.suffix.lower(), "other"),
+                source_uri=source_uri,
+                status=status,
+                description=description,
+                family=family,
+                tags=tags,
+            )
+            version, registered = found.version, True
+        except AlreadyExists:
+            # Another publisher of the same bytes registered it first: use that version.
+            version = await _version_with(client, model, sha256)
+            if version is None:
+                raise
+    if version.size_bytes != size:
+        raise ArtifactMismatch(
+            f"{model} version {version.version} has sha256 {sha256} but {version.size_bytes} bytes, not {size}"
+        )
+    record = await asyncio.to_thread(store.put_file, model, version.version, file, sha256=sha256)
+    replicated = await client.models.add_replica(model, version.version, node_id)
+    return PublishResult(model, version.version, sha256, size, record.path, registered, tuple(replicated.replicas))
 
 
 async def announce(client: ArtifactClient, store: ArtifactStore, node_id: str) -> dict[tuple[str, int], str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import hashlib
 import json
 import logging
 import sys
@@ -33,16 +32,13 @@ from controlplane.cli.common import (
 )
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import (
-    AlreadyExists,
     AsyncClient,
-    Client,
     ControlPlaneError,
     CredentialsError,
     DeadlineExceeded,
     InvalidArgument,
     Model,
     ModelVersion,
-    NotFound,
     Unavailable,
 )
 from controlplane.client._models import version_ref
@@ -50,13 +46,14 @@ from gossip.artifacts import (
     DEFAULT_CHUNK_SIZE,
     ArtifactBusy,
     ArtifactCorrupt,
-    ArtifactError,
     ArtifactStore,
     ArtifactUnavailable,
     FetchResult,
     InvalidArtifactName,
+    PublishResult,
     fetch_artifact,
 )
+from gossip.artifacts import publish as publish_artifact
 
 models_app = typer.Typer(help="The model registry: versions, aliases, replicas, search.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -424,24 +421,6 @@ def import_(
 
 # --- artifacts: publish a local file, fetch from the nodes that hold it ----------------------------
 
-_FORMAT_BY_SUFFIX = {".safetensors": "safetensors", ".gguf": "gguf", ".onnx": "onnx", ".pt": "pt", ".pth": "pt"}
-
-
-def _file_sha256(file: Path) -> tuple[str, int]:
-    try:
-        with file.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest(), file.stat().st_size
-    except OSError as exc:
-        fail(f"cannot read {file}: {exc.strerror}", code=EXIT_USAGE)
-
-
-def _version_with(client: Client, name: str, sha256: str) -> ModelVersion | None:
-    try:
-        detail = client.models.get(name)
-    except NotFound:
-        return None
-    return next((v for v in detail.versions if v.sha256 == sha256), None)
-
 
 @models_app.command()
 def publish(
@@ -467,53 +446,43 @@ def publish(
     The version is the one whose sha256 is FILE's; when there is none, the next version is registered
     with FILE's sha256 and size. The file is copied into DIR and verified there; an agent serving DIR
     (cpctl agent --artifact-dir DIR) then serves it to nodes that fetch it (cpctl models fetch).
+    The same as gossip.artifacts.publish from a program.
     """
+    resolved = resolve_endpoints(endpoints)
+    credentials = client_credentials(endpoints, servers=resolved)
     store = ArtifactStore(dir_)
-    sha256, size = _file_sha256(file)
-    registered = False
-    with connect(endpoints, timeout) as client:
-        version = _version_with(client, name, sha256)
-        if version is None:
-            try:
-                version = client.models.register(
-                    name,
-                    sha256,
-                    size,
-                    format_ or _FORMAT_BY_SUFFIX.get(file.suffix.lower(), "other"),
-                    source_uri=source,
-                    status=status,
-                    description=description,
-                    family=family,
-                    tags=tag or (),
-                ).version
-                registered = True
-            except AlreadyExists:
-                # Another publisher of the same bytes registered it first: use that version.
-                version = _version_with(client, name, sha256)
-                if version is None:
-                    raise
-        if version.size_bytes != size:
-            fail(f"{name} version {version.version} has sha256 {sha256} but {version.size_bytes} bytes, not {size}")
-        try:
-            record = store.put_file(name, version.version, file, sha256=sha256)
-        except InvalidArtifactName as exc:
-            fail(str(exc), code=EXIT_USAGE)
-        except (ArtifactError, OSError) as exc:
-            fail(str(exc))
-        found = client.models.add_replica(name, version.version, node_id)
-    value = {
-        "model": name,
-        "version": version.version,
-        "sha256": sha256,
-        "size_bytes": size,
-        "path": str(record.path),
-        "registered": registered,
-        "replicas": list(found.replicas),
-    }
+
+    async def run() -> PublishResult:
+        async with AsyncClient(resolved, timeout=timeout, credentials=credentials) as client:
+            return await publish_artifact(
+                client,
+                store,
+                name,
+                file,
+                node_id=node_id,
+                format=format_,
+                status=status,
+                source_uri=source,
+                description=description,
+                family=family,
+                tags=tag or (),
+            )
+
+    with _artifact_errors(resolved, interrupted="interrupted; run the same command again"):
+        result = asyncio.run(run())
     text = (
-        f"{name} version {version.version}{' (registered)' if registered else ''}: {record.path} "
-        f"({_size(size)}, sha256 {sha256[:12]}); replicas: {', '.join(found.replicas)}"
+        f"{name} version {result.version}{' (registered)' if result.registered else ''}: {result.path} "
+        f"({_size(result.size)}, sha256 {result.sha256[:12]}); replicas: {', '.join(result.replicas)}"
     )
+    value = {
+        "model": result.model,
+        "version": result.version,
+        "sha256": result.sha256,
+        "size_bytes": result.size,
+        "path": str(result.path),
+        "registered": result.registered,
+        "replicas": list(result.replicas),
+    }
     emit(output, value, text)
 
 
@@ -545,8 +514,9 @@ def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], No
 
 
 @contextlib.contextmanager
-def _fetch_errors(resolved: str) -> Iterator[None]:
-    """Errors of a fetch as a message and an exit code (as ``connect`` does for the sync commands)."""
+def _artifact_errors(resolved: str, interrupted: str) -> Iterator[None]:
+    """Errors of a publish or a fetch as a message and an exit code (as ``connect`` does for the sync
+    commands); ``interrupted``: what to say on Ctrl-C."""
     try:
         yield
     except (InvalidArtifactName, InvalidArgument) as exc:
@@ -561,8 +531,10 @@ def _fetch_errors(resolved: str) -> Iterator[None]:
         fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
     except ValueError as exc:
         fail(str(exc), code=EXIT_USAGE)
+    except OSError as exc:  # the file, or the store's disk
+        fail(f"{exc.filename or 'the artifact store'}: {exc.strerror or exc}", code=EXIT_ERROR)
     except KeyboardInterrupt:
-        fail("interrupted; the chunks fetched so far are kept: run the same command again to resume")
+        fail(interrupted)
 
 
 def _fetch_text(result: FetchResult, node_id: str) -> str:
@@ -650,6 +622,6 @@ def fetch_(
                     channel_credentials=holder_tls,
                 )
 
-    with _fetch_errors(resolved):
+    with _artifact_errors(resolved, "interrupted; the chunks fetched so far are kept: run the same command again"):
         result = asyncio.run(run())
     emit(output, plain(result) | {"path": str(result.path)}, _fetch_text(result, node_id))

@@ -24,7 +24,16 @@ from controlplane import tls
 from controlplane.client import AsyncClient, Client, Credentials, NotFound
 from controlplane.dev import LocalCluster
 from controlplane.v1 import artifacts_pb2, artifacts_pb2_grpc, auth_pb2, auth_pb2_grpc
-from gossip.artifacts import ArtifactCorrupt, ArtifactServer, ArtifactStore, fetch_artifact, tls_credentials
+from gossip.artifacts import (
+    ArtifactCorrupt,
+    ArtifactMismatch,
+    ArtifactServer,
+    ArtifactStore,
+    InvalidArtifactName,
+    fetch_artifact,
+    publish,
+    tls_credentials,
+)
 from gossip.bandwidth import BandwidthTable
 
 from .conftest import cpctl, credentials_env, wait_until
@@ -160,6 +169,39 @@ def test_publish_serve_and_fetch_with_the_cli(
         assert nobody.returncode == 3 and "cpctl models publish" in nobody.stderr
         bad = cpctl(cluster, "models", "publish", "../up", str(source), "--dir", str(tmp_path / "x"), "--node-id", "n")
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+async def test_publish_from_a_program_registers_once_and_records_each_holder(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """``gossip.artifacts.publish``, what the CLI runs, called from a program: the first publisher
+    registers the version, a second node publishing the same bytes registers nothing and is recorded
+    beside it; the same sha256 with another size, and a name that cannot name a directory, are refused."""
+    data = random.Random(5).randbytes(300_000)
+    source = tmp_path / "weights.gguf"
+    source.write_bytes(data)
+    model = "art-lib-model"
+    async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
+        first = await publish(
+            client, ArtifactStore(tmp_path / "lib-h1"), model, source, node_id="lib-h1", family="llama"
+        )
+        second = await publish(client, ArtifactStore(tmp_path / "lib-h2"), model, source, node_id="lib-h2")
+        assert (first.version, first.registered, second.version, second.registered) == (1, True, 1, False)
+        assert first.sha256 == second.sha256 == hashlib.sha256(data).hexdigest() and first.size == len(data)
+        assert second.path.read_bytes() == data and set(second.replicas) == {"lib-h1", "lib-h2"}
+        version = await client.models.get_version(model, 1)
+        assert version.format.name == "GGUF" and version.size_bytes == len(data)
+        assert (await client.models.get(model)).model.family == "llama"
+
+        other = tmp_path / "other.bin"
+        other.write_bytes(b"x" * 10)
+        await client.models.register(model, hashlib.sha256(b"y" * 10).hexdigest(), 11, "other")  # a lying size
+        (tmp_path / "y.bin").write_bytes(b"y" * 10)
+        with pytest.raises(ArtifactMismatch, match="11 bytes, not 10"):
+            await publish(client, ArtifactStore(tmp_path / "lib-h3"), model, tmp_path / "y.bin", node_id="lib-h3")
+        with pytest.raises(InvalidArtifactName):
+            await publish(client, ArtifactStore(tmp_path / "lib-h3"), "../up", other, node_id="lib-h3")
+        assert not (tmp_path / "lib-h3").exists() or not any((tmp_path / "lib-h3").rglob("artifact"))
 
 
 async def test_a_holder_killed_midway_leaves_the_fetch_to_the_others(
