@@ -16,9 +16,8 @@ module is built around (measured against pysyncobj 0.3.17):
 * Journal *and* full dump are always set: a journal without a dump lost all state after
   compaction plus restart.
 * The full dump goes through the serializer hooks in our own format (``RaftDump``), written
-  atomically (temp file, fsync, rename, directory fsync) by a worker thread from a state taken
-  on the loop: no fork in a process that has gRPC threads, no pickle of domain state, and no
-  loop held while 27 MB are written and synced (see ``_write_dump``).
+  atomically (temp file, fsync, rename, directory fsync): no fork in a process that has gRPC
+  threads, and no pickle of domain state.
 * Raft runs on the server's event loop (``autoTick`` off): a driver task ticks every
   ``tick_s``, and a tick is scheduled at once after a submit or a received message, so a write
   does not wait for the next period. No second thread contends for the GIL, and the apply path,
@@ -53,7 +52,6 @@ from typing import Any, NoReturn
 import pysyncobj.syncobj
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.monotonic import monotonic
 from pysyncobj.node import TCPNode
 from pysyncobj.syncobj import _RAFT_STATE
@@ -167,10 +165,7 @@ class RaftNode:  # implements consensus.Consensus
         self._tick_failures = 0  # consecutive ticks that raised (see _tick)
         self._driver: asyncio.Task[None] | None = None
         self._destroyed = False
-        # The full dump being written by a worker thread (see _write_dump), and what it holds:
-        # (last applied index, term, state bytes, when the state was taken).
-        self._dump_job: asyncio.Future[None] | None = None
-        self._dump_taken: tuple[int, int, int, float] = (0, 0, 0, 0.0)
+        self._dump_renamed_unsynced = False
         # Frames waiting for the fdatasync that covers them: (journal size they need, write).
         self._held: collections.deque[tuple[int, Callable[[], bool]]] = collections.deque()
         # Acks a leader received before its own copy of what they acknowledge was durable:
@@ -209,7 +204,6 @@ class RaftNode:  # implements consensus.Consensus
             journalFile=str(self._config.journal_file),
             fullDumpFile=str(self._config.dump_file),
             serializer=self._write_dump,
-            serializeChecker=self._dump_progress,
             deserializer=self._read_dump,
             useFork=False,
             autoTick=False,
@@ -468,6 +462,9 @@ class RaftNode:  # implements consensus.Consensus
             return
         journal = self._journal
         try:
+            if self._dump_renamed_unsynced:
+                fsync_directory(self._config.dump_file.parent)
+                self._dump_renamed_unsynced = False
             started = journal.begin_sync()
         except OSError as exc:
             self._storage_failed(exc)
@@ -510,6 +507,9 @@ class RaftNode:  # implements consensus.Consensus
     def _sync_journal(self) -> None:
         """Make the journal durable now, on the loop (stopping, restarting, a lone voter, votes)."""
         try:
+            if self._dump_renamed_unsynced:
+                fsync_directory(self._config.dump_file.parent)
+                self._dump_renamed_unsynced = False
             self._journal.sync()
         except OSError as exc:
             self._storage_failed(exc)
@@ -541,58 +541,23 @@ class RaftNode:  # implements consensus.Consensus
     def _write_dump(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
         """pysyncobj's serializer hook: (last applied entry, the one before, cluster nodes).
 
-        The state is taken here, on the loop, under the state lock (a consistent cut); the dump is
-        then written, fsynced, renamed over ``raft.dump`` and its directory fsynced by a worker
-        thread. Written here, a dump of 100,000 model versions (27 MB) held the loop, and so the
-        ticks, every call and every peer link, for 1.3 s, longer than an election timeout. The
-        hook ends by raising ``_DumpInBackground``: pysyncobj then records a dump in progress
-        (it renames nothing, sends no snapshot and starts no other dump) and asks
-        ``_dump_progress`` until it is done; only then does it drop the journal entries the dump
-        covers, so they are never dropped before the dump that holds them is durable.
-
         A read-only node passes itself as ``None`` in the cluster: skipped (otherwise every dump
         attempt fails and pysyncobj retries it on every tick).
         """
         last, previous, cluster = raft_data
-        try:
-            with self._lock:
-                state = self._machine.snapshot()
-            dump = storage_pb2.RaftDump(
-                state=state,
-                last_applied=storage_pb2.RaftEntry(data=last[0], index=last[1], term=last[2]),
-                previous=storage_pb2.RaftEntry(data=previous[0], index=previous[1], term=previous[2]),
-                cluster=sorted(node.id for node in cluster if node is not None),
-            )
-            data = dump.SerializeToString()
-        except Exception as exc:  # reported by _dump_progress, so that pysyncobj tries again later
-            failed: asyncio.Future[None] = self._loop.create_future()
-            failed.set_exception(exc)
-            self._dump_job = failed
-            raise
-        self._dump_taken = (last[1], last[2], len(state), monotonic())
-        self._dump_job = self._loop.run_in_executor(None, write_file_atomically, self._config.dump_file, data)
-        raise _DumpInBackground
-
-    def _dump_progress(self) -> int:
-        """pysyncobj's serializeChecker: how the dump that ``_write_dump`` started is going."""
-        job = self._dump_job
-        if job is None:
-            return SERIALIZER_STATE.NOT_SERIALIZING
-        if not job.done():
-            return SERIALIZER_STATE.SERIALIZING
-        self._dump_job = None
-        index, term, size, taken_at = self._dump_taken
-        error = None if job.cancelled() else job.exception()
-        if job.cancelled() or error is not None:
-            log.warning(
-                "raft_dump_failed",
-                index=index,
-                error=(str(error) or type(error).__name__) if error is not None else "cancelled",
-                hint="the journal keeps every entry until a dump succeeds; check the data dir's disk",
-            )
-            return SERIALIZER_STATE.FAILED
-        log.info("raft_dump_written", index=index, term=term, bytes=size, seconds=round(monotonic() - taken_at, 3))
-        return SERIALIZER_STATE.SUCCESS
+        with self._lock:
+            state = self._machine.snapshot()
+        dump = storage_pb2.RaftDump(
+            state=state,
+            last_applied=storage_pb2.RaftEntry(data=last[0], index=last[1], term=last[2]),
+            previous=storage_pb2.RaftEntry(data=previous[0], index=previous[1], term=previous[2]),
+            cluster=sorted(node.id for node in cluster if node is not None),
+        )
+        write_file_atomically(Path(filename), dump.SerializeToString())
+        # pysyncobj renames this temp file over the dump after we return, without syncing the
+        # directory; the journal compaction it records next must not be durable before that rename.
+        self._dump_renamed_unsynced = True
+        log.info("raft_dump_written", index=last[1], term=last[2], bytes=len(state))
 
     def _read_dump(self, filename: str) -> tuple[Any, Any, list[str]]:
         """pysyncobj's deserializer hook; restores the machine as a side effect.
@@ -896,12 +861,6 @@ def heard_from_majority(sync: SyncObj, within_s: float) -> bool:
     last_response = sync._SyncObj__lastResponseTime
     heard = 1 + sum(1 for node in others if last_response.get(node, 0.0) > deadline)
     return heard > (len(others) + 1) / 2
-
-
-class _DumpInBackground(Exception):  # a signal to pysyncobj, not an error
-    """Ends ``RaftNode._write_dump``: the dump is being written off the loop. pysyncobj's
-    serializer catches it as it would a failed write, records "not finished" and, with a
-    ``serializeChecker`` configured, takes the outcome from ``RaftNode._dump_progress``."""
 
 
 def _fdatasync_and_close(fd: int) -> None:
