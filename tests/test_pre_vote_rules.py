@@ -179,7 +179,8 @@ def test_a_lower_term_leader_excuses_a_campaign_until_a_current_leader_is_heard(
 def test_a_leader_answers_from_memory_only_while_a_majority_answered_it_recently() -> None:
     """pysyncobj steps a leader down at its next tick once no majority answered it within the
     fallback time; ``heard_from_majority`` applies that rule at the call, for what a leader answers
-    without the log (lease renewals): a leader thawed after a long freeze still says it leads."""
+    without the log (lease renewals): a leader thawed after a long freeze still says it leads. And
+    ``RaftNode.leads_with_recent_majority`` refuses around a stall its ticks saw."""
     from pysyncobj.syncobj import _RAFT_STATE
 
     from controlplane.server.raft import heard_from_majority
@@ -196,5 +197,22 @@ def test_a_leader_answers_from_memory_only_while_a_majority_answered_it_recently
         assert sync._isLeader() and heard_from_majority(sync, 1.6)  # itself and one of two
         last_response[node.partners[0]] = now - 2.0  # frozen for 2 s: nobody answered since
         assert sync._isLeader() and not heard_from_majority(sync, 1.6)
+
+        # Acks read on waking are stamped then, so they pass for fresh: the node's stall rules
+        # refuse before the first tick after a freeze, and for the fallback time after that tick.
+        from types import SimpleNamespace
+
+        from controlplane.server.config import RaftTuning
+        from controlplane.server.raft import RaftNode
+
+        last_response[node.partners[0]] = monotonic()
+        leader = SimpleNamespace(
+            _sync=sync, _config=SimpleNamespace(raft=RaftTuning()), _last_tick_at=monotonic(), _stalled_until=0.0
+        )
+        assert RaftNode.leads_with_recent_majority(leader)  # type: ignore[arg-type]
+        leader._last_tick_at = monotonic() - 3.0  # woke up; no tick yet
+        assert not RaftNode.leads_with_recent_majority(leader)  # type: ignore[arg-type]
+        leader._last_tick_at, leader._stalled_until = monotonic(), monotonic() + 1.6  # the tick saw the stall
+        assert not RaftNode.leads_with_recent_majority(leader)  # type: ignore[arg-type]
     finally:
         node.close()

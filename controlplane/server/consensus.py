@@ -119,7 +119,8 @@ class Consensus(Protocol):
     def is_leader(self) -> bool: ...
     def leads_with_recent_majority(self) -> bool:
         """Leads and heard from a majority within the leader fallback time, judged at the call
-        (``is_leader`` may lag until the next tick after the server was frozen)."""
+        (``is_leader`` may lag until the next tick after the server was frozen), and was not frozen
+        lately: what a leader may answer from memory asks this."""
 
     def leader_state_is_current(self) -> bool:
         """This server leads and its state machine holds every entry any leader committed: it has

@@ -175,6 +175,8 @@ class RaftNode:  # implements consensus.Consensus
         self._last_sync_done = 0.0  # loop time the last fdatasync returned
         self._announced = (0, 0)  # (last log index, commit index) of the last append round we sent
         self._last_tick_at = monotonic()
+        # Until when a stall the ticks found keeps answers from memory off (leads_with_recent_majority).
+        self._stalled_until = 0.0
         self.election_postponements = 0  # _postpone_election_after_a_stall (tests, logs)
         self._journal: DurableJournal
         self._machine = machine
@@ -380,6 +382,7 @@ class RaftNode:  # implements consensus.Consensus
         ticked, self._ticked = self._ticked, self.replayed()
         if gap <= self._config.raft.election_min_s:
             return
+        self._stalled_until = now + self._config.raft.leader_fallback_s  # see leads_with_recent_majority
         sync = self._sync
         postpone = sync._SyncObj__raftElectionDeadline < now and not sync._isLeader()
         if postpone:
@@ -685,9 +688,18 @@ class RaftNode:  # implements consensus.Consensus
         return bool(self._sync._isLeader())
 
     def leads_with_recent_majority(self) -> bool:
-        """Leads, and heard from a majority of the voters within ``leader_fallback_s``: the rule by
-        which pysyncobj's tick steps a leader down, applied now (``heard_from_majority``)."""
-        return heard_from_majority(self._sync, self._config.raft.leader_fallback_s)
+        """Leads, heard from a majority of the voters within ``leader_fallback_s`` (the rule by which
+        pysyncobj's tick steps a leader down, applied now: ``heard_from_majority``), and was not
+        frozen lately. A leader frozen past an election timeout (SIGSTOP, a stalled loop) wakes up with
+        acks that waited in its sockets: pysyncobj stamps them with the time it reads them, so they
+        would pass for fresh answers. So: nothing while no tick ran for half the shortest election
+        timeout (a wake-up before its first tick), and nothing for ``leader_fallback_s`` after a tick
+        found such a stall, by when those stamps are too old to count."""
+        now = monotonic()
+        tuning = self._config.raft
+        if now - self._last_tick_at > tuning.election_min_s / 2 or now < self._stalled_until:
+            return False
+        return heard_from_majority(self._sync, tuning.leader_fallback_s)
 
     def leader_state_is_current(self) -> bool:
         """Leads, has committed an entry of its own term and applied up to its commit index.
@@ -851,9 +863,10 @@ class RaftNode:  # implements consensus.Consensus
 def heard_from_majority(sync: SyncObj, within_s: float) -> bool:
     """``sync`` leads and a majority of the voters (itself included) answered it within
     ``within_s``. pysyncobj's tick steps a leader down by this rule, but only when it ticks: a
-    leader frozen for longer (SIGSTOP, a paused VM) wakes up still leading and may serve calls that
-    waited in its sockets before its next tick, although another leader may have been elected and
-    have judged its leases meanwhile. What a leader answers from memory asks this first."""
+    leader frozen for longer (SIGSTOP) wakes up still leading and may serve calls that waited in
+    its sockets before its next tick, although another leader may have been elected and have judged
+    its leases meanwhile. What a leader answers from memory asks this first (with the stall rules of
+    ``RaftNode.leads_with_recent_majority``: an answer is stamped when it is read, not when sent)."""
     if not sync._isLeader():
         return False
     deadline = monotonic() - within_s
