@@ -196,17 +196,28 @@ def _from_gateway(url: str, credentials: Credentials) -> str:
     return ",".join(addresses)
 
 
-@contextlib.contextmanager
-def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
-    """A client for the command, with every control-plane error turned into a message and exit code."""
-    resolved = resolve_endpoints(endpoints)
-    credentials = client_credentials(endpoints, servers=resolved)
+def require_reachable(resolved: str) -> None:
+    """Fail at once (exit 3) when no endpoint accepts a connection, rather than after the RPC retries."""
     if not _reachable(resolved):
         fail(
             f"no server at {resolved} answered: is the cluster running? (`make run` or `cpctl dev` starts "
             "one here; elsewhere pass --endpoints or CP_ENDPOINTS)",
             code=EXIT_UNAVAILABLE,
         )
+
+
+def unavailable_message(exc: ControlPlaneError, resolved: str, credentials: Credentials) -> str:
+    """What to say when the cluster did not answer: the endpoints, the credentials, and the TLS hint."""
+    hint = "" if credentials.secure else "; if the cluster serves TLS, pass --cacert (CP_CACERT) or a --context"
+    return f"{exc.message} (endpoints: {resolved}; {credentials.describe()}{hint})"
+
+
+@contextlib.contextmanager
+def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
+    """A client for the command, with every control-plane error turned into a message and exit code."""
+    resolved = resolve_endpoints(endpoints)
+    credentials = client_credentials(endpoints, servers=resolved)
+    require_reachable(resolved)
     try:
         with Client(resolved, timeout=timeout, credentials=credentials) as client:
             yield client
@@ -215,8 +226,7 @@ def connect(endpoints: str | None, timeout: float) -> Iterator[Client]:
     except InvalidArgument as exc:
         fail(exc.message, code=EXIT_USAGE)
     except (Unavailable, DeadlineExceeded) as exc:
-        hint = "" if credentials.secure else "; if the cluster serves TLS, pass --cacert (CP_CACERT) or a --context"
-        fail(f"{exc.message} (endpoints: {resolved}; {credentials.describe()}{hint})", code=EXIT_UNAVAILABLE)
+        fail(unavailable_message(exc, resolved, credentials), code=EXIT_UNAVAILABLE)
     except ControlPlaneError as exc:
         fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
 

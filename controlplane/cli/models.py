@@ -28,12 +28,15 @@ from controlplane.cli.common import (
     connect,
     read_input,
     require_extra,
+    require_reachable,
     resolve_endpoints,
+    unavailable_message,
 )
 from controlplane.cli.output import EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE, Output, emit, fail, plain, table
 from controlplane.client import (
     AsyncClient,
     ControlPlaneError,
+    Credentials,
     CredentialsError,
     DeadlineExceeded,
     InvalidArgument,
@@ -46,6 +49,7 @@ from gossip.artifacts import (
     DEFAULT_CHUNK_SIZE,
     ArtifactBusy,
     ArtifactCorrupt,
+    ArtifactMismatch,
     ArtifactStore,
     ArtifactUnavailable,
     FetchResult,
@@ -450,6 +454,12 @@ def publish(
     """
     resolved = resolve_endpoints(endpoints)
     credentials = client_credentials(endpoints, servers=resolved)
+    try:  # readable before anything else (the library would find out only after connecting)
+        with file.open("rb"):
+            pass
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}", code=EXIT_USAGE)
+    require_reachable(resolved)
     store = ArtifactStore(dir_)
 
     async def run() -> PublishResult:
@@ -468,7 +478,7 @@ def publish(
                 tags=tag or (),
             )
 
-    with _artifact_errors(resolved, interrupted="interrupted; run the same command again"):
+    with _artifact_errors(resolved, credentials, interrupted="interrupted; run the same command again"):
         result = asyncio.run(run())
     text = (
         f"{name} version {result.version}{' (registered)' if result.registered else ''}: {result.path} "
@@ -514,7 +524,7 @@ def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], No
 
 
 @contextlib.contextmanager
-def _artifact_errors(resolved: str, interrupted: str) -> Iterator[None]:
+def _artifact_errors(resolved: str, credentials: Credentials, interrupted: str) -> Iterator[None]:
     """Errors of a publish or a fetch as a message and an exit code (as ``connect`` does for the sync
     commands); ``interrupted``: what to say on Ctrl-C."""
     try:
@@ -523,16 +533,19 @@ def _artifact_errors(resolved: str, interrupted: str) -> Iterator[None]:
         fail(str(exc), code=EXIT_USAGE)
     except ArtifactUnavailable as exc:
         fail(str(exc), code=EXIT_UNAVAILABLE)
-    except (ArtifactCorrupt, ArtifactBusy) as exc:
+    except (ArtifactCorrupt, ArtifactBusy, ArtifactMismatch) as exc:
         fail(str(exc), code=EXIT_ERROR)
     except (Unavailable, DeadlineExceeded) as exc:
-        fail(f"{exc.message} (endpoints: {resolved})", code=EXIT_UNAVAILABLE)
+        fail(unavailable_message(exc, resolved, credentials), code=EXIT_UNAVAILABLE)
     except ControlPlaneError as exc:
         fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
     except ValueError as exc:
         fail(str(exc), code=EXIT_USAGE)
-    except OSError as exc:  # the file, or the store's disk
-        fail(f"{exc.filename or 'the artifact store'}: {exc.strerror or exc}", code=EXIT_ERROR)
+    except (TimeoutError, ConnectionError) as exc:  # OSErrors too, but of the network
+        fail(f"{exc} (endpoints: {resolved})", code=EXIT_UNAVAILABLE)
+    except OSError as exc:  # the store's disk (a full one, a read-only one)
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}", code=EXIT_ERROR)
     except KeyboardInterrupt:
         fail(interrupted)
 
@@ -586,6 +599,7 @@ def fetch_(
     require_extra("gossip", "cpctl models fetch", modules=("numpy", "networkx"))
     resolved = resolve_endpoints(endpoints)
     credentials = client_credentials(endpoints, servers=resolved)
+    require_reachable(resolved)
     holder_tls = None
     if credentials.secure:
         # The holders' artifact ports take only certificates from the cluster CA (docs/artifacts.md).
@@ -622,6 +636,8 @@ def fetch_(
                     channel_credentials=holder_tls,
                 )
 
-    with _artifact_errors(resolved, "interrupted; the chunks fetched so far are kept: run the same command again"):
+    with _artifact_errors(
+        resolved, credentials, "interrupted; the chunks fetched so far are kept: run the same command again"
+    ):
         result = asyncio.run(run())
     emit(output, plain(result) | {"path": str(result.path)}, _fetch_text(result, node_id))

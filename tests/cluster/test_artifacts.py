@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,6 +170,12 @@ def test_publish_serve_and_fetch_with_the_cli(
         assert nobody.returncode == 3 and "cpctl models publish" in nobody.stderr
         bad = cpctl(cluster, "models", "publish", "../up", str(source), "--dir", str(tmp_path / "x"), "--node-id", "n")
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        nowhere = subprocess.run(
+            [sys.executable, "-m", "controlplane", "models", "publish", model, str(source), "--dir",
+             str(tmp_path / "x"), "--node-id", "n", "--endpoints", "127.0.0.1:1"],
+            capture_output=True, text=True, timeout=60, env=credentials_env(cluster),
+        )  # fmt: skip
+        assert nowhere.returncode == 3 and "no server at 127.0.0.1:1" in nowhere.stderr, nowhere.stderr
 
 
 async def test_publish_from_a_program_registers_once_and_records_each_holder(
@@ -180,7 +187,7 @@ async def test_publish_from_a_program_registers_once_and_records_each_holder(
     data = random.Random(5).randbytes(300_000)
     source = tmp_path / "weights.gguf"
     source.write_bytes(data)
-    model = "art-lib-model"
+    model = f"art-lib-{uuid.uuid4().hex[:8]}"
     async with AsyncClient(cluster.client_addresses, credentials=cluster.credentials, timeout=15) as client:
         first = await publish(
             client, ArtifactStore(tmp_path / "lib-h1"), model, source, node_id="lib-h1", family="llama"
@@ -201,7 +208,9 @@ async def test_publish_from_a_program_registers_once_and_records_each_holder(
             await publish(client, ArtifactStore(tmp_path / "lib-h3"), model, tmp_path / "y.bin", node_id="lib-h3")
         with pytest.raises(InvalidArtifactName):
             await publish(client, ArtifactStore(tmp_path / "lib-h3"), "../up", other, node_id="lib-h3")
-        assert not (tmp_path / "lib-h3").exists() or not any((tmp_path / "lib-h3").rglob("artifact"))
+        # Neither refusal stored a byte or recorded lib-h3 anywhere.
+        assert not list((tmp_path / "lib-h3").rglob("artifact"))
+        assert "lib-h3" not in (await client.models.get_version(model, 2)).replicas
 
 
 async def test_a_holder_killed_midway_leaves_the_fetch_to_the_others(
