@@ -581,8 +581,8 @@ class Node:
         """
         if not self.config.lease_checkpoint_interval_s or not self.renewals.ready:
             return None
-        # Not is_leader(): a leader thawed after a freeze longer than the fallback time still says
-        # it leads until its next tick, while another may have expired this lease meanwhile.
+        # Not is_leader(): a leader thawed after a freeze says it leads until its next tick, and the
+        # acks that waited in its sockets look fresh, while another may have expired this lease.
         if not self.raft.leads_with_recent_majority() or not self.raft.is_ready():
             return None
         if lease_id in self.renewals.expiring:
