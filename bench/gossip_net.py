@@ -445,12 +445,13 @@ async def run_scenario(net: Any, args: argparse.Namespace, topology: str, policy
         if cluster_policy:
             # Round 1 waits for every worker: the group runs once all have started (or one has died).
             started = asyncio.ensure_future(all_started.wait())
+            startup = 120 + 5 * n  # a worker's start: its imports, its data, its registration
             try:
-                await asyncio.wait((started, finished, signalled), timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((started, finished, signalled), timeout=startup, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 started.cancel()
             if not all_started.is_set() and not done.is_set():
-                scenario.failed = f"{n - len(scenario.started)} of {n} workers did not start within {budget:.0f} s"
+                scenario.failed = f"{n - len(scenario.started)} of {n} workers did not start within {startup} s"
                 done.set()
             try:
                 await unpause_group(endpoints, group)

@@ -45,6 +45,7 @@ from controlplane.client import (
     Unavailable,
 )
 from controlplane.client._models import version_ref
+from controlplane.state import limits
 from gossip.artifacts import (
     DEFAULT_CHUNK_SIZE,
     ArtifactBusy,
@@ -459,6 +460,8 @@ def publish(
             pass
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}", code=EXIT_USAGE)
+    if problem := limits.check_model_name(name):
+        fail(problem, code=EXIT_USAGE)
     require_reachable(resolved)
     store = ArtifactStore(dir_)
 
@@ -537,15 +540,14 @@ def _artifact_errors(resolved: str, credentials: Credentials, interrupted: str) 
         fail(str(exc), code=EXIT_ERROR)
     except (Unavailable, DeadlineExceeded) as exc:
         fail(unavailable_message(exc, resolved, credentials), code=EXIT_UNAVAILABLE)
+    except ValueError as exc:  # before ControlPlaneError: a bad chunk size is both
+        fail(str(exc), code=EXIT_USAGE)
     except ControlPlaneError as exc:
         fail(f"{type(exc).__name__}: {exc.message}", code=EXIT_ERROR)
-    except ValueError as exc:
-        fail(str(exc), code=EXIT_USAGE)
-    except (TimeoutError, ConnectionError) as exc:  # OSErrors too, but of the network
-        fail(f"{exc} (endpoints: {resolved})", code=EXIT_UNAVAILABLE)
-    except OSError as exc:  # the store's disk (a full one, a read-only one)
-        where = f"{exc.filename}: " if exc.filename else ""
-        fail(f"{where}{exc.strerror or exc}", code=EXIT_ERROR)
+    except OSError as exc:
+        if exc.filename:  # a file of the store's (its disk full, read-only)
+            fail(f"{exc.filename}: {exc.strerror or exc}", code=EXIT_ERROR)
+        fail(f"{exc} (endpoints: {resolved})", code=EXIT_UNAVAILABLE)  # the network's
     except KeyboardInterrupt:
         fail(interrupted)
 

@@ -68,6 +68,14 @@ FSYNC_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 
+RENEWALS_VIA_LOG = Counter(
+    "controlplane_lease_renewals_via_log_total",
+    "Lease renewals (keepalives, node heartbeats, TTL passes) this server could not answer from memory "
+    "and sent through the log, by why: not_leader, stalled (a leader frozen or stalled lately, or without "
+    "a recent majority), not_ready, expiring (an expiry naming the lease is in flight), unknown (the log "
+    "answers NOT_FOUND); none counted while in-memory renewals are off",
+    ["reason"],
+)
 PROPOSAL_FAILURES = Counter(
     "controlplane_proposal_failures_total",
     "Commands whose proposal failed, by reason: no_leader and unavailable (not applied), "

@@ -579,17 +579,16 @@ class Node:
         not caught up), in-memory renewals are off, the lease is unknown here (the log answers
         NOT_FOUND), or an expiry naming it is in flight (the log's order decides).
         """
-        if not self.config.lease_checkpoint_interval_s or not self.renewals.ready:
+        if not self.config.lease_checkpoint_interval_s:
             return None
-        # Not is_leader(): a leader thawed after a freeze says it leads until its next tick, and the
-        # acks that waited in its sockets look fresh, while another may have expired this lease.
-        if not self.raft.leads_with_recent_majority() or not self.raft.is_ready():
-            return None
-        if lease_id in self.renewals.expiring:
+        reason = self._not_from_memory(lease_id)
+        if reason:
+            metrics.RENEWALS_VIA_LOG.labels(reason).inc()
             return None
         with self.state_lock:
             lease = self.machine.leases.leases.get(lease_id)
             if lease is None:
+                metrics.RENEWALS_VIA_LOG.labels("unknown").inc()
                 return None
             view = leases_pb2.Lease()
             view.CopyFrom(lease)
@@ -597,6 +596,20 @@ class Node:
         self.renewals.renew(lease_id, now)
         view.renewed_unix_ms = now
         return view
+
+    def _not_from_memory(self, lease_id: int) -> str:
+        """Why a renewal of ``lease_id`` must go through the log ("" when it may be answered here)."""
+        if not self.raft.is_leader():
+            return "not_leader"
+        # Not is_leader() alone: a leader thawed after a freeze says it leads until its next tick,
+        # and the acks that waited in its sockets look fresh, while another may have expired the lease.
+        if not self.raft.leads_with_recent_majority():
+            return "stalled"
+        if not self.renewals.ready or not self.raft.is_ready():
+            return "not_ready"
+        if lease_id in self.renewals.expiring:
+            return "expiring"
+        return ""
 
     def leader_now_ms(self) -> int:
         """The leader's time (``LeaderClock``): what it stamps on batches and decides deadlines by.

@@ -692,12 +692,14 @@ class RaftNode:  # implements consensus.Consensus
         pysyncobj's tick steps a leader down, applied now: ``heard_from_majority``), and was not
         frozen lately. A leader frozen past an election timeout (SIGSTOP, a stalled loop) wakes up with
         acks that waited in its sockets: pysyncobj stamps them with the time it reads them, so they
-        would pass for fresh answers. So: nothing while no tick ran for half the shortest election
-        timeout (a wake-up before its first tick), and nothing for ``leader_fallback_s`` after a tick
-        found such a stall, by when those stamps are too old to count."""
+        would pass for fresh answers. So: nothing while no tick ran for the shortest election timeout
+        (a wake-up before its first tick), and nothing for ``leader_fallback_s`` after a tick found
+        such a stall, by when those stamps are too old to count. A shorter freeze needs neither: with
+        Pre-Vote, a follower that acked grants no vote for an election timeout after that ack, so no
+        other leader can have been elected while every ack read was sent before the freeze."""
         now = monotonic()
         tuning = self._config.raft
-        if now - self._last_tick_at > tuning.election_min_s / 2 or now < self._stalled_until:
+        if now - self._last_tick_at > tuning.election_min_s or now < self._stalled_until:
             return False
         return heard_from_majority(self._sync, tuning.leader_fallback_s)
 

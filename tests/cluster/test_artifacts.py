@@ -170,6 +170,8 @@ def test_publish_serve_and_fetch_with_the_cli(
         assert nobody.returncode == 3 and "cpctl models publish" in nobody.stderr
         bad = cpctl(cluster, "models", "publish", "../up", str(source), "--dir", str(tmp_path / "x"), "--node-id", "n")
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        odd = cpctl(cluster, "models", "fetch", model, "1", "--dir", str(tmp_path / "f4"), "--chunk-size", "1000")
+        assert odd.returncode == 2 and "power of two" in odd.stderr, odd.stderr
         nowhere = subprocess.run(
             [sys.executable, "-m", "controlplane", "models", "publish", model, str(source), "--dir",
              str(tmp_path / "x"), "--node-id", "n", "--endpoints", "127.0.0.1:1"],
@@ -209,7 +211,7 @@ async def test_publish_from_a_program_registers_once_and_records_each_holder(
         with pytest.raises(InvalidArtifactName):
             await publish(client, ArtifactStore(tmp_path / "lib-h3"), "../up", other, node_id="lib-h3")
         # Neither refusal stored a byte or recorded lib-h3 anywhere.
-        assert not list((tmp_path / "lib-h3").rglob("artifact"))
+        assert not [path for path in (tmp_path / "lib-h3").rglob("*") if path.is_file()]
         assert "lib-h3" not in (await client.models.get_version(model, 2)).replicas
 
 

@@ -559,7 +559,8 @@ def gap_report(
             and op.invoke_s < end
             and op.complete_s > start
             and op.type != OK
-            and not (op.f == "acquire" and op.type == FAIL)  # the lock's refusals are answers
+            # A range's refusal (the lock held, the ports taken) is an answer, not a missing one.
+            and not (op.type == FAIL and op.error.startswith("ResourceExhausted"))
         )
         logged = [
             f"{node} {_brief(event, fields)} at {at:.2f}"
