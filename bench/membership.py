@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from bench.common import CpuMeter, log
@@ -29,6 +30,26 @@ TTL_S = 10.0
 
 async def _leader_term(client: AsyncClient) -> int:
     return (await client.status()).term
+
+
+def renewals_via_log(cluster: Any) -> Counter[str]:
+    """Every server's ``controlplane_lease_renewals_via_log_total``, summed by reason: the renewals
+    the leader could not answer from memory (a follower's own count is its fallbacks)."""
+    import httpx
+
+    total: Counter[str] = Counter()
+    for node in cluster.nodes.values():
+        if not node.running:
+            continue
+        for line in httpx.get(f"http://{node.metrics_address}/metrics", timeout=5).text.splitlines():
+            if line.startswith("controlplane_lease_renewals_via_log_total{"):
+                labels, _, value = line.rpartition(" ")
+                total[labels.split('reason="', 1)[1].split('"', 1)[0]] += int(float(value))
+    return total
+
+
+def _since(before: Counter[str], after: Counter[str]) -> dict[str, int]:
+    return {reason: after[reason] - before[reason] for reason in sorted(after) if after[reason] > before[reason]}
 
 
 async def bench_membership(
@@ -71,8 +92,10 @@ async def bench_membership(
         for agent in fleet:
             agent.stats.latencies.clear()
         before = meter.sample()
+        via_log_before = await asyncio.to_thread(renewals_via_log, cluster)
         await asyncio.sleep(hold_s)  # the measured window: the agents beat on their own meanwhile
         after = meter.sample()
+        via_log_after = await asyncio.to_thread(renewals_via_log, cluster)
         latencies = sorted(x for agent in fleet for x in agent.stats.latencies)
         beats = len(latencies)
         term_after = await _leader_term(admin)
@@ -94,6 +117,8 @@ async def bench_membership(
             "heartbeat_failures": sum(agent.stats.failures for agent in fleet),
             "agents_active": len(fleet_ids & {v.node.spec.id for v in live}),
             "elections": term_after - term_before,
+            # Renewals the servers sent through the log instead of answering from memory, by reason.
+            "renewals_via_log": _since(via_log_before, via_log_after),
             **CpuMeter.cores(before, after),
         }
         lines.append(line)
@@ -101,6 +126,7 @@ async def bench_membership(
 
         if churn_s > 0:
             churn = await _churn(admin, fleet, network, run, churn_s, churn_rate, meter, endpoints)
+            churn["renewals_via_log"] = _since(via_log_after, await asyncio.to_thread(renewals_via_log, cluster))
         # Stop the fleet first (in-flight heartbeats finish), then count what was lost: a heartbeat
         # stuck during the run reports its lost lease only when it returns.
         await asyncio.gather(*(agent.stop(deregister=False) for agent in fleet), return_exceptions=True)
