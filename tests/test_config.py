@@ -96,6 +96,14 @@ def test_the_watch_history_holds_ten_thousand_revisions_unless_configured() -> N
     assert load_config(None, {**BASE, "history_limit": 200}, TLS_ENV).history_limit == 200
 
 
+def test_the_carry_stream_limit_is_a_setting() -> None:
+    assert load_config(None, BASE, TLS_ENV).max_carry_streams_per_identity == 64
+    assert (
+        load_config(None, {**BASE, "max_carry_streams_per_identity": 512}, TLS_ENV).max_carry_streams_per_identity
+        == 512
+    )
+
+
 def test_journal_files_live_in_the_data_dir() -> None:
     config = load_config(None, BASE, TLS_ENV)
     assert config.journal_file == Path("/tmp/cp-n1") / "raft.wal"
@@ -118,6 +126,7 @@ def test_journal_files_live_in_the_data_dir() -> None:
         ({"max_trailing_logs": 0}, "max_trailing_logs"),
         ({"dead_server_cleanup_s": 0.5}, "dead_server_cleanup_s must be 0"),
         ({"min_quorum": 0}, "min_quorum"),
+        ({"max_carry_streams_per_identity": -1}, "max_carry_streams_per_identity must be >= 0"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_with_the_reason(overrides: dict[str, object], message: str) -> None:

@@ -121,7 +121,9 @@ async def serve(config: ServerConfig) -> None:
     connection_streams = StreamLimiter(per_connection, per="connection") if per_connection else None
     health_servicer = health.aio.HealthServicer()
     readiness = Readiness()  # /readyz on the metrics port: the health service's answer, in plain HTTP
-    api = ErrorsAndMetrics(authorizer, audit, streams, connection_streams)
+    per_carrier = config.max_carry_streams_per_identity
+    carriers = StreamLimiter(per_carrier, per="carrier") if per_carrier else None
+    api = ErrorsAndMetrics(authorizer, audit, streams, connection_streams, carriers)
     add_client_api(api, Serving(node, authorizer, audit), health_servicer)
     server = grpc.aio.server(handlers=(api,), options=SERVER_OPTIONS)
     try:

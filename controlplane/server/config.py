@@ -172,6 +172,10 @@ class ServerConfig:
     # Server streams (Watch) one client connection may carry at once, whoever the caller; one more
     # gets RESOURCE_EXHAUSTED. Bounds a connection even for an identity allowed many streams. 0: off.
     max_streams_per_connection: int = 256
+    # Calls.Carry streams (the asyncio SDK's one per server) one identity may hold on this server:
+    # as many processes sharing an identity. Past it, such a client's calls go alone, each a gRPC
+    # call of its own (about three times the server's CPU per call). 0: no limit.
+    max_carry_streams_per_identity: int = 64
     # The event loop the server runs on: "uvloop" (libuv's) or "asyncio" (the standard library's).
     # uvloop: 22% more 64-client writes for 15% less server CPU per write (median of four
     # alternated runs, bench/README.md, round 5); "asyncio" is there for a platform without uvloop
@@ -251,6 +255,8 @@ class ServerConfig:
             raise ConfigError("max_streams_per_identity must be >= 0 (0: no limit)")
         if self.max_streams_per_connection < 0:
             raise ConfigError("max_streams_per_connection must be >= 0 (0: no limit)")
+        if self.max_carry_streams_per_identity < 0:
+            raise ConfigError("max_carry_streams_per_identity must be >= 0 (0: no limit)")
         if self.min_quorum < 1:
             raise ConfigError("min_quorum must be at least 1")
         ids = [peer.id for peer in self.peers]

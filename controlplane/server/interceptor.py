@@ -32,8 +32,9 @@ from controlplane.server.authz import DRY_RUN_METHODS, READ_ONLY, Authorizer, Pe
 
 log = structlog.get_logger("controlplane.grpc")
 
-#: Calls.Carry streams one identity may hold on a server (an SDK client holds one per server it
-#: calls); beyond, the stream is refused and that client's calls go alone.
+#: The default of ``max_carry_streams_per_identity``: Calls.Carry streams one identity may hold on a
+#: server (an SDK client holds one per server it calls); beyond, the stream is refused and that
+#: client's calls go alone.
 MAX_CARRY_STREAMS_PER_IDENTITY = 64
 
 
@@ -51,6 +52,7 @@ class ErrorsAndMetrics(grpc.GenericRpcHandler):
         audit: Callable[..., None] | None = None,
         streams: StreamLimiter | None = None,
         connection_streams: StreamLimiter | None = None,
+        carriers: StreamLimiter | None = None,
     ) -> None:
         self._services: list[grpc.GenericRpcHandler] = []
         # Wrapped handlers are built once per method, not per call (this is the hot path).
@@ -59,7 +61,7 @@ class ErrorsAndMetrics(grpc.GenericRpcHandler):
         self._audit = audit
         self._streams = streams
         self._connection_streams = connection_streams
-        self._carriers = StreamLimiter(MAX_CARRY_STREAMS_PER_IDENTITY, per="carrier")
+        self._carriers = carriers
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._services.extend(handlers)
@@ -258,7 +260,8 @@ class StreamLimiter:
             if self.per == "carrier":
                 raise ResourceExhausted(
                     f"{holder} already holds {held} Calls.Carry streams on this server, the limit per identity; "
-                    "the SDK sends this client's calls alone meanwhile"
+                    "the SDK sends this client's calls alone meanwhile (raise max_carry_streams_per_identity "
+                    "for more processes sharing one identity)"
                 )
             if self.per == "connection":
                 raise ResourceExhausted(
