@@ -454,7 +454,7 @@ async def run_scenario(net: Any, args: argparse.Namespace, topology: str, policy
                 scenario.failed = f"{n - len(scenario.started)} of {n} workers did not start within {startup} s"
                 done.set()
             try:
-                await unpause_group(endpoints, group)
+                await unpause_group(endpoints, group, n)
             except Exception as exc:  # the cluster's answer, kept in the line rather than raised
                 scenario.failed = scenario.failed or f"unpausing the group failed: {exc}"
                 done.set()
@@ -502,10 +502,15 @@ async def create_paused_group(endpoints: str, group: str, policy: str, args: arg
         )
 
 
-async def unpause_group(endpoints: str, group: str) -> None:
+async def unpause_group(endpoints: str, group: str, workers: int) -> None:
+    """Run the group once every worker beats (ACTIVE, not only started): round 1 has them all."""
     from controlplane.client import AsyncClient, Credentials
+    from gossip.worker import wait_for_members
 
     async with AsyncClient(endpoints, credentials=Credentials()) as client:
+        active = await wait_for_members(client, group, workers)
+        if active < workers:
+            log(f"gossip_net: only {active} of {workers} workers active in {group}; unpausing anyway")
         await client.gossip.update_group(group, paused=False)
 
 

@@ -47,7 +47,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from controlplane.agent import Agent
-from controlplane.client import AsyncClient, Consistency, ControlPlaneError, NotFound
+from controlplane.client import AsyncClient, Consistency, ControlPlaneError, NodeState, NotFound
 from controlplane.client._gossip import GroupConfig, Round, RoundState, TrainingMetrics, training_metrics
 from controlplane.state.gossip import check_metrics
 from controlplane.state.refusal import Refused
@@ -64,7 +64,14 @@ from gossip.exchange import (
 )
 from gossip.mixing import Array, Params, is_count, pair_weights
 
-__all__ = ["DEFAULT_PROBE_BYTES", "MAX_PROBE_BYTES", "REPORT_BANDWIDTH_EVERY", "RoundStats", "Worker"]
+__all__ = [
+    "DEFAULT_PROBE_BYTES",
+    "MAX_PROBE_BYTES",
+    "REPORT_BANDWIDTH_EVERY",
+    "RoundStats",
+    "Worker",
+    "wait_for_members",
+]
 
 log = structlog.get_logger("gossip.worker")
 
@@ -226,6 +233,18 @@ def _delta_sq(before: Params, after: Params) -> float:
         diff = np.asarray(after[name], dtype=np.float64) - np.asarray(before[name], dtype=np.float64)
         total += float(np.dot(diff.ravel(), diff.ravel()))
     return total
+
+
+async def wait_for_members(client: AsyncClient, group: str, count: int, *, timeout_s: float = 60.0) -> int:
+    """Wait until ``count`` nodes of ``group`` are ACTIVE (registered, and beating: what a round
+    takes); the moment to unpause a group created paused, so that round 1 has them all. Returns how
+    many are active, fewer when ``timeout_s`` ran out first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        active = len(await client.membership.nodes(state=NodeState.ACTIVE, labels={GROUP_LABEL: group}))
+        if active >= count or time.monotonic() >= deadline:
+            return active
+        await asyncio.sleep(0.1)  # polling the cluster for a condition, under a deadline
 
 
 class Worker:

@@ -655,7 +655,7 @@ async def run_live(
     ``CP_TOKEN`` from the environment).
     """
     from controlplane.client import AsyncClient, Credentials
-    from gossip.worker import Worker
+    from gossip.worker import Worker, wait_for_members
 
     data, shards = prepare(config)
     group = group or f"digits-{secrets.token_hex(4)}"
@@ -687,6 +687,8 @@ async def run_live(
         )
         await asyncio.gather(*(worker.start(start) for worker in workers))
         if created.created:  # a group somebody else configured keeps its own settings
+            # Every worker beating (ACTIVE), not only started: round 1 then has them all.
+            await wait_for_members(clients[0], group, config.workers)
             await clients[0].gossip.update_group(group, paused=False)
 
         def metrics(w: int, params: Params) -> dict[str, float]:

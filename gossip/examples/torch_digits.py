@@ -32,6 +32,7 @@ exchanges) runs on a thread of its own (``gossip.SyncWorker``), so a slow epoch 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import math
@@ -316,6 +317,7 @@ def run(
                 )
             )
             workers[-1].start(models[w].state_dict())
+        asyncio.run(_wait_for_members(endpoints, credentials, group, config.workers))
         admin.gossip.update_group(group, paused=False)
         threads = [
             threading.Thread(
@@ -381,6 +383,15 @@ def run(
             except Exception as exc:  # close every worker: each holds a lease and a gossip port
                 print(f"closing a worker failed: {exc!r}", file=sys.stderr)
         admin.close()
+
+
+async def _wait_for_members(endpoints: str | Sequence[str], credentials: Credentials, group: str, count: int) -> None:
+    """Every worker beating (ACTIVE, not only started), so that round 1 has them all."""
+    from controlplane.client import AsyncClient
+    from gossip.worker import wait_for_members
+
+    async with AsyncClient(endpoints, credentials=credentials) as client:
+        await wait_for_members(client, group, count)
 
 
 def _flat(params: dict[str, npt.NDArray[Any]], names: Sequence[str]) -> npt.NDArray[np.float64]:
