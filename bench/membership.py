@@ -36,15 +36,18 @@ def renewals_via_log(cluster: Any) -> Counter[str]:
     """Every server's ``controlplane_lease_renewals_via_log_total``, summed by reason: the renewals
     the leader could not answer from memory (a follower's own count is its fallbacks)."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
     total: Counter[str] = Counter()
     for node in cluster.nodes.values():
         if not node.running:
             continue
-        for line in httpx.get(f"http://{node.metrics_address}/metrics", timeout=5).text.splitlines():
-            if line.startswith("controlplane_lease_renewals_via_log_total{"):
-                labels, _, value = line.rpartition(" ")
-                total[labels.split('reason="', 1)[1].split('"', 1)[0]] += int(float(value))
+        text = httpx.get(f"http://{node.metrics_address}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            if family.name == "controlplane_lease_renewals_via_log":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        total[sample.labels["reason"]] += int(sample.value)
     return total
 
 

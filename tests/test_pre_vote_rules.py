@@ -207,12 +207,23 @@ def test_a_leader_answers_from_memory_only_while_a_majority_answered_it_recently
 
         last_response[node.partners[0]] = monotonic()
         leader = SimpleNamespace(
-            _sync=sync, _config=SimpleNamespace(raft=RaftTuning()), _last_tick_at=monotonic(), _stalled_until=0.0
+            _sync=sync,
+            _config=SimpleNamespace(raft=RaftTuning()),
+            _last_tick_at=monotonic(),
+            _stalled_until=0.0,
+            _ticked=False,
+            replayed=lambda: False,  # start-up: the stall is not logged nor counted
+            election_postponements=0,
         )
         assert RaftNode.leads_with_recent_majority(leader)  # type: ignore[arg-type]
         leader._last_tick_at = monotonic() - 3.0  # woke up; no tick yet
         assert not RaftNode.leads_with_recent_majority(leader)  # type: ignore[arg-type]
-        leader._last_tick_at, leader._stalled_until = monotonic(), monotonic() + 1.6  # the tick saw the stall
+        # The first tick after it notes the stall; an ack read on waking (stamped now) does not count.
+        RaftNode._postpone_election_after_a_stall(leader)  # type: ignore[arg-type]
+        last_response[node.partners[0]] = monotonic()
+        assert leader._stalled_until > monotonic() + 1.0
         assert not RaftNode.leads_with_recent_majority(leader)  # type: ignore[arg-type]
+        leader._stalled_until = monotonic() - 0.001  # leader_fallback_s later, a fresh ack counts again
+        assert RaftNode.leads_with_recent_majority(leader)  # type: ignore[arg-type]
     finally:
         node.close()

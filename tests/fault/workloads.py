@@ -90,6 +90,22 @@ async def _think(ctx: Context, rng: random.Random) -> None:
     await asyncio.sleep(rng.uniform(0, ctx.think_s))
 
 
+#: One step of a client: (its SDK client, its rng, its process, the step's number) -> the process
+#: to go on as (a new one after an ``info`` outcome).
+Step = Callable[[AsyncClient, random.Random, int, int], Awaitable[int]]
+
+
+async def _client_loop(ctx: Context, seed: int, step: Step) -> None:
+    """One client: an ``AsyncClient`` over every endpoint, taking steps until the run stops."""
+    rng = random.Random(seed)
+    process = ctx.processes.new()
+    async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout, credentials=ctx.credentials) as client:
+        for n in itertools.count():
+            if ctx.stop.is_set():
+                return
+            process = await step(client, rng, process, n)
+
+
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
@@ -103,25 +119,24 @@ class Registers:
         self.clients = clients
 
     async def client(self, seed: int) -> None:
-        ctx, rng = self.ctx, random.Random(seed)
-        process = ctx.processes.new()
         # key -> (mod_revision, value) last seen by this client: what a swap compares against.
         known: dict[str, tuple[int, str | None]] = {}
-        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout, credentials=ctx.credentials) as client:
-            for n in itertools.count():
-                if ctx.stop.is_set():
-                    return
-                key = rng.choice(self.keys)
-                kind = rng.choices(["read", "write", "cas"], [4, 3, 3])[0]
-                if kind == "read":
-                    op = await self._read(client, process, key, known)
-                elif kind == "write":
-                    op = await self._write(client, process, key, f"{process}:{n}", known)
-                else:
-                    op = await self._cas(client, process, key, f"{process}:{n}", known)
-                if op.type == INFO:
-                    process = ctx.processes.new()
-                await _think(ctx, rng)
+
+        async def step(client: AsyncClient, rng: random.Random, process: int, n: int) -> int:
+            key = rng.choice(self.keys)
+            kind = rng.choices(["read", "write", "cas"], [4, 3, 3])[0]
+            if kind == "read":
+                op = await self._read(client, process, key, known)
+            elif kind == "write":
+                op = await self._write(client, process, key, f"{process}:{n}", known)
+            else:
+                op = await self._cas(client, process, key, f"{process}:{n}", known)
+            if op.type == INFO:
+                process = self.ctx.processes.new()
+            await _think(self.ctx, rng)
+            return process
+
+        await _client_loop(self.ctx, seed, step)
 
     async def _read(self, client: AsyncClient, process: int, key: str, known: dict[str, Any]) -> Op:
         def outcome(kv: Any) -> tuple[Any, int, dict[str, Any]]:
@@ -236,35 +251,33 @@ class Ports:
         await client.ports.set_range(self.range, self.first_port, self.first_port + self.size - 1)
 
     async def client(self, seed: int) -> None:
-        ctx, rng = self.ctx, random.Random(seed)
-        process = ctx.processes.new()
-        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout, credentials=ctx.credentials) as client:
-            for n in itertools.count():
-                if ctx.stop.is_set():
-                    return
-                service = f"svc-{process}-{n}"
-                self.services.append(service)
+        await _client_loop(self.ctx, seed, self._allocate_then_release)
 
-                def allocated(result: Any) -> tuple[Any, int, dict[str, Any]]:
-                    a = result.assignment
-                    return a.port, result.revision, {"create_revision": a.create_revision, "existing": result.existing}
+    async def _allocate_then_release(self, client: AsyncClient, rng: random.Random, process: int, n: int) -> int:
+        ctx = self.ctx
+        service = f"svc-{process}-{n}"
+        self.services.append(service)
 
-                op = await record(
-                    ctx,
-                    process,
-                    self.name,
-                    "allocate",
-                    service,
-                    self.host,
-                    client.ports.allocate(self.host, service, "main", range=self.range),
-                    allocated,
-                )
-                if op.type == INFO:
-                    process = ctx.processes.new()
-                await _think(ctx, rng)
-                if op.type == FAIL:  # certainly not allocated (e.g. ResourceExhausted): nothing to release
-                    continue
-                process = await self._release(client, process, service)
+        def allocated(result: Any) -> tuple[Any, int, dict[str, Any]]:
+            a = result.assignment
+            return a.port, result.revision, {"create_revision": a.create_revision, "existing": result.existing}
+
+        op = await record(
+            ctx,
+            process,
+            self.name,
+            "allocate",
+            service,
+            self.host,
+            client.ports.allocate(self.host, service, "main", range=self.range),
+            allocated,
+        )
+        if op.type == INFO:
+            process = ctx.processes.new()
+        await _think(ctx, rng)
+        if op.type == FAIL:  # certainly not allocated (e.g. ResourceExhausted): nothing to release
+            return process
+        return await self._release(client, process, service)
 
     async def _release(self, client: AsyncClient, process: int, service: str) -> int:
         def released(result: Any) -> tuple[Any, int, dict[str, Any]]:
@@ -322,14 +335,12 @@ class Leases:
         await client.ports.set_range(self.range, self.port, self.port)
 
     async def client(self, seed: int) -> None:
-        ctx, rng = self.ctx, random.Random(seed)
-        process = ctx.processes.new()
-        async with AsyncClient(ctx.endpoints, timeout=ctx.call_timeout, credentials=ctx.credentials) as client:
-            for n in itertools.count():
-                if ctx.stop.is_set():
-                    return
-                process = await self._cycle(client, rng, process, f"holder-{process}-{n}")
-                await _think(ctx, rng)
+        async def step(client: AsyncClient, rng: random.Random, process: int, n: int) -> int:
+            process = await self._cycle(client, rng, process, f"holder-{process}-{n}")
+            await _think(self.ctx, rng)
+            return process
+
+        await _client_loop(self.ctx, seed, step)
 
     def _after(self, process: int, op: Op) -> int:
         return self.ctx.processes.new() if op.type == INFO else process
